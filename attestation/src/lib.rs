@@ -1,0 +1,32 @@
+//! Produce and verify AWS Nitro Enclaves attestation documents.
+//!
+//! A document is a COSE_Sign1 ([`cose`]) over a CBOR payload ([`document`]) signed by a leaf
+//! certificate that chains to a root. [`verify()`] is the only verifier, whatever produced the
+//! document: the real Nitro Secure Module (`NitroAttester`, feature `nitro`) or the local
+//! attester (`LocalAttester`, feature `local-attester`), which signs the same format with a P-384
+//! key held in a PKCS#11 token and chains it to an operator's root. Only the pinned root differs.
+//!
+//! `attestation-doc-validation` (evervault) is not used: it hard-codes the AWS root and reads the
+//! system clock, so it can verify neither a local document nor an archived one, and it returns
+//! another generation of `nsm-api` types. One verifier for every source is the point.
+
+pub mod attester;
+mod chain;
+pub mod cose;
+pub mod document;
+mod error;
+#[cfg(feature = "local-attester")]
+pub mod local;
+#[cfg(feature = "nitro")]
+pub mod nitro;
+mod verify;
+
+pub use attester::{AttestRequest, Attester};
+pub use chain::PinnedRoot;
+pub use document::AttestationDoc;
+pub use error::{AttestationError, Result};
+#[cfg(feature = "local-attester")]
+pub use local::LocalAttester;
+#[cfg(feature = "nitro")]
+pub use nitro::NitroAttester;
+pub use verify::{Expectations, VerifiedDoc, parse_unverified, verify};
