@@ -209,3 +209,33 @@ pub(crate) fn unix_millis(at: SystemTime) -> u64 {
         .try_into()
         .unwrap_or(u64::MAX)
 }
+
+/// What `inspect` shows of a certificate. Parsing only: nothing here is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateSummary {
+    /// Subject distinguished name (RFC 4514 string).
+    pub subject: String,
+    /// Issuer distinguished name.
+    pub issuer: String,
+    /// Start of validity, seconds since the Unix epoch.
+    pub not_before: u64,
+    /// End of validity, seconds since the Unix epoch.
+    pub not_after: u64,
+    /// SHA-256 of the DER certificate, lowercase hex.
+    pub sha256: String,
+}
+
+/// Parses a DER certificate for display.
+pub fn certificate_summary(der: &[u8]) -> Result<CertificateSummary> {
+    let cert = Certificate::from_der(der).map_err(|e| AttestationError::Chain {
+        reason: format!("not a certificate: {e}"),
+    })?;
+    let tbs = &cert.tbs_certificate;
+    Ok(CertificateSummary {
+        subject: tbs.subject.to_string(),
+        issuer: tbs.issuer.to_string(),
+        not_before: tbs.validity.not_before.to_unix_duration().as_secs(),
+        not_after: tbs.validity.not_after.to_unix_duration().as_secs(),
+        sha256: hex::encode(Sha256::digest(der)),
+    })
+}

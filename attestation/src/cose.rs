@@ -45,7 +45,20 @@ impl std::fmt::Debug for CoseSign1 {
 pub(crate) fn decode_cbor(bytes: &[u8], what: &str) -> Result<Value> {
     let mut reader = bytes;
     let value: Value = ciborium::de::from_reader_with_recursion_limit(&mut reader, RECURSION_LIMIT)
-        .map_err(|e| AttestationError::malformed(format!("{what} is not valid CBOR: {e}")))?;
+        .map_err(|e| {
+            let why = match e {
+                ciborium::de::Error::Io(_) => "ends early (truncated or empty)".to_owned(),
+                ciborium::de::Error::Syntax(at) => format!("has a CBOR syntax error at byte {at}"),
+                ciborium::de::Error::Semantic(at, msg) => match at {
+                    Some(at) => format!("is invalid CBOR at byte {at}: {msg}"),
+                    None => format!("is invalid CBOR: {msg}"),
+                },
+                ciborium::de::Error::RecursionLimitExceeded => {
+                    format!("nests deeper than {RECURSION_LIMIT} levels")
+                }
+            };
+            AttestationError::malformed(format!("{what} {why}"))
+        })?;
     if !reader.is_empty() {
         return Err(AttestationError::malformed(format!(
             "{what} has {} trailing bytes after its CBOR item",

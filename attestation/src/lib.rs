@@ -22,7 +22,7 @@ pub mod nitro;
 mod verify;
 
 pub use attester::{AttestRequest, Attester};
-pub use chain::PinnedRoot;
+pub use chain::{CertificateSummary, PinnedRoot, certificate_summary};
 pub use document::AttestationDoc;
 pub use error::{AttestationError, Result};
 #[cfg(feature = "local-attester")]

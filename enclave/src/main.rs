@@ -1,1 +1,73 @@
-fn main() {}
+//! `cosigner-enclave`: the trusted side of cosigner.
+//!
+//! Today it provides the attestation tooling of the local (HSM-host) mode: create a local attester
+//! in a PKCS#11 token and produce documents from it. The serving loop (TLS inside, sealed shares)
+//! builds on this.
+//!
+//! Exit codes: 0 success; 1 refused or failed (one line on stderr); 2 bad command line.
+
+#[cfg(feature = "local-attester")]
+mod local_attester;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// cosigner-enclave: holds the provider shard inside a Nitro Enclave or behind a PKCS#11 HSM.
+#[derive(Debug, Parser)]
+#[command(name = "cosigner-enclave", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Local (HSM-host) attestation: create an attester in a PKCS#11 token, produce documents.
+    #[cfg(feature = "local-attester")]
+    #[command(subcommand)]
+    LocalAttester(local_attester::LocalAttesterCommand),
+    /// Print the SHA-384 measurement of this executable (the local attester's PCR0 and PCR2).
+    Measure,
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        #[cfg(feature = "local-attester")]
+        Command::LocalAttester(cmd) => local_attester::run(cmd),
+        Command::Measure => {
+            let exe = std::env::current_exe()?;
+            let digest = sha384_file(&exe)?;
+            println!("{}", hex::encode(digest));
+            Ok(())
+        }
+    }
+}
+
+fn sha384_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use sha2::{Digest, Sha384};
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha384::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hasher.finalize().to_vec())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let line = format!("{err:#}").replace('\n', " ");
+            eprintln!("error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_grammar_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,172 @@
+//! `cosigner attestation verify|inspect`.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use cosigner_attestation::document::MAX_DOCUMENT_SIZE;
+use cosigner_attestation::{
+    AttestationDoc, Expectations, PinnedRoot, certificate_summary, parse_unverified, verify,
+};
+use serde_json::{Value, json};
+
+use super::hexarg::{self, Hex};
+
+/// Attestation subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AttestationCommand {
+    /// Verify a document: signature, chain to the pinned root, time, PCRs and bindings.
+    Verify {
+        /// The document (COSE_Sign1, tagged or untagged).
+        #[arg(long, value_name = "FILE")]
+        doc: PathBuf,
+        /// The pinned root certificate (PEM): AWS's Nitro root G1, or an operator's local root.
+        #[arg(long, value_name = "PEM")]
+        root: PathBuf,
+        /// Validation time, seconds since the Unix epoch (default: now).
+        #[arg(long, value_name = "UNIX_SECONDS")]
+        at: Option<u64>,
+        /// A PCR that must be present with this value (repeatable).
+        #[arg(long = "pcr", value_name = "INDEX=HEX", value_parser = hexarg::pcr)]
+        pcrs: Vec<(u8, Vec<u8>)>,
+        /// The nonce the document must carry.
+        #[arg(long, value_name = "HEX", value_parser = hexarg::bytes)]
+        nonce: Option<Hex>,
+        /// The user data the document must carry.
+        #[arg(long, value_name = "HEX", value_parser = hexarg::bytes)]
+        user_data: Option<Hex>,
+        /// The public key the document must carry.
+        #[arg(long, value_name = "HEX", value_parser = hexarg::bytes)]
+        public_key: Option<Hex>,
+        /// Refuse documents older than this at the validation time.
+        #[arg(long, value_name = "SECONDS")]
+        max_age: Option<u64>,
+        /// Accept debug-mode documents (PCR0..2 all zero): the enclave's memory is readable.
+        #[arg(long)]
+        allow_debug: bool,
+    },
+    /// Print a document's contents WITHOUT verifying anything.
+    Inspect {
+        /// The document.
+        #[arg(long, value_name = "FILE")]
+        doc: PathBuf,
+    },
+}
+
+/// Runs an attestation subcommand.
+pub fn run(cmd: AttestationCommand) -> anyhow::Result<()> {
+    match cmd {
+        AttestationCommand::Verify {
+            doc,
+            root,
+            at,
+            pcrs,
+            nonce,
+            user_data,
+            public_key,
+            max_age,
+            allow_debug,
+        } => {
+            let bytes = read_document(&doc)?;
+            let root_pem = std::fs::read(&root)
+                .with_context(|| format!("cannot read root {}", root.display()))?;
+            let root = PinnedRoot::from_pem(&root_pem)
+                .with_context(|| format!("root {}", root.display()))?;
+            let at = match at {
+                Some(secs) => UNIX_EPOCH
+                    .checked_add(Duration::from_secs(secs))
+                    .context("--at is out of range")?,
+                None => SystemTime::now(),
+            };
+            let mut pcr_map = BTreeMap::new();
+            for (index, value) in pcrs {
+                if pcr_map.insert(index, value).is_some() {
+                    bail!("--pcr {index} is given twice");
+                }
+            }
+            let expect = Expectations {
+                pcrs: pcr_map,
+                nonce: nonce.map(|h| h.0),
+                user_data: user_data.map(|h| h.0),
+                public_key: public_key.map(|h| h.0),
+                max_age: max_age.map(Duration::from_secs),
+                allow_debug,
+            };
+            let verified = verify(&bytes, &root, at, &expect).map_err(|e| {
+                anyhow::anyhow!("verification failed at check `{}`: {e}", e.check())
+            })?;
+            let mut out = doc_json(&verified.doc);
+            out["debug"] = json!(verified.debug);
+            emit(&out.to_string())
+        }
+        AttestationCommand::Inspect { doc } => {
+            let bytes = read_document(&doc)?;
+            let (cose, parsed) = parse_unverified(&bytes)
+                .map_err(|e| anyhow::anyhow!("cannot parse at check `{}`: {e}", e.check()))?;
+            let mut out = doc_json(&parsed);
+            out["status"] = json!("UNVERIFIED");
+            out["debug_mode"] = json!(parsed.is_debug_mode());
+            out["signature"] = json!(hex::encode(&cose.signature));
+            let describe = |der: &[u8]| match certificate_summary(der) {
+                Ok(c) => json!({
+                    "subject": c.subject, "issuer": c.issuer,
+                    "not_before": c.not_before, "not_after": c.not_after, "sha256": c.sha256,
+                }),
+                Err(e) => json!({ "error": e.to_string() }),
+            };
+            out["certificate"] = describe(&parsed.certificate);
+            out["cabundle"] = Value::Array(parsed.cabundle.iter().map(|c| describe(c)).collect());
+            eprintln!("UNVERIFIED: nothing below has been checked; use `cosigner attestation verify`");
+            emit(&serde_json::to_string_pretty(&out)?)
+        }
+    }
+}
+
+/// Writes one line to stdout; a closed pipe is an error, not a panic.
+fn emit(line: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .context("cannot write to stdout")
+}
+
+/// Reads at most one byte more than the cap, so a huge file is refused without being loaded.
+fn read_document(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut bytes = Vec::new();
+    let cap = u64::try_from(MAX_DOCUMENT_SIZE).unwrap_or(u64::MAX) + 1;
+    file.take(cap)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() > MAX_DOCUMENT_SIZE {
+        bail!(
+            "verification failed at check `structure`: {} is larger than {MAX_DOCUMENT_SIZE} bytes",
+            path.display()
+        );
+    }
+    Ok(bytes)
+}
+
+/// The fields every output shares: hex for bytes, PCRs keyed by their index as a string.
+fn doc_json(doc: &AttestationDoc) -> Value {
+    let hex_or_null = |v: &Option<Vec<u8>>| v.as_ref().map_or(Value::Null, |b| json!(hex::encode(b)));
+    let pcrs: serde_json::Map<String, Value> = doc
+        .pcrs
+        .iter()
+        .map(|(i, v)| (i.to_string(), json!(hex::encode(v))))
+        .collect();
+    json!({
+        "module_id": doc.module_id,
+        "timestamp": doc.timestamp,
+        "digest": doc.digest,
+        "pcrs": pcrs,
+        "nonce": hex_or_null(&doc.nonce),
+        "user_data": hex_or_null(&doc.user_data),
+        "public_key": hex_or_null(&doc.public_key),
+    })
+}
