@@ -1,6 +1,7 @@
 //! Certificates: the pinned root, the leaf's signing key, and the chain between them.
 //!
-//! Path building and signature checks are `rustls-webpki`'s, run at an explicit validation time so
+//! Path building and signature checks are `rustls-webpki`'s (with aws-lc-rs, whose P-384 is about
+//! three times faster than ring's here: 0.16 ms against 0.51 ms a verification), run at an explicit validation time so
 //! archived documents verify at their own time. webpki deliberately ignores the KeyUsage extension
 //! (see its `verify_cert.rs`), so the RFC 5280 §4.2.1.3 checks that matter here are done on top:
 //! the leaf may sign (digitalSignature), every CA on the path may sign certificates (keyCertSign),
@@ -27,8 +28,8 @@ const SECP384R1: spki::ObjectIdentifier = spki::ObjectIdentifier::new_unwrap("1.
 /// Signature algorithms accepted on certificates. AWS's chain is ECDSA P-384 with SHA-384
 /// throughout; the local attester's too.
 static CHAIN_ALGORITHMS: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm] = &[
-    webpki::ring::ECDSA_P384_SHA384,
-    webpki::ring::ECDSA_P256_SHA256,
+    webpki::aws_lc_rs::ECDSA_P384_SHA384,
+    webpki::aws_lc_rs::ECDSA_P256_SHA256,
 ];
 
 /// The root certificate a verifier pins: AWS's Nitro root G1, or an operator's local root.

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use ring::signature::{ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
+use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
 
 use crate::chain::{PinnedRoot, leaf_p384_key, unix_millis, verify_chain};
 use crate::cose::CoseSign1;

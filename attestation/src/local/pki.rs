@@ -91,10 +91,8 @@ fn validity(now: SystemTime, lifetime: Duration) -> Result<Validity> {
 }
 
 fn serial() -> Result<SerialNumber> {
-    use ring::rand::SecureRandom;
     let mut bytes = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
+    aws_lc_rs::rand::fill(&mut bytes)
         .map_err(|_| pki("no randomness for a serial number"))?;
     // RFC 5280 §4.1.2.2: positive, at most 20 octets.
     bytes[0] = (bytes[0] & 0x7f) | 0x01;

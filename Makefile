@@ -1,0 +1,57 @@
+# cosigner — developer entry points. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+CARGO ?= cargo
+FUZZ_SECONDS ?= 30
+SOFTHSM_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
+
+.PHONY: all deps build test lint fmt clippy nextest bench fuzz demo clean
+
+all: build
+
+## deps: SoftHSM and OpenSC from Debian's packages, cargo-nextest from crates.io, when missing.
+deps:
+	@if [ ! -e $(SOFTHSM_MODULE) ] || ! command -v pkcs11-tool >/dev/null; then \
+		echo "installing softhsm2 and opensc"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 opensc >/dev/null; \
+	fi
+	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked cargo-nextest
+
+build:
+	$(CARGO) build --locked --workspace --bins
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --locked --workspace --all-targets --all-features -- -D warnings
+
+lint: fmt clippy
+
+## nextest: one process per test (PKCS#11's C_Initialize is once per process). Process-level
+## tests start the binaries built by `build`.
+nextest: build
+	$(CARGO) nextest run --locked --workspace --all-features --no-fail-fast
+
+## test: everything CI checks.
+test: deps lint nextest
+
+## bench: the figures the issues name (release build).
+bench: deps
+	@tmp=$$(mktemp -d) && mkdir -p $$tmp/tokens && \
+	printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' $$tmp > $$tmp/softhsm2.conf && \
+	SOFTHSM2_CONF=$$tmp/softhsm2.conf $(CARGO) bench --locked -p cosigner-attestation --bench attestation; \
+	rc=$$?; rm -rf $$tmp; exit $$rc
+
+## fuzz: a short libFuzzer run of each decoder (not in CI). Stable toolchain with RUSTC_BOOTSTRAP,
+## since this machine has no nightly.
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir . attestation_document -- -max_total_time=$(FUZZ_SECONDS)
+
+## demo: attestation end to end with a local attester in a throw-away SoftHSM token.
+demo: deps build
+	./scripts/demo.sh
+
+clean:
+	$(CARGO) clean
