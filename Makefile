@@ -47,7 +47,10 @@ bench: deps
 ## since this machine has no nightly.
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
-	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir . attestation_document -- -max_total_time=$(FUZZ_SECONDS)
+	mkdir -p fuzz/corpus/attestation_document
+	-cp ../shared/fixtures/nitro/*.cose fuzz/corpus/attestation_document/ 2>/dev/null
+	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir . attestation_document -- \
+		-max_total_time=$(FUZZ_SECONDS) -max_len=20000
 
 ## demo: attestation end to end with a local attester in a throw-away SoftHSM token.
 demo: deps build

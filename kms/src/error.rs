@@ -1,0 +1,200 @@
+//! Errors of the key custody layer, and the one place where PKCS#11 return values become them.
+//!
+//! PKCS#11 v2.40 §5.1 ("Function return values") lists the `CKR_*` codes; only the few a caller can
+//! act on get a variant of their own (wrong PIN, locked PIN, missing login). Everything else is
+//! reported as [`KmsError::Pkcs11`] with the failing operation and the code's name.
+
+use std::path::PathBuf;
+
+use cryptoki::error::{Error as CkError, RvError};
+
+/// Everything that can go wrong between cosigner and a PKCS#11 token.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KmsError {
+    /// The PKCS#11 module (shared library) could not be loaded.
+    #[error("cannot load PKCS#11 module {path}: {reason}")]
+    ModuleLoad {
+        /// Path of the module that was asked for.
+        path: PathBuf,
+        /// What the loader said.
+        reason: String,
+    },
+    /// This process already initialised a different PKCS#11 module (one context per process).
+    #[error(
+        "PKCS#11 module {loaded} is already loaded in this process; cannot also load {requested}"
+    )]
+    ModuleMismatch {
+        /// The module this process initialised first.
+        loaded: PathBuf,
+        /// The module that was asked for now.
+        requested: PathBuf,
+    },
+    /// No initialised token carries this label.
+    #[error("no PKCS#11 token labelled {label:?}")]
+    TokenNotFound {
+        /// The label looked for.
+        label: String,
+    },
+    /// A token with this label already exists; refusing to create a second one.
+    #[error("a PKCS#11 token labelled {label:?} already exists")]
+    TokenExists {
+        /// The label asked for.
+        label: String,
+    },
+    /// More than one token carries this label, so the label does not identify a token.
+    #[error("{count} PKCS#11 tokens are labelled {label:?}")]
+    TokenAmbiguous {
+        /// The label looked for.
+        label: String,
+        /// How many tokens carry it.
+        count: usize,
+    },
+    /// A token or key label is unusable (empty, too long, padded with blanks).
+    #[error("invalid label {label:?}: {reason}")]
+    InvalidLabel {
+        /// The label given.
+        label: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// Every slot already holds an initialised token.
+    #[error("no slot with an uninitialised token is available")]
+    NoFreeSlot,
+    /// No private key with this label exists on the token.
+    #[error("no key labelled {label:?} on the token")]
+    KeyNotFound {
+        /// The key label looked for.
+        label: String,
+    },
+    /// A private key with this label already exists on the token.
+    #[error("a key labelled {label:?} already exists on the token")]
+    KeyExists {
+        /// The key label asked for.
+        label: String,
+    },
+    /// Several objects match the label, so it does not identify one key.
+    #[error("{count} {what} objects are labelled {label:?}")]
+    KeyAmbiguous {
+        /// The key label looked for.
+        label: String,
+        /// Which kind of object was looked for (private or public key).
+        what: &'static str,
+        /// How many objects matched.
+        count: usize,
+    },
+    /// The key exists but is not what the caller needs (e.g. not on P-384).
+    #[error("key {label:?} is unusable: {reason}")]
+    WrongKey {
+        /// The key label.
+        label: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The token refused the PIN (`CKR_PIN_INCORRECT`).
+    #[error("the token refused the PIN")]
+    BadPin,
+    /// The token locked the PIN after too many wrong attempts (`CKR_PIN_LOCKED`).
+    #[error("the PIN is locked on the token")]
+    PinLocked,
+    /// A PIN could not be read from its source (file, environment variable).
+    #[error("cannot read PIN from {source_name}: {reason}")]
+    PinSource {
+        /// Where the PIN was to come from (a path or `$VAR`).
+        source_name: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A session on the token is not logged in as the user although it should be.
+    #[error("session on token {label:?} is not logged in as user")]
+    NotLoggedIn {
+        /// The token label.
+        label: String,
+    },
+    /// Any other failure reported by the PKCS#11 module.
+    #[error("PKCS#11 {operation} failed: {reason}")]
+    Pkcs11 {
+        /// What cosigner was doing (usually the `C_*` function).
+        operation: &'static str,
+        /// The return value's name or the binding's error.
+        reason: String,
+    },
+    /// The token returned a public key that is not a P-384 uncompressed SEC1 point.
+    #[error("bad public key from token: {reason}")]
+    BadPublicKey {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The token returned a signature of the wrong length.
+    #[error("token returned a {got}-byte signature, expected {expected}")]
+    BadSignature {
+        /// Expected length in bytes.
+        expected: usize,
+        /// Length the token returned.
+        got: usize,
+    },
+}
+
+/// Result type of this crate.
+pub type Result<T> = std::result::Result<T, KmsError>;
+
+/// The `CKR_*` code carried by a cryptoki error, if it is one.
+pub(crate) fn rv(e: &CkError) -> Option<RvError> {
+    match e {
+        CkError::Pkcs11(rv, _) => Some(*rv),
+        _ => None,
+    }
+}
+
+/// Maps a cryptoki error to a [`KmsError`]. This is the only place that does so.
+pub(crate) fn pkcs11(operation: &'static str, e: CkError) -> KmsError {
+    match e {
+        CkError::Pkcs11(RvError::PinIncorrect, _) => KmsError::BadPin,
+        CkError::Pkcs11(RvError::PinLocked, _) => KmsError::PinLocked,
+        CkError::Pkcs11(rv, function) => KmsError::Pkcs11 {
+            operation,
+            reason: format!("C_{function:?} returned {}", ckr_name(rv)),
+        },
+        CkError::LibraryLoading(err) => KmsError::Pkcs11 {
+            operation,
+            reason: format!("library loading: {err}"),
+        },
+        other => KmsError::Pkcs11 {
+            operation,
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// `PinIncorrect` -> `CKR_PIN_INCORRECT`, the name operators search for.
+fn ckr_name(rv: RvError) -> String {
+    match rv {
+        RvError::VendorDefined(code) => return format!("CKR_VENDOR_DEFINED({code:#x})"),
+        RvError::UnknownErrorCode(code) => return format!("unknown CKR {code:#x}"),
+        _ => {}
+    }
+    let camel = format!("{rv:?}");
+    let mut out = String::from("CKR");
+    for c in camel.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ckr_names_follow_the_spec_spelling() {
+        assert_eq!(ckr_name(RvError::PinIncorrect), "CKR_PIN_INCORRECT");
+        assert_eq!(
+            ckr_name(RvError::ObjectHandleInvalid),
+            "CKR_OBJECT_HANDLE_INVALID"
+        );
+        assert_eq!(ckr_name(RvError::GeneralError), "CKR_GENERAL_ERROR");
+    }
+}

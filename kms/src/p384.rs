@@ -1,0 +1,467 @@
+//! P-384 ECDSA signing keys that never leave the token.
+//!
+//! The local attester signs attestation documents (COSE ES384) with such a key. The private key is
+//! generated on the token (`C_GenerateKeyPair`, `CKM_EC_KEY_PAIR_GEN`, PKCS#11 v2.40 Current
+//! Mechanisms §2.3.5) with `CKA_SENSITIVE = true` and `CKA_EXTRACTABLE = false`; the token then
+//! keeps `CKA_ALWAYS_SENSITIVE` and `CKA_NEVER_EXTRACTABLE` true, and refuses to reveal
+//! `CKA_VALUE` (v2.40 Base §4.9, private key objects; §5.7 `C_GetAttributeValue` answers
+//! `CKR_ATTRIBUTE_SENSITIVE`). Nothing in this module reads secret attributes.
+//!
+//! Signing uses `CKM_ECDSA`, "ECDSA without hashing" (Current Mechanisms §2.3.6), over a digest
+//! computed in software: the token sees 48 bytes. A token-made signature is always `r || s` of
+//! 2·nLen bytes, nLen being the byte length of the group order (§2.3.1, "EC Signatures"): 96 bytes
+//! for P-384, which is checked.
+//!
+//! `CKA_EC_POINT` is specified as the DER encoding of an X9.62 ECPoint, i.e. an OCTET STRING
+//! wrapping the SEC1 point (Current Mechanisms §2.3.3), and SoftHSM returns it so; other tokens
+//! return the bare point. Both are accepted and normalised to the 97-byte uncompressed point.
+
+use std::fmt;
+use std::sync::Arc;
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use sha2::{Digest, Sha384};
+
+use crate::error::{KmsError, Result};
+use crate::session::{Ck, Fail, ThreadSession, with_session};
+use crate::token::Token;
+
+/// DER of the named-curve OID secp384r1 (1.3.132.0.34), the `CKA_EC_PARAMS` of a P-384 key.
+pub const P384_EC_PARAMS: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+/// Length of an uncompressed SEC1 P-384 point: `0x04 || x || y`.
+pub const P384_SEC1_LEN: usize = 97;
+/// Length of a P-384 ECDSA signature as `r || s`.
+pub const P384_SIGNATURE_LEN: usize = 96;
+/// Length of a SHA-384 digest.
+pub const SHA384_LEN: usize = 48;
+/// Length of the random `CKA_ID` given to a new key pair.
+const KEY_ID_LEN: u32 = 16;
+
+/// Protection attributes of a private key, as the token reports them (v2.40 Base §4.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyProtection {
+    /// `CKA_SENSITIVE`: the key value cannot be read in plaintext.
+    pub sensitive: bool,
+    /// `CKA_EXTRACTABLE`: the key can be wrapped out of the token.
+    pub extractable: bool,
+    /// `CKA_ALWAYS_SENSITIVE`: `CKA_SENSITIVE` has been true since the key was made.
+    pub always_sensitive: bool,
+    /// `CKA_NEVER_EXTRACTABLE`: `CKA_EXTRACTABLE` has never been true.
+    pub never_extractable: bool,
+}
+
+impl KeyProtection {
+    /// Sensitive now and always, never extractable: the key has never existed outside the token.
+    pub fn never_left_token(&self) -> bool {
+        self.sensitive && !self.extractable && self.always_sensitive && self.never_extractable
+    }
+}
+
+/// A P-384 ECDSA key pair on a token: the private half stays there, the public half is cached.
+#[derive(Clone)]
+pub struct P384SigningKey {
+    token: Token,
+    label: Arc<str>,
+    id: Arc<[u8]>,
+    public: [u8; P384_SEC1_LEN],
+}
+
+impl Token {
+    /// Generates a P-384 ECDSA key pair on the token, both halves labelled `label` and sharing a
+    /// random `CKA_ID`. The private key is a token object, private, sensitive, not extractable,
+    /// not modifiable, not copyable, and can only sign (no derive, decrypt, unwrap).
+    ///
+    /// Fails with [`KmsError::KeyExists`] if a private key with this label exists, and refuses (and
+    /// destroys) the pair if the token did not apply the protection asked for.
+    pub fn generate_p384_signing_key(&self, label: &str) -> Result<P384SigningKey> {
+        check_key_label(label)?;
+        with_session(self, |ts| {
+            let s = &ts.session;
+            if !s
+                .find_objects(&private_key_template(label))
+                .ck("C_FindObjects")?
+                .is_empty()
+            {
+                return Err(KmsError::KeyExists {
+                    label: label.to_owned(),
+                }
+                .into());
+            }
+            let id = s.generate_random_vec(KEY_ID_LEN).ck("C_GenerateRandom")?;
+            let public_template = [
+                Attribute::Token(true),
+                Attribute::Private(false),
+                Attribute::Verify(true),
+                Attribute::Encrypt(false),
+                Attribute::Wrap(false),
+                Attribute::Derive(false),
+                Attribute::EcParams(P384_EC_PARAMS.to_vec()),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(id.clone()),
+            ];
+            let private_template = [
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Sign(true),
+                Attribute::SignRecover(false),
+                Attribute::Decrypt(false),
+                Attribute::Unwrap(false),
+                Attribute::Derive(false),
+                // Nobody can later turn on CKA_DERIVE (ECDH with the attestation key) or change
+                // the label, and no copy can be made with other attributes.
+                Attribute::Modifiable(false),
+                Attribute::Copyable(false),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(id.clone()),
+            ];
+            let (public, private) = s
+                .generate_key_pair(
+                    &Mechanism::EccKeyPairGen,
+                    &public_template,
+                    &private_template,
+                )
+                .ck("C_GenerateKeyPair")?;
+            let checked = read_protection(ts, private).and_then(|p| {
+                if p.never_left_token() {
+                    Ok(())
+                } else {
+                    Err(Fail::Kms(KmsError::WrongKey {
+                        label: label.to_owned(),
+                        reason: format!("token did not apply the requested protection: {p:?}"),
+                    }))
+                }
+            });
+            let point = checked.and_then(|()| read_public_point(ts, public));
+            let point = match point {
+                Ok(point) => point,
+                Err(fail) => {
+                    // Leave no half-made key behind under this label. Failing to destroy is
+                    // secondary to the error being reported.
+                    let _ = s.destroy_object(private);
+                    let _ = s.destroy_object(public);
+                    return Err(fail);
+                }
+            };
+            ts.remember(label, &id, private);
+            Ok(P384SigningKey {
+                token: self.clone(),
+                label: label.into(),
+                id: id.into(),
+                public: point,
+            })
+        })
+    }
+
+    /// Finds the P-384 key pair labelled `label` (its private key, and the public key with the
+    /// same `CKA_ID`) and reads the public point. [`KmsError::KeyNotFound`] if there is none.
+    ///
+    /// This does not check how the key is protected: call [`P384SigningKey::protection`] for that.
+    pub fn p384_signing_key(&self, label: &str) -> Result<P384SigningKey> {
+        check_key_label(label)?;
+        with_session(self, |ts| {
+            let s = &ts.session;
+            let private = only_one(
+                s.find_objects(&private_key_template(label))
+                    .ck("C_FindObjects")?,
+                label,
+                "private key",
+            )?;
+            let attrs = s
+                .get_attributes(private, &[AttributeType::Id, AttributeType::EcParams])
+                .ck("C_GetAttributeValue")?;
+            let mut id = None;
+            let mut params = None;
+            for attr in attrs {
+                match attr {
+                    Attribute::Id(v) => id = Some(v),
+                    Attribute::EcParams(v) => params = Some(v),
+                    _ => {}
+                }
+            }
+            let wrong = |reason: &str| {
+                Fail::Kms(KmsError::WrongKey {
+                    label: label.to_owned(),
+                    reason: reason.to_owned(),
+                })
+            };
+            let id = id.ok_or_else(|| wrong("private key has no CKA_ID"))?;
+            if params.as_deref() != Some(&P384_EC_PARAMS[..]) {
+                return Err(wrong("not a key on secp384r1 (CKA_EC_PARAMS)"));
+            }
+            let public_template = [
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(id.clone()),
+            ];
+            let public = only_one(
+                s.find_objects(&public_template).ck("C_FindObjects")?,
+                label,
+                "public key",
+            )?;
+            let point = read_public_point(ts, public)?;
+            ts.remember(label, &id, private);
+            Ok(P384SigningKey {
+                token: self.clone(),
+                label: label.into(),
+                id: id.into(),
+                public: point,
+            })
+        })
+    }
+}
+
+impl P384SigningKey {
+    /// The key's `CKA_LABEL`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The token holding the key.
+    pub fn token(&self) -> &Token {
+        &self.token
+    }
+
+    /// The public key as an uncompressed SEC1 point: 97 bytes, starting with `0x04`.
+    pub fn public_key_sec1(&self) -> &[u8] {
+        &self.public
+    }
+
+    /// Signs a SHA-384 digest with `CKM_ECDSA`; returns `r || s` (96 bytes).
+    ///
+    /// The signature is as the token makes it: not normalised to low-S (SoftHSM's are not).
+    pub fn sign_prehash(&self, digest: &[u8; SHA384_LEN]) -> Result<[u8; P384_SIGNATURE_LEN]> {
+        let signature = with_session(&self.token, |ts| {
+            let handle = self.private_handle(ts)?;
+            match ts.session.sign(&Mechanism::Ecdsa, handle, digest) {
+                Err(e) => {
+                    let fail = Fail::Ck("C_Sign", e);
+                    if !fail.is_stale_handle() {
+                        return Err(fail);
+                    }
+                    // The cached handle went stale: find the key again, once.
+                    ts.forget(&self.id);
+                    let handle = self.private_handle(ts)?;
+                    ts.session
+                        .sign(&Mechanism::Ecdsa, handle, digest)
+                        .ck("C_Sign")
+                }
+                ok => ok.ck("C_Sign"),
+            }
+        })?;
+        let got = signature.len();
+        signature.try_into().map_err(|_| KmsError::BadSignature {
+            expected: P384_SIGNATURE_LEN,
+            got,
+        })
+    }
+
+    /// Hashes `msg` with SHA-384 (in software) and signs the digest with [`Self::sign_prehash`].
+    pub fn sign_sha384(&self, msg: &[u8]) -> Result<[u8; P384_SIGNATURE_LEN]> {
+        let digest: [u8; SHA384_LEN] = Sha384::digest(msg).into();
+        self.sign_prehash(&digest)
+    }
+
+    /// Reads the private key's protection attributes from the token.
+    pub fn protection(&self) -> Result<KeyProtection> {
+        with_session(&self.token, |ts| {
+            let handle = self.private_handle(ts)?;
+            match read_protection(ts, handle) {
+                Err(fail) if fail.is_stale_handle() => {
+                    ts.forget(&self.id);
+                    let handle = self.private_handle(ts)?;
+                    read_protection(ts, handle)
+                }
+                other => other,
+            }
+        })
+    }
+
+    /// The private key's handle for this thread's session: cached, or found by label and id.
+    fn private_handle(&self, ts: &ThreadSession) -> std::result::Result<ObjectHandle, Fail> {
+        if let Some(handle) = ts.cached(&self.label, &self.id) {
+            return Ok(handle);
+        }
+        let mut template = private_key_template(&self.label);
+        template.push(Attribute::Id(self.id.to_vec()));
+        let handle = only_one(
+            ts.session.find_objects(&template).ck("C_FindObjects")?,
+            &self.label,
+            "private key",
+        )?;
+        ts.remember(&self.label, &self.id, handle);
+        Ok(handle)
+    }
+}
+
+impl fmt::Debug for P384SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("P384SigningKey")
+            .field("token", &self.token.label())
+            .field("label", &self.label)
+            .field("id", &hex::encode(&self.id))
+            .field("public", &hex::encode(self.public))
+            .finish()
+    }
+}
+
+/// Normalises a `CKA_EC_POINT` value to the 97-byte uncompressed P-384 point: accepts the DER
+/// OCTET STRING the specification asks for (`04 61 04 ...`, 99 bytes) and the bare point
+/// (`04 ...`, 97 bytes) some tokens return.
+pub fn normalise_p384_ec_point(raw: &[u8]) -> Result<[u8; P384_SEC1_LEN]> {
+    const DER_HEADER: [u8; 2] = [0x04, P384_SEC1_LEN as u8];
+    let point = match raw.len() {
+        P384_SEC1_LEN => raw,
+        len if len == P384_SEC1_LEN + 2 && raw.starts_with(&DER_HEADER) => {
+            raw.get(2..).unwrap_or_default()
+        }
+        len => {
+            return Err(KmsError::BadPublicKey {
+                reason: format!(
+                    "CKA_EC_POINT is {len} bytes; expected a {P384_SEC1_LEN}-byte point, bare or \
+                     in a DER OCTET STRING"
+                ),
+            });
+        }
+    };
+    let point: [u8; P384_SEC1_LEN] = point.try_into().map_err(|_| KmsError::BadPublicKey {
+        reason: "CKA_EC_POINT has the wrong length".into(),
+    })?;
+    if point.first() != Some(&0x04) {
+        return Err(KmsError::BadPublicKey {
+            reason: "CKA_EC_POINT is not an uncompressed point (no 0x04 prefix)".into(),
+        });
+    }
+    Ok(point)
+}
+
+/// Search template for a token's EC private keys labelled `label`.
+fn private_key_template(label: &str) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ]
+}
+
+fn check_key_label(label: &str) -> Result<()> {
+    if label.is_empty() {
+        return Err(KmsError::InvalidLabel {
+            label: String::new(),
+            reason: "empty",
+        });
+    }
+    Ok(())
+}
+
+fn only_one(
+    handles: Vec<ObjectHandle>,
+    label: &str,
+    what: &'static str,
+) -> std::result::Result<ObjectHandle, Fail> {
+    match handles.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(Fail::Kms(KmsError::KeyNotFound {
+            label: label.to_owned(),
+        })),
+        many => Err(Fail::Kms(KmsError::KeyAmbiguous {
+            label: label.to_owned(),
+            what,
+            count: many.len(),
+        })),
+    }
+}
+
+fn read_public_point(
+    ts: &ThreadSession,
+    public: ObjectHandle,
+) -> std::result::Result<[u8; P384_SEC1_LEN], Fail> {
+    let attrs = ts
+        .session
+        .get_attributes(public, &[AttributeType::EcPoint])
+        .ck("C_GetAttributeValue")?;
+    let raw = attrs
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::EcPoint(v) => Some(v),
+            _ => None,
+        })
+        .ok_or_else(|| KmsError::BadPublicKey {
+            reason: "public key has no CKA_EC_POINT".into(),
+        })?;
+    Ok(normalise_p384_ec_point(&raw)?)
+}
+
+fn read_protection(
+    ts: &ThreadSession,
+    private: ObjectHandle,
+) -> std::result::Result<KeyProtection, Fail> {
+    let attrs = ts
+        .session
+        .get_attributes(
+            private,
+            &[
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::AlwaysSensitive,
+                AttributeType::NeverExtractable,
+            ],
+        )
+        .ck("C_GetAttributeValue")?;
+    let (mut sensitive, mut extractable, mut always_sensitive, mut never_extractable) =
+        (None, None, None, None);
+    for attr in attrs {
+        match attr {
+            Attribute::Sensitive(v) => sensitive = Some(v),
+            Attribute::Extractable(v) => extractable = Some(v),
+            Attribute::AlwaysSensitive(v) => always_sensitive = Some(v),
+            Attribute::NeverExtractable(v) => never_extractable = Some(v),
+            _ => {}
+        }
+    }
+    let missing = |name: &str| {
+        Fail::Kms(KmsError::Pkcs11 {
+            operation: "C_GetAttributeValue",
+            reason: format!("the token did not report {name} of a private key"),
+        })
+    };
+    Ok(KeyProtection {
+        sensitive: sensitive.ok_or_else(|| missing("CKA_SENSITIVE"))?,
+        extractable: extractable.ok_or_else(|| missing("CKA_EXTRACTABLE"))?,
+        always_sensitive: always_sensitive.ok_or_else(|| missing("CKA_ALWAYS_SENSITIVE"))?,
+        never_extractable: never_extractable.ok_or_else(|| missing("CKA_NEVER_EXTRACTABLE"))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ec_point_bare_and_wrapped_normalise_to_the_same_point() -> Result<()> {
+        let mut bare = vec![0x04];
+        bare.extend((1..=96).map(|i| i as u8));
+        let mut wrapped = vec![0x04, 0x61];
+        wrapped.extend(&bare);
+        assert_eq!(normalise_p384_ec_point(&bare)?.to_vec(), bare);
+        assert_eq!(normalise_p384_ec_point(&wrapped)?.to_vec(), bare);
+        Ok(())
+    }
+
+    #[test]
+    fn ec_point_of_wrong_shape_is_refused() {
+        let mut compressed = vec![0x02];
+        compressed.extend([7u8; 48]);
+        assert!(normalise_p384_ec_point(&compressed).is_err());
+        let mut bad_prefix = vec![0x03];
+        bad_prefix.extend([7u8; 96]);
+        assert!(normalise_p384_ec_point(&bad_prefix).is_err());
+        let mut bad_der = vec![0x04, 0x60, 0x04];
+        bad_der.extend([7u8; 96]);
+        assert!(normalise_p384_ec_point(&bad_der).is_err());
+        assert!(normalise_p384_ec_point(&[]).is_err());
+    }
+}
