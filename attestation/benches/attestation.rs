@@ -6,7 +6,7 @@
 //!
 //! A plain timing harness (median of per-iteration times after a warm-up), not a test. The local
 //! attester part needs `SOFTHSM2_CONF` pointing at a private SoftHSM config (`make bench` makes one).
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -52,26 +52,45 @@ fn bench_verify_real() {
         nonce: doc.nonce.clone(),
         ..Default::default()
     };
-    measure("verify a real AWS Nitro document (goal <= 2 ms)", 500, || {
-        black_box(verify(black_box(&bytes), &root, at, &expect).unwrap());
-    });
-    measure("  of which: parse only (CBOR + AWS field limits)", 2000, || {
-        black_box(parse_unverified(black_box(&bytes)).unwrap());
-    });
+    measure(
+        "verify a real AWS Nitro document (goal <= 2 ms)",
+        500,
+        || {
+            black_box(verify(black_box(&bytes), &root, at, &expect).unwrap());
+        },
+    );
+    measure(
+        "  of which: parse only (CBOR + AWS field limits)",
+        2000,
+        || {
+            black_box(parse_unverified(black_box(&bytes)).unwrap());
+        },
+    );
 }
 
 fn bench_local_attester() {
     if std::env::var_os("SOFTHSM2_CONF").is_none() {
-        println!("local attester: skipped (set SOFTHSM2_CONF to a private SoftHSM config; make bench does)");
+        println!(
+            "local attester: skipped (set SOFTHSM2_CONF to a private SoftHSM config; make bench does)"
+        );
         return;
     }
-    let module = std::env::var_os("COSIGNER_PKCS11_MODULE")
-        .map_or_else(|| PathBuf::from(cosigner_kms::DEFAULT_SOFTHSM_MODULE), PathBuf::from);
+    let module = std::env::var_os("COSIGNER_PKCS11_MODULE").map_or_else(
+        || PathBuf::from(cosigner_kms::DEFAULT_SOFTHSM_MODULE),
+        PathBuf::from,
+    );
     let dir = std::env::temp_dir().join(format!("cosigner-bench-{}", std::process::id()));
     let label = format!("bench-{}", std::process::id());
     let pin = Pin::new("bench-user-pin");
     let token = Token::init(&module, &label, &Pin::new("bench-so-pin"), &pin).unwrap();
-    local::provision(&dir, &module, &token, SystemTime::now(), Lifetimes::default()).unwrap();
+    local::provision(
+        &dir,
+        &module,
+        &token,
+        SystemTime::now(),
+        Lifetimes::default(),
+    )
+    .unwrap();
     let attester = LocalAttester::load_measured(&dir, &pin, &[7; 48]).unwrap();
     let root = PinnedRoot::from_der(attester.root_der()).unwrap();
     let request = AttestRequest {
@@ -79,9 +98,13 @@ fn bench_local_attester() {
         user_data: Some(vec![2; 32]),
         public_key: None,
     };
-    measure("local attester: produce a document (SoftHSM P-384 sign)", 300, || {
-        black_box(attester.attest_at(&request, SystemTime::now()).unwrap());
-    });
+    measure(
+        "local attester: produce a document (SoftHSM P-384 sign)",
+        300,
+        || {
+            black_box(attester.attest_at(&request, SystemTime::now()).unwrap());
+        },
+    );
     let doc = attester.attest_at(&request, SystemTime::now()).unwrap();
     measure("verify a local attester document", 500, || {
         black_box(verify(&doc, &root, SystemTime::now(), &Expectations::default()).unwrap());

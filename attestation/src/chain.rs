@@ -56,7 +56,8 @@ impl PinnedRoot {
     /// Takes a DER certificate; it must be a CA allowed to sign certificates.
     pub fn from_der(der: &[u8]) -> Result<Self> {
         let root = |reason: String| AttestationError::Root { reason };
-        let cert = Certificate::from_der(der).map_err(|e| root(format!("not a certificate: {e}")))?;
+        let cert =
+            Certificate::from_der(der).map_err(|e| root(format!("not a certificate: {e}")))?;
         match extension::<BasicConstraints>(&cert).map_err(root)? {
             Some(bc) if bc.ca => {}
             _ => return Err(root("is not a CA certificate (basicConstraints cA)".into())),
@@ -125,20 +126,22 @@ pub(crate) fn verify_chain(
         .duration_since(UNIX_EPOCH)
         .map_err(|_| chain("validation time is before 1970".into()))?;
 
-    let root_cert = Certificate::from_der(root.der())
-        .map_err(|e| chain(format!("pinned root: {e}")))?;
+    let root_cert =
+        Certificate::from_der(root.der()).map_err(|e| chain(format!("pinned root: {e}")))?;
     let validity = &root_cert.tbs_certificate.validity;
     if since_epoch < validity.not_before.to_unix_duration()
         || since_epoch > validity.not_after.to_unix_duration()
     {
-        return Err(chain("pinned root certificate is not valid at the validation time".into()));
+        return Err(chain(
+            "pinned root certificate is not valid at the validation time".into(),
+        ));
     }
 
     let leaf_cert = CertificateDer::from(leaf_der);
     let leaf = EndEntityCert::try_from(&leaf_cert).map_err(|e| chain(format!("leaf: {e}")))?;
     let root_der = CertificateDer::from(root.der());
-    let anchors = [anchor_from_trusted_cert(&root_der)
-        .map_err(|e| chain(format!("pinned root: {e}")))?];
+    let anchors =
+        [anchor_from_trusted_cert(&root_der).map_err(|e| chain(format!("pinned root: {e}")))?];
     let intermediates: Vec<CertificateDer<'_>> = intermediates
         .iter()
         .map(|c| CertificateDer::from(c.as_slice()))
@@ -166,12 +169,14 @@ pub(crate) fn verify_chain(
     if let Some(ku) = extension::<KeyUsage>(&leaf_parsed).map_err(chain)?
         && !ku.digital_signature()
     {
-        return Err(chain("leaf key usage does not allow digitalSignature".into()));
+        return Err(chain(
+            "leaf key usage does not allow digitalSignature".into(),
+        ));
     }
     for ca in path.intermediate_certificates() {
         let der = ca.der();
-        let parsed = Certificate::from_der(der.as_ref())
-            .map_err(|e| chain(format!("intermediate: {e}")))?;
+        let parsed =
+            Certificate::from_der(der.as_ref()).map_err(|e| chain(format!("intermediate: {e}")))?;
         if let Some(ku) = extension::<KeyUsage>(&parsed).map_err(chain)?
             && !ku.key_cert_sign()
         {

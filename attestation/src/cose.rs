@@ -79,8 +79,16 @@ pub(crate) fn encode_cbor(value: &Value) -> Result<Vec<u8>> {
 /// The protected header every ES384 COSE_Sign1 of this crate carries: `{1: -35}`.
 pub fn es384_protected_header() -> Result<Vec<u8>> {
     encode_cbor(&Value::Map(vec![(
-        Value::Integer(HEADER_ALG.try_into().map_err(|_| AttestationError::malformed("label"))?),
-        Value::Integer(ALG_ES384.try_into().map_err(|_| AttestationError::malformed("alg"))?),
+        Value::Integer(
+            HEADER_ALG
+                .try_into()
+                .map_err(|_| AttestationError::malformed("label"))?,
+        ),
+        Value::Integer(
+            ALG_ES384
+                .try_into()
+                .map_err(|_| AttestationError::malformed("alg"))?,
+        ),
     )]))
 }
 
@@ -208,15 +216,13 @@ fn check_protected_header(protected: &[u8]) -> Result<()> {
         Some(other) => Err(AttestationError::malformed(format!(
             "protected header alg is {other:?}, expected ES384 (-35)"
         ))),
-        None => Err(AttestationError::malformed(
-            "protected header has no `alg`",
-        )),
+        None => Err(AttestationError::malformed("protected header has no `alg`")),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
 
     fn sample() -> CoseSign1 {

@@ -143,7 +143,12 @@ impl AttestationDoc {
             _ => return Err(AttestationError::field("timestamp", "is not an integer")),
         };
         let pcrs = decode_pcrs(required("pcrs", pcrs)?)?;
-        let certificate = bytes_within("certificate", required("certificate", certificate)?, 1, MAX_CERTIFICATE_LEN)?;
+        let certificate = bytes_within(
+            "certificate",
+            required("certificate", certificate)?,
+            1,
+            MAX_CERTIFICATE_LEN,
+        )?;
         let Value::Array(bundle) = required("cabundle", cabundle)? else {
             return Err(AttestationError::field("cabundle", "is not an array"));
         };
@@ -201,11 +206,7 @@ impl AttestationDoc {
     /// True when PCR0, PCR1 and PCR2 are all zero (or absent): an enclave started in debug mode,
     /// whose memory the parent can read (Nitro Enclaves User Guide, "Debug mode").
     pub fn is_debug_mode(&self) -> bool {
-        (0..=2u8).all(|i| {
-            self.pcrs
-                .get(&i)
-                .is_none_or(|v| v.iter().all(|b| *b == 0))
-        })
+        (0..=2u8).all(|i| self.pcrs.get(&i).is_none_or(|v| v.iter().all(|b| *b == 0)))
     }
 }
 
@@ -281,7 +282,12 @@ fn decode_pcrs(value: Value) -> Result<BTreeMap<u8, Vec<u8>>> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::type_complexity
+    )]
     use super::*;
 
     fn sample() -> AttestationDoc {
@@ -316,8 +322,18 @@ mod tests {
         let cases: Vec<(&str, Box<dyn Fn(&mut AttestationDoc)>)> = vec![
             ("module_id", Box::new(|d| d.module_id.clear())),
             ("pcrs", Box::new(|d| d.pcrs.clear())),
-            ("pcrs", Box::new(|d| { d.pcrs.insert(3, vec![0; 47]); })),
-            ("pcrs", Box::new(|d| { d.pcrs.insert(32, vec![0; 48]); })),
+            (
+                "pcrs",
+                Box::new(|d| {
+                    d.pcrs.insert(3, vec![0; 47]);
+                }),
+            ),
+            (
+                "pcrs",
+                Box::new(|d| {
+                    d.pcrs.insert(32, vec![0; 48]);
+                }),
+            ),
             ("certificate", Box::new(|d| d.certificate.clear())),
             ("certificate", Box::new(|d| d.certificate = vec![0; 1025])),
             ("cabundle", Box::new(|d| d.cabundle.clear())),

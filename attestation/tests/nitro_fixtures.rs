@@ -2,7 +2,12 @@
 //!
 //! The documents' certificates expired long ago: each verifies at its own timestamp. Where the
 //! shared fixtures are absent (someone else's clone), every test says so and passes vacuously.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,7 +33,8 @@ fn fixtures_dir() -> Option<PathBuf> {
 fn load(name: &str) -> Option<(Fixture, PinnedRoot)> {
     let dir = fixtures_dir()?;
     let bytes = std::fs::read(dir.join(name)).unwrap();
-    let root = PinnedRoot::from_pem(&std::fs::read(dir.join("aws-nitro-root-g1.pem")).unwrap()).unwrap();
+    let root =
+        PinnedRoot::from_pem(&std::fs::read(dir.join("aws-nitro-root-g1.pem")).unwrap()).unwrap();
     let (_, doc) = cosigner_attestation::parse_unverified(&bytes).unwrap();
     Some((Fixture { bytes, doc }, root))
 }
@@ -61,7 +67,10 @@ fn real_document_verifies_at_its_own_time() {
     };
     let verified = verify(&f.bytes, &root, own_time(&f.doc), &expect).unwrap();
     assert!(!verified.debug);
-    assert_eq!(verified.doc.module_id, "i-020b6af9246d90e92-enc0183d09086c24190");
+    assert_eq!(
+        verified.doc.module_id,
+        "i-020b6af9246d90e92-enc0183d09086c24190"
+    );
     assert_eq!(verified.doc.timestamp, 1_665_651_482_136);
     assert_eq!(verified.doc.nonce.as_ref().map(Vec::len), Some(256));
     assert!(hex::encode(&verified.doc.pcrs[&0]).starts_with("f4d48b81a460c991"));
@@ -111,8 +120,12 @@ fn another_root() -> Vec<u8> {
     use x509_cert::builder::{Builder, CertificateBuilder, Profile};
     let key = p384::ecdsa::SigningKey::random(&mut rand::thread_rng());
     let validity = x509_cert::time::Validity {
-        not_before: x509_cert::time::Time::try_from(UNIX_EPOCH + Duration::from_secs(1_577_836_800)).unwrap(),
-        not_after: x509_cert::time::Time::try_from(UNIX_EPOCH + Duration::from_secs(2_208_988_800)).unwrap(),
+        not_before: x509_cert::time::Time::try_from(
+            UNIX_EPOCH + Duration::from_secs(1_577_836_800),
+        )
+        .unwrap(),
+        not_after: x509_cert::time::Time::try_from(UNIX_EPOCH + Duration::from_secs(2_208_988_800))
+            .unwrap(),
     };
     let spki = x509_cert::spki::SubjectPublicKeyInfoOwned::from_key(*key.verifying_key()).unwrap();
     let builder = CertificateBuilder::new(
@@ -124,7 +137,11 @@ fn another_root() -> Vec<u8> {
         &key,
     )
     .unwrap();
-    builder.build::<p384::ecdsa::DerSignature>().unwrap().to_der().unwrap()
+    builder
+        .build::<p384::ecdsa::DerSignature>()
+        .unwrap()
+        .to_der()
+        .unwrap()
 }
 
 #[test]
@@ -136,22 +153,34 @@ fn real_document_with_wrong_pcr_or_nonce_is_refused() {
         ..Default::default()
     };
     let err = verify(&f.bytes, &root, at, &pcr).unwrap_err();
-    assert!(matches!(err, AttestationError::Pcr { index: 0, .. }), "{err}");
+    assert!(
+        matches!(err, AttestationError::Pcr { index: 0, .. }),
+        "{err}"
+    );
     let missing = Expectations {
         pcrs: [(20, vec![0; 48])].into(),
         ..Default::default()
     };
-    assert_eq!(verify(&f.bytes, &root, at, &missing).unwrap_err().check(), "pcr");
+    assert_eq!(
+        verify(&f.bytes, &root, at, &missing).unwrap_err().check(),
+        "pcr"
+    );
     let nonce = Expectations {
         nonce: Some(vec![1, 2, 3]),
         ..Default::default()
     };
-    assert_eq!(verify(&f.bytes, &root, at, &nonce).unwrap_err().check(), "nonce");
+    assert_eq!(
+        verify(&f.bytes, &root, at, &nonce).unwrap_err().check(),
+        "nonce"
+    );
     let user_data = Expectations {
         user_data: Some(vec![1]),
         ..Default::default()
     };
-    assert_eq!(verify(&f.bytes, &root, at, &user_data).unwrap_err().check(), "user_data");
+    assert_eq!(
+        verify(&f.bytes, &root, at, &user_data).unwrap_err().check(),
+        "user_data"
+    );
 }
 
 /// Flips one bit of `part` inside the signed document and re-encodes the COSE structure.
@@ -181,25 +210,42 @@ fn real_document_with_any_byte_changed_is_refused() {
     let at = own_time(&f.doc);
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("payload byte", tamper(&f.bytes, |c, _| c.payload[40] ^= 1)),
-        ("signature byte", tamper(&f.bytes, |c, _| c.signature[10] ^= 1)),
-        ("nonce", tamper(&f.bytes, |_, d| d.nonce.as_mut().unwrap()[0] ^= 1)),
-        ("pcr", tamper(&f.bytes, |_, d| d.pcrs.get_mut(&0).unwrap()[0] ^= 1)),
-        ("leaf byte", tamper(&f.bytes, |_, d| {
-            let n = d.certificate.len();
-            d.certificate[n - 20] ^= 1;
-        })),
-        ("cabundle byte", tamper(&f.bytes, |_, d| {
-            let n = d.cabundle[2].len();
-            d.cabundle[2][n - 20] ^= 1;
-        })),
-        ("cabundle entry removed", tamper(&f.bytes, |_, d| {
-            d.cabundle.remove(2);
-        })),
+        (
+            "signature byte",
+            tamper(&f.bytes, |c, _| c.signature[10] ^= 1),
+        ),
+        (
+            "nonce",
+            tamper(&f.bytes, |_, d| d.nonce.as_mut().unwrap()[0] ^= 1),
+        ),
+        (
+            "pcr",
+            tamper(&f.bytes, |_, d| d.pcrs.get_mut(&0).unwrap()[0] ^= 1),
+        ),
+        (
+            "leaf byte",
+            tamper(&f.bytes, |_, d| {
+                let n = d.certificate.len();
+                d.certificate[n - 20] ^= 1;
+            }),
+        ),
+        (
+            "cabundle byte",
+            tamper(&f.bytes, |_, d| {
+                let n = d.cabundle[2].len();
+                d.cabundle[2][n - 20] ^= 1;
+            }),
+        ),
+        (
+            "cabundle entry removed",
+            tamper(&f.bytes, |_, d| {
+                d.cabundle.remove(2);
+            }),
+        ),
         ("timestamp", tamper(&f.bytes, |_, d| d.timestamp -= 1)),
     ];
     for (what, bytes) in cases {
-        let err = verify(&bytes, &root, at, &Expectations::default())
-            .expect_err(what);
+        let err = verify(&bytes, &root, at, &Expectations::default()).expect_err(what);
         // Every change to signed bytes is caught by the signature or the chain, never later.
         assert!(
             matches!(err.check(), "signature" | "chain" | "structure"),

@@ -158,3 +158,80 @@ pub fn bin(name: &str) -> PathBuf {
         Err(e) => panic!("{e:#}"),
     }
 }
+
+/// What a finished process printed and returned.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Exit code (`None` if killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output, lossily decoded.
+    pub stdout: String,
+    /// Standard error, lossily decoded.
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// Asserts success and returns stdout.
+    ///
+    /// # Panics
+    /// If the process failed; the message carries its stderr.
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, Some(0), "process failed: {}", self.stderr);
+        &self.stdout
+    }
+
+    /// Asserts a clean refusal (exit code 1, exactly one line on stderr, no panic) and returns
+    /// that line.
+    ///
+    /// # Panics
+    /// If the process succeeded, panicked, died of a signal, or said more or less than one line.
+    pub fn refused(&self) -> &str {
+        assert!(
+            !self.stderr.contains("panicked"),
+            "process panicked: {}",
+            self.stderr
+        );
+        assert_eq!(
+            self.code,
+            Some(1),
+            "expected exit code 1; stdout {:?} stderr {:?}",
+            self.stdout,
+            self.stderr
+        );
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one stderr line, got {:?}",
+            self.stderr
+        );
+        lines.first().copied().unwrap_or_default()
+    }
+}
+
+/// Runs a workspace binary with `args` and extra environment `envs`, stdin closed, and waits.
+///
+/// # Panics
+/// If the binary is missing or cannot be started.
+pub fn run<I, S>(name: &str, args: I, envs: &[(String, String)]) -> Outcome
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let output = std::process::Command::new(bin(name))
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env_remove("COSIGNER_PKCS11_PIN")
+        .env_remove("COSIGNER_PKCS11_SO_PIN")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(std::process::Stdio::null())
+        .output();
+    match output {
+        Ok(out) => Outcome {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        },
+        Err(e) => panic!("cannot run {name}: {e}"),
+    }
+}

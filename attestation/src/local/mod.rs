@@ -128,14 +128,20 @@ pub fn provision(
     let config_path = dir.join(CONFIG_FILE);
     if config_path.exists() {
         return Err(AttestationError::Pki {
-            reason: format!("{} already exists: refusing to overwrite", config_path.display()),
+            reason: format!(
+                "{} already exists: refusing to overwrite",
+                config_path.display()
+            ),
         });
     }
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     let root_key = token.generate_p384_signing_key(ROOT_KEY_LABEL)?;
     let leaf_key = token.generate_p384_signing_key(ATTESTATION_KEY_LABEL)?;
     let fingerprint = Sha384::digest(leaf_key.public_key_sec1());
-    let module_id = format!("local-{}", hex::encode(fingerprint.get(..8).unwrap_or_default()));
+    let module_id = format!(
+        "local-{}",
+        hex::encode(fingerprint.get(..8).unwrap_or_default())
+    );
     let root_der = pki::issue_root(&root_key, now, lifetimes.root)?;
     let leaf_der = pki::issue_leaf(&root_key, &leaf_key, &module_id, now, lifetimes.leaf)?;
     let root = PinnedRoot::from_der(&root_der)?;
@@ -179,7 +185,8 @@ pub fn measure_file(path: &Path) -> Result<[u8; SHA384_LEN]> {
 
 /// The PCRs a local attester reports for `executable_digest` and its leaf certificate.
 pub fn local_pcrs(executable_digest: &[u8; SHA384_LEN], leaf_der: &[u8]) -> BTreeMap<u8, Vec<u8>> {
-    let mut pcrs: BTreeMap<u8, Vec<u8>> = (0..PCR_COUNT).map(|i| (i, vec![0; SHA384_LEN])).collect();
+    let mut pcrs: BTreeMap<u8, Vec<u8>> =
+        (0..PCR_COUNT).map(|i| (i, vec![0; SHA384_LEN])).collect();
     pcrs.insert(0, executable_digest.to_vec());
     pcrs.insert(2, executable_digest.to_vec());
     pcrs.insert(4, Sha384::digest(leaf_der).to_vec());
@@ -222,7 +229,11 @@ impl LocalAttester {
     }
 
     /// Like [`LocalAttester::load`], with the executable's measurement supplied by the caller.
-    pub fn load_measured(dir: &Path, pin: &Pin, executable_digest: &[u8; SHA384_LEN]) -> Result<Self> {
+    pub fn load_measured(
+        dir: &Path,
+        pin: &Pin,
+        executable_digest: &[u8; SHA384_LEN],
+    ) -> Result<Self> {
         let config_path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&config_path).map_err(|e| io_err(&config_path, e))?;
         let config: LocalAttesterConfig =

@@ -92,8 +92,7 @@ fn validity(now: SystemTime, lifetime: Duration) -> Result<Validity> {
 
 fn serial() -> Result<SerialNumber> {
     let mut bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut bytes)
-        .map_err(|_| pki("no randomness for a serial number"))?;
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| pki("no randomness for a serial number"))?;
     // RFC 5280 §4.1.2.2: positive, at most 20 octets.
     bytes[0] = (bytes[0] & 0x7f) | 0x01;
     SerialNumber::new(&bytes).map_err(pki)
@@ -137,7 +136,8 @@ pub(crate) fn issue_leaf(
 ) -> Result<Vec<u8>> {
     let root_signer = TokenSigner::new(root_key)?;
     let leaf_signer = TokenSigner::new(leaf_key)?;
-    let subject = Name::from_str(&format!("CN={module_id},O=cosigner local attester")).map_err(pki)?;
+    let subject =
+        Name::from_str(&format!("CN={module_id},O=cosigner local attester")).map_err(pki)?;
     let builder = CertificateBuilder::new(
         Profile::Leaf {
             issuer: root_name()?,

@@ -99,17 +99,17 @@ pub fn run(cmd: AttestationCommand) -> anyhow::Result<()> {
                 anyhow::anyhow!("verification failed at check `{}`: {e}", e.check())
             })?;
             let mut out = doc_json(&verified.doc);
-            out["debug"] = json!(verified.debug);
-            emit(&out.to_string())
+            out.insert("debug".into(), json!(verified.debug));
+            emit(&Value::Object(out).to_string())
         }
         AttestationCommand::Inspect { doc } => {
             let bytes = read_document(&doc)?;
             let (cose, parsed) = parse_unverified(&bytes)
                 .map_err(|e| anyhow::anyhow!("cannot parse at check `{}`: {e}", e.check()))?;
             let mut out = doc_json(&parsed);
-            out["status"] = json!("UNVERIFIED");
-            out["debug_mode"] = json!(parsed.is_debug_mode());
-            out["signature"] = json!(hex::encode(&cose.signature));
+            out.insert("status".into(), json!("UNVERIFIED"));
+            out.insert("debug_mode".into(), json!(parsed.is_debug_mode()));
+            out.insert("signature".into(), json!(hex::encode(&cose.signature)));
             let describe = |der: &[u8]| match certificate_summary(der) {
                 Ok(c) => json!({
                     "subject": c.subject, "issuer": c.issuer,
@@ -117,10 +117,15 @@ pub fn run(cmd: AttestationCommand) -> anyhow::Result<()> {
                 }),
                 Err(e) => json!({ "error": e.to_string() }),
             };
-            out["certificate"] = describe(&parsed.certificate);
-            out["cabundle"] = Value::Array(parsed.cabundle.iter().map(|c| describe(c)).collect());
-            eprintln!("UNVERIFIED: nothing below has been checked; use `cosigner attestation verify`");
-            emit(&serde_json::to_string_pretty(&out)?)
+            out.insert("certificate".into(), describe(&parsed.certificate));
+            out.insert(
+                "cabundle".into(),
+                Value::Array(parsed.cabundle.iter().map(|c| describe(c)).collect()),
+            );
+            eprintln!(
+                "UNVERIFIED: nothing below has been checked; use `cosigner attestation verify`"
+            );
+            emit(&serde_json::to_string_pretty(&Value::Object(out))?)
         }
     }
 }
@@ -153,20 +158,21 @@ fn read_document(path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 /// The fields every output shares: hex for bytes, PCRs keyed by their index as a string.
-fn doc_json(doc: &AttestationDoc) -> Value {
-    let hex_or_null = |v: &Option<Vec<u8>>| v.as_ref().map_or(Value::Null, |b| json!(hex::encode(b)));
+fn doc_json(doc: &AttestationDoc) -> serde_json::Map<String, Value> {
+    let hex_or_null =
+        |v: &Option<Vec<u8>>| v.as_ref().map_or(Value::Null, |b| json!(hex::encode(b)));
     let pcrs: serde_json::Map<String, Value> = doc
         .pcrs
         .iter()
         .map(|(i, v)| (i.to_string(), json!(hex::encode(v))))
         .collect();
-    json!({
-        "module_id": doc.module_id,
-        "timestamp": doc.timestamp,
-        "digest": doc.digest,
-        "pcrs": pcrs,
-        "nonce": hex_or_null(&doc.nonce),
-        "user_data": hex_or_null(&doc.user_data),
-        "public_key": hex_or_null(&doc.public_key),
-    })
+    let mut out = serde_json::Map::new();
+    out.insert("module_id".into(), json!(doc.module_id));
+    out.insert("timestamp".into(), json!(doc.timestamp));
+    out.insert("digest".into(), json!(doc.digest));
+    out.insert("pcrs".into(), Value::Object(pcrs));
+    out.insert("nonce".into(), hex_or_null(&doc.nonce));
+    out.insert("user_data".into(), hex_or_null(&doc.user_data));
+    out.insert("public_key".into(), hex_or_null(&doc.public_key));
+    out
 }

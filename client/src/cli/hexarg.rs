@@ -35,7 +35,10 @@ mod tests {
 
     #[test]
     fn pcr_flags() {
-        assert_eq!(pcr(&format!("3={}", "ab".repeat(48))), Ok((3, vec![0xab; 48])));
+        assert_eq!(
+            pcr(&format!("3={}", "ab".repeat(48))),
+            Ok((3, vec![0xab; 48]))
+        );
         for bad in ["", "3", "x=00", "32=00", "-1=00", "0=zz", "0=00"] {
             assert!(pcr(bad).is_err(), "{bad}");
         }
