@@ -6,7 +6,12 @@
 //!
 //! A plain timing harness (median of per-iteration times after a warm-up), not a test. The local
 //! attester part needs `SOFTHSM2_CONF` pointing at a private SoftHSM config (`make bench` makes one).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::hint::black_box;
 use std::path::PathBuf;

@@ -1,7 +1,12 @@
 //! Untrusted bytes never panic the decoder or the verifier: random inputs, and random mutations
 //! of real and synthetic documents, all end in `Ok` or a precise error. (`make fuzz` runs the
 //! coverage-guided version of this; this test keeps a deterministic slice of it in CI.)
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
