@@ -1,8 +1,28 @@
 //! cosigner's wire format and IO-free ceremony state machines.
 //!
-//! Client, parent and enclave share this crate. It has no IO: every ceremony is a function of
-//! (state, message) so it runs in memory in tests. The messages and state machines arrive with the
-//! end-to-end wallet; what is fixed now is the version they will carry.
+//! Client, parent and enclave share this crate. It does no IO of its own: [`frame`] turns bytes
+//! into frames, [`wire`] frames into versioned messages, and the ceremonies ([`dkg`], [`sign`]) are
+//! state machines that take a message and return the next state and the messages to send, so a
+//! whole ceremony runs in memory in a test. Sockets live in the binaries.
 
-/// Version of the wire protocol; every frame will carry it.
+pub mod dkg;
+mod error;
+pub mod frame;
+pub mod hpke;
+pub mod sign;
+pub mod wire;
+
+pub use error::{ProtocolError, Result};
+
+/// Version of the wire protocol; every envelope carries it.
 pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Party numbers of a personal wallet: the user's device, the provider, the recovery cosigner.
+pub mod party {
+    /// Shard A: the user's device.
+    pub const DEVICE: u16 = 1;
+    /// Shard B: the provider's cosigner.
+    pub const PROVIDER: u16 = 2;
+    /// Shard C: the recovery cosigner.
+    pub const RECOVERY: u16 = 3;
+}

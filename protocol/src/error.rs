@@ -1,0 +1,98 @@
+//! The one error type of the protocol crate.
+
+/// Everything that can go wrong in framing, encoding, or a ceremony.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A frame announced or carried more than the cap.
+    #[error("frame of {actual} bytes exceeds the {max}-byte limit")]
+    FrameTooLarge {
+        /// The cap.
+        max: usize,
+        /// The announced or actual size.
+        actual: usize,
+    },
+    /// The stream ended inside a frame.
+    #[error("stream ended inside a frame")]
+    Truncated,
+    /// The underlying stream failed.
+    #[error("i/o: {0}")]
+    Io(String),
+    /// A message could not be encoded or decoded.
+    #[error("malformed message: {reason}")]
+    Encoding {
+        /// What was wrong.
+        reason: String,
+    },
+    /// The peer speaks another protocol version.
+    #[error("protocol version {actual}, expected {expected}")]
+    Version {
+        /// Ours.
+        expected: u16,
+        /// Theirs.
+        actual: u16,
+    },
+    /// The ceremony names a ciphersuite this build does not run.
+    #[error("unsupported ciphersuite {actual:?}")]
+    Ciphersuite {
+        /// What was asked for.
+        actual: String,
+    },
+    /// Ceremony parameters are inconsistent (threshold, party set, our own id).
+    #[error("invalid ceremony parameters: {reason}")]
+    Params {
+        /// What was wrong.
+        reason: String,
+    },
+    /// A message arrived that the ceremony's current state does not accept.
+    #[error("unexpected message: expected {expected}, got {actual}")]
+    UnexpectedMessage {
+        /// What the state machine waits for.
+        expected: &'static str,
+        /// What arrived.
+        actual: String,
+    },
+    /// A participant misbehaved; the culprit is named so the operator can act.
+    #[error("party {party} misbehaved: {reason}")]
+    Culprit {
+        /// The misbehaving party.
+        party: u16,
+        /// What it did.
+        reason: String,
+    },
+    /// Participants disagree on the DKG transcript or result: the broadcast was not consistent.
+    #[error("parties disagree on the ceremony: {reason}")]
+    Disagreement {
+        /// Who disagrees with whom, on what.
+        reason: String,
+    },
+    /// HPKE sealing or opening failed (a package for someone else, or altered in transit).
+    #[error("HPKE: {reason}")]
+    Hpke {
+        /// What failed.
+        reason: String,
+    },
+    /// The FROST library refused an operation.
+    #[error("FROST: {reason}")]
+    Frost {
+        /// The library's error.
+        reason: String,
+    },
+    /// A signing request does not match the session it claims (message, signer set, commitment).
+    #[error("signing session mismatch: {reason}")]
+    SessionMismatch {
+        /// What differs.
+        reason: String,
+    },
+}
+
+impl ProtocolError {
+    pub(crate) fn encoding(reason: impl std::fmt::Display) -> Self {
+        Self::Encoding {
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, ProtocolError>;

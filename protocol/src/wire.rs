@@ -1,0 +1,463 @@
+//! The messages: one versioned enum of requests, one of responses, with serializable errors.
+//!
+//! Bodies are CBOR (RFC 8949) through serde; FROST packages travel inside as frost's own compact
+//! serialization (`serialize()`), opaque here. Every body is wrapped in an [`Envelope`] carrying
+//! [`crate::PROTOCOL_VERSION`], checked on decode.
+//!
+//! Client ↔ enclave (inside TLS): [`Request`] / [`Response`]. Enclave ↔ parent (storage of sealed
+//! blobs): [`StoreRequest`] / [`StoreResponse`].
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_bytes::ByteBuf;
+
+use crate::PROTOCOL_VERSION;
+use crate::error::{ProtocolError, Result};
+
+/// Nesting limit when decoding a body.
+const RECURSION_LIMIT: usize = 32;
+
+/// A wallet's identifier: 16 random bytes chosen by the client that creates it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WalletId(#[serde(with = "serde_bytes")] pub [u8; 16]);
+
+impl WalletId {
+    /// Lowercase hex, how users see it.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses 32 hex digits.
+    pub fn from_hex(s: &str) -> Result<Self> {
+        let bytes =
+            hex::decode(s).map_err(|e| ProtocolError::encoding(format!("wallet id: {e}")))?;
+        let id: [u8; 16] = bytes.try_into().map_err(|b: Vec<u8>| {
+            ProtocolError::encoding(format!("wallet id is {} bytes, expected 16", b.len()))
+        })?;
+        Ok(Self(id))
+    }
+}
+
+impl std::fmt::Debug for WalletId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WalletId({})", self.to_hex())
+    }
+}
+
+impl std::fmt::Display for WalletId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Ciphersuite name of `frost-secp256k1-tr` (BIP-340 / Taproot), the default.
+pub const SUITE_SECP256K1_TR: &str = "FROST-secp256k1-SHA256-TR-v1";
+
+/// What a DKG creates: the same for every party.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkgParams {
+    /// The wallet being created.
+    pub wallet_id: WalletId,
+    /// The FROST ciphersuite's `ID` (e.g. [`SUITE_SECP256K1_TR`]).
+    pub ciphersuite: String,
+    /// Threshold: how many parties sign.
+    pub min_signers: u16,
+    /// Every party, by number (1-based, distinct).
+    pub parties: Vec<u16>,
+}
+
+/// A party's round-1 broadcast.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Round1Message {
+    /// Sender.
+    pub from: u16,
+    /// `frost::keys::dkg::round1::Package`, serialized by frost.
+    pub package: ByteBuf,
+    /// The sender's HPKE public key for this ceremony: round-2 packages to it are sealed to it.
+    pub hpke_public_key: ByteBuf,
+}
+
+/// A round-2 package sealed to its recipient with HPKE (RFC 9180 base mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedPackage {
+    /// Sender.
+    pub from: u16,
+    /// Recipient.
+    pub to: u16,
+    /// HPKE encapsulated key.
+    pub enc: ByteBuf,
+    /// HPKE ciphertext of the serialized `round2::Package`.
+    pub ciphertext: ByteBuf,
+}
+
+/// A party's view of the finished DKG, compared by all before the wallet is active.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confirmation {
+    /// Sender.
+    pub from: u16,
+    /// SHA-256 of the DKG transcript (parameters and every round-1 message) as the sender saw it.
+    pub transcript_hash: ByteBuf,
+    /// SHA-256 of the sender's serialized `PublicKeyPackage`.
+    pub public_key_package_hash: ByteBuf,
+}
+
+/// Public facts about a wallet the enclave holds a share of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalletInfo {
+    /// The wallet.
+    pub wallet_id: WalletId,
+    /// Ciphersuite.
+    pub ciphersuite: String,
+    /// This enclave's party number.
+    pub party: u16,
+    /// Threshold.
+    pub min_signers: u16,
+    /// All parties.
+    pub parties: Vec<u16>,
+    /// Share epoch (0 at creation).
+    pub epoch: u64,
+    /// The group's verifying key, serialized by frost.
+    pub group_public_key: ByteBuf,
+    /// The serialized `PublicKeyPackage`.
+    pub public_key_package: ByteBuf,
+}
+
+/// Client → enclave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Request {
+    /// First request of every session: attest, binding `nonce` and this TLS session.
+    Attest {
+        /// The client's fresh nonce (32 bytes).
+        nonce: ByteBuf,
+    },
+    /// Start a DKG as party `me`; answered with its round-1 broadcast.
+    DkgStart {
+        /// The ceremony.
+        params: DkgParams,
+        /// Our party number.
+        me: u16,
+    },
+    /// All round-1 broadcasts (ours included); answered with our sealed round-2 packages.
+    DkgRound2 {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// Every party's round-1 message.
+        round1: Vec<Round1Message>,
+    },
+    /// The round-2 packages addressed to us; answered with our confirmation.
+    DkgRound3 {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// Packages sealed to us, one from each other party.
+        packages: Vec<SealedPackage>,
+    },
+    /// Every party's confirmation; if all agree, the wallet becomes active and is stored sealed.
+    DkgConfirm {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// Every party's confirmation.
+        confirmations: Vec<Confirmation>,
+    },
+    /// Open a signing session for `message` with exactly `signers`; answered with commitments.
+    SignCommit {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// The message (for BIP-340: the 32-byte sighash).
+        message: ByteBuf,
+        /// The signing set, us included.
+        signers: Vec<u16>,
+    },
+    /// Round 2 of a signing session: answered with our signature share, once.
+    SignShare {
+        /// The session from `SignCommit`.
+        session_id: ByteBuf,
+        /// The coordinator's `SigningPackage`, serialized by frost.
+        signing_package: ByteBuf,
+    },
+    /// Public facts about a wallet.
+    GetWallet {
+        /// The wallet.
+        wallet_id: WalletId,
+    },
+}
+
+impl Request {
+    /// The variant's name, for logs and errors (never the contents).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Attest { .. } => "Attest",
+            Self::DkgStart { .. } => "DkgStart",
+            Self::DkgRound2 { .. } => "DkgRound2",
+            Self::DkgRound3 { .. } => "DkgRound3",
+            Self::DkgConfirm { .. } => "DkgConfirm",
+            Self::SignCommit { .. } => "SignCommit",
+            Self::SignShare { .. } => "SignShare",
+            Self::GetWallet { .. } => "GetWallet",
+        }
+    }
+}
+
+/// Enclave → client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Response {
+    /// The attestation document.
+    Attested {
+        /// COSE_Sign1 bytes.
+        document: ByteBuf,
+    },
+    /// Our round-1 broadcast.
+    DkgRound1 {
+        /// It.
+        message: Round1Message,
+    },
+    /// Our round-2 packages, one sealed to each other party.
+    DkgRound2 {
+        /// They.
+        packages: Vec<SealedPackage>,
+    },
+    /// Our confirmation.
+    DkgRound3 {
+        /// It.
+        confirmation: Confirmation,
+    },
+    /// The wallet is active.
+    DkgDone {
+        /// What was stored.
+        wallet: WalletInfo,
+    },
+    /// Signing round 1.
+    SignCommitted {
+        /// Names this session in `SignShare`.
+        session_id: ByteBuf,
+        /// Our `SigningCommitments`, serialized by frost.
+        commitments: ByteBuf,
+    },
+    /// Signing round 2.
+    SignatureShare {
+        /// Our `SignatureShare`, serialized by frost.
+        share: ByteBuf,
+    },
+    /// Wallet facts.
+    Wallet {
+        /// They.
+        wallet: WalletInfo,
+    },
+    /// The request was refused or failed.
+    Error(WireError),
+}
+
+/// Why a request failed, as the peer reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct WireError {
+    /// The class of failure.
+    pub kind: ErrorKind,
+    /// One line for humans.
+    pub message: String,
+}
+
+/// Classes of failure, by who is at fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request is malformed or not allowed now (e.g. anything before `Attest`).
+    BadRequest,
+    /// The wallet or session does not exist (or no longer: a consumed signing session).
+    NotFound,
+    /// A ceremony check failed: a participant misbehaved or the parties disagree.
+    Ceremony,
+    /// Stored state failed its integrity check (tampered or foreign sealed blob).
+    Integrity,
+    /// The server failed.
+    Internal,
+}
+
+impl WireError {
+    /// Builds an error.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Enclave → parent: storage of sealed blobs and public data. The parent is untrusted: it may
+/// lose, alter or replay anything, and the enclave checks everything it reads back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum StoreRequest {
+    /// Store `value` under `key`, replacing any previous value.
+    Put {
+        /// Key (printable ASCII, at most 256 bytes).
+        key: String,
+        /// Value.
+        value: ByteBuf,
+    },
+    /// Read `key`.
+    Get {
+        /// Key.
+        key: String,
+    },
+    /// Remove `key` (absent is not an error).
+    Delete {
+        /// Key.
+        key: String,
+    },
+    /// Every key starting with `prefix`, sorted.
+    List {
+        /// Prefix.
+        prefix: String,
+    },
+}
+
+/// Parent → enclave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum StoreResponse {
+    /// Done.
+    Done,
+    /// The value, if the key exists.
+    Value {
+        /// It.
+        value: Option<ByteBuf>,
+    },
+    /// Keys.
+    Keys {
+        /// They.
+        keys: Vec<String>,
+    },
+    /// The store failed.
+    Error(WireError),
+}
+
+/// A body with its protocol version.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope<T> {
+    v: u16,
+    body: T,
+}
+
+/// Encodes a message in its versioned envelope.
+pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    ciborium::ser::into_writer(
+        &Envelope {
+            v: PROTOCOL_VERSION,
+            body,
+        },
+        &mut out,
+    )
+    .map_err(ProtocolError::encoding)?;
+    Ok(out)
+}
+
+/// Decodes a message, checking the version and that nothing trails it.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let mut reader = bytes;
+    let envelope: Envelope<T> =
+        ciborium::de::from_reader_with_recursion_limit(&mut reader, RECURSION_LIMIT)
+            .map_err(ProtocolError::encoding)?;
+    if !reader.is_empty() {
+        return Err(ProtocolError::encoding("trailing bytes after the message"));
+    }
+    if envelope.v != PROTOCOL_VERSION {
+        return Err(ProtocolError::Version {
+            expected: PROTOCOL_VERSION,
+            actual: envelope.v,
+        });
+    }
+    Ok(envelope.body)
+}
+
+/// Store keys: printable ASCII without spaces, 1..=256 bytes (the parent checks it too).
+pub fn valid_store_key(key: &str) -> bool {
+    (1..=256).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let wallet_id = WalletId([9; 16]);
+        let requests = vec![
+            Request::Attest {
+                nonce: ByteBuf::from(vec![1; 32]),
+            },
+            Request::DkgStart {
+                params: DkgParams {
+                    wallet_id,
+                    ciphersuite: SUITE_SECP256K1_TR.into(),
+                    min_signers: 2,
+                    parties: vec![1, 2, 3],
+                },
+                me: 2,
+            },
+            Request::SignShare {
+                session_id: ByteBuf::from(vec![3; 16]),
+                signing_package: ByteBuf::from(vec![4; 100]),
+            },
+        ];
+        for r in requests {
+            assert_eq!(decode::<Request>(&encode(&r).unwrap()).unwrap(), r);
+        }
+        let err = Response::Error(WireError::new(ErrorKind::NotFound, "no such wallet"));
+        assert_eq!(decode::<Response>(&encode(&err).unwrap()).unwrap(), err);
+    }
+
+    #[test]
+    fn version_and_garbage_are_refused() {
+        let mut other = Vec::new();
+        ciborium::ser::into_writer(
+            &Envelope {
+                v: 99,
+                body: Request::GetWallet {
+                    wallet_id: WalletId([0; 16]),
+                },
+            },
+            &mut other,
+        )
+        .unwrap();
+        assert!(matches!(
+            decode::<Request>(&other),
+            Err(ProtocolError::Version { actual: 99, .. })
+        ));
+        for garbage in [&[][..], &[0xff], &[0xa0], &[0x84, 1, 2, 3, 4]] {
+            assert!(decode::<Request>(garbage).is_err());
+        }
+        let mut trailing = encode(&Request::Attest {
+            nonce: ByteBuf::new(),
+        })
+        .unwrap();
+        trailing.push(0);
+        assert!(decode::<Request>(&trailing).is_err());
+    }
+
+    #[test]
+    fn wallet_ids_parse_strictly() {
+        let id = WalletId([0xab; 16]);
+        assert_eq!(WalletId::from_hex(&id.to_hex()).unwrap(), id);
+        for bad in ["", "ab", "zz".repeat(16).as_str(), "ab".repeat(17).as_str()] {
+            assert!(WalletId::from_hex(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn store_keys() {
+        assert!(valid_store_key("wallet/ab/share/2/0"));
+        assert!(!valid_store_key(""));
+        assert!(!valid_store_key("a b"));
+        assert!(!valid_store_key(&"k".repeat(257)));
+    }
+}
