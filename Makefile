@@ -4,7 +4,7 @@ CARGO ?= cargo
 FUZZ_SECONDS ?= 30
 SOFTHSM_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
 
-.PHONY: all deps build test lint fmt clippy nextest bench fuzz demo clean
+.PHONY: all deps build test lint fmt clippy nextest bench fuzz demo up down clean
 
 all: build
 
@@ -55,6 +55,14 @@ fuzz:
 ## demo: attestation end to end with a local attester in a throw-away SoftHSM token.
 demo: deps build
 	./scripts/demo.sh
+
+## up: provider and recovery cosigners on loopback, state under .dev/ (see scripts/up.sh).
+up: deps build
+	./scripts/up.sh
+
+## down: stop them (state is kept).
+down:
+	./scripts/down.sh
 
 clean:
 	$(CARGO) clean

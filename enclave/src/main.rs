@@ -1,13 +1,13 @@
 //! `cosigner-enclave`: the trusted side of cosigner.
 //!
-//! Today it provides the attestation tooling of the local (HSM-host) mode: create a local attester
-//! in a PKCS#11 token and produce documents from it. The serving loop (TLS inside, sealed shares)
-//! builds on this.
+//! `run` serves clients (TLS inside, attestation first, sealed shares); `local-attester` is the
+//! attestation tooling of the local (HSM-host) mode; `measure` prints this executable's PCR0.
 //!
 //! Exit codes: 0 success; 1 refused or failed (one line on stderr); 2 bad command line.
 
 #[cfg(feature = "local-attester")]
 mod local_attester;
+mod run;
 
 use std::process::ExitCode;
 
@@ -23,6 +23,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve clients: TLS, attestation, DKG and signing, shares sealed in the token.
+    Run {
+        /// The TOML configuration.
+        #[arg(long, value_name = "FILE")]
+        config: std::path::PathBuf,
+    },
     /// Local (HSM-host) attestation: create an attester in a PKCS#11 token, produce documents.
     #[cfg(feature = "local-attester")]
     #[command(subcommand)]
@@ -33,6 +39,7 @@ enum Command {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run { config } => run::run(&config),
         #[cfg(feature = "local-attester")]
         Command::LocalAttester(cmd) => local_attester::run(cmd),
         Command::Measure => {

@@ -61,13 +61,13 @@ pub enum KmsError {
     /// Every slot already holds an initialised token.
     #[error("no slot with an uninitialised token is available")]
     NoFreeSlot,
-    /// No private key with this label exists on the token.
+    /// No key of the kind asked for (P-384 private key, AES sealing key) carries this label.
     #[error("no key labelled {label:?} on the token")]
     KeyNotFound {
         /// The key label looked for.
         label: String,
     },
-    /// A private key with this label already exists on the token.
+    /// A key of the kind asked for with this label already exists on the token.
     #[error("a key labelled {label:?} already exists on the token")]
     KeyExists {
         /// The key label asked for.
@@ -78,7 +78,7 @@ pub enum KmsError {
     KeyAmbiguous {
         /// The key label looked for.
         label: String,
-        /// Which kind of object was looked for (private or public key).
+        /// Which kind of object was looked for (private, public or secret key).
         what: &'static str,
         /// How many objects matched.
         count: usize,
@@ -133,6 +133,43 @@ pub enum KmsError {
         /// Length the token returned.
         got: usize,
     },
+    /// A sealed blob is shorter than the smallest one the format allows; the token was not asked.
+    #[error("sealed blob is {len} bytes, shorter than the {min}-byte minimum")]
+    SealedBlobTooShort {
+        /// Length of the blob given.
+        len: usize,
+        /// Smallest valid length (header and tag, empty plaintext).
+        min: usize,
+    },
+    /// A sealed blob carries a format version this build does not open; the token was not asked.
+    #[error("sealed blob has format version {actual}, this build opens version {expected}")]
+    SealedBlobVersion {
+        /// The version this build writes and reads.
+        expected: u8,
+        /// The version in the blob.
+        actual: u8,
+    },
+    /// A sealed blob names another sealing key (another token, key or deployment); the token was
+    /// not asked.
+    #[error(
+        "sealed blob was sealed under key id {}, this sealer's key id is {}",
+        hex::encode(actual),
+        hex::encode(expected)
+    )]
+    SealedBlobKeyMismatch {
+        /// This sealer's key id.
+        expected: [u8; 32],
+        /// The key id in the blob.
+        actual: [u8; 32],
+    },
+    /// The token refused to open a sealed blob: the AEAD tag did not verify under this key and
+    /// context. The blob was altered, comes from elsewhere, or was sealed for another wallet,
+    /// party, epoch or purpose.
+    #[error("cannot unseal: {reason}")]
+    Unseal {
+        /// What failed, with the token's return code.
+        reason: String,
+    },
 }
 
 /// Result type of this crate.
@@ -166,6 +203,42 @@ pub(crate) fn pkcs11(operation: &'static str, e: CkError) -> KmsError {
     }
 }
 
+/// Maps a failed `C_Decrypt` of a sealed blob to [`KmsError::Unseal`] when the code says the
+/// data was refused, and to [`KmsError::Pkcs11`] (through [`pkcs11`]) when the token itself failed.
+///
+/// Tokens report a GCM tag that does not verify in different ways: SoftHSM answers
+/// `CKR_GENERAL_ERROR`, others `CKR_ENCRYPTED_DATA_INVALID`, `CKR_FUNCTION_FAILED` or, in PKCS#11
+/// v3.0, `CKR_AEAD_DECRYPT_FAILED` (0x35, unknown to the binding). All of them mean "this blob does
+/// not open here". Codes that say the token or session is unwell (device error, out of memory,
+/// session closed) are not a verdict on the blob and stay [`KmsError::Pkcs11`], so an operator is
+/// not told a blob was tampered with when the HSM was down.
+pub(crate) fn unseal(e: CkError) -> KmsError {
+    let refused = match &e {
+        CkError::Pkcs11(rv, _) => match rv {
+            RvError::GeneralError
+            | RvError::FunctionFailed
+            | RvError::EncryptedDataInvalid
+            | RvError::EncryptedDataLenRange
+            | RvError::DataInvalid
+            | RvError::DataLenRange
+            | RvError::SignatureInvalid => Some(ckr_name(*rv)),
+            // CKR_AEAD_DECRYPT_FAILED, PKCS#11 v3.0 §5.1.
+            RvError::UnknownErrorCode(0x35) => Some("CKR_AEAD_DECRYPT_FAILED".to_owned()),
+            _ => None,
+        },
+        _ => None,
+    };
+    match refused {
+        Some(code) => KmsError::Unseal {
+            reason: format!(
+                "authentication failed (C_Decrypt returned {code}): blob altered, foreign, or \
+                 sealed for another context"
+            ),
+        },
+        None => pkcs11("C_Decrypt", e),
+    }
+}
+
 /// `PinIncorrect` -> `CKR_PIN_INCORRECT`, the name operators search for.
 fn ckr_name(rv: RvError) -> String {
     match rv {
@@ -196,5 +269,38 @@ mod tests {
             "CKR_OBJECT_HANDLE_INVALID"
         );
         assert_eq!(ckr_name(RvError::GeneralError), "CKR_GENERAL_ERROR");
+    }
+
+    #[test]
+    fn decrypt_refusals_are_unseal_and_token_failures_are_not() {
+        use cryptoki::context::Function;
+        for refused in [
+            RvError::GeneralError,
+            RvError::EncryptedDataInvalid,
+            RvError::FunctionFailed,
+            RvError::UnknownErrorCode(0x35),
+        ] {
+            let e = unseal(CkError::Pkcs11(refused, Function::Decrypt));
+            assert!(matches!(e, KmsError::Unseal { .. }), "{refused:?}: {e:?}");
+        }
+        let e = unseal(CkError::Pkcs11(RvError::GeneralError, Function::Decrypt));
+        assert!(e.to_string().contains("CKR_GENERAL_ERROR"), "{e}");
+        for failed in [
+            RvError::DeviceError,
+            RvError::DeviceMemory,
+            RvError::HostMemory,
+        ] {
+            let e = unseal(CkError::Pkcs11(failed, Function::Decrypt));
+            assert!(
+                matches!(
+                    e,
+                    KmsError::Pkcs11 {
+                        operation: "C_Decrypt",
+                        ..
+                    }
+                ),
+                "{failed:?}: {e:?}"
+            );
+        }
     }
 }

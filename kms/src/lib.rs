@@ -6,6 +6,8 @@
 //! * [`Token`]: create a token, find one by label, log in;
 //! * [`P384SigningKey`]: a non-extractable P-384 ECDSA key on the token, used by the local
 //!   attester to sign attestation documents.
+//! * [`Sealer`], [`Pkcs11Sealer`]: AES-256-GCM sealing under a non-extractable token key, with the
+//!   blob's purpose, wallet, party and epoch bound as AAD, for blobs the parent stores.
 //!
 //! Threading: a [`Token`] and its keys are `Send + Sync` and cheap to clone; every thread that
 //! uses them gets its own PKCS#11 session per token (sessions are not thread-safe), opened on first
@@ -20,6 +22,7 @@ mod context;
 mod error;
 mod p384;
 mod pin;
+mod sealer;
 mod session;
 mod token;
 
@@ -30,4 +33,8 @@ pub use p384::{
     normalise_p384_ec_point,
 };
 pub use pin::Pin;
+pub use sealer::{
+    Pkcs11Sealer, SEAL_DOMAIN, SEAL_FORMAT_VERSION, SEAL_HEADER_LEN, SEAL_IV_LEN, SEAL_KEY_ID_LEN,
+    SEAL_MIN_LEN, SEAL_TAG_LEN, SealContext, Sealer, seal_aad,
+};
 pub use token::{MAX_TOKEN_LABEL_LEN, Token};

@@ -1,19 +1,76 @@
 //! `cosigner-parent`: the untrusted half on the host.
 //!
-//! It will relay client TCP connections to the enclave (vsock, or a unix socket locally) without
-//! terminating TLS, and keep the enclave's sealed blobs. It holds no secret and is trusted for
-//! nothing: whatever it changes, drops or replays, the enclave or the client detects. The relay and
-//! store arrive with the end-to-end wallet; today the binary only answers `--help`/`--version`.
+//! It relays client TCP connections to the enclave (vsock, or a unix socket locally) without
+//! terminating TLS, and keeps the enclave's sealed blobs. It holds no secret and is trusted for
+//! nothing: whatever it changes, drops or replays, the enclave or the client detects.
+//!
+//! `cosigner-parent run --config FILE` runs until the process is stopped (SIGTERM, SIGINT): the
+//! store commits every write before answering, so being killed loses nothing acknowledged. Exit
+//! codes: 0 success, 1 failure (one line on stderr), 2 usage error.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cosigner_parent::{Config, Parent};
 
 /// cosigner-parent: relays opaque bytes between clients and the enclave, stores sealed blobs.
 #[derive(Debug, Parser)]
 #[command(name = "cosigner-parent", version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _cli = Cli::parse();
-    eprintln!("cosigner-parent: no command yet; see `cosigner-parent --help`");
-    std::process::exit(2);
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Relay client connections to the enclave and serve its blob store, until stopped.
+    Run {
+        /// The TOML configuration (listen, enclave, store_socket, database).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print and succeed; usage errors exit 2.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cosigner-parent: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            let summary = format!(
+                "relaying {} -> {}; store on {} ({})",
+                config.listen,
+                config.enclave,
+                config.store_socket.display(),
+                config.database.display()
+            );
+            let running = Parent::new(config)
+                .and_then(Parent::start)
+                .context("starting")?;
+            eprintln!(
+                "cosigner-parent: {summary}; listening on {}",
+                running.client_addr()
+            );
+            running.wait();
+            Ok(())
+        }
+    }
 }

@@ -26,3 +26,13 @@ pub mod party {
     /// Shard C: the recovery cosigner.
     pub const RECOVERY: u16 = 3;
 }
+
+/// How an attestation document binds the TLS session it was requested on.
+pub mod binding {
+    /// RFC 9266 §2: the tls-exporter channel binding's exporter label (TLS 1.3 only).
+    pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-Channel-Binding";
+    /// RFC 9266 §2: 32 bytes of exporter output, empty context.
+    pub const EXPORTER_LEN: usize = 32;
+    /// Nonce length the client sends in `Attest`.
+    pub const NONCE_LEN: usize = 32;
+}

@@ -1,1 +1,333 @@
-//! (being written)
+//! Threshold signing (RFC 9591 §5): t of the n parties sign one message together.
+//!
+//! ```text
+//! signer:       SignerSession::commit ──(commitments)──►  coordinator: signing_package
+//! signer:       SignerSession::sign   ◄──(SigningPackage)──
+//! signer:       ──(signature share)──► coordinator: aggregate ──► signature (BIP-340 for -tr)
+//! ```
+//!
+//! What frost leaves to us, and this module guards:
+//!
+//! * **Nonce reuse.** `round2::sign` takes the nonces by reference and would sign twice with them,
+//!   which reveals the signing share (RFC 9591 §5.1, §5.2 and §7.3: a nonce MUST NOT be used in
+//!   more than one `sign`, and is deleted after it). A
+//!   [`SignerSession`] owns its nonces, is neither `Clone` nor serializable, and
+//!   [`SignerSession::sign`] consumes it: a second share from the same nonces does not compile.
+//!   Even a refused request consumes the session, so a caller cannot probe with variations.
+//! * **Signing oracles.** A session is bound at commit time to the exact message, the exact signer
+//!   set and the threshold; round 2 refuses a `SigningPackage` that differs in any of them or that
+//!   replaced our commitment (RFC 9591 §5.2: each participant MUST validate the coordinator's
+//!   inputs; §7.7: participants must not act as signing oracles).
+//! * **Culprits.** A bad signature share makes [`aggregate`] fail naming its signer (RFC 9591
+//!   §5.3 `verify_signature_share`, §5.4 identifiable abort), so the operator can act.
+//!
+//! For `frost-secp256k1-tr` the signature is a 64-byte BIP-340 signature valid under the DKG's
+//! group key, which is already the BIP-341 tweaked output key: plain `sign`/`aggregate` are right,
+//! the `*_with_tweak` variants would tweak twice.
+
+use std::collections::BTreeMap;
+
+use frost_core::keys::{KeyPackage, PublicKeyPackage};
+use frost_core::round1::{SigningCommitments, SigningNonces};
+use frost_core::round2::SignatureShare;
+use frost_core::{Ciphersuite, Identifier, SigningPackage, VerifyingKey};
+use rand_core::{CryptoRng, RngCore};
+
+use crate::dkg::common;
+use crate::error::{ProtocolError, Result};
+
+/// A participant's open signing session, created at round 1.
+///
+/// It holds the nonces of one signature: not `Clone`, not serializable, zeroized on drop (frost's
+/// `SigningNonces` are `ZeroizeOnDrop`), and consumed by [`SignerSession::sign`]. Keep it in memory
+/// only: a session written to storage and read back (or rolled back) would sign twice with the
+/// same nonces.
+pub struct SignerSession<C: Ciphersuite> {
+    nonces: SigningNonces<C>,
+    commitments: SigningCommitments<C>,
+    me: u16,
+    identifier: Identifier<C>,
+    verifying_key: VerifyingKey<C>,
+    min_signers: u16,
+    message: Vec<u8>,
+    /// Sorted.
+    signers: Vec<u16>,
+}
+
+impl<C: Ciphersuite> SignerSession<C> {
+    /// Round 1 (RFC 9591 §5.1 `commit`): draws fresh nonces and binds the session to the exact
+    /// `message`, the exact `signers` (any order; kept sorted) and the key's threshold. Returns the
+    /// session and our serialized `SigningCommitments` for the coordinator.
+    ///
+    /// Errors ([`ProtocolError::Params`]): `me` does not hold `key_package`; the signer set is
+    /// malformed, lacks `me`, or is smaller than the threshold.
+    pub fn commit(
+        key_package: &KeyPackage<C>,
+        me: u16,
+        message: &[u8],
+        signers: &[u16],
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(Self, Vec<u8>)> {
+        let identifier = common::identifier::<C>(me)?;
+        if identifier != *key_package.identifier() {
+            return Err(ProtocolError::Params {
+                reason: format!("party {me} does not hold this key package"),
+            });
+        }
+        let signers = common::normalize_parties(signers, "signer set")?;
+        if !signers.contains(&me) {
+            return Err(ProtocolError::Params {
+                reason: format!("party {me} is not in the signer set {signers:?}"),
+            });
+        }
+        let min_signers = *key_package.min_signers();
+        if signers.len() < usize::from(min_signers) {
+            return Err(ProtocolError::Params {
+                reason: format!(
+                    "{} signers, below the threshold of {min_signers}",
+                    signers.len()
+                ),
+            });
+        }
+        let (nonces, commitments) = frost_core::round1::commit(key_package.signing_share(), rng);
+        let serialized = commitments.serialize().map_err(|e| ProtocolError::Frost {
+            reason: format!("serializing our commitments: {e}"),
+        })?;
+        let session = Self {
+            nonces,
+            commitments,
+            me,
+            identifier,
+            verifying_key: *key_package.verifying_key(),
+            min_signers,
+            message: message.to_vec(),
+            signers,
+        };
+        Ok((session, serialized))
+    }
+
+    /// Round 2 (RFC 9591 §5.2 `sign`): checks the coordinator's serialized `SigningPackage`
+    /// against the session (same message, exactly the bound signer set, our commitment present
+    /// and unchanged, at least the threshold) and returns our serialized `SignatureShare`.
+    ///
+    /// Consumes the session whatever the outcome: its nonces are used at most once, and a refused
+    /// package cannot be retried with a variation.
+    ///
+    /// Errors: a package that does not decode ([`ProtocolError::Encoding`]); any difference from
+    /// the session ([`ProtocolError::SessionMismatch`]); another key package than the session's
+    /// ([`ProtocolError::Params`]).
+    pub fn sign(self, key_package: &KeyPackage<C>, signing_package: &[u8]) -> Result<Vec<u8>> {
+        if *key_package.identifier() != self.identifier
+            || *key_package.verifying_key() != self.verifying_key
+        {
+            return Err(ProtocolError::Params {
+                reason: "the key package is not the one the session was opened with".into(),
+            });
+        }
+        let package = common::decode_canonical(
+            signing_package,
+            SigningPackage::<C>::deserialize,
+            SigningPackage::<C>::serialize,
+        )
+        .map_err(|e| ProtocolError::encoding(format!("signing package {e}")))?;
+
+        let mismatch = |reason: String| ProtocolError::SessionMismatch { reason };
+        if package.message().as_slice() != self.message.as_slice() {
+            return Err(mismatch(format!(
+                "the signing package's message ({} bytes) is not the one committed to ({} bytes)",
+                package.message().len(),
+                self.message.len()
+            )));
+        }
+        let expected: Vec<Identifier<C>> = self
+            .signers
+            .iter()
+            .map(|p| common::identifier::<C>(*p))
+            .collect::<Result<_>>()?;
+        if !package.signing_commitments().keys().eq(expected.iter()) {
+            let got: Vec<String> = package
+                .signing_commitments()
+                .keys()
+                .map(|id| match common::party_of(id, &self.signers) {
+                    Some(p) => p.to_string(),
+                    None => "an unknown party".into(),
+                })
+                .collect();
+            return Err(mismatch(format!(
+                "the signing package's signers [{}] are not the session's {:?}",
+                got.join(", "),
+                self.signers
+            )));
+        }
+        if package.signing_commitment(&self.identifier) != Some(self.commitments) {
+            return Err(mismatch(format!(
+                "the signing package carries another commitment for party {} (ours was replaced)",
+                self.me
+            )));
+        }
+        if package.signing_commitments().len() < usize::from(self.min_signers) {
+            return Err(mismatch(format!(
+                "{} signers, below the threshold of {}",
+                package.signing_commitments().len(),
+                self.min_signers
+            )));
+        }
+        let share = frost_core::round2::sign(&package, &self.nonces, key_package)
+            .map_err(|e| common::frost_error(e, &self.signers, "signing"))?;
+        Ok(share.serialize())
+    }
+
+    /// The message this session signs.
+    pub fn message(&self) -> &[u8] {
+        &self.message
+    }
+
+    /// The signer set this session signs with, sorted.
+    pub fn signers(&self) -> &[u16] {
+        &self.signers
+    }
+
+    /// Our party number.
+    pub fn me(&self) -> u16 {
+        self.me
+    }
+}
+
+impl<C: Ciphersuite> std::fmt::Debug for SignerSession<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignerSession")
+            .field("me", &self.me)
+            .field("signers", &self.signers)
+            .field("message", &hex::encode(&self.message))
+            .field("nonces", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Coordinator, after round 1: builds the serialized `SigningPackage` (RFC 9591 §5.2 input) from
+/// `message` and each signer's serialized commitments.
+///
+/// Errors: a commitment that does not decode ([`ProtocolError::Culprit`] naming its signer);
+/// fewer than two signers or party 0 ([`ProtocolError::Params`]).
+pub fn signing_package<C: Ciphersuite>(
+    message: &[u8],
+    commitments: &BTreeMap<u16, Vec<u8>>,
+) -> Result<Vec<u8>> {
+    let parties: Vec<u16> = commitments.keys().copied().collect();
+    let parties = common::normalize_parties(&parties, "signer set")?;
+    if parties.len() < 2 {
+        return Err(ProtocolError::Params {
+            reason: "a signing set has at least two signers".into(),
+        });
+    }
+    let mut decoded = BTreeMap::new();
+    for (&party, bytes) in commitments {
+        let c = common::decode_canonical(
+            bytes,
+            SigningCommitments::<C>::deserialize,
+            SigningCommitments::<C>::serialize,
+        )
+        .map_err(|e| ProtocolError::Culprit {
+            party,
+            reason: format!("its signing commitments {e}"),
+        })?;
+        decoded.insert(common::identifier::<C>(party)?, c);
+    }
+    SigningPackage::new(decoded, message)
+        .serialize()
+        .map_err(|e| ProtocolError::Frost {
+            reason: format!("serializing the signing package: {e}"),
+        })
+}
+
+/// Coordinator, after round 2: aggregates the signature shares (RFC 9591 §5.3), checks the
+/// signature against the group key, and returns it serialized (for `frost-secp256k1-tr`: the
+/// 64-byte BIP-340 signature).
+///
+/// Uses plain `aggregate`, never `aggregate_with_tweak`: the DKG key of the -tr suite is already
+/// tweaked. Every share is checked when the sum fails (RFC 9591 §5.3, §5.4), so all bad signers
+/// are named.
+///
+/// Errors: shares missing for, or present without, a committed signer
+/// ([`ProtocolError::UnexpectedMessage`]); a signer outside the wallet or below the threshold
+/// ([`ProtocolError::Params`]); a share that does not decode or does not verify
+/// ([`ProtocolError::Culprit`]); a package that does not decode ([`ProtocolError::Encoding`]).
+pub fn aggregate<C: Ciphersuite>(
+    signing_package: &[u8],
+    shares: &BTreeMap<u16, Vec<u8>>,
+    public_key_package: &PublicKeyPackage<C>,
+) -> Result<Vec<u8>> {
+    let package = common::decode_canonical(
+        signing_package,
+        SigningPackage::<C>::deserialize,
+        SigningPackage::<C>::serialize,
+    )
+    .map_err(|e| ProtocolError::encoding(format!("signing package {e}")))?;
+
+    let share_parties: Vec<u16> = shares.keys().copied().collect();
+    let share_parties = common::normalize_parties(&share_parties, "set of signature shares")?;
+    let mut signers = Vec::with_capacity(package.signing_commitments().len());
+    for id in package.signing_commitments().keys() {
+        let party = common::party_of(id, &share_parties).ok_or_else(|| {
+            ProtocolError::UnexpectedMessage {
+                expected: "a signature share from every signer in the signing package",
+                actual: format!("no share for the signer with identifier {id:?}"),
+            }
+        })?;
+        signers.push(party);
+    }
+    if let Some(extra) = share_parties.iter().find(|p| !signers.contains(p)) {
+        return Err(ProtocolError::UnexpectedMessage {
+            expected: "shares only from the signers in the signing package",
+            actual: format!("a share from party {extra}, who did not commit"),
+        });
+    }
+    for party in &signers {
+        let id = common::identifier::<C>(*party)?;
+        if !public_key_package.verifying_shares().contains_key(&id) {
+            return Err(ProtocolError::Params {
+                reason: format!("party {party} is not a member of this wallet"),
+            });
+        }
+    }
+    if let Some(min) = public_key_package.min_signers()
+        && signers.len() < usize::from(min)
+    {
+        return Err(ProtocolError::Params {
+            reason: format!("{} signers, below the threshold of {min}", signers.len()),
+        });
+    }
+
+    let mut decoded = BTreeMap::new();
+    for (&party, bytes) in shares {
+        let share = common::decode_canonical(
+            bytes,
+            SignatureShare::<C>::deserialize,
+            |s: &SignatureShare<C>| Ok(s.serialize()),
+        )
+        .map_err(|e| ProtocolError::Culprit {
+            party,
+            reason: format!("its signature share {e}"),
+        })?;
+        decoded.insert(common::identifier::<C>(party)?, share);
+    }
+
+    let signature = frost_core::aggregate_custom(
+        &package,
+        &decoded,
+        public_key_package,
+        frost_core::CheaterDetection::AllCheaters,
+    )
+    .map_err(|e| common::frost_error(e, &signers, "aggregation"))?;
+    // aggregate verifies the sum already; check again against the group key, as the caller will
+    // publish this signature (RFC 9591 §5.3: the coordinator SHOULD verify before publishing).
+    public_key_package
+        .verifying_key()
+        .verify(package.message(), &signature)
+        .map_err(|e| ProtocolError::Frost {
+            reason: format!("the aggregated signature does not verify: {e}"),
+        })?;
+    signature.serialize().map_err(|e| ProtocolError::Frost {
+        reason: format!("serializing the signature: {e}"),
+    })
+}

@@ -235,3 +235,354 @@ where
         Err(e) => panic!("cannot run {name}: {e}"),
     }
 }
+
+/// A free TCP port on loopback (bound once, then released for the child to take).
+///
+/// # Panics
+/// If no port can be bound.
+pub fn free_port() -> u16 {
+    match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(addr) => addr.port(),
+        Err(e) => panic!("no free port: {e}"),
+    }
+}
+
+/// A child process killed when dropped.
+#[derive(Debug)]
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One cosigner (parent + enclave, local attester, private SoftHSM) on loopback, as `make up`
+/// starts it: `DIR/token/`, `DIR/store/store.db`, `DIR/attester/`.
+#[derive(Debug)]
+pub struct Cosigner {
+    /// The cosigner's name (also its token label).
+    pub name: String,
+    /// Its SoftHSM (and temp dir holding everything else).
+    pub hsm: SoftHsm,
+    /// TCP port of its parent.
+    pub port: u16,
+    children: Vec<ChildGuard>,
+}
+
+impl Cosigner {
+    /// Creates the token and attester, writes the configs, starts both processes and waits for
+    /// the parent's port.
+    pub fn start(name: &str) -> anyhow::Result<Self> {
+        let hsm = SoftHsm::new()?;
+        let dir = hsm.dir().to_path_buf();
+        std::fs::write(dir.join("pin"), format!("{name}-user-pin"))?;
+        std::fs::write(dir.join("so-pin"), format!("{name}-so-pin"))?;
+        std::fs::create_dir_all(dir.join("store"))?;
+        let out = run(
+            "cosigner-enclave",
+            [
+                "local-attester".as_ref(),
+                "init".as_ref(),
+                "--dir".as_ref(),
+                dir.join("attester").as_os_str(),
+                "--token-label".as_ref(),
+                name.as_ref(),
+                "--pin-file".as_ref(),
+                dir.join("pin").as_os_str(),
+                "--so-pin-file".as_ref(),
+                dir.join("so-pin").as_os_str(),
+            ],
+            &hsm.env(),
+        );
+        if out.code != Some(0) {
+            bail!("local-attester init failed: {}", out.stderr);
+        }
+        let port = free_port();
+        let d = dir.display();
+        std::fs::write(
+            dir.join("enclave.toml"),
+            format!(
+                "listen = \"unix:{d}/enclave.sock\"\nstore = \"unix:{d}/store.sock\"\n\n[token]\nmodule = \"{}\"\nlabel = \"{name}\"\npin_file = \"{d}/pin\"\n\n[attester]\nkind = \"local\"\ndir = \"{d}/attester\"\n",
+                softhsm_module().display()
+            ),
+        )?;
+        std::fs::write(
+            dir.join("parent.toml"),
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nenclave = \"unix:{d}/enclave.sock\"\nstore_socket = \"{d}/store.sock\"\ndatabase = \"{d}/store/store.db\"\n"
+            ),
+        )?;
+        let mut cosigner = Self {
+            name: name.to_owned(),
+            hsm,
+            port,
+            children: Vec::new(),
+        };
+        cosigner.start_processes()?;
+        Ok(cosigner)
+    }
+
+    fn spawn(&self, binary: &str, config: &str) -> anyhow::Result<ChildGuard> {
+        let dir = self.hsm.dir();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{binary}.log")))?;
+        let child = std::process::Command::new(try_bin(binary)?)
+            .args(["run", "--config"])
+            .arg(dir.join(config))
+            .envs(self.hsm.env())
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {binary}"))?;
+        Ok(ChildGuard(child))
+    }
+
+    /// (Re)starts the parent and the enclave and waits until the parent accepts connections.
+    pub fn start_processes(&mut self) -> anyhow::Result<()> {
+        self.children.clear();
+        let dir = self.hsm.dir().to_path_buf();
+        let _ = std::fs::remove_file(dir.join("store.sock"));
+        let _ = std::fs::remove_file(dir.join("enclave.sock"));
+        self.children
+            .push(self.spawn("cosigner-parent", "parent.toml")?);
+        self.children
+            .push(self.spawn("cosigner-enclave", "enclave.toml")?);
+        for _ in 0..200 {
+            if dir.join("enclave.sock").exists()
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        bail!("{} did not come up: {}", self.name, self.logs())
+    }
+
+    /// Kills both processes (state on disk is kept).
+    pub fn stop(&mut self) {
+        self.children.clear();
+    }
+
+    /// `tcp://127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    /// The operator root clients pin.
+    pub fn root_pem(&self) -> PathBuf {
+        self.hsm.dir().join("attester/root.pem")
+    }
+
+    /// The parent's SQLite database.
+    pub fn database(&self) -> PathBuf {
+        self.hsm.dir().join("store/store.db")
+    }
+
+    /// Both processes' logs, for failure messages.
+    pub fn logs(&self) -> String {
+        ["cosigner-parent.log", "cosigner-enclave.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.hsm.dir().join(f)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Provider + recovery cosigners, a trust file pinning both roots and the enclave's PCR0, and a
+/// client home.
+#[derive(Debug)]
+pub struct Deployment {
+    /// Shard B.
+    pub provider: Cosigner,
+    /// Shard C.
+    pub recovery: Cosigner,
+    /// Scratch space: the trust file, client homes.
+    pub dir: TempDir,
+}
+
+impl Deployment {
+    /// Starts both cosigners and writes `trust.toml`.
+    pub fn start() -> anyhow::Result<Self> {
+        let provider = Cosigner::start("provider")?;
+        let recovery = Cosigner::start("recovery")?;
+        let dir = tempfile::Builder::new()
+            .prefix("cosigner-client-")
+            .tempdir()?;
+        let pcr0 = run("cosigner-enclave", ["measure"], &[]);
+        if pcr0.code != Some(0) {
+            bail!("measure failed: {}", pcr0.stderr);
+        }
+        let deployment = Self {
+            provider,
+            recovery,
+            dir,
+        };
+        deployment.write_trust("trust.toml", pcr0.stdout.trim())?;
+        Ok(deployment)
+    }
+
+    /// Writes a trust file pinning both roots and `pcr0`; returns its path.
+    pub fn write_trust(&self, name: &str, pcr0: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "roots = [\"{}\", \"{}\"]\nmax_age_seconds = 300\n\n[[measurement]]\npcr0 = \"{pcr0}\"\n",
+                self.provider.root_pem().display(),
+                self.recovery.root_pem().display()
+            ),
+        )?;
+        Ok(path)
+    }
+
+    /// The environment `make up` exports (`COSIGNER_PROVIDER`, `COSIGNER_RECOVERY`,
+    /// `COSIGNER_TRUST`).
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("COSIGNER_PROVIDER".into(), self.provider.addr()),
+            ("COSIGNER_RECOVERY".into(), self.recovery.addr()),
+            (
+                "COSIGNER_TRUST".into(),
+                self.dir.path().join("trust.toml").display().to_string(),
+            ),
+        ]
+    }
+
+    /// A client home directory path (not created).
+    pub fn home(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs `cosigner` with this deployment's environment.
+    pub fn cosigner<I, S>(&self, args: I) -> Outcome
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        run("cosigner", args, &self.env())
+    }
+}
+
+/// What a [`Relay`] does to the TLS records it forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tamper {
+    /// Forward everything unchanged.
+    Nothing,
+    /// Flip one bit of the `n`th encrypted record.
+    FlipBit(usize),
+    /// Drop the `n`th encrypted record.
+    Drop(usize),
+    /// Send the `n`th encrypted record twice.
+    Replay(usize),
+    /// Send the `n`th encrypted record after the next one.
+    Reorder(usize),
+}
+
+/// Which way a [`Relay`] tampers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to cosigner.
+    ToServer,
+    /// Cosigner to client.
+    ToClient,
+}
+
+/// A hostile relay between the client and a cosigner's parent, on loopback: it forwards TLS
+/// records (5-byte header + body, RFC 8446 §5.1) and tampers with encrypted ones (content type
+/// 23, counted from 0 per connection in the chosen direction).
+#[derive(Debug)]
+pub struct Relay {
+    /// Its listening port.
+    pub port: u16,
+}
+
+impl Relay {
+    /// Starts relaying to `127.0.0.1:target`.
+    pub fn start(target: u16, direction: Direction, tamper: Tamper) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let pairs = [
+                    (client.try_clone(), server.try_clone(), Direction::ToServer),
+                    (server.try_clone(), client.try_clone(), Direction::ToClient),
+                ];
+                for (from, to, dir) in pairs {
+                    let (Ok(from), Ok(to)) = (from, to) else {
+                        continue;
+                    };
+                    let t = if dir == direction {
+                        tamper
+                    } else {
+                        Tamper::Nothing
+                    };
+                    std::thread::spawn(move || pump_records(from, to, t));
+                }
+            }
+        });
+        Ok(Self { port })
+    }
+
+    /// `tcp://127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+}
+
+fn read_record(from: &mut std::net::TcpStream) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut header = [0u8; 5];
+    from.read_exact(&mut header).ok()?;
+    let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+    let mut record = header.to_vec();
+    record.resize(5 + len, 0);
+    from.read_exact(record.get_mut(5..)?).ok()?;
+    Some(record)
+}
+
+fn pump_records(mut from: std::net::TcpStream, mut to: std::net::TcpStream, tamper: Tamper) {
+    use std::io::Write;
+    let mut encrypted = 0usize;
+    let mut held: Option<Vec<u8>> = None;
+    while let Some(mut record) = read_record(&mut from) {
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        if record.first() == Some(&23) {
+            let n = encrypted;
+            encrypted += 1;
+            match tamper {
+                Tamper::FlipBit(i) if i == n => {
+                    if let Some(b) = record.last_mut() {
+                        *b ^= 0x01;
+                    }
+                    out.push(record);
+                }
+                Tamper::Drop(i) if i == n => {}
+                Tamper::Replay(i) if i == n => {
+                    out.push(record.clone());
+                    out.push(record);
+                }
+                Tamper::Reorder(i) if i == n => held = Some(record),
+                _ => {
+                    out.push(record);
+                    out.extend(held.take());
+                }
+            }
+        } else {
+            out.push(record);
+        }
+        for r in out {
+            if to.write_all(&r).is_err() {
+                return;
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}

@@ -131,7 +131,7 @@ pub fn run(cmd: AttestationCommand) -> anyhow::Result<()> {
 }
 
 /// Writes one line to stdout; a closed pipe is an error, not a panic.
-fn emit(line: &str) -> anyhow::Result<()> {
+pub(super) fn emit(line: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{line}")

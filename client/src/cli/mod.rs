@@ -2,15 +2,46 @@
 
 mod attestation;
 mod hexarg;
+mod wallet;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
 
 /// cosigner: MPC self-custody wallets with a provider shard in an attested enclave.
 #[derive(Debug, Parser)]
 #[command(name = "cosigner", version, about)]
 pub struct Cli {
+    #[command(flatten)]
+    globals: Globals,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Settings shared by the wallet commands; each has an environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct Globals {
+    /// This device's directory: device key, shares (0600), wallets. Created if missing.
+    #[arg(long, global = true, value_name = "DIR", env = "COSIGNER_HOME")]
+    home: Option<PathBuf>,
+    /// The provider cosigner (Shard B), tcp://HOST:PORT.
+    #[arg(long, global = true, value_name = "ADDR", env = "COSIGNER_PROVIDER")]
+    provider: Option<String>,
+    /// The recovery cosigner (Shard C), tcp://HOST:PORT.
+    #[arg(long, global = true, value_name = "ADDR", env = "COSIGNER_RECOVERY")]
+    recovery: Option<String>,
+    /// The trust file: pinned roots and measurements.
+    #[arg(long, global = true, value_name = "FILE", env = "COSIGNER_TRUST")]
+    trust: Option<PathBuf>,
+    /// Network for addresses: bitcoin, testnet, signet or regtest.
+    #[arg(
+        long,
+        global = true,
+        value_name = "NET",
+        env = "COSIGNER_NETWORK",
+        default_value = "regtest"
+    )]
+    network: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -18,12 +49,22 @@ enum Command {
     /// Verify or inspect attestation documents.
     #[command(subcommand)]
     Attestation(attestation::AttestationCommand),
+    /// Create, list and show wallets.
+    #[command(subcommand)]
+    Wallet(wallet::WalletCommand),
+    /// Sign a 32-byte message (a sighash) with this device and the provider.
+    Sign(wallet::SignArgs),
+    /// Attest to each configured cosigner and print what it runs (exit 1 if any is refused).
+    Status,
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Attestation(cmd) => attestation::run(cmd),
+        Command::Wallet(cmd) => wallet::run(&cli.globals, cmd),
+        Command::Sign(args) => wallet::sign(&cli.globals, args),
+        Command::Status => wallet::status(&cli.globals),
     }
 }
 

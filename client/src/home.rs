@@ -1,0 +1,153 @@
+//! The client's home directory (`--home DIR`):
+//!
+//! ```text
+//! DIR/device.key             P-256 device key (PKCS#8 PEM, mode 0600), created on first use
+//! DIR/wallets/<id>.json      public facts: group key, address, parties, public key package
+//! DIR/wallets/<id>.share     this device's FROST KeyPackage (frost's serialization, mode 0600)
+//! ```
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use cosigner_protocol::wire::WalletId;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::error::{ClientError, Result};
+
+/// A wallet as this device records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalletFile {
+    /// Wallet id (hex).
+    pub wallet_id: String,
+    /// FROST ciphersuite.
+    pub ciphersuite: String,
+    /// x-only group key (hex): the Taproot output key.
+    pub group_public_key: String,
+    /// P2TR address.
+    pub address: String,
+    /// Network of the address.
+    pub network: String,
+    /// This device's party number.
+    pub party: u16,
+    /// Threshold.
+    pub min_signers: u16,
+    /// All parties.
+    pub parties: Vec<u16>,
+    /// Share epoch.
+    pub epoch: u64,
+    /// Serialized PublicKeyPackage (hex).
+    pub public_key_package: String,
+}
+
+/// An open home directory.
+#[derive(Debug, Clone)]
+pub struct Home {
+    dir: PathBuf,
+}
+
+fn home_err(path: &Path, e: impl std::fmt::Display) -> ClientError {
+    ClientError::Home {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Writes a file readable by its owner only, atomically (write, fsync, rename).
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| home_err(&tmp, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| home_err(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| home_err(path, e))
+}
+
+impl Home {
+    /// Opens (creating if missing, mode 0700) a home directory.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let wallets = dir.join("wallets");
+        std::fs::create_dir_all(&wallets).map_err(|e| home_err(&wallets, e))?;
+        for d in [dir, wallets.as_path()] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| home_err(d, e))?;
+        }
+        let home = Self {
+            dir: dir.to_path_buf(),
+        };
+        home.ensure_device_key()?;
+        Ok(home)
+    }
+
+    /// Creates the P-256 device key if this home has none.
+    fn ensure_device_key(&self) -> Result<()> {
+        let path = self.dir.join("device.key");
+        if path.exists() {
+            return Ok(());
+        }
+        use p256::pkcs8::EncodePrivateKey;
+        let key = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+        let pem = key
+            .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+            .map_err(|e| home_err(&path, e))?;
+        write_private(&path, pem.as_bytes())
+    }
+
+    fn wallet_path(&self, id: &WalletId, ext: &str) -> PathBuf {
+        self.dir
+            .join("wallets")
+            .join(format!("{}.{ext}", id.to_hex()))
+    }
+
+    /// Records a new wallet: its public file and this device's share (0600).
+    pub fn save_wallet(&self, wallet: &WalletFile, share: &[u8]) -> Result<()> {
+        let id = WalletId::from_hex(&wallet.wallet_id)?;
+        let share_path = self.wallet_path(&id, "share");
+        if share_path.exists() {
+            return Err(home_err(&share_path, "already exists"));
+        }
+        write_private(&share_path, share)?;
+        let json = serde_json::to_vec_pretty(wallet).map_err(|e| home_err(&share_path, e))?;
+        write_private(&self.wallet_path(&id, "json"), &json)
+    }
+
+    /// Reads a wallet's public file.
+    pub fn wallet(&self, id: &WalletId) -> Result<WalletFile> {
+        let path = self.wallet_path(id, "json");
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ClientError::Input(format!("unknown wallet {id}")),
+            _ => home_err(&path, e),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| home_err(&path, e))
+    }
+
+    /// Reads this device's share of a wallet.
+    pub fn share(&self, id: &WalletId) -> Result<Zeroizing<Vec<u8>>> {
+        let path = self.wallet_path(id, "share");
+        std::fs::read(&path)
+            .map(Zeroizing::new)
+            .map_err(|e| home_err(&path, e))
+    }
+
+    /// Every wallet recorded here, sorted by id.
+    pub fn wallets(&self) -> Result<Vec<WalletFile>> {
+        let dir = self.dir.join("wallets");
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| home_err(&dir, e))? {
+            let name = entry.map_err(|e| home_err(&dir, e))?.file_name();
+            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) {
+                ids.push(WalletId::from_hex(id)?);
+            }
+        }
+        ids.sort();
+        ids.iter().map(|id| self.wallet(id)).collect()
+    }
+}

@@ -1,0 +1,14 @@
+//! The cosigner client: Shard A's holder and the coordinator of every ceremony.
+//!
+//! [`session::Session`] opens an attested channel to a cosigner (nothing is sent before its
+//! attestation verified against the [`trust::Trust`] file); [`wallet`] runs the ceremonies;
+//! [`home::Home`] keeps this device's keys and shares.
+
+pub mod address;
+mod error;
+pub mod home;
+pub mod session;
+pub mod trust;
+pub mod wallet;
+
+pub use error::{ClientError, Result};

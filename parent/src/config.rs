@@ -1,0 +1,241 @@
+//! The parent's configuration: one TOML file, every field required, no unknown field accepted.
+//!
+//! ```toml
+//! # Clients connect here (TCP). The bytes are TLS for the enclave: the parent cannot read them.
+//! listen = "127.0.0.1:7000"
+//! # Where each client connection is relayed to: `unix:PATH`, or `vsock:CID:PORT` in a Nitro
+//! # deployment (parsed, but this build has no vsock transport and refuses to start with one).
+//! enclave = "unix:/run/cosigner/enclave.sock"
+//! # Unix socket the enclave connects to for storage (created mode 0600).
+//! store_socket = "/run/cosigner/store.sock"
+//! # SQLite database of sealed blobs.
+//! database = "/var/lib/cosigner/store.db"
+//! ```
+//!
+//! [`Config::load`] resolves relative paths against the directory of the configuration file, so a
+//! configuration means the same whatever the working directory of the process.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use crate::error::{ParentError, Result};
+
+/// Longest unix socket path Linux accepts (`sun_path` is 108 bytes with the terminating NUL).
+pub const MAX_UNIX_SOCKET_PATH: usize = 107;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// TCP address clients connect to (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Where client connections are relayed.
+    pub enclave: EnclaveAddr,
+    /// Unix socket the enclave's store requests arrive on.
+    pub store_socket: PathBuf,
+    /// The SQLite database file.
+    pub database: PathBuf,
+}
+
+/// The file as written: strings, checked into [`Config`] afterwards for precise messages.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: String,
+    enclave: String,
+    store_socket: String,
+    database: String,
+}
+
+/// Where the enclave listens for relayed client connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnclaveAddr {
+    /// A unix socket (local runs, tests, the HSM-host deployment).
+    Unix(PathBuf),
+    /// A vsock address (Nitro Enclaves: the enclave's CID and port).
+    Vsock {
+        /// Context id of the enclave.
+        cid: u32,
+        /// Port.
+        port: u32,
+    },
+}
+
+impl FromStr for EnclaveAddr {
+    type Err = ParentError;
+
+    /// Parses `unix:PATH` or `vsock:CID:PORT` (decimal).
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |reason: &str| ParentError::InvalidAddress {
+            field: "enclave",
+            value: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if let Some(path) = s.strip_prefix("unix:") {
+            let path = PathBuf::from(path);
+            check_socket_path("enclave", s, &path)?;
+            Ok(Self::Unix(path))
+        } else if let Some(rest) = s.strip_prefix("vsock:") {
+            let expected = "expected vsock:CID:PORT with decimal CID and PORT, e.g. vsock:16:5000";
+            let (cid, port) = rest.split_once(':').ok_or_else(|| bad(expected))?;
+            let cid = cid.parse::<u32>().map_err(|_| bad(expected))?;
+            let port = port.parse::<u32>().map_err(|_| bad(expected))?;
+            Ok(Self::Vsock { cid, port })
+        } else {
+            Err(bad("expected unix:PATH or vsock:CID:PORT"))
+        }
+    }
+}
+
+impl fmt::Display for EnclaveAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+            Self::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a configuration given as TOML text; relative paths stay relative (to the process's
+    /// working directory).
+    pub fn from_toml(text: &str) -> Result<Config> {
+        Self::parse(text, "<string>")
+    }
+
+    /// Reads and parses the configuration file at `path`, resolving relative paths in it against
+    /// the file's directory.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| ParentError::ConfigRead {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let mut config = Self::parse(&text, &path.display().to_string())?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut config.store_socket);
+        resolve(&mut config.database);
+        if let EnclaveAddr::Unix(p) = &mut config.enclave {
+            resolve(p);
+        }
+        // Resolution may have made a socket path too long.
+        check_socket_path(
+            "store_socket",
+            &config.store_socket.display().to_string(),
+            &config.store_socket,
+        )?;
+        if let EnclaveAddr::Unix(p) = &config.enclave {
+            check_socket_path("enclave", &config.enclave.to_string(), p)?;
+        }
+        Ok(config)
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<Config> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ParentError::Config {
+            origin: origin.to_owned(),
+            reason: one_line(text, &e),
+        })?;
+        let listen = raw
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|_| ParentError::InvalidAddress {
+                field: "listen",
+                value: raw.listen.clone(),
+                reason: "expected IP:PORT, e.g. 127.0.0.1:7000 or [::1]:7000 (host names are \
+                         not resolved)"
+                    .into(),
+            })?;
+        let enclave = raw.enclave.parse::<EnclaveAddr>()?;
+        let store_socket = PathBuf::from(&raw.store_socket);
+        check_socket_path("store_socket", &raw.store_socket, &store_socket)?;
+        if raw.database.is_empty() {
+            return Err(ParentError::InvalidAddress {
+                field: "database",
+                value: raw.database,
+                reason: "empty path".into(),
+            });
+        }
+        Ok(Config {
+            listen,
+            enclave,
+            store_socket,
+            database: PathBuf::from(raw.database),
+        })
+    }
+}
+
+fn check_socket_path(field: &'static str, value: &str, path: &Path) -> Result<()> {
+    let bad = |reason: String| ParentError::InvalidAddress {
+        field,
+        value: value.to_owned(),
+        reason,
+    };
+    let len = path.as_os_str().len();
+    if len == 0 {
+        return Err(bad("empty socket path".into()));
+    }
+    if len > MAX_UNIX_SOCKET_PATH {
+        return Err(bad(format!(
+            "socket path is {len} bytes; unix sockets allow at most {MAX_UNIX_SOCKET_PATH}"
+        )));
+    }
+    Ok(())
+}
+
+/// TOML's message on one line, with the line number it points at (its own `Display` draws a
+/// multi-line excerpt, which does not fit a one-line error).
+fn one_line(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text
+                .get(..span.start)
+                .map_or(0, |before| before.matches('\n').count())
+                + 1;
+            format!("line {line}: {message}")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn enclave_addresses_parse_and_print_back() {
+        for s in [
+            "unix:/run/enclave.sock",
+            "vsock:16:5000",
+            "unix:relative.sock",
+        ] {
+            assert_eq!(s.parse::<EnclaveAddr>().unwrap().to_string(), s);
+        }
+        assert_eq!(
+            "vsock:3:7000".parse::<EnclaveAddr>().unwrap(),
+            EnclaveAddr::Vsock { cid: 3, port: 7000 }
+        );
+        for bad in [
+            "",
+            "unix:",
+            "/run/enclave.sock",
+            "tcp:127.0.0.1:1",
+            "vsock:",
+            "vsock:16",
+            "vsock:x:1",
+            "vsock:16:5000:1",
+            "vsock:-1:5",
+            "vsock:4294967296:5",
+        ] {
+            assert!(bad.parse::<EnclaveAddr>().is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The one error type of the parent library.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the parent: configuration, the blob store, sockets, peers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParentError {
+    /// The configuration file could not be read.
+    #[error("cannot read config {path}: {reason}")]
+    ConfigRead {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        reason: String,
+    },
+    /// The configuration is not valid TOML or does not fit the schema (unknown, missing or
+    /// mistyped field).
+    #[error("invalid config {origin}: {reason}")]
+    Config {
+        /// The file, or `<string>` for a configuration given as text.
+        origin: String,
+        /// What is wrong, with the line where TOML tells it.
+        reason: String,
+    },
+    /// A configured address or path does not parse or cannot be used.
+    #[error("invalid `{field}` {value:?}: {reason}")]
+    InvalidAddress {
+        /// The configuration field.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+    /// The enclave is configured on vsock, which this build has no transport for.
+    #[error(
+        "vsock not available in this build (enclave vsock:{cid}:{port}); use unix:PATH locally"
+    )]
+    VsockUnavailable {
+        /// The configured context id.
+        cid: u32,
+        /// The configured port.
+        port: u32,
+    },
+    /// A store key is not printable ASCII of 1 to 256 bytes.
+    #[error(
+        "invalid store key {preview:?} ({len} bytes): printable ASCII without spaces, 1..=256 bytes"
+    )]
+    InvalidKey {
+        /// The key's first characters.
+        preview: String,
+        /// The key's length in bytes.
+        len: usize,
+    },
+    /// A value is larger than the store accepts.
+    #[error("value of {len} bytes exceeds the {max}-byte limit")]
+    ValueTooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// SQLite failed.
+    #[error("database {operation} failed: {reason}")]
+    Database {
+        /// What the store was doing.
+        operation: &'static str,
+        /// SQLite's message.
+        reason: String,
+    },
+    /// The database is not a cosigner parent store, or one of a schema this build does not know.
+    #[error("database {path}: {reason}")]
+    Schema {
+        /// The database file.
+        path: PathBuf,
+        /// What does not match.
+        reason: String,
+    },
+    /// Another process is serving the store socket.
+    #[error("store socket {path} is in use by another process")]
+    SocketInUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Something other than a socket sits where the store socket should be; it is left alone.
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A socket or file operation failed.
+    #[error("{what}: {reason}")]
+    Io {
+        /// What the parent was doing (names the address or path).
+        what: String,
+        /// What the OS said.
+        reason: String,
+    },
+    /// The peer sent a malformed frame or message; it was answered with an error and dropped.
+    #[error("bad request from peer: {reason}")]
+    BadRequest {
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// A response could not be encoded.
+    #[error("cannot encode response: {reason}")]
+    Encode {
+        /// The encoder's message.
+        reason: String,
+    },
+}
+
+impl ParentError {
+    pub(crate) fn io(what: impl Into<String>, e: &std::io::Error) -> Self {
+        Self::Io {
+            what: what.into(),
+            reason: e.to_string(),
+        }
+    }
+
+    pub(crate) fn db(operation: &'static str, e: &rusqlite::Error) -> Self {
+        Self::Database {
+            operation,
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, ParentError>;

@@ -1,0 +1,24 @@
+//! `cosigner-parent`: the untrusted half on the host.
+//!
+//! It relays client TCP connections to the enclave (vsock in a Nitro deployment, a unix socket
+//! locally) without terminating TLS, and keeps the enclave's sealed blobs. It holds no secret and
+//! is trusted for nothing: whatever it changes, drops or replays, the enclave or the client
+//! detects.
+//!
+//! * [`config`]: the TOML configuration ([`Config`]), strict about unknown fields and addresses;
+//! * [`store`]: the [`Store`] trait and [`SqliteStore`], where blobs live;
+//! * [`store_server`]: answers the enclave's `StoreRequest` frames on a connection;
+//! * [`relay`]: copies one client connection's bytes to the enclave and back;
+//! * [`server`]: [`Parent`] binds both sockets and runs the accept loops ([`RunningParent`]).
+
+pub mod config;
+mod error;
+pub mod relay;
+pub mod server;
+pub mod store;
+pub mod store_server;
+
+pub use config::{Config, EnclaveAddr};
+pub use error::{ParentError, Result};
+pub use server::{Parent, RunningParent};
+pub use store::{SqliteStore, Store};

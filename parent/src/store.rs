@@ -1,0 +1,256 @@
+//! The blob store: sealed blobs and public data the enclave keeps with the parent.
+//!
+//! The store is untrusted storage by design: the enclave seals what is secret and checks whatever
+//! it reads back (AEAD-bound blobs, epochs against the client's). The store's own duties are
+//! durability and refusing input that the protocol does not allow (bad keys, oversized values),
+//! so a confused or hostile peer cannot grow it without bound.
+//!
+//! [`SqliteStore`] keeps everything in one table,
+//! `blobs(key TEXT PRIMARY KEY, value BLOB NOT NULL, updated_at INTEGER NOT NULL)`, in WAL mode
+//! with `synchronous = FULL` (a write the enclave was told is done survives a power cut). The file
+//! is marked as a cosigner store (`PRAGMA application_id`) and carries its schema version in
+//! `PRAGMA user_version`; a file of another application or a newer schema is refused, not
+//! migrated blindly.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cosigner_protocol::frame::MAX_FRAME_LEN;
+use cosigner_protocol::wire::valid_store_key;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::error::{ParentError, Result};
+
+/// Largest value stored. A frame's worth less 1 KiB for the key and the message envelope, so any
+/// value stored can be sent back in one `StoreResponse::Value` frame.
+pub const MAX_VALUE_LEN: usize = MAX_FRAME_LEN - 1024;
+/// Schema version this build writes and reads (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+/// `PRAGMA application_id` of a cosigner parent store: `"cosp"` in ASCII.
+pub const APPLICATION_ID: i64 = 0x636f_7370;
+/// How long a write waits for another connection's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Key-value storage of blobs. Keys: [`valid_store_key`]; values: at most [`MAX_VALUE_LEN`].
+pub trait Store: Send + Sync {
+    /// Stores `value` under `key`, replacing any previous value; durable when it returns.
+    fn put(&self, key: &str, value: &[u8]) -> Result<()>;
+    /// The value under `key`, `None` if absent.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Removes `key`; an absent key is not an error.
+    fn delete(&self, key: &str) -> Result<()>;
+    /// Every key starting with `prefix` (the empty prefix lists all), in byte order.
+    fn list_prefix(&self, prefix: &str) -> Result<Vec<String>>;
+}
+
+/// Refuses keys the protocol does not allow ([`valid_store_key`]).
+pub fn check_key(key: &str) -> Result<()> {
+    if valid_store_key(key) {
+        Ok(())
+    } else {
+        Err(invalid_key(key))
+    }
+}
+
+/// Refuses prefixes no valid key can start with: like keys, but the empty prefix is allowed.
+pub fn check_prefix(prefix: &str) -> Result<()> {
+    if prefix.is_empty() || valid_store_key(prefix) {
+        Ok(())
+    } else {
+        Err(invalid_key(prefix))
+    }
+}
+
+/// Refuses values over [`MAX_VALUE_LEN`].
+pub fn check_value(value: &[u8]) -> Result<()> {
+    if value.len() <= MAX_VALUE_LEN {
+        Ok(())
+    } else {
+        Err(ParentError::ValueTooLarge {
+            len: value.len(),
+            max: MAX_VALUE_LEN,
+        })
+    }
+}
+
+fn invalid_key(key: &str) -> ParentError {
+    ParentError::InvalidKey {
+        preview: key.chars().take(64).collect(),
+        len: key.len(),
+    }
+}
+
+/// [`Store`] in a SQLite file. One connection behind a mutex: the enclave's store traffic is a
+/// few small writes per ceremony, and SQLite serialises writers anyway.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens the store at `path`, creating the file (mode 0600) and the schema if it does not
+    /// exist. A file of another application or of a schema version this build does not know is
+    /// [`ParentError::Schema`].
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        // Create the file ourselves so that it is private from its first byte; SQLite gives the
+        // -wal and -shm files the same permissions.
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| ParentError::io(format!("opening database {}", path.display()), &e))?;
+        let conn = Connection::open(path).map_err(|e| ParentError::db("open", &e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| ParentError::db("busy_timeout", &e))?;
+        let schema = |reason: String| ParentError::Schema {
+            path: path.to_path_buf(),
+            reason,
+        };
+        // The first read of the file: a file that is not SQLite fails here.
+        let app: i64 = conn
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .map_err(|e| schema(format!("not a SQLite database ({e})")))?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| ParentError::db("read user_version", &e))?;
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+            .map_err(|e| ParentError::db("read schema", &e))?;
+        match (app, version) {
+            (0, 0) if tables == 0 => {}
+            (APPLICATION_ID, SCHEMA_VERSION) => {}
+            (APPLICATION_ID, other) => {
+                return Err(schema(format!(
+                    "schema version {other}; this build reads version {SCHEMA_VERSION}"
+                )));
+            }
+            _ => {
+                return Err(schema(format!(
+                    "not a cosigner parent store (application_id {app:#x}, user_version \
+                     {version}, {tables} schema objects)"
+                )));
+            }
+        }
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(|e| ParentError::db("set journal_mode", &e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(schema(format!(
+                "SQLite refused WAL mode (journal_mode is {mode})"
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| ParentError::db("set synchronous", &e))?;
+        if app == 0 {
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE;
+                 CREATE TABLE IF NOT EXISTS blobs (
+                     key TEXT PRIMARY KEY NOT NULL,
+                     value BLOB NOT NULL,
+                     updated_at INTEGER NOT NULL
+                 ) STRICT;
+                 PRAGMA application_id = {APPLICATION_ID};
+                 PRAGMA user_version = {SCHEMA_VERSION};
+                 COMMIT;"
+            ))
+            .map_err(|e| ParentError::db("create schema", &e))?;
+        }
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-done write: every write is one
+        // statement, atomic in SQLite.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Store for SqliteStore {
+    fn put(&self, key: &str, value: &[u8]) -> Result<()> {
+        check_key(key)?;
+        check_value(value)?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO blobs (key, value, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value,
+                                                 updated_at = excluded.updated_at",
+            )
+            .and_then(|mut stmt| stmt.execute(params![key, value, now]))
+            .map_err(|e| ParentError::db("put", &e))?;
+        Ok(())
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        check_key(key)?;
+        self.conn()
+            .prepare_cached("SELECT value FROM blobs WHERE key = ?1")
+            .and_then(|mut stmt| stmt.query_row([key], |r| r.get(0)).optional())
+            .map_err(|e| ParentError::db("get", &e))
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        check_key(key)?;
+        self.conn()
+            .prepare_cached("DELETE FROM blobs WHERE key = ?1")
+            .and_then(|mut stmt| stmt.execute([key]))
+            .map_err(|e| ParentError::db("delete", &e))?;
+        Ok(())
+    }
+
+    fn list_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        check_prefix(prefix)?;
+        // Keys are printable ASCII (0x21..=0x7e), so the keys starting with `prefix` are exactly
+        // those in [prefix, prefix + "\x7f") under SQLite's binary collation: a range scan of the
+        // primary key, no LIKE and no escaping.
+        let upper = format!("{prefix}\u{7f}");
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT key FROM blobs WHERE key >= ?1 AND key < ?2 ORDER BY key")
+            .map_err(|e| ParentError::db("list", &e))?;
+        let keys = stmt
+            .query_map([prefix, upper.as_str()], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<String>>>())
+            .map_err(|e| ParentError::db("list", &e))?;
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn prefix_range_matches_exactly_the_keys_with_the_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        for key in ["a", "a/", "a/b", "a/~", "a0", "b", "a!", "ab"] {
+            store.put(key, key.as_bytes()).unwrap();
+        }
+        assert_eq!(store.list_prefix("a/").unwrap(), ["a/", "a/b", "a/~"]);
+        assert_eq!(
+            store.list_prefix("a").unwrap(),
+            ["a", "a!", "a/", "a/b", "a/~", "a0", "ab"]
+        );
+        assert_eq!(store.list_prefix("").unwrap().len(), 8);
+        assert!(store.list_prefix("c").unwrap().is_empty());
+        assert!(store.list_prefix("a b").is_err());
+    }
+}

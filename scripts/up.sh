@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# `make up`: a local deployment on loopback, state under .dev/ (kept across restarts):
+#
+#   .dev/provider/  Shard B: cosigner-parent (TCP :${PROVIDER_PORT:-7101}) + cosigner-enclave
+#       token/      its SoftHSM token store (attestation, operator root and sealing keys)
+#       store/      the parent's SQLite database of sealed blobs
+#       attester/   local attester: attester.toml, root.pem (pinned by clients), attester.pem
+#   .dev/recovery/  Shard C: the same binaries, its own token, TCP :${RECOVERY_PORT:-7201}
+#   .dev/trust.toml the client's trust file (both operator roots, PCR0 of the enclave binary)
+#   .dev/cosigner.env  exports COSIGNER_PROVIDER, COSIGNER_RECOVERY, COSIGNER_TRUST
+#
+# Returns once both cosigners answer an attested request. `make down` stops them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+DEV="$ROOT/.dev"
+BIN="${BIN:-$ROOT/target/debug}"
+PROVIDER_PORT=${PROVIDER_PORT:-7101}
+RECOVERY_PORT=${RECOVERY_PORT:-7201}
+MODULE=${COSIGNER_PKCS11_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+
+mkdir -p "$DEV"
+chmod 700 "$DEV"
+
+start_cosigner() { # name port
+  local name=$1 port=$2 dir="$DEV/$1"
+  mkdir -p "$dir/token" "$dir/store"
+  chmod 700 "$dir"
+  cat > "$dir/softhsm2.conf" <<CONF
+directories.tokendir = $dir/token
+objectstore.backend = file
+log.level = ERROR
+CONF
+  export SOFTHSM2_CONF="$dir/softhsm2.conf"
+  if [ ! -f "$dir/pin" ]; then
+    (umask 077; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/pin")
+    (umask 077; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/so-pin")
+  fi
+  if [ ! -f "$dir/attester/attester.toml" ]; then
+    "$BIN/cosigner-enclave" local-attester init --dir "$dir/attester" --token-label "$name" \
+      --module "$MODULE" --pin-file "$dir/pin" --so-pin-file "$dir/so-pin" > /dev/null
+  fi
+  cat > "$dir/enclave.toml" <<CONF
+listen = "unix:$dir/enclave.sock"
+store = "unix:$dir/store.sock"
+
+[token]
+module = "$MODULE"
+label = "$name"
+pin_file = "$dir/pin"
+sealing_key = "cosigner-sealing"
+
+[attester]
+kind = "local"
+dir = "$dir/attester"
+CONF
+  cat > "$dir/parent.toml" <<CONF
+listen = "127.0.0.1:$port"
+enclave = "unix:$dir/enclave.sock"
+store_socket = "$dir/store.sock"
+database = "$dir/store/store.db"
+CONF
+  for p in parent enclave; do
+    if [ -f "$dir/$p.pid" ] && kill -0 "$(cat "$dir/$p.pid")" 2>/dev/null; then
+      kill "$(cat "$dir/$p.pid")" 2>/dev/null || true
+    fi
+  done
+  nohup "$BIN/cosigner-parent" run --config "$dir/parent.toml" >> "$dir/parent.log" 2>&1 &
+  echo $! > "$dir/parent.pid"
+  for _ in $(seq 50); do [ -S "$dir/store.sock" ] && break; sleep 0.1; done
+  nohup "$BIN/cosigner-enclave" run --config "$dir/enclave.toml" >> "$dir/enclave.log" 2>&1 &
+  echo $! > "$dir/enclave.pid"
+  unset SOFTHSM2_CONF
+}
+
+start_cosigner provider "$PROVIDER_PORT"
+start_cosigner recovery "$RECOVERY_PORT"
+
+cat > "$DEV/trust.toml" <<CONF
+# Trust file of the local setup: both operators' roots, and the enclave binary's measurement.
+roots = ["provider/attester/root.pem", "recovery/attester/root.pem"]
+max_age_seconds = 300
+
+[[measurement]]
+pcr0 = "$("$BIN/cosigner-enclave" measure)"
+CONF
+cat > "$DEV/cosigner.env" <<CONF
+export COSIGNER_PROVIDER=tcp://127.0.0.1:$PROVIDER_PORT
+export COSIGNER_RECOVERY=tcp://127.0.0.1:$RECOVERY_PORT
+export COSIGNER_TRUST=$DEV/trust.toml
+CONF
+
+# shellcheck disable=SC1091
+. "$DEV/cosigner.env"
+for _ in $(seq 100); do
+  if "$BIN/cosigner" status > /dev/null 2>&1; then
+    echo "cosigner is up: provider $COSIGNER_PROVIDER, recovery $COSIGNER_RECOVERY"
+    echo "  source .dev/cosigner.env, then e.g.: cosigner --home /tmp/alice wallet create --json"
+    exit 0
+  fi
+  sleep 0.1
+done
+echo "cosigner did not come up; last words:" >&2
+tail -n 5 "$DEV"/*/parent.log "$DEV"/*/enclave.log >&2 || true
+"$BIN/cosigner" status >&2 || true
+exit 1
