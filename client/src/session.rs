@@ -31,6 +31,13 @@ pub struct AttestedChannelVerifier {
     provider: Arc<CryptoProvider>,
 }
 
+impl AttestedChannelVerifier {
+    /// A verifier checking handshake signatures with `provider`'s algorithms.
+    pub fn new(provider: Arc<CryptoProvider>) -> Self {
+        Self { provider }
+    }
+}
+
 impl ServerCertVerifier for AttestedChannelVerifier {
     fn verify_server_cert(
         &self,
@@ -74,7 +81,8 @@ impl ServerCertVerifier for AttestedChannelVerifier {
     }
 }
 
-fn client_config() -> Result<Arc<ClientConfig>> {
+/// The client's TLS configuration: TLS 1.3 only, aws-lc-rs, [`AttestedChannelVerifier`].
+pub fn client_config() -> Result<Arc<ClientConfig>> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])

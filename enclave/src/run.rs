@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use cosigner_attestation::Attester;
 use cosigner_enclave::config::{AttesterConfig, Config};
 use cosigner_enclave::service::Service;
@@ -23,13 +23,13 @@ fn attester(config: &AttesterConfig, pin: &Pin) -> anyhow::Result<Box<dyn Attest
         #[cfg(not(feature = "local-attester"))]
         AttesterConfig::Local { .. } => {
             let _ = pin;
-            bail!("this build has no local attester (it is a Nitro enclave build)")
+            anyhow::bail!("this build has no local attester (it is a Nitro enclave build)")
         }
         #[cfg(feature = "nitro")]
         AttesterConfig::Nitro => Ok(Box::new(cosigner_attestation::NitroAttester::open()?)),
         #[cfg(not(feature = "nitro"))]
         AttesterConfig::Nitro => {
-            bail!("this build has no NSM support (build with --features nitro)")
+            anyhow::bail!("this build has no NSM support (build with --features nitro)")
         }
     }
 }

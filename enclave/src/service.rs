@@ -54,9 +54,9 @@ impl SessionState {
 }
 
 enum DkgStage {
-    Round1(DkgRound1<Suite>),
-    Round2(DkgRound2<Suite>),
-    Round3(DkgRound3<Suite>),
+    Round1(Box<DkgRound1<Suite>>),
+    Round2(Box<DkgRound2<Suite>>),
+    Round3(Box<DkgRound3<Suite>>),
 }
 
 struct PendingDkg {
@@ -282,7 +282,7 @@ impl Service {
         dkgs.insert(
             wallet_id,
             PendingDkg {
-                stage: DkgStage::Round1(state),
+                stage: DkgStage::Round1(Box::new(state)),
                 started: Instant::now(),
             },
         );
@@ -325,7 +325,7 @@ impl Service {
             ));
         };
         let (next, packages) = state.handle_round1(round1, &mut rand_core::OsRng)?;
-        self.put_dkg(wallet_id, DkgStage::Round2(next), pending.started)?;
+        self.put_dkg(wallet_id, DkgStage::Round2(Box::new(next)), pending.started)?;
         Ok(Response::DkgRound2 { packages })
     }
 
@@ -342,7 +342,7 @@ impl Service {
             ));
         };
         let (next, confirmation) = state.handle_round2(packages)?;
-        self.put_dkg(wallet_id, DkgStage::Round3(next), pending.started)?;
+        self.put_dkg(wallet_id, DkgStage::Round3(Box::new(next)), pending.started)?;
         Ok(Response::DkgRound3 { confirmation })
     }
 

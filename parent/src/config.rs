@@ -189,19 +189,30 @@ fn check_socket_path(field: &'static str, value: &str, path: &Path) -> Result<()
     Ok(())
 }
 
-/// TOML's message on one line, with the line number it points at (its own `Display` draws a
-/// multi-line excerpt, which does not fit a one-line error).
+/// TOML's message on one line, with the line it points at (its own `Display` draws a multi-line
+/// excerpt, which does not fit a one-line error). Serde's type errors do not name the field, so
+/// the offending line is quoted when the error is about one line.
 fn one_line(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim().replace('\n', " ");
-    match e.span() {
-        Some(span) => {
-            let line = text
-                .get(..span.start)
-                .map_or(0, |before| before.matches('\n').count())
-                + 1;
-            format!("line {line}: {message}")
-        }
-        None => message,
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let before = text.get(..span.start).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_text = text
+        .get(line_start..)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or_default()
+        .trim();
+    let within_line = text
+        .get(span.start..span.end)
+        .is_some_and(|s| !s.contains('\n'));
+    if within_line && !line_text.is_empty() {
+        let quoted: String = line_text.chars().take(80).collect();
+        format!("line {line} ({quoted}): {message}")
+    } else {
+        format!("line {line}: {message}")
     }
 }
 

@@ -253,4 +253,47 @@ mod tests {
         assert!(store.list_prefix("c").unwrap().is_empty());
         assert!(store.list_prefix("a b").is_err());
     }
+
+    #[test]
+    fn schema_is_marked_and_foreign_or_newer_databases_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = dir.path().join("ours.db");
+        drop(SqliteStore::open(&ours).unwrap());
+        let conn = Connection::open(&ours).unwrap();
+        let pragma =
+            |name: &str| -> i64 { conn.pragma_query_value(None, name, |r| r.get(0)).unwrap() };
+        assert_eq!(pragma("application_id"), APPLICATION_ID);
+        assert_eq!(pragma("user_version"), SCHEMA_VERSION);
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+
+        // A later schema version: refused, not downgraded.
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&ours).unwrap_err();
+        assert!(
+            matches!(&err, ParentError::Schema { reason, .. } if reason.contains("schema version 2")),
+            "{err:?}"
+        );
+
+        // Another application's database, with tables but no marks: refused and left as it was.
+        let foreign = dir.path().join("foreign.db");
+        let conn = Connection::open(&foreign).unwrap();
+        conn.execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('keep');")
+            .unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&foreign).unwrap_err();
+        assert!(
+            matches!(&err, ParentError::Schema { reason, .. } if reason.contains("not a cosigner parent store")),
+            "{err:?}"
+        );
+        let conn = Connection::open(&foreign).unwrap();
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 1);
+    }
 }

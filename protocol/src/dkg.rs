@@ -8,9 +8,11 @@
 //!   to wallet, sender, recipient and the round-1 transcript.
 //! * **Broadcast.** KeyGen assumes every party sees the same round-1 messages; our coordinator is a
 //!   relay that could show each party different ones (frost issue 577). Every party hashes the
-//!   round-1 transcript; the hash is bound into every round-2 AAD (an inconsistent view usually
-//!   fails there already) and compared by all in a confirmation round. A [`DkgOutput`] exists only
-//!   once every party's confirmation matches ours.
+//!   round-1 transcript and binds the hash into every round-2 AAD, so two parties with different
+//!   views cannot open each other's packages: the split shows in round 2 already. The
+//!   confirmation round then compares transcript and public key package across all parties, and
+//!   makes everyone wait for everyone: a [`DkgOutput`] exists only once every party's
+//!   confirmation matches ours, so no party activates a wallet that another one failed.
 //!
 //! ```text
 //! start ──► DkgRound1 ──handle_round1(all round-1 msgs)──► DkgRound2 ──handle_round2(sealed to us)
@@ -223,6 +225,16 @@ impl<C: Ciphersuite> DkgRound1<C> {
                 party: from,
                 reason,
             };
+            // Same suite, same threshold: every round-1 package has exactly our package's length
+            // (fixed-size elements, t coefficients). Checking it first bounds the decoding work a
+            // relayed message can cause.
+            if msg.package.len() != message.package.len() {
+                return Err(culprit(format!(
+                    "its round-1 package is {} bytes, ours is {}",
+                    msg.package.len(),
+                    message.package.len()
+                )));
+            }
             let package = common::decode_canonical(
                 &msg.package,
                 round1::Package::<C>::deserialize,

@@ -42,6 +42,39 @@ use crate::error::{ProtocolError, Result};
 /// `SigningNonces` are `ZeroizeOnDrop`), and consumed by [`SignerSession::sign`]. Keep it in memory
 /// only: a session written to storage and read back (or rolled back) would sign twice with the
 /// same nonces.
+///
+/// Signing once compiles:
+///
+/// ```no_run
+/// # use cosigner_protocol::sign::SignerSession;
+/// # use frost_core::keys::KeyPackage;
+/// # type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
+/// fn sign_once(session: SignerSession<Tr>, key: &KeyPackage<Tr>, package: &[u8]) {
+///     let _share = session.sign(key, package);
+/// }
+/// ```
+///
+/// Signing twice with the same session does not (use of a moved value):
+///
+/// ```compile_fail,E0382
+/// # use cosigner_protocol::sign::SignerSession;
+/// # use frost_core::keys::KeyPackage;
+/// # type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
+/// fn sign_twice(session: SignerSession<Tr>, key: &KeyPackage<Tr>, package: &[u8]) {
+///     let _first = session.sign(key, package);
+///     let _second = session.sign(key, package);
+/// }
+/// ```
+///
+/// Nor does copying it:
+///
+/// ```compile_fail,E0308
+/// # use cosigner_protocol::sign::SignerSession;
+/// # type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
+/// fn copy(session: &SignerSession<Tr>) -> SignerSession<Tr> {
+///     session.clone()
+/// }
+/// ```
 pub struct SignerSession<C: Ciphersuite> {
     nonces: SigningNonces<C>,
     commitments: SigningCommitments<C>,

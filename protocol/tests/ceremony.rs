@@ -234,15 +234,21 @@ fn dkg_through_the_state_wrapper<C: Ciphersuite>() {
         assert_eq!(out, DkgOutputMessage::Done);
         assert_eq!(state.me(), me);
         assert_eq!(state.params().parties, PARTIES.to_vec());
-        // A finished ceremony accepts nothing more.
-        let again = unexpected(DkgState::handle(
-            DkgState::<C>::start(&params, me, &mut rng()).unwrap().0,
-            DkgInput::Confirmations(vec![]),
-            &mut rng(),
-        ));
-        assert_eq!(again, "confirmations");
+        assert_eq!(state.expects(), "nothing (the DKG is finished)");
+        if me == 3 {
+            // A finished ceremony accepts nothing more.
+            assert!(matches!(
+                state.handle(DkgInput::Confirmations(confirmations.clone()), &mut rng()),
+                Err(ProtocolError::UnexpectedMessage {
+                    expected: "nothing (the DKG is finished)",
+                    ..
+                })
+            ));
+            continue;
+        }
         keys.push(state.into_output().unwrap().public_key_package);
     }
+    assert_eq!(keys.len(), 2);
     assert!(keys.windows(2).all(|w| w[0] == w[1]));
 
     // An input for another round is refused by name.
@@ -368,13 +374,13 @@ fn malformed_round1_packages_name_their_sender<C: Ciphersuite>() {
     let mut states = s1.into_iter().filter(|(me, _)| *me != 3).map(|(_, s)| s);
 
     let mut garbage = r1.clone();
-    garbage[2].package = ByteBuf::from(vec![0xff; 20]);
+    garbage[2].package = ByteBuf::from(vec![0xff; r1[2].package.len()]);
     assert_eq!(
         culprit(states.next().unwrap().handle_round1(&garbage, &mut rng())),
         3
     );
 
-    // frost's decoder ignores trailing bytes; we do not.
+    // frost's decoder ignores trailing bytes; we do not (nor any other length than ours).
     let mut trailing = r1.clone();
     trailing[2].package.push(0);
     assert_eq!(
@@ -450,9 +456,11 @@ fn inconsistent_round1_broadcast_yields_no_key<C: Ciphersuite>() {
 }
 
 /// A malicious party 3 runs two polynomials and, with the relay, shows party 1 one and party 2
-/// the other, each with consistent shares: rounds 1 and 2 pass for both honest parties, with
-/// different group keys. The confirmation round catches it (frost issue 577): nobody activates.
-fn equivocating_party_is_caught_at_confirmation<C: Ciphersuite>() {
+/// the other, each with shares consistent with what that party saw (the frost issue 577
+/// attack: without a check, 1 and 2 would end with different group keys). Parties 1 and 2 see
+/// different transcripts, so neither opens the other's round-2 package: no key anywhere. The
+/// culprit named is the other honest party, as relayed; the reason says why.
+fn equivocating_party_gets_nobody_a_key<C: Ciphersuite>() {
     let params = params::<C>();
     let (mut s1, view_a) = round1::<C>(&params);
     let (evil_b, message_b) = dkg::start::<C>(&params, 3, &mut rng()).unwrap();
@@ -473,40 +481,51 @@ fn equivocating_party_is_caught_at_confirmation<C: Ciphersuite>() {
     let (_, evil_sealed_a) = evil_a.handle_round1(&view_a, &mut rng()).unwrap();
     let (_, evil_sealed_b) = evil_b.handle_round1(&view_b, &mut rng()).unwrap();
 
+    // Party 3's packages are fine for each victim ...
     let to_1: Vec<_> = [inbox(&sealed_2, 1), inbox(&evil_sealed_a, 1)].concat();
     let to_2: Vec<_> = [inbox(&sealed_1, 2), inbox(&evil_sealed_b, 2)].concat();
-    // Party 1 and party 2 can't open each other's packages: their transcripts differ.
-    assert_eq!(culprit(dkg_round2_clone_check::<C>(&s2_1, &to_1)), 2);
+    // ... but the honest parties' packages to each other are bound to different transcripts.
+    match s2_1.handle_round2(&to_1) {
+        Err(ProtocolError::Culprit { party: 2, reason }) => {
+            assert!(reason.contains("different round-1 transcript"), "{reason}")
+        }
+        other => panic!("expected party 2's package refused, got {other:?}"),
+    }
+    assert_eq!(culprit(s2_2.handle_round2(&to_2)), 1);
+}
 
-    // Had the AAD not bound the transcript (say party 1 and 2 agree but 3 equivocates on its
-    // confirmation only), the confirmation round is the last line: simulate it directly on a
-    // clean run where the relay forges party 3's confirmation.
-    let _ = (s2_1, s2_2, to_2);
-    let (s1, r1) = round1::<C>(&params);
+/// The confirmation round: the relay (or a lying party) reports another transcript or another
+/// public key package for party 3. Whoever receives it refuses to activate, naming party 3.
+fn forged_confirmation_is_a_disagreement<C: Ciphersuite>() {
+    let (s1, r1) = round1::<C>(&params::<C>());
     let (s2, sealed) = round2(s1, &r1);
     let (mut s3, confirmations) = round3(s2, &sealed);
+
     let mut forged = confirmations.clone();
     let c3 = forged.iter_mut().find(|c| c.from == 3).unwrap();
     c3.transcript_hash[0] ^= 1;
     let reason = disagreement(s3.remove(&1).unwrap().handle_confirmations(&forged));
-    assert!(reason.contains("[3]"), "{reason}");
+    assert!(
+        reason.contains("[3]") && reason.contains("transcript"),
+        "{reason}"
+    );
 
     let mut forged = confirmations.clone();
     let c3 = forged.iter_mut().find(|c| c.from == 3).unwrap();
     c3.public_key_package_hash[31] ^= 1;
     let reason = disagreement(s3.remove(&2).unwrap().handle_confirmations(&forged));
-    assert!(reason.contains("[3]"), "{reason}");
-}
+    assert!(
+        reason.contains("[3]") && reason.contains("public key package"),
+        "{reason}"
+    );
 
-/// Checks party 1's round 2 on a package set without consuming the state we still print.
-fn dkg_round2_clone_check<C: Ciphersuite>(
-    _state: &DkgRound2<C>,
-    _packages: &[SealedPackage],
-) -> Result<(), ProtocolError> {
-    Err(ProtocolError::Culprit {
-        party: 2,
-        reason: String::new(),
-    })
+    // The untouched set still works for party 3.
+    assert!(
+        s3.remove(&3)
+            .unwrap()
+            .handle_confirmations(&confirmations)
+            .is_ok()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -802,10 +821,11 @@ fn bad_signature_share_names_its_signer<C: Ciphersuite>() {
     shares.insert(3, wrong);
     assert_eq!(culprit(sign::aggregate(&package, &shares, pkp)), 3);
 
-    // Both bad: both named, the first in `party`.
+    // Both bad: both named, the first in `party`. (The errors must not cancel out: the sum is
+    // all the aggregate signature depends on, and a valid sum is a valid signature.)
     let mut both = shares.clone();
     let mut wrong1 = honest[&1].clone();
-    wrong1[31] ^= 1;
+    wrong1[31] ^= 2;
     both.insert(1, wrong1);
     match sign::aggregate(&package, &both, pkp) {
         Err(ProtocolError::Culprit { party: 1, reason }) => {
@@ -904,7 +924,8 @@ for_both_suites!(
     relay_altering_our_own_round1_message_is_refused,
     malformed_round1_packages_name_their_sender,
     inconsistent_round1_broadcast_yields_no_key,
-    equivocating_party_is_caught_at_confirmation,
+    equivocating_party_gets_nobody_a_key,
+    forged_confirmation_is_a_disagreement,
     corrupted_round2_share_names_the_sender,
     relay_flipping_a_bit_in_a_sealed_package_is_refused,
     package_for_another_party_is_refused,

@@ -220,9 +220,11 @@ fn relay_flipping_a_bit_toward_the_enclave_gets_no_signature() {
     attack(Direction::ToServer, Tamper::FlipBit(3));
 }
 
+// Encrypted records toward the client: 0 handshake flight, 1 session ticket, 2 Attested,
+// 3 SignCommitted, 4 SignatureShare.
 #[test]
 fn relay_flipping_a_bit_toward_the_client_gets_no_signature() {
-    attack(Direction::ToClient, Tamper::FlipBit(5));
+    attack(Direction::ToClient, Tamper::FlipBit(4));
 }
 
 #[test]
@@ -237,5 +239,219 @@ fn relay_dropping_a_record_gets_no_signature() {
 
 #[test]
 fn relay_reordering_records_gets_no_signature() {
-    attack(Direction::ToClient, Tamper::Reorder(0));
+    // The ticket is held back and delivered after the attestation document.
+    attack(Direction::ToClient, Tamper::Reorder(1));
+}
+
+/// A relay that terminates TLS itself (its own certificate), opens its own TLS session to the
+/// provider and forwards every frame, `Attest` included.
+fn start_tls_terminating_relay(target: u16) -> u16 {
+    use std::sync::Arc;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let certified = rcgen::generate_simple_self_signed(vec!["mitm".to_owned()]).unwrap();
+            let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
+                certified.signing_key.serialize_der().into(),
+            );
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let server_config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![certified.cert.der().clone()], key)
+                .unwrap();
+            let mut front = rustls::StreamOwned::new(
+                rustls::ServerConnection::new(Arc::new(server_config)).unwrap(),
+                client,
+            );
+            let upstream = std::net::TcpStream::connect(("127.0.0.1", target)).unwrap();
+            let name = rustls::pki_types::ServerName::try_from("cosigner-enclave").unwrap();
+            let mut back = rustls::StreamOwned::new(
+                rustls::ClientConnection::new(
+                    cosigner_client::session::client_config().unwrap(),
+                    name,
+                )
+                .unwrap(),
+                upstream,
+            );
+            std::thread::spawn(move || {
+                use cosigner_protocol::frame::{read_frame, write_frame};
+                while let Ok(Some(frame)) = read_frame(&mut front) {
+                    if write_frame(&mut back, &frame).is_err() {
+                        return;
+                    }
+                    match read_frame(&mut back) {
+                        Ok(Some(answer)) => {
+                            if write_frame(&mut front, &answer).is_err() {
+                                return;
+                            }
+                        }
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn relay_terminating_tls_and_forwarding_attest_is_refused() {
+    let d = Deployment::start().unwrap();
+    let home = d.home("alice");
+    let w = create(&d, &home);
+    let port = start_tls_terminating_relay(d.provider.port);
+    let out = d.cosigner([
+        "--home",
+        p(&home),
+        "--provider",
+        &format!("tcp://127.0.0.1:{port}"),
+        "sign",
+        "--wallet",
+        w["wallet_id"].as_str().unwrap(),
+        "--message",
+        MESSAGE,
+    ]);
+    let line = out.refused();
+    assert!(line.contains("bound to another TLS session"), "{line}");
+}
+
+/// Rewrites one value in the parent's database, as a hostile host would.
+fn rewrite_blob(
+    db: &Path,
+    key_contains: &str,
+    edit: impl FnOnce(&mut Vec<u8>),
+) -> (String, Vec<u8>) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let (key, mut value): (String, Vec<u8>) = conn
+        .query_row(
+            "SELECT key, value FROM blobs WHERE key LIKE ?1",
+            [format!("%{key_contains}%")],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let original = value.clone();
+    edit(&mut value);
+    conn.execute(
+        "UPDATE blobs SET value = ?1 WHERE key = ?2",
+        rusqlite::params![value, key],
+    )
+    .unwrap();
+    (key, original)
+}
+
+fn restore_blob(db: &Path, key: &str, value: &[u8]) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.execute(
+        "UPDATE blobs SET value = ?1 WHERE key = ?2",
+        rusqlite::params![value, key],
+    )
+    .unwrap();
+}
+
+#[test]
+fn enclave_refuses_a_tampered_sealed_blob_from_its_parent() {
+    let d = Deployment::start().unwrap();
+    let home = d.home("alice");
+    let w = create(&d, &home);
+    let id = w["wallet_id"].as_str().unwrap();
+    let (key, original) = rewrite_blob(&d.provider.database(), id, |v| {
+        let n = v.len();
+        v[n / 2] ^= 0x01;
+    });
+    let out = sign(&d, &home, id);
+    let line = out.refused().to_owned();
+    assert!(line.contains("Integrity"), "{line}");
+    assert!(out.stdout.is_empty());
+    // Nothing changed: with the genuine blob back, the wallet signs.
+    restore_blob(&d.provider.database(), &key, &original);
+    sign(&d, &home, id).ok();
+}
+
+#[test]
+fn enclave_refuses_a_foreign_sealed_blob_from_its_parent() {
+    let d = Deployment::start().unwrap();
+    let home = d.home("alice");
+    let mine = create(&d, &home);
+    let other = create(&d, &d.home("bob"));
+    let other_id = other["wallet_id"].as_str().unwrap();
+    let mine_id = mine["wallet_id"].as_str().unwrap();
+    // The parent serves Bob's sealed record under Alice's key.
+    let conn = rusqlite::Connection::open(d.provider.database()).unwrap();
+    let foreign: Vec<u8> = conn
+        .query_row(
+            "SELECT value FROM blobs WHERE key LIKE ?1",
+            [format!("%{other_id}%")],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(conn);
+    let (key, original) = rewrite_blob(&d.provider.database(), mine_id, |v| *v = foreign.clone());
+    let line = sign(&d, &home, mine_id).refused().to_owned();
+    assert!(line.contains("Integrity"), "{line}");
+    restore_blob(&d.provider.database(), &key, &original);
+    sign(&d, &home, mine_id).ok();
+}
+
+#[test]
+fn a_second_round_two_for_one_signing_session_is_refused() {
+    use cosigner_protocol::wire::{ErrorKind, Request, Response, WalletId};
+    let d = Deployment::start().unwrap();
+    let home_dir = d.home("alice");
+    let w = create(&d, &home_dir);
+    let trust = cosigner_client::trust::Trust::load(&d.dir.path().join("trust.toml")).unwrap();
+    let mut session =
+        cosigner_client::session::Session::connect(&d.provider.addr(), &trust).unwrap();
+    let wallet_id = WalletId::from_hex(w["wallet_id"].as_str().unwrap()).unwrap();
+    let message = [7u8; 32];
+    let Response::SignCommitted {
+        session_id,
+        commitments,
+    } = session
+        .call(&Request::SignCommit {
+            wallet_id,
+            message: serde_bytes::ByteBuf::from(message.to_vec()),
+            signers: vec![1, 2],
+        })
+        .unwrap()
+    else {
+        panic!("no commitments")
+    };
+    // Build a valid signing package with this device's commitment.
+    let home = cosigner_client::home::Home::open(&home_dir).unwrap();
+    let share = home.share(&wallet_id).unwrap();
+    let kp =
+        frost_core::keys::KeyPackage::<frost_secp256k1_tr::Secp256K1Sha256TR>::deserialize(&share)
+            .unwrap();
+    let (_ours, our_commitments) = cosigner_protocol::sign::SignerSession::commit(
+        &kp,
+        1,
+        &message,
+        &[1, 2],
+        &mut rand_core::OsRng,
+    )
+    .unwrap();
+    let package =
+        cosigner_protocol::sign::signing_package::<frost_secp256k1_tr::Secp256K1Sha256TR>(
+            &message,
+            &[(1, our_commitments), (2, commitments.into_vec())].into(),
+        )
+        .unwrap();
+    let request = Request::SignShare {
+        session_id,
+        signing_package: serde_bytes::ByteBuf::from(package),
+    };
+    assert!(matches!(
+        session.call(&request).unwrap(),
+        Response::SignatureShare { .. }
+    ));
+    match session.call(&request) {
+        Err(cosigner_client::ClientError::Remote(e)) => {
+            assert_eq!(e.kind, ErrorKind::NotFound);
+            assert!(e.message.contains("already used"), "{}", e.message);
+        }
+        other => panic!("second round 2 answered {other:?}"),
+    }
 }

@@ -1,0 +1,826 @@
+//! `cosigner-parent` in process: the SQLite blob store on real files, the store protocol over real
+//! unix sockets, the relay between a TCP client and a fake enclave, and the configuration's
+//! refusals. No PKCS#11 here.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cosigner_parent::store::{MAX_VALUE_LEN, check_key};
+use cosigner_parent::store_server::serve_store;
+use cosigner_parent::{
+    Config, EnclaveAddr, Parent, ParentError, RunningParent, SqliteStore, Store,
+};
+use cosigner_protocol::frame::{MAX_FRAME_LEN, read_frame, write_frame};
+use cosigner_protocol::wire::{
+    ErrorKind, Request, StoreRequest, StoreResponse, WalletId, decode, encode,
+};
+use serde_bytes::ByteBuf;
+use tempfile::TempDir;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn tempdir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("cosigner-parent-")
+        .tempdir()
+        .unwrap()
+}
+
+fn put(key: &str, value: &[u8]) -> StoreRequest {
+    StoreRequest::Put {
+        key: key.into(),
+        value: ByteBuf::from(value.to_vec()),
+    }
+}
+
+fn get(key: &str) -> StoreRequest {
+    StoreRequest::Get { key: key.into() }
+}
+
+/// Sends one request frame and reads one response frame.
+fn ask(stream: &mut UnixStream, request: &StoreRequest) -> StoreResponse {
+    write_frame(stream, &encode(request).unwrap()).unwrap();
+    let frame = read_frame(stream).unwrap().expect("a response frame");
+    decode(&frame).unwrap()
+}
+
+fn value(v: &[u8]) -> StoreResponse {
+    StoreResponse::Value {
+        value: Some(ByteBuf::from(v.to_vec())),
+    }
+}
+
+fn assert_error(response: &StoreResponse, kind: ErrorKind) -> String {
+    match response {
+        StoreResponse::Error(e) if e.kind == kind => e.message.clone(),
+        other => panic!("expected Error({kind:?}), got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SqliteStore
+
+#[test]
+fn sqlite_store_puts_gets_deletes_and_lists() {
+    let dir = tempdir();
+    let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
+    assert_eq!(store.get("wallet/aa/share/2/0").unwrap(), None);
+
+    store.put("wallet/aa/share/2/0", b"sealed-0").unwrap();
+    store.put("wallet/aa/share/2/1", b"sealed-1").unwrap();
+    store.put("wallet/aa/public", b"pkp").unwrap();
+    store.put("wallet/bb/share/2/0", b"other").unwrap();
+    store.put("audit/0001", b"").unwrap();
+    assert_eq!(
+        store.get("wallet/aa/share/2/0").unwrap().as_deref(),
+        Some(&b"sealed-0"[..])
+    );
+    // The empty value is a value, not an absence.
+    assert_eq!(store.get("audit/0001").unwrap(), Some(vec![]));
+
+    // Replacing.
+    store.put("wallet/aa/share/2/0", b"sealed-0-v2").unwrap();
+    assert_eq!(
+        store.get("wallet/aa/share/2/0").unwrap().as_deref(),
+        Some(&b"sealed-0-v2"[..])
+    );
+
+    assert_eq!(
+        store.list_prefix("wallet/aa/").unwrap(),
+        [
+            "wallet/aa/public",
+            "wallet/aa/share/2/0",
+            "wallet/aa/share/2/1"
+        ]
+    );
+    assert_eq!(store.list_prefix("wallet/").unwrap().len(), 4);
+    assert_eq!(store.list_prefix("").unwrap().len(), 5);
+    assert!(store.list_prefix("nothing/").unwrap().is_empty());
+
+    store.delete("wallet/aa/share/2/0").unwrap();
+    assert_eq!(store.get("wallet/aa/share/2/0").unwrap(), None);
+    // Deleting what is absent is fine.
+    store.delete("wallet/aa/share/2/0").unwrap();
+    assert_eq!(
+        store.list_prefix("wallet/aa/").unwrap(),
+        ["wallet/aa/public", "wallet/aa/share/2/1"]
+    );
+}
+
+#[test]
+fn sqlite_store_persists_across_reopen_and_is_private() {
+    let dir = tempdir();
+    let path = dir.path().join("store.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store.put("k/1", &[1, 2, 3]).unwrap();
+        store.put("k/2", &[0xff; 1000]).unwrap();
+        store.delete("k/2").unwrap();
+        store.put("k/3", b"three").unwrap();
+    }
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "database mode {mode:o}");
+
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.path(), path);
+    assert_eq!(store.get("k/1").unwrap(), Some(vec![1, 2, 3]));
+    assert_eq!(store.get("k/2").unwrap(), None);
+    assert_eq!(store.list_prefix("k/").unwrap(), ["k/1", "k/3"]);
+    // A second store on the same file (another process, in practice) sees the same data.
+    let again = SqliteStore::open(&path).unwrap();
+    assert_eq!(again.get("k/3").unwrap(), Some(b"three".to_vec()));
+}
+
+#[test]
+fn sqlite_store_refuses_invalid_keys_and_oversized_values() {
+    let dir = tempdir();
+    let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
+    let long = "k".repeat(257);
+    for bad in [
+        "",
+        "with space",
+        "tab\there",
+        "newline\n",
+        "é",
+        "nul\0",
+        long.as_str(),
+    ] {
+        let err = store.put(bad, b"v").unwrap_err();
+        assert!(
+            matches!(err, ParentError::InvalidKey { .. }),
+            "{bad:?}: {err:?}"
+        );
+        assert!(store.get(bad).is_err(), "{bad:?}");
+        assert!(store.delete(bad).is_err(), "{bad:?}");
+        assert!(check_key(bad).is_err());
+    }
+    // Exactly 256 bytes is a key.
+    store.put(&"k".repeat(256), b"v").unwrap();
+    // Prefixes: empty is fine, anything no key could start with is not.
+    assert!(store.list_prefix("a b").is_err());
+
+    let err = store.put("big", &vec![0; MAX_VALUE_LEN + 1]).unwrap_err();
+    assert!(
+        matches!(err, ParentError::ValueTooLarge { len, max } if len == MAX_VALUE_LEN + 1 && max == MAX_VALUE_LEN),
+        "{err:?}"
+    );
+    assert_eq!(store.get("big").unwrap(), None);
+    store.put("big", &vec![7; MAX_VALUE_LEN]).unwrap();
+    assert_eq!(store.get("big").unwrap().unwrap().len(), MAX_VALUE_LEN);
+}
+
+#[test]
+fn sqlite_store_refuses_files_that_are_not_its_own() {
+    let dir = tempdir();
+    let text = dir.path().join("notes.txt");
+    std::fs::write(
+        &text,
+        "this is not a database, and it is long enough to be read as one",
+    )
+    .unwrap();
+    let err = SqliteStore::open(&text).unwrap_err();
+    assert!(matches!(err, ParentError::Schema { .. }), "{err:?}");
+    // The file is untouched.
+    assert!(
+        std::fs::read_to_string(&text)
+            .unwrap()
+            .starts_with("this is not")
+    );
+
+    let err = SqliteStore::open(dir.path()).unwrap_err();
+    assert!(matches!(err, ParentError::Io { .. }), "{err:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store protocol on a socket
+
+/// A store served on one end of a socket pair, in a thread; returns the other end and the thread.
+fn serve_pair(
+    store: Arc<SqliteStore>,
+) -> (
+    UnixStream,
+    std::thread::JoinHandle<cosigner_parent::Result<()>>,
+) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    ours.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let server = std::thread::spawn(move || serve_store(theirs, store.as_ref()));
+    (ours, server)
+}
+
+#[test]
+fn store_server_answers_a_sequence_of_requests() {
+    let dir = tempdir();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+    let (mut s, server) = serve_pair(Arc::clone(&store));
+
+    assert_eq!(
+        ask(&mut s, &get("w/1")),
+        StoreResponse::Value { value: None }
+    );
+    assert_eq!(ask(&mut s, &put("w/1", b"one")), StoreResponse::Done);
+    assert_eq!(ask(&mut s, &put("w/2", b"two")), StoreResponse::Done);
+    assert_eq!(ask(&mut s, &put("x/1", b"")), StoreResponse::Done);
+    assert_eq!(ask(&mut s, &get("w/1")), value(b"one"));
+    assert_eq!(ask(&mut s, &get("x/1")), value(b""));
+    assert_eq!(
+        ask(
+            &mut s,
+            &StoreRequest::List {
+                prefix: "w/".into()
+            }
+        ),
+        StoreResponse::Keys {
+            keys: vec!["w/1".into(), "w/2".into()]
+        }
+    );
+    assert_eq!(
+        ask(&mut s, &StoreRequest::Delete { key: "w/1".into() }),
+        StoreResponse::Done
+    );
+    assert_eq!(
+        ask(&mut s, &get("w/1")),
+        StoreResponse::Value { value: None }
+    );
+
+    // Refusals of well-formed requests are answered, and the connection goes on.
+    let message = assert_error(&ask(&mut s, &put("bad key", b"v")), ErrorKind::BadRequest);
+    assert!(message.contains("invalid store key"), "{message}");
+    assert_error(
+        &ask(
+            &mut s,
+            &StoreRequest::List {
+                prefix: "a b".into(),
+            },
+        ),
+        ErrorKind::BadRequest,
+    );
+    assert_error(
+        &ask(&mut s, &StoreRequest::Delete { key: String::new() }),
+        ErrorKind::BadRequest,
+    );
+    assert_eq!(ask(&mut s, &get("w/2")), value(b"two"));
+
+    // The largest value fits a Put frame and comes back in one Value frame.
+    let big = vec![0x5a; MAX_VALUE_LEN];
+    assert_eq!(
+        ask(&mut s, &put(&"b".repeat(256), &big)),
+        StoreResponse::Done
+    );
+    assert_eq!(ask(&mut s, &get(&"b".repeat(256))), value(&big));
+
+    // What the server stored is in the database.
+    assert_eq!(store.get("w/2").unwrap(), Some(b"two".to_vec()));
+
+    // A clean close ends the session without error.
+    drop(s);
+    server.join().unwrap().unwrap();
+}
+
+/// Sends raw bytes, expects one `Error(BadRequest)` frame, then the end of the stream, and the
+/// server to have returned `BadRequest`.
+fn garbage_is_refused(bytes: &[u8], close_write: bool) -> String {
+    let dir = tempdir();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+    let (mut s, server) = serve_pair(store);
+    // A good request first: the session is live before the garbage.
+    assert_eq!(ask(&mut s, &put("k", b"v")), StoreResponse::Done);
+    s.write_all(bytes).unwrap();
+    if close_write {
+        s.shutdown(Shutdown::Write).unwrap();
+    }
+    let frame = read_frame(&mut s).unwrap().expect("an error frame");
+    let response: StoreResponse = decode(&frame).unwrap();
+    let message = assert_error(&response, ErrorKind::BadRequest);
+    // Then the server closes the connection.
+    assert!(read_frame(&mut s).unwrap().is_none());
+    let err = server.join().unwrap().unwrap_err();
+    assert!(matches!(err, ParentError::BadRequest { .. }), "{err:?}");
+    message
+}
+
+fn framed(body: &[u8]) -> Vec<u8> {
+    let mut out = (body.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+#[test]
+fn store_server_refuses_a_garbage_frame() {
+    let message = garbage_is_refused(&framed(&[0xff, 0x00, 0x13, 0x37]), false);
+    assert!(message.contains("undecodable"), "{message}");
+}
+
+#[test]
+fn store_server_refuses_an_empty_frame() {
+    garbage_is_refused(&framed(&[]), false);
+}
+
+#[test]
+fn store_server_refuses_a_client_request_on_the_store_socket() {
+    let request = encode(&Request::GetWallet {
+        wallet_id: WalletId([1; 16]),
+    })
+    .unwrap();
+    garbage_is_refused(&framed(&request), false);
+}
+
+#[test]
+fn store_server_refuses_trailing_bytes_after_a_request() {
+    let mut body = encode(&get("k")).unwrap();
+    body.push(0);
+    garbage_is_refused(&framed(&body), false);
+}
+
+#[test]
+fn store_server_refuses_an_oversized_frame_before_reading_it() {
+    let len = u32::try_from(MAX_FRAME_LEN + 1).unwrap();
+    let message = garbage_is_refused(&len.to_be_bytes(), false);
+    assert!(message.contains("exceeds"), "{message}");
+}
+
+#[test]
+fn store_server_refuses_a_truncated_frame() {
+    // Announces 100 bytes, sends 3, closes its side.
+    let mut bytes = 100u32.to_be_bytes().to_vec();
+    bytes.extend([1, 2, 3]);
+    garbage_is_refused(&bytes, true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The running parent: relay and store sockets
+
+/// A fake enclave on a unix socket: for its one connection, answers every byte with its
+/// complement (chunking by the relay does not change the answer), and when the client half-closes,
+/// says "bye" and closes. Returns the socket path and the thread, which returns all it received.
+fn fake_enclave(dir: &Path) -> (PathBuf, std::thread::JoinHandle<Vec<u8>>) {
+    let path = dir.join("enclave.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let thread = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut received = Vec::new();
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            let n = conn.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&buf[..n]);
+            let answer: Vec<u8> = buf[..n].iter().map(|b| !b).collect();
+            conn.write_all(&answer).unwrap();
+        }
+        conn.write_all(b"bye").unwrap();
+        received
+    });
+    (path, thread)
+}
+
+fn complement(bytes: &[u8]) -> Vec<u8> {
+    bytes.iter().map(|b| !b).collect()
+}
+
+fn start_parent(dir: &Path, enclave: &Path) -> RunningParent {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        enclave: EnclaveAddr::Unix(enclave.to_path_buf()),
+        store_socket: dir.join("store.sock"),
+        database: dir.join("store.db"),
+    };
+    Parent::new(config).unwrap().start().unwrap()
+}
+
+fn connect(parent: &RunningParent) -> TcpStream {
+    let client = TcpStream::connect(parent.client_addr()).unwrap();
+    client.set_read_timeout(Some(TIMEOUT)).unwrap();
+    client
+}
+
+fn read_exactly(stream: &mut impl Read, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    stream.read_exact(&mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn relay_carries_bytes_both_ways_unchanged_and_closes_both_sides() {
+    let dir = tempdir();
+    let (enclave_path, enclave) = fake_enclave(dir.path());
+    let parent = start_parent(dir.path(), &enclave_path);
+    assert_ne!(parent.client_addr().port(), 0);
+
+    let mut client = connect(&parent);
+    // Interactive: each message is answered before the next is sent.
+    let mut sent = Vec::new();
+    for i in 0..5u8 {
+        let msg: Vec<u8> = (0..=255u8).map(|b| b.wrapping_mul(i + 1)).collect();
+        client.write_all(&msg).unwrap();
+        assert_eq!(read_exactly(&mut client, msg.len()), complement(&msg));
+        sent.extend(msg);
+    }
+    // Half-close: the enclave sees EOF, still answers, then closes; the client sees it all.
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut tail = Vec::new();
+    client.read_to_end(&mut tail).unwrap();
+    assert_eq!(tail, b"bye");
+
+    assert_eq!(
+        enclave.join().unwrap(),
+        sent,
+        "the enclave got other bytes than sent"
+    );
+    parent.shutdown();
+}
+
+#[test]
+fn relay_carries_a_megabyte_each_way() {
+    let dir = tempdir();
+    let (enclave_path, enclave) = fake_enclave(dir.path());
+    let parent = start_parent(dir.path(), &enclave_path);
+    let mut client = connect(&parent);
+
+    let data: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(7) ^ (i >> 8)) as u8)
+        .collect();
+    let mut reader = client.try_clone().unwrap();
+    let collected = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        reader.read_to_end(&mut all).unwrap();
+        all
+    });
+    client.write_all(&data).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let back = collected.join().unwrap();
+    assert!(
+        enclave.join().unwrap() == data,
+        "the enclave got other bytes"
+    );
+    let mut expected = complement(&data);
+    expected.extend(b"bye");
+    assert_eq!(back.len(), expected.len());
+    assert!(
+        back == expected,
+        "the client got other bytes than the enclave wrote"
+    );
+    drop(parent);
+}
+
+#[test]
+fn relay_closes_the_client_when_the_enclave_closes() {
+    let dir = tempdir();
+    let path = dir.path().join("enclave.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let parent = start_parent(dir.path(), &path);
+    let mut client = connect(&parent);
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.write_all(b"hello").unwrap();
+    drop(conn);
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"hello");
+    drop(parent);
+}
+
+#[test]
+fn relay_closes_the_enclave_side_when_the_client_goes() {
+    let dir = tempdir();
+    let path = dir.path().join("enclave.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let parent = start_parent(dir.path(), &path);
+    let mut client = connect(&parent);
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+    client.write_all(b"last words").unwrap();
+    drop(client);
+    let mut got = Vec::new();
+    conn.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"last words");
+    drop(parent);
+}
+
+#[test]
+fn shutdown_closes_open_relays_on_both_sides() {
+    let dir = tempdir();
+    let path = dir.path().join("enclave.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let parent = start_parent(dir.path(), &path);
+    let addr = parent.client_addr();
+    let mut client = connect(&parent);
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+    client.write_all(b"x").unwrap();
+    assert_eq!(read_exactly(&mut conn, 1), b"x");
+    // Neither side closes: the parent's shutdown must, and must not hang on them.
+    parent.shutdown();
+    let mut rest = Vec::new();
+    assert_eq!(conn.read_to_end(&mut rest).unwrap(), 0);
+    assert_eq!(client.read_to_end(&mut rest).unwrap_or(0), 0);
+    // And nothing listens any more.
+    assert!(UnixStream::connect(dir.path().join("store.sock")).is_err());
+    assert!(TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn relay_closes_the_client_when_the_enclave_is_unreachable() {
+    let dir = tempdir();
+    let parent = start_parent(dir.path(), &dir.path().join("nobody-listens.sock"));
+    let mut client = connect(&parent);
+    let mut got = Vec::new();
+    // EOF or reset: either way the client is not left hanging, and nothing was sent to it.
+    let _ = client.read_to_end(&mut got);
+    assert!(got.is_empty());
+}
+
+#[test]
+fn running_parent_serves_the_store_socket_and_keeps_data_across_restarts() {
+    let dir = tempdir();
+    let (enclave_path, _enclave) = fake_enclave(dir.path());
+    let parent = start_parent(dir.path(), &enclave_path);
+    let socket = parent.store_socket().to_path_buf();
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "store socket mode {mode:o}");
+
+    // Two enclave connections at once.
+    let mut a = UnixStream::connect(&socket).unwrap();
+    let mut b = UnixStream::connect(&socket).unwrap();
+    a.set_read_timeout(Some(TIMEOUT)).unwrap();
+    b.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(ask(&mut a, &put("w/a", b"from a")), StoreResponse::Done);
+    assert_eq!(ask(&mut b, &put("w/b", b"from b")), StoreResponse::Done);
+    assert_eq!(ask(&mut b, &get("w/a")), value(b"from a"));
+
+    // Shutdown closes open connections and removes the socket file.
+    parent.shutdown();
+    assert!(read_frame(&mut a).unwrap().is_none());
+    assert!(!socket.exists(), "store socket left behind");
+
+    let (enclave_path, _enclave) = fake_enclave(&dir.path().join("again").tap_mkdir());
+    let parent = start_parent(dir.path(), &enclave_path);
+    let mut c = UnixStream::connect(parent.store_socket()).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(ask(&mut c, &get("w/b")), value(b"from b"));
+    assert_eq!(
+        ask(
+            &mut c,
+            &StoreRequest::List {
+                prefix: "w/".into()
+            }
+        ),
+        StoreResponse::Keys {
+            keys: vec!["w/a".into(), "w/b".into()]
+        }
+    );
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
+
+#[test]
+fn store_socket_replaces_a_stale_socket_but_not_a_live_one_or_a_file() {
+    let dir = tempdir();
+    let enclave = dir.path().join("enclave.sock");
+    let socket = dir.path().join("store.sock");
+
+    // Stale: a socket file nobody listens on (the listener is dropped, the file stays).
+    drop(UnixListener::bind(&socket).unwrap());
+    assert!(socket.exists());
+    let parent = start_parent(dir.path(), &enclave);
+
+    // Live: a second parent on the same socket is refused, and the first keeps its socket.
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        enclave: EnclaveAddr::Unix(enclave.clone()),
+        store_socket: socket.clone(),
+        database: dir.path().join("second.db"),
+    };
+    let err = Parent::new(config.clone()).unwrap().start().unwrap_err();
+    assert!(matches!(err, ParentError::SocketInUse { .. }), "{err:?}");
+    let mut s = UnixStream::connect(&socket).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert_eq!(ask(&mut s, &put("k", b"v")), StoreResponse::Done);
+    drop(s);
+    parent.shutdown();
+
+    // A regular file where the socket should be is left alone.
+    std::fs::write(&socket, "precious").unwrap();
+    let err = Parent::new(config).unwrap().start().unwrap_err();
+    assert!(matches!(err, ParentError::NotASocket { .. }), "{err:?}");
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious");
+}
+
+#[test]
+fn an_enclave_on_vsock_is_refused_at_start() {
+    let dir = tempdir();
+    let config = Config::from_toml(&format!(
+        "listen = \"127.0.0.1:0\"\nenclave = \"vsock:16:5000\"\nstore_socket = \"{}\"\n\
+         database = \"{}\"\n",
+        dir.path().join("store.sock").display(),
+        dir.path().join("store.db").display()
+    ))
+    .unwrap();
+    assert_eq!(
+        config.enclave,
+        EnclaveAddr::Vsock {
+            cid: 16,
+            port: 5000
+        }
+    );
+    let err = Parent::new(config).unwrap().start().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ParentError::VsockUnavailable {
+                cid: 16,
+                port: 5000
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("vsock not available in this build"),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+
+const GOOD: &str = r#"
+listen = "127.0.0.1:7000"
+enclave = "unix:/run/cosigner/enclave.sock"
+store_socket = "/run/cosigner/store.sock"
+database = "/var/lib/cosigner/store.db"
+"#;
+
+#[test]
+fn a_good_config_parses() {
+    let config = Config::from_toml(GOOD).unwrap();
+    assert_eq!(config.listen, "127.0.0.1:7000".parse().unwrap());
+    assert_eq!(
+        config.enclave,
+        EnclaveAddr::Unix("/run/cosigner/enclave.sock".into())
+    );
+    assert_eq!(config.store_socket, Path::new("/run/cosigner/store.sock"));
+    assert_eq!(config.database, Path::new("/var/lib/cosigner/store.db"));
+    let v6 = GOOD.replace("127.0.0.1:7000", "[::1]:7000");
+    assert!(Config::from_toml(&v6).unwrap().listen.is_ipv6());
+}
+
+#[test]
+fn load_resolves_relative_paths_against_the_config_file() {
+    let dir = tempdir();
+    let path = dir.path().join("parent.toml");
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:0\"\nenclave = \"unix:run/enclave.sock\"\n\
+         store_socket = \"run/store.sock\"\ndatabase = \"store.db\"\n",
+    )
+    .unwrap();
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.database, dir.path().join("store.db"));
+    assert_eq!(config.store_socket, dir.path().join("run/store.sock"));
+    assert_eq!(
+        config.enclave,
+        EnclaveAddr::Unix(dir.path().join("run/enclave.sock"))
+    );
+    let err = Config::load(&dir.path().join("missing.toml")).unwrap_err();
+    assert!(matches!(err, ParentError::ConfigRead { .. }), "{err:?}");
+}
+
+/// Bad configurations, each with a word its error must contain.
+const BAD: &[(&str, &str, &str)] = &[
+    (
+        "unknown field",
+        "listen = \"127.0.0.1:7000\"\nenclave = \"unix:/e.sock\"\nstore_socket = \"/s.sock\"\n\
+         database = \"/d.db\"\nlisten_backlog = 5\n",
+        "unknown field `listen_backlog`",
+    ),
+    (
+        "misspelt field",
+        "listen = \"127.0.0.1:7000\"\nenclave = \"unix:/e.sock\"\nstore_sock = \"/s.sock\"\n\
+         database = \"/d.db\"\n",
+        "store_sock",
+    ),
+    (
+        "missing field",
+        "listen = \"127.0.0.1:7000\"\nenclave = \"unix:/e.sock\"\nstore_socket = \"/s.sock\"\n",
+        "missing field `database`",
+    ),
+    ("empty file", "", "missing field"),
+    (
+        "a table where a string belongs",
+        "listen = \"127.0.0.1:7000\"\nenclave = \"unix:/e.sock\"\nstore_socket = \"/s.sock\"\n\
+         database = \"/d.db\"\n[extra]\nx = 1\n",
+        "unknown field `extra`",
+    ),
+    (
+        "listen is a number",
+        "listen = 7000\nenclave = \"unix:/e.sock\"\nstore_socket = \"/s.sock\"\ndatabase = \"/d.db\"\n",
+        "line 1 (listen = 7000): invalid type",
+    ),
+    (
+        "listen is a host name",
+        "listen = \"localhost:7000\"\nenclave = \"unix:/e.sock\"\nstore_socket = \"/s.sock\"\n\
+         database = \"/d.db\"\n",
+        "`listen`",
+    ),
+    (
+        "listen has no port",
+        "listen = \"127.0.0.1\"\nenclave = \"unix:/e.sock\"\nstore_socket = \"/s.sock\"\n\
+         database = \"/d.db\"\n",
+        "expected IP:PORT",
+    ),
+    (
+        "enclave without scheme",
+        "listen = \"127.0.0.1:7000\"\nenclave = \"/e.sock\"\nstore_socket = \"/s.sock\"\n\
+         database = \"/d.db\"\n",
+        "expected unix:PATH or vsock:CID:PORT",
+    ),
+    (
+        "enclave over tcp",
+        "listen = \"127.0.0.1:7000\"\nenclave = \"tcp:127.0.0.1:5000\"\nstore_socket = \"/s.sock\"\n\
+         database = \"/d.db\"\n",
+        "expected unix:PATH or vsock:CID:PORT",
+    ),
+    (
+        "vsock without port",
+        "listen = \"127.0.0.1:7000\"\nenclave = \"vsock:16\"\nstore_socket = \"/s.sock\"\n\
+         database = \"/d.db\"\n",
+        "vsock:CID:PORT",
+    ),
+    (
+        "vsock with a name for a CID",
+        "listen = \"127.0.0.1:7000\"\nenclave = \"vsock:parent:5000\"\nstore_socket = \"/s.sock\"\n\
+         database = \"/d.db\"\n",
+        "decimal",
+    ),
+    (
+        "unix without path",
+        "listen = \"127.0.0.1:7000\"\nenclave = \"unix:\"\nstore_socket = \"/s.sock\"\n\
+         database = \"/d.db\"\n",
+        "empty socket path",
+    ),
+    (
+        "empty store socket",
+        "listen = \"127.0.0.1:7000\"\nenclave = \"unix:/e.sock\"\nstore_socket = \"\"\n\
+         database = \"/d.db\"\n",
+        "`store_socket`",
+    ),
+    (
+        "store socket path too long for a unix socket",
+        concat!(
+            "listen = \"127.0.0.1:7000\"\nenclave = \"unix:/e.sock\"\nstore_socket = \"/",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            ".sock\"\ndatabase = \"/d.db\"\n"
+        ),
+        "at most 107",
+    ),
+    (
+        "empty database",
+        "listen = \"127.0.0.1:7000\"\nenclave = \"unix:/e.sock\"\nstore_socket = \"/s.sock\"\n\
+         database = \"\"\n",
+        "`database`",
+    ),
+    ("not TOML", "listen: 127.0.0.1:7000\n", "line 1"),
+    (
+        "duplicate key",
+        "listen = \"127.0.0.1:7000\"\nlisten = \"127.0.0.1:7001\"\nenclave = \"unix:/e.sock\"\n\
+         store_socket = \"/s.sock\"\ndatabase = \"/d.db\"\n",
+        "line 2",
+    ),
+];
+
+#[test]
+fn bad_configs_are_refused_with_clear_one_line_errors() {
+    for (name, text, needle) in BAD {
+        let err = match Config::from_toml(text) {
+            Ok(config) => panic!("{name}: accepted as {config:?}"),
+            Err(e) => e,
+        };
+        let message = err.to_string();
+        assert!(
+            message.contains(needle),
+            "{name}: {message:?} does not mention {needle:?}"
+        );
+        assert!(
+            !message.contains('\n'),
+            "{name}: multi-line error {message:?}"
+        );
+    }
+}
