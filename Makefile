@@ -4,7 +4,7 @@ CARGO ?= cargo
 FUZZ_SECONDS ?= 30
 SOFTHSM_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
 
-.PHONY: all deps build test lint fmt clippy nextest bench fuzz demo up down clean
+.PHONY: all deps build test lint fmt clippy nextest bench fuzz demo demo-attestation up down clean
 
 all: build
 
@@ -52,9 +52,13 @@ fuzz:
 	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir . attestation_document -- \
 		-max_total_time=$(FUZZ_SECONDS) -max_len=20000
 
-## demo: attestation end to end with a local attester in a throw-away SoftHSM token.
+## demo: up, create a wallet, sign, verify the signature independently, down (narrated).
 demo: deps build
 	./scripts/demo.sh
+
+## demo-attestation: a local attester's document verified, a tampered one refused.
+demo-attestation: deps build
+	./scripts/demo-attestation.sh
 
 ## up: provider and recovery cosigners on loopback, state under .dev/ (see scripts/up.sh).
 up: deps build

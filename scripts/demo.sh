@@ -1,76 +1,49 @@
 #!/usr/bin/env bash
-# Attestation end to end, on a machine without Nitro:
-#  1. create a local attester: a private SoftHSM token holding a P-384 attestation key and an
-#     operator root, both generated inside the token;
-#  2. produce a document binding a fresh nonce;
-#  3. verify it against the operator root, pinning PCR0 = the enclave binary's measurement;
-#  4. show that a tampered copy, a wrong nonce and the AWS root are all refused;
-#  5. verify a real AWS Nitro document at its own time, if ../shared/fixtures is here.
+# `make demo`: the whole product in one minute, narrated.
+#
+#  1. start two cosigners on this machine (`make up`): the provider (Shard B) and the recovery
+#     cosigner (Shard C), each an untrusted parent relaying to an enclave process that keeps its
+#     keys in its own SoftHSM token;
+#  2. check who we are talking to: each cosigner's attestation, verified by the client;
+#  3. create a wallet: Alice's device (Shard A), B and C run a distributed key generation; no one
+#     ever holds the whole key;
+#  4. sign a 32-byte message (a Taproot sighash) with Alice's device and the provider;
+#  5. verify the signature with an independent BIP-340 verifier (plain Python, no shared code);
+#  6. stop the cosigners (`make down`); their state stays under .dev/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/debug}
-COSIGNER="$BIN/cosigner"
-ENCLAVE="$BIN/cosigner-enclave"
+say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
+trap './scripts/down.sh > /dev/null' EXIT
 
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/tokens"
-cat > "$work/softhsm2.conf" <<CONF
-directories.tokendir = $work/tokens
-objectstore.backend = file
-log.level = ERROR
-CONF
-export SOFTHSM2_CONF="$work/softhsm2.conf"
-# PINs come from files, never from argv.
-umask 077
-head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/pin"
-head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/so-pin"
+say "1. Starting the provider (Shard B) and the recovery cosigner (Shard C) on loopback"
+./scripts/up.sh
+# shellcheck disable=SC1091
+. .dev/cosigner.env
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-refused() { # run a command that must fail; print its one-line reason
-  if out=$("$@" 2>&1); then echo "UNEXPECTED: accepted"; exit 1; fi
-  echo "refused as expected: $out"
-}
+say "2. Remote attestation: both cosigners prove what code they run (verified against .dev/trust.toml)"
+"$BIN/cosigner" status | python3 -m json.tool
 
-step "1. create a local attester (token + operator root) in $work/attester"
-"$ENCLAVE" local-attester init --dir "$work/attester" --token-label demo-attester \
-  --pin-file "$work/pin" --so-pin-file "$work/so-pin"
+home=$(mktemp -d)/alice
+say "3. Alice's phone ($home) creates a 2-of-3 wallet with B and C (DKG, round-2 packages HPKE-sealed)"
+wallet_json=$("$BIN/cosigner" --home "$home" wallet create --json)
+echo "$wallet_json" | python3 -m json.tool
+wallet=$(echo "$wallet_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["wallet_id"])')
+key=$(echo "$wallet_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["group_public_key"])')
+echo "Alice holds only her share: $(ls "$home/wallets")"
 
-step "2. produce a document with a fresh nonce"
-nonce=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-"$ENCLAVE" local-attester attest --dir "$work/attester" --pin-file "$work/pin" \
-  --nonce "$nonce" --user-data "$(printf 'demo session' | od -An -tx1 | tr -d ' \n')" \
-  --out "$work/doc.cose"
-echo "nonce $nonce -> $(wc -c < "$work/doc.cose") bytes"
+message=$(printf 'cosigner demo: pay 0.01 BTC to Bob' | sha256sum | cut -d' ' -f1)
+say "4. Alice and the provider sign the sighash $message"
+signature=$("$BIN/cosigner" --home "$home" sign --wallet "$wallet" --message "$message" --json |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["signature"])')
+echo "signature: $signature"
 
-step "3. verify it under the operator root, pinning PCR0 and the nonce"
-pcr0=$("$ENCLAVE" measure)
-"$COSIGNER" attestation verify --doc "$work/doc.cose" --root "$work/attester/root.pem" \
-  --pcr "0=$pcr0" --nonce "$nonce" --max-age 60
+say "5. An independent BIP-340 verifier (scripts/bip340_verify.py) checks it against the wallet key"
+python3 scripts/bip340_verify.py "$key" "$message" "$signature"
+echo "The signature is an ordinary Taproot key-path signature for $(echo "$wallet_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["address"])')"
 
-step "4. tampered, replayed or mis-rooted documents are refused"
-cp "$work/doc.cose" "$work/tampered.cose"
-# Flip one bit in the middle of the signed payload.
-offset=$(( $(wc -c < "$work/doc.cose") / 2 ))
-byte=$(od -An -tu1 -j "$offset" -N1 "$work/doc.cose" | tr -d ' ')
-printf "$(printf '\\%03o' $(( byte ^ 1 )))" | dd of="$work/tampered.cose" bs=1 seek="$offset" conv=notrunc status=none
-echo -n "one flipped bit: "
-refused "$COSIGNER" attestation verify --doc "$work/tampered.cose" --root "$work/attester/root.pem"
-echo -n "another nonce:   "
-refused "$COSIGNER" attestation verify --doc "$work/doc.cose" --root "$work/attester/root.pem" --nonce 00
-fixtures=../shared/fixtures/nitro
-if [ -d "$fixtures" ]; then
-  echo -n "AWS root:        "
-  refused "$COSIGNER" attestation verify --doc "$work/doc.cose" --root "$fixtures/aws-nitro-root-g1.pem"
-
-  step "5. a real AWS Nitro document, verified at its own time (2022-10-13 08:58:03 UTC)"
-  "$COSIGNER" attestation verify --doc "$fixtures/real-2022-10-13.cose" \
-    --root "$fixtures/aws-nitro-root-g1.pem" --at 1665651483 | cut -c1-200
-  echo "..."
-  echo -n "the same today:  "
-  refused "$COSIGNER" attestation verify --doc "$fixtures/real-2022-10-13.cose" \
-    --root "$fixtures/aws-nitro-root-g1.pem"
-else
-  echo "(../shared/fixtures absent: skipping the real AWS document)"
-fi
-step "demo complete"
+say "6. Stopping the cosigners (their sealed state stays in .dev/)"
+./scripts/down.sh
+trap - EXIT
+rm -rf "$(dirname "$home")"
+say "demo complete"
