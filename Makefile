@@ -41,7 +41,9 @@ bench: deps
 	@tmp=$$(mktemp -d) && mkdir -p $$tmp/tokens && \
 	printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' $$tmp > $$tmp/softhsm2.conf && \
 	SOFTHSM2_CONF=$$tmp/softhsm2.conf $(CARGO) bench --locked -p cosigner-attestation --bench attestation; \
-	rc=$$?; rm -rf $$tmp; exit $$rc
+	rc=$$?; rm -rf $$tmp; [ $$rc = 0 ] || exit $$rc
+	$(CARGO) build --locked --release --bins
+	$(CARGO) bench --locked -p cosigner-tests --bench wallet
 
 ## fuzz: a short libFuzzer run of each decoder (not in CI). Stable toolchain with RUSTC_BOOTSTRAP,
 ## since this machine has no nightly.

@@ -1,0 +1,167 @@
+//! The decode path of the DKG: party 2 of [1, 2, 3] (2-of-3), started with a fixed seeded RNG,
+//! handed a set of round-1 messages built from the input by `handle_round1`. Errors are fine,
+//! panics are not, and whatever is accepted must carry the honest round-1 packages of parties 1 and
+//! 3 (a different package that passes would be a forged proof of knowledge).
+//!
+//! The set is built from the input with `arbitrary`'s `Unstructured`: each message is an honest one
+//! (parties 1, 2, 3, precomputed with seeded RNGs), an honest one with byte edits and maybe another
+//! sender or HPKE key, or raw bytes. So the fuzzer reaches past the sender and length checks into
+//! frost's decoding, the commitment checks and the proof verification.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use cosigner_protocol::dkg;
+use cosigner_protocol::wire::{DkgParams, Round1Message, SUITE_SECP256K1_TR, WalletId};
+use libfuzzer_sys::arbitrary::{Result, Unstructured};
+use libfuzzer_sys::fuzz_target;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
+
+const PARTIES: [u16; 3] = [1, 2, 3];
+const ME: u16 = 2;
+/// At most this many messages in a round-1 set (three is the honest count).
+const MAX_MESSAGES: usize = 6;
+/// At most this many byte edits in one message.
+const MAX_EDITS: usize = 8;
+
+fn params() -> DkgParams {
+    DkgParams {
+        wallet_id: WalletId([0x42; 16]),
+        ciphersuite: SUITE_SECP256K1_TR.to_owned(),
+        min_signers: 2,
+        parties: PARTIES.to_vec(),
+    }
+}
+
+/// Each party's RNG: seeded by its number, so party 2's state is the same on every run.
+fn rng_of(party: u16) -> StdRng {
+    StdRng::seed_from_u64(0xd6_0000 + u64::from(party))
+}
+
+/// The honest round-1 messages of parties 1, 2 and 3.
+fn honest() -> &'static [Round1Message] {
+    static HONEST: OnceLock<Vec<Round1Message>> = OnceLock::new();
+    HONEST.get_or_init(|| {
+        PARTIES
+            .iter()
+            .map(|&p| {
+                dkg::start::<Suite>(&params(), p, &mut rng_of(p))
+                    .expect("an honest start")
+                    .1
+            })
+            .collect()
+    })
+}
+
+/// XORs up to [`MAX_EDITS`] bytes of `bytes` (none if it is empty).
+fn edit(u: &mut Unstructured<'_>, bytes: &mut [u8]) -> Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let edits = u.int_in_range(0..=MAX_EDITS)?;
+    for _ in 0..edits {
+        let index = u.choose_index(bytes.len())?;
+        let mask: u8 = u.arbitrary()?;
+        if let Some(b) = bytes.get_mut(index) {
+            *b ^= mask;
+        }
+    }
+    Ok(())
+}
+
+/// A sender: mostly a small number (a party, 0, or one just past the set), sometimes any.
+fn sender(u: &mut Unstructured<'_>) -> Result<u16> {
+    if u.ratio(7, 8)? {
+        u.int_in_range(0..=4)
+    } else {
+        u.arbitrary()
+    }
+}
+
+fn message(u: &mut Unstructured<'_>) -> Result<Round1Message> {
+    let honest = honest();
+    let base = u.choose(honest)?.clone();
+    Ok(match u.int_in_range(0..=3u8)? {
+        // An honest message, unchanged.
+        0 => base,
+        // An honest message with edits to its package.
+        1 => {
+            let mut package = base.package.into_vec();
+            edit(u, &mut package)?;
+            Round1Message {
+                package: package.into(),
+                ..base
+            }
+        }
+        // An honest message under another sender, maybe with another HPKE key.
+        2 => {
+            let mut hpke_public_key = base.hpke_public_key.into_vec();
+            if u.arbitrary()? {
+                hpke_public_key = u.arbitrary()?;
+            } else {
+                edit(u, &mut hpke_public_key)?;
+            }
+            Round1Message {
+                from: sender(u)?,
+                package: base.package,
+                hpke_public_key: hpke_public_key.into(),
+            }
+        }
+        // Raw bytes.
+        _ => Round1Message {
+            from: sender(u)?,
+            package: u.arbitrary::<Vec<u8>>()?.into(),
+            hpke_public_key: u.arbitrary::<Vec<u8>>()?.into(),
+        },
+    })
+}
+
+fn round1_set(data: &[u8]) -> Vec<Round1Message> {
+    let mut u = Unstructured::new(data);
+    let mut set = Vec::new();
+    let Ok(count) = u.int_in_range(0..=MAX_MESSAGES) else {
+        return set;
+    };
+    for _ in 0..count {
+        match message(&mut u) {
+            Ok(m) => set.push(m),
+            Err(_) => break,
+        }
+    }
+    set
+}
+
+fuzz_target!(|data: &[u8]| {
+    let round1 = round1_set(data);
+    let mut rng = rng_of(ME);
+    let (state, ours) = dkg::start::<Suite>(&params(), ME, &mut rng).expect("an honest start");
+    assert_eq!(Some(&ours), honest().get(1), "the seeded start is not deterministic");
+
+    let Ok((next, sealed)) = state.handle_round1(&round1, &mut rng) else {
+        return;
+    };
+    // Accepted: exactly one message per party, ours unchanged, the others' packages honest.
+    assert_eq!(round1.len(), PARTIES.len());
+    for party in PARTIES {
+        let relayed = round1
+            .iter()
+            .find(|m| m.from == party)
+            .expect("a message from every party");
+        let honest = honest()
+            .iter()
+            .find(|m| m.from == party)
+            .expect("an honest message from every party");
+        assert_eq!(
+            relayed.package, honest.package,
+            "party {party}'s round-1 package was accepted although it is not the honest one"
+        );
+    }
+    assert_eq!(next.me(), ME);
+    let mut recipients: Vec<u16> = sealed.iter().map(|p| p.to).collect();
+    recipients.sort_unstable();
+    assert_eq!(recipients, [1, 3]);
+    assert!(sealed.iter().all(|p| p.from == ME));
+});

@@ -1,0 +1,169 @@
+//! `make bench`: the end-to-end wallet figures, as one JSON line.
+//!
+//! * `inprocess_sign_ms_p50`: FROST-tr 2-of-3 signing with every party in this process
+//!   (2 commitments, signing package, 2 shares, aggregate + verify): the floor;
+//! * `e2e_sign_ms_p50`: `cosigner_client::wallet::sign` against the release binaries on loopback,
+//!   the attested session already open (parent relay, TLS, unseal from the parent's SQLite store,
+//!   SoftHSM AES-GCM, two round trips, client-side BIP-340 verification);
+//! * `ratio` = e2e / in-process (goal ≤ 1.5);
+//! * `signs_per_sec`: 4 concurrent clients, each with its own session, for 3 seconds;
+//! * `session_setup_ms_p50`: TCP + TLS 1.3 + attestation produced and verified;
+//! * `dkg_ms_p50`: `wallet create` with both sessions already open.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use cosigner_client::address::Network;
+use cosigner_client::home::Home;
+use cosigner_client::session::Session;
+use cosigner_client::trust::Trust;
+use cosigner_client::wallet;
+use cosigner_protocol::dkg;
+use cosigner_protocol::sign::{SignerSession, aggregate, signing_package};
+use cosigner_protocol::wire::{DkgParams, SUITE_SECP256K1_TR, WalletId};
+use cosigner_tests::Deployment;
+
+type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
+
+fn p50(mut samples: Vec<Duration>) -> f64 {
+    samples.sort();
+    samples[samples.len() / 2].as_secs_f64() * 1e3
+}
+
+fn time<F: FnMut()>(n: usize, mut f: F) -> f64 {
+    for _ in 0..n.div_ceil(10) {
+        f();
+    }
+    p50((0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect())
+}
+
+fn inprocess_sign() -> f64 {
+    let mut rng = rand_core::OsRng;
+    let params = DkgParams {
+        wallet_id: WalletId([1; 16]),
+        ciphersuite: SUITE_SECP256K1_TR.into(),
+        min_signers: 2,
+        parties: vec![1, 2, 3],
+    };
+    let mut r1 = Vec::new();
+    let mut msgs = Vec::new();
+    for me in [1u16, 2, 3] {
+        let (s, m) = dkg::start::<Suite>(&params, me, &mut rng).unwrap();
+        r1.push(s);
+        msgs.push(m);
+    }
+    let mut r2 = Vec::new();
+    let mut packages = Vec::new();
+    for s in r1 {
+        let (s, p) = s.handle_round1(&msgs, &mut rng).unwrap();
+        r2.push(s);
+        packages.extend(p);
+    }
+    let mut r3 = Vec::new();
+    let mut confirmations = Vec::new();
+    for s in r2 {
+        let me = s.me();
+        let mine: Vec<_> = packages.iter().filter(|p| p.to == me).cloned().collect();
+        let (s, c) = s.handle_round2(&mine).unwrap();
+        r3.push(s);
+        confirmations.push(c);
+    }
+    let outputs: Vec<_> = r3
+        .into_iter()
+        .map(|s| s.handle_confirmations(&confirmations).unwrap())
+        .collect();
+    let message = [9u8; 32];
+    time(300, || {
+        let (a, ca) =
+            SignerSession::<Suite>::commit(&outputs[0].key_package, 1, &message, &[1, 2], &mut rng)
+                .unwrap();
+        let (b, cb) =
+            SignerSession::<Suite>::commit(&outputs[1].key_package, 2, &message, &[1, 2], &mut rng)
+                .unwrap();
+        let package =
+            signing_package::<Suite>(&message, &BTreeMap::from([(1, ca), (2, cb)])).unwrap();
+        let sa = a.sign(&outputs[0].key_package, &package).unwrap();
+        let sb = b.sign(&outputs[1].key_package, &package).unwrap();
+        aggregate::<Suite>(
+            &package,
+            &BTreeMap::from([(1, sa), (2, sb)]),
+            &outputs[0].public_key_package,
+        )
+        .unwrap();
+    })
+}
+
+fn main() {
+    let inprocess = inprocess_sign();
+
+    let d = Deployment::start().unwrap();
+    let trust = Trust::load(&d.dir.path().join("trust.toml")).unwrap();
+    let home = Home::open(&d.home("bench")).unwrap();
+    let provider_addr = d.provider.addr();
+    let recovery_addr = d.recovery.addr();
+
+    let session_setup = time(100, || {
+        Session::connect(&provider_addr, &trust).unwrap();
+    });
+
+    let mut provider = Session::connect(&provider_addr, &trust).unwrap();
+    let mut recovery = Session::connect(&recovery_addr, &trust).unwrap();
+    let mut last = None;
+    let dkg_ms = time(30, || {
+        last = Some(wallet::create(&home, &mut provider, &mut recovery, Network::Regtest).unwrap());
+    });
+    let id = WalletId::from_hex(&last.unwrap().wallet_id).unwrap();
+
+    let message = [7u8; 32];
+    let e2e = time(300, || {
+        wallet::sign(&home, &mut provider, id, &message).unwrap();
+    });
+
+    let clients = 4;
+    let window = Duration::from_secs(3);
+    let total: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                let (trust, home, addr) = (&trust, &home, &provider_addr);
+                scope.spawn(move || {
+                    let mut s = Session::connect(addr, trust).unwrap();
+                    let start = Instant::now();
+                    let mut n = 0;
+                    while start.elapsed() < window {
+                        wallet::sign(home, &mut s, id, &message).unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    let signs_per_sec = total as f64 / window.as_secs_f64();
+
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    println!(
+        "{}",
+        serde_json::json!({
+            "inprocess_sign_ms_p50": round(inprocess),
+            "e2e_sign_ms_p50": round(e2e),
+            "ratio": round(e2e / inprocess),
+            "signs_per_sec": signs_per_sec.round(),
+            "concurrent_clients": clients,
+            "session_setup_ms_p50": round(session_setup),
+            "dkg_ms_p50": round(dkg_ms),
+        })
+    );
+}
