@@ -12,8 +12,13 @@ use libfuzzer_sys::fuzz_target;
 fn root() -> Option<&'static PinnedRoot> {
     static ROOT: OnceLock<Option<PinnedRoot>> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/nitro/aws-nitro-root-g1.pem");
-        std::fs::read(path).ok().and_then(|pem| PinnedRoot::from_pem(&pem).ok())
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/fixtures/nitro/aws-nitro-root-g1.pem"
+        );
+        std::fs::read(path)
+            .ok()
+            .and_then(|pem| PinnedRoot::from_pem(&pem).ok())
     })
     .as_ref()
 }

@@ -138,7 +138,11 @@ fuzz_target!(|data: &[u8]| {
     let round1 = round1_set(data);
     let mut rng = rng_of(ME);
     let (state, ours) = dkg::start::<Suite>(&params(), ME, &mut rng).expect("an honest start");
-    assert_eq!(Some(&ours), honest().get(1), "the seeded start is not deterministic");
+    assert_eq!(
+        Some(&ours),
+        honest().get(1),
+        "the seeded start is not deterministic"
+    );
 
     let Ok((next, sealed)) = state.handle_round1(&round1, &mut rng) else {
         return;

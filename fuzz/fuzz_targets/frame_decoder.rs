@@ -101,8 +101,14 @@ fuzz_target!(|data: &[u8]| {
     let (sizes, stream) = split(data);
     let (read, read_end) = with_read_frame(stream);
     let (decoded, decoded_end) = with_decoder(sizes, stream);
-    assert_eq!(decoded, read, "the decoder and read_frame disagree on the frames");
-    assert_eq!(decoded_end, read_end, "the decoder and read_frame disagree on the end");
+    assert_eq!(
+        decoded, read,
+        "the decoder and read_frame disagree on the frames"
+    );
+    assert_eq!(
+        decoded_end, read_end,
+        "the decoder and read_frame disagree on the end"
+    );
 
     // The frames are exactly what the stream began with: re-encoding them gives its prefix.
     let mut again = Vec::new();

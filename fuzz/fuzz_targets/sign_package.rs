@@ -103,14 +103,9 @@ fn fixture() -> &'static Fixture {
         let commitments: BTreeMap<u16, Vec<u8>> = SIGNERS
             .iter()
             .map(|&p| {
-                let (_, c) = SignerSession::commit(
-                    &keys[&p],
-                    p,
-                    MESSAGE,
-                    &SIGNERS,
-                    &mut session_rng(p),
-                )
-                .expect("honest commit");
+                let (_, c) =
+                    SignerSession::commit(&keys[&p], p, MESSAGE, &SIGNERS, &mut session_rng(p))
+                        .expect("honest commit");
                 (p, c)
             })
             .collect();
@@ -162,9 +157,13 @@ fn built_package(u: &mut Unstructured<'_>, f: &Fixture) -> Result<Option<Vec<u8>
     for _ in 0..u.int_in_range(0..=MAX_COMMITMENTS)? {
         let p = party(u)?;
         let bytes = match u.int_in_range(0..=2u8)? {
-            0 => u.choose(&[&f.commitments[&1], &f.commitments[&2]])?.to_vec(),
+            0 => u
+                .choose(&[&f.commitments[&1], &f.commitments[&2]])?
+                .to_vec(),
             1 => {
-                let mut c = u.choose(&[&f.commitments[&1], &f.commitments[&2]])?.to_vec();
+                let mut c = u
+                    .choose(&[&f.commitments[&1], &f.commitments[&2]])?
+                    .to_vec();
                 edit(u, &mut c)?;
                 c
             }
@@ -209,7 +208,10 @@ fuzz_target!(|data: &[u8]| {
     let (session, ours) =
         SignerSession::commit(&f.keys[&ME], ME, MESSAGE, &SIGNERS, &mut session_rng(ME))
             .expect("honest commit");
-    assert_eq!(ours, f.commitments[&ME], "the seeded commit is not deterministic");
+    assert_eq!(
+        ours, f.commitments[&ME],
+        "the seeded commit is not deterministic"
+    );
     let Ok(share) = session.sign(&f.keys[&ME], &package) else {
         return;
     };
