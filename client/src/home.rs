@@ -87,6 +87,19 @@ impl Home {
         Ok(home)
     }
 
+    /// This device's P-256 key.
+    pub fn device_key(&self) -> Result<p256::ecdsa::SigningKey> {
+        read_p256_key(&self.dir.join("device.key"))
+    }
+
+    /// Replaces this device's share of a wallet (after a refresh), atomically.
+    pub fn replace_share(&self, wallet: &WalletFile, share: &[u8]) -> Result<()> {
+        let id = WalletId::from_hex(&wallet.wallet_id)?;
+        write_private(&self.wallet_path(&id, "share"), share)?;
+        let json = serde_json::to_vec_pretty(wallet).map_err(|e| home_err(&self.dir, e))?;
+        write_private(&self.wallet_path(&id, "json"), &json)
+    }
+
     /// Creates the P-256 device key if this home has none.
     fn ensure_device_key(&self) -> Result<()> {
         let path = self.dir.join("device.key");
@@ -150,4 +163,27 @@ impl Home {
         ids.sort();
         ids.iter().map(|id| self.wallet(id)).collect()
     }
+}
+
+/// Writes a new P-256 key as PKCS#8 PEM, owner-only; refuses to overwrite.
+pub fn write_p256_key(path: &Path, key: &p256::ecdsa::SigningKey) -> Result<()> {
+    use p256::pkcs8::EncodePrivateKey;
+    if path.exists() {
+        return Err(home_err(
+            path,
+            "already exists: refusing to overwrite a key",
+        ));
+    }
+    let pem = key
+        .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+        .map_err(|e| home_err(path, e))?;
+    write_private(path, pem.as_bytes())
+}
+
+/// Reads a P-256 key written by [`write_p256_key`].
+pub fn read_p256_key(path: &Path) -> Result<p256::ecdsa::SigningKey> {
+    use p256::pkcs8::DecodePrivateKey;
+    let pem = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| home_err(path, e))?);
+    p256::ecdsa::SigningKey::from_pkcs8_pem(&pem)
+        .map_err(|e| home_err(path, format!("not a P-256 key: {e}")))
 }

@@ -1,19 +1,24 @@
-//! The ceremonies this device coordinates: wallet creation (DKG among A, B, C) and signing (A + B).
+//! The ceremonies this device coordinates: wallet creation (DKG among A, B, C), signing (A + B),
+//! refresh (A, B, C re-share at a new epoch) and recovery (B and C repair A's share onto a new
+//! device, then everyone refreshes and the old device key is revoked).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
+use cosigner_protocol::auth::{public_key_bytes, registration_digest, request_digest, sign_digest};
 use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
 use cosigner_protocol::wire::{
-    Confirmation, DkgParams, Request, Response, Round1Message, SUITE_SECP256K1_TR, SealedPackage,
-    WalletId, WalletInfo,
+    self, Confirmation, DkgParams, KeyRole, RefreshParams, Registration, RepairParams, Request,
+    Response, Round1Message, SUITE_SECP256K1_TR, SealedPackage, WalletId, WalletInfo,
 };
-use cosigner_protocol::{dkg, sign};
+use cosigner_protocol::{dkg, refresh, repair, sign};
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
+use p256::ecdsa::SigningKey;
 use serde_bytes::ByteBuf;
 
 use crate::address::{Network, p2tr_address, x_only};
 use crate::error::{ClientError, Result};
-use crate::home::{Home, WalletFile};
+use crate::home::{Home, WalletFile, write_p256_key};
 use crate::session::Session;
 
 /// The suite wallets use.
@@ -23,20 +28,58 @@ fn unexpected(what: &str, got: &Response) -> ClientError {
     ClientError::Unexpected(format!("expected {what}, got {got:?}"))
 }
 
+fn internal(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Unexpected(e.to_string())
+}
+
+/// Sends `inner` signed by `key` (as `role`) over a fresh challenge of this session.
+pub fn authorized(
+    session: &mut Session,
+    wallet_id: WalletId,
+    role: KeyRole,
+    key: &SigningKey,
+    inner: &Request,
+) -> Result<Response> {
+    let challenge = match session.call(&Request::Challenge { wallet_id })? {
+        Response::Challenge { challenge } => challenge,
+        other => return Err(unexpected("Challenge", &other)),
+    };
+    let bytes = wire::encode(inner)?;
+    let digest = request_digest(&wallet_id, &challenge, &bytes);
+    let signature = sign_digest(key, &digest)?;
+    session.call(&Request::Authorized {
+        wallet_id,
+        role,
+        signature: ByteBuf::from(signature.to_vec()),
+        request: ByteBuf::from(bytes),
+    })
+}
+
+/// Where `create` put the recovery credential.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The wallet.
+    pub wallet: WalletFile,
+    /// The recovery credential's file.
+    pub recovery_key_path: std::path::PathBuf,
+}
+
 /// Creates a 2-of-3 wallet: this device (A), the provider (B) and the recovery cosigner (C).
+/// Registers this device's key and a new recovery credential, written to `recovery_key_out`.
 pub fn create(
     home: &Home,
     provider: &mut Session,
     recovery: &mut Session,
     network: Network,
-) -> Result<WalletFile> {
-    let mut id = [0u8; 16];
-    {
-        use rand_core::RngCore;
-        rand_core::OsRng
-            .try_fill_bytes(&mut id)
-            .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+    recovery_key_out: &Path,
+) -> Result<Created> {
+    if recovery_key_out.exists() {
+        return Err(ClientError::Input(format!(
+            "{} already exists: refusing to overwrite a recovery credential",
+            recovery_key_out.display()
+        )));
     }
+    let id: [u8; 16] = random()?;
     let wallet_id = WalletId(id);
     let params = DkgParams {
         wallet_id,
@@ -87,16 +130,32 @@ pub fn create(
         }
     }
 
-    // Confirmation: the wallet exists only if all three agree.
+    // Confirmation: the wallet exists only if all three agree; our keys are registered with it.
     let output = a3.handle_confirmations(&confirmations)?;
-    let ours = output
-        .public_key_package
-        .serialize()
-        .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+    let device_key = home.device_key()?;
+    let recovery_key = SigningKey::random(&mut rng);
+    let (device_pub, recovery_pub) = (
+        public_key_bytes(&device_key),
+        public_key_bytes(&recovery_key),
+    );
+    let digest = registration_digest(
+        &wallet_id,
+        &output.transcript_hash,
+        &device_pub,
+        &recovery_pub,
+    );
+    let registration = Registration {
+        device_key: ByteBuf::from(device_pub),
+        recovery_key: ByteBuf::from(recovery_pub),
+        device_signature: ByteBuf::from(sign_digest(&device_key, &digest)?.to_vec()),
+        recovery_signature: ByteBuf::from(sign_digest(&recovery_key, &digest)?.to_vec()),
+    };
+    let ours = output.public_key_package.serialize().map_err(internal)?;
     for session in [&mut *provider, &mut *recovery] {
         match session.call(&Request::DkgConfirm {
             wallet_id,
             confirmations: confirmations.clone(),
+            registration: registration.clone(),
         })? {
             Response::DkgDone { wallet }
                 if wallet.public_key_package.as_ref() == ours.as_slice() => {}
@@ -110,33 +169,70 @@ pub fn create(
             other => return Err(unexpected("DkgDone", &other)),
         }
     }
+    write_p256_key(recovery_key_out, &recovery_key)?;
 
-    let group = output
-        .public_key_package
-        .verifying_key()
-        .serialize()
-        .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+    let wallet = wallet_file(
+        wallet_id,
+        &params.parties,
+        params.min_signers,
+        0,
+        &output.public_key_package,
+        network,
+    )?;
+    let share = zeroize::Zeroizing::new(output.key_package.serialize().map_err(internal)?);
+    home.save_wallet(&wallet, &share)?;
+    Ok(Created {
+        wallet,
+        recovery_key_path: recovery_key_out.to_path_buf(),
+    })
+}
+
+fn random<const N: usize>() -> Result<[u8; N]> {
+    use rand_core::RngCore;
+    let mut out = [0u8; N];
+    rand_core::OsRng
+        .try_fill_bytes(&mut out)
+        .map_err(internal)?;
+    Ok(out)
+}
+
+fn wallet_file(
+    wallet_id: WalletId,
+    parties: &[u16],
+    min_signers: u16,
+    epoch: u64,
+    pkp: &PublicKeyPackage<Suite>,
+    network: Network,
+) -> Result<WalletFile> {
+    let group = pkp.verifying_key().serialize().map_err(internal)?;
     let xonly = x_only(&group)?;
-    let wallet = WalletFile {
+    Ok(WalletFile {
         wallet_id: wallet_id.to_hex(),
-        ciphersuite: params.ciphersuite.clone(),
+        ciphersuite: SUITE_SECP256K1_TR.to_owned(),
         group_public_key: hex::encode(xonly),
         address: p2tr_address(&xonly, network)?,
         network: network.name().to_owned(),
         party: DEVICE,
-        min_signers: params.min_signers,
-        parties: params.parties.clone(),
-        epoch: 0,
-        public_key_package: hex::encode(&ours),
-    };
-    let share = zeroize::Zeroizing::new(
-        output
-            .key_package
-            .serialize()
-            .map_err(|e| ClientError::Unexpected(e.to_string()))?,
-    );
-    home.save_wallet(&wallet, &share)?;
-    Ok(wallet)
+        min_signers,
+        parties: parties.to_vec(),
+        epoch,
+        public_key_package: hex::encode(pkp.serialize().map_err(internal)?),
+    })
+}
+
+fn load(
+    home: &Home,
+    wallet_id: &WalletId,
+) -> Result<(WalletFile, KeyPackage<Suite>, PublicKeyPackage<Suite>)> {
+    let wallet = home.wallet(wallet_id)?;
+    let share = home.share(wallet_id)?;
+    let key_package = KeyPackage::<Suite>::deserialize(&share)
+        .map_err(|e| ClientError::Input(format!("this device's share of {wallet_id}: {e}")))?;
+    let pkp_bytes = hex::decode(&wallet.public_key_package)
+        .map_err(|e| ClientError::Input(format!("wallet file: {e}")))?;
+    let public_key_package = PublicKeyPackage::<Suite>::deserialize(&pkp_bytes)
+        .map_err(|e| ClientError::Input(format!("wallet file: {e}")))?;
+    Ok((wallet, key_package, public_key_package))
 }
 
 /// Signs a 32-byte message with this device and the provider; returns the verified 64-byte
@@ -147,27 +243,23 @@ pub fn sign(
     wallet_id: WalletId,
     message: &[u8; 32],
 ) -> Result<[u8; 64]> {
-    let wallet = home.wallet(&wallet_id)?;
-    let share = home.share(&wallet_id)?;
-    let key_package = KeyPackage::<Suite>::deserialize(&share)
-        .map_err(|e| ClientError::Input(format!("this device's share of {wallet_id}: {e}")))?;
-    let pkp_bytes = hex::decode(&wallet.public_key_package)
-        .map_err(|e| ClientError::Input(format!("wallet file: {e}")))?;
-    let public_key_package = PublicKeyPackage::<Suite>::deserialize(&pkp_bytes)
-        .map_err(|e| ClientError::Input(format!("wallet file: {e}")))?;
+    let (wallet, key_package, public_key_package) = load(home, &wallet_id)?;
+    let device_key = home.device_key()?;
     let signers = [DEVICE, PROVIDER];
-
-    let (session_id, provider_commitments) = match provider.call(&Request::SignCommit {
+    let request = Request::SignCommit {
         wallet_id,
+        epoch: wallet.epoch,
         message: ByteBuf::from(message.to_vec()),
         signers: signers.to_vec(),
-    })? {
-        Response::SignCommitted {
-            session_id,
-            commitments,
-        } => (session_id, commitments),
-        other => return Err(unexpected("SignCommitted", &other)),
     };
+    let (session_id, provider_commitments) =
+        match authorized(provider, wallet_id, KeyRole::Device, &device_key, &request)? {
+            Response::SignCommitted {
+                session_id,
+                commitments,
+            } => (session_id, commitments),
+            other => return Err(unexpected("SignCommitted", &other)),
+        };
     let (ours, our_commitments) = sign::SignerSession::<Suite>::commit(
         &key_package,
         DEVICE,
@@ -192,27 +284,284 @@ pub fn sign(
     let signature = sign::aggregate::<Suite>(&package, &shares, &public_key_package)?;
     let signature: [u8; 64] = signature
         .try_into()
-        .map_err(|_| ClientError::Unexpected("signature is not 64 bytes".into()))?;
+        .map_err(|_| internal("signature is not 64 bytes"))?;
     verify_bip340(&wallet.group_public_key, message, &signature)?;
     Ok(signature)
 }
 
-/// Checks a BIP-340 signature with libsecp-independent code (k256), not FROST's own verifier.
+/// Checks a BIP-340 signature with code independent of FROST's own verifier (k256).
 pub fn verify_bip340(x_only_hex: &str, message: &[u8; 32], signature: &[u8; 64]) -> Result<()> {
     let key = hex::decode(x_only_hex).map_err(|e| ClientError::Input(e.to_string()))?;
     let key = k256::schnorr::VerifyingKey::from_bytes(&key)
         .map_err(|e| ClientError::Input(format!("group key: {e}")))?;
     let sig = k256::schnorr::Signature::try_from(signature.as_slice())
-        .map_err(|e| ClientError::Unexpected(format!("signature: {e}")))?;
-    key.verify_raw(message, &sig).map_err(|_| {
-        ClientError::Unexpected("aggregated signature does not verify (BIP-340)".into())
-    })
+        .map_err(|e| internal(format!("signature: {e}")))?;
+    key.verify_raw(message, &sig)
+        .map_err(|_| internal("aggregated signature does not verify (BIP-340)"))
 }
 
-/// Public facts from the provider, for `wallet show`.
+/// Public facts from a cosigner.
 pub fn provider_view(provider: &mut Session, wallet_id: WalletId) -> Result<WalletInfo> {
     match provider.call(&Request::GetWallet { wallet_id })? {
         Response::Wallet { wallet } => Ok(wallet),
         other => Err(unexpected("Wallet", &other)),
     }
+}
+
+/// The steps of a refresh, reported to an observer (tests interrupt a refresh at each one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshStep {
+    /// Every party sent its round-1 broadcast.
+    Round1,
+    /// Every party sent its sealed packages.
+    Round2,
+    /// Every party prepared its new share and confirmed.
+    Round3,
+    /// The provider committed the new epoch.
+    ProviderCommitted,
+    /// The recovery cosigner committed the new epoch.
+    RecoveryCommitted,
+    /// This device switched to the new share.
+    DeviceCommitted,
+    /// Older shares were deleted everywhere.
+    Finalized,
+}
+
+/// Refreshes every party's share to the next epoch (same group key and address). Every party must
+/// take part: a refresh never evicts anyone. The old epoch stays usable until all have committed.
+pub fn refresh(
+    home: &Home,
+    provider: &mut Session,
+    recovery: &mut Session,
+    wallet_id: WalletId,
+    observe: &mut dyn FnMut(RefreshStep),
+) -> Result<WalletFile> {
+    let (wallet, key_package, pkp) = load(home, &wallet_id)?;
+    refresh_from(
+        home,
+        provider,
+        recovery,
+        wallet,
+        &key_package,
+        &pkp,
+        observe,
+    )
+}
+
+fn refresh_from(
+    home: &Home,
+    provider: &mut Session,
+    recovery: &mut Session,
+    wallet: WalletFile,
+    key_package: &KeyPackage<Suite>,
+    pkp: &PublicKeyPackage<Suite>,
+    observe: &mut dyn FnMut(RefreshStep),
+) -> Result<WalletFile> {
+    let wallet_id = WalletId::from_hex(&wallet.wallet_id)?;
+    let device_key = home.device_key()?;
+    let mut rng = rand_core::OsRng;
+    let params = RefreshParams {
+        wallet_id,
+        ciphersuite: wallet.ciphersuite.clone(),
+        min_signers: wallet.min_signers,
+        parties: wallet.parties.clone(),
+        from_epoch: wallet.epoch,
+    };
+    let (a1, m_a) = refresh::start::<Suite>(&params, DEVICE, &mut rng)?;
+    let mut round1 = vec![m_a];
+    for (session, me) in [(&mut *provider, PROVIDER), (&mut *recovery, RECOVERY)] {
+        let start = Request::RefreshStart {
+            params: params.clone(),
+            me,
+        };
+        match authorized(session, wallet_id, KeyRole::Device, &device_key, &start)? {
+            Response::RefreshRound1 { message } => round1.push(message),
+            other => return Err(unexpected("RefreshRound1", &other)),
+        }
+    }
+    observe(RefreshStep::Round1);
+    let (a2, mut packages) = a1.handle_round1(&round1, &mut rng)?;
+    for session in [&mut *provider, &mut *recovery] {
+        match session.call(&Request::RefreshRound2 {
+            wallet_id,
+            round1: round1.clone(),
+        })? {
+            Response::RefreshRound2 { packages: theirs } => packages.extend(theirs),
+            other => return Err(unexpected("RefreshRound2", &other)),
+        }
+    }
+    observe(RefreshStep::Round2);
+    let to = |party: u16| -> Vec<SealedPackage> {
+        packages.iter().filter(|p| p.to == party).cloned().collect()
+    };
+    let (a3, c_a) = a2.handle_round2(&to(DEVICE), key_package, pkp)?;
+    let mut confirmations = vec![c_a];
+    for (session, me) in [(&mut *provider, PROVIDER), (&mut *recovery, RECOVERY)] {
+        match session.call(&Request::RefreshRound3 {
+            wallet_id,
+            packages: to(me),
+        })? {
+            Response::RefreshRound3 { confirmation } => confirmations.push(confirmation),
+            other => return Err(unexpected("RefreshRound3", &other)),
+        }
+    }
+    observe(RefreshStep::Round3);
+    let output = a3.handle_confirmations(&confirmations)?;
+    let commit = Request::RefreshCommit {
+        wallet_id,
+        confirmations: confirmations.clone(),
+    };
+    for (session, step) in [
+        (&mut *provider, RefreshStep::ProviderCommitted),
+        (&mut *recovery, RefreshStep::RecoveryCommitted),
+    ] {
+        match authorized(session, wallet_id, KeyRole::Device, &device_key, &commit)? {
+            Response::RefreshCommitted { .. } => observe(step),
+            other => return Err(unexpected("RefreshCommitted", &other)),
+        }
+    }
+    // Both cosigners hold the new epoch: switch this device over, then let them drop the old one.
+    let network: Network = wallet.network.parse()?;
+    let new_wallet = wallet_file(
+        wallet_id,
+        &wallet.parties,
+        wallet.min_signers,
+        params.from_epoch + 1,
+        &output.public_key_package,
+        network,
+    )?;
+    if new_wallet.group_public_key != wallet.group_public_key && !wallet.group_public_key.is_empty()
+    {
+        return Err(internal("the refresh changed the group key"));
+    }
+    let share = zeroize::Zeroizing::new(output.key_package.serialize().map_err(internal)?);
+    home.replace_share(&new_wallet, &share)?;
+    observe(RefreshStep::DeviceCommitted);
+    for session in [&mut *provider, &mut *recovery] {
+        match session.call(&Request::RefreshFinalize {
+            wallet_id,
+            epoch: new_wallet.epoch,
+        })? {
+            Response::Done => {}
+            other => return Err(unexpected("Done", &other)),
+        }
+    }
+    observe(RefreshStep::Finalized);
+    Ok(new_wallet)
+}
+
+/// Recovers this (new) device's share of `wallet_id` with the recovery credential: the provider
+/// and the recovery cosigner approve (each checks the credential), repair the share onto this
+/// device (deltas sealed end to end), then all three refresh to a new epoch, which makes the new
+/// device key current and revokes the old one.
+pub fn recover(
+    home: &Home,
+    provider: &mut Session,
+    recovery: &mut Session,
+    wallet_id: WalletId,
+    recovery_key: &SigningKey,
+    network: Network,
+) -> Result<WalletFile> {
+    if home.wallet(&wallet_id).is_ok() {
+        return Err(ClientError::Input(format!(
+            "this home already holds wallet {wallet_id}"
+        )));
+    }
+    let device_key = home.device_key()?;
+    let new_device = public_key_bytes(&device_key);
+    let info = provider_view(provider, wallet_id)?;
+    let pkp = PublicKeyPackage::<Suite>::deserialize(&info.public_key_package)
+        .map_err(|e| internal(format!("provider's public key package: {e}")))?;
+    let recovery_view = provider_view(recovery, wallet_id)?;
+    if recovery_view.public_key_package != info.public_key_package
+        || recovery_view.epoch != info.epoch
+    {
+        return Err(ClientError::Protocol(
+            cosigner_protocol::ProtocolError::Disagreement {
+                reason: "the provider and the recovery cosigner describe the wallet differently"
+                    .into(),
+            },
+        ));
+    }
+    // 1. Both cosigners check the recovery credential and register the new device key.
+    let start = Request::RecoverStart {
+        wallet_id,
+        new_device_key: ByteBuf::from(new_device.clone()),
+    };
+    for session in [&mut *provider, &mut *recovery] {
+        match authorized(session, wallet_id, KeyRole::Recovery, recovery_key, &start)? {
+            Response::RecoverApproved { epoch } if epoch == info.epoch => {}
+            other => return Err(unexpected("RecoverApproved", &other)),
+        }
+    }
+    // 2. Repair: B and C rebuild our share at the current epoch; only we can open the result.
+    let mut rng = rand_core::OsRng;
+    let params = RepairParams {
+        wallet_id,
+        ciphersuite: info.ciphersuite.clone(),
+        epoch: info.epoch,
+        helpers: vec![PROVIDER, RECOVERY],
+        participant: DEVICE,
+    };
+    let (participant, participant_key) = repair::participant_start::<Suite>(&params, &mut rng)?;
+    let mut helper_keys = BTreeMap::new();
+    for (session, me) in [(&mut *provider, PROVIDER), (&mut *recovery, RECOVERY)] {
+        let start = Request::RepairStart {
+            params: params.clone(),
+            me,
+        };
+        match authorized(session, wallet_id, KeyRole::Device, &device_key, &start)? {
+            Response::RepairKey { hpke_public_key } => {
+                helper_keys.insert(me, hpke_public_key.into_vec());
+            }
+            other => return Err(unexpected("RepairKey", &other)),
+        }
+    }
+    let keys: Vec<(u16, ByteBuf)> = helper_keys
+        .iter()
+        .map(|(p, k)| (*p, ByteBuf::from(k.clone())))
+        .collect();
+    let mut deltas = Vec::new();
+    for session in [&mut *provider, &mut *recovery] {
+        match session.call(&Request::RepairDeltas {
+            wallet_id,
+            helper_keys: keys.clone(),
+        })? {
+            Response::RepairDeltas { deltas: theirs } => deltas.extend(theirs),
+            other => return Err(unexpected("RepairDeltas", &other)),
+        }
+    }
+    let mut sigmas = Vec::new();
+    for (session, me) in [(&mut *provider, PROVIDER), (&mut *recovery, RECOVERY)] {
+        let mine: Vec<SealedPackage> = deltas.iter().filter(|d| d.to == me).cloned().collect();
+        match session.call(&Request::RepairSigma {
+            wallet_id,
+            deltas: mine,
+            participant_key: ByteBuf::from(participant_key.clone()),
+        })? {
+            Response::RepairSigma { sigma } => sigmas.push(sigma),
+            other => return Err(unexpected("RepairSigma", &other)),
+        }
+    }
+    let key_package = participant.finish(&helper_keys, &sigmas, &pkp, info.min_signers)?;
+    // 3. Refresh to a new epoch: the old device's share goes stale, its key is revoked.
+    let wallet = wallet_file(
+        wallet_id,
+        &info.parties,
+        info.min_signers,
+        info.epoch,
+        &pkp,
+        network,
+    )?;
+    let share = zeroize::Zeroizing::new(key_package.serialize().map_err(internal)?);
+    home.save_wallet(&wallet, &share)?;
+    refresh_from(
+        home,
+        provider,
+        recovery,
+        wallet,
+        &key_package,
+        &pkp,
+        &mut |_| {},
+    )
 }

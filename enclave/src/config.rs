@@ -13,6 +13,10 @@
 //! [attester]
 //! kind = "local"                               # or "nitro" in the enclave image
 //! dir = "/srv/cosigner/attester"               # from `cosigner-enclave local-attester init`
+//!
+//! [policy]                                     # optional: demand a refresh before signing again
+//! refresh_after_days = 90
+//! refresh_after_signatures = 10000
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -35,6 +39,19 @@ pub struct Config {
     pub token: TokenConfig,
     /// The attester.
     pub attester: AttesterConfig,
+    /// Lifecycle policy.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// When the provider demands a share refresh before it signs again.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Refresh once the shares are this many days old.
+    pub refresh_after_days: Option<u64>,
+    /// Refresh after this many signatures in one epoch.
+    pub refresh_after_signatures: Option<u64>,
 }
 
 /// The PKCS#11 token that holds the sealing key.

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use cosigner_attestation::Attester;
 use cosigner_enclave::config::{AttesterConfig, Config};
-use cosigner_enclave::service::Service;
+use cosigner_enclave::service::anchor::TokenAnchor;
+use cosigner_enclave::service::{RefreshPolicy, Service};
 use cosigner_enclave::store::RemoteStore;
 use cosigner_enclave::{server, tls, transport};
 use cosigner_kms::{Pin, Token};
@@ -50,16 +51,28 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         .context("sealing key")?;
     let attester = attester(&config.attester, &pin)?;
     let kind = attester.kind();
-    let service = Arc::new(Service::new(
+    let policy = RefreshPolicy {
+        after: config
+            .policy
+            .refresh_after_days
+            .map(|d| std::time::Duration::from_secs(d.saturating_mul(86_400))),
+        after_signatures: config.policy.refresh_after_signatures,
+    };
+    let service = Service::new(
         attester,
         Box::new(sealer),
         Box::new(RemoteStore::new(config.store.clone())),
-    ));
+        Box::new(TokenAnchor(token.clone())),
+        policy,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start the service: {e}"))?;
+    let audit_key = hex::encode(service.audit_public_key());
+    let service = Arc::new(service);
     let tls = tls::server_config()?;
     let listener = transport::bind(&config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     eprintln!(
-        "cosigner-enclave: listening on {} (attester: {kind}, store: {})",
+        "cosigner-enclave: listening on {} (attester: {kind}, store: {}, audit key {audit_key})",
         config.listen, config.store
     );
     server::serve(listener, tls, service)

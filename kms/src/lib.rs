@@ -6,6 +6,8 @@
 //! * [`Token`]: create a token, find one by label, log in;
 //! * [`P384SigningKey`]: a non-extractable P-384 ECDSA key on the token, used by the local
 //!   attester to sign attestation documents.
+//! * anchors ([`Token::anchor`], [`Token::set_anchor`]): token data objects holding the digest of
+//!   the current state, so the host cannot serve an old sealed blob as current;
 //! * [`Sealer`], [`Pkcs11Sealer`]: AES-256-GCM sealing under a non-extractable token key, with the
 //!   blob's purpose, wallet, party and epoch bound as AAD, for blobs the parent stores.
 //!
@@ -18,6 +20,7 @@
 //! References are to PKCS#11 v2.40 (OASIS: Base Specification, Current Mechanisms, Usage Guide);
 //! v3.0 keeps the behaviour cited, under partly different section numbers.
 
+mod anchor;
 mod context;
 mod error;
 mod p384;

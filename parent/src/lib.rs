@@ -11,6 +11,7 @@
 //! * [`relay`]: copies one client connection's bytes to the enclave and back;
 //! * [`server`]: [`Parent`] binds both sockets and runs the accept loops ([`RunningParent`]).
 
+pub mod audit;
 pub mod config;
 mod error;
 pub mod relay;

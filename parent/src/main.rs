@@ -31,6 +31,22 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// The enclave's audit log as this parent stores it.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the chain and every signature; print `{"entries","head"}` or name the broken entry.
+    Verify {
+        /// The parent's SQLite database.
+        #[arg(long, value_name = "FILE")]
+        database: PathBuf,
+        /// The enclave's audit key (hex), as `cosigner status` prints it from the attestation.
+        #[arg(long, value_name = "HEX")]
+        key: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +86,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 running.client_addr()
             );
             running.wait();
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Verify { database, key }) => {
+            let report = cosigner_parent::audit::verify_database(&database, &key)?;
+            println!(
+                "{{\"entries\":{},\"head\":\"{}\"}}",
+                report.entries, report.head
+            );
             Ok(())
         }
     }

@@ -5,10 +5,14 @@
 //! state machines that take a message and return the next state and the messages to send, so a
 //! whole ceremony runs in memory in a test. Sockets live in the binaries.
 
+pub mod audit;
+pub mod auth;
 pub mod dkg;
 mod error;
 pub mod frame;
 pub mod hpke;
+pub mod refresh;
+pub mod repair;
 pub mod sign;
 pub mod wire;
 

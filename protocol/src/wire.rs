@@ -127,6 +127,61 @@ pub struct WalletInfo {
     pub public_key_package: ByteBuf,
 }
 
+/// Which registered key signed an [`Authorized`](Request::Authorized) request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyRole {
+    /// The user's device key (P-256): may use the share (sign, refresh).
+    Device,
+    /// The offline recovery credential (P-256): may start a recovery and nothing else.
+    Recovery,
+}
+
+/// A device's keys, registered with the cosigners when the wallet is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// SEC1 P-256 device key.
+    pub device_key: ByteBuf,
+    /// SEC1 P-256 recovery credential.
+    pub recovery_key: ByteBuf,
+    /// Device key's signature (r‖s) over `auth::registration_digest`: proof of possession.
+    pub device_signature: ByteBuf,
+    /// Recovery key's signature (r‖s) over the same digest: proof of possession.
+    pub recovery_signature: ByteBuf,
+}
+
+/// What a refresh re-shares: the same group, the same threshold, every party.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshParams {
+    /// The wallet.
+    pub wallet_id: WalletId,
+    /// Ciphersuite.
+    pub ciphersuite: String,
+    /// Threshold (unchanged by a refresh).
+    pub min_signers: u16,
+    /// Every party of the wallet (a refresh never evicts).
+    pub parties: Vec<u16>,
+    /// The epoch being refreshed; the result is `from_epoch + 1`.
+    pub from_epoch: u64,
+}
+
+/// What a repair rebuilds: `participant`'s share at `epoch`, with the help of `helpers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairParams {
+    /// The wallet.
+    pub wallet_id: WalletId,
+    /// Ciphersuite.
+    pub ciphersuite: String,
+    /// The epoch of the shares used.
+    pub epoch: u64,
+    /// The helpers (at least the threshold).
+    pub helpers: Vec<u16>,
+    /// The party whose share is rebuilt.
+    pub participant: u16,
+}
+
 /// Client → enclave.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -157,17 +212,40 @@ pub enum Request {
         /// Packages sealed to us, one from each other party.
         packages: Vec<SealedPackage>,
     },
-    /// Every party's confirmation; if all agree, the wallet becomes active and is stored sealed.
+    /// Every party's confirmation; if all agree, the wallet becomes active and is stored sealed
+    /// with the device's registered keys.
     DkgConfirm {
         /// The wallet.
         wallet_id: WalletId,
         /// Every party's confirmation.
         confirmations: Vec<Confirmation>,
+        /// The device key and recovery credential to register.
+        registration: Registration,
+    },
+    /// A fresh single-use challenge for the next [`Request::Authorized`] on this session.
+    Challenge {
+        /// The wallet the authorized request will be about.
+        wallet_id: WalletId,
+    },
+    /// A share-using request signed by a registered key over
+    /// `auth::request_digest(wallet_id, challenge, request)`.
+    Authorized {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// Which key signed.
+        role: KeyRole,
+        /// P-256 signature (r‖s) by that key.
+        signature: ByteBuf,
+        /// The inner request, encoded with `wire::encode`.
+        request: ByteBuf,
     },
     /// Open a signing session for `message` with exactly `signers`; answered with commitments.
+    /// Only inside `Authorized` (device key).
     SignCommit {
         /// The wallet.
         wallet_id: WalletId,
+        /// The share epoch to sign with.
+        epoch: u64,
         /// The message (for BIP-340: the 32-byte sighash).
         message: ByteBuf,
         /// The signing set, us included.
@@ -185,6 +263,77 @@ pub enum Request {
         /// The wallet.
         wallet_id: WalletId,
     },
+    /// Start a refresh to `from_epoch + 1`; answered with our round-1 broadcast. Only inside
+    /// `Authorized` (device key, or the pending device key of a recovery).
+    RefreshStart {
+        /// The refresh.
+        params: RefreshParams,
+        /// Our party number.
+        me: u16,
+    },
+    /// All refresh round-1 broadcasts; answered with our sealed packages.
+    RefreshRound2 {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// Every party's round-1 message.
+        round1: Vec<Round1Message>,
+    },
+    /// The refresh packages addressed to us; answered with our confirmation. The new share is
+    /// stored as prepared; the old epoch stays the one in use.
+    RefreshRound3 {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// Packages sealed to us.
+        packages: Vec<SealedPackage>,
+    },
+    /// Every party's refresh confirmation: if all agree, the new epoch becomes current (the old
+    /// share is kept until `RefreshFinalize`).
+    RefreshCommit {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// Every party's confirmation.
+        confirmations: Vec<Confirmation>,
+    },
+    /// Every party committed `epoch`: delete older shares.
+    RefreshFinalize {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// The committed epoch.
+        epoch: u64,
+    },
+    /// Start recovering the device's share onto a new device. Only inside `Authorized` by the
+    /// recovery credential; registers `new_device_key` as the pending device key.
+    RecoverStart {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// The new device's P-256 key (SEC1).
+        new_device_key: ByteBuf,
+    },
+    /// Repair round 1 (helper): answered with our HPKE key for this repair. Only inside
+    /// `Authorized` by the pending device key.
+    RepairStart {
+        /// The repair.
+        params: RepairParams,
+        /// Our party number.
+        me: u16,
+    },
+    /// Repair round 2 (helper): every helper's HPKE key; answered with our deltas, sealed.
+    RepairDeltas {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// Helper number → HPKE public key.
+        helper_keys: Vec<(u16, ByteBuf)>,
+    },
+    /// Repair round 3 (helper): deltas addressed to us; answered with our sigma sealed to the
+    /// new device's HPKE key.
+    RepairSigma {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// Deltas sealed to us.
+        deltas: Vec<SealedPackage>,
+        /// The new device's HPKE public key for this repair.
+        participant_key: ByteBuf,
+    },
 }
 
 impl Request {
@@ -199,6 +348,17 @@ impl Request {
             Self::SignCommit { .. } => "SignCommit",
             Self::SignShare { .. } => "SignShare",
             Self::GetWallet { .. } => "GetWallet",
+            Self::Challenge { .. } => "Challenge",
+            Self::Authorized { .. } => "Authorized",
+            Self::RefreshStart { .. } => "RefreshStart",
+            Self::RefreshRound2 { .. } => "RefreshRound2",
+            Self::RefreshRound3 { .. } => "RefreshRound3",
+            Self::RefreshCommit { .. } => "RefreshCommit",
+            Self::RefreshFinalize { .. } => "RefreshFinalize",
+            Self::RecoverStart { .. } => "RecoverStart",
+            Self::RepairStart { .. } => "RepairStart",
+            Self::RepairDeltas { .. } => "RepairDeltas",
+            Self::RepairSigma { .. } => "RepairSigma",
         }
     }
 }
@@ -248,6 +408,53 @@ pub enum Response {
     Wallet {
         /// They.
         wallet: WalletInfo,
+    },
+    /// A single-use challenge.
+    Challenge {
+        /// 32 random bytes.
+        challenge: ByteBuf,
+    },
+    /// Refresh round 1.
+    RefreshRound1 {
+        /// Our broadcast.
+        message: Round1Message,
+    },
+    /// Refresh round 2.
+    RefreshRound2 {
+        /// Our sealed packages.
+        packages: Vec<SealedPackage>,
+    },
+    /// Refresh round 3.
+    RefreshRound3 {
+        /// Our confirmation.
+        confirmation: Confirmation,
+    },
+    /// The refresh is committed here.
+    RefreshCommitted {
+        /// The wallet at its new epoch.
+        wallet: WalletInfo,
+    },
+    /// Done.
+    Done,
+    /// A recovery is approved by this cosigner.
+    RecoverApproved {
+        /// The epoch the repair must use.
+        epoch: u64,
+    },
+    /// Repair round 1: our HPKE key.
+    RepairKey {
+        /// It.
+        hpke_public_key: ByteBuf,
+    },
+    /// Repair round 2: our deltas, each sealed to its helper.
+    RepairDeltas {
+        /// They.
+        deltas: Vec<SealedPackage>,
+    },
+    /// Repair round 3: our sigma, sealed to the new device.
+    RepairSigma {
+        /// It.
+        sigma: SealedPackage,
     },
     /// The request was refused or failed.
     Error(WireError),

@@ -8,7 +8,10 @@
 //! * `ratio` = e2e / in-process (goal ≤ 1.5);
 //! * `signs_per_sec`: 4 concurrent clients, each with its own session, for 3 seconds;
 //! * `session_setup_ms_p50`: TCP + TLS 1.3 + attestation produced and verified;
-//! * `dkg_ms_p50`: `wallet create` with both sessions already open.
+//! * `dkg_ms_p50`: `wallet create` with both sessions already open;
+//! * `refresh_ms_p50`: a full refresh (A, B, C; commit and finalize), sessions open;
+//! * `recover_ms_p50`: a lost-phone recovery onto a new device home (approval by both cosigners,
+//!   repair, refresh, revocation), sessions open.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -121,10 +124,26 @@ fn main() {
     let mut provider = Session::connect(&provider_addr, &trust).unwrap();
     let mut recovery = Session::connect(&recovery_addr, &trust).unwrap();
     let mut last = None;
+    let home_dir = d.home("bench");
+    let mut counter = 0u32;
+    let mut first_id = String::new();
     let dkg_ms = time(30, || {
-        last = Some(wallet::create(&home, &mut provider, &mut recovery, Network::Regtest).unwrap());
+        let out = home_dir.join(format!("recovery-{counter}.key"));
+        counter += 1;
+        last = Some(
+            wallet::create(&home, &mut provider, &mut recovery, Network::Regtest, &out)
+                .unwrap()
+                .wallet,
+        );
+        if first_id.is_empty() {
+            first_id = last
+                .as_ref()
+                .map(|w: &cosigner_client::home::WalletFile| w.wallet_id.clone())
+                .unwrap_or_default();
+        }
     });
-    let id = WalletId::from_hex(&last.unwrap().wallet_id).unwrap();
+    let last = last.unwrap();
+    let id = WalletId::from_hex(&last.wallet_id).unwrap();
 
     let message = [7u8; 32];
     let e2e = time(300, || {
@@ -153,6 +172,31 @@ fn main() {
     });
     let signs_per_sec = total as f64 / window.as_secs_f64();
 
+    let refresh_ms = time(20, || {
+        wallet::refresh(&home, &mut provider, &mut recovery, id, &mut |_| {}).unwrap();
+    });
+    // Recovery: each run moves the wallet to a new device home, with the same credential.
+    let recovery_key = cosigner_client::home::read_p256_key(&home_dir.join("recovery-0.key")).ok();
+    let recover_ms = match (recovery_key, WalletId::from_hex(&first_id)) {
+        (Some(key), Ok(first)) => {
+            let mut n = 0u32;
+            time(10, || {
+                let h = Home::open(&d.home(&format!("recovered-{n}"))).unwrap();
+                n += 1;
+                wallet::recover(
+                    &h,
+                    &mut provider,
+                    &mut recovery,
+                    first,
+                    &key,
+                    Network::Regtest,
+                )
+                .unwrap();
+            })
+        }
+        _ => f64::NAN,
+    };
+
     let round = |x: f64| (x * 1000.0).round() / 1000.0;
     println!(
         "{}",
@@ -164,6 +208,8 @@ fn main() {
             "concurrent_clients": clients,
             "session_setup_ms_p50": round(session_setup),
             "dkg_ms_p50": round(dkg_ms),
+            "refresh_ms_p50": round(refresh_ms),
+            "recover_ms_p50": round(recover_ms),
         })
     );
 }

@@ -275,6 +275,12 @@ impl Cosigner {
     /// Creates the token and attester, writes the configs, starts both processes and waits for
     /// the parent's port.
     pub fn start(name: &str) -> anyhow::Result<Self> {
+        Self::start_with(name, "")
+    }
+
+    /// Like [`Cosigner::start`], appending `extra` (TOML, e.g. a `[policy]` table) to the
+    /// enclave's configuration.
+    pub fn start_with(name: &str, extra: &str) -> anyhow::Result<Self> {
         let hsm = SoftHsm::new()?;
         let dir = hsm.dir().to_path_buf();
         std::fs::write(dir.join("pin"), format!("{name}-user-pin"))?;
@@ -304,7 +310,7 @@ impl Cosigner {
         std::fs::write(
             dir.join("enclave.toml"),
             format!(
-                "listen = \"unix:{d}/enclave.sock\"\nstore = \"unix:{d}/store.sock\"\n\n[token]\nmodule = \"{}\"\nlabel = \"{name}\"\npin_file = \"{d}/pin\"\n\n[attester]\nkind = \"local\"\ndir = \"{d}/attester\"\n",
+                "listen = \"unix:{d}/enclave.sock\"\nstore = \"unix:{d}/store.sock\"\n\n[token]\nmodule = \"{}\"\nlabel = \"{name}\"\npin_file = \"{d}/pin\"\n\n[attester]\nkind = \"local\"\ndir = \"{d}/attester\"\n{extra}",
                 softhsm_module().display()
             ),
         )?;
@@ -352,7 +358,7 @@ impl Cosigner {
             .push(self.spawn("cosigner-parent", "parent.toml")?);
         self.children
             .push(self.spawn("cosigner-enclave", "enclave.toml")?);
-        for _ in 0..200 {
+        for _ in 0..600 {
             if dir.join("enclave.sock").exists()
                 && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
             {
@@ -383,6 +389,23 @@ impl Cosigner {
         self.hsm.dir().join("store/store.db")
     }
 
+    /// The host state directory of the parent's database (`store/`).
+    pub fn store_dir(&self) -> PathBuf {
+        self.hsm.dir().join("store")
+    }
+
+    /// Copies the parent's database directory to `to` (stop the cosigner first for a clean copy).
+    pub fn copy_store(&self, to: &Path) -> anyhow::Result<()> {
+        copy_dir(&self.store_dir(), to)
+    }
+
+    /// Replaces the parent's database directory by `from` (stop the cosigner first).
+    pub fn restore_store(&self, from: &Path) -> anyhow::Result<()> {
+        let dir = self.store_dir();
+        std::fs::remove_dir_all(&dir)?;
+        copy_dir(from, &dir)
+    }
+
     /// Both processes' logs, for failure messages.
     pub fn logs(&self) -> String {
         ["cosigner-parent.log", "cosigner-enclave.log"]
@@ -408,7 +431,12 @@ pub struct Deployment {
 impl Deployment {
     /// Starts both cosigners and writes `trust.toml`.
     pub fn start() -> anyhow::Result<Self> {
-        let provider = Cosigner::start("provider")?;
+        Self::start_with("")
+    }
+
+    /// Like [`Deployment::start`], with `provider_extra` appended to the provider's enclave config.
+    pub fn start_with(provider_extra: &str) -> anyhow::Result<Self> {
+        let provider = Cosigner::start_with("provider", provider_extra)?;
         let recovery = Cosigner::start("recovery")?;
         let dir = tempfile::Builder::new()
             .prefix("cosigner-client-")
@@ -585,4 +613,13 @@ fn pump_records(mut from: std::net::TcpStream, mut to: std::net::TcpStream, tamp
         }
     }
     let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
 }

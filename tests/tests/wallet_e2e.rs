@@ -406,21 +406,28 @@ fn a_second_round_two_for_one_signing_session_is_refused() {
         cosigner_client::session::Session::connect(&d.provider.addr(), &trust).unwrap();
     let wallet_id = WalletId::from_hex(w["wallet_id"].as_str().unwrap()).unwrap();
     let message = [7u8; 32];
+    let home = cosigner_client::home::Home::open(&home_dir).unwrap();
+    let commit = Request::SignCommit {
+        wallet_id,
+        epoch: 0,
+        message: serde_bytes::ByteBuf::from(message.to_vec()),
+        signers: vec![1, 2],
+    };
+    let device_key = home.device_key().unwrap();
     let Response::SignCommitted {
         session_id,
         commitments,
-    } = session
-        .call(&Request::SignCommit {
-            wallet_id,
-            message: serde_bytes::ByteBuf::from(message.to_vec()),
-            signers: vec![1, 2],
-        })
-        .unwrap()
+    } = cosigner_client::wallet::authorized(
+        &mut session,
+        wallet_id,
+        cosigner_protocol::wire::KeyRole::Device,
+        &device_key,
+        &commit,
+    )
+    .unwrap()
     else {
         panic!("no commitments")
     };
-    // Build a valid signing package with this device's commitment.
-    let home = cosigner_client::home::Home::open(&home_dir).unwrap();
     let share = home.share(&wallet_id).unwrap();
     let kp =
         frost_core::keys::KeyPackage::<frost_secp256k1_tr::Secp256K1Sha256TR>::deserialize(&share)

@@ -54,6 +54,10 @@ enum Command {
     Wallet(wallet::WalletCommand),
     /// Sign a 32-byte message (a sighash) with this device and the provider.
     Sign(wallet::SignArgs),
+    /// Refresh every party's share to a new epoch (same key and address).
+    Refresh(wallet::RefreshArgs),
+    /// Take over a wallet on this (new) device with the recovery credential.
+    Recover(wallet::RecoverArgs),
     /// Attest to each configured cosigner and print what it runs (exit 1 if any is refused).
     Status,
 }
@@ -64,6 +68,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Attestation(cmd) => attestation::run(cmd),
         Command::Wallet(cmd) => wallet::run(&cli.globals, cmd),
         Command::Sign(args) => wallet::sign(&cli.globals, args),
+        Command::Refresh(args) => wallet::refresh(&cli.globals, args),
+        Command::Recover(args) => wallet::recover(&cli.globals, args),
         Command::Status => wallet::status(&cli.globals),
     }
 }

@@ -20,6 +20,10 @@ use super::attestation::emit;
 pub enum WalletCommand {
     /// Create a 2-of-3 wallet by DKG among this device, the provider and the recovery cosigner.
     Create {
+        /// Where to write the recovery credential (a P-256 key to keep offline). Default:
+        /// HOME/wallets/<id>.recovery.key, with a warning to move it.
+        #[arg(long, value_name = "FILE")]
+        recovery_key_out: Option<PathBuf>,
         /// Print one JSON line.
         #[arg(long)]
         json: bool,
@@ -39,6 +43,31 @@ pub enum WalletCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `cosigner refresh`.
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    /// The wallet id (32 hex digits).
+    #[arg(long, value_name = "ID")]
+    wallet: String,
+    /// Print one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `cosigner recover`.
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The wallet id (32 hex digits).
+    #[arg(long, value_name = "ID")]
+    wallet: String,
+    /// The recovery credential written by `wallet create`.
+    #[arg(long, value_name = "FILE")]
+    recovery_key: PathBuf,
+    /// Print one JSON line.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `cosigner sign`.
@@ -95,7 +124,10 @@ fn wallet_json(w: &WalletFile) -> serde_json::Value {
 /// Runs a wallet subcommand.
 pub fn run(g: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
     match cmd {
-        WalletCommand::Create { json } => {
+        WalletCommand::Create {
+            recovery_key_out,
+            json,
+        } => {
             let network: Network = g.network.parse()?;
             let home = home(g)?;
             let trust = trust(g)?;
@@ -103,7 +135,25 @@ pub fn run(g: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
                 connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", &trust)?;
             let mut recovery =
                 connect(g.recovery.as_ref(), "recovery", "COSIGNER_RECOVERY", &trust)?;
-            let w = wallet::create(&home, &mut provider, &mut recovery, network)?;
+            let default_out = g
+                .home
+                .as_ref()
+                .map(|h| h.join("wallets").join("recovery.key.new"));
+            let out = match (&recovery_key_out, &default_out) {
+                (Some(p), _) => p.clone(),
+                (None, Some(p)) => p.clone(),
+                (None, None) => anyhow::bail!("give --recovery-key-out FILE"),
+            };
+            let created = wallet::create(&home, &mut provider, &mut recovery, network, &out)?;
+            let w = created.wallet;
+            if recovery_key_out.is_none() {
+                let kept = out.with_file_name(format!("{}.recovery.key", w.wallet_id));
+                std::fs::rename(&out, &kept)?;
+                eprintln!(
+                    "warning: the recovery credential is in {}; move it offline (use --recovery-key-out next time)",
+                    kept.display()
+                );
+            }
             if json {
                 emit(
                     &json!({
@@ -190,6 +240,7 @@ pub fn status(g: &Globals) -> anyhow::Result<()> {
                 "module_id": doc.module_id,
                 "timestamp": doc.timestamp,
                 "pcr0": doc.pcrs.get(&0).map(hex::encode),
+                "audit_key": doc.public_key.as_ref().map(hex::encode),
             }),
         );
     }
@@ -199,4 +250,52 @@ pub fn status(g: &Globals) -> anyhow::Result<()> {
         );
     }
     emit(&serde_json::Value::Object(out).to_string())
+}
+
+/// `cosigner refresh`: new shares for every party, same key and address, epoch + 1.
+pub fn refresh(g: &Globals, args: RefreshArgs) -> anyhow::Result<()> {
+    let id = wallet_id(&args.wallet)?;
+    let home = home(g)?;
+    home.wallet(&id)?;
+    let trust = trust(g)?;
+    let mut provider = connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", &trust)?;
+    let mut recovery = connect(g.recovery.as_ref(), "recovery", "COSIGNER_RECOVERY", &trust)?;
+    let w = wallet::refresh(&home, &mut provider, &mut recovery, id, &mut |_| {})?;
+    let out = json!({ "epoch": w.epoch, "group_public_key": w.group_public_key });
+    if args.json {
+        emit(&out.to_string())
+    } else {
+        emit(&format!(
+            "wallet {} refreshed to epoch {}",
+            w.wallet_id, w.epoch
+        ))
+    }
+}
+
+/// `cosigner recover`: a new device takes over a wallet with the recovery credential.
+pub fn recover(g: &Globals, args: RecoverArgs) -> anyhow::Result<()> {
+    let id = wallet_id(&args.wallet)?;
+    let network: Network = g.network.parse()?;
+    let recovery_key = cosigner_client::home::read_p256_key(&args.recovery_key)?;
+    let home = home(g)?;
+    let trust = trust(g)?;
+    let mut provider = connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", &trust)?;
+    let mut recovery = connect(g.recovery.as_ref(), "recovery", "COSIGNER_RECOVERY", &trust)?;
+    let w = wallet::recover(
+        &home,
+        &mut provider,
+        &mut recovery,
+        id,
+        &recovery_key,
+        network,
+    )?;
+    let out = json!({ "wallet_id": w.wallet_id, "group_public_key": w.group_public_key, "epoch": w.epoch });
+    if args.json {
+        emit(&out.to_string())
+    } else {
+        emit(&format!(
+            "wallet {} recovered onto this device at epoch {}",
+            w.wallet_id, w.epoch
+        ))
+    }
 }

@@ -1,0 +1,161 @@
+//! The enclave side of the audit log (format in `cosigner_protocol::audit`).
+//!
+//! The audit key is a P-256 key made inside the enclave on first start, kept sealed by the parent
+//! like a share, and bound into every attestation document (`public_key`), so verifiers get it over
+//! an attested session. Appends are serialised; the head continues from the last stored entry,
+//! which must verify under our key.
+
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cosigner_kms::{SealContext, Sealer};
+use cosigner_protocol::audit::{
+    AUDIT_PREFIX, AuditEntry, AuditRecord, audit_key, encode_entry, entry_hash, verify_log,
+};
+use cosigner_protocol::auth::{public_key_bytes, sign_digest};
+use p256::ecdsa::SigningKey;
+use serde_bytes::ByteBuf;
+use zeroize::Zeroizing;
+
+use crate::store::BlobStore;
+
+const AUDIT_KEY_BLOB: &str = "enclave/audit-key";
+const AUDIT_KEY_PURPOSE: &str = "cosigner-audit-key";
+
+/// The signed, hash-chained log.
+pub struct AuditLog {
+    key: SigningKey,
+    head: Mutex<(u64, [u8; 32])>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("public_key", &hex::encode(self.public_key()))
+            .finish_non_exhaustive()
+    }
+}
+
+fn context() -> SealContext {
+    SealContext {
+        purpose: AUDIT_KEY_PURPOSE,
+        wallet_id: [0; 16],
+        party: 0,
+        epoch: 0,
+    }
+}
+
+impl AuditLog {
+    /// Loads (or creates on first start) the audit key and finds the head of the log.
+    pub fn open(sealer: &dyn Sealer, store: &dyn BlobStore) -> Result<Self, String> {
+        let key = match store.get(AUDIT_KEY_BLOB).map_err(|e| e.to_string())? {
+            Some(blob) => {
+                let secret = sealer
+                    .open(&context(), &blob)
+                    .map_err(|e| format!("audit key: {e}"))?;
+                SigningKey::from_slice(&secret).map_err(|e| format!("audit key: {e}"))?
+            }
+            None => {
+                let key = SigningKey::random(&mut rand_core::OsRng);
+                let secret = Zeroizing::new(key.to_bytes().to_vec());
+                let blob = sealer
+                    .seal(&context(), &secret)
+                    .map_err(|e| format!("audit key: {e}"))?;
+                store
+                    .put(AUDIT_KEY_BLOB, &blob)
+                    .map_err(|e| e.to_string())?;
+                key
+            }
+        };
+        let log = Self {
+            key,
+            head: Mutex::new((0, [0; 32])),
+        };
+        let keys = store.list(AUDIT_PREFIX).map_err(|e| e.to_string())?;
+        if let Some(last) = keys.last() {
+            let raw = store
+                .get(last)
+                .map_err(|e| e.to_string())?
+                .ok_or("audit tail vanished")?;
+            let record: AuditRecord =
+                ciborium::de::from_reader(raw.as_slice()).map_err(|e| e.to_string())?;
+            let entry: AuditEntry =
+                ciborium::de::from_reader(record.entry.as_slice()).map_err(|e| e.to_string())?;
+            // The tail alone must be ours; the whole chain is checked by `audit verify`.
+            let hash = entry_hash(&record.entry);
+            cosigner_protocol::auth::verify_digest(&log.public_key(), &hash, &record.signature)
+                .map_err(|_| {
+                    "the audit log's last entry is not signed by this enclave".to_owned()
+                })?;
+            if let Ok(mut head) = log.head.lock() {
+                *head = (entry.seq, hash);
+            }
+        }
+        Ok(log)
+    }
+
+    /// The audit key (SEC1 compressed), bound into attestation documents.
+    pub fn public_key(&self) -> Vec<u8> {
+        public_key_bytes(&self.key)
+    }
+
+    /// Appends an entry. Failing to log fails the operation: no unlogged share use.
+    pub fn append(
+        &self,
+        store: &dyn BlobStore,
+        wallet_id: &str,
+        action: &str,
+        actor: &str,
+        digest: &[u8],
+        decision: &str,
+    ) -> Result<(), String> {
+        let mut head = self.head.lock().map_err(|_| "audit lock poisoned")?;
+        let entry = AuditEntry {
+            seq: head.0 + 1,
+            prev: ByteBuf::from(head.1.to_vec()),
+            time_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            wallet_id: wallet_id.to_owned(),
+            action: action.to_owned(),
+            actor: actor.to_owned(),
+            digest: hex::encode(digest),
+            decision: decision.to_owned(),
+        };
+        let bytes = encode_entry(&entry).map_err(|e| e.to_string())?;
+        let hash = entry_hash(&bytes);
+        let signature = sign_digest(&self.key, &hash).map_err(|e| e.to_string())?;
+        let mut record = Vec::new();
+        ciborium::ser::into_writer(
+            &AuditRecord {
+                entry: ByteBuf::from(bytes),
+                signature: ByteBuf::from(signature.to_vec()),
+            },
+            &mut record,
+        )
+        .map_err(|e| e.to_string())?;
+        store
+            .put(&audit_key(entry.seq), &record)
+            .map_err(|e| e.to_string())?;
+        *head = (entry.seq, hash);
+        Ok(())
+    }
+}
+
+/// Verifies a whole stored log (for tests and tooling running next to the enclave).
+pub fn verify_stored(store: &dyn BlobStore, audit_key: &[u8]) -> Result<u64, String> {
+    let keys = store.list(AUDIT_PREFIX).map_err(|e| e.to_string())?;
+    let mut records = Vec::new();
+    for k in keys {
+        records.push(
+            store
+                .get(&k)
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default(),
+        );
+    }
+    verify_log(&records, audit_key)
+        .map(|(n, _)| n)
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,1161 @@
+//! The enclave's brain: (session, request) → response.
+//!
+//! No sockets here: the attester, the sealer, the blob store, the freshness anchor and the policy
+//! come in from outside, so whole ceremonies run in one test process. Shares are unsealed on use
+//! and dropped (zeroized) right after; signing nonces live only in [`SignerSession`]s in memory
+//! and are consumed once.
+//!
+//! Authentication: every request that uses a share (sign, refresh, recovery) arrives wrapped in
+//! `Authorized`, signed by a key registered for the wallet over a digest binding a fresh,
+//! single-use challenge of this session (`cosigner_protocol::auth`). The device key may sign and
+//! refresh; the recovery credential may only start a recovery; during a recovery the new device's
+//! pending key may repair and refresh. Revoked keys are refused.
+
+pub mod anchor;
+pub mod audit;
+pub mod records;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cosigner_attestation::{AttestRequest, Attester};
+use cosigner_kms::Sealer;
+use cosigner_protocol::auth::{
+    CHALLENGE_LEN, normalise_public_key, registration_digest, request_digest, verify_digest,
+};
+use cosigner_protocol::binding::{EXPORTER_LEN, NONCE_LEN};
+use cosigner_protocol::dkg::{self, DkgRound1, DkgRound2, DkgRound3};
+use cosigner_protocol::refresh::{self, RefreshRound1, RefreshRound2, RefreshRound3};
+use cosigner_protocol::repair::{self, RepairHelper1, RepairHelper2};
+use cosigner_protocol::sign::SignerSession;
+use cosigner_protocol::wire::{
+    self, Confirmation, DkgParams, ErrorKind, KeyRole, RefreshParams, Registration, RepairParams,
+    Request, Response, Round1Message, SUITE_SECP256K1_TR, SealedPackage, WalletId, WalletInfo,
+    WireError,
+};
+use frost_core::keys::{KeyPackage, PublicKeyPackage};
+use serde_bytes::ByteBuf;
+
+use self::anchor::Anchor;
+use self::audit::AuditLog;
+use self::records::{Records, ShareRecord, WalletState};
+use crate::store::BlobStore;
+
+/// The ciphersuite the service runs: BIP-340 signatures valid for Taproot key-path spends.
+pub type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
+
+/// How long an unfinished ceremony is kept.
+const CEREMONY_TTL: Duration = Duration::from_secs(600);
+/// How long a signing session may wait for its round 2.
+const SIGN_TTL: Duration = Duration::from_secs(300);
+/// How long a challenge is valid.
+const CHALLENGE_TTL: Duration = Duration::from_secs(120);
+/// Bounds on pending ceremonies, so a client cannot exhaust memory.
+const MAX_PENDING: usize = 1024;
+const MAX_PENDING_SIGNS: usize = 65_536;
+
+/// When the provider demands a refresh before it signs again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefreshPolicy {
+    /// Demand a refresh once the current epoch is this old.
+    pub after: Option<Duration>,
+    /// Demand a refresh after this many signatures in the current epoch.
+    pub after_signatures: Option<u64>,
+}
+
+/// What a client connection has established.
+#[derive(Debug)]
+pub struct SessionState {
+    /// Random, names this session as the owner of the ceremonies it starts.
+    id: [u8; 16],
+    binding: [u8; EXPORTER_LEN],
+    attested: bool,
+    challenge: Option<(WalletId, [u8; CHALLENGE_LEN], Instant)>,
+}
+
+impl SessionState {
+    /// A new session whose TLS channel binding is `binding`.
+    pub fn new(binding: [u8; EXPORTER_LEN]) -> Self {
+        Self {
+            // The binding is unique per TLS session; its hash is as good an owner name as any.
+            id: binding_id(&binding),
+            binding,
+            attested: false,
+            challenge: None,
+        }
+    }
+}
+
+fn binding_id(binding: &[u8; EXPORTER_LEN]) -> [u8; 16] {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(binding);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(digest.get(..16).unwrap_or(&[0; 16]));
+    id
+}
+
+/// Which key authorized a request.
+#[derive(Debug, Clone)]
+struct Actor {
+    role: &'static str,
+    key: Vec<u8>,
+}
+
+impl Actor {
+    fn label(&self) -> String {
+        format!("{}:{}", self.role, hex::encode(&self.key))
+    }
+}
+
+enum DkgStage {
+    Round1(Box<DkgRound1<Suite>>),
+    Round2(Box<DkgRound2<Suite>>),
+    Round3(Box<DkgRound3<Suite>>),
+}
+
+enum RefreshStage {
+    Round1(Box<RefreshRound1<Suite>>),
+    Round2(Box<RefreshRound2<Suite>>),
+    Round3(Box<RefreshRound3<Suite>>),
+}
+
+enum RepairStage {
+    Started(Box<RepairHelper1<Suite>>),
+    Deltas(Box<RepairHelper2<Suite>>),
+}
+
+/// A ceremony in progress. Only the session that started it may continue it: another client
+/// (or a hostile cosigner with its own attested session) cannot step into it.
+struct Pending<T> {
+    stage: T,
+    started: Instant,
+    recovery: bool,
+    owner: [u8; 16],
+}
+
+struct PendingSign {
+    wallet_id: WalletId,
+    epoch: u64,
+    session: SignerSession<Suite>,
+    started: Instant,
+}
+
+/// A failure, classified for the client.
+#[derive(Debug)]
+pub struct Failure(WireError);
+
+impl Failure {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self(WireError::new(kind, message))
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadRequest, message)
+    }
+
+    fn denied(message: impl Into<String>) -> Self {
+        Self::new(
+            ErrorKind::BadRequest,
+            format!("not authorized: {}", message.into()),
+        )
+    }
+}
+
+impl From<cosigner_protocol::ProtocolError> for Failure {
+    fn from(e: cosigner_protocol::ProtocolError) -> Self {
+        use cosigner_protocol::ProtocolError as P;
+        let kind = match &e {
+            P::Culprit { .. } | P::Disagreement { .. } | P::Hpke { .. } | P::Frost { .. } => {
+                ErrorKind::Ceremony
+            }
+            _ => ErrorKind::BadRequest,
+        };
+        Self::new(kind, e.to_string())
+    }
+}
+
+type Outcome = Result<Response, Failure>;
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, Failure> {
+    m.lock()
+        .map_err(|_| Failure::new(ErrorKind::Internal, "internal lock poisoned"))
+}
+
+fn random<const N: usize>() -> Result<[u8; N], Failure> {
+    use rand_core::RngCore;
+    let mut out = [0u8; N];
+    rand_core::OsRng
+        .try_fill_bytes(&mut out)
+        .map_err(|e| Failure::new(ErrorKind::Internal, e.to_string()))?;
+    Ok(out)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn internal(e: impl std::fmt::Display) -> Failure {
+    Failure::new(ErrorKind::Internal, e.to_string())
+}
+
+/// The service.
+pub struct Service {
+    attester: Box<dyn Attester>,
+    sealer: Box<dyn Sealer>,
+    store: Box<dyn BlobStore>,
+    anchor: Box<dyn Anchor>,
+    audit: AuditLog,
+    policy: RefreshPolicy,
+    dkgs: Mutex<HashMap<WalletId, Pending<DkgStage>>>,
+    refreshes: Mutex<HashMap<WalletId, Pending<RefreshStage>>>,
+    repairs: Mutex<HashMap<WalletId, Pending<RepairStage>>>,
+    signs: Mutex<HashMap<[u8; 16], PendingSign>>,
+    /// Serialises state changes per service (lifecycle operations are rare).
+    lifecycle: Mutex<()>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("attester", &self.attester.kind())
+            .field("audit", &self.audit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// A service over these backends. Loads (or creates) the audit key.
+    pub fn new(
+        attester: Box<dyn Attester>,
+        sealer: Box<dyn Sealer>,
+        store: Box<dyn BlobStore>,
+        anchor: Box<dyn Anchor>,
+        policy: RefreshPolicy,
+    ) -> Result<Self, String> {
+        let audit = AuditLog::open(sealer.as_ref(), store.as_ref())?;
+        Ok(Self {
+            attester,
+            sealer,
+            store,
+            anchor,
+            audit,
+            policy,
+            dkgs: Mutex::new(HashMap::new()),
+            refreshes: Mutex::new(HashMap::new()),
+            repairs: Mutex::new(HashMap::new()),
+            signs: Mutex::new(HashMap::new()),
+            lifecycle: Mutex::new(()),
+        })
+    }
+
+    /// The audit key (SEC1 compressed P-256), as bound into attestation documents.
+    pub fn audit_public_key(&self) -> Vec<u8> {
+        self.audit.public_key()
+    }
+
+    fn records(&self) -> Records<'_> {
+        Records {
+            sealer: self.sealer.as_ref(),
+            store: self.store.as_ref(),
+            anchor: self.anchor.as_ref(),
+        }
+    }
+
+    fn log(
+        &self,
+        wallet: &WalletId,
+        action: &str,
+        actor: &str,
+        digest: &[u8],
+        decision: &str,
+    ) -> Result<(), Failure> {
+        self.audit
+            .append(
+                self.store.as_ref(),
+                &wallet.to_hex(),
+                action,
+                actor,
+                digest,
+                decision,
+            )
+            .map_err(|e| internal(format!("audit log: {e}")))
+    }
+
+    /// Answers one request of a session.
+    pub fn handle(&self, session: &mut SessionState, request: Request) -> Response {
+        let outcome = match request {
+            Request::Attest { nonce } => self.attest(session, &nonce),
+            other if !session.attested => Err(Failure::bad(format!(
+                "{} before Attest: the first request of a session must be Attest",
+                other.name()
+            ))),
+            Request::Challenge { wallet_id } => self.challenge(session, wallet_id),
+            Request::Authorized {
+                wallet_id,
+                role,
+                signature,
+                request,
+            } => self.authorized(session, wallet_id, role, &signature, &request),
+            Request::DkgStart { params, me } => self.dkg_start(session.id, params, me),
+            Request::DkgRound2 { wallet_id, round1 } => {
+                self.dkg_round2(session.id, wallet_id, &round1)
+            }
+            Request::DkgRound3 {
+                wallet_id,
+                packages,
+            } => self.dkg_round3(session.id, wallet_id, &packages),
+            Request::DkgConfirm {
+                wallet_id,
+                confirmations,
+                registration,
+            } => self.dkg_confirm(session.id, wallet_id, &confirmations, &registration),
+            Request::SignShare {
+                session_id,
+                signing_package,
+            } => self.sign_share(&session_id, &signing_package),
+            Request::GetWallet { wallet_id } => self.get_wallet(wallet_id),
+            Request::RefreshRound2 { wallet_id, round1 } => {
+                self.refresh_round2(session.id, wallet_id, &round1)
+            }
+            Request::RefreshRound3 {
+                wallet_id,
+                packages,
+            } => self.refresh_round3(session.id, wallet_id, &packages),
+            Request::RefreshFinalize { wallet_id, epoch } => {
+                self.refresh_finalize(wallet_id, epoch)
+            }
+            Request::RepairDeltas {
+                wallet_id,
+                helper_keys,
+            } => self.repair_deltas(session.id, wallet_id, &helper_keys),
+            Request::RepairSigma {
+                wallet_id,
+                deltas,
+                participant_key,
+            } => self.repair_sigma(session.id, wallet_id, &deltas, &participant_key),
+            other => Err(Failure::bad(format!(
+                "{} must be sent inside Authorized",
+                other.name()
+            ))),
+        };
+        outcome.unwrap_or_else(|f| Response::Error(f.0))
+    }
+
+    fn attest(&self, session: &mut SessionState, nonce: &[u8]) -> Outcome {
+        if nonce.len() != NONCE_LEN {
+            return Err(Failure::bad(format!(
+                "nonce is {} bytes, expected {NONCE_LEN}",
+                nonce.len()
+            )));
+        }
+        let document = self
+            .attester
+            .attest(&AttestRequest {
+                nonce: Some(nonce.to_vec()),
+                user_data: Some(session.binding.to_vec()),
+                public_key: Some(self.audit.public_key()),
+            })
+            .map_err(|e| internal(format!("attestation: {e}")))?;
+        session.attested = true;
+        Ok(Response::Attested {
+            document: ByteBuf::from(document),
+        })
+    }
+
+    fn challenge(&self, session: &mut SessionState, wallet_id: WalletId) -> Outcome {
+        let challenge = random::<CHALLENGE_LEN>()?;
+        session.challenge = Some((wallet_id, challenge, Instant::now()));
+        Ok(Response::Challenge {
+            challenge: ByteBuf::from(challenge.to_vec()),
+        })
+    }
+
+    /// Checks the signature, then runs the inner request with the signer's identity.
+    fn authorized(
+        &self,
+        session: &mut SessionState,
+        wallet_id: WalletId,
+        role: KeyRole,
+        signature: &[u8],
+        inner_bytes: &[u8],
+    ) -> Outcome {
+        // The challenge is consumed whatever happens next: one signature, one use.
+        let Some((challenged, challenge, issued)) = session.challenge.take() else {
+            return Err(Failure::denied(
+                "no challenge on this session (ask for one first)",
+            ));
+        };
+        if challenged != wallet_id || issued.elapsed() > CHALLENGE_TTL {
+            return Err(Failure::denied(
+                "the challenge is for another wallet or has expired",
+            ));
+        }
+        let inner: Request =
+            wire::decode(inner_bytes).map_err(|e| Failure::bad(format!("inner request: {e}")))?;
+        let digest = request_digest(&wallet_id, &challenge, inner_bytes);
+        let action = inner.name();
+        // Every authorized request is about an existing wallet; creation is not authorized.
+        let state = self.records().load_state(&wallet_id, None)?;
+        let (actor, role_name) = match role {
+            KeyRole::Device => {
+                let pending = state.pending_device_key.as_ref().map(|k| k.to_vec());
+                let matches = |k: &[u8]| verify_digest(k, &digest, signature).is_ok();
+                if matches(&state.device_key) {
+                    (state.device_key.to_vec(), "device")
+                } else if let Some(p) = pending.filter(|p| matches(p)) {
+                    (p, "pending-device")
+                } else if state.revoked_keys.iter().any(|k| matches(k)) {
+                    let _ = self.log(
+                        &wallet_id,
+                        action,
+                        "revoked-device",
+                        &digest,
+                        "refused: revoked key",
+                    );
+                    return Err(Failure::denied("this device key has been revoked"));
+                } else {
+                    let _ = self.log(&wallet_id, action, "-", &digest, "refused: bad signature");
+                    return Err(Failure::denied(
+                        "signature is not by this wallet's device key",
+                    ));
+                }
+            }
+            KeyRole::Recovery => {
+                if verify_digest(&state.recovery_key, &digest, signature).is_err() {
+                    let _ = self.log(
+                        &wallet_id,
+                        action,
+                        "-",
+                        &digest,
+                        "refused: bad recovery signature",
+                    );
+                    return Err(Failure::denied(
+                        "signature is not by this wallet's recovery credential",
+                    ));
+                }
+                (state.recovery_key.to_vec(), "recovery")
+            }
+        };
+        let actor = Actor {
+            role: role_name,
+            key: actor,
+        };
+        // What each key may do.
+        let allowed = match (&inner, actor.role) {
+            (Request::RecoverStart { .. }, "recovery") => true,
+            (Request::RecoverStart { .. }, _) | (_, "recovery") => false,
+            (Request::SignCommit { .. }, "device") => true,
+            (
+                Request::RefreshStart { .. } | Request::RefreshCommit { .. },
+                "device" | "pending-device",
+            ) => true,
+            (Request::RepairStart { .. }, "pending-device") => true,
+            _ => false,
+        };
+        if !allowed {
+            let _ = self.log(
+                &wallet_id,
+                action,
+                &actor.label(),
+                &digest,
+                "refused: not allowed for this key",
+            );
+            return Err(Failure::denied(format!(
+                "a {} key may not send {action}",
+                actor.role
+            )));
+        }
+        match inner {
+            Request::SignCommit {
+                wallet_id: w,
+                epoch,
+                message,
+                signers,
+            } if w == wallet_id => self.sign_commit(state, &actor, epoch, &message, &signers),
+            Request::RefreshStart { params, me } if params.wallet_id == wallet_id => {
+                self.refresh_start(session.id, state, &actor, params, me, &digest)
+            }
+            Request::RefreshCommit {
+                wallet_id: w,
+                confirmations,
+            } if w == wallet_id => {
+                self.refresh_commit(session.id, state, &actor, &confirmations, &digest)
+            }
+            Request::RecoverStart {
+                wallet_id: w,
+                new_device_key,
+            } if w == wallet_id => self.recover_start(state, &actor, &new_device_key, &digest),
+            Request::RepairStart { params, me } if params.wallet_id == wallet_id => {
+                self.repair_start(session.id, state, &actor, params, me, &digest)
+            }
+            _ => Err(Failure::bad("the inner request names another wallet")),
+        }
+    }
+
+    // ----- wallet creation -----
+
+    fn dkg_start(&self, owner: [u8; 16], params: DkgParams, me: u16) -> Outcome {
+        if params.ciphersuite != SUITE_SECP256K1_TR {
+            return Err(Failure::bad(format!(
+                "ciphersuite {:?} is not served",
+                params.ciphersuite
+            )));
+        }
+        let wallet_id = params.wallet_id;
+        if self.records().exists(&wallet_id)? {
+            return Err(Failure::bad(format!("wallet {wallet_id} already exists")));
+        }
+        let mut dkgs = lock(&self.dkgs)?;
+        dkgs.retain(|_, p| p.started.elapsed() < CEREMONY_TTL);
+        if dkgs.contains_key(&wallet_id) {
+            return Err(Failure::bad(format!(
+                "a DKG for wallet {wallet_id} is already running"
+            )));
+        }
+        if dkgs.len() >= MAX_PENDING {
+            return Err(internal("too many DKGs in progress"));
+        }
+        let (state, message) = dkg::start::<Suite>(&params, me, &mut rand_core::OsRng)?;
+        dkgs.insert(
+            wallet_id,
+            Pending {
+                stage: DkgStage::Round1(Box::new(state)),
+                started: Instant::now(),
+                recovery: false,
+                owner,
+            },
+        );
+        Ok(Response::DkgRound1 { message })
+    }
+
+    fn take<T>(
+        map: &Mutex<HashMap<WalletId, Pending<T>>>,
+        id: &WalletId,
+        what: &str,
+        owner: &[u8; 16],
+    ) -> Result<Pending<T>, Failure> {
+        let mut map = lock(map)?;
+        match map.get(id) {
+            Some(p) if p.started.elapsed() >= CEREMONY_TTL => {
+                map.remove(id);
+            }
+            Some(p) if &p.owner != owner => {
+                return Err(Failure::denied(format!(
+                    "the {what} of wallet {id} belongs to another session"
+                )));
+            }
+            _ => {}
+        }
+        map.remove(id).ok_or_else(|| {
+            Failure::new(
+                ErrorKind::NotFound,
+                format!("no {what} running for wallet {id}"),
+            )
+        })
+    }
+
+    fn put<T>(
+        map: &Mutex<HashMap<WalletId, Pending<T>>>,
+        id: WalletId,
+        pending: Pending<T>,
+    ) -> Result<(), Failure> {
+        let mut map = lock(map)?;
+        map.retain(|_, p| p.started.elapsed() < CEREMONY_TTL);
+        if map.len() >= MAX_PENDING {
+            return Err(internal("too many ceremonies in progress"));
+        }
+        map.insert(id, pending);
+        Ok(())
+    }
+
+    fn dkg_round2(
+        &self,
+        owner: [u8; 16],
+        wallet_id: WalletId,
+        round1: &[Round1Message],
+    ) -> Outcome {
+        let p = Self::take(&self.dkgs, &wallet_id, "DKG", &owner)?;
+        let DkgStage::Round1(state) = p.stage else {
+            return Err(Failure::bad("DKG is not waiting for round 1"));
+        };
+        let (next, packages) = state.handle_round1(round1, &mut rand_core::OsRng)?;
+        Self::put(
+            &self.dkgs,
+            wallet_id,
+            Pending {
+                stage: DkgStage::Round2(Box::new(next)),
+                ..p
+            },
+        )?;
+        Ok(Response::DkgRound2 { packages })
+    }
+
+    fn dkg_round3(
+        &self,
+        owner: [u8; 16],
+        wallet_id: WalletId,
+        packages: &[SealedPackage],
+    ) -> Outcome {
+        let p = Self::take(&self.dkgs, &wallet_id, "DKG", &owner)?;
+        let DkgStage::Round2(state) = p.stage else {
+            return Err(Failure::bad("DKG is not waiting for round 2"));
+        };
+        let (next, confirmation) = state.handle_round2(packages)?;
+        Self::put(
+            &self.dkgs,
+            wallet_id,
+            Pending {
+                stage: DkgStage::Round3(Box::new(next)),
+                ..p
+            },
+        )?;
+        Ok(Response::DkgRound3 { confirmation })
+    }
+
+    fn dkg_confirm(
+        &self,
+        owner: [u8; 16],
+        wallet_id: WalletId,
+        confirmations: &[Confirmation],
+        registration: &Registration,
+    ) -> Outcome {
+        let p = Self::take(&self.dkgs, &wallet_id, "DKG", &owner)?;
+        let DkgStage::Round3(state) = p.stage else {
+            return Err(Failure::bad("DKG is not waiting for confirmations"));
+        };
+        let params = state.params().clone();
+        let party = state.me();
+        let output = state.handle_confirmations(confirmations)?;
+        // Both keys prove possession over this wallet and this DKG's transcript.
+        let device_key = normalise_public_key(&registration.device_key)?;
+        let recovery_key = normalise_public_key(&registration.recovery_key)?;
+        if device_key == recovery_key {
+            return Err(Failure::bad(
+                "the recovery credential must differ from the device key",
+            ));
+        }
+        let digest = registration_digest(
+            &wallet_id,
+            &output.transcript_hash,
+            &registration.device_key,
+            &registration.recovery_key,
+        );
+        verify_digest(&device_key, &digest, &registration.device_signature)
+            .map_err(|_| Failure::denied("device key registration signature"))?;
+        verify_digest(&recovery_key, &digest, &registration.recovery_signature)
+            .map_err(|_| Failure::denied("recovery credential registration signature"))?;
+        let pkp = output.public_key_package.serialize().map_err(internal)?;
+        let share = ShareRecord {
+            epoch: 0,
+            key_package: ByteBuf::from(output.key_package.serialize().map_err(internal)?),
+            public_key_package: ByteBuf::from(pkp.clone()),
+        };
+        let state = WalletState {
+            params,
+            party,
+            current_epoch: 0,
+            retained_epochs: Vec::new(),
+            prepared_epoch: None,
+            device_key: ByteBuf::from(device_key.clone()),
+            recovery_key: ByteBuf::from(recovery_key),
+            pending_device_key: None,
+            revoked_keys: Vec::new(),
+            public_key_package: ByteBuf::from(pkp),
+            epoch_started_ms: now_ms(),
+            signatures: 0,
+        };
+        let _guard = lock(&self.lifecycle)?;
+        if self.records().exists(&wallet_id)? {
+            return Err(Failure::bad(format!("wallet {wallet_id} already exists")));
+        }
+        self.records().save_share(&wallet_id, party, &share)?;
+        self.records().save_state(&wallet_id, &state)?;
+        self.log(
+            &wallet_id,
+            "create",
+            &format!("device:{}", hex::encode(&device_key)),
+            &output.transcript_hash,
+            "allowed",
+        )?;
+        Ok(Response::DkgDone {
+            wallet: info(wallet_id, &state)?,
+        })
+    }
+
+    fn get_wallet(&self, wallet_id: WalletId) -> Outcome {
+        let state = self.records().load_state(&wallet_id, None)?;
+        Ok(Response::Wallet {
+            wallet: info(wallet_id, &state)?,
+        })
+    }
+
+    // ----- signing -----
+
+    fn sign_commit(
+        &self,
+        mut state: WalletState,
+        actor: &Actor,
+        epoch: u64,
+        message: &[u8],
+        signers: &[u16],
+    ) -> Outcome {
+        let wallet_id = state.params.wallet_id;
+        if epoch != state.current_epoch && !state.retained_epochs.contains(&epoch) {
+            let _ = self.log(
+                &wallet_id,
+                "sign",
+                &actor.label(),
+                message,
+                "refused: stale epoch",
+            );
+            return Err(Failure::bad(format!(
+                "epoch {epoch} is not in use (current epoch {}): this share was refreshed away",
+                state.current_epoch
+            )));
+        }
+        let age = Duration::from_millis(now_ms().saturating_sub(state.epoch_started_ms));
+        if let Some(limit) = self.policy.after
+            && age > limit
+        {
+            let _ = self.log(
+                &wallet_id,
+                "sign",
+                &actor.label(),
+                message,
+                "refused: refresh required (age)",
+            );
+            return Err(Failure::bad(format!(
+                "refresh required: the shares are {} s old, the policy allows {} s",
+                age.as_secs(),
+                limit.as_secs()
+            )));
+        }
+        if let Some(limit) = self.policy.after_signatures {
+            if state.signatures >= limit {
+                let _ = self.log(
+                    &wallet_id,
+                    "sign",
+                    &actor.label(),
+                    message,
+                    "refused: refresh required (signatures)",
+                );
+                return Err(Failure::bad(format!(
+                    "refresh required: {} signatures in this epoch, the policy allows {limit}",
+                    state.signatures
+                )));
+            }
+            let _guard = lock(&self.lifecycle)?;
+            state.signatures += 1;
+            self.records().save_state(&wallet_id, &state)?;
+        }
+        let share = self.records().load_share(&wallet_id, state.party, epoch)?;
+        let key_package = key_package(&share)?;
+        let (session, commitments) = SignerSession::<Suite>::commit(
+            &key_package,
+            state.party,
+            message,
+            signers,
+            &mut rand_core::OsRng,
+        )?;
+        self.log(&wallet_id, "sign", &actor.label(), message, "allowed")?;
+        let session_id = random::<16>()?;
+        let mut signs = lock(&self.signs)?;
+        signs.retain(|_, s| s.started.elapsed() < SIGN_TTL);
+        if signs.len() >= MAX_PENDING_SIGNS {
+            return Err(internal("too many signing sessions open"));
+        }
+        signs.insert(
+            session_id,
+            PendingSign {
+                wallet_id,
+                epoch,
+                session,
+                started: Instant::now(),
+            },
+        );
+        Ok(Response::SignCommitted {
+            session_id: ByteBuf::from(session_id.to_vec()),
+            commitments: ByteBuf::from(commitments),
+        })
+    }
+
+    fn sign_share(&self, session_id: &[u8], signing_package: &[u8]) -> Outcome {
+        let id: [u8; 16] = session_id
+            .try_into()
+            .map_err(|_| Failure::bad("session id is not 16 bytes"))?;
+        // Removed before use: whatever happens next, this session's nonces are never used again.
+        let pending = lock(&self.signs)?
+            .remove(&id)
+            .filter(|s| s.started.elapsed() < SIGN_TTL)
+            .ok_or_else(|| {
+                Failure::new(
+                    ErrorKind::NotFound,
+                    "unknown, expired or already used signing session",
+                )
+            })?;
+        let state = self.records().load_state(&pending.wallet_id, None)?;
+        let share = self
+            .records()
+            .load_share(&pending.wallet_id, state.party, pending.epoch)?;
+        let key_package = key_package(&share)?;
+        let share = pending.session.sign(&key_package, signing_package)?;
+        Ok(Response::SignatureShare {
+            share: ByteBuf::from(share),
+        })
+    }
+
+    // ----- refresh -----
+
+    fn refresh_start(
+        &self,
+        owner: [u8; 16],
+        state: WalletState,
+        actor: &Actor,
+        params: RefreshParams,
+        me: u16,
+        digest: &[u8],
+    ) -> Outcome {
+        let wallet_id = state.params.wallet_id;
+        if actor.role == "pending-device" && state.pending_device_key.is_none() {
+            return Err(Failure::denied("no recovery in progress"));
+        }
+        // From the current epoch, or from a retained one whose successor was never finalized
+        // (an interrupted refresh is redone from the epoch every party still holds).
+        if params.from_epoch != state.current_epoch
+            && !state.retained_epochs.contains(&params.from_epoch)
+        {
+            return Err(Failure::bad(format!(
+                "refresh from epoch {} refused: current epoch is {}",
+                params.from_epoch, state.current_epoch
+            )));
+        }
+        if me != state.party
+            || params.parties != sorted(&state.params.parties)
+            || params.min_signers != state.params.min_signers
+        {
+            return Err(Failure::bad(
+                "a refresh must keep every party and the threshold of the wallet",
+            ));
+        }
+        let (next, message) = refresh::start::<Suite>(&params, me, &mut rand_core::OsRng)?;
+        self.log(
+            &wallet_id,
+            "refresh-start",
+            &actor.label(),
+            digest,
+            "allowed",
+        )?;
+        Self::put(
+            &self.refreshes,
+            wallet_id,
+            Pending {
+                stage: RefreshStage::Round1(Box::new(next)),
+                started: Instant::now(),
+                recovery: actor.role == "pending-device",
+                owner,
+            },
+        )?;
+        Ok(Response::RefreshRound1 { message })
+    }
+
+    fn refresh_round2(
+        &self,
+        owner: [u8; 16],
+        wallet_id: WalletId,
+        round1: &[Round1Message],
+    ) -> Outcome {
+        let p = Self::take(&self.refreshes, &wallet_id, "refresh", &owner)?;
+        let RefreshStage::Round1(state) = p.stage else {
+            return Err(Failure::bad("refresh is not waiting for round 1"));
+        };
+        let (next, packages) = state.handle_round1(round1, &mut rand_core::OsRng)?;
+        Self::put(
+            &self.refreshes,
+            wallet_id,
+            Pending {
+                stage: RefreshStage::Round2(Box::new(next)),
+                ..p
+            },
+        )?;
+        Ok(Response::RefreshRound2 { packages })
+    }
+
+    fn refresh_round3(
+        &self,
+        owner: [u8; 16],
+        wallet_id: WalletId,
+        packages: &[SealedPackage],
+    ) -> Outcome {
+        let p = Self::take(&self.refreshes, &wallet_id, "refresh", &owner)?;
+        let RefreshStage::Round2(round2) = p.stage else {
+            return Err(Failure::bad("refresh is not waiting for round 2"));
+        };
+        let state = self.records().load_state(&wallet_id, None)?;
+        let from = round2.params().from_epoch;
+        let old = self.records().load_share(&wallet_id, state.party, from)?;
+        let old_kp = key_package(&old)?;
+        let old_pkp = PublicKeyPackage::<Suite>::deserialize(&old.public_key_package)
+            .map_err(|e| Failure::new(ErrorKind::Integrity, e.to_string()))?;
+        let (next, confirmation) = round2.handle_round2(packages, &old_kp, &old_pkp)?;
+        // Prepared, not yet in use: stored so a crash after every party confirmed loses nothing.
+        let new_epoch = from + 1;
+        let share = ShareRecord {
+            epoch: new_epoch,
+            key_package: ByteBuf::from(next.key_package().serialize().map_err(internal)?),
+            public_key_package: ByteBuf::from(
+                next.public_key_package().serialize().map_err(internal)?,
+            ),
+        };
+        {
+            let _guard = lock(&self.lifecycle)?;
+            self.records().save_share(&wallet_id, state.party, &share)?;
+        }
+        Self::put(
+            &self.refreshes,
+            wallet_id,
+            Pending {
+                stage: RefreshStage::Round3(Box::new(next)),
+                ..p
+            },
+        )?;
+        Ok(Response::RefreshRound3 { confirmation })
+    }
+
+    fn refresh_commit(
+        &self,
+        owner: [u8; 16],
+        state: WalletState,
+        actor: &Actor,
+        confirmations: &[Confirmation],
+        digest: &[u8],
+    ) -> Outcome {
+        let wallet_id = state.params.wallet_id;
+        drop(state);
+        let p = Self::take(&self.refreshes, &wallet_id, "refresh", &owner)?;
+        let RefreshStage::Round3(round3) = p.stage else {
+            return Err(Failure::bad("refresh is not waiting for confirmations"));
+        };
+        if p.recovery != (actor.role == "pending-device") {
+            return Err(Failure::denied(
+                "the refresh must be committed by the key that started it",
+            ));
+        }
+        let from = round3.params().from_epoch;
+        let output = round3.handle_confirmations(confirmations)?;
+        let _guard = lock(&self.lifecycle)?;
+        let mut state = self.records().load_state(&wallet_id, None)?;
+        let new_epoch = from + 1;
+        let pkp = output.public_key_package.serialize().map_err(internal)?;
+        // Keep every older epoch still stored until RefreshFinalize: a party that did not commit
+        // yet still signs with it.
+        let mut retained: Vec<u64> = state
+            .retained_epochs
+            .iter()
+            .copied()
+            .filter(|e| *e < new_epoch)
+            .collect();
+        if state.current_epoch < new_epoch && !retained.contains(&state.current_epoch) {
+            retained.push(state.current_epoch);
+        }
+        retained.sort_unstable();
+        state.retained_epochs = retained;
+        state.current_epoch = new_epoch;
+        state.prepared_epoch = None;
+        state.public_key_package = ByteBuf::from(pkp);
+        state.epoch_started_ms = now_ms();
+        state.signatures = 0;
+        let mut action = "refresh";
+        if p.recovery {
+            // The recovery completes: the new device's key replaces the old one, which is revoked.
+            if let Some(new_key) = state.pending_device_key.take() {
+                let old = std::mem::replace(&mut state.device_key, new_key);
+                state.revoked_keys.push(old);
+                action = "recover";
+            }
+        }
+        self.records().save_state(&wallet_id, &state)?;
+        self.log(
+            &wallet_id,
+            action,
+            &actor.label(),
+            digest,
+            &format!("allowed: epoch {new_epoch}"),
+        )?;
+        Ok(Response::RefreshCommitted {
+            wallet: info(wallet_id, &state)?,
+        })
+    }
+
+    fn refresh_finalize(&self, wallet_id: WalletId, epoch: u64) -> Outcome {
+        let _guard = lock(&self.lifecycle)?;
+        let mut state = self.records().load_state(&wallet_id, None)?;
+        if epoch != state.current_epoch {
+            return Err(Failure::bad(format!(
+                "cannot finalize epoch {epoch}: current epoch is {}",
+                state.current_epoch
+            )));
+        }
+        // The state first: once it no longer lists an epoch, its share is never read again.
+        let old = std::mem::take(&mut state.retained_epochs);
+        self.records().save_state(&wallet_id, &state)?;
+        for e in old {
+            self.records().delete_share(&wallet_id, e)?;
+        }
+        Ok(Response::Done)
+    }
+
+    // ----- recovery -----
+
+    fn recover_start(
+        &self,
+        mut state: WalletState,
+        actor: &Actor,
+        new_device_key: &[u8],
+        digest: &[u8],
+    ) -> Outcome {
+        let wallet_id = state.params.wallet_id;
+        let key = normalise_public_key(new_device_key)?;
+        if key == state.recovery_key.as_slice()
+            || state.revoked_keys.iter().any(|k| k.as_slice() == key)
+        {
+            return Err(Failure::bad("the new device key must be a fresh key"));
+        }
+        let _guard = lock(&self.lifecycle)?;
+        state.pending_device_key = Some(ByteBuf::from(key.clone()));
+        self.records().save_state(&wallet_id, &state)?;
+        self.log(
+            &wallet_id,
+            "recover-start",
+            &actor.label(),
+            digest,
+            &format!("allowed: new device {}", hex::encode(&key)),
+        )?;
+        Ok(Response::RecoverApproved {
+            epoch: state.current_epoch,
+        })
+    }
+
+    fn repair_start(
+        &self,
+        owner: [u8; 16],
+        state: WalletState,
+        actor: &Actor,
+        params: RepairParams,
+        me: u16,
+        digest: &[u8],
+    ) -> Outcome {
+        let wallet_id = state.params.wallet_id;
+        if params.epoch != state.current_epoch
+            || me != state.party
+            || params.ciphersuite != state.params.ciphersuite
+        {
+            return Err(Failure::bad(
+                "repair parameters do not match this wallet's current epoch",
+            ));
+        }
+        let share = self
+            .records()
+            .load_share(&wallet_id, state.party, state.current_epoch)?;
+        let kp = key_package(&share)?;
+        let pkp = PublicKeyPackage::<Suite>::deserialize(&share.public_key_package)
+            .map_err(|e| Failure::new(ErrorKind::Integrity, e.to_string()))?;
+        let (next, hpke_public_key) =
+            repair::helper_start::<Suite>(&params, me, &kp, &pkp, &mut rand_core::OsRng)?;
+        self.log(&wallet_id, "repair", &actor.label(), digest, "allowed")?;
+        Self::put(
+            &self.repairs,
+            wallet_id,
+            Pending {
+                stage: RepairStage::Started(Box::new(next)),
+                started: Instant::now(),
+                recovery: true,
+                owner,
+            },
+        )?;
+        Ok(Response::RepairKey {
+            hpke_public_key: ByteBuf::from(hpke_public_key),
+        })
+    }
+
+    fn repair_deltas(
+        &self,
+        owner: [u8; 16],
+        wallet_id: WalletId,
+        helper_keys: &[(u16, ByteBuf)],
+    ) -> Outcome {
+        let p = Self::take(&self.repairs, &wallet_id, "repair", &owner)?;
+        let RepairStage::Started(helper) = p.stage else {
+            return Err(Failure::bad("repair is not waiting for helper keys"));
+        };
+        let state = self.records().load_state(&wallet_id, None)?;
+        let share = self
+            .records()
+            .load_share(&wallet_id, state.party, state.current_epoch)?;
+        let kp = key_package(&share)?;
+        let keys: BTreeMap<u16, Vec<u8>> =
+            helper_keys.iter().map(|(p, k)| (*p, k.to_vec())).collect();
+        if keys.len() != helper_keys.len() {
+            return Err(Failure::bad("a helper appears twice"));
+        }
+        let (next, deltas) = helper.deltas(&kp, &keys, &mut rand_core::OsRng)?;
+        Self::put(
+            &self.repairs,
+            wallet_id,
+            Pending {
+                stage: RepairStage::Deltas(Box::new(next)),
+                ..p
+            },
+        )?;
+        Ok(Response::RepairDeltas { deltas })
+    }
+
+    fn repair_sigma(
+        &self,
+        owner: [u8; 16],
+        wallet_id: WalletId,
+        deltas: &[SealedPackage],
+        participant_key: &[u8],
+    ) -> Outcome {
+        let p = Self::take(&self.repairs, &wallet_id, "repair", &owner)?;
+        let RepairStage::Deltas(helper) = p.stage else {
+            return Err(Failure::bad("repair is not waiting for deltas"));
+        };
+        let sigma = helper.sigma(deltas, participant_key, &mut rand_core::OsRng)?;
+        Ok(Response::RepairSigma { sigma })
+    }
+}
+
+fn sorted(v: &[u16]) -> Vec<u16> {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v
+}
+
+fn key_package(share: &ShareRecord) -> Result<KeyPackage<Suite>, Failure> {
+    KeyPackage::<Suite>::deserialize(&share.key_package)
+        .map_err(|e| Failure::new(ErrorKind::Integrity, format!("stored key package: {e}")))
+}
+
+fn info(wallet_id: WalletId, state: &WalletState) -> Result<WalletInfo, Failure> {
+    let pkp = PublicKeyPackage::<Suite>::deserialize(&state.public_key_package).map_err(|e| {
+        Failure::new(
+            ErrorKind::Integrity,
+            format!("stored public key package: {e}"),
+        )
+    })?;
+    let group_public_key = pkp.verifying_key().serialize().map_err(internal)?;
+    Ok(WalletInfo {
+        wallet_id,
+        ciphersuite: state.params.ciphersuite.clone(),
+        party: state.party,
+        min_signers: state.params.min_signers,
+        parties: state.params.parties.clone(),
+        epoch: state.current_epoch,
+        group_public_key: ByteBuf::from(group_public_key),
+        public_key_package: state.public_key_package.clone(),
+    })
+}

@@ -1,0 +1,83 @@
+//! Freshness anchors: small token data objects the host cannot roll back (on a real HSM).
+//!
+//! The parent keeps every sealed blob, so it can also serve an *old* one: sealing proves a blob is
+//! genuine, not that it is current. An anchor is a `CKO_DATA` object on the token (PKCS#11 v2.40
+//! §4.5: `CKA_TOKEN`, `CKA_PRIVATE`, `CKA_LABEL`, `CKA_VALUE`) holding a digest of the current state;
+//! the enclave accepts a state blob only if it matches. A real HSM keeps its objects itself, so the
+//! host cannot restore an older anchor. With SoftHSM the token is files on the host, and a host that
+//! rolls back both the token directory and the database defeats the anchor: see docs/lifecycle.md.
+
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+
+use crate::error::Result;
+use crate::session::{Ck, with_session};
+use crate::token::Token;
+
+/// Application name written into anchors (`CKA_APPLICATION`).
+const APPLICATION: &[u8] = b"cosigner-anchor";
+
+fn template(label: &str) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Token(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Application(APPLICATION.to_vec()),
+    ]
+}
+
+/// Each write creates a new object carrying a generation number (8 bytes, big-endian, before the
+/// value) and then destroys the older ones: tokens such as SoftHSM make a data object's `CKA_VALUE`
+/// read-only once created, and create-then-destroy never leaves the anchor absent (after a crash
+/// between the two steps, the highest generation wins).
+fn read_all(
+    s: &crate::session::ThreadSession,
+    label: &str,
+) -> std::result::Result<Vec<(u64, ObjectHandle, Vec<u8>)>, crate::session::Fail> {
+    let handles = s
+        .session
+        .find_objects(&template(label))
+        .ck("C_FindObjects")?;
+    let mut out = Vec::new();
+    for handle in handles {
+        let attrs = s
+            .session
+            .get_attributes(handle, &[AttributeType::Value])
+            .ck("C_GetAttributeValue")?;
+        for a in attrs {
+            if let Attribute::Value(v) = a
+                && let (Some(gen_bytes), Some(value)) = (v.get(..8), v.get(8..))
+            {
+                let mut g = [0u8; 8];
+                g.copy_from_slice(gen_bytes);
+                out.push((u64::from_be_bytes(g), handle, value.to_vec()));
+            }
+        }
+    }
+    out.sort_by_key(|(g, _, _)| *g);
+    Ok(out)
+}
+
+impl Token {
+    /// Reads the anchor labelled `label` (its newest generation), if it exists.
+    pub fn anchor(&self, label: &str) -> Result<Option<Vec<u8>>> {
+        with_session(self, |s| Ok(read_all(s, label)?.pop().map(|(_, _, v)| v)))
+    }
+
+    /// Sets the anchor labelled `label` (a private token object), durably.
+    pub fn set_anchor(&self, label: &str, value: &[u8]) -> Result<()> {
+        with_session(self, |s| {
+            let existing = read_all(s, label)?;
+            let generation = existing.last().map_or(0, |(g, _, _)| g.saturating_add(1));
+            let mut attrs = template(label);
+            attrs.push(Attribute::Private(true));
+            attrs.push(Attribute::Value(
+                [&generation.to_be_bytes()[..], value].concat(),
+            ));
+            s.session.create_object(&attrs).ck("C_CreateObject")?;
+            for (_, handle, _) in existing {
+                s.session.destroy_object(handle).ck("C_DestroyObject")?;
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,376 @@
+//! Wallet lifecycle end to end: registered keys and signed requests, refresh (also interrupted),
+//! lost-phone recovery, rollback of the parent's database, the audit log.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::path::{Path, PathBuf};
+
+use cosigner_tests::{Deployment, Outcome};
+use serde_json::Value;
+
+const MESSAGE: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+struct Wallet {
+    id: String,
+    key: String,
+    home: PathBuf,
+    recovery_key: PathBuf,
+}
+
+fn create(d: &Deployment, name: &str) -> Wallet {
+    let home = d.home(name);
+    let recovery_key = d.dir.path().join(format!("{name}-recovery.key"));
+    let out = d.cosigner([
+        "--home",
+        p(&home),
+        "wallet",
+        "create",
+        "--recovery-key-out",
+        p(&recovery_key),
+        "--json",
+    ]);
+    let w: Value = serde_json::from_str(out.ok()).unwrap();
+    Wallet {
+        id: w["wallet_id"].as_str().unwrap().to_owned(),
+        key: w["group_public_key"].as_str().unwrap().to_owned(),
+        home,
+        recovery_key,
+    }
+}
+
+fn sign(d: &Deployment, home: &Path, id: &str) -> Outcome {
+    d.cosigner([
+        "--home",
+        p(home),
+        "sign",
+        "--wallet",
+        id,
+        "--message",
+        MESSAGE,
+        "--json",
+    ])
+}
+
+fn signs(d: &Deployment, home: &Path, w: &Wallet) {
+    let out = sign(d, home, &w.id);
+    let sig: Value = serde_json::from_str(out.ok()).unwrap();
+    let key = k256::schnorr::VerifyingKey::from_bytes(&hex::decode(&w.key).unwrap()).unwrap();
+    let sig = k256::schnorr::Signature::try_from(
+        hex::decode(sig["signature"].as_str().unwrap())
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    key.verify_raw(&hex::decode(MESSAGE).unwrap(), &sig)
+        .unwrap();
+}
+
+fn refresh(d: &Deployment, w: &Wallet) -> Outcome {
+    d.cosigner(["--home", p(&w.home), "refresh", "--wallet", &w.id, "--json"])
+}
+
+#[test]
+fn refresh_keeps_the_key_and_moves_to_the_next_epoch() {
+    let d = Deployment::start().unwrap();
+    let w = create(&d, "alice");
+    let mode = std::fs::metadata(&w.recovery_key).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+    let share = w.home.join("wallets").join(format!("{}.share", w.id));
+    let old_share = std::fs::read(&share).unwrap();
+    for epoch in 1..=2 {
+        let r: Value = serde_json::from_str(refresh(&d, &w).ok()).unwrap();
+        assert_eq!(r["epoch"], epoch);
+        assert_eq!(r["group_public_key"], w.key.as_str());
+        signs(&d, &w.home, &w);
+    }
+    // A stale share (epoch 0) put back on the device signs nothing: the cosigners deleted theirs.
+    let wallet_json = w.home.join("wallets").join(format!("{}.json", w.id));
+    let mut json: Value = serde_json::from_slice(&std::fs::read(&wallet_json).unwrap()).unwrap();
+    json["epoch"] = 0.into();
+    std::fs::write(&wallet_json, json.to_string()).unwrap();
+    std::fs::write(&share, old_share).unwrap();
+    let line = sign(&d, &w.home, &w.id).refused().to_owned();
+    assert!(line.contains("refreshed away"), "{line}");
+}
+
+#[test]
+fn refresh_with_a_missing_party_is_refused_and_changes_nothing() {
+    let mut d = Deployment::start().unwrap();
+    let w = create(&d, "alice");
+    d.recovery.stop();
+    refresh(&d, &w).refused();
+    let show: Value = serde_json::from_str(
+        d.cosigner([
+            "--home",
+            p(&w.home),
+            "wallet",
+            "show",
+            "--wallet",
+            &w.id,
+            "--json",
+        ])
+        .ok(),
+    )
+    .unwrap();
+    assert_eq!(show["epoch"], 0);
+    assert_eq!(show["provider"]["epoch"], 0);
+    signs(&d, &w.home, &w);
+}
+
+#[test]
+fn refresh_interrupted_at_each_step_leaves_a_usable_wallet() {
+    use cosigner_client::wallet::RefreshStep;
+    let steps = [
+        RefreshStep::Round1,
+        RefreshStep::Round2,
+        RefreshStep::Round3,
+        RefreshStep::ProviderCommitted,
+        RefreshStep::RecoveryCommitted,
+        RefreshStep::DeviceCommitted,
+    ];
+    let mut d = Deployment::start().unwrap();
+    let w = create(&d, "alice");
+    let trust = cosigner_client::trust::Trust::load(&d.dir.path().join("trust.toml")).unwrap();
+    let home = cosigner_client::home::Home::open(&w.home).unwrap();
+    let id = cosigner_protocol::wire::WalletId::from_hex(&w.id).unwrap();
+    for step in steps {
+        let mut provider =
+            cosigner_client::session::Session::connect(&d.provider.addr(), &trust).unwrap();
+        let mut recovery =
+            cosigner_client::session::Session::connect(&d.recovery.addr(), &trust).unwrap();
+        let provider_cosigner = std::cell::RefCell::new(&mut d.provider);
+        let result =
+            cosigner_client::wallet::refresh(&home, &mut provider, &mut recovery, id, &mut |s| {
+                if s == step {
+                    provider_cosigner.borrow_mut().stop();
+                }
+            });
+        assert!(
+            result.is_err(),
+            "{step:?}: the refresh survived the provider's death"
+        );
+        drop(provider);
+        d.provider.start_processes().unwrap();
+        // Whatever epoch the device ended at, the wallet signs.
+        signs(&d, &w.home, &w);
+    }
+    // And a full refresh afterwards works and signs.
+    refresh(&d, &w).ok();
+    signs(&d, &w.home, &w);
+}
+
+#[test]
+fn lost_phone_recovery_revokes_the_old_device() {
+    let d = Deployment::start().unwrap();
+    let w = create(&d, "alice");
+    signs(&d, &w.home, &w);
+    let new_home = d.home("alice-new-phone");
+    let out = d.cosigner([
+        "--home",
+        p(&new_home),
+        "recover",
+        "--wallet",
+        &w.id,
+        "--recovery-key",
+        p(&w.recovery_key),
+        "--json",
+    ]);
+    let r: Value = serde_json::from_str(out.ok()).unwrap();
+    assert_eq!(r["wallet_id"], w.id.as_str());
+    assert_eq!(r["group_public_key"], w.key.as_str());
+    assert_eq!(r["epoch"], 1);
+    // The new phone signs; the stolen old one is refused (revoked key, stale share).
+    signs(&d, &new_home, &w);
+    let line = sign(&d, &w.home, &w.id).refused().to_owned();
+    assert!(line.contains("revoked"), "{line}");
+}
+
+#[test]
+fn another_wallets_recovery_credential_is_refused() {
+    let d = Deployment::start().unwrap();
+    let alice = create(&d, "alice");
+    let bob = create(&d, "bob");
+    let out = d.cosigner([
+        "--home",
+        p(&d.home("thief")),
+        "recover",
+        "--wallet",
+        &alice.id,
+        "--recovery-key",
+        p(&bob.recovery_key),
+        "--json",
+    ]);
+    let line = out.refused();
+    assert!(line.contains("recovery credential"), "{line}");
+    signs(&d, &alice.home, &alice);
+}
+
+#[test]
+fn rolling_the_database_back_does_not_revive_the_stolen_phone() {
+    let mut d = Deployment::start().unwrap();
+    let w = create(&d, "alice");
+    // The host keeps a copy of its database from before the recovery.
+    let before = d.dir.path().join("store-before-recovery");
+    d.provider.stop();
+    d.provider.copy_store(&before).unwrap();
+    d.provider.start_processes().unwrap();
+    let new_home = d.home("new-phone");
+    d.cosigner([
+        "--home",
+        p(&new_home),
+        "recover",
+        "--wallet",
+        &w.id,
+        "--recovery-key",
+        p(&w.recovery_key),
+    ])
+    .ok();
+    let after = d.dir.path().join("store-after-recovery");
+    d.provider.stop();
+    d.provider.copy_store(&after).unwrap();
+    // Roll back: the old state, in which the stolen phone's key was valid.
+    d.provider.restore_store(&before).unwrap();
+    d.provider.start_processes().unwrap();
+    let line = sign(&d, &w.home, &w.id).refused().to_owned();
+    assert!(
+        line.contains("Integrity") && line.contains("not the current state"),
+        "{line}"
+    );
+    // Restoring the latest database loses nothing.
+    d.provider.stop();
+    d.provider.restore_store(&after).unwrap();
+    d.provider.start_processes().unwrap();
+    signs(&d, &new_home, &w);
+    assert!(sign(&d, &w.home, &w.id).refused().contains("revoked"));
+}
+
+#[test]
+fn a_replayed_signed_request_is_refused() {
+    use cosigner_protocol::auth::{request_digest, sign_digest};
+    use cosigner_protocol::wire::{self, KeyRole, Request, Response, WalletId};
+    let d = Deployment::start().unwrap();
+    let w = create(&d, "alice");
+    let trust = cosigner_client::trust::Trust::load(&d.dir.path().join("trust.toml")).unwrap();
+    let home = cosigner_client::home::Home::open(&w.home).unwrap();
+    let key = home.device_key().unwrap();
+    let id = WalletId::from_hex(&w.id).unwrap();
+    let mut s = cosigner_client::session::Session::connect(&d.provider.addr(), &trust).unwrap();
+    let Response::Challenge { challenge } = s.call(&Request::Challenge { wallet_id: id }).unwrap()
+    else {
+        panic!()
+    };
+    let inner = wire::encode(&Request::SignCommit {
+        wallet_id: id,
+        epoch: 0,
+        message: serde_bytes::ByteBuf::from(vec![1; 32]),
+        signers: vec![1, 2],
+    })
+    .unwrap();
+    let signature = sign_digest(&key, &request_digest(&id, &challenge, &inner)).unwrap();
+    let request = Request::Authorized {
+        wallet_id: id,
+        role: KeyRole::Device,
+        signature: serde_bytes::ByteBuf::from(signature.to_vec()),
+        request: serde_bytes::ByteBuf::from(inner),
+    };
+    assert!(matches!(
+        s.call(&request).unwrap(),
+        Response::SignCommitted { .. }
+    ));
+    // The same signed request again, on the same session and on a new one.
+    let err = s.call(&request).unwrap_err().to_string();
+    assert!(err.contains("no challenge"), "{err}");
+    let mut other = cosigner_client::session::Session::connect(&d.provider.addr(), &trust).unwrap();
+    other.call(&Request::Challenge { wallet_id: id }).unwrap();
+    let err = other.call(&request).unwrap_err().to_string();
+    assert!(err.contains("not by this wallet's device key"), "{err}");
+    // The recovery credential can start a recovery and nothing else.
+    let recovery = cosigner_client::home::read_p256_key(&w.recovery_key).unwrap();
+    let inner = Request::SignCommit {
+        wallet_id: id,
+        epoch: 0,
+        message: serde_bytes::ByteBuf::from(vec![1; 32]),
+        signers: vec![1, 2],
+    };
+    let err =
+        cosigner_client::wallet::authorized(&mut other, id, KeyRole::Recovery, &recovery, &inner)
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("may not send SignCommit"), "{err}");
+}
+
+#[test]
+fn provider_demands_a_refresh_after_n_signatures() {
+    let d = Deployment::start_with("\n[policy]\nrefresh_after_signatures = 2\n").unwrap();
+    let w = create(&d, "alice");
+    signs(&d, &w.home, &w);
+    signs(&d, &w.home, &w);
+    let line = sign(&d, &w.home, &w.id).refused().to_owned();
+    assert!(line.contains("refresh required"), "{line}");
+    refresh(&d, &w).ok();
+    signs(&d, &w.home, &w);
+}
+
+#[test]
+fn audit_log_records_every_use_and_detects_tampering() {
+    let d = Deployment::start().unwrap();
+    let w = create(&d, "alice");
+    signs(&d, &w.home, &w);
+    refresh(&d, &w).ok();
+    let status: Value = serde_json::from_str(d.cosigner(["status"]).ok()).unwrap();
+    let audit_key = status["provider"]["audit_key"].as_str().unwrap().to_owned();
+    let db = d.provider.database();
+    let verify = || {
+        cosigner_tests::run(
+            "cosigner-parent",
+            ["audit", "verify", "--database", p(&db), "--key", &audit_key],
+            &[],
+        )
+    };
+    let report: Value = serde_json::from_str(verify().ok()).unwrap();
+    assert!(report["entries"].as_u64().unwrap() >= 3, "{report}");
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let entries: Vec<(String, Vec<u8>)> = conn
+        .prepare("SELECT key, value FROM blobs WHERE key LIKE 'audit/%' ORDER BY key")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let set = |key: &str, value: &[u8]| {
+        conn.execute(
+            "UPDATE blobs SET value = ?1 WHERE key = ?2",
+            rusqlite::params![value, key],
+        )
+        .unwrap();
+    };
+    // Altered.
+    let mut altered = entries[1].1.clone();
+    let n = altered.len();
+    altered[n / 3] ^= 1;
+    set(&entries[1].0, &altered);
+    assert!(verify().refused().contains("entry"));
+    set(&entries[1].0, &entries[1].1);
+    // Reordered.
+    set(&entries[0].0, &entries[1].1);
+    set(&entries[1].0, &entries[0].1);
+    assert!(verify().refused().contains("entry"));
+    set(&entries[0].0, &entries[0].1);
+    set(&entries[1].0, &entries[1].1);
+    // Removed.
+    conn.execute("DELETE FROM blobs WHERE key = ?1", [&entries[1].0])
+        .unwrap();
+    assert!(verify().refused().contains("entry"));
+}
