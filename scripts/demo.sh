@@ -9,7 +9,10 @@
 #     ever holds the whole key;
 #  4. sign a 32-byte message (a Taproot sighash) with Alice's device and the provider;
 #  5. verify the signature with an independent BIP-340 verifier (plain Python, no shared code);
-#  6. stop the cosigners (`make down`); their state stays under .dev/.
+#  6. refresh the shares (same key and address, new epoch: stolen old shares become useless);
+#  7. Alice loses her phone: a new phone recovers the wallet with her offline recovery credential,
+#     and the old phone is refused;
+#  8. stop the cosigners (`make down`); their state stays under .dev/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/debug}
@@ -26,7 +29,7 @@ say "2. Remote attestation: both cosigners prove what code they run (verified ag
 
 home=$(mktemp -d)/alice
 say "3. Alice's phone ($home) creates a 2-of-3 wallet with B and C (DKG, round-2 packages HPKE-sealed)"
-wallet_json=$("$BIN/cosigner" --home "$home" wallet create --json)
+wallet_json=$("$BIN/cosigner" --home "$home" wallet create --recovery-key-out "$home.recovery.key" --json)
 echo "$wallet_json" | python3 -m json.tool
 wallet=$(echo "$wallet_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["wallet_id"])')
 key=$(echo "$wallet_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["group_public_key"])')
@@ -42,7 +45,21 @@ say "5. An independent BIP-340 verifier (scripts/bip340_verify.py) checks it aga
 python3 scripts/bip340_verify.py "$key" "$message" "$signature"
 echo "The signature is an ordinary Taproot key-path signature for $(echo "$wallet_json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["address"])')"
 
-say "6. Stopping the cosigners (their sealed state stays in .dev/)"
+say "6. Proactive refresh: every party gets a new share, the key and address stay the same"
+"$BIN/cosigner" --home "$home" refresh --wallet "$wallet" --json | python3 -m json.tool
+
+new_home="$(dirname "$home")/alice-new-phone"
+say "7. Alice loses her phone; her new phone recovers the wallet with the offline recovery credential"
+"$BIN/cosigner" --home "$new_home" recover --wallet "$wallet" --recovery-key "$home.recovery.key" --json | python3 -m json.tool
+signature=$("$BIN/cosigner" --home "$new_home" sign --wallet "$wallet" --message "$message" --json |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["signature"])')
+python3 scripts/bip340_verify.py "$key" "$message" "$signature" > /dev/null && echo "the new phone signs: valid BIP-340 signature"
+echo -n "the old (stolen) phone tries to sign: "
+if "$BIN/cosigner" --home "$home" sign --wallet "$wallet" --message "$message" 2>&1; then
+  echo "UNEXPECTED: the old phone could still sign"; exit 1
+fi
+
+say "8. Stopping the cosigners (their sealed state stays in .dev/)"
 ./scripts/down.sh
 trap - EXIT
 rm -rf "$(dirname "$home")"
