@@ -51,8 +51,12 @@ fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
 	mkdir -p fuzz/corpus/attestation_document
 	-cp ../shared/fixtures/nitro/*.cose fuzz/corpus/attestation_document/ 2>/dev/null
-	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir . attestation_document -- \
-		-max_total_time=$(FUZZ_SECONDS) -max_len=20000
+	cd fuzz && targets=$$($(CARGO) fuzz list --fuzz-dir .) && for t in $$targets; do \
+		echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
+		len=$$( [ $$t = attestation_document ] && echo -max_len=20000 ); \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir . $$t -- \
+			-max_total_time=$(FUZZ_SECONDS) $$len || exit 1; \
+	done
 
 ## demo: up, create a wallet, sign, verify the signature independently, down (narrated).
 demo: deps build
@@ -72,3 +76,15 @@ down:
 
 clean:
 	$(CARGO) clean
+
+.PHONY: enclave-image repro-check
+
+## enclave-image: the reproducible Nitro Enclave image under target/enclave/ (static binary,
+## deterministic ramdisk, pcrs.json, trust-file measurement; the EIF too with NITRO_BLOBS=DIR).
+enclave-image:
+	./scripts/enclave-image.sh
+
+## repro-check: build the image twice from clean copies of HEAD in two directories and compare
+## every output byte for byte (docs/nitro.md).
+repro-check:
+	./scripts/repro-check.sh

@@ -1,7 +1,13 @@
 //! The decode path of the DKG: party 2 of [1, 2, 3] (2-of-3), started with a fixed seeded RNG,
 //! handed a set of round-1 messages built from the input by `handle_round1`. Errors are fine,
-//! panics are not, and whatever is accepted must carry the honest round-1 packages of parties 1 and
-//! 3 (a different package that passes would be a forged proof of knowledge).
+//! panics are not, and what is accepted must be safe:
+//!
+//! * each other party's constant-term commitment and proof of knowledge are the honest ones (a
+//!   different pair that passes would be a forged proof of knowledge). The higher coefficients are
+//!   not covered by the proof (FROST KeyGen proves knowledge of `a_i0` only), so a relay *can* get
+//!   an altered one past round 1; what stops it is the next property;
+//! * round 2 then opens the honest parties' packages only if party 2 saw exactly the honest
+//!   round-1 set: any difference changes the transcript hash bound into every round-2 AAD.
 //!
 //! The set is built from the input with `arbitrary`'s `Unstructured`: each message is an honest one
 //! (parties 1, 2, 3, precomputed with seeded RNGs), an honest one with byte edits and maybe another
@@ -12,7 +18,10 @@
 use std::sync::OnceLock;
 
 use cosigner_protocol::dkg;
-use cosigner_protocol::wire::{DkgParams, Round1Message, SUITE_SECP256K1_TR, WalletId};
+use cosigner_protocol::wire::{
+    DkgParams, Round1Message, SUITE_SECP256K1_TR, SealedPackage, WalletId,
+};
+use frost_secp256k1_tr::keys::dkg::round1;
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use rand::SeedableRng;
@@ -41,19 +50,43 @@ fn rng_of(party: u16) -> StdRng {
     StdRng::seed_from_u64(0xd6_0000 + u64::from(party))
 }
 
-/// The honest round-1 messages of parties 1, 2 and 3.
-fn honest() -> &'static [Round1Message] {
-    static HONEST: OnceLock<Vec<Round1Message>> = OnceLock::new();
+/// An honest ceremony: every party's round-1 message, and the round-2 packages sealed to party 2.
+struct Honest {
+    round1: Vec<Round1Message>,
+    to_me: Vec<SealedPackage>,
+}
+
+fn honest() -> &'static Honest {
+    static HONEST: OnceLock<Honest> = OnceLock::new();
     HONEST.get_or_init(|| {
-        PARTIES
-            .iter()
-            .map(|&p| {
-                dkg::start::<Suite>(&params(), p, &mut rng_of(p))
-                    .expect("an honest start")
-                    .1
-            })
-            .collect()
+        let mut round1 = Vec::new();
+        let mut states = Vec::new();
+        for p in PARTIES {
+            let mut rng = rng_of(p);
+            let (state, message) =
+                dkg::start::<Suite>(&params(), p, &mut rng).expect("an honest start");
+            round1.push(message);
+            states.push((state, rng));
+        }
+        let mut to_me = Vec::new();
+        for (state, mut rng) in states.into_iter().filter(|(s, _)| s.me() != ME) {
+            let (_, sealed) = state
+                .handle_round1(&round1, &mut rng)
+                .expect("an honest round 1");
+            to_me.extend(sealed.into_iter().filter(|p| p.to == ME));
+        }
+        Honest { round1, to_me }
     })
+}
+
+/// The parts of a round-1 package its proof of knowledge covers: the constant-term commitment
+/// and the proof.
+fn proven_part(package: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let package = round1::Package::deserialize(package).expect("an accepted package decodes");
+    let coefficients = package.commitment().serialize().expect("commitment");
+    let constant = coefficients.first().expect("a constant term").clone();
+    let proof = package.proof_of_knowledge().serialize().expect("proof");
+    (constant, proof)
 }
 
 /// XORs up to [`MAX_EDITS`] bytes of `bytes` (none if it is empty).
@@ -82,8 +115,7 @@ fn sender(u: &mut Unstructured<'_>) -> Result<u16> {
 }
 
 fn message(u: &mut Unstructured<'_>) -> Result<Round1Message> {
-    let honest = honest();
-    let base = u.choose(honest)?.clone();
+    let base = u.choose(&honest().round1)?.clone();
     Ok(match u.int_in_range(0..=3u8)? {
         // An honest message, unchanged.
         0 => base,
@@ -136,31 +168,34 @@ fn round1_set(data: &[u8]) -> Vec<Round1Message> {
 
 fuzz_target!(|data: &[u8]| {
     let round1 = round1_set(data);
+    let honest = honest();
     let mut rng = rng_of(ME);
     let (state, ours) = dkg::start::<Suite>(&params(), ME, &mut rng).expect("an honest start");
     assert_eq!(
         Some(&ours),
-        honest().get(1),
+        honest.round1.get(1),
         "the seeded start is not deterministic"
     );
 
     let Ok((next, sealed)) = state.handle_round1(&round1, &mut rng) else {
         return;
     };
-    // Accepted: exactly one message per party, ours unchanged, the others' packages honest.
+    // Accepted: exactly one message per party, every proof of knowledge the honest one.
     assert_eq!(round1.len(), PARTIES.len());
     for party in PARTIES {
         let relayed = round1
             .iter()
             .find(|m| m.from == party)
             .expect("a message from every party");
-        let honest = honest()
+        let honest = honest
+            .round1
             .iter()
             .find(|m| m.from == party)
             .expect("an honest message from every party");
         assert_eq!(
-            relayed.package, honest.package,
-            "party {party}'s round-1 package was accepted although it is not the honest one"
+            proven_part(&relayed.package),
+            proven_part(&honest.package),
+            "party {party}'s proof of knowledge was accepted although it is not the honest one"
         );
     }
     assert_eq!(next.me(), ME);
@@ -168,4 +203,22 @@ fuzz_target!(|data: &[u8]| {
     recipients.sort_unstable();
     assert_eq!(recipients, [1, 3]);
     assert!(sealed.iter().all(|p| p.from == ME));
+
+    // Round 2 with the honest parties' packages: it works only on the honest transcript.
+    let mut seen = round1.clone();
+    seen.sort_by_key(|m| m.from);
+    let same_view = seen == honest.round1;
+    let opened = next.handle_round2(&honest.to_me);
+    assert_eq!(
+        opened.is_ok(),
+        same_view,
+        "round 2 {} although party 2 saw {} round-1 set: {:?}",
+        if opened.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        },
+        if same_view { "the honest" } else { "another" },
+        opened.err()
+    );
 });

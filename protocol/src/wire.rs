@@ -309,8 +309,9 @@ pub enum Request {
         /// The new device's P-256 key (SEC1).
         new_device_key: ByteBuf,
     },
-    /// Repair round 1 (helper): answered with our HPKE key for this repair. Only inside
-    /// `Authorized` by the pending device key.
+    /// Repair round 1 (helper): answered with our helper key for this repair (HPKE key signed with
+    /// our share). Only inside `Authorized` by the pending device key; the repair is then bound
+    /// to this session.
     RepairStart {
         /// The repair.
         params: RepairParams,
@@ -324,8 +325,9 @@ pub enum Request {
         /// Helper number → HPKE public key.
         helper_keys: Vec<(u16, ByteBuf)>,
     },
-    /// Repair round 3 (helper): deltas addressed to us; answered with our sigma sealed to the
-    /// new device's HPKE key.
+    /// Repair round 3 (helper): the deltas addressed to us, one from each *other* helper (each
+    /// HPKE ciphertext followed by its sender's share signature); answered with our sigma sealed
+    /// to the new device's HPKE key.
     RepairSigma {
         /// The wallet.
         wallet_id: WalletId,
@@ -441,9 +443,9 @@ pub enum Response {
         /// The epoch the repair must use.
         epoch: u64,
     },
-    /// Repair round 1: our HPKE key.
+    /// Repair round 1: our helper key.
     RepairKey {
-        /// It.
+        /// The HPKE public key followed by a signature by our share over it and the repair.
         hpke_public_key: ByteBuf,
     },
     /// Repair round 2: our deltas, each sealed to its helper.
