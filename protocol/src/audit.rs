@@ -102,6 +102,16 @@ pub enum AuditFault {
     },
 }
 
+/// Decodes one CBOR value that must fill `bytes` exactly.
+fn strict<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, String> {
+    let mut reader = bytes;
+    let value = ciborium::de::from_reader(&mut reader).map_err(|e| e.to_string())?;
+    if !reader.is_empty() {
+        return Err(format!("{} trailing bytes", reader.len()));
+    }
+    Ok(value)
+}
+
 /// Verifies records in store-key order; returns the number of entries and the head hash.
 pub fn verify_log(
     records: &[Vec<u8>],
@@ -112,10 +122,15 @@ pub fn verify_log(
     for (i, raw) in records.iter().enumerate() {
         let position = i as u64 + 1;
         let malformed = |reason: String| AuditFault::Malformed { position, reason };
-        let record: AuditRecord =
-            ciborium::de::from_reader(raw.as_slice()).map_err(|e| malformed(e.to_string()))?;
-        let entry: AuditEntry = ciborium::de::from_reader(record.entry.as_slice())
-            .map_err(|e| malformed(e.to_string()))?;
+        let record: AuditRecord = strict(raw).map_err(malformed)?;
+        let entry: AuditEntry = strict(&record.entry).map_err(malformed)?;
+        // One record, one spelling: low-S signatures only (the enclave signs low-S).
+        let low_s = p256::ecdsa::Signature::from_slice(&record.signature)
+            .map(|s| s.normalize_s().is_none())
+            .unwrap_or(false);
+        if !low_s {
+            return Err(AuditFault::Signature { seq: entry.seq });
+        }
         let hash = entry_hash(&record.entry);
         if verify_digest(audit_key, &hash, &record.signature).is_err() {
             return Err(AuditFault::Signature { seq: entry.seq });

@@ -54,6 +54,8 @@ pub fn sign_digest(key: &SigningKey, digest: &[u8; 32]) -> Result<[u8; 64]> {
     let sig: Signature = key
         .sign_prehash(digest)
         .map_err(|e| ProtocolError::encoding(format!("P-256 signing: {e}")))?;
+    // Low-S, so each signature has one spelling (RustCrypto's P-256 does not normalise).
+    let sig = sig.normalize_s().unwrap_or(sig);
     Ok(sig.to_bytes().into())
 }
 

@@ -399,7 +399,7 @@ impl Service {
         let digest = request_digest(&wallet_id, &challenge, inner_bytes);
         let action = inner.name();
         // Every authorized request is about an existing wallet; creation is not authorized.
-        let state = self.records().load_state(&wallet_id, None)?;
+        let state = self.records().load_state(&wallet_id)?;
         let (actor, role_name) = match role {
             KeyRole::Device => {
                 let pending = state.pending_device_key.as_ref().map(|k| k.to_vec());
@@ -687,7 +687,7 @@ impl Service {
     }
 
     fn get_wallet(&self, wallet_id: WalletId) -> Outcome {
-        let state = self.records().load_state(&wallet_id, None)?;
+        let state = self.records().load_state(&wallet_id)?;
         Ok(Response::Wallet {
             wallet: info(wallet_id, &state)?,
         })
@@ -704,6 +704,18 @@ impl Service {
         signers: &[u16],
     ) -> Outcome {
         let wallet_id = state.params.wallet_id;
+        if let Some(stranger) = signers.iter().find(|s| !state.params.parties.contains(s)) {
+            let _ = self.log(
+                &wallet_id,
+                "sign",
+                &actor.label(),
+                message,
+                "refused: signer outside the wallet",
+            );
+            return Err(Failure::bad(format!(
+                "party {stranger} is not a party of wallet {wallet_id}"
+            )));
+        }
         if epoch != state.current_epoch && !state.retained_epochs.contains(&epoch) {
             let _ = self.log(
                 &wallet_id,
@@ -797,7 +809,7 @@ impl Service {
                     "unknown, expired or already used signing session",
                 )
             })?;
-        let state = self.records().load_state(&pending.wallet_id, None)?;
+        let state = self.records().load_state(&pending.wallet_id)?;
         let share = self
             .records()
             .load_share(&pending.wallet_id, state.party, pending.epoch)?;
@@ -894,7 +906,7 @@ impl Service {
         let RefreshStage::Round2(round2) = p.stage else {
             return Err(Failure::bad("refresh is not waiting for round 2"));
         };
-        let state = self.records().load_state(&wallet_id, None)?;
+        let state = self.records().load_state(&wallet_id)?;
         let from = round2.params().from_epoch;
         let old = self.records().load_share(&wallet_id, state.party, from)?;
         let old_kp = key_package(&old)?;
@@ -947,7 +959,7 @@ impl Service {
         let from = round3.params().from_epoch;
         let output = round3.handle_confirmations(confirmations)?;
         let _guard = lock(&self.lifecycle)?;
-        let mut state = self.records().load_state(&wallet_id, None)?;
+        let mut state = self.records().load_state(&wallet_id)?;
         let new_epoch = from + 1;
         let pkp = output.public_key_package.serialize().map_err(internal)?;
         // Keep every older epoch still stored until RefreshFinalize: a party that did not commit
@@ -992,7 +1004,7 @@ impl Service {
 
     fn refresh_finalize(&self, wallet_id: WalletId, epoch: u64) -> Outcome {
         let _guard = lock(&self.lifecycle)?;
-        let mut state = self.records().load_state(&wallet_id, None)?;
+        let mut state = self.records().load_state(&wallet_id)?;
         if epoch != state.current_epoch {
             return Err(Failure::bad(format!(
                 "cannot finalize epoch {epoch}: current epoch is {}",
@@ -1091,7 +1103,7 @@ impl Service {
         let RepairStage::Started(helper) = p.stage else {
             return Err(Failure::bad("repair is not waiting for helper keys"));
         };
-        let state = self.records().load_state(&wallet_id, None)?;
+        let state = self.records().load_state(&wallet_id)?;
         let share = self
             .records()
             .load_share(&wallet_id, state.party, state.current_epoch)?;

@@ -115,11 +115,13 @@ impl Records<'_> {
         sealed.map_err(|e| internal(format!("sealing: {e}")))
     }
 
-    fn state_ctx(id: &WalletId, party: u16) -> SealContext {
+    /// The state's AAD binds the wallet; the party is inside the state (and checked there), so
+    /// opening does not depend on knowing it first.
+    fn state_ctx(id: &WalletId) -> SealContext {
         SealContext {
             purpose: STATE_PURPOSE,
             wallet_id: id.0,
-            party,
+            party: 0,
             epoch: 0,
         }
     }
@@ -136,7 +138,7 @@ impl Records<'_> {
 
     /// Writes the state, moving the anchor with it (pending, write, current).
     pub fn save_state(&self, id: &WalletId, state: &WalletState) -> Result<(), Failure> {
-        let blob = self.seal(&Self::state_ctx(id, state.party), state)?;
+        let blob = self.seal(&Self::state_ctx(id), state)?;
         let digest: [u8; 32] = Sha256::digest(&blob).into();
         let label = anchor_label(id);
         let current = self
@@ -155,11 +157,7 @@ impl Records<'_> {
     }
 
     /// Reads the state, refusing anything but the anchored one.
-    pub fn load_state(
-        &self,
-        id: &WalletId,
-        party_hint: Option<u16>,
-    ) -> Result<WalletState, Failure> {
+    pub fn load_state(&self, id: &WalletId) -> Result<WalletState, Failure> {
         let label = anchor_label(id);
         let anchor = self.anchor.read(&label).map_err(internal)?;
         let Some(blob) = self.store.get(&state_key(id)).map_err(internal)? else {
@@ -185,15 +183,10 @@ impl Records<'_> {
                 .write(&label, &[&digest[..], &[0u8; 32]].concat())
                 .map_err(internal)?;
         }
-        // The party is in the AAD; the enclave holds one party per wallet, tried in order.
-        let parties: Vec<u16> = match party_hint {
-            Some(p) => vec![p],
-            None => (1..=u16::from(u8::MAX)).collect(),
-        };
-        let plain = parties
-            .iter()
-            .find_map(|p| self.sealer.open(&Self::state_ctx(id, *p), &blob).ok())
-            .ok_or_else(|| integrity(id, "it does not open under this enclave's key"))?;
+        let plain = self
+            .sealer
+            .open(&Self::state_ctx(id), &blob)
+            .map_err(|e| integrity(id, e))?;
         let state: WalletState =
             ciborium::de::from_reader(plain.as_slice()).map_err(|e| integrity(id, e))?;
         if state.params.wallet_id != *id {

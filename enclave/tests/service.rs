@@ -1,0 +1,1394 @@
+//! The enclave's service in one process, with real backends: a private SoftHSM token for sealing
+//! and freshness anchors, a local attester in the same token, and an in-memory blob store the test
+//! can read and tamper with (it plays the untrusted parent). The test plays the client, as
+//! `client/src/wallet.rs` does: parties 1 and 3 run `cosigner_protocol::dkg` in memory, party 2 is
+//! the service; share-using requests are signed by the registered device key.
+//!
+//! Run with `cargo nextest run` (one process per test, one SoftHSM per test).
+
+#![cfg(feature = "local-attester")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use cosigner_attestation::local::{Lifetimes, provision};
+use cosigner_attestation::{Expectations, LocalAttester, PinnedRoot, verify};
+use cosigner_enclave::service::anchor::TokenAnchor;
+use cosigner_enclave::service::audit::verify_stored;
+use cosigner_enclave::service::{RefreshPolicy, Service, SessionState};
+use cosigner_enclave::store::{BlobStore, MemoryStore, StoreError};
+use cosigner_kms::{Pin, Pkcs11Sealer, SEAL_FORMAT_VERSION, SEAL_KEY_ID_LEN, Sealer, Token};
+use cosigner_protocol::auth::{public_key_bytes, registration_digest, request_digest, sign_digest};
+use cosigner_protocol::dkg;
+use cosigner_protocol::sign::{SignerSession, aggregate, signing_package};
+use cosigner_protocol::wire::{
+    self, Confirmation, DkgParams, ErrorKind, KeyRole, Registration, Request, Response,
+    Round1Message, SUITE_SECP256K1_TR, SealedPackage, WalletId, WalletInfo,
+};
+use cosigner_tests::{SoftHsm, softhsm_module};
+use frost_core::keys::{KeyPackage, PublicKeyPackage};
+use p256::ecdsa::SigningKey;
+use rand_core::{OsRng, RngCore};
+use serde_bytes::ByteBuf;
+
+type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
+
+const SO_PIN: &str = "so-pin-123456";
+const USER_PIN: &str = "user-pin-123456";
+const SEALING_KEY: &str = "seal";
+const PARTIES: [u16; 3] = [1, 2, 3];
+const PROVIDER: u16 = 2;
+const MESSAGE: &[u8; 32] = b"sighash of a taproot key spend!!";
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+/// The store the service writes to, shared with the test (which plays the parent).
+#[derive(Clone, Default)]
+struct SharedStore(Arc<MemoryStore>);
+
+impl BlobStore for SharedStore {
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.0.put(key, value)
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(key)
+    }
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.0.delete(key)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.0.list(prefix)
+    }
+}
+
+impl SharedStore {
+    /// Every (key, value) stored.
+    fn all(&self) -> Vec<(String, Vec<u8>)> {
+        self.list("")
+            .unwrap()
+            .into_iter()
+            .map(|k| {
+                let v = self.get(&k).unwrap().unwrap();
+                (k, v)
+            })
+            .collect()
+    }
+
+    /// The one stored key of `wallet_id` whose name contains `part` (`/state`, `/share/`).
+    fn key_of(&self, wallet_id: &WalletId, part: &str) -> String {
+        let keys: Vec<String> = self
+            .list(&format!("wallet/{}/", wallet_id.to_hex()))
+            .unwrap()
+            .into_iter()
+            .filter(|k| k.contains(part))
+            .collect();
+        assert_eq!(keys.len(), 1, "one {part} record: {keys:?}");
+        keys.into_iter().next().unwrap()
+    }
+
+    fn value(&self, key: &str) -> Vec<u8> {
+        self.get(key).unwrap().unwrap()
+    }
+}
+
+/// Another enclave's view of a host: the wallet records are the shared store's, everything else
+/// (that enclave's own audit key and log) is its own.
+struct WalletsOnly {
+    shared: SharedStore,
+    own: MemoryStore,
+}
+
+impl WalletsOnly {
+    fn store(&self, key: &str) -> &dyn BlobStore {
+        if key.starts_with("wallet/") {
+            &self.shared
+        } else {
+            &self.own
+        }
+    }
+}
+
+impl BlobStore for WalletsOnly {
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.store(key).put(key, value)
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store(key).get(key)
+    }
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.store(key).delete(key)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.store(prefix).list(prefix)
+    }
+}
+
+/// One cosigner in this process: a SoftHSM token (sealing key, freshness anchors, attester), a
+/// store, the service.
+struct Harness {
+    hsm: SoftHsm,
+    module: PathBuf,
+    token: Token,
+    root: PinnedRoot,
+    sealer: Pkcs11Sealer,
+    store: SharedStore,
+    service: Service,
+}
+
+fn init_token(module: &Path, label: &str) -> Token {
+    Token::init(module, label, &Pin::new(SO_PIN), &Pin::new(USER_PIN)).unwrap()
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with_policy(RefreshPolicy::default())
+    }
+
+    fn with_policy(policy: RefreshPolicy) -> Self {
+        let hsm = SoftHsm::new().unwrap();
+        hsm.install_env_for_this_process();
+        let module = softhsm_module();
+        let token = init_token(&module, "provider");
+        let sealer = token.aes_sealing_key_or_generate(SEALING_KEY).unwrap();
+        let dir = hsm.dir().join("attester");
+        let provisioned = provision(
+            &dir,
+            &module,
+            &token,
+            SystemTime::now(),
+            Lifetimes::default(),
+        )
+        .unwrap();
+        let store = SharedStore::default();
+        let service = Service::new(
+            Box::new(LocalAttester::load(&dir, &Pin::new(USER_PIN)).unwrap()),
+            Box::new(sealer.clone()),
+            Box::new(store.clone()),
+            Box::new(TokenAnchor(token.clone())),
+            policy,
+        )
+        .unwrap();
+        Self {
+            hsm,
+            module,
+            token,
+            root: provisioned.root,
+            sealer,
+            store,
+            service,
+        }
+    }
+
+    fn attester(&self) -> LocalAttester {
+        LocalAttester::load(&self.hsm.dir().join("attester"), &Pin::new(USER_PIN)).unwrap()
+    }
+
+    /// A session that has attested.
+    fn session(&self) -> SessionState {
+        attested(&self.service)
+    }
+
+    fn call(&self, session: &mut SessionState, request: Request) -> Response {
+        self.service.handle(session, request)
+    }
+}
+
+fn attested(service: &Service) -> SessionState {
+    let mut session = SessionState::new(random());
+    match service.handle(&mut session, attest(random())) {
+        Response::Attested { .. } => session,
+        other => panic!("Attest: {other:?}"),
+    }
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    OsRng.fill_bytes(&mut out);
+    out
+}
+
+fn attest(nonce: [u8; 32]) -> Request {
+    Request::Attest {
+        nonce: ByteBuf::from(nonce.to_vec()),
+    }
+}
+
+/// The kind of a refusal; panics on any other response.
+fn refused(response: Response) -> ErrorKind {
+    match response {
+        Response::Error(e) => e.kind,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn params(wallet_id: WalletId) -> DkgParams {
+    DkgParams {
+        wallet_id,
+        ciphersuite: SUITE_SECP256K1_TR.to_owned(),
+        min_signers: 2,
+        parties: PARTIES.to_vec(),
+    }
+}
+
+fn dkg_start(wallet_id: WalletId) -> Request {
+    Request::DkgStart {
+        params: params(wallet_id),
+        me: PROVIDER,
+    }
+}
+
+/// A wallet as the client ends up with it: parties 1 and 3's key packages, the public one, and
+/// the keys registered with the service.
+struct Wallet {
+    id: WalletId,
+    keys: BTreeMap<u16, KeyPackage<Suite>>,
+    public: PublicKeyPackage<Suite>,
+    info: WalletInfo,
+    device: SigningKey,
+    recovery: SigningKey,
+}
+
+/// The rest of a DKG whose `DkgStart` (as party `provider`) the service already answered with
+/// `provider_round1`; the other parties run here.
+fn finish_dkg(
+    h: &Harness,
+    session: &mut SessionState,
+    params: &DkgParams,
+    provider: u16,
+    provider_round1: Round1Message,
+) -> Wallet {
+    let wallet_id = params.wallet_id;
+    let mut round1 = vec![provider_round1];
+    let mut states = Vec::new();
+    for &p in params.parties.iter().filter(|p| **p != provider) {
+        let (state, message) = dkg::start::<Suite>(params, p, &mut OsRng).unwrap();
+        states.push(state);
+        round1.push(message);
+    }
+
+    let mut packages = Vec::new();
+    let mut round2 = Vec::new();
+    for state in states {
+        let (state, sealed) = state.handle_round1(&round1, &mut OsRng).unwrap();
+        round2.push(state);
+        packages.extend(sealed);
+    }
+    match h.call(
+        session,
+        Request::DkgRound2 {
+            wallet_id,
+            round1: round1.clone(),
+        },
+    ) {
+        Response::DkgRound2 { packages: theirs } => packages.extend(theirs),
+        other => panic!("DkgRound2: {other:?}"),
+    }
+    let to = |party: u16| -> Vec<SealedPackage> {
+        packages.iter().filter(|p| p.to == party).cloned().collect()
+    };
+
+    let mut confirmations: Vec<Confirmation> = Vec::new();
+    let mut round3 = Vec::new();
+    for state in round2 {
+        let me = state.me();
+        let (state, confirmation) = state.handle_round2(&to(me)).unwrap();
+        round3.push(state);
+        confirmations.push(confirmation);
+    }
+    match h.call(
+        session,
+        Request::DkgRound3 {
+            wallet_id,
+            packages: to(provider),
+        },
+    ) {
+        Response::DkgRound3 { confirmation } => confirmations.push(confirmation),
+        other => panic!("DkgRound3: {other:?}"),
+    }
+
+    let mut keys = BTreeMap::new();
+    let mut done = None;
+    for state in round3 {
+        let me = state.me();
+        let output = state.handle_confirmations(&confirmations).unwrap();
+        keys.insert(me, output.key_package.clone());
+        done = Some((output.public_key_package, output.transcript_hash));
+    }
+    let (public, transcript_hash) = done.unwrap();
+    let device = SigningKey::random(&mut OsRng);
+    let recovery = SigningKey::random(&mut OsRng);
+    let registration = registration(&wallet_id, &transcript_hash, &device, &recovery);
+    let info = match h.call(
+        session,
+        Request::DkgConfirm {
+            wallet_id,
+            confirmations,
+            registration,
+        },
+    ) {
+        Response::DkgDone { wallet } => wallet,
+        other => panic!("DkgConfirm: {other:?}"),
+    };
+    assert_eq!(
+        info.public_key_package.as_ref(),
+        public.serialize().unwrap().as_slice(),
+        "the service stored another public key package than the client derived"
+    );
+    Wallet {
+        id: wallet_id,
+        keys,
+        public,
+        info,
+        device,
+        recovery,
+    }
+}
+
+fn registration(
+    wallet_id: &WalletId,
+    transcript_hash: &[u8],
+    device: &SigningKey,
+    recovery: &SigningKey,
+) -> Registration {
+    let (device_key, recovery_key) = (public_key_bytes(device), public_key_bytes(recovery));
+    let digest = registration_digest(wallet_id, transcript_hash, &device_key, &recovery_key);
+    Registration {
+        device_signature: ByteBuf::from(sign_digest(device, &digest).unwrap().to_vec()),
+        recovery_signature: ByteBuf::from(sign_digest(recovery, &digest).unwrap().to_vec()),
+        device_key: ByteBuf::from(device_key),
+        recovery_key: ByteBuf::from(recovery_key),
+    }
+}
+
+/// A whole DKG among party 1 (here), party 2 (the service) and party 3 (here).
+fn create_wallet(h: &Harness, session: &mut SessionState) -> Wallet {
+    let wallet_id = WalletId(random());
+    let provider_round1 = match h.call(session, dkg_start(wallet_id)) {
+        Response::DkgRound1 { message } => message,
+        other => panic!("DkgStart: {other:?}"),
+    };
+    finish_dkg(h, session, &params(wallet_id), PROVIDER, provider_round1)
+}
+
+fn challenge(service: &Service, session: &mut SessionState, wallet_id: WalletId) -> Vec<u8> {
+    match service.handle(session, Request::Challenge { wallet_id }) {
+        Response::Challenge { challenge } => challenge.into_vec(),
+        other => panic!("Challenge: {other:?}"),
+    }
+}
+
+/// `inner` wrapped in `Authorized`: signed by `key` as `role` over `challenge`.
+fn wrap(
+    wallet_id: WalletId,
+    challenge: &[u8],
+    role: KeyRole,
+    key: &SigningKey,
+    inner: &Request,
+) -> Request {
+    let bytes = wire::encode(inner).unwrap();
+    let digest = request_digest(&wallet_id, challenge, &bytes);
+    Request::Authorized {
+        wallet_id,
+        role,
+        signature: ByteBuf::from(sign_digest(key, &digest).unwrap().to_vec()),
+        request: ByteBuf::from(bytes),
+    }
+}
+
+/// `inner` over a fresh challenge of this session, signed by `key` as `role`.
+fn authorized(
+    service: &Service,
+    session: &mut SessionState,
+    wallet_id: WalletId,
+    role: KeyRole,
+    key: &SigningKey,
+    inner: &Request,
+) -> Response {
+    let challenge = challenge(service, session, wallet_id);
+    service.handle(session, wrap(wallet_id, &challenge, role, key, inner))
+}
+
+fn sign_commit_request(wallet_id: WalletId, message: &[u8], signers: &[u16]) -> Request {
+    Request::SignCommit {
+        wallet_id,
+        epoch: 0,
+        message: ByteBuf::from(message.to_vec()),
+        signers: signers.to_vec(),
+    }
+}
+
+/// `SignCommit` for `signers`, authorized by the device key; the session id and the service's
+/// commitments.
+fn sign_commit(
+    h: &Harness,
+    session: &mut SessionState,
+    wallet: &Wallet,
+    message: &[u8],
+    signers: &[u16],
+) -> Result<(ByteBuf, Vec<u8>), ErrorKind> {
+    let request = sign_commit_request(wallet.id, message, signers);
+    committed(authorized(
+        &h.service,
+        session,
+        wallet.id,
+        KeyRole::Device,
+        &wallet.device,
+        &request,
+    ))
+}
+
+fn committed(response: Response) -> Result<(ByteBuf, Vec<u8>), ErrorKind> {
+    match response {
+        Response::SignCommitted {
+            session_id,
+            commitments,
+        } => Ok((session_id, commitments.into_vec())),
+        Response::Error(e) => Err(e.kind),
+        other => panic!("SignCommit: {other:?}"),
+    }
+}
+
+fn sign_share(
+    h: &Harness,
+    session: &mut SessionState,
+    session_id: &[u8],
+    package: &[u8],
+) -> Result<Vec<u8>, ErrorKind> {
+    match h.call(
+        session,
+        Request::SignShare {
+            session_id: ByteBuf::from(session_id.to_vec()),
+            signing_package: ByteBuf::from(package.to_vec()),
+        },
+    ) {
+        Response::SignatureShare { share } => Ok(share.into_vec()),
+        Response::Error(e) => Err(e.kind),
+        other => panic!("SignShare: {other:?}"),
+    }
+}
+
+/// Signs `message` with the service and `other` (1 or 3); returns the aggregated signature.
+fn sign_with(
+    h: &Harness,
+    session: &mut SessionState,
+    wallet: &Wallet,
+    other: u16,
+    message: &[u8],
+) -> Vec<u8> {
+    let signers = [other, PROVIDER];
+    let (session_id, provider_commitments) =
+        sign_commit(h, session, wallet, message, &signers).unwrap();
+    let key = &wallet.keys[&other];
+    let (ours, our_commitments) =
+        SignerSession::<Suite>::commit(key, other, message, &signers, &mut OsRng).unwrap();
+    let commitments = BTreeMap::from([(other, our_commitments), (PROVIDER, provider_commitments)]);
+    let package = signing_package::<Suite>(message, &commitments).unwrap();
+    let provider_share = sign_share(h, session, &session_id, &package).unwrap();
+    let our_share = ours.sign(key, &package).unwrap();
+    let shares = BTreeMap::from([(other, our_share), (PROVIDER, provider_share)]);
+    aggregate::<Suite>(&package, &shares, &wallet.public).unwrap()
+}
+
+/// Opens a session for [1, 2] on `MESSAGE`; party 1's own session and both commitments.
+fn open_session(
+    h: &Harness,
+    session: &mut SessionState,
+    wallet: &Wallet,
+) -> (ByteBuf, SignerSession<Suite>, BTreeMap<u16, Vec<u8>>) {
+    let (session_id, provider) = sign_commit(h, session, wallet, MESSAGE, &[1, 2]).unwrap();
+    let (ours, our_commitments) =
+        SignerSession::<Suite>::commit(&wallet.keys[&1], 1, MESSAGE, &[1, 2], &mut OsRng).unwrap();
+    let commitments = BTreeMap::from([(1, our_commitments), (PROVIDER, provider)]);
+    (session_id, ours, commitments)
+}
+
+fn get_wallet(h: &Harness, session: &mut SessionState, wallet_id: WalletId) -> Response {
+    h.call(session, Request::GetWallet { wallet_id })
+}
+
+fn get_wallet_refusal(h: &Harness, session: &mut SessionState, wallet_id: WalletId) -> ErrorKind {
+    refused(get_wallet(h, session, wallet_id))
+}
+
+/// A response as a result: the refusal's kind, or the response.
+fn outcome(response: Response) -> Result<Response, ErrorKind> {
+    match response {
+        Response::Error(e) => Err(e.kind),
+        other => Ok(other),
+    }
+}
+
+fn assert_refused(
+    result: Result<impl std::fmt::Debug, ErrorKind>,
+    allowed: &[ErrorKind],
+    what: &str,
+) {
+    match result {
+        Ok(v) => panic!("{what}: expected a refusal, got {v:?}"),
+        Err(kind) => assert!(allowed.contains(&kind), "{what}: {kind:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attest first
+
+#[test]
+fn every_request_before_attest_is_refused_and_changes_nothing() {
+    let h = Harness::new();
+    let mut session = SessionState::new(random());
+    let wallet_id = WalletId(random());
+    let stranger = SigningKey::random(&mut OsRng);
+    let before_attest = [
+        dkg_start(wallet_id),
+        Request::DkgRound2 {
+            wallet_id,
+            round1: Vec::new(),
+        },
+        Request::DkgRound3 {
+            wallet_id,
+            packages: Vec::new(),
+        },
+        Request::DkgConfirm {
+            wallet_id,
+            confirmations: Vec::new(),
+            registration: registration(&wallet_id, &[0; 32], &stranger, &stranger),
+        },
+        Request::Challenge { wallet_id },
+        wrap(
+            wallet_id,
+            &[0; 32],
+            KeyRole::Device,
+            &stranger,
+            &sign_commit_request(wallet_id, MESSAGE, &[1, 2]),
+        ),
+        sign_commit_request(wallet_id, MESSAGE, &[1, 2]),
+        Request::SignShare {
+            session_id: ByteBuf::from(vec![0; 16]),
+            signing_package: ByteBuf::new(),
+        },
+        Request::GetWallet { wallet_id },
+    ];
+    let stored = h.store.all();
+    for request in before_attest {
+        let name = request.name();
+        assert_eq!(
+            refused(h.call(&mut session, request)),
+            ErrorKind::BadRequest,
+            "{name} before Attest"
+        );
+    }
+    // A refused Attest (short nonce) does not open the session either.
+    let short = Request::Attest {
+        nonce: ByteBuf::from(vec![1; 31]),
+    };
+    assert_eq!(refused(h.call(&mut session, short)), ErrorKind::BadRequest);
+    assert_eq!(
+        refused(h.call(&mut session, dkg_start(wallet_id))),
+        ErrorKind::BadRequest
+    );
+    // Another session's Attest does not open this one.
+    let _other = h.session();
+    assert_eq!(
+        refused(h.call(&mut session, dkg_start(wallet_id))),
+        ErrorKind::BadRequest
+    );
+    assert_eq!(
+        h.store.all(),
+        stored,
+        "a refused request wrote to the store"
+    );
+
+    // After Attest, the same DKG runs from the start: the refused DkgStart left no ceremony behind.
+    assert!(matches!(
+        h.call(&mut session, attest(random())),
+        Response::Attested { .. }
+    ));
+    let provider_round1 = match h.call(&mut session, dkg_start(wallet_id)) {
+        Response::DkgRound1 { message } => message,
+        other => panic!("DkgStart after Attest: {other:?}"),
+    };
+    let wallet = finish_dkg(
+        &h,
+        &mut session,
+        &params(wallet_id),
+        PROVIDER,
+        provider_round1,
+    );
+    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+}
+
+#[test]
+fn attest_binds_the_nonce_the_session_and_the_audit_key() {
+    let h = Harness::new();
+    let binding: [u8; 32] = random();
+    let nonce: [u8; 32] = random();
+    let mut session = SessionState::new(binding);
+    let document = match h.call(&mut session, attest(nonce)) {
+        Response::Attested { document } => document.into_vec(),
+        other => panic!("Attest: {other:?}"),
+    };
+    let expect = Expectations {
+        nonce: Some(nonce.to_vec()),
+        user_data: Some(binding.to_vec()),
+        public_key: Some(h.service.audit_public_key()),
+        max_age: Some(Duration::from_secs(60)),
+        ..Expectations::default()
+    };
+    let verified = verify(&document, &h.root, SystemTime::now(), &expect).unwrap();
+    assert!(!verified.debug);
+    assert_eq!(verified.doc.nonce.as_deref(), Some(nonce.as_slice()));
+    assert_eq!(verified.doc.user_data.as_deref(), Some(binding.as_slice()));
+
+    // Not under another nonce, nor another session's binding.
+    for (nonce, user_data) in [
+        (random::<32>().to_vec(), binding.to_vec()),
+        (nonce.to_vec(), random::<32>().to_vec()),
+    ] {
+        let other = Expectations {
+            nonce: Some(nonce),
+            user_data: Some(user_data),
+            ..Expectations::default()
+        };
+        assert!(verify(&document, &h.root, SystemTime::now(), &other).is_err());
+    }
+
+    // A nonce of any other length is refused, on a fresh session as on an attested one.
+    for len in [0, 1, 16, 31, 33, 64, 512, 513] {
+        for mut session in [SessionState::new(random()), h.session()] {
+            let response = h.call(
+                &mut session,
+                Request::Attest {
+                    nonce: ByteBuf::from(vec![7; len]),
+                },
+            );
+            assert_eq!(refused(response), ErrorKind::BadRequest, "nonce of {len}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// DKG and signing
+
+#[test]
+fn dkg_and_signing_through_the_service_give_a_valid_signature() {
+    let h = Harness::new();
+    let mut session = h.session();
+    let wallet = create_wallet(&h, &mut session);
+    assert_eq!(wallet.info.wallet_id, wallet.id);
+    assert_eq!(wallet.info.party, PROVIDER);
+    assert_eq!(wallet.info.min_signers, 2);
+    assert_eq!(wallet.info.parties, PARTIES);
+    assert_eq!(wallet.info.epoch, 0);
+    assert_eq!(wallet.info.ciphersuite, SUITE_SECP256K1_TR);
+
+    let signature = sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+    assert_eq!(signature.len(), 64);
+    let signature = frost_core::Signature::<Suite>::deserialize(&signature).unwrap();
+    wallet
+        .public
+        .verifying_key()
+        .verify(MESSAGE, &signature)
+        .unwrap();
+    // The recovery pair signs too, and a second signature needs a second session.
+    sign_with(&h, &mut session, &wallet, 3, b"another message");
+    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+
+    // GetWallet, from another session, returns what the DKG returned.
+    let mut other = h.session();
+    match get_wallet(&h, &mut other, wallet.id) {
+        Response::Wallet { wallet: info } => {
+            assert_eq!(info, wallet.info);
+            assert_eq!(
+                info.group_public_key.as_ref(),
+                wallet
+                    .public
+                    .verifying_key()
+                    .serialize()
+                    .unwrap()
+                    .as_slice()
+            );
+        }
+        other => panic!("GetWallet: {other:?}"),
+    }
+    assert_eq!(
+        get_wallet_refusal(&h, &mut other, WalletId(random())),
+        ErrorKind::NotFound
+    );
+    // Every use of the share is in the audit log, which verifies under the attested key.
+    let entries = verify_stored(&h.store, &h.service.audit_public_key()).unwrap();
+    assert!(entries >= 4, "{entries} audit entries");
+}
+
+#[test]
+fn dkg_start_for_an_existing_wallet_is_refused() {
+    let h = Harness::new();
+    let mut session = h.session();
+    let wallet = create_wallet(&h, &mut session);
+    let stored = h.store.all();
+    assert_eq!(
+        refused(h.call(&mut session, dkg_start(wallet.id))),
+        ErrorKind::BadRequest
+    );
+    assert_eq!(
+        h.store.all(),
+        stored,
+        "the refused DkgStart changed the store"
+    );
+    match get_wallet(&h, &mut session, wallet.id) {
+        Response::Wallet { wallet: info } => assert_eq!(info, wallet.info),
+        other => panic!("GetWallet: {other:?}"),
+    }
+    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+}
+
+#[test]
+fn a_second_dkg_start_for_a_running_ceremony_is_refused() {
+    let h = Harness::new();
+    let mut first = h.session();
+    let mut second = h.session();
+    let wallet_id = WalletId(random());
+    let provider_round1 = match h.call(&mut first, dkg_start(wallet_id)) {
+        Response::DkgRound1 { message } => message,
+        other => panic!("DkgStart: {other:?}"),
+    };
+    for session in [&mut first, &mut second] {
+        assert_eq!(
+            refused(h.call(session, dkg_start(wallet_id))),
+            ErrorKind::BadRequest
+        );
+    }
+    // The refused starts did not replace the running ceremony: it finishes with its round 1.
+    let wallet = finish_dkg(
+        &h,
+        &mut first,
+        &params(wallet_id),
+        PROVIDER,
+        provider_round1,
+    );
+    sign_with(&h, &mut first, &wallet, 3, MESSAGE);
+}
+
+#[test]
+fn dkg_rounds_without_a_start_are_not_found() {
+    let h = Harness::new();
+    let mut session = h.session();
+    let wallet_id = WalletId(random());
+    let stranger = SigningKey::random(&mut OsRng);
+    let stored = h.store.all();
+    let requests = [
+        Request::DkgRound2 {
+            wallet_id,
+            round1: Vec::new(),
+        },
+        Request::DkgRound3 {
+            wallet_id,
+            packages: Vec::new(),
+        },
+        Request::DkgConfirm {
+            wallet_id,
+            confirmations: Vec::new(),
+            registration: registration(&wallet_id, &[0; 32], &stranger, &stranger),
+        },
+    ];
+    for request in requests {
+        let name = request.name();
+        assert_eq!(
+            refused(h.call(&mut session, request)),
+            ErrorKind::NotFound,
+            "{name}"
+        );
+    }
+    assert_eq!(h.store.all(), stored);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who may sign
+
+#[test]
+fn sign_commit_outside_authorized_is_refused() {
+    let h = Harness::new();
+    let mut session = h.session();
+    let wallet = create_wallet(&h, &mut session);
+    let bare = sign_commit_request(wallet.id, MESSAGE, &[1, 2]);
+    assert_eq!(refused(h.call(&mut session, bare)), ErrorKind::BadRequest);
+    // Nor nested: an Authorized request inside Authorized.
+    let inner = sign_commit_request(wallet.id, MESSAGE, &[1, 2]);
+    let challenge = challenge(&h.service, &mut session, wallet.id);
+    let nested = wrap(
+        wallet.id,
+        &challenge,
+        KeyRole::Device,
+        &wallet.device,
+        &inner,
+    );
+    let response = authorized(
+        &h.service,
+        &mut session,
+        wallet.id,
+        KeyRole::Device,
+        &wallet.device,
+        &nested,
+    );
+    assert_eq!(refused(response), ErrorKind::BadRequest);
+}
+
+#[test]
+fn a_challenge_authorizes_one_request_only() {
+    let h = Harness::new();
+    let mut session = h.session();
+    let wallet = create_wallet(&h, &mut session);
+    let other_wallet = create_wallet(&h, &mut session);
+    let inner = sign_commit_request(wallet.id, MESSAGE, &[1, 2]);
+
+    // Without a challenge.
+    let unchallenged = wrap(wallet.id, &[0; 32], KeyRole::Device, &wallet.device, &inner);
+    assert_eq!(
+        refused(h.call(&mut session, unchallenged)),
+        ErrorKind::BadRequest
+    );
+
+    // Once, not twice.
+    let challenge_1 = challenge(&h.service, &mut session, wallet.id);
+    let request = wrap(
+        wallet.id,
+        &challenge_1,
+        KeyRole::Device,
+        &wallet.device,
+        &inner,
+    );
+    committed(h.call(&mut session, request.clone())).unwrap();
+    assert_eq!(
+        committed(h.call(&mut session, request.clone())).unwrap_err(),
+        ErrorKind::BadRequest
+    );
+    // Not on another session, even one that holds a challenge of its own.
+    let mut other = h.session();
+    let _ = challenge(&h.service, &mut other, wallet.id);
+    assert_eq!(
+        committed(h.call(&mut other, request)).unwrap_err(),
+        ErrorKind::BadRequest
+    );
+
+    // A challenge for another wallet does not authorize this one.
+    let challenge_2 = challenge(&h.service, &mut session, other_wallet.id);
+    let request = wrap(
+        wallet.id,
+        &challenge_2,
+        KeyRole::Device,
+        &wallet.device,
+        &inner,
+    );
+    assert_eq!(
+        committed(h.call(&mut session, request)).unwrap_err(),
+        ErrorKind::BadRequest
+    );
+    // A newer challenge replaces an older one.
+    let older = challenge(&h.service, &mut session, wallet.id);
+    let _newer = challenge(&h.service, &mut session, wallet.id);
+    let request = wrap(wallet.id, &older, KeyRole::Device, &wallet.device, &inner);
+    assert_eq!(
+        committed(h.call(&mut session, request)).unwrap_err(),
+        ErrorKind::BadRequest
+    );
+    // The inner request names another wallet than the one authorized.
+    let elsewhere = sign_commit_request(other_wallet.id, MESSAGE, &[1, 2]);
+    let response = authorized(
+        &h.service,
+        &mut session,
+        wallet.id,
+        KeyRole::Device,
+        &wallet.device,
+        &elsewhere,
+    );
+    assert_eq!(committed(response).unwrap_err(), ErrorKind::BadRequest);
+    // Still usable the honest way.
+    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+}
+
+#[test]
+fn only_the_registered_device_key_may_sign() {
+    let h = Harness::new();
+    let mut session = h.session();
+    let wallet = create_wallet(&h, &mut session);
+    let other_wallet = create_wallet(&h, &mut session);
+    let stranger = SigningKey::random(&mut OsRng);
+    let inner = sign_commit_request(wallet.id, MESSAGE, &[1, 2]);
+    for (role, key, who) in [
+        (KeyRole::Device, &stranger, "a stranger's key"),
+        (
+            KeyRole::Device,
+            &other_wallet.device,
+            "another wallet's device key",
+        ),
+        (
+            KeyRole::Device,
+            &wallet.recovery,
+            "the recovery credential as device",
+        ),
+        (
+            KeyRole::Recovery,
+            &wallet.recovery,
+            "the recovery credential",
+        ),
+        (
+            KeyRole::Recovery,
+            &wallet.device,
+            "the device key as recovery",
+        ),
+    ] {
+        let response = authorized(&h.service, &mut session, wallet.id, role, key, &inner);
+        assert_eq!(
+            committed(response).unwrap_err(),
+            ErrorKind::BadRequest,
+            "{who}"
+        );
+    }
+    // A signature over other bytes than the request sent.
+    let challenge = challenge(&h.service, &mut session, wallet.id);
+    let mut request = wrap(
+        wallet.id,
+        &challenge,
+        KeyRole::Device,
+        &wallet.device,
+        &inner,
+    );
+    if let Request::Authorized { request: bytes, .. } = &mut request {
+        *bytes = ByteBuf::from(
+            wire::encode(&sign_commit_request(wallet.id, b"other", &[1, 2])).unwrap(),
+        );
+    }
+    assert_eq!(
+        committed(h.call(&mut session, request)).unwrap_err(),
+        ErrorKind::BadRequest
+    );
+    // The refusals are logged, and the log still verifies.
+    verify_stored(&h.store, &h.service.audit_public_key()).unwrap();
+    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+}
+
+#[test]
+fn signing_without_the_provider_or_below_the_threshold_is_refused() {
+    let h = Harness::new();
+    let mut session = h.session();
+    let wallet = create_wallet(&h, &mut session);
+    for signers in [&[1, 3][..], &[2], &[], &[2, 2], &[0, 2], &[1, 1, 3]] {
+        assert_refused(
+            sign_commit(&h, &mut session, &wallet, MESSAGE, signers),
+            &[ErrorKind::BadRequest, ErrorKind::Ceremony],
+            &format!("signers {signers:?}"),
+        );
+    }
+}
+
+#[test]
+
+fn signing_with_a_party_outside_the_wallet_is_refused() {
+    let h = Harness::new();
+    let mut session = h.session();
+    let wallet = create_wallet(&h, &mut session);
+    for signers in [&[2, 4][..], &[1, 2, 4], &[2, 9]] {
+        assert_refused(
+            sign_commit(&h, &mut session, &wallet, MESSAGE, signers),
+            &[ErrorKind::BadRequest, ErrorKind::Ceremony],
+            &format!("signers {signers:?}"),
+        );
+    }
+}
+
+#[test]
+
+fn a_wallet_where_the_service_is_a_high_numbered_party_stays_usable() {
+    let h = Harness::new();
+    let mut session = h.session();
+    let params = DkgParams {
+        parties: vec![1, 300, 3],
+        ..params(WalletId(random()))
+    };
+    let start = Request::DkgStart {
+        params: params.clone(),
+        me: 300,
+    };
+    let provider_round1 = match h.call(&mut session, start) {
+        Response::DkgRound1 { message } => message,
+        other => panic!("DkgStart: {other:?}"),
+    };
+    let wallet = finish_dkg(&h, &mut session, &params, 300, provider_round1);
+    match get_wallet(&h, &mut session, wallet.id) {
+        Response::Wallet { wallet: info } => assert_eq!(info, wallet.info),
+        other => panic!("GetWallet: {other:?}"),
+    }
+}
+
+#[test]
+fn a_signing_package_that_differs_from_the_commitment_gets_no_share() {
+    let h = Harness::new();
+    let mut session = h.session();
+    let wallet = create_wallet(&h, &mut session);
+    let refusals = [ErrorKind::BadRequest, ErrorKind::Ceremony];
+
+    // Another message than the one committed to.
+    let (session_id, _, commitments) = open_session(&h, &mut session, &wallet);
+    let package = signing_package::<Suite>(b"pay the attacker", &commitments).unwrap();
+    assert_refused(
+        sign_share(&h, &mut session, &session_id, &package),
+        &refusals,
+        "another message",
+    );
+    // The refusal consumed the session: the right package gets nothing either.
+    let package = signing_package::<Suite>(MESSAGE, &commitments).unwrap();
+    assert_eq!(
+        sign_share(&h, &mut session, &session_id, &package).unwrap_err(),
+        ErrorKind::NotFound
+    );
+
+    // Another signer set than the one committed to (party 3 added).
+    let (session_id, _, mut commitments) = open_session(&h, &mut session, &wallet);
+    let (_, third) =
+        SignerSession::<Suite>::commit(&wallet.keys[&3], 3, MESSAGE, &[1, 2, 3], &mut OsRng)
+            .unwrap();
+    commitments.insert(3, third);
+    let package = signing_package::<Suite>(MESSAGE, &commitments).unwrap();
+    assert_refused(
+        sign_share(&h, &mut session, &session_id, &package),
+        &refusals,
+        "another signer set",
+    );
+
+    // The provider's commitment replaced by the one of another of its sessions.
+    let (session_id, _, mut commitments) = open_session(&h, &mut session, &wallet);
+    let (_, _, other_session) = open_session(&h, &mut session, &wallet);
+    commitments.insert(PROVIDER, other_session[&PROVIDER].clone());
+    let package = signing_package::<Suite>(MESSAGE, &commitments).unwrap();
+    assert_refused(
+        sign_share(&h, &mut session, &session_id, &package),
+        &refusals,
+        "a replaced commitment",
+    );
+
+    // Garbage.
+    let (session_id, _, _) = open_session(&h, &mut session, &wallet);
+    assert_refused(
+        sign_share(&h, &mut session, &session_id, b"not a signing package"),
+        &[ErrorKind::BadRequest],
+        "garbage",
+    );
+}
+
+#[test]
+fn a_signing_session_gives_one_share_only() {
+    let h = Harness::new();
+    let mut session = h.session();
+    let wallet = create_wallet(&h, &mut session);
+    let (session_id, ours, commitments) = open_session(&h, &mut session, &wallet);
+    let package = signing_package::<Suite>(MESSAGE, &commitments).unwrap();
+    let share = sign_share(&h, &mut session, &session_id, &package).unwrap();
+    // The same request again, and from another session: no second share from the same nonces.
+    assert_eq!(
+        sign_share(&h, &mut session, &session_id, &package).unwrap_err(),
+        ErrorKind::NotFound
+    );
+    let mut other = h.session();
+    assert_eq!(
+        sign_share(&h, &mut other, &session_id, &package).unwrap_err(),
+        ErrorKind::NotFound
+    );
+    // The one share is good.
+    let our_share = ours.sign(&wallet.keys[&1], &package).unwrap();
+    let shares = BTreeMap::from([(1, our_share), (PROVIDER, share)]);
+    aggregate::<Suite>(&package, &shares, &wallet.public).unwrap();
+
+    // Unknown session ids, and ids of the wrong length.
+    assert_eq!(
+        sign_share(&h, &mut session, &random::<16>(), &package).unwrap_err(),
+        ErrorKind::NotFound
+    );
+    for len in [0, 1, 15, 17, 32] {
+        let kind = sign_share(&h, &mut session, &vec![0xab; len], &package).unwrap_err();
+        assert_eq!(kind, ErrorKind::BadRequest, "session id of {len} bytes");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store: sealed records, and a parent that tampers with them
+
+#[test]
+fn the_store_holds_only_records_sealed_under_the_token() {
+    let h = Harness::new();
+    let mut session = h.session();
+    let wallet = create_wallet(&h, &mut session);
+    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+    let public = wallet.public.serialize().unwrap();
+    let group = wallet.public.verifying_key().serialize().unwrap();
+
+    let stored = h.store.all();
+    let prefix = format!("wallet/{}/", wallet.id.to_hex());
+    let records: Vec<&(String, Vec<u8>)> = stored
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .collect();
+    assert!(records.len() >= 2, "a state and a share: {stored:?}");
+    for (key, value) in &stored {
+        // Not even the public parts of a wallet are readable anywhere in the store.
+        assert!(!value.windows(group.len()).any(|w| w == group), "{key}");
+        assert!(!value.windows(public.len()).any(|w| w == public), "{key}");
+        if key.starts_with("audit/") {
+            continue; // signed, public by design
+        }
+        assert_eq!(value[0], SEAL_FORMAT_VERSION, "{key}");
+        assert_eq!(value[1..1 + SEAL_KEY_ID_LEN], h.sealer.key_id(), "{key}");
+        if key.starts_with("wallet/") {
+            assert!(value.len() > 100, "{key}: {} bytes", value.len());
+        }
+    }
+
+    // The wallet records behind another token's sealing key (same key label): nothing opens,
+    // whether that enclave trusts this token's anchors or has its own.
+    let other_token = init_token(&h.module, "elsewhere");
+    let other_sealer = other_token
+        .aes_sealing_key_or_generate(SEALING_KEY)
+        .unwrap();
+    assert_ne!(other_sealer.key_id(), h.sealer.key_id());
+    for anchor in [h.token.clone(), other_token] {
+        let elsewhere = Service::new(
+            Box::new(h.attester()),
+            Box::new(other_sealer.clone()),
+            Box::new(WalletsOnly {
+                shared: h.store.clone(),
+                own: MemoryStore::default(),
+            }),
+            Box::new(TokenAnchor(anchor)),
+            RefreshPolicy::default(),
+        )
+        .unwrap();
+        let mut foreign = attested(&elsewhere);
+        let get = elsewhere.handle(
+            &mut foreign,
+            Request::GetWallet {
+                wallet_id: wallet.id,
+            },
+        );
+        assert_eq!(refused(get), ErrorKind::Integrity);
+        let inner = sign_commit_request(wallet.id, MESSAGE, &[1, 2]);
+        let commit = authorized(
+            &elsewhere,
+            &mut foreign,
+            wallet.id,
+            KeyRole::Device,
+            &wallet.device,
+            &inner,
+        );
+        assert_eq!(refused(commit), ErrorKind::Integrity);
+    }
+    // The wallet records were not touched; the original service still signs.
+    for (key, value) in &records {
+        assert_eq!(&h.store.value(key), value, "{key}");
+    }
+    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+}
+
+#[test]
+fn a_record_moved_to_another_wallet_is_refused() {
+    let h = Harness::new();
+    let mut session = h.session();
+    let first = create_wallet(&h, &mut session);
+    let second = create_wallet(&h, &mut session);
+
+    // The first wallet's share in place of the second's: the second cannot sign.
+    let (first_share, second_share) = (
+        h.store.key_of(&first.id, "/share/"),
+        h.store.key_of(&second.id, "/share/"),
+    );
+    let second_share_blob = h.store.value(&second_share);
+    h.store
+        .put(&second_share, &h.store.value(&first_share))
+        .unwrap();
+    assert_refused(
+        sign_commit(&h, &mut session, &second, MESSAGE, &[1, 2]),
+        &[ErrorKind::Integrity],
+        "a share moved to another wallet",
+    );
+    h.store.put(&second_share, &second_share_blob).unwrap();
+
+    // The first wallet's state in place of the second's.
+    let (first_state, second_state) = (
+        h.store.key_of(&first.id, "/state"),
+        h.store.key_of(&second.id, "/state"),
+    );
+    let second_state_blob = h.store.value(&second_state);
+    h.store
+        .put(&second_state, &h.store.value(&first_state))
+        .unwrap();
+    assert_eq!(
+        get_wallet_refusal(&h, &mut session, second.id),
+        ErrorKind::Integrity
+    );
+    assert_refused(
+        sign_commit(&h, &mut session, &second, MESSAGE, &[1, 2]),
+        &[ErrorKind::Integrity],
+        "a state moved to another wallet",
+    );
+    h.store.put(&second_state, &second_state_blob).unwrap();
+
+    // Under a wallet id that never existed.
+    let unknown = WalletId(random());
+    for key in [&first_state, &first_share] {
+        let moved = key.replace(&first.id.to_hex(), &unknown.to_hex());
+        h.store.put(&moved, &h.store.value(key)).unwrap();
+    }
+    assert_eq!(
+        get_wallet_refusal(&h, &mut session, unknown),
+        ErrorKind::Integrity
+    );
+
+    // Back in place, both wallets work; the first was never affected.
+    sign_with(&h, &mut session, &second, 1, MESSAGE);
+    sign_with(&h, &mut session, &first, 3, MESSAGE);
+}
+
+#[test]
+fn a_flipped_bit_in_a_record_is_refused() {
+    let h = Harness::new();
+    let mut session = h.session();
+    let wallet = create_wallet(&h, &mut session);
+    for part in ["/state", "/share/"] {
+        let key = h.store.key_of(&wallet.id, part);
+        let blob = h.store.value(&key);
+        // Version, key id, IV, ciphertext, tag.
+        let positions = [
+            0,
+            1,
+            SEAL_KEY_ID_LEN,
+            1 + SEAL_KEY_ID_LEN,
+            50,
+            blob.len() / 2,
+            blob.len() - 17,
+            blob.len() - 1,
+        ];
+        let mut tampered_blobs: Vec<Vec<u8>> = Vec::new();
+        for position in positions {
+            for bit in [0x01u8, 0x80] {
+                let mut tampered = blob.clone();
+                tampered[position] ^= bit;
+                tampered_blobs.push(tampered);
+            }
+        }
+        // Truncated, extended, emptied.
+        tampered_blobs.push(blob[..blob.len() - 1].to_vec());
+        tampered_blobs.push([blob.as_slice(), &[0]].concat());
+        tampered_blobs.push(blob[..20].to_vec());
+        tampered_blobs.push(Vec::new());
+        for tampered in tampered_blobs {
+            h.store.put(&key, &tampered).unwrap();
+            if part == "/state" {
+                assert_eq!(
+                    get_wallet_refusal(&h, &mut session, wallet.id),
+                    ErrorKind::Integrity,
+                    "{key}"
+                );
+            }
+            assert_refused(
+                sign_commit(&h, &mut session, &wallet, MESSAGE, &[1, 2]),
+                &[ErrorKind::Integrity],
+                &format!("{key} tampered"),
+            );
+        }
+        h.store.put(&key, &blob).unwrap();
+    }
+
+    // The share tampered between the two signing rounds: no share, and the session is gone.
+    let key = h.store.key_of(&wallet.id, "/share/");
+    let blob = h.store.value(&key);
+    let (session_id, _, commitments) = open_session(&h, &mut session, &wallet);
+    let package = signing_package::<Suite>(MESSAGE, &commitments).unwrap();
+    let mut tampered = blob.clone();
+    tampered[60] ^= 1;
+    h.store.put(&key, &tampered).unwrap();
+    assert_eq!(
+        sign_share(&h, &mut session, &session_id, &package).unwrap_err(),
+        ErrorKind::Integrity
+    );
+    h.store.put(&key, &blob).unwrap();
+    assert_eq!(
+        sign_share(&h, &mut session, &session_id, &package).unwrap_err(),
+        ErrorKind::NotFound
+    );
+    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+}
+
+#[test]
+fn a_deleted_record_is_refused() {
+    let h = Harness::new();
+    let mut session = h.session();
+    let wallet = create_wallet(&h, &mut session);
+    // A wallet that never existed is NotFound; one whose records the host dropped is not: the
+    // token's anchor says it exists, so a missing state is the host's doing (Integrity).
+    assert_eq!(
+        get_wallet_refusal(&h, &mut session, WalletId(random())),
+        ErrorKind::NotFound
+    );
+    let share = h.store.key_of(&wallet.id, "/share/");
+    let share_blob = h.store.value(&share);
+    h.store.delete(&share).unwrap();
+    assert_refused(
+        sign_commit(&h, &mut session, &wallet, MESSAGE, &[1, 2]),
+        &[ErrorKind::Integrity],
+        "share deleted",
+    );
+    h.store.put(&share, &share_blob).unwrap();
+
+    let state = h.store.key_of(&wallet.id, "/state");
+    h.store.delete(&state).unwrap();
+    assert_refused(
+        outcome(get_wallet(&h, &mut session, wallet.id)),
+        &[ErrorKind::Integrity],
+        "state deleted",
+    );
+    assert_refused(
+        sign_commit(&h, &mut session, &wallet, MESSAGE, &[1, 2]),
+        &[ErrorKind::Integrity],
+        "state deleted",
+    );
+    // And a DKG cannot recreate it over the dropped one.
+    assert_eq!(
+        refused(h.call(&mut session, dkg_start(wallet.id))),
+        ErrorKind::BadRequest
+    );
+}
+
+#[test]
+fn a_rolled_back_state_is_refused() {
+    // A signature limit makes every signature rewrite the state (its counter).
+    let h = Harness::with_policy(RefreshPolicy {
+        after: None,
+        after_signatures: Some(1000),
+    });
+    let mut session = h.session();
+    let wallet = create_wallet(&h, &mut session);
+    let state = h.store.key_of(&wallet.id, "/state");
+    let old = h.store.value(&state);
+    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+    let new = h.store.value(&state);
+    assert_ne!(old, new, "signing did not rewrite the state");
+    // The host serves the older (validly sealed) state: refused.
+    h.store.put(&state, &old).unwrap();
+    assert_eq!(
+        get_wallet_refusal(&h, &mut session, wallet.id),
+        ErrorKind::Integrity
+    );
+    assert_refused(
+        sign_commit(&h, &mut session, &wallet, MESSAGE, &[1, 2]),
+        &[ErrorKind::Integrity],
+        "rolled back state",
+    );
+    h.store.put(&state, &new).unwrap();
+    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+}
