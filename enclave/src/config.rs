@@ -4,11 +4,19 @@
 //! listen = "unix:/srv/cosigner/enclave.sock"   # or tcp:HOST:PORT, vsock:CID:PORT (Nitro)
 //! store = "unix:/srv/cosigner/store.sock"      # the parent's store socket
 //!
-//! [token]                                      # PKCS#11 token holding the sealing key
+//! [token]                                      # PKCS#11 token: sealing key and rollback anchors
 //! module = "/usr/lib/softhsm/libsofthsm2.so"
 //! label = "provider"
 //! pin_file = "/srv/cosigner/pin"               # or COSIGNER_PKCS11_PIN
 //! sealing_key = "cosigner-sealing"             # AES-256 key label, generated on first start
+//!
+//! [sealer]                                     # optional; default: kind = "pkcs11" (the token)
+//! kind = "kms"                                 # AWS KMS, data keys through Recipient (docs/kms.md)
+//! key_id = "arn:aws:kms:eu-west-1:111122223333:key/…"   # a key or alias ARN, never a bare id
+//! region = "eu-west-1"
+//! endpoint = "vsock:3:8000"                    # the parent's proxy to kms.REGION.amazonaws.com:443
+//! credentials_file = "/run/cosigner/aws.json"  # IMDS-format JSON from the parent; no inline keys
+//! # allow_unanchored_state = true              # required without [token]: no rollback anchoring
 //!
 //! [attester]
 //! kind = "local"                               # or "nitro" in the enclave image
@@ -35,8 +43,13 @@ pub struct Config {
     /// The parent's store socket.
     #[serde(deserialize_with = "endpoint")]
     pub store: Endpoint,
-    /// The sealing token.
-    pub token: TokenConfig,
+    /// The PKCS#11 token: the sealing key (with `[sealer] kind = "pkcs11"`) and the rollback
+    /// anchors. Required unless the sealer is KMS.
+    #[serde(default)]
+    pub token: Option<TokenConfig>,
+    /// Which sealer: the token's AES key (default) or AWS KMS.
+    #[serde(default)]
+    pub sealer: SealerConfig,
     /// The attester.
     pub attester: AttesterConfig,
     /// Lifecycle policy.
@@ -83,6 +96,59 @@ pub enum AttesterConfig {
     Nitro,
 }
 
+/// Which backend seals the enclave's secrets.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SealerConfig {
+    /// AES-256-GCM under the `[token]`'s sealing key.
+    #[default]
+    Pkcs11,
+    /// AWS KMS envelope encryption, data keys delivered to the attested enclave (`Recipient`).
+    Kms(KmsSealerConfig),
+}
+
+/// `[sealer] kind = "kms"`. Secrets never appear here: credentials come from a file the parent
+/// provides (the instance role's, in the instance metadata service's JSON format).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsSealerConfig {
+    /// The KMS key: a key ARN or an alias ARN (the account must be named, see docs/kms.md).
+    pub key_id: String,
+    /// The key's region.
+    pub region: String,
+    /// How the enclave reaches KMS: the parent's vsock proxy (`vsock:3:PORT`) in Nitro;
+    /// `tcp:`/`unix:` locally.
+    #[serde(deserialize_with = "endpoint")]
+    pub endpoint: Endpoint,
+    /// TLS server name and `Host` header; default `kms.REGION.amazonaws.com`.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// JSON credentials (`AccessKeyId`, `SecretAccessKey`, `Token`), re-read for every call.
+    pub credentials_file: PathBuf,
+    /// Without a `[token]` there is no rollback anchor: the parent could serve an older (validly
+    /// sealed) state after a restart. Must be set explicitly to run so.
+    #[serde(default)]
+    pub allow_unanchored_state: bool,
+    /// Plain HTTP instead of TLS, for local KMS-compatible test servers. Refused in a `nitro` build.
+    #[serde(default)]
+    pub insecure_plain_http: bool,
+    /// Data keys in clear in KMS's (TLS) answer instead of through `Recipient`, for test servers
+    /// without `Recipient` (moto). Refused in a `nitro` build.
+    #[serde(default)]
+    pub insecure_no_recipient: bool,
+}
+
+/// Keys that would put AWS secrets into the (measured, readable) configuration.
+const INLINE_SECRET_KEYS: &[&str] = &[
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "credentials",
+];
+
 fn default_module() -> PathBuf {
     PathBuf::from(cosigner_kms::DEFAULT_SOFTHSM_MODULE)
 }
@@ -101,8 +167,8 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        let mut config: Config =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut config =
+            Self::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -115,12 +181,158 @@ impl Config {
         if let Endpoint::Unix(p) = &mut config.store {
             fix(p);
         }
-        if let Some(p) = &mut config.token.pin_file {
+        if let Some(p) = config.token.as_mut().and_then(|t| t.pin_file.as_mut()) {
             fix(p);
         }
         if let AttesterConfig::Local { dir } = &mut config.attester {
             fix(dir);
         }
+        if let SealerConfig::Kms(kms) = &mut config.sealer {
+            fix(&mut kms.credentials_file);
+            if let Endpoint::Unix(p) = &mut kms.endpoint {
+                fix(p);
+            }
+        }
         Ok(config)
+    }
+
+    /// Parses and checks a configuration (no path fixing).
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let value: toml::Table = toml::from_str(text)?;
+        if let Some(toml::Value::Table(sealer)) = value.get("sealer")
+            && let Some(key) = INLINE_SECRET_KEYS.iter().find(|k| sealer.contains_key(**k))
+        {
+            anyhow::bail!(
+                "[sealer] {key}: AWS secrets are not accepted in the configuration (it is part of \
+                 the measured image and readable); use credentials_file"
+            );
+        }
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Whether a PKCS#11 PIN is needed: a token is configured, or the local attester (whose key
+    /// is on a token) is used.
+    pub fn needs_pin(&self) -> bool {
+        self.token.is_some() || matches!(self.attester, AttesterConfig::Local { .. })
+    }
+
+    /// Cross-field checks.
+    fn validate(&self) -> anyhow::Result<()> {
+        match &self.sealer {
+            SealerConfig::Pkcs11 => {
+                if self.token.is_none() {
+                    anyhow::bail!("[sealer] kind = \"pkcs11\" (the default) needs a [token]");
+                }
+            }
+            SealerConfig::Kms(kms) => {
+                use cosigner_kms::aws::client::check_region;
+                check_region(&kms.region).map_err(|e| anyhow::anyhow!("[sealer] region: {e}"))?;
+                if !cosigner_kms::aws::is_key_arn(&kms.key_id) {
+                    anyhow::bail!(
+                        "[sealer] key_id {:?}: give the key's ARN \
+                         (arn:aws:kms:REGION:ACCOUNT:key/ID) or an alias ARN; a bare key id or \
+                         alias would be resolved in the account of whatever credentials the \
+                         parent supplies",
+                        kms.key_id
+                    );
+                }
+                let key_region = kms.key_id.split(':').nth(3).unwrap_or_default();
+                if key_region != kms.region {
+                    anyhow::bail!(
+                        "[sealer] key_id is in region {key_region:?}, region is {:?}",
+                        kms.region
+                    );
+                }
+                if self.token.is_none() && !kms.allow_unanchored_state {
+                    anyhow::bail!(
+                        "[sealer] kind = \"kms\" without a [token] has no rollback anchor (not \
+                         implemented yet, docs/kms.md): set allow_unanchored_state = true to run \
+                         without rollback resistance, or configure a [token]"
+                    );
+                }
+                if cfg!(feature = "nitro") && (kms.insecure_plain_http || kms.insecure_no_recipient)
+                {
+                    anyhow::bail!(
+                        "[sealer] insecure_plain_http / insecure_no_recipient are refused in a \
+                         Nitro enclave build"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    const BASE: &str = "listen = \"unix:/l.sock\"\nstore = \"unix:/s.sock\"\n\
+                        [attester]\nkind = \"nitro\"\n";
+    const TOKEN: &str = "[token]\nlabel = \"provider\"\n";
+    const ARN: &str = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+    fn kms(extra: &str) -> String {
+        format!(
+            "{BASE}[sealer]\nkind = \"kms\"\nkey_id = \"{ARN}\"\nregion = \"eu-west-1\"\n\
+             endpoint = \"vsock:3:8000\"\ncredentials_file = \"/run/aws.json\"\n{extra}"
+        )
+    }
+
+    #[test]
+    fn the_token_sealer_stays_the_default() {
+        let c = Config::parse(&format!("{BASE}{TOKEN}")).unwrap();
+        assert!(matches!(c.sealer, SealerConfig::Pkcs11));
+        assert!(c.token.is_some());
+        let e = Config::parse(BASE).unwrap_err().to_string();
+        assert!(e.contains("needs a [token]"), "{e}");
+    }
+
+    #[test]
+    fn kms_without_a_token_needs_the_loud_switch() {
+        let e = Config::parse(&kms("")).unwrap_err().to_string();
+        assert!(e.contains("allow_unanchored_state"), "{e}");
+        let c = Config::parse(&kms("allow_unanchored_state = true\n")).unwrap();
+        let SealerConfig::Kms(k) = &c.sealer else {
+            panic!("{:?}", c.sealer)
+        };
+        assert_eq!(k.endpoint, Endpoint::Vsock { cid: 3, port: 8000 });
+        assert!(c.token.is_none() && !c.needs_pin());
+        // With a token, the token anchors the state.
+        let c = Config::parse(&format!("{}{TOKEN}", kms(""))).unwrap();
+        assert!(c.needs_pin());
+    }
+
+    #[test]
+    fn kms_configs_that_could_leak_or_misdirect_are_refused() {
+        for (extra, why) in [
+            ("secret_access_key = \"x\"\n", "AWS secrets"),
+            ("access_key_id = \"AKIA\"\n", "AWS secrets"),
+            ("color = 1\n", "unknown field"),
+        ] {
+            let e = Config::parse(&format!(
+                "{}allow_unanchored_state = true\n{extra}",
+                kms("")
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(why), "{extra}: {e}");
+        }
+        for key in ["alias/cosigner", "1234abcd-12ab-34cd-56ef-1234567890ab"] {
+            let text = kms("allow_unanchored_state = true\n").replace(ARN, key);
+            let e = Config::parse(&text).unwrap_err().to_string();
+            assert!(e.contains("ARN"), "{key}: {e}");
+        }
+        let text = kms("allow_unanchored_state = true\n")
+            .replace("region = \"eu-west-1\"", "region = \"us-east-1\"");
+        assert!(
+            Config::parse(&text)
+                .unwrap_err()
+                .to_string()
+                .contains("region")
+        );
     }
 }

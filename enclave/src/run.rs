@@ -4,22 +4,27 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use cosigner_attestation::Attester;
-use cosigner_enclave::config::{AttesterConfig, Config};
-use cosigner_enclave::service::anchor::TokenAnchor;
+use cosigner_attestation::{AttestRequest, Attester};
+use cosigner_enclave::config::{AttesterConfig, Config, KmsSealerConfig, SealerConfig};
+use cosigner_enclave::service::anchor::{Anchor, TokenAnchor};
 use cosigner_enclave::service::{RefreshPolicy, Service};
-use cosigner_enclave::store::RemoteStore;
+use cosigner_enclave::store::{BlobStore, RemoteStore};
 use cosigner_enclave::{server, tls, transport};
-use cosigner_kms::{Pin, Token};
+use cosigner_kms::aws::client::{Connection, KmsClient, endpoint_host};
+use cosigner_kms::aws::{CredentialsFile, KmsSealer, RecipientAttester, TlsTransport, Transport};
+use cosigner_kms::{Pin, Sealer, Token};
 
 const PIN_ENV: &str = "COSIGNER_PKCS11_PIN";
 
-fn attester(config: &AttesterConfig, pin: &Pin) -> anyhow::Result<Box<dyn Attester>> {
+fn attester(config: &AttesterConfig, pin: Option<&Pin>) -> anyhow::Result<Box<dyn Attester>> {
     match config {
         #[cfg(feature = "local-attester")]
         AttesterConfig::Local { dir } => Ok(Box::new(
-            cosigner_attestation::LocalAttester::load(dir, pin)
-                .with_context(|| format!("local attester in {}", dir.display()))?,
+            cosigner_attestation::LocalAttester::load(
+                dir,
+                pin.context("the local attester needs the token PIN")?,
+            )
+            .with_context(|| format!("local attester in {}", dir.display()))?,
         )),
         #[cfg(not(feature = "local-attester"))]
         AttesterConfig::Local { .. } => {
@@ -35,22 +40,152 @@ fn attester(config: &AttesterConfig, pin: &Pin) -> anyhow::Result<Box<dyn Attest
     }
 }
 
+/// One attester shared by the service (session documents) and the KMS sealer (`Recipient`
+/// documents binding its RSA key).
+struct SharedAttester(Arc<dyn Attester>);
+
+impl Attester for SharedAttester {
+    fn attest(&self, request: &AttestRequest) -> cosigner_attestation::Result<Vec<u8>> {
+        self.0.attest(request)
+    }
+
+    fn kind(&self) -> &'static str {
+        self.0.kind()
+    }
+}
+
+/// The KMS sealer of `[sealer] kind = "kms"`: TLS to `kms.REGION.amazonaws.com` over the
+/// configured endpoint (the parent's vsock proxy), credentials from the parent's file, data keys
+/// through `Recipient` with documents from the enclave's attester.
+fn kms_sealer(config: &KmsSealerConfig, attester: Arc<dyn Attester>) -> anyhow::Result<KmsSealer> {
+    let endpoint = config.endpoint.clone();
+    let connect = move || -> std::io::Result<Box<dyn Connection>> {
+        let stream = transport::connect(&endpoint)?;
+        Ok(Box::new(stream))
+    };
+    let host = config
+        .host
+        .clone()
+        .unwrap_or_else(|| endpoint_host(&config.region));
+    let transport: Box<dyn Transport> = if config.insecure_plain_http {
+        eprintln!(
+            "cosigner-enclave: WARNING: [sealer] insecure_plain_http: KMS traffic is NOT \
+             encrypted or authenticated (test servers only)"
+        );
+        Box::new(connect)
+    } else {
+        Box::new(TlsTransport::webpki(Box::new(connect), &host)?)
+    };
+    let client = KmsClient::new(
+        transport,
+        &config.region,
+        Box::new(CredentialsFile(config.credentials_file.clone())),
+    )?
+    .with_host(&host)?;
+    if config.insecure_no_recipient {
+        eprintln!(
+            "cosigner-enclave: WARNING: [sealer] insecure_no_recipient: data keys come from KMS \
+             in clear and the key policy cannot require this image (test servers only)"
+        );
+        return Ok(KmsSealer::insecure_without_recipient(
+            client,
+            &config.key_id,
+        )?);
+    }
+    let recipient: Arc<dyn RecipientAttester> = Arc::new(move |public_key: &[u8]| {
+        attester
+            .attest(&AttestRequest {
+                nonce: None,
+                user_data: None,
+                public_key: Some(public_key.to_vec()),
+            })
+            .map_err(|e| e.to_string())
+    });
+    Ok(KmsSealer::new(client, &config.key_id, recipient)?)
+}
+
+/// Anchors kept in the parent's own store: what `allow_unanchored_state` runs with. The parent can
+/// roll them back together with the state, so this gives no rollback resistance across restarts;
+/// within one run the service's anchor cache still refuses older state.
+struct UnanchoredParentStore(RemoteStore);
+
+impl UnanchoredParentStore {
+    fn key(label: &str) -> String {
+        format!("unanchored/{label}")
+    }
+}
+
+impl Anchor for UnanchoredParentStore {
+    fn read(&self, label: &str) -> Result<Option<Vec<u8>>, String> {
+        self.0.get(&Self::key(label)).map_err(|e| e.to_string())
+    }
+
+    fn write(&self, label: &str, value: &[u8]) -> Result<(), String> {
+        self.0
+            .put(&Self::key(label), value)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// Runs until killed.
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    let pin = match &config.token.pin_file {
-        Some(file) => Pin::from_file(file)?,
-        None => {
-            Pin::from_env(PIN_ENV).with_context(|| format!("set token.pin_file or {PIN_ENV}"))?
-        }
+    let pin = if config.needs_pin() {
+        Some(
+            match config.token.as_ref().and_then(|t| t.pin_file.as_ref()) {
+                Some(file) => Pin::from_file(file)?,
+                None => Pin::from_env(PIN_ENV)
+                    .with_context(|| format!("set token.pin_file or {PIN_ENV}"))?,
+            },
+        )
+    } else {
+        None
     };
-    let token = Token::open(&config.token.module, &config.token.label, &pin)
-        .with_context(|| format!("token {:?}", config.token.label))?;
-    let sealer = token
-        .aes_sealing_key_or_generate(&config.token.sealing_key)
-        .context("sealing key")?;
-    let attester = attester(&config.attester, &pin)?;
+    let token = match (&config.token, &pin) {
+        (Some(t), Some(pin)) => Some(
+            Token::open(&t.module, &t.label, pin)
+                .with_context(|| format!("token {:?}", t.label))?,
+        ),
+        _ => None,
+    };
+    let attester: Arc<dyn Attester> = Arc::from(attester(&config.attester, pin.as_ref())?);
     let kind = attester.kind();
+    let (sealer, sealer_name): (Box<dyn Sealer>, String) = match (&config.sealer, &token) {
+        (SealerConfig::Pkcs11, Some(token)) => {
+            let label = config
+                .token
+                .as_ref()
+                .map(|t| t.sealing_key.clone())
+                .unwrap_or_default();
+            (
+                Box::new(
+                    token
+                        .aes_sealing_key_or_generate(&label)
+                        .context("sealing key")?,
+                ),
+                format!("pkcs11 key {label:?}"),
+            )
+        }
+        (SealerConfig::Pkcs11, None) => anyhow::bail!("the pkcs11 sealer needs a [token]"),
+        (SealerConfig::Kms(kms), _) => (
+            Box::new(kms_sealer(kms, attester.clone()).context("KMS sealer")?),
+            format!("kms key {} via {}", kms.key_id, kms.endpoint),
+        ),
+    };
+    let anchor: Box<dyn Anchor> = match (&token, &config.sealer) {
+        (Some(token), _) => Box::new(TokenAnchor(token.clone())),
+        (None, SealerConfig::Kms(kms)) if kms.allow_unanchored_state => {
+            eprintln!(
+                "cosigner-enclave: WARNING: allow_unanchored_state: no rollback anchor (KMS \
+                 sealing without a [token]); after a restart the parent can serve an older, \
+                 validly sealed state of any wallet. See docs/kms.md."
+            );
+            Box::new(UnanchoredParentStore(RemoteStore::new(
+                config.store.clone(),
+            )))
+        }
+        _ => anyhow::bail!("no rollback anchor: configure a [token]"),
+    };
     let policy = RefreshPolicy {
         after: config
             .policy
@@ -59,10 +194,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         after_signatures: config.policy.refresh_after_signatures,
     };
     let service = Service::new(
-        attester,
-        Box::new(sealer),
+        Box::new(SharedAttester(attester)),
+        sealer,
         Box::new(RemoteStore::new(config.store.clone())),
-        Box::new(TokenAnchor(token.clone())),
+        anchor,
         policy,
     )
     .map_err(|e| anyhow::anyhow!("cannot start the service: {e}"))?;
@@ -72,7 +207,8 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let listener = transport::bind(&config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     eprintln!(
-        "cosigner-enclave: listening on {} (attester: {kind}, store: {}, audit key {audit_key})",
+        "cosigner-enclave: listening on {} (attester: {kind}, sealer: {sealer_name}, store: {}, \
+         audit key {audit_key})",
         config.listen, config.store
     );
     server::serve(listener, tls, service)

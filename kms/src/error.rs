@@ -170,6 +170,68 @@ pub enum KmsError {
         /// What failed, with the token's return code.
         reason: String,
     },
+    /// AWS credentials are missing, unreadable or malformed (their values are never included).
+    #[error("AWS credentials: {reason}")]
+    AwsCredentials {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A KMS request cannot be made from the settings given (region, key id, header values).
+    #[error("AWS KMS configuration: {reason}")]
+    AwsConfig {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The connection to KMS failed: connect, TLS handshake or certificate, read, write, timeout.
+    #[error("AWS KMS {operation}: connection failed: {reason}")]
+    AwsTransport {
+        /// The KMS operation (`GenerateDataKey`, `Decrypt`, …).
+        operation: &'static str,
+        /// What failed.
+        reason: String,
+    },
+    /// KMS refused the request: its HTTP status and AWS error type (`__type`, e.g.
+    /// `AccessDeniedException`, `IncorrectKeyException`, `InvalidSignatureException`).
+    #[error("AWS KMS {operation} refused (HTTP {status}, {error_type}): {message}")]
+    AwsError {
+        /// The KMS operation.
+        operation: &'static str,
+        /// The HTTP status code.
+        status: u16,
+        /// The AWS error type, without its namespace.
+        error_type: String,
+        /// AWS's message, truncated and stripped of control characters.
+        message: String,
+    },
+    /// KMS's answer could not be understood: bad HTTP, too large, not JSON, bad base64, a field
+    /// missing or of the wrong size.
+    #[error("AWS KMS {operation}: unusable response: {reason}")]
+    AwsResponse {
+        /// The KMS operation.
+        operation: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// KMS answered for another key than the one this sealer is configured with.
+    #[error("AWS KMS answered for key {actual:?}, expected {expected:?}")]
+    AwsKeyMismatch {
+        /// The configured key.
+        expected: String,
+        /// The key KMS named.
+        actual: String,
+    },
+    /// A `CiphertextForRecipient` (CMS EnvelopedData) could not be parsed or opened.
+    #[error("CiphertextForRecipient: {reason}")]
+    Recipient {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No attestation document could be produced for a KMS `Recipient`.
+    #[error("attestation document for KMS: {reason}")]
+    RecipientAttestation {
+        /// What the attester said.
+        reason: String,
+    },
 }
 
 /// Result type of this crate.

@@ -10,6 +10,9 @@
 //!   the current state, so the host cannot serve an old sealed blob as current;
 //! * [`Sealer`], [`Pkcs11Sealer`]: AES-256-GCM sealing under a non-extractable token key, with the
 //!   blob's purpose, wallet, party and epoch bound as AAD, for blobs the parent stores.
+//! * [`aws`]: the Nitro Enclave backend: [`aws::KmsSealer`] seals under AWS KMS data keys that
+//!   KMS hands over only to an attested enclave (`Recipient`), with its own SigV4 signing, KMS
+//!   client and CMS opening.
 //!
 //! Threading: a [`Token`] and its keys are `Send + Sync` and cheap to clone; every thread that
 //! uses them gets its own PKCS#11 session per token (sessions are not thread-safe), opened on first
@@ -21,6 +24,7 @@
 //! v3.0 keeps the behaviour cited, under partly different section numbers.
 
 mod anchor;
+pub mod aws;
 mod context;
 mod error;
 mod p384;

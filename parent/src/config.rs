@@ -1,19 +1,32 @@
-//! The parent's configuration: one TOML file, every field required, no unknown field accepted.
+//! The parent's configuration: one TOML file, no unknown field accepted.
 //!
 //! ```toml
 //! # Clients connect here (TCP). The bytes are TLS for the enclave: the parent cannot read them.
 //! listen = "127.0.0.1:7000"
-//! # Where each client connection is relayed to: `unix:PATH`, or `vsock:CID:PORT` in a Nitro
-//! # deployment (parsed, but this build has no vsock transport and refuses to start with one).
+//! # Where each client connection is relayed to: `unix:PATH` locally, `vsock:CID:PORT` to a Nitro
+//! # enclave (its CID as `nitro-cli run-enclave --enclave-cid` set it).
 //! enclave = "unix:/run/cosigner/enclave.sock"
 //! # Unix socket the enclave connects to for storage (created mode 0600).
 //! store_socket = "/run/cosigner/store.sock"
+//! # Optional (Nitro): also serve the store on this vsock port, any CID; the enclave connects to
+//! # vsock:3:PORT. Same store, same protocol as the unix socket.
+//! store_vsock_port = 5001
 //! # SQLite database of sealed blobs.
 //! database = "/var/lib/cosigner/store.db"
+//!
+//! # Optional: outbound proxies for the enclave (see `crate::proxy`). Every `to` must be
+//! # allowed by a rule here; `*` is exactly one DNS label, never in the last two.
+//! proxy_allow = ["kms.*.amazonaws.com:443"]
+//!
+//! [[proxy]]
+//! listen_vsock_port = 8000                  # or listen = "unix:/run/cosigner/kms.sock"
+//! to = "kms.us-east-1.amazonaws.com:443"
+//! max_connections = 64                      # optional
 //! ```
 //!
 //! [`Config::load`] resolves relative paths against the directory of the configuration file, so a
-//! configuration means the same whatever the working directory of the process.
+//! configuration means the same whatever the working directory of the process. Two listeners on
+//! the same unix path or vsock port are refused.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -23,6 +36,8 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 use crate::error::{ParentError, Result};
+use crate::proxy::{AllowRule, DEFAULT_PROXY_CONNECTIONS, Destination, Inbound, ProxyConfig};
+use crate::server::MAX_CONNECTIONS;
 
 /// Longest unix socket path Linux accepts (`sun_path` is 108 bytes with the terminating NUL).
 pub const MAX_UNIX_SOCKET_PATH: usize = 107;
@@ -36,8 +51,14 @@ pub struct Config {
     pub enclave: EnclaveAddr,
     /// Unix socket the enclave's store requests arrive on.
     pub store_socket: PathBuf,
+    /// A vsock port (any CID) the store is also served on (Nitro).
+    pub store_vsock_port: Option<u32>,
     /// The SQLite database file.
     pub database: PathBuf,
+    /// Destinations proxies may have.
+    pub proxy_allow: Vec<AllowRule>,
+    /// Outbound proxies, each checked against `proxy_allow` (at load and again at start).
+    pub proxies: Vec<ProxyConfig>,
 }
 
 /// The file as written: strings, checked into [`Config`] afterwards for precise messages.
@@ -47,7 +68,23 @@ struct RawConfig {
     listen: String,
     enclave: String,
     store_socket: String,
+    #[serde(default)]
+    store_vsock_port: Option<u32>,
     database: String,
+    #[serde(default)]
+    proxy_allow: Vec<String>,
+    #[serde(default)]
+    proxy: Vec<RawProxy>,
+}
+
+/// One `[[proxy]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    listen: Option<String>,
+    listen_vsock_port: Option<u32>,
+    to: String,
+    max_connections: Option<usize>,
 }
 
 /// Where the enclave listens for relayed client connections.
@@ -125,6 +162,11 @@ impl Config {
         if let EnclaveAddr::Unix(p) = &mut config.enclave {
             resolve(p);
         }
+        for proxy in &mut config.proxies {
+            if let Inbound::Unix(p) = &mut proxy.listen {
+                resolve(p);
+            }
+        }
         // Resolution may have made a socket path too long.
         check_socket_path(
             "store_socket",
@@ -134,7 +176,41 @@ impl Config {
         if let EnclaveAddr::Unix(p) = &config.enclave {
             check_socket_path("enclave", &config.enclave.to_string(), p)?;
         }
+        for proxy in &config.proxies {
+            if let Inbound::Unix(p) = &proxy.listen {
+                check_socket_path("proxy.listen", &proxy.listen.to_string(), p)?;
+            }
+        }
+        config.check_listeners()?;
         Ok(config)
+    }
+
+    /// Every configured listener's address (store and proxies) is distinct.
+    fn check_listeners(&self) -> Result<()> {
+        let mut unix: Vec<&Path> = vec![&self.store_socket];
+        let mut vsock: Vec<u32> = self.store_vsock_port.into_iter().collect();
+        for proxy in &self.proxies {
+            let taken = match &proxy.listen {
+                Inbound::Unix(path) => {
+                    let taken = unix.contains(&path.as_path());
+                    unix.push(path);
+                    taken
+                }
+                Inbound::Vsock { port } => {
+                    let taken = vsock.contains(port);
+                    vsock.push(*port);
+                    taken
+                }
+            };
+            if taken {
+                return Err(ParentError::InvalidAddress {
+                    field: "proxy.listen",
+                    value: proxy.listen.to_string(),
+                    reason: "already used by another listener of this configuration".into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn parse(text: &str, origin: &str) -> Result<Config> {
@@ -162,13 +238,108 @@ impl Config {
                 reason: "empty path".into(),
             });
         }
-        Ok(Config {
+        if let Some(port) = raw.store_vsock_port {
+            check_vsock_port("store_vsock_port", port)?;
+        }
+        let proxy_allow = raw
+            .proxy_allow
+            .iter()
+            .map(|rule| {
+                rule.parse::<AllowRule>()
+                    .map_err(|reason| ParentError::InvalidAddress {
+                        field: "proxy_allow",
+                        value: rule.clone(),
+                        reason,
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let proxies = raw
+            .proxy
+            .into_iter()
+            .map(|p| parse_proxy(p, &proxy_allow))
+            .collect::<Result<Vec<_>>>()?;
+        let config = Config {
             listen,
             enclave,
             store_socket,
+            store_vsock_port: raw.store_vsock_port,
             database: PathBuf::from(raw.database),
-        })
+            proxy_allow,
+            proxies,
+        };
+        config.check_listeners()?;
+        Ok(config)
     }
+}
+
+/// Checks one `[[proxy]]`: exactly one listener, a destination `proxy_allow` allows, a cap in
+/// range.
+fn parse_proxy(raw: RawProxy, allow: &[AllowRule]) -> Result<ProxyConfig> {
+    let listen = match (raw.listen, raw.listen_vsock_port) {
+        (Some(listen), None) => {
+            let Some(path) = listen.strip_prefix("unix:") else {
+                return Err(ParentError::InvalidAddress {
+                    field: "proxy.listen",
+                    value: listen,
+                    reason: "expected unix:PATH (for vsock, listen_vsock_port = PORT)".into(),
+                });
+            };
+            let path = PathBuf::from(path);
+            check_socket_path("proxy.listen", &listen, &path)?;
+            Inbound::Unix(path)
+        }
+        (None, Some(port)) => {
+            check_vsock_port("proxy.listen_vsock_port", port)?;
+            Inbound::Vsock { port }
+        }
+        (listen, port) => {
+            return Err(ParentError::InvalidAddress {
+                field: "proxy.listen",
+                value: format!(
+                    "{}{}",
+                    listen.unwrap_or_default(),
+                    port.map(|p| format!(" and vsock port {p}"))
+                        .unwrap_or_default()
+                ),
+                reason: "give exactly one of listen = \"unix:PATH\" and listen_vsock_port = PORT"
+                    .into(),
+            });
+        }
+    };
+    let to = raw
+        .to
+        .parse::<Destination>()
+        .map_err(|reason| ParentError::InvalidAddress {
+            field: "proxy.to",
+            value: raw.to.clone(),
+            reason,
+        })?;
+    crate::proxy::check_allowed(allow, &to)?;
+    let max_connections = raw.max_connections.unwrap_or(DEFAULT_PROXY_CONNECTIONS);
+    if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
+        return Err(ParentError::InvalidAddress {
+            field: "proxy.max_connections",
+            value: max_connections.to_string(),
+            reason: format!("expected 1..={MAX_CONNECTIONS}"),
+        });
+    }
+    Ok(ProxyConfig {
+        listen,
+        to,
+        max_connections,
+    })
+}
+
+/// A vsock port to listen on: not `VMADDR_PORT_ANY` (u32::MAX), which would pick a random one.
+fn check_vsock_port(field: &'static str, port: u32) -> Result<()> {
+    if port == u32::MAX {
+        return Err(ParentError::InvalidAddress {
+            field,
+            value: port.to_string(),
+            reason: "4294967295 is VMADDR_PORT_ANY; give the port the enclave connects to".into(),
+        });
+    }
+    Ok(())
 }
 
 fn check_socket_path(field: &'static str, value: &str, path: &Path) -> Result<()> {

@@ -33,15 +33,13 @@ pub enum ParentError {
         /// What is wrong and what is expected.
         reason: String,
     },
-    /// The enclave is configured on vsock, which this build has no transport for.
-    #[error(
-        "vsock not available in this build (enclave vsock:{cid}:{port}); use unix:PATH locally"
-    )]
-    VsockUnavailable {
-        /// The configured context id.
-        cid: u32,
-        /// The configured port.
-        port: u32,
+    /// A proxy's destination is not allowed by the configuration's `proxy_allow`.
+    #[error("proxy destination {to:?} is not in proxy_allow {allow}")]
+    ProxyNotAllowed {
+        /// The refused destination, `HOST:PORT`.
+        to: String,
+        /// The allowlist as configured.
+        allow: String,
     },
     /// A store key is not printable ASCII of 1 to 256 bytes.
     #[error(

@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod config;
 mod error;
+pub mod proxy;
 pub mod relay;
 pub mod server;
 pub mod store;

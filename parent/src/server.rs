@@ -1,17 +1,25 @@
-//! The running parent: a TCP listener for clients, relayed to the enclave, and a unix socket on
-//! which the enclave reaches the blob store. One thread per listener, one per connection.
+//! The running parent: a TCP listener for clients, relayed to the enclave (unix socket or vsock);
+//! the store, on a unix socket and optionally on a vsock port; and the outbound proxies
+//! ([`crate::proxy`]). One thread per listener, one per connection (two while relaying).
 //!
-//! Limits: at most [`MAX_CONNECTIONS`] connections per listener at once; further ones are closed
-//! on accept (a client flood cannot exhaust the parent's threads). The store socket is created
-//! mode 0600: only the parent's user (the enclave host's) can reach the store.
+//! Every listener goes through the same accept loop ([`Listen`]: TCP, unix or vsock), and every
+//! connection is a [`Conn`], so the store and the proxies run the same code on vsock (Nitro) as on
+//! the unix sockets the tests use.
 //!
-//! Shutdown ([`RunningParent::shutdown`], or dropping it): the accept loops are stopped (each is
-//! woken by a connection to itself), every open connection is shut down, all threads are joined,
-//! and the store socket file is removed if it is still ours.
+//! Limits: at most [`MAX_CONNECTIONS`] connections at once on the client listener and on each
+//! store listener, and a proxy's `max_connections` on each proxy listener; further ones are closed
+//! on accept (a flood cannot exhaust the parent's threads). Unix sockets are created mode 0600:
+//! only the parent's user (the enclave host's) can reach the store or a proxy.
+//!
+//! Shutdown ([`RunningParent::shutdown`], or dropping it): the accept loops are woken (they poll
+//! their listener together with a stop signal, which works for vsock listeners too, where
+//! connecting to oneself does not), every open connection is shut down, all threads are joined,
+//! and the unix socket files are removed if they are still ours.
 
 use std::collections::HashMap;
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -20,18 +28,24 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use vsock::{VMADDR_CID_ANY, VsockListener, VsockStream};
+
 use crate::config::{Config, EnclaveAddr};
 use crate::error::{ParentError, Result};
-use crate::relay::relay;
+use crate::proxy::{self, Destination, Inbound};
+use crate::relay::{Conn, Io, Listen, relay};
 use crate::store::{SqliteStore, Store};
 use crate::store_server::serve_store;
 
-/// Most connections served at once, per listener.
+/// Most connections served at once, per listener (proxies have their own, lower, cap).
 pub const MAX_CONNECTIONS: usize = 1024;
-/// How long shutdown waits to connect to its own listeners to wake them.
-const WAKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest an accept loop sleeps in `poll` before it looks at the stop flag again (the stop
+/// signal normally wakes it at once; this only bounds a lost wake-up).
+const POLL_INTERVAL_MS: u16 = 500;
 
 /// A parent ready to start: its configuration and its store.
 pub struct Parent {
@@ -51,61 +65,93 @@ impl Parent {
         Parent { config, store }
     }
 
-    /// Binds the client listener and the store socket and starts accepting on both.
+    /// Binds every listener (clients, store, proxies) and starts accepting on all of them.
     ///
-    /// A stale store socket file (no process behind it) is replaced; a live one is
-    /// [`ParentError::SocketInUse`], and anything that is not a socket is [`ParentError::NotASocket`].
-    /// An enclave on vsock is [`ParentError::VsockUnavailable`] in this build.
+    /// A stale unix socket file (no process behind it) is replaced; a live one is
+    /// [`ParentError::SocketInUse`], and anything that is not a socket is
+    /// [`ParentError::NotASocket`]. A proxy whose destination `proxy_allow` does not allow is
+    /// [`ParentError::ProxyNotAllowed`] (checked at load too; this covers a [`Config`] built in
+    /// code). Nothing is left running or bound when `start` fails.
     pub fn start(self) -> Result<RunningParent> {
-        let enclave = match &self.config.enclave {
-            EnclaveAddr::Unix(path) => path.clone(),
-            EnclaveAddr::Vsock { cid, port } => {
-                return Err(ParentError::VsockUnavailable {
-                    cid: *cid,
-                    port: *port,
-                });
-            }
-        };
-        let tcp = TcpListener::bind(self.config.listen)
-            .map_err(|e| ParentError::io(format!("binding {}", self.config.listen), &e))?;
-        let client_addr = tcp
-            .local_addr()
-            .map_err(|e| ParentError::io("reading the bound address", &e))?;
-        let store_socket = self.config.store_socket.clone();
-        let (unix, socket_id) = bind_store_socket(&store_socket)?;
-
+        let Parent { config, store } = self;
+        for p in &config.proxies {
+            proxy::check_allowed(&config.proxy_allow, &p.to)?;
+        }
+        let (wake_rx, wake_tx) =
+            UnixStream::pair().map_err(|e| ParentError::io("creating the stop signal", &e))?;
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             conns: Mutex::new(Conns::default()),
+            wake_rx,
+            wake_tx,
         });
-        let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .name(name.to_owned())
-                .spawn(body)
-                .map_err(|e| ParentError::io(format!("spawning {name}"), &e))
-        };
-        let relay_loop = {
-            let shared = Arc::clone(&shared);
-            spawn(
-                "parent-accept-tcp",
-                Box::new(move || accept_clients(&tcp, &enclave, &shared)),
-            )?
-        };
+        let tcp = TcpListener::bind(config.listen)
+            .map_err(|e| ParentError::io(format!("binding {}", config.listen), &e))?;
+        let client_addr = tcp
+            .local_addr()
+            .map_err(|e| ParentError::io("reading the bound address", &e))?;
+        // From here on, a failure drops `running`, which stops what was started and removes the
+        // socket files bound so far.
         let mut running = RunningParent {
             client_addr,
-            store_socket,
-            socket_id,
-            shared: Arc::clone(&shared),
-            accept_threads: vec![relay_loop],
+            store_socket: config.store_socket.clone(),
+            socket_files: Vec::new(),
+            shared,
+            accept_threads: Vec::new(),
+            stopped: false,
         };
-        let store = self.store;
-        // On failure `running` is dropped, which stops the client loop again.
-        let store_loop = spawn(
-            "parent-accept-store",
-            Box::new(move || accept_store(&unix, &store, &shared)),
-        )?;
-        running.accept_threads.push(store_loop);
+        let mut loops: Vec<Loop> = vec![Loop {
+            name: "parent-accept-tcp".into(),
+            listener: nonblocking(Box::new(tcp), &config.listen.to_string())?,
+            max: MAX_CONNECTIONS,
+            handler: Handler::Relay(config.enclave.clone()),
+        }];
+        let unix = running.bind_unix(&config.store_socket)?;
+        loops.push(Loop {
+            name: "parent-accept-store".into(),
+            listener: nonblocking(Box::new(unix), &config.store_socket.display().to_string())?,
+            max: MAX_CONNECTIONS,
+            handler: Handler::Store(Arc::clone(&store)),
+        });
+        if let Some(port) = config.store_vsock_port {
+            let what = format!("the store listener on vsock port {port}");
+            let listener = bind_vsock(port, &what)?;
+            loops.push(Loop {
+                name: "parent-accept-store-vsock".into(),
+                listener: nonblocking(Box::new(listener), &what)?,
+                max: MAX_CONNECTIONS,
+                handler: Handler::Store(Arc::clone(&store)),
+            });
+        }
+        for (i, p) in config.proxies.iter().enumerate() {
+            let listener: Box<dyn Listen> = match &p.listen {
+                Inbound::Unix(path) => Box::new(running.bind_unix(path)?),
+                Inbound::Vsock { port } => Box::new(bind_vsock(
+                    *port,
+                    &format!("the proxy listener on vsock port {port}"),
+                )?),
+            };
+            loops.push(Loop {
+                name: format!("parent-accept-proxy-{i}"),
+                listener: nonblocking(listener, &p.listen.to_string())?,
+                max: p.max_connections,
+                handler: Handler::Proxy {
+                    listen: p.listen.clone(),
+                    to: p.to.clone(),
+                },
+            });
+        }
+        running.shared.conns().per_listener = vec![0; loops.len()];
+        for (slot, l) in loops.into_iter().enumerate() {
+            let shared = Arc::clone(&running.shared);
+            let name = l.name.clone();
+            let thread = std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || accept_loop(l, slot, &shared))
+                .map_err(|e| ParentError::io(format!("spawning {name}"), &e))?;
+            running.accept_threads.push(thread);
+        }
         Ok(running)
     }
 }
@@ -114,10 +160,11 @@ impl Parent {
 pub struct RunningParent {
     client_addr: SocketAddr,
     store_socket: PathBuf,
-    /// Device and inode of the socket file we bound, to remove only our own.
-    socket_id: (u64, u64),
+    /// The unix socket files we bound, with their (device, inode), to remove only our own.
+    socket_files: Vec<(PathBuf, (u64, u64))>,
     shared: Arc<Shared>,
     accept_threads: Vec<JoinHandle<()>>,
+    stopped: bool,
 }
 
 impl RunningParent {
@@ -139,31 +186,34 @@ impl RunningParent {
         }
     }
 
-    /// Stops accepting, closes every open connection, joins all threads, removes the socket file.
+    /// Stops accepting, closes every open connection, joins all threads, removes the socket files.
     pub fn shutdown(mut self) {
         self.stop();
     }
 
+    /// Binds a unix socket at `path` (see [`bind_unix_socket`]) and remembers it for removal.
+    fn bind_unix(&mut self, path: &Path) -> Result<UnixListener> {
+        let (listener, id) = bind_unix_socket(path)?;
+        self.socket_files.push((path.to_path_buf(), id));
+        Ok(listener)
+    }
+
     fn stop(&mut self) {
-        if self.accept_threads.is_empty() {
+        if self.stopped {
             return;
         }
+        self.stopped = true;
         self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake each blocked accept with a connection of our own; it sees the flag and returns.
-        // If a wake fails, that thread is left to end with the process rather than hang here.
-        let tcp_woken = TcpStream::connect_timeout(&wake_addr(self.client_addr), WAKE_TIMEOUT);
-        let unix_woken = UnixStream::connect(&self.store_socket);
-        let mut woken = [tcp_woken.is_ok(), unix_woken.is_ok()].into_iter();
+        // Nobody reads the signal: it stays readable, so every accept loop's poll returns.
+        let _ = (&self.shared.wake_tx).write(&[1]);
         for t in self.accept_threads.drain(..) {
-            if woken.next().unwrap_or(false) {
-                let _ = t.join();
-            }
+            let _ = t.join();
         }
         let threads = {
             let mut conns = self.shared.conns();
-            for streams in conns.open.values() {
-                for s in streams {
-                    s.shutdown();
+            for sockets in conns.open.values() {
+                for s in sockets {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
                 }
             }
             std::mem::take(&mut conns.threads)
@@ -171,10 +221,12 @@ impl RunningParent {
         for t in threads {
             let _ = t.join();
         }
-        if let Ok(meta) = std::fs::symlink_metadata(&self.store_socket)
-            && (meta.dev(), meta.ino()) == self.socket_id
-        {
-            let _ = std::fs::remove_file(&self.store_socket);
+        for (path, id) in self.socket_files.drain(..) {
+            if let Ok(meta) = std::fs::symlink_metadata(&path)
+                && (meta.dev(), meta.ino()) == id
+            {
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
 }
@@ -199,15 +251,17 @@ struct Shared {
     stop: AtomicBool,
     next_id: AtomicU64,
     conns: Mutex<Conns>,
+    /// The stop signal: one byte is written to `wake_tx` on shutdown; the loops poll `wake_rx`.
+    wake_rx: UnixStream,
+    wake_tx: UnixStream,
 }
 
 #[derive(Default)]
 struct Conns {
-    /// Open connections: clones of their sockets, to shut them down on shutdown.
-    open: HashMap<u64, Vec<Socket>>,
-    /// Open relay and store connections, counted per listener for [`MAX_CONNECTIONS`].
-    relays: usize,
-    stores: usize,
+    /// Open connections: their sockets, shut down on shutdown.
+    open: HashMap<u64, Vec<Conn>>,
+    /// Open connections per listener (index: the listener's slot).
+    per_listener: Vec<usize>,
     /// Connection threads not yet joined.
     threads: Vec<JoinHandle<()>>,
 }
@@ -220,35 +274,100 @@ impl Shared {
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
-}
 
-enum Socket {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Socket {
-    fn shutdown(&self) {
-        let _ = match self {
-            Socket::Tcp(s) => s.shutdown(Shutdown::Both),
-            Socket::Unix(s) => s.shutdown(Shutdown::Both),
-        };
+    /// Adds a second socket (the enclave's, the proxy destination's) to connection `id`, so that
+    /// shutdown closes it too. `false` when shutting down: the caller gives up.
+    fn register(&self, id: u64, socket: &Conn) -> bool {
+        let mut conns = self.conns();
+        // Shutdown may have swept the open connections between our accept and now.
+        if self.stopping() {
+            return false;
+        }
+        if let Some(sockets) = conns.open.get_mut(&id) {
+            sockets.push(Arc::clone(socket));
+        }
+        true
     }
 }
 
-#[derive(Clone, Copy)]
-enum Kind {
-    Relay,
-    Store,
+/// One listener and what its connections are for.
+struct Loop {
+    name: String,
+    listener: Box<dyn Listen>,
+    max: usize,
+    handler: Handler,
 }
 
-/// Registers a connection and runs `body` for it on a thread of its own; `None` (and the
-/// connection is dropped) when stopping or at the connection limit.
+enum Handler {
+    /// Relay clients to the enclave.
+    Relay(EnclaveAddr),
+    /// Serve the enclave's store requests.
+    Store(Arc<dyn Store>),
+    /// Relay the enclave to a fixed outside destination.
+    Proxy { listen: Inbound, to: Destination },
+}
+
+impl Handler {
+    fn serve(&self, id: u64, conn: &Conn, shared: &Shared) {
+        match self {
+            Handler::Relay(enclave) => relay_one(id, conn, enclave, shared),
+            Handler::Store(store) => {
+                if let Err(e) = serve_store(Io(&**conn), store.as_ref()) {
+                    log(&format!("store connection ended: {e}"));
+                }
+            }
+            Handler::Proxy { listen, to } => proxy_one(id, conn, listen, to, shared),
+        }
+    }
+}
+
+/// Waits for connections on `l` until shutdown, handing each to a connection thread.
+fn accept_loop(l: Loop, slot: usize, shared: &Arc<Shared>) {
+    let handler = Arc::new(l.handler);
+    loop {
+        if shared.stopping() {
+            return;
+        }
+        let mut fds = [
+            PollFd::new(l.listener.fd(), PollFlags::POLLIN),
+            PollFd::new(shared.wake_rx.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::from(POLL_INTERVAL_MS)) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => {
+                accept_failed(&l.name, &io::Error::from(e));
+                continue;
+            }
+        }
+        if shared.stopping() {
+            return;
+        }
+        match l.listener.accept() {
+            Ok(conn) => {
+                let handler = Arc::clone(&handler);
+                let conn_shared = Arc::clone(shared);
+                spawn_connection(shared, slot, l.max, &conn, move |id, conn| {
+                    handler.serve(id, conn, &conn_shared);
+                });
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => accept_failed(&l.name, &e),
+        }
+    }
+}
+
+/// Registers a connection and runs `body` for it on a thread of its own; the connection is
+/// dropped (closed) instead when stopping or when its listener has `max` open already.
 fn spawn_connection(
     shared: &Arc<Shared>,
-    kind: Kind,
-    socket: Socket,
-    body: impl FnOnce(u64) + Send + 'static,
+    slot: usize,
+    max: usize,
+    conn: &Conn,
+    body: impl FnOnce(u64, &Conn) + Send + 'static,
 ) {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let mut conns = shared.conns();
@@ -256,28 +375,29 @@ fn spawn_connection(
         return;
     }
     conns.threads.retain(|t| !t.is_finished());
-    let count = match kind {
-        Kind::Relay => &mut conns.relays,
-        Kind::Store => &mut conns.stores,
+    let Some(count) = conns.per_listener.get_mut(slot) else {
+        return;
     };
-    if *count >= MAX_CONNECTIONS {
+    if *count >= max {
         log(&format!(
-            "refusing a connection: {MAX_CONNECTIONS} connections already open"
+            "refusing a connection: {max} connections already open on this listener"
         ));
         return;
     }
     *count += 1;
-    conns.open.insert(id, vec![socket]);
+    conns.open.insert(id, vec![Arc::clone(conn)]);
     let done = Arc::clone(shared);
+    let mine = Arc::clone(conn);
     let thread = std::thread::Builder::new()
         .name(format!("parent-conn-{id}"))
         .spawn(move || {
-            body(id);
+            body(id, &mine);
+            // Close now, not when the registry's clone goes: the peer must see the end.
+            let _ = mine.shutdown(std::net::Shutdown::Both);
             let mut conns = done.conns();
             conns.open.remove(&id);
-            match kind {
-                Kind::Relay => conns.relays = conns.relays.saturating_sub(1),
-                Kind::Store => conns.stores = conns.stores.saturating_sub(1),
+            if let Some(count) = conns.per_listener.get_mut(slot) {
+                *count = count.saturating_sub(1);
             }
         });
     match thread {
@@ -285,70 +405,57 @@ fn spawn_connection(
         Err(e) => {
             log(&format!("cannot spawn a connection thread: {e}"));
             conns.open.remove(&id);
-            let count = match kind {
-                Kind::Relay => &mut conns.relays,
-                Kind::Store => &mut conns.stores,
-            };
-            *count = count.saturating_sub(1);
-        }
-    }
-}
-
-fn accept_clients(listener: &TcpListener, enclave: &Path, shared: &Arc<Shared>) {
-    loop {
-        let accepted = listener.accept();
-        if shared.stopping() {
-            return;
-        }
-        let client = match accepted {
-            Ok((client, _)) => client,
-            Err(e) => {
-                accept_failed(&e);
-                continue;
+            if let Some(count) = conns.per_listener.get_mut(slot) {
+                *count = count.saturating_sub(1);
             }
-        };
-        let Ok(registered) = client.try_clone() else {
-            continue;
-        };
-        let enclave = enclave.to_path_buf();
-        let conn_shared = Arc::clone(shared);
-        spawn_connection(shared, Kind::Relay, Socket::Tcp(registered), move |id| {
-            relay_one(id, client, &enclave, &conn_shared);
-        });
+        }
     }
 }
 
 /// Connects a client to the enclave and relays until both are done.
-fn relay_one(id: u64, client: TcpStream, enclave: &Path, shared: &Shared) {
-    // TLS records are small and interactive: do not hold them back for Nagle.
-    let _ = client.set_nodelay(true);
-    let upstream = match UnixStream::connect(enclave) {
+fn relay_one(id: u64, client: &Conn, enclave: &EnclaveAddr, shared: &Shared) {
+    let upstream: io::Result<Conn> = match enclave {
+        EnclaveAddr::Unix(path) => UnixStream::connect(path).map(|s| Arc::new(s) as Conn),
+        // Bounded by the kernel's vsock connect timeout (2 s by default).
+        EnclaveAddr::Vsock { cid, port } => {
+            VsockStream::connect_with_cid_port(*cid, *port).map(|s| Arc::new(s) as Conn)
+        }
+    };
+    let upstream = match upstream {
         Ok(s) => s,
         Err(e) => {
             log(&format!(
-                "cannot reach the enclave at {}: {e}; closing the client connection",
-                enclave.display()
+                "cannot reach the enclave at {enclave}: {e}; closing the client connection"
             ));
             return;
         }
     };
-    match upstream.try_clone() {
-        Ok(clone) => {
-            let mut conns = shared.conns();
-            // Shutdown may have swept the open connections between our accept and now.
-            if shared.stopping() {
-                return;
-            }
-            if let Some(sockets) = conns.open.get_mut(&id) {
-                sockets.push(Socket::Unix(clone));
-            }
-        }
+    if !shared.register(id, &upstream) {
+        return;
+    }
+    relay_logged("relay", client, &upstream);
+}
+
+/// Connects an enclave's proxy connection to its destination (resolved now) and relays.
+fn proxy_one(id: u64, inbound: &Conn, listen: &Inbound, to: &Destination, shared: &Shared) {
+    let outbound = match proxy::connect(to) {
+        Ok(s) => Arc::new(s) as Conn,
         Err(e) => {
-            log(&format!("cannot register the enclave connection: {e}"));
+            log(&format!(
+                "proxy {listen} -> {to}: {e}; closing the inbound connection"
+            ));
             return;
         }
+    };
+    if !shared.register(id, &outbound) {
+        return;
     }
-    if let Err(e) = relay(client, upstream)
+    relay_logged(&format!("proxy {listen} -> {to}"), inbound, &outbound);
+}
+
+/// Relays and logs how it ended, unless it ended the ordinary way (EOF or the peer gone).
+fn relay_logged(what: &str, a: &Conn, b: &Conn) {
+    if let Err(e) = relay(&**a, &**b)
         && !matches!(
             e.kind(),
             io::ErrorKind::BrokenPipe
@@ -357,45 +464,34 @@ fn relay_one(id: u64, client: TcpStream, enclave: &Path, shared: &Shared) {
                 | io::ErrorKind::NotConnected
         )
     {
-        log(&format!("relay ended: {e}"));
+        log(&format!("{what} ended: {e}"));
     }
 }
 
-fn accept_store(listener: &UnixListener, store: &Arc<dyn Store>, shared: &Arc<Shared>) {
-    loop {
-        let accepted = listener.accept();
-        if shared.stopping() {
-            return;
-        }
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                accept_failed(&e);
-                continue;
-            }
-        };
-        let Ok(registered) = stream.try_clone() else {
-            continue;
-        };
-        let store = Arc::clone(store);
-        spawn_connection(shared, Kind::Store, Socket::Unix(registered), move |_| {
-            if let Err(e) = serve_store(stream, store.as_ref()) {
-                log(&format!("store connection ended: {e}"));
-            }
-        });
-    }
-}
-
-fn accept_failed(e: &io::Error) {
+fn accept_failed(name: &str, e: &io::Error) {
     if e.kind() != io::ErrorKind::Interrupted {
-        log(&format!("accept failed: {e}"));
+        log(&format!("{name}: accept failed: {e}"));
         std::thread::sleep(ACCEPT_BACKOFF);
     }
 }
 
-/// Binds the store socket at `path`, replacing a stale socket file, and makes it mode 0600.
+/// Puts a listener in non-blocking mode (the accept loop polls it).
+fn nonblocking(listener: Box<dyn Listen>, what: &str) -> Result<Box<dyn Listen>> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| ParentError::io(format!("making {what} non-blocking"), &e))?;
+    Ok(listener)
+}
+
+/// Binds a vsock listener on every CID at `port`.
+fn bind_vsock(port: u32, what: &str) -> Result<VsockListener> {
+    VsockListener::bind_with_cid_port(VMADDR_CID_ANY, port)
+        .map_err(|e| ParentError::io(format!("binding {what}"), &e))
+}
+
+/// Binds a unix socket at `path`, replacing a stale socket file, and makes it mode 0600.
 /// Returns the listener and the socket file's (device, inode).
-fn bind_store_socket(path: &Path) -> Result<(UnixListener, (u64, u64))> {
+fn bind_unix_socket(path: &Path) -> Result<(UnixListener, (u64, u64))> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if UnixStream::connect(path).is_ok() {
@@ -424,17 +520,6 @@ fn bind_store_socket(path: &Path) -> Result<(UnixListener, (u64, u64))> {
     let meta = std::fs::symlink_metadata(path)
         .map_err(|e| ParentError::io(format!("checking {}", path.display()), &e))?;
     Ok((listener, (meta.dev(), meta.ino())))
-}
-
-/// Where to connect to reach a listener bound to `addr` (an unspecified address is reached on
-/// loopback).
-fn wake_addr(addr: SocketAddr) -> SocketAddr {
-    let ip = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, addr.port())
 }
 
 /// One line on stderr: the parent's log.

@@ -42,3 +42,64 @@ impl Anchor for InsecureMemoryAnchor {
         Ok(())
     }
 }
+
+/// Remembers the anchor values this enclave wrote or read, so a signature costs no HSM round
+/// trip. The enclave is the only writer of its anchors; a value read back from the token later
+/// can only be older (a host that rolled back a SoftHSM token directory), and the cache, being
+/// newer, still refuses stale state while this process runs.
+#[derive(Debug)]
+pub struct CachedAnchor<A> {
+    inner: A,
+    cache: std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>,
+}
+
+impl<A: Anchor> CachedAnchor<A> {
+    /// Wraps `inner`.
+    pub fn new(inner: A) -> Self {
+        Self {
+            inner,
+            cache: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+impl<A: Anchor> Anchor for CachedAnchor<A> {
+    fn read(&self, label: &str) -> Result<Option<Vec<u8>>, String> {
+        if let Some(v) = self
+            .cache
+            .lock()
+            .map_err(|_| "poisoned".to_owned())?
+            .get(label)
+        {
+            return Ok(Some(v.clone()));
+        }
+        let value = self.inner.read(label)?;
+        if let Some(v) = &value {
+            self.cache
+                .lock()
+                .map_err(|_| "poisoned".to_owned())?
+                .insert(label.to_owned(), v.clone());
+        }
+        Ok(value)
+    }
+
+    fn write(&self, label: &str, value: &[u8]) -> Result<(), String> {
+        // The token first: the cache never runs ahead of what is durable.
+        self.inner.write(label, value)?;
+        self.cache
+            .lock()
+            .map_err(|_| "poisoned".to_owned())?
+            .insert(label.to_owned(), value.to_vec());
+        Ok(())
+    }
+}
+
+impl Anchor for Box<dyn Anchor> {
+    fn read(&self, label: &str) -> Result<Option<Vec<u8>>, String> {
+        self.as_ref().read(label)
+    }
+
+    fn write(&self, label: &str, value: &[u8]) -> Result<(), String> {
+        self.as_ref().write(label, value)
+    }
+}

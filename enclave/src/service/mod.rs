@@ -136,6 +136,7 @@ struct Pending<T> {
 
 struct PendingSign {
     wallet_id: WalletId,
+    party: u16,
     epoch: u64,
     session: SignerSession<Suite>,
     started: Instant,
@@ -241,7 +242,7 @@ impl Service {
             attester,
             sealer,
             store,
-            anchor,
+            anchor: Box::new(anchor::CachedAnchor::new(anchor)),
             audit,
             policy,
             dkgs: Mutex::new(HashMap::new()),
@@ -784,6 +785,7 @@ impl Service {
             session_id,
             PendingSign {
                 wallet_id,
+                party: state.party,
                 epoch,
                 session,
                 started: Instant::now(),
@@ -809,10 +811,11 @@ impl Service {
                     "unknown, expired or already used signing session",
                 )
             })?;
-        let state = self.records().load_state(&pending.wallet_id)?;
+        // The state was checked (anchor, keys, epoch) at SignCommit; the share is bound to the
+        // party and epoch recorded then.
         let share = self
             .records()
-            .load_share(&pending.wallet_id, state.party, pending.epoch)?;
+            .load_share(&pending.wallet_id, pending.party, pending.epoch)?;
         let key_package = key_package(&share)?;
         let share = pending.session.sign(&key_package, signing_package)?;
         Ok(Response::SignatureShare {

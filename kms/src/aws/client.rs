@@ -1,0 +1,907 @@
+//! A minimal AWS KMS client: the JSON 1.1 protocol, SigV4-signed, over HTTP/1.1 written by hand on
+//! any byte stream.
+//!
+//! Every call is `POST /` with `Content-Type: application/x-amz-json-1.1` and
+//! `X-Amz-Target: TrentService.<Operation>`; binary fields travel as base64 strings. One connection
+//! per call (`Connection: close`): KMS calls are few (one per seal or unseal), and a fresh
+//! connection needs no state that a broken peer could leave behind.
+//!
+//! The byte stream is injected ([`Transport`]): in the enclave it is the parent's vsock proxy with
+//! TLS ([`TlsTransport`], rustls with the Mozilla roots of `webpki-roots`) ending *inside* the
+//! enclave, so the parent relays ciphertext only and cannot forge KMS's answers; in tests it is
+//! plain TCP to a local server ([`TcpTransport`]).
+//!
+//! Robustness: the status line and headers are capped at [`MAX_HEAD_LEN`], the body at
+//! [`MAX_BODY_LEN`] (KMS answers are a few KiB), a body needs `Content-Length` or chunked framing,
+//! and any malformed byte is an error ([`KmsError::AwsResponse`]), never a panic. KMS errors keep
+//! their HTTP status and AWS error type ([`KmsError::AwsError`]).
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use rustls::pki_types::ServerName;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::sigv4::{self, Credentials, Scope};
+use crate::error::{KmsError, Result};
+
+/// Largest status line plus headers read.
+pub const MAX_HEAD_LEN: usize = 16 * 1024;
+/// Largest body read.
+pub const MAX_BODY_LEN: usize = 256 * 1024;
+/// The `KeyEncryptionAlgorithm` of a `Recipient` (the only one KMS accepts).
+pub const RECIPIENT_ALGORITHM: &str = "RSAES_OAEP_SHA_256";
+/// The service's SigV4 signing name.
+const SERVICE: &str = "kms";
+/// Longest AWS error message kept.
+const MAX_MESSAGE_LEN: usize = 512;
+
+/// A connected byte stream.
+pub trait Connection: Read + Write + Send {}
+impl<T: Read + Write + Send> Connection for T {}
+
+/// Opens connections to KMS (or to the proxy that reaches it).
+pub trait Transport: Send + Sync {
+    /// A new connection.
+    fn connect(&self) -> io::Result<Box<dyn Connection>>;
+}
+
+impl<F> Transport for F
+where
+    F: Fn() -> io::Result<Box<dyn Connection>> + Send + Sync,
+{
+    fn connect(&self) -> io::Result<Box<dyn Connection>> {
+        self()
+    }
+}
+
+/// Plain TCP with connect, read and write timeouts (tests, or a TLS layer on top).
+#[derive(Debug, Clone)]
+pub struct TcpTransport {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Connect, read and write timeout.
+    pub timeout: Duration,
+}
+
+impl Transport for TcpTransport {
+    fn connect(&self) -> io::Result<Box<dyn Connection>> {
+        let stream = TcpStream::connect_timeout(&self.addr, self.timeout)?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        stream.set_write_timeout(Some(self.timeout))?;
+        stream.set_nodelay(true)?;
+        Ok(Box::new(stream))
+    }
+}
+
+/// TLS over another transport, the server authenticated by name against a fixed set of roots.
+pub struct TlsTransport {
+    inner: Box<dyn Transport>,
+    config: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsTransport")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsTransport {
+    /// TLS 1.2/1.3 (rustls, aws-lc-rs provider) to `host`, trusting the Mozilla root program's
+    /// CAs as shipped in `webpki-roots` (AWS endpoints chain to Amazon Root CA 1–4 / Starfield).
+    pub fn webpki(inner: Box<dyn Transport>, host: &str) -> Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        Self::with_roots(inner, host, roots)
+    }
+
+    /// TLS to `host` trusting `roots` only (tests use their own CA).
+    pub fn with_roots(
+        inner: Box<dyn Transport>,
+        host: &str,
+        roots: rustls::RootCertStore,
+    ) -> Result<Self> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| KmsError::AwsConfig {
+                reason: format!("TLS: {e}"),
+            })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let server_name =
+            ServerName::try_from(host.to_owned()).map_err(|e| KmsError::AwsConfig {
+                reason: format!("TLS server name {host:?}: {e}"),
+            })?;
+        Ok(Self {
+            inner,
+            config: Arc::new(config),
+            server_name,
+        })
+    }
+}
+
+impl Transport for TlsTransport {
+    fn connect(&self) -> io::Result<Box<dyn Connection>> {
+        let sock = self.inner.connect()?;
+        let conn = rustls::ClientConnection::new(self.config.clone(), self.server_name.clone())
+            .map_err(io::Error::other)?;
+        Ok(Box::new(rustls::StreamOwned::new(conn, sock)))
+    }
+}
+
+/// Where credentials come from; asked before every call, so rotated credentials are picked up.
+pub trait CredentialsSource: Send + Sync {
+    /// The current credentials.
+    fn credentials(&self) -> Result<Credentials>;
+}
+
+impl CredentialsSource for Credentials {
+    fn credentials(&self) -> Result<Credentials> {
+        Ok(self.clone())
+    }
+}
+
+/// Credentials in a JSON file ([`Credentials::from_json`]: the instance-metadata document), read on
+/// every call: whoever rotates them rewrites the file (atomically, by rename).
+#[derive(Debug, Clone)]
+pub struct CredentialsFile(pub PathBuf);
+
+impl CredentialsSource for CredentialsFile {
+    fn credentials(&self) -> Result<Credentials> {
+        let bytes =
+            Zeroizing::new(
+                std::fs::read(&self.0).map_err(|e| KmsError::AwsCredentials {
+                    reason: format!("cannot read {}: {e}", self.0.display()),
+                })?,
+            );
+        Credentials::from_json(&bytes).map_err(|e| KmsError::AwsCredentials {
+            reason: format!("{}: {e}", self.0.display()),
+        })
+    }
+}
+
+/// `Recipient` of a request: the attestation document carrying the enclave's RSA public key.
+#[derive(Clone)]
+pub struct Recipient<'a> {
+    /// The COSE_Sign1 attestation document.
+    pub attestation_document: &'a [u8],
+}
+
+/// The answer to `GenerateDataKey`.
+pub struct GenerateDataKeyOutput {
+    /// The ARN of the key KMS used.
+    pub key_id: String,
+    /// The data key encrypted under the KMS key (store this).
+    pub ciphertext_blob: Vec<u8>,
+    /// The data key in clear (absent when a `Recipient` was given).
+    pub plaintext: Option<Zeroizing<Vec<u8>>>,
+    /// The data key encrypted to the recipient (only with a `Recipient`).
+    pub ciphertext_for_recipient: Option<Vec<u8>>,
+}
+
+/// The answer to `Decrypt`.
+pub struct DecryptOutput {
+    /// The ARN of the key KMS used.
+    pub key_id: String,
+    /// The plaintext (absent when a `Recipient` was given).
+    pub plaintext: Option<Zeroizing<Vec<u8>>>,
+    /// The plaintext encrypted to the recipient (only with a `Recipient`).
+    pub ciphertext_for_recipient: Option<Vec<u8>>,
+}
+
+/// The answer to `Encrypt`.
+#[derive(Debug, Clone)]
+pub struct EncryptOutput {
+    /// The ARN of the key KMS used.
+    pub key_id: String,
+    /// The ciphertext.
+    pub ciphertext_blob: Vec<u8>,
+}
+
+macro_rules! redacted_debug {
+    ($t:ty, $($field:ident),*) => {
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t))
+                    $(.field(stringify!($field), &self.$field))*
+                    .field("plaintext", &self.plaintext.as_ref().map(|_| "<redacted>"))
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+redacted_debug!(GenerateDataKeyOutput, key_id);
+redacted_debug!(DecryptOutput, key_id);
+
+/// An AWS KMS client for one region.
+pub struct KmsClient {
+    transport: Box<dyn Transport>,
+    credentials: Box<dyn CredentialsSource>,
+    region: String,
+    host: String,
+    clock: fn() -> SystemTime,
+}
+
+impl std::fmt::Debug for KmsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KmsClient")
+            .field("region", &self.region)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KmsClient {
+    /// A client for `region`, sending `Host: kms.REGION.amazonaws.com` (see [`KmsClient::host`]).
+    pub fn new(
+        transport: Box<dyn Transport>,
+        region: &str,
+        credentials: Box<dyn CredentialsSource>,
+    ) -> Result<Self> {
+        check_region(region)?;
+        Ok(Self {
+            transport,
+            credentials,
+            host: endpoint_host(region),
+            region: region.to_owned(),
+            clock: SystemTime::now,
+        })
+    }
+
+    /// Replaces the `Host` header (a local test server, a FIPS or VPC endpoint name).
+    pub fn with_host(mut self, host: &str) -> Result<Self> {
+        if host.is_empty() || !host.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(KmsError::AwsConfig {
+                reason: format!("host {host:?} cannot be sent"),
+            });
+        }
+        self.host = host.to_owned();
+        Ok(self)
+    }
+
+    /// Replaces the clock used for signing (tests).
+    pub fn with_clock(mut self, clock: fn() -> SystemTime) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The `Host` header sent.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// `GenerateDataKey` of an AES-256 key under `key_id`, bound to `context`. With a `recipient`,
+    /// KMS returns the key encrypted to it (`CiphertextForRecipient`) instead of in clear.
+    pub fn generate_data_key(
+        &self,
+        key_id: &str,
+        context: &BTreeMap<String, String>,
+        recipient: Option<Recipient<'_>>,
+    ) -> Result<GenerateDataKeyOutput> {
+        const OP: &str = "GenerateDataKey";
+        let mut req = Map::new();
+        req.insert("KeyId".into(), json!(key_id));
+        req.insert("KeySpec".into(), json!("AES_256"));
+        insert_context(&mut req, context);
+        insert_recipient(&mut req, recipient.as_ref());
+        let raw: RawResponse = self.call_json(OP, &Value::Object(req))?;
+        Ok(GenerateDataKeyOutput {
+            key_id: raw.key_id(OP)?,
+            ciphertext_blob: raw.required_b64(OP, "CiphertextBlob", &raw.ciphertext_blob)?,
+            plaintext: raw.plaintext(OP)?,
+            ciphertext_for_recipient: raw.optional_b64(
+                OP,
+                "CiphertextForRecipient",
+                &raw.ciphertext_for_recipient,
+            )?,
+        })
+    }
+
+    /// `Decrypt` of `ciphertext_blob`, which must have been made under `key_id` (KMS refuses it
+    /// otherwise: `IncorrectKeyException`) with exactly `context`.
+    pub fn decrypt(
+        &self,
+        key_id: &str,
+        ciphertext_blob: &[u8],
+        context: &BTreeMap<String, String>,
+        recipient: Option<Recipient<'_>>,
+    ) -> Result<DecryptOutput> {
+        const OP: &str = "Decrypt";
+        let mut req = Map::new();
+        req.insert("KeyId".into(), json!(key_id));
+        req.insert("CiphertextBlob".into(), json!(B64.encode(ciphertext_blob)));
+        insert_context(&mut req, context);
+        insert_recipient(&mut req, recipient.as_ref());
+        let raw: RawResponse = self.call_json(OP, &Value::Object(req))?;
+        Ok(DecryptOutput {
+            key_id: raw.key_id(OP)?,
+            plaintext: raw.plaintext(OP)?,
+            ciphertext_for_recipient: raw.optional_b64(
+                OP,
+                "CiphertextForRecipient",
+                &raw.ciphertext_for_recipient,
+            )?,
+        })
+    }
+
+    /// `Encrypt` of a small `plaintext` (at most 4 KiB) under `key_id`, bound to `context`.
+    pub fn encrypt(
+        &self,
+        key_id: &str,
+        plaintext: &[u8],
+        context: &BTreeMap<String, String>,
+    ) -> Result<EncryptOutput> {
+        const OP: &str = "Encrypt";
+        let mut req = Map::new();
+        req.insert("KeyId".into(), json!(key_id));
+        req.insert("Plaintext".into(), Value::String(B64.encode(plaintext)));
+        insert_context(&mut req, context);
+        let mut body = Value::Object(req);
+        let raw: Result<RawResponse> = self.call_json(OP, &body);
+        if let Some(Value::String(p)) = body.get_mut("Plaintext") {
+            p.zeroize();
+        }
+        let raw = raw?;
+        Ok(EncryptOutput {
+            key_id: raw.key_id(OP)?,
+            ciphertext_blob: raw.required_b64(OP, "CiphertextBlob", &raw.ciphertext_blob)?,
+        })
+    }
+
+    /// Any KMS operation: `target` is the operation name (`CreateKey`, …), `body` its JSON request;
+    /// returns the JSON answer. The body is zeroized after use, as it may carry secrets.
+    pub fn call(&self, operation: &'static str, body: &Value) -> Result<Value> {
+        self.call_json(operation, body)
+    }
+
+    fn call_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        operation: &'static str,
+        body: &Value,
+    ) -> Result<T> {
+        let body = Zeroizing::new(serde_json::to_vec(body).map_err(|e| KmsError::AwsConfig {
+            reason: format!("cannot encode the {operation} request: {e}"),
+        })?);
+        let answer = self.round_trip(operation, &body)?;
+        serde_json::from_slice(&answer).map_err(|e| KmsError::AwsResponse {
+            operation,
+            reason: format!("not the expected JSON: {e}"),
+        })
+    }
+
+    /// Signs and sends one request, returns the body of a 2xx answer; other answers become
+    /// [`KmsError::AwsError`].
+    fn round_trip(&self, operation: &'static str, body: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let credentials = self.credentials.credentials()?;
+        let target = format!("TrentService.{operation}");
+        let headers = [
+            ("Content-Type", "application/x-amz-json-1.1"),
+            ("Host", self.host.as_str()),
+            ("X-Amz-Target", target.as_str()),
+        ];
+        let signed = sigv4::sign(
+            &sigv4::Request {
+                method: "POST",
+                path: "/",
+                query: &[],
+                headers: &headers,
+                body,
+            },
+            &credentials,
+            &Scope {
+                region: &self.region,
+                service: SERVICE,
+                time: (self.clock)(),
+            },
+        )?;
+        let mut head = String::with_capacity(1024);
+        head.push_str("POST / HTTP/1.1\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        for (name, value) in signed.extra_headers(&credentials) {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\nUser-Agent: cosigner-kms/{}\r\n\r\n",
+            body.len(),
+            env!("CARGO_PKG_VERSION")
+        ));
+        let transport = |e: io::Error| KmsError::AwsTransport {
+            operation,
+            reason: e.to_string(),
+        };
+        let mut conn = self.transport.connect().map_err(transport)?;
+        let mut request = Zeroizing::new(head.into_bytes());
+        request.extend_from_slice(body);
+        conn.write_all(&request).map_err(transport)?;
+        conn.flush().map_err(transport)?;
+        let response = read_response(&mut conn, operation)?;
+        if (200..300).contains(&response.status) {
+            return Ok(response.body);
+        }
+        Err(aws_error(operation, &response))
+    }
+}
+
+/// `kms.REGION.amazonaws.com` (the China regions' endpoints end in `.amazonaws.com.cn`).
+pub fn endpoint_host(region: &str) -> String {
+    if region.starts_with("cn-") {
+        format!("kms.{region}.amazonaws.com.cn")
+    } else {
+        format!("kms.{region}.amazonaws.com")
+    }
+}
+
+/// Regions are lower-case letters, digits and dashes (`eu-west-1`, `us-gov-west-1`).
+pub fn check_region(region: &str) -> Result<()> {
+    if region.is_empty()
+        || region.len() > 32
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(KmsError::AwsConfig {
+            reason: format!("{region:?} is not an AWS region name"),
+        });
+    }
+    Ok(())
+}
+
+fn insert_context(req: &mut Map<String, Value>, context: &BTreeMap<String, String>) {
+    if !context.is_empty() {
+        let map: Map<String, Value> = context
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        req.insert("EncryptionContext".into(), Value::Object(map));
+    }
+}
+
+fn insert_recipient(req: &mut Map<String, Value>, recipient: Option<&Recipient<'_>>) {
+    if let Some(r) = recipient {
+        req.insert(
+            "Recipient".into(),
+            json!({
+                "KeyEncryptionAlgorithm": RECIPIENT_ALGORITHM,
+                "AttestationDocument": B64.encode(r.attestation_document),
+            }),
+        );
+    }
+}
+
+/// The fields of KMS answers this client reads (others are ignored).
+#[derive(Deserialize)]
+struct RawResponse {
+    #[serde(rename = "KeyId")]
+    key_id: Option<String>,
+    #[serde(rename = "CiphertextBlob")]
+    ciphertext_blob: Option<String>,
+    #[serde(rename = "Plaintext")]
+    plaintext: Option<String>,
+    #[serde(rename = "CiphertextForRecipient")]
+    ciphertext_for_recipient: Option<String>,
+}
+
+impl Drop for RawResponse {
+    fn drop(&mut self) {
+        if let Some(p) = &mut self.plaintext {
+            p.zeroize();
+        }
+    }
+}
+
+impl RawResponse {
+    fn key_id(&self, operation: &'static str) -> Result<String> {
+        self.key_id.clone().ok_or(KmsError::AwsResponse {
+            operation,
+            reason: "no KeyId".to_owned(),
+        })
+    }
+
+    fn required_b64(
+        &self,
+        operation: &'static str,
+        name: &str,
+        value: &Option<String>,
+    ) -> Result<Vec<u8>> {
+        self.optional_b64(operation, name, value)?
+            .ok_or_else(|| KmsError::AwsResponse {
+                operation,
+                reason: format!("no {name}"),
+            })
+    }
+
+    fn optional_b64(
+        &self,
+        operation: &'static str,
+        name: &str,
+        value: &Option<String>,
+    ) -> Result<Option<Vec<u8>>> {
+        match value.as_deref() {
+            None | Some("") => Ok(None),
+            Some(s) => B64.decode(s).map(Some).map_err(|e| KmsError::AwsResponse {
+                operation,
+                reason: format!("{name} is not base64: {e}"),
+            }),
+        }
+    }
+
+    fn plaintext(&self, operation: &'static str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        match self.plaintext.as_deref() {
+            None | Some("") => Ok(None),
+            Some(s) => {
+                B64.decode(s)
+                    .map(|v| Some(Zeroizing::new(v)))
+                    .map_err(|_| KmsError::AwsResponse {
+                        operation,
+                        reason: "Plaintext is not base64".to_owned(),
+                    })
+            }
+        }
+    }
+}
+
+/// A parsed HTTP response.
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Zeroizing<Vec<u8>>,
+}
+
+/// Reads one HTTP/1.1 response (skipping 1xx), within the size caps.
+fn read_response(conn: &mut dyn Read, operation: &'static str) -> Result<Response> {
+    let bad = |reason: String| KmsError::AwsResponse { operation, reason };
+    let io = |e: io::Error| KmsError::AwsTransport {
+        operation,
+        reason: e.to_string(),
+    };
+    let mut buf = Zeroizing::new(Vec::with_capacity(4096));
+    let mut chunk = [0u8; 4096];
+    loop {
+        // Read until the end of the head.
+        let head_end = loop {
+            if let Some(pos) = find(&buf, b"\r\n\r\n") {
+                break pos;
+            }
+            if buf.len() > MAX_HEAD_LEN {
+                return Err(bad(format!("headers longer than {MAX_HEAD_LEN} bytes")));
+            }
+            let n = conn.read(&mut chunk).map_err(io)?;
+            if n == 0 {
+                return Err(bad(if buf.is_empty() {
+                    "connection closed without an answer".to_owned()
+                } else {
+                    "connection closed inside the headers".to_owned()
+                }));
+            }
+            buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        };
+        let head = buf.get(..head_end).unwrap_or_default();
+        let head = std::str::from_utf8(head).map_err(|_| bad("headers are not UTF-8".into()))?;
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status = parse_status_line(status_line).ok_or_else(|| {
+            bad(format!(
+                "bad status line {:?}",
+                status_line.chars().take(80).collect::<String>()
+            ))
+        })?;
+        let mut headers = Vec::new();
+        for line in lines {
+            let (name, value) = line
+                .split_once(':')
+                .ok_or_else(|| bad("header line without ':'".into()))?;
+            if name.is_empty() || name.bytes().any(|b| !b.is_ascii_graphic()) {
+                return Err(bad("bad header name".into()));
+            }
+            headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
+        }
+        let rest_start = head_end + 4;
+        let mut rest: Zeroizing<Vec<u8>> =
+            Zeroizing::new(buf.get(rest_start..).unwrap_or_default().to_vec());
+        if (100..200).contains(&status) {
+            // An interim answer: the real one follows.
+            std::mem::swap(&mut buf, &mut rest);
+            continue;
+        }
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let chunked = header("transfer-encoding")
+            .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
+        let body = if chunked {
+            read_chunked(conn, rest, operation)?
+        } else if let Some(len) = header("content-length") {
+            let len: usize = len
+                .parse()
+                .map_err(|_| bad(format!("bad Content-Length {len:?}")))?;
+            if len > MAX_BODY_LEN {
+                return Err(bad(format!(
+                    "body of {len} bytes, more than {MAX_BODY_LEN}"
+                )));
+            }
+            if rest.len() > len {
+                return Err(bad("more bytes than Content-Length".into()));
+            }
+            let mut body = rest;
+            while body.len() < len {
+                let n = conn.read(&mut chunk).map_err(io)?;
+                if n == 0 {
+                    return Err(bad(format!(
+                        "connection closed after {} of {len} body bytes",
+                        body.len()
+                    )));
+                }
+                body.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                if body.len() > len {
+                    return Err(bad("more bytes than Content-Length".into()));
+                }
+            }
+            chunk.zeroize();
+            body
+        } else if status == 204 || status == 304 {
+            Zeroizing::new(Vec::new())
+        } else {
+            return Err(bad("no Content-Length and not chunked".into()));
+        };
+        return Ok(Response {
+            status,
+            headers,
+            body,
+        });
+    }
+}
+
+/// `HTTP/1.x NNN reason`.
+fn parse_status_line(line: &str) -> Option<u16> {
+    let mut parts = line.splitn(3, ' ');
+    let version = parts.next()?;
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
+        return None;
+    }
+    let code = parts.next()?;
+    if code.len() != 3 {
+        return None;
+    }
+    code.parse().ok().filter(|c| (100..600).contains(c))
+}
+
+/// A chunked body (RFC 9112 §7.1): hex size lines, data, CRLF, a zero chunk, trailers.
+fn read_chunked(
+    conn: &mut dyn Read,
+    mut buf: Zeroizing<Vec<u8>>,
+    operation: &'static str,
+) -> Result<Zeroizing<Vec<u8>>> {
+    let bad = |reason: String| KmsError::AwsResponse { operation, reason };
+    let mut body = Zeroizing::new(Vec::new());
+    let mut chunk = [0u8; 4096];
+    let mut fill = |buf: &mut Vec<u8>| -> Result<()> {
+        if buf.len() > MAX_BODY_LEN + MAX_HEAD_LEN {
+            return Err(bad("chunked body too large".into()));
+        }
+        let n = conn.read(&mut chunk).map_err(|e| KmsError::AwsTransport {
+            operation,
+            reason: e.to_string(),
+        })?;
+        if n == 0 {
+            return Err(bad("connection closed inside a chunked body".into()));
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        Ok(())
+    };
+    loop {
+        let line_end = loop {
+            if let Some(pos) = find(&buf, b"\r\n") {
+                break pos;
+            }
+            fill(&mut buf)?;
+        };
+        let line = std::str::from_utf8(buf.get(..line_end).unwrap_or_default())
+            .map_err(|_| bad("bad chunk size line".into()))?;
+        let size_text = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| bad(format!("bad chunk size {size_text:?}")))?;
+        if size > MAX_BODY_LEN || body.len() + size > MAX_BODY_LEN {
+            return Err(bad(format!("chunked body over {MAX_BODY_LEN} bytes")));
+        }
+        buf.drain(..line_end + 2);
+        if size == 0 {
+            // Trailers, up to an empty line; ignored.
+            loop {
+                if buf.starts_with(b"\r\n") {
+                    return Ok(body);
+                }
+                if let Some(pos) = find(&buf, b"\r\n") {
+                    buf.drain(..pos + 2);
+                    continue;
+                }
+                fill(&mut buf)?;
+            }
+        }
+        while buf.len() < size + 2 {
+            fill(&mut buf)?;
+        }
+        body.extend_from_slice(buf.get(..size).unwrap_or_default());
+        if buf.get(size..size + 2) != Some(b"\r\n".as_slice()) {
+            return Err(bad("chunk not followed by CRLF".into()));
+        }
+        buf.drain(..size + 2);
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A non-2xx answer as [`KmsError::AwsError`]: the type from the JSON `__type` (namespace
+/// removed) or the `x-amzn-ErrorType` header, the message from `message`/`Message`.
+fn aws_error(operation: &'static str, response: &Response) -> KmsError {
+    let json: Option<Value> = serde_json::from_slice(&response.body).ok();
+    let field = |names: &[&str]| {
+        json.as_ref().and_then(|v| {
+            names
+                .iter()
+                .find_map(|n| v.get(n).and_then(Value::as_str).map(str::to_owned))
+        })
+    };
+    let header = response
+        .headers
+        .iter()
+        .find(|(n, _)| n == "x-amzn-errortype")
+        .map(|(_, v)| v.split(':').next().unwrap_or_default().to_owned());
+    // Some front ends (and moto, for signature failures) answer in the query protocol's XML.
+    let xml = |name: &str| {
+        let text = std::str::from_utf8(&response.body).ok()?;
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let len = text.get(start..)?.find(&format!("</{name}>"))?;
+        text.get(start..start + len).map(str::to_owned)
+    };
+    let error_type = field(&["__type", "code", "Code"])
+        .or(header)
+        .or_else(|| xml("Code"))
+        .map(|t| t.rsplit('#').next().unwrap_or_default().to_owned())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "UnknownError".to_owned());
+    let message = field(&["message", "Message"])
+        .or_else(|| xml("Message"))
+        .unwrap_or_else(|| {
+            if json.is_some() {
+                String::new()
+            } else {
+                String::from_utf8_lossy(&response.body).into_owned()
+            }
+        });
+    KmsError::AwsError {
+        operation,
+        status: response.status,
+        error_type: clean(&error_type, 128),
+        message: clean(&message, MAX_MESSAGE_LEN),
+    }
+}
+
+/// At most `max` characters, control characters replaced (the text goes into logs).
+fn clean(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> Result<Response> {
+        let mut r: &[u8] = bytes;
+        read_response(&mut r, "Test")
+    }
+
+    #[test]
+    fn responses_parse() {
+        let r = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}").unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"{}"[..]));
+        let r = parse(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+              1\r\n{\r\n1;ext=1\r\n}\r\n0\r\nX-T: 1\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.body.as_slice(), b"{}");
+    }
+
+    #[test]
+    fn broken_responses_are_errors_not_panics() {
+        for bytes in [
+            &b""[..],
+            b"HTTP/1.1 200 OK\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n{}",
+            b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/2 200 OK\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nbad header\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}XX0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
+            b"\xff\xfe\r\n\r\n",
+        ] {
+            assert!(
+                parse(bytes).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        let mut huge = b"HTTP/1.1 200 OK\r\n".to_vec();
+        huge.extend(std::iter::repeat_n(b'a', MAX_HEAD_LEN + 10));
+        assert!(parse(&huge).is_err());
+    }
+
+    #[test]
+    fn aws_errors_keep_type_and_status() {
+        let body =
+            br#"{"__type":"com.amazonaws.kms#IncorrectKeyException","message":"wrong\nkey"}"#;
+        let mut bytes = format!(
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        bytes.extend_from_slice(body);
+        let r = parse(&bytes).unwrap();
+        match aws_error("Decrypt", &r) {
+            KmsError::AwsError {
+                status,
+                error_type,
+                message,
+                ..
+            } => {
+                assert_eq!(status, 400);
+                assert_eq!(error_type, "IncorrectKeyException");
+                assert_eq!(message, "wrong key");
+            }
+            other => panic!("{other:?}"),
+        }
+        let r = parse(b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy").unwrap();
+        assert!(matches!(
+            aws_error("Decrypt", &r),
+            KmsError::AwsError { status: 503, ref message, .. } if message == "busy"
+        ));
+    }
+
+    #[test]
+    fn regions_are_checked() {
+        check_region("eu-west-1").unwrap();
+        check_region("us-gov-west-1").unwrap();
+        for bad in ["", "EU", "eu west", "eu-west-1.evil.com/", "a\r\nb"] {
+            assert!(check_region(bad).is_err(), "{bad}");
+        }
+        assert_eq!(endpoint_host("eu-west-1"), "kms.eu-west-1.amazonaws.com");
+        assert_eq!(
+            endpoint_host("cn-north-1"),
+            "kms.cn-north-1.amazonaws.com.cn"
+        );
+    }
+}
