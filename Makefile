@@ -8,7 +8,8 @@ SOFTHSM_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
 
 all: build
 
-## deps: SoftHSM and OpenSC from Debian's packages, cargo-nextest from crates.io, when missing.
+## deps: SoftHSM and OpenSC from Debian's packages, cargo-nextest from crates.io, moto[server]
+## from PyPI (the KMS tests' local server), when missing.
 deps:
 	@if [ ! -e $(SOFTHSM_MODULE) ] || ! command -v pkcs11-tool >/dev/null; then \
 		echo "installing softhsm2 and opensc"; \
@@ -16,6 +17,10 @@ deps:
 		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 opensc >/dev/null; \
 	fi
 	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked cargo-nextest
+	@python3 -c 'import moto.server' 2>/dev/null || { \
+		echo "installing moto[server] from PyPI (local KMS-compatible server for tests/tests/kms_aws.rs)"; \
+		python3 -m pip install --quiet 'moto[server]'; \
+	}
 
 build:
 	$(CARGO) build --locked --workspace --bins

@@ -628,8 +628,23 @@ struct FakeKms {
     seen: Arc<Mutex<Vec<(String, Value)>>>,
 }
 
+/// How the stand-in misbehaves.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Like KMS.
+    Kms,
+    /// Ignores `Recipient` and answers the plaintext (like moto).
+    IgnoreRecipient,
+    /// Names another key in its answers (a KMS of another account, or a forged answer).
+    AnswerFor(&'static str),
+}
+
 impl FakeKms {
     fn start(key_arn: &'static str) -> FakeKms {
+        Self::start_with(key_arn, Mode::Kms)
+    }
+
+    fn start_with(key_arn: &'static str, mode: Mode) -> FakeKms {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -639,7 +654,7 @@ impl FakeKms {
             let mut keys: HashMap<Vec<u8>, ([u8; 32], Value)> = HashMap::new();
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
-                let _ = serve_one(conn, key_arn, &mut keys, &log);
+                let _ = serve_one(conn, key_arn, mode, &mut keys, &log);
             }
         });
         FakeKms { addr, seen }
@@ -649,6 +664,7 @@ impl FakeKms {
 fn serve_one(
     conn: TcpStream,
     key_arn: &str,
+    mode: Mode,
     keys: &mut HashMap<Vec<u8>, ([u8; 32], Value)>,
     log: &Mutex<Vec<(String, Value)>>,
 ) -> std::io::Result<()> {
@@ -679,7 +695,12 @@ fn serve_one(
     let recipient_spki = req["Recipient"]["AttestationDocument"]
         .as_str()
         .map(|d| B64.decode(d).unwrap())
-        .map(|doc| doc.strip_prefix(DOC_MARKER).unwrap().to_vec());
+        .map(|doc| doc.strip_prefix(DOC_MARKER).unwrap().to_vec())
+        .filter(|_| mode != Mode::IgnoreRecipient);
+    let answer_key = match mode {
+        Mode::AnswerFor(other) => other,
+        _ => key_arn,
+    };
     if let Some(alg) = req["Recipient"]["KeyEncryptionAlgorithm"].as_str() {
         assert_eq!(alg, "RSAES_OAEP_SHA_256");
     }
@@ -696,7 +717,7 @@ fn serve_one(
             let mut id = vec![0u8; 16];
             aws_lc_rs::rand::fill(&mut id).unwrap();
             keys.insert(id.clone(), (data_key, req["EncryptionContext"].clone()));
-            let mut answer = json!({"KeyId": key_arn, "CiphertextBlob": B64.encode(&id)});
+            let mut answer = json!({"KeyId": answer_key, "CiphertextBlob": B64.encode(&id)});
             match &recipient_spki {
                 Some(spki) => {
                     let (cfr, _) = envelope(spki, &data_key, &Build::default());
@@ -710,7 +731,7 @@ fn serve_one(
             let id = B64.decode(req["CiphertextBlob"].as_str().unwrap()).unwrap();
             match keys.get(&id) {
                 Some((data_key, ctx)) if *ctx == req["EncryptionContext"] => {
-                    let mut answer = json!({"KeyId": key_arn});
+                    let mut answer = json!({"KeyId": answer_key});
                     match &recipient_spki {
                         Some(spki) => {
                             let (cfr, _) = envelope(spki, data_key, &Build::default());
@@ -812,40 +833,50 @@ fn kms_sealer_with_recipient_round_trips_through_a_kms_stand_in() {
 
 #[test]
 fn kms_sealer_refuses_answers_for_another_key_or_without_recipient_data() {
-    // The stand-in answers as KMS of another account would.
     const OTHER: &str =
         "arn:aws:kms:eu-west-1:444455556666:key/1234abcd-12ab-34cd-56ef-1234567890ab";
-    let kms = FakeKms::start(OTHER);
     let creds = Credentials::new("AKIDTEST", "secret", None);
-    let sealer = KmsSealer::new(
-        client_for(kms.addr, "eu-west-1", creds.clone()),
-        OTHER,
-        test_attester(),
-    )
-    .unwrap();
-    let blob = sealer.seal(&CTX, b"x").unwrap();
-    // A sealer configured for our key, talking to that KMS, is refused.
-    let ours = KmsSealer::new(
-        client_for(kms.addr, "eu-west-1", creds.clone()),
-        FAKE_ARN,
-        test_attester(),
-    )
-    .unwrap();
-    // The stand-in refuses our KeyId (NotFoundException): a named AWS error.
-    let err = ours.seal(&CTX, b"x").unwrap_err();
+    let sealer_for = |kms: &FakeKms, key: &str| {
+        KmsSealer::new(
+            client_for(kms.addr, "eu-west-1", creds.clone()),
+            key,
+            test_attester(),
+        )
+        .unwrap()
+    };
+
+    // KMS does not know the key: a named AWS error.
+    let kms = FakeKms::start(OTHER);
+    let err = sealer_for(&kms, FAKE_ARN).seal(&CTX, b"x").unwrap_err();
     assert!(
         matches!(&err, KmsError::AwsError { status: 400, error_type, .. } if error_type == "NotFoundException"),
         "{err:?}"
     );
     // A blob under another key id is refused before KMS is asked.
+    let foreign = sealer_for(&kms, OTHER).seal(&CTX, b"x").unwrap();
+    let seen = kms.seen.lock().unwrap().len();
     assert!(matches!(
-        ours.open(&CTX, &blob),
+        sealer_for(&kms, FAKE_ARN).open(&CTX, &foreign),
         Err(KmsError::SealedBlobKeyMismatch { .. })
     ));
-    // A sealer expecting Recipient data from a server that ignores Recipient (answers Plaintext):
-    // the insecure sealer is what works there, the production one refuses.
+    assert_eq!(kms.seen.lock().unwrap().len(), seen);
+
+    // An answer naming another key (another account's KMS) is refused.
+    let kms = FakeKms::start_with(FAKE_ARN, Mode::AnswerFor(OTHER));
+    let err = sealer_for(&kms, FAKE_ARN).seal(&CTX, b"x").unwrap_err();
+    assert!(matches!(err, KmsError::AwsKeyMismatch { .. }), "{err:?}");
+
+    // A server that ignores Recipient and answers the plaintext: the production sealer refuses
+    // (it never takes a data key in clear); the insecure one, made for such servers, works.
+    let kms = FakeKms::start_with(FAKE_ARN, Mode::IgnoreRecipient);
+    let err = sealer_for(&kms, FAKE_ARN).seal(&CTX, b"x").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("plaintext key although a Recipient"),
+        "{err}"
+    );
     let plain =
-        KmsSealer::insecure_without_recipient(client_for(kms.addr, "eu-west-1", creds), OTHER)
+        KmsSealer::insecure_without_recipient(client_for(kms.addr, "eu-west-1", creds), FAKE_ARN)
             .unwrap();
     let blob = plain.seal(&CTX, b"y").unwrap();
     assert_eq!(plain.open(&CTX, &blob).unwrap().as_slice(), b"y");
