@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod config;
 mod error;
+pub mod image;
 pub mod proxy;
 pub mod relay;
 pub mod server;

@@ -34,6 +34,9 @@ enum Command {
     /// The enclave's audit log as this parent stores it.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The reproducible enclave image: ramdisks, EIF, PCRs (see docs/nitro.md).
+    #[command(subcommand)]
+    Image(cosigner_parent::image::cli::ImageCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             running.wait();
             Ok(())
         }
+        Command::Image(command) => cosigner_parent::image::cli::run(command),
         Command::Audit(AuditCommand::Verify { database, key }) => {
             let report = cosigner_parent::audit::verify_database(&database, &key)?;
             println!(
