@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cosigner_protocol::auth::{public_key_bytes, registration_digest, request_digest, sign_digest};
+use cosigner_protocol::auth::{public_key_bytes, registration_digest, sign_digest, sign_request};
 use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
 use cosigner_protocol::wire::{
     self, Confirmation, DkgParams, KeyRole, RefreshParams, Registration, RepairParams, Request,
@@ -45,8 +45,7 @@ pub fn authorized(
         other => return Err(unexpected("Challenge", &other)),
     };
     let bytes = wire::encode(inner)?;
-    let digest = request_digest(&wallet_id, &challenge, &bytes);
-    let signature = sign_digest(key, &digest)?;
+    let signature = sign_request(key, &wallet_id, &challenge, &bytes)?;
     session.call(&Request::Authorized {
         wallet_id,
         role,

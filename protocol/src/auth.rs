@@ -22,14 +22,74 @@ fn framed(hasher: &mut Sha256, part: &[u8]) {
     hasher.update(part);
 }
 
-/// The digest a registered key signs for an authorized request.
+/// The bytes whose SHA-256 is [`request_digest`]: length-prefixed domain tag, wallet,
+/// challenge and encoded request.
+pub fn request_message(wallet_id: &WalletId, challenge: &[u8], request: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + challenge.len() + request.len());
+    for part in [
+        &b"cosigner-request-v1"[..],
+        &wallet_id.0,
+        challenge,
+        request,
+    ] {
+        out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// The digest a registered key signs for an authorized request (ECDSA over
+/// SHA-256([`request_message`])).
 pub fn request_digest(wallet_id: &WalletId, challenge: &[u8], request: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    framed(&mut h, b"cosigner-request-v1");
-    framed(&mut h, &wallet_id.0);
-    framed(&mut h, challenge);
-    framed(&mut h, request);
-    h.finalize().into()
+    Sha256::digest(request_message(wallet_id, challenge, request)).into()
+}
+
+/// Signs an authorized request (ECDSA-P256-SHA256 over [`request_message`], low-S), with aws-lc.
+pub fn sign_request(
+    key: &SigningKey,
+    wallet_id: &WalletId,
+    challenge: &[u8],
+    request: &[u8],
+) -> Result<[u8; 64]> {
+    let secret = zeroize::Zeroizing::new(key.to_bytes().to_vec());
+    let public = key.verifying_key().to_encoded_point(false);
+    let pair = aws_lc_rs::signature::EcdsaKeyPair::from_private_key_and_public_key(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &secret,
+        public.as_bytes(),
+    )
+    .map_err(|e| ProtocolError::encoding(format!("P-256 key: {e}")))?;
+    let raw = pair
+        .sign(
+            &aws_lc_rs::rand::SystemRandom::new(),
+            &request_message(wallet_id, challenge, request),
+        )
+        .map_err(|e| ProtocolError::encoding(format!("P-256 signing: {e}")))?;
+    let sig = Signature::from_slice(raw.as_ref())
+        .map_err(|e| ProtocolError::encoding(format!("P-256 signing: {e}")))?;
+    let sig = sig.normalize_s().unwrap_or(sig);
+    Ok(sig.to_bytes().into())
+}
+
+/// Checks an authorized request's signature: ECDSA-P256-SHA256 over [`request_message`], the
+/// same statement as [`verify_digest`] over [`request_digest`], verified with aws-lc (several
+/// times faster than the pure-Rust path; this is on every signing request).
+pub fn verify_request(
+    public_key: &[u8],
+    wallet_id: &WalletId,
+    challenge: &[u8],
+    request: &[u8],
+    signature: &[u8],
+) -> Result<()> {
+    let key = VerifyingKey::from_sec1_bytes(public_key)
+        .map_err(|_| ProtocolError::encoding("registered key is not a P-256 point"))?;
+    let point = key.to_encoded_point(false);
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+        point.as_bytes(),
+    )
+    .verify(&request_message(wallet_id, challenge, request), signature)
+    .map_err(|_| ProtocolError::encoding("signature does not verify"))
 }
 
 /// The digest both keys sign when they are registered at wallet creation: it binds them to this
@@ -98,6 +158,10 @@ mod tests {
         let d = request_digest(&w, &[2; 32], b"request");
         let sig = sign_digest(&key, &d).unwrap();
         verify_digest(&pk, &d, &sig).unwrap();
+        verify_request(&pk, &w, &[2; 32], b"request", &sig).unwrap();
+        let fast = sign_request(&key, &w, &[2; 32], b"request").unwrap();
+        verify_digest(&pk, &d, &fast).unwrap();
+        assert!(verify_request(&pk, &w, &[3; 32], b"request", &sig).is_err());
         for other in [
             request_digest(&WalletId([9; 16]), &[2; 32], b"request"),
             request_digest(&w, &[3; 32], b"request"),

@@ -23,6 +23,7 @@ use cosigner_attestation::{AttestRequest, Attester};
 use cosigner_kms::Sealer;
 use cosigner_protocol::auth::{
     CHALLENGE_LEN, normalise_public_key, registration_digest, request_digest, verify_digest,
+    verify_request,
 };
 use cosigner_protocol::binding::{EXPORTER_LEN, NONCE_LEN};
 use cosigner_protocol::dkg::{self, DkgRound1, DkgRound2, DkgRound3};
@@ -398,13 +399,16 @@ impl Service {
         let inner: Request =
             wire::decode(inner_bytes).map_err(|e| Failure::bad(format!("inner request: {e}")))?;
         let digest = request_digest(&wallet_id, &challenge, inner_bytes);
+        let check = |key: &[u8]| {
+            verify_request(key, &wallet_id, &challenge, inner_bytes, signature).is_ok()
+        };
         let action = inner.name();
         // Every authorized request is about an existing wallet; creation is not authorized.
         let state = self.records().load_state(&wallet_id)?;
         let (actor, role_name) = match role {
             KeyRole::Device => {
                 let pending = state.pending_device_key.as_ref().map(|k| k.to_vec());
-                let matches = |k: &[u8]| verify_digest(k, &digest, signature).is_ok();
+                let matches = |k: &[u8]| check(k);
                 if matches(&state.device_key) {
                     (state.device_key.to_vec(), "device")
                 } else if let Some(p) = pending.filter(|p| matches(p)) {
@@ -426,7 +430,7 @@ impl Service {
                 }
             }
             KeyRole::Recovery => {
-                if verify_digest(&state.recovery_key, &digest, signature).is_err() {
+                if !check(&state.recovery_key) {
                     let _ = self.log(
                         &wallet_id,
                         action,

@@ -1,0 +1,327 @@
+//! `cosigner-parent image build`: the reproducible enclave image and the measurements clients pin.
+//!
+//! Inputs: the statically linked `cosigner-enclave` and `cosigner-init` (from
+//! `make enclave-image`), `SOURCE_DATE_EPOCH`, and optionally AWS's kernel blobs. Outputs, in the
+//! output directory:
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `cosigner-enclave` | the enclave binary, as packed |
+//! | `ramdisk-app.cpio` | the application ramdisk: `/init`, `/cosigner-enclave`, `/etc/cosigner/enclave.toml`, mount points (PCR2) |
+//! | `ramdisk-bootstrap.cpio` | with blobs: `/nsm.ko` (PCR1, with the kernel and its command line) |
+//! | `cosigner-enclave.eif` | with blobs: the Enclave Image File (PCR0 = everything) |
+//! | `pcrs.json` | `{"PCR0", "PCR1", "PCR2"}`, lowercase hex (`null` when not computed) |
+//! | `trust-measurement.toml` | the `[[measurement]]` table for clients' trust files |
+//!
+//! Every byte is a function of the inputs: [`cpio`] fixes owners, modes, order, inodes and times;
+//! [`eif`] takes its build time from `SOURCE_DATE_EPOCH`. No clock, user, host or path gets in.
+
+pub mod cli;
+pub mod cpio;
+pub mod eif;
+pub mod elf;
+pub mod pcr;
+
+use std::path::{Path, PathBuf};
+
+use cpio::Entry;
+use pcr::Pcr;
+
+/// The configuration baked into the image (`/etc/cosigner/enclave.toml`), measured in PCR2.
+///
+/// The service listens on vsock port 5000 of any CID (the parent relays client TCP there) and
+/// reaches the parent's store on CID 3 port 5001; it attests with the NSM. The `[token]` section
+/// is what `cosigner-enclave run` accepts today; KMS sealing replaces it.
+pub const ENCLAVE_CONFIG: &str = r#"# cosigner-enclave configuration inside the enclave image (measured in PCR2).
+listen = "vsock:4294967295:5000"   # VMADDR_CID_ANY, port 5000: the parent relays client TCP here
+store = "vsock:3:5001"             # the parent (CID 3) serves the sealed-blob store on port 5001
+
+[token]                            # the sealing token; KMS sealing (issue 6) replaces it
+label = "cosigner-enclave"
+sealing_key = "cosigner-sealing"
+
+[attester]
+kind = "nitro"                     # the Nitro Secure Module (/dev/nsm, from nsm.ko)
+"#;
+
+/// Where the init finds things (`enclave/src/bin/cosigner-init.rs` uses the same paths).
+pub const INIT_PATH: &str = "init";
+/// The service binary inside the ramdisk.
+pub const ENCLAVE_PATH: &str = "cosigner-enclave";
+/// The baked configuration inside the ramdisk.
+pub const CONFIG_PATH: &str = "etc/cosigner/enclave.toml";
+/// The NSM driver inside the bootstrap ramdisk.
+pub const NSM_PATH: &str = "nsm.ko";
+
+/// Output file names.
+pub mod files {
+    /// The enclave binary, copied.
+    pub const ENCLAVE: &str = "cosigner-enclave";
+    /// The application ramdisk.
+    pub const APP_RAMDISK: &str = "ramdisk-app.cpio";
+    /// The bootstrap ramdisk (with blobs).
+    pub const BOOTSTRAP_RAMDISK: &str = "ramdisk-bootstrap.cpio";
+    /// The EIF (with blobs).
+    pub const EIF: &str = "cosigner-enclave.eif";
+    /// The measurements.
+    pub const PCRS: &str = "pcrs.json";
+    /// The trust-file snippet.
+    pub const TRUST: &str = "trust-measurement.toml";
+}
+
+/// What `image build` needs.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The static `cosigner-enclave`.
+    pub enclave: PathBuf,
+    /// The static `cosigner-init`.
+    pub init: PathBuf,
+    /// Where the outputs go (created if missing).
+    pub out_dir: PathBuf,
+    /// The enclave configuration to bake in instead of [`ENCLAVE_CONFIG`] (a deployment's, with
+    /// its KMS key): it is measured with the rest.
+    pub config: Option<PathBuf>,
+    /// AWS's blobs (`bzImage`, `bzImage.config`, `cmdline`, `nsm.ko`), for the EIF.
+    pub nitro_blobs: Option<PathBuf>,
+    /// Every timestamp in the outputs.
+    pub source_date_epoch: u64,
+}
+
+/// The measurements produced; PCR0 and PCR1 only with blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pcrs {
+    /// Whole image.
+    pub pcr0: Option<Pcr>,
+    /// Kernel, command line, bootstrap ramdisk.
+    pub pcr1: Option<Pcr>,
+    /// Application ramdisk.
+    pub pcr2: Pcr,
+}
+
+impl Pcrs {
+    /// `pcrs.json`: keys PCR0, PCR1, PCR2; lowercase hex or null; one key per line.
+    pub fn to_json(&self) -> String {
+        let value =
+            |pcr: Option<Pcr>| pcr.map_or(serde_json::Value::Null, |p| hex::encode(p).into());
+        let mut map = serde_json::Map::new();
+        map.insert("PCR0".into(), value(self.pcr0));
+        map.insert("PCR1".into(), value(self.pcr1));
+        map.insert("PCR2".into(), value(Some(self.pcr2)));
+        let mut text =
+            serde_json::to_string_pretty(&serde_json::Value::Object(map)).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+
+    /// `trust-measurement.toml`: one `[[measurement]]` table pinning every PCR computed.
+    pub fn to_trust_toml(&self) -> String {
+        let mut text = String::from(
+            "# The measurement of this cosigner enclave image (cosigner-parent image build).\n\
+             # Add this table to the clients' trust file, beside the current one during a rollout\n\
+             # (docs/nitro.md, \"Rolling out a new image\").\n",
+        );
+        if self.pcr0.is_none() {
+            text.push_str(
+                "# PCR2 ONLY: built without --nitro-blobs, so the kernel, its command line and the\n\
+                 # NSM driver (PCR0, PCR1) are not pinned. Do not deploy this table as it is: build\n\
+                 # with NITRO_BLOBS to pin all three.\n",
+            );
+        }
+        text.push_str("[[measurement]]\n");
+        for (name, pcr) in [
+            ("pcr0", self.pcr0),
+            ("pcr1", self.pcr1),
+            ("pcr2", Some(self.pcr2)),
+        ] {
+            if let Some(pcr) = pcr {
+                text.push_str(&format!("{name} = \"{}\"\n", hex::encode(pcr)));
+            }
+        }
+        text
+    }
+}
+
+/// The application ramdisk's entries: the init, the service, its config and the mount points
+/// the init uses (`dev` also holds `console`, so the kernel can give PID 1 a console before
+/// devtmpfs is mounted).
+pub fn application_entries(init: Vec<u8>, enclave: Vec<u8>, config: Vec<u8>) -> Vec<Entry> {
+    vec![
+        Entry::directory("dev", 0o755),
+        Entry::char_device("dev/console", 0o600, 5, 1),
+        Entry::directory("etc", 0o755),
+        Entry::directory("etc/cosigner", 0o755),
+        Entry::file(CONFIG_PATH, 0o444, config),
+        Entry::file(INIT_PATH, 0o555, init),
+        Entry::file(ENCLAVE_PATH, 0o555, enclave),
+        Entry::directory("proc", 0o555),
+        Entry::directory("run", 0o755),
+        Entry::directory("sys", 0o555),
+        Entry::directory("tmp", 0o1777),
+    ]
+}
+
+/// The bootstrap ramdisk's entries: the NSM driver alone (the init deletes it once loaded).
+pub fn bootstrap_entries(nsm_module: Vec<u8>) -> Vec<Entry> {
+    vec![Entry::file(NSM_PATH, 0o444, nsm_module)]
+}
+
+/// `SOURCE_DATE_EPOCH` as the 32-bit time cpio stores.
+pub fn cpio_mtime(source_date_epoch: u64) -> Result<u32, String> {
+    u32::try_from(source_date_epoch).map_err(|_| {
+        format!("SOURCE_DATE_EPOCH {source_date_epoch} is beyond 2106 (cpio times are 32-bit)")
+    })
+}
+
+fn read_executable(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    elf::check_static_x86_64(&bytes).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
+    Ok(bytes)
+}
+
+/// The configuration to bake: `--config FILE` (UTF-8 TOML; the enclave checks the rest when it
+/// starts), else [`ENCLAVE_CONFIG`].
+fn read_config(path: Option<&Path>) -> Result<Vec<u8>, String> {
+    let Some(path) = path else {
+        return Ok(ENCLAVE_CONFIG.as_bytes().to_vec());
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?;
+    text.parse::<toml::Table>().map_err(|e| {
+        let reason = e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!("--config {}: not TOML: {reason}", path.display())
+    })?;
+    Ok(text.into_bytes())
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn remove_stale(path: &Path) -> Result<(), String> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Builds everything; every input is checked before anything is written.
+pub fn build(options: &BuildOptions) -> Result<Pcrs, String> {
+    let enclave = read_executable("--enclave", &options.enclave)?;
+    let init = read_executable("--init", &options.init)?;
+    let config = read_config(options.config.as_deref())?;
+    let blobs = options
+        .nitro_blobs
+        .as_deref()
+        .map(eif::NitroBlobs::load)
+        .transpose()?;
+    let mtime = cpio_mtime(options.source_date_epoch)?;
+    let out = &options.out_dir;
+    std::fs::create_dir_all(out).map_err(|e| format!("--out-dir {}: {e}", out.display()))?;
+
+    let application = cpio::write(&application_entries(init, enclave.clone(), config), mtime)
+        .map_err(|e| e.to_string())?;
+    let pcr2 = pcr::pcr2(&[&application])?;
+    write_file(&out.join(files::ENCLAVE), &enclave)?;
+    set_executable(&out.join(files::ENCLAVE))?;
+    write_file(&out.join(files::APP_RAMDISK), &application)?;
+
+    let pcrs = match blobs {
+        Some(blobs) => {
+            let bootstrap = cpio::write(&bootstrap_entries(blobs.nsm_module.clone()), mtime)
+                .map_err(|e| e.to_string())?;
+            write_file(&out.join(files::BOOTSTRAP_RAMDISK), &bootstrap)?;
+            let measured = eif::write(
+                &out.join(files::EIF),
+                &blobs,
+                &out.join(files::BOOTSTRAP_RAMDISK),
+                &out.join(files::APP_RAMDISK),
+                options.source_date_epoch,
+            )?;
+            if measured.pcr2 != pcr2 {
+                return Err("the EIF's PCR2 differs from the application ramdisk's".into());
+            }
+            Pcrs {
+                pcr0: Some(measured.pcr0),
+                pcr1: Some(measured.pcr1),
+                pcr2,
+            }
+        }
+        None => {
+            // An EIF or bootstrap ramdisk from an earlier build would not match these outputs.
+            remove_stale(&out.join(files::EIF))?;
+            remove_stale(&out.join(files::BOOTSTRAP_RAMDISK))?;
+            Pcrs {
+                pcr0: None,
+                pcr1: None,
+                pcr2,
+            }
+        }
+    };
+    write_file(&out.join(files::PCRS), pcrs.to_json().as_bytes())?;
+    write_file(&out.join(files::TRUST), pcrs.to_trust_toml().as_bytes())?;
+    Ok(pcrs)
+}
+
+fn set_executable(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+    use super::*;
+
+    #[test]
+    fn pcrs_json_has_three_keys_lowercase_hex_or_null() {
+        let pcrs = Pcrs {
+            pcr0: None,
+            pcr1: None,
+            pcr2: [0xAB; 48],
+        };
+        let json: serde_json::Value = serde_json::from_str(&pcrs.to_json()).unwrap();
+        assert_eq!(json["PCR0"], serde_json::Value::Null);
+        assert_eq!(json["PCR1"], serde_json::Value::Null);
+        assert_eq!(json["PCR2"], "ab".repeat(48));
+        assert_eq!(json.as_object().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn trust_snippet_pins_what_was_computed() {
+        let only2 = Pcrs {
+            pcr0: None,
+            pcr1: None,
+            pcr2: [1; 48],
+        }
+        .to_trust_toml();
+        assert!(only2.contains("PCR2 ONLY"));
+        assert!(only2.contains(&format!("pcr2 = \"{}\"", "01".repeat(48))));
+        assert!(!only2.contains("pcr0 ="));
+        let all = Pcrs {
+            pcr0: Some([0; 48]),
+            pcr1: Some([1; 48]),
+            pcr2: [2; 48],
+        }
+        .to_trust_toml();
+        assert!(!all.contains("PCR2 ONLY"));
+        for (k, b) in [("pcr0", "00"), ("pcr1", "01"), ("pcr2", "02")] {
+            assert!(
+                all.contains(&format!("{k} = \"{}\"", b.repeat(48))),
+                "{all}"
+            );
+        }
+    }
+
+    #[test]
+    fn cpio_time_is_32_bit() {
+        assert_eq!(cpio_mtime(1_700_000_000), Ok(1_700_000_000));
+        assert!(cpio_mtime(u64::from(u32::MAX) + 1).is_err());
+    }
+}
