@@ -124,7 +124,7 @@ impl Token {
                     &private_template,
                 )
                 .ck("C_GenerateKeyPair")?;
-            let checked = read_protection(ts, private).and_then(|p| {
+            let checked = read_protection(ts, private, "private key").and_then(|p| {
                 if p.never_left_token() {
                     Ok(())
                 } else {
@@ -269,11 +269,11 @@ impl P384SigningKey {
     pub fn protection(&self) -> Result<KeyProtection> {
         with_session(&self.token, |ts| {
             let handle = self.private_handle(ts)?;
-            match read_protection(ts, handle) {
+            match read_protection(ts, handle, "private key") {
                 Err(fail) if fail.is_stale_handle() => {
                     ts.forget(&self.id);
                     let handle = self.private_handle(ts)?;
-                    read_protection(ts, handle)
+                    read_protection(ts, handle, "private key")
                 }
                 other => other,
             }
@@ -395,14 +395,16 @@ fn read_public_point(
     Ok(normalise_p384_ec_point(&raw)?)
 }
 
-fn read_protection(
+/// Reads a key's protection attributes (`what` names the key in errors). Shared by every key kind.
+pub(crate) fn read_protection(
     ts: &ThreadSession,
-    private: ObjectHandle,
+    key: ObjectHandle,
+    what: &str,
 ) -> std::result::Result<KeyProtection, Fail> {
     let attrs = ts
         .session
         .get_attributes(
-            private,
+            key,
             &[
                 AttributeType::Sensitive,
                 AttributeType::Extractable,
@@ -425,7 +427,7 @@ fn read_protection(
     let missing = |name: &str| {
         Fail::Kms(KmsError::Pkcs11 {
             operation: "C_GetAttributeValue",
-            reason: format!("the token did not report {name} of a private key"),
+            reason: format!("the token did not report {name} of a {what}"),
         })
     };
     Ok(KeyProtection {

@@ -255,7 +255,7 @@ impl Token {
             let key = s
                 .generate_key(&Mechanism::AesKeyGen, &template)
                 .ck("C_GenerateKey")?;
-            let checked = read_protection(ts, key).and_then(|p| {
+            let checked = crate::p384::read_protection(ts, key, "secret key").and_then(|p| {
                 if p.never_left_token() {
                     Ok(())
                 } else {
@@ -371,7 +371,9 @@ impl Pkcs11Sealer {
     /// Reads the key's protection attributes from the token.
     pub fn protection(&self) -> Result<KeyProtection> {
         with_session(&self.token, |ts| {
-            self.with_key(ts, |handle| read_protection(ts, handle))
+            self.with_key(ts, |handle| {
+                crate::p384::read_protection(ts, handle, "secret key")
+            })
         })
     }
 
@@ -552,47 +554,6 @@ fn only_one(handles: Vec<ObjectHandle>, label: &str) -> std::result::Result<Obje
             count: many.len(),
         })),
     }
-}
-
-fn read_protection(
-    ts: &ThreadSession,
-    key: ObjectHandle,
-) -> std::result::Result<KeyProtection, Fail> {
-    let attrs = ts
-        .session
-        .get_attributes(
-            key,
-            &[
-                AttributeType::Sensitive,
-                AttributeType::Extractable,
-                AttributeType::AlwaysSensitive,
-                AttributeType::NeverExtractable,
-            ],
-        )
-        .ck("C_GetAttributeValue")?;
-    let (mut sensitive, mut extractable, mut always_sensitive, mut never_extractable) =
-        (None, None, None, None);
-    for attr in attrs {
-        match attr {
-            Attribute::Sensitive(v) => sensitive = Some(v),
-            Attribute::Extractable(v) => extractable = Some(v),
-            Attribute::AlwaysSensitive(v) => always_sensitive = Some(v),
-            Attribute::NeverExtractable(v) => never_extractable = Some(v),
-            _ => {}
-        }
-    }
-    let missing = |name: &str| {
-        Fail::Kms(KmsError::Pkcs11 {
-            operation: "C_GetAttributeValue",
-            reason: format!("the token did not report {name} of a secret key"),
-        })
-    };
-    Ok(KeyProtection {
-        sensitive: sensitive.ok_or_else(|| missing("CKA_SENSITIVE"))?,
-        extractable: extractable.ok_or_else(|| missing("CKA_EXTRACTABLE"))?,
-        always_sensitive: always_sensitive.ok_or_else(|| missing("CKA_ALWAYS_SENSITIVE"))?,
-        never_extractable: never_extractable.ok_or_else(|| missing("CKA_NEVER_EXTRACTABLE"))?,
-    })
 }
 
 #[cfg(test)]
