@@ -374,3 +374,23 @@ fn audit_log_records_every_use_and_detects_tampering() {
         .unwrap();
     assert!(verify().refused().contains("entry"));
 }
+
+#[test]
+fn only_the_committing_session_may_finalize_a_refresh() {
+    use cosigner_protocol::wire::{Request, WalletId};
+    let d = Deployment::start().unwrap();
+    let w = create(&d, "alice");
+    refresh(&d, &w).ok();
+    let trust = cosigner_client::trust::Trust::load(&d.dir.path().join("trust.toml")).unwrap();
+    let mut stranger =
+        cosigner_client::session::Session::connect(&d.provider.addr(), &trust).unwrap();
+    let err = stranger
+        .call(&Request::RefreshFinalize {
+            wallet_id: WalletId::from_hex(&w.id).unwrap(),
+            epoch: 1,
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("only the session that committed"), "{err}");
+    signs(&d, &w.home, &w);
+}

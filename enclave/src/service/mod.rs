@@ -218,6 +218,9 @@ pub struct Service {
     signs: Mutex<HashMap<[u8; 16], PendingSign>>,
     /// Serialises state changes per service (lifecycle operations are rare).
     lifecycle: Mutex<()>,
+    /// Which session committed each wallet's latest refresh: only it may finalize (delete the
+    /// older epochs), so another client cannot cut a refresh short.
+    committed_by: Mutex<HashMap<WalletId, ([u8; 16], u64)>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -251,6 +254,7 @@ impl Service {
             repairs: Mutex::new(HashMap::new()),
             signs: Mutex::new(HashMap::new()),
             lifecycle: Mutex::new(()),
+            committed_by: Mutex::new(HashMap::new()),
         })
     }
 
@@ -328,7 +332,7 @@ impl Service {
                 packages,
             } => self.refresh_round3(session.id, wallet_id, &packages),
             Request::RefreshFinalize { wallet_id, epoch } => {
-                self.refresh_finalize(wallet_id, epoch)
+                self.refresh_finalize(session.id, wallet_id, epoch)
             }
             Request::RepairDeltas {
                 wallet_id,
@@ -997,6 +1001,7 @@ impl Service {
             }
         }
         self.records().save_state(&wallet_id, &state)?;
+        lock(&self.committed_by)?.insert(wallet_id, (owner, new_epoch));
         self.log(
             &wallet_id,
             action,
@@ -1009,7 +1014,12 @@ impl Service {
         })
     }
 
-    fn refresh_finalize(&self, wallet_id: WalletId, epoch: u64) -> Outcome {
+    fn refresh_finalize(&self, owner: [u8; 16], wallet_id: WalletId, epoch: u64) -> Outcome {
+        if lock(&self.committed_by)?.get(&wallet_id) != Some(&(owner, epoch)) {
+            return Err(Failure::denied(
+                "only the session that committed this epoch may finalize it",
+            ));
+        }
         let _guard = lock(&self.lifecycle)?;
         let mut state = self.records().load_state(&wallet_id)?;
         if epoch != state.current_epoch {
