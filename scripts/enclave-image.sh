@@ -97,7 +97,11 @@ fi
     echo "libc6-dev: $(dpkg-query -W -f='${Version}' libc6-dev 2>/dev/null || echo unknown)"
     echo "gcc: $(gcc --version | head -1)"
     echo "ld: $(ld --version | head -1)"
-    echo "config: ${ENCLAVE_CONFIG:+$(sha256sum "$ENCLAVE_CONFIG" | cut -d' ' -f1) $ENCLAVE_CONFIG}${ENCLAVE_CONFIG:-built-in}"
+    if [ -n "${ENCLAVE_CONFIG:-}" ]; then
+        echo "config: $(sha256sum "$ENCLAVE_CONFIG" | cut -d' ' -f1) $ENCLAVE_CONFIG"
+    else
+        echo "config: built-in"
+    fi
     echo "nitro blobs: ${NITRO_BLOBS:+$(cd "$NITRO_BLOBS" && sha256sum bzImage bzImage.config cmdline nsm.ko | tr '\n' ' ')}"
 } > "$out/build-env.txt"
 
