@@ -347,7 +347,8 @@ fn private_key_template(label: &str) -> Vec<Attribute> {
     ]
 }
 
-fn check_key_label(label: &str) -> Result<()> {
+/// Refuses an empty key label (shared by every key kind).
+pub(crate) fn check_key_label(label: &str) -> Result<()> {
     if label.is_empty() {
         return Err(KmsError::InvalidLabel {
             label: String::new(),
@@ -357,7 +358,8 @@ fn check_key_label(label: &str) -> Result<()> {
     Ok(())
 }
 
-fn only_one(
+/// The one object a lookup must find (shared by every key kind).
+pub(crate) fn only_one(
     handles: Vec<ObjectHandle>,
     label: &str,
     what: &'static str,

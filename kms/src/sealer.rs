@@ -199,6 +199,9 @@ fn parse<'a>(sealed: &'a [u8], expected_key_id: &[u8; SEAL_KEY_ID_LEN]) -> Resul
     })
 }
 
+/// How an ambiguous AES key lookup names the key.
+const AES_KEY_KIND: &str = "AES secret key";
+
 /// [`Sealer`] backed by an AES-256 key on a PKCS#11 token (`CKM_AES_GCM`, 96-bit IV, 128-bit tag).
 /// Cheap to clone; `Send + Sync`.
 #[derive(Clone)]
@@ -218,7 +221,7 @@ impl Token {
     /// Fails with [`KmsError::KeyExists`] if an AES key with this label exists, and refuses (and
     /// destroys) the key if the token did not apply the protection asked for.
     pub fn generate_aes_sealing_key(&self, label: &str) -> Result<Pkcs11Sealer> {
-        check_key_label(label)?;
+        crate::p384::check_key_label(label)?;
         with_session(self, |ts| {
             let s = &ts.session;
             if !s
@@ -283,13 +286,14 @@ impl Token {
     /// This does not check how the key is protected (a key imported by hand may be extractable):
     /// call [`Pkcs11Sealer::protection`] for that.
     pub fn aes_sealing_key(&self, label: &str) -> Result<Pkcs11Sealer> {
-        check_key_label(label)?;
+        crate::p384::check_key_label(label)?;
         with_session(self, |ts| {
             let s = &ts.session;
-            let key = only_one(
+            let key = crate::p384::only_one(
                 s.find_objects(&aes_key_template(label))
                     .ck("C_FindObjects")?,
                 label,
+                AES_KEY_KIND,
             )?;
             let attrs = s
                 .get_attributes(
@@ -402,9 +406,10 @@ impl Pkcs11Sealer {
         }
         let mut template = aes_key_template(&self.label);
         template.push(Attribute::Id(self.id.to_vec()));
-        let handle = only_one(
+        let handle = crate::p384::only_one(
             ts.session.find_objects(&template).ck("C_FindObjects")?,
             &self.label,
+            AES_KEY_KIND,
         )?;
         ts.remember(&self.label, &self.id, handle);
         Ok(handle)
@@ -530,30 +535,6 @@ fn aes_key_template(label: &str) -> Vec<Attribute> {
         Attribute::KeyType(KeyType::AES),
         Attribute::Label(label.as_bytes().to_vec()),
     ]
-}
-
-fn check_key_label(label: &str) -> Result<()> {
-    if label.is_empty() {
-        return Err(KmsError::InvalidLabel {
-            label: String::new(),
-            reason: "empty",
-        });
-    }
-    Ok(())
-}
-
-fn only_one(handles: Vec<ObjectHandle>, label: &str) -> std::result::Result<ObjectHandle, Fail> {
-    match handles.as_slice() {
-        [one] => Ok(*one),
-        [] => Err(Fail::Kms(KmsError::KeyNotFound {
-            label: label.to_owned(),
-        })),
-        many => Err(Fail::Kms(KmsError::KeyAmbiguous {
-            label: label.to_owned(),
-            what: "AES secret key",
-            count: many.len(),
-        })),
-    }
 }
 
 #[cfg(test)]
