@@ -40,6 +40,9 @@ pub struct WalletFile {
     pub epoch: u64,
     /// Serialized PublicKeyPackage (hex).
     pub public_key_package: String,
+    /// For a DAO wallet: its invitation, provider key and mailbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dao: Option<crate::dao::DaoInfo>,
 }
 
 /// An open home directory.

@@ -216,6 +216,7 @@ fn wallet_file(
         parties: parties.to_vec(),
         epoch,
         public_key_package: hex::encode(pkp.serialize().map_err(internal)?),
+        dao: None,
     })
 }
 

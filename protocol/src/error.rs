@@ -84,6 +84,45 @@ pub enum ProtocolError {
         /// What differs.
         reason: String,
     },
+    /// A PSBT could not be read: not a PSBT, truncated, malformed, too large, or inconsistent.
+    #[error("PSBT refused: {reason}")]
+    Psbt {
+        /// What was wrong.
+        reason: String,
+    },
+    /// The PSBT is of a version this build does not read (only BIP-174 version 0).
+    #[error("PSBT version {version} is not supported: only version 0 (BIP-174) is read")]
+    PsbtVersion {
+        /// The version the PSBT declares.
+        version: u32,
+    },
+    /// One input of a PSBT is refused (not the wallet's own script, no `witness_utxo`, another
+    /// sighash type, or a signature that does not verify).
+    #[error("PSBT input {index} refused: {reason}")]
+    PsbtInput {
+        /// The input's index in the transaction.
+        index: usize,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A PSBT's amounts do not add up (overflow, outputs above inputs, absurd fee).
+    #[error("PSBT amounts refused: {reason}")]
+    PsbtValue {
+        /// What was wrong.
+        reason: String,
+    },
+    /// A network name this build does not know.
+    #[error("unknown network {name:?} (bitcoin, mainnet, testnet, testnet4, signet, regtest)")]
+    UnknownNetwork {
+        /// The name given.
+        name: String,
+    },
+    /// A policy or members file is refused.
+    #[error("policy refused: {reason}")]
+    Policy {
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 impl ProtocolError {

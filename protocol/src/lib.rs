@@ -11,6 +11,8 @@ pub mod dkg;
 mod error;
 pub mod frame;
 pub mod hpke;
+pub mod policy;
+pub mod psbt;
 pub mod refresh;
 pub mod repair;
 pub mod sign;

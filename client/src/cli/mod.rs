@@ -1,6 +1,7 @@
 //! Command-line grammar and dispatch.
 
 mod attestation;
+mod dao;
 mod hexarg;
 mod wallet;
 
@@ -30,6 +31,10 @@ pub struct Globals {
     /// The recovery cosigner (Shard C), tcp://HOST:PORT.
     #[arg(long, global = true, value_name = "ADDR", env = "COSIGNER_RECOVERY")]
     recovery: Option<String>,
+    /// The parent's mailbox for DAO ceremonies, tcp://HOST:PORT (default: the one the invitation
+    /// or the wallet names).
+    #[arg(long, global = true, value_name = "ADDR", env = "COSIGNER_MAILBOX")]
+    mailbox: Option<String>,
     /// The trust file: pinned roots and measurements.
     #[arg(long, global = true, value_name = "FILE", env = "COSIGNER_TRUST")]
     trust: Option<PathBuf>,
@@ -52,8 +57,17 @@ enum Command {
     /// Create, list and show wallets.
     #[command(subcommand)]
     Wallet(wallet::WalletCommand),
-    /// Sign a 32-byte message (a sighash) with this device and the provider.
+    /// Sign a PSBT (or, for a wallet without a policy, a 32-byte sighash) with the provider.
     Sign(wallet::SignArgs),
+    /// Print this device's P-256 key (for a DAO's members file).
+    DeviceKey(dao::DeviceKeyArgs),
+    /// Create DAO (multi-member) wallets.
+    #[command(subcommand)]
+    Dao(dao::DaoCommand),
+    /// Join a DAO wallet from an invitation and take part in its DKG.
+    Join(dao::JoinArgs),
+    /// Review and approve a DAO signing request, then take part in the signature.
+    Approve(dao::ApproveArgs),
     /// Refresh every party's share to a new epoch (same key and address).
     Refresh(wallet::RefreshArgs),
     /// Take over a wallet on this (new) device with the recovery credential.
@@ -71,6 +85,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Refresh(args) => wallet::refresh(&cli.globals, args),
         Command::Recover(args) => wallet::recover(&cli.globals, args),
         Command::Status => wallet::status(&cli.globals),
+        Command::DeviceKey(args) => dao::device_key(&cli.globals, args),
+        Command::Dao(cmd) => dao::run(&cli.globals, cmd),
+        Command::Join(args) => dao::join(&cli.globals, args),
+        Command::Approve(args) => dao::approve(&cli.globals, args),
     }
 }
 

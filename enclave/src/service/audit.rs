@@ -110,6 +110,17 @@ impl AuditLog {
         public_key_bytes(&self.key)
     }
 
+    /// Signs a mailbox envelope with the same key: the enclave's attested identity towards DAO
+    /// members (the envelope digest is domain-separated from audit entries).
+    pub fn seal_envelope(
+        &self,
+        topic: cosigner_protocol::mailbox::Topic,
+        body: Vec<u8>,
+    ) -> Result<cosigner_protocol::mailbox::Envelope, String> {
+        cosigner_protocol::mailbox::Envelope::seal(&self.key, topic, body)
+            .map_err(|e| e.to_string())
+    }
+
     /// Appends an entry. Failing to log fails the operation: no unlogged share use.
     pub fn append(
         &self,

@@ -13,6 +13,7 @@
 
 pub mod anchor;
 pub mod audit;
+mod dao;
 pub mod records;
 
 use std::collections::{BTreeMap, HashMap};
@@ -221,6 +222,8 @@ pub struct Service {
     /// Which session committed each wallet's latest refresh: only it may finalize (delete the
     /// older epochs), so another client cannot cut a refresh short.
     committed_by: Mutex<HashMap<WalletId, ([u8; 16], u64)>>,
+    /// DAO ceremonies in progress, by mailbox topic.
+    dao: Mutex<dao::Ceremonies>,
 }
 
 impl std::fmt::Debug for Service {
@@ -255,6 +258,7 @@ impl Service {
             signs: Mutex::new(HashMap::new()),
             lifecycle: Mutex::new(()),
             committed_by: Mutex::new(HashMap::new()),
+            dao: Mutex::new(HashMap::new()),
         })
     }
 
@@ -343,6 +347,7 @@ impl Service {
                 deltas,
                 participant_key,
             } => self.repair_sigma(session.id, wallet_id, &deltas, &participant_key),
+            Request::Mailbox { topic, envelopes } => self.mailbox(&topic, &envelopes),
             other => Err(Failure::bad(format!(
                 "{} must be sent inside Authorized",
                 other.name()

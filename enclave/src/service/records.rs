@@ -3,6 +3,8 @@
 //! ```text
 //! wallet/<id>/state          WalletState: parties, current epoch, registered keys, revocations
 //! wallet/<id>/share/e<n>     ShareRecord: this enclave's KeyPackage and the PublicKeyPackage at epoch n
+//! dao/<id>/state             DaoState: invitation, policy, spend history, completed requests
+//! dao/<id>/share/p<p>/e<n>   ShareRecord of the provider's party p of a DAO wallet
 //! ```
 //!
 //! Shares are bound (AAD) to wallet, party and epoch. The state is additionally anchored: its
@@ -12,6 +14,8 @@
 //! written, then the pending digest becomes current; a blob matching either is accepted.
 
 use cosigner_kms::{SealContext, Sealer};
+use cosigner_protocol::dao::Invitation;
+use cosigner_protocol::policy::PastSpend;
 use cosigner_protocol::wire::{DkgParams, ErrorKind, WalletId};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -138,29 +142,60 @@ impl Records<'_> {
 
     /// Writes the state, moving the anchor with it (pending, write, current).
     pub fn save_state(&self, id: &WalletId, state: &WalletState) -> Result<(), Failure> {
-        let blob = self.seal(&Self::state_ctx(id), state)?;
-        let digest: [u8; 32] = Sha256::digest(&blob).into();
-        let label = anchor_label(id);
-        let current = self
-            .anchor
-            .read(&label)
-            .map_err(internal)?
-            .and_then(|v| v.get(..32).map(<[u8]>::to_vec))
-            .unwrap_or_else(|| vec![0; 32]);
-        self.anchor
-            .write(&label, &[current.as_slice(), &digest].concat())
-            .map_err(internal)?;
-        self.store.put(&state_key(id), &blob).map_err(internal)?;
-        self.anchor
-            .write(&label, &[&digest[..], &[0u8; 32]].concat())
-            .map_err(internal)
+        self.save_anchored(
+            &state_key(id),
+            &anchor_label(id),
+            &Self::state_ctx(id),
+            state,
+        )
     }
 
     /// Reads the state, refusing anything but the anchored one.
     pub fn load_state(&self, id: &WalletId) -> Result<WalletState, Failure> {
-        let label = anchor_label(id);
-        let anchor = self.anchor.read(&label).map_err(internal)?;
-        let Some(blob) = self.store.get(&state_key(id)).map_err(internal)? else {
+        let state: WalletState =
+            self.load_anchored(id, &state_key(id), &anchor_label(id), &Self::state_ctx(id))?;
+        if state.params.wallet_id != *id {
+            return Err(integrity(id, "it names another wallet"));
+        }
+        Ok(state)
+    }
+
+    /// Seals `value` under `ctx` to `key`, moving the anchor `label` with it: the new digest is
+    /// first recorded as pending, then the blob written, then the digest made current.
+    fn save_anchored<T: Serialize>(
+        &self,
+        key: &str,
+        label: &str,
+        ctx: &SealContext,
+        value: &T,
+    ) -> Result<(), Failure> {
+        let blob = self.seal(ctx, value)?;
+        let digest: [u8; 32] = Sha256::digest(&blob).into();
+        let current = self
+            .anchor
+            .read(label)
+            .map_err(internal)?
+            .and_then(|v| v.get(..32).map(<[u8]>::to_vec))
+            .unwrap_or_else(|| vec![0; 32]);
+        self.anchor
+            .write(label, &[current.as_slice(), &digest].concat())
+            .map_err(internal)?;
+        self.store.put(key, &blob).map_err(internal)?;
+        self.anchor
+            .write(label, &[&digest[..], &[0u8; 32]].concat())
+            .map_err(internal)
+    }
+
+    /// Reads the blob at `key`, refusing anything but the one anchored at `label`.
+    fn load_anchored<T: serde::de::DeserializeOwned>(
+        &self,
+        id: &WalletId,
+        key: &str,
+        label: &str,
+        ctx: &SealContext,
+    ) -> Result<T, Failure> {
+        let anchor = self.anchor.read(label).map_err(internal)?;
+        let Some(blob) = self.store.get(key).map_err(internal)? else {
             return Err(match anchor {
                 Some(_) => integrity(id, "the host no longer serves it"),
                 None => Failure::new(ErrorKind::NotFound, format!("unknown wallet {id}")),
@@ -180,19 +215,11 @@ impl Records<'_> {
             }
             // A write that crashed between the blob and the anchor: finish it.
             self.anchor
-                .write(&label, &[&digest[..], &[0u8; 32]].concat())
+                .write(label, &[&digest[..], &[0u8; 32]].concat())
                 .map_err(internal)?;
         }
-        let plain = self
-            .sealer
-            .open(&Self::state_ctx(id), &blob)
-            .map_err(|e| integrity(id, e))?;
-        let state: WalletState =
-            ciborium::de::from_reader(plain.as_slice()).map_err(|e| integrity(id, e))?;
-        if state.params.wallet_id != *id {
-            return Err(integrity(id, "it names another wallet"));
-        }
-        Ok(state)
+        let plain = self.sealer.open(ctx, &blob).map_err(|e| integrity(id, e))?;
+        ciborium::de::from_reader(plain.as_slice()).map_err(|e| integrity(id, e))
     }
 
     fn share_ctx(id: &WalletId, party: u16, epoch: u64) -> SealContext {
@@ -244,5 +271,129 @@ impl Records<'_> {
     /// Deletes one epoch's share.
     pub fn delete_share(&self, id: &WalletId, epoch: u64) -> Result<(), Failure> {
         self.store.delete(&share_key(id, epoch)).map_err(internal)
+    }
+}
+
+const DAO_STATE_PURPOSE: &str = "cosigner-dao-state";
+
+/// A DAO wallet's state (see `super::dao`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaoState {
+    /// The invitation the wallet was created from (members, provider key, network, first policy).
+    pub invitation: Invitation,
+    /// The policy in force (TOML text).
+    pub policy: String,
+    /// Bumped on each policy change.
+    pub policy_version: u64,
+    /// The smallest tier fixed at creation (the provider's weight depends on it).
+    pub min_approvals: u16,
+    /// The provider's parties.
+    pub provider_parties: Vec<u16>,
+    /// Share epoch.
+    pub epoch: u64,
+    /// The group's PublicKeyPackage (frost serialization).
+    pub public_key_package: ByteBuf,
+    /// Spends signed, for velocity rules.
+    pub history: Vec<PastSpend>,
+    /// Requests signed recently (hash, ms), so a replayed request is not signed twice.
+    pub completed: Vec<(ByteBuf, u64)>,
+}
+
+fn dao_state_key(id: &WalletId) -> String {
+    format!("dao/{}/state", id.to_hex())
+}
+
+fn dao_share_key(id: &WalletId, party: u16, epoch: u64) -> String {
+    format!("dao/{}/share/p{party:05}/e{epoch:020}", id.to_hex())
+}
+
+fn dao_anchor_label(id: &WalletId) -> String {
+    format!("cosigner-anchor/dao/{}", id.to_hex())
+}
+
+impl Records<'_> {
+    fn dao_state_ctx(id: &WalletId) -> SealContext {
+        SealContext {
+            purpose: DAO_STATE_PURPOSE,
+            wallet_id: id.0,
+            party: 0,
+            epoch: 0,
+        }
+    }
+
+    /// Whether a DAO wallet (state or anchor) exists.
+    pub fn dao_exists(&self, id: &WalletId) -> Result<bool, Failure> {
+        Ok(self
+            .store
+            .get(&dao_state_key(id))
+            .map_err(internal)?
+            .is_some()
+            || self
+                .anchor
+                .read(&dao_anchor_label(id))
+                .map_err(internal)?
+                .is_some())
+    }
+
+    /// Writes a DAO wallet's state (anchored like a personal wallet's).
+    pub fn save_dao_state(&self, id: &WalletId, state: &DaoState) -> Result<(), Failure> {
+        self.save_anchored(
+            &dao_state_key(id),
+            &dao_anchor_label(id),
+            &Self::dao_state_ctx(id),
+            state,
+        )
+    }
+
+    /// Reads a DAO wallet's state, refusing anything but the anchored one.
+    pub fn load_dao_state(&self, id: &WalletId) -> Result<DaoState, Failure> {
+        let state: DaoState = self.load_anchored(
+            id,
+            &dao_state_key(id),
+            &dao_anchor_label(id),
+            &Self::dao_state_ctx(id),
+        )?;
+        if state.invitation.topic().ok() != Some(id.0) {
+            return Err(integrity(id, "it names another wallet"));
+        }
+        Ok(state)
+    }
+
+    /// Stores the share of one of the provider's parties of a DAO wallet.
+    pub fn save_dao_share(
+        &self,
+        id: &WalletId,
+        party: u16,
+        share: &ShareRecord,
+    ) -> Result<(), Failure> {
+        let blob = self.seal(&Self::share_ctx(id, party, share.epoch), share)?;
+        self.store
+            .put(&dao_share_key(id, party, share.epoch), &blob)
+            .map_err(internal)
+    }
+
+    /// Reads the share of one of the provider's parties of a DAO wallet.
+    pub fn load_dao_share(
+        &self,
+        id: &WalletId,
+        party: u16,
+        epoch: u64,
+    ) -> Result<ShareRecord, Failure> {
+        let blob = self
+            .store
+            .get(&dao_share_key(id, party, epoch))
+            .map_err(internal)?
+            .ok_or_else(|| integrity(id, format!("the share of party {party} is missing")))?;
+        let plain = self
+            .sealer
+            .open(&Self::share_ctx(id, party, epoch), &blob)
+            .map_err(|e| integrity(id, e))?;
+        let share: ShareRecord =
+            ciborium::de::from_reader(plain.as_slice()).map_err(|e| integrity(id, e))?;
+        if share.epoch != epoch {
+            return Err(integrity(id, "share of another epoch"));
+        }
+        Ok(share)
     }
 }

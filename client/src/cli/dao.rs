@@ -1,0 +1,388 @@
+//! `cosigner device-key`, `dao create`, `join`, DAO `sign --psbt` and `approve`.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use cosigner_client::address::Network;
+use cosigner_client::dao::{self, Courier};
+use cosigner_client::home::{Home, WalletFile};
+use cosigner_client::session::Session;
+use cosigner_protocol::auth::public_key_bytes;
+use cosigner_protocol::dao::Evaluation;
+use cosigner_protocol::psbt::SpendSummary;
+use serde_json::json;
+
+use super::Globals;
+use super::attestation::emit;
+use super::wallet::{home, trust};
+
+/// How long a member waits by default for the others.
+const DEFAULT_TIMEOUT_SECS: u64 = 600;
+
+/// `cosigner device-key`.
+#[derive(Debug, Args)]
+pub struct DeviceKeyArgs {
+    /// Print one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// DAO subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DaoCommand {
+    /// Propose a DAO wallet to its members and run its DKG; waits until every member joined.
+    Create {
+        /// The members: `[[member]]` tables with `name` and `device_key` (hex P-256).
+        #[arg(long, value_name = "FILE")]
+        members: PathBuf,
+        /// The policy (TOML rules, see docs/policy.md).
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// Where to write the invitation for the other members.
+        #[arg(long, value_name = "FILE")]
+        invitation_out: PathBuf,
+        /// Give up after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS)]
+        timeout: u64,
+        /// Print one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `cosigner join`.
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// The invitation file.
+    #[arg(value_name = "INVITATION")]
+    invitation: PathBuf,
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS)]
+    timeout: u64,
+    /// Print one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `cosigner approve`.
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The request file written by `sign --request-out`.
+    #[arg(long, value_name = "FILE")]
+    request: PathBuf,
+    /// Approve without asking (the summary is still printed to stderr).
+    #[arg(long)]
+    yes: bool,
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS)]
+    timeout: u64,
+    /// Print one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+fn mailbox_addr(g: &Globals, hint: &str) -> String {
+    g.mailbox.clone().unwrap_or_else(|| hint.to_owned())
+}
+
+fn provider_addr(g: &Globals, hint: &str) -> String {
+    g.provider.clone().unwrap_or_else(|| hint.to_owned())
+}
+
+fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("{what} {}", path.display()))
+}
+
+fn wallet_out(w: &WalletFile, json: bool) -> anyhow::Result<()> {
+    if json {
+        emit(
+            &json!({
+                "wallet_id": w.wallet_id,
+                "group_public_key": w.group_public_key,
+                "address": w.address,
+            })
+            .to_string(),
+        )
+    } else {
+        emit(&format!(
+            "wallet {}\naddress {}\ngroup key (x-only) {}",
+            w.wallet_id, w.address, w.group_public_key
+        ))
+    }
+}
+
+fn say(line: &str) {
+    eprintln!("{line}");
+}
+
+/// `cosigner device-key`.
+pub fn device_key(g: &Globals, args: DeviceKeyArgs) -> anyhow::Result<()> {
+    let key = hex::encode(public_key_bytes(&home(g)?.device_key()?));
+    if args.json {
+        emit(&json!({ "device_key": key }).to_string())
+    } else {
+        emit(&key)
+    }
+}
+
+/// `cosigner dao ...`.
+pub fn run(g: &Globals, cmd: DaoCommand) -> anyhow::Result<()> {
+    match cmd {
+        DaoCommand::Create {
+            members,
+            policy,
+            invitation_out,
+            timeout,
+            json,
+        } => {
+            let network: Network = g.network.parse()?;
+            let home = home(g)?;
+            let trust = trust(g)?;
+            let provider_addr = g
+                .provider
+                .clone()
+                .context("give --provider ADDR (or set COSIGNER_PROVIDER)")?;
+            let mailbox = g
+                .mailbox
+                .clone()
+                .context("give --mailbox ADDR (or set COSIGNER_MAILBOX)")?;
+            let members_text = read_text(&members, "members file")?;
+            let policy_text = read_text(&policy, "policy file")?;
+            let provider = Session::connect(&provider_addr, &trust)?;
+            let (invitation, envelope) = dao::invite(
+                &home,
+                &provider,
+                &members_text,
+                &policy_text,
+                network,
+                &mailbox,
+                &provider_addr,
+            )?;
+            dao::write_envelope(&invitation_out, &envelope)?;
+            let layout = invitation.layout()?;
+            say(&format!(
+                "invitation written to {}: {} members, provider holds parties {:?}, threshold {}; waiting for every member to join",
+                invitation_out.display(),
+                layout.members.len(),
+                layout.provider_parties,
+                layout.params.min_signers
+            ));
+            let mut courier =
+                Courier::new(envelope.topic, &mailbox, provider, &provider_addr, &trust)?;
+            let wallet = dao::run_dkg(
+                &home,
+                &mut courier,
+                &invitation,
+                &envelope,
+                Duration::from_secs(timeout),
+                &mut |l| say(l),
+            )?;
+            wallet_out(&wallet, json)
+        }
+    }
+}
+
+/// `cosigner join INVITATION`.
+pub fn join(g: &Globals, args: JoinArgs) -> anyhow::Result<()> {
+    let home = home(g)?;
+    let trust = trust(g)?;
+    let envelope = dao::read_envelope(&args.invitation)?;
+    let invitation = dao::open_invitation(&envelope)?;
+    let layout = invitation.layout()?;
+    let me = public_key_bytes(&home.device_key()?);
+    let Some(party) = layout.member_party(&me) else {
+        anyhow::bail!("this device's key is not a member of the invitation");
+    };
+    // Shown before anything is signed: who, what policy, what weights.
+    say(&format!(
+        "joining DAO wallet {} as {} (party {party}) on {}",
+        layout.wallet_id,
+        layout.name_of(party).unwrap_or("?"),
+        invitation.network
+    ));
+    for (p, m) in &layout.members {
+        say(&format!(
+            "  member {p}: {} {}",
+            m.name,
+            hex::encode(&m.device_key)
+        ));
+    }
+    say(&format!(
+        "  provider parties {:?} (key {}), threshold {}",
+        layout.provider_parties,
+        hex::encode(&layout.provider_key),
+        layout.params.min_signers
+    ));
+    say(&format!("  policy:\n{}", invitation.policy.trim_end()));
+    let provider_addr = provider_addr(g, &invitation.provider);
+    let provider = Session::connect(&provider_addr, &trust)?;
+    let mailbox = mailbox_addr(g, &invitation.mailbox);
+    let mut courier = Courier::new(envelope.topic, &mailbox, provider, &provider_addr, &trust)?;
+    let wallet = dao::run_dkg(
+        &home,
+        &mut courier,
+        &invitation,
+        &envelope,
+        Duration::from_secs(args.timeout),
+        &mut |l| say(l),
+    )?;
+    wallet_out(&wallet, args.json)
+}
+
+fn show_summary(s: &SpendSummary, e: &Evaluation) {
+    say(&format!(
+        "transaction {}: {} sat leave the wallet (fee {} sat, change {} sat)",
+        s.txid, s.value_leaving, s.fee, s.change
+    ));
+    for d in &s.destinations {
+        say(&format!("  pays {} sat to {}", d.amount, d.address));
+    }
+    say(&format!(
+        "  rule {:?}: needs {} approvals (the requester's included)",
+        e.rule, e.approvals
+    ));
+}
+
+fn check_evaluation(s: &SpendSummary, e: &Evaluation) -> anyhow::Result<()> {
+    let theirs: Vec<(String, u64)> = s
+        .destinations
+        .iter()
+        .map(|d| (d.address.clone(), d.amount))
+        .collect();
+    if e.value_leaving != s.value_leaving || e.fee != s.fee || e.destinations != theirs {
+        anyhow::bail!(
+            "the provider's reading of the PSBT differs from this device's: not approving"
+        );
+    }
+    Ok(())
+}
+
+/// `cosigner sign --psbt` for a DAO wallet.
+pub fn sign_dao(
+    g: &Globals,
+    home: &Home,
+    wallet: &WalletFile,
+    psbt: Vec<u8>,
+    request_out: Option<&Path>,
+    timeout: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let trust = trust(g)?;
+    let (info, invitation) = dao::dao_info(wallet)?;
+    let summary = dao::summarize(wallet, &psbt)?;
+    let (request, envelope) = dao::request(home, wallet, psbt)?;
+    let out = request_out.context("a DAO wallet needs --request-out FILE for the other members")?;
+    dao::write_envelope(out, &envelope)?;
+    say(&format!("request written to {}", out.display()));
+    let provider_addr = provider_addr(g, &invitation.provider);
+    let provider = Session::connect(&provider_addr, &trust)?;
+    let mut courier = Courier::new(
+        envelope.topic,
+        &mailbox_addr(g, &info.mailbox),
+        provider,
+        &provider_addr,
+        &trust,
+    )?;
+    courier.post(&envelope)?;
+    let provider_key = hex::decode(&info.provider_key)?;
+    let timeout = Duration::from_secs(timeout);
+    let mut backlog = Vec::new();
+    let evaluation = dao::await_evaluation(
+        &mut courier,
+        &provider_key,
+        &request.hash()?,
+        timeout,
+        &mut backlog,
+    )?;
+    check_evaluation(&summary, &evaluation)?;
+    show_summary(&summary, &evaluation);
+    let (txid, tx) = dao::approve_and_sign(
+        home,
+        wallet,
+        &mut courier,
+        &request,
+        &summary,
+        &evaluation,
+        backlog,
+        timeout,
+    )?;
+    if json {
+        emit(&json!({ "txid": txid, "tx_hex": hex::encode(tx) }).to_string())
+    } else {
+        emit(&format!("{txid}\n{}", hex::encode(tx)))
+    }
+}
+
+fn confirm() -> anyhow::Result<bool> {
+    let stdin = std::io::stdin();
+    eprint!("approve? [y/N] ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes" | "YES"))
+}
+
+/// `cosigner approve --request REQ`.
+pub fn approve(g: &Globals, args: ApproveArgs) -> anyhow::Result<()> {
+    let home = home(g)?;
+    let trust = trust(g)?;
+    let envelope = dao::read_envelope(&args.request)?;
+    let request = dao::open_request(&envelope)?;
+    let wallet = home.wallet(&request.wallet_id)?;
+    let (info, invitation) = dao::dao_info(&wallet)?;
+    let layout = invitation.layout()?;
+    let requester = layout
+        .name_of(request.requester)
+        .context("the request names a requester who is not a member")?;
+    if layout.owner_of(request.requester) != Some(envelope.sender.as_slice()) {
+        anyhow::bail!("the request is not signed by the member it names");
+    }
+    let summary = dao::summarize(&wallet, &request.psbt)?;
+    let provider_addr = provider_addr(g, &invitation.provider);
+    let provider = Session::connect(&provider_addr, &trust)?;
+    let mut courier = Courier::new(
+        envelope.topic,
+        &mailbox_addr(g, &info.mailbox),
+        provider,
+        &provider_addr,
+        &trust,
+    )?;
+    courier.post(&envelope)?;
+    let provider_key = hex::decode(&info.provider_key)?;
+    let timeout = Duration::from_secs(args.timeout);
+    let mut backlog = Vec::new();
+    let evaluation = dao::await_evaluation(
+        &mut courier,
+        &provider_key,
+        &request.hash()?,
+        timeout,
+        &mut backlog,
+    )?;
+    check_evaluation(&summary, &evaluation)?;
+    say(&format!(
+        "{requester} asks to sign with wallet {}",
+        wallet.wallet_id
+    ));
+    show_summary(&summary, &evaluation);
+    if !args.yes && !confirm()? {
+        anyhow::bail!("not approved");
+    }
+    dao::approve_and_sign(
+        &home,
+        &wallet,
+        &mut courier,
+        &request,
+        &summary,
+        &evaluation,
+        backlog,
+        timeout,
+    )?;
+    if args.json {
+        emit(&json!({ "approved": true }).to_string())
+    } else {
+        emit("approved; the transaction is signed")
+    }
+}

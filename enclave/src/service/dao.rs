@@ -1,0 +1,533 @@
+//! DAO wallets inside the enclave: the provider's side of the mailbox ceremonies
+//! (`cosigner_protocol::dao`).
+//!
+//! The enclave never talks to the mailbox itself. Members deliver the topic's envelopes in a
+//! `Mailbox` request (any member may: envelopes authenticate themselves) and post back what the
+//! enclave answers. A ceremony starts with its founding message, whose hash is the topic: an
+//! [`Invitation`] naming this enclave's identity key starts a DKG; a [`SignRequest`] from a
+//! member of a DAO wallet starts a signature. The PSBT is analysed here (sighashes, value
+//! leaving, destinations) and the policy evaluated here, with the spend history from the
+//! anchored state; the provider's parties commit only once the rule's approvals are in, and the
+//! spend is recorded (anchored) before the signed transaction is published.
+//!
+//! Ceremonies live in memory (nonces must): an enclave restart abandons those in progress.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use cosigner_protocol::dao::dkg::DaoDkg;
+use cosigner_protocol::dao::sign::Coordinator;
+use cosigner_protocol::dao::{DaoMessage, Evaluation, Invitation, Layout, SignRequest};
+use cosigner_protocol::mailbox::{Envelope, Topic};
+use cosigner_protocol::policy::{PastSpend, Policy, Spend};
+use cosigner_protocol::psbt;
+use cosigner_protocol::wire::{Response, WalletId};
+use frost_core::keys::{KeyPackage, PublicKeyPackage};
+use serde_bytes::ByteBuf;
+
+use super::records::{DaoState, ShareRecord};
+use super::{Failure, Outcome, Service, Suite, internal, key_package, lock, now_ms};
+
+/// How long a DAO ceremony (and its outbox) is kept in memory.
+const DAO_TTL: Duration = Duration::from_secs(3600);
+/// Bound on ceremonies in memory.
+const MAX_CEREMONIES: usize = 1024;
+/// Bound on envelopes per delivery.
+const MAX_DELIVERY: usize = 1024;
+/// A sign request older than this is refused (and completed requests are remembered this long).
+const REQUEST_MAX_AGE_MS: u64 = 3_600_000;
+/// A sign request dated this far in the future is refused.
+const REQUEST_MAX_SKEW_MS: u64 = 300_000;
+/// How long spends are kept for velocity rules.
+const HISTORY_KEEP_MS: u64 = 366 * 86_400_000;
+/// The only asset DAO wallets hold today.
+const ASSET: &str = "btc";
+
+/// A signature in progress.
+struct SignJob {
+    wallet_id: WalletId,
+    request: SignRequest,
+    hash: [u8; 32],
+    value_leaving: u64,
+    rule: String,
+    output_key: [u8; 32],
+    provider_parties: Vec<u16>,
+    public_key_package: PublicKeyPackage<Suite>,
+    coordinator: Coordinator<Suite>,
+}
+
+enum Ceremony {
+    Dkg(Box<DaoDkg<Suite>>, Box<Invitation>),
+    Sign(Box<SignJob>),
+    Finished,
+}
+
+/// One topic's ceremony, what the enclave has said in it, and what it has already taken in.
+pub(super) struct Entry {
+    ceremony: Ceremony,
+    outbox: Vec<Vec<u8>>,
+    seen: HashSet<[u8; 32]>,
+    started: Instant,
+}
+
+/// The DAO ceremonies in memory, by topic.
+pub(super) type Ceremonies = HashMap<Topic, Entry>;
+
+fn bad(message: impl Into<String>) -> Failure {
+    Failure::bad(message)
+}
+
+fn x_only(pkp: &PublicKeyPackage<Suite>) -> Result<[u8; 32], Failure> {
+    let sec1 = pkp
+        .verifying_key()
+        .serialize()
+        .map_err(|e| internal(format!("group key: {e}")))?;
+    sec1.get(1..33)
+        .and_then(|s| <[u8; 32]>::try_from(s).ok())
+        .ok_or_else(|| internal("group key is not 33 bytes"))
+}
+
+impl Service {
+    /// `Mailbox`: takes the delivered envelopes of `topic`, advances its ceremony, and answers
+    /// with every envelope the enclave produced for it.
+    pub(super) fn mailbox(&self, topic: &[u8], envelopes: &[ByteBuf]) -> Outcome {
+        let topic: Topic = topic
+            .try_into()
+            .map_err(|_| bad(format!("a topic is 16 bytes, got {}", topic.len())))?;
+        if envelopes.len() > MAX_DELIVERY {
+            return Err(bad(format!(
+                "{} envelopes in one delivery, at most {MAX_DELIVERY}",
+                envelopes.len()
+            )));
+        }
+        let mut notes = Vec::new();
+        let mut opened = Vec::new();
+        for raw in envelopes {
+            match Envelope::open(raw, &topic)
+                .and_then(|e| DaoMessage::decode(&e.body).map(|m| (e, m)))
+            {
+                Ok(x) => opened.push(x),
+                Err(e) => notes.push(format!("envelope refused: {e}")),
+            }
+        }
+        let mut ceremonies = lock(&self.dao)?;
+        ceremonies.retain(|_, e| e.started.elapsed() < DAO_TTL);
+        if !ceremonies.contains_key(&topic) {
+            let founding = opened
+                .iter()
+                .find(|(_, m)| matches!(m, DaoMessage::Invitation(_) | DaoMessage::SignRequest(_)));
+            let Some((envelope, message)) = founding else {
+                return Ok(Response::Mailbox {
+                    envelopes: Vec::new(),
+                    notes,
+                });
+            };
+            if ceremonies.len() >= MAX_CEREMONIES {
+                return Err(internal("too many DAO ceremonies in progress"));
+            }
+            let mut entry = Entry {
+                ceremony: Ceremony::Finished,
+                outbox: Vec::new(),
+                seen: HashSet::new(),
+                started: Instant::now(),
+            };
+            let (ceremony, first) = match message {
+                DaoMessage::Invitation(inv) => self.found_dkg(&topic, &envelope.sender, inv)?,
+                DaoMessage::SignRequest(req) => self.found_sign(&topic, &envelope.sender, req)?,
+                _ => return Err(internal("founding message of an unexpected kind")),
+            };
+            entry.ceremony = ceremony;
+            self.post(&topic, &mut entry, first)?;
+            ceremonies.insert(topic, entry);
+        }
+        let entry = ceremonies
+            .get_mut(&topic)
+            .ok_or_else(|| internal("ceremony vanished"))?;
+        for (envelope, message) in &opened {
+            if !entry.seen.insert(envelope.id()) {
+                continue;
+            }
+            let result = match &mut entry.ceremony {
+                Ceremony::Dkg(dkg, _) => dkg.absorb(&envelope.sender, message),
+                Ceremony::Sign(job) => job.coordinator.absorb(&envelope.sender, message),
+                Ceremony::Finished => Ok(false),
+            };
+            if let Err(e) = result {
+                notes.push(format!("{} refused: {e}", message.name()));
+            }
+        }
+        if let Err(e) = self.advance(&topic, entry) {
+            notes.push(format!("ceremony failed: {}", e.0.message));
+        }
+        Ok(Response::Mailbox {
+            envelopes: entry.outbox.iter().cloned().map(ByteBuf::from).collect(),
+            notes,
+        })
+    }
+
+    /// Signs `messages` as the enclave and adds them to the topic's outbox.
+    fn post(
+        &self,
+        topic: &Topic,
+        entry: &mut Entry,
+        messages: Vec<DaoMessage>,
+    ) -> Result<(), Failure> {
+        for m in messages {
+            let body = m.encode()?;
+            let envelope = self
+                .audit
+                .seal_envelope(*topic, body)
+                .map_err(|e| internal(format!("signing an envelope: {e}")))?;
+            entry.seen.insert(envelope.id());
+            entry.outbox.push(envelope.encode()?);
+        }
+        Ok(())
+    }
+
+    fn found_dkg(
+        &self,
+        topic: &Topic,
+        sender: &[u8],
+        invitation: &Invitation,
+    ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
+        if invitation.topic()? != *topic {
+            return Err(bad("the invitation does not hash to its topic"));
+        }
+        let layout = invitation.layout()?;
+        if layout.provider_key != self.audit.public_key() {
+            return Err(bad(
+                "the invitation names another provider key than this enclave's",
+            ));
+        }
+        if layout.member_party(sender).is_none() {
+            return Err(bad("the invitation is not signed by one of its members"));
+        }
+        let wallet_id = layout.wallet_id;
+        if self.records().dao_exists(&wallet_id)? {
+            return Err(bad(format!("wallet {wallet_id} already exists")));
+        }
+        let (dkg, first) =
+            DaoDkg::<Suite>::start(layout, &self.audit.public_key(), &mut rand_core::OsRng)?;
+        self.log(
+            &wallet_id,
+            "dao-dkg",
+            &format!("member:{}", hex::encode(sender)),
+            topic,
+            "started",
+        )?;
+        Ok((
+            Ceremony::Dkg(Box::new(dkg), Box::new(invitation.clone())),
+            first,
+        ))
+    }
+
+    /// The policy in force and the layout of a DAO wallet.
+    fn dao_policy(state: &DaoState) -> Result<(Layout, Policy), Failure> {
+        let layout = state.invitation.layout()?;
+        let members: Vec<_> = layout.members.iter().map(|(_, m)| m.clone()).collect();
+        let policy = Policy::parse(&state.policy, &members)?;
+        Ok((layout, policy))
+    }
+
+    fn found_sign(
+        &self,
+        topic: &Topic,
+        sender: &[u8],
+        request: &SignRequest,
+    ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
+        if request.topic()? != *topic {
+            return Err(bad("the sign request does not hash to its topic"));
+        }
+        let hash = request.hash()?;
+        let wallet_id = request.wallet_id;
+        let state = self.records().load_dao_state(&wallet_id)?;
+        let (layout, policy) = Self::dao_policy(&state)?;
+        if layout.member_party(sender) != Some(request.requester) {
+            return Err(bad(format!(
+                "the sign request is not signed by member {} of wallet {wallet_id}",
+                request.requester
+            )));
+        }
+        let actor = format!("member:{}", hex::encode(sender));
+        let refuse = |reason: String| -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
+            self.log(
+                &wallet_id,
+                "dao-sign",
+                &actor,
+                &hash,
+                &format!("refused: {reason}"),
+            )?;
+            Ok((
+                Ceremony::Finished,
+                vec![DaoMessage::Refused {
+                    request: ByteBuf::from(hash.to_vec()),
+                    reason,
+                }],
+            ))
+        };
+        let now = now_ms();
+        if request.created_ms.saturating_add(REQUEST_MAX_AGE_MS) < now
+            || request.created_ms > now.saturating_add(REQUEST_MAX_SKEW_MS)
+        {
+            return refuse("the request is expired or dated in the future".into());
+        }
+        if state.completed.iter().any(|(h, _)| h.as_slice() == hash) {
+            return refuse("this request was already signed".into());
+        }
+        let public_key_package = PublicKeyPackage::<Suite>::deserialize(&state.public_key_package)
+            .map_err(|e| internal(format!("stored public key package: {e}")))?;
+        let output_key = x_only(&public_key_package)?;
+        let summary = match psbt::analyze(&request.psbt, &output_key, layout.network) {
+            Ok(s) => s,
+            Err(e) => return refuse(format!("PSBT refused: {e}")),
+        };
+        let destinations: Vec<String> = summary
+            .destinations
+            .iter()
+            .map(|d| d.address.clone())
+            .collect();
+        let decision = match policy.evaluate(&Spend {
+            asset: ASSET,
+            value_leaving: summary.value_leaving,
+            destinations: &destinations,
+            now_ms: now,
+            history: &state.history,
+        }) {
+            Ok(d) => d,
+            Err(denial) => return refuse(format!("policy: {}", denial.reason)),
+        };
+        let by_name = layout.parties_by_name();
+        let mut approvers = BTreeMap::new();
+        for name in &decision.approvers {
+            let party = by_name
+                .get(name)
+                .copied()
+                .ok_or_else(|| internal(format!("approver {name} is not a member")))?;
+            let key = layout
+                .owner_of(party)
+                .ok_or_else(|| internal(format!("no key for party {party}")))?;
+            approvers.insert(party, key.to_vec());
+        }
+        let coordinator = Coordinator::new(
+            hash,
+            summary.sighashes.clone(),
+            decision.approvals,
+            approvers.clone(),
+            state.provider_parties.clone(),
+        )?;
+        let evaluation = Evaluation {
+            request: ByteBuf::from(hash.to_vec()),
+            sighashes: summary
+                .sighashes
+                .iter()
+                .map(|s| ByteBuf::from(s.to_vec()))
+                .collect(),
+            value_leaving: summary.value_leaving,
+            fee: summary.fee,
+            destinations: summary
+                .destinations
+                .iter()
+                .map(|d| (d.address.clone(), d.amount))
+                .collect(),
+            rule: decision.rule.clone(),
+            approvals: decision.approvals,
+            approvers: approvers.keys().copied().collect(),
+        };
+        self.log(
+            &wallet_id,
+            "dao-sign",
+            &actor,
+            &hash,
+            &format!(
+                "evaluated: {} sat leaving, rule {:?} needs {} approvals",
+                summary.value_leaving, decision.rule, decision.approvals
+            ),
+        )?;
+        Ok((
+            Ceremony::Sign(Box::new(SignJob {
+                wallet_id,
+                request: request.clone(),
+                hash,
+                value_leaving: summary.value_leaving,
+                rule: decision.rule,
+                output_key,
+                provider_parties: state.provider_parties.clone(),
+                public_key_package,
+                coordinator,
+            })),
+            vec![DaoMessage::Evaluation(evaluation)],
+        ))
+    }
+
+    fn advance(&self, topic: &Topic, entry: &mut Entry) -> Result<(), Failure> {
+        let ceremony = std::mem::replace(&mut entry.ceremony, Ceremony::Finished);
+        let outcome = match ceremony {
+            Ceremony::Dkg(dkg, invitation) => self.advance_dkg(dkg, invitation),
+            Ceremony::Sign(mut job) => match self.advance_sign(&mut job) {
+                Ok((messages, true)) => Ok((Ceremony::Finished, messages)),
+                Ok((messages, false)) => Ok((Ceremony::Sign(job), messages)),
+                Err(e) => {
+                    let refusal = DaoMessage::Refused {
+                        request: ByteBuf::from(job.hash.to_vec()),
+                        reason: e.0.message.clone(),
+                    };
+                    self.post(topic, entry, vec![refusal])?;
+                    Err(e)
+                }
+            },
+            Ceremony::Finished => return Ok(()),
+        };
+        let (next, messages) = outcome?;
+        entry.ceremony = next;
+        self.post(topic, entry, messages)
+    }
+
+    fn advance_dkg(
+        &self,
+        mut dkg: Box<DaoDkg<Suite>>,
+        invitation: Box<Invitation>,
+    ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
+        let messages = dkg.advance(&mut rand_core::OsRng)?;
+        if !dkg.is_done() {
+            return Ok((Ceremony::Dkg(dkg, invitation), messages));
+        }
+        // Every party confirmed the same key: store the provider's shares and the wallet.
+        let (layout, outputs) = dkg.into_outputs()?;
+        let wallet_id = layout.wallet_id;
+        let mut public_key_package = Vec::new();
+        let _guard = lock(&self.lifecycle)?;
+        for (party, output) in &outputs {
+            let share = ShareRecord {
+                epoch: 0,
+                key_package: ByteBuf::from(
+                    output
+                        .key_package
+                        .serialize()
+                        .map_err(|e| internal(format!("key package: {e}")))?,
+                ),
+                public_key_package: ByteBuf::from(
+                    output
+                        .public_key_package
+                        .serialize()
+                        .map_err(|e| internal(format!("public key package: {e}")))?,
+                ),
+            };
+            public_key_package = share.public_key_package.to_vec();
+            self.records().save_dao_share(&wallet_id, *party, &share)?;
+        }
+        let state = DaoState {
+            invitation: *invitation,
+            policy: layout.policy.source().to_owned(),
+            policy_version: 1,
+            min_approvals: layout.policy.min_approvals(),
+            provider_parties: layout.provider_parties.clone(),
+            epoch: 0,
+            public_key_package: ByteBuf::from(public_key_package),
+            history: Vec::new(),
+            completed: Vec::new(),
+        };
+        self.records().save_dao_state(&wallet_id, &state)?;
+        self.log(
+            &wallet_id,
+            "dao-dkg",
+            "dao",
+            &wallet_id.0,
+            &format!(
+                "created: {} members, provider parties {:?}, threshold {}",
+                layout.members.len(),
+                layout.provider_parties,
+                layout.params.min_signers
+            ),
+        )?;
+        let mut messages = messages;
+        messages.push(DaoMessage::Activated { wallet_id });
+        Ok((Ceremony::Finished, messages))
+    }
+
+    fn advance_sign(&self, job: &mut SignJob) -> Result<(Vec<DaoMessage>, bool), Failure> {
+        let mut keys = BTreeMap::new();
+        if job.coordinator.needs_keys() {
+            for &party in &job.provider_parties {
+                let share = self.records().load_dao_share(&job.wallet_id, party, 0)?;
+                let key: KeyPackage<Suite> = key_package(&share)?;
+                keys.insert(party, key);
+            }
+        }
+        let mut messages =
+            job.coordinator
+                .advance(&keys, &job.public_key_package, &mut rand_core::OsRng)?;
+        drop(keys);
+        let Some(signatures) = job.coordinator.signatures().map(<[_]>::to_vec) else {
+            return Ok((messages, false));
+        };
+        // Every share is in. Check the state again (another request may have spent since), record
+        // the spend, then publish.
+        let _guard = lock(&self.lifecycle)?;
+        let mut state = self.records().load_dao_state(&job.wallet_id)?;
+        let (_, policy) = Self::dao_policy(&state)?;
+        let now = now_ms();
+        if state
+            .completed
+            .iter()
+            .any(|(h, _)| h.as_slice() == job.hash)
+        {
+            return Err(bad("this request was already signed"));
+        }
+        let summary = psbt::analyze(
+            &job.request.psbt,
+            &job.output_key,
+            state.invitation.layout()?.network,
+        )?;
+        let destinations: Vec<String> = summary
+            .destinations
+            .iter()
+            .map(|d| d.address.clone())
+            .collect();
+        let decision = policy
+            .evaluate(&Spend {
+                asset: ASSET,
+                value_leaving: summary.value_leaving,
+                destinations: &destinations,
+                now_ms: now,
+                history: &state.history,
+            })
+            .map_err(|d| bad(format!("policy (at signing time): {}", d.reason)))?;
+        let chosen = job.coordinator.chosen_members().len();
+        if usize::from(decision.approvals) > chosen {
+            return Err(bad(format!(
+                "policy (at signing time): rule {:?} now needs {} approvals, {chosen} signed",
+                decision.rule, decision.approvals
+            )));
+        }
+        let (txid, tx) = psbt::finalize(&job.request.psbt, &job.output_key, &signatures)?;
+        // Velocity windows are at most a year (policy); older spends can go.
+        state
+            .history
+            .retain(|s| s.at_ms.saturating_add(HISTORY_KEEP_MS) >= now);
+        state.history.push(PastSpend {
+            at_ms: now,
+            asset: ASSET.into(),
+            amount: job.value_leaving,
+        });
+        state
+            .completed
+            .retain(|(_, at)| at.saturating_add(REQUEST_MAX_AGE_MS) >= now);
+        state
+            .completed
+            .push((ByteBuf::from(job.hash.to_vec()), now));
+        self.records().save_dao_state(&job.wallet_id, &state)?;
+        self.log(
+            &job.wallet_id,
+            "dao-sign",
+            &format!("members:{:?}", job.coordinator.chosen_members()),
+            &job.hash,
+            &format!("signed {txid} under rule {:?}", job.rule),
+        )?;
+        messages.push(DaoMessage::Signed {
+            request: ByteBuf::from(job.hash.to_vec()),
+            txid,
+            tx: ByteBuf::from(tx),
+        });
+        Ok((messages, true))
+    }
+}

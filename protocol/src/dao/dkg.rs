@@ -1,0 +1,385 @@
+//! A DAO's DKG over the mailbox: each holder of a key (a member's device, or the provider with its
+//! several parties) runs one [`DaoDkg`] that absorbs the signed messages of the topic in any order
+//! and advances its parties' [`DkgState`]s when their inputs are complete.
+//!
+//! What the mailbox cannot do to it: a message is accepted only from the key that owns its party
+//! (the invitation fixes the owners), so nobody speaks for another; a party that sends two
+//! different round-1 messages or confirmations is named (equivocation); replays are ignored. A
+//! mailbox that shows parties different messages makes the DKG fail at round 2 or at the
+//! confirmation round ([`crate::dkg`]); it never produces a key two parties disagree on.
+
+use std::collections::BTreeMap;
+
+use frost_core::Ciphersuite;
+use rand_core::{CryptoRng, RngCore};
+
+use super::{DaoMessage, Layout};
+use crate::dkg::{DkgInput, DkgOutput, DkgOutputMessage, DkgState};
+use crate::error::{ProtocolError, Result};
+use crate::wire::{Confirmation, Round1Message, SealedPackage};
+
+/// The confirmed shares of one key holder, by party.
+pub type Outputs<C> = Vec<(u16, DkgOutput<C>)>;
+
+/// One key holder's side of a DAO DKG.
+pub struct DaoDkg<C: Ciphersuite> {
+    layout: Layout,
+    /// Our parties and their states (`None` only after a failure).
+    locals: BTreeMap<u16, Option<DkgState<C>>>,
+    round1: BTreeMap<u16, Round1Message>,
+    /// Packages sealed to one of our parties, by (from, to).
+    round2: BTreeMap<(u16, u16), SealedPackage>,
+    confirmations: BTreeMap<u16, Confirmation>,
+    failed: Option<String>,
+}
+
+impl<C: Ciphersuite> std::fmt::Debug for DaoDkg<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaoDkg")
+            .field("wallet_id", &self.layout.wallet_id)
+            .field("locals", &self.locals.keys().collect::<Vec<_>>())
+            .field("waiting_for", &self.waiting_for())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Ciphersuite> DaoDkg<C> {
+    /// Starts the DKG for every party `key` holds in `layout`; returns the round-1 messages to post.
+    ///
+    /// Errors: `key` holds no party ([`ProtocolError::Params`]), or round 1 fails.
+    pub fn start(
+        layout: Layout,
+        key: &[u8],
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(Self, Vec<DaoMessage>)> {
+        let parties = layout.parties_of(key);
+        if parties.is_empty() {
+            return Err(ProtocolError::Params {
+                reason: "this key is neither a member nor the provider of the invitation".into(),
+            });
+        }
+        let mut locals = BTreeMap::new();
+        let mut round1 = BTreeMap::new();
+        let mut out = Vec::new();
+        for party in parties {
+            let (state, message) = DkgState::<C>::start(&layout.params, party, rng)?;
+            locals.insert(party, Some(state));
+            round1.insert(party, message.clone());
+            out.push(DaoMessage::Round1(message));
+        }
+        Ok((
+            Self {
+                layout,
+                locals,
+                round1,
+                round2: BTreeMap::new(),
+                confirmations: BTreeMap::new(),
+                failed: None,
+            },
+            out,
+        ))
+    }
+
+    /// The layout this DKG creates.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn check_owner(&self, sender: &[u8], party: u16, what: &str) -> Result<()> {
+        match self.layout.owner_of(party) {
+            Some(owner) if owner == sender => Ok(()),
+            Some(_) => Err(ProtocolError::Culprit {
+                party,
+                reason: format!("a {what} for it was signed by another key"),
+            }),
+            None => Err(ProtocolError::UnexpectedMessage {
+                expected: "a message from a party of the wallet",
+                actual: format!("{what} from unknown party {party}"),
+            }),
+        }
+    }
+
+    /// Takes one verified message from `sender` (the envelope's signer). Returns whether it was
+    /// new. Messages of other kinds are ignored.
+    ///
+    /// Errors: the sender does not own the party it speaks for, or sent two different messages
+    /// for the same step ([`ProtocolError::Culprit`]).
+    pub fn absorb(&mut self, sender: &[u8], message: &DaoMessage) -> Result<bool> {
+        match message {
+            DaoMessage::Round1(m) => {
+                self.check_owner(sender, m.from, "round-1 message")?;
+                insert_once(&mut self.round1, m.from, m, m.from, "round-1 message")
+            }
+            DaoMessage::Round2(p) => {
+                self.check_owner(sender, p.from, "round-2 package")?;
+                if !self.locals.contains_key(&p.to) {
+                    return Ok(false);
+                }
+                insert_once(
+                    &mut self.round2,
+                    (p.from, p.to),
+                    p,
+                    p.from,
+                    "round-2 package",
+                )
+            }
+            DaoMessage::Confirm(c) => {
+                self.check_owner(sender, c.from, "confirmation")?;
+                insert_once(&mut self.confirmations, c.from, c, c.from, "confirmation")
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Advances every local party whose inputs are complete; returns the messages to post.
+    ///
+    /// Errors: a round fails (the DKG is over; start again with a new invitation).
+    pub fn advance(&mut self, rng: &mut (impl CryptoRng + RngCore)) -> Result<Vec<DaoMessage>> {
+        if let Some(reason) = &self.failed {
+            return Err(ProtocolError::Params {
+                reason: format!("this DKG already failed: {reason}"),
+            });
+        }
+        let result = self.advance_inner(rng);
+        if let Err(e) = &result {
+            self.failed = Some(e.to_string());
+        }
+        result
+    }
+
+    fn advance_inner(&mut self, rng: &mut (impl CryptoRng + RngCore)) -> Result<Vec<DaoMessage>> {
+        let all = self.layout.params.parties.clone();
+        let mut out = Vec::new();
+        // Loop: our own parties feed each other (a provider's round 2 to its other parties).
+        loop {
+            let mut progressed = false;
+            let parties: Vec<u16> = self.locals.keys().copied().collect();
+            for party in parties {
+                let Some(slot) = self.locals.get_mut(&party) else {
+                    continue;
+                };
+                let input = match slot.as_ref() {
+                    Some(DkgState::AwaitingRound1(_)) if self.round1.len() == all.len() => {
+                        DkgInput::Round1(self.round1.values().cloned().collect())
+                    }
+                    Some(DkgState::AwaitingRound2(_)) => {
+                        let to_us: Vec<SealedPackage> = self
+                            .round2
+                            .iter()
+                            .filter(|((_, to), _)| *to == party)
+                            .map(|(_, p)| p.clone())
+                            .collect();
+                        if to_us.len() + 1 != all.len() {
+                            continue;
+                        }
+                        DkgInput::Round2(to_us)
+                    }
+                    Some(DkgState::AwaitingConfirmations(_))
+                        if self.confirmations.len() == all.len() =>
+                    {
+                        DkgInput::Confirmations(self.confirmations.values().cloned().collect())
+                    }
+                    _ => continue,
+                };
+                let Some(state) = slot.take() else { continue };
+                let (state, produced) = state.handle(input, rng)?;
+                *slot = Some(state);
+                progressed = true;
+                match produced {
+                    DkgOutputMessage::Round2(packages) => {
+                        for p in packages {
+                            if self.locals.contains_key(&p.to) {
+                                self.round2.insert((p.from, p.to), p.clone());
+                            }
+                            out.push(DaoMessage::Round2(p));
+                        }
+                    }
+                    DkgOutputMessage::Confirmation(c) => {
+                        self.confirmations.insert(c.from, c.clone());
+                        out.push(DaoMessage::Confirm(c));
+                    }
+                    DkgOutputMessage::Done => {}
+                }
+            }
+            if !progressed {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Whether every local party finished (every party of the wallet confirmed the same key).
+    pub fn is_done(&self) -> bool {
+        self.locals
+            .values()
+            .all(|s| matches!(s, Some(DkgState::Done { .. })))
+    }
+
+    /// What we still wait for, for progress messages.
+    pub fn waiting_for(&self) -> String {
+        let all = &self.layout.params.parties;
+        let missing = |have: &dyn Fn(u16) -> bool| -> Vec<u16> {
+            all.iter().copied().filter(|p| !have(*p)).collect()
+        };
+        let first = self.locals.values().flatten().next();
+        match first {
+            Some(DkgState::AwaitingRound1(_)) => format!(
+                "round-1 messages from parties {:?}",
+                missing(&|p| self.round1.contains_key(&p))
+            ),
+            Some(DkgState::AwaitingRound2(_)) => format!(
+                "round-2 packages from parties {:?}",
+                missing(&|p| {
+                    self.locals.contains_key(&p) || self.round2.keys().any(|(from, _)| *from == p)
+                })
+            ),
+            Some(DkgState::AwaitingConfirmations(_)) => format!(
+                "confirmations from parties {:?}",
+                missing(&|p| self.confirmations.contains_key(&p))
+            ),
+            Some(DkgState::Done { .. }) => "nothing".into(),
+            None => "nothing (failed)".into(),
+        }
+    }
+
+    /// The confirmed results, one per local party, once [`DaoDkg::is_done`].
+    ///
+    /// Errors: called before the end ([`ProtocolError::UnexpectedMessage`]).
+    pub fn into_outputs(self) -> Result<(Layout, Outputs<C>)> {
+        let mut outputs = Vec::new();
+        for (party, state) in self.locals {
+            match state.and_then(DkgState::into_output) {
+                Some(output) => outputs.push((party, output)),
+                None => {
+                    return Err(ProtocolError::UnexpectedMessage {
+                        expected: "a finished DKG",
+                        actual: format!("party {party} has not finished"),
+                    });
+                }
+            }
+        }
+        Ok((self.layout, outputs))
+    }
+}
+
+/// Keeps the first message per key; a different second one is equivocation by `party`.
+fn insert_once<K: Ord, V: Clone + PartialEq>(
+    map: &mut BTreeMap<K, V>,
+    key: K,
+    value: &V,
+    party: u16,
+    what: &str,
+) -> Result<bool> {
+    match map.get(&key) {
+        Some(existing) if existing == value => Ok(false),
+        Some(_) => Err(ProtocolError::Culprit {
+            party,
+            reason: format!("it sent two different versions of its {what}"),
+        }),
+        None => {
+            map.insert(key, value.clone());
+            Ok(true)
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+    use crate::auth::public_key_bytes;
+    use crate::dao::tests::{invitation, keys};
+    use rand_core::OsRng;
+
+    type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
+
+    /// Runs a whole DKG in memory, messages delivered in a shuffled order through a "mailbox".
+    pub(crate) fn run_dkg(
+        members: &[p256::ecdsa::SigningKey],
+        provider: &p256::ecdsa::SigningKey,
+    ) -> Vec<(Vec<u8>, Layout, Outputs<Tr>)> {
+        let inv = invitation(members, provider);
+        let mut holders: Vec<(Vec<u8>, DaoDkg<Tr>)> = Vec::new();
+        let mut mailbox: Vec<(Vec<u8>, DaoMessage)> = Vec::new();
+        for key in members.iter().chain(std::iter::once(provider)) {
+            let pk = public_key_bytes(key);
+            let (d, out) = DaoDkg::<Tr>::start(inv.layout().unwrap(), &pk, &mut OsRng).unwrap();
+            mailbox.extend(out.into_iter().map(|m| (pk.clone(), m)));
+            holders.push((pk, d));
+        }
+        let mut rounds = 0;
+        while !holders.iter().all(|(_, d)| d.is_done()) {
+            rounds += 1;
+            assert!(rounds < 20, "DKG did not converge");
+            let snapshot = mailbox.clone();
+            for (_, d) in holders.iter_mut() {
+                for (sender, m) in snapshot.iter().rev() {
+                    d.absorb(sender, m).unwrap();
+                }
+                let out = d.advance(&mut OsRng).unwrap();
+                let pk = holders_key(d);
+                mailbox.extend(out.into_iter().map(|m| (pk.clone(), m)));
+            }
+        }
+        holders
+            .into_iter()
+            .map(|(pk, d)| {
+                let (layout, outputs) = d.into_outputs().unwrap();
+                (pk, layout, outputs)
+            })
+            .collect()
+    }
+
+    fn holders_key(d: &DaoDkg<Tr>) -> Vec<u8> {
+        let first = *d.locals.keys().next().unwrap();
+        d.layout.owner_of(first).unwrap().to_vec()
+    }
+
+    #[test]
+    fn five_members_and_a_weighted_provider_agree_on_one_key() {
+        let members = keys(5);
+        let provider = keys(1).pop().unwrap();
+        let results = run_dkg(&members, &provider);
+        let group = *results[0].2[0].1.public_key_package.verifying_key();
+        for (_, _, outputs) in &results {
+            for (_, o) in outputs {
+                assert_eq!(o.public_key_package.verifying_key(), &group);
+                assert_eq!(*o.key_package.min_signers(), 6);
+            }
+        }
+        // The provider holds three parties, members one each.
+        assert_eq!(results[5].2.len(), 3);
+        assert!(results[..5].iter().all(|(_, _, o)| o.len() == 1));
+    }
+
+    #[test]
+    fn a_member_cannot_speak_for_another_and_equivocation_is_named() {
+        let members = keys(5);
+        let provider = keys(1).pop().unwrap();
+        let inv = invitation(&members, &provider);
+        let pk0 = public_key_bytes(&members[0]);
+        let pk1 = public_key_bytes(&members[1]);
+        let (mut d0, out0) = DaoDkg::<Tr>::start(inv.layout().unwrap(), &pk0, &mut OsRng).unwrap();
+        let (_d1, out1) = DaoDkg::<Tr>::start(inv.layout().unwrap(), &pk1, &mut OsRng).unwrap();
+        // Member 1's round 1 signed by member 0's key: refused, naming party 2.
+        let err = d0.absorb(&pk0, &out1[0]).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::Culprit { party: 2, .. }),
+            "{err}"
+        );
+        // The right sender: accepted once; replay ignored.
+        assert!(d0.absorb(&pk1, &out1[0]).unwrap());
+        assert!(!d0.absorb(&pk1, &out1[0]).unwrap());
+        // A second, different round 1 from party 2: equivocation.
+        let (_again, other) = DaoDkg::<Tr>::start(inv.layout().unwrap(), &pk1, &mut OsRng).unwrap();
+        let err = d0.absorb(&pk1, &other[0]).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::Culprit { party: 2, .. }),
+            "{err}"
+        );
+        // Our own message replayed to us: not new.
+        assert!(!d0.absorb(&pk0, &out0[0]).unwrap());
+        // A stranger's key holds no party.
+        let stranger = public_key_bytes(&keys(1)[0]);
+        assert!(DaoDkg::<Tr>::start(inv.layout().unwrap(), &stranger, &mut OsRng).is_err());
+    }
+}

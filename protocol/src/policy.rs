@@ -1,0 +1,560 @@
+//! The spending policy: TOML rules, first match decides, deny by default.
+//!
+//! A policy is a list of `[[rule]]` tables evaluated in order against a [`Spend`] (the value leaving
+//! the wallet and its destinations, as [`crate::psbt::analyze`] computed them, plus the wallet's
+//! recent spends). The first rule whose every condition holds decides: it names how many approvals
+//! (k of a named set of members) the spend needs, or, with `deny = true`, refuses it. When no rule
+//! matches, the spend is refused. The enclave evaluates it; members' devices run the same code to
+//! show what they approve.
+//!
+//! ```toml
+//! [admin]                      # optional: who may change the policy (default: every member)
+//! approvals = 5
+//!
+//! [[rule]]
+//! name = "small"
+//! asset = "btc"                # optional, default "btc"; amounts are in the asset's base unit
+//! below = 1_000_000_000        # optional: matches if value leaving < below
+//! destinations = ["bc1q…"]     # optional: matches if every destination is listed
+//! velocity = { window_hours = 24, limit = 50_000_000 }  # optional: recent spends + this <= limit
+//! approvals = 3                # k; the requester counts as one
+//! approvers = ["alice", "bob", "carol", "dave"]         # optional, default: every member
+//! # deny = true                # a matching rule refuses (then no approvals/approvers)
+//! ```
+//!
+//! Refused at parse time: unknown keys, no rules, duplicate rule names, approver names not in the
+//! members file, `approvals` of 0 or above the approver set, a rule after an unconditional rule of
+//! the same asset (it could never match), a velocity window of 0 hours, a policy whose every rule
+//! denies. Asset names are lowercase (`"BTC"` is refused rather than silently never matching); only
+//! `btc` exists today, and a rule naming another asset never matches a `btc` spend.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+
+use crate::{ProtocolError, Result};
+
+/// The only asset spends are made in today.
+pub const ASSET_BTC: &str = "btc";
+
+/// Most members a wallet may have.
+pub const MAX_MEMBERS: usize = 64;
+
+/// Most rules a policy may have.
+pub const MAX_RULES: usize = 256;
+
+/// Largest policy or members file read.
+pub const MAX_POLICY_TEXT: usize = 256 * 1024;
+
+const MS_PER_HOUR: u64 = 3_600_000;
+
+/// A member of a (DAO) wallet: a name used in policies, and the device key that signs for them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Unique name within the wallet.
+    pub name: String,
+    /// SEC1 compressed P-256 device key (normalised).
+    pub device_key: Vec<u8>,
+}
+
+/// Parses a members file: `[[member]]` tables with `name` and `device_key` (hex SEC1 P-256, either
+/// form; stored compressed). Names and keys must be distinct, 1 to [`MAX_MEMBERS`] members.
+pub fn parse_members(toml_text: &str) -> Result<Vec<Member>> {
+    check_text_size(toml_text)?;
+    let file: MembersFile =
+        toml::from_str(toml_text).map_err(|e| policy_error(format!("members file: {e}")))?;
+    if file.member.is_empty() {
+        return Err(policy_error("members file names no [[member]]"));
+    }
+    if file.member.len() > MAX_MEMBERS {
+        return Err(policy_error(format!(
+            "{} members, at most {MAX_MEMBERS}",
+            file.member.len()
+        )));
+    }
+    let mut names = BTreeSet::new();
+    let mut keys = BTreeSet::new();
+    let mut members = Vec::with_capacity(file.member.len());
+    for entry in file.member {
+        check_name("member", &entry.name)?;
+        if !names.insert(entry.name.clone()) {
+            return Err(policy_error(format!(
+                "member {:?} is listed twice",
+                entry.name
+            )));
+        }
+        let raw = hex::decode(entry.device_key.trim())
+            .map_err(|_| policy_error(format!("member {:?}: device_key is not hex", entry.name)))?;
+        let device_key = crate::auth::normalise_public_key(&raw).map_err(|_| {
+            policy_error(format!(
+                "member {:?}: device_key is not a P-256 public key",
+                entry.name
+            ))
+        })?;
+        if !keys.insert(device_key.clone()) {
+            return Err(policy_error(format!(
+                "member {:?} has the device key of another member",
+                entry.name
+            )));
+        }
+        members.push(Member {
+            name: entry.name,
+            device_key,
+        });
+    }
+    Ok(members)
+}
+
+/// k approvals out of a named set of members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quorum {
+    /// How many of `approvers` must approve.
+    pub approvals: u16,
+    /// Member names, in members-file order.
+    pub approvers: Vec<String>,
+}
+
+/// A spend to judge.
+#[derive(Debug, Clone, Copy)]
+pub struct Spend<'a> {
+    /// The asset spent (`"btc"`).
+    pub asset: &'a str,
+    /// Value leaving the wallet, fee included, in the asset's base unit (satoshis).
+    pub value_leaving: u64,
+    /// Destination addresses (as [`crate::psbt::Destination::address`] renders them).
+    pub destinations: &'a [String],
+    /// The evaluation time, milliseconds since the Unix epoch.
+    pub now_ms: u64,
+    /// The wallet's past spends (any order; the velocity rules pick their window and asset).
+    pub history: &'a [PastSpend],
+}
+
+/// A spend the wallet made, for velocity limits.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PastSpend {
+    /// When it was signed, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Its asset.
+    pub asset: String,
+    /// Value that left the wallet.
+    pub amount: u64,
+}
+
+/// A spend allowed by a rule, with the approvals it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The rule that matched.
+    pub rule: String,
+    /// How many of `approvers` must approve (the requester counts as one).
+    pub approvals: u16,
+    /// Member names, in members-file order.
+    pub approvers: Vec<String>,
+}
+
+/// A spend refused by the policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denial {
+    /// Why, for people: `no rule matches: …` or `rule "…" denies …`.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Denial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// A parsed, validated policy, with the text it came from.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    source: String,
+    members: Vec<Member>,
+    admin: Quorum,
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    name: String,
+    asset: String,
+    below: Option<u64>,
+    destinations: Option<BTreeSet<String>>,
+    velocity: Option<Velocity>,
+    /// `None` for a deny rule.
+    quorum: Option<Quorum>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Velocity {
+    window_ms: u64,
+    limit: u64,
+}
+
+impl Policy {
+    /// Parses and validates a policy against the wallet's members (see the module docs for what
+    /// is refused).
+    pub fn parse(toml_text: &str, members: &[Member]) -> Result<Policy> {
+        check_text_size(toml_text)?;
+        if members.is_empty() {
+            return Err(policy_error("the wallet has no members"));
+        }
+        let file: PolicyFile =
+            toml::from_str(toml_text).map_err(|e| policy_error(format!("policy: {e}")))?;
+        let all: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+        let admin = match file.admin {
+            Some(admin) => quorum("[admin]", admin.approvals, admin.approvers, members)?,
+            None => Quorum {
+                approvals: u16::try_from(all.len())
+                    .map_err(|_| policy_error("too many members"))?,
+                approvers: all,
+            },
+        };
+        if file.rule.is_empty() {
+            return Err(policy_error("no [[rule]]: every spend would be denied"));
+        }
+        if file.rule.len() > MAX_RULES {
+            return Err(policy_error(format!(
+                "{} rules, at most {MAX_RULES}",
+                file.rule.len()
+            )));
+        }
+        let mut names = BTreeSet::new();
+        // Assets that an earlier rule already matches unconditionally.
+        let mut caught: BTreeSet<String> = BTreeSet::new();
+        let mut rules = Vec::with_capacity(file.rule.len());
+        for entry in file.rule {
+            check_name("rule", &entry.name)?;
+            let what = format!("rule {:?}", entry.name);
+            if !names.insert(entry.name.clone()) {
+                return Err(policy_error(format!("{what} is defined twice")));
+            }
+            let asset = entry.asset.unwrap_or_else(|| ASSET_BTC.to_string());
+            check_asset(&what, &asset)?;
+            if caught.contains(&asset) {
+                return Err(policy_error(format!(
+                    "{what} can never match: an earlier rule matches every {asset} spend"
+                )));
+            }
+            let velocity = match entry.velocity {
+                Some(v) if v.window_hours == 0 => {
+                    return Err(policy_error(format!("{what}: velocity window of 0 hours")));
+                }
+                Some(v) => Some(Velocity {
+                    window_ms: u64::from(v.window_hours) * MS_PER_HOUR,
+                    limit: v.limit,
+                }),
+                None => None,
+            };
+            let destinations = match entry.destinations {
+                Some(list) => {
+                    let mut set = BTreeSet::new();
+                    for d in list {
+                        if d.is_empty() || d.chars().any(char::is_whitespace) {
+                            return Err(policy_error(format!(
+                                "{what}: destination {d:?} is not an address"
+                            )));
+                        }
+                        set.insert(normalise_destination(&d));
+                    }
+                    Some(set)
+                }
+                None => None,
+            };
+            let quorum = if entry.deny == Some(true) {
+                if entry.approvals.is_some() || entry.approvers.is_some() {
+                    return Err(policy_error(format!(
+                        "{what} denies: it takes no approvals or approvers"
+                    )));
+                }
+                None
+            } else {
+                let approvals = entry
+                    .approvals
+                    .ok_or_else(|| policy_error(format!("{what} names no approvals")))?;
+                Some(quorum(&what, approvals, entry.approvers, members)?)
+            };
+            let rule = Rule {
+                name: entry.name,
+                asset,
+                below: entry.below,
+                destinations,
+                velocity,
+                quorum,
+            };
+            if rule.below.is_none() && rule.destinations.is_none() && rule.velocity.is_none() {
+                caught.insert(rule.asset.clone());
+            }
+            rules.push(rule);
+        }
+        if rules.iter().all(|r| r.quorum.is_none()) {
+            return Err(policy_error(
+                "every rule denies: nothing could ever be spent",
+            ));
+        }
+        Ok(Policy {
+            source: toml_text.to_string(),
+            members: members.to_vec(),
+            admin,
+            rules,
+        })
+    }
+
+    /// The smallest number of approvals any allowing rule needs (the DAO's k_min).
+    pub fn min_approvals(&self) -> u16 {
+        self.rules
+            .iter()
+            .filter_map(|r| r.quorum.as_ref().map(|q| q.approvals))
+            .min()
+            .unwrap_or(u16::MAX)
+    }
+
+    /// The quorum that may change this policy; default: every member.
+    pub fn admin(&self) -> Quorum {
+        self.admin.clone()
+    }
+
+    /// The members the policy was checked against.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The text the policy was parsed from, byte for byte.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// SHA-256 of [`Policy::source`]: approvals are bound to it.
+    pub fn digest(&self) -> [u8; 32] {
+        Sha256::digest(self.source.as_bytes()).into()
+    }
+
+    /// The first matching rule's decision; no match, or a matching `deny` rule, is a [`Denial`].
+    pub fn evaluate(&self, spend: &Spend<'_>) -> std::result::Result<Decision, Denial> {
+        for rule in &self.rules {
+            if !rule.matches(spend) {
+                continue;
+            }
+            return match &rule.quorum {
+                Some(q) => Ok(Decision {
+                    rule: rule.name.clone(),
+                    approvals: q.approvals,
+                    approvers: q.approvers.clone(),
+                }),
+                None => Err(Denial {
+                    reason: format!(
+                        "rule {:?} denies {} {} leaving to {}",
+                        rule.name,
+                        spend.value_leaving,
+                        spend.asset,
+                        describe(spend.destinations)
+                    ),
+                }),
+            };
+        }
+        Err(Denial {
+            reason: format!(
+                "no rule matches: {} {} leaving to {}",
+                spend.value_leaving,
+                spend.asset,
+                describe(spend.destinations)
+            ),
+        })
+    }
+}
+
+impl Rule {
+    fn matches(&self, spend: &Spend<'_>) -> bool {
+        if self.asset != spend.asset {
+            return false;
+        }
+        if let Some(below) = self.below
+            && spend.value_leaving >= below
+        {
+            return false;
+        }
+        if let Some(allowed) = &self.destinations
+            && !spend
+                .destinations
+                .iter()
+                .all(|d| allowed.contains(&normalise_destination(d)))
+        {
+            return false;
+        }
+        if let Some(velocity) = self.velocity {
+            // Spends older than the window are ignored; an overflowing sum fails closed.
+            let since = spend.now_ms.saturating_sub(velocity.window_ms);
+            let total = spend
+                .history
+                .iter()
+                .filter(|p| p.asset == self.asset && p.at_ms >= since)
+                .try_fold(spend.value_leaving, |sum, p| sum.checked_add(p.amount));
+            match total {
+                Some(total) if total <= velocity.limit => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+fn describe(destinations: &[String]) -> String {
+    match destinations {
+        [] => "no destination (the wallet itself)".into(),
+        [one] => one.clone(),
+        many => format!("{} destinations ({})", many.len(), many.join(", ")),
+    }
+}
+
+/// Bech32 addresses are case-insensitive (all upper case in QR codes); compare them lower case.
+/// Base58 addresses and `script:` entries are compared as they are.
+fn normalise_destination(address: &str) -> String {
+    let lower = address.to_ascii_lowercase();
+    if ["bc1", "tb1", "bcrt1"].iter().any(|p| lower.starts_with(p)) {
+        lower
+    } else {
+        address.to_string()
+    }
+}
+
+fn quorum(
+    what: &str,
+    approvals: u16,
+    approvers: Option<Vec<String>>,
+    members: &[Member],
+) -> Result<Quorum> {
+    let approvers: Vec<String> = match approvers {
+        None => members.iter().map(|m| m.name.clone()).collect(),
+        Some(names) => {
+            let mut set = BTreeSet::new();
+            for name in &names {
+                if !members.iter().any(|m| &m.name == name) {
+                    return Err(policy_error(format!(
+                        "{what}: approver {name:?} is not a member"
+                    )));
+                }
+                if !set.insert(name.as_str()) {
+                    return Err(policy_error(format!(
+                        "{what}: approver {name:?} is listed twice"
+                    )));
+                }
+            }
+            // Members-file order, whatever order the policy lists them in.
+            members
+                .iter()
+                .filter(|m| set.contains(m.name.as_str()))
+                .map(|m| m.name.clone())
+                .collect()
+        }
+    };
+    if approvals == 0 {
+        return Err(policy_error(format!(
+            "{what}: approvals must be at least 1"
+        )));
+    }
+    if usize::from(approvals) > approvers.len() {
+        return Err(policy_error(format!(
+            "{what}: {approvals} approvals out of {} approvers",
+            approvers.len()
+        )));
+    }
+    Ok(Quorum {
+        approvals,
+        approvers,
+    })
+}
+
+fn check_text_size(text: &str) -> Result<()> {
+    if text.len() > MAX_POLICY_TEXT {
+        return Err(policy_error(format!(
+            "file of {} bytes exceeds the {MAX_POLICY_TEXT}-byte limit",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_name(kind: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if !ok {
+        return Err(policy_error(format!(
+            "{kind} name {name:?}: 1 to 64 of A-Z a-z 0-9 - _ . @"
+        )));
+    }
+    Ok(())
+}
+
+fn check_asset(what: &str, asset: &str) -> Result<()> {
+    let ok = !asset.is_empty()
+        && asset.len() <= 16
+        && asset
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !ok {
+        return Err(policy_error(format!(
+            "{what}: asset {asset:?} must be 1 to 16 lowercase letters or digits (e.g. \"btc\")"
+        )));
+    }
+    Ok(())
+}
+
+fn policy_error(reason: impl Into<String>) -> ProtocolError {
+    ProtocolError::Policy {
+        reason: reason.into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembersFile {
+    #[serde(default)]
+    member: Vec<MemberEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberEntry {
+    name: String,
+    device_key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    admin: Option<AdminEntry>,
+    #[serde(default)]
+    rule: Vec<RuleEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminEntry {
+    approvals: u16,
+    approvers: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleEntry {
+    name: String,
+    asset: Option<String>,
+    below: Option<u64>,
+    destinations: Option<Vec<String>>,
+    velocity: Option<VelocityEntry>,
+    approvals: Option<u16>,
+    approvers: Option<Vec<String>>,
+    deny: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VelocityEntry {
+    window_hours: u32,
+    limit: u64,
+}
+
+#[cfg(test)]
+mod tests;

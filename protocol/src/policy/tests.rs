@@ -1,0 +1,432 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use super::*;
+
+const DAO: &str = include_str!("../../../examples/policies/dao.toml");
+const DAO_ALLOWLIST: &str = include_str!("../../../examples/policies/dao-allowlist.toml");
+const DAO_MEMBERS: &str = include_str!("../../../examples/policies/dao-members.toml");
+const PERSONAL: &str = include_str!("../../../examples/policies/personal.toml");
+
+const BTC: u64 = 100_000_000;
+const PAYROLL: &str = "bcrt1p4q83t0avjhtcwh4y8js082uwdv9skasv3jjy74na98fvhpmtu9uqs5832a";
+const EXCHANGE: &str = "bcrt1qha7546x08qwudehuc724np522c2n65m4clm83r";
+const STRANGER: &str = "bcrt1qzyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3lgth6c";
+
+fn members() -> Vec<Member> {
+    parse_members(DAO_MEMBERS).unwrap()
+}
+
+fn device() -> Vec<Member> {
+    let key = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+    vec![Member {
+        name: "device".into(),
+        device_key: crate::auth::public_key_bytes(&key),
+    }]
+}
+
+fn policy(text: &str) -> Policy {
+    Policy::parse(text, &members()).unwrap()
+}
+
+fn refused(text: &str) -> String {
+    match Policy::parse(text, &members()) {
+        Err(ProtocolError::Policy { reason }) => reason,
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("accepted:\n{text}"),
+    }
+}
+
+fn spend<'a>(
+    value_leaving: u64,
+    destinations: &'a [String],
+    history: &'a [PastSpend],
+) -> Spend<'a> {
+    Spend {
+        asset: "btc",
+        value_leaving,
+        destinations,
+        now_ms: 1_000 * 3_600_000,
+        history,
+    }
+}
+
+fn rule_of(p: &Policy, s: &Spend<'_>) -> String {
+    match p.evaluate(s) {
+        Ok(d) => format!("{}:{}", d.rule, d.approvals),
+        Err(denial) => format!("denied: {denial}"),
+    }
+}
+
+fn dests(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn example_files_parse() {
+    let members = members();
+    assert_eq!(
+        members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+        ["alice", "bob", "carol", "dave", "eve"]
+    );
+    for m in &members {
+        assert_eq!(m.device_key.len(), 33);
+    }
+    let dao = Policy::parse(DAO, &members).unwrap();
+    assert_eq!(dao.min_approvals(), 3);
+    assert_eq!(dao.admin().approvals, 5);
+    let allow = Policy::parse(DAO_ALLOWLIST, &members).unwrap();
+    assert_eq!(allow.min_approvals(), 3);
+    let personal = Policy::parse(PERSONAL, &device()).unwrap();
+    assert_eq!(personal.min_approvals(), 1);
+    assert_eq!(personal.admin().approvers, ["device"]);
+    // The allowlist's entries are real addresses of the network they claim.
+    for line in DAO_ALLOWLIST
+        .lines()
+        .filter(|l| l.trim_start().starts_with("\"bcrt1"))
+    {
+        let address = line.trim().split('"').nth(1).unwrap();
+        let parsed: bitcoin::Address<bitcoin::address::NetworkUnchecked> = address.parse().unwrap();
+        parsed.require_network(bitcoin::Network::Regtest).unwrap();
+    }
+}
+
+#[test]
+fn dao_tiers_by_amount() {
+    let p = policy(DAO);
+    let to = dests(&[STRANGER]);
+    assert_eq!(rule_of(&p, &spend(0, &to, &[])), "small:3");
+    assert_eq!(rule_of(&p, &spend(10 * BTC - 1, &to, &[])), "small:3");
+    assert_eq!(rule_of(&p, &spend(10 * BTC, &to, &[])), "large:4");
+    assert_eq!(rule_of(&p, &spend(100 * BTC - 1, &to, &[])), "large:4");
+    assert_eq!(rule_of(&p, &spend(100 * BTC, &to, &[])), "major:5");
+    assert_eq!(rule_of(&p, &spend(u64::MAX, &to, &[])), "major:5");
+    let d = p.evaluate(&spend(BTC, &to, &[])).unwrap();
+    assert_eq!(d.approvers, ["alice", "bob", "carol", "dave", "eve"]);
+}
+
+#[test]
+fn allowlist_sends_unknown_destinations_to_major() {
+    let p = policy(DAO_ALLOWLIST);
+    let known = dests(&[PAYROLL, EXCHANGE]);
+    assert_eq!(rule_of(&p, &spend(BTC, &known, &[])), "small:3");
+    assert_eq!(rule_of(&p, &spend(50 * BTC, &known, &[])), "large:4");
+    // One unlisted destination among listed ones is enough to need everyone.
+    let mixed = dests(&[PAYROLL, STRANGER]);
+    assert_eq!(rule_of(&p, &spend(1_000, &mixed, &[])), "major:5");
+    // Bech32 is case-insensitive (QR codes use upper case).
+    let upper = vec![PAYROLL.to_ascii_uppercase()];
+    assert_eq!(rule_of(&p, &spend(BTC, &upper, &[])), "small:3");
+    // A consolidation (everything back to the wallet) has no destination: every one is listed.
+    assert_eq!(rule_of(&p, &spend(500, &[], &[])), "small:3");
+    // An output without an address is named by its script and must be listed like any other.
+    let op_return = dests(&["script:6a04abababab"]);
+    assert_eq!(rule_of(&p, &spend(500, &op_return, &[])), "major:5");
+}
+
+#[test]
+fn velocity_counts_the_rolling_window() {
+    let p = Policy::parse(PERSONAL, &device()).unwrap();
+    let now = 1_000 * 3_600_000;
+    let past = |hours_ago: u64, amount: u64| PastSpend {
+        at_ms: now - hours_ago * 3_600_000,
+        asset: "btc".into(),
+        amount,
+    };
+    let none: Vec<String> = vec![];
+    // Alone: up to the limit, inclusive.
+    assert_eq!(rule_of(&p, &spend(10_000_000, &none, &[])), "daily:1");
+    assert!(rule_of(&p, &spend(10_000_001, &none, &[])).starts_with("denied: no rule matches"));
+    // With earlier spends inside the window.
+    let history = vec![past(1, 4_000_000), past(23, 5_000_000)];
+    assert_eq!(rule_of(&p, &spend(1_000_000, &none, &history)), "daily:1");
+    assert!(rule_of(&p, &spend(1_000_001, &none, &history)).starts_with("denied"));
+    // Older than the window: ignored (exactly 24 h ago still counts).
+    let history = vec![past(25, 9_000_000), past(48, 10_000_000)];
+    assert_eq!(rule_of(&p, &spend(10_000_000, &none, &history)), "daily:1");
+    let history = vec![past(24, 1)];
+    assert!(rule_of(&p, &spend(10_000_000, &none, &history)).starts_with("denied"));
+    // Another asset's spends do not count against btc.
+    let history = vec![PastSpend {
+        at_ms: now,
+        asset: "eth".into(),
+        amount: u64::MAX,
+    }];
+    assert_eq!(rule_of(&p, &spend(10_000_000, &none, &history)), "daily:1");
+    // An overflowing sum fails closed.
+    let history = vec![past(1, u64::MAX), past(2, u64::MAX)];
+    assert!(rule_of(&p, &spend(1, &none, &history)).starts_with("denied"));
+    // Near the epoch the window starts at 0 rather than wrapping.
+    let early = Spend {
+        now_ms: 5,
+        ..spend(1, &none, &[])
+    };
+    assert_eq!(rule_of(&p, &early), "daily:1");
+}
+
+#[test]
+fn first_match_deny_rules_and_default_deny() {
+    let p = policy(
+        r#"
+        [[rule]]
+        name = "blocked"
+        destinations = ["bcrt1qzyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3lgth6c"]
+        deny = true
+        [[rule]]
+        name = "small"
+        below = 1000
+        approvals = 2
+        approvers = ["eve", "alice", "bob"]
+        "#,
+    );
+    let stranger = dests(&[STRANGER]);
+    let payroll = dests(&[PAYROLL]);
+    // The deny rule comes first and wins even for a small amount.
+    let denial = p.evaluate(&spend(1, &stranger, &[])).unwrap_err();
+    assert!(
+        denial.reason.starts_with("rule \"blocked\" denies"),
+        "{denial}"
+    );
+    let d = p.evaluate(&spend(999, &payroll, &[])).unwrap();
+    assert_eq!(d.rule, "small");
+    // Approvers come back in members-file order.
+    assert_eq!(d.approvers, ["alice", "bob", "eve"]);
+    // Nothing matches 1000: deny by default.
+    let denial = p.evaluate(&spend(1000, &payroll, &[])).unwrap_err();
+    assert!(
+        denial.reason.starts_with("no rule matches: 1000 btc"),
+        "{denial}"
+    );
+}
+
+#[test]
+fn assets_are_separate() {
+    let p = policy(
+        r#"
+        [[rule]]
+        name = "eth-anything"
+        asset = "eth"
+        approvals = 1
+        [[rule]]
+        name = "btc-small"
+        below = 100
+        approvals = 2
+        "#,
+    );
+    let none: Vec<String> = vec![];
+    // The eth catch-all never matches a btc spend and does not make the btc rule unreachable.
+    assert_eq!(rule_of(&p, &spend(50, &none, &[])), "btc-small:2");
+    assert!(rule_of(&p, &spend(100, &none, &[])).starts_with("denied"));
+    let eth = Spend {
+        asset: "eth",
+        ..spend(1_000_000, &none, &[])
+    };
+    assert_eq!(rule_of(&p, &eth), "eth-anything:1");
+    assert_eq!(p.min_approvals(), 1);
+}
+
+#[test]
+fn admin_source_and_digest() {
+    let text = "[admin]\napprovals = 2\napprovers = [\"carol\", \"bob\"]\n[[rule]]\nname = \"x\"\napprovals = 1\n";
+    let p = policy(text);
+    assert_eq!(
+        p.admin(),
+        Quorum {
+            approvals: 2,
+            approvers: vec!["bob".into(), "carol".into()]
+        }
+    );
+    assert_eq!(p.source(), text);
+    let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+    assert_eq!(p.digest(), digest);
+    // A whitespace change is another policy text, hence another digest.
+    let other = policy(&format!("{text}\n"));
+    assert_ne!(other.digest(), p.digest());
+    // Default admin: every member.
+    let p = policy("[[rule]]\nname = \"x\"\napprovals = 1\n");
+    assert_eq!(p.admin().approvals, 5);
+    assert_eq!(p.admin().approvers.len(), 5);
+    assert_eq!(p.members(), members().as_slice());
+}
+
+#[test]
+fn refusals() {
+    let cases: &[(&str, &str)] = &[
+        ("", "no [[rule]]"),
+        ("[admin]\napprovals = 1\n", "no [[rule]]"),
+        (
+            "[[rule]]\nname = \"a\"\napprovals = 1\n[[rule]]\nname = \"a\"\nbelow = 5\napprovals = 1\n",
+            "defined twice",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\napprovals = 1\napprovers = [\"mallory\"]\n",
+            "not a member",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\napprovals = 1\napprovers = [\"bob\", \"bob\"]\n",
+            "listed twice",
+        ),
+        ("[[rule]]\nname = \"a\"\napprovals = 0\n", "at least 1"),
+        (
+            "[[rule]]\nname = \"a\"\napprovals = 6\n",
+            "6 approvals out of 5",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\napprovals = 3\napprovers = [\"bob\", \"eve\"]\n",
+            "3 approvals out of 2",
+        ),
+        ("[[rule]]\nname = \"a\"\n", "names no approvals"),
+        (
+            "[[rule]]\nname = \"all\"\napprovals = 1\n[[rule]]\nname = \"late\"\nbelow = 5\napprovals = 2\n",
+            "can never match",
+        ),
+        (
+            "[[rule]]\nname = \"stop\"\ndeny = true\n[[rule]]\nname = \"late\"\napprovals = 2\n",
+            "can never match",
+        ),
+        (
+            "[[rule]]\nname = \"v\"\nvelocity = { window_hours = 0, limit = 5 }\napprovals = 1\n",
+            "window of 0 hours",
+        ),
+        ("[[rule]]\nname = \"d\"\ndeny = true\n", "every rule denies"),
+        (
+            "[[rule]]\nname = \"d\"\ndeny = true\napprovals = 2\n[[rule]]\nname = \"x\"\napprovals = 1\n",
+            "takes no approvals",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nasset = \"BTC\"\napprovals = 1\n",
+            "lowercase",
+        ),
+        ("[[rule]]\nname = \"\"\napprovals = 1\n", "rule name"),
+        (
+            "[[rule]]\nname = \"a\"\ndestinations = [\"bc1 q\"]\napprovals = 1\n",
+            "not an address",
+        ),
+        // Unknown keys anywhere.
+        (
+            "[[rule]]\nname = \"a\"\napprovals = 1\nabove = 5\n",
+            "unknown field",
+        ),
+        (
+            "quorum = 3\n[[rule]]\nname = \"a\"\napprovals = 1\n",
+            "unknown field",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\napprovals = 1\nvelocity = { window_hours = 1, limit = 5, per = \"day\" }\n",
+            "unknown field",
+        ),
+        (
+            "[admin]\napprovals = 1\nquorum = 2\n[[rule]]\nname = \"a\"\napprovals = 1\n",
+            "unknown field",
+        ),
+        // Admin quorum checked like a rule's.
+        (
+            "[admin]\napprovals = 0\n[[rule]]\nname = \"a\"\napprovals = 1\n",
+            "at least 1",
+        ),
+        (
+            "[admin]\napprovals = 6\n[[rule]]\nname = \"a\"\napprovals = 1\n",
+            "[admin]: 6 approvals",
+        ),
+        (
+            "[admin]\napprovals = 1\napprovers = [\"zed\"]\n[[rule]]\nname = \"a\"\napprovals = 1\n",
+            "not a member",
+        ),
+        // Types and ranges.
+        (
+            "[[rule]]\nname = \"a\"\nbelow = -1\napprovals = 1\n",
+            "policy",
+        ),
+        ("[[rule]]\nname = \"a\"\napprovals = 70000\n", "policy"),
+        ("[[rule]]\nname = \"a\"\napprovals = \"3\"\n", "policy"),
+        ("this is not toml", "policy"),
+    ];
+    for (text, expected) in cases {
+        let reason = refused(text);
+        assert!(
+            reason.contains(expected),
+            "{text:?}: {reason:?} lacks {expected:?}"
+        );
+    }
+    assert!(Policy::parse("[[rule]]\nname = \"a\"\napprovals = 1\n", &[]).is_err());
+    let huge = format!(
+        "# {}\n[[rule]]\nname = \"a\"\napprovals = 1\n",
+        "x".repeat(MAX_POLICY_TEXT)
+    );
+    assert!(refused(&huge).contains("limit"));
+    let many: String = (0..=MAX_RULES)
+        .map(|i| {
+            format!(
+                "[[rule]]\nname = \"r{i}\"\nbelow = {}\napprovals = 1\n",
+                i + 1
+            )
+        })
+        .collect();
+    assert!(refused(&many).contains("at most"));
+}
+
+#[test]
+fn members_file_refusals() {
+    let key = |seed: u8| {
+        let secret = p256::SecretKey::from_slice(&[seed; 32]).unwrap();
+        let signing = p256::ecdsa::SigningKey::from(secret);
+        signing
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec()
+    };
+    let entry = |name: &str, k: &[u8]| {
+        format!(
+            "[[member]]\nname = \"{name}\"\ndevice_key = \"{}\"\n",
+            hex::encode(k)
+        )
+    };
+    // Uncompressed keys are accepted and stored compressed.
+    let ok = parse_members(&(entry("a", &key(1)) + &entry("b", &key(2)))).unwrap();
+    assert_eq!(ok[0].device_key.len(), 33);
+    assert_eq!(
+        ok[0].device_key,
+        crate::auth::normalise_public_key(&key(1)).unwrap()
+    );
+    let compressed_a = crate::auth::normalise_public_key(&key(1)).unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        (String::new(), "no [[member]]"),
+        (entry("a", &key(1)) + &entry("a", &key(2)), "listed twice"),
+        // The same key in both forms is the same key.
+        (
+            entry("a", &key(1)) + &entry("b", &compressed_a),
+            "device key of another",
+        ),
+        (
+            "[[member]]\nname = \"a\"\ndevice_key = \"zz\"\n".into(),
+            "not hex",
+        ),
+        // x = 2^256 - 1 is above the field prime.
+        (
+            entry("a", &[&[2u8][..], &[0xff; 32][..]].concat()),
+            "not a P-256",
+        ),
+        (entry("a", &key(1)[..20]), "not a P-256"),
+        (entry("a b", &key(1)), "member name"),
+        (
+            format!("{}role = \"chair\"\n", entry("a", &key(1))),
+            "unknown field",
+        ),
+        ("[[member]]\nname = \"a\"\n".into(), "missing field"),
+    ];
+    for (text, expected) in &cases {
+        match parse_members(text) {
+            Err(ProtocolError::Policy { reason }) => {
+                assert!(
+                    reason.contains(expected),
+                    "{text:?}: {reason:?} lacks {expected:?}"
+                )
+            }
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+    let too_many: String = (0..=MAX_MEMBERS)
+        .map(|i| entry(&format!("m{i}"), &key(u8::try_from(i + 1).unwrap())))
+        .collect();
+    assert!(parse_members(&too_many).is_err());
+}

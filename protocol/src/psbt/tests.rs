@@ -1,0 +1,536 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use super::*;
+use bitcoin::bip32::{DerivationPath, Fingerprint};
+use bitcoin::hashes::sha256;
+use bitcoin::key::TapTweak;
+use bitcoin::psbt::PsbtSighashType;
+use bitcoin::secp256k1::{Keypair, SecretKey};
+use bitcoin::{Sequence, Txid, absolute, transaction};
+use std::str::FromStr;
+
+/// The wallet: a keypair whose x-only key is the output key Q (as the FROST group key is).
+struct Wallet {
+    keypair: Keypair,
+    q: [u8; 32],
+}
+
+fn wallet(seed: u8) -> Wallet {
+    let secp = Secp256k1::new();
+    let secret = SecretKey::from_slice(&[seed; 32]).unwrap();
+    let keypair = Keypair::from_secret_key(&secp, &secret);
+    let q = keypair.x_only_public_key().0.serialize();
+    Wallet { keypair, q }
+}
+
+impl Wallet {
+    fn script(&self) -> ScriptBuf {
+        ScriptBuf::from_bytes(own_script(&self.q).unwrap())
+    }
+
+    fn sign(&self, sighashes: &[[u8; 32]]) -> Vec<[u8; 64]> {
+        let secp = Secp256k1::new();
+        sighashes
+            .iter()
+            .map(|h| {
+                secp.sign_schnorr_with_aux_rand(&Message::from_digest(*h), &self.keypair, &[7; 32])
+                    .serialize()
+            })
+            .collect()
+    }
+}
+
+/// A foreign P2WPKH script (someone else's address).
+fn foreign_script() -> ScriptBuf {
+    ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array([0x11; 20]))
+}
+
+fn outpoint(n: u8) -> OutPoint {
+    OutPoint::new(Txid::from_byte_array([n; 32]), u32::from(n))
+}
+
+/// Inputs (value, script) and outputs (value, script) -> unsigned PSBT with witness_utxos.
+fn build(inputs: &[(u64, ScriptBuf)], outputs: &[(u64, ScriptBuf)]) -> Psbt {
+    let tx = Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: (0..inputs.len())
+            .map(|i| bitcoin::TxIn {
+                previous_output: outpoint(u8::try_from(i).unwrap() + 1),
+                script_sig: ScriptBuf::new(),
+                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                witness: Witness::new(),
+            })
+            .collect(),
+        output: outputs
+            .iter()
+            .map(|(v, s)| TxOut {
+                value: Amount::from_sat(*v),
+                script_pubkey: s.clone(),
+            })
+            .collect(),
+    };
+    let mut psbt = Psbt::from_unsigned_tx(tx).unwrap();
+    for (input, (v, s)) in psbt.inputs.iter_mut().zip(inputs) {
+        input.witness_utxo = Some(TxOut {
+            value: Amount::from_sat(*v),
+            script_pubkey: s.clone(),
+        });
+    }
+    psbt
+}
+
+/// The standard case: 2 inputs of ours (60 000 + 50 000), 70 000 to a foreign address,
+/// 39 000 back to us, fee 1 000.
+fn two_by_two(w: &Wallet) -> Psbt {
+    build(
+        &[(60_000, w.script()), (50_000, w.script())],
+        &[(70_000, foreign_script()), (39_000, w.script())],
+    )
+}
+
+fn is_psbt_input(e: &ProtocolError, want: usize) -> bool {
+    matches!(e, ProtocolError::PsbtInput { index, .. } if *index == want)
+}
+
+#[test]
+fn two_inputs_two_outputs_summary() {
+    let w = wallet(1);
+    let psbt = two_by_two(&w);
+    let s = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap();
+    assert_eq!(s.input_total, 110_000);
+    assert_eq!(s.change, 39_000);
+    assert_eq!(s.fee, 1_000);
+    assert_eq!(s.value_leaving, 71_000);
+    assert_eq!(
+        s.destinations,
+        vec![Destination {
+            address: "bcrt1qzyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3lgth6c".into(),
+            amount: 70_000
+        }]
+    );
+    assert_eq!(s.sighashes.len(), 2);
+    assert_ne!(s.sighashes[0], s.sighashes[1]);
+    assert_eq!(s.txid, psbt.unsigned_tx.compute_txid().to_string());
+    // The sighash is bitcoin's own BIP-341 key-path sighash over every prevout.
+    let prevouts: Vec<TxOut> = psbt
+        .inputs
+        .iter()
+        .map(|i| i.witness_utxo.clone().unwrap())
+        .collect();
+    let expected = SighashCache::new(&psbt.unsigned_tx)
+        .taproot_key_spend_signature_hash(1, &Prevouts::All(&prevouts), TapSighashType::Default)
+        .unwrap();
+    assert_eq!(s.sighashes[1], expected.to_byte_array());
+    // Same PSBT on mainnet renders the mainnet address.
+    let main = analyze(&psbt.serialize(), &w.q, Network::Bitcoin).unwrap();
+    assert!(main.destinations[0].address.starts_with("bc1q"));
+}
+
+#[test]
+fn outputs_without_address_render_as_script() {
+    let w = wallet(1);
+    let op_return = ScriptBuf::new_op_return([0xab; 4]);
+    let psbt = build(
+        &[(10_000, w.script())],
+        &[(0, op_return.clone()), (9_000, w.script())],
+    );
+    let s = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap();
+    assert_eq!(
+        s.destinations,
+        vec![Destination {
+            address: format!("script:{}", hex::encode(op_return.as_bytes())),
+            amount: 0
+        }]
+    );
+    assert_eq!(s.value_leaving, 1_000);
+}
+
+#[test]
+fn labelled_foreign_output_is_value_leaving() {
+    let w = wallet(1);
+    let attacker = wallet(9);
+    let secp = Secp256k1::new();
+    // Output 1 claims, through every BIP-32/BIP-371 label, to be the wallet's change, but pays the
+    // attacker's key.
+    let mut psbt = build(
+        &[(100_000, w.script())],
+        &[(10_000, foreign_script()), (89_000, attacker.script())],
+    );
+    let ours = w.keypair.x_only_public_key().0;
+    let origin = (
+        Fingerprint::from([1, 2, 3, 4]),
+        DerivationPath::from_str("m/86'/0'/0'/1/0").unwrap(),
+    );
+    let out = &mut psbt.outputs[1];
+    out.tap_internal_key = Some(ours);
+    out.tap_key_origins.insert(ours, (vec![], origin.clone()));
+    out.bip32_derivation
+        .insert(w.keypair.public_key(), origin.clone());
+    let s = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap();
+    assert_eq!(s.change, 0);
+    assert_eq!(s.value_leaving, 100_000);
+    assert_eq!(s.destinations.len(), 2);
+
+    // Paying the wallet's *internal* key P is not change either: with Q = P + H_TapTweak(P)·G the
+    // wallet's script is OP_1 <Q>; OP_1 <P> and a second tweak of Q are other scripts.
+    let internal = Keypair::from_secret_key(&secp, &SecretKey::from_slice(&[5; 32]).unwrap());
+    let (p, _) = internal.x_only_public_key();
+    let (tweaked, _) = p.tap_tweak(&secp, None);
+    let q = tweaked.to_x_only_public_key().serialize();
+    let untweaked_p = ScriptBuf::new_p2tr_tweaked(TweakedPublicKey::dangerous_assume_tweaked(p));
+    let bip86_of_q = ScriptBuf::new_p2tr(&secp, XOnlyPublicKey::from_slice(&q).unwrap(), None);
+    assert_eq!(
+        ScriptBuf::new_p2tr(&secp, p, None).as_bytes(),
+        own_script(&q).unwrap()
+    );
+    let own = ScriptBuf::from_bytes(own_script(&q).unwrap());
+    let psbt = build(
+        &[(50_000, own.clone())],
+        &[(20_000, untweaked_p), (20_000, bip86_of_q), (9_000, own)],
+    );
+    let s = analyze(&psbt.serialize(), &q, Network::Regtest).unwrap();
+    assert_eq!(s.change, 9_000);
+    assert_eq!(s.value_leaving, 41_000);
+    assert_eq!(s.destinations.len(), 2);
+}
+
+#[test]
+fn foreign_input_is_refused_by_index() {
+    let w = wallet(1);
+    let psbt = build(
+        &[(60_000, w.script()), (50_000, wallet(2).script())],
+        &[(100_000, foreign_script())],
+    );
+    let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+    assert!(is_psbt_input(&e, 1), "{e}");
+    assert!(e.to_string().contains("input 1"), "{e}");
+}
+
+#[test]
+fn input_without_witness_utxo_is_refused() {
+    let w = wallet(1);
+    let mut psbt = two_by_two(&w);
+    psbt.inputs[0].witness_utxo = None;
+    let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+    assert!(is_psbt_input(&e, 0), "{e}");
+}
+
+#[test]
+fn other_sighash_types_are_refused() {
+    let w = wallet(1);
+    for ty in [
+        TapSighashType::All,
+        TapSighashType::None,
+        TapSighashType::SinglePlusAnyoneCanPay,
+        TapSighashType::AllPlusAnyoneCanPay,
+    ] {
+        let mut psbt = two_by_two(&w);
+        psbt.inputs[1].sighash_type = Some(PsbtSighashType::from(ty));
+        let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+        assert!(is_psbt_input(&e, 1), "{ty}: {e}");
+        assert!(e.to_string().contains("sighash type"), "{e}");
+    }
+    // An explicit SIGHASH_DEFAULT is fine.
+    let mut psbt = two_by_two(&w);
+    psbt.inputs[0].sighash_type = Some(PsbtSighashType::from(TapSighashType::Default));
+    analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap();
+}
+
+#[test]
+fn amounts_are_checked() {
+    let w = wallet(1);
+    // Outputs above inputs.
+    let psbt = build(&[(10_000, w.script())], &[(10_001, foreign_script())]);
+    let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+    assert!(matches!(e, ProtocolError::PsbtValue { .. }), "{e}");
+    // u64 overflow of the inputs.
+    let psbt = build(
+        &[(u64::MAX, w.script()), (u64::MAX, w.script())],
+        &[(1, foreign_script())],
+    );
+    let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+    assert!(matches!(e, ProtocolError::PsbtValue { .. }), "{e}");
+    // Above 21 million bitcoin.
+    let max = Amount::MAX_MONEY.to_sat();
+    let psbt = build(
+        &[(max, w.script()), (max, w.script())],
+        &[(1, foreign_script())],
+    );
+    let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+    assert!(matches!(e, ProtocolError::PsbtValue { .. }), "{e}");
+    // An absurd fee rate (what extract_tx would refuse after signing) is refused up front.
+    let psbt = build(&[(100_000_000, w.script())], &[(1_000, foreign_script())]);
+    let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+    assert!(e.to_string().contains("sat/vB"), "{e}");
+}
+
+#[test]
+fn duplicate_and_empty_transactions_are_refused() {
+    let w = wallet(1);
+    let mut psbt = two_by_two(&w);
+    psbt.unsigned_tx.input[1].previous_output = psbt.unsigned_tx.input[0].previous_output;
+    let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+    assert!(is_psbt_input(&e, 1), "{e}");
+
+    let mut psbt = two_by_two(&w);
+    psbt.unsigned_tx.output.clear();
+    psbt.outputs.clear();
+    assert!(analyze(&psbt.serialize(), &w.q, Network::Regtest).is_err());
+}
+
+#[test]
+fn non_witness_utxo_must_agree() {
+    let w = wallet(1);
+    let mut psbt = two_by_two(&w);
+    let previous = Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: vec![],
+        output: vec![TxOut {
+            value: Amount::from_sat(60_000),
+            script_pubkey: w.script(),
+        }],
+    };
+    psbt.unsigned_tx.input[0].previous_output = OutPoint::new(previous.compute_txid(), 0);
+    psbt.inputs[0].non_witness_utxo = Some(previous.clone());
+    analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap();
+    psbt.inputs[0].witness_utxo.as_mut().unwrap().value = Amount::from_sat(6_000_000);
+    let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+    assert!(is_psbt_input(&e, 0), "{e}");
+}
+
+#[test]
+fn finalize_produces_the_signed_transaction() {
+    let w = wallet(1);
+    let mut psbt = two_by_two(&w);
+    // Labels a wallet would add: all cleared by the finalizer.
+    psbt.inputs[0].tap_internal_key = Some(w.keypair.x_only_public_key().0);
+    psbt.inputs[0].sighash_type = Some(PsbtSighashType::from(TapSighashType::Default));
+    let bytes = psbt.serialize();
+    let s = analyze(&bytes, &w.q, Network::Regtest).unwrap();
+    let (txid, raw) = finalize(&bytes, &w.q, &w.sign(&s.sighashes)).unwrap();
+    assert_eq!(txid, s.txid);
+    let tx: Transaction = encode::deserialize(&raw).unwrap();
+    assert_eq!(tx.compute_txid().to_string(), txid);
+    for input in &tx.input {
+        assert!(input.script_sig.is_empty());
+        assert_eq!(input.witness.len(), 1);
+        assert_eq!(input.witness.nth(0).unwrap().len(), 64);
+    }
+    assert_eq!(tx.output, psbt.unsigned_tx.output);
+}
+
+#[test]
+fn bad_signatures_are_refused_by_input() {
+    let w = wallet(1);
+    let bytes = two_by_two(&w).serialize();
+    let s = analyze(&bytes, &w.q, Network::Regtest).unwrap();
+    let good = w.sign(&s.sighashes);
+
+    // A valid signature for another message (the inputs' sighashes swapped).
+    let swapped = vec![good[1], good[0]];
+    let e = finalize(&bytes, &w.q, &swapped).unwrap_err();
+    assert!(is_psbt_input(&e, 0), "{e}");
+
+    // A flipped bit in the second signature.
+    let mut flipped = good.clone();
+    flipped[1][10] ^= 1;
+    let e = finalize(&bytes, &w.q, &flipped).unwrap_err();
+    assert!(is_psbt_input(&e, 1), "{e}");
+
+    // Signed by another key.
+    let other = wallet(2).sign(&s.sighashes);
+    let e = finalize(&bytes, &w.q, &other).unwrap_err();
+    assert!(is_psbt_input(&e, 0), "{e}");
+
+    // Not a signature at all (r not on the curve / s out of range).
+    let e = finalize(&bytes, &w.q, &[[0xff; 64], good[1]]).unwrap_err();
+    assert!(is_psbt_input(&e, 0), "{e}");
+
+    // Wrong count.
+    assert!(matches!(
+        finalize(&bytes, &w.q, &good[..1]).unwrap_err(),
+        ProtocolError::Psbt { .. }
+    ));
+}
+
+#[test]
+fn base64_and_binary_files() {
+    let w = wallet(1);
+    let psbt = two_by_two(&w);
+    let binary = psbt.serialize();
+    assert_eq!(decode_psbt_file(&binary).unwrap(), binary);
+    let text = psbt.to_string();
+    assert_eq!(decode_psbt_file(text.as_bytes()).unwrap(), binary);
+    // Trailing newline, CRLF and line-wrapped base64 as editors and tools write it.
+    let wrapped: String = text
+        .as_bytes()
+        .chunks(64)
+        .map(|c| format!("{}\r\n", std::str::from_utf8(c).unwrap()))
+        .collect();
+    assert_eq!(
+        decode_psbt_file(format!("  {wrapped}\n").as_bytes()).unwrap(),
+        binary
+    );
+    // Base64 of something that is not a PSBT, non-base64 text, empty file.
+    use bitcoin::base64::Engine as _;
+    let not_psbt = bitcoin::base64::engine::general_purpose::STANDARD.encode(b"hello world");
+    assert!(decode_psbt_file(not_psbt.as_bytes()).is_err());
+    assert!(decode_psbt_file(b"this is not base64!").is_err());
+    assert!(decode_psbt_file(b" \n").is_err());
+    assert!(decode_psbt_file(b"").is_err());
+    // Too large, both forms.
+    let mut big = MAGIC.to_vec();
+    big.resize(MAX_PSBT + 1, 0);
+    assert!(decode_psbt_file(&big).is_err());
+    assert!(analyze(&big, &w.q, Network::Regtest).is_err());
+    assert!(decode_psbt_file(&vec![b'A'; MAX_PSBT_FILE + 1]).is_err());
+}
+
+#[test]
+fn truncated_and_garbage_psbts_are_errors() {
+    let w = wallet(1);
+    let binary = two_by_two(&w).serialize();
+    for len in 0..binary.len() {
+        assert!(
+            analyze(&binary[..len], &w.q, Network::Regtest).is_err(),
+            "prefix of {len} bytes accepted"
+        );
+    }
+    let mut trailing = binary.clone();
+    trailing.push(0);
+    assert!(analyze(&trailing, &w.q, Network::Regtest).is_err());
+    // Every single-byte change either is refused or still describes a valid spend; none panics.
+    for i in 0..binary.len() {
+        for bit in [0x01, 0x80] {
+            let mut bent = binary.clone();
+            bent[i] ^= bit;
+            let _ = analyze(&bent, &w.q, Network::Regtest);
+            let _ = finalize(&bent, &w.q, &[[1; 64], [2; 64]]);
+        }
+    }
+    // Pseudo-random garbage after the magic.
+    let mut state = sha256::Hash::hash(b"garbage").to_byte_array();
+    for _ in 0..200 {
+        state = sha256::Hash::hash(&state).to_byte_array();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&state);
+        bytes.extend_from_slice(&sha256::Hash::hash(&bytes).to_byte_array());
+        assert!(analyze(&bytes, &w.q, Network::Regtest).is_err());
+        assert!(decode_psbt_file(&bytes).is_ok());
+    }
+    // An invalid output key.
+    assert!(analyze(&binary, &[0xff; 32], Network::Regtest).is_err());
+}
+
+#[test]
+fn version_2_is_refused_by_name() {
+    let w = wallet(1);
+    let mut psbt = two_by_two(&w);
+    // Version 1 or 2 in the global map of a v0-shaped PSBT.
+    for version in [1u32, 2] {
+        psbt.version = version;
+        let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+        assert!(
+            matches!(e, ProtocolError::PsbtVersion { version: v } if v == version),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&format!("version {version}")));
+    }
+    // A real BIP-370 v2 PSBT has no unsigned transaction: globals TX_VERSION, INPUT_COUNT,
+    // OUTPUT_COUNT, VERSION = 2.
+    let mut v2 = MAGIC.to_vec();
+    for (key, value) in [
+        (0x02u8, 2u32.to_le_bytes().to_vec()),
+        (0x04, vec![1]),
+        (0x05, vec![1]),
+        (0xfb, 2u32.to_le_bytes().to_vec()),
+    ] {
+        v2.extend_from_slice(&[1, key, u8::try_from(value.len()).unwrap()]);
+        v2.extend_from_slice(&value);
+    }
+    v2.push(0);
+    let e = analyze(&v2, &w.q, Network::Regtest).unwrap_err();
+    assert!(
+        matches!(e, ProtocolError::PsbtVersion { version: 2 }),
+        "{e}"
+    );
+}
+
+#[test]
+fn network_names() {
+    assert_eq!(network_from_name("bitcoin").unwrap(), Network::Bitcoin);
+    assert_eq!(network_from_name("mainnet").unwrap(), Network::Bitcoin);
+    assert_eq!(network_from_name("testnet").unwrap(), Network::Testnet);
+    assert_eq!(network_from_name("signet").unwrap(), Network::Signet);
+    assert_eq!(network_from_name("regtest").unwrap(), Network::Regtest);
+    assert!(matches!(
+        network_from_name("litecoin").unwrap_err(),
+        ProtocolError::UnknownNetwork { .. }
+    ));
+}
+
+/// Bitcoin Core's script interpreter (libbitcoinconsensus 26, Taproot flag on, every spent output
+/// given) accepts the finalized transaction and refuses it with one signature bit flipped.
+///
+/// `bitcoin` 0.32's own `bitcoinconsensus` feature binds libbitcoinconsensus 25, which has no
+/// Taproot: its `Transaction::verify` accepts a P2TR key-path spend with *any* 64 bytes as the
+/// signature (witness v1 is "unknown future version" to it), so it cannot be this check.
+#[test]
+fn finalized_transaction_passes_consensus_verification() {
+    let w = wallet(3);
+    let psbt = build(
+        &[
+            (60_000, w.script()),
+            (50_000, w.script()),
+            (1_000, w.script()),
+        ],
+        &[(70_000, foreign_script()), (40_000, w.script())],
+    );
+    let bytes = psbt.serialize();
+    let s = analyze(&bytes, &w.q, Network::Regtest).unwrap();
+    let (_, raw) = finalize(&bytes, &w.q, &w.sign(&s.sighashes)).unwrap();
+    let prevouts: Vec<TxOut> = psbt
+        .inputs
+        .iter()
+        .map(|i| i.witness_utxo.clone().unwrap())
+        .collect();
+    consensus_verify(&raw, &prevouts).unwrap();
+
+    let tx: Transaction = encode::deserialize(&raw).unwrap();
+    let mut bent = tx.clone();
+    let mut sig = bent.input[2].witness.nth(0).unwrap().to_vec();
+    sig[5] ^= 1;
+    bent.input[2].witness = Witness::from_slice(&[sig]);
+    let e = consensus_verify(&encode::serialize(&bent), &prevouts).unwrap_err();
+    assert!(e.starts_with("input 2"), "{e}");
+
+    // Spending claims a different amount than the PSBT said: the signature no longer verifies.
+    let mut lied = prevouts.clone();
+    lied[0].value = Amount::from_sat(600_000);
+    assert!(consensus_verify(&raw, &lied).is_err());
+}
+
+fn consensus_verify(raw_tx: &[u8], prevouts: &[TxOut]) -> std::result::Result<(), String> {
+    let utxos: Vec<bitcoinconsensus::Utxo> = prevouts
+        .iter()
+        .map(|p| bitcoinconsensus::Utxo {
+            script_pubkey: p.script_pubkey.as_bytes().as_ptr(),
+            script_pubkey_len: u32::try_from(p.script_pubkey.len()).unwrap(),
+            value: i64::try_from(p.value.to_sat()).unwrap(),
+        })
+        .collect();
+    for (index, prevout) in prevouts.iter().enumerate() {
+        bitcoinconsensus::verify_with_flags(
+            prevout.script_pubkey.as_bytes(),
+            prevout.value.to_sat(),
+            raw_tx,
+            Some(&utxos),
+            index,
+            bitcoinconsensus::VERIFY_ALL_PRE_TAPROOT | bitcoinconsensus::VERIFY_TAPROOT,
+        )
+        .map_err(|e| format!("input {index}: {e:?}"))?;
+    }
+    Ok(())
+}
