@@ -15,7 +15,8 @@
 //! key_id = "arn:aws:kms:eu-west-1:111122223333:key/…"   # a key or alias ARN, never a bare id
 //! region = "eu-west-1"
 //! endpoint = "vsock:3:8000"                    # the parent's proxy to kms.REGION.amazonaws.com:443
-//! credentials_file = "/run/cosigner/aws.json"  # IMDS-format JSON from the parent; no inline keys
+//! # credentials_file = "/run/aws.json"         # local mode only; default: from the parent over
+//!                                              # the store channel (its [aws_credentials])
 //! # allow_unanchored_state = true              # required without [token]: no rollback anchoring
 //!
 //! [attester]
@@ -107,8 +108,9 @@ pub enum SealerConfig {
     Kms(KmsSealerConfig),
 }
 
-/// `[sealer] kind = "kms"`. Secrets never appear here: credentials come from a file the parent
-/// provides (the instance role's, in the instance metadata service's JSON format).
+/// `[sealer] kind = "kms"`. Secrets never appear here: credentials come from the parent over the
+/// store channel (its instance role's, `StoreRequest::AwsCredentials`), or, in local mode, from a
+/// file in the instance metadata service's JSON format.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KmsSealerConfig {
@@ -123,8 +125,11 @@ pub struct KmsSealerConfig {
     /// TLS server name and `Host` header; default `kms.REGION.amazonaws.com`.
     #[serde(default)]
     pub host: Option<String>,
-    /// JSON credentials (`AccessKeyId`, `SecretAccessKey`, `Token`), re-read for every call.
-    pub credentials_file: PathBuf,
+    /// Local mode only: JSON credentials (`AccessKeyId`, `SecretAccessKey`, `Token`), re-read
+    /// for every call. Absent (and always in a Nitro build): asked of the parent over the store
+    /// channel, cached, refreshed before they expire.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
     /// Without a `[token]` there is no rollback anchor: the parent could serve an older (validly
     /// sealed) state after a restart. Must be set explicitly to run so.
     #[serde(default)]
@@ -188,7 +193,9 @@ impl Config {
             fix(dir);
         }
         if let SealerConfig::Kms(kms) = &mut config.sealer {
-            fix(&mut kms.credentials_file);
+            if let Some(p) = kms.credentials_file.as_mut() {
+                fix(p);
+            }
             if let Endpoint::Unix(p) = &mut kms.endpoint {
                 fix(p);
             }
@@ -204,7 +211,8 @@ impl Config {
         {
             anyhow::bail!(
                 "[sealer] {key}: AWS secrets are not accepted in the configuration (it is part of \
-                 the measured image and readable); use credentials_file"
+                 the measured image and readable); the parent hands them over (its \
+                 [aws_credentials])"
             );
         }
         let config: Config = toml::from_str(text)?;
@@ -250,6 +258,13 @@ impl Config {
                         "[sealer] kind = \"kms\" without a [token] has no rollback anchor (not \
                          implemented yet, docs/kms.md): set allow_unanchored_state = true to run \
                          without rollback resistance, or configure a [token]"
+                    );
+                }
+                if cfg!(feature = "nitro") && kms.credentials_file.is_some() {
+                    anyhow::bail!(
+                        "[sealer] credentials_file: an enclave cannot read the parent's files; \
+                         leave it out, and the credentials come from the parent over the store \
+                         channel (its [aws_credentials])"
                     );
                 }
                 if cfg!(feature = "nitro") && (kms.insecure_plain_http || kms.insecure_no_recipient)
@@ -300,6 +315,15 @@ mod tests {
             panic!("{:?}", c.sealer)
         };
         assert_eq!(k.endpoint, Endpoint::Vsock { cid: 3, port: 8000 });
+        assert_eq!(k.credentials_file, Some(PathBuf::from("/run/aws.json")));
+        // Without a file: from the parent.
+        let text = kms("allow_unanchored_state = true\n")
+            .replace("credentials_file = \"/run/aws.json\"\n", "");
+        let c = Config::parse(&text).unwrap();
+        let SealerConfig::Kms(k) = &c.sealer else {
+            panic!("{:?}", c.sealer)
+        };
+        assert_eq!(k.credentials_file, None);
         assert!(c.token.is_none() && !c.needs_pin());
         // With a token, the token anchors the state.
         let c = Config::parse(&format!("{}{TOKEN}", kms(""))).unwrap();

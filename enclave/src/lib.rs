@@ -6,6 +6,7 @@
 //! run in [`service`], which has no IO of its own.
 
 pub mod config;
+pub mod credentials;
 pub mod server;
 pub mod service;
 pub mod store;

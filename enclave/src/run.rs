@@ -6,12 +6,15 @@ use std::sync::Arc;
 use anyhow::Context;
 use cosigner_attestation::{AttestRequest, Attester};
 use cosigner_enclave::config::{AttesterConfig, Config, KmsSealerConfig, SealerConfig};
+use cosigner_enclave::credentials::ParentCredentials;
 use cosigner_enclave::service::anchor::{Anchor, TokenAnchor};
 use cosigner_enclave::service::{RefreshPolicy, Service};
 use cosigner_enclave::store::{BlobStore, RemoteStore};
 use cosigner_enclave::{server, tls, transport};
 use cosigner_kms::aws::client::{Connection, KmsClient, endpoint_host};
-use cosigner_kms::aws::{CredentialsFile, KmsSealer, RecipientAttester, TlsTransport, Transport};
+use cosigner_kms::aws::{
+    CredentialsFile, CredentialsSource, KmsSealer, RecipientAttester, TlsTransport, Transport,
+};
 use cosigner_kms::{Pin, Sealer, Token};
 
 const PIN_ENV: &str = "COSIGNER_PKCS11_PIN";
@@ -55,9 +58,14 @@ impl Attester for SharedAttester {
 }
 
 /// The KMS sealer of `[sealer] kind = "kms"`: TLS to `kms.REGION.amazonaws.com` over the
-/// configured endpoint (the parent's vsock proxy), credentials from the parent's file, data keys
-/// through `Recipient` with documents from the enclave's attester.
-fn kms_sealer(config: &KmsSealerConfig, attester: Arc<dyn Attester>) -> anyhow::Result<KmsSealer> {
+/// configured endpoint (the parent's vsock proxy), credentials from the parent over the store
+/// channel (or, in local mode, a file), data keys through `Recipient` with documents from the
+/// enclave's attester.
+fn kms_sealer(
+    config: &KmsSealerConfig,
+    store: &transport::Endpoint,
+    attester: Arc<dyn Attester>,
+) -> anyhow::Result<KmsSealer> {
     let endpoint = config.endpoint.clone();
     let connect = move || -> std::io::Result<Box<dyn Connection>> {
         let stream = transport::connect(&endpoint)?;
@@ -76,12 +84,11 @@ fn kms_sealer(config: &KmsSealerConfig, attester: Arc<dyn Attester>) -> anyhow::
     } else {
         Box::new(TlsTransport::webpki(Box::new(connect), &host)?)
     };
-    let client = KmsClient::new(
-        transport,
-        &config.region,
-        Box::new(CredentialsFile(config.credentials_file.clone())),
-    )?
-    .with_host(&host)?;
+    let credentials: Box<dyn CredentialsSource> = match &config.credentials_file {
+        Some(file) => Box::new(CredentialsFile(file.clone())),
+        None => Box::new(ParentCredentials::source(store.clone())),
+    };
+    let client = KmsClient::new(transport, &config.region, credentials)?.with_host(&host)?;
     if config.insecure_no_recipient {
         eprintln!(
             "cosigner-enclave: WARNING: [sealer] insecure_no_recipient: data keys come from KMS \
@@ -168,8 +175,15 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         }
         (SealerConfig::Pkcs11, None) => anyhow::bail!("the pkcs11 sealer needs a [token]"),
         (SealerConfig::Kms(kms), _) => (
-            Box::new(kms_sealer(kms, attester.clone()).context("KMS sealer")?),
-            format!("kms key {} via {}", kms.key_id, kms.endpoint),
+            Box::new(kms_sealer(kms, &config.store, attester.clone()).context("KMS sealer")?),
+            format!(
+                "kms key {} via {}, credentials from {}",
+                kms.key_id,
+                kms.endpoint,
+                kms.credentials_file
+                    .as_ref()
+                    .map_or_else(|| "the parent".to_owned(), |f| f.display().to_string())
+            ),
         ),
     };
     let anchor: Box<dyn Anchor> = match (&token, &config.sealer) {

@@ -48,7 +48,9 @@ impl RemoteStore {
         }
     }
 
-    fn call(&self, request: &StoreRequest) -> Result<StoreResponse, StoreError> {
+    /// One request, its answer (reconnecting once if the connection broke). The answer's frame is
+    /// zeroized once decoded (it may carry AWS credentials).
+    pub(crate) fn call(&self, request: &StoreRequest) -> Result<StoreResponse, StoreError> {
         let body = wire::encode(request).map_err(|e| StoreError(e.to_string()))?;
         let mut guard = self
             .conn
@@ -67,6 +69,7 @@ impl RemoteStore {
             let result = write_frame(stream, &body).and_then(|()| read_frame(stream));
             match result {
                 Ok(Some(frame)) => {
+                    let frame = zeroize::Zeroizing::new(frame);
                     return wire::decode::<StoreResponse>(&frame)
                         .map_err(|e| StoreError(format!("bad answer from the parent: {e}")));
                 }

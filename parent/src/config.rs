@@ -22,6 +22,12 @@
 //! listen_vsock_port = 8000                  # or listen = "unix:/run/cosigner/kms.sock"
 //! to = "kms.us-east-1.amazonaws.com:443"
 //! max_connections = 64                      # optional
+//!
+//! # Optional: AWS credentials handed to the enclave for its KMS calls (crate::aws_credentials).
+//! [aws_credentials]
+//! source = "imds"                           # the instance role (IMDSv2); or "env", or "file"
+//! # role = "cosigner-parent"                # default: the one role IMDS lists
+//! # path = "/etc/cosigner/aws.json"         # source = "file": IMDS-format JSON, re-read each time
 //! ```
 //!
 //! [`Config::load`] resolves relative paths against the directory of the configuration file, so a
@@ -35,6 +41,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
+use crate::aws_credentials::{AwsCredentialsConfig, RawAwsCredentials};
 use crate::error::{ParentError, Result};
 use crate::proxy::{AllowRule, DEFAULT_PROXY_CONNECTIONS, Destination, Inbound, ProxyConfig};
 use crate::server::MAX_CONNECTIONS;
@@ -59,6 +66,8 @@ pub struct Config {
     pub proxy_allow: Vec<AllowRule>,
     /// Outbound proxies, each checked against `proxy_allow` (at load and again at start).
     pub proxies: Vec<ProxyConfig>,
+    /// Where the AWS credentials handed to the enclave come from; `None`: none are served.
+    pub aws_credentials: Option<AwsCredentialsConfig>,
 }
 
 /// The file as written: strings, checked into [`Config`] afterwards for precise messages.
@@ -75,6 +84,8 @@ struct RawConfig {
     proxy_allow: Vec<String>,
     #[serde(default)]
     proxy: Vec<RawProxy>,
+    #[serde(default)]
+    aws_credentials: Option<RawAwsCredentials>,
 }
 
 /// One `[[proxy]]` as written.
@@ -166,6 +177,9 @@ impl Config {
             if let Inbound::Unix(p) = &mut proxy.listen {
                 resolve(p);
             }
+        }
+        if let Some(AwsCredentialsConfig::File(p)) = &mut config.aws_credentials {
+            resolve(p);
         }
         // Resolution may have made a socket path too long.
         check_socket_path(
@@ -266,6 +280,10 @@ impl Config {
             database: PathBuf::from(raw.database),
             proxy_allow,
             proxies,
+            aws_credentials: raw
+                .aws_credentials
+                .map(RawAwsCredentials::check)
+                .transpose()?,
         };
         config.check_listeners()?;
         Ok(config)

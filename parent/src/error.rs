@@ -101,6 +101,12 @@ pub enum ParentError {
         /// What was wrong with it.
         reason: String,
     },
+    /// AWS credentials for the enclave could not be had (configuration, IMDS, file, environment).
+    #[error("AWS credentials: {reason}")]
+    AwsCredentials {
+        /// What failed (never a secret).
+        reason: String,
+    },
     /// A response could not be encoded.
     #[error("cannot encode response: {reason}")]
     Encode {

@@ -8,10 +8,13 @@
 //! * [`config`]: the TOML configuration ([`Config`]), strict about unknown fields and addresses;
 //! * [`store`]: the [`Store`] trait and [`SqliteStore`], where blobs live;
 //! * [`store_server`]: answers the enclave's `StoreRequest` frames on a connection;
+//! * [`aws_credentials`]: the AWS credentials handed to the enclave for KMS (IMDSv2, environment,
+//!   file);
 //! * [`relay`]: copies one client connection's bytes to the enclave and back;
 //! * [`server`]: [`Parent`] binds both sockets and runs the accept loops ([`RunningParent`]).
 
 pub mod audit;
+pub mod aws_credentials;
 pub mod config;
 mod error;
 pub mod image;

@@ -32,12 +32,13 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vsock::{VMADDR_CID_ANY, VsockListener, VsockStream};
 
+use crate::aws_credentials::CredentialsProvider;
 use crate::config::{Config, EnclaveAddr};
 use crate::error::{ParentError, Result};
 use crate::proxy::{self, Destination, Inbound};
 use crate::relay::{Conn, Io, Listen, relay};
 use crate::store::{SqliteStore, Store};
-use crate::store_server::serve_store;
+use crate::store_server::serve_store_with;
 
 /// Most connections served at once, per listener (proxies have their own, lower, cap).
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -107,12 +108,16 @@ impl Parent {
             max: MAX_CONNECTIONS,
             handler: Handler::Relay(config.enclave.clone()),
         }];
+        let credentials = config
+            .aws_credentials
+            .clone()
+            .map(|c| Arc::new(CredentialsProvider::new(c)));
         let unix = running.bind_unix(&config.store_socket)?;
         loops.push(Loop {
             name: "parent-accept-store".into(),
             listener: nonblocking(Box::new(unix), &config.store_socket.display().to_string())?,
             max: MAX_CONNECTIONS,
-            handler: Handler::Store(Arc::clone(&store)),
+            handler: Handler::Store(Arc::clone(&store), credentials.clone()),
         });
         if let Some(port) = config.store_vsock_port {
             let what = format!("the store listener on vsock port {port}");
@@ -121,7 +126,7 @@ impl Parent {
                 name: "parent-accept-store-vsock".into(),
                 listener: nonblocking(Box::new(listener), &what)?,
                 max: MAX_CONNECTIONS,
-                handler: Handler::Store(Arc::clone(&store)),
+                handler: Handler::Store(Arc::clone(&store), credentials.clone()),
             });
         }
         for (i, p) in config.proxies.iter().enumerate() {
@@ -301,8 +306,8 @@ struct Loop {
 enum Handler {
     /// Relay clients to the enclave.
     Relay(EnclaveAddr),
-    /// Serve the enclave's store requests.
-    Store(Arc<dyn Store>),
+    /// Serve the enclave's store requests (and its AWS credentials, if configured).
+    Store(Arc<dyn Store>, Option<Arc<CredentialsProvider>>),
     /// Relay the enclave to a fixed outside destination.
     Proxy { listen: Inbound, to: Destination },
 }
@@ -311,8 +316,10 @@ impl Handler {
     fn serve(&self, id: u64, conn: &Conn, shared: &Shared) {
         match self {
             Handler::Relay(enclave) => relay_one(id, conn, enclave, shared),
-            Handler::Store(store) => {
-                if let Err(e) = serve_store(Io(&**conn), store.as_ref()) {
+            Handler::Store(store, credentials) => {
+                if let Err(e) =
+                    serve_store_with(Io(&**conn), store.as_ref(), credentials.as_deref())
+                {
                     log(&format!("store connection ended: {e}"));
                 }
             }

@@ -10,6 +10,10 @@
 //! connection is closed: after a framing error the stream cannot be resynchronised, and a peer
 //! speaking another version will not improve. A well-formed request the store refuses (invalid
 //! key, oversized value) is answered with an error and the connection stays open.
+//!
+//! `AwsCredentials` is answered from the parent's [`CredentialsProvider`] when one is configured
+//! (`[aws_credentials]`), else refused with `BadRequest` naming the missing table; a failure to
+//! obtain them (IMDS unreachable, say) is `Internal` and keeps the connection open.
 
 use std::io::{Read, Write};
 
@@ -18,12 +22,22 @@ use cosigner_protocol::frame::{MAX_FRAME_LEN, read_frame, write_frame};
 use cosigner_protocol::wire::{ErrorKind, StoreRequest, StoreResponse, WireError, decode, encode};
 use serde_bytes::ByteBuf;
 
+use crate::aws_credentials::CredentialsProvider;
 use crate::error::{ParentError, Result};
 use crate::store::Store;
 
 /// Serves store requests on `stream` until the peer closes it (`Ok`) or breaks the protocol
 /// (answered with `Error(BadRequest)`, then [`ParentError::BadRequest`]). Never panics on input.
-pub fn serve_store<S: Read + Write>(mut stream: S, store: &dyn Store) -> Result<()> {
+pub fn serve_store<S: Read + Write>(stream: S, store: &dyn Store) -> Result<()> {
+    serve_store_with(stream, store, None)
+}
+
+/// [`serve_store`], answering `AwsCredentials` from `credentials`.
+pub fn serve_store_with<S: Read + Write>(
+    mut stream: S,
+    store: &dyn Store,
+    credentials: Option<&CredentialsProvider>,
+) -> Result<()> {
     loop {
         let frame = match read_frame(&mut stream) {
             Ok(Some(frame)) => frame,
@@ -45,7 +59,7 @@ pub fn serve_store<S: Read + Write>(mut stream: S, store: &dyn Store) -> Result<
                 ));
             }
         };
-        let response = handle(store, request);
+        let response = handle_with(store, credentials, request);
         send(&mut stream, &response)?;
     }
 }
@@ -53,6 +67,15 @@ pub fn serve_store<S: Read + Write>(mut stream: S, store: &dyn Store) -> Result<
 /// Answers one request from `store`. Refusals of the request itself are `BadRequest`, store
 /// failures `Internal`.
 pub fn handle(store: &dyn Store, request: StoreRequest) -> StoreResponse {
+    handle_with(store, None, request)
+}
+
+/// [`handle`], answering `AwsCredentials` from `credentials`.
+pub fn handle_with(
+    store: &dyn Store,
+    credentials: Option<&CredentialsProvider>,
+    request: StoreRequest,
+) -> StoreResponse {
     let result = match request {
         StoreRequest::Put { key, value } => store.put(&key, &value).map(|()| StoreResponse::Done),
         StoreRequest::Get { key } => store.get(&key).map(|value| StoreResponse::Value {
@@ -62,6 +85,14 @@ pub fn handle(store: &dyn Store, request: StoreRequest) -> StoreResponse {
         StoreRequest::List { prefix } => store
             .list_prefix(&prefix)
             .map(|keys| StoreResponse::Keys { keys }),
+        StoreRequest::AwsCredentials => match credentials {
+            Some(provider) => provider.response(),
+            None => Err(ParentError::BadRequest {
+                reason: "this parent serves no AWS credentials: add an [aws_credentials] table \
+                         to its configuration (docs/kms.md)"
+                    .into(),
+            }),
+        },
         // A request variant added to the protocol after this build.
         _ => Err(ParentError::BadRequest {
             reason: "unsupported store request".into(),

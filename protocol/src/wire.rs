@@ -525,6 +525,10 @@ pub enum StoreRequest {
         /// Prefix.
         prefix: String,
     },
+    /// The AWS credentials the parent holds (its instance role's), for the enclave's KMS calls.
+    /// Not a secret from the parent: the KMS key policy, not the credentials, keeps the parent
+    /// from decrypting (docs/kms.md).
+    AwsCredentials,
 }
 
 /// Parent → enclave.
@@ -543,8 +547,44 @@ pub enum StoreResponse {
         /// They.
         keys: Vec<String>,
     },
+    /// The answer to [`StoreRequest::AwsCredentials`].
+    AwsCredentials {
+        /// The access key id.
+        access_key_id: String,
+        /// The secret access key.
+        secret_access_key: SecretString,
+        /// The session token of temporary credentials (an instance role's always have one).
+        session_token: Option<SecretString>,
+        /// When they stop working, in seconds since the Unix epoch (`None`: long-term keys).
+        expiration: Option<u64>,
+    },
     /// The store failed.
     Error(WireError),
+}
+
+/// A secret text on the wire (AWS credentials): zeroized on drop, `<redacted>` in `Debug`.
+#[derive(
+    Clone, PartialEq, Eq, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop,
+)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wraps a secret.
+    pub fn new(secret: String) -> Self {
+        Self(secret)
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// A body with its protocol version.

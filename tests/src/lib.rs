@@ -10,6 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+pub mod imds;
+pub mod moto;
+
 use anyhow::{Context, bail};
 use tempfile::TempDir;
 
@@ -281,6 +284,12 @@ impl Cosigner {
     /// Like [`Cosigner::start`], appending `extra` (TOML, e.g. a `[policy]` table) to the
     /// enclave's configuration.
     pub fn start_with(name: &str, extra: &str) -> anyhow::Result<Self> {
+        Self::start_configured(name, extra, "")
+    }
+
+    /// Like [`Cosigner::start_with`], also appending `parent_extra` (TOML, e.g. an
+    /// `[aws_credentials]` table) to the parent's configuration.
+    pub fn start_configured(name: &str, extra: &str, parent_extra: &str) -> anyhow::Result<Self> {
         let hsm = SoftHsm::new()?;
         let dir = hsm.dir().to_path_buf();
         std::fs::write(dir.join("pin"), format!("{name}-user-pin"))?;
@@ -320,6 +329,11 @@ impl Cosigner {
                 "listen = \"127.0.0.1:{port}\"\nenclave = \"unix:{d}/enclave.sock\"\nstore_socket = \"{d}/store.sock\"\ndatabase = \"{d}/store/store.db\"\n"
             ),
         )?;
+        if !parent_extra.is_empty() {
+            let mut text = std::fs::read_to_string(dir.join("parent.toml"))?;
+            text.push_str(parent_extra);
+            std::fs::write(dir.join("parent.toml"), text)?;
+        }
         let mut cosigner = Self {
             name: name.to_owned(),
             hsm,
@@ -363,6 +377,14 @@ impl Cosigner {
                 && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
             {
                 return Ok(());
+            }
+            // A process that already exited will not come up: say so now, with its words.
+            if self
+                .children
+                .iter_mut()
+                .any(|c| matches!(c.0.try_wait(), Ok(Some(_))))
+            {
+                bail!("{} exited while starting: {}", self.name, self.logs())
             }
             std::thread::sleep(std::time::Duration::from_millis(25));
         }
@@ -436,7 +458,17 @@ impl Deployment {
 
     /// Like [`Deployment::start`], with `provider_extra` appended to the provider's enclave config.
     pub fn start_with(provider_extra: &str) -> anyhow::Result<Self> {
-        let provider = Cosigner::start_with("provider", provider_extra)?;
+        Self::start_configured(provider_extra, "")
+    }
+
+    /// Like [`Deployment::start_with`], with `provider_parent_extra` appended to the provider's
+    /// parent config.
+    pub fn start_configured(
+        provider_extra: &str,
+        provider_parent_extra: &str,
+    ) -> anyhow::Result<Self> {
+        let provider =
+            Cosigner::start_configured("provider", provider_extra, provider_parent_extra)?;
         let recovery = Cosigner::start("recovery")?;
         let dir = tempfile::Builder::new()
             .prefix("cosigner-client-")

@@ -16,7 +16,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +29,7 @@ use cosigner_kms::aws::cms::{RecipientKey, parse_enveloped_data};
 use cosigner_kms::aws::sigv4::{self, Credentials, Scope};
 use cosigner_kms::aws::{KMS_SEAL_FORMAT_VERSION, KmsSealer, RecipientAttester};
 use cosigner_kms::{KmsError, SealContext, Sealer};
-use cosigner_tests::{ChildGuard, free_port};
+use cosigner_tests::moto::Moto;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
@@ -885,144 +884,13 @@ fn kms_sealer_refuses_answers_for_another_key_or_without_recipient_data() {
 // ---------------------------------------------------------------------------------------------
 // moto: a KMS-compatible server (no Recipient), with SigV4 verification on.
 
-struct Moto {
-    _child: ChildGuard,
-    addr: SocketAddr,
-}
-
-/// Starts `python3 -m moto.server` on a free loopback port, or says why not.
-fn moto() -> Option<Moto> {
-    let available = Command::new("python3")
-        .args(["-c", "import moto.server"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !available {
-        eprintln!(
-            "SKIPPED: moto is not installed (`python3 -c 'import moto.server'` failed); \
-             `make deps` installs it (pip install 'moto[server]')"
-        );
-        return None;
-    }
-    let port = free_port();
-    let child = Command::new("python3")
-        .args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        // The first 3 actions (IAM user, policy, access key) run unauthenticated; every later one
-        // must carry a valid SigV4 signature of that user's key.
-        .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting moto");
-    let child = ChildGuard(child);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "moto did not start on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(Moto {
-        _child: child,
-        addr,
-    })
-}
-
-/// One signed IAM query-API call (form-encoded POST), by hand; returns the XML answer.
-fn iam(addr: SocketAddr, creds: &Credentials, form: &str) -> String {
-    let host = addr.to_string();
-    let headers = [
-        (
-            "Content-Type",
-            "application/x-www-form-urlencoded; charset=utf-8",
-        ),
-        ("Host", host.as_str()),
-    ];
-    let signed = sigv4::sign(
-        &sigv4::Request {
-            method: "POST",
-            path: "/",
-            query: &[],
-            headers: &headers,
-            body: form.as_bytes(),
-        },
-        creds,
-        &Scope {
-            region: "us-east-1",
-            service: "iam",
-            time: SystemTime::now(),
-        },
-    )
-    .unwrap();
-    let mut s = TcpStream::connect(addr).unwrap();
-    let mut req = String::from("POST / HTTP/1.1\r\n");
-    for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
-    }
-    for (n, v) in signed.extra_headers(creds) {
-        req.push_str(&format!("{n}: {v}\r\n"));
-    }
-    req.push_str(&format!(
-        "Content-Length: {}\r\nConnection: close\r\n\r\n{form}",
-        form.len()
-    ));
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "IAM {form}: {out}");
-    out
-}
-
-fn xml_field(xml: &str, name: &str) -> String {
-    let open = format!("<{name}>");
-    let start = xml.find(&open).unwrap() + open.len();
-    let end = start + xml[start..].find(&format!("</{name}>")).unwrap();
-    xml[start..end].to_owned()
-}
-
-/// An IAM user allowed kms:* and its access key, created in moto.
-fn moto_credentials(addr: SocketAddr) -> Credentials {
-    let bootstrap = Credentials::new("AKIDBOOTSTRAP0000000", "bootstrap", None);
-    iam(
-        addr,
-        &bootstrap,
-        "Action=CreateUser&UserName=cosigner&Version=2010-05-08",
-    );
-    let policy = sigv4::uri_encode(
-        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:*","Resource":"*"}]}"#,
-    );
-    iam(
-        addr,
-        &bootstrap,
-        &format!(
-            "Action=PutUserPolicy&UserName=cosigner&PolicyName=kms&PolicyDocument={policy}\
-             &Version=2010-05-08"
-        ),
-    );
-    let xml = iam(
-        addr,
-        &bootstrap,
-        "Action=CreateAccessKey&UserName=cosigner&Version=2010-05-08",
-    );
-    Credentials::new(
-        xml_field(&xml, "AccessKeyId"),
-        xml_field(&xml, "SecretAccessKey"),
-        None,
-    )
-}
-
 #[test]
 fn kms_client_round_trips_against_moto() {
-    let Some(moto) = moto() else { return };
+    let Some(moto) = Moto::start_or_skip() else {
+        return;
+    };
     let started = Instant::now();
-    let creds = moto_credentials(moto.addr);
+    let creds = moto.user_credentials().unwrap();
     let client = client_for(moto.addr, "us-east-1", creds.clone())
         .with_host(&moto.addr.to_string())
         .unwrap();
@@ -1079,8 +947,10 @@ fn kms_client_round_trips_against_moto() {
 
 #[test]
 fn kms_sealer_round_trips_against_moto_without_recipient() {
-    let Some(moto) = moto() else { return };
-    let creds = moto_credentials(moto.addr);
+    let Some(moto) = Moto::start_or_skip() else {
+        return;
+    };
+    let creds = moto.user_credentials().unwrap();
     let client = || {
         client_for(moto.addr, "us-east-1", creds.clone())
             .with_host(&moto.addr.to_string())

@@ -395,6 +395,7 @@ fn start_parent(dir: &Path, enclave: &Path) -> RunningParent {
         database: dir.join("store.db"),
         proxy_allow: Vec::new(),
         proxies: Vec::new(),
+        aws_credentials: None,
     };
     Parent::new(config).unwrap().start().unwrap()
 }
@@ -612,6 +613,7 @@ fn store_socket_replaces_a_stale_socket_but_not_a_live_one_or_a_file() {
         database: dir.path().join("second.db"),
         proxy_allow: Vec::new(),
         proxies: Vec::new(),
+        aws_credentials: None,
     };
     let err = Parent::new(config.clone()).unwrap().start().unwrap_err();
     assert!(matches!(err, ParentError::SocketInUse { .. }), "{err:?}");

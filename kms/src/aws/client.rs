@@ -145,7 +145,25 @@ impl Transport for TlsTransport {
 pub trait CredentialsSource: Send + Sync {
     /// The current credentials.
     fn credentials(&self) -> Result<Credentials>;
+
+    /// KMS refused the last credentials as unknown, expired or wrongly signed: forget any cached
+    /// ones. `true` if the next [`CredentialsSource::credentials`] may give others (the client
+    /// then retries once).
+    fn invalidate(&self) -> bool {
+        false
+    }
 }
+
+/// AWS error types that mean "these credentials are not (or no longer) valid": worth one retry
+/// with freshly fetched ones.
+const CREDENTIAL_ERRORS: &[&str] = &[
+    "ExpiredTokenException",
+    "ExpiredToken",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+];
 
 impl CredentialsSource for Credentials {
     fn credentials(&self) -> Result<Credentials> {
@@ -387,8 +405,21 @@ impl KmsClient {
     }
 
     /// Signs and sends one request, returns the body of a 2xx answer; other answers become
-    /// [`KmsError::AwsError`].
+    /// [`KmsError::AwsError`]. A refusal of the credentials themselves is retried once, with
+    /// fresh ones, when the source can fetch others ([`CredentialsSource::invalidate`]).
     fn round_trip(&self, operation: &'static str, body: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        match self.round_trip_once(operation, body) {
+            Err(KmsError::AwsError { ref error_type, .. })
+                if CREDENTIAL_ERRORS.contains(&error_type.as_str())
+                    && self.credentials.invalidate() =>
+            {
+                self.round_trip_once(operation, body)
+            }
+            other => other,
+        }
+    }
+
+    fn round_trip_once(&self, operation: &'static str, body: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
         let credentials = self.credentials.credentials()?;
         let target = format!("TrentService.{operation}");
         let headers = [
@@ -889,6 +920,91 @@ mod tests {
             aws_error("Decrypt", &r),
             KmsError::AwsError { status: 503, ref message, .. } if message == "busy"
         ));
+    }
+
+    /// Answers each connection with the next canned response; counts the requests.
+    fn canned(answers: Vec<&'static [u8]>) -> (Box<dyn Transport>, Arc<std::sync::Mutex<usize>>) {
+        struct Conn(io::Cursor<&'static [u8]>);
+        impl Read for Conn {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.0.read(buf)
+            }
+        }
+        impl Write for Conn {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let count = Arc::new(std::sync::Mutex::new(0usize));
+        let seen = Arc::clone(&count);
+        let transport = move || -> io::Result<Box<dyn Connection>> {
+            let mut n = seen.lock().unwrap();
+            let answer = answers.get(*n).copied().unwrap_or_default();
+            *n += 1;
+            Ok(Box::new(Conn(io::Cursor::new(answer))))
+        };
+        (Box::new(transport), count)
+    }
+
+    /// Hands out `AKID<n>`; invalidation counted.
+    struct Rotating(std::sync::Mutex<usize>, bool);
+    impl CredentialsSource for Rotating {
+        fn credentials(&self) -> Result<Credentials> {
+            let n = *self.0.lock().unwrap();
+            Ok(Credentials::new(format!("AKID{n}"), "s", None))
+        }
+        fn invalidate(&self) -> bool {
+            *self.0.lock().unwrap() += 1;
+            self.1
+        }
+    }
+
+    const EXPIRED: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 54\r\n\r\n\
+        {\"__type\":\"ExpiredTokenException\",\"message\":\"expired\"}";
+    const DENIED: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 53\r\n\r\n\
+        {\"__type\":\"AccessDeniedException\",\"message\":\"denied\"}";
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+
+    #[test]
+    fn refused_credentials_are_refetched_once() {
+        // Expired, then fine with fresh credentials: one retry.
+        let (transport, count) = canned(vec![EXPIRED, OK]);
+        let client = KmsClient::new(
+            transport,
+            "eu-west-1",
+            Box::new(Rotating(std::sync::Mutex::new(0), true)),
+        )
+        .unwrap();
+        client.call("ListKeys", &json!({})).unwrap();
+        assert_eq!(*count.lock().unwrap(), 2);
+        // Expired twice: the second refusal is the answer.
+        let (transport, count) = canned(vec![EXPIRED, EXPIRED, OK]);
+        let client = KmsClient::new(
+            transport,
+            "eu-west-1",
+            Box::new(Rotating(std::sync::Mutex::new(0), true)),
+        )
+        .unwrap();
+        let e = client.call("ListKeys", &json!({})).unwrap_err();
+        assert!(
+            matches!(e, KmsError::AwsError { ref error_type, .. } if error_type == "ExpiredTokenException")
+        );
+        assert_eq!(*count.lock().unwrap(), 2);
+        // A source that cannot fetch others, or a refusal by policy: no retry.
+        for (answers, refetch) in [(vec![EXPIRED, OK], false), (vec![DENIED, OK], true)] {
+            let (transport, count) = canned(answers);
+            let client = KmsClient::new(
+                transport,
+                "eu-west-1",
+                Box::new(Rotating(std::sync::Mutex::new(0), refetch)),
+            )
+            .unwrap();
+            assert!(client.call("ListKeys", &json!({})).is_err());
+            assert_eq!(*count.lock().unwrap(), 1);
+        }
     }
 
     #[test]

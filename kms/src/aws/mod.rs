@@ -5,6 +5,7 @@
 //!   (TLS inside the enclave in production);
 //! * [`cms`]: opening `CiphertextForRecipient` (CMS EnvelopedData, RSAES-OAEP-SHA-256 +
 //!   AES-256-CBC) with the enclave's ephemeral RSA key;
+//! * [`credentials`]: credentials handed over by the parent, cached and refreshed before expiry;
 //! * [`sealer`]: [`KmsSealer`], the [`crate::Sealer`] that seals under KMS data keys obtained
 //!   with the enclave's attestation document as `Recipient`.
 //!
@@ -12,6 +13,7 @@
 
 pub mod client;
 pub mod cms;
+pub mod credentials;
 pub mod sealer;
 pub mod sigv4;
 
@@ -20,5 +22,6 @@ pub use client::{
     Transport,
 };
 pub use cms::RecipientKey;
+pub use credentials::{ExpiringCredentials, FetchCredentials, RefreshingCredentials};
 pub use sealer::{KMS_SEAL_FORMAT_VERSION, KmsSealer, RecipientAttester, is_key_arn};
 pub use sigv4::Credentials;

@@ -1,0 +1,887 @@
+//! AWS credentials the parent hands to the enclave for its KMS calls
+//! (`StoreRequest::AwsCredentials` on the store channel).
+//!
+//! A Nitro Enclave has no network and no instance metadata service: whatever AWS credentials it
+//! signs KMS requests with come from the parent. The parent holds them anyway (they are its
+//! instance role's), so handing them over gives the parent nothing new. What keeps the parent from
+//! decrypting is the KMS key policy: data keys only go to a `Recipient` attestation document of
+//! the published image (docs/kms.md). The credentials are not a secret *from the parent*; they are
+//! still kept out of logs (`Debug` prints `<redacted>`) and zeroized when dropped.
+//!
+//! Sources ([`AwsCredentialsConfig`], `[aws_credentials]` in the parent's configuration):
+//!
+//! * `imds`: the instance role, from the EC2 instance metadata service, IMDSv2 only
+//!   ([`imds`]): a `PUT /latest/api/token` for a session token, then
+//!   `GET /latest/meta-data/iam/security-credentials/` (the role's name) and
+//!   `GET …/security-credentials/ROLE` (the credentials), each a bounded HTTP/1.1 exchange over
+//!   plain TCP to `169.254.169.254:80`. Cached until [`IMDS_REFRESH_MARGIN`] before they expire.
+//! * `env`: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` (optional), and
+//!   `AWS_CREDENTIAL_EXPIRATION` (optional, RFC 3339) of the parent's environment (local mode).
+//! * `file`: a JSON document as IMDS serves it (`AccessKeyId`, `SecretAccessKey`, `Token` or
+//!   `SessionToken`, `Expiration`), which is also what `aws configure export-credentials` prints;
+//!   read on every request, so replacing the file rotates the credentials.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cosigner_protocol::wire::{SecretString, StoreResponse};
+use serde::Deserialize;
+
+use crate::error::{ParentError, Result};
+
+/// The instance metadata service's address.
+pub const IMDS_ENDPOINT: &str = "169.254.169.254:80";
+/// IMDS credentials are fetched again when they expire within this (IMDS offers new ones at least
+/// 5 minutes before the old expire; the enclave refreshes 5 minutes before).
+pub const IMDS_REFRESH_MARGIN: Duration = Duration::from_secs(10 * 60);
+/// At most one IMDS fetch per this interval, whatever the enclave asks.
+const IMDS_MIN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Where the parent's AWS credentials come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AwsCredentialsConfig {
+    /// The instance role, through IMDSv2.
+    Imds {
+        /// The metadata service (default [`IMDS_ENDPOINT`]; tests use a stand-in on loopback).
+        endpoint: SocketAddr,
+        /// The role's name; default: the one role IMDS lists.
+        role: Option<String>,
+    },
+    /// The parent's environment.
+    Env,
+    /// A JSON file, re-read for every request.
+    File(PathBuf),
+}
+
+/// `[aws_credentials]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAwsCredentials {
+    source: String,
+    #[serde(default)]
+    imds_endpoint: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+}
+
+impl RawAwsCredentials {
+    /// Checks the table: a known source and only the fields it uses.
+    pub(crate) fn check(self) -> Result<AwsCredentialsConfig> {
+        let bad = |field: &'static str, value: &str, reason: &str| ParentError::InvalidAddress {
+            field,
+            value: value.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let unused = |field: &'static str, present: bool| {
+            if present {
+                Err(bad(
+                    field,
+                    &self.source,
+                    "not used by this aws_credentials.source",
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match self.source.as_str() {
+            "imds" => {
+                unused("aws_credentials.path", self.path.is_some())?;
+                let text = self.imds_endpoint.as_deref().unwrap_or(IMDS_ENDPOINT);
+                let endpoint = text.parse::<SocketAddr>().map_err(|_| {
+                    bad(
+                        "aws_credentials.imds_endpoint",
+                        text,
+                        "expected IP:PORT, e.g. 169.254.169.254:80",
+                    )
+                })?;
+                if let Some(role) = &self.role
+                    && !valid_role_name(role)
+                {
+                    return Err(bad(
+                        "aws_credentials.role",
+                        role,
+                        "not an IAM role name (1-64 of letters, digits and +=,.@_-)",
+                    ));
+                }
+                Ok(AwsCredentialsConfig::Imds {
+                    endpoint,
+                    role: self.role,
+                })
+            }
+            "env" => {
+                unused("aws_credentials.path", self.path.is_some())?;
+                unused(
+                    "aws_credentials.imds_endpoint",
+                    self.imds_endpoint.is_some(),
+                )?;
+                unused("aws_credentials.role", self.role.is_some())?;
+                Ok(AwsCredentialsConfig::Env)
+            }
+            "file" => {
+                unused(
+                    "aws_credentials.imds_endpoint",
+                    self.imds_endpoint.is_some(),
+                )?;
+                unused("aws_credentials.role", self.role.is_some())?;
+                match self.path {
+                    Some(path) if !path.is_empty() => {
+                        Ok(AwsCredentialsConfig::File(PathBuf::from(path)))
+                    }
+                    _ => Err(bad(
+                        "aws_credentials.path",
+                        "",
+                        "source = \"file\" needs path = FILE",
+                    )),
+                }
+            }
+            other => Err(bad(
+                "aws_credentials.source",
+                other,
+                "expected \"imds\", \"env\" or \"file\"",
+            )),
+        }
+    }
+}
+
+/// IAM role names: 1 to 64 of `[A-Za-z0-9+=,.@_-]`.
+fn valid_role_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+}
+
+/// A set of AWS credentials as the parent hands them over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsCredentials {
+    /// The access key id (not secret).
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: SecretString,
+    /// The session token (temporary credentials).
+    pub session_token: Option<SecretString>,
+    /// Seconds since the Unix epoch when they expire.
+    pub expiration: Option<u64>,
+}
+
+impl AwsCredentials {
+    /// The store channel's answer carrying them.
+    pub fn to_response(&self) -> StoreResponse {
+        StoreResponse::AwsCredentials {
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            session_token: self.session_token.clone(),
+            expiration: self.expiration,
+        }
+    }
+
+    /// Parses the JSON document IMDS serves for a role (also `aws configure
+    /// export-credentials`'s): `AccessKeyId`, `SecretAccessKey`, `Token` or `SessionToken`,
+    /// `Expiration` (RFC 3339), and `Code`, which must be `Success` when present.
+    pub fn from_json(json: &str) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Doc {
+            #[serde(rename = "Code")]
+            code: Option<String>,
+            #[serde(rename = "AccessKeyId")]
+            access_key_id: String,
+            #[serde(rename = "SecretAccessKey")]
+            secret_access_key: String,
+            #[serde(rename = "Token", alias = "SessionToken", default)]
+            token: Option<String>,
+            #[serde(rename = "Expiration", default)]
+            expiration: Option<String>,
+        }
+        let doc: Doc = serde_json::from_str(json).map_err(|e| {
+            credentials_error(format!(
+                // serde_json names the line and column, never the value.
+                "not a credentials document (AccessKeyId, SecretAccessKey, Token, Expiration): {e}"
+            ))
+        })?;
+        let Doc {
+            code,
+            access_key_id,
+            secret_access_key,
+            token,
+            expiration,
+        } = doc;
+        let secret_access_key = SecretString::new(secret_access_key);
+        let session_token = token.filter(|t| !t.is_empty()).map(SecretString::new);
+        if let Some(code) = code
+            && code != "Success"
+        {
+            return Err(credentials_error(format!(
+                "the metadata service answered Code {:?}",
+                printable(&code, 64)
+            )));
+        }
+        let expiration = match expiration.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(rfc3339_to_unix(text).ok_or_else(|| {
+                credentials_error(format!(
+                    "Expiration {:?} is not an RFC 3339 time",
+                    printable(text, 64)
+                ))
+            })?),
+        };
+        let credentials = Self {
+            access_key_id,
+            secret_access_key,
+            session_token,
+            expiration,
+        };
+        credentials.check()?;
+        Ok(credentials)
+    }
+
+    /// Refuses empty fields and characters that cannot go into an HTTP header.
+    fn check(&self) -> Result<()> {
+        let ok =
+            |s: &str| !s.is_empty() && s.len() <= 4096 && s.bytes().all(|b| b.is_ascii_graphic());
+        if !ok(&self.access_key_id) {
+            return Err(credentials_error(
+                "the access key id is empty or not printable ASCII",
+            ));
+        }
+        if !ok(self.secret_access_key.expose()) {
+            return Err(credentials_error(
+                "the secret access key is empty or not printable ASCII",
+            ));
+        }
+        if self.session_token.as_ref().is_some_and(|t| !ok(t.expose())) {
+            return Err(credentials_error(
+                "the session token is not printable ASCII",
+            ));
+        }
+        Ok(())
+    }
+
+    /// From `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+    /// `AWS_CREDENTIAL_EXPIRATION` as `var` returns them.
+    pub fn from_env_with(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let access_key_id = var("AWS_ACCESS_KEY_ID")
+            .ok_or_else(|| credentials_error("AWS_ACCESS_KEY_ID is not set"))?;
+        let secret_access_key = SecretString::new(
+            var("AWS_SECRET_ACCESS_KEY")
+                .ok_or_else(|| credentials_error("AWS_SECRET_ACCESS_KEY is not set"))?,
+        );
+        let session_token = var("AWS_SESSION_TOKEN")
+            .filter(|t| !t.is_empty())
+            .map(SecretString::new);
+        let expiration = match var("AWS_CREDENTIAL_EXPIRATION").filter(|t| !t.is_empty()) {
+            None => None,
+            Some(text) => Some(rfc3339_to_unix(&text).ok_or_else(|| {
+                credentials_error("AWS_CREDENTIAL_EXPIRATION is not an RFC 3339 time")
+            })?),
+        };
+        let credentials = Self {
+            access_key_id,
+            secret_access_key,
+            session_token,
+            expiration,
+        };
+        credentials.check()?;
+        Ok(credentials)
+    }
+}
+
+fn credentials_error(reason: impl Into<String>) -> ParentError {
+    ParentError::AwsCredentials {
+        reason: reason.into(),
+    }
+}
+
+/// At most `max` characters of `s`, control characters replaced (for error messages).
+fn printable(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 time (`2024-05-01T12:34:56Z`, fractions and
+/// `±HH:MM` offsets accepted); `None` if it is not one, or before 1970.
+pub fn rfc3339_to_unix(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let digits = b.get(range)?;
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(digits).ok()?.parse().ok()
+    };
+    let sep = |i: usize, c: &[u8]| b.get(i).is_some_and(|x| c.contains(x));
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month)
+        || !(1..=days_in_month(year, month)).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+    }
+    let offset = match b.get(i..)? {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (h, m) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let minutes = h * 60 + m;
+            if *sign == b'+' { minutes } else { -minutes }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset * 60;
+    u64::try_from(seconds).ok()
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+struct Cached {
+    credentials: AwsCredentials,
+    fetched: SystemTime,
+}
+
+/// Answers the enclave's `AwsCredentials` requests from the configured source. `Send + Sync`.
+#[derive(Debug)]
+pub struct CredentialsProvider {
+    config: AwsCredentialsConfig,
+    cache: Mutex<Option<Cached>>,
+}
+
+impl std::fmt::Debug for Cached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cached")
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CredentialsProvider {
+    /// A provider for `config`; nothing is fetched yet.
+    pub fn new(config: AwsCredentialsConfig) -> Self {
+        Self {
+            config,
+            cache: Mutex::new(None),
+        }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &AwsCredentialsConfig {
+        &self.config
+    }
+
+    /// The current credentials (IMDS: cached until [`IMDS_REFRESH_MARGIN`] before expiry; the
+    /// cached ones while they last if IMDS fails).
+    pub fn credentials(&self) -> Result<AwsCredentials> {
+        match &self.config {
+            AwsCredentialsConfig::Env => AwsCredentials::from_env_with(|k| std::env::var(k).ok()),
+            AwsCredentialsConfig::File(path) => {
+                let text = std::fs::read(path)
+                    .map_err(|e| credentials_error(format!("cannot read {}: {e}", path.display())))
+                    .and_then(|bytes| {
+                        String::from_utf8(bytes)
+                            .map(SecretString::new)
+                            .map_err(|_| {
+                                credentials_error(format!("{} is not UTF-8", path.display()))
+                            })
+                    })?;
+                AwsCredentials::from_json(text.expose())
+                    .map_err(|e| credentials_error(format!("{}: {e}", path.display())))
+            }
+            AwsCredentialsConfig::Imds { endpoint, role } => {
+                self.cached_imds(*endpoint, role.as_deref(), SystemTime::now())
+            }
+        }
+    }
+
+    fn cached_imds(
+        &self,
+        endpoint: SocketAddr,
+        role: Option<&str>,
+        now: SystemTime,
+    ) -> Result<AwsCredentials> {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let now_secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let unexpired = |c: &AwsCredentials| c.expiration.is_none_or(|e| now_secs < e);
+        if let Some(cached) = cache.as_ref() {
+            let lasting = cached
+                .credentials
+                .expiration
+                .is_none_or(|e| now_secs + IMDS_REFRESH_MARGIN.as_secs() < e);
+            let just_fetched = now
+                .duration_since(cached.fetched)
+                .is_ok_and(|age| age < IMDS_MIN_INTERVAL);
+            if lasting || (just_fetched && unexpired(&cached.credentials)) {
+                return Ok(cached.credentials.clone());
+            }
+        }
+        match imds::fetch(endpoint, role) {
+            Ok(credentials) => {
+                *cache = Some(Cached {
+                    credentials: credentials.clone(),
+                    fetched: now,
+                });
+                Ok(credentials)
+            }
+            Err(e) => match cache.as_ref() {
+                Some(cached) if unexpired(&cached.credentials) => {
+                    eprintln!(
+                        "cosigner-parent: refreshing AWS credentials failed ({e}); the current \
+                         ones are still valid"
+                    );
+                    Ok(cached.credentials.clone())
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// The store channel's answer carrying the current credentials.
+    pub fn response(&self) -> Result<StoreResponse> {
+        self.credentials().map(|c| c.to_response())
+    }
+}
+
+/// An IMDSv2 client: bounded HTTP/1.1 over plain TCP, one connection per request.
+pub mod imds {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::{Duration, Instant};
+
+    use cosigner_protocol::wire::SecretString;
+
+    use super::{AwsCredentials, credentials_error, printable, valid_role_name};
+    use crate::error::Result;
+
+    /// Connect timeout (IMDS answers on the instance's own link).
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Longest one exchange may take, from connect to the last byte.
+    pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(3);
+    /// Largest response read (headers and body).
+    pub const MAX_RESPONSE_LEN: usize = 64 * 1024;
+    /// The session token's lifetime asked for (IMDS's maximum, 6 hours).
+    pub const TOKEN_TTL_SECONDS: u32 = 21_600;
+    /// `Host` sent (IMDS's own address, whatever endpoint the tests use).
+    const HOST: &str = "169.254.169.254";
+    const TOKEN_PATH: &str = "/latest/api/token";
+    const ROLES_PATH: &str = "/latest/meta-data/iam/security-credentials/";
+
+    /// The instance role's credentials: token, role name (unless given), credentials.
+    pub fn fetch(endpoint: SocketAddr, role: Option<&str>) -> Result<AwsCredentials> {
+        let ttl = TOKEN_TTL_SECONDS.to_string();
+        let token = exchange(
+            endpoint,
+            "PUT",
+            TOKEN_PATH,
+            &[("X-aws-ec2-metadata-token-ttl-seconds", &ttl)],
+        )?;
+        let token = token.expose().trim();
+        if token.is_empty() || token.len() > 1024 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(credentials_error(
+                "IMDS: the session token is empty, too long or not printable",
+            ));
+        }
+        let auth = [("X-aws-ec2-metadata-token", token)];
+        let role = match role {
+            Some(role) => role.to_owned(),
+            None => {
+                let listing = exchange(endpoint, "GET", ROLES_PATH, &auth)?;
+                let role = listing
+                    .expose()
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty())
+                    .unwrap_or_default()
+                    .to_owned();
+                if !valid_role_name(&role) {
+                    return Err(credentials_error(format!(
+                        "IMDS: no usable role name in {:?} (is an instance role attached?)",
+                        printable(&role, 80)
+                    )));
+                }
+                role
+            }
+        };
+        let document = exchange(endpoint, "GET", &format!("{ROLES_PATH}{role}"), &auth)?;
+        AwsCredentials::from_json(document.expose())
+            .map_err(|e| credentials_error(format!("IMDS role {role}: {e}")))
+    }
+
+    /// One request, its 200 answer's body (kept in a [`SecretString`]); anything else is an
+    /// error naming the status or what was malformed.
+    fn exchange(
+        endpoint: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<SecretString> {
+        let what = format!("IMDS {method} {path}");
+        let fail = |reason: String| credentials_error(format!("{what}: {reason}"));
+        let deadline = Instant::now() + EXCHANGE_TIMEOUT;
+        let mut stream = TcpStream::connect_timeout(&endpoint, CONNECT_TIMEOUT)
+            .map_err(|e| fail(format!("cannot connect to {endpoint}: {e}")))?;
+        stream
+            .set_write_timeout(Some(EXCHANGE_TIMEOUT))
+            .map_err(|e| fail(e.to_string()))?;
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {HOST}\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if method == "PUT" {
+            request.push_str("Content-Length: 0\r\n");
+        }
+        request.push_str("Accept: */*\r\nConnection: close\r\n\r\n");
+        let request = SecretString::new(request);
+        stream
+            .write_all(request.expose().as_bytes())
+            .map_err(|e| fail(format!("sending: {e}")))?;
+        // Read to the end (Connection: close), into a buffer that never reallocates, so the one
+        // copy of the answer is the one zeroized.
+        let mut buf: Vec<u8> = Vec::with_capacity(MAX_RESPONSE_LEN + 4096);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(fail(format!(
+                    "no complete answer within {} s",
+                    EXCHANGE_TIMEOUT.as_secs()
+                )));
+            }
+            stream
+                .set_read_timeout(Some(left))
+                .map_err(|e| fail(e.to_string()))?;
+            let len = buf.len();
+            if len > MAX_RESPONSE_LEN {
+                zero(&mut buf);
+                return Err(fail(format!("answer longer than {MAX_RESPONSE_LEN} bytes")));
+            }
+            buf.resize(len + 4096, 0);
+            let read = stream.read(buf.get_mut(len..).unwrap_or_default());
+            let n = match read {
+                Ok(n) => n,
+                Err(e) => {
+                    zero(&mut buf);
+                    return Err(fail(
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) {
+                            format!("no complete answer within {} s", EXCHANGE_TIMEOUT.as_secs())
+                        } else {
+                            format!("reading: {e}")
+                        },
+                    ));
+                }
+            };
+            buf.truncate(len + n);
+            if n == 0 {
+                break;
+            }
+        }
+        let parsed = parse_response(&buf);
+        zero(&mut buf);
+        let (status, body) = parsed.map_err(fail)?;
+        if status != 200 {
+            let hint = match status {
+                401 => " (the session token was refused)",
+                403 => " (IMDS is disabled for this instance, or IMDSv2 tokens are not accepted)",
+                404 => " (no instance role attached, or no such role)",
+                _ => "",
+            };
+            return Err(fail(format!("HTTP {status}{hint}")));
+        }
+        Ok(body)
+    }
+
+    fn zero(buf: &mut Vec<u8>) {
+        buf.iter_mut().for_each(|b| *b = 0);
+        buf.clear();
+    }
+
+    /// Status and body of one complete HTTP/1.x answer held in `bytes` (read to EOF): body by
+    /// `Content-Length`, chunked, or up to the end.
+    pub fn parse_response(bytes: &[u8]) -> std::result::Result<(u16, SecretString), String> {
+        let head_end = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or("connection closed before the end of the headers")?;
+        let head = std::str::from_utf8(bytes.get(..head_end).unwrap_or_default())
+            .map_err(|_| "headers are not UTF-8")?;
+        let rest = bytes.get(head_end + 4..).unwrap_or_default();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let mut parts = status_line.splitn(3, ' ');
+        let version = parts.next().unwrap_or_default();
+        let status = parts
+            .next()
+            .filter(|c| c.len() == 3 && (version == "HTTP/1.1" || version == "HTTP/1.0"))
+            .and_then(|c| c.parse::<u16>().ok())
+            .filter(|c| (100..600).contains(c))
+            .ok_or_else(|| format!("bad status line {:?}", printable(status_line, 80)))?;
+        let mut length = None;
+        let mut chunked = false;
+        for line in lines {
+            let (name, value) = line.split_once(':').ok_or("header line without ':'")?;
+            if name.eq_ignore_ascii_case("content-length") {
+                length = Some(
+                    value
+                        .trim()
+                        .parse::<usize>()
+                        .map_err(|_| "bad Content-Length")?,
+                );
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.to_ascii_lowercase().contains("chunked");
+            }
+        }
+        let body = if chunked {
+            dechunk(rest)?
+        } else if let Some(len) = length {
+            rest.get(..len)
+                .ok_or_else(|| format!("body cut short: {} of {len} bytes", rest.len()))?
+                .to_vec()
+        } else {
+            rest.to_vec()
+        };
+        let body = String::from_utf8(body).map_err(|_| "body is not UTF-8")?;
+        Ok((status, SecretString::new(body)))
+    }
+
+    /// A chunked body (RFC 9112 §7.1) held whole in memory.
+    fn dechunk(mut rest: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        let mut body = Vec::new();
+        loop {
+            let line_end = rest
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .ok_or("chunked body cut short")?;
+            let line = std::str::from_utf8(rest.get(..line_end).unwrap_or_default())
+                .map_err(|_| "bad chunk size")?;
+            let size_text = line.split(';').next().unwrap_or_default().trim();
+            let size =
+                usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size".to_owned())?;
+            rest = rest.get(line_end + 2..).unwrap_or_default();
+            if size == 0 {
+                return Ok(body);
+            }
+            let data = rest.get(..size).ok_or("chunk cut short")?;
+            body.extend_from_slice(data);
+            if rest.get(size..size + 2) != Some(b"\r\n".as_slice()) {
+                return Err("chunk not followed by CRLF".into());
+            }
+            rest = rest.get(size + 2..).unwrap_or_default();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn rfc3339_times_parse_strictly() {
+        assert_eq!(rfc3339_to_unix("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(rfc3339_to_unix("2024-05-01T12:34:56Z"), Some(1_714_566_896));
+        assert_eq!(rfc3339_to_unix("2024-02-29T00:00:00Z"), Some(1_709_164_800));
+        assert_eq!(
+            rfc3339_to_unix("2024-05-01T14:34:56.123+02:00"),
+            Some(1_714_566_896)
+        );
+        assert_eq!(
+            rfc3339_to_unix("2024-05-01T10:34:56-02:00"),
+            Some(1_714_566_896)
+        );
+        for bad in [
+            "",
+            "2024-05-01",
+            "2024-05-01T12:34:56",
+            "2023-02-29T00:00:00Z",
+            "2024-13-01T00:00:00Z",
+            "2024-05-01T24:00:00Z",
+            "2024-05-01T12:34:56.Z",
+            "2024-05-01T12:34:56+2:00",
+            "1969-12-31T23:59:59Z",
+            "２024-05-01T12:34:56Z",
+            "2024-05-01T12:34:56Zjunk",
+        ] {
+            assert_eq!(rfc3339_to_unix(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn credentials_documents_parse_and_never_print_secrets() {
+        let c = AwsCredentials::from_json(
+            r#"{"Code":"Success","LastUpdated":"2024-05-01T12:00:00Z","Type":"AWS-HMAC",
+                "AccessKeyId":"ASIAEXAMPLE","SecretAccessKey":"wJalrXUtnFEMI/K7MDENG",
+                "Token":"IQoJb3JpZ2luX2VjEXAMPLE","Expiration":"2024-05-01T18:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.access_key_id, "ASIAEXAMPLE");
+        assert_eq!(c.secret_access_key.expose(), "wJalrXUtnFEMI/K7MDENG");
+        assert_eq!(c.expiration, rfc3339_to_unix("2024-05-01T18:00:00Z"));
+        let shown = format!("{c:?} {:?}", c.to_response());
+        assert!(
+            !shown.contains("wJalr") && !shown.contains("IQoJ"),
+            "{shown}"
+        );
+        // aws configure export-credentials' spelling; long-term keys have no expiration.
+        let c = AwsCredentials::from_json(
+            r#"{"Version":1,"AccessKeyId":"AKIA","SecretAccessKey":"s","SessionToken":"t"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.session_token.unwrap().expose(), "t");
+        for bad in [
+            r#"{"Code":"Failed","AccessKeyId":"A","SecretAccessKey":"s"}"#,
+            r#"{"AccessKeyId":"A"}"#,
+            r#"{"AccessKeyId":"","SecretAccessKey":"s"}"#,
+            r#"{"AccessKeyId":"A","SecretAccessKey":"s s"}"#,
+            r#"{"AccessKeyId":"A","SecretAccessKey":"s","Expiration":"tomorrow"}"#,
+            "not json",
+        ] {
+            let e = AwsCredentials::from_json(bad).unwrap_err().to_string();
+            assert!(!e.contains("s s"), "{e}");
+        }
+    }
+
+    #[test]
+    fn environment_credentials() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let c = AwsCredentials::from_env_with(env(&[
+            ("AWS_ACCESS_KEY_ID", "AKIA"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ]))
+        .unwrap();
+        assert!(c.session_token.is_none() && c.expiration.is_none());
+        let c = AwsCredentials::from_env_with(env(&[
+            ("AWS_ACCESS_KEY_ID", "ASIA"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("AWS_SESSION_TOKEN", "token"),
+            ("AWS_CREDENTIAL_EXPIRATION", "2030-01-01T00:00:00Z"),
+        ]))
+        .unwrap();
+        assert_eq!(c.session_token.unwrap().expose(), "token");
+        let e = AwsCredentials::from_env_with(env(&[("AWS_ACCESS_KEY_ID", "AKIA")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("AWS_SECRET_ACCESS_KEY"), "{e}");
+    }
+
+    #[test]
+    fn http_answers_parse_within_bounds() {
+        let (s, b) =
+            imds::parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc").unwrap();
+        assert_eq!((s, b.expose()), (200, "abc"));
+        let (_, b) = imds::parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1;x\r\nc\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(b.expose(), "abc");
+        let (s, b) = imds::parse_response(b"HTTP/1.0 404 Not Found\r\n\r\nnope").unwrap();
+        assert_eq!((s, b.expose()), (404, "nope"));
+        for bad in [
+            &b""[..],
+            b"HTTP/1.1 200 OK\r\n",
+            b"HTTP/2 200 OK\r\n\r\n",
+            b"HTTP/1.1 20 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc",
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\nabc",
+            b"HTTP/1.1 200 OK\r\nbroken\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n\xff",
+        ] {
+            assert!(
+                imds::parse_response(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn the_configuration_table_is_checked() {
+        let raw = |source: &str, endpoint: Option<&str>, role: Option<&str>, path: Option<&str>| {
+            RawAwsCredentials {
+                source: source.into(),
+                imds_endpoint: endpoint.map(Into::into),
+                role: role.map(Into::into),
+                path: path.map(Into::into),
+            }
+            .check()
+        };
+        assert_eq!(
+            raw("imds", None, None, None).unwrap(),
+            AwsCredentialsConfig::Imds {
+                endpoint: IMDS_ENDPOINT.parse().unwrap(),
+                role: None
+            }
+        );
+        assert_eq!(
+            raw("env", None, None, None).unwrap(),
+            AwsCredentialsConfig::Env
+        );
+        assert_eq!(
+            raw("file", None, None, Some("aws.json")).unwrap(),
+            AwsCredentialsConfig::File("aws.json".into())
+        );
+        for (source, endpoint, role, path) in [
+            ("sts", None, None, None),
+            ("file", None, None, None),
+            ("env", None, None, Some("x")),
+            ("imds", Some("metadata:80"), None, None),
+            ("imds", None, Some("../../etc"), None),
+            ("imds", None, None, Some("x")),
+        ] {
+            assert!(
+                raw(source, endpoint, role, path).is_err(),
+                "{source} {endpoint:?} {role:?}"
+            );
+        }
+    }
+}
