@@ -8,9 +8,12 @@
 #      measurement and, with NITRO_BLOBS=DIR (bzImage, bzImage.config, cmdline, nsm.ko from
 #      aws-nitro-enclaves-cli), the EIF with all three PCRs.
 #
-# Environment: SOURCE_DATE_EPOCH (default: the last commit's time), NITRO_BLOBS, ENCLAVE_CONFIG
-# (a deployment's enclave.toml to bake in instead of the built-in one), ENCLAVE_OUT (default
-# target/enclave), CARGO. Everything else that could leak into the bytes is fixed here.
+# Environment: SOURCE_DATE_EPOCH (default: the last commit's time), NITRO_BLOBS, KMS_KEY_ARN and
+# AWS_REGION (the KMS key the built-in configuration seals under; measured in PCR2; without
+# KMS_KEY_ARN a placeholder, for a reference image that will not start in an enclave),
+# ENCLAVE_CONFIG (a deployment's whole enclave.toml to bake in instead; not with KMS_KEY_ARN),
+# ENCLAVE_OUT (default target/enclave), CARGO. Everything else that could leak into the bytes is
+# fixed here.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -49,6 +52,15 @@ export CARGO_PROFILE_RELEASE_LTO=false
 export CFLAGS_x86_64_unknown_linux_gnu="-ffile-prefix-map=$cargo_home=/cargo -ffile-prefix-map=$root=/src"
 unset CARGO_BUILD_TARGET CARGO_ENCODED_RUSTFLAGS
 
+if [ -n "${ENCLAVE_CONFIG:-}" ]; then
+    echo "enclave-image: configuration: $ENCLAVE_CONFIG"
+elif [ -n "${KMS_KEY_ARN:-}" ]; then
+    echo "enclave-image: configuration: built-in, sealing under $KMS_KEY_ARN"
+else
+    echo "enclave-image: configuration: built-in with the PLACEHOLDER KMS key (KMS_KEY_ARN not set):"
+    echo "  a reproducible reference image that refuses to start in an enclave; for a deployment,"
+    echo "  KMS_KEY_ARN=arn:aws:kms:REGION:ACCOUNT:key/ID make enclave-image (docs/nitro.md)"
+fi
 echo "enclave-image: building cosigner-enclave and cosigner-init (static, nitro) at SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH"
 "$cargo" build --locked --release --target "$target" -p cosigner-enclave \
     --no-default-features --features nitro --bin cosigner-enclave --bin cosigner-init
@@ -100,7 +112,7 @@ fi
     if [ -n "${ENCLAVE_CONFIG:-}" ]; then
         echo "config: $(sha256sum "$ENCLAVE_CONFIG" | cut -d' ' -f1) $ENCLAVE_CONFIG"
     else
-        echo "config: built-in"
+        echo "config: built-in, KMS key ${KMS_KEY_ARN:-placeholder (not deployable)}${KMS_KEY_ARN:+, region ${AWS_REGION:-as in the ARN}}"
     fi
     echo "nitro blobs: ${NITRO_BLOBS:+$(cd "$NITRO_BLOBS" && sha256sum bzImage bzImage.config cmdline nsm.ko | tr '\n' ' ')}"
 } > "$out/build-env.txt"

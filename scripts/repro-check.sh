@@ -3,8 +3,8 @@
 # commit (default HEAD; REPRO_REV=REV for another), in two directories of different names and
 # depths, with different umasks, each with its own target directory (the cargo registry is
 # shared), and compares the outputs byte for byte: the enclave binary, the init, the ramdisk(s),
-# pcrs.json, the trust-file measurement and, with NITRO_BLOBS=DIR, the EIF. ENCLAVE_CONFIG=FILE
-# is passed on to both builds (scripts/enclave-image.sh).
+# pcrs.json, the trust-file measurement and, with NITRO_BLOBS=DIR, the EIF. ENCLAVE_CONFIG=FILE,
+# KMS_KEY_ARN and AWS_REGION are passed on to both builds (scripts/enclave-image.sh).
 #
 # Exit 0 when all are identical; 1 with the differing files' hashes otherwise. REPRO_KEEP=1 keeps
 # the two trees (printed) for inspection. Uncommitted changes are not part of the check.

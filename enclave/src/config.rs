@@ -260,19 +260,8 @@ impl Config {
                          without rollback resistance, or configure a [token]"
                     );
                 }
-                if cfg!(feature = "nitro") && kms.credentials_file.is_some() {
-                    anyhow::bail!(
-                        "[sealer] credentials_file: an enclave cannot read the parent's files; \
-                         leave it out, and the credentials come from the parent over the store \
-                         channel (its [aws_credentials])"
-                    );
-                }
-                if cfg!(feature = "nitro") && (kms.insecure_plain_http || kms.insecure_no_recipient)
-                {
-                    anyhow::bail!(
-                        "[sealer] insecure_plain_http / insecure_no_recipient are refused in a \
-                         Nitro enclave build"
-                    );
+                if cfg!(feature = "nitro") {
+                    enclave_build_checks(kms)?;
                 }
             }
         }
@@ -280,10 +269,57 @@ impl Config {
     }
 }
 
+/// What a Nitro enclave build refuses of a `[sealer] kind = "kms"` (checked only in that build):
+/// a credentials file (an enclave cannot read the parent's files), the test-only switches, and the
+/// placeholder key of the reference image (account `000000000000`, `make enclave-image` without
+/// `KMS_KEY_ARN`).
+pub fn enclave_build_checks(kms: &KmsSealerConfig) -> anyhow::Result<()> {
+    if kms.credentials_file.is_some() {
+        anyhow::bail!(
+            "[sealer] credentials_file: an enclave cannot read the parent's files; leave it out, \
+             and the credentials come from the parent over the store channel (its \
+             [aws_credentials])"
+        );
+    }
+    if kms.insecure_plain_http || kms.insecure_no_recipient {
+        anyhow::bail!(
+            "[sealer] insecure_plain_http / insecure_no_recipient are refused in a Nitro enclave \
+             build"
+        );
+    }
+    if kms.key_id.split(':').nth(4) == Some("000000000000") {
+        anyhow::bail!(
+            "[sealer] key_id {} is the reference image's placeholder: build the image with \
+             KMS_KEY_ARN=<the deployment's key ARN> make enclave-image (docs/nitro.md)",
+            kms.key_id
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+
+    #[test]
+    fn an_enclave_build_refuses_files_test_switches_and_the_placeholder_key() {
+        let c = Config::parse(&kms("allow_unanchored_state = true\n")).unwrap();
+        let SealerConfig::Kms(mut k) = c.sealer else {
+            panic!()
+        };
+        let e = enclave_build_checks(&k).unwrap_err().to_string();
+        assert!(e.contains("credentials_file"), "{e}");
+        k.credentials_file = None;
+        enclave_build_checks(&k).unwrap();
+        k.insecure_no_recipient = true;
+        assert!(enclave_build_checks(&k).is_err());
+        k.insecure_no_recipient = false;
+        k.key_id =
+            "arn:aws:kms:us-east-1:000000000000:key/00000000-0000-0000-0000-000000000000".into();
+        let e = enclave_build_checks(&k).unwrap_err().to_string();
+        assert!(e.contains("KMS_KEY_ARN"), "{e}");
+    }
 
     const BASE: &str = "listen = \"unix:/l.sock\"\nstore = \"unix:/s.sock\"\n\
                         [attester]\nkind = \"nitro\"\n";

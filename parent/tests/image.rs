@@ -88,6 +88,8 @@ fn build(inputs: &Inputs, out: &Path, blobs: bool, envs: &[(&str, &str)]) -> Out
         .arg(out)
         .env("SOURCE_DATE_EPOCH", EPOCH)
         .env("RUST_BACKTRACE", "0")
+        .env_remove("KMS_KEY_ARN")
+        .env_remove("AWS_REGION")
         .stdin(Stdio::null());
     if blobs {
         command.arg("--nitro-blobs").arg(&inputs.blobs);
@@ -239,7 +241,7 @@ fn the_ramdisk_holds_exactly_the_image_and_reads_back() {
     );
     assert_eq!(
         file("etc/cosigner/enclave.toml"),
-        image::ENCLAVE_CONFIG.as_bytes()
+        image::enclave_config(&image::KmsKey::placeholder()).as_bytes()
     );
     let console = entries.iter().find(|e| e.path == "dev/console").unwrap();
     assert_eq!(console.rdev, (5, 1));
@@ -475,25 +477,151 @@ fn missing_or_unusable_inputs_are_refused_in_one_line() {
 
 #[test]
 fn the_baked_config_is_one_the_enclave_accepts() {
-    use cosigner_enclave::config::{AttesterConfig, Config};
+    use cosigner_enclave::config::{AttesterConfig, Config, SealerConfig, enclave_build_checks};
     use cosigner_enclave::transport::Endpoint;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("enclave.toml");
-    std::fs::write(&path, image::ENCLAVE_CONFIG).unwrap();
-    let config = Config::load(&path).unwrap();
+    let key = image::KmsKey::new(DEPLOYMENT_ARN, Some("eu-west-1")).unwrap();
+    for (key, deployable) in [(image::KmsKey::placeholder(), false), (key, true)] {
+        std::fs::write(&path, image::enclave_config(&key)).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert!(config.token.is_none(), "an enclave has no token");
+        assert_eq!(
+            config.listen,
+            Endpoint::Vsock {
+                cid: u32::MAX,
+                port: 5000
+            }
+        );
+        assert_eq!(config.store, Endpoint::Vsock { cid: 3, port: 5001 });
+        assert!(matches!(config.attester, AttesterConfig::Nitro));
+        let SealerConfig::Kms(kms) = &config.sealer else {
+            panic!("the image seals with KMS: {:?}", config.sealer)
+        };
+        assert_eq!(
+            (kms.key_id.as_str(), kms.region.as_str()),
+            (key.arn.as_str(), key.region.as_str())
+        );
+        assert_eq!(kms.endpoint, Endpoint::Vsock { cid: 3, port: 8000 });
+        assert_eq!(
+            kms.credentials_file, None,
+            "credentials come from the parent"
+        );
+        assert!(kms.allow_unanchored_state);
+        // What a Nitro build of the enclave checks on top: the placeholder does not start.
+        assert_eq!(enclave_build_checks(kms).is_ok(), deployable, "{}", key.arn);
+    }
+}
+
+const DEPLOYMENT_ARN: &str =
+    "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+fn build_with_key(inputs: &Inputs, out: &Path, key: Option<&str>, region: Option<&str>) -> Output {
+    let mut envs = Vec::new();
+    if let Some(key) = key {
+        envs.push(("KMS_KEY_ARN", key));
+    }
+    if let Some(region) = region {
+        envs.push(("AWS_REGION", region));
+    }
+    build(inputs, out, false, &envs)
+}
+
+#[test]
+fn the_kms_key_is_a_build_input_and_part_of_pcr2() {
+    let inputs = inputs();
+    let baked = |dir: &Path| {
+        let entries = cpio::read(&read(dir, image::files::APP_RAMDISK)).unwrap();
+        let config = entries
+            .iter()
+            .find(|e| e.path == "etc/cosigner/enclave.toml")
+            .unwrap();
+        String::from_utf8(config.data.clone()).unwrap()
+    };
+    let placeholder = inputs.root.join("placeholder");
+    let out = build_with_key(&inputs, &placeholder, None, None);
+    ok(&out);
     assert!(
-        config.token.is_some(),
-        "the built-in image seals with the token sealer"
+        String::from_utf8_lossy(&out.stderr).contains("PLACEHOLDER"),
+        "a placeholder build says so"
     );
+    assert!(baked(&placeholder).contains(image::PLACEHOLDER_KMS_KEY_ARN));
+    // AWS_REGION alone does not change the reference image.
+    let region_only = inputs.root.join("region-only");
+    ok(&build_with_key(
+        &inputs,
+        &region_only,
+        None,
+        Some("eu-west-1"),
+    ));
+    assert_eq!(pcrs(&placeholder), pcrs(&region_only));
+
+    let a = inputs.root.join("a");
+    let a2 = inputs.root.join("a2");
+    let b = inputs.root.join("b");
+    ok(&build_with_key(&inputs, &a, Some(DEPLOYMENT_ARN), None));
+    ok(&build_with_key(
+        &inputs,
+        &a2,
+        Some(DEPLOYMENT_ARN),
+        Some("eu-west-1"),
+    ));
+    let other = DEPLOYMENT_ARN.replace("111122223333", "444455556666");
+    ok(&build_with_key(&inputs, &b, Some(&other), None));
+    assert!(baked(&a).contains(&format!("key_id = \"{DEPLOYMENT_ARN}\"")));
+    assert!(baked(&a).contains("region = \"eu-west-1\""));
     assert_eq!(
-        config.listen,
-        Endpoint::Vsock {
-            cid: u32::MAX,
-            port: 5000
-        }
+        read(&a, image::files::APP_RAMDISK),
+        read(&a2, image::files::APP_RAMDISK)
     );
-    assert_eq!(config.store, Endpoint::Vsock { cid: 3, port: 5001 });
-    assert!(matches!(config.attester, AttesterConfig::Nitro));
+    // The key is measured: another key, another PCR2; the placeholder, another again.
+    assert_ne!(pcrs(&a)["PCR2"], pcrs(&b)["PCR2"]);
+    assert_ne!(pcrs(&a)["PCR2"], pcrs(&placeholder)["PCR2"]);
+
+    // Refused in one line, nothing written: a region that is not the key's, malformed ARNs
+    // (including one that would break out of its TOML string), and --config with a key.
+    let never = inputs.root.join("never");
+    for (key, region, expected) in [
+        (DEPLOYMENT_ARN, Some("us-east-1"), "us-east-1"),
+        ("alias/cosigner", None, "expected arn:aws:kms"),
+        (
+            "1234abcd-12ab-34cd-56ef-1234567890ab",
+            None,
+            "expected arn:aws:kms",
+        ),
+        ("arn:aws:kms:eu-west-1:1111:key/x", None, "12 digits"),
+        (
+            "arn:aws:s3:eu-west-1:111122223333:key/x",
+            None,
+            "expected arn:aws:kms",
+        ),
+        (
+            "arn:aws:kms:eu-west-1:111122223333:key/x\"\nallow_unanchored_state = false\n#",
+            None,
+            "key/ID",
+        ),
+    ] {
+        let line = refused(&build_with_key(&inputs, &never, Some(key), region));
+        assert!(line.contains(expected), "{key}: {line}");
+        assert!(!never.exists());
+    }
+    let config = inputs.root.join("production.toml");
+    std::fs::write(&config, KMS_CONFIG).unwrap();
+    let out = Command::new(BIN)
+        .args(["image", "build", "--enclave"])
+        .arg(&inputs.enclave)
+        .arg("--init")
+        .arg(&inputs.init)
+        .arg("--out-dir")
+        .arg(&never)
+        .arg("--config")
+        .arg(&config)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .env("KMS_KEY_ARN", DEPLOYMENT_ARN)
+        .output()
+        .unwrap();
+    assert!(refused(&out).contains("not both"));
+    assert!(!never.exists());
 }
 
 #[test]
@@ -561,7 +689,6 @@ kind = "kms"
 key_id = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 region = "eu-west-1"
 endpoint = "vsock:3:8000"
-credentials_file = "/run/cosigner/aws.json"
 allow_unanchored_state = true
 
 [attester]
@@ -573,7 +700,11 @@ fn a_deployments_config_is_baked_in_and_measured() {
     let inputs = inputs();
     let config = inputs.root.join("production.toml");
     std::fs::write(&config, KMS_CONFIG).unwrap();
-    cosigner_enclave::config::Config::parse(KMS_CONFIG).unwrap();
+    let parsed = cosigner_enclave::config::Config::parse(KMS_CONFIG).unwrap();
+    let cosigner_enclave::config::SealerConfig::Kms(kms) = &parsed.sealer else {
+        panic!()
+    };
+    cosigner_enclave::config::enclave_build_checks(kms).unwrap();
 
     let default = inputs.root.join("default");
     let deployed = inputs.root.join("deployed");
@@ -588,7 +719,8 @@ fn a_deployments_config_is_baked_in_and_measured() {
         .arg(&deployed)
         .arg("--config")
         .arg(&config)
-        .env("SOURCE_DATE_EPOCH", EPOCH);
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .env_remove("KMS_KEY_ARN");
     ok(&command.output().unwrap());
     let entries = cpio::read(&read(&deployed, image::files::APP_RAMDISK)).unwrap();
     let baked = entries
@@ -612,6 +744,7 @@ fn a_deployments_config_is_baked_in_and_measured() {
             .arg("--config")
             .arg(&path)
             .env("SOURCE_DATE_EPOCH", EPOCH)
+            .env_remove("KMS_KEY_ARN")
             .output()
             .unwrap();
         let line = refused(&out);

@@ -27,22 +27,130 @@ use std::path::{Path, PathBuf};
 use cpio::Entry;
 use pcr::Pcr;
 
-/// The configuration baked into the image (`/etc/cosigner/enclave.toml`), measured in PCR2.
-///
-/// The service listens on vsock port 5000 of any CID (the parent relays client TCP there) and
-/// reaches the parent's store on CID 3 port 5001; it attests with the NSM. The `[token]` section
-/// is what `cosigner-enclave run` accepts today; KMS sealing replaces it.
-pub const ENCLAVE_CONFIG: &str = r#"# cosigner-enclave configuration inside the enclave image (measured in PCR2).
-listen = "vsock:4294967295:5000"   # VMADDR_CID_ANY, port 5000: the parent relays client TCP here
-store = "vsock:3:5001"             # the parent (CID 3) serves the sealed-blob store on port 5001
+/// The ARN baked when no key is given: account `000000000000` does not exist, so KMS can never
+/// answer for it, and a Nitro build of the enclave refuses to start with it. It makes the
+/// reference image (`make enclave-image`, `make repro-check`) reproducible without a deployment's
+/// key.
+pub const PLACEHOLDER_KMS_KEY_ARN: &str =
+    "arn:aws:kms:us-east-1:000000000000:key/00000000-0000-0000-0000-000000000000";
 
-[token]                            # the sealing token; KMS sealing (issue 6) replaces it
-label = "cosigner-enclave"
-sealing_key = "cosigner-sealing"
+/// The KMS key the built-in configuration seals under: `KMS_KEY_ARN` and `AWS_REGION` at build
+/// time. Part of the measured configuration (PCR2, hence PCR0): a key chosen by the untrusted
+/// parent at run time could be one it can decrypt with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmsKey {
+    /// A key ARN or alias ARN (names its account).
+    pub arn: String,
+    /// Its region.
+    pub region: String,
+}
+
+impl KmsKey {
+    /// [`PLACEHOLDER_KMS_KEY_ARN`] in `us-east-1`.
+    pub fn placeholder() -> Self {
+        Self {
+            arn: PLACEHOLDER_KMS_KEY_ARN.to_owned(),
+            region: "us-east-1".to_owned(),
+        }
+    }
+
+    /// `arn:PARTITION:kms:REGION:ACCOUNT:key/ID` or `…:alias/NAME`, checked strictly (it goes
+    /// into the TOML as is); `region`, if given, must be the ARN's.
+    pub fn new(arn: &str, region: Option<&str>) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!(
+                "KMS key {:?}: {why}",
+                arn.chars().take(120).collect::<String>()
+            )
+        };
+        let parts: Vec<&str> = arn.split(':').collect();
+        let [prefix, partition, service, arn_region, account, resource] = parts.as_slice() else {
+            return Err(bad(
+                "expected arn:aws:kms:REGION:ACCOUNT:key/ID or …:alias/NAME",
+            ));
+        };
+        let lower = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 32
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
+        if *prefix != "arn" || *service != "kms" || !lower(partition) {
+            return Err(bad(
+                "expected arn:aws:kms:REGION:ACCOUNT:key/ID or …:alias/NAME",
+            ));
+        }
+        if !lower(arn_region) {
+            return Err(bad("the region is not a region name"));
+        }
+        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("the account is not 12 digits"));
+        }
+        let name_ok = |name: &str, extra: &[u8]| {
+            (1..=256).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || extra.contains(&b))
+        };
+        let resource_ok = match resource.split_once('/') {
+            Some(("key", id)) => name_ok(id, b""),
+            Some(("alias", name)) => name_ok(name, b"/_"),
+            _ => false,
+        };
+        if !resource_ok {
+            return Err(bad("the resource is not key/ID or alias/NAME"));
+        }
+        if let Some(region) = region
+            && region != *arn_region
+        {
+            return Err(bad(&format!(
+                "the key is in {arn_region}, AWS_REGION / --kms-region says {region}"
+            )));
+        }
+        Ok(Self {
+            arn: arn.to_owned(),
+            region: (*arn_region).to_owned(),
+        })
+    }
+
+    /// Whether this is [`PLACEHOLDER_KMS_KEY_ARN`].
+    pub fn is_placeholder(&self) -> bool {
+        self.arn == PLACEHOLDER_KMS_KEY_ARN
+    }
+}
+
+/// The configuration baked into the image (`/etc/cosigner/enclave.toml`) when no `--config` is
+/// given, measured in PCR2.
+///
+/// The service listens on vsock port 5000 of any CID (the parent relays client TCP there),
+/// reaches the parent's store (and its AWS credentials) on CID 3 port 5001, attests with the NSM,
+/// and seals under `key` through the parent's KMS proxy on CID 3 port 8000, with TLS ending in
+/// the enclave. There is no token in an enclave, hence no rollback anchor: the configuration says
+/// so (`allow_unanchored_state`, docs/kms.md), in the measured bytes.
+pub fn enclave_config(key: &KmsKey) -> String {
+    let KmsKey { arn, region } = key;
+    let note = if key.is_placeholder() {
+        "  # PLACEHOLDER: reference image only"
+    } else {
+        ""
+    };
+    format!(
+        r#"# cosigner-enclave configuration inside the enclave image (measured in PCR2).
+listen = "vsock:4294967295:5000"   # VMADDR_CID_ANY, port 5000: the parent relays client TCP here
+store = "vsock:3:5001"             # the parent (CID 3): sealed-blob store and AWS credentials
+
+[sealer]
+kind = "kms"                       # AWS KMS; data keys only to this image's attestation (Recipient)
+key_id = "{arn}"{note}
+region = "{region}"
+endpoint = "vsock:3:8000"          # the parent's proxy to KMS; TLS ends inside the enclave
+allow_unanchored_state = true      # no token in an enclave: no rollback anchor (docs/kms.md)
 
 [attester]
 kind = "nitro"                     # the Nitro Secure Module (/dev/nsm, from nsm.ko)
-"#;
+"#
+    )
+}
 
 /// Where the init finds things (`enclave/src/bin/cosigner-init.rs` uses the same paths).
 pub const INIT_PATH: &str = "init";
@@ -78,9 +186,11 @@ pub struct BuildOptions {
     pub init: PathBuf,
     /// Where the outputs go (created if missing).
     pub out_dir: PathBuf,
-    /// The enclave configuration to bake in instead of [`ENCLAVE_CONFIG`] (a deployment's, with
-    /// its KMS key): it is measured with the rest.
+    /// The enclave configuration to bake in instead of [`enclave_config`] (a deployment's own):
+    /// it is measured with the rest.
     pub config: Option<PathBuf>,
+    /// The KMS key [`enclave_config`] names when `config` is `None`.
+    pub kms_key: KmsKey,
     /// AWS's blobs (`bzImage`, `bzImage.config`, `cmdline`, `nsm.ko`), for the EIF.
     pub nitro_blobs: Option<PathBuf>,
     /// Every timestamp in the outputs.
@@ -179,10 +289,10 @@ fn read_executable(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// The configuration to bake: `--config FILE` (UTF-8 TOML; the enclave checks the rest when it
-/// starts), else [`ENCLAVE_CONFIG`].
-fn read_config(path: Option<&Path>) -> Result<Vec<u8>, String> {
+/// starts), else [`enclave_config`] for `key`.
+fn read_config(path: Option<&Path>, key: &KmsKey) -> Result<Vec<u8>, String> {
     let Some(path) = path else {
-        return Ok(ENCLAVE_CONFIG.as_bytes().to_vec());
+        return Ok(enclave_config(key).into_bytes());
     };
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?;
@@ -213,7 +323,7 @@ fn remove_stale(path: &Path) -> Result<(), String> {
 pub fn build(options: &BuildOptions) -> Result<Pcrs, String> {
     let enclave = read_executable("--enclave", &options.enclave)?;
     let init = read_executable("--init", &options.init)?;
-    let config = read_config(options.config.as_deref())?;
+    let config = read_config(options.config.as_deref(), &options.kms_key)?;
     let blobs = options
         .nitro_blobs
         .as_deref()
