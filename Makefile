@@ -42,7 +42,8 @@ nextest: build
 ## test: everything CI checks.
 test: deps lint nextest
 
-## bench: the figures the issues name (release build).
+## bench: the figures the issues name (release build); the KMS seal/unseal figures start a local
+## moto server (skipped, saying so, where moto is not installed).
 bench: deps
 	@tmp=$$(mktemp -d) && mkdir -p $$tmp/tokens && \
 	printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' $$tmp > $$tmp/softhsm2.conf && \
@@ -50,6 +51,7 @@ bench: deps
 	rc=$$?; rm -rf $$tmp; [ $$rc = 0 ] || exit $$rc
 	$(CARGO) build --locked --release --bins
 	$(CARGO) bench --locked -p cosigner-tests --bench wallet
+	$(CARGO) bench --locked -p cosigner-tests --bench kms
 
 ## fuzz: a short libFuzzer run of each decoder (not in CI). Stable toolchain with RUSTC_BOOTSTRAP,
 ## since this machine has no nightly.
