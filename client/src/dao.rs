@@ -14,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cosigner_protocol::auth::public_key_bytes;
 use cosigner_protocol::dao::dkg::DaoDkg;
 use cosigner_protocol::dao::sign::MemberSigner;
-use cosigner_protocol::dao::{DaoMessage, Evaluation, Invitation, MemberEntry, SignRequest};
+use cosigner_protocol::dao::{
+    Approval, DaoMessage, Evaluation, Invitation, MemberEntry, PolicyChange, SignRequest,
+};
 use cosigner_protocol::mailbox::{Envelope, Topic};
 use cosigner_protocol::policy::{Policy, parse_members};
 use cosigner_protocol::psbt::{self, SpendSummary};
@@ -204,10 +206,14 @@ impl Pace {
     }
 }
 
-fn timed_out(started: Instant, timeout: Duration, what: String) -> Result<()> {
+fn timed_out(started: Instant, timeout: Duration, what: String, courier: &Courier) -> Result<()> {
     if started.elapsed() > timeout {
+        let refused = match courier.notes.last() {
+            Some(n) => format!(" (the provider refused: {n})"),
+            None => String::new(),
+        };
         return Err(ClientError::Unexpected(format!(
-            "timed out after {} s waiting for {what}",
+            "timed out after {} s waiting for {what}{refused}",
             timeout.as_secs()
         )));
     }
@@ -364,7 +370,7 @@ pub fn run_dkg(
         } else {
             dkg.waiting_for()
         };
-        timed_out(started, timeout, waiting)?;
+        timed_out(started, timeout, waiting, courier)?;
         pace.wait(progressed);
     }
     let (layout, mut outputs) = dkg.into_outputs()?;
@@ -497,7 +503,12 @@ pub fn await_evaluation(
             }
             backlog.push(envelope);
         }
-        timed_out(started, timeout, "the provider's evaluation".into())?;
+        timed_out(
+            started,
+            timeout,
+            "the provider's evaluation".into(),
+            courier,
+        )?;
         pace.wait(progressed);
     }
 }
@@ -570,6 +581,128 @@ pub fn approve_and_sign(
                 evaluation.rule,
                 evaluation.approvals
             ),
+            courier,
+        )?;
+        pace.wait(progressed);
+    }
+}
+
+/// The policy in force of a DAO wallet, as the provider holds it: `(text, version)`.
+pub fn policy_in_force(provider: &mut Session, wallet_id: WalletId) -> Result<(String, u64)> {
+    match provider.call(&Request::DaoPolicy { wallet_id })? {
+        Response::DaoPolicy { policy, version } => Ok((policy, version)),
+        other => Err(ClientError::Unexpected(format!(
+            "the provider answered DaoPolicy with {other:?}"
+        ))),
+    }
+}
+
+/// Makes and signs a proposal to replace the policy (version `from_version`) of a DAO wallet.
+pub fn propose_policy(
+    home: &Home,
+    wallet: &WalletFile,
+    policy_toml: &str,
+    from_version: u64,
+) -> Result<(PolicyChange, Envelope)> {
+    let (_, invitation) = dao_info(wallet)?;
+    let layout = invitation.layout()?;
+    let members: Vec<_> = layout.members.iter().map(|(_, m)| m.clone()).collect();
+    Policy::parse(policy_toml, &members)?;
+    let change = PolicyChange {
+        wallet_id: WalletId::from_hex(&wallet.wallet_id)?,
+        policy: policy_toml.to_owned(),
+        from_version,
+        proposer: wallet.party,
+        created_ms: now_ms(),
+        nonce: ByteBuf::from(random16()?),
+    };
+    let key = home.device_key()?;
+    let envelope = Envelope::seal(
+        &key,
+        change.topic()?,
+        DaoMessage::PolicyChange(change.clone()).encode()?,
+    )?;
+    Ok((change, envelope))
+}
+
+/// What a request file holds.
+#[derive(Debug)]
+pub enum RequestFile {
+    /// A PSBT to sign.
+    Sign(SignRequest),
+    /// A policy to change.
+    Policy(PolicyChange),
+}
+
+/// Opens a request file's envelope (signature, topic = its hash): a signing request or a policy
+/// change.
+pub fn open_any_request(envelope: &Envelope) -> Result<RequestFile> {
+    envelope.verify()?;
+    match DaoMessage::decode(&envelope.body)? {
+        DaoMessage::SignRequest(r) if r.topic()? == envelope.topic => Ok(RequestFile::Sign(r)),
+        DaoMessage::PolicyChange(c) if c.topic()? == envelope.topic => Ok(RequestFile::Policy(c)),
+        _ => Err(input(
+            "this file is neither a signing request nor a policy change",
+        )),
+    }
+}
+
+/// Approves a policy change and waits until it is in force (or refused); returns the new version.
+pub fn approve_policy(
+    home: &Home,
+    wallet: &WalletFile,
+    courier: &mut Courier,
+    change: &PolicyChange,
+    timeout: Duration,
+) -> Result<u64> {
+    let (info, _) = dao_info(wallet)?;
+    let provider_key = hex::decode(&info.provider_key)
+        .map_err(|e| ClientError::Unexpected(format!("stored provider key: {e}")))?;
+    let hash = change.hash()?;
+    let key = home.device_key()?;
+    courier.send(
+        &key,
+        &DaoMessage::Approval(Approval {
+            request: ByteBuf::from(hash.to_vec()),
+            party: wallet.party,
+            sighashes: ByteBuf::from(change.approval_digest()?.to_vec()),
+        }),
+    )?;
+    let started = Instant::now();
+    let mut pace = Pace::new();
+    let mut quorum = None;
+    loop {
+        let fresh = courier.poll()?;
+        let progressed = !fresh.is_empty();
+        for envelope in fresh {
+            if envelope.sender != provider_key {
+                continue;
+            }
+            match DaoMessage::decode(&envelope.body) {
+                Ok(DaoMessage::PolicyChanged { request, version })
+                    if request.as_slice() == hash =>
+                {
+                    return Ok(version);
+                }
+                Ok(DaoMessage::PolicyQuorum {
+                    request, approvals, ..
+                }) if request.as_slice() == hash => quorum = Some(approvals),
+                Ok(DaoMessage::Refused { request, reason }) if request.as_slice() == hash => {
+                    return Err(ClientError::Protocol(
+                        cosigner_protocol::ProtocolError::Refused { reason },
+                    ));
+                }
+                _ => {}
+            }
+        }
+        timed_out(
+            started,
+            timeout,
+            match quorum {
+                Some(k) => format!("the admin quorum ({k} approvals)"),
+                None => "the provider's answer".into(),
+            },
+            courier,
         )?;
         pace.wait(progressed);
     }

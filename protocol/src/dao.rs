@@ -292,6 +292,47 @@ impl SignRequest {
     }
 }
 
+/// A proposal to replace a DAO wallet's policy; its hash is the topic. Needs the current
+/// policy's admin quorum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyChange {
+    /// The wallet.
+    pub wallet_id: WalletId,
+    /// The new policy (TOML text).
+    pub policy: String,
+    /// The policy version it replaces (a change of a policy already replaced is refused).
+    pub from_version: u64,
+    /// The proposing member's party.
+    pub proposer: u16,
+    /// When it was made (ms since the Unix epoch).
+    pub created_ms: u64,
+    /// 16 random bytes.
+    pub nonce: ByteBuf,
+}
+
+impl PolicyChange {
+    /// SHA-256 over a domain tag and the proposal's encoding: what approvals bind.
+    pub fn hash(&self) -> Result<[u8; 32]> {
+        Ok(tagged_hash(
+            b"cosigner/dao/policy-change/v1",
+            &wire::encode(self)?,
+        ))
+    }
+
+    /// The topic: the hash's first 16 bytes.
+    pub fn topic(&self) -> Result<Topic> {
+        Ok(truncate(&self.hash()?))
+    }
+
+    /// What an approval of this change binds (in [`Approval::sighashes`]): the proposal and the
+    /// SHA-256 of the new policy text.
+    pub fn approval_digest(&self) -> Result<[u8; 32]> {
+        let text: [u8; 32] = Sha256::digest(self.policy.as_bytes()).into();
+        Ok(sighashes_digest(&self.hash()?, &[text]))
+    }
+}
+
 /// What the provider found in a PSBT and which rule applies (signed by the provider).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -392,6 +433,24 @@ pub enum DaoMessage {
         /// The consensus-encoded transaction.
         tx: ByteBuf,
     },
+    /// Member → all: please replace the policy (topic = its hash).
+    PolicyChange(PolicyChange),
+    /// Provider → all: the change is acceptable and needs this admin quorum.
+    PolicyQuorum {
+        /// The proposal hash.
+        request: ByteBuf,
+        /// Approvals needed (the proposer's included).
+        approvals: u16,
+        /// Member parties whose approval counts.
+        approvers: Vec<u16>,
+    },
+    /// Provider → all: the new policy is in force.
+    PolicyChanged {
+        /// The proposal hash.
+        request: ByteBuf,
+        /// The new policy version.
+        version: u64,
+    },
     /// Provider → all: the request is refused (policy, PSBT, expiry).
     Refused {
         /// The request hash.
@@ -422,6 +481,9 @@ impl DaoMessage {
             Self::Activated { .. } => "Activated",
             Self::SignRequest(_) => "SignRequest",
             Self::Evaluation(_) => "Evaluation",
+            Self::PolicyChange(_) => "PolicyChange",
+            Self::PolicyQuorum { .. } => "PolicyQuorum",
+            Self::PolicyChanged { .. } => "PolicyChanged",
             Self::Approval(_) => "Approval",
             Self::SignerSet { .. } => "SignerSet",
             Self::Commitments { .. } => "Commitments",

@@ -84,6 +84,13 @@ pub enum ProtocolError {
         /// What differs.
         reason: String,
     },
+    /// A mailbox envelope is malformed, too large, not bound to its topic, or its signature does
+    /// not verify under its sender's key.
+    #[error("mailbox envelope refused: {reason}")]
+    Envelope {
+        /// What was wrong.
+        reason: String,
+    },
     /// A PSBT could not be read: not a PSBT, truncated, malformed, too large, or inconsistent.
     #[error("PSBT refused: {reason}")]
     Psbt {
@@ -121,6 +128,12 @@ pub enum ProtocolError {
     #[error("policy refused: {reason}")]
     Policy {
         /// What was wrong.
+        reason: String,
+    },
+    /// The provider refused a request (policy, PSBT, expiry); its reason is quoted.
+    #[error("the provider refused the request: {reason}")]
+    Refused {
+        /// The provider's reason.
         reason: String,
     },
 }

@@ -7,10 +7,12 @@
 
 pub mod audit;
 pub mod auth;
+pub mod dao;
 pub mod dkg;
 mod error;
 pub mod frame;
 pub mod hpke;
+pub mod mailbox;
 pub mod policy;
 pub mod psbt;
 pub mod refresh;

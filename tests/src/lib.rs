@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+pub mod bitcoin_tx;
 pub mod imds;
 pub mod moto;
 
@@ -271,6 +272,8 @@ pub struct Cosigner {
     pub hsm: SoftHsm,
     /// TCP port of its parent.
     pub port: u16,
+    /// TCP port of its parent's mailbox (`mailbox_listen`).
+    pub mailbox_port: u16,
     children: Vec<ChildGuard>,
 }
 
@@ -315,6 +318,12 @@ impl Cosigner {
             bail!("local-attester init failed: {}", out.stderr);
         }
         let port = free_port();
+        let mailbox_port = loop {
+            let p = free_port();
+            if p != port {
+                break p;
+            }
+        };
         let d = dir.display();
         std::fs::write(
             dir.join("enclave.toml"),
@@ -326,7 +335,7 @@ impl Cosigner {
         std::fs::write(
             dir.join("parent.toml"),
             format!(
-                "listen = \"127.0.0.1:{port}\"\nenclave = \"unix:{d}/enclave.sock\"\nstore_socket = \"{d}/store.sock\"\ndatabase = \"{d}/store/store.db\"\n"
+                "listen = \"127.0.0.1:{port}\"\nenclave = \"unix:{d}/enclave.sock\"\nstore_socket = \"{d}/store.sock\"\ndatabase = \"{d}/store/store.db\"\nmailbox_listen = \"127.0.0.1:{mailbox_port}\"\n"
             ),
         )?;
         if !parent_extra.is_empty() {
@@ -338,6 +347,7 @@ impl Cosigner {
             name: name.to_owned(),
             hsm,
             port,
+            mailbox_port,
             children: Vec::new(),
         };
         cosigner.start_processes()?;
@@ -375,6 +385,7 @@ impl Cosigner {
         for _ in 0..600 {
             if dir.join("enclave.sock").exists()
                 && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", self.mailbox_port)).is_ok()
             {
                 return Ok(());
             }
@@ -399,6 +410,11 @@ impl Cosigner {
     /// `tcp://127.0.0.1:PORT`.
     pub fn addr(&self) -> String {
         format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    /// `tcp://127.0.0.1:PORT` of its parent's mailbox.
+    pub fn mailbox_addr(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.mailbox_port)
     }
 
     /// The operator root clients pin.
@@ -448,6 +464,8 @@ pub struct Deployment {
     pub recovery: Cosigner,
     /// Scratch space: the trust file, client homes.
     pub dir: TempDir,
+    /// The members' mailbox (`tcp://127.0.0.1:PORT`): the provider's parent serves it.
+    pub mailbox: String,
 }
 
 impl Deployment {
@@ -478,6 +496,7 @@ impl Deployment {
             bail!("measure failed: {}", pcr0.stderr);
         }
         let deployment = Self {
+            mailbox: provider.mailbox_addr(),
             provider,
             recovery,
             dir,

@@ -249,7 +249,7 @@ fn sigv4_signing_key_matches_the_aws_example() {
     // secret wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY, 20120215, us-east-1, iam.
     let key = sigv4::signing_key(SUITE_SECRET, "20120215", "us-east-1", "iam");
     assert_eq!(
-        hex::encode(key.as_ref()),
+        hex::encode(&key[..]),
         "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d"
     );
 }

@@ -51,6 +51,28 @@ pub enum DaoCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Propose a new policy (needs the current policy's admin quorum); waits until it is in force.
+    Policy(PolicyArgs),
+}
+
+/// `cosigner dao policy`: arguments.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// The wallet id (32 hex digits).
+    #[arg(long, value_name = "ID")]
+    wallet: String,
+    /// The new policy (TOML).
+    #[arg(long, value_name = "FILE")]
+    policy: PathBuf,
+    /// Where to write the proposal the admin quorum approves.
+    #[arg(long, value_name = "FILE")]
+    request_out: PathBuf,
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS)]
+    timeout: u64,
+    /// Print one JSON line.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `cosigner join`.
@@ -182,6 +204,58 @@ pub fn run(g: &Globals, cmd: DaoCommand) -> anyhow::Result<()> {
             )?;
             wallet_out(&wallet, json)
         }
+        DaoCommand::Policy(args) => propose(g, args),
+    }
+}
+
+fn courier_for(
+    g: &Globals,
+    trust: &cosigner_client::trust::Trust,
+    wallet: &WalletFile,
+    topic: cosigner_protocol::mailbox::Topic,
+) -> anyhow::Result<Courier> {
+    let (info, invitation) = dao::dao_info(wallet)?;
+    let provider_addr = provider_addr(g, &invitation.provider);
+    let provider = Session::connect(&provider_addr, trust)?;
+    Ok(Courier::new(
+        topic,
+        &mailbox_addr(g, &info.mailbox),
+        provider,
+        &provider_addr,
+        trust,
+    )?)
+}
+
+fn propose(g: &Globals, args: PolicyArgs) -> anyhow::Result<()> {
+    let home = home(g)?;
+    let trust = trust(g)?;
+    let id = cosigner_protocol::wire::WalletId::from_hex(&args.wallet)
+        .map_err(|_| anyhow::anyhow!("--wallet {:?}: expected 32 hex digits", args.wallet))?;
+    let wallet = home.wallet(&id)?;
+    let text = read_text(&args.policy, "policy file")?;
+    let (_, invitation) = dao::dao_info(&wallet)?;
+    let mut provider = Session::connect(&provider_addr(g, &invitation.provider), &trust)?;
+    let (_, version) = dao::policy_in_force(&mut provider, id)?;
+    drop(provider);
+    let (change, envelope) = dao::propose_policy(&home, &wallet, &text, version)?;
+    dao::write_envelope(&args.request_out, &envelope)?;
+    say(&format!(
+        "proposal to replace policy version {version} written to {}",
+        args.request_out.display()
+    ));
+    let mut courier = courier_for(g, &trust, &wallet, envelope.topic)?;
+    courier.post(&envelope)?;
+    let version = dao::approve_policy(
+        &home,
+        &wallet,
+        &mut courier,
+        &change,
+        Duration::from_secs(args.timeout),
+    )?;
+    if args.json {
+        emit(&json!({ "policy_version": version }).to_string())
+    } else {
+        emit(&format!("policy version {version} is in force"))
     }
 }
 
@@ -330,7 +404,12 @@ pub fn approve(g: &Globals, args: ApproveArgs) -> anyhow::Result<()> {
     let home = home(g)?;
     let trust = trust(g)?;
     let envelope = dao::read_envelope(&args.request)?;
-    let request = dao::open_request(&envelope)?;
+    let request = match dao::open_any_request(&envelope)? {
+        dao::RequestFile::Sign(r) => r,
+        dao::RequestFile::Policy(change) => {
+            return approve_policy(g, &home, &trust, &envelope, &change, &args);
+        }
+    };
     let wallet = home.wallet(&request.wallet_id)?;
     let (info, invitation) = dao::dao_info(&wallet)?;
     let layout = invitation.layout()?;
@@ -384,5 +463,52 @@ pub fn approve(g: &Globals, args: ApproveArgs) -> anyhow::Result<()> {
         emit(&json!({ "approved": true }).to_string())
     } else {
         emit("approved; the transaction is signed")
+    }
+}
+
+fn approve_policy(
+    g: &Globals,
+    home: &Home,
+    trust: &cosigner_client::trust::Trust,
+    envelope: &cosigner_protocol::mailbox::Envelope,
+    change: &cosigner_protocol::dao::PolicyChange,
+    args: &ApproveArgs,
+) -> anyhow::Result<()> {
+    let wallet = home.wallet(&change.wallet_id)?;
+    let (_, invitation) = dao::dao_info(&wallet)?;
+    let layout = invitation.layout()?;
+    if layout.owner_of(change.proposer) != Some(envelope.sender.as_slice()) {
+        anyhow::bail!("the proposal is not signed by the member it names");
+    }
+    let mut provider = Session::connect(&provider_addr(g, &invitation.provider), trust)?;
+    let (current, version) = dao::policy_in_force(&mut provider, change.wallet_id)?;
+    drop(provider);
+    say(&format!(
+        "{} proposes to replace policy version {} of wallet {} (in force: version {version})",
+        layout.name_of(change.proposer).unwrap_or("?"),
+        change.from_version,
+        wallet.wallet_id
+    ));
+    say(&format!("--- policy in force\n{}", current.trim_end()));
+    say(&format!(
+        "+++ proposed policy\n{}",
+        change.policy.trim_end()
+    ));
+    if !args.yes && !confirm()? {
+        anyhow::bail!("not approved");
+    }
+    let mut courier = courier_for(g, trust, &wallet, envelope.topic)?;
+    courier.post(envelope)?;
+    let version = dao::approve_policy(
+        home,
+        &wallet,
+        &mut courier,
+        change,
+        Duration::from_secs(args.timeout),
+    )?;
+    if args.json {
+        emit(&json!({ "approved": true, "policy_version": version }).to_string())
+    } else {
+        emit(&format!("approved; policy version {version} is in force"))
     }
 }

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use cosigner_protocol::dao::dkg::DaoDkg;
 use cosigner_protocol::dao::sign::Coordinator;
-use cosigner_protocol::dao::{DaoMessage, Evaluation, Invitation, Layout, SignRequest};
+use cosigner_protocol::dao::{
+    DaoMessage, Evaluation, Invitation, Layout, PolicyChange, SignRequest,
+};
 use cosigner_protocol::mailbox::{Envelope, Topic};
 use cosigner_protocol::policy::{PastSpend, Policy, Spend};
 use cosigner_protocol::psbt;
@@ -56,9 +58,58 @@ struct SignJob {
     coordinator: Coordinator<Suite>,
 }
 
+/// A policy change waiting for its admin quorum.
+struct PolicyJob {
+    wallet_id: WalletId,
+    change: PolicyChange,
+    hash: [u8; 32],
+    digest: [u8; 32],
+    needed: u16,
+    approvers: BTreeMap<u16, Vec<u8>>,
+    approvals: Vec<u16>,
+}
+
+impl PolicyJob {
+    fn absorb(&mut self, sender: &[u8], message: &DaoMessage) -> Result<bool, String> {
+        let DaoMessage::Approval(a) = message else {
+            return Ok(false);
+        };
+        if a.request.as_slice() != self.hash {
+            return Err(format!(
+                "party {}'s approval is for another request",
+                a.party
+            ));
+        }
+        match self.approvers.get(&a.party) {
+            Some(key) if key.as_slice() == sender => {}
+            Some(_) => {
+                return Err(format!(
+                    "party {}'s approval is signed by another key",
+                    a.party
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "party {} is not in the policy's admin quorum",
+                    a.party
+                ));
+            }
+        }
+        if a.sighashes.as_slice() != self.digest {
+            return Err(format!("party {} approved another policy text", a.party));
+        }
+        if self.approvals.contains(&a.party) {
+            return Ok(false);
+        }
+        self.approvals.push(a.party);
+        Ok(true)
+    }
+}
+
 enum Ceremony {
     Dkg(Box<DaoDkg<Suite>>, Box<Invitation>),
     Sign(Box<SignJob>),
+    Policy(Box<PolicyJob>),
     Finished,
 }
 
@@ -113,9 +164,14 @@ impl Service {
         let mut ceremonies = lock(&self.dao)?;
         ceremonies.retain(|_, e| e.started.elapsed() < DAO_TTL);
         if !ceremonies.contains_key(&topic) {
-            let founding = opened
-                .iter()
-                .find(|(_, m)| matches!(m, DaoMessage::Invitation(_) | DaoMessage::SignRequest(_)));
+            let founding = opened.iter().find(|(_, m)| {
+                matches!(
+                    m,
+                    DaoMessage::Invitation(_)
+                        | DaoMessage::SignRequest(_)
+                        | DaoMessage::PolicyChange(_)
+                )
+            });
             let Some((envelope, message)) = founding else {
                 return Ok(Response::Mailbox {
                     envelopes: Vec::new(),
@@ -134,6 +190,9 @@ impl Service {
             let (ceremony, first) = match message {
                 DaoMessage::Invitation(inv) => self.found_dkg(&topic, &envelope.sender, inv)?,
                 DaoMessage::SignRequest(req) => self.found_sign(&topic, &envelope.sender, req)?,
+                DaoMessage::PolicyChange(change) => {
+                    self.found_policy(&topic, &envelope.sender, change)?
+                }
                 _ => return Err(internal("founding message of an unexpected kind")),
             };
             entry.ceremony = ceremony;
@@ -148,8 +207,14 @@ impl Service {
                 continue;
             }
             let result = match &mut entry.ceremony {
-                Ceremony::Dkg(dkg, _) => dkg.absorb(&envelope.sender, message),
-                Ceremony::Sign(job) => job.coordinator.absorb(&envelope.sender, message),
+                Ceremony::Dkg(dkg, _) => dkg
+                    .absorb(&envelope.sender, message)
+                    .map_err(|e| e.to_string()),
+                Ceremony::Sign(job) => job
+                    .coordinator
+                    .absorb(&envelope.sender, message)
+                    .map_err(|e| e.to_string()),
+                Ceremony::Policy(job) => job.absorb(&envelope.sender, message),
                 Ceremony::Finished => Ok(false),
             };
             if let Err(e) = result {
@@ -375,6 +440,7 @@ impl Service {
                     Err(e)
                 }
             },
+            Ceremony::Policy(job) => self.advance_policy(job),
             Ceremony::Finished => return Ok(()),
         };
         let (next, messages) = outcome?;
@@ -529,5 +595,143 @@ impl Service {
             tx: ByteBuf::from(tx),
         });
         Ok((messages, true))
+    }
+
+    fn found_policy(
+        &self,
+        topic: &Topic,
+        sender: &[u8],
+        change: &PolicyChange,
+    ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
+        if change.topic()? != *topic {
+            return Err(bad("the policy change does not hash to its topic"));
+        }
+        let hash = change.hash()?;
+        let wallet_id = change.wallet_id;
+        let state = self.records().load_dao_state(&wallet_id)?;
+        let (layout, current) = Self::dao_policy(&state)?;
+        if layout.member_party(sender) != Some(change.proposer) {
+            return Err(bad(format!(
+                "the policy change is not signed by member {} of wallet {wallet_id}",
+                change.proposer
+            )));
+        }
+        let actor = format!("member:{}", hex::encode(sender));
+        let refuse = |reason: String| -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
+            self.log(
+                &wallet_id,
+                "dao-policy",
+                &actor,
+                &hash,
+                &format!("refused: {reason}"),
+            )?;
+            Ok((
+                Ceremony::Finished,
+                vec![DaoMessage::Refused {
+                    request: ByteBuf::from(hash.to_vec()),
+                    reason,
+                }],
+            ))
+        };
+        if change.from_version != state.policy_version {
+            return refuse(format!(
+                "it replaces policy version {}, the policy in force is version {}",
+                change.from_version, state.policy_version
+            ));
+        }
+        let members: Vec<_> = layout.members.iter().map(|(_, m)| m.clone()).collect();
+        let proposed = match Policy::parse(&change.policy, &members) {
+            Ok(p) => p,
+            Err(e) => return refuse(format!("the new policy does not parse: {e}")),
+        };
+        if proposed.min_approvals() < state.min_approvals {
+            return refuse(format!(
+                "the new policy's smallest tier needs {} approvals; the wallet's weights were fixed \
+                 for at least {} (the provider's parties and threshold cannot change)",
+                proposed.min_approvals(),
+                state.min_approvals
+            ));
+        }
+        let admin = current.admin();
+        let by_name = layout.parties_by_name();
+        let mut approvers = BTreeMap::new();
+        for name in &admin.approvers {
+            let party = by_name
+                .get(name)
+                .copied()
+                .ok_or_else(|| internal(format!("admin {name} is not a member")))?;
+            let key = layout
+                .owner_of(party)
+                .ok_or_else(|| internal(format!("no key for party {party}")))?;
+            approvers.insert(party, key.to_vec());
+        }
+        self.log(
+            &wallet_id,
+            "dao-policy",
+            &actor,
+            &hash,
+            &format!("proposed: needs {} admin approvals", admin.approvals),
+        )?;
+        let quorum = DaoMessage::PolicyQuorum {
+            request: ByteBuf::from(hash.to_vec()),
+            approvals: admin.approvals,
+            approvers: approvers.keys().copied().collect(),
+        };
+        Ok((
+            Ceremony::Policy(Box::new(PolicyJob {
+                wallet_id,
+                digest: change.approval_digest()?,
+                change: change.clone(),
+                hash,
+                needed: admin.approvals,
+                approvers,
+                approvals: Vec::new(),
+            })),
+            vec![quorum],
+        ))
+    }
+
+    fn advance_policy(&self, job: Box<PolicyJob>) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
+        if job.approvals.len() < usize::from(job.needed) {
+            return Ok((Ceremony::Policy(job), Vec::new()));
+        }
+        let _guard = lock(&self.lifecycle)?;
+        let mut state = self.records().load_dao_state(&job.wallet_id)?;
+        let refused = |reason: String| DaoMessage::Refused {
+            request: ByteBuf::from(job.hash.to_vec()),
+            reason,
+        };
+        if state.policy_version != job.change.from_version {
+            return Ok((
+                Ceremony::Finished,
+                vec![refused("another policy change came first".into())],
+            ));
+        }
+        state.policy = job.change.policy.clone();
+        state.policy_version += 1;
+        self.records().save_dao_state(&job.wallet_id, &state)?;
+        self.log(
+            &job.wallet_id,
+            "dao-policy",
+            &format!("members:{:?}", job.approvals),
+            &job.hash,
+            &format!("changed: policy version {}", state.policy_version),
+        )?;
+        Ok((
+            Ceremony::Finished,
+            vec![DaoMessage::PolicyChanged {
+                request: ByteBuf::from(job.hash.to_vec()),
+                version: state.policy_version,
+            }],
+        ))
+    }
+
+    /// `DaoPolicy`: the policy in force and its version.
+    pub(super) fn dao_policy_in_force(&self, wallet_id: WalletId) -> Outcome {
+        let state = self.records().load_dao_state(&wallet_id)?;
+        Ok(Response::DaoPolicy {
+            policy: state.policy,
+            version: state.policy_version,
+        })
     }
 }

@@ -1,0 +1,528 @@
+//! A five-member DAO end to end: real `cosigner` processes (one home per member) creating the
+//! wallet through the parent's mailbox, then PSBTs signed under the seed's tiered policy
+//! (< 10 BTC: 3 approvals, < 100 BTC: 4, more: all 5), every produced transaction checked under
+//! Bitcoin's consensus rules.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use cosigner_tests::bitcoin_tx::{self, Pay, Spend};
+use cosigner_tests::{Deployment, Outcome, run};
+use serde_json::Value;
+
+const BTC: u64 = 100_000_000;
+const NAMES: [&str; 5] = ["alice", "bob", "carol", "dave", "eve"];
+
+const POLICY: &str = r#"
+[[rule]]
+name = "small"
+below = 1_000_000_000        # value leaving the wallet < 10 BTC
+approvals = 3
+[[rule]]
+name = "large"
+below = 10_000_000_000       # < 100 BTC
+approvals = 4
+[[rule]]
+name = "major"
+approvals = 5
+"#;
+
+fn p(path: &Path) -> String {
+    path.to_str().unwrap().to_owned()
+}
+
+struct Dao {
+    d: Deployment,
+    homes: Vec<PathBuf>,
+    wallet: String,
+    group_key: String,
+}
+
+impl Dao {
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = self.d.env();
+        env.push(("COSIGNER_MAILBOX".into(), self.d.mailbox.clone()));
+        env
+    }
+
+    fn spawn(&self, args: Vec<String>) -> JoinHandle<Outcome> {
+        let env = self.env();
+        std::thread::spawn(move || run("cosigner", args, &env))
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.d.dir.path().join(name)
+    }
+}
+
+fn wait_for(path: &Path) {
+    let started = Instant::now();
+    while !path.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{path:?} never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn json(out: &Outcome) -> Value {
+    serde_json::from_str(out.ok()).unwrap_or_else(|e| panic!("{e}: {:?}", out.stdout))
+}
+
+/// Starts a deployment and creates the five-member wallet.
+fn create_dao(policy: &str) -> Dao {
+    let d = Deployment::start().unwrap();
+    let homes: Vec<PathBuf> = NAMES.iter().map(|n| d.home(n)).collect();
+    let mut members = String::new();
+    for (name, home) in NAMES.iter().zip(&homes) {
+        let out = d.cosigner(["--home", &p(home), "device-key", "--json"]);
+        let key = json(&out)["device_key"].as_str().unwrap().to_owned();
+        assert_eq!(key.len(), 66);
+        members.push_str(&format!(
+            "[[member]]\nname = \"{name}\"\ndevice_key = \"{key}\"\n\n"
+        ));
+    }
+    let dao = Dao {
+        d,
+        homes,
+        wallet: String::new(),
+        group_key: String::new(),
+    };
+    std::fs::write(dao.file("members.toml"), members).unwrap();
+    std::fs::write(dao.file("policy.toml"), policy).unwrap();
+    let invitation = dao.file("invitation");
+    let creator = dao.spawn(vec![
+        "--home".into(),
+        p(&dao.homes[0]),
+        "dao".into(),
+        "create".into(),
+        "--members".into(),
+        p(&dao.file("members.toml")),
+        "--policy".into(),
+        p(&dao.file("policy.toml")),
+        "--invitation-out".into(),
+        p(&invitation),
+        "--timeout".into(),
+        "120".into(),
+        "--json".into(),
+    ]);
+    wait_for(&invitation);
+    // Members join one after another, at different times.
+    let mut joiners = Vec::new();
+    for home in &dao.homes[1..] {
+        joiners.push(dao.spawn(vec![
+            "--home".into(),
+            p(home),
+            "join".into(),
+            p(&invitation),
+            "--timeout".into(),
+            "120".into(),
+            "--json".into(),
+        ]));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let created = json(&creator.join().unwrap());
+    for j in joiners {
+        let joined = json(&j.join().unwrap());
+        assert_eq!(joined, created, "every member ends with the same wallet");
+    }
+    assert!(created["address"].as_str().unwrap().starts_with("bcrt1p"));
+    Dao {
+        wallet: created["wallet_id"].as_str().unwrap().to_owned(),
+        group_key: created["group_public_key"].as_str().unwrap().to_owned(),
+        ..dao
+    }
+}
+
+/// The requester (member 0) asks to sign `spend`; members `approvers` approve. Returns the
+/// requester's outcome and the approvers'.
+fn sign(
+    dao: &Dao,
+    tag: &str,
+    spend: &Spend,
+    approvers: &[usize],
+    timeout: u64,
+) -> (Outcome, Vec<Outcome>) {
+    let psbt = dao.file(&format!("{tag}.psbt"));
+    std::fs::write(&psbt, &spend.psbt_base64).unwrap();
+    let request = dao.file(&format!("{tag}.request"));
+    let requester = dao.spawn(vec![
+        "--home".into(),
+        p(&dao.homes[0]),
+        "sign".into(),
+        "--wallet".into(),
+        dao.wallet.clone(),
+        "--psbt".into(),
+        p(&psbt),
+        "--request-out".into(),
+        p(&request),
+        "--timeout".into(),
+        timeout.to_string(),
+        "--json".into(),
+    ]);
+    wait_for(&request);
+    let approvals: Vec<_> = approvers
+        .iter()
+        .map(|&i| {
+            dao.spawn(vec![
+                "--home".into(),
+                p(&dao.homes[i]),
+                "approve".into(),
+                "--request".into(),
+                p(&request),
+                "--yes".into(),
+                "--timeout".into(),
+                timeout.to_string(),
+                "--json".into(),
+            ])
+        })
+        .collect();
+    let requester = requester.join().unwrap();
+    let approvals = approvals.into_iter().map(|h| h.join().unwrap()).collect();
+    (requester, approvals)
+}
+
+fn signed(dao: &Dao, outcome: &Outcome, approvals: &[Outcome], spend: &Spend) -> String {
+    let out = json(outcome);
+    for a in approvals {
+        assert_eq!(json(a)["approved"], Value::Bool(true));
+    }
+    let tx = out["tx_hex"].as_str().unwrap();
+    bitcoin_tx::verify_consensus(tx, &spend.prevouts).expect("valid under consensus rules");
+    let _ = dao;
+    out["txid"].as_str().unwrap().to_owned()
+}
+
+fn timed_out(outcome: &Outcome, rule: &str, needs: u16) {
+    assert_eq!(outcome.code, Some(1), "{outcome:?}");
+    assert!(
+        outcome.stderr.contains("timed out"),
+        "expected a timeout: {}",
+        outcome.stderr
+    );
+    assert!(
+        outcome
+            .stderr
+            .contains(&format!("rule {rule:?} needs {needs} approvals")),
+        "expected rule {rule} needing {needs}: {}",
+        outcome.stderr
+    );
+}
+
+#[test]
+fn dao_tiers_three_four_five_with_consensus_valid_transactions() {
+    let dao = create_dao(POLICY);
+    let foreign = bitcoin_tx::foreign_address();
+
+    // 9 BTC leave (+ fee): under 10, the requester and two approvers sign.
+    let small = bitcoin_tx::build(
+        &dao.group_key,
+        &[6 * BTC, 5 * BTC],
+        &[
+            (Pay::To(foreign.clone()), 9 * BTC),
+            (Pay::Change, 2 * BTC - 10_000),
+        ],
+    )
+    .unwrap();
+    let (r, a) = sign(&dao, "small", &small, &[1, 2], 60);
+    signed(&dao, &r, &a, &small);
+
+    // Exactly 10 BTC leave: the "large" rule; three approvals are not enough...
+    let ten = bitcoin_tx::build(
+        &dao.group_key,
+        &[10 * BTC + 50_000],
+        &[
+            (Pay::To(foreign.clone()), 10 * BTC - 10_000),
+            (Pay::Change, 50_000),
+        ],
+    )
+    .unwrap();
+    let (r, _) = sign(&dao, "ten-3", &ten, &[1, 2], 6);
+    timed_out(&r, "large", 4);
+    // ...four are.
+    let (r, a) = sign(&dao, "ten-4", &ten, &[1, 2, 3], 60);
+    signed(&dao, &r, &a, &ten);
+
+    // 150 BTC: major, all five.
+    let major = bitcoin_tx::build(
+        &dao.group_key,
+        &[100 * BTC, 60 * BTC],
+        &[
+            (Pay::To(foreign.clone()), 150 * BTC),
+            (Pay::Change, 10 * BTC - 20_000),
+        ],
+    )
+    .unwrap();
+    let (r, _) = sign(&dao, "major-4", &major, &[1, 2, 3], 6);
+    timed_out(&r, "major", 5);
+    let (r, a) = sign(&dao, "major-5", &major, &[1, 2, 3, 4], 60);
+    signed(&dao, &r, &a, &major);
+}
+
+#[test]
+fn a_foreign_output_disguised_as_change_counts_as_leaving() {
+    let dao = create_dao(POLICY);
+    // 1 BTC to someone, and 9.5 BTC to another foreign script labelled (BIP-371) with the
+    // wallet's own key as if it were change: 10.5 BTC really leave, so "large" (4) applies.
+    let spend = bitcoin_tx::build(
+        &dao.group_key,
+        &[11 * BTC],
+        &[
+            (Pay::To(bitcoin_tx::foreign_address()), BTC),
+            (Pay::To(bitcoin_tx::foreign_address()), 9 * BTC + 50_000_000),
+            (Pay::Change, 50_000_000 - 10_000),
+        ],
+    )
+    .unwrap();
+    let spend = bitcoin_tx::disguise_as_change(&spend, 1, &dao.group_key).unwrap();
+    let (r, _) = sign(&dao, "disguised", &spend, &[1, 2], 6);
+    timed_out(&r, "large", 4);
+    assert!(
+        r.stderr.contains("1050010000 sat leave"),
+        "the requester's own summary shows the real value: {}",
+        r.stderr
+    );
+}
+
+const GUARDED: &str = r#"
+[admin]
+approvals = 4
+
+[[rule]]
+name = "small"
+below = 1_000_000_000
+approvals = 3
+[[rule]]
+name = "major"
+approvals = 5
+"#;
+
+const STRICTER: &str = r#"
+[admin]
+approvals = 4
+
+[[rule]]
+name = "petty"
+below = 100_000_000           # < 1 BTC
+approvals = 3
+[[rule]]
+name = "major"
+approvals = 5
+"#;
+
+fn propose(
+    dao: &Dao,
+    tag: &str,
+    policy: &str,
+    approvers: &[usize],
+    timeout: u64,
+) -> (Outcome, Vec<Outcome>) {
+    let file = dao.file(&format!("{tag}.toml"));
+    std::fs::write(&file, policy).unwrap();
+    let request = dao.file(&format!("{tag}.request"));
+    let proposer = dao.spawn(vec![
+        "--home".into(),
+        p(&dao.homes[0]),
+        "dao".into(),
+        "policy".into(),
+        "--wallet".into(),
+        dao.wallet.clone(),
+        "--policy".into(),
+        p(&file),
+        "--request-out".into(),
+        p(&request),
+        "--timeout".into(),
+        timeout.to_string(),
+        "--json".into(),
+    ]);
+    wait_for(&request);
+    let approvals: Vec<_> = approvers
+        .iter()
+        .map(|&i| {
+            dao.spawn(vec![
+                "--home".into(),
+                p(&dao.homes[i]),
+                "approve".into(),
+                "--request".into(),
+                p(&request),
+                "--yes".into(),
+                "--timeout".into(),
+                timeout.to_string(),
+                "--json".into(),
+            ])
+        })
+        .collect();
+    let proposer = proposer.join().unwrap();
+    (
+        proposer,
+        approvals.into_iter().map(|h| h.join().unwrap()).collect(),
+    )
+}
+
+#[test]
+fn a_policy_change_needs_the_admin_quorum_then_binds_every_spend() {
+    let dao = create_dao(GUARDED);
+    let foreign = bitcoin_tx::foreign_address();
+    let two = bitcoin_tx::build(
+        &dao.group_key,
+        &[3 * BTC],
+        &[
+            (Pay::To(foreign.clone()), 2 * BTC),
+            (Pay::Change, BTC - 10_000),
+        ],
+    )
+    .unwrap();
+    // Three of the four admin approvals: not in force.
+    let (r, _) = propose(&dao, "stricter-3", STRICTER, &[1, 2], 6);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(
+        r.stderr.contains("admin quorum (4 approvals)"),
+        "{}",
+        r.stderr
+    );
+    // Under the old policy 2 BTC is "small": three approvals sign.
+    let (r, a) = sign(&dao, "two-old", &two, &[1, 2], 60);
+    signed(&dao, &r, &a, &two);
+    // Four: version 2 in force.
+    let (r, a) = propose(&dao, "stricter-4", STRICTER, &[1, 2, 3], 60);
+    assert_eq!(json(&r)["policy_version"], 2, "{r:?}");
+    for o in &a {
+        assert_eq!(json(o)["approved"], Value::Bool(true));
+    }
+    // Now 2 BTC is "major": three approvals no longer sign it.
+    let (r, _) = sign(&dao, "two-new", &two, &[1, 2], 6);
+    timed_out(&r, "major", 5);
+    // A policy whose smallest tier is below the weights fixed at creation is refused.
+    let (r, _) = propose(
+        &dao,
+        "too-loose",
+        "[[rule]]\nname = \"any\"\napprovals = 2\n",
+        &[],
+        30,
+    );
+    assert_eq!(r.code, Some(1));
+    assert!(r.stderr.contains("smallest tier needs 2"), "{}", r.stderr);
+}
+
+#[test]
+fn an_approval_for_one_request_is_refused_in_another() {
+    use cosigner_client::dao::{open_request, read_envelope};
+    use cosigner_client::home::Home;
+    use cosigner_client::mailbox::MailboxClient;
+    use cosigner_client::session::Session;
+    use cosigner_client::trust::Trust;
+    use cosigner_protocol::dao::{Approval, DaoMessage, sighashes_digest};
+    use cosigner_protocol::mailbox::Envelope;
+    use cosigner_protocol::wire::{Request, Response};
+    use serde_bytes::ByteBuf;
+
+    let dao = create_dao(POLICY);
+    let foreign = bitcoin_tx::foreign_address();
+    let spend = bitcoin_tx::build(
+        &dao.group_key,
+        &[2 * BTC],
+        &[(Pay::To(foreign), BTC), (Pay::Change, BTC - 10_000)],
+    )
+    .unwrap();
+    let (r, a) = sign(&dao, "first", &spend, &[1, 2], 60);
+    signed(&dao, &r, &a, &spend);
+    let first = open_request(&read_envelope(&dao.file("first.request")).unwrap()).unwrap();
+    let first_topic = first.topic().unwrap();
+
+    // The same PSBT asked again: a new request. Its requester's approval alone is not enough.
+    let psbt = dao.file("second.psbt");
+    std::fs::write(&psbt, &spend.psbt_base64).unwrap();
+    let second_file = dao.file("second.request");
+    let requester = dao.spawn(vec![
+        "--home".into(),
+        p(&dao.homes[0]),
+        "sign".into(),
+        "--wallet".into(),
+        dao.wallet.clone(),
+        "--psbt".into(),
+        p(&psbt),
+        "--request-out".into(),
+        p(&second_file),
+        "--timeout".into(),
+        "8".into(),
+        "--json".into(),
+    ]);
+    wait_for(&second_file);
+    let second = read_envelope(&second_file).unwrap();
+    // Let the requester's courier deliver its request first.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let trust = Trust::load(&dao.d.dir.path().join("trust.toml")).unwrap();
+    let mut provider = Session::connect(&dao.d.provider.addr(), &trust).unwrap();
+    let mut mailbox = MailboxClient::connect(&dao.d.mailbox).unwrap();
+    // Bob's and Carol's approvals of the first request, delivered as they are for the second
+    // topic: refused (their signed topic is the first request's).
+    let old: Vec<ByteBuf> = mailbox
+        .fetch(&first_topic, 0)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, e)| matches!(DaoMessage::decode(&e.body), Ok(DaoMessage::Approval(_))))
+        .map(|(_, e)| ByteBuf::from(e.encode().unwrap()))
+        .collect();
+    assert!(
+        old.len() >= 3,
+        "the first request's approvals are in the mailbox"
+    );
+    // Bob re-signs his first approval into the second topic: refused (it names the first request).
+    let bob = Home::open(&dao.homes[1]).unwrap().device_key().unwrap();
+    let sighashes: Vec<[u8; 32]> = cosigner_client::dao::summarize(
+        &Home::open(&dao.homes[1])
+            .unwrap()
+            .wallet(&first.wallet_id)
+            .unwrap(),
+        &first.psbt,
+    )
+    .unwrap()
+    .sighashes;
+    let first_hash = first.hash().unwrap();
+    let moved = Envelope::seal(
+        &bob,
+        second.topic,
+        DaoMessage::Approval(Approval {
+            request: ByteBuf::from(first_hash.to_vec()),
+            party: 2,
+            sighashes: ByteBuf::from(sighashes_digest(&first_hash, &sighashes).to_vec()),
+        })
+        .encode()
+        .unwrap(),
+    )
+    .unwrap();
+    let mut delivery = old.clone();
+    delivery.push(ByteBuf::from(moved.encode().unwrap()));
+    let notes = match provider
+        .call(&Request::Mailbox {
+            topic: ByteBuf::from(second.topic.to_vec()),
+            envelopes: delivery,
+        })
+        .unwrap()
+    {
+        Response::Mailbox { notes, .. } => notes,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(notes.len(), old.len() + 1, "{notes:?}");
+    assert!(
+        notes[..old.len()]
+            .iter()
+            .all(|n| n.contains("envelope refused")),
+        "{notes:?}"
+    );
+    assert!(
+        notes[old.len()].contains("for another request"),
+        "{notes:?}"
+    );
+    let r = requester.join().unwrap();
+    timed_out(&r, "small", 3);
+}
