@@ -51,6 +51,7 @@ bench: deps
 	rc=$$?; rm -rf $$tmp; [ $$rc = 0 ] || exit $$rc
 	$(CARGO) build --locked --release --bins
 	$(CARGO) bench --locked -p cosigner-tests --bench wallet
+	$(CARGO) bench --locked -p cosigner-tests --bench dao
 	$(CARGO) bench --locked -p cosigner-tests --bench kms
 
 ## fuzz: a short libFuzzer run of each decoder (not in CI). Stable toolchain with RUSTC_BOOTSTRAP,

@@ -142,6 +142,31 @@ fn create_dao(policy: &str) -> Dao {
     }
 }
 
+/// Members `approvers` run `approve --yes` on `request`, each in its own process.
+fn approve(
+    dao: &Dao,
+    request: &Path,
+    approvers: &[usize],
+    timeout: u64,
+) -> Vec<JoinHandle<Outcome>> {
+    approvers
+        .iter()
+        .map(|&i| {
+            dao.spawn(vec![
+                "--home".into(),
+                p(&dao.homes[i]),
+                "approve".into(),
+                "--request".into(),
+                p(request),
+                "--yes".into(),
+                "--timeout".into(),
+                timeout.to_string(),
+                "--json".into(),
+            ])
+        })
+        .collect()
+}
+
 /// The requester (member 0) asks to sign `spend`; members `approvers` approve. Returns the
 /// requester's outcome and the approvers'.
 fn sign(
@@ -169,22 +194,7 @@ fn sign(
         "--json".into(),
     ]);
     wait_for(&request);
-    let approvals: Vec<_> = approvers
-        .iter()
-        .map(|&i| {
-            dao.spawn(vec![
-                "--home".into(),
-                p(&dao.homes[i]),
-                "approve".into(),
-                "--request".into(),
-                p(&request),
-                "--yes".into(),
-                "--timeout".into(),
-                timeout.to_string(),
-                "--json".into(),
-            ])
-        })
-        .collect();
+    let approvals = approve(dao, &request, approvers, timeout);
     let requester = requester.join().unwrap();
     let approvals = approvals.into_iter().map(|h| h.join().unwrap()).collect();
     (requester, approvals)
@@ -344,22 +354,7 @@ fn propose(
         "--json".into(),
     ]);
     wait_for(&request);
-    let approvals: Vec<_> = approvers
-        .iter()
-        .map(|&i| {
-            dao.spawn(vec![
-                "--home".into(),
-                p(&dao.homes[i]),
-                "approve".into(),
-                "--request".into(),
-                p(&request),
-                "--yes".into(),
-                "--timeout".into(),
-                timeout.to_string(),
-                "--json".into(),
-            ])
-        })
-        .collect();
+    let approvals = approve(dao, &request, approvers, timeout);
     let proposer = proposer.join().unwrap();
     (
         proposer,

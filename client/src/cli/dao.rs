@@ -345,21 +345,13 @@ pub fn sign_dao(
     json: bool,
 ) -> anyhow::Result<()> {
     let trust = trust(g)?;
-    let (info, invitation) = dao::dao_info(wallet)?;
+    let (info, _) = dao::dao_info(wallet)?;
     let summary = dao::summarize(wallet, &psbt)?;
     let (request, envelope) = dao::request(home, wallet, psbt)?;
     let out = request_out.context("a DAO wallet needs --request-out FILE for the other members")?;
     dao::write_envelope(out, &envelope)?;
     say(&format!("request written to {}", out.display()));
-    let provider_addr = provider_addr(g, &invitation.provider);
-    let provider = Session::connect(&provider_addr, &trust)?;
-    let mut courier = Courier::new(
-        envelope.topic,
-        &mailbox_addr(g, &info.mailbox),
-        provider,
-        &provider_addr,
-        &trust,
-    )?;
+    let mut courier = courier_for(g, &trust, wallet, envelope.topic)?;
     courier.post(&envelope)?;
     let provider_key = hex::decode(&info.provider_key)?;
     let timeout = Duration::from_secs(timeout);
@@ -420,15 +412,7 @@ pub fn approve(g: &Globals, args: ApproveArgs) -> anyhow::Result<()> {
         anyhow::bail!("the request is not signed by the member it names");
     }
     let summary = dao::summarize(&wallet, &request.psbt)?;
-    let provider_addr = provider_addr(g, &invitation.provider);
-    let provider = Session::connect(&provider_addr, &trust)?;
-    let mut courier = Courier::new(
-        envelope.topic,
-        &mailbox_addr(g, &info.mailbox),
-        provider,
-        &provider_addr,
-        &trust,
-    )?;
+    let mut courier = courier_for(g, &trust, &wallet, envelope.topic)?;
     courier.post(&envelope)?;
     let provider_key = hex::decode(&info.provider_key)?;
     let timeout = Duration::from_secs(args.timeout);

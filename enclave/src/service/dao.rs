@@ -138,7 +138,49 @@ fn x_only(pkp: &PublicKeyPackage<Suite>) -> Result<[u8; 32], Failure> {
         .ok_or_else(|| internal("group key is not 33 bytes"))
 }
 
+/// The device keys of the named approvers, by party.
+fn approver_keys(layout: &Layout, names: &[String]) -> Result<BTreeMap<u16, Vec<u8>>, Failure> {
+    let by_name = layout.parties_by_name();
+    let mut approvers = BTreeMap::new();
+    for name in names {
+        let party = by_name
+            .get(name)
+            .copied()
+            .ok_or_else(|| internal(format!("approver {name} is not a member")))?;
+        let key = layout
+            .owner_of(party)
+            .ok_or_else(|| internal(format!("no key for party {party}")))?;
+        approvers.insert(party, key.to_vec());
+    }
+    Ok(approvers)
+}
+
 impl Service {
+    /// Refuses a founded request: audited, and answered with a signed `Refused` in its topic.
+    fn refuse_request(
+        &self,
+        wallet_id: &WalletId,
+        action: &str,
+        actor: &str,
+        hash: &[u8; 32],
+        reason: String,
+    ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
+        self.log(
+            wallet_id,
+            action,
+            actor,
+            hash,
+            &format!("refused: {reason}"),
+        )?;
+        Ok((
+            Ceremony::Finished,
+            vec![DaoMessage::Refused {
+                request: ByteBuf::from(hash.to_vec()),
+                reason,
+            }],
+        ))
+    }
+
     /// `Mailbox`: takes the delivered envelopes of `topic`, advances its ceremony, and answers
     /// with every envelope the enclave produced for it.
     pub(super) fn mailbox(&self, topic: &[u8], envelopes: &[ByteBuf]) -> Outcome {
@@ -314,22 +356,8 @@ impl Service {
             )));
         }
         let actor = format!("member:{}", hex::encode(sender));
-        let refuse = |reason: String| -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
-            self.log(
-                &wallet_id,
-                "dao-sign",
-                &actor,
-                &hash,
-                &format!("refused: {reason}"),
-            )?;
-            Ok((
-                Ceremony::Finished,
-                vec![DaoMessage::Refused {
-                    request: ByteBuf::from(hash.to_vec()),
-                    reason,
-                }],
-            ))
-        };
+        let refuse =
+            |reason: String| self.refuse_request(&wallet_id, "dao-sign", &actor, &hash, reason);
         let now = now_ms();
         if request.created_ms.saturating_add(REQUEST_MAX_AGE_MS) < now
             || request.created_ms > now.saturating_add(REQUEST_MAX_SKEW_MS)
@@ -361,18 +389,7 @@ impl Service {
             Ok(d) => d,
             Err(denial) => return refuse(format!("policy: {}", denial.reason)),
         };
-        let by_name = layout.parties_by_name();
-        let mut approvers = BTreeMap::new();
-        for name in &decision.approvers {
-            let party = by_name
-                .get(name)
-                .copied()
-                .ok_or_else(|| internal(format!("approver {name} is not a member")))?;
-            let key = layout
-                .owner_of(party)
-                .ok_or_else(|| internal(format!("no key for party {party}")))?;
-            approvers.insert(party, key.to_vec());
-        }
+        let approvers = approver_keys(&layout, &decision.approvers)?;
         let coordinator = Coordinator::new(
             hash,
             summary.sighashes.clone(),
@@ -617,22 +634,8 @@ impl Service {
             )));
         }
         let actor = format!("member:{}", hex::encode(sender));
-        let refuse = |reason: String| -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
-            self.log(
-                &wallet_id,
-                "dao-policy",
-                &actor,
-                &hash,
-                &format!("refused: {reason}"),
-            )?;
-            Ok((
-                Ceremony::Finished,
-                vec![DaoMessage::Refused {
-                    request: ByteBuf::from(hash.to_vec()),
-                    reason,
-                }],
-            ))
-        };
+        let refuse =
+            |reason: String| self.refuse_request(&wallet_id, "dao-policy", &actor, &hash, reason);
         if change.from_version != state.policy_version {
             return refuse(format!(
                 "it replaces policy version {}, the policy in force is version {}",
@@ -653,18 +656,7 @@ impl Service {
             ));
         }
         let admin = current.admin();
-        let by_name = layout.parties_by_name();
-        let mut approvers = BTreeMap::new();
-        for name in &admin.approvers {
-            let party = by_name
-                .get(name)
-                .copied()
-                .ok_or_else(|| internal(format!("admin {name} is not a member")))?;
-            let key = layout
-                .owner_of(party)
-                .ok_or_else(|| internal(format!("no key for party {party}")))?;
-            approvers.insert(party, key.to_vec());
-        }
+        let approvers = approver_keys(&layout, &admin.approvers)?;
         self.log(
             &wallet_id,
             "dao-policy",

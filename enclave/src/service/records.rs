@@ -57,6 +57,16 @@ pub struct WalletState {
     pub epoch_started_ms: u64,
     /// Signatures made since the current epoch began (persisted only when a limit is set).
     pub signatures: u64,
+    /// The spending policy (TOML; its one member `owner` is the device key), set at creation;
+    /// only the recovery credential may change it (`super::psbt`). `None`: no policy.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// The wallet's network name, for rendering addresses (`None`: created before policies).
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Spends signed through PSBTs, for velocity rules (recorded before the shares leave).
+    #[serde(default)]
+    pub history: Vec<PastSpend>,
 }
 
 /// One epoch's share.
@@ -251,11 +261,29 @@ impl Records<'_> {
         party: u16,
         epoch: u64,
     ) -> Result<ShareRecord, Failure> {
+        self.open_share(
+            id,
+            &share_key(id, epoch),
+            party,
+            epoch,
+            format!("the share of epoch {epoch} is missing"),
+        )
+    }
+
+    /// Reads and opens the share blob at `key`, bound to `id`, `party` and `epoch`.
+    fn open_share(
+        &self,
+        id: &WalletId,
+        key: &str,
+        party: u16,
+        epoch: u64,
+        missing: String,
+    ) -> Result<ShareRecord, Failure> {
         let blob = self
             .store
-            .get(&share_key(id, epoch))
+            .get(key)
             .map_err(internal)?
-            .ok_or_else(|| integrity(id, format!("the share of epoch {epoch} is missing")))?;
+            .ok_or_else(|| integrity(id, missing))?;
         let plain = self
             .sealer
             .open(&Self::share_ctx(id, party, epoch), &blob)
@@ -380,20 +408,12 @@ impl Records<'_> {
         party: u16,
         epoch: u64,
     ) -> Result<ShareRecord, Failure> {
-        let blob = self
-            .store
-            .get(&dao_share_key(id, party, epoch))
-            .map_err(internal)?
-            .ok_or_else(|| integrity(id, format!("the share of party {party} is missing")))?;
-        let plain = self
-            .sealer
-            .open(&Self::share_ctx(id, party, epoch), &blob)
-            .map_err(|e| integrity(id, e))?;
-        let share: ShareRecord =
-            ciborium::de::from_reader(plain.as_slice()).map_err(|e| integrity(id, e))?;
-        if share.epoch != epoch {
-            return Err(integrity(id, "share of another epoch"));
-        }
-        Ok(share)
+        self.open_share(
+            id,
+            &dao_share_key(id, party, epoch),
+            party,
+            epoch,
+            format!("the share of party {party} at epoch {epoch} is missing"),
+        )
     }
 }
