@@ -3,10 +3,12 @@
 //! [`session::Session`] opens an attested channel to a cosigner (nothing is sent before its
 //! attestation verified against the [`trust::Trust`] file); [`wallet`] runs the ceremonies;
 //! [`home::Home`] keeps this device's keys and shares.
+//! [`mailbox::MailboxClient`] posts and fetches signed envelopes at a parent's mailbox.
 
 pub mod address;
 mod error;
 pub mod home;
+pub mod mailbox;
 pub mod session;
 pub mod trust;
 pub mod wallet;

@@ -13,6 +13,9 @@
 //! store_vsock_port = 5001
 //! # SQLite database of sealed blobs.
 //! database = "/var/lib/cosigner/store.db"
+//! # Optional: the members' mailbox (DAO ceremonies), TCP, stored in `database` (see
+//! # `crate::mailbox`). Absent: no mailbox. Must differ from `listen`.
+//! mailbox_listen = "0.0.0.0:7002"
 //!
 //! # Optional: outbound proxies for the enclave (see `crate::proxy`). Every `to` must be
 //! # allowed by a rule here; `*` is exactly one DNS label, never in the last two.
@@ -62,6 +65,8 @@ pub struct Config {
     pub store_vsock_port: Option<u32>,
     /// The SQLite database file.
     pub database: PathBuf,
+    /// TCP address of the members' mailbox, if it is served (port 0: any free port).
+    pub mailbox_listen: Option<SocketAddr>,
     /// Destinations proxies may have.
     pub proxy_allow: Vec<AllowRule>,
     /// Outbound proxies, each checked against `proxy_allow` (at load and again at start).
@@ -80,6 +85,8 @@ struct RawConfig {
     #[serde(default)]
     store_vsock_port: Option<u32>,
     database: String,
+    #[serde(default)]
+    mailbox_listen: Option<String>,
     #[serde(default)]
     proxy_allow: Vec<String>,
     #[serde(default)]
@@ -243,6 +250,11 @@ impl Config {
                     .into(),
             })?;
         let enclave = raw.enclave.parse::<EnclaveAddr>()?;
+        let mailbox_listen = raw
+            .mailbox_listen
+            .as_deref()
+            .map(|m| parse_mailbox_listen(m, listen))
+            .transpose()?;
         let store_socket = PathBuf::from(&raw.store_socket);
         check_socket_path("store_socket", &raw.store_socket, &store_socket)?;
         if raw.database.is_empty() {
@@ -278,6 +290,7 @@ impl Config {
             store_socket,
             store_vsock_port: raw.store_vsock_port,
             database: PathBuf::from(raw.database),
+            mailbox_listen,
             proxy_allow,
             proxies,
             aws_credentials: raw
@@ -346,6 +359,28 @@ fn parse_proxy(raw: RawProxy, allow: &[AllowRule]) -> Result<ProxyConfig> {
         to,
         max_connections,
     })
+}
+
+/// `mailbox_listen`: an `IP:PORT` other than the client listener's (port 0 excepted: each gets
+/// its own free port).
+fn parse_mailbox_listen(value: &str, listen: SocketAddr) -> Result<SocketAddr> {
+    let bad = |reason: &str| ParentError::InvalidAddress {
+        field: "mailbox_listen",
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let addr = value.parse::<SocketAddr>().map_err(|_| {
+        bad("expected IP:PORT, e.g. 0.0.0.0:7002 or [::]:7002 (host names are not resolved)")
+    })?;
+    if addr.port() != 0
+        && addr.port() == listen.port()
+        && (addr.ip() == listen.ip() || addr.ip().is_unspecified() || listen.ip().is_unspecified())
+    {
+        return Err(bad(
+            "the same address as `listen`; give the mailbox a port of its own",
+        ));
+    }
+    Ok(addr)
 }
 
 /// A vsock port to listen on: not `VMADDR_PORT_ANY` (u32::MAX), which would pick a random one.

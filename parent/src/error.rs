@@ -59,6 +59,14 @@ pub enum ParentError {
         /// The limit.
         max: usize,
     },
+    /// The mailbox refuses a post: a cap on topics, messages per topic or stored bytes is reached.
+    #[error("mailbox full: {what} (at most {max})")]
+    MailboxFull {
+        /// Which cap.
+        what: &'static str,
+        /// The cap.
+        max: u64,
+    },
     /// SQLite failed.
     #[error("database {operation} failed: {reason}")]
     Database {

@@ -11,6 +11,7 @@
 //! * [`aws_credentials`]: the AWS credentials handed to the enclave for KMS (IMDSv2, environment,
 //!   file);
 //! * [`relay`]: copies one client connection's bytes to the enclave and back;
+//! * [`mailbox`]: the members' mailbox (signed envelopes, SQLite, its own TCP listener);
 //! * [`server`]: [`Parent`] binds both sockets and runs the accept loops ([`RunningParent`]).
 
 pub mod audit;
@@ -18,6 +19,7 @@ pub mod aws_credentials;
 pub mod config;
 mod error;
 pub mod image;
+pub mod mailbox;
 pub mod proxy;
 pub mod relay;
 pub mod server;

@@ -84,8 +84,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let running = Parent::new(config)
                 .and_then(Parent::start)
                 .context("starting")?;
+            let mailbox = running
+                .mailbox_addr()
+                .map(|a| format!("; mailbox on {a}"))
+                .unwrap_or_default();
             eprintln!(
-                "cosigner-parent: {summary}; listening on {}",
+                "cosigner-parent: {summary}; listening on {}{mailbox}",
                 running.client_addr()
             );
             running.wait();

@@ -1,6 +1,7 @@
 //! The running parent: a TCP listener for clients, relayed to the enclave (unix socket or vsock);
-//! the store, on a unix socket and optionally on a vsock port; and the outbound proxies
-//! ([`crate::proxy`]). One thread per listener, one per connection (two while relaying).
+//! the store, on a unix socket and optionally on a vsock port; the outbound proxies
+//! ([`crate::proxy`]); and, when configured, the members' mailbox on TCP ([`crate::mailbox`]).
+//! One thread per listener, one per connection (two while relaying).
 //!
 //! Every listener goes through the same accept loop ([`Listen`]: TCP, unix or vsock), and every
 //! connection is a [`Conn`], so the store and the proxies run the same code on vsock (Nitro) as on
@@ -35,6 +36,7 @@ use vsock::{VMADDR_CID_ANY, VsockListener, VsockStream};
 use crate::aws_credentials::CredentialsProvider;
 use crate::config::{Config, EnclaveAddr};
 use crate::error::{ParentError, Result};
+use crate::mailbox::{MailboxListener, MailboxStore, is_ordinary_end, serve_mailbox};
 use crate::proxy::{self, Destination, Inbound};
 use crate::relay::{Conn, Io, Listen, relay};
 use crate::store::{SqliteStore, Store};
@@ -52,18 +54,38 @@ const POLL_INTERVAL_MS: u16 = 500;
 pub struct Parent {
     config: Config,
     store: Arc<dyn Store>,
+    mailbox: Option<Arc<MailboxStore>>,
 }
 
 impl Parent {
-    /// A parent on `config`, opening (or creating) the SQLite store at `config.database`.
+    /// A parent on `config`, opening (or creating) the SQLite store at `config.database`, and
+    /// the mailbox's tables in it when `config.mailbox_listen` is set.
     pub fn new(config: Config) -> Result<Parent> {
         let store = SqliteStore::open(&config.database)?;
-        Ok(Self::with_store(config, Arc::new(store)))
+        let mailbox = match config.mailbox_listen {
+            Some(_) => Some(Arc::new(MailboxStore::open(&config.database)?)),
+            None => None,
+        };
+        Ok(Parent {
+            mailbox,
+            ..Self::with_store(config, Arc::new(store))
+        })
     }
 
-    /// A parent on `config` serving `store` (`config.database` is not used).
+    /// A parent on `config` serving `store` (`config.database` is not used, except by the
+    /// mailbox if `config.mailbox_listen` is set and [`Parent::with_mailbox`] gave none).
     pub fn with_store(config: Config, store: Arc<dyn Store>) -> Parent {
-        Parent { config, store }
+        Parent {
+            config,
+            store,
+            mailbox: None,
+        }
+    }
+
+    /// Serves `mailbox` on `config.mailbox_listen` (instead of opening `config.database`).
+    pub fn with_mailbox(mut self, mailbox: Arc<MailboxStore>) -> Parent {
+        self.mailbox = Some(mailbox);
+        self
     }
 
     /// Binds every listener (clients, store, proxies) and starts accepting on all of them.
@@ -74,7 +96,11 @@ impl Parent {
     /// [`ParentError::ProxyNotAllowed`] (checked at load too; this covers a [`Config`] built in
     /// code). Nothing is left running or bound when `start` fails.
     pub fn start(self) -> Result<RunningParent> {
-        let Parent { config, store } = self;
+        let Parent {
+            config,
+            store,
+            mailbox,
+        } = self;
         for p in &config.proxies {
             proxy::check_allowed(&config.proxy_allow, &p.to)?;
         }
@@ -96,6 +122,7 @@ impl Parent {
         // socket files bound so far.
         let mut running = RunningParent {
             client_addr,
+            mailbox_addr: None,
             store_socket: config.store_socket.clone(),
             socket_files: Vec::new(),
             shared,
@@ -112,6 +139,24 @@ impl Parent {
             .aws_credentials
             .clone()
             .map(|c| Arc::new(CredentialsProvider::new(c)));
+        if let Some(addr) = config.mailbox_listen {
+            let mailbox = match mailbox {
+                Some(m) => m,
+                None => Arc::new(MailboxStore::open(&config.database)?),
+            };
+            let tcp = TcpListener::bind(addr)
+                .map_err(|e| ParentError::io(format!("binding the mailbox on {addr}"), &e))?;
+            running.mailbox_addr = Some(
+                tcp.local_addr()
+                    .map_err(|e| ParentError::io("reading the mailbox's bound address", &e))?,
+            );
+            loops.push(Loop {
+                name: "parent-accept-mailbox".into(),
+                listener: nonblocking(Box::new(MailboxListener(tcp)), &addr.to_string())?,
+                max: MAX_CONNECTIONS,
+                handler: Handler::Mailbox(mailbox),
+            });
+        }
         let unix = running.bind_unix(&config.store_socket)?;
         loops.push(Loop {
             name: "parent-accept-store".into(),
@@ -164,6 +209,7 @@ impl Parent {
 /// A started parent. Dropping it shuts it down.
 pub struct RunningParent {
     client_addr: SocketAddr,
+    mailbox_addr: Option<SocketAddr>,
     store_socket: PathBuf,
     /// The unix socket files we bound, with their (device, inode), to remove only our own.
     socket_files: Vec<(PathBuf, (u64, u64))>,
@@ -176,6 +222,11 @@ impl RunningParent {
     /// The address clients connect to (the actual port when the configuration said 0).
     pub fn client_addr(&self) -> SocketAddr {
         self.client_addr
+    }
+
+    /// The mailbox's address (the actual port when the configuration said 0), if it is served.
+    pub fn mailbox_addr(&self) -> Option<SocketAddr> {
+        self.mailbox_addr
     }
 
     /// The store socket's path.
@@ -310,6 +361,8 @@ enum Handler {
     Store(Arc<dyn Store>, Option<Arc<CredentialsProvider>>),
     /// Relay the enclave to a fixed outside destination.
     Proxy { listen: Inbound, to: Destination },
+    /// Serve the members' mailbox.
+    Mailbox(Arc<MailboxStore>),
 }
 
 impl Handler {
@@ -324,6 +377,13 @@ impl Handler {
                 }
             }
             Handler::Proxy { listen, to } => proxy_one(id, conn, listen, to, shared),
+            Handler::Mailbox(mailbox) => {
+                if let Err(e) = serve_mailbox(Io(&**conn), mailbox)
+                    && !is_ordinary_end(&e)
+                {
+                    log(&format!("mailbox connection ended: {e}"));
+                }
+            }
         }
     }
 }
