@@ -59,6 +59,7 @@ listen = "127.0.0.1:$port"
 enclave = "unix:$dir/enclave.sock"
 store_socket = "$dir/store.sock"
 database = "$dir/store/store.db"
+mailbox_listen = "127.0.0.1:$((port + 2))"
 CONF
   for p in parent enclave; do
     if [ -f "$dir/$p.pid" ] && kill -0 "$(cat "$dir/$p.pid")" 2>/dev/null; then
@@ -88,6 +89,7 @@ cat > "$DEV/cosigner.env" <<CONF
 export COSIGNER_PROVIDER=tcp://127.0.0.1:$PROVIDER_PORT
 export COSIGNER_RECOVERY=tcp://127.0.0.1:$RECOVERY_PORT
 export COSIGNER_TRUST=$DEV/trust.toml
+export COSIGNER_MAILBOX=tcp://127.0.0.1:$((PROVIDER_PORT + 2))
 CONF
 
 # shellcheck disable=SC1091
