@@ -4,11 +4,13 @@
 //! attestation verified against the [`trust::Trust`] file); [`wallet`] runs the ceremonies;
 //! [`home::Home`] keeps this device's keys and shares.
 //! [`mailbox::MailboxClient`] posts and fetches signed envelopes at a parent's mailbox.
+//! [`psbt_sign`] signs a personal wallet's PSBTs (and manages its spending policy).
 
 pub mod address;
 mod error;
 pub mod home;
 pub mod mailbox;
+pub mod psbt_sign;
 pub mod session;
 pub mod trust;
 pub mod wallet;

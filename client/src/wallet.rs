@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cosigner_protocol::auth::{public_key_bytes, registration_digest, sign_digest, sign_request};
+use cosigner_protocol::auth::{
+    public_key_bytes, registration_digest_with, sign_digest, sign_request,
+};
 use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
 use cosigner_protocol::wire::{
     self, Confirmation, DkgParams, KeyRole, RefreshParams, Registration, RepairParams, Request,
@@ -72,6 +74,25 @@ pub fn create(
     network: Network,
     recovery_key_out: &Path,
 ) -> Result<Created> {
+    create_with_policy(home, provider, recovery, network, recovery_key_out, None)
+}
+
+/// [`create`] with a spending policy (TOML, see `cosigner_protocol::policy`; its one member is
+/// `owner`, this device). The policy and the network are registered with both cosigners inside
+/// what both keys sign, so nobody in between can swap them; from then on the cosigners sign
+/// only PSBTs the policy allows, and the device key alone can never change it.
+pub fn create_with_policy(
+    home: &Home,
+    provider: &mut Session,
+    recovery: &mut Session,
+    network: Network,
+    recovery_key_out: &Path,
+    policy: Option<&str>,
+) -> Result<Created> {
+    if let Some(text) = policy {
+        // Refused here already, before any ceremony, if the cosigners would refuse it.
+        crate::psbt_sign::check_policy(home, text)?;
+    }
     if recovery_key_out.exists() {
         return Err(ClientError::Input(format!(
             "{} already exists: refusing to overwrite a recovery credential",
@@ -137,17 +158,21 @@ pub fn create(
         public_key_bytes(&device_key),
         public_key_bytes(&recovery_key),
     );
-    let digest = registration_digest(
+    let digest = registration_digest_with(
         &wallet_id,
         &output.transcript_hash,
         &device_pub,
         &recovery_pub,
+        policy,
+        Some(network.name()),
     );
     let registration = Registration {
         device_key: ByteBuf::from(device_pub),
         recovery_key: ByteBuf::from(recovery_pub),
         device_signature: ByteBuf::from(sign_digest(&device_key, &digest)?.to_vec()),
         recovery_signature: ByteBuf::from(sign_digest(&recovery_key, &digest)?.to_vec()),
+        policy: policy.map(str::to_owned),
+        network: Some(network.name().to_owned()),
     };
     let ours = output.public_key_package.serialize().map_err(internal)?;
     for session in [&mut *provider, &mut *recovery] {

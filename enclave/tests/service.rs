@@ -26,7 +26,9 @@ use cosigner_enclave::service::audit::verify_stored;
 use cosigner_enclave::service::{RefreshPolicy, Service, SessionState};
 use cosigner_enclave::store::{BlobStore, MemoryStore, StoreError};
 use cosigner_kms::{Pin, Pkcs11Sealer, SEAL_FORMAT_VERSION, SEAL_KEY_ID_LEN, Sealer, Token};
-use cosigner_protocol::auth::{public_key_bytes, registration_digest, request_digest, sign_digest};
+use cosigner_protocol::auth::{
+    public_key_bytes, registration_digest, registration_digest_with, request_digest, sign_digest,
+};
 use cosigner_protocol::dkg;
 use cosigner_protocol::sign::{SignerSession, aggregate, signing_package};
 use cosigner_protocol::wire::{
@@ -266,6 +268,18 @@ fn finish_dkg(
     provider: u16,
     provider_round1: Round1Message,
 ) -> Wallet {
+    finish_dkg_registering(h, session, params, provider, provider_round1, registration).unwrap()
+}
+
+/// [`finish_dkg`] with the registration `register` makes; a refused `DkgConfirm` is its message.
+fn finish_dkg_registering(
+    h: &Harness,
+    session: &mut SessionState,
+    params: &DkgParams,
+    provider: u16,
+    provider_round1: Round1Message,
+    register: impl Fn(&WalletId, &[u8], &SigningKey, &SigningKey) -> Registration,
+) -> Result<Wallet, String> {
     let wallet_id = params.wallet_id;
     let mut round1 = vec![provider_round1];
     let mut states = Vec::new();
@@ -326,7 +340,7 @@ fn finish_dkg(
     let (public, transcript_hash) = done.unwrap();
     let device = SigningKey::random(&mut OsRng);
     let recovery = SigningKey::random(&mut OsRng);
-    let registration = registration(&wallet_id, &transcript_hash, &device, &recovery);
+    let registration = register(&wallet_id, &transcript_hash, &device, &recovery);
     let info = match h.call(
         session,
         Request::DkgConfirm {
@@ -336,6 +350,7 @@ fn finish_dkg(
         },
     ) {
         Response::DkgDone { wallet } => wallet,
+        Response::Error(e) => return Err(e.message),
         other => panic!("DkgConfirm: {other:?}"),
     };
     assert_eq!(
@@ -343,14 +358,14 @@ fn finish_dkg(
         public.serialize().unwrap().as_slice(),
         "the service stored another public key package than the client derived"
     );
-    Wallet {
+    Ok(Wallet {
         id: wallet_id,
         keys,
         public,
         info,
         device,
         recovery,
-    }
+    })
 }
 
 fn registration(
@@ -366,6 +381,33 @@ fn registration(
         recovery_signature: ByteBuf::from(sign_digest(recovery, &digest).unwrap().to_vec()),
         device_key: ByteBuf::from(device_key),
         recovery_key: ByteBuf::from(recovery_key),
+        policy: None,
+        network: None,
+    }
+}
+
+/// A registration with a spending policy on regtest, both keys signing over it.
+fn registration_with_policy(
+    policy: &str,
+) -> impl Fn(&WalletId, &[u8], &SigningKey, &SigningKey) -> Registration + '_ {
+    move |wallet_id, transcript_hash, device, recovery| {
+        let (device_key, recovery_key) = (public_key_bytes(device), public_key_bytes(recovery));
+        let digest = registration_digest_with(
+            wallet_id,
+            transcript_hash,
+            &device_key,
+            &recovery_key,
+            Some(policy),
+            Some("regtest"),
+        );
+        Registration {
+            device_signature: ByteBuf::from(sign_digest(device, &digest).unwrap().to_vec()),
+            recovery_signature: ByteBuf::from(sign_digest(recovery, &digest).unwrap().to_vec()),
+            device_key: ByteBuf::from(device_key),
+            recovery_key: ByteBuf::from(recovery_key),
+            policy: Some(policy.to_owned()),
+            network: Some("regtest".to_owned()),
+        }
     }
 }
 
@@ -1391,4 +1433,355 @@ fn a_rolled_back_state_is_refused() {
     );
     h.store.put(&state, &new).unwrap();
     sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Personal wallets with a spending policy: PSBTs only, valued by the service
+
+/// 0.01 BTC per rolling 24 hours, fee included.
+const DAILY: &str = r#"
+[[rule]]
+name = "daily"
+velocity = { window_hours = 24, limit = 1_000_000 }
+approvals = 1
+"#;
+
+/// A 2-of-3 wallet created with `policy` (registered, bound to both keys' signatures).
+fn create_policy_wallet(
+    h: &Harness,
+    session: &mut SessionState,
+    policy: &str,
+) -> Result<Wallet, String> {
+    create_wallet_registering(h, session, registration_with_policy(policy))
+}
+
+fn output_key(wallet: &Wallet) -> [u8; 32] {
+    let sec1 = wallet.public.verifying_key().serialize().unwrap();
+    sec1[1..33].try_into().unwrap()
+}
+
+/// A PSBT signing session opened at the service (party 1 is the other signer).
+struct OpenPsbt {
+    psbt: Vec<u8>,
+    session_id: ByteBuf,
+    ours: Vec<SignerSession<Suite>>,
+    packages: Vec<Vec<u8>>,
+}
+
+/// `SignPsbtCommit` with party 1's commitments; the refusal's message on failure.
+fn psbt_commit(
+    h: &Harness,
+    session: &mut SessionState,
+    wallet: &Wallet,
+    spend: &cosigner_tests::bitcoin_tx::Spend,
+) -> Result<OpenPsbt, String> {
+    use cosigner_protocol::psbt;
+    let bytes = psbt::decode_psbt_file(spend.psbt_base64.as_bytes()).unwrap();
+    // Ours may fail (a PSBT the service must refuse too): then it is sent unchecked.
+    let summary = psbt::analyze(&bytes, &output_key(wallet), psbt::Network::Regtest);
+    let request = Request::SignPsbtCommit {
+        wallet_id: wallet.id,
+        epoch: 0,
+        psbt: ByteBuf::from(bytes.clone()),
+        signers: vec![1, PROVIDER],
+    };
+    let (session_id, theirs, evaluation) = match authorized(
+        &h.service,
+        session,
+        wallet.id,
+        KeyRole::Device,
+        &wallet.device,
+        &request,
+    ) {
+        Response::PsbtCommitted {
+            session_id,
+            commitments,
+            evaluation,
+        } => (session_id, commitments, evaluation),
+        Response::Error(e) => return Err(e.message),
+        other => panic!("SignPsbtCommit: {other:?}"),
+    };
+    let summary = summary.expect("the service committed to a PSBT this device refuses");
+    assert_eq!(evaluation.value_leaving, summary.value_leaving);
+    assert_eq!(evaluation.txid, summary.txid);
+    assert_eq!(theirs.len(), summary.sighashes.len());
+    let key = &wallet.keys[&1];
+    let mut ours = Vec::new();
+    let mut packages = Vec::new();
+    for (sighash, provider) in summary.sighashes.iter().zip(theirs) {
+        let (s, c) =
+            SignerSession::<Suite>::commit(key, 1, sighash, &[1, PROVIDER], &mut OsRng).unwrap();
+        ours.push(s);
+        let commitments = BTreeMap::from([(1, c), (PROVIDER, provider.into_vec())]);
+        packages.push(signing_package::<Suite>(sighash, &commitments).unwrap());
+    }
+    Ok(OpenPsbt {
+        psbt: bytes,
+        session_id,
+        ours,
+        packages,
+    })
+}
+
+/// `SignPsbtShare`, then aggregation and finalization: the transaction's hex.
+fn psbt_release(
+    h: &Harness,
+    session: &mut SessionState,
+    wallet: &Wallet,
+    open: OpenPsbt,
+) -> Result<String, String> {
+    let shares = match h.call(
+        session,
+        Request::SignPsbtShare {
+            session_id: open.session_id,
+            signing_packages: open.packages.iter().cloned().map(ByteBuf::from).collect(),
+        },
+    ) {
+        Response::PsbtShares { shares } => shares,
+        Response::Error(e) => return Err(e.message),
+        other => panic!("SignPsbtShare: {other:?}"),
+    };
+    let key = &wallet.keys[&1];
+    let mut signatures = Vec::new();
+    for ((ours, package), provider) in open.ours.into_iter().zip(&open.packages).zip(shares) {
+        let share = ours.sign(key, package).unwrap();
+        let all = BTreeMap::from([(1, share), (PROVIDER, provider.into_vec())]);
+        let signature = aggregate::<Suite>(package, &all, &wallet.public).unwrap();
+        signatures.push(<[u8; 64]>::try_from(signature.as_slice()).unwrap());
+    }
+    let (_, tx) =
+        cosigner_protocol::psbt::finalize(&open.psbt, &output_key(wallet), &signatures).unwrap();
+    Ok(hex::encode(tx))
+}
+
+fn sign_psbt(
+    h: &Harness,
+    session: &mut SessionState,
+    wallet: &Wallet,
+    spend: &cosigner_tests::bitcoin_tx::Spend,
+) -> Result<String, String> {
+    let open = psbt_commit(h, session, wallet, spend)?;
+    psbt_release(h, session, wallet, open)
+}
+
+/// A 2-input, 2-output spend: `leaving` satoshis leave (10 000 of them the fee).
+fn spend_of(wallet: &Wallet, leaving: u64) -> cosigner_tests::bitcoin_tx::Spend {
+    use cosigner_tests::bitcoin_tx::{self, Pay};
+    bitcoin_tx::build(
+        &hex::encode(output_key(wallet)),
+        &[leaving, 700_000],
+        &[
+            (Pay::To(bitcoin_tx::foreign_address()), leaving - 10_000),
+            (Pay::Change, 700_000),
+        ],
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_policy_wallet_signs_psbts_within_its_daily_limit_only() {
+    let h = Harness::new();
+    let mut session = h.session();
+    let wallet = create_policy_wallet(&h, &mut session, DAILY).unwrap();
+
+    let first = spend_of(&wallet, 600_000);
+    let tx = sign_psbt(&h, &mut session, &wallet, &first).unwrap();
+    cosigner_tests::bitcoin_tx::verify_consensus(&tx, &first.prevouts).unwrap();
+
+    // 600 000 + 500 000 would exceed the rolling 1 000 000.
+    let refused = sign_psbt(&h, &mut session, &wallet, &spend_of(&wallet, 500_000)).unwrap_err();
+    assert!(
+        refused.contains("refused by the wallet's policy: no rule matches"),
+        "{refused}"
+    );
+    // Exactly up to the limit still passes.
+    let last = spend_of(&wallet, 400_000);
+    let tx = sign_psbt(&h, &mut session, &wallet, &last).unwrap();
+    cosigner_tests::bitcoin_tx::verify_consensus(&tx, &last.prevouts).unwrap();
+
+    // A raw digest cannot be valued: refused, whatever it is.
+    match authorized(
+        &h.service,
+        &mut session,
+        wallet.id,
+        KeyRole::Device,
+        &wallet.device,
+        &sign_commit_request(wallet.id, MESSAGE, &[1, 2]),
+    ) {
+        Response::Error(e) => assert!(
+            e.message.contains("this wallet has a policy: sign a PSBT"),
+            "{e:?}"
+        ),
+        other => panic!("a raw SignCommit was answered: {other:?}"),
+    }
+    // A PSBT that does not spend the wallet's own output is refused before any commitment.
+    let another = create_wallet(&h, &mut session);
+    let foreign = cosigner_tests::bitcoin_tx::build(
+        &hex::encode(output_key(&another)),
+        &[10_000],
+        &[(cosigner_tests::bitcoin_tx::Pay::Change, 5_000)],
+    )
+    .unwrap();
+    let refused = sign_psbt(&h, &mut session, &wallet, &foreign).unwrap_err();
+    assert!(refused.contains("PSBT"), "{refused}");
+    // Every decision is in the audit log, which verifies.
+    verify_stored(&h.store, &h.service.audit_public_key()).unwrap();
+}
+
+#[test]
+fn two_open_sessions_cannot_together_exceed_the_limit() {
+    let h = Harness::new();
+    let mut session = h.session();
+    let wallet = create_policy_wallet(&h, &mut session, DAILY).unwrap();
+    // Both fit on their own when committed...
+    let a = psbt_commit(&h, &mut session, &wallet, &spend_of(&wallet, 600_000)).unwrap();
+    let b = psbt_commit(&h, &mut session, &wallet, &spend_of(&wallet, 600_000)).unwrap();
+    // ...another connection cannot release them...
+    let mut other = h.session();
+    let stolen = match h.call(
+        &mut other,
+        Request::SignPsbtShare {
+            session_id: a.session_id.clone(),
+            signing_packages: a.packages.iter().cloned().map(ByteBuf::from).collect(),
+        },
+    ) {
+        Response::Error(e) => e.message,
+        other => panic!("another session released shares: {other:?}"),
+    };
+    assert!(stolen.contains("another connection"), "{stolen}");
+    // ...the first is released and recorded; the second, evaluated again, no longer fits.
+    psbt_release(&h, &mut session, &wallet, a).unwrap();
+    let b_id = b.session_id.clone();
+    let packages: Vec<ByteBuf> = b.packages.iter().cloned().map(ByteBuf::from).collect();
+    let why = psbt_release(&h, &mut session, &wallet, b).unwrap_err();
+    assert!(why.contains("no rule matches"), "{why}");
+    // Its nonces are gone with it.
+    assert_eq!(
+        refused(h.call(
+            &mut session,
+            Request::SignPsbtShare {
+                session_id: b_id,
+                signing_packages: packages,
+            },
+        )),
+        ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn only_the_recovery_credential_changes_a_personal_policy() {
+    let h = Harness::new();
+    let mut session = h.session();
+    let wallet = create_policy_wallet(&h, &mut session, DAILY).unwrap();
+    let big = spend_of(&wallet, 1_500_000);
+    assert!(
+        sign_psbt(&h, &mut session, &wallet, &big)
+            .unwrap_err()
+            .contains("no rule matches")
+    );
+    let remove = Request::SetPolicy {
+        wallet_id: wallet.id,
+        policy: None,
+    };
+    // The device key (a thief's phone) cannot lift its own limit.
+    match authorized(
+        &h.service,
+        &mut session,
+        wallet.id,
+        KeyRole::Device,
+        &wallet.device,
+        &remove,
+    ) {
+        Response::Error(e) => assert!(e.message.contains("may not send SetPolicy"), "{e:?}"),
+        other => panic!("the device key changed the policy: {other:?}"),
+    }
+    assert!(sign_psbt(&h, &mut session, &wallet, &big).is_err());
+    // The offline recovery credential can.
+    assert_eq!(
+        authorized(
+            &h.service,
+            &mut session,
+            wallet.id,
+            KeyRole::Recovery,
+            &wallet.recovery,
+            &remove,
+        ),
+        Response::Done
+    );
+    let tx = sign_psbt(&h, &mut session, &wallet, &big).unwrap();
+    cosigner_tests::bitcoin_tx::verify_consensus(&tx, &big.prevouts).unwrap();
+    // Without a policy, raw digests are signed again.
+    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+    // Put back, the limit counts the spend made meanwhile.
+    let restore = Request::SetPolicy {
+        wallet_id: wallet.id,
+        policy: Some(DAILY.to_owned()),
+    };
+    assert_eq!(
+        authorized(
+            &h.service,
+            &mut session,
+            wallet.id,
+            KeyRole::Recovery,
+            &wallet.recovery,
+            &restore,
+        ),
+        Response::Done
+    );
+    assert!(
+        sign_psbt(&h, &mut session, &wallet, &spend_of(&wallet, 20_000))
+            .unwrap_err()
+            .contains("no rule matches")
+    );
+}
+
+#[test]
+fn the_policy_is_bound_to_the_registration_and_must_parse() {
+    let h = Harness::new();
+    let mut session = h.session();
+    // The host swaps the policy after the device signed the registration: refused.
+    let loose = DAILY.replace("1_000_000", "100_000_000_000");
+    let swapped = create_wallet_registering(&h, &mut session, |w, t, d, r| {
+        let mut reg = registration_with_policy(DAILY)(w, t, d, r);
+        reg.policy = Some(loose.clone());
+        reg
+    })
+    .err()
+    .unwrap();
+    assert!(swapped.contains("registration signature"), "{swapped}");
+    // ...or drops it: refused too.
+    let dropped = create_wallet_registering(&h, &mut session, |w, t, d, r| {
+        let mut reg = registration_with_policy(DAILY)(w, t, d, r);
+        reg.policy = None;
+        reg
+    })
+    .err()
+    .unwrap();
+    assert!(dropped.contains("registration signature"), "{dropped}");
+    // A policy naming someone other than the owner does not parse.
+    let stranger = "[[rule]]\nname = \"x\"\napprovals = 1\napprovers = [\"bob\"]\n";
+    let bad = create_policy_wallet(&h, &mut session, stranger)
+        .err()
+        .unwrap();
+    assert!(bad.contains("bob"), "{bad}");
+}
+
+fn create_wallet_registering(
+    h: &Harness,
+    session: &mut SessionState,
+    register: impl Fn(&WalletId, &[u8], &SigningKey, &SigningKey) -> Registration,
+) -> Result<Wallet, String> {
+    let wallet_id = WalletId(random());
+    let provider_round1 = match h.call(session, dkg_start(wallet_id)) {
+        Response::DkgRound1 { message } => message,
+        other => panic!("DkgStart: {other:?}"),
+    };
+    finish_dkg_registering(
+        h,
+        session,
+        &params(wallet_id),
+        PROVIDER,
+        provider_round1,
+        register,
+    )
 }

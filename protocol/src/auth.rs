@@ -109,6 +109,39 @@ pub fn registration_digest(
     h.finalize().into()
 }
 
+/// [`registration_digest`] extended with the wallet's terms: its spending policy (TOML text)
+/// and network, so the host relaying the registration cannot swap or drop them. Without either
+/// it is exactly [`registration_digest`].
+pub fn registration_digest_with(
+    wallet_id: &WalletId,
+    transcript_hash: &[u8],
+    device_key: &[u8],
+    recovery_key: &[u8],
+    policy: Option<&str>,
+    network: Option<&str>,
+) -> [u8; 32] {
+    if policy.is_none() && network.is_none() {
+        return registration_digest(wallet_id, transcript_hash, device_key, recovery_key);
+    }
+    let mut h = Sha256::new();
+    framed(&mut h, b"cosigner-registration-v2");
+    framed(&mut h, &wallet_id.0);
+    framed(&mut h, transcript_hash);
+    framed(&mut h, device_key);
+    framed(&mut h, recovery_key);
+    for part in [policy, network] {
+        // Presence, then the text: "absent" and "empty" differ.
+        match part {
+            Some(text) => {
+                framed(&mut h, &[1]);
+                framed(&mut h, text.as_bytes());
+            }
+            None => framed(&mut h, &[0]),
+        }
+    }
+    h.finalize().into()
+}
+
 /// Signs a digest; returns `r ‖ s`.
 pub fn sign_digest(key: &SigningKey, digest: &[u8; 32]) -> Result<[u8; 64]> {
     let sig: Signature = key
@@ -173,6 +206,31 @@ mod tests {
         assert!(verify_digest(&stranger, &d, &sig).is_err());
         assert!(verify_digest(&pk, &d, &sig[..63]).is_err());
         assert!(verify_digest(&[4; 33], &d, &sig).is_err());
+    }
+
+    #[test]
+    fn registration_binds_the_policy_and_network() {
+        let w = WalletId([1; 16]);
+        let base = registration_digest(&w, b"transcript", b"device", b"recovery");
+        let with = |p: Option<&str>, n: Option<&str>| {
+            registration_digest_with(&w, b"transcript", b"device", b"recovery", p, n)
+        };
+        assert_eq!(with(None, None), base, "no terms: the v1 digest");
+        let digests = [
+            base,
+            with(Some("policy"), Some("regtest")),
+            with(Some("policY"), Some("regtest")),
+            with(Some("policy"), Some("bitcoin")),
+            with(Some("policy"), None),
+            with(None, Some("regtest")),
+            with(Some(""), None),
+            with(Some("regtest"), None),
+        ];
+        for (i, a) in digests.iter().enumerate() {
+            for b in digests.get(i + 1..).unwrap_or_default() {
+                assert_ne!(a, b);
+            }
+        }
     }
 
     #[test]

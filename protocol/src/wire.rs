@@ -148,6 +148,32 @@ pub struct Registration {
     pub device_signature: ByteBuf,
     /// Recovery key's signature (r‖s) over the same digest: proof of possession.
     pub recovery_signature: ByteBuf,
+    /// The wallet's spending policy (TOML, `policy::Policy` with the single member `owner`, the
+    /// device key), bound into `auth::registration_digest_with`; absent: no policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The wallet's network name (`psbt::network_from_name`), how the enclave renders addresses
+    /// for the policy; bound like `policy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+}
+
+/// How the enclave read a PSBT it was asked to sign, and the policy rule that allowed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PsbtEvaluation {
+    /// Txid of the transaction.
+    pub txid: String,
+    /// Inputs minus the outputs paying the wallet's own script (fee included), satoshis.
+    pub value_leaving: u64,
+    /// Fee, satoshis.
+    pub fee: u64,
+    /// Outputs paying the wallet's own script, satoshis.
+    pub change: u64,
+    /// Every other output: (address or `script:<hex>`, satoshis), in output order.
+    pub destinations: Vec<(String, u64)>,
+    /// The policy rule that allowed the spend (`None`: the wallet has no policy).
+    pub rule: Option<String>,
 }
 
 /// What a refresh re-shares: the same group, the same threshold, every party.
@@ -336,6 +362,35 @@ pub enum Request {
         /// The new device's HPKE public key for this repair.
         participant_key: ByteBuf,
     },
+    /// Open a signing session for every input of a PSBT (binary, BIP-174 v0) spending the
+    /// wallet's own output key: the enclave computes the sighashes, evaluates the wallet's policy
+    /// and answers one commitment per input. Only inside `Authorized` (device key).
+    SignPsbtCommit {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// The share epoch to sign with.
+        epoch: u64,
+        /// The PSBT.
+        psbt: ByteBuf,
+        /// The signing set, us included.
+        signers: Vec<u16>,
+    },
+    /// Round 2 of a PSBT signing session: one `SigningPackage` per input, in input order;
+    /// answered with our shares, once. The spend is recorded before they are released.
+    SignPsbtShare {
+        /// The session from `PsbtCommitted`.
+        session_id: ByteBuf,
+        /// The coordinator's `SigningPackage`s, serialized by frost.
+        signing_packages: Vec<ByteBuf>,
+    },
+    /// Replace (`Some`) or remove (`None`) a personal wallet's policy. Only inside `Authorized`
+    /// by the recovery credential: the device key alone cannot lift its own limit.
+    SetPolicy {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// The new policy (TOML), or none.
+        policy: Option<String>,
+    },
 }
 
 impl Request {
@@ -361,6 +416,9 @@ impl Request {
             Self::RepairStart { .. } => "RepairStart",
             Self::RepairDeltas { .. } => "RepairDeltas",
             Self::RepairSigma { .. } => "RepairSigma",
+            Self::SignPsbtCommit { .. } => "SignPsbtCommit",
+            Self::SignPsbtShare { .. } => "SignPsbtShare",
+            Self::SetPolicy { .. } => "SetPolicy",
         }
     }
 }
@@ -457,6 +515,20 @@ pub enum Response {
     RepairSigma {
         /// It.
         sigma: SealedPackage,
+    },
+    /// PSBT signing round 1: one commitment per input, and the enclave's reading of the PSBT.
+    PsbtCommitted {
+        /// Names this session in `SignPsbtShare`.
+        session_id: ByteBuf,
+        /// Our `SigningCommitments` for each input, in input order.
+        commitments: Vec<ByteBuf>,
+        /// What the enclave computed, and the rule that allowed it.
+        evaluation: PsbtEvaluation,
+    },
+    /// PSBT signing round 2: our signature share for each input, in input order.
+    PsbtShares {
+        /// They.
+        shares: Vec<ByteBuf>,
     },
     /// The request was refused or failed.
     Error(WireError),
@@ -657,12 +729,51 @@ mod tests {
                 session_id: ByteBuf::from(vec![3; 16]),
                 signing_package: ByteBuf::from(vec![4; 100]),
             },
+            Request::SignPsbtCommit {
+                wallet_id,
+                epoch: 1,
+                psbt: ByteBuf::from(b"psbt\xff".to_vec()),
+                signers: vec![1, 2],
+            },
+            Request::SignPsbtShare {
+                session_id: ByteBuf::from(vec![3; 16]),
+                signing_packages: vec![ByteBuf::from(vec![4; 100]); 2],
+            },
+            Request::SetPolicy {
+                wallet_id,
+                policy: None,
+            },
         ];
         for r in requests {
             assert_eq!(decode::<Request>(&encode(&r).unwrap()).unwrap(), r);
         }
         let err = Response::Error(WireError::new(ErrorKind::NotFound, "no such wallet"));
         assert_eq!(decode::<Response>(&encode(&err).unwrap()).unwrap(), err);
+    }
+
+    #[test]
+    fn a_registration_without_terms_encodes_as_before() {
+        let plain = Registration {
+            device_key: ByteBuf::from(vec![2; 33]),
+            recovery_key: ByteBuf::from(vec![3; 33]),
+            device_signature: ByteBuf::from(vec![4; 64]),
+            recovery_signature: ByteBuf::from(vec![5; 64]),
+            policy: None,
+            network: None,
+        };
+        let encoded = encode(&plain).unwrap();
+        // No field names for absent terms: an enclave that predates them still reads it.
+        assert!(!encoded.windows(6).any(|w| w == b"policy"));
+        assert_eq!(decode::<Registration>(&encoded).unwrap(), plain);
+        let with = Registration {
+            policy: Some("[[rule]]".into()),
+            network: Some("regtest".into()),
+            ..plain
+        };
+        assert_eq!(
+            decode::<Registration>(&encode(&with).unwrap()).unwrap(),
+            with
+        );
     }
 
     #[test]

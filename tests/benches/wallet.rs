@@ -6,6 +6,10 @@
 //!   the attested session already open (parent relay, TLS, unseal from the parent's SQLite store,
 //!   SoftHSM AES-GCM, two round trips, client-side BIP-340 verification);
 //! * `ratio` = e2e / in-process (goal ≤ 1.5);
+//! * `psbt_sign_ms_p50`: `cosigner_client::psbt_sign::sign_psbt` of a 2-input, 2-output PSBT for
+//!   a wallet with a velocity policy, session open (the device's and the enclave's PSBT analysis,
+//!   policy evaluation with the spend history, two FROST signatures, the spend recorded and
+//!   anchored, finalization);
 //! * `signs_per_sec`: 4 concurrent clients, each with its own session, for 3 seconds;
 //! * `session_setup_ms_p50`: TCP + TLS 1.3 + attestation produced and verified;
 //! * `dkg_ms_p50`: `wallet create` with both sessions already open;
@@ -26,7 +30,7 @@ use cosigner_client::address::Network;
 use cosigner_client::home::Home;
 use cosigner_client::session::Session;
 use cosigner_client::trust::Trust;
-use cosigner_client::wallet;
+use cosigner_client::{psbt_sign, wallet};
 use cosigner_protocol::dkg;
 use cosigner_protocol::sign::{SignerSession, aggregate, signing_package};
 use cosigner_protocol::wire::{DkgParams, SUITE_SECP256K1_TR, WalletId};
@@ -150,6 +154,36 @@ fn main() {
         wallet::sign(&home, &mut provider, id, &message).unwrap();
     });
 
+    // A wallet with a policy (a limit no bench reaches: every spend is evaluated and recorded).
+    let policy = "[[rule]]\nname = \"daily\"\nvelocity = { window_hours = 24, limit = 2_100_000_000_000_000 }\napprovals = 1\n";
+    let policed = wallet::create_with_policy(
+        &home,
+        &mut provider,
+        &mut recovery,
+        Network::Regtest,
+        &home_dir.join("recovery-policed.key"),
+        Some(policy),
+    )
+    .unwrap()
+    .wallet;
+    let spend = cosigner_tests::bitcoin_tx::build(
+        &policed.group_public_key,
+        &[70_000, 50_000],
+        &[
+            (
+                cosigner_tests::bitcoin_tx::Pay::To(cosigner_tests::bitcoin_tx::foreign_address()),
+                60_000,
+            ),
+            (cosigner_tests::bitcoin_tx::Pay::Change, 50_000),
+        ],
+    )
+    .unwrap();
+    let psbt = cosigner_protocol::psbt::decode_psbt_file(spend.psbt_base64.as_bytes()).unwrap();
+    let policed_id = WalletId::from_hex(&policed.wallet_id).unwrap();
+    let psbt_ms = time(100, || {
+        psbt_sign::sign_psbt(&home, &mut provider, policed_id, &psbt).unwrap();
+    });
+
     let clients = 4;
     let window = Duration::from_secs(3);
     let total: usize = std::thread::scope(|scope| {
@@ -203,6 +237,7 @@ fn main() {
         serde_json::json!({
             "inprocess_sign_ms_p50": round(inprocess),
             "e2e_sign_ms_p50": round(e2e),
+            "psbt_sign_ms_p50": round(psbt_ms),
             "ratio": round(e2e / inprocess),
             "signs_per_sec": signs_per_sec.round(),
             "concurrent_clients": clients,

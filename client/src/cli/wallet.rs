@@ -1,4 +1,4 @@
-//! `cosigner wallet create|list|show` and `cosigner sign`.
+//! `cosigner wallet create|list|show|set-policy` and `cosigner sign`.
 
 use std::path::PathBuf;
 
@@ -8,7 +8,7 @@ use cosigner_client::address::Network;
 use cosigner_client::home::{Home, WalletFile};
 use cosigner_client::session::Session;
 use cosigner_client::trust::Trust;
-use cosigner_client::wallet;
+use cosigner_client::{psbt_sign, wallet};
 use cosigner_protocol::wire::WalletId;
 use serde_json::json;
 
@@ -24,6 +24,30 @@ pub enum WalletCommand {
         /// HOME/wallets/<id>.recovery.key, with a warning to move it.
         #[arg(long, value_name = "FILE")]
         recovery_key_out: Option<PathBuf>,
+        /// A spending policy (TOML; its one member is `owner`, this device), enforced by the
+        /// provider and the recovery cosigner: they then sign only PSBTs it allows. The device
+        /// key alone can never change it (`wallet set-policy` needs the recovery credential).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Print one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace or remove a wallet's spending policy at both cosigners, authorized by the
+    /// offline recovery credential (the device key alone cannot).
+    SetPolicy {
+        /// The wallet id (32 hex digits).
+        #[arg(long, value_name = "ID")]
+        wallet: String,
+        /// The recovery credential written by `wallet create`.
+        #[arg(long, value_name = "FILE")]
+        recovery_key: PathBuf,
+        /// The new policy (TOML).
+        #[arg(long, value_name = "FILE", required_unless_present = "remove")]
+        policy: Option<PathBuf>,
+        /// Remove the policy instead: the cosigners sign whatever the device asks again.
+        #[arg(long, conflicts_with = "policy")]
+        remove: bool,
         /// Print one JSON line.
         #[arg(long)]
         json: bool,
@@ -141,9 +165,11 @@ pub fn run(g: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
     match cmd {
         WalletCommand::Create {
             recovery_key_out,
+            policy,
             json,
         } => {
             let network: Network = g.network.parse()?;
+            let policy = policy.as_deref().map(read_policy).transpose()?;
             let home = home(g)?;
             let trust = trust(g)?;
             let mut provider =
@@ -159,7 +185,14 @@ pub fn run(g: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
                 (None, Some(p)) => p.clone(),
                 (None, None) => anyhow::bail!("give --recovery-key-out FILE"),
             };
-            let created = wallet::create(&home, &mut provider, &mut recovery, network, &out)?;
+            let created = wallet::create_with_policy(
+                &home,
+                &mut provider,
+                &mut recovery,
+                network,
+                &out,
+                policy.as_deref(),
+            )?;
             let w = created.wallet;
             if recovery_key_out.is_none() {
                 let kept = out.with_file_name(format!("{}.recovery.key", w.wallet_id));
@@ -183,6 +216,44 @@ pub fn run(g: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
                     "wallet {}\naddress {}\ngroup key (x-only) {}",
                     w.wallet_id, w.address, w.group_public_key
                 ))
+            }
+        }
+        WalletCommand::SetPolicy {
+            wallet,
+            recovery_key,
+            policy,
+            remove,
+            json,
+        } => {
+            let id = wallet_id(&wallet)?;
+            let policy = match (policy, remove) {
+                (Some(path), false) => Some(read_policy(&path)?),
+                (None, true) => None,
+                _ => anyhow::bail!("give --policy FILE or --remove"),
+            };
+            let recovery_key = cosigner_client::home::read_p256_key(&recovery_key)?;
+            let home = home(g)?;
+            let trust = trust(g)?;
+            let mut provider =
+                connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", &trust)?;
+            let mut recovery =
+                connect(g.recovery.as_ref(), "recovery", "COSIGNER_RECOVERY", &trust)?;
+            psbt_sign::set_policy(
+                &home,
+                &mut provider,
+                &mut recovery,
+                id,
+                &recovery_key,
+                policy.as_deref(),
+            )?;
+            if json {
+                emit(&json!({ "wallet_id": id.to_hex(), "policy": policy.is_some() }).to_string())
+            } else if policy.is_some() {
+                emit(&format!(
+                    "wallet {id}: new policy in force at both cosigners"
+                ))
+            } else {
+                emit(&format!("wallet {id}: policy removed at both cosigners"))
             }
         }
         WalletCommand::List { json } => {
@@ -262,7 +333,20 @@ pub fn sign(g: &Globals, args: SignArgs) -> anyhow::Result<()> {
     }
 }
 
-/// `cosigner sign --psbt` for a personal wallet.
+fn read_policy(path: &std::path::Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("policy file {}", path.display()))?;
+    if bytes.len() > cosigner_protocol::policy::MAX_POLICY_TEXT {
+        anyhow::bail!(
+            "policy file {}: larger than {} bytes",
+            path.display(),
+            cosigner_protocol::policy::MAX_POLICY_TEXT
+        );
+    }
+    String::from_utf8(bytes).with_context(|| format!("policy file {}: not UTF-8", path.display()))
+}
+
+/// `cosigner sign --psbt` for a personal wallet: the device's own reading goes to stderr first,
+/// then the provider evaluates the wallet's policy and both sign every input.
 fn sign_psbt(
     g: &Globals,
     home: &Home,
@@ -270,8 +354,27 @@ fn sign_psbt(
     psbt: Vec<u8>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let _ = (g, home, w, psbt, json);
-    anyhow::bail!("PSBT signing for personal wallets is not built yet")
+    let id = wallet_id(&w.wallet_id)?;
+    let summary = psbt_sign::summarize(w, &psbt)?;
+    eprintln!(
+        "transaction {}: {} sat leave the wallet (fee {} sat, change {} sat)",
+        summary.txid, summary.value_leaving, summary.fee, summary.change
+    );
+    for d in &summary.destinations {
+        eprintln!("  pays {} sat to {}", d.amount, d.address);
+    }
+    let trust = trust(g)?;
+    let mut provider = connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", &trust)?;
+    let signed = psbt_sign::sign_psbt(home, &mut provider, id, &psbt)?;
+    match &signed.evaluation.rule {
+        Some(rule) => eprintln!("  allowed by the wallet's policy, rule {rule:?}"),
+        None => eprintln!("  (the wallet has no policy)"),
+    }
+    if json {
+        emit(&json!({ "txid": signed.txid, "tx_hex": hex::encode(&signed.tx) }).to_string())
+    } else {
+        emit(&format!("{}\n{}", signed.txid, hex::encode(&signed.tx)))
+    }
 }
 
 /// `cosigner status`: one JSON line with each cosigner's verified attestation.

@@ -14,6 +14,7 @@
 pub mod anchor;
 pub mod audit;
 mod dao;
+mod psbt;
 pub mod records;
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cosigner_attestation::{AttestRequest, Attester};
 use cosigner_kms::Sealer;
 use cosigner_protocol::auth::{
-    CHALLENGE_LEN, normalise_public_key, registration_digest, request_digest, verify_digest,
+    CHALLENGE_LEN, normalise_public_key, registration_digest_with, request_digest, verify_digest,
     verify_request,
 };
 use cosigner_protocol::binding::{EXPORTER_LEN, NONCE_LEN};
@@ -224,6 +225,8 @@ pub struct Service {
     committed_by: Mutex<HashMap<WalletId, ([u8; 16], u64)>>,
     /// DAO ceremonies in progress, by mailbox topic.
     dao: Mutex<dao::Ceremonies>,
+    /// Personal wallets' PSBT signing sessions (nonces in memory only), by session id.
+    psbts: Mutex<psbt::Sessions>,
 }
 
 impl std::fmt::Debug for Service {
@@ -259,6 +262,7 @@ impl Service {
             lifecycle: Mutex::new(()),
             committed_by: Mutex::new(HashMap::new()),
             dao: Mutex::new(HashMap::new()),
+            psbts: Mutex::new(HashMap::new()),
         })
     }
 
@@ -327,6 +331,10 @@ impl Service {
                 session_id,
                 signing_package,
             } => self.sign_share(&session_id, &signing_package),
+            Request::SignPsbtShare {
+                session_id,
+                signing_packages,
+            } => self.sign_psbt_share(session.id, &session_id, &signing_packages),
             Request::GetWallet { wallet_id } => self.get_wallet(wallet_id),
             Request::RefreshRound2 { wallet_id, round1 } => {
                 self.refresh_round2(session.id, wallet_id, &round1)
@@ -460,9 +468,9 @@ impl Service {
         };
         // What each key may do.
         let allowed = match (&inner, actor.role) {
-            (Request::RecoverStart { .. }, "recovery") => true,
+            (Request::RecoverStart { .. } | Request::SetPolicy { .. }, "recovery") => true,
             (Request::RecoverStart { .. }, _) | (_, "recovery") => false,
-            (Request::SignCommit { .. }, "device") => true,
+            (Request::SignCommit { .. } | Request::SignPsbtCommit { .. }, "device") => true,
             (
                 Request::RefreshStart { .. } | Request::RefreshCommit { .. },
                 "device" | "pending-device",
@@ -484,6 +492,23 @@ impl Service {
             )));
         }
         match inner {
+            Request::SignCommit { wallet_id: w, .. }
+                if w == wallet_id && state.policy.is_some() =>
+            {
+                Err(self.raw_sign_refused(&wallet_id, &actor, &digest))
+            }
+            Request::SignPsbtCommit {
+                wallet_id: w,
+                epoch,
+                psbt,
+                signers,
+            } if w == wallet_id => {
+                self.sign_psbt_commit(session.id, state, &actor, epoch, &psbt, &signers)
+            }
+            Request::SetPolicy {
+                wallet_id: w,
+                policy,
+            } if w == wallet_id => self.set_policy(state, &actor, policy, &digest),
             Request::SignCommit {
                 wallet_id: w,
                 epoch,
@@ -652,11 +677,14 @@ impl Service {
                 "the recovery credential must differ from the device key",
             ));
         }
-        let digest = registration_digest(
+        let (policy, network) = psbt::creation_terms(registration, &device_key)?;
+        let digest = registration_digest_with(
             &wallet_id,
             &output.transcript_hash,
             &registration.device_key,
             &registration.recovery_key,
+            registration.policy.as_deref(),
+            registration.network.as_deref(),
         );
         verify_digest(&device_key, &digest, &registration.device_signature)
             .map_err(|_| Failure::denied("device key registration signature"))?;
@@ -681,6 +709,9 @@ impl Service {
             public_key_package: ByteBuf::from(pkp),
             epoch_started_ms: now_ms(),
             signatures: 0,
+            policy,
+            network,
+            history: Vec::new(),
         };
         let _guard = lock(&self.lifecycle)?;
         if self.records().exists(&wallet_id)? {
@@ -693,7 +724,7 @@ impl Service {
             "create",
             &format!("device:{}", hex::encode(&device_key)),
             &output.transcript_hash,
-            "allowed",
+            &psbt::creation_decision(&state),
         )?;
         Ok(Response::DkgDone {
             wallet: info(wallet_id, &state)?,

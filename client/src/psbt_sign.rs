@@ -1,0 +1,230 @@
+//! PSBTs with a personal 2-of-3 wallet: this device (A) and the provider (B) sign every input of a
+//! PSBT spending the wallet's own Taproot output; and the policy that limits what they sign.
+//!
+//! The device reads the PSBT itself ([`summarize`]: value leaving, fee, destinations, from the
+//! outputs' scripts, never from the PSBT's labels) and shows it before anything is sent. The
+//! provider reads it again inside its boundary, evaluates the wallet's policy with the wallet's
+//! spend history, and answers one commitment per input with its own reading; the device signs
+//! only if both readings agree. Each input is a separate FROST signature over its BIP-341
+//! sighash; the aggregated signatures are checked (frost, then an independent BIP-340 verifier,
+//! then again by `psbt::finalize`) before the transaction is returned.
+
+use std::collections::BTreeMap;
+
+use cosigner_protocol::auth::public_key_bytes;
+use cosigner_protocol::party::{DEVICE, PROVIDER};
+use cosigner_protocol::policy::{Member, Policy};
+use cosigner_protocol::psbt::{self, SpendSummary};
+use cosigner_protocol::sign::{self, SignerSession};
+use cosigner_protocol::wire::{KeyRole, PsbtEvaluation, Request, Response, WalletId};
+use p256::ecdsa::SigningKey;
+use serde_bytes::ByteBuf;
+
+use crate::error::{ClientError, Result};
+use crate::home::{Home, WalletFile};
+use crate::session::Session;
+use crate::wallet::{Suite, authorized, verify_bip340};
+
+/// The name a personal wallet's policy gives its one member, this device.
+pub const OWNER: &str = "owner";
+
+/// A signed transaction.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    /// Its txid.
+    pub txid: String,
+    /// Its consensus encoding, ready to broadcast.
+    pub tx: Vec<u8>,
+    /// The provider's reading of the PSBT (and the policy rule that allowed it).
+    pub evaluation: PsbtEvaluation,
+}
+
+fn unexpected(what: &str, got: &Response) -> ClientError {
+    ClientError::Unexpected(format!("expected {what}, got {got:?}"))
+}
+
+/// Checks that `policy` is one the cosigners accept for a wallet of this device: it parses
+/// with this device's key as its only member, `owner`.
+pub fn check_policy(home: &Home, policy: &str) -> Result<Policy> {
+    let owner = Member {
+        name: OWNER.into(),
+        device_key: public_key_bytes(&home.device_key()?),
+    };
+    Ok(Policy::parse(policy, &[owner])?)
+}
+
+/// This device's own reading of a PSBT (binary) for `wallet`: it must spend only the wallet's
+/// output key; what leaves, where to, and the fee.
+pub fn summarize(wallet: &WalletFile, psbt: &[u8]) -> Result<SpendSummary> {
+    let q: [u8; 32] = hex::decode(&wallet.group_public_key)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| ClientError::Unexpected("stored group key is not 32 bytes".into()))?;
+    let network = psbt::network_from_name(&wallet.network)?;
+    Ok(psbt::analyze(psbt, &q, network)?)
+}
+
+/// Whether the provider's reading is this device's (addresses aside: a wallet created before
+/// policies may have no network at the provider).
+fn agrees(ours: &SpendSummary, theirs: &PsbtEvaluation) -> bool {
+    ours.txid == theirs.txid
+        && ours.value_leaving == theirs.value_leaving
+        && ours.fee == theirs.fee
+        && ours.change == theirs.change
+        && ours.destinations.len() == theirs.destinations.len()
+        && ours
+            .destinations
+            .iter()
+            .zip(&theirs.destinations)
+            .all(|(a, (_, amount))| a.amount == *amount)
+}
+
+/// Signs every input of `psbt` (binary) with this device and the provider, finalizes it and
+/// returns the transaction. The provider refuses what the wallet's policy does not allow.
+pub fn sign_psbt(
+    home: &Home,
+    provider: &mut Session,
+    wallet_id: WalletId,
+    psbt: &[u8],
+) -> Result<Signed> {
+    let wallet = home.wallet(&wallet_id)?;
+    if wallet.dao.is_some() {
+        return Err(ClientError::Input(
+            "a DAO wallet's PSBTs go through its members (cosigner sign --request-out)".into(),
+        ));
+    }
+    let summary = summarize(&wallet, psbt)?;
+    let share = home.share(&wallet_id)?;
+    let key_package = frost_core::keys::KeyPackage::<Suite>::deserialize(&share)
+        .map_err(|e| ClientError::Input(format!("this device's share of {wallet_id}: {e}")))?;
+    let pkp_bytes = hex::decode(&wallet.public_key_package)
+        .map_err(|e| ClientError::Input(format!("wallet file: {e}")))?;
+    let public_key_package = frost_core::keys::PublicKeyPackage::<Suite>::deserialize(&pkp_bytes)
+        .map_err(|e| ClientError::Input(format!("wallet file: {e}")))?;
+    let device_key = home.device_key()?;
+    let signers = [DEVICE, PROVIDER];
+    let request = Request::SignPsbtCommit {
+        wallet_id,
+        epoch: wallet.epoch,
+        psbt: ByteBuf::from(psbt.to_vec()),
+        signers: signers.to_vec(),
+    };
+    let (session_id, theirs, evaluation) =
+        match authorized(provider, wallet_id, KeyRole::Device, &device_key, &request)? {
+            Response::PsbtCommitted {
+                session_id,
+                commitments,
+                evaluation,
+            } => (session_id, commitments, evaluation),
+            other => return Err(unexpected("PsbtCommitted", &other)),
+        };
+    if !agrees(&summary, &evaluation) || theirs.len() != summary.sighashes.len() {
+        return Err(ClientError::Protocol(
+            cosigner_protocol::ProtocolError::Disagreement {
+                reason: "the provider's reading of the PSBT differs from this device's: not \
+                         signing"
+                    .into(),
+            },
+        ));
+    }
+    let mut ours = Vec::with_capacity(theirs.len());
+    let mut packages = Vec::with_capacity(theirs.len());
+    for (sighash, provider_commitments) in summary.sighashes.iter().zip(theirs) {
+        let (session, our_commitments) = SignerSession::<Suite>::commit(
+            &key_package,
+            DEVICE,
+            sighash,
+            &signers,
+            &mut rand_core::OsRng,
+        )?;
+        let commitments = BTreeMap::from([
+            (DEVICE, our_commitments),
+            (PROVIDER, provider_commitments.into_vec()),
+        ]);
+        packages.push(sign::signing_package::<Suite>(sighash, &commitments)?);
+        ours.push(session);
+    }
+    let shares = match provider.call(&Request::SignPsbtShare {
+        session_id,
+        signing_packages: packages.iter().cloned().map(ByteBuf::from).collect(),
+    })? {
+        Response::PsbtShares { shares } if shares.len() == packages.len() => shares,
+        other => return Err(unexpected("PsbtShares, one per input", &other)),
+    };
+    let mut signatures = Vec::with_capacity(packages.len());
+    for (((session, package), provider_share), sighash) in ours
+        .into_iter()
+        .zip(&packages)
+        .zip(shares)
+        .zip(&summary.sighashes)
+    {
+        let our_share = session.sign(&key_package, package)?;
+        let all = BTreeMap::from([(DEVICE, our_share), (PROVIDER, provider_share.into_vec())]);
+        let signature = sign::aggregate::<Suite>(package, &all, &public_key_package)?;
+        let signature: [u8; 64] = signature
+            .try_into()
+            .map_err(|_| ClientError::Unexpected("signature is not 64 bytes".into()))?;
+        verify_bip340(&wallet.group_public_key, sighash, &signature)?;
+        signatures.push(signature);
+    }
+    let q: [u8; 32] = hex::decode(&wallet.group_public_key)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| ClientError::Unexpected("stored group key is not 32 bytes".into()))?;
+    let (txid, tx) = psbt::finalize(psbt, &q, &signatures)?;
+    Ok(Signed {
+        txid,
+        tx,
+        evaluation,
+    })
+}
+
+/// Replaces (`Some`) or removes (`None`) a personal wallet's policy at both cosigners, authorized
+/// by the offline recovery credential (the device key alone cannot). The provider first, then
+/// the recovery cosigner; if the second refuses, the error says the two now differ.
+pub fn set_policy(
+    home: &Home,
+    provider: &mut Session,
+    recovery: &mut Session,
+    wallet_id: WalletId,
+    recovery_key: &SigningKey,
+    policy: Option<&str>,
+) -> Result<()> {
+    let wallet = home.wallet(&wallet_id)?;
+    if wallet.dao.is_some() {
+        return Err(ClientError::Input(
+            "a DAO wallet's policy changes through its admin quorum, not a recovery credential"
+                .into(),
+        ));
+    }
+    if let Some(text) = policy {
+        check_policy(home, text)?;
+    }
+    let request = Request::SetPolicy {
+        wallet_id,
+        policy: policy.map(str::to_owned),
+    };
+    for (n, (name, session)) in [("provider", provider), ("recovery cosigner", recovery)]
+        .into_iter()
+        .enumerate()
+    {
+        match authorized(
+            session,
+            wallet_id,
+            KeyRole::Recovery,
+            recovery_key,
+            &request,
+        ) {
+            Ok(Response::Done) => {}
+            Ok(other) => return Err(unexpected("Done", &other)),
+            Err(e) if n > 0 => {
+                return Err(ClientError::Unexpected(format!(
+                    "the provider changed the policy but the {name} did not ({e}): run the \
+                     command again"
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

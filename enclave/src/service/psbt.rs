@@ -1,0 +1,551 @@
+//! Personal wallets' PSBT signing and spending policy, inside the enclave.
+//!
+//! A personal 2-of-3 wallet (device, provider, recovery) may carry a policy, fixed at creation:
+//! its TOML text and the wallet's network travel in the [`Registration`] the device signs
+//! (`auth::registration_digest_with`), so the host cannot swap them. The policy has one member,
+//! `owner`, whose key is the wallet's current device key; the device's own signed request is its
+//! one approval.
+//!
+//! With a policy, the enclave signs only what it can value: a raw-digest `SignCommit` is refused,
+//! and a `SignPsbtCommit` is parsed here (the sighashes, the value leaving and the destinations
+//! computed from the PSBT with the wallet's own output key, never from its labels), evaluated
+//! against the policy with the wallet's spend history (velocity rules: a rolling window), and only
+//! then committed to, one FROST session per input. At `SignPsbtShare` the shares are computed,
+//! the policy is evaluated again under the state lock (another spend may have been signed since
+//! the commitments), and the spend is recorded in the anchored state *before* the shares leave:
+//! a client that takes them and never broadcasts still used its allowance. Nonces live only in
+//! memory, once, in [`SignerSession`]s.
+//!
+//! The device key alone can never change or remove the policy (a thief holding the phone must
+//! not lift its own limit); `SetPolicy` is accepted only under the offline recovery credential.
+//! Without a policy, PSBTs are signed too (history is still recorded, so a policy set later counts
+//! the spends already made).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use cosigner_protocol::policy::{ASSET_BTC, Member, PastSpend, Policy, Spend};
+use cosigner_protocol::psbt::{self as btc, Network};
+use cosigner_protocol::sign::SignerSession;
+use cosigner_protocol::wire::{ErrorKind, PsbtEvaluation, Registration, Response, WalletId};
+use frost_core::keys::PublicKeyPackage;
+use serde_bytes::ByteBuf;
+use sha2::{Digest, Sha256};
+
+use super::records::WalletState;
+use super::{
+    Actor, Failure, MAX_PENDING_SIGNS, Outcome, SIGN_TTL, Service, Suite, internal, key_package,
+    lock, now_ms, random,
+};
+
+/// The one member of a personal wallet's policy: the device key.
+pub const OWNER: &str = "owner";
+/// Most inputs signed in one PSBT (each is a FROST session in memory).
+pub const MAX_INPUTS: usize = 256;
+const DAY_MS: u64 = 86_400_000;
+/// Spends older than this are folded into one entry (velocity windows are meant for days).
+const HISTORY_KEEP_MS: u64 = 366 * 86_400_000;
+/// Most spends kept; beyond it the two oldest are merged (dated at the later one: over-counts,
+/// never under-counts).
+const MAX_HISTORY: usize = 4096;
+
+/// A PSBT signing session: one FROST session per input, bound to its sighash.
+pub(super) struct PsbtSession {
+    wallet_id: WalletId,
+    party: u16,
+    epoch: u64,
+    owner: [u8; 16],
+    actor: Actor,
+    sessions: Vec<SignerSession<Suite>>,
+    psbt_digest: [u8; 32],
+    txid: String,
+    value_leaving: u64,
+    destinations: Vec<String>,
+    started: Instant,
+}
+
+/// PSBT signing sessions in memory, by session id.
+pub(super) type Sessions = HashMap<[u8; 16], PsbtSession>;
+
+/// The members a personal wallet's policy is parsed against.
+fn owner(device_key: &[u8]) -> Vec<Member> {
+    vec![Member {
+        name: OWNER.into(),
+        device_key: device_key.to_vec(),
+    }]
+}
+
+/// Checks the policy and network a device registers at creation. A policy needs a network (its
+/// destinations are addresses) and must parse with the device key as its only member.
+pub(super) fn creation_terms(
+    registration: &Registration,
+    device_key: &[u8],
+) -> Result<(Option<String>, Option<String>), Failure> {
+    if let Some(name) = &registration.network {
+        btc::network_from_name(name)?;
+    }
+    if let Some(text) = &registration.policy {
+        if registration.network.is_none() {
+            return Err(Failure::bad(
+                "a wallet policy needs the wallet's network (its rules name addresses)",
+            ));
+        }
+        Policy::parse(text, &owner(device_key))?;
+    }
+    Ok((registration.policy.clone(), registration.network.clone()))
+}
+
+/// The audit decision of a wallet's creation: which policy it was created with, if any.
+pub(super) fn creation_decision(state: &WalletState) -> String {
+    match &state.policy {
+        Some(text) => format!(
+            "allowed: policy {}",
+            hex::encode(Sha256::digest(text.as_bytes()))
+        ),
+        None => "allowed".into(),
+    }
+}
+
+fn x_only(state: &WalletState) -> Result<[u8; 32], Failure> {
+    let pkp = PublicKeyPackage::<Suite>::deserialize(&state.public_key_package).map_err(|e| {
+        Failure::new(
+            ErrorKind::Integrity,
+            format!("stored public key package: {e}"),
+        )
+    })?;
+    let sec1 = pkp.verifying_key().serialize().map_err(internal)?;
+    sec1.get(1..33)
+        .and_then(|s| <[u8; 32]>::try_from(s).ok())
+        .ok_or_else(|| internal("group key is not 33 bytes"))
+}
+
+fn network(state: &WalletState) -> Result<Network, Failure> {
+    match &state.network {
+        Some(name) => Ok(btc::network_from_name(name)?),
+        // Wallets created before policies: no rule depends on it, addresses read as mainnet.
+        None => Ok(Network::Bitcoin),
+    }
+}
+
+/// The policy's decision for a spend now, with the wallet's history: `Ok(None)` without a
+/// policy, `Ok(Some(rule))` when a rule allows it, `Err(reason)` when it is refused.
+fn judge(
+    state: &WalletState,
+    value_leaving: u64,
+    destinations: &[String],
+    now: u64,
+) -> Result<Result<Option<String>, String>, Failure> {
+    let Some(text) = &state.policy else {
+        return Ok(Ok(None));
+    };
+    let policy = Policy::parse(text, &owner(&state.device_key))
+        .map_err(|e| internal(format!("stored policy: {e}")))?;
+    match policy.evaluate(&Spend {
+        asset: ASSET_BTC,
+        value_leaving,
+        destinations,
+        now_ms: now,
+        history: &state.history,
+    }) {
+        Ok(d) if d.approvals > 1 => Ok(Err(format!(
+            "rule {:?} needs {} approvals; a personal wallet has one approver",
+            d.rule, d.approvals
+        ))),
+        Ok(d) => Ok(Ok(Some(d.rule))),
+        Err(denial) => {
+            // What a person needs to see beside the rules: how much already left recently.
+            let since = now.saturating_sub(DAY_MS);
+            let spent = state
+                .history
+                .iter()
+                .filter(|s| s.asset == ASSET_BTC && s.at_ms >= since)
+                .fold(0u64, |sum, s| sum.saturating_add(s.amount));
+            Ok(Err(format!(
+                "{} ({spent} sat left the wallet in the last 24 hours)",
+                denial.reason
+            )))
+        }
+    }
+}
+
+/// Appends a spend; folds spends older than [`HISTORY_KEEP_MS`] into one, and keeps at most
+/// [`MAX_HISTORY`] entries by merging the oldest (both only ever over-count a window).
+fn record(history: &mut Vec<PastSpend>, now: u64, amount: u64) {
+    history.push(PastSpend {
+        at_ms: now,
+        asset: ASSET_BTC.into(),
+        amount,
+    });
+    history.sort_by_key(|s| s.at_ms);
+    let cutoff = now.saturating_sub(HISTORY_KEEP_MS);
+    let old = history.iter().take_while(|s| s.at_ms < cutoff).count();
+    if old > 1 {
+        let folded: Vec<PastSpend> = history.drain(..old).collect();
+        let amount = folded
+            .iter()
+            .fold(0u64, |sum, s| sum.saturating_add(s.amount));
+        let at_ms = folded.last().map_or(cutoff, |s| s.at_ms);
+        history.insert(
+            0,
+            PastSpend {
+                at_ms,
+                asset: ASSET_BTC.into(),
+                amount,
+            },
+        );
+    }
+    while history.len() > MAX_HISTORY {
+        let first = history.remove(0);
+        if let Some(next) = history.first_mut() {
+            next.amount = next.amount.saturating_add(first.amount);
+        }
+    }
+}
+
+impl Service {
+    /// A raw-digest `SignCommit` for a wallet with a policy: the enclave cannot value a digest.
+    pub(super) fn raw_sign_refused(
+        &self,
+        wallet_id: &WalletId,
+        actor: &Actor,
+        digest: &[u8],
+    ) -> Failure {
+        let _ = self.log(
+            wallet_id,
+            "sign",
+            &actor.label(),
+            digest,
+            "refused: the wallet has a policy (raw digest)",
+        );
+        Failure::bad(
+            "this wallet has a policy: sign a PSBT (cosigner sign --psbt), not a raw digest the \
+             provider cannot value",
+        )
+    }
+
+    /// `SignPsbtCommit`: analyse, evaluate, commit once per input.
+    pub(super) fn sign_psbt_commit(
+        &self,
+        owner_session: [u8; 16],
+        mut state: WalletState,
+        actor: &Actor,
+        epoch: u64,
+        psbt: &[u8],
+        signers: &[u16],
+    ) -> Outcome {
+        let wallet_id = state.params.wallet_id;
+        let psbt_digest: [u8; 32] = Sha256::digest(psbt).into();
+        let refuse = |why: String| -> Failure {
+            let _ = self.log(
+                &wallet_id,
+                "sign-psbt",
+                &actor.label(),
+                &psbt_digest,
+                &format!("refused: {why}"),
+            );
+            Failure::bad(why)
+        };
+        if let Some(stranger) = signers.iter().find(|s| !state.params.parties.contains(s)) {
+            return Err(refuse(format!(
+                "party {stranger} is not a party of wallet {wallet_id}"
+            )));
+        }
+        if epoch != state.current_epoch && !state.retained_epochs.contains(&epoch) {
+            return Err(refuse(format!(
+                "epoch {epoch} is not in use (current epoch {}): this share was refreshed away",
+                state.current_epoch
+            )));
+        }
+        let output_key = x_only(&state)?;
+        let summary =
+            btc::analyze(psbt, &output_key, network(&state)?).map_err(|e| refuse(e.to_string()))?;
+        if summary.sighashes.len() > MAX_INPUTS {
+            return Err(refuse(format!(
+                "{} inputs, at most {MAX_INPUTS} in one PSBT",
+                summary.sighashes.len()
+            )));
+        }
+        let destinations: Vec<String> = summary
+            .destinations
+            .iter()
+            .map(|d| d.address.clone())
+            .collect();
+        let rule = judge(&state, summary.value_leaving, &destinations, now_ms())?
+            .map_err(|reason| refuse(format!("refused by the wallet's policy: {reason}")))?;
+        self.psbt_refresh_due(&mut state, actor, &psbt_digest, summary.sighashes.len())?;
+        let share = self.records().load_share(&wallet_id, state.party, epoch)?;
+        let key_package = key_package(&share)?;
+        let mut sessions = Vec::with_capacity(summary.sighashes.len());
+        let mut commitments = Vec::with_capacity(summary.sighashes.len());
+        for sighash in &summary.sighashes {
+            let (session, c) = SignerSession::<Suite>::commit(
+                &key_package,
+                state.party,
+                sighash,
+                signers,
+                &mut rand_core::OsRng,
+            )?;
+            sessions.push(session);
+            commitments.push(ByteBuf::from(c));
+        }
+        self.log(
+            &wallet_id,
+            "sign-psbt",
+            &actor.label(),
+            &psbt_digest,
+            &format!(
+                "allowed: {} {} sat leaving (fee {}), {}",
+                summary.txid,
+                summary.value_leaving,
+                summary.fee,
+                match &rule {
+                    Some(r) => format!("rule {r:?}"),
+                    None => "no policy".into(),
+                }
+            ),
+        )?;
+        let session_id = random::<16>()?;
+        {
+            let mut open = lock(&self.psbts)?;
+            open.retain(|_, s| s.started.elapsed() < SIGN_TTL);
+            if open.len() >= MAX_PENDING_SIGNS {
+                return Err(internal("too many signing sessions open"));
+            }
+            open.insert(
+                session_id,
+                PsbtSession {
+                    wallet_id,
+                    party: state.party,
+                    epoch,
+                    owner: owner_session,
+                    actor: actor.clone(),
+                    sessions,
+                    psbt_digest,
+                    txid: summary.txid.clone(),
+                    value_leaving: summary.value_leaving,
+                    destinations,
+                    started: Instant::now(),
+                },
+            );
+        }
+        Ok(Response::PsbtCommitted {
+            session_id: ByteBuf::from(session_id.to_vec()),
+            commitments,
+            evaluation: PsbtEvaluation {
+                txid: summary.txid,
+                value_leaving: summary.value_leaving,
+                fee: summary.fee,
+                change: summary.change,
+                destinations: summary
+                    .destinations
+                    .into_iter()
+                    .map(|d| (d.address, d.amount))
+                    .collect(),
+                rule,
+            },
+        })
+    }
+
+    /// The provider's refresh demands (`[policy]` of the enclave's config), as for `SignCommit`;
+    /// each input counts as a signature.
+    fn psbt_refresh_due(
+        &self,
+        state: &mut WalletState,
+        actor: &Actor,
+        digest: &[u8],
+        inputs: usize,
+    ) -> Result<(), Failure> {
+        let wallet_id = state.params.wallet_id;
+        let refuse = |why: String| -> Failure {
+            let _ = self.log(
+                &wallet_id,
+                "sign-psbt",
+                &actor.label(),
+                digest,
+                &format!("refused: {why}"),
+            );
+            Failure::bad(why)
+        };
+        let age = std::time::Duration::from_millis(now_ms().saturating_sub(state.epoch_started_ms));
+        if let Some(limit) = self.policy.after
+            && age > limit
+        {
+            return Err(refuse(format!(
+                "refresh required: the shares are {} s old, the policy allows {} s",
+                age.as_secs(),
+                limit.as_secs()
+            )));
+        }
+        if let Some(limit) = self.policy.after_signatures {
+            let _guard = lock(&self.lifecycle)?;
+            // Reloaded under the lock: a spend recorded meanwhile must not be overwritten.
+            *state = self.records().load_state(&wallet_id)?;
+            if state.signatures >= limit {
+                return Err(refuse(format!(
+                    "refresh required: {} signatures in this epoch, the policy allows {limit}",
+                    state.signatures
+                )));
+            }
+            state.signatures = state.signatures.saturating_add(inputs as u64);
+            self.records().save_state(&wallet_id, state)?;
+        }
+        Ok(())
+    }
+
+    /// `SignPsbtShare`: consume the session, compute the shares, evaluate again and record the
+    /// spend (anchored), then release the shares.
+    pub(super) fn sign_psbt_share(
+        &self,
+        owner_session: [u8; 16],
+        session_id: &[u8],
+        signing_packages: &[ByteBuf],
+    ) -> Outcome {
+        let id: [u8; 16] = session_id
+            .try_into()
+            .map_err(|_| Failure::bad("session id is not 16 bytes"))?;
+        let pending = {
+            let mut open = lock(&self.psbts)?;
+            if open.get(&id).is_some_and(|p| p.owner != owner_session) {
+                return Err(Failure::denied(
+                    "this signing session belongs to another connection",
+                ));
+            }
+            // Removed before use: whatever happens next, its nonces are never used again.
+            open.remove(&id)
+                .filter(|p| p.started.elapsed() < SIGN_TTL)
+                .ok_or_else(|| {
+                    Failure::new(
+                        ErrorKind::NotFound,
+                        "unknown, expired or already used signing session",
+                    )
+                })?
+        };
+        if signing_packages.len() != pending.sessions.len() {
+            return Err(Failure::bad(format!(
+                "{} signing packages for {} inputs",
+                signing_packages.len(),
+                pending.sessions.len()
+            )));
+        }
+        let share = self
+            .records()
+            .load_share(&pending.wallet_id, pending.party, pending.epoch)?;
+        let key_package = key_package(&share)?;
+        let mut shares = Vec::with_capacity(pending.sessions.len());
+        for (session, package) in pending.sessions.into_iter().zip(signing_packages) {
+            shares.push(ByteBuf::from(session.sign(&key_package, package)?));
+        }
+        let wallet_id = pending.wallet_id;
+        let label = pending.actor.label();
+        let refuse = |why: String| -> Failure {
+            let _ = self.log(
+                &wallet_id,
+                "sign-psbt",
+                &label,
+                &pending.psbt_digest,
+                &format!("refused at release: {why}"),
+            );
+            Failure::bad(why)
+        };
+        let _guard = lock(&self.lifecycle)?;
+        let mut state = self.records().load_state(&wallet_id)?;
+        if state.device_key.as_slice() != pending.actor.key.as_slice() {
+            return Err(refuse(
+                "the device key changed since the commitments (recovery)".into(),
+            ));
+        }
+        let now = now_ms();
+        let rule = judge(&state, pending.value_leaving, &pending.destinations, now)?
+            .map_err(|reason| refuse(format!("refused by the wallet's policy: {reason}")))?;
+        record(&mut state.history, now, pending.value_leaving);
+        self.records().save_state(&wallet_id, &state)?;
+        self.log(
+            &wallet_id,
+            "sign-psbt",
+            &label,
+            &pending.psbt_digest,
+            &format!(
+                "signed {}: {} sat leaving{}",
+                pending.txid,
+                pending.value_leaving,
+                rule.map(|r| format!(", rule {r:?}")).unwrap_or_default()
+            ),
+        )?;
+        Ok(Response::PsbtShares { shares })
+    }
+
+    /// `SetPolicy` (recovery credential only): replace or remove the wallet's policy. The spend
+    /// history is kept, so a new velocity limit counts the spends already made.
+    pub(super) fn set_policy(
+        &self,
+        state: WalletState,
+        actor: &Actor,
+        policy: Option<String>,
+        digest: &[u8],
+    ) -> Outcome {
+        let wallet_id = state.params.wallet_id;
+        drop(state);
+        let _guard = lock(&self.lifecycle)?;
+        let mut state = self.records().load_state(&wallet_id)?;
+        let decision = match &policy {
+            Some(text) => {
+                if state.network.is_none() {
+                    return Err(Failure::bad(
+                        "this wallet was created without a network: create a new wallet with \
+                         --policy",
+                    ));
+                }
+                if let Err(e) = Policy::parse(text, &owner(&state.device_key)) {
+                    let _ = self.log(
+                        &wallet_id,
+                        "set-policy",
+                        &actor.label(),
+                        digest,
+                        "refused: the policy does not parse",
+                    );
+                    return Err(e.into());
+                }
+                format!(
+                    "allowed: policy {}",
+                    hex::encode(Sha256::digest(text.as_bytes()))
+                )
+            }
+            None => "allowed: policy removed".into(),
+        };
+        state.policy = policy;
+        self.records().save_state(&wallet_id, &state)?;
+        self.log(&wallet_id, "set-policy", &actor.label(), digest, &decision)?;
+        Ok(Response::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn history_is_bounded_and_never_under_counts() {
+        let day = 86_400_000u64;
+        let now = 1000 * day;
+        let mut h = Vec::new();
+        for i in 0..10 {
+            record(&mut h, now - 400 * day + i, 5);
+        }
+        record(&mut h, now, 7);
+        // The ten old spends are folded into one entry of 50, dated at the newest of them.
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].amount, 50);
+        assert_eq!(h[0].at_ms, now - 400 * day + 9);
+        assert_eq!(h[1].amount, 7);
+
+        let mut h = Vec::new();
+        for i in 0..(MAX_HISTORY as u64 + 10) {
+            record(&mut h, now + i, 1);
+        }
+        assert_eq!(h.len(), MAX_HISTORY);
+        let total: u64 = h.iter().map(|s| s.amount).sum();
+        assert_eq!(total, MAX_HISTORY as u64 + 10, "nothing is lost");
+        assert!(h.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+    }
+}
