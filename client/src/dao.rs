@@ -1,4 +1,5 @@
-//! DAO wallets on a member's device: create or join a wallet, request and approve signatures.
+//! DAO wallets on a member's device: create or join a wallet, request and approve signatures,
+//! change the policy, refresh the shares.
 //!
 //! Every member process is a participant *and* a courier: it fetches the topic's envelopes from
 //! the mailbox, delivers them to the provider over its attested session, posts the provider's
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cosigner_protocol::auth::public_key_bytes;
 use cosigner_protocol::dao::dkg::DaoDkg;
+use cosigner_protocol::dao::refresh::{DaoRefresh, RefreshProposal};
 use cosigner_protocol::dao::sign::MemberSigner;
 use cosigner_protocol::dao::{
     Approval, DaoMessage, Evaluation, Invitation, MemberEntry, PolicyChange, SignRequest,
@@ -21,7 +23,7 @@ use cosigner_protocol::mailbox::{Envelope, Topic};
 use cosigner_protocol::policy::{Policy, parse_members};
 use cosigner_protocol::psbt::{self, SpendSummary};
 use cosigner_protocol::wire::{Request, Response, SUITE_SECP256K1_TR, WalletId};
-use frost_core::keys::KeyPackage;
+use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -632,6 +634,8 @@ pub enum RequestFile {
     Sign(SignRequest),
     /// A policy to change.
     Policy(PolicyChange),
+    /// Every share to refresh.
+    Refresh(RefreshProposal),
 }
 
 /// Opens a request file's envelope (signature, topic = its hash): a signing request or a policy
@@ -641,8 +645,9 @@ pub fn open_any_request(envelope: &Envelope) -> Result<RequestFile> {
     match DaoMessage::decode(&envelope.body)? {
         DaoMessage::SignRequest(r) if r.topic()? == envelope.topic => Ok(RequestFile::Sign(r)),
         DaoMessage::PolicyChange(c) if c.topic()? == envelope.topic => Ok(RequestFile::Policy(c)),
+        DaoMessage::RefreshStart(r) if r.topic()? == envelope.topic => Ok(RequestFile::Refresh(r)),
         _ => Err(input(
-            "this file is neither a signing request nor a policy change",
+            "this file is neither a signing request, a policy change nor a refresh proposal",
         )),
     }
 }
@@ -706,4 +711,174 @@ pub fn approve_policy(
         )?;
         pace.wait(progressed);
     }
+}
+
+/// Makes and signs a proposal to refresh every share of a DAO wallet (the epoch this device holds).
+pub fn propose_refresh(home: &Home, wallet: &WalletFile) -> Result<(RefreshProposal, Envelope)> {
+    dao_info(wallet)?;
+    let proposal = RefreshProposal {
+        wallet_id: WalletId::from_hex(&wallet.wallet_id)?,
+        from_epoch: wallet.epoch,
+        proposer: wallet.party,
+        created_ms: now_ms(),
+        nonce: ByteBuf::from(random16()?),
+    };
+    let key = home.device_key()?;
+    let envelope = Envelope::seal(
+        &key,
+        proposal.topic()?,
+        DaoMessage::RefreshStart(proposal.clone()).encode()?,
+    )?;
+    Ok((proposal, envelope))
+}
+
+/// Takes part in the refresh `proposal` (its founding `envelope` is posted again) until every
+/// party committed the new epoch and the provider made it current. The new share is written as
+/// prepared first and replaces the current one only then. Returns the updated wallet file.
+pub fn run_refresh(
+    home: &Home,
+    wallet: &WalletFile,
+    courier: &mut Courier,
+    proposal: &RefreshProposal,
+    envelope: &Envelope,
+    timeout: Duration,
+    progress: &mut dyn FnMut(&str),
+) -> Result<WalletFile> {
+    let (info, invitation) = dao_info(wallet)?;
+    let layout = invitation.layout()?;
+    let id = WalletId::from_hex(&wallet.wallet_id)?;
+    if proposal.wallet_id != id {
+        return Err(input("the proposal is for another wallet"));
+    }
+    if proposal.from_epoch != wallet.epoch {
+        return Err(input(format!(
+            "the proposal refreshes epoch {}, this device holds epoch {}",
+            proposal.from_epoch, wallet.epoch
+        )));
+    }
+    let provider_key = hex::decode(&info.provider_key)
+        .map_err(|e| ClientError::Unexpected(format!("stored provider key: {e}")))?;
+    let attested_key = courier.provider().attestation().doc.public_key.clone();
+    if attested_key.as_deref() != Some(provider_key.as_slice()) {
+        return Err(ClientError::Unexpected(
+            "the attested provider's key is not the wallet's".into(),
+        ));
+    }
+    let key = home.device_key()?;
+    let me = public_key_bytes(&key);
+    let share = home.share(&id)?;
+    let key_package = KeyPackage::<Suite>::deserialize(&share)
+        .map_err(|e| ClientError::Unexpected(format!("stored share: {e}")))?;
+    let pkp_bytes = hex::decode(&wallet.public_key_package)
+        .map_err(|e| ClientError::Unexpected(format!("stored public key package: {e}")))?;
+    let public_key_package = PublicKeyPackage::<Suite>::deserialize(&pkp_bytes)
+        .map_err(|e| ClientError::Unexpected(format!("stored public key package: {e}")))?;
+    let hash = proposal.hash()?;
+    let (mut refresh, first) = DaoRefresh::<Suite>::start(
+        layout,
+        proposal,
+        &me,
+        vec![(wallet.party, key_package, public_key_package)],
+        &mut rand_core::OsRng,
+    )?;
+    courier.post(envelope)?;
+    for m in &first {
+        courier.send(&key, m)?;
+    }
+    let epoch = proposal.from_epoch + 1;
+    let started = Instant::now();
+    let mut pace = Pace::new();
+    let mut prepared = false;
+    let mut refreshed = false;
+    loop {
+        let fresh = courier.poll()?;
+        let progressed = !fresh.is_empty();
+        for envelope in fresh {
+            let Ok(message) = DaoMessage::decode(&envelope.body) else {
+                continue;
+            };
+            if envelope.sender == provider_key {
+                match &message {
+                    DaoMessage::Refreshed {
+                        wallet_id: w,
+                        epoch: e,
+                    } if *w == id && *e == epoch => refreshed = true,
+                    DaoMessage::Refused { request, reason } if request.as_slice() == hash => {
+                        home.remove_prepared_share(&id)?;
+                        return Err(ClientError::Protocol(
+                            cosigner_protocol::ProtocolError::Refused {
+                                reason: reason.clone(),
+                            },
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            if let Err(e) = refresh.absorb(&envelope.sender, &message) {
+                progress(&format!("refused a {}: {e}", message.name()));
+            }
+        }
+        for m in refresh.advance(&mut rand_core::OsRng)? {
+            courier.send(&key, &m)?;
+        }
+        if refresh.is_done() && !prepared {
+            let (_, output) =
+                refresh.new_shares()?.into_iter().next().ok_or_else(|| {
+                    ClientError::Unexpected("the refresh produced no share".into())
+                })?;
+            let new_share = zeroize::Zeroizing::new(
+                output
+                    .key_package
+                    .serialize()
+                    .map_err(|e| ClientError::Unexpected(format!("key package: {e}")))?,
+            );
+            home.save_prepared_share(&id, &new_share)?;
+            let commit = refresh.commit()?;
+            courier.send(&key, &commit)?;
+            prepared = true;
+        }
+        if prepared && refresh.all_committed() && refreshed {
+            break;
+        }
+        let waiting = if prepared && refresh.all_committed() {
+            "the provider to make the new epoch current".to_owned()
+        } else {
+            refresh.waiting_for()
+        };
+        timed_out(started, timeout, waiting, courier)?;
+        pace.wait(progressed);
+    }
+    let (_, mut outputs) = refresh.into_outputs()?;
+    let (_, output) = outputs
+        .pop()
+        .ok_or_else(|| ClientError::Unexpected("the refresh produced no share".into()))?;
+    let group = output
+        .public_key_package
+        .verifying_key()
+        .serialize()
+        .map_err(|e| ClientError::Unexpected(format!("group key: {e}")))?;
+    if hex::encode(x_only(&group)?) != wallet.group_public_key {
+        return Err(ClientError::Unexpected(
+            "the refreshed group key differs from the wallet's".into(),
+        ));
+    }
+    let new_wallet = WalletFile {
+        epoch,
+        public_key_package: hex::encode(
+            output
+                .public_key_package
+                .serialize()
+                .map_err(|e| ClientError::Unexpected(format!("public key package: {e}")))?,
+        ),
+        ..wallet.clone()
+    };
+    let new_share = zeroize::Zeroizing::new(
+        output
+            .key_package
+            .serialize()
+            .map_err(|e| ClientError::Unexpected(format!("key package: {e}")))?,
+    );
+    home.replace_share(&new_wallet, &new_share)?;
+    home.remove_prepared_share(&id)?;
+    Ok(new_wallet)
 }

@@ -4,6 +4,7 @@
 //! DIR/device.key             P-256 device key (PKCS#8 PEM, mode 0600), created on first use
 //! DIR/wallets/<id>.json      public facts: group key, address, parties, public key package
 //! DIR/wallets/<id>.share     this device's FROST KeyPackage (frost's serialization, mode 0600)
+//! DIR/wallets/<id>.prepared  a DAO refresh's new KeyPackage until every party committed (0600)
 //! ```
 
 use std::io::Write;
@@ -101,6 +102,23 @@ impl Home {
         write_private(&self.wallet_path(&id, "share"), share)?;
         let json = serde_json::to_vec_pretty(wallet).map_err(|e| home_err(&self.dir, e))?;
         write_private(&self.wallet_path(&id, "json"), &json)
+    }
+
+    /// Stores this device's new share of a wallet from a refresh not yet committed by every
+    /// party (`DIR/wallets/<id>.prepared`, 0600): the current share stays until
+    /// [`Home::replace_share`].
+    pub fn save_prepared_share(&self, id: &WalletId, share: &[u8]) -> Result<()> {
+        write_private(&self.wallet_path(id, "prepared"), share)
+    }
+
+    /// Removes a prepared share (once it replaced the current one, or its refresh failed).
+    pub fn remove_prepared_share(&self, id: &WalletId) -> Result<()> {
+        let path = self.wallet_path(id, "prepared");
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(home_err(&path, e)),
+        }
     }
 
     /// Creates the P-256 device key if this home has none.

@@ -24,9 +24,11 @@
 //! Every message is a [`DaoMessage`] inside a signed [`Envelope`](crate::mailbox::Envelope). The
 //! topic of a DKG is derived from its [`Invitation`] (so every message binds the exact members,
 //! policy, provider key and threshold); the topic of a signature from its [`SignRequest`] (so
-//! every approval binds the exact PSBT). See [`dkg`] and [`sign`].
+//! every approval binds the exact PSBT); the topic of a share refresh from its
+//! [`refresh::RefreshProposal`]. See [`dkg`], [`sign`] and [`refresh`].
 
 pub mod dkg;
+pub mod refresh;
 pub mod sign;
 
 use std::collections::BTreeMap;
@@ -451,6 +453,22 @@ pub enum DaoMessage {
         /// The new policy version.
         version: u64,
     },
+    /// Member → all: please refresh every share (topic = its hash).
+    RefreshStart(refresh::RefreshProposal),
+    /// Holder → all: my new shares of `epoch` are stored (prepared) for `parties`.
+    Committed {
+        /// The sender's parties.
+        parties: Vec<u16>,
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// Provider → all: every party committed; `epoch` is current, the old shares are deleted.
+    Refreshed {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// The new epoch.
+        epoch: u64,
+    },
     /// Provider → all: the request is refused (policy, PSBT, expiry).
     Refused {
         /// The request hash.
@@ -490,6 +508,9 @@ impl DaoMessage {
             Self::SigningPackages { .. } => "SigningPackages",
             Self::Shares { .. } => "Shares",
             Self::Signed { .. } => "Signed",
+            Self::RefreshStart(_) => "RefreshStart",
+            Self::Committed { .. } => "Committed",
+            Self::Refreshed { .. } => "Refreshed",
             Self::Refused { .. } => "Refused",
         }
     }

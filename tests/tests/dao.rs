@@ -521,3 +521,91 @@ fn an_approval_for_one_request_is_refused_in_another() {
     let r = requester.join().unwrap();
     timed_out(&r, "small", 3);
 }
+
+fn wallet_file(dao: &Dao, member: usize, ext: &str) -> PathBuf {
+    dao.homes[member]
+        .join("wallets")
+        .join(format!("{}.{ext}", dao.wallet))
+}
+
+fn address_of(dao: &Dao, member: usize) -> String {
+    let text = std::fs::read_to_string(wallet_file(dao, member, "json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["address"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_refresh_by_every_member_keeps_the_address_and_retires_the_old_shares() {
+    let dao = create_dao(POLICY);
+    let address = address_of(&dao, 0);
+    // Bob's epoch-0 share, copied aside.
+    let bob_share = wallet_file(&dao, 1, "share");
+    let old_share = std::fs::read(&bob_share).unwrap();
+
+    let request = dao.file("refresh.request");
+    let proposer = dao.spawn(vec![
+        "--home".into(),
+        p(&dao.homes[0]),
+        "dao".into(),
+        "refresh".into(),
+        "--wallet".into(),
+        dao.wallet.clone(),
+        "--request-out".into(),
+        p(&request),
+        "--timeout".into(),
+        "120".into(),
+        "--json".into(),
+    ]);
+    wait_for(&request);
+    let others: Vec<_> = (1..5)
+        .map(|i| {
+            let h = dao.spawn(vec![
+                "--home".into(),
+                p(&dao.homes[i]),
+                "approve".into(),
+                "--request".into(),
+                p(&request),
+                "--yes".into(),
+                "--timeout".into(),
+                "120".into(),
+                "--json".into(),
+            ]);
+            std::thread::sleep(Duration::from_millis(100));
+            h
+        })
+        .collect();
+    assert_eq!(json(&proposer.join().unwrap())["epoch"], 1);
+    for o in others {
+        assert_eq!(json(&o.join().unwrap())["epoch"], 1);
+    }
+    for i in 0..5 {
+        assert_eq!(address_of(&dao, i), address, "member {i} keeps the address");
+        assert!(!wallet_file(&dao, i, "prepared").exists());
+    }
+    assert_ne!(std::fs::read(&bob_share).unwrap(), old_share);
+
+    // Epoch 1 signs: the requester, Bob and Carol with the provider.
+    let foreign = bitcoin_tx::foreign_address();
+    let spend = bitcoin_tx::build(
+        &dao.group_key,
+        &[3 * BTC],
+        &[
+            (Pay::To(foreign.clone()), 2 * BTC),
+            (Pay::Change, BTC - 10_000),
+        ],
+    )
+    .unwrap();
+    let (r, a) = sign(&dao, "after-refresh", &spend, &[1, 2], 60);
+    signed(&dao, &r, &a, &spend);
+
+    // Bob's epoch-0 share put back: no valid transaction comes out.
+    std::fs::write(&bob_share, &old_share).unwrap();
+    let (r, _) = sign(&dao, "old-share", &spend, &[1, 2], 10);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(!r.stdout.contains("tx_hex"), "{r:?}");
+    assert!(
+        r.stderr.contains("party 2 misbehaved"),
+        "the provider names Bob's stale share: {}",
+        r.stderr
+    );
+}

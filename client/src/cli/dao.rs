@@ -1,4 +1,5 @@
-//! `cosigner device-key`, `dao create`, `join`, DAO `sign --psbt` and `approve`.
+//! `cosigner device-key`, `dao create`, `join`, DAO `sign --psbt`, `dao policy`, `dao refresh`
+//! and `approve`.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -53,6 +54,25 @@ pub enum DaoCommand {
     },
     /// Propose a new policy (needs the current policy's admin quorum); waits until it is in force.
     Policy(PolicyArgs),
+    /// Refresh every share (same key and address, next epoch); waits until every member took part.
+    Refresh(RefreshArgs),
+}
+
+/// `cosigner dao refresh`: arguments.
+#[derive(Debug, Args)]
+pub struct RefreshArgs {
+    /// The wallet id (32 hex digits).
+    #[arg(long, value_name = "ID")]
+    wallet: String,
+    /// Where to write the proposal every other member approves.
+    #[arg(long, value_name = "FILE")]
+    request_out: PathBuf,
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS)]
+    timeout: u64,
+    /// Print one JSON line.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `cosigner dao policy`: arguments.
@@ -205,6 +225,7 @@ pub fn run(g: &Globals, cmd: DaoCommand) -> anyhow::Result<()> {
             wallet_out(&wallet, json)
         }
         DaoCommand::Policy(args) => propose(g, args),
+        DaoCommand::Refresh(args) => refresh(g, args),
     }
 }
 
@@ -401,6 +422,9 @@ pub fn approve(g: &Globals, args: ApproveArgs) -> anyhow::Result<()> {
         dao::RequestFile::Policy(change) => {
             return approve_policy(g, &home, &trust, &envelope, &change, &args);
         }
+        dao::RequestFile::Refresh(proposal) => {
+            return approve_refresh(g, &home, &trust, &envelope, &proposal, &args);
+        }
     };
     let wallet = home.wallet(&request.wallet_id)?;
     let (info, invitation) = dao::dao_info(&wallet)?;
@@ -495,4 +519,79 @@ fn approve_policy(
     } else {
         emit(&format!("approved; policy version {version} is in force"))
     }
+}
+
+fn refreshed_out(w: &WalletFile, json: bool) -> anyhow::Result<()> {
+    if json {
+        emit(&json!({ "epoch": w.epoch }).to_string())
+    } else {
+        emit(&format!(
+            "wallet {} refreshed: epoch {} (address {} unchanged)",
+            w.wallet_id, w.epoch, w.address
+        ))
+    }
+}
+
+/// `cosigner dao refresh --wallet ID --request-out REQ`.
+fn refresh(g: &Globals, args: RefreshArgs) -> anyhow::Result<()> {
+    let home = home(g)?;
+    let trust = trust(g)?;
+    let id = cosigner_protocol::wire::WalletId::from_hex(&args.wallet)
+        .map_err(|_| anyhow::anyhow!("--wallet {:?}: expected 32 hex digits", args.wallet))?;
+    let wallet = home.wallet(&id)?;
+    let (proposal, envelope) = dao::propose_refresh(&home, &wallet)?;
+    dao::write_envelope(&args.request_out, &envelope)?;
+    say(&format!(
+        "proposal to refresh epoch {} written to {}; waiting for every member",
+        proposal.from_epoch,
+        args.request_out.display()
+    ));
+    let mut courier = courier_for(g, &trust, &wallet, envelope.topic)?;
+    let wallet = dao::run_refresh(
+        &home,
+        &wallet,
+        &mut courier,
+        &proposal,
+        &envelope,
+        Duration::from_secs(args.timeout),
+        &mut |l| say(l),
+    )?;
+    refreshed_out(&wallet, args.json)
+}
+
+fn approve_refresh(
+    g: &Globals,
+    home: &Home,
+    trust: &cosigner_client::trust::Trust,
+    envelope: &cosigner_protocol::mailbox::Envelope,
+    proposal: &cosigner_protocol::dao::refresh::RefreshProposal,
+    args: &ApproveArgs,
+) -> anyhow::Result<()> {
+    let wallet = home.wallet(&proposal.wallet_id)?;
+    let (_, invitation) = dao::dao_info(&wallet)?;
+    let layout = invitation.layout()?;
+    if layout.owner_of(proposal.proposer) != Some(envelope.sender.as_slice()) {
+        anyhow::bail!("the proposal is not signed by the member it names");
+    }
+    say(&format!(
+        "{} proposes to refresh every share of wallet {} (epoch {} to {}; same key and address)",
+        layout.name_of(proposal.proposer).unwrap_or("?"),
+        wallet.wallet_id,
+        proposal.from_epoch,
+        proposal.from_epoch + 1
+    ));
+    if !args.yes && !confirm()? {
+        anyhow::bail!("not approved");
+    }
+    let mut courier = courier_for(g, trust, &wallet, envelope.topic)?;
+    let wallet = dao::run_refresh(
+        home,
+        &wallet,
+        &mut courier,
+        proposal,
+        envelope,
+        Duration::from_secs(args.timeout),
+        &mut |l| say(l),
+    )?;
+    refreshed_out(&wallet, args.json)
 }

@@ -10,12 +10,18 @@
 //! anchored state; the provider's parties commit only once the rule's approvals are in, and the
 //! spend is recorded (anchored) before the signed transaction is published.
 //!
+//! A [`RefreshProposal`] from a member refreshes every share of the wallet's current epoch
+//! (`refresh_*` below): the provider stores its new shares as prepared (epoch + 1), commits, and
+//! makes the new epoch current in the anchored state, deleting its old shares, only once every
+//! member committed too. One refresh per wallet runs at a time.
+//!
 //! Ceremonies live in memory (nonces must): an enclave restart abandons those in progress.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use cosigner_protocol::dao::dkg::DaoDkg;
+use cosigner_protocol::dao::refresh::{DaoRefresh, RefreshProposal};
 use cosigner_protocol::dao::sign::Coordinator;
 use cosigner_protocol::dao::{
     DaoMessage, Evaluation, Invitation, Layout, PolicyChange, SignRequest,
@@ -55,6 +61,8 @@ struct SignJob {
     output_key: [u8; 32],
     provider_parties: Vec<u16>,
     public_key_package: PublicKeyPackage<Suite>,
+    /// The share epoch the request was evaluated under.
+    epoch: u64,
     coordinator: Coordinator<Suite>,
 }
 
@@ -110,6 +118,7 @@ enum Ceremony {
     Dkg(Box<DaoDkg<Suite>>, Box<Invitation>),
     Sign(Box<SignJob>),
     Policy(Box<PolicyJob>),
+    Refresh(Box<RefreshJob>),
     Finished,
 }
 
@@ -212,6 +221,7 @@ impl Service {
                     DaoMessage::Invitation(_)
                         | DaoMessage::SignRequest(_)
                         | DaoMessage::PolicyChange(_)
+                        | DaoMessage::RefreshStart(_)
                 )
             });
             let Some((envelope, message)) = founding else {
@@ -235,6 +245,10 @@ impl Service {
                 DaoMessage::PolicyChange(change) => {
                     self.found_policy(&topic, &envelope.sender, change)?
                 }
+                DaoMessage::RefreshStart(proposal) => {
+                    let busy = refresh_running(&ceremonies, &proposal.wallet_id);
+                    self.found_refresh(&topic, &envelope.sender, proposal, busy)?
+                }
                 _ => return Err(internal("founding message of an unexpected kind")),
             };
             entry.ceremony = ceremony;
@@ -257,6 +271,10 @@ impl Service {
                     .absorb(&envelope.sender, message)
                     .map_err(|e| e.to_string()),
                 Ceremony::Policy(job) => job.absorb(&envelope.sender, message),
+                Ceremony::Refresh(job) => job
+                    .refresh
+                    .absorb(&envelope.sender, message)
+                    .map_err(|e| e.to_string()),
                 Ceremony::Finished => Ok(false),
             };
             if let Err(e) = result {
@@ -435,6 +453,7 @@ impl Service {
                 output_key,
                 provider_parties: state.provider_parties.clone(),
                 public_key_package,
+                epoch: state.epoch,
                 coordinator,
             })),
             vec![DaoMessage::Evaluation(evaluation)],
@@ -458,6 +477,20 @@ impl Service {
                 }
             },
             Ceremony::Policy(job) => self.advance_policy(job),
+            Ceremony::Refresh(job) => {
+                let hash = job.hash;
+                match self.advance_refresh(job) {
+                    Err(e) => {
+                        let refusal = DaoMessage::Refused {
+                            request: ByteBuf::from(hash.to_vec()),
+                            reason: e.0.message.clone(),
+                        };
+                        self.post(topic, entry, vec![refusal])?;
+                        Err(e)
+                    }
+                    ok => ok,
+                }
+            }
             Ceremony::Finished => return Ok(()),
         };
         let (next, messages) = outcome?;
@@ -531,7 +564,9 @@ impl Service {
         let mut keys = BTreeMap::new();
         if job.coordinator.needs_keys() {
             for &party in &job.provider_parties {
-                let share = self.records().load_dao_share(&job.wallet_id, party, 0)?;
+                let share = self
+                    .records()
+                    .load_dao_share(&job.wallet_id, party, job.epoch)?;
                 let key: KeyPackage<Suite> = key_package(&share)?;
                 keys.insert(party, key);
             }
@@ -725,5 +760,188 @@ impl Service {
             policy: state.policy,
             version: state.policy_version,
         })
+    }
+}
+
+/// A share refresh of a DAO wallet in progress.
+struct RefreshJob {
+    wallet_id: WalletId,
+    hash: [u8; 32],
+    refresh: DaoRefresh<Suite>,
+    /// Whether our new shares are stored (prepared) and our commitment posted.
+    prepared: bool,
+}
+
+/// Whether a refresh of `wallet_id` is in progress (one at a time: they would prepare the same
+/// epoch's shares).
+fn refresh_running(ceremonies: &Ceremonies, wallet_id: &WalletId) -> bool {
+    ceremonies
+        .values()
+        .any(|e| matches!(&e.ceremony, Ceremony::Refresh(job) if job.wallet_id == *wallet_id))
+}
+
+impl Service {
+    fn found_refresh(
+        &self,
+        topic: &Topic,
+        sender: &[u8],
+        proposal: &RefreshProposal,
+        busy: bool,
+    ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
+        if proposal.topic()? != *topic {
+            return Err(bad("the refresh proposal does not hash to its topic"));
+        }
+        let hash = proposal.hash()?;
+        let wallet_id = proposal.wallet_id;
+        let state = self.records().load_dao_state(&wallet_id)?;
+        let layout = state.invitation.layout()?;
+        if layout.member_party(sender) != Some(proposal.proposer) {
+            return Err(bad(format!(
+                "the refresh proposal is not signed by member {} of wallet {wallet_id}",
+                proposal.proposer
+            )));
+        }
+        let actor = format!("member:{}", hex::encode(sender));
+        let refuse =
+            |reason: String| self.refuse_request(&wallet_id, "dao-refresh", &actor, &hash, reason);
+        let now = now_ms();
+        if proposal.created_ms.saturating_add(REQUEST_MAX_AGE_MS) < now
+            || proposal.created_ms > now.saturating_add(REQUEST_MAX_SKEW_MS)
+        {
+            return refuse("the proposal is expired or dated in the future".into());
+        }
+        if proposal.from_epoch != state.epoch {
+            return refuse(format!(
+                "it refreshes epoch {}, the current epoch is {}",
+                proposal.from_epoch, state.epoch
+            ));
+        }
+        if busy {
+            return refuse("another refresh of this wallet is in progress".into());
+        }
+        let mut old = Vec::new();
+        for &party in &state.provider_parties {
+            let share = self
+                .records()
+                .load_dao_share(&wallet_id, party, state.epoch)?;
+            let pkp = PublicKeyPackage::<Suite>::deserialize(&share.public_key_package)
+                .map_err(|e| internal(format!("stored public key package: {e}")))?;
+            old.push((party, key_package(&share)?, pkp));
+        }
+        let (refresh, first) = DaoRefresh::<Suite>::start(
+            layout,
+            proposal,
+            &self.audit.public_key(),
+            old,
+            &mut rand_core::OsRng,
+        )?;
+        self.log(
+            &wallet_id,
+            "dao-refresh",
+            &actor,
+            &hash,
+            &format!("started: epoch {} to {}", state.epoch, state.epoch + 1),
+        )?;
+        Ok((
+            Ceremony::Refresh(Box::new(RefreshJob {
+                wallet_id,
+                hash,
+                refresh,
+                prepared: false,
+            })),
+            first,
+        ))
+    }
+
+    /// Advances a refresh: once every party confirmed, stores our new shares as prepared and
+    /// commits; once every party committed, makes the new epoch current and deletes the old
+    /// shares.
+    fn advance_refresh(
+        &self,
+        mut job: Box<RefreshJob>,
+    ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
+        let mut messages = job.refresh.advance(&mut rand_core::OsRng)?;
+        let from_epoch = job.refresh.from_epoch();
+        let epoch = from_epoch + 1;
+        if job.refresh.is_done() && !job.prepared {
+            let _guard = lock(&self.lifecycle)?;
+            let state = self.records().load_dao_state(&job.wallet_id)?;
+            if state.epoch != from_epoch {
+                return Err(bad(format!(
+                    "the wallet's epoch is now {}, this refresh started from {from_epoch}",
+                    state.epoch
+                )));
+            }
+            for (party, output) in job.refresh.new_shares()? {
+                let share = ShareRecord {
+                    epoch,
+                    key_package: ByteBuf::from(
+                        output
+                            .key_package
+                            .serialize()
+                            .map_err(|e| internal(format!("key package: {e}")))?,
+                    ),
+                    public_key_package: ByteBuf::from(
+                        output
+                            .public_key_package
+                            .serialize()
+                            .map_err(|e| internal(format!("public key package: {e}")))?,
+                    ),
+                };
+                self.records()
+                    .save_dao_share(&job.wallet_id, party, &share)?;
+            }
+            messages.push(job.refresh.commit()?);
+            job.prepared = true;
+            self.log(
+                &job.wallet_id,
+                "dao-refresh",
+                "dao",
+                &job.hash,
+                &format!("prepared: epoch {epoch}"),
+            )?;
+        }
+        if !(job.prepared && job.refresh.all_committed()) {
+            return Ok((Ceremony::Refresh(job), messages));
+        }
+        // Every party stored its new share: the new epoch becomes current (anchored), then the
+        // old shares go.
+        let _guard = lock(&self.lifecycle)?;
+        let mut state = self.records().load_dao_state(&job.wallet_id)?;
+        if state.epoch != from_epoch {
+            return Err(bad(format!(
+                "the wallet's epoch is now {}, this refresh started from {from_epoch}",
+                state.epoch
+            )));
+        }
+        let (_, new) = job
+            .refresh
+            .new_shares()?
+            .into_iter()
+            .next()
+            .ok_or_else(|| internal("the refresh produced no share"))?;
+        state.public_key_package = ByteBuf::from(
+            new.public_key_package
+                .serialize()
+                .map_err(|e| internal(format!("public key package: {e}")))?,
+        );
+        state.epoch = epoch;
+        self.records().save_dao_state(&job.wallet_id, &state)?;
+        for &party in &state.provider_parties {
+            self.records()
+                .delete_dao_share(&job.wallet_id, party, from_epoch)?;
+        }
+        self.log(
+            &job.wallet_id,
+            "dao-refresh",
+            "dao",
+            &job.hash,
+            &format!("committed by every party: epoch {epoch} current, epoch {from_epoch} deleted"),
+        )?;
+        messages.push(DaoMessage::Refreshed {
+            wallet_id: job.wallet_id,
+            epoch,
+        });
+        Ok((Ceremony::Finished, messages))
     }
 }

@@ -401,6 +401,13 @@ impl Records<'_> {
             .map_err(internal)
     }
 
+    /// Deletes one epoch's share of one of the provider's parties of a DAO wallet.
+    pub fn delete_dao_share(&self, id: &WalletId, party: u16, epoch: u64) -> Result<(), Failure> {
+        self.store
+            .delete(&dao_share_key(id, party, epoch))
+            .map_err(internal)
+    }
+
     /// Reads the share of one of the provider's parties of a DAO wallet.
     pub fn load_dao_share(
         &self,

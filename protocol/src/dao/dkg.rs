@@ -262,7 +262,7 @@ impl<C: Ciphersuite> DaoDkg<C> {
 }
 
 /// Keeps the first message per key; a different second one is equivocation by `party`.
-fn insert_once<K: Ord, V: Clone + PartialEq>(
+pub(super) fn insert_once<K: Ord, V: Clone + PartialEq>(
     map: &mut BTreeMap<K, V>,
     key: K,
     value: &V,

@@ -1,0 +1,655 @@
+//! A DAO's share refresh over the mailbox: every key holder (a member's device, or the provider
+//! with its several parties) runs one [`DaoRefresh`] that absorbs the topic's signed messages in
+//! any order and advances its parties' refresh rounds ([`crate::refresh`]) when their inputs are
+//! complete. Same group key, same threshold, same parties (nobody is evicted); the shares of epoch
+//! `from_epoch + 1` replace those of `from_epoch`.
+//!
+//! A member proposes it with a [`RefreshProposal`] (its hash is the topic). Every party ends with
+//! a new share only once every party confirmed the same transcript and public key package; each
+//! holder then stores its new shares as *prepared* and posts a [`DaoMessage::Committed`]. The
+//! provider makes the new epoch current (and deletes its old shares) once every party committed,
+//! and says so with [`DaoMessage::Refreshed`]; a member replaces its old share only then. Until
+//! that moment every holder still has its old share, so a refresh that stops half-way leaves the
+//! wallet signing with the old epoch.
+//!
+//! What the mailbox cannot do to it: as for the DKG ([`super::dkg`]), a message is accepted only
+//! from the key owning its party, a party sending two different round-1 messages, packages or
+//! confirmations is named, replays are ignored, and an inconsistent broadcast makes the refresh
+//! fail, never produce shares two parties disagree on.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use frost_core::Ciphersuite;
+use frost_core::keys::{KeyPackage, PublicKeyPackage};
+use rand_core::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use super::dkg::insert_once;
+use super::{DaoMessage, Layout, tagged_hash, truncate};
+use crate::error::{ProtocolError, Result};
+use crate::mailbox::Topic;
+use crate::refresh::{self, RefreshOutput, RefreshRound1, RefreshRound2, RefreshRound3};
+use crate::wire::{self, Confirmation, RefreshParams, Round1Message, SealedPackage, WalletId};
+
+/// A member's proposal to refresh every share of a DAO wallet; its hash is the topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshProposal {
+    /// The wallet.
+    pub wallet_id: WalletId,
+    /// The epoch being refreshed (the provider refuses any but the current one).
+    pub from_epoch: u64,
+    /// The proposing member's party.
+    pub proposer: u16,
+    /// When it was made (ms since the Unix epoch); the provider refuses old proposals.
+    pub created_ms: u64,
+    /// 16 random bytes.
+    pub nonce: ByteBuf,
+}
+
+impl RefreshProposal {
+    /// SHA-256 over a domain tag and the proposal's encoding.
+    pub fn hash(&self) -> Result<[u8; 32]> {
+        Ok(tagged_hash(
+            b"cosigner/dao/refresh/v1",
+            &wire::encode(self)?,
+        ))
+    }
+
+    /// The topic: the hash's first 16 bytes.
+    pub fn topic(&self) -> Result<Topic> {
+        Ok(truncate(&self.hash()?))
+    }
+
+    /// The refresh parameters of `layout`'s wallet: every party, the threshold unchanged.
+    ///
+    /// Errors ([`ProtocolError::Params`]): the proposal is for another wallet.
+    pub fn params(&self, layout: &Layout) -> Result<RefreshParams> {
+        if self.wallet_id != layout.wallet_id {
+            return Err(ProtocolError::Params {
+                reason: format!(
+                    "the refresh is for wallet {}, not {}",
+                    self.wallet_id, layout.wallet_id
+                ),
+            });
+        }
+        Ok(RefreshParams {
+            wallet_id: layout.wallet_id,
+            ciphersuite: layout.params.ciphersuite.clone(),
+            min_signers: layout.params.min_signers,
+            parties: layout.params.parties.clone(),
+            from_epoch: self.from_epoch,
+        })
+    }
+}
+
+/// One of our parties' refresh state.
+enum Local<C: Ciphersuite> {
+    Round1(RefreshRound1<C>),
+    Round2(RefreshRound2<C>),
+    Round3(RefreshRound3<C>),
+    Done(RefreshOutput<C>),
+}
+
+/// The share one party holds now: its key package and the wallet's public key package.
+pub type OldShare<C> = (u16, KeyPackage<C>, PublicKeyPackage<C>);
+
+/// The confirmed new shares of one key holder, by party.
+pub type NewShares<C> = Vec<(u16, RefreshOutput<C>)>;
+
+/// One key holder's side of a DAO refresh.
+pub struct DaoRefresh<C: Ciphersuite> {
+    layout: Layout,
+    params: RefreshParams,
+    /// Our parties' states (`None` only after a failure).
+    locals: BTreeMap<u16, Option<Local<C>>>,
+    /// Our parties' current shares (needed by round 2).
+    old: BTreeMap<u16, (KeyPackage<C>, PublicKeyPackage<C>)>,
+    round1: BTreeMap<u16, Round1Message>,
+    /// Packages sealed to one of our parties, by (from, to).
+    round2: BTreeMap<(u16, u16), SealedPackage>,
+    confirmations: BTreeMap<u16, Confirmation>,
+    /// Parties that said they stored their new share as prepared.
+    committed: BTreeSet<u16>,
+    failed: Option<String>,
+}
+
+impl<C: Ciphersuite> std::fmt::Debug for DaoRefresh<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaoRefresh")
+            .field("wallet_id", &self.layout.wallet_id)
+            .field("from_epoch", &self.params.from_epoch)
+            .field("locals", &self.locals.keys().collect::<Vec<_>>())
+            .field("waiting_for", &self.waiting_for())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Ciphersuite> DaoRefresh<C> {
+    /// Starts `proposal`'s refresh for every party `key` holds in `layout`, with their current
+    /// shares `old` (exactly one per party `key` holds); returns the round-1 messages to post.
+    ///
+    /// Errors ([`ProtocolError::Params`]): `key` holds no party, `old` does not cover exactly
+    /// its parties, a share does not fit the refresh ([`refresh::check_old_shares`]: another
+    /// wallet, threshold or party set).
+    pub fn start(
+        layout: Layout,
+        proposal: &RefreshProposal,
+        key: &[u8],
+        old: Vec<OldShare<C>>,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(Self, Vec<DaoMessage>)> {
+        let params = proposal.params(&layout)?;
+        let parties = layout.parties_of(key);
+        if parties.is_empty() {
+            return Err(ProtocolError::Params {
+                reason: "this key is neither a member nor the provider of the wallet".into(),
+            });
+        }
+        let old: BTreeMap<u16, (KeyPackage<C>, PublicKeyPackage<C>)> =
+            old.into_iter().map(|(p, k, pkp)| (p, (k, pkp))).collect();
+        if !old.keys().copied().eq(parties.iter().copied()) {
+            return Err(ProtocolError::Params {
+                reason: format!(
+                    "the current shares given are of parties {:?}, this key holds {parties:?}",
+                    old.keys().collect::<Vec<_>>()
+                ),
+            });
+        }
+        let mut locals = BTreeMap::new();
+        let mut round1 = BTreeMap::new();
+        let mut out = Vec::new();
+        for party in parties {
+            if let Some((kp, pkp)) = old.get(&party) {
+                refresh::check_old_shares(&params, party, kp, pkp)?;
+            }
+            let (state, message) = refresh::start::<C>(&params, party, rng)?;
+            locals.insert(party, Some(Local::Round1(state)));
+            round1.insert(party, message.clone());
+            out.push(DaoMessage::Round1(message));
+        }
+        Ok((
+            Self {
+                layout,
+                params,
+                locals,
+                old,
+                round1,
+                round2: BTreeMap::new(),
+                confirmations: BTreeMap::new(),
+                committed: BTreeSet::new(),
+                failed: None,
+            },
+            out,
+        ))
+    }
+
+    /// The wallet's layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The epoch being refreshed (the new shares are of `from_epoch + 1`).
+    pub fn from_epoch(&self) -> u64 {
+        self.params.from_epoch
+    }
+
+    /// Our parties.
+    pub fn parties(&self) -> Vec<u16> {
+        self.locals.keys().copied().collect()
+    }
+
+    fn check_owner(&self, sender: &[u8], party: u16, what: &str) -> Result<()> {
+        match self.layout.owner_of(party) {
+            Some(owner) if owner == sender => Ok(()),
+            Some(_) => Err(ProtocolError::Culprit {
+                party,
+                reason: format!("a {what} for it was signed by another key"),
+            }),
+            None => Err(ProtocolError::UnexpectedMessage {
+                expected: "a message from a party of the wallet",
+                actual: format!("{what} from unknown party {party}"),
+            }),
+        }
+    }
+
+    /// Takes one verified message from `sender` (the envelope's signer). Returns whether it was
+    /// new. Messages of other kinds are ignored.
+    ///
+    /// Errors: the sender does not own the party it speaks for, sent two different messages for
+    /// the same step ([`ProtocolError::Culprit`]), or commits another epoch than this refresh's.
+    pub fn absorb(&mut self, sender: &[u8], message: &DaoMessage) -> Result<bool> {
+        match message {
+            DaoMessage::Round1(m) => {
+                self.check_owner(sender, m.from, "refresh round-1 message")?;
+                insert_once(
+                    &mut self.round1,
+                    m.from,
+                    m,
+                    m.from,
+                    "refresh round-1 message",
+                )
+            }
+            DaoMessage::Round2(p) => {
+                self.check_owner(sender, p.from, "refresh package")?;
+                if !self.locals.contains_key(&p.to) {
+                    return Ok(false);
+                }
+                insert_once(
+                    &mut self.round2,
+                    (p.from, p.to),
+                    p,
+                    p.from,
+                    "refresh package",
+                )
+            }
+            DaoMessage::Confirm(c) => {
+                self.check_owner(sender, c.from, "refresh confirmation")?;
+                insert_once(
+                    &mut self.confirmations,
+                    c.from,
+                    c,
+                    c.from,
+                    "refresh confirmation",
+                )
+            }
+            DaoMessage::Committed { parties, epoch } => {
+                let expected = self.params.from_epoch.saturating_add(1);
+                let mut new = false;
+                for &party in parties {
+                    self.check_owner(sender, party, "commitment")?;
+                    if *epoch != expected {
+                        return Err(ProtocolError::Culprit {
+                            party,
+                            reason: format!(
+                                "it committed epoch {epoch}, this refresh makes epoch {expected}"
+                            ),
+                        });
+                    }
+                    new |= self.committed.insert(party);
+                }
+                Ok(new)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Advances every local party whose inputs are complete; returns the messages to post.
+    ///
+    /// Errors: a round fails (the refresh is over; the old epoch stays, propose a new one).
+    pub fn advance(&mut self, rng: &mut (impl CryptoRng + RngCore)) -> Result<Vec<DaoMessage>> {
+        if let Some(reason) = &self.failed {
+            return Err(ProtocolError::Params {
+                reason: format!("this refresh already failed: {reason}"),
+            });
+        }
+        let result = self.advance_inner(rng);
+        if let Err(e) = &result {
+            self.failed = Some(e.to_string());
+        }
+        result
+    }
+
+    fn advance_inner(&mut self, rng: &mut (impl CryptoRng + RngCore)) -> Result<Vec<DaoMessage>> {
+        let all = self.params.parties.len();
+        let mut out = Vec::new();
+        // Loop: our own parties feed each other (a provider's packages to its other parties).
+        loop {
+            let mut progressed = false;
+            let parties: Vec<u16> = self.locals.keys().copied().collect();
+            for party in parties {
+                let Some(slot) = self.locals.get_mut(&party) else {
+                    continue;
+                };
+                let ready = match slot.as_ref() {
+                    Some(Local::Round1(_)) => self.round1.len() == all,
+                    Some(Local::Round2(_)) => {
+                        self.round2.keys().filter(|(_, to)| *to == party).count() + 1 == all
+                    }
+                    Some(Local::Round3(_)) => self.confirmations.len() == all,
+                    _ => false,
+                };
+                if !ready {
+                    continue;
+                }
+                let Some(state) = slot.take() else { continue };
+                let next = match state {
+                    Local::Round1(s) => {
+                        let round1: Vec<Round1Message> = self.round1.values().cloned().collect();
+                        let (s, packages) = s.handle_round1(&round1, rng)?;
+                        for p in packages {
+                            if self.locals.contains_key(&p.to) {
+                                self.round2.insert((p.from, p.to), p.clone());
+                            }
+                            out.push(DaoMessage::Round2(p));
+                        }
+                        Local::Round2(s)
+                    }
+                    Local::Round2(s) => {
+                        let to_us: Vec<SealedPackage> = self
+                            .round2
+                            .iter()
+                            .filter(|((_, to), _)| *to == party)
+                            .map(|(_, p)| p.clone())
+                            .collect();
+                        let (kp, pkp) =
+                            self.old.get(&party).ok_or_else(|| ProtocolError::Params {
+                                reason: format!("no current share of party {party}"),
+                            })?;
+                        let (s, confirmation) = s.handle_round2(&to_us, kp, pkp)?;
+                        self.confirmations.insert(party, confirmation.clone());
+                        out.push(DaoMessage::Confirm(confirmation));
+                        Local::Round3(s)
+                    }
+                    Local::Round3(s) => {
+                        let confirmations: Vec<Confirmation> =
+                            self.confirmations.values().cloned().collect();
+                        Local::Done(s.handle_confirmations(&confirmations)?)
+                    }
+                    done @ Local::Done(_) => done,
+                };
+                if let Some(slot) = self.locals.get_mut(&party) {
+                    *slot = Some(next);
+                }
+                progressed = true;
+            }
+            if !progressed {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Whether every local party holds its new share (every party confirmed the same result).
+    pub fn is_done(&self) -> bool {
+        self.locals
+            .values()
+            .all(|s| matches!(s, Some(Local::Done(_))))
+    }
+
+    /// Our new shares (prepared: store them, sealed, under epoch `from_epoch + 1`, but do not use
+    /// them before [`DaoRefresh::all_committed`] and the provider's [`DaoMessage::Refreshed`]).
+    ///
+    /// Errors: called before [`DaoRefresh::is_done`] ([`ProtocolError::UnexpectedMessage`]).
+    pub fn new_shares(&self) -> Result<Vec<(u16, &RefreshOutput<C>)>> {
+        self.locals
+            .iter()
+            .map(|(party, s)| match s {
+                Some(Local::Done(o)) => Ok((*party, o)),
+                _ => Err(not_finished(*party)),
+            })
+            .collect()
+    }
+
+    /// Our commitment, once [`DaoRefresh::is_done`] and our new shares are stored as prepared:
+    /// post it. Records our parties as committed.
+    ///
+    /// Errors: called before the end ([`ProtocolError::UnexpectedMessage`]).
+    pub fn commit(&mut self) -> Result<DaoMessage> {
+        self.new_shares()?;
+        let parties = self.parties();
+        self.committed.extend(parties.iter().copied());
+        Ok(DaoMessage::Committed {
+            parties,
+            epoch: self.params.from_epoch.saturating_add(1),
+        })
+    }
+
+    /// Whether every party of the wallet committed the new epoch.
+    pub fn all_committed(&self) -> bool {
+        self.params
+            .parties
+            .iter()
+            .all(|p| self.committed.contains(p))
+    }
+
+    /// What we still wait for, for progress messages.
+    pub fn waiting_for(&self) -> String {
+        let all = &self.params.parties;
+        let missing = |have: &dyn Fn(u16) -> bool| -> Vec<u16> {
+            all.iter().copied().filter(|p| !have(*p)).collect()
+        };
+        match self.locals.values().flatten().next() {
+            Some(Local::Round1(_)) => format!(
+                "refresh round-1 messages from parties {:?}",
+                missing(&|p| self.round1.contains_key(&p))
+            ),
+            Some(Local::Round2(_)) => format!(
+                "refresh packages from parties {:?}",
+                missing(&|p| {
+                    self.locals.contains_key(&p) || self.round2.keys().any(|(from, _)| *from == p)
+                })
+            ),
+            Some(Local::Round3(_)) => format!(
+                "refresh confirmations from parties {:?}",
+                missing(&|p| self.confirmations.contains_key(&p))
+            ),
+            Some(Local::Done(_)) => format!(
+                "commitments of epoch {} from parties {:?}",
+                self.params.from_epoch.saturating_add(1),
+                missing(&|p| self.committed.contains(&p))
+            ),
+            None => "nothing (failed)".into(),
+        }
+    }
+
+    /// The confirmed new shares, one per local party, once [`DaoRefresh::is_done`].
+    ///
+    /// Errors: called before the end ([`ProtocolError::UnexpectedMessage`]).
+    pub fn into_outputs(self) -> Result<(Layout, NewShares<C>)> {
+        let mut outputs = Vec::new();
+        for (party, state) in self.locals {
+            match state {
+                Some(Local::Done(output)) => outputs.push((party, output)),
+                _ => return Err(not_finished(party)),
+            }
+        }
+        Ok((self.layout, outputs))
+    }
+}
+
+fn not_finished(party: u16) -> ProtocolError {
+    ProtocolError::UnexpectedMessage {
+        expected: "a finished refresh",
+        actual: format!("party {party} has not finished"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+    use crate::dao::dkg::tests::run_dkg;
+    use crate::dao::tests::keys;
+    use frost_core::Identifier;
+    use rand_core::OsRng;
+
+    type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
+
+    fn proposal(layout: &Layout) -> RefreshProposal {
+        RefreshProposal {
+            wallet_id: layout.wallet_id,
+            from_epoch: 0,
+            proposer: 1,
+            created_ms: 1,
+            nonce: ByteBuf::from(vec![3; 16]),
+        }
+    }
+
+    type Shares = BTreeMap<u16, (KeyPackage<Tr>, PublicKeyPackage<Tr>)>;
+
+    /// Runs a refresh of every holder's shares through a shuffled in-memory "mailbox", commits
+    /// included; returns the new shares by party.
+    fn run_refresh(holders: &[(Vec<u8>, Layout, Shares)]) -> Shares {
+        let p = proposal(&holders[0].1);
+        let mut refreshes: Vec<(Vec<u8>, DaoRefresh<Tr>)> = Vec::new();
+        let mut mailbox: Vec<(Vec<u8>, DaoMessage)> = Vec::new();
+        for (pk, layout, shares) in holders {
+            let old = shares
+                .iter()
+                .map(|(p, (k, pkp))| (*p, k.clone(), pkp.clone()))
+                .collect();
+            let (r, out) =
+                DaoRefresh::<Tr>::start(layout.clone(), &p, pk, old, &mut OsRng).unwrap();
+            mailbox.extend(out.into_iter().map(|m| (pk.clone(), m)));
+            refreshes.push((pk.clone(), r));
+        }
+        let mut rounds = 0;
+        while !refreshes.iter().all(|(_, r)| r.all_committed()) {
+            rounds += 1;
+            assert!(rounds < 20, "refresh did not converge");
+            let snapshot = mailbox.clone();
+            for (pk, r) in refreshes.iter_mut() {
+                for (sender, m) in snapshot.iter().rev() {
+                    r.absorb(sender, m).unwrap();
+                }
+                let mut out = r.advance(&mut OsRng).unwrap();
+                if r.is_done() && !r.committed.contains(&r.parties()[0]) {
+                    out.push(r.commit().unwrap());
+                }
+                mailbox.extend(out.into_iter().map(|m| (pk.clone(), m)));
+            }
+        }
+        let mut new = BTreeMap::new();
+        for (_, r) in refreshes {
+            let (_, outputs) = r.into_outputs().unwrap();
+            for (p, o) in outputs {
+                new.insert(p, (o.key_package, o.public_key_package));
+            }
+        }
+        new
+    }
+
+    /// Signs `msg` with the given key packages (FROST rounds 1 and 2, then aggregation).
+    fn sign(
+        keys: &[KeyPackage<Tr>],
+        pkp: &PublicKeyPackage<Tr>,
+        msg: &[u8],
+    ) -> std::result::Result<frost_core::Signature<Tr>, frost_core::Error<Tr>> {
+        let mut nonces = BTreeMap::new();
+        let mut commitments = BTreeMap::new();
+        for k in keys {
+            let (n, c) = frost_core::round1::commit(k.signing_share(), &mut OsRng);
+            nonces.insert(*k.identifier(), n);
+            commitments.insert(*k.identifier(), c);
+        }
+        let package = frost_core::SigningPackage::new(commitments, msg);
+        let mut shares: BTreeMap<Identifier<Tr>, _> = BTreeMap::new();
+        for k in keys {
+            let share = frost_core::round2::sign(&package, &nonces[k.identifier()], k)?;
+            shares.insert(*k.identifier(), share);
+        }
+        frost_core::aggregate(&package, &shares, pkp)
+    }
+
+    fn setup() -> (Vec<(Vec<u8>, Layout, Shares)>, Shares) {
+        let members = keys(5);
+        let provider = keys(1).pop().unwrap();
+        let mut all = BTreeMap::new();
+        let holders: Vec<(Vec<u8>, Layout, Shares)> = run_dkg(&members, &provider)
+            .into_iter()
+            .map(|(pk, layout, outputs)| {
+                let shares: Shares = outputs
+                    .into_iter()
+                    .map(|(p, o)| (p, (o.key_package, o.public_key_package)))
+                    .collect();
+                all.extend(shares.clone());
+                (pk, layout, shares)
+            })
+            .collect();
+        (holders, all)
+    }
+
+    #[test]
+    fn five_members_and_a_weighted_provider_refresh_to_the_same_key_and_new_shares_sign() {
+        let (holders, old) = setup();
+        let new = run_refresh(&holders);
+        assert_eq!(new.len(), 8);
+        let group = *old[&1].1.verifying_key();
+        let new_pkp = new[&1].1.clone();
+        for (party, (k, pkp)) in &new {
+            assert_eq!(pkp.verifying_key(), &group, "same group key");
+            assert_eq!(pkp, &new_pkp, "every party has the same public key package");
+            assert_ne!(
+                k.signing_share(),
+                old[party].0.signing_share(),
+                "party {party}'s share changed"
+            );
+        }
+        // Members 1, 3, 5 and the provider's three parties: threshold 6.
+        let signers: Vec<KeyPackage<Tr>> = [1, 3, 5, 6, 7, 8]
+            .iter()
+            .map(|p| new[p].0.clone())
+            .collect();
+        let sig = sign(&signers, &new_pkp, b"after the refresh").unwrap();
+        group.verify(b"after the refresh", &sig).unwrap();
+
+        // Member 1's old share no longer combines with the new shares.
+        let mut mixed = signers.clone();
+        mixed[0] = old[&1].0.clone();
+        assert!(sign(&mixed, &new_pkp, b"mixed").is_err());
+        // Nor with the old public key package.
+        assert!(sign(&mixed, &old[&1].1, b"mixed").is_err());
+    }
+
+    #[test]
+    fn owners_epochs_and_equivocation_are_checked() {
+        let (holders, _) = setup();
+        let layout = holders[0].1.clone();
+        let p = proposal(&layout);
+        let start = |i: usize| {
+            let (pk, layout, shares) = &holders[i];
+            let old = shares
+                .iter()
+                .map(|(p, (k, pkp))| (*p, k.clone(), pkp.clone()))
+                .collect();
+            DaoRefresh::<Tr>::start(layout.clone(), &p, pk, old, &mut OsRng).unwrap()
+        };
+        let (mut r0, _) = start(0);
+        let (_r1, out1) = start(1);
+        let pk0 = holders[0].0.clone();
+        let pk1 = holders[1].0.clone();
+        // Member 2's round 1 signed by member 1's key: refused, naming party 2.
+        let err = r0.absorb(&pk0, &out1[0]).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::Culprit { party: 2, .. }),
+            "{err}"
+        );
+        assert!(r0.absorb(&pk1, &out1[0]).unwrap());
+        assert!(!r0.absorb(&pk1, &out1[0]).unwrap());
+        let (_again, other) = start(1);
+        let err = r0.absorb(&pk1, &other[0]).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::Culprit { party: 2, .. }),
+            "{err}"
+        );
+        // A commitment of another epoch: named.
+        let other_epoch = DaoMessage::Committed {
+            parties: vec![2],
+            epoch: 2,
+        };
+        assert!(matches!(
+            r0.absorb(&pk1, &other_epoch).unwrap_err(),
+            ProtocolError::Culprit { party: 2, .. }
+        ));
+        // The provider's parties cannot be committed by a member.
+        let forged = DaoMessage::Committed {
+            parties: vec![6],
+            epoch: 1,
+        };
+        assert!(matches!(
+            r0.absorb(&pk1, &forged).unwrap_err(),
+            ProtocolError::Culprit { party: 6, .. }
+        ));
+        // Shares of another party than the key holds: refused.
+        let (pk, layout, _) = &holders[0];
+        let wrong = holders[1]
+            .2
+            .iter()
+            .map(|(p, (k, pkp))| (*p, k.clone(), pkp.clone()))
+            .collect();
+        assert!(DaoRefresh::<Tr>::start(layout.clone(), &p, pk, wrong, &mut OsRng).is_err());
+        // No commitment before the end.
+        assert!(r0.commit().is_err());
+    }
+}
