@@ -191,7 +191,7 @@ impl Courier {
     }
 }
 
-/// Backs off while nothing happens: 20 ms, doubling to 250 ms.
+/// Backs off while nothing happens: 20 ms, doubling to 100 ms.
 struct Pace(Duration);
 
 impl Pace {
@@ -204,7 +204,7 @@ impl Pace {
             return;
         }
         std::thread::sleep(self.0);
-        self.0 = (self.0 * 2).min(Duration::from_millis(250));
+        self.0 = (self.0 * 2).min(Duration::from_millis(100));
     }
 }
 

@@ -7,6 +7,7 @@
 //! [`psbt_sign`] signs a personal wallet's PSBTs (and manages its spending policy).
 
 pub mod address;
+pub mod dao;
 mod error;
 pub mod home;
 pub mod mailbox;

@@ -391,6 +391,20 @@ pub enum Request {
         /// The new policy (TOML), or none.
         policy: Option<String>,
     },
+    /// The policy in force of a DAO wallet (public to its members; they propose changes to it).
+    DaoPolicy {
+        /// The wallet.
+        wallet_id: WalletId,
+    },
+    /// DAO ceremonies: signed mailbox envelopes of one topic, delivered by whichever member
+    /// relays them (they authenticate themselves); answered with every envelope the enclave has
+    /// produced for the topic, for the member to post.
+    Mailbox {
+        /// The topic (16 bytes).
+        topic: ByteBuf,
+        /// Encoded `mailbox::Envelope`s.
+        envelopes: Vec<ByteBuf>,
+    },
 }
 
 impl Request {
@@ -416,6 +430,8 @@ impl Request {
             Self::RepairStart { .. } => "RepairStart",
             Self::RepairDeltas { .. } => "RepairDeltas",
             Self::RepairSigma { .. } => "RepairSigma",
+            Self::Mailbox { .. } => "Mailbox",
+            Self::DaoPolicy { .. } => "DaoPolicy",
             Self::SignPsbtCommit { .. } => "SignPsbtCommit",
             Self::SignPsbtShare { .. } => "SignPsbtShare",
             Self::SetPolicy { .. } => "SetPolicy",
@@ -529,6 +545,20 @@ pub enum Response {
     PsbtShares {
         /// They.
         shares: Vec<ByteBuf>,
+    },
+    /// A DAO wallet's policy in force.
+    DaoPolicy {
+        /// The policy (TOML text).
+        policy: String,
+        /// Its version (1 at creation, +1 per change).
+        version: u64,
+    },
+    /// The enclave's envelopes for a mailbox topic, and what it refused of the delivery.
+    Mailbox {
+        /// Encoded `mailbox::Envelope`s the enclave signed for the topic.
+        envelopes: Vec<ByteBuf>,
+        /// One line per delivered envelope it refused, and why (culprits named).
+        notes: Vec<String>,
     },
     /// The request was refused or failed.
     Error(WireError),
