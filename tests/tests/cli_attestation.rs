@@ -328,9 +328,14 @@ fn bad_documents_are_refused_in_one_line_without_panicking() {
     let hsm = SoftHsm::new().unwrap(); // only for its temp dir
     let dir = hsm.dir();
     let real = cosigner_tests::shared_fixtures().map(|f| std::fs::read(f.join(REAL)).unwrap());
+    // Without the fixtures, a local attester's root; kept alive (its directory) for the test.
+    let local;
     let root = match cosigner_tests::shared_fixtures() {
         Some(f) => f.join(AWS_ROOT),
-        None => Local::new().root(),
+        None => {
+            local = Local::new();
+            local.root()
+        }
     };
     let mut cases: Vec<(&str, Vec<u8>)> = vec![
         ("empty", vec![]),
