@@ -89,6 +89,9 @@ pub struct Invitation {
 pub struct Layout {
     /// The wallet id (= the DKG topic).
     pub wallet_id: WalletId,
+    /// The invitation's full SHA-256 (the wallet id is its first half): every party confirms
+    /// it at the end of the DKG, so two invitations colliding on 128 bits cannot split a DKG.
+    pub invitation_hash: [u8; 32],
     /// Members with their party numbers.
     pub members: Vec<(u16, Member)>,
     /// The provider's parties.
@@ -196,9 +199,11 @@ impl Invitation {
         let n = members.len() as u16;
         let provider_parties: Vec<u16> = (n + 1..=n + w).collect();
         let parties: Vec<u16> = (1..=n + w).collect();
-        let wallet_id = WalletId(self.topic()?);
+        let invitation_hash = tagged_hash(b"cosigner/dao/invitation/v1", &wire::encode(self)?);
+        let wallet_id = WalletId(truncate(&invitation_hash));
         Ok(Layout {
             wallet_id,
+            invitation_hash,
             members: (1..=n).zip(members).collect(),
             provider_parties,
             provider_key,
@@ -380,8 +385,15 @@ pub enum DaoMessage {
     Round1(wire::Round1Message),
     /// DKG round 2: one sealed package.
     Round2(wire::SealedPackage),
-    /// DKG confirmation of one party.
+    /// Refresh confirmation of one party.
     Confirm(wire::Confirmation),
+    /// DKG confirmation of one party, with the full hash of the invitation it was run for.
+    DkgConfirm {
+        /// The confirmation.
+        confirmation: wire::Confirmation,
+        /// SHA-256 of the invitation (see [`Layout::invitation_hash`]).
+        invitation: ByteBuf,
+    },
     /// Provider → all: the DKG is confirmed and the provider stored its shares; the wallet is
     /// active.
     Activated {
@@ -496,6 +508,7 @@ impl DaoMessage {
             Self::Round1(_) => "Round1",
             Self::Round2(_) => "Round2",
             Self::Confirm(_) => "Confirm",
+            Self::DkgConfirm { .. } => "DkgConfirm",
             Self::Activated { .. } => "Activated",
             Self::SignRequest(_) => "SignRequest",
             Self::Evaluation(_) => "Evaluation",

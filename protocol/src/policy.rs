@@ -48,6 +48,9 @@ pub const MAX_POLICY_TEXT: usize = 256 * 1024;
 
 const MS_PER_HOUR: u64 = 3_600_000;
 
+/// Longest velocity window: 366 days, the spend history the enclaves keep.
+pub const MAX_WINDOW_HOURS: u32 = 366 * 24;
+
 /// A member of a (DAO) wallet: a name used in policies, and the device key that signs for them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
@@ -238,6 +241,14 @@ impl Policy {
             let velocity = match entry.velocity {
                 Some(v) if v.window_hours == 0 => {
                     return Err(policy_error(format!("{what}: velocity window of 0 hours")));
+                }
+                // The enclaves keep a year of spend history (a leap year's hours): a longer
+                // window would silently forget spends.
+                Some(v) if v.window_hours > MAX_WINDOW_HOURS => {
+                    return Err(policy_error(format!(
+                        "{what}: velocity window of {} hours, at most {MAX_WINDOW_HOURS} (a year)",
+                        v.window_hours
+                    )));
                 }
                 Some(v) => Some(Velocity {
                     window_ms: u64::from(v.window_hours) * MS_PER_HOUR,

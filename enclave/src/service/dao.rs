@@ -40,6 +40,12 @@ use super::{Failure, Outcome, Service, Suite, internal, key_package, lock, now_m
 const DAO_TTL: Duration = Duration::from_secs(3600);
 /// Bound on ceremonies in memory.
 const MAX_CEREMONIES: usize = 1024;
+/// Bound on DKGs in progress (anyone may start one).
+const MAX_DKGS: usize = 64;
+/// Bound on the envelopes a ceremony remembers having taken in.
+const MAX_SEEN: usize = 16_384;
+/// Most inputs of a DAO PSBT (as for personal wallets): the signing packages must fit an envelope.
+const MAX_INPUTS: usize = 256;
 /// Bound on envelopes per delivery.
 const MAX_DELIVERY: usize = 1024;
 /// A sign request older than this is refused (and completed requests are remembered this long).
@@ -58,6 +64,7 @@ struct SignJob {
     hash: [u8; 32],
     value_leaving: u64,
     rule: String,
+    policy_version: u64,
     output_key: [u8; 32],
     provider_parties: Vec<u16>,
     public_key_package: PublicKeyPackage<Suite>,
@@ -215,14 +222,17 @@ impl Service {
         let mut ceremonies = lock(&self.dao)?;
         ceremonies.retain(|_, e| e.started.elapsed() < DAO_TTL);
         if !ceremonies.contains_key(&topic) {
+            // The founding message is the one whose hash is the topic: junk of the same kind
+            // posted ahead of it cannot block the ceremony.
             let founding = opened.iter().find(|(_, m)| {
-                matches!(
-                    m,
-                    DaoMessage::Invitation(_)
-                        | DaoMessage::SignRequest(_)
-                        | DaoMessage::PolicyChange(_)
-                        | DaoMessage::RefreshStart(_)
-                )
+                let hashed = match m {
+                    DaoMessage::Invitation(i) => i.topic().ok(),
+                    DaoMessage::SignRequest(r) => r.topic().ok(),
+                    DaoMessage::PolicyChange(c) => c.topic().ok(),
+                    DaoMessage::RefreshStart(r) => r.topic().ok(),
+                    _ => None,
+                };
+                hashed == Some(topic)
             });
             let Some((envelope, message)) = founding else {
                 return Ok(Response::Mailbox {
@@ -232,6 +242,15 @@ impl Service {
             };
             if ceremonies.len() >= MAX_CEREMONIES {
                 return Err(internal("too many DAO ceremonies in progress"));
+            }
+            // Anyone can found a DKG (an invitation only has to name this enclave): those get
+            // their own, smaller budget, so they cannot crowd out members' signatures.
+            let dkgs = ceremonies
+                .values()
+                .filter(|e| matches!(e.ceremony, Ceremony::Dkg(..)))
+                .count();
+            if matches!(message, DaoMessage::Invitation(_)) && dkgs >= MAX_DKGS {
+                return Err(internal("too many DAO wallet creations in progress"));
             }
             let mut entry = Entry {
                 ceremony: Ceremony::Finished,
@@ -259,7 +278,9 @@ impl Service {
             .get_mut(&topic)
             .ok_or_else(|| internal("ceremony vanished"))?;
         for (envelope, message) in &opened {
-            if !entry.seen.insert(envelope.id()) {
+            // Only what a ceremony accepts is remembered (bounded): a stranger's validly signed
+            // junk costs a verification, not memory.
+            if entry.seen.contains(&envelope.id()) {
                 continue;
             }
             let result = match &mut entry.ceremony {
@@ -277,8 +298,12 @@ impl Service {
                     .map_err(|e| e.to_string()),
                 Ceremony::Finished => Ok(false),
             };
-            if let Err(e) = result {
-                notes.push(format!("{} refused: {e}", message.name()));
+            match result {
+                Ok(true) if entry.seen.len() < MAX_SEEN => {
+                    entry.seen.insert(envelope.id());
+                }
+                Ok(_) => {}
+                Err(e) => notes.push(format!("{} refused: {e}", message.name())),
             }
         }
         if let Err(e) = self.advance(&topic, entry) {
@@ -392,6 +417,12 @@ impl Service {
             Ok(s) => s,
             Err(e) => return refuse(format!("PSBT refused: {e}")),
         };
+        if summary.sighashes.len() > MAX_INPUTS {
+            return refuse(format!(
+                "{} inputs, at most {MAX_INPUTS} in one PSBT",
+                summary.sighashes.len()
+            ));
+        }
         let destinations: Vec<String> = summary
             .destinations
             .iter()
@@ -450,6 +481,7 @@ impl Service {
                 hash,
                 value_leaving: summary.value_leaving,
                 rule: decision.rule,
+                policy_version: state.policy_version,
                 output_key,
                 provider_parties: state.provider_parties.clone(),
                 public_key_package,
@@ -610,10 +642,29 @@ impl Service {
                 history: &state.history,
             })
             .map_err(|d| bad(format!("policy (at signing time): {}", d.reason)))?;
-        let chosen = job.coordinator.chosen_members().len();
-        if usize::from(decision.approvals) > chosen {
+        // The rule that decides now must be the one the approvals were collected under, with the
+        // same policy in force, and every signer one of its approvers: otherwise a spend that no
+        // longer fits a rule (velocity used up by a parallel request, a policy change) would fall
+        // through to another rule and be signed by the wrong approvers.
+        if state.policy_version != job.policy_version {
+            return Err(bad(
+                "the policy changed since this request was evaluated: request it again",
+            ));
+        }
+        let chosen = job.coordinator.chosen_members();
+        if decision.rule != job.rule {
             return Err(bad(format!(
-                "policy (at signing time): rule {:?} now needs {} approvals, {chosen} signed",
+                "policy (at signing time): rule {:?} decides now, the approvals were for rule {:?}",
+                decision.rule, job.rule
+            )));
+        }
+        let layout = state.invitation.layout()?;
+        let allowed = approver_keys(&layout, &decision.approvers)?;
+        if usize::from(decision.approvals) > chosen.len()
+            || chosen.iter().any(|p| !allowed.contains_key(p))
+        {
+            return Err(bad(format!(
+                "policy (at signing time): rule {:?} needs {} approvals among its approvers",
                 decision.rule, decision.approvals
             )));
         }

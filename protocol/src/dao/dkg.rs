@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use frost_core::Ciphersuite;
 use rand_core::{CryptoRng, RngCore};
+use serde_bytes::ByteBuf;
 
 use super::{DaoMessage, Layout};
 use crate::dkg::{DkgInput, DkgOutput, DkgOutputMessage, DkgState};
@@ -123,7 +124,18 @@ impl<C: Ciphersuite> DaoDkg<C> {
                     "round-2 package",
                 )
             }
-            DaoMessage::Confirm(c) => {
+            DaoMessage::DkgConfirm {
+                confirmation: c,
+                invitation,
+            } => {
+                if invitation.as_slice() != self.layout.invitation_hash {
+                    return Err(ProtocolError::Disagreement {
+                        reason: format!(
+                            "party {} confirmed a DKG for another invitation (same wallet id)",
+                            c.from
+                        ),
+                    });
+                }
                 self.check_owner(sender, c.from, "confirmation")?;
                 insert_once(&mut self.confirmations, c.from, c, c.from, "confirmation")
             }
@@ -196,7 +208,10 @@ impl<C: Ciphersuite> DaoDkg<C> {
                     }
                     DkgOutputMessage::Confirmation(c) => {
                         self.confirmations.insert(c.from, c.clone());
-                        out.push(DaoMessage::Confirm(c));
+                        out.push(DaoMessage::DkgConfirm {
+                            confirmation: c,
+                            invitation: ByteBuf::from(self.layout.invitation_hash.to_vec()),
+                        });
                     }
                     DkgOutputMessage::Done => {}
                 }
@@ -378,6 +393,19 @@ pub(crate) mod tests {
         );
         // Our own message replayed to us: not new.
         assert!(!d0.absorb(&pk0, &out0[0]).unwrap());
+        // A confirmation for another invitation colliding on the wallet id: refused.
+        let forged = DaoMessage::DkgConfirm {
+            confirmation: crate::wire::Confirmation {
+                from: 2,
+                transcript_hash: ByteBuf::from(vec![0; 32]),
+                public_key_package_hash: ByteBuf::from(vec![0; 32]),
+            },
+            invitation: ByteBuf::from(vec![1; 32]),
+        };
+        assert!(matches!(
+            d0.absorb(&pk1, &forged),
+            Err(ProtocolError::Disagreement { .. })
+        ));
         // A stranger's key holds no party.
         let stranger = public_key_bytes(&keys(1)[0]);
         assert!(DaoDkg::<Tr>::start(inv.layout().unwrap(), &stranger, &mut OsRng).is_err());

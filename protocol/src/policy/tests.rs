@@ -430,3 +430,21 @@ fn members_file_refusals() {
         .collect();
     assert!(parse_members(&too_many).is_err());
 }
+
+#[test]
+fn a_velocity_window_longer_than_the_kept_history_is_refused() {
+    let members = vec![Member {
+        name: "owner".into(),
+        device_key: crate::auth::public_key_bytes(&p256::ecdsa::SigningKey::random(
+            &mut rand_core::OsRng,
+        )),
+    }];
+    let text = |h: u32| {
+        format!(
+            "[[rule]]\nname = \"r\"\napprovals = 1\nvelocity = {{ window_hours = {h}, limit = 1 }}\n"
+        )
+    };
+    assert!(Policy::parse(&text(MAX_WINDOW_HOURS), &members).is_ok());
+    let e = Policy::parse(&text(MAX_WINDOW_HOURS + 1), &members).unwrap_err();
+    assert!(e.to_string().contains("at most"), "{e}");
+}
