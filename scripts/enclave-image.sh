@@ -27,9 +27,15 @@ cargo_home=$(cd "$cargo_home" && pwd -P)
 # The packer (cosigner-parent image build) is a host tool, built first in the caller's environment
 # so that `make build`'s debug build is reused: several build scripts (ring, openssl-sys,
 # libsqlite3-sys) rebuild when SOURCE_DATE_EPOCH changes.
+# COSIGNER_PACKER: a cosigner-parent built elsewhere from the same sources (make repro-check
+# builds one for both of its trees; the packer is not part of the image).
 start=$(date +%s)
-"$cargo" build --locked -p cosigner-parent --bin cosigner-parent
-packer=target/debug/cosigner-parent
+if [ -n "${COSIGNER_PACKER:-}" ]; then
+    packer=$COSIGNER_PACKER
+else
+    "$cargo" build --locked -p cosigner-parent --bin cosigner-parent
+    packer=target/debug/cosigner-parent
+fi
 
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
     SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null) || {

@@ -4,7 +4,8 @@
 # depths, with different umasks, each with its own target directory (the cargo registry is
 # shared), and compares the outputs byte for byte: the enclave binary, the init, the ramdisk(s),
 # pcrs.json, the trust-file measurement and, with NITRO_BLOBS=DIR, the EIF. ENCLAVE_CONFIG=FILE,
-# KMS_KEY_ARN and AWS_REGION are passed on to both builds (scripts/enclave-image.sh).
+# KMS_KEY_ARN and AWS_REGION are passed on to both builds (scripts/enclave-image.sh). The packer
+# (cosigner-parent, a host tool) is built once for both when this checkout has its sources.
 #
 # Exit 0 when all are identical; 1 with the differing files' hashes otherwise. REPRO_KEEP=1 keeps
 # the two trees (printed) for inspection. Uncommitted changes are not part of the check.
@@ -19,7 +20,6 @@ fi
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct "$rev")}
 export CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
 export COSIGNER_SOURCE_REV=$rev
-unset CARGO_TARGET_DIR CARGO_BUILD_TARGET_DIR ENCLAVE_OUT
 # The builds run elsewhere: make the optional inputs absolute.
 for var in NITRO_BLOBS ENCLAVE_CONFIG; do
     if [ -n "${!var:-}" ]; then
@@ -27,6 +27,24 @@ for var in NITRO_BLOBS ENCLAVE_CONFIG; do
     fi
 done
 
+# The packer (cosigner-parent image build) is a host tool, not part of the image: when this
+# checkout has the commit's sources for it, it is built here once (a no-op after `make build`, as
+# in CI) and both trees use it. Each tree still builds the enclave and the init from scratch and
+# packs them itself, in its own directory and umask. Otherwise each tree builds its own.
+packer_sources=(parent protocol Cargo.toml Cargo.lock)
+if [ -z "${COSIGNER_PACKER:-}" ] && git diff --quiet "$rev" -- "${packer_sources[@]}" 2>/dev/null \
+    && [ -z "$(git ls-files --others --exclude-standard -- "${packer_sources[@]}")" ]; then
+    echo "repro-check: packer: this checkout's cosigner-parent (its sources are those of $rev)"
+    # Without SOURCE_DATE_EPOCH, as `make build` built it: some build scripts rerun when it changes.
+    env -u SOURCE_DATE_EPOCH "${CARGO:-cargo}" build --locked -p cosigner-parent \
+        --bin cosigner-parent >/dev/null 2>&1 || {
+        echo "repro-check: building the packer failed: cargo build -p cosigner-parent" >&2
+        exit 1
+    }
+    COSIGNER_PACKER=$(realpath "${CARGO_TARGET_DIR:-target}/debug/cosigner-parent")
+    export COSIGNER_PACKER
+fi
+unset CARGO_TARGET_DIR CARGO_BUILD_TARGET_DIR ENCLAVE_OUT
 work=$(mktemp -d "${TMPDIR:-/tmp}/cosigner-repro.XXXXXX")
 if [ -z "${REPRO_KEEP:-}" ]; then
     trap 'rm -rf "$work"' EXIT
@@ -34,6 +52,15 @@ fi
 trees=("$work/a" "$work/second-build/b-with-a-longer-name")
 umasks=(022 077)
 
+artifacts=(target/enclave/cosigner-enclave target/x86_64-unknown-linux-gnu/release/cosigner-init
+           target/enclave/ramdisk-app.cpio target/enclave/pcrs.json target/enclave/trust-measurement.toml)
+if [ -n "${NITRO_BLOBS:-}" ]; then
+    artifacts+=(target/enclave/ramdisk-bootstrap.cpio target/enclave/cosigner-enclave.eif)
+fi
+
+# Each build's outputs are copied to out-N; its target directory (~400 MB) is removed at once
+# unless REPRO_KEEP is set, so the check needs room for one build at a time.
+outs=("$work/out-0" "$work/out-1")
 t0=$(date +%s)
 for i in 0 1; do
     tree=${trees[$i]}
@@ -47,18 +74,19 @@ for i in 0 1; do
         exit 1
     }
     echo "repro-check: build $((i + 1)) took $(( $(date +%s) - start )) s"
+    for f in "${artifacts[@]}"; do
+        if [ -f "$tree/$f" ]; then
+            mkdir -p "$(dirname "${outs[$i]}/$f")"
+            cp -p "$tree/$f" "${outs[$i]}/$f"
+        fi
+    done
+    [ -n "${REPRO_KEEP:-}" ] || rm -rf "$tree/target"
 done
-
-artifacts=(target/enclave/cosigner-enclave target/x86_64-unknown-linux-gnu/release/cosigner-init
-           target/enclave/ramdisk-app.cpio target/enclave/pcrs.json target/enclave/trust-measurement.toml)
-if [ -n "${NITRO_BLOBS:-}" ]; then
-    artifacts+=(target/enclave/ramdisk-bootstrap.cpio target/enclave/cosigner-enclave.eif)
-fi
 
 differ=0
 for f in "${artifacts[@]}"; do
-    a=${trees[0]}/$f
-    b=${trees[1]}/$f
+    a=${outs[0]}/$f
+    b=${outs[1]}/$f
     if [ ! -f "$a" ] || [ ! -f "$b" ]; then
         echo "repro-check: MISSING $f" >&2
         differ=1
@@ -79,10 +107,10 @@ for f in "${artifacts[@]}"; do
 done
 echo "repro-check: $(( $(date +%s) - t0 )) s in all"
 if [ "$differ" != 0 ]; then
-    echo "repro-check: FAILED: the image is not reproducible (trees kept in $work)" >&2
+    echo "repro-check: FAILED: the image is not reproducible (outputs and logs kept in $work)" >&2
     trap - EXIT
     exit 1
 fi
-echo "repro-check: OK: both builds are byte-identical (PCR2 $(sed -n 's/.*"PCR2": "\(.*\)".*/\1/p' "${trees[0]}/target/enclave/pcrs.json"))"
+echo "repro-check: OK: both builds are byte-identical (PCR2 $(sed -n 's/.*"PCR2": "\(.*\)".*/\1/p' "${outs[0]}/target/enclave/pcrs.json"))"
 [ -n "${REPRO_KEEP:-}" ] && echo "repro-check: trees kept in $work"
 exit 0
