@@ -17,11 +17,10 @@
 //! [`finalize`] takes one 64-byte BIP-340 signature per input, checks each against Q and that
 //! input's sighash, finalizes the inputs per BIP-174 and extracts the transaction.
 //!
-//! Versions: BIP-174 version 0 is read. BIP-370 version 2 is refused with
-//! [`ProtocolError::PsbtVersion`]: `bitcoin` 0.32 reads only version 0, and the one crate that
-//! reads version 2 on top of it (`psbt-v2` 0.3) is experimental and ships no v2 → v0 conversion (it
-//! is commented out in its source), so converting would mean re-implementing BIP-370 here.
-//! Wallets (Bitcoin Core's `walletcreatefundedpsbt`, BDK, Sparrow) produce version 0.
+//! Versions: BIP-174 version 0 is read by `bitcoin` 0.32. BIP-370 version 2 is rewritten into the
+//! equivalent version 0 by [`v2`] (the one crate reading version 2 on top of `bitcoin`, `psbt-v2`
+//! 0.3, is experimental and ships no conversion), then checked like any version 0. Other versions
+//! are refused with [`ProtocolError::PsbtVersion`].
 
 use bitcoin::consensus::encode;
 use bitcoin::hashes::Hash;
@@ -264,13 +263,17 @@ fn parse(bytes: &[u8]) -> Result<Psbt> {
     if !bytes.starts_with(MAGIC) {
         return Err(psbt_error("not a binary PSBT (no psbt magic)"));
     }
-    // bitcoin 0.32 refuses any version but 0 with a generic message (or, for version 2, complains
-    // that the unsigned transaction is missing): name the version ourselves.
-    if let Some(version) = declared_version(bytes)
-        && version != 0
-    {
-        return Err(ProtocolError::PsbtVersion { version });
-    }
+    // bitcoin 0.32 reads version 0 only: a version 2 is rewritten as the equivalent version 0
+    // (`v2`); any other version is named.
+    let converted;
+    let bytes = match declared_version(bytes) {
+        Some(2) => {
+            converted = v2::to_v0(bytes)?;
+            converted.as_slice()
+        }
+        Some(version) if version != 0 => return Err(ProtocolError::PsbtVersion { version }),
+        _ => bytes,
+    };
     let mut reader = bytes;
     let psbt = Psbt::deserialize_from_reader(&mut reader).map_err(|e| psbt_error(e.to_string()))?;
     if !reader.is_empty() {
@@ -490,3 +493,4 @@ fn finalize_input(input: &mut bitcoin::psbt::Input, signature: &[u8; 64]) {
 
 #[cfg(test)]
 mod tests;
+mod v2;

@@ -424,12 +424,96 @@ fn truncated_and_garbage_psbts_are_errors() {
     assert!(analyze(&binary, &[0xff; 32], Network::Regtest).is_err());
 }
 
+/// A version-0 PSBT rewritten as BIP-370 version 2 (written independently of `v2.rs`).
+fn to_v2(psbt: &Psbt, fallback_locktime: bool) -> Vec<u8> {
+    fn compact(out: &mut Vec<u8>, n: usize) {
+        match n {
+            0..=0xfc => out.push(n as u8),
+            _ => {
+                out.push(0xfd);
+                out.extend_from_slice(&(n as u16).to_le_bytes());
+            }
+        }
+    }
+    fn pair(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+        compact(out, key.len());
+        out.extend_from_slice(key);
+        compact(out, value.len());
+        out.extend_from_slice(value);
+    }
+    fn maps(bytes: &[u8]) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut r = &bytes[5..];
+        let mut all = Vec::new();
+        let mut cur = Vec::new();
+        while !r.is_empty() {
+            let kl = usize::from(r[0]);
+            r = &r[1..];
+            if kl == 0 {
+                all.push(std::mem::take(&mut cur));
+                continue;
+            }
+            let key = r[..kl].to_vec();
+            r = &r[kl..];
+            let (vl, skip) = if r[0] == 0xfd {
+                (usize::from(u16::from_le_bytes([r[1], r[2]])), 3)
+            } else {
+                (usize::from(r[0]), 1)
+            };
+            r = &r[skip..];
+            cur.push((key, r[..vl].to_vec()));
+            r = &r[vl..];
+        }
+        all
+    }
+    let all = maps(&psbt.serialize());
+    let tx = &psbt.unsigned_tx;
+    let mut out = MAGIC.to_vec();
+    for (k, v) in &all[0] {
+        if k.as_slice() != [0u8] {
+            pair(&mut out, k, v);
+        }
+    }
+    pair(&mut out, &[0x02], &tx.version.0.to_le_bytes());
+    if fallback_locktime {
+        pair(
+            &mut out,
+            &[0x03],
+            &tx.lock_time.to_consensus_u32().to_le_bytes(),
+        );
+    }
+    pair(&mut out, &[0x04], &[u8::try_from(tx.input.len()).unwrap()]);
+    pair(&mut out, &[0x05], &[u8::try_from(tx.output.len()).unwrap()]);
+    pair(&mut out, &[0xfb], &2u32.to_le_bytes());
+    out.push(0);
+    for (i, input) in tx.input.iter().enumerate() {
+        for (k, v) in &all[1 + i] {
+            pair(&mut out, k, v);
+        }
+        pair(
+            &mut out,
+            &[0x0e],
+            &input.previous_output.txid.to_byte_array(),
+        );
+        pair(&mut out, &[0x0f], &input.previous_output.vout.to_le_bytes());
+        pair(&mut out, &[0x10], &input.sequence.0.to_le_bytes());
+        out.push(0);
+    }
+    for (i, output) in tx.output.iter().enumerate() {
+        for (k, v) in &all[1 + tx.input.len() + i] {
+            pair(&mut out, k, v);
+        }
+        pair(&mut out, &[0x03], &output.value.to_sat().to_le_bytes());
+        pair(&mut out, &[0x04], output.script_pubkey.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
 #[test]
-fn version_2_is_refused_by_name() {
+fn other_versions_are_refused_by_name() {
     let w = wallet(1);
     let mut psbt = two_by_two(&w);
-    // Version 1 or 2 in the global map of a v0-shaped PSBT.
-    for version in [1u32, 2] {
+    for version in [1u32, 3] {
         psbt.version = version;
         let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
         assert!(
@@ -438,24 +522,62 @@ fn version_2_is_refused_by_name() {
         );
         assert!(e.to_string().contains(&format!("version {version}")));
     }
-    // A real BIP-370 v2 PSBT has no unsigned transaction: globals TX_VERSION, INPUT_COUNT,
-    // OUTPUT_COUNT, VERSION = 2.
-    let mut v2 = MAGIC.to_vec();
+}
+
+#[test]
+fn version_2_reads_as_its_version_0_equivalent_and_signs() {
+    let w = wallet(1);
+    let psbt = two_by_two(&w);
+    let v0 = psbt.serialize();
+    for fallback in [false, true] {
+        let v2 = to_v2(&psbt, fallback);
+        assert_ne!(v2, v0);
+        let a = analyze(&v0, &w.q, Network::Regtest).unwrap();
+        let b = analyze(&v2, &w.q, Network::Regtest).unwrap();
+        assert_eq!(a, b, "same transaction, same sighashes and values");
+        let (txid, raw) = finalize(&v2, &w.q, &w.sign(&b.sighashes)).unwrap();
+        assert_eq!(txid, a.txid);
+        let prevouts: Vec<TxOut> = psbt
+            .inputs
+            .iter()
+            .map(|i| i.witness_utxo.clone().unwrap())
+            .collect();
+        consensus_verify(&raw, &prevouts).unwrap();
+        // The base64 file form too.
+        let text = {
+            use bitcoin::base64::Engine;
+            bitcoin::base64::engine::general_purpose::STANDARD.encode(&v2)
+        };
+        assert_eq!(decode_psbt_file(text.as_bytes()).unwrap(), v2);
+    }
+}
+
+#[test]
+fn malformed_version_2_is_an_error_not_a_panic() {
+    let w = wallet(1);
+    let v2 = to_v2(&two_by_two(&w), true);
+    for len in 0..v2.len() {
+        let _ = analyze(&v2[..len], &w.q, Network::Regtest);
+    }
+    for i in 5..v2.len() {
+        let mut bad = v2.clone();
+        bad[i] ^= 0x5a;
+        let _ = analyze(&bad, &w.q, Network::Regtest);
+    }
+    // No maps behind the counts.
+    let mut bare = MAGIC.to_vec();
     for (key, value) in [
         (0x02u8, 2u32.to_le_bytes().to_vec()),
         (0x04, vec![1]),
         (0x05, vec![1]),
         (0xfb, 2u32.to_le_bytes().to_vec()),
     ] {
-        v2.extend_from_slice(&[1, key, u8::try_from(value.len()).unwrap()]);
-        v2.extend_from_slice(&value);
+        bare.extend_from_slice(&[1, key, u8::try_from(value.len()).unwrap()]);
+        bare.extend_from_slice(&value);
     }
-    v2.push(0);
-    let e = analyze(&v2, &w.q, Network::Regtest).unwrap_err();
-    assert!(
-        matches!(e, ProtocolError::PsbtVersion { version: 2 }),
-        "{e}"
-    );
+    bare.push(0);
+    let e = analyze(&bare, &w.q, Network::Regtest).unwrap_err();
+    assert!(e.to_string().contains("version 2"), "{e}");
 }
 
 #[test]
