@@ -27,12 +27,13 @@ use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::address::{Network, p2tr_address, x_only};
+use crate::address::Network;
 use crate::error::{ClientError, Result};
 use crate::home::{Home, WalletFile};
 use crate::mailbox::MailboxClient;
 use crate::session::Session;
 use crate::trust::Trust;
+use crate::wallet::wallet_file;
 
 type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
 
@@ -379,33 +380,21 @@ pub fn run_dkg(
     let (_, output) = outputs
         .pop()
         .ok_or_else(|| ClientError::Unexpected("the DKG produced no share".into()))?;
-    let group = output
-        .public_key_package
-        .verifying_key()
-        .serialize()
-        .map_err(|e| ClientError::Unexpected(format!("group key: {e}")))?;
-    let q = x_only(&group)?;
     let wallet = WalletFile {
-        wallet_id: wallet_id.to_hex(),
-        ciphersuite: SUITE_SECP256K1_TR.to_owned(),
-        group_public_key: hex::encode(q),
-        address: p2tr_address(&q, network)?,
-        network: network.name().to_owned(),
-        party,
-        min_signers: layout.params.min_signers,
-        parties: layout.params.parties.clone(),
-        epoch: 0,
-        public_key_package: hex::encode(
-            output
-                .public_key_package
-                .serialize()
-                .map_err(|e| ClientError::Unexpected(format!("public key package: {e}")))?,
-        ),
         dao: Some(DaoInfo {
             invitation: hex::encode(invitation_envelope.encode()?),
             provider_key: hex::encode(&layout.provider_key),
             mailbox: invitation.mailbox.clone(),
         }),
+        ..wallet_file(
+            wallet_id,
+            party,
+            &layout.params.parties,
+            layout.params.min_signers,
+            0,
+            &output.public_key_package,
+            network,
+        )?
     };
     let share = zeroize::Zeroizing::new(
         output
@@ -852,25 +841,23 @@ pub fn run_refresh(
     let (_, output) = outputs
         .pop()
         .ok_or_else(|| ClientError::Unexpected("the refresh produced no share".into()))?;
-    let group = output
-        .public_key_package
-        .verifying_key()
-        .serialize()
-        .map_err(|e| ClientError::Unexpected(format!("group key: {e}")))?;
-    if hex::encode(x_only(&group)?) != wallet.group_public_key {
+    let rebuilt = wallet_file(
+        id,
+        wallet.party,
+        &wallet.parties,
+        wallet.min_signers,
+        epoch,
+        &output.public_key_package,
+        wallet.network.parse::<Network>()?,
+    )?;
+    if rebuilt.group_public_key != wallet.group_public_key {
         return Err(ClientError::Unexpected(
             "the refreshed group key differs from the wallet's".into(),
         ));
     }
     let new_wallet = WalletFile {
-        epoch,
-        public_key_package: hex::encode(
-            output
-                .public_key_package
-                .serialize()
-                .map_err(|e| ClientError::Unexpected(format!("public key package: {e}")))?,
-        ),
-        ..wallet.clone()
+        dao: wallet.dao.clone(),
+        ..rebuilt
     };
     let new_share = zeroize::Zeroizing::new(
         output

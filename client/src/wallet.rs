@@ -197,6 +197,7 @@ pub fn create_with_policy(
 
     let wallet = wallet_file(
         wallet_id,
+        DEVICE,
         &params.parties,
         params.min_signers,
         0,
@@ -220,8 +221,10 @@ fn random<const N: usize>() -> Result<[u8; N]> {
     Ok(out)
 }
 
-fn wallet_file(
+/// The public file of a wallet where this device holds `party`.
+pub(crate) fn wallet_file(
     wallet_id: WalletId,
+    party: u16,
     parties: &[u16],
     min_signers: u16,
     epoch: u64,
@@ -236,7 +239,7 @@ fn wallet_file(
         group_public_key: hex::encode(xonly),
         address: p2tr_address(&xonly, network)?,
         network: network.name().to_owned(),
-        party: DEVICE,
+        party,
         min_signers,
         parties: parties.to_vec(),
         epoch,
@@ -449,6 +452,7 @@ fn refresh_from(
     let network: Network = wallet.network.parse()?;
     let new_wallet = wallet_file(
         wallet_id,
+        DEVICE,
         &wallet.parties,
         wallet.min_signers,
         params.from_epoch + 1,
@@ -572,6 +576,7 @@ pub fn recover(
     // 3. Refresh to a new epoch: the old device's share goes stale, its key is revoked.
     let wallet = wallet_file(
         wallet_id,
+        DEVICE,
         &info.parties,
         info.min_signers,
         info.epoch,

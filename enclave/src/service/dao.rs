@@ -27,14 +27,14 @@ use cosigner_protocol::dao::{
     DaoMessage, Evaluation, Invitation, Layout, PolicyChange, SignRequest,
 };
 use cosigner_protocol::mailbox::{Envelope, Topic};
-use cosigner_protocol::policy::{PastSpend, Policy, Spend};
+use cosigner_protocol::policy::{ASSET_BTC, Decision, Denial, Policy, Spend};
 use cosigner_protocol::psbt;
 use cosigner_protocol::wire::{Response, WalletId};
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use serde_bytes::ByteBuf;
 
 use super::records::{DaoState, ShareRecord};
-use super::{Failure, Outcome, Service, Suite, internal, key_package, lock, now_ms};
+use super::{Failure, Outcome, Service, Suite, internal, key_package, lock, now_ms, output_key};
 
 /// How long a DAO ceremony (and its outbox) is kept in memory.
 const DAO_TTL: Duration = Duration::from_secs(3600);
@@ -52,17 +52,14 @@ const MAX_DELIVERY: usize = 1024;
 const REQUEST_MAX_AGE_MS: u64 = 3_600_000;
 /// A sign request dated this far in the future is refused.
 const REQUEST_MAX_SKEW_MS: u64 = 300_000;
-/// How long spends are kept for velocity rules.
-const HISTORY_KEEP_MS: u64 = 366 * 86_400_000;
-/// The only asset DAO wallets hold today.
-const ASSET: &str = "btc";
 
 /// A signature in progress.
 struct SignJob {
     wallet_id: WalletId,
     request: SignRequest,
     hash: [u8; 32],
-    value_leaving: u64,
+    /// The PSBT's facts, computed when the request was founded.
+    summary: psbt::SpendSummary,
     rule: String,
     policy_version: u64,
     output_key: [u8; 32],
@@ -144,14 +141,40 @@ fn bad(message: impl Into<String>) -> Failure {
     Failure::bad(message)
 }
 
-fn x_only(pkp: &PublicKeyPackage<Suite>) -> Result<[u8; 32], Failure> {
-    let sec1 = pkp
-        .verifying_key()
-        .serialize()
-        .map_err(|e| internal(format!("group key: {e}")))?;
-    sec1.get(1..33)
-        .and_then(|s| <[u8; 32]>::try_from(s).ok())
-        .ok_or_else(|| internal("group key is not 33 bytes"))
+/// The policy's decision on a PSBT's facts now, with the wallet's spend history.
+fn judge(
+    policy: &Policy,
+    summary: &psbt::SpendSummary,
+    history: &[cosigner_protocol::policy::PastSpend],
+    now: u64,
+) -> Result<Decision, Denial> {
+    let destinations: Vec<String> = summary
+        .destinations
+        .iter()
+        .map(|d| d.address.clone())
+        .collect();
+    policy.evaluate(&Spend {
+        asset: ASSET_BTC,
+        value_leaving: summary.value_leaving,
+        destinations: &destinations,
+        now_ms: now,
+        history,
+    })
+}
+
+/// Whether a request made at `created_ms` may still be acted on now.
+fn fresh(created_ms: u64, now: u64) -> bool {
+    created_ms.saturating_add(REQUEST_MAX_AGE_MS) >= now
+        && created_ms <= now.saturating_add(REQUEST_MAX_SKEW_MS)
+}
+
+/// What every member's founding request (sign, policy change, refresh) shares once checked.
+struct MemberRequest {
+    hash: [u8; 32],
+    wallet_id: WalletId,
+    state: DaoState,
+    layout: Layout,
+    actor: String,
 }
 
 /// The device keys of the named approvers, by party.
@@ -372,11 +395,42 @@ impl Service {
     }
 
     /// The policy in force and the layout of a DAO wallet.
-    fn dao_policy(state: &DaoState) -> Result<(Layout, Policy), Failure> {
-        let layout = state.invitation.layout()?;
+    fn dao_policy(state: &DaoState, layout: &Layout) -> Result<Policy, Failure> {
         let members: Vec<_> = layout.members.iter().map(|(_, m)| m.clone()).collect();
-        let policy = Policy::parse(&state.policy, &members)?;
-        Ok((layout, policy))
+        Ok(Policy::parse(&state.policy, &members)?)
+    }
+
+    /// Checks what every member's founding request must satisfy: it hashes to its topic
+    /// (`hashed`), names a DAO wallet this enclave holds, and is signed by the member `party` it
+    /// names.
+    #[allow(clippy::too_many_arguments)]
+    fn member_request(
+        &self,
+        what: &str,
+        topic: &Topic,
+        hashed: Topic,
+        hash: [u8; 32],
+        wallet_id: WalletId,
+        sender: &[u8],
+        party: u16,
+    ) -> Result<MemberRequest, Failure> {
+        if hashed != *topic {
+            return Err(bad(format!("the {what} does not hash to its topic")));
+        }
+        let state = self.records().load_dao_state(&wallet_id)?;
+        let layout = state.invitation.layout()?;
+        if layout.member_party(sender) != Some(party) {
+            return Err(bad(format!(
+                "the {what} is not signed by member {party} of wallet {wallet_id}"
+            )));
+        }
+        Ok(MemberRequest {
+            hash,
+            wallet_id,
+            state,
+            layout,
+            actor: format!("member:{}", hex::encode(sender)),
+        })
     }
 
     fn found_sign(
@@ -385,26 +439,26 @@ impl Service {
         sender: &[u8],
         request: &SignRequest,
     ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
-        if request.topic()? != *topic {
-            return Err(bad("the sign request does not hash to its topic"));
-        }
-        let hash = request.hash()?;
-        let wallet_id = request.wallet_id;
-        let state = self.records().load_dao_state(&wallet_id)?;
-        let (layout, policy) = Self::dao_policy(&state)?;
-        if layout.member_party(sender) != Some(request.requester) {
-            return Err(bad(format!(
-                "the sign request is not signed by member {} of wallet {wallet_id}",
-                request.requester
-            )));
-        }
-        let actor = format!("member:{}", hex::encode(sender));
+        let MemberRequest {
+            hash,
+            wallet_id,
+            state,
+            layout,
+            actor,
+        } = self.member_request(
+            "sign request",
+            topic,
+            request.topic()?,
+            request.hash()?,
+            request.wallet_id,
+            sender,
+            request.requester,
+        )?;
+        let policy = Self::dao_policy(&state, &layout)?;
         let refuse =
             |reason: String| self.refuse_request(&wallet_id, "dao-sign", &actor, &hash, reason);
         let now = now_ms();
-        if request.created_ms.saturating_add(REQUEST_MAX_AGE_MS) < now
-            || request.created_ms > now.saturating_add(REQUEST_MAX_SKEW_MS)
-        {
+        if !fresh(request.created_ms, now) {
             return refuse("the request is expired or dated in the future".into());
         }
         if state.completed.iter().any(|(h, _)| h.as_slice() == hash) {
@@ -412,7 +466,7 @@ impl Service {
         }
         let public_key_package = PublicKeyPackage::<Suite>::deserialize(&state.public_key_package)
             .map_err(|e| internal(format!("stored public key package: {e}")))?;
-        let output_key = x_only(&public_key_package)?;
+        let output_key = output_key(&public_key_package)?;
         let summary = match psbt::analyze(&request.psbt, &output_key, layout.network) {
             Ok(s) => s,
             Err(e) => return refuse(format!("PSBT refused: {e}")),
@@ -423,18 +477,7 @@ impl Service {
                 summary.sighashes.len()
             ));
         }
-        let destinations: Vec<String> = summary
-            .destinations
-            .iter()
-            .map(|d| d.address.clone())
-            .collect();
-        let decision = match policy.evaluate(&Spend {
-            asset: ASSET,
-            value_leaving: summary.value_leaving,
-            destinations: &destinations,
-            now_ms: now,
-            history: &state.history,
-        }) {
+        let decision = match judge(&policy, &summary, &state.history, now) {
             Ok(d) => d,
             Err(denial) => return refuse(format!("policy: {}", denial.reason)),
         };
@@ -479,7 +522,7 @@ impl Service {
                 wallet_id,
                 request: request.clone(),
                 hash,
-                value_leaving: summary.value_leaving,
+                summary,
                 rule: decision.rule,
                 policy_version: state.policy_version,
                 output_key,
@@ -614,7 +657,8 @@ impl Service {
         // the spend, then publish.
         let _guard = lock(&self.lifecycle)?;
         let mut state = self.records().load_dao_state(&job.wallet_id)?;
-        let (_, policy) = Self::dao_policy(&state)?;
+        let layout = state.invitation.layout()?;
+        let policy = Self::dao_policy(&state, &layout)?;
         let now = now_ms();
         if state
             .completed
@@ -623,24 +667,9 @@ impl Service {
         {
             return Err(bad("this request was already signed"));
         }
-        let summary = psbt::analyze(
-            &job.request.psbt,
-            &job.output_key,
-            state.invitation.layout()?.network,
-        )?;
-        let destinations: Vec<String> = summary
-            .destinations
-            .iter()
-            .map(|d| d.address.clone())
-            .collect();
-        let decision = policy
-            .evaluate(&Spend {
-                asset: ASSET,
-                value_leaving: summary.value_leaving,
-                destinations: &destinations,
-                now_ms: now,
-                history: &state.history,
-            })
+        // The PSBT's facts were computed when the request was founded (the PSBT, the output key
+        // and the network are fixed); only the history and the policy may have moved.
+        let decision = judge(&policy, &job.summary, &state.history, now)
             .map_err(|d| bad(format!("policy (at signing time): {}", d.reason)))?;
         // The rule that decides now must be the one the approvals were collected under, with the
         // same policy in force, and every signer one of its approvers: otherwise a spend that no
@@ -658,7 +687,6 @@ impl Service {
                 decision.rule, job.rule
             )));
         }
-        let layout = state.invitation.layout()?;
         let allowed = approver_keys(&layout, &decision.approvers)?;
         if usize::from(decision.approvals) > chosen.len()
             || chosen.iter().any(|p| !allowed.contains_key(p))
@@ -669,15 +697,8 @@ impl Service {
             )));
         }
         let (txid, tx) = psbt::finalize(&job.request.psbt, &job.output_key, &signatures)?;
-        // Velocity windows are at most a year (policy); older spends can go.
-        state
-            .history
-            .retain(|s| s.at_ms.saturating_add(HISTORY_KEEP_MS) >= now);
-        state.history.push(PastSpend {
-            at_ms: now,
-            asset: ASSET.into(),
-            amount: job.value_leaving,
-        });
+        // The same bounded history as personal wallets (velocity windows are at most a year).
+        super::psbt::record(&mut state.history, now, job.summary.value_leaving);
         state
             .completed
             .retain(|(_, at)| at.saturating_add(REQUEST_MAX_AGE_MS) >= now);
@@ -706,20 +727,22 @@ impl Service {
         sender: &[u8],
         change: &PolicyChange,
     ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
-        if change.topic()? != *topic {
-            return Err(bad("the policy change does not hash to its topic"));
-        }
-        let hash = change.hash()?;
-        let wallet_id = change.wallet_id;
-        let state = self.records().load_dao_state(&wallet_id)?;
-        let (layout, current) = Self::dao_policy(&state)?;
-        if layout.member_party(sender) != Some(change.proposer) {
-            return Err(bad(format!(
-                "the policy change is not signed by member {} of wallet {wallet_id}",
-                change.proposer
-            )));
-        }
-        let actor = format!("member:{}", hex::encode(sender));
+        let MemberRequest {
+            hash,
+            wallet_id,
+            state,
+            layout,
+            actor,
+        } = self.member_request(
+            "policy change",
+            topic,
+            change.topic()?,
+            change.hash()?,
+            change.wallet_id,
+            sender,
+            change.proposer,
+        )?;
+        let current = Self::dao_policy(&state, &layout)?;
         let refuse =
             |reason: String| self.refuse_request(&wallet_id, "dao-policy", &actor, &hash, reason);
         if change.from_version != state.policy_version {
@@ -839,26 +862,24 @@ impl Service {
         proposal: &RefreshProposal,
         busy: bool,
     ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
-        if proposal.topic()? != *topic {
-            return Err(bad("the refresh proposal does not hash to its topic"));
-        }
-        let hash = proposal.hash()?;
-        let wallet_id = proposal.wallet_id;
-        let state = self.records().load_dao_state(&wallet_id)?;
-        let layout = state.invitation.layout()?;
-        if layout.member_party(sender) != Some(proposal.proposer) {
-            return Err(bad(format!(
-                "the refresh proposal is not signed by member {} of wallet {wallet_id}",
-                proposal.proposer
-            )));
-        }
-        let actor = format!("member:{}", hex::encode(sender));
+        let MemberRequest {
+            hash,
+            wallet_id,
+            state,
+            layout,
+            actor,
+        } = self.member_request(
+            "refresh proposal",
+            topic,
+            proposal.topic()?,
+            proposal.hash()?,
+            proposal.wallet_id,
+            sender,
+            proposal.proposer,
+        )?;
         let refuse =
             |reason: String| self.refuse_request(&wallet_id, "dao-refresh", &actor, &hash, reason);
-        let now = now_ms();
-        if proposal.created_ms.saturating_add(REQUEST_MAX_AGE_MS) < now
-            || proposal.created_ms > now.saturating_add(REQUEST_MAX_SKEW_MS)
-        {
+        if !fresh(proposal.created_ms, now_ms()) {
             return refuse("the proposal is expired or dated in the future".into());
         }
         if proposal.from_epoch != state.epoch {

@@ -1201,6 +1201,14 @@ fn sorted(v: &[u16]) -> Vec<u16> {
     v
 }
 
+/// The x-only group key of a public key package: the Taproot output key Q (DESIGN §2).
+fn output_key(pkp: &PublicKeyPackage<Suite>) -> Result<[u8; 32], Failure> {
+    let sec1 = pkp.verifying_key().serialize().map_err(internal)?;
+    sec1.get(1..33)
+        .and_then(|s| <[u8; 32]>::try_from(s).ok())
+        .ok_or_else(|| internal("group key is not 33 bytes"))
+}
+
 fn key_package(share: &ShareRecord) -> Result<KeyPackage<Suite>, Failure> {
     KeyPackage::<Suite>::deserialize(&share.key_package)
         .map_err(|e| Failure::new(ErrorKind::Integrity, format!("stored key package: {e}")))

@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 use super::records::WalletState;
 use super::{
     Actor, Failure, MAX_PENDING_SIGNS, Outcome, SIGN_TTL, Service, Suite, internal, key_package,
-    lock, now_ms, random,
+    lock, now_ms, output_key, random,
 };
 
 /// The one member of a personal wallet's policy: the device key.
@@ -113,10 +113,7 @@ fn x_only(state: &WalletState) -> Result<[u8; 32], Failure> {
             format!("stored public key package: {e}"),
         )
     })?;
-    let sec1 = pkp.verifying_key().serialize().map_err(internal)?;
-    sec1.get(1..33)
-        .and_then(|s| <[u8; 32]>::try_from(s).ok())
-        .ok_or_else(|| internal("group key is not 33 bytes"))
+    output_key(&pkp)
 }
 
 fn network(state: &WalletState) -> Result<Network, Failure> {
@@ -170,7 +167,7 @@ fn judge(
 
 /// Appends a spend; folds spends older than [`HISTORY_KEEP_MS`] into one, and keeps at most
 /// [`MAX_HISTORY`] entries by merging the oldest (both only ever over-count a window).
-fn record(history: &mut Vec<PastSpend>, now: u64, amount: u64) {
+pub(super) fn record(history: &mut Vec<PastSpend>, now: u64, amount: u64) {
     history.push(PastSpend {
         at_ms: now,
         asset: ASSET_BTC.into(),
