@@ -226,18 +226,13 @@ fn timed_out(started: Instant, timeout: Duration, what: String, courier: &Courie
 /// Writes an envelope as one line of hex (an invitation or a request file).
 pub fn write_envelope(path: &Path, envelope: &Envelope) -> Result<()> {
     let text = format!("{}\n", hex::encode(envelope.encode()?));
-    std::fs::write(path, text).map_err(|e| ClientError::Home {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })
+    std::fs::write(path, text).map_err(|e| input(format!("writing {}: {e}", path.display())))
 }
 
 /// Reads an envelope file written by [`write_envelope`] (its signature verified).
 pub fn read_envelope(path: &Path) -> Result<Envelope> {
-    let text = std::fs::read_to_string(path).map_err(|e| ClientError::Home {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| input(format!("reading {}: {e}", path.display())))?;
     let bytes = hex::decode(text.trim())
         .map_err(|e| input(format!("{}: not a hex envelope: {e}", path.display())))?;
     let envelope = Envelope::decode(&bytes)?;
