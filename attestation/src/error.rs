@@ -54,13 +54,18 @@ pub enum AttestationError {
         /// Why the chain was refused (expired, unknown issuer, bad constraints, ...).
         reason: String,
     },
-    /// The document was produced after the validation time.
-    #[error("timestamp {timestamp_ms} ms is after the validation time {validation_ms} ms")]
+    /// The document is dated after the validation time by more than the allowed clock skew.
+    #[error(
+        "timestamp {timestamp_ms} ms is after the validation time {validation_ms} ms by more than \
+         the allowed clock skew of {max_clock_skew_ms} ms"
+    )]
     FromTheFuture {
         /// The document's timestamp (milliseconds since the Unix epoch).
         timestamp_ms: u64,
         /// The validation time (milliseconds since the Unix epoch).
         validation_ms: u64,
+        /// How far ahead of the validation time a document may be dated.
+        max_clock_skew_ms: u64,
     },
     /// The document is older than the maximum age allowed.
     #[error("document is {age_ms} ms old, more than the maximum age of {max_age_ms} ms")]

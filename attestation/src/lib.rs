@@ -29,4 +29,4 @@ pub use error::{AttestationError, Result};
 pub use local::LocalAttester;
 #[cfg(feature = "nitro")]
 pub use nitro::NitroAttester;
-pub use verify::{Expectations, VerifiedDoc, parse_unverified, verify};
+pub use verify::{DEFAULT_MAX_CLOCK_SKEW, Expectations, VerifiedDoc, parse_unverified, verify};

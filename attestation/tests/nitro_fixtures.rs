@@ -85,12 +85,62 @@ fn real_document_is_refused_today_because_its_chain_expired() {
 }
 
 #[test]
-fn real_document_is_refused_before_it_was_made() {
+fn real_document_from_a_second_ahead_verifies_within_the_clock_skew_only() {
     let Some((f, root)) = load(REAL) else { return };
-    // Inside the leaf's validity (issued three seconds before), but before the timestamp.
+    // A verifier whose clock is a second behind the NSM's: inside the leaf's validity (issued
+    // three seconds before the document), but before the timestamp.
     let at = UNIX_EPOCH + Duration::from_millis(f.doc.timestamp - 1000);
-    let err = verify(&f.bytes, &root, at, &Expectations::default()).unwrap_err();
+    let verified = verify(&f.bytes, &root, at, &Expectations::default()).unwrap();
+    assert_eq!(verified.doc.timestamp, f.doc.timestamp);
+    // Without skew it is refused, as a document from the future.
+    let strict = Expectations {
+        max_clock_skew: Duration::ZERO,
+        ..Default::default()
+    };
+    let err = verify(&f.bytes, &root, at, &strict).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AttestationError::FromTheFuture {
+                max_clock_skew_ms: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(err.check(), "timestamp", "{err}");
+}
+
+#[test]
+fn real_document_from_beyond_the_clock_skew_is_refused() {
+    let Some((f, root)) = load(REAL) else { return };
+    // Ten minutes behind: the chain is checked at most five minutes ahead of the verifier's
+    // time, when this leaf (issued three seconds before the document) was not yet valid; with a
+    // skew wide enough for the chain, the timestamp check refuses it.
+    let at = UNIX_EPOCH + Duration::from_millis(f.doc.timestamp - 600_000);
+    let err = verify(&f.bytes, &root, at, &Expectations::default()).unwrap_err();
+    assert_eq!(err.check(), "chain", "{err}");
+    assert!(err.to_string().contains("not yet valid"), "{err}");
+    let wide = Expectations {
+        max_clock_skew: Duration::from_secs(599),
+        ..Default::default()
+    };
+    let err = verify(&f.bytes, &root, at, &wide).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AttestationError::FromTheFuture {
+                max_clock_skew_ms: 599_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let wider = Expectations {
+        max_clock_skew: Duration::from_secs(600),
+        ..Default::default()
+    };
+    verify(&f.bytes, &root, at, &wider).unwrap();
 }
 
 #[test]

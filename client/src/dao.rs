@@ -97,18 +97,38 @@ impl std::fmt::Debug for Courier {
     }
 }
 
+/// The keys a DAO wallet's topics admit: every member's device key and the provider's identity
+/// key, as the invitation names them. The mailbox lets only these post and read there.
+pub fn topic_members(invitation: &Invitation) -> Result<Vec<Vec<u8>>> {
+    let layout = invitation.layout()?;
+    let mut keys: Vec<Vec<u8>> = layout
+        .members
+        .iter()
+        .map(|(_, m)| m.device_key.clone())
+        .collect();
+    keys.push(layout.provider_key);
+    Ok(keys)
+}
+
+/// This device's connection to the mailbox at `addr` for the topics of the wallet `invitation`
+/// describes: it posts naming the wallet's members and reads with the device key.
+pub fn member_mailbox(home: &Home, addr: &str, invitation: &Invitation) -> Result<MailboxClient> {
+    MailboxClient::connect(addr)?.as_member(home.device_key()?, topic_members(invitation)?)
+}
+
 impl Courier {
-    /// A courier for `topic` over an attested `provider` session.
+    /// A courier for `topic` over an attested `provider` session, posting and reading through
+    /// `mailbox` (see [`member_mailbox`]).
     pub fn new(
         topic: Topic,
-        mailbox_addr: &str,
+        mailbox: MailboxClient,
         provider: Session,
         provider_addr: &str,
         trust: &Trust,
     ) -> Result<Self> {
         Ok(Self {
             topic,
-            mailbox: MailboxClient::connect(mailbox_addr)?,
+            mailbox,
             provider,
             provider_addr: provider_addr.to_owned(),
             trust: trust.clone(),

@@ -4,7 +4,7 @@
 //! DIR/device.key             P-256 device key (PKCS#8 PEM, mode 0600), created on first use
 //! DIR/wallets/<id>.json      public facts: group key, address, parties, public key package
 //! DIR/wallets/<id>.share     this device's FROST KeyPackage (frost's serialization, mode 0600)
-//! DIR/wallets/<id>.prepared  a DAO refresh's new KeyPackage until every party committed (0600)
+//! DIR/wallets/<id>.prepared  a refresh's new KeyPackage until every party committed (0600)
 //! ```
 
 use std::io::Write;
@@ -59,20 +59,91 @@ fn home_err(path: &Path, e: impl std::fmt::Display) -> ClientError {
     }
 }
 
-/// Writes a file readable by its owner only, atomically (write, fsync, rename).
+/// Writes a file readable by its owner only, atomically: a new temporary file beside `path`
+/// (same directory, so the same filesystem), written and fsynced, then renamed over `path`.
+///
+/// Nothing already in the directory is written through. The temporary name is unpredictable
+/// (`.<name>.<16 random hex>.tmp`) and created by [`create_private`], which refuses anything
+/// already there, a symbolic link included. rename(2) replaces `path` itself, never what a
+/// symbolic link at `path` points to (POSIX rename(): "If either the old or new argument names a
+/// symbolic link, rename() shall operate on the symbolic link itself").
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| home_err(&tmp, e))?;
-    file.write_all(bytes)
+    write_private_via(path, &temp_path(path)?, bytes)
+}
+
+/// [`write_private`] through the temporary file `tmp` (which must not exist).
+fn write_private_via(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = create_private(tmp)?;
+    let written = file
+        .write_all(bytes)
         .and_then(|()| file.sync_all())
-        .map_err(|e| home_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| home_err(path, e))
+        .map_err(|e| home_err(tmp, e))
+        .and_then(|()| std::fs::rename(tmp, path).map_err(|e| home_err(path, e)));
+    if let Err(e) = written {
+        // Leave no partial secret behind; the error that stopped the write is the one to report.
+        let _ = std::fs::remove_file(tmp);
+        return Err(e);
+    }
+    sync_parent(path)
+}
+
+/// Creates `path` for writing, mode 0600, refusing to open anything that already exists.
+///
+/// `create_new` is `O_CREAT | O_EXCL`: "if path names a symbolic link, open() shall fail with
+/// [EEXIST], regardless of the contents of the symbolic link" (POSIX open()), so a link planted
+/// at the temporary name cannot redirect the secret. `O_NOFOLLOW` refuses a link in the last
+/// component on its own as well ([ELOOP]), should `O_EXCL` ever be dropped from these options.
+/// The mode given to open(2) is filtered by the umask, so it is set again on the descriptor
+/// (fchmod): exactly 0600, whatever the umask.
+fn create_private(path: &Path) -> Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| home_err(path, e))?;
+    if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+        let _ = std::fs::remove_file(path);
+        return Err(home_err(path, e));
+    }
+    Ok(file)
+}
+
+/// `.<file name>.<16 random hex>.tmp` in `path`'s directory.
+fn temp_path(path: &Path) -> Result<PathBuf> {
+    use rand_core::RngCore;
+    let name = path
+        .file_name()
+        .ok_or_else(|| home_err(path, "not a file name"))?;
+    let mut random = [0u8; 8];
+    rand_core::OsRng
+        .try_fill_bytes(&mut random)
+        .map_err(|e| home_err(path, format!("no randomness for a temporary name: {e}")))?;
+    let mut tmp = std::ffi::OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(".{}.tmp", hex::encode(random)));
+    Ok(path.with_file_name(tmp))
+}
+
+/// fsyncs the directory holding `path`, so the rename itself survives a crash: fsync(2) on the
+/// file "does not necessarily ensure that the entry in the directory containing the file has also
+/// reached disk". A filesystem that cannot fsync a directory (`EINVAL`) is left at that.
+fn sync_parent(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Err(e) if e.kind() != std::io::ErrorKind::InvalidInput => Err(home_err(dir, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Whether anything, a dangling symbolic link included, is at `path` (`Path::exists` follows
+/// links, and would call a dangling one absent).
+fn occupied(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
 }
 
 impl Home {
@@ -111,6 +182,64 @@ impl Home {
         write_private(&self.wallet_path(id, "prepared"), share)
     }
 
+    /// Writes an unfinished command's journal for a wallet (`DIR/wallets/<id>.<kind>`, 0600):
+    /// what a rerun needs to finish it.
+    pub fn save_journal(&self, id: &WalletId, kind: &str, bytes: &[u8]) -> Result<()> {
+        write_private(&self.wallet_path(id, kind), bytes)
+    }
+
+    /// Every journal of `kind` in this home, by wallet.
+    pub fn journals(&self, kind: &str) -> Result<Vec<(WalletId, Vec<u8>)>> {
+        let dir = self.dir.join("wallets");
+        let suffix = format!(".{kind}");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| home_err(&dir, e))? {
+            let entry = entry.map_err(|e| home_err(&dir, e))?;
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(suffix.as_str())) else {
+                continue;
+            };
+            let id = WalletId::from_hex(id)?;
+            let bytes = std::fs::read(entry.path()).map_err(|e| home_err(&entry.path(), e))?;
+            out.push((id, bytes));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Where a journal of `kind` for `id` lives.
+    pub fn journal_path(&self, id: &WalletId, kind: &str) -> PathBuf {
+        self.wallet_path(id, kind)
+    }
+
+    /// Removes a wallet's files from this home (a creation that registered nothing).
+    pub fn forget_wallet(&self, id: &WalletId) -> Result<()> {
+        for kind in ["share", "json"] {
+            self.remove_journal(id, kind)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a journal (its command finished).
+    pub fn remove_journal(&self, id: &WalletId, kind: &str) -> Result<()> {
+        let path = self.wallet_path(id, kind);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(home_err(&path, e)),
+        }
+    }
+
+    /// The prepared share of a wallet, if this home keeps one (a refresh not finished here).
+    pub fn prepared_share(&self, id: &WalletId) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let path = self.wallet_path(id, "prepared");
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(Zeroizing::new(bytes))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(home_err(&path, e)),
+        }
+    }
+
     /// Removes a prepared share (once it replaced the current one, or its refresh failed).
     pub fn remove_prepared_share(&self, id: &WalletId) -> Result<()> {
         let path = self.wallet_path(id, "prepared");
@@ -145,7 +274,7 @@ impl Home {
     pub fn save_wallet(&self, wallet: &WalletFile, share: &[u8]) -> Result<()> {
         let id = WalletId::from_hex(&wallet.wallet_id)?;
         let share_path = self.wallet_path(&id, "share");
-        if share_path.exists() {
+        if occupied(&share_path) {
             return Err(home_err(&share_path, "already exists"));
         }
         write_private(&share_path, share)?;
@@ -189,7 +318,7 @@ impl Home {
 /// Writes a new P-256 key as PKCS#8 PEM, owner-only; refuses to overwrite.
 pub fn write_p256_key(path: &Path, key: &p256::ecdsa::SigningKey) -> Result<()> {
     use p256::pkcs8::EncodePrivateKey;
-    if path.exists() {
+    if occupied(path) {
         return Err(home_err(
             path,
             "already exists: refusing to overwrite a key",
@@ -208,3 +337,6 @@ pub fn read_p256_key(path: &Path) -> Result<p256::ecdsa::SigningKey> {
     p256::ecdsa::SigningKey::from_pkcs8_pem(&pem)
         .map_err(|e| home_err(path, format!("not a P-256 key: {e}")))
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,16 +6,36 @@
 //! sender is one the caller expects is the caller's to check. Posting is idempotent (the mailbox
 //! answers a duplicate with its existing sequence number), so a request cut off by a broken
 //! connection is sent again once on a fresh one.
+//!
+//! Topics are their members' only: a client that is a member ([`MailboxClient::as_member`])
+//! names the topic's members with every post (the one that founds the topic sets them), signs
+//! every fetch with its key over the connection's challenge, and refuses a topic whose members,
+//! as the mailbox reports them, include a key it does not expect (a stranger who founded the
+//! topic first to read along).
+//!
+//! Addresses: `tcp://HOST:PORT` (or `HOST:PORT`), or `tls://HOST:PORT#sha256:HEX` for a mailbox
+//! with a certificate: TLS 1.3 to exactly the certificate whose SHA-256 is `HEX` (the parent
+//! prints it at start). TLS keeps the envelopes from the network; the parent still reads them.
 
 use std::collections::HashSet;
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
+use cosigner_protocol::auth::public_key_bytes;
 use cosigner_protocol::frame::{read_frame, write_frame};
 use cosigner_protocol::mailbox::{
-    Envelope, MAX_PAGE, MailboxRequest, MailboxResponse, Topic, decode_response, encode_request,
+    CHALLENGE_LEN, Envelope, MAX_PAGE, MailboxRequest, MailboxResponse, ReadProof, Topic,
+    check_members, decode_response, encode_request,
 };
+use p256::ecdsa::SigningKey;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
 use serde_bytes::ByteBuf;
+use sha2::{Digest, Sha256};
 
 use crate::error::{ClientError, Result};
 use crate::session::parse_address;
@@ -27,28 +47,206 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most items one [`MailboxClient::fetch`] reads before it gives up on the mailbox (a hostile
 /// one could otherwise page for ever).
 pub const MAX_FETCH_ITEMS: usize = 65_536;
+/// The name sent in the TLS hello (the certificate is pinned, its names are not checked).
+const TLS_NAME: &str = "cosigner-mailbox";
+
+/// Where a mailbox is, and the certificate it must present if it speaks TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxAddr {
+    /// `HOST:PORT`.
+    pub host_port: String,
+    /// SHA-256 of the mailbox's certificate (`tls://`), or `None` (plain TCP).
+    pub pin: Option<[u8; 32]>,
+}
+
+impl MailboxAddr {
+    /// Parses `tcp://HOST:PORT`, `HOST:PORT` or `tls://HOST:PORT#sha256:HEX`.
+    pub fn parse(addr: &str) -> Result<Self> {
+        let Some(rest) = addr.strip_prefix("tls://") else {
+            return Ok(MailboxAddr {
+                host_port: parse_address(addr)?,
+                pin: None,
+            });
+        };
+        let bad = |why: &str| {
+            ClientError::Input(format!(
+                "mailbox address {addr:?}: {why}; expected tls://HOST:PORT#sha256:HEX (the \
+                 SHA-256 of the mailbox's certificate, as its parent prints it)"
+            ))
+        };
+        let (host_port, pin) = rest
+            .split_once('#')
+            .ok_or_else(|| bad("no certificate pin"))?;
+        let pin = pin
+            .strip_prefix("sha256:")
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| bad("the pin is not sha256: and 64 hex digits"))?;
+        Ok(MailboxAddr {
+            host_port: parse_address(host_port)?,
+            pin: Some(pin),
+        })
+    }
+}
+
+/// Accepts exactly the certificate whose SHA-256 is pinned, and checks the handshake signature
+/// with it: the mailbox's certificate is self-signed, so there is no PKI to ask.
+#[derive(Debug)]
+struct PinnedCertificate {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if got != self.pin {
+            return Err(rustls::Error::General(format!(
+                "the mailbox's certificate is sha256:{}, not the pinned sha256:{}",
+                hex::encode(got),
+                hex::encode(self.pin)
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        // TLS 1.2 is never negotiated (the config offers TLS 1.3 only).
+        Err(rustls::Error::General("TLS 1.2 is not allowed".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A connection to the mailbox, plain or TLS.
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// One open connection and the read challenge the mailbox drew for it, once asked.
+struct Connection {
+    stream: Stream,
+    challenge: Option<[u8; CHALLENGE_LEN]>,
+}
+
+/// Who this client is in the topics it uses: the key it reads with (and posts as), and the
+/// topics' members.
+struct Member {
+    key: SigningKey,
+    members: Vec<Vec<u8>>,
+}
 
 /// A connection to a mailbox.
-#[derive(Debug)]
 pub struct MailboxClient {
     addr: String,
-    host_port: String,
-    stream: Option<TcpStream>,
+    target: MailboxAddr,
+    conn: Option<Connection>,
+    member: Option<Member>,
     skipped: u64,
 }
 
+impl std::fmt::Debug for MailboxClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailboxClient")
+            .field("addr", &self.addr)
+            .field(
+                "member",
+                &self
+                    .member
+                    .as_ref()
+                    .map(|m| hex::encode(public_key_bytes(&m.key))),
+            )
+            .field("skipped", &self.skipped)
+            .finish_non_exhaustive()
+    }
+}
+
 impl MailboxClient {
-    /// Connects to `tcp://HOST:PORT` (or `HOST:PORT`).
+    /// Connects to `tcp://HOST:PORT` (or `HOST:PORT`), or to `tls://HOST:PORT#sha256:HEX` (TLS
+    /// 1.3 with the certificate pinned). Without [`MailboxClient::as_member`] it can post to
+    /// existing topics and read none but those founded before topics had members.
     pub fn connect(addr: &str) -> Result<Self> {
-        let host_port = parse_address(addr)?;
         let mut client = MailboxClient {
             addr: addr.to_owned(),
-            host_port,
-            stream: None,
+            target: MailboxAddr::parse(addr)?,
+            conn: None,
+            member: None,
             skipped: 0,
         };
-        client.stream = Some(client.open()?);
+        client.conn = Some(client.open()?);
         Ok(client)
+    }
+
+    /// Uses topics as `key`, one of `members` (SEC1 compressed P-256 keys: the wallet's devices
+    /// and its provider): every post names them (for the post that founds a topic), every fetch
+    /// is signed with `key`, and a topic whose members include anyone else is refused.
+    pub fn as_member(mut self, key: SigningKey, members: Vec<Vec<u8>>) -> Result<Self> {
+        let listed: Vec<ByteBuf> = members.iter().cloned().map(ByteBuf::from).collect();
+        check_members(&listed)?;
+        let me = public_key_bytes(&key);
+        if !members.contains(&me) {
+            return Err(ClientError::Input(format!(
+                "this device's key {} is not among the topic's members",
+                hex::encode(&me)
+            )));
+        }
+        self.member = Some(Member { key, members });
+        Ok(self)
     }
 
     /// The address connected to, as given.
@@ -62,8 +260,13 @@ impl MailboxClient {
         let request = MailboxRequest::Post {
             topic: envelope.topic,
             envelope: ByteBuf::from(envelope.encode()?),
+            members: self
+                .member
+                .as_ref()
+                .map(|m| m.members.iter().cloned().map(ByteBuf::from).collect())
+                .unwrap_or_default(),
         };
-        match self.exchange(&request)? {
+        match self.exchange(false, &|_| Ok(request.clone()))? {
             MailboxResponse::Posted { seq } => Ok(seq),
             MailboxResponse::Error(e) => Err(ClientError::Remote(e)),
             other => Err(unexpected(&other)),
@@ -78,17 +281,32 @@ impl MailboxClient {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         let mut read = 0usize;
+        // The builder below must not borrow `self`, which the exchange needs mutably.
+        let key = self.member.as_ref().map(|m| m.key.clone());
         loop {
-            let request = MailboxRequest::Fetch {
-                topic: *topic,
-                after: cursor,
-                limit: MAX_PAGE,
+            let at = cursor;
+            let build = |challenge: Option<&[u8; CHALLENGE_LEN]>| {
+                let proof = match (challenge, &key) {
+                    (Some(c), Some(k)) => Some(ReadProof::sign(k, c, topic)?),
+                    _ => None,
+                };
+                Ok(MailboxRequest::Fetch {
+                    topic: *topic,
+                    after: at,
+                    limit: MAX_PAGE,
+                    proof,
+                })
             };
-            let (items, more) = match self.exchange(&request)? {
-                MailboxResponse::Messages { items, more } => (items, more),
+            let (items, more, members) = match self.exchange(key.is_some(), &build)? {
+                MailboxResponse::Messages {
+                    items,
+                    more,
+                    members,
+                } => (items, more, members),
                 MailboxResponse::Error(e) => return Err(ClientError::Remote(e)),
                 other => return Err(unexpected(&other)),
             };
+            self.check_members(topic, &members, !items.is_empty())?;
             let start = cursor;
             read = read.saturating_add(items.len());
             if read > MAX_FETCH_ITEMS {
@@ -127,36 +345,112 @@ impl MailboxClient {
         self.skipped
     }
 
+    /// A member refuses a topic the mailbox says admits someone it does not expect (someone
+    /// founded it first, to read along), and one that holds envelopes but admits anyone.
+    fn check_members(&self, topic: &Topic, reported: &[ByteBuf], has_items: bool) -> Result<()> {
+        let Some(m) = &self.member else {
+            return Ok(());
+        };
+        if let Some(stranger) = reported
+            .iter()
+            .find(|r| !m.members.iter().any(|k| k.as_slice() == r.as_slice()))
+        {
+            return Err(ClientError::Unexpected(format!(
+                "mailbox {}: topic {} admits {}, who is not one of its members: someone else \
+                 founded it; do not use it",
+                self.addr,
+                hex::encode(topic),
+                hex::encode(stranger)
+            )));
+        }
+        if reported.is_empty() && has_items {
+            return Err(ClientError::Unexpected(format!(
+                "mailbox {}: topic {} is open to anyone (founded without members)",
+                self.addr,
+                hex::encode(topic)
+            )));
+        }
+        Ok(())
+    }
+
     /// One request, one response; a connection failure is retried once on a new connection
-    /// (both requests are idempotent).
-    fn exchange(&mut self, request: &MailboxRequest) -> Result<MailboxResponse> {
-        let body = encode_request(request)?;
-        match self.try_exchange(&body) {
+    /// (every request is idempotent). `build` makes the request for the connection it goes on:
+    /// given its read challenge when `needs_challenge`.
+    fn exchange(
+        &mut self,
+        needs_challenge: bool,
+        build: &dyn Fn(Option<&[u8; CHALLENGE_LEN]>) -> Result<MailboxRequest>,
+    ) -> Result<MailboxResponse> {
+        match self.try_exchange(needs_challenge, build) {
             Ok(r) => Ok(r),
             Err(ClientError::Connection { .. }) => {
-                self.stream = None;
-                self.try_exchange(&body)
+                self.conn = None;
+                self.try_exchange(needs_challenge, build)
             }
             Err(e) => Err(e),
         }
     }
 
-    fn try_exchange(&mut self, body: &[u8]) -> Result<MailboxResponse> {
-        let mut stream = match self.stream.take() {
-            Some(s) => s,
+    fn try_exchange(
+        &mut self,
+        needs_challenge: bool,
+        build: &dyn Fn(Option<&[u8; CHALLENGE_LEN]>) -> Result<MailboxRequest>,
+    ) -> Result<MailboxResponse> {
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
             None => self.open()?,
         };
-        write_frame(&mut stream, body).map_err(|e| self.conn_err(e.to_string()))?;
-        let frame = read_frame(&mut stream)
+        let challenge = if needs_challenge {
+            Some(self.challenge(&mut conn)?)
+        } else {
+            None
+        };
+        let body = encode_request(&build(challenge.as_ref())?)?;
+        let response = self.round_trip(&mut conn, &body)?;
+        // Only a connection that answered in full is kept for the next request.
+        self.conn = Some(conn);
+        Ok(response)
+    }
+
+    /// The read challenge of `conn`, asked for once per connection.
+    fn challenge(&self, conn: &mut Connection) -> Result<[u8; CHALLENGE_LEN]> {
+        if let Some(c) = conn.challenge {
+            return Ok(c);
+        }
+        let body = encode_request(&MailboxRequest::Challenge)?;
+        let nonce = match self.round_trip(conn, &body)? {
+            MailboxResponse::Challenge { nonce } => nonce,
+            MailboxResponse::Error(e) => {
+                return Err(ClientError::Unexpected(format!(
+                    "mailbox {} hands out no read challenge (a parent from before members-only \
+                     topics?): {}",
+                    self.addr, e.message
+                )));
+            }
+            other => return Err(unexpected(&other)),
+        };
+        let c = <[u8; CHALLENGE_LEN]>::try_from(nonce.as_slice()).map_err(|_| {
+            ClientError::Unexpected(format!(
+                "mailbox {} sent a {}-byte challenge, expected {CHALLENGE_LEN}",
+                self.addr,
+                nonce.len()
+            ))
+        })?;
+        conn.challenge = Some(c);
+        Ok(c)
+    }
+
+    fn round_trip(&self, conn: &mut Connection, body: &[u8]) -> Result<MailboxResponse> {
+        write_frame(&mut conn.stream, body).map_err(|e| self.conn_err(e.to_string()))?;
+        let frame = read_frame(&mut conn.stream)
             .map_err(|e| self.conn_err(e.to_string()))?
             .ok_or_else(|| self.conn_err("closed by the mailbox".into()))?;
-        // Only a connection that answered in full is kept for the next request.
-        self.stream = Some(stream);
         Ok(decode_response(&frame)?)
     }
 
-    fn open(&self) -> Result<TcpStream> {
+    fn open(&self) -> Result<Connection> {
         let addrs = self
+            .target
             .host_port
             .to_socket_addrs()
             .map_err(|e| self.conn_err(e.to_string()))?;
@@ -168,12 +462,44 @@ impl MailboxClient {
                         .and_then(|()| s.set_read_timeout(Some(IO_TIMEOUT)))
                         .and_then(|()| s.set_write_timeout(Some(IO_TIMEOUT)))
                         .map_err(|e| self.conn_err(e.to_string()))?;
-                    return Ok(s);
+                    let stream = match self.target.pin {
+                        Some(pin) => Stream::Tls(Box::new(self.handshake(s, pin)?)),
+                        None => Stream::Tcp(s),
+                    };
+                    return Ok(Connection {
+                        stream,
+                        challenge: None,
+                    });
                 }
                 Err(e) => last = e.to_string(),
             }
         }
         Err(self.conn_err(last))
+    }
+
+    /// TLS 1.3 with the pinned certificate, the handshake completed before anything is sent.
+    fn handshake(
+        &self,
+        tcp: TcpStream,
+        pin: [u8; 32],
+    ) -> Result<StreamOwned<ClientConnection, TcpStream>> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| ClientError::Unexpected(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCertificate { pin, provider }))
+            .with_no_client_auth();
+        let name = ServerName::try_from(TLS_NAME).map_err(|e| self.conn_err(e.to_string()))?;
+        let conn = ClientConnection::new(Arc::new(config), name)
+            .map_err(|e| self.conn_err(e.to_string()))?;
+        let mut tls = StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn
+                .complete_io(&mut tls.sock)
+                .map_err(|e| self.conn_err(format!("TLS handshake: {e}")))?;
+        }
+        Ok(tls)
     }
 
     fn conn_err(&self, reason: String) -> ClientError {
@@ -188,6 +514,7 @@ fn unexpected(response: &MailboxResponse) -> ClientError {
     let what = match response {
         MailboxResponse::Posted { .. } => "Posted",
         MailboxResponse::Messages { .. } => "Messages",
+        MailboxResponse::Challenge { .. } => "Challenge",
         MailboxResponse::Error(_) => "Error",
         _ => "an unknown response",
     };
@@ -200,7 +527,6 @@ mod tests {
     use super::*;
     use cosigner_protocol::mailbox::{MailboxItem, decode_request, encode_response};
     use cosigner_protocol::wire::{ErrorKind, WireError};
-    use p256::ecdsa::SigningKey;
     use std::net::TcpListener;
 
     /// A scripted mailbox: answers each request with the next response, recording the requests;
@@ -263,6 +589,7 @@ mod tests {
                     item(4, &good[1]),
                 ],
                 more: true,
+                members: vec![],
             }),
             Some(MailboxResponse::Messages {
                 items: vec![
@@ -272,10 +599,12 @@ mod tests {
                     item(7, &good[2]),
                 ],
                 more: true,
+                members: vec![],
             }),
             Some(MailboxResponse::Messages {
                 items: vec![item(9, &good[3])],
                 more: false,
+                members: vec![],
             }),
         ];
         let (addr, server) = fake(script);
@@ -306,6 +635,7 @@ mod tests {
         let script = vec![Some(MailboxResponse::Messages {
             items: vec![],
             more: true,
+            members: vec![],
         })];
         let (addr, _server) = fake(script);
         let mut client = MailboxClient::connect(&addr).unwrap();
@@ -340,6 +670,126 @@ mod tests {
         let requests = server.join().unwrap();
         assert_eq!(requests.len(), 5);
         assert!(matches!(&requests[0], MailboxRequest::Post { topic, .. } if topic == &[3; 16]));
+    }
+
+    fn pk(k: &SigningKey) -> Vec<u8> {
+        public_key_bytes(k)
+    }
+
+    #[test]
+    fn a_member_names_the_members_signs_its_reads_and_checks_the_topics_members() {
+        let (me, other, stranger) = (
+            SigningKey::random(&mut rand_core::OsRng),
+            SigningKey::random(&mut rand_core::OsRng),
+            SigningKey::random(&mut rand_core::OsRng),
+        );
+        let t = [4; 16];
+        let members = vec![pk(&me), pk(&other)];
+        let listed: Vec<ByteBuf> = members.iter().cloned().map(ByteBuf::from).collect();
+        let e = Envelope::seal(&other, t, b"hi".to_vec()).unwrap();
+        let challenge = |n: u8| {
+            Some(MailboxResponse::Challenge {
+                nonce: ByteBuf::from(vec![n; CHALLENGE_LEN]),
+            })
+        };
+        let script = vec![
+            Some(MailboxResponse::Posted { seq: 1 }),
+            challenge(1),
+            Some(MailboxResponse::Messages {
+                items: vec![item(1, &e)],
+                more: false,
+                members: listed.clone(),
+            }),
+            // The connection drops: the next fetch asks the new connection for its challenge.
+            None,
+            challenge(2),
+            Some(MailboxResponse::Messages {
+                items: vec![item(1, &e)],
+                more: false,
+                members: vec![listed[0].clone(), ByteBuf::from(pk(&stranger))],
+            }),
+            Some(MailboxResponse::Messages {
+                items: vec![item(1, &e)],
+                more: false,
+                members: vec![],
+            }),
+            // Nothing yet, in a topic nobody founded: no members to show, and that is fine.
+            Some(MailboxResponse::Messages {
+                items: vec![],
+                more: false,
+                members: vec![],
+            }),
+        ];
+        let (addr, server) = fake(script);
+        let mut client = MailboxClient::connect(&addr)
+            .unwrap()
+            .as_member(me.clone(), members.clone())
+            .unwrap();
+        let mine = Envelope::seal(&me, t, b"mine".to_vec()).unwrap();
+        assert_eq!(client.post(&mine).unwrap(), 1);
+        assert_eq!(client.fetch(&t, 0).unwrap(), vec![(1, e.clone())]);
+        // After the drop: a stranger among the members is refused...
+        let err = client.fetch(&t, 0).unwrap_err();
+        assert!(err.to_string().contains("someone else founded it"), "{err}");
+        // ...and so is a topic that holds envelopes but admits anyone.
+        let err = client.fetch(&t, 0).unwrap_err();
+        assert!(err.to_string().contains("open to anyone"), "{err}");
+        assert!(client.fetch(&[5; 16], 0).unwrap().is_empty());
+        drop(client);
+        let requests = server.join().unwrap();
+        assert!(matches!(&requests[0], MailboxRequest::Post { members: m, .. } if m == &listed));
+        assert_eq!(requests[1], MailboxRequest::Challenge);
+        let proof_of = |r: &MailboxRequest| match r {
+            MailboxRequest::Fetch {
+                proof: Some(p),
+                topic,
+                ..
+            } => (p.clone(), *topic),
+            other => panic!("{other:?}"),
+        };
+        let (p, topic) = proof_of(&requests[2]);
+        p.verify(&[1; CHALLENGE_LEN], &topic).unwrap();
+        assert_eq!(p.reader.as_slice(), pk(&me).as_slice());
+        // The fetch cut off by the drop was sent again, after the new connection's challenge.
+        assert_eq!(requests[4], MailboxRequest::Challenge);
+        let (p, topic) = proof_of(&requests[5]);
+        p.verify(&[2; CHALLENGE_LEN], &topic).unwrap();
+        assert!(p.verify(&[1; CHALLENGE_LEN], &topic).is_err());
+        // One challenge per connection, not per fetch.
+        proof_of(&requests[6]).0.verify(&[2; CHALLENGE_LEN], &t).unwrap();
+        assert_eq!(requests.len(), 8);
+
+        // A member list without this device, or with a malformed key, is refused up front.
+        let (addr, _server) = fake(vec![]);
+        let c = MailboxClient::connect(&addr).unwrap();
+        assert!(c.as_member(me.clone(), vec![pk(&other)]).is_err());
+        let (addr, _server) = fake(vec![]);
+        let c = MailboxClient::connect(&addr).unwrap();
+        assert!(c.as_member(me, vec![vec![2; 5]]).is_err());
+    }
+
+    #[test]
+    fn addresses_parse_with_and_without_a_pin() {
+        let plain = MailboxAddr::parse("tcp://127.0.0.1:7002").unwrap();
+        assert_eq!(plain.host_port, "127.0.0.1:7002");
+        assert_eq!(plain.pin, None);
+        assert_eq!(
+            MailboxAddr::parse("mailbox.example:7002").unwrap().host_port,
+            "mailbox.example:7002"
+        );
+        let pin = "ab".repeat(32);
+        let tls = MailboxAddr::parse(&format!("tls://mailbox.example:7002#sha256:{pin}")).unwrap();
+        assert_eq!(tls.host_port, "mailbox.example:7002");
+        assert_eq!(tls.pin, Some([0xab; 32]));
+        for bad in [
+            "tls://mailbox.example:7002".to_owned(),
+            format!("tls://mailbox.example:7002#{pin}"),
+            format!("tls://mailbox.example:7002#sha256:{}", "ab".repeat(31)),
+            format!("tls://mailbox.example#sha256:{pin}"),
+            "tls://#sha256:00".to_owned(),
+        ] {
+            assert!(MailboxAddr::parse(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -167,6 +167,7 @@ impl Session {
             user_data: Some(binding.to_vec()),
             max_age: Some(trust.max_age),
             allow_debug: trust.allow_debug,
+            max_clock_skew: trust.max_clock_skew,
             ..Default::default()
         };
         let now = SystemTime::now();

@@ -4,6 +4,8 @@
 //! roots = ["root.pem"]       # pinned root certificates (PEM), relative to this file: AWS's
 //!                            # Nitro root, or the operators' local roots (one per cosigner)
 //! max_age_seconds = 300      # oldest document accepted
+//! max_clock_skew_seconds = 300  # optional: how far ahead of this device's clock a document
+//!                            # may be dated (the cosigner's clock ahead); 0 to 86400, default 300
 //! allow_debug = false        # debug-mode enclaves: never in production
 //!
 //! [[measurement]]            # at least one; several during an image rollout
@@ -12,12 +14,17 @@
 //! ```
 //!
 //! A trust file that pins no measurement is refused: it would accept any code (fail closed).
+//!
+//! `max_clock_skew_seconds` was added later and is optional, so older trust files stay valid and
+//! get the verifier's default ([`cosigner_attestation::DEFAULT_MAX_CLOCK_SKEW`]). The skew only
+//! lets a document be dated *after* this device's time; the session's nonce is what proves the
+//! document fresh, and `max_age_seconds` still bounds its age.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use cosigner_attestation::{AttestationDoc, PinnedRoot};
+use cosigner_attestation::{AttestationDoc, DEFAULT_MAX_CLOCK_SKEW, PinnedRoot};
 use serde::Deserialize;
 
 use crate::error::{ClientError, Result};
@@ -29,10 +36,16 @@ struct TrustFile {
     #[serde(default = "default_max_age")]
     max_age_seconds: u64,
     #[serde(default)]
+    max_clock_skew_seconds: Option<u64>,
+    #[serde(default)]
     allow_debug: bool,
     #[serde(default)]
     measurement: Vec<MeasurementFile>,
 }
+
+/// The largest clock skew a trust file (or `attestation verify --max-clock-skew`) may allow: a
+/// day. A clock further off is broken, and a larger value is more likely a unit mistake (ms).
+pub const MAX_CLOCK_SKEW_SECONDS: u64 = 86_400;
 
 fn default_max_age() -> u64 {
     300
@@ -60,6 +73,8 @@ pub struct Trust {
     pub roots: Vec<PinnedRoot>,
     /// Oldest document accepted.
     pub max_age: Duration,
+    /// How far after this device's time a document may be dated.
+    pub max_clock_skew: Duration,
     /// Accept debug-mode documents.
     pub allow_debug: bool,
     /// Allowed measurement sets (at least one).
@@ -72,6 +87,17 @@ fn bad(path: &Path, reason: impl std::fmt::Display) -> ClientError {
     }
 }
 
+/// The skew a trust file allows: its `max_clock_skew_seconds`, or the default when absent.
+fn clock_skew(seconds: Option<u64>) -> std::result::Result<Duration, String> {
+    match seconds {
+        None => Ok(DEFAULT_MAX_CLOCK_SKEW),
+        Some(s) if s > MAX_CLOCK_SKEW_SECONDS => Err(format!(
+            "max_clock_skew_seconds = {s} is more than {MAX_CLOCK_SKEW_SECONDS} (a day)"
+        )),
+        Some(s) => Ok(Duration::from_secs(s)),
+    }
+}
+
 impl Trust {
     /// Reads a trust file.
     pub fn load(path: &Path) -> Result<Self> {
@@ -80,6 +106,7 @@ impl Trust {
         if file.roots.is_empty() {
             return Err(bad(path, "pins no root certificate"));
         }
+        let max_clock_skew = clock_skew(file.max_clock_skew_seconds).map_err(|e| bad(path, e))?;
         let mut roots = Vec::new();
         for root in &file.roots {
             let root_path = path.parent().unwrap_or(Path::new(".")).join(root);
@@ -123,6 +150,7 @@ impl Trust {
         Ok(Self {
             roots,
             max_age: Duration::from_secs(file.max_age_seconds),
+            max_clock_skew,
             allow_debug: file.allow_debug,
             measurements,
         })
@@ -143,5 +171,62 @@ impl Trust {
                 "measurements match no pinned set (document PCR0 {pcr0}): the cosigner runs code this trust file does not allow"
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    /// AWS's Nitro root G1 (public; its SHA-256 is 641a0321…bb5b): any CA certificate would do.
+    const ROOT: &str = "-----BEGIN CERTIFICATE-----\n\
+MIICETCCAZagAwIBAgIRAPkxdWgbkK/hHUbMtOTn+FYwCgYIKoZIzj0EAwMwSTEL\n\
+MAkGA1UEBhMCVVMxDzANBgNVBAoMBkFtYXpvbjEMMAoGA1UECwwDQVdTMRswGQYD\n\
+VQQDDBJhd3Mubml0cm8tZW5jbGF2ZXMwHhcNMTkxMDI4MTMyODA1WhcNNDkxMDI4\n\
+MTQyODA1WjBJMQswCQYDVQQGEwJVUzEPMA0GA1UECgwGQW1hem9uMQwwCgYDVQQL\n\
+DANBV1MxGzAZBgNVBAMMEmF3cy5uaXRyby1lbmNsYXZlczB2MBAGByqGSM49AgEG\n\
+BSuBBAAiA2IABPwCVOumCMHzaHDimtqQvkY4MpJzbolL//Zy2YlES1BR5TSksfbb\n\
+48C8WBoyt7F2Bw7eEtaaP+ohG2bnUs990d0JX28TcPQXCEPZ3BABIeTPYwEoCWZE\n\
+h8l5YoQwTcU/9KNCMEAwDwYDVR0TAQH/BAUwAwEB/zAdBgNVHQ4EFgQUkCW1DdkF\n\
+R+eWw5b6cp3PmanfS5YwDgYDVR0PAQH/BAQDAgGGMAoGCCqGSM49BAMDA2kAMGYC\n\
+MQCjfy+Rocm9Xue4YnwWmNJVA44fA0P5W2OpYow9OYCVRaEevL8uO1XYru5xtMPW\n\
+rfMCMQCi85sWBbJwKKXdS6BptQFuZbT73o/gBh1qUxl/nNr12UO8Yfwr6wPLb+6N\n\
+IwLz3/Y=\n\
+-----END CERTIFICATE-----";
+
+    /// Writes `trust.toml` (with `text`) and `root.pem` in a fresh directory, and loads it.
+    fn load(text: &str) -> Result<Trust> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("root.pem"), ROOT).unwrap();
+        let path = dir.path().join("trust.toml");
+        std::fs::write(&path, text).unwrap();
+        Trust::load(&path)
+    }
+
+    const BASE: &str = "roots = [\"root.pem\"]\nmax_age_seconds = 60\n[[measurement]]\npcr0 = \"";
+
+    fn file(extra: &str) -> String {
+        format!("{extra}{BASE}{}\"\n", "ab".repeat(48))
+    }
+
+    #[test]
+    fn clock_skew_is_optional_defaulted_and_bounded() {
+        // A trust file from before the key existed: still valid, with the default.
+        let old = load(&file("")).unwrap();
+        assert_eq!(old.max_clock_skew, DEFAULT_MAX_CLOCK_SKEW);
+        assert_eq!(old.max_age, Duration::from_secs(60));
+        let set = load(&file("max_clock_skew_seconds = 30\n")).unwrap();
+        assert_eq!(set.max_clock_skew, Duration::from_secs(30));
+        let none = load(&file("max_clock_skew_seconds = 0\n")).unwrap();
+        assert_eq!(none.max_clock_skew, Duration::ZERO);
+        let day = load(&file("max_clock_skew_seconds = 86400\n")).unwrap();
+        assert_eq!(day.max_clock_skew, Duration::from_secs(86_400));
+        let err = load(&file("max_clock_skew_seconds = 86401\n")).unwrap_err();
+        assert!(err.to_string().contains("more than 86400"), "{err}");
+        let err = load(&file("max_clock_skew_seconds = -1\n")).unwrap_err();
+        assert!(matches!(err, ClientError::Trust { .. }), "{err}");
+        let err = load(&file("max_clock_skew = 30\n")).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
     }
 }

@@ -34,6 +34,38 @@ fn internal(e: impl std::fmt::Display) -> ClientError {
     ClientError::Unexpected(e.to_string())
 }
 
+/// How often a request refused as busy (another session's ceremony or a concurrent write of the
+/// same wallet; `ErrorKind::Busy`) is sent again, and the first pause between tries.
+const BUSY_TRIES: u32 = 6;
+const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Runs `call` again while the cosigner answers busy (retryable, nothing changed), with a
+/// doubling pause; any other answer is returned as it is.
+fn retrying_busy<T>(mut call: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut pause = BUSY_PAUSE;
+    for _ in 1..BUSY_TRIES {
+        match call() {
+            Err(ClientError::Remote(e)) if e.kind.is_retryable() => {
+                std::thread::sleep(pause);
+                pause = pause.saturating_mul(2);
+            }
+            other => return other,
+        }
+    }
+    call()
+}
+
+/// [`authorized`], sent again while the cosigner answers busy (a fresh challenge each time).
+pub fn authorized_retrying(
+    session: &mut Session,
+    wallet_id: WalletId,
+    role: KeyRole,
+    key: &SigningKey,
+    inner: &Request,
+) -> Result<Response> {
+    retrying_busy(|| authorized(session, wallet_id, role, key, inner))
+}
+
 /// Sends `inner` signed by `key` (as `role`) over a fresh challenge of this session.
 pub fn authorized(
     session: &mut Session,
@@ -67,6 +99,7 @@ pub struct Created {
 
 /// Creates a 2-of-3 wallet: this device (A), the provider (B) and the recovery cosigner (C).
 /// Registers this device's key and a new recovery credential, written to `recovery_key_out`.
+/// Finishes instead a creation an earlier run left unconfirmed ([`create_with`]).
 pub fn create(
     home: &Home,
     provider: &mut Session,
@@ -89,6 +122,56 @@ pub fn create_with_policy(
     recovery_key_out: &Path,
     policy: Option<&str>,
 ) -> Result<Created> {
+    create_with(
+        home,
+        provider,
+        recovery,
+        network,
+        recovery_key_out,
+        &CreateOptions {
+            policy,
+            enrollment: None,
+        },
+    )
+}
+
+/// What a wallet is created with, beyond the defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CreateOptions<'a> {
+    /// A spending policy (see [`create_with_policy`]).
+    pub policy: Option<&'a str>,
+    /// The operator's enrollment token (bytes), for a provider that requires one.
+    pub enrollment: Option<&'a [u8]>,
+}
+
+/// The journal of a creation whose registration was sent but not confirmed by both cosigners:
+/// rerunning `wallet create` finishes it (`DIR/wallets/<id>.creating`).
+const CREATING: &str = "creating";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CreationJournal {
+    /// Where the recovery credential was written.
+    recovery_key_out: std::path::PathBuf,
+    /// The `DkgConfirm` request, CBOR (hex).
+    confirm: String,
+}
+
+/// [`create`] with [`CreateOptions`]. Idempotent and resumable: nothing is registered with any
+/// cosigner before this home holds the share, the wallet file and the recovery credential, and
+/// a creation whose confirmation did not reach both cosigners is finished by the next call
+/// (which returns that wallet instead of making a new one).
+pub fn create_with(
+    home: &Home,
+    provider: &mut Session,
+    recovery: &mut Session,
+    network: Network,
+    recovery_key_out: &Path,
+    options: &CreateOptions<'_>,
+) -> Result<Created> {
+    if let Some(created) = finish_creation(home, provider, recovery)? {
+        return Ok(created);
+    }
+    let policy = options.policy;
     if let Some(text) = policy {
         // Refused here already, before any ceremony, if the cosigners would refuse it.
         crate::psbt_sign::check_policy(home, text)?;
@@ -116,6 +199,7 @@ pub fn create_with_policy(
         match session.call(&Request::DkgStart {
             params: params.clone(),
             me,
+            enrollment: options.enrollment.map(|t| ByteBuf::from(t.to_vec())),
         })? {
             Response::DkgRound1 { message } => round1.push(message),
             other => return Err(unexpected("DkgRound1", &other)),
@@ -174,13 +258,59 @@ pub fn create_with_policy(
         policy: policy.map(str::to_owned),
         network: Some(network.name().to_owned()),
     };
-    let ours = output.public_key_package.serialize().map_err(internal)?;
+    let confirm = Request::DkgConfirm {
+        wallet_id,
+        confirmations: confirmations.clone(),
+        registration,
+    };
+    // Everything this device must keep is durable before any cosigner registers the wallet: a
+    // full disk or a kill here leaves nothing registered (the cosigners' DKG state expires).
+    let wallet = wallet_file(
+        wallet_id,
+        DEVICE,
+        &params.parties,
+        params.min_signers,
+        0,
+        &output.public_key_package,
+        network,
+    )?;
+    let share = zeroize::Zeroizing::new(output.key_package.serialize().map_err(internal)?);
+    let journal = CreationJournal {
+        recovery_key_out: recovery_key_out.to_path_buf(),
+        confirm: hex::encode(wire::encode(&confirm)?),
+    };
+    let kept = write_p256_key(recovery_key_out, &recovery_key)
+        .and_then(|()| home.save_wallet(&wallet, &share))
+        .and_then(|()| {
+            let bytes = serde_json::to_vec(&journal).map_err(internal)?;
+            home.save_journal(&wallet_id, CREATING, &bytes)
+        });
+    if let Err(e) = kept {
+        // Nothing was registered: leave nothing behind that would refuse a retry.
+        let _ = std::fs::remove_file(recovery_key_out);
+        let _ = home.forget_wallet(&wallet_id);
+        let _ = home.remove_journal(&wallet_id, CREATING);
+        return Err(e);
+    }
+    confirm_at_both(provider, recovery, &confirm, &wallet)?;
+    home.remove_journal(&wallet_id, CREATING)?;
+    Ok(Created {
+        wallet,
+        recovery_key_path: recovery_key_out.to_path_buf(),
+    })
+}
+
+/// Sends `DkgConfirm` to each cosigner (each answers the same `DkgDone` again if it already
+/// registered the wallet) and checks they stored our public key package.
+fn confirm_at_both(
+    provider: &mut Session,
+    recovery: &mut Session,
+    confirm: &Request,
+    wallet: &WalletFile,
+) -> Result<()> {
+    let ours = hex::decode(&wallet.public_key_package).map_err(internal)?;
     for session in [&mut *provider, &mut *recovery] {
-        match session.call(&Request::DkgConfirm {
-            wallet_id,
-            confirmations: confirmations.clone(),
-            registration: registration.clone(),
-        })? {
+        match session.call(confirm)? {
             Response::DkgDone { wallet }
                 if wallet.public_key_package.as_ref() == ours.as_slice() => {}
             Response::DkgDone { .. } => {
@@ -193,23 +323,41 @@ pub fn create_with_policy(
             other => return Err(unexpected("DkgDone", &other)),
         }
     }
-    write_p256_key(recovery_key_out, &recovery_key)?;
+    Ok(())
+}
 
-    let wallet = wallet_file(
-        wallet_id,
-        DEVICE,
-        &params.parties,
-        params.min_signers,
-        0,
-        &output.public_key_package,
-        network,
-    )?;
-    let share = zeroize::Zeroizing::new(output.key_package.serialize().map_err(internal)?);
-    home.save_wallet(&wallet, &share)?;
-    Ok(Created {
+/// Finishes a creation an earlier run left unconfirmed (see [`CREATING`]). `None`: none.
+fn finish_creation(
+    home: &Home,
+    provider: &mut Session,
+    recovery: &mut Session,
+) -> Result<Option<Created>> {
+    let Some((wallet_id, bytes)) = home.journals(CREATING)?.into_iter().next() else {
+        return Ok(None);
+    };
+    let journal: CreationJournal = serde_json::from_slice(&bytes)
+        .map_err(|e| ClientError::Input(format!("creation journal of {wallet_id}: {e}")))?;
+    let confirm: Request = hex::decode(&journal.confirm)
+        .map_err(internal)
+        .and_then(|b| Ok(wire::decode(&b)?))?;
+    let wallet = home.wallet(&wallet_id)?;
+    confirm_at_both(provider, recovery, &confirm, &wallet).map_err(|e| match e {
+        ClientError::Remote(w) if w.kind == cosigner_protocol::wire::ErrorKind::NotFound => {
+            ClientError::Input(format!(
+                "wallet {wallet_id} was created but a cosigner no longer holds its unfinished \
+                 DKG ({}); it cannot be finished: remove {} and its files from this home and \
+                 create a new wallet",
+                w.message,
+                home.journal_path(&wallet_id, CREATING).display()
+            ))
+        }
+        other => other,
+    })?;
+    home.remove_journal(&wallet_id, CREATING)?;
+    Ok(Some(Created {
         wallet,
-        recovery_key_path: recovery_key_out.to_path_buf(),
-    })
+        recovery_key_path: journal.recovery_key_out,
+    }))
 }
 
 fn random<const N: usize>() -> Result<[u8; N]> {
@@ -365,6 +513,12 @@ pub fn refresh(
     observe: &mut dyn FnMut(RefreshStep),
 ) -> Result<WalletFile> {
     let (wallet, key_package, pkp) = load(home, &wallet_id)?;
+    // A refresh that committed at the cosigners before this device switched over (a crash or a
+    // kill after the commits) is finished, not redone.
+    let device_key = home.device_key()?;
+    if let Some(done) = resume(home, provider, recovery, &wallet, &device_key)? {
+        return Ok(done);
+    }
     refresh_from(
         home,
         provider,
@@ -374,6 +528,97 @@ pub fn refresh(
         &pkp,
         observe,
     )
+}
+
+/// Finishes, on this device's side, a refresh that committed at the cosigners: the cosigners
+/// are brought to one epoch (one that missed the commit is rolled forward with the other's
+/// confirmations), and if this home holds the prepared share of that very epoch (its
+/// verifying share is in the committed public key package), it becomes the current share.
+/// `None`: nothing to finish.
+fn resume(
+    home: &Home,
+    provider: &mut Session,
+    recovery: &mut Session,
+    wallet: &WalletFile,
+    device_key: &SigningKey,
+) -> Result<Option<WalletFile>> {
+    let wallet_id = WalletId::from_hex(&wallet.wallet_id)?;
+    let view = roll_forward(provider, recovery, wallet_id, device_key)?;
+    if view.epoch <= wallet.epoch {
+        return Ok(None);
+    }
+    let Some(prepared) = home.prepared_share(&wallet_id)? else {
+        return Ok(None);
+    };
+    let pkp = PublicKeyPackage::<Suite>::deserialize(&view.public_key_package)
+        .map_err(|e| internal(format!("cosigner's public key package: {e}")))?;
+    let Ok(kp) = KeyPackage::<Suite>::deserialize(&prepared) else {
+        return Ok(None);
+    };
+    let ours = pkp.verifying_shares().get(kp.identifier());
+    if ours != Some(kp.verifying_share()) || pkp.verifying_key() != kp.verifying_key() {
+        return Ok(None);
+    }
+    let network: Network = wallet.network.parse()?;
+    let new_wallet = wallet_file(
+        wallet_id,
+        wallet.party,
+        &wallet.parties,
+        wallet.min_signers,
+        view.epoch,
+        &pkp,
+        network,
+    )?;
+    if new_wallet.group_public_key != wallet.group_public_key && !wallet.group_public_key.is_empty()
+    {
+        return Err(internal("the refresh changed the group key"));
+    }
+    home.replace_share(&new_wallet, &prepared)?;
+    home.remove_prepared_share(&wallet_id)?;
+    Ok(Some(new_wallet))
+}
+
+/// Brings the two cosigners to the same epoch: one that missed the commit of the other's
+/// current epoch (a client killed between the two commits, or a recovery that froze the wallet
+/// between them) commits its stored prepared share with the other's confirmations. Returns the
+/// common view; fails if they still differ.
+fn roll_forward(
+    provider: &mut Session,
+    recovery: &mut Session,
+    wallet_id: WalletId,
+    device_key: &SigningKey,
+) -> Result<WalletInfo> {
+    let b = provider_view(provider, wallet_id)?;
+    let c = provider_view(recovery, wallet_id)?;
+    if b.epoch != c.epoch {
+        let (leader, lagging) = if b.epoch > c.epoch {
+            (&b, &mut *recovery)
+        } else {
+            (&c, &mut *provider)
+        };
+        let commit = Request::RefreshCommit {
+            wallet_id,
+            confirmations: leader.confirmations.clone(),
+        };
+        match authorized_retrying(lagging, wallet_id, KeyRole::Device, device_key, &commit)? {
+            Response::RefreshCommitted { .. } => {}
+            other => return Err(unexpected("RefreshCommitted", &other)),
+        }
+    }
+    let b = provider_view(provider, wallet_id)?;
+    let c = provider_view(recovery, wallet_id)?;
+    if b.epoch != c.epoch || b.public_key_package != c.public_key_package {
+        return Err(ClientError::Protocol(
+            cosigner_protocol::ProtocolError::Disagreement {
+                reason: format!(
+                    "the provider (epoch {}) and the recovery cosigner (epoch {}) describe the \
+                     wallet differently",
+                    b.epoch, c.epoch
+                ),
+            },
+        ));
+    }
+    Ok(b)
 }
 
 fn refresh_from(
@@ -402,7 +647,7 @@ fn refresh_from(
             params: params.clone(),
             me,
         };
-        match authorized(session, wallet_id, KeyRole::Device, &device_key, &start)? {
+        match authorized_retrying(session, wallet_id, KeyRole::Device, &device_key, &start)? {
             Response::RefreshRound1 { message } => round1.push(message),
             other => return Err(unexpected("RefreshRound1", &other)),
         }
@@ -435,6 +680,10 @@ fn refresh_from(
     }
     observe(RefreshStep::Round3);
     let output = a3.handle_confirmations(&confirmations)?;
+    // Kept before any cosigner commits: if this process dies after a commit, the next run finds
+    // the new share here and finishes (see `resume`) instead of losing it.
+    let prepared = zeroize::Zeroizing::new(output.key_package.serialize().map_err(internal)?);
+    home.save_prepared_share(&wallet_id, &prepared)?;
     let commit = Request::RefreshCommit {
         wallet_id,
         confirmations: confirmations.clone(),
@@ -443,7 +692,7 @@ fn refresh_from(
         (&mut *provider, RefreshStep::ProviderCommitted),
         (&mut *recovery, RefreshStep::RecoveryCommitted),
     ] {
-        match authorized(session, wallet_id, KeyRole::Device, &device_key, &commit)? {
+        match authorized_retrying(session, wallet_id, KeyRole::Device, &device_key, &commit)? {
             Response::RefreshCommitted { .. } => observe(step),
             other => return Err(unexpected("RefreshCommitted", &other)),
         }
@@ -463,8 +712,8 @@ fn refresh_from(
     {
         return Err(internal("the refresh changed the group key"));
     }
-    let share = zeroize::Zeroizing::new(output.key_package.serialize().map_err(internal)?);
-    home.replace_share(&new_wallet, &share)?;
+    home.replace_share(&new_wallet, &prepared)?;
+    home.remove_prepared_share(&wallet_id)?;
     observe(RefreshStep::DeviceCommitted);
     for session in [&mut *provider, &mut *recovery] {
         match session.call(&Request::RefreshFinalize {
@@ -483,6 +732,12 @@ fn refresh_from(
 /// and the recovery cosigner approve (each checks the credential), repair the share onto this
 /// device (deltas sealed end to end), then all three refresh to a new epoch, which makes the new
 /// device key current and revokes the old one.
+///
+/// The recovery credential wins races: its `RecoverStart` suspends the registered device key at
+/// both cosigners before anything else, so a thief holding the old phone can neither sign nor
+/// refresh from then on. Idempotent and resumable: running it again (in the same home) after a
+/// failure or a kill at any point finishes the job — a cosigner that missed a commit is rolled
+/// forward, a refresh that committed is finished from the share kept in the home.
 pub fn recover(
     home: &Home,
     provider: &mut Session,
@@ -491,38 +746,116 @@ pub fn recover(
     recovery_key: &SigningKey,
     network: Network,
 ) -> Result<WalletFile> {
-    if home.wallet(&wallet_id).is_ok() {
-        return Err(ClientError::Input(format!(
-            "this home already holds wallet {wallet_id}"
-        )));
-    }
     let device_key = home.device_key()?;
     let new_device = public_key_bytes(&device_key);
-    let info = provider_view(provider, wallet_id)?;
-    let pkp = PublicKeyPackage::<Suite>::deserialize(&info.public_key_package)
-        .map_err(|e| internal(format!("provider's public key package: {e}")))?;
-    let recovery_view = provider_view(recovery, wallet_id)?;
-    if recovery_view.public_key_package != info.public_key_package
-        || recovery_view.epoch != info.epoch
-    {
-        return Err(ClientError::Protocol(
-            cosigner_protocol::ProtocolError::Disagreement {
-                reason: "the provider and the recovery cosigner describe the wallet differently"
-                    .into(),
-            },
-        ));
-    }
-    // 1. Both cosigners check the recovery credential and register the new device key.
+    // 1. Both cosigners check the recovery credential, register the new device key as pending
+    //    and suspend the old one (again harmlessly, on a retry).
     let start = Request::RecoverStart {
         wallet_id,
         new_device_key: ByteBuf::from(new_device.clone()),
     };
+    let mut completed = true;
     for session in [&mut *provider, &mut *recovery] {
-        match authorized(session, wallet_id, KeyRole::Recovery, recovery_key, &start)? {
-            Response::RecoverApproved { epoch } if epoch == info.epoch => {}
+        match authorized_retrying(session, wallet_id, KeyRole::Recovery, recovery_key, &start)? {
+            Response::RecoverApproved { completed: c, .. } => completed &= c,
             other => return Err(unexpected("RecoverApproved", &other)),
         }
     }
+    // 2. One epoch at both cosigners; a recovery refresh of ours that committed before an
+    //    earlier run died is finished from the share this home kept.
+    let info = roll_forward(provider, recovery, wallet_id, &device_key)?;
+    let pkp = PublicKeyPackage::<Suite>::deserialize(&info.public_key_package)
+        .map_err(|e| internal(format!("provider's public key package: {e}")))?;
+    if let Ok(held) = home.wallet(&wallet_id) {
+        if let Some(done) = resume(home, provider, recovery, &held, &device_key)? {
+            return Ok(done);
+        }
+        if completed && held.epoch == info.epoch && holds_share(home, &wallet_id, &pkp) {
+            return Ok(held);
+        }
+    }
+    if completed {
+        return Err(ClientError::Input(format!(
+            "the recovery of wallet {wallet_id} onto this device key completed, but this home \
+             does not hold the new share (was it finished from another home?)"
+        )));
+    }
+    // 3. Our share at the current epoch: repaired by B and C, or kept from an earlier attempt.
+    let key_package = match home.wallet(&wallet_id) {
+        Ok(held) if held.epoch == info.epoch && holds_share(home, &wallet_id, &pkp) => {
+            let share = home.share(&wallet_id)?;
+            KeyPackage::<Suite>::deserialize(&share).map_err(internal)?
+        }
+        _ => {
+            let key_package =
+                repair_share(provider, recovery, wallet_id, &info, &pkp, &device_key)?;
+            let wallet = wallet_file(
+                wallet_id,
+                DEVICE,
+                &info.parties,
+                info.min_signers,
+                info.epoch,
+                &pkp,
+                network,
+            )?;
+            let share = zeroize::Zeroizing::new(key_package.serialize().map_err(internal)?);
+            home.replace_share(&wallet, &share)?;
+            key_package
+        }
+    };
+    // 4. Refresh to a new epoch: the old device's share goes stale, its key is revoked.
+    let wallet = home.wallet(&wallet_id)?;
+    refresh_from(
+        home,
+        provider,
+        recovery,
+        wallet,
+        &key_package,
+        &pkp,
+        &mut |_| {},
+    )
+}
+
+/// Cancels a recovery in progress at both cosigners, with the recovery credential: the pending
+/// device key is dropped and the registered device key may act again. Idempotent.
+pub fn cancel_recovery(
+    provider: &mut Session,
+    recovery: &mut Session,
+    wallet_id: WalletId,
+    recovery_key: &SigningKey,
+) -> Result<()> {
+    let cancel = Request::RecoverCancel { wallet_id };
+    for session in [provider, recovery] {
+        match authorized_retrying(session, wallet_id, KeyRole::Recovery, recovery_key, &cancel)? {
+            Response::Done => {}
+            other => return Err(unexpected("Done", &other)),
+        }
+    }
+    Ok(())
+}
+
+/// Whether this home's share of `wallet_id` belongs to `pkp` (its verifying share is there).
+fn holds_share(home: &Home, wallet_id: &WalletId, pkp: &PublicKeyPackage<Suite>) -> bool {
+    let Ok(share) = home.share(wallet_id) else {
+        return false;
+    };
+    let Ok(kp) = KeyPackage::<Suite>::deserialize(&share) else {
+        return false;
+    };
+    pkp.verifying_shares().get(kp.identifier()) == Some(kp.verifying_share())
+        && pkp.verifying_key() == kp.verifying_key()
+}
+
+/// Repair: B and C rebuild this device's share at `info.epoch`; only we can open the result, and
+/// it is checked against the public key package.
+fn repair_share(
+    provider: &mut Session,
+    recovery: &mut Session,
+    wallet_id: WalletId,
+    info: &WalletInfo,
+    pkp: &PublicKeyPackage<Suite>,
+    device_key: &SigningKey,
+) -> Result<KeyPackage<Suite>> {
     // 2. Repair: B and C rebuild our share at the current epoch; only we can open the result.
     let mut rng = rand_core::OsRng;
     let params = RepairParams {
@@ -539,7 +872,7 @@ pub fn recover(
             params: params.clone(),
             me,
         };
-        match authorized(session, wallet_id, KeyRole::Device, &device_key, &start)? {
+        match authorized_retrying(session, wallet_id, KeyRole::Device, device_key, &start)? {
             Response::RepairKey { hpke_public_key } => {
                 helper_keys.insert(me, hpke_public_key.into_vec());
             }
@@ -572,26 +905,5 @@ pub fn recover(
             other => return Err(unexpected("RepairSigma", &other)),
         }
     }
-    let key_package = participant.finish(&helper_keys, &sigmas, &pkp, info.min_signers)?;
-    // 3. Refresh to a new epoch: the old device's share goes stale, its key is revoked.
-    let wallet = wallet_file(
-        wallet_id,
-        DEVICE,
-        &info.parties,
-        info.min_signers,
-        info.epoch,
-        &pkp,
-        network,
-    )?;
-    let share = zeroize::Zeroizing::new(key_package.serialize().map_err(internal)?);
-    home.save_wallet(&wallet, &share)?;
-    refresh_from(
-        home,
-        provider,
-        recovery,
-        wallet,
-        &key_package,
-        &pkp,
-        &mut |_| {},
-    )
+    Ok(participant.finish(&helper_keys, &sigmas, pkp, info.min_signers)?)
 }

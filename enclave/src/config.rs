@@ -26,12 +26,25 @@
 //! [policy]                                     # optional: demand a refresh before signing again
 //! refresh_after_days = 90
 //! refresh_after_signatures = 10000
+//!
+//! [limits]                                     # optional: client connections (defaults shown)
+//! max_connections = 1024                       # open at once; more are closed on accept
+//! handshake_timeout_seconds = 10               # the TLS handshake must end within this
+//! idle_timeout_seconds = 300                   # a session silent (or not reading) this long ends
+//!
+//! [enrollment]                                 # optional: who may create wallets
+//! mode = "open"                                # default: anyone reaching the cosigner
+//! # mode = "token"                             # DkgStart must carry a token (docs/deployment.md)
+//! # operator_key = "02ab…"                     # signed by this key: SEC1 P-256, hex
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::server::{
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, Limits,
+};
 use crate::transport::Endpoint;
 
 /// The whole configuration.
@@ -56,6 +69,111 @@ pub struct Config {
     /// Lifecycle policy.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// Limits on client connections.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Who may create wallets.
+    #[serde(default)]
+    pub enrollment: EnrollmentConfig,
+}
+
+/// `[enrollment]`: whether creating a wallet (a `DkgStart`) needs an operator-signed enrollment
+/// token (`cosigner_protocol::enrollment`). Absent: open.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentConfig {
+    /// `"open"` (the default) or `"token"`. A string rather than an enum so that a wrong value
+    /// gets a message naming the section and the two choices.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// With `mode = "token"`: the operator's public key, SEC1 P-256 (compressed or not), hex.
+    #[serde(default)]
+    pub operator_key: Option<String>,
+}
+
+impl EnrollmentConfig {
+    /// The operator key tokens must be signed by (SEC1 compressed), or `None` when wallet
+    /// creation is open; every inconsistency is an error naming the key to fix.
+    pub fn resolve(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        match (self.mode.as_deref().unwrap_or("open"), &self.operator_key) {
+            ("open", None) => Ok(None),
+            ("open", Some(_)) => anyhow::bail!(
+                "[enrollment] operator_key is set but mode is \"open\" (the default): set mode = \
+                 \"token\" to require enrollment tokens signed by it, or remove operator_key"
+            ),
+            ("token", None) => anyhow::bail!(
+                "[enrollment] mode = \"token\" needs operator_key = \"<hex SEC1 P-256 public \
+                 key>\" (`cosigner-parent enrollment keygen` prints it)"
+            ),
+            ("token", Some(text)) => {
+                let bytes = hex::decode(text.trim()).map_err(|e| {
+                    anyhow::anyhow!("[enrollment] operator_key {text:?} is not hex: {e}")
+                })?;
+                let key = cosigner_protocol::auth::normalise_public_key(&bytes).map_err(|_| {
+                    anyhow::anyhow!(
+                        "[enrollment] operator_key {text:?} is not a SEC1 P-256 public key \
+                         (33 bytes compressed or 65 uncompressed, hex)"
+                    )
+                })?;
+                Ok(Some(key))
+            }
+            (other, _) => {
+                anyhow::bail!("[enrollment] mode = {other:?}: expected \"open\" or \"token\"")
+            }
+        }
+    }
+}
+
+/// `[limits]`: what client connections may hold of the enclave ([`Limits`]); absent keys take
+/// the defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Connections served at once (1..=65536).
+    pub max_connections: Option<usize>,
+    /// Seconds a TLS handshake may take from accept (1..=300).
+    pub handshake_timeout_seconds: Option<u64>,
+    /// Seconds a session may wait on its peer, reading or writing (1..=86400).
+    pub idle_timeout_seconds: Option<u64>,
+}
+
+impl LimitsConfig {
+    /// The limits these settings give, each checked against its range.
+    pub fn resolve(&self) -> anyhow::Result<Limits> {
+        fn in_range<T: PartialOrd + std::fmt::Display>(
+            key: &str,
+            value: T,
+            min: T,
+            max: T,
+        ) -> anyhow::Result<T> {
+            if value < min || value > max {
+                anyhow::bail!("[limits] {key} = {value}: expected {min}..={max}");
+            }
+            Ok(value)
+        }
+        let seconds = |key: &str, value: Option<u64>, default, max| match value {
+            None => Ok(default),
+            Some(s) => in_range(key, s, 1, max).map(std::time::Duration::from_secs),
+        };
+        Ok(Limits {
+            max_connections: match self.max_connections {
+                None => DEFAULT_MAX_CONNECTIONS,
+                Some(n) => in_range("max_connections", n, 1, 65_536)?,
+            },
+            handshake_timeout: seconds(
+                "handshake_timeout_seconds",
+                self.handshake_timeout_seconds,
+                DEFAULT_HANDSHAKE_TIMEOUT,
+                300,
+            )?,
+            idle_timeout: seconds(
+                "idle_timeout_seconds",
+                self.idle_timeout_seconds,
+                DEFAULT_IDLE_TIMEOUT,
+                86_400,
+            )?,
+        })
+    }
 }
 
 /// When the provider demands a share refresh before it signs again.
@@ -220,6 +338,25 @@ impl Config {
         Ok(config)
     }
 
+    /// The operator key a `DkgStart`'s enrollment token must be signed by (SEC1 compressed), or
+    /// `None` when wallet creation is open (`[enrollment]` absent or `mode = "open"`).
+    ///
+    /// Checked at [`Config::parse`]. A configuration that bypassed that check and is not plainly
+    /// open yields a key no token verifies under (the bytes given, or none), so that it fails
+    /// closed: every wallet creation is refused rather than allowed.
+    pub fn enrollment_operator_key(&self) -> Option<Vec<u8>> {
+        match self.enrollment.resolve() {
+            Ok(key) => key,
+            Err(_) => Some(
+                self.enrollment
+                    .operator_key
+                    .as_deref()
+                    .and_then(|k| hex::decode(k.trim()).ok())
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+
     /// Whether a PKCS#11 PIN is needed: a token is configured, or the local attester (whose key
     /// is on a token) is used.
     pub fn needs_pin(&self) -> bool {
@@ -228,6 +365,8 @@ impl Config {
 
     /// Cross-field checks.
     fn validate(&self) -> anyhow::Result<()> {
+        self.limits.resolve()?;
+        self.enrollment.resolve()?;
         match &self.sealer {
             SealerConfig::Pkcs11 => {
                 if self.token.is_none() {
@@ -333,6 +472,119 @@ mod tests {
             "{BASE}[sealer]\nkind = \"kms\"\nkey_id = \"{ARN}\"\nregion = \"eu-west-1\"\n\
              endpoint = \"vsock:3:8000\"\ncredentials_file = \"/run/aws.json\"\n{extra}"
         )
+    }
+
+    #[test]
+    fn limits_default_and_are_range_checked() {
+        let c = Config::parse(&format!("{BASE}{TOKEN}")).unwrap();
+        assert_eq!(c.limits.resolve().unwrap(), Limits::default());
+        let c = Config::parse(&format!(
+            "{BASE}{TOKEN}[limits]\nmax_connections = 8\nhandshake_timeout_seconds = 1\n\
+             idle_timeout_seconds = 2\n"
+        ))
+        .unwrap();
+        let limits = c.limits.resolve().unwrap();
+        assert_eq!(limits.max_connections, 8);
+        assert_eq!(limits.handshake_timeout, std::time::Duration::from_secs(1));
+        assert_eq!(limits.idle_timeout, std::time::Duration::from_secs(2));
+        for bad in [
+            "max_connections = 0",
+            "handshake_timeout_seconds = 0",
+            "handshake_timeout_seconds = 301",
+            "idle_timeout_seconds = 0",
+            "threads = 3",
+        ] {
+            let e = Config::parse(&format!("{BASE}{TOKEN}[limits]\n{bad}\n"));
+            assert!(e.is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn enrollment_is_open_by_default_and_token_mode_needs_a_valid_key() {
+        use p256::ecdsa::SigningKey;
+        let operator = SigningKey::from_bytes(&[7; 32].into()).unwrap();
+        let compressed = operator.verifying_key().to_encoded_point(true);
+        let uncompressed = operator.verifying_key().to_encoded_point(false);
+        let with = |section: &str| Config::parse(&format!("{BASE}{TOKEN}{section}"));
+
+        assert_eq!(with("").unwrap().enrollment_operator_key(), None);
+        for open in ["[enrollment]\n", "[enrollment]\nmode = \"open\"\n"] {
+            assert_eq!(
+                with(open).unwrap().enrollment_operator_key(),
+                None,
+                "{open}"
+            );
+        }
+        for key in [compressed.as_bytes(), uncompressed.as_bytes()] {
+            let c = with(&format!(
+                "[enrollment]\nmode = \"token\"\noperator_key = \"{}\"\n",
+                hex::encode(key)
+            ))
+            .unwrap();
+            assert_eq!(
+                c.enrollment_operator_key().as_deref(),
+                Some(compressed.as_bytes()),
+                "normalised to the compressed form"
+            );
+        }
+        // Other sections stay as they were beside it.
+        let c = with(&format!(
+            "[limits]\nmax_connections = 8\n[enrollment]\nmode = \"token\"\n\
+             operator_key = \"{}\"\n",
+            hex::encode(compressed.as_bytes())
+        ))
+        .unwrap();
+        assert_eq!(c.limits.resolve().unwrap().max_connections, 8);
+
+        let mut not_a_point = [0xff_u8; 33];
+        not_a_point[0] = 2;
+        for (section, why) in [
+            ("mode = \"token\"\n", "needs operator_key"),
+            ("mode = \"token\"\noperator_key = \"zz\"\n", "is not hex"),
+            (
+                &format!(
+                    "mode = \"token\"\noperator_key = \"{}\"\n",
+                    hex::encode(not_a_point)
+                ),
+                "not a SEC1 P-256 public key",
+            ),
+            (
+                &format!(
+                    "mode = \"token\"\noperator_key = \"{}\"\n",
+                    hex::encode(&compressed.as_bytes()[..32])
+                ),
+                "not a SEC1 P-256 public key",
+            ),
+            (
+                &format!(
+                    "operator_key = \"{}\"\n",
+                    hex::encode(compressed.as_bytes())
+                ),
+                "mode is \"open\"",
+            ),
+            ("mode = \"Token\"\n", "expected \"open\" or \"token\""),
+            ("mode = \"closed\"\n", "expected \"open\" or \"token\""),
+            ("mode = \"open\"\nkeys = []\n", "unknown field"),
+        ] {
+            let e = with(&format!("[enrollment]\n{section}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why), "{section}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_unchecked_token_mode_fails_closed() {
+        // Built without `parse` (deserialised directly): not plainly open means some key, and a
+        // key no token verifies under when the configured one is unusable.
+        let c: Config = toml::from_str(&format!(
+            "{BASE}{TOKEN}[enrollment]\nmode = \"token\"\noperator_key = \"zz\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.enrollment_operator_key(), Some(vec![]));
+        let c: Config =
+            toml::from_str(&format!("{BASE}{TOKEN}[enrollment]\nmode = \"tokens\"\n")).unwrap();
+        assert_eq!(c.enrollment_operator_key(), Some(vec![]));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use anyhow::Context;
 use cosigner_attestation::{AttestRequest, Attester};
 use cosigner_enclave::config::{AttesterConfig, Config, KmsSealerConfig, SealerConfig};
 use cosigner_enclave::credentials::ParentCredentials;
-use cosigner_enclave::service::anchor::{Anchor, TokenAnchor};
+use cosigner_enclave::service::anchor::{Anchor, AnchorError, TokenAnchor, Versioned};
 use cosigner_enclave::service::{RefreshPolicy, Service};
 use cosigner_enclave::store::{BlobStore, RemoteStore};
 use cosigner_enclave::{server, tls, transport};
@@ -123,14 +123,54 @@ impl UnanchoredParentStore {
 }
 
 impl Anchor for UnanchoredParentStore {
-    fn read(&self, label: &str) -> Result<Option<Vec<u8>>, String> {
-        self.0.get(&Self::key(label)).map_err(|e| e.to_string())
+    fn read(&self, label: &str) -> Result<Option<Versioned>, AnchorError> {
+        let Some(stored) = self
+            .0
+            .get(&Self::key(label))
+            .map_err(|e| AnchorError::Backend {
+                label: label.to_owned(),
+                reason: e.to_string(),
+            })?
+        else {
+            return Ok(None);
+        };
+        // 8 bytes of generation (big-endian), then the value.
+        let generation = stored
+            .get(..8)
+            .and_then(|g| <[u8; 8]>::try_from(g).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| AnchorError::Backend {
+                label: label.to_owned(),
+                reason: "stored anchor is shorter than its generation".into(),
+            })?;
+        Ok(Some(Versioned {
+            generation,
+            value: stored.get(8..).unwrap_or_default().to_vec(),
+        }))
     }
 
-    fn write(&self, label: &str, value: &[u8]) -> Result<(), String> {
+    fn write(&self, label: &str, expected: Option<u64>, value: &[u8]) -> Result<u64, AnchorError> {
+        // Not atomic against another writer of the parent's store; the service writes each wallet
+        // from one thread at a time, and the parent can rewrite this store anyway (no guarantee).
+        let found = self.read(label)?.map(|v| v.generation);
+        if found != expected {
+            return Err(AnchorError::Conflict {
+                label: label.to_owned(),
+                expected,
+                found,
+            });
+        }
+        let generation = found.map_or(0, |g| g.saturating_add(1));
         self.0
-            .put(&Self::key(label), value)
-            .map_err(|e| e.to_string())
+            .put(
+                &Self::key(label),
+                &[&generation.to_be_bytes()[..], value].concat(),
+            )
+            .map_err(|e| AnchorError::Backend {
+                label: label.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(generation)
     }
 }
 
@@ -225,5 +265,5 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
          audit key {audit_key})",
         config.listen, config.store
     );
-    server::serve(listener, tls, service)
+    server::serve(listener, tls, service, config.limits.resolve()?)
 }

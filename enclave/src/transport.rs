@@ -15,13 +15,36 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 pub use vsock::VMADDR_CID_ANY;
 use vsock::{VsockListener, VsockStream};
 
-/// A connected byte stream.
-pub trait Stream: Read + Write + Send {}
-impl<T: Read + Write + Send> Stream for T {}
+/// A connected byte stream: a socket, so its blocking calls can be bounded (the server's
+/// handshake and idle timeouts, [`crate::server::Limits`]).
+pub trait Stream: Read + Write + Send {
+    /// Bounds each blocking read (`None`: wait for ever); a read that waited this long fails with
+    /// `WouldBlock` or `TimedOut`. Zero is refused (`InvalidInput`).
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()>;
+    /// Bounds each blocking write, like [`Stream::set_read_timeout`] for reads.
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()>;
+}
+
+macro_rules! socket_stream {
+    ($t:ty) => {
+        impl Stream for $t {
+            fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+                <$t>::set_read_timeout(self, timeout)
+            }
+            fn set_write_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+                <$t>::set_write_timeout(self, timeout)
+            }
+        }
+    };
+}
+socket_stream!(UnixStream);
+socket_stream!(TcpStream);
+socket_stream!(VsockStream);
 
 /// An address the enclave listens on or connects to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -245,6 +245,7 @@ fn dkg_start(wallet_id: WalletId) -> Request {
     Request::DkgStart {
         params: params(wallet_id),
         me: PROVIDER,
+        enrollment: None,
     }
 }
 
@@ -1058,6 +1059,7 @@ fn a_wallet_where_the_service_is_a_high_numbered_party_stays_usable() {
     let start = Request::DkgStart {
         params: params.clone(),
         me: 300,
+        enrollment: None,
     };
     let provider_round1 = match h.call(&mut session, start) {
         Response::DkgRound1 { message } => message,

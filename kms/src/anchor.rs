@@ -57,17 +57,57 @@ fn read_all(
     Ok(out)
 }
 
+/// What a compare-and-swap write of an anchor did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AnchorWrite {
+    /// The new value is durable as this generation.
+    Written(u64),
+    /// Nothing was written: the newest generation on the token is `found`, not the one expected.
+    Conflict {
+        /// The newest generation found (`None`: no anchor).
+        found: Option<u64>,
+    },
+}
+
+/// Serialises anchor writes of this process. PKCS#11 has no atomic compare-and-swap on objects, so
+/// read → check → create → destroy is made atomic here; anchors are written once per state change,
+/// so one lock for all labels costs nothing measurable. Across *processes* sharing one token this
+/// lock does not help: there, one writer per wallet is a deployment rule (docs/lifecycle.md).
+static WRITE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Token {
-    /// Reads the anchor labelled `label` (its newest generation), if it exists.
-    pub fn anchor(&self, label: &str) -> Result<Option<Vec<u8>>> {
-        with_session(self, |s| Ok(read_all(s, label)?.pop().map(|(_, _, v)| v)))
+    /// Reads the anchor labelled `label`: its newest generation and value, if it exists.
+    pub fn anchor(&self, label: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        with_session(self, |s| {
+            Ok(read_all(s, label)?.pop().map(|(g, _, v)| (g, v)))
+        })
     }
 
-    /// Sets the anchor labelled `label` (a private token object), durably.
-    pub fn set_anchor(&self, label: &str, value: &[u8]) -> Result<()> {
+    /// Sets the anchor labelled `label` (a private token object) to `value`, durably, only if its
+    /// newest generation is still `expected` (`None`: no anchor yet): a compare-and-swap.
+    ///
+    /// Crash safety: the new generation is created before the older objects are destroyed, so the
+    /// anchor is never absent, and after a crash between the two the highest generation wins.
+    /// Once `C_CreateObject` succeeded the write has committed: failures to destroy older objects
+    /// after it are not reported (a concurrent cleanup may have destroyed them already,
+    /// `CKR_OBJECT_HANDLE_INVALID`); the next write destroys what is left.
+    pub fn set_anchor(
+        &self,
+        label: &str,
+        expected: Option<u64>,
+        value: &[u8],
+    ) -> Result<AnchorWrite> {
+        let _serial = WRITE_LOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         with_session(self, |s| {
             let existing = read_all(s, label)?;
-            let generation = existing.last().map_or(0, |(g, _, _)| g.saturating_add(1));
+            let found = existing.last().map(|(g, _, _)| *g);
+            if found != expected {
+                return Ok(AnchorWrite::Conflict { found });
+            }
+            let generation = found.map_or(0, |g| g.saturating_add(1));
             let mut attrs = template(label);
             attrs.push(Attribute::Private(true));
             attrs.push(Attribute::Value(
@@ -75,9 +115,11 @@ impl Token {
             ));
             s.session.create_object(&attrs).ck("C_CreateObject")?;
             for (_, handle, _) in existing {
-                s.session.destroy_object(handle).ck("C_DestroyObject")?;
+                // Committed already (see above): a stale handle or a failed destroy only leaves
+                // an older generation behind, which reads ignore and the next write removes.
+                let _ = s.session.destroy_object(handle);
             }
-            Ok(())
+            Ok(AnchorWrite::Written(generation))
         })
     }
 }

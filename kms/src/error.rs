@@ -91,6 +91,24 @@ pub enum KmsError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A key found on the token (not one this build just generated) could leave it: it is not
+    /// `CKA_SENSITIVE`, or it is `CKA_EXTRACTABLE` (PKCS#11 v2.40 Base §4.9, §4.10). It is refused
+    /// rather than used: whoever could read or wrap it out could sign or unseal without the token.
+    #[error(
+        "key {label:?} ({what}) can leave the token (CKA_SENSITIVE = {sensitive}, \
+         CKA_EXTRACTABLE = {extractable}): refusing it; replace it by a key generated on the \
+         token with CKA_SENSITIVE = true and CKA_EXTRACTABLE = false"
+    )]
+    KeyNotProtected {
+        /// The key label.
+        label: String,
+        /// Which kind of key (AES sealing key, P-384 private key).
+        what: &'static str,
+        /// Its `CKA_SENSITIVE`: must be true.
+        sensitive: bool,
+        /// Its `CKA_EXTRACTABLE`: must be false.
+        extractable: bool,
+    },
     /// The token refused the PIN (`CKR_PIN_INCORRECT`).
     #[error("the token refused the PIN")]
     BadPin,

@@ -56,6 +56,18 @@ impl KeyProtection {
     pub fn never_left_token(&self) -> bool {
         self.sensitive && !self.extractable && self.always_sensitive && self.never_extractable
     }
+
+    /// Sensitive and not extractable now: the token will neither reveal the value nor wrap it
+    /// out, and neither can be undone (`CKA_SENSITIVE` can only be set to true, `CKA_EXTRACTABLE`
+    /// only to false: PKCS#11 v2.40 Base §4.9, table 25, footnote 11).
+    ///
+    /// This is what a key *found* on the token must satisfy. `CKA_ALWAYS_SENSITIVE` and
+    /// `CKA_NEVER_EXTRACTABLE` are not required of it: a key restored into an HSM from its
+    /// vendor's wrapped backup, or unwrapped there deliberately, has them false and is still a key
+    /// that cannot leave the token from now on.
+    pub fn cannot_leave_token(&self) -> bool {
+        self.sensitive && !self.extractable
+    }
 }
 
 /// A P-384 ECDSA key pair on a token: the private half stays there, the public half is cached.
@@ -156,9 +168,9 @@ impl Token {
     }
 
     /// Finds the P-384 key pair labelled `label` (its private key, and the public key with the
-    /// same `CKA_ID`) and reads the public point. [`KmsError::KeyNotFound`] if there is none.
-    ///
-    /// This does not check how the key is protected: call [`P384SigningKey::protection`] for that.
+    /// same `CKA_ID`) and reads the public point. [`KmsError::KeyNotFound`] if there is none,
+    /// [`KmsError::KeyNotProtected`] if the private key is not sensitive or is extractable (see
+    /// [`KeyProtection::cannot_leave_token`]; [`P384SigningKey::protection`] tells the rest).
     pub fn p384_signing_key(&self, label: &str) -> Result<P384SigningKey> {
         check_key_label(label)?;
         with_session(self, |ts| {
@@ -191,6 +203,7 @@ impl Token {
             if params.as_deref() != Some(&P384_EC_PARAMS[..]) {
                 return Err(wrong("not a key on secp384r1 (CKA_EC_PARAMS)"));
             }
+            require_protected(ts, private, label, "P-384 private key")?;
             let public_template = [
                 Attribute::Class(ObjectClass::PUBLIC_KEY),
                 Attribute::KeyType(KeyType::EC),
@@ -395,6 +408,28 @@ fn read_public_point(
             reason: "public key has no CKA_EC_POINT".into(),
         })?;
     Ok(normalise_p384_ec_point(&raw)?)
+}
+
+/// Refuses a key found on the token that could leave it ([`KeyProtection::cannot_leave_token`]),
+/// with [`KmsError::KeyNotProtected`]. Every lookup of an existing key calls it before the key is
+/// used: a key imported by hand, or made by another tool with the PKCS#11 defaults (which leave
+/// `CKA_EXTRACTABLE` to the token, and SoftHSM makes it true), must not seal or sign.
+pub(crate) fn require_protected(
+    ts: &ThreadSession,
+    key: ObjectHandle,
+    label: &str,
+    what: &'static str,
+) -> std::result::Result<(), Fail> {
+    let p = read_protection(ts, key, what)?;
+    if p.cannot_leave_token() {
+        return Ok(());
+    }
+    Err(Fail::Kms(KmsError::KeyNotProtected {
+        label: label.to_owned(),
+        what,
+        sensitive: p.sensitive,
+        extractable: p.extractable,
+    }))
 }
 
 /// Reads a key's protection attributes (`what` names the key in errors). Shared by every key kind.

@@ -17,6 +17,19 @@
 //! # `crate::mailbox`). Absent: no mailbox. Must differ from `listen`.
 //! mailbox_listen = "0.0.0.0:7002"
 //!
+//! # Optional: the mailbox's retention, per-sender quotas and TLS (see `crate::mailbox`); the
+//! # defaults are shown. A quota with which one sender could hold more than an eighth of the
+//! # mailbox's global caps within the retention is refused.
+//! [mailbox]
+//! retention_seconds = 86400                 # envelopes older than this are deleted
+//! quota_window_seconds = 86400              # each sender's counts start again after this
+//! quota_messages = 4096                     # envelopes per sender (signing key) and window
+//! quota_bytes = 67108864                    # envelope bytes per sender and window
+//! quota_topics = 256                        # topics a sender may found per window
+//! quota_exempt = []                         # e.g. your provider's audit key (hex), see docs
+//! # tls_certificate = "mailbox.crt"         # PEM; both made at first start when absent;
+//! # tls_key = "mailbox.key"                 # members pin tls://HOST:PORT#sha256:HEX
+//!
 //! # Optional: outbound proxies for the enclave (see `crate::proxy`). Every `to` must be
 //! # allowed by a rule here; `*` is exactly one DNS label, never in the last two.
 //! proxy_allow = ["kms.*.amazonaws.com:443"]
@@ -31,6 +44,13 @@
 //! source = "imds"                           # the instance role (IMDSv2); or "env", or "file"
 //! # role = "cosigner-parent"                # default: the one role IMDS lists
 //! # path = "/etc/cosigner/aws.json"         # source = "file": IMDS-format JSON, re-read each time
+//!
+//! # Optional: limits on the client listener (`listen`) against connection floods; the
+//! # defaults are shown (see `crate::server`, "Limits").
+//! [client_limits]
+//! max_connections_per_source = 32           # open at once from one IPv4 address or IPv6 /64
+//! handshake_timeout_seconds = 10            # a client must send its first bytes within this
+//! idle_timeout_seconds = 120                # a relayed connection silent both ways is closed
 //! ```
 //!
 //! [`Config::load`] resolves relative paths against the directory of the configuration file, so a
@@ -41,11 +61,13 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::aws_credentials::{AwsCredentialsConfig, RawAwsCredentials};
 use crate::error::{ParentError, Result};
+use crate::mailbox::{MailboxConfig, RawMailboxConfig};
 use crate::proxy::{AllowRule, DEFAULT_PROXY_CONNECTIONS, Destination, Inbound, ProxyConfig};
 use crate::server::MAX_CONNECTIONS;
 
@@ -67,12 +89,59 @@ pub struct Config {
     pub database: PathBuf,
     /// TCP address of the members' mailbox, if it is served (port 0: any free port).
     pub mailbox_listen: Option<SocketAddr>,
+    /// The mailbox's retention, quotas and TLS (`[mailbox]`).
+    pub mailbox: MailboxConfig,
     /// Destinations proxies may have.
     pub proxy_allow: Vec<AllowRule>,
     /// Outbound proxies, each checked against `proxy_allow` (at load and again at start).
     pub proxies: Vec<ProxyConfig>,
     /// Where the AWS credentials handed to the enclave come from; `None`: none are served.
     pub aws_credentials: Option<AwsCredentialsConfig>,
+    /// Per-source quota and timeouts of the client listener (`[client_limits]`).
+    pub client_limits: ClientLimits,
+}
+
+/// Default of `max_connections_per_source`.
+pub const DEFAULT_CONNECTIONS_PER_SOURCE: usize = 32;
+/// Largest `max_connections_per_source`: a quarter of the global cap, so that no single source
+/// can take the client listener's slots from everyone else.
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = MAX_CONNECTIONS / 4;
+/// Default of `handshake_timeout_seconds`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest `handshake_timeout_seconds` (a client's TLS hello is its first action: minutes would
+/// only serve a flood).
+pub const MAX_HANDSHAKE_TIMEOUT_SECONDS: u64 = 300;
+/// Default of `idle_timeout_seconds`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Largest `idle_timeout_seconds` (a day).
+pub const MAX_IDLE_TIMEOUT_SECONDS: u64 = 86_400;
+
+/// What a client connection may hold of the parent: `[client_limits]`.
+///
+/// The global cap ([`MAX_CONNECTIONS`]) alone let anyone who can open TCP connections take every
+/// slot with idle sockets; the per-source quota makes that take many addresses, and the timeouts
+/// make every slot come back on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Client connections open at once from one source: an IPv4 address, or an IPv6 /64 (one
+    /// host usually has a whole /64, so counting IPv6 addresses singly would bound nothing).
+    pub max_connections_per_source: usize,
+    /// A client must send its first bytes (its TLS hello) within this after connecting; until it
+    /// does, the parent does not connect it to the enclave.
+    pub handshake_timeout: Duration,
+    /// A relayed connection over which no byte moved either way for this long is closed; a
+    /// write that cannot progress for this long (a peer that does not read) closes it too.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            max_connections_per_source: DEFAULT_CONNECTIONS_PER_SOURCE,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// The file as written: strings, checked into [`Config`] afterwards for precise messages.
@@ -88,11 +157,81 @@ struct RawConfig {
     #[serde(default)]
     mailbox_listen: Option<String>,
     #[serde(default)]
+    mailbox: RawMailboxConfig,
+    #[serde(default)]
     proxy_allow: Vec<String>,
     #[serde(default)]
     proxy: Vec<RawProxy>,
     #[serde(default)]
     aws_credentials: Option<RawAwsCredentials>,
+    #[serde(default)]
+    client_limits: RawClientLimits,
+}
+
+/// `[client_limits]` as written; absent keys take the defaults of [`ClientLimits`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientLimits {
+    max_connections_per_source: Option<usize>,
+    handshake_timeout_seconds: Option<u64>,
+    idle_timeout_seconds: Option<u64>,
+}
+
+impl RawClientLimits {
+    /// Each value in range; a missing one is the default.
+    fn check(self) -> Result<ClientLimits> {
+        let defaults = ClientLimits::default();
+        let max_connections_per_source = match self.max_connections_per_source {
+            None => defaults.max_connections_per_source,
+            Some(n) => in_range(
+                "client_limits.max_connections_per_source",
+                n,
+                1,
+                MAX_CONNECTIONS_PER_SOURCE,
+                "a quarter of the global cap, so that one source cannot fill it",
+            )?,
+        };
+        let seconds = |field, value: Option<u64>, default: Duration, max, why| match value {
+            None => Ok(default),
+            Some(s) => in_range(field, s, 1, max, why).map(Duration::from_secs),
+        };
+        Ok(ClientLimits {
+            max_connections_per_source,
+            handshake_timeout: seconds(
+                "client_limits.handshake_timeout_seconds",
+                self.handshake_timeout_seconds,
+                defaults.handshake_timeout,
+                MAX_HANDSHAKE_TIMEOUT_SECONDS,
+                "a client sends its TLS hello at once; longer only serves a flood",
+            )?,
+            idle_timeout: seconds(
+                "client_limits.idle_timeout_seconds",
+                self.idle_timeout_seconds,
+                defaults.idle_timeout,
+                MAX_IDLE_TIMEOUT_SECONDS,
+                "at most a day",
+            )?,
+        })
+    }
+}
+
+/// `value` if it is in `min..=max`, else [`ParentError::InvalidLimit`] saying why `max` is the
+/// largest.
+fn in_range<T: PartialOrd + fmt::Display + Copy>(
+    field: &'static str,
+    value: T,
+    min: T,
+    max: T,
+    why_max: &str,
+) -> Result<T> {
+    if value < min || value > max {
+        return Err(ParentError::InvalidLimit {
+            field,
+            value: value.to_string(),
+            reason: format!("expected {min}..={max}: {why_max}"),
+        });
+    }
+    Ok(value)
 }
 
 /// One `[[proxy]]` as written.
@@ -187,6 +326,10 @@ impl Config {
         }
         if let Some(AwsCredentialsConfig::File(p)) = &mut config.aws_credentials {
             resolve(p);
+        }
+        if let Some(tls) = &mut config.mailbox.tls {
+            resolve(&mut tls.certificate);
+            resolve(&mut tls.key);
         }
         // Resolution may have made a socket path too long.
         check_socket_path(
@@ -291,12 +434,14 @@ impl Config {
             store_vsock_port: raw.store_vsock_port,
             database: PathBuf::from(raw.database),
             mailbox_listen,
+            mailbox: raw.mailbox.check()?,
             proxy_allow,
             proxies,
             aws_credentials: raw
                 .aws_credentials
                 .map(RawAwsCredentials::check)
                 .transpose()?,
+            client_limits: raw.client_limits.check()?,
         };
         config.check_listeners()?;
         Ok(config)
@@ -472,5 +617,47 @@ mod tests {
         ] {
             assert!(bad.parse::<EnclaveAddr>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    const BASE: &str = "listen = \"127.0.0.1:0\"\nenclave = \"unix:/e.sock\"\n\
+                        store_socket = \"/s.sock\"\ndatabase = \"/d.db\"\n";
+
+    #[test]
+    fn client_limits_default_and_are_range_checked() {
+        let c = Config::from_toml(BASE).unwrap();
+        assert_eq!(c.client_limits, ClientLimits::default());
+        assert_eq!(c.client_limits.max_connections_per_source, 32);
+        assert_eq!(c.client_limits.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.client_limits.idle_timeout, Duration::from_secs(120));
+        let c = Config::from_toml(&format!(
+            "{BASE}[client_limits]\nmax_connections_per_source = 4\n\
+             handshake_timeout_seconds = 1\nidle_timeout_seconds = 30\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.client_limits,
+            ClientLimits {
+                max_connections_per_source: 4,
+                handshake_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(30),
+            }
+        );
+        for (bad, field) in [
+            ("max_connections_per_source = 0", "max_connections_per_source"),
+            ("max_connections_per_source = 257", "max_connections_per_source"),
+            ("handshake_timeout_seconds = 0", "handshake_timeout_seconds"),
+            ("handshake_timeout_seconds = 301", "handshake_timeout_seconds"),
+            ("idle_timeout_seconds = 0", "idle_timeout_seconds"),
+            ("idle_timeout_seconds = 86401", "idle_timeout_seconds"),
+        ] {
+            let e = Config::from_toml(&format!("{BASE}[client_limits]\n{bad}\n")).unwrap_err();
+            assert!(
+                matches!(e, ParentError::InvalidLimit { .. }) && e.to_string().contains(field),
+                "{bad}: {e}"
+            );
+        }
+        let e = Config::from_toml(&format!("{BASE}[client_limits]\nmax_connections = 5\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
     }
 }

@@ -33,6 +33,16 @@ pub enum ParentError {
         /// What is wrong and what is expected.
         reason: String,
     },
+    /// A configured limit (a count, a timeout) is out of its range.
+    #[error("invalid `{field}` {value}: {reason}")]
+    InvalidLimit {
+        /// The configuration field.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// The range accepted and why.
+        reason: String,
+    },
     /// A proxy's destination is not allowed by the configuration's `proxy_allow`.
     #[error("proxy destination {to:?} is not in proxy_allow {allow}")]
     ProxyNotAllowed {
@@ -66,6 +76,39 @@ pub enum ParentError {
         what: &'static str,
         /// The cap.
         max: u64,
+    },
+    /// The mailbox refuses a post or a read for who sends it: a sender or reader that is not one
+    /// of the topic's members, a read without a member's proof, a founding post naming no members.
+    #[error("mailbox refuses: {reason}")]
+    MailboxForbidden {
+        /// What is missing or whom the topic does not admit.
+        reason: String,
+    },
+    /// A sender (the key that signed an envelope) has used up its mailbox quota for the current
+    /// window; other senders are not affected.
+    #[error(
+        "mailbox quota of sender {sender} is used up: {what} (at most {max} per \
+         {window_secs} s; this window ends in {retry_after_secs} s)"
+    )]
+    QuotaExceeded {
+        /// The sender's key (hex, SEC1 compressed).
+        sender: String,
+        /// Which quota: envelopes, envelope bytes or topics founded.
+        what: &'static str,
+        /// The quota.
+        max: u64,
+        /// The window's length in seconds.
+        window_secs: u64,
+        /// Seconds until the window ends and the quota is whole again.
+        retry_after_secs: u64,
+    },
+    /// The mailbox's TLS certificate or key cannot be made, read or used.
+    #[error("mailbox TLS {what}: {reason}")]
+    MailboxTls {
+        /// What the parent was doing (names the file).
+        what: String,
+        /// What failed.
+        reason: String,
     },
     /// SQLite failed.
     #[error("database {operation} failed: {reason}")]

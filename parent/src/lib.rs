@@ -17,6 +17,7 @@
 pub mod audit;
 pub mod aws_credentials;
 pub mod config;
+pub mod enrollment;
 mod error;
 pub mod image;
 pub mod mailbox;

@@ -37,6 +37,9 @@ enum Command {
     /// The reproducible enclave image: ramdisks, EIF, PCRs (see docs/nitro.md).
     #[command(subcommand)]
     Image(cosigner_parent::image::cli::ImageCommand),
+    /// Wallet enrollment: the operator key and the tokens it signs (docs/deployment.md).
+    #[command(subcommand)]
+    Enrollment(cosigner_parent::enrollment::EnrollmentCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,13 +84,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.store_socket.display(),
                 config.database.display()
             );
+            // The certificate exists once the parent started (made then if absent).
+            let certificate = config.mailbox.tls.as_ref().map(|t| t.certificate.clone());
             let running = Parent::new(config)
                 .and_then(Parent::start)
                 .context("starting")?;
-            let mailbox = running
-                .mailbox_addr()
-                .map(|a| format!("; mailbox on {a}"))
-                .unwrap_or_default();
+            let mailbox = match (running.mailbox_addr(), certificate) {
+                (Some(a), Some(cert)) => {
+                    let pin = cosigner_parent::mailbox::certificate_pin(&cert)?;
+                    format!("; mailbox on tls://{a}#{pin}")
+                }
+                (Some(a), None) => format!("; mailbox on {a}"),
+                (None, _) => String::new(),
+            };
             eprintln!(
                 "cosigner-parent: {summary}; listening on {}{mailbox}",
                 running.client_addr()
@@ -96,6 +105,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Image(command) => cosigner_parent::image::cli::run(command),
+        Command::Enrollment(command) => cosigner_parent::enrollment::run(command),
         Command::Audit(AuditCommand::Verify { database, key }) => {
             let report = cosigner_parent::audit::verify_database(&database, &key)?;
             println!(

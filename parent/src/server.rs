@@ -12,14 +12,25 @@
 //! on accept (a flood cannot exhaust the parent's threads). Unix sockets are created mode 0600:
 //! only the parent's user (the enclave host's) can reach the store or a proxy.
 //!
+//! The client listener is open to anyone, so the global cap alone would let one host take every
+//! slot with idle sockets (issue 10). Its `[client_limits]` ([`crate::config::ClientLimits`]) add:
+//! a per-source quota (an IPv4 address, or an IPv6 /64), checked on accept together with the cap,
+//! so that filling the cap takes many sources; a handshake timeout: a client must send its first
+//! bytes within it, and only then is it connected to the enclave (an idle socket never costs the
+//! enclave anything); and an idle timeout on the relay ([`crate::relay::relay_idle`]). So every
+//! slot a silent client takes comes back by itself. Refusals cost an accept and a close, and are
+//! logged in aggregate ([`LimitLog`]: at most one line per second per listener, with counts), never
+//! one line per connection.
+//!
 //! Shutdown ([`RunningParent::shutdown`], or dropping it): the accept loops are woken (they poll
 //! their listener together with a stop signal, which works for vsock listeners too, where
 //! connecting to oneself does not), every open connection is shut down, all threads are joined,
 //! and the unix socket files are removed if they are still ours.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -27,18 +38,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vsock::{VMADDR_CID_ANY, VsockListener, VsockStream};
 
 use crate::aws_credentials::CredentialsProvider;
-use crate::config::{Config, EnclaveAddr};
+use crate::config::{ClientLimits, Config, EnclaveAddr};
 use crate::error::{ParentError, Result};
 use crate::mailbox::{MailboxListener, MailboxStore, is_ordinary_end, serve_mailbox};
 use crate::proxy::{self, Destination, Inbound};
-use crate::relay::{Conn, Io, Listen, relay};
+use crate::relay::{Conn, Io, Listen, is_idle_timeout, is_timeout, relay, relay_idle};
 use crate::store::{SqliteStore, Store};
 use crate::store_server::serve_store_with;
 
@@ -49,6 +60,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest an accept loop sleeps in `poll` before it looks at the stop flag again (the stop
 /// signal normally wakes it at once; this only bounds a lost wake-up).
 const POLL_INTERVAL_MS: u16 = 500;
+/// At most one line per listener per this long about connections refused or closed by a limit.
+const LIMIT_LOG_INTERVAL: Duration = Duration::from_secs(1);
+/// Most bytes taken from a client before the enclave is connected (its first read).
+const FIRST_READ: usize = 4096;
 
 /// A parent ready to start: its configuration and its store.
 pub struct Parent {
@@ -63,7 +78,7 @@ impl Parent {
     pub fn new(config: Config) -> Result<Parent> {
         let store = SqliteStore::open(&config.database)?;
         let mailbox = match config.mailbox_listen {
-            Some(_) => Some(Arc::new(MailboxStore::open(&config.database)?)),
+            Some(_) => Some(Arc::new(MailboxStore::open_for(&config)?)),
             None => None,
         };
         Ok(Parent {
@@ -131,9 +146,14 @@ impl Parent {
         };
         let mut loops: Vec<Loop> = vec![Loop {
             name: "parent-accept-tcp".into(),
+            what: format!("client listener {client_addr}"),
             listener: nonblocking(Box::new(tcp), &config.listen.to_string())?,
             max: MAX_CONNECTIONS,
-            handler: Handler::Relay(config.enclave.clone()),
+            per_source: Some(config.client_limits.max_connections_per_source),
+            handler: Handler::Relay {
+                enclave: config.enclave.clone(),
+                limits: config.client_limits,
+            },
         }];
         let credentials = config
             .aws_credentials
@@ -142,7 +162,7 @@ impl Parent {
         if let Some(addr) = config.mailbox_listen {
             let mailbox = match mailbox {
                 Some(m) => m,
-                None => Arc::new(MailboxStore::open(&config.database)?),
+                None => Arc::new(MailboxStore::open_for(&config)?),
             };
             let tcp = TcpListener::bind(addr)
                 .map_err(|e| ParentError::io(format!("binding the mailbox on {addr}"), &e))?;
@@ -152,16 +172,20 @@ impl Parent {
             );
             loops.push(Loop {
                 name: "parent-accept-mailbox".into(),
+                what: format!("mailbox listener {addr}"),
                 listener: nonblocking(Box::new(MailboxListener(tcp)), &addr.to_string())?,
                 max: MAX_CONNECTIONS,
+                per_source: None,
                 handler: Handler::Mailbox(mailbox),
             });
         }
         let unix = running.bind_unix(&config.store_socket)?;
         loops.push(Loop {
             name: "parent-accept-store".into(),
+            what: format!("store listener {}", config.store_socket.display()),
             listener: nonblocking(Box::new(unix), &config.store_socket.display().to_string())?,
             max: MAX_CONNECTIONS,
+            per_source: None,
             handler: Handler::Store(Arc::clone(&store), credentials.clone()),
         });
         if let Some(port) = config.store_vsock_port {
@@ -170,7 +194,9 @@ impl Parent {
             loops.push(Loop {
                 name: "parent-accept-store-vsock".into(),
                 listener: nonblocking(Box::new(listener), &what)?,
+                what,
                 max: MAX_CONNECTIONS,
+                per_source: None,
                 handler: Handler::Store(Arc::clone(&store), credentials.clone()),
             });
         }
@@ -184,8 +210,10 @@ impl Parent {
             };
             loops.push(Loop {
                 name: format!("parent-accept-proxy-{i}"),
+                what: format!("proxy {} -> {}", p.listen, p.to),
                 listener: nonblocking(listener, &p.listen.to_string())?,
                 max: p.max_connections,
+                per_source: None,
                 handler: Handler::Proxy {
                     listen: p.listen.clone(),
                     to: p.to.clone(),
@@ -318,6 +346,9 @@ struct Conns {
     open: HashMap<u64, Vec<Conn>>,
     /// Open connections per listener (index: the listener's slot).
     per_listener: Vec<usize>,
+    /// Open connections per (listener slot, source), on listeners with a per-source quota; a
+    /// source's entry goes with its last connection, so this holds at most one per open one.
+    per_source: HashMap<(usize, Source), usize>,
     /// Connection threads not yet joined.
     threads: Vec<JoinHandle<()>>,
 }
@@ -346,17 +377,75 @@ impl Shared {
     }
 }
 
+impl Conns {
+    /// Forgets connection `id` of listener `slot` (from `source`, if it is counted per source).
+    fn release(&mut self, id: u64, slot: usize, source: Option<Source>) {
+        self.open.remove(&id);
+        if let Some(count) = self.per_listener.get_mut(slot) {
+            *count = count.saturating_sub(1);
+        }
+        if let Some(source) = source
+            && let Some(count) = self.per_source.get_mut(&(slot, source))
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_source.remove(&(slot, source));
+            }
+        }
+    }
+}
+
+/// Where a client connection comes from, for the per-source quota: an IPv4 address, or the /64
+/// an IPv6 address is in (a host is usually given a whole /64, so single IPv6 addresses would be
+/// free for the taking). IPv4-mapped IPv6 addresses (a listener on `[::]`) count as IPv4.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    V4(Ipv4Addr),
+    /// The address's upper 64 bits.
+    V6(u64),
+}
+
+impl Source {
+    fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::V4(v4),
+                None => Self::V6(u64::try_from(u128::from(v6) >> 64).unwrap_or(u64::MAX)),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::V4(v4) => write!(f, "{v4}"),
+            Self::V6(prefix) => write!(f, "{}/64", Ipv6Addr::from(u128::from(*prefix) << 64)),
+        }
+    }
+}
+
 /// One listener and what its connections are for.
 struct Loop {
+    /// Its thread's name.
     name: String,
+    /// What it is, for the log.
+    what: String,
     listener: Box<dyn Listen>,
+    /// Connections open at once on it.
     max: usize,
+    /// Connections open at once from one [`Source`] (listeners whose peers have an IP address).
+    per_source: Option<usize>,
     handler: Handler,
 }
 
 enum Handler {
-    /// Relay clients to the enclave.
-    Relay(EnclaveAddr),
+    /// Relay clients to the enclave, within the client limits' timeouts.
+    Relay {
+        enclave: EnclaveAddr,
+        limits: ClientLimits,
+    },
     /// Serve the enclave's store requests (and its AWS credentials, if configured).
     Store(Arc<dyn Store>, Option<Arc<CredentialsProvider>>),
     /// Relay the enclave to a fixed outside destination.
@@ -366,9 +455,9 @@ enum Handler {
 }
 
 impl Handler {
-    fn serve(&self, id: u64, conn: &Conn, shared: &Shared) {
+    fn serve(&self, id: u64, conn: &Conn, shared: &Shared, peer: Peer<'_>) {
         match self {
-            Handler::Relay(enclave) => relay_one(id, conn, enclave, shared),
+            Handler::Relay { enclave, limits } => relay_one(id, conn, enclave, limits, shared, peer),
             Handler::Store(store, credentials) => {
                 if let Err(e) =
                     serve_store_with(Io(&**conn), store.as_ref(), credentials.as_deref())
@@ -388,8 +477,20 @@ impl Handler {
     }
 }
 
+/// A connection's source (if counted) and its listener's [`LimitLog`].
+#[derive(Clone, Copy)]
+struct Peer<'a> {
+    source: Option<Source>,
+    log: &'a LimitLog,
+}
+
 /// Waits for connections on `l` until shutdown, handing each to a connection thread.
 fn accept_loop(l: Loop, slot: usize, shared: &Arc<Shared>) {
+    let timeouts = match &l.handler {
+        Handler::Relay { limits, .. } => Some(*limits),
+        _ => None,
+    };
+    let log = Arc::new(LimitLog::new(l.what.clone(), l.max, l.per_source, timeouts));
     let handler = Arc::new(l.handler);
     loop {
         if shared.stopping() {
@@ -406,16 +507,38 @@ fn accept_loop(l: Loop, slot: usize, shared: &Arc<Shared>) {
                 continue;
             }
         }
+        // The poll wakes at least every POLL_INTERVAL_MS: counts noted since the last line go
+        // out within about a second even when the flood has stopped.
+        log.flush_if_due();
         if shared.stopping() {
             return;
         }
-        match l.listener.accept() {
-            Ok(conn) => {
+        match l.listener.accept_from() {
+            Ok((conn, ip)) => {
+                let source = l.per_source.and(ip.map(Source::of));
                 let handler = Arc::clone(&handler);
                 let conn_shared = Arc::clone(shared);
-                spawn_connection(shared, slot, l.max, &conn, move |id, conn| {
-                    handler.serve(id, conn, &conn_shared);
-                });
+                let conn_log = Arc::clone(&log);
+                let admitted = spawn_connection(
+                    shared,
+                    slot,
+                    (l.max, l.per_source),
+                    source,
+                    &conn,
+                    move |id, conn| {
+                        let peer = Peer {
+                            source,
+                            log: &conn_log,
+                        };
+                        handler.serve(id, conn, &conn_shared, peer);
+                    },
+                );
+                // A refused connection is closed here, when `conn` goes: nothing was read.
+                match admitted {
+                    Ok(()) | Err(Refused::Stopping) => {}
+                    Err(Refused::Cap) => log.note(Limited::Cap, source),
+                    Err(Refused::SourceQuota) => log.note(Limited::SourceQuota, source),
+                }
             }
             Err(e)
                 if matches!(
@@ -427,31 +550,53 @@ fn accept_loop(l: Loop, slot: usize, shared: &Arc<Shared>) {
     }
 }
 
+/// Why [`spawn_connection`] did not take a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// The parent is shutting down (or the connection thread could not be started).
+    Stopping,
+    /// Its listener has its maximum open.
+    Cap,
+    /// Its source has its quota open on this listener.
+    SourceQuota,
+}
+
 /// Registers a connection and runs `body` for it on a thread of its own; the connection is
-/// dropped (closed) instead when stopping or when its listener has `max` open already.
+/// refused instead (the caller drops, so closes, it) when stopping, when its source has
+/// `per_source` open on this listener already, or when the listener has `max` open.
 fn spawn_connection(
     shared: &Arc<Shared>,
     slot: usize,
-    max: usize,
+    (max, per_source): (usize, Option<usize>),
+    source: Option<Source>,
     conn: &Conn,
     body: impl FnOnce(u64, &Conn) + Send + 'static,
-) {
+) -> std::result::Result<(), Refused> {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let mut conns = shared.conns();
     if shared.stopping() {
-        return;
+        return Err(Refused::Stopping);
     }
     conns.threads.retain(|t| !t.is_finished());
-    let Some(count) = conns.per_listener.get_mut(slot) else {
-        return;
+    let Some(&open) = conns.per_listener.get(slot) else {
+        return Err(Refused::Stopping);
     };
-    if *count >= max {
-        log(&format!(
-            "refusing a connection: {max} connections already open on this listener"
-        ));
-        return;
+    // The quota first: when one source floods, its refusals are named as such, and refusals at
+    // the cap then mean many sources.
+    if let (Some(quota), Some(source)) = (per_source, source)
+        && conns.per_source.get(&(slot, source)).copied().unwrap_or(0) >= quota
+    {
+        return Err(Refused::SourceQuota);
     }
-    *count += 1;
+    if open >= max {
+        return Err(Refused::Cap);
+    }
+    if let Some(count) = conns.per_listener.get_mut(slot) {
+        *count += 1;
+    }
+    if let Some(source) = source {
+        *conns.per_source.entry((slot, source)).or_insert(0) += 1;
+    }
     conns.open.insert(id, vec![Arc::clone(conn)]);
     let done = Arc::clone(shared);
     let mine = Arc::clone(conn);
@@ -461,26 +606,181 @@ fn spawn_connection(
             body(id, &mine);
             // Close now, not when the registry's clone goes: the peer must see the end.
             let _ = mine.shutdown(std::net::Shutdown::Both);
-            let mut conns = done.conns();
-            conns.open.remove(&id);
-            if let Some(count) = conns.per_listener.get_mut(slot) {
-                *count = count.saturating_sub(1);
-            }
+            done.conns().release(id, slot, source);
         });
     match thread {
-        Ok(t) => conns.threads.push(t),
+        Ok(t) => {
+            conns.threads.push(t);
+            Ok(())
+        }
         Err(e) => {
             log(&format!("cannot spawn a connection thread: {e}"));
-            conns.open.remove(&id);
-            if let Some(count) = conns.per_listener.get_mut(slot) {
-                *count = count.saturating_sub(1);
-            }
+            conns.release(id, slot, source);
+            Err(Refused::Stopping)
         }
     }
 }
 
-/// Connects a client to the enclave and relays until both are done.
-fn relay_one(id: u64, client: &Conn, enclave: &EnclaveAddr, shared: &Shared) {
+/// What a limit did to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Limited {
+    /// Refused on accept: the source had its quota open.
+    SourceQuota,
+    /// Refused on accept: the listener had its maximum open.
+    Cap,
+    /// Closed: no first bytes within the handshake timeout.
+    Handshake,
+    /// Closed: nothing moved either way for the idle timeout.
+    Idle,
+}
+
+/// Counts the connections a listener's limits refused or closed, and reports them on one line at
+/// most every [`LIMIT_LOG_INTERVAL`]: the first after a quiet second at once, the rest of a burst
+/// as counts (from the next event or the accept loop's next wake-up). In a flood a line per
+/// connection would cost more than the refusal and bury every other line.
+struct LimitLog {
+    what: String,
+    max: usize,
+    per_source: Option<usize>,
+    timeouts: Option<ClientLimits>,
+    state: Mutex<LimitLogState>,
+}
+
+#[derive(Default)]
+struct LimitLogState {
+    /// When the last line went out.
+    last_line: Option<Instant>,
+    /// When the first event not yet reported happened.
+    first_pending: Option<Instant>,
+    counts: BTreeMap<Limited, u64>,
+    /// The latest source counted, to name in the line.
+    latest: Option<Source>,
+}
+
+impl LimitLog {
+    fn new(
+        what: String,
+        max: usize,
+        per_source: Option<usize>,
+        timeouts: Option<ClientLimits>,
+    ) -> Self {
+        Self {
+            what,
+            max,
+            per_source,
+            timeouts,
+            state: Mutex::new(LimitLogState::default()),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, LimitLogState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts one connection `what` did something to (from `source`, if known).
+    fn note(&self, what: Limited, source: Option<Source>) {
+        let now = Instant::now();
+        let mut state = self.state();
+        *state.counts.entry(what).or_insert(0) += 1;
+        state.first_pending.get_or_insert(now);
+        if source.is_some() {
+            state.latest = source;
+        }
+        self.flush(&mut state, now);
+    }
+
+    /// Writes the pending counts if the last line is old enough.
+    fn flush_if_due(&self) {
+        let mut state = self.state();
+        self.flush(&mut state, Instant::now());
+    }
+
+    fn flush(&self, state: &mut LimitLogState, now: Instant) {
+        if state.counts.is_empty()
+            || state
+                .last_line
+                .is_some_and(|t| now.duration_since(t) < LIMIT_LOG_INTERVAL)
+        {
+            return;
+        }
+        let parts: Vec<String> = state
+            .counts
+            .iter()
+            .map(|(limited, n)| self.describe(*limited, *n))
+            .collect();
+        let mut line = format!("{}: {}", self.what, parts.join(", "));
+        if let Some(source) = state.latest {
+            line.push_str(&format!(" (latest from {source})"));
+        }
+        if let Some(first) = state.first_pending {
+            let span = now.duration_since(first);
+            if span >= Duration::from_millis(100) {
+                line.push_str(&format!(" in the last {:.1} s", span.as_secs_f64()));
+            }
+        }
+        *state = LimitLogState {
+            last_line: Some(now),
+            ..LimitLogState::default()
+        };
+        log(&line);
+    }
+
+    fn describe(&self, limited: Limited, n: u64) -> String {
+        let s = if n == 1 { "" } else { "s" };
+        let secs = |f: fn(&ClientLimits) -> Duration| {
+            self.timeouts
+                .map(|t| format!(" {} s", f(&t).as_secs()))
+                .unwrap_or_default()
+        };
+        match limited {
+            Limited::SourceQuota => format!(
+                "refused {n} connection{s} over the per-source quota{}",
+                self.per_source
+                    .map(|q| format!(" of {q}"))
+                    .unwrap_or_default()
+            ),
+            Limited::Cap => format!(
+                "refused {n} connection{s} at the cap of {} open connections",
+                self.max
+            ),
+            Limited::Handshake => format!(
+                "closed {n} connection{s} that sent nothing within the handshake timeout{}",
+                secs(|t| t.handshake_timeout)
+            ),
+            Limited::Idle => format!(
+                "closed {n} connection{s} idle for the idle timeout{}",
+                secs(|t| t.idle_timeout)
+            ),
+        }
+    }
+}
+
+/// Waits for the client's first bytes, then connects it to the enclave and relays until both
+/// are done or the connection has been idle for the idle timeout.
+fn relay_one(
+    id: u64,
+    client: &Conn,
+    enclave: &EnclaveAddr,
+    limits: &ClientLimits,
+    shared: &Shared,
+    peer: Peer<'_>,
+) {
+    // The enclave is connected only once the client has spoken (TLS: its hello): a socket that
+    // says nothing costs the enclave nothing, and gives its slot here back after the timeout.
+    let first = match first_bytes(client, limits.handshake_timeout) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return,
+        Err(e) if is_timeout(&e) => {
+            peer.log.note(Limited::Handshake, peer.source);
+            return;
+        }
+        Err(e) => {
+            if !ordinary_end(&e) {
+                log(&format!("reading a client's first bytes: {e}"));
+            }
+            return;
+        }
+    };
     let upstream: io::Result<Conn> = match enclave {
         EnclaveAddr::Unix(path) => UnixStream::connect(path).map(|s| Arc::new(s) as Conn),
         // Bounded by the kernel's vsock connect timeout (2 s by default).
@@ -500,7 +800,31 @@ fn relay_one(id: u64, client: &Conn, enclave: &EnclaveAddr, shared: &Shared) {
     if !shared.register(id, &upstream) {
         return;
     }
-    relay_logged("relay", client, &upstream);
+    let result = upstream
+        .set_write_timeout(Some(limits.idle_timeout))
+        .and_then(|()| Io(&*upstream).write_all(&first))
+        .and_then(|()| relay_idle(&**client, &*upstream, limits.idle_timeout));
+    match result {
+        Ok(()) => {}
+        Err(e) if is_idle_timeout(&e) => peer.log.note(Limited::Idle, peer.source),
+        Err(e) if ordinary_end(&e) => {}
+        Err(e) => log(&format!("relay ended: {e}")),
+    }
+}
+
+/// The client's first bytes, if it sends any within `timeout` (`None`: it closed first). A
+/// timeout is the `WouldBlock`/`TimedOut` error of [`is_timeout`].
+fn first_bytes(client: &Conn, timeout: Duration) -> io::Result<Option<Vec<u8>>> {
+    client.set_read_timeout(Some(timeout))?;
+    let mut buf = [0u8; FIRST_READ];
+    loop {
+        match client.recv(&mut buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) => return Ok(Some(buf.get(..n).unwrap_or_default().to_vec())),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Connects an enclave's proxy connection to its destination (resolved now) and relays.
@@ -523,16 +847,21 @@ fn proxy_one(id: u64, inbound: &Conn, listen: &Inbound, to: &Destination, shared
 /// Relays and logs how it ended, unless it ended the ordinary way (EOF or the peer gone).
 fn relay_logged(what: &str, a: &Conn, b: &Conn) {
     if let Err(e) = relay(&**a, &**b)
-        && !matches!(
-            e.kind(),
-            io::ErrorKind::BrokenPipe
-                | io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::NotConnected
-        )
+        && !ordinary_end(&e)
     {
         log(&format!("{what} ended: {e}"));
     }
+}
+
+/// The ways a connection ends that need no log line: the peer went away.
+fn ordinary_end(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected
+    )
 }
 
 fn accept_failed(name: &str, e: &io::Error) {
@@ -592,4 +921,24 @@ fn bind_unix_socket(path: &Path) -> Result<(UnixListener, (u64, u64))> {
 /// One line on stderr: the parent's log.
 fn log(line: &str) {
     eprintln!("cosigner-parent: {line}");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_slash_64s() {
+        let of = |s: &str| Source::of(s.parse().unwrap());
+        assert_eq!(of("192.0.2.1"), Source::V4(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_ne!(of("192.0.2.1"), of("192.0.2.2"));
+        // A listener on [::] sees IPv4 clients as mapped addresses: the same source.
+        assert_eq!(of("::ffff:192.0.2.1"), of("192.0.2.1"));
+        // One host's /64 is one source, whatever address it picks in it.
+        assert_eq!(of("2001:db8:1:2::1"), of("2001:db8:1:2:ffff:ffff:ffff:ffff"));
+        assert_ne!(of("2001:db8:1:2::1"), of("2001:db8:1:3::1"));
+        assert_eq!(of("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
+        assert_eq!(of("127.0.0.2").to_string(), "127.0.0.2");
+    }
 }

@@ -21,6 +21,19 @@
 //! (the existing one for a duplicate); `Fetch` answers the envelopes with a sequence number above
 //! `after`, in order, at most [`MAX_PAGE`] (and at most a frame's worth) at a time, with `more`
 //! set when the topic holds further ones.
+//!
+//! Members only: the post that founds a topic names the topic's members (`Post::members`: the
+//! keys that may read and post there, the founder's among them). After that the host stores a
+//! post only if its envelope's sender is a member, and answers a `Fetch` only if it carries a
+//! [`ReadProof`]: a member's signature over the topic and a challenge the host drew for this
+//! connection (`Challenge`), so a proof cannot be replayed on another connection. Somebody who
+//! merely knows a topic can therefore neither read nor fill it. The host itself still reads every
+//! body (it is untrusted: secrets in bodies are HPKE-sealed by their senders), and readers check
+//! the member list the host reports (`Messages::members`) against the one they expect, which
+//! catches a stranger who founded the topic first with himself among the members.
+//!
+//! Compatibility: the fields added for this (`members`, `proof`) are omitted from the encoding
+//! when empty and default when absent, so requests without them are byte-for-byte what they were.
 
 use p256::ecdsa::{Signature, SigningKey};
 use serde::{Deserialize, Serialize};
@@ -50,6 +63,15 @@ pub const SENDER_LEN: usize = 33;
 
 /// Length of a signature: `r ‖ s`, 32 bytes each.
 pub const SIGNATURE_LEN: usize = 64;
+
+/// Domain separation of [`ReadProof::digest`].
+pub const READ_DOMAIN: &[u8] = b"cosigner/mailbox/read/v1";
+
+/// Length of a connection's read challenge ([`MailboxResponse::Challenge`]).
+pub const CHALLENGE_LEN: usize = 32;
+
+/// Most members one topic may name (a DAO has at most 64 members, plus the provider).
+pub const MAX_TOPIC_MEMBERS: usize = 128;
 
 /// A signed message for one topic of the mailbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +228,98 @@ pub fn parse_topic(hex_text: &str) -> Result<Topic> {
     })
 }
 
+/// A fresh random read challenge (the host draws one per connection).
+pub fn random_challenge() -> Result<[u8; CHALLENGE_LEN]> {
+    use rand_core::RngCore;
+    let mut challenge = [0u8; CHALLENGE_LEN];
+    rand_core::OsRng
+        .try_fill_bytes(&mut challenge)
+        .map_err(|e| refused(format!("no randomness for a challenge: {e}")))?;
+    Ok(challenge)
+}
+
+/// Checks a topic's member list as a founding post gives it: 1 to [`MAX_TOPIC_MEMBERS`] keys,
+/// each a P-256 key in SEC1 compressed form (the one spelling envelopes carry, so that comparing
+/// bytes compares keys).
+pub fn check_members(members: &[ByteBuf]) -> Result<()> {
+    if members.is_empty() || members.len() > MAX_TOPIC_MEMBERS {
+        return Err(refused(format!(
+            "a topic names 1 to {MAX_TOPIC_MEMBERS} members, this one {}",
+            members.len()
+        )));
+    }
+    for m in members {
+        if m.len() != SENDER_LEN || normalise_public_key(m).ok().as_deref() != Some(m.as_slice()) {
+            return Err(refused(format!(
+                "member {} is not a SEC1 compressed P-256 key",
+                hex::encode(m)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A member's proof that it may read a topic on one connection: its signature over the topic and
+/// the challenge the host drew for that connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadProof {
+    /// The reader's P-256 key, SEC1 compressed (33 bytes): one of the topic's members.
+    pub reader: ByteBuf,
+    /// ECDSA P-256 over [`ReadProof::digest`], `r ‖ s` (64 bytes).
+    pub signature: ByteBuf,
+}
+
+impl ReadProof {
+    /// What the reader signs: SHA-256 of `"cosigner/mailbox/read/v1" ‖ challenge (32) ‖ topic (16)
+    /// ‖ reader (33)`. Every part has a fixed length, so the concatenation is unambiguous.
+    pub fn digest(challenge: &[u8; CHALLENGE_LEN], topic: &Topic, reader: &[u8]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(READ_DOMAIN);
+        h.update(challenge);
+        h.update(topic);
+        h.update(reader);
+        h.finalize().into()
+    }
+
+    /// Signs a read of `topic` on the connection whose challenge is `challenge`.
+    pub fn sign(
+        key: &SigningKey,
+        challenge: &[u8; CHALLENGE_LEN],
+        topic: &Topic,
+    ) -> Result<ReadProof> {
+        let reader = public_key_bytes(key);
+        let signature = sign_digest(key, &Self::digest(challenge, topic, &reader))?;
+        Ok(ReadProof {
+            reader: ByteBuf::from(reader),
+            signature: ByteBuf::from(signature.to_vec()),
+        })
+    }
+
+    /// Checks that `reader` (a compressed P-256 key) signed a read of `topic` under `challenge`.
+    pub fn verify(&self, challenge: &[u8; CHALLENGE_LEN], topic: &Topic) -> Result<()> {
+        if self.reader.len() != SENDER_LEN
+            || normalise_public_key(&self.reader).ok().as_deref() != Some(self.reader.as_slice())
+        {
+            return Err(refused("the reader is not a SEC1 compressed P-256 key"));
+        }
+        if self.signature.len() != SIGNATURE_LEN {
+            return Err(refused(format!(
+                "the read proof's signature is {} bytes, expected {SIGNATURE_LEN}",
+                self.signature.len()
+            )));
+        }
+        verify_digest(
+            &self.reader,
+            &Self::digest(challenge, topic, &self.reader),
+            &self.signature,
+        )
+        .map_err(|_| {
+            refused("the read proof does not verify (signed for another topic or connection?)")
+        })
+    }
+}
+
 /// Client → mailbox host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -217,6 +331,11 @@ pub enum MailboxRequest {
         topic: Topic,
         /// The encoded [`Envelope`].
         envelope: ByteBuf,
+        /// The topic's members (SEC1 compressed P-256 keys, the sender's among them), used only
+        /// when this post founds the topic; a host refuses to found a topic without them. Sent
+        /// with every post, since a poster cannot know whether it is the first.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        members: Vec<ByteBuf>,
     },
     /// The envelopes of `topic` with a sequence number above `after`; answered with
     /// [`MailboxResponse::Messages`].
@@ -228,7 +347,13 @@ pub enum MailboxRequest {
         after: u64,
         /// At most this many (0 or more than [`MAX_PAGE`]: [`MAX_PAGE`]).
         limit: u32,
+        /// A member's proof under this connection's challenge; required by a topic with members.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        proof: Option<ReadProof>,
     },
+    /// This connection's read challenge; answered with [`MailboxResponse::Challenge`] (the same
+    /// one for every ask on a connection).
+    Challenge,
 }
 
 /// Mailbox host → client.
@@ -246,6 +371,16 @@ pub enum MailboxResponse {
         items: Vec<MailboxItem>,
         /// The topic holds more after the last item: fetch again after its `seq`.
         more: bool,
+        /// The topic's members as its founding post named them (empty: an unknown topic, or one
+        /// founded before topics had members). Readers compare them with the members they
+        /// expect.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        members: Vec<ByteBuf>,
+    },
+    /// The read challenge of this connection, for [`ReadProof::sign`].
+    Challenge {
+        /// [`CHALLENGE_LEN`] random bytes.
+        nonce: ByteBuf,
     },
     /// The request was refused or failed.
     Error(WireError),
@@ -486,16 +621,31 @@ mod tests {
     #[test]
     fn requests_and_responses_round_trip() {
         let (_, e) = sealed();
+        let k = key();
         let requests = [
             MailboxRequest::Post {
                 topic: e.topic,
                 envelope: ByteBuf::from(e.encode().unwrap()),
+                members: vec![],
+            },
+            MailboxRequest::Post {
+                topic: e.topic,
+                envelope: ByteBuf::from(e.encode().unwrap()),
+                members: vec![e.sender.clone(), ByteBuf::from(public_key_bytes(&k))],
             },
             MailboxRequest::Fetch {
                 topic: [3; 16],
                 after: 41,
                 limit: 10,
+                proof: None,
             },
+            MailboxRequest::Fetch {
+                topic: [3; 16],
+                after: 0,
+                limit: 0,
+                proof: Some(ReadProof::sign(&k, &[5; 32], &[3; 16]).unwrap()),
+            },
+            MailboxRequest::Challenge,
         ];
         for r in requests {
             assert_eq!(decode_request(&encode_request(&r).unwrap()).unwrap(), r);
@@ -508,6 +658,15 @@ mod tests {
                     envelope: ByteBuf::from(vec![1, 2, 3]),
                 }],
                 more: true,
+                members: vec![],
+            },
+            MailboxResponse::Messages {
+                items: vec![],
+                more: false,
+                members: vec![ByteBuf::from(public_key_bytes(&k))],
+            },
+            MailboxResponse::Challenge {
+                nonce: ByteBuf::from(vec![9; CHALLENGE_LEN]),
             },
             MailboxResponse::Error(WireError::new(wire::ErrorKind::BadRequest, "no")),
         ];
@@ -519,9 +678,174 @@ mod tests {
             topic: [0; 16],
             after: 0,
             limit: 0,
+            proof: None,
         })
         .unwrap();
         assert!(decode_response(&post).is_err());
+    }
+
+    /// The requests and responses as they were before topics had members: what older peers send
+    /// and expect.
+    mod legacy {
+        use serde::{Deserialize, Serialize};
+        use serde_bytes::ByteBuf;
+
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        pub enum MailboxRequest {
+            Post {
+                #[serde(with = "serde_bytes")]
+                topic: [u8; 16],
+                envelope: ByteBuf,
+            },
+            Fetch {
+                #[serde(with = "serde_bytes")]
+                topic: [u8; 16],
+                after: u64,
+                limit: u32,
+            },
+        }
+
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        pub struct MailboxItem {
+            pub seq: u64,
+            pub envelope: ByteBuf,
+        }
+
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        pub enum MailboxResponse {
+            Posted { seq: u64 },
+            Messages { items: Vec<MailboxItem>, more: bool },
+        }
+    }
+
+    #[test]
+    fn requests_without_the_new_fields_are_the_old_bytes() {
+        let (_, e) = sealed();
+        let envelope = ByteBuf::from(e.encode().unwrap());
+        // Golden bytes: the old spelling of a fetch, field by field (version 1 wrapper).
+        let fetch = encode_request(&MailboxRequest::Fetch {
+            topic: [3; 16],
+            after: 41,
+            limit: 10,
+            proof: None,
+        })
+        .unwrap();
+        assert_eq!(
+            fetch,
+            wire::encode(&legacy::MailboxRequest::Fetch {
+                topic: [3; 16],
+                after: 41,
+                limit: 10
+            })
+            .unwrap()
+        );
+        let golden = [
+            "a2",                                 // map of 2: the versioned wrapper
+            "6176",                               // "v"
+            "01",                                 // 1
+            "64626f6479",                         // "body"
+            "a1",                                 // map of 1: the variant
+            "654665746368",                       // "Fetch"
+            "a3",                                 // map of 3: no "proof"
+            "65746f706963",                       // "topic"
+            "5003030303030303030303030303030303", // 16 bytes
+            "656166746572",                       // "after"
+            "1829",                               // 41
+            "656c696d6974",                       // "limit"
+            "0a",                                 // 10
+        ]
+        .concat();
+        assert_eq!(hex::encode(&fetch), golden);
+        let post = encode_request(&MailboxRequest::Post {
+            topic: e.topic,
+            envelope: envelope.clone(),
+            members: vec![],
+        })
+        .unwrap();
+        assert_eq!(
+            post,
+            wire::encode(&legacy::MailboxRequest::Post {
+                topic: e.topic,
+                envelope: envelope.clone()
+            })
+            .unwrap()
+        );
+        // An old peer's requests decode here with the new fields empty...
+        assert_eq!(
+            decode_request(&post).unwrap(),
+            MailboxRequest::Post {
+                topic: e.topic,
+                envelope: envelope.clone(),
+                members: vec![]
+            }
+        );
+        // ...and a new response decodes at an old peer, which ignores the members.
+        let messages = encode_response(&MailboxResponse::Messages {
+            items: vec![MailboxItem {
+                seq: 1,
+                envelope: envelope.clone(),
+            }],
+            more: false,
+            members: vec![e.sender.clone()],
+        })
+        .unwrap();
+        assert_eq!(
+            wire::decode::<legacy::MailboxResponse>(&messages).unwrap(),
+            legacy::MailboxResponse::Messages {
+                items: vec![legacy::MailboxItem { seq: 1, envelope }],
+                more: false
+            }
+        );
+    }
+
+    #[test]
+    fn read_proofs_bind_challenge_topic_and_reader() {
+        let k = key();
+        let challenge = [4u8; CHALLENGE_LEN];
+        let topic = [6u8; 16];
+        let proof = ReadProof::sign(&k, &challenge, &topic).unwrap();
+        assert_eq!(proof.reader.as_slice(), public_key_bytes(&k).as_slice());
+        proof.verify(&challenge, &topic).unwrap();
+        // The digest is the documented concatenation.
+        let mut m = b"cosigner/mailbox/read/v1".to_vec();
+        m.extend_from_slice(&challenge);
+        m.extend_from_slice(&topic);
+        m.extend_from_slice(&proof.reader);
+        assert_eq!(
+            ReadProof::digest(&challenge, &topic, &proof.reader),
+            <[u8; 32]>::from(Sha256::digest(&m))
+        );
+        // Another connection's challenge, another topic, another reader named: refused.
+        assert!(proof.verify(&[5; CHALLENGE_LEN], &topic).is_err());
+        assert!(proof.verify(&challenge, &[7; 16]).is_err());
+        let mut other = proof.clone();
+        other.reader = ByteBuf::from(public_key_bytes(&key()));
+        assert!(other.verify(&challenge, &topic).is_err());
+        let mut long = proof.clone();
+        long.reader = ByteBuf::from(k.verifying_key().to_encoded_point(false).as_bytes());
+        assert!(long.verify(&challenge, &topic).is_err());
+        let mut short = proof;
+        short.signature.pop();
+        assert!(short.verify(&challenge, &topic).is_err());
+        assert_ne!(random_challenge().unwrap(), random_challenge().unwrap());
+    }
+
+    #[test]
+    fn member_lists_are_checked() {
+        let keys: Vec<ByteBuf> = (0..3)
+            .map(|_| ByteBuf::from(public_key_bytes(&key())))
+            .collect();
+        check_members(&keys).unwrap();
+        assert!(check_members(&[]).is_err());
+        let k = key();
+        let uncompressed = ByteBuf::from(k.verifying_key().to_encoded_point(false).as_bytes());
+        assert!(check_members(&[uncompressed]).is_err());
+        // x = 2^256 - 1 is above the field prime: no point.
+        let mut not_point = vec![0xff; 33];
+        not_point[0] = 2;
+        assert!(check_members(&[ByteBuf::from(not_point)]).is_err());
+        let many = vec![keys[0].clone(); MAX_TOPIC_MEMBERS + 1];
+        assert!(check_members(&many).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! below = 1_000_000_000        # optional: matches if value leaving < below
 //! destinations = ["bc1q…"]     # optional: matches if every destination is listed
 //! velocity = { window_hours = 24, limit = 50_000_000 }  # optional: recent spends + this <= limit
+//! max_fee = 100_000            # optional: matches if the fee <= max_fee
 //! approvals = 3                # k; the requester counts as one
 //! approvers = ["alice", "bob", "carol", "dave"]         # optional, default: every member
 //! # deny = true                # a matching rule refuses (then no approvals/approvers)
@@ -25,8 +26,27 @@
 //! Refused at parse time: unknown keys, no rules, duplicate rule names, approver names not in the
 //! members file, `approvals` of 0 or above the approver set, a rule after an unconditional rule of
 //! the same asset (it could never match), a velocity window of 0 hours, a policy whose every rule
-//! denies. Asset names are lowercase (`"BTC"` is refused rather than silently never matching); only
-//! `btc` exists today, and a rule naming another asset never matches a `btc` spend.
+//! denies, a `max_fee` on a deny rule. Asset names are lowercase (`"BTC"` is refused rather than
+//! silently never matching); only `btc` exists today, and a rule naming another asset never matches
+//! a `btc` spend.
+//!
+//! # Fees
+//!
+//! The fee is value that leaves the wallet (to the miners), so it counts wherever value leaving
+//! does: `value_leaving` is inputs − change, fee included, and `below` and `velocity` compare it
+//! (and the history records it) with the fee in. What a destination list says is where value may
+//! go, and the fee goes to none of the listed destinations, so a list alone does not allow it: an
+//! allowing rule with `destinations` matches only if the fee is bounded, by its own `max_fee`
+//! (fee ≤ `max_fee`) or, without one, by its `below` or `velocity` (which count the fee). An
+//! allowlist-only rule without `max_fee` treats the fee like a payment to an unlisted address and
+//! matches only a spend that pays none. Without this, a rule meant as "pay our payroll address"
+//! would sign a transaction paying 1 000 sat to payroll and everything else to a (colluding)
+//! miner. `max_fee` may bound any allowing rule. Deny rules are not narrowed by the fee: a deny
+//! rule that lists every destination of a spend refuses it whatever the fee.
+//!
+//! [`Policy::evaluate_with_fee`] judges with the fee the caller computed ([`crate::psbt`]'s
+//! `SpendSummary::fee`); [`Policy::evaluate`], for a caller that has only `value_leaving`, assumes
+//! the worst: all of it may be fee.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -122,7 +142,8 @@ pub struct Quorum {
 pub struct Spend<'a> {
     /// The asset spent (`"btc"`).
     pub asset: &'a str,
-    /// Value leaving the wallet, fee included, in the asset's base unit (satoshis).
+    /// Value leaving the wallet, fee included, in the asset's base unit (satoshis): what `below`
+    /// and `velocity` compare, so the fee counts toward them.
     pub value_leaving: u64,
     /// Destination addresses (as [`crate::psbt::Destination::address`] renders them).
     pub destinations: &'a [String],
@@ -183,6 +204,8 @@ struct Rule {
     below: Option<u64>,
     destinations: Option<BTreeSet<String>>,
     velocity: Option<Velocity>,
+    /// The largest fee an allowing rule allows (see the module docs, "Fees").
+    max_fee: Option<u64>,
     /// `None` for a deny rule.
     quorum: Option<Quorum>,
 }
@@ -277,6 +300,13 @@ impl Policy {
                         "{what} denies: it takes no approvals or approvers"
                     )));
                 }
+                // A bound on the fee narrows what a rule allows; on a deny rule it would only
+                // narrow what it refuses, letting a spend with a larger fee past it.
+                if entry.max_fee.is_some() {
+                    return Err(policy_error(format!(
+                        "{what} denies: it takes no max_fee (a bound on what a rule allows)"
+                    )));
+                }
                 None
             } else {
                 let approvals = entry
@@ -290,9 +320,14 @@ impl Policy {
                 below: entry.below,
                 destinations,
                 velocity,
+                max_fee: entry.max_fee,
                 quorum,
             };
-            if rule.below.is_none() && rule.destinations.is_none() && rule.velocity.is_none() {
+            if rule.below.is_none()
+                && rule.destinations.is_none()
+                && rule.velocity.is_none()
+                && rule.max_fee.is_none()
+            {
                 caught.insert(rule.asset.clone());
             }
             rules.push(rule);
@@ -340,9 +375,41 @@ impl Policy {
     }
 
     /// The first matching rule's decision; no match, or a matching `deny` rule, is a [`Denial`].
+    ///
+    /// The fee is not known here, so it is taken to be all of `value_leaving`, the most it can be:
+    /// a rule that bounds the fee allows the spend only if the whole of it could be fee (fail
+    /// closed). Callers that know the fee use [`Policy::evaluate_with_fee`].
     pub fn evaluate(&self, spend: &Spend<'_>) -> std::result::Result<Decision, Denial> {
+        self.judge(spend, spend.value_leaving, "")
+    }
+
+    /// The first matching rule's decision for a spend paying `fee` (part of `value_leaving`,
+    /// which is refused if smaller: the two facts would contradict each other).
+    pub fn evaluate_with_fee(
+        &self,
+        spend: &Spend<'_>,
+        fee: u64,
+    ) -> std::result::Result<Decision, Denial> {
+        if fee > spend.value_leaving {
+            return Err(Denial {
+                reason: format!(
+                    "inconsistent spend: a fee of {fee} is more than the {} {} leaving",
+                    spend.value_leaving, spend.asset
+                ),
+            });
+        }
+        self.judge(spend, fee, &format!("; fee {fee}"))
+    }
+
+    /// The first rule matching `spend` with `fee` decides; `note` ends every denial's reason.
+    fn judge(
+        &self,
+        spend: &Spend<'_>,
+        fee: u64,
+        note: &str,
+    ) -> std::result::Result<Decision, Denial> {
         for rule in &self.rules {
-            if !rule.matches(spend) {
+            if !rule.matches(spend, fee) {
                 continue;
             }
             return match &rule.quorum {
@@ -353,7 +420,7 @@ impl Policy {
                 }),
                 None => Err(Denial {
                     reason: format!(
-                        "rule {:?} denies {} {} leaving to {}",
+                        "rule {:?} denies {} {} leaving to {}{note}",
                         rule.name,
                         spend.value_leaving,
                         spend.asset,
@@ -364,7 +431,7 @@ impl Policy {
         }
         Err(Denial {
             reason: format!(
-                "no rule matches: {} {} leaving to {}",
+                "no rule matches: {} {} leaving to {}{note}",
                 spend.value_leaving,
                 spend.asset,
                 describe(spend.destinations)
@@ -374,7 +441,7 @@ impl Policy {
 }
 
 impl Rule {
-    fn matches(&self, spend: &Spend<'_>) -> bool {
+    fn matches(&self, spend: &Spend<'_>, fee: u64) -> bool {
         if self.asset != spend.asset {
             return false;
         }
@@ -404,7 +471,23 @@ impl Rule {
                 _ => return false,
             }
         }
-        true
+        // Only an allowing rule is narrowed by the fee: narrowing a deny rule would let through
+        // what it refuses.
+        self.quorum.is_none() || self.allows_fee(fee)
+    }
+
+    /// Whether this allowing rule allows `fee` (module docs, "Fees").
+    fn allows_fee(&self, fee: u64) -> bool {
+        match self.max_fee {
+            Some(max_fee) => fee <= max_fee,
+            // The fee goes to no listed destination: allowed only under an amount bound, which
+            // counts it as value leaving, or if there is none.
+            None if self.destinations.is_some() => {
+                fee == 0 || self.below.is_some() || self.velocity.is_some()
+            }
+            // Without a list, the fee is value leaving like any other.
+            None => true,
+        }
     }
 }
 
@@ -555,6 +638,7 @@ struct RuleEntry {
     below: Option<u64>,
     destinations: Option<Vec<String>>,
     velocity: Option<VelocityEntry>,
+    max_fee: Option<u64>,
     approvals: Option<u16>,
     approvers: Option<Vec<String>>,
     deny: Option<bool>,

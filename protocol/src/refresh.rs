@@ -634,6 +634,20 @@ impl<C: Ciphersuite> RefreshRound3<C> {
     }
 }
 
+/// Checks every party's confirmations against `ours`, as [`RefreshRound3::handle_confirmations`]
+/// does, for a commit made from a stored prepared refresh (after a restart, or rolled forward
+/// from another session) rather than from the in-memory round-3 state.
+///
+/// Errors: as [`RefreshRound3::handle_confirmations`].
+pub fn check_commit(
+    parties: &[u16],
+    me: u16,
+    ours: &Confirmation,
+    confirmations: &[Confirmation],
+) -> Result<()> {
+    check_confirmations(parties, me, ours, confirmations)
+}
+
 /// Exactly one confirmation per party, ours unchanged, all equal to ours.
 fn check_confirmations(
     parties: &[u16],

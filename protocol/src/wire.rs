@@ -125,6 +125,10 @@ pub struct WalletInfo {
     pub group_public_key: ByteBuf,
     /// The serialized `PublicKeyPackage`.
     pub public_key_package: ByteBuf,
+    /// The confirmations under which this epoch was committed (empty at epoch 0): what a client
+    /// hands a cosigner that missed the commit, to roll it forward to the same epoch.
+    #[serde(default)]
+    pub confirmations: Vec<Confirmation>,
 }
 
 /// Which registered key signed an [`Authorized`](Request::Authorized) request.
@@ -223,6 +227,10 @@ pub enum Request {
         params: DkgParams,
         /// Our party number.
         me: u16,
+        /// The operator's enrollment token (`enrollment::EnrollmentToken::to_bytes`), where the
+        /// cosigner requires one for wallet creation.
+        #[serde(default)]
+        enrollment: Option<ByteBuf>,
     },
     /// All round-1 broadcasts (ours included); answered with our sealed round-2 packages.
     DkgRound2 {
@@ -335,6 +343,12 @@ pub enum Request {
         /// The new device's P-256 key (SEC1).
         new_device_key: ByteBuf,
     },
+    /// Cancel a recovery in progress: the pending device key is dropped and the registered device
+    /// key may act again. Only inside `Authorized` by the recovery credential; answered `Done`.
+    RecoverCancel {
+        /// The wallet.
+        wallet_id: WalletId,
+    },
     /// Repair round 1 (helper): answered with our helper key for this repair (HPKE key signed with
     /// our share). Only inside `Authorized` by the pending device key; the repair is then bound
     /// to this session.
@@ -427,6 +441,7 @@ impl Request {
             Self::RefreshCommit { .. } => "RefreshCommit",
             Self::RefreshFinalize { .. } => "RefreshFinalize",
             Self::RecoverStart { .. } => "RecoverStart",
+            Self::RecoverCancel { .. } => "RecoverCancel",
             Self::RepairStart { .. } => "RepairStart",
             Self::RepairDeltas { .. } => "RepairDeltas",
             Self::RepairSigma { .. } => "RepairSigma",
@@ -516,6 +531,10 @@ pub enum Response {
     RecoverApproved {
         /// The epoch the repair must use.
         epoch: u64,
+        /// The new device key is already the wallet's device key: this recovery completed
+        /// (a retry learns it and finishes on its own side only).
+        #[serde(default)]
+        completed: bool,
     },
     /// Repair round 1: our helper key.
     RepairKey {
@@ -588,6 +607,16 @@ pub enum ErrorKind {
     Integrity,
     /// The server failed.
     Internal,
+    /// Retryable: another ceremony or write of this wallet is in progress (another session's
+    /// ceremony that has not expired, or a concurrent state write). Nothing changed; try again.
+    Busy,
+}
+
+impl ErrorKind {
+    /// Whether the same request may succeed if simply sent again later.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Busy)
+    }
 }
 
 impl WireError {
@@ -754,6 +783,7 @@ mod tests {
                     parties: vec![1, 2, 3],
                 },
                 me: 2,
+                enrollment: None,
             },
             Request::SignShare {
                 session_id: ByteBuf::from(vec![3; 16]),

@@ -149,8 +149,9 @@ fn e2e_dkg(m: &Members, members_text: &str) -> Vec<WalletFile> {
             let (addr, trust, mailbox) = (addr.clone(), m.trust.clone(), m.d.mailbox.clone());
             let provider = Session::connect(&addr, &trust).unwrap();
             handles.push(s.spawn(move || {
+                let mailbox = dao::member_mailbox(home, &mailbox, &invitation).unwrap();
                 let mut courier =
-                    Courier::new(envelope.topic, &mailbox, provider, &addr, &trust).unwrap();
+                    Courier::new(envelope.topic, mailbox, provider, &addr, &trust).unwrap();
                 dao::run_dkg(
                     home,
                     &mut courier,
@@ -200,8 +201,10 @@ fn e2e_sign(m: &Members, wallet: &WalletFile, approvers: &[usize]) -> Duration {
             let home = &m.homes[who];
             handles.push(s.spawn(move || {
                 let w = home.wallet(&id).unwrap();
+                let (_, invitation) = dao::dao_info(&w).unwrap();
+                let mailbox = dao::member_mailbox(home, &mailbox, &invitation).unwrap();
                 let mut courier =
-                    Courier::new(envelope.topic, &mailbox, session, &addr, &trust).unwrap();
+                    Courier::new(envelope.topic, mailbox, session, &addr, &trust).unwrap();
                 courier.post(&envelope).unwrap();
                 let summary = dao::summarize(&w, &request.psbt).unwrap();
                 let mut backlog = Vec::new();

@@ -283,10 +283,61 @@ fn real_aws_document_is_refused_now_and_with_wrong_pins() {
         line.contains("check `pcr`") && line.contains("PCR1"),
         "{line}"
     );
-    let line = verify_cmd(&doc, &root, &["--at", "1665651481"])
+    // 1.1 s before the document was made: a verifier whose clock is a second slow. Refused
+    // without skew; accepted with the default five minutes.
+    let line = verify_cmd(
+        &doc,
+        &root,
+        &["--at", "1665651481", "--max-clock-skew", "0"],
+    )
+    .refused()
+    .to_owned();
+    assert!(
+        line.contains("check `timestamp`") && line.contains("clock skew of 0 ms"),
+        "{line}"
+    );
+    verify_cmd(&doc, &root, &["--at", "1665651481"]).ok();
+}
+
+#[test]
+fn max_clock_skew_flag_sets_how_far_ahead_a_document_may_be() {
+    let local = Local::new();
+    let doc = local.attest("doc.cose", &[]);
+    let out = verify_cmd(&doc, &local.root(), &[]);
+    let json: Value = serde_json::from_str(out.ok()).unwrap();
+    let made_s = json["timestamp"].as_u64().unwrap() / 1000;
+    // Verify as a clock 30 to 31 s behind the attester's (the attester's leaf has a minute of
+    // slack before it was made, so its chain is valid then too).
+    let behind = (made_s - 30).to_string();
+    let refuse = |skew: &str| {
+        let line = verify_cmd(
+            &doc,
+            &local.root(),
+            &["--at", &behind, "--max-clock-skew", skew],
+        )
         .refused()
         .to_owned();
-    assert!(line.contains("check `timestamp`"), "{line}");
+        assert!(line.contains("check `timestamp`"), "{skew}: {line}");
+        line
+    };
+    // The default (300 s) accepts it, with --max-age too: the skew never ages a document.
+    verify_cmd(&doc, &local.root(), &["--at", &behind]).ok();
+    verify_cmd(&doc, &local.root(), &["--at", &behind, "--max-age", "1"]).ok();
+    verify_cmd(
+        &doc,
+        &local.root(),
+        &["--at", &behind, "--max-clock-skew", "32"],
+    )
+    .ok();
+    assert!(refuse("0").contains("clock skew of 0 ms"));
+    assert!(refuse("10").contains("clock skew of 10000 ms"));
+    // Out of range or not a number: clap's usage error, exit 2.
+    for bad in ["-1", "soon", "86401"] {
+        let out = verify_cmd(&doc, &local.root(), &["--max-clock-skew", bad]);
+        assert_eq!(out.code, Some(2), "{bad}: {}", out.stderr);
+        assert!(!out.stderr.contains("panicked"));
+    }
+    verify_cmd(&doc, &local.root(), &["--max-clock-skew", "86400"]).ok();
 }
 
 #[test]

@@ -411,7 +411,6 @@ fn a_policy_change_needs_the_admin_quorum_then_binds_every_spend() {
 fn an_approval_for_one_request_is_refused_in_another() {
     use cosigner_client::dao::{open_request, read_envelope};
     use cosigner_client::home::Home;
-    use cosigner_client::mailbox::MailboxClient;
     use cosigner_client::session::Session;
     use cosigner_client::trust::Trust;
     use cosigner_protocol::dao::{Approval, DaoMessage, sighashes_digest};
@@ -457,7 +456,12 @@ fn an_approval_for_one_request_is_refused_in_another() {
 
     let trust = Trust::load(&dao.d.dir.path().join("trust.toml")).unwrap();
     let mut provider = Session::connect(&dao.d.provider.addr(), &trust).unwrap();
-    let mut mailbox = MailboxClient::connect(&dao.d.mailbox).unwrap();
+    // Read as Bob: the wallet's topics admit its members only.
+    let bob_home = Home::open(&dao.homes[1]).unwrap();
+    let (_, invitation) =
+        cosigner_client::dao::dao_info(&bob_home.wallet(&first.wallet_id).unwrap()).unwrap();
+    let mut mailbox =
+        cosigner_client::dao::member_mailbox(&bob_home, &dao.d.mailbox, &invitation).unwrap();
     // Bob's and Carol's approvals of the first request, delivered as they are for the second
     // topic: refused (their signed topic is the first request's).
     let old: Vec<ByteBuf> = mailbox

@@ -168,6 +168,52 @@ fn generated_key_is_sensitive_and_never_extractable() {
 }
 
 #[test]
+fn an_existing_signing_key_that_can_leave_the_token_is_refused() {
+    let (_hsm, module) = softhsm();
+    let token = init_token(&module);
+    // A P-384 pair made behind cosigner-kms's back with an extractable, non-sensitive private
+    // key, as a careless import would leave it.
+    let ctx = cosigner_kms::context(&module).unwrap();
+    let session = ctx.open_rw_session(token.slot()).unwrap();
+    let label = KEY.as_bytes().to_vec();
+    let id = vec![0x11; 16];
+    session
+        .generate_key_pair(
+            &cryptoki::mechanism::Mechanism::EccKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::Verify(true),
+                Attribute::EcParams(cosigner_kms::P384_EC_PARAMS.to_vec()),
+                Attribute::Label(label.clone()),
+                Attribute::Id(id.clone()),
+            ],
+            &[
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(false),
+                Attribute::Extractable(true),
+                Attribute::Sign(true),
+                Attribute::Label(label),
+                Attribute::Id(id),
+            ],
+        )
+        .unwrap();
+    let err = token.p384_signing_key(KEY).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            KmsError::KeyNotProtected {
+                label,
+                what: "P-384 private key",
+                sensitive: false,
+                extractable: true,
+            } if label == KEY
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn private_key_value_cannot_be_read_through_pkcs11() {
     let (_hsm, module) = softhsm();
     let token = init_token(&module);

@@ -69,6 +69,7 @@ fn document_verifies_under_the_operator_root_with_pinned_pcr0() {
         public_key: Some(vec![0x33; 65]),
         max_age: Some(Duration::from_secs(60)),
         allow_debug: false,
+        max_clock_skew: Duration::ZERO,
     };
     let verified = verify(&doc, &s.root, SystemTime::now(), &expect).unwrap();
     assert!(!verified.debug);
@@ -180,6 +181,114 @@ fn requests_over_the_nsm_limits_are_refused() {
     };
     let doc = s.attester.attest(&max).unwrap();
     verify(&doc, &s.root, SystemTime::now(), &Expectations::default()).unwrap();
+}
+
+/// A verifier whose clock is behind the attester's: `doc_ahead` is how far the document's
+/// timestamp is after the validation time.
+fn verify_ahead(
+    s: &Setup,
+    doc_ahead: Duration,
+    expect: &Expectations,
+) -> Result<(), AttestationError> {
+    let now = SystemTime::now();
+    let doc = s.attester.attest_at(&request(), now + doc_ahead).unwrap();
+    verify(&doc, &s.root, now, expect).map(|_| ())
+}
+
+#[test]
+fn documents_from_a_clock_ahead_verify_within_the_default_skew() {
+    let s = setup();
+    let expect = Expectations {
+        max_age: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    assert_eq!(
+        expect.max_clock_skew,
+        cosigner_attestation::DEFAULT_MAX_CLOCK_SKEW
+    );
+    assert_eq!(expect.max_clock_skew, Duration::from_secs(300));
+    // A second ahead (the phone a second slow) and four minutes ahead both verify, max_age on.
+    verify_ahead(&s, Duration::from_secs(1), &expect).unwrap();
+    verify_ahead(&s, Duration::from_secs(4 * 60), &expect).unwrap();
+    // Ten minutes ahead is refused, naming the check and the skew.
+    let err = verify_ahead(&s, Duration::from_secs(10 * 60), &expect).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AttestationError::FromTheFuture {
+                max_clock_skew_ms: 300_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.check(), "timestamp", "{err}");
+    assert!(err.to_string().contains("clock skew of 300000 ms"), "{err}");
+}
+
+#[test]
+fn clock_skew_bound_is_exact_and_configurable() {
+    let s = setup();
+    let now = SystemTime::now();
+    let doc = s.attester.attest_at(&request(), now).unwrap();
+    let skew = |secs: u64| Expectations {
+        max_clock_skew: Duration::from_secs(secs),
+        ..Default::default()
+    };
+    // The timestamp has millisecond resolution: verify at exactly skew, and 1 ms beyond it.
+    let (_, parsed) = parse_unverified(&doc).unwrap();
+    let doc_time = SystemTime::UNIX_EPOCH + Duration::from_millis(parsed.timestamp);
+    let at_bound = doc_time - Duration::from_secs(30);
+    verify(&doc, &s.root, at_bound, &skew(30)).unwrap();
+    let err = verify(
+        &doc,
+        &s.root,
+        at_bound - Duration::from_millis(1),
+        &skew(30),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, AttestationError::FromTheFuture { .. }),
+        "{err}"
+    );
+    // No skew: even a millisecond ahead is refused (the old behaviour, still available).
+    let err = verify(&doc, &s.root, doc_time - Duration::from_millis(1), &skew(0)).unwrap_err();
+    assert!(
+        matches!(err, AttestationError::FromTheFuture { .. }),
+        "{err}"
+    );
+    verify(&doc, &s.root, doc_time, &skew(0)).unwrap();
+}
+
+#[test]
+fn clock_skew_never_lengthens_the_maximum_age() {
+    let s = setup();
+    let now = SystemTime::now();
+    let expect = Expectations {
+        max_age: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    // 60 s old: accepted; 61 s old: refused as before, whatever the (forward) skew.
+    let doc = s
+        .attester
+        .attest_at(&request(), now - Duration::from_secs(60))
+        .unwrap();
+    verify(&doc, &s.root, now, &expect).unwrap();
+    let doc = s
+        .attester
+        .attest_at(&request(), now - Duration::from_secs(61))
+        .unwrap();
+    let err = verify(&doc, &s.root, now, &expect).unwrap_err();
+    assert!(
+        matches!(err, AttestationError::TooOld { max_age_ms: 60_000, age_ms } if age_ms >= 61_000),
+        "{err}"
+    );
+    // A document from the future counts as brand new, not as "negative age" wrapping around.
+    let doc = s
+        .attester
+        .attest_at(&request(), now + Duration::from_secs(240))
+        .unwrap();
+    verify(&doc, &s.root, now, &expect).unwrap();
 }
 
 #[test]

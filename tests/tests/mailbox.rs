@@ -1,6 +1,7 @@
 //! The members' mailbox through the real `cosigner-parent` binary (`mailbox_listen`), with the
 //! client library's `MailboxClient`: posts, paged fetches, duplicates, refusals, durability
-//! across a restart, and the harness's `Deployment::mailbox`.
+//! across a restart, topics closed to strangers, per-sender quotas against a flood, TLS with a
+//! pinned certificate, and the harness's `Deployment::mailbox`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -14,7 +15,8 @@ use cosigner_client::mailbox::MailboxClient;
 use cosigner_protocol::auth::public_key_bytes;
 use cosigner_protocol::frame::{read_frame, write_frame};
 use cosigner_protocol::mailbox::{
-    Envelope, MailboxRequest, MailboxResponse, decode_response, encode_request, random_topic,
+    CHALLENGE_LEN, Envelope, MailboxRequest, MailboxResponse, ReadProof, Topic, decode_response,
+    encode_request, random_topic,
 };
 use cosigner_protocol::wire::ErrorKind;
 use cosigner_tests::{ChildGuard, Deployment, free_port, try_bin};
@@ -25,9 +27,20 @@ fn key() -> SigningKey {
     SigningKey::random(&mut rand_core::OsRng)
 }
 
-/// Starts `cosigner-parent run` on `dir/parent.toml` (written on the first call) and waits for
-/// the mailbox port. No enclave: the mailbox does not need one.
-fn start_parent(dir: &Path, mailbox_port: u16) -> ChildGuard {
+/// A client that uses topics as `me`, one of `members`.
+fn member(addr: &str, me: &SigningKey, members: &[&SigningKey]) -> MailboxClient {
+    MailboxClient::connect(addr)
+        .unwrap()
+        .as_member(
+            me.clone(),
+            members.iter().map(|k| public_key_bytes(k)).collect(),
+        )
+        .unwrap()
+}
+
+/// Starts `cosigner-parent run` on `dir/parent.toml` (written on the first call, `extra` appended)
+/// and waits for the mailbox port. No enclave: the mailbox does not need one.
+fn start_parent_with(dir: &Path, mailbox_port: u16, extra: &str) -> ChildGuard {
     let config = dir.join("parent.toml");
     if !config.exists() {
         let d = dir.display();
@@ -36,7 +49,7 @@ fn start_parent(dir: &Path, mailbox_port: u16) -> ChildGuard {
             format!(
                 "listen = \"127.0.0.1:{}\"\nenclave = \"unix:{d}/enclave.sock\"\n\
                  store_socket = \"{d}/store.sock\"\ndatabase = \"{d}/store.db\"\n\
-                 mailbox_listen = \"127.0.0.1:{mailbox_port}\"\n",
+                 mailbox_listen = \"127.0.0.1:{mailbox_port}\"\n{extra}",
                 free_port()
             ),
         )
@@ -68,6 +81,22 @@ fn start_parent(dir: &Path, mailbox_port: u16) -> ChildGuard {
     );
 }
 
+fn start_parent(dir: &Path, mailbox_port: u16) -> ChildGuard {
+    start_parent_with(dir, mailbox_port, "")
+}
+
+/// One request on a raw connection.
+fn ask(raw: &mut TcpStream, request: &MailboxRequest) -> MailboxResponse {
+    write_frame(raw, &encode_request(request).unwrap()).unwrap();
+    decode_response(&read_frame(raw).unwrap().unwrap()).unwrap()
+}
+
+fn raw(port: u16) -> TcpStream {
+    let raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw
+}
+
 #[test]
 fn members_post_and_fetch_through_the_parent_binary() {
     let dir = tempfile::tempdir().unwrap();
@@ -77,8 +106,8 @@ fn members_post_and_fetch_through_the_parent_binary() {
     let (alice, bob) = (key(), key());
     let topic = random_topic().unwrap();
 
-    let mut a = MailboxClient::connect(&addr).unwrap();
-    let mut b = MailboxClient::connect(&addr).unwrap();
+    let mut a = member(&addr, &alice, &[&alice, &bob]);
+    let mut b = member(&addr, &bob, &[&alice, &bob]);
     let first = Envelope::seal(&alice, topic, b"round 1 from alice".to_vec()).unwrap();
     assert_eq!(a.post(&first).unwrap(), 1);
     assert_eq!(
@@ -116,41 +145,38 @@ fn members_post_and_fetch_through_the_parent_binary() {
             && w.message.contains("does not verify") && !w.message.contains('\n')),
         "{err}"
     );
-    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut raw_conn = raw(port);
     let other = Envelope::seal(&alice, [9; 16], b"x".to_vec()).unwrap();
-    write_frame(
-        &mut raw,
-        &encode_request(&MailboxRequest::Post {
+    let answer = ask(
+        &mut raw_conn,
+        &MailboxRequest::Post {
             topic,
             envelope: ByteBuf::from(other.encode().unwrap()),
-        })
-        .unwrap(),
-    )
-    .unwrap();
-    let answer = decode_response(&read_frame(&mut raw).unwrap().unwrap()).unwrap();
+            members: vec![],
+        },
+    );
     assert!(
         matches!(&answer, MailboxResponse::Error(w) if w.message.contains("posted to")),
         "{answer:?}"
     );
     // Garbage: one error, then the connection is closed.
-    write_frame(&mut raw, b"not cbor at all").unwrap();
-    let answer = decode_response(&read_frame(&mut raw).unwrap().unwrap()).unwrap();
+    write_frame(&mut raw_conn, b"not cbor at all").unwrap();
+    let answer = decode_response(&read_frame(&mut raw_conn).unwrap().unwrap()).unwrap();
     assert!(
         matches!(&answer, MailboxResponse::Error(w) if w.kind == ErrorKind::BadRequest
             && w.message.contains("undecodable")),
         "{answer:?}"
     );
     let mut rest = Vec::new();
-    assert_eq!(raw.read_to_end(&mut rest).unwrap(), 0);
+    assert_eq!(raw_conn.read_to_end(&mut rest).unwrap(), 0);
     // An oversized frame header: refused before its body is read.
-    let mut raw = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    std::io::Write::write_all(&mut raw, &u32::MAX.to_be_bytes()).unwrap();
-    let answer = decode_response(&read_frame(&mut raw).unwrap().unwrap()).unwrap();
+    let mut raw_conn = raw(port);
+    std::io::Write::write_all(&mut raw_conn, &u32::MAX.to_be_bytes()).unwrap();
+    let answer = decode_response(&read_frame(&mut raw_conn).unwrap().unwrap()).unwrap();
     assert!(matches!(&answer, MailboxResponse::Error(w) if w.message.contains("exceeds")));
 
-    // Killed and restarted: everything acknowledged is still there, and the clients reconnect.
+    // Killed and restarted: everything acknowledged is still there, and the clients reconnect
+    // (and sign their reads over the new connection's challenge).
     drop(parent);
     parent = start_parent(dir.path(), port);
     assert_eq!(a.fetch(&topic, 0).unwrap().len(), 302);
@@ -164,18 +190,309 @@ fn members_post_and_fetch_through_the_parent_binary() {
     drop(parent);
 }
 
+/// Whether a post was refused for its sender's quota: `Busy`, one line naming the sender.
+fn over_quota(err: &ClientError, sender: &SigningKey, what: &str) -> bool {
+    matches!(err, ClientError::Remote(w) if w.kind == ErrorKind::Busy
+        && w.message.contains(&hex::encode(public_key_bytes(sender)))
+        && w.message.contains(what)
+        && !w.message.contains('\n'))
+}
+
+#[test]
+fn a_flood_by_one_sender_leaves_the_members_their_mailbox_and_strangers_read_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // Small quotas so that the flood meets them quickly; the global caps are the defaults.
+    let parent = start_parent_with(
+        dir.path(),
+        port,
+        "[mailbox]\nquota_messages = 40\nquota_topics = 8\nquota_bytes = 2097152\n",
+    );
+    let addr = format!("tcp://127.0.0.1:{port}");
+    let (alice, bob, provider, flooder) = (key(), key(), key(), key());
+    let wallet = [&alice, &bob, &provider];
+
+    // The DAO's ceremony starts: Alice founds the topic naming the wallet's members.
+    let topic = random_topic().unwrap();
+    let mut a = member(&addr, &alice, &wallet);
+    let invitation = Envelope::seal(&alice, topic, b"invitation".to_vec()).unwrap();
+    assert_eq!(a.post(&invitation).unwrap(), 1);
+
+    // The flood: one key founds topics of its own until its topic quota stops it, then fills
+    // one of them until its envelope quota does, then tries large envelopes against its bytes.
+    let mut f = member(&addr, &flooder, &[&flooder]);
+    let mut founded: Vec<Topic> = Vec::new();
+    let err = loop {
+        let t = random_topic().unwrap();
+        match f.post(&Envelope::seal(&flooder, t, b"junk".to_vec()).unwrap()) {
+            Ok(_) => founded.push(t),
+            Err(e) => break e,
+        }
+        assert!(founded.len() <= 8, "the topic quota did not stop the flood");
+    };
+    assert_eq!(founded.len(), 8);
+    assert!(over_quota(&err, &flooder, "topics founded"), "{err}");
+    let mut posted = founded.len();
+    let err = loop {
+        let body = format!("junk {posted}").into_bytes();
+        match f.post(&Envelope::seal(&flooder, founded[0], body).unwrap()) {
+            Ok(_) => posted += 1,
+            Err(e) => break e,
+        }
+        assert!(posted <= 40, "the envelope quota did not stop the flood");
+    };
+    assert_eq!(posted, 40);
+    assert!(over_quota(&err, &flooder, "envelopes"), "{err}");
+    // Into the members' topic it cannot even post: it is not a member.
+    let mut raw_conn = raw(port);
+    let intruder = Envelope::seal(&flooder, topic, b"noise".to_vec()).unwrap();
+    let answer = ask(
+        &mut raw_conn,
+        &MailboxRequest::Post {
+            topic,
+            envelope: ByteBuf::from(intruder.encode().unwrap()),
+            members: vec![ByteBuf::from(public_key_bytes(&flooder))],
+        },
+    );
+    assert!(
+        matches!(&answer, MailboxResponse::Error(w) if w.kind == ErrorKind::BadRequest
+            && w.message.contains("not a member")),
+        "{answer:?}"
+    );
+    // Another flooder's large envelopes meet the bytes quota (2 MiB: four of ~510 KiB).
+    let heavy = key();
+    let mut h = member(&addr, &heavy, &[&heavy]);
+    let heavy_topic = random_topic().unwrap();
+    let mut sent = 0;
+    let err = loop {
+        let body = vec![sent; 510 * 1024];
+        match h.post(&Envelope::seal(&heavy, heavy_topic, body).unwrap()) {
+            Ok(_) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent <= 4, "the bytes quota did not stop the flood");
+    };
+    assert!(over_quota(&err, &heavy, "envelope bytes"), "{err}");
+
+    // The DAO's members carry on: Bob and the provider (through a member's courier) post and
+    // everyone reads the whole ceremony.
+    let mut b = member(&addr, &bob, &wallet);
+    assert_eq!(
+        b.post(&Envelope::seal(&bob, topic, b"round 1 from bob".to_vec()).unwrap())
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        b.post(&Envelope::seal(&provider, topic, b"round 1 from the provider".to_vec()).unwrap())
+            .unwrap(),
+        3
+    );
+    // A new ceremony too: members found topics as before.
+    let next = random_topic().unwrap();
+    assert_eq!(
+        a.post(&Envelope::seal(&alice, next, b"sign request".to_vec()).unwrap())
+            .unwrap(),
+        1
+    );
+    for c in [&mut a, &mut b] {
+        let got = c.fetch(&topic, 0).unwrap();
+        assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(got[0].1, invitation);
+    }
+
+    // A stranger who knows the topic reads nothing: not without a proof...
+    let mut raw_conn = raw(port);
+    let answer = ask(
+        &mut raw_conn,
+        &MailboxRequest::Fetch {
+            topic,
+            after: 0,
+            limit: 0,
+            proof: None,
+        },
+    );
+    assert!(
+        matches!(&answer, MailboxResponse::Error(w) if w.message.contains("members only")),
+        "{answer:?}"
+    );
+    // ...nor with a proof by a key of its own (the flooder's, say)...
+    let MailboxResponse::Challenge { nonce } = ask(&mut raw_conn, &MailboxRequest::Challenge)
+    else {
+        panic!("no challenge");
+    };
+    let challenge = <[u8; CHALLENGE_LEN]>::try_from(nonce.as_slice()).unwrap();
+    let answer = ask(
+        &mut raw_conn,
+        &MailboxRequest::Fetch {
+            topic,
+            after: 0,
+            limit: 0,
+            proof: Some(ReadProof::sign(&flooder, &challenge, &topic).unwrap()),
+        },
+    );
+    assert!(
+        matches!(&answer, MailboxResponse::Error(w) if w.message.contains("not a member")),
+        "{answer:?}"
+    );
+    // ...nor by replaying a member's proof made for another connection.
+    let mut other_conn = raw(port);
+    let MailboxResponse::Challenge { nonce } = ask(&mut other_conn, &MailboxRequest::Challenge)
+    else {
+        panic!("no challenge");
+    };
+    let theirs = <[u8; CHALLENGE_LEN]>::try_from(nonce.as_slice()).unwrap();
+    let alices = ReadProof::sign(&alice, &theirs, &topic).unwrap();
+    let answer = ask(
+        &mut raw_conn,
+        &MailboxRequest::Fetch {
+            topic,
+            after: 0,
+            limit: 0,
+            proof: Some(alices.clone()),
+        },
+    );
+    assert!(
+        matches!(&answer, MailboxResponse::Error(w) if w.message.contains("does not verify")),
+        "{answer:?}"
+    );
+    // On the connection it was made for, it reads (the members, as founded, come along).
+    let answer = ask(
+        &mut other_conn,
+        &MailboxRequest::Fetch {
+            topic,
+            after: 0,
+            limit: 0,
+            proof: Some(alices),
+        },
+    );
+    assert!(
+        matches!(&answer, MailboxResponse::Messages { items, members, .. }
+            if items.len() == 3 && members.len() == 3),
+        "{answer:?}"
+    );
+    // The client library as a stranger: refused the same way.
+    let mut stranger = MailboxClient::connect(&addr).unwrap();
+    let err = stranger.fetch(&topic, 0).unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Remote(w) if w.message.contains("members only")),
+        "{err}"
+    );
+    drop(parent);
+    let log = std::fs::read_to_string(dir.path().join("parent.log")).unwrap();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn the_mailbox_speaks_tls_to_members_who_pin_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let parent = start_parent_with(
+        dir.path(),
+        port,
+        "[mailbox]\ntls_certificate = \"mailbox.crt\"\ntls_key = \"mailbox.key\"\n",
+    );
+    // The parent made the pair at its first start and prints the address members pin.
+    let mut addr = None;
+    for _ in 0..200 {
+        let log = std::fs::read_to_string(dir.path().join("parent.log")).unwrap();
+        if let Some(at) = log.find("mailbox on tls://") {
+            addr = log[at + "mailbox on ".len()..].split_whitespace().next().map(String::from);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let addr = addr.expect("the parent prints the mailbox's pinned address");
+    assert!(addr.starts_with(&format!("tls://127.0.0.1:{port}#sha256:")), "{addr}");
+    assert!(dir.path().join("mailbox.key").exists());
+
+    let (alice, bob) = (key(), key());
+    let topic = random_topic().unwrap();
+    // Alice talks through a relay that records every byte (a network observer).
+    let (relay_port, seen) = recording_relay(port);
+    let (_, pin) = addr.split_once('#').unwrap();
+    let relayed = format!("tls://127.0.0.1:{relay_port}#{pin}");
+    let mut a = member(&relayed, &alice, &[&alice, &bob]);
+    let mut b = member(&addr, &bob, &[&alice, &bob]);
+    let secret = b"a PSBT, privately";
+    let e = Envelope::seal(&alice, topic, secret.to_vec()).unwrap();
+    assert_eq!(a.post(&e).unwrap(), 1);
+    assert_eq!(a.fetch(&topic, 0).unwrap(), vec![(1, e.clone())]);
+    assert_eq!(b.fetch(&topic, 0).unwrap(), vec![(1, e.clone())]);
+    drop(a);
+    // The observer saw the exchange, but neither the body, the topic nor Alice's key.
+    let captured = seen.lock().unwrap().clone();
+    assert!(captured.len() > 1000, "the relay saw {} bytes", captured.len());
+    let alice_key = public_key_bytes(&alice);
+    for needle in [&secret[..], &topic[..], &alice_key[..]] {
+        assert!(!captured.windows(needle.len()).any(|w| w == needle));
+    }
+
+    // Another certificate than the pinned one (a relay, a substituted parent): no connection.
+    let (host, _) = addr.split_once('#').unwrap();
+    let wrong = format!("{host}#sha256:{}", "00".repeat(32));
+    let err = MailboxClient::connect(&wrong).unwrap_err();
+    assert!(err.to_string().contains("pinned"), "{err}");
+    // Plain TCP to it gets no mailbox answer.
+    let mut raw_conn = raw(port);
+    write_frame(&mut raw_conn, &encode_request(&MailboxRequest::Challenge).unwrap()).unwrap();
+    assert!(!matches!(read_frame(&mut raw_conn), Ok(Some(_))));
+    // The restarted parent keeps its certificate, so the members' pin still holds.
+    drop(parent);
+    let parent = start_parent_with(dir.path(), port, "");
+    assert_eq!(b.fetch(&topic, 0).unwrap(), vec![(1, e)]);
+    drop(parent);
+}
+
+/// A TCP relay to `127.0.0.1:to` that records the bytes of every connection, both ways.
+fn recording_relay(to: u16) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use std::sync::{Arc, Mutex};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorder = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                return;
+            };
+            for (mut from, mut into) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                let recorder = Arc::clone(&recorder);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || std::io::Write::write_all(&mut into, &buf[..n]).is_err() {
+                            break;
+                        }
+                        recorder.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                    let _ = into.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    (port, seen)
+}
+
 #[test]
 fn the_deployment_serves_a_mailbox_at_its_provider() {
     let deployment = Deployment::start().unwrap();
     assert_eq!(deployment.mailbox, deployment.provider.mailbox_addr());
-    let member = key();
+    let member_key = key();
     let topic = random_topic().unwrap();
-    let mut client = MailboxClient::connect(&deployment.mailbox).unwrap();
-    let e = Envelope::seal(&member, topic, b"hello".to_vec()).unwrap();
+    let mut client = member(&deployment.mailbox, &member_key, &[&member_key]);
+    let e = Envelope::seal(&member_key, topic, b"hello".to_vec()).unwrap();
     assert_eq!(client.post(&e).unwrap(), 1);
     let got = client.fetch(&topic, 0).unwrap();
     assert_eq!(got, vec![(1, e)]);
     // The recovery cosigner's parent has a mailbox of its own, which knows nothing of it.
-    let mut other = MailboxClient::connect(&deployment.recovery.mailbox_addr()).unwrap();
+    let mut other = member(
+        &deployment.recovery.mailbox_addr(),
+        &member_key,
+        &[&member_key],
+    );
     assert!(other.fetch(&topic, 0).unwrap().is_empty());
 }

@@ -393,10 +393,12 @@ fn start_parent(dir: &Path, enclave: &Path) -> RunningParent {
         store_socket: dir.join("store.sock"),
         store_vsock_port: None,
         mailbox_listen: None,
+        mailbox: Default::default(),
         database: dir.join("store.db"),
         proxy_allow: Vec::new(),
         proxies: Vec::new(),
         aws_credentials: None,
+        client_limits: Default::default(),
     };
     Parent::new(config).unwrap().start().unwrap()
 }
@@ -483,6 +485,8 @@ fn relay_closes_the_client_when_the_enclave_closes() {
     let listener = UnixListener::bind(&path).unwrap();
     let parent = start_parent(dir.path(), &path);
     let mut client = connect(&parent);
+    // The parent connects to the enclave only once the client has sent something.
+    client.write_all(b"hi").unwrap();
     let (mut conn, _) = listener.accept().unwrap();
     conn.write_all(b"hello").unwrap();
     drop(conn);
@@ -499,9 +503,9 @@ fn relay_closes_the_enclave_side_when_the_client_goes() {
     let listener = UnixListener::bind(&path).unwrap();
     let parent = start_parent(dir.path(), &path);
     let mut client = connect(&parent);
+    client.write_all(b"last words").unwrap();
     let (mut conn, _) = listener.accept().unwrap();
     conn.set_read_timeout(Some(TIMEOUT)).unwrap();
-    client.write_all(b"last words").unwrap();
     drop(client);
     let mut got = Vec::new();
     conn.read_to_end(&mut got).unwrap();
@@ -517,9 +521,9 @@ fn shutdown_closes_open_relays_on_both_sides() {
     let parent = start_parent(dir.path(), &path);
     let addr = parent.client_addr();
     let mut client = connect(&parent);
+    client.write_all(b"x").unwrap();
     let (mut conn, _) = listener.accept().unwrap();
     conn.set_read_timeout(Some(TIMEOUT)).unwrap();
-    client.write_all(b"x").unwrap();
     assert_eq!(read_exactly(&mut conn, 1), b"x");
     // Neither side closes: the parent's shutdown must, and must not hang on them.
     parent.shutdown();
@@ -536,6 +540,8 @@ fn relay_closes_the_client_when_the_enclave_is_unreachable() {
     let dir = tempdir();
     let parent = start_parent(dir.path(), &dir.path().join("nobody-listens.sock"));
     let mut client = connect(&parent);
+    // The parent tries the enclave once the client has sent something.
+    client.write_all(b"hello").unwrap();
     let mut got = Vec::new();
     // EOF or reset: either way the client is not left hanging, and nothing was sent to it.
     let _ = client.read_to_end(&mut got);
@@ -612,6 +618,7 @@ fn store_socket_replaces_a_stale_socket_but_not_a_live_one_or_a_file() {
         store_socket: socket.clone(),
         store_vsock_port: None,
         mailbox_listen: None,
+        mailbox: Default::default(),
         database: dir.path().join("second.db"),
         proxy_allow: Vec::new(),
         proxies: Vec::new(),

@@ -367,6 +367,83 @@ fn key_lookup_errors_are_precise() {
     );
 }
 
+/// Generates an AES-256 key labelled `label` behind cosigner-kms's back (as an operator's tool
+/// might), with the given `CKA_SENSITIVE` and `CKA_EXTRACTABLE`, and otherwise what a sealing key
+/// needs (`CKA_ID`, encrypt and decrypt), so only its protection is wrong.
+fn plant_aes_key(module: &Path, token: &Token, label: &str, sensitive: bool, extractable: bool) {
+    let ctx = cosigner_kms::context(module).unwrap();
+    let session = ctx.open_rw_session(token.slot()).unwrap();
+    session
+        .generate_key(
+            &cryptoki::mechanism::Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(vec![0x5e; 16]),
+                Attribute::ValueLen(cryptoki::types::Ulong::from(32)),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(sensitive),
+                Attribute::Extractable(extractable),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+            ],
+        )
+        .unwrap();
+}
+
+#[test]
+fn an_existing_sealing_key_that_can_leave_the_token_is_refused() {
+    let (_hsm, module) = softhsm();
+    let token = init_token(&module, LABEL);
+    // (sensitive, extractable): readable and wrappable, wrappable only, readable only.
+    for (n, (sensitive, extractable)) in [(false, true), (true, true), (false, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let label = format!("{KEY}-{n}");
+        plant_aes_key(&module, &token, &label, sensitive, extractable);
+        // Both ways the enclave may take at start refuse it, naming the attributes; the second
+        // does not quietly generate another key beside it either.
+        for err in [
+            token.aes_sealing_key(&label).unwrap_err(),
+            token.aes_sealing_key_or_generate(&label).unwrap_err(),
+        ] {
+            match &err {
+                KmsError::KeyNotProtected {
+                    label: l,
+                    what,
+                    sensitive: s,
+                    extractable: e,
+                } => {
+                    assert_eq!(l, &label);
+                    assert_eq!(*what, "AES sealing key");
+                    assert_eq!((*s, *e), (sensitive, extractable));
+                }
+                other => panic!("{label}: expected KeyNotProtected, got {other:?}"),
+            }
+            assert!(err.to_string().contains("can leave the token"), "{err}");
+        }
+        let ctx = cosigner_kms::context(&module).unwrap();
+        let session = ctx.open_ro_session(token.slot()).unwrap();
+        let keys = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ])
+            .unwrap();
+        assert_eq!(keys.len(), 1, "{label}: a second key was generated");
+    }
+    // The same attributes set right (but by another tool, so CKA_ALWAYS_SENSITIVE and
+    // CKA_NEVER_EXTRACTABLE are whatever that tool made them) are accepted and seal.
+    plant_aes_key(&module, &token, "planted-ok", true, false);
+    let sealer = token.aes_sealing_key("planted-ok").unwrap();
+    assert!(sealer.protection().unwrap().cannot_leave_token());
+    let blob = sealer.seal(&CTX, SECRET).unwrap();
+    assert_eq!(sealer.open(&CTX, &blob).unwrap().as_slice(), SECRET);
+}
+
 #[test]
 fn opening_after_the_key_is_destroyed_fails_cleanly() {
     let (_hsm, module) = softhsm();

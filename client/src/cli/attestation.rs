@@ -9,7 +9,8 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use cosigner_attestation::document::MAX_DOCUMENT_SIZE;
 use cosigner_attestation::{
-    AttestationDoc, Expectations, PinnedRoot, certificate_summary, parse_unverified, verify,
+    AttestationDoc, DEFAULT_MAX_CLOCK_SKEW, Expectations, PinnedRoot, certificate_summary,
+    parse_unverified, verify,
 };
 use serde_json::{Value, json};
 
@@ -47,6 +48,15 @@ pub enum AttestationCommand {
         /// Accept debug-mode documents (PCR0..2 all zero): the enclave's memory is readable.
         #[arg(long)]
         allow_debug: bool,
+        /// Accept a document dated up to this far after the validation time (the attester's clock
+        /// ahead of this one); 0 refuses any document from the future. At most a day.
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            default_value_t = DEFAULT_MAX_CLOCK_SKEW.as_secs(),
+            value_parser = clap::value_parser!(u64).range(..=cosigner_client::trust::MAX_CLOCK_SKEW_SECONDS)
+        )]
+        max_clock_skew: u64,
     },
     /// Print a document's contents WITHOUT verifying anything.
     Inspect {
@@ -69,6 +79,7 @@ pub fn run(cmd: AttestationCommand) -> anyhow::Result<()> {
             public_key,
             max_age,
             allow_debug,
+            max_clock_skew,
         } => {
             let bytes = read_document(&doc)?;
             let root_pem = std::fs::read(&root)
@@ -94,6 +105,7 @@ pub fn run(cmd: AttestationCommand) -> anyhow::Result<()> {
                 public_key: public_key.map(|h| h.0),
                 max_age: max_age.map(Duration::from_secs),
                 allow_debug,
+                max_clock_skew: Duration::from_secs(max_clock_skew),
             };
             let verified = verify(&bytes, &root, at, &expect).map_err(|e| {
                 anyhow::anyhow!("verification failed at check `{}`: {e}", e.check())

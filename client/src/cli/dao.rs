@@ -212,8 +212,9 @@ pub fn run(g: &Globals, cmd: DaoCommand) -> anyhow::Result<()> {
                 layout.provider_parties,
                 layout.params.min_signers
             ));
+            let mailbox = dao::member_mailbox(&home, &mailbox, &invitation)?;
             let mut courier =
-                Courier::new(envelope.topic, &mailbox, provider, &provider_addr, &trust)?;
+                Courier::new(envelope.topic, mailbox, provider, &provider_addr, &trust)?;
             let wallet = dao::run_dkg(
                 &home,
                 &mut courier,
@@ -238,9 +239,10 @@ fn courier_for(
     let (info, invitation) = dao::dao_info(wallet)?;
     let provider_addr = provider_addr(g, &invitation.provider);
     let provider = Session::connect(&provider_addr, trust)?;
+    let mailbox = dao::member_mailbox(&home(g)?, &mailbox_addr(g, &info.mailbox), &invitation)?;
     Ok(Courier::new(
         topic,
-        &mailbox_addr(g, &info.mailbox),
+        mailbox,
         provider,
         &provider_addr,
         trust,
@@ -314,8 +316,8 @@ pub fn join(g: &Globals, args: JoinArgs) -> anyhow::Result<()> {
     say(&format!("  policy:\n{}", invitation.policy.trim_end()));
     let provider_addr = provider_addr(g, &invitation.provider);
     let provider = Session::connect(&provider_addr, &trust)?;
-    let mailbox = mailbox_addr(g, &invitation.mailbox);
-    let mut courier = Courier::new(envelope.topic, &mailbox, provider, &provider_addr, &trust)?;
+    let mailbox = dao::member_mailbox(&home, &mailbox_addr(g, &invitation.mailbox), &invitation)?;
+    let mut courier = Courier::new(envelope.topic, mailbox, provider, &provider_addr, &trust)?;
     let wallet = dao::run_dkg(
         &home,
         &mut courier,

@@ -31,8 +31,9 @@ pub struct Globals {
     /// The recovery cosigner (Shard C), tcp://HOST:PORT.
     #[arg(long, global = true, value_name = "ADDR", env = "COSIGNER_RECOVERY")]
     recovery: Option<String>,
-    /// The parent's mailbox for DAO ceremonies, tcp://HOST:PORT (default: the one the invitation
-    /// or the wallet names).
+    /// The parent's mailbox for DAO ceremonies: tls://HOST:PORT#sha256:HEX (its certificate
+    /// pinned, as the parent prints it) or tcp://HOST:PORT (default: the one the invitation or
+    /// the wallet names).
     #[arg(long, global = true, value_name = "ADDR", env = "COSIGNER_MAILBOX")]
     mailbox: Option<String>,
     /// The trust file: pinned roots and measurements.

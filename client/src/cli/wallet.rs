@@ -29,6 +29,11 @@ pub enum WalletCommand {
         /// key alone can never change it (`wallet set-policy` needs the recovery credential).
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
+        /// The operator's enrollment token (a file holding `cosigner-enrollment-v1:…`, issued by
+        /// `cosigner-parent enrollment issue` for this device's key), for a provider that
+        /// requires one.
+        #[arg(long, value_name = "FILE")]
+        enrollment_token: Option<PathBuf>,
         /// Print one JSON line.
         #[arg(long)]
         json: bool,
@@ -89,6 +94,10 @@ pub struct RecoverArgs {
     /// The recovery credential written by `wallet create`.
     #[arg(long, value_name = "FILE")]
     recovery_key: PathBuf,
+    /// Cancel a recovery in progress instead (the old phone was found): both cosigners drop the
+    /// pending device key and the registered device key may act again.
+    #[arg(long)]
+    cancel: bool,
     /// Print one JSON line.
     #[arg(long)]
     json: bool,
@@ -166,10 +175,15 @@ pub fn run(g: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
         WalletCommand::Create {
             recovery_key_out,
             policy,
+            enrollment_token,
             json,
         } => {
             let network: Network = g.network.parse()?;
             let policy = policy.as_deref().map(read_policy).transpose()?;
+            let enrollment = enrollment_token
+                .as_deref()
+                .map(read_enrollment_token)
+                .transpose()?;
             let home = home(g)?;
             let trust = trust(g)?;
             let mut provider =
@@ -185,16 +199,20 @@ pub fn run(g: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
                 (None, Some(p)) => p.clone(),
                 (None, None) => anyhow::bail!("give --recovery-key-out FILE"),
             };
-            let created = wallet::create_with_policy(
+            let created = wallet::create_with(
                 &home,
                 &mut provider,
                 &mut recovery,
                 network,
                 &out,
-                policy.as_deref(),
+                &wallet::CreateOptions {
+                    policy: policy.as_deref(),
+                    enrollment: enrollment.as_deref(),
+                },
             )?;
             let w = created.wallet;
-            if recovery_key_out.is_none() {
+            let out = created.recovery_key_path;
+            if recovery_key_out.is_none() && out.exists() {
                 let kept = out.with_file_name(format!("{}.recovery.key", w.wallet_id));
                 std::fs::rename(&out, &kept)?;
                 eprintln!(
@@ -290,6 +308,15 @@ pub fn run(g: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Reads an enrollment token file (`cosigner-enrollment-v1:<hex>`) into its bytes.
+fn read_enrollment_token(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("enrollment token {}: {e}", path.display()))?;
+    let token = cosigner_protocol::enrollment::EnrollmentToken::from_text(&text)
+        .map_err(|e| anyhow::anyhow!("enrollment token {}: {e}", path.display()))?;
+    Ok(token.to_bytes())
 }
 
 /// `cosigner sign`.
@@ -429,10 +456,19 @@ pub fn recover(g: &Globals, args: RecoverArgs) -> anyhow::Result<()> {
     let id = wallet_id(&args.wallet)?;
     let network: Network = g.network.parse()?;
     let recovery_key = cosigner_client::home::read_p256_key(&args.recovery_key)?;
-    let home = home(g)?;
     let trust = trust(g)?;
     let mut provider = connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", &trust)?;
     let mut recovery = connect(g.recovery.as_ref(), "recovery", "COSIGNER_RECOVERY", &trust)?;
+    if args.cancel {
+        wallet::cancel_recovery(&mut provider, &mut recovery, id, &recovery_key)?;
+        let out = json!({ "wallet_id": id.to_hex(), "recovery": "cancelled" });
+        return if args.json {
+            emit(&out.to_string())
+        } else {
+            emit(&format!("recovery of wallet {id} cancelled"))
+        };
+    }
+    let home = home(g)?;
     let w = wallet::recover(
         &home,
         &mut provider,

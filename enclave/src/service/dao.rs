@@ -586,7 +586,7 @@ impl Service {
         let (layout, outputs) = dkg.into_outputs()?;
         let wallet_id = layout.wallet_id;
         let mut public_key_package = Vec::new();
-        let _guard = lock(&self.lifecycle)?;
+        let _guard = self.writer(&wallet_id)?;
         for (party, output) in &outputs {
             let share = ShareRecord {
                 epoch: 0,
@@ -655,7 +655,7 @@ impl Service {
         };
         // Every share is in. Check the state again (another request may have spent since), record
         // the spend, then publish.
-        let _guard = lock(&self.lifecycle)?;
+        let _guard = self.writer(&job.wallet_id)?;
         let mut state = self.records().load_dao_state(&job.wallet_id)?;
         let layout = state.invitation.layout()?;
         let policy = Self::dao_policy(&state, &layout)?;
@@ -796,7 +796,7 @@ impl Service {
         if job.approvals.len() < usize::from(job.needed) {
             return Ok((Ceremony::Policy(job), Vec::new()));
         }
-        let _guard = lock(&self.lifecycle)?;
+        let _guard = self.writer(&job.wallet_id)?;
         let mut state = self.records().load_dao_state(&job.wallet_id)?;
         let refused = |reason: String| DaoMessage::Refused {
             request: ByteBuf::from(job.hash.to_vec()),
@@ -936,7 +936,7 @@ impl Service {
         let from_epoch = job.refresh.from_epoch();
         let epoch = from_epoch + 1;
         if job.refresh.is_done() && !job.prepared {
-            let _guard = lock(&self.lifecycle)?;
+            let _guard = self.writer(&job.wallet_id)?;
             let state = self.records().load_dao_state(&job.wallet_id)?;
             if state.epoch != from_epoch {
                 return Err(bad(format!(
@@ -978,7 +978,7 @@ impl Service {
         }
         // Every party stored its new share: the new epoch becomes current (anchored), then the
         // old shares go.
-        let _guard = lock(&self.lifecycle)?;
+        let _guard = self.writer(&job.wallet_id)?;
         let mut state = self.records().load_dao_state(&job.wallet_id)?;
         if state.epoch != from_epoch {
             return Err(bad(format!(

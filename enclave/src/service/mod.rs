@@ -10,6 +10,16 @@
 //! single-use challenge of this session (`cosigner_protocol::auth`). The device key may sign and
 //! refresh; the recovery credential may only start a recovery; during a recovery the new device's
 //! pending key may repair and refresh. Revoked keys are refused.
+//!
+//! Precedence (docs/lifecycle.md): the recovery credential wins. `RecoverStart` suspends the
+//! registered device key at once (it can neither sign, refresh nor start anything until the
+//! recovery completes, when it is revoked, or the recovery credential cancels it with
+//! `RecoverCancel`), and drops the device's ceremonies and signing sessions in flight. A ceremony
+//! in flight is never replaced by another session's (`ErrorKind::Busy`, retryable), except that a
+//! recovery pre-empts a device refresh and the same key may restart its own.
+//!
+//! One writer per wallet: every state change holds the wallet's writer lock and re-reads the
+//! state under it; reads never write (`records`), and anchor writes are compare-and-swap.
 
 pub mod anchor;
 pub mod audit;
@@ -29,7 +39,9 @@ use cosigner_protocol::auth::{
 };
 use cosigner_protocol::binding::{EXPORTER_LEN, NONCE_LEN};
 use cosigner_protocol::dkg::{self, DkgRound1, DkgRound2, DkgRound3};
-use cosigner_protocol::refresh::{self, RefreshRound1, RefreshRound2, RefreshRound3};
+use cosigner_protocol::enrollment::EnrollmentToken;
+use cosigner_protocol::party;
+use cosigner_protocol::refresh::{self, RefreshRound1, RefreshRound2};
 use cosigner_protocol::repair::{self, RepairHelper1, RepairHelper2};
 use cosigner_protocol::sign::SignerSession;
 use cosigner_protocol::wire::{
@@ -42,7 +54,7 @@ use serde_bytes::ByteBuf;
 
 use self::anchor::Anchor;
 use self::audit::AuditLog;
-use self::records::{Records, ShareRecord, WalletState};
+use self::records::{PreparedRecord, Records, ShareRecord, WalletState};
 use crate::store::BlobStore;
 
 /// The ciphersuite the service runs: BIP-340 signatures valid for Taproot key-path spends.
@@ -50,13 +62,32 @@ pub type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
 
 /// How long an unfinished ceremony is kept.
 const CEREMONY_TTL: Duration = Duration::from_secs(600);
+/// How long an unfinished DKG is kept: the client drives it without any human step, in well
+/// under a second, and until it completes it holds nothing persistent.
+const DKG_TTL: Duration = Duration::from_secs(60);
+/// DKGs one connection may have in progress at once.
+const MAX_DKGS_PER_SESSION: usize = 4;
+/// Signing sessions (raw or PSBT) one wallet may have open at once.
+pub(crate) const MAX_SIGNS_PER_WALLET: usize = 64;
+/// Stripes of the per-wallet writer lock (wallets hash onto them; two wallets sharing a stripe
+/// only wait for each other).
+const WRITER_STRIPES: usize = 64;
+/// Refused requests recorded in the audit log per wallet and window; beyond, they are counted
+/// and the count is recorded with the next refusal after the window (an anonymous flood of bad
+/// signatures cannot grow the log without bound).
+const REFUSALS_PER_WINDOW: u32 = 8;
+const REFUSAL_WINDOW: Duration = Duration::from_secs(600);
+/// Wallets whose refusal counts are tracked at once (the oldest window is forgotten beyond).
+const MAX_REFUSAL_WALLETS: usize = 65_536;
 /// How long a signing session may wait for its round 2.
 const SIGN_TTL: Duration = Duration::from_secs(300);
 /// How long a challenge is valid.
 const CHALLENGE_TTL: Duration = Duration::from_secs(120);
-/// Bounds on pending ceremonies, so a client cannot exhaust memory.
+/// Bounds on pending ceremonies, so memory stays bounded. Reaching one evicts the oldest entry
+/// (which held nothing persistent) rather than refusing everyone: together with the per-session
+/// and per-wallet quotas, no single party can keep others out.
 const MAX_PENDING: usize = 1024;
-const MAX_PENDING_SIGNS: usize = 65_536;
+const MAX_PENDING_SIGNS: usize = 4096;
 
 /// When the provider demands a refresh before it signs again.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -120,7 +151,9 @@ enum DkgStage {
 enum RefreshStage {
     Round1(Box<RefreshRound1<Suite>>),
     Round2(Box<RefreshRound2<Suite>>),
-    Round3(Box<RefreshRound3<Suite>>),
+    /// Prepared and stored (`records::PreparedRecord`): the commit works from the stored record;
+    /// this marker only keeps the ceremony owned until it commits or expires.
+    Prepared,
 }
 
 enum RepairStage {
@@ -135,12 +168,17 @@ struct Pending<T> {
     started: Instant,
     recovery: bool,
     owner: [u8; 16],
+    /// The key that authorized it (empty for a DKG): the same key may restart its own ceremony
+    /// from another session (a client that crashed and retries).
+    key: Vec<u8>,
 }
 
 struct PendingSign {
     wallet_id: WalletId,
     party: u16,
     epoch: u64,
+    /// The key that authorized the commitment: re-checked when the share is released.
+    actor: Actor,
     session: SignerSession<Suite>,
     started: Instant,
 }
@@ -156,6 +194,10 @@ impl Failure {
 
     fn bad(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::BadRequest, message)
+    }
+
+    fn busy(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Busy, message)
     }
 
     fn denied(message: impl Into<String>) -> Self {
@@ -218,8 +260,10 @@ pub struct Service {
     refreshes: Mutex<HashMap<WalletId, Pending<RefreshStage>>>,
     repairs: Mutex<HashMap<WalletId, Pending<RepairStage>>>,
     signs: Mutex<HashMap<[u8; 16], PendingSign>>,
-    /// Serialises state changes per service (lifecycle operations are rare).
-    lifecycle: Mutex<()>,
+    /// One writer per wallet: every state change of a wallet holds its stripe.
+    writers: Vec<Mutex<()>>,
+    /// Refusals recorded per wallet in the current window (see [`REFUSALS_PER_WINDOW`]).
+    refusals: Mutex<HashMap<WalletId, (Instant, u32)>>,
     /// Which session committed each wallet's latest refresh: only it may finalize (delete the
     /// older epochs), so another client cannot cut a refresh short.
     committed_by: Mutex<HashMap<WalletId, ([u8; 16], u64)>>,
@@ -227,6 +271,8 @@ pub struct Service {
     dao: Mutex<dao::Ceremonies>,
     /// Personal wallets' PSBT signing sessions (nonces in memory only), by session id.
     psbts: Mutex<psbt::Sessions>,
+    /// With enrollment required: the operator's public key (SEC1 P-256) that signs tokens.
+    enrollment: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -259,11 +305,21 @@ impl Service {
             refreshes: Mutex::new(HashMap::new()),
             repairs: Mutex::new(HashMap::new()),
             signs: Mutex::new(HashMap::new()),
-            lifecycle: Mutex::new(()),
+            writers: (0..WRITER_STRIPES).map(|_| Mutex::new(())).collect(),
+            refusals: Mutex::new(HashMap::new()),
             committed_by: Mutex::new(HashMap::new()),
             dao: Mutex::new(HashMap::new()),
             psbts: Mutex::new(HashMap::new()),
+            enrollment: None,
         })
+    }
+
+    /// Requires an operator's enrollment token, signed by `operator_key` (SEC1 P-256), on every
+    /// `DkgStart`; `None`: wallet creation is open.
+    #[must_use]
+    pub fn with_enrollment(mut self, operator_key: Option<Vec<u8>>) -> Self {
+        self.enrollment = operator_key;
+        self
     }
 
     /// The audit key (SEC1 compressed P-256), as bound into attestation documents.
@@ -277,6 +333,51 @@ impl Service {
             store: self.store.as_ref(),
             anchor: self.anchor.as_ref(),
         }
+    }
+
+    /// The writer lock of `wallet`: held across every read-modify-write of its records.
+    fn writer(&self, wallet: &WalletId) -> Result<std::sync::MutexGuard<'_, ()>, Failure> {
+        let stripe = usize::from(wallet.0[0]) % WRITER_STRIPES;
+        let m = self
+            .writers
+            .get(stripe)
+            .ok_or_else(|| internal("writer stripe out of range"))?;
+        lock(m)
+    }
+
+    /// Records a refusal in the audit log, at most [`REFUSALS_PER_WINDOW`] per wallet and
+    /// window; the ones beyond are counted and the count is recorded with the next one logged.
+    /// Failing to log a refusal does not change the answer (the request is refused anyway).
+    fn refused(&self, wallet: &WalletId, action: &str, actor: &str, digest: &[u8], why: &str) {
+        let suppressed = {
+            let Ok(mut map) = self.refusals.lock() else {
+                return;
+            };
+            if map.len() >= MAX_REFUSAL_WALLETS && !map.contains_key(wallet) {
+                map.retain(|_, (start, _)| start.elapsed() < REFUSAL_WINDOW);
+                if map.len() >= MAX_REFUSAL_WALLETS {
+                    return;
+                }
+            }
+            let entry = map.entry(*wallet).or_insert((Instant::now(), 0));
+            if entry.0.elapsed() >= REFUSAL_WINDOW {
+                let dropped = entry.1.saturating_sub(REFUSALS_PER_WINDOW);
+                *entry = (Instant::now(), 1);
+                dropped
+            } else {
+                entry.1 = entry.1.saturating_add(1);
+                if entry.1 > REFUSALS_PER_WINDOW {
+                    return;
+                }
+                0
+            }
+        };
+        let decision = if suppressed > 0 {
+            format!("{why} ({suppressed} more refusals in the previous window not recorded)")
+        } else {
+            why.to_owned()
+        };
+        let _ = self.log(wallet, action, actor, digest, &decision);
     }
 
     fn log(
@@ -314,7 +415,11 @@ impl Service {
                 signature,
                 request,
             } => self.authorized(session, wallet_id, role, &signature, &request),
-            Request::DkgStart { params, me } => self.dkg_start(session.id, params, me),
+            Request::DkgStart {
+                params,
+                me,
+                enrollment,
+            } => self.dkg_start(session.id, params, me, enrollment.as_ref().map(|t| t.as_slice())),
             Request::DkgRound2 { wallet_id, round1 } => {
                 self.dkg_round2(session.id, wallet_id, &round1)
             }
@@ -326,7 +431,7 @@ impl Service {
                 wallet_id,
                 confirmations,
                 registration,
-            } => self.dkg_confirm(session.id, wallet_id, &confirmations, &registration),
+            } => self.dkg_confirm(wallet_id, &confirmations, &registration),
             Request::SignShare {
                 session_id,
                 signing_package,
@@ -428,11 +533,26 @@ impl Service {
                 let pending = state.pending_device_key.as_ref().map(|k| k.to_vec());
                 let matches = |k: &[u8]| check(k);
                 if matches(&state.device_key) {
+                    if state.pending_device_key.is_some() {
+                        // The recovery credential has spoken: the registered device (maybe a
+                        // stolen phone) is suspended until the recovery completes or is cancelled.
+                        self.refused(
+                            &wallet_id,
+                            action,
+                            &format!("device:{}", hex::encode(&state.device_key)),
+                            &digest,
+                            "refused: device key suspended by a recovery in progress",
+                        );
+                        return Err(Failure::denied(
+                            "this device key is suspended: a recovery of this wallet is in \
+                             progress (the recovery credential can cancel it)",
+                        ));
+                    }
                     (state.device_key.to_vec(), "device")
                 } else if let Some(p) = pending.filter(|p| matches(p)) {
                     (p, "pending-device")
                 } else if state.revoked_keys.iter().any(|k| matches(k)) {
-                    let _ = self.log(
+                    self.refused(
                         &wallet_id,
                         action,
                         "revoked-device",
@@ -441,7 +561,7 @@ impl Service {
                     );
                     return Err(Failure::denied("this device key has been revoked"));
                 } else {
-                    let _ = self.log(&wallet_id, action, "-", &digest, "refused: bad signature");
+                    self.refused(&wallet_id, action, "-", &digest, "refused: bad signature");
                     return Err(Failure::denied(
                         "signature is not by this wallet's device key",
                     ));
@@ -449,7 +569,7 @@ impl Service {
             }
             KeyRole::Recovery => {
                 if !check(&state.recovery_key) {
-                    let _ = self.log(
+                    self.refused(
                         &wallet_id,
                         action,
                         "-",
@@ -468,10 +588,26 @@ impl Service {
             key: actor,
         };
         // What each key may do.
+        // The recovery cosigner co-signs spends only under the recovery credential (the owner's
+        // offline key: recovery, or the provider unreachable), never on the device key alone, so
+        // a stolen phone reaches one spend history (the provider's), not two.
+        let recovery_cosigner = state.party == party::RECOVERY;
         let allowed = match (&inner, actor.role) {
-            (Request::RecoverStart { .. } | Request::SetPolicy { .. }, "recovery") => true,
-            (Request::RecoverStart { .. }, _) | (_, "recovery") => false,
-            (Request::SignCommit { .. } | Request::SignPsbtCommit { .. }, "device") => true,
+            (
+                Request::RecoverStart { .. }
+                | Request::RecoverCancel { .. }
+                | Request::SetPolicy { .. },
+                "recovery",
+            ) => true,
+            (Request::SignCommit { .. } | Request::SignPsbtCommit { .. }, "recovery") => {
+                recovery_cosigner
+            }
+            (Request::RecoverStart { .. } | Request::RecoverCancel { .. }, _) | (_, "recovery") => {
+                false
+            }
+            (Request::SignCommit { .. } | Request::SignPsbtCommit { .. }, "device") => {
+                !recovery_cosigner
+            }
             (
                 Request::RefreshStart { .. } | Request::RefreshCommit { .. },
                 "device" | "pending-device",
@@ -480,7 +616,7 @@ impl Service {
             _ => false,
         };
         if !allowed {
-            let _ = self.log(
+            self.refused(
                 &wallet_id,
                 action,
                 &actor.label(),
@@ -497,6 +633,13 @@ impl Service {
                 if w == wallet_id && state.policy.is_some() =>
             {
                 Err(self.raw_sign_refused(&wallet_id, &actor, &digest))
+            }
+            Request::SignCommit { .. } | Request::SignPsbtCommit { .. }
+                if state.pending_device_key.is_some() =>
+            {
+                Err(Failure::denied(
+                    "a recovery of this wallet is in progress: finish or cancel it first",
+                ))
             }
             Request::SignPsbtCommit {
                 wallet_id: w,
@@ -515,7 +658,7 @@ impl Service {
                 epoch,
                 message,
                 signers,
-            } if w == wallet_id => self.sign_commit(state, &actor, epoch, &message, &signers),
+            } if w == wallet_id => self.sign_commit(state, actor, epoch, &message, &signers),
             Request::RefreshStart { params, me } if params.wallet_id == wallet_id => {
                 self.refresh_start(session.id, state, &actor, params, me, &digest)
             }
@@ -529,6 +672,9 @@ impl Service {
                 wallet_id: w,
                 new_device_key,
             } if w == wallet_id => self.recover_start(state, &actor, &new_device_key, &digest),
+            Request::RecoverCancel { wallet_id: w } if w == wallet_id => {
+                self.recover_cancel(&wallet_id, &actor, &digest)
+            }
             Request::RepairStart { params, me } if params.wallet_id == wallet_id => {
                 self.repair_start(session.id, state, &actor, params, me, &digest)
             }
@@ -538,7 +684,16 @@ impl Service {
 
     // ----- wallet creation -----
 
-    fn dkg_start(&self, owner: [u8; 16], params: DkgParams, me: u16) -> Outcome {
+    fn dkg_start(
+        &self,
+        owner: [u8; 16],
+        params: DkgParams,
+        me: u16,
+        enrollment: Option<&[u8]>,
+    ) -> Outcome {
+        // Checked first, before any work or state: a stranger without a token costs one
+        // signature check.
+        let enrolled = self.check_enrollment(enrollment)?;
         if params.ciphersuite != SUITE_SECP256K1_TR {
             return Err(Failure::bad(format!(
                 "ciphersuite {:?} is not served",
@@ -550,15 +705,30 @@ impl Service {
             return Err(Failure::bad(format!("wallet {wallet_id} already exists")));
         }
         let mut dkgs = lock(&self.dkgs)?;
-        dkgs.retain(|_, p| p.started.elapsed() < CEREMONY_TTL);
+        dkgs.retain(|_, p| p.started.elapsed() < DKG_TTL);
         if dkgs.contains_key(&wallet_id) {
-            return Err(Failure::bad(format!(
+            return Err(Failure::busy(format!(
                 "a DKG for wallet {wallet_id} is already running"
             )));
         }
-        if dkgs.len() >= MAX_PENDING {
-            return Err(internal("too many DKGs in progress"));
+        // Quotas per principal: an anonymous connection may run a few DKGs at once; the table as
+        // a whole is bounded by evicting its oldest entry (a DKG holds nothing persistent until
+        // it completes), so a flood of strangers delays nobody's DKG by more than a retry.
+        let mine = dkgs.values().filter(|p| p.owner == owner).count();
+        if mine >= MAX_DKGS_PER_SESSION {
+            return Err(Failure::busy(format!(
+                "this connection already has {mine} DKGs in progress"
+            )));
         }
+        if !enrolled.is_empty() {
+            let theirs = dkgs.values().filter(|p| p.key == enrolled).count();
+            if theirs >= MAX_DKGS_PER_SESSION {
+                return Err(Failure::busy(format!(
+                    "this enrolled device already has {theirs} DKGs in progress"
+                )));
+            }
+        }
+        evict_oldest(&mut dkgs, MAX_PENDING, |p| p.started);
         let (state, message) = dkg::start::<Suite>(&params, me, &mut rand_core::OsRng)?;
         dkgs.insert(
             wallet_id,
@@ -567,9 +737,30 @@ impl Service {
                 started: Instant::now(),
                 recovery: false,
                 owner,
+                key: enrolled,
             },
         );
         Ok(Response::DkgRound1 { message })
+    }
+
+    /// With enrollment required, the token's device key (the DKG's principal: its registration
+    /// must name that key); empty when creation is open.
+    fn check_enrollment(&self, token: Option<&[u8]>) -> Result<Vec<u8>, Failure> {
+        let Some(operator) = &self.enrollment else {
+            return Ok(Vec::new());
+        };
+        let token = token.ok_or_else(|| {
+            Failure::denied(
+                "wallet creation at this cosigner needs an operator's enrollment token \
+                 (wallet create --enrollment-token FILE)",
+            )
+        })?;
+        let token = EnrollmentToken::from_bytes(token)
+            .map_err(|e| Failure::denied(format!("enrollment token: {e}")))?;
+        token
+            .verify(operator, now_ms())
+            .map_err(|e| Failure::denied(format!("enrollment token: {e}")))?;
+        Ok(normalise_public_key(&token.device_key)?)
     }
 
     fn take<T>(
@@ -593,20 +784,36 @@ impl Service {
         map.remove(id).ok_or_else(|| {
             Failure::new(
                 ErrorKind::NotFound,
-                format!("no {what} running for wallet {id}"),
+                format!("no {what} running for wallet {id} (expired, or pre-empted by a recovery)"),
             )
         })
     }
 
+    /// Puts a ceremony (back) into its table. Never replaces another session's ceremony in
+    /// flight: that is refused as [`ErrorKind::Busy`] (retryable), unless it expired, was started
+    /// by the same key (a client restarting its own ceremony), or `pending` is a recovery and the
+    /// one in flight is not (the recovery credential wins).
     fn put<T>(
         map: &Mutex<HashMap<WalletId, Pending<T>>>,
         id: WalletId,
+        what: &str,
         pending: Pending<T>,
     ) -> Result<(), Failure> {
         let mut map = lock(map)?;
         map.retain(|_, p| p.started.elapsed() < CEREMONY_TTL);
-        if map.len() >= MAX_PENDING {
-            return Err(internal("too many ceremonies in progress"));
+        if let Some(running) = map.get(&id) {
+            let replaceable = running.owner == pending.owner
+                || (!running.key.is_empty() && running.key == pending.key)
+                || (pending.recovery && !running.recovery);
+            if !replaceable {
+                return Err(Failure::busy(format!(
+                    "another session's {what} of wallet {id} is in progress: try again when it \
+                     has finished or expired"
+                )));
+            }
+        }
+        if !map.contains_key(&id) {
+            evict_oldest(&mut map, MAX_PENDING, |p| p.started);
         }
         map.insert(id, pending);
         Ok(())
@@ -626,6 +833,7 @@ impl Service {
         Self::put(
             &self.dkgs,
             wallet_id,
+            "DKG",
             Pending {
                 stage: DkgStage::Round2(Box::new(next)),
                 ..p
@@ -648,6 +856,7 @@ impl Service {
         Self::put(
             &self.dkgs,
             wallet_id,
+            "DKG",
             Pending {
                 stage: DkgStage::Round3(Box::new(next)),
                 ..p
@@ -658,12 +867,29 @@ impl Service {
 
     fn dkg_confirm(
         &self,
-        owner: [u8; 16],
         wallet_id: WalletId,
         confirmations: &[Confirmation],
         registration: &Registration,
     ) -> Outcome {
-        let p = Self::take(&self.dkgs, &wallet_id, "DKG", &owner)?;
+        // The confirmations are the capability here, not the session: only the coordinator saw
+        // every round-1 message, so only it can send confirmations equal to ours, and the
+        // registration is signed by both keys over the transcript. A client that died after
+        // sending them elsewhere can finish from a new session; sent again once done, it gets
+        // the same answer.
+        if let Some(done) = self.dkg_already_confirmed(&wallet_id, registration)? {
+            return Ok(done);
+        }
+        let p = {
+            let mut dkgs = lock(&self.dkgs)?;
+            dkgs.remove(&wallet_id)
+                .filter(|p| p.started.elapsed() < DKG_TTL)
+                .ok_or_else(|| {
+                    Failure::new(
+                        ErrorKind::NotFound,
+                        format!("no DKG running for wallet {wallet_id} (expired)"),
+                    )
+                })?
+        };
         let DkgStage::Round3(state) = p.stage else {
             return Err(Failure::bad("DKG is not waiting for confirmations"));
         };
@@ -676,6 +902,11 @@ impl Service {
         if device_key == recovery_key {
             return Err(Failure::bad(
                 "the recovery credential must differ from the device key",
+            ));
+        }
+        if !p.key.is_empty() && p.key != device_key {
+            return Err(Failure::denied(
+                "the device key registered is not the one the enrollment token names",
             ));
         }
         let (policy, network) = psbt::creation_terms(registration, &device_key)?;
@@ -713,8 +944,10 @@ impl Service {
             policy,
             network,
             history: Vec::new(),
+            commit_confirmations: Vec::new(),
+            signed_txids: Vec::new(),
         };
-        let _guard = lock(&self.lifecycle)?;
+        let _guard = self.writer(&wallet_id)?;
         if self.records().exists(&wallet_id)? {
             return Err(Failure::bad(format!("wallet {wallet_id} already exists")));
         }
@@ -732,6 +965,28 @@ impl Service {
         })
     }
 
+    /// `DkgDone` again for a wallet already created with this very registration.
+    fn dkg_already_confirmed(
+        &self,
+        wallet_id: &WalletId,
+        registration: &Registration,
+    ) -> Result<Option<Response>, Failure> {
+        if lock(&self.dkgs)?.contains_key(wallet_id) || !self.records().exists(wallet_id)? {
+            return Ok(None);
+        }
+        let state = self.records().load_state(wallet_id)?;
+        let same = normalise_public_key(&registration.recovery_key)?
+            == state.recovery_key.as_slice()
+            && state.current_epoch == 0
+            && (normalise_public_key(&registration.device_key)? == state.device_key.as_slice());
+        if !same {
+            return Err(Failure::bad(format!("wallet {wallet_id} already exists")));
+        }
+        Ok(Some(Response::DkgDone {
+            wallet: info(*wallet_id, &state)?,
+        }))
+    }
+
     fn get_wallet(&self, wallet_id: WalletId) -> Outcome {
         let state = self.records().load_state(&wallet_id)?;
         Ok(Response::Wallet {
@@ -744,14 +999,14 @@ impl Service {
     fn sign_commit(
         &self,
         mut state: WalletState,
-        actor: &Actor,
+        actor: Actor,
         epoch: u64,
         message: &[u8],
         signers: &[u16],
     ) -> Outcome {
         let wallet_id = state.params.wallet_id;
         if let Some(stranger) = signers.iter().find(|s| !state.params.parties.contains(s)) {
-            let _ = self.log(
+            self.refused(
                 &wallet_id,
                 "sign",
                 &actor.label(),
@@ -763,7 +1018,7 @@ impl Service {
             )));
         }
         if epoch != state.current_epoch && !state.retained_epochs.contains(&epoch) {
-            let _ = self.log(
+            self.refused(
                 &wallet_id,
                 "sign",
                 &actor.label(),
@@ -779,7 +1034,7 @@ impl Service {
         if let Some(limit) = self.policy.after
             && age > limit
         {
-            let _ = self.log(
+            self.refused(
                 &wallet_id,
                 "sign",
                 &actor.label(),
@@ -794,7 +1049,7 @@ impl Service {
         }
         if let Some(limit) = self.policy.after_signatures {
             if state.signatures >= limit {
-                let _ = self.log(
+                self.refused(
                     &wallet_id,
                     "sign",
                     &actor.label(),
@@ -806,7 +1061,15 @@ impl Service {
                     state.signatures
                 )));
             }
-            let _guard = lock(&self.lifecycle)?;
+            let _guard = self.writer(&wallet_id)?;
+            // Re-read under the lock: a concurrent signature's count must not be lost.
+            state = self.records().load_state(&wallet_id)?;
+            if state.signatures >= limit {
+                return Err(Failure::bad(format!(
+                    "refresh required: {} signatures in this epoch, the policy allows {limit}",
+                    state.signatures
+                )));
+            }
             state.signatures += 1;
             self.records().save_state(&wallet_id, &state)?;
         }
@@ -823,15 +1086,22 @@ impl Service {
         let session_id = random::<16>()?;
         let mut signs = lock(&self.signs)?;
         signs.retain(|_, s| s.started.elapsed() < SIGN_TTL);
-        if signs.len() >= MAX_PENDING_SIGNS {
-            return Err(internal("too many signing sessions open"));
+        // A quota per wallet; the table as a whole evicts its oldest session (nonces in memory
+        // only: an evicted session's commitments are simply never used).
+        let open = signs.values().filter(|s| s.wallet_id == wallet_id).count();
+        if open >= MAX_SIGNS_PER_WALLET {
+            return Err(Failure::busy(format!(
+                "wallet {wallet_id} has {open} signing sessions open: finish or let them expire"
+            )));
         }
+        evict_oldest(&mut signs, MAX_PENDING_SIGNS, |s| s.started);
         signs.insert(
             session_id,
             PendingSign {
                 wallet_id,
                 party: state.party,
                 epoch,
+                actor,
                 session,
                 started: Instant::now(),
             },
@@ -856,8 +1126,27 @@ impl Service {
                     "unknown, expired or already used signing session",
                 )
             })?;
-        // The state was checked (anchor, keys, epoch) at SignCommit; the share is bound to the
-        // party and epoch recorded then.
+        // Checked again now, not only at SignCommit: a revocation, a recovery started, or a
+        // refresh that retired the epoch since then stops this signature too.
+        let state = self.records().load_state(&pending.wallet_id)?;
+        let key = pending.actor.key.as_slice();
+        let still = match pending.actor.role {
+            "device" => state.device_key.as_slice() == key && state.pending_device_key.is_none(),
+            "recovery" => state.recovery_key.as_slice() == key,
+            _ => false,
+        };
+        if !still {
+            return Err(Failure::denied(
+                "the key that opened this signing session is no longer authorized (revoked or \
+                 suspended by a recovery)",
+            ));
+        }
+        if pending.epoch != state.current_epoch && !state.retained_epochs.contains(&pending.epoch) {
+            return Err(Failure::bad(format!(
+                "epoch {} is no longer in use: refreshed since the commitments",
+                pending.epoch
+            )));
+        }
         let share = self
             .records()
             .load_share(&pending.wallet_id, pending.party, pending.epoch)?;
@@ -902,22 +1191,25 @@ impl Service {
             ));
         }
         let (next, message) = refresh::start::<Suite>(&params, me, &mut rand_core::OsRng)?;
+        // Into the table first (refused if another session's refresh is in flight), then logged.
+        Self::put(
+            &self.refreshes,
+            wallet_id,
+            "refresh",
+            Pending {
+                stage: RefreshStage::Round1(Box::new(next)),
+                started: Instant::now(),
+                recovery: actor.role == "pending-device",
+                owner,
+                key: actor.key.clone(),
+            },
+        )?;
         self.log(
             &wallet_id,
             "refresh-start",
             &actor.label(),
             digest,
             "allowed",
-        )?;
-        Self::put(
-            &self.refreshes,
-            wallet_id,
-            Pending {
-                stage: RefreshStage::Round1(Box::new(next)),
-                started: Instant::now(),
-                recovery: actor.role == "pending-device",
-                owner,
-            },
         )?;
         Ok(Response::RefreshRound1 { message })
     }
@@ -936,6 +1228,7 @@ impl Service {
         Self::put(
             &self.refreshes,
             wallet_id,
+            "refresh",
             Pending {
                 stage: RefreshStage::Round2(Box::new(next)),
                 ..p
@@ -961,30 +1254,42 @@ impl Service {
         let old_pkp = PublicKeyPackage::<Suite>::deserialize(&old.public_key_package)
             .map_err(|e| Failure::new(ErrorKind::Integrity, e.to_string()))?;
         let (next, confirmation) = round2.handle_round2(packages, &old_kp, &old_pkp)?;
-        // Prepared, not yet in use: stored so a crash after every party confirmed loses nothing.
-        let new_epoch = from + 1;
-        let share = ShareRecord {
-            epoch: new_epoch,
-            key_package: ByteBuf::from(next.key_package().serialize().map_err(internal)?),
-            public_key_package: ByteBuf::from(
-                next.public_key_package().serialize().map_err(internal)?,
-            ),
+        // Prepared, not yet in use: stored sealed with our confirmation, so the commit can come
+        // after a restart or from another session (rolling a refresh forward that committed at
+        // the other cosigner). A recovery may keep more than a device refresh.
+        let prepared = PreparedRecord {
+            share: ShareRecord {
+                epoch: from + 1,
+                key_package: ByteBuf::from(next.key_package().serialize().map_err(internal)?),
+                public_key_package: ByteBuf::from(
+                    next.public_key_package().serialize().map_err(internal)?,
+                ),
+            },
+            from_epoch: from,
+            confirmation: confirmation.clone(),
+            recovery: p.recovery,
+            started_by: ByteBuf::from(p.key.clone()),
         };
         {
-            let _guard = lock(&self.lifecycle)?;
-            self.records().save_share(&wallet_id, state.party, &share)?;
+            let _guard = self.writer(&wallet_id)?;
+            self.records()
+                .save_prepared(&wallet_id, state.party, &prepared, p.recovery)?;
         }
         Self::put(
             &self.refreshes,
             wallet_id,
+            "refresh",
             Pending {
-                stage: RefreshStage::Round3(Box::new(next)),
+                stage: RefreshStage::Prepared,
                 ..p
             },
         )?;
         Ok(Response::RefreshRound3 { confirmation })
     }
 
+    /// Commits a prepared refresh: from the sealed prepared record that matches our confirmation
+    /// among `confirmations`, so it works from any session and after a restart. Idempotent: the
+    /// same confirmations again, once committed, answer the same success.
     fn refresh_commit(
         &self,
         owner: [u8; 16],
@@ -994,22 +1299,58 @@ impl Service {
         digest: &[u8],
     ) -> Outcome {
         let wallet_id = state.params.wallet_id;
-        drop(state);
-        let p = Self::take(&self.refreshes, &wallet_id, "refresh", &owner)?;
-        let RefreshStage::Round3(round3) = p.stage else {
-            return Err(Failure::bad("refresh is not waiting for confirmations"));
+        let me = state.party;
+        let ours = confirmations
+            .iter()
+            .find(|c| c.from == me)
+            .ok_or_else(|| Failure::bad(format!("no confirmation from party {me} (us)")))?;
+        if confirmations_equal(&state.commit_confirmations, confirmations) {
+            return Ok(Response::RefreshCommitted {
+                wallet: info(wallet_id, &state)?,
+            });
+        }
+        let prepared = self.find_prepared(&state, &ours.transcript_hash)?;
+        refresh::check_commit(
+            &sorted(&state.params.parties),
+            me,
+            &prepared.confirmation,
+            confirmations,
+        )?;
+        // A recovery's refresh is committed by the recovering device only; a device refresh by
+        // the device, or rolled forward by the recovering device (it only completes what every
+        // party already computed and confirmed).
+        let may = match (prepared.recovery, actor.role) {
+            (true, role) => {
+                role == "pending-device" && prepared.started_by.as_slice() == actor.key.as_slice()
+            }
+            (false, role) => role == "device" || role == "pending-device",
         };
-        if p.recovery != (actor.role == "pending-device") {
+        if !may {
             return Err(Failure::denied(
-                "the refresh must be committed by the key that started it",
+                "this refresh must be committed by the key of the recovery that started it",
             ));
         }
-        let from = round3.params().from_epoch;
-        let output = round3.handle_confirmations(confirmations)?;
-        let _guard = lock(&self.lifecycle)?;
+        drop(state);
+        let new_epoch = prepared.share.epoch;
+        let _guard = self.writer(&wallet_id)?;
         let mut state = self.records().load_state(&wallet_id)?;
-        let new_epoch = from + 1;
-        let pkp = output.public_key_package.serialize().map_err(internal)?;
+        if confirmations_equal(&state.commit_confirmations, confirmations) {
+            return Ok(Response::RefreshCommitted {
+                wallet: info(wallet_id, &state)?,
+            });
+        }
+        if prepared.from_epoch != state.current_epoch
+            && !state.retained_epochs.contains(&prepared.from_epoch)
+        {
+            return Err(Failure::bad(format!(
+                "refresh from epoch {} can no longer commit: current epoch is {}",
+                prepared.from_epoch, state.current_epoch
+            )));
+        }
+        if prepared.recovery && state.pending_device_key.is_none() {
+            return Err(Failure::denied("no recovery in progress"));
+        }
+        self.records().save_share(&wallet_id, me, &prepared.share)?;
         // Keep every older epoch still stored until RefreshFinalize: a party that did not commit
         // yet still signs with it.
         let mut retained: Vec<u64> = state
@@ -1025,11 +1366,12 @@ impl Service {
         state.retained_epochs = retained;
         state.current_epoch = new_epoch;
         state.prepared_epoch = None;
-        state.public_key_package = ByteBuf::from(pkp);
+        state.public_key_package = prepared.share.public_key_package.clone();
         state.epoch_started_ms = now_ms();
         state.signatures = 0;
+        state.commit_confirmations = confirmations.to_vec();
         let mut action = "refresh";
-        if p.recovery {
+        if prepared.recovery {
             // The recovery completes: the new device's key replaces the old one, which is revoked.
             if let Some(new_key) = state.pending_device_key.take() {
                 let old = std::mem::replace(&mut state.device_key, new_key);
@@ -1038,6 +1380,9 @@ impl Service {
             }
         }
         self.records().save_state(&wallet_id, &state)?;
+        // Committed. The other prepared refreshes to this epoch can never commit now.
+        let _ = self.records().delete_prepared(&wallet_id, new_epoch);
+        lock(&self.refreshes)?.remove(&wallet_id);
         lock(&self.committed_by)?.insert(wallet_id, (owner, new_epoch));
         self.log(
             &wallet_id,
@@ -1051,13 +1396,39 @@ impl Service {
         })
     }
 
+    /// The prepared refresh of this wallet whose transcript hashed to `transcript_hash`: to the
+    /// epoch after the current one, or after a retained one (a refresh redone from it).
+    fn find_prepared(
+        &self,
+        state: &WalletState,
+        transcript_hash: &[u8],
+    ) -> Result<PreparedRecord, Failure> {
+        let wallet_id = state.params.wallet_id;
+        let mut from: Vec<u64> = state.retained_epochs.clone();
+        from.push(state.current_epoch);
+        for epoch in from.iter().rev() {
+            if let Some(p) = self.records().load_prepared(
+                &wallet_id,
+                state.party,
+                epoch.saturating_add(1),
+                transcript_hash,
+            )? {
+                return Ok(p);
+            }
+        }
+        Err(Failure::new(
+            ErrorKind::NotFound,
+            format!("no prepared refresh of wallet {wallet_id} matches these confirmations"),
+        ))
+    }
+
     fn refresh_finalize(&self, owner: [u8; 16], wallet_id: WalletId, epoch: u64) -> Outcome {
         if lock(&self.committed_by)?.get(&wallet_id) != Some(&(owner, epoch)) {
             return Err(Failure::denied(
                 "only the session that committed this epoch may finalize it",
             ));
         }
-        let _guard = lock(&self.lifecycle)?;
+        let _guard = self.writer(&wallet_id)?;
         let mut state = self.records().load_state(&wallet_id)?;
         if epoch != state.current_epoch {
             return Err(Failure::bad(format!(
@@ -1076,33 +1447,93 @@ impl Service {
 
     // ----- recovery -----
 
+    /// `RecoverStart` under the recovery credential: registers the new device key as pending,
+    /// which at once suspends the registered device key, and drops the device's ceremonies and
+    /// signing sessions in flight. Idempotent: the same new key again changes nothing, and once
+    /// the recovery completed (the key is the device key) the answer says so.
     fn recover_start(
         &self,
-        mut state: WalletState,
+        state: WalletState,
         actor: &Actor,
         new_device_key: &[u8],
         digest: &[u8],
     ) -> Outcome {
         let wallet_id = state.params.wallet_id;
+        drop(state);
         let key = normalise_public_key(new_device_key)?;
+        let _guard = self.writer(&wallet_id)?;
+        let mut state = self.records().load_state(&wallet_id)?;
+        if state.device_key.as_slice() == key && state.pending_device_key.is_none() {
+            return Ok(Response::RecoverApproved {
+                epoch: state.current_epoch,
+                completed: true,
+            });
+        }
         if key == state.recovery_key.as_slice()
+            || key == state.device_key.as_slice()
             || state.revoked_keys.iter().any(|k| k.as_slice() == key)
         {
             return Err(Failure::bad("the new device key must be a fresh key"));
         }
-        let _guard = lock(&self.lifecycle)?;
-        state.pending_device_key = Some(ByteBuf::from(key.clone()));
-        self.records().save_state(&wallet_id, &state)?;
-        self.log(
-            &wallet_id,
-            "recover-start",
-            &actor.label(),
-            digest,
-            &format!("allowed: new device {}", hex::encode(&key)),
-        )?;
+        if state.pending_device_key.as_ref().map(|k| k.as_slice()) != Some(key.as_slice()) {
+            state.pending_device_key = Some(ByteBuf::from(key.clone()));
+            self.records().save_state(&wallet_id, &state)?;
+            self.log(
+                &wallet_id,
+                "recover-start",
+                &actor.label(),
+                digest,
+                &format!("allowed: new device {}", hex::encode(&key)),
+            )?;
+        }
+        self.preempt(&wallet_id, &key)?;
         Ok(Response::RecoverApproved {
             epoch: state.current_epoch,
+            completed: false,
         })
+    }
+
+    /// Drops what is in flight for `wallet_id` but not the recovery of `recovering` (the new
+    /// device's key): the device's refresh, repairs for another key, every signing session.
+    fn preempt(&self, wallet_id: &WalletId, recovering: &[u8]) -> Result<(), Failure> {
+        fn drop_unless_recovering<T>(
+            map: &Mutex<HashMap<WalletId, Pending<T>>>,
+            wallet_id: &WalletId,
+            recovering: &[u8],
+        ) -> Result<(), Failure> {
+            let mut map = lock(map)?;
+            if map
+                .get(wallet_id)
+                .is_some_and(|p| !(p.recovery && p.key.as_slice() == recovering))
+            {
+                map.remove(wallet_id);
+            }
+            Ok(())
+        }
+        drop_unless_recovering(&self.refreshes, wallet_id, recovering)?;
+        drop_unless_recovering(&self.repairs, wallet_id, recovering)?;
+        lock(&self.signs)?.retain(|_, s| s.wallet_id != *wallet_id);
+        lock(&self.psbts)?.retain(|_, s| !s.is_for(wallet_id));
+        Ok(())
+    }
+
+    /// `RecoverCancel` under the recovery credential: the pending key is dropped and the
+    /// registered device key acts again (the owner found the phone).
+    fn recover_cancel(&self, wallet_id: &WalletId, actor: &Actor, digest: &[u8]) -> Outcome {
+        let _guard = self.writer(wallet_id)?;
+        let mut state = self.records().load_state(wallet_id)?;
+        if let Some(pending) = state.pending_device_key.take() {
+            self.records().save_state(wallet_id, &state)?;
+            self.preempt(wallet_id, &[])?;
+            self.log(
+                wallet_id,
+                "recover-cancel",
+                &actor.label(),
+                digest,
+                &format!("allowed: pending device {} dropped", hex::encode(&pending)),
+            )?;
+        }
+        Ok(Response::Done)
     }
 
     fn repair_start(
@@ -1135,11 +1566,13 @@ impl Service {
         Self::put(
             &self.repairs,
             wallet_id,
+            "repair",
             Pending {
                 stage: RepairStage::Started(Box::new(next)),
                 started: Instant::now(),
                 recovery: true,
                 owner,
+                key: actor.key.clone(),
             },
         )?;
         Ok(Response::RepairKey {
@@ -1171,6 +1604,7 @@ impl Service {
         Self::put(
             &self.repairs,
             wallet_id,
+            "repair",
             Pending {
                 stage: RepairStage::Deltas(Box::new(next)),
                 ..p
@@ -1192,6 +1626,32 @@ impl Service {
         };
         let sigma = helper.sigma(deltas, participant_key, &mut rand_core::OsRng)?;
         Ok(Response::RepairSigma { sigma })
+    }
+}
+
+/// Whether two confirmation lists hold the same confirmations (in any order); never for empty.
+fn confirmations_equal(a: &[Confirmation], b: &[Confirmation]) -> bool {
+    if a.is_empty() || a.len() != b.len() {
+        return false;
+    }
+    b.iter().all(|c| a.contains(c))
+}
+
+/// Makes room for one more entry: removes the oldest while `map` holds `max` or more.
+fn evict_oldest<K: Clone + Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    max: usize,
+    started: impl Fn(&V) -> Instant,
+) {
+    while map.len() >= max.max(1) {
+        let Some(oldest) = map
+            .iter()
+            .min_by_key(|(_, v)| started(v))
+            .map(|(k, _)| k.clone())
+        else {
+            return;
+        };
+        map.remove(&oldest);
     }
 }
 
@@ -1231,5 +1691,6 @@ fn info(wallet_id: WalletId, state: &WalletState) -> Result<WalletInfo, Failure>
         epoch: state.current_epoch,
         group_public_key: ByteBuf::from(group_public_key),
         public_key_package: state.public_key_package.clone(),
+        confirmations: state.commit_confirmations.clone(),
     })
 }

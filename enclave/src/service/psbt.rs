@@ -34,8 +34,8 @@ use sha2::{Digest, Sha256};
 
 use super::records::WalletState;
 use super::{
-    Actor, Failure, MAX_PENDING_SIGNS, Outcome, SIGN_TTL, Service, Suite, internal, key_package,
-    lock, now_ms, output_key, random,
+    Actor, Failure, MAX_PENDING_SIGNS, MAX_SIGNS_PER_WALLET, Outcome, SIGN_TTL, Service, Suite,
+    evict_oldest, internal, key_package, lock, now_ms, output_key, random,
 };
 
 /// The one member of a personal wallet's policy: the device key.
@@ -66,6 +66,30 @@ pub(super) struct PsbtSession {
 
 /// PSBT signing sessions in memory, by session id.
 pub(super) type Sessions = HashMap<[u8; 16], PsbtSession>;
+
+impl PsbtSession {
+    /// Whether this session signs for `wallet_id`.
+    pub(super) fn is_for(&self, wallet_id: &WalletId) -> bool {
+        self.wallet_id == *wallet_id
+    }
+}
+
+/// Most signed txids remembered per wallet (the oldest are forgotten first).
+const MAX_SIGNED_TXIDS: usize = 4096;
+
+/// Whether the wallet already signed (and counted) the transaction `txid`.
+fn already_signed(state: &WalletState, txid: &str) -> bool {
+    state.signed_txids.iter().any(|(t, _)| t == txid)
+}
+
+/// Remembers that `txid` was signed (and counted) at `now`.
+fn remember_signed(state: &mut WalletState, txid: &str, now: u64) {
+    state.signed_txids.push((txid.to_owned(), now));
+    let cutoff = now.saturating_sub(HISTORY_KEEP_MS);
+    state.signed_txids.retain(|(_, at)| *at >= cutoff);
+    let excess = state.signed_txids.len().saturating_sub(MAX_SIGNED_TXIDS);
+    state.signed_txids.drain(..excess);
+}
 
 /// The members a personal wallet's policy is parsed against.
 fn owner(device_key: &[u8]) -> Vec<Member> {
@@ -207,7 +231,7 @@ impl Service {
         actor: &Actor,
         digest: &[u8],
     ) -> Failure {
-        let _ = self.log(
+        self.refused(
             wallet_id,
             "sign",
             &actor.label(),
@@ -233,7 +257,7 @@ impl Service {
         let wallet_id = state.params.wallet_id;
         let psbt_digest: [u8; 32] = Sha256::digest(psbt).into();
         let refuse = |why: String| -> Failure {
-            let _ = self.log(
+            self.refused(
                 &wallet_id,
                 "sign-psbt",
                 &actor.label(),
@@ -267,8 +291,14 @@ impl Service {
             .iter()
             .map(|d| d.address.clone())
             .collect();
-        let rule = judge(&state, summary.value_leaving, &destinations, now_ms())?
-            .map_err(|reason| refuse(format!("refused by the wallet's policy: {reason}")))?;
+        // A transaction signed before (a retry after a crash, or the same PSBT again) was judged
+        // and counted then; signing it again moves nothing more (one transaction is mined once).
+        let rule = if already_signed(&state, &summary.txid) {
+            None
+        } else {
+            judge(&state, summary.value_leaving, &destinations, now_ms())?
+                .map_err(|reason| refuse(format!("refused by the wallet's policy: {reason}")))?
+        };
         self.psbt_refresh_due(&mut state, actor, &psbt_digest, summary.sighashes.len())?;
         let share = self.records().load_share(&wallet_id, state.party, epoch)?;
         let key_package = key_package(&share)?;
@@ -305,9 +335,14 @@ impl Service {
         {
             let mut open = lock(&self.psbts)?;
             open.retain(|_, s| s.started.elapsed() < SIGN_TTL);
-            if open.len() >= MAX_PENDING_SIGNS {
-                return Err(internal("too many signing sessions open"));
+            let mine = open.values().filter(|s| s.wallet_id == wallet_id).count();
+            if mine >= MAX_SIGNS_PER_WALLET {
+                return Err(Failure::new(
+                    ErrorKind::Busy,
+                    format!("wallet {wallet_id} has {mine} PSBT signing sessions open"),
+                ));
             }
+            evict_oldest(&mut open, MAX_PENDING_SIGNS, |s| s.started);
             open.insert(
                 session_id,
                 PsbtSession {
@@ -354,7 +389,7 @@ impl Service {
     ) -> Result<(), Failure> {
         let wallet_id = state.params.wallet_id;
         let refuse = |why: String| -> Failure {
-            let _ = self.log(
+            self.refused(
                 &wallet_id,
                 "sign-psbt",
                 &actor.label(),
@@ -374,7 +409,7 @@ impl Service {
             )));
         }
         if let Some(limit) = self.policy.after_signatures {
-            let _guard = lock(&self.lifecycle)?;
+            let _guard = self.writer(&wallet_id)?;
             // Reloaded under the lock: a spend recorded meanwhile must not be overwritten.
             *state = self.records().load_state(&wallet_id)?;
             if state.signatures >= limit {
@@ -435,7 +470,7 @@ impl Service {
         let wallet_id = pending.wallet_id;
         let label = pending.actor.label();
         let refuse = |why: String| -> Failure {
-            let _ = self.log(
+            self.refused(
                 &wallet_id,
                 "sign-psbt",
                 &label,
@@ -444,18 +479,33 @@ impl Service {
             );
             Failure::bad(why)
         };
-        let _guard = lock(&self.lifecycle)?;
+        let _guard = self.writer(&wallet_id)?;
         let mut state = self.records().load_state(&wallet_id)?;
-        if state.device_key.as_slice() != pending.actor.key.as_slice() {
+        let key = pending.actor.key.as_slice();
+        let still = match pending.actor.role {
+            "device" => state.device_key.as_slice() == key && state.pending_device_key.is_none(),
+            "recovery" => state.recovery_key.as_slice() == key,
+            _ => false,
+        };
+        if !still {
             return Err(refuse(
-                "the device key changed since the commitments (recovery)".into(),
+                "the key that opened this session is no longer authorized (recovery)".into(),
             ));
         }
         let now = now_ms();
-        let rule = judge(&state, pending.value_leaving, &pending.destinations, now)?
-            .map_err(|reason| refuse(format!("refused by the wallet's policy: {reason}")))?;
-        record(&mut state.history, now, pending.value_leaving);
-        self.records().save_state(&wallet_id, &state)?;
+        // Recorded once per transaction, before the shares leave: a retry of a signature whose
+        // shares were released but never reached the client finds it here and is not counted
+        // again.
+        let rule = if already_signed(&state, &pending.txid) {
+            None
+        } else {
+            let rule = judge(&state, pending.value_leaving, &pending.destinations, now)?
+                .map_err(|reason| refuse(format!("refused by the wallet's policy: {reason}")))?;
+            record(&mut state.history, now, pending.value_leaving);
+            remember_signed(&mut state, &pending.txid, now);
+            self.records().save_state(&wallet_id, &state)?;
+            rule
+        };
         self.log(
             &wallet_id,
             "sign-psbt",
@@ -482,7 +532,7 @@ impl Service {
     ) -> Outcome {
         let wallet_id = state.params.wallet_id;
         drop(state);
-        let _guard = lock(&self.lifecycle)?;
+        let _guard = self.writer(&wallet_id)?;
         let mut state = self.records().load_state(&wallet_id)?;
         let decision = match &policy {
             Some(text) => {
@@ -493,7 +543,7 @@ impl Service {
                     ));
                 }
                 if let Err(e) = Policy::parse(text, &owner(&state.device_key)) {
-                    let _ = self.log(
+                    self.refused(
                         &wallet_id,
                         "set-policy",
                         &actor.label(),

@@ -448,3 +448,185 @@ fn a_velocity_window_longer_than_the_kept_history_is_refused() {
     let e = Policy::parse(&text(MAX_WINDOW_HOURS + 1), &members).unwrap_err();
     assert!(e.to_string().contains("at most"), "{e}");
 }
+
+fn rule_with_fee(p: &Policy, s: &Spend<'_>, fee: u64) -> String {
+    match p.evaluate_with_fee(s, fee) {
+        Ok(d) => format!("{}:{}", d.rule, d.approvals),
+        Err(denial) => format!("denied: {denial}"),
+    }
+}
+
+/// A personal-style policy whose only allowing rule is a destination allowlist.
+const PAYROLL_ONLY: &str = r#"
+[[rule]]
+name = "payroll"
+destinations = ["bcrt1p4q83t0avjhtcwh4y8js082uwdv9skasv3jjy74na98fvhpmtu9uqs5832a"]
+approvals = 1
+"#;
+
+#[test]
+fn an_allowlist_alone_does_not_allow_a_fee() {
+    let p = policy(PAYROLL_ONLY);
+    let payroll = dests(&[PAYROLL]);
+    // 1 000 sat to payroll and 10 BTC to the miners: the fee went to no listed destination.
+    let huge_fee = 10 * BTC;
+    let s = spend(1_000 + huge_fee, &payroll, &[]);
+    let why = rule_with_fee(&p, &s, huge_fee);
+    assert!(
+        why.starts_with("denied: no rule matches: 1000001000 btc leaving to bcrt1p4q83"),
+        "{why}"
+    );
+    assert!(why.ends_with("; fee 1000000000"), "{why}");
+    // Even an ordinary fee is a payment to no listed destination: without a bound the rule
+    // matches only a spend that pays no fee at all.
+    assert!(rule_with_fee(&p, &spend(BTC + 500, &payroll, &[]), 500).starts_with("denied"));
+    assert_eq!(
+        rule_with_fee(&p, &spend(BTC, &payroll, &[]), 0),
+        "payroll:1"
+    );
+}
+
+#[test]
+fn max_fee_bounds_an_allowlist_rule() {
+    let p = policy(&format!("{PAYROLL_ONLY}max_fee = 50_000\n"));
+    let payroll = dests(&[PAYROLL]);
+    // A normal fee: accepted, up to the bound inclusive, whatever the amount to payroll.
+    assert_eq!(
+        rule_with_fee(&p, &spend(BTC + 2_000, &payroll, &[]), 2_000),
+        "payroll:1"
+    );
+    assert_eq!(
+        rule_with_fee(&p, &spend(50 * BTC + 50_000, &payroll, &[]), 50_000),
+        "payroll:1"
+    );
+    // One satoshi more, or the huge fee: refused.
+    assert!(rule_with_fee(&p, &spend(BTC + 50_001, &payroll, &[]), 50_001).starts_with("denied"));
+    assert!(
+        rule_with_fee(&p, &spend(1_000 + 10 * BTC, &payroll, &[]), 10 * BTC).starts_with("denied")
+    );
+    // The list still decides where the rest may go.
+    let mixed = dests(&[PAYROLL, STRANGER]);
+    assert!(rule_with_fee(&p, &spend(BTC, &mixed, &[]), 1_000).starts_with("denied"));
+    // A consolidation pays only a fee: bounded like any other.
+    assert_eq!(
+        rule_with_fee(&p, &spend(3_000, &[], &[]), 3_000),
+        "payroll:1"
+    );
+    assert!(rule_with_fee(&p, &spend(60_000, &[], &[]), 60_000).starts_with("denied"));
+}
+
+#[test]
+fn without_the_fee_the_worst_case_is_assumed() {
+    // `evaluate` knows only value leaving: all of it might be fee.
+    let p = policy(&format!("{PAYROLL_ONLY}max_fee = 50_000\n"));
+    let payroll = dests(&[PAYROLL]);
+    assert_eq!(rule_of(&p, &spend(50_000, &payroll, &[])), "payroll:1");
+    assert!(rule_of(&p, &spend(BTC, &payroll, &[])).starts_with("denied: no rule matches"));
+    let p = policy(PAYROLL_ONLY);
+    assert!(rule_of(&p, &spend(1_000, &payroll, &[])).starts_with("denied"));
+    // The denial reads as it always did (no fee to report).
+    let why = rule_of(&p, &spend(1_000, &payroll, &[]));
+    assert!(
+        why.ends_with(
+            "leaving to bcrt1p4q83t0avjhtcwh4y8js082uwdv9skasv3jjy74na98fvhpmtu9uqs5832a"
+        ),
+        "{why}"
+    );
+    // Rules whose fee is bounded by an amount are unaffected (the shipped allowlist example).
+    let p = policy(DAO_ALLOWLIST);
+    assert_eq!(rule_of(&p, &spend(BTC, &payroll, &[])), "small:3");
+}
+
+#[test]
+fn amount_bounds_count_the_fee_and_so_bound_it() {
+    let p = policy(DAO_ALLOWLIST);
+    let payroll = dests(&[PAYROLL]);
+    // 9.99 BTC to payroll and a 0.02 BTC fee: 10.01 BTC leave, the "large" tier.
+    let s = spend(999 * BTC / 100 + 2 * BTC / 100, &payroll, &[]);
+    assert_eq!(rule_with_fee(&p, &s, 2 * BTC / 100), "large:4");
+    // Under "small", the fee can be at most what `below` leaves: 1 000 sat to payroll, the rest
+    // of 10 BTC in fee, is still "small" (its approvers see the fee); beyond, the next tier.
+    assert_eq!(
+        rule_with_fee(&p, &spend(10 * BTC - 1, &payroll, &[]), 10 * BTC - 1_001),
+        "small:3"
+    );
+    assert_eq!(
+        rule_with_fee(&p, &spend(10 * BTC, &payroll, &[]), 10 * BTC - 1_000),
+        "large:4"
+    );
+    // Velocity counts fees, this spend's and the recorded ones (history holds value leaving).
+    let personal = Policy::parse(PERSONAL, &device()).unwrap();
+    let none: Vec<String> = vec![];
+    assert_eq!(
+        rule_with_fee(&personal, &spend(10_000_000, &none, &[]), 10_000),
+        "daily:1"
+    );
+    assert!(rule_with_fee(&personal, &spend(10_000_001, &none, &[]), 10_001).starts_with("denied"));
+    // An allowlist with velocity: the fee is bounded by the limit.
+    let p = Policy::parse(
+        &format!("{PAYROLL_ONLY}velocity = {{ window_hours = 24, limit = 1_000_000 }}\n"),
+        &members(),
+    )
+    .unwrap();
+    assert_eq!(
+        rule_with_fee(&p, &spend(1_000_000, &payroll, &[]), 999_000),
+        "payroll:1"
+    );
+    assert!(rule_with_fee(&p, &spend(1_000_001, &payroll, &[]), 999_001).starts_with("denied"));
+}
+
+#[test]
+fn max_fee_on_any_allowing_rule_and_never_on_a_deny_rule() {
+    // A tier with its own fee cap; the catch-all after it is still reachable.
+    let p = policy(
+        r#"
+        [[rule]]
+        name = "cheap"
+        max_fee = 10_000
+        approvals = 2
+        [[rule]]
+        name = "rest"
+        approvals = 5
+        "#,
+    );
+    let to = dests(&[STRANGER]);
+    assert_eq!(rule_with_fee(&p, &spend(BTC, &to, &[]), 10_000), "cheap:2");
+    assert_eq!(rule_with_fee(&p, &spend(BTC, &to, &[]), 10_001), "rest:5");
+    // A deny rule's destinations match whatever the fee: the fee never lets a spend past it.
+    let p = policy(
+        r#"
+        [[rule]]
+        name = "blocked"
+        destinations = ["bcrt1qzyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3lgth6c"]
+        deny = true
+        [[rule]]
+        name = "rest"
+        approvals = 1
+        "#,
+    );
+    let why = rule_with_fee(&p, &spend(BTC, &to, &[]), 50_000);
+    assert!(why.starts_with("denied: rule \"blocked\" denies"), "{why}");
+    assert!(why.ends_with("; fee 50000"), "{why}");
+    assert!(rule_of(&p, &spend(BTC, &to, &[])).starts_with("denied: rule \"blocked\""));
+    for (text, expected) in [
+        (
+            "[[rule]]\nname = \"d\"\ndeny = true\nmax_fee = 5\n[[rule]]\nname = \"x\"\napprovals = 1\n",
+            "takes no max_fee",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\nmax_fee = -1\napprovals = 1\n",
+            "policy",
+        ),
+    ] {
+        let reason = refused(text);
+        assert!(reason.contains(expected), "{text:?}: {reason:?}");
+    }
+}
+
+#[test]
+fn a_fee_larger_than_the_value_leaving_is_refused() {
+    let p = policy(DAO);
+    let to = dests(&[STRANGER]);
+    let why = rule_with_fee(&p, &spend(1_000, &to, &[]), 1_001);
+    assert!(why.starts_with("denied: inconsistent spend"), "{why}");
+}

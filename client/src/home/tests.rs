@@ -1,0 +1,194 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::os::unix::fs::{PermissionsExt, symlink};
+
+use super::*;
+
+fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn is_regular_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .file_type()
+        .is_file()
+}
+
+/// Names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+fn wallet_file(id: &WalletId) -> WalletFile {
+    WalletFile {
+        wallet_id: id.to_hex(),
+        ciphersuite: "FROST-secp256k1-SHA256-TR-v1".into(),
+        group_public_key: "00".repeat(32),
+        address: "bcrt1p".into(),
+        network: "regtest".into(),
+        party: 1,
+        min_signers: 2,
+        parties: vec![1, 2, 3],
+        epoch: 0,
+        public_key_package: String::new(),
+        dao: None,
+    }
+}
+
+#[test]
+fn private_files_are_0600_and_leave_no_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secret");
+    write_private(&path, b"one").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"one");
+    assert_eq!(mode(&path), 0o600);
+    // Replacing a file that someone made world-readable yields a 0600 file again.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    write_private(&path, b"two").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"two");
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(names(dir.path()), ["secret"]);
+}
+
+#[test]
+fn temporary_names_are_hidden_unpredictable_and_beside_the_target() {
+    let path = Path::new("/some/dir/0123.share");
+    let a = temp_path(&path).unwrap();
+    let b = temp_path(&path).unwrap();
+    assert_ne!(a, b);
+    assert_eq!(a.parent(), path.parent());
+    let name = a.file_name().unwrap().to_str().unwrap();
+    assert!(
+        name.starts_with(".0123.share.") && name.ends_with(".tmp"),
+        "{name}"
+    );
+    // A wallet's temporary files are never taken for wallets (`wallets()` reads `*.json`).
+    let json = temp_path(Path::new("/w/abcd.json")).unwrap();
+    assert!(!json.to_str().unwrap().ends_with(".json"));
+}
+
+#[test]
+fn a_symlink_planted_at_the_temporary_path_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"victim's data").unwrap();
+    let target = dir.path().join("device.key");
+    let tmp = dir.path().join(".device.key.planted.tmp");
+    symlink(&victim, &tmp).unwrap();
+    let err = write_private_via(&target, &tmp, b"secret").unwrap_err();
+    assert!(err.to_string().contains("exists"), "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"victim's data");
+    assert!(!occupied(&target));
+    // A dangling link: the file it names is not created either.
+    let elsewhere = dir.path().join("elsewhere");
+    let tmp2 = dir.path().join(".device.key.dangling.tmp");
+    symlink(&elsewhere, &tmp2).unwrap();
+    write_private_via(&target, &tmp2, b"secret").unwrap_err();
+    assert!(!occupied(&elsewhere));
+    assert!(!occupied(&target));
+    // Both links are left as they were: nothing we did not create is removed.
+    assert!(
+        std::fs::symlink_metadata(&tmp)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(
+        std::fs::symlink_metadata(&tmp2)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
+
+#[test]
+fn a_symlink_at_the_target_is_replaced_not_written_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"victim's data").unwrap();
+    let target = dir.path().join("wallet.share");
+    symlink(&victim, &target).unwrap();
+    write_private(&target, b"secret").unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"victim's data");
+    assert!(is_regular_file(&target));
+    assert_eq!(std::fs::read(&target).unwrap(), b"secret");
+    assert_eq!(mode(&target), 0o600);
+}
+
+#[test]
+fn home_writes_do_not_follow_symlinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::open(&dir.path().join("home")).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"victim's data").unwrap();
+    let id = WalletId([7; 16]);
+    let wallet = wallet_file(&id);
+    home.save_wallet(&wallet, b"share 0").unwrap();
+    let share = home.wallet_path(&id, "share");
+    assert_eq!(mode(&share), 0o600);
+    // A link swapped in for the share: a refresh replaces the link, the victim is untouched.
+    std::fs::remove_file(&share).unwrap();
+    symlink(&victim, &share).unwrap();
+    home.replace_share(&wallet, b"share 1").unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"victim's data");
+    assert!(is_regular_file(&share));
+    assert_eq!(home.share(&id).unwrap().as_slice(), b"share 1");
+    // The same for a prepared share.
+    let prepared = home.wallet_path(&id, "prepared");
+    symlink(&victim, &prepared).unwrap();
+    home.save_prepared_share(&id, b"share 2").unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"victim's data");
+    assert!(is_regular_file(&prepared));
+    assert_eq!(mode(&prepared), 0o600);
+    // A new wallet whose share path is a dangling link is refused, not written through it.
+    let other = WalletId([8; 16]);
+    let elsewhere = dir.path().join("elsewhere");
+    symlink(&elsewhere, home.wallet_path(&other, "share")).unwrap();
+    let err = home
+        .save_wallet(&wallet_file(&other), b"share")
+        .unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert!(!occupied(&elsewhere));
+    // Nothing but the wallets' own files (and the links planted) is in the directory.
+    let mut expected = vec![
+        format!("{}.json", id.to_hex()),
+        format!("{}.prepared", id.to_hex()),
+        format!("{}.share", id.to_hex()),
+        format!("{}.share", other.to_hex()),
+    ];
+    expected.sort();
+    assert_eq!(names(&dir.path().join("home/wallets")), expected);
+    assert_eq!(home.wallets().unwrap(), [wallet]);
+}
+
+#[test]
+fn keys_are_not_written_through_a_link_and_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+    let path = dir.path().join("recovery.key");
+    write_p256_key(&path, &key).unwrap();
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(read_p256_key(&path).unwrap(), key);
+    let err = write_p256_key(&path, &key).unwrap_err();
+    assert!(err.to_string().contains("refusing to overwrite"), "{err}");
+    // A dangling link where the key should go: refused, and the file it names is not created.
+    let elsewhere = dir.path().join("elsewhere.key");
+    let link = dir.path().join("link.key");
+    symlink(&elsewhere, &link).unwrap();
+    let err = write_p256_key(&link, &key).unwrap_err();
+    assert!(err.to_string().contains("refusing to overwrite"), "{err}");
+    assert!(!occupied(&elsewhere));
+    // The device key of a new home is 0600 too.
+    Home::open(&dir.path().join("home")).unwrap();
+    assert_eq!(mode(&dir.path().join("home/device.key")), 0o600);
+}

@@ -1,0 +1,468 @@
+//! The lifecycle tried as an attacker would, against running processes: a thief with the stolen
+//! phone racing the owner's recovery, readers and signers racing refreshes (the rollback anchor's
+//! writes), anonymous floods of ceremonies and refused requests, a signing session opened before
+//! a revocation. Each test runs the attack and then shows the legitimate user unaffected.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cosigner_client::home::Home;
+use cosigner_client::session::Session;
+use cosigner_client::trust::Trust;
+use cosigner_protocol::wire::{
+    DkgParams, ErrorKind, KeyRole, Request, Response, SUITE_SECP256K1_TR, WalletId,
+};
+use cosigner_tests::{Deployment, Outcome};
+use serde_bytes::ByteBuf;
+use serde_json::Value;
+
+const MESSAGE: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+struct Wallet {
+    id: String,
+    key: String,
+    home: PathBuf,
+    recovery_key: PathBuf,
+}
+
+fn create(d: &Deployment, name: &str) -> Wallet {
+    let home = d.home(name);
+    let recovery_key = d.dir.path().join(format!("{name}-recovery.key"));
+    let out = d.cosigner([
+        "--home",
+        p(&home),
+        "wallet",
+        "create",
+        "--recovery-key-out",
+        p(&recovery_key),
+        "--json",
+    ]);
+    let w: Value = serde_json::from_str(out.ok()).unwrap();
+    Wallet {
+        id: w["wallet_id"].as_str().unwrap().to_owned(),
+        key: w["group_public_key"].as_str().unwrap().to_owned(),
+        home,
+        recovery_key,
+    }
+}
+
+fn sign(d: &Deployment, home: &Path, id: &str) -> Outcome {
+    d.cosigner([
+        "--home",
+        p(home),
+        "sign",
+        "--wallet",
+        id,
+        "--message",
+        MESSAGE,
+        "--json",
+    ])
+}
+
+fn signs(d: &Deployment, home: &Path, w: &Wallet) {
+    let out = sign(d, home, &w.id);
+    let sig: Value = serde_json::from_str(out.ok()).unwrap();
+    let key = k256::schnorr::VerifyingKey::from_bytes(&hex::decode(&w.key).unwrap()).unwrap();
+    let sig = k256::schnorr::Signature::try_from(
+        hex::decode(sig["signature"].as_str().unwrap())
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    key.verify_raw(&hex::decode(MESSAGE).unwrap(), &sig)
+        .unwrap();
+}
+
+fn refresh(d: &Deployment, home: &Path, id: &str) -> Outcome {
+    d.cosigner(["--home", p(home), "refresh", "--wallet", id, "--json"])
+}
+
+fn recover(d: &Deployment, home: &Path, w: &Wallet) -> Outcome {
+    d.cosigner([
+        "--home",
+        p(home),
+        "recover",
+        "--wallet",
+        &w.id,
+        "--recovery-key",
+        p(&w.recovery_key),
+        "--json",
+    ])
+}
+
+fn epoch(d: &Deployment, home: &Path, id: &str) -> u64 {
+    let out = d.cosigner(["--home", p(home), "wallet", "show", "--wallet", id, "--json"]);
+    let v: Value = serde_json::from_str(out.ok()).unwrap();
+    v["epoch"].as_u64().unwrap()
+}
+
+fn trust(d: &Deployment) -> Trust {
+    Trust::load(&d.dir.path().join("trust.toml")).unwrap()
+}
+
+/// A thief with the stolen phone refreshes and signs in a loop while the owner recovers from a
+/// new phone: the owner wins within three tries, then the thief can neither sign nor refresh,
+/// and the new phone signs and refreshes.
+#[test]
+fn a_thief_refreshing_and_signing_in_a_loop_cannot_block_the_owners_recovery() {
+    let d = Arc::new(Deployment::start().unwrap());
+    let w = create(&d, "stolen");
+    signs(&d, &w.home, &w);
+    let stop = Arc::new(AtomicBool::new(false));
+    let thief_ok = Arc::new(AtomicUsize::new(0));
+    let thief = {
+        let (d, stop, ok) = (Arc::clone(&d), Arc::clone(&stop), Arc::clone(&thief_ok));
+        let (home, id) = (w.home.clone(), w.id.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            for round in 0..400 {
+                if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+                    break;
+                }
+                let out = if round % 2 == 0 {
+                    refresh(&d, &home, &id)
+                } else {
+                    sign(&d, &home, &id)
+                };
+                if out.code == Some(0) {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    // Let the thief get going first.
+    while thief_ok.load(Ordering::SeqCst) < 2 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let new_home = d.home("new-phone");
+    let mut tries = Vec::new();
+    let mut recovered = None;
+    for _ in 0..3 {
+        let out = recover(&d, &new_home, &w);
+        if out.code == Some(0) {
+            recovered = Some(out.stdout.clone());
+            break;
+        }
+        tries.push(out.stderr.clone());
+    }
+    stop.store(true, Ordering::SeqCst);
+    thief.join().unwrap();
+    let recovered = recovered.unwrap_or_else(|| panic!("the owner lost 3 tries: {tries:#?}"));
+    let r: Value = serde_json::from_str(recovered.trim()).unwrap();
+    assert_eq!(r["group_public_key"], w.key.as_str());
+
+    // The thief is out: no signature, no refresh.
+    let line = sign(&d, &w.home, &w.id).refused().to_owned();
+    assert!(line.contains("revoked"), "{line}");
+    let line = refresh(&d, &w.home, &w.id).refused().to_owned();
+    assert!(line.contains("revoked"), "{line}");
+    // The owner signs and refreshes with the new phone, at the same address.
+    signs(&d, &new_home, &w);
+    let before = epoch(&d, &new_home, &w.id);
+    refresh(&d, &new_home, &w.id).ok();
+    assert_eq!(epoch(&d, &new_home, &w.id), before + 1);
+    signs(&d, &new_home, &w);
+}
+
+/// Running `recover` again after it succeeded changes nothing and succeeds (idempotent).
+#[test]
+fn recover_run_twice_in_the_same_home_finishes_once() {
+    let d = Deployment::start().unwrap();
+    let w = create(&d, "alice");
+    let new_home = d.home("alice-new");
+    let first: Value = serde_json::from_str(recover(&d, &new_home, &w).ok()).unwrap();
+    let second: Value = serde_json::from_str(recover(&d, &new_home, &w).ok()).unwrap();
+    assert_eq!(first["epoch"], second["epoch"]);
+    signs(&d, &new_home, &w);
+}
+
+/// The recovery credential suspends the registered device key at once; cancelling gives it back.
+#[test]
+fn a_started_recovery_suspends_the_device_key_until_it_is_cancelled() {
+    let d = Deployment::start().unwrap();
+    let w = create(&d, "alice");
+    signs(&d, &w.home, &w);
+    let trust = trust(&d);
+    let id = WalletId::from_hex(&w.id).unwrap();
+    let recovery_key = cosigner_client::home::read_p256_key(&w.recovery_key).unwrap();
+    let newcomer = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+    let start = Request::RecoverStart {
+        wallet_id: id,
+        new_device_key: ByteBuf::from(cosigner_protocol::auth::public_key_bytes(&newcomer)),
+    };
+    for addr in [d.provider.addr(), d.recovery.addr()] {
+        let mut s = Session::connect(&addr, &trust).unwrap();
+        let answer =
+            cosigner_client::wallet::authorized(&mut s, id, KeyRole::Recovery, &recovery_key, &start)
+                .unwrap();
+        assert!(matches!(answer, Response::RecoverApproved { .. }), "{answer:?}");
+    }
+    let line = sign(&d, &w.home, &w.id).refused().to_owned();
+    assert!(line.contains("suspended"), "{line}");
+    let line = refresh(&d, &w.home, &w.id).refused().to_owned();
+    assert!(line.contains("suspended"), "{line}");
+    d.cosigner([
+        "recover",
+        "--wallet",
+        &w.id,
+        "--recovery-key",
+        p(&w.recovery_key),
+        "--cancel",
+        "--json",
+    ])
+    .ok();
+    signs(&d, &w.home, &w);
+}
+
+/// Signers and unauthenticated readers race a dozen refreshes: every refresh lands or fails
+/// with a clear error, the epoch equals the number reported successful, and nobody sees a false
+/// rollback alarm.
+#[test]
+fn readers_and_signers_racing_a_dozen_refreshes_see_no_false_rollback_alarm() {
+    let d = Arc::new(Deployment::start().unwrap());
+    let w = create(&d, "alice");
+    // Signers use their own home (a copy of the wallet would race the refreshes' file writes):
+    // a second wallet in the same cosigners, signing in a loop, shares their anchors and locks.
+    let other = create(&d, "bob");
+    let stop = Arc::new(AtomicBool::new(false));
+    let alarms = Arc::new(AtomicUsize::new(0));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let mut threads = Vec::new();
+    for _ in 0..3 {
+        let (d, stop, alarms) = (Arc::clone(&d), Arc::clone(&stop), Arc::clone(&alarms));
+        let (home, id) = (other.home.clone(), other.id.clone());
+        threads.push(std::thread::spawn(move || {
+            for _ in 0..200 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let out = sign(&d, &home, &id);
+                if out.stderr.contains("not the current state") {
+                    alarms.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    let trust = Arc::new(trust(&d));
+    for _ in 0..3 {
+        let (d, stop, alarms, reads) = (
+            Arc::clone(&d),
+            Arc::clone(&stop),
+            Arc::clone(&alarms),
+            Arc::clone(&reads),
+        );
+        let trust = Arc::clone(&trust);
+        let id = WalletId::from_hex(&w.id).unwrap();
+        threads.push(std::thread::spawn(move || {
+            let mut s = Session::connect(&d.provider.addr(), &trust).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                match s.call(&Request::GetWallet { wallet_id: id }) {
+                    Ok(_) => {
+                        reads.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => {
+                        let text = e.to_string();
+                        if text.contains("not the current state") || text.contains("Integrity") {
+                            alarms.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let mut landed = 0;
+    for _ in 0..12 {
+        let out = refresh(&d, &w.home, &w.id);
+        if out.code == Some(0) {
+            landed += 1;
+        } else {
+            assert!(
+                out.stderr.contains("try again") || out.stderr.contains("Busy"),
+                "a refresh failed without a clear, retryable error: {}",
+                out.stderr
+            );
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(reads.load(Ordering::SeqCst) > 0);
+    assert_eq!(alarms.load(Ordering::SeqCst), 0, "false rollback alarms");
+    assert_eq!(epoch(&d, &w.home, &w.id), landed);
+    let mut s = Session::connect(&d.provider.addr(), &trust).unwrap();
+    let info = cosigner_client::wallet::provider_view(&mut s, WalletId::from_hex(&w.id).unwrap())
+        .unwrap();
+    assert_eq!(info.epoch, landed);
+    signs(&d, &w.home, &w);
+    assert!(!d.provider.logs().contains("not the current state"));
+}
+
+fn dkg_start(s: &mut Session) -> Result<Response, cosigner_client::ClientError> {
+    use rand_core::RngCore;
+    let mut id = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut id);
+    s.call(&Request::DkgStart {
+        params: DkgParams {
+            wallet_id: WalletId(id),
+            ciphersuite: SUITE_SECP256K1_TR.to_owned(),
+            min_signers: 2,
+            parties: vec![1, 2, 3],
+        },
+        me: 2,
+        enrollment: None,
+    })
+}
+
+/// Strangers start DKGs by the thousand: one connection gets a few at a time, and the table's
+/// bound evicts the oldest instead of refusing everyone, so `wallet create` still works.
+#[test]
+fn a_flood_of_anonymous_dkg_starts_does_not_block_wallet_creation() {
+    let d = Deployment::start().unwrap();
+    let trust = trust(&d);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut started = 0;
+    let mut refused_busy = 0;
+    while started < 1100 && Instant::now() < deadline {
+        let mut s = Session::connect(&d.provider.addr(), &trust).unwrap();
+        for _ in 0..5 {
+            match dkg_start(&mut s) {
+                Ok(Response::DkgRound1 { .. }) => started += 1,
+                Err(cosigner_client::ClientError::Remote(e)) if e.kind == ErrorKind::Busy => {
+                    refused_busy += 1;
+                }
+                other => panic!("unexpected answer to DkgStart: {other:?}"),
+            }
+        }
+    }
+    assert!(started >= 1100, "only {started} DKGs started in time");
+    assert!(refused_busy > 0, "the per-connection quota never applied");
+    // The owner's wallet creation is unaffected.
+    let w = create(&d, "alice");
+    signs(&d, &w.home, &w);
+}
+
+/// A flood of requests signed by a stranger's key for a real wallet: each is refused, and the
+/// audit log grows by a bounded number of entries, not one per refusal.
+#[test]
+fn refused_authorizations_are_recorded_in_the_audit_log_boundedly() {
+    let d = Deployment::start().unwrap();
+    let w = create(&d, "alice");
+    let status: Value = serde_json::from_str(d.cosigner(["status"]).ok()).unwrap();
+    let audit_key = status["provider"]["audit_key"].as_str().unwrap().to_owned();
+    let db = d.provider.database();
+    let entries = || -> u64 {
+        let out = cosigner_tests::run(
+            "cosigner-parent",
+            ["audit", "verify", "--database", p(&db), "--key", &audit_key],
+            &[],
+        );
+        let v: Value = serde_json::from_str(out.ok()).unwrap();
+        v["entries"].as_u64().unwrap()
+    };
+    let before = entries();
+    let trust = trust(&d);
+    let id = WalletId::from_hex(&w.id).unwrap();
+    let stranger = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+    let mut s = Session::connect(&d.provider.addr(), &trust).unwrap();
+    let request = Request::SignCommit {
+        wallet_id: id,
+        epoch: 0,
+        message: ByteBuf::from(vec![7u8; 32]),
+        signers: vec![1, 2],
+    };
+    for _ in 0..200 {
+        let answer =
+            cosigner_client::wallet::authorized(&mut s, id, KeyRole::Device, &stranger, &request);
+        assert!(answer.is_err(), "{answer:?}");
+    }
+    let after = entries();
+    assert!(
+        after - before <= 8,
+        "{} audit entries for 200 refusals",
+        after - before
+    );
+    signs(&d, &w.home, &w);
+}
+
+/// A signing session opened before the owner's recovery cannot be finished after it: the share
+/// is released only if the key that opened it is still authorized.
+#[test]
+fn a_signing_session_opened_before_a_recovery_cannot_finish_after_it() {
+    let d = Deployment::start().unwrap();
+    let w = create(&d, "alice");
+    let trust = trust(&d);
+    let id = WalletId::from_hex(&w.id).unwrap();
+    let home = Home::open(&w.home).unwrap();
+    let device_key = home.device_key().unwrap();
+    let mut s = Session::connect(&d.provider.addr(), &trust).unwrap();
+    let commit = Request::SignCommit {
+        wallet_id: id,
+        epoch: 0,
+        message: ByteBuf::from(vec![9u8; 32]),
+        signers: vec![1, 2],
+    };
+    let Response::SignCommitted { session_id, .. } =
+        cosigner_client::wallet::authorized(&mut s, id, KeyRole::Device, &device_key, &commit)
+            .unwrap()
+    else {
+        panic!("no commitments");
+    };
+    recover(&d, &d.home("alice-new"), &w).ok();
+    let late = s.call(&Request::SignShare {
+        session_id,
+        signing_package: ByteBuf::from(vec![0u8; 8]),
+    });
+    match late {
+        Err(cosigner_client::ClientError::Remote(e)) => {
+            assert!(
+                e.kind == ErrorKind::NotFound || e.message.contains("no longer authorized"),
+                "{e:?}"
+            );
+        }
+        other => panic!("a revoked key's session released a share: {other:?}"),
+    }
+}
+
+/// The recovery cosigner co-signs only under the recovery credential: the device key alone (a
+/// stolen phone with a modified client) gets nothing from it.
+#[test]
+fn the_recovery_cosigner_refuses_to_sign_on_the_device_key_alone() {
+    let d = Deployment::start().unwrap();
+    let w = create(&d, "alice");
+    let trust = trust(&d);
+    let id = WalletId::from_hex(&w.id).unwrap();
+    let home = Home::open(&w.home).unwrap();
+    let device_key = home.device_key().unwrap();
+    let recovery_key = cosigner_client::home::read_p256_key(&w.recovery_key).unwrap();
+    let mut s = Session::connect(&d.recovery.addr(), &trust).unwrap();
+    let commit = Request::SignCommit {
+        wallet_id: id,
+        epoch: 0,
+        message: ByteBuf::from(vec![9u8; 32]),
+        signers: vec![1, 3],
+    };
+    let refused =
+        cosigner_client::wallet::authorized(&mut s, id, KeyRole::Device, &device_key, &commit);
+    assert!(
+        matches!(&refused, Err(cosigner_client::ClientError::Remote(e)) if e.message.contains("may not send")),
+        "{refused:?}"
+    );
+    let allowed =
+        cosigner_client::wallet::authorized(&mut s, id, KeyRole::Recovery, &recovery_key, &commit)
+            .unwrap();
+    assert!(matches!(allowed, Response::SignCommitted { .. }), "{allowed:?}");
+}
