@@ -746,6 +746,40 @@ pub fn recover(
     recovery_key: &SigningKey,
     network: Network,
 ) -> Result<WalletFile> {
+    recover_observed(
+        home,
+        provider,
+        recovery,
+        wallet_id,
+        recovery_key,
+        network,
+        &mut |_| {},
+    )
+}
+
+/// The steps of a recovery, reported to an observer (tests interrupt a recovery at each one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoverStep {
+    /// Both cosigners suspended the old device key and hold the new one as pending.
+    Frozen,
+    /// Both cosigners are at one epoch.
+    Aligned,
+    /// This device holds the repaired share at that epoch.
+    Repaired,
+    /// A step of the recovery's refresh.
+    Refresh(RefreshStep),
+}
+
+/// [`recover`], reporting each step to `observe`.
+pub fn recover_observed(
+    home: &Home,
+    provider: &mut Session,
+    recovery: &mut Session,
+    wallet_id: WalletId,
+    recovery_key: &SigningKey,
+    network: Network,
+    observe: &mut dyn FnMut(RecoverStep),
+) -> Result<WalletFile> {
     let device_key = home.device_key()?;
     let new_device = public_key_bytes(&device_key);
     // 1. Both cosigners check the recovery credential, register the new device key as pending
@@ -761,9 +795,11 @@ pub fn recover(
             other => return Err(unexpected("RecoverApproved", &other)),
         }
     }
+    observe(RecoverStep::Frozen);
     // 2. One epoch at both cosigners; a recovery refresh of ours that committed before an
     //    earlier run died is finished from the share this home kept.
     let info = roll_forward(provider, recovery, wallet_id, &device_key)?;
+    observe(RecoverStep::Aligned);
     let pkp = PublicKeyPackage::<Suite>::deserialize(&info.public_key_package)
         .map_err(|e| internal(format!("provider's public key package: {e}")))?;
     if let Ok(held) = home.wallet(&wallet_id) {
@@ -803,6 +839,7 @@ pub fn recover(
             key_package
         }
     };
+    observe(RecoverStep::Repaired);
     // 4. Refresh to a new epoch: the old device's share goes stale, its key is revoked.
     let wallet = home.wallet(&wallet_id)?;
     refresh_from(
@@ -812,7 +849,7 @@ pub fn recover(
         wallet,
         &key_package,
         &pkp,
-        &mut |_| {},
+        &mut |step| observe(RecoverStep::Refresh(step)),
     )
 }
 

@@ -82,7 +82,7 @@ fn wait_for<S: Closed>(
 ) -> (usize, usize) {
     let started = Instant::now();
     loop {
-        let closed = sockets.iter_mut().filter(|s| s.closed()).count();
+        let closed = sockets.iter_mut().map(|s| s.closed()).filter(|c| *c).count();
         let open = sockets.len() - closed;
         if want(closed, open) {
             return (closed, open);
@@ -117,7 +117,9 @@ fn wait_for_count(logs: impl Fn() -> String, verb: &str, marker: &str, n: u64) -
         let got = counted(&log, verb, marker);
         if got >= n {
             assert_eq!(got, n, "more `{marker}` than expected:\n{log}");
-            return log.lines().filter(|l| l.contains(marker)).count();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains(marker)).collect();
+            eprintln!("{}", lines.join("\n"));
+            return lines.len();
         }
         assert!(
             started.elapsed() < PATIENCE,

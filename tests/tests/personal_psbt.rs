@@ -285,3 +285,17 @@ fn only_the_recovery_credential_lifts_the_limit() {
             .contains("no rule matches")
     );
 }
+
+/// The same transaction signed three times (a retry, a second device run) counts once toward
+/// the daily limit: 0.06 BTC three times is still 0.06, so 0.04 more is allowed.
+#[test]
+fn signing_the_same_transaction_again_does_not_count_it_again() {
+    let w = create(Some(&personal_policy()));
+    let spend = w.spend(6_000_000);
+    for round in 0..3 {
+        w.signed(&format!("same-{round}"), &spend);
+    }
+    w.signed("rest", &w.spend(4_000_000));
+    let over = w.refused("over", &w.spend(20_000));
+    assert!(over.contains("no rule matches"), "{over}");
+}

@@ -466,3 +466,127 @@ fn the_recovery_cosigner_refuses_to_sign_on_the_device_key_alone() {
             .unwrap();
     assert!(matches!(allowed, Response::SignCommitted { .. }), "{allowed:?}");
 }
+
+/// Every step of a recovery, in order.
+fn recover_steps() -> Vec<cosigner_client::wallet::RecoverStep> {
+    use cosigner_client::wallet::{RecoverStep, RefreshStep};
+    vec![
+        RecoverStep::Frozen,
+        RecoverStep::Aligned,
+        RecoverStep::Repaired,
+        RecoverStep::Refresh(RefreshStep::Round1),
+        RecoverStep::Refresh(RefreshStep::Round2),
+        RecoverStep::Refresh(RefreshStep::Round3),
+        RecoverStep::Refresh(RefreshStep::ProviderCommitted),
+        RecoverStep::Refresh(RefreshStep::RecoveryCommitted),
+        RecoverStep::Refresh(RefreshStep::DeviceCommitted),
+    ]
+}
+
+/// After an interrupted recovery, running `recover` again in the same home finishes it, ending
+/// where an uninterrupted recovery ends: epoch 1, same key, new phone signs and refreshes, old
+/// key revoked.
+fn rerun_finishes(d: &Deployment, w: &Wallet, new_home: &Path, step: &str) {
+    let out = recover(d, new_home, w);
+    assert_eq!(out.code, Some(0), "{step}: rerun failed: {}", out.stderr);
+    let r: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(r["epoch"], 1, "{step}: {r}");
+    assert_eq!(r["group_public_key"], w.key.as_str(), "{step}");
+    signs(d, new_home, w);
+    let line = sign(d, &w.home, &w.id).refused().to_owned();
+    assert!(line.contains("revoked"), "{step}: {line}");
+}
+
+/// The client dies at each step of a recovery (nothing after the step happens); rerunning
+/// `recover` in the same home finishes the job.
+#[test]
+fn a_recovery_whose_client_dies_at_any_step_is_finished_by_a_rerun() {
+    let d = Deployment::start().unwrap();
+    let trust = trust(&d);
+    for (i, step) in recover_steps().into_iter().enumerate() {
+        let w = create(&d, &format!("old-{i}"));
+        let new_home = d.home(&format!("new-{i}"));
+        let home = Home::open(&new_home).unwrap();
+        let id = WalletId::from_hex(&w.id).unwrap();
+        let recovery_key = cosigner_client::home::read_p256_key(&w.recovery_key).unwrap();
+        let mut provider = Session::connect(&d.provider.addr(), &trust).unwrap();
+        let mut recovery = Session::connect(&d.recovery.addr(), &trust).unwrap();
+        let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cosigner_client::wallet::recover_observed(
+                &home,
+                &mut provider,
+                &mut recovery,
+                id,
+                &recovery_key,
+                cosigner_client::address::Network::Regtest,
+                &mut |s| {
+                    if s == step {
+                        panic!("client killed at {s:?}");
+                    }
+                },
+            )
+        }));
+        assert!(died.is_err(), "{step:?}: the client did not die");
+        drop((provider, recovery));
+        rerun_finishes(&d, &w, &new_home, &format!("{step:?}"));
+    }
+}
+
+/// The provider's enclave dies at each step of a recovery (its memory is lost) and comes back;
+/// rerunning `recover` in the same home finishes the job.
+#[test]
+fn a_recovery_whose_provider_dies_at_any_step_is_finished_by_a_rerun() {
+    let mut d = Deployment::start().unwrap();
+    let trust = trust(&d);
+    for (i, step) in recover_steps().into_iter().enumerate() {
+        let w = create(&d, &format!("old-{i}"));
+        let new_home = d.home(&format!("new-{i}"));
+        let home = Home::open(&new_home).unwrap();
+        let id = WalletId::from_hex(&w.id).unwrap();
+        let recovery_key = cosigner_client::home::read_p256_key(&w.recovery_key).unwrap();
+        let mut provider = Session::connect(&d.provider.addr(), &trust).unwrap();
+        let mut recovery = Session::connect(&d.recovery.addr(), &trust).unwrap();
+        let cosigner = std::cell::RefCell::new(&mut d.provider);
+        let _ = cosigner_client::wallet::recover_observed(
+            &home,
+            &mut provider,
+            &mut recovery,
+            id,
+            &recovery_key,
+            cosigner_client::address::Network::Regtest,
+            &mut |s| {
+                if s == step {
+                    cosigner.borrow_mut().stop();
+                }
+            },
+        );
+        drop((provider, recovery));
+        d.provider.start_processes().unwrap();
+        rerun_finishes(&d, &w, &new_home, &format!("{step:?}"));
+    }
+}
+
+/// `wallet create` whose recovery credential cannot be written registers nothing, so the retry
+/// (with a writable path) succeeds and the home holds exactly one wallet.
+#[test]
+fn a_wallet_create_that_cannot_write_its_files_registers_nothing_and_the_retry_works() {
+    let d = Deployment::start().unwrap();
+    let home = d.home("alice");
+    let nowhere = d.dir.path().join("no-such-dir").join("recovery.key");
+    let out = d.cosigner([
+        "--home",
+        p(&home),
+        "wallet",
+        "create",
+        "--recovery-key-out",
+        p(&nowhere),
+        "--json",
+    ]);
+    assert_ne!(out.code, Some(0));
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    let w = create(&d, "alice");
+    signs(&d, &w.home, &w);
+    let list = d.cosigner(["--home", p(&home), "wallet", "list", "--json"]);
+    let list: Value = serde_json::from_str(list.ok()).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}
