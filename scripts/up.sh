@@ -6,6 +6,9 @@
 #       store/      the parent's SQLite database of sealed blobs
 #       attester/   local attester: attester.toml, root.pem (pinned by clients), attester.pem
 #   .dev/recovery/  Shard C: the same binaries, its own token, TCP :${RECOVERY_PORT:-7201}
+#   .dev/enrollment/  the operator's enrollment key (operator.pem, 0600) and its public half
+#       (operator.pub): the provider creates wallets only for devices holding a token signed by
+#       it (`[enrollment] mode = "token"`); the recovery cosigner stays open (`mode = "open"`)
 #   .dev/trust.toml the client's trust file (both operator roots, PCR0 of the enclave binary)
 #   .dev/cosigner.env  exports COSIGNER_PROVIDER, COSIGNER_RECOVERY, COSIGNER_TRUST
 #
@@ -22,8 +25,8 @@ MODULE=${COSIGNER_PKCS11_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 mkdir -p "$DEV"
 chmod 700 "$DEV"
 
-start_cosigner() { # name port
-  local name=$1 port=$2 dir="$DEV/$1"
+start_cosigner() { # name port enrollment-section
+  local name=$1 port=$2 enrollment=$3 dir="$DEV/$1"
   mkdir -p "$dir/token" "$dir/store"
   chmod 700 "$dir"
   cat > "$dir/softhsm2.conf" <<CONF
@@ -53,6 +56,8 @@ sealing_key = "cosigner-sealing"
 [attester]
 kind = "local"
 dir = "$dir/attester"
+
+$enrollment
 CONF
   cat > "$dir/parent.toml" <<CONF
 listen = "127.0.0.1:$port"
@@ -74,8 +79,26 @@ CONF
   unset SOFTHSM2_CONF
 }
 
-start_cosigner provider "$PROVIDER_PORT"
-start_cosigner recovery "$RECOVERY_PORT"
+# Wallet enrollment (docs/deployment.md): the operator key is made once, at the first `make up`,
+# and kept, so tokens issued earlier stay valid across restarts. keygen prints the public key only
+# when it makes the key; it is kept beside it for the configuration and for operators.
+ENROLL="$DEV/enrollment"
+mkdir -p "$ENROLL"
+chmod 700 "$ENROLL"
+if [ ! -e "$ENROLL/operator.pem" ]; then
+  "$BIN/cosigner-parent" enrollment keygen --out "$ENROLL/operator.pem" > "$ENROLL/operator.pub.tmp"
+  mv "$ENROLL/operator.pub.tmp" "$ENROLL/operator.pub"
+elif [ ! -s "$ENROLL/operator.pub" ]; then
+  echo "$ENROLL/operator.pem exists without operator.pub: remove $ENROLL for a new operator key" >&2
+  exit 1
+fi
+OPERATOR_KEY=$(cat "$ENROLL/operator.pub")
+
+start_cosigner provider "$PROVIDER_PORT" "[enrollment]
+mode = \"token\"
+operator_key = \"$OPERATOR_KEY\""
+start_cosigner recovery "$RECOVERY_PORT" "[enrollment]
+mode = \"open\""
 
 cat > "$DEV/trust.toml" <<CONF
 # Trust file of the local setup: both operators' roots, and the enclave binary's measurement.
@@ -97,7 +120,12 @@ CONF
 for _ in $(seq 100); do
   if "$BIN/cosigner" status > /dev/null 2>&1; then
     echo "cosigner is up: provider $COSIGNER_PROVIDER, recovery $COSIGNER_RECOVERY"
-    echo "  source .dev/cosigner.env, then e.g.: cosigner --home /tmp/alice wallet create --json"
+    echo "  wallet enrollment: the provider requires tokens signed by operator key $OPERATOR_KEY"
+    echo "    ($ENROLL/operator.pem); the recovery cosigner is open"
+    echo "  source .dev/cosigner.env, then e.g.:"
+    echo "    cosigner-parent enrollment issue --operator-key .dev/enrollment/operator.pem \\"
+    echo "      --device-key \$(cosigner --home /tmp/alice device-key) --expires-in-days 30 --out /tmp/alice.token"
+    echo "    cosigner --home /tmp/alice wallet create --enrollment-token /tmp/alice.token --json"
     exit 0
   fi
   sleep 0.1

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use cosigner_protocol::auth::public_key_bytes;
-use cosigner_protocol::party::{DEVICE, PROVIDER};
+use cosigner_protocol::party::DEVICE;
 use cosigner_protocol::policy::{Member, Policy};
 use cosigner_protocol::psbt::{self, SpendSummary};
 use cosigner_protocol::sign::{self, SignerSession};
@@ -23,7 +23,7 @@ use serde_bytes::ByteBuf;
 use crate::error::{ClientError, Result};
 use crate::home::{Home, WalletFile};
 use crate::session::Session;
-use crate::wallet::{Suite, authorized, verify_bip340};
+use crate::wallet::{CoSigner, Suite, authorized, verify_bip340};
 
 /// The name a personal wallet's policy gives its one member, this device.
 pub const OWNER: &str = "owner";
@@ -87,6 +87,18 @@ pub fn sign_psbt(
     wallet_id: WalletId,
     psbt: &[u8],
 ) -> Result<Signed> {
+    sign_psbt_with(home, provider, CoSigner::Provider, wallet_id, psbt)
+}
+
+/// [`sign_psbt`] with `cosigner` (the recovery cosigner under the recovery credential when the
+/// provider is unreachable); it evaluates the wallet's policy with its own spend history.
+pub fn sign_psbt_with(
+    home: &Home,
+    provider: &mut Session,
+    cosigner: CoSigner<'_>,
+    wallet_id: WalletId,
+    psbt: &[u8],
+) -> Result<Signed> {
     let wallet = home.wallet(&wallet_id)?;
     if wallet.dao.is_some() {
         return Err(ClientError::Input(
@@ -101,8 +113,9 @@ pub fn sign_psbt(
         .map_err(|e| ClientError::Input(format!("wallet file: {e}")))?;
     let public_key_package = frost_core::keys::PublicKeyPackage::<Suite>::deserialize(&pkp_bytes)
         .map_err(|e| ClientError::Input(format!("wallet file: {e}")))?;
-    let device_key = home.device_key()?;
-    let signers = [DEVICE, PROVIDER];
+    let (role, authorizer) = cosigner.authorizer(home)?;
+    let them = cosigner.party();
+    let signers = [DEVICE, them];
     let request = Request::SignPsbtCommit {
         wallet_id,
         epoch: wallet.epoch,
@@ -110,7 +123,7 @@ pub fn sign_psbt(
         signers: signers.to_vec(),
     };
     let (session_id, theirs, evaluation) =
-        match authorized(provider, wallet_id, KeyRole::Device, &device_key, &request)? {
+        match authorized(provider, wallet_id, role, &authorizer, &request)? {
             Response::PsbtCommitted {
                 session_id,
                 commitments,
@@ -139,7 +152,7 @@ pub fn sign_psbt(
         )?;
         let commitments = BTreeMap::from([
             (DEVICE, our_commitments),
-            (PROVIDER, provider_commitments.into_vec()),
+            (them, provider_commitments.into_vec()),
         ]);
         packages.push(sign::signing_package::<Suite>(sighash, &commitments)?);
         ours.push(session);
@@ -159,7 +172,7 @@ pub fn sign_psbt(
         .zip(&summary.sighashes)
     {
         let our_share = session.sign(&key_package, package)?;
-        let all = BTreeMap::from([(DEVICE, our_share), (PROVIDER, provider_share.into_vec())]);
+        let all = BTreeMap::from([(DEVICE, our_share), (them, provider_share.into_vec())]);
         let signature = sign::aggregate::<Suite>(package, &all, &public_key_package)?;
         let signature: [u8; 64] = signature
             .try_into()

@@ -292,7 +292,17 @@ pub fn create_with(
         let _ = home.remove_journal(&wallet_id, CREATING);
         return Err(e);
     }
-    confirm_at_both(provider, recovery, &confirm, &wallet)?;
+    // The provider first: if it refuses outright, nobody registered anything and nothing is
+    // kept; once it registered, the journal stays until the recovery cosigner did too.
+    if let Err(e) = confirm_at(provider, &confirm, &wallet) {
+        if matches!(&e, ClientError::Remote(w) if !w.kind.is_retryable()) {
+            let _ = std::fs::remove_file(recovery_key_out);
+            let _ = home.forget_wallet(&wallet_id);
+            let _ = home.remove_journal(&wallet_id, CREATING);
+        }
+        return Err(e);
+    }
+    confirm_at(recovery, &confirm, &wallet).map_err(|e| unfinished(home, wallet_id, e))?;
     home.remove_journal(&wallet_id, CREATING)?;
     Ok(Created {
         wallet,
@@ -300,30 +310,41 @@ pub fn create_with(
     })
 }
 
-/// Sends `DkgConfirm` to each cosigner (each answers the same `DkgDone` again if it already
-/// registered the wallet) and checks they stored our public key package.
-fn confirm_at_both(
-    provider: &mut Session,
-    recovery: &mut Session,
-    confirm: &Request,
-    wallet: &WalletFile,
-) -> Result<()> {
+/// Sends `DkgConfirm` to a cosigner (it answers the same `DkgDone` again if it already
+/// registered the wallet) and checks it stored our public key package.
+fn confirm_at(session: &mut Session, confirm: &Request, wallet: &WalletFile) -> Result<()> {
     let ours = hex::decode(&wallet.public_key_package).map_err(internal)?;
-    for session in [&mut *provider, &mut *recovery] {
-        match session.call(confirm)? {
-            Response::DkgDone { wallet }
-                if wallet.public_key_package.as_ref() == ours.as_slice() => {}
-            Response::DkgDone { .. } => {
-                return Err(ClientError::Protocol(
-                    cosigner_protocol::ProtocolError::Disagreement {
-                        reason: "a cosigner stored another public key package".into(),
-                    },
-                ));
-            }
-            other => return Err(unexpected("DkgDone", &other)),
+    match session.call(confirm)? {
+        Response::DkgDone { wallet } if wallet.public_key_package.as_ref() == ours.as_slice() => {
+            Ok(())
         }
+        Response::DkgDone { .. } => Err(ClientError::Protocol(
+            cosigner_protocol::ProtocolError::Disagreement {
+                reason: "a cosigner stored another public key package".into(),
+            },
+        )),
+        other => Err(unexpected("DkgDone", &other)),
     }
-    Ok(())
+}
+
+/// The error of a creation the provider registered but the recovery cosigner did not (yet):
+/// retryable by running `wallet create` again, unless the recovery cosigner lost the DKG.
+fn unfinished(home: &Home, wallet_id: WalletId, e: ClientError) -> ClientError {
+    match e {
+        ClientError::Remote(w) if w.kind == cosigner_protocol::wire::ErrorKind::NotFound => {
+            let _ = home.remove_journal(&wallet_id, CREATING);
+            ClientError::Input(format!(
+                "wallet {wallet_id} is registered at the provider but the recovery cosigner no \
+                 longer holds its DKG ({}): it cannot be finished; create a new wallet",
+                w.message
+            ))
+        }
+        ClientError::Remote(w) => ClientError::Input(format!(
+            "wallet {wallet_id} is registered at the provider, not yet at the recovery \
+             cosigner ({w}): run `cosigner wallet create` again to finish it"
+        )),
+        other => other,
+    }
 }
 
 /// Finishes a creation an earlier run left unconfirmed (see [`CREATING`]). `None`: none.
@@ -341,18 +362,20 @@ fn finish_creation(
         .map_err(internal)
         .and_then(|b| Ok(wire::decode(&b)?))?;
     let wallet = home.wallet(&wallet_id)?;
-    confirm_at_both(provider, recovery, &confirm, &wallet).map_err(|e| match e {
-        ClientError::Remote(w) if w.kind == cosigner_protocol::wire::ErrorKind::NotFound => {
-            ClientError::Input(format!(
-                "wallet {wallet_id} was created but a cosigner no longer holds its unfinished \
-                 DKG ({}); it cannot be finished: remove {} and its files from this home and \
-                 create a new wallet",
-                w.message,
-                home.journal_path(&wallet_id, CREATING).display()
-            ))
+    if let Err(e) = confirm_at(provider, &confirm, &wallet) {
+        if matches!(&e, ClientError::Remote(w) if !w.kind.is_retryable()) {
+            // Never registered, and can no longer be: nothing to finish.
+            let _ = std::fs::remove_file(&journal.recovery_key_out);
+            let _ = home.forget_wallet(&wallet_id);
+            let _ = home.remove_journal(&wallet_id, CREATING);
+            return Err(ClientError::Input(format!(
+                "an unfinished creation of wallet {wallet_id} could not be finished ({e}); it \
+                 was removed from this home: run `cosigner wallet create` again"
+            )));
         }
-        other => other,
-    })?;
+        return Err(e);
+    }
+    confirm_at(recovery, &confirm, &wallet).map_err(|e| unfinished(home, wallet_id, e))?;
     home.remove_journal(&wallet_id, CREATING)?;
     Ok(Some(Created {
         wallet,
@@ -411,6 +434,34 @@ fn load(
     Ok((wallet, key_package, public_key_package))
 }
 
+/// Which cosigner signs with this device, and under which key.
+#[derive(Debug, Clone, Copy)]
+pub enum CoSigner<'a> {
+    /// The provider, authorized by this device's key (the everyday case).
+    Provider,
+    /// The recovery cosigner, authorized by the offline recovery credential (the provider is
+    /// unreachable): it never co-signs on the device key alone.
+    Recovery(&'a SigningKey),
+}
+
+impl CoSigner<'_> {
+    /// The cosigner's party number.
+    pub fn party(&self) -> u16 {
+        match self {
+            Self::Provider => PROVIDER,
+            Self::Recovery(_) => RECOVERY,
+        }
+    }
+
+    /// The key and role that authorize the request.
+    pub(crate) fn authorizer(&self, home: &Home) -> Result<(KeyRole, SigningKey)> {
+        Ok(match self {
+            Self::Provider => (KeyRole::Device, home.device_key()?),
+            Self::Recovery(key) => (KeyRole::Recovery, (*key).clone()),
+        })
+    }
+}
+
 /// Signs a 32-byte message with this device and the provider; returns the verified 64-byte
 /// BIP-340 signature.
 pub fn sign(
@@ -419,9 +470,21 @@ pub fn sign(
     wallet_id: WalletId,
     message: &[u8; 32],
 ) -> Result<[u8; 64]> {
+    sign_with(home, provider, CoSigner::Provider, wallet_id, message)
+}
+
+/// Signs a 32-byte message with this device and `cosigner` (reached through `session`).
+pub fn sign_with(
+    home: &Home,
+    provider: &mut Session,
+    cosigner: CoSigner<'_>,
+    wallet_id: WalletId,
+    message: &[u8; 32],
+) -> Result<[u8; 64]> {
     let (wallet, key_package, public_key_package) = load(home, &wallet_id)?;
-    let device_key = home.device_key()?;
-    let signers = [DEVICE, PROVIDER];
+    let (role, authorizer) = cosigner.authorizer(home)?;
+    let them = cosigner.party();
+    let signers = [DEVICE, them];
     let request = Request::SignCommit {
         wallet_id,
         epoch: wallet.epoch,
@@ -429,7 +492,7 @@ pub fn sign(
         signers: signers.to_vec(),
     };
     let (session_id, provider_commitments) =
-        match authorized(provider, wallet_id, KeyRole::Device, &device_key, &request)? {
+        match authorized(provider, wallet_id, role, &authorizer, &request)? {
             Response::SignCommitted {
                 session_id,
                 commitments,
@@ -445,7 +508,7 @@ pub fn sign(
     )?;
     let commitments = BTreeMap::from([
         (DEVICE, our_commitments),
-        (PROVIDER, provider_commitments.into_vec()),
+        (them, provider_commitments.into_vec()),
     ]);
     let package = sign::signing_package::<Suite>(message, &commitments)?;
     let provider_share = match provider.call(&Request::SignShare {
@@ -456,7 +519,7 @@ pub fn sign(
         other => return Err(unexpected("SignatureShare", &other)),
     };
     let our_share = ours.sign(&key_package, &package)?;
-    let shares = BTreeMap::from([(DEVICE, our_share), (PROVIDER, provider_share)]);
+    let shares = BTreeMap::from([(DEVICE, our_share), (them, provider_share)]);
     let signature = sign::aggregate::<Suite>(&package, &shares, &public_key_package)?;
     let signature: [u8; 64] = signature
         .try_into()

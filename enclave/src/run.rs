@@ -254,7 +254,15 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         anchor,
         policy,
     )
-    .map_err(|e| anyhow::anyhow!("cannot start the service: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("cannot start the service: {e}"))?
+    .with_enrollment(config.enrollment_operator_key());
+    match config.enrollment_operator_key() {
+        Some(key) => eprintln!(
+            "cosigner-enclave: wallet creation needs an enrollment token signed by operator key {}",
+            hex::encode(key)
+        ),
+        None => eprintln!("cosigner-enclave: wallet creation is open (no [enrollment] token required)"),
+    }
     let audit_key = hex::encode(service.audit_public_key());
     let service = Arc::new(service);
     let tls = tls::server_config()?;

@@ -53,7 +53,8 @@ pub enum EnrollmentCommand {
         #[arg(long, value_name = "HEX")]
         device_key: String,
         /// Days from now until the token expires (1 to 3650).
-        #[arg(long, value_name = "N")]
+        // Hyphen values taken, so that "-3" gets this flag's message rather than a usage error.
+        #[arg(long, value_name = "N", allow_hyphen_values = true)]
         expires_in_days: String,
         /// Write the token text to this file (replaced if it exists: a token is not a secret).
         #[arg(long, value_name = "FILE")]

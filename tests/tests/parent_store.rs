@@ -623,6 +623,7 @@ fn store_socket_replaces_a_stale_socket_but_not_a_live_one_or_a_file() {
         proxy_allow: Vec::new(),
         proxies: Vec::new(),
         aws_credentials: None,
+        client_limits: Default::default(),
     };
     let err = Parent::new(config.clone()).unwrap().start().unwrap_err();
     assert!(matches!(err, ParentError::SocketInUse { .. }), "{err:?}");

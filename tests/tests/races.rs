@@ -590,3 +590,35 @@ fn a_wallet_create_that_cannot_write_its_files_registers_nothing_and_the_retry_w
     let list: Value = serde_json::from_str(list.ok()).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
 }
+
+/// With the provider down, the owner signs with the recovery cosigner under the recovery
+/// credential (`sign --with-recovery-key`); the device key alone still gets nothing there.
+#[test]
+fn with_the_provider_down_the_recovery_credential_signs_with_the_recovery_cosigner() {
+    let mut d = Deployment::start().unwrap();
+    let w = create(&d, "alice");
+    d.provider.stop();
+    assert_ne!(sign(&d, &w.home, &w.id).code, Some(0));
+    let out = d.cosigner([
+        "--home",
+        p(&w.home),
+        "sign",
+        "--wallet",
+        &w.id,
+        "--message",
+        MESSAGE,
+        "--with-recovery-key",
+        p(&w.recovery_key),
+        "--json",
+    ]);
+    let sig: Value = serde_json::from_str(out.ok()).unwrap();
+    let key = k256::schnorr::VerifyingKey::from_bytes(&hex::decode(&w.key).unwrap()).unwrap();
+    let sig = k256::schnorr::Signature::try_from(
+        hex::decode(sig["signature"].as_str().unwrap())
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    key.verify_raw(&hex::decode(MESSAGE).unwrap(), &sig)
+        .unwrap();
+}

@@ -109,6 +109,11 @@ pub struct SignArgs {
     /// The wallet id (32 hex digits).
     #[arg(long, value_name = "ID")]
     wallet: String,
+    /// Sign with the recovery cosigner instead of the provider (the provider is unreachable),
+    /// authorized by the offline recovery credential in FILE: the recovery cosigner never
+    /// co-signs on the device key alone.
+    #[arg(long, value_name = "FILE")]
+    with_recovery_key: Option<PathBuf>,
     /// A 32-byte message (sighash), 64 hex digits: only for wallets without a policy.
     #[arg(
         long,
@@ -339,7 +344,7 @@ pub fn sign(g: &Globals, args: SignArgs) -> anyhow::Result<()> {
                 args.json,
             );
         }
-        return sign_psbt(g, &home, &w, psbt, args.json);
+        return sign_psbt(g, &home, &w, psbt, args.with_recovery_key.as_deref(), args.json);
     }
     let message: [u8; 32] = args
         .message
@@ -351,8 +356,13 @@ pub fn sign(g: &Globals, args: SignArgs) -> anyhow::Result<()> {
         anyhow::bail!("a DAO wallet signs transactions only: give --psbt FILE");
     }
     let trust = trust(g)?;
-    let mut provider = connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", &trust)?;
-    let signature = wallet::sign(&home, &mut provider, id, &message)?;
+    let recovery_key = args
+        .with_recovery_key
+        .as_deref()
+        .map(cosigner_client::home::read_p256_key)
+        .transpose()?;
+    let (mut session, cosigner) = cosigner_for(g, &trust, recovery_key.as_ref())?;
+    let signature = wallet::sign_with(&home, &mut session, cosigner, id, &message)?;
     if args.json {
         emit(&json!({ "signature": hex::encode(signature) }).to_string())
     } else {
@@ -374,11 +384,31 @@ fn read_policy(path: &std::path::Path) -> anyhow::Result<String> {
 
 /// `cosigner sign --psbt` for a personal wallet: the device's own reading goes to stderr first,
 /// then the provider evaluates the wallet's policy and both sign every input.
+/// The session and cosigner a personal wallet signs with: the provider, or the recovery cosigner
+/// under the recovery credential.
+fn cosigner_for<'a>(
+    g: &Globals,
+    trust: &cosigner_client::trust::Trust,
+    recovery_key: Option<&'a p256::ecdsa::SigningKey>,
+) -> anyhow::Result<(Session, wallet::CoSigner<'a>)> {
+    Ok(match recovery_key {
+        None => (
+            connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", trust)?,
+            wallet::CoSigner::Provider,
+        ),
+        Some(key) => (
+            connect(g.recovery.as_ref(), "recovery", "COSIGNER_RECOVERY", trust)?,
+            wallet::CoSigner::Recovery(key),
+        ),
+    })
+}
+
 fn sign_psbt(
     g: &Globals,
     home: &Home,
     w: &WalletFile,
     psbt: Vec<u8>,
+    with_recovery_key: Option<&std::path::Path>,
     json: bool,
 ) -> anyhow::Result<()> {
     let id = wallet_id(&w.wallet_id)?;
@@ -391,8 +421,11 @@ fn sign_psbt(
         eprintln!("  pays {} sat to {}", d.amount, d.address);
     }
     let trust = trust(g)?;
-    let mut provider = connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", &trust)?;
-    let signed = psbt_sign::sign_psbt(home, &mut provider, id, &psbt)?;
+    let recovery_key = with_recovery_key
+        .map(cosigner_client::home::read_p256_key)
+        .transpose()?;
+    let (mut session, cosigner) = cosigner_for(g, &trust, recovery_key.as_ref())?;
+    let signed = psbt_sign::sign_psbt_with(home, &mut session, cosigner, id, &psbt)?;
     match &signed.evaluation.rule {
         Some(rule) => eprintln!("  allowed by the wallet's policy, rule {rule:?}"),
         None => eprintln!("  (the wallet has no policy)"),
