@@ -179,6 +179,9 @@ struct PendingSign {
     epoch: u64,
     /// The key that authorized the commitment: re-checked when the share is released.
     actor: Actor,
+    /// The state anchor's generation when it was authorized: unchanged at release means the
+    /// state is unchanged (no revocation, suspension or refresh since), so no reload is needed.
+    generation: Option<u64>,
     session: SignerSession<Suite>,
     started: Instant,
 }
@@ -526,7 +529,10 @@ impl Service {
             verify_request(key, &wallet_id, &challenge, inner_bytes, signature).is_ok()
         };
         let action = inner.name();
-        // Every authorized request is about an existing wallet; creation is not authorized.
+        // Every authorized request is about an existing wallet; creation is not authorized. The
+        // anchor's generation is read first: if it is the same when a signing session releases
+        // its share, the state it was authorized under is still the state.
+        let generation = self.records().state_generation(&wallet_id)?;
         let state = self.records().load_state(&wallet_id)?;
         let (actor, role_name) = match role {
             KeyRole::Device => {
@@ -658,7 +664,9 @@ impl Service {
                 epoch,
                 message,
                 signers,
-            } if w == wallet_id => self.sign_commit(state, actor, epoch, &message, &signers),
+            } if w == wallet_id => {
+                self.sign_commit(state, actor, generation, epoch, &message, &signers)
+            }
             Request::RefreshStart { params, me } if params.wallet_id == wallet_id => {
                 self.refresh_start(session.id, state, &actor, params, me, &digest)
             }
@@ -1000,6 +1008,7 @@ impl Service {
         &self,
         mut state: WalletState,
         actor: Actor,
+        mut generation: Option<u64>,
         epoch: u64,
         message: &[u8],
         signers: &[u16],
@@ -1072,6 +1081,8 @@ impl Service {
             }
             state.signatures += 1;
             self.records().save_state(&wallet_id, &state)?;
+            // Our own write: the state we just saved is the one to compare against.
+            generation = self.records().state_generation(&wallet_id)?;
         }
         let share = self.records().load_share(&wallet_id, state.party, epoch)?;
         let key_package = key_package(&share)?;
@@ -1102,6 +1113,7 @@ impl Service {
                 party: state.party,
                 epoch,
                 actor,
+                generation,
                 session,
                 started: Instant::now(),
             },
@@ -1127,7 +1139,23 @@ impl Service {
                 )
             })?;
         // Checked again now, not only at SignCommit: a revocation, a recovery started, or a
-        // refresh that retired the epoch since then stops this signature too.
+        // refresh that retired the epoch since then stops this signature too. Any such change
+        // moved the state's anchor; if it did not move, the state is the one authorized.
+        if self.records().state_generation(&pending.wallet_id)? != pending.generation {
+            self.recheck_signer(&pending)?;
+        }
+        let share = self
+            .records()
+            .load_share(&pending.wallet_id, pending.party, pending.epoch)?;
+        let key_package = key_package(&share)?;
+        let share = pending.session.sign(&key_package, signing_package)?;
+        Ok(Response::SignatureShare {
+            share: ByteBuf::from(share),
+        })
+    }
+
+    /// Whether the key and epoch of a signing session are still valid in the current state.
+    fn recheck_signer(&self, pending: &PendingSign) -> Result<(), Failure> {
         let state = self.records().load_state(&pending.wallet_id)?;
         let key = pending.actor.key.as_slice();
         let still = match pending.actor.role {
@@ -1147,14 +1175,7 @@ impl Service {
                 pending.epoch
             )));
         }
-        let share = self
-            .records()
-            .load_share(&pending.wallet_id, pending.party, pending.epoch)?;
-        let key_package = key_package(&share)?;
-        let share = pending.session.sign(&key_package, signing_package)?;
-        Ok(Response::SignatureShare {
-            share: ByteBuf::from(share),
-        })
+        Ok(())
     }
 
     // ----- refresh -----

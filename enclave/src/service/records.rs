@@ -201,6 +201,17 @@ impl Records<'_> {
         )
     }
 
+    /// The generation of the wallet's state anchor (`None`: no anchor): it moves with every
+    /// state write, so an unchanged generation means an unchanged state. A memory read once the
+    /// anchor is cached.
+    pub fn state_generation(&self, id: &WalletId) -> Result<Option<u64>, Failure> {
+        Ok(self
+            .anchor
+            .read(&anchor_label(id))
+            .map_err(anchor_failure)?
+            .map(|v| v.generation))
+    }
+
     /// Reads the state, refusing anything but the anchored one.
     pub fn load_state(&self, id: &WalletId) -> Result<WalletState, Failure> {
         let state: WalletState =
