@@ -803,10 +803,11 @@ fn a_second_dkg_start_for_a_running_ceremony_is_refused() {
         Response::DkgRound1 { message } => message,
         other => panic!("DkgStart: {other:?}"),
     };
+    // Refused as busy (retryable), never replacing the ceremony in flight.
     for session in [&mut first, &mut second] {
         assert_eq!(
             refused(h.call(session, dkg_start(wallet_id))),
-            ErrorKind::BadRequest
+            ErrorKind::Busy
         );
     }
     // The refused starts did not replace the running ceremony: it finishes with its round 1.

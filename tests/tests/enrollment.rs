@@ -2,9 +2,8 @@
 //! tools), the enclave's `[enrollment]` configuration refusals at start, and a token-mode provider
 //! gating `cosigner wallet create`.
 //!
-//! The tests of the last group need the enclave's DkgStart check and the client's
-//! `wallet create --enrollment-token FILE`; they are marked `#[ignore = "needs wiring: …"]` until
-//! both have landed (then drop the attribute).
+//! The last group runs against the enclave's DkgStart/DkgConfirm check and the client's
+//! `wallet create --enrollment-token FILE` (more of those in enrollment_dkg.rs).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -285,7 +284,7 @@ fn the_enclave_refuses_to_start_with_an_inconsistent_enrollment_section() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Needs wiring: the enclave's DkgStart check (`Config::enrollment_operator_key` into the
+// A token-mode provider: the enclave's check (`Config::enrollment_operator_key` into the
 // service) and `cosigner wallet create --enrollment-token FILE`.
 // ---------------------------------------------------------------------------------------------
 
@@ -368,7 +367,6 @@ impl Gated {
 }
 
 #[test]
-#[ignore = "needs wiring: enclave DkgStart enrollment check and `wallet create --enrollment-token`"]
 fn a_token_mode_provider_creates_wallets_only_for_enrolled_devices() {
     let gated = Gated::start();
     let alice = gated.deployment.home("alice");
