@@ -203,7 +203,7 @@ impl Home {
             let bytes = std::fs::read(entry.path()).map_err(|e| home_err(&entry.path(), e))?;
             out.push((id, bytes));
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.sort_by_key(|(id, _)| *id);
         Ok(out)
     }
 

@@ -185,11 +185,11 @@ pub fn run(g: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
         } => {
             let network: Network = g.network.parse()?;
             let policy = policy.as_deref().map(read_policy).transpose()?;
+            let home = home(g)?;
             let enrollment = enrollment_token
                 .as_deref()
-                .map(read_enrollment_token)
+                .map(|t| read_enrollment_token(t, &home))
                 .transpose()?;
-            let home = home(g)?;
             let trust = trust(g)?;
             let mut provider =
                 connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", &trust)?;
@@ -316,11 +316,22 @@ pub fn run(g: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
 }
 
 /// Reads an enrollment token file (`cosigner-enrollment-v1:<hex>`) into its bytes.
-fn read_enrollment_token(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+fn read_enrollment_token(path: &std::path::Path, home: &Home) -> anyhow::Result<Vec<u8>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("enrollment token {}: {e}", path.display()))?;
     let token = cosigner_protocol::enrollment::EnrollmentToken::from_text(&text)
         .map_err(|e| anyhow::anyhow!("enrollment token {}: {e}", path.display()))?;
+    // Checked here too, before any ceremony: a token for another device would only be refused
+    // by the provider after the DKG.
+    let ours = cosigner_protocol::auth::public_key_bytes(&home.device_key()?);
+    if token.device_key != ours {
+        anyhow::bail!(
+            "enrollment token {}: issued for device key {}, this device's key is {}",
+            path.display(),
+            hex::encode(&token.device_key),
+            hex::encode(&ours)
+        );
+    }
     Ok(token.to_bytes())
 }
 
