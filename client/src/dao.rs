@@ -329,7 +329,133 @@ pub fn open_invitation(envelope: &Envelope) -> Result<Invitation> {
     Ok(invitation)
 }
 
-/// Takes part in the DKG of `invitation` until the provider stored its shares; records the wallet.
+/// The journal kind of a DKG whose share this device stored, waiting for the provider's
+/// `Activated` (`wallets/<id>.dkg`, 0600: it holds the share).
+const DKG_JOURNAL: &str = "dkg";
+
+/// What a member keeps of a DKG between storing its share and the provider's activation: what
+/// `join` run again needs to finish without the DKG's round secrets (which are never written).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PendingDkg {
+    /// The DKG attempt the share is of.
+    attempt: u32,
+    /// The wallet file to write once the provider activated the wallet.
+    wallet: WalletFile,
+    /// This device's share (hex of frost's KeyPackage serialization).
+    share: String,
+    /// The stored notice this device posted (hex of its encoding), posted again on a rerun.
+    notice: String,
+}
+
+impl Drop for PendingDkg {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.share.zeroize();
+    }
+}
+
+impl PendingDkg {
+    fn load(home: &Home, id: &WalletId) -> Result<Option<Self>> {
+        let path = home.journal_path(id, DKG_JOURNAL);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => zeroize::Zeroizing::new(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(ClientError::Home {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ClientError::Home {
+                path: path.display().to_string(),
+                reason: format!("not a DKG journal: {e}"),
+            })
+    }
+
+    fn save(&self, home: &Home, id: &WalletId) -> Result<()> {
+        let bytes = zeroize::Zeroizing::new(
+            serde_json::to_vec(self)
+                .map_err(|e| ClientError::Unexpected(format!("DKG journal: {e}")))?,
+        );
+        home.save_journal(id, DKG_JOURNAL, &bytes)
+    }
+
+    fn notice(&self) -> Result<DaoMessage> {
+        let bytes = hex::decode(&self.notice)
+            .map_err(|e| ClientError::Unexpected(format!("DKG journal's notice: {e}")))?;
+        Ok(DaoMessage::decode(&bytes)?)
+    }
+
+    /// Makes the stored share this device's wallet (share, then wallet file: a rerun stopped in
+    /// between finds the wallet file missing and does it again), then drops the journal.
+    fn promote(&self, home: &Home, id: &WalletId) -> Result<WalletFile> {
+        let share = zeroize::Zeroizing::new(
+            hex::decode(&self.share)
+                .map_err(|e| ClientError::Unexpected(format!("DKG journal's share: {e}")))?,
+        );
+        home.replace_share(&self.wallet, &share)?;
+        home.remove_journal(id, DKG_JOURNAL)?;
+        Ok(self.wallet.clone())
+    }
+}
+
+/// This device's wallet from `invitation`, if this home already holds it (`join` run again after
+/// it finished).
+///
+/// Errors: the home holds another wallet under the same id.
+pub fn joined_wallet(home: &Home, invitation: &Invitation) -> Result<Option<WalletFile>> {
+    let id = invitation.layout()?.wallet_id;
+    let wallet = match home.wallet(&id) {
+        Ok(w) => w,
+        Err(ClientError::Input(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let same = wallet
+        .dao
+        .as_ref()
+        .is_some_and(|_| dao_info(&wallet).is_ok_and(|(_, i)| i == *invitation));
+    if !same {
+        return Err(input(format!(
+            "this home already holds a wallet {id} that this invitation did not create"
+        )));
+    }
+    home.share(&id)?;
+    Ok(Some(wallet))
+}
+
+/// Where this device's DKG stands.
+enum DkgPhase {
+    /// Taking part in an attempt (round secrets in memory).
+    Running(Box<DaoDkg<Suite>>),
+    /// This device lost its state of an attempt and asked the provider for a new one.
+    Retrying(u32),
+    /// The share of an attempt is stored (journal); waiting for `Activated`.
+    Stored(PendingDkg),
+}
+
+impl DkgPhase {
+    fn attempt(&self) -> u32 {
+        match self {
+            Self::Running(d) => d.attempt(),
+            Self::Retrying(a) => *a,
+            Self::Stored(p) => p.attempt,
+        }
+    }
+}
+
+/// Takes part in the DKG of `invitation` until the provider activated the wallet; records the
+/// wallet. Idempotent and resumable: run again after it finished it returns the wallet this home
+/// holds; run again after a stop it finishes what the topic and the home allow (see
+/// `cosigner_protocol::dao::dkg` and docs/policy.md, "Interrupted ceremonies"):
+///
+/// * the share was stored (journal) before the stop: it waits for `Activated` and records it;
+/// * this device had posted round-1 messages of the current attempt, whose secrets died with the
+///   process: it asks the provider for a new attempt (everyone starts again);
+/// * otherwise it takes part in the current attempt.
 pub fn run_dkg(
     home: &Home,
     courier: &mut Courier,
@@ -352,45 +478,232 @@ pub fn run_dkg(
         .ok_or_else(|| input("this device is not a member of the invitation"))?;
     let wallet_id = layout.wallet_id;
     let network = invitation.network.parse::<Network>()?;
-    let (mut dkg, first) = DaoDkg::<Suite>::start(layout.clone(), &me, &mut rand_core::OsRng)?;
-    courier.post(invitation_envelope)?;
-    for m in &first {
-        courier.send(&key, m)?;
+    if let Some(wallet) = joined_wallet(home, invitation)? {
+        // A promotion stopped after the wallet file was written leaves its journal: done now.
+        home.remove_journal(&wallet_id, DKG_JOURNAL)?;
+        return Ok(wallet);
     }
+    let pending = PendingDkg::load(home, &wallet_id)?;
+    courier.post(invitation_envelope)?;
+    // The topic so far: what the provider said, and what this device already posted.
+    let backlog = courier.poll()?;
+    let mut current = 0u32;
+    let mut ours = Vec::new();
+    for envelope in &backlog {
+        let Ok(message) = DaoMessage::decode(&envelope.body) else {
+            continue;
+        };
+        if envelope.sender == layout.provider_key {
+            match &message {
+                DaoMessage::DkgAttempt { attempt } => current = current.max(*attempt),
+                DaoMessage::Activated {
+                    wallet_id: w,
+                    attempt,
+                } if *w == wallet_id => {
+                    return finish_activated(home, &wallet_id, pending.as_ref(), *attempt);
+                }
+                DaoMessage::Refused { request, reason }
+                    if request.as_slice() == layout.invitation_hash =>
+                {
+                    home.remove_journal(&wallet_id, DKG_JOURNAL)?;
+                    return Err(refused(reason));
+                }
+                _ => {}
+            }
+        }
+        if envelope.sender == me
+            && let DaoMessage::DkgRound1 { attempt, .. } = message
+        {
+            ours.push(attempt);
+        }
+    }
+    let mut phase = match pending {
+        // Our share of the current attempt is stored: only the activation is missing. The
+        // notice is posted again in case the stop came before it reached the mailbox.
+        Some(p) if p.attempt >= current => {
+            courier.send(&key, &p.notice()?)?;
+            DkgPhase::Stored(p)
+        }
+        stale => {
+            if stale.is_some() {
+                // A share of an attempt the provider abandoned: it was never activated.
+                home.remove_journal(&wallet_id, DKG_JOURNAL)?;
+            }
+            if ours.contains(&current) {
+                progress(&format!(
+                    "this device's state of DKG attempt {current} was lost when its process \
+                     stopped; asking the provider for a new attempt"
+                ));
+                courier.send(
+                    &key,
+                    &DaoMessage::DkgRetry {
+                        attempt: current,
+                        party,
+                    },
+                )?;
+                DkgPhase::Retrying(current)
+            } else {
+                let (dkg, first) = DaoDkg::<Suite>::start_attempt(
+                    layout.clone(),
+                    &me,
+                    current,
+                    &mut rand_core::OsRng,
+                )?;
+                for m in &first {
+                    courier.send(&key, m)?;
+                }
+                DkgPhase::Running(Box::new(dkg))
+            }
+        }
+    };
     let started = Instant::now();
     let mut pace = Pace::new();
-    let mut activated = false;
+    let mut batch = backlog;
     loop {
-        let fresh = courier.poll()?;
-        let progressed = !fresh.is_empty();
-        for envelope in fresh {
-            let Ok(message) = DaoMessage::decode(&envelope.body) else {
-                continue;
-            };
-            if let DaoMessage::Activated { wallet_id: w } = &message
-                && *w == wallet_id
-                && envelope.sender == layout.provider_key
-            {
-                activated = true;
+        let progressed = !batch.is_empty();
+        let messages: Vec<(Envelope, DaoMessage)> = std::mem::take(&mut batch)
+            .into_iter()
+            .filter_map(|e| DaoMessage::decode(&e.body).ok().map(|m| (e, m)))
+            .collect();
+        // A new attempt first, whatever its place in the batch: the new attempt's messages in
+        // the same batch are then taken by the new DKG, not ignored by the old one.
+        let newest = messages
+            .iter()
+            .filter(|(e, _)| e.sender == layout.provider_key)
+            .filter_map(|(_, m)| match m {
+                DaoMessage::DkgAttempt { attempt } => Some(*attempt),
+                _ => None,
+            })
+            .max();
+        if let Some(attempt) = newest
+            && attempt > phase.attempt()
+        {
+            // A member lost its state: everyone starts again, with fresh secrets. A share stored
+            // of the old attempt was never activated: dropped.
+            if matches!(phase, DkgPhase::Stored(_)) {
+                home.remove_journal(&wallet_id, DKG_JOURNAL)?;
             }
-            if let Err(e) = dkg.absorb(&envelope.sender, &message) {
+            progress(&format!(
+                "the provider started DKG attempt {attempt} (a member's process stopped \
+                 mid-DKG); starting again"
+            ));
+            let (dkg, first) = DaoDkg::<Suite>::start_attempt(
+                layout.clone(),
+                &me,
+                attempt,
+                &mut rand_core::OsRng,
+            )?;
+            for m in &first {
+                courier.send(&key, m)?;
+            }
+            phase = DkgPhase::Running(Box::new(dkg));
+        }
+        for (envelope, message) in messages {
+            if envelope.sender == layout.provider_key {
+                match &message {
+                    DaoMessage::Activated {
+                        wallet_id: w,
+                        attempt,
+                    } if *w == wallet_id => {
+                        let pending = match &phase {
+                            DkgPhase::Stored(p) => Some(p),
+                            _ => None,
+                        };
+                        return finish_activated(home, &wallet_id, pending, *attempt);
+                    }
+                    DaoMessage::Refused { request, reason }
+                        if request.as_slice() == layout.invitation_hash =>
+                    {
+                        home.remove_journal(&wallet_id, DKG_JOURNAL)?;
+                        return Err(refused(reason));
+                    }
+                    _ => {}
+                }
+            }
+            if let DkgPhase::Running(dkg) = &mut phase
+                && let Err(e) = dkg.absorb(&envelope.sender, &message)
+            {
                 progress(&format!("refused a {}: {e}", message.name()));
             }
         }
-        for m in dkg.advance(&mut rand_core::OsRng)? {
-            courier.send(&key, &m)?;
+        if let DkgPhase::Running(dkg) = &mut phase {
+            for m in dkg.advance(&mut rand_core::OsRng)? {
+                courier.send(&key, &m)?;
+            }
+            if dkg.is_done() {
+                // The share goes to disk before the notice that it is there: the provider
+                // activates only once every member's notice is in.
+                let notice = dkg.stored_notice()?;
+                let DkgPhase::Running(dkg) = std::mem::replace(&mut phase, DkgPhase::Retrying(0))
+                else {
+                    return Err(ClientError::Unexpected("DKG phase changed".into()));
+                };
+                let attempt = dkg.attempt();
+                let pending = pending_of(
+                    *dkg,
+                    attempt,
+                    party,
+                    network,
+                    invitation_envelope,
+                    invitation,
+                    &notice,
+                )?;
+                pending.save(home, &wallet_id)?;
+                courier.send(&key, &notice)?;
+                phase = DkgPhase::Stored(pending);
+            }
         }
-        if dkg.is_done() && activated {
-            break;
-        }
-        let waiting = if dkg.is_done() {
-            "the provider to store its shares".to_owned()
-        } else {
-            dkg.waiting_for()
+        let waiting = match &phase {
+            DkgPhase::Running(dkg) => dkg.waiting_for(),
+            DkgPhase::Retrying(a) => format!("the provider to start DKG attempt {}", a + 1),
+            DkgPhase::Stored(_) => "the provider to activate the wallet (this device's share \
+                                    is stored: run the same command again to finish)"
+                .to_owned(),
         };
         timed_out(started, timeout, waiting, courier)?;
         pace.wait(progressed);
+        batch = courier.poll()?;
     }
+}
+
+fn refused(reason: &str) -> ClientError {
+    ClientError::Protocol(cosigner_protocol::ProtocolError::Refused {
+        reason: reason.to_owned(),
+    })
+}
+
+/// The provider activated the wallet (attempt `attempt`): record it from the stored share.
+fn finish_activated(
+    home: &Home,
+    id: &WalletId,
+    pending: Option<&PendingDkg>,
+    attempt: u32,
+) -> Result<WalletFile> {
+    match pending {
+        Some(p) if p.attempt == attempt => p.promote(home, id),
+        _ => {
+            // The provider activates only once this device said its share is stored, so this
+            // home lost the journal (restored from an older copy, or another home's key).
+            home.remove_journal(id, DKG_JOURNAL)?;
+            Err(input(format!(
+                "wallet {id} was activated (DKG attempt {attempt}) but this home holds no share \
+                 of it: was it restored from an older copy? (this device cannot sign with it)"
+            )))
+        }
+    }
+}
+
+/// The journal of a finished DKG: the wallet file and share to record on activation.
+#[allow(clippy::too_many_arguments)]
+fn pending_of(
+    dkg: DaoDkg<Suite>,
+    attempt: u32,
+    party: u16,
+    network: Network,
+    invitation_envelope: &Envelope,
+    invitation: &Invitation,
+    notice: &DaoMessage,
+) -> Result<PendingDkg> {
     let (layout, mut outputs) = dkg.into_outputs()?;
     let (_, output) = outputs
         .pop()
@@ -402,7 +715,7 @@ pub fn run_dkg(
             mailbox: invitation.mailbox.clone(),
         }),
         ..wallet_file(
-            wallet_id,
+            layout.wallet_id,
             party,
             &layout.params.parties,
             layout.params.min_signers,
@@ -417,8 +730,12 @@ pub fn run_dkg(
             .serialize()
             .map_err(|e| ClientError::Unexpected(format!("key package: {e}")))?,
     );
-    home.save_wallet(&wallet, &share)?;
-    Ok(wallet)
+    Ok(PendingDkg {
+        attempt,
+        wallet,
+        share: hex::encode(share.as_slice()),
+        notice: hex::encode(notice.encode()?),
+    })
 }
 
 /// The DAO facts of a wallet this device holds.
@@ -475,7 +792,84 @@ pub fn open_request(envelope: &Envelope) -> Result<SignRequest> {
     Ok(request)
 }
 
-/// Waits for the provider's evaluation of a request (or its refusal).
+/// A signing request made more than this long ago is not reused by `sign` run again: the
+/// provider refuses requests older than an hour, so a fresh one is made (after checking the old
+/// one was not signed: a spend counts once).
+const REQUEST_REUSE_MS: u64 = 55 * 60 * 1000;
+
+/// A request this device made earlier for the same PSBT and wallet, kept in `path` (`sign` run
+/// again with the same `--request-out`): `(request, envelope, still fresh)`. Anything else in the
+/// file (another PSBT, another wallet, not a request) is `None`: a new request replaces it.
+pub fn earlier_request(
+    home: &Home,
+    wallet: &WalletFile,
+    psbt: &[u8],
+    path: &Path,
+) -> Result<Option<(SignRequest, Envelope, bool)>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let Ok(envelope) = read_envelope(path) else {
+        return Ok(None);
+    };
+    let Ok(request) = open_request(&envelope) else {
+        return Ok(None);
+    };
+    let me = public_key_bytes(&home.device_key()?);
+    let ours = request.wallet_id == WalletId::from_hex(&wallet.wallet_id)?
+        && request.requester == wallet.party
+        && envelope.sender == me
+        && request.psbt.as_slice() == psbt;
+    if !ours {
+        return Ok(None);
+    }
+    let fresh = request.created_ms.saturating_add(REQUEST_REUSE_MS) > now_ms();
+    Ok(Some((request, envelope, fresh)))
+}
+
+/// What a signing topic already says to a member arriving (or arriving again).
+#[derive(Debug)]
+pub enum Progress {
+    /// The provider's evaluation: approve and sign.
+    Evaluated(Evaluation),
+    /// The provider already published the signed transaction `(txid, tx)`.
+    Signed(String, Vec<u8>),
+}
+
+/// The signed transaction of `request_hash`, if the provider published it in `envelopes`.
+fn signed_in<'a>(
+    envelopes: impl IntoIterator<Item = &'a Envelope>,
+    provider_key: &[u8],
+    request_hash: &[u8; 32],
+) -> Option<(String, Vec<u8>)> {
+    envelopes.into_iter().find_map(|e| {
+        if e.sender != provider_key {
+            return None;
+        }
+        match DaoMessage::decode(&e.body) {
+            Ok(DaoMessage::Signed { request, txid, tx }) if request.as_slice() == request_hash => {
+                Some((txid, tx.into_vec()))
+            }
+            _ => None,
+        }
+    })
+}
+
+/// Whether `envelopes` hold this device's approval of `request_hash` (it approved before its
+/// process stopped: the approval stands whatever it does now).
+pub fn approved_before(envelopes: &[Envelope], me: &[u8], request_hash: &[u8; 32]) -> bool {
+    envelopes.iter().any(|e| {
+        e.sender == me
+            && matches!(DaoMessage::decode(&e.body),
+                Ok(DaoMessage::Approval(a)) if a.request.as_slice() == request_hash)
+    })
+}
+
+/// Waits for the provider's evaluation of a request (or its refusal). Every envelope read goes
+/// to `backlog`.
+///
+/// Errors: the provider refused the request, or already signed it (see [`await_progress`],
+/// which returns the signed transaction then).
 pub fn await_evaluation(
     courier: &mut Courier,
     provider_key: &[u8],
@@ -483,31 +877,51 @@ pub fn await_evaluation(
     timeout: Duration,
     backlog: &mut Vec<Envelope>,
 ) -> Result<Evaluation> {
+    match await_progress(courier, provider_key, request_hash, timeout, backlog)? {
+        Progress::Evaluated(e) => Ok(e),
+        Progress::Signed(txid, _) => Err(input(format!(
+            "the request is already signed: transaction {txid}"
+        ))),
+    }
+}
+
+/// Waits for the provider's evaluation of a request, or finds that it was already signed (a
+/// member arriving again after the end). Every envelope read goes to `backlog`.
+///
+/// Errors: the provider refused the request (a signed transaction wins over a refusal: a
+/// provider that restarted refuses a request it already signed).
+pub fn await_progress(
+    courier: &mut Courier,
+    provider_key: &[u8],
+    request_hash: &[u8; 32],
+    timeout: Duration,
+    backlog: &mut Vec<Envelope>,
+) -> Result<Progress> {
     let started = Instant::now();
     let mut pace = Pace::new();
     loop {
         let fresh = courier.poll()?;
         let progressed = !fresh.is_empty();
-        for envelope in fresh {
-            if envelope.sender == provider_key
-                && let Ok(message) = DaoMessage::decode(&envelope.body)
-            {
-                match message {
-                    DaoMessage::Evaluation(e) if e.request.as_slice() == request_hash => {
-                        backlog.push(envelope);
-                        return Ok(e);
-                    }
-                    DaoMessage::Refused { request, reason }
-                        if request.as_slice() == request_hash =>
-                    {
-                        return Err(ClientError::Protocol(
-                            cosigner_protocol::ProtocolError::Refused { reason },
-                        ));
-                    }
-                    _ => {}
+        backlog.extend(fresh);
+        if let Some((txid, tx)) = signed_in(backlog.iter(), provider_key, request_hash) {
+            return Ok(Progress::Signed(txid, tx));
+        }
+        let mut refusal = None;
+        for envelope in backlog.iter().filter(|e| e.sender == provider_key) {
+            match DaoMessage::decode(&envelope.body) {
+                Ok(DaoMessage::Evaluation(e)) if e.request.as_slice() == request_hash => {
+                    return Ok(Progress::Evaluated(e));
                 }
+                Ok(DaoMessage::Refused { request, reason })
+                    if request.as_slice() == request_hash =>
+                {
+                    refusal = Some(reason);
+                }
+                _ => {}
             }
-            backlog.push(envelope);
+        }
+        if let Some(reason) = refusal {
+            return Err(refused(&reason));
         }
         timed_out(
             started,
@@ -521,6 +935,11 @@ pub fn await_evaluation(
 
 /// Approves a request and takes part in its signing until the transaction is published.
 /// Returns `(txid, tx)`.
+///
+/// Run again after its process stopped (the same request), it finishes: the approval is posted
+/// again (a duplicate, ignored), the topic is read from its start, and if this device was chosen
+/// it commits with fresh nonces; the provider replaces its old commitments or starts a new round
+/// (`cosigner_protocol::dao::sign`). Nonces are never written down.
 #[allow(clippy::too_many_arguments)]
 pub fn approve_and_sign(
     home: &Home,
@@ -550,7 +969,7 @@ pub fn approve_and_sign(
     let (mut signer, approval) = MemberSigner::<Suite>::approve(
         hash,
         wallet.party,
-        provider_key,
+        provider_key.clone(),
         summary.sighashes.clone(),
         summary.txid.clone(),
     );
@@ -562,20 +981,35 @@ pub fn approve_and_sign(
         let fresh = courier.poll()?;
         let progressed = !fresh.is_empty() || !pending.is_empty();
         pending.extend(fresh);
-        for envelope in std::mem::take(&mut pending) {
-            let Ok(message) = DaoMessage::decode(&envelope.body) else {
-                continue;
-            };
+        let batch: Vec<(Envelope, DaoMessage)> = std::mem::take(&mut pending)
+            .into_iter()
+            .filter_map(|e| DaoMessage::decode(&e.body).ok().map(|m| (e, m)))
+            .collect();
+        // A published transaction ends it whatever else the batch holds (a refusal of the
+        // provider restarted since, say).
+        if let Some((txid, tx)) = signed_in(batch.iter().map(|(e, _)| e), &provider_key, &hash) {
+            if txid != summary.txid {
+                return Err(ClientError::Protocol(
+                    cosigner_protocol::ProtocolError::Disagreement {
+                        reason: format!(
+                            "the provider published transaction {txid}, we approved {}",
+                            summary.txid
+                        ),
+                    },
+                ));
+            }
+            return Ok((txid, tx));
+        }
+        // Catching up on a topic: commit once, for the newest round only.
+        signer.look_ahead(batch.iter().map(|(e, m)| (e.sender.as_slice(), m)));
+        for (envelope, message) in &batch {
             for out in signer.handle(
                 &envelope.sender,
-                &message,
+                message,
                 &key_package,
                 &mut rand_core::OsRng,
             )? {
                 courier.send(&key, &out)?;
-            }
-            if let Some((txid, tx)) = signer.outcome() {
-                return Ok((txid.to_owned(), tx.to_vec()));
             }
         }
         timed_out(
@@ -591,6 +1025,16 @@ pub fn approve_and_sign(
         )?;
         pace.wait(progressed);
     }
+}
+
+/// One look at a signing topic: the signed transaction, if the provider published it.
+pub fn peek_signed(
+    courier: &mut Courier,
+    provider_key: &[u8],
+    request_hash: &[u8; 32],
+) -> Result<Option<(String, Vec<u8>)>> {
+    let fresh = courier.poll()?;
+    Ok(signed_in(fresh.iter(), provider_key, request_hash))
 }
 
 /// The policy in force of a DAO wallet, as the provider holds it: `(text, version)`.

@@ -375,30 +375,81 @@ pub struct Approval {
     pub sighashes: ByteBuf,
 }
 
+/// Whether a round or attempt number is the first (0): such fields are left out of the encoding,
+/// so messages of a first round or attempt encode exactly as before they existed.
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// Everything that travels through the mailbox of a DAO ceremony.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum DaoMessage {
     /// Creator → all: the wallet proposed (topic = its hash).
     Invitation(Invitation),
-    /// DKG round 1 of one party.
+    /// Refresh round 1 of one party.
     Round1(wire::Round1Message),
-    /// DKG round 2: one sealed package.
+    /// Refresh round 2: one sealed package.
     Round2(wire::SealedPackage),
     /// Refresh confirmation of one party.
     Confirm(wire::Confirmation),
+    /// DKG round 1 of one party, in attempt `attempt` of the invitation's DKG.
+    DkgRound1 {
+        /// The DKG attempt (see [`dkg`]: a new attempt starts when a member lost its state).
+        attempt: u32,
+        /// The round-1 broadcast.
+        message: wire::Round1Message,
+    },
+    /// DKG round 2 of one party: one sealed package, in attempt `attempt`.
+    DkgRound2 {
+        /// The DKG attempt.
+        attempt: u32,
+        /// The package, HPKE-sealed to its recipient.
+        package: wire::SealedPackage,
+    },
     /// DKG confirmation of one party, with the full hash of the invitation it was run for.
     DkgConfirm {
         /// The confirmation.
         confirmation: wire::Confirmation,
         /// SHA-256 of the invitation (see [`Layout::invitation_hash`]).
         invitation: ByteBuf,
+        /// The DKG attempt.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        attempt: u32,
     },
-    /// Provider → all: the DKG is confirmed and the provider stored its shares; the wallet is
-    /// active.
+    /// Member → provider: my share of attempt `attempt` is on my disk; the provider activates the
+    /// wallet only once every member said so (so no member can lose its share of an active
+    /// wallet by stopping at the wrong moment).
+    DkgStored {
+        /// The DKG attempt.
+        attempt: u32,
+        /// The member's party.
+        party: u16,
+        /// SHA-256 of the public key package the member stored
+        /// ([`crate::dkg::public_key_package_hash`]).
+        public_key_package: ByteBuf,
+    },
+    /// Member → provider: this member lost its state of attempt `attempt` (its process stopped
+    /// mid-DKG; round secrets are never written down), please start a new attempt.
+    DkgRetry {
+        /// The attempt that cannot finish.
+        attempt: u32,
+        /// The member's party.
+        party: u16,
+    },
+    /// Provider → all: attempt `attempt` of the DKG starts; every older attempt is dropped.
+    DkgAttempt {
+        /// The new attempt.
+        attempt: u32,
+    },
+    /// Provider → all: every member stored its share and the provider stored its own; the wallet
+    /// is active.
     Activated {
         /// The wallet.
         wallet_id: WalletId,
+        /// The DKG attempt that created it.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        attempt: u32,
     },
     /// Member → all: please sign this PSBT (topic = its hash).
     SignRequest(SignRequest),
@@ -406,12 +457,16 @@ pub enum DaoMessage {
     Evaluation(Evaluation),
     /// Member → provider: I approve.
     Approval(Approval),
-    /// Provider → all: who signs.
+    /// Provider → all: who signs in signing round `round` (see [`sign`]: a new round starts when
+    /// a chosen member lost its nonces after the signing packages went out).
     SignerSet {
         /// The request hash.
         request: ByteBuf,
         /// Signing parties (approving members and the provider's parties), sorted.
         parties: Vec<u16>,
+        /// The signing round.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        round: u32,
     },
     /// Member → provider: round-1 commitments, one per input.
     Commitments {
@@ -421,6 +476,9 @@ pub enum DaoMessage {
         party: u16,
         /// Serialized `SigningCommitments`, one per input.
         commitments: Vec<ByteBuf>,
+        /// The signing round.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        round: u32,
     },
     /// Provider → members: the signing packages, one per input.
     SigningPackages {
@@ -428,6 +486,9 @@ pub enum DaoMessage {
         request: ByteBuf,
         /// Serialized `SigningPackage`, one per input.
         packages: Vec<ByteBuf>,
+        /// The signing round.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        round: u32,
     },
     /// Member → provider: signature shares, one per input.
     Shares {
@@ -437,6 +498,9 @@ pub enum DaoMessage {
         party: u16,
         /// Serialized `SignatureShare`, one per input.
         shares: Vec<ByteBuf>,
+        /// The signing round.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        round: u32,
     },
     /// Provider → all: the signed transaction.
     Signed {
@@ -508,7 +572,12 @@ impl DaoMessage {
             Self::Round1(_) => "Round1",
             Self::Round2(_) => "Round2",
             Self::Confirm(_) => "Confirm",
+            Self::DkgRound1 { .. } => "DkgRound1",
+            Self::DkgRound2 { .. } => "DkgRound2",
             Self::DkgConfirm { .. } => "DkgConfirm",
+            Self::DkgStored { .. } => "DkgStored",
+            Self::DkgRetry { .. } => "DkgRetry",
+            Self::DkgAttempt { .. } => "DkgAttempt",
             Self::Activated { .. } => "Activated",
             Self::SignRequest(_) => "SignRequest",
             Self::Evaluation(_) => "Evaluation",
@@ -525,6 +594,31 @@ impl DaoMessage {
             Self::Committed { .. } => "Committed",
             Self::Refreshed { .. } => "Refreshed",
             Self::Refused { .. } => "Refused",
+        }
+    }
+
+    /// The DKG attempt a DKG message belongs to (`None` for other messages).
+    pub fn dkg_attempt(&self) -> Option<u32> {
+        match self {
+            Self::DkgRound1 { attempt, .. }
+            | Self::DkgRound2 { attempt, .. }
+            | Self::DkgConfirm { attempt, .. }
+            | Self::DkgStored { attempt, .. }
+            | Self::DkgRetry { attempt, .. }
+            | Self::DkgAttempt { attempt }
+            | Self::Activated { attempt, .. } => Some(*attempt),
+            _ => None,
+        }
+    }
+
+    /// The signing round a signing message belongs to (`None` for other messages).
+    pub fn signing_round(&self) -> Option<u32> {
+        match self {
+            Self::SignerSet { round, .. }
+            | Self::Commitments { round, .. }
+            | Self::SigningPackages { round, .. }
+            | Self::Shares { round, .. } => Some(*round),
+            _ => None,
         }
     }
 }
@@ -689,6 +783,31 @@ approvals = 5
         let mut other = good.clone();
         other.policy.push('\n');
         assert_ne!(other.topic().unwrap(), good.topic().unwrap());
+    }
+
+    #[test]
+    fn first_rounds_and_attempts_encode_as_before_they_existed() {
+        let set = |round| DaoMessage::SignerSet {
+            request: ByteBuf::from(vec![1; 32]),
+            parties: vec![1, 2],
+            round,
+        };
+        let first = set(0).encode().unwrap();
+        assert!(
+            !first.windows(5).any(|w| w == b"round"),
+            "round 0 is left out"
+        );
+        assert_eq!(DaoMessage::decode(&first).unwrap(), set(0));
+        let later = set(3).encode().unwrap();
+        assert_eq!(DaoMessage::decode(&later).unwrap(), set(3));
+        assert_eq!(set(3).signing_round(), Some(3));
+        let activated = DaoMessage::Activated {
+            wallet_id: WalletId([2; 16]),
+            attempt: 0,
+        };
+        let bytes = activated.encode().unwrap();
+        assert!(!bytes.windows(7).any(|w| w == b"attempt"));
+        assert_eq!(DaoMessage::decode(&bytes).unwrap().dkg_attempt(), Some(0));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use cosigner_client::address::Network;
-use cosigner_client::dao::{self, Courier};
+use cosigner_client::dao::{self, Courier, Progress};
 use cosigner_client::home::{Home, WalletFile};
 use cosigner_client::session::Session;
 use cosigner_protocol::auth::public_key_bytes;
@@ -282,7 +282,8 @@ fn propose(g: &Globals, args: PolicyArgs) -> anyhow::Result<()> {
     }
 }
 
-/// `cosigner join INVITATION`.
+/// `cosigner join INVITATION`: idempotent and resumable (see [`dao::run_dkg`]); a creator whose
+/// `dao create` stopped finishes with `join` on its own invitation file.
 pub fn join(g: &Globals, args: JoinArgs) -> anyhow::Result<()> {
     let home = home(g)?;
     let trust = trust(g)?;
@@ -293,6 +294,10 @@ pub fn join(g: &Globals, args: JoinArgs) -> anyhow::Result<()> {
     let Some(party) = layout.member_party(&me) else {
         anyhow::bail!("this device's key is not a member of the invitation");
     };
+    // Run again after it finished: the wallet this home holds, nothing contacted.
+    if let Some(wallet) = dao::joined_wallet(&home, &invitation)? {
+        return wallet_out(&wallet, args.json);
+    }
     // Shown before anything is signed: who, what policy, what weights.
     say(&format!(
         "joining DAO wallet {} as {} (party {party}) on {}",
@@ -357,7 +362,31 @@ fn check_evaluation(s: &SpendSummary, e: &Evaluation) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn signed_out(txid: &str, tx: &[u8], json: bool) -> anyhow::Result<()> {
+    if json {
+        emit(&json!({ "txid": txid, "tx_hex": hex::encode(tx) }).to_string())
+    } else {
+        emit(&format!("{txid}\n{}", hex::encode(tx)))
+    }
+}
+
+/// A published transaction must be the one this device read in the PSBT.
+fn check_txid(summary: &SpendSummary, txid: &str) -> anyhow::Result<()> {
+    if txid != summary.txid {
+        anyhow::bail!(
+            "the provider published transaction {txid}, this device read {} in the PSBT",
+            summary.txid
+        );
+    }
+    Ok(())
+}
+
 /// `cosigner sign --psbt` for a DAO wallet.
+///
+/// Run again with the same `--request-out` after it stopped, it goes on with the request in that
+/// file (same wallet, same PSBT, made by this device) rather than making a second one: the
+/// approvals already given count, and the spend is signed and counted once. It prints the
+/// transaction if the provider already published it.
 pub fn sign_dao(
     g: &Globals,
     home: &Home,
@@ -369,23 +398,53 @@ pub fn sign_dao(
 ) -> anyhow::Result<()> {
     let trust = trust(g)?;
     let (info, _) = dao::dao_info(wallet)?;
-    let summary = dao::summarize(wallet, &psbt)?;
-    let (request, envelope) = dao::request(home, wallet, psbt)?;
     let out = request_out.context("a DAO wallet needs --request-out FILE for the other members")?;
-    dao::write_envelope(out, &envelope)?;
-    say(&format!("request written to {}", out.display()));
+    let summary = dao::summarize(wallet, &psbt)?;
+    let provider_key = hex::decode(&info.provider_key)?;
+    let earlier = dao::earlier_request(home, wallet, &psbt, out)?;
+    let (request, envelope) = match earlier {
+        Some((request, envelope, true)) => {
+            say(&format!(
+                "resuming the request in {} (made by this device for this PSBT)",
+                out.display()
+            ));
+            (request, envelope)
+        }
+        other => {
+            if let Some((old, old_envelope, _)) = other {
+                // Too old for the provider to act on; if it was signed, that is the answer (a
+                // new request would sign and count the same spend again).
+                let mut courier = courier_for(g, &trust, wallet, old_envelope.topic)?;
+                if let Some((txid, tx)) =
+                    dao::peek_signed(&mut courier, &provider_key, &old.hash()?)?
+                {
+                    check_txid(&summary, &txid)?;
+                    return signed_out(&txid, &tx, json);
+                }
+            }
+            let (request, envelope) = dao::request(home, wallet, psbt)?;
+            dao::write_envelope(out, &envelope)?;
+            say(&format!("request written to {}", out.display()));
+            (request, envelope)
+        }
+    };
     let mut courier = courier_for(g, &trust, wallet, envelope.topic)?;
     courier.post(&envelope)?;
-    let provider_key = hex::decode(&info.provider_key)?;
     let timeout = Duration::from_secs(timeout);
     let mut backlog = Vec::new();
-    let evaluation = dao::await_evaluation(
+    let evaluation = match dao::await_progress(
         &mut courier,
         &provider_key,
         &request.hash()?,
         timeout,
         &mut backlog,
-    )?;
+    )? {
+        Progress::Signed(txid, tx) => {
+            check_txid(&summary, &txid)?;
+            return signed_out(&txid, &tx, json);
+        }
+        Progress::Evaluated(e) => e,
+    };
     check_evaluation(&summary, &evaluation)?;
     show_summary(&summary, &evaluation);
     let (txid, tx) = dao::approve_and_sign(
@@ -398,11 +457,7 @@ pub fn sign_dao(
         backlog,
         timeout,
     )?;
-    if json {
-        emit(&json!({ "txid": txid, "tx_hex": hex::encode(tx) }).to_string())
-    } else {
-        emit(&format!("{txid}\n{}", hex::encode(tx)))
-    }
+    signed_out(&txid, &tx, json)
 }
 
 fn confirm() -> anyhow::Result<bool> {
@@ -441,25 +496,33 @@ pub fn approve(g: &Globals, args: ApproveArgs) -> anyhow::Result<()> {
     let mut courier = courier_for(g, &trust, &wallet, envelope.topic)?;
     courier.post(&envelope)?;
     let provider_key = hex::decode(&info.provider_key)?;
+    let hash = request.hash()?;
+    let me = public_key_bytes(&home.device_key()?);
     let timeout = Duration::from_secs(args.timeout);
     let mut backlog = Vec::new();
-    let evaluation = dao::await_evaluation(
-        &mut courier,
-        &provider_key,
-        &request.hash()?,
-        timeout,
-        &mut backlog,
-    )?;
+    let evaluation =
+        match dao::await_progress(&mut courier, &provider_key, &hash, timeout, &mut backlog)? {
+            Progress::Signed(txid, tx) => {
+                // Run again after the end (or after others finished without us).
+                check_txid(&summary, &txid)?;
+                let approved = dao::approved_before(&backlog, &me, &hash);
+                return approved_out(approved, &txid, &tx, args.json);
+            }
+            Progress::Evaluated(e) => e,
+        };
     check_evaluation(&summary, &evaluation)?;
     say(&format!(
         "{requester} asks to sign with wallet {}",
         wallet.wallet_id
     ));
     show_summary(&summary, &evaluation);
-    if !args.yes && !confirm()? {
+    if dao::approved_before(&backlog, &me, &hash) {
+        // Our approval is in the topic (given before this process stopped): it stands.
+        say("this device already approved this request; taking part in the signing again");
+    } else if !args.yes && !confirm()? {
         anyhow::bail!("not approved");
     }
-    dao::approve_and_sign(
+    let (txid, tx) = dao::approve_and_sign(
         &home,
         &wallet,
         &mut courier,
@@ -469,10 +532,18 @@ pub fn approve(g: &Globals, args: ApproveArgs) -> anyhow::Result<()> {
         backlog,
         timeout,
     )?;
-    if args.json {
-        emit(&json!({ "approved": true }).to_string())
+    approved_out(true, &txid, &tx, args.json)
+}
+
+fn approved_out(approved: bool, txid: &str, tx: &[u8], json: bool) -> anyhow::Result<()> {
+    if json {
+        emit(&json!({ "approved": approved, "txid": txid, "tx_hex": hex::encode(tx) }).to_string())
+    } else if approved {
+        emit(&format!("approved; the transaction is signed\n{txid}"))
     } else {
-        emit("approved; the transaction is signed")
+        emit(&format!(
+            "the transaction was signed without this device's approval\n{txid}"
+        ))
     }
 }
 

@@ -63,8 +63,8 @@ fn private_files_are_0600_and_leave_no_temporary_file() {
 #[test]
 fn temporary_names_are_hidden_unpredictable_and_beside_the_target() {
     let path = Path::new("/some/dir/0123.share");
-    let a = temp_path(&path).unwrap();
-    let b = temp_path(&path).unwrap();
+    let a = temp_path(path).unwrap();
+    let b = temp_path(path).unwrap();
     assert_ne!(a, b);
     assert_eq!(a.parent(), path.parent());
     let name = a.file_name().unwrap().to_str().unwrap();

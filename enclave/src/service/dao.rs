@@ -15,7 +15,18 @@
 //! makes the new epoch current in the anchored state, deleting its old shares, only once every
 //! member committed too. One refresh per wallet runs at a time.
 //!
-//! Ceremonies live in memory (nonces must): an enclave restart abandons those in progress.
+//! Ceremonies live in memory (nonces must). What a stopped participant costs (docs/policy.md,
+//! "Interrupted ceremonies"):
+//!
+//! * a DKG activates the wallet only once every member said its share is stored
+//!   ([`DaoMessage::DkgStored`]); a member that lost its round secrets asks for a new attempt
+//!   ([`DaoMessage::DkgRetry`]) and the provider starts one, with fresh secrets, as long as it has
+//!   not activated the wallet;
+//! * a signature goes on in a new round, with fresh provider nonces, when a chosen member lost
+//!   its nonces after the signing packages went out (`cosigner_protocol::dao::sign`);
+//! * founded again after an enclave restart, a DKG or a signature starts after the last attempt
+//!   or round the topic shows this enclave took part in: the nonces and secrets of those died
+//!   with the old process and are never reused.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -118,8 +129,16 @@ impl PolicyJob {
     }
 }
 
+/// A DKG in progress: the current attempt.
+struct DkgJob {
+    dkg: DaoDkg<Suite>,
+    invitation: Invitation,
+    /// A member lost its state of the current attempt: the next advance starts a new one.
+    retry: bool,
+}
+
 enum Ceremony {
-    Dkg(Box<DaoDkg<Suite>>, Box<Invitation>),
+    Dkg(Box<DkgJob>),
     Sign(Box<SignJob>),
     Policy(Box<PolicyJob>),
     Refresh(Box<RefreshJob>),
@@ -153,13 +172,15 @@ fn judge(
         .iter()
         .map(|d| d.address.clone())
         .collect();
-    policy.evaluate(&Spend {
+    // The fee is judged too: it goes to no listed destination (docs/policy.md).
+    let spend = Spend {
         asset: ASSET_BTC,
         value_leaving: summary.value_leaving,
         destinations: &destinations,
         now_ms: now,
         history,
-    })
+    };
+    policy.evaluate_with_fee(&spend, summary.fee)
 }
 
 /// Whether a request made at `created_ms` may still be acted on now.
@@ -281,9 +302,32 @@ impl Service {
                 seen: HashSet::new(),
                 started: Instant::now(),
             };
+            // Founded again (the enclave restarted, or forgot the topic): the attempts and rounds
+            // this enclave already took part in show in the topic under its own key, and their
+            // secrets and nonces are gone. Go on after them, never with them.
+            let ours = self.audit.public_key();
+            let after = |of: fn(&DaoMessage) -> Option<u32>| {
+                opened
+                    .iter()
+                    .filter(|(e, _)| e.sender == ours)
+                    .filter_map(|(_, m)| of(m))
+                    .max()
+                    .map_or(0, |n| n.saturating_add(1))
+            };
             let (ceremony, first) = match message {
-                DaoMessage::Invitation(inv) => self.found_dkg(&topic, &envelope.sender, inv)?,
-                DaoMessage::SignRequest(req) => self.found_sign(&topic, &envelope.sender, req)?,
+                DaoMessage::Invitation(inv) => self.found_dkg(
+                    &topic,
+                    &envelope.sender,
+                    inv,
+                    after(DaoMessage::dkg_attempt),
+                    &mut notes,
+                )?,
+                DaoMessage::SignRequest(req) => self.found_sign(
+                    &topic,
+                    &envelope.sender,
+                    req,
+                    after(DaoMessage::signing_round),
+                )?,
                 DaoMessage::PolicyChange(change) => {
                     self.found_policy(&topic, &envelope.sender, change)?
                 }
@@ -307,9 +351,17 @@ impl Service {
                 continue;
             }
             let result = match &mut entry.ceremony {
-                Ceremony::Dkg(dkg, _) => dkg
-                    .absorb(&envelope.sender, message)
-                    .map_err(|e| e.to_string()),
+                Ceremony::Dkg(job) => match job.dkg.is_retry(&envelope.sender, message) {
+                    Ok(true) => {
+                        job.retry = true;
+                        Ok(true)
+                    }
+                    Ok(false) => job
+                        .dkg
+                        .absorb(&envelope.sender, message)
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
                 Ceremony::Sign(job) => job
                     .coordinator
                     .absorb(&envelope.sender, message)
@@ -362,6 +414,8 @@ impl Service {
         topic: &Topic,
         sender: &[u8],
         invitation: &Invitation,
+        attempt: u32,
+        notes: &mut Vec<String>,
     ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
         if invitation.topic()? != *topic {
             return Err(bad("the invitation does not hash to its topic"));
@@ -377,19 +431,33 @@ impl Service {
         }
         let wallet_id = layout.wallet_id;
         if self.records().dao_exists(&wallet_id)? {
-            return Err(bad(format!("wallet {wallet_id} already exists")));
+            // A member running `join` again after the wallet was activated: the topic already
+            // says `Activated`. Not an error of the delivery, which must still relay the topic.
+            notes.push(format!("wallet {wallet_id} already exists"));
+            return Ok((Ceremony::Finished, Vec::new()));
         }
-        let (dkg, first) =
-            DaoDkg::<Suite>::start(layout, &self.audit.public_key(), &mut rand_core::OsRng)?;
+        let (dkg, mut first) = DaoDkg::<Suite>::start_attempt(
+            layout,
+            &self.audit.public_key(),
+            attempt,
+            &mut rand_core::OsRng,
+        )?;
+        if attempt > 0 {
+            first.insert(0, DaoMessage::DkgAttempt { attempt });
+        }
         self.log(
             &wallet_id,
             "dao-dkg",
             &format!("member:{}", hex::encode(sender)),
             topic,
-            "started",
+            &format!("started (attempt {attempt})"),
         )?;
         Ok((
-            Ceremony::Dkg(Box::new(dkg), Box::new(invitation.clone())),
+            Ceremony::Dkg(Box::new(DkgJob {
+                dkg,
+                invitation: invitation.clone(),
+                retry: false,
+            })),
             first,
         ))
     }
@@ -438,6 +506,7 @@ impl Service {
         topic: &Topic,
         sender: &[u8],
         request: &SignRequest,
+        round: u32,
     ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
         let MemberRequest {
             hash,
@@ -482,13 +551,18 @@ impl Service {
             Err(denial) => return refuse(format!("policy: {}", denial.reason)),
         };
         let approvers = approver_keys(&layout, &decision.approvers)?;
-        let coordinator = Coordinator::new(
+        let coordinator = match Coordinator::new(
             hash,
             summary.sighashes.clone(),
             decision.approvals,
             approvers.clone(),
             state.provider_parties.clone(),
-        )?;
+        )?
+        .starting_at(round)
+        {
+            Ok(c) => c,
+            Err(e) => return refuse(e.to_string()),
+        };
         let evaluation = Evaluation {
             request: ByteBuf::from(hash.to_vec()),
             sighashes: summary
@@ -538,7 +612,22 @@ impl Service {
     fn advance(&self, topic: &Topic, entry: &mut Entry) -> Result<(), Failure> {
         let ceremony = std::mem::replace(&mut entry.ceremony, Ceremony::Finished);
         let outcome = match ceremony {
-            Ceremony::Dkg(dkg, invitation) => self.advance_dkg(dkg, invitation),
+            Ceremony::Dkg(job) => {
+                let invitation = job.dkg.layout().invitation_hash;
+                match self.advance_dkg(job) {
+                    Err(e) => {
+                        // Said in the topic, so members stop with the reason (and drop what
+                        // they kept of this DKG) instead of waiting for their timeout.
+                        let refusal = DaoMessage::Refused {
+                            request: ByteBuf::from(invitation.to_vec()),
+                            reason: e.0.message.clone(),
+                        };
+                        self.post(topic, entry, vec![refusal])?;
+                        Err(e)
+                    }
+                    ok => ok,
+                }
+            }
             Ceremony::Sign(mut job) => match self.advance_sign(&mut job) {
                 Ok((messages, true)) => Ok((Ceremony::Finished, messages)),
                 Ok((messages, false)) => Ok((Ceremony::Sign(job), messages)),
@@ -573,16 +662,43 @@ impl Service {
         self.post(topic, entry, messages)
     }
 
-    fn advance_dkg(
-        &self,
-        mut dkg: Box<DaoDkg<Suite>>,
-        invitation: Box<Invitation>,
-    ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
-        let messages = dkg.advance(&mut rand_core::OsRng)?;
-        if !dkg.is_done() {
-            return Ok((Ceremony::Dkg(dkg, invitation), messages));
+    fn advance_dkg(&self, mut job: Box<DkgJob>) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
+        let mut messages = Vec::new();
+        if job.retry {
+            // A member lost its round secrets: this attempt cannot finish. The old state (our
+            // secrets of it included) is dropped here; the new attempt draws fresh ones.
+            let attempt = job.dkg.attempt().saturating_add(1);
+            let layout = job.dkg.layout().clone();
+            let wallet_id = layout.wallet_id;
+            let (dkg, first) = DaoDkg::<Suite>::start_attempt(
+                layout,
+                &self.audit.public_key(),
+                attempt,
+                &mut rand_core::OsRng,
+            )?;
+            job.dkg = dkg;
+            job.retry = false;
+            messages.push(DaoMessage::DkgAttempt { attempt });
+            messages.extend(first);
+            self.log(
+                &wallet_id,
+                "dao-dkg",
+                "dao",
+                &wallet_id.0,
+                &format!("restarted: attempt {attempt} (a member lost its state)"),
+            )?;
         }
-        // Every party confirmed the same key: store the provider's shares and the wallet.
+        messages.extend(job.dkg.advance(&mut rand_core::OsRng)?);
+        // Every party confirmed the same key, and every member has its share on disk: only then
+        // is the wallet stored and activated, so no member can lose its share of an active
+        // wallet by stopping in between.
+        if !(job.dkg.is_done() && job.dkg.all_stored()?) {
+            return Ok((Ceremony::Dkg(job), messages));
+        }
+        let DkgJob {
+            dkg, invitation, ..
+        } = *job;
+        let attempt = dkg.attempt();
         let (layout, outputs) = dkg.into_outputs()?;
         let wallet_id = layout.wallet_id;
         let mut public_key_package = Vec::new();
@@ -607,7 +723,7 @@ impl Service {
             self.records().save_dao_share(&wallet_id, *party, &share)?;
         }
         let state = DaoState {
-            invitation: *invitation,
+            invitation,
             policy: layout.policy.source().to_owned(),
             policy_version: 1,
             min_approvals: layout.policy.min_approvals(),
@@ -630,8 +746,7 @@ impl Service {
                 layout.params.min_signers
             ),
         )?;
-        let mut messages = messages;
-        messages.push(DaoMessage::Activated { wallet_id });
+        messages.push(DaoMessage::Activated { wallet_id, attempt });
         Ok((Ceremony::Finished, messages))
     }
 
@@ -646,9 +761,14 @@ impl Service {
                 keys.insert(party, key);
             }
         }
-        let mut messages =
-            job.coordinator
-                .advance(&keys, &job.public_key_package, &mut rand_core::OsRng)?;
+        let mut messages = job
+            .coordinator
+            .advance(&keys, &job.public_key_package, &mut rand_core::OsRng)
+            .map_err(|e| match e {
+                // The coordinator gave up (too many rounds): its words are the refusal.
+                cosigner_protocol::ProtocolError::Refused { reason } => bad(reason),
+                e => Failure::from(e),
+            })?;
         drop(keys);
         let Some(signatures) = job.coordinator.signatures().map(<[_]>::to_vec) else {
             return Ok((messages, false));

@@ -60,6 +60,7 @@ pub(super) struct PsbtSession {
     psbt_digest: [u8; 32],
     txid: String,
     value_leaving: u64,
+    fee: u64,
     destinations: Vec<String>,
     started: Instant,
 }
@@ -153,6 +154,7 @@ fn network(state: &WalletState) -> Result<Network, Failure> {
 fn judge(
     state: &WalletState,
     value_leaving: u64,
+    fee: u64,
     destinations: &[String],
     now: u64,
 ) -> Result<Result<Option<String>, String>, Failure> {
@@ -161,13 +163,15 @@ fn judge(
     };
     let policy = Policy::parse(text, &owner(&state.device_key))
         .map_err(|e| internal(format!("stored policy: {e}")))?;
-    match policy.evaluate(&Spend {
+    // The fee is judged too: it goes to no listed destination (docs/policy.md).
+    let spend = Spend {
         asset: ASSET_BTC,
         value_leaving,
         destinations,
         now_ms: now,
         history: &state.history,
-    }) {
+    };
+    match policy.evaluate_with_fee(&spend, fee) {
         Ok(d) if d.approvals > 1 => Ok(Err(format!(
             "rule {:?} needs {} approvals; a personal wallet has one approver",
             d.rule, d.approvals
@@ -296,7 +300,13 @@ impl Service {
         let rule = if already_signed(&state, &summary.txid) {
             None
         } else {
-            judge(&state, summary.value_leaving, &destinations, now_ms())?
+            judge(
+                &state,
+                summary.value_leaving,
+                summary.fee,
+                &destinations,
+                now_ms(),
+            )?
                 .map_err(|reason| refuse(format!("refused by the wallet's policy: {reason}")))?
         };
         self.psbt_refresh_due(&mut state, actor, &psbt_digest, summary.sighashes.len())?;
@@ -355,6 +365,7 @@ impl Service {
                     psbt_digest,
                     txid: summary.txid.clone(),
                     value_leaving: summary.value_leaving,
+                    fee: summary.fee,
                     destinations,
                     started: Instant::now(),
                 },
@@ -499,7 +510,13 @@ impl Service {
         let rule = if already_signed(&state, &pending.txid) {
             None
         } else {
-            let rule = judge(&state, pending.value_leaving, &pending.destinations, now)?
+            let rule = judge(
+                &state,
+                pending.value_leaving,
+                pending.fee,
+                &pending.destinations,
+                now,
+            )?
                 .map_err(|reason| refuse(format!("refused by the wallet's policy: {reason}")))?;
             record(&mut state.history, now, pending.value_leaving);
             remember_signed(&mut state, &pending.txid, now);

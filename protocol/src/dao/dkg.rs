@@ -7,6 +7,22 @@
 //! different round-1 messages or confirmations is named (equivocation); replays are ignored. A
 //! mailbox that shows parties different messages makes the DKG fail at round 2 or at the
 //! confirmation round ([`crate::dkg`]); it never produces a key two parties disagree on.
+//!
+//! # Attempts, and why a stopped member costs nothing
+//!
+//! Round secrets (frost's secret packages, the HPKE key round-2 packages are sealed to) live in
+//! memory only and are used once. A member whose process stops mid-DKG therefore cannot go on:
+//! when it runs again it sees its own round-1 message in the topic, and asks for a new attempt
+//! ([`DaoMessage::DkgRetry`]). The provider, the one party every member listens to, starts attempt
+//! `n + 1` ([`DaoMessage::DkgAttempt`]) with fresh secrets, and every holder drops what it had of
+//! attempt `n` and starts again. Every DKG message names its attempt; a message of another
+//! attempt is ignored, so nothing of an abandoned attempt can leak into the next one. At most
+//! [`MAX_ATTEMPTS`] attempts run per invitation (a member restarting forever only delays).
+//!
+//! Once its key is confirmed a member first stores its share, then says so
+//! ([`DaoMessage::DkgStored`]); the provider stores its own shares and activates the wallet only
+//! when every member did. So a member stopped after the confirmation finds its share on disk when
+//! it runs again, and an active wallet never lacks a member's share because a process stopped.
 
 use std::collections::BTreeMap;
 
@@ -15,22 +31,29 @@ use rand_core::{CryptoRng, RngCore};
 use serde_bytes::ByteBuf;
 
 use super::{DaoMessage, Layout};
-use crate::dkg::{DkgInput, DkgOutput, DkgOutputMessage, DkgState};
+use crate::dkg::{DkgInput, DkgOutput, DkgOutputMessage, DkgState, public_key_package_hash};
 use crate::error::{ProtocolError, Result};
 use crate::wire::{Confirmation, Round1Message, SealedPackage};
 
 /// The confirmed shares of one key holder, by party.
 pub type Outputs<C> = Vec<(u16, DkgOutput<C>)>;
 
-/// One key holder's side of a DAO DKG.
+/// Most attempts of one invitation's DKG (attempts `0..MAX_ATTEMPTS`).
+pub const MAX_ATTEMPTS: u32 = 8;
+
+/// One key holder's side of one attempt of a DAO DKG.
 pub struct DaoDkg<C: Ciphersuite> {
     layout: Layout,
+    attempt: u32,
     /// Our parties and their states (`None` only after a failure).
     locals: BTreeMap<u16, Option<DkgState<C>>>,
     round1: BTreeMap<u16, Round1Message>,
     /// Packages sealed to one of our parties, by (from, to).
     round2: BTreeMap<(u16, u16), SealedPackage>,
     confirmations: BTreeMap<u16, Confirmation>,
+    /// Member parties that stored their share of this attempt, with the public key package hash
+    /// they stored.
+    stored: BTreeMap<u16, ByteBuf>,
     failed: Option<String>,
 }
 
@@ -38,6 +61,7 @@ impl<C: Ciphersuite> std::fmt::Debug for DaoDkg<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DaoDkg")
             .field("wallet_id", &self.layout.wallet_id)
+            .field("attempt", &self.attempt)
             .field("locals", &self.locals.keys().collect::<Vec<_>>())
             .field("waiting_for", &self.waiting_for())
             .finish_non_exhaustive()
@@ -45,7 +69,8 @@ impl<C: Ciphersuite> std::fmt::Debug for DaoDkg<C> {
 }
 
 impl<C: Ciphersuite> DaoDkg<C> {
-    /// Starts the DKG for every party `key` holds in `layout`; returns the round-1 messages to post.
+    /// Starts the first attempt of the DKG for every party `key` holds in `layout`; returns the
+    /// round-1 messages to post.
     ///
     /// Errors: `key` holds no party ([`ProtocolError::Params`]), or round 1 fails.
     pub fn start(
@@ -53,6 +78,28 @@ impl<C: Ciphersuite> DaoDkg<C> {
         key: &[u8],
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<(Self, Vec<DaoMessage>)> {
+        Self::start_attempt(layout, key, 0, rng)
+    }
+
+    /// Starts attempt `attempt` of the DKG (fresh round secrets: nothing of an earlier attempt
+    /// is reused); returns the round-1 messages to post.
+    ///
+    /// Errors: `key` holds no party, or `attempt` is not below [`MAX_ATTEMPTS`]
+    /// ([`ProtocolError::Params`]); round 1 fails.
+    pub fn start_attempt(
+        layout: Layout,
+        key: &[u8],
+        attempt: u32,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(Self, Vec<DaoMessage>)> {
+        if attempt >= MAX_ATTEMPTS {
+            return Err(ProtocolError::Params {
+                reason: format!(
+                    "the DKG of this invitation was restarted {attempt} times, at most \
+                     {MAX_ATTEMPTS} attempts run: make a new invitation"
+                ),
+            });
+        }
         let parties = layout.parties_of(key);
         if parties.is_empty() {
             return Err(ProtocolError::Params {
@@ -66,15 +113,17 @@ impl<C: Ciphersuite> DaoDkg<C> {
             let (state, message) = DkgState::<C>::start(&layout.params, party, rng)?;
             locals.insert(party, Some(state));
             round1.insert(party, message.clone());
-            out.push(DaoMessage::Round1(message));
+            out.push(DaoMessage::DkgRound1 { attempt, message });
         }
         Ok((
             Self {
                 layout,
+                attempt,
                 locals,
                 round1,
                 round2: BTreeMap::new(),
                 confirmations: BTreeMap::new(),
+                stored: BTreeMap::new(),
                 failed: None,
             },
             out,
@@ -84,6 +133,11 @@ impl<C: Ciphersuite> DaoDkg<C> {
     /// The layout this DKG creates.
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// This DKG's attempt.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
     }
 
     fn check_owner(&self, sender: &[u8], party: u16, what: &str) -> Result<()> {
@@ -101,17 +155,20 @@ impl<C: Ciphersuite> DaoDkg<C> {
     }
 
     /// Takes one verified message from `sender` (the envelope's signer). Returns whether it was
-    /// new. Messages of other kinds are ignored.
+    /// new. Messages of other kinds or of another attempt are ignored.
     ///
     /// Errors: the sender does not own the party it speaks for, or sent two different messages
     /// for the same step ([`ProtocolError::Culprit`]).
     pub fn absorb(&mut self, sender: &[u8], message: &DaoMessage) -> Result<bool> {
+        if message.dkg_attempt() != Some(self.attempt) {
+            return Ok(false);
+        }
         match message {
-            DaoMessage::Round1(m) => {
+            DaoMessage::DkgRound1 { message: m, .. } => {
                 self.check_owner(sender, m.from, "round-1 message")?;
                 insert_once(&mut self.round1, m.from, m, m.from, "round-1 message")
             }
-            DaoMessage::Round2(p) => {
+            DaoMessage::DkgRound2 { package: p, .. } => {
                 self.check_owner(sender, p.from, "round-2 package")?;
                 if !self.locals.contains_key(&p.to) {
                     return Ok(false);
@@ -127,6 +184,7 @@ impl<C: Ciphersuite> DaoDkg<C> {
             DaoMessage::DkgConfirm {
                 confirmation: c,
                 invitation,
+                ..
             } => {
                 if invitation.as_slice() != self.layout.invitation_hash {
                     return Err(ProtocolError::Disagreement {
@@ -139,8 +197,47 @@ impl<C: Ciphersuite> DaoDkg<C> {
                 self.check_owner(sender, c.from, "confirmation")?;
                 insert_once(&mut self.confirmations, c.from, c, c.from, "confirmation")
             }
+            DaoMessage::DkgStored {
+                party,
+                public_key_package,
+                ..
+            } => {
+                self.check_member(sender, *party, "stored notice")?;
+                insert_once(
+                    &mut self.stored,
+                    *party,
+                    public_key_package,
+                    *party,
+                    "stored notice",
+                )
+            }
             _ => Ok(false),
         }
+    }
+
+    /// Whether `message` from `sender` is a member's valid request to restart this attempt
+    /// ([`DaoMessage::DkgRetry`] naming this attempt, signed by the member it names). A request
+    /// for an older attempt is stale (`false`).
+    ///
+    /// Errors: signed by another key than the member's ([`ProtocolError::Culprit`]).
+    pub fn is_retry(&self, sender: &[u8], message: &DaoMessage) -> Result<bool> {
+        match message {
+            DaoMessage::DkgRetry { attempt, party } if *attempt == self.attempt => {
+                self.check_member(sender, *party, "restart request")?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn check_member(&self, sender: &[u8], party: u16, what: &str) -> Result<()> {
+        if self.layout.provider_parties.contains(&party) {
+            return Err(ProtocolError::Culprit {
+                party,
+                reason: format!("a {what} is a member's, not the provider's"),
+            });
+        }
+        self.check_owner(sender, party, what)
     }
 
     /// Advances every local party whose inputs are complete; returns the messages to post.
@@ -203,7 +300,10 @@ impl<C: Ciphersuite> DaoDkg<C> {
                             if self.locals.contains_key(&p.to) {
                                 self.round2.insert((p.from, p.to), p.clone());
                             }
-                            out.push(DaoMessage::Round2(p));
+                            out.push(DaoMessage::DkgRound2 {
+                                attempt: self.attempt,
+                                package: p,
+                            });
                         }
                     }
                     DkgOutputMessage::Confirmation(c) => {
@@ -211,6 +311,7 @@ impl<C: Ciphersuite> DaoDkg<C> {
                         out.push(DaoMessage::DkgConfirm {
                             confirmation: c,
                             invitation: ByteBuf::from(self.layout.invitation_hash.to_vec()),
+                            attempt: self.attempt,
                         });
                     }
                     DkgOutputMessage::Done => {}
@@ -227,6 +328,68 @@ impl<C: Ciphersuite> DaoDkg<C> {
         self.locals
             .values()
             .all(|s| matches!(s, Some(DkgState::Done { .. })))
+    }
+
+    /// SHA-256 of the confirmed public key package, once [`DaoDkg::is_done`].
+    pub fn public_key_package_hash(&self) -> Option<[u8; 32]> {
+        if !self.is_done() {
+            return None;
+        }
+        match self.locals.values().next() {
+            Some(Some(DkgState::Done { output, .. })) => {
+                public_key_package_hash(&output.public_key_package).ok()
+            }
+            _ => None,
+        }
+    }
+
+    /// A member's notice that it stored its share of this attempt (post it only once the share
+    /// is on disk).
+    ///
+    /// Errors: the DKG is not finished, or this holder is not exactly one member
+    /// ([`ProtocolError::UnexpectedMessage`]).
+    pub fn stored_notice(&self) -> Result<DaoMessage> {
+        let hash = self
+            .public_key_package_hash()
+            .ok_or(ProtocolError::UnexpectedMessage {
+                expected: "a finished DKG",
+                actual: "a notice that the share is stored".into(),
+            })?;
+        let parties: Vec<u16> = self.locals.keys().copied().collect();
+        match parties.as_slice() {
+            [party] if !self.layout.provider_parties.contains(party) => Ok(DaoMessage::DkgStored {
+                attempt: self.attempt,
+                party: *party,
+                public_key_package: ByteBuf::from(hash.to_vec()),
+            }),
+            _ => Err(ProtocolError::UnexpectedMessage {
+                expected: "a member's DKG",
+                actual: format!("parties {parties:?} storing their shares"),
+            }),
+        }
+    }
+
+    /// Whether the DKG is finished and every member stored its share of the confirmed key: only
+    /// then may the provider activate the wallet.
+    ///
+    /// Errors: a member stored another key than the confirmed one
+    /// ([`ProtocolError::Disagreement`]).
+    pub fn all_stored(&self) -> Result<bool> {
+        let Some(ours) = self.public_key_package_hash() else {
+            return Ok(false);
+        };
+        for (party, _) in &self.layout.members {
+            match self.stored.get(party) {
+                None => return Ok(false),
+                Some(theirs) if theirs.as_slice() == ours.as_slice() => {}
+                Some(_) => {
+                    return Err(ProtocolError::Disagreement {
+                        reason: format!("party {party} stored another key than the confirmed one"),
+                    });
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// What we still wait for, for progress messages.
@@ -251,7 +414,15 @@ impl<C: Ciphersuite> DaoDkg<C> {
                 "confirmations from parties {:?}",
                 missing(&|p| self.confirmations.contains_key(&p))
             ),
-            Some(DkgState::Done { .. }) => "nothing".into(),
+            Some(DkgState::Done { .. }) => format!(
+                "members {:?} to store their shares",
+                self.layout
+                    .members
+                    .iter()
+                    .map(|(p, _)| *p)
+                    .filter(|p| !self.stored.contains_key(p))
+                    .collect::<Vec<_>>()
+            ),
             None => "nothing (failed)".into(),
         }
     }
@@ -401,6 +572,7 @@ pub(crate) mod tests {
                 public_key_package_hash: ByteBuf::from(vec![0; 32]),
             },
             invitation: ByteBuf::from(vec![1; 32]),
+            attempt: 0,
         };
         assert!(matches!(
             d0.absorb(&pk1, &forged),
@@ -409,5 +581,98 @@ pub(crate) mod tests {
         // A stranger's key holds no party.
         let stranger = public_key_bytes(&keys(1)[0]);
         assert!(DaoDkg::<Tr>::start(inv.layout().unwrap(), &stranger, &mut OsRng).is_err());
+    }
+
+    #[test]
+    fn a_member_that_lost_its_state_gets_a_new_attempt_and_activation_waits_for_stored_shares() {
+        let members = keys(3);
+        let provider = keys(1).pop().unwrap();
+        let mut inv = invitation(&members, &provider);
+        inv.policy = "[[rule]]\nname = \"two\"\napprovals = 2\n".into();
+        let layout = || inv.layout().unwrap();
+        let ppk = public_key_bytes(&provider);
+        let pks: Vec<Vec<u8>> = members.iter().map(public_key_bytes).collect();
+        let mut mailbox: Vec<(Vec<u8>, DaoMessage)> = Vec::new();
+        let (mut prov, out) = DaoDkg::<Tr>::start(layout(), &ppk, &mut OsRng).unwrap();
+        mailbox.extend(out.into_iter().map(|m| (ppk.clone(), m)));
+        let mut holders: Vec<DaoDkg<Tr>> = Vec::new();
+        for pk in &pks {
+            let (d, out) = DaoDkg::<Tr>::start(layout(), pk, &mut OsRng).unwrap();
+            mailbox.extend(out.into_iter().map(|m| (pk.clone(), m)));
+            holders.push(d);
+        }
+        // Member 3's process stops after round 1: its state is gone. Running again, it asks
+        // for a new attempt; a stranger's or a stale request does nothing.
+        holders.pop();
+        let retry = DaoMessage::DkgRetry {
+            attempt: 0,
+            party: 3,
+        };
+        assert!(prov.is_retry(&pks[2], &retry).unwrap());
+        assert!(
+            prov.is_retry(&pks[0], &retry).is_err(),
+            "signed by member 1"
+        );
+        let stale = DaoMessage::DkgRetry {
+            attempt: 7,
+            party: 3,
+        };
+        assert!(!prov.is_retry(&pks[2], &stale).unwrap());
+        // The provider starts attempt 1; everyone drops attempt 0 and starts again.
+        let (p1, out) = DaoDkg::<Tr>::start_attempt(layout(), &ppk, 1, &mut OsRng).unwrap();
+        prov = p1;
+        mailbox.push((ppk.clone(), DaoMessage::DkgAttempt { attempt: 1 }));
+        mailbox.extend(out.into_iter().map(|m| (ppk.clone(), m)));
+        holders.clear();
+        for pk in &pks {
+            let (d, out) = DaoDkg::<Tr>::start_attempt(layout(), pk, 1, &mut OsRng).unwrap();
+            mailbox.extend(out.into_iter().map(|m| (pk.clone(), m)));
+            holders.push(d);
+        }
+        for _ in 0..6 {
+            let snapshot = mailbox.clone();
+            for (i, d) in holders.iter_mut().enumerate() {
+                for (sender, m) in &snapshot {
+                    // Attempt-0 messages are ignored, not equivocation.
+                    d.absorb(sender, m).unwrap();
+                }
+                let out = d.advance(&mut OsRng).unwrap();
+                mailbox.extend(out.into_iter().map(|m| (pks[i].clone(), m)));
+            }
+            for (sender, m) in &snapshot {
+                prov.absorb(sender, m).unwrap();
+            }
+            let out = prov.advance(&mut OsRng).unwrap();
+            mailbox.extend(out.into_iter().map(|m| (ppk.clone(), m)));
+        }
+        assert!(prov.is_done() && holders.iter().all(DaoDkg::is_done));
+        // Done, but not activatable until every member stored its share.
+        assert!(!prov.all_stored().unwrap());
+        let notices: Vec<DaoMessage> = holders.iter().map(|d| d.stored_notice().unwrap()).collect();
+        assert!(
+            prov.stored_notice().is_err(),
+            "the provider sends no notice"
+        );
+        // A notice signed by another member: refused.
+        assert!(prov.absorb(&pks[0], &notices[1]).is_err());
+        for (i, n) in notices.iter().enumerate().take(2) {
+            assert!(prov.absorb(&pks[i], n).unwrap());
+        }
+        assert!(!prov.all_stored().unwrap());
+        // A member storing another key is a disagreement.
+        let mut other = notices[2].clone();
+        if let DaoMessage::DkgStored {
+            public_key_package, ..
+        } = &mut other
+        {
+            *public_key_package = ByteBuf::from(vec![0; 32]);
+        }
+        assert!(prov.absorb(&pks[2], &notices[2]).unwrap());
+        assert!(prov.all_stored().unwrap());
+        assert!(prov.absorb(&pks[2], &other).is_err(), "equivocation");
+        let group = *holders[0].public_key_package_hash().as_ref().unwrap();
+        assert_eq!(prov.public_key_package_hash(), Some(group));
+        // Attempts are bounded.
+        assert!(DaoDkg::<Tr>::start_attempt(layout(), &ppk, MAX_ATTEMPTS, &mut OsRng).is_err());
     }
 }

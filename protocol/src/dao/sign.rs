@@ -4,10 +4,10 @@
 //! requester ── SignRequest ─────────────────────────────► all (topic = request hash)
 //! provider  ── Evaluation (sighashes, value, rule, k) ──► all     (or Refused)
 //! members   ── Approval (request, own sighashes) ───────► provider  (the requester's included)
-//! provider  ── SignerSet (first k approvers + provider's parties) ► all
-//! chosen    ── Commitments (one per input) ─────────────► provider
-//! provider  ── SigningPackages (one per input) ─────────► chosen
-//! chosen    ── Shares (one per input) ──────────────────► provider
+//! provider  ── SignerSet (round r: first k approvers + provider's parties) ► all
+//! chosen    ── Commitments (round r, one per input) ────► provider
+//! provider  ── SigningPackages (round r, one per input) ► chosen
+//! chosen    ── Shares (round r, one per input) ─────────► provider
 //! provider  ── Signed (txid, tx) ───────────────────────► all
 //! ```
 //!
@@ -17,17 +17,48 @@
 //! set the provider announced, once ([`SignerSession`]); an approval binds the request hash (so
 //! the exact PSBT) and the sighashes, so it cannot be used for another PSBT. Nonces live in these
 //! values, in memory only.
+//!
+//! # Rounds: a chosen member that stops costs nothing
+//!
+//! A member's process may stop after it committed (its nonces die with it; they are never
+//! written down, so a restored file can never replay one). When it runs again it reads the topic,
+//! sees the signer set, and commits with fresh nonces:
+//!
+//! * if the provider has not yet built the signing packages of the round, the new commitments
+//!   *replace* the old ones, which were never in any package (an old set, once replaced, is never
+//!   taken back, whatever order the mailbox delivers them in);
+//! * if the packages went out with the old commitments and the member's shares are not in, the
+//!   round cannot finish: the provider starts round `r + 1` with a new [`DaoMessage::SignerSet`],
+//!   drawing **fresh** nonces for its own parties, and every chosen member commits again. The
+//!   provider's nonces of round `r` were consumed by the one package set of round `r`;
+//! * if the member's shares of the round are already in, the new commitments are stale and
+//!   ignored.
+//!
+//! So every provider nonce signs at most one signing package, and a member's nonce likewise (a
+//! member signs a package only if it carries the commitment of the nonces it holds, and consumes
+//! them doing so). A member "restarting" to obtain a second package gains nothing: the provider's
+//! signature shares never leave the enclave (only the aggregate does, over the sighash every
+//! approver approved), the request is signed and counted once, and at most [`MAX_ROUNDS`] rounds
+//! run before the request is refused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use frost_core::Ciphersuite;
+use frost_core::SigningPackage;
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use rand_core::{CryptoRng, RngCore};
 use serde_bytes::ByteBuf;
 
 use super::{Approval, DaoMessage, hash32, sighashes_digest};
+use crate::dkg::common;
 use crate::error::{ProtocolError, Result};
 use crate::sign::{SignerSession, aggregate, signing_package};
+
+/// Most signing rounds of one request (rounds `0..MAX_ROUNDS`).
+pub const MAX_ROUNDS: u32 = 8;
+
+/// Most commitment sets one member may replace within a round.
+const MAX_REPLACEMENTS: usize = 16;
 
 fn bufs(v: Vec<Vec<u8>>) -> Vec<ByteBuf> {
     v.into_iter().map(ByteBuf::from).collect()
@@ -37,12 +68,32 @@ fn same_request(ours: &[u8; 32], theirs: &[u8]) -> bool {
     theirs == ours.as_slice()
 }
 
+/// Whether the serialized signing `package` carries `commitment` (serialized) for `party`.
+/// Anything that does not decode carries nothing.
+fn carries<C: Ciphersuite>(package: &[u8], party: u16, commitment: &[u8]) -> bool {
+    let (Ok(package), Ok(id)) = (
+        SigningPackage::<C>::deserialize(package),
+        common::identifier::<C>(party),
+    ) else {
+        return false;
+    };
+    package
+        .signing_commitment(&id)
+        .and_then(|c| c.serialize().ok())
+        .is_some_and(|c| c == commitment)
+}
+
 /// Where a member's signing stands.
 enum Stage<C: Ciphersuite> {
     /// Approved; waiting for the signer set.
     Approved,
     /// Chosen and committed; waiting for the signing packages.
-    Committed(Vec<SignerSession<C>>),
+    Committed {
+        /// One session (nonces) per input.
+        sessions: Vec<SignerSession<C>>,
+        /// What we sent, one per input: a package must carry exactly these.
+        commitments: Vec<Vec<u8>>,
+    },
     /// Shares sent; waiting for the transaction.
     Shared,
     /// Not chosen (enough others approved first); waiting for the transaction.
@@ -63,6 +114,10 @@ pub struct MemberSigner<C: Ciphersuite> {
     provider_key: Vec<u8>,
     sighashes: Vec<[u8; 32]>,
     expected_txid: String,
+    /// The signing round our stage belongs to.
+    round: u32,
+    /// Signer sets of rounds below this are ignored (a newer one was seen).
+    floor: u32,
     stage: Stage<C>,
 }
 
@@ -71,6 +126,7 @@ impl<C: Ciphersuite> std::fmt::Debug for MemberSigner<C> {
         f.debug_struct("MemberSigner")
             .field("request", &hex::encode(self.request))
             .field("party", &self.party)
+            .field("round", &self.round)
             .field("stage", &self.stage_name())
             .finish_non_exhaustive()
     }
@@ -98,6 +154,8 @@ impl<C: Ciphersuite> MemberSigner<C> {
                 provider_key,
                 sighashes,
                 expected_txid,
+                round: 0,
+                floor: 0,
                 stage: Stage::Approved,
             },
             approval,
@@ -107,7 +165,7 @@ impl<C: Ciphersuite> MemberSigner<C> {
     fn stage_name(&self) -> &'static str {
         match self.stage {
             Stage::Approved => "waiting for the other approvals",
-            Stage::Committed(_) => "waiting for the signing packages",
+            Stage::Committed { .. } => "waiting for the signing packages",
             Stage::Shared => "waiting for the signed transaction",
             Stage::Bystander => "not in the signer set; waiting for the signed transaction",
             Stage::Done { .. } => "signed",
@@ -129,7 +187,29 @@ impl<C: Ciphersuite> MemberSigner<C> {
 
     /// Whether we were chosen to sign.
     pub fn chosen(&self) -> bool {
-        matches!(self.stage, Stage::Committed(_) | Stage::Shared)
+        matches!(self.stage, Stage::Committed { .. } | Stage::Shared)
+    }
+
+    /// The signing round we are in.
+    pub fn round(&self) -> u32 {
+        self.round
+    }
+
+    /// Looks ahead over a batch of verified messages before [`MemberSigner::handle`] takes them
+    /// one by one: signer sets older than the newest the provider announced in it are then
+    /// skipped, so a member catching up on a topic commits once, for the current round, instead
+    /// of once per round it missed.
+    pub fn look_ahead<'a>(&mut self, batch: impl IntoIterator<Item = (&'a [u8], &'a DaoMessage)>) {
+        for (sender, message) in batch {
+            if sender != self.provider_key.as_slice() {
+                continue;
+            }
+            if let DaoMessage::SignerSet { request, round, .. } = message
+                && same_request(&self.request, request)
+            {
+                self.floor = self.floor.max(*round);
+            }
+        }
     }
 
     /// Takes one verified message from `sender`; returns what to post. Messages of the provider
@@ -154,56 +234,19 @@ impl<C: Ciphersuite> MemberSigner<C> {
                     reason: reason.clone(),
                 })
             }
-            DaoMessage::SignerSet { request, parties }
-                if same_request(&self.request, request)
-                    && matches!(self.stage, Stage::Approved) =>
-            {
-                if !parties.contains(&self.party) {
-                    self.stage = Stage::Bystander;
-                    return Ok(Vec::new());
-                }
-                let mut sessions = Vec::with_capacity(self.sighashes.len());
-                let mut commitments = Vec::with_capacity(self.sighashes.len());
-                for sighash in &self.sighashes {
-                    let (session, c) =
-                        SignerSession::commit(key_package, self.party, sighash, parties, rng)?;
-                    sessions.push(session);
-                    commitments.push(c);
-                }
-                self.stage = Stage::Committed(sessions);
-                Ok(vec![DaoMessage::Commitments {
-                    request: ByteBuf::from(self.request.to_vec()),
-                    party: self.party,
-                    commitments: bufs(commitments),
-                }])
+            DaoMessage::SignerSet {
+                request,
+                parties,
+                round,
+            } if same_request(&self.request, request) => {
+                self.signer_set(parties, *round, key_package, rng)
             }
-            DaoMessage::SigningPackages { request, packages }
-                if same_request(&self.request, request)
-                    && matches!(self.stage, Stage::Committed(_)) =>
-            {
-                let Stage::Committed(sessions) = std::mem::replace(&mut self.stage, Stage::Shared)
-                else {
-                    return Ok(Vec::new());
-                };
-                if packages.len() != sessions.len() {
-                    return Err(ProtocolError::SessionMismatch {
-                        reason: format!(
-                            "{} signing packages for {} inputs",
-                            packages.len(),
-                            sessions.len()
-                        ),
-                    });
-                }
-                let mut shares = Vec::with_capacity(sessions.len());
-                for (session, package) in sessions.into_iter().zip(packages) {
-                    // Checks message (our own sighash), signer set and our commitment.
-                    shares.push(session.sign(key_package, package)?);
-                }
-                Ok(vec![DaoMessage::Shares {
-                    request: ByteBuf::from(self.request.to_vec()),
-                    party: self.party,
-                    shares: bufs(shares),
-                }])
+            DaoMessage::SigningPackages {
+                request,
+                packages,
+                round,
+            } if same_request(&self.request, request) && *round == self.round => {
+                self.packages(packages, key_package)
             }
             DaoMessage::Signed { request, txid, tx } if same_request(&self.request, request) => {
                 if *txid != self.expected_txid {
@@ -223,10 +266,96 @@ impl<C: Ciphersuite> MemberSigner<C> {
             _ => Ok(Vec::new()),
         }
     }
+
+    fn signer_set(
+        &mut self,
+        parties: &[u16],
+        round: u32,
+        key_package: &KeyPackage<C>,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<Vec<DaoMessage>> {
+        let first_of_round = round > self.round || matches!(self.stage, Stage::Approved);
+        if matches!(self.stage, Stage::Done { .. })
+            || round < self.round.max(self.floor)
+            || !first_of_round
+        {
+            return Ok(Vec::new());
+        }
+        // A new round (or our first): whatever we held for an older round is dropped; its nonces
+        // were used at most once already and are never used again.
+        self.round = round;
+        if !parties.contains(&self.party) {
+            self.stage = Stage::Bystander;
+            return Ok(Vec::new());
+        }
+        let mut sessions = Vec::with_capacity(self.sighashes.len());
+        let mut commitments = Vec::with_capacity(self.sighashes.len());
+        for sighash in &self.sighashes {
+            let (session, c) =
+                SignerSession::commit(key_package, self.party, sighash, parties, rng)?;
+            sessions.push(session);
+            commitments.push(c);
+        }
+        self.stage = Stage::Committed {
+            sessions,
+            commitments: commitments.clone(),
+        };
+        Ok(vec![DaoMessage::Commitments {
+            request: ByteBuf::from(self.request.to_vec()),
+            party: self.party,
+            commitments: bufs(commitments),
+            round,
+        }])
+    }
+
+    fn packages(
+        &mut self,
+        packages: &[ByteBuf],
+        key_package: &KeyPackage<C>,
+    ) -> Result<Vec<DaoMessage>> {
+        let Stage::Committed { commitments, .. } = &self.stage else {
+            return Ok(Vec::new());
+        };
+        if packages.len() != commitments.len() {
+            return Err(ProtocolError::SessionMismatch {
+                reason: format!(
+                    "{} signing packages for {} inputs",
+                    packages.len(),
+                    commitments.len()
+                ),
+            });
+        }
+        // Packages built before our process restarted carry the commitments of nonces we no
+        // longer have: not ours to sign. Our new commitments make the provider replace the old
+        // ones or start a new round; the sessions are kept for that.
+        if !packages
+            .iter()
+            .zip(commitments)
+            .all(|(p, c)| carries::<C>(p, self.party, c))
+        {
+            return Ok(Vec::new());
+        }
+        let Stage::Committed { sessions, .. } = std::mem::replace(&mut self.stage, Stage::Shared)
+        else {
+            return Ok(Vec::new());
+        };
+        let mut shares = Vec::with_capacity(sessions.len());
+        for (session, package) in sessions.into_iter().zip(packages) {
+            // Checks message (our own sighash), signer set and our commitment.
+            shares.push(session.sign(key_package, package)?);
+        }
+        Ok(vec![DaoMessage::Shares {
+            request: ByteBuf::from(self.request.to_vec()),
+            party: self.party,
+            shares: bufs(shares),
+            round: self.round,
+        }])
+    }
 }
 
 /// The provider's side of one signing request: counts approvals, picks the signer set, commits
-/// with its parties, builds the packages, signs and aggregates.
+/// with its parties, builds the packages, signs and aggregates; starts a new round when a chosen
+/// member lost the nonces the packages were built with.
 pub struct Coordinator<C: Ciphersuite> {
     request: [u8; 32],
     sighashes: Vec<[u8; 32]>,
@@ -236,9 +365,17 @@ pub struct Coordinator<C: Ciphersuite> {
     provider_parties: Vec<u16>,
     /// Approving parties in arrival order.
     approvals: Vec<u16>,
+    /// The current signing round.
+    round: u32,
+    /// A chosen member lost its nonces after this round's packages went out: the next
+    /// [`Coordinator::advance`] starts a new round.
+    restart: bool,
     signers: Option<Vec<u16>>,
+    /// The provider's sessions of this round, consumed when the packages are built.
     own: BTreeMap<u16, Vec<SignerSession<C>>>,
     commitments: BTreeMap<u16, Vec<Vec<u8>>>,
+    /// Commitments a member replaced in this round: never taken back.
+    replaced: BTreeMap<u16, BTreeSet<Vec<Vec<u8>>>>,
     packages: Option<Vec<Vec<u8>>>,
     own_shares: BTreeMap<u16, Vec<Vec<u8>>>,
     shares: BTreeMap<u16, Vec<Vec<u8>>>,
@@ -251,6 +388,7 @@ impl<C: Ciphersuite> std::fmt::Debug for Coordinator<C> {
             .field("request", &hex::encode(self.request))
             .field("approvals", &self.approvals)
             .field("approvals_needed", &self.approvals_needed)
+            .field("round", &self.round)
             .field("signers", &self.signers)
             .finish_non_exhaustive()
     }
@@ -283,14 +421,30 @@ impl<C: Ciphersuite> Coordinator<C> {
             approvers,
             provider_parties,
             approvals: Vec::new(),
+            round: 0,
+            restart: false,
             signers: None,
             own: BTreeMap::new(),
             commitments: BTreeMap::new(),
+            replaced: BTreeMap::new(),
             packages: None,
             own_shares: BTreeMap::new(),
             shares: BTreeMap::new(),
             signatures: None,
         })
+    }
+
+    /// Starts at signing round `round` instead of 0: for a coordinator founded again (after the
+    /// provider restarted) on a topic that already holds rounds up to `round - 1`, whose nonces
+    /// died with the provider's memory.
+    ///
+    /// Errors: `round` is not below [`MAX_ROUNDS`] ([`ProtocolError::Params`]).
+    pub fn starting_at(mut self, round: u32) -> Result<Self> {
+        if round >= MAX_ROUNDS {
+            return Err(too_many_rounds());
+        }
+        self.round = round;
+        Ok(self)
     }
 
     /// Approvals received so far, in arrival order.
@@ -301,6 +455,11 @@ impl<C: Ciphersuite> Coordinator<C> {
     /// The chosen signer set, once enough approvals are in.
     pub fn signers(&self) -> Option<&[u16]> {
         self.signers.as_deref()
+    }
+
+    /// The current signing round.
+    pub fn round(&self) -> u32 {
+        self.round
     }
 
     fn check_member(&self, sender: &[u8], party: u16, what: &str) -> Result<()> {
@@ -328,11 +487,27 @@ impl<C: Ciphersuite> Coordinator<C> {
         }
     }
 
+    /// Whether a message of `round` from `party` belongs to the current round: `Ok(false)` for an
+    /// older round (stale: ignored), an error for a round not announced yet.
+    fn current_round(&self, party: u16, round: u32, what: &str) -> Result<bool> {
+        if round > self.round {
+            return Err(ProtocolError::Culprit {
+                party,
+                reason: format!(
+                    "it sent {what} for signing round {round}, the current round is {}",
+                    self.round
+                ),
+            });
+        }
+        Ok(round == self.round && !self.restart)
+    }
+
     /// Takes one verified message from `sender`. Returns whether it changed anything.
     ///
     /// Errors (the message is refused, the request goes on): an approval for another request or
     /// other sighashes, from a non-approver or under another key; commitments or shares from a
-    /// party outside the signer set or with the wrong count ([`ProtocolError::Culprit`]).
+    /// party outside the signer set, for a round not announced, or with the wrong count
+    /// ([`ProtocolError::Culprit`]).
     pub fn absorb(&mut self, sender: &[u8], message: &DaoMessage) -> Result<bool> {
         match message {
             DaoMessage::Approval(a) => {
@@ -360,40 +535,25 @@ impl<C: Ciphersuite> Coordinator<C> {
                 request,
                 party,
                 commitments,
+                round,
             } if same_request(&self.request, request) => {
                 self.check_member(sender, *party, "commitments")?;
-                let Some(signers) = &self.signers else {
-                    return Err(ProtocolError::Culprit {
-                        party: *party,
-                        reason: "it committed before the signer set was chosen".into(),
-                    });
-                };
-                if !signers.contains(party) {
-                    return Err(ProtocolError::Culprit {
-                        party: *party,
-                        reason: "it committed but is not in the signer set".into(),
-                    });
+                if !self.current_round(*party, *round, "commitments")? {
+                    return Ok(false);
                 }
-                self.check_count(*party, commitments.len(), "commitments")?;
                 let value: Vec<Vec<u8>> = commitments.iter().map(|c| c.to_vec()).collect();
-                match self.commitments.get(party) {
-                    Some(existing) if *existing == value => Ok(false),
-                    Some(_) => Err(ProtocolError::Culprit {
-                        party: *party,
-                        reason: "it sent two different sets of commitments".into(),
-                    }),
-                    None => {
-                        self.commitments.insert(*party, value);
-                        Ok(true)
-                    }
-                }
+                self.commit(*party, value)
             }
             DaoMessage::Shares {
                 request,
                 party,
                 shares,
+                round,
             } if same_request(&self.request, request) => {
                 self.check_member(sender, *party, "signature shares")?;
+                if !self.current_round(*party, *round, "signature shares")? {
+                    return Ok(false);
+                }
                 if self.packages.is_none() || !self.commitments.contains_key(party) {
                     return Err(ProtocolError::Culprit {
                         party: *party,
@@ -412,21 +572,102 @@ impl<C: Ciphersuite> Coordinator<C> {
         }
     }
 
+    /// A chosen member's commitments of the current round: the first set, a replacement (the
+    /// member restarted before any package used its old set), or the sign that the round cannot
+    /// finish (the packages went out with a set whose nonces the member no longer has).
+    fn commit(&mut self, party: u16, value: Vec<Vec<u8>>) -> Result<bool> {
+        let Some(signers) = &self.signers else {
+            return Err(ProtocolError::Culprit {
+                party,
+                reason: "it committed before the signer set was chosen".into(),
+            });
+        };
+        if !signers.contains(&party) {
+            return Err(ProtocolError::Culprit {
+                party,
+                reason: "it committed but is not in the signer set".into(),
+            });
+        }
+        self.check_count(party, value.len(), "commitments")?;
+        let existing = self.commitments.get(&party);
+        if existing == Some(&value)
+            || self
+                .replaced
+                .get(&party)
+                .is_some_and(|old| old.contains(&value))
+        {
+            // A duplicate, or a set already replaced delivered late: never taken back (its
+            // nonces are gone).
+            return Ok(false);
+        }
+        let Some(old) = existing.cloned() else {
+            self.commitments.insert(party, value);
+            return Ok(true);
+        };
+        if self.packages.is_some() {
+            if self.shares.contains_key(&party) {
+                // Its shares of this round are in: the old nonces did their job.
+                return Ok(false);
+            }
+            self.restart = true;
+            return Ok(true);
+        }
+        let retired = self.replaced.entry(party).or_default();
+        if retired.len() >= MAX_REPLACEMENTS {
+            return Err(ProtocolError::Culprit {
+                party,
+                reason: format!("it replaced its commitments more than {MAX_REPLACEMENTS} times"),
+            });
+        }
+        retired.insert(old);
+        self.commitments.insert(party, value);
+        Ok(true)
+    }
+
     /// Whether [`Coordinator::advance`] will use the provider's key packages now.
     pub fn needs_keys(&self) -> bool {
+        if self.signatures.is_some() {
+            return false;
+        }
         let members_committed = self.signers.as_ref().is_some_and(|s| {
             s.iter()
                 .filter(|p| !self.provider_parties.contains(p))
                 .all(|p| self.commitments.contains_key(p))
         });
-        (self.signers.is_none() && self.approvals.len() >= usize::from(self.approvals_needed))
+        self.restart
+            || (self.signers.is_none()
+                && self.approvals.len() >= usize::from(self.approvals_needed))
             || (self.packages.is_none() && members_committed)
     }
 
-    /// Advances as far as the messages allow: picks the signer set once enough approvals are in
-    /// (and commits with the provider's parties), builds the signing packages once every chosen
-    /// member committed (and signs with the provider's parties), aggregates once every share is
-    /// in. `keys` are the provider's key packages by party (needed when [`needs_keys`] says so).
+    /// Drops everything of the current round and opens the next. The provider's sessions of the
+    /// round were consumed by its one package set; the next round draws fresh nonces.
+    fn next_round(&mut self) -> Result<()> {
+        let next = self.round.saturating_add(1);
+        if next >= MAX_ROUNDS {
+            return Err(too_many_rounds());
+        }
+        self.round = next;
+        self.restart = false;
+        self.signers = None;
+        self.own.clear();
+        self.commitments.clear();
+        self.replaced.clear();
+        self.packages = None;
+        self.own_shares.clear();
+        self.shares.clear();
+        Ok(())
+    }
+
+    /// Advances as far as the messages allow: starts a new round if a chosen member lost its
+    /// nonces after the packages went out; picks the signer set once enough approvals are in (and
+    /// commits with the provider's parties, fresh nonces); builds the signing packages once every
+    /// chosen member committed (and signs with the provider's parties); aggregates once every
+    /// share is in. `keys` are the provider's key packages by party (needed when [`needs_keys`]
+    /// says so).
+    ///
+    /// Errors: a share that does not verify (the culprit named); more than [`MAX_ROUNDS`] rounds
+    /// ([`ProtocolError::Refused`]).
     ///
     /// [`needs_keys`]: Coordinator::needs_keys
     pub fn advance(
@@ -436,6 +677,9 @@ impl<C: Ciphersuite> Coordinator<C> {
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<Vec<DaoMessage>> {
         let mut out = Vec::new();
+        if self.restart && self.signatures.is_none() {
+            self.next_round()?;
+        }
         if self.signers.is_none() && self.approvals.len() >= usize::from(self.approvals_needed) {
             let mut signers: Vec<u16> = self
                 .approvals
@@ -462,6 +706,7 @@ impl<C: Ciphersuite> Coordinator<C> {
             out.push(DaoMessage::SignerSet {
                 request: ByteBuf::from(self.request.to_vec()),
                 parties: signers.clone(),
+                round: self.round,
             });
             self.signers = Some(signers);
         }
@@ -485,6 +730,7 @@ impl<C: Ciphersuite> Coordinator<C> {
                 }
                 packages.push(signing_package::<C>(sighash, &per_input)?);
             }
+            // The provider's sessions of this round are consumed here, by this one package set.
             for (party, sessions) in std::mem::take(&mut self.own) {
                 let key = keys.get(&party).ok_or_else(|| ProtocolError::Params {
                     reason: format!("the provider's key package for party {party} is missing"),
@@ -498,6 +744,7 @@ impl<C: Ciphersuite> Coordinator<C> {
             out.push(DaoMessage::SigningPackages {
                 request: ByteBuf::from(self.request.to_vec()),
                 packages: bufs(packages.clone()),
+                round: self.round,
             });
             self.packages = Some(packages);
         }
@@ -541,7 +788,7 @@ impl<C: Ciphersuite> Coordinator<C> {
         self.signatures.as_deref()
     }
 
-    /// The member parties in the signer set (a signer set, once announced, is final).
+    /// The member parties in the signer set of the current round.
     pub fn chosen_members(&self) -> Vec<u16> {
         self.signers
             .as_ref()
@@ -552,6 +799,15 @@ impl<C: Ciphersuite> Coordinator<C> {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+fn too_many_rounds() -> ProtocolError {
+    ProtocolError::Refused {
+        reason: format!(
+            "the signing was restarted {MAX_ROUNDS} times (chosen members kept losing their \
+             nonces): request it again"
+        ),
     }
 }
 
@@ -711,6 +967,7 @@ mod tests {
         let set = DaoMessage::SignerSet {
             request: ByteBuf::from(vec![9; 32]),
             parties: vec![1, 2, 3, 6, 7, 8],
+            round: 0,
         };
         // From someone else than the provider: ignored.
         assert!(
@@ -740,6 +997,7 @@ mod tests {
         let msg = DaoMessage::SigningPackages {
             request: ByteBuf::from(vec![9; 32]),
             packages: vec![ByteBuf::from(bad)],
+            round: 0,
         };
         assert!(matches!(
             s.handle(&provider_pk, &msg, kp, &mut OsRng),
@@ -755,5 +1013,321 @@ mod tests {
             s.handle(&provider_pk, &signed, kp, &mut OsRng),
             Err(ProtocolError::Disagreement { .. })
         ));
+    }
+
+    /// A small in-memory signing: the coordinator, members by party, and the messages in flight.
+    struct Bench<'a> {
+        d: &'a Dao,
+        request: [u8; 32],
+        sighashes: Vec<[u8; 32]>,
+        coord: Coordinator<Tr>,
+        provider_keys: BTreeMap<u16, KeyPackage<Tr>>,
+        /// Every message ever posted, in order (the mailbox), with its sender.
+        mailbox: Vec<(Vec<u8>, DaoMessage)>,
+        /// How far the coordinator has read the mailbox.
+        read: usize,
+    }
+
+    impl<'a> Bench<'a> {
+        fn new(d: &'a Dao, needed: u16, sighashes: Vec<[u8; 32]>) -> Self {
+            let request = [9u8; 32];
+            let coord = Coordinator::<Tr>::new(
+                request,
+                sighashes.clone(),
+                needed,
+                approvers(d),
+                vec![6, 7, 8],
+            )
+            .unwrap();
+            let provider_keys = d.outputs[5]
+                .1
+                .iter()
+                .map(|(p, o)| (*p, o.key_package.clone()))
+                .collect();
+            Self {
+                d,
+                request,
+                sighashes,
+                coord,
+                provider_keys,
+                mailbox: Vec::new(),
+                read: 0,
+            }
+        }
+
+        fn member_key(&self, party: u16) -> Vec<u8> {
+            public_key_bytes(&self.d.members[usize::from(party) - 1])
+        }
+
+        fn key_package(&self, party: u16) -> &KeyPackage<Tr> {
+            &self.d.outputs[usize::from(party) - 1].1[0].1.key_package
+        }
+
+        /// A member process starting (or starting again): approves, posts the approval.
+        fn member(&mut self, party: u16) -> MemberSigner<Tr> {
+            let (s, approval) = MemberSigner::<Tr>::approve(
+                self.request,
+                party,
+                public_key_bytes(&self.d.provider),
+                self.sighashes.clone(),
+                "txid".into(),
+            );
+            self.mailbox.push((self.member_key(party), approval));
+            s
+        }
+
+        /// The coordinator reads what is new in the mailbox and advances; its messages are posted.
+        fn provider(&mut self) {
+            let pkp = self.d.outputs[5].1[0].1.public_key_package.clone();
+            for (sender, m) in self.mailbox[self.read..].to_vec() {
+                let _ = self.coord.absorb(&sender, &m);
+            }
+            let out = self
+                .coord
+                .advance(&self.provider_keys, &pkp, &mut OsRng)
+                .unwrap();
+            let pk = public_key_bytes(&self.d.provider);
+            self.mailbox
+                .extend(out.into_iter().map(|m| (pk.clone(), m)));
+            self.read = self.mailbox.len();
+        }
+
+        /// A member reads the mailbox from `from` (a restarted process reads from 0) and posts
+        /// what it answers; returns where it stopped reading.
+        fn run_member(&mut self, s: &mut MemberSigner<Tr>, party: u16, from: usize) -> usize {
+            let batch = self.mailbox[from..].to_vec();
+            s.look_ahead(batch.iter().map(|(k, m)| (k.as_slice(), m)));
+            let kp = self.key_package(party).clone();
+            for (sender, m) in &batch {
+                let out = s.handle(sender, m, &kp, &mut OsRng).unwrap();
+                let pk = self.member_key(party);
+                self.mailbox
+                    .extend(out.into_iter().map(|m| (pk.clone(), m)));
+            }
+            from + batch.len()
+        }
+
+        fn verify(&self) {
+            let sigs = self.coord.signatures().expect("signed");
+            let vk = *self.d.outputs[0].1[0].1.public_key_package.verifying_key();
+            for (sig, msg) in sigs.iter().zip(&self.sighashes) {
+                let sig = frost_core::Signature::<Tr>::deserialize(sig).unwrap();
+                vk.verify(msg, &sig).unwrap();
+            }
+        }
+
+        /// The provider's commitments (party 6) in every signing package posted so far, by round.
+        fn provider_commitments(&self) -> Vec<(u32, Vec<u8>)> {
+            let id = common::identifier::<Tr>(6).unwrap();
+            self.mailbox
+                .iter()
+                .filter_map(|(_, m)| match m {
+                    DaoMessage::SigningPackages {
+                        packages, round, ..
+                    } => {
+                        let p = SigningPackage::<Tr>::deserialize(&packages[0]).unwrap();
+                        let c = p.signing_commitment(&id).unwrap().serialize().unwrap();
+                        Some((*round, c))
+                    }
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_member_restarted_before_the_packages_replaces_its_commitments() {
+        let d = dao();
+        let mut b = Bench::new(&d, 3, vec![[1u8; 32], [2u8; 32]]);
+        let mut m1 = b.member(1);
+        let mut m2 = b.member(2);
+        let mut m3 = b.member(3);
+        b.provider(); // signer set {1, 2, 3} + provider, round 0
+        let mut at1 = b.run_member(&mut m1, 1, 0);
+        let at2 = b.run_member(&mut m2, 2, 0);
+        let old = b.mailbox.len();
+        // Member 3 commits, and its process stops before the provider read anything.
+        b.run_member(&mut m3, 3, 0);
+        let lost = b.mailbox[old..].to_vec();
+        assert!(matches!(
+            lost[0].1,
+            DaoMessage::Commitments { party: 3, .. }
+        ));
+        drop(m3);
+        // Member 3 runs again: new approval (a duplicate), new nonces, new commitments.
+        let mut m3 = b.member(3);
+        let mut at3 = b.run_member(&mut m3, 3, 0);
+        b.provider(); // old set, then the replacement: the packages carry the new one
+        assert_eq!(b.coord.round(), 0);
+        // The old set delivered again late: never taken back.
+        assert!(!b.coord.absorb(&lost[0].0, &lost[0].1).unwrap());
+        at1 = b.run_member(&mut m1, 1, at1);
+        let _ = b.run_member(&mut m2, 2, at2);
+        at3 = b.run_member(&mut m3, 3, at3);
+        b.provider();
+        b.verify();
+        assert_eq!(b.provider_commitments().len(), 1, "one package set");
+        let _ = (at1, at3);
+    }
+
+    #[test]
+    fn a_member_restarted_after_the_packages_gets_a_new_round_with_fresh_provider_nonces() {
+        let d = dao();
+        let mut b = Bench::new(&d, 3, vec![[1u8; 32]]);
+        let mut m1 = b.member(1);
+        let mut m2 = b.member(2);
+        let mut m3 = b.member(3);
+        b.provider();
+        let mut at1 = b.run_member(&mut m1, 1, 0);
+        let mut at2 = b.run_member(&mut m2, 2, 0);
+        b.run_member(&mut m3, 3, 0);
+        b.provider(); // packages of round 0
+        // Members 1 and 2 sign round 0; member 3's process stops before it signs.
+        at1 = b.run_member(&mut m1, 1, at1);
+        at2 = b.run_member(&mut m2, 2, at2);
+        drop(m3);
+        b.provider();
+        assert!(b.coord.signatures().is_none());
+        // Member 3 again: it reads the whole topic, commits anew for round 0, and does not sign
+        // the round-0 packages (they carry its lost commitments).
+        let mut m3 = b.member(3);
+        let mut at3 = b.run_member(&mut m3, 3, 0);
+        assert!(
+            !b.mailbox
+                .iter()
+                .any(|(_, m)| matches!(m, DaoMessage::Shares { party: 3, .. })),
+            "no share over a package without our commitment"
+        );
+        b.provider(); // round 1: a new signer set, fresh provider commitments
+        assert_eq!(b.coord.round(), 1);
+        for _ in 0..3 {
+            at1 = b.run_member(&mut m1, 1, at1);
+            at2 = b.run_member(&mut m2, 2, at2);
+            at3 = b.run_member(&mut m3, 3, at3);
+            b.provider();
+        }
+        b.verify();
+        let provider = b.provider_commitments();
+        assert_eq!(provider.len(), 2, "one package set per round: {provider:?}");
+        assert_eq!((provider[0].0, provider[1].0), (0, 1));
+        assert_ne!(provider[0].1, provider[1].1, "round 1 drew fresh nonces");
+        // Shares of round 0 arriving now change nothing.
+        for (sender, m) in b.mailbox.clone() {
+            if matches!(m, DaoMessage::Shares { round: 0, .. }) {
+                assert!(!b.coord.absorb(&sender, &m).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn a_member_whose_shares_are_in_cannot_restart_the_round_and_rounds_are_bounded() {
+        let d = dao();
+        let mut b = Bench::new(&d, 3, vec![[1u8; 32]]);
+        let mut m1 = b.member(1);
+        let mut m2 = b.member(2);
+        let mut m3 = b.member(3);
+        b.provider();
+        b.run_member(&mut m1, 1, 0);
+        b.run_member(&mut m2, 2, 0);
+        let at3 = b.run_member(&mut m3, 3, 0);
+        b.provider();
+        b.run_member(&mut m3, 3, at3); // member 3 signed round 0
+        b.provider();
+        // Member 3 restarts: its new commitments are stale (its shares are in).
+        let mut again = b.member(3);
+        b.run_member(&mut again, 3, 0);
+        b.provider();
+        assert_eq!(b.coord.round(), 0);
+
+        // A member restarting after every package set: at most MAX_ROUNDS rounds, then refused.
+        let mut c = Bench::new(&d, 3, vec![[1u8; 32]]);
+        for p in 1..=3 {
+            c.member(p);
+        }
+        c.provider();
+        let pkp = d.outputs[5].1[0].1.public_key_package.clone();
+        let mut refused = None;
+        for _ in 0..=MAX_ROUNDS {
+            let round = c.coord.round();
+            for p in 1..=3u16 {
+                let mut s = c.member(p);
+                c.run_member(&mut s, p, 0);
+            }
+            c.provider(); // packages of `round`
+            let mut s = c.member(1);
+            let kp = c.key_package(1).clone();
+            let set = DaoMessage::SignerSet {
+                request: ByteBuf::from(c.request.to_vec()),
+                parties: c.coord.signers().unwrap().to_vec(),
+                round,
+            };
+            let out = s
+                .handle(&public_key_bytes(&d.provider), &set, &kp, &mut OsRng)
+                .unwrap();
+            c.coord.absorb(&c.member_key(1), &out[0]).unwrap();
+            match c.coord.advance(&c.provider_keys, &pkp, &mut OsRng) {
+                Ok(out) => {
+                    let pk = public_key_bytes(&d.provider);
+                    c.mailbox.extend(out.into_iter().map(|m| (pk.clone(), m)));
+                    c.read = c.mailbox.len();
+                }
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        assert!(
+            matches!(refused, Some(ProtocolError::Refused { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(c.coord.round(), MAX_ROUNDS - 1);
+    }
+
+    #[test]
+    fn a_member_catching_up_commits_only_for_the_newest_round_and_future_rounds_are_refused() {
+        let d = dao();
+        let provider_pk = public_key_bytes(&d.provider);
+        let kp = d.outputs[0].1[0].1.key_package.clone();
+        let (mut s, _) =
+            MemberSigner::<Tr>::approve([9; 32], 1, provider_pk.clone(), vec![[1; 32]], "t".into());
+        let set = |round| DaoMessage::SignerSet {
+            request: ByteBuf::from(vec![9; 32]),
+            parties: vec![1, 2, 3, 6, 7, 8],
+            round,
+        };
+        let batch = [(provider_pk.clone(), set(0)), (provider_pk.clone(), set(2))];
+        s.look_ahead(batch.iter().map(|(k, m)| (k.as_slice(), m)));
+        let mut out = Vec::new();
+        for (k, m) in &batch {
+            out.extend(s.handle(k, m, &kp, &mut OsRng).unwrap());
+        }
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0], DaoMessage::Commitments { round: 2, .. }));
+        // Round 0 again: ignored; round 2 again: ignored (already committed).
+        assert!(
+            s.handle(&provider_pk, &set(0), &kp, &mut OsRng)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            s.handle(&provider_pk, &set(2), &kp, &mut OsRng)
+                .unwrap()
+                .is_empty()
+        );
+        // The coordinator refuses commitments for a round it has not announced.
+        let mut coord =
+            Coordinator::<Tr>::new([9; 32], vec![[1; 32]], 3, approvers(&d), vec![6, 7, 8])
+                .unwrap();
+        assert!(matches!(
+            coord.absorb(&public_key_bytes(&d.members[0]), &out[0]),
+            Err(ProtocolError::Culprit { party: 1, .. })
+        ));
+        assert!(
+            Coordinator::<Tr>::new([9; 32], vec![[1; 32]], 3, approvers(&d), vec![6, 7, 8])
+                .unwrap()
+                .starting_at(MAX_ROUNDS)
+                .is_err()
+        );
     }
 }
