@@ -427,6 +427,51 @@ pub fn joined_wallet(home: &Home, invitation: &Invitation) -> Result<Option<Wall
     Ok(Some(wallet))
 }
 
+/// This device's hold on a wallet's DKG for as long as its process runs: an OS file lock
+/// (`wallets/<id>.join-lock`), released when the process ends however it ends, so a killed
+/// `join` never blocks the next. A second process of the same member in the same DKG would post
+/// a second round-1 message, which the others refuse as equivocation: it is refused here first.
+struct JoinLock {
+    path: std::path::PathBuf,
+    _file: std::fs::File,
+}
+
+impl JoinLock {
+    fn take(home: &Home, id: &WalletId) -> Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = home.journal_path(id, "join-lock");
+        let home_err = |e: &dyn std::fmt::Display| ClientError::Home {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        // O_NOFOLLOW: a link planted at the name cannot make us open (or create) anything else.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| home_err(&e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { path, _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(input(format!(
+                "another cosigner process of this device is taking part in the DKG of wallet \
+                 {id}: let it finish (or stop it), then run the command again"
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(home_err(&e)),
+        }
+    }
+}
+
+impl Drop for JoinLock {
+    fn drop(&mut self) {
+        // Removed while still held (the lock goes with the file when it closes); a file left by
+        // a killed process is empty and taken again by the next run.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Where this device's DKG stands.
 enum DkgPhase {
     /// Taking part in an attempt (round secrets in memory).
@@ -434,7 +479,7 @@ enum DkgPhase {
     /// This device lost its state of an attempt and asked the provider for a new one.
     Retrying(u32),
     /// The share of an attempt is stored (journal); waiting for `Activated`.
-    Stored(PendingDkg),
+    Stored(Box<PendingDkg>),
 }
 
 impl DkgPhase {
@@ -483,6 +528,7 @@ pub fn run_dkg(
         home.remove_journal(&wallet_id, DKG_JOURNAL)?;
         return Ok(wallet);
     }
+    let _lock = JoinLock::take(home, &wallet_id)?;
     let pending = PendingDkg::load(home, &wallet_id)?;
     courier.post(invitation_envelope)?;
     // The topic so far: what the provider said, and what this device already posted.
@@ -522,7 +568,7 @@ pub fn run_dkg(
         // notice is posted again in case the stop came before it reached the mailbox.
         Some(p) if p.attempt >= current => {
             courier.send(&key, &p.notice()?)?;
-            DkgPhase::Stored(p)
+            DkgPhase::Stored(Box::new(p))
         }
         stale => {
             if stale.is_some() {
@@ -606,7 +652,7 @@ pub fn run_dkg(
                         attempt,
                     } if *w == wallet_id => {
                         let pending = match &phase {
-                            DkgPhase::Stored(p) => Some(p),
+                            DkgPhase::Stored(p) => Some(p.as_ref()),
                             _ => None,
                         };
                         return finish_activated(home, &wallet_id, pending, *attempt);
@@ -650,7 +696,7 @@ pub fn run_dkg(
                 )?;
                 pending.save(home, &wallet_id)?;
                 courier.send(&key, &notice)?;
-                phase = DkgPhase::Stored(pending);
+                phase = DkgPhase::Stored(Box::new(pending));
             }
         }
         let waiting = match &phase {

@@ -756,7 +756,10 @@ mod tests {
         p.verify(&[2; CHALLENGE_LEN], &topic).unwrap();
         assert!(p.verify(&[1; CHALLENGE_LEN], &topic).is_err());
         // One challenge per connection, not per fetch.
-        proof_of(&requests[6]).0.verify(&[2; CHALLENGE_LEN], &t).unwrap();
+        proof_of(&requests[6])
+            .0
+            .verify(&[2; CHALLENGE_LEN], &t)
+            .unwrap();
         assert_eq!(requests.len(), 8);
 
         // A member list without this device, or with a malformed key, is refused up front.
@@ -774,7 +777,9 @@ mod tests {
         assert_eq!(plain.host_port, "127.0.0.1:7002");
         assert_eq!(plain.pin, None);
         assert_eq!(
-            MailboxAddr::parse("mailbox.example:7002").unwrap().host_port,
+            MailboxAddr::parse("mailbox.example:7002")
+                .unwrap()
+                .host_port,
             "mailbox.example:7002"
         );
         let pin = "ab".repeat(32);

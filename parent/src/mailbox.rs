@@ -54,9 +54,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cosigner_protocol::ProtocolError;
 use cosigner_protocol::frame::{MAX_FRAME_LEN, read_frame, write_frame};
 use cosigner_protocol::mailbox::{
-    CHALLENGE_LEN, Envelope, MAX_ENVELOPE, MAX_PAGE, MailboxItem, MailboxRequest,
-    MailboxResponse, ReadProof, Topic, check_members, decode_request, encode_response,
-    random_challenge,
+    CHALLENGE_LEN, Envelope, MAX_ENVELOPE, MAX_PAGE, MailboxItem, MailboxRequest, MailboxResponse,
+    ReadProof, Topic, check_members, decode_request, encode_response, random_challenge,
 };
 use cosigner_protocol::wire::{ErrorKind, WireError};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
@@ -253,13 +252,7 @@ impl RawMailboxConfig {
             u64::MAX,
             "at least one envelope",
         )?;
-        in_range(
-            "mailbox.quota_topics",
-            quota.topics,
-            1,
-            u64::MAX,
-            "a count",
-        )?;
+        in_range("mailbox.quota_topics", quota.topics, 1, u64::MAX, "a count")?;
         check_headroom(&quota, retention, &MailboxLimits::default())?;
         if self.quota_exempt.len() > MAX_QUOTA_EXEMPT {
             return Err(ParentError::InvalidLimit {
@@ -314,7 +307,11 @@ impl RawMailboxConfig {
 /// Refuses a quota with which one sender could hold more than a [`GLOBAL_HEADROOM`]th of a
 /// global cap within the retention: it may use a window's quota in each window the retention
 /// spans, plus the one it started in.
-pub fn check_headroom(quota: &SenderQuota, retention: Duration, limits: &MailboxLimits) -> Result<()> {
+pub fn check_headroom(
+    quota: &SenderQuota,
+    retention: Duration,
+    limits: &MailboxLimits,
+) -> Result<()> {
     let window = quota.window.as_secs().max(1);
     let windows = retention.as_secs().div_ceil(window).saturating_add(1);
     for (field, per_window, cap) in [
@@ -535,7 +532,13 @@ impl MailboxStore {
         self.post_at(topic, envelope, members, unix_now())
     }
 
-    fn post_at(&self, topic: &Topic, envelope: &[u8], members: &[ByteBuf], now: i64) -> Result<u64> {
+    fn post_at(
+        &self,
+        topic: &Topic,
+        envelope: &[u8],
+        members: &[ByteBuf],
+        now: i64,
+    ) -> Result<u64> {
         if envelope.len() > MAX_ENVELOPE {
             return Err(ParentError::ValueTooLarge {
                 len: envelope.len(),
@@ -617,7 +620,12 @@ impl MailboxStore {
         let founding = last.is_none();
         // The sender's quota before the global caps: a flooder meets its own limit long before
         // everybody's, and the check is one primary-key lookup.
-        let usage = if self.config.quota_exempt.iter().any(|k| k.as_slice() == sender) {
+        let usage = if self
+            .config
+            .quota_exempt
+            .iter()
+            .any(|k| k.as_slice() == sender)
+        {
             None
         } else {
             Some(self.charge(&tx, sender, len, founding, now)?)
@@ -904,7 +912,10 @@ impl MailboxStore {
         let mut swept = Swept::default();
         if !expired.is_empty() {
             swept.messages = tx
-                .execute("DELETE FROM mailbox_messages WHERE posted_at < ?1", [cutoff])
+                .execute(
+                    "DELETE FROM mailbox_messages WHERE posted_at < ?1",
+                    [cutoff],
+                )
                 .map_err(db)? as u64;
             for (topic, bytes) in &expired {
                 tx.execute(
@@ -992,11 +1003,13 @@ impl MailboxSession {
 
     /// The key a read proof was signed with, once it verified under this connection's challenge.
     fn reader(&self, topic: &Topic, proof: &ReadProof) -> Result<Vec<u8>> {
-        let challenge = self.challenge.ok_or_else(|| ParentError::MailboxForbidden {
-            reason: "a read proof signs this connection's challenge: ask for it first \
+        let challenge = self
+            .challenge
+            .ok_or_else(|| ParentError::MailboxForbidden {
+                reason: "a read proof signs this connection's challenge: ask for it first \
                      (Challenge)"
-                .into(),
-        })?;
+                    .into(),
+            })?;
         proof
             .verify(&challenge, topic)
             .map_err(|e| ParentError::MailboxForbidden {
@@ -1204,7 +1217,10 @@ pub fn certificate_pin(path: &Path) -> Result<String> {
         what: format!("certificate {}", path.display()),
         reason: e.to_string(),
     })?;
-    Ok(format!("sha256:{}", hex::encode(Sha256::digest(cert.as_ref()))))
+    Ok(format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(cert.as_ref()))
+    ))
 }
 
 /// The mailbox's TCP listener: like the client listener, plus an idle read timeout and a write
@@ -1281,9 +1297,9 @@ fn send(stream: &mut impl Write, response: &MailboxResponse) -> Result<()> {
         })?,
     };
     write_frame(stream, &body).map_err(|e| ParentError::Io {
-            what: "writing a mailbox response".into(),
-            reason: e.to_string(),
-        })
+        what: "writing a mailbox response".into(),
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -1329,7 +1345,8 @@ mod tests {
     }
 
     fn fetch(s: &MailboxStore, k: &SigningKey, t: &Topic, after: u64, limit: u32) -> Page {
-        s.fetch(t, after, limit, Some(&public_key_bytes(k))).unwrap()
+        s.fetch(t, after, limit, Some(&public_key_bytes(k)))
+            .unwrap()
     }
 
     #[test]
@@ -1406,7 +1423,11 @@ mod tests {
                 "not a SEC1 compressed",
             ),
             (envelope(&k, t, b"x"), vec![], "must name its members"),
-            (envelope(&k, t, b"x"), vec![pk(&key())], "must name its members"),
+            (
+                envelope(&k, t, b"x"),
+                vec![pk(&key())],
+                "must name its members",
+            ),
         ];
         for (bytes, members, why) in cases {
             let r = handle(
@@ -1480,8 +1501,12 @@ mod tests {
             .collect();
         members.push(pk(&k));
         for i in 0..3u8 {
-            s.post(&big, &envelope(&k, big, &vec![i; MAX_ENVELOPE - 300]), &members)
-                .unwrap();
+            s.post(
+                &big,
+                &envelope(&k, big, &vec![i; MAX_ENVELOPE - 300]),
+                &members,
+            )
+            .unwrap();
         }
         let mut after = 0;
         let mut seen = 0;
@@ -1580,15 +1605,13 @@ mod tests {
         // A proof before any challenge was drawn on this connection.
         let early = ReadProof::sign(&alice, &[0; CHALLENGE_LEN], &t).unwrap();
         refused(fetch_with(&mut session, Some(early)), "ask for it first");
-        let challenge = |session: &mut MailboxSession| {
-            match handle(&s, session, MailboxRequest::Challenge) {
-                MailboxResponse::Challenge { nonce } => <[u8; CHALLENGE_LEN]>::try_from(
-                    nonce.as_slice(),
-                )
-                .unwrap(),
+        let challenge =
+            |session: &mut MailboxSession| match handle(&s, session, MailboxRequest::Challenge) {
+                MailboxResponse::Challenge { nonce } => {
+                    <[u8; CHALLENGE_LEN]>::try_from(nonce.as_slice()).unwrap()
+                }
                 other => panic!("{other:?}"),
-            }
-        };
+            };
         let c = challenge(&mut session);
         // The same challenge for the whole connection; another one for another connection.
         assert_eq!(challenge(&mut session), c);
@@ -1610,7 +1633,10 @@ mod tests {
         refused(fetch_with(&mut session, Some(moved)), "does not verify");
         // A stranger's valid proof: not a member.
         let stranger_proof = ReadProof::sign(&stranger, &c, &t).unwrap();
-        refused(fetch_with(&mut session, Some(stranger_proof)), "not a member");
+        refused(
+            fetch_with(&mut session, Some(stranger_proof)),
+            "not a member",
+        );
         refused(fetch_with(&mut session, None), "members only");
     }
 
@@ -1621,9 +1647,7 @@ mod tests {
         let k = key();
         let t = [3; 16];
         post(&s, &k, t, b"old").unwrap();
-        s.conn()
-            .execute("DELETE FROM mailbox_members", [])
-            .unwrap();
+        s.conn().execute("DELETE FROM mailbox_members", []).unwrap();
         assert_eq!(s.fetch(&t, 0, 0, None).unwrap().items.len(), 1);
         assert!(s.fetch(&t, 0, 0, None).unwrap().members.is_empty());
         // Anyone may post there, as before.
@@ -1775,18 +1799,31 @@ mod tests {
         // Bytes and founded topics have their quotas too.
         let (bytes, topics) = (key(), key());
         let err = s
-            .post_at(&[2; 16], &envelope(&bytes, [2; 16], &[0; 3000]), &[pk(&bytes)], t0)
-            .and_then(|_| {
-                s.post_at(&[2; 16], &envelope(&bytes, [2; 16], &[1; 3000]), &[], t0)
-            })
+            .post_at(
+                &[2; 16],
+                &envelope(&bytes, [2; 16], &[0; 3000]),
+                &[pk(&bytes)],
+                t0,
+            )
+            .and_then(|_| s.post_at(&[2; 16], &envelope(&bytes, [2; 16], &[1; 3000]), &[], t0))
             .unwrap_err();
         assert!(err.to_string().contains("envelope bytes"), "{err}");
         for i in 0..2u8 {
-            s.post_at(&[10 + i; 16], &envelope(&topics, [10 + i; 16], b"x"), &[pk(&topics)], t0)
-                .unwrap();
+            s.post_at(
+                &[10 + i; 16],
+                &envelope(&topics, [10 + i; 16], b"x"),
+                &[pk(&topics)],
+                t0,
+            )
+            .unwrap();
         }
         let err = s
-            .post_at(&[12; 16], &envelope(&topics, [12; 16], b"x"), &[pk(&topics)], t0)
+            .post_at(
+                &[12; 16],
+                &envelope(&topics, [12; 16], b"x"),
+                &[pk(&topics)],
+                t0,
+            )
             .unwrap_err();
         assert!(err.to_string().contains("topics founded"), "{err}");
         // The next window: the flooder may post again.
@@ -1868,7 +1905,11 @@ mod tests {
         }
         write_frame(&mut input, b"\xff\x00garbage").unwrap();
         // Never read: the connection ends at the garbage.
-        write_frame(&mut input, &encode_request(&MailboxRequest::Challenge).unwrap()).unwrap();
+        write_frame(
+            &mut input,
+            &encode_request(&MailboxRequest::Challenge).unwrap(),
+        )
+        .unwrap();
         let mut output = Vec::new();
         let stream = Duplexed {
             input: input.as_slice(),
@@ -2025,7 +2066,11 @@ mod tests {
         plain
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        write_frame(&mut plain, &encode_request(&MailboxRequest::Challenge).unwrap()).unwrap();
+        write_frame(
+            &mut plain,
+            &encode_request(&MailboxRequest::Challenge).unwrap(),
+        )
+        .unwrap();
         assert!(!matches!(read_frame(&mut plain), Ok(Some(_))));
         running.shutdown();
         // Restarted: the same certificate (members keep their pin).
@@ -2105,8 +2150,7 @@ mod tests {
             ("tls_certificate = \"m.crt\"\n", "both"),
             ("unknown = 1\n", "unknown field"),
         ] {
-            let err =
-                crate::Config::from_toml(&format!("{base}[mailbox]\n{bad}")).unwrap_err();
+            let err = crate::Config::from_toml(&format!("{base}[mailbox]\n{bad}")).unwrap_err();
             assert!(err.to_string().contains(why), "{bad}: {err}");
         }
         // Relative TLS paths are resolved against the configuration's directory.

@@ -138,9 +138,10 @@ fn run_serves_the_store_and_relays_until_killed() {
     // Relay: client bytes reach the enclave and back.
     let mut client = TcpStream::connect(addr).unwrap();
     client.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // The parent connects to the enclave once the client's first bytes are in.
+    client.write_all(b"client hello").unwrap();
     let (mut conn, _) = enclave.accept().unwrap();
     conn.set_read_timeout(Some(TIMEOUT)).unwrap();
-    client.write_all(b"client hello").unwrap();
     let mut buf = [0u8; 12];
     conn.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"client hello");

@@ -26,6 +26,11 @@
 //! policy, provider key and threshold); the topic of a signature from its [`SignRequest`] (so
 //! every approval binds the exact PSBT); the topic of a share refresh from its
 //! [`refresh::RefreshProposal`]. See [`dkg`], [`sign`] and [`refresh`].
+//!
+//! A member's process may stop at any point of a DKG or a signature and run again: DKG messages
+//! carry an *attempt* and signing messages a *round*, so that a participant that lost its round
+//! secrets or nonces (never written down) makes the ceremony go on with fresh ones instead of
+//! reusing any ([`dkg`], [`sign`]).
 
 pub mod dkg;
 pub mod refresh;

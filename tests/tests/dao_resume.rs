@@ -320,9 +320,16 @@ fn a_member_killed_mid_dkg_joins_again_and_the_dkg_restarts_for_everyone() {
     });
     let killed = carol.kill();
     assert_eq!(killed.code, None, "{killed:?}");
+    // Nothing of the DKG is on Carol's disk: at most the empty file her process held its OS
+    // lock on (the lock went with the process).
+    let files = wallet_files(&homes[2], &wallet_id);
     assert!(
-        wallet_files(&homes[2], &wallet_id).is_empty(),
-        "nothing of the DKG is on Carol's disk"
+        files.iter().all(|n| n.ends_with(".join-lock")
+            && std::fs::metadata(homes[2].join("wallets").join(n))
+                .unwrap()
+                .len()
+                == 0),
+        "{files:?}"
     );
 
     // Bob joins; Carol runs the same command again: she asks for a new attempt, everyone
@@ -332,9 +339,15 @@ fn a_member_killed_mid_dkg_joins_again_and_the_dkg_restarts_for_everyone() {
     let created = json(&creator.join().unwrap());
     let carol = carol.join().unwrap();
     assert_eq!(json(&bob.join().unwrap()), created);
-    assert_eq!(json(&carol), created, "every member ends with the same wallet");
+    assert_eq!(
+        json(&carol),
+        created,
+        "every member ends with the same wallet"
+    );
     assert!(
-        carol.stderr.contains("asking the provider for a new attempt"),
+        carol
+            .stderr
+            .contains("asking the provider for a new attempt"),
         "{}",
         carol.stderr
     );
@@ -431,7 +444,11 @@ impl Dao {
         .unwrap();
         let psbt = self.d.dir.path().join(format!("{tag}.psbt"));
         std::fs::write(&psbt, &spend.psbt_base64).unwrap();
-        (spend, psbt, self.d.dir.path().join(format!("{tag}.request")))
+        (
+            spend,
+            psbt,
+            self.d.dir.path().join(format!("{tag}.request")),
+        )
     }
 
     fn sign(&self, tag: &str, psbt: &Path, request: &Path) -> Member {
@@ -522,7 +539,11 @@ fn members_killed_while_signing_run_again_and_each_spend_counts_once() {
     let alice = dao.sign("alice-1-again", &psbt, &request);
     let (alice, bob) = (alice.finish(), bob.finish());
     let first_txid = both_signed(&alice, &bob, &first);
-    assert!(alice.stderr.contains("resuming the request"), "{}", alice.stderr);
+    assert!(
+        alice.stderr.contains("resuming the request"),
+        "{}",
+        alice.stderr
+    );
     assert!(bob.stderr.contains("already approved"), "{}", bob.stderr);
     let rounds = provider_commitments(&mut watch, provider_party);
     assert_eq!(rounds.len(), 1, "one package set, round 0: {rounds:?}");
@@ -584,4 +605,122 @@ fn members_killed_while_signing_run_again_and_each_spend_counts_once() {
     let over = dao.sign("alice-4", &psbt4, &request4).finish();
     assert_eq!(over.code, Some(1), "{over:?}");
     assert!(over.stderr.contains("no rule matches"), "{}", over.stderr);
+}
+
+#[test]
+fn the_provider_restarted_mid_signing_goes_on_with_a_new_round_and_fresh_nonces() {
+    let mut dao = Dao::create();
+    let provider_party = dao.invitation.layout().unwrap().provider_parties[0];
+    // Alice requests and approves (then is stopped); Bob approves and commits (then is stopped):
+    // the provider holds round 0's nonces, waiting for Alice's commitments.
+    let (spend, psbt, request) = dao.spend("restart", BTC);
+    let alice = dao.sign("alice-r", &psbt, &request);
+    wait_for(&request);
+    let mut watch = dao.watch(&request);
+    let (alice_key, bob_key) = (dao.keys[0].clone(), dao.keys[1].clone());
+    watch.wait("Alice's approval", 1, &|s, m| {
+        s == alice_key.as_slice() && matches!(m, DaoMessage::Approval(_))
+    });
+    alice.signal("-STOP");
+    let bob = dao.approve("bob-r", &request, true);
+    watch.wait("Bob's commitments", 1, &|s, m| {
+        s == bob_key.as_slice() && matches!(m, DaoMessage::Commitments { .. })
+    });
+    bob.signal("-STOP");
+    // The provider restarts: its round-0 nonces are gone with its memory.
+    dao.d.provider.stop();
+    dao.d.provider.start_processes().unwrap();
+    assert_eq!(alice.kill().code, None);
+    assert_eq!(bob.kill().code, None);
+    // Both run their command again: the provider founds the request again after round 0.
+    let alice = dao.sign("alice-r-again", &psbt, &request);
+    let bob = dao.approve("bob-r-again", &request, false);
+    let (alice, bob) = (alice.finish(), bob.finish());
+    both_signed(&alice, &bob, &spend);
+    let rounds = provider_commitments(&mut watch, provider_party);
+    assert_eq!(
+        rounds.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
+        vec![1],
+        "round 0 never got packages; the new provider signed in round 1"
+    );
+    let provider = dao.invitation.provider_key.to_vec();
+    let round_0 = |s: &[u8], m: &DaoMessage| {
+        s == provider.as_slice() && matches!(m, DaoMessage::SignerSet { round: 0, .. })
+    };
+    assert_eq!(watch.count(&round_0), 1);
+}
+
+#[test]
+fn a_member_killed_after_storing_its_share_finds_it_when_it_joins_again() {
+    let (d, homes) = setup();
+    let invitation = d.dir.path().join("invitation");
+    let creator = spawn(&d, create_args(&d, &homes[0], &invitation));
+    wait_for(&invitation);
+    let envelope = read_envelope(&invitation).unwrap();
+    let inv = open_invitation(&envelope).unwrap();
+    let wallet_id = inv.layout().unwrap().wallet_id.to_hex();
+    let mut watch = Watch::new(&d, &homes[0], &inv, envelope.topic);
+    let (bob_key, carol_key) = (device_key(&homes[1]), device_key(&homes[2]));
+    // Each stop below is taken while the process waits for something a stopped one has not
+    // sent, so every step is deterministic.
+    // Carol posts her round 1 and is stopped (she waits for Bob's).
+    let carol = Member::start(&d, "carol-join", join_args(&homes[2], &invitation));
+    watch.wait("Carol's round 1", 1, &|s, m| {
+        s == carol_key.as_slice() && matches!(m, DaoMessage::DkgRound1 { .. })
+    });
+    carol.signal("-STOP");
+    // Bob posts rounds 1 and 2 and is stopped (he waits for Carol's round 2).
+    let bob = Member::start(&d, "bob-join", join_args(&homes[1], &invitation));
+    watch.wait("Bob's round 2", 1, &|s, m| {
+        s == bob_key.as_slice() && matches!(m, DaoMessage::DkgRound2 { .. })
+    });
+    bob.signal("-STOP");
+    // A second `join` of Bob's while his first runs is refused before it posts anything (two
+    // round-1 messages of Bob's would be equivocation).
+    let twice = run("cosigner", join_args(&homes[1], &invitation), &env(&d));
+    assert_eq!(twice.code, Some(1), "{twice:?}");
+    assert!(
+        twice
+            .stderr
+            .contains("another cosigner process of this device"),
+        "{}",
+        twice.stderr
+    );
+    // Carol goes on to her confirmation and is stopped (she waits for Bob's).
+    carol.signal("-CONT");
+    watch.wait("Carol's confirmation", 1, &|s, m| {
+        s == carol_key.as_slice() && matches!(m, DaoMessage::DkgConfirm { .. })
+    });
+    carol.signal("-STOP");
+    // Bob goes on: every confirmation is in, he stores his share and says so, and waits for the
+    // activation, which needs Carol's notice: he is killed there.
+    bob.signal("-CONT");
+    watch.wait("Bob's stored notice", 1, &|s, m| {
+        s == bob_key.as_slice() && matches!(m, DaoMessage::DkgStored { .. })
+    });
+    assert_eq!(bob.kill().code, None);
+    let files = wallet_files(&homes[1], &wallet_id);
+    assert!(
+        files.iter().any(|n| n.ends_with(".dkg")) && !files.iter().any(|n| n.ends_with(".json")),
+        "Bob holds his share in the journal, not yet as a wallet: {files:?}"
+    );
+    // Carol goes on; the wallet is activated (Bob's notice was in) without Bob's process.
+    carol.signal("-CONT");
+    let created = json(&creator.join().unwrap());
+    assert_eq!(json(&carol.finish()), created);
+    // Bob joins again: his stored share becomes his wallet, with no new DKG attempt.
+    let again = run("cosigner", join_args(&homes[1], &invitation), &env(&d));
+    assert_eq!(json(&again), created);
+    let files = wallet_files(&homes[1], &wallet_id);
+    assert!(
+        !files
+            .iter()
+            .any(|n| n.ends_with(".dkg") || n.ends_with(".join-lock")),
+        "the journal and the lock are gone once the wallet is recorded: {files:?}"
+    );
+    let provider = inv.provider_key.to_vec();
+    let attempts = |s: &[u8], m: &DaoMessage| {
+        s == provider.as_slice() && matches!(m, DaoMessage::DkgAttempt { .. })
+    };
+    assert_eq!(watch.count(&attempts), 0, "no new attempt was needed");
 }

@@ -396,13 +396,19 @@ fn the_mailbox_speaks_tls_to_members_who_pin_its_certificate() {
     for _ in 0..200 {
         let log = std::fs::read_to_string(dir.path().join("parent.log")).unwrap();
         if let Some(at) = log.find("mailbox on tls://") {
-            addr = log[at + "mailbox on ".len()..].split_whitespace().next().map(String::from);
+            addr = log[at + "mailbox on ".len()..]
+                .split_whitespace()
+                .next()
+                .map(String::from);
             break;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
     let addr = addr.expect("the parent prints the mailbox's pinned address");
-    assert!(addr.starts_with(&format!("tls://127.0.0.1:{port}#sha256:")), "{addr}");
+    assert!(
+        addr.starts_with(&format!("tls://127.0.0.1:{port}#sha256:")),
+        "{addr}"
+    );
     assert!(dir.path().join("mailbox.key").exists());
 
     let (alice, bob) = (key(), key());
@@ -421,7 +427,11 @@ fn the_mailbox_speaks_tls_to_members_who_pin_its_certificate() {
     drop(a);
     // The observer saw the exchange, but neither the body, the topic nor Alice's key.
     let captured = seen.lock().unwrap().clone();
-    assert!(captured.len() > 1000, "the relay saw {} bytes", captured.len());
+    assert!(
+        captured.len() > 1000,
+        "the relay saw {} bytes",
+        captured.len()
+    );
     let alice_key = public_key_bytes(&alice);
     for needle in [&secret[..], &topic[..], &alice_key[..]] {
         assert!(!captured.windows(needle.len()).any(|w| w == needle));
@@ -434,7 +444,11 @@ fn the_mailbox_speaks_tls_to_members_who_pin_its_certificate() {
     assert!(err.to_string().contains("pinned"), "{err}");
     // Plain TCP to it gets no mailbox answer.
     let mut raw_conn = raw(port);
-    write_frame(&mut raw_conn, &encode_request(&MailboxRequest::Challenge).unwrap()).unwrap();
+    write_frame(
+        &mut raw_conn,
+        &encode_request(&MailboxRequest::Challenge).unwrap(),
+    )
+    .unwrap();
     assert!(!matches!(read_frame(&mut raw_conn), Ok(Some(_))));
     // The restarted parent keeps its certificate, so the members' pin still holds.
     drop(parent);

@@ -732,6 +732,7 @@ impl Service {
             public_key_package: ByteBuf::from(public_key_package),
             history: Vec::new(),
             completed: Vec::new(),
+            signed_txids: Vec::new(),
         };
         self.records().save_dao_state(&wallet_id, &state)?;
         self.log(
@@ -817,8 +818,12 @@ impl Service {
             )));
         }
         let (txid, tx) = psbt::finalize(&job.request.psbt, &job.output_key, &signatures)?;
-        // The same bounded history as personal wallets (velocity windows are at most a year).
-        super::psbt::record(&mut state.history, now, job.summary.value_leaving);
+        // The same bounded history as personal wallets (velocity windows are at most a year),
+        // counted once per transaction.
+        if !state.signed_txids.iter().any(|(t, _)| *t == txid) {
+            super::psbt::record(&mut state.history, now, job.summary.value_leaving);
+            super::psbt::remember_txid(&mut state.signed_txids, &txid, now);
+        }
         state
             .completed
             .retain(|(_, at)| at.saturating_add(REQUEST_MAX_AGE_MS) >= now);

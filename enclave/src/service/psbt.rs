@@ -85,11 +85,16 @@ fn already_signed(state: &WalletState, txid: &str) -> bool {
 
 /// Remembers that `txid` was signed (and counted) at `now`.
 fn remember_signed(state: &mut WalletState, txid: &str, now: u64) {
-    state.signed_txids.push((txid.to_owned(), now));
+    remember_txid(&mut state.signed_txids, txid, now);
+}
+
+/// Adds `txid` to a bounded list of signed transactions (a year, at most [`MAX_SIGNED_TXIDS`]).
+pub(super) fn remember_txid(signed: &mut Vec<(String, u64)>, txid: &str, now: u64) {
+    signed.push((txid.to_owned(), now));
     let cutoff = now.saturating_sub(HISTORY_KEEP_MS);
-    state.signed_txids.retain(|(_, at)| *at >= cutoff);
-    let excess = state.signed_txids.len().saturating_sub(MAX_SIGNED_TXIDS);
-    state.signed_txids.drain(..excess);
+    signed.retain(|(_, at)| *at >= cutoff);
+    let excess = signed.len().saturating_sub(MAX_SIGNED_TXIDS);
+    signed.drain(..excess);
 }
 
 /// The members a personal wallet's policy is parsed against.

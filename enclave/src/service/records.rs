@@ -520,6 +520,10 @@ pub struct DaoState {
     pub history: Vec<PastSpend>,
     /// Requests signed recently (hash, ms), so a replayed request is not signed twice.
     pub completed: Vec<(ByteBuf, u64)>,
+    /// Transactions signed (txid, ms): a new request for a transaction already signed does not
+    /// count its spend again (one transaction can be mined once).
+    #[serde(default)]
+    pub signed_txids: Vec<(String, u64)>,
 }
 
 fn dao_state_key(id: &WalletId) -> String {

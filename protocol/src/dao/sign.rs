@@ -1079,8 +1079,8 @@ mod tests {
         /// The coordinator reads what is new in the mailbox and advances; its messages are posted.
         fn provider(&mut self) {
             let pkp = self.d.outputs[5].1[0].1.public_key_package.clone();
-            for (sender, m) in self.mailbox[self.read..].to_vec() {
-                let _ = self.coord.absorb(&sender, &m);
+            for (sender, m) in &self.mailbox[self.read..] {
+                let _ = self.coord.absorb(sender, m);
             }
             let out = self
                 .coord
