@@ -140,6 +140,18 @@ impl Actor {
     fn label(&self) -> String {
         format!("{}:{}", self.role, hex::encode(&self.key))
     }
+
+    /// Whether this key may still use the wallet's share under `state` (a signing session
+    /// checks it again before releasing a share): the device key while current and not
+    /// suspended by a recovery, the recovery credential while registered.
+    fn still_authorized(&self, state: &WalletState) -> bool {
+        let key = self.key.as_slice();
+        match self.role {
+            "device" => state.device_key.as_slice() == key && state.pending_device_key.is_none(),
+            "recovery" => state.recovery_key.as_slice() == key,
+            _ => false,
+        }
+    }
 }
 
 enum DkgStage {
@@ -1157,13 +1169,7 @@ impl Service {
     /// Whether the key and epoch of a signing session are still valid in the current state.
     fn recheck_signer(&self, pending: &PendingSign) -> Result<(), Failure> {
         let state = self.records().load_state(&pending.wallet_id)?;
-        let key = pending.actor.key.as_slice();
-        let still = match pending.actor.role {
-            "device" => state.device_key.as_slice() == key && state.pending_device_key.is_none(),
-            "recovery" => state.recovery_key.as_slice() == key,
-            _ => false,
-        };
-        if !still {
+        if !pending.actor.still_authorized(&state) {
             return Err(Failure::denied(
                 "the key that opened this signing session is no longer authorized (revoked or \
                  suspended by a recovery)",

@@ -497,13 +497,7 @@ impl Service {
         };
         let _guard = self.writer(&wallet_id)?;
         let mut state = self.records().load_state(&wallet_id)?;
-        let key = pending.actor.key.as_slice();
-        let still = match pending.actor.role {
-            "device" => state.device_key.as_slice() == key && state.pending_device_key.is_none(),
-            "recovery" => state.recovery_key.as_slice() == key,
-            _ => false,
-        };
-        if !still {
+        if !pending.actor.still_authorized(&state) {
             return Err(refuse(
                 "the key that opened this session is no longer authorized (recovery)".into(),
             ));
