@@ -643,10 +643,19 @@ mod tests {
             }
         );
         for (bad, field) in [
-            ("max_connections_per_source = 0", "max_connections_per_source"),
-            ("max_connections_per_source = 257", "max_connections_per_source"),
+            (
+                "max_connections_per_source = 0",
+                "max_connections_per_source",
+            ),
+            (
+                "max_connections_per_source = 257",
+                "max_connections_per_source",
+            ),
             ("handshake_timeout_seconds = 0", "handshake_timeout_seconds"),
-            ("handshake_timeout_seconds = 301", "handshake_timeout_seconds"),
+            (
+                "handshake_timeout_seconds = 301",
+                "handshake_timeout_seconds",
+            ),
             ("idle_timeout_seconds = 0", "idle_timeout_seconds"),
             ("idle_timeout_seconds = 86401", "idle_timeout_seconds"),
         ] {

@@ -457,7 +457,9 @@ enum Handler {
 impl Handler {
     fn serve(&self, id: u64, conn: &Conn, shared: &Shared, peer: Peer<'_>) {
         match self {
-            Handler::Relay { enclave, limits } => relay_one(id, conn, enclave, limits, shared, peer),
+            Handler::Relay { enclave, limits } => {
+                relay_one(id, conn, enclave, limits, shared, peer)
+            }
             Handler::Store(store, credentials) => {
                 if let Err(e) =
                     serve_store_with(Io(&**conn), store.as_ref(), credentials.as_deref())
@@ -936,7 +938,10 @@ mod tests {
         // A listener on [::] sees IPv4 clients as mapped addresses: the same source.
         assert_eq!(of("::ffff:192.0.2.1"), of("192.0.2.1"));
         // One host's /64 is one source, whatever address it picks in it.
-        assert_eq!(of("2001:db8:1:2::1"), of("2001:db8:1:2:ffff:ffff:ffff:ffff"));
+        assert_eq!(
+            of("2001:db8:1:2::1"),
+            of("2001:db8:1:2:ffff:ffff:ffff:ffff")
+        );
         assert_ne!(of("2001:db8:1:2::1"), of("2001:db8:1:3::1"));
         assert_eq!(of("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
         assert_eq!(of("127.0.0.2").to_string(), "127.0.0.2");

@@ -82,7 +82,11 @@ fn wait_for<S: Closed>(
 ) -> (usize, usize) {
     let started = Instant::now();
     loop {
-        let closed = sockets.iter_mut().map(|s| s.closed()).filter(|c| *c).count();
+        let closed = sockets
+            .iter_mut()
+            .map(|s| s.closed())
+            .filter(|c| *c)
+            .count();
         let open = sockets.len() - closed;
         if want(closed, open) {
             return (closed, open);
