@@ -261,7 +261,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             "cosigner-enclave: wallet creation needs an enrollment token signed by operator key {}",
             hex::encode(key)
         ),
-        None => eprintln!("cosigner-enclave: wallet creation is open (no [enrollment] token required)"),
+        None => {
+            eprintln!("cosigner-enclave: wallet creation is open (no [enrollment] token required)")
+        }
     }
     let audit_key = hex::encode(service.audit_public_key());
     let service = Arc::new(service);

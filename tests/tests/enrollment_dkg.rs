@@ -46,9 +46,7 @@ fn gated() -> Gated {
 
 impl Gated {
     fn device_key(&self, home: &Path) -> Vec<u8> {
-        let out = self
-            .d
-            .cosigner(["--home", p(home), "device-key", "--json"]);
+        let out = self.d.cosigner(["--home", p(home), "device-key", "--json"]);
         let v: Value = serde_json::from_str(out.ok()).unwrap();
         hex::decode(v["device_key"].as_str().unwrap()).unwrap()
     }
@@ -61,11 +59,10 @@ impl Gated {
     }
 
     fn create(&self, home: &Path, token: Option<&Path>) -> Outcome {
-        let out_key = self
-            .d
-            .dir
-            .path()
-            .join(format!("{}.recovery", home.file_name().unwrap().to_str().unwrap()));
+        let out_key = self.d.dir.path().join(format!(
+            "{}.recovery",
+            home.file_name().unwrap().to_str().unwrap()
+        ));
         let mut args = vec![
             "--home".to_owned(),
             p(home).to_owned(),
@@ -83,8 +80,7 @@ impl Gated {
 }
 
 #[test]
-fn a_gated_provider_refuses_wallet_creation_without_a_valid_token_and_accepts_an_enrolled_device()
-{
+fn a_gated_provider_refuses_wallet_creation_without_a_valid_token_and_accepts_an_enrolled_device() {
     let g = gated();
     let home = g.d.home("alice");
     let device = g.device_key(&home);

@@ -103,7 +103,15 @@ fn recover(d: &Deployment, home: &Path, w: &Wallet) -> Outcome {
 }
 
 fn epoch(d: &Deployment, home: &Path, id: &str) -> u64 {
-    let out = d.cosigner(["--home", p(home), "wallet", "show", "--wallet", id, "--json"]);
+    let out = d.cosigner([
+        "--home",
+        p(home),
+        "wallet",
+        "show",
+        "--wallet",
+        id,
+        "--json",
+    ]);
     let v: Value = serde_json::from_str(out.ok()).unwrap();
     v["epoch"].as_u64().unwrap()
 }
@@ -204,10 +212,18 @@ fn a_started_recovery_suspends_the_device_key_until_it_is_cancelled() {
     };
     for addr in [d.provider.addr(), d.recovery.addr()] {
         let mut s = Session::connect(&addr, &trust).unwrap();
-        let answer =
-            cosigner_client::wallet::authorized(&mut s, id, KeyRole::Recovery, &recovery_key, &start)
-                .unwrap();
-        assert!(matches!(answer, Response::RecoverApproved { .. }), "{answer:?}");
+        let answer = cosigner_client::wallet::authorized(
+            &mut s,
+            id,
+            KeyRole::Recovery,
+            &recovery_key,
+            &start,
+        )
+        .unwrap();
+        assert!(
+            matches!(answer, Response::RecoverApproved { .. }),
+            "{answer:?}"
+        );
     }
     let line = sign(&d, &w.home, &w.id).refused().to_owned();
     assert!(line.contains("suspended"), "{line}");
@@ -304,8 +320,8 @@ fn readers_and_signers_racing_a_dozen_refreshes_see_no_false_rollback_alarm() {
     assert_eq!(alarms.load(Ordering::SeqCst), 0, "false rollback alarms");
     assert_eq!(epoch(&d, &w.home, &w.id), landed);
     let mut s = Session::connect(&d.provider.addr(), &trust).unwrap();
-    let info = cosigner_client::wallet::provider_view(&mut s, WalletId::from_hex(&w.id).unwrap())
-        .unwrap();
+    let info =
+        cosigner_client::wallet::provider_view(&mut s, WalletId::from_hex(&w.id).unwrap()).unwrap();
     assert_eq!(info.epoch, landed);
     signs(&d, &w.home, &w);
     assert!(!d.provider.logs().contains("not the current state"));
@@ -464,7 +480,10 @@ fn the_recovery_cosigner_refuses_to_sign_on_the_device_key_alone() {
     let allowed =
         cosigner_client::wallet::authorized(&mut s, id, KeyRole::Recovery, &recovery_key, &commit)
             .unwrap();
-    assert!(matches!(allowed, Response::SignCommitted { .. }), "{allowed:?}");
+    assert!(
+        matches!(allowed, Response::SignCommitted { .. }),
+        "{allowed:?}"
+    );
 }
 
 /// Every step of a recovery, in order.

@@ -355,7 +355,14 @@ pub fn sign(g: &Globals, args: SignArgs) -> anyhow::Result<()> {
                 args.json,
             );
         }
-        return sign_psbt(g, &home, &w, psbt, args.with_recovery_key.as_deref(), args.json);
+        return sign_psbt(
+            g,
+            &home,
+            &w,
+            psbt,
+            args.with_recovery_key.as_deref(),
+            args.json,
+        );
     }
     let message: [u8; 32] = args
         .message

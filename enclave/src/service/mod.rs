@@ -434,7 +434,12 @@ impl Service {
                 params,
                 me,
                 enrollment,
-            } => self.dkg_start(session.id, params, me, enrollment.as_ref().map(|t| t.as_slice())),
+            } => self.dkg_start(
+                session.id,
+                params,
+                me,
+                enrollment.as_ref().map(|t| t.as_slice()),
+            ),
             Request::DkgRound2 { wallet_id, round1 } => {
                 self.dkg_round2(session.id, wallet_id, &round1)
             }

@@ -312,7 +312,7 @@ impl Service {
                 &destinations,
                 now_ms(),
             )?
-                .map_err(|reason| refuse(format!("refused by the wallet's policy: {reason}")))?
+            .map_err(|reason| refuse(format!("refused by the wallet's policy: {reason}")))?
         };
         self.psbt_refresh_due(&mut state, actor, &psbt_digest, summary.sighashes.len())?;
         let share = self.records().load_share(&wallet_id, state.party, epoch)?;
@@ -516,7 +516,7 @@ impl Service {
                 &pending.destinations,
                 now,
             )?
-                .map_err(|reason| refuse(format!("refused by the wallet's policy: {reason}")))?;
+            .map_err(|reason| refuse(format!("refused by the wallet's policy: {reason}")))?;
             record(&mut state.history, now, pending.value_leaving);
             remember_signed(&mut state, &pending.txid, now);
             self.records().save_state(&wallet_id, &state)?;
