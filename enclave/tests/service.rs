@@ -1418,12 +1418,14 @@ fn a_rolled_back_state_is_refused() {
     });
     let mut session = h.session();
     let wallet = create_wallet(&h, &mut session);
-    let state = h.store.key_of(&wallet.id, "/state");
-    let old = h.store.value(&state);
+    // State blobs are stored under their digest; the anchor names the current one.
+    let old_key = h.store.key_of(&wallet.id, "/state");
+    let old = h.store.value(&old_key);
     sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+    let state = h.store.key_of(&wallet.id, "/state");
     let new = h.store.value(&state);
     assert_ne!(old, new, "signing did not rewrite the state");
-    // The host serves the older (validly sealed) state: refused.
+    // The host serves the older (validly sealed) state in the current one's place: refused.
     h.store.put(&state, &old).unwrap();
     assert_eq!(
         get_wallet_refusal(&h, &mut session, wallet.id),
@@ -1434,6 +1436,14 @@ fn a_rolled_back_state_is_refused() {
         &[ErrorKind::Integrity],
         "rolled back state",
     );
+    // Or brings the older one back under its own name and drops the current one: refused too.
+    h.store.delete(&state).unwrap();
+    h.store.put(&old_key, &old).unwrap();
+    assert_eq!(
+        get_wallet_refusal(&h, &mut session, wallet.id),
+        ErrorKind::Integrity
+    );
+    h.store.delete(&old_key).unwrap();
     h.store.put(&state, &new).unwrap();
     sign_with(&h, &mut session, &wallet, 1, MESSAGE);
 }

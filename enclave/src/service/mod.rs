@@ -837,8 +837,20 @@ impl Service {
                 )));
             }
         }
-        if !map.contains_key(&id) {
-            evict_oldest(&mut map, MAX_PENDING, |p| p.started);
+        // Full: the oldest ceremony that is not a recovery makes room (a recovery is never
+        // evicted: the owner's way back must not depend on how busy strangers keep the table).
+        if !map.contains_key(&id) && map.len() >= MAX_PENDING {
+            let oldest = map
+                .iter()
+                .filter(|(_, p)| !p.recovery)
+                .min_by_key(|(_, p)| p.started)
+                .map(|(k, _)| *k);
+            match oldest {
+                Some(k) => {
+                    map.remove(&k);
+                }
+                None => return Err(Failure::busy("too many recoveries in progress")),
+            }
         }
         map.insert(id, pending);
         Ok(())
@@ -904,23 +916,30 @@ impl Service {
         if let Some(done) = self.dkg_already_confirmed(&wallet_id, registration)? {
             return Ok(done);
         }
-        let p = {
-            let mut dkgs = lock(&self.dkgs)?;
-            dkgs.remove(&wallet_id)
+        // Everything is checked before the DKG is taken out of the table: a bogus confirmation
+        // from someone who learnt the wallet id cannot destroy another session's ceremony.
+        let (params, party, ours, enrolled) = {
+            let dkgs = lock(&self.dkgs)?;
+            let p = dkgs
+                .get(&wallet_id)
                 .filter(|p| p.started.elapsed() < DKG_TTL)
                 .ok_or_else(|| {
                     Failure::new(
                         ErrorKind::NotFound,
                         format!("no DKG running for wallet {wallet_id} (expired)"),
                     )
-                })?
+                })?;
+            let DkgStage::Round3(state) = &p.stage else {
+                return Err(Failure::bad("DKG is not waiting for confirmations"));
+            };
+            (
+                state.params().clone(),
+                state.me(),
+                state.confirmation().clone(),
+                p.key.clone(),
+            )
         };
-        let DkgStage::Round3(state) = p.stage else {
-            return Err(Failure::bad("DKG is not waiting for confirmations"));
-        };
-        let params = state.params().clone();
-        let party = state.me();
-        let output = state.handle_confirmations(confirmations)?;
+        refresh::check_commit(&sorted(&params.parties), party, &ours, confirmations)?;
         // Both keys prove possession over this wallet and this DKG's transcript.
         let device_key = normalise_public_key(&registration.device_key)?;
         let recovery_key = normalise_public_key(&registration.recovery_key)?;
@@ -929,7 +948,7 @@ impl Service {
                 "the recovery credential must differ from the device key",
             ));
         }
-        if !p.key.is_empty() && p.key != device_key {
+        if !enrolled.is_empty() && enrolled != device_key {
             return Err(Failure::denied(
                 "the device key registered is not the one the enrollment token names",
             ));
@@ -937,7 +956,7 @@ impl Service {
         let (policy, network) = psbt::creation_terms(registration, &device_key)?;
         let digest = registration_digest_with(
             &wallet_id,
-            &output.transcript_hash,
+            &ours.transcript_hash,
             &registration.device_key,
             &registration.recovery_key,
             registration.policy.as_deref(),
@@ -947,6 +966,18 @@ impl Service {
             .map_err(|_| Failure::denied("device key registration signature"))?;
         verify_digest(&recovery_key, &digest, &registration.recovery_signature)
             .map_err(|_| Failure::denied("recovery credential registration signature"))?;
+        let taken = lock(&self.dkgs)?.remove(&wallet_id);
+        let Some(Pending {
+            stage: DkgStage::Round3(state),
+            ..
+        }) = taken
+        else {
+            return Err(Failure::new(
+                ErrorKind::NotFound,
+                format!("no DKG running for wallet {wallet_id} (finished meanwhile)"),
+            ));
+        };
+        let output = state.handle_confirmations(confirmations)?;
         let pkp = output.public_key_package.serialize().map_err(internal)?;
         let share = ShareRecord {
             epoch: 0,
@@ -978,13 +1009,15 @@ impl Service {
         }
         self.records().save_share(&wallet_id, party, &share)?;
         self.records().save_state(&wallet_id, &state)?;
-        self.log(
+        // Committed: a failure to append the audit entry now must not make the client believe
+        // the wallet was not created (it would throw its share away).
+        let _ = self.log(
             &wallet_id,
             "create",
             &format!("device:{}", hex::encode(&device_key)),
             &output.transcript_hash,
             &psbt::creation_decision(&state),
-        )?;
+        );
         Ok(Response::DkgDone {
             wallet: info(wallet_id, &state)?,
         })
@@ -1056,6 +1089,16 @@ impl Service {
                 state.current_epoch
             )));
         }
+        // The quota first: a refused session must not count a signature or log one as allowed.
+        let open = lock(&self.signs)?
+            .values()
+            .filter(|s| s.wallet_id == wallet_id && s.started.elapsed() < SIGN_TTL)
+            .count();
+        if open >= MAX_SIGNS_PER_WALLET {
+            return Err(Failure::busy(format!(
+                "wallet {wallet_id} has {open} signing sessions open: finish or let them expire"
+            )));
+        }
         let age = Duration::from_millis(now_ms().saturating_sub(state.epoch_started_ms));
         if let Some(limit) = self.policy.after
             && age > limit
@@ -1088,8 +1131,17 @@ impl Service {
                 )));
             }
             let _guard = self.writer(&wallet_id)?;
-            // Re-read under the lock: a concurrent signature's count must not be lost.
+            // Re-read under the lock: a concurrent signature's count must not be lost, and a
+            // suspension or revocation that landed meanwhile must stop this one.
             state = self.records().load_state(&wallet_id)?;
+            if !actor.still_authorized(&state)
+                || (epoch != state.current_epoch && !state.retained_epochs.contains(&epoch))
+            {
+                return Err(Failure::denied(
+                    "the key or epoch of this request is no longer valid (a recovery or \
+                     refresh landed meanwhile)",
+                ));
+            }
             if state.signatures >= limit {
                 return Err(Failure::bad(format!(
                     "refresh required: {} signatures in this epoch, the policy allows {limit}",
@@ -1305,7 +1357,7 @@ impl Service {
         {
             let _guard = self.writer(&wallet_id)?;
             self.records()
-                .save_prepared(&wallet_id, state.party, &prepared, p.recovery)?;
+                .save_prepared(&wallet_id, state.party, &prepared)?;
         }
         Self::put(
             &self.refreshes,
@@ -1379,8 +1431,18 @@ impl Service {
                 prepared.from_epoch, state.current_epoch
             )));
         }
-        if prepared.recovery && state.pending_device_key.is_none() {
-            return Err(Failure::denied("no recovery in progress"));
+        // Re-checked under the lock: a recovery started or restarted with another key, or a
+        // suspension, that landed since the check above.
+        if prepared.recovery
+            && state.pending_device_key.as_ref().map(|k| k.as_slice())
+                != Some(prepared.started_by.as_slice())
+        {
+            return Err(Failure::denied(
+                "the recovery that started this refresh is no longer the one in progress",
+            ));
+        }
+        if actor.role == "device" && !actor.still_authorized(&state) {
+            return Err(Failure::denied("this device key is suspended or revoked"));
         }
         self.records().save_share(&wallet_id, me, &prepared.share)?;
         // Keep every older epoch still stored until RefreshFinalize: a party that did not commit
@@ -1405,11 +1467,10 @@ impl Service {
         let mut action = "refresh";
         if prepared.recovery {
             // The recovery completes: the new device's key replaces the old one, which is revoked.
-            if let Some(new_key) = state.pending_device_key.take() {
-                let old = std::mem::replace(&mut state.device_key, new_key);
-                state.revoked_keys.push(old);
-                action = "recover";
-            }
+            state.pending_device_key = None;
+            let old = std::mem::replace(&mut state.device_key, prepared.started_by.clone());
+            state.revoked_keys.push(old);
+            action = "recover";
         }
         self.records().save_state(&wallet_id, &state)?;
         // Committed. The other prepared refreshes to this epoch can never commit now.

@@ -1,17 +1,25 @@
 //! What the enclave keeps per wallet, sealed, in the parent's store:
 //!
 //! ```text
-//! wallet/<id>/state          WalletState: parties, current epoch, registered keys, revocations
-//! wallet/<id>/share/e<n>     ShareRecord: this enclave's KeyPackage and the PublicKeyPackage at epoch n
-//! dao/<id>/state             DaoState: invitation, policy, spend history, completed requests
-//! dao/<id>/share/p<p>/e<n>   ShareRecord of the provider's party p of a DAO wallet
+//! wallet/<id>/state/<sha256>   WalletState: parties, current epoch, registered keys, revocations
+//! wallet/<id>/share/e<n>       ShareRecord: this enclave's KeyPackage and the PublicKeyPackage at epoch n
+//! wallet/<id>/prepared/e<n>/<transcript>  PreparedRecord: a refresh to epoch n, not yet committed
+//! dao/<id>/state/<sha256>      DaoState: invitation, policy, spend history, completed requests
+//! dao/<id>/share/p<p>/e<n>     ShareRecord of the provider's party p of a DAO wallet
 //! ```
 //!
-//! Shares are bound (AAD) to wallet, party and epoch. The state is additionally anchored: its
-//! SHA-256 sits in a token object ([`Anchor`]) that the host cannot roll back, so serving an older
-//! state (one where a since-revoked key was still valid, or an older epoch current) is refused.
-//! Updates are crash-safe: the anchor first records the new digest as *pending*, then the blob is
-//! written, then the pending digest becomes current; a blob matching either is accepted.
+//! Shares are bound (AAD) to wallet, party and epoch. The state is additionally anchored: the
+//! SHA-256 of the current sealed state blob sits in a token object ([`Anchor`]) that the host
+//! cannot roll back, and the blob is stored under that digest. Serving an older state (one where
+//! a since-revoked key was still valid, or an older epoch current) is refused: the enclave reads
+//! only the blob the anchor names.
+//!
+//! The anchor's compare-and-swap is the one commit point of a state change: the new blob is
+//! written under its own digest first (nothing reads it yet), then the anchor moves from the old
+//! digest to the new one, then the old blob is deleted. A crash between any two steps leaves the
+//! old or the new state, never a window in which both load; a write whose anchor step failed
+//! ambiguously is resolved by reading the anchor back, and unresolved it is reported as failed
+//! only if the anchor still names the old state.
 
 use cosigner_kms::{SealContext, Sealer};
 use cosigner_protocol::dao::Invitation;
@@ -23,7 +31,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
 use super::Failure;
-use super::anchor::{Anchor, AnchorError, Versioned};
+use super::anchor::{Anchor, AnchorError};
 use crate::store::BlobStore;
 
 // Every record kind is sealed under a purpose of its own (part of the AAD), so a blob of one kind
@@ -100,8 +108,8 @@ impl Drop for ShareRecord {
     }
 }
 
-fn state_key(id: &WalletId) -> String {
-    format!("wallet/{}/state", id.to_hex())
+fn state_prefix(id: &WalletId) -> String {
+    format!("wallet/{}/state/", id.to_hex())
 }
 
 fn share_key(id: &WalletId, epoch: u64) -> String {
@@ -114,21 +122,6 @@ fn anchor_label(id: &WalletId) -> String {
 
 /// How often a read retries when a writer moved the anchor under it.
 const LOAD_ATTEMPTS: usize = 8;
-
-/// An anchor's generation, current digest and pending digest (if a write is in progress).
-fn split_anchor(anchor: Option<&Versioned>) -> (Option<u64>, [u8; 32], Option<[u8; 32]>) {
-    let Some(v) = anchor else {
-        return (None, [0; 32], None);
-    };
-    let digest =
-        |r: std::ops::Range<usize>| v.value.get(r).and_then(|d| <[u8; 32]>::try_from(d).ok());
-    let pending = digest(32..64).filter(|d| *d != [0; 32]);
-    (
-        Some(v.generation),
-        digest(0..32).unwrap_or([0; 32]),
-        pending,
-    )
-}
 
 fn anchor_failure(e: AnchorError) -> Failure {
     match e {
@@ -183,18 +176,22 @@ impl Records<'_> {
 
     /// Whether any record of this wallet exists (state or anchor).
     pub fn exists(&self, id: &WalletId) -> Result<bool, Failure> {
-        Ok(self.store.get(&state_key(id)).map_err(internal)?.is_some()
-            || self
-                .anchor
-                .read(&anchor_label(id))
-                .map_err(anchor_failure)?
-                .is_some())
+        self.any_state(&state_prefix(id), &anchor_label(id))
     }
 
-    /// Writes the state, moving the anchor with it (pending, write, current).
+    fn any_state(&self, prefix: &str, label: &str) -> Result<bool, Failure> {
+        Ok(self
+            .anchor
+            .read(label)
+            .map_err(anchor_failure)?
+            .is_some()
+            || !self.store.list(prefix).map_err(internal)?.is_empty())
+    }
+
+    /// Writes the state, moving the anchor with it (see the module docs).
     pub fn save_state(&self, id: &WalletId, state: &WalletState) -> Result<(), Failure> {
         self.save_anchored(
-            &state_key(id),
+            &state_prefix(id),
             &anchor_label(id),
             &Self::state_ctx(id),
             state,
@@ -215,88 +212,96 @@ impl Records<'_> {
     /// Reads the state, refusing anything but the anchored one.
     pub fn load_state(&self, id: &WalletId) -> Result<WalletState, Failure> {
         let state: WalletState =
-            self.load_anchored(id, &state_key(id), &anchor_label(id), &Self::state_ctx(id))?;
+            self.load_anchored(id, &state_prefix(id), &anchor_label(id), &Self::state_ctx(id))?;
         if state.params.wallet_id != *id {
             return Err(integrity(id, "it names another wallet"));
         }
         Ok(state)
     }
 
-    /// Seals `value` under `ctx` to `key`, moving the anchor `label` with it: the new digest is
-    /// first recorded as pending, then the blob written, then the digest made current.
+    /// Seals `value` under `ctx`, stores it under `prefix` + its digest and moves the anchor
+    /// `label` to that digest (compare-and-swap on the generation read first), then deletes the
+    /// blob it replaced.
     ///
-    /// The caller holds the wallet's writer lock (one writer per wallet); every anchor write is a
-    /// compare-and-swap on the generation read here, so a writer that is not alone fails with
-    /// nothing written ([`ErrorKind::Busy`]). The base of the new anchor is what is *stored* now:
-    /// after a write that crashed between the blob and the anchor, that is the pending digest.
-    /// A failure is reported only when nothing committed: once the blob is written the new state
-    /// is what loads, so a failure of the last anchor step is left for the next write to finish.
+    /// The caller holds the wallet's writer lock (one writer per wallet); a writer that is not
+    /// alone fails at the swap with nothing committed ([`ErrorKind::Busy`]). A failure is
+    /// reported only when the anchor does not name the new state: an ambiguous backend failure
+    /// of the swap is resolved by reading the anchor back.
     fn save_anchored<T: Serialize>(
         &self,
-        key: &str,
+        prefix: &str,
         label: &str,
         ctx: &SealContext,
         value: &T,
     ) -> Result<(), Failure> {
         let blob = self.seal(ctx, value)?;
         let digest: [u8; 32] = Sha256::digest(&blob).into();
-        let anchor = self.anchor.read(label).map_err(anchor_failure)?;
-        let stored = self
-            .store
-            .get(key)
-            .map_err(internal)?
-            .map(|b| <[u8; 32]>::from(Sha256::digest(&b)));
-        let (generation, current, pending) = split_anchor(anchor.as_ref());
-        let base = match (stored, pending) {
-            (Some(s), Some(p)) if s == p => p,
-            _ => current,
+        let before = self.anchor.read(label).map_err(anchor_failure)?;
+        let key = format!("{prefix}{}", hex::encode(digest));
+        self.store.put(&key, &blob).map_err(internal)?;
+        let expected = before.as_ref().map(|v| v.generation);
+        let committed = match self.anchor.write(label, expected, &digest) {
+            Ok(_) => true,
+            Err(AnchorError::Conflict { .. }) => false,
+            // Did the swap happen? Ask the anchor itself (the cache dropped its entry).
+            Err(e) => match self.anchor.read(label) {
+                Ok(Some(now)) if now.value.as_slice() == digest => true,
+                _ => {
+                    return Err(internal(format!("state not written: {e}")));
+                }
+            },
         };
-        let generation = self
-            .anchor
-            .write(label, generation, &[&base[..], &digest].concat())
-            .map_err(anchor_failure)?;
-        self.store.put(key, &blob).map_err(internal)?;
-        // Committed: a blob matching the pending digest loads. Finishing is an optimisation.
-        let _ = self
-            .anchor
-            .write(label, Some(generation), &[&digest[..], &[0u8; 32]].concat());
+        if !committed {
+            let _ = self.store.delete(&key);
+            return Err(Failure::new(
+                ErrorKind::Busy,
+                "another write of this wallet came first; try again",
+            ));
+        }
+        if let Some(old) = before.filter(|v| v.value.as_slice() != digest) {
+            // Unreferenced from now on; a blob left behind by a failed delete is never read.
+            let _ = self
+                .store
+                .delete(&format!("{prefix}{}", hex::encode(&old.value)));
+        }
         Ok(())
     }
 
-    /// Reads the blob at `key`, refusing anything but the one anchored at `label`. Never writes:
-    /// a pending digest is accepted as it is (the next writer, under the wallet's lock, finishes
-    /// it). The anchor is read before and after the blob; if it moved meanwhile (a concurrent
-    /// writer), the read is repeated, so a reader never mistakes a write in progress for a
-    /// rollback.
+    /// Reads the blob the anchor `label` names under `prefix`. Never writes. If the blob is
+    /// missing and the anchor moved meanwhile (a writer deleted the state it replaced), the read
+    /// is repeated, so a reader never mistakes a concurrent write for a rollback.
     fn load_anchored<T: serde::de::DeserializeOwned>(
         &self,
         id: &WalletId,
-        key: &str,
+        prefix: &str,
         label: &str,
         ctx: &SealContext,
     ) -> Result<T, Failure> {
         for _ in 0..LOAD_ATTEMPTS {
-            let before = self.anchor.read(label).map_err(anchor_failure)?;
-            let blob = self.store.get(key).map_err(internal)?;
-            let after = self.anchor.read(label).map_err(anchor_failure)?;
-            if before.as_ref().map(|v| v.generation) != after.as_ref().map(|v| v.generation) {
-                continue;
-            }
-            let Some(blob) = blob else {
-                return Err(match after {
-                    Some(_) => integrity(id, "the host no longer serves it"),
-                    None => Failure::new(ErrorKind::NotFound, format!("unknown wallet {id}")),
+            let Some(anchor) = self.anchor.read(label).map_err(anchor_failure)? else {
+                return Err(if self.store.list(prefix).map_err(internal)?.is_empty() {
+                    Failure::new(ErrorKind::NotFound, format!("unknown wallet {id}"))
+                } else {
+                    integrity(id, "this enclave's token holds no anchor for it")
                 });
             };
-            if after.is_none() {
-                return Err(integrity(id, "this enclave's token holds no anchor for it"));
-            }
-            let digest: [u8; 32] = Sha256::digest(&blob).into();
-            let (_, current, pending) = split_anchor(after.as_ref());
-            if current != digest && pending != Some(digest) {
+            let key = format!("{prefix}{}", hex::encode(&anchor.value));
+            let Some(blob) = self.store.get(&key).map_err(internal)? else {
+                let again = self.anchor.read(label).map_err(anchor_failure)?;
+                if again.as_ref().map(|v| v.generation) != Some(anchor.generation) {
+                    continue;
+                }
                 return Err(integrity(
                     id,
-                    "it is not the current state (rolled back, replaced or altered by the host)",
+                    "it is not the current state (the host no longer serves the current one: \
+                     deleted or rolled back)",
+                ));
+            };
+            let digest: [u8; 32] = Sha256::digest(&blob).into();
+            if anchor.value.as_slice() != digest {
+                return Err(integrity(
+                    id,
+                    "it is not the current state (replaced or altered by the host)",
                 ));
             }
             let plain = self.sealer.open(ctx, &blob).map_err(|e| integrity(id, e))?;
@@ -402,48 +407,55 @@ pub struct PreparedRecord {
     pub started_by: ByteBuf,
 }
 
-/// Most prepared refreshes kept per wallet and epoch: beyond, a new refresh is refused until one
-/// is committed (never evicted: a refresh committed at the other cosigner must stay reachable).
+/// Most prepared refreshes kept per wallet, epoch and starting key. A device's are never
+/// evicted (one committed at the other cosigner must stay reachable): beyond, its new refreshes
+/// are refused. A recovering device's key replaces its own older ones instead (its client rolls
+/// every commit forward before it starts another refresh), so failed recovery attempts cannot
+/// use the slots up, and nobody else's records count against it.
 pub const MAX_PREPARED: usize = 4;
 
 fn prepared_prefix(id: &WalletId, epoch: u64) -> String {
     format!("wallet/{}/prepared/e{epoch:020}/", id.to_hex())
 }
 
-fn prepared_key(id: &WalletId, epoch: u64, transcript_hash: &[u8]) -> String {
-    format!(
-        "{}{}",
-        prepared_prefix(id, epoch),
-        hex::encode(transcript_hash)
-    )
+/// The starting key's slot: a short hash of the key.
+fn starter_tag(started_by: &[u8]) -> String {
+    hex::encode(Sha256::digest(started_by).get(..8).unwrap_or_default())
 }
 
 impl Records<'_> {
-    /// Stores a prepared refresh, refusing more than [`MAX_PREPARED`] for one epoch (twice that
-    /// for a recovery's refresh, so a device that filled the slots cannot block a recovery).
+    /// Stores a prepared refresh within its starting key's [`MAX_PREPARED`] slots.
     pub fn save_prepared(
         &self,
         id: &WalletId,
         party: u16,
         prepared: &PreparedRecord,
-        recovery: bool,
     ) -> Result<(), Failure> {
         let epoch = prepared.share.epoch;
-        let key = prepared_key(id, epoch, &prepared.confirmation.transcript_hash);
-        let existing = self.prepared_keys(id, epoch)?;
-        let limit = if recovery {
-            2 * MAX_PREPARED
-        } else {
-            MAX_PREPARED
-        };
-        if !existing.contains(&key) && existing.len() >= limit {
-            return Err(Failure::new(
-                ErrorKind::Busy,
-                format!(
-                    "wallet {id} has {MAX_PREPARED} unfinished refreshes to epoch {epoch}: commit \
-                     one (or recover) first"
-                ),
-            ));
+        let mine = format!(
+            "{}{}-",
+            prepared_prefix(id, epoch),
+            starter_tag(&prepared.started_by)
+        );
+        let key = format!(
+            "{mine}{}",
+            hex::encode(&prepared.confirmation.transcript_hash)
+        );
+        let existing: Vec<String> = self
+            .prepared_keys(id, epoch)?
+            .into_iter()
+            .filter(|k| k.starts_with(&mine) && *k != key)
+            .collect();
+        if existing.len() >= MAX_PREPARED {
+            if !prepared.recovery {
+                return Err(Failure::bad(format!(
+                    "wallet {id} has {MAX_PREPARED} unfinished refreshes to epoch {epoch} from \
+                     this key: finish one (run the refresh again) or recover"
+                )));
+            }
+            for old in existing.iter().skip(MAX_PREPARED - 1) {
+                self.store.delete(old).map_err(internal)?;
+            }
         }
         let blob = self.seal(
             &Self::share_ctx(PREPARED_PURPOSE, id, party, epoch),
@@ -460,11 +472,15 @@ impl Records<'_> {
         epoch: u64,
         transcript_hash: &[u8],
     ) -> Result<Option<PreparedRecord>, Failure> {
-        let Some(blob) = self
-            .store
-            .get(&prepared_key(id, epoch, transcript_hash))
-            .map_err(internal)?
+        let suffix = format!("-{}", hex::encode(transcript_hash));
+        let Some(key) = self
+            .prepared_keys(id, epoch)?
+            .into_iter()
+            .find(|k| k.ends_with(&suffix))
         else {
+            return Ok(None);
+        };
+        let Some(blob) = self.store.get(&key).map_err(internal)? else {
             return Ok(None);
         };
         let plain = self
@@ -526,8 +542,8 @@ pub struct DaoState {
     pub signed_txids: Vec<(String, u64)>,
 }
 
-fn dao_state_key(id: &WalletId) -> String {
-    format!("dao/{}/state", id.to_hex())
+fn dao_state_prefix(id: &WalletId) -> String {
+    format!("dao/{}/state/", id.to_hex())
 }
 
 fn dao_share_key(id: &WalletId, party: u16, epoch: u64) -> String {
@@ -550,22 +566,13 @@ impl Records<'_> {
 
     /// Whether a DAO wallet (state or anchor) exists.
     pub fn dao_exists(&self, id: &WalletId) -> Result<bool, Failure> {
-        Ok(self
-            .store
-            .get(&dao_state_key(id))
-            .map_err(internal)?
-            .is_some()
-            || self
-                .anchor
-                .read(&dao_anchor_label(id))
-                .map_err(anchor_failure)?
-                .is_some())
+        self.any_state(&dao_state_prefix(id), &dao_anchor_label(id))
     }
 
     /// Writes a DAO wallet's state (anchored like a personal wallet's).
     pub fn save_dao_state(&self, id: &WalletId, state: &DaoState) -> Result<(), Failure> {
         self.save_anchored(
-            &dao_state_key(id),
+            &dao_state_prefix(id),
             &dao_anchor_label(id),
             &Self::dao_state_ctx(id),
             state,
@@ -576,7 +583,7 @@ impl Records<'_> {
     pub fn load_dao_state(&self, id: &WalletId) -> Result<DaoState, Failure> {
         let state: DaoState = self.load_anchored(
             id,
-            &dao_state_key(id),
+            &dao_state_prefix(id),
             &dao_anchor_label(id),
             &Self::dao_state_ctx(id),
         )?;
@@ -631,7 +638,7 @@ impl Records<'_> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::service::anchor::InsecureMemoryAnchor;
+    use crate::service::anchor::{InsecureMemoryAnchor, Versioned};
     use crate::store::MemoryStore;
     use cosigner_kms::SEAL_KEY_ID_LEN;
     use zeroize::Zeroizing;
@@ -670,34 +677,34 @@ mod tests {
         }
     }
 
-    /// Fails the `n`th write (0-based) and every later one: a crash at that step.
-    struct CrashingAnchor {
+    /// Fails the `n`th write (0-based): before it takes effect, or after (`lands`), as a
+    /// token that wrote the object and then lost the answer.
+    struct FlakyAnchor {
         inner: InsecureMemoryAnchor,
         writes: std::sync::atomic::AtomicUsize,
-        crash_at: usize,
+        fail_at: usize,
+        lands: bool,
     }
 
-    impl Anchor for CrashingAnchor {
+    impl Anchor for FlakyAnchor {
         fn read(&self, label: &str) -> Result<Option<Versioned>, AnchorError> {
             self.inner.read(label)
         }
 
-        fn write(
-            &self,
-            label: &str,
-            expected: Option<u64>,
-            value: &[u8],
-        ) -> Result<u64, AnchorError> {
+        fn write(&self, label: &str, expected: Option<u64>, value: &[u8]) -> Result<u64, AnchorError> {
             let n = self
                 .writes
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            if n >= self.crash_at {
-                return Err(AnchorError::Backend {
-                    label: label.into(),
-                    reason: "crashed".into(),
-                });
+            if n != self.fail_at {
+                return self.inner.write(label, expected, value);
             }
-            self.inner.write(label, expected, value)
+            if self.lands {
+                self.inner.write(label, expected, value)?;
+            }
+            Err(AnchorError::Backend {
+                label: label.into(),
+                reason: "lost".into(),
+            })
         }
     }
 
@@ -728,18 +735,17 @@ mod tests {
         }
     }
 
-    /// A crash between any two steps of an anchored write (before the first anchor write, after
-    /// it, after the blob, after the last) leaves a wallet that loads, at the old or the new
-    /// state, and the next write succeeds.
+    /// A state write whose anchor step fails is reported failed exactly when the old state is
+    /// still the one that loads, and succeeded when the new one does; never both loadable.
     #[test]
-    fn a_crash_between_any_two_steps_of_a_state_write_leaves_a_wallet_that_loads() {
+    fn an_anchor_write_that_fails_is_reported_exactly_as_it_landed() {
         let id = WalletId([5; 16]);
-        // Writes: creation = 2 anchor writes; the update = 2 more (pending, current).
-        for crash_at in 2..=4 {
-            let anchor = CrashingAnchor {
+        for lands in [false, true] {
+            let anchor = FlakyAnchor {
                 inner: InsecureMemoryAnchor::default(),
                 writes: 0.into(),
-                crash_at,
+                fail_at: 1,
+                lands,
             };
             let store = MemoryStore::default();
             let records = Records {
@@ -750,27 +756,35 @@ mod tests {
             records.save_state(&id, &state(id, 0)).unwrap();
             let update = records.save_state(&id, &state(id, 1));
             let loaded = records.load_state(&id).unwrap();
-            match crash_at {
-                // Nothing committed: reported, old state.
-                2 => {
-                    assert!(update.is_err());
-                    assert_eq!(loaded.current_epoch, 0);
-                }
-                // Blob written, last anchor step lost: committed, not reported, new state.
-                _ => {
-                    assert!(update.is_ok(), "{crash_at}: {update:?}");
-                    assert_eq!(loaded.current_epoch, 1);
-                }
-            }
-            // The "restarted" enclave writes on from there.
-            let fresh = Records {
-                sealer: &ContextSealer,
-                store: &store,
-                anchor: &anchor.inner,
-            };
-            fresh.save_state(&id, &state(id, 7)).unwrap();
-            assert_eq!(fresh.load_state(&id).unwrap().current_epoch, 7);
+            assert_eq!(update.is_ok(), lands, "{update:?}");
+            assert_eq!(loaded.current_epoch, u64::from(lands));
+            // Whatever happened, exactly one state blob is referenced and the next write works.
+            records.save_state(&id, &state(id, 7)).unwrap();
+            assert_eq!(records.load_state(&id).unwrap().current_epoch, 7);
         }
+    }
+
+    /// A crash after the new blob was stored but before the anchor moved leaves the old state.
+    #[test]
+    fn a_crash_before_the_anchor_moves_leaves_the_old_state() {
+        let id = WalletId([8; 16]);
+        let anchor = InsecureMemoryAnchor::default();
+        let store = MemoryStore::default();
+        let records = Records {
+            sealer: &ContextSealer,
+            store: &store,
+            anchor: &anchor,
+        };
+        records.save_state(&id, &state(id, 0)).unwrap();
+        // The "crashed" write: a sealed blob of epoch 3 stored, the anchor untouched.
+        let blob = records
+            .seal(&Records::state_ctx(&id), &state(id, 3))
+            .unwrap();
+        let digest: [u8; 32] = Sha256::digest(&blob).into();
+        store
+            .put(&format!("{}{}", state_prefix(&id), hex::encode(digest)), &blob)
+            .unwrap();
+        assert_eq!(records.load_state(&id).unwrap().current_epoch, 0);
     }
 
     /// An older state blob served by the host is refused; a conflicting anchor writer gets Busy.
@@ -785,9 +799,17 @@ mod tests {
             anchor: &anchor,
         };
         records.save_state(&id, &state(id, 0)).unwrap();
-        let old = store.get(&state_key(&id)).unwrap().unwrap();
+        let old = store.list(&state_prefix(&id)).unwrap().pop().unwrap();
+        let old_blob = store.get(&old).unwrap().unwrap();
         records.save_state(&id, &state(id, 1)).unwrap();
-        store.put(&state_key(&id), &old).unwrap();
+        // The host brings the old blob back and serves it under the current key.
+        let current = store.list(&state_prefix(&id)).unwrap().pop().unwrap();
+        store.put(&old, &old_blob).unwrap();
+        assert_eq!(records.load_state(&id).unwrap().current_epoch, 1);
+        store.put(&current, &old_blob).unwrap();
+        let refused = records.load_state(&id).unwrap_err();
+        assert_eq!(refused.0.kind, ErrorKind::Integrity);
+        store.delete(&current).unwrap();
         let refused = records.load_state(&id).unwrap_err();
         assert_eq!(refused.0.kind, ErrorKind::Integrity);
         // Someone else moved the anchor between our read and our write.
