@@ -257,6 +257,14 @@ pub fn create_with(
         recovery_signature: ByteBuf::from(sign_digest(&recovery_key, &digest)?.to_vec()),
         policy: policy.map(str::to_owned),
         network: Some(network.name().to_owned()),
+        // The provider's attested audit key: the recovery cosigner will commit refreshed epochs
+        // only with the provider's receipt under it.
+        provider_key: provider
+            .attestation()
+            .doc
+            .public_key
+            .clone()
+            .map(ByteBuf::from),
     };
     let confirm = Request::DkgConfirm {
         wallet_id,
@@ -659,9 +667,12 @@ fn roll_forward(
         } else {
             (&c, &mut *provider)
         };
+        // The provider leads (the recovery cosigner commits only with its receipt); a wallet
+        // registered before receipts may have either ahead.
         let commit = Request::RefreshCommit {
             wallet_id,
             confirmations: leader.confirmations.clone(),
+            provider_receipt: leader.receipt.clone(),
         };
         match authorized_retrying(lagging, wallet_id, KeyRole::Device, device_key, &commit)? {
             Response::RefreshCommitted { .. } => {}
@@ -747,18 +758,26 @@ fn refresh_from(
     // the new share here and finishes (see `resume`) instead of losing it.
     let prepared = zeroize::Zeroizing::new(output.key_package.serialize().map_err(internal)?);
     home.save_prepared_share(&wallet_id, &prepared)?;
-    let commit = Request::RefreshCommit {
+    // The provider first: its receipt for the commit is what the recovery cosigner commits on.
+    let mut commit = Request::RefreshCommit {
         wallet_id,
         confirmations: confirmations.clone(),
+        provider_receipt: None,
     };
-    for (session, step) in [
-        (&mut *provider, RefreshStep::ProviderCommitted),
-        (&mut *recovery, RefreshStep::RecoveryCommitted),
-    ] {
-        match authorized_retrying(session, wallet_id, KeyRole::Device, &device_key, &commit)? {
-            Response::RefreshCommitted { .. } => observe(step),
-            other => return Err(unexpected("RefreshCommitted", &other)),
-        }
+    let receipt = match authorized_retrying(provider, wallet_id, KeyRole::Device, &device_key, &commit)? {
+        Response::RefreshCommitted { wallet } => wallet.receipt,
+        other => return Err(unexpected("RefreshCommitted", &other)),
+    };
+    observe(RefreshStep::ProviderCommitted);
+    if let Request::RefreshCommit {
+        provider_receipt, ..
+    } = &mut commit
+    {
+        *provider_receipt = receipt;
+    }
+    match authorized_retrying(recovery, wallet_id, KeyRole::Device, &device_key, &commit)? {
+        Response::RefreshCommitted { .. } => observe(RefreshStep::RecoveryCommitted),
+        other => return Err(unexpected("RefreshCommitted", &other)),
     }
     // Both cosigners hold the new epoch: switch this device over, then let them drop the old one.
     let network: Network = wallet.network.parse()?;

@@ -384,6 +384,7 @@ fn registration(
         recovery_key: ByteBuf::from(recovery_key),
         policy: None,
         network: None,
+        provider_key: None,
     }
 }
 
@@ -408,6 +409,7 @@ fn registration_with_policy(
             recovery_key: ByteBuf::from(recovery_key),
             policy: Some(policy.to_owned()),
             network: Some("regtest".to_owned()),
+            provider_key: None,
         }
     }
 }

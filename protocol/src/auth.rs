@@ -142,6 +142,27 @@ pub fn registration_digest_with(
     h.finalize().into()
 }
 
+/// What the provider signs (with its attested audit key) when it commits a refreshed epoch: the
+/// recovery cosigner commits an epoch only with this receipt, so the two can never commit two
+/// different refreshes to one epoch (a client holding the device key could otherwise complete one
+/// ceremony at each).
+pub fn commit_receipt_digest(
+    wallet_id: &WalletId,
+    epoch: u64,
+    transcript_hash: &[u8],
+    public_key_package_hash: &[u8],
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"cosigner/commit-receipt/v1");
+    h.update(wallet_id.0);
+    h.update(epoch.to_be_bytes());
+    for part in [transcript_hash, public_key_package_hash] {
+        h.update((part.len() as u32).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
 /// Signs a digest; returns `r ‖ s`.
 pub fn sign_digest(key: &SigningKey, digest: &[u8; 32]) -> Result<[u8; 64]> {
     let sig: Signature = key

@@ -129,6 +129,10 @@ pub struct WalletInfo {
     /// hands a cosigner that missed the commit, to roll it forward to the same epoch.
     #[serde(default)]
     pub confirmations: Vec<Confirmation>,
+    /// At the provider: its receipt for that commit (`auth::commit_receipt_digest`, signed by its
+    /// audit key), what the recovery cosigner needs to commit the same epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<ByteBuf>,
 }
 
 /// Which registered key signed an [`Authorized`](Request::Authorized) request.
@@ -160,6 +164,10 @@ pub struct Registration {
     /// for the policy; bound like `policy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// The provider's audit key (SEC1 P-256), as its attestation document bound it: the
+    /// recovery cosigner commits refreshed epochs only with the provider's receipt under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_key: Option<ByteBuf>,
 }
 
 /// How the enclave read a PSBT it was asked to sign, and the policy rule that allowed it.
@@ -327,6 +335,10 @@ pub enum Request {
         wallet_id: WalletId,
         /// Every party's confirmation.
         confirmations: Vec<Confirmation>,
+        /// At the recovery cosigner: the provider's receipt for this commit
+        /// (`auth::commit_receipt_digest`, signed by the provider's audit key).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        provider_receipt: Option<ByteBuf>,
     },
     /// Every party committed `epoch`: delete older shares.
     RefreshFinalize {
@@ -820,6 +832,7 @@ mod tests {
             recovery_signature: ByteBuf::from(vec![5; 64]),
             policy: None,
             network: None,
+            provider_key: None,
         };
         let encoded = encode(&plain).unwrap();
         // No field names for absent terms: an enclave that predates them still reads it.

@@ -121,6 +121,12 @@ impl AuditLog {
             .map_err(|e| e.to_string())
     }
 
+    /// Signs a 32-byte digest (a commit receipt, `auth::commit_receipt_digest`: domain-separated
+    /// from audit entries and envelopes).
+    pub fn sign_digest(&self, digest: &[u8; 32]) -> Result<[u8; 64], String> {
+        cosigner_protocol::auth::sign_digest(&self.key, digest).map_err(|e| e.to_string())
+    }
+
     /// Appends an entry. Failing to log fails the operation: no unlogged share use.
     pub fn append(
         &self,

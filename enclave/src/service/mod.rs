@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cosigner_attestation::{AttestRequest, Attester};
 use cosigner_kms::Sealer;
 use cosigner_protocol::auth::{
-    CHALLENGE_LEN, normalise_public_key, registration_digest_with, request_digest, verify_digest,
+    CHALLENGE_LEN, commit_receipt_digest, normalise_public_key, registration_digest_with, request_digest, verify_digest,
     verify_request,
 };
 use cosigner_protocol::binding::{EXPORTER_LEN, NONCE_LEN};
@@ -690,9 +690,15 @@ impl Service {
             Request::RefreshCommit {
                 wallet_id: w,
                 confirmations,
-            } if w == wallet_id => {
-                self.refresh_commit(session.id, state, &actor, &confirmations, &digest)
-            }
+                provider_receipt,
+            } if w == wallet_id => self.refresh_commit(
+                session.id,
+                state,
+                &actor,
+                &confirmations,
+                provider_receipt.as_deref().map(Vec::as_slice),
+                &digest,
+            ),
             Request::RecoverStart {
                 wallet_id: w,
                 new_device_key,
@@ -954,6 +960,7 @@ impl Service {
             ));
         }
         let (policy, network) = psbt::creation_terms(registration, &device_key)?;
+        let provider_key = self.creation_provider_key(party, registration)?;
         let digest = registration_digest_with(
             &wallet_id,
             &ours.transcript_hash,
@@ -1002,6 +1009,8 @@ impl Service {
             history: Vec::new(),
             commit_confirmations: Vec::new(),
             signed_txids: Vec::new(),
+            provider_key,
+            commit_receipt: None,
         };
         let _guard = self.writer(&wallet_id)?;
         if self.records().exists(&wallet_id)? {
@@ -1021,6 +1030,25 @@ impl Service {
         Ok(Response::DkgDone {
             wallet: info(wallet_id, &state)?,
         })
+    }
+
+    /// The provider's audit key as registered: the provider checks it is its own; the recovery
+    /// cosigner keeps it, to require the provider's receipts on refresh commits.
+    fn creation_provider_key(
+        &self,
+        party: u16,
+        registration: &Registration,
+    ) -> Result<Option<ByteBuf>, Failure> {
+        let Some(key) = &registration.provider_key else {
+            return Ok(None);
+        };
+        let key = normalise_public_key(key)?;
+        if party == party::PROVIDER && key != self.audit.public_key() {
+            return Err(Failure::bad(
+                "the registered provider key is not this provider's attested key",
+            ));
+        }
+        Ok((party == party::RECOVERY).then(|| ByteBuf::from(key)))
     }
 
     /// `DkgDone` again for a wallet already created with this very registration.
@@ -1256,11 +1284,9 @@ impl Service {
         if actor.role == "pending-device" && state.pending_device_key.is_none() {
             return Err(Failure::denied("no recovery in progress"));
         }
-        // From the current epoch, or from a retained one whose successor was never finalized
-        // (an interrupted refresh is redone from the epoch every party still holds).
-        if params.from_epoch != state.current_epoch
-            && !state.retained_epochs.contains(&params.from_epoch)
-        {
+        // From the current epoch only (an interrupted refresh is rolled forward, not redone from
+        // an older epoch: that could commit a second refresh to one epoch).
+        if params.from_epoch != state.current_epoch {
             return Err(Failure::bad(format!(
                 "refresh from epoch {} refused: current epoch is {}",
                 params.from_epoch, state.current_epoch
@@ -1380,6 +1406,7 @@ impl Service {
         state: WalletState,
         actor: &Actor,
         confirmations: &[Confirmation],
+        provider_receipt: Option<&[u8]>,
         digest: &[u8],
     ) -> Outcome {
         let wallet_id = state.params.wallet_id;
@@ -1423,13 +1450,28 @@ impl Service {
                 wallet: info(wallet_id, &state)?,
             });
         }
-        if prepared.from_epoch != state.current_epoch
-            && !state.retained_epochs.contains(&prepared.from_epoch)
-        {
+        // Strictly forward: one commit per epoch, from the current one.
+        if prepared.from_epoch != state.current_epoch {
             return Err(Failure::bad(format!(
                 "refresh from epoch {} can no longer commit: current epoch is {}",
                 prepared.from_epoch, state.current_epoch
             )));
+        }
+        let receipt_digest = commit_receipt_digest(
+            &wallet_id,
+            new_epoch,
+            &prepared.confirmation.transcript_hash,
+            &prepared.confirmation.public_key_package_hash,
+        );
+        // The recovery cosigner follows the provider: it commits only the refresh the provider
+        // committed to this epoch, so the two never hold shares of different refreshes.
+        if let Some(provider_key) = &state.provider_key {
+            let receipt = provider_receipt.ok_or_else(|| {
+                Failure::denied("the provider's receipt for this commit is missing")
+            })?;
+            verify_digest(provider_key, &receipt_digest, receipt).map_err(|_| {
+                Failure::denied("the provider's receipt is not for this refresh of this wallet")
+            })?;
         }
         // Re-checked under the lock: a recovery started or restarted with another key, or a
         // suspension, that landed since the check above.
@@ -1464,6 +1506,12 @@ impl Service {
         state.epoch_started_ms = now_ms();
         state.signatures = 0;
         state.commit_confirmations = confirmations.to_vec();
+        state.commit_receipt = if me == party::PROVIDER {
+            let signature = self.audit.sign_digest(&receipt_digest).map_err(internal)?;
+            Some(ByteBuf::from(signature.to_vec()))
+        } else {
+            None
+        };
         let mut action = "refresh";
         if prepared.recovery {
             // The recovery completes: the new device's key replaces the old one, which is revoked.
@@ -1497,17 +1545,13 @@ impl Service {
         transcript_hash: &[u8],
     ) -> Result<PreparedRecord, Failure> {
         let wallet_id = state.params.wallet_id;
-        let mut from: Vec<u64> = state.retained_epochs.clone();
-        from.push(state.current_epoch);
-        for epoch in from.iter().rev() {
-            if let Some(p) = self.records().load_prepared(
-                &wallet_id,
-                state.party,
-                epoch.saturating_add(1),
-                transcript_hash,
-            )? {
-                return Ok(p);
-            }
+        if let Some(p) = self.records().load_prepared(
+            &wallet_id,
+            state.party,
+            state.current_epoch.saturating_add(1),
+            transcript_hash,
+        )? {
+            return Ok(p);
         }
         Err(Failure::new(
             ErrorKind::NotFound,
@@ -1785,5 +1829,6 @@ fn info(wallet_id: WalletId, state: &WalletState) -> Result<WalletInfo, Failure>
         group_public_key: ByteBuf::from(group_public_key),
         public_key_package: state.public_key_package.clone(),
         confirmations: state.commit_confirmations.clone(),
+        receipt: state.commit_receipt.clone(),
     })
 }

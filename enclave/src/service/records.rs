@@ -88,6 +88,13 @@ pub struct WalletState {
     /// same transaction is not counted again (one transaction can be mined once).
     #[serde(default)]
     pub signed_txids: Vec<(String, u64)>,
+    /// At the recovery cosigner: the provider's audit key registered at creation, under which
+    /// it requires the provider's receipt before committing a refreshed epoch.
+    #[serde(default)]
+    pub provider_key: Option<ByteBuf>,
+    /// At the provider: its receipt for the current epoch's commit.
+    #[serde(default)]
+    pub commit_receipt: Option<ByteBuf>,
 }
 
 /// One epoch's share.
@@ -732,6 +739,8 @@ mod tests {
             history: Vec::new(),
             commit_confirmations: Vec::new(),
             signed_txids: Vec::new(),
+            provider_key: None,
+            commit_receipt: None,
         }
     }
 
