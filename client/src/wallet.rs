@@ -764,10 +764,11 @@ fn refresh_from(
         confirmations: confirmations.clone(),
         provider_receipt: None,
     };
-    let receipt = match authorized_retrying(provider, wallet_id, KeyRole::Device, &device_key, &commit)? {
-        Response::RefreshCommitted { wallet } => wallet.receipt,
-        other => return Err(unexpected("RefreshCommitted", &other)),
-    };
+    let receipt =
+        match authorized_retrying(provider, wallet_id, KeyRole::Device, &device_key, &commit)? {
+            Response::RefreshCommitted { wallet } => wallet.receipt,
+            other => return Err(unexpected("RefreshCommitted", &other)),
+        };
     observe(RefreshStep::ProviderCommitted);
     if let Request::RefreshCommit {
         provider_receipt, ..
@@ -943,6 +944,17 @@ pub fn cancel_recovery(
     wallet_id: WalletId,
     recovery_key: &SigningKey,
 ) -> Result<()> {
+    // A recovery that already committed at one cosigner is finished, not cancelled: cancelling
+    // at the other would leave the two with different device keys.
+    let b = provider_view(provider, wallet_id)?;
+    let c = provider_view(recovery, wallet_id)?;
+    if b.epoch != c.epoch {
+        return Err(ClientError::Input(format!(
+            "a cosigner already committed a refresh of wallet {wallet_id} (epochs {} and {}): \
+             finish the recovery with `cosigner recover` instead of cancelling it",
+            b.epoch, c.epoch
+        )));
+    }
     let cancel = Request::RecoverCancel { wallet_id };
     for session in [provider, recovery] {
         match authorized_retrying(session, wallet_id, KeyRole::Recovery, recovery_key, &cancel)? {

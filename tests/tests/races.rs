@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use cosigner_client::ClientError;
 use cosigner_client::home::Home;
 use cosigner_client::session::Session;
 use cosigner_client::trust::Trust;
@@ -357,7 +358,7 @@ fn a_flood_of_anonymous_dkg_starts_does_not_block_wallet_creation() {
         for _ in 0..5 {
             match dkg_start(&mut s) {
                 Ok(Response::DkgRound1 { .. }) => started += 1,
-                Err(cosigner_client::ClientError::Remote(e)) if e.kind == ErrorKind::Busy => {
+                Err(ClientError::Remote(e)) if e.kind == ErrorKind::Busy => {
                     refused_busy += 1;
                 }
                 other => panic!("unexpected answer to DkgStart: {other:?}"),
@@ -443,7 +444,7 @@ fn a_signing_session_opened_before_a_recovery_cannot_finish_after_it() {
         signing_package: ByteBuf::from(vec![0u8; 8]),
     });
     match late {
-        Err(cosigner_client::ClientError::Remote(e)) => {
+        Err(ClientError::Remote(e)) => {
             assert!(
                 e.kind == ErrorKind::NotFound || e.message.contains("no longer authorized"),
                 "{e:?}"
@@ -474,7 +475,7 @@ fn the_recovery_cosigner_refuses_to_sign_on_the_device_key_alone() {
     let refused =
         cosigner_client::wallet::authorized(&mut s, id, KeyRole::Device, &device_key, &commit);
     assert!(
-        matches!(&refused, Err(cosigner_client::ClientError::Remote(e)) if e.message.contains("may not send")),
+        matches!(&refused, Err(ClientError::Remote(e)) if e.message.contains("may not send")),
         "{refused:?}"
     );
     let allowed =
@@ -640,4 +641,145 @@ fn with_the_provider_down_the_recovery_credential_signs_with_the_recovery_cosign
     .unwrap();
     key.verify_raw(&hex::decode(MESSAGE).unwrap(), &sig)
         .unwrap();
+}
+
+/// A modified client holding the device key runs a refresh to round 3 at both cosigners: returns
+/// every party's confirmation (the prepared shares stay at the cosigners).
+fn prepare_refresh(
+    home: &Home,
+    provider: &mut Session,
+    recovery: &mut Session,
+    id: WalletId,
+) -> Vec<cosigner_protocol::wire::Confirmation> {
+    use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
+    use cosigner_protocol::wire::RefreshParams;
+    type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
+    let wallet = home.wallet(&id).unwrap();
+    let share = home.share(&id).unwrap();
+    let kp = frost_core::keys::KeyPackage::<Suite>::deserialize(&share).unwrap();
+    let pkp = frost_core::keys::PublicKeyPackage::<Suite>::deserialize(
+        &hex::decode(&wallet.public_key_package).unwrap(),
+    )
+    .unwrap();
+    let device_key = home.device_key().unwrap();
+    let params = RefreshParams {
+        wallet_id: id,
+        ciphersuite: wallet.ciphersuite.clone(),
+        min_signers: wallet.min_signers,
+        parties: wallet.parties.clone(),
+        from_epoch: wallet.epoch,
+    };
+    let mut rng = rand_core::OsRng;
+    let (a1, m_a) = cosigner_protocol::refresh::start::<Suite>(&params, DEVICE, &mut rng).unwrap();
+    let mut round1 = vec![m_a];
+    for (s, me) in [(&mut *provider, PROVIDER), (&mut *recovery, RECOVERY)] {
+        let start = Request::RefreshStart {
+            params: params.clone(),
+            me,
+        };
+        match cosigner_client::wallet::authorized(s, id, KeyRole::Device, &device_key, &start)
+            .unwrap()
+        {
+            Response::RefreshRound1 { message } => round1.push(message),
+            other => panic!("{other:?}"),
+        }
+    }
+    let (a2, mut packages) = a1.handle_round1(&round1, &mut rng).unwrap();
+    for s in [&mut *provider, &mut *recovery] {
+        match s
+            .call(&Request::RefreshRound2 {
+                wallet_id: id,
+                round1: round1.clone(),
+            })
+            .unwrap()
+        {
+            Response::RefreshRound2 { packages: theirs } => packages.extend(theirs),
+            other => panic!("{other:?}"),
+        }
+    }
+    let to =
+        |party: u16| -> Vec<_> { packages.iter().filter(|p| p.to == party).cloned().collect() };
+    let (_a3, c_a) = a2.handle_round2(&to(DEVICE), &kp, &pkp).unwrap();
+    let mut confirmations = vec![c_a];
+    for (s, me) in [(&mut *provider, PROVIDER), (&mut *recovery, RECOVERY)] {
+        match s
+            .call(&Request::RefreshRound3 {
+                wallet_id: id,
+                packages: to(me),
+            })
+            .unwrap()
+        {
+            Response::RefreshRound3 { confirmation } => confirmations.push(confirmation),
+            other => panic!("{other:?}"),
+        }
+    }
+    confirmations
+}
+
+/// A thief with the device key and a modified client prepares two refreshes X and Y at both
+/// cosigners and tries to commit X at the provider and Y at the recovery cosigner (which would
+/// leave them holding shares of different refreshes, so no recovery could ever work). The
+/// recovery cosigner commits only with the provider's receipt for that very refresh: Y is
+/// refused, with or without X's receipt, and the owner's recovery rolls it forward to X.
+#[test]
+fn a_thief_cannot_commit_different_refreshes_at_the_two_cosigners() {
+    let d = Deployment::start().unwrap();
+    let w = create(&d, "alice");
+    let trust = trust(&d);
+    let id = WalletId::from_hex(&w.id).unwrap();
+    let home = Home::open(&w.home).unwrap();
+    let device_key = home.device_key().unwrap();
+    let mut provider = Session::connect(&d.provider.addr(), &trust).unwrap();
+    let mut recovery = Session::connect(&d.recovery.addr(), &trust).unwrap();
+    let x = prepare_refresh(&home, &mut provider, &mut recovery, id);
+    let y = prepare_refresh(&home, &mut provider, &mut recovery, id);
+    assert_ne!(x, y);
+    let commit =
+        |confirmations: &[cosigner_protocol::wire::Confirmation], receipt| Request::RefreshCommit {
+            wallet_id: id,
+            confirmations: confirmations.to_vec(),
+            provider_receipt: receipt,
+        };
+    let receipt = match cosigner_client::wallet::authorized(
+        &mut provider,
+        id,
+        KeyRole::Device,
+        &device_key,
+        &commit(&x, None),
+    )
+    .unwrap()
+    {
+        Response::RefreshCommitted { wallet } => wallet.receipt,
+        other => panic!("{other:?}"),
+    };
+    assert!(receipt.is_some(), "the provider gave no receipt");
+    // The provider never commits a second refresh to the same epoch.
+    let again = cosigner_client::wallet::authorized(
+        &mut provider,
+        id,
+        KeyRole::Device,
+        &device_key,
+        &commit(&y, None),
+    );
+    assert!(again.is_err(), "{again:?}");
+    // Y at the recovery cosigner: no receipt, or X's receipt, is refused.
+    for r in [None, receipt.clone()] {
+        let refused = cosigner_client::wallet::authorized(
+            &mut recovery,
+            id,
+            KeyRole::Device,
+            &device_key,
+            &commit(&y, r),
+        );
+        assert!(
+            matches!(&refused, Err(ClientError::Remote(e)) if e.message.contains("receipt")),
+            "{refused:?}"
+        );
+    }
+    drop((provider, recovery));
+    // The owner recovers: the recovery cosigner is rolled forward to X, then all refresh.
+    let new_home = d.home("alice-new");
+    let r: Value = serde_json::from_str(recover(&d, &new_home, &w).ok()).unwrap();
+    assert_eq!(r["epoch"], 2);
+    signs(&d, &new_home, &w);
 }

@@ -34,8 +34,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cosigner_attestation::{AttestRequest, Attester};
 use cosigner_kms::Sealer;
 use cosigner_protocol::auth::{
-    CHALLENGE_LEN, commit_receipt_digest, normalise_public_key, registration_digest_with, request_digest, verify_digest,
-    verify_request,
+    CHALLENGE_LEN, commit_receipt_digest, normalise_public_key, registration_digest_with,
+    request_digest, verify_digest, verify_request,
 };
 use cosigner_protocol::binding::{EXPORTER_LEN, NONCE_LEN};
 use cosigner_protocol::dkg::{self, DkgRound1, DkgRound2, DkgRound3};

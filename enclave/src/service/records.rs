@@ -187,11 +187,7 @@ impl Records<'_> {
     }
 
     fn any_state(&self, prefix: &str, label: &str) -> Result<bool, Failure> {
-        Ok(self
-            .anchor
-            .read(label)
-            .map_err(anchor_failure)?
-            .is_some()
+        Ok(self.anchor.read(label).map_err(anchor_failure)?.is_some()
             || !self.store.list(prefix).map_err(internal)?.is_empty())
     }
 
@@ -218,8 +214,12 @@ impl Records<'_> {
 
     /// Reads the state, refusing anything but the anchored one.
     pub fn load_state(&self, id: &WalletId) -> Result<WalletState, Failure> {
-        let state: WalletState =
-            self.load_anchored(id, &state_prefix(id), &anchor_label(id), &Self::state_ctx(id))?;
+        let state: WalletState = self.load_anchored(
+            id,
+            &state_prefix(id),
+            &anchor_label(id),
+            &Self::state_ctx(id),
+        )?;
         if state.params.wallet_id != *id {
             return Err(integrity(id, "it names another wallet"));
         }
@@ -698,7 +698,12 @@ mod tests {
             self.inner.read(label)
         }
 
-        fn write(&self, label: &str, expected: Option<u64>, value: &[u8]) -> Result<u64, AnchorError> {
+        fn write(
+            &self,
+            label: &str,
+            expected: Option<u64>,
+            value: &[u8],
+        ) -> Result<u64, AnchorError> {
             let n = self
                 .writes
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -791,7 +796,10 @@ mod tests {
             .unwrap();
         let digest: [u8; 32] = Sha256::digest(&blob).into();
         store
-            .put(&format!("{}{}", state_prefix(&id), hex::encode(digest)), &blob)
+            .put(
+                &format!("{}{}", state_prefix(&id), hex::encode(digest)),
+                &blob,
+            )
             .unwrap();
         assert_eq!(records.load_state(&id).unwrap().current_epoch, 0);
     }
