@@ -270,8 +270,18 @@ fn copy_half<F: Duplex + ?Sized, T: Duplex + ?Sized>(
         None => io::copy(&mut Io(from), &mut Io(to)),
         Some(activity) => copy_watched(from, to, activity),
     };
-    match result {
+    match &result {
         Ok(_) => {
+            let _ = to.shutdown(Shutdown::Write);
+        }
+        // The receiving side is gone (it closed while bytes for it were on their way): this
+        // direction is over, but what it sent before it closed still flows the other way.
+        Err(e) if matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        ) =>
+        {
+            let _ = from.shutdown(Shutdown::Read);
             let _ = to.shutdown(Shutdown::Write);
         }
         Err(_) => shut_all(),

@@ -802,10 +802,25 @@ fn relay_one(
     if !shared.register(id, &upstream) {
         return;
     }
-    let result = upstream
+    let wrote = upstream
         .set_write_timeout(Some(limits.idle_timeout))
-        .and_then(|()| Io(&*upstream).write_all(&first))
-        .and_then(|()| relay_idle(&**client, &*upstream, limits.idle_timeout));
+        .and_then(|()| Io(&*upstream).write_all(&first));
+    let result = match wrote {
+        Ok(()) => relay_idle(&**client, &*upstream, limits.idle_timeout),
+        // The enclave closed before the client's first bytes reached it (it refused the
+        // connection, or answered and went): what it sent before closing still reaches the client.
+        Err(e) if matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        ) =>
+        {
+            upstream
+                .set_read_timeout(Some(limits.idle_timeout))
+                .and_then(|()| io::copy(&mut Io(&*upstream), &mut Io(&**client)))
+                .map(|_| ())
+        }
+        Err(e) => Err(e),
+    };
     match result {
         Ok(()) => {}
         Err(e) if is_idle_timeout(&e) => peer.log.note(Limited::Idle, peer.source),
