@@ -276,10 +276,11 @@ fn copy_half<F: Duplex + ?Sized, T: Duplex + ?Sized>(
         }
         // The receiving side is gone (it closed while bytes for it were on their way): this
         // direction is over, but what it sent before it closed still flows the other way.
-        Err(e) if matches!(
-            e.kind(),
-            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-        ) =>
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
         {
             let _ = from.shutdown(Shutdown::Read);
             let _ = to.shutdown(Shutdown::Write);

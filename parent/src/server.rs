@@ -809,10 +809,11 @@ fn relay_one(
         Ok(()) => relay_idle(&**client, &*upstream, limits.idle_timeout),
         // The enclave closed before the client's first bytes reached it (it refused the
         // connection, or answered and went): what it sent before closing still reaches the client.
-        Err(e) if matches!(
-            e.kind(),
-            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-        ) =>
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
         {
             upstream
                 .set_read_timeout(Some(limits.idle_timeout))

@@ -248,18 +248,22 @@ fn a_started_recovery_suspends_the_device_key_until_it_is_cancelled() {
 /// rollback alarm.
 #[test]
 fn readers_and_signers_racing_a_dozen_refreshes_see_no_false_rollback_alarm() {
-    let d = Arc::new(Deployment::start().unwrap());
+    // A signature limit makes every signature write the wallet's state (its counter), so the
+    // signers race the refreshes' state writes of the same wallet at the provider.
+    let d = Arc::new(
+        Deployment::start_with("\n[policy]\nrefresh_after_signatures = 1000000\n").unwrap(),
+    );
     let w = create(&d, "alice");
-    // Signers use their own home (a copy of the wallet would race the refreshes' file writes):
-    // a second wallet in the same cosigners, signing in a loop, shares their anchors and locks.
+    // Two signers on the same wallet (from its home: they may see a share the refresh is
+    // replacing and fail, but must never see a rollback alarm) and one on another wallet.
     let other = create(&d, "bob");
     let stop = Arc::new(AtomicBool::new(false));
     let alarms = Arc::new(AtomicUsize::new(0));
     let reads = Arc::new(AtomicUsize::new(0));
     let mut threads = Vec::new();
-    for _ in 0..3 {
+    for signer in [&w, &w, &other] {
         let (d, stop, alarms) = (Arc::clone(&d), Arc::clone(&stop), Arc::clone(&alarms));
-        let (home, id) = (other.home.clone(), other.id.clone());
+        let (home, id) = (signer.home.clone(), signer.id.clone());
         threads.push(std::thread::spawn(move || {
             for _ in 0..200 {
                 if stop.load(Ordering::SeqCst) {
