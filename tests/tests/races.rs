@@ -787,3 +787,33 @@ fn a_thief_cannot_commit_different_refreshes_at_the_two_cosigners() {
     assert_eq!(r["epoch"], 2);
     signs(&d, &new_home, &w);
 }
+
+/// The owner of one wallet opens signing sessions by the hundred: it gets its quota, the rest
+/// are refused as busy, and another wallet's owner signs as before.
+#[test]
+fn one_wallet_cannot_fill_the_signing_session_table() {
+    let d = Deployment::start().unwrap();
+    let greedy = create(&d, "greedy");
+    let other = create(&d, "other");
+    let trust = trust(&d);
+    let id = WalletId::from_hex(&greedy.id).unwrap();
+    let device_key = Home::open(&greedy.home).unwrap().device_key().unwrap();
+    let mut s = Session::connect(&d.provider.addr(), &trust).unwrap();
+    let (mut open, mut busy) = (0, 0);
+    for _ in 0..100 {
+        let commit = Request::SignCommit {
+            wallet_id: id,
+            epoch: 0,
+            message: ByteBuf::from(vec![5u8; 32]),
+            signers: vec![1, 2],
+        };
+        match cosigner_client::wallet::authorized(&mut s, id, KeyRole::Device, &device_key, &commit)
+        {
+            Ok(Response::SignCommitted { .. }) => open += 1,
+            Err(ClientError::Remote(e)) if e.kind == ErrorKind::Busy => busy += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((open, busy), (64, 36));
+    signs(&d, &other.home, &other);
+}

@@ -40,7 +40,7 @@ use cosigner_protocol::dao::{
 use cosigner_protocol::mailbox::{Envelope, Topic};
 use cosigner_protocol::policy::{ASSET_BTC, Decision, Denial, Policy, Spend};
 use cosigner_protocol::psbt;
-use cosigner_protocol::wire::{Response, WalletId};
+use cosigner_protocol::wire::{ErrorKind, Response, WalletId};
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use serde_bytes::ByteBuf;
 
@@ -51,8 +51,11 @@ use super::{Failure, Outcome, Service, Suite, internal, key_package, lock, now_m
 const DAO_TTL: Duration = Duration::from_secs(3600);
 /// Bound on ceremonies in memory.
 const MAX_CEREMONIES: usize = 1024;
-/// Bound on DKGs in progress (anyone may start one).
+/// Bound on DKGs in progress (anyone may start one). Reaching it evicts the oldest DKG rather
+/// than refusing everyone (its members' couriers found it again from the mailbox).
 const MAX_DKGS: usize = 64;
+/// DKGs one founding key may have in progress at once.
+const MAX_DKGS_PER_FOUNDER: usize = 2;
 /// Bound on the envelopes a ceremony remembers having taken in.
 const MAX_SEEN: usize = 16_384;
 /// Most inputs of a DAO PSBT (as for personal wallets): the signing packages must fit an envelope.
@@ -151,6 +154,8 @@ pub(super) struct Entry {
     outbox: Vec<Vec<u8>>,
     seen: HashSet<[u8; 32]>,
     started: Instant,
+    /// The key that founded it (the founding envelope's signer): quotas are per founder.
+    founder: Vec<u8>,
 }
 
 /// The DAO ceremonies in memory, by topic.
@@ -289,18 +294,40 @@ impl Service {
             }
             // Anyone can found a DKG (an invitation only has to name this enclave): those get
             // their own, smaller budget, so they cannot crowd out members' signatures.
-            let dkgs = ceremonies
-                .values()
-                .filter(|e| matches!(e.ceremony, Ceremony::Dkg(..)))
-                .count();
-            if matches!(message, DaoMessage::Invitation(_)) && dkgs >= MAX_DKGS {
-                return Err(internal("too many DAO wallet creations in progress"));
+            // A quota per founding key, and the budget as a whole evicts its oldest DKG instead of
+            // refusing: self-made invitations by the dozen cannot block anybody's wallet creation.
+            if matches!(message, DaoMessage::Invitation(_)) {
+                let is_dkg = |e: &Entry| matches!(e.ceremony, Ceremony::Dkg(..));
+                let theirs = ceremonies
+                    .values()
+                    .filter(|e| is_dkg(e) && e.founder.as_slice() == envelope.sender.as_slice())
+                    .count();
+                if theirs >= MAX_DKGS_PER_FOUNDER {
+                    return Err(Failure::new(
+                        ErrorKind::Busy,
+                        format!(
+                            "this key already founded {theirs} DAO wallet creations in progress"
+                        ),
+                    ));
+                }
+                while ceremonies.values().filter(|e| is_dkg(e)).count() >= MAX_DKGS {
+                    let Some(oldest) = ceremonies
+                        .iter()
+                        .filter(|(_, e)| is_dkg(e))
+                        .min_by_key(|(_, e)| e.started)
+                        .map(|(t, _)| *t)
+                    else {
+                        break;
+                    };
+                    ceremonies.remove(&oldest);
+                }
             }
             let mut entry = Entry {
                 ceremony: Ceremony::Finished,
                 outbox: Vec::new(),
                 seen: HashSet::new(),
                 started: Instant::now(),
+                founder: envelope.sender.to_vec(),
             };
             // Founded again (the enclave restarted, or forgot the topic): the attempts and rounds
             // this enclave already took part in show in the topic under its own key, and their
