@@ -168,6 +168,44 @@ pub fn create_with(
     recovery_key_out: &Path,
     options: &CreateOptions<'_>,
 ) -> Result<Created> {
+    create_observed(
+        home,
+        provider,
+        recovery,
+        network,
+        recovery_key_out,
+        options,
+        &mut |_| {},
+    )
+}
+
+/// The steps of a wallet creation, reported to an observer (tests interrupt it at each one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateStep {
+    /// Every party sent its round-1 broadcast.
+    Round1,
+    /// Every party sent its sealed packages.
+    Round2,
+    /// Every party confirmed the same transcript and key.
+    Round3,
+    /// This home holds the share, the wallet file, the recovery credential and the journal.
+    Kept,
+    /// The provider registered the wallet.
+    ProviderRegistered,
+    /// The recovery cosigner registered the wallet.
+    RecoveryRegistered,
+}
+
+/// [`create_with`], reporting each step to `observe`.
+pub fn create_observed(
+    home: &Home,
+    provider: &mut Session,
+    recovery: &mut Session,
+    network: Network,
+    recovery_key_out: &Path,
+    options: &CreateOptions<'_>,
+    observe: &mut dyn FnMut(CreateStep),
+) -> Result<Created> {
     if let Some(created) = finish_creation(home, provider, recovery)? {
         return Ok(created);
     }
@@ -205,6 +243,7 @@ pub fn create_with(
             other => return Err(unexpected("DkgRound1", &other)),
         }
     }
+    observe(CreateStep::Round1);
 
     // Round 2: sealed packages; we only relay B's and C's to each other.
     let (a2, mut packages) = a1.handle_round1(&round1, &mut rng)?;
@@ -217,6 +256,7 @@ pub fn create_with(
             other => return Err(unexpected("DkgRound2", &other)),
         }
     }
+    observe(CreateStep::Round2);
     let to = |party: u16| -> Vec<SealedPackage> {
         packages.iter().filter(|p| p.to == party).cloned().collect()
     };
@@ -236,6 +276,7 @@ pub fn create_with(
 
     // Confirmation: the wallet exists only if all three agree; our keys are registered with it.
     let output = a3.handle_confirmations(&confirmations)?;
+    observe(CreateStep::Round3);
     let device_key = home.device_key()?;
     let recovery_key = SigningKey::random(&mut rng);
     let (device_pub, recovery_pub) = (
@@ -300,17 +341,20 @@ pub fn create_with(
         let _ = home.remove_journal(&wallet_id, CREATING);
         return Err(e);
     }
+    observe(CreateStep::Kept);
     // The provider first: if it refuses outright, nobody registered anything and nothing is
     // kept; once it registered, the journal stays until the recovery cosigner did too.
     if let Err(e) = confirm_at(provider, &confirm, &wallet) {
-        if matches!(&e, ClientError::Remote(w) if !w.kind.is_retryable()) {
+        if never_registered(&e) {
             let _ = std::fs::remove_file(recovery_key_out);
             let _ = home.forget_wallet(&wallet_id);
             let _ = home.remove_journal(&wallet_id, CREATING);
         }
         return Err(e);
     }
+    observe(CreateStep::ProviderRegistered);
     confirm_at(recovery, &confirm, &wallet).map_err(|e| unfinished(home, wallet_id, e))?;
+    observe(CreateStep::RecoveryRegistered);
     home.remove_journal(&wallet_id, CREATING)?;
     Ok(Created {
         wallet,
@@ -333,6 +377,14 @@ fn confirm_at(session: &mut Session, confirm: &Request, wallet: &WalletFile) -> 
         )),
         other => Err(unexpected("DkgDone", &other)),
     }
+}
+
+/// Whether the provider's answer to a `DkgConfirm` proves it did not register the wallet (it
+/// refused the registration, or holds no such DKG): only then may the home's files go. Any other
+/// failure (integrity, internal, connection) may hide a registration.
+fn never_registered(e: &ClientError) -> bool {
+    use cosigner_protocol::wire::ErrorKind;
+    matches!(e, ClientError::Remote(w) if matches!(w.kind, ErrorKind::NotFound | ErrorKind::BadRequest))
 }
 
 /// The error of a creation the provider registered but the recovery cosigner did not (yet):
@@ -371,15 +423,13 @@ fn finish_creation(
         .and_then(|b| Ok(wire::decode(&b)?))?;
     let wallet = home.wallet(&wallet_id)?;
     if let Err(e) = confirm_at(provider, &confirm, &wallet) {
-        if matches!(&e, ClientError::Remote(w) if !w.kind.is_retryable()) {
-            // Never registered, and can no longer be: nothing to finish.
+        if never_registered(&e) {
+            // Never registered, and can no longer be (the provider lost the DKG): nothing to
+            // finish; this run creates a new wallet instead.
             let _ = std::fs::remove_file(&journal.recovery_key_out);
             let _ = home.forget_wallet(&wallet_id);
             let _ = home.remove_journal(&wallet_id, CREATING);
-            return Err(ClientError::Input(format!(
-                "an unfinished creation of wallet {wallet_id} could not be finished ({e}); it \
-                 was removed from this home: run `cosigner wallet create` again"
-            )));
+            return Ok(None);
         }
         return Err(e);
     }

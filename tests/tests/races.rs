@@ -817,3 +817,117 @@ fn one_wallet_cannot_fill_the_signing_session_table() {
     assert_eq!((open, busy), (64, 36));
     signs(&d, &other.home, &other);
 }
+
+fn create_steps() -> Vec<cosigner_client::wallet::CreateStep> {
+    use cosigner_client::wallet::CreateStep;
+    vec![
+        CreateStep::Round1,
+        CreateStep::Round2,
+        CreateStep::Round3,
+        CreateStep::Kept,
+        CreateStep::ProviderRegistered,
+        CreateStep::RecoveryRegistered,
+    ]
+}
+
+/// After an interrupted creation, `wallet create` run again in the same home leaves what an
+/// uninterrupted one leaves: one wallet in the home, registered at both cosigners (it signs with
+/// the provider and refreshes with all three), no unfinished journal.
+fn create_rerun_finishes(d: &Deployment, home: &Path, step: &str, rerun: bool) {
+    if rerun {
+        let out = d.cosigner([
+            "--home",
+            p(home),
+            "wallet",
+            "create",
+            "--recovery-key-out",
+            p(&home.with_extension("rerun.key")),
+            "--json",
+        ]);
+        assert_eq!(out.code, Some(0), "{step}: rerun failed: {}", out.stderr);
+    }
+    let list = d.cosigner(["--home", p(home), "wallet", "list", "--json"]);
+    let list: Value = serde_json::from_str(list.ok()).unwrap();
+    let wallets = list.as_array().unwrap();
+    assert_eq!(wallets.len(), 1, "{step}: {list}");
+    let id = wallets[0]["wallet_id"].as_str().unwrap().to_owned();
+    let w = Wallet {
+        key: wallets[0]["group_public_key"].as_str().unwrap().to_owned(),
+        id,
+        home: home.to_path_buf(),
+        recovery_key: PathBuf::new(),
+    };
+    signs(d, home, &w);
+    refresh(d, home, &w.id).ok();
+    signs(d, home, &w);
+    let leftovers: Vec<_> = std::fs::read_dir(home.join("wallets"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".creating"))
+        .collect();
+    assert!(leftovers.is_empty(), "{step}: {leftovers:?}");
+}
+
+/// The client dies at each step of `wallet create`; rerunning it in the same home finishes (or
+/// cleanly redoes) the creation.
+#[test]
+fn a_wallet_create_whose_client_dies_at_any_step_is_finished_by_a_rerun() {
+    let d = Deployment::start().unwrap();
+    let trust = trust(&d);
+    for (i, step) in create_steps().into_iter().enumerate() {
+        let dir = d.home(&format!("creator-{i}"));
+        let home = Home::open(&dir).unwrap();
+        let mut provider = Session::connect(&d.provider.addr(), &trust).unwrap();
+        let mut recovery = Session::connect(&d.recovery.addr(), &trust).unwrap();
+        let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cosigner_client::wallet::create_observed(
+                &home,
+                &mut provider,
+                &mut recovery,
+                cosigner_client::address::Network::Regtest,
+                &dir.with_extension("first.key"),
+                &cosigner_client::wallet::CreateOptions::default(),
+                &mut |s| {
+                    if s == step {
+                        panic!("client killed at {s:?}");
+                    }
+                },
+            )
+        }));
+        assert!(died.is_err(), "{step:?}: the client did not die");
+        drop((provider, recovery));
+        create_rerun_finishes(&d, &dir, &format!("{step:?}"), true);
+    }
+}
+
+/// The provider's enclave dies at each step of `wallet create` (losing the DKG in its memory)
+/// and comes back; rerunning `wallet create` in the same home finishes or cleanly redoes it.
+#[test]
+fn a_wallet_create_whose_provider_dies_at_any_step_is_finished_by_a_rerun() {
+    let mut d = Deployment::start().unwrap();
+    let trust = trust(&d);
+    for (i, step) in create_steps().into_iter().enumerate() {
+        let dir = d.home(&format!("creator-{i}"));
+        let home = Home::open(&dir).unwrap();
+        let mut provider = Session::connect(&d.provider.addr(), &trust).unwrap();
+        let mut recovery = Session::connect(&d.recovery.addr(), &trust).unwrap();
+        let cosigner = std::cell::RefCell::new(&mut d.provider);
+        let first = cosigner_client::wallet::create_observed(
+            &home,
+            &mut provider,
+            &mut recovery,
+            cosigner_client::address::Network::Regtest,
+            &dir.with_extension("first.key"),
+            &cosigner_client::wallet::CreateOptions::default(),
+            &mut |s| {
+                if s == step {
+                    cosigner.borrow_mut().stop();
+                }
+            },
+        );
+        drop((provider, recovery));
+        d.provider.start_processes().unwrap();
+        // Killed after it registered, the provider was not needed again: the creation finished.
+        create_rerun_finishes(&d, &dir, &format!("{step:?}"), first.is_err());
+    }
+}
