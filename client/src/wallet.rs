@@ -345,7 +345,7 @@ pub fn create_observed(
     // The provider first: if it refuses outright, nobody registered anything and nothing is
     // kept; once it registered, the journal stays until the recovery cosigner did too.
     if let Err(e) = confirm_at(provider, &confirm, &wallet) {
-        if never_registered(&e) {
+        if never_registered(&e) && unknown_at(provider, wallet_id) {
             let _ = std::fs::remove_file(recovery_key_out);
             let _ = home.forget_wallet(&wallet_id);
             let _ = home.remove_journal(&wallet_id, CREATING);
@@ -377,6 +377,16 @@ fn confirm_at(session: &mut Session, confirm: &Request, wallet: &WalletFile) -> 
         )),
         other => Err(unexpected("DkgDone", &other)),
     }
+}
+
+/// Whether `session`'s cosigner answers that it does not know `wallet_id` at all (not a
+/// connection failure, which proves nothing).
+fn unknown_at(session: &mut Session, wallet_id: WalletId) -> bool {
+    use cosigner_protocol::wire::ErrorKind;
+    matches!(
+        provider_view(session, wallet_id),
+        Err(ClientError::Remote(w)) if w.kind == ErrorKind::NotFound
+    )
 }
 
 /// Whether the provider's answer to a `DkgConfirm` proves it did not register the wallet (it
@@ -422,23 +432,31 @@ fn finish_creation(
         .map_err(internal)
         .and_then(|b| Ok(wire::decode(&b)?))?;
     let wallet = home.wallet(&wallet_id)?;
-    if let Err(e) = confirm_at(provider, &confirm, &wallet) {
-        if never_registered(&e) {
-            // Never registered, and can no longer be (the provider lost the DKG): nothing to
-            // finish; this run creates a new wallet instead.
-            let _ = std::fs::remove_file(&journal.recovery_key_out);
-            let _ = home.forget_wallet(&wallet_id);
-            let _ = home.remove_journal(&wallet_id, CREATING);
-            return Ok(None);
+    let created = Some(Created {
+        wallet: wallet.clone(),
+        recovery_key_path: journal.recovery_key_out.clone(),
+    });
+    // Whoever already holds the wallet is not asked again (its DkgDone may just have been lost,
+    // and the wallet may have moved on since): only a cosigner that does not know it is.
+    let known = |session: &mut Session| provider_view(session, wallet_id).is_ok();
+    if !known(provider) {
+        if let Err(e) = confirm_at(provider, &confirm, &wallet) {
+            if never_registered(&e) && unknown_at(provider, wallet_id) {
+                // Never registered, and can no longer be (the provider lost the DKG): nothing
+                // to finish; this run creates a new wallet instead.
+                let _ = std::fs::remove_file(&journal.recovery_key_out);
+                let _ = home.forget_wallet(&wallet_id);
+                let _ = home.remove_journal(&wallet_id, CREATING);
+                return Ok(None);
+            }
+            return Err(e);
         }
-        return Err(e);
     }
-    confirm_at(recovery, &confirm, &wallet).map_err(|e| unfinished(home, wallet_id, e))?;
+    if !known(recovery) {
+        confirm_at(recovery, &confirm, &wallet).map_err(|e| unfinished(home, wallet_id, e))?;
+    }
     home.remove_journal(&wallet_id, CREATING)?;
-    Ok(Some(Created {
-        wallet,
-        recovery_key_path: journal.recovery_key_out,
-    }))
+    Ok(created)
 }
 
 fn random<const N: usize>() -> Result<[u8; N]> {
@@ -699,6 +717,32 @@ fn resume(
     Ok(Some(new_wallet))
 }
 
+/// Refuses to refresh when the provider no longer attests the key registered with the recovery
+/// cosigner at creation: the recovery cosigner would refuse every commit receipt it signs, and
+/// a commit at the provider alone could never be followed.
+fn check_provider_identity(
+    provider: &Session,
+    recovery: &mut Session,
+    wallet_id: WalletId,
+) -> Result<()> {
+    let registered = provider_view(recovery, wallet_id)?.provider_key;
+    let attested = provider.attestation().doc.public_key.clone();
+    match registered {
+        Some(key) if Some(key.as_slice()) != attested.as_deref() => Err(ClientError::Protocol(
+            cosigner_protocol::ProtocolError::Disagreement {
+                reason: format!(
+                    "the provider attests key {} but the recovery cosigner holds wallet \
+                     {wallet_id} under provider key {}: not refreshing (its commit could not be \
+                     followed); the provider must restore its audit key",
+                    attested.as_deref().map(hex::encode).unwrap_or_default(),
+                    hex::encode(&key)
+                ),
+            },
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Brings the two cosigners to the same epoch: one that missed the commit of the other's
 /// current epoch (a client killed between the two commits, or a recovery that froze the wallet
 /// between them) commits its stored prepared share with the other's confirmations. Returns the
@@ -756,6 +800,7 @@ fn refresh_from(
 ) -> Result<WalletFile> {
     let wallet_id = WalletId::from_hex(&wallet.wallet_id)?;
     let device_key = home.device_key()?;
+    check_provider_identity(provider, recovery, wallet_id)?;
     let mut rng = rand_core::OsRng;
     let params = RefreshParams {
         wallet_id,

@@ -133,6 +133,10 @@ pub struct WalletInfo {
     /// audit key), what the recovery cosigner needs to commit the same epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<ByteBuf>,
+    /// At the recovery cosigner: the provider key registered at creation, whose receipts it
+    /// requires (clients check the provider they talk to still attests it before committing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_key: Option<ByteBuf>,
 }
 
 /// Which registered key signed an [`Authorized`](Request::Authorized) request.

@@ -931,3 +931,71 @@ fn a_wallet_create_whose_provider_dies_at_any_step_is_finished_by_a_rerun() {
         create_rerun_finishes(&d, &dir, &format!("{step:?}"), first.is_err());
     }
 }
+
+/// The provider's audit key is its identity towards the recovery cosigner (commit receipts):
+/// a host that deletes or swaps the sealed key does not get a provider that silently starts over
+/// with a new one — the enclave refuses to start — and with the key restored all is well.
+#[test]
+fn a_provider_whose_audit_key_was_deleted_refuses_to_start() {
+    let mut d = Deployment::start().unwrap();
+    let w = create(&d, "alice");
+    d.provider.stop();
+    let backup = d.dir.path().join("store-backup");
+    d.provider.copy_store(&backup).unwrap();
+    let conn = rusqlite::Connection::open(d.provider.database()).unwrap();
+    conn.execute("DELETE FROM blobs WHERE key = 'enclave/audit-key'", [])
+        .unwrap();
+    drop(conn);
+    let refused = d.provider.start_processes().unwrap_err().to_string();
+    assert!(refused.contains("audit key"), "{refused}");
+    d.provider.stop();
+    d.provider.restore_store(&backup).unwrap();
+    d.provider.start_processes().unwrap();
+    signs(&d, &w.home, &w);
+    refresh(&d, &w.home, &w.id).ok();
+    signs(&d, &w.home, &w);
+}
+
+/// A creation journal left behind although both cosigners registered the wallet (the last
+/// answer was lost), and the wallet used since (refreshed): the next `wallet create` recognises
+/// it and keeps every file; it never deletes the share of a registered wallet.
+#[test]
+fn a_stale_creation_journal_never_deletes_a_registered_wallet() {
+    use cosigner_client::wallet::CreateStep;
+    let d = Deployment::start().unwrap();
+    let trust = trust(&d);
+    let dir = d.home("alice");
+    let home = Home::open(&dir).unwrap();
+    let mut provider = Session::connect(&d.provider.addr(), &trust).unwrap();
+    let mut recovery = Session::connect(&d.recovery.addr(), &trust).unwrap();
+    let key_file = dir.with_extension("recovery.key");
+    let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cosigner_client::wallet::create_observed(
+            &home,
+            &mut provider,
+            &mut recovery,
+            cosigner_client::address::Network::Regtest,
+            &key_file,
+            &cosigner_client::wallet::CreateOptions::default(),
+            &mut |s| {
+                if s == CreateStep::RecoveryRegistered {
+                    panic!("answer lost");
+                }
+            },
+        )
+    }));
+    assert!(died.is_err());
+    drop((provider, recovery));
+    let w = home.wallets().unwrap().pop().unwrap();
+    let w = Wallet {
+        id: w.wallet_id,
+        key: w.group_public_key,
+        home: dir.clone(),
+        recovery_key: key_file.clone(),
+    };
+    refresh(&d, &dir, &w.id).ok();
+    create_rerun_finishes(&d, &dir, "stale journal", true);
+    assert!(key_file.exists(), "the recovery credential was deleted");
+    assert_eq!(epoch(&d, &dir, &w.id), 2);
+    signs(&d, &dir, &w);
+}

@@ -20,6 +20,8 @@ use zeroize::Zeroizing;
 use crate::store::BlobStore;
 
 const AUDIT_KEY_BLOB: &str = "enclave/audit-key";
+/// The anchor holding the sealed audit key's SHA-256.
+const AUDIT_KEY_ANCHOR: &str = "cosigner-anchor/audit-key";
 const AUDIT_KEY_PURPOSE: &str = "cosigner-audit-key";
 
 /// The signed, hash-chained log.
@@ -50,8 +52,39 @@ fn context() -> SealContext {
 
 impl AuditLog {
     /// Loads (or creates on first start) the audit key and finds the head of the log.
-    pub fn open(sealer: &dyn Sealer, store: &dyn BlobStore) -> Result<Self, String> {
-        let key = match store.get(AUDIT_KEY_BLOB).map_err(|e| e.to_string())? {
+    ///
+    /// The sealed key's digest is anchored (`anchor`, like wallet states): the audit key is also
+    /// the provider's identity the recovery cosigner checks commit receipts against, so a host
+    /// that deletes or swaps the blob must not make this enclave silently start over with a new
+    /// key (refreshes would then never commit at the recovery cosigner again). With the blob
+    /// gone but the anchor there, the enclave refuses to start.
+    pub fn open(
+        sealer: &dyn Sealer,
+        store: &dyn BlobStore,
+        anchor: &dyn crate::service::anchor::Anchor,
+    ) -> Result<Self, String> {
+        use sha2::Digest as _;
+        let anchored = anchor.read(AUDIT_KEY_ANCHOR).map_err(|e| e.to_string())?;
+        let stored = store.get(AUDIT_KEY_BLOB).map_err(|e| e.to_string())?;
+        match (&anchored, &stored) {
+            (Some(a), Some(blob))
+                if a.value.as_slice() != <[u8; 32]>::from(sha2::Sha256::digest(blob)) =>
+            {
+                return Err("the stored audit key is not the one this enclave anchored \
+                            (replaced by the host)"
+                    .into());
+            }
+            (Some(_), None) => {
+                return Err(
+                    "the audit key this enclave anchored is missing from the store \
+                            (deleted by the host, or the wrong database): refusing to make a \
+                            new one"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        let key = match stored {
             Some(blob) => {
                 let secret = sealer
                     .open(&context(), &blob)
@@ -70,6 +103,16 @@ impl AuditLog {
                 key
             }
         };
+        if anchored.is_none() {
+            // First start (or a store from before the anchor): anchor the key in use now.
+            let blob = store
+                .get(AUDIT_KEY_BLOB)
+                .map_err(|e| e.to_string())?
+                .ok_or("the audit key vanished from the store")?;
+            anchor
+                .write(AUDIT_KEY_ANCHOR, None, &sha2::Sha256::digest(&blob))
+                .map_err(|e| format!("anchoring the audit key: {e}"))?;
+        }
         let public = key.verifying_key().to_encoded_point(false);
         let fast = aws_lc_rs::signature::EcdsaKeyPair::from_private_key_and_public_key(
             &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,

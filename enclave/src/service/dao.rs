@@ -296,7 +296,16 @@ impl Service {
             // their own, smaller budget, so they cannot crowd out members' signatures.
             // A quota per founding key, and the budget as a whole evicts its oldest DKG instead of
             // refusing: self-made invitations by the dozen cannot block anybody's wallet creation.
-            if matches!(message, DaoMessage::Invitation(_)) {
+            if let DaoMessage::Invitation(inv) = message {
+                // Only an invitation that could be founded may make room: one for another
+                // provider, or with a broken layout, evicts nobody.
+                if inv.provider_key.as_slice() != self.audit.public_key().as_slice()
+                    || inv.layout().is_err()
+                {
+                    return Err(bad(
+                        "the invitation does not name this provider or is malformed",
+                    ));
+                }
                 let is_dkg = |e: &Entry| matches!(e.ceremony, Ceremony::Dkg(..));
                 let theirs = ceremonies
                     .values()

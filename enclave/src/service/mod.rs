@@ -308,12 +308,13 @@ impl Service {
         anchor: Box<dyn Anchor>,
         policy: RefreshPolicy,
     ) -> Result<Self, String> {
-        let audit = AuditLog::open(sealer.as_ref(), store.as_ref())?;
+        let anchor: Box<dyn Anchor> = Box::new(anchor::CachedAnchor::new(anchor));
+        let audit = AuditLog::open(sealer.as_ref(), store.as_ref(), anchor.as_ref())?;
         Ok(Self {
             attester,
             sealer,
             store,
-            anchor: Box::new(anchor::CachedAnchor::new(anchor)),
+            anchor,
             audit,
             policy,
             dkgs: Mutex::new(HashMap::new()),
@@ -843,19 +844,19 @@ impl Service {
                 )));
             }
         }
-        // Full: the oldest ceremony that is not a recovery makes room (a recovery is never
-        // evicted: the owner's way back must not depend on how busy strangers keep the table).
+        // Full: the oldest ceremony that is not a recovery makes room (a recovery goes last: the
+        // owner's way back must not depend on how busy strangers keep the table).
         if !map.contains_key(&id) && map.len() >= MAX_PENDING {
+            // Only recoveries left: the oldest of them goes (a refusal would let whoever holds
+            // the table with self-made wallets' recoveries block everybody's).
             let oldest = map
                 .iter()
                 .filter(|(_, p)| !p.recovery)
                 .min_by_key(|(_, p)| p.started)
+                .or_else(|| map.iter().min_by_key(|(_, p)| p.started))
                 .map(|(k, _)| *k);
-            match oldest {
-                Some(k) => {
-                    map.remove(&k);
-                }
-                None => return Err(Failure::busy("too many recoveries in progress")),
+            if let Some(k) = oldest {
+                map.remove(&k);
             }
         }
         map.insert(id, pending);
@@ -979,10 +980,10 @@ impl Service {
             ..
         }) = taken
         else {
-            return Err(Failure::new(
-                ErrorKind::NotFound,
-                format!("no DKG running for wallet {wallet_id} (finished meanwhile)"),
-            ));
+            // Another confirmation of it is being stored right now: retry and get its answer.
+            return Err(Failure::busy(format!(
+                "the DKG of wallet {wallet_id} is being confirmed by another request: try again"
+            )));
         };
         let output = state.handle_confirmations(confirmations)?;
         let pkp = output.public_key_package.serialize().map_err(internal)?;
@@ -1061,11 +1062,9 @@ impl Service {
             return Ok(None);
         }
         let state = self.records().load_state(wallet_id)?;
-        let same = normalise_public_key(&registration.recovery_key)?
-            == state.recovery_key.as_slice()
-            && state.current_epoch == 0
-            && (normalise_public_key(&registration.device_key)? == state.device_key.as_slice());
-        if !same {
+        // The same registration: its recovery credential never changes, whatever the wallet did
+        // since (refreshes, a recovery); the client compares the key package it gets back.
+        if normalise_public_key(&registration.recovery_key)? != state.recovery_key.as_slice() {
             return Err(Failure::bad(format!("wallet {wallet_id} already exists")));
         }
         Ok(Some(Response::DkgDone {
@@ -1830,5 +1829,6 @@ fn info(wallet_id: WalletId, state: &WalletState) -> Result<WalletInfo, Failure>
         public_key_package: state.public_key_package.clone(),
         confirmations: state.commit_confirmations.clone(),
         receipt: state.commit_receipt.clone(),
+        provider_key: state.provider_key.clone(),
     })
 }
