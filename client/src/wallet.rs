@@ -439,18 +439,18 @@ fn finish_creation(
     // Whoever already holds the wallet is not asked again (its DkgDone may just have been lost,
     // and the wallet may have moved on since): only a cosigner that does not know it is.
     let known = |session: &mut Session| provider_view(session, wallet_id).is_ok();
-    if !known(provider) {
-        if let Err(e) = confirm_at(provider, &confirm, &wallet) {
-            if never_registered(&e) && unknown_at(provider, wallet_id) {
-                // Never registered, and can no longer be (the provider lost the DKG): nothing
-                // to finish; this run creates a new wallet instead.
-                let _ = std::fs::remove_file(&journal.recovery_key_out);
-                let _ = home.forget_wallet(&wallet_id);
-                let _ = home.remove_journal(&wallet_id, CREATING);
-                return Ok(None);
-            }
-            return Err(e);
+    if !known(provider)
+        && let Err(e) = confirm_at(provider, &confirm, &wallet)
+    {
+        if never_registered(&e) && unknown_at(provider, wallet_id) {
+            // Never registered, and can no longer be (the provider lost the DKG): nothing to
+            // finish; this run creates a new wallet instead.
+            let _ = std::fs::remove_file(&journal.recovery_key_out);
+            let _ = home.forget_wallet(&wallet_id);
+            let _ = home.remove_journal(&wallet_id, CREATING);
+            return Ok(None);
         }
+        return Err(e);
     }
     if !known(recovery) {
         confirm_at(recovery, &confirm, &wallet).map_err(|e| unfinished(home, wallet_id, e))?;

@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 pub mod bitcoin_tx;
 pub mod imds;
 pub mod moto;
+pub mod wallets;
 
 use anyhow::{Context, bail};
 use tempfile::TempDir;

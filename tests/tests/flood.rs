@@ -14,7 +14,6 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cosigner_client::session::Session;
@@ -22,17 +21,11 @@ use cosigner_client::trust::Trust;
 use cosigner_protocol::wire::{Request, Response};
 use cosigner_tests::Deployment;
 use serde_bytes::ByteBuf;
-use serde_json::Value;
 
-const MESSAGE: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 /// The parent's default `max_connections_per_source`.
 const DEFAULT_QUOTA: usize = 32;
 /// Longest any wait for the other side to act may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 /// A TCP connection to `to` from `from` (port chosen by the kernel), nothing sent.
 fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
@@ -134,42 +127,8 @@ fn wait_for_count(logs: impl Fn() -> String, verb: &str, marker: &str, n: u64) -
 }
 
 fn create_and_sign(d: &Deployment, name: &str) {
-    let home = d.home(name);
-    let recovery_key = d.dir.path().join(format!("{name}-recovery.key"));
-    let out = d.cosigner([
-        "--home",
-        p(&home),
-        "wallet",
-        "create",
-        "--recovery-key-out",
-        p(&recovery_key),
-        "--json",
-    ]);
-    let w: Value = serde_json::from_str(out.ok()).unwrap();
-    let id = w["wallet_id"].as_str().unwrap();
-    let out = d.cosigner([
-        "--home",
-        p(&home),
-        "sign",
-        "--wallet",
-        id,
-        "--message",
-        MESSAGE,
-        "--json",
-    ]);
-    let sig: Value = serde_json::from_str(out.ok()).unwrap();
-    let key = k256::schnorr::VerifyingKey::from_bytes(
-        &hex::decode(w["group_public_key"].as_str().unwrap()).unwrap(),
-    )
-    .unwrap();
-    let sig = k256::schnorr::Signature::try_from(
-        hex::decode(sig["signature"].as_str().unwrap())
-            .unwrap()
-            .as_slice(),
-    )
-    .unwrap();
-    key.verify_raw(&hex::decode(MESSAGE).unwrap(), &sig)
-        .unwrap();
+    let w = cosigner_tests::wallets::create(d, name);
+    cosigner_tests::wallets::signs(d, &w.home, &w);
 }
 
 /// 1024 idle sockets from one address (what used to fill the parent's global cap) take only that

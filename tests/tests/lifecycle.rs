@@ -7,74 +7,14 @@
     missing_docs
 )]
 
-use std::path::{Path, PathBuf};
-
+use cosigner_tests::wallets::{TestWallet, create, p, sign, signs};
 use cosigner_tests::{Deployment, Outcome};
 use serde_json::Value;
 
-const MESSAGE: &str = "1111111111111111111111111111111111111111111111111111111111111111";
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-struct Wallet {
-    id: String,
-    key: String,
-    home: PathBuf,
-    recovery_key: PathBuf,
-}
-
-fn create(d: &Deployment, name: &str) -> Wallet {
-    let home = d.home(name);
-    let recovery_key = d.dir.path().join(format!("{name}-recovery.key"));
-    let out = d.cosigner([
-        "--home",
-        p(&home),
-        "wallet",
-        "create",
-        "--recovery-key-out",
-        p(&recovery_key),
-        "--json",
-    ]);
-    let w: Value = serde_json::from_str(out.ok()).unwrap();
-    Wallet {
-        id: w["wallet_id"].as_str().unwrap().to_owned(),
-        key: w["group_public_key"].as_str().unwrap().to_owned(),
-        home,
-        recovery_key,
-    }
-}
-
-fn sign(d: &Deployment, home: &Path, id: &str) -> Outcome {
-    d.cosigner([
-        "--home",
-        p(home),
-        "sign",
-        "--wallet",
-        id,
-        "--message",
-        MESSAGE,
-        "--json",
-    ])
-}
-
-fn signs(d: &Deployment, home: &Path, w: &Wallet) {
-    let out = sign(d, home, &w.id);
-    let sig: Value = serde_json::from_str(out.ok()).unwrap();
-    let key = k256::schnorr::VerifyingKey::from_bytes(&hex::decode(&w.key).unwrap()).unwrap();
-    let sig = k256::schnorr::Signature::try_from(
-        hex::decode(sig["signature"].as_str().unwrap())
-            .unwrap()
-            .as_slice(),
-    )
-    .unwrap();
-    key.verify_raw(&hex::decode(MESSAGE).unwrap(), &sig)
-        .unwrap();
-}
+type Wallet = TestWallet;
 
 fn refresh(d: &Deployment, w: &Wallet) -> Outcome {
-    d.cosigner(["--home", p(&w.home), "refresh", "--wallet", &w.id, "--json"])
+    cosigner_tests::wallets::refresh(d, &w.home, &w.id)
 }
 
 #[test]

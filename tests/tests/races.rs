@@ -21,74 +21,12 @@ use cosigner_client::trust::Trust;
 use cosigner_protocol::wire::{
     DkgParams, ErrorKind, KeyRole, Request, Response, SUITE_SECP256K1_TR, WalletId,
 };
+use cosigner_tests::wallets::{MESSAGE, TestWallet, create, p, refresh, sign, signs};
 use cosigner_tests::{Deployment, Outcome};
 use serde_bytes::ByteBuf;
 use serde_json::Value;
 
-const MESSAGE: &str = "2222222222222222222222222222222222222222222222222222222222222222";
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-struct Wallet {
-    id: String,
-    key: String,
-    home: PathBuf,
-    recovery_key: PathBuf,
-}
-
-fn create(d: &Deployment, name: &str) -> Wallet {
-    let home = d.home(name);
-    let recovery_key = d.dir.path().join(format!("{name}-recovery.key"));
-    let out = d.cosigner([
-        "--home",
-        p(&home),
-        "wallet",
-        "create",
-        "--recovery-key-out",
-        p(&recovery_key),
-        "--json",
-    ]);
-    let w: Value = serde_json::from_str(out.ok()).unwrap();
-    Wallet {
-        id: w["wallet_id"].as_str().unwrap().to_owned(),
-        key: w["group_public_key"].as_str().unwrap().to_owned(),
-        home,
-        recovery_key,
-    }
-}
-
-fn sign(d: &Deployment, home: &Path, id: &str) -> Outcome {
-    d.cosigner([
-        "--home",
-        p(home),
-        "sign",
-        "--wallet",
-        id,
-        "--message",
-        MESSAGE,
-        "--json",
-    ])
-}
-
-fn signs(d: &Deployment, home: &Path, w: &Wallet) {
-    let out = sign(d, home, &w.id);
-    let sig: Value = serde_json::from_str(out.ok()).unwrap();
-    let key = k256::schnorr::VerifyingKey::from_bytes(&hex::decode(&w.key).unwrap()).unwrap();
-    let sig = k256::schnorr::Signature::try_from(
-        hex::decode(sig["signature"].as_str().unwrap())
-            .unwrap()
-            .as_slice(),
-    )
-    .unwrap();
-    key.verify_raw(&hex::decode(MESSAGE).unwrap(), &sig)
-        .unwrap();
-}
-
-fn refresh(d: &Deployment, home: &Path, id: &str) -> Outcome {
-    d.cosigner(["--home", p(home), "refresh", "--wallet", id, "--json"])
-}
+type Wallet = TestWallet;
 
 fn recover(d: &Deployment, home: &Path, w: &Wallet) -> Outcome {
     d.cosigner([

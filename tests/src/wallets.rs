@@ -1,0 +1,103 @@
+//! Personal wallets through the real `cosigner` binary, for process-level tests: create one,
+//! sign a message (checking the BIP-340 signature independently), refresh.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::{Deployment, Outcome};
+
+/// The message the tests sign (a 32-byte sighash, hex).
+pub const MESSAGE: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
+/// A path as the `&str` a command line takes (test paths are UTF-8).
+pub fn p(path: &Path) -> &str {
+    path.to_str().unwrap_or_default()
+}
+
+/// A wallet created by [`create`].
+#[derive(Debug, Clone)]
+pub struct TestWallet {
+    /// Its id (hex).
+    pub id: String,
+    /// Its x-only group key (hex).
+    pub key: String,
+    /// The client home holding it.
+    pub home: PathBuf,
+    /// Where its recovery credential was written.
+    pub recovery_key: PathBuf,
+}
+
+/// `cosigner wallet create` in the home `name`, the recovery credential beside the homes.
+///
+/// # Panics
+/// If the creation fails (this is for tests).
+pub fn create(d: &Deployment, name: &str) -> TestWallet {
+    let home = d.home(name);
+    let recovery_key = d.dir.path().join(format!("{name}-recovery.key"));
+    let out = d.cosigner([
+        "--home",
+        p(&home),
+        "wallet",
+        "create",
+        "--recovery-key-out",
+        p(&recovery_key),
+        "--json",
+    ]);
+    let w: Value = serde_json::from_str(out.ok()).unwrap_or_default();
+    let field = |name: &str| {
+        w.get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    TestWallet {
+        id: field("wallet_id"),
+        key: field("group_public_key"),
+        home,
+        recovery_key,
+    }
+}
+
+/// `cosigner sign --message MESSAGE` with the wallet `id` of `home`.
+pub fn sign(d: &Deployment, home: &Path, id: &str) -> Outcome {
+    d.cosigner([
+        "--home",
+        p(home),
+        "sign",
+        "--wallet",
+        id,
+        "--message",
+        MESSAGE,
+        "--json",
+    ])
+}
+
+/// Signs with `home` and checks the signature against the wallet's key with k256 (independent
+/// of FROST's own verifier).
+///
+/// # Panics
+/// If signing fails or the signature does not verify.
+pub fn signs(d: &Deployment, home: &Path, w: &TestWallet) {
+    let out = sign(d, home, &w.id);
+    let sig: Value = serde_json::from_str(out.ok()).unwrap_or_default();
+    let verified = (|| -> anyhow::Result<()> {
+        let key = k256::schnorr::VerifyingKey::from_bytes(&hex::decode(&w.key)?)?;
+        let sig = k256::schnorr::Signature::try_from(
+            hex::decode(
+                sig.get("signature")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+            )?
+            .as_slice(),
+        )?;
+        key.verify_raw(&hex::decode(MESSAGE)?, &sig)?;
+        Ok(())
+    })();
+    assert!(verified.is_ok(), "signature does not verify: {verified:?}");
+}
+
+/// `cosigner refresh` of the wallet `id` in `home`.
+pub fn refresh(d: &Deployment, home: &Path, id: &str) -> Outcome {
+    d.cosigner(["--home", p(home), "refresh", "--wallet", id, "--json"])
+}
