@@ -1204,8 +1204,8 @@ fn the_store_holds_only_records_sealed_under_the_token() {
         .aes_sealing_key_or_generate(SEALING_KEY)
         .unwrap();
     assert_ne!(other_sealer.key_id(), h.sealer.key_id());
-    for anchor in [h.token.clone(), other_token] {
-        let elsewhere = Service::new(
+    let elsewhere_with = |anchor: Token| {
+        Service::new(
             Box::new(h.attester()),
             Box::new(other_sealer.clone()),
             Box::new(WalletsOnly {
@@ -1215,26 +1215,30 @@ fn the_store_holds_only_records_sealed_under_the_token() {
             Box::new(TokenAnchor(anchor)),
             RefreshPolicy::default(),
         )
-        .unwrap();
-        let mut foreign = attested(&elsewhere);
-        let get = elsewhere.handle(
-            &mut foreign,
-            Request::GetWallet {
-                wallet_id: wallet.id,
-            },
-        );
-        assert_eq!(refused(get), ErrorKind::Integrity);
-        let inner = sign_commit_request(wallet.id, MESSAGE, &[1, 2]);
-        let commit = authorized(
-            &elsewhere,
-            &mut foreign,
-            wallet.id,
-            KeyRole::Device,
-            &wallet.device,
-            &inner,
-        );
-        assert_eq!(refused(commit), ErrorKind::Integrity);
-    }
+    };
+    // With this token's anchors, the other enclave does not even start: this token anchored an
+    // audit key that store does not hold (a wrong or tampered database).
+    let refused_start = elsewhere_with(h.token.clone()).unwrap_err();
+    assert!(refused_start.contains("audit key"), "{refused_start}");
+    let elsewhere = elsewhere_with(other_token).unwrap();
+    let mut foreign = attested(&elsewhere);
+    let get = elsewhere.handle(
+        &mut foreign,
+        Request::GetWallet {
+            wallet_id: wallet.id,
+        },
+    );
+    assert_eq!(refused(get), ErrorKind::Integrity);
+    let inner = sign_commit_request(wallet.id, MESSAGE, &[1, 2]);
+    let commit = authorized(
+        &elsewhere,
+        &mut foreign,
+        wallet.id,
+        KeyRole::Device,
+        &wallet.device,
+        &inner,
+    );
+    assert_eq!(refused(commit), ErrorKind::Integrity);
     // The wallet records were not touched; the original service still signs.
     for (key, value) in &records {
         assert_eq!(&h.store.value(key), value, "{key}");
