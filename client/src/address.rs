@@ -1,7 +1,7 @@
 //! Bitcoin P2TR addresses (BIP-341 output key, BIP-350 bech32m encoding).
 //!
 //! frost-secp256k1-tr's DKG already returns the BIP-341 tweaked key Q = P + H_TapTweak(P)·G (see
-//! DESIGN §2), so Q is the output key: the witness program is its x coordinate.
+//! docs/architecture.md, "Signing: A + B"), so Q is the output key: the witness program is its x coordinate.
 
 use bech32::Hrp;
 

@@ -1,5 +1,5 @@
 //! The parent's vsock paths, as far as a machine without a vsock peer can take them (there is no
-//! vsock loopback here: see DESIGN §9). Everything above the socket is the code the unix-socket
+//! vsock loopback here: see docs/nitro.md). Everything above the socket is the code the unix-socket
 //! tests run; what is left is that the vsock calls are made, bounded, and fail cleanly:
 //!
 //! * a client relayed to an enclave CID nobody answers on is closed, not left hanging;

@@ -15,7 +15,7 @@
 //!   or one of a refresh of another epoch, never fits. (A DKG round-1 package is also one
 //!   coefficient longer than a refresh one, and is refused for that first.)
 //!
-//! What frost leaves to us and this module guards (DESIGN §4):
+//! What frost leaves to us and this module guards (docs/lifecycle.md, "Refresh"):
 //!
 //! * **Eviction.** `refresh_dkg_shares` run by a subset of the parties silently drops the others
 //!   from the new public key package. [`RefreshRound2::handle_round2`] (and [`check_old_shares`],
@@ -135,7 +135,7 @@ fn validate_params<C: Ciphersuite>(params: &RefreshParams, me: u16) -> Result<Re
 
 /// Checks that party `me`'s current share and public key package are the ones `params` refreshes:
 /// the key package is `me`'s and agrees with the public key package, the threshold is unchanged,
-/// and the party set is exactly the wallet's (a refresh never evicts anyone, DESIGN §4).
+/// and the party set is exactly the wallet's (a refresh never evicts anyone, docs/lifecycle.md).
 ///
 /// [`RefreshRound2::handle_round2`] runs it; callers may run it before [`start`] to refuse a bad
 /// refresh before any message is sent.

@@ -16,7 +16,7 @@
 //!
 //! What frost leaves to us, and this module guards:
 //!
-//! * **The result is unchecked** (DESIGN §4): `repair_share_part3` returns whatever the sigmas sum
+//! * **The result is unchecked** (docs/lifecycle.md, "Recovery"): `repair_share_part3` returns whatever the sigmas sum
 //!   to. [`RepairParticipant::finish`] accepts the share only if its verifying share is the one the
 //!   public key package lists for the participant, under the same group key.
 //! * **The coordinator is the participant.** In a recovery the new device coordinates, and
@@ -639,7 +639,7 @@ impl<C: Ciphersuite> RepairParticipant<C> {
         drop(hpke_secret);
         let key_package = repaired?;
 
-        // DESIGN §4: frost does not check the result.
+        // frost does not check the result (docs/lifecycle.md, "Recovery").
         if public_key_package.verifying_shares().get(&participant)
             != Some(key_package.verifying_share())
             || key_package.verifying_key() != public_key_package.verifying_key()

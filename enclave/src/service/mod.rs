@@ -1797,7 +1797,7 @@ fn sorted(v: &[u16]) -> Vec<u16> {
     v
 }
 
-/// The x-only group key of a public key package: the Taproot output key Q (DESIGN §2).
+/// The x-only group key of a public key package: the Taproot output key Q (BIP-341; docs/architecture.md).
 fn output_key(pkp: &PublicKeyPackage<Suite>) -> Result<[u8; 32], Failure> {
     let sec1 = pkp.verifying_key().serialize().map_err(internal)?;
     sec1.get(1..33)
