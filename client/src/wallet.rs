@@ -698,23 +698,38 @@ fn resume(
     if ours != Some(kp.verifying_share()) || pkp.verifying_key() != kp.verifying_key() {
         return Ok(None);
     }
+    Ok(Some(switch_share(
+        home, wallet, view.epoch, &pkp, &prepared,
+    )?))
+}
+
+/// Makes `share` this device's share of `wallet` at `epoch` (the refreshed key package `pkp`),
+/// refusing a refresh that changed the group key, and drops the prepared copy.
+fn switch_share(
+    home: &Home,
+    wallet: &WalletFile,
+    epoch: u64,
+    pkp: &PublicKeyPackage<Suite>,
+    share: &[u8],
+) -> Result<WalletFile> {
+    let wallet_id = WalletId::from_hex(&wallet.wallet_id)?;
     let network: Network = wallet.network.parse()?;
     let new_wallet = wallet_file(
         wallet_id,
         wallet.party,
         &wallet.parties,
         wallet.min_signers,
-        view.epoch,
-        &pkp,
+        epoch,
+        pkp,
         network,
     )?;
     if new_wallet.group_public_key != wallet.group_public_key && !wallet.group_public_key.is_empty()
     {
         return Err(internal("the refresh changed the group key"));
     }
-    home.replace_share(&new_wallet, &prepared)?;
+    home.replace_share(&new_wallet, share)?;
     home.remove_prepared_share(&wallet_id)?;
-    Ok(Some(new_wallet))
+    Ok(new_wallet)
 }
 
 /// Refuses to refresh when the provider no longer attests the key registered with the recovery
@@ -876,22 +891,13 @@ fn refresh_from(
         other => return Err(unexpected("RefreshCommitted", &other)),
     }
     // Both cosigners hold the new epoch: switch this device over, then let them drop the old one.
-    let network: Network = wallet.network.parse()?;
-    let new_wallet = wallet_file(
-        wallet_id,
-        DEVICE,
-        &wallet.parties,
-        wallet.min_signers,
+    let new_wallet = switch_share(
+        home,
+        &wallet,
         params.from_epoch + 1,
         &output.public_key_package,
-        network,
+        &prepared,
     )?;
-    if new_wallet.group_public_key != wallet.group_public_key && !wallet.group_public_key.is_empty()
-    {
-        return Err(internal("the refresh changed the group key"));
-    }
-    home.replace_share(&new_wallet, &prepared)?;
-    home.remove_prepared_share(&wallet_id)?;
     observe(RefreshStep::DeviceCommitted);
     for session in [&mut *provider, &mut *recovery] {
         match session.call(&Request::RefreshFinalize {
