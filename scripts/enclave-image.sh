@@ -4,7 +4,7 @@
 #   1. cosigner-enclave (features: nitro, not local-attester) and cosigner-init, release,
 #      statically linked against glibc, with no host path, timestamp or debug information inside;
 #   2. checks that both are static and free of host paths;
-#   3. cosigner-parent image build: the deterministic ramdisk(s), pcrs.json, the trust-file
+#   3. cosigner-image build: the deterministic ramdisk(s), pcrs.json, the trust-file
 #      measurement and, with NITRO_BLOBS=DIR (bzImage, bzImage.config, cmdline, nsm.ko from
 #      aws-nitro-enclaves-cli), the EIF with all three PCRs.
 #
@@ -24,17 +24,17 @@ out=${ENCLAVE_OUT:-target/enclave}
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
 cargo_home=$(cd "$cargo_home" && pwd -P)
 
-# The packer (cosigner-parent image build) is a host tool, built first in the caller's environment
-# so that `make build`'s debug build is reused: several build scripts (ring, openssl-sys,
-# libsqlite3-sys) rebuild when SOURCE_DATE_EPOCH changes.
-# COSIGNER_PACKER: a cosigner-parent built elsewhere from the same sources (make repro-check
+# The packer (cosigner-image build) is a host tool, built first in the caller's environment so
+# that `make build`'s debug build is reused: several build scripts (ring, openssl-sys) rebuild
+# when SOURCE_DATE_EPOCH changes.
+# COSIGNER_PACKER: a cosigner-image built elsewhere from the same sources (make repro-check
 # builds one for both of its trees; the packer is not part of the image).
 start=$(date +%s)
 if [ -n "${COSIGNER_PACKER:-}" ]; then
     packer=$COSIGNER_PACKER
 else
-    "$cargo" build --locked -p cosigner-parent --bin cosigner-parent
-    packer=target/debug/cosigner-parent
+    "$cargo" build --locked -p cosigner-image --bin cosigner-image
+    packer=target/debug/cosigner-image
 fi
 
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
@@ -102,7 +102,7 @@ fi
 if [ -n "${ENCLAVE_CONFIG:-}" ]; then
     extra+=(--config "$ENCLAVE_CONFIG")
 fi
-"$packer" image build \
+"$packer" build \
     --enclave "$bin_dir/cosigner-enclave" --init "$bin_dir/cosigner-init" \
     --out-dir "$out" "${extra[@]}" >/dev/null
 

@@ -5,7 +5,7 @@
 # shared), and compares the outputs byte for byte: the enclave binary, the init, the ramdisk(s),
 # pcrs.json, the trust-file measurement and, with NITRO_BLOBS=DIR, the EIF. ENCLAVE_CONFIG=FILE,
 # KMS_KEY_ARN and AWS_REGION are passed on to both builds (scripts/enclave-image.sh). The packer
-# (cosigner-parent, a host tool) is built once for both when this checkout has its sources.
+# (cosigner-image, a host tool) is built once for both when this checkout has its sources.
 #
 # Exit 0 when all are identical; 1 with the differing files' hashes otherwise. REPRO_KEEP=1 keeps
 # the two trees (printed) for inspection. Uncommitted changes are not part of the check.
@@ -27,21 +27,21 @@ for var in NITRO_BLOBS ENCLAVE_CONFIG; do
     fi
 done
 
-# The packer (cosigner-parent image build) is a host tool, not part of the image: when this
+# The packer (cosigner-image build) is a host tool, not part of the image: when this
 # checkout has the commit's sources for it, it is built here once (a no-op after `make build`, as
 # in CI) and both trees use it. Each tree still builds the enclave and the init from scratch and
 # packs them itself, in its own directory and umask. Otherwise each tree builds its own.
-packer_sources=(parent protocol Cargo.toml Cargo.lock)
+packer_sources=(image Cargo.toml Cargo.lock)
 if [ -z "${COSIGNER_PACKER:-}" ] && git diff --quiet "$rev" -- "${packer_sources[@]}" 2>/dev/null \
     && [ -z "$(git ls-files --others --exclude-standard -- "${packer_sources[@]}")" ]; then
-    echo "repro-check: packer: this checkout's cosigner-parent (its sources are those of $rev)"
+    echo "repro-check: packer: this checkout's cosigner-image (its sources are those of $rev)"
     # Without SOURCE_DATE_EPOCH, as `make build` built it: some build scripts rerun when it changes.
-    env -u SOURCE_DATE_EPOCH "${CARGO:-cargo}" build --locked -p cosigner-parent \
-        --bin cosigner-parent >/dev/null 2>&1 || {
-        echo "repro-check: building the packer failed: cargo build -p cosigner-parent" >&2
+    env -u SOURCE_DATE_EPOCH "${CARGO:-cargo}" build --locked -p cosigner-image \
+        --bin cosigner-image >/dev/null 2>&1 || {
+        echo "repro-check: building the packer failed: cargo build -p cosigner-image" >&2
         exit 1
     }
-    COSIGNER_PACKER=$(realpath "${CARGO_TARGET_DIR:-target}/debug/cosigner-parent")
+    COSIGNER_PACKER=$(realpath "${CARGO_TARGET_DIR:-target}/debug/cosigner-image")
     export COSIGNER_PACKER
 fi
 unset CARGO_TARGET_DIR CARGO_BUILD_TARGET_DIR ENCLAVE_OUT

@@ -488,7 +488,9 @@ pub mod imds {
     use std::net::{SocketAddr, TcpStream};
     use std::time::{Duration, Instant};
 
+    use cosigner_kms::aws::http;
     use cosigner_protocol::wire::SecretString;
+    use zeroize::Zeroize;
 
     use super::{AwsCredentials, credentials_error, printable, valid_role_name};
     use crate::error::Result;
@@ -497,7 +499,7 @@ pub mod imds {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
     /// Longest one exchange may take, from connect to the last byte.
     pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(3);
-    /// Largest response read (headers and body).
+    /// Largest response body read (headers: 16 KiB more).
     pub const MAX_RESPONSE_LEN: usize = 64 * 1024;
     /// The session token's lifetime asked for (IMDS's maximum, 6 hours).
     pub const TOKEN_TTL_SECONDS: u32 = 21_600;
@@ -575,51 +577,10 @@ pub mod imds {
         stream
             .write_all(request.expose().as_bytes())
             .map_err(|e| fail(format!("sending: {e}")))?;
-        // Read to the end (Connection: close), into a buffer that never reallocates, so the one
-        // copy of the answer is the one zeroized.
-        let mut buf: Vec<u8> = Vec::with_capacity(MAX_RESPONSE_LEN + 4096);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(fail(format!(
-                    "no complete answer within {} s",
-                    EXCHANGE_TIMEOUT.as_secs()
-                )));
-            }
-            stream
-                .set_read_timeout(Some(left))
-                .map_err(|e| fail(e.to_string()))?;
-            let len = buf.len();
-            if len > MAX_RESPONSE_LEN {
-                zero(&mut buf);
-                return Err(fail(format!("answer longer than {MAX_RESPONSE_LEN} bytes")));
-            }
-            buf.resize(len + 4096, 0);
-            let read = stream.read(buf.get_mut(len..).unwrap_or_default());
-            let n = match read {
-                Ok(n) => n,
-                Err(e) => {
-                    zero(&mut buf);
-                    return Err(fail(
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) {
-                            format!("no complete answer within {} s", EXCHANGE_TIMEOUT.as_secs())
-                        } else {
-                            format!("reading: {e}")
-                        },
-                    ));
-                }
-            };
-            buf.truncate(len + n);
-            if n == 0 {
-                break;
-            }
-        }
-        let parsed = parse_response(&buf);
-        zero(&mut buf);
-        let (status, body) = parsed.map_err(fail)?;
+        let mut reader = Deadline { stream, deadline };
+        let response = http::read_response(&mut reader, LIMITS).map_err(|e| fail(describe(e)))?;
+        let status = response.status;
+        let body = body_text(response).map_err(fail)?;
         if status != 200 {
             let hint = match status {
                 401 => " (the session token was refused)",
@@ -632,83 +593,66 @@ pub mod imds {
         Ok(body)
     }
 
-    fn zero(buf: &mut Vec<u8>) {
-        buf.iter_mut().for_each(|b| *b = 0);
-        buf.clear();
+    /// IMDS's answers: a body framed by `Content-Length`, chunked, or running to the close (the
+    /// request says `Connection: close`), at most [`MAX_RESPONSE_LEN`] bytes.
+    const LIMITS: http::Limits = http::Limits {
+        max_head: 16 * 1024,
+        max_body: MAX_RESPONSE_LEN,
+        body_until_close: true,
+    };
+
+    /// The connection, each read bounded by what is left of the exchange's deadline.
+    struct Deadline {
+        stream: TcpStream,
+        deadline: Instant,
+    }
+
+    impl Read for Deadline {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            self.stream.read(buf)
+        }
+    }
+
+    /// The reader's refusal as a line; a timeout names the exchange's bound.
+    fn describe(error: http::HttpError) -> String {
+        match error {
+            http::HttpError::Io(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                format!("no complete answer within {} s", EXCHANGE_TIMEOUT.as_secs())
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// The body as text, moved (not copied) into a [`SecretString`].
+    fn body_text(mut response: http::Response) -> std::result::Result<SecretString, String> {
+        let bytes = std::mem::take(&mut *response.body);
+        String::from_utf8(bytes)
+            .map(SecretString::new)
+            .map_err(|e| {
+                // The rejected bytes are handed back: zeroize them before they are dropped.
+                let mut bytes = e.into_bytes();
+                bytes.zeroize();
+                "body is not UTF-8".to_owned()
+            })
     }
 
     /// Status and body of one complete HTTP/1.x answer held in `bytes` (read to EOF): body by
     /// `Content-Length`, chunked, or up to the end.
     pub fn parse_response(bytes: &[u8]) -> std::result::Result<(u16, SecretString), String> {
-        let head_end = bytes
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or("connection closed before the end of the headers")?;
-        let head = std::str::from_utf8(bytes.get(..head_end).unwrap_or_default())
-            .map_err(|_| "headers are not UTF-8")?;
-        let rest = bytes.get(head_end + 4..).unwrap_or_default();
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let mut parts = status_line.splitn(3, ' ');
-        let version = parts.next().unwrap_or_default();
-        let status = parts
-            .next()
-            .filter(|c| c.len() == 3 && (version == "HTTP/1.1" || version == "HTTP/1.0"))
-            .and_then(|c| c.parse::<u16>().ok())
-            .filter(|c| (100..600).contains(c))
-            .ok_or_else(|| format!("bad status line {:?}", printable(status_line, 80)))?;
-        let mut length = None;
-        let mut chunked = false;
-        for line in lines {
-            let (name, value) = line.split_once(':').ok_or("header line without ':'")?;
-            if name.eq_ignore_ascii_case("content-length") {
-                length = Some(
-                    value
-                        .trim()
-                        .parse::<usize>()
-                        .map_err(|_| "bad Content-Length")?,
-                );
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.to_ascii_lowercase().contains("chunked");
-            }
-        }
-        let body = if chunked {
-            dechunk(rest)?
-        } else if let Some(len) = length {
-            rest.get(..len)
-                .ok_or_else(|| format!("body cut short: {} of {len} bytes", rest.len()))?
-                .to_vec()
-        } else {
-            rest.to_vec()
-        };
-        let body = String::from_utf8(body).map_err(|_| "body is not UTF-8")?;
-        Ok((status, SecretString::new(body)))
-    }
-
-    /// A chunked body (RFC 9112 §7.1) held whole in memory.
-    fn dechunk(mut rest: &[u8]) -> std::result::Result<Vec<u8>, String> {
-        let mut body = Vec::new();
-        loop {
-            let line_end = rest
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .ok_or("chunked body cut short")?;
-            let line = std::str::from_utf8(rest.get(..line_end).unwrap_or_default())
-                .map_err(|_| "bad chunk size")?;
-            let size_text = line.split(';').next().unwrap_or_default().trim();
-            let size =
-                usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size".to_owned())?;
-            rest = rest.get(line_end + 2..).unwrap_or_default();
-            if size == 0 {
-                return Ok(body);
-            }
-            let data = rest.get(..size).ok_or("chunk cut short")?;
-            body.extend_from_slice(data);
-            if rest.get(size..size + 2) != Some(b"\r\n".as_slice()) {
-                return Err("chunk not followed by CRLF".into());
-            }
-            rest = rest.get(size + 2..).unwrap_or_default();
-        }
+        let mut bytes = bytes;
+        let response = http::read_response(&mut bytes, LIMITS).map_err(describe)?;
+        let status = response.status;
+        Ok((status, body_text(response)?))
     }
 }
 

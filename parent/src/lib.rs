@@ -19,7 +19,6 @@ pub mod aws_credentials;
 pub mod config;
 pub mod enrollment;
 mod error;
-pub mod image;
 pub mod mailbox;
 pub mod proxy;
 pub mod relay;

@@ -8,6 +8,8 @@
 //! store commits every write before answering, so being killed loses nothing acknowledged. Exit
 //! codes: 0 success, 1 failure (one line on stderr), 2 usage error.
 
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,9 +36,14 @@ enum Command {
     /// The enclave's audit log as this parent stores it.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// The reproducible enclave image: ramdisks, EIF, PCRs (see docs/nitro.md).
-    #[command(subcommand)]
-    Image(cosigner_parent::image::cli::ImageCommand),
+    /// The reproducible enclave image: runs `cosigner-image ARGS…` (docs/nitro.md), a build tool
+    /// the parent does not link, found beside this binary or on PATH.
+    #[command(disable_help_flag = true)]
+    Image {
+        /// Passed to cosigner-image as they are, e.g. `build --enclave BIN …`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<OsString>,
+    },
     /// Wallet enrollment: the operator key and the tokens it signs (docs/deployment.md).
     #[command(subcommand)]
     Enrollment(cosigner_parent::enrollment::EnrollmentCommand),
@@ -104,7 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             running.wait();
             Ok(())
         }
-        Command::Image(command) => cosigner_parent::image::cli::run(command),
+        Command::Image { args } => Err(run_image_tool(args)),
         Command::Enrollment(command) => cosigner_parent::enrollment::run(command),
         Command::Audit(AuditCommand::Verify { database, key }) => {
             let report = cosigner_parent::audit::verify_database(&database, &key)?;
@@ -115,4 +122,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Replaces this process with `cosigner-image ARGS…` (its exit code and output are the command's);
+/// returns only if that fails. The packer lives in its own crate so that the production parent does
+/// not link `aws-nitro-enclaves-image-format` and OpenSSL: `cosigner-parent image` is a forwarder.
+fn run_image_tool(args: Vec<OsString>) -> anyhow::Error {
+    const TOOL: &str = "cosigner-image";
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name(TOOL))
+        .filter(|path| path.is_file());
+    let program = beside.unwrap_or_else(|| PathBuf::from(TOOL));
+    let error = std::process::Command::new(&program).args(args).exec();
+    anyhow::anyhow!(
+        "`image` runs {TOOL} (make build builds it): {}: {error}",
+        program.display()
+    )
 }

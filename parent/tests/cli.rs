@@ -158,3 +158,34 @@ fn run_serves_the_store_and_relays_until_killed() {
     drop(child);
     assert!(dir.path().join("store.db").exists());
 }
+
+/// `cosigner-parent image ARGS…` runs `cosigner-image ARGS…` found beside the binary, as is (the
+/// packer is its own crate so that the parent does not link it), and names it when it is absent.
+#[test]
+fn image_forwards_to_the_packer_beside_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dir.path().join("cosigner-parent");
+    std::fs::copy(BIN, &parent).unwrap();
+    let run_copy = |args: &[&str]| {
+        Command::new(&parent)
+            .args(args)
+            .env("PATH", dir.path().join("empty"))
+            .env("RUST_BACKTRACE", "0")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let line = refused(&run_copy(&["image", "build", "--help"]));
+    assert!(line.contains("cosigner-image"), "{line}");
+
+    let tool = dir.path().join("cosigner-image");
+    std::fs::write(&tool, "#!/bin/sh\necho \"$@\"\nexit 7\n").unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = run_copy(&["image", "build", "--out-dir", "x y", "--help"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "build --out-dir x y --help\n"
+    );
+}

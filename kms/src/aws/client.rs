@@ -30,6 +30,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use zeroize::{Zeroize, Zeroizing};
 
+use super::http::{self, Response};
 use super::sigv4::{self, Credentials, Scope};
 use crate::error::{KmsError, Result};
 
@@ -590,199 +591,26 @@ impl RawResponse {
     }
 }
 
-/// A parsed HTTP response.
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Zeroizing<Vec<u8>>,
-}
+/// KMS's answers: within [`MAX_HEAD_LEN`] and [`MAX_BODY_LEN`], framed by `Content-Length` or
+/// chunked (KMS always frames its bodies).
+const LIMITS: http::Limits = http::Limits {
+    max_head: MAX_HEAD_LEN,
+    max_body: MAX_BODY_LEN,
+    body_until_close: false,
+};
 
-/// Reads one HTTP/1.1 response (skipping 1xx), within the size caps.
+/// Reads one HTTP/1.1 response (skipping 1xx), within [`LIMITS`].
 fn read_response(conn: &mut dyn Read, operation: &'static str) -> Result<Response> {
-    let bad = |reason: String| KmsError::AwsResponse { operation, reason };
-    let io = |e: io::Error| KmsError::AwsTransport {
-        operation,
-        reason: e.to_string(),
-    };
-    let mut buf = Zeroizing::new(Vec::with_capacity(4096));
-    let mut chunk = [0u8; 4096];
-    loop {
-        // Read until the end of the head.
-        let head_end = loop {
-            if let Some(pos) = find(&buf, b"\r\n\r\n") {
-                break pos;
-            }
-            if buf.len() > MAX_HEAD_LEN {
-                return Err(bad(format!("headers longer than {MAX_HEAD_LEN} bytes")));
-            }
-            let n = conn.read(&mut chunk).map_err(io)?;
-            if n == 0 {
-                return Err(bad(if buf.is_empty() {
-                    "connection closed without an answer".to_owned()
-                } else {
-                    "connection closed inside the headers".to_owned()
-                }));
-            }
-            buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-        };
-        let head = buf.get(..head_end).unwrap_or_default();
-        let head = std::str::from_utf8(head).map_err(|_| bad("headers are not UTF-8".into()))?;
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status = parse_status_line(status_line).ok_or_else(|| {
-            bad(format!(
-                "bad status line {:?}",
-                status_line.chars().take(80).collect::<String>()
-            ))
-        })?;
-        let mut headers = Vec::new();
-        for line in lines {
-            let (name, value) = line
-                .split_once(':')
-                .ok_or_else(|| bad("header line without ':'".into()))?;
-            if name.is_empty() || name.bytes().any(|b| !b.is_ascii_graphic()) {
-                return Err(bad("bad header name".into()));
-            }
-            headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
-        }
-        let rest_start = head_end + 4;
-        let mut rest: Zeroizing<Vec<u8>> =
-            Zeroizing::new(buf.get(rest_start..).unwrap_or_default().to_vec());
-        if (100..200).contains(&status) {
-            // An interim answer: the real one follows.
-            std::mem::swap(&mut buf, &mut rest);
-            continue;
-        }
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        };
-        let chunked = header("transfer-encoding")
-            .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
-        let body = if chunked {
-            read_chunked(conn, rest, operation)?
-        } else if let Some(len) = header("content-length") {
-            let len: usize = len
-                .parse()
-                .map_err(|_| bad(format!("bad Content-Length {len:?}")))?;
-            if len > MAX_BODY_LEN {
-                return Err(bad(format!(
-                    "body of {len} bytes, more than {MAX_BODY_LEN}"
-                )));
-            }
-            if rest.len() > len {
-                return Err(bad("more bytes than Content-Length".into()));
-            }
-            let mut body = rest;
-            while body.len() < len {
-                let n = conn.read(&mut chunk).map_err(io)?;
-                if n == 0 {
-                    return Err(bad(format!(
-                        "connection closed after {} of {len} body bytes",
-                        body.len()
-                    )));
-                }
-                body.extend_from_slice(chunk.get(..n).unwrap_or_default());
-                if body.len() > len {
-                    return Err(bad("more bytes than Content-Length".into()));
-                }
-            }
-            chunk.zeroize();
-            body
-        } else if status == 204 || status == 304 {
-            Zeroizing::new(Vec::new())
-        } else {
-            return Err(bad("no Content-Length and not chunked".into()));
-        };
-        return Ok(Response {
-            status,
-            headers,
-            body,
-        });
-    }
-}
-
-/// `HTTP/1.x NNN reason`.
-fn parse_status_line(line: &str) -> Option<u16> {
-    let mut parts = line.splitn(3, ' ');
-    let version = parts.next()?;
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return None;
-    }
-    let code = parts.next()?;
-    if code.len() != 3 {
-        return None;
-    }
-    code.parse().ok().filter(|c| (100..600).contains(c))
-}
-
-/// A chunked body (RFC 9112 §7.1): hex size lines, data, CRLF, a zero chunk, trailers.
-fn read_chunked(
-    conn: &mut dyn Read,
-    mut buf: Zeroizing<Vec<u8>>,
-    operation: &'static str,
-) -> Result<Zeroizing<Vec<u8>>> {
-    let bad = |reason: String| KmsError::AwsResponse { operation, reason };
-    let mut body = Zeroizing::new(Vec::new());
-    let mut chunk = [0u8; 4096];
-    let mut fill = |buf: &mut Vec<u8>| -> Result<()> {
-        if buf.len() > MAX_BODY_LEN + MAX_HEAD_LEN {
-            return Err(bad("chunked body too large".into()));
-        }
-        let n = conn.read(&mut chunk).map_err(|e| KmsError::AwsTransport {
+    http::read_response(conn, LIMITS).map_err(|e| match e {
+        http::HttpError::Io(e) => KmsError::AwsTransport {
             operation,
             reason: e.to_string(),
-        })?;
-        if n == 0 {
-            return Err(bad("connection closed inside a chunked body".into()));
-        }
-        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-        Ok(())
-    };
-    loop {
-        let line_end = loop {
-            if let Some(pos) = find(&buf, b"\r\n") {
-                break pos;
-            }
-            fill(&mut buf)?;
-        };
-        let line = std::str::from_utf8(buf.get(..line_end).unwrap_or_default())
-            .map_err(|_| bad("bad chunk size line".into()))?;
-        let size_text = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| bad(format!("bad chunk size {size_text:?}")))?;
-        if size > MAX_BODY_LEN || body.len() + size > MAX_BODY_LEN {
-            return Err(bad(format!("chunked body over {MAX_BODY_LEN} bytes")));
-        }
-        buf.drain(..line_end + 2);
-        if size == 0 {
-            // Trailers, up to an empty line; ignored.
-            loop {
-                if buf.starts_with(b"\r\n") {
-                    return Ok(body);
-                }
-                if let Some(pos) = find(&buf, b"\r\n") {
-                    buf.drain(..pos + 2);
-                    continue;
-                }
-                fill(&mut buf)?;
-            }
-        }
-        while buf.len() < size + 2 {
-            fill(&mut buf)?;
-        }
-        body.extend_from_slice(buf.get(..size).unwrap_or_default());
-        if buf.get(size..size + 2) != Some(b"\r\n".as_slice()) {
-            return Err(bad("chunk not followed by CRLF".into()));
-        }
-        buf.drain(..size + 2);
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+        },
+        other => KmsError::AwsResponse {
+            operation,
+            reason: other.to_string(),
+        },
+    })
 }
 
 /// A non-2xx answer as [`KmsError::AwsError`]: the type from the JSON `__type` (namespace
@@ -881,14 +709,14 @@ mod tests {
             b"\xff\xfe\r\n\r\n",
         ] {
             assert!(
-                parse(bytes).is_err(),
+                matches!(parse(bytes), Err(KmsError::AwsResponse { .. })),
                 "{:?}",
                 String::from_utf8_lossy(bytes)
             );
         }
         let mut huge = b"HTTP/1.1 200 OK\r\n".to_vec();
         huge.extend(std::iter::repeat_n(b'a', MAX_HEAD_LEN + 10));
-        assert!(parse(&huge).is_err());
+        assert!(matches!(parse(&huge), Err(KmsError::AwsResponse { .. })));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! * [`sigv4`]: request signing (AWS Signature Version 4), checked against AWS's test suite;
 //! * [`client`]: the KMS JSON 1.1 protocol over hand-written HTTP/1.1 on an injected byte stream
 //!   (TLS inside the enclave in production);
+//! * [`http`]: the one bounded HTTP/1.1 response reader (also the parent's IMDS client's);
 //! * [`cms`]: opening `CiphertextForRecipient` (CMS EnvelopedData, RSAES-OAEP-SHA-256 +
 //!   AES-256-CBC) with the enclave's ephemeral RSA key;
 //! * [`credentials`]: credentials handed over by the parent, cached and refreshed before expiry;
@@ -14,6 +15,7 @@
 pub mod client;
 pub mod cms;
 pub mod credentials;
+pub mod http;
 pub mod sealer;
 pub mod sigv4;
 

@@ -9,7 +9,7 @@
 //! * PCR8 (signed EIFs only, not used here): the signing certificate.
 //!
 //! PCR2 depends on the application ramdisk alone, so it can be computed (and pinned, audited)
-//! without AWS's kernel blobs; PCR0 and PCR1 need them (see [`super::eif`]).
+//! without AWS's kernel blobs; PCR0 and PCR1 need them (see [`crate::eif`]).
 
 use std::io::Write;
 

@@ -1,10 +1,10 @@
-//! The `image` subcommand of `cosigner-parent` (its grammar lives here, beside the code).
+//! The commands of `cosigner-image` (their grammar lives here, beside the code).
 
 use std::path::PathBuf;
 
 use clap::Subcommand;
 
-/// `cosigner-parent image …`
+/// `cosigner-image …`
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Pack the static enclave and init into the reproducible ramdisk(s) and, with
@@ -42,7 +42,7 @@ pub enum ImageCommand {
     },
 }
 
-/// Runs an `image` subcommand; errors are one line.
+/// Runs a `cosigner-image` command; errors are one line.
 pub fn run(command: ImageCommand) -> anyhow::Result<()> {
     match command {
         ImageCommand::Build {
@@ -61,7 +61,7 @@ pub fn run(command: ImageCommand) -> anyhow::Result<()> {
                     "give --config or --kms-key-arn (KMS_KEY_ARN), not both: a --config file \
                      names its own KMS key"
                 ),
-                (_, Some(arn)) => super::KmsKey::new(
+                (_, Some(arn)) => crate::KmsKey::new(
                     arn.trim(),
                     kms_region
                         .as_deref()
@@ -69,7 +69,7 @@ pub fn run(command: ImageCommand) -> anyhow::Result<()> {
                         .filter(|r| !r.is_empty()),
                 )
                 .map_err(anyhow::Error::msg)?,
-                (_, None) => super::KmsKey::placeholder(),
+                (_, None) => crate::KmsKey::placeholder(),
             };
             let source_date_epoch = match source_date_epoch.as_deref().map(str::trim) {
                 None | Some("") => anyhow::bail!(
@@ -81,7 +81,7 @@ pub fn run(command: ImageCommand) -> anyhow::Result<()> {
                 })?,
             };
             let placeholder = options_placeholder(config.is_none(), &kms_key);
-            let options = super::BuildOptions {
+            let options = crate::BuildOptions {
                 enclave,
                 init,
                 out_dir,
@@ -90,10 +90,10 @@ pub fn run(command: ImageCommand) -> anyhow::Result<()> {
                 nitro_blobs,
                 source_date_epoch,
             };
-            let pcrs = super::build(&options).map_err(anyhow::Error::msg)?;
+            let pcrs = crate::build(&options).map_err(anyhow::Error::msg)?;
             print!("{}", pcrs.to_json());
             eprintln!(
-                "cosigner-parent: image written to {}{}{placeholder}",
+                "cosigner-image: image written to {}{}{placeholder}",
                 options.out_dir.display(),
                 if pcrs.pcr0.is_some() {
                     " (EIF, PCR0-2)"
@@ -107,7 +107,7 @@ pub fn run(command: ImageCommand) -> anyhow::Result<()> {
 }
 
 /// The note for an image sealing under the placeholder key (nothing otherwise).
-fn options_placeholder(built_in: bool, key: &super::KmsKey) -> &'static str {
+fn options_placeholder(built_in: bool, key: &crate::KmsKey) -> &'static str {
     if built_in && key.is_placeholder() {
         "; KMS key: the PLACEHOLDER (no KMS_KEY_ARN), a reference image that will not start in \
          an enclave"

@@ -1,4 +1,7 @@
-//! `cosigner-parent image build`: the reproducible enclave image and the measurements clients pin.
+//! `cosigner-image build`: the reproducible enclave image and the measurements clients pin.
+//!
+//! A build-only tool: it never runs on the production host, so the parent does not link it (nor
+//! `aws-nitro-enclaves-image-format` and the OpenSSL it pulls in).
 //!
 //! Inputs: the statically linked `cosigner-enclave` and `cosigner-init` (from
 //! `make enclave-image`), `SOURCE_DATE_EPOCH`, and optionally AWS's kernel blobs. Outputs, in the
@@ -225,6 +228,8 @@ impl Pcrs {
 
     /// `trust-measurement.toml`: one `[[measurement]]` table pinning every PCR computed.
     pub fn to_trust_toml(&self) -> String {
+        // The tool's old name, kept: this file's bytes are compared by `make repro-check` and by
+        // auditors against images published before the packer moved to cosigner-image.
         let mut text = String::from(
             "# The measurement of this cosigner enclave image (cosigner-parent image build).\n\
              # Add this table to the clients' trust file, beside the current one during a rollout\n\

@@ -1,4 +1,4 @@
-//! `cosigner-parent image build` as `make enclave-image` runs it: deterministic outputs, a
+//! `cosigner-image build` as `make enclave-image` runs it: deterministic outputs, a
 //! ramdisk the kernel (and `cpio`) can read, PCRs computed as the EIF format does, an EIF whose
 //! bytes do not depend on the clock, and one-line refusals of missing or unusable inputs.
 //!
@@ -10,10 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use cosigner_parent::image::{self, cpio, pcr};
+use cosigner_image::{self as image, cpio, pcr};
 use sha2::{Digest, Sha384};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cosigner-parent");
+const BIN: &str = env!("CARGO_BIN_EXE_cosigner-image");
 const EPOCH: &str = "1700000000";
 
 /// A minimal x86-64 ELF executable header with these program header types and a payload.
@@ -78,7 +78,6 @@ fn inputs() -> Inputs {
 fn build(inputs: &Inputs, out: &Path, blobs: bool, envs: &[(&str, &str)]) -> Output {
     let mut command = Command::new(BIN);
     command
-        .arg("image")
         .arg("build")
         .arg("--enclave")
         .arg(&inputs.enclave)
@@ -387,7 +386,7 @@ fn missing_or_unusable_inputs_are_refused_in_one_line() {
     let s = |p: &Path| p.display().to_string();
     let (enclave, init) = (s(&inputs.enclave), s(&inputs.init));
     let args = |enclave: &str, init: &str, extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = ["image", "build", "--enclave", enclave, "--init", init]
+        let mut v: Vec<String> = ["build", "--enclave", enclave, "--init", init]
             .map(str::to_owned)
             .to_vec();
         v.extend(["--out-dir".to_owned(), s(&out)]);
@@ -467,11 +466,7 @@ fn missing_or_unusable_inputs_are_refused_in_one_line() {
     }
 
     // A command line without a required flag is a usage error (exit 2).
-    let usage = run(
-        &["image".into(), "build".into(), "--enclave".into(), enclave],
-        &[],
-        false,
-    );
+    let usage = run(&["build".into(), "--enclave".into(), enclave], &[], false);
     assert_eq!(usage.status.code(), Some(2));
 }
 
@@ -608,7 +603,7 @@ fn the_kms_key_is_a_build_input_and_part_of_pcr2() {
     let config = inputs.root.join("production.toml");
     std::fs::write(&config, KMS_CONFIG).unwrap();
     let out = Command::new(BIN)
-        .args(["image", "build", "--enclave"])
+        .args(["build", "--enclave"])
         .arg(&inputs.enclave)
         .arg("--init")
         .arg(&inputs.init)
@@ -711,7 +706,7 @@ fn a_deployments_config_is_baked_in_and_measured() {
     ok(&build(&inputs, &default, false, &[]));
     let mut command = Command::new(BIN);
     command
-        .args(["image", "build", "--enclave"])
+        .args(["build", "--enclave"])
         .arg(&inputs.enclave)
         .arg("--init")
         .arg(&inputs.init)
@@ -735,7 +730,7 @@ fn a_deployments_config_is_baked_in_and_measured() {
     let never = inputs.root.join("never");
     for path in [config.clone(), inputs.root.join("absent.toml")] {
         let out = Command::new(BIN)
-            .args(["image", "build", "--enclave"])
+            .args(["build", "--enclave"])
             .arg(&inputs.enclave)
             .arg("--init")
             .arg(&inputs.init)

@@ -17,7 +17,7 @@ use aws_nitro_enclaves_image_format::utils::EifBuilder;
 use aws_nitro_enclaves_image_format::utils::eif_reader::EifReader;
 use sha2::{Digest, Sha384};
 
-use super::pcr::Pcr;
+use crate::pcr::Pcr;
 
 /// The files `--nitro-blobs DIR` must hold, as aws-nitro-enclaves-cli ships them
 /// (`/usr/share/nitro_enclaves/blobs/` once installed).
@@ -123,6 +123,8 @@ pub fn identity(blobs: &NitroBlobs, source_date_epoch: u64) -> EifIdentityInfo {
         img_version: env!("CARGO_PKG_VERSION").to_owned(),
         build_info: EifBuildInfo {
             build_time: build_time(source_date_epoch),
+            // The packer's name when it lived in cosigner-parent, kept: these are the EIF's bytes,
+            // and images published before the move to cosigner-image must rebuild identically.
             build_tool: "cosigner-parent image build".to_owned(),
             build_tool_version: env!("CARGO_PKG_VERSION").to_owned(),
             img_os: "Linux".to_owned(),

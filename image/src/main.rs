@@ -1,0 +1,35 @@
+//! `cosigner-image`: packs the reproducible Nitro Enclave image (docs/nitro.md).
+//!
+//! A build tool, run by `make enclave-image` and `make repro-check`; it never runs on the
+//! production host. Exit codes: 0 success, 1 failure (one line on stderr), 2 usage error.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use cosigner_image::cli::ImageCommand;
+
+/// cosigner-image: the reproducible enclave image (ramdisks, EIF, PCRs).
+#[derive(Debug, Parser)]
+#[command(name = "cosigner-image", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: ImageCommand,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print and succeed; usage errors exit 2.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    match cosigner_image::cli::run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cosigner-image: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
