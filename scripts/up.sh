@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-DEV="$ROOT/.dev"
+DEV="${DEV_DIR:-$ROOT/.dev}"
 BIN="${BIN:-$ROOT/target/debug}"
 PROVIDER_PORT=${PROVIDER_PORT:-7101}
 RECOVERY_PORT=${RECOVERY_PORT:-7201}

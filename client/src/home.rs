@@ -5,7 +5,12 @@
 //! DIR/wallets/<id>.json      public facts: group key, address, parties, public key package
 //! DIR/wallets/<id>.share     this device's FROST KeyPackage (frost's serialization, mode 0600)
 //! DIR/wallets/<id>.prepared  a refresh's new KeyPackage until every party committed (0600)
+//! DIR/wallets/<id>.policy    a personal wallet's spending policy as last registered from here
+//! DIR/wallets/<id>.spends    the PSBT spends signed from this device (JSON), for `wallet show`
 //! ```
+//!
+//! The last two are this device's own record, for showing a wallet offline: the cosigners hold
+//! the policy in force and the whole spend history, and decide by theirs.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -46,6 +51,11 @@ pub struct WalletFile {
     pub dao: Option<crate::dao::DaoInfo>,
 }
 
+/// The local copy of a personal wallet's policy (`DIR/wallets/<id>.policy`).
+const POLICY: &str = "policy";
+/// This device's record of its spends (`DIR/wallets/<id>.spends`).
+const SPENDS: &str = "spends";
+
 /// An open home directory.
 #[derive(Debug, Clone)]
 pub struct Home {
@@ -57,6 +67,11 @@ fn home_err(path: &Path, e: impl std::fmt::Display) -> ClientError {
         path: path.display().to_string(),
         reason: e.to_string(),
     }
+}
+
+/// An I/O error on `path`, in the user's terms (no OS error number).
+fn io_err(path: &Path, e: &std::io::Error) -> ClientError {
+    home_err(path, crate::error::io_reason(e))
 }
 
 /// Writes a file readable by its owner only, atomically: a new temporary file beside `path`
@@ -77,8 +92,8 @@ fn write_private_via(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<()> {
     let written = file
         .write_all(bytes)
         .and_then(|()| file.sync_all())
-        .map_err(|e| home_err(tmp, e))
-        .and_then(|()| std::fs::rename(tmp, path).map_err(|e| home_err(path, e)));
+        .map_err(|e| io_err(tmp, &e))
+        .and_then(|()| std::fs::rename(tmp, path).map_err(|e| io_err(path, &e)));
     if let Err(e) = written {
         // Leave no partial secret behind; the error that stopped the write is the one to report.
         let _ = std::fs::remove_file(tmp);
@@ -102,10 +117,10 @@ fn create_private(path: &Path) -> Result<std::fs::File> {
         .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(path)
-        .map_err(|e| home_err(path, e))?;
+        .map_err(|e| io_err(path, &e))?;
     if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
         let _ = std::fs::remove_file(path);
-        return Err(home_err(path, e));
+        return Err(io_err(path, &e));
     }
     Ok(file)
 }
@@ -135,7 +150,7 @@ fn sync_parent(path: &Path) -> Result<()> {
         _ => Path::new("."),
     };
     match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
-        Err(e) if e.kind() != std::io::ErrorKind::InvalidInput => Err(home_err(dir, e)),
+        Err(e) if e.kind() != std::io::ErrorKind::InvalidInput => Err(io_err(dir, &e)),
         _ => Ok(()),
     }
 }
@@ -149,11 +164,18 @@ fn occupied(path: &Path) -> bool {
 impl Home {
     /// Opens (creating if missing, mode 0700) a home directory.
     pub fn open(dir: &Path) -> Result<Self> {
+        // Named here, not as "DIR/wallets: not a directory" further down.
+        if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+            return Err(home_err(
+                dir,
+                "the home (--home, COSIGNER_HOME) is not a directory",
+            ));
+        }
         let wallets = dir.join("wallets");
-        std::fs::create_dir_all(&wallets).map_err(|e| home_err(&wallets, e))?;
+        std::fs::create_dir_all(&wallets).map_err(|e| io_err(&wallets, &e))?;
         for d in [dir, wallets.as_path()] {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| home_err(d, e))?;
+                .map_err(|e| io_err(d, &e))?;
         }
         let home = Self {
             dir: dir.to_path_buf(),
@@ -193,14 +215,14 @@ impl Home {
         let dir = self.dir.join("wallets");
         let suffix = format!(".{kind}");
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| home_err(&dir, e))? {
-            let entry = entry.map_err(|e| home_err(&dir, e))?;
+        for entry in std::fs::read_dir(&dir).map_err(|e| io_err(&dir, &e))? {
+            let entry = entry.map_err(|e| io_err(&dir, &e))?;
             let name = entry.file_name();
             let Some(id) = name.to_str().and_then(|n| n.strip_suffix(suffix.as_str())) else {
                 continue;
             };
             let id = WalletId::from_hex(id)?;
-            let bytes = std::fs::read(entry.path()).map_err(|e| home_err(&entry.path(), e))?;
+            let bytes = std::fs::read(entry.path()).map_err(|e| io_err(&entry.path(), &e))?;
             out.push((id, bytes));
         }
         out.sort_by_key(|(id, _)| *id);
@@ -214,7 +236,7 @@ impl Home {
 
     /// Removes a wallet's files from this home (a creation that registered nothing).
     pub fn forget_wallet(&self, id: &WalletId) -> Result<()> {
-        for kind in ["share", "json"] {
+        for kind in ["share", "json", POLICY, SPENDS] {
             self.remove_journal(id, kind)?;
         }
         Ok(())
@@ -226,7 +248,7 @@ impl Home {
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(home_err(&path, e)),
+            Err(e) => Err(io_err(&path, &e)),
         }
     }
 
@@ -236,7 +258,7 @@ impl Home {
         match std::fs::read(&path) {
             Ok(bytes) => Ok(Some(Zeroizing::new(bytes))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(home_err(&path, e)),
+            Err(e) => Err(io_err(&path, &e)),
         }
     }
 
@@ -246,7 +268,7 @@ impl Home {
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(home_err(&path, e)),
+            Err(e) => Err(io_err(&path, &e)),
         }
     }
 
@@ -286,10 +308,14 @@ impl Home {
     pub fn wallet(&self, id: &WalletId) -> Result<WalletFile> {
         let path = self.wallet_path(id, "json");
         let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ClientError::Input(format!("unknown wallet {id}")),
-            _ => home_err(&path, e),
+            std::io::ErrorKind::NotFound => ClientError::Input(format!(
+                "unknown wallet {id}: this home ({}) holds no such wallet (cosigner wallet list)",
+                self.dir.display()
+            )),
+            _ => io_err(&path, &e),
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| home_err(&path, e))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| home_err(&path, format!("not a readable wallet file ({e})")))
     }
 
     /// Reads this device's share of a wallet.
@@ -297,15 +323,15 @@ impl Home {
         let path = self.wallet_path(id, "share");
         std::fs::read(&path)
             .map(Zeroizing::new)
-            .map_err(|e| home_err(&path, e))
+            .map_err(|e| io_err(&path, &e))
     }
 
     /// Every wallet recorded here, sorted by id.
     pub fn wallets(&self) -> Result<Vec<WalletFile>> {
         let dir = self.dir.join("wallets");
         let mut ids = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| home_err(&dir, e))? {
-            let name = entry.map_err(|e| home_err(&dir, e))?.file_name();
+        for entry in std::fs::read_dir(&dir).map_err(|e| io_err(&dir, &e))? {
+            let name = entry.map_err(|e| io_err(&dir, &e))?.file_name();
             if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) {
                 ids.push(WalletId::from_hex(id)?);
             }
@@ -333,10 +359,17 @@ pub fn write_p256_key(path: &Path, key: &p256::ecdsa::SigningKey) -> Result<()> 
 /// Reads a P-256 key written by [`write_p256_key`].
 pub fn read_p256_key(path: &Path) -> Result<p256::ecdsa::SigningKey> {
     use p256::pkcs8::DecodePrivateKey;
-    let pem = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| home_err(path, e))?);
-    p256::ecdsa::SigningKey::from_pkcs8_pem(&pem)
-        .map_err(|e| home_err(path, format!("not a P-256 key: {e}")))
+    let pem = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| io_err(path, &e))?);
+    p256::ecdsa::SigningKey::from_pkcs8_pem(&pem).map_err(|_| {
+        home_err(
+            path,
+            "not a P-256 key (a PKCS#8 PEM file, as `wallet create` writes)",
+        )
+    })
 }
 
 #[cfg(test)]
 mod tests;
+
+mod local;
+pub use local::LocalSpend;

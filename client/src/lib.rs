@@ -16,4 +16,4 @@ pub mod session;
 pub mod trust;
 pub mod wallet;
 
-pub use error::{ClientError, Result};
+pub use error::{ClientError, Result, io_reason, one_line};

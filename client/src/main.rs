@@ -14,8 +14,9 @@ fn main() -> ExitCode {
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // One line, the whole chain of causes: scripts read it, people too.
-            let line = format!("{err:#}").replace('\n', " ");
+            // One line, the whole chain of causes: scripts read it, people too. Errors are
+            // worded at their source; this only guarantees the shape (no line break, no URL).
+            let line = cosigner_client::one_line(&format!("{err:#}"));
             eprintln!("error: {line}");
             ExitCode::FAILURE
         }

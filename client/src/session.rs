@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use cosigner_attestation::{Expectations, VerifiedDoc, verify};
+use cosigner_attestation::{AttestationError, Expectations, PinnedRoot, VerifiedDoc, verify};
 use cosigner_protocol::binding::{EXPORTER_LABEL, EXPORTER_LEN, NONCE_LEN};
 use cosigner_protocol::frame::{read_frame, write_frame};
 use cosigner_protocol::wire::{self, Request, Response};
@@ -21,7 +21,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
 use serde_bytes::ByteBuf;
 
-use crate::error::{ClientError, Result};
+use crate::error::{ClientError, Result, one_line};
 use crate::trust::Trust;
 
 /// Accepts the enclave's self-signed certificate, checks the handshake signature with it. Safe
@@ -123,28 +123,11 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// Connects, handshakes, attests and verifies. Nothing else is sent before the document passed.
     pub fn connect(addr: &str, trust: &Trust) -> Result<Self> {
-        let host_port = parse_address(addr)?;
-        let conn_err = |reason: String| ClientError::Connection {
-            addr: addr.to_owned(),
-            reason,
-        };
-        let tcp = TcpStream::connect(&host_port).map_err(|e| conn_err(e.to_string()))?;
-        tcp.set_nodelay(true).map_err(|e| conn_err(e.to_string()))?;
-        tcp.set_read_timeout(Some(Duration::from_secs(60)))
-            .map_err(|e| conn_err(e.to_string()))?;
-        let name = ServerName::try_from("cosigner-enclave").map_err(|e| conn_err(e.to_string()))?;
-        let conn =
-            ClientConnection::new(client_config()?, name).map_err(|e| conn_err(e.to_string()))?;
-        let mut tls = StreamOwned::new(conn, tcp);
-        while tls.conn.is_handshaking() {
-            tls.conn
-                .complete_io(&mut tls.sock)
-                .map_err(|e| conn_err(format!("TLS handshake: {e}")))?;
-        }
+        let mut tls = open_tls(addr)?;
         let binding = tls
             .conn
             .export_keying_material([0u8; EXPORTER_LEN], EXPORTER_LABEL, None)
-            .map_err(|e| conn_err(e.to_string()))?;
+            .map_err(|e| ClientError::Unexpected(format!("TLS exporter: {e}")))?;
         let mut nonce = [0u8; NONCE_LEN];
         {
             use rand_core::RngCore;
@@ -160,6 +143,7 @@ impl Session {
             },
         )? {
             Response::Attested { document } => document,
+            Response::Error(e) => return Err(ClientError::Remote(e)),
             other => return Err(ClientError::Unexpected(format!("{other:?}"))),
         };
         let expect = Expectations {
@@ -170,38 +154,7 @@ impl Session {
             max_clock_skew: trust.max_clock_skew,
             ..Default::default()
         };
-        let now = SystemTime::now();
-        // The first root the chain leads to decides; every other check is the same for all.
-        let mut result = Err(None);
-        for root in &trust.roots {
-            match verify(&document, root, now, &expect) {
-                Ok(v) => {
-                    result = Ok(v);
-                    break;
-                }
-                Err(e) if e.check() == "chain" && result.is_err() => result = Err(Some(e)),
-                Err(e) => {
-                    result = Err(Some(e));
-                    break;
-                }
-            }
-        }
-        let verified = result.map_err(|e| {
-            let Some(e) = e else {
-                return ClientError::Attestation {
-                    reason: format!("{addr}: the trust file pins no root"),
-                };
-            };
-            let reason = match e.check() {
-                "user_data" => format!(
-                    "the document is bound to another TLS session (a relay terminated TLS?): {e}"
-                ),
-                check => format!("check `{check}`: {e}"),
-            };
-            ClientError::Attestation {
-                reason: format!("{addr}: {reason}"),
-            }
-        })?;
+        let verified = verify_document(addr, &document, trust, &expect)?;
         trust.check_measurements(&verified.doc)?;
         Ok(Self {
             addr: addr.to_owned(),
@@ -240,7 +193,7 @@ fn exchange(
 ) -> Result<Response> {
     let io = |e: cosigner_protocol::ProtocolError| ClientError::Connection {
         addr: addr.to_owned(),
-        reason: e.to_string(),
+        reason: stream_reason(&e),
     };
     let body = wire::encode(request)?;
     write_frame(tls, &body).map_err(io)?;
@@ -248,7 +201,169 @@ fn exchange(
         .map_err(io)?
         .ok_or_else(|| ClientError::Connection {
             addr: addr.to_owned(),
-            reason: "closed by the cosigner".into(),
+            reason: "the cosigner closed the connection without answering (is its enclave \
+                     running? its log says why)"
+                .into(),
         })?;
     Ok(wire::decode::<Response>(&frame)?)
+}
+
+/// TCP, then the TLS 1.3 handshake, to `addr`; failures in the user's terms.
+fn open_tls(addr: &str) -> Result<StreamOwned<ClientConnection, TcpStream>> {
+    let host_port = parse_address(addr)?;
+    let conn_err = |reason: String| ClientError::Connection {
+        addr: addr.to_owned(),
+        reason,
+    };
+    let tcp = TcpStream::connect(&host_port).map_err(|e| conn_err(io_reason_net(&e)))?;
+    tcp.set_nodelay(true)
+        .and_then(|()| tcp.set_read_timeout(Some(READ_TIMEOUT)))
+        .map_err(|e| conn_err(io_reason_net(&e)))?;
+    let name = ServerName::try_from("cosigner-enclave")
+        .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+    let conn = ClientConnection::new(client_config()?, name)
+        .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+    let mut tls = StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .map_err(|e| conn_err(format!("TLS handshake: {}", io_reason_net(&e))))?;
+    }
+    Ok(tls)
+}
+
+/// How long a cosigner may take to answer one request.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A network I/O error in the user's terms. rustls reports a peer that hung up as
+/// `UnexpectedEof` with a sentence and a documentation URL, and a peer that does not speak TLS as
+/// `InvalidData` around a `rustls::Error`: neither wording means anything to the user.
+fn io_reason_net(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => {
+            "nothing is listening there: is the cosigner running? (`make up` starts the local ones)"
+                .into()
+        }
+        K::TimedOut | K::WouldBlock => {
+            format!("no answer within {} s", READ_TIMEOUT.as_secs())
+        }
+        K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
+            "the cosigner closed the connection (is its enclave running? its log says why)".into()
+        }
+        K::InvalidData => match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::InvalidMessage(_)) => {
+                "this address does not speak TLS 1.3: not a cosigner (a mailbox port?)".into()
+            }
+            Some(other) => format!("TLS refused: {}", one_line(&other.to_string())),
+            None => crate::error::io_reason(e),
+        },
+        _ => one_line(&crate::error::io_reason(e)),
+    }
+}
+
+/// A failure reading or writing a frame, in the user's terms. The frame layer keeps only the
+/// I/O error's text (`ProtocolError::Io`), so the kinds that matter are recognised by it.
+fn stream_reason(e: &cosigner_protocol::ProtocolError) -> String {
+    use cosigner_protocol::ProtocolError as P;
+    match e {
+        P::Io(text) if text.contains("timed out") || text.contains("temporarily unavailable") => {
+            format!("no answer within {} s", READ_TIMEOUT.as_secs())
+        }
+        P::Io(_) | P::Truncated => {
+            "the connection broke (the cosigner closed it or stopped): run the command again".into()
+        }
+        other => one_line(&other.to_string()),
+    }
+}
+
+/// Verifies `document` against the trust file's roots: the first root the chain leads to decides
+/// (every other check is the same for all). Refusals in the user's terms: a chain to none of the
+/// roots is [`ClientError::UntrustedRoot`], a timestamp out of bounds a clock gap
+/// ([`ClientError::ClockBehind`], [`ClientError::ClockAhead`]) once the document proved to be
+/// this session's answer.
+fn verify_document(
+    addr: &str,
+    document: &[u8],
+    trust: &Trust,
+    expect: &Expectations,
+) -> Result<VerifiedDoc> {
+    let now = SystemTime::now();
+    let mut last = None;
+    for root in &trust.roots {
+        match verify(document, root, now, expect) {
+            Ok(v) => return Ok(v),
+            Err(e) if e.check() == "chain" => last = Some((e, root)),
+            Err(e) => return Err(refusal(addr, document, root, now, expect, &e)),
+        }
+    }
+    match last {
+        // Expired or not-yet-valid certificates are the document's chain, not the trust file.
+        Some((AttestationError::Chain { reason }, _)) if !reason.contains("valid") => {
+            Err(ClientError::UntrustedRoot {
+                addr: addr.to_owned(),
+                pinned: trust.roots.len(),
+            })
+        }
+        Some((e, root)) => Err(refusal(addr, document, root, now, expect, &e)),
+        None => Err(ClientError::Attestation {
+            reason: format!("{addr}: the trust file pins no root"),
+        }),
+    }
+}
+
+/// The error for a document refused under `root` at `now` for `e`. A timestamp refusal is
+/// called a clock gap only if the document passes every other check (our nonce, our TLS
+/// session): then it was made for this session just now, and only the clocks disagree.
+fn refusal(
+    addr: &str,
+    document: &[u8],
+    root: &PinnedRoot,
+    now: SystemTime,
+    expect: &Expectations,
+    e: &AttestationError,
+) -> ClientError {
+    match *e {
+        AttestationError::FromTheFuture {
+            timestamp_ms,
+            validation_ms,
+            max_clock_skew_ms,
+        } => {
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(timestamp_ms);
+            let unbounded = Expectations {
+                max_age: None,
+                ..expect.clone()
+            };
+            if verify(document, root, at, &unbounded).is_ok() {
+                return ClientError::ClockBehind {
+                    addr: addr.to_owned(),
+                    behind_seconds: timestamp_ms.saturating_sub(validation_ms).div_ceil(1000),
+                    allowed_seconds: max_clock_skew_ms / 1000,
+                };
+            }
+        }
+        AttestationError::TooOld { age_ms, max_age_ms } => {
+            let unbounded = Expectations {
+                max_age: None,
+                ..expect.clone()
+            };
+            if verify(document, root, now, &unbounded).is_ok() {
+                return ClientError::ClockAhead {
+                    addr: addr.to_owned(),
+                    ahead_seconds: age_ms / 1000,
+                    max_age_seconds: max_age_ms / 1000,
+                };
+            }
+        }
+        _ => {}
+    }
+    let reason = match e.check() {
+        "user_data" => {
+            format!("the document is bound to another TLS session (a relay terminated TLS?): {e}")
+        }
+        check => format!("check `{check}`: {}", one_line(&e.to_string())),
+    };
+    ClientError::Attestation {
+        reason: format!("{addr}: {reason}"),
+    }
 }

@@ -87,6 +87,21 @@ fn bad(path: &Path, reason: impl std::fmt::Display) -> ClientError {
     }
 }
 
+/// A TOML error in one line: its message and where (toml's own rendering spans several lines,
+/// quoting the file).
+fn toml_reason(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end_matches('\n');
+    match e.span() {
+        Some(span) => {
+            let line = text
+                .get(..span.start)
+                .map_or(0, |t| t.lines().count().max(1));
+            format!("line {line}: {message}")
+        }
+        None => message.to_owned(),
+    }
+}
+
 /// The skew a trust file allows: its `max_clock_skew_seconds`, or the default when absent.
 fn clock_skew(seconds: Option<u64>) -> std::result::Result<Duration, String> {
     match seconds {
@@ -101,8 +116,10 @@ fn clock_skew(seconds: Option<u64>) -> std::result::Result<Duration, String> {
 impl Trust {
     /// Reads a trust file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| bad(path, e))?;
-        let file: TrustFile = toml::from_str(&text).map_err(|e| bad(path, e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| bad(path, crate::error::io_reason(&e)))?;
+        let file: TrustFile =
+            toml::from_str(&text).map_err(|e| bad(path, toml_reason(&text, &e)))?;
         if file.roots.is_empty() {
             return Err(bad(path, "pins no root certificate"));
         }
@@ -110,8 +127,14 @@ impl Trust {
         let mut roots = Vec::new();
         for root in &file.roots {
             let root_path = path.parent().unwrap_or(Path::new(".")).join(root);
-            let pem = std::fs::read(&root_path).map_err(|e| bad(&root_path, e))?;
-            roots.push(PinnedRoot::from_pem(&pem).map_err(|e| bad(&root_path, e))?);
+            let bad_root =
+                |reason: String| bad(path, format!("root {}: {reason}", root_path.display()));
+            let pem =
+                std::fs::read(&root_path).map_err(|e| bad_root(crate::error::io_reason(&e)))?;
+            roots.push(
+                PinnedRoot::from_pem(&pem)
+                    .map_err(|e| bad_root(format!("not a usable root certificate ({e})")))?,
+            );
         }
         if file.measurement.is_empty() {
             return Err(bad(path, "pins no measurement: refusing to trust any code"));

@@ -3,6 +3,8 @@
 mod attestation;
 mod dao;
 mod hexarg;
+mod show;
+mod status;
 mod wallet;
 
 use std::path::PathBuf;
@@ -73,8 +75,9 @@ enum Command {
     Refresh(wallet::RefreshArgs),
     /// Take over a wallet on this (new) device with the recovery credential.
     Recover(wallet::RecoverArgs),
-    /// Attest to each configured cosigner and print what it runs (exit 1 if any is refused).
-    Status,
+    /// Attest to every configured cosigner and report each: reachable or not, attested or not
+    /// and why, and what it runs (exit 1 if any is unreachable or refused).
+    Status(status::StatusArgs),
 }
 
 /// Runs a parsed command line.
@@ -85,7 +88,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sign(args) => wallet::sign(&cli.globals, args),
         Command::Refresh(args) => wallet::refresh(&cli.globals, args),
         Command::Recover(args) => wallet::recover(&cli.globals, args),
-        Command::Status => wallet::status(&cli.globals),
+        Command::Status(args) => status::status(&cli.globals, &args),
         Command::DeviceKey(args) => dao::device_key(&cli.globals, args),
         Command::Dao(cmd) => dao::run(&cli.globals, cmd),
         Command::Join(args) => dao::join(&cli.globals, args),

@@ -1,6 +1,6 @@
 //! `cosigner wallet create|list|show|set-policy` and `cosigner sign`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -158,11 +158,11 @@ fn connect(addr: Option<&String>, flag: &str, env: &str, trust: &Trust) -> anyho
     Ok(Session::connect(addr, trust)?)
 }
 
-fn wallet_id(s: &str) -> anyhow::Result<WalletId> {
+pub(super) fn wallet_id(s: &str) -> anyhow::Result<WalletId> {
     WalletId::from_hex(s).map_err(|_| anyhow::anyhow!("--wallet {s:?}: expected 32 hex digits"))
 }
 
-fn wallet_json(w: &WalletFile) -> serde_json::Value {
+pub(super) fn wallet_json(w: &WalletFile) -> serde_json::Value {
     json!({
         "wallet_id": w.wallet_id,
         "group_public_key": w.group_public_key,
@@ -182,143 +182,150 @@ pub fn run(g: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
             policy,
             enrollment_token,
             json,
-        } => {
-            let network: Network = g.network.parse()?;
-            let policy = policy.as_deref().map(read_policy).transpose()?;
-            let home = home(g)?;
-            let enrollment = enrollment_token
-                .as_deref()
-                .map(|t| read_enrollment_token(t, &home))
-                .transpose()?;
-            let trust = trust(g)?;
-            let mut provider =
-                connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", &trust)?;
-            let mut recovery =
-                connect(g.recovery.as_ref(), "recovery", "COSIGNER_RECOVERY", &trust)?;
-            let default_out = g
-                .home
-                .as_ref()
-                .map(|h| h.join("wallets").join("recovery.key.new"));
-            let out = match (&recovery_key_out, &default_out) {
-                (Some(p), _) => p.clone(),
-                (None, Some(p)) => p.clone(),
-                (None, None) => anyhow::bail!("give --recovery-key-out FILE"),
-            };
-            let created = wallet::create_with(
-                &home,
-                &mut provider,
-                &mut recovery,
-                network,
-                &out,
-                &wallet::CreateOptions {
-                    policy: policy.as_deref(),
-                    enrollment: enrollment.as_deref(),
-                },
-            )?;
-            let w = created.wallet;
-            let out = created.recovery_key_path;
-            if recovery_key_out.is_none() && out.exists() {
-                let kept = out.with_file_name(format!("{}.recovery.key", w.wallet_id));
-                std::fs::rename(&out, &kept)?;
-                eprintln!(
-                    "warning: the recovery credential is in {}; move it offline (use --recovery-key-out next time)",
-                    kept.display()
-                );
-            }
-            if json {
-                emit(
-                    &json!({
-                        "wallet_id": w.wallet_id,
-                        "group_public_key": w.group_public_key,
-                        "address": w.address,
-                    })
-                    .to_string(),
-                )
-            } else {
-                emit(&format!(
-                    "wallet {}\naddress {}\ngroup key (x-only) {}",
-                    w.wallet_id, w.address, w.group_public_key
-                ))
-            }
-        }
+        } => create(
+            g,
+            recovery_key_out,
+            policy.as_deref(),
+            enrollment_token.as_deref(),
+            json,
+        ),
         WalletCommand::SetPolicy {
             wallet,
             recovery_key,
             policy,
             remove,
             json,
-        } => {
-            let id = wallet_id(&wallet)?;
-            let policy = match (policy, remove) {
-                (Some(path), false) => Some(read_policy(&path)?),
-                (None, true) => None,
-                _ => anyhow::bail!("give --policy FILE or --remove"),
-            };
-            let recovery_key = cosigner_client::home::read_p256_key(&recovery_key)?;
-            let home = home(g)?;
-            let trust = trust(g)?;
-            let mut provider =
-                connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", &trust)?;
-            let mut recovery =
-                connect(g.recovery.as_ref(), "recovery", "COSIGNER_RECOVERY", &trust)?;
-            psbt_sign::set_policy(
-                &home,
-                &mut provider,
-                &mut recovery,
-                id,
-                &recovery_key,
-                policy.as_deref(),
-            )?;
-            if json {
-                emit(&json!({ "wallet_id": id.to_hex(), "policy": policy.is_some() }).to_string())
-            } else if policy.is_some() {
-                emit(&format!(
-                    "wallet {id}: new policy in force at both cosigners"
-                ))
-            } else {
-                emit(&format!("wallet {id}: policy removed at both cosigners"))
-            }
-        }
-        WalletCommand::List { json } => {
-            let wallets = home(g)?.wallets()?;
-            if json {
-                let list: Vec<_> = wallets.iter().map(wallet_json).collect();
-                emit(&serde_json::Value::Array(list).to_string())
-            } else {
-                for w in &wallets {
-                    emit(&format!("{} {}", w.wallet_id, w.address))?;
-                }
-                Ok(())
-            }
-        }
-        WalletCommand::Show { wallet, json } => {
-            let id = wallet_id(&wallet)?;
-            let w = home(g)?.wallet(&id)?;
-            let mut out = wallet_json(&w);
-            if let Some(addr) = &g.provider {
-                let trust = trust(g)?;
-                let mut provider = Session::connect(addr, &trust)?;
-                let view = wallet::provider_view(&mut provider, id)?;
-                if let Some(obj) = out.as_object_mut() {
-                    obj.insert(
-                        "provider".into(),
-                        json!({ "party": view.party, "epoch": view.epoch }),
-                    );
-                }
-            }
-            if json {
-                emit(&out.to_string())
-            } else {
-                emit(&serde_json::to_string_pretty(&out)?)
-            }
-        }
+        } => set_policy(g, &wallet, &recovery_key, policy.as_deref(), remove, json),
+        WalletCommand::List { json } => list(g, json),
+        WalletCommand::Show { wallet, json } => super::show::show(g, &wallet, json),
     }
 }
 
+/// `cosigner wallet create`.
+fn create(
+    g: &Globals,
+    recovery_key_out: Option<PathBuf>,
+    policy: Option<&Path>,
+    enrollment_token: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let network: Network = g.network.parse()?;
+    let policy = policy.map(read_policy).transpose()?;
+    let home = home(g)?;
+    let enrollment = enrollment_token
+        .map(|t| read_enrollment_token(t, &home))
+        .transpose()?;
+    let trust = trust(g)?;
+    let mut provider = connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", &trust)?;
+    let mut recovery = connect(g.recovery.as_ref(), "recovery", "COSIGNER_RECOVERY", &trust)?;
+    let default_out = g
+        .home
+        .as_ref()
+        .map(|h| h.join("wallets").join("recovery.key.new"));
+    let out = match (&recovery_key_out, &default_out) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => p.clone(),
+        (None, None) => anyhow::bail!("give --recovery-key-out FILE"),
+    };
+    let created = wallet::create_with(
+        &home,
+        &mut provider,
+        &mut recovery,
+        network,
+        &out,
+        &wallet::CreateOptions {
+            policy: policy.as_deref(),
+            enrollment: enrollment.as_deref(),
+        },
+    )?;
+    let w = created.wallet;
+    // This device's copy, for `wallet show` offline; the cosigners hold the one in force.
+    home.save_local_policy(&wallet_id(&w.wallet_id)?, policy.as_deref())?;
+    let out = created.recovery_key_path;
+    if recovery_key_out.is_none() && out.exists() {
+        let kept = out.with_file_name(format!("{}.recovery.key", w.wallet_id));
+        std::fs::rename(&out, &kept).map_err(|e| {
+            anyhow::anyhow!("{}: {}", kept.display(), cosigner_client::io_reason(&e))
+        })?;
+        eprintln!(
+            "warning: the recovery credential is in {}; move it offline (use --recovery-key-out next time)",
+            kept.display()
+        );
+    }
+    if json {
+        emit(
+            &json!({
+                "wallet_id": w.wallet_id,
+                "group_public_key": w.group_public_key,
+                "address": w.address,
+            })
+            .to_string(),
+        )
+    } else {
+        emit(&format!(
+            "wallet {}\naddress {}\ngroup key (x-only) {}",
+            w.wallet_id, w.address, w.group_public_key
+        ))
+    }
+}
+
+/// `cosigner wallet set-policy`.
+fn set_policy(
+    g: &Globals,
+    wallet: &str,
+    recovery_key: &Path,
+    policy: Option<&Path>,
+    remove: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let id = wallet_id(wallet)?;
+    let policy = match (policy, remove) {
+        (Some(path), false) => Some(read_policy(path)?),
+        (None, true) => None,
+        _ => anyhow::bail!("give --policy FILE or --remove"),
+    };
+    let recovery_key = cosigner_client::home::read_p256_key(recovery_key)?;
+    let home = home(g)?;
+    let trust = trust(g)?;
+    let mut provider = connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", &trust)?;
+    let mut recovery = connect(g.recovery.as_ref(), "recovery", "COSIGNER_RECOVERY", &trust)?;
+    psbt_sign::set_policy(
+        &home,
+        &mut provider,
+        &mut recovery,
+        id,
+        &recovery_key,
+        policy.as_deref(),
+    )?;
+    home.save_local_policy(&id, policy.as_deref())?;
+    if json {
+        emit(&json!({ "wallet_id": id.to_hex(), "policy": policy.is_some() }).to_string())
+    } else if policy.is_some() {
+        emit(&format!(
+            "wallet {id}: new policy in force at both cosigners"
+        ))
+    } else {
+        emit(&format!("wallet {id}: policy removed at both cosigners"))
+    }
+}
+
+/// `cosigner wallet list`.
+fn list(g: &Globals, json: bool) -> anyhow::Result<()> {
+    let wallets = home(g)?.wallets()?;
+    if json {
+        let list: Vec<_> = wallets.iter().map(wallet_json).collect();
+        return emit(&serde_json::Value::Array(list).to_string());
+    }
+    for w in &wallets {
+        emit(&format!("{} {}", w.wallet_id, w.address))?;
+    }
+    Ok(())
+}
+
 /// Reads an enrollment token file (`cosigner-enrollment-v1:<hex>`) into its bytes.
-fn read_enrollment_token(path: &std::path::Path, home: &Home) -> anyhow::Result<Vec<u8>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("enrollment token {}: {e}", path.display()))?;
+fn read_enrollment_token(path: &Path, home: &Home) -> anyhow::Result<Vec<u8>> {
+    let text = String::from_utf8(read_file("enrollment token", path)?)
+        .map_err(|_| anyhow::anyhow!("enrollment token {}: not a token", path.display()))?;
     let token = cosigner_protocol::enrollment::EnrollmentToken::from_text(&text)
         .map_err(|e| anyhow::anyhow!("enrollment token {}: {e}", path.display()))?;
     // Checked here too, before any ceremony: a token for another device would only be refused
@@ -340,10 +347,11 @@ pub fn sign(g: &Globals, args: SignArgs) -> anyhow::Result<()> {
     let id = wallet_id(&args.wallet)?;
     let home = home(g)?;
     let w = home.wallet(&id)?; // unknown wallet: fail before any network traffic
+    home.check_share(&id)?; // a damaged share: say so, rather than blame a party mid-ceremony
     if let Some(path) = &args.psbt {
-        let contents =
-            std::fs::read(path).with_context(|| format!("PSBT file {}", path.display()))?;
-        let psbt = cosigner_protocol::psbt::decode_psbt_file(&contents)?;
+        let contents = read_file("PSBT file", path)?;
+        let psbt = cosigner_protocol::psbt::decode_psbt_file(&contents)
+            .map_err(|e| anyhow::anyhow!("PSBT file {}: {e}", path.display()))?;
         if w.dao.is_some() {
             return super::dao::sign_dao(
                 g,
@@ -388,8 +396,19 @@ pub fn sign(g: &Globals, args: SignArgs) -> anyhow::Result<()> {
     }
 }
 
-fn read_policy(path: &std::path::Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("policy file {}", path.display()))?;
+/// Reads a file named on the command line; an error names it (`what PATH: reason`).
+fn read_file(what: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        anyhow::anyhow!(
+            "{what} {}: {}",
+            path.display(),
+            cosigner_client::io_reason(&e)
+        )
+    })
+}
+
+fn read_policy(path: &Path) -> anyhow::Result<String> {
+    let bytes = read_file("policy file", path)?;
     if bytes.len() > cosigner_protocol::policy::MAX_POLICY_TEXT {
         anyhow::bail!(
             "policy file {}: larger than {} bytes",
@@ -397,7 +416,8 @@ fn read_policy(path: &std::path::Path) -> anyhow::Result<String> {
             cosigner_protocol::policy::MAX_POLICY_TEXT
         );
     }
-    String::from_utf8(bytes).with_context(|| format!("policy file {}: not UTF-8", path.display()))
+    String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("policy file {}: not UTF-8 text", path.display()))
 }
 
 /// `cosigner sign --psbt` for a personal wallet: the device's own reading goes to stderr first,
@@ -426,7 +446,7 @@ fn sign_psbt(
     home: &Home,
     w: &WalletFile,
     psbt: Vec<u8>,
-    with_recovery_key: Option<&std::path::Path>,
+    with_recovery_key: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<()> {
     let id = wallet_id(&w.wallet_id)?;
@@ -444,6 +464,19 @@ fn sign_psbt(
         .transpose()?;
     let (mut session, cosigner) = cosigner_for(g, &trust, recovery_key.as_ref())?;
     let signed = psbt_sign::sign_psbt_with(home, &mut session, cosigner, id, &psbt)?;
+    // This device's record, for what `wallet show` says is left of a velocity limit.
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let spend = cosigner_client::home::LocalSpend {
+        at_ms,
+        asset: cosigner_protocol::policy::ASSET_BTC.into(),
+        amount: signed.evaluation.value_leaving,
+        txid: signed.txid.clone(),
+    };
+    if let Err(e) = home.record_spend(&id, spend) {
+        eprintln!("warning: the spend is signed but not recorded here ({e})");
+    }
     match &signed.evaluation.rule {
         Some(rule) => eprintln!("  allowed by the wallet's policy, rule {rule:?}"),
         None => eprintln!("  (the wallet has no policy)"),
@@ -455,38 +488,12 @@ fn sign_psbt(
     }
 }
 
-/// `cosigner status`: one JSON line with each cosigner's verified attestation.
-pub fn status(g: &Globals) -> anyhow::Result<()> {
-    let trust = trust(g)?;
-    let mut out = serde_json::Map::new();
-    for (name, addr) in [("provider", &g.provider), ("recovery", &g.recovery)] {
-        let Some(addr) = addr else { continue };
-        let session = Session::connect(addr, &trust)?;
-        let doc = &session.attestation().doc;
-        out.insert(
-            name.into(),
-            json!({
-                "address": addr,
-                "module_id": doc.module_id,
-                "timestamp": doc.timestamp,
-                "pcr0": doc.pcrs.get(&0).map(hex::encode),
-                "audit_key": doc.public_key.as_ref().map(hex::encode),
-            }),
-        );
-    }
-    if out.is_empty() {
-        anyhow::bail!(
-            "no cosigner configured: give --provider/--recovery (or COSIGNER_PROVIDER/COSIGNER_RECOVERY)"
-        );
-    }
-    emit(&serde_json::Value::Object(out).to_string())
-}
-
 /// `cosigner refresh`: new shares for every party, same key and address, epoch + 1.
 pub fn refresh(g: &Globals, args: RefreshArgs) -> anyhow::Result<()> {
     let id = wallet_id(&args.wallet)?;
     let home = home(g)?;
     home.wallet(&id)?;
+    home.check_share(&id)?;
     let trust = trust(g)?;
     let mut provider = connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", &trust)?;
     let mut recovery = connect(g.recovery.as_ref(), "recovery", "COSIGNER_RECOVERY", &trust)?;
