@@ -46,6 +46,8 @@
 //! device's copy of the share is still valid until then.
 
 mod context;
+#[cfg(test)]
+mod golden_tests;
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
