@@ -10,7 +10,14 @@
 #       (operator.pub): the provider creates wallets only for devices holding a token signed by
 #       it (`[enrollment] mode = "token"`); the recovery cosigner stays open (`mode = "open"`)
 #   .dev/trust.toml the client's trust file (both operator roots, PCR0 of the enclave binary)
-#   .dev/cosigner.env  exports COSIGNER_PROVIDER, COSIGNER_RECOVERY, COSIGNER_TRUST
+#   .dev/cosigner.env  `. .dev/cosigner.env` puts `cosigner` on the PATH and exports
+#       COSIGNER_PROVIDER, COSIGNER_RECOVERY, COSIGNER_TRUST, COSIGNER_MAILBOX and, unless already
+#       set, COSIGNER_HOME (.dev/home)
+#   .dev/home/      the default client home of that environment
+#
+# Variables: PROVIDER_PORT (7101; its mailbox listens on PROVIDER_PORT+2), RECOVERY_PORT (7201;
+# its parent's mailbox on RECOVERY_PORT+2), BIN (target/debug: where the binaries are),
+# COSIGNER_PKCS11_MODULE (SoftHSM's), DEV_DIR (.dev: a second deployment beside the first).
 #
 # Returns once both cosigners answer an attested request. `make down` stops them.
 set -euo pipefail
@@ -18,6 +25,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 DEV="${DEV_DIR:-$ROOT/.dev}"
 BIN="${BIN:-$ROOT/target/debug}"
+BIN=$(cd "$BIN" && pwd)  # absolute: cosigner.env puts it on the PATH
 PROVIDER_PORT=${PROVIDER_PORT:-7101}
 RECOVERY_PORT=${RECOVERY_PORT:-7201}
 MODULE=${COSIGNER_PKCS11_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
@@ -109,6 +117,10 @@ max_age_seconds = 300
 pcr0 = "$("$BIN/cosigner-enclave" measure)"
 CONF
 cat > "$DEV/cosigner.env" <<CONF
+# \`. $DEV/cosigner.env\`: the local deployment's client settings (written by scripts/up.sh).
+export PATH="$BIN:\$PATH"
+: "\${COSIGNER_HOME:=$DEV/home}"
+export COSIGNER_HOME
 export COSIGNER_PROVIDER=tcp://127.0.0.1:$PROVIDER_PORT
 export COSIGNER_RECOVERY=tcp://127.0.0.1:$RECOVERY_PORT
 export COSIGNER_TRUST=$DEV/trust.toml
@@ -122,8 +134,11 @@ for _ in $(seq 100); do
     echo "cosigner is up: provider $COSIGNER_PROVIDER, recovery $COSIGNER_RECOVERY"
     echo "  wallet enrollment: the provider requires tokens signed by operator key $OPERATOR_KEY"
     echo "    ($ENROLL/operator.pem); the recovery cosigner is open"
-    echo "  source .dev/cosigner.env, then e.g.:"
-    echo "    cosigner-parent enrollment issue --operator-key .dev/enrollment/operator.pem \\"
+    echo "  put cosigner on the PATH and set its environment (client home $COSIGNER_HOME):"
+    echo "    . ${DEV#"$ROOT"/}/cosigner.env"
+    echo "  then e.g.:"
+    echo "    cosigner status"
+    echo "    cosigner-parent enrollment issue --operator-key $ENROLL/operator.pem \\"
     echo "      --device-key \$(cosigner --home /tmp/alice device-key) --expires-in-days 30 --out /tmp/alice.token"
     echo "    cosigner --home /tmp/alice wallet create --enrollment-token /tmp/alice.token --json"
     exit 0

@@ -60,7 +60,7 @@ pub enum ClientError {
     ClockAhead {
         /// The cosigner's address.
         addr: String,
-        /// How far ahead, in seconds (rounded down).
+        /// How far ahead, in seconds (rounded up).
         ahead_seconds: u64,
         /// The trust file's `max_age_seconds`.
         max_age_seconds: u64,

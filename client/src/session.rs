@@ -350,7 +350,7 @@ fn refusal(
             if verify(document, root, now, &unbounded).is_ok() {
                 return ClientError::ClockAhead {
                     addr: addr.to_owned(),
-                    ahead_seconds: age_ms / 1000,
+                    ahead_seconds: age_ms.div_ceil(1000),
                     max_age_seconds: max_age_ms / 1000,
                 };
             }

@@ -82,8 +82,13 @@ pub fn run(cmd: AttestationCommand) -> anyhow::Result<()> {
             max_clock_skew,
         } => {
             let bytes = read_document(&doc)?;
-            let root_pem = std::fs::read(&root)
-                .with_context(|| format!("cannot read root {}", root.display()))?;
+            let root_pem = std::fs::read(&root).map_err(|e| {
+                anyhow::anyhow!(
+                    "root {}: {}",
+                    root.display(),
+                    cosigner_client::io_reason(&e)
+                )
+            })?;
             let root = PinnedRoot::from_pem(&root_pem)
                 .with_context(|| format!("root {}", root.display()))?;
             let at = match at {
@@ -108,7 +113,11 @@ pub fn run(cmd: AttestationCommand) -> anyhow::Result<()> {
                 max_clock_skew: Duration::from_secs(max_clock_skew),
             };
             let verified = verify(&bytes, &root, at, &expect).map_err(|e| {
-                anyhow::anyhow!("verification failed at check `{}`: {e}", e.check())
+                anyhow::anyhow!(
+                    "verification failed at check `{}`: {e}{}",
+                    e.check(),
+                    hint(&e)
+                )
             })?;
             let mut out = doc_json(&verified.doc);
             out.insert("debug".into(), json!(verified.debug));
@@ -151,15 +160,41 @@ pub(super) fn emit(line: &str) -> anyhow::Result<()> {
         .context("cannot write to stdout")
 }
 
+/// What a refusal means in the user's terms, where the check's own words are a timestamp pair
+/// or a certificate path.
+fn hint(e: &cosigner_attestation::AttestationError) -> String {
+    use cosigner_attestation::AttestationError as E;
+    match e {
+        E::FromTheFuture {
+            timestamp_ms,
+            validation_ms,
+            ..
+        } => format!(
+            " (the document is dated {} s after the validation time: your clock, or --at, is \
+             that far behind the attester's)",
+            timestamp_ms.saturating_sub(*validation_ms).div_ceil(1000)
+        ),
+        E::TooOld { age_ms, .. } => format!(
+            " (the document is {} s old at the validation time: an old document, or your \
+             clock is that far ahead of the attester's)",
+            age_ms / 1000
+        ),
+        E::Chain { reason } if !reason.contains("valid") => {
+            " (is --root the root of this document's attester?)".into()
+        }
+        _ => String::new(),
+    }
+}
+
 /// Reads at most one byte more than the cap, so a huge file is refused without being loaded.
 fn read_document(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let io = |e: std::io::Error| {
+        anyhow::anyhow!("{}: {}", path.display(), cosigner_client::io_reason(&e))
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
     let mut bytes = Vec::new();
     let cap = u64::try_from(MAX_DOCUMENT_SIZE).unwrap_or(u64::MAX) + 1;
-    file.take(cap)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    file.take(cap).read_to_end(&mut bytes).map_err(io)?;
     if bytes.len() > MAX_DOCUMENT_SIZE {
         bail!(
             "verification failed at check `structure`: {} is larger than {MAX_DOCUMENT_SIZE} bytes",

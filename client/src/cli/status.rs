@@ -111,21 +111,13 @@ pub fn status(g: &Globals, args: &StatusArgs) -> anyhow::Result<()> {
             emit(&line(name, v))?;
         }
     }
-    let failed: Vec<&str> = report
+    let failed: Vec<String> = report
         .iter()
         .filter(|(_, v)| v["configured"] == true && v["attested"] != true)
-        .map(|(name, _)| name.as_str())
+        .map(|(name, v)| format!("{name}: {}", v["error"].as_str().unwrap_or("refused")))
         .collect();
-    match failed.as_slice() {
-        [] => Ok(()),
-        [one] => anyhow::bail!(
-            "{one}: {}",
-            report[*one]["error"].as_str().unwrap_or("refused")
-        ),
-        _ => anyhow::bail!(
-            "{} cosigners are unreachable or refused: {}",
-            failed.len(),
-            failed.join(" and ")
-        ),
+    if failed.is_empty() {
+        return Ok(());
     }
+    anyhow::bail!("{}", failed.join("; "))
 }
