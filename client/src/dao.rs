@@ -15,9 +15,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cosigner_protocol::auth::public_key_bytes;
 use cosigner_protocol::dao::dkg::DaoDkg;
 use cosigner_protocol::dao::refresh::{DaoRefresh, RefreshProposal};
-use cosigner_protocol::dao::sign::MemberSigner;
+use cosigner_protocol::dao::sign::{MemberSigner, Tally};
 use cosigner_protocol::dao::{
-    Approval, DaoMessage, Evaluation, Invitation, MemberEntry, PolicyChange, SignRequest,
+    Approval, DaoMessage, Evaluation, Invitation, Layout, MemberEntry, PolicyChange, SignRequest,
 };
 use cosigner_protocol::mailbox::{Envelope, Topic};
 use cosigner_protocol::policy::{Policy, parse_members};
@@ -73,7 +73,18 @@ fn getrandom(buf: &mut [u8]) -> Result<()> {
         .map_err(|e| ClientError::Unexpected(format!("randomness: {e}")))
 }
 
+/// Most envelopes the courier hands the provider in one `Mailbox` request (the enclave takes up to
+/// 1024).
+const DELIVERY_CHUNK: usize = 512;
+
 /// Relays one topic between the mailbox and the provider, and hands new envelopes to the caller.
+///
+/// Either side may go away for a while (a restart, a network cut): the courier says so once,
+/// keeps what it could not post, and goes on when the side is back. A provider that restarted
+/// lost its ceremonies (they are in memory, docs/policy.md "Interrupted ceremonies"); the courier
+/// sees that (the provider no longer answers with what it said in the topic), says so, and
+/// delivers the whole topic again, so the provider founds the ceremony again and goes on after
+/// the rounds it took part in.
 pub struct Courier {
     topic: Topic,
     mailbox: MailboxClient,
@@ -84,6 +95,17 @@ pub struct Courier {
     delivered: HashSet<[u8; 32]>,
     posted: HashSet<[u8; 32]>,
     seen: HashSet<[u8; 32]>,
+    /// Every envelope of the topic read or received so far, encoded, in order: what a provider
+    /// that lost its memory is given again.
+    history: Vec<ByteBuf>,
+    recorded: HashSet<[u8; 32]>,
+    /// Envelopes not posted yet because the mailbox was unreachable.
+    unposted: Vec<Envelope>,
+    /// Whether the provider said anything in this topic (so an empty answer means it forgot).
+    provider_spoke: bool,
+    mailbox_down: bool,
+    provider_down: bool,
+    report: Box<dyn FnMut(&str)>,
     /// What the provider refused of our deliveries (culprits named), for the user.
     pub notes: Vec<String>,
 }
@@ -136,8 +158,26 @@ impl Courier {
             delivered: HashSet::new(),
             posted: HashSet::new(),
             seen: HashSet::new(),
+            history: Vec::new(),
+            recorded: HashSet::new(),
+            unposted: Vec::new(),
+            provider_spoke: false,
+            mailbox_down: false,
+            provider_down: false,
+            report: Box::new(|_| {}),
             notes: Vec::new(),
         })
+    }
+
+    /// Where progress lines go (the courier's own: an unreachable side, a provider restart; and
+    /// the ceremony loops' through [`Courier::say`]). Nowhere by default.
+    pub fn on_progress(&mut self, report: impl FnMut(&str) + 'static) {
+        self.report = Box::new(report);
+    }
+
+    /// Says one progress line.
+    pub fn say(&mut self, line: &str) {
+        (self.report)(line);
     }
 
     /// The provider's verified attestation.
@@ -151,28 +191,52 @@ impl Courier {
         self.post(&envelope)
     }
 
-    /// Posts an envelope (once).
+    /// Posts an envelope (once). While the mailbox is unreachable it is kept, and posted by the
+    /// next [`Courier::poll`] that reaches the mailbox.
     pub fn post(&mut self, envelope: &Envelope) -> Result<()> {
-        if self.posted.insert(envelope.id()) {
-            self.mailbox.post(envelope)?;
+        if self.posted.contains(&envelope.id()) {
+            return Ok(());
+        }
+        match self.mailbox.post(envelope) {
+            Ok(_) => {
+                self.posted.insert(envelope.id());
+                Ok(())
+            }
+            Err(ClientError::Connection { reason, .. }) => {
+                self.mailbox_unreachable(&reason);
+                if !self.unposted.iter().any(|e| e.id() == envelope.id()) {
+                    self.unposted.push(envelope.clone());
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn mailbox_unreachable(&mut self, reason: &str) {
+        if !self.mailbox_down {
+            self.mailbox_down = true;
+            let line = format!(
+                "the mailbox at {} is unreachable ({reason}); retrying until the timeout",
+                self.mailbox.addr()
+            );
+            self.say(&line);
+        }
+    }
+
+    fn record(&mut self, envelope: &Envelope) -> Result<()> {
+        if self.recorded.insert(envelope.id()) {
+            self.history.push(ByteBuf::from(envelope.encode()?));
         }
         Ok(())
     }
 
-    fn deliver(&mut self, envelopes: Vec<ByteBuf>) -> Result<(Vec<ByteBuf>, Vec<String>)> {
+    fn call(&mut self, envelopes: Vec<ByteBuf>) -> Result<(Vec<ByteBuf>, Vec<String>)> {
         let request = Request::Mailbox {
             topic: ByteBuf::from(self.topic.to_vec()),
             envelopes,
         };
-        let answer = match self.provider.call(&request) {
-            Err(ClientError::Connection { .. }) => {
-                // Idle sessions may be cut; attest again and retry once.
-                self.provider = Session::connect(&self.provider_addr, &self.trust)?;
-                self.provider.call(&request)?
-            }
-            other => other?,
-        };
-        match answer {
+        match self.provider.call(&request)? {
             Response::Mailbox { envelopes, notes } => Ok((envelopes, notes)),
             other => Err(ClientError::Unexpected(format!(
                 "the provider answered a mailbox delivery with {other:?}"
@@ -180,30 +244,101 @@ impl Courier {
         }
     }
 
+    /// Hands `envelopes` to the provider; `None` while it is unreachable. After its connection
+    /// was cut (sessions idle out; the provider may have restarted) the courier attests again
+    /// and, if the provider forgot the topic, delivers all of it again.
+    fn deliver(&mut self, envelopes: Vec<ByteBuf>) -> Result<Option<(Vec<ByteBuf>, Vec<String>)>> {
+        if !self.provider_down {
+            match self.call(envelopes.clone()) {
+                Err(ClientError::Connection { .. }) => {}
+                other => return other.map(Some),
+            }
+        }
+        self.provider = match Session::connect(&self.provider_addr, &self.trust) {
+            Ok(session) => session,
+            Err(ClientError::Connection { reason, .. }) => {
+                if !self.provider_down {
+                    self.provider_down = true;
+                    let line = format!(
+                        "the provider at {} is unreachable ({reason}); retrying until the timeout",
+                        self.provider_addr
+                    );
+                    self.say(&line);
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let was_down = std::mem::replace(&mut self.provider_down, false);
+        // An empty delivery answers with what the provider said in the topic: nothing, when it
+        // no longer holds the ceremony.
+        let (said, _) = self.call(Vec::new())?;
+        if said.is_empty() && self.provider_spoke {
+            self.say(
+                "the provider restarted and lost this ceremony (ceremonies live in its memory): \
+                 handing it the topic again; it takes the ceremony up where the topic is, with \
+                 fresh nonces (a new signing round or DKG attempt), and this command goes on",
+            );
+        } else if was_down {
+            self.say("the provider is reachable again; going on");
+        }
+        let mut answer = Vec::new();
+        let mut notes = Vec::new();
+        let all = self.history.clone();
+        for chunk in all.chunks(DELIVERY_CHUNK) {
+            let (a, n) = self.call(chunk.to_vec())?;
+            answer = a;
+            notes.extend(n);
+        }
+        let (a, n) = self.call(envelopes)?;
+        if !a.is_empty() {
+            answer = a;
+        }
+        notes.extend(n);
+        Ok(Some((answer, notes)))
+    }
+
     /// One round trip: new mailbox envelopes to the provider, the provider's to the mailbox.
     /// Returns every envelope not returned before (verified, for this topic).
     pub fn poll(&mut self) -> Result<Vec<Envelope>> {
-        let fetched = self.mailbox.fetch(&self.topic, self.after)?;
+        let fetched = match self.mailbox.fetch(&self.topic, self.after) {
+            Ok(f) => f,
+            Err(ClientError::Connection { reason, .. }) => {
+                self.mailbox_unreachable(&reason);
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        };
+        if std::mem::replace(&mut self.mailbox_down, false) {
+            self.say("the mailbox is reachable again; going on");
+        }
+        for envelope in std::mem::take(&mut self.unposted) {
+            self.post(&envelope)?;
+        }
         let mut fresh = Vec::new();
         let mut to_deliver = Vec::new();
         for (seq, envelope) in fetched {
             self.after = self.after.max(seq);
+            self.record(&envelope)?;
             if self.delivered.insert(envelope.id()) {
                 to_deliver.push(ByteBuf::from(envelope.encode()?));
             }
             fresh.push(envelope);
         }
-        let (answer, notes) = self.deliver(to_deliver)?;
-        for n in notes {
-            if !self.notes.contains(&n) {
-                self.notes.push(n);
+        if let Some((answer, notes)) = self.deliver(to_deliver)? {
+            for n in notes {
+                if !self.notes.contains(&n) {
+                    self.notes.push(n);
+                }
             }
-        }
-        for raw in answer {
-            let envelope = Envelope::open(&raw, &self.topic)?;
-            self.delivered.insert(envelope.id());
-            self.post(&envelope)?;
-            fresh.push(envelope);
+            for raw in answer {
+                let envelope = Envelope::open(&raw, &self.topic)?;
+                self.provider_spoke = true;
+                self.delivered.insert(envelope.id());
+                self.record(&envelope)?;
+                self.post(&envelope)?;
+                fresh.push(envelope);
+            }
         }
         Ok(fresh
             .into_iter()
@@ -229,14 +364,17 @@ impl Pace {
     }
 }
 
-fn timed_out(started: Instant, timeout: Duration, what: String, courier: &Courier) -> Result<()> {
+/// Gives up after `timeout`, saying where the ceremony stood (`state`: what it waits for) and
+/// that the same command picks it up again.
+fn timed_out(started: Instant, timeout: Duration, state: &str, courier: &Courier) -> Result<()> {
     if started.elapsed() > timeout {
         let refused = match courier.notes.last() {
             Some(n) => format!(" (the provider refused: {n})"),
             None => String::new(),
         };
         return Err(ClientError::Unexpected(format!(
-            "timed out after {} s waiting for {what}{refused}",
+            "timed out after {} s {state}{refused}; nothing is lost: run the same command again \
+             to pick up where the ceremony is",
             timeout.as_secs()
         )));
     }
@@ -706,7 +844,7 @@ pub fn run_dkg(
                                     is stored: run the same command again to finish)"
                 .to_owned(),
         };
-        timed_out(started, timeout, waiting, courier)?;
+        timed_out(started, timeout, &format!("waiting for {waiting}"), courier)?;
         pace.wait(progressed);
         batch = courier.poll()?;
     }
@@ -972,7 +1110,7 @@ pub fn await_progress(
         timed_out(
             started,
             timeout,
-            "the provider's evaluation".into(),
+            "waiting for the provider's evaluation",
             courier,
         )?;
         pace.wait(progressed);
@@ -997,7 +1135,7 @@ pub fn approve_and_sign(
     backlog: Vec<Envelope>,
     timeout: Duration,
 ) -> Result<(String, Vec<u8>)> {
-    let (info, _) = dao_info(wallet)?;
+    let (info, invitation) = dao_info(wallet)?;
     let provider_key = hex::decode(&info.provider_key)
         .map_err(|e| ClientError::Unexpected(format!("stored provider key: {e}")))?;
     let hash = request.hash()?;
@@ -1020,6 +1158,7 @@ pub fn approve_and_sign(
         summary.txid.clone(),
     );
     courier.send(&key, &approval)?;
+    let mut watch = SignWatch::new(hash, invitation.layout()?, evaluation)?;
     let started = Instant::now();
     let mut pace = Pace::new();
     let mut pending = backlog;
@@ -1046,6 +1185,7 @@ pub fn approve_and_sign(
             }
             return Ok((txid, tx));
         }
+        watch.absorb(&batch, courier)?;
         // Catching up on a topic: commit once, for the newest round only.
         signer.look_ahead(batch.iter().map(|(e, m)| (e.sender.as_slice(), m)));
         for (envelope, message) in &batch {
@@ -1058,19 +1198,80 @@ pub fn approve_and_sign(
                 courier.send(&key, &out)?;
             }
         }
-        timed_out(
-            started,
-            timeout,
-            format!(
-                "{} (rule {:?} needs {} approvals)",
-                signer.waiting_for(),
-                evaluation.rule,
-                evaluation.approvals
-            ),
-            courier,
-        )?;
+        let state = format!("(rule {:?}): {}", evaluation.rule, watch.line());
+        timed_out(started, timeout, &state, courier)?;
         pace.wait(progressed);
     }
+}
+
+/// What a member waiting on a signing request says: who approved, who rejected, who is still
+/// missing, a line each time that changes; and that the request is dead once rejections leave too
+/// few approvers (the provider refuses it then too; this device need not wait for that).
+struct SignWatch {
+    tally: Tally,
+    layout: Layout,
+    last: String,
+}
+
+impl SignWatch {
+    fn new(hash: [u8; 32], layout: Layout, evaluation: &Evaluation) -> Result<Self> {
+        Ok(Self {
+            tally: Tally::new(hash, &layout, evaluation)?,
+            layout,
+            last: String::new(),
+        })
+    }
+
+    fn name(&self, party: u16) -> String {
+        self.layout.name_of(party).unwrap_or("?").to_owned()
+    }
+
+    fn line(&self) -> String {
+        self.tally.describe(&|p| self.name(p))
+    }
+
+    fn absorb(&mut self, batch: &[(Envelope, DaoMessage)], courier: &mut Courier) -> Result<()> {
+        for (envelope, message) in batch {
+            if self.tally.absorb(&envelope.sender, message)
+                && let DaoMessage::Reject(r) = message
+            {
+                courier.say(&format!(
+                    "{} rejected this request{}",
+                    self.name(r.party),
+                    r.reason
+                        .as_deref()
+                        .map(|t| format!(": {t:?}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        if self.tally.end().is_none() && self.tally.is_dead() {
+            return Err(refused(&rejected_reason(&self.tally, &|p| self.name(p))));
+        }
+        let line = self.line();
+        if line != self.last && self.tally.end().is_none() {
+            courier.say(&line);
+            self.last = line;
+        }
+        Ok(())
+    }
+}
+
+/// Who rejected a dead request, and why it is dead.
+fn rejected_reason(tally: &Tally, name: &dyn Fn(u16) -> String) -> String {
+    let who: Vec<String> = tally
+        .rejections()
+        .iter()
+        .map(|(p, reason)| match reason {
+            Some(r) if !r.is_empty() => format!("{} ({r:?})", name(*p)),
+            _ => name(*p),
+        })
+        .collect();
+    format!(
+        "rejected by {}: the rule needs {} approvals and the members left cannot give them",
+        who.join(", "),
+        tally.needed()
+    )
 }
 
 /// One look at a signing topic: the signed transaction, if the provider published it.
@@ -1194,15 +1395,11 @@ pub fn approve_policy(
                 _ => {}
             }
         }
-        timed_out(
-            started,
-            timeout,
-            match quorum {
-                Some(k) => format!("the admin quorum ({k} approvals)"),
-                None => "the provider's answer".into(),
-            },
-            courier,
-        )?;
+        let state = match quorum {
+            Some(k) => format!("waiting for the admin quorum ({k} approvals)"),
+            None => "waiting for the provider's answer".into(),
+        };
+        timed_out(started, timeout, &state, courier)?;
         pace.wait(progressed);
     }
 }
@@ -1339,7 +1536,7 @@ pub fn run_refresh(
         } else {
             refresh.waiting_for()
         };
-        timed_out(started, timeout, waiting, courier)?;
+        timed_out(started, timeout, &format!("waiting for {waiting}"), courier)?;
         pace.wait(progressed);
     }
     let (_, mut outputs) = refresh.into_outputs()?;

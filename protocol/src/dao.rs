@@ -380,6 +380,24 @@ pub struct Approval {
     pub sighashes: ByteBuf,
 }
 
+/// Longest reason a member may give with a [`Rejection`].
+pub const MAX_REJECTION_REASON: usize = 512;
+
+/// A member's "no" to one request: signed like an approval (by the envelope), it counts against
+/// the threshold: once the approvers left cannot reach the rule's approvals, the request is dead
+/// (the provider refuses it at once and says who rejected).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rejection {
+    /// The request hash.
+    pub request: ByteBuf,
+    /// The rejecting member's party.
+    pub party: u16,
+    /// Why, in the member's words (at most [`MAX_REJECTION_REASON`] bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// Whether a round or attempt number is the first (0): such fields are left out of the encoding,
 /// so messages of a first round or attempt encode exactly as before they existed.
 fn is_zero(n: &u32) -> bool {
@@ -462,6 +480,16 @@ pub enum DaoMessage {
     Evaluation(Evaluation),
     /// Member → provider: I approve.
     Approval(Approval),
+    /// Member → all: I reject (see [`Rejection`]).
+    Reject(Rejection),
+    /// Member → all members, in the wallet's own topic (its DKG topic, the wallet id): a request
+    /// was made, so members who were not sent its file can list it (`cosigner dao requests`).
+    /// The founding envelope of the request (signed by its maker), encoded.
+    Announce {
+        /// The request's founding envelope (a [`SignRequest`], [`PolicyChange`] or refresh
+        /// proposal), as encoded for the mailbox.
+        envelope: ByteBuf,
+    },
     /// Provider → all: who signs in signing round `round` (see [`sign`]: a new round starts when
     /// a chosen member lost its nonces after the signing packages went out).
     SignerSet {
@@ -590,6 +618,8 @@ impl DaoMessage {
             Self::PolicyQuorum { .. } => "PolicyQuorum",
             Self::PolicyChanged { .. } => "PolicyChanged",
             Self::Approval(_) => "Approval",
+            Self::Reject(_) => "Reject",
+            Self::Announce { .. } => "Announce",
             Self::SignerSet { .. } => "SignerSet",
             Self::Commitments { .. } => "Commitments",
             Self::SigningPackages { .. } => "SigningPackages",
@@ -813,6 +843,23 @@ approvals = 5
         let bytes = activated.encode().unwrap();
         assert!(!bytes.windows(7).any(|w| w == b"attempt"));
         assert_eq!(DaoMessage::decode(&bytes).unwrap().dkg_attempt(), Some(0));
+    }
+
+    #[test]
+    fn a_rejection_without_a_reason_leaves_it_out() {
+        let r = |reason: Option<&str>| {
+            DaoMessage::Reject(Rejection {
+                request: ByteBuf::from(vec![1; 32]),
+                party: 2,
+                reason: reason.map(str::to_owned),
+            })
+        };
+        let bare = r(None).encode().unwrap();
+        assert!(!bare.windows(6).any(|w| w == b"reason"));
+        assert_eq!(DaoMessage::decode(&bare).unwrap(), r(None));
+        let said = r(Some("too much")).encode().unwrap();
+        assert_eq!(DaoMessage::decode(&said).unwrap(), r(Some("too much")));
+        assert_eq!(r(None).name(), "Reject");
     }
 
     #[test]

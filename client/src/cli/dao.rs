@@ -215,6 +215,7 @@ pub fn run(g: &Globals, cmd: DaoCommand) -> anyhow::Result<()> {
             let mailbox = dao::member_mailbox(&home, &mailbox, &invitation)?;
             let mut courier =
                 Courier::new(envelope.topic, mailbox, provider, &provider_addr, &trust)?;
+            courier.on_progress(say);
             let wallet = dao::run_dkg(
                 &home,
                 &mut courier,
@@ -240,13 +241,9 @@ fn courier_for(
     let provider_addr = provider_addr(g, &invitation.provider);
     let provider = Session::connect(&provider_addr, trust)?;
     let mailbox = dao::member_mailbox(&home(g)?, &mailbox_addr(g, &info.mailbox), &invitation)?;
-    Ok(Courier::new(
-        topic,
-        mailbox,
-        provider,
-        &provider_addr,
-        trust,
-    )?)
+    let mut courier = Courier::new(topic, mailbox, provider, &provider_addr, trust)?;
+    courier.on_progress(say);
+    Ok(courier)
 }
 
 fn propose(g: &Globals, args: PolicyArgs) -> anyhow::Result<()> {
@@ -323,6 +320,7 @@ pub fn join(g: &Globals, args: JoinArgs) -> anyhow::Result<()> {
     let provider = Session::connect(&provider_addr, &trust)?;
     let mailbox = dao::member_mailbox(&home, &mailbox_addr(g, &invitation.mailbox), &invitation)?;
     let mut courier = Courier::new(envelope.topic, mailbox, provider, &provider_addr, &trust)?;
+    courier.on_progress(say);
     let wallet = dao::run_dkg(
         &home,
         &mut courier,

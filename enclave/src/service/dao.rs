@@ -81,7 +81,60 @@ struct SignJob {
     public_key_package: PublicKeyPackage<Suite>,
     /// The share epoch the request was evaluated under.
     epoch: u64,
+    /// Member names by party, to say who rejected.
+    names: BTreeMap<u16, String>,
     coordinator: Coordinator<Suite>,
+}
+
+impl SignJob {
+    /// Why the request is dead once rejections leave too few approvers: who rejected (with
+    /// their reasons) and what the rule needs.
+    fn rejected(&self) -> String {
+        let who: Vec<String> = self
+            .coordinator
+            .rejections()
+            .iter()
+            .map(|(p, reason)| {
+                let name = self.names.get(p).map_or("?", String::as_str);
+                match reason {
+                    Some(r) if !r.is_empty() => format!("{name} ({r:?})"),
+                    _ => name.to_owned(),
+                }
+            })
+            .collect();
+        format!(
+            "rejected by {}: rule {:?} can no longer get its approvals",
+            who.join(", "),
+            self.rule
+        )
+    }
+}
+
+/// What the provider tells every member about a request: the PSBT's facts and the rule.
+fn evaluation_of(
+    hash: [u8; 32],
+    summary: &psbt::SpendSummary,
+    decision: &Decision,
+    approvers: &BTreeMap<u16, Vec<u8>>,
+) -> Evaluation {
+    Evaluation {
+        request: ByteBuf::from(hash.to_vec()),
+        sighashes: summary
+            .sighashes
+            .iter()
+            .map(|s| ByteBuf::from(s.to_vec()))
+            .collect(),
+        value_leaving: summary.value_leaving,
+        fee: summary.fee,
+        destinations: summary
+            .destinations
+            .iter()
+            .map(|d| (d.address.clone(), d.amount))
+            .collect(),
+        rule: decision.rule.clone(),
+        approvals: decision.approvals,
+        approvers: approvers.keys().copied().collect(),
+    }
 }
 
 /// A policy change waiting for its admin quorum.
@@ -220,6 +273,46 @@ fn approver_keys(layout: &Layout, names: &[String]) -> Result<BTreeMap<u16, Vec<
     Ok(approvers)
 }
 
+/// Hands each delivered envelope to the topic's ceremony. Only what a ceremony accepts is
+/// remembered (bounded): a stranger's validly signed junk costs a verification, not memory.
+fn absorb_all(entry: &mut Entry, opened: &[(Envelope, DaoMessage)], notes: &mut Vec<String>) {
+    for (envelope, message) in opened {
+        if entry.seen.contains(&envelope.id()) {
+            continue;
+        }
+        let result = match &mut entry.ceremony {
+            Ceremony::Dkg(job) => match job.dkg.is_retry(&envelope.sender, message) {
+                Ok(true) => {
+                    job.retry = true;
+                    Ok(true)
+                }
+                Ok(false) => job
+                    .dkg
+                    .absorb(&envelope.sender, message)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            Ceremony::Sign(job) => job
+                .coordinator
+                .absorb(&envelope.sender, message)
+                .map_err(|e| e.to_string()),
+            Ceremony::Policy(job) => job.absorb(&envelope.sender, message),
+            Ceremony::Refresh(job) => job
+                .refresh
+                .absorb(&envelope.sender, message)
+                .map_err(|e| e.to_string()),
+            Ceremony::Finished => Ok(false),
+        };
+        match result {
+            Ok(true) if entry.seen.len() < MAX_SEEN => {
+                entry.seen.insert(envelope.id());
+            }
+            Ok(_) => {}
+            Err(e) => notes.push(format!("{} refused: {e}", message.name())),
+        }
+    }
+}
+
 impl Service {
     /// Refuses a founded request: audited, and answered with a signed `Refused` in its topic.
     fn refuse_request(
@@ -270,153 +363,20 @@ impl Service {
         }
         let mut ceremonies = lock(&self.dao)?;
         ceremonies.retain(|_, e| e.started.elapsed() < DAO_TTL);
-        if !ceremonies.contains_key(&topic) {
-            // The founding message is the one whose hash is the topic: junk of the same kind
-            // posted ahead of it cannot block the ceremony.
-            let founding = opened.iter().find(|(_, m)| {
-                let hashed = match m {
-                    DaoMessage::Invitation(i) => i.topic().ok(),
-                    DaoMessage::SignRequest(r) => r.topic().ok(),
-                    DaoMessage::PolicyChange(c) => c.topic().ok(),
-                    DaoMessage::RefreshStart(r) => r.topic().ok(),
-                    _ => None,
-                };
-                hashed == Some(topic)
+        if !ceremonies.contains_key(&topic)
+            && !self.found(&mut ceremonies, &topic, &opened, &mut notes)?
+        {
+            // Nothing to found it with: an unknown topic (or one this enclave forgot, after a
+            // restart) is founded again by a delivery that carries its founding message.
+            return Ok(Response::Mailbox {
+                envelopes: Vec::new(),
+                notes,
             });
-            let Some((envelope, message)) = founding else {
-                return Ok(Response::Mailbox {
-                    envelopes: Vec::new(),
-                    notes,
-                });
-            };
-            if ceremonies.len() >= MAX_CEREMONIES {
-                return Err(internal("too many DAO ceremonies in progress"));
-            }
-            // Anyone can found a DKG (an invitation only has to name this enclave): those get
-            // their own, smaller budget, so they cannot crowd out members' signatures.
-            // A quota per founding key, and the budget as a whole evicts its oldest DKG instead of
-            // refusing: self-made invitations by the dozen cannot block anybody's wallet creation.
-            if let DaoMessage::Invitation(inv) = message {
-                // Only an invitation that could be founded may make room: one for another
-                // provider, or with a broken layout, evicts nobody.
-                if inv.provider_key.as_slice() != self.audit.public_key().as_slice()
-                    || inv.layout().is_err()
-                {
-                    return Err(bad(
-                        "the invitation does not name this provider or is malformed",
-                    ));
-                }
-                let is_dkg = |e: &Entry| matches!(e.ceremony, Ceremony::Dkg(..));
-                let theirs = ceremonies
-                    .values()
-                    .filter(|e| is_dkg(e) && e.founder.as_slice() == envelope.sender.as_slice())
-                    .count();
-                if theirs >= MAX_DKGS_PER_FOUNDER {
-                    return Err(Failure::new(
-                        ErrorKind::Busy,
-                        format!(
-                            "this key already founded {theirs} DAO wallet creations in progress"
-                        ),
-                    ));
-                }
-                while ceremonies.values().filter(|e| is_dkg(e)).count() >= MAX_DKGS {
-                    let Some(oldest) = ceremonies
-                        .iter()
-                        .filter(|(_, e)| is_dkg(e))
-                        .min_by_key(|(_, e)| e.started)
-                        .map(|(t, _)| *t)
-                    else {
-                        break;
-                    };
-                    ceremonies.remove(&oldest);
-                }
-            }
-            let mut entry = Entry {
-                ceremony: Ceremony::Finished,
-                outbox: Vec::new(),
-                seen: HashSet::new(),
-                started: Instant::now(),
-                founder: envelope.sender.to_vec(),
-            };
-            // Founded again (the enclave restarted, or forgot the topic): the attempts and rounds
-            // this enclave already took part in show in the topic under its own key, and their
-            // secrets and nonces are gone. Go on after them, never with them.
-            let ours = self.audit.public_key();
-            let after = |of: fn(&DaoMessage) -> Option<u32>| {
-                opened
-                    .iter()
-                    .filter(|(e, _)| e.sender == ours)
-                    .filter_map(|(_, m)| of(m))
-                    .max()
-                    .map_or(0, |n| n.saturating_add(1))
-            };
-            let (ceremony, first) = match message {
-                DaoMessage::Invitation(inv) => self.found_dkg(
-                    &topic,
-                    &envelope.sender,
-                    inv,
-                    after(DaoMessage::dkg_attempt),
-                    &mut notes,
-                )?,
-                DaoMessage::SignRequest(req) => self.found_sign(
-                    &topic,
-                    &envelope.sender,
-                    req,
-                    after(DaoMessage::signing_round),
-                )?,
-                DaoMessage::PolicyChange(change) => {
-                    self.found_policy(&topic, &envelope.sender, change)?
-                }
-                DaoMessage::RefreshStart(proposal) => {
-                    let busy = refresh_running(&ceremonies, &proposal.wallet_id);
-                    self.found_refresh(&topic, &envelope.sender, proposal, busy)?
-                }
-                _ => return Err(internal("founding message of an unexpected kind")),
-            };
-            entry.ceremony = ceremony;
-            self.post(&topic, &mut entry, first)?;
-            ceremonies.insert(topic, entry);
         }
         let entry = ceremonies
             .get_mut(&topic)
             .ok_or_else(|| internal("ceremony vanished"))?;
-        for (envelope, message) in &opened {
-            // Only what a ceremony accepts is remembered (bounded): a stranger's validly signed
-            // junk costs a verification, not memory.
-            if entry.seen.contains(&envelope.id()) {
-                continue;
-            }
-            let result = match &mut entry.ceremony {
-                Ceremony::Dkg(job) => match job.dkg.is_retry(&envelope.sender, message) {
-                    Ok(true) => {
-                        job.retry = true;
-                        Ok(true)
-                    }
-                    Ok(false) => job
-                        .dkg
-                        .absorb(&envelope.sender, message)
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                },
-                Ceremony::Sign(job) => job
-                    .coordinator
-                    .absorb(&envelope.sender, message)
-                    .map_err(|e| e.to_string()),
-                Ceremony::Policy(job) => job.absorb(&envelope.sender, message),
-                Ceremony::Refresh(job) => job
-                    .refresh
-                    .absorb(&envelope.sender, message)
-                    .map_err(|e| e.to_string()),
-                Ceremony::Finished => Ok(false),
-            };
-            match result {
-                Ok(true) if entry.seen.len() < MAX_SEEN => {
-                    entry.seen.insert(envelope.id());
-                }
-                Ok(_) => {}
-                Err(e) => notes.push(format!("{} refused: {e}", message.name())),
-            }
-        }
+        absorb_all(entry, &opened, &mut notes);
         if let Err(e) = self.advance(&topic, entry) {
             notes.push(format!("ceremony failed: {}", e.0.message));
         }
@@ -424,6 +384,120 @@ impl Service {
             envelopes: entry.outbox.iter().cloned().map(ByteBuf::from).collect(),
             notes,
         })
+    }
+
+    /// Founds the ceremony of `topic` from the delivery's founding message (the one whose hash
+    /// is the topic: junk of the same kind posted ahead of it cannot block the ceremony).
+    /// Returns `false` when the delivery holds none.
+    fn found(
+        &self,
+        ceremonies: &mut Ceremonies,
+        topic: &Topic,
+        opened: &[(Envelope, DaoMessage)],
+        notes: &mut Vec<String>,
+    ) -> Result<bool, Failure> {
+        let founding = opened.iter().find(|(_, m)| {
+            let hashed = match m {
+                DaoMessage::Invitation(i) => i.topic().ok(),
+                DaoMessage::SignRequest(r) => r.topic().ok(),
+                DaoMessage::PolicyChange(c) => c.topic().ok(),
+                DaoMessage::RefreshStart(r) => r.topic().ok(),
+                _ => None,
+            };
+            hashed == Some(*topic)
+        });
+        let Some((envelope, message)) = founding else {
+            return Ok(false);
+        };
+        if ceremonies.len() >= MAX_CEREMONIES {
+            return Err(internal("too many DAO ceremonies in progress"));
+        }
+        if let DaoMessage::Invitation(inv) = message {
+            self.admit_dkg(ceremonies, &envelope.sender, inv)?;
+        }
+        let mut entry = Entry {
+            ceremony: Ceremony::Finished,
+            outbox: Vec::new(),
+            seen: HashSet::new(),
+            started: Instant::now(),
+            founder: envelope.sender.to_vec(),
+        };
+        // Founded again (the enclave restarted, or forgot the topic): the attempts and rounds
+        // this enclave already took part in show in the topic under its own key, and their
+        // secrets and nonces are gone. Go on after them, never with them.
+        let ours = self.audit.public_key();
+        let after = |of: fn(&DaoMessage) -> Option<u32>| {
+            opened
+                .iter()
+                .filter(|(e, _)| e.sender == ours)
+                .filter_map(|(_, m)| of(m))
+                .max()
+                .map_or(0, |n| n.saturating_add(1))
+        };
+        let sender = &envelope.sender;
+        let (ceremony, first) = match message {
+            DaoMessage::Invitation(inv) => {
+                self.found_dkg(topic, sender, inv, after(DaoMessage::dkg_attempt), notes)?
+            }
+            DaoMessage::SignRequest(req) => {
+                self.found_sign(topic, sender, req, after(DaoMessage::signing_round))?
+            }
+            DaoMessage::PolicyChange(change) => self.found_policy(topic, sender, change)?,
+            DaoMessage::RefreshStart(proposal) => {
+                let busy = refresh_running(ceremonies, &proposal.wallet_id);
+                self.found_refresh(topic, sender, proposal, busy)?
+            }
+            _ => return Err(internal("founding message of an unexpected kind")),
+        };
+        entry.ceremony = ceremony;
+        self.post(topic, &mut entry, first)?;
+        ceremonies.insert(*topic, entry);
+        Ok(true)
+    }
+
+    /// Makes room for a DKG founded by `founder`. Anyone can found a DKG (an invitation only has
+    /// to name this enclave): those get their own, smaller budget, so they cannot crowd out
+    /// members' signatures; a quota per founding key, and the budget as a whole evicts its
+    /// oldest DKG instead of refusing, so self-made invitations by the dozen cannot block
+    /// anybody's wallet creation.
+    fn admit_dkg(
+        &self,
+        ceremonies: &mut Ceremonies,
+        founder: &[u8],
+        invitation: &Invitation,
+    ) -> Result<(), Failure> {
+        // Only an invitation that could be founded may make room: one for another provider, or
+        // with a broken layout, evicts nobody.
+        if invitation.provider_key.as_slice() != self.audit.public_key().as_slice()
+            || invitation.layout().is_err()
+        {
+            return Err(bad(
+                "the invitation does not name this provider or is malformed",
+            ));
+        }
+        let is_dkg = |e: &Entry| matches!(e.ceremony, Ceremony::Dkg(..));
+        let theirs = ceremonies
+            .values()
+            .filter(|e| is_dkg(e) && e.founder.as_slice() == founder)
+            .count();
+        if theirs >= MAX_DKGS_PER_FOUNDER {
+            return Err(Failure::new(
+                ErrorKind::Busy,
+                format!("this key already founded {theirs} DAO wallet creations in progress"),
+            ));
+        }
+        while ceremonies.values().filter(|e| is_dkg(e)).count() >= MAX_DKGS {
+            let Some(oldest) = ceremonies
+                .iter()
+                .filter(|(_, e)| is_dkg(e))
+                .min_by_key(|(_, e)| e.started)
+                .map(|(t, _)| *t)
+            else {
+                break;
+            };
+            ceremonies.remove(&oldest);
+        }
+        Ok(())
     }
 
     /// Signs `messages` as the enclave and adds them to the topic's outbox.
@@ -599,24 +673,7 @@ impl Service {
             Ok(c) => c,
             Err(e) => return refuse(e.to_string()),
         };
-        let evaluation = Evaluation {
-            request: ByteBuf::from(hash.to_vec()),
-            sighashes: summary
-                .sighashes
-                .iter()
-                .map(|s| ByteBuf::from(s.to_vec()))
-                .collect(),
-            value_leaving: summary.value_leaving,
-            fee: summary.fee,
-            destinations: summary
-                .destinations
-                .iter()
-                .map(|d| (d.address.clone(), d.amount))
-                .collect(),
-            rule: decision.rule.clone(),
-            approvals: decision.approvals,
-            approvers: approvers.keys().copied().collect(),
-        };
+        let evaluation = evaluation_of(hash, &summary, &decision, &approvers);
         self.log(
             &wallet_id,
             "dao-sign",
@@ -639,6 +696,11 @@ impl Service {
                 provider_parties: state.provider_parties.clone(),
                 public_key_package,
                 epoch: state.epoch,
+                names: layout
+                    .members
+                    .iter()
+                    .map(|(p, m)| (*p, m.name.clone()))
+                    .collect(),
                 coordinator,
             })),
             vec![DaoMessage::Evaluation(evaluation)],
@@ -788,6 +850,19 @@ impl Service {
     }
 
     fn advance_sign(&self, job: &mut SignJob) -> Result<(Vec<DaoMessage>, bool), Failure> {
+        if job.coordinator.is_dead() {
+            // Said at once (the caller posts the refusal), not at the request's expiry.
+            let reason = job.rejected();
+            let who: Vec<u16> = job.coordinator.rejections().keys().copied().collect();
+            self.log(
+                &job.wallet_id,
+                "dao-sign",
+                &format!("members:{who:?}"),
+                &job.hash,
+                &format!("refused: {reason}"),
+            )?;
+            return Err(bad(reason));
+        }
         let mut keys = BTreeMap::new();
         if job.coordinator.needs_keys() {
             for &party in &job.provider_parties {

@@ -49,7 +49,10 @@ use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use rand_core::{CryptoRng, RngCore};
 use serde_bytes::ByteBuf;
 
-use super::{Approval, DaoMessage, hash32, sighashes_digest};
+use super::{
+    Approval, DaoMessage, Evaluation, Layout, MAX_REJECTION_REASON, Rejection, hash32,
+    sighashes_digest,
+};
 use crate::dkg::common;
 use crate::error::{ProtocolError, Result};
 use crate::sign::{SignerSession, aggregate, signing_package};
@@ -365,6 +368,8 @@ pub struct Coordinator<C: Ciphersuite> {
     provider_parties: Vec<u16>,
     /// Approving parties in arrival order.
     approvals: Vec<u16>,
+    /// Rejecting parties, with the reason each gave.
+    rejections: BTreeMap<u16, Option<String>>,
     /// The current signing round.
     round: u32,
     /// A chosen member lost its nonces after this round's packages went out: the next
@@ -421,6 +426,7 @@ impl<C: Ciphersuite> Coordinator<C> {
             approvers,
             provider_parties,
             approvals: Vec::new(),
+            rejections: BTreeMap::new(),
             round: 0,
             restart: false,
             signers: None,
@@ -450,6 +456,19 @@ impl<C: Ciphersuite> Coordinator<C> {
     /// Approvals received so far, in arrival order.
     pub fn approvals(&self) -> &[u16] {
         &self.approvals
+    }
+
+    /// Rejections received so far, by party, with their reasons.
+    pub fn rejections(&self) -> &BTreeMap<u16, Option<String>> {
+        &self.rejections
+    }
+
+    /// Whether the rule's approvals can no longer be reached: the approvers that did not reject
+    /// are fewer than it needs (before the signer set is chosen; a chosen set approved).
+    pub fn is_dead(&self) -> bool {
+        self.signers.is_none()
+            && self.approvers.len().saturating_sub(self.rejections.len())
+                < usize::from(self.approvals_needed)
     }
 
     /// The chosen signer set, once enough approvals are in.
@@ -510,27 +529,8 @@ impl<C: Ciphersuite> Coordinator<C> {
     /// ([`ProtocolError::Culprit`]).
     pub fn absorb(&mut self, sender: &[u8], message: &DaoMessage) -> Result<bool> {
         match message {
-            DaoMessage::Approval(a) => {
-                if !same_request(&self.request, &a.request) {
-                    return Err(ProtocolError::Culprit {
-                        party: a.party,
-                        reason: "its approval is for another request".into(),
-                    });
-                }
-                self.check_member(sender, a.party, "approval")?;
-                let expected = sighashes_digest(&self.request, &self.sighashes);
-                if hash32(&a.sighashes, "approved sighashes")? != expected {
-                    return Err(ProtocolError::Culprit {
-                        party: a.party,
-                        reason: "it approved other sighashes than this PSBT's".into(),
-                    });
-                }
-                if self.approvals.contains(&a.party) {
-                    return Ok(false);
-                }
-                self.approvals.push(a.party);
-                Ok(true)
-            }
+            DaoMessage::Approval(a) => self.approval(sender, a),
+            DaoMessage::Reject(r) => self.rejection(sender, r),
             DaoMessage::Commitments {
                 request,
                 party,
@@ -570,6 +570,56 @@ impl<C: Ciphersuite> Coordinator<C> {
             }
             _ => Ok(false),
         }
+    }
+
+    fn approval(&mut self, sender: &[u8], a: &Approval) -> Result<bool> {
+        if !same_request(&self.request, &a.request) {
+            return Err(ProtocolError::Culprit {
+                party: a.party,
+                reason: "its approval is for another request".into(),
+            });
+        }
+        self.check_member(sender, a.party, "approval")?;
+        let expected = sighashes_digest(&self.request, &self.sighashes);
+        if hash32(&a.sighashes, "approved sighashes")? != expected {
+            return Err(ProtocolError::Culprit {
+                party: a.party,
+                reason: "it approved other sighashes than this PSBT's".into(),
+            });
+        }
+        if self.rejections.contains_key(&a.party) {
+            return Err(ProtocolError::Culprit {
+                party: a.party,
+                reason: "it approved a request it had rejected (the rejection stands)".into(),
+            });
+        }
+        if self.approvals.contains(&a.party) {
+            return Ok(false);
+        }
+        self.approvals.push(a.party);
+        Ok(true)
+    }
+
+    fn rejection(&mut self, sender: &[u8], r: &Rejection) -> Result<bool> {
+        if !same_request(&self.request, &r.request) {
+            return Err(ProtocolError::Culprit {
+                party: r.party,
+                reason: "its rejection is for another request".into(),
+            });
+        }
+        self.check_member(sender, r.party, "rejection")?;
+        check_reason(r)?;
+        if self.approvals.contains(&r.party) {
+            return Err(ProtocolError::Culprit {
+                party: r.party,
+                reason: "it rejected a request it had approved (the approval stands)".into(),
+            });
+        }
+        if self.rejections.contains_key(&r.party) {
+            return Ok(false);
+        }
+        self.rejections.insert(r.party, r.reason.clone());
+        Ok(true)
     }
 
     /// A chosen member's commitments of the current round: the first set, a replacement (the
@@ -676,111 +726,151 @@ impl<C: Ciphersuite> Coordinator<C> {
         public_key_package: &PublicKeyPackage<C>,
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<Vec<DaoMessage>> {
+        if self.is_dead() {
+            return Err(ProtocolError::Refused {
+                reason: format!(
+                    "rejected by parties {:?}: the rule needs {} approvals among {} approvers",
+                    self.rejections.keys().collect::<Vec<_>>(),
+                    self.approvals_needed,
+                    self.approvers.len()
+                ),
+            });
+        }
         let mut out = Vec::new();
         if self.restart && self.signatures.is_none() {
             self.next_round()?;
         }
         if self.signers.is_none() && self.approvals.len() >= usize::from(self.approvals_needed) {
-            let mut signers: Vec<u16> = self
-                .approvals
-                .iter()
-                .take(usize::from(self.approvals_needed))
-                .copied()
-                .collect();
-            signers.extend(&self.provider_parties);
-            signers.sort_unstable();
-            for &party in &self.provider_parties {
-                let key = keys.get(&party).ok_or_else(|| ProtocolError::Params {
-                    reason: format!("the provider's key package for party {party} is missing"),
-                })?;
-                let mut sessions = Vec::new();
-                let mut commitments = Vec::new();
-                for sighash in &self.sighashes {
-                    let (s, c) = SignerSession::commit(key, party, sighash, &signers, rng)?;
-                    sessions.push(s);
-                    commitments.push(c);
-                }
-                self.own.insert(party, sessions);
-                self.commitments.insert(party, commitments);
-            }
-            out.push(DaoMessage::SignerSet {
-                request: ByteBuf::from(self.request.to_vec()),
-                parties: signers.clone(),
-                round: self.round,
-            });
-            self.signers = Some(signers);
+            out.push(self.choose_signers(keys, rng)?);
         }
         let Some(signers) = self.signers.clone() else {
             return Ok(out);
         };
         if self.packages.is_none() && signers.iter().all(|p| self.commitments.contains_key(p)) {
-            let mut packages = Vec::with_capacity(self.sighashes.len());
-            for (i, sighash) in self.sighashes.iter().enumerate() {
-                let mut per_input = BTreeMap::new();
-                for p in &signers {
-                    let c = self
-                        .commitments
-                        .get(p)
-                        .and_then(|v| v.get(i))
-                        .ok_or_else(|| ProtocolError::Culprit {
-                            party: *p,
-                            reason: format!("no commitment for input {i}"),
-                        })?;
-                    per_input.insert(*p, c.clone());
-                }
-                packages.push(signing_package::<C>(sighash, &per_input)?);
-            }
-            // The provider's sessions of this round are consumed here, by this one package set.
-            for (party, sessions) in std::mem::take(&mut self.own) {
-                let key = keys.get(&party).ok_or_else(|| ProtocolError::Params {
-                    reason: format!("the provider's key package for party {party} is missing"),
-                })?;
-                let mut shares = Vec::with_capacity(sessions.len());
-                for (session, package) in sessions.into_iter().zip(&packages) {
-                    shares.push(session.sign(key, package)?);
-                }
-                self.own_shares.insert(party, shares);
-            }
-            out.push(DaoMessage::SigningPackages {
-                request: ByteBuf::from(self.request.to_vec()),
-                packages: bufs(packages.clone()),
-                round: self.round,
-            });
-            self.packages = Some(packages);
+            out.push(self.build_packages(keys, &signers)?);
         }
-        if let Some(packages) = &self.packages
+        if self.packages.is_some()
             && self.signatures.is_none()
             && signers
                 .iter()
                 .all(|p| self.shares.contains_key(p) || self.own_shares.contains_key(p))
         {
-            let mut signatures = Vec::with_capacity(packages.len());
-            for (i, package) in packages.iter().enumerate() {
-                let mut per_input = BTreeMap::new();
-                for p in &signers {
-                    let share = self
-                        .shares
-                        .get(p)
-                        .or_else(|| self.own_shares.get(p))
-                        .and_then(|v| v.get(i))
-                        .ok_or_else(|| ProtocolError::Culprit {
-                            party: *p,
-                            reason: format!("no signature share for input {i}"),
-                        })?;
-                    per_input.insert(*p, share.clone());
-                }
-                let sig = aggregate::<C>(package, &per_input, public_key_package)?;
-                let sig: [u8; 64] =
-                    sig.as_slice()
-                        .try_into()
-                        .map_err(|_| ProtocolError::Frost {
-                            reason: format!("signature of {} bytes, expected 64", sig.len()),
-                        })?;
-                signatures.push(sig);
-            }
-            self.signatures = Some(signatures);
+            self.aggregate_shares(&signers, public_key_package)?;
         }
         Ok(out)
+    }
+
+    /// The signer set of this round: the first approvals the rule needs, in arrival order, and
+    /// the provider's parties, which commit now with fresh nonces.
+    fn choose_signers(
+        &mut self,
+        keys: &BTreeMap<u16, KeyPackage<C>>,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<DaoMessage> {
+        let mut signers: Vec<u16> = self
+            .approvals
+            .iter()
+            .take(usize::from(self.approvals_needed))
+            .copied()
+            .collect();
+        signers.extend(&self.provider_parties);
+        signers.sort_unstable();
+        for &party in &self.provider_parties {
+            let key = provider_key(keys, party)?;
+            let mut sessions = Vec::new();
+            let mut commitments = Vec::new();
+            for sighash in &self.sighashes {
+                let (s, c) = SignerSession::commit(key, party, sighash, &signers, rng)?;
+                sessions.push(s);
+                commitments.push(c);
+            }
+            self.own.insert(party, sessions);
+            self.commitments.insert(party, commitments);
+        }
+        let message = DaoMessage::SignerSet {
+            request: ByteBuf::from(self.request.to_vec()),
+            parties: signers.clone(),
+            round: self.round,
+        };
+        self.signers = Some(signers);
+        Ok(message)
+    }
+
+    /// The signing packages of this round, once every signer committed; the provider's parties
+    /// sign them at once (their sessions of the round are consumed here, by this one set).
+    fn build_packages(
+        &mut self,
+        keys: &BTreeMap<u16, KeyPackage<C>>,
+        signers: &[u16],
+    ) -> Result<DaoMessage> {
+        let mut packages = Vec::with_capacity(self.sighashes.len());
+        for (i, sighash) in self.sighashes.iter().enumerate() {
+            let mut per_input = BTreeMap::new();
+            for p in signers {
+                let c = self
+                    .commitments
+                    .get(p)
+                    .and_then(|v| v.get(i))
+                    .ok_or_else(|| ProtocolError::Culprit {
+                        party: *p,
+                        reason: format!("no commitment for input {i}"),
+                    })?;
+                per_input.insert(*p, c.clone());
+            }
+            packages.push(signing_package::<C>(sighash, &per_input)?);
+        }
+        for (party, sessions) in std::mem::take(&mut self.own) {
+            let key = provider_key(keys, party)?;
+            let mut shares = Vec::with_capacity(sessions.len());
+            for (session, package) in sessions.into_iter().zip(&packages) {
+                shares.push(session.sign(key, package)?);
+            }
+            self.own_shares.insert(party, shares);
+        }
+        let message = DaoMessage::SigningPackages {
+            request: ByteBuf::from(self.request.to_vec()),
+            packages: bufs(packages.clone()),
+            round: self.round,
+        };
+        self.packages = Some(packages);
+        Ok(message)
+    }
+
+    /// Aggregates every input's signature once every signer's shares are in.
+    fn aggregate_shares(
+        &mut self,
+        signers: &[u16],
+        public_key_package: &PublicKeyPackage<C>,
+    ) -> Result<()> {
+        let Some(packages) = &self.packages else {
+            return Ok(());
+        };
+        let mut signatures = Vec::with_capacity(packages.len());
+        for (i, package) in packages.iter().enumerate() {
+            let mut per_input = BTreeMap::new();
+            for p in signers {
+                let share = self
+                    .shares
+                    .get(p)
+                    .or_else(|| self.own_shares.get(p))
+                    .and_then(|v| v.get(i))
+                    .ok_or_else(|| ProtocolError::Culprit {
+                        party: *p,
+                        reason: format!("no signature share for input {i}"),
+                    })?;
+                per_input.insert(*p, share.clone());
+            }
+            let sig = aggregate::<C>(package, &per_input, public_key_package)?;
+            let sig: [u8; 64] = sig
+                .as_slice()
+                .try_into()
+                .map_err(|_| ProtocolError::Frost {
+                    reason: format!("signature of {} bytes, expected 64", sig.len()),
+                })?;
+            signatures.push(sig);
+        }
+        self.signatures = Some(signatures);
+        Ok(())
     }
 
     /// The aggregated signatures (one per input, BIP-340), once every share is in.
@@ -799,6 +889,310 @@ impl<C: Ciphersuite> Coordinator<C> {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// How a signing request ended, as its topic says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TallyEnd {
+    /// The provider published the transaction with this txid.
+    Signed(String),
+    /// The provider refused the request, for this reason.
+    Refused(String),
+}
+
+/// Where a signing request stands as a member reads its topic: who approved, who rejected, who
+/// is still missing, how it ended. For progress lines and `cosigner dao requests`; it decides
+/// nothing (the provider does). It counts only what it can check: the provider's messages from
+/// the provider's key, an approval or rejection from the approver it names, an approval of the
+/// sighashes the provider evaluated, commitments and shares from a chosen member's key.
+#[derive(Debug, Clone)]
+pub struct Tally {
+    request: [u8; 32],
+    provider_key: Vec<u8>,
+    /// Approvers under the evaluated rule, by party, with their keys.
+    approvers: BTreeMap<u16, Vec<u8>>,
+    needed: u16,
+    digest: [u8; 32],
+    approvals: Vec<u16>,
+    rejections: BTreeMap<u16, Option<String>>,
+    round: u32,
+    /// Chosen members of `round` (the provider's parties left out).
+    chosen: Vec<u16>,
+    committed: BTreeSet<u16>,
+    shared: BTreeSet<u16>,
+    end: Option<TallyEnd>,
+}
+
+impl Tally {
+    /// A tally of `request` (its hash) under the provider's `evaluation`, for the wallet `layout`.
+    ///
+    /// Errors: the evaluation names an approver who is not a member, or a malformed sighash
+    /// ([`ProtocolError::Encoding`], [`ProtocolError::Params`]).
+    pub fn new(request: [u8; 32], layout: &Layout, evaluation: &Evaluation) -> Result<Self> {
+        let mut approvers = BTreeMap::new();
+        for &party in &evaluation.approvers {
+            let key = layout
+                .members
+                .iter()
+                .find(|(p, _)| *p == party)
+                .map(|(_, m)| m.device_key.clone())
+                .ok_or_else(|| ProtocolError::Params {
+                    reason: format!("the evaluation names party {party}, not a member"),
+                })?;
+            approvers.insert(party, key);
+        }
+        let sighashes = evaluation
+            .sighashes
+            .iter()
+            .map(|s| hash32(s, "a sighash"))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            request,
+            provider_key: layout.provider_key.clone(),
+            approvers,
+            needed: evaluation.approvals,
+            digest: sighashes_digest(&request, &sighashes),
+            approvals: Vec::new(),
+            rejections: BTreeMap::new(),
+            round: 0,
+            chosen: Vec::new(),
+            committed: BTreeSet::new(),
+            shared: BTreeSet::new(),
+            end: None,
+        })
+    }
+
+    fn is_approver(&self, sender: &[u8], party: u16) -> bool {
+        self.approvers
+            .get(&party)
+            .is_some_and(|k| k.as_slice() == sender)
+    }
+
+    /// Takes one verified message from `sender`; returns whether the tally changed.
+    pub fn absorb(&mut self, sender: &[u8], message: &DaoMessage) -> bool {
+        if sender == self.provider_key.as_slice() {
+            return self.absorb_provider(message);
+        }
+        match message {
+            DaoMessage::Approval(a)
+                if same_request(&self.request, &a.request)
+                    && self.is_approver(sender, a.party)
+                    && a.sighashes.as_slice() == self.digest
+                    && !self.rejections.contains_key(&a.party)
+                    && !self.approvals.contains(&a.party) =>
+            {
+                self.approvals.push(a.party);
+                true
+            }
+            DaoMessage::Reject(r)
+                if same_request(&self.request, &r.request)
+                    && self.is_approver(sender, r.party)
+                    && check_reason(r).is_ok()
+                    && !self.approvals.contains(&r.party)
+                    && !self.rejections.contains_key(&r.party) =>
+            {
+                self.rejections.insert(r.party, r.reason.clone());
+                true
+            }
+            DaoMessage::Commitments {
+                request,
+                party,
+                round,
+                ..
+            } if same_request(&self.request, request)
+                && *round == self.round
+                && self.chosen.contains(party)
+                && self.is_approver(sender, *party) =>
+            {
+                self.committed.insert(*party)
+            }
+            DaoMessage::Shares {
+                request,
+                party,
+                round,
+                ..
+            } if same_request(&self.request, request)
+                && *round == self.round
+                && self.chosen.contains(party)
+                && self.is_approver(sender, *party) =>
+            {
+                self.shared.insert(*party)
+            }
+            _ => false,
+        }
+    }
+
+    fn absorb_provider(&mut self, message: &DaoMessage) -> bool {
+        match message {
+            DaoMessage::SignerSet {
+                request,
+                parties,
+                round,
+            } if same_request(&self.request, request)
+                && (*round > self.round || self.chosen.is_empty()) =>
+            {
+                self.round = *round;
+                self.chosen = parties
+                    .iter()
+                    .copied()
+                    .filter(|p| self.approvers.contains_key(p))
+                    .collect();
+                self.committed.clear();
+                self.shared.clear();
+                true
+            }
+            DaoMessage::Signed { request, txid, .. } if same_request(&self.request, request) => {
+                self.end = Some(TallyEnd::Signed(txid.clone()));
+                true
+            }
+            DaoMessage::Refused { request, reason }
+                if same_request(&self.request, request)
+                    && !matches!(self.end, Some(TallyEnd::Signed(_))) =>
+            {
+                self.end = Some(TallyEnd::Refused(reason.clone()));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Approving parties, in arrival order.
+    pub fn approvals(&self) -> &[u16] {
+        &self.approvals
+    }
+
+    /// Rejecting parties with their reasons.
+    pub fn rejections(&self) -> &BTreeMap<u16, Option<String>> {
+        &self.rejections
+    }
+
+    /// Approvals the rule needs (the requester's included).
+    pub fn needed(&self) -> u16 {
+        self.needed
+    }
+
+    /// How it ended, if it did.
+    pub fn end(&self) -> Option<&TallyEnd> {
+        self.end.as_ref()
+    }
+
+    /// Whether the approvers that did not reject can no longer reach the rule's approvals.
+    pub fn is_dead(&self) -> bool {
+        self.approvals.len() < usize::from(self.needed)
+            && self.approvers.len().saturating_sub(self.rejections.len()) < usize::from(self.needed)
+    }
+
+    /// Whether the signing stage started (enough approvals, a signer set announced).
+    pub fn signing(&self) -> bool {
+        !self.chosen.is_empty()
+    }
+
+    /// The signing round the topic is in.
+    pub fn round(&self) -> u32 {
+        self.round
+    }
+
+    /// Member parties the request waits for now: approvers who neither approved nor rejected
+    /// while approvals are missing; then chosen members whose commitments, then shares, of the
+    /// current round are missing. Empty when it ended or waits for the provider only.
+    pub fn missing(&self) -> Vec<u16> {
+        if self.end.is_some() || self.is_dead() {
+            return Vec::new();
+        }
+        if self.approvals.len() < usize::from(self.needed) {
+            return self
+                .approvers
+                .keys()
+                .copied()
+                .filter(|p| !self.approvals.contains(p) && !self.rejections.contains_key(p))
+                .collect();
+        }
+        let waiting: Vec<u16> = self
+            .chosen
+            .iter()
+            .copied()
+            .filter(|p| !self.committed.contains(p))
+            .collect();
+        if !waiting.is_empty() {
+            return waiting;
+        }
+        self.chosen
+            .iter()
+            .copied()
+            .filter(|p| !self.shared.contains(p))
+            .collect()
+    }
+
+    /// What the request waits for, naming members with `name` (for progress lines).
+    pub fn describe(&self, name: &dyn Fn(u16) -> String) -> String {
+        let names = |parties: &[u16]| parties.iter().map(|p| name(*p)).collect::<Vec<_>>();
+        let list = |parties: &[u16]| names(parties).join(", ");
+        let approved = format!(
+            "{} of {} approvals",
+            self.approvals.len().min(usize::from(self.needed)),
+            self.needed
+        );
+        let rejected = if self.rejections.is_empty() {
+            String::new()
+        } else {
+            let who: Vec<u16> = self.rejections.keys().copied().collect();
+            format!("; rejected by {}", list(&who))
+        };
+        match &self.end {
+            Some(TallyEnd::Signed(txid)) => return format!("signed: transaction {txid}"),
+            Some(TallyEnd::Refused(reason)) => return format!("refused: {reason}"),
+            None => {}
+        }
+        if self.is_dead() {
+            return format!("{approved}{rejected}: the rule's approvals can no longer be reached");
+        }
+        let missing = self.missing();
+        if self.approvals.len() < usize::from(self.needed) {
+            return format!("{approved}{rejected}; waiting for {}", list(&missing));
+        }
+        if !self.signing() {
+            return format!("{approved}; waiting for the provider to choose the signers");
+        }
+        let step = if self.chosen.iter().all(|p| self.committed.contains(p)) {
+            "signature shares"
+        } else {
+            "nonce commitments"
+        };
+        if missing.is_empty() {
+            return format!(
+                "{approved}; signing (round {}): waiting for the provider",
+                self.round
+            );
+        }
+        format!(
+            "{approved}; signing (round {}): waiting for the {step} of {}",
+            self.round,
+            list(&missing)
+        )
+    }
+}
+
+fn provider_key<C: Ciphersuite>(
+    keys: &BTreeMap<u16, KeyPackage<C>>,
+    party: u16,
+) -> Result<&KeyPackage<C>> {
+    keys.get(&party).ok_or_else(|| ProtocolError::Params {
+        reason: format!("the provider's key package for party {party} is missing"),
+    })
+}
+
+/// A rejection's reason must be short: it is shown to every member.
+fn check_reason(r: &Rejection) -> Result<()> {
+    match &r.reason {
+        Some(text) if text.len() > MAX_REJECTION_REASON => Err(ProtocolError::Culprit {
+            party: r.party,
+            reason: format!(
+                "its rejection's reason is {} bytes, at most {MAX_REJECTION_REASON}",
+                text.len()
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
