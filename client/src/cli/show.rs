@@ -2,7 +2,8 @@
 //! limits; from the provider when it answers, else from this device's files, marked as such.
 //!
 //! JSON keys (besides `wallet list`'s): `kind` (`personal` or `dao`), `source` (`cosigner`: the
-//! provider answered and its view is in `provider`; `local`: from this home's files only, with
+//! provider answered and its view is in `provider`: `party`, `epoch`, or for a DAO wallet
+//! `policy_version`; `local`: from this home's files only, with
 //! `offline_reason`), `policy_known` (false: this home has no record of the policy), `policy`
 //! (null: none, or not known here) with `text`, `origin` (where the
 //! text came from), `version` (DAO wallets, from the provider), `rules` (each with `name`,
@@ -86,19 +87,19 @@ fn online_view(
     let reason = |e: cosigner_client::ClientError| cosigner_client::one_line(&e.to_string());
     let trust = trust(g).map_err(|e| cosigner_client::one_line(&format!("{e:#}")))?;
     let mut session = Session::connect(&addr, &trust).map_err(reason)?;
-    let view = wallet::provider_view(&mut session, id).map_err(reason)?;
-    let policy = match w.dao {
-        Some(_) => {
-            let (text, version) = dao::policy_in_force(&mut session, id).map_err(reason)?;
-            Some(PolicyText {
-                text,
-                origin: "the provider (in force)",
-                version: Some(version),
-            })
-        }
-        None => None,
+    if w.dao.is_none() {
+        let view = wallet::provider_view(&mut session, id).map_err(reason)?;
+        return Ok((json!({ "party": view.party, "epoch": view.epoch }), None));
+    }
+    // A DAO wallet's record at the provider is its DAO state: what it answers is the policy in
+    // force (`Request::DaoPolicy`), not `GetWallet`.
+    let (text, version) = dao::policy_in_force(&mut session, id).map_err(reason)?;
+    let policy = PolicyText {
+        text,
+        origin: "the provider (in force)",
+        version: Some(version),
     };
-    Ok((json!({ "party": view.party, "epoch": view.epoch }), policy))
+    Ok((json!({ "policy_version": version }), Some(policy)))
 }
 
 /// What this home says of the wallet's policy: a DAO wallet's invitation, or the policy this
@@ -196,6 +197,9 @@ fn text(v: &Value) -> String {
         ),
     ];
     match v["source"].as_str() {
+        Some("cosigner") if v["kind"] == "dao" => {
+            lines.push("provider: holds the wallet (its policy in force below)".into());
+        }
         Some("cosigner") => lines.push(format!(
             "provider: party {}, epoch {}",
             v["provider"]["party"], v["provider"]["epoch"]
