@@ -26,6 +26,9 @@ use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cosigner_kms::KmsError;
+use cosigner_kms::aws::ExpiringCredentials;
+pub use cosigner_kms::aws::credentials::rfc3339_to_unix;
 use cosigner_protocol::wire::{SecretString, StoreResponse};
 use serde::Deserialize;
 
@@ -180,112 +183,43 @@ impl AwsCredentials {
     }
 
     /// Parses the JSON document IMDS serves for a role (also `aws configure
-    /// export-credentials`'s): `AccessKeyId`, `SecretAccessKey`, `Token` or `SessionToken`,
-    /// `Expiration` (RFC 3339), and `Code`, which must be `Success` when present.
+    /// export-credentials`'s), with kms's one parser of it
+    /// ([`ExpiringCredentials::from_json`]: `Code` must be `Success`, `Expiration` RFC 3339).
     pub fn from_json(json: &str) -> Result<Self> {
-        #[derive(Deserialize)]
-        struct Doc {
-            #[serde(rename = "Code")]
-            code: Option<String>,
-            #[serde(rename = "AccessKeyId")]
-            access_key_id: String,
-            #[serde(rename = "SecretAccessKey")]
-            secret_access_key: String,
-            #[serde(rename = "Token", alias = "SessionToken", default)]
-            token: Option<String>,
-            #[serde(rename = "Expiration", default)]
-            expiration: Option<String>,
-        }
-        let doc: Doc = serde_json::from_str(json).map_err(|e| {
-            credentials_error(format!(
-                // serde_json names the line and column, never the value.
-                "not a credentials document (AccessKeyId, SecretAccessKey, Token, Expiration): {e}"
-            ))
-        })?;
-        let Doc {
-            code,
-            access_key_id,
-            secret_access_key,
-            token,
-            expiration,
-        } = doc;
-        let secret_access_key = SecretString::new(secret_access_key);
-        let session_token = token.filter(|t| !t.is_empty()).map(SecretString::new);
-        if let Some(code) = code
-            && code != "Success"
-        {
-            return Err(credentials_error(format!(
-                "the metadata service answered Code {:?}",
-                printable(&code, 64)
-            )));
-        }
-        let expiration = match expiration.as_deref() {
-            None | Some("") => None,
-            Some(text) => Some(rfc3339_to_unix(text).ok_or_else(|| {
-                credentials_error(format!(
-                    "Expiration {:?} is not an RFC 3339 time",
-                    printable(text, 64)
-                ))
-            })?),
-        };
-        let credentials = Self {
-            access_key_id,
-            secret_access_key,
-            session_token,
-            expiration,
-        };
-        credentials.check()?;
-        Ok(credentials)
-    }
-
-    /// Refuses empty fields and characters that cannot go into an HTTP header.
-    fn check(&self) -> Result<()> {
-        let ok =
-            |s: &str| !s.is_empty() && s.len() <= 4096 && s.bytes().all(|b| b.is_ascii_graphic());
-        if !ok(&self.access_key_id) {
-            return Err(credentials_error(
-                "the access key id is empty or not printable ASCII",
-            ));
-        }
-        if !ok(self.secret_access_key.expose()) {
-            return Err(credentials_error(
-                "the secret access key is empty or not printable ASCII",
-            ));
-        }
-        if self.session_token.as_ref().is_some_and(|t| !ok(t.expose())) {
-            return Err(credentials_error(
-                "the session token is not printable ASCII",
-            ));
-        }
-        Ok(())
+        ExpiringCredentials::from_json(json.as_bytes())
+            .map(Self::from)
+            .map_err(kms_error)
     }
 
     /// From `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
-    /// `AWS_CREDENTIAL_EXPIRATION` as `var` returns them.
+    /// `AWS_CREDENTIAL_EXPIRATION` as `var` returns them ([`ExpiringCredentials::from_env_with`]).
     pub fn from_env_with(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let access_key_id = var("AWS_ACCESS_KEY_ID")
-            .ok_or_else(|| credentials_error("AWS_ACCESS_KEY_ID is not set"))?;
-        let secret_access_key = SecretString::new(
-            var("AWS_SECRET_ACCESS_KEY")
-                .ok_or_else(|| credentials_error("AWS_SECRET_ACCESS_KEY is not set"))?,
-        );
-        let session_token = var("AWS_SESSION_TOKEN")
-            .filter(|t| !t.is_empty())
-            .map(SecretString::new);
-        let expiration = match var("AWS_CREDENTIAL_EXPIRATION").filter(|t| !t.is_empty()) {
-            None => None,
-            Some(text) => Some(rfc3339_to_unix(&text).ok_or_else(|| {
-                credentials_error("AWS_CREDENTIAL_EXPIRATION is not an RFC 3339 time")
-            })?),
-        };
-        let credentials = Self {
-            access_key_id,
-            secret_access_key,
-            session_token,
+        ExpiringCredentials::from_env_with(var)
+            .map(Self::from)
+            .map_err(kms_error)
+    }
+}
+
+/// The store channel's view of kms's credentials type: secrets as [`SecretString`], the
+/// expiration in seconds since the Unix epoch, as `StoreResponse::AwsCredentials` carries them.
+impl From<ExpiringCredentials> for AwsCredentials {
+    fn from(expiring: ExpiringCredentials) -> Self {
+        let expiration = expiring.expiration_unix();
+        let credentials = &expiring.credentials;
+        Self {
+            access_key_id: credentials.access_key_id.clone(),
+            secret_access_key: SecretString::new(credentials.secret_access_key.clone()),
+            session_token: credentials.session_token.clone().map(SecretString::new),
             expiration,
-        };
-        credentials.check()?;
-        Ok(credentials)
+        }
+    }
+}
+
+/// kms's refusal of a credentials document or environment, as the parent's error.
+fn kms_error(error: KmsError) -> ParentError {
+    match error {
+        KmsError::AwsCredentials { reason } => credentials_error(reason),
+        other => credentials_error(other.to_string()),
     }
 }
 
@@ -301,79 +235,6 @@ fn printable(s: &str, max: usize) -> String {
         .take(max)
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
-}
-
-/// Seconds since the Unix epoch of an RFC 3339 time (`2024-05-01T12:34:56Z`, fractions and
-/// `±HH:MM` offsets accepted); `None` if it is not one, or before 1970.
-pub fn rfc3339_to_unix(text: &str) -> Option<u64> {
-    let b = text.as_bytes();
-    let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        let digits = b.get(range)?;
-        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        std::str::from_utf8(digits).ok()?.parse().ok()
-    };
-    let sep = |i: usize, c: &[u8]| b.get(i).is_some_and(|x| c.contains(x));
-    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
-        return None;
-    }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month)
-        || !(1..=days_in_month(year, month)).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let mut i = 19;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-    }
-    let offset = match b.get(i..)? {
-        b"Z" | b"z" => 0,
-        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
-            let (h, m) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
-            if h > 23 || m > 59 {
-                return None;
-            }
-            let minutes = h * 60 + m;
-            if *sign == b'+' { minutes } else { -minutes }
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(year, month, day);
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset * 60;
-    u64::try_from(seconds).ok()
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 struct Cached {

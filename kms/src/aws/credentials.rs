@@ -16,7 +16,7 @@
 //! KMS key policy requires the enclave's attestation document (docs/kms.md).
 
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::client::CredentialsSource;
 use super::sigv4::Credentials;
@@ -34,6 +34,186 @@ pub struct ExpiringCredentials {
     pub credentials: Credentials,
     /// When they expire; `None` for long-term keys.
     pub expiration: Option<SystemTime>,
+}
+
+impl ExpiringCredentials {
+    /// Parses the JSON document the EC2 instance metadata service serves for a role
+    /// (`/latest/meta-data/iam/security-credentials/ROLE`, also `aws configure
+    /// export-credentials`'s): `AccessKeyId`, `SecretAccessKey`, `Token` or `SessionToken`,
+    /// `Expiration` (RFC 3339), and `Code`, which must be `Success` when present. The one parser
+    /// of that document: the parent's IMDS and file sources and the enclave's credentials file.
+    pub fn from_json(json: &[u8]) -> Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            #[serde(rename = "Code")]
+            code: Option<String>,
+            #[serde(rename = "AccessKeyId")]
+            access_key_id: String,
+            #[serde(rename = "SecretAccessKey")]
+            secret_access_key: String,
+            #[serde(rename = "Token", alias = "SessionToken", default)]
+            token: Option<String>,
+            #[serde(rename = "Expiration", default)]
+            expiration: Option<String>,
+        }
+        let doc: Doc = serde_json::from_slice(json).map_err(|e| {
+            refused(format!(
+                // serde_json's message names the line and column, never the value.
+                "not a credentials document (AccessKeyId, SecretAccessKey, Token, Expiration): {e}"
+            ))
+        })?;
+        let credentials = Credentials::new(
+            doc.access_key_id,
+            doc.secret_access_key,
+            doc.token.filter(|t| !t.is_empty()),
+        );
+        if let Some(code) = doc.code.filter(|c| c != "Success") {
+            return Err(refused(format!(
+                "the metadata service answered Code {:?}",
+                printable(&code, 64)
+            )));
+        }
+        let expiration = expiration(doc.expiration.as_deref(), "Expiration")?;
+        credentials.check()?;
+        Ok(Self {
+            credentials,
+            expiration,
+        })
+    }
+
+    /// From `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+    /// `AWS_CREDENTIAL_EXPIRATION` (RFC 3339) as `var` returns them.
+    pub fn from_env_with(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let required = |name: &str| var(name).ok_or_else(|| refused(format!("{name} is not set")));
+        let credentials = Credentials::new(
+            required("AWS_ACCESS_KEY_ID")?,
+            required("AWS_SECRET_ACCESS_KEY")?,
+            var("AWS_SESSION_TOKEN").filter(|t| !t.is_empty()),
+        );
+        let text = var("AWS_CREDENTIAL_EXPIRATION");
+        let expiration = expiration(text.as_deref(), "AWS_CREDENTIAL_EXPIRATION")?;
+        credentials.check()?;
+        Ok(Self {
+            credentials,
+            expiration,
+        })
+    }
+
+    /// The expiration in seconds since the Unix epoch (the store channel's unit).
+    pub fn expiration_unix(&self) -> Option<u64> {
+        self.expiration
+            .map(|e| e.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs())
+    }
+}
+
+/// An optional RFC 3339 expiration named `what` in errors; empty is none.
+fn expiration(text: Option<&str>, what: &str) -> Result<Option<SystemTime>> {
+    let Some(text) = text.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    rfc3339_to_unix(text)
+        .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
+        .map(Some)
+        .ok_or_else(|| {
+            refused(format!(
+                "{what} {:?} is not an RFC 3339 time",
+                printable(text, 64)
+            ))
+        })
+}
+
+fn refused(reason: String) -> KmsError {
+    KmsError::AwsCredentials { reason }
+}
+
+/// At most `max` characters of `s`, control characters replaced (for error messages).
+fn printable(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 time (`2024-05-01T12:34:56Z`, fractions and
+/// `±HH:MM` offsets accepted; RFC 3339 §5.6); `None` if it is not one, or before 1970.
+pub fn rfc3339_to_unix(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    let sep = |i: usize, c: &[u8]| b.get(i).is_some_and(|x| c.contains(x));
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
+        return None;
+    }
+    let (year, month, day) = (digits(b, 0..4)?, digits(b, 5..7)?, digits(b, 8..10)?);
+    let (hour, minute, second) = (digits(b, 11..13)?, digits(b, 14..16)?, digits(b, 17..19)?);
+    if !(1..=12).contains(&month)
+        || !(1..=days_in_month(year, month)).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let offset = utc_offset_minutes(b, skip_fraction(b, 19)?)?;
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset * 60;
+    u64::try_from(seconds).ok()
+}
+
+/// The decimal number in `b[range]`, ASCII digits only.
+fn digits(b: &[u8], range: std::ops::Range<usize>) -> Option<i64> {
+    let digits = b.get(range)?;
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The index after an optional `.DIGITS` at `i` (at least one digit).
+fn skip_fraction(b: &[u8], mut i: usize) -> Option<usize> {
+    if b.get(i) != Some(&b'.') {
+        return Some(i);
+    }
+    i += 1;
+    let start = i;
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    (i > start).then_some(i)
+}
+
+/// `Z` or `±HH:MM` from `i` to the end, in minutes east of UTC.
+fn utc_offset_minutes(b: &[u8], i: usize) -> Option<i64> {
+    match b.get(i..)? {
+        b"Z" | b"z" => Some(0),
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (h, m) = (digits(b, i + 1..i + 3)?, digits(b, i + 4..i + 6)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let minutes = h * 60 + m;
+            Some(if *sign == b'+' { minutes } else { -minutes })
+        }
+        _ => None,
+    }
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Where [`RefreshingCredentials`] gets credentials from.
@@ -158,7 +338,6 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-    use std::time::UNIX_EPOCH;
 
     use super::*;
 
@@ -196,6 +375,45 @@ mod tests {
             calls,
             fail,
         )
+    }
+
+    #[test]
+    fn documents_and_environments_parse_into_one_type() {
+        let e = ExpiringCredentials::from_json(
+            br#"{"Code":"Success","AccessKeyId":"ASIA","SecretAccessKey":"s3cret","Token":"t0k",
+                "Expiration":"2024-05-01T18:00:00+02:00"}"#,
+        )
+        .unwrap();
+        assert_eq!(e.expiration_unix(), Some(1_714_579_200));
+        assert_eq!(e.credentials.session_token.as_deref(), Some("t0k"));
+        let shown = format!("{e:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("t0k"),
+            "{shown}"
+        );
+        for bad in [
+            &br#"{"Code":"Failed","AccessKeyId":"A","SecretAccessKey":"s"}"#[..],
+            br#"{"AccessKeyId":"A","SecretAccessKey":"s","Expiration":"soon"}"#,
+            br#"{"AccessKeyId":"A","SecretAccessKey":"s s"}"#,
+            b"[]",
+        ] {
+            let e = ExpiringCredentials::from_json(bad).unwrap_err();
+            assert!(matches!(&e, KmsError::AwsCredentials { .. }), "{e:?}");
+            assert!(!e.to_string().contains("s s"), "{e}");
+        }
+        let env = |name: &str| match name {
+            "AWS_ACCESS_KEY_ID" => Some("AKIA".to_owned()),
+            "AWS_SECRET_ACCESS_KEY" => Some("s".to_owned()),
+            "AWS_CREDENTIAL_EXPIRATION" => Some("1970-01-01T00:01:00Z".to_owned()),
+            _ => None,
+        };
+        let e = ExpiringCredentials::from_env_with(env).unwrap();
+        assert_eq!(
+            (e.expiration_unix(), e.credentials.session_token.as_deref()),
+            (Some(60), None)
+        );
+        let e = ExpiringCredentials::from_env_with(|_| None).unwrap_err();
+        assert!(e.to_string().contains("AWS_ACCESS_KEY_ID"), "{e}");
     }
 
     // One test: the clock is a process-wide static.

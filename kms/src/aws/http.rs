@@ -210,7 +210,8 @@ impl<'a> Reader<'a> {
             if let Some(pos) = find(&self.buf, b"\r\n\r\n") {
                 break pos;
             }
-            if self.buf.len() > max {
+            // From here on an end could only be found past `max`.
+            if self.buf.len() > max.saturating_add(3) {
                 return Err(HttpError::HeadTooLong { max });
             }
             let closed = if self.buf.is_empty() {
@@ -345,11 +346,19 @@ impl<'a> Reader<'a> {
     fn line(&mut self) -> Result<Zeroizing<Vec<u8>>, HttpError> {
         loop {
             if let Some(pos) = find(&self.buf, b"\r\n") {
+                if pos > self.limits.max_head {
+                    // As if the CRLF had come in a later read: the outcome never depends on how
+                    // the bytes were cut into reads.
+                    return Err(HttpError::BadChunk {
+                        reason: "line too long",
+                    });
+                }
                 let line = self.take(pos);
                 self.take(2);
                 return Ok(line);
             }
-            if self.buf.len() > self.limits.max_head {
+            // From here on a CRLF could only be found past `max_head`.
+            if self.buf.len() > self.limits.max_head.saturating_add(1) {
                 return Err(HttpError::BadChunk {
                     reason: "line too long",
                 });
@@ -648,6 +657,46 @@ mod tests {
             let bytes = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\n");
             let e = parse(bytes.as_bytes(), STRICT).unwrap_err();
             assert!(matches!(e, HttpError::BadChunk { .. }), "{size}: {e:?}");
+        }
+    }
+
+    /// The outcome of reading `bytes` whole and one byte per read: the same, at every cap's edge.
+    #[test]
+    fn how_the_bytes_are_cut_changes_nothing() {
+        let outcome = |r: Result<Response, HttpError>| match r {
+            Ok(r) => format!("{} {:?} {:?}", r.status, r.headers, r.body.as_slice()),
+            Err(e) => format!("{e:?}"),
+        };
+        let limits = Limits {
+            max_head: 32,
+            max_body: 8,
+            body_until_close: true,
+        };
+        let mut cases = Vec::new();
+        for pad in 0..8 {
+            let filler = "a".repeat(pad);
+            // Heads ending just within, at, and just past `max_head`.
+            cases.push(format!(
+                "HTTP/1.1 200 OK\r\nX: {filler}bbbbbbbb\r\n\r\nbody"
+            ));
+            // Chunk-size lines and trailers around `max_head`.
+            let ext = "e".repeat(20 + pad);
+            cases.push(format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;{ext}\r\nab\r\n0\r\n\r\n"
+            ));
+            cases.push(format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: {ext}\r\n\r\n"
+            ));
+            // Bodies around `max_body`.
+            cases.push(format!("HTTP/1.1 200 OK\r\n\r\n{}", "z".repeat(5 + pad)));
+        }
+        for case in &cases {
+            let mut whole: &[u8] = case.as_bytes();
+            assert_eq!(
+                outcome(read_response(&mut whole, limits)),
+                outcome(read_response(&mut Trickle(case.as_bytes()), limits)),
+                "{case:?}"
+            );
         }
     }
 

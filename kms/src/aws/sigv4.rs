@@ -56,34 +56,10 @@ impl Credentials {
         }
     }
 
-    /// Parses the JSON document the EC2 instance metadata service serves for a role
-    /// (`/latest/meta-data/iam/security-credentials/ROLE`: `AccessKeyId`, `SecretAccessKey`,
-    /// `Token`, `Expiration`, …), which is also what the parent hands over. `SessionToken` is
-    /// accepted as a synonym of `Token` (the STS and `aws configure export-credentials` spelling).
+    /// The credentials of the JSON document the EC2 instance metadata service serves for a role
+    /// (its expiration set aside): [`super::credentials::ExpiringCredentials::from_json`].
     pub fn from_json(json: &[u8]) -> Result<Self> {
-        #[derive(serde::Deserialize)]
-        struct Doc {
-            #[serde(rename = "AccessKeyId")]
-            access_key_id: String,
-            #[serde(rename = "SecretAccessKey")]
-            secret_access_key: String,
-            #[serde(rename = "Token", alias = "SessionToken", default)]
-            token: Option<String>,
-        }
-        let doc: Doc = serde_json::from_slice(json).map_err(|e| KmsError::AwsCredentials {
-            reason: format!(
-                "not a credentials document (AccessKeyId, SecretAccessKey, Token): {}",
-                // serde_json's message names the line and column, never the value.
-                e
-            ),
-        })?;
-        let creds = Self::new(
-            doc.access_key_id,
-            doc.secret_access_key,
-            doc.token.filter(|t| !t.is_empty()),
-        );
-        creds.check()?;
-        Ok(creds)
+        super::credentials::ExpiringCredentials::from_json(json).map(|e| e.credentials)
     }
 
     /// Refuses empty fields and characters that cannot appear in a header.
