@@ -21,7 +21,6 @@
 //! Without a policy, PSBTs are signed too (history is still recorded, so a policy set later counts
 //! the spends already made).
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use cosigner_protocol::policy::{ASSET_BTC, Member, PastSpend, Policy, Spend};
@@ -32,11 +31,12 @@ use frost_core::keys::PublicKeyPackage;
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 
+use super::failure::{Failure, Outcome, internal};
 use super::records::WalletState;
-use super::{
-    Actor, Failure, MAX_PENDING_SIGNS, MAX_SIGNS_PER_WALLET, Outcome, SIGN_TTL, Service, Suite,
-    evict_oldest, internal, key_package, lock, now_ms, output_key, random,
-};
+use super::session::Actor;
+use super::sign::epoch_in_use;
+use super::table;
+use super::{Service, Suite, key_package, now_ms, output_key, random};
 
 /// The one member of a personal wallet's policy: the device key.
 pub const OWNER: &str = "owner";
@@ -65,13 +65,13 @@ pub(super) struct PsbtSession {
     started: Instant,
 }
 
-/// PSBT signing sessions in memory, by session id.
-pub(super) type Sessions = HashMap<[u8; 16], PsbtSession>;
+impl table::Session for PsbtSession {
+    fn wallet(&self) -> &WalletId {
+        &self.wallet_id
+    }
 
-impl PsbtSession {
-    /// Whether this session signs for `wallet_id`.
-    pub(super) fn is_for(&self, wallet_id: &WalletId) -> bool {
-        self.wallet_id == *wallet_id
+    fn started(&self) -> Instant {
+        self.started
     }
 }
 
@@ -232,6 +232,86 @@ pub(super) fn record(history: &mut Vec<PastSpend>, now: u64, amount: u64) {
     }
 }
 
+/// A PSBT read and judged for a `SignPsbtCommit`.
+struct Judged {
+    summary: btc::SpendSummary,
+    destinations: Vec<String>,
+    /// The rule that allows it (`None`: no policy, or signed before).
+    rule: Option<String>,
+}
+
+/// Reads a PSBT for the wallet of `state` and judges it against the wallet's policy; `refuse`
+/// records a refusal and makes its failure.
+fn judge_psbt(
+    state: &WalletState,
+    epoch: u64,
+    psbt: &[u8],
+    signers: &[u16],
+    refuse: &dyn Fn(String) -> Failure,
+) -> Result<Judged, Failure> {
+    let wallet_id = state.params.wallet_id;
+    if let Some(stranger) = signers.iter().find(|s| !state.params.parties.contains(s)) {
+        return Err(refuse(format!(
+            "party {stranger} is not a party of wallet {wallet_id}"
+        )));
+    }
+    if !epoch_in_use(state, epoch) {
+        return Err(refuse(format!(
+            "epoch {epoch} is not in use (current epoch {}): this share was refreshed away",
+            state.current_epoch
+        )));
+    }
+    let output_key = x_only(state)?;
+    let summary =
+        btc::analyze(psbt, &output_key, network(state)?).map_err(|e| refuse(e.to_string()))?;
+    if summary.sighashes.len() > MAX_INPUTS {
+        return Err(refuse(format!(
+            "{} inputs, at most {MAX_INPUTS} in one PSBT",
+            summary.sighashes.len()
+        )));
+    }
+    let destinations: Vec<String> = summary
+        .destinations
+        .iter()
+        .map(|d| d.address.clone())
+        .collect();
+    // A transaction signed before (a retry after a crash, or the same PSBT again) was judged
+    // and counted then; signing it again moves nothing more (one transaction is mined once).
+    let rule = if already_signed(state, &summary.txid) {
+        None
+    } else {
+        judge(
+            state,
+            summary.value_leaving,
+            summary.fee,
+            &destinations,
+            now_ms(),
+        )?
+        .map_err(|reason| refuse(format!("refused by the wallet's policy: {reason}")))?
+    };
+    Ok(Judged {
+        summary,
+        destinations,
+        rule,
+    })
+}
+
+/// The enclave's reading of a PSBT, for the client to show.
+fn evaluation(summary: btc::SpendSummary, rule: Option<String>) -> PsbtEvaluation {
+    PsbtEvaluation {
+        txid: summary.txid,
+        value_leaving: summary.value_leaving,
+        fee: summary.fee,
+        change: summary.change,
+        destinations: summary
+            .destinations
+            .into_iter()
+            .map(|d| (d.address, d.amount))
+            .collect(),
+        rule,
+    }
+}
+
 impl Service {
     /// A raw-digest `SignCommit` for a wallet with a policy: the enclave cannot value a digest.
     pub(super) fn raw_sign_refused(
@@ -275,51 +355,14 @@ impl Service {
             );
             Failure::bad(why)
         };
-        if let Some(stranger) = signers.iter().find(|s| !state.params.parties.contains(s)) {
-            return Err(refuse(format!(
-                "party {stranger} is not a party of wallet {wallet_id}"
-            )));
-        }
-        if epoch != state.current_epoch && !state.retained_epochs.contains(&epoch) {
-            return Err(refuse(format!(
-                "epoch {epoch} is not in use (current epoch {}): this share was refreshed away",
-                state.current_epoch
-            )));
-        }
-        let output_key = x_only(&state)?;
-        let summary =
-            btc::analyze(psbt, &output_key, network(&state)?).map_err(|e| refuse(e.to_string()))?;
-        if summary.sighashes.len() > MAX_INPUTS {
-            return Err(refuse(format!(
-                "{} inputs, at most {MAX_INPUTS} in one PSBT",
-                summary.sighashes.len()
-            )));
-        }
-        let destinations: Vec<String> = summary
-            .destinations
-            .iter()
-            .map(|d| d.address.clone())
-            .collect();
-        // A transaction signed before (a retry after a crash, or the same PSBT again) was judged
-        // and counted then; signing it again moves nothing more (one transaction is mined once).
-        let rule = if already_signed(&state, &summary.txid) {
-            None
-        } else {
-            judge(
-                &state,
-                summary.value_leaving,
-                summary.fee,
-                &destinations,
-                now_ms(),
-            )?
-            .map_err(|reason| refuse(format!("refused by the wallet's policy: {reason}")))?
-        };
-        self.psbt_refresh_due(&mut state, actor, &psbt_digest, summary.sighashes.len())?;
+        let judged = judge_psbt(&state, epoch, psbt, signers, &refuse)?;
+        let inputs = &judged.summary.sighashes;
+        self.psbt_refresh_due(&mut state, actor, &psbt_digest, inputs.len())?;
         let share = self.records().load_share(&wallet_id, state.party, epoch)?;
         let key_package = key_package(&share)?;
-        let mut sessions = Vec::with_capacity(summary.sighashes.len());
-        let mut commitments = Vec::with_capacity(summary.sighashes.len());
-        for sighash in &summary.sighashes {
+        let mut sessions = Vec::with_capacity(inputs.len());
+        let mut commitments = Vec::with_capacity(inputs.len());
+        for sighash in inputs {
             let (session, c) = SignerSession::<Suite>::commit(
                 &key_package,
                 state.party,
@@ -330,6 +373,11 @@ impl Service {
             sessions.push(session);
             commitments.push(ByteBuf::from(c));
         }
+        let Judged {
+            summary,
+            destinations,
+            rule,
+        } = judged;
         self.log(
             &wallet_id,
             "sign-psbt",
@@ -347,50 +395,27 @@ impl Service {
             ),
         )?;
         let session_id = random::<16>()?;
-        {
-            let mut open = lock(&self.psbts)?;
-            open.retain(|_, s| s.started.elapsed() < SIGN_TTL);
-            let mine = open.values().filter(|s| s.wallet_id == wallet_id).count();
-            if mine >= MAX_SIGNS_PER_WALLET {
-                return Err(Failure::new(
-                    ErrorKind::Busy,
-                    format!("wallet {wallet_id} has {mine} PSBT signing sessions open"),
-                ));
-            }
-            evict_oldest(&mut open, MAX_PENDING_SIGNS, |s| s.started);
-            open.insert(
-                session_id,
-                PsbtSession {
-                    wallet_id,
-                    party: state.party,
-                    epoch,
-                    owner: owner_session,
-                    actor: actor.clone(),
-                    sessions,
-                    psbt_digest,
-                    txid: summary.txid.clone(),
-                    value_leaving: summary.value_leaving,
-                    fee: summary.fee,
-                    destinations,
-                    started: Instant::now(),
-                },
-            );
-        }
+        let session = PsbtSession {
+            wallet_id,
+            party: state.party,
+            epoch,
+            owner: owner_session,
+            actor: actor.clone(),
+            sessions,
+            psbt_digest,
+            txid: summary.txid.clone(),
+            value_leaving: summary.value_leaving,
+            fee: summary.fee,
+            destinations,
+            started: Instant::now(),
+        };
+        self.psbts.insert(session_id, session, |mine| {
+            format!("wallet {wallet_id} has {mine} PSBT signing sessions open")
+        })?;
         Ok(Response::PsbtCommitted {
             session_id: ByteBuf::from(session_id.to_vec()),
             commitments,
-            evaluation: PsbtEvaluation {
-                txid: summary.txid,
-                value_leaving: summary.value_leaving,
-                fee: summary.fee,
-                change: summary.change,
-                destinations: summary
-                    .destinations
-                    .into_iter()
-                    .map(|d| (d.address, d.amount))
-                    .collect(),
-                rule,
-            },
+            evaluation: evaluation(summary, rule),
         })
     }
 
@@ -451,23 +476,15 @@ impl Service {
         let id: [u8; 16] = session_id
             .try_into()
             .map_err(|_| Failure::bad("session id is not 16 bytes"))?;
-        let pending = {
-            let mut open = lock(&self.psbts)?;
-            if open.get(&id).is_some_and(|p| p.owner != owner_session) {
+        // Removed before use: whatever happens next, its nonces are never used again.
+        let pending = self.psbts.take(&id, |p| {
+            if p.owner != owner_session {
                 return Err(Failure::denied(
                     "this signing session belongs to another connection",
                 ));
             }
-            // Removed before use: whatever happens next, its nonces are never used again.
-            open.remove(&id)
-                .filter(|p| p.started.elapsed() < SIGN_TTL)
-                .ok_or_else(|| {
-                    Failure::new(
-                        ErrorKind::NotFound,
-                        "unknown, expired or already used signing session",
-                    )
-                })?
-        };
+            Ok(())
+        })?;
         if signing_packages.len() != pending.sessions.len() {
             return Err(Failure::bad(format!(
                 "{} signing packages for {} inputs",

@@ -1,0 +1,114 @@
+//! Custody of a wallet's records: the sealed, anchored store ([`records`](super::records),
+//! [`anchor`](super::anchor)), one writer per wallet, and the audit log
+//! ([`audit`](super::audit)) with its bounded record of refusals.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use cosigner_protocol::wire::WalletId;
+
+use super::Service;
+use super::failure::{Failure, internal, lock};
+use super::records::Records;
+
+/// Stripes of the per-wallet writer lock (wallets hash onto them; two wallets sharing a stripe
+/// only wait for each other).
+pub(super) const WRITER_STRIPES: usize = 64;
+/// Refused requests recorded in the audit log per wallet and window; beyond, they are counted
+/// and the count is recorded with the next refusal after the window (an anonymous flood of bad
+/// signatures cannot grow the log without bound).
+const REFUSALS_PER_WINDOW: u32 = 8;
+const REFUSAL_WINDOW: Duration = Duration::from_secs(600);
+/// Wallets whose refusal counts are tracked at once (the oldest window is forgotten beyond).
+const MAX_REFUSAL_WALLETS: usize = 65_536;
+
+/// Refusals recorded per wallet in the current window: when it started, how many.
+pub(super) type Refusals = Mutex<HashMap<WalletId, (Instant, u32)>>;
+
+impl Service {
+    pub(super) fn records(&self) -> Records<'_> {
+        Records {
+            sealer: self.sealer.as_ref(),
+            store: self.store.as_ref(),
+            anchor: self.anchor.as_ref(),
+        }
+    }
+
+    /// The writer lock of `wallet`: held across every read-modify-write of its records.
+    pub(super) fn writer(
+        &self,
+        wallet: &WalletId,
+    ) -> Result<std::sync::MutexGuard<'_, ()>, Failure> {
+        let stripe = usize::from(wallet.0[0]) % WRITER_STRIPES;
+        let m = self
+            .writers
+            .get(stripe)
+            .ok_or_else(|| internal("writer stripe out of range"))?;
+        lock(m)
+    }
+
+    /// Records a refusal in the audit log, at most [`REFUSALS_PER_WINDOW`] per wallet and
+    /// window; the ones beyond are counted and the count is recorded with the next one logged.
+    /// Failing to log a refusal does not change the answer (the request is refused anyway).
+    pub(super) fn refused(
+        &self,
+        wallet: &WalletId,
+        action: &str,
+        actor: &str,
+        digest: &[u8],
+        why: &str,
+    ) {
+        let Some(suppressed) = self.count_refusal(wallet) else {
+            return;
+        };
+        let decision = if suppressed > 0 {
+            format!("{why} ({suppressed} more refusals in the previous window not recorded)")
+        } else {
+            why.to_owned()
+        };
+        let _ = self.log(wallet, action, actor, digest, &decision);
+    }
+
+    /// Counts a refusal of `wallet`: `None` if it is not to be logged (over the window's quota),
+    /// else how many refusals of the previous window went unrecorded.
+    fn count_refusal(&self, wallet: &WalletId) -> Option<u32> {
+        let mut map = self.refusals.lock().ok()?;
+        if map.len() >= MAX_REFUSAL_WALLETS && !map.contains_key(wallet) {
+            map.retain(|_, (start, _)| start.elapsed() < REFUSAL_WINDOW);
+            if map.len() >= MAX_REFUSAL_WALLETS {
+                return None;
+            }
+        }
+        let entry = map.entry(*wallet).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= REFUSAL_WINDOW {
+            let dropped = entry.1.saturating_sub(REFUSALS_PER_WINDOW);
+            *entry = (Instant::now(), 1);
+            Some(dropped)
+        } else {
+            entry.1 = entry.1.saturating_add(1);
+            (entry.1 <= REFUSALS_PER_WINDOW).then_some(0)
+        }
+    }
+
+    /// Appends an entry to the audit log.
+    pub(super) fn log(
+        &self,
+        wallet: &WalletId,
+        action: &str,
+        actor: &str,
+        digest: &[u8],
+        decision: &str,
+    ) -> Result<(), Failure> {
+        self.audit
+            .append(
+                self.store.as_ref(),
+                &wallet.to_hex(),
+                action,
+                actor,
+                digest,
+                decision,
+            )
+            .map_err(|e| internal(format!("audit log: {e}")))
+    }
+}

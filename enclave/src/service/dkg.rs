@@ -1,0 +1,329 @@
+//! Wallet creation: the DKG rounds (`cosigner_protocol::dkg`), the optional enrollment token,
+//! and the registration of the device key and the recovery credential (docs/lifecycle.md,
+//! "Creation, interrupted").
+
+use std::time::Duration;
+
+use cosigner_protocol::auth::{normalise_public_key, registration_digest_with, verify_digest};
+use cosigner_protocol::dkg::{self, DkgRound1, DkgRound2, DkgRound3};
+use cosigner_protocol::enrollment::EnrollmentToken;
+use cosigner_protocol::party;
+use cosigner_protocol::refresh;
+use cosigner_protocol::wire::{
+    Confirmation, DkgParams, Registration, Response, Round1Message, SUITE_SECP256K1_TR,
+    SealedPackage, WalletId,
+};
+use serde_bytes::ByteBuf;
+
+use super::failure::{Failure, Outcome, internal};
+use super::psbt;
+use super::records::{ShareRecord, WalletState};
+use super::table::{Claim, Pending, Quota};
+use super::{Service, Suite, info, now_ms, sorted};
+
+/// How long an unfinished DKG is kept: the client drives it without any human step, in well
+/// under a second, and until it completes it holds nothing persistent.
+const DKG_TTL: Duration = Duration::from_secs(60);
+/// DKGs one connection (and one enrolled device) may have in progress at once.
+const MAX_DKGS_PER_SESSION: usize = 4;
+
+/// Where a DKG is.
+pub(super) enum DkgStage {
+    Round1(Box<DkgRound1<Suite>>),
+    Round2(Box<DkgRound2<Suite>>),
+    Round3(Box<DkgRound3<Suite>>),
+}
+
+/// What a DKG in round 3 registers: checked before it is taken out of the table.
+struct Confirmed {
+    params: DkgParams,
+    party: u16,
+    device_key: Vec<u8>,
+    recovery_key: Vec<u8>,
+    policy: Option<String>,
+    network: Option<String>,
+    provider_key: Option<ByteBuf>,
+}
+
+impl Service {
+    pub(super) fn dkg_start(
+        &self,
+        owner: [u8; 16],
+        params: DkgParams,
+        me: u16,
+        enrollment: Option<&[u8]>,
+    ) -> Outcome {
+        // Checked first, before any work or state: a stranger without a token costs one
+        // signature check.
+        let enrolled = self.check_enrollment(enrollment)?;
+        if params.ciphersuite != SUITE_SECP256K1_TR {
+            return Err(Failure::bad(format!(
+                "ciphersuite {:?} is not served",
+                params.ciphersuite
+            )));
+        }
+        let wallet_id = params.wallet_id;
+        if self.records().exists(&wallet_id)? {
+            return Err(Failure::bad(format!("wallet {wallet_id} already exists")));
+        }
+        // A DKG holds nothing persistent until it completes: the table evicts its oldest entry
+        // when full, and each connection (and enrolled device) has a quota.
+        let quota = Quota {
+            fresh: DKG_TTL,
+            per_principal: MAX_DKGS_PER_SESSION,
+        };
+        self.dkgs.admit(
+            wallet_id,
+            Claim::new(owner, enrolled, false),
+            &quota,
+            || {
+                let (state, message) = dkg::start::<Suite>(&params, me, &mut rand_core::OsRng)?;
+                Ok((
+                    DkgStage::Round1(Box::new(state)),
+                    Response::DkgRound1 { message },
+                ))
+            },
+        )
+    }
+
+    /// With enrollment required, the token's device key (the DKG's principal: its registration
+    /// must name that key); empty when creation is open.
+    fn check_enrollment(&self, token: Option<&[u8]>) -> Result<Vec<u8>, Failure> {
+        let Some(operator) = &self.enrollment else {
+            return Ok(Vec::new());
+        };
+        let token = token.ok_or_else(|| {
+            Failure::denied(
+                "wallet creation at this cosigner needs an operator's enrollment token \
+                 (wallet create --enrollment-token FILE)",
+            )
+        })?;
+        let token = EnrollmentToken::from_bytes(token)
+            .map_err(|e| Failure::denied(format!("enrollment token: {e}")))?;
+        token
+            .verify(operator, now_ms())
+            .map_err(|e| Failure::denied(format!("enrollment token: {e}")))?;
+        Ok(normalise_public_key(&token.device_key)?)
+    }
+
+    pub(super) fn dkg_round2(
+        &self,
+        owner: [u8; 16],
+        wallet_id: WalletId,
+        round1: &[Round1Message],
+    ) -> Outcome {
+        self.dkgs.step(&wallet_id, &owner, |stage, _| {
+            let DkgStage::Round1(state) = stage else {
+                return Err(Failure::bad("DKG is not waiting for round 1"));
+            };
+            let (next, packages) = state.handle_round1(round1, &mut rand_core::OsRng)?;
+            Ok((
+                Some(DkgStage::Round2(Box::new(next))),
+                Response::DkgRound2 { packages },
+            ))
+        })
+    }
+
+    pub(super) fn dkg_round3(
+        &self,
+        owner: [u8; 16],
+        wallet_id: WalletId,
+        packages: &[SealedPackage],
+    ) -> Outcome {
+        self.dkgs.step(&wallet_id, &owner, |stage, _| {
+            let DkgStage::Round2(state) = stage else {
+                return Err(Failure::bad("DKG is not waiting for round 2"));
+            };
+            let (next, confirmation) = state.handle_round2(packages)?;
+            Ok((
+                Some(DkgStage::Round3(Box::new(next))),
+                Response::DkgRound3 { confirmation },
+            ))
+        })
+    }
+
+    pub(super) fn dkg_confirm(
+        &self,
+        wallet_id: WalletId,
+        confirmations: &[Confirmation],
+        registration: &Registration,
+    ) -> Outcome {
+        // The confirmations are the capability here, not the session: only the coordinator saw
+        // every round-1 message, so only it can send confirmations equal to ours, and the
+        // registration is signed by both keys over the transcript. A client that died after
+        // sending them elsewhere can finish from a new session; sent again once done, it gets
+        // the same answer.
+        if let Some(done) = self.dkg_already_confirmed(&wallet_id, registration)? {
+            return Ok(done);
+        }
+        // Everything is checked before the DKG is taken out of the table: a bogus confirmation
+        // from someone who learnt the wallet id cannot destroy another session's ceremony.
+        let confirmed = self.check_confirmation(&wallet_id, confirmations, registration)?;
+        let taken = self.dkgs.remove(&wallet_id)?;
+        let Some(Pending {
+            stage: DkgStage::Round3(state),
+            ..
+        }) = taken
+        else {
+            // Another confirmation of it is being stored right now: retry and get its answer.
+            return Err(Failure::busy(format!(
+                "the DKG of wallet {wallet_id} is being confirmed by another request: try again"
+            )));
+        };
+        let output = state.handle_confirmations(confirmations)?;
+        let pkp = output.public_key_package.serialize().map_err(internal)?;
+        let share = ShareRecord {
+            epoch: 0,
+            key_package: ByteBuf::from(output.key_package.serialize().map_err(internal)?),
+            public_key_package: ByteBuf::from(pkp.clone()),
+        };
+        let device_key = confirmed.device_key.clone();
+        let state = Self::new_wallet_state(confirmed, pkp);
+        let _guard = self.writer(&wallet_id)?;
+        if self.records().exists(&wallet_id)? {
+            return Err(Failure::bad(format!("wallet {wallet_id} already exists")));
+        }
+        self.records().save_share(&wallet_id, state.party, &share)?;
+        self.records().save_state(&wallet_id, &state)?;
+        // Committed: a failure to append the audit entry now must not make the client believe
+        // the wallet was not created (it would throw its share away).
+        let _ = self.log(
+            &wallet_id,
+            "create",
+            &format!("device:{}", hex::encode(&device_key)),
+            &output.transcript_hash,
+            &psbt::creation_decision(&state),
+        );
+        Ok(Response::DkgDone {
+            wallet: info(wallet_id, &state)?,
+        })
+    }
+
+    /// Checks the confirmations against ours and the registration (both keys' signatures over
+    /// this wallet and this DKG's transcript, the enrollment token's key), leaving the DKG in
+    /// its table.
+    fn check_confirmation(
+        &self,
+        wallet_id: &WalletId,
+        confirmations: &[Confirmation],
+        registration: &Registration,
+    ) -> Result<Confirmed, Failure> {
+        let (params, party, ours, enrolled) = self
+            .dkgs
+            .peek(wallet_id, DKG_TTL, |p| {
+                let DkgStage::Round3(state) = &p.stage else {
+                    return Err(Failure::bad("DKG is not waiting for confirmations"));
+                };
+                Ok((
+                    state.params().clone(),
+                    state.me(),
+                    state.confirmation().clone(),
+                    p.claim.key.clone(),
+                ))
+            })?
+            .ok_or_else(|| {
+                Failure::not_found(format!("no DKG running for wallet {wallet_id} (expired)"))
+            })?;
+        refresh::check_commit(&sorted(&params.parties), party, &ours, confirmations)?;
+        // Both keys prove possession over this wallet and this DKG's transcript.
+        let device_key = normalise_public_key(&registration.device_key)?;
+        let recovery_key = normalise_public_key(&registration.recovery_key)?;
+        if device_key == recovery_key {
+            return Err(Failure::bad(
+                "the recovery credential must differ from the device key",
+            ));
+        }
+        if !enrolled.is_empty() && enrolled != device_key {
+            return Err(Failure::denied(
+                "the device key registered is not the one the enrollment token names",
+            ));
+        }
+        let (policy, network) = psbt::creation_terms(registration, &device_key)?;
+        let provider_key = self.creation_provider_key(party, registration)?;
+        let digest = registration_digest_with(
+            wallet_id,
+            &ours.transcript_hash,
+            &registration.device_key,
+            &registration.recovery_key,
+            registration.policy.as_deref(),
+            registration.network.as_deref(),
+        );
+        verify_digest(&device_key, &digest, &registration.device_signature)
+            .map_err(|_| Failure::denied("device key registration signature"))?;
+        verify_digest(&recovery_key, &digest, &registration.recovery_signature)
+            .map_err(|_| Failure::denied("recovery credential registration signature"))?;
+        Ok(Confirmed {
+            params,
+            party,
+            device_key,
+            recovery_key,
+            policy,
+            network,
+            provider_key,
+        })
+    }
+
+    /// The state of a wallet just created, at epoch 0.
+    fn new_wallet_state(confirmed: Confirmed, public_key_package: Vec<u8>) -> WalletState {
+        WalletState {
+            params: confirmed.params,
+            party: confirmed.party,
+            current_epoch: 0,
+            retained_epochs: Vec::new(),
+            prepared_epoch: None,
+            device_key: ByteBuf::from(confirmed.device_key),
+            recovery_key: ByteBuf::from(confirmed.recovery_key),
+            pending_device_key: None,
+            revoked_keys: Vec::new(),
+            public_key_package: ByteBuf::from(public_key_package),
+            epoch_started_ms: now_ms(),
+            signatures: 0,
+            policy: confirmed.policy,
+            network: confirmed.network,
+            history: Vec::new(),
+            commit_confirmations: Vec::new(),
+            signed_txids: Vec::new(),
+            provider_key: confirmed.provider_key,
+            commit_receipt: None,
+        }
+    }
+
+    /// The provider's audit key as registered: the provider checks it is its own; the recovery
+    /// cosigner keeps it, to require the provider's receipts on refresh commits.
+    fn creation_provider_key(
+        &self,
+        party: u16,
+        registration: &Registration,
+    ) -> Result<Option<ByteBuf>, Failure> {
+        let Some(key) = &registration.provider_key else {
+            return Ok(None);
+        };
+        let key = normalise_public_key(key)?;
+        if party == party::PROVIDER && key != self.audit.public_key() {
+            return Err(Failure::bad(
+                "the registered provider key is not this provider's attested key",
+            ));
+        }
+        Ok((party == party::RECOVERY).then(|| ByteBuf::from(key)))
+    }
+
+    /// `DkgDone` again for a wallet already created with this very registration.
+    fn dkg_already_confirmed(
+        &self,
+        wallet_id: &WalletId,
+        registration: &Registration,
+    ) -> Result<Option<Response>, Failure> {
+        if self.dkgs.contains(wallet_id)? || !self.records().exists(wallet_id)? {
+            return Ok(None);
+        }
+        let state = self.records().load_state(wallet_id)?;
+        // The same registration: its recovery credential never changes, whatever the wallet did
+        // since (refreshes, a recovery); the client compares the key package it gets back.
+        if normalise_public_key(&registration.recovery_key)? != state.recovery_key.as_slice() {
+            return Err(Failure::bad(format!("wallet {wallet_id} already exists")));
+        }
+        Ok(Some(Response::DkgDone {
+            wallet: info(*wallet_id, &state)?,
+        }))
+    }
+}

@@ -1,0 +1,391 @@
+//! Refresh (`cosigner_protocol::refresh`): new shares of the same key, two-phase so that an
+//! interruption leaves the wallet usable at the old or the new epoch (docs/lifecycle.md,
+//! "Refresh"). Rounds 1–3 prepare a sealed record; the commit works from that record, from any
+//! session and after a restart.
+
+use cosigner_protocol::auth::{commit_receipt_digest, verify_digest};
+use cosigner_protocol::party;
+use cosigner_protocol::refresh::{self, RefreshRound1, RefreshRound2};
+use cosigner_protocol::wire::{
+    Confirmation, ErrorKind, RefreshParams, Response, Round1Message, SealedPackage, WalletId,
+};
+use frost_core::keys::PublicKeyPackage;
+use serde_bytes::ByteBuf;
+
+use super::failure::{Failure, Outcome, internal, lock};
+use super::records::{PreparedRecord, ShareRecord, WalletState};
+use super::session::Actor;
+use super::table::{Claim, Pending};
+use super::{Service, Suite, info, key_package, now_ms, sorted};
+
+/// Where a refresh is.
+pub(super) enum RefreshStage {
+    Round1(Box<RefreshRound1<Suite>>),
+    Round2(Box<RefreshRound2<Suite>>),
+    /// Prepared and stored (`records::PreparedRecord`): the commit works from the stored record;
+    /// this marker only keeps the ceremony owned until it commits or expires.
+    Prepared,
+}
+
+/// Whether two confirmation lists hold the same confirmations (in any order); never for empty.
+fn confirmations_equal(a: &[Confirmation], b: &[Confirmation]) -> bool {
+    if a.is_empty() || a.len() != b.len() {
+        return false;
+    }
+    b.iter().all(|c| a.contains(c))
+}
+
+/// A refresh commit, as signed by the device: what it commits and the provider's receipt.
+pub(super) struct Commit<'a> {
+    pub(super) confirmations: &'a [Confirmation],
+    pub(super) provider_receipt: Option<&'a [u8]>,
+}
+
+impl Service {
+    pub(super) fn refresh_start(
+        &self,
+        owner: [u8; 16],
+        state: WalletState,
+        actor: &Actor,
+        params: RefreshParams,
+        me: u16,
+        digest: &[u8],
+    ) -> Outcome {
+        let wallet_id = state.params.wallet_id;
+        if actor.role == "pending-device" && state.pending_device_key.is_none() {
+            return Err(Failure::denied("no recovery in progress"));
+        }
+        // From the current epoch only (an interrupted refresh is rolled forward, not redone from
+        // an older epoch: that could commit a second refresh to one epoch).
+        if params.from_epoch != state.current_epoch {
+            return Err(Failure::bad(format!(
+                "refresh from epoch {} refused: current epoch is {}",
+                params.from_epoch, state.current_epoch
+            )));
+        }
+        if me != state.party
+            || params.parties != sorted(&state.params.parties)
+            || params.min_signers != state.params.min_signers
+        {
+            return Err(Failure::bad(
+                "a refresh must keep every party and the threshold of the wallet",
+            ));
+        }
+        let (next, message) = refresh::start::<Suite>(&params, me, &mut rand_core::OsRng)?;
+        // Into the table first (refused if another session's refresh is in flight), then logged.
+        let recovery = actor.role == "pending-device";
+        self.refreshes.put(
+            wallet_id,
+            Pending {
+                stage: RefreshStage::Round1(Box::new(next)),
+                claim: Claim::new(owner, actor.key.clone(), recovery),
+            },
+        )?;
+        self.log(
+            &wallet_id,
+            "refresh-start",
+            &actor.label(),
+            digest,
+            "allowed",
+        )?;
+        Ok(Response::RefreshRound1 { message })
+    }
+
+    pub(super) fn refresh_round2(
+        &self,
+        owner: [u8; 16],
+        wallet_id: WalletId,
+        round1: &[Round1Message],
+    ) -> Outcome {
+        self.refreshes.step(&wallet_id, &owner, |stage, _| {
+            let RefreshStage::Round1(state) = stage else {
+                return Err(Failure::bad("refresh is not waiting for round 1"));
+            };
+            let (next, packages) = state.handle_round1(round1, &mut rand_core::OsRng)?;
+            Ok((
+                Some(RefreshStage::Round2(Box::new(next))),
+                Response::RefreshRound2 { packages },
+            ))
+        })
+    }
+
+    pub(super) fn refresh_round3(
+        &self,
+        owner: [u8; 16],
+        wallet_id: WalletId,
+        packages: &[SealedPackage],
+    ) -> Outcome {
+        self.refreshes.step(&wallet_id, &owner, |stage, claim| {
+            let RefreshStage::Round2(round2) = stage else {
+                return Err(Failure::bad("refresh is not waiting for round 2"));
+            };
+            let confirmation = self.prepare_refresh(&wallet_id, *round2, packages, claim)?;
+            Ok((
+                Some(RefreshStage::Prepared),
+                Response::RefreshRound3 { confirmation },
+            ))
+        })
+    }
+
+    /// Round 3: the new share, prepared, not yet in use: stored sealed with our confirmation, so
+    /// the commit can come after a restart or from another session (rolling a refresh forward
+    /// that committed at the other cosigner). A recovery may keep more than a device refresh.
+    fn prepare_refresh(
+        &self,
+        wallet_id: &WalletId,
+        round2: RefreshRound2<Suite>,
+        packages: &[SealedPackage],
+        claim: &Claim,
+    ) -> Result<Confirmation, Failure> {
+        let state = self.records().load_state(wallet_id)?;
+        let from = round2.params().from_epoch;
+        let old = self.records().load_share(wallet_id, state.party, from)?;
+        let old_kp = key_package(&old)?;
+        let old_pkp = PublicKeyPackage::<Suite>::deserialize(&old.public_key_package)
+            .map_err(|e| Failure::new(ErrorKind::Integrity, e.to_string()))?;
+        let (next, confirmation) = round2.handle_round2(packages, &old_kp, &old_pkp)?;
+        let prepared = PreparedRecord {
+            share: ShareRecord {
+                epoch: from + 1,
+                key_package: ByteBuf::from(next.key_package().serialize().map_err(internal)?),
+                public_key_package: ByteBuf::from(
+                    next.public_key_package().serialize().map_err(internal)?,
+                ),
+            },
+            from_epoch: from,
+            confirmation: confirmation.clone(),
+            recovery: claim.recovery,
+            started_by: ByteBuf::from(claim.key.clone()),
+        };
+        let _guard = self.writer(wallet_id)?;
+        self.records()
+            .save_prepared(wallet_id, state.party, &prepared)?;
+        Ok(confirmation)
+    }
+
+    /// Commits a prepared refresh: from the sealed prepared record that matches our confirmation
+    /// among `confirmations`, so it works from any session and after a restart. Idempotent: the
+    /// same confirmations again, once committed, answer the same success.
+    pub(super) fn refresh_commit(
+        &self,
+        owner: [u8; 16],
+        state: WalletState,
+        actor: &Actor,
+        commit: &Commit<'_>,
+        digest: &[u8],
+    ) -> Outcome {
+        let wallet_id = state.params.wallet_id;
+        let confirmations = commit.confirmations;
+        if confirmations_equal(&state.commit_confirmations, confirmations) {
+            return Ok(Response::RefreshCommitted {
+                wallet: info(wallet_id, &state)?,
+            });
+        }
+        let prepared = self.committable(&state, actor, confirmations)?;
+        drop(state);
+        let new_epoch = prepared.share.epoch;
+        let _guard = self.writer(&wallet_id)?;
+        let mut state = self.records().load_state(&wallet_id)?;
+        if confirmations_equal(&state.commit_confirmations, confirmations) {
+            return Ok(Response::RefreshCommitted {
+                wallet: info(wallet_id, &state)?,
+            });
+        }
+        let receipt_digest = self.check_commit_now(&state, actor, &prepared, commit)?;
+        self.records()
+            .save_share(&wallet_id, state.party, &prepared.share)?;
+        let action = self.advance_epoch(&mut state, &prepared, confirmations, &receipt_digest)?;
+        self.records().save_state(&wallet_id, &state)?;
+        // Committed. The other prepared refreshes to this epoch can never commit now.
+        let _ = self.records().delete_prepared(&wallet_id, new_epoch);
+        self.refreshes.remove(&wallet_id)?;
+        lock(&self.committed_by)?.insert(wallet_id, (owner, new_epoch));
+        self.log(
+            &wallet_id,
+            action,
+            &actor.label(),
+            digest,
+            &format!("allowed: epoch {new_epoch}"),
+        )?;
+        Ok(Response::RefreshCommitted {
+            wallet: info(wallet_id, &state)?,
+        })
+    }
+
+    /// The prepared refresh that `confirmations` commit, if `actor` may commit it: a recovery's
+    /// refresh is committed by the recovering device only; a device refresh by the device, or
+    /// rolled forward by the recovering device (it only completes what every party already
+    /// computed and confirmed).
+    fn committable(
+        &self,
+        state: &WalletState,
+        actor: &Actor,
+        confirmations: &[Confirmation],
+    ) -> Result<PreparedRecord, Failure> {
+        let me = state.party;
+        let ours = confirmations
+            .iter()
+            .find(|c| c.from == me)
+            .ok_or_else(|| Failure::bad(format!("no confirmation from party {me} (us)")))?;
+        let prepared = self.find_prepared(state, &ours.transcript_hash)?;
+        refresh::check_commit(
+            &sorted(&state.params.parties),
+            me,
+            &prepared.confirmation,
+            confirmations,
+        )?;
+        let may = match (prepared.recovery, actor.role) {
+            (true, role) => {
+                role == "pending-device" && prepared.started_by.as_slice() == actor.key.as_slice()
+            }
+            (false, role) => role == "device" || role == "pending-device",
+        };
+        if !may {
+            return Err(Failure::denied(
+                "this refresh must be committed by the key of the recovery that started it",
+            ));
+        }
+        Ok(prepared)
+    }
+
+    /// The checks of a commit against the state re-read under the writer lock; answers the
+    /// digest of the commit receipt.
+    fn check_commit_now(
+        &self,
+        state: &WalletState,
+        actor: &Actor,
+        prepared: &PreparedRecord,
+        commit: &Commit<'_>,
+    ) -> Result<[u8; 32], Failure> {
+        // Strictly forward: one commit per epoch, from the current one.
+        if prepared.from_epoch != state.current_epoch {
+            return Err(Failure::bad(format!(
+                "refresh from epoch {} can no longer commit: current epoch is {}",
+                prepared.from_epoch, state.current_epoch
+            )));
+        }
+        let receipt_digest = commit_receipt_digest(
+            &state.params.wallet_id,
+            prepared.share.epoch,
+            &prepared.confirmation.transcript_hash,
+            &prepared.confirmation.public_key_package_hash,
+        );
+        // The recovery cosigner follows the provider: it commits only the refresh the provider
+        // committed to this epoch, so the two never hold shares of different refreshes.
+        if let Some(provider_key) = &state.provider_key {
+            let receipt = commit.provider_receipt.ok_or_else(|| {
+                Failure::denied("the provider's receipt for this commit is missing")
+            })?;
+            verify_digest(provider_key, &receipt_digest, receipt).map_err(|_| {
+                Failure::denied("the provider's receipt is not for this refresh of this wallet")
+            })?;
+        }
+        // Re-checked under the lock: a recovery started or restarted with another key, or a
+        // suspension, that landed since the first check.
+        if prepared.recovery
+            && state.pending_device_key.as_ref().map(|k| k.as_slice())
+                != Some(prepared.started_by.as_slice())
+        {
+            return Err(Failure::denied(
+                "the recovery that started this refresh is no longer the one in progress",
+            ));
+        }
+        if actor.role == "device" && !actor.still_authorized(state) {
+            return Err(Failure::denied("this device key is suspended or revoked"));
+        }
+        Ok(receipt_digest)
+    }
+
+    /// Makes the prepared epoch current in `state` (not saved); answers the audit action.
+    fn advance_epoch(
+        &self,
+        state: &mut WalletState,
+        prepared: &PreparedRecord,
+        confirmations: &[Confirmation],
+        receipt_digest: &[u8; 32],
+    ) -> Result<&'static str, Failure> {
+        let new_epoch = prepared.share.epoch;
+        // Keep every older epoch still stored until RefreshFinalize: a party that did not commit
+        // yet still signs with it.
+        let mut retained: Vec<u64> = state
+            .retained_epochs
+            .iter()
+            .copied()
+            .filter(|e| *e < new_epoch)
+            .collect();
+        if state.current_epoch < new_epoch && !retained.contains(&state.current_epoch) {
+            retained.push(state.current_epoch);
+        }
+        retained.sort_unstable();
+        state.retained_epochs = retained;
+        state.current_epoch = new_epoch;
+        state.prepared_epoch = None;
+        state.public_key_package = prepared.share.public_key_package.clone();
+        state.epoch_started_ms = now_ms();
+        state.signatures = 0;
+        state.commit_confirmations = confirmations.to_vec();
+        state.commit_receipt = if state.party == party::PROVIDER {
+            let signature = self.audit.sign_digest(receipt_digest).map_err(internal)?;
+            Some(ByteBuf::from(signature.to_vec()))
+        } else {
+            None
+        };
+        if !prepared.recovery {
+            return Ok("refresh");
+        }
+        // The recovery completes: the new device's key replaces the old one, which is revoked.
+        state.pending_device_key = None;
+        let old = std::mem::replace(&mut state.device_key, prepared.started_by.clone());
+        state.revoked_keys.push(old);
+        Ok("recover")
+    }
+
+    /// The prepared refresh of this wallet whose transcript hashed to `transcript_hash`: to the
+    /// epoch after the current one.
+    fn find_prepared(
+        &self,
+        state: &WalletState,
+        transcript_hash: &[u8],
+    ) -> Result<PreparedRecord, Failure> {
+        let wallet_id = state.params.wallet_id;
+        if let Some(p) = self.records().load_prepared(
+            &wallet_id,
+            state.party,
+            state.current_epoch.saturating_add(1),
+            transcript_hash,
+        )? {
+            return Ok(p);
+        }
+        Err(Failure::not_found(format!(
+            "no prepared refresh of wallet {wallet_id} matches these confirmations"
+        )))
+    }
+
+    pub(super) fn refresh_finalize(
+        &self,
+        owner: [u8; 16],
+        wallet_id: WalletId,
+        epoch: u64,
+    ) -> Outcome {
+        if lock(&self.committed_by)?.get(&wallet_id) != Some(&(owner, epoch)) {
+            return Err(Failure::denied(
+                "only the session that committed this epoch may finalize it",
+            ));
+        }
+        let _guard = self.writer(&wallet_id)?;
+        let mut state = self.records().load_state(&wallet_id)?;
+        if epoch != state.current_epoch {
+            return Err(Failure::bad(format!(
+                "cannot finalize epoch {epoch}: current epoch is {}",
+                state.current_epoch
+            )));
+        }
+        // The state first: once it no longer lists an epoch, its share is never read again.
+        let old = std::mem::take(&mut state.retained_epochs);
+        self.records().save_state(&wallet_id, &state)?;
+        for e in old {
+            self.records().delete_share(&wallet_id, e)?;
+        }
+        Ok(Response::Done)
+    }
+}

@@ -1,0 +1,223 @@
+//! Raw-digest signing (`SignCommit`, `SignShare`; `cosigner_protocol::sign`): one FROST session
+//! per request, its nonces in memory only and used once.
+
+use std::time::{Duration, Instant};
+
+use cosigner_protocol::sign::SignerSession;
+use cosigner_protocol::wire::{Response, WalletId};
+use serde_bytes::ByteBuf;
+
+use super::failure::{Failure, Outcome};
+use super::records::WalletState;
+use super::session::Actor;
+use super::table;
+use super::{Service, Suite, key_package, now_ms, random};
+
+/// An open signing session.
+pub(super) struct PendingSign {
+    wallet_id: WalletId,
+    party: u16,
+    epoch: u64,
+    /// The key that authorized the commitment: re-checked when the share is released.
+    actor: Actor,
+    /// The state anchor's generation when it was authorized: unchanged at release means the
+    /// state is unchanged (no revocation, suspension or refresh since), so no reload is needed.
+    generation: Option<u64>,
+    session: SignerSession<Suite>,
+    started: Instant,
+}
+
+impl table::Session for PendingSign {
+    fn wallet(&self) -> &WalletId {
+        &self.wallet_id
+    }
+
+    fn started(&self) -> Instant {
+        self.started
+    }
+}
+
+/// Whether `epoch` still has a share in `state` (current, or retained until finalized).
+pub(super) fn epoch_in_use(state: &WalletState, epoch: u64) -> bool {
+    epoch == state.current_epoch || state.retained_epochs.contains(&epoch)
+}
+
+fn too_many(wallet_id: &WalletId, open: usize) -> String {
+    format!("wallet {wallet_id} has {open} signing sessions open: finish or let them expire")
+}
+
+impl Service {
+    pub(super) fn sign_commit(
+        &self,
+        mut state: WalletState,
+        actor: Actor,
+        mut generation: Option<u64>,
+        epoch: u64,
+        message: &[u8],
+        signers: &[u16],
+    ) -> Outcome {
+        let wallet_id = state.params.wallet_id;
+        self.check_sign_request(&state, &actor, epoch, message, signers)?;
+        // The quota first: a refused session must not count a signature or log one as allowed.
+        let open = self.signs.open(&wallet_id)?;
+        if open >= table::MAX_SIGNS_PER_WALLET {
+            return Err(Failure::busy(too_many(&wallet_id, open)));
+        }
+        self.count_signature(&mut state, &actor, epoch, message, &mut generation)?;
+        let share = self.records().load_share(&wallet_id, state.party, epoch)?;
+        let key_package = key_package(&share)?;
+        let (session, commitments) = SignerSession::<Suite>::commit(
+            &key_package,
+            state.party,
+            message,
+            signers,
+            &mut rand_core::OsRng,
+        )?;
+        self.log(&wallet_id, "sign", &actor.label(), message, "allowed")?;
+        let session_id = random::<16>()?;
+        let pending = PendingSign {
+            wallet_id,
+            party: state.party,
+            epoch,
+            actor,
+            generation,
+            session,
+            started: Instant::now(),
+        };
+        self.signs
+            .insert(session_id, pending, |open| too_many(&wallet_id, open))?;
+        Ok(Response::SignCommitted {
+            session_id: ByteBuf::from(session_id.to_vec()),
+            commitments: ByteBuf::from(commitments),
+        })
+    }
+
+    /// The signer set and the epoch of a `SignCommit`, and the provider's refresh demand by age.
+    fn check_sign_request(
+        &self,
+        state: &WalletState,
+        actor: &Actor,
+        epoch: u64,
+        message: &[u8],
+        signers: &[u16],
+    ) -> Result<(), Failure> {
+        let wallet_id = state.params.wallet_id;
+        let refuse = |why: &str| {
+            self.refused(&wallet_id, "sign", &actor.label(), message, why);
+        };
+        if let Some(stranger) = signers.iter().find(|s| !state.params.parties.contains(s)) {
+            refuse("refused: signer outside the wallet");
+            return Err(Failure::bad(format!(
+                "party {stranger} is not a party of wallet {wallet_id}"
+            )));
+        }
+        if !epoch_in_use(state, epoch) {
+            refuse("refused: stale epoch");
+            return Err(Failure::bad(format!(
+                "epoch {epoch} is not in use (current epoch {}): this share was refreshed away",
+                state.current_epoch
+            )));
+        }
+        Ok(())
+    }
+
+    /// The provider's refresh demands (`[policy]` of the enclave's config): refused once the
+    /// epoch is too old; with a limit on signatures, the signature is counted in the anchored
+    /// state (under the writer lock, re-read: no lost count), and `generation` becomes the
+    /// anchor's new one, since the state the session is checked against is then our own write.
+    fn count_signature(
+        &self,
+        state: &mut WalletState,
+        actor: &Actor,
+        epoch: u64,
+        message: &[u8],
+        generation: &mut Option<u64>,
+    ) -> Result<(), Failure> {
+        let wallet_id = state.params.wallet_id;
+        let refuse = |why: &str| {
+            self.refused(&wallet_id, "sign", &actor.label(), message, why);
+        };
+        let age = Duration::from_millis(now_ms().saturating_sub(state.epoch_started_ms));
+        if let Some(limit) = self.policy.after
+            && age > limit
+        {
+            refuse("refused: refresh required (age)");
+            return Err(Failure::bad(format!(
+                "refresh required: the shares are {} s old, the policy allows {} s",
+                age.as_secs(),
+                limit.as_secs()
+            )));
+        }
+        let Some(limit) = self.policy.after_signatures else {
+            return Ok(());
+        };
+        let over = |state: &WalletState| {
+            Failure::bad(format!(
+                "refresh required: {} signatures in this epoch, the policy allows {limit}",
+                state.signatures
+            ))
+        };
+        if state.signatures >= limit {
+            refuse("refused: refresh required (signatures)");
+            return Err(over(state));
+        }
+        let _guard = self.writer(&wallet_id)?;
+        // Re-read under the lock: a concurrent signature's count must not be lost, and a
+        // suspension or revocation that landed meanwhile must stop this one.
+        *state = self.records().load_state(&wallet_id)?;
+        if !actor.still_authorized(state) || !epoch_in_use(state, epoch) {
+            return Err(Failure::denied(
+                "the key or epoch of this request is no longer valid (a recovery or refresh \
+                 landed meanwhile)",
+            ));
+        }
+        if state.signatures >= limit {
+            return Err(over(state));
+        }
+        state.signatures += 1;
+        self.records().save_state(&wallet_id, state)?;
+        // Our own write: the state we just saved is the one to compare against.
+        *generation = self.records().state_generation(&wallet_id)?;
+        Ok(())
+    }
+
+    pub(super) fn sign_share(&self, session_id: &[u8], signing_package: &[u8]) -> Outcome {
+        let id: [u8; 16] = session_id
+            .try_into()
+            .map_err(|_| Failure::bad("session id is not 16 bytes"))?;
+        // Removed before use: whatever happens next, this session's nonces are never used again.
+        let pending = self.signs.take(&id, |_| Ok(()))?;
+        // Checked again now, not only at SignCommit: a revocation, a recovery started, or a
+        // refresh that retired the epoch since then stops this signature too. Any such change
+        // moved the state's anchor; if it did not move, the state is the one authorized.
+        if self.records().state_generation(&pending.wallet_id)? != pending.generation {
+            self.recheck_signer(&pending)?;
+        }
+        let share = self
+            .records()
+            .load_share(&pending.wallet_id, pending.party, pending.epoch)?;
+        let key_package = key_package(&share)?;
+        let share = pending.session.sign(&key_package, signing_package)?;
+        Ok(Response::SignatureShare {
+            share: ByteBuf::from(share),
+        })
+    }
+
+    /// Whether the key and epoch of a signing session are still valid in the current state.
+    fn recheck_signer(&self, pending: &PendingSign) -> Result<(), Failure> {
+        let state = self.records().load_state(&pending.wallet_id)?;
+        if !pending.actor.still_authorized(&state) {
+            return Err(Failure::denied(
+                "the key that opened this signing session is no longer authorized (revoked or \
+                 suspended by a recovery)",
+            ));
+        }
+        if !epoch_in_use(&state, pending.epoch) {
+            return Err(Failure::bad(format!(
+                "epoch {} is no longer in use: refreshed since the commitments",
+                pending.epoch
+            )));
+        }
+        Ok(())
+    }
+}
