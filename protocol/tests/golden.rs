@@ -50,6 +50,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_bytes::ByteBuf;
 
+/// Samples of an enum: (name suffix, comment, value).
+type Samples<T> = Vec<(&'static str, &'static str, T)>;
 type Encode<T> = fn(&T) -> Vec<u8>;
 type Decode<T> = fn(&[u8]) -> Result<T, String>;
 
@@ -302,7 +304,7 @@ fn golden_signed_digests() {
     v.finish();
 }
 
-fn requests_ceremonies() -> Vec<(&'static str, &'static str, Request)> {
+fn requests_ceremonies() -> Samples<Request> {
     vec![
         (
             "",
@@ -454,7 +456,7 @@ fn requests_ceremonies() -> Vec<(&'static str, &'static str, Request)> {
     ]
 }
 
-fn requests_sessions() -> Vec<(&'static str, &'static str, Request)> {
+fn requests_sessions() -> Samples<Request> {
     let inner = wire::encode(&Request::GetWallet { wallet_id: WALLET }).unwrap();
     vec![
         (
@@ -555,7 +557,7 @@ fn requests_sessions() -> Vec<(&'static str, &'static str, Request)> {
     ]
 }
 
-fn responses() -> Vec<(&'static str, &'static str, Response)> {
+fn responses() -> Samples<Response> {
     vec![
         (
             "",
@@ -726,10 +728,7 @@ fn psbt_evaluation() -> wire::PsbtEvaluation {
     }
 }
 
-fn store_messages() -> (
-    Vec<(&'static str, &'static str, StoreRequest)>,
-    Vec<(&'static str, &'static str, StoreResponse)>,
-) {
+fn store_messages() -> (Samples<StoreRequest>, Samples<StoreResponse>) {
     let requests = vec![
         (
             "",
@@ -806,7 +805,7 @@ fn store_messages() -> (
     (requests, responses)
 }
 
-fn error_kinds() -> Vec<(&'static str, &'static str, ErrorKind)> {
+fn error_kinds() -> Samples<ErrorKind> {
     // Every kind travels inside `Response::Error`; each is pinned alone so a renamed kind shows.
     [
         ErrorKind::BadRequest,
@@ -855,7 +854,7 @@ fn golden_client_enclave_and_store_messages() {
     v.finish();
 }
 
-fn dao_dkg_messages() -> Vec<(&'static str, &'static str, DaoMessage)> {
+fn dao_dkg_messages() -> Samples<DaoMessage> {
     vec![
         (
             "",
@@ -952,7 +951,7 @@ fn dao_dkg_messages() -> Vec<(&'static str, &'static str, DaoMessage)> {
     ]
 }
 
-fn dao_sign_messages() -> Vec<(&'static str, &'static str, DaoMessage)> {
+fn dao_sign_messages() -> Samples<DaoMessage> {
     let request = bytes(0x80, 32);
     vec![
         (
@@ -1093,7 +1092,7 @@ fn golden_dao_messages() {
     v.finish();
 }
 
-fn mailbox_requests() -> Vec<(&'static str, &'static str, MailboxRequest)> {
+fn mailbox_requests() -> Samples<MailboxRequest> {
     let envelope = ByteBuf::from(envelope().encode().unwrap());
     let proof = ReadProof {
         reader: public(12),
@@ -1146,7 +1145,7 @@ fn mailbox_requests() -> Vec<(&'static str, &'static str, MailboxRequest)> {
     ]
 }
 
-fn mailbox_responses() -> Vec<(&'static str, &'static str, MailboxResponse)> {
+fn mailbox_responses() -> Samples<MailboxResponse> {
     let item = MailboxItem {
         seq: 4,
         envelope: ByteBuf::from(envelope().encode().unwrap()),
