@@ -30,6 +30,7 @@
 //! sender, so a [`ProtocolError::Culprit`] names the party whose message, *as relayed*, was bad. A
 //! relay can make an honest party look guilty, never make a bad key look good.
 
+pub mod exchange;
 mod transcript;
 pub(crate) mod vss;
 
@@ -89,6 +90,17 @@ pub trait KeygenParams: Clone + std::fmt::Debug + sealed::Sealed {
         secret: round1::SecretPackage<C>,
         round1: &BTreeMap<Identifier<C>, round1::Package<C>>,
     ) -> std::result::Result<Round2Out<C>, frost_core::Error<C>>;
+    /// What a party brings into round 2 besides the packages: nothing for a DKG, its current
+    /// share and public key package for a refresh.
+    type Old<C: Ciphersuite>;
+    /// Refuses, before any message is sent, what a party brings that cannot fit the ceremony.
+    fn check_old<C: Ciphersuite>(params: &Self, me: u16, old: &Self::Old<C>) -> Result<()>;
+    /// Round 2 of this ceremony: opens the packages sealed to us and derives the new key.
+    fn round3<C: Ciphersuite>(
+        state: Round2<C, Self>,
+        packages: &[SealedPackage],
+        old: &Self::Old<C>,
+    ) -> Result<(Round3<C, Self>, Confirmation)>;
 }
 
 mod sealed {
@@ -143,6 +155,17 @@ impl KeygenParams for DkgParams {
     ) -> std::result::Result<Round2Out<C>, frost_core::Error<C>> {
         frost_core::keys::dkg::part2(secret, round1)
     }
+    type Old<C: Ciphersuite> = ();
+    fn check_old<C: Ciphersuite>(_: &Self, _: u16, _: &()) -> Result<()> {
+        Ok(())
+    }
+    fn round3<C: Ciphersuite>(
+        state: Round2<C, Self>,
+        packages: &[SealedPackage],
+        _: &(),
+    ) -> Result<(Round3<C, Self>, Confirmation)> {
+        state.handle_round2(packages)
+    }
 }
 
 impl KeygenParams for RefreshParams {
@@ -190,6 +213,21 @@ impl KeygenParams for RefreshParams {
         round1: &BTreeMap<Identifier<C>, round1::Package<C>>,
     ) -> std::result::Result<Round2Out<C>, frost_core::Error<C>> {
         frost_core::keys::refresh::refresh_dkg_part2(secret, round1)
+    }
+    type Old<C: Ciphersuite> = (KeyPackage<C>, PublicKeyPackage<C>);
+    fn check_old<C: Ciphersuite>(
+        params: &Self,
+        me: u16,
+        (key_package, public_key_package): &Self::Old<C>,
+    ) -> Result<()> {
+        crate::refresh::check_old_shares(params, me, key_package, public_key_package)
+    }
+    fn round3<C: Ciphersuite>(
+        state: Round2<C, Self>,
+        packages: &[SealedPackage],
+        (key_package, public_key_package): &Self::Old<C>,
+    ) -> Result<(Round3<C, Self>, Confirmation)> {
+        state.handle_round2(packages, key_package, public_key_package)
     }
 }
 

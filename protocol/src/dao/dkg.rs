@@ -31,9 +31,12 @@ use rand_core::{CryptoRng, RngCore};
 use serde_bytes::ByteBuf;
 
 use super::{DaoMessage, Layout};
-use crate::dkg::{DkgInput, DkgOutput, DkgOutputMessage, DkgState, public_key_package_hash};
+use crate::dkg::DkgOutput;
 use crate::error::{ProtocolError, Result};
-use crate::wire::{Confirmation, Round1Message, SealedPackage};
+use crate::keygen::exchange::{Exchange, Message, Step, Waiting};
+use crate::wire::DkgParams;
+
+pub(crate) use crate::keygen::exchange::insert_once;
 
 /// The confirmed shares of one key holder, by party.
 pub type Outputs<C> = Vec<(u16, DkgOutput<C>)>;
@@ -45,16 +48,10 @@ pub const MAX_ATTEMPTS: u32 = 8;
 pub struct DaoDkg<C: Ciphersuite> {
     layout: Layout,
     attempt: u32,
-    /// Our parties and their states (`None` only after a failure).
-    locals: BTreeMap<u16, Option<DkgState<C>>>,
-    round1: BTreeMap<u16, Round1Message>,
-    /// Packages sealed to one of our parties, by (from, to).
-    round2: BTreeMap<(u16, u16), SealedPackage>,
-    confirmations: BTreeMap<u16, Confirmation>,
+    exchange: Exchange<C, DkgParams>,
     /// Member parties that stored their share of this attempt, with the public key package hash
     /// they stored.
     stored: BTreeMap<u16, ByteBuf>,
-    failed: Option<String>,
 }
 
 impl<C: Ciphersuite> std::fmt::Debug for DaoDkg<C> {
@@ -62,7 +59,7 @@ impl<C: Ciphersuite> std::fmt::Debug for DaoDkg<C> {
         f.debug_struct("DaoDkg")
             .field("wallet_id", &self.layout.wallet_id)
             .field("attempt", &self.attempt)
-            .field("locals", &self.locals.keys().collect::<Vec<_>>())
+            .field("locals", &self.exchange.parties())
             .field("waiting_for", &self.waiting_for())
             .finish_non_exhaustive()
     }
@@ -106,28 +103,16 @@ impl<C: Ciphersuite> DaoDkg<C> {
                 reason: "this key is neither a member nor the provider of the invitation".into(),
             });
         }
-        let mut locals = BTreeMap::new();
-        let mut round1 = BTreeMap::new();
-        let mut out = Vec::new();
-        for party in parties {
-            let (state, message) = DkgState::<C>::start(&layout.params, party, rng)?;
-            locals.insert(party, Some(state));
-            round1.insert(party, message.clone());
-            out.push(DaoMessage::DkgRound1 { attempt, message });
-        }
-        Ok((
-            Self {
-                layout,
-                attempt,
-                locals,
-                round1,
-                round2: BTreeMap::new(),
-                confirmations: BTreeMap::new(),
-                stored: BTreeMap::new(),
-                failed: None,
-            },
-            out,
-        ))
+        let locals = parties.into_iter().map(|p| (p, ())).collect();
+        let (exchange, first) = Exchange::start(&layout.params, locals, rng)?;
+        let dkg = Self {
+            layout,
+            attempt,
+            exchange,
+            stored: BTreeMap::new(),
+        };
+        let out = first.into_iter().map(|m| dkg.post(m)).collect();
+        Ok((dkg, out))
     }
 
     /// The layout this DKG creates.
@@ -140,17 +125,17 @@ impl<C: Ciphersuite> DaoDkg<C> {
         self.attempt
     }
 
-    fn check_owner(&self, sender: &[u8], party: u16, what: &str) -> Result<()> {
-        match self.layout.owner_of(party) {
-            Some(owner) if owner == sender => Ok(()),
-            Some(_) => Err(ProtocolError::Culprit {
-                party,
-                reason: format!("a {what} for it was signed by another key"),
-            }),
-            None => Err(ProtocolError::UnexpectedMessage {
-                expected: "a message from a party of the wallet",
-                actual: format!("{what} from unknown party {party}"),
-            }),
+    /// The mailbox message carrying one of our exchange's messages.
+    fn post(&self, message: Message) -> DaoMessage {
+        let attempt = self.attempt;
+        match message {
+            Message::Round1(message) => DaoMessage::DkgRound1 { attempt, message },
+            Message::Round2(package) => DaoMessage::DkgRound2 { attempt, package },
+            Message::Confirmation(confirmation) => DaoMessage::DkgConfirm {
+                confirmation,
+                invitation: ByteBuf::from(self.layout.invitation_hash.to_vec()),
+                attempt,
+            },
         }
     }
 
@@ -163,23 +148,12 @@ impl<C: Ciphersuite> DaoDkg<C> {
         if message.dkg_attempt() != Some(self.attempt) {
             return Ok(false);
         }
-        match message {
+        let (inner, what) = match message {
             DaoMessage::DkgRound1 { message: m, .. } => {
-                self.check_owner(sender, m.from, "round-1 message")?;
-                insert_once(&mut self.round1, m.from, m, m.from, "round-1 message")
+                (Message::Round1(m.clone()), "round-1 message")
             }
             DaoMessage::DkgRound2 { package: p, .. } => {
-                self.check_owner(sender, p.from, "round-2 package")?;
-                if !self.locals.contains_key(&p.to) {
-                    return Ok(false);
-                }
-                insert_once(
-                    &mut self.round2,
-                    (p.from, p.to),
-                    p,
-                    p.from,
-                    "round-2 package",
-                )
+                (Message::Round2(p.clone()), "round-2 package")
             }
             DaoMessage::DkgConfirm {
                 confirmation: c,
@@ -194,25 +168,21 @@ impl<C: Ciphersuite> DaoDkg<C> {
                         ),
                     });
                 }
-                self.check_owner(sender, c.from, "confirmation")?;
-                insert_once(&mut self.confirmations, c.from, c, c.from, "confirmation")
+                (Message::Confirmation(c.clone()), "confirmation")
             }
             DaoMessage::DkgStored {
                 party,
                 public_key_package,
                 ..
             } => {
-                self.check_member(sender, *party, "stored notice")?;
-                insert_once(
-                    &mut self.stored,
-                    *party,
-                    public_key_package,
-                    *party,
-                    "stored notice",
-                )
+                check_member(&self.layout, sender, *party, "stored notice")?;
+                let (map, key) = (&mut self.stored, *party);
+                return insert_once(map, key, public_key_package, key, "stored notice");
             }
-            _ => Ok(false),
-        }
+            _ => return Ok(false),
+        };
+        check_owner(&self.layout, sender, inner.from(), what)?;
+        self.exchange.absorb(&inner, what)
     }
 
     /// Whether `message` from `sender` is a member's valid request to restart this attempt
@@ -223,124 +193,29 @@ impl<C: Ciphersuite> DaoDkg<C> {
     pub fn is_retry(&self, sender: &[u8], message: &DaoMessage) -> Result<bool> {
         match message {
             DaoMessage::DkgRetry { attempt, party } if *attempt == self.attempt => {
-                self.check_member(sender, *party, "restart request")?;
+                check_member(&self.layout, sender, *party, "restart request")?;
                 Ok(true)
             }
             _ => Ok(false),
         }
     }
 
-    fn check_member(&self, sender: &[u8], party: u16, what: &str) -> Result<()> {
-        if self.layout.provider_parties.contains(&party) {
-            return Err(ProtocolError::Culprit {
-                party,
-                reason: format!("a {what} is a member's, not the provider's"),
-            });
-        }
-        self.check_owner(sender, party, what)
-    }
-
     /// Advances every local party whose inputs are complete; returns the messages to post.
     ///
     /// Errors: a round fails (the DKG is over; start again with a new invitation).
     pub fn advance(&mut self, rng: &mut (impl CryptoRng + RngCore)) -> Result<Vec<DaoMessage>> {
-        if let Some(reason) = &self.failed {
-            return Err(ProtocolError::Params {
-                reason: format!("this DKG already failed: {reason}"),
-            });
-        }
-        let result = self.advance_inner(rng);
-        if let Err(e) = &result {
-            self.failed = Some(e.to_string());
-        }
-        result
-    }
-
-    fn advance_inner(&mut self, rng: &mut (impl CryptoRng + RngCore)) -> Result<Vec<DaoMessage>> {
-        let all = self.layout.params.parties.clone();
-        let mut out = Vec::new();
-        // Loop: our own parties feed each other (a provider's round 2 to its other parties).
-        loop {
-            let mut progressed = false;
-            let parties: Vec<u16> = self.locals.keys().copied().collect();
-            for party in parties {
-                let Some(slot) = self.locals.get_mut(&party) else {
-                    continue;
-                };
-                let input = match slot.as_ref() {
-                    Some(DkgState::AwaitingRound1(_)) if self.round1.len() == all.len() => {
-                        DkgInput::Round1(self.round1.values().cloned().collect())
-                    }
-                    Some(DkgState::AwaitingRound2(_)) => {
-                        let to_us: Vec<SealedPackage> = self
-                            .round2
-                            .iter()
-                            .filter(|((_, to), _)| *to == party)
-                            .map(|(_, p)| p.clone())
-                            .collect();
-                        if to_us.len() + 1 != all.len() {
-                            continue;
-                        }
-                        DkgInput::Round2(to_us)
-                    }
-                    Some(DkgState::AwaitingConfirmations(_))
-                        if self.confirmations.len() == all.len() =>
-                    {
-                        DkgInput::Confirmations(self.confirmations.values().cloned().collect())
-                    }
-                    _ => continue,
-                };
-                let Some(state) = slot.take() else { continue };
-                let (state, produced) = state.handle(input, rng)?;
-                *slot = Some(state);
-                progressed = true;
-                match produced {
-                    DkgOutputMessage::Round2(packages) => {
-                        for p in packages {
-                            if self.locals.contains_key(&p.to) {
-                                self.round2.insert((p.from, p.to), p.clone());
-                            }
-                            out.push(DaoMessage::DkgRound2 {
-                                attempt: self.attempt,
-                                package: p,
-                            });
-                        }
-                    }
-                    DkgOutputMessage::Confirmation(c) => {
-                        self.confirmations.insert(c.from, c.clone());
-                        out.push(DaoMessage::DkgConfirm {
-                            confirmation: c,
-                            invitation: ByteBuf::from(self.layout.invitation_hash.to_vec()),
-                            attempt: self.attempt,
-                        });
-                    }
-                    DkgOutputMessage::Done => {}
-                }
-            }
-            if !progressed {
-                return Ok(out);
-            }
-        }
+        let out = self.exchange.advance(rng)?;
+        Ok(out.into_iter().map(|m| self.post(m)).collect())
     }
 
     /// Whether every local party finished (every party of the wallet confirmed the same key).
     pub fn is_done(&self) -> bool {
-        self.locals
-            .values()
-            .all(|s| matches!(s, Some(DkgState::Done { .. })))
+        self.exchange.is_done()
     }
 
     /// SHA-256 of the confirmed public key package, once [`DaoDkg::is_done`].
     pub fn public_key_package_hash(&self) -> Option<[u8; 32]> {
-        if !self.is_done() {
-            return None;
-        }
-        match self.locals.values().next() {
-            Some(Some(DkgState::Done { output, .. })) => {
-                public_key_package_hash(&output.public_key_package).ok()
-            }
-            _ => None,
-        }
+        self.exchange.public_key_package_hash()
     }
 
     /// A member's notice that it stored its share of this attempt (post it only once the share
@@ -355,7 +230,7 @@ impl<C: Ciphersuite> DaoDkg<C> {
                 expected: "a finished DKG",
                 actual: "a notice that the share is stored".into(),
             })?;
-        let parties: Vec<u16> = self.locals.keys().copied().collect();
+        let parties = self.exchange.parties();
         match parties.as_slice() {
             [party] if !self.layout.provider_parties.contains(party) => Ok(DaoMessage::DkgStored {
                 attempt: self.attempt,
@@ -392,38 +267,26 @@ impl<C: Ciphersuite> DaoDkg<C> {
         Ok(true)
     }
 
-    /// What we still wait for, for progress messages.
+    /// What we still wait for: the exchange's step and missing parties, or once it is done, the
+    /// members that have not said they stored their share.
+    pub fn waiting(&self) -> Waiting {
+        let waiting = self.exchange.waiting();
+        if waiting.step != Step::Done {
+            return waiting;
+        }
+        let members = self.layout.members.iter().map(|(p, _)| *p);
+        Waiting {
+            step: Step::Done,
+            parties: members.filter(|p| !self.stored.contains_key(p)).collect(),
+        }
+    }
+
+    /// What we still wait for, as a progress line.
     pub fn waiting_for(&self) -> String {
-        let all = &self.layout.params.parties;
-        let missing = |have: &dyn Fn(u16) -> bool| -> Vec<u16> {
-            all.iter().copied().filter(|p| !have(*p)).collect()
-        };
-        let first = self.locals.values().flatten().next();
-        match first {
-            Some(DkgState::AwaitingRound1(_)) => format!(
-                "round-1 messages from parties {:?}",
-                missing(&|p| self.round1.contains_key(&p))
-            ),
-            Some(DkgState::AwaitingRound2(_)) => format!(
-                "round-2 packages from parties {:?}",
-                missing(&|p| {
-                    self.locals.contains_key(&p) || self.round2.keys().any(|(from, _)| *from == p)
-                })
-            ),
-            Some(DkgState::AwaitingConfirmations(_)) => format!(
-                "confirmations from parties {:?}",
-                missing(&|p| self.confirmations.contains_key(&p))
-            ),
-            Some(DkgState::Done { .. }) => format!(
-                "members {:?} to store their shares",
-                self.layout
-                    .members
-                    .iter()
-                    .map(|(p, _)| *p)
-                    .filter(|p| !self.stored.contains_key(p))
-                    .collect::<Vec<_>>()
-            ),
-            None => "nothing (failed)".into(),
+        let waiting = self.waiting();
+        match waiting.step {
+            Step::Done => format!("members {:?} to store their shares", waiting.parties),
+            _ => waiting.to_string(),
         }
     }
 
@@ -431,41 +294,34 @@ impl<C: Ciphersuite> DaoDkg<C> {
     ///
     /// Errors: called before the end ([`ProtocolError::UnexpectedMessage`]).
     pub fn into_outputs(self) -> Result<(Layout, Outputs<C>)> {
-        let mut outputs = Vec::new();
-        for (party, state) in self.locals {
-            match state.and_then(DkgState::into_output) {
-                Some(output) => outputs.push((party, output)),
-                None => {
-                    return Err(ProtocolError::UnexpectedMessage {
-                        expected: "a finished DKG",
-                        actual: format!("party {party} has not finished"),
-                    });
-                }
-            }
-        }
-        Ok((self.layout, outputs))
+        Ok((self.layout, self.exchange.into_outputs()?))
     }
 }
 
-/// Keeps the first message per key; a different second one is equivocation by `party`.
-pub(super) fn insert_once<K: Ord, V: Clone + PartialEq>(
-    map: &mut BTreeMap<K, V>,
-    key: K,
-    value: &V,
-    party: u16,
-    what: &str,
-) -> Result<bool> {
-    match map.get(&key) {
-        Some(existing) if existing == value => Ok(false),
+/// Checks that `sender` owns `party` in `layout` (the invitation fixes the owners).
+pub(super) fn check_owner(layout: &Layout, sender: &[u8], party: u16, what: &str) -> Result<()> {
+    match layout.owner_of(party) {
+        Some(owner) if owner == sender => Ok(()),
         Some(_) => Err(ProtocolError::Culprit {
             party,
-            reason: format!("it sent two different versions of its {what}"),
+            reason: format!("a {what} for it was signed by another key"),
         }),
-        None => {
-            map.insert(key, value.clone());
-            Ok(true)
-        }
+        None => Err(ProtocolError::UnexpectedMessage {
+            expected: "a message from a party of the wallet",
+            actual: format!("{what} from unknown party {party}"),
+        }),
     }
+}
+
+/// Checks that `sender` owns `party` and that it is a member's, not the provider's.
+fn check_member(layout: &Layout, sender: &[u8], party: u16, what: &str) -> Result<()> {
+    if layout.provider_parties.contains(&party) {
+        return Err(ProtocolError::Culprit {
+            party,
+            reason: format!("a {what} is a member's, not the provider's"),
+        });
+    }
+    check_owner(layout, sender, party, what)
 }
 
 #[cfg(test)]
@@ -516,7 +372,7 @@ pub(crate) mod tests {
     }
 
     fn holders_key(d: &DaoDkg<Tr>) -> Vec<u8> {
-        let first = *d.locals.keys().next().unwrap();
+        let first = d.exchange.parties()[0];
         d.layout.owner_of(first).unwrap().to_vec()
     }
 

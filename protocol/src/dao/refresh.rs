@@ -17,7 +17,7 @@
 //! confirmations is named, replays are ignored, and an inconsistent broadcast makes the refresh
 //! fail, never produce shares two parties disagree on.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use frost_core::Ciphersuite;
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
@@ -25,12 +25,13 @@ use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::dkg::insert_once;
+use super::dkg::check_owner;
 use super::{DaoMessage, Layout, tagged_hash, truncate};
 use crate::error::{ProtocolError, Result};
+use crate::keygen::exchange::{Exchange, Message, Step, Waiting};
 use crate::mailbox::Topic;
-use crate::refresh::{self, RefreshOutput, RefreshRound1, RefreshRound2, RefreshRound3};
-use crate::wire::{self, Confirmation, RefreshParams, Round1Message, SealedPackage, WalletId};
+use crate::refresh::RefreshOutput;
+use crate::wire::{self, RefreshParams, WalletId};
 
 /// A member's proposal to refresh every share of a DAO wallet; its hash is the topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,16 +85,11 @@ impl RefreshProposal {
     }
 }
 
-/// One of our parties' refresh state.
-enum Local<C: Ciphersuite> {
-    Round1(RefreshRound1<C>),
-    Round2(RefreshRound2<C>),
-    Round3(RefreshRound3<C>),
-    Done(RefreshOutput<C>),
-}
-
 /// The share one party holds now: its key package and the wallet's public key package.
 pub type OldShare<C> = (u16, KeyPackage<C>, PublicKeyPackage<C>);
+
+/// A party's current key package and public key package.
+type Current<C> = (KeyPackage<C>, PublicKeyPackage<C>);
 
 /// The confirmed new shares of one key holder, by party.
 pub type NewShares<C> = Vec<(u16, RefreshOutput<C>)>;
@@ -101,26 +97,17 @@ pub type NewShares<C> = Vec<(u16, RefreshOutput<C>)>;
 /// One key holder's side of a DAO refresh.
 pub struct DaoRefresh<C: Ciphersuite> {
     layout: Layout,
-    params: RefreshParams,
-    /// Our parties' states (`None` only after a failure).
-    locals: BTreeMap<u16, Option<Local<C>>>,
-    /// Our parties' current shares (needed by round 2).
-    old: BTreeMap<u16, (KeyPackage<C>, PublicKeyPackage<C>)>,
-    round1: BTreeMap<u16, Round1Message>,
-    /// Packages sealed to one of our parties, by (from, to).
-    round2: BTreeMap<(u16, u16), SealedPackage>,
-    confirmations: BTreeMap<u16, Confirmation>,
+    exchange: Exchange<C, RefreshParams>,
     /// Parties that said they stored their new share as prepared.
     committed: BTreeSet<u16>,
-    failed: Option<String>,
 }
 
 impl<C: Ciphersuite> std::fmt::Debug for DaoRefresh<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DaoRefresh")
             .field("wallet_id", &self.layout.wallet_id)
-            .field("from_epoch", &self.params.from_epoch)
-            .field("locals", &self.locals.keys().collect::<Vec<_>>())
+            .field("from_epoch", &self.from_epoch())
+            .field("locals", &self.exchange.parties())
             .field("waiting_for", &self.waiting_for())
             .finish_non_exhaustive()
     }
@@ -131,8 +118,8 @@ impl<C: Ciphersuite> DaoRefresh<C> {
     /// shares `old` (exactly one per party `key` holds); returns the round-1 messages to post.
     ///
     /// Errors ([`ProtocolError::Params`]): `key` holds no party, `old` does not cover exactly
-    /// its parties, a share does not fit the refresh ([`refresh::check_old_shares`]: another
-    /// wallet, threshold or party set).
+    /// its parties, a share does not fit the refresh ([`crate::refresh::check_old_shares`]:
+    /// another wallet, threshold or party set).
     pub fn start(
         layout: Layout,
         proposal: &RefreshProposal,
@@ -147,42 +134,24 @@ impl<C: Ciphersuite> DaoRefresh<C> {
                 reason: "this key is neither a member nor the provider of the wallet".into(),
             });
         }
-        let old: BTreeMap<u16, (KeyPackage<C>, PublicKeyPackage<C>)> =
+        let mut old: Vec<(u16, Current<C>)> =
             old.into_iter().map(|(p, k, pkp)| (p, (k, pkp))).collect();
-        if !old.keys().copied().eq(parties.iter().copied()) {
+        old.sort_by_key(|(p, _)| *p);
+        if !old.iter().map(|(p, _)| *p).eq(parties.iter().copied()) {
             return Err(ProtocolError::Params {
                 reason: format!(
                     "the current shares given are of parties {:?}, this key holds {parties:?}",
-                    old.keys().collect::<Vec<_>>()
+                    old.iter().map(|(p, _)| *p).collect::<Vec<_>>()
                 ),
             });
         }
-        let mut locals = BTreeMap::new();
-        let mut round1 = BTreeMap::new();
-        let mut out = Vec::new();
-        for party in parties {
-            if let Some((kp, pkp)) = old.get(&party) {
-                refresh::check_old_shares(&params, party, kp, pkp)?;
-            }
-            let (state, message) = refresh::start::<C>(&params, party, rng)?;
-            locals.insert(party, Some(Local::Round1(state)));
-            round1.insert(party, message.clone());
-            out.push(DaoMessage::Round1(message));
-        }
-        Ok((
-            Self {
-                layout,
-                params,
-                locals,
-                old,
-                round1,
-                round2: BTreeMap::new(),
-                confirmations: BTreeMap::new(),
-                committed: BTreeSet::new(),
-                failed: None,
-            },
-            out,
-        ))
+        let (exchange, first) = Exchange::start(&params, old, rng)?;
+        let refresh = Self {
+            layout,
+            exchange,
+            committed: BTreeSet::new(),
+        };
+        Ok((refresh, first.into_iter().map(post).collect()))
     }
 
     /// The wallet's layout.
@@ -192,26 +161,12 @@ impl<C: Ciphersuite> DaoRefresh<C> {
 
     /// The epoch being refreshed (the new shares are of `from_epoch + 1`).
     pub fn from_epoch(&self) -> u64 {
-        self.params.from_epoch
+        self.exchange.params().from_epoch
     }
 
     /// Our parties.
     pub fn parties(&self) -> Vec<u16> {
-        self.locals.keys().copied().collect()
-    }
-
-    fn check_owner(&self, sender: &[u8], party: u16, what: &str) -> Result<()> {
-        match self.layout.owner_of(party) {
-            Some(owner) if owner == sender => Ok(()),
-            Some(_) => Err(ProtocolError::Culprit {
-                party,
-                reason: format!("a {what} for it was signed by another key"),
-            }),
-            None => Err(ProtocolError::UnexpectedMessage {
-                expected: "a message from a party of the wallet",
-                actual: format!("{what} from unknown party {party}"),
-            }),
-        }
+        self.exchange.parties()
     }
 
     /// Takes one verified message from `sender` (the envelope's signer). Returns whether it was
@@ -220,151 +175,47 @@ impl<C: Ciphersuite> DaoRefresh<C> {
     /// Errors: the sender does not own the party it speaks for, sent two different messages for
     /// the same step ([`ProtocolError::Culprit`]), or commits another epoch than this refresh's.
     pub fn absorb(&mut self, sender: &[u8], message: &DaoMessage) -> Result<bool> {
-        match message {
-            DaoMessage::Round1(m) => {
-                self.check_owner(sender, m.from, "refresh round-1 message")?;
-                insert_once(
-                    &mut self.round1,
-                    m.from,
-                    m,
-                    m.from,
-                    "refresh round-1 message",
-                )
-            }
-            DaoMessage::Round2(p) => {
-                self.check_owner(sender, p.from, "refresh package")?;
-                if !self.locals.contains_key(&p.to) {
-                    return Ok(false);
-                }
-                insert_once(
-                    &mut self.round2,
-                    (p.from, p.to),
-                    p,
-                    p.from,
-                    "refresh package",
-                )
-            }
-            DaoMessage::Confirm(c) => {
-                self.check_owner(sender, c.from, "refresh confirmation")?;
-                insert_once(
-                    &mut self.confirmations,
-                    c.from,
-                    c,
-                    c.from,
-                    "refresh confirmation",
-                )
-            }
+        let (inner, what) = match message {
+            DaoMessage::Round1(m) => (Message::Round1(m.clone()), "refresh round-1 message"),
+            DaoMessage::Round2(p) => (Message::Round2(p.clone()), "refresh package"),
+            DaoMessage::Confirm(c) => (Message::Confirmation(c.clone()), "refresh confirmation"),
             DaoMessage::Committed { parties, epoch } => {
-                let expected = self.params.from_epoch.saturating_add(1);
-                let mut new = false;
-                for &party in parties {
-                    self.check_owner(sender, party, "commitment")?;
-                    if *epoch != expected {
-                        return Err(ProtocolError::Culprit {
-                            party,
-                            reason: format!(
-                                "it committed epoch {epoch}, this refresh makes epoch {expected}"
-                            ),
-                        });
-                    }
-                    new |= self.committed.insert(party);
-                }
-                Ok(new)
+                return self.absorb_commit(sender, parties, *epoch);
             }
-            _ => Ok(false),
+            _ => return Ok(false),
+        };
+        check_owner(&self.layout, sender, inner.from(), what)?;
+        self.exchange.absorb(&inner, what)
+    }
+
+    fn absorb_commit(&mut self, sender: &[u8], parties: &[u16], epoch: u64) -> Result<bool> {
+        let expected = self.from_epoch().saturating_add(1);
+        let mut new = false;
+        for &party in parties {
+            check_owner(&self.layout, sender, party, "commitment")?;
+            if epoch != expected {
+                return Err(ProtocolError::Culprit {
+                    party,
+                    reason: format!(
+                        "it committed epoch {epoch}, this refresh makes epoch {expected}"
+                    ),
+                });
+            }
+            new |= self.committed.insert(party);
         }
+        Ok(new)
     }
 
     /// Advances every local party whose inputs are complete; returns the messages to post.
     ///
     /// Errors: a round fails (the refresh is over; the old epoch stays, propose a new one).
     pub fn advance(&mut self, rng: &mut (impl CryptoRng + RngCore)) -> Result<Vec<DaoMessage>> {
-        if let Some(reason) = &self.failed {
-            return Err(ProtocolError::Params {
-                reason: format!("this refresh already failed: {reason}"),
-            });
-        }
-        let result = self.advance_inner(rng);
-        if let Err(e) = &result {
-            self.failed = Some(e.to_string());
-        }
-        result
-    }
-
-    fn advance_inner(&mut self, rng: &mut (impl CryptoRng + RngCore)) -> Result<Vec<DaoMessage>> {
-        let all = self.params.parties.len();
-        let mut out = Vec::new();
-        // Loop: our own parties feed each other (a provider's packages to its other parties).
-        loop {
-            let mut progressed = false;
-            let parties: Vec<u16> = self.locals.keys().copied().collect();
-            for party in parties {
-                let Some(slot) = self.locals.get_mut(&party) else {
-                    continue;
-                };
-                let ready = match slot.as_ref() {
-                    Some(Local::Round1(_)) => self.round1.len() == all,
-                    Some(Local::Round2(_)) => {
-                        self.round2.keys().filter(|(_, to)| *to == party).count() + 1 == all
-                    }
-                    Some(Local::Round3(_)) => self.confirmations.len() == all,
-                    _ => false,
-                };
-                if !ready {
-                    continue;
-                }
-                let Some(state) = slot.take() else { continue };
-                let next = match state {
-                    Local::Round1(s) => {
-                        let round1: Vec<Round1Message> = self.round1.values().cloned().collect();
-                        let (s, packages) = s.handle_round1(&round1, rng)?;
-                        for p in packages {
-                            if self.locals.contains_key(&p.to) {
-                                self.round2.insert((p.from, p.to), p.clone());
-                            }
-                            out.push(DaoMessage::Round2(p));
-                        }
-                        Local::Round2(s)
-                    }
-                    Local::Round2(s) => {
-                        let to_us: Vec<SealedPackage> = self
-                            .round2
-                            .iter()
-                            .filter(|((_, to), _)| *to == party)
-                            .map(|(_, p)| p.clone())
-                            .collect();
-                        let (kp, pkp) =
-                            self.old.get(&party).ok_or_else(|| ProtocolError::Params {
-                                reason: format!("no current share of party {party}"),
-                            })?;
-                        let (s, confirmation) = s.handle_round2(&to_us, kp, pkp)?;
-                        self.confirmations.insert(party, confirmation.clone());
-                        out.push(DaoMessage::Confirm(confirmation));
-                        Local::Round3(s)
-                    }
-                    Local::Round3(s) => {
-                        let confirmations: Vec<Confirmation> =
-                            self.confirmations.values().cloned().collect();
-                        Local::Done(s.handle_confirmations(&confirmations)?)
-                    }
-                    done @ Local::Done(_) => done,
-                };
-                if let Some(slot) = self.locals.get_mut(&party) {
-                    *slot = Some(next);
-                }
-                progressed = true;
-            }
-            if !progressed {
-                return Ok(out);
-            }
-        }
+        Ok(self.exchange.advance(rng)?.into_iter().map(post).collect())
     }
 
     /// Whether every local party holds its new share (every party confirmed the same result).
     pub fn is_done(&self) -> bool {
-        self.locals
-            .values()
-            .all(|s| matches!(s, Some(Local::Done(_))))
+        self.exchange.is_done()
     }
 
     /// Our new shares (prepared: store them, sealed, under epoch `from_epoch + 1`, but do not use
@@ -372,13 +223,7 @@ impl<C: Ciphersuite> DaoRefresh<C> {
     ///
     /// Errors: called before [`DaoRefresh::is_done`] ([`ProtocolError::UnexpectedMessage`]).
     pub fn new_shares(&self) -> Result<Vec<(u16, &RefreshOutput<C>)>> {
-        self.locals
-            .iter()
-            .map(|(party, s)| match s {
-                Some(Local::Done(o)) => Ok((*party, o)),
-                _ => Err(not_finished(*party)),
-            })
-            .collect()
+        self.exchange.outputs()
     }
 
     /// Our commitment, once [`DaoRefresh::is_done`] and our new shares are stored as prepared:
@@ -391,45 +236,40 @@ impl<C: Ciphersuite> DaoRefresh<C> {
         self.committed.extend(parties.iter().copied());
         Ok(DaoMessage::Committed {
             parties,
-            epoch: self.params.from_epoch.saturating_add(1),
+            epoch: self.from_epoch().saturating_add(1),
         })
     }
 
     /// Whether every party of the wallet committed the new epoch.
     pub fn all_committed(&self) -> bool {
-        self.params
-            .parties
-            .iter()
-            .all(|p| self.committed.contains(p))
+        let all = &self.exchange.params().parties;
+        all.iter().all(|p| self.committed.contains(p))
     }
 
-    /// What we still wait for, for progress messages.
+    /// What we still wait for: the exchange's step and missing parties, or once it is done, the
+    /// parties that have not committed the new epoch.
+    pub fn waiting(&self) -> Waiting {
+        let waiting = self.exchange.waiting();
+        if waiting.step != Step::Done {
+            return waiting;
+        }
+        let all = self.exchange.params().parties.iter().copied();
+        Waiting {
+            step: Step::Done,
+            parties: all.filter(|p| !self.committed.contains(p)).collect(),
+        }
+    }
+
+    /// What we still wait for, as a progress line.
     pub fn waiting_for(&self) -> String {
-        let all = &self.params.parties;
-        let missing = |have: &dyn Fn(u16) -> bool| -> Vec<u16> {
-            all.iter().copied().filter(|p| !have(*p)).collect()
-        };
-        match self.locals.values().flatten().next() {
-            Some(Local::Round1(_)) => format!(
-                "refresh round-1 messages from parties {:?}",
-                missing(&|p| self.round1.contains_key(&p))
-            ),
-            Some(Local::Round2(_)) => format!(
-                "refresh packages from parties {:?}",
-                missing(&|p| {
-                    self.locals.contains_key(&p) || self.round2.keys().any(|(from, _)| *from == p)
-                })
-            ),
-            Some(Local::Round3(_)) => format!(
-                "refresh confirmations from parties {:?}",
-                missing(&|p| self.confirmations.contains_key(&p))
-            ),
-            Some(Local::Done(_)) => format!(
+        let waiting = self.waiting();
+        match waiting.step {
+            Step::Done => format!(
                 "commitments of epoch {} from parties {:?}",
-                self.params.from_epoch.saturating_add(1),
-                missing(&|p| self.committed.contains(&p))
+                self.from_epoch().saturating_add(1),
+                waiting.parties
             ),
-            None => "nothing (failed)".into(),
+            _ => format!("refresh {waiting}"),
         }
     }
 
@@ -437,21 +277,16 @@ impl<C: Ciphersuite> DaoRefresh<C> {
     ///
     /// Errors: called before the end ([`ProtocolError::UnexpectedMessage`]).
     pub fn into_outputs(self) -> Result<(Layout, NewShares<C>)> {
-        let mut outputs = Vec::new();
-        for (party, state) in self.locals {
-            match state {
-                Some(Local::Done(output)) => outputs.push((party, output)),
-                _ => return Err(not_finished(party)),
-            }
-        }
-        Ok((self.layout, outputs))
+        Ok((self.layout, self.exchange.into_outputs()?))
     }
 }
 
-fn not_finished(party: u16) -> ProtocolError {
-    ProtocolError::UnexpectedMessage {
-        expected: "a finished refresh",
-        actual: format!("party {party} has not finished"),
+/// The mailbox message carrying one of our exchange's messages.
+fn post(message: Message) -> DaoMessage {
+    match message {
+        Message::Round1(m) => DaoMessage::Round1(m),
+        Message::Round2(p) => DaoMessage::Round2(p),
+        Message::Confirmation(c) => DaoMessage::Confirm(c),
     }
 }
 
@@ -463,6 +298,7 @@ mod tests {
     use crate::dao::tests::keys;
     use frost_core::Identifier;
     use rand_core::OsRng;
+    use std::collections::BTreeMap;
 
     type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
 

@@ -1,0 +1,372 @@
+//! The key-making ceremony of one key holder, as one value that absorbs messages in any order and
+//! says what it waits for: the engine under the DAO's DKG and refresh ([`crate::dao::dkg`],
+//! [`crate::dao::refresh`]), whatever carries the messages.
+//!
+//! A holder may own several parties (the provider of a DAO wallet holds its weighted parties); an
+//! [`Exchange`] runs the [`super::Round1`] → [`super::Round2`] → [`super::Round3`] → [`Output`]
+//! rounds of each of them and feeds its own parties' messages to each other. Who may speak for a
+//! party (the envelope's signer) is the caller's check; the exchange keeps the first message of
+//! each party and step and names a party that sends a different second one (equivocation), so a
+//! replay is harmless and a relay cannot swap a message once it was seen.
+
+use std::collections::BTreeMap;
+
+use frost_core::Ciphersuite;
+use rand_core::{CryptoRng, RngCore};
+
+use super::{KeygenParams, Output, Round1, Round2, Round3, public_key_package_hash};
+use crate::error::{ProtocolError, Result};
+use crate::wire::{Confirmation, Round1Message, SealedPackage};
+
+/// One message of a key-making ceremony, to post or absorbed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A party's round-1 broadcast.
+    Round1(Round1Message),
+    /// A round-2 package sealed from one party to another.
+    Round2(SealedPackage),
+    /// A party's confirmation.
+    Confirmation(Confirmation),
+}
+
+impl Message {
+    /// The party that sent it.
+    pub fn from(&self) -> u16 {
+        match self {
+            Self::Round1(m) => m.from,
+            Self::Round2(p) => p.from,
+            Self::Confirmation(c) => c.from,
+        }
+    }
+}
+
+/// Where an exchange stands, for progress lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Step {
+    /// Waiting for round-1 messages.
+    Round1,
+    /// Waiting for the round-2 packages sealed to our parties.
+    Round2,
+    /// Waiting for confirmations.
+    Confirmations,
+    /// Every party confirmed the same result.
+    Done,
+    /// A round failed; the ceremony is over.
+    Failed,
+}
+
+/// What an exchange waits for: its step and the parties whose message it still lacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// The step.
+    pub step: Step,
+    /// Parties still missing for that step (empty when done or failed).
+    pub parties: Vec<u16>,
+}
+
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.step {
+            Step::Round1 => "round-1 messages",
+            Step::Round2 => "round-2 packages",
+            Step::Confirmations => "confirmations",
+            Step::Done => return f.write_str("nothing (done)"),
+            Step::Failed => return f.write_str("nothing (failed)"),
+        };
+        write!(f, "{what} from parties {:?}", self.parties)
+    }
+}
+
+enum Stage<C: Ciphersuite, P: KeygenParams> {
+    Round1(Round1<C, P>),
+    Round2(Round2<C, P>),
+    Round3(Round3<C, P>),
+    Done(Output<C>),
+}
+
+/// One key holder's side of a key-making ceremony.
+pub struct Exchange<C: Ciphersuite, P: KeygenParams> {
+    params: P,
+    /// Our parties and their stages (`None` only after a failure).
+    locals: BTreeMap<u16, Option<Stage<C, P>>>,
+    /// What each of our parties brings into round 2 ([`KeygenParams::Old`]).
+    old: BTreeMap<u16, P::Old<C>>,
+    round1: BTreeMap<u16, Round1Message>,
+    /// Packages sealed to one of our parties, by (from, to).
+    round2: BTreeMap<(u16, u16), SealedPackage>,
+    confirmations: BTreeMap<u16, Confirmation>,
+    failed: Option<String>,
+}
+
+impl<C: Ciphersuite, P: KeygenParams> std::fmt::Debug for Exchange<C, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchange")
+            .field("ceremony", &P::NAME)
+            .field("params", &self.params)
+            .field("locals", &self.locals.keys().collect::<Vec<_>>())
+            .field("waiting", &self.waiting())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Ciphersuite, P: KeygenParams> Exchange<C, P> {
+    /// Starts the ceremony for each of our parties with what it brings (`locals`: for a refresh,
+    /// its current share); returns the round-1 messages to post.
+    ///
+    /// Errors: no parties, or round 1 fails for one of them.
+    pub fn start(
+        params: &P,
+        locals: Vec<(u16, P::Old<C>)>,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(Self, Vec<Message>)> {
+        if locals.is_empty() {
+            return Err(ProtocolError::Params {
+                reason: "this key holds no party of the ceremony".into(),
+            });
+        }
+        let mut exchange = Self {
+            params: params.clone(),
+            locals: BTreeMap::new(),
+            old: BTreeMap::new(),
+            round1: BTreeMap::new(),
+            round2: BTreeMap::new(),
+            confirmations: BTreeMap::new(),
+            failed: None,
+        };
+        let mut out = Vec::new();
+        for (party, old) in locals {
+            P::check_old(params, party, &old)?;
+            let (state, message) = super::start::<C, P>(params, party, rng)?;
+            exchange.locals.insert(party, Some(Stage::Round1(state)));
+            exchange.old.insert(party, old);
+            exchange.round1.insert(party, message.clone());
+            out.push(Message::Round1(message));
+        }
+        Ok((exchange, out))
+    }
+
+    /// The ceremony's parameters.
+    pub fn params(&self) -> &P {
+        &self.params
+    }
+
+    /// Our parties.
+    pub fn parties(&self) -> Vec<u16> {
+        self.locals.keys().copied().collect()
+    }
+
+    /// Whether `party` is one of ours.
+    pub fn holds(&self, party: u16) -> bool {
+        self.locals.contains_key(&party)
+    }
+
+    /// Takes one message whose sender the caller checked owns `message.from()`. Returns whether it
+    /// was new; a package sealed to a party we do not hold is ignored.
+    ///
+    /// Errors: a second, different message of the same party and step
+    /// ([`ProtocolError::Culprit`]: equivocation).
+    pub fn absorb(&mut self, message: &Message, what: &str) -> Result<bool> {
+        match message {
+            Message::Round1(m) => insert_once(&mut self.round1, m.from, m, m.from, what),
+            Message::Round2(p) if self.locals.contains_key(&p.to) => {
+                insert_once(&mut self.round2, (p.from, p.to), p, p.from, what)
+            }
+            Message::Round2(_) => Ok(false),
+            Message::Confirmation(c) => {
+                insert_once(&mut self.confirmations, c.from, c, c.from, what)
+            }
+        }
+    }
+
+    /// Advances every local party whose inputs are complete; returns the messages to post.
+    ///
+    /// Errors: a round fails; the exchange is then over and says so on every later call.
+    pub fn advance(&mut self, rng: &mut (impl CryptoRng + RngCore)) -> Result<Vec<Message>> {
+        if let Some(reason) = &self.failed {
+            return Err(ProtocolError::Params {
+                reason: format!("this {} already failed: {reason}", P::NAME),
+            });
+        }
+        let mut out = Vec::new();
+        // Loop: our own parties feed each other (a provider's packages to its other parties).
+        loop {
+            let mut progressed = false;
+            for party in self.parties() {
+                match self.step_party(party, rng) {
+                    Ok(Some(messages)) => {
+                        progressed = true;
+                        out.extend(messages);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.failed = Some(e.to_string());
+                        return Err(e);
+                    }
+                }
+            }
+            if !progressed {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Moves `party` one round on if its inputs are complete.
+    fn step_party(
+        &mut self,
+        party: u16,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<Option<Vec<Message>>> {
+        if !self.ready(party) {
+            return Ok(None);
+        }
+        let Some(stage) = self.locals.get_mut(&party).and_then(Option::take) else {
+            return Ok(None);
+        };
+        let (next, out) = match stage {
+            Stage::Round1(s) => {
+                let round1: Vec<Round1Message> = self.round1.values().cloned().collect();
+                let (s, packages) = s.handle_round1(&round1, rng)?;
+                for p in &packages {
+                    if self.locals.contains_key(&p.to) {
+                        self.round2.insert((p.from, p.to), p.clone());
+                    }
+                }
+                let out = packages.into_iter().map(Message::Round2).collect();
+                (Stage::Round2(s), out)
+            }
+            Stage::Round2(s) => {
+                let old = self.old.get(&party).ok_or_else(|| ProtocolError::Params {
+                    reason: format!("nothing to bring into round 2 for party {party}"),
+                })?;
+                let (s, confirmation) = P::round3(s, &self.sealed_to(party), old)?;
+                self.confirmations.insert(party, confirmation.clone());
+                (Stage::Round3(s), vec![Message::Confirmation(confirmation)])
+            }
+            Stage::Round3(s) => {
+                let all: Vec<Confirmation> = self.confirmations.values().cloned().collect();
+                (Stage::Done(s.handle_confirmations(&all)?), Vec::new())
+            }
+            done @ Stage::Done(_) => (done, Vec::new()),
+        };
+        if let Some(slot) = self.locals.get_mut(&party) {
+            *slot = Some(next);
+        }
+        Ok(Some(out))
+    }
+
+    fn ready(&self, party: u16) -> bool {
+        let all = self.params.parties().len();
+        match self.locals.get(&party) {
+            Some(Some(Stage::Round1(_))) => self.round1.len() == all,
+            Some(Some(Stage::Round2(_))) => {
+                self.round2.keys().filter(|(_, to)| *to == party).count() + 1 == all
+            }
+            Some(Some(Stage::Round3(_))) => self.confirmations.len() == all,
+            _ => false,
+        }
+    }
+
+    fn sealed_to(&self, party: u16) -> Vec<SealedPackage> {
+        self.round2
+            .iter()
+            .filter(|((_, to), _)| *to == party)
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    /// Whether every local party finished (every party confirmed the same result).
+    pub fn is_done(&self) -> bool {
+        self.locals
+            .values()
+            .all(|s| matches!(s, Some(Stage::Done(_))))
+    }
+
+    /// SHA-256 of the confirmed public key package, once [`Exchange::is_done`].
+    pub fn public_key_package_hash(&self) -> Option<[u8; 32]> {
+        match self.outputs().ok()?.first() {
+            Some((_, output)) => public_key_package_hash(&output.public_key_package).ok(),
+            None => None,
+        }
+    }
+
+    /// What we still wait for.
+    pub fn waiting(&self) -> Waiting {
+        let missing = |have: &dyn Fn(u16) -> bool| -> Vec<u16> {
+            let all = self.params.parties().iter().copied();
+            all.filter(|p| !have(*p)).collect()
+        };
+        let (step, parties) = match self.locals.values().flatten().next() {
+            Some(Stage::Round1(_)) => (Step::Round1, missing(&|p| self.round1.contains_key(&p))),
+            Some(Stage::Round2(_)) => (
+                Step::Round2,
+                missing(&|p| self.holds(p) || self.round2.keys().any(|(from, _)| *from == p)),
+            ),
+            Some(Stage::Round3(_)) => (
+                Step::Confirmations,
+                missing(&|p| self.confirmations.contains_key(&p)),
+            ),
+            Some(Stage::Done(_)) => (Step::Done, Vec::new()),
+            None => (Step::Failed, Vec::new()),
+        };
+        Waiting { step, parties }
+    }
+
+    /// Our confirmed results, one per local party.
+    ///
+    /// Errors: called before [`Exchange::is_done`] ([`ProtocolError::UnexpectedMessage`]).
+    pub fn outputs(&self) -> Result<Vec<(u16, &Output<C>)>> {
+        self.locals
+            .iter()
+            .map(|(party, s)| match s {
+                Some(Stage::Done(o)) => Ok((*party, o)),
+                _ => Err(not_finished::<P>(*party)),
+            })
+            .collect()
+    }
+
+    /// Our confirmed results, one per local party, by value.
+    ///
+    /// Errors: as [`Exchange::outputs`].
+    pub fn into_outputs(self) -> Result<Vec<(u16, Output<C>)>> {
+        self.locals
+            .into_iter()
+            .map(|(party, s)| match s {
+                Some(Stage::Done(o)) => Ok((party, o)),
+                _ => Err(not_finished::<P>(party)),
+            })
+            .collect()
+    }
+}
+
+fn not_finished<P: KeygenParams>(party: u16) -> ProtocolError {
+    ProtocolError::UnexpectedMessage {
+        expected: if P::NAME == "DKG" {
+            "a finished DKG"
+        } else {
+            "a finished refresh"
+        },
+        actual: format!("party {party} has not finished"),
+    }
+}
+
+/// Keeps the first message per key; a different second one is equivocation by `party`.
+pub(crate) fn insert_once<K: Ord, V: Clone + PartialEq>(
+    map: &mut BTreeMap<K, V>,
+    key: K,
+    value: &V,
+    party: u16,
+    what: &str,
+) -> Result<bool> {
+    match map.get(&key) {
+        Some(existing) if existing == value => Ok(false),
+        Some(_) => Err(ProtocolError::Culprit {
+            party,
+            reason: format!("it sent two different versions of its {what}"),
+        }),
+        None => {
+            map.insert(key, value.clone());
+            Ok(true)
+        }
+    }
+}
