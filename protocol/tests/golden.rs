@@ -33,7 +33,7 @@ use std::fmt::Debug;
 use cosigner_protocol::audit::{self, AuditEntry, AuditRecord};
 use cosigner_protocol::auth;
 use cosigner_protocol::dao::refresh::RefreshProposal;
-use cosigner_protocol::dao::{self, DaoMessage};
+use cosigner_protocol::dao::{self, DaoMessage, Rejection};
 use cosigner_protocol::enrollment::EnrollmentToken;
 use cosigner_protocol::frame::{FrameDecoder, encode_frame};
 use cosigner_protocol::mailbox::{
@@ -965,6 +965,31 @@ fn dao_sign_messages() -> Samples<DaoMessage> {
             DaoMessage::Evaluation(evaluation()),
         ),
         ("", "a member's approval", DaoMessage::Approval(approval())),
+        (
+            "",
+            "a member's rejection without a reason (left out)",
+            DaoMessage::Reject(Rejection {
+                request: request.clone(),
+                party: 3,
+                reason: None,
+            }),
+        ),
+        (
+            ".reason",
+            "a member's rejection with its reason",
+            DaoMessage::Reject(Rejection {
+                request: request.clone(),
+                party: 3,
+                reason: Some("too large".into()),
+            }),
+        ),
+        (
+            "",
+            "a request announced in the wallet's topic (its founding envelope)",
+            DaoMessage::Announce {
+                envelope: ByteBuf::from(envelope().encode().unwrap()),
+            },
+        ),
         (
             "",
             "the signers of round 0 (left out)",
