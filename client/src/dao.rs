@@ -15,9 +15,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cosigner_protocol::auth::public_key_bytes;
 use cosigner_protocol::dao::dkg::DaoDkg;
 use cosigner_protocol::dao::refresh::{DaoRefresh, RefreshProposal};
-use cosigner_protocol::dao::sign::{MemberSigner, Tally};
+use cosigner_protocol::dao::sign::{MemberSigner, Tally, TallyEnd};
 use cosigner_protocol::dao::{
-    Approval, DaoMessage, Evaluation, Invitation, Layout, MemberEntry, PolicyChange, SignRequest,
+    Approval, DaoMessage, Evaluation, Invitation, Layout, MemberEntry, PolicyChange, Rejection,
+    SignRequest,
 };
 use cosigner_protocol::mailbox::{Envelope, Topic};
 use cosigner_protocol::policy::{Policy, parse_members};
@@ -1037,6 +1038,178 @@ fn signed_in<'a>(
             _ => None,
         }
     })
+}
+
+/// Whether `envelopes` hold this device's rejection of `request_hash` (a rejection stands: this
+/// device cannot approve the request any more).
+pub fn rejected_before(envelopes: &[Envelope], me: &[u8], request_hash: &[u8; 32]) -> bool {
+    envelopes.iter().any(|e| {
+        e.sender == me
+            && matches!(DaoMessage::decode(&e.body),
+                Ok(DaoMessage::Reject(r)) if r.request.as_slice() == request_hash)
+    })
+}
+
+/// Says no to a signing request: posts this device's signed rejection and hands it to the
+/// provider at once (which refuses the request as soon as the approvers left cannot reach the
+/// rule's approvals). Returns whether the request is dead now.
+pub fn reject(
+    home: &Home,
+    wallet: &WalletFile,
+    courier: &mut Courier,
+    request: &SignRequest,
+    evaluation: &Evaluation,
+    backlog: &[Envelope],
+    reason: Option<String>,
+) -> Result<bool> {
+    let (_, invitation) = dao_info(wallet)?;
+    let hash = request.hash()?;
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.len() > cosigner_protocol::dao::MAX_REJECTION_REASON)
+    {
+        return Err(input(format!(
+            "--reason is longer than {} bytes",
+            cosigner_protocol::dao::MAX_REJECTION_REASON
+        )));
+    }
+    let key = home.device_key()?;
+    courier.send(
+        &key,
+        &DaoMessage::Reject(Rejection {
+            request: ByteBuf::from(hash.to_vec()),
+            party: wallet.party,
+            reason,
+        }),
+    )?;
+    let fresh = courier.poll()?;
+    let mut tally = Tally::new(hash, &invitation.layout()?, evaluation)?;
+    for envelope in backlog.iter().chain(&fresh) {
+        if let Ok(message) = DaoMessage::decode(&envelope.body) {
+            tally.absorb(&envelope.sender, &message);
+        }
+    }
+    Ok(tally.is_dead() || matches!(tally.end(), Some(TallyEnd::Refused(_))))
+}
+
+/// Tells every member that this device made a request (`envelope`, its founding envelope): an
+/// [`DaoMessage::Announce`] in the wallet's own topic, which `cosigner dao requests` reads.
+pub fn announce(
+    home: &Home,
+    wallet: &WalletFile,
+    mailbox_addr: &str,
+    envelope: &Envelope,
+) -> Result<()> {
+    let (_, invitation) = dao_info(wallet)?;
+    let id = WalletId::from_hex(&wallet.wallet_id)?;
+    let mut mailbox = member_mailbox(home, mailbox_addr, &invitation)?;
+    let announcement = DaoMessage::Announce {
+        envelope: ByteBuf::from(envelope.encode()?),
+    };
+    mailbox.post(&Envelope::seal(
+        &home.device_key()?,
+        id.0,
+        announcement.encode()?,
+    )?)?;
+    Ok(())
+}
+
+/// A signing request of a DAO wallet as its topic shows it (`cosigner dao requests`).
+#[derive(Debug)]
+pub struct RequestView {
+    /// The request.
+    pub request: SignRequest,
+    /// Its hash (what approvals bind).
+    pub hash: [u8; 32],
+    /// The requester's name.
+    pub requester: String,
+    /// What this device reads in the PSBT.
+    pub summary: SpendSummary,
+    /// The provider's evaluation, once given.
+    pub evaluation: Option<Evaluation>,
+    /// Approvals, rejections, who is missing, how it ended (with the evaluation).
+    pub tally: Option<Tally>,
+    /// Whether it is too old for the provider to act on.
+    pub expired: bool,
+}
+
+impl RequestView {
+    /// Whether it may still be signed: not ended, not dead, not expired.
+    pub fn pending(&self) -> bool {
+        !self.expired
+            && self
+                .tally
+                .as_ref()
+                .is_none_or(|t| t.end().is_none() && !t.is_dead())
+    }
+}
+
+/// The signing requests announced in `wallet`'s topic (newest last), each with what its own topic
+/// says. Announcements that do not check out (not a request of this wallet, not signed by the
+/// requester it names) are skipped.
+pub fn list_requests(
+    home: &Home,
+    wallet: &WalletFile,
+    mailbox_addr: &str,
+) -> Result<Vec<RequestView>> {
+    let (info, invitation) = dao_info(wallet)?;
+    let layout = invitation.layout()?;
+    let id = WalletId::from_hex(&wallet.wallet_id)?;
+    let provider_key = hex::decode(&info.provider_key)
+        .map_err(|e| ClientError::Unexpected(format!("stored provider key: {e}")))?;
+    let mut mailbox = member_mailbox(home, mailbox_addr, &invitation)?;
+    let mut views: Vec<RequestView> = Vec::new();
+    for (_, announcement) in mailbox.fetch(&id.0, 0)? {
+        let Ok(DaoMessage::Announce { envelope }) = DaoMessage::decode(&announcement.body) else {
+            continue;
+        };
+        let Ok(request_envelope) = Envelope::decode(&envelope) else {
+            continue;
+        };
+        let Ok(request) = open_request(&request_envelope) else {
+            continue;
+        };
+        let hash = request.hash()?;
+        if request.wallet_id != id
+            || layout.owner_of(request.requester) != Some(request_envelope.sender.as_slice())
+            || views.iter().any(|v| v.hash == hash)
+        {
+            continue;
+        }
+        let Ok(summary) = summarize(wallet, &request.psbt) else {
+            continue;
+        };
+        let topic = mailbox.fetch(&request_envelope.topic, 0)?;
+        let evaluation = topic
+            .iter()
+            .find_map(|(_, e)| match DaoMessage::decode(&e.body) {
+                Ok(DaoMessage::Evaluation(ev))
+                    if e.sender == provider_key && ev.request.as_slice() == hash =>
+                {
+                    Some(ev)
+                }
+                _ => None,
+            });
+        let mut tally = match &evaluation {
+            Some(ev) => Some(Tally::new(hash, &layout, ev)?),
+            None => None,
+        };
+        for (_, e) in &topic {
+            if let (Some(t), Ok(m)) = (tally.as_mut(), DaoMessage::decode(&e.body)) {
+                t.absorb(&e.sender, &m);
+            }
+        }
+        views.push(RequestView {
+            requester: layout.name_of(request.requester).unwrap_or("?").to_owned(),
+            expired: request.created_ms.saturating_add(60 * 60 * 1000) < now_ms(),
+            request,
+            hash,
+            summary,
+            evaluation,
+            tally,
+        });
+    }
+    Ok(views)
 }
 
 /// Whether `envelopes` hold this device's approval of `request_hash` (it approved before its

@@ -465,3 +465,91 @@ fn an_enclave_restart_while_a_signature_is_pending_is_announced_and_the_signatur
         started.elapsed()
     );
 }
+
+#[test]
+fn a_rejection_is_heard_at_once_and_kills_a_request_only_when_the_rule_cannot_be_reached() {
+    let dao = Dao::create();
+    // "small" needs 2 of the 3: Carol says no, Alice hears it at once, Bob's yes still signs.
+    let (small, psbt, request) = dao.spend("small", BTC / 2);
+    let alice = dao.sign("alice-small", &psbt, &request, TIMEOUT);
+    wait_for(&request);
+    let mut watch = dao.watch(&request);
+    let alice_key = dao.key(0);
+    let approved = |s: &[u8], m: &DaoMessage| {
+        s == alice_key.as_slice() && matches!(m, DaoMessage::Approval(_))
+    };
+    watch.wait("Alice's approval", 1, &approved);
+    let no = ["--reject", "--reason", "not this month"];
+    let carol = dao.approve("carol-no", 2, &request, TIMEOUT, &no).finish();
+    let said = json(&carol);
+    assert_eq!(said["rejected"], Value::Bool(true), "{said}");
+    assert_eq!(said["dead"], Value::Bool(false), "{said}");
+    alice.wait_stderr("carol rejected this request: \"not this month\"");
+    let listed = dao.requests(1);
+    let pending = &listed["requests"][0];
+    assert_eq!(pending["rejections"][0]["member"], "carol", "{listed}");
+    assert_eq!(
+        pending["rejections"][0]["reason"], "not this month",
+        "{listed}"
+    );
+    assert_eq!(pending["missing"], serde_json::json!(["bob"]), "{listed}");
+    assert_eq!(pending["value_leaving_sat"], BTC / 2 + 10_000, "{listed}");
+    // Carol cannot turn her no into a yes.
+    let carol = dao
+        .approve("carol-yes", 2, &request, "5", &["--yes"])
+        .finish();
+    assert_eq!(carol.code, Some(1), "{carol:?}");
+    assert!(
+        carol.stderr.contains("rejected this request"),
+        "{}",
+        carol.stderr
+    );
+    let bob = dao.approve("bob-yes", 1, &request, TIMEOUT, &["--yes"]);
+    all_signed(&[&alice.finish(), &bob.finish()], &small);
+
+    // "large" needs all three: Bob's no kills it, and Alice's `sign` stops at once saying so.
+    let (_, psbt, request) = dao.spend("large", 2 * BTC);
+    let alice = dao.sign("alice-large", &psbt, &request, TIMEOUT);
+    wait_for(&request);
+    dao.watch(&request).wait("Alice's approval", 1, &approved);
+    let started = Instant::now();
+    let bob = dao
+        .approve("bob-no", 1, &request, TIMEOUT, &["--reject"])
+        .finish();
+    assert_eq!(json(&bob)["dead"], Value::Bool(true));
+    let alice = alice.finish();
+    assert_eq!(alice.code, Some(1), "{alice:?}");
+    assert!(alice.stderr.contains("rejected by bob"), "{}", alice.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "at once, not at the timeout: {:?}",
+        started.elapsed()
+    );
+    // The provider refused it too: nothing pending, and `--all` shows how it ended.
+    let listed = dao.requests(2);
+    assert_eq!(listed["requests"].as_array().unwrap().len(), 0, "{listed}");
+    let out = run(
+        "cosigner",
+        args(&[
+            "--home",
+            &p(&dao.homes[2]),
+            "dao",
+            "requests",
+            "--wallet",
+            &dao.wallet,
+            "--all",
+            "--json",
+        ]),
+        &env(&dao.d),
+    );
+    let all = json(&out);
+    let ended: Vec<&Value> = all["requests"].as_array().unwrap().iter().collect();
+    assert_eq!(ended.len(), 2, "{all}");
+    assert!(
+        ended[1]["state"]
+            .as_str()
+            .unwrap()
+            .contains("rejected by bob"),
+        "{all}"
+    );
+}

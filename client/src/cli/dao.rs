@@ -56,6 +56,23 @@ pub enum DaoCommand {
     Policy(PolicyArgs),
     /// Refresh every share (same key and address, next epoch); waits until every member took part.
     Refresh(RefreshArgs),
+    /// List the wallet's pending signing requests: what each spends, its rule, approvals so far,
+    /// who is still missing, rejections.
+    Requests(RequestsArgs),
+}
+
+/// `cosigner dao requests`: arguments.
+#[derive(Debug, Args)]
+pub struct RequestsArgs {
+    /// The wallet id (32 hex digits).
+    #[arg(long, value_name = "ID")]
+    wallet: String,
+    /// Also list the requests that ended (signed, refused, rejected, expired).
+    #[arg(long)]
+    all: bool,
+    /// Print one JSON line.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `cosigner dao refresh`: arguments.
@@ -118,6 +135,14 @@ pub struct ApproveArgs {
     /// Approve without asking (the summary is still printed to stderr).
     #[arg(long)]
     yes: bool,
+    /// Say no instead: post this device's signed rejection (a signing request). The requester
+    /// and the provider learn it at once; once the members left cannot give the rule's
+    /// approvals, the request is refused.
+    #[arg(long, conflicts_with = "yes")]
+    reject: bool,
+    /// With --reject: why, shown to every member.
+    #[arg(long, value_name = "TEXT", requires = "reject")]
+    reason: Option<String>,
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS)]
     timeout: u64,
@@ -228,6 +253,101 @@ pub fn run(g: &Globals, cmd: DaoCommand) -> anyhow::Result<()> {
         }
         DaoCommand::Policy(args) => propose(g, args),
         DaoCommand::Refresh(args) => refresh(g, args),
+        DaoCommand::Requests(args) => requests(g, args),
+    }
+}
+
+/// Bitcoin amounts in their unit: BTC with the satoshis alongside.
+fn btc(sat: u64) -> String {
+    let whole = sat / 100_000_000;
+    let frac = format!("{:08}", sat % 100_000_000);
+    let frac = frac.trim_end_matches('0');
+    if frac.is_empty() {
+        format!("{whole} BTC ({sat} sat)")
+    } else {
+        format!("{whole}.{frac} BTC ({sat} sat)")
+    }
+}
+
+/// `cosigner dao requests --wallet ID`: reads the wallet's topic and each request's topic at the
+/// mailbox (the provider is not asked: its evaluation is in the topic, signed).
+fn requests(g: &Globals, args: RequestsArgs) -> anyhow::Result<()> {
+    let home = home(g)?;
+    let id = cosigner_protocol::wire::WalletId::from_hex(&args.wallet)
+        .map_err(|_| anyhow::anyhow!("--wallet {:?}: expected 32 hex digits", args.wallet))?;
+    let wallet = home.wallet(&id)?;
+    let (info, invitation) = dao::dao_info(&wallet)?;
+    let layout = invitation.layout()?;
+    let name = |p: u16| layout.name_of(p).unwrap_or("?").to_owned();
+    let views: Vec<_> = dao::list_requests(&home, &wallet, &mailbox_addr(g, &info.mailbox))?
+        .into_iter()
+        .filter(|v| args.all || v.pending())
+        .collect();
+    let mut listed = Vec::new();
+    let mut text = Vec::new();
+    for v in &views {
+        let state = match (&v.tally, v.expired) {
+            (Some(t), _) if t.end().is_some() || t.is_dead() => t.describe(&name),
+            (_, true) => "expired (older than an hour): request it again".to_owned(),
+            (Some(t), false) => t.describe(&name),
+            (None, false) => "waiting for the provider's evaluation".to_owned(),
+        };
+        let (approvals, missing, rejections) = match &v.tally {
+            Some(t) => (
+                t.approvals().iter().map(|p| name(*p)).collect::<Vec<_>>(),
+                t.missing().iter().map(|p| name(*p)).collect::<Vec<_>>(),
+                t.rejections()
+                    .iter()
+                    .map(|(p, r)| json!({ "member": name(*p), "reason": r }))
+                    .collect::<Vec<_>>(),
+            ),
+            None => (Vec::new(), Vec::new(), Vec::new()),
+        };
+        let s = &v.summary;
+        listed.push(json!({
+            "request": hex::encode(v.hash),
+            "requester": v.requester,
+            "created_ms": v.request.created_ms,
+            "txid": s.txid,
+            "value_leaving_sat": s.value_leaving,
+            "fee_sat": s.fee,
+            "destinations": s.destinations.iter()
+                .map(|d| json!({ "address": d.address, "amount_sat": d.amount }))
+                .collect::<Vec<_>>(),
+            "rule": v.evaluation.as_ref().map(|e| e.rule.clone()),
+            "approvals_needed": v.evaluation.as_ref().map(|e| e.approvals),
+            "approvals": approvals,
+            "missing": missing,
+            "rejections": rejections,
+            "state": state,
+            "pending": v.pending(),
+        }));
+        text.push(format!(
+            "request {} by {} (transaction {})\n  spends {} (fee {})",
+            hex::encode(v.hash),
+            v.requester,
+            s.txid,
+            btc(s.value_leaving),
+            btc(s.fee)
+        ));
+        for d in &s.destinations {
+            text.push(format!("  pays {} to {}", btc(d.amount), d.address));
+        }
+        if let Some(e) = &v.evaluation {
+            text.push(format!("  rule {:?}: {state}", e.rule));
+        } else {
+            text.push(format!("  {state}"));
+        }
+    }
+    if args.json {
+        emit(&json!({ "wallet_id": wallet.wallet_id, "requests": listed }).to_string())
+    } else if views.is_empty() {
+        emit(&format!(
+            "no pending requests for wallet {}",
+            wallet.wallet_id
+        ))
+    } else {
+        emit(&text.join("\n"))
     }
 }
 
@@ -426,6 +546,12 @@ pub fn sign_dao(
             (request, envelope)
         }
     };
+    // Members who were not sent the file find it with `cosigner dao requests`.
+    if let Err(e) = dao::announce(home, wallet, &mailbox_addr(g, &info.mailbox), &envelope) {
+        say(&format!(
+            "could not list the request in the wallet's topic ({e}); send the request file to the approvers"
+        ));
+    }
     let mut courier = courier_for(g, &trust, wallet, envelope.topic)?;
     courier.post(&envelope)?;
     let timeout = Duration::from_secs(timeout);
@@ -474,6 +600,9 @@ pub fn approve(g: &Globals, args: ApproveArgs) -> anyhow::Result<()> {
     let envelope = dao::read_envelope(&args.request)?;
     let request = match dao::open_any_request(&envelope)? {
         dao::RequestFile::Sign(r) => r,
+        _ if args.reject => anyhow::bail!(
+            "--reject says no to a signing request; this file is a proposal (leave it unapproved)"
+        ),
         dao::RequestFile::Policy(change) => {
             return approve_policy(g, &home, &trust, &envelope, &change, &args);
         }
@@ -514,6 +643,26 @@ pub fn approve(g: &Globals, args: ApproveArgs) -> anyhow::Result<()> {
         wallet.wallet_id
     ));
     show_summary(&summary, &evaluation);
+    if dao::rejected_before(&backlog, &me, &hash) {
+        anyhow::bail!("this device rejected this request; the rejection stands");
+    }
+    if args.reject {
+        if dao::approved_before(&backlog, &me, &hash) {
+            anyhow::bail!(
+                "this device already approved this request; an approval cannot be withdrawn"
+            );
+        }
+        let dead = dao::reject(
+            &home,
+            &wallet,
+            &mut courier,
+            &request,
+            &evaluation,
+            &backlog,
+            args.reason.clone(),
+        )?;
+        return rejected_out(&hash, dead, args.json);
+    }
     if dao::approved_before(&backlog, &me, &hash) {
         // Our approval is in the topic (given before this process stopped): it stands.
         say("this device already approved this request; taking part in the signing again");
@@ -531,6 +680,24 @@ pub fn approve(g: &Globals, args: ApproveArgs) -> anyhow::Result<()> {
         timeout,
     )?;
     approved_out(true, &txid, &tx, args.json)
+}
+
+fn rejected_out(hash: &[u8; 32], dead: bool, json: bool) -> anyhow::Result<()> {
+    if json {
+        emit(
+            &json!({
+                "approved": false,
+                "rejected": true,
+                "request": hex::encode(hash),
+                "dead": dead,
+            })
+            .to_string(),
+        )
+    } else if dead {
+        emit("rejected; the request can no longer get its approvals: it is refused")
+    } else {
+        emit("rejected; the other members may still approve it")
+    }
 }
 
 fn approved_out(approved: bool, txid: &str, tx: &[u8], json: bool) -> anyhow::Result<()> {
