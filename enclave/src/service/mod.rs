@@ -23,6 +23,7 @@
 
 pub mod anchor;
 pub mod audit;
+mod authorized;
 mod custody;
 mod dao;
 mod dkg;

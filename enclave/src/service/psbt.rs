@@ -31,9 +31,9 @@ use frost_core::keys::PublicKeyPackage;
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 
+use super::authorized::Actor;
 use super::failure::{Failure, Outcome, internal};
 use super::records::WalletState;
-use super::session::Actor;
 use super::sign::epoch_in_use;
 use super::table;
 use super::{Service, Suite, key_package, now_ms, output_key, random};

@@ -7,9 +7,9 @@ use cosigner_protocol::wire::{Response, WalletId};
 use serde_bytes::ByteBuf;
 
 use super::Service;
+use super::authorized::Actor;
 use super::failure::{Failure, Outcome};
 use super::records::WalletState;
-use super::session::Actor;
 
 impl Service {
     /// `RecoverStart` under the recovery credential: registers the new device key as pending,

@@ -12,9 +12,9 @@ use cosigner_protocol::wire::{
 use frost_core::keys::PublicKeyPackage;
 use serde_bytes::ByteBuf;
 
+use super::authorized::{Actor, Role};
 use super::failure::{Failure, Outcome, internal, lock};
 use super::records::{PreparedRecord, ShareRecord, WalletState};
-use super::session::Actor;
 use super::table::{Claim, Pending};
 use super::{Service, Suite, info, key_package, now_ms, sorted};
 
@@ -52,7 +52,7 @@ impl Service {
         digest: &[u8],
     ) -> Outcome {
         let wallet_id = state.params.wallet_id;
-        if actor.role == "pending-device" && state.pending_device_key.is_none() {
+        if actor.role == Role::PendingDevice && state.pending_device_key.is_none() {
             return Err(Failure::denied("no recovery in progress"));
         }
         // From the current epoch only (an interrupted refresh is rolled forward, not redone from
@@ -73,7 +73,7 @@ impl Service {
         }
         let (next, message) = refresh::start::<Suite>(&params, me, &mut rand_core::OsRng)?;
         // Into the table first (refused if another session's refresh is in flight), then logged.
-        let recovery = actor.role == "pending-device";
+        let recovery = actor.role == Role::PendingDevice;
         self.refreshes.put(
             wallet_id,
             Pending {
@@ -234,11 +234,12 @@ impl Service {
             &prepared.confirmation,
             confirmations,
         )?;
-        let may = match (prepared.recovery, actor.role) {
-            (true, role) => {
-                role == "pending-device" && prepared.started_by.as_slice() == actor.key.as_slice()
+        let may = match actor.role {
+            Role::PendingDevice if prepared.recovery => {
+                prepared.started_by.as_slice() == actor.key.as_slice()
             }
-            (false, role) => role == "device" || role == "pending-device",
+            Role::Device | Role::PendingDevice => !prepared.recovery,
+            Role::Recovery => false,
         };
         if !may {
             return Err(Failure::denied(
@@ -290,7 +291,7 @@ impl Service {
                 "the recovery that started this refresh is no longer the one in progress",
             ));
         }
-        if actor.role == "device" && !actor.still_authorized(state) {
+        if actor.role == Role::Device && !actor.still_authorized(state) {
             return Err(Failure::denied("this device key is suspended or revoked"));
         }
         Ok(receipt_digest)

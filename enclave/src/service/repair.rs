@@ -8,9 +8,9 @@ use cosigner_protocol::wire::{ErrorKind, RepairParams, Response, SealedPackage, 
 use frost_core::keys::PublicKeyPackage;
 use serde_bytes::ByteBuf;
 
+use super::authorized::Actor;
 use super::failure::{Failure, Outcome};
 use super::records::WalletState;
-use super::session::Actor;
 use super::table::{Claim, Pending};
 use super::{Service, Suite, key_package};
 

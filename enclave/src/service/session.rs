@@ -1,15 +1,18 @@
 //! A client's session: attestation, challenges, and the authorization of requests that use a
-//! share (docs/lifecycle.md, "Authentication inside the boundary").
+//! share: the signature check here, what each key may send in [`authorized`](super::authorized) (docs/lifecycle.md, "Authentication inside the boundary").
 
 use std::time::{Duration, Instant};
 
 use cosigner_attestation::AttestRequest;
 use cosigner_protocol::auth::{CHALLENGE_LEN, request_digest, verify_request};
 use cosigner_protocol::binding::{EXPORTER_LEN, NONCE_LEN};
-use cosigner_protocol::party;
 use cosigner_protocol::wire::{self, KeyRole, Request, Response, WalletId};
 use serde_bytes::ByteBuf;
 
+use super::authorized::{
+    Actor, Authorized, Cosigner, DeviceRequest, PendingDeviceRequest, RecoveryRequest, Refresh,
+    Role, Sign,
+};
 use super::failure::{Failure, Outcome, internal};
 use super::records::WalletState;
 use super::refresh::Commit;
@@ -49,31 +52,6 @@ fn binding_id(binding: &[u8; EXPORTER_LEN]) -> [u8; 16] {
     id
 }
 
-/// Which key authorized a request.
-#[derive(Debug, Clone)]
-pub(super) struct Actor {
-    pub(super) role: &'static str,
-    pub(super) key: Vec<u8>,
-}
-
-impl Actor {
-    pub(super) fn label(&self) -> String {
-        format!("{}:{}", self.role, hex::encode(&self.key))
-    }
-
-    /// Whether this key may still use the wallet's share under `state` (a signing session
-    /// checks it again before releasing a share): the device key while current and not
-    /// suspended by a recovery, the recovery credential while registered.
-    pub(super) fn still_authorized(&self, state: &WalletState) -> bool {
-        let key = self.key.as_slice();
-        match self.role {
-            "device" => state.device_key.as_slice() == key && state.pending_device_key.is_none(),
-            "recovery" => state.recovery_key.as_slice() == key,
-            _ => false,
-        }
-    }
-}
-
 impl Service {
     pub(super) fn attest(&self, session: &mut SessionState, nonce: &[u8]) -> Outcome {
         if nonce.len() != NONCE_LEN {
@@ -104,7 +82,7 @@ impl Service {
         })
     }
 
-    /// Checks the signature, then runs the inner request with the signer's identity.
+    /// Checks the signature, then runs the inner request as what the signer's role may send.
     pub(super) fn authorized(
         &self,
         session: &mut SessionState,
@@ -113,190 +91,221 @@ impl Service {
         signature: &[u8],
         inner_bytes: &[u8],
     ) -> Outcome {
-        // The challenge is consumed whatever happens next: one signature, one use.
-        let Some((challenged, challenge, issued)) = session.challenge.take() else {
-            return Err(Failure::denied(
-                "no challenge on this session (ask for one first)",
-            ));
-        };
-        if challenged != wallet_id || issued.elapsed() > CHALLENGE_TTL {
-            return Err(Failure::denied(
-                "the challenge is for another wallet or has expired",
-            ));
-        }
+        let challenge = take_challenge(session, &wallet_id)?;
         let inner: Request =
             wire::decode(inner_bytes).map_err(|e| Failure::bad(format!("inner request: {e}")))?;
-        let digest = request_digest(&wallet_id, &challenge, inner_bytes);
-        let check = |key: &[u8]| {
-            verify_request(key, &wallet_id, &challenge, inner_bytes, signature).is_ok()
+        let signed = Signed {
+            wallet_id,
+            action: inner.name(),
+            digest: request_digest(&wallet_id, &challenge, inner_bytes),
+            check: &|key: &[u8]| {
+                verify_request(key, &wallet_id, &challenge, inner_bytes, signature).is_ok()
+            },
         };
-        let action = inner.name();
         // Every authorized request is about an existing wallet; creation is not authorized. The
         // anchor's generation is read first: if it is the same when a signing session releases
         // its share, the state it was authorized under is still the state.
         let generation = self.records().state_generation(&wallet_id)?;
         let state = self.records().load_state(&wallet_id)?;
-        let (actor, role_name) = match role {
-            KeyRole::Device => {
-                let pending = state.pending_device_key.as_ref().map(|k| k.to_vec());
-                let matches = |k: &[u8]| check(k);
-                if matches(&state.device_key) {
-                    if state.pending_device_key.is_some() {
-                        // The recovery credential has spoken: the registered device (maybe a
-                        // stolen phone) is suspended until the recovery completes or is cancelled.
-                        self.refused(
-                            &wallet_id,
-                            action,
-                            &format!("device:{}", hex::encode(&state.device_key)),
-                            &digest,
-                            "refused: device key suspended by a recovery in progress",
-                        );
-                        return Err(Failure::denied(
-                            "this device key is suspended: a recovery of this wallet is in \
-                             progress (the recovery credential can cancel it)",
-                        ));
-                    }
-                    (state.device_key.to_vec(), "device")
-                } else if let Some(p) = pending.filter(|p| matches(p)) {
-                    (p, "pending-device")
-                } else if state.revoked_keys.iter().any(|k| matches(k)) {
-                    self.refused(
-                        &wallet_id,
-                        action,
-                        "revoked-device",
-                        &digest,
-                        "refused: revoked key",
+        let actor = self.identify(&state, role, &signed)?;
+        let request = match Authorized::new(actor.role, inner, Cosigner::of(&state)) {
+            Ok(request) => request,
+            Err(_) => {
+                self.refused(
+                    &wallet_id,
+                    signed.action,
+                    &actor.label(),
+                    &signed.digest,
+                    "refused: not allowed for this key",
+                );
+                return Err(Failure::denied(format!(
+                    "a {} key may not send {}",
+                    actor.role.name(),
+                    signed.action
+                )));
+            }
+        };
+        self.check_authorized(&state, &actor, &request, &signed)?;
+        let run = Run {
+            owner: session.id,
+            state,
+            actor,
+            generation,
+            digest: &signed.digest,
+        };
+        self.run_authorized(run, request)
+    }
+
+    /// Which of the wallet's keys signed, as `role` claims: the device key (refused while a
+    /// recovery suspends it), the pending key of a recovery, or the recovery credential. A
+    /// revoked key or a bad signature is refused (and recorded, boundedly).
+    fn identify(
+        &self,
+        state: &WalletState,
+        role: KeyRole,
+        signed: &Signed<'_>,
+    ) -> Result<Actor, Failure> {
+        let refuse = |actor: &str, why: &str| {
+            self.refused(&signed.wallet_id, signed.action, actor, &signed.digest, why);
+        };
+        let check = signed.check;
+        let (role, key) = match role {
+            KeyRole::Device if check(&state.device_key) => {
+                if state.pending_device_key.is_some() {
+                    // The recovery credential has spoken: the registered device (maybe a stolen
+                    // phone) is suspended until the recovery completes or is cancelled.
+                    refuse(
+                        &format!("device:{}", hex::encode(&state.device_key)),
+                        "refused: device key suspended by a recovery in progress",
                     );
+                    return Err(Failure::denied(
+                        "this device key is suspended: a recovery of this wallet is in progress \
+                         (the recovery credential can cancel it)",
+                    ));
+                }
+                (Role::Device, state.device_key.to_vec())
+            }
+            KeyRole::Device => match &state.pending_device_key {
+                Some(p) if check(p) => (Role::PendingDevice, p.to_vec()),
+                _ if state.revoked_keys.iter().any(|k| check(k)) => {
+                    refuse("revoked-device", "refused: revoked key");
                     return Err(Failure::denied("this device key has been revoked"));
-                } else {
-                    self.refused(&wallet_id, action, "-", &digest, "refused: bad signature");
+                }
+                _ => {
+                    refuse("-", "refused: bad signature");
                     return Err(Failure::denied(
                         "signature is not by this wallet's device key",
                     ));
                 }
+            },
+            KeyRole::Recovery if check(&state.recovery_key) => {
+                (Role::Recovery, state.recovery_key.to_vec())
             }
             KeyRole::Recovery => {
-                if !check(&state.recovery_key) {
-                    self.refused(
-                        &wallet_id,
-                        action,
-                        "-",
-                        &digest,
-                        "refused: bad recovery signature",
-                    );
-                    return Err(Failure::denied(
-                        "signature is not by this wallet's recovery credential",
-                    ));
-                }
-                (state.recovery_key.to_vec(), "recovery")
+                refuse("-", "refused: bad recovery signature");
+                return Err(Failure::denied(
+                    "signature is not by this wallet's recovery credential",
+                ));
             }
         };
-        let actor = Actor {
-            role: role_name,
-            key: actor,
-        };
-        // What each key may do.
-        // The recovery cosigner co-signs spends only under the recovery credential (the owner's
-        // offline key: recovery, or the provider unreachable), never on the device key alone, so
-        // a stolen phone reaches one spend history (the provider's), not two.
-        let recovery_cosigner = state.party == party::RECOVERY;
-        let allowed = match (&inner, actor.role) {
-            (
-                Request::RecoverStart { .. }
-                | Request::RecoverCancel { .. }
-                | Request::SetPolicy { .. },
-                "recovery",
-            ) => true,
-            (Request::SignCommit { .. } | Request::SignPsbtCommit { .. }, "recovery") => {
-                recovery_cosigner
-            }
-            (Request::RecoverStart { .. } | Request::RecoverCancel { .. }, _) | (_, "recovery") => {
-                false
-            }
-            (Request::SignCommit { .. } | Request::SignPsbtCommit { .. }, "device") => {
-                !recovery_cosigner
-            }
-            (
-                Request::RefreshStart { .. } | Request::RefreshCommit { .. },
-                "device" | "pending-device",
-            ) => true,
-            (Request::RepairStart { .. }, "pending-device") => true,
-            _ => false,
-        };
-        if !allowed {
-            self.refused(
-                &wallet_id,
-                action,
-                &actor.label(),
-                &digest,
-                "refused: not allowed for this key",
-            );
-            return Err(Failure::denied(format!(
-                "a {} key may not send {action}",
-                actor.role
-            )));
+        Ok(Actor { role, key })
+    }
+
+    /// What the wallet's state says of an allowed request: a wallet with a policy gets no raw
+    /// digest signed, nothing is signed while a recovery is pending, and the request must name
+    /// the wallet the signature is for.
+    fn check_authorized(
+        &self,
+        state: &WalletState,
+        actor: &Actor,
+        request: &Authorized,
+        signed: &Signed<'_>,
+    ) -> Result<(), Failure> {
+        let names = request.wallet();
+        if let Some(Sign::Raw(_)) = request.sign()
+            && names == signed.wallet_id
+            && state.policy.is_some()
+        {
+            return Err(self.raw_sign_refused(&signed.wallet_id, actor, &signed.digest));
         }
-        match inner {
-            Request::SignCommit { wallet_id: w, .. }
-                if w == wallet_id && state.policy.is_some() =>
-            {
-                Err(self.raw_sign_refused(&wallet_id, &actor, &digest))
+        if request.sign().is_some() && state.pending_device_key.is_some() {
+            return Err(Failure::denied(
+                "a recovery of this wallet is in progress: finish or cancel it first",
+            ));
+        }
+        if names != signed.wallet_id {
+            return Err(Failure::bad("the inner request names another wallet"));
+        }
+        Ok(())
+    }
+
+    /// Runs an authorized request: every pair of role and request has its handler, and there
+    /// is no other way to reach those handlers.
+    fn run_authorized(&self, run: Run<'_>, request: Authorized) -> Outcome {
+        let Run {
+            owner,
+            state,
+            actor,
+            generation,
+            digest,
+        } = run;
+        match request {
+            Authorized::Device(DeviceRequest::Sign(sign))
+            | Authorized::Recovery(RecoveryRequest::Sign(sign)) => match sign {
+                Sign::Raw(s) => {
+                    self.sign_commit(state, actor, generation, s.epoch, &s.message, &s.signers)
+                }
+                Sign::Psbt(p) => {
+                    self.sign_psbt_commit(owner, state, &actor, p.epoch, &p.psbt, &p.signers)
+                }
+            },
+            Authorized::Device(DeviceRequest::Refresh(refresh))
+            | Authorized::PendingDevice(PendingDeviceRequest::Refresh(refresh)) => match refresh {
+                Refresh::Start { params, me } => {
+                    self.refresh_start(owner, state, &actor, params, me, digest)
+                }
+                Refresh::Commit {
+                    confirmations,
+                    provider_receipt,
+                    ..
+                } => {
+                    let commit = Commit {
+                        confirmations: &confirmations,
+                        provider_receipt: provider_receipt.as_deref().map(Vec::as_slice),
+                    };
+                    self.refresh_commit(owner, state, &actor, &commit, digest)
+                }
+            },
+            Authorized::PendingDevice(PendingDeviceRequest::Repair { params, me }) => {
+                self.repair_start(owner, state, &actor, params, me, digest)
             }
-            Request::SignCommit { .. } | Request::SignPsbtCommit { .. }
-                if state.pending_device_key.is_some() =>
-            {
-                Err(Failure::denied(
-                    "a recovery of this wallet is in progress: finish or cancel it first",
-                ))
+            Authorized::Recovery(RecoveryRequest::RecoverStart { new_device_key, .. }) => {
+                self.recover_start(state, &actor, &new_device_key, digest)
             }
-            Request::SignPsbtCommit {
-                wallet_id: w,
-                epoch,
-                psbt,
-                signers,
-            } if w == wallet_id => {
-                self.sign_psbt_commit(session.id, state, &actor, epoch, &psbt, &signers)
+            Authorized::Recovery(RecoveryRequest::RecoverCancel { wallet_id }) => {
+                self.recover_cancel(&wallet_id, &actor, digest)
             }
-            Request::SetPolicy {
-                wallet_id: w,
-                policy,
-            } if w == wallet_id => self.set_policy(state, &actor, policy, &digest),
-            Request::SignCommit {
-                wallet_id: w,
-                epoch,
-                message,
-                signers,
-            } if w == wallet_id => {
-                self.sign_commit(state, actor, generation, epoch, &message, &signers)
+            Authorized::Recovery(RecoveryRequest::SetPolicy { policy, .. }) => {
+                self.set_policy(state, &actor, policy, digest)
             }
-            Request::RefreshStart { params, me } if params.wallet_id == wallet_id => {
-                self.refresh_start(session.id, state, &actor, params, me, &digest)
-            }
-            Request::RefreshCommit {
-                wallet_id: w,
-                confirmations,
-                provider_receipt,
-            } if w == wallet_id => self.refresh_commit(
-                session.id,
-                state,
-                &actor,
-                &Commit {
-                    confirmations: &confirmations,
-                    provider_receipt: provider_receipt.as_deref().map(Vec::as_slice),
-                },
-                &digest,
-            ),
-            Request::RecoverStart {
-                wallet_id: w,
-                new_device_key,
-            } if w == wallet_id => self.recover_start(state, &actor, &new_device_key, &digest),
-            Request::RecoverCancel { wallet_id: w } if w == wallet_id => {
-                self.recover_cancel(&wallet_id, &actor, &digest)
-            }
-            Request::RepairStart { params, me } if params.wallet_id == wallet_id => {
-                self.repair_start(session.id, state, &actor, params, me, &digest)
-            }
-            _ => Err(Failure::bad("the inner request names another wallet")),
         }
     }
+}
+
+/// A signed inner request, before its signer is known.
+struct Signed<'a> {
+    wallet_id: WalletId,
+    action: &'static str,
+    /// What the signature covers (`auth::request_digest`), as recorded in the audit log.
+    digest: [u8; 32],
+    /// Whether a key made the signature.
+    check: &'a dyn Fn(&[u8]) -> bool,
+}
+
+/// What an authorized request runs with.
+struct Run<'a> {
+    owner: [u8; 16],
+    state: WalletState,
+    actor: Actor,
+    generation: Option<u64>,
+    digest: &'a [u8],
+}
+
+/// Takes the session's challenge for `wallet_id`: consumed whatever happens next (one
+/// signature, one use), and valid for [`CHALLENGE_TTL`].
+fn take_challenge(
+    session: &mut SessionState,
+    wallet_id: &WalletId,
+) -> Result<[u8; CHALLENGE_LEN], Failure> {
+    let Some((challenged, challenge, issued)) = session.challenge.take() else {
+        return Err(Failure::denied(
+            "no challenge on this session (ask for one first)",
+        ));
+    };
+    if challenged != *wallet_id || issued.elapsed() > CHALLENGE_TTL {
+        return Err(Failure::denied(
+            "the challenge is for another wallet or has expired",
+        ));
+    }
+    Ok(challenge)
 }

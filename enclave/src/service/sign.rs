@@ -7,9 +7,9 @@ use cosigner_protocol::sign::SignerSession;
 use cosigner_protocol::wire::{Response, WalletId};
 use serde_bytes::ByteBuf;
 
+use super::authorized::Actor;
 use super::failure::{Failure, Outcome};
 use super::records::WalletState;
-use super::session::Actor;
 use super::table;
 use super::{Service, Suite, key_package, now_ms, random};
 
