@@ -19,6 +19,7 @@ pub mod aws_credentials;
 pub mod config;
 pub mod enrollment;
 mod error;
+mod frames;
 pub mod mailbox;
 pub mod proxy;
 pub mod relay;

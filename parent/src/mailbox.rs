@@ -52,7 +52,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cosigner_protocol::ProtocolError;
-use cosigner_protocol::frame::{MAX_FRAME_LEN, read_frame, write_frame};
+use cosigner_protocol::frame::MAX_FRAME_LEN;
 use cosigner_protocol::mailbox::{
     CHALLENGE_LEN, Envelope, MAX_ENVELOPE, MAX_PAGE, MailboxItem, MailboxRequest, MailboxResponse,
     ReadProof, Topic, check_members, decode_request, encode_response, random_challenge,
@@ -64,8 +64,9 @@ use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 
 use crate::error::{ParentError, Result};
+use crate::frames::{self, FrameService};
 use crate::relay::{Conn, Listen};
-use crate::store::{APPLICATION_ID, SCHEMA_VERSION};
+use crate::store::{APPLICATION_ID, Marks, SCHEMA_VERSION, open_database, schema_error};
 
 /// Most envelopes one topic holds (a ceremony of 64 members needs a few hundred).
 pub const MAX_MESSAGES_PER_TOPIC: u64 = 4096;
@@ -107,8 +108,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const PAGE_BYTES: usize = MAX_FRAME_LEN - 24 * 1024;
 /// Room counted per item on top of its envelope (sequence number, CBOR keys and headers).
 const ITEM_OVERHEAD: usize = 32;
-/// How long a write waits for another connection's lock (the blob store's) before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The name in the mailbox's self-signed certificate (members pin the certificate, not a name).
 const TLS_NAME: &str = "cosigner-mailbox";
 
@@ -398,21 +397,9 @@ impl MailboxStore {
     /// and delete the WAL under the running parent, whose connections would stop seeing later
     /// writes. Only SQLite's own opens (which share locks per file within a process) happen here.
     pub fn open_with(path: &Path, config: &MailboxConfig) -> Result<MailboxStore> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| ParentError::db("open mailbox", &e))?;
-        let schema = |reason: String| ParentError::Schema {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let app: i64 = conn
-            .pragma_query_value(None, "application_id", |r| r.get(0))
-            .map_err(|e| schema(format!("not a SQLite database ({e})")))?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|e| ParentError::db("read user_version", &e))?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let (conn, Marks { app, version }) = open_database(path, flags, "open mailbox")?;
+        let schema = |reason: String| schema_error(path, reason);
         if (app, version) != (APPLICATION_ID, SCHEMA_VERSION) {
             return Err(schema(format!(
                 "not a cosigner parent store of schema {SCHEMA_VERSION} (application_id \
@@ -425,10 +412,6 @@ impl MailboxStore {
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(schema(format!("journal_mode is {mode}, expected wal")));
         }
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| ParentError::db("busy_timeout", &e))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| ParentError::db("set synchronous", &e))?;
         conn.execute_batch(
             "BEGIN IMMEDIATE;
              CREATE TABLE IF NOT EXISTS mailbox_topics (
@@ -1089,31 +1072,52 @@ pub fn serve_mailbox<S: Read + Write>(stream: S, store: &MailboxStore) -> Result
     }
 }
 
-fn serve_frames<S: Read + Write>(mut stream: S, store: &MailboxStore) -> Result<()> {
-    let mut session = MailboxSession::new();
-    loop {
-        let frame = match read_frame(&mut stream) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return Ok(()),
-            Err(ProtocolError::Io(reason)) => {
-                return Err(ParentError::Io {
-                    what: "reading a mailbox request".into(),
-                    reason,
-                });
-            }
-            Err(e) => return Err(refuse(&mut stream, e.to_string())),
-        };
-        let request = match decode_request(&frame) {
-            Ok(request) => request,
-            Err(e) => {
-                return Err(refuse(
-                    &mut stream,
-                    format!("undecodable mailbox request: {e}"),
-                ));
-            }
-        };
-        let response = handle(store, &mut session, request);
-        send(&mut stream, &response)?;
+fn serve_frames<S: Read + Write>(stream: S, store: &MailboxStore) -> Result<()> {
+    frames::serve(
+        stream,
+        &mut MailboxService {
+            store,
+            session: MailboxSession::new(),
+        },
+    )
+}
+
+/// The mailbox on one connection (its session: the member it authenticated) as a
+/// [`FrameService`].
+struct MailboxService<'a> {
+    store: &'a MailboxStore,
+    session: MailboxSession,
+}
+
+impl FrameService for MailboxService<'_> {
+    type Request = MailboxRequest;
+    type Response = MailboxResponse;
+    const NAME: &'static str = "mailbox";
+
+    fn decode(&self, frame: &[u8]) -> std::result::Result<MailboxRequest, String> {
+        decode_request(frame).map_err(|e| e.to_string())
+    }
+
+    fn handle(&mut self, request: MailboxRequest) -> MailboxResponse {
+        handle(self.store, &mut self.session, request)
+    }
+
+    fn refusal(reason: String) -> MailboxResponse {
+        MailboxResponse::Error(WireError::new(ErrorKind::BadRequest, reason))
+    }
+
+    /// One that cannot be encoded is replaced by an `Internal` error (pages are cut to fit, so
+    /// this is a bug guard).
+    fn encode(response: &MailboxResponse) -> Result<Vec<u8>> {
+        encode_response(response).or_else(|e| {
+            encode_response(&MailboxResponse::Error(WireError::new(
+                ErrorKind::Internal,
+                one_line(&format!("cannot encode the response: {e}")),
+            )))
+            .map_err(|e| ParentError::Encode {
+                reason: e.to_string(),
+            })
+        })
     }
 }
 
@@ -1275,39 +1279,13 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Answers `Error(BadRequest)` as a last word and returns the error that ends the connection.
-fn refuse(stream: &mut impl Write, reason: String) -> ParentError {
-    let reason = one_line(&reason);
-    let response = MailboxResponse::Error(WireError::new(ErrorKind::BadRequest, reason.clone()));
-    let _ = send(stream, &response);
-    ParentError::BadRequest { reason }
-}
-
-/// Encodes and writes one response; one that would not fit a frame is replaced by an `Internal`
-/// error (pages are cut to fit, so this is a bug guard).
-fn send(stream: &mut impl Write, response: &MailboxResponse) -> Result<()> {
-    let body = match encode_response(response) {
-        Ok(body) => body,
-        Err(e) => encode_response(&MailboxResponse::Error(WireError::new(
-            ErrorKind::Internal,
-            one_line(&format!("cannot encode the response: {e}")),
-        )))
-        .map_err(|e| ParentError::Encode {
-            reason: e.to_string(),
-        })?,
-    };
-    write_frame(stream, &body).map_err(|e| ParentError::Io {
-        what: "writing a mailbox response".into(),
-        reason: e.to_string(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
     use crate::store::SqliteStore;
     use cosigner_protocol::auth::public_key_bytes;
+    use cosigner_protocol::frame::{read_frame, write_frame};
     use cosigner_protocol::mailbox::{decode_response, encode_request};
     use p256::ecdsa::SigningKey;
 

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cosigner_protocol::frame::MAX_FRAME_LEN;
 use cosigner_protocol::wire::valid_store_key;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::error::{ParentError, Result};
 
@@ -105,20 +105,8 @@ impl SqliteStore {
             .mode(0o600)
             .open(path)
             .map_err(|e| ParentError::io(format!("opening database {}", path.display()), &e))?;
-        let conn = Connection::open(path).map_err(|e| ParentError::db("open", &e))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| ParentError::db("busy_timeout", &e))?;
-        let schema = |reason: String| ParentError::Schema {
-            path: path.to_path_buf(),
-            reason,
-        };
-        // The first read of the file: a file that is not SQLite fails here.
-        let app: i64 = conn
-            .pragma_query_value(None, "application_id", |r| r.get(0))
-            .map_err(|e| schema(format!("not a SQLite database ({e})")))?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|e| ParentError::db("read user_version", &e))?;
+        let (conn, Marks { app, version }) = open_database(path, OpenFlags::default(), "open")?;
+        let schema = |reason: String| schema_error(path, reason);
         let tables: i64 = conn
             .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
             .map_err(|e| ParentError::db("read schema", &e))?;
@@ -145,8 +133,6 @@ impl SqliteStore {
                 "SQLite refused WAL mode (journal_mode is {mode})"
             )));
         }
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| ParentError::db("set synchronous", &e))?;
         if app == 0 {
             conn.execute_batch(&format!(
                 "BEGIN IMMEDIATE;
@@ -176,6 +162,47 @@ impl SqliteStore {
         // A panic while holding the lock cannot leave a half-done write: every write is one
         // statement, atomic in SQLite.
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A database's marks: whose file it is, and of which schema.
+pub(crate) struct Marks {
+    /// `PRAGMA application_id` ([`APPLICATION_ID`] once the blob store made it; 0 when new).
+    pub app: i64,
+    /// `PRAGMA user_version` ([`SCHEMA_VERSION`]).
+    pub version: i64,
+}
+
+/// Opens a connection to the parent's database as every one of them is (the blob store's and the
+/// mailbox's): a busy timeout, since both write the one file; `synchronous = FULL`, so that a
+/// write is on disk before it is acknowledged (in WAL mode, NORMAL could lose the last commits at
+/// a power cut); and its marks, read first, so that a file that is not SQLite fails here as
+/// [`ParentError::Schema`].
+pub(crate) fn open_database(
+    path: &Path,
+    flags: OpenFlags,
+    operation: &'static str,
+) -> Result<(Connection, Marks)> {
+    let conn =
+        Connection::open_with_flags(path, flags).map_err(|e| ParentError::db(operation, &e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| ParentError::db("busy_timeout", &e))?;
+    let app: i64 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(|e| schema_error(path, format!("not a SQLite database ({e})")))?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| ParentError::db("read user_version", &e))?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(|e| ParentError::db("set synchronous", &e))?;
+    Ok((conn, Marks { app, version }))
+}
+
+/// [`ParentError::Schema`] for the database at `path`.
+pub(crate) fn schema_error(path: &Path, reason: String) -> ParentError {
+    ParentError::Schema {
+        path: path.to_path_buf(),
+        reason,
     }
 }
 

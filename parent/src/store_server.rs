@@ -2,13 +2,11 @@
 //!
 //! Frames ([`cosigner_protocol::frame`]) carrying [`StoreRequest`]s come in; one
 //! [`StoreResponse`] frame goes out per request, in order. The split mirrors the rest of cosigner:
-//! [`handle`] is the bytes-free brain (request in, response out), [`serve_store`] the loop that
-//! moves frames on a stream.
+//! [`handle`] is the bytes-free brain (request in, response out), [`serve_store`] runs the
+//! parent's one frame loop ([`crate::frames`]) with it.
 //!
-//! A peer that sends something unreadable (a frame over the cap, a frame cut short, a body that
-//! is not a store request of our protocol version) gets one `Error(BadRequest)` answer and the
-//! connection is closed: after a framing error the stream cannot be resynchronised, and a peer
-//! speaking another version will not improve. A well-formed request the store refuses (invalid
+//! A peer that sends something unreadable gets one `Error(BadRequest)` answer and the connection
+//! is closed ([`crate::frames`]). A well-formed request the store refuses (invalid
 //! key, oversized value) is answered with an error and the connection stays open.
 //!
 //! `AwsCredentials` is answered from the parent's [`CredentialsProvider`] when one is configured
@@ -17,13 +15,13 @@
 
 use std::io::{Read, Write};
 
-use cosigner_protocol::ProtocolError;
-use cosigner_protocol::frame::{MAX_FRAME_LEN, read_frame, write_frame};
+use cosigner_protocol::frame::MAX_FRAME_LEN;
 use cosigner_protocol::wire::{ErrorKind, StoreRequest, StoreResponse, WireError, decode, encode};
 use serde_bytes::ByteBuf;
 
 use crate::aws_credentials::CredentialsProvider;
 use crate::error::{ParentError, Result};
+use crate::frames::{self, FrameService};
 use crate::store::Store;
 
 /// Serves store requests on `stream` until the peer closes it (`Ok`) or breaks the protocol
@@ -34,33 +32,55 @@ pub fn serve_store<S: Read + Write>(stream: S, store: &dyn Store) -> Result<()> 
 
 /// [`serve_store`], answering `AwsCredentials` from `credentials`.
 pub fn serve_store_with<S: Read + Write>(
-    mut stream: S,
+    stream: S,
     store: &dyn Store,
     credentials: Option<&CredentialsProvider>,
 ) -> Result<()> {
-    loop {
-        let frame = match read_frame(&mut stream) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return Ok(()),
-            Err(ProtocolError::Io(reason)) => {
-                return Err(ParentError::Io {
-                    what: "reading a store request".into(),
-                    reason,
-                });
-            }
-            Err(e) => return Err(refuse(&mut stream, e.to_string())),
+    frames::serve(stream, &mut StoreService { store, credentials })
+}
+
+/// The store channel as a [`FrameService`].
+struct StoreService<'a> {
+    store: &'a dyn Store,
+    credentials: Option<&'a CredentialsProvider>,
+}
+
+impl FrameService for StoreService<'_> {
+    type Request = StoreRequest;
+    type Response = StoreResponse;
+    const NAME: &'static str = "store";
+
+    fn decode(&self, frame: &[u8]) -> std::result::Result<StoreRequest, String> {
+        decode::<StoreRequest>(frame).map_err(|e| e.to_string())
+    }
+
+    fn handle(&mut self, request: StoreRequest) -> StoreResponse {
+        handle_with(self.store, self.credentials, request)
+    }
+
+    fn refusal(reason: String) -> StoreResponse {
+        StoreResponse::Error(WireError::new(ErrorKind::BadRequest, reason))
+    }
+
+    /// A response too large for a frame (a listing of thousands of long keys) is replaced by an
+    /// `Internal` error.
+    fn encode(response: &StoreResponse) -> Result<Vec<u8>> {
+        let encoded = |r: &StoreResponse| {
+            encode(r).map_err(|e| ParentError::Encode {
+                reason: e.to_string(),
+            })
         };
-        let request = match decode::<StoreRequest>(&frame) {
-            Ok(request) => request,
-            Err(e) => {
-                return Err(refuse(
-                    &mut stream,
-                    format!("undecodable store request: {e}"),
-                ));
-            }
-        };
-        let response = handle_with(store, credentials, request);
-        send(&mut stream, &response)?;
+        let body = encoded(response)?;
+        if body.len() <= MAX_FRAME_LEN {
+            return Ok(body);
+        }
+        encoded(&StoreResponse::Error(WireError::new(
+            ErrorKind::Internal,
+            format!(
+                "response of {} bytes exceeds the {MAX_FRAME_LEN}-byte frame limit",
+                body.len()
+            ),
+        )))
     }
 }
 
@@ -106,37 +126,5 @@ pub fn handle_with(
             _ => ErrorKind::Internal,
         };
         StoreResponse::Error(WireError::new(kind, e.to_string()))
-    })
-}
-
-/// Answers `Error(BadRequest)` as a last word (the peer may be gone: a failure to tell it is not
-/// reported) and returns the error that ends the connection.
-fn refuse(stream: &mut impl Write, reason: String) -> ParentError {
-    let response = StoreResponse::Error(WireError::new(ErrorKind::BadRequest, reason.clone()));
-    let _ = send(stream, &response);
-    ParentError::BadRequest { reason }
-}
-
-/// Encodes and writes one response. A response too large for a frame (a listing of thousands of
-/// long keys) is replaced by an `Internal` error, so the peer always gets an answer.
-fn send(stream: &mut impl Write, response: &StoreResponse) -> Result<()> {
-    let encoded = |r: &StoreResponse| {
-        encode(r).map_err(|e| ParentError::Encode {
-            reason: e.to_string(),
-        })
-    };
-    let mut body = encoded(response)?;
-    if body.len() > MAX_FRAME_LEN {
-        body = encoded(&StoreResponse::Error(WireError::new(
-            ErrorKind::Internal,
-            format!(
-                "response of {} bytes exceeds the {MAX_FRAME_LEN}-byte frame limit",
-                body.len()
-            ),
-        )))?;
-    }
-    write_frame(stream, &body).map_err(|e| ParentError::Io {
-        what: "writing a store response".into(),
-        reason: e.to_string(),
     })
 }
