@@ -17,7 +17,7 @@ pub(crate) mod common;
 use frost_core::Ciphersuite;
 use rand_core::{CryptoRng, RngCore};
 
-pub use crate::keygen::public_key_package_hash;
+pub use crate::keygen::{public_key_package_hash, round2_info, seal_package, transcript_hash};
 pub use common::MAX_PARTIES;
 
 use crate::error::{ProtocolError, Result};
@@ -43,16 +43,6 @@ pub fn start<C: Ciphersuite>(
     keygen::start(params, me, rng)
 }
 
-/// SHA-256 of the DKG transcript ([`keygen::transcript_hash`] under the DKG's tags).
-pub fn transcript_hash(params: &DkgParams, round1: &[Round1Message]) -> [u8; 32] {
-    keygen::transcript_hash(params, round1)
-}
-
-/// HPKE `info` of DKG round-2 packages: `"cosigner dkg round2 v1" || ciphersuite ID || wallet id`.
-pub fn round2_info(params: &DkgParams) -> Vec<u8> {
-    keygen::round2_info(params)
-}
-
 /// HPKE AAD of the DKG round-2 package from `from` to `to` ([`keygen::round2_aad`]).
 pub fn round2_aad(wallet_id: &WalletId, from: u16, to: u16, transcript_hash: &[u8; 32]) -> Vec<u8> {
     keygen::round2_aad(
@@ -62,28 +52,6 @@ pub fn round2_aad(wallet_id: &WalletId, from: u16, to: u16, transcript_hash: &[u
         from,
         to,
         transcript_hash,
-    )
-}
-
-/// Seals a serialized `round2::Package` as [`DkgRound1::handle_round1`] does
-/// ([`keygen::seal_package`]); for tests and tools that must build a package by hand.
-pub fn seal_package(
-    params: &DkgParams,
-    from: u16,
-    to: u16,
-    transcript_hash: &[u8; 32],
-    recipient_public_key: &[u8],
-    package: &[u8],
-    rng: &mut (impl CryptoRng + RngCore),
-) -> Result<SealedPackage> {
-    keygen::seal_package(
-        params,
-        from,
-        to,
-        transcript_hash,
-        recipient_public_key,
-        package,
-        rng,
     )
 }
 

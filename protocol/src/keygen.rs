@@ -31,7 +31,7 @@
 //! relay can make an honest party look guilty, never make a bad key look good.
 
 pub mod exchange;
-mod transcript;
+pub(crate) mod transcript;
 pub(crate) mod vss;
 
 use std::collections::BTreeMap;
@@ -109,6 +109,30 @@ mod sealed {
     impl Sealed for crate::wire::RefreshParams {}
 }
 
+/// The accessors every parameter type shares (same field names in the wire structs).
+macro_rules! common_accessors {
+    () => {
+        fn wallet_id(&self) -> &WalletId {
+            &self.wallet_id
+        }
+        fn ciphersuite(&self) -> &str {
+            &self.ciphersuite
+        }
+        fn min_signers(&self) -> u16 {
+            self.min_signers
+        }
+        fn parties(&self) -> &[u16] {
+            &self.parties
+        }
+        fn with_parties(&self, parties: Vec<u16>) -> Self {
+            Self {
+                parties,
+                ..self.clone()
+            }
+        }
+    };
+}
+
 impl KeygenParams for DkgParams {
     const NAME: &'static str = "DKG";
     const TAGS: Tags = Tags {
@@ -116,26 +140,9 @@ impl KeygenParams for DkgParams {
         round2_info: b"cosigner dkg round2 v1",
         round2_aad: b"cosigner dkg round2 aad v1",
     };
-    fn wallet_id(&self) -> &WalletId {
-        &self.wallet_id
-    }
-    fn ciphersuite(&self) -> &str {
-        &self.ciphersuite
-    }
-    fn min_signers(&self) -> u16 {
-        self.min_signers
-    }
-    fn parties(&self) -> &[u16] {
-        &self.parties
-    }
+    common_accessors!();
     fn epoch(&self) -> Option<u64> {
         None
-    }
-    fn with_parties(&self, parties: Vec<u16>) -> Self {
-        Self {
-            parties,
-            ..self.clone()
-        }
     }
     fn coefficients(min_signers: u16) -> usize {
         usize::from(min_signers)
@@ -175,26 +182,9 @@ impl KeygenParams for RefreshParams {
         round2_info: b"cosigner refresh round2 v1",
         round2_aad: b"cosigner refresh round2 aad v1",
     };
-    fn wallet_id(&self) -> &WalletId {
-        &self.wallet_id
-    }
-    fn ciphersuite(&self) -> &str {
-        &self.ciphersuite
-    }
-    fn min_signers(&self) -> u16 {
-        self.min_signers
-    }
-    fn parties(&self) -> &[u16] {
-        &self.parties
-    }
+    common_accessors!();
     fn epoch(&self) -> Option<u64> {
         Some(self.from_epoch)
-    }
-    fn with_parties(&self, parties: Vec<u16>) -> Self {
-        Self {
-            parties,
-            ..self.clone()
-        }
     }
     fn coefficients(min_signers: u16) -> usize {
         usize::from(min_signers).saturating_sub(1)

@@ -40,6 +40,8 @@ use rand_core::{CryptoRng, RngCore};
 
 use crate::dkg::common;
 use crate::error::{ProtocolError, Result};
+pub use crate::keygen::{round2_info, seal_package, transcript_hash};
+
 use crate::keygen::{self, KeygenParams, vss};
 use crate::wire::{Confirmation, RefreshParams, Round1Message, SealedPackage, WalletId};
 
@@ -133,18 +135,6 @@ pub fn start<C: Ciphersuite>(
     keygen::start(params, me, rng)
 }
 
-/// SHA-256 of the refresh transcript ([`keygen::transcript_hash`] under the refresh's tags, with
-/// the epoch being refreshed).
-pub fn transcript_hash(params: &RefreshParams, round1: &[Round1Message]) -> [u8; 32] {
-    keygen::transcript_hash(params, round1)
-}
-
-/// HPKE `info` of refresh round-2 packages:
-/// `"cosigner refresh round2 v1" || ciphersuite ID || wallet id || from_epoch (u64 BE)`.
-pub fn round2_info(params: &RefreshParams) -> Vec<u8> {
-    keygen::round2_info(params)
-}
-
 /// HPKE AAD of the refresh round-2 package from `from` to `to` ([`keygen::round2_aad`], binding
 /// the epoch being refreshed).
 pub fn round2_aad(
@@ -161,28 +151,6 @@ pub fn round2_aad(
         from,
         to,
         transcript_hash,
-    )
-}
-
-/// Seals a serialized refresh `round2::Package` as [`RefreshRound1::handle_round1`] does; for
-/// tests and tools that must build a package by hand.
-pub fn seal_package(
-    params: &RefreshParams,
-    from: u16,
-    to: u16,
-    transcript_hash: &[u8; 32],
-    recipient_public_key: &[u8],
-    package: &[u8],
-    rng: &mut (impl CryptoRng + RngCore),
-) -> Result<SealedPackage> {
-    keygen::seal_package(
-        params,
-        from,
-        to,
-        transcript_hash,
-        recipient_public_key,
-        package,
-        rng,
     )
 }
 

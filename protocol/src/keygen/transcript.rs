@@ -69,15 +69,12 @@ pub fn transcript_hash<'a, P: KeygenParams>(
 /// (protocol, suite, wallet, epoch) does not open in another. The wallet id and the epoch are
 /// fixed-size and last, so the concatenation is unambiguous.
 pub fn round2_info<P: KeygenParams>(params: &P) -> Vec<u8> {
-    let suite = params.ciphersuite().as_bytes();
-    let mut info = Vec::with_capacity(P::TAGS.round2_info.len() + suite.len() + 16 + 8);
-    info.extend_from_slice(P::TAGS.round2_info);
-    info.extend_from_slice(suite);
-    info.extend_from_slice(&params.wallet_id().0);
-    if let Some(epoch) = params.epoch() {
-        info.extend_from_slice(&epoch.to_be_bytes());
-    }
-    info
+    hpke_info(
+        P::TAGS.round2_info,
+        params.ciphersuite(),
+        params.wallet_id(),
+        params.epoch(),
+    )
 }
 
 /// HPKE AAD of the round-2 package from `from` to `to`: tag, wallet id, (the epoch being
@@ -93,17 +90,13 @@ pub fn round2_aad(
     to: u16,
     transcript_hash: &[u8; 32],
 ) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(8 + tags.round2_aad.len() + 16 + 8 + 4 + 32);
-    aad.extend_from_slice(&(tags.round2_aad.len() as u64).to_be_bytes());
-    aad.extend_from_slice(tags.round2_aad);
-    aad.extend_from_slice(&wallet_id.0);
-    if let Some(epoch) = epoch {
-        aad.extend_from_slice(&epoch.to_be_bytes());
-    }
-    aad.extend_from_slice(&from.to_be_bytes());
-    aad.extend_from_slice(&to.to_be_bytes());
-    aad.extend_from_slice(transcript_hash);
-    aad
+    let (from, to) = (from.to_be_bytes(), to.to_be_bytes());
+    hpke_aad(
+        tags.round2_aad,
+        wallet_id,
+        epoch,
+        &[&from, &to, transcript_hash],
+    )
 }
 
 /// SHA-256 of frost's serialization of a `PublicKeyPackage`.
@@ -118,8 +111,55 @@ pub fn public_key_package_hash<C: Ciphersuite>(
     Ok(Sha256::digest(&bytes).into())
 }
 
+/// The HPKE `info` of every sealed package of our ceremonies (DKG, refresh, repair): `tag ||
+/// ciphersuite ID || wallet id (|| epoch, u64 BE)`. RFC 9180 §5.1: `info` enters the key schedule.
+/// The tag is a constant per ceremony; the wallet id and the epoch are fixed-size and last, so
+/// the concatenation is unambiguous.
+pub(crate) fn hpke_info(
+    tag: &[u8],
+    suite: &str,
+    wallet_id: &WalletId,
+    epoch: Option<u64>,
+) -> Vec<u8> {
+    let mut info = Vec::with_capacity(tag.len() + suite.len() + 16 + 8);
+    info.extend_from_slice(tag);
+    info.extend_from_slice(suite.as_bytes());
+    info.extend_from_slice(&wallet_id.0);
+    if let Some(epoch) = epoch {
+        info.extend_from_slice(&epoch.to_be_bytes());
+    }
+    info
+}
+
+/// The HPKE AAD of every sealed package of our ceremonies: the length-prefixed tag, the wallet id,
+/// (the epoch,) then fixed-size `fields` (parties, a transcript or context hash) in order
+/// (RFC 9180 §5.2: authenticated, not encrypted).
+pub(crate) fn hpke_aad(
+    tag: &[u8],
+    wallet_id: &WalletId,
+    epoch: Option<u64>,
+    fields: &[&[u8]],
+) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(8 + tag.len() + 16 + 8 + 40);
+    push(&mut aad, tag);
+    aad.extend_from_slice(&wallet_id.0);
+    if let Some(epoch) = epoch {
+        aad.extend_from_slice(&epoch.to_be_bytes());
+    }
+    for field in fields {
+        aad.extend_from_slice(field);
+    }
+    aad
+}
+
 /// Hashes `bytes` length-prefixed (u64, big-endian).
 pub(crate) fn put(h: &mut Sha256, bytes: &[u8]) {
     h.update((bytes.len() as u64).to_be_bytes());
     h.update(bytes);
+}
+
+/// Appends `bytes` length-prefixed (u64, big-endian).
+pub(crate) fn push(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    out.extend_from_slice(bytes);
 }

@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 use crate::dkg::common;
 use crate::error::{ProtocolError, Result};
 use crate::hpke;
+use crate::keygen::transcript::{hpke_aad, hpke_info, push, put};
 use crate::wire::RepairParams;
 
 const CONTEXT_TAG: &[u8] = b"cosigner repair context v1";
@@ -51,12 +52,12 @@ pub(crate) fn context_hash(
 
 /// HPKE `info`: `"cosigner repair v1" || ciphersuite ID || wallet id || epoch (u64 BE)`.
 pub(crate) fn info(params: &RepairParams) -> Vec<u8> {
-    let mut info = Vec::with_capacity(INFO_TAG.len() + params.ciphersuite.len() + 16 + 8);
-    info.extend_from_slice(INFO_TAG);
-    info.extend_from_slice(params.ciphersuite.as_bytes());
-    info.extend_from_slice(&params.wallet_id.0);
-    info.extend_from_slice(&params.epoch.to_be_bytes());
-    info
+    hpke_info(
+        INFO_TAG,
+        &params.ciphersuite,
+        &params.wallet_id,
+        Some(params.epoch),
+    )
 }
 
 /// HPKE AAD of a delta or sigma from `from` to `to`: tag (per kind), wallet, epoch, participant,
@@ -72,16 +73,17 @@ pub(crate) fn aad(
         Kind::Delta => DELTA_AAD_TAG,
         Kind::Sigma => SIGMA_AAD_TAG,
     };
-    let mut aad = Vec::with_capacity(8 + tag.len() + 16 + 8 + 6 + 32);
-    aad.extend_from_slice(&(tag.len() as u64).to_be_bytes());
-    aad.extend_from_slice(tag);
-    aad.extend_from_slice(&params.wallet_id.0);
-    aad.extend_from_slice(&params.epoch.to_be_bytes());
-    aad.extend_from_slice(&params.participant.to_be_bytes());
-    aad.extend_from_slice(&from.to_be_bytes());
-    aad.extend_from_slice(&to.to_be_bytes());
-    aad.extend_from_slice(context);
-    aad
+    let (participant, from, to) = (
+        params.participant.to_be_bytes(),
+        from.to_be_bytes(),
+        to.to_be_bytes(),
+    );
+    hpke_aad(
+        tag,
+        &params.wallet_id,
+        Some(params.epoch),
+        &[&participant, &from, &to, context],
+    )
 }
 
 /// What helper `helper` signs with its share to vouch for its HPKE key in this repair.
@@ -183,16 +185,6 @@ fn push_params(out: &mut Vec<u8>, params: &RepairParams) {
     out.extend_from_slice(&params.participant.to_be_bytes());
     let encoded: Vec<u8> = helpers.iter().flat_map(|p| p.to_be_bytes()).collect();
     push(out, &encoded);
-}
-
-fn put(h: &mut Sha256, bytes: &[u8]) {
-    h.update((bytes.len() as u64).to_be_bytes());
-    h.update(bytes);
-}
-
-fn push(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
-    out.extend_from_slice(bytes);
 }
 
 #[cfg(test)]
