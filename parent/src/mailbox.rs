@@ -522,170 +522,112 @@ impl MailboxStore {
         members: &[ByteBuf],
         now: i64,
     ) -> Result<u64> {
-        if envelope.len() > MAX_ENVELOPE {
-            return Err(ParentError::ValueTooLarge {
-                len: envelope.len(),
-                max: MAX_ENVELOPE,
-            });
-        }
-        let decoded = Envelope::decode(envelope).map_err(bad)?;
-        if &decoded.topic != topic {
-            return Err(ParentError::BadRequest {
-                reason: format!(
-                    "envelope is for topic {}, posted to {}",
-                    hex::encode(decoded.topic),
-                    hex::encode(topic)
-                ),
-            });
-        }
-        decoded.verify().map_err(bad)?;
-        if !members.is_empty() {
-            check_members(members).map_err(bad)?;
-        }
+        let decoded = checked_envelope(topic, envelope, members)?;
         let sender = decoded.sender.as_slice();
         // `decode` accepts only the canonical encoding, so this is `Envelope::id`.
         let id: [u8; 32] = Sha256::digest(envelope).into();
         let len = u64::try_from(envelope.len()).unwrap_or(u64::MAX);
-        let limits = self.limits;
         let mut conn = self.conn();
         self.sweep_if_due(&mut conn, now)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| ParentError::db("begin post", &e))?;
-        let db = |e: rusqlite::Error| ParentError::db("post", &e);
-        let existing: Option<u64> = tx
-            .query_row(
-                "SELECT seq FROM mailbox_messages WHERE topic = ?1 AND id = ?2",
-                params![topic.as_slice(), id.as_slice()],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db)?;
-        if let Some(seq) = existing {
+        if let Some(seq) = message_seq(&tx, topic, &id)? {
             return Ok(seq);
         }
-        let last: Option<u64> = tx
-            .query_row(
-                "SELECT last_seq FROM mailbox_topics WHERE topic = ?1",
-                [topic.as_slice()],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db)?;
-        // Who may post: a member of an existing topic; the founder of a new one must name its
-        // members, itself among them, so that nobody posts or reads where members are not named.
-        match last {
-            Some(_) => {
-                let stored = topic_members(&tx, topic)?;
-                if !stored.is_empty() && !stored.iter().any(|m| m.as_slice() == sender) {
-                    return Err(ParentError::MailboxForbidden {
-                        reason: format!(
-                            "sender {} is not a member of topic {}",
-                            hex::encode(sender),
-                            hex::encode(topic)
-                        ),
-                    });
-                }
-            }
-            None => {
-                if !members.iter().any(|m| m.as_slice() == sender) {
-                    return Err(ParentError::MailboxForbidden {
-                        reason: format!(
-                            "a post that founds topic {} must name its members, its sender {} \
-                             among them",
-                            hex::encode(topic),
-                            hex::encode(sender)
-                        ),
-                    });
-                }
-            }
-        }
-        let founding = last.is_none();
+        let last = last_seq(&tx, topic)?;
+        check_may_post(&tx, topic, sender, members, last.is_none())?;
         // The sender's quota before the global caps: a flooder meets its own limit long before
         // everybody's, and the check is one primary-key lookup.
-        let usage = if self
+        let exempt = self
             .config
             .quota_exempt
             .iter()
-            .any(|k| k.as_slice() == sender)
-        {
+            .any(|k| k.as_slice() == sender);
+        let usage = if exempt {
             None
         } else {
-            Some(self.charge(&tx, sender, len, founding, now)?)
+            Some(self.charge(&tx, sender, len, last.is_none(), now)?)
         };
+        self.check_total_bytes(&tx, len)?;
+        let last = match last {
+            Some(last) => last,
+            None => self.found_topic(&tx, topic, members, now)?,
+        };
+        if last >= self.limits.max_messages_per_topic {
+            return Err(ParentError::MailboxFull {
+                what: "envelopes in this topic",
+                max: self.limits.max_messages_per_topic,
+            });
+        }
+        let seq = last + 1;
+        let message = NewMessage {
+            seq,
+            id: &id,
+            sender,
+            envelope,
+            len,
+            now,
+        };
+        insert_message(&tx, topic, &message)?;
+        if let Some(usage) = usage {
+            record_usage(&tx, sender, &usage)?;
+        }
+        tx.commit()
+            .map_err(|e| ParentError::db("commit post", &e))?;
+        Ok(seq)
+    }
+
+    /// Refuses a post that would take the envelope bytes stored past the mailbox's cap.
+    fn check_total_bytes(&self, tx: &Connection, len: u64) -> Result<()> {
         let total: u64 = tx
             .query_row(
                 "SELECT coalesce(sum(bytes), 0) FROM mailbox_topics",
                 [],
                 |r| r.get(0),
             )
-            .map_err(db)?;
-        if total.saturating_add(len) > limits.max_total_bytes {
+            .map_err(|e| ParentError::db("post", &e))?;
+        if total.saturating_add(len) > self.limits.max_total_bytes {
             return Err(ParentError::MailboxFull {
                 what: "envelope bytes stored",
-                max: limits.max_total_bytes,
+                max: self.limits.max_total_bytes,
             });
         }
-        let last = match last {
-            Some(last) => last,
-            None => {
-                let topics: u64 = tx
-                    .query_row("SELECT count(*) FROM mailbox_topics", [], |r| r.get(0))
-                    .map_err(db)?;
-                if topics >= limits.max_topics {
-                    return Err(ParentError::MailboxFull {
-                        what: "topics",
-                        max: limits.max_topics,
-                    });
-                }
-                tx.execute(
-                    "INSERT INTO mailbox_topics (topic, last_seq, bytes, created_at)
-                     VALUES (?1, 0, 0, ?2)",
-                    params![topic.as_slice(), now],
-                )
-                .map_err(db)?;
-                for m in members {
-                    tx.execute(
-                        "INSERT OR IGNORE INTO mailbox_members (topic, member) VALUES (?1, ?2)",
-                        params![topic.as_slice(), m.as_slice()],
-                    )
-                    .map_err(db)?;
-                }
-                0
-            }
-        };
-        if last >= limits.max_messages_per_topic {
+        Ok(())
+    }
+
+    /// Creates `topic` with its `members` (within the topic cap); its last sequence number, 0.
+    fn found_topic(
+        &self,
+        tx: &Connection,
+        topic: &Topic,
+        members: &[ByteBuf],
+        now: i64,
+    ) -> Result<u64> {
+        let db = |e: rusqlite::Error| ParentError::db("post", &e);
+        let topics: u64 = tx
+            .query_row("SELECT count(*) FROM mailbox_topics", [], |r| r.get(0))
+            .map_err(db)?;
+        if topics >= self.limits.max_topics {
             return Err(ParentError::MailboxFull {
-                what: "envelopes in this topic",
-                max: limits.max_messages_per_topic,
+                what: "topics",
+                max: self.limits.max_topics,
             });
         }
-        let seq = last + 1;
         tx.execute(
-            "INSERT INTO mailbox_messages (topic, seq, id, sender, envelope, posted_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![topic.as_slice(), seq, id.as_slice(), sender, envelope, now],
+            "INSERT INTO mailbox_topics (topic, last_seq, bytes, created_at)
+             VALUES (?1, 0, 0, ?2)",
+            params![topic.as_slice(), now],
         )
         .map_err(db)?;
-        tx.execute(
-            "UPDATE mailbox_topics SET last_seq = ?2, bytes = bytes + ?3 WHERE topic = ?1",
-            params![topic.as_slice(), seq, len],
-        )
-        .map_err(db)?;
-        if let Some(u) = usage {
+        for m in members {
             tx.execute(
-                "INSERT INTO mailbox_senders (sender, window_start, messages, bytes, topics)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (sender) DO UPDATE SET window_start = excluded.window_start,
-                     messages = excluded.messages, bytes = excluded.bytes,
-                     topics = excluded.topics",
-                params![sender, u.window_start, u.messages, u.bytes, u.topics],
+                "INSERT OR IGNORE INTO mailbox_members (topic, member) VALUES (?1, ?2)",
+                params![topic.as_slice(), m.as_slice()],
             )
             .map_err(db)?;
         }
-        tx.commit()
-            .map_err(|e| ParentError::db("commit post", &e))?;
-        Ok(seq)
+        Ok(0)
     }
 
     /// `sender`'s use of its quota once this post is counted, or the quota it would exceed.
@@ -946,6 +888,136 @@ struct Usage {
     messages: u64,
     bytes: u64,
     topics: u64,
+}
+
+/// The envelope posted to `topic`, decoded and checked: within [`MAX_ENVELOPE`], for this topic,
+/// its signature verified, and `members` (if any) a well-formed member list.
+fn checked_envelope(topic: &Topic, envelope: &[u8], members: &[ByteBuf]) -> Result<Envelope> {
+    if envelope.len() > MAX_ENVELOPE {
+        return Err(ParentError::ValueTooLarge {
+            len: envelope.len(),
+            max: MAX_ENVELOPE,
+        });
+    }
+    let decoded = Envelope::decode(envelope).map_err(bad)?;
+    if &decoded.topic != topic {
+        return Err(ParentError::BadRequest {
+            reason: format!(
+                "envelope is for topic {}, posted to {}",
+                hex::encode(decoded.topic),
+                hex::encode(topic)
+            ),
+        });
+    }
+    decoded.verify().map_err(bad)?;
+    if !members.is_empty() {
+        check_members(members).map_err(bad)?;
+    }
+    Ok(decoded)
+}
+
+/// The sequence number of the envelope `id` in `topic`, if it is there already.
+fn message_seq(tx: &Connection, topic: &Topic, id: &[u8; 32]) -> Result<Option<u64>> {
+    tx.query_row(
+        "SELECT seq FROM mailbox_messages WHERE topic = ?1 AND id = ?2",
+        params![topic.as_slice(), id.as_slice()],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(|e| ParentError::db("post", &e))
+}
+
+/// The last sequence number of `topic`; `None` if it does not exist yet.
+fn last_seq(tx: &Connection, topic: &Topic) -> Result<Option<u64>> {
+    tx.query_row(
+        "SELECT last_seq FROM mailbox_topics WHERE topic = ?1",
+        [topic.as_slice()],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(|e| ParentError::db("post", &e))
+}
+
+/// Who may post: a member of an existing topic; the founder of a new one must name its members,
+/// itself among them, so that nobody posts or reads where members are not named.
+fn check_may_post(
+    tx: &Connection,
+    topic: &Topic,
+    sender: &[u8],
+    members: &[ByteBuf],
+    founding: bool,
+) -> Result<()> {
+    if founding {
+        if !members.iter().any(|m| m.as_slice() == sender) {
+            return Err(ParentError::MailboxForbidden {
+                reason: format!(
+                    "a post that founds topic {} must name its members, its sender {} among them",
+                    hex::encode(topic),
+                    hex::encode(sender)
+                ),
+            });
+        }
+        return Ok(());
+    }
+    let stored = topic_members(tx, topic)?;
+    if !stored.is_empty() && !stored.iter().any(|m| m.as_slice() == sender) {
+        return Err(ParentError::MailboxForbidden {
+            reason: format!(
+                "sender {} is not a member of topic {}",
+                hex::encode(sender),
+                hex::encode(topic)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// One envelope about to be stored.
+struct NewMessage<'a> {
+    seq: u64,
+    id: &'a [u8; 32],
+    sender: &'a [u8],
+    envelope: &'a [u8],
+    len: u64,
+    now: i64,
+}
+
+/// Stores `message` in `topic` and moves the topic's last sequence number and byte count.
+fn insert_message(tx: &Connection, topic: &Topic, message: &NewMessage<'_>) -> Result<()> {
+    let db = |e: rusqlite::Error| ParentError::db("post", &e);
+    tx.execute(
+        "INSERT INTO mailbox_messages (topic, seq, id, sender, envelope, posted_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            topic.as_slice(),
+            message.seq,
+            message.id.as_slice(),
+            message.sender,
+            message.envelope,
+            message.now
+        ],
+    )
+    .map_err(db)?;
+    tx.execute(
+        "UPDATE mailbox_topics SET last_seq = ?2, bytes = bytes + ?3 WHERE topic = ?1",
+        params![topic.as_slice(), message.seq, message.len],
+    )
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Records `sender`'s quota use after this post.
+fn record_usage(tx: &Connection, sender: &[u8], u: &Usage) -> Result<()> {
+    tx.execute(
+        "INSERT INTO mailbox_senders (sender, window_start, messages, bytes, topics)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (sender) DO UPDATE SET window_start = excluded.window_start,
+             messages = excluded.messages, bytes = excluded.bytes,
+             topics = excluded.topics",
+        params![sender, u.window_start, u.messages, u.bytes, u.topics],
+    )
+    .map_err(|e| ParentError::db("post", &e))?;
+    Ok(())
 }
 
 /// The members of `topic` (empty: none named, or no such topic).

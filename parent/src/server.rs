@@ -119,15 +119,6 @@ impl Parent {
         for p in &config.proxies {
             proxy::check_allowed(&config.proxy_allow, &p.to)?;
         }
-        let (wake_rx, wake_tx) =
-            UnixStream::pair().map_err(|e| ParentError::io("creating the stop signal", &e))?;
-        let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
-            next_id: AtomicU64::new(0),
-            conns: Mutex::new(Conns::default()),
-            wake_rx,
-            wake_tx,
-        });
         let tcp = TcpListener::bind(config.listen)
             .map_err(|e| ParentError::io(format!("binding {}", config.listen), &e))?;
         let client_addr = tcp
@@ -140,7 +131,7 @@ impl Parent {
             mailbox_addr: None,
             store_socket: config.store_socket.clone(),
             socket_files: Vec::new(),
-            shared,
+            shared: Shared::new()?,
             accept_threads: Vec::new(),
             stopped: false,
         };
@@ -155,39 +146,75 @@ impl Parent {
                 limits: config.client_limits,
             },
         }];
+        if let Some(addr) = config.mailbox_listen {
+            loops.push(running.mailbox_loop(&config, addr, mailbox)?);
+        }
+        loops.extend(running.store_loops(&config, &store)?);
+        loops.extend(running.proxy_loops(&config)?);
+        running.spawn(loops)?;
+        Ok(running)
+    }
+}
+
+impl Shared {
+    /// Nothing open yet, not stopping.
+    fn new() -> Result<Arc<Self>> {
+        let (wake_rx, wake_tx) =
+            UnixStream::pair().map_err(|e| ParentError::io("creating the stop signal", &e))?;
+        Ok(Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            next_id: AtomicU64::new(0),
+            conns: Mutex::new(Conns::default()),
+            wake_rx,
+            wake_tx,
+        }))
+    }
+}
+
+impl RunningParent {
+    /// The members' mailbox on `addr` (its tables opened now unless given).
+    fn mailbox_loop(
+        &mut self,
+        config: &Config,
+        addr: SocketAddr,
+        mailbox: Option<Arc<MailboxStore>>,
+    ) -> Result<Loop> {
+        let mailbox = match mailbox {
+            Some(m) => m,
+            None => Arc::new(MailboxStore::open_for(config)?),
+        };
+        let tcp = TcpListener::bind(addr)
+            .map_err(|e| ParentError::io(format!("binding the mailbox on {addr}"), &e))?;
+        self.mailbox_addr = Some(
+            tcp.local_addr()
+                .map_err(|e| ParentError::io("reading the mailbox's bound address", &e))?,
+        );
+        Ok(Loop {
+            name: "parent-accept-mailbox".into(),
+            what: format!("mailbox listener {addr}"),
+            listener: nonblocking(Box::new(MailboxListener(tcp)), &addr.to_string())?,
+            max: MAX_CONNECTIONS,
+            per_source: None,
+            handler: Handler::Mailbox(mailbox),
+        })
+    }
+
+    /// The enclave's store channel: on the unix socket, and on vsock when configured, both
+    /// answering AWS credentials from one provider (one cache).
+    fn store_loops(&mut self, config: &Config, store: &Arc<dyn Store>) -> Result<Vec<Loop>> {
         let credentials = config
             .aws_credentials
             .clone()
             .map(|c| Arc::new(CredentialsProvider::new(c)));
-        if let Some(addr) = config.mailbox_listen {
-            let mailbox = match mailbox {
-                Some(m) => m,
-                None => Arc::new(MailboxStore::open_for(&config)?),
-            };
-            let tcp = TcpListener::bind(addr)
-                .map_err(|e| ParentError::io(format!("binding the mailbox on {addr}"), &e))?;
-            running.mailbox_addr = Some(
-                tcp.local_addr()
-                    .map_err(|e| ParentError::io("reading the mailbox's bound address", &e))?,
-            );
-            loops.push(Loop {
-                name: "parent-accept-mailbox".into(),
-                what: format!("mailbox listener {addr}"),
-                listener: nonblocking(Box::new(MailboxListener(tcp)), &addr.to_string())?,
-                max: MAX_CONNECTIONS,
-                per_source: None,
-                handler: Handler::Mailbox(mailbox),
-            });
-        }
-        let unix = running.bind_unix(&config.store_socket)?;
-        loops.push(Loop {
+        let unix = self.bind_unix(&config.store_socket)?;
+        let mut loops = vec![Loop {
             name: "parent-accept-store".into(),
             what: format!("store listener {}", config.store_socket.display()),
             listener: nonblocking(Box::new(unix), &config.store_socket.display().to_string())?,
             max: MAX_CONNECTIONS,
             per_source: None,
-            handler: Handler::Store(Arc::clone(&store), credentials.clone()),
-        });
+            handler: Handler::Store(Arc::clone(store), credentials.clone()),
+        }];
         if let Some(port) = config.store_vsock_port {
             let what = format!("the store listener on vsock port {port}");
             let listener = bind_vsock(port, &what)?;
@@ -197,12 +224,18 @@ impl Parent {
                 what,
                 max: MAX_CONNECTIONS,
                 per_source: None,
-                handler: Handler::Store(Arc::clone(&store), credentials.clone()),
+                handler: Handler::Store(Arc::clone(store), credentials),
             });
         }
+        Ok(loops)
+    }
+
+    /// One loop per `[[proxy]]` table.
+    fn proxy_loops(&mut self, config: &Config) -> Result<Vec<Loop>> {
+        let mut loops = Vec::new();
         for (i, p) in config.proxies.iter().enumerate() {
             let listener: Box<dyn Listen> = match &p.listen {
-                Inbound::Unix(path) => Box::new(running.bind_unix(path)?),
+                Inbound::Unix(path) => Box::new(self.bind_unix(path)?),
                 Inbound::Vsock { port } => Box::new(bind_vsock(
                     *port,
                     &format!("the proxy listener on vsock port {port}"),
@@ -220,17 +253,22 @@ impl Parent {
                 },
             });
         }
-        running.shared.conns().per_listener = vec![0; loops.len()];
+        Ok(loops)
+    }
+
+    /// Starts one accept thread per loop.
+    fn spawn(&mut self, loops: Vec<Loop>) -> Result<()> {
+        self.shared.conns().per_listener = vec![0; loops.len()];
         for (slot, l) in loops.into_iter().enumerate() {
-            let shared = Arc::clone(&running.shared);
+            let shared = Arc::clone(&self.shared);
             let name = l.name.clone();
             let thread = std::thread::Builder::new()
                 .name(name.clone())
                 .spawn(move || accept_loop(l, slot, &shared))
                 .map_err(|e| ParentError::io(format!("spawning {name}"), &e))?;
-            running.accept_threads.push(thread);
+            self.accept_threads.push(thread);
         }
-        Ok(running)
+        Ok(())
     }
 }
 

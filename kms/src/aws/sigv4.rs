@@ -149,73 +149,15 @@ pub struct Signed {
 /// already carries `x-amz-date` is signed with the value it carries.
 pub fn sign(request: &Request<'_>, credentials: &Credentials, scope: &Scope<'_>) -> Result<Signed> {
     credentials.check()?;
-    for (name, value) in request.headers {
-        if name.is_empty()
-            || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
-            || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
-        {
-            return Err(KmsError::AwsConfig {
-                reason: format!("header {name:?} cannot be sent"),
-            });
-        }
-    }
-    let given_date = request
-        .headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("x-amz-date"))
-        .map(|(_, v)| v.trim().to_owned());
-    let amz_date = match given_date {
-        Some(date) => date,
-        None => amz_date(scope.time)?,
-    };
+    check_headers(request.headers)?;
+    let amz_date = request_date(request.headers, scope.time)?;
     let date = amz_date.get(..8).ok_or_else(|| KmsError::AwsConfig {
         reason: format!("x-amz-date {amz_date:?} is not YYYYMMDDTHHMMSSZ"),
     })?;
+    let headers = headers_to_sign(request.headers, &amz_date, credentials)?;
+    let (canonical_headers, signed_headers) = canonical_headers(headers);
 
-    let mut headers: Vec<(String, String)> = request
-        .headers
-        .iter()
-        .map(|(n, v)| (n.to_ascii_lowercase(), canonical_value(v)))
-        .collect();
-    if !headers.iter().any(|(n, _)| n == "x-amz-date") {
-        headers.push(("x-amz-date".to_owned(), amz_date.clone()));
-    }
-    if let Some(token) = &credentials.session_token
-        && !headers.iter().any(|(n, _)| n == "x-amz-security-token")
-    {
-        headers.push(("x-amz-security-token".to_owned(), token.clone()));
-    }
-    if !headers.iter().any(|(n, _)| n == "host") {
-        return Err(KmsError::AwsConfig {
-            reason: "a signed request needs a host header".to_owned(),
-        });
-    }
-    // Stable sort by name: repeated headers keep their order, as the test suite requires.
-    headers.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut canonical_headers = String::new();
-    let mut signed_headers = String::new();
-    let mut i = 0;
-    while let Some((name, value)) = headers.get(i) {
-        let mut joined = value.clone();
-        let mut j = i + 1;
-        while let Some((next, v)) = headers.get(j)
-            && next == name
-        {
-            joined.push(',');
-            joined.push_str(v);
-            j += 1;
-        }
-        canonical_headers.push_str(name);
-        canonical_headers.push(':');
-        canonical_headers.push_str(&joined);
-        canonical_headers.push('\n');
-        if !signed_headers.is_empty() {
-            signed_headers.push(';');
-        }
-        signed_headers.push_str(name);
-        i = j;
-    }
-
+    // Step 1.
     let canonical_request = format!(
         "{}\n{}\n{}\n{}\n{}\n{}",
         request.method,
@@ -225,11 +167,13 @@ pub fn sign(request: &Request<'_>, credentials: &Credentials, scope: &Scope<'_>)
         signed_headers,
         hex_sha256(request.body)
     );
+    // Step 2.
     let credential_scope = format!("{date}/{}/{}/aws4_request", scope.region, scope.service);
     let string_to_sign = format!(
         "{ALGORITHM}\n{amz_date}\n{credential_scope}\n{}",
         hex_sha256(canonical_request.as_bytes())
     );
+    // Steps 3 and 4.
     let key = signing_key(
         &credentials.secret_access_key,
         date,
@@ -249,6 +193,81 @@ pub fn sign(request: &Request<'_>, credentials: &Credentials, scope: &Scope<'_>)
         signature,
         authorization,
     })
+}
+
+/// Refuses header names and values that cannot be sent (empty or non-token names, CR, LF, NUL).
+fn check_headers(headers: &[(&str, &str)]) -> Result<()> {
+    for (name, value) in headers {
+        if name.is_empty()
+            || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+            || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+        {
+            return Err(KmsError::AwsConfig {
+                reason: format!("header {name:?} cannot be sent"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The request's own `x-amz-date`, else `time` as `YYYYMMDDTHHMMSSZ`.
+fn request_date(headers: &[(&str, &str)], time: SystemTime) -> Result<String> {
+    match headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("x-amz-date"))
+    {
+        Some((_, value)) => Ok(value.trim().to_owned()),
+        None => amz_date(time),
+    }
+}
+
+/// The headers signed: the request's (names lowercased, values canonical), `x-amz-date` and the
+/// session token added unless present, sorted by name (stably: repeated headers keep their order,
+/// as the test suite requires). A request without `host` is refused.
+fn headers_to_sign(
+    request: &[(&str, &str)],
+    amz_date: &str,
+    credentials: &Credentials,
+) -> Result<Vec<(String, String)>> {
+    let mut headers: Vec<(String, String)> = request
+        .iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), canonical_value(v)))
+        .collect();
+    if !headers.iter().any(|(n, _)| n == "x-amz-date") {
+        headers.push(("x-amz-date".to_owned(), amz_date.to_owned()));
+    }
+    if let Some(token) = &credentials.session_token
+        && !headers.iter().any(|(n, _)| n == "x-amz-security-token")
+    {
+        headers.push(("x-amz-security-token".to_owned(), token.clone()));
+    }
+    if !headers.iter().any(|(n, _)| n == "host") {
+        return Err(KmsError::AwsConfig {
+            reason: "a signed request needs a host header".to_owned(),
+        });
+    }
+    headers.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(headers)
+}
+
+/// The canonical headers (`name:value\n`, repeated names joined by commas) and the signed header
+/// names (`a;b;c`) of sorted `headers`.
+fn canonical_headers(headers: Vec<(String, String)>) -> (String, String) {
+    let mut canonical = String::new();
+    let mut names: Vec<String> = Vec::new();
+    for (name, value) in headers {
+        if names.last() == Some(&name) {
+            canonical.pop(); // the previous value's newline
+            canonical.push(',');
+        } else {
+            canonical.push_str(&name);
+            canonical.push(':');
+            names.push(name);
+        }
+        canonical.push_str(&value);
+        canonical.push('\n');
+    }
+    (canonical, names.join(";"))
 }
 
 impl Signed {
