@@ -8,7 +8,7 @@
 //! envelope is signed by its sender, a courier (or the mailbox) can drop or delay messages but
 //! not forge or alter them.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -648,206 +648,367 @@ pub fn run_dkg(
     timeout: Duration,
     progress: &mut dyn FnMut(&str),
 ) -> Result<WalletFile> {
-    let layout = invitation.layout()?;
-    let attested_key = courier.provider().attestation().doc.public_key.clone();
-    if attested_key.as_deref() != Some(layout.provider_key.as_slice()) {
-        return Err(ClientError::Unexpected(
-            "the attested provider's key is not the one the invitation names".into(),
-        ));
-    }
-    let key = home.device_key()?;
-    let me = public_key_bytes(&key);
-    let party = layout
-        .member_party(&me)
-        .ok_or_else(|| input("this device is not a member of the invitation"))?;
-    let wallet_id = layout.wallet_id;
-    let network = invitation.network.parse::<Network>()?;
+    let j = Joiner::new(home, courier, invitation, invitation_envelope)?;
     if let Some(wallet) = joined_wallet(home, invitation)? {
         // A promotion stopped after the wallet file was written leaves its journal: done now.
-        home.remove_journal(&wallet_id, DKG_JOURNAL)?;
+        home.remove_journal(&j.wallet_id, DKG_JOURNAL)?;
         return Ok(wallet);
     }
-    let _lock = JoinLock::take(home, &wallet_id)?;
-    let pending = PendingDkg::load(home, &wallet_id)?;
+    let _lock = JoinLock::take(home, &j.wallet_id)?;
+    let pending = PendingDkg::load(home, &j.wallet_id)?;
     courier.post(invitation_envelope)?;
     // The topic so far: what the provider said, and what this device already posted.
     let backlog = courier.poll()?;
-    let mut current = 0u32;
-    let mut ours = Vec::new();
-    for envelope in &backlog {
-        let Ok(message) = DaoMessage::decode(&envelope.body) else {
-            continue;
-        };
-        if envelope.sender == layout.provider_key {
-            match &message {
-                DaoMessage::DkgAttempt { attempt } => current = current.max(*attempt),
-                DaoMessage::Activated {
-                    wallet_id: w,
-                    attempt,
-                } if *w == wallet_id => {
-                    return finish_activated(home, &wallet_id, pending.as_ref(), *attempt);
-                }
-                DaoMessage::Refused { request, reason }
-                    if request.as_slice() == layout.invitation_hash =>
+    let (current, ours) = match j.scan(&backlog, pending.as_ref()) {
+        Ok(at) => at,
+        Err(end) => return end,
+    };
+    let phase = j.resume(courier, pending, current, &ours, progress)?;
+    j.run(courier, phase, backlog, timeout, progress)
+}
+
+/// One member's side of a DKG, as [`run_dkg`] runs it.
+struct Joiner<'a> {
+    home: &'a Home,
+    invitation: &'a Invitation,
+    invitation_envelope: &'a Envelope,
+    layout: Layout,
+    key: p256::ecdsa::SigningKey,
+    me: Vec<u8>,
+    party: u16,
+    wallet_id: WalletId,
+    network: Network,
+}
+
+impl<'a> Joiner<'a> {
+    fn new(
+        home: &'a Home,
+        courier: &Courier,
+        invitation: &'a Invitation,
+        invitation_envelope: &'a Envelope,
+    ) -> Result<Self> {
+        let layout = invitation.layout()?;
+        let attested_key = courier.provider().attestation().doc.public_key.clone();
+        if attested_key.as_deref() != Some(layout.provider_key.as_slice()) {
+            return Err(ClientError::Unexpected(
+                "the attested provider's key is not the one the invitation names".into(),
+            ));
+        }
+        let key = home.device_key()?;
+        let me = public_key_bytes(&key);
+        let party = layout
+            .member_party(&me)
+            .ok_or_else(|| input("this device is not a member of the invitation"))?;
+        Ok(Self {
+            home,
+            invitation,
+            invitation_envelope,
+            wallet_id: layout.wallet_id,
+            network: invitation.network.parse::<Network>()?,
+            layout,
+            key,
+            me,
+            party,
+        })
+    }
+
+    /// The provider's final word in `message`, if it is one: the wallet recorded, or its refusal.
+    fn ended(
+        &self,
+        sender: &[u8],
+        message: &DaoMessage,
+        pending: Option<&PendingDkg>,
+    ) -> Option<Result<WalletFile>> {
+        if sender != self.layout.provider_key.as_slice() {
+            return None;
+        }
+        match message {
+            DaoMessage::Activated { wallet_id, attempt } if *wallet_id == self.wallet_id => Some(
+                finish_activated(self.home, &self.wallet_id, pending, *attempt),
+            ),
+            DaoMessage::Refused { request, reason }
+                if request.as_slice() == self.layout.invitation_hash =>
+            {
+                Some(
+                    self.home
+                        .remove_journal(&self.wallet_id, DKG_JOURNAL)
+                        .and_then(|()| Err(refused(reason))),
+                )
+            }
+            _ => None,
+        }
+    }
+
+    /// Reads the topic so far: the current attempt and the attempts this device posted round-1
+    /// messages in; or how the DKG already ended.
+    fn scan(
+        &self,
+        backlog: &[Envelope],
+        pending: Option<&PendingDkg>,
+    ) -> std::result::Result<(u32, Vec<u32>), Result<WalletFile>> {
+        let mut current = 0u32;
+        let mut ours = Vec::new();
+        for envelope in backlog {
+            let Ok(message) = DaoMessage::decode(&envelope.body) else {
+                continue;
+            };
+            if let Some(end) = self.ended(&envelope.sender, &message, pending) {
+                return Err(end);
+            }
+            match message {
+                DaoMessage::DkgAttempt { attempt }
+                    if envelope.sender == self.layout.provider_key =>
                 {
-                    home.remove_journal(&wallet_id, DKG_JOURNAL)?;
-                    return Err(refused(reason));
+                    current = current.max(attempt);
+                }
+                DaoMessage::DkgRound1 { attempt, .. } if envelope.sender == self.me => {
+                    ours.push(attempt);
                 }
                 _ => {}
             }
         }
-        if envelope.sender == me
-            && let DaoMessage::DkgRound1 { attempt, .. } = message
-        {
-            ours.push(attempt);
+        Ok((current, ours))
+    }
+
+    /// Where this device starts: its stored share of the current attempt, a request for a new
+    /// attempt (it posted round 1 of the current one, whose secrets died with its process: a
+    /// second, different round 1 would be equivocation), or the current attempt.
+    fn resume(
+        &self,
+        courier: &mut Courier,
+        pending: Option<PendingDkg>,
+        current: u32,
+        ours: &[u32],
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<DkgPhase> {
+        match pending {
+            // Our share of the current attempt is stored: only the activation is missing. The
+            // notice is posted again in case the stop came before it reached the mailbox.
+            Some(p) if p.attempt >= current => {
+                courier.send(&self.key, &p.notice()?)?;
+                return Ok(DkgPhase::Stored(Box::new(p)));
+            }
+            // A share of an attempt the provider abandoned: it was never activated.
+            Some(_) => self.home.remove_journal(&self.wallet_id, DKG_JOURNAL)?,
+            None => {}
+        }
+        if ours.contains(&current) {
+            progress(&format!(
+                "this device's state of DKG attempt {current} was lost when its process \
+                 stopped; asking the provider for a new attempt"
+            ));
+            courier.send(
+                &self.key,
+                &DaoMessage::DkgRetry {
+                    attempt: current,
+                    party: self.party,
+                },
+            )?;
+            return Ok(DkgPhase::Retrying(current));
+        }
+        self.start(courier, current)
+    }
+
+    fn start(&self, courier: &mut Courier, attempt: u32) -> Result<DkgPhase> {
+        let (dkg, first) = DaoDkg::<Suite>::start_attempt(
+            self.layout.clone(),
+            &self.me,
+            attempt,
+            &mut rand_core::OsRng,
+        )?;
+        for m in &first {
+            courier.send(&self.key, m)?;
+        }
+        Ok(DkgPhase::Running(Box::new(dkg)))
+    }
+
+    /// Takes part until the provider activates the wallet (or refuses the DKG).
+    fn run(
+        &self,
+        courier: &mut Courier,
+        mut phase: DkgPhase,
+        backlog: Vec<Envelope>,
+        timeout: Duration,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<WalletFile> {
+        let started = Instant::now();
+        let mut pace = Pace::new();
+        let mut roll = DkgRoll::default();
+        let mut batch = backlog;
+        loop {
+            let progressed = !batch.is_empty();
+            let messages: Vec<(Envelope, DaoMessage)> = std::mem::take(&mut batch)
+                .into_iter()
+                .filter_map(|e| DaoMessage::decode(&e.body).ok().map(|m| (e, m)))
+                .collect();
+            self.new_attempt(courier, &mut phase, &messages, progress)?;
+            for (envelope, message) in &messages {
+                let pending = match &phase {
+                    DkgPhase::Stored(p) => Some(p.as_ref()),
+                    _ => None,
+                };
+                if let Some(end) = self.ended(&envelope.sender, message, pending) {
+                    return end;
+                }
+                roll.absorb(&self.layout, &envelope.sender, message);
+                if let DkgPhase::Running(dkg) = &mut phase
+                    && let Err(e) = dkg.absorb(&envelope.sender, message)
+                {
+                    progress(&format!("refused a {}: {e}", message.name()));
+                }
+            }
+            self.step(courier, &mut phase)?;
+            let waiting = roll.waiting(&self.layout, &phase, self.party);
+            if roll.said != waiting {
+                progress(&waiting);
+                roll.said = waiting.clone();
+            }
+            timed_out(started, timeout, &format!("({waiting})"), courier)?;
+            pace.wait(progressed);
+            batch = courier.poll()?;
         }
     }
-    let mut phase = match pending {
-        // Our share of the current attempt is stored: only the activation is missing. The
-        // notice is posted again in case the stop came before it reached the mailbox.
-        Some(p) if p.attempt >= current => {
-            courier.send(&key, &p.notice()?)?;
-            DkgPhase::Stored(Box::new(p))
-        }
-        stale => {
-            if stale.is_some() {
-                // A share of an attempt the provider abandoned: it was never activated.
-                home.remove_journal(&wallet_id, DKG_JOURNAL)?;
-            }
-            if ours.contains(&current) {
-                progress(&format!(
-                    "this device's state of DKG attempt {current} was lost when its process \
-                     stopped; asking the provider for a new attempt"
-                ));
-                courier.send(
-                    &key,
-                    &DaoMessage::DkgRetry {
-                        attempt: current,
-                        party,
-                    },
-                )?;
-                DkgPhase::Retrying(current)
-            } else {
-                let (dkg, first) = DaoDkg::<Suite>::start_attempt(
-                    layout.clone(),
-                    &me,
-                    current,
-                    &mut rand_core::OsRng,
-                )?;
-                for m in &first {
-                    courier.send(&key, m)?;
-                }
-                DkgPhase::Running(Box::new(dkg))
-            }
-        }
-    };
-    let started = Instant::now();
-    let mut pace = Pace::new();
-    let mut batch = backlog;
-    loop {
-        let progressed = !batch.is_empty();
-        let messages: Vec<(Envelope, DaoMessage)> = std::mem::take(&mut batch)
-            .into_iter()
-            .filter_map(|e| DaoMessage::decode(&e.body).ok().map(|m| (e, m)))
-            .collect();
-        // A new attempt first, whatever its place in the batch: the new attempt's messages in
-        // the same batch are then taken by the new DKG, not ignored by the old one.
+
+    /// A new attempt first, whatever its place in the batch: the new attempt's messages in the
+    /// same batch are then taken by the new DKG, not ignored by the old one.
+    fn new_attempt(
+        &self,
+        courier: &mut Courier,
+        phase: &mut DkgPhase,
+        messages: &[(Envelope, DaoMessage)],
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<()> {
         let newest = messages
             .iter()
-            .filter(|(e, _)| e.sender == layout.provider_key)
+            .filter(|(e, _)| e.sender == self.layout.provider_key)
             .filter_map(|(_, m)| match m {
                 DaoMessage::DkgAttempt { attempt } => Some(*attempt),
                 _ => None,
             })
             .max();
-        if let Some(attempt) = newest
-            && attempt > phase.attempt()
-        {
-            // A member lost its state: everyone starts again, with fresh secrets. A share stored
-            // of the old attempt was never activated: dropped.
-            if matches!(phase, DkgPhase::Stored(_)) {
-                home.remove_journal(&wallet_id, DKG_JOURNAL)?;
-            }
-            progress(&format!(
-                "the provider started DKG attempt {attempt} (a member's process stopped \
-                 mid-DKG); starting again"
-            ));
-            let (dkg, first) = DaoDkg::<Suite>::start_attempt(
-                layout.clone(),
-                &me,
-                attempt,
-                &mut rand_core::OsRng,
-            )?;
-            for m in &first {
-                courier.send(&key, m)?;
-            }
-            phase = DkgPhase::Running(Box::new(dkg));
-        }
-        for (envelope, message) in messages {
-            if envelope.sender == layout.provider_key {
-                match &message {
-                    DaoMessage::Activated {
-                        wallet_id: w,
-                        attempt,
-                    } if *w == wallet_id => {
-                        let pending = match &phase {
-                            DkgPhase::Stored(p) => Some(p.as_ref()),
-                            _ => None,
-                        };
-                        return finish_activated(home, &wallet_id, pending, *attempt);
-                    }
-                    DaoMessage::Refused { request, reason }
-                        if request.as_slice() == layout.invitation_hash =>
-                    {
-                        home.remove_journal(&wallet_id, DKG_JOURNAL)?;
-                        return Err(refused(reason));
-                    }
-                    _ => {}
-                }
-            }
-            if let DkgPhase::Running(dkg) = &mut phase
-                && let Err(e) = dkg.absorb(&envelope.sender, &message)
-            {
-                progress(&format!("refused a {}: {e}", message.name()));
-            }
-        }
-        if let DkgPhase::Running(dkg) = &mut phase {
-            for m in dkg.advance(&mut rand_core::OsRng)? {
-                courier.send(&key, &m)?;
-            }
-            if dkg.is_done() {
-                // The share goes to disk before the notice that it is there: the provider
-                // activates only once every member's notice is in.
-                let notice = dkg.stored_notice()?;
-                let DkgPhase::Running(dkg) = std::mem::replace(&mut phase, DkgPhase::Retrying(0))
-                else {
-                    return Err(ClientError::Unexpected("DKG phase changed".into()));
-                };
-                let attempt = dkg.attempt();
-                let pending = pending_of(
-                    *dkg,
-                    attempt,
-                    party,
-                    network,
-                    invitation_envelope,
-                    invitation,
-                    &notice,
-                )?;
-                pending.save(home, &wallet_id)?;
-                courier.send(&key, &notice)?;
-                phase = DkgPhase::Stored(Box::new(pending));
-            }
-        }
-        let waiting = match &phase {
-            DkgPhase::Running(dkg) => dkg.waiting_for(),
-            DkgPhase::Retrying(a) => format!("the provider to start DKG attempt {}", a + 1),
-            DkgPhase::Stored(_) => "the provider to activate the wallet (this device's share \
-                                    is stored: run the same command again to finish)"
-                .to_owned(),
+        let Some(attempt) = newest.filter(|a| *a > phase.attempt()) else {
+            return Ok(());
         };
-        timed_out(started, timeout, &format!("waiting for {waiting}"), courier)?;
-        pace.wait(progressed);
-        batch = courier.poll()?;
+        // A member lost its state: everyone starts again, with fresh secrets. A share stored of
+        // the old attempt was never activated: dropped.
+        if matches!(phase, DkgPhase::Stored(_)) {
+            self.home.remove_journal(&self.wallet_id, DKG_JOURNAL)?;
+        }
+        progress(&format!(
+            "the provider started DKG attempt {attempt} (a member's process stopped mid-DKG); \
+             starting again"
+        ));
+        *phase = self.start(courier, attempt)?;
+        Ok(())
+    }
+
+    /// Advances our DKG; once it is done, stores the share (journal) before the notice that it
+    /// is there: the provider activates only once every member's notice is in.
+    fn step(&self, courier: &mut Courier, phase: &mut DkgPhase) -> Result<()> {
+        let DkgPhase::Running(dkg) = phase else {
+            return Ok(());
+        };
+        for m in dkg.advance(&mut rand_core::OsRng)? {
+            courier.send(&self.key, &m)?;
+        }
+        if !dkg.is_done() {
+            return Ok(());
+        }
+        let notice = dkg.stored_notice()?;
+        let DkgPhase::Running(dkg) = std::mem::replace(phase, DkgPhase::Retrying(0)) else {
+            return Err(ClientError::Unexpected("DKG phase changed".into()));
+        };
+        let attempt = dkg.attempt();
+        let pending = pending_of(
+            *dkg,
+            attempt,
+            self.party,
+            self.network,
+            self.invitation_envelope,
+            self.invitation,
+            &notice,
+        )?;
+        pending.save(self.home, &self.wallet_id)?;
+        courier.send(&self.key, &notice)?;
+        *phase = DkgPhase::Stored(Box::new(pending));
+        Ok(())
+    }
+}
+
+/// How far each party got in the current DKG attempt, as the topic shows (for progress lines
+/// naming who is still missing).
+#[derive(Default)]
+struct DkgRoll {
+    attempt: u32,
+    /// Party → 1 (round 1), 2 (round 2), 3 (confirmed), 4 (share stored).
+    level: BTreeMap<u16, u8>,
+    /// The last line said.
+    said: String,
+}
+
+impl DkgRoll {
+    fn absorb(&mut self, layout: &Layout, sender: &[u8], message: &DaoMessage) {
+        let (party, level) = match message {
+            DaoMessage::DkgRound1 { message, .. } => (message.from, 1),
+            DaoMessage::DkgRound2 { package, .. } => (package.from, 2),
+            DaoMessage::DkgConfirm { confirmation, .. } => (confirmation.from, 3),
+            DaoMessage::DkgStored { party, .. } => (*party, 4),
+            _ => return,
+        };
+        let Some(attempt) = message.dkg_attempt() else {
+            return;
+        };
+        if layout.owner_of(party) != Some(sender) || attempt < self.attempt {
+            return;
+        }
+        if attempt > self.attempt {
+            self.attempt = attempt;
+            self.level.clear();
+        }
+        let at = self.level.entry(party).or_default();
+        *at = (*at).max(level);
+    }
+
+    /// What this device waits for, naming who: the parties behind our own step.
+    fn waiting(&self, layout: &Layout, phase: &DkgPhase, party: u16) -> String {
+        let attempt = phase.attempt();
+        let (ours, step) = match phase {
+            DkgPhase::Retrying(a) => {
+                return format!("waiting for the provider to start DKG attempt {}", a + 1);
+            }
+            DkgPhase::Stored(_) => (4, "to store their shares"),
+            DkgPhase::Running(_) => match self.level.get(&party).copied().unwrap_or(0) {
+                0 | 1 => (1, "to join (round 1)"),
+                2 => (2, "for their round-2 packages"),
+                _ => (3, "to confirm the key"),
+            },
+        };
+        let behind =
+            |p: &u16| attempt != self.attempt || self.level.get(p).copied().unwrap_or(0) < ours;
+        let mut who: Vec<String> = layout
+            .members
+            .iter()
+            .filter(|(p, _)| behind(p))
+            .map(|(_, m)| m.name.clone())
+            .collect();
+        if ours < 4 && layout.provider_parties.iter().any(|p| behind(p)) {
+            who.push("the provider".into());
+        }
+        if who.is_empty() {
+            return match phase {
+                DkgPhase::Stored(_) => "waiting for the provider to activate the wallet (this \
+                                        device's share is stored: run the same command again to \
+                                        finish)"
+                    .to_owned(),
+                // Between two of our own steps: nothing new to say.
+                _ if !self.said.is_empty() => self.said.clone(),
+                _ => format!("DKG attempt {attempt}"),
+            };
+        }
+        format!(
+            "DKG attempt {attempt}: waiting for {} {step}",
+            who.join(", ")
+        )
     }
 }
 
@@ -1371,7 +1532,12 @@ pub fn approve_and_sign(
                 courier.send(&key, &out)?;
             }
         }
-        let state = format!("(rule {:?}): {}", evaluation.rule, watch.line());
+        let state = format!(
+            "(rule {:?} needs {} approvals): {}",
+            evaluation.rule,
+            evaluation.approvals,
+            watch.line()
+        );
         timed_out(started, timeout, &state, courier)?;
         pace.wait(progressed);
     }
@@ -1650,68 +1816,117 @@ pub fn run_refresh(
         courier.send(&key, m)?;
     }
     let epoch = proposal.from_epoch + 1;
-    let started = Instant::now();
-    let mut pace = Pace::new();
-    let mut prepared = false;
-    let mut refreshed = false;
-    loop {
-        let fresh = courier.poll()?;
-        let progressed = !fresh.is_empty();
-        for envelope in fresh {
-            let Ok(message) = DaoMessage::decode(&envelope.body) else {
-                continue;
-            };
-            if envelope.sender == provider_key {
-                match &message {
-                    DaoMessage::Refreshed {
-                        wallet_id: w,
-                        epoch: e,
-                    } if *w == id && *e == epoch => refreshed = true,
-                    DaoMessage::Refused { request, reason } if request.as_slice() == hash => {
-                        home.remove_prepared_share(&id)?;
-                        return Err(ClientError::Protocol(
-                            cosigner_protocol::ProtocolError::Refused {
-                                reason: reason.clone(),
-                            },
-                        ));
-                    }
-                    _ => {}
+    let watch = RefreshWatch {
+        home,
+        id,
+        hash,
+        epoch,
+        provider_key: &provider_key,
+        key: &key,
+    };
+    watch.run(courier, &mut refresh, timeout, progress)?;
+    record_refresh(home, wallet, id, epoch, refresh)
+}
+
+/// What a member's refresh loop needs besides the refresh itself.
+struct RefreshWatch<'a> {
+    home: &'a Home,
+    id: WalletId,
+    hash: [u8; 32],
+    epoch: u64,
+    provider_key: &'a [u8],
+    key: &'a p256::ecdsa::SigningKey,
+}
+
+impl RefreshWatch<'_> {
+    /// Takes part until every party committed and the provider made the new epoch current. The
+    /// new share is written as prepared first.
+    fn run(
+        &self,
+        courier: &mut Courier,
+        refresh: &mut DaoRefresh<Suite>,
+        timeout: Duration,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let started = Instant::now();
+        let mut pace = Pace::new();
+        let mut prepared = false;
+        let mut refreshed = false;
+        loop {
+            let fresh = courier.poll()?;
+            let progressed = !fresh.is_empty();
+            for envelope in fresh {
+                let Ok(message) = DaoMessage::decode(&envelope.body) else {
+                    continue;
+                };
+                if envelope.sender == self.provider_key {
+                    refreshed |= self.provider_said(&message)?;
+                }
+                if let Err(e) = refresh.absorb(&envelope.sender, &message) {
+                    progress(&format!("refused a {}: {e}", message.name()));
                 }
             }
-            if let Err(e) = refresh.absorb(&envelope.sender, &message) {
-                progress(&format!("refused a {}: {e}", message.name()));
+            for m in refresh.advance(&mut rand_core::OsRng)? {
+                courier.send(self.key, &m)?;
             }
+            if refresh.is_done() && !prepared {
+                self.prepare(courier, refresh)?;
+                prepared = true;
+            }
+            if prepared && refresh.all_committed() && refreshed {
+                return Ok(());
+            }
+            let waiting = if prepared && refresh.all_committed() {
+                "the provider to make the new epoch current".to_owned()
+            } else {
+                refresh.waiting_for()
+            };
+            timed_out(started, timeout, &format!("waiting for {waiting}"), courier)?;
+            pace.wait(progressed);
         }
-        for m in refresh.advance(&mut rand_core::OsRng)? {
-            courier.send(&key, &m)?;
-        }
-        if refresh.is_done() && !prepared {
-            let (_, output) =
-                refresh.new_shares()?.into_iter().next().ok_or_else(|| {
-                    ClientError::Unexpected("the refresh produced no share".into())
-                })?;
-            let new_share = zeroize::Zeroizing::new(
-                output
-                    .key_package
-                    .serialize()
-                    .map_err(|e| ClientError::Unexpected(format!("key package: {e}")))?,
-            );
-            home.save_prepared_share(&id, &new_share)?;
-            let commit = refresh.commit()?;
-            courier.send(&key, &commit)?;
-            prepared = true;
-        }
-        if prepared && refresh.all_committed() && refreshed {
-            break;
-        }
-        let waiting = if prepared && refresh.all_committed() {
-            "the provider to make the new epoch current".to_owned()
-        } else {
-            refresh.waiting_for()
-        };
-        timed_out(started, timeout, &format!("waiting for {waiting}"), courier)?;
-        pace.wait(progressed);
     }
+
+    /// Whether the provider's `message` says the new epoch is current; its refusal ends it.
+    fn provider_said(&self, message: &DaoMessage) -> Result<bool> {
+        match message {
+            DaoMessage::Refreshed { wallet_id, epoch } => {
+                Ok(*wallet_id == self.id && *epoch == self.epoch)
+            }
+            DaoMessage::Refused { request, reason } if request.as_slice() == self.hash => {
+                self.home.remove_prepared_share(&self.id)?;
+                Err(refused(reason))
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Stores the new share as prepared, then commits.
+    fn prepare(&self, courier: &mut Courier, refresh: &mut DaoRefresh<Suite>) -> Result<()> {
+        let (_, output) = refresh
+            .new_shares()?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::Unexpected("the refresh produced no share".into()))?;
+        let new_share = zeroize::Zeroizing::new(
+            output
+                .key_package
+                .serialize()
+                .map_err(|e| ClientError::Unexpected(format!("key package: {e}")))?,
+        );
+        self.home.save_prepared_share(&self.id, &new_share)?;
+        let commit = refresh.commit()?;
+        courier.send(self.key, &commit)
+    }
+}
+
+/// The refresh is current at the provider: the new share replaces the old one.
+fn record_refresh(
+    home: &Home,
+    wallet: &WalletFile,
+    id: WalletId,
+    epoch: u64,
+    refresh: DaoRefresh<Suite>,
+) -> Result<WalletFile> {
     let (_, mut outputs) = refresh.into_outputs()?;
     let (_, output) = outputs
         .pop()

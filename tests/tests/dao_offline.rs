@@ -378,10 +378,17 @@ fn an_approver_whose_approve_timed_out_approves_again_and_the_request_goes_on() 
     // Bob approves, waits for Carol, and gives up: progress lines said who is missing.
     let bob = dao.approve("bob-1", 1, &request, "3", &["--yes"]).finish();
     assert_eq!(bob.code, Some(1), "{bob:?}");
-    assert!(bob.stderr.contains("timed out"), "{}", bob.stderr);
+    let last = bob.stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("timed out"), "{}", bob.stderr);
     assert!(
-        bob.stderr.contains("carol"),
+        last.contains("waiting for carol"),
         "who is missing: {}",
+        bob.stderr
+    );
+    assert!(!last.contains("waiting for waiting for"), "{last}");
+    assert!(
+        bob.stderr.contains("2 of 3 approvals; waiting for carol\n"),
+        "a progress line before the timeout: {}",
         bob.stderr
     );
     // The request is still alive: it is listed as pending, with two approvals of three.
@@ -420,10 +427,19 @@ fn a_join_rerun_after_a_timeout_takes_a_new_attempt_and_blames_nobody() {
     // Carol joins while Bob does not: she times out waiting for him.
     let carol = run("cosigner", join_args(&homes[2], &invitation, "3"), &env(&d));
     assert_eq!(carol.code, Some(1), "{carol:?}");
-    assert!(carol.stderr.contains("timed out"), "{}", carol.stderr);
+    let last = carol.stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("timed out"), "{}", carol.stderr);
     assert!(
-        carol.stderr.contains("bob"),
+        last.contains("waiting for bob"),
         "who is missing: {}",
+        carol.stderr
+    );
+    assert!(!last.contains("waiting for waiting for"), "{last}");
+    assert!(
+        carol
+            .stderr
+            .contains("DKG attempt 0: waiting for bob to join"),
+        "a progress line before the timeout: {}",
         carol.stderr
     );
     // She runs it again, and Bob joins: nobody is blamed, everyone ends with one wallet.
