@@ -7,6 +7,8 @@
 //! [`psbt_sign`] signs a personal wallet's PSBTs (and manages its spending policy).
 
 pub mod address;
+pub mod coordinator;
+pub mod courier;
 pub mod dao;
 mod error;
 pub mod home;

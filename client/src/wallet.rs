@@ -10,18 +10,19 @@ use cosigner_protocol::auth::{
 };
 use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
 use cosigner_protocol::wire::{
-    self, Confirmation, DkgParams, KeyRole, RefreshParams, Registration, RepairParams, Request,
-    Response, Round1Message, SUITE_SECP256K1_TR, SealedPackage, WalletId, WalletInfo,
+    self, DkgParams, KeyRole, RefreshParams, Registration, RepairParams, Request, Response,
+    SUITE_SECP256K1_TR, SealedPackage, WalletId, WalletInfo,
 };
-use cosigner_protocol::{dkg, refresh, repair, sign};
+use cosigner_protocol::{repair, sign};
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use p256::ecdsa::SigningKey;
 use serde_bytes::ByteBuf;
 
 use crate::address::{Network, p2tr_address, x_only};
+use crate::coordinator::{self, Confirmed, Peer, Progress};
+use crate::courier::Courier;
 use crate::error::{ClientError, Result};
 use crate::home::{Home, WalletFile, write_p256_key};
-use crate::session::Session;
 
 /// The suite wallets use.
 pub type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
@@ -57,7 +58,7 @@ fn retrying_busy<T>(mut call: impl FnMut() -> Result<T>) -> Result<T> {
 
 /// [`authorized`], sent again while the cosigner answers busy (a fresh challenge each time).
 pub fn authorized_retrying(
-    session: &mut Session,
+    session: &mut dyn Courier,
     wallet_id: WalletId,
     role: KeyRole,
     key: &SigningKey,
@@ -68,7 +69,7 @@ pub fn authorized_retrying(
 
 /// Sends `inner` signed by `key` (as `role`) over a fresh challenge of this session.
 pub fn authorized(
-    session: &mut Session,
+    session: &mut dyn Courier,
     wallet_id: WalletId,
     role: KeyRole,
     key: &SigningKey,
@@ -102,8 +103,8 @@ pub struct Created {
 /// Finishes instead a creation an earlier run left unconfirmed ([`create_with`]).
 pub fn create(
     home: &Home,
-    provider: &mut Session,
-    recovery: &mut Session,
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
     network: Network,
     recovery_key_out: &Path,
 ) -> Result<Created> {
@@ -116,8 +117,8 @@ pub fn create(
 /// only PSBTs the policy allows, and the device key alone can never change it.
 pub fn create_with_policy(
     home: &Home,
-    provider: &mut Session,
-    recovery: &mut Session,
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
     network: Network,
     recovery_key_out: &Path,
     policy: Option<&str>,
@@ -162,8 +163,8 @@ struct CreationJournal {
 /// (which returns that wallet instead of making a new one).
 pub fn create_with(
     home: &Home,
-    provider: &mut Session,
-    recovery: &mut Session,
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
     network: Network,
     recovery_key_out: &Path,
     options: &CreateOptions<'_>,
@@ -196,11 +197,41 @@ pub enum CreateStep {
     RecoveryRegistered,
 }
 
+/// The two cosigners of a personal wallet, as the coordinator's peers.
+fn cosigners<'a>(provider: &'a mut dyn Courier, recovery: &'a mut dyn Courier) -> [Peer<'a>; 2] {
+    [
+        Peer {
+            party: PROVIDER,
+            courier: provider,
+        },
+        Peer {
+            party: RECOVERY,
+            courier: recovery,
+        },
+    ]
+}
+
+fn create_step(progress: Progress) -> CreateStep {
+    match progress {
+        Progress::Round1 => CreateStep::Round1,
+        Progress::Round2 => CreateStep::Round2,
+        _ => CreateStep::Round3,
+    }
+}
+
+fn refresh_step(progress: Progress) -> RefreshStep {
+    match progress {
+        Progress::Round1 => RefreshStep::Round1,
+        Progress::Round2 => RefreshStep::Round2,
+        _ => RefreshStep::Round3,
+    }
+}
+
 /// [`create_with`], reporting each step to `observe`.
 pub fn create_observed(
     home: &Home,
-    provider: &mut Session,
-    recovery: &mut Session,
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
     network: Network,
     recovery_key_out: &Path,
     options: &CreateOptions<'_>,
@@ -229,54 +260,25 @@ pub fn create_observed(
         parties: vec![DEVICE, PROVIDER, RECOVERY],
     };
     let mut rng = rand_core::OsRng;
-
-    // Round 1: everyone's broadcast, relayed by us to everyone (ours included).
-    let (a1, m_a) = dkg::start::<Suite>(&params, DEVICE, &mut rng)?;
-    let mut round1: Vec<Round1Message> = vec![m_a];
-    for (session, me) in [(&mut *provider, PROVIDER), (&mut *recovery, RECOVERY)] {
-        match session.call(&Request::DkgStart {
+    let enrollment = options.enrollment.map(|t| ByteBuf::from(t.to_vec()));
+    let mut start = |courier: &mut dyn Courier, me: u16| {
+        courier.call(&Request::DkgStart {
             params: params.clone(),
             me,
-            enrollment: options.enrollment.map(|t| ByteBuf::from(t.to_vec())),
-        })? {
-            Response::DkgRound1 { message } => round1.push(message),
-            other => return Err(unexpected("DkgRound1", &other)),
-        }
-    }
-    observe(CreateStep::Round1);
-
-    // Round 2: sealed packages; we only relay B's and C's to each other.
-    let (a2, mut packages) = a1.handle_round1(&round1, &mut rng)?;
-    for session in [&mut *provider, &mut *recovery] {
-        match session.call(&Request::DkgRound2 {
-            wallet_id,
-            round1: round1.clone(),
-        })? {
-            Response::DkgRound2 { packages: theirs } => packages.extend(theirs),
-            other => return Err(unexpected("DkgRound2", &other)),
-        }
-    }
-    observe(CreateStep::Round2);
-    let to = |party: u16| -> Vec<SealedPackage> {
-        packages.iter().filter(|p| p.to == party).cloned().collect()
+            enrollment: enrollment.clone(),
+        })
     };
-
-    // Round 3: each party derives its share and reports what it saw.
-    let (a3, c_a) = a2.handle_round2(&to(DEVICE))?;
-    let mut confirmations: Vec<Confirmation> = vec![c_a];
-    for (session, me) in [(&mut *provider, PROVIDER), (&mut *recovery, RECOVERY)] {
-        match session.call(&Request::DkgRound3 {
-            wallet_id,
-            packages: to(me),
-        })? {
-            Response::DkgRound3 { confirmation } => confirmations.push(confirmation),
-            other => return Err(unexpected("DkgRound3", &other)),
-        }
-    }
-
-    // Confirmation: the wallet exists only if all three agree; our keys are registered with it.
-    let output = a3.handle_confirmations(&confirmations)?;
-    observe(CreateStep::Round3);
+    let Confirmed {
+        output,
+        confirmations,
+    } = coordinator::run(
+        &params,
+        DEVICE,
+        (),
+        &mut cosigners(provider, recovery),
+        &mut start,
+        &mut |p| observe(create_step(p)),
+    )?;
     let device_key = home.device_key()?;
     let recovery_key = SigningKey::random(&mut rng);
     let (device_pub, recovery_pub) = (
@@ -300,12 +302,7 @@ pub fn create_observed(
         network: Some(network.name().to_owned()),
         // The provider's attested audit key: the recovery cosigner will commit refreshed epochs
         // only with the provider's receipt under it.
-        provider_key: provider
-            .attestation()
-            .doc
-            .public_key
-            .clone()
-            .map(ByteBuf::from),
+        provider_key: provider.attested_key().map(|k| ByteBuf::from(k.to_vec())),
     };
     let confirm = Request::DkgConfirm {
         wallet_id,
@@ -364,7 +361,7 @@ pub fn create_observed(
 
 /// Sends `DkgConfirm` to a cosigner (it answers the same `DkgDone` again if it already
 /// registered the wallet) and checks it stored our public key package.
-fn confirm_at(session: &mut Session, confirm: &Request, wallet: &WalletFile) -> Result<()> {
+fn confirm_at(session: &mut dyn Courier, confirm: &Request, wallet: &WalletFile) -> Result<()> {
     let ours = hex::decode(&wallet.public_key_package).map_err(internal)?;
     match session.call(confirm)? {
         Response::DkgDone { wallet } if wallet.public_key_package.as_ref() == ours.as_slice() => {
@@ -381,7 +378,7 @@ fn confirm_at(session: &mut Session, confirm: &Request, wallet: &WalletFile) -> 
 
 /// Whether `session`'s cosigner answers that it does not know `wallet_id` at all (not a
 /// connection failure, which proves nothing).
-fn unknown_at(session: &mut Session, wallet_id: WalletId) -> bool {
+fn unknown_at(session: &mut dyn Courier, wallet_id: WalletId) -> bool {
     use cosigner_protocol::wire::ErrorKind;
     matches!(
         provider_view(session, wallet_id),
@@ -394,7 +391,7 @@ fn unknown_at(session: &mut Session, wallet_id: WalletId) -> bool {
 /// failure (integrity, internal, connection) may hide a registration.
 fn never_registered(e: &ClientError) -> bool {
     use cosigner_protocol::wire::ErrorKind;
-    matches!(e, ClientError::Remote(w) if matches!(w.kind, ErrorKind::NotFound | ErrorKind::BadRequest))
+    matches!(e, ClientError::Remote(w) if matches!(w.kind, ErrorKind::NotFound | ErrorKind::BadRequest | ErrorKind::Unauthorized))
 }
 
 /// The error of a creation the provider registered but the recovery cosigner did not (yet):
@@ -420,8 +417,8 @@ fn unfinished(home: &Home, wallet_id: WalletId, e: ClientError) -> ClientError {
 /// Finishes a creation an earlier run left unconfirmed (see [`CREATING`]). `None`: none.
 fn finish_creation(
     home: &Home,
-    provider: &mut Session,
-    recovery: &mut Session,
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
 ) -> Result<Option<Created>> {
     let Some((wallet_id, bytes)) = home.journals(CREATING)?.into_iter().next() else {
         return Ok(None);
@@ -438,7 +435,7 @@ fn finish_creation(
     });
     // Whoever already holds the wallet is not asked again (its DkgDone may just have been lost,
     // and the wallet may have moved on since): only a cosigner that does not know it is.
-    let known = |session: &mut Session| provider_view(session, wallet_id).is_ok();
+    let known = |session: &mut dyn Courier| provider_view(session, wallet_id).is_ok();
     if !known(provider)
         && let Err(e) = confirm_at(provider, &confirm, &wallet)
     {
@@ -542,7 +539,7 @@ impl CoSigner<'_> {
 /// BIP-340 signature.
 pub fn sign(
     home: &Home,
-    provider: &mut Session,
+    provider: &mut dyn Courier,
     wallet_id: WalletId,
     message: &[u8; 32],
 ) -> Result<[u8; 64]> {
@@ -552,7 +549,7 @@ pub fn sign(
 /// Signs a 32-byte message with this device and `cosigner` (reached through `session`).
 pub fn sign_with(
     home: &Home,
-    provider: &mut Session,
+    provider: &mut dyn Courier,
     cosigner: CoSigner<'_>,
     wallet_id: WalletId,
     message: &[u8; 32],
@@ -616,7 +613,7 @@ pub fn verify_bip340(x_only_hex: &str, message: &[u8; 32], signature: &[u8; 64])
 }
 
 /// Public facts from a cosigner.
-pub fn provider_view(provider: &mut Session, wallet_id: WalletId) -> Result<WalletInfo> {
+pub fn provider_view(provider: &mut dyn Courier, wallet_id: WalletId) -> Result<WalletInfo> {
     match provider.call(&Request::GetWallet { wallet_id })? {
         Response::Wallet { wallet } => Ok(wallet),
         other => Err(unexpected("Wallet", &other)),
@@ -646,8 +643,8 @@ pub enum RefreshStep {
 /// take part: a refresh never evicts anyone. The old epoch stays usable until all have committed.
 pub fn refresh(
     home: &Home,
-    provider: &mut Session,
-    recovery: &mut Session,
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
     wallet_id: WalletId,
     observe: &mut dyn FnMut(RefreshStep),
 ) -> Result<WalletFile> {
@@ -676,8 +673,8 @@ pub fn refresh(
 /// `None`: nothing to finish.
 fn resume(
     home: &Home,
-    provider: &mut Session,
-    recovery: &mut Session,
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
     wallet: &WalletFile,
     device_key: &SigningKey,
 ) -> Result<Option<WalletFile>> {
@@ -736,12 +733,12 @@ fn switch_share(
 /// cosigner at creation: the recovery cosigner would refuse every commit receipt it signs, and
 /// a commit at the provider alone could never be followed.
 fn check_provider_identity(
-    provider: &Session,
-    recovery: &mut Session,
+    provider: &dyn Courier,
+    recovery: &mut dyn Courier,
     wallet_id: WalletId,
 ) -> Result<()> {
     let registered = provider_view(recovery, wallet_id)?.provider_key;
-    let attested = provider.attestation().doc.public_key.clone();
+    let attested = provider.attested_key().map(<[u8]>::to_vec);
     match registered {
         Some(key) if Some(key.as_slice()) != attested.as_deref() => Err(ClientError::Protocol(
             cosigner_protocol::ProtocolError::Disagreement {
@@ -763,8 +760,8 @@ fn check_provider_identity(
 /// between them) commits its stored prepared share with the other's confirmations. Returns the
 /// common view; fails if they still differ.
 fn roll_forward(
-    provider: &mut Session,
-    recovery: &mut Session,
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
     wallet_id: WalletId,
     device_key: &SigningKey,
 ) -> Result<WalletInfo> {
@@ -772,9 +769,9 @@ fn roll_forward(
     let c = provider_view(recovery, wallet_id)?;
     if b.epoch != c.epoch {
         let (leader, lagging) = if b.epoch > c.epoch {
-            (&b, &mut *recovery)
+            (&b, &mut *recovery as &mut dyn Courier)
         } else {
-            (&c, &mut *provider)
+            (&c, &mut *provider as &mut dyn Courier)
         };
         // The provider leads (the recovery cosigner commits only with its receipt); a wallet
         // registered before receipts may have either ahead.
@@ -806,8 +803,8 @@ fn roll_forward(
 
 fn refresh_from(
     home: &Home,
-    provider: &mut Session,
-    recovery: &mut Session,
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
     wallet: WalletFile,
     key_package: &KeyPackage<Suite>,
     pkp: &PublicKeyPackage<Suite>,
@@ -816,7 +813,6 @@ fn refresh_from(
     let wallet_id = WalletId::from_hex(&wallet.wallet_id)?;
     let device_key = home.device_key()?;
     check_provider_identity(provider, recovery, wallet_id)?;
-    let mut rng = rand_core::OsRng;
     let params = RefreshParams {
         wallet_id,
         ciphersuite: wallet.ciphersuite.clone(),
@@ -824,46 +820,25 @@ fn refresh_from(
         parties: wallet.parties.clone(),
         from_epoch: wallet.epoch,
     };
-    let (a1, m_a) = refresh::start::<Suite>(&params, DEVICE, &mut rng)?;
-    let mut round1 = vec![m_a];
-    for (session, me) in [(&mut *provider, PROVIDER), (&mut *recovery, RECOVERY)] {
+    let mut start = |courier: &mut dyn Courier, me: u16| {
         let start = Request::RefreshStart {
             params: params.clone(),
             me,
         };
-        match authorized_retrying(session, wallet_id, KeyRole::Device, &device_key, &start)? {
-            Response::RefreshRound1 { message } => round1.push(message),
-            other => return Err(unexpected("RefreshRound1", &other)),
-        }
-    }
-    observe(RefreshStep::Round1);
-    let (a2, mut packages) = a1.handle_round1(&round1, &mut rng)?;
-    for session in [&mut *provider, &mut *recovery] {
-        match session.call(&Request::RefreshRound2 {
-            wallet_id,
-            round1: round1.clone(),
-        })? {
-            Response::RefreshRound2 { packages: theirs } => packages.extend(theirs),
-            other => return Err(unexpected("RefreshRound2", &other)),
-        }
-    }
-    observe(RefreshStep::Round2);
-    let to = |party: u16| -> Vec<SealedPackage> {
-        packages.iter().filter(|p| p.to == party).cloned().collect()
+        authorized_retrying(courier, wallet_id, KeyRole::Device, &device_key, &start)
     };
-    let (a3, c_a) = a2.handle_round2(&to(DEVICE), key_package, pkp)?;
-    let mut confirmations = vec![c_a];
-    for (session, me) in [(&mut *provider, PROVIDER), (&mut *recovery, RECOVERY)] {
-        match session.call(&Request::RefreshRound3 {
-            wallet_id,
-            packages: to(me),
-        })? {
-            Response::RefreshRound3 { confirmation } => confirmations.push(confirmation),
-            other => return Err(unexpected("RefreshRound3", &other)),
-        }
-    }
-    observe(RefreshStep::Round3);
-    let output = a3.handle_confirmations(&confirmations)?;
+    let old = (key_package.clone(), pkp.clone());
+    let Confirmed {
+        output,
+        confirmations,
+    } = coordinator::run(
+        &params,
+        DEVICE,
+        old,
+        &mut cosigners(provider, recovery),
+        &mut start,
+        &mut |p| observe(refresh_step(p)),
+    )?;
     // Kept before any cosigner commits: if this process dies after a commit, the next run finds
     // the new share here and finishes (see `resume`) instead of losing it.
     let prepared = zeroize::Zeroizing::new(output.key_package.serialize().map_err(internal)?);
@@ -899,7 +874,7 @@ fn refresh_from(
         &prepared,
     )?;
     observe(RefreshStep::DeviceCommitted);
-    for session in [&mut *provider, &mut *recovery] {
+    for session in [&mut *provider as &mut dyn Courier, &mut *recovery] {
         match session.call(&Request::RefreshFinalize {
             wallet_id,
             epoch: new_wallet.epoch,
@@ -924,8 +899,8 @@ fn refresh_from(
 /// forward, a refresh that committed is finished from the share kept in the home.
 pub fn recover(
     home: &Home,
-    provider: &mut Session,
-    recovery: &mut Session,
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
     wallet_id: WalletId,
     recovery_key: &SigningKey,
     network: Network,
@@ -957,8 +932,8 @@ pub enum RecoverStep {
 /// [`recover`], reporting each step to `observe`.
 pub fn recover_observed(
     home: &Home,
-    provider: &mut Session,
-    recovery: &mut Session,
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
     wallet_id: WalletId,
     recovery_key: &SigningKey,
     network: Network,
@@ -973,7 +948,7 @@ pub fn recover_observed(
         new_device_key: ByteBuf::from(new_device.clone()),
     };
     let mut completed = true;
-    for session in [&mut *provider, &mut *recovery] {
+    for session in [&mut *provider as &mut dyn Courier, &mut *recovery] {
         match authorized_retrying(session, wallet_id, KeyRole::Recovery, recovery_key, &start)? {
             Response::RecoverApproved { completed: c, .. } => completed &= c,
             other => return Err(unexpected("RecoverApproved", &other)),
@@ -1040,8 +1015,8 @@ pub fn recover_observed(
 /// Cancels a recovery in progress at both cosigners, with the recovery credential: the pending
 /// device key is dropped and the registered device key may act again. Idempotent.
 pub fn cancel_recovery(
-    provider: &mut Session,
-    recovery: &mut Session,
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
     wallet_id: WalletId,
     recovery_key: &SigningKey,
 ) -> Result<()> {
@@ -1057,7 +1032,7 @@ pub fn cancel_recovery(
         )));
     }
     let cancel = Request::RecoverCancel { wallet_id };
-    for session in [provider, recovery] {
+    for session in [provider as &mut dyn Courier, recovery] {
         match authorized_retrying(session, wallet_id, KeyRole::Recovery, recovery_key, &cancel)? {
             Response::Done => {}
             other => return Err(unexpected("Done", &other)),
@@ -1081,8 +1056,8 @@ fn holds_share(home: &Home, wallet_id: &WalletId, pkp: &PublicKeyPackage<Suite>)
 /// Repair: B and C rebuild this device's share at `info.epoch`; only we can open the result, and
 /// it is checked against the public key package.
 fn repair_share(
-    provider: &mut Session,
-    recovery: &mut Session,
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
     wallet_id: WalletId,
     info: &WalletInfo,
     pkp: &PublicKeyPackage<Suite>,
@@ -1099,7 +1074,10 @@ fn repair_share(
     };
     let (participant, participant_key) = repair::participant_start::<Suite>(&params, &mut rng)?;
     let mut helper_keys = BTreeMap::new();
-    for (session, me) in [(&mut *provider, PROVIDER), (&mut *recovery, RECOVERY)] {
+    for (session, me) in [
+        (&mut *provider as &mut dyn Courier, PROVIDER),
+        (&mut *recovery, RECOVERY),
+    ] {
         let start = Request::RepairStart {
             params: params.clone(),
             me,
@@ -1116,7 +1094,7 @@ fn repair_share(
         .map(|(p, k)| (*p, ByteBuf::from(k.clone())))
         .collect();
     let mut deltas = Vec::new();
-    for session in [&mut *provider, &mut *recovery] {
+    for session in [&mut *provider as &mut dyn Courier, &mut *recovery] {
         match session.call(&Request::RepairDeltas {
             wallet_id,
             helper_keys: keys.clone(),
@@ -1126,7 +1104,10 @@ fn repair_share(
         }
     }
     let mut sigmas = Vec::new();
-    for (session, me) in [(&mut *provider, PROVIDER), (&mut *recovery, RECOVERY)] {
+    for (session, me) in [
+        (&mut *provider as &mut dyn Courier, PROVIDER),
+        (&mut *recovery, RECOVERY),
+    ] {
         let mine: Vec<SealedPackage> = deltas.iter().filter(|d| d.to == me).cloned().collect();
         match session.call(&Request::RepairSigma {
             wallet_id,

@@ -1,0 +1,229 @@
+//! The client's one coordinator of key-making ceremonies (a wallet's DKG, a refresh): this
+//! device's party runs the protocol's any-order engine ([`Exchange`], the same one a DAO member
+//! and the enclave run), and the coordinator relays every message to the party it is for through
+//! each cosigner's [`Courier`]. Round-1 messages and confirmations go to everyone, each sealed
+//! round-2 package only to its recipient (it is sealed to that party's key: relaying it shows us
+//! nothing).
+//!
+//! What differs between a DKG and a refresh is only which request carries each step
+//! ([`KeygenRequests`]) and what a party brings into round 2 (nothing, or its current share).
+
+use cosigner_protocol::keygen::exchange::{Exchange, Message};
+use cosigner_protocol::keygen::{KeygenParams, Output};
+use cosigner_protocol::wire::{
+    Confirmation, DkgParams, RefreshParams, Request, Response, Round1Message, SealedPackage,
+};
+
+use crate::courier::Courier;
+use crate::{ClientError, Result};
+
+type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
+
+/// Which request carries each step of a ceremony to a cosigner, and which answer it expects.
+pub trait KeygenRequests: KeygenParams {
+    /// The request that hands a cosigner all round-1 messages.
+    fn round1_request(&self, round1: Vec<Round1Message>) -> Request;
+    /// The request that hands a cosigner the round-2 packages sealed to it.
+    fn round2_request(&self, packages: Vec<SealedPackage>) -> Request;
+    /// A cosigner's round-1 message, from its answer to the start request.
+    fn round1_answer(answer: Response) -> Result<Round1Message>;
+    /// A cosigner's sealed packages, from its answer to [`KeygenRequests::round1_request`].
+    fn packages_answer(answer: Response) -> Result<Vec<SealedPackage>>;
+    /// A cosigner's confirmation, from its answer to [`KeygenRequests::round2_request`].
+    fn confirmation_answer(answer: Response) -> Result<Confirmation>;
+}
+
+fn unexpected(what: &str, got: &Response) -> ClientError {
+    ClientError::Unexpected(format!("expected {what}, got {got:?}"))
+}
+
+impl KeygenRequests for DkgParams {
+    fn round1_request(&self, round1: Vec<Round1Message>) -> Request {
+        Request::DkgRound2 {
+            wallet_id: self.wallet_id,
+            round1,
+        }
+    }
+    fn round2_request(&self, packages: Vec<SealedPackage>) -> Request {
+        Request::DkgRound3 {
+            wallet_id: self.wallet_id,
+            packages,
+        }
+    }
+    fn round1_answer(answer: Response) -> Result<Round1Message> {
+        match answer {
+            Response::DkgRound1 { message } => Ok(message),
+            other => Err(unexpected("DkgRound1", &other)),
+        }
+    }
+    fn packages_answer(answer: Response) -> Result<Vec<SealedPackage>> {
+        match answer {
+            Response::DkgRound2 { packages } => Ok(packages),
+            other => Err(unexpected("DkgRound2", &other)),
+        }
+    }
+    fn confirmation_answer(answer: Response) -> Result<Confirmation> {
+        match answer {
+            Response::DkgRound3 { confirmation } => Ok(confirmation),
+            other => Err(unexpected("DkgRound3", &other)),
+        }
+    }
+}
+
+impl KeygenRequests for RefreshParams {
+    fn round1_request(&self, round1: Vec<Round1Message>) -> Request {
+        Request::RefreshRound2 {
+            wallet_id: self.wallet_id,
+            round1,
+        }
+    }
+    fn round2_request(&self, packages: Vec<SealedPackage>) -> Request {
+        Request::RefreshRound3 {
+            wallet_id: self.wallet_id,
+            packages,
+        }
+    }
+    fn round1_answer(answer: Response) -> Result<Round1Message> {
+        match answer {
+            Response::RefreshRound1 { message } => Ok(message),
+            other => Err(unexpected("RefreshRound1", &other)),
+        }
+    }
+    fn packages_answer(answer: Response) -> Result<Vec<SealedPackage>> {
+        match answer {
+            Response::RefreshRound2 { packages } => Ok(packages),
+            other => Err(unexpected("RefreshRound2", &other)),
+        }
+    }
+    fn confirmation_answer(answer: Response) -> Result<Confirmation> {
+        match answer {
+            Response::RefreshRound3 { confirmation } => Ok(confirmation),
+            other => Err(unexpected("RefreshRound3", &other)),
+        }
+    }
+}
+
+/// One cosigner in a ceremony: its party and its courier.
+pub struct Peer<'a> {
+    /// The cosigner's party.
+    pub party: u16,
+    /// What carries requests to it.
+    pub courier: &'a mut dyn Courier,
+}
+
+/// How far a ceremony got, for progress lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Progress {
+    /// Every party's round-1 message is here.
+    Round1,
+    /// Every sealed round-2 package is here.
+    Round2,
+    /// Every party confirmed the same result.
+    Confirmed,
+}
+
+/// What a confirmed ceremony leaves this device: its result and every party's confirmation (the
+/// cosigners' commit requests carry them).
+pub struct Confirmed {
+    /// Our new share and the public key package.
+    pub output: Output<Suite>,
+    /// Every party's confirmation, ours included.
+    pub confirmations: Vec<Confirmation>,
+}
+
+/// Runs one key-making ceremony with this device as party `me` (bringing `old` into round 2)
+/// and the `peers`: `start` asks each cosigner to start (it may need authorization), then the
+/// coordinator relays until every party confirmed the same result.
+///
+/// Errors: a cosigner's refusal or an unexpected answer, or a protocol failure of our party (a
+/// culprit, a disagreement): nothing is kept, the cosigners' ceremony state expires.
+pub fn run<P: KeygenRequests>(
+    params: &P,
+    me: u16,
+    old: P::Old<Suite>,
+    peers: &mut [Peer<'_>],
+    start: &mut dyn FnMut(&mut dyn Courier, u16) -> Result<Response>,
+    observe: &mut dyn FnMut(Progress),
+) -> Result<Confirmed> {
+    let mut rng = rand_core::OsRng;
+    let (mut local, first) = Exchange::<Suite, P>::start(params, vec![(me, old)], &mut rng)?;
+    let mut round1: Vec<Round1Message> = first.into_iter().filter_map(round1_of).collect();
+    for peer in peers.iter_mut() {
+        round1.push(P::round1_answer(start(peer.courier, peer.party)?)?);
+    }
+    absorb(&mut local, round1.iter().cloned().map(Message::Round1))?;
+    observe(Progress::Round1);
+
+    let mut packages: Vec<SealedPackage> = local
+        .advance(&mut rng)?
+        .into_iter()
+        .filter_map(package_of)
+        .collect();
+    for peer in peers.iter_mut() {
+        let answer = peer.courier.call(&params.round1_request(round1.clone()))?;
+        packages.extend(P::packages_answer(answer)?);
+    }
+    absorb(&mut local, sealed_to(&packages, me).map(Message::Round2))?;
+    observe(Progress::Round2);
+
+    let mut confirmations: Vec<Confirmation> = local
+        .advance(&mut rng)?
+        .into_iter()
+        .filter_map(confirmation_of)
+        .collect();
+    for peer in peers.iter_mut() {
+        let to_peer = sealed_to(&packages, peer.party).collect();
+        let answer = peer.courier.call(&params.round2_request(to_peer))?;
+        confirmations.push(P::confirmation_answer(answer)?);
+    }
+    absorb(
+        &mut local,
+        confirmations.iter().cloned().map(Message::Confirmation),
+    )?;
+    local.advance(&mut rng)?;
+    let output =
+        local.into_outputs()?.pop().map(|(_, o)| o).ok_or_else(|| {
+            ClientError::Unexpected("the ceremony ended without our share".into())
+        })?;
+    observe(Progress::Confirmed);
+    Ok(Confirmed {
+        output,
+        confirmations,
+    })
+}
+
+fn absorb<P: KeygenParams>(
+    local: &mut Exchange<Suite, P>,
+    messages: impl Iterator<Item = Message>,
+) -> Result<()> {
+    for message in messages {
+        local.absorb(&message, "message")?;
+    }
+    Ok(())
+}
+
+fn sealed_to(packages: &[SealedPackage], party: u16) -> impl Iterator<Item = SealedPackage> + '_ {
+    packages.iter().filter(move |p| p.to == party).cloned()
+}
+
+fn round1_of(message: Message) -> Option<Round1Message> {
+    match message {
+        Message::Round1(m) => Some(m),
+        _ => None,
+    }
+}
+
+fn package_of(message: Message) -> Option<SealedPackage> {
+    match message {
+        Message::Round2(p) => Some(p),
+        _ => None,
+    }
+}
+
+fn confirmation_of(message: Message) -> Option<Confirmation> {
+    match message {
+        Message::Confirmation(c) => Some(c),
+        _ => None,
+    }
+}
