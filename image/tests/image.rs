@@ -106,6 +106,27 @@ fn ok(out: &Output) -> String {
 }
 
 /// Exit code 1 and exactly one stderr line, no panic; returns the line.
+/// `build --config FILE` without blobs, with `KMS_KEY_ARN` set to `key_arn` (or unset).
+fn build_with_config(inputs: &Inputs, out: &Path, config: &Path, key_arn: Option<&str>) -> Output {
+    let mut command = Command::new(BIN);
+    command
+        .args(["build", "--enclave"])
+        .arg(&inputs.enclave)
+        .arg("--init")
+        .arg(&inputs.init)
+        .arg("--out-dir")
+        .arg(out)
+        .arg("--config")
+        .arg(config)
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .env("RUST_BACKTRACE", "0");
+    match key_arn {
+        Some(arn) => command.env("KMS_KEY_ARN", arn),
+        None => command.env_remove("KMS_KEY_ARN"),
+    };
+    command.output().unwrap()
+}
+
 fn refused(out: &Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -602,19 +623,7 @@ fn the_kms_key_is_a_build_input_and_part_of_pcr2() {
     }
     let config = inputs.root.join("production.toml");
     std::fs::write(&config, KMS_CONFIG).unwrap();
-    let out = Command::new(BIN)
-        .args(["build", "--enclave"])
-        .arg(&inputs.enclave)
-        .arg("--init")
-        .arg(&inputs.init)
-        .arg("--out-dir")
-        .arg(&never)
-        .arg("--config")
-        .arg(&config)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .env("KMS_KEY_ARN", DEPLOYMENT_ARN)
-        .output()
-        .unwrap();
+    let out = build_with_config(&inputs, &never, &config, Some(DEPLOYMENT_ARN));
     assert!(refused(&out).contains("not both"));
     assert!(!never.exists());
 }
@@ -704,19 +713,7 @@ fn a_deployments_config_is_baked_in_and_measured() {
     let default = inputs.root.join("default");
     let deployed = inputs.root.join("deployed");
     ok(&build(&inputs, &default, false, &[]));
-    let mut command = Command::new(BIN);
-    command
-        .args(["build", "--enclave"])
-        .arg(&inputs.enclave)
-        .arg("--init")
-        .arg(&inputs.init)
-        .arg("--out-dir")
-        .arg(&deployed)
-        .arg("--config")
-        .arg(&config)
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .env_remove("KMS_KEY_ARN");
-    ok(&command.output().unwrap());
+    ok(&build_with_config(&inputs, &deployed, &config, None));
     let entries = cpio::read(&read(&deployed, image::files::APP_RAMDISK)).unwrap();
     let baked = entries
         .iter()
@@ -729,19 +726,7 @@ fn a_deployments_config_is_baked_in_and_measured() {
     std::fs::write(&config, "listen = [unclosed\n").unwrap();
     let never = inputs.root.join("never");
     for path in [config.clone(), inputs.root.join("absent.toml")] {
-        let out = Command::new(BIN)
-            .args(["build", "--enclave"])
-            .arg(&inputs.enclave)
-            .arg("--init")
-            .arg(&inputs.init)
-            .arg("--out-dir")
-            .arg(&never)
-            .arg("--config")
-            .arg(&path)
-            .env("SOURCE_DATE_EPOCH", EPOCH)
-            .env_remove("KMS_KEY_ARN")
-            .output()
-            .unwrap();
+        let out = build_with_config(&inputs, &never, &path, None);
         let line = refused(&out);
         assert!(line.contains("--config"), "{line}");
         assert!(!never.exists());
