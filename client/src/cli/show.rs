@@ -36,31 +36,41 @@ pub fn show(g: &Globals, wallet: &str, json_out: bool) -> anyhow::Result<()> {
     let id = wallet_id(wallet)?;
     let home = home(g)?;
     let w = home.wallet(&id)?;
-    let mut out = wallet_json(&w);
+    let mut out = match wallet_json(&w) {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
     let online = online_view(g, &w, id);
     let policy = match online {
         Ok((view, policy)) => {
-            out["source"] = json!("cosigner");
-            out["provider"] = view;
+            out.insert("source".into(), json!("cosigner"));
+            out.insert("provider".into(), view);
             policy.or(local_policy(&home, &w, id)?)
         }
         Err(reason) => {
-            out["source"] = json!("local");
-            out["offline_reason"] = json!(reason);
+            out.insert("source".into(), json!("local"));
+            out.insert("offline_reason".into(), json!(reason));
             local_policy(&home, &w, id)?
         }
     };
-    out["kind"] = json!(if w.dao.is_some() { "dao" } else { "personal" });
+    out.insert(
+        "kind".into(),
+        json!(if w.dao.is_some() { "dao" } else { "personal" }),
+    );
     let spends = match w.dao {
         Some(_) => None,
         None => Some(home.local_spends(&id)?),
     };
     // An empty text is a policy known to be none (a personal wallet created without one).
-    out["policy_known"] = json!(policy.is_some());
-    out["policy"] = match policy {
-        Some(p) if !p.text.is_empty() => policy_json(&p, spends.as_deref()),
-        _ => Value::Null,
-    };
+    out.insert("policy_known".into(), json!(policy.is_some()));
+    out.insert(
+        "policy".into(),
+        match policy {
+            Some(p) if !p.text.is_empty() => policy_json(&p, spends.as_deref()),
+            _ => Value::Null,
+        },
+    );
+    let out = Value::Object(out);
     if json_out {
         return emit(&out.to_string());
     }
@@ -188,77 +198,86 @@ fn rule_json(r: &toml::Table, spends: Option<&[LocalSpend]>, now_ms: u64) -> Val
 /// The text form: a few labelled lines.
 fn text(v: &Value) -> String {
     let mut lines = vec![
-        format!("wallet {} ({})", s(&v["wallet_id"]), s(&v["kind"])),
-        format!("address {} ({})", s(&v["address"]), s(&v["network"])),
-        format!("group key (x-only) {}", s(&v["group_public_key"])),
+        format!("wallet {} ({})", s(at(v, "wallet_id")), s(at(v, "kind"))),
+        format!("address {} ({})", s(at(v, "address")), s(at(v, "network"))),
+        format!("group key (x-only) {}", s(at(v, "group_public_key"))),
         format!(
             "epoch {}, {} of parties {}",
-            v["epoch"], v["min_signers"], v["parties"]
+            at(v, "epoch"),
+            at(v, "min_signers"),
+            at(v, "parties")
         ),
     ];
-    match v["source"].as_str() {
-        Some("cosigner") if v["kind"] == "dao" => {
+    match at(v, "source").as_str() {
+        Some("cosigner") if at(v, "kind") == "dao" => {
             lines.push("provider: holds the wallet (its policy in force below)".into());
         }
         Some("cosigner") => lines.push(format!(
             "provider: party {}, epoch {}",
-            v["provider"]["party"], v["provider"]["epoch"]
+            at(at(v, "provider"), "party"),
+            at(at(v, "provider"), "epoch")
         )),
         _ => lines.push(format!(
             "(offline: from local files; {})",
-            s(&v["offline_reason"])
+            s(at(v, "offline_reason"))
         )),
     }
-    let p = &v["policy"];
+    let p = at(v, "policy");
     if p.is_null() {
-        lines.push(if v["policy_known"] == true {
+        lines.push(if at(v, "policy_known") == true {
             "policy: none (the cosigners sign what this device asks)".into()
         } else {
             "policy: not recorded on this device (the cosigners hold it)".into()
         });
         return lines.join("\n");
     }
-    let version = p["version"]
+    let version = at(p, "version")
         .as_u64()
         .map_or_else(String::new, |n| format!(" version {n}"));
-    lines.push(format!("policy{version}, from {}:", s(&p["origin"])));
-    for r in p["rules"].as_array().into_iter().flatten() {
+    lines.push(format!("policy{version}, from {}:", s(at(p, "origin"))));
+    for r in at(p, "rules").as_array().into_iter().flatten() {
         lines.push(format!("  {}", rule_text(r)));
     }
     lines.join("\n")
 }
 
 fn rule_text(r: &Value) -> String {
-    let unit = s(&r["unit"]);
+    let unit = s(at(r, "unit"));
     let mut parts = Vec::new();
-    if let Some(below) = r["below"].as_i64() {
+    if let Some(below) = at(r, "below").as_i64() {
         parts.push(format!("below {below} {unit}"));
     }
-    if let Some(fee) = r["max_fee"].as_i64() {
+    if let Some(fee) = at(r, "max_fee").as_i64() {
         parts.push(format!("fee at most {fee} {unit}"));
     }
-    let v = &r["velocity"];
+    let v = at(r, "velocity");
     if !v.is_null() {
-        let left = match v["left"].as_u64() {
+        let left = match at(v, "left").as_u64() {
             Some(left) => format!(
                 "{left} {unit} left ({} {unit} signed from this device)",
-                v["spent"]
+                at(v, "spent")
             ),
             None => "what is left is known to the cosigners".into(),
         };
         parts.push(format!(
             "at most {} {unit} per {} h: {left}",
-            v["limit"], v["window_hours"]
+            at(v, "limit"),
+            at(v, "window_hours")
         ));
     }
-    if r["deny"] == true {
+    if at(r, "deny") == true {
         parts.push("denied".into());
-    } else if let Some(k) = r["approvals"].as_i64() {
+    } else if let Some(k) = at(r, "approvals").as_i64() {
         parts.push(format!("{k} approval(s)"));
     }
-    format!("rule {}: {}", s(&r["name"]), parts.join("; "))
+    format!("rule {}: {}", s(at(r, "name")), parts.join("; "))
 }
 
 fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("?")
+}
+
+/// `v[key]` without the indexing operator: `Value::Null` where there is no such key.
+pub(super) fn at<'a>(v: &'a Value, key: &str) -> &'a Value {
+    v.get(key).unwrap_or(&Value::Null)
 }

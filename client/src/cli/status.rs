@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::Globals;
 use super::attestation::emit;
+use super::show::at;
 use super::wallet::trust;
 
 /// `cosigner status`.
@@ -58,14 +59,14 @@ fn probe(addr: Option<&String>, trust: &cosigner_client::trust::Trust) -> Value 
 
 /// The terminal's line for one cosigner.
 fn line(name: &str, v: &Value) -> String {
-    let addr = v["address"].as_str().unwrap_or("-");
-    if v["configured"] != true {
+    let addr = at(v, "address").as_str().unwrap_or("-");
+    if at(v, "configured") != true {
         return format!(
             "{name}: not configured (--{name} ADDR or COSIGNER_{})",
             name.to_uppercase()
         );
     }
-    if v["attested"] == true {
+    if at(v, "attested") == true {
         let short = |key: &str| {
             v[key].as_str().map_or_else(
                 || "none".to_owned(),
@@ -74,19 +75,19 @@ fn line(name: &str, v: &Value) -> String {
         };
         return format!(
             "{name} {addr}: attested (module {}, PCR0 {}, audit key {})",
-            v["module_id"].as_str().unwrap_or("?"),
+            at(v, "module_id").as_str().unwrap_or("?"),
             short("pcr0"),
             short("audit_key"),
         );
     }
-    let state = if v["reachable"] == true {
+    let state = if at(v, "reachable") == true {
         "reachable, NOT attested"
     } else {
         "unreachable"
     };
     format!(
         "{name} {addr}: {state}: {}",
-        v["error"].as_str().unwrap_or("")
+        at(v, "error").as_str().unwrap_or("")
     )
 }
 
@@ -113,8 +114,8 @@ pub fn status(g: &Globals, args: &StatusArgs) -> anyhow::Result<()> {
     }
     let failed: Vec<String> = report
         .iter()
-        .filter(|(_, v)| v["configured"] == true && v["attested"] != true)
-        .map(|(name, v)| format!("{name}: {}", v["error"].as_str().unwrap_or("refused")))
+        .filter(|(_, v)| at(v, "configured") == true && at(v, "attested") != true)
+        .map(|(name, v)| format!("{name}: {}", at(v, "error").as_str().unwrap_or("refused")))
         .collect();
     if failed.is_empty() {
         return Ok(());
