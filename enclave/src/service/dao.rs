@@ -885,6 +885,13 @@ impl Service {
         let Some(signatures) = job.coordinator.signatures().map(<[_]>::to_vec) else {
             return Ok((messages, false));
         };
+        messages.push(self.record_spend(job, &signatures)?);
+        Ok((messages, true))
+    }
+
+    /// Every share is in: checks the state again, records the spend (anchored), and returns the
+    /// signed transaction to publish.
+    fn record_spend(&self, job: &SignJob, signatures: &[[u8; 64]]) -> Result<DaoMessage, Failure> {
         // Every share is in. Check the state again (another request may have spent since), record
         // the spend, then publish.
         let _guard = self.writer(&job.wallet_id)?;
@@ -928,7 +935,7 @@ impl Service {
                 decision.rule, decision.approvals
             )));
         }
-        let (txid, tx) = psbt::finalize(&job.request.psbt, &job.output_key, &signatures)?;
+        let (txid, tx) = psbt::finalize(&job.request.psbt, &job.output_key, signatures)?;
         // The same bounded history as personal wallets (velocity windows are at most a year),
         // counted once per transaction.
         if !state.signed_txids.iter().any(|(t, _)| *t == txid) {
@@ -949,12 +956,11 @@ impl Service {
             &job.hash,
             &format!("signed {txid} under rule {:?}", job.rule),
         )?;
-        messages.push(DaoMessage::Signed {
+        Ok(DaoMessage::Signed {
             request: ByteBuf::from(job.hash.to_vec()),
             txid,
             tx: ByteBuf::from(tx),
-        });
-        Ok((messages, true))
+        })
     }
 
     fn found_policy(

@@ -1724,4 +1724,126 @@ mod tests {
                 .is_err()
         );
     }
+    fn reject(party: u16) -> DaoMessage {
+        DaoMessage::Reject(Rejection {
+            request: ByteBuf::from(vec![9; 32]),
+            party,
+            reason: Some("no".into()),
+        })
+    }
+
+    #[test]
+    fn rejections_count_against_the_rule_and_a_dead_request_is_refused() {
+        let d = dao();
+        let pk = |p: u16| public_key_bytes(&d.members[usize::from(p) - 1]);
+        let approval = |p: u16| {
+            MemberSigner::<Tr>::approve([9; 32], p, vec![], vec![[1; 32]], String::new()).1
+        };
+        let mut coord =
+            Coordinator::<Tr>::new([9; 32], vec![[1; 32]], 3, approvers(&d), vec![6, 7, 8])
+                .unwrap();
+        // An approval stands: its maker cannot reject afterwards.
+        assert!(coord.absorb(&pk(1), &approval(1)).unwrap());
+        assert!(matches!(
+            coord.absorb(&pk(1), &reject(1)),
+            Err(ProtocolError::Culprit { party: 1, .. })
+        ));
+        // A rejection under another member's key is refused; the right one counts once, and
+        // stands: its maker cannot approve afterwards.
+        assert!(coord.absorb(&pk(3), &reject(2)).is_err());
+        assert!(coord.absorb(&pk(2), &reject(2)).unwrap());
+        assert!(!coord.absorb(&pk(2), &reject(2)).unwrap());
+        assert!(coord.absorb(&pk(2), &approval(2)).is_err());
+        let long = DaoMessage::Reject(Rejection {
+            request: ByteBuf::from(vec![9; 32]),
+            party: 3,
+            reason: Some("x".repeat(MAX_REJECTION_REASON + 1)),
+        });
+        assert!(coord.absorb(&pk(3), &long).is_err());
+        // Five approvers, one rejection: three approvals are still possible.
+        assert!(!coord.is_dead());
+        coord.absorb(&pk(3), &reject(3)).unwrap();
+        assert!(!coord.is_dead(), "approvers 1, 4, 5 are left");
+        coord.absorb(&pk(4), &reject(4)).unwrap();
+        assert!(coord.is_dead());
+        let pkp = d.outputs[5].1[0].1.public_key_package.clone();
+        assert!(matches!(
+            coord.advance(&BTreeMap::new(), &pkp, &mut OsRng),
+            Err(ProtocolError::Refused { .. })
+        ));
+        assert_eq!(coord.rejections().len(), 3);
+    }
+
+    #[test]
+    fn a_tally_names_who_is_missing_and_counts_only_what_it_can_check() {
+        let members = keys(5);
+        let provider = keys(1).pop().unwrap();
+        let layout = crate::dao::tests::invitation(&members, &provider)
+            .layout()
+            .unwrap();
+        let pk = |p: u16| public_key_bytes(&members[usize::from(p) - 1]);
+        let evaluation = Evaluation {
+            request: ByteBuf::from(vec![9; 32]),
+            sighashes: vec![ByteBuf::from(vec![1; 32])],
+            value_leaving: 1,
+            fee: 0,
+            destinations: Vec::new(),
+            rule: "small".into(),
+            approvals: 3,
+            approvers: vec![1, 2, 3, 4, 5],
+        };
+        let mut t = Tally::new([9; 32], &layout, &evaluation).unwrap();
+        let name = |p: u16| layout.name_of(p).unwrap().to_owned();
+        let approval = |p: u16, sighash: [u8; 32]| {
+            MemberSigner::<Tr>::approve([9; 32], p, vec![], vec![sighash], String::new()).1
+        };
+        assert!(t.absorb(&pk(1), &approval(1, [1; 32])));
+        // Under another key, or of other sighashes: not counted.
+        assert!(!t.absorb(&pk(3), &approval(2, [1; 32])));
+        assert!(!t.absorb(&pk(2), &approval(2, [2; 32])));
+        assert!(t.absorb(&pk(2), &reject(2)));
+        assert_eq!(t.missing(), vec![3, 4, 5]);
+        assert_eq!(
+            t.describe(&name),
+            "1 of 3 approvals; rejected by bob; waiting for carol, dave, eve"
+        );
+        assert!(t.absorb(&pk(3), &reject(3)));
+        assert!(!t.is_dead());
+        assert!(t.absorb(&pk(4), &reject(4)));
+        assert!(t.is_dead());
+        assert!(t.missing().is_empty());
+        // The provider's word only from the provider.
+        let signed = DaoMessage::Signed {
+            request: ByteBuf::from(vec![9; 32]),
+            txid: "t".into(),
+            tx: ByteBuf::new(),
+        };
+        assert!(!t.absorb(&pk(1), &signed));
+        assert!(t.absorb(&public_key_bytes(&provider), &signed));
+        assert_eq!(t.end(), Some(&TallyEnd::Signed("t".into())));
+
+        // Signing: the chosen members' commitments, then shares.
+        let mut t = Tally::new([9; 32], &layout, &evaluation).unwrap();
+        for p in [1, 2, 3] {
+            t.absorb(&pk(p), &approval(p, [1; 32]));
+        }
+        let set = DaoMessage::SignerSet {
+            request: ByteBuf::from(vec![9; 32]),
+            parties: vec![1, 2, 3, 6, 7, 8],
+            round: 0,
+        };
+        assert!(t.absorb(&public_key_bytes(&provider), &set));
+        let committed = DaoMessage::Commitments {
+            request: ByteBuf::from(vec![9; 32]),
+            party: 2,
+            commitments: Vec::new(),
+            round: 0,
+        };
+        assert!(t.absorb(&pk(2), &committed));
+        assert_eq!(t.missing(), vec![1, 3]);
+        assert!(
+            t.describe(&name)
+                .contains("nonce commitments of alice, carol")
+        );
+    }
 }
