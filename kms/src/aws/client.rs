@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::http::{self, Response};
+use super::http::{self, Response, printable};
 use super::sigv4::{self, Credentials, Scope};
 use crate::error::{KmsError, Result};
 
@@ -655,17 +655,9 @@ fn aws_error(operation: &'static str, response: &Response) -> KmsError {
     KmsError::AwsError {
         operation,
         status: response.status,
-        error_type: clean(&error_type, 128),
-        message: clean(&message, MAX_MESSAGE_LEN),
+        error_type: printable(&error_type, 128),
+        message: printable(&message, MAX_MESSAGE_LEN),
     }
-}
-
-/// At most `max` characters, control characters replaced (the text goes into logs).
-fn clean(s: &str, max: usize) -> String {
-    s.chars()
-        .take(max)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
 
 #[cfg(test)]

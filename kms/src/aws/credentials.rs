@@ -19,6 +19,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::client::CredentialsSource;
+use super::http::printable;
 use super::sigv4::Credentials;
 use crate::error::{KmsError, Result};
 
@@ -124,14 +125,6 @@ fn expiration(text: Option<&str>, what: &str) -> Result<Option<SystemTime>> {
 
 fn refused(reason: String) -> KmsError {
     KmsError::AwsCredentials { reason }
-}
-
-/// At most `max` characters of `s`, control characters replaced (for error messages).
-fn printable(s: &str, max: usize) -> String {
-    s.chars()
-        .take(max)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
 }
 
 /// Seconds since the Unix epoch of an RFC 3339 time (`2024-05-01T12:34:56Z`, fractions and

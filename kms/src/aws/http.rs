@@ -437,8 +437,9 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// At most `max` characters, control characters replaced (the text goes into errors and logs).
-fn printable(s: &str, max: usize) -> String {
+/// At most `max` characters, control characters replaced (the text goes into errors and logs);
+/// the one such function of the AWS client.
+pub(crate) fn printable(s: &str, max: usize) -> String {
     s.chars()
         .take(max)
         .map(|c| if c.is_control() { ' ' } else { c })
