@@ -661,7 +661,7 @@ pub fn run_dkg(
     let backlog = courier.poll()?;
     let (current, ours) = match j.scan(&backlog, pending.as_ref()) {
         Ok(at) => at,
-        Err(end) => return end,
+        Err(end) => return *end,
     };
     let phase = j.resume(courier, pending, current, &ours, progress)?;
     j.run(courier, phase, backlog, timeout, progress)
@@ -745,7 +745,7 @@ impl<'a> Joiner<'a> {
         &self,
         backlog: &[Envelope],
         pending: Option<&PendingDkg>,
-    ) -> std::result::Result<(u32, Vec<u32>), Result<WalletFile>> {
+    ) -> std::result::Result<(u32, Vec<u32>), Box<Result<WalletFile>>> {
         let mut current = 0u32;
         let mut ours = Vec::new();
         for envelope in backlog {
@@ -753,7 +753,7 @@ impl<'a> Joiner<'a> {
                 continue;
             };
             if let Some(end) = self.ended(&envelope.sender, &message, pending) {
-                return Err(end);
+                return Err(Box::new(end));
             }
             match message {
                 DaoMessage::DkgAttempt { attempt }
@@ -991,7 +991,7 @@ impl DkgRoll {
             .filter(|(p, _)| behind(p))
             .map(|(_, m)| m.name.clone())
             .collect();
-        if ours < 4 && layout.provider_parties.iter().any(|p| behind(p)) {
+        if ours < 4 && layout.provider_parties.iter().any(behind) {
             who.push("the provider".into());
         }
         if who.is_empty() {
