@@ -884,7 +884,7 @@ fn sign_commit_outside_authorized_is_refused() {
         &wallet.device,
         &nested,
     );
-    assert_eq!(refused(response), ErrorKind::BadRequest);
+    assert_eq!(refused(response), ErrorKind::Unauthorized);
 }
 
 #[test]
@@ -899,7 +899,7 @@ fn a_challenge_authorizes_one_request_only() {
     let unchallenged = wrap(wallet.id, &[0; 32], KeyRole::Device, &wallet.device, &inner);
     assert_eq!(
         refused(h.call(&mut session, unchallenged)),
-        ErrorKind::BadRequest
+        ErrorKind::Unauthorized
     );
 
     // Once, not twice.
@@ -914,14 +914,14 @@ fn a_challenge_authorizes_one_request_only() {
     committed(h.call(&mut session, request.clone())).unwrap();
     assert_eq!(
         committed(h.call(&mut session, request.clone())).unwrap_err(),
-        ErrorKind::BadRequest
+        ErrorKind::Unauthorized
     );
     // Not on another session, even one that holds a challenge of its own.
     let mut other = h.session();
     let _ = challenge(&h.service, &mut other, wallet.id);
     assert_eq!(
         committed(h.call(&mut other, request)).unwrap_err(),
-        ErrorKind::BadRequest
+        ErrorKind::Unauthorized
     );
 
     // A challenge for another wallet does not authorize this one.
@@ -935,7 +935,7 @@ fn a_challenge_authorizes_one_request_only() {
     );
     assert_eq!(
         committed(h.call(&mut session, request)).unwrap_err(),
-        ErrorKind::BadRequest
+        ErrorKind::Unauthorized
     );
     // A newer challenge replaces an older one.
     let older = challenge(&h.service, &mut session, wallet.id);
@@ -943,7 +943,7 @@ fn a_challenge_authorizes_one_request_only() {
     let request = wrap(wallet.id, &older, KeyRole::Device, &wallet.device, &inner);
     assert_eq!(
         committed(h.call(&mut session, request)).unwrap_err(),
-        ErrorKind::BadRequest
+        ErrorKind::Unauthorized
     );
     // The inner request names another wallet than the one authorized.
     let elsewhere = sign_commit_request(other_wallet.id, MESSAGE, &[1, 2]);
@@ -994,7 +994,7 @@ fn only_the_registered_device_key_may_sign() {
         let response = authorized(&h.service, &mut session, wallet.id, role, key, &inner);
         assert_eq!(
             committed(response).unwrap_err(),
-            ErrorKind::BadRequest,
+            ErrorKind::Unauthorized,
             "{who}"
         );
     }
@@ -1014,7 +1014,7 @@ fn only_the_registered_device_key_may_sign() {
     }
     assert_eq!(
         committed(h.call(&mut session, request)).unwrap_err(),
-        ErrorKind::BadRequest
+        ErrorKind::Unauthorized
     );
     // The refusals are logged, and the log still verifies.
     verify_stored(&h.store, &h.service.audit_public_key()).unwrap();
@@ -1711,7 +1711,7 @@ fn only_the_recovery_credential_changes_a_personal_policy() {
         &wallet.device,
         &remove,
     ) {
-        Response::Error(e) => assert!(e.message.contains("may not send SetPolicy"), "{e:?}"),
+        Response::Error(e) => assert_eq!(e.kind, ErrorKind::Unauthorized, "{e:?}"),
         other => panic!("the device key changed the policy: {other:?}"),
     }
     assert!(sign_psbt(&h, &mut session, &wallet, &big).is_err());

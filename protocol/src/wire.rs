@@ -626,6 +626,11 @@ pub enum ErrorKind {
     /// Retryable: another ceremony or write of this wallet is in progress (another session's
     /// ceremony that has not expired, or a concurrent state write). Nothing changed; try again.
     Busy,
+    /// The request is well formed but its signer may not make it: no or a stale challenge, a
+    /// signature by no registered key, a revoked or suspended key, a request the key's role may
+    /// not send (docs/lifecycle.md), or a ceremony or session that belongs to another session.
+    /// Nothing changed; the same request will be refused again.
+    Unauthorized,
 }
 
 impl ErrorKind {

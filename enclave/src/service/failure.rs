@@ -21,11 +21,9 @@ impl Failure {
         Self::new(ErrorKind::Busy, message)
     }
 
+    /// The signer may not do this (`ErrorKind::Unauthorized`).
     pub(super) fn denied(message: impl Into<String>) -> Self {
-        Self::new(
-            ErrorKind::BadRequest,
-            format!("not authorized: {}", message.into()),
-        )
+        Self::new(ErrorKind::Unauthorized, message)
     }
 
     pub(super) fn not_found(message: impl Into<String>) -> Self {
