@@ -174,30 +174,27 @@ impl Anchor for UnanchoredParentStore {
     }
 }
 
-/// Runs until killed.
-pub fn run(path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
-    let pin = if config.needs_pin() {
-        Some(
-            match config.token.as_ref().and_then(|t| t.pin_file.as_ref()) {
-                Some(file) => Pin::from_file(file)?,
-                None => Pin::from_env(PIN_ENV)
-                    .with_context(|| format!("set token.pin_file or {PIN_ENV}"))?,
-            },
-        )
-    } else {
-        None
-    };
-    let token = match (&config.token, &pin) {
-        (Some(t), Some(pin)) => Some(
-            Token::open(&t.module, &t.label, pin)
-                .with_context(|| format!("token {:?}", t.label))?,
-        ),
-        _ => None,
-    };
-    let attester: Arc<dyn Attester> = Arc::from(attester(&config.attester, pin.as_ref())?);
-    let kind = attester.kind();
-    let (sealer, sealer_name): (Box<dyn Sealer>, String) = match (&config.sealer, &token) {
+/// The token's user PIN, if the configuration needs one (a token, or the local attester's key).
+fn pin(config: &Config) -> anyhow::Result<Option<Pin>> {
+    if !config.needs_pin() {
+        return Ok(None);
+    }
+    Ok(Some(
+        match config.token.as_ref().and_then(|t| t.pin_file.as_ref()) {
+            Some(file) => Pin::from_file(file)?,
+            None => Pin::from_env(PIN_ENV)
+                .with_context(|| format!("set token.pin_file or {PIN_ENV}"))?,
+        },
+    ))
+}
+
+/// The sealer the configuration names, and how to describe it in the start line.
+fn sealer(
+    config: &Config,
+    token: Option<&Token>,
+    attester: &Arc<dyn Attester>,
+) -> anyhow::Result<(Box<dyn Sealer>, String)> {
+    Ok(match (&config.sealer, token) {
         (SealerConfig::Pkcs11, Some(token)) => {
             let label = config
                 .token
@@ -225,8 +222,13 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                     .map_or_else(|| "the parent".to_owned(), |f| f.display().to_string())
             ),
         ),
-    };
-    let anchor: Box<dyn Anchor> = match (&token, &config.sealer) {
+    })
+}
+
+/// The rollback anchor: the token's, or with KMS sealing and the explicit switch none the
+/// parent cannot rewind (docs/lifecycle.md, "Rollback resistance").
+fn anchor(config: &Config, token: Option<&Token>) -> anyhow::Result<Box<dyn Anchor>> {
+    Ok(match (token, &config.sealer) {
         (Some(token), _) => Box::new(TokenAnchor(token.clone())),
         (None, SealerConfig::Kms(kms)) if kms.allow_unanchored_state => {
             eprintln!(
@@ -239,7 +241,16 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             )))
         }
         _ => anyhow::bail!("no rollback anchor: configure a [token]"),
-    };
+    })
+}
+
+/// The service over the configured backends, with the refresh policy and enrollment mode.
+fn service(
+    config: &Config,
+    attester: Arc<dyn Attester>,
+    sealer: Box<dyn Sealer>,
+    anchor: Box<dyn Anchor>,
+) -> anyhow::Result<Service> {
     let policy = RefreshPolicy {
         after: config
             .policy
@@ -265,6 +276,25 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             eprintln!("cosigner-enclave: wallet creation is open (no [enrollment] token required)")
         }
     }
+    Ok(service)
+}
+
+/// Runs until killed.
+pub fn run(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let pin = pin(&config)?;
+    let token = match (&config.token, &pin) {
+        (Some(t), Some(pin)) => Some(
+            Token::open(&t.module, &t.label, pin)
+                .with_context(|| format!("token {:?}", t.label))?,
+        ),
+        _ => None,
+    };
+    let attester: Arc<dyn Attester> = Arc::from(attester(&config.attester, pin.as_ref())?);
+    let kind = attester.kind();
+    let (sealer, sealer_name) = sealer(&config, token.as_ref(), &attester)?;
+    let anchor = anchor(&config, token.as_ref())?;
+    let service = service(&config, attester, sealer, anchor)?;
     let audit_key = hex::encode(service.audit_public_key());
     let service = Arc::new(service);
     let tls = tls::server_config()?;
