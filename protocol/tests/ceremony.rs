@@ -9,165 +9,24 @@
     missing_docs
 )]
 
+mod common;
+
 use std::collections::BTreeMap;
 
+use common::{
+    MESSAGE, PARTIES, altered, assert_hides_share, assert_redacted, culprit, disagreement,
+    dkg_params, dkg_round1, dkg_round3, finish, for_both_suites, inbox, rng, round2, run_dkg,
+    session_mismatch, sign_shares, sign_with, unexpected, verify,
+};
 use cosigner_protocol::ProtocolError;
 use cosigner_protocol::dkg::{
-    self, DkgInput, DkgOutput, DkgOutputMessage, DkgRound1, DkgRound2, DkgRound3, DkgState,
+    self, DkgInput, DkgOutput, DkgOutputMessage, DkgRound1, DkgRound2, DkgState,
 };
 use cosigner_protocol::sign::{self, SignerSession};
-use cosigner_protocol::wire::{Confirmation, DkgParams, Round1Message, SealedPackage, WalletId};
+use cosigner_protocol::wire::{DkgParams, Round1Message, SealedPackage};
 use frost_core::Ciphersuite;
-use frost_core::keys::{KeyPackage, PublicKeyPackage, SigningShare};
-use rand::rngs::ThreadRng;
+use frost_core::keys::KeyPackage;
 use serde_bytes::ByteBuf;
-
-type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
-type Plain = frost_secp256k1::Secp256K1Sha256;
-
-const PARTIES: [u16; 3] = [1, 2, 3];
-const MESSAGE: &[u8] = b"32-byte sighash of a transaction";
-
-fn rng() -> ThreadRng {
-    rand::thread_rng()
-}
-
-fn params<C: Ciphersuite>() -> DkgParams {
-    DkgParams {
-        wallet_id: WalletId([0x42; 16]),
-        ciphersuite: C::ID.into(),
-        min_signers: 2,
-        parties: PARTIES.to_vec(),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The honest relay, round by round.
-
-fn round1<C: Ciphersuite>(params: &DkgParams) -> (BTreeMap<u16, DkgRound1<C>>, Vec<Round1Message>) {
-    let mut states = BTreeMap::new();
-    let mut messages = Vec::new();
-    for me in &params.parties {
-        let (state, message) = dkg::start::<C>(params, *me, &mut rng()).unwrap();
-        states.insert(*me, state);
-        messages.push(message);
-    }
-    (states, messages)
-}
-
-fn round2<C: Ciphersuite>(
-    states: BTreeMap<u16, DkgRound1<C>>,
-    round1: &[Round1Message],
-) -> (BTreeMap<u16, DkgRound2<C>>, Vec<SealedPackage>) {
-    let mut next = BTreeMap::new();
-    let mut sealed = Vec::new();
-    for (me, state) in states {
-        let (state, packages) = state.handle_round1(round1, &mut rng()).unwrap();
-        assert_eq!(packages.len(), PARTIES.len() - 1);
-        assert!(packages.iter().all(|p| p.from == me && p.to != me));
-        next.insert(me, state);
-        sealed.extend(packages);
-    }
-    (next, sealed)
-}
-
-/// The packages addressed to `to`.
-fn inbox(sealed: &[SealedPackage], to: u16) -> Vec<SealedPackage> {
-    sealed.iter().filter(|p| p.to == to).cloned().collect()
-}
-
-fn round3<C: Ciphersuite>(
-    states: BTreeMap<u16, DkgRound2<C>>,
-    sealed: &[SealedPackage],
-) -> (BTreeMap<u16, DkgRound3<C>>, Vec<Confirmation>) {
-    let mut next = BTreeMap::new();
-    let mut confirmations = Vec::new();
-    for (me, state) in states {
-        let (state, confirmation) = state.handle_round2(&inbox(sealed, me)).unwrap();
-        next.insert(me, state);
-        confirmations.push(confirmation);
-    }
-    (next, confirmations)
-}
-
-fn run_dkg<C: Ciphersuite>() -> BTreeMap<u16, DkgOutput<C>> {
-    let params = params::<C>();
-    let (s1, r1) = round1::<C>(&params);
-    let (s2, sealed) = round2(s1, &r1);
-    let (s3, confirmations) = round3(s2, &sealed);
-    s3.into_iter()
-        .map(|(me, s)| (me, s.handle_confirmations(&confirmations).unwrap()))
-        .collect()
-}
-
-/// Signs `message` with `signers`, as the coordinator and every signer.
-fn sign_with<C: Ciphersuite>(
-    keys: &BTreeMap<u16, DkgOutput<C>>,
-    signers: &[u16],
-    message: &[u8],
-) -> Vec<u8> {
-    let mut sessions = BTreeMap::new();
-    let mut commitments = BTreeMap::new();
-    for s in signers {
-        let (session, c) =
-            SignerSession::commit(&keys[s].key_package, *s, message, signers, &mut rng()).unwrap();
-        sessions.insert(*s, session);
-        commitments.insert(*s, c);
-    }
-    let package = sign::signing_package::<C>(message, &commitments).unwrap();
-    let shares: BTreeMap<u16, Vec<u8>> = sessions
-        .into_iter()
-        .map(|(s, session)| (s, session.sign(&keys[&s].key_package, &package).unwrap()))
-        .collect();
-    sign::aggregate(&package, &shares, &keys[&signers[0]].public_key_package).unwrap()
-}
-
-fn verify<C: Ciphersuite>(pkp: &PublicKeyPackage<C>, message: &[u8], signature: &[u8]) -> bool {
-    let signature = frost_core::Signature::<C>::deserialize(signature).unwrap();
-    pkp.verifying_key().verify(message, &signature).is_ok()
-}
-
-fn culprit(result: Result<impl Sized, ProtocolError>) -> u16 {
-    match result {
-        Err(ProtocolError::Culprit { party, .. }) => party,
-        Err(e) => panic!("expected a culprit, got {e:?}"),
-        Ok(_) => panic!("expected a culprit, got success"),
-    }
-}
-
-fn unexpected(result: Result<impl Sized, ProtocolError>) -> String {
-    match result {
-        Err(ProtocolError::UnexpectedMessage { actual, .. }) => actual,
-        Err(e) => panic!("expected UnexpectedMessage, got {e:?}"),
-        Ok(_) => panic!("expected UnexpectedMessage, got success"),
-    }
-}
-
-fn disagreement(result: Result<impl Sized, ProtocolError>) -> String {
-    match result {
-        Err(ProtocolError::Disagreement { reason }) => reason,
-        Err(e) => panic!("expected Disagreement, got {e:?}"),
-        Ok(_) => panic!("expected Disagreement, got success"),
-    }
-}
-
-fn session_mismatch(result: Result<impl Sized, ProtocolError>) -> String {
-    match result {
-        Err(ProtocolError::SessionMismatch { reason }) => reason,
-        Err(e) => panic!("expected SessionMismatch, got {e:?}"),
-        Ok(_) => panic!("expected SessionMismatch, got success"),
-    }
-}
-
-/// A well-formed round-2 package carrying a share that matches nobody's commitment.
-fn bogus_round2_package<C: Ciphersuite>() -> Vec<u8> {
-    let mut one = [0u8; 32];
-    one[31] = 1;
-    let share = SigningShare::<C>::deserialize(&one).unwrap();
-    frost_core::keys::dkg::round2::Package::<C>::new(share)
-        .serialize()
-        .unwrap()
-}
 
 // ---------------------------------------------------------------------------------------------
 // Happy paths.
@@ -193,7 +52,7 @@ fn dkg_then_every_pair_signs<C: Ciphersuite>() {
 }
 
 fn dkg_through_the_state_wrapper<C: Ciphersuite>() {
-    let params = params::<C>();
+    let params = dkg_params::<C>();
     let mut states = BTreeMap::new();
     let mut round1 = Vec::new();
     for me in PARTIES {
@@ -264,30 +123,15 @@ fn dkg_through_the_state_wrapper<C: Ciphersuite>() {
 
 fn parties_in_any_order_and_numbering<C: Ciphersuite>() {
     // Party numbers need not be 1..=n, and the list may come unsorted.
-    let mut params = params::<C>();
+    let mut params = dkg_params::<C>();
     params.parties = vec![7, 300, 2];
-    let (s1, r1) = round1::<C>(&params);
+    let (s1, r1) = dkg_round1::<C>(&params);
     for s in s1.values() {
         assert_eq!(s.params().parties, vec![2, 7, 300]);
     }
-    let mut s2 = BTreeMap::new();
-    let mut sealed = Vec::new();
-    for (me, s) in s1 {
-        let (s, p) = s.handle_round1(&r1, &mut rng()).unwrap();
-        s2.insert(me, s);
-        sealed.extend(p);
-    }
-    let mut s3 = BTreeMap::new();
-    let mut confirmations = Vec::new();
-    for (me, s) in s2 {
-        let (s, c) = s.handle_round2(&inbox(&sealed, me)).unwrap();
-        s3.insert(me, s);
-        confirmations.push(c);
-    }
-    let keys: BTreeMap<u16, DkgOutput<C>> = s3
-        .into_iter()
-        .map(|(me, s)| (me, s.handle_confirmations(&confirmations).unwrap()))
-        .collect();
+    let (s2, sealed) = round2(s1, &r1);
+    let (s3, confirmations) = dkg_round3(s2, &sealed);
+    let keys: BTreeMap<u16, DkgOutput<C>> = finish(s3, &confirmations);
     let signature = sign_with(&keys, &[300, 7], MESSAGE);
     assert!(verify(&keys[&2].public_key_package, MESSAGE, &signature));
 }
@@ -297,7 +141,7 @@ fn parties_in_any_order_and_numbering<C: Ciphersuite>() {
 
 fn bad_parameters_are_refused<C: Ciphersuite>() {
     let start = |p: &DkgParams, me: u16| dkg::start::<C>(p, me, &mut rng()).map(|_| ());
-    let good = params::<C>();
+    let good = dkg_params::<C>();
     assert!(start(&good, 2).is_ok());
 
     let mut p = good.clone();
@@ -332,8 +176,8 @@ fn bad_parameters_are_refused<C: Ciphersuite>() {
 // Round 1: what the relay or a party can do to the broadcast.
 
 fn round1_set_must_be_exactly_one_per_party<C: Ciphersuite>() {
-    let params = params::<C>();
-    let (s1, r1) = round1::<C>(&params);
+    let params = dkg_params::<C>();
+    let (s1, r1) = dkg_round1::<C>(&params);
     let mut states = s1.into_values();
 
     let missing: Vec<_> = r1.iter().filter(|m| m.from != 3).cloned().collect();
@@ -361,7 +205,7 @@ fn round1_set_must_be_exactly_one_per_party<C: Ciphersuite>() {
 }
 
 fn relay_altering_our_own_round1_message_is_refused<C: Ciphersuite>() {
-    let (mut s1, r1) = round1::<C>(&params::<C>());
+    let (mut s1, r1) = dkg_round1::<C>(&dkg_params::<C>());
     let mut altered = r1.clone();
     // The relay substitutes its own HPKE key for party 2's, hoping to read the shares sent to 2.
     altered[1].hpke_public_key = ByteBuf::from(vec![9; 32]);
@@ -370,13 +214,13 @@ fn relay_altering_our_own_round1_message_is_refused<C: Ciphersuite>() {
 }
 
 fn malformed_round1_packages_name_their_sender<C: Ciphersuite>() {
-    let (s1, r1) = round1::<C>(&params::<C>());
+    let (s1, r1) = dkg_round1::<C>(&dkg_params::<C>());
     let mut states = s1.into_iter().filter(|(me, _)| *me != 3).map(|(_, s)| s);
 
     let mut garbage = r1.clone();
     garbage[2].package = ByteBuf::from(vec![0xff; r1[2].package.len()]);
     assert_eq!(
-        culprit(states.next().unwrap().handle_round1(&garbage, &mut rng())),
+        culprit(states.next().unwrap().handle_round1(&garbage, &mut rng())).0,
         3
     );
 
@@ -384,16 +228,16 @@ fn malformed_round1_packages_name_their_sender<C: Ciphersuite>() {
     let mut trailing = r1.clone();
     trailing[2].package.push(0);
     assert_eq!(
-        culprit(states.next().unwrap().handle_round1(&trailing, &mut rng())),
+        culprit(states.next().unwrap().handle_round1(&trailing, &mut rng())).0,
         3
     );
 
-    let (s1, r1) = round1::<C>(&params::<C>());
+    let (s1, r1) = dkg_round1::<C>(&dkg_params::<C>());
     let mut states = s1.into_iter().filter(|(me, _)| *me != 3).map(|(_, s)| s);
     let mut short_key = r1.clone();
     short_key[2].hpke_public_key.pop();
     assert_eq!(
-        culprit(states.next().unwrap().handle_round1(&short_key, &mut rng())),
+        culprit(states.next().unwrap().handle_round1(&short_key, &mut rng())).0,
         3
     );
 
@@ -402,57 +246,55 @@ fn malformed_round1_packages_name_their_sender<C: Ciphersuite>() {
     let mut copied = r1.clone();
     copied[2].package = r1[1].package.clone();
     assert_eq!(
-        culprit(states.next().unwrap().handle_round1(&copied, &mut rng())),
+        culprit(states.next().unwrap().handle_round1(&copied, &mut rng())).0,
         3
     );
 
     // A commitment for another threshold.
-    let (s1, r1) = round1::<C>(&params::<C>());
-    let mut p3 = params::<C>();
+    let (s1, r1) = dkg_round1::<C>(&dkg_params::<C>());
+    let mut p3 = dkg_params::<C>();
     p3.min_signers = 3;
     let (_, other_threshold) = dkg::start::<C>(&p3, 3, &mut rng()).unwrap();
     let mut wrong_t = r1.clone();
     wrong_t[2] = other_threshold;
     let s = s1.into_values().next().unwrap();
-    assert_eq!(culprit(s.handle_round1(&wrong_t, &mut rng())), 3);
+    assert_eq!(culprit(s.handle_round1(&wrong_t, &mut rng())).0, 3);
+}
+
+/// Party `me` (taken out of `states`) handles the round-1 broadcast as the relay shows it to it.
+fn handle_view<C: Ciphersuite>(
+    states: &mut BTreeMap<u16, DkgRound1<C>>,
+    me: u16,
+    view: &[Round1Message],
+) -> (DkgRound2<C>, Vec<SealedPackage>) {
+    let state = states.remove(&me).unwrap();
+    state.handle_round1(view, &mut rng()).unwrap()
 }
 
 /// Honest party 3 started twice (say, a retry) and the relay shows party 1 the first round-1
 /// message and party 2 the second. Nobody ends with a key; here it shows already in round 2,
 /// because the transcript hash is in every package's AAD.
 fn inconsistent_round1_broadcast_yields_no_key<C: Ciphersuite>() {
-    let params = params::<C>();
-    let (mut s1, r1) = round1::<C>(&params);
+    let params = dkg_params::<C>();
+    let (mut s1, r1) = dkg_round1::<C>(&params);
     let (_second_run, second_message) = dkg::start::<C>(&params, 3, &mut rng()).unwrap();
     let mut view_of_2 = r1.clone();
     view_of_2[2] = second_message;
 
-    let (s2_1, sealed_1) = s1
-        .remove(&1)
-        .unwrap()
-        .handle_round1(&r1, &mut rng())
-        .unwrap();
-    let (s2_2, sealed_2) = s1
-        .remove(&2)
-        .unwrap()
-        .handle_round1(&view_of_2, &mut rng())
-        .unwrap();
-    let (s2_3, sealed_3) = s1
-        .remove(&3)
-        .unwrap()
-        .handle_round1(&r1, &mut rng())
-        .unwrap();
+    let (s2_1, sealed_1) = handle_view(&mut s1, 1, &r1);
+    let (s2_2, sealed_2) = handle_view(&mut s1, 2, &view_of_2);
+    let (s2_3, sealed_3) = handle_view(&mut s1, 3, &r1);
     assert_ne!(s2_1.transcript_hash(), s2_2.transcript_hash());
     let sealed: Vec<_> = [sealed_1, sealed_2, sealed_3].concat();
 
     // Party 1 cannot open party 2's package (2 saw another transcript); party 2 cannot open 1's
     // or 3's; party 3 cannot open 2's (sealed to the other run's key).
-    assert_eq!(culprit(s2_1.handle_round2(&inbox(&sealed, 1))), 2);
+    assert_eq!(culprit(s2_1.handle_round2(&inbox(&sealed, 1))).0, 2);
     assert!(matches!(
         s2_2.handle_round2(&inbox(&sealed, 2)),
         Err(ProtocolError::Culprit { party: 1 | 3, .. })
     ));
-    assert_eq!(culprit(s2_3.handle_round2(&inbox(&sealed, 3))), 2);
+    assert_eq!(culprit(s2_3.handle_round2(&inbox(&sealed, 3))).0, 2);
 }
 
 /// A malicious party 3 runs two polynomials and, with the relay, shows party 1 one and party 2
@@ -461,23 +303,15 @@ fn inconsistent_round1_broadcast_yields_no_key<C: Ciphersuite>() {
 /// different transcripts, so neither opens the other's round-2 package: no key anywhere. The
 /// culprit named is the other honest party, as relayed; the reason says why.
 fn equivocating_party_gets_nobody_a_key<C: Ciphersuite>() {
-    let params = params::<C>();
-    let (mut s1, view_a) = round1::<C>(&params);
+    let params = dkg_params::<C>();
+    let (mut s1, view_a) = dkg_round1::<C>(&params);
     let (evil_b, message_b) = dkg::start::<C>(&params, 3, &mut rng()).unwrap();
     let evil_a = s1.remove(&3).unwrap();
     let mut view_b = view_a.clone();
     view_b[2] = message_b;
 
-    let (s2_1, sealed_1) = s1
-        .remove(&1)
-        .unwrap()
-        .handle_round1(&view_a, &mut rng())
-        .unwrap();
-    let (s2_2, sealed_2) = s1
-        .remove(&2)
-        .unwrap()
-        .handle_round1(&view_b, &mut rng())
-        .unwrap();
+    let (s2_1, sealed_1) = handle_view(&mut s1, 1, &view_a);
+    let (s2_2, sealed_2) = handle_view(&mut s1, 2, &view_b);
     let (_, evil_sealed_a) = evil_a.handle_round1(&view_a, &mut rng()).unwrap();
     let (_, evil_sealed_b) = evil_b.handle_round1(&view_b, &mut rng()).unwrap();
 
@@ -491,28 +325,24 @@ fn equivocating_party_gets_nobody_a_key<C: Ciphersuite>() {
         }
         other => panic!("expected party 2's package refused, got {other:?}"),
     }
-    assert_eq!(culprit(s2_2.handle_round2(&to_2)), 1);
+    assert_eq!(culprit(s2_2.handle_round2(&to_2)).0, 1);
 }
 
 /// The confirmation round: the relay (or a lying party) reports another transcript or another
 /// public key package for party 3. Whoever receives it refuses to activate, naming party 3.
 fn forged_confirmation_is_a_disagreement<C: Ciphersuite>() {
-    let (s1, r1) = round1::<C>(&params::<C>());
+    let (s1, r1) = dkg_round1::<C>(&dkg_params::<C>());
     let (s2, sealed) = round2(s1, &r1);
-    let (mut s3, confirmations) = round3(s2, &sealed);
+    let (mut s3, confirmations) = dkg_round3(s2, &sealed);
 
-    let mut forged = confirmations.clone();
-    let c3 = forged.iter_mut().find(|c| c.from == 3).unwrap();
-    c3.transcript_hash[0] ^= 1;
+    let forged = altered(&confirmations, 3, |c| c.transcript_hash[0] ^= 1);
     let reason = disagreement(s3.remove(&1).unwrap().handle_confirmations(&forged));
     assert!(
         reason.contains("[3]") && reason.contains("transcript"),
         "{reason}"
     );
 
-    let mut forged = confirmations.clone();
-    let c3 = forged.iter_mut().find(|c| c.from == 3).unwrap();
-    c3.public_key_package_hash[31] ^= 1;
+    let forged = altered(&confirmations, 3, |c| c.public_key_package_hash[31] ^= 1);
     let reason = disagreement(s3.remove(&2).unwrap().handle_confirmations(&forged));
     assert!(
         reason.contains("[3]") && reason.contains("public key package"),
@@ -532,8 +362,8 @@ fn forged_confirmation_is_a_disagreement<C: Ciphersuite>() {
 // Round 2: sealed packages.
 
 fn corrupted_round2_share_names_the_sender<C: Ciphersuite>() {
-    let params = params::<C>();
-    let (s1, r1) = round1::<C>(&params);
+    let params = dkg_params::<C>();
+    let (s1, r1) = dkg_round1::<C>(&params);
     let party2_key = r1[1].hpke_public_key.clone();
     let (mut s2, mut sealed) = round2(s1, &r1);
     let transcript = *s2[&2].transcript_hash();
@@ -545,7 +375,7 @@ fn corrupted_round2_share_names_the_sender<C: Ciphersuite>() {
         2,
         &transcript,
         &party2_key,
-        &bogus_round2_package::<C>(),
+        &common::bogus_round2_package::<C>(),
         &mut rng(),
     )
     .unwrap();
@@ -571,7 +401,7 @@ fn corrupted_round2_share_names_the_sender<C: Ciphersuite>() {
 }
 
 fn relay_flipping_a_bit_in_a_sealed_package_is_refused<C: Ciphersuite>() {
-    let (s1, r1) = round1::<C>(&params::<C>());
+    let (s1, r1) = dkg_round1::<C>(&dkg_params::<C>());
     let (mut s2, sealed) = round2(s1, &r1);
 
     let mut flipped = inbox(&sealed, 2);
@@ -588,13 +418,13 @@ fn relay_flipping_a_bit_in_a_sealed_package_is_refused<C: Ciphersuite>() {
     flipped_enc[0].enc[0] ^= 1;
     let from = flipped_enc[0].from;
     assert_eq!(
-        culprit(s2.remove(&1).unwrap().handle_round2(&flipped_enc)),
+        culprit(s2.remove(&1).unwrap().handle_round2(&flipped_enc)).0,
         from
     );
 }
 
 fn package_for_another_party_is_refused<C: Ciphersuite>() {
-    let (s1, r1) = round1::<C>(&params::<C>());
+    let (s1, r1) = dkg_round1::<C>(&dkg_params::<C>());
     let (mut s2, sealed) = round2(s1, &r1);
     let for_3 = sealed
         .iter()
@@ -610,7 +440,7 @@ fn package_for_another_party_is_refused<C: Ciphersuite>() {
     assert!(actual.contains("addressed to party 3"), "{actual}");
 
     // Relabelled as addressed to 2: sealed to 3's key and AAD, it does not open.
-    let (s1, r1) = round1::<C>(&params::<C>());
+    let (s1, r1) = dkg_round1::<C>(&dkg_params::<C>());
     let (mut s2, sealed) = round2(s1, &r1);
     let mut relabelled = sealed
         .iter()
@@ -621,14 +451,14 @@ fn package_for_another_party_is_refused<C: Ciphersuite>() {
     let mut inbox2 = inbox(&sealed, 2);
     let slot = inbox2.iter_mut().find(|p| p.from == 1).unwrap();
     *slot = relabelled;
-    assert_eq!(culprit(s2.remove(&2).unwrap().handle_round2(&inbox2)), 1);
+    assert_eq!(culprit(s2.remove(&2).unwrap().handle_round2(&inbox2)).0, 1);
 }
 
 fn package_from_another_ceremony_is_refused<C: Ciphersuite>() {
     // Same wallet, same parties, a second run: old packages must not open in the new one.
-    let (s1, r1) = round1::<C>(&params::<C>());
+    let (s1, r1) = dkg_round1::<C>(&dkg_params::<C>());
     let (_, old_sealed) = round2(s1, &r1);
-    let (s1, r1) = round1::<C>(&params::<C>());
+    let (s1, r1) = dkg_round1::<C>(&dkg_params::<C>());
     let (mut s2, sealed) = round2(s1, &r1);
     let mut mixed = inbox(&sealed, 2);
     mixed[0] = old_sealed
@@ -637,12 +467,15 @@ fn package_from_another_ceremony_is_refused<C: Ciphersuite>() {
         .unwrap()
         .clone();
     let from = mixed[0].from;
-    assert_eq!(culprit(s2.remove(&2).unwrap().handle_round2(&mixed)), from);
+    assert_eq!(
+        culprit(s2.remove(&2).unwrap().handle_round2(&mixed)).0,
+        from
+    );
 }
 
 fn round2_set_must_be_exactly_one_per_other_party<C: Ciphersuite>() {
     let fresh = || {
-        let (s1, r1) = round1::<C>(&params::<C>());
+        let (s1, r1) = dkg_round1::<C>(&dkg_params::<C>());
         let (mut s2, sealed) = round2(s1, &r1);
         (s2.remove(&2).unwrap(), sealed)
     };
@@ -680,9 +513,9 @@ fn round2_set_must_be_exactly_one_per_other_party<C: Ciphersuite>() {
 
 fn confirmation_set_must_be_exactly_one_per_party<C: Ciphersuite>() {
     let fresh = || {
-        let (s1, r1) = round1::<C>(&params::<C>());
+        let (s1, r1) = dkg_round1::<C>(&dkg_params::<C>());
         let (s2, sealed) = round2(s1, &r1);
-        let (mut s3, confirmations) = round3(s2, &sealed);
+        let (mut s3, confirmations) = dkg_round3(s2, &sealed);
         (s3.remove(&1).unwrap(), confirmations)
     };
 
@@ -793,20 +626,8 @@ fn commit_checks_its_inputs<C: Ciphersuite>() {
 
 fn bad_signature_share_names_its_signer<C: Ciphersuite>() {
     let keys = run_dkg::<C>();
-    let signers = [1, 3];
-    let mut sessions = BTreeMap::new();
-    let mut commitments = BTreeMap::new();
-    for s in signers {
-        let (session, c) =
-            SignerSession::commit(&keys[&s].key_package, s, MESSAGE, &signers, &mut rng()).unwrap();
-        sessions.insert(s, session);
-        commitments.insert(s, c);
-    }
-    let package = sign::signing_package::<C>(MESSAGE, &commitments).unwrap();
-    let mut shares: BTreeMap<u16, Vec<u8>> = sessions
-        .into_iter()
-        .map(|(s, session)| (s, session.sign(&keys[&s].key_package, &package).unwrap()))
-        .collect();
+    let signers = [1, 3].map(|s| (s, &keys[&s].key_package));
+    let (package, mut shares) = sign_shares(&signers, MESSAGE);
     let pkp = &keys[&1].public_key_package;
     let honest = shares.clone();
     assert!(verify(
@@ -819,7 +640,7 @@ fn bad_signature_share_names_its_signer<C: Ciphersuite>() {
     let mut wrong = shares[&3].clone();
     wrong[31] ^= 1;
     shares.insert(3, wrong);
-    assert_eq!(culprit(sign::aggregate(&package, &shares, pkp)), 3);
+    assert_eq!(culprit(sign::aggregate(&package, &shares, pkp)).0, 3);
 
     // Both bad: both named, the first in `party`. (The errors must not cancel out: the sum is
     // all the aggregate signature depends on, and a valid sum is a valid signature.)
@@ -837,10 +658,10 @@ fn bad_signature_share_names_its_signer<C: Ciphersuite>() {
     // Not a scalar at all.
     let mut garbage = honest.clone();
     garbage.insert(1, vec![0xff; 32]);
-    assert_eq!(culprit(sign::aggregate(&package, &garbage, pkp)), 1);
+    assert_eq!(culprit(sign::aggregate(&package, &garbage, pkp)).0, 1);
     let mut short = honest.clone();
     short.insert(3, vec![1; 31]);
-    assert_eq!(culprit(sign::aggregate(&package, &short, pkp)), 3);
+    assert_eq!(culprit(sign::aggregate(&package, &short, pkp)).0, 3);
 
     // Missing and extra shares.
     let mut missing = honest.clone();
@@ -867,9 +688,9 @@ fn coordinator_refuses_malformed_commitments<C: Ciphersuite>() {
     let mut trailing = c1.clone();
     trailing.push(0);
     let bad = BTreeMap::from([(1, c1.clone()), (2, trailing)]);
-    assert_eq!(culprit(sign::signing_package::<C>(MESSAGE, &bad)), 2);
+    assert_eq!(culprit(sign::signing_package::<C>(MESSAGE, &bad)).0, 2);
     let garbage = BTreeMap::from([(1, c1.clone()), (2, vec![1, 2, 3])]);
-    assert_eq!(culprit(sign::signing_package::<C>(MESSAGE, &garbage)), 2);
+    assert_eq!(culprit(sign::signing_package::<C>(MESSAGE, &garbage)).0, 2);
     let alone = BTreeMap::from([(1, c1.clone())]);
     assert!(matches!(
         sign::signing_package::<C>(MESSAGE, &alone),
@@ -883,36 +704,15 @@ fn coordinator_refuses_malformed_commitments<C: Ciphersuite>() {
 }
 
 fn secrets_stay_out_of_debug<C: Ciphersuite>() {
-    let (s1, r1) = round1::<C>(&params::<C>());
-    for s in s1.values() {
-        assert!(format!("{s:?}").contains("<redacted>"));
-    }
+    let (s1, r1) = dkg_round1::<C>(&dkg_params::<C>());
+    s1.values().for_each(assert_redacted);
     let (s2, sealed) = round2(s1, &r1);
-    for s in s2.values() {
-        assert!(format!("{s:?}").contains("<redacted>"));
+    s2.values().for_each(assert_redacted);
+    let (s3, confirmations) = dkg_round3(s2, &sealed);
+    s3.values().for_each(assert_redacted);
+    for out in finish(s3, &confirmations).values() {
+        assert_hides_share(out, out.key_package.signing_share());
     }
-    let (s3, confirmations) = round3(s2, &sealed);
-    for s in s3.values() {
-        assert!(format!("{s:?}").contains("<redacted>"));
-    }
-    for (_, s) in s3 {
-        let out = s.handle_confirmations(&confirmations).unwrap();
-        let debug = format!("{out:?}");
-        let share = hex::encode(out.key_package.signing_share().serialize());
-        assert!(!debug.contains(&share));
-        assert!(debug.contains("<redacted>"));
-    }
-}
-
-macro_rules! for_both_suites {
-    ($($name:ident),* $(,)?) => {
-        mod tr {
-            $( #[test] fn $name() { super::$name::<super::Tr>(); } )*
-        }
-        mod plain {
-            $( #[test] fn $name() { super::$name::<super::Plain>(); } )*
-        }
-    };
 }
 
 for_both_suites!(

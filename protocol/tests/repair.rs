@@ -9,85 +9,38 @@
     missing_docs
 )]
 
+mod common;
+
 use std::collections::BTreeMap;
 
+use common::{
+    MESSAGE, Shares, WALLET, culprit, dkg_params, flip, for_both_suites, inbox, params_error, rng,
+    run_dkg_with, run_refresh, sign_shares, to_shares, verify,
+};
 use cosigner_protocol::ProtocolError;
-use cosigner_protocol::dkg;
 use cosigner_protocol::hpke;
 use cosigner_protocol::repair::{self, RepairHelper1, RepairHelper2, RepairParticipant};
-use cosigner_protocol::sign::{self, SignerSession};
-use cosigner_protocol::wire::{DkgParams, RepairParams, SealedPackage, WalletId};
+use cosigner_protocol::sign;
+use cosigner_protocol::wire::{DkgParams, RepairParams, SealedPackage};
 use frost_core::Ciphersuite;
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
-use rand::rngs::ThreadRng;
 use serde_bytes::ByteBuf;
 
-type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
-type Plain = frost_secp256k1::Secp256K1Sha256;
-
-const WALLET: WalletId = WalletId([0x42; 16]);
-const MESSAGE: &[u8] = b"32-byte sighash of a transaction";
-
-fn rng() -> ThreadRng {
-    rand::thread_rng()
-}
-
-struct Share<C: Ciphersuite> {
-    key_package: KeyPackage<C>,
-    public_key_package: PublicKeyPackage<C>,
-}
-
-type Shares<C> = BTreeMap<u16, Share<C>>;
-
-fn run_dkg<C: Ciphersuite>(wallet_id: WalletId, min_signers: u16, parties: &[u16]) -> Shares<C> {
-    let params = DkgParams {
-        wallet_id,
-        ciphersuite: C::ID.into(),
+/// The shares of a `min_signers`-of-`parties` DKG of [`WALLET`].
+fn run_dkg<C: Ciphersuite>(min_signers: u16, parties: &[u16]) -> Shares<C> {
+    to_shares(&run_dkg_with::<C>(&DkgParams {
         min_signers,
         parties: parties.to_vec(),
-    };
-    let mut s1 = BTreeMap::new();
-    let mut r1 = Vec::new();
-    for me in parties {
-        let (s, m) = dkg::start::<C>(&params, *me, &mut rng()).unwrap();
-        s1.insert(*me, s);
-        r1.push(m);
-    }
-    let mut s2 = BTreeMap::new();
-    let mut sealed = Vec::new();
-    for (me, s) in s1 {
-        let (s, p) = s.handle_round1(&r1, &mut rng()).unwrap();
-        s2.insert(me, s);
-        sealed.extend(p);
-    }
-    let mut s3 = BTreeMap::new();
-    let mut confirmations = Vec::new();
-    for (me, s) in s2 {
-        let (s, c) = s.handle_round2(&inbox(&sealed, me)).unwrap();
-        s3.insert(me, s);
-        confirmations.push(c);
-    }
-    s3.into_iter()
-        .map(|(me, s)| {
-            let out = s.handle_confirmations(&confirmations).unwrap();
-            (
-                me,
-                Share {
-                    key_package: out.key_package.clone(),
-                    public_key_package: out.public_key_package.clone(),
-                },
-            )
-        })
-        .collect()
+        ..dkg_params::<C>()
+    }))
 }
 
 fn wallet<C: Ciphersuite>() -> Shares<C> {
-    run_dkg::<C>(WALLET, 2, &[1, 2, 3])
+    run_dkg::<C>(2, &[1, 2, 3])
 }
 
-fn inbox(sealed: &[SealedPackage], to: u16) -> Vec<SealedPackage> {
-    sealed.iter().filter(|p| p.to == to).cloned().collect()
-}
+/// Every helper's HPKE key, signed with its share, as the coordinator relays them.
+type HelperKeys = BTreeMap<u16, Vec<u8>>;
 
 fn repair_params<C: Ciphersuite>(helpers: &[u16], participant: u16) -> RepairParams {
     RepairParams {
@@ -177,45 +130,11 @@ fn run_repair<C: Ciphersuite>(
         .unwrap()
 }
 
-fn sign_with<C: Ciphersuite>(keys: &BTreeMap<u16, &KeyPackage<C>>, pkp: &PublicKeyPackage<C>) {
-    let signers: Vec<u16> = keys.keys().copied().collect();
-    let mut sessions = BTreeMap::new();
-    let mut commitments = BTreeMap::new();
-    for (s, kp) in keys {
-        let (session, c) = SignerSession::commit(kp, *s, MESSAGE, &signers, &mut rng()).unwrap();
-        sessions.insert(*s, session);
-        commitments.insert(*s, c);
-    }
-    let package = sign::signing_package::<C>(MESSAGE, &commitments).unwrap();
-    let shares: BTreeMap<u16, Vec<u8>> = sessions
-        .into_iter()
-        .map(|(s, session)| (s, session.sign(keys[&s], &package).unwrap()))
-        .collect();
+/// Signs [`MESSAGE`] with the given key package per signer; the signature verifies under `pkp`.
+fn sign_with<C: Ciphersuite>(keys: &[(u16, &KeyPackage<C>)], pkp: &PublicKeyPackage<C>) {
+    let (package, shares) = sign_shares(keys, MESSAGE);
     let signature = sign::aggregate(&package, &shares, pkp).unwrap();
-    let signature = frost_core::Signature::<C>::deserialize(&signature).unwrap();
-    pkp.verifying_key().verify(MESSAGE, &signature).unwrap();
-}
-
-fn culprit(result: Result<impl Sized, ProtocolError>) -> (u16, String) {
-    match result {
-        Err(ProtocolError::Culprit { party, reason }) => (party, reason),
-        Err(e) => panic!("expected a culprit, got {e:?}"),
-        Ok(_) => panic!("expected a culprit, got success"),
-    }
-}
-
-fn params_error(result: Result<impl Sized, ProtocolError>) -> String {
-    match result {
-        Err(ProtocolError::Params { reason }) => reason,
-        Err(e) => panic!("expected Params, got {e:?}"),
-        Ok(_) => panic!("expected Params, got success"),
-    }
-}
-
-fn flip(bytes: &ByteBuf, at: usize) -> ByteBuf {
-    let mut v = bytes.to_vec();
-    v[at] ^= 1;
-    ByteBuf::from(v)
+    assert!(verify(pkp, MESSAGE, &signature));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -235,7 +154,7 @@ fn lost_device_share_is_repaired<C: Ciphersuite>() {
     // The repaired share signs with party 2 (and with party 3).
     let pkp = &shares[&2].public_key_package;
     for other in [2, 3] {
-        let keys = BTreeMap::from([(1, &repaired), (other, &shares[&other].key_package)]);
+        let keys = [(1, &repaired), (other, &shares[&other].key_package)];
         sign_with(&keys, pkp);
     }
 
@@ -245,92 +164,36 @@ fn lost_device_share_is_repaired<C: Ciphersuite>() {
 }
 
 fn three_helpers_repair_a_three_of_four_share<C: Ciphersuite>() {
-    let shares = run_dkg::<C>(WALLET, 3, &[1, 2, 3, 4]);
+    let shares = run_dkg::<C>(3, &[1, 2, 3, 4]);
     let repaired = run_repair(&shares, &[4, 2, 3], 1);
     assert_eq!(&repaired, &shares[&1].key_package);
-    let keys = BTreeMap::from([
+    let keys = [
         (1, &repaired),
         (3, &shares[&3].key_package),
         (4, &shares[&4].key_package),
-    ]);
+    ];
     sign_with(&keys, &shares[&1].public_key_package);
 }
 
 /// The recovery flow: repair at the current epoch, then refresh with the repaired share. The lost
 /// device's copy of the share is useless afterwards.
 fn repair_then_refresh_retires_the_lost_share<C: Ciphersuite>() {
-    use cosigner_protocol::refresh;
-    use cosigner_protocol::wire::RefreshParams;
-
     let shares = wallet::<C>();
     let repaired = run_repair(&shares, &[2, 3], 1);
-    let params = RefreshParams {
-        wallet_id: WALLET,
-        ciphersuite: C::ID.into(),
-        min_signers: 2,
-        parties: vec![1, 2, 3],
-        from_epoch: 0,
-    };
-    let old_key = |p: u16| {
-        if p == 1 {
-            &repaired
-        } else {
-            &shares[&p].key_package
-        }
-    };
-    let mut s1 = BTreeMap::new();
-    let mut r1 = Vec::new();
-    for me in [1u16, 2, 3] {
-        let (s, m) = refresh::start::<C>(&params, me, &mut rng()).unwrap();
-        s1.insert(me, s);
-        r1.push(m);
-    }
-    let mut s2 = BTreeMap::new();
-    let mut sealed = Vec::new();
-    for (me, s) in s1 {
-        let (s, p) = s.handle_round1(&r1, &mut rng()).unwrap();
-        s2.insert(me, s);
-        sealed.extend(p);
-    }
-    let mut s3 = BTreeMap::new();
-    let mut confirmations = Vec::new();
-    for (me, s) in s2 {
-        let (s, c) = s
-            .handle_round2(
-                &inbox(&sealed, me),
-                old_key(me),
-                &shares[&me].public_key_package,
-            )
-            .unwrap();
-        s3.insert(me, s);
-        confirmations.push(c);
-    }
-    let new: BTreeMap<u16, _> = s3
-        .into_iter()
-        .map(|(me, s)| (me, s.handle_confirmations(&confirmations).unwrap()))
-        .collect();
+    let mut old = shares.clone();
+    old.get_mut(&1).unwrap().key_package = repaired;
+    let new = run_refresh(&old, 0);
     let pkp = &new[&2].public_key_package;
     assert_eq!(
         pkp.verifying_key(),
         shares[&2].public_key_package.verifying_key()
     );
-    let keys = BTreeMap::from([(1, &new[&1].key_package), (2, &new[&2].key_package)]);
+    let keys = [(1, &new[&1].key_package), (2, &new[&2].key_package)];
     sign_with(&keys, pkp);
 
     // The lost phone's share (epoch 0) with a new share of party 2: refused, naming party 1.
-    let signers = [1u16, 2];
-    let mut sessions = BTreeMap::new();
-    let mut commitments = BTreeMap::new();
-    for (p, kp) in [(1u16, &shares[&1].key_package), (2, &new[&2].key_package)] {
-        let (session, c) = SignerSession::commit(kp, p, MESSAGE, &signers, &mut rng()).unwrap();
-        sessions.insert(p, (session, kp));
-        commitments.insert(p, c);
-    }
-    let package = sign::signing_package::<C>(MESSAGE, &commitments).unwrap();
-    let sig_shares: BTreeMap<u16, Vec<u8>> = sessions
-        .into_iter()
-        .map(|(p, (session, kp))| (p, session.sign(kp, &package).unwrap()))
-        .collect();
+    let lost = [(1, &shares[&1].key_package), (2, &new[&2].key_package)];
+    let (package, sig_shares) = sign_shares(&lost, MESSAGE);
     assert_eq!(culprit(sign::aggregate(&package, &sig_shares, pkp)).0, 1);
 }
 
@@ -364,7 +227,7 @@ fn bad_parameters_are_refused<C: Ciphersuite>() {
         &repair_params::<C>(&[2], 1),
         &mut rng(),
     ));
-    let big = run_dkg::<C>(WALLET, 3, &[1, 2, 3, 4]);
+    let big = run_dkg::<C>(3, &[1, 2, 3, 4]);
     let below = repair_params::<C>(&[2, 3], 1);
     let reason = params_error(repair::helper_start::<C>(
         &below,
@@ -430,23 +293,8 @@ fn helper_with_a_foreign_share_is_refused<C: Ciphersuite>() {
     // refuses its key, which is not signed by the share helper 2's public key package lists.
     let shares = wallet::<C>();
     let other = wallet::<C>();
-    let mut mixed: Shares<C> = BTreeMap::new();
-    for p in [1u16, 2] {
-        mixed.insert(
-            p,
-            Share {
-                key_package: shares[&p].key_package.clone(),
-                public_key_package: shares[&p].public_key_package.clone(),
-            },
-        );
-    }
-    mixed.insert(
-        3,
-        Share {
-            key_package: other[&3].key_package.clone(),
-            public_key_package: other[&3].public_key_package.clone(),
-        },
-    );
+    let mut mixed = shares.clone();
+    mixed.insert(3, other[&3].clone());
     let params = repair_params::<C>(&[2, 3], 1);
     let (mut h1, keys, _p, _pk) = start(&mixed, &params);
     let h = h1.remove(&2).unwrap();
@@ -535,30 +383,31 @@ fn coordinator_cannot_substitute_helper_keys<C: Ciphersuite>() {
     let shares = wallet::<C>();
     let params = repair_params::<C>(&[2, 3], 1);
 
-    // The coordinator shows helper 2 its own HPKE key as helper 3's, to read helper 2's delta.
-    let (mut h1, keys, _p, _pk) = start(&shares, &params);
+    // A fresh repair whose helper keys the coordinator alters before showing them to `helper`.
+    let deltas_with = |helper: u16, alter: &dyn Fn(&mut HelperKeys)| {
+        let (mut h1, mut keys, _p, _pk) = start(&shares, &params);
+        alter(&mut keys);
+        let state = h1.remove(&helper).unwrap();
+        state.deltas(&shares[&helper].key_package, &keys, &mut rng())
+    };
     let (_attacker_secret, attacker_key) = hpke::generate_keypair(&mut rng());
-    let mut fake = keys.clone();
-    let mut with_stolen_signature = attacker_key.clone();
-    with_stolen_signature.extend_from_slice(&keys[&3][hpke::PUBLIC_KEY_LEN..]);
-    fake.insert(3, with_stolen_signature);
-    let helper = h1.remove(&2).unwrap();
-    let (party, reason) = culprit(helper.deltas(&shares[&2].key_package, &fake, &mut rng()));
+
+    // The coordinator shows helper 2 its own HPKE key as helper 3's, to read helper 2's delta.
+    let (party, reason) = culprit(deltas_with(2, &|keys| {
+        let mut with_stolen_signature = attacker_key.clone();
+        with_stolen_signature.extend_from_slice(&keys[&3][hpke::PUBLIC_KEY_LEN..]);
+        keys.insert(3, with_stolen_signature);
+    }));
     assert_eq!(party, 3);
     assert!(reason.contains("not vouched for"), "{reason}");
 
     // A key without any signature.
-    let (mut h1, keys, _p, _pk) = start(&shares, &params);
-    let mut bare = keys.clone();
-    bare.insert(3, attacker_key.clone());
-    let helper = h1.remove(&2).unwrap();
-    assert_eq!(
-        culprit(helper.deltas(&shares[&2].key_package, &bare, &mut rng())).0,
-        3
-    );
+    let bare = deltas_with(2, &|keys| {
+        keys.insert(3, attacker_key.clone());
+    });
+    assert_eq!(culprit(bare).0, 3);
 
     // Helper 3's genuine key from another repair (another participant) does not fit this one.
-    let (mut h1, keys, _p, _pk) = start(&shares, &params);
     let (_, replayed) = repair::helper_start::<C>(
         &repair_params::<C>(&[1, 3], 2),
         3,
@@ -567,41 +416,27 @@ fn coordinator_cannot_substitute_helper_keys<C: Ciphersuite>() {
         &mut rng(),
     )
     .unwrap();
-    let mut replay = keys.clone();
-    replay.insert(3, replayed);
-    let helper = h1.remove(&2).unwrap();
-    assert_eq!(
-        culprit(helper.deltas(&shares[&2].key_package, &replay, &mut rng())).0,
-        3
-    );
+    let replay = deltas_with(2, &|keys| {
+        keys.insert(3, replayed.clone());
+    });
+    assert_eq!(culprit(replay).0, 3);
 
     // Our own key altered, or a key set with a stranger or a gap.
-    let (mut h1, keys, _p, _pk) = start(&shares, &params);
-    let mut ours = keys.clone();
-    let mut k = ours[&2].clone();
-    k[0] ^= 1;
-    ours.insert(2, k);
-    let helper = h1.remove(&2).unwrap();
     assert!(matches!(
-        helper.deltas(&shares[&2].key_package, &ours, &mut rng()),
+        deltas_with(2, &|keys| keys.get_mut(&2).unwrap()[0] ^= 1),
         Err(ProtocolError::Disagreement { .. })
     ));
-    let (mut h1, keys, _p, _pk) = start(&shares, &params);
-    let mut extra = keys.clone();
-    extra.insert(1, attacker_key.clone());
-    let helper = h1.remove(&2).unwrap();
+    let extra = deltas_with(2, &|keys| {
+        keys.insert(1, attacker_key.clone());
+    });
     assert!(matches!(
-        helper.deltas(&shares[&2].key_package, &extra, &mut rng()),
+        extra,
         Err(ProtocolError::UnexpectedMessage { .. })
     ));
-    let (mut h1, keys, _p, _pk) = start(&shares, &params);
-    let mut gap = keys.clone();
-    gap.remove(&3);
-    let helper = h1.remove(&3).unwrap();
-    assert!(matches!(
-        helper.deltas(&shares[&3].key_package, &gap, &mut rng()),
-        Err(ProtocolError::UnexpectedMessage { .. })
-    ));
+    let gap = deltas_with(3, &|keys| {
+        keys.remove(&3);
+    });
+    assert!(matches!(gap, Err(ProtocolError::UnexpectedMessage { .. })));
 
     // Another key package than the one the repair started with.
     let (mut h1, keys, _p, _pk) = start(&shares, &params);
@@ -701,17 +536,6 @@ fn secrets_stay_out_of_debug<C: Ciphersuite>() {
     for h in h2.values() {
         assert!(format!("{h:?}").contains("<redacted>"));
     }
-}
-
-macro_rules! for_both_suites {
-    ($($name:ident),* $(,)?) => {
-        mod tr {
-            $( #[test] fn $name() { super::$name::<super::Tr>(); } )*
-        }
-        mod plain {
-            $( #[test] fn $name() { super::$name::<super::Plain>(); } )*
-        }
-    };
 }
 
 for_both_suites!(

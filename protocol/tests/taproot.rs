@@ -10,15 +10,16 @@
     missing_docs
 )]
 
+mod common;
+
 use std::collections::BTreeMap;
 
+use common::{Tr, run_dkg_with, sign_with};
 use cosigner_protocol::dkg::{self, DkgOutput};
 use cosigner_protocol::sign::{self, SignerSession};
 use cosigner_protocol::wire::{self, DkgParams, WalletId};
 use frost_secp256k1_tr::{Field, Group, Secp256K1Group, Secp256K1ScalarField};
 use sha2::{Digest, Sha256};
-
-type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
 
 /// secp256k1's group order n, big-endian.
 const ORDER: [u8; 32] = [
@@ -130,58 +131,18 @@ fn reference_verifier_passes_the_bip340_vectors() {
     }
 }
 
-fn run_dkg() -> BTreeMap<u16, DkgOutput<Tr>> {
-    let mut rng = rand::thread_rng();
-    let params = DkgParams {
+/// A 2-of-3 wallet of the BIP-340 suite, named by its wire identifier.
+fn params() -> DkgParams {
+    DkgParams {
         wallet_id: WalletId([1; 16]),
         ciphersuite: wire::SUITE_SECP256K1_TR.into(),
         min_signers: 2,
         parties: vec![1, 2, 3],
-    };
-    let mut s1 = Vec::new();
-    let mut r1 = Vec::new();
-    for me in [1, 2, 3] {
-        let (s, m) = dkg::start::<Tr>(&params, me, &mut rng).unwrap();
-        s1.push(s);
-        r1.push(m);
     }
-    let mut s2 = Vec::new();
-    let mut sealed = Vec::new();
-    for s in s1 {
-        let (s, p) = s.handle_round1(&r1, &mut rng).unwrap();
-        s2.push(s);
-        sealed.extend(p);
-    }
-    let mut s3 = Vec::new();
-    let mut confirmations = Vec::new();
-    for s in s2 {
-        let me = s.me();
-        let inbox: Vec<_> = sealed.iter().filter(|p| p.to == me).cloned().collect();
-        let (s, c) = s.handle_round2(&inbox).unwrap();
-        s3.push(s);
-        confirmations.push(c);
-    }
-    s3.into_iter()
-        .map(|s| (s.me(), s.handle_confirmations(&confirmations).unwrap()))
-        .collect()
 }
 
-fn sign_with(keys: &BTreeMap<u16, DkgOutput<Tr>>, signers: &[u16], message: &[u8]) -> Vec<u8> {
-    let mut rng = rand::thread_rng();
-    let mut sessions = BTreeMap::new();
-    let mut commitments = BTreeMap::new();
-    for s in signers {
-        let (session, c) =
-            SignerSession::commit(&keys[s].key_package, *s, message, signers, &mut rng).unwrap();
-        sessions.insert(*s, session);
-        commitments.insert(*s, c);
-    }
-    let package = sign::signing_package::<Tr>(message, &commitments).unwrap();
-    let shares: BTreeMap<u16, Vec<u8>> = sessions
-        .into_iter()
-        .map(|(s, session)| (s, session.sign(&keys[&s].key_package, &package).unwrap()))
-        .collect();
-    sign::aggregate(&package, &shares, &keys[&signers[0]].public_key_package).unwrap()
+fn run_dkg() -> BTreeMap<u16, DkgOutput<Tr>> {
+    run_dkg_with::<Tr>(&params())
 }
 
 #[test]
@@ -227,13 +188,7 @@ fn serialized_sizes() {
     .unwrap();
     let share = session.sign(&out.key_package, &package).unwrap();
 
-    let params = DkgParams {
-        wallet_id: WalletId([1; 16]),
-        ciphersuite: wire::SUITE_SECP256K1_TR.into(),
-        min_signers: 2,
-        parties: vec![1, 2, 3],
-    };
-    let (_, round1) = dkg::start::<Tr>(&params, 1, &mut rng).unwrap();
+    let (_, round1) = dkg::start::<Tr>(&params(), 1, &mut rng).unwrap();
 
     println!("KeyPackage            {}", key_package.len());
     println!("PublicKeyPackage (2/3) {}", public_key_package.len());
