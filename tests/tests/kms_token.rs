@@ -5,28 +5,22 @@
 
 use std::path::PathBuf;
 
-use cosigner_kms::{KeyProtection, KmsError, P384SigningKey, Pin, Token};
-use cosigner_tests::{SoftHsm, softhsm_module};
-use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass};
+use cosigner_kms::{KmsError, P384SigningKey, Pin, Token};
+use cosigner_tests::pkcs11::{
+    SO_PIN, USER_PIN, assert_cannot_loosen, assert_generated_on_token, assert_value_unreadable,
+    destroy_objects, find_key, raw_session, softhsm_for_this_process as softhsm,
+};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use p384::ecdsa::signature::Verifier;
 use p384::ecdsa::signature::hazmat::PrehashVerifier;
 use p384::ecdsa::{Signature, VerifyingKey};
 use sha2::{Digest, Sha384};
 
 const LABEL: &str = "cosigner-test";
-const SO_PIN: &str = "so-pin-123456";
-const USER_PIN: &str = "user-pin-123456";
 const KEY: &str = "attestation-p384";
 
-/// A fresh SoftHSM installed for this process, and the module path.
-fn softhsm() -> (SoftHsm, PathBuf) {
-    let hsm = SoftHsm::new().unwrap();
-    hsm.install_env_for_this_process();
-    (hsm, softhsm_module())
-}
-
 fn init_token(module: &std::path::Path) -> Token {
-    Token::init(module, LABEL, &Pin::new(SO_PIN), &Pin::new(USER_PIN)).unwrap()
+    cosigner_tests::pkcs11::init_token(module, LABEL)
 }
 
 fn verify(key: &P384SigningKey, msg: &[u8], sig: &[u8; 96]) {
@@ -154,17 +148,7 @@ fn generated_key_is_sensitive_and_never_extractable() {
     let (_hsm, module) = softhsm();
     let token = init_token(&module);
     let key = token.generate_p384_signing_key(KEY).unwrap();
-    let protection = key.protection().unwrap();
-    assert_eq!(
-        protection,
-        KeyProtection {
-            sensitive: true,
-            extractable: false,
-            always_sensitive: true,
-            never_extractable: true,
-        }
-    );
-    assert!(protection.never_left_token());
+    assert_generated_on_token(key.protection().unwrap());
 }
 
 #[test]
@@ -221,55 +205,22 @@ fn private_key_value_cannot_be_read_through_pkcs11() {
 
     // Go around cosigner-kms: a raw session on the (logged-in) token, as any code in the process
     // could open.
-    let ctx = cosigner_kms::context(&module).unwrap();
-    let session = ctx.open_ro_session(token.slot()).unwrap();
-    let handles = session
-        .find_objects(&[
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::KeyType(KeyType::EC),
-            Attribute::Label(KEY.as_bytes().to_vec()),
-        ])
-        .unwrap();
-    assert_eq!(handles.len(), 1);
-    let private = handles[0];
+    let session = raw_session(&module, &token, false);
+    let private = find_key(&session, ObjectClass::PRIVATE_KEY, KeyType::EC, KEY);
 
-    // C_GetAttributeValue answers CKR_ATTRIBUTE_SENSITIVE for CKA_VALUE ...
-    let info = session
-        .get_attribute_info(private, &[AttributeType::Value])
-        .unwrap();
-    assert!(
-        matches!(info.as_slice(), [AttributeInfo::Sensitive]),
-        "{info:?}"
-    );
-    // ... so reading it yields nothing (cryptoki drops unavailable attributes) ...
-    let attrs = session
-        .get_attributes(private, &[AttributeType::Value, AttributeType::Sign])
-        .unwrap();
-    assert!(
-        !attrs.iter().any(|a| matches!(a, Attribute::Value(_))),
-        "CKA_VALUE of the private key was readable"
-    );
+    // C_GetAttributeValue answers CKR_ATTRIBUTE_SENSITIVE for CKA_VALUE, so reading it yields
+    // nothing ...
+    let attrs = assert_value_unreadable(&session, private, &[AttributeType::Sign], "private key");
     assert!(attrs.contains(&Attribute::Sign(true)));
     // ... and the key cannot be loosened after the fact: CKA_EXTRACTABLE only goes true -> false,
     // CKA_SENSITIVE only false -> true, and the key is not modifiable (so no CKA_DERIVE for ECDH)
     // nor copyable.
-    for loosen in [
+    let loosen = [
         Attribute::Extractable(true),
         Attribute::Sensitive(false),
         Attribute::Derive(true),
-    ] {
-        assert!(
-            session
-                .update_attributes(private, std::slice::from_ref(&loosen))
-                .is_err(),
-            "{loosen:?} was accepted"
-        );
-    }
-    assert!(
-        session
-            .copy_object(private, &[Attribute::Token(false)])
-            .is_err()
-    );
+    ];
+    assert_cannot_loosen(&session, private, &loosen);
 }
 
 #[test]
@@ -316,19 +267,9 @@ fn signing_after_the_key_is_destroyed_fails_cleanly() {
     key.sign_sha384(b"before").unwrap();
 
     // Destroy the private key behind cosigner-kms's back: the cached handle goes stale.
-    let ctx = cosigner_kms::context(&module).unwrap();
-    let session = ctx.open_rw_session(token.slot()).unwrap();
-    for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
-        for h in session
-            .find_objects(&[
-                Attribute::Class(class),
-                Attribute::Label(KEY.as_bytes().to_vec()),
-            ])
-            .unwrap()
-        {
-            session.destroy_object(h).unwrap();
-        }
-    }
+    let session = raw_session(&module, &token, true);
+    let classes = [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY];
+    destroy_objects(&session, &classes, KEY);
     let err = key.sign_sha384(b"after").unwrap_err();
     assert!(matches!(err, KmsError::KeyNotFound { .. }), "{err:?}");
 

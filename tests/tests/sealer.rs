@@ -4,34 +4,24 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use cosigner_kms::{
-    KeyProtection, KmsError, Pin, Pkcs11Sealer, SEAL_FORMAT_VERSION, SEAL_HEADER_LEN, SEAL_IV_LEN,
+    KmsError, Pin, Pkcs11Sealer, SEAL_FORMAT_VERSION, SEAL_HEADER_LEN, SEAL_IV_LEN,
     SEAL_KEY_ID_LEN, SEAL_MIN_LEN, SEAL_TAG_LEN, SealContext, Sealer, Token,
 };
-use cosigner_tests::{SoftHsm, softhsm_module};
-use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass};
+use cosigner_tests::pkcs11::{
+    USER_PIN, assert_cannot_loosen, assert_generated_on_token, assert_value_unreadable,
+    destroy_objects, find, find_key, init_token, raw_session, softhsm_for_this_process as softhsm,
+};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 
 const LABEL: &str = "cosigner-test";
 const OTHER_LABEL: &str = "cosigner-other";
-const SO_PIN: &str = "so-pin-123456";
-const USER_PIN: &str = "user-pin-123456";
 const KEY: &str = "seal-aes256";
 const SECRET: &[u8] = b"a FROST key package: 136 bytes in real life, secret in every life";
 
 const CTX: SealContext = SealContext::new("frost-key-package", [0x42; 16], 2, 0);
-
-/// A fresh SoftHSM installed for this process, and the module path.
-fn softhsm() -> (SoftHsm, PathBuf) {
-    let hsm = SoftHsm::new().unwrap();
-    hsm.install_env_for_this_process();
-    (hsm, softhsm_module())
-}
-
-fn init_token(module: &Path, label: &str) -> Token {
-    Token::init(module, label, &Pin::new(SO_PIN), &Pin::new(USER_PIN)).unwrap()
-}
 
 fn sealer(module: &Path) -> (Token, Pkcs11Sealer) {
     let token = init_token(module, LABEL);
@@ -219,62 +209,26 @@ fn a_blob_sealed_by_another_tokens_key_is_a_key_id_mismatch() {
 fn sealing_key_is_sensitive_and_its_value_cannot_be_read() {
     let (_hsm, module) = softhsm();
     let (token, sealer) = sealer(&module);
-    let protection = sealer.protection().unwrap();
-    assert_eq!(
-        protection,
-        KeyProtection {
-            sensitive: true,
-            extractable: false,
-            always_sensitive: true,
-            never_extractable: true,
-        }
-    );
-    assert!(protection.never_left_token());
+    assert_generated_on_token(sealer.protection().unwrap());
 
     // Go around cosigner-kms: a raw session on the logged-in token, as any code in the process
     // could open.
-    let ctx = cosigner_kms::context(&module).unwrap();
-    let session = ctx.open_rw_session(token.slot()).unwrap();
-    let handles = session
-        .find_objects(&[
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
-            Attribute::Label(KEY.as_bytes().to_vec()),
-        ])
-        .unwrap();
-    assert_eq!(handles.len(), 1);
-    let key = handles[0];
-
-    let info = session
-        .get_attribute_info(key, &[AttributeType::Value])
-        .unwrap();
-    assert!(
-        matches!(info.as_slice(), [AttributeInfo::Sensitive]),
-        "{info:?}"
-    );
-    let attrs = session
-        .get_attributes(
-            key,
-            &[
-                AttributeType::Value,
-                AttributeType::ValueLen,
-                AttributeType::Token,
-                AttributeType::Private,
-                AttributeType::Encrypt,
-                AttributeType::Decrypt,
-                AttributeType::Wrap,
-                AttributeType::Unwrap,
-                AttributeType::Derive,
-                AttributeType::Sign,
-                AttributeType::Modifiable,
-                AttributeType::Copyable,
-            ],
-        )
-        .unwrap();
-    assert!(
-        !attrs.iter().any(|a| matches!(a, Attribute::Value(_))),
-        "CKA_VALUE of the sealing key was readable"
-    );
+    let session = raw_session(&module, &token, true);
+    let key = find_key(&session, ObjectClass::SECRET_KEY, KeyType::AES, KEY);
+    let also = [
+        AttributeType::ValueLen,
+        AttributeType::Token,
+        AttributeType::Private,
+        AttributeType::Encrypt,
+        AttributeType::Decrypt,
+        AttributeType::Wrap,
+        AttributeType::Unwrap,
+        AttributeType::Derive,
+        AttributeType::Sign,
+        AttributeType::Modifiable,
+        AttributeType::Copyable,
+    ];
+    let attrs = assert_value_unreadable(&session, key, &also, "sealing key");
     for expected in [
         Attribute::Token(true),
         Attribute::Private(true),
@@ -296,24 +250,13 @@ fn sealing_key_is_sensitive_and_its_value_cannot_be_read() {
         "{attrs:?}"
     );
     // The key cannot be loosened after the fact, nor copied.
-    for loosen in [
+    let loosen = [
         Attribute::Extractable(true),
         Attribute::Sensitive(false),
         Attribute::Wrap(true),
         Attribute::Derive(true),
-    ] {
-        assert!(
-            session
-                .update_attributes(key, std::slice::from_ref(&loosen))
-                .is_err(),
-            "{loosen:?} was accepted"
-        );
-    }
-    assert!(
-        session
-            .copy_object(key, &[Attribute::Token(false)])
-            .is_err()
-    );
+    ];
+    assert_cannot_loosen(&session, key, &loosen);
 }
 
 #[test]
@@ -371,8 +314,7 @@ fn key_lookup_errors_are_precise() {
 /// might), with the given `CKA_SENSITIVE` and `CKA_EXTRACTABLE`, and otherwise what a sealing key
 /// needs (`CKA_ID`, encrypt and decrypt), so only its protection is wrong.
 fn plant_aes_key(module: &Path, token: &Token, label: &str, sensitive: bool, extractable: bool) {
-    let ctx = cosigner_kms::context(module).unwrap();
-    let session = ctx.open_rw_session(token.slot()).unwrap();
+    let session = raw_session(module, token, true);
     session
         .generate_key(
             &cryptoki::mechanism::Mechanism::AesKeyGen,
@@ -425,14 +367,14 @@ fn an_existing_sealing_key_that_can_leave_the_token_is_refused() {
             }
             assert!(err.to_string().contains("can leave the token"), "{err}");
         }
-        let ctx = cosigner_kms::context(&module).unwrap();
-        let session = ctx.open_ro_session(token.slot()).unwrap();
-        let keys = session
-            .find_objects(&[
+        let session = raw_session(&module, &token, false);
+        let keys = find(
+            &session,
+            &[
                 Attribute::Class(ObjectClass::SECRET_KEY),
                 Attribute::Label(label.as_bytes().to_vec()),
-            ])
-            .unwrap();
+            ],
+        );
         assert_eq!(keys.len(), 1, "{label}: a second key was generated");
     }
     // The same attributes set right (but by another tool, so CKA_ALWAYS_SENSITIVE and
@@ -449,17 +391,8 @@ fn opening_after_the_key_is_destroyed_fails_cleanly() {
     let (_hsm, module) = softhsm();
     let (token, sealer) = sealer(&module);
     let blob = sealer.seal(&CTX, SECRET).unwrap();
-    let ctx = cosigner_kms::context(&module).unwrap();
-    let session = ctx.open_rw_session(token.slot()).unwrap();
-    for h in session
-        .find_objects(&[
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::Label(KEY.as_bytes().to_vec()),
-        ])
-        .unwrap()
-    {
-        session.destroy_object(h).unwrap();
-    }
+    let session = raw_session(&module, &token, true);
+    destroy_objects(&session, &[ObjectClass::SECRET_KEY], KEY);
     // The cached handle is stale: the key is looked up again, and is not there.
     let err = sealer.open(&CTX, &blob).unwrap_err();
     assert!(matches!(err, KmsError::KeyNotFound { .. }), "{err:?}");
