@@ -27,18 +27,20 @@ fn refresh_keeps_the_key_and_moves_to_the_next_epoch() {
         0o600
     );
     let share = w.home.join("wallets").join(format!("{}.share", w.id));
-    let old_share = std::fs::read(&share).unwrap();
+    let wallet_json = w.home.join("wallets").join(format!("{}.json", w.id));
+    let (old_share, old_wallet) = (
+        std::fs::read(&share).unwrap(),
+        std::fs::read(&wallet_json).unwrap(),
+    );
     for epoch in 1..=2 {
         let r: Value = serde_json::from_str(refresh(&d, &w).ok()).unwrap();
         assert_eq!(r["epoch"], epoch);
         assert_eq!(r["group_public_key"], w.key.as_str());
         signs(&d, &w.home, &w);
     }
-    // A stale share (epoch 0) put back on the device signs nothing: the cosigners deleted theirs.
-    let wallet_json = w.home.join("wallets").join(format!("{}.json", w.id));
-    let mut json: Value = serde_json::from_slice(&std::fs::read(&wallet_json).unwrap()).unwrap();
-    json["epoch"] = 0.into();
-    std::fs::write(&wallet_json, json.to_string()).unwrap();
+    // A stale backup (the share and wallet file of epoch 0) put back on the device signs nothing:
+    // the cosigners deleted their shares of that epoch.
+    std::fs::write(&wallet_json, old_wallet).unwrap();
     std::fs::write(&share, old_share).unwrap();
     let line = sign(&d, &w.home, &w.id).refused().to_owned();
     assert!(line.contains("refreshed away"), "{line}");

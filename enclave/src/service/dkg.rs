@@ -1,12 +1,13 @@
-//! Wallet creation: the DKG rounds (`cosigner_protocol::dkg`), the optional enrollment token,
+//! Wallet creation: the DKG (the protocol's key-making engine, `keygen::exchange::Exchange`, the
+//! same one a DAO's DKG runs on, with this cosigner's one party), the optional enrollment token,
 //! and the registration of the device key and the recovery credential (docs/lifecycle.md,
 //! "Creation, interrupted").
 
 use std::time::Duration;
 
 use cosigner_protocol::auth::{normalise_public_key, registration_digest_with, verify_digest};
-use cosigner_protocol::dkg::{self, DkgRound1, DkgRound2, DkgRound3};
 use cosigner_protocol::enrollment::EnrollmentToken;
+use cosigner_protocol::keygen::exchange::{Exchange, Message, Step};
 use cosigner_protocol::party;
 use cosigner_protocol::refresh;
 use cosigner_protocol::wire::{
@@ -27,11 +28,43 @@ const DKG_TTL: Duration = Duration::from_secs(60);
 /// DKGs one connection (and one enrolled device) may have in progress at once.
 const MAX_DKGS_PER_SESSION: usize = 4;
 
-/// Where a DKG is.
-pub(super) enum DkgStage {
-    Round1(Box<DkgRound1<Suite>>),
-    Round2(Box<DkgRound2<Suite>>),
-    Round3(Box<DkgRound3<Suite>>),
+/// A DKG in progress: this cosigner's party in the key-making engine.
+pub(super) type DkgStage = Box<Exchange<Suite, DkgParams>>;
+
+/// Feeds the coordinator's relayed messages of one step to `exchange` and advances it; the
+/// exchange must be at `step` before, and past it after (every party's message was there).
+pub(super) fn relay_step<P: cosigner_protocol::keygen::KeygenParams>(
+    exchange: &mut Exchange<Suite, P>,
+    step: Step,
+    messages: impl IntoIterator<Item = Message>,
+) -> Result<Vec<Message>, Failure> {
+    let name = P::NAME;
+    if exchange.step() != step {
+        return Err(Failure::bad(format!(
+            "the {name} is not waiting for {}",
+            step_name(step)
+        )));
+    }
+    for message in messages {
+        exchange.absorb(&message, step_name(step))?;
+    }
+    let out = exchange.advance(&mut rand_core::OsRng)?;
+    if exchange.step() == step {
+        return Err(Failure::bad(format!(
+            "the {name} still waits for {}",
+            exchange.waiting()
+        )));
+    }
+    Ok(out)
+}
+
+fn step_name(step: Step) -> &'static str {
+    match step {
+        Step::Round1 => "round-1 messages",
+        Step::Round2 => "round-2 packages",
+        Step::Confirmations => "confirmations",
+        _ => "nothing",
+    }
 }
 
 /// What a DKG in round 3 registers: checked before it is taken out of the table.
@@ -77,11 +110,14 @@ impl Service {
             Claim::new(owner, enrolled, false),
             &quota,
             || {
-                let (state, message) = dkg::start::<Suite>(&params, me, &mut rand_core::OsRng)?;
-                Ok((
-                    DkgStage::Round1(Box::new(state)),
-                    Response::DkgRound1 { message },
-                ))
+                let (exchange, first) =
+                    Exchange::start(&params, vec![(me, ())], &mut rand_core::OsRng)?;
+                match first.into_iter().next() {
+                    Some(Message::Round1(message)) => {
+                        Ok((Box::new(exchange), Response::DkgRound1 { message }))
+                    }
+                    _ => Err(internal("the DKG produced no round-1 message")),
+                }
             },
         )
     }
@@ -112,15 +148,11 @@ impl Service {
         wallet_id: WalletId,
         round1: &[Round1Message],
     ) -> Outcome {
-        self.dkgs.step(&wallet_id, &owner, |stage, _| {
-            let DkgStage::Round1(state) = stage else {
-                return Err(Failure::bad("DKG is not waiting for round 1"));
-            };
-            let (next, packages) = state.handle_round1(round1, &mut rand_core::OsRng)?;
-            Ok((
-                Some(DkgStage::Round2(Box::new(next))),
-                Response::DkgRound2 { packages },
-            ))
+        self.dkgs.step(&wallet_id, &owner, |mut exchange, _| {
+            let messages = round1.iter().cloned().map(Message::Round1);
+            let out = relay_step(&mut exchange, Step::Round1, messages)?;
+            let packages = out.into_iter().filter_map(package_of).collect();
+            Ok((Some(exchange), Response::DkgRound2 { packages }))
         })
     }
 
@@ -130,15 +162,14 @@ impl Service {
         wallet_id: WalletId,
         packages: &[SealedPackage],
     ) -> Outcome {
-        self.dkgs.step(&wallet_id, &owner, |stage, _| {
-            let DkgStage::Round2(state) = stage else {
-                return Err(Failure::bad("DKG is not waiting for round 2"));
-            };
-            let (next, confirmation) = state.handle_round2(packages)?;
-            Ok((
-                Some(DkgStage::Round3(Box::new(next))),
-                Response::DkgRound3 { confirmation },
-            ))
+        self.dkgs.step(&wallet_id, &owner, |mut exchange, _| {
+            let messages = packages.iter().cloned().map(Message::Round2);
+            let out = relay_step(&mut exchange, Step::Round2, messages)?;
+            let confirmation = out
+                .into_iter()
+                .find_map(confirmation_of)
+                .ok_or_else(|| internal("the DKG produced no confirmation"))?;
+            Ok((Some(exchange), Response::DkgRound3 { confirmation }))
         })
     }
 
@@ -161,7 +192,7 @@ impl Service {
         let confirmed = self.check_confirmation(&wallet_id, confirmations, registration)?;
         let taken = self.dkgs.remove(&wallet_id)?;
         let Some(Pending {
-            stage: DkgStage::Round3(state),
+            stage: mut exchange,
             ..
         }) = taken
         else {
@@ -170,7 +201,12 @@ impl Service {
                 "the DKG of wallet {wallet_id} is being confirmed by another request: try again"
             )));
         };
-        let output = state.handle_confirmations(confirmations)?;
+        let messages = confirmations.iter().cloned().map(Message::Confirmation);
+        relay_step(&mut exchange, Step::Confirmations, messages)?;
+        let (_, output) = exchange
+            .into_outputs()?
+            .pop()
+            .ok_or_else(|| internal("the DKG ended without our share"))?;
         let pkp = output.public_key_package.serialize().map_err(internal)?;
         let share = ShareRecord {
             epoch: 0,
@@ -211,12 +247,13 @@ impl Service {
         let (params, party, ours, enrolled) = self
             .dkgs
             .peek(wallet_id, DKG_TTL, |p| {
-                let DkgStage::Round3(state) = &p.stage else {
-                    return Err(Failure::bad("DKG is not waiting for confirmations"));
+                let unconfirmed = p.stage.unconfirmed();
+                let Some((party, state)) = unconfirmed.first() else {
+                    return Err(Failure::bad("the DKG is not waiting for confirmations"));
                 };
                 Ok((
                     state.params().clone(),
-                    state.me(),
+                    *party,
                     state.confirmation().clone(),
                     p.claim.key.clone(),
                 ))
@@ -325,5 +362,21 @@ impl Service {
         Ok(Some(Response::DkgDone {
             wallet: info(*wallet_id, &state)?,
         }))
+    }
+}
+
+/// The sealed package in an engine's message, if it is one.
+pub(super) fn package_of(message: Message) -> Option<SealedPackage> {
+    match message {
+        Message::Round2(p) => Some(p),
+        _ => None,
+    }
+}
+
+/// The confirmation in an engine's message, if it is one.
+pub(super) fn confirmation_of(message: Message) -> Option<Confirmation> {
+    match message {
+        Message::Confirmation(c) => Some(c),
+        _ => None,
     }
 }

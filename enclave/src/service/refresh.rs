@@ -4,8 +4,9 @@
 //! session and after a restart.
 
 use cosigner_protocol::auth::{commit_receipt_digest, verify_digest};
+use cosigner_protocol::keygen::exchange::{Exchange, Message, Step};
 use cosigner_protocol::party;
-use cosigner_protocol::refresh::{self, RefreshRound1, RefreshRound2};
+use cosigner_protocol::refresh;
 use cosigner_protocol::wire::{
     Confirmation, ErrorKind, RefreshParams, Response, Round1Message, SealedPackage, WalletId,
 };
@@ -13,6 +14,7 @@ use frost_core::keys::PublicKeyPackage;
 use serde_bytes::ByteBuf;
 
 use super::authorized::{Actor, Role};
+use super::dkg::{package_of, relay_step};
 use super::failure::{Failure, Outcome, internal, lock};
 use super::records::{PreparedRecord, ShareRecord, WalletState};
 use super::table::{Claim, Pending};
@@ -20,8 +22,9 @@ use super::{Service, Suite, info, key_package, now_ms, sorted};
 
 /// Where a refresh is.
 pub(super) enum RefreshStage {
-    Round1(Box<RefreshRound1<Suite>>),
-    Round2(Box<RefreshRound2<Suite>>),
+    /// Rounds 1 and 2: this cosigner's party in the key-making engine (the same one a DAO's
+    /// refresh runs on), holding the current share it refreshes.
+    Running(Box<Exchange<Suite, RefreshParams>>),
     /// Prepared and stored (`records::PreparedRecord`): the commit works from the stored record;
     /// this marker only keeps the ceremony owned until it commits or expires.
     Prepared,
@@ -71,13 +74,26 @@ impl Service {
                 "a refresh must keep every party and the threshold of the wallet",
             ));
         }
-        let (next, message) = refresh::start::<Suite>(&params, me, &mut rand_core::OsRng)?;
+        let old = self
+            .records()
+            .load_share(&wallet_id, state.party, params.from_epoch)?;
+        let old_kp = key_package(&old)?;
+        let old_pkp = PublicKeyPackage::<Suite>::deserialize(&old.public_key_package)
+            .map_err(|e| Failure::new(ErrorKind::Integrity, e.to_string()))?;
+        let (next, first) = Exchange::start(
+            &params,
+            vec![(me, (old_kp, old_pkp))],
+            &mut rand_core::OsRng,
+        )?;
+        let Some(Message::Round1(message)) = first.into_iter().next() else {
+            return Err(internal("the refresh produced no round-1 message"));
+        };
         // Into the table first (refused if another session's refresh is in flight), then logged.
         let recovery = actor.role == Role::PendingDevice;
         self.refreshes.put(
             wallet_id,
             Pending {
-                stage: RefreshStage::Round1(Box::new(next)),
+                stage: RefreshStage::Running(Box::new(next)),
                 claim: Claim::new(owner, actor.key.clone(), recovery),
             },
         )?;
@@ -98,12 +114,16 @@ impl Service {
         round1: &[Round1Message],
     ) -> Outcome {
         self.refreshes.step(&wallet_id, &owner, |stage, _| {
-            let RefreshStage::Round1(state) = stage else {
-                return Err(Failure::bad("refresh is not waiting for round 1"));
+            let RefreshStage::Running(mut exchange) = stage else {
+                return Err(Failure::bad(
+                    "the refresh is not waiting for round-1 messages",
+                ));
             };
-            let (next, packages) = state.handle_round1(round1, &mut rand_core::OsRng)?;
+            let messages = round1.iter().cloned().map(Message::Round1);
+            let out = relay_step(&mut exchange, Step::Round1, messages)?;
+            let packages = out.into_iter().filter_map(package_of).collect();
             Ok((
-                Some(RefreshStage::Round2(Box::new(next))),
+                Some(RefreshStage::Running(exchange)),
                 Response::RefreshRound2 { packages },
             ))
         })
@@ -116,10 +136,12 @@ impl Service {
         packages: &[SealedPackage],
     ) -> Outcome {
         self.refreshes.step(&wallet_id, &owner, |stage, claim| {
-            let RefreshStage::Round2(round2) = stage else {
-                return Err(Failure::bad("refresh is not waiting for round 2"));
+            let RefreshStage::Running(exchange) = stage else {
+                return Err(Failure::bad(
+                    "the refresh is not waiting for round-2 packages",
+                ));
             };
-            let confirmation = self.prepare_refresh(&wallet_id, *round2, packages, claim)?;
+            let confirmation = self.prepare_refresh(&wallet_id, *exchange, packages, claim)?;
             Ok((
                 Some(RefreshStage::Prepared),
                 Response::RefreshRound3 { confirmation },
@@ -133,17 +155,19 @@ impl Service {
     fn prepare_refresh(
         &self,
         wallet_id: &WalletId,
-        round2: RefreshRound2<Suite>,
+        mut exchange: Exchange<Suite, RefreshParams>,
         packages: &[SealedPackage],
         claim: &Claim,
     ) -> Result<Confirmation, Failure> {
         let state = self.records().load_state(wallet_id)?;
-        let from = round2.params().from_epoch;
-        let old = self.records().load_share(wallet_id, state.party, from)?;
-        let old_kp = key_package(&old)?;
-        let old_pkp = PublicKeyPackage::<Suite>::deserialize(&old.public_key_package)
-            .map_err(|e| Failure::new(ErrorKind::Integrity, e.to_string()))?;
-        let (next, confirmation) = round2.handle_round2(packages, &old_kp, &old_pkp)?;
+        let from = exchange.params().from_epoch;
+        let messages = packages.iter().cloned().map(Message::Round2);
+        relay_step(&mut exchange, Step::Round2, messages)?;
+        let unconfirmed = exchange.unconfirmed();
+        let Some((_, next)) = unconfirmed.first() else {
+            return Err(internal("the refresh derived no share"));
+        };
+        let confirmation = next.confirmation().clone();
         let prepared = PreparedRecord {
             share: ShareRecord {
                 epoch: from + 1,

@@ -275,6 +275,30 @@ impl<C: Ciphersuite, P: KeygenParams> Exchange<C, P> {
             .collect()
     }
 
+    /// Our parties whose result is derived but not yet confirmed by every party (round 3), with
+    /// their key package, public key package and confirmation: to store as *prepared* in a
+    /// two-phase commit, or to show, never to use.
+    pub fn unconfirmed(&self) -> Vec<(u16, &Round3<C, P>)> {
+        self.locals
+            .iter()
+            .filter_map(|(party, s)| match s {
+                Some(Stage::Round3(r)) => Some((*party, r)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The step our parties are at (the first one's, when a holder's parties differ).
+    pub fn step(&self) -> Step {
+        match self.locals.values().flatten().next() {
+            Some(Stage::Round1(_)) => Step::Round1,
+            Some(Stage::Round2(_)) => Step::Round2,
+            Some(Stage::Round3(_)) => Step::Confirmations,
+            Some(Stage::Done(_)) => Step::Done,
+            None => Step::Failed,
+        }
+    }
+
     /// Whether every local party finished (every party confirmed the same result).
     pub fn is_done(&self) -> bool {
         self.locals
@@ -296,18 +320,14 @@ impl<C: Ciphersuite, P: KeygenParams> Exchange<C, P> {
             let all = self.params.parties().iter().copied();
             all.filter(|p| !have(*p)).collect()
         };
-        let (step, parties) = match self.locals.values().flatten().next() {
-            Some(Stage::Round1(_)) => (Step::Round1, missing(&|p| self.round1.contains_key(&p))),
-            Some(Stage::Round2(_)) => (
-                Step::Round2,
-                missing(&|p| self.holds(p) || self.round2.keys().any(|(from, _)| *from == p)),
-            ),
-            Some(Stage::Round3(_)) => (
-                Step::Confirmations,
-                missing(&|p| self.confirmations.contains_key(&p)),
-            ),
-            Some(Stage::Done(_)) => (Step::Done, Vec::new()),
-            None => (Step::Failed, Vec::new()),
+        let step = self.step();
+        let parties = match step {
+            Step::Round1 => missing(&|p| self.round1.contains_key(&p)),
+            Step::Round2 => {
+                missing(&|p| self.holds(p) || self.round2.keys().any(|(from, _)| *from == p))
+            }
+            Step::Confirmations => missing(&|p| self.confirmations.contains_key(&p)),
+            _ => Vec::new(),
         };
         Waiting { step, parties }
     }
