@@ -90,16 +90,7 @@ impl Token {
         check_key_label(label)?;
         with_session(self, |ts| {
             let s = &ts.session;
-            if !s
-                .find_objects(&private_key_template(label))
-                .ck("C_FindObjects")?
-                .is_empty()
-            {
-                return Err(KmsError::KeyExists {
-                    label: label.to_owned(),
-                }
-                .into());
-            }
+            refuse_existing(ts, &private_key_template(label), label)?;
             let id = s.generate_random_vec(KEY_ID_LEN).ck("C_GenerateRandom")?;
             let public_template = [
                 Attribute::Token(true),
@@ -112,23 +103,18 @@ impl Token {
                 Attribute::Label(label.as_bytes().to_vec()),
                 Attribute::Id(id.clone()),
             ];
-            let private_template = [
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
+            // Kept in the token: in particular nobody can later turn on CKA_DERIVE (ECDH with the
+            // attestation key).
+            let mut private_template = kept_in_token().to_vec();
+            private_template.extend([
                 Attribute::Sign(true),
                 Attribute::SignRecover(false),
                 Attribute::Decrypt(false),
                 Attribute::Unwrap(false),
                 Attribute::Derive(false),
-                // Nobody can later turn on CKA_DERIVE (ECDH with the attestation key) or change
-                // the label, and no copy can be made with other attributes.
-                Attribute::Modifiable(false),
-                Attribute::Copyable(false),
                 Attribute::Label(label.as_bytes().to_vec()),
                 Attribute::Id(id.clone()),
-            ];
+            ]);
             let (public, private) = s
                 .generate_key_pair(
                     &Mechanism::EccKeyPairGen,
@@ -136,16 +122,7 @@ impl Token {
                     &private_template,
                 )
                 .ck("C_GenerateKeyPair")?;
-            let checked = read_protection(ts, private, "private key").and_then(|p| {
-                if p.never_left_token() {
-                    Ok(())
-                } else {
-                    Err(Fail::Kms(KmsError::WrongKey {
-                        label: label.to_owned(),
-                        reason: format!("token did not apply the requested protection: {p:?}"),
-                    }))
-                }
-            });
+            let checked = check_generated(ts, private, "private key", label);
             let point = checked.and_then(|()| read_public_point(ts, public));
             let point = match point {
                 Ok(point) => point,
@@ -157,13 +134,9 @@ impl Token {
                     return Err(fail);
                 }
             };
-            ts.remember(label, &id, private);
-            Ok(P384SigningKey {
-                token: self.clone(),
-                label: label.into(),
-                id: id.into(),
-                public: point,
-            })
+            Ok(P384SigningKey::remembered(
+                self, ts, label, id, private, point,
+            ))
         })
     }
 
@@ -216,18 +189,33 @@ impl Token {
                 "public key",
             )?;
             let point = read_public_point(ts, public)?;
-            ts.remember(label, &id, private);
-            Ok(P384SigningKey {
-                token: self.clone(),
-                label: label.into(),
-                id: id.into(),
-                public: point,
-            })
+            Ok(P384SigningKey::remembered(
+                self, ts, label, id, private, point,
+            ))
         })
     }
 }
 
 impl P384SigningKey {
+    /// The pair labelled `label` whose private key is `private` (`CKA_ID` `id`) and public point
+    /// `public`; this thread's session remembers the private key's handle.
+    fn remembered(
+        token: &Token,
+        ts: &ThreadSession,
+        label: &str,
+        id: Vec<u8>,
+        private: ObjectHandle,
+        public: [u8; P384_SEC1_LEN],
+    ) -> Self {
+        ts.remember(label, &id, private);
+        P384SigningKey {
+            token: token.clone(),
+            label: label.into(),
+            id: id.into(),
+            public,
+        }
+    }
+
     /// The key's `CKA_LABEL`.
     pub fn label(&self) -> &str {
         &self.label
@@ -430,6 +418,58 @@ pub(crate) fn require_protected(
         sensitive: p.sensitive,
         extractable: p.extractable,
     }))
+}
+
+/// The template attributes of every private or secret key cosigner-kms generates: a private
+/// token object, sensitive and not extractable (it never leaves the token), not modifiable (nobody
+/// can later turn on another usage or relabel it) and not copyable (no copy can be made with
+/// looser attributes). Each key kind adds its usages, label and `CKA_ID`.
+pub(crate) fn kept_in_token() -> [Attribute; 6] {
+    [
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Modifiable(false),
+        Attribute::Copyable(false),
+    ]
+}
+
+/// Refuses to generate a second key under `label`: [`KmsError::KeyExists`] if `template` (the key
+/// kind's lookup) finds one. Shared by every key kind.
+pub(crate) fn refuse_existing(
+    ts: &ThreadSession,
+    template: &[Attribute],
+    label: &str,
+) -> std::result::Result<(), Fail> {
+    let found = ts.session.find_objects(template).ck("C_FindObjects")?;
+    if found.is_empty() {
+        Ok(())
+    } else {
+        Err(Fail::Kms(KmsError::KeyExists {
+            label: label.to_owned(),
+        }))
+    }
+}
+
+/// Checks that the token applied the protection asked for to the key it just generated (a token
+/// may silently ignore template attributes): [`KmsError::WrongKey`] unless it never left the
+/// token. Shared by every key kind.
+pub(crate) fn check_generated(
+    ts: &ThreadSession,
+    key: ObjectHandle,
+    what: &str,
+    label: &str,
+) -> std::result::Result<(), Fail> {
+    let p = read_protection(ts, key, what)?;
+    if p.never_left_token() {
+        Ok(())
+    } else {
+        Err(Fail::Kms(KmsError::WrongKey {
+            label: label.to_owned(),
+            reason: format!("token did not apply the requested protection: {p:?}"),
+        }))
+    }
 }
 
 /// Reads a key's protection attributes (`what` names the key in errors). Shared by every key kind.

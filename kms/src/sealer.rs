@@ -224,24 +224,13 @@ impl Token {
         crate::p384::check_key_label(label)?;
         with_session(self, |ts| {
             let s = &ts.session;
-            if !s
-                .find_objects(&aes_key_template(label))
-                .ck("C_FindObjects")?
-                .is_empty()
-            {
-                return Err(KmsError::KeyExists {
-                    label: label.to_owned(),
-                }
-                .into());
-            }
+            crate::p384::refuse_existing(ts, &aes_key_template(label), label)?;
             let id = s.generate_random_vec(CKA_ID_LEN).ck("C_GenerateRandom")?;
+            // Kept in the token: in particular nobody can later turn on CKA_WRAP or CKA_DERIVE.
             let mut template = aes_key_template(label);
+            template.extend(crate::p384::kept_in_token());
             template.extend([
                 Attribute::ValueLen(Ulong::from(32)),
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
                 Attribute::Encrypt(true),
                 Attribute::Decrypt(true),
                 Attribute::Wrap(false),
@@ -249,26 +238,12 @@ impl Token {
                 Attribute::Derive(false),
                 Attribute::Sign(false),
                 Attribute::Verify(false),
-                // Nobody can later turn on CKA_WRAP/CKA_DERIVE or relabel it, and no copy can be
-                // made with looser attributes.
-                Attribute::Modifiable(false),
-                Attribute::Copyable(false),
                 Attribute::Id(id.clone()),
             ]);
             let key = s
                 .generate_key(&Mechanism::AesKeyGen, &template)
                 .ck("C_GenerateKey")?;
-            let checked = crate::p384::read_protection(ts, key, "secret key").and_then(|p| {
-                if p.never_left_token() {
-                    Ok(())
-                } else {
-                    Err(Fail::Kms(KmsError::WrongKey {
-                        label: label.to_owned(),
-                        reason: format!("token did not apply the requested protection: {p:?}"),
-                    }))
-                }
-            });
-            if let Err(fail) = checked {
+            if let Err(fail) = crate::p384::check_generated(ts, key, "secret key", label) {
                 // Leave no half-made key behind under this label; failing to destroy it is
                 // secondary to the error being reported.
                 let _ = s.destroy_object(key);

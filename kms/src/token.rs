@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use cryptoki::context::Pkcs11;
 use cryptoki::error::RvError;
 use cryptoki::session::{Session, UserType};
-use cryptoki::slot::Slot;
+use cryptoki::slot::{Slot, TokenInfo};
 
 use crate::context::context;
 use crate::error::{KmsError, Result, pkcs11, rv};
@@ -153,21 +153,27 @@ fn check_token_label(label: &str) -> Result<()> {
     })
 }
 
+/// Every slot with a token present, and that token's information.
+fn token_slots(ctx: &Pkcs11) -> Result<Vec<(Slot, TokenInfo)>> {
+    ctx.get_slots_with_token()
+        .map_err(|e| pkcs11("C_GetSlotList", e))?
+        .into_iter()
+        .map(|slot| {
+            let info = ctx
+                .get_token_info(slot)
+                .map_err(|e| pkcs11("C_GetTokenInfo", e))?;
+            Ok((slot, info))
+        })
+        .collect()
+}
+
 /// Slots whose initialised token carries exactly this label.
 fn slots_labelled(ctx: &Pkcs11, label: &str) -> Result<Vec<Slot>> {
-    let mut found = Vec::new();
-    for slot in ctx
-        .get_slots_with_token()
-        .map_err(|e| pkcs11("C_GetSlotList", e))?
-    {
-        let info = ctx
-            .get_token_info(slot)
-            .map_err(|e| pkcs11("C_GetTokenInfo", e))?;
-        if info.token_initialized() && info.label() == label {
-            found.push(slot);
-        }
-    }
-    Ok(found)
+    Ok(token_slots(ctx)?
+        .into_iter()
+        .filter(|(_, info)| info.token_initialized() && info.label() == label)
+        .map(|(slot, _)| slot)
+        .collect())
 }
 
 /// The one slot holding the token labelled `label`.
@@ -187,16 +193,9 @@ fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot> {
 
 /// The first slot with a token present but not initialised.
 fn free_slot(ctx: &Pkcs11) -> Result<Slot> {
-    for slot in ctx
-        .get_slots_with_token()
-        .map_err(|e| pkcs11("C_GetSlotList", e))?
-    {
-        let info = ctx
-            .get_token_info(slot)
-            .map_err(|e| pkcs11("C_GetTokenInfo", e))?;
-        if !info.token_initialized() {
-            return Ok(slot);
-        }
-    }
-    Err(KmsError::NoFreeSlot)
+    token_slots(ctx)?
+        .into_iter()
+        .find(|(_, info)| !info.token_initialized())
+        .map(|(slot, _)| slot)
+        .ok_or(KmsError::NoFreeSlot)
 }
