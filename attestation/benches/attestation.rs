@@ -15,32 +15,17 @@
 
 use std::hint::black_box;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cosigner_attestation::local::{self, Lifetimes, LocalAttester};
 use cosigner_attestation::{AttestRequest, Expectations, PinnedRoot, parse_unverified, verify};
 use cosigner_kms::{Pin, Token};
 
-fn measure(name: &str, iterations: usize, mut op: impl FnMut()) {
-    for _ in 0..iterations.div_ceil(10) {
-        op();
-    }
-    let mut samples: Vec<Duration> = (0..iterations)
-        .map(|_| {
-            let start = Instant::now();
-            op();
-            start.elapsed()
-        })
-        .collect();
-    samples.sort();
-    let median = samples[samples.len() / 2];
-    let p90 = samples[samples.len() * 9 / 10];
-    println!(
-        "{name:<58} median {:>9.3} ms   p90 {:>9.3} ms   ({iterations} runs)",
-        median.as_secs_f64() * 1e3,
-        p90.as_secs_f64() * 1e3
-    );
-}
+/// The timing harness `make bench` shares with the workspace's other benches.
+#[path = "../../tests/src/bench.rs"]
+#[allow(dead_code)]
+mod bench;
+use bench::measure;
 
 fn bench_verify_real() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/nitro");

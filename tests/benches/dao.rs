@@ -29,6 +29,7 @@ use cosigner_protocol::dao::{DaoMessage, Invitation, MemberEntry};
 use cosigner_protocol::psbt::decode_psbt_file;
 use cosigner_protocol::wire::SUITE_SECP256K1_TR;
 use cosigner_tests::Deployment;
+use cosigner_tests::bench::p50;
 use cosigner_tests::bitcoin_tx::{self, Pay};
 use serde_bytes::ByteBuf;
 
@@ -39,11 +40,6 @@ const POLICY: &str = "[[rule]]\nname = \"small\"\nbelow = 1_000_000_000\napprova
 [[rule]]\nname = \"large\"\nbelow = 10_000_000_000\napprovals = 4\n\
 [[rule]]\nname = \"major\"\napprovals = 5\n";
 const NAMES: [&str; 5] = ["alice", "bob", "carol", "dave", "eve"];
-
-fn p50(mut samples: Vec<Duration>) -> f64 {
-    samples.sort();
-    samples[samples.len() / 2].as_secs_f64() * 1e3
-}
 
 fn inprocess_dkg() -> f64 {
     let members: Vec<_> = (0..5)

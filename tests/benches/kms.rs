@@ -21,32 +21,11 @@
 )]
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
 
 use cosigner_kms::aws::KmsSealer;
 use cosigner_kms::{SealContext, Sealer};
+use cosigner_tests::bench::measure;
 use cosigner_tests::moto::{self, Moto};
-
-fn measure(name: &str, iterations: usize, mut op: impl FnMut()) {
-    for _ in 0..iterations.div_ceil(10) {
-        op();
-    }
-    let mut samples: Vec<Duration> = (0..iterations)
-        .map(|_| {
-            let start = Instant::now();
-            op();
-            start.elapsed()
-        })
-        .collect();
-    samples.sort();
-    let median = samples[samples.len() / 2];
-    let p90 = samples[samples.len() * 9 / 10];
-    println!(
-        "{name:<58} median {:>9.3} ms   p90 {:>9.3} ms   ({iterations} runs)",
-        median.as_secs_f64() * 1e3,
-        p90.as_secs_f64() * 1e3
-    );
-}
 
 fn main() {
     if !moto::installed() {

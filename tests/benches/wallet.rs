@@ -35,26 +35,9 @@ use cosigner_protocol::dkg;
 use cosigner_protocol::sign::{SignerSession, aggregate, signing_package};
 use cosigner_protocol::wire::{DkgParams, SUITE_SECP256K1_TR, WalletId};
 use cosigner_tests::Deployment;
+use cosigner_tests::bench::time;
 
 type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
-
-fn p50(mut samples: Vec<Duration>) -> f64 {
-    samples.sort();
-    samples[samples.len() / 2].as_secs_f64() * 1e3
-}
-
-fn time<F: FnMut()>(n: usize, mut f: F) -> f64 {
-    for _ in 0..n.div_ceil(10) {
-        f();
-    }
-    p50((0..n)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect())
-}
 
 fn inprocess_sign() -> f64 {
     let mut rng = rand_core::OsRng;

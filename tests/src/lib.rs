@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+pub mod bench;
 pub mod bitcoin_tx;
 pub mod imds;
 pub mod moto;
