@@ -9,12 +9,7 @@
 //! * `dao_psbt_sign_ms_p50`: a 2-input, 2-output PSBT under the seed's policy (< 10 BTC: 3
 //!   approvals): the request, the provider's evaluation, two approvals, the FROST rounds and the
 //!   finalized transaction, sessions open.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::time::{Duration, Instant};
 

@@ -16,12 +16,7 @@
 //! * `refresh_ms_p50`: a full refresh (A, B, C; commit and finalize), sessions open;
 //! * `recover_ms_p50`: a lost-phone recovery onto a new device home (approval by both cosigners,
 //!   repair, refresh, revocation), sessions open.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
