@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 pub mod bench;
 pub mod bitcoin_tx;
 pub mod imds;
+pub mod in_process;
 pub mod moto;
 pub mod pkcs11;
 pub mod wallets;
