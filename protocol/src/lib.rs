@@ -25,7 +25,7 @@ pub mod wire;
 pub use error::{ProtocolError, Result};
 
 /// Version of the wire protocol; every envelope carries it.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Party numbers of a personal wallet: the user's device, the provider, the recovery cosigner.
 pub mod party {

@@ -814,6 +814,7 @@ fn error_kinds() -> Samples<ErrorKind> {
         ErrorKind::Integrity,
         ErrorKind::Internal,
         ErrorKind::Busy,
+        ErrorKind::Unauthorized,
     ]
     .into_iter()
     .map(|kind| ("", "an error kind, alone in the envelope", kind))
