@@ -582,7 +582,10 @@ mod tests {
         use ciborium::Value;
         let b = |v: &[u8]| Value::Bytes(v.to_vec());
         let reordered = Value::Map(vec![
-            (Value::Text("v".into()), Value::Integer(1.into())),
+            (
+                Value::Text("v".into()),
+                Value::Integer(crate::PROTOCOL_VERSION.into()),
+            ),
             (
                 Value::Text("body".into()),
                 Value::Map(vec![
@@ -601,7 +604,10 @@ mod tests {
 
         // An unknown field.
         let extra = Value::Map(vec![
-            (Value::Text("v".into()), Value::Integer(1.into())),
+            (
+                Value::Text("v".into()),
+                Value::Integer(crate::PROTOCOL_VERSION.into()),
+            ),
             (
                 Value::Text("body".into()),
                 Value::Map(vec![
@@ -722,7 +728,7 @@ mod tests {
     fn requests_without_the_new_fields_are_the_old_bytes() {
         let (_, e) = sealed();
         let envelope = ByteBuf::from(e.encode().unwrap());
-        // Golden bytes: the old spelling of a fetch, field by field (version 1 wrapper).
+        // Golden bytes: the old spelling of a fetch, field by field (in the version-2 wrapper).
         let fetch = encode_request(&MailboxRequest::Fetch {
             topic: [3; 16],
             after: 41,
@@ -742,7 +748,7 @@ mod tests {
         let golden = [
             "a2",                                 // map of 2: the versioned wrapper
             "6176",                               // "v"
-            "01",                                 // 1
+            "02",                                 // 2: PROTOCOL_VERSION
             "64626f6479",                         // "body"
             "a1",                                 // map of 1: the variant
             "654665746368",                       // "Fetch"
