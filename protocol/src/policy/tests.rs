@@ -11,6 +11,12 @@ const BTC: u64 = 100_000_000;
 const PAYROLL: &str = "bcrt1p4q83t0avjhtcwh4y8js082uwdv9skasv3jjy74na98fvhpmtu9uqs5832a";
 const EXCHANGE: &str = "bcrt1qha7546x08qwudehuc724np522c2n65m4clm83r";
 const STRANGER: &str = "bcrt1qzyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3lgth6c";
+/// A first rule denying every spend to [`STRANGER`].
+const BLOCK_STRANGER: &str = r#"
+        [[rule]]
+        name = "blocked"
+        destinations = ["bcrt1qzyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3lgth6c"]
+        deny = true"#;
 
 fn members() -> Vec<Member> {
     parse_members(DAO_MEMBERS).unwrap()
@@ -165,19 +171,15 @@ fn velocity_counts_the_rolling_window() {
 
 #[test]
 fn first_match_deny_rules_and_default_deny() {
-    let p = policy(
-        r#"
-        [[rule]]
-        name = "blocked"
-        destinations = ["bcrt1qzyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3lgth6c"]
-        deny = true
+    let p = policy(&format!(
+        r#"{BLOCK_STRANGER}
         [[rule]]
         name = "small"
         below = 1000
         approvals = 2
         approvers = ["eve", "alice", "bob"]
-        "#,
-    );
+        "#
+    ));
     let stranger = dests(&[STRANGER]);
     let payroll = dests(&[PAYROLL]);
     // The deny rule comes first and wins even for a small amount.
@@ -593,17 +595,13 @@ fn max_fee_on_any_allowing_rule_and_never_on_a_deny_rule() {
     assert_eq!(rule_with_fee(&p, &spend(BTC, &to, &[]), 10_000), "cheap:2");
     assert_eq!(rule_with_fee(&p, &spend(BTC, &to, &[]), 10_001), "rest:5");
     // A deny rule's destinations match whatever the fee: the fee never lets a spend past it.
-    let p = policy(
-        r#"
-        [[rule]]
-        name = "blocked"
-        destinations = ["bcrt1qzyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3lgth6c"]
-        deny = true
+    let p = policy(&format!(
+        r#"{BLOCK_STRANGER}
         [[rule]]
         name = "rest"
         approvals = 1
-        "#,
-    );
+        "#
+    ));
     let why = rule_with_fee(&p, &spend(BTC, &to, &[]), 50_000);
     assert!(why.starts_with("denied: rule \"blocked\" denies"), "{why}");
     assert!(why.ends_with("; fee 50000"), "{why}");

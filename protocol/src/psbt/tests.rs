@@ -113,11 +113,7 @@ fn two_inputs_two_outputs_summary() {
     assert_ne!(s.sighashes[0], s.sighashes[1]);
     assert_eq!(s.txid, psbt.unsigned_tx.compute_txid().to_string());
     // The sighash is bitcoin's own BIP-341 key-path sighash over every prevout.
-    let prevouts: Vec<TxOut> = psbt
-        .inputs
-        .iter()
-        .map(|i| i.witness_utxo.clone().unwrap())
-        .collect();
+    let prevouts = prevouts_of(&psbt);
     let expected = SighashCache::new(&psbt.unsigned_tx)
         .taproot_key_spend_signature_hash(1, &Prevouts::All(&prevouts), TapSighashType::Default)
         .unwrap();
@@ -537,11 +533,7 @@ fn version_2_reads_as_its_version_0_equivalent_and_signs() {
         assert_eq!(a, b, "same transaction, same sighashes and values");
         let (txid, raw) = finalize(&v2, &w.q, &w.sign(&b.sighashes)).unwrap();
         assert_eq!(txid, a.txid);
-        let prevouts: Vec<TxOut> = psbt
-            .inputs
-            .iter()
-            .map(|i| i.witness_utxo.clone().unwrap())
-            .collect();
+        let prevouts = prevouts_of(&psbt);
         consensus_verify(&raw, &prevouts).unwrap();
         // The base64 file form too.
         let text = {
@@ -613,11 +605,7 @@ fn finalized_transaction_passes_consensus_verification() {
     let bytes = psbt.serialize();
     let s = analyze(&bytes, &w.q, Network::Regtest).unwrap();
     let (_, raw) = finalize(&bytes, &w.q, &w.sign(&s.sighashes)).unwrap();
-    let prevouts: Vec<TxOut> = psbt
-        .inputs
-        .iter()
-        .map(|i| i.witness_utxo.clone().unwrap())
-        .collect();
+    let prevouts = prevouts_of(&psbt);
     consensus_verify(&raw, &prevouts).unwrap();
 
     let tx: Transaction = encode::deserialize(&raw).unwrap();
@@ -632,6 +620,14 @@ fn finalized_transaction_passes_consensus_verification() {
     let mut lied = prevouts.clone();
     lied[0].value = Amount::from_sat(600_000);
     assert!(consensus_verify(&raw, &lied).is_err());
+}
+
+/// The outputs every input of `psbt` spends (its witness UTXOs).
+fn prevouts_of(psbt: &Psbt) -> Vec<TxOut> {
+    psbt.inputs
+        .iter()
+        .map(|i| i.witness_utxo.clone().unwrap())
+        .collect()
 }
 
 fn consensus_verify(raw_tx: &[u8], prevouts: &[TxOut]) -> std::result::Result<(), String> {
