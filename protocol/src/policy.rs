@@ -216,6 +216,84 @@ struct Velocity {
     limit: u64,
 }
 
+impl Rule {
+    /// Parses and checks one `[[rule]]` (`what` names it in errors) of `asset` (checked, and not
+    /// shadowed by an earlier rule: [`Policy::parse`] sees to both) against the wallet's members.
+    fn parse(what: &str, asset: String, entry: RuleEntry, members: &[Member]) -> Result<Rule> {
+        let velocity = entry
+            .velocity
+            .map(|v| Velocity::parse(what, &v))
+            .transpose()?;
+        let destinations = entry
+            .destinations
+            .map(|list| parse_destinations(what, list))
+            .transpose()?;
+        let quorum = if entry.deny == Some(true) {
+            if entry.approvals.is_some() || entry.approvers.is_some() {
+                return Err(policy_error(format!(
+                    "{what} denies: it takes no approvals or approvers"
+                )));
+            }
+            // A bound on the fee narrows what a rule allows; on a deny rule it would only
+            // narrow what it refuses, letting a spend with a larger fee past it.
+            if entry.max_fee.is_some() {
+                return Err(policy_error(format!(
+                    "{what} denies: it takes no max_fee (a bound on what a rule allows)"
+                )));
+            }
+            None
+        } else {
+            let approvals = entry
+                .approvals
+                .ok_or_else(|| policy_error(format!("{what} names no approvals")))?;
+            Some(quorum(what, approvals, entry.approvers, members)?)
+        };
+        Ok(Rule {
+            name: entry.name,
+            asset,
+            below: entry.below,
+            destinations,
+            velocity,
+            max_fee: entry.max_fee,
+            quorum,
+        })
+    }
+}
+
+impl Velocity {
+    fn parse(what: &str, v: &VelocityEntry) -> Result<Velocity> {
+        if v.window_hours == 0 {
+            return Err(policy_error(format!("{what}: velocity window of 0 hours")));
+        }
+        // The enclaves keep a year of spend history (a leap year's hours): a longer window would
+        // silently forget spends.
+        if v.window_hours > MAX_WINDOW_HOURS {
+            return Err(policy_error(format!(
+                "{what}: velocity window of {} hours, at most {MAX_WINDOW_HOURS} (a year)",
+                v.window_hours
+            )));
+        }
+        Ok(Velocity {
+            window_ms: u64::from(v.window_hours) * MS_PER_HOUR,
+            limit: v.limit,
+        })
+    }
+}
+
+/// A rule's `destinations`, normalised; an empty entry or one with white space is refused.
+fn parse_destinations(what: &str, list: Vec<String>) -> Result<BTreeSet<String>> {
+    let mut set = BTreeSet::new();
+    for d in list {
+        if d.is_empty() || d.chars().any(char::is_whitespace) {
+            return Err(policy_error(format!(
+                "{what}: destination {d:?} is not an address"
+            )));
+        }
+        set.insert(normalise_destination(&d));
+    }
+    Ok(set)
+}
+
 impl Policy {
     /// Parses and validates a policy against the wallet's members (see the module docs for what
     /// is refused).
@@ -254,75 +332,14 @@ impl Policy {
             if !names.insert(entry.name.clone()) {
                 return Err(policy_error(format!("{what} is defined twice")));
             }
-            let asset = entry.asset.unwrap_or_else(|| ASSET_BTC.to_string());
+            let asset = entry.asset.as_deref().unwrap_or(ASSET_BTC).to_string();
             check_asset(&what, &asset)?;
             if caught.contains(&asset) {
                 return Err(policy_error(format!(
                     "{what} can never match: an earlier rule matches every {asset} spend"
                 )));
             }
-            let velocity = match entry.velocity {
-                Some(v) if v.window_hours == 0 => {
-                    return Err(policy_error(format!("{what}: velocity window of 0 hours")));
-                }
-                // The enclaves keep a year of spend history (a leap year's hours): a longer
-                // window would silently forget spends.
-                Some(v) if v.window_hours > MAX_WINDOW_HOURS => {
-                    return Err(policy_error(format!(
-                        "{what}: velocity window of {} hours, at most {MAX_WINDOW_HOURS} (a year)",
-                        v.window_hours
-                    )));
-                }
-                Some(v) => Some(Velocity {
-                    window_ms: u64::from(v.window_hours) * MS_PER_HOUR,
-                    limit: v.limit,
-                }),
-                None => None,
-            };
-            let destinations = match entry.destinations {
-                Some(list) => {
-                    let mut set = BTreeSet::new();
-                    for d in list {
-                        if d.is_empty() || d.chars().any(char::is_whitespace) {
-                            return Err(policy_error(format!(
-                                "{what}: destination {d:?} is not an address"
-                            )));
-                        }
-                        set.insert(normalise_destination(&d));
-                    }
-                    Some(set)
-                }
-                None => None,
-            };
-            let quorum = if entry.deny == Some(true) {
-                if entry.approvals.is_some() || entry.approvers.is_some() {
-                    return Err(policy_error(format!(
-                        "{what} denies: it takes no approvals or approvers"
-                    )));
-                }
-                // A bound on the fee narrows what a rule allows; on a deny rule it would only
-                // narrow what it refuses, letting a spend with a larger fee past it.
-                if entry.max_fee.is_some() {
-                    return Err(policy_error(format!(
-                        "{what} denies: it takes no max_fee (a bound on what a rule allows)"
-                    )));
-                }
-                None
-            } else {
-                let approvals = entry
-                    .approvals
-                    .ok_or_else(|| policy_error(format!("{what} names no approvals")))?;
-                Some(quorum(&what, approvals, entry.approvers, members)?)
-            };
-            let rule = Rule {
-                name: entry.name,
-                asset,
-                below: entry.below,
-                destinations,
-                velocity,
-                max_fee: entry.max_fee,
-                quorum,
-            };
+            let rule = Rule::parse(&what, asset, entry, members)?;
             if rule.below.is_none()
                 && rule.destinations.is_none()
                 && rule.velocity.is_none()
