@@ -355,34 +355,7 @@ fn check(psbt: &Psbt, key: &XOnlyPublicKey) -> Result<Checked> {
                 txin.previous_output
             )));
         }
-        let utxo = input
-            .witness_utxo
-            .as_ref()
-            .ok_or_else(|| refuse("no witness_utxo (BIP-371 key-path inputs need one)".into()))?;
-        if utxo.script_pubkey != own_script {
-            return Err(refuse(format!(
-                "spends script {}, not the wallet's own P2TR script",
-                hex::encode(utxo.script_pubkey.as_bytes())
-            )));
-        }
-        if let Some(sighash_type) = input.sighash_type {
-            let requested = sighash_type.to_u32();
-            if requested != TapSighashType::Default as u32 {
-                return Err(refuse(format!(
-                    "requests sighash type {requested:#04x}; only SIGHASH_DEFAULT (0x00) is signed"
-                )));
-            }
-        }
-        if let Some(previous) = &input.non_witness_utxo {
-            let vout = usize::try_from(txin.previous_output.vout).ok();
-            let matches = previous.compute_txid() == txin.previous_output.txid
-                && vout.and_then(|v| previous.output.get(v)) == Some(utxo);
-            if !matches {
-                return Err(refuse(
-                    "non_witness_utxo disagrees with the outpoint or witness_utxo".into(),
-                ));
-            }
-        }
+        let utxo = check_input(index, txin, input, &own_script)?;
         let value = checked_amount(utxo.value, || format!("input {index}"))?;
         input_total = input_total
             .checked_add(value)
@@ -415,8 +388,61 @@ fn check(psbt: &Psbt, key: &XOnlyPublicKey) -> Result<Checked> {
         .ok_or_else(|| value_error("the change exceeds the inputs"))?;
     check_fee_rate(tx, fee)?;
 
+    let sighashes = key_spend_sighashes(tx, &prevouts)?;
+    Ok(Checked {
+        own_script,
+        sighashes,
+        input_total,
+        value_leaving,
+        fee,
+        change,
+    })
+}
+
+/// Input `index`'s own rules: a witness UTXO paying the wallet's own P2TR script, the default
+/// sighash type only, and a `non_witness_utxo` (if any) that agrees with both. Returns the UTXO.
+fn check_input<'a>(
+    index: usize,
+    txin: &bitcoin::TxIn,
+    input: &'a bitcoin::psbt::Input,
+    own_script: &ScriptBuf,
+) -> Result<&'a TxOut> {
+    let refuse = |reason: String| ProtocolError::PsbtInput { index, reason };
+    let utxo = input
+        .witness_utxo
+        .as_ref()
+        .ok_or_else(|| refuse("no witness_utxo (BIP-371 key-path inputs need one)".into()))?;
+    if utxo.script_pubkey != *own_script {
+        return Err(refuse(format!(
+            "spends script {}, not the wallet's own P2TR script",
+            hex::encode(utxo.script_pubkey.as_bytes())
+        )));
+    }
+    if let Some(sighash_type) = input.sighash_type {
+        let requested = sighash_type.to_u32();
+        if requested != TapSighashType::Default as u32 {
+            return Err(refuse(format!(
+                "requests sighash type {requested:#04x}; only SIGHASH_DEFAULT (0x00) is signed"
+            )));
+        }
+    }
+    if let Some(previous) = &input.non_witness_utxo {
+        let vout = usize::try_from(txin.previous_output.vout).ok();
+        let matches = previous.compute_txid() == txin.previous_output.txid
+            && vout.and_then(|v| previous.output.get(v)) == Some(utxo);
+        if !matches {
+            return Err(refuse(
+                "non_witness_utxo disagrees with the outpoint or witness_utxo".into(),
+            ));
+        }
+    }
+    Ok(utxo)
+}
+
+/// The BIP-341 key-path sighash (`SIGHASH_DEFAULT`) of every input, over all the `prevouts`.
+fn key_spend_sighashes(tx: &Transaction, prevouts: &[TxOut]) -> Result<Vec<[u8; 32]>> {
     let mut cache = SighashCache::new(tx);
-    let all = Prevouts::All(&prevouts);
+    let all = Prevouts::All(prevouts);
     let mut sighashes = Vec::with_capacity(prevouts.len());
     for index in 0..prevouts.len() {
         let sighash = cache
@@ -427,14 +453,7 @@ fn check(psbt: &Psbt, key: &XOnlyPublicKey) -> Result<Checked> {
             })?;
         sighashes.push(sighash.to_byte_array());
     }
-    Ok(Checked {
-        own_script,
-        sighashes,
-        input_total,
-        value_leaving,
-        fee,
-        change,
-    })
+    Ok(sighashes)
 }
 
 fn checked_amount(amount: Amount, what: impl Fn() -> String) -> Result<u64> {

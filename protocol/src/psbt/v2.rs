@@ -154,6 +154,54 @@ fn locktime(fallback: Option<u32>, inputs: &[(Option<u32>, Option<u32>)]) -> Res
     }
 }
 
+/// The unsigned transaction the version-2 maps describe, in the legacy serialization (no
+/// witness yet), its locktime determined as BIP-370 says.
+fn unsigned_tx(
+    tx_version: u32,
+    fallback: Option<u32>,
+    inputs: &[Vec<Pair<'_>>],
+    outputs: &[Vec<Pair<'_>>],
+) -> Result<Vec<u8>> {
+    let mut tx = tx_version.to_le_bytes().to_vec();
+    write_compact_size(&mut tx, inputs.len());
+    let mut required = Vec::new();
+    for (i, map) in inputs.iter().enumerate() {
+        let txid = field(map, IN_PREVIOUS_TXID)
+            .filter(|v| v.len() == 32)
+            .ok_or_else(|| v2_error(format!("input {i}: no 32-byte PREVIOUS_TXID")))?;
+        let vout = u32_field(map, IN_OUTPUT_INDEX, "OUTPUT_INDEX")?
+            .ok_or_else(|| v2_error(format!("input {i}: no OUTPUT_INDEX")))?;
+        let sequence = u32_field(map, IN_SEQUENCE, "SEQUENCE")?.unwrap_or(u32::MAX);
+        let time = u32_field(map, IN_REQUIRED_TIME_LOCKTIME, "REQUIRED_TIME_LOCKTIME")?;
+        let height = u32_field(map, IN_REQUIRED_HEIGHT_LOCKTIME, "REQUIRED_HEIGHT_LOCKTIME")?;
+        if time.is_some_and(|t| t < LOCKTIME_THRESHOLD)
+            || height.is_some_and(|h| h == 0 || h >= LOCKTIME_THRESHOLD)
+        {
+            return Err(v2_error(format!(
+                "input {i}: a required locktime out of its range"
+            )));
+        }
+        required.push((time, height));
+        tx.extend_from_slice(txid);
+        tx.extend_from_slice(&vout.to_le_bytes());
+        tx.push(0); // empty scriptSig
+        tx.extend_from_slice(&sequence.to_le_bytes());
+    }
+    write_compact_size(&mut tx, outputs.len());
+    for (i, map) in outputs.iter().enumerate() {
+        let amount = field(map, OUT_AMOUNT)
+            .filter(|v| v.len() == 8)
+            .ok_or_else(|| v2_error(format!("output {i}: no 8-byte AMOUNT")))?;
+        let script =
+            field(map, OUT_SCRIPT).ok_or_else(|| v2_error(format!("output {i}: no SCRIPT")))?;
+        tx.extend_from_slice(amount);
+        write_compact_size(&mut tx, script.len());
+        tx.extend_from_slice(script);
+    }
+    tx.extend_from_slice(&locktime(fallback, &required)?.to_le_bytes());
+    Ok(tx)
+}
+
 /// Rewrites a version-2 PSBT as version 0 (see the module docs).
 pub(super) fn to_v0(bytes: &[u8]) -> Result<Vec<u8>> {
     let mut rest = bytes
@@ -187,44 +235,7 @@ pub(super) fn to_v0(bytes: &[u8]) -> Result<Vec<u8>> {
         return Err(v2_error(format!("{} bytes after the last map", rest.len())));
     }
 
-    // The unsigned transaction, legacy serialization (no witness yet).
-    let mut tx = tx_version.to_le_bytes().to_vec();
-    write_compact_size(&mut tx, n_inputs);
-    let mut required = Vec::new();
-    for (i, map) in inputs.iter().enumerate() {
-        let txid = field(map, IN_PREVIOUS_TXID)
-            .filter(|v| v.len() == 32)
-            .ok_or_else(|| v2_error(format!("input {i}: no 32-byte PREVIOUS_TXID")))?;
-        let vout = u32_field(map, IN_OUTPUT_INDEX, "OUTPUT_INDEX")?
-            .ok_or_else(|| v2_error(format!("input {i}: no OUTPUT_INDEX")))?;
-        let sequence = u32_field(map, IN_SEQUENCE, "SEQUENCE")?.unwrap_or(u32::MAX);
-        let time = u32_field(map, IN_REQUIRED_TIME_LOCKTIME, "REQUIRED_TIME_LOCKTIME")?;
-        let height = u32_field(map, IN_REQUIRED_HEIGHT_LOCKTIME, "REQUIRED_HEIGHT_LOCKTIME")?;
-        if time.is_some_and(|t| t < LOCKTIME_THRESHOLD)
-            || height.is_some_and(|h| h == 0 || h >= LOCKTIME_THRESHOLD)
-        {
-            return Err(v2_error(format!(
-                "input {i}: a required locktime out of its range"
-            )));
-        }
-        required.push((time, height));
-        tx.extend_from_slice(txid);
-        tx.extend_from_slice(&vout.to_le_bytes());
-        tx.push(0); // empty scriptSig
-        tx.extend_from_slice(&sequence.to_le_bytes());
-    }
-    write_compact_size(&mut tx, n_outputs);
-    for (i, map) in outputs.iter().enumerate() {
-        let amount = field(map, OUT_AMOUNT)
-            .filter(|v| v.len() == 8)
-            .ok_or_else(|| v2_error(format!("output {i}: no 8-byte AMOUNT")))?;
-        let script =
-            field(map, OUT_SCRIPT).ok_or_else(|| v2_error(format!("output {i}: no SCRIPT")))?;
-        tx.extend_from_slice(amount);
-        write_compact_size(&mut tx, script.len());
-        tx.extend_from_slice(script);
-    }
-    tx.extend_from_slice(&locktime(fallback, &required)?.to_le_bytes());
+    let tx = unsigned_tx(tx_version, fallback, &inputs, &outputs)?;
 
     let mut out = MAGIC.to_vec();
     write_pair(&mut out, &[GLOBAL_UNSIGNED_TX], &tx);
