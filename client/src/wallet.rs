@@ -197,6 +197,58 @@ pub enum CreateStep {
     RecoveryRegistered,
 }
 
+/// The registration of a new wallet's keys: the device key and the recovery credential, each
+/// signing this wallet's DKG transcript, its policy and network, and the provider's attested key.
+fn registration(
+    home: &Home,
+    recovery_key: &SigningKey,
+    wallet_id: &WalletId,
+    transcript_hash: &[u8; 32],
+    policy: Option<&str>,
+    network: Network,
+    provider_key: Option<&[u8]>,
+) -> Result<Registration> {
+    let device_key = home.device_key()?;
+    let (device_pub, recovery_pub) = (
+        public_key_bytes(&device_key),
+        public_key_bytes(recovery_key),
+    );
+    let digest = registration_digest_with(
+        wallet_id,
+        transcript_hash,
+        &device_pub,
+        &recovery_pub,
+        policy,
+        Some(network.name()),
+    );
+    Ok(Registration {
+        device_key: ByteBuf::from(device_pub),
+        recovery_key: ByteBuf::from(recovery_pub),
+        device_signature: ByteBuf::from(sign_digest(&device_key, &digest)?.to_vec()),
+        recovery_signature: ByteBuf::from(sign_digest(recovery_key, &digest)?.to_vec()),
+        policy: policy.map(str::to_owned),
+        network: Some(network.name().to_owned()),
+        // The provider's attested audit key: the recovery cosigner will commit refreshed epochs
+        // only with the provider's receipt under it.
+        provider_key: provider_key.map(|k| ByteBuf::from(k.to_vec())),
+    })
+}
+
+/// Refuses a creation before any ceremony: a policy the cosigners would refuse, or a recovery
+/// credential file that exists (never overwritten).
+fn check_creation(home: &Home, policy: Option<&str>, recovery_key_out: &Path) -> Result<()> {
+    if let Some(text) = policy {
+        crate::psbt_sign::check_policy(home, text)?;
+    }
+    if recovery_key_out.exists() {
+        return Err(ClientError::Input(format!(
+            "{} already exists: refusing to overwrite a recovery credential",
+            recovery_key_out.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The two cosigners of a personal wallet, as the coordinator's peers.
 fn cosigners<'a>(provider: &'a mut dyn Courier, recovery: &'a mut dyn Courier) -> [Peer<'a>; 2] {
     [
@@ -241,16 +293,7 @@ pub fn create_observed(
         return Ok(created);
     }
     let policy = options.policy;
-    if let Some(text) = policy {
-        // Refused here already, before any ceremony, if the cosigners would refuse it.
-        crate::psbt_sign::check_policy(home, text)?;
-    }
-    if recovery_key_out.exists() {
-        return Err(ClientError::Input(format!(
-            "{} already exists: refusing to overwrite a recovery credential",
-            recovery_key_out.display()
-        )));
-    }
+    check_creation(home, policy, recovery_key_out)?;
     let id: [u8; 16] = random()?;
     let wallet_id = WalletId(id);
     let params = DkgParams {
@@ -279,31 +322,16 @@ pub fn create_observed(
         &mut start,
         &mut |p| observe(create_step(p)),
     )?;
-    let device_key = home.device_key()?;
     let recovery_key = SigningKey::random(&mut rng);
-    let (device_pub, recovery_pub) = (
-        public_key_bytes(&device_key),
-        public_key_bytes(&recovery_key),
-    );
-    let digest = registration_digest_with(
+    let registration = registration(
+        home,
+        &recovery_key,
         &wallet_id,
         &output.transcript_hash,
-        &device_pub,
-        &recovery_pub,
         policy,
-        Some(network.name()),
-    );
-    let registration = Registration {
-        device_key: ByteBuf::from(device_pub),
-        recovery_key: ByteBuf::from(recovery_pub),
-        device_signature: ByteBuf::from(sign_digest(&device_key, &digest)?.to_vec()),
-        recovery_signature: ByteBuf::from(sign_digest(&recovery_key, &digest)?.to_vec()),
-        policy: policy.map(str::to_owned),
-        network: Some(network.name().to_owned()),
-        // The provider's attested audit key: the recovery cosigner will commit refreshed epochs
-        // only with the provider's receipt under it.
-        provider_key: provider.attested_key().map(|k| ByteBuf::from(k.to_vec())),
-    };
+        network,
+        provider.attested_key(),
+    )?;
     let confirm = Request::DkgConfirm {
         wallet_id,
         confirmations: confirmations.clone(),
@@ -321,31 +349,20 @@ pub fn create_observed(
         network,
     )?;
     let share = zeroize::Zeroizing::new(output.key_package.serialize().map_err(internal)?);
-    let journal = CreationJournal {
-        recovery_key_out: recovery_key_out.to_path_buf(),
-        confirm: hex::encode(wire::encode(&confirm)?),
-    };
-    let kept = write_p256_key(recovery_key_out, &recovery_key)
-        .and_then(|()| home.save_wallet(&wallet, &share))
-        .and_then(|()| {
-            let bytes = serde_json::to_vec(&journal).map_err(internal)?;
-            home.save_journal(&wallet_id, CREATING, &bytes)
-        });
-    if let Err(e) = kept {
-        // Nothing was registered: leave nothing behind that would refuse a retry.
-        let _ = std::fs::remove_file(recovery_key_out);
-        let _ = home.forget_wallet(&wallet_id);
-        let _ = home.remove_journal(&wallet_id, CREATING);
-        return Err(e);
-    }
+    keep_creation(
+        home,
+        &wallet,
+        &share,
+        &recovery_key,
+        recovery_key_out,
+        &confirm,
+    )?;
     observe(CreateStep::Kept);
     // The provider first: if it refuses outright, nobody registered anything and nothing is
     // kept; once it registered, the journal stays until the recovery cosigner did too.
     if let Err(e) = confirm_at(provider, &confirm, &wallet) {
         if never_registered(&e) && unknown_at(provider, wallet_id) {
-            let _ = std::fs::remove_file(recovery_key_out);
-            let _ = home.forget_wallet(&wallet_id);
-            let _ = home.remove_journal(&wallet_id, CREATING);
+            discard_creation(home, &wallet_id, recovery_key_out);
         }
         return Err(e);
     }
@@ -357,6 +374,42 @@ pub fn create_observed(
         wallet,
         recovery_key_path: recovery_key_out.to_path_buf(),
     })
+}
+
+/// Keeps what this device needs of a new wallet (recovery credential, wallet file and share, the
+/// creation journal with the `DkgConfirm` to send) before any cosigner registers it; on a
+/// failure, leaves nothing behind that would refuse a retry.
+fn keep_creation(
+    home: &Home,
+    wallet: &WalletFile,
+    share: &[u8],
+    recovery_key: &SigningKey,
+    recovery_key_out: &Path,
+    confirm: &Request,
+) -> Result<()> {
+    let wallet_id = WalletId::from_hex(&wallet.wallet_id)?;
+    let journal = CreationJournal {
+        recovery_key_out: recovery_key_out.to_path_buf(),
+        confirm: hex::encode(wire::encode(confirm)?),
+    };
+    let kept = write_p256_key(recovery_key_out, recovery_key)
+        .and_then(|()| home.save_wallet(wallet, share))
+        .and_then(|()| {
+            let bytes = serde_json::to_vec(&journal).map_err(internal)?;
+            home.save_journal(&wallet_id, CREATING, &bytes)
+        });
+    if kept.is_err() {
+        discard_creation(home, &wallet_id, recovery_key_out);
+    }
+    kept
+}
+
+/// Removes what a creation kept (credential, wallet files, journal), best effort: only when no
+/// cosigner registered the wallet.
+fn discard_creation(home: &Home, wallet_id: &WalletId, recovery_key_out: &Path) {
+    let _ = std::fs::remove_file(recovery_key_out);
+    let _ = home.forget_wallet(wallet_id);
+    let _ = home.remove_journal(wallet_id, CREATING);
 }
 
 /// Sends `DkgConfirm` to a cosigner (it answers the same `DkgDone` again if it already
