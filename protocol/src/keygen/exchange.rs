@@ -390,3 +390,170 @@ pub(crate) fn insert_once<K: Ord, V: Clone + PartialEq>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+    use crate::wire::{DkgParams, RefreshParams, WalletId};
+    use rand_core::OsRng;
+
+    type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
+
+    fn params(parties: Vec<u16>, min_signers: u16) -> DkgParams {
+        DkgParams {
+            wallet_id: WalletId([9; 16]),
+            ciphersuite: crate::wire::SUITE_SECP256K1_TR.into(),
+            min_signers,
+            parties,
+        }
+    }
+
+    /// Runs every holder to the end, each round's messages delivered to everyone in reverse order
+    /// (any order works: the exchange waits until a step's inputs are complete).
+    fn run<P: KeygenParams>(holders: &mut [Exchange<Tr, P>], mut posted: Vec<Message>) {
+        for _ in 0..8 {
+            let batch = std::mem::take(&mut posted);
+            for holder in holders.iter_mut() {
+                for m in batch.iter().rev() {
+                    holder.absorb(m, "message").unwrap();
+                }
+            }
+            for holder in holders.iter_mut() {
+                posted.extend(holder.advance(&mut OsRng).unwrap());
+            }
+            if holders.iter().all(Exchange::is_done) {
+                return;
+            }
+        }
+        panic!("the exchange did not finish");
+    }
+
+    fn dkg(groups: &[&[u16]], min_signers: u16) -> Vec<Exchange<Tr, DkgParams>> {
+        let all: Vec<u16> = groups.iter().flat_map(|g| g.iter().copied()).collect();
+        let p = params(all, min_signers);
+        let mut holders = Vec::new();
+        let mut posted = Vec::new();
+        for group in groups {
+            let locals = group.iter().map(|party| (*party, ())).collect();
+            let (holder, first) = Exchange::<Tr, _>::start(&p, locals, &mut OsRng).unwrap();
+            posted.extend(first);
+            holders.push(holder);
+        }
+        run(&mut holders, posted);
+        holders
+    }
+
+    #[test]
+    fn holders_of_several_parties_agree_on_one_key() {
+        // A provider holding three weighted parties and two members holding one each.
+        let holders = dkg(&[&[1], &[2], &[3, 4, 5]], 3);
+        let key = holders[0].outputs().unwrap()[0]
+            .1
+            .public_key_package
+            .clone();
+        for holder in &holders {
+            for (_, output) in holder.outputs().unwrap() {
+                assert_eq!(output.public_key_package, key);
+            }
+            assert_eq!(holder.waiting().step, Step::Done);
+            assert!(holder.public_key_package_hash().is_some());
+        }
+        assert_eq!(holders[2].parties(), vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn a_refresh_keeps_the_key_through_the_same_engine() {
+        let old = dkg(&[&[1], &[2], &[3]], 2);
+        let refresh = RefreshParams {
+            wallet_id: WalletId([9; 16]),
+            ciphersuite: crate::wire::SUITE_SECP256K1_TR.into(),
+            min_signers: 2,
+            parties: vec![1, 2, 3],
+            from_epoch: 0,
+        };
+        let mut holders = Vec::new();
+        let mut posted = Vec::new();
+        for holder in old {
+            let (party, output) = holder.into_outputs().unwrap().pop().unwrap();
+            let locals = vec![(party, (output.key_package, output.public_key_package))];
+            let (holder, first) = Exchange::<Tr, _>::start(&refresh, locals, &mut OsRng).unwrap();
+            posted.extend(first);
+            holders.push(holder);
+        }
+        run(&mut holders, posted);
+        let keys: Vec<_> = holders
+            .iter()
+            .map(|h| *h.outputs().unwrap()[0].1.public_key_package.verifying_key())
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn a_second_different_message_names_its_sender_and_a_replay_is_ignored() {
+        let p = params(vec![1, 2], 2);
+        let (mut one, first) = Exchange::<Tr, _>::start(&p, vec![(1, ())], &mut OsRng).unwrap();
+        let (_, theirs) = Exchange::<Tr, _>::start(&p, vec![(2, ())], &mut OsRng).unwrap();
+        let (_, other) = Exchange::<Tr, _>::start(&p, vec![(2, ())], &mut OsRng).unwrap();
+        assert!(
+            !one.absorb(&first[0], "round-1 message").unwrap(),
+            "our own, already known"
+        );
+        assert!(one.absorb(&theirs[0], "round-1 message").unwrap());
+        assert!(
+            !one.absorb(&theirs[0], "round-1 message").unwrap(),
+            "a replay"
+        );
+        assert!(matches!(
+            one.absorb(&other[0], "round-1 message"),
+            Err(ProtocolError::Culprit { party: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn it_says_who_it_waits_for_and_ignores_packages_for_others() {
+        let p = params(vec![1, 2, 3], 2);
+        let (mut one, _) = Exchange::<Tr, _>::start(&p, vec![(1, ())], &mut OsRng).unwrap();
+        assert_eq!(
+            one.waiting(),
+            Waiting {
+                step: Step::Round1,
+                parties: vec![2, 3]
+            }
+        );
+        assert!(
+            one.advance(&mut OsRng).unwrap().is_empty(),
+            "nothing to do yet"
+        );
+        let package = SealedPackage {
+            from: 2,
+            to: 3,
+            enc: serde_bytes::ByteBuf::from(vec![0; 32]),
+            ciphertext: serde_bytes::ByteBuf::from(vec![0; 48]),
+        };
+        assert!(!one.absorb(&Message::Round2(package), "package").unwrap());
+        assert_eq!(one.step(), Step::Round1);
+        assert!(one.unconfirmed().is_empty());
+        assert!(one.outputs().is_err());
+    }
+
+    #[test]
+    fn a_failed_round_ends_the_exchange_for_good() {
+        let p = params(vec![1, 2], 2);
+        let (mut one, _) = Exchange::<Tr, _>::start(&p, vec![(1, ())], &mut OsRng).unwrap();
+        // Party 2's round-1 message with a package that does not decode.
+        let bad = Round1Message {
+            from: 2,
+            package: serde_bytes::ByteBuf::from(vec![0; 8]),
+            hpke_public_key: serde_bytes::ByteBuf::from(vec![0; 32]),
+        };
+        one.absorb(&Message::Round1(bad), "round-1 message")
+            .unwrap();
+        assert!(matches!(
+            one.advance(&mut OsRng),
+            Err(ProtocolError::Culprit { party: 2, .. })
+        ));
+        assert!(one.advance(&mut OsRng).is_err());
+        assert_eq!(one.waiting().step, Step::Failed);
+    }
+}
