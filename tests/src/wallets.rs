@@ -33,9 +33,17 @@ pub struct TestWallet {
 /// # Panics
 /// If the creation fails (this is for tests).
 pub fn create(d: &Deployment, name: &str) -> TestWallet {
+    create_with(d, name, &[])
+}
+
+/// [`create`] with `extra` arguments to `wallet create` (`--policy FILE`, say).
+///
+/// # Panics
+/// If the creation fails (this is for tests).
+pub fn create_with(d: &Deployment, name: &str, extra: &[&str]) -> TestWallet {
     let home = d.home(name);
     let recovery_key = d.dir.path().join(format!("{name}-recovery.key"));
-    let out = d.cosigner([
+    let mut args = vec![
         "--home",
         p(&home),
         "wallet",
@@ -43,7 +51,9 @@ pub fn create(d: &Deployment, name: &str) -> TestWallet {
         "--recovery-key-out",
         p(&recovery_key),
         "--json",
-    ]);
+    ];
+    args.extend(extra);
+    let out = d.cosigner(&args);
     let w: Value = serde_json::from_str(out.ok()).unwrap_or_default();
     let field = |name: &str| {
         w.get(name)

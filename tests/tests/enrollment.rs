@@ -40,6 +40,36 @@ fn parent<const N: usize>(args: [&str; N]) -> Outcome {
     run("cosigner-parent", args, &[])
 }
 
+/// The arguments of `cosigner-parent enrollment issue`: a token for `device_hex` signed with the
+/// key in `operator`, valid `days`, then `extra`.
+fn issue_args<'a>(
+    operator: &'a Path,
+    device_hex: &'a str,
+    days: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "enrollment",
+        "issue",
+        "--operator-key",
+        p(operator),
+        "--device-key",
+        device_hex,
+        "--expires-in-days",
+        days,
+    ];
+    args.extend(extra);
+    args
+}
+
+fn issue(operator: &Path, device_hex: &str, days: &str, extra: &[&str]) -> Outcome {
+    run(
+        "cosigner-parent",
+        issue_args(operator, device_hex, days, extra),
+        &[],
+    )
+}
+
 fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("cosigner-enrollment-")
@@ -121,16 +151,7 @@ fn issue_signs_a_token_for_one_device_until_its_expiry() {
     let (device, device_hex) = device_key();
 
     let before = now_ms();
-    let out = parent([
-        "enrollment",
-        "issue",
-        "--operator-key",
-        p(&operator),
-        "--device-key",
-        &device_hex,
-        "--expires-in-days",
-        "30",
-    ]);
+    let out = issue(&operator, &device_hex, "30", &[]);
     let text = out.ok().trim().to_owned();
     let after = now_ms();
     assert!(text.starts_with(TEXT_PREFIX), "{text}");
@@ -155,19 +176,12 @@ fn issue_signs_a_token_for_one_device_until_its_expiry() {
     // --out writes the text, --json prints the details.
     let uncompressed = hex::encode(device.verifying_key().to_encoded_point(false).as_bytes());
     let file = dir.path().join("device.token");
-    let out = parent([
-        "enrollment",
-        "issue",
-        "--operator-key",
-        p(&operator),
-        "--device-key",
+    let out = issue(
+        &operator,
         &uncompressed,
-        "--expires-in-days",
         "1",
-        "--out",
-        p(&file),
-        "--json",
-    ]);
+        &["--out", p(&file), "--json"],
+    );
     let json: Value = serde_json::from_str(out.ok().trim()).unwrap();
     let written = std::fs::read_to_string(&file).unwrap();
     assert_eq!(json["token"].as_str().unwrap(), written.trim());
@@ -177,18 +191,7 @@ fn issue_signs_a_token_for_one_device_until_its_expiry() {
     assert_eq!(hex::encode(&token.device_key), device_hex);
     token.verify(&operator_key, now_ms()).unwrap();
     // --out without --json prints nothing.
-    let quiet = parent([
-        "enrollment",
-        "issue",
-        "--operator-key",
-        p(&operator),
-        "--device-key",
-        &device_hex,
-        "--expires-in-days",
-        "1",
-        "--out",
-        p(&file),
-    ]);
+    let quiet = issue(&operator, &device_hex, "1", &["--out", p(&file)]);
     assert_eq!(quiet.ok(), "");
     EnrollmentToken::from_text(&std::fs::read_to_string(&file).unwrap()).unwrap();
 }
@@ -222,16 +225,7 @@ fn bad_issue_inputs_are_one_line_refusals() {
         (vec!["--operator-key", &public], "--operator-key"),
     ];
     for (change, why) in cases {
-        let mut args = vec![
-            "enrollment",
-            "issue",
-            "--operator-key",
-            p(&operator),
-            "--device-key",
-            &device_hex,
-            "--expires-in-days",
-            "7",
-        ];
+        let mut args = issue_args(&operator, &device_hex, "7", &[]);
         let at = args.iter().position(|a| *a == change[0]).unwrap();
         args[at + 1] = change[1];
         let out = run("cosigner-parent", &args, &[]);
@@ -323,19 +317,7 @@ impl Gated {
     /// A token for `device_hex`, issued by the CLI, in a file.
     fn issue(&self, device_hex: &str, name: &str) -> PathBuf {
         let file = self.deployment.dir.path().join(name);
-        parent([
-            "enrollment",
-            "issue",
-            "--operator-key",
-            p(&self.operator),
-            "--device-key",
-            device_hex,
-            "--expires-in-days",
-            "1",
-            "--out",
-            p(&file),
-        ])
-        .ok();
+        issue(&self.operator, device_hex, "1", &["--out", p(&file)]).ok();
         file
     }
 

@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 
 use cosigner_tests::bitcoin_tx::{self, Pay, Spend};
+use cosigner_tests::wallets::{self, TestWallet, p};
 use cosigner_tests::{Deployment, Outcome};
 use serde_json::Value;
 
@@ -20,43 +21,19 @@ fn personal_policy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies/personal.toml")
 }
 
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
 struct Personal {
     d: Deployment,
-    home: PathBuf,
-    wallet: String,
-    group_key: String,
-    recovery_key: PathBuf,
+    w: TestWallet,
 }
 
 fn create(policy: Option<&Path>) -> Personal {
     let d = Deployment::start().unwrap();
-    let home = d.home("owner");
-    let recovery_key = d.dir.path().join("owner.recovery");
-    let mut args = vec![
-        "--home",
-        p(&home),
-        "wallet",
-        "create",
-        "--recovery-key-out",
-        p(&recovery_key),
-        "--json",
-    ];
-    if let Some(policy) = policy {
-        args.extend(["--policy", p(policy)]);
-    }
-    let out = d.cosigner(&args);
-    let w: Value = serde_json::from_str(out.ok()).unwrap();
-    Personal {
-        wallet: w["wallet_id"].as_str().unwrap().to_owned(),
-        group_key: w["group_public_key"].as_str().unwrap().to_owned(),
-        d,
-        home,
-        recovery_key,
-    }
+    let extra = match policy {
+        Some(policy) => vec!["--policy", p(policy)],
+        None => vec![],
+    };
+    let w = wallets::create_with(&d, "owner", &extra);
+    Personal { d, w }
 }
 
 impl Personal {
@@ -65,14 +42,35 @@ impl Personal {
         std::fs::write(&file, &spend.psbt_base64).unwrap();
         self.d.cosigner([
             "--home",
-            p(&self.home),
+            p(&self.w.home),
             "sign",
             "--wallet",
-            &self.wallet,
+            &self.w.id,
             "--psbt",
             p(&file),
             "--json",
         ])
+    }
+
+    /// `cosigner sign --message` (a raw 32-byte message, no PSBT).
+    fn sign_message(&self) -> Outcome {
+        wallets::sign(&self.d, &self.w.home, &self.w.id)
+    }
+
+    /// `wallet set-policy` with the recovery credential and the given change.
+    fn set_policy(&self, change: &[&str]) -> Outcome {
+        let mut args = vec![
+            "--home",
+            p(&self.w.home),
+            "wallet",
+            "set-policy",
+            "--wallet",
+            &self.w.id,
+            "--recovery-key",
+            p(&self.w.recovery_key),
+        ];
+        args.extend(change);
+        self.d.cosigner(&args)
     }
 
     /// Signs and checks the transaction under consensus rules; returns the device's summary.
@@ -102,7 +100,7 @@ impl Personal {
     /// A 2-input, 2-output spend of which `leaving` satoshis leave (10 000 of them the fee).
     fn spend(&self, leaving: u64) -> Spend {
         bitcoin_tx::build(
-            &self.group_key,
+            &self.w.key,
             &[leaving, 3_000_000],
             &[
                 (Pay::To(bitcoin_tx::foreign_address()), leaving - 10_000),
@@ -142,16 +140,7 @@ fn personal_daily_limit_signs_under_it_and_refuses_the_spend_that_would_exceed_i
 #[test]
 fn raw_message_signing_is_refused_for_a_wallet_with_a_policy() {
     let w = create(Some(&personal_policy()));
-    let out = w.d.cosigner([
-        "--home",
-        p(&w.home),
-        "sign",
-        "--wallet",
-        &w.wallet,
-        "--message",
-        &"11".repeat(32),
-        "--json",
-    ]);
+    let out = w.sign_message();
     let line = out.refused();
     assert!(
         line.contains("this wallet has a policy: sign a PSBT"),
@@ -167,7 +156,7 @@ fn a_foreign_output_disguised_as_change_is_judged_by_the_real_value_leaving() {
     // 0.01 BTC to someone, and 0.5 BTC to another foreign script labelled (BIP-371) with the
     // wallet's own key as if it were change: 0.51 BTC (+ fee) really leave.
     let spend = bitcoin_tx::build(
-        &w.group_key,
+        &w.w.key,
         &[60_000_000],
         &[
             (Pay::To(bitcoin_tx::foreign_address()), 1_000_000),
@@ -176,7 +165,7 @@ fn a_foreign_output_disguised_as_change_is_judged_by_the_real_value_leaving() {
         ],
     )
     .unwrap();
-    let disguised = bitcoin_tx::disguise_as_change(&spend, 1, &w.group_key).unwrap();
+    let disguised = bitcoin_tx::disguise_as_change(&spend, 1, &w.w.key).unwrap();
     let stderr = w.refused("disguised", &disguised);
     assert!(
         stderr.contains("51010000 sat leave the wallet"),
@@ -188,7 +177,7 @@ fn a_foreign_output_disguised_as_change_is_judged_by_the_real_value_leaving() {
     );
     // Honest change is change: 0.01 BTC + fee leave, within the limit.
     let honest = bitcoin_tx::build(
-        &w.group_key,
+        &w.w.key,
         &[60_000_000],
         &[
             (Pay::To(bitcoin_tx::foreign_address()), 1_000_000),
@@ -209,17 +198,7 @@ fn a_wallet_without_a_policy_signs_psbts_and_messages() {
     let spend = w.spend(50_000_000);
     let summary = w.signed("big", &spend);
     assert!(summary.contains("no policy"), "{summary}");
-    let out = w.d.cosigner([
-        "--home",
-        p(&w.home),
-        "sign",
-        "--wallet",
-        &w.wallet,
-        "--message",
-        &"22".repeat(32),
-        "--json",
-    ]);
-    out.ok();
+    w.sign_message().ok();
 }
 
 #[test]
@@ -234,52 +213,15 @@ fn only_the_recovery_credential_lifts_the_limit() {
         "[[rule]]\nname = \"x\"\napprovals = 1\napprovers = [\"mallory\"]\n",
     )
     .unwrap();
-    let line =
-        w.d.cosigner([
-            "--home",
-            p(&w.home),
-            "wallet",
-            "set-policy",
-            "--wallet",
-            &w.wallet,
-            "--recovery-key",
-            p(&w.recovery_key),
-            "--policy",
-            p(&bad),
-        ])
-        .refused()
-        .to_owned();
+    let line = w.set_policy(&["--policy", p(&bad)]).refused().to_owned();
     assert!(line.contains("mallory"), "{line}");
     // With the offline credential: the limit is lifted at both cosigners...
-    let out = w.d.cosigner([
-        "--home",
-        p(&w.home),
-        "wallet",
-        "set-policy",
-        "--wallet",
-        &w.wallet,
-        "--recovery-key",
-        p(&w.recovery_key),
-        "--remove",
-        "--json",
-    ]);
+    let out = w.set_policy(&["--remove", "--json"]);
     let v: Value = serde_json::from_str(out.ok()).unwrap();
     assert_eq!(v["policy"], Value::Bool(false));
     w.signed("big-after", &big);
     // ...and put back, counting the spend made meanwhile.
-    w.d.cosigner([
-        "--home",
-        p(&w.home),
-        "wallet",
-        "set-policy",
-        "--wallet",
-        &w.wallet,
-        "--recovery-key",
-        p(&w.recovery_key),
-        "--policy",
-        p(&personal_policy()),
-    ])
-    .ok();
+    w.set_policy(&["--policy", p(&personal_policy())]).ok();
     assert!(
         w.refused("tiny", &w.spend(20_000))
             .contains("no rule matches")
