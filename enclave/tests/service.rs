@@ -1,8 +1,10 @@
 //! The enclave's service in one process, with real backends: a private SoftHSM token for sealing
 //! and freshness anchors, a local attester in the same token, and an in-memory blob store the test
-//! can read and tamper with (it plays the untrusted parent). The test plays the client, as
-//! `client/src/wallet.rs` does: parties 1 and 3 run `cosigner_protocol::dkg` in memory, party 2 is
-//! the service; share-using requests are signed by the registered device key.
+//! can read and tamper with (it plays the untrusted parent). The client's own ceremonies
+//! (`cosigner_client::wallet`, `cosigner_client::coordinator`) run through an in-process courier
+//! (`cosigner_tests::in_process`): this device is party 1, the service under test party 2 (the
+//! provider), a second in-process service party 3 (the recovery cosigner). What the client would
+//! never send (malformed, replayed, out-of-order or foreign requests) is sent by hand.
 //!
 //! Run with `cargo nextest run` (one process per test, one SoftHSM per test).
 
@@ -15,92 +17,48 @@
 )]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use cosigner_attestation::local::{Lifetimes, provision};
-use cosigner_attestation::{Expectations, LocalAttester, PinnedRoot, verify};
+use cosigner_attestation::{Expectations, verify};
+use cosigner_client::address::{Network, p2tr_address, x_only};
+use cosigner_client::coordinator::{self, Confirmed, Peer};
+use cosigner_client::courier::Courier;
+use cosigner_client::home::{Home, WalletFile, read_p256_key};
+use cosigner_client::wallet::{self as client, CoSigner, CreateOptions};
 use cosigner_enclave::service::anchor::TokenAnchor;
 use cosigner_enclave::service::audit::verify_stored;
 use cosigner_enclave::service::{RefreshPolicy, Service, SessionState};
 use cosigner_enclave::store::{BlobStore, MemoryStore, StoreError};
-use cosigner_kms::{Pin, Pkcs11Sealer, SEAL_FORMAT_VERSION, SEAL_KEY_ID_LEN, Sealer, Token};
+use cosigner_kms::{SEAL_FORMAT_VERSION, SEAL_KEY_ID_LEN, Sealer};
 use cosigner_protocol::auth::{
     public_key_bytes, registration_digest, registration_digest_with, request_digest, sign_digest,
 };
-use cosigner_protocol::dkg;
 use cosigner_protocol::sign::{SignerSession, aggregate, signing_package};
 use cosigner_protocol::wire::{
-    self, Confirmation, DkgParams, ErrorKind, KeyRole, Registration, Request, Response,
-    Round1Message, SUITE_SECP256K1_TR, SealedPackage, WalletId, WalletInfo,
+    self, DkgParams, ErrorKind, KeyRole, Registration, Request, Response, Round1Message,
+    SUITE_SECP256K1_TR, WalletId, WalletInfo,
 };
+use cosigner_tests::in_process::{
+    Enclave, InProcess, SEALING_KEY, SharedStore, attested, init_token, random,
+};
+use cosigner_tests::in_process::{cosigner_client, tempfile};
 use cosigner_tests::{SoftHsm, softhsm_module};
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use p256::ecdsa::SigningKey;
-use rand_core::{OsRng, RngCore};
+use rand_core::OsRng;
 use serde_bytes::ByteBuf;
+use tempfile::TempDir;
 
 type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
 
-const SO_PIN: &str = "so-pin-123456";
-const USER_PIN: &str = "user-pin-123456";
-const SEALING_KEY: &str = "seal";
 const PARTIES: [u16; 3] = [1, 2, 3];
 const PROVIDER: u16 = 2;
 const MESSAGE: &[u8; 32] = b"sighash of a taproot key spend!!";
+const ANOTHER_MESSAGE: &[u8; 32] = b"another sighash, another spend!!";
 
 // ---------------------------------------------------------------------------------------------
 // Harness
-
-/// The store the service writes to, shared with the test (which plays the parent).
-#[derive(Clone, Default)]
-struct SharedStore(Arc<MemoryStore>);
-
-impl BlobStore for SharedStore {
-    fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.0.put(key, value)
-    }
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.0.get(key)
-    }
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.0.delete(key)
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.0.list(prefix)
-    }
-}
-
-impl SharedStore {
-    /// Every (key, value) stored.
-    fn all(&self) -> Vec<(String, Vec<u8>)> {
-        self.list("")
-            .unwrap()
-            .into_iter()
-            .map(|k| {
-                let v = self.get(&k).unwrap().unwrap();
-                (k, v)
-            })
-            .collect()
-    }
-
-    /// The one stored key of `wallet_id` whose name contains `part` (`/state`, `/share/`).
-    fn key_of(&self, wallet_id: &WalletId, part: &str) -> String {
-        let keys: Vec<String> = self
-            .list(&format!("wallet/{}/", wallet_id.to_hex()))
-            .unwrap()
-            .into_iter()
-            .filter(|k| k.contains(part))
-            .collect();
-        assert_eq!(keys.len(), 1, "one {part} record: {keys:?}");
-        keys.into_iter().next().unwrap()
-    }
-
-    fn value(&self, key: &str) -> Vec<u8> {
-        self.get(key).unwrap().unwrap()
-    }
-}
 
 /// Another enclave's view of a host: the wallet records are the shared store's, everything else
 /// (that enclave's own audit key and log) is its own.
@@ -134,20 +92,20 @@ impl BlobStore for WalletsOnly {
     }
 }
 
-/// One cosigner in this process: a SoftHSM token (sealing key, freshness anchors, attester), a
-/// store, the service.
+/// The provider under test (its fields reached through `Deref`: `h.service`, `h.store`, …) and
+/// the recovery cosigner, each with its own token of one SoftHSM.
 struct Harness {
-    hsm: SoftHsm,
+    _hsm: SoftHsm,
     module: PathBuf,
-    token: Token,
-    root: PinnedRoot,
-    sealer: Pkcs11Sealer,
-    store: SharedStore,
-    service: Service,
+    provider: Enclave,
+    recovery: Enclave,
 }
 
-fn init_token(module: &Path, label: &str) -> Token {
-    Token::init(module, label, &Pin::new(SO_PIN), &Pin::new(USER_PIN)).unwrap()
+impl std::ops::Deref for Harness {
+    type Target = Enclave;
+    fn deref(&self) -> &Enclave {
+        &self.provider
+    }
 }
 
 impl Harness {
@@ -155,67 +113,27 @@ impl Harness {
         Self::with_policy(RefreshPolicy::default())
     }
 
+    /// The provider runs under `policy`.
     fn with_policy(policy: RefreshPolicy) -> Self {
         let hsm = SoftHsm::new().unwrap();
         hsm.install_env_for_this_process();
         let module = softhsm_module();
-        let token = init_token(&module, "provider");
-        let sealer = token.aes_sealing_key_or_generate(SEALING_KEY).unwrap();
-        let dir = hsm.dir().join("attester");
-        let provisioned = provision(
-            &dir,
+        let dir = hsm.dir().to_path_buf();
+        let provider = Enclave::new(&module, "provider", &dir.join("attester"), policy).unwrap();
+        let recovery = Enclave::new(
             &module,
-            &token,
-            SystemTime::now(),
-            Lifetimes::default(),
-        )
-        .unwrap();
-        let store = SharedStore::default();
-        let service = Service::new(
-            Box::new(LocalAttester::load(&dir, &Pin::new(USER_PIN)).unwrap()),
-            Box::new(sealer.clone()),
-            Box::new(store.clone()),
-            Box::new(TokenAnchor(token.clone())),
-            policy,
+            "recovery",
+            &dir.join("recovery-attester"),
+            RefreshPolicy::default(),
         )
         .unwrap();
         Self {
-            hsm,
+            _hsm: hsm,
             module,
-            token,
-            root: provisioned.root,
-            sealer,
-            store,
-            service,
+            provider,
+            recovery,
         }
     }
-
-    fn attester(&self) -> LocalAttester {
-        LocalAttester::load(&self.hsm.dir().join("attester"), &Pin::new(USER_PIN)).unwrap()
-    }
-
-    /// A session that has attested.
-    fn session(&self) -> SessionState {
-        attested(&self.service)
-    }
-
-    fn call(&self, session: &mut SessionState, request: Request) -> Response {
-        self.service.handle(session, request)
-    }
-}
-
-fn attested(service: &Service) -> SessionState {
-    let mut session = SessionState::new(random());
-    match service.handle(&mut session, attest(random())) {
-        Response::Attested { .. } => session,
-        other => panic!("Attest: {other:?}"),
-    }
-}
-
-fn random<const N: usize>() -> [u8; N] {
-    let mut out = [0u8; N];
-    OsRng.fill_bytes(&mut out);
-    out
 }
 
 fn attest(nonce: [u8; 32]) -> Request {
@@ -249,124 +167,240 @@ fn dkg_start(wallet_id: WalletId) -> Request {
     }
 }
 
-/// A wallet as the client ends up with it: parties 1 and 3's key packages, the public one, and
-/// the keys registered with the service.
+/// The provider's round-1 answer to a `DkgStart` sent by hand.
+fn started(response: Response) -> Round1Message {
+    match response {
+        Response::DkgRound1 { message } => message,
+        other => panic!("DkgStart: {other:?}"),
+    }
+}
+
+/// A wallet as the client ends up with it: its home (this device's share and key), the
+/// recovery credential, and what the provider says of it.
 struct Wallet {
     id: WalletId,
-    keys: BTreeMap<u16, KeyPackage<Suite>>,
+    home: Home,
+    _dir: TempDir,
+    /// This device's (party 1's) key package.
+    share: KeyPackage<Suite>,
     public: PublicKeyPackage<Suite>,
     info: WalletInfo,
     device: SigningKey,
     recovery: SigningKey,
 }
 
-/// The rest of a DKG whose `DkgStart` (as party `provider`) the service already answered with
-/// `provider_round1`; the other parties run here.
-fn finish_dkg(
+impl Wallet {
+    /// The wallet `id` the client kept in `home`, as the provider describes it over `session`.
+    fn kept(
+        h: &Harness,
+        session: &mut SessionState,
+        (dir, home): (TempDir, Home),
+        id: WalletId,
+        recovery: SigningKey,
+    ) -> Self {
+        let file = home.wallet(&id).unwrap();
+        let public = hex::decode(&file.public_key_package).unwrap();
+        let info = match get_wallet(h, session, id) {
+            Response::Wallet { wallet } => wallet,
+            other => panic!("GetWallet: {other:?}"),
+        };
+        assert_eq!(
+            info.public_key_package.as_ref(),
+            public.as_slice(),
+            "the service stored another public key package than the client derived"
+        );
+        Self {
+            id,
+            share: KeyPackage::deserialize(&home.share(&id).unwrap()).unwrap(),
+            public: PublicKeyPackage::deserialize(&public).unwrap(),
+            info,
+            device: home.device_key().unwrap(),
+            recovery,
+            home,
+            _dir: dir,
+        }
+    }
+}
+
+/// A new client home in a temporary directory.
+fn new_home() -> (TempDir, Home) {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::open(dir.path()).unwrap();
+    (dir, home)
+}
+
+/// A wallet created by the client (`wallet::create_with`): the provider over `session`, the
+/// recovery service over a session of its own.
+fn create_wallet_with(
+    h: &Harness,
+    session: &mut SessionState,
+    options: &CreateOptions<'_>,
+) -> Result<Wallet, cosigner_client::ClientError> {
+    let (dir, home) = new_home();
+    let recovery_key = dir.path().join("recovery.key");
+    let mut recovery_session = h.recovery.session();
+    let created = client::create_with(
+        &home,
+        &mut InProcess::new(&h.service, session),
+        &mut InProcess::new(&h.recovery.service, &mut recovery_session),
+        Network::Regtest,
+        &recovery_key,
+        options,
+    )?;
+    let id = WalletId::from_hex(&created.wallet.wallet_id).unwrap();
+    let recovery = read_p256_key(&recovery_key).unwrap();
+    Ok(Wallet::kept(h, session, (dir, home), id, recovery))
+}
+
+/// A 2-of-3 wallet among this device (1), the provider (2) and the recovery service (3).
+fn create_wallet(h: &Harness, session: &mut SessionState) -> Wallet {
+    create_wallet_with(h, session, &CreateOptions::default()).unwrap()
+}
+
+/// A 2-of-3 wallet created by the client with `policy` (registered, bound to both keys'
+/// signatures); the client's error as text.
+fn create_policy_wallet(
+    h: &Harness,
+    session: &mut SessionState,
+    policy: &str,
+) -> Result<Wallet, String> {
+    let options = CreateOptions {
+        policy: Some(policy),
+        enrollment: None,
+    };
+    create_wallet_with(h, session, &options).map_err(|e| e.to_string())
+}
+
+/// The DKG of `params` run by the client's coordinator: this device is party 1, the provider
+/// (party `provider`) answers over `session`, the recovery service is the remaining party. A
+/// provider that already answered a `DkgStart` sent by hand is given its `provider_round1`.
+fn run_dkg(
     h: &Harness,
     session: &mut SessionState,
     params: &DkgParams,
     provider: u16,
-    provider_round1: Round1Message,
-) -> Wallet {
-    finish_dkg_registering(h, session, params, provider, provider_round1, registration).unwrap()
+    provider_round1: Option<Round1Message>,
+) -> Confirmed {
+    let recovery = *params
+        .parties
+        .iter()
+        .find(|p| ![1, provider].contains(*p))
+        .unwrap();
+    let mut recovery_session = h.recovery.session();
+    let mut provider_courier = InProcess::new(&h.service, session);
+    let mut recovery_courier = InProcess::new(&h.recovery.service, &mut recovery_session);
+    let mut peers = [
+        Peer {
+            party: provider,
+            courier: &mut provider_courier,
+        },
+        Peer {
+            party: recovery,
+            courier: &mut recovery_courier,
+        },
+    ];
+    let mut start = |courier: &mut dyn Courier, me: u16| match &provider_round1 {
+        Some(message) if me == provider => Ok(Response::DkgRound1 {
+            message: message.clone(),
+        }),
+        _ => courier.call(&Request::DkgStart {
+            params: params.clone(),
+            me,
+            enrollment: None,
+        }),
+    };
+    coordinator::run(params, 1, (), &mut peers, &mut start, &mut |_| {}).unwrap()
 }
 
-/// [`finish_dkg`] with the registration `register` makes; a refused `DkgConfirm` is its message.
+type Register<'a> = dyn Fn(&WalletId, &[u8], &SigningKey, &SigningKey) -> Registration + 'a;
+
+/// [`run_dkg`], then the `DkgConfirm` carrying the registration `register` makes, sent by hand to
+/// the provider (a refusal is its message) and then to the recovery service; the client's home
+/// then holds the wallet as `wallet create` would have left it.
 fn finish_dkg_registering(
     h: &Harness,
     session: &mut SessionState,
     params: &DkgParams,
     provider: u16,
-    provider_round1: Round1Message,
-    register: impl Fn(&WalletId, &[u8], &SigningKey, &SigningKey) -> Registration,
+    provider_round1: Option<Round1Message>,
+    register: &Register<'_>,
 ) -> Result<Wallet, String> {
-    let wallet_id = params.wallet_id;
-    let mut round1 = vec![provider_round1];
-    let mut states = Vec::new();
-    for &p in params.parties.iter().filter(|p| **p != provider) {
-        let (state, message) = dkg::start::<Suite>(params, p, &mut OsRng).unwrap();
-        states.push(state);
-        round1.push(message);
-    }
-
-    let mut packages = Vec::new();
-    let mut round2 = Vec::new();
-    for state in states {
-        let (state, sealed) = state.handle_round1(&round1, &mut OsRng).unwrap();
-        round2.push(state);
-        packages.extend(sealed);
-    }
-    match h.call(
-        session,
-        Request::DkgRound2 {
-            wallet_id,
-            round1: round1.clone(),
-        },
-    ) {
-        Response::DkgRound2 { packages: theirs } => packages.extend(theirs),
-        other => panic!("DkgRound2: {other:?}"),
-    }
-    let to = |party: u16| -> Vec<SealedPackage> {
-        packages.iter().filter(|p| p.to == party).cloned().collect()
-    };
-
-    let mut confirmations: Vec<Confirmation> = Vec::new();
-    let mut round3 = Vec::new();
-    for state in round2 {
-        let me = state.me();
-        let (state, confirmation) = state.handle_round2(&to(me)).unwrap();
-        round3.push(state);
-        confirmations.push(confirmation);
-    }
-    match h.call(
-        session,
-        Request::DkgRound3 {
-            wallet_id,
-            packages: to(provider),
-        },
-    ) {
-        Response::DkgRound3 { confirmation } => confirmations.push(confirmation),
-        other => panic!("DkgRound3: {other:?}"),
-    }
-
-    let mut keys = BTreeMap::new();
-    let mut done = None;
-    for state in round3 {
-        let me = state.me();
-        let output = state.handle_confirmations(&confirmations).unwrap();
-        keys.insert(me, output.key_package.clone());
-        done = Some((output.public_key_package, output.transcript_hash));
-    }
-    let (public, transcript_hash) = done.unwrap();
-    let device = SigningKey::random(&mut OsRng);
+    let Confirmed {
+        output,
+        confirmations,
+    } = run_dkg(h, session, params, provider, provider_round1);
+    let (dir, home) = new_home();
     let recovery = SigningKey::random(&mut OsRng);
-    let registration = register(&wallet_id, &transcript_hash, &device, &recovery);
-    let info = match h.call(
-        session,
-        Request::DkgConfirm {
-            wallet_id,
-            confirmations,
-            registration,
-        },
-    ) {
-        Response::DkgDone { wallet } => wallet,
+    let registration = register(
+        &params.wallet_id,
+        &output.transcript_hash,
+        &home.device_key().unwrap(),
+        &recovery,
+    );
+    let confirm = Request::DkgConfirm {
+        wallet_id: params.wallet_id,
+        confirmations,
+        registration,
+    };
+    match h.call(session, confirm.clone()) {
+        Response::DkgDone { .. } => {}
         Response::Error(e) => return Err(e.message),
         other => panic!("DkgConfirm: {other:?}"),
-    };
-    assert_eq!(
-        info.public_key_package.as_ref(),
-        public.serialize().unwrap().as_slice(),
-        "the service stored another public key package than the client derived"
-    );
-    Ok(Wallet {
-        id: wallet_id,
-        keys,
-        public,
-        info,
-        device,
+    }
+    let mut recovery_session = h.recovery.session();
+    match h.recovery.call(&mut recovery_session, confirm) {
+        Response::DkgDone { .. } => {}
+        other => panic!("DkgConfirm at the recovery service: {other:?}"),
+    }
+    let file = wallet_file(params, &output.public_key_package);
+    let share = output.key_package.serialize().unwrap();
+    home.save_wallet(&file, &share).unwrap();
+    Ok(Wallet::kept(
+        h,
+        session,
+        (dir, home),
+        params.wallet_id,
         recovery,
-    })
+    ))
+}
+
+/// [`finish_dkg_registering`] with the honest [`registration`].
+fn finish_dkg(
+    h: &Harness,
+    session: &mut SessionState,
+    params: &DkgParams,
+    provider: u16,
+    provider_round1: Option<Round1Message>,
+) -> Wallet {
+    finish_dkg_registering(h, session, params, provider, provider_round1, &registration).unwrap()
+}
+
+/// A new wallet whose `DkgConfirm` carries the registration `register` makes.
+fn create_wallet_registering(
+    h: &Harness,
+    session: &mut SessionState,
+    register: &Register<'_>,
+) -> Result<Wallet, String> {
+    let params = params(WalletId(random()));
+    finish_dkg_registering(h, session, &params, PROVIDER, None, register)
+}
+
+/// The wallet file the client writes for party 1 of `params` on regtest.
+fn wallet_file(params: &DkgParams, public: &PublicKeyPackage<Suite>) -> WalletFile {
+    let xonly = x_only(&public.verifying_key().serialize().unwrap()).unwrap();
+    WalletFile {
+        wallet_id: params.wallet_id.to_hex(),
+        ciphersuite: params.ciphersuite.clone(),
+        group_public_key: hex::encode(xonly),
+        address: p2tr_address(&xonly, Network::Regtest).unwrap(),
+        network: Network::Regtest.name().to_owned(),
+        party: 1,
+        min_signers: params.min_signers,
+        parties: params.parties.clone(),
+        epoch: 0,
+        public_key_package: hex::encode(public.serialize().unwrap()),
+        dao: None,
+    }
 }
 
 fn registration(
@@ -403,25 +437,13 @@ fn registration_with_policy(
             Some("regtest"),
         );
         Registration {
-            device_signature: ByteBuf::from(sign_digest(device, &digest).unwrap().to_vec()),
-            recovery_signature: ByteBuf::from(sign_digest(recovery, &digest).unwrap().to_vec()),
-            device_key: ByteBuf::from(device_key),
-            recovery_key: ByteBuf::from(recovery_key),
             policy: Some(policy.to_owned()),
             network: Some("regtest".to_owned()),
-            provider_key: None,
+            device_signature: ByteBuf::from(sign_digest(device, &digest).unwrap().to_vec()),
+            recovery_signature: ByteBuf::from(sign_digest(recovery, &digest).unwrap().to_vec()),
+            ..registration(wallet_id, transcript_hash, device, recovery)
         }
     }
-}
-
-/// A whole DKG among party 1 (here), party 2 (the service) and party 3 (here).
-fn create_wallet(h: &Harness, session: &mut SessionState) -> Wallet {
-    let wallet_id = WalletId(random());
-    let provider_round1 = match h.call(session, dkg_start(wallet_id)) {
-        Response::DkgRound1 { message } => message,
-        other => panic!("DkgStart: {other:?}"),
-    };
-    finish_dkg(h, session, &params(wallet_id), PROVIDER, provider_round1)
 }
 
 fn challenge(service: &Service, session: &mut SessionState, wallet_id: WalletId) -> Vec<u8> {
@@ -462,6 +484,42 @@ fn authorized(
     service.handle(session, wrap(wallet_id, &challenge, role, key, inner))
 }
 
+/// `inner` over a fresh challenge, signed by `wallet`'s device key.
+fn by_device(
+    h: &Harness,
+    session: &mut SessionState,
+    wallet: &Wallet,
+    inner: &Request,
+) -> Response {
+    let device = &wallet.device;
+    authorized(
+        &h.service,
+        session,
+        wallet.id,
+        KeyRole::Device,
+        device,
+        inner,
+    )
+}
+
+/// `inner` over a fresh challenge, signed by `wallet`'s recovery credential.
+fn by_recovery(
+    h: &Harness,
+    session: &mut SessionState,
+    wallet: &Wallet,
+    inner: &Request,
+) -> Response {
+    let key = &wallet.recovery;
+    authorized(
+        &h.service,
+        session,
+        wallet.id,
+        KeyRole::Recovery,
+        key,
+        inner,
+    )
+}
+
 fn sign_commit_request(wallet_id: WalletId, message: &[u8], signers: &[u16]) -> Request {
     Request::SignCommit {
         wallet_id,
@@ -481,14 +539,7 @@ fn sign_commit(
     signers: &[u16],
 ) -> Result<(ByteBuf, Vec<u8>), ErrorKind> {
     let request = sign_commit_request(wallet.id, message, signers);
-    committed(authorized(
-        &h.service,
-        session,
-        wallet.id,
-        KeyRole::Device,
-        &wallet.device,
-        &request,
-    ))
+    committed(by_device(h, session, wallet, &request))
 }
 
 fn committed(response: Response) -> Result<(ByteBuf, Vec<u8>), ErrorKind> {
@@ -521,26 +572,29 @@ fn sign_share(
     }
 }
 
-/// Signs `message` with the service and `other` (1 or 3); returns the aggregated signature.
+/// Signs `message` with the client (`wallet::sign`): this device and the provider over `session`;
+/// returns the verified signature.
 fn sign_with(
     h: &Harness,
     session: &mut SessionState,
     wallet: &Wallet,
-    other: u16,
-    message: &[u8],
+    message: &[u8; 32],
 ) -> Vec<u8> {
-    let signers = [other, PROVIDER];
-    let (session_id, provider_commitments) =
-        sign_commit(h, session, wallet, message, &signers).unwrap();
-    let key = &wallet.keys[&other];
-    let (ours, our_commitments) =
-        SignerSession::<Suite>::commit(key, other, message, &signers, &mut OsRng).unwrap();
-    let commitments = BTreeMap::from([(other, our_commitments), (PROVIDER, provider_commitments)]);
-    let package = signing_package::<Suite>(message, &commitments).unwrap();
-    let provider_share = sign_share(h, session, &session_id, &package).unwrap();
-    let our_share = ours.sign(key, &package).unwrap();
-    let shares = BTreeMap::from([(other, our_share), (PROVIDER, provider_share)]);
-    aggregate::<Suite>(&package, &shares, &wallet.public).unwrap()
+    let mut provider = InProcess::new(&h.service, session);
+    client::sign(&wallet.home, &mut provider, wallet.id, message)
+        .unwrap()
+        .to_vec()
+}
+
+/// Signs `message` with the client, this device and the recovery service under the recovery
+/// credential (the pair that signs when the provider is unreachable).
+fn sign_with_recovery(h: &Harness, wallet: &Wallet, message: &[u8; 32]) -> Vec<u8> {
+    let mut session = h.recovery.session();
+    let mut recovery = InProcess::new(&h.recovery.service, &mut session);
+    let cosigner = CoSigner::Recovery(&wallet.recovery);
+    client::sign_with(&wallet.home, &mut recovery, cosigner, wallet.id, message)
+        .unwrap()
+        .to_vec()
 }
 
 /// Opens a session for [1, 2] on `MESSAGE`; party 1's own session and both commitments.
@@ -551,7 +605,7 @@ fn open_session(
 ) -> (ByteBuf, SignerSession<Suite>, BTreeMap<u16, Vec<u8>>) {
     let (session_id, provider) = sign_commit(h, session, wallet, MESSAGE, &[1, 2]).unwrap();
     let (ours, our_commitments) =
-        SignerSession::<Suite>::commit(&wallet.keys[&1], 1, MESSAGE, &[1, 2], &mut OsRng).unwrap();
+        SignerSession::<Suite>::commit(&wallet.share, 1, MESSAGE, &[1, 2], &mut OsRng).unwrap();
     let commitments = BTreeMap::from([(1, our_commitments), (PROVIDER, provider)]);
     (session_id, ours, commitments)
 }
@@ -657,18 +711,15 @@ fn every_request_before_attest_is_refused_and_changes_nothing() {
         h.call(&mut session, attest(random())),
         Response::Attested { .. }
     ));
-    let provider_round1 = match h.call(&mut session, dkg_start(wallet_id)) {
-        Response::DkgRound1 { message } => message,
-        other => panic!("DkgStart after Attest: {other:?}"),
-    };
+    let provider_round1 = started(h.call(&mut session, dkg_start(wallet_id)));
     let wallet = finish_dkg(
         &h,
         &mut session,
         &params(wallet_id),
         PROVIDER,
-        provider_round1,
+        Some(provider_round1),
     );
-    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+    sign_with(&h, &mut session, &wallet, MESSAGE);
 }
 
 #[test]
@@ -735,7 +786,7 @@ fn dkg_and_signing_through_the_service_give_a_valid_signature() {
     assert_eq!(wallet.info.epoch, 0);
     assert_eq!(wallet.info.ciphersuite, SUITE_SECP256K1_TR);
 
-    let signature = sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+    let signature = sign_with(&h, &mut session, &wallet, MESSAGE);
     assert_eq!(signature.len(), 64);
     let signature = frost_core::Signature::<Suite>::deserialize(&signature).unwrap();
     wallet
@@ -743,9 +794,11 @@ fn dkg_and_signing_through_the_service_give_a_valid_signature() {
         .verifying_key()
         .verify(MESSAGE, &signature)
         .unwrap();
-    // The recovery pair signs too, and a second signature needs a second session.
-    sign_with(&h, &mut session, &wallet, 3, b"another message");
-    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+    // The recovery pair (this device and the recovery cosigner) signs too; the provider signs
+    // another message, and a second signature needs a second session.
+    sign_with_recovery(&h, &wallet, ANOTHER_MESSAGE);
+    sign_with(&h, &mut session, &wallet, ANOTHER_MESSAGE);
+    sign_with(&h, &mut session, &wallet, MESSAGE);
 
     // GetWallet, from another session, returns what the DKG returned.
     let mut other = h.session();
@@ -792,7 +845,7 @@ fn dkg_start_for_an_existing_wallet_is_refused() {
         Response::Wallet { wallet: info } => assert_eq!(info, wallet.info),
         other => panic!("GetWallet: {other:?}"),
     }
-    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+    sign_with(&h, &mut session, &wallet, MESSAGE);
 }
 
 #[test]
@@ -801,10 +854,7 @@ fn a_second_dkg_start_for_a_running_ceremony_is_refused() {
     let mut first = h.session();
     let mut second = h.session();
     let wallet_id = WalletId(random());
-    let provider_round1 = match h.call(&mut first, dkg_start(wallet_id)) {
-        Response::DkgRound1 { message } => message,
-        other => panic!("DkgStart: {other:?}"),
-    };
+    let provider_round1 = started(h.call(&mut first, dkg_start(wallet_id)));
     // Refused as busy (retryable), never replacing the ceremony in flight.
     for session in [&mut first, &mut second] {
         assert_eq!(
@@ -818,9 +868,10 @@ fn a_second_dkg_start_for_a_running_ceremony_is_refused() {
         &mut first,
         &params(wallet_id),
         PROVIDER,
-        provider_round1,
+        Some(provider_round1),
     );
-    sign_with(&h, &mut first, &wallet, 3, MESSAGE);
+    sign_with(&h, &mut first, &wallet, MESSAGE);
+    sign_with_recovery(&h, &wallet, MESSAGE);
 }
 
 #[test]
@@ -876,14 +927,7 @@ fn sign_commit_outside_authorized_is_refused() {
         &wallet.device,
         &inner,
     );
-    let response = authorized(
-        &h.service,
-        &mut session,
-        wallet.id,
-        KeyRole::Device,
-        &wallet.device,
-        &nested,
-    );
+    let response = by_device(&h, &mut session, &wallet, &nested);
     assert_eq!(refused(response), ErrorKind::Unauthorized);
 }
 
@@ -947,17 +991,10 @@ fn a_challenge_authorizes_one_request_only() {
     );
     // The inner request names another wallet than the one authorized.
     let elsewhere = sign_commit_request(other_wallet.id, MESSAGE, &[1, 2]);
-    let response = authorized(
-        &h.service,
-        &mut session,
-        wallet.id,
-        KeyRole::Device,
-        &wallet.device,
-        &elsewhere,
-    );
+    let response = by_device(&h, &mut session, &wallet, &elsewhere);
     assert_eq!(committed(response).unwrap_err(), ErrorKind::BadRequest);
     // Still usable the honest way.
-    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+    sign_with(&h, &mut session, &wallet, MESSAGE);
 }
 
 #[test]
@@ -1018,7 +1055,7 @@ fn only_the_registered_device_key_may_sign() {
     );
     // The refusals are logged, and the log still verifies.
     verify_stored(&h.store, &h.service.audit_public_key()).unwrap();
-    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+    sign_with(&h, &mut session, &wallet, MESSAGE);
 }
 
 #[test]
@@ -1064,11 +1101,8 @@ fn a_wallet_where_the_service_is_a_high_numbered_party_stays_usable() {
         me: 300,
         enrollment: None,
     };
-    let provider_round1 = match h.call(&mut session, start) {
-        Response::DkgRound1 { message } => message,
-        other => panic!("DkgStart: {other:?}"),
-    };
-    let wallet = finish_dkg(&h, &mut session, &params, 300, provider_round1);
+    let provider_round1 = started(h.call(&mut session, start));
+    let wallet = finish_dkg(&h, &mut session, &params, 300, Some(provider_round1));
     match get_wallet(&h, &mut session, wallet.id) {
         Response::Wallet { wallet: info } => assert_eq!(info, wallet.info),
         other => panic!("GetWallet: {other:?}"),
@@ -1099,10 +1133,9 @@ fn a_signing_package_that_differs_from_the_commitment_gets_no_share() {
 
     // Another signer set than the one committed to (party 3 added).
     let (session_id, _, mut commitments) = open_session(&h, &mut session, &wallet);
-    let (_, third) =
-        SignerSession::<Suite>::commit(&wallet.keys[&3], 3, MESSAGE, &[1, 2, 3], &mut OsRng)
-            .unwrap();
-    commitments.insert(3, third);
+    // (Party 3's nonces drawn from this device's share: the service cannot tell whose they are.)
+    let (_, third) = frost_core::round1::commit(wallet.share.signing_share(), &mut OsRng);
+    commitments.insert(3, third.serialize().unwrap());
     let package = signing_package::<Suite>(MESSAGE, &commitments).unwrap();
     assert_refused(
         sign_share(&h, &mut session, &session_id, &package),
@@ -1149,7 +1182,7 @@ fn a_signing_session_gives_one_share_only() {
         ErrorKind::NotFound
     );
     // The one share is good.
-    let our_share = ours.sign(&wallet.keys[&1], &package).unwrap();
+    let our_share = ours.sign(&wallet.share, &package).unwrap();
     let shares = BTreeMap::from([(1, our_share), (PROVIDER, share)]);
     aggregate::<Suite>(&package, &shares, &wallet.public).unwrap();
 
@@ -1172,7 +1205,7 @@ fn the_store_holds_only_records_sealed_under_the_token() {
     let h = Harness::new();
     let mut session = h.session();
     let wallet = create_wallet(&h, &mut session);
-    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+    sign_with(&h, &mut session, &wallet, MESSAGE);
     let public = wallet.public.serialize().unwrap();
     let group = wallet.public.verifying_key().serialize().unwrap();
 
@@ -1199,14 +1232,14 @@ fn the_store_holds_only_records_sealed_under_the_token() {
 
     // The wallet records behind another token's sealing key (same key label): nothing opens,
     // whether that enclave trusts this token's anchors or has its own.
-    let other_token = init_token(&h.module, "elsewhere");
+    let other_token = init_token(&h.module, "elsewhere").unwrap();
     let other_sealer = other_token
         .aes_sealing_key_or_generate(SEALING_KEY)
         .unwrap();
     assert_ne!(other_sealer.key_id(), h.sealer.key_id());
-    let elsewhere_with = |anchor: Token| {
+    let elsewhere_with = |anchor: cosigner_kms::Token| {
         Service::new(
-            Box::new(h.attester()),
+            Box::new(h.attester().unwrap()),
             Box::new(other_sealer.clone()),
             Box::new(WalletsOnly {
                 shared: h.store.clone(),
@@ -1243,7 +1276,7 @@ fn the_store_holds_only_records_sealed_under_the_token() {
     for (key, value) in &records {
         assert_eq!(&h.store.value(key), value, "{key}");
     }
-    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+    sign_with(&h, &mut session, &wallet, MESSAGE);
 }
 
 #[test]
@@ -1301,8 +1334,8 @@ fn a_record_moved_to_another_wallet_is_refused() {
     );
 
     // Back in place, both wallets work; the first was never affected.
-    sign_with(&h, &mut session, &second, 1, MESSAGE);
-    sign_with(&h, &mut session, &first, 3, MESSAGE);
+    sign_with(&h, &mut session, &second, MESSAGE);
+    sign_with(&h, &mut session, &first, MESSAGE);
 }
 
 #[test]
@@ -1372,7 +1405,7 @@ fn a_flipped_bit_in_a_record_is_refused() {
         sign_share(&h, &mut session, &session_id, &package).unwrap_err(),
         ErrorKind::NotFound
     );
-    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+    sign_with(&h, &mut session, &wallet, MESSAGE);
 }
 
 #[test]
@@ -1427,7 +1460,7 @@ fn a_rolled_back_state_is_refused() {
     // State blobs are stored under their digest; the anchor names the current one.
     let old_key = h.store.key_of(&wallet.id, "/state");
     let old = h.store.value(&old_key);
-    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+    sign_with(&h, &mut session, &wallet, MESSAGE);
     let state = h.store.key_of(&wallet.id, "/state");
     let new = h.store.value(&state);
     assert_ne!(old, new, "signing did not rewrite the state");
@@ -1451,7 +1484,7 @@ fn a_rolled_back_state_is_refused() {
     );
     h.store.delete(&old_key).unwrap();
     h.store.put(&state, &new).unwrap();
-    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+    sign_with(&h, &mut session, &wallet, MESSAGE);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1464,15 +1497,6 @@ name = "daily"
 velocity = { window_hours = 24, limit = 1_000_000 }
 approvals = 1
 "#;
-
-/// A 2-of-3 wallet created with `policy` (registered, bound to both keys' signatures).
-fn create_policy_wallet(
-    h: &Harness,
-    session: &mut SessionState,
-    policy: &str,
-) -> Result<Wallet, String> {
-    create_wallet_registering(h, session, registration_with_policy(policy))
-}
 
 fn output_key(wallet: &Wallet) -> [u8; 32] {
     let sec1 = wallet.public.verifying_key().serialize().unwrap();
@@ -1524,7 +1548,7 @@ fn psbt_commit(
     assert_eq!(evaluation.value_leaving, summary.value_leaving);
     assert_eq!(evaluation.txid, summary.txid);
     assert_eq!(theirs.len(), summary.sighashes.len());
-    let key = &wallet.keys[&1];
+    let key = &wallet.share;
     let mut ours = Vec::new();
     let mut packages = Vec::new();
     for (sighash, provider) in summary.sighashes.iter().zip(theirs) {
@@ -1560,7 +1584,7 @@ fn psbt_release(
         Response::Error(e) => return Err(e.message),
         other => panic!("SignPsbtShare: {other:?}"),
     };
-    let key = &wallet.keys[&1];
+    let key = &wallet.share;
     let mut signatures = Vec::new();
     for ((ours, package), provider) in open.ours.into_iter().zip(&open.packages).zip(shares) {
         let share = ours.sign(key, package).unwrap();
@@ -1619,12 +1643,10 @@ fn a_policy_wallet_signs_psbts_within_its_daily_limit_only() {
     cosigner_tests::bitcoin_tx::verify_consensus(&tx, &last.prevouts).unwrap();
 
     // A raw digest cannot be valued: refused, whatever it is.
-    match authorized(
-        &h.service,
+    match by_device(
+        &h,
         &mut session,
-        wallet.id,
-        KeyRole::Device,
-        &wallet.device,
+        &wallet,
         &sign_commit_request(wallet.id, MESSAGE, &[1, 2]),
     ) {
         Response::Error(e) => assert!(
@@ -1703,48 +1725,27 @@ fn only_the_recovery_credential_changes_a_personal_policy() {
         policy: None,
     };
     // The device key (a thief's phone) cannot lift its own limit.
-    match authorized(
-        &h.service,
-        &mut session,
-        wallet.id,
-        KeyRole::Device,
-        &wallet.device,
-        &remove,
-    ) {
+    match by_device(&h, &mut session, &wallet, &remove) {
         Response::Error(e) => assert_eq!(e.kind, ErrorKind::Unauthorized, "{e:?}"),
         other => panic!("the device key changed the policy: {other:?}"),
     }
     assert!(sign_psbt(&h, &mut session, &wallet, &big).is_err());
     // The offline recovery credential can.
     assert_eq!(
-        authorized(
-            &h.service,
-            &mut session,
-            wallet.id,
-            KeyRole::Recovery,
-            &wallet.recovery,
-            &remove,
-        ),
+        by_recovery(&h, &mut session, &wallet, &remove),
         Response::Done
     );
     let tx = sign_psbt(&h, &mut session, &wallet, &big).unwrap();
     cosigner_tests::bitcoin_tx::verify_consensus(&tx, &big.prevouts).unwrap();
     // Without a policy, raw digests are signed again.
-    sign_with(&h, &mut session, &wallet, 1, MESSAGE);
+    sign_with(&h, &mut session, &wallet, MESSAGE);
     // Put back, the limit counts the spend made meanwhile.
     let restore = Request::SetPolicy {
         wallet_id: wallet.id,
         policy: Some(DAILY.to_owned()),
     };
     assert_eq!(
-        authorized(
-            &h.service,
-            &mut session,
-            wallet.id,
-            KeyRole::Recovery,
-            &wallet.recovery,
-            &restore,
-        ),
+        by_recovery(&h, &mut session, &wallet, &restore),
         Response::Done
     );
     assert!(
@@ -1760,7 +1761,7 @@ fn the_policy_is_bound_to_the_registration_and_must_parse() {
     let mut session = h.session();
     // The host swaps the policy after the device signed the registration: refused.
     let loose = DAILY.replace("1_000_000", "100_000_000_000");
-    let swapped = create_wallet_registering(&h, &mut session, |w, t, d, r| {
+    let swapped = create_wallet_registering(&h, &mut session, &|w, t, d, r| {
         let mut reg = registration_with_policy(DAILY)(w, t, d, r);
         reg.policy = Some(loose.clone());
         reg
@@ -1769,7 +1770,7 @@ fn the_policy_is_bound_to_the_registration_and_must_parse() {
     .unwrap();
     assert!(swapped.contains("registration signature"), "{swapped}");
     // ...or drops it: refused too.
-    let dropped = create_wallet_registering(&h, &mut session, |w, t, d, r| {
+    let dropped = create_wallet_registering(&h, &mut session, &|w, t, d, r| {
         let mut reg = registration_with_policy(DAILY)(w, t, d, r);
         reg.policy = None;
         reg
@@ -1779,28 +1780,8 @@ fn the_policy_is_bound_to_the_registration_and_must_parse() {
     assert!(dropped.contains("registration signature"), "{dropped}");
     // A policy naming someone other than the owner does not parse.
     let stranger = "[[rule]]\nname = \"x\"\napprovals = 1\napprovers = [\"bob\"]\n";
-    let bad = create_policy_wallet(&h, &mut session, stranger)
+    let bad = create_wallet_registering(&h, &mut session, &registration_with_policy(stranger))
         .err()
         .unwrap();
     assert!(bad.contains("bob"), "{bad}");
-}
-
-fn create_wallet_registering(
-    h: &Harness,
-    session: &mut SessionState,
-    register: impl Fn(&WalletId, &[u8], &SigningKey, &SigningKey) -> Registration,
-) -> Result<Wallet, String> {
-    let wallet_id = WalletId(random());
-    let provider_round1 = match h.call(session, dkg_start(wallet_id)) {
-        Response::DkgRound1 { message } => message,
-        other => panic!("DkgStart: {other:?}"),
-    };
-    finish_dkg_registering(
-        h,
-        session,
-        &params(wallet_id),
-        PROVIDER,
-        provider_round1,
-        register,
-    )
 }

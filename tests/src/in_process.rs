@@ -8,6 +8,11 @@
 //! of a copy of them; adversarial tests still send their malformed requests by hand with
 //! [`Service::handle`].
 
+/// The client, for test crates that reach it only through this harness (the enclave's tests).
+pub use cosigner_client;
+/// Temporary directories (client homes), likewise.
+pub use tempfile;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
