@@ -22,7 +22,7 @@ use cosigner_protocol::ProtocolError;
 use cosigner_protocol::dkg;
 use cosigner_protocol::refresh::{self, RefreshRound2, RefreshRound3};
 use cosigner_protocol::sign;
-use cosigner_protocol::wire::{Confirmation, Round1Message, SealedPackage};
+use cosigner_protocol::wire::{Confirmation, RefreshParams, Round1Message, SealedPackage};
 use frost_core::Ciphersuite;
 use serde_bytes::ByteBuf;
 
@@ -163,25 +163,21 @@ fn refresh_twice_and_parties_in_any_order<C: Ciphersuite>() {
 // ---------------------------------------------------------------------------------------------
 // Refused refreshes.
 
-fn refresh_of_a_subset_is_refused<C: Ciphersuite>() {
-    let old = run_dkg::<C>();
-    let mut params = refresh_params::<C>(0);
-    params.parties = vec![1, 2];
-
-    // Refused up front by the check callers can run before starting...
+/// `params` is refused (a `Params` error saying `expected`) up front by the check callers can run
+/// before starting, and by every party's round 2 in any case, before any new share exists.
+fn refused_before_any_new_share<C: Ciphersuite>(
+    old: &Shares<C>,
+    params: &RefreshParams,
+    expected: &str,
+) {
     let reason = params_error(refresh::check_old_shares(
-        &params,
+        params,
         1,
         &old[&1].key_package,
         &old[&1].public_key_package,
     ));
-    assert!(
-        reason.contains("refresh must include every party: missing 3"),
-        "{reason}"
-    );
-
-    // ...and by round 2 in any case, before any new share exists.
-    let (s1, r1) = refresh_round1::<C>(&params);
+    assert!(reason.contains(expected), "{reason}");
+    let (s1, r1) = refresh_round1::<C>(params);
     let (s2, sealed) = round2(s1, &r1);
     for (me, s) in s2 {
         let reason = params_error(s.handle_round2(
@@ -189,11 +185,16 @@ fn refresh_of_a_subset_is_refused<C: Ciphersuite>() {
             &old[&me].key_package,
             &old[&me].public_key_package,
         ));
-        assert!(
-            reason.contains("refresh must include every party: missing 3"),
-            "{reason}"
-        );
+        assert!(reason.contains(expected), "{reason}");
     }
+}
+
+fn refresh_of_a_subset_is_refused<C: Ciphersuite>() {
+    let old = run_dkg::<C>();
+    let mut params = refresh_params::<C>(0);
+    params.parties = vec![1, 2];
+
+    refused_before_any_new_share(&old, &params, "refresh must include every party: missing 3");
 
     // A party the wallet does not have is refused too.
     let mut stranger = refresh_params::<C>(0);
@@ -211,25 +212,8 @@ fn changed_threshold_is_refused<C: Ciphersuite>() {
     let old = run_dkg::<C>();
     let mut params = refresh_params::<C>(0);
     params.min_signers = 3;
-    let reason = params_error(refresh::check_old_shares(
-        &params,
-        1,
-        &old[&1].key_package,
-        &old[&1].public_key_package,
-    ));
-    assert!(reason.contains("cannot change the threshold"), "{reason}");
-
-    // All parties agreeing on the new threshold does not help.
-    let (s1, r1) = refresh_round1::<C>(&params);
-    let (s2, sealed) = round2(s1, &r1);
-    for (me, s) in s2 {
-        let reason = params_error(s.handle_round2(
-            &inbox(&sealed, me),
-            &old[&me].key_package,
-            &old[&me].public_key_package,
-        ));
-        assert!(reason.contains("cannot change the threshold"), "{reason}");
-    }
+    // Refused up front, and with all parties agreeing on the new threshold too.
+    refused_before_any_new_share(&old, &params, "cannot change the threshold");
 
     // One party with another threshold sends a package of another size: named.
     let params = refresh_params::<C>(0);
