@@ -50,6 +50,14 @@ pub struct DaoInfo {
     pub mailbox: String,
 }
 
+impl DaoInfo {
+    /// The provider's identity key.
+    pub fn provider_key(&self) -> Result<Vec<u8>> {
+        hex::decode(&self.provider_key)
+            .map_err(|e| ClientError::Unexpected(format!("stored provider key: {e}")))
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -348,38 +356,45 @@ impl Courier {
     }
 }
 
-/// Backs off while nothing happens: 20 ms, doubling to 100 ms.
-struct Pace(Duration);
-
-impl Pace {
-    fn new() -> Self {
-        Self(Duration::from_millis(20))
-    }
-    fn wait(&mut self, progressed: bool) {
-        if progressed {
-            self.0 = Duration::from_millis(20);
-            return;
-        }
-        std::thread::sleep(self.0);
-        self.0 = (self.0 * 2).min(Duration::from_millis(100));
-    }
+/// The pace of a ceremony loop between two polls: backs off while nothing happens (20 ms,
+/// doubling to 100 ms), and gives up after the loop's timeout.
+struct Pace {
+    started: Instant,
+    timeout: Duration,
+    sleep: Duration,
 }
 
-/// Gives up after `timeout`, saying where the ceremony stood (`state`: what it waits for) and
-/// that the same command picks it up again.
-fn timed_out(started: Instant, timeout: Duration, state: &str, courier: &Courier) -> Result<()> {
-    if started.elapsed() > timeout {
-        let refused = match courier.notes.last() {
-            Some(n) => format!(" (the provider refused: {n})"),
-            None => String::new(),
-        };
-        return Err(ClientError::Unexpected(format!(
-            "timed out after {} s {state}{refused}; nothing is lost: run the same command again \
-             to pick up where the ceremony is",
-            timeout.as_secs()
-        )));
+impl Pace {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            started: Instant::now(),
+            timeout,
+            sleep: Duration::from_millis(20),
+        }
     }
-    Ok(())
+
+    /// Gives up after the timeout, saying where the ceremony stood (`state`: what it waits for)
+    /// and that the same command picks it up again; else waits before the next poll.
+    fn wait(&mut self, progressed: bool, state: &str, courier: &Courier) -> Result<()> {
+        if self.started.elapsed() > self.timeout {
+            let refused = match courier.notes.last() {
+                Some(n) => format!(" (the provider refused: {n})"),
+                None => String::new(),
+            };
+            return Err(ClientError::Unexpected(format!(
+                "timed out after {} s {state}{refused}; nothing is lost: run the same command \
+                 again to pick up where the ceremony is",
+                self.timeout.as_secs()
+            )));
+        }
+        if progressed {
+            self.sleep = Duration::from_millis(20);
+            return Ok(());
+        }
+        std::thread::sleep(self.sleep);
+        self.sleep = (self.sleep * 2).min(Duration::from_millis(100));
+        Ok(())
+    }
 }
 
 /// Writes an envelope as one line of hex (an invitation or a request file).
@@ -397,6 +412,73 @@ pub fn read_envelope(path: &Path) -> Result<Envelope> {
     let envelope = Envelope::decode(&bytes)?;
     envelope.verify()?;
     Ok(envelope)
+}
+
+/// A message that founds a topic (the topic is its hash): an invitation or a request.
+trait Founding: Clone {
+    /// What a file holding something else is not (`this file is not …`).
+    const WHAT: &'static str;
+    /// What does not match its topic.
+    const NAME: &'static str;
+    fn topic(&self) -> cosigner_protocol::Result<Topic>;
+    fn message(self) -> DaoMessage;
+    fn of(message: DaoMessage) -> Option<Self>;
+}
+
+/// The founding messages: type, its `DaoMessage` variant, what it is called.
+macro_rules! founding {
+    ($($kind:ident: $variant:ident, $what:literal, $name:literal;)*) => {$(
+        impl Founding for $kind {
+            const WHAT: &'static str = $what;
+            const NAME: &'static str = $name;
+            fn topic(&self) -> cosigner_protocol::Result<Topic> {
+                $kind::topic(self)
+            }
+            fn message(self) -> DaoMessage {
+                DaoMessage::$variant(self)
+            }
+            fn of(message: DaoMessage) -> Option<Self> {
+                match message {
+                    DaoMessage::$variant(founding) => Some(founding),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+
+founding! {
+    Invitation: Invitation, "an invitation", "invitation";
+    SignRequest: SignRequest, "a signing request", "request";
+    PolicyChange: PolicyChange, "a policy change", "policy change";
+    RefreshProposal: RefreshStart, "a refresh proposal", "proposal";
+}
+
+/// Signs `message` with this device's key, in `topic`.
+fn seal(home: &Home, topic: Topic, message: &DaoMessage) -> Result<Envelope> {
+    Ok(Envelope::seal(
+        &home.device_key()?,
+        topic,
+        message.encode()?,
+    )?)
+}
+
+/// Signs `founding` with this device's key, in the topic it founds.
+fn found<T: Founding>(home: &Home, founding: T) -> Result<(T, Envelope)> {
+    let envelope = seal(home, founding.topic()?, &founding.clone().message())?;
+    Ok((founding, envelope))
+}
+
+/// Opens a founding envelope: its signature, its message (a `T`), and that the message hashes
+/// to the envelope's topic.
+fn open_founding<T: Founding>(envelope: &Envelope) -> Result<T> {
+    envelope.verify()?;
+    let founding = T::of(DaoMessage::decode(&envelope.body)?)
+        .ok_or_else(|| input(format!("this file is not {}", T::WHAT)))?;
+    if founding.topic()? != envelope.topic {
+        return Err(input(format!("the {} does not match its topic", T::NAME)));
+    }
+    Ok(founding)
 }
 
 /// Builds and signs an invitation from a members file and a policy file, checking both and that
@@ -443,24 +525,12 @@ pub fn invite(
         provider: provider_addr.to_owned(),
     };
     invitation.layout()?;
-    let topic = invitation.topic()?;
-    let envelope = Envelope::seal(
-        &key,
-        topic,
-        DaoMessage::Invitation(invitation.clone()).encode()?,
-    )?;
-    Ok((invitation, envelope))
+    found(home, invitation)
 }
 
 /// Opens an invitation envelope: signature, topic = its hash, signed by one of its members.
 pub fn open_invitation(envelope: &Envelope) -> Result<Invitation> {
-    envelope.verify()?;
-    let DaoMessage::Invitation(invitation) = DaoMessage::decode(&envelope.body)? else {
-        return Err(input("this file is not an invitation"));
-    };
-    if invitation.topic()? != envelope.topic {
-        return Err(input("the invitation does not match its topic"));
-    }
+    let invitation: Invitation = open_founding(envelope)?;
     let layout = invitation.layout()?;
     if layout.member_party(&envelope.sender).is_none() {
         return Err(input("the invitation is not signed by one of its members"));
@@ -831,8 +901,7 @@ impl<'a> Joiner<'a> {
         timeout: Duration,
         progress: &mut dyn FnMut(&str),
     ) -> Result<WalletFile> {
-        let started = Instant::now();
-        let mut pace = Pace::new();
+        let mut pace = Pace::new(timeout);
         let mut roll = DkgRoll::default();
         let mut batch = backlog;
         loop {
@@ -863,8 +932,7 @@ impl<'a> Joiner<'a> {
                 progress(&waiting);
                 roll.said = waiting.clone();
             }
-            timed_out(started, timeout, &format!("({waiting})"), courier)?;
-            pace.wait(progressed);
+            pace.wait(progressed, &format!("({waiting})"), courier)?;
             batch = courier.poll()?;
         }
     }
@@ -1012,6 +1080,21 @@ impl DkgRoll {
     }
 }
 
+/// This device's share of wallet `id`.
+fn stored_key_package(home: &Home, id: &WalletId) -> Result<KeyPackage<Suite>> {
+    let share = home.share(id)?;
+    KeyPackage::<Suite>::deserialize(&share)
+        .map_err(|e| ClientError::Unexpected(format!("stored share: {e}")))
+}
+
+/// A share as this device stores it (frost's serialization).
+fn share_bytes(key_package: &KeyPackage<Suite>) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let bytes = key_package
+        .serialize()
+        .map_err(|e| ClientError::Unexpected(format!("key package: {e}")))?;
+    Ok(zeroize::Zeroizing::new(bytes))
+}
+
 fn refused(reason: &str) -> ClientError {
     ClientError::Protocol(cosigner_protocol::ProtocolError::Refused {
         reason: reason.to_owned(),
@@ -1070,12 +1153,7 @@ fn pending_of(
             network,
         )?
     };
-    let share = zeroize::Zeroizing::new(
-        output
-            .key_package
-            .serialize()
-            .map_err(|e| ClientError::Unexpected(format!("key package: {e}")))?,
-    );
+    let share = share_bytes(&output.key_package)?;
     Ok(PendingDkg {
         attempt,
         wallet,
@@ -1117,25 +1195,12 @@ pub fn request(home: &Home, wallet: &WalletFile, psbt: Vec<u8>) -> Result<(SignR
         created_ms: now_ms(),
         nonce: ByteBuf::from(random16()?),
     };
-    let key = home.device_key()?;
-    let envelope = Envelope::seal(
-        &key,
-        request.topic()?,
-        DaoMessage::SignRequest(request.clone()).encode()?,
-    )?;
-    Ok((request, envelope))
+    found(home, request)
 }
 
 /// Opens a request envelope: signature, topic = its hash.
 pub fn open_request(envelope: &Envelope) -> Result<SignRequest> {
-    envelope.verify()?;
-    let DaoMessage::SignRequest(request) = DaoMessage::decode(&envelope.body)? else {
-        return Err(input("this file is not a signing request"));
-    };
-    if request.topic()? != envelope.topic {
-        return Err(input("the request does not match its topic"));
-    }
-    Ok(request)
+    open_founding(envelope)
 }
 
 /// A signing request made more than this long ago is not reused by `sign` run again: the
@@ -1267,11 +1332,7 @@ pub fn announce(
     let announcement = DaoMessage::Announce {
         envelope: ByteBuf::from(envelope.encode()?),
     };
-    mailbox.post(&Envelope::seal(
-        &home.device_key()?,
-        id.0,
-        announcement.encode()?,
-    )?)?;
+    mailbox.post(&seal(home, id.0, &announcement)?)?;
     Ok(())
 }
 
@@ -1316,8 +1377,7 @@ pub fn list_requests(
     let (info, invitation) = dao_info(wallet)?;
     let layout = invitation.layout()?;
     let id = WalletId::from_hex(&wallet.wallet_id)?;
-    let provider_key = hex::decode(&info.provider_key)
-        .map_err(|e| ClientError::Unexpected(format!("stored provider key: {e}")))?;
+    let provider_key = info.provider_key()?;
     let mut mailbox = member_mailbox(home, mailbox_addr, &invitation)?;
     let mut views: Vec<RequestView> = Vec::new();
     for (_, announcement) in mailbox.fetch(&id.0, 0)? {
@@ -1415,8 +1475,7 @@ pub fn await_progress(
     timeout: Duration,
     backlog: &mut Vec<Envelope>,
 ) -> Result<Progress> {
-    let started = Instant::now();
-    let mut pace = Pace::new();
+    let mut pace = Pace::new(timeout);
     loop {
         let fresh = courier.poll()?;
         let progressed = !fresh.is_empty();
@@ -1441,13 +1500,7 @@ pub fn await_progress(
         if let Some(reason) = refusal {
             return Err(refused(&reason));
         }
-        timed_out(
-            started,
-            timeout,
-            "waiting for the provider's evaluation",
-            courier,
-        )?;
-        pace.wait(progressed);
+        pace.wait(progressed, "waiting for the provider's evaluation", courier)?;
     }
 }
 
@@ -1470,8 +1523,7 @@ pub fn approve_and_sign(
     timeout: Duration,
 ) -> Result<(String, Vec<u8>)> {
     let (info, invitation) = dao_info(wallet)?;
-    let provider_key = hex::decode(&info.provider_key)
-        .map_err(|e| ClientError::Unexpected(format!("stored provider key: {e}")))?;
+    let provider_key = info.provider_key()?;
     let hash = request.hash()?;
     let ours: Vec<Vec<u8>> = summary.sighashes.iter().map(|s| s.to_vec()).collect();
     let theirs: Vec<Vec<u8>> = evaluation.sighashes.iter().map(|s| s.to_vec()).collect();
@@ -1480,9 +1532,7 @@ pub fn approve_and_sign(
             "the provider computed other sighashes than this device: not approving".into(),
         ));
     }
-    let share = home.share(&WalletId::from_hex(&wallet.wallet_id)?)?;
-    let key_package = KeyPackage::<Suite>::deserialize(&share)
-        .map_err(|e| ClientError::Unexpected(format!("stored share: {e}")))?;
+    let key_package = stored_key_package(home, &WalletId::from_hex(&wallet.wallet_id)?)?;
     let key = home.device_key()?;
     let (mut signer, approval) = MemberSigner::<Suite>::approve(
         hash,
@@ -1493,8 +1543,7 @@ pub fn approve_and_sign(
     );
     courier.send(&key, &approval)?;
     let mut watch = SignWatch::new(hash, invitation.layout()?, evaluation)?;
-    let started = Instant::now();
-    let mut pace = Pace::new();
+    let mut pace = Pace::new(timeout);
     let mut pending = backlog;
     loop {
         let fresh = courier.poll()?;
@@ -1538,8 +1587,7 @@ pub fn approve_and_sign(
             evaluation.approvals,
             watch.line()
         );
-        timed_out(started, timeout, &state, courier)?;
-        pace.wait(progressed);
+        pace.wait(progressed, &state, courier)?;
     }
 }
 
@@ -1652,13 +1700,7 @@ pub fn propose_policy(
         created_ms: now_ms(),
         nonce: ByteBuf::from(random16()?),
     };
-    let key = home.device_key()?;
-    let envelope = Envelope::seal(
-        &key,
-        change.topic()?,
-        DaoMessage::PolicyChange(change.clone()).encode()?,
-    )?;
-    Ok((change, envelope))
+    found(home, change)
 }
 
 /// What a request file holds.
@@ -1695,8 +1737,7 @@ pub fn approve_policy(
     timeout: Duration,
 ) -> Result<u64> {
     let (info, _) = dao_info(wallet)?;
-    let provider_key = hex::decode(&info.provider_key)
-        .map_err(|e| ClientError::Unexpected(format!("stored provider key: {e}")))?;
+    let provider_key = info.provider_key()?;
     let hash = change.hash()?;
     let key = home.device_key()?;
     courier.send(
@@ -1707,8 +1748,7 @@ pub fn approve_policy(
             sighashes: ByteBuf::from(change.approval_digest()?.to_vec()),
         }),
     )?;
-    let started = Instant::now();
-    let mut pace = Pace::new();
+    let mut pace = Pace::new(timeout);
     let mut quorum = None;
     loop {
         let fresh = courier.poll()?;
@@ -1738,8 +1778,7 @@ pub fn approve_policy(
             Some(k) => format!("waiting for the admin quorum ({k} approvals)"),
             None => "waiting for the provider's answer".into(),
         };
-        timed_out(started, timeout, &state, courier)?;
-        pace.wait(progressed);
+        pace.wait(progressed, &state, courier)?;
     }
 }
 
@@ -1753,13 +1792,7 @@ pub fn propose_refresh(home: &Home, wallet: &WalletFile) -> Result<(RefreshPropo
         created_ms: now_ms(),
         nonce: ByteBuf::from(random16()?),
     };
-    let key = home.device_key()?;
-    let envelope = Envelope::seal(
-        &key,
-        proposal.topic()?,
-        DaoMessage::RefreshStart(proposal.clone()).encode()?,
-    )?;
-    Ok((proposal, envelope))
+    found(home, proposal)
 }
 
 /// Takes part in the refresh `proposal` (its founding `envelope` is posted again) until every
@@ -1786,8 +1819,7 @@ pub fn run_refresh(
             proposal.from_epoch, wallet.epoch
         )));
     }
-    let provider_key = hex::decode(&info.provider_key)
-        .map_err(|e| ClientError::Unexpected(format!("stored provider key: {e}")))?;
+    let provider_key = info.provider_key()?;
     let attested_key = courier.provider().attestation().doc.public_key.clone();
     if attested_key.as_deref() != Some(provider_key.as_slice()) {
         return Err(ClientError::Unexpected(
@@ -1796,9 +1828,7 @@ pub fn run_refresh(
     }
     let key = home.device_key()?;
     let me = public_key_bytes(&key);
-    let share = home.share(&id)?;
-    let key_package = KeyPackage::<Suite>::deserialize(&share)
-        .map_err(|e| ClientError::Unexpected(format!("stored share: {e}")))?;
+    let key_package = stored_key_package(home, &id)?;
     let pkp_bytes = hex::decode(&wallet.public_key_package)
         .map_err(|e| ClientError::Unexpected(format!("stored public key package: {e}")))?;
     let public_key_package = PublicKeyPackage::<Suite>::deserialize(&pkp_bytes)
@@ -1848,8 +1878,7 @@ impl RefreshWatch<'_> {
         timeout: Duration,
         progress: &mut dyn FnMut(&str),
     ) -> Result<()> {
-        let started = Instant::now();
-        let mut pace = Pace::new();
+        let mut pace = Pace::new(timeout);
         let mut prepared = false;
         let mut refreshed = false;
         loop {
@@ -1881,8 +1910,7 @@ impl RefreshWatch<'_> {
             } else {
                 refresh.waiting_for()
             };
-            timed_out(started, timeout, &format!("waiting for {waiting}"), courier)?;
-            pace.wait(progressed);
+            pace.wait(progressed, &format!("waiting for {waiting}"), courier)?;
         }
     }
 
@@ -1907,12 +1935,7 @@ impl RefreshWatch<'_> {
             .into_iter()
             .next()
             .ok_or_else(|| ClientError::Unexpected("the refresh produced no share".into()))?;
-        let new_share = zeroize::Zeroizing::new(
-            output
-                .key_package
-                .serialize()
-                .map_err(|e| ClientError::Unexpected(format!("key package: {e}")))?,
-        );
+        let new_share = share_bytes(&output.key_package)?;
         self.home.save_prepared_share(&self.id, &new_share)?;
         let commit = refresh.commit()?;
         courier.send(self.key, &commit)
@@ -1949,12 +1972,7 @@ fn record_refresh(
         dao: wallet.dao.clone(),
         ..rebuilt
     };
-    let new_share = zeroize::Zeroizing::new(
-        output
-            .key_package
-            .serialize()
-            .map_err(|e| ClientError::Unexpected(format!("key package: {e}")))?,
-    );
+    let new_share = share_bytes(&output.key_package)?;
     home.replace_share(&new_wallet, &new_share)?;
     home.remove_prepared_share(&id)?;
     Ok(new_wallet)

@@ -20,7 +20,6 @@
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::Arc;
 use std::time::Duration;
 
 use cosigner_protocol::auth::public_key_bytes;
@@ -30,15 +29,11 @@ use cosigner_protocol::mailbox::{
     check_members, decode_response, encode_request,
 };
 use p256::ecdsa::SigningKey;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use rustls::{ClientConnection, StreamOwned};
 use serde_bytes::ByteBuf;
-use sha2::{Digest, Sha256};
 
 use crate::error::{ClientError, Result};
-use crate::session::parse_address;
+use crate::session::{ServerCertificate, parse_address, tls_handshake};
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,65 +81,6 @@ impl MailboxAddr {
             host_port: parse_address(host_port)?,
             pin: Some(pin),
         })
-    }
-}
-
-/// Accepts exactly the certificate whose SHA-256 is pinned, and checks the handshake signature
-/// with it: the mailbox's certificate is self-signed, so there is no PKI to ask.
-#[derive(Debug)]
-struct PinnedCertificate {
-    pin: [u8; 32],
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedCertificate {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if got != self.pin {
-            return Err(rustls::Error::General(format!(
-                "the mailbox's certificate is sha256:{}, not the pinned sha256:{}",
-                hex::encode(got),
-                hex::encode(self.pin)
-            )));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        // TLS 1.2 is never negotiated (the config offers TLS 1.3 only).
-        Err(rustls::Error::General("TLS 1.2 is not allowed".into()))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
@@ -463,7 +399,14 @@ impl MailboxClient {
                         .and_then(|()| s.set_write_timeout(Some(IO_TIMEOUT)))
                         .map_err(|e| self.conn_err(e.to_string()))?;
                     let stream = match self.target.pin {
-                        Some(pin) => Stream::Tls(Box::new(self.handshake(s, pin)?)),
+                        // TLS 1.3 to the pinned certificate, the handshake completed before
+                        // anything is sent.
+                        Some(pin) => Stream::Tls(Box::new(tls_handshake(
+                            s,
+                            TLS_NAME,
+                            ServerCertificate::Pinned(pin),
+                            |e| self.conn_err(format!("TLS handshake: {e}")),
+                        )?)),
                         None => Stream::Tcp(s),
                     };
                     return Ok(Connection {
@@ -475,31 +418,6 @@ impl MailboxClient {
             }
         }
         Err(self.conn_err(last))
-    }
-
-    /// TLS 1.3 with the pinned certificate, the handshake completed before anything is sent.
-    fn handshake(
-        &self,
-        tcp: TcpStream,
-        pin: [u8; 32],
-    ) -> Result<StreamOwned<ClientConnection, TcpStream>> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| ClientError::Unexpected(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCertificate { pin, provider }))
-            .with_no_client_auth();
-        let name = ServerName::try_from(TLS_NAME).map_err(|e| self.conn_err(e.to_string()))?;
-        let conn = ClientConnection::new(Arc::new(config), name)
-            .map_err(|e| self.conn_err(e.to_string()))?;
-        let mut tls = StreamOwned::new(conn, tcp);
-        while tls.conn.is_handshaking() {
-            tls.conn
-                .complete_io(&mut tls.sock)
-                .map_err(|e| self.conn_err(format!("TLS handshake: {e}")))?;
-        }
-        Ok(tls)
     }
 
     fn conn_err(&self, reason: String) -> ClientError {

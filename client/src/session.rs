@@ -20,33 +20,65 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
 use serde_bytes::ByteBuf;
+use sha2::{Digest, Sha256};
 
 use crate::error::{ClientError, Result, one_line};
 use crate::trust::Trust;
 
-/// Accepts the enclave's self-signed certificate, checks the handshake signature with it. Safe
-/// only because every session is then bound to an attestation document (see the module docs).
+/// Which server certificate a TLS connection of the client accepts. Both kinds are self-signed,
+/// so there is no PKI to ask; the handshake signature is checked with the certificate either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerCertificate {
+    /// Any: the enclave's, fresh at each start. Safe only because every session is then bound
+    /// to an attestation document (see the module docs).
+    Attested,
+    /// Exactly the one whose SHA-256 this is (a mailbox's, as its parent prints it).
+    Pinned([u8; 32]),
+}
+
+/// Accepts the server certificate as its [`ServerCertificate`] says (the enclave's: any, see
+/// the module docs) and checks the handshake signature with it.
 #[derive(Debug)]
 pub struct AttestedChannelVerifier {
     provider: Arc<CryptoProvider>,
+    certificate: ServerCertificate,
 }
 
 impl AttestedChannelVerifier {
-    /// A verifier checking handshake signatures with `provider`'s algorithms.
+    /// A verifier of the enclave's channel ([`ServerCertificate::Attested`]), checking handshake
+    /// signatures with `provider`'s algorithms.
     pub fn new(provider: Arc<CryptoProvider>) -> Self {
-        Self { provider }
+        Self::accepting(provider, ServerCertificate::Attested)
+    }
+
+    /// A verifier accepting `certificate`.
+    pub fn accepting(provider: Arc<CryptoProvider>, certificate: ServerCertificate) -> Self {
+        Self {
+            provider,
+            certificate,
+        }
     }
 }
 
 impl ServerCertVerifier for AttestedChannelVerifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        if let ServerCertificate::Pinned(pin) = self.certificate {
+            let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+            if got != pin {
+                return Err(rustls::Error::General(format!(
+                    "the mailbox's certificate is sha256:{}, not the pinned sha256:{}",
+                    hex::encode(got),
+                    hex::encode(pin)
+                )));
+            }
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -83,14 +115,39 @@ impl ServerCertVerifier for AttestedChannelVerifier {
 
 /// The client's TLS configuration: TLS 1.3 only, aws-lc-rs, [`AttestedChannelVerifier`].
 pub fn client_config() -> Result<Arc<ClientConfig>> {
+    tls_config(ServerCertificate::Attested)
+}
+
+/// TLS 1.3 only, aws-lc-rs, accepting `certificate`.
+fn tls_config(certificate: ServerCertificate) -> Result<Arc<ClientConfig>> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = ClientConfig::builder_with_provider(provider.clone())
+    let verifier = AttestedChannelVerifier::accepting(provider.clone(), certificate);
+    let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Unexpected(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AttestedChannelVerifier { provider }))
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// TLS 1.3 over `tcp` to `server_name`, accepting `certificate`, the handshake completed
+/// before anything is sent; a failed handshake is `failed(e)`.
+pub(crate) fn tls_handshake(
+    tcp: TcpStream,
+    server_name: &'static str,
+    certificate: ServerCertificate,
+    failed: impl Fn(std::io::Error) -> ClientError,
+) -> Result<StreamOwned<ClientConnection, TcpStream>> {
+    let name =
+        ServerName::try_from(server_name).map_err(|e| ClientError::Unexpected(e.to_string()))?;
+    let conn = ClientConnection::new(tls_config(certificate)?, name)
+        .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+    let mut tls = StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).map_err(&failed)?;
+    }
+    Ok(tls)
 }
 
 /// Parses `tcp://HOST:PORT` (or plain `HOST:PORT`).
@@ -219,17 +276,9 @@ fn open_tls(addr: &str) -> Result<StreamOwned<ClientConnection, TcpStream>> {
     tcp.set_nodelay(true)
         .and_then(|()| tcp.set_read_timeout(Some(READ_TIMEOUT)))
         .map_err(|e| conn_err(io_reason_net(&e)))?;
-    let name = ServerName::try_from("cosigner-enclave")
-        .map_err(|e| ClientError::Unexpected(e.to_string()))?;
-    let conn = ClientConnection::new(client_config()?, name)
-        .map_err(|e| ClientError::Unexpected(e.to_string()))?;
-    let mut tls = StreamOwned::new(conn, tcp);
-    while tls.conn.is_handshaking() {
-        tls.conn
-            .complete_io(&mut tls.sock)
-            .map_err(|e| conn_err(format!("TLS handshake: {}", io_reason_net(&e))))?;
-    }
-    Ok(tls)
+    tls_handshake(tcp, "cosigner-enclave", ServerCertificate::Attested, |e| {
+        conn_err(format!("TLS handshake: {}", io_reason_net(&e)))
+    })
 }
 
 /// How long a cosigner may take to answer one request.

@@ -39,8 +39,8 @@ use cosigner_protocol::dao::{
 };
 use cosigner_protocol::mailbox::{Envelope, Topic};
 use cosigner_protocol::policy::{ASSET_BTC, Decision, Denial, Policy, Spend};
-use cosigner_protocol::psbt;
 use cosigner_protocol::wire::{ErrorKind, Response, WalletId};
+use cosigner_protocol::{keygen, psbt};
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use serde_bytes::ByteBuf;
 
@@ -218,6 +218,14 @@ fn bad(message: impl Into<String>) -> Failure {
     Failure::bad(message)
 }
 
+/// The provider's refusal of the request (or invitation) hashed `hash`, said in its topic.
+fn refused(hash: &[u8; 32], reason: String) -> DaoMessage {
+    DaoMessage::Refused {
+        request: ByteBuf::from(hash.to_vec()),
+        reason,
+    }
+}
+
 /// The policy's decision on a PSBT's facts now, with the wallet's spend history.
 fn judge(
     policy: &Policy,
@@ -241,19 +249,81 @@ fn judge(
     policy.evaluate_with_fee(&spend, summary.fee)
 }
 
+/// The record of a new share (of a DKG or a refresh) at `epoch`.
+fn share_record(epoch: u64, output: &keygen::Output<Suite>) -> Result<ShareRecord, Failure> {
+    Ok(ShareRecord {
+        epoch,
+        key_package: ByteBuf::from(
+            output
+                .key_package
+                .serialize()
+                .map_err(|e| internal(format!("key package: {e}")))?,
+        ),
+        public_key_package: ByteBuf::from(
+            output
+                .public_key_package
+                .serialize()
+                .map_err(|e| internal(format!("public key package: {e}")))?,
+        ),
+    })
+}
+
 /// Whether a request made at `created_ms` may still be acted on now.
 fn fresh(created_ms: u64, now: u64) -> bool {
     created_ms.saturating_add(REQUEST_MAX_AGE_MS) >= now
         && created_ms <= now.saturating_add(REQUEST_MAX_SKEW_MS)
 }
 
-/// What every member's founding request (sign, policy change, refresh) shares once checked.
-struct MemberRequest {
+/// A member's founding request (sign, policy change, refresh): it hashes to its topic and names
+/// its wallet and the member who made it.
+trait MemberFounding {
+    /// What it is called in refusals.
+    const WHAT: &'static str;
+    /// Its action in the audit log.
+    const ACTION: &'static str;
+    fn topic(&self) -> cosigner_protocol::Result<Topic>;
+    fn hash(&self) -> cosigner_protocol::Result<[u8; 32]>;
+    fn wallet_id(&self) -> WalletId;
+    /// The member party that made it.
+    fn member(&self) -> u16;
+}
+
+/// The member founding requests: type, name, audit action, the field naming the member who made
+/// it.
+macro_rules! member_founding {
+    ($($kind:ident: $what:literal, $action:literal, $member:ident;)*) => {$(
+        impl MemberFounding for $kind {
+            const WHAT: &'static str = $what;
+            const ACTION: &'static str = $action;
+            fn topic(&self) -> cosigner_protocol::Result<Topic> {
+                $kind::topic(self)
+            }
+            fn hash(&self) -> cosigner_protocol::Result<[u8; 32]> {
+                $kind::hash(self)
+            }
+            fn wallet_id(&self) -> WalletId {
+                self.wallet_id
+            }
+            fn member(&self) -> u16 {
+                self.$member
+            }
+        }
+    )*};
+}
+
+member_founding! {
+    SignRequest: "sign request", "dao-sign", requester;
+    PolicyChange: "policy change", "dao-policy", proposer;
+    RefreshProposal: "refresh proposal", "dao-refresh", proposer;
+}
+
+/// A member's founding request (sign, policy change, refresh) once checked: what the audit log
+/// and a refusal name.
+struct Founded {
     hash: [u8; 32],
     wallet_id: WalletId,
-    state: DaoState,
-    layout: Layout,
     actor: String,
+    action: &'static str,
 }
 
 /// The device keys of the named approvers, by party.
@@ -317,26 +387,22 @@ impl Service {
     /// Refuses a founded request: audited, and answered with a signed `Refused` in its topic.
     fn refuse_request(
         &self,
-        wallet_id: &WalletId,
-        action: &str,
-        actor: &str,
-        hash: &[u8; 32],
+        founded: &Founded,
         reason: String,
     ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
-        self.log(
-            wallet_id,
-            action,
-            actor,
+        self.log_founded(founded, &format!("refused: {reason}"))?;
+        Ok((Ceremony::Finished, vec![refused(&founded.hash, reason)]))
+    }
+
+    /// Audits `decision` on a founded request, as the member who made it.
+    fn log_founded(&self, founded: &Founded, decision: &str) -> Result<(), Failure> {
+        let Founded {
             hash,
-            &format!("refused: {reason}"),
-        )?;
-        Ok((
-            Ceremony::Finished,
-            vec![DaoMessage::Refused {
-                request: ByteBuf::from(hash.to_vec()),
-                reason,
-            }],
-        ))
+            wallet_id,
+            actor,
+            action,
+        } = founded;
+        self.log(wallet_id, action, actor, hash, decision)
     }
 
     /// `Mailbox`: takes the delivered envelopes of `topic`, advances its ceremony, and answers
@@ -578,23 +644,19 @@ impl Service {
         Ok(Policy::parse(&state.policy, &members)?)
     }
 
-    /// Checks what every member's founding request must satisfy: it hashes to its topic
-    /// (`hashed`), names a DAO wallet this enclave holds, and is signed by the member `party` it
-    /// names.
-    #[allow(clippy::too_many_arguments)]
-    fn member_request(
+    /// Checks what every member's founding `request` must satisfy: it hashes to its topic,
+    /// names a DAO wallet this enclave holds, and is signed by the member it names.
+    fn member_request<R: MemberFounding>(
         &self,
-        what: &str,
         topic: &Topic,
-        hashed: Topic,
-        hash: [u8; 32],
-        wallet_id: WalletId,
         sender: &[u8],
-        party: u16,
-    ) -> Result<MemberRequest, Failure> {
-        if hashed != *topic {
+        request: &R,
+    ) -> Result<(Founded, DaoState, Layout), Failure> {
+        let what = R::WHAT;
+        if request.topic()? != *topic {
             return Err(bad(format!("the {what} does not hash to its topic")));
         }
+        let (wallet_id, party) = (request.wallet_id(), request.member());
         let state = self.records().load_dao_state(&wallet_id)?;
         let layout = state.invitation.layout()?;
         if layout.member_party(sender) != Some(party) {
@@ -602,13 +664,13 @@ impl Service {
                 "the {what} is not signed by member {party} of wallet {wallet_id}"
             )));
         }
-        Ok(MemberRequest {
-            hash,
+        let founded = Founded {
+            hash: request.hash()?,
             wallet_id,
-            state,
-            layout,
             actor: format!("member:{}", hex::encode(sender)),
-        })
+            action: R::ACTION,
+        };
+        Ok((founded, state, layout))
     }
 
     fn found_sign(
@@ -618,24 +680,10 @@ impl Service {
         request: &SignRequest,
         round: u32,
     ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
-        let MemberRequest {
-            hash,
-            wallet_id,
-            state,
-            layout,
-            actor,
-        } = self.member_request(
-            "sign request",
-            topic,
-            request.topic()?,
-            request.hash()?,
-            request.wallet_id,
-            sender,
-            request.requester,
-        )?;
+        let (founded, state, layout) = self.member_request(topic, sender, request)?;
+        let (hash, wallet_id) = (founded.hash, founded.wallet_id);
         let policy = Self::dao_policy(&state, &layout)?;
-        let refuse =
-            |reason: String| self.refuse_request(&wallet_id, "dao-sign", &actor, &hash, reason);
+        let refuse = |reason: String| self.refuse_request(&founded, reason);
         let now = now_ms();
         if !fresh(request.created_ms, now) {
             return refuse("the request is expired or dated in the future".into());
@@ -674,11 +722,8 @@ impl Service {
             Err(e) => return refuse(e.to_string()),
         };
         let evaluation = evaluation_of(hash, &summary, &decision, &approvers);
-        self.log(
-            &wallet_id,
-            "dao-sign",
-            &actor,
-            &hash,
+        self.log_founded(
+            &founded,
             &format!(
                 "evaluated: {} sat leaving, rule {:?} needs {} approvals",
                 summary.value_leaving, decision.rule, decision.approvals
@@ -709,53 +754,39 @@ impl Service {
 
     fn advance(&self, topic: &Topic, entry: &mut Entry) -> Result<(), Failure> {
         let ceremony = std::mem::replace(&mut entry.ceremony, Ceremony::Finished);
-        let outcome = match ceremony {
-            Ceremony::Dkg(job) => {
-                let invitation = job.dkg.layout().invitation_hash;
-                match self.advance_dkg(job) {
-                    Err(e) => {
-                        // Said in the topic, so members stop with the reason (and drop what
-                        // they kept of this DKG) instead of waiting for their timeout.
-                        let refusal = DaoMessage::Refused {
-                            request: ByteBuf::from(invitation.to_vec()),
-                            reason: e.0.message.clone(),
-                        };
-                        self.post(topic, entry, vec![refusal])?;
-                        Err(e)
-                    }
-                    ok => ok,
-                }
-            }
-            Ceremony::Sign(mut job) => match self.advance_sign(&mut job) {
-                Ok((messages, true)) => Ok((Ceremony::Finished, messages)),
-                Ok((messages, false)) => Ok((Ceremony::Sign(job), messages)),
-                Err(e) => {
-                    let refusal = DaoMessage::Refused {
-                        request: ByteBuf::from(job.hash.to_vec()),
-                        reason: e.0.message.clone(),
-                    };
-                    self.post(topic, entry, vec![refusal])?;
-                    Err(e)
-                }
-            },
-            Ceremony::Policy(job) => self.advance_policy(job),
-            Ceremony::Refresh(job) => {
+        // What a failure refuses in the topic (a policy change's failure is not said there).
+        let (refusable, outcome) = match ceremony {
+            Ceremony::Dkg(job) => (
+                Some(job.dkg.layout().invitation_hash),
+                self.advance_dkg(job),
+            ),
+            Ceremony::Sign(mut job) => {
                 let hash = job.hash;
-                match self.advance_refresh(job) {
-                    Err(e) => {
-                        let refusal = DaoMessage::Refused {
-                            request: ByteBuf::from(hash.to_vec()),
-                            reason: e.0.message.clone(),
-                        };
-                        self.post(topic, entry, vec![refusal])?;
-                        Err(e)
-                    }
-                    ok => ok,
-                }
+                let outcome = self.advance_sign(&mut job).map(|(messages, done)| {
+                    let next = if done {
+                        Ceremony::Finished
+                    } else {
+                        Ceremony::Sign(job)
+                    };
+                    (next, messages)
+                });
+                (Some(hash), outcome)
             }
+            Ceremony::Policy(job) => (None, self.advance_policy(job)),
+            Ceremony::Refresh(job) => (Some(job.hash), self.advance_refresh(job)),
             Ceremony::Finished => return Ok(()),
         };
-        let (next, messages) = outcome?;
+        let (next, messages) = match outcome {
+            Ok(advanced) => advanced,
+            Err(e) => {
+                // Said in the topic, so members stop with the reason (and drop what they kept
+                // of this ceremony) instead of waiting for their timeout.
+                if let Some(hash) = refusable {
+                    self.post(topic, entry, vec![refused(&hash, e.0.message.clone())])?;
+                }
+                return Err(e);
+            }
+        };
         entry.ceremony = next;
         self.post(topic, entry, messages)
     }
@@ -802,21 +833,7 @@ impl Service {
         let mut public_key_package = Vec::new();
         let _guard = self.writer(&wallet_id)?;
         for (party, output) in &outputs {
-            let share = ShareRecord {
-                epoch: 0,
-                key_package: ByteBuf::from(
-                    output
-                        .key_package
-                        .serialize()
-                        .map_err(|e| internal(format!("key package: {e}")))?,
-                ),
-                public_key_package: ByteBuf::from(
-                    output
-                        .public_key_package
-                        .serialize()
-                        .map_err(|e| internal(format!("public key package: {e}")))?,
-                ),
-            };
+            let share = share_record(0, output)?;
             public_key_package = share.public_key_package.to_vec();
             self.records().save_dao_share(&wallet_id, *party, &share)?;
         }
@@ -969,24 +986,10 @@ impl Service {
         sender: &[u8],
         change: &PolicyChange,
     ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
-        let MemberRequest {
-            hash,
-            wallet_id,
-            state,
-            layout,
-            actor,
-        } = self.member_request(
-            "policy change",
-            topic,
-            change.topic()?,
-            change.hash()?,
-            change.wallet_id,
-            sender,
-            change.proposer,
-        )?;
+        let (founded, state, layout) = self.member_request(topic, sender, change)?;
+        let (hash, wallet_id) = (founded.hash, founded.wallet_id);
         let current = Self::dao_policy(&state, &layout)?;
-        let refuse =
-            |reason: String| self.refuse_request(&wallet_id, "dao-policy", &actor, &hash, reason);
+        let refuse = |reason: String| self.refuse_request(&founded, reason);
         if change.from_version != state.policy_version {
             return refuse(format!(
                 "it replaces policy version {}, the policy in force is version {}",
@@ -1008,11 +1011,8 @@ impl Service {
         }
         let admin = current.admin();
         let approvers = approver_keys(&layout, &admin.approvers)?;
-        self.log(
-            &wallet_id,
-            "dao-policy",
-            &actor,
-            &hash,
+        self.log_founded(
+            &founded,
             &format!("proposed: needs {} admin approvals", admin.approvals),
         )?;
         let quorum = DaoMessage::PolicyQuorum {
@@ -1040,15 +1040,9 @@ impl Service {
         }
         let _guard = self.writer(&job.wallet_id)?;
         let mut state = self.records().load_dao_state(&job.wallet_id)?;
-        let refused = |reason: String| DaoMessage::Refused {
-            request: ByteBuf::from(job.hash.to_vec()),
-            reason,
-        };
         if state.policy_version != job.change.from_version {
-            return Ok((
-                Ceremony::Finished,
-                vec![refused("another policy change came first".into())],
-            ));
+            let refusal = refused(&job.hash, "another policy change came first".into());
+            return Ok((Ceremony::Finished, vec![refusal]));
         }
         state.policy = job.change.policy.clone();
         state.policy_version += 1;
@@ -1104,23 +1098,9 @@ impl Service {
         proposal: &RefreshProposal,
         busy: bool,
     ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
-        let MemberRequest {
-            hash,
-            wallet_id,
-            state,
-            layout,
-            actor,
-        } = self.member_request(
-            "refresh proposal",
-            topic,
-            proposal.topic()?,
-            proposal.hash()?,
-            proposal.wallet_id,
-            sender,
-            proposal.proposer,
-        )?;
-        let refuse =
-            |reason: String| self.refuse_request(&wallet_id, "dao-refresh", &actor, &hash, reason);
+        let (founded, state, layout) = self.member_request(topic, sender, proposal)?;
+        let (hash, wallet_id) = (founded.hash, founded.wallet_id);
+        let refuse = |reason: String| self.refuse_request(&founded, reason);
         if !fresh(proposal.created_ms, now_ms()) {
             return refuse("the proposal is expired or dated in the future".into());
         }
@@ -1149,11 +1129,8 @@ impl Service {
             old,
             &mut rand_core::OsRng,
         )?;
-        self.log(
-            &wallet_id,
-            "dao-refresh",
-            &actor,
-            &hash,
+        self.log_founded(
+            &founded,
             &format!("started: epoch {} to {}", state.epoch, state.epoch + 1),
         )?;
         Ok((
@@ -1175,59 +1152,58 @@ impl Service {
         mut job: Box<RefreshJob>,
     ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
         let mut messages = job.refresh.advance(&mut rand_core::OsRng)?;
-        let from_epoch = job.refresh.from_epoch();
-        let epoch = from_epoch + 1;
         if job.refresh.is_done() && !job.prepared {
-            let _guard = self.writer(&job.wallet_id)?;
-            let state = self.records().load_dao_state(&job.wallet_id)?;
-            if state.epoch != from_epoch {
-                return Err(bad(format!(
-                    "the wallet's epoch is now {}, this refresh started from {from_epoch}",
-                    state.epoch
-                )));
-            }
-            for (party, output) in job.refresh.new_shares()? {
-                let share = ShareRecord {
-                    epoch,
-                    key_package: ByteBuf::from(
-                        output
-                            .key_package
-                            .serialize()
-                            .map_err(|e| internal(format!("key package: {e}")))?,
-                    ),
-                    public_key_package: ByteBuf::from(
-                        output
-                            .public_key_package
-                            .serialize()
-                            .map_err(|e| internal(format!("public key package: {e}")))?,
-                    ),
-                };
-                self.records()
-                    .save_dao_share(&job.wallet_id, party, &share)?;
-            }
-            messages.push(job.refresh.commit()?);
+            messages.push(self.prepare_dao_refresh(&mut job)?);
             job.prepared = true;
-            self.log(
-                &job.wallet_id,
-                "dao-refresh",
-                "dao",
-                &job.hash,
-                &format!("prepared: epoch {epoch}"),
-            )?;
         }
         if !(job.prepared && job.refresh.all_committed()) {
             return Ok((Ceremony::Refresh(job), messages));
         }
-        // Every party stored its new share: the new epoch becomes current (anchored), then the
-        // old shares go.
-        let _guard = self.writer(&job.wallet_id)?;
-        let mut state = self.records().load_dao_state(&job.wallet_id)?;
+        messages.push(self.commit_dao_refresh(&job)?);
+        Ok((Ceremony::Finished, messages))
+    }
+
+    /// The wallet's state, still at the epoch `job` refreshes from.
+    fn dao_refreshing_state(&self, job: &RefreshJob) -> Result<DaoState, Failure> {
+        let from_epoch = job.refresh.from_epoch();
+        let state = self.records().load_dao_state(&job.wallet_id)?;
         if state.epoch != from_epoch {
             return Err(bad(format!(
                 "the wallet's epoch is now {}, this refresh started from {from_epoch}",
                 state.epoch
             )));
         }
+        Ok(state)
+    }
+
+    /// Every party confirmed: stores our new shares as prepared; returns our commitment.
+    fn prepare_dao_refresh(&self, job: &mut RefreshJob) -> Result<DaoMessage, Failure> {
+        let epoch = job.refresh.from_epoch() + 1;
+        let _guard = self.writer(&job.wallet_id)?;
+        self.dao_refreshing_state(job)?;
+        for (party, output) in job.refresh.new_shares()? {
+            let share = share_record(epoch, output)?;
+            self.records()
+                .save_dao_share(&job.wallet_id, party, &share)?;
+        }
+        let commit = job.refresh.commit()?;
+        self.log(
+            &job.wallet_id,
+            "dao-refresh",
+            "dao",
+            &job.hash,
+            &format!("prepared: epoch {epoch}"),
+        )?;
+        Ok(commit)
+    }
+
+    /// Every party stored its new share: the new epoch becomes current (anchored), then the old
+    /// shares go. Returns the news for the members.
+    fn commit_dao_refresh(&self, job: &RefreshJob) -> Result<DaoMessage, Failure> {
+        let from_epoch = job.refresh.from_epoch();
+        let epoch = from_epoch + 1;
+        let _guard = self.writer(&job.wallet_id)?;
+        let mut state = self.dao_refreshing_state(job)?;
         let (_, new) = job
             .refresh
             .new_shares()?
@@ -1252,10 +1228,9 @@ impl Service {
             &job.hash,
             &format!("committed by every party: epoch {epoch} current, epoch {from_epoch} deleted"),
         )?;
-        messages.push(DaoMessage::Refreshed {
+        Ok(DaoMessage::Refreshed {
             wallet_id: job.wallet_id,
             epoch,
-        });
-        Ok((Ceremony::Finished, messages))
+        })
     }
 }

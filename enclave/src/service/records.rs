@@ -151,6 +151,43 @@ fn integrity(id: &WalletId, what: impl std::fmt::Display) -> Failure {
     )
 }
 
+/// Where a kind of anchored state lives: its blobs under `prefix` + their digest, the anchor
+/// `label` naming the current one, sealed under `ctx`.
+struct StateSlot {
+    prefix: String,
+    label: String,
+    ctx: SealContext,
+}
+
+impl StateSlot {
+    /// A personal wallet's state.
+    fn personal(id: &WalletId) -> Self {
+        Self::new(state_prefix(id), anchor_label(id), STATE_PURPOSE, id)
+    }
+
+    /// A DAO wallet's state.
+    fn dao(id: &WalletId) -> Self {
+        Self::new(
+            dao_state_prefix(id),
+            dao_anchor_label(id),
+            DAO_STATE_PURPOSE,
+            id,
+        )
+    }
+
+    /// The state's AAD binds the wallet; the party is inside the state (and checked there), so
+    /// opening does not depend on knowing it first.
+    fn new(prefix: String, label: String, purpose: &'static str, id: &WalletId) -> Self {
+        let ctx = SealContext {
+            purpose,
+            wallet_id: id.0,
+            party: 0,
+            epoch: 0,
+        };
+        Self { prefix, label, ctx }
+    }
+}
+
 /// Sealed persistence of wallet records.
 pub struct Records<'a> {
     /// Seals and opens.
@@ -170,35 +207,35 @@ impl Records<'_> {
         sealed.map_err(|e| internal(format!("sealing: {e}")))
     }
 
-    /// The state's AAD binds the wallet; the party is inside the state (and checked there), so
-    /// opening does not depend on knowing it first.
-    fn state_ctx(id: &WalletId) -> SealContext {
-        SealContext {
-            purpose: STATE_PURPOSE,
-            wallet_id: id.0,
-            party: 0,
-            epoch: 0,
-        }
+    /// Opens a blob sealed by [`Records::seal`] under `ctx`; any failure is an integrity failure
+    /// of wallet `id`'s records.
+    fn open<T: serde::de::DeserializeOwned>(
+        &self,
+        id: &WalletId,
+        ctx: &SealContext,
+        blob: &[u8],
+    ) -> Result<T, Failure> {
+        let plain = self.sealer.open(ctx, blob).map_err(|e| integrity(id, e))?;
+        ciborium::de::from_reader(plain.as_slice()).map_err(|e| integrity(id, e))
     }
 
     /// Whether any record of this wallet exists (state or anchor).
     pub fn exists(&self, id: &WalletId) -> Result<bool, Failure> {
-        self.any_state(&state_prefix(id), &anchor_label(id))
+        self.any_state(&StateSlot::personal(id))
     }
 
-    fn any_state(&self, prefix: &str, label: &str) -> Result<bool, Failure> {
-        Ok(self.anchor.read(label).map_err(anchor_failure)?.is_some()
-            || !self.store.list(prefix).map_err(internal)?.is_empty())
+    fn any_state(&self, slot: &StateSlot) -> Result<bool, Failure> {
+        Ok(self
+            .anchor
+            .read(&slot.label)
+            .map_err(anchor_failure)?
+            .is_some()
+            || !self.store.list(&slot.prefix).map_err(internal)?.is_empty())
     }
 
     /// Writes the state, moving the anchor with it (see the module docs).
     pub fn save_state(&self, id: &WalletId, state: &WalletState) -> Result<(), Failure> {
-        self.save_anchored(
-            &state_prefix(id),
-            &anchor_label(id),
-            &Self::state_ctx(id),
-            state,
-        )
+        self.save_anchored(&StateSlot::personal(id), state)
     }
 
     /// The generation of the wallet's state anchor (`None`: no anchor): it moves with every
@@ -214,33 +251,23 @@ impl Records<'_> {
 
     /// Reads the state, refusing anything but the anchored one.
     pub fn load_state(&self, id: &WalletId) -> Result<WalletState, Failure> {
-        let state: WalletState = self.load_anchored(
-            id,
-            &state_prefix(id),
-            &anchor_label(id),
-            &Self::state_ctx(id),
-        )?;
+        let state: WalletState = self.load_anchored(id, &StateSlot::personal(id))?;
         if state.params.wallet_id != *id {
             return Err(integrity(id, "it names another wallet"));
         }
         Ok(state)
     }
 
-    /// Seals `value` under `ctx`, stores it under `prefix` + its digest and moves the anchor
-    /// `label` to that digest (compare-and-swap on the generation read first), then deletes the
-    /// blob it replaced.
+    /// Seals `value` under the slot's `ctx`, stores it under its `prefix` + its digest and moves
+    /// the anchor `label` to that digest (compare-and-swap on the generation read first), then
+    /// deletes the blob it replaced.
     ///
     /// The caller holds the wallet's writer lock (one writer per wallet); a writer that is not
     /// alone fails at the swap with nothing committed ([`ErrorKind::Busy`]). A failure is
     /// reported only when the anchor does not name the new state: an ambiguous backend failure
     /// of the swap is resolved by reading the anchor back.
-    fn save_anchored<T: Serialize>(
-        &self,
-        prefix: &str,
-        label: &str,
-        ctx: &SealContext,
-        value: &T,
-    ) -> Result<(), Failure> {
+    fn save_anchored<T: Serialize>(&self, slot: &StateSlot, value: &T) -> Result<(), Failure> {
+        let StateSlot { prefix, label, ctx } = slot;
         let blob = self.seal(ctx, value)?;
         let digest: [u8; 32] = Sha256::digest(&blob).into();
         let before = self.anchor.read(label).map_err(anchor_failure)?;
@@ -274,16 +301,15 @@ impl Records<'_> {
         Ok(())
     }
 
-    /// Reads the blob the anchor `label` names under `prefix`. Never writes. If the blob is
+    /// Reads the blob the slot's anchor `label` names under its `prefix`. Never writes. If the blob is
     /// missing and the anchor moved meanwhile (a writer deleted the state it replaced), the read
     /// is repeated, so a reader never mistakes a concurrent write for a rollback.
     fn load_anchored<T: serde::de::DeserializeOwned>(
         &self,
         id: &WalletId,
-        prefix: &str,
-        label: &str,
-        ctx: &SealContext,
+        slot: &StateSlot,
     ) -> Result<T, Failure> {
+        let StateSlot { prefix, label, ctx } = slot;
         for _ in 0..LOAD_ATTEMPTS {
             let Some(anchor) = self.anchor.read(label).map_err(anchor_failure)? else {
                 return Err(if self.store.list(prefix).map_err(internal)?.is_empty() {
@@ -311,8 +337,7 @@ impl Records<'_> {
                     "it is not the current state (replaced or altered by the host)",
                 ));
             }
-            let plain = self.sealer.open(ctx, &blob).map_err(|e| integrity(id, e))?;
-            return ciborium::de::from_reader(plain.as_slice()).map_err(|e| integrity(id, e));
+            return self.open(id, ctx, &blob);
         }
         Err(Failure::new(
             ErrorKind::Busy,
@@ -336,13 +361,21 @@ impl Records<'_> {
         party: u16,
         share: &ShareRecord,
     ) -> Result<(), Failure> {
-        let blob = self.seal(
-            &Self::share_ctx(SHARE_PURPOSE, id, party, share.epoch),
-            share,
-        )?;
-        self.store
-            .put(&share_key(id, share.epoch), &blob)
-            .map_err(internal)
+        let key = share_key(id, share.epoch);
+        self.seal_share(SHARE_PURPOSE, id, &key, party, share)
+    }
+
+    /// Seals `share` (bound to `id`, `party` and its epoch) and stores it at `key`.
+    fn seal_share(
+        &self,
+        purpose: &'static str,
+        id: &WalletId,
+        key: &str,
+        party: u16,
+        share: &ShareRecord,
+    ) -> Result<(), Failure> {
+        let blob = self.seal(&Self::share_ctx(purpose, id, party, share.epoch), share)?;
+        self.store.put(key, &blob).map_err(internal)
     }
 
     /// Reads one epoch's share.
@@ -377,12 +410,8 @@ impl Records<'_> {
             .get(key)
             .map_err(internal)?
             .ok_or_else(|| integrity(id, missing))?;
-        let plain = self
-            .sealer
-            .open(&Self::share_ctx(purpose, id, party, epoch), &blob)
-            .map_err(|e| integrity(id, e))?;
         let share: ShareRecord =
-            ciborium::de::from_reader(plain.as_slice()).map_err(|e| integrity(id, e))?;
+            self.open(id, &Self::share_ctx(purpose, id, party, epoch), &blob)?;
         if share.epoch != epoch {
             return Err(integrity(id, "share of another epoch"));
         }
@@ -490,12 +519,11 @@ impl Records<'_> {
         let Some(blob) = self.store.get(&key).map_err(internal)? else {
             return Ok(None);
         };
-        let plain = self
-            .sealer
-            .open(&Self::share_ctx(PREPARED_PURPOSE, id, party, epoch), &blob)
-            .map_err(|e| integrity(id, e))?;
-        let prepared: PreparedRecord =
-            ciborium::de::from_reader(plain.as_slice()).map_err(|e| integrity(id, e))?;
+        let prepared: PreparedRecord = self.open(
+            id,
+            &Self::share_ctx(PREPARED_PURPOSE, id, party, epoch),
+            &blob,
+        )?;
         if prepared.share.epoch != epoch
             || prepared.confirmation.transcript_hash.as_slice() != transcript_hash
         {
@@ -562,38 +590,19 @@ fn dao_anchor_label(id: &WalletId) -> String {
 }
 
 impl Records<'_> {
-    fn dao_state_ctx(id: &WalletId) -> SealContext {
-        SealContext {
-            purpose: DAO_STATE_PURPOSE,
-            wallet_id: id.0,
-            party: 0,
-            epoch: 0,
-        }
-    }
-
     /// Whether a DAO wallet (state or anchor) exists.
     pub fn dao_exists(&self, id: &WalletId) -> Result<bool, Failure> {
-        self.any_state(&dao_state_prefix(id), &dao_anchor_label(id))
+        self.any_state(&StateSlot::dao(id))
     }
 
     /// Writes a DAO wallet's state (anchored like a personal wallet's).
     pub fn save_dao_state(&self, id: &WalletId, state: &DaoState) -> Result<(), Failure> {
-        self.save_anchored(
-            &dao_state_prefix(id),
-            &dao_anchor_label(id),
-            &Self::dao_state_ctx(id),
-            state,
-        )
+        self.save_anchored(&StateSlot::dao(id), state)
     }
 
     /// Reads a DAO wallet's state, refusing anything but the anchored one.
     pub fn load_dao_state(&self, id: &WalletId) -> Result<DaoState, Failure> {
-        let state: DaoState = self.load_anchored(
-            id,
-            &dao_state_prefix(id),
-            &dao_anchor_label(id),
-            &Self::dao_state_ctx(id),
-        )?;
+        let state: DaoState = self.load_anchored(id, &StateSlot::dao(id))?;
         if state.invitation.topic().ok() != Some(id.0) {
             return Err(integrity(id, "it names another wallet"));
         }
@@ -607,13 +616,8 @@ impl Records<'_> {
         party: u16,
         share: &ShareRecord,
     ) -> Result<(), Failure> {
-        let blob = self.seal(
-            &Self::share_ctx(DAO_SHARE_PURPOSE, id, party, share.epoch),
-            share,
-        )?;
-        self.store
-            .put(&dao_share_key(id, party, share.epoch), &blob)
-            .map_err(internal)
+        let key = dao_share_key(id, party, share.epoch);
+        self.seal_share(DAO_SHARE_PURPOSE, id, &key, party, share)
     }
 
     /// Deletes one epoch's share of one of the provider's parties of a DAO wallet.
@@ -720,6 +724,35 @@ mod tests {
         }
     }
 
+    /// Records over a test store and anchor, sealed by [`ContextSealer`].
+    fn records<'a>(store: &'a MemoryStore, anchor: &'a dyn Anchor) -> Records<'a> {
+        Records {
+            sealer: &ContextSealer,
+            store,
+            anchor,
+        }
+    }
+
+    /// A fresh store and anchor.
+    #[derive(Default)]
+    struct Fixture {
+        store: MemoryStore,
+        anchor: InsecureMemoryAnchor,
+    }
+
+    impl Fixture {
+        fn records(&self) -> Records<'_> {
+            records(&self.store, &self.anchor)
+        }
+
+        /// A fixture holding `id`'s state at epoch 0.
+        fn saved(id: WalletId) -> (Self, WalletId) {
+            let fixture = Self::default();
+            fixture.records().save_state(&id, &state(id, 0)).unwrap();
+            (fixture, id)
+        }
+    }
+
     fn state(id: WalletId, epoch: u64) -> WalletState {
         WalletState {
             params: DkgParams {
@@ -762,11 +795,7 @@ mod tests {
                 lands,
             };
             let store = MemoryStore::default();
-            let records = Records {
-                sealer: &ContextSealer,
-                store: &store,
-                anchor: &anchor,
-            };
+            let records = records(&store, &anchor);
             records.save_state(&id, &state(id, 0)).unwrap();
             let update = records.save_state(&id, &state(id, 1));
             let loaded = records.load_state(&id).unwrap();
@@ -781,18 +810,11 @@ mod tests {
     /// A crash after the new blob was stored but before the anchor moved leaves the old state.
     #[test]
     fn a_crash_before_the_anchor_moves_leaves_the_old_state() {
-        let id = WalletId([8; 16]);
-        let anchor = InsecureMemoryAnchor::default();
-        let store = MemoryStore::default();
-        let records = Records {
-            sealer: &ContextSealer,
-            store: &store,
-            anchor: &anchor,
-        };
-        records.save_state(&id, &state(id, 0)).unwrap();
+        let (fixture, id) = Fixture::saved(WalletId([8; 16]));
+        let (store, records) = (&fixture.store, fixture.records());
         // The "crashed" write: a sealed blob of epoch 3 stored, the anchor untouched.
         let blob = records
-            .seal(&Records::state_ctx(&id), &state(id, 3))
+            .seal(&StateSlot::personal(&id).ctx, &state(id, 3))
             .unwrap();
         let digest: [u8; 32] = Sha256::digest(&blob).into();
         store
@@ -807,15 +829,8 @@ mod tests {
     /// An older state blob served by the host is refused; a conflicting anchor writer gets Busy.
     #[test]
     fn a_rolled_back_blob_is_refused_and_a_stale_writer_is_busy() {
-        let id = WalletId([6; 16]);
-        let anchor = InsecureMemoryAnchor::default();
-        let store = MemoryStore::default();
-        let records = Records {
-            sealer: &ContextSealer,
-            store: &store,
-            anchor: &anchor,
-        };
-        records.save_state(&id, &state(id, 0)).unwrap();
+        let (fixture, id) = Fixture::saved(WalletId([6; 16]));
+        let (store, anchor, records) = (&fixture.store, &fixture.anchor, fixture.records());
         let old = store.list(&state_prefix(&id)).unwrap().pop().unwrap();
         let old_blob = store.get(&old).unwrap().unwrap();
         records.save_state(&id, &state(id, 1)).unwrap();
@@ -845,13 +860,8 @@ mod tests {
     #[test]
     fn a_dao_share_moved_into_a_personal_slot_does_not_open() {
         let id = WalletId([7; 16]);
-        let anchor = InsecureMemoryAnchor::default();
-        let store = MemoryStore::default();
-        let records = Records {
-            sealer: &ContextSealer,
-            store: &store,
-            anchor: &anchor,
-        };
+        let fixture = Fixture::default();
+        let (store, records) = (&fixture.store, fixture.records());
         let share = ShareRecord {
             epoch: 0,
             key_package: ByteBuf::from(vec![1; 4]),
