@@ -159,6 +159,26 @@ fn params(wallet_id: WalletId) -> DkgParams {
     }
 }
 
+/// `DkgRound2`, `DkgRound3` and `DkgConfirm` of `wallet_id`, empty (a stranger registering).
+fn dkg_rounds(wallet_id: WalletId) -> [Request; 3] {
+    let stranger = SigningKey::random(&mut OsRng);
+    [
+        Request::DkgRound2 {
+            wallet_id,
+            round1: Vec::new(),
+        },
+        Request::DkgRound3 {
+            wallet_id,
+            packages: Vec::new(),
+        },
+        Request::DkgConfirm {
+            wallet_id,
+            confirmations: Vec::new(),
+            registration: registration(&wallet_id, &[0; 32], &stranger, &stranger),
+        },
+    ]
+}
+
 fn dkg_start(wallet_id: WalletId) -> Request {
     Request::DkgStart {
         params: params(wallet_id),
@@ -626,6 +646,12 @@ fn outcome(response: Response) -> Result<Response, ErrorKind> {
     }
 }
 
+/// A `SignCommit` of `wallet` for [1, 2] is refused as `Integrity` (the host tampered).
+fn assert_no_commit(h: &Harness, session: &mut SessionState, wallet: &Wallet, what: &str) {
+    let result = sign_commit(h, session, wallet, MESSAGE, &[1, 2]);
+    assert_refused(result, &[ErrorKind::Integrity], what);
+}
+
 fn assert_refused(
     result: Result<impl std::fmt::Debug, ErrorKind>,
     allowed: &[ErrorKind],
@@ -646,36 +672,25 @@ fn every_request_before_attest_is_refused_and_changes_nothing() {
     let mut session = SessionState::new(random());
     let wallet_id = WalletId(random());
     let stranger = SigningKey::random(&mut OsRng);
-    let before_attest = [
-        dkg_start(wallet_id),
-        Request::DkgRound2 {
-            wallet_id,
-            round1: Vec::new(),
-        },
-        Request::DkgRound3 {
-            wallet_id,
-            packages: Vec::new(),
-        },
-        Request::DkgConfirm {
-            wallet_id,
-            confirmations: Vec::new(),
-            registration: registration(&wallet_id, &[0; 32], &stranger, &stranger),
-        },
-        Request::Challenge { wallet_id },
-        wrap(
-            wallet_id,
-            &[0; 32],
-            KeyRole::Device,
-            &stranger,
-            &sign_commit_request(wallet_id, MESSAGE, &[1, 2]),
-        ),
-        sign_commit_request(wallet_id, MESSAGE, &[1, 2]),
-        Request::SignShare {
-            session_id: ByteBuf::from(vec![0; 16]),
-            signing_package: ByteBuf::new(),
-        },
-        Request::GetWallet { wallet_id },
-    ];
+    let before_attest = [dkg_start(wallet_id)]
+        .into_iter()
+        .chain(dkg_rounds(wallet_id))
+        .chain([
+            Request::Challenge { wallet_id },
+            wrap(
+                wallet_id,
+                &[0; 32],
+                KeyRole::Device,
+                &stranger,
+                &sign_commit_request(wallet_id, MESSAGE, &[1, 2]),
+            ),
+            sign_commit_request(wallet_id, MESSAGE, &[1, 2]),
+            Request::SignShare {
+                session_id: ByteBuf::from(vec![0; 16]),
+                signing_package: ByteBuf::new(),
+            },
+            Request::GetWallet { wallet_id },
+        ]);
     let stored = h.store.all();
     for request in before_attest {
         let name = request.name();
@@ -879,24 +894,8 @@ fn dkg_rounds_without_a_start_are_not_found() {
     let h = Harness::new();
     let mut session = h.session();
     let wallet_id = WalletId(random());
-    let stranger = SigningKey::random(&mut OsRng);
     let stored = h.store.all();
-    let requests = [
-        Request::DkgRound2 {
-            wallet_id,
-            round1: Vec::new(),
-        },
-        Request::DkgRound3 {
-            wallet_id,
-            packages: Vec::new(),
-        },
-        Request::DkgConfirm {
-            wallet_id,
-            confirmations: Vec::new(),
-            registration: registration(&wallet_id, &[0; 32], &stranger, &stranger),
-        },
-    ];
-    for request in requests {
+    for request in dkg_rounds(wallet_id) {
         let name = request.name();
         assert_eq!(
             refused(h.call(&mut session, request)),
@@ -1060,25 +1059,20 @@ fn only_the_registered_device_key_may_sign() {
 
 #[test]
 fn signing_without_the_provider_or_below_the_threshold_is_refused() {
-    let h = Harness::new();
-    let mut session = h.session();
-    let wallet = create_wallet(&h, &mut session);
-    for signers in [&[1, 3][..], &[2], &[], &[2, 2], &[0, 2], &[1, 1, 3]] {
-        assert_refused(
-            sign_commit(&h, &mut session, &wallet, MESSAGE, signers),
-            &[ErrorKind::BadRequest, ErrorKind::Ceremony],
-            &format!("signers {signers:?}"),
-        );
-    }
+    assert_signer_sets_refused(&[&[1, 3], &[2], &[], &[2, 2], &[0, 2], &[1, 1, 3]]);
 }
 
 #[test]
-
 fn signing_with_a_party_outside_the_wallet_is_refused() {
+    assert_signer_sets_refused(&[&[2, 4], &[1, 2, 4], &[2, 9]]);
+}
+
+/// A new wallet's provider refuses a `SignCommit` for each of `sets`.
+fn assert_signer_sets_refused(sets: &[&[u16]]) {
     let h = Harness::new();
     let mut session = h.session();
     let wallet = create_wallet(&h, &mut session);
-    for signers in [&[2, 4][..], &[1, 2, 4], &[2, 9]] {
+    for signers in sets {
         assert_refused(
             sign_commit(&h, &mut session, &wallet, MESSAGE, signers),
             &[ErrorKind::BadRequest, ErrorKind::Ceremony],
@@ -1088,7 +1082,6 @@ fn signing_with_a_party_outside_the_wallet_is_refused() {
 }
 
 #[test]
-
 fn a_wallet_where_the_service_is_a_high_numbered_party_stays_usable() {
     let h = Harness::new();
     let mut session = h.session();
@@ -1295,11 +1288,7 @@ fn a_record_moved_to_another_wallet_is_refused() {
     h.store
         .put(&second_share, &h.store.value(&first_share))
         .unwrap();
-    assert_refused(
-        sign_commit(&h, &mut session, &second, MESSAGE, &[1, 2]),
-        &[ErrorKind::Integrity],
-        "a share moved to another wallet",
-    );
+    assert_no_commit(&h, &mut session, &second, "a share moved to another wallet");
     h.store.put(&second_share, &second_share_blob).unwrap();
 
     // The first wallet's state in place of the second's.
@@ -1315,11 +1304,7 @@ fn a_record_moved_to_another_wallet_is_refused() {
         get_wallet_refusal(&h, &mut session, second.id),
         ErrorKind::Integrity
     );
-    assert_refused(
-        sign_commit(&h, &mut session, &second, MESSAGE, &[1, 2]),
-        &[ErrorKind::Integrity],
-        "a state moved to another wallet",
-    );
+    assert_no_commit(&h, &mut session, &second, "a state moved to another wallet");
     h.store.put(&second_state, &second_state_blob).unwrap();
 
     // Under a wallet id that never existed.
@@ -1379,11 +1364,7 @@ fn a_flipped_bit_in_a_record_is_refused() {
                     "{key}"
                 );
             }
-            assert_refused(
-                sign_commit(&h, &mut session, &wallet, MESSAGE, &[1, 2]),
-                &[ErrorKind::Integrity],
-                &format!("{key} tampered"),
-            );
+            assert_no_commit(&h, &mut session, &wallet, &format!("{key} tampered"));
         }
         h.store.put(&key, &blob).unwrap();
     }
@@ -1422,11 +1403,7 @@ fn a_deleted_record_is_refused() {
     let share = h.store.key_of(&wallet.id, "/share/");
     let share_blob = h.store.value(&share);
     h.store.delete(&share).unwrap();
-    assert_refused(
-        sign_commit(&h, &mut session, &wallet, MESSAGE, &[1, 2]),
-        &[ErrorKind::Integrity],
-        "share deleted",
-    );
+    assert_no_commit(&h, &mut session, &wallet, "share deleted");
     h.store.put(&share, &share_blob).unwrap();
 
     let state = h.store.key_of(&wallet.id, "/state");
@@ -1436,11 +1413,7 @@ fn a_deleted_record_is_refused() {
         &[ErrorKind::Integrity],
         "state deleted",
     );
-    assert_refused(
-        sign_commit(&h, &mut session, &wallet, MESSAGE, &[1, 2]),
-        &[ErrorKind::Integrity],
-        "state deleted",
-    );
+    assert_no_commit(&h, &mut session, &wallet, "state deleted");
     // And a DKG cannot recreate it over the dropped one.
     assert_eq!(
         refused(h.call(&mut session, dkg_start(wallet.id))),
@@ -1470,11 +1443,7 @@ fn a_rolled_back_state_is_refused() {
         get_wallet_refusal(&h, &mut session, wallet.id),
         ErrorKind::Integrity
     );
-    assert_refused(
-        sign_commit(&h, &mut session, &wallet, MESSAGE, &[1, 2]),
-        &[ErrorKind::Integrity],
-        "rolled back state",
-    );
+    assert_no_commit(&h, &mut session, &wallet, "rolled back state");
     // Or brings the older one back under its own name and drops the current one: refused too.
     h.store.delete(&state).unwrap();
     h.store.put(&old_key, &old).unwrap();
