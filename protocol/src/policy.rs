@@ -54,6 +54,15 @@ use std::collections::BTreeSet;
 
 use crate::{ProtocolError, Result};
 
+/// An amount in its asset's base unit, with that unit: `5000000 sat` for bitcoin (its base unit;
+/// a refusal that said "5000000 btc" would overstate it a hundred million times).
+fn amount(value: u64, asset: &str) -> String {
+    match asset {
+        ASSET_BTC => format!("{value} sat"),
+        other => format!("{value} (base units of {other})"),
+    }
+}
+
 /// The only asset spends are made in today.
 pub const ASSET_BTC: &str = "btc";
 
@@ -437,10 +446,9 @@ impl Policy {
                 }),
                 None => Err(Denial {
                     reason: format!(
-                        "rule {:?} denies {} {} leaving to {}{note}",
+                        "rule {:?} denies {} leaving to {}{note}",
                         rule.name,
-                        spend.value_leaving,
-                        spend.asset,
+                        amount(spend.value_leaving, spend.asset),
                         describe(spend.destinations)
                     ),
                 }),
@@ -448,9 +456,8 @@ impl Policy {
         }
         Err(Denial {
             reason: format!(
-                "no rule matches: {} {} leaving to {}{note}",
-                spend.value_leaving,
-                spend.asset,
+                "no rule matches: {} leaving to {}{note}",
+                amount(spend.value_leaving, spend.asset),
                 describe(spend.destinations)
             ),
         })

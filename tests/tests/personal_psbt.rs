@@ -127,7 +127,7 @@ fn personal_daily_limit_signs_under_it_and_refuses_the_spend_that_would_exceed_i
     // 0.05 more would make 0.11 BTC in 24 hours: refused with the policy's reason.
     let over = w.refused("over", &w.spend(5_000_000));
     assert!(
-        over.contains("refused by the wallet's policy: no rule matches: 5000000 btc leaving"),
+        over.contains("refused by the wallet's policy: no rule matches: 5000000 sat leaving"),
         "{over}"
     );
     // A refusal uses none of the allowance: 0.04 BTC makes exactly 0.1 and passes.
@@ -172,7 +172,7 @@ fn a_foreign_output_disguised_as_change_is_judged_by_the_real_value_leaving() {
         "the device's own summary shows the real value: {stderr}"
     );
     assert!(
-        stderr.contains("no rule matches: 51010000 btc leaving to 2 destinations"),
+        stderr.contains("no rule matches: 51010000 sat leaving to 2 destinations"),
         "the provider judged the real value: {stderr}"
     );
     // Honest change is change: 0.01 BTC + fee leave, within the limit.

@@ -195,7 +195,7 @@ fn first_match_deny_rules_and_default_deny() {
     // Nothing matches 1000: deny by default.
     let denial = p.evaluate(&spend(1000, &payroll, &[])).unwrap_err();
     assert!(
-        denial.reason.starts_with("no rule matches: 1000 btc"),
+        denial.reason.starts_with("no rule matches: 1000 sat"),
         "{denial}"
     );
 }
@@ -475,7 +475,7 @@ fn an_allowlist_alone_does_not_allow_a_fee() {
     let s = spend(1_000 + huge_fee, &payroll, &[]);
     let why = rule_with_fee(&p, &s, huge_fee);
     assert!(
-        why.starts_with("denied: no rule matches: 1000001000 btc leaving to bcrt1p4q83"),
+        why.starts_with("denied: no rule matches: 1000001000 sat leaving to bcrt1p4q83"),
         "{why}"
     );
     assert!(why.ends_with("; fee 1000000000"), "{why}");
