@@ -1,6 +1,6 @@
 //! Producers of attestation documents.
 
-use crate::document::{MAX_PUBLIC_KEY_LEN, MAX_USER_DATA_LEN};
+use crate::document::{MAX_PUBLIC_KEY_LEN, MAX_USER_DATA_LEN, hex_opt};
 use crate::error::{AttestationError, Result};
 
 /// What the caller asks the attester to bind into a document.
@@ -16,11 +16,10 @@ pub struct AttestRequest {
 
 impl std::fmt::Debug for AttestRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let h = |v: &Option<Vec<u8>>| v.as_ref().map(hex::encode);
         f.debug_struct("AttestRequest")
-            .field("nonce", &h(&self.nonce))
-            .field("user_data", &h(&self.user_data))
-            .field("public_key", &h(&self.public_key))
+            .field("nonce", &hex_opt(&self.nonce))
+            .field("user_data", &hex_opt(&self.user_data))
+            .field("public_key", &hex_opt(&self.public_key))
             .finish()
     }
 }

@@ -50,21 +50,23 @@ pub struct AttestationDoc {
     pub nonce: Option<Vec<u8>>,
 }
 
+/// An optional byte field as hex, for the `Debug` impls of this crate's public types.
+pub(crate) fn hex_opt(v: &Option<Vec<u8>>) -> Option<String> {
+    v.as_ref().map(hex::encode)
+}
+
+/// PCR values as hex by index, for the `Debug` impls of this crate's public types.
+pub(crate) fn hex_pcrs(pcrs: &BTreeMap<u8, Vec<u8>>) -> BTreeMap<u8, String> {
+    pcrs.iter().map(|(i, v)| (*i, hex::encode(v))).collect()
+}
+
 impl std::fmt::Debug for AttestationDoc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hex_opt = |v: &Option<Vec<u8>>| v.as_ref().map(hex::encode);
         f.debug_struct("AttestationDoc")
             .field("module_id", &self.module_id)
             .field("digest", &self.digest)
             .field("timestamp", &self.timestamp)
-            .field(
-                "pcrs",
-                &self
-                    .pcrs
-                    .iter()
-                    .map(|(i, v)| (*i, hex::encode(v)))
-                    .collect::<BTreeMap<_, _>>(),
-            )
+            .field("pcrs", &hex_pcrs(&self.pcrs))
             .field("certificate_len", &self.certificate.len())
             .field("cabundle_len", &self.cabundle.len())
             .field("public_key", &hex_opt(&self.public_key))

@@ -32,7 +32,7 @@ use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
 
 use crate::chain::{PinnedRoot, leaf_p384_key, unix_millis, verify_chain};
 use crate::cose::CoseSign1;
-use crate::document::{AttestationDoc, DIGEST_SHA384, MAX_DOCUMENT_SIZE};
+use crate::document::{AttestationDoc, DIGEST_SHA384, MAX_DOCUMENT_SIZE, hex_opt, hex_pcrs};
 use crate::error::{AttestationError, Result};
 
 /// The default for [`Expectations::max_clock_skew`]: five minutes, what Kerberos has long allowed
@@ -77,19 +77,11 @@ impl Default for Expectations {
 
 impl std::fmt::Debug for Expectations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let h = |v: &Option<Vec<u8>>| v.as_ref().map(hex::encode);
         f.debug_struct("Expectations")
-            .field(
-                "pcrs",
-                &self
-                    .pcrs
-                    .iter()
-                    .map(|(i, v)| (*i, hex::encode(v)))
-                    .collect::<BTreeMap<_, _>>(),
-            )
-            .field("nonce", &h(&self.nonce))
-            .field("user_data", &h(&self.user_data))
-            .field("public_key", &h(&self.public_key))
+            .field("pcrs", &hex_pcrs(&self.pcrs))
+            .field("nonce", &hex_opt(&self.nonce))
+            .field("user_data", &hex_opt(&self.user_data))
+            .field("public_key", &hex_opt(&self.public_key))
             .field("max_age", &self.max_age)
             .field("allow_debug", &self.allow_debug)
             .field("max_clock_skew", &self.max_clock_skew)

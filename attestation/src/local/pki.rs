@@ -110,20 +110,14 @@ pub(crate) fn issue_root(
     lifetime: Duration,
 ) -> Result<Vec<u8>> {
     let signer = TokenSigner::new(root_key)?;
-    let builder = CertificateBuilder::new(
+    sign_certificate(
         Profile::Root,
-        serial()?,
-        validity(now, lifetime)?,
+        now,
+        lifetime,
         root_name()?,
         signer.spki()?,
         &signer,
     )
-    .map_err(pki)?;
-    builder
-        .build::<DerSignature>()
-        .map_err(pki)?
-        .to_der()
-        .map_err(pki)
 }
 
 /// Issues the attestation key's certificate under the operator root.
@@ -138,22 +132,41 @@ pub(crate) fn issue_leaf(
     let leaf_signer = TokenSigner::new(leaf_key)?;
     let subject =
         Name::from_str(&format!("CN={module_id},O=cosigner local attester")).map_err(pki)?;
-    let builder = CertificateBuilder::new(
+    sign_certificate(
         Profile::Leaf {
             issuer: root_name()?,
             enable_key_agreement: false,
             enable_key_encipherment: false,
         },
-        serial()?,
-        validity(now, lifetime)?,
+        now,
+        lifetime,
         subject,
         leaf_signer.spki()?,
         &root_signer,
     )
-    .map_err(pki)?;
-    builder
-        .build::<DerSignature>()
-        .map_err(pki)?
-        .to_der()
-        .map_err(pki)
+}
+
+/// Builds a certificate with a fresh serial, valid from `now` for `lifetime`, signed in the token
+/// by `issuer`; its DER.
+fn sign_certificate(
+    profile: Profile,
+    now: SystemTime,
+    lifetime: Duration,
+    subject: Name,
+    spki: SubjectPublicKeyInfoOwned,
+    issuer: &TokenSigner<'_>,
+) -> Result<Vec<u8>> {
+    CertificateBuilder::new(
+        profile,
+        serial()?,
+        validity(now, lifetime)?,
+        subject,
+        spki,
+        issuer,
+    )
+    .map_err(pki)?
+    .build::<DerSignature>()
+    .map_err(pki)?
+    .to_der()
+    .map_err(pki)
 }
