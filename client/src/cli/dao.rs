@@ -11,14 +11,18 @@ use cosigner_client::address::Network;
 use cosigner_client::dao::{self, Courier, Progress};
 use cosigner_client::home::{Home, WalletFile};
 use cosigner_client::session::Session;
+use cosigner_client::trust::Trust;
 use cosigner_protocol::auth::public_key_bytes;
-use cosigner_protocol::dao::Evaluation;
+use cosigner_protocol::dao::refresh::RefreshProposal;
+use cosigner_protocol::dao::{Evaluation, Invitation};
+use cosigner_protocol::mailbox::{Envelope, Topic};
 use cosigner_protocol::psbt::SpendSummary;
+use cosigner_protocol::wire::WalletId;
 use serde_json::json;
 
 use super::Globals;
 use super::attestation::emit;
-use super::wallet::{home, trust};
+use super::wallet::{created_out, home, show_spend, signed_out, trust, wallet_id};
 
 /// How long a member waits by default for the others.
 const DEFAULT_TIMEOUT_SECS: u64 = 600;
@@ -29,6 +33,23 @@ pub struct DeviceKeyArgs {
     /// Print one JSON line.
     #[arg(long)]
     json: bool,
+}
+
+/// What every command that waits for the other members takes.
+#[derive(Debug, Args)]
+pub struct Waiting {
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS)]
+    timeout: u64,
+    /// Print one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Waiting {
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
 }
 
 /// DAO subcommands.
@@ -45,17 +66,13 @@ pub enum DaoCommand {
         /// Where to write the invitation for the other members.
         #[arg(long, value_name = "FILE")]
         invitation_out: PathBuf,
-        /// Give up after this many seconds.
-        #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS)]
-        timeout: u64,
-        /// Print one JSON line.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        wait: Waiting,
     },
     /// Propose a new policy (needs the current policy's admin quorum); waits until it is in force.
     Policy(PolicyArgs),
     /// Refresh every share (same key and address, next epoch); waits until every member took part.
-    Refresh(RefreshArgs),
+    Refresh(ProposalArgs),
     /// List the wallet's pending signing requests: what each spends, its rule, approvals so far,
     /// who is still missing, rejections.
     Requests(RequestsArgs),
@@ -75,41 +92,28 @@ pub struct RequestsArgs {
     json: bool,
 }
 
-/// `cosigner dao refresh`: arguments.
+/// `cosigner dao refresh` (and what `dao policy` takes besides the policy): arguments.
 #[derive(Debug, Args)]
-pub struct RefreshArgs {
+pub struct ProposalArgs {
     /// The wallet id (32 hex digits).
     #[arg(long, value_name = "ID")]
     wallet: String,
-    /// Where to write the proposal every other member approves.
+    /// Where to write the proposal for the members who approve it (`dao policy`: the admin
+    /// quorum; `dao refresh`: every other member).
     #[arg(long, value_name = "FILE")]
     request_out: PathBuf,
-    /// Give up after this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS)]
-    timeout: u64,
-    /// Print one JSON line.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    wait: Waiting,
 }
 
 /// `cosigner dao policy`: arguments.
 #[derive(Debug, Args)]
 pub struct PolicyArgs {
-    /// The wallet id (32 hex digits).
-    #[arg(long, value_name = "ID")]
-    wallet: String,
     /// The new policy (TOML).
     #[arg(long, value_name = "FILE")]
     policy: PathBuf,
-    /// Where to write the proposal the admin quorum approves.
-    #[arg(long, value_name = "FILE")]
-    request_out: PathBuf,
-    /// Give up after this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS)]
-    timeout: u64,
-    /// Print one JSON line.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    proposal: ProposalArgs,
 }
 
 /// `cosigner join`.
@@ -118,12 +122,8 @@ pub struct JoinArgs {
     /// The invitation file.
     #[arg(value_name = "INVITATION")]
     invitation: PathBuf,
-    /// Give up after this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS)]
-    timeout: u64,
-    /// Print one JSON line.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    wait: Waiting,
 }
 
 /// `cosigner approve`.
@@ -143,12 +143,8 @@ pub struct ApproveArgs {
     /// With --reject: why, shown to every member.
     #[arg(long, value_name = "TEXT", requires = "reject")]
     reason: Option<String>,
-    /// Give up after this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS)]
-    timeout: u64,
-    /// Print one JSON line.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    wait: Waiting,
 }
 
 fn mailbox_addr(g: &Globals, hint: &str) -> String {
@@ -163,26 +159,22 @@ fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("{what} {}", path.display()))
 }
 
-fn wallet_out(w: &WalletFile, json: bool) -> anyhow::Result<()> {
-    if json {
-        emit(
-            &json!({
-                "wallet_id": w.wallet_id,
-                "group_public_key": w.group_public_key,
-                "address": w.address,
-            })
-            .to_string(),
-        )
-    } else {
-        emit(&format!(
-            "wallet {}\naddress {}\ngroup key (x-only) {}",
-            w.wallet_id, w.address, w.group_public_key
-        ))
-    }
-}
-
 fn say(line: &str) {
     eprintln!("{line}");
+}
+
+/// The DAO wallet `--wallet` names.
+fn dao_wallet(home: &Home, wallet: &str) -> anyhow::Result<(WalletId, WalletFile)> {
+    let id = wallet_id(wallet)?;
+    Ok((id, home.wallet(&id)?))
+}
+
+/// Stops unless the user approves (`--yes`, or `y` at the prompt).
+fn approve_or_stop(yes: bool) -> anyhow::Result<()> {
+    if !yes && !confirm()? {
+        anyhow::bail!("not approved");
+    }
+    Ok(())
 }
 
 /// `cosigner device-key`.
@@ -202,8 +194,7 @@ pub fn run(g: &Globals, cmd: DaoCommand) -> anyhow::Result<()> {
             members,
             policy,
             invitation_out,
-            timeout,
-            json,
+            wait,
         } => {
             let network: Network = g.network.parse()?;
             let home = home(g)?;
@@ -237,19 +228,13 @@ pub fn run(g: &Globals, cmd: DaoCommand) -> anyhow::Result<()> {
                 layout.provider_parties,
                 layout.params.min_signers
             ));
-            let mailbox = dao::member_mailbox(&home, &mailbox, &invitation)?;
-            let mut courier =
-                Courier::new(envelope.topic, mailbox, provider, &provider_addr, &trust)?;
-            courier.on_progress(say);
-            let wallet = dao::run_dkg(
-                &home,
-                &mut courier,
-                &invitation,
-                &envelope,
-                Duration::from_secs(timeout),
-                &mut |l| say(l),
-            )?;
-            wallet_out(&wallet, json)
+            let dkg = Dkg {
+                home: &home,
+                trust: &trust,
+                invitation: &invitation,
+                envelope: &envelope,
+            };
+            dkg.run((provider, &provider_addr), &mailbox, &wait)
         }
         DaoCommand::Policy(args) => propose(g, args),
         DaoCommand::Refresh(args) => refresh(g, args),
@@ -273,9 +258,7 @@ fn btc(sat: u64) -> String {
 /// mailbox (the provider is not asked: its evaluation is in the topic, signed).
 fn requests(g: &Globals, args: RequestsArgs) -> anyhow::Result<()> {
     let home = home(g)?;
-    let id = cosigner_protocol::wire::WalletId::from_hex(&args.wallet)
-        .map_err(|_| anyhow::anyhow!("--wallet {:?}: expected 32 hex digits", args.wallet))?;
-    let wallet = home.wallet(&id)?;
+    let (_, wallet) = dao_wallet(&home, &args.wallet)?;
     let (info, invitation) = dao::dao_info(&wallet)?;
     let layout = invitation.layout()?;
     let name = |p: u16| layout.name_of(p).unwrap_or("?").to_owned();
@@ -351,48 +334,60 @@ fn requests(g: &Globals, args: RequestsArgs) -> anyhow::Result<()> {
     }
 }
 
+/// A courier for `topic` of `wallet`, to the provider and mailbox it names (unless given).
 fn courier_for(
     g: &Globals,
-    trust: &cosigner_client::trust::Trust,
+    trust: &Trust,
     wallet: &WalletFile,
-    topic: cosigner_protocol::mailbox::Topic,
+    topic: Topic,
 ) -> anyhow::Result<Courier> {
     let (info, invitation) = dao::dao_info(wallet)?;
     let provider_addr = provider_addr(g, &invitation.provider);
-    let provider = Session::connect(&provider_addr, trust)?;
-    let mailbox = dao::member_mailbox(&home(g)?, &mailbox_addr(g, &info.mailbox), &invitation)?;
-    let mut courier = Courier::new(topic, mailbox, provider, &provider_addr, trust)?;
+    let provider = (
+        Session::connect(&provider_addr, trust)?,
+        provider_addr.as_str(),
+    );
+    let mailbox = mailbox_addr(g, &info.mailbox);
+    courier(&home(g)?, trust, &invitation, provider, &mailbox, topic)
+}
+
+/// A courier for `topic` of the DAO wallet `invitation` describes, over the attested `provider`
+/// session (and its address) and the mailbox at `mailbox`; its progress lines go to stderr.
+fn courier(
+    home: &Home,
+    trust: &Trust,
+    invitation: &Invitation,
+    (provider, provider_addr): (Session, &str),
+    mailbox: &str,
+    topic: Topic,
+) -> anyhow::Result<Courier> {
+    let mailbox = dao::member_mailbox(home, mailbox, invitation)?;
+    let mut courier = Courier::new(topic, mailbox, provider, provider_addr, trust)?;
     courier.on_progress(say);
     Ok(courier)
 }
 
 fn propose(g: &Globals, args: PolicyArgs) -> anyhow::Result<()> {
+    let PolicyArgs { policy, proposal } = args;
     let home = home(g)?;
     let trust = trust(g)?;
-    let id = cosigner_protocol::wire::WalletId::from_hex(&args.wallet)
-        .map_err(|_| anyhow::anyhow!("--wallet {:?}: expected 32 hex digits", args.wallet))?;
-    let wallet = home.wallet(&id)?;
-    let text = read_text(&args.policy, "policy file")?;
+    let (id, wallet) = dao_wallet(&home, &proposal.wallet)?;
+    let text = read_text(&policy, "policy file")?;
     let (_, invitation) = dao::dao_info(&wallet)?;
     let mut provider = Session::connect(&provider_addr(g, &invitation.provider), &trust)?;
     let (_, version) = dao::policy_in_force(&mut provider, id)?;
     drop(provider);
     let (change, envelope) = dao::propose_policy(&home, &wallet, &text, version)?;
-    dao::write_envelope(&args.request_out, &envelope)?;
+    dao::write_envelope(&proposal.request_out, &envelope)?;
     say(&format!(
         "proposal to replace policy version {version} written to {}",
-        args.request_out.display()
+        proposal.request_out.display()
     ));
     let mut courier = courier_for(g, &trust, &wallet, envelope.topic)?;
     courier.post(&envelope)?;
-    let version = dao::approve_policy(
-        &home,
-        &wallet,
-        &mut courier,
-        &change,
-        Duration::from_secs(args.timeout),
-    )?;
-    if args.json {
+    let timeout = proposal.wait.timeout();
+    let version = dao::approve_policy(&home, &wallet, &mut courier, &change, timeout)?;
+    if proposal.wait.json {
         emit(&json!({ "policy_version": version }).to_string())
     } else {
         emit(&format!("policy version {version} is in force"))
@@ -413,7 +408,7 @@ pub fn join(g: &Globals, args: JoinArgs) -> anyhow::Result<()> {
     };
     // Run again after it finished: the wallet this home holds, nothing contacted.
     if let Some(wallet) = dao::joined_wallet(&home, &invitation)? {
-        return wallet_out(&wallet, args.json);
+        return created_out(&wallet, args.wait.json);
     }
     // Shown before anything is signed: who, what policy, what weights.
     say(&format!(
@@ -438,28 +433,52 @@ pub fn join(g: &Globals, args: JoinArgs) -> anyhow::Result<()> {
     say(&format!("  policy:\n{}", invitation.policy.trim_end()));
     let provider_addr = provider_addr(g, &invitation.provider);
     let provider = Session::connect(&provider_addr, &trust)?;
-    let mailbox = dao::member_mailbox(&home, &mailbox_addr(g, &invitation.mailbox), &invitation)?;
-    let mut courier = Courier::new(envelope.topic, mailbox, provider, &provider_addr, &trust)?;
-    courier.on_progress(say);
-    let wallet = dao::run_dkg(
-        &home,
-        &mut courier,
-        &invitation,
-        &envelope,
-        Duration::from_secs(args.timeout),
-        &mut |l| say(l),
-    )?;
-    wallet_out(&wallet, args.json)
+    let dkg = Dkg {
+        home: &home,
+        trust: &trust,
+        invitation: &invitation,
+        envelope: &envelope,
+    };
+    let mailbox = mailbox_addr(g, &invitation.mailbox);
+    dkg.run((provider, &provider_addr), &mailbox, &args.wait)
+}
+
+/// A DKG this device takes part in: `invitation`, founded by `envelope`.
+struct Dkg<'a> {
+    home: &'a Home,
+    trust: &'a Trust,
+    invitation: &'a Invitation,
+    envelope: &'a Envelope,
+}
+
+impl Dkg<'_> {
+    /// Takes part over the attested `provider` session (and its address) and the mailbox at
+    /// `mailbox` until the provider activated the wallet; prints the wallet.
+    fn run(&self, provider: (Session, &str), mailbox: &str, wait: &Waiting) -> anyhow::Result<()> {
+        let topic = self.envelope.topic;
+        let mut courier = courier(
+            self.home,
+            self.trust,
+            self.invitation,
+            provider,
+            mailbox,
+            topic,
+        )?;
+        let (timeout, home) = (wait.timeout(), self.home);
+        let wallet = dao::run_dkg(
+            home,
+            &mut courier,
+            self.invitation,
+            self.envelope,
+            timeout,
+            &mut say,
+        )?;
+        created_out(&wallet, wait.json)
+    }
 }
 
 fn show_summary(s: &SpendSummary, e: &Evaluation) {
-    say(&format!(
-        "transaction {}: {} sat leave the wallet (fee {} sat, change {} sat)",
-        s.txid, s.value_leaving, s.fee, s.change
-    ));
-    for d in &s.destinations {
-        say(&format!("  pays {} sat to {}", d.amount, d.address));
-    }
+    show_spend(s);
     say(&format!(
         "  rule {:?}: needs {} approvals (the requester's included)",
         e.rule, e.approvals
@@ -478,14 +497,6 @@ fn check_evaluation(s: &SpendSummary, e: &Evaluation) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn signed_out(txid: &str, tx: &[u8], json: bool) -> anyhow::Result<()> {
-    if json {
-        emit(&json!({ "txid": txid, "tx_hex": hex::encode(tx) }).to_string())
-    } else {
-        emit(&format!("{txid}\n{}", hex::encode(tx)))
-    }
 }
 
 /// A published transaction must be the one this device read in the PSBT.
@@ -518,7 +529,7 @@ pub fn sign_dao(
     let (info, _) = dao::dao_info(wallet)?;
     let out = request_out.context("a DAO wallet needs --request-out FILE for the other members")?;
     let summary = dao::summarize(wallet, &psbt)?;
-    let provider_key = hex::decode(&info.provider_key)?;
+    let provider_key = info.provider_key()?;
     let earlier = dao::earlier_request(home, wallet, &psbt, out)?;
     let (request, envelope) = match earlier {
         Some((request, envelope, true)) => {
@@ -622,10 +633,10 @@ pub fn approve(g: &Globals, args: ApproveArgs) -> anyhow::Result<()> {
     let summary = dao::summarize(&wallet, &request.psbt)?;
     let mut courier = courier_for(g, &trust, &wallet, envelope.topic)?;
     courier.post(&envelope)?;
-    let provider_key = hex::decode(&info.provider_key)?;
+    let provider_key = info.provider_key()?;
     let hash = request.hash()?;
     let me = public_key_bytes(&home.device_key()?);
-    let timeout = Duration::from_secs(args.timeout);
+    let timeout = args.wait.timeout();
     let mut backlog = Vec::new();
     let evaluation =
         match dao::await_progress(&mut courier, &provider_key, &hash, timeout, &mut backlog)? {
@@ -633,7 +644,7 @@ pub fn approve(g: &Globals, args: ApproveArgs) -> anyhow::Result<()> {
                 // Run again after the end (or after others finished without us).
                 check_txid(&summary, &txid)?;
                 let approved = dao::approved_before(&backlog, &me, &hash);
-                return approved_out(approved, &txid, &tx, args.json);
+                return approved_out(approved, &txid, &tx, args.wait.json);
             }
             Progress::Evaluated(e) => e,
         };
@@ -661,13 +672,13 @@ pub fn approve(g: &Globals, args: ApproveArgs) -> anyhow::Result<()> {
             &backlog,
             args.reason.clone(),
         )?;
-        return rejected_out(&hash, dead, args.json);
+        return rejected_out(&hash, dead, args.wait.json);
     }
     if dao::approved_before(&backlog, &me, &hash) {
         // Our approval is in the topic (given before this process stopped): it stands.
         say("this device already approved this request; taking part in the signing again");
-    } else if !args.yes && !confirm()? {
-        anyhow::bail!("not approved");
+    } else {
+        approve_or_stop(args.yes)?;
     }
     let (txid, tx) = dao::approve_and_sign(
         &home,
@@ -679,7 +690,7 @@ pub fn approve(g: &Globals, args: ApproveArgs) -> anyhow::Result<()> {
         backlog,
         timeout,
     )?;
-    approved_out(true, &txid, &tx, args.json)
+    approved_out(true, &txid, &tx, args.wait.json)
 }
 
 fn rejected_out(hash: &[u8; 32], dead: bool, json: bool) -> anyhow::Result<()> {
@@ -712,71 +723,62 @@ fn approved_out(approved: bool, txid: &str, tx: &[u8], json: bool) -> anyhow::Re
     }
 }
 
+/// The wallet a proposal (`envelope`) of member `proposer` is for, with its invitation and
+/// the proposer's name, once the proposal proved to be signed by that member.
+fn proposal_wallet(
+    home: &Home,
+    wallet_id: &WalletId,
+    proposer: u16,
+    envelope: &Envelope,
+) -> anyhow::Result<(WalletFile, Invitation, String)> {
+    let wallet = home.wallet(wallet_id)?;
+    let (_, invitation) = dao::dao_info(&wallet)?;
+    let layout = invitation.layout()?;
+    if layout.owner_of(proposer) != Some(envelope.sender.as_slice()) {
+        anyhow::bail!("the proposal is not signed by the member it names");
+    }
+    let name = layout.name_of(proposer).unwrap_or("?").to_owned();
+    Ok((wallet, invitation, name))
+}
+
 fn approve_policy(
     g: &Globals,
     home: &Home,
-    trust: &cosigner_client::trust::Trust,
-    envelope: &cosigner_protocol::mailbox::Envelope,
+    trust: &Trust,
+    envelope: &Envelope,
     change: &cosigner_protocol::dao::PolicyChange,
     args: &ApproveArgs,
 ) -> anyhow::Result<()> {
-    let wallet = home.wallet(&change.wallet_id)?;
-    let (_, invitation) = dao::dao_info(&wallet)?;
-    let layout = invitation.layout()?;
-    if layout.owner_of(change.proposer) != Some(envelope.sender.as_slice()) {
-        anyhow::bail!("the proposal is not signed by the member it names");
-    }
+    let (wallet, invitation, proposer) =
+        proposal_wallet(home, &change.wallet_id, change.proposer, envelope)?;
     let mut provider = Session::connect(&provider_addr(g, &invitation.provider), trust)?;
     let (current, version) = dao::policy_in_force(&mut provider, change.wallet_id)?;
     drop(provider);
     say(&format!(
-        "{} proposes to replace policy version {} of wallet {} (in force: version {version})",
-        layout.name_of(change.proposer).unwrap_or("?"),
-        change.from_version,
-        wallet.wallet_id
+        "{proposer} proposes to replace policy version {} of wallet {} (in force: version {version})",
+        change.from_version, wallet.wallet_id
     ));
     say(&format!("--- policy in force\n{}", current.trim_end()));
     say(&format!(
         "+++ proposed policy\n{}",
         change.policy.trim_end()
     ));
-    if !args.yes && !confirm()? {
-        anyhow::bail!("not approved");
-    }
+    approve_or_stop(args.yes)?;
     let mut courier = courier_for(g, trust, &wallet, envelope.topic)?;
     courier.post(envelope)?;
-    let version = dao::approve_policy(
-        home,
-        &wallet,
-        &mut courier,
-        change,
-        Duration::from_secs(args.timeout),
-    )?;
-    if args.json {
+    let version = dao::approve_policy(home, &wallet, &mut courier, change, args.wait.timeout())?;
+    if args.wait.json {
         emit(&json!({ "approved": true, "policy_version": version }).to_string())
     } else {
         emit(&format!("approved; policy version {version} is in force"))
     }
 }
 
-fn refreshed_out(w: &WalletFile, json: bool) -> anyhow::Result<()> {
-    if json {
-        emit(&json!({ "epoch": w.epoch }).to_string())
-    } else {
-        emit(&format!(
-            "wallet {} refreshed: epoch {} (address {} unchanged)",
-            w.wallet_id, w.epoch, w.address
-        ))
-    }
-}
-
 /// `cosigner dao refresh --wallet ID --request-out REQ`.
-fn refresh(g: &Globals, args: RefreshArgs) -> anyhow::Result<()> {
+fn refresh(g: &Globals, args: ProposalArgs) -> anyhow::Result<()> {
     let home = home(g)?;
     let trust = trust(g)?;
-    let id = cosigner_protocol::wire::WalletId::from_hex(&args.wallet)
-        .map_err(|_| anyhow::anyhow!("--wallet {:?}: expected 32 hex digits", args.wallet))?;
-    let wallet = home.wallet(&id)?;
+    let (_, wallet) = dao_wallet(&home, &args.wallet)?;
     let (proposal, envelope) = dao::propose_refresh(&home, &wallet)?;
     dao::write_envelope(&args.request_out, &envelope)?;
     say(&format!(
@@ -784,52 +786,56 @@ fn refresh(g: &Globals, args: RefreshArgs) -> anyhow::Result<()> {
         proposal.from_epoch,
         args.request_out.display()
     ));
-    let mut courier = courier_for(g, &trust, &wallet, envelope.topic)?;
-    let wallet = dao::run_refresh(
-        &home,
-        &wallet,
-        &mut courier,
-        &proposal,
-        &envelope,
-        Duration::from_secs(args.timeout),
-        &mut |l| say(l),
-    )?;
-    refreshed_out(&wallet, args.json)
+    run_refresh(g, &home, &trust, &wallet, &proposal, &envelope, &args.wait)
 }
 
 fn approve_refresh(
     g: &Globals,
     home: &Home,
-    trust: &cosigner_client::trust::Trust,
-    envelope: &cosigner_protocol::mailbox::Envelope,
-    proposal: &cosigner_protocol::dao::refresh::RefreshProposal,
+    trust: &Trust,
+    envelope: &Envelope,
+    proposal: &RefreshProposal,
     args: &ApproveArgs,
 ) -> anyhow::Result<()> {
-    let wallet = home.wallet(&proposal.wallet_id)?;
-    let (_, invitation) = dao::dao_info(&wallet)?;
-    let layout = invitation.layout()?;
-    if layout.owner_of(proposal.proposer) != Some(envelope.sender.as_slice()) {
-        anyhow::bail!("the proposal is not signed by the member it names");
-    }
+    let (wallet, _, proposer) =
+        proposal_wallet(home, &proposal.wallet_id, proposal.proposer, envelope)?;
     say(&format!(
-        "{} proposes to refresh every share of wallet {} (epoch {} to {}; same key and address)",
-        layout.name_of(proposal.proposer).unwrap_or("?"),
+        "{proposer} proposes to refresh every share of wallet {} (epoch {} to {}; same key and address)",
         wallet.wallet_id,
         proposal.from_epoch,
         proposal.from_epoch + 1
     ));
-    if !args.yes && !confirm()? {
-        anyhow::bail!("not approved");
-    }
-    let mut courier = courier_for(g, trust, &wallet, envelope.topic)?;
-    let wallet = dao::run_refresh(
+    approve_or_stop(args.yes)?;
+    run_refresh(g, home, trust, &wallet, proposal, envelope, &args.wait)
+}
+
+/// Takes part in the refresh `proposal` of `wallet` until the new epoch is current; prints it.
+fn run_refresh(
+    g: &Globals,
+    home: &Home,
+    trust: &Trust,
+    wallet: &WalletFile,
+    proposal: &RefreshProposal,
+    envelope: &Envelope,
+    wait: &Waiting,
+) -> anyhow::Result<()> {
+    let mut courier = courier_for(g, trust, wallet, envelope.topic)?;
+    let timeout = wait.timeout();
+    let w = dao::run_refresh(
         home,
-        &wallet,
+        wallet,
         &mut courier,
         proposal,
         envelope,
-        Duration::from_secs(args.timeout),
-        &mut |l| say(l),
+        timeout,
+        &mut say,
     )?;
-    refreshed_out(&wallet, args.json)
+    if wait.json {
+        emit(&json!({ "epoch": w.epoch }).to_string())
+    } else {
+        emit(&format!(
+            "wallet {} refreshed: epoch {} (address {} unchanged)",
+            w.wallet_id, w.epoch, w.address
+        ))
+    }
 }

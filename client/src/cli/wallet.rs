@@ -158,6 +158,14 @@ fn connect(addr: Option<&String>, flag: &str, env: &str, trust: &Trust) -> anyho
     Ok(Session::connect(addr, trust)?)
 }
 
+/// Sessions with both cosigners of a personal wallet: the provider and the recovery cosigner.
+fn cosigners(g: &Globals, trust: &Trust) -> anyhow::Result<(Session, Session)> {
+    Ok((
+        connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", trust)?,
+        connect(g.recovery.as_ref(), "recovery", "COSIGNER_RECOVERY", trust)?,
+    ))
+}
+
 pub(super) fn wallet_id(s: &str) -> anyhow::Result<WalletId> {
     WalletId::from_hex(s).map_err(|_| anyhow::anyhow!("--wallet {s:?}: expected 32 hex digits"))
 }
@@ -216,8 +224,7 @@ fn create(
         .map(|t| read_enrollment_token(t, &home))
         .transpose()?;
     let trust = trust(g)?;
-    let mut provider = connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", &trust)?;
-    let mut recovery = connect(g.recovery.as_ref(), "recovery", "COSIGNER_RECOVERY", &trust)?;
+    let (mut provider, mut recovery) = cosigners(g, &trust)?;
     let default_out = g
         .home
         .as_ref()
@@ -252,6 +259,11 @@ fn create(
             kept.display()
         );
     }
+    created_out(&w, json)
+}
+
+/// What `wallet create`, `dao create` and `join` print: the new wallet.
+pub(super) fn created_out(w: &WalletFile, json: bool) -> anyhow::Result<()> {
     if json {
         emit(
             &json!({
@@ -287,8 +299,7 @@ fn set_policy(
     let recovery_key = cosigner_client::home::read_p256_key(recovery_key)?;
     let home = home(g)?;
     let trust = trust(g)?;
-    let mut provider = connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", &trust)?;
-    let mut recovery = connect(g.recovery.as_ref(), "recovery", "COSIGNER_RECOVERY", &trust)?;
+    let (mut provider, mut recovery) = cosigners(g, &trust)?;
     psbt_sign::set_policy(
         &home,
         &mut provider,
@@ -451,13 +462,7 @@ fn sign_psbt(
 ) -> anyhow::Result<()> {
     let id = wallet_id(&w.wallet_id)?;
     let summary = psbt_sign::summarize(w, &psbt)?;
-    eprintln!(
-        "transaction {}: {} sat leave the wallet (fee {} sat, change {} sat)",
-        summary.txid, summary.value_leaving, summary.fee, summary.change
-    );
-    for d in &summary.destinations {
-        eprintln!("  pays {} sat to {}", d.amount, d.address);
-    }
+    show_spend(&summary);
     let trust = trust(g)?;
     let recovery_key = with_recovery_key
         .map(cosigner_client::home::read_p256_key)
@@ -481,10 +486,26 @@ fn sign_psbt(
         Some(rule) => eprintln!("  allowed by the wallet's policy, rule {rule:?}"),
         None => eprintln!("  (the wallet has no policy)"),
     }
+    signed_out(&signed.txid, &signed.tx, json)
+}
+
+/// What this device reads in a PSBT, on stderr before it signs.
+pub(super) fn show_spend(s: &cosigner_protocol::psbt::SpendSummary) {
+    eprintln!(
+        "transaction {}: {} sat leave the wallet (fee {} sat, change {} sat)",
+        s.txid, s.value_leaving, s.fee, s.change
+    );
+    for d in &s.destinations {
+        eprintln!("  pays {} sat to {}", d.amount, d.address);
+    }
+}
+
+/// What `sign --psbt` prints: the signed transaction.
+pub(super) fn signed_out(txid: &str, tx: &[u8], json: bool) -> anyhow::Result<()> {
     if json {
-        emit(&json!({ "txid": signed.txid, "tx_hex": hex::encode(&signed.tx) }).to_string())
+        emit(&json!({ "txid": txid, "tx_hex": hex::encode(tx) }).to_string())
     } else {
-        emit(&format!("{}\n{}", signed.txid, hex::encode(&signed.tx)))
+        emit(&format!("{txid}\n{}", hex::encode(tx)))
     }
 }
 
@@ -495,8 +516,7 @@ pub fn refresh(g: &Globals, args: RefreshArgs) -> anyhow::Result<()> {
     home.wallet(&id)?;
     home.check_share(&id)?;
     let trust = trust(g)?;
-    let mut provider = connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", &trust)?;
-    let mut recovery = connect(g.recovery.as_ref(), "recovery", "COSIGNER_RECOVERY", &trust)?;
+    let (mut provider, mut recovery) = cosigners(g, &trust)?;
     let w = wallet::refresh(&home, &mut provider, &mut recovery, id, &mut |_| {})?;
     let out = json!({ "epoch": w.epoch, "group_public_key": w.group_public_key });
     if args.json {
@@ -515,8 +535,7 @@ pub fn recover(g: &Globals, args: RecoverArgs) -> anyhow::Result<()> {
     let network: Network = g.network.parse()?;
     let recovery_key = cosigner_client::home::read_p256_key(&args.recovery_key)?;
     let trust = trust(g)?;
-    let mut provider = connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", &trust)?;
-    let mut recovery = connect(g.recovery.as_ref(), "recovery", "COSIGNER_RECOVERY", &trust)?;
+    let (mut provider, mut recovery) = cosigners(g, &trust)?;
     if args.cancel {
         wallet::cancel_recovery(&mut provider, &mut recovery, id, &recovery_key)?;
         let out = json!({ "wallet_id": id.to_hex(), "recovery": "cancelled" });
