@@ -104,11 +104,7 @@ impl FromStr for Destination {
 
     /// Parses `name:port`, `1.2.3.4:port` or `[v6]:port`; the reason on failure.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let (host, port) = split_host_port(s)?;
-        let host = match host.parse::<IpAddr>() {
-            Ok(ip) => Host::Ip(ip),
-            Err(_) => Host::Name(check_name(host, false)?),
-        };
+        let (host, port) = parse_host_port(s, false)?;
         Ok(Self { host, port })
     }
 }
@@ -151,11 +147,7 @@ impl FromStr for AllowRule {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let (host, port) = split_host_port(s)?;
-        let host = match host.parse::<IpAddr>() {
-            Ok(ip) => Host::Ip(ip),
-            Err(_) => Host::Name(check_name(host, true)?),
-        };
+        let (host, port) = parse_host_port(s, true)?;
         Ok(Self { host, port })
     }
 }
@@ -226,6 +218,17 @@ pub fn connect(to: &Destination) -> io::Result<TcpStream> {
             None => format!("cannot connect to {to}: it resolves to no address"),
         },
     ))
+}
+
+/// `HOST:PORT` as an IP address or a checked DNS name (`*` labels only if `wildcards`), and the
+/// port; the reason on failure.
+fn parse_host_port(s: &str, wildcards: bool) -> std::result::Result<(Host, u16), String> {
+    let (host, port) = split_host_port(s)?;
+    let host = match host.parse::<IpAddr>() {
+        Ok(ip) => Host::Ip(ip),
+        Err(_) => Host::Name(check_name(host, wildcards)?),
+    };
+    Ok((host, port))
 }
 
 /// Splits `host:port` / `[v6]:port`; the port must be 1..=65535.

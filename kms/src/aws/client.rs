@@ -318,18 +318,12 @@ impl KmsClient {
         let mut req = Map::new();
         req.insert("KeyId".into(), json!(key_id));
         req.insert("KeySpec".into(), json!("AES_256"));
-        insert_context(&mut req, context);
-        insert_recipient(&mut req, recipient.as_ref());
-        let raw: RawResponse = self.call_json(OP, &Value::Object(req))?;
+        let raw = self.call_with_recipient(OP, req, context, recipient.as_ref())?;
         Ok(GenerateDataKeyOutput {
             key_id: raw.key_id(OP)?,
             ciphertext_blob: raw.required_b64(OP, "CiphertextBlob", &raw.ciphertext_blob)?,
             plaintext: raw.plaintext(OP)?,
-            ciphertext_for_recipient: raw.optional_b64(
-                OP,
-                "CiphertextForRecipient",
-                &raw.ciphertext_for_recipient,
-            )?,
+            ciphertext_for_recipient: raw.ciphertext_for_recipient(OP)?,
         })
     }
 
@@ -346,17 +340,11 @@ impl KmsClient {
         let mut req = Map::new();
         req.insert("KeyId".into(), json!(key_id));
         req.insert("CiphertextBlob".into(), json!(B64.encode(ciphertext_blob)));
-        insert_context(&mut req, context);
-        insert_recipient(&mut req, recipient.as_ref());
-        let raw: RawResponse = self.call_json(OP, &Value::Object(req))?;
+        let raw = self.call_with_recipient(OP, req, context, recipient.as_ref())?;
         Ok(DecryptOutput {
             key_id: raw.key_id(OP)?,
             plaintext: raw.plaintext(OP)?,
-            ciphertext_for_recipient: raw.optional_b64(
-                OP,
-                "CiphertextForRecipient",
-                &raw.ciphertext_for_recipient,
-            )?,
+            ciphertext_for_recipient: raw.ciphertext_for_recipient(OP)?,
         })
     }
 
@@ -388,6 +376,20 @@ impl KmsClient {
     /// returns the JSON answer. The body is zeroized after use, as it may carry secrets.
     pub fn call(&self, operation: &'static str, body: &Value) -> Result<Value> {
         self.call_json(operation, body)
+    }
+
+    /// `GenerateDataKey` and `Decrypt`: `req` with the encryption context and the recipient
+    /// added, sent; the answer's fields.
+    fn call_with_recipient(
+        &self,
+        operation: &'static str,
+        mut req: Map<String, Value>,
+        context: &BTreeMap<String, String>,
+        recipient: Option<&Recipient<'_>>,
+    ) -> Result<RawResponse> {
+        insert_context(&mut req, context);
+        insert_recipient(&mut req, recipient);
+        self.call_json(operation, &Value::Object(req))
     }
 
     fn call_json<T: for<'de> Deserialize<'de>>(
@@ -574,6 +576,14 @@ impl RawResponse {
                 reason: format!("{name} is not base64: {e}"),
             }),
         }
+    }
+
+    fn ciphertext_for_recipient(&self, operation: &'static str) -> Result<Option<Vec<u8>>> {
+        self.optional_b64(
+            operation,
+            "CiphertextForRecipient",
+            &self.ciphertext_for_recipient,
+        )
     }
 
     fn plaintext(&self, operation: &'static str) -> Result<Option<Zeroizing<Vec<u8>>>> {

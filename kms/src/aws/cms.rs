@@ -567,62 +567,51 @@ fn read_element(input: &[u8], depth: usize) -> Result<(Element<'_>, &[u8])> {
             )
         }
     };
-    let header_len = input.len() - rest.len();
-    match definite_len {
-        Some(len) => {
-            let (content, after) = rest.split_at_checked(len).ok_or_else(|| {
-                bad(format!(
-                    "truncated: element {tag:#04x} wants {len} bytes, {} left",
-                    rest.len()
-                ))
-            })?;
-            let raw = input
-                .get(..header_len + len)
-                .ok_or_else(|| bad("truncated element"))?;
-            Ok((
-                Element {
-                    tag,
-                    content,
-                    raw,
-                    depth,
-                },
-                after,
+    let (content, after) = match definite_len {
+        Some(len) => rest.split_at_checked(len).ok_or_else(|| {
+            bad(format!(
+                "truncated: element {tag:#04x} wants {len} bytes, {} left",
+                rest.len()
             ))
+        })?,
+        None => indefinite_content(rest, tag, depth)?,
+    };
+    let raw = input
+        .get(..input.len() - after.len())
+        .ok_or_else(|| bad("truncated element"))?;
+    Ok((
+        Element {
+            tag,
+            content,
+            raw,
+            depth,
+        },
+        after,
+    ))
+}
+
+/// The content of an indefinite-length element (its children up to the end-of-contents marker
+/// 00 00, X.690 8.1.3.6) at the start of `rest`, and what follows the marker.
+fn indefinite_content(rest: &[u8], tag: u8, depth: usize) -> Result<(&[u8], &[u8])> {
+    if tag & CONSTRUCTED == 0 {
+        return Err(bad(format!(
+            "indefinite length on primitive element {tag:#04x}"
+        )));
+    }
+    let mut cursor = rest;
+    loop {
+        if let Some(after) = cursor.strip_prefix(&[0u8, 0u8][..]) {
+            let content_len = rest.len() - cursor.len();
+            let content = rest.get(..content_len).ok_or_else(|| bad("truncated"))?;
+            return Ok((content, after));
         }
-        None => {
-            if tag & CONSTRUCTED == 0 {
-                return Err(bad(format!(
-                    "indefinite length on primitive element {tag:#04x}"
-                )));
-            }
-            // Children until the end-of-contents marker 00 00.
-            let mut cursor = rest;
-            loop {
-                if let Some(after) = cursor.strip_prefix(&[0u8, 0u8][..]) {
-                    let content_len = rest.len() - cursor.len();
-                    let content = rest.get(..content_len).ok_or_else(|| bad("truncated"))?;
-                    let raw = input
-                        .get(..input.len() - after.len())
-                        .ok_or_else(|| bad("truncated element"))?;
-                    return Ok((
-                        Element {
-                            tag,
-                            content,
-                            raw,
-                            depth,
-                        },
-                        after,
-                    ));
-                }
-                if cursor.is_empty() {
-                    return Err(bad(format!(
-                        "truncated: element {tag:#04x} has no end-of-contents"
-                    )));
-                }
-                let (_, after) = read_element(cursor, depth + 1)?;
-                cursor = after;
-            }
+        if cursor.is_empty() {
+            return Err(bad(format!(
+                "truncated: element {tag:#04x} has no end-of-contents"
+            )));
         }
+        let (_, after) = read_element(cursor, depth + 1)?;
+        cursor = after;
     }
 }
 
