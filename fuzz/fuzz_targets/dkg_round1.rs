@@ -17,6 +17,7 @@
 
 use std::sync::OnceLock;
 
+use cosigner_fuzz::{small_party, xor_edits};
 use cosigner_protocol::dkg;
 use cosigner_protocol::wire::{
     DkgParams, Round1Message, SUITE_SECP256K1_TR, SealedPackage, WalletId,
@@ -89,29 +90,12 @@ fn proven_part(package: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (constant, proof)
 }
 
-/// XORs up to [`MAX_EDITS`] bytes of `bytes` (none if it is empty).
+/// XORs up to [`MAX_EDITS`] bytes of `bytes` (none if it is empty, drawing nothing).
 fn edit(u: &mut Unstructured<'_>, bytes: &mut [u8]) -> Result<()> {
     if bytes.is_empty() {
         return Ok(());
     }
-    let edits = u.int_in_range(0..=MAX_EDITS)?;
-    for _ in 0..edits {
-        let index = u.choose_index(bytes.len())?;
-        let mask: u8 = u.arbitrary()?;
-        if let Some(b) = bytes.get_mut(index) {
-            *b ^= mask;
-        }
-    }
-    Ok(())
-}
-
-/// A sender: mostly a small number (a party, 0, or one just past the set), sometimes any.
-fn sender(u: &mut Unstructured<'_>) -> Result<u16> {
-    if u.ratio(7, 8)? {
-        u.int_in_range(0..=4)
-    } else {
-        u.arbitrary()
-    }
+    xor_edits(u, bytes, MAX_EDITS)
 }
 
 fn message(u: &mut Unstructured<'_>) -> Result<Round1Message> {
@@ -137,14 +121,14 @@ fn message(u: &mut Unstructured<'_>) -> Result<Round1Message> {
                 edit(u, &mut hpke_public_key)?;
             }
             Round1Message {
-                from: sender(u)?,
+                from: small_party(u)?,
                 package: base.package,
                 hpke_public_key: hpke_public_key.into(),
             }
         }
         // Raw bytes.
         _ => Round1Message {
-            from: sender(u)?,
+            from: small_party(u)?,
             package: u.arbitrary::<Vec<u8>>()?.into(),
             hpke_public_key: u.arbitrary::<Vec<u8>>()?.into(),
         },

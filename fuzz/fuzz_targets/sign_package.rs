@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
+use cosigner_fuzz::{small_party, xor_edits};
 use cosigner_protocol::dkg;
 use cosigner_protocol::sign::{SignerSession, aggregate, signing_package};
 use cosigner_protocol::wire::{DkgParams, SUITE_SECP256K1_TR, WalletId};
@@ -119,31 +120,14 @@ fn fixture() -> &'static Fixture {
     })
 }
 
+/// XORs up to [`MAX_EDITS`] bytes of `bytes`, then sometimes resizes it.
 fn edit(u: &mut Unstructured<'_>, bytes: &mut Vec<u8>) -> Result<()> {
-    let edits = u.int_in_range(0..=MAX_EDITS)?;
-    for _ in 0..edits {
-        if bytes.is_empty() {
-            break;
-        }
-        let index = u.choose_index(bytes.len())?;
-        let mask: u8 = u.arbitrary()?;
-        if let Some(b) = bytes.get_mut(index) {
-            *b ^= mask;
-        }
-    }
+    xor_edits(u, bytes, MAX_EDITS)?;
     if u.ratio(1, 8)? {
         let len = u.int_in_range(0..=bytes.len() + 4)?;
         bytes.resize(len, 0);
     }
     Ok(())
-}
-
-fn party(u: &mut Unstructured<'_>) -> Result<u16> {
-    if u.ratio(7, 8)? {
-        u.int_in_range(0..=4)
-    } else {
-        u.arbitrary()
-    }
 }
 
 /// Fuzzed commitments, checked through `signing_package`; the package if it built one.
@@ -155,7 +139,7 @@ fn built_package(u: &mut Unstructured<'_>, f: &Fixture) -> Result<Option<Vec<u8>
     };
     let mut commitments = BTreeMap::new();
     for _ in 0..u.int_in_range(0..=MAX_COMMITMENTS)? {
-        let p = party(u)?;
+        let p = small_party(u)?;
         let bytes = match u.int_in_range(0..=2u8)? {
             0 => u
                 .choose(&[&f.commitments[&1], &f.commitments[&2]])?
