@@ -8,6 +8,7 @@
 #  5. verify a real AWS Nitro document at its own time, if ../shared/fixtures is here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 BIN=${BIN:-target/debug}
 COSIGNER="$BIN/cosigner"
 ENCLAVE="$BIN/cosigner-enclave"
@@ -15,16 +16,11 @@ ENCLAVE="$BIN/cosigner-enclave"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/tokens"
-cat > "$work/softhsm2.conf" <<CONF
-directories.tokendir = $work/tokens
-objectstore.backend = file
-log.level = ERROR
-CONF
-export SOFTHSM2_CONF="$work/softhsm2.conf"
+use_softhsm "$work" "$work/tokens"
 # PINs come from files, never from argv.
 umask 077
-head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/pin"
-head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/so-pin"
+random_hex 12 > "$work/pin"
+random_hex 12 > "$work/so-pin"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 refused() { # run a command that must fail; print its one-line reason
@@ -37,7 +33,7 @@ step "1. create a local attester (token + operator root) in $work/attester"
   --pin-file "$work/pin" --so-pin-file "$work/so-pin"
 
 step "2. produce a document with a fresh nonce"
-nonce=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+nonce=$(random_hex 32)
 "$ENCLAVE" local-attester attest --dir "$work/attester" --pin-file "$work/pin" \
   --nonce "$nonce" --user-data "$(printf 'demo session' | od -An -tx1 | tr -d ' \n')" \
   --out "$work/doc.cose"

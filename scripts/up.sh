@@ -22,6 +22,7 @@
 # Returns once both cosigners answer an attested request. `make down` stops them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 ROOT=$(pwd)
 DEV="${DEV_DIR:-$ROOT/.dev}"
 BIN="${BIN:-$ROOT/target/debug}"
@@ -37,15 +38,10 @@ start_cosigner() { # name port enrollment-section
   local name=$1 port=$2 enrollment=$3 dir="$DEV/$1"
   mkdir -p "$dir/token" "$dir/store"
   chmod 700 "$dir"
-  cat > "$dir/softhsm2.conf" <<CONF
-directories.tokendir = $dir/token
-objectstore.backend = file
-log.level = ERROR
-CONF
-  export SOFTHSM2_CONF="$dir/softhsm2.conf"
+  use_softhsm "$dir" "$dir/token"
   if [ ! -f "$dir/pin" ]; then
-    (umask 077; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/pin")
-    (umask 077; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/so-pin")
+    (umask 077; random_hex 16 > "$dir/pin")
+    (umask 077; random_hex 16 > "$dir/so-pin")
   fi
   if [ ! -f "$dir/attester/attester.toml" ]; then
     "$BIN/cosigner-enclave" local-attester init --dir "$dir/attester" --token-label "$name" \
