@@ -14,6 +14,7 @@ pub mod bench;
 pub mod bitcoin_tx;
 pub mod imds;
 pub mod in_process;
+pub mod members;
 pub mod moto;
 pub mod pkcs11;
 pub mod wallets;

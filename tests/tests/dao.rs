@@ -11,14 +11,12 @@
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use cosigner_tests::Outcome;
 use cosigner_tests::bitcoin_tx::{self, Pay, Spend};
-use cosigner_tests::{Deployment, Outcome, run};
+use cosigner_tests::members::{BTC, Dao, approve_args, args, json, p, sign_args, wait_for};
 use serde_json::Value;
-
-const BTC: u64 = 100_000_000;
-const NAMES: [&str; 5] = ["alice", "bob", "carol", "dave", "eve"];
 
 const POLICY: &str = r#"
 [[rule]]
@@ -34,112 +32,17 @@ name = "major"
 approvals = 5
 "#;
 
-fn p(path: &Path) -> String {
-    path.to_str().unwrap().to_owned()
-}
-
-struct Dao {
-    d: Deployment,
-    homes: Vec<PathBuf>,
-    wallet: String,
-    group_key: String,
-}
-
-impl Dao {
-    fn env(&self) -> Vec<(String, String)> {
-        let mut env = self.d.env();
-        env.push(("COSIGNER_MAILBOX".into(), self.d.mailbox.clone()));
-        env
-    }
-
-    fn spawn(&self, args: Vec<String>) -> JoinHandle<Outcome> {
-        let env = self.env();
-        std::thread::spawn(move || run("cosigner", args, &env))
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.d.dir.path().join(name)
-    }
-}
-
-fn wait_for(path: &Path) {
-    let started = Instant::now();
-    while !path.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{path:?} never appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn json(out: &Outcome) -> Value {
-    serde_json::from_str(out.ok()).unwrap_or_else(|e| panic!("{e}: {:?}", out.stdout))
-}
-
-/// Starts a deployment and creates the five-member wallet.
+/// Starts a deployment and creates the five-member wallet; members join one after another, at
+/// different times.
 fn create_dao(policy: &str) -> Dao {
-    let d = Deployment::start().unwrap();
-    let homes: Vec<PathBuf> = NAMES.iter().map(|n| d.home(n)).collect();
-    let mut members = String::new();
-    for (name, home) in NAMES.iter().zip(&homes) {
-        let out = d.cosigner(["--home", &p(home), "device-key", "--json"]);
-        let key = json(&out)["device_key"].as_str().unwrap().to_owned();
-        assert_eq!(key.len(), 66);
-        members.push_str(&format!(
-            "[[member]]\nname = \"{name}\"\ndevice_key = \"{key}\"\n\n"
-        ));
-    }
-    let dao = Dao {
-        d,
-        homes,
-        wallet: String::new(),
-        group_key: String::new(),
-    };
-    std::fs::write(dao.file("members.toml"), members).unwrap();
-    std::fs::write(dao.file("policy.toml"), policy).unwrap();
-    let invitation = dao.file("invitation");
-    let creator = dao.spawn(vec![
-        "--home".into(),
-        p(&dao.homes[0]),
-        "dao".into(),
-        "create".into(),
-        "--members".into(),
-        p(&dao.file("members.toml")),
-        "--policy".into(),
-        p(&dao.file("policy.toml")),
-        "--invitation-out".into(),
-        p(&invitation),
-        "--timeout".into(),
-        "120".into(),
-        "--json".into(),
-    ]);
-    wait_for(&invitation);
-    // Members join one after another, at different times.
-    let mut joiners = Vec::new();
-    for home in &dao.homes[1..] {
-        joiners.push(dao.spawn(vec![
-            "--home".into(),
-            p(home),
-            "join".into(),
-            p(&invitation),
-            "--timeout".into(),
-            "120".into(),
-            "--json".into(),
-        ]));
-        std::thread::sleep(Duration::from_millis(150));
-    }
-    let created = json(&creator.join().unwrap());
-    for j in joiners {
-        let joined = json(&j.join().unwrap());
-        assert_eq!(joined, created, "every member ends with the same wallet");
-    }
-    assert!(created["address"].as_str().unwrap().starts_with("bcrt1p"));
-    Dao {
-        wallet: created["wallet_id"].as_str().unwrap().to_owned(),
-        group_key: created["group_public_key"].as_str().unwrap().to_owned(),
-        ..dao
-    }
+    let dao = Dao::create(5, policy, "120", Duration::from_millis(150));
+    assert!(
+        dao.created["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("bcrt1p")
+    );
+    dao
 }
 
 /// Members `approvers` run `approve --yes` on `request`, each in its own process.
@@ -152,17 +55,12 @@ fn approve(
     approvers
         .iter()
         .map(|&i| {
-            dao.spawn(vec![
-                "--home".into(),
-                p(&dao.homes[i]),
-                "approve".into(),
-                "--request".into(),
-                p(request),
-                "--yes".into(),
-                "--timeout".into(),
-                timeout.to_string(),
-                "--json".into(),
-            ])
+            dao.spawn(approve_args(
+                &dao.homes[i],
+                request,
+                &timeout.to_string(),
+                &["--yes"],
+            ))
         })
         .collect()
 }
@@ -179,20 +77,13 @@ fn sign(
     let psbt = dao.file(&format!("{tag}.psbt"));
     std::fs::write(&psbt, &spend.psbt_base64).unwrap();
     let request = dao.file(&format!("{tag}.request"));
-    let requester = dao.spawn(vec![
-        "--home".into(),
-        p(&dao.homes[0]),
-        "sign".into(),
-        "--wallet".into(),
-        dao.wallet.clone(),
-        "--psbt".into(),
-        p(&psbt),
-        "--request-out".into(),
-        p(&request),
-        "--timeout".into(),
-        timeout.to_string(),
-        "--json".into(),
-    ]);
+    let requester = dao.spawn(sign_args(
+        &dao.homes[0],
+        &dao.wallet,
+        &psbt,
+        &request,
+        &timeout.to_string(),
+    ));
     wait_for(&request);
     let approvals = approve(dao, &request, approvers, timeout);
     let requester = requester.join().unwrap();
@@ -328,6 +219,22 @@ name = "major"
 approvals = 5
 "#;
 
+/// `dao SUBCOMMAND --wallet ID …` by Alice (member 0), writing its request to `request`.
+fn admin_args(dao: &Dao, subcommand: &[&str], request: &Path, timeout: &str) -> Vec<String> {
+    let mut a = args(&["--home", &p(&dao.homes[0]), "dao"]);
+    a.extend(args(subcommand));
+    a.extend(args(&[
+        "--wallet",
+        &dao.wallet,
+        "--request-out",
+        &p(request),
+        "--timeout",
+        timeout,
+        "--json",
+    ]));
+    a
+}
+
 fn propose(
     dao: &Dao,
     tag: &str,
@@ -338,21 +245,12 @@ fn propose(
     let file = dao.file(&format!("{tag}.toml"));
     std::fs::write(&file, policy).unwrap();
     let request = dao.file(&format!("{tag}.request"));
-    let proposer = dao.spawn(vec![
-        "--home".into(),
-        p(&dao.homes[0]),
-        "dao".into(),
-        "policy".into(),
-        "--wallet".into(),
-        dao.wallet.clone(),
-        "--policy".into(),
-        p(&file),
-        "--request-out".into(),
-        p(&request),
-        "--timeout".into(),
-        timeout.to_string(),
-        "--json".into(),
-    ]);
+    let proposer = dao.spawn(admin_args(
+        dao,
+        &["policy", "--policy", &p(&file)],
+        &request,
+        &timeout.to_string(),
+    ));
     wait_for(&request);
     let approvals = approve(dao, &request, approvers, timeout);
     let proposer = proposer.join().unwrap();
@@ -435,20 +333,13 @@ fn an_approval_for_one_request_is_refused_in_another() {
     let psbt = dao.file("second.psbt");
     std::fs::write(&psbt, &spend.psbt_base64).unwrap();
     let second_file = dao.file("second.request");
-    let requester = dao.spawn(vec![
-        "--home".into(),
-        p(&dao.homes[0]),
-        "sign".into(),
-        "--wallet".into(),
-        dao.wallet.clone(),
-        "--psbt".into(),
-        p(&psbt),
-        "--request-out".into(),
-        p(&second_file),
-        "--timeout".into(),
-        "8".into(),
-        "--json".into(),
-    ]);
+    let requester = dao.spawn(sign_args(
+        &dao.homes[0],
+        &dao.wallet,
+        &psbt,
+        &second_file,
+        "8",
+    ));
     wait_for(&second_file);
     let second = read_envelope(&second_file).unwrap();
     // Let the requester's courier deliver its request first.
@@ -547,33 +438,11 @@ fn a_refresh_by_every_member_keeps_the_address_and_retires_the_old_shares() {
     let old_share = std::fs::read(&bob_share).unwrap();
 
     let request = dao.file("refresh.request");
-    let proposer = dao.spawn(vec![
-        "--home".into(),
-        p(&dao.homes[0]),
-        "dao".into(),
-        "refresh".into(),
-        "--wallet".into(),
-        dao.wallet.clone(),
-        "--request-out".into(),
-        p(&request),
-        "--timeout".into(),
-        "120".into(),
-        "--json".into(),
-    ]);
+    let proposer = dao.spawn(admin_args(&dao, &["refresh"], &request, "120"));
     wait_for(&request);
     let others: Vec<_> = (1..5)
         .map(|i| {
-            let h = dao.spawn(vec![
-                "--home".into(),
-                p(&dao.homes[i]),
-                "approve".into(),
-                "--request".into(),
-                p(&request),
-                "--yes".into(),
-                "--timeout".into(),
-                "120".into(),
-                "--json".into(),
-            ]);
+            let h = dao.spawn(approve_args(&dao.homes[i], &request, "120", &["--yes"]));
             std::thread::sleep(Duration::from_millis(100));
             h
         })

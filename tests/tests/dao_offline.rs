@@ -11,22 +11,16 @@
     missing_docs
 )]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cosigner_client::dao::{member_mailbox, open_invitation, read_envelope};
-use cosigner_client::home::Home;
-use cosigner_client::mailbox::MailboxClient;
-use cosigner_protocol::auth::public_key_bytes;
-use cosigner_protocol::dao::{DaoMessage, Invitation};
-use cosigner_protocol::mailbox::Topic;
-use cosigner_tests::bitcoin_tx::{self, Pay, Spend};
-use cosigner_tests::{Deployment, Outcome, bin, run};
+use cosigner_tests::bitcoin_tx::Spend;
+use cosigner_tests::members::{
+    BTC, Dao, Member, Watch, all_signed, approval_by, args, cosigner, create_args, join_args, json,
+    p, setup, wait_for,
+};
 use serde_json::Value;
 
-const BTC: u64 = 100_000_000;
-const NAMES: [&str; 3] = ["alice", "bob", "carol"];
 /// Every member process that should finish gives up after this long (keeps a failing test
 /// bounded).
 const TIMEOUT: &str = "60";
@@ -42,339 +36,41 @@ name = "large"
 approvals = 3
 "#;
 
-fn p(path: &Path) -> String {
-    path.to_str().unwrap().to_owned()
+fn create() -> Dao {
+    Dao::create(3, POLICY, TIMEOUT, Duration::ZERO)
 }
 
-fn json(out: &Outcome) -> Value {
-    serde_json::from_str(out.ok()).unwrap_or_else(|e| panic!("{e}: {:?}", out.stdout))
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| (*s).to_owned()).collect()
-}
-
-fn wait_for(path: &Path) {
-    let started = Instant::now();
-    while !path.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{path:?} never appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn env(d: &Deployment) -> Vec<(String, String)> {
-    let mut env = d.env();
-    env.push(("COSIGNER_MAILBOX".into(), d.mailbox.clone()));
-    env
-}
-
-/// A member's `cosigner` process running in the background (killed if the test ends first).
-struct Member {
-    child: Option<Child>,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Member {
-    fn start(d: &Deployment, tag: &str, args: Vec<String>) -> Self {
-        let stdout = d.dir.path().join(format!("{tag}.stdout"));
-        let stderr = d.dir.path().join(format!("{tag}.stderr"));
-        let child = Command::new(bin("cosigner"))
-            .args(args)
-            .envs(env(d))
-            .env_remove("COSIGNER_PKCS11_PIN")
-            .env_remove("COSIGNER_PKCS11_SO_PIN")
-            .env("RUST_BACKTRACE", "0")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            child: Some(child),
-            stdout,
-            stderr,
-        }
-    }
-
-    /// What it printed on stderr so far.
-    fn stderr_now(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Waits until its stderr contains `what`.
-    fn wait_stderr(&self, what: &str) {
-        let started = Instant::now();
-        while !self.stderr_now().contains(what) {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "never printed {what:?}: {}",
-                self.stderr_now()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn finish(mut self) -> Outcome {
-        let mut child = self.child.take().unwrap();
-        let status = child.wait().unwrap();
-        Outcome {
-            code: status.code(),
-            stdout: std::fs::read_to_string(&self.stdout).unwrap_or_default(),
-            stderr: std::fs::read_to_string(&self.stderr).unwrap_or_default(),
-        }
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Reads a topic as a member.
-struct Watch {
-    mailbox: MailboxClient,
-    topic: Topic,
-}
-
-impl Watch {
-    fn new(d: &Deployment, home: &Path, invitation: &Invitation, topic: Topic) -> Self {
-        let home = Home::open(home).unwrap();
-        Self {
-            mailbox: member_mailbox(&home, &d.mailbox, invitation).unwrap(),
-            topic,
-        }
-    }
-
-    fn count(&mut self, pred: &dyn Fn(&[u8], &DaoMessage) -> bool) -> usize {
-        self.mailbox
-            .fetch(&self.topic, 0)
-            .unwrap()
-            .into_iter()
-            .filter_map(|(_, e)| DaoMessage::decode(&e.body).ok().map(|m| (e.sender, m)))
-            .filter(|(s, m)| pred(s.as_slice(), m))
-            .count()
-    }
-
-    /// Waits until `n` messages match `pred`.
-    fn wait(&mut self, what: &str, n: usize, pred: &dyn Fn(&[u8], &DaoMessage) -> bool) {
-        let started = Instant::now();
-        while self.count(pred) < n {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "never saw {what} in the topic"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-fn device_key(home: &Path) -> Vec<u8> {
-    public_key_bytes(&Home::open(home).unwrap().device_key().unwrap())
-}
-
-/// A deployment, three member homes, and the members and policy files.
-fn setup() -> (Deployment, Vec<PathBuf>) {
-    let d = Deployment::start().unwrap();
-    let homes: Vec<PathBuf> = NAMES.iter().map(|n| d.home(n)).collect();
-    let mut members = String::new();
-    for (name, home) in NAMES.iter().zip(&homes) {
-        let out = d.cosigner(["--home", &p(home), "device-key", "--json"]);
-        let key = json(&out)["device_key"].as_str().unwrap().to_owned();
-        members.push_str(&format!(
-            "[[member]]\nname = \"{name}\"\ndevice_key = \"{key}\"\n\n"
-        ));
-    }
-    std::fs::write(d.dir.path().join("members.toml"), members).unwrap();
-    std::fs::write(d.dir.path().join("policy.toml"), POLICY).unwrap();
-    (d, homes)
-}
-
-fn create_args(d: &Deployment, home: &Path, invitation: &Path) -> Vec<String> {
-    args(&[
+/// `dao requests --wallet ID --json` as `member`, with `extra` flags.
+fn requests(dao: &Dao, member: usize, extra: &[&str]) -> Value {
+    let mut a = args(&[
         "--home",
-        &p(home),
+        &p(&dao.homes[member]),
         "dao",
-        "create",
-        "--members",
-        &p(&d.dir.path().join("members.toml")),
-        "--policy",
-        &p(&d.dir.path().join("policy.toml")),
-        "--invitation-out",
-        &p(invitation),
-        "--timeout",
-        TIMEOUT,
+        "requests",
+        "--wallet",
+        &dao.wallet,
         "--json",
-    ])
+    ]);
+    a.extend(extra.iter().map(|s| (*s).to_owned()));
+    json(&cosigner(&dao.d, a))
 }
 
-fn join_args(home: &Path, invitation: &Path, timeout: &str) -> Vec<String> {
-    args(&[
-        "--home",
-        &p(home),
-        "join",
-        &p(invitation),
-        "--timeout",
-        timeout,
-        "--json",
-    ])
-}
-
-struct Dao {
-    d: Deployment,
-    homes: Vec<PathBuf>,
-    invitation: Invitation,
-    wallet: String,
-    group_key: String,
-}
-
-impl Dao {
-    fn create() -> Self {
-        let (d, homes) = setup();
-        let invitation = d.dir.path().join("invitation");
-        let creator = Member::start(&d, "create", create_args(&d, &homes[0], &invitation));
-        wait_for(&invitation);
-        let joiners: Vec<_> = homes[1..]
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                Member::start(&d, &format!("join-{i}"), join_args(h, &invitation, TIMEOUT))
-            })
-            .collect();
-        let created = json(&creator.finish());
-        for j in joiners {
-            assert_eq!(json(&j.finish()), created);
-        }
-        let inv = open_invitation(&read_envelope(&invitation).unwrap()).unwrap();
-        Self {
-            d,
-            homes,
-            invitation: inv,
-            wallet: created["wallet_id"].as_str().unwrap().to_owned(),
-            group_key: created["group_public_key"].as_str().unwrap().to_owned(),
-        }
-    }
-
-    /// A PSBT paying `amount` to a stranger (fee 10 000 sat) and the request file it will use.
-    fn spend(&self, tag: &str, amount: u64) -> (Spend, PathBuf, PathBuf) {
-        let spend = bitcoin_tx::build(
-            &self.group_key,
-            &[amount + BTC],
-            &[
-                (Pay::To(bitcoin_tx::foreign_address()), amount),
-                (Pay::Change, BTC - 10_000),
-            ],
-        )
-        .unwrap();
-        let psbt = self.d.dir.path().join(format!("{tag}.psbt"));
-        std::fs::write(&psbt, &spend.psbt_base64).unwrap();
-        (
-            spend,
-            psbt,
-            self.d.dir.path().join(format!("{tag}.request")),
-        )
-    }
-
-    /// `sign` by Alice (member 0).
-    fn sign(&self, tag: &str, psbt: &Path, request: &Path, timeout: &str) -> Member {
-        let a = args(&[
-            "--home",
-            &p(&self.homes[0]),
-            "sign",
-            "--wallet",
-            &self.wallet,
-            "--psbt",
-            &p(psbt),
-            "--request-out",
-            &p(request),
-            "--timeout",
-            timeout,
-            "--json",
-        ]);
-        Member::start(&self.d, tag, a)
-    }
-
-    /// `approve` by `member`; `extra` are more flags (`--yes`, `--reject`).
-    fn approve(
-        &self,
-        tag: &str,
-        member: usize,
-        request: &Path,
-        timeout: &str,
-        extra: &[&str],
-    ) -> Member {
-        let mut a = args(&[
-            "--home",
-            &p(&self.homes[member]),
-            "approve",
-            "--request",
-            &p(request),
-            "--timeout",
-            timeout,
-            "--json",
-        ]);
-        a.extend(extra.iter().map(|s| (*s).to_owned()));
-        Member::start(&self.d, tag, a)
-    }
-
-    /// `dao requests --wallet ID --json` as `member`.
-    fn requests(&self, member: usize) -> Value {
-        let out = run(
-            "cosigner",
-            args(&[
-                "--home",
-                &p(&self.homes[member]),
-                "dao",
-                "requests",
-                "--wallet",
-                &self.wallet,
-                "--json",
-            ]),
-            &env(&self.d),
-        );
-        json(&out)
-    }
-
-    fn watch(&self, request: &Path) -> Watch {
-        let topic = read_envelope(request).unwrap().topic;
-        Watch::new(&self.d, &self.homes[0], &self.invitation, topic)
-    }
-
-    fn key(&self, member: usize) -> Vec<u8> {
-        device_key(&self.homes[member])
-    }
-}
-
-/// The transaction every outcome names, checked under consensus rules.
-fn all_signed(outcomes: &[&Outcome], spend: &Spend) -> String {
-    let first = json(outcomes[0]);
-    for o in &outcomes[1..] {
-        assert_eq!(json(o)["txid"], first["txid"], "{o:?}");
-    }
-    bitcoin_tx::verify_consensus(first["tx_hex"].as_str().unwrap(), &spend.prevouts)
-        .expect("valid under consensus rules");
-    first["txid"].as_str().unwrap().to_owned()
+/// Alice's `sign` of a payment of `amount`, once her approval is in the topic; with the spend,
+/// the request file and the topic's watch.
+fn requested(dao: &Dao, tag: &str, amount: u64) -> (Member, Spend, PathBuf, Watch) {
+    let (spend, psbt, request) = dao.payment(tag, amount);
+    let alice = dao.sign(&format!("alice-{tag}"), &psbt, &request, TIMEOUT);
+    wait_for(&request);
+    let mut watch = dao.watch(&request);
+    watch.wait("Alice's approval", 1, &approval_by(&dao.keys[0]));
+    (alice, spend, request, watch)
 }
 
 #[test]
 fn an_approver_whose_approve_timed_out_approves_again_and_the_request_goes_on() {
-    let dao = Dao::create();
+    let dao = create();
     // 2 BTC: the "large" rule, all three approvals. Alice requests (and approves).
-    let (spend, psbt, request) = dao.spend("large", 2 * BTC);
-    let alice = dao.sign("alice", &psbt, &request, TIMEOUT);
-    wait_for(&request);
-    let mut watch = dao.watch(&request);
-    let alice_key = dao.key(0);
-    watch.wait("Alice's approval", 1, &|s, m| {
-        s == alice_key.as_slice() && matches!(m, DaoMessage::Approval(_))
-    });
+    let (alice, spend, request, _watch) = requested(&dao, "large", 2 * BTC);
     // Bob approves, waits for Carol, and gives up: progress lines said who is missing.
     let bob = dao.approve("bob-1", 1, &request, "3", &["--yes"]).finish();
     assert_eq!(bob.code, Some(1), "{bob:?}");
@@ -392,7 +88,7 @@ fn an_approver_whose_approve_timed_out_approves_again_and_the_request_goes_on() 
         bob.stderr
     );
     // The request is still alive: it is listed as pending, with two approvals of three.
-    let listed = dao.requests(2);
+    let listed = requests(&dao, 2, &[]);
     let pending = listed["requests"].as_array().unwrap();
     assert_eq!(pending.len(), 1, "{listed}");
     assert_eq!(
@@ -414,18 +110,22 @@ fn an_approver_whose_approve_timed_out_approves_again_and_the_request_goes_on() 
     all_signed(&[&alice, &bob, &carol], &spend);
     assert_eq!(json(&bob)["approved"], Value::Bool(true));
     // Nothing pending any more.
-    let listed = dao.requests(1);
+    let listed = requests(&dao, 1, &[]);
     assert_eq!(listed["requests"].as_array().unwrap().len(), 0, "{listed}");
 }
 
 #[test]
 fn a_join_rerun_after_a_timeout_takes_a_new_attempt_and_blames_nobody() {
-    let (d, homes) = setup();
+    let (d, homes) = setup(3, POLICY);
     let invitation = d.dir.path().join("invitation");
-    let creator = Member::start(&d, "create", create_args(&d, &homes[0], &invitation));
+    let creator = Member::start(
+        &d,
+        "create",
+        create_args(&d, &homes[0], &invitation, TIMEOUT),
+    );
     wait_for(&invitation);
     // Carol joins while Bob does not: she times out waiting for him.
-    let carol = run("cosigner", join_args(&homes[2], &invitation, "3"), &env(&d));
+    let carol = cosigner(&d, join_args(&homes[2], &invitation, "3"));
     assert_eq!(carol.code, Some(1), "{carol:?}");
     let last = carol.stderr.lines().last().unwrap_or_default();
     assert!(last.contains("timed out"), "{}", carol.stderr);
@@ -456,16 +156,9 @@ fn a_join_rerun_after_a_timeout_takes_a_new_attempt_and_blames_nobody() {
 
 #[test]
 fn an_enclave_restart_while_a_signature_is_pending_is_announced_and_the_signature_goes_on() {
-    let mut dao = Dao::create();
+    let mut dao = create();
     // 0.5 BTC: two approvals. Alice requests; Bob has not approved yet.
-    let (spend, psbt, request) = dao.spend("restart", BTC / 2);
-    let alice = dao.sign("alice", &psbt, &request, TIMEOUT);
-    wait_for(&request);
-    let mut watch = dao.watch(&request);
-    let alice_key = dao.key(0);
-    watch.wait("Alice's approval", 1, &|s, m| {
-        s == alice_key.as_slice() && matches!(m, DaoMessage::Approval(_))
-    });
+    let (alice, spend, request, _watch) = requested(&dao, "restart", BTC / 2);
     // The provider restarts: the request's ceremony was in its memory.
     dao.d.provider.stop();
     dao.d.provider.start_processes().unwrap();
@@ -484,24 +177,16 @@ fn an_enclave_restart_while_a_signature_is_pending_is_announced_and_the_signatur
 
 #[test]
 fn a_rejection_is_heard_at_once_and_kills_a_request_only_when_the_rule_cannot_be_reached() {
-    let dao = Dao::create();
+    let dao = create();
     // "small" needs 2 of the 3: Carol says no, Alice hears it at once, Bob's yes still signs.
-    let (small, psbt, request) = dao.spend("small", BTC / 2);
-    let alice = dao.sign("alice-small", &psbt, &request, TIMEOUT);
-    wait_for(&request);
-    let mut watch = dao.watch(&request);
-    let alice_key = dao.key(0);
-    let approved = |s: &[u8], m: &DaoMessage| {
-        s == alice_key.as_slice() && matches!(m, DaoMessage::Approval(_))
-    };
-    watch.wait("Alice's approval", 1, &approved);
+    let (alice, small, request, _watch) = requested(&dao, "small", BTC / 2);
     let no = ["--reject", "--reason", "not this month"];
     let carol = dao.approve("carol-no", 2, &request, TIMEOUT, &no).finish();
     let said = json(&carol);
     assert_eq!(said["rejected"], Value::Bool(true), "{said}");
     assert_eq!(said["dead"], Value::Bool(false), "{said}");
     alice.wait_stderr("carol rejected this request: \"not this month\"");
-    let listed = dao.requests(1);
+    let listed = requests(&dao, 1, &[]);
     let pending = &listed["requests"][0];
     assert_eq!(pending["rejections"][0]["member"], "carol", "{listed}");
     assert_eq!(
@@ -524,10 +209,7 @@ fn a_rejection_is_heard_at_once_and_kills_a_request_only_when_the_rule_cannot_be
     all_signed(&[&alice.finish(), &bob.finish()], &small);
 
     // "large" needs all three: Bob's no kills it, and Alice's `sign` stops at once saying so.
-    let (_, psbt, request) = dao.spend("large", 2 * BTC);
-    let alice = dao.sign("alice-large", &psbt, &request, TIMEOUT);
-    wait_for(&request);
-    dao.watch(&request).wait("Alice's approval", 1, &approved);
+    let (alice, _, request, _watch) = requested(&dao, "large", 2 * BTC);
     let started = Instant::now();
     let bob = dao
         .approve("bob-no", 1, &request, TIMEOUT, &["--reject"])
@@ -542,23 +224,9 @@ fn a_rejection_is_heard_at_once_and_kills_a_request_only_when_the_rule_cannot_be
         started.elapsed()
     );
     // The provider refused it too: nothing pending, and `--all` shows how it ended.
-    let listed = dao.requests(2);
+    let listed = requests(&dao, 2, &[]);
     assert_eq!(listed["requests"].as_array().unwrap().len(), 0, "{listed}");
-    let out = run(
-        "cosigner",
-        args(&[
-            "--home",
-            &p(&dao.homes[2]),
-            "dao",
-            "requests",
-            "--wallet",
-            &dao.wallet,
-            "--all",
-            "--json",
-        ]),
-        &env(&dao.d),
-    );
-    let all = json(&out);
+    let all = requests(&dao, 2, &["--all"]);
     let ended: Vec<&Value> = all["requests"].as_array().unwrap().iter().collect();
     assert_eq!(ended.len(), 2, "{all}");
     assert!(
