@@ -139,14 +139,9 @@ impl Moto {
             ),
             ("Host", host.as_str()),
         ];
-        let signed = sigv4::sign(
-            &sigv4::Request {
-                method: "POST",
-                path: "/",
-                query: &[],
-                headers: &headers,
-                body: form.as_bytes(),
-            },
+        let mut req = sigv4::post_head(
+            &headers,
+            form.as_bytes(),
             credentials,
             &Scope {
                 region: REGION,
@@ -155,13 +150,6 @@ impl Moto {
             },
         )?;
         let mut s = TcpStream::connect(self.addr)?;
-        let mut req = String::from("POST / HTTP/1.1\r\n");
-        for (n, v) in headers {
-            req.push_str(&format!("{n}: {v}\r\n"));
-        }
-        for (n, v) in signed.extra_headers(credentials) {
-            req.push_str(&format!("{n}: {v}\r\n"));
-        }
         req.push_str(&format!(
             "Content-Length: {}\r\nConnection: close\r\n\r\n{form}",
             form.len()

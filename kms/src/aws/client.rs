@@ -430,14 +430,9 @@ impl KmsClient {
             ("Host", self.host.as_str()),
             ("X-Amz-Target", target.as_str()),
         ];
-        let signed = sigv4::sign(
-            &sigv4::Request {
-                method: "POST",
-                path: "/",
-                query: &[],
-                headers: &headers,
-                body,
-            },
+        let mut head = sigv4::post_head(
+            &headers,
+            body,
             &credentials,
             &Scope {
                 region: &self.region,
@@ -445,14 +440,6 @@ impl KmsClient {
                 time: (self.clock)(),
             },
         )?;
-        let mut head = String::with_capacity(1024);
-        head.push_str("POST / HTTP/1.1\r\n");
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        for (name, value) in signed.extra_headers(&credentials) {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
         head.push_str(&format!(
             "Content-Length: {}\r\nConnection: close\r\nUser-Agent: cosigner-kms/{}\r\n\r\n",
             body.len(),

@@ -283,6 +283,34 @@ impl Signed {
     }
 }
 
+/// The head of a signed `POST /` (no query), the form AWS's JSON APIs (KMS) and query APIs (IAM,
+/// STS) take: the request line, then `headers` and the signature's [`Signed::extra_headers`], one
+/// CRLF-ended line each. The caller adds the rest (`Content-Length`, …), the blank line and `body`.
+pub fn post_head(
+    headers: &[(&str, &str)],
+    body: &[u8],
+    credentials: &Credentials,
+    scope: &Scope<'_>,
+) -> Result<String> {
+    let request = Request {
+        method: "POST",
+        path: "/",
+        query: &[],
+        headers,
+        body,
+    };
+    let signed = sign(&request, credentials, scope)?;
+    let mut head = String::with_capacity(1024);
+    head.push_str("POST / HTTP/1.1\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    for (name, value) in signed.extra_headers(credentials) {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    Ok(head)
+}
+
 /// The SigV4 signing key: `HMAC("AWS4" + secret, date)`, then region, service, `aws4_request`.
 pub fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> Zeroizing<[u8; 32]> {
     let mut seed = Zeroizing::new(Vec::with_capacity(4 + secret.len()));
