@@ -127,16 +127,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// Replaces this process with `cosigner-image ARGS…` (its exit code and output are the command's);
 /// returns only if that fails. The packer lives in its own crate so that the production parent does
 /// not link `aws-nitro-enclaves-image-format` and OpenSSL: `cosigner-parent image` is a forwarder.
+/// Only the packer installed beside this binary runs, never one found on `PATH`: the image and its
+/// PCRs are what clients pin, and a stray or planted `cosigner-image` earlier on `PATH` would make
+/// them.
 fn run_image_tool(args: Vec<OsString>) -> anyhow::Error {
     const TOOL: &str = "cosigner-image";
-    let beside = std::env::current_exe()
+    let Some(program) = std::env::current_exe()
         .ok()
         .map(|exe| exe.with_file_name(TOOL))
-        .filter(|path| path.is_file());
-    let program = beside.unwrap_or_else(|| PathBuf::from(TOOL));
+        .filter(|path| path.is_file())
+    else {
+        return anyhow::anyhow!(
+            "`image` runs the {TOOL} beside this binary, and there is none: run {TOOL} itself \
+             (make build builds it)"
+        );
+    };
     let error = std::process::Command::new(&program).args(args).exec();
-    anyhow::anyhow!(
-        "`image` runs {TOOL} (make build builds it): {}: {error}",
-        program.display()
-    )
+    anyhow::anyhow!("`image` runs {}: {error}", program.display())
 }
