@@ -22,7 +22,7 @@ use cosigner_protocol::dao::{
 };
 use cosigner_protocol::mailbox::{Envelope, Topic};
 use cosigner_protocol::policy::{Policy, parse_members};
-use cosigner_protocol::psbt::{self, SpendSummary};
+use cosigner_protocol::psbt::SpendSummary;
 use cosigner_protocol::wire::{Request, Response, SUITE_SECP256K1_TR, WalletId};
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use serde::{Deserialize, Serialize};
@@ -1176,12 +1176,7 @@ pub fn dao_info(wallet: &WalletFile) -> Result<(&DaoInfo, Invitation)> {
 
 /// What this device computes itself from a PSBT for `wallet`.
 pub fn summarize(wallet: &WalletFile, psbt: &[u8]) -> Result<SpendSummary> {
-    let q: [u8; 32] = hex::decode(&wallet.group_public_key)
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| ClientError::Unexpected("stored group key is not 32 bytes".into()))?;
-    let network = psbt::network_from_name(&wallet.network)?;
-    Ok(psbt::analyze(psbt, &q, network)?)
+    crate::psbt_sign::summarize(wallet, psbt)
 }
 
 /// Makes and signs a request to sign `psbt` (binary) with a DAO wallet.

@@ -9,21 +9,17 @@
 //! sighash; the aggregated signatures are checked (frost, then an independent BIP-340 verifier,
 //! then again by `psbt::finalize`) before the transaction is returned.
 
-use std::collections::BTreeMap;
-
 use cosigner_protocol::auth::public_key_bytes;
-use cosigner_protocol::party::DEVICE;
 use cosigner_protocol::policy::{Member, Policy};
 use cosigner_protocol::psbt::{self, SpendSummary};
-use cosigner_protocol::sign::{self, SignerSession};
 use cosigner_protocol::wire::{KeyRole, PsbtEvaluation, Request, Response, WalletId};
 use p256::ecdsa::SigningKey;
 use serde_bytes::ByteBuf;
 
+use crate::courier::Courier;
 use crate::error::{ClientError, Result};
 use crate::home::{Home, WalletFile};
-use crate::session::Session;
-use crate::wallet::{CoSigner, Suite, authorized, verify_bip340};
+use crate::wallet::{CoSigner, TwoParty, authorized, unexpected};
 
 /// The name a personal wallet's policy gives its one member, this device.
 pub const OWNER: &str = "owner";
@@ -39,10 +35,6 @@ pub struct Signed {
     pub evaluation: PsbtEvaluation,
 }
 
-fn unexpected(what: &str, got: &Response) -> ClientError {
-    ClientError::Unexpected(format!("expected {what}, got {got:?}"))
-}
-
 /// Checks that `policy` is one the cosigners accept for a wallet of this device: it parses
 /// with this device's key as its only member, `owner`.
 pub fn check_policy(home: &Home, policy: &str) -> Result<Policy> {
@@ -53,15 +45,19 @@ pub fn check_policy(home: &Home, policy: &str) -> Result<Policy> {
     Ok(Policy::parse(policy, &[owner])?)
 }
 
-/// This device's own reading of a PSBT (binary) for `wallet`: it must spend only the wallet's
-/// output key; what leaves, where to, and the fee.
+/// This device's own reading of a PSBT (binary) for `wallet` (personal or DAO): it must spend
+/// only the wallet's output key; what leaves, where to, and the fee.
 pub fn summarize(wallet: &WalletFile, psbt: &[u8]) -> Result<SpendSummary> {
-    let q: [u8; 32] = hex::decode(&wallet.group_public_key)
+    let network = psbt::network_from_name(&wallet.network)?;
+    Ok(psbt::analyze(psbt, &output_key(wallet)?, network)?)
+}
+
+/// The wallet's Taproot output key Q (its x-only group key).
+fn output_key(wallet: &WalletFile) -> Result<[u8; 32]> {
+    hex::decode(&wallet.group_public_key)
         .ok()
         .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| ClientError::Unexpected("stored group key is not 32 bytes".into()))?;
-    let network = psbt::network_from_name(&wallet.network)?;
-    Ok(psbt::analyze(psbt, &q, network)?)
+        .ok_or_else(|| ClientError::Unexpected("stored group key is not 32 bytes".into()))
 }
 
 /// Whether the provider's reading is this device's (addresses aside: a wallet created before
@@ -83,7 +79,7 @@ fn agrees(ours: &SpendSummary, theirs: &PsbtEvaluation) -> bool {
 /// returns the transaction. The provider refuses what the wallet's policy does not allow.
 pub fn sign_psbt(
     home: &Home,
-    provider: &mut Session,
+    provider: &mut dyn Courier,
     wallet_id: WalletId,
     psbt: &[u8],
 ) -> Result<Signed> {
@@ -94,7 +90,7 @@ pub fn sign_psbt(
 /// provider is unreachable); it evaluates the wallet's policy with its own spend history.
 pub fn sign_psbt_with(
     home: &Home,
-    provider: &mut Session,
+    provider: &mut dyn Courier,
     cosigner: CoSigner<'_>,
     wallet_id: WalletId,
     psbt: &[u8],
@@ -106,21 +102,13 @@ pub fn sign_psbt_with(
         ));
     }
     let summary = summarize(&wallet, psbt)?;
-    let share = home.share(&wallet_id)?;
-    let key_package = frost_core::keys::KeyPackage::<Suite>::deserialize(&share)
-        .map_err(|e| ClientError::Input(format!("this device's share of {wallet_id}: {e}")))?;
-    let pkp_bytes = hex::decode(&wallet.public_key_package)
-        .map_err(|e| ClientError::Input(format!("wallet file: {e}")))?;
-    let public_key_package = frost_core::keys::PublicKeyPackage::<Suite>::deserialize(&pkp_bytes)
-        .map_err(|e| ClientError::Input(format!("wallet file: {e}")))?;
+    let two = TwoParty::new(home, &wallet_id, wallet, &cosigner)?;
     let (role, authorizer) = cosigner.authorizer(home)?;
-    let them = cosigner.party();
-    let signers = [DEVICE, them];
     let request = Request::SignPsbtCommit {
         wallet_id,
-        epoch: wallet.epoch,
+        epoch: two.wallet.epoch,
         psbt: ByteBuf::from(psbt.to_vec()),
-        signers: signers.to_vec(),
+        signers: two.signers().to_vec(),
     };
     let (session_id, theirs, evaluation) =
         match authorized(provider, wallet_id, role, &authorizer, &request)? {
@@ -143,18 +131,8 @@ pub fn sign_psbt_with(
     let mut ours = Vec::with_capacity(theirs.len());
     let mut packages = Vec::with_capacity(theirs.len());
     for (sighash, provider_commitments) in summary.sighashes.iter().zip(theirs) {
-        let (session, our_commitments) = SignerSession::<Suite>::commit(
-            &key_package,
-            DEVICE,
-            sighash,
-            &signers,
-            &mut rand_core::OsRng,
-        )?;
-        let commitments = BTreeMap::from([
-            (DEVICE, our_commitments),
-            (them, provider_commitments.into_vec()),
-        ]);
-        packages.push(sign::signing_package::<Suite>(sighash, &commitments)?);
+        let (session, package) = two.commit(sighash, provider_commitments.into_vec())?;
+        packages.push(package);
         ours.push(session);
     }
     let shares = match provider.call(&Request::SignPsbtShare {
@@ -171,20 +149,9 @@ pub fn sign_psbt_with(
         .zip(shares)
         .zip(&summary.sighashes)
     {
-        let our_share = session.sign(&key_package, package)?;
-        let all = BTreeMap::from([(DEVICE, our_share), (them, provider_share.into_vec())]);
-        let signature = sign::aggregate::<Suite>(package, &all, &public_key_package)?;
-        let signature: [u8; 64] = signature
-            .try_into()
-            .map_err(|_| ClientError::Unexpected("signature is not 64 bytes".into()))?;
-        verify_bip340(&wallet.group_public_key, sighash, &signature)?;
-        signatures.push(signature);
+        signatures.push(two.aggregate(session, package, provider_share.into_vec(), sighash)?);
     }
-    let q: [u8; 32] = hex::decode(&wallet.group_public_key)
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| ClientError::Unexpected("stored group key is not 32 bytes".into()))?;
-    let (txid, tx) = psbt::finalize(psbt, &q, &signatures)?;
+    let (txid, tx) = psbt::finalize(psbt, &output_key(&two.wallet)?, &signatures)?;
     Ok(Signed {
         txid,
         tx,
@@ -197,8 +164,8 @@ pub fn sign_psbt_with(
 /// the recovery cosigner; if the second refuses, the error says the two now differ.
 pub fn set_policy(
     home: &Home,
-    provider: &mut Session,
-    recovery: &mut Session,
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
     wallet_id: WalletId,
     recovery_key: &SigningKey,
     policy: Option<&str>,
@@ -217,10 +184,9 @@ pub fn set_policy(
         wallet_id,
         policy: policy.map(str::to_owned),
     };
-    for (n, (name, session)) in [("provider", provider), ("recovery cosigner", recovery)]
-        .into_iter()
-        .enumerate()
-    {
+    let both: [(&str, &mut dyn Courier); 2] =
+        [("provider", provider), ("recovery cosigner", recovery)];
+    for (n, (name, session)) in both.into_iter().enumerate() {
         match authorized(
             session,
             wallet_id,

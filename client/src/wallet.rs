@@ -27,7 +27,7 @@ use crate::home::{Home, WalletFile, write_p256_key};
 /// The suite wallets use.
 pub type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
 
-fn unexpected(what: &str, got: &Response) -> ClientError {
+pub(crate) fn unexpected(what: &str, got: &Response) -> ClientError {
     ClientError::Unexpected(format!("expected {what}, got {got:?}"))
 }
 
@@ -550,6 +550,16 @@ fn load(
     wallet_id: &WalletId,
 ) -> Result<(WalletFile, KeyPackage<Suite>, PublicKeyPackage<Suite>)> {
     let wallet = home.wallet(wallet_id)?;
+    let (key_package, public_key_package) = keys(home, wallet_id, &wallet)?;
+    Ok((wallet, key_package, public_key_package))
+}
+
+/// This device's share of `wallet` and the wallet's public key package.
+fn keys(
+    home: &Home,
+    wallet_id: &WalletId,
+    wallet: &WalletFile,
+) -> Result<(KeyPackage<Suite>, PublicKeyPackage<Suite>)> {
     let share = home.share(wallet_id)?;
     let key_package = KeyPackage::<Suite>::deserialize(&share)
         .map_err(|e| ClientError::Input(format!("this device's share of {wallet_id}: {e}")))?;
@@ -557,7 +567,80 @@ fn load(
         .map_err(|e| ClientError::Input(format!("wallet file: {e}")))?;
     let public_key_package = PublicKeyPackage::<Suite>::deserialize(&pkp_bytes)
         .map_err(|e| ClientError::Input(format!("wallet file: {e}")))?;
-    Ok((wallet, key_package, public_key_package))
+    Ok((key_package, public_key_package))
+}
+
+/// The two parties of a personal wallet's signature: this device (its share) and a cosigner
+/// (`them`). One FROST signature per message: [`TwoParty::commit`], then [`TwoParty::aggregate`].
+pub(crate) struct TwoParty {
+    /// The wallet signed with.
+    pub(crate) wallet: WalletFile,
+    key_package: KeyPackage<Suite>,
+    public_key_package: PublicKeyPackage<Suite>,
+    them: u16,
+}
+
+impl TwoParty {
+    /// This device's keys of `wallet` (`wallet_id`), signing with `cosigner`.
+    pub(crate) fn new(
+        home: &Home,
+        wallet_id: &WalletId,
+        wallet: WalletFile,
+        cosigner: &CoSigner<'_>,
+    ) -> Result<Self> {
+        let (key_package, public_key_package) = keys(home, wallet_id, &wallet)?;
+        Ok(Self {
+            wallet,
+            key_package,
+            public_key_package,
+            them: cosigner.party(),
+        })
+    }
+
+    /// The signers, this device first.
+    pub(crate) fn signers(&self) -> [u16; 2] {
+        [DEVICE, self.them]
+    }
+
+    /// Commits to signing `message` (fresh nonces) and builds its signing package with the
+    /// cosigner's commitments `theirs`.
+    pub(crate) fn commit(
+        &self,
+        message: &[u8; 32],
+        theirs: Vec<u8>,
+    ) -> Result<(sign::SignerSession<Suite>, Vec<u8>)> {
+        let (session, ours) = sign::SignerSession::<Suite>::commit(
+            &self.key_package,
+            DEVICE,
+            message,
+            &self.signers(),
+            &mut rand_core::OsRng,
+        )?;
+        let commitments = BTreeMap::from([(DEVICE, ours), (self.them, theirs)]);
+        Ok((
+            session,
+            sign::signing_package::<Suite>(message, &commitments)?,
+        ))
+    }
+
+    /// Our share of `package` aggregated with the cosigner's `theirs`, checked by frost and then
+    /// by an independent BIP-340 verifier.
+    pub(crate) fn aggregate(
+        &self,
+        session: sign::SignerSession<Suite>,
+        package: &[u8],
+        theirs: Vec<u8>,
+        message: &[u8; 32],
+    ) -> Result<[u8; 64]> {
+        let ours = session.sign(&self.key_package, package)?;
+        let shares = BTreeMap::from([(DEVICE, ours), (self.them, theirs)]);
+        let signature = sign::aggregate::<Suite>(package, &shares, &self.public_key_package)?;
+        let signature: [u8; 64] = signature
+            .try_into()
+            .map_err(|_| internal("signature is not 64 bytes"))?;
+        verify_bip340(&self.wallet.group_public_key, message, &signature)?;
+        Ok(signature)
+    }
 }
 
 /// Which cosigner signs with this device, and under which key.
@@ -607,15 +690,13 @@ pub fn sign_with(
     wallet_id: WalletId,
     message: &[u8; 32],
 ) -> Result<[u8; 64]> {
-    let (wallet, key_package, public_key_package) = load(home, &wallet_id)?;
+    let two = TwoParty::new(home, &wallet_id, home.wallet(&wallet_id)?, &cosigner)?;
     let (role, authorizer) = cosigner.authorizer(home)?;
-    let them = cosigner.party();
-    let signers = [DEVICE, them];
     let request = Request::SignCommit {
         wallet_id,
-        epoch: wallet.epoch,
+        epoch: two.wallet.epoch,
         message: ByteBuf::from(message.to_vec()),
-        signers: signers.to_vec(),
+        signers: two.signers().to_vec(),
     };
     let (session_id, provider_commitments) =
         match authorized(provider, wallet_id, role, &authorizer, &request)? {
@@ -625,18 +706,7 @@ pub fn sign_with(
             } => (session_id, commitments),
             other => return Err(unexpected("SignCommitted", &other)),
         };
-    let (ours, our_commitments) = sign::SignerSession::<Suite>::commit(
-        &key_package,
-        DEVICE,
-        message,
-        &signers,
-        &mut rand_core::OsRng,
-    )?;
-    let commitments = BTreeMap::from([
-        (DEVICE, our_commitments),
-        (them, provider_commitments.into_vec()),
-    ]);
-    let package = sign::signing_package::<Suite>(message, &commitments)?;
+    let (ours, package) = two.commit(message, provider_commitments.into_vec())?;
     let provider_share = match provider.call(&Request::SignShare {
         session_id,
         signing_package: ByteBuf::from(package.clone()),
@@ -644,14 +714,7 @@ pub fn sign_with(
         Response::SignatureShare { share } => share.into_vec(),
         other => return Err(unexpected("SignatureShare", &other)),
     };
-    let our_share = ours.sign(&key_package, &package)?;
-    let shares = BTreeMap::from([(DEVICE, our_share), (them, provider_share)]);
-    let signature = sign::aggregate::<Suite>(&package, &shares, &public_key_package)?;
-    let signature: [u8; 64] = signature
-        .try_into()
-        .map_err(|_| internal("signature is not 64 bytes"))?;
-    verify_bip340(&wallet.group_public_key, message, &signature)?;
-    Ok(signature)
+    two.aggregate(ours, &package, provider_share, message)
 }
 
 /// Checks a BIP-340 signature with code independent of FROST's own verifier (k256).
@@ -671,6 +734,18 @@ pub fn provider_view(provider: &mut dyn Courier, wallet_id: WalletId) -> Result<
         Response::Wallet { wallet } => Ok(wallet),
         other => Err(unexpected("Wallet", &other)),
     }
+}
+
+/// What the provider and the recovery cosigner each say of the wallet.
+fn views(
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
+    wallet_id: WalletId,
+) -> Result<(WalletInfo, WalletInfo)> {
+    Ok((
+        provider_view(provider, wallet_id)?,
+        provider_view(recovery, wallet_id)?,
+    ))
 }
 
 /// The steps of a refresh, reported to an observer (tests interrupt a refresh at each one).
@@ -708,15 +783,8 @@ pub fn refresh(
     if let Some(done) = resume(home, provider, recovery, &wallet, &device_key)? {
         return Ok(done);
     }
-    refresh_from(
-        home,
-        provider,
-        recovery,
-        wallet,
-        &key_package,
-        &pkp,
-        observe,
-    )
+    let old = (key_package, pkp);
+    refresh_from(home, provider, recovery, wallet, old, observe)
 }
 
 /// Finishes, on this device's side, a refresh that committed at the cosigners: the cosigners
@@ -741,11 +809,7 @@ fn resume(
     };
     let pkp = PublicKeyPackage::<Suite>::deserialize(&view.public_key_package)
         .map_err(|e| internal(format!("cosigner's public key package: {e}")))?;
-    let Ok(kp) = KeyPackage::<Suite>::deserialize(&prepared) else {
-        return Ok(None);
-    };
-    let ours = pkp.verifying_shares().get(kp.identifier());
-    if ours != Some(kp.verifying_share()) || pkp.verifying_key() != kp.verifying_key() {
+    if !belongs(&prepared, &pkp) {
         return Ok(None);
     }
     Ok(Some(switch_share(
@@ -818,8 +882,7 @@ fn roll_forward(
     wallet_id: WalletId,
     device_key: &SigningKey,
 ) -> Result<WalletInfo> {
-    let b = provider_view(provider, wallet_id)?;
-    let c = provider_view(recovery, wallet_id)?;
+    let (b, c) = views(provider, recovery, wallet_id)?;
     if b.epoch != c.epoch {
         let (leader, lagging) = if b.epoch > c.epoch {
             (&b, &mut *recovery as &mut dyn Courier)
@@ -838,8 +901,7 @@ fn roll_forward(
             other => return Err(unexpected("RefreshCommitted", &other)),
         }
     }
-    let b = provider_view(provider, wallet_id)?;
-    let c = provider_view(recovery, wallet_id)?;
+    let (b, c) = views(provider, recovery, wallet_id)?;
     if b.epoch != c.epoch || b.public_key_package != c.public_key_package {
         return Err(ClientError::Protocol(
             cosigner_protocol::ProtocolError::Disagreement {
@@ -854,13 +916,14 @@ fn roll_forward(
     Ok(b)
 }
 
+/// Refreshes `wallet` from `old` (this device's share and the public key package of its epoch)
+/// to the next epoch at all three parties.
 fn refresh_from(
     home: &Home,
     provider: &mut dyn Courier,
     recovery: &mut dyn Courier,
     wallet: WalletFile,
-    key_package: &KeyPackage<Suite>,
-    pkp: &PublicKeyPackage<Suite>,
+    old: (KeyPackage<Suite>, PublicKeyPackage<Suite>),
     observe: &mut dyn FnMut(RefreshStep),
 ) -> Result<WalletFile> {
     let wallet_id = WalletId::from_hex(&wallet.wallet_id)?;
@@ -880,7 +943,6 @@ fn refresh_from(
         };
         authorized_retrying(courier, wallet_id, KeyRole::Device, &device_key, &start)
     };
-    let old = (key_package.clone(), pkp.clone());
     let Confirmed {
         output,
         confirmations,
@@ -1054,15 +1116,9 @@ pub fn recover_observed(
     observe(RecoverStep::Repaired);
     // 4. Refresh to a new epoch: the old device's share goes stale, its key is revoked.
     let wallet = home.wallet(&wallet_id)?;
-    refresh_from(
-        home,
-        provider,
-        recovery,
-        wallet,
-        &key_package,
-        &pkp,
-        &mut |step| observe(RecoverStep::Refresh(step)),
-    )
+    let observe = &mut |step| observe(RecoverStep::Refresh(step));
+    let old = (key_package, pkp);
+    refresh_from(home, provider, recovery, wallet, old, observe)
 }
 
 /// Cancels a recovery in progress at both cosigners, with the recovery credential: the pending
@@ -1075,8 +1131,7 @@ pub fn cancel_recovery(
 ) -> Result<()> {
     // A recovery that already committed at one cosigner is finished, not cancelled: cancelling
     // at the other would leave the two with different device keys.
-    let b = provider_view(provider, wallet_id)?;
-    let c = provider_view(recovery, wallet_id)?;
+    let (b, c) = views(provider, recovery, wallet_id)?;
     if b.epoch != c.epoch {
         return Err(ClientError::Input(format!(
             "a cosigner already committed a refresh of wallet {wallet_id} (epochs {} and {}): \
@@ -1094,12 +1149,16 @@ pub fn cancel_recovery(
     Ok(())
 }
 
-/// Whether this home's share of `wallet_id` belongs to `pkp` (its verifying share is there).
+/// Whether this home's share of `wallet_id` belongs to `pkp`.
 fn holds_share(home: &Home, wallet_id: &WalletId, pkp: &PublicKeyPackage<Suite>) -> bool {
-    let Ok(share) = home.share(wallet_id) else {
-        return false;
-    };
-    let Ok(kp) = KeyPackage::<Suite>::deserialize(&share) else {
+    home.share(wallet_id)
+        .is_ok_and(|share| belongs(&share, pkp))
+}
+
+/// Whether `share` (a serialized key package) belongs to `pkp`: its verifying share is there
+/// and the group key is the same.
+fn belongs(share: &[u8], pkp: &PublicKeyPackage<Suite>) -> bool {
+    let Ok(kp) = KeyPackage::<Suite>::deserialize(share) else {
         return false;
     };
     pkp.verifying_shares().get(kp.identifier()) == Some(kp.verifying_share())
