@@ -16,6 +16,7 @@ pub mod imds;
 pub mod in_process;
 pub mod members;
 pub mod moto;
+pub mod owner;
 pub mod pkcs11;
 pub mod wallets;
 

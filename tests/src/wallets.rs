@@ -71,16 +71,34 @@ pub fn create_with(d: &Deployment, name: &str, extra: &[&str]) -> TestWallet {
 
 /// `cosigner sign --message MESSAGE` with the wallet `id` of `home`.
 pub fn sign(d: &Deployment, home: &Path, id: &str) -> Outcome {
-    d.cosigner([
+    sign_with(d, home, id, &[])
+}
+
+/// [`sign`] with `extra` arguments (`--with-recovery-key FILE`, say).
+pub fn sign_with(d: &Deployment, home: &Path, id: &str, extra: &[&str]) -> Outcome {
+    sign_message(d, home, id, MESSAGE, extra)
+}
+
+/// `cosigner sign --message MESSAGE_HEX` with the wallet `id` of `home` and `extra` arguments.
+pub fn sign_message(
+    d: &Deployment,
+    home: &Path,
+    id: &str,
+    message_hex: &str,
+    extra: &[&str],
+) -> Outcome {
+    let mut args = vec![
         "--home",
         p(home),
         "sign",
         "--wallet",
         id,
         "--message",
-        MESSAGE,
+        message_hex,
         "--json",
-    ])
+    ];
+    args.extend(extra);
+    d.cosigner(&args)
 }
 
 /// Signs with `home` and checks the signature against the wallet's key with k256 (independent
@@ -89,7 +107,15 @@ pub fn sign(d: &Deployment, home: &Path, id: &str) -> Outcome {
 /// # Panics
 /// If signing fails or the signature does not verify.
 pub fn signs(d: &Deployment, home: &Path, w: &TestWallet) {
-    let out = sign(d, home, &w.id);
+    verifies(w, &sign(d, home, &w.id));
+}
+
+/// Checks the signature of a successful `sign --json` against `w`'s key with k256 (independent
+/// of FROST's own verifier).
+///
+/// # Panics
+/// If signing failed or the signature does not verify.
+pub fn verifies(w: &TestWallet, out: &Outcome) {
     let sig: Value = serde_json::from_str(out.ok()).unwrap_or_default();
     let verified = (|| -> anyhow::Result<()> {
         let key = k256::schnorr::VerifyingKey::from_bytes(&hex::decode(&w.key)?)?;
@@ -110,4 +136,31 @@ pub fn signs(d: &Deployment, home: &Path, w: &TestWallet) {
 /// `cosigner refresh` of the wallet `id` in `home`.
 pub fn refresh(d: &Deployment, home: &Path, id: &str) -> Outcome {
     d.cosigner(["--home", p(home), "refresh", "--wallet", id, "--json"])
+}
+
+/// `cosigner recover` of `w` into `home` under its recovery credential.
+pub fn recover(d: &Deployment, home: &Path, w: &TestWallet) -> Outcome {
+    d.cosigner([
+        "--home",
+        p(home),
+        "recover",
+        "--wallet",
+        &w.id,
+        "--recovery-key",
+        p(&w.recovery_key),
+        "--json",
+    ])
+}
+
+/// `cosigner wallet show --json` of the wallet `id` in `home`.
+pub fn show(d: &Deployment, home: &Path, id: &str) -> Outcome {
+    d.cosigner([
+        "--home",
+        p(home),
+        "wallet",
+        "show",
+        "--wallet",
+        id,
+        "--json",
+    ])
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cosigner_tests::wallets::{MESSAGE, create, p};
+use cosigner_tests::wallets::{create, p, show, sign};
 use cosigner_tests::{Deployment, Outcome, run};
 use serde_json::Value;
 
@@ -71,24 +71,17 @@ fn files_are_named_in_their_errors_without_a_cosigner() {
     );
 
     // Files given on the command line.
-    let line = refused(&cosigner(&[
-        "--home",
-        p(&home),
-        "wallet",
-        "create",
-        "--policy",
-        p(&a_dir),
-    ]));
-    assert!(line.contains(p(&a_dir)), "{line}");
-    let line = refused(&cosigner(&[
-        "--home",
-        p(&home),
-        "wallet",
-        "create",
-        "--enrollment-token",
-        p(&a_dir),
-    ]));
-    assert!(line.contains(p(&a_dir)), "{line}");
+    for flag in ["--policy", "--enrollment-token"] {
+        let line = refused(&cosigner(&[
+            "--home",
+            p(&home),
+            "wallet",
+            "create",
+            flag,
+            p(&a_dir),
+        ]));
+        assert!(line.contains(p(&a_dir)), "{line}");
+    }
     let id = "00".repeat(16);
     for key in [&a_dir, &a_file] {
         let line = refused(&cosigner(&[
@@ -214,18 +207,7 @@ fn a_damaged_share_names_its_file_and_changes_nothing() {
     let w = create(&d, "alice");
     let share = w.home.join("wallets").join(format!("{}.share", w.id));
     let good = std::fs::read(&share).unwrap();
-    let sign = || {
-        d.cosigner([
-            "--home",
-            p(&w.home),
-            "sign",
-            "--wallet",
-            &w.id,
-            "--message",
-            MESSAGE,
-            "--json",
-        ])
-    };
+    let sign = || sign(&d, &w.home, &w.id);
     let refresh = || d.cosigner(["--home", p(&w.home), "refresh", "--wallet", &w.id]);
     // Truncated; then one bit flipped (still a key package, but not this wallet's).
     let mut flipped = good.clone();
@@ -270,15 +252,7 @@ fn wallet_show_works_offline_and_shows_the_policy_and_what_is_left() {
     ]));
     let id = created["wallet_id"].as_str().unwrap().to_owned();
 
-    let online = d.cosigner([
-        "--home",
-        p(&home),
-        "wallet",
-        "show",
-        "--wallet",
-        &id,
-        "--json",
-    ]);
+    let online = show(&d, &home, &id);
     let shown = json(&online);
     assert_eq!(shown["source"], "cosigner", "{shown}");
     assert_eq!(shown["kind"], "personal", "{shown}");
@@ -290,15 +264,7 @@ fn wallet_show_works_offline_and_shows_the_policy_and_what_is_left() {
     assert_eq!(rule["velocity"]["left"], 200_000, "{shown}");
 
     d.provider.stop();
-    let offline = d.cosigner([
-        "--home",
-        p(&home),
-        "wallet",
-        "show",
-        "--wallet",
-        &id,
-        "--json",
-    ]);
+    let offline = show(&d, &home, &id);
     let shown = json(&offline);
     assert_eq!(shown["source"], "local", "{shown}");
     assert!(
@@ -374,18 +340,7 @@ fn wallet_show_works_for_a_dao_wallet_online_and_offline() {
     joiner.join().unwrap().ok();
     let id = created["wallet_id"].as_str().unwrap().to_owned();
 
-    let show = |d: &Deployment| {
-        d.cosigner([
-            "--home",
-            p(&homes[1]),
-            "wallet",
-            "show",
-            "--wallet",
-            &id,
-            "--json",
-        ])
-    };
-    let shown = json(&show(&d));
+    let shown = json(&show(&d, &homes[1], &id));
     assert_eq!(shown["kind"], "dao", "{shown}");
     assert_eq!(shown["source"], "cosigner", "{shown}");
     assert_eq!(shown["policy"]["version"], 1, "{shown}");
@@ -393,7 +348,7 @@ fn wallet_show_works_for_a_dao_wallet_online_and_offline() {
     assert_eq!(shown["policy"]["rules"][0]["below"], 100_000, "{shown}");
 
     d.provider.stop();
-    let offline = show(&d);
+    let offline = show(&d, &homes[1], &id);
     let shown = json(&offline);
     offline.ok();
     assert_eq!(shown["source"], "local", "{shown}");

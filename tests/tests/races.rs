@@ -15,48 +15,24 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cosigner_client::ClientError;
-use cosigner_client::home::Home;
 use cosigner_client::session::Session;
-use cosigner_client::trust::Trust;
 use cosigner_protocol::wire::{
     DkgParams, ErrorKind, KeyRole, Request, Response, SUITE_SECP256K1_TR, WalletId,
 };
-use cosigner_tests::wallets::{MESSAGE, TestWallet, create, p, refresh, sign, signs};
-use cosigner_tests::{Deployment, Outcome};
+use cosigner_tests::Deployment;
+use cosigner_tests::owner::{Cosigners, Owner};
+use cosigner_tests::wallets::{
+    TestWallet, create, p, recover, refresh, show, sign, sign_with, signs, verifies,
+};
 use serde_bytes::ByteBuf;
 use serde_json::Value;
 
 type Wallet = TestWallet;
 
-fn recover(d: &Deployment, home: &Path, w: &Wallet) -> Outcome {
-    d.cosigner([
-        "--home",
-        p(home),
-        "recover",
-        "--wallet",
-        &w.id,
-        "--recovery-key",
-        p(&w.recovery_key),
-        "--json",
-    ])
-}
-
 fn epoch(d: &Deployment, home: &Path, id: &str) -> u64 {
-    let out = d.cosigner([
-        "--home",
-        p(home),
-        "wallet",
-        "show",
-        "--wallet",
-        id,
-        "--json",
-    ]);
+    let out = show(d, home, id);
     let v: Value = serde_json::from_str(out.ok()).unwrap();
     v["epoch"].as_u64().unwrap()
-}
-
-fn trust(d: &Deployment) -> Trust {
-    Trust::load(&d.dir.path().join("trust.toml")).unwrap()
 }
 
 /// A thief with the stolen phone refreshes and signs in a loop while the owner recovers from a
@@ -141,24 +117,15 @@ fn a_started_recovery_suspends_the_device_key_until_it_is_cancelled() {
     let d = Deployment::start().unwrap();
     let w = create(&d, "alice");
     signs(&d, &w.home, &w);
-    let trust = trust(&d);
-    let id = WalletId::from_hex(&w.id).unwrap();
-    let recovery_key = cosigner_client::home::read_p256_key(&w.recovery_key).unwrap();
+    let owner = Owner::of(&d, &w);
     let newcomer = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
     let start = Request::RecoverStart {
-        wallet_id: id,
+        wallet_id: owner.id,
         new_device_key: ByteBuf::from(cosigner_protocol::auth::public_key_bytes(&newcomer)),
     };
     for addr in [d.provider.addr(), d.recovery.addr()] {
-        let mut s = Session::connect(&addr, &trust).unwrap();
-        let answer = cosigner_client::wallet::authorized(
-            &mut s,
-            id,
-            KeyRole::Recovery,
-            &recovery_key,
-            &start,
-        )
-        .unwrap();
+        let mut s = owner.cosigners.connect(&addr);
+        let answer = owner.authorized(&mut s, KeyRole::Recovery, &start).unwrap();
         assert!(
             matches!(answer, Response::RecoverApproved { .. }),
             "{answer:?}"
@@ -214,18 +181,17 @@ fn readers_and_signers_racing_a_dozen_refreshes_see_no_false_rollback_alarm() {
             }
         }));
     }
-    let trust = Arc::new(trust(&d));
+    let cosigners = Arc::new(Cosigners::of(&d));
     for _ in 0..3 {
-        let (d, stop, alarms, reads) = (
-            Arc::clone(&d),
+        let (cosigners, stop, alarms, reads) = (
+            Arc::clone(&cosigners),
             Arc::clone(&stop),
             Arc::clone(&alarms),
             Arc::clone(&reads),
         );
-        let trust = Arc::clone(&trust);
         let id = WalletId::from_hex(&w.id).unwrap();
         threads.push(std::thread::spawn(move || {
-            let mut s = Session::connect(&d.provider.addr(), &trust).unwrap();
+            let mut s = cosigners.provider();
             let deadline = Instant::now() + Duration::from_secs(300);
             while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
                 match s.call(&Request::GetWallet { wallet_id: id }) {
@@ -262,7 +228,7 @@ fn readers_and_signers_racing_a_dozen_refreshes_see_no_false_rollback_alarm() {
     assert!(reads.load(Ordering::SeqCst) > 0);
     assert_eq!(alarms.load(Ordering::SeqCst), 0, "false rollback alarms");
     assert_eq!(epoch(&d, &w.home, &w.id), landed);
-    let mut s = Session::connect(&d.provider.addr(), &trust).unwrap();
+    let mut s = cosigners.provider();
     let info =
         cosigner_client::wallet::provider_view(&mut s, WalletId::from_hex(&w.id).unwrap()).unwrap();
     assert_eq!(info.epoch, landed);
@@ -291,12 +257,12 @@ fn dkg_start(s: &mut Session) -> Result<Response, cosigner_client::ClientError> 
 #[test]
 fn a_flood_of_anonymous_dkg_starts_does_not_block_wallet_creation() {
     let d = Deployment::start().unwrap();
-    let trust = trust(&d);
+    let cosigners = Cosigners::of(&d);
     let deadline = Instant::now() + Duration::from_secs(240);
     let mut started = 0;
     let mut refused_busy = 0;
     while started < 1100 && Instant::now() < deadline {
-        let mut s = Session::connect(&d.provider.addr(), &trust).unwrap();
+        let mut s = cosigners.provider();
         for _ in 0..5 {
             match dkg_start(&mut s) {
                 Ok(Response::DkgRound1 { .. }) => started += 1,
@@ -333,19 +299,18 @@ fn refused_authorizations_are_recorded_in_the_audit_log_boundedly() {
         v["entries"].as_u64().unwrap()
     };
     let before = entries();
-    let trust = trust(&d);
-    let id = WalletId::from_hex(&w.id).unwrap();
+    let owner = Owner::of(&d, &w);
     let stranger = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
-    let mut s = Session::connect(&d.provider.addr(), &trust).unwrap();
-    let request = Request::SignCommit {
-        wallet_id: id,
-        epoch: 0,
-        message: ByteBuf::from(vec![7u8; 32]),
-        signers: vec![1, 2],
-    };
+    let mut s = owner.cosigners.provider();
+    let request = owner.sign_commit(7, &[1, 2]);
     for _ in 0..200 {
-        let answer =
-            cosigner_client::wallet::authorized(&mut s, id, KeyRole::Device, &stranger, &request);
+        let answer = cosigner_client::wallet::authorized(
+            &mut s,
+            owner.id,
+            KeyRole::Device,
+            &stranger,
+            &request,
+        );
         assert!(answer.is_err(), "{answer:?}");
     }
     let after = entries();
@@ -363,20 +328,11 @@ fn refused_authorizations_are_recorded_in_the_audit_log_boundedly() {
 fn a_signing_session_opened_before_a_recovery_cannot_finish_after_it() {
     let d = Deployment::start().unwrap();
     let w = create(&d, "alice");
-    let trust = trust(&d);
-    let id = WalletId::from_hex(&w.id).unwrap();
-    let home = Home::open(&w.home).unwrap();
-    let device_key = home.device_key().unwrap();
-    let mut s = Session::connect(&d.provider.addr(), &trust).unwrap();
-    let commit = Request::SignCommit {
-        wallet_id: id,
-        epoch: 0,
-        message: ByteBuf::from(vec![9u8; 32]),
-        signers: vec![1, 2],
-    };
+    let owner = Owner::of(&d, &w);
+    let mut s = owner.cosigners.provider();
+    let commit = owner.sign_commit(9, &[1, 2]);
     let Response::SignCommitted { session_id, .. } =
-        cosigner_client::wallet::authorized(&mut s, id, KeyRole::Device, &device_key, &commit)
-            .unwrap()
+        owner.authorized(&mut s, KeyRole::Device, &commit).unwrap()
     else {
         panic!("no commitments");
     };
@@ -402,27 +358,17 @@ fn a_signing_session_opened_before_a_recovery_cannot_finish_after_it() {
 fn the_recovery_cosigner_refuses_to_sign_on_the_device_key_alone() {
     let d = Deployment::start().unwrap();
     let w = create(&d, "alice");
-    let trust = trust(&d);
-    let id = WalletId::from_hex(&w.id).unwrap();
-    let home = Home::open(&w.home).unwrap();
-    let device_key = home.device_key().unwrap();
-    let recovery_key = cosigner_client::home::read_p256_key(&w.recovery_key).unwrap();
-    let mut s = Session::connect(&d.recovery.addr(), &trust).unwrap();
-    let commit = Request::SignCommit {
-        wallet_id: id,
-        epoch: 0,
-        message: ByteBuf::from(vec![9u8; 32]),
-        signers: vec![1, 3],
-    };
-    let refused =
-        cosigner_client::wallet::authorized(&mut s, id, KeyRole::Device, &device_key, &commit);
+    let owner = Owner::of(&d, &w);
+    let mut s = owner.cosigners.recovery();
+    let commit = owner.sign_commit(9, &[1, 3]);
+    let refused = owner.authorized(&mut s, KeyRole::Device, &commit);
     assert!(
         matches!(&refused, Err(ClientError::Remote(e)) if e.kind == ErrorKind::Unauthorized),
         "{refused:?}"
     );
-    let allowed =
-        cosigner_client::wallet::authorized(&mut s, id, KeyRole::Recovery, &recovery_key, &commit)
-            .unwrap();
+    let allowed = owner
+        .authorized(&mut s, KeyRole::Recovery, &commit)
+        .unwrap();
     assert!(
         matches!(allowed, Response::SignCommitted { .. }),
         "{allowed:?}"
@@ -464,32 +410,18 @@ fn rerun_finishes(d: &Deployment, w: &Wallet, new_home: &Path, step: &str) {
 #[test]
 fn a_recovery_whose_client_dies_at_any_step_is_finished_by_a_rerun() {
     let d = Deployment::start().unwrap();
-    let trust = trust(&d);
+    let cosigners = Cosigners::of(&d);
     for (i, step) in recover_steps().into_iter().enumerate() {
         let w = create(&d, &format!("old-{i}"));
         let new_home = d.home(&format!("new-{i}"));
-        let home = Home::open(&new_home).unwrap();
-        let id = WalletId::from_hex(&w.id).unwrap();
-        let recovery_key = cosigner_client::home::read_p256_key(&w.recovery_key).unwrap();
-        let mut provider = Session::connect(&d.provider.addr(), &trust).unwrap();
-        let mut recovery = Session::connect(&d.recovery.addr(), &trust).unwrap();
         let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            cosigner_client::wallet::recover_observed(
-                &home,
-                &mut provider,
-                &mut recovery,
-                id,
-                &recovery_key,
-                cosigner_client::address::Network::Regtest,
-                &mut |s| {
-                    if s == step {
-                        panic!("client killed at {s:?}");
-                    }
-                },
-            )
+            cosigners.recover_observed(&new_home, &w, &mut |s| {
+                if s == step {
+                    panic!("client killed at {s:?}");
+                }
+            })
         }));
         assert!(died.is_err(), "{step:?}: the client did not die");
-        drop((provider, recovery));
         rerun_finishes(&d, &w, &new_home, &format!("{step:?}"));
     }
 }
@@ -499,30 +431,16 @@ fn a_recovery_whose_client_dies_at_any_step_is_finished_by_a_rerun() {
 #[test]
 fn a_recovery_whose_provider_dies_at_any_step_is_finished_by_a_rerun() {
     let mut d = Deployment::start().unwrap();
-    let trust = trust(&d);
+    let cosigners = Cosigners::of(&d);
     for (i, step) in recover_steps().into_iter().enumerate() {
         let w = create(&d, &format!("old-{i}"));
         let new_home = d.home(&format!("new-{i}"));
-        let home = Home::open(&new_home).unwrap();
-        let id = WalletId::from_hex(&w.id).unwrap();
-        let recovery_key = cosigner_client::home::read_p256_key(&w.recovery_key).unwrap();
-        let mut provider = Session::connect(&d.provider.addr(), &trust).unwrap();
-        let mut recovery = Session::connect(&d.recovery.addr(), &trust).unwrap();
-        let cosigner = std::cell::RefCell::new(&mut d.provider);
-        let _ = cosigner_client::wallet::recover_observed(
-            &home,
-            &mut provider,
-            &mut recovery,
-            id,
-            &recovery_key,
-            cosigner_client::address::Network::Regtest,
-            &mut |s| {
-                if s == step {
-                    cosigner.borrow_mut().stop();
-                }
-            },
-        );
-        drop((provider, recovery));
+        let provider = &mut d.provider;
+        let _ = cosigners.recover_observed(&new_home, &w, &mut |s| {
+            if s == step {
+                provider.stop();
+            }
+        });
         d.provider.start_processes().unwrap();
         rerun_finishes(&d, &w, &new_home, &format!("{step:?}"));
     }
@@ -561,41 +479,21 @@ fn with_the_provider_down_the_recovery_credential_signs_with_the_recovery_cosign
     let w = create(&d, "alice");
     d.provider.stop();
     assert_ne!(sign(&d, &w.home, &w.id).code, Some(0));
-    let out = d.cosigner([
-        "--home",
-        p(&w.home),
-        "sign",
-        "--wallet",
-        &w.id,
-        "--message",
-        MESSAGE,
-        "--with-recovery-key",
-        p(&w.recovery_key),
-        "--json",
-    ]);
-    let sig: Value = serde_json::from_str(out.ok()).unwrap();
-    let key = k256::schnorr::VerifyingKey::from_bytes(&hex::decode(&w.key).unwrap()).unwrap();
-    let sig = k256::schnorr::Signature::try_from(
-        hex::decode(sig["signature"].as_str().unwrap())
-            .unwrap()
-            .as_slice(),
-    )
-    .unwrap();
-    key.verify_raw(&hex::decode(MESSAGE).unwrap(), &sig)
-        .unwrap();
+    let with_recovery = ["--with-recovery-key", p(&w.recovery_key)];
+    verifies(&w, &sign_with(&d, &w.home, &w.id, &with_recovery));
 }
 
 /// A modified client holding the device key runs a refresh to round 3 at both cosigners: returns
 /// every party's confirmation (the prepared shares stay at the cosigners).
 fn prepare_refresh(
-    home: &Home,
+    owner: &Owner,
     provider: &mut Session,
     recovery: &mut Session,
-    id: WalletId,
 ) -> Vec<cosigner_protocol::wire::Confirmation> {
     use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
     use cosigner_protocol::wire::RefreshParams;
     type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
+    let (home, id) = (&owner.home, owner.id);
     let wallet = home.wallet(&id).unwrap();
     let share = home.share(&id).unwrap();
     let kp = frost_core::keys::KeyPackage::<Suite>::deserialize(&share).unwrap();
@@ -603,7 +501,6 @@ fn prepare_refresh(
         &hex::decode(&wallet.public_key_package).unwrap(),
     )
     .unwrap();
-    let device_key = home.device_key().unwrap();
     let params = RefreshParams {
         wallet_id: id,
         ciphersuite: wallet.ciphersuite.clone(),
@@ -619,9 +516,7 @@ fn prepare_refresh(
             params: params.clone(),
             me,
         };
-        match cosigner_client::wallet::authorized(s, id, KeyRole::Device, &device_key, &start)
-            .unwrap()
-        {
+        match owner.authorized(s, KeyRole::Device, &start).unwrap() {
             Response::RefreshRound1 { message } => round1.push(message),
             other => panic!("{other:?}"),
         }
@@ -667,52 +562,32 @@ fn prepare_refresh(
 fn a_thief_cannot_commit_different_refreshes_at_the_two_cosigners() {
     let d = Deployment::start().unwrap();
     let w = create(&d, "alice");
-    let trust = trust(&d);
-    let id = WalletId::from_hex(&w.id).unwrap();
-    let home = Home::open(&w.home).unwrap();
-    let device_key = home.device_key().unwrap();
-    let mut provider = Session::connect(&d.provider.addr(), &trust).unwrap();
-    let mut recovery = Session::connect(&d.recovery.addr(), &trust).unwrap();
-    let x = prepare_refresh(&home, &mut provider, &mut recovery, id);
-    let y = prepare_refresh(&home, &mut provider, &mut recovery, id);
+    let owner = Owner::of(&d, &w);
+    let mut provider = owner.cosigners.provider();
+    let mut recovery = owner.cosigners.recovery();
+    let x = prepare_refresh(&owner, &mut provider, &mut recovery);
+    let y = prepare_refresh(&owner, &mut provider, &mut recovery);
     assert_ne!(x, y);
     let commit =
         |confirmations: &[cosigner_protocol::wire::Confirmation], receipt| Request::RefreshCommit {
-            wallet_id: id,
+            wallet_id: owner.id,
             confirmations: confirmations.to_vec(),
             provider_receipt: receipt,
         };
-    let receipt = match cosigner_client::wallet::authorized(
-        &mut provider,
-        id,
-        KeyRole::Device,
-        &device_key,
-        &commit(&x, None),
-    )
-    .unwrap()
+    let receipt = match owner
+        .authorized(&mut provider, KeyRole::Device, &commit(&x, None))
+        .unwrap()
     {
         Response::RefreshCommitted { wallet } => wallet.receipt,
         other => panic!("{other:?}"),
     };
     assert!(receipt.is_some(), "the provider gave no receipt");
     // The provider never commits a second refresh to the same epoch.
-    let again = cosigner_client::wallet::authorized(
-        &mut provider,
-        id,
-        KeyRole::Device,
-        &device_key,
-        &commit(&y, None),
-    );
+    let again = owner.authorized(&mut provider, KeyRole::Device, &commit(&y, None));
     assert!(again.is_err(), "{again:?}");
     // Y at the recovery cosigner: no receipt, or X's receipt, is refused.
     for r in [None, receipt.clone()] {
-        let refused = cosigner_client::wallet::authorized(
-            &mut recovery,
-            id,
-            KeyRole::Device,
-            &device_key,
-            &commit(&y, r),
-        );
+        let refused = owner.authorized(&mut recovery, KeyRole::Device, &commit(&y, r));
         assert!(
             matches!(&refused, Err(ClientError::Remote(e)) if e.kind == ErrorKind::Unauthorized),
             "{refused:?}"
@@ -733,20 +608,12 @@ fn one_wallet_cannot_fill_the_signing_session_table() {
     let d = Deployment::start().unwrap();
     let greedy = create(&d, "greedy");
     let other = create(&d, "other");
-    let trust = trust(&d);
-    let id = WalletId::from_hex(&greedy.id).unwrap();
-    let device_key = Home::open(&greedy.home).unwrap().device_key().unwrap();
-    let mut s = Session::connect(&d.provider.addr(), &trust).unwrap();
+    let owner = Owner::of(&d, &greedy);
+    let mut s = owner.cosigners.provider();
     let (mut open, mut busy) = (0, 0);
     for _ in 0..100 {
-        let commit = Request::SignCommit {
-            wallet_id: id,
-            epoch: 0,
-            message: ByteBuf::from(vec![5u8; 32]),
-            signers: vec![1, 2],
-        };
-        match cosigner_client::wallet::authorized(&mut s, id, KeyRole::Device, &device_key, &commit)
-        {
+        let commit = owner.sign_commit(5, &[1, 2]);
+        match owner.authorized(&mut s, KeyRole::Device, &commit) {
             Ok(Response::SignCommitted { .. }) => open += 1,
             Err(ClientError::Remote(e)) if e.kind == ErrorKind::Busy => busy += 1,
             other => panic!("{other:?}"),
@@ -811,29 +678,17 @@ fn create_rerun_finishes(d: &Deployment, home: &Path, step: &str, rerun: bool) {
 #[test]
 fn a_wallet_create_whose_client_dies_at_any_step_is_finished_by_a_rerun() {
     let d = Deployment::start().unwrap();
-    let trust = trust(&d);
+    let cosigners = Cosigners::of(&d);
     for (i, step) in create_steps().into_iter().enumerate() {
         let dir = d.home(&format!("creator-{i}"));
-        let home = Home::open(&dir).unwrap();
-        let mut provider = Session::connect(&d.provider.addr(), &trust).unwrap();
-        let mut recovery = Session::connect(&d.recovery.addr(), &trust).unwrap();
         let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            cosigner_client::wallet::create_observed(
-                &home,
-                &mut provider,
-                &mut recovery,
-                cosigner_client::address::Network::Regtest,
-                &dir.with_extension("first.key"),
-                &cosigner_client::wallet::CreateOptions::default(),
-                &mut |s| {
-                    if s == step {
-                        panic!("client killed at {s:?}");
-                    }
-                },
-            )
+            cosigners.create_observed(&dir, &dir.with_extension("first.key"), &mut |s| {
+                if s == step {
+                    panic!("client killed at {s:?}");
+                }
+            })
         }));
         assert!(died.is_err(), "{step:?}: the client did not die");
-        drop((provider, recovery));
         create_rerun_finishes(&d, &dir, &format!("{step:?}"), true);
     }
 }
@@ -843,27 +698,15 @@ fn a_wallet_create_whose_client_dies_at_any_step_is_finished_by_a_rerun() {
 #[test]
 fn a_wallet_create_whose_provider_dies_at_any_step_is_finished_by_a_rerun() {
     let mut d = Deployment::start().unwrap();
-    let trust = trust(&d);
+    let cosigners = Cosigners::of(&d);
     for (i, step) in create_steps().into_iter().enumerate() {
         let dir = d.home(&format!("creator-{i}"));
-        let home = Home::open(&dir).unwrap();
-        let mut provider = Session::connect(&d.provider.addr(), &trust).unwrap();
-        let mut recovery = Session::connect(&d.recovery.addr(), &trust).unwrap();
-        let cosigner = std::cell::RefCell::new(&mut d.provider);
-        let first = cosigner_client::wallet::create_observed(
-            &home,
-            &mut provider,
-            &mut recovery,
-            cosigner_client::address::Network::Regtest,
-            &dir.with_extension("first.key"),
-            &cosigner_client::wallet::CreateOptions::default(),
-            &mut |s| {
-                if s == step {
-                    cosigner.borrow_mut().stop();
-                }
-            },
-        );
-        drop((provider, recovery));
+        let provider = &mut d.provider;
+        let first = cosigners.create_observed(&dir, &dir.with_extension("first.key"), &mut |s| {
+            if s == step {
+                provider.stop();
+            }
+        });
         d.provider.start_processes().unwrap();
         // Killed after it registered, the provider was not needed again: the creation finished.
         create_rerun_finishes(&d, &dir, &format!("{step:?}"), first.is_err());
@@ -901,29 +744,17 @@ fn a_provider_whose_audit_key_was_deleted_refuses_to_start() {
 fn a_stale_creation_journal_never_deletes_a_registered_wallet() {
     use cosigner_client::wallet::CreateStep;
     let d = Deployment::start().unwrap();
-    let trust = trust(&d);
     let dir = d.home("alice");
-    let home = Home::open(&dir).unwrap();
-    let mut provider = Session::connect(&d.provider.addr(), &trust).unwrap();
-    let mut recovery = Session::connect(&d.recovery.addr(), &trust).unwrap();
     let key_file = dir.with_extension("recovery.key");
     let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        cosigner_client::wallet::create_observed(
-            &home,
-            &mut provider,
-            &mut recovery,
-            cosigner_client::address::Network::Regtest,
-            &key_file,
-            &cosigner_client::wallet::CreateOptions::default(),
-            &mut |s| {
-                if s == CreateStep::RecoveryRegistered {
-                    panic!("answer lost");
-                }
-            },
-        )
+        Cosigners::of(&d).create_observed(&dir, &key_file, &mut |s| {
+            if s == CreateStep::RecoveryRegistered {
+                panic!("answer lost");
+            }
+        })
     }));
     assert!(died.is_err());
-    drop((provider, recovery));
+    let home = cosigner_client::home::Home::open(&dir).unwrap();
     let w = home.wallets().unwrap().pop().unwrap();
     let w = Wallet {
         id: w.wallet_id,
