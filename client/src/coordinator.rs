@@ -150,7 +150,9 @@ pub fn run<P: KeygenRequests>(
     let (mut local, first) = Exchange::<Suite, P>::start(params, vec![(me, old)], &mut rng)?;
     let mut round1: Vec<Round1Message> = first.into_iter().filter_map(round1_of).collect();
     for peer in peers.iter_mut() {
-        round1.push(P::round1_answer(start(peer.courier, peer.party)?)?);
+        let message = P::round1_answer(start(peer.courier, peer.party)?)?;
+        from_peer(peer.party, message.from, "round-1 message")?;
+        round1.push(message);
     }
     absorb(&mut local, round1.iter().cloned().map(Message::Round1))?;
     observe(Progress::Round1);
@@ -162,7 +164,11 @@ pub fn run<P: KeygenRequests>(
         .collect();
     for peer in peers.iter_mut() {
         let answer = peer.courier.call(&params.round1_request(round1.clone()))?;
-        packages.extend(P::packages_answer(answer)?);
+        let theirs = P::packages_answer(answer)?;
+        for package in &theirs {
+            from_peer(peer.party, package.from, "round-2 package")?;
+        }
+        packages.extend(theirs);
     }
     absorb(&mut local, sealed_to(&packages, me).map(Message::Round2))?;
     observe(Progress::Round2);
@@ -175,7 +181,9 @@ pub fn run<P: KeygenRequests>(
     for peer in peers.iter_mut() {
         let to_peer = sealed_to(&packages, peer.party).collect();
         let answer = peer.courier.call(&params.round2_request(to_peer))?;
-        confirmations.push(P::confirmation_answer(answer)?);
+        let confirmation = P::confirmation_answer(answer)?;
+        from_peer(peer.party, confirmation.from, "confirmation")?;
+        confirmations.push(confirmation);
     }
     absorb(
         &mut local,
@@ -191,6 +199,17 @@ pub fn run<P: KeygenRequests>(
         output,
         confirmations,
     })
+}
+
+/// A cosigner speaks only for its own party: a message it answers in another party's name is
+/// refused before it is relayed, so it can neither end the ceremony nor get another party blamed.
+fn from_peer(peer: u16, from: u16, what: &str) -> Result<()> {
+    if from == peer {
+        return Ok(());
+    }
+    Err(ClientError::Unexpected(format!(
+        "the cosigner of party {peer} answered a {what} in party {from}'s name"
+    )))
 }
 
 fn absorb<P: KeygenParams>(

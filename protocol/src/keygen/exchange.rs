@@ -164,9 +164,11 @@ impl<C: Ciphersuite, P: KeygenParams> Exchange<C, P> {
     /// Takes one message whose sender the caller checked owns `message.from()`. Returns whether it
     /// was new; a package sealed to a party we do not hold is ignored.
     ///
-    /// Errors: a second, different message of the same party and step
-    /// ([`ProtocolError::Culprit`]: equivocation).
+    /// Errors: a sender or recipient that is not a party of the ceremony, or a package to its own
+    /// sender ([`ProtocolError::UnexpectedMessage`]); a second, different message of the same
+    /// party and step ([`ProtocolError::Culprit`]: equivocation).
     pub fn absorb(&mut self, message: &Message, what: &str) -> Result<bool> {
+        self.check_parties(message, what)?;
         match message {
             Message::Round1(m) => insert_once(&mut self.round1, m.from, m, m.from, what),
             Message::Round2(p) if self.locals.contains_key(&p.to) => {
@@ -177,6 +179,33 @@ impl<C: Ciphersuite, P: KeygenParams> Exchange<C, P> {
                 insert_once(&mut self.confirmations, c.from, c, c.from, what)
             }
         }
+    }
+
+    /// A message's sender (and a package's recipient) must be parties of the ceremony, and a
+    /// package goes from one party to another: otherwise it would count towards a step's inputs
+    /// and end the ceremony when that step runs.
+    fn check_parties(&self, message: &Message, what: &str) -> Result<()> {
+        let parties = self.params.parties();
+        let unknown = |party: u16| ProtocolError::UnexpectedMessage {
+            expected: "a message from a party of the ceremony",
+            actual: format!("a {what} from or to party {party}, who is not one"),
+        };
+        let from = message.from();
+        if !parties.contains(&from) {
+            return Err(unknown(from));
+        }
+        if let Message::Round2(p) = message {
+            if !parties.contains(&p.to) {
+                return Err(unknown(p.to));
+            }
+            if p.to == p.from {
+                return Err(ProtocolError::UnexpectedMessage {
+                    expected: "a package from one party to another",
+                    actual: format!("a {what} from party {from} to itself"),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Advances every local party whose inputs are complete; returns the messages to post.
@@ -535,6 +564,37 @@ mod tests {
         assert_eq!(one.step(), Step::Round1);
         assert!(one.unconfirmed().is_empty());
         assert!(one.outputs().is_err());
+    }
+
+    #[test]
+    fn messages_from_or_to_strangers_and_packages_to_oneself_are_refused() {
+        let p = params(vec![1, 2, 3], 2);
+        let (mut one, _) = Exchange::<Tr, _>::start(&p, vec![(1, ())], &mut OsRng).unwrap();
+        let (_, stranger) =
+            Exchange::<Tr, _>::start(&params(vec![1, 9], 2), vec![(9, ())], &mut OsRng).unwrap();
+        let package = |from, to| {
+            Message::Round2(SealedPackage {
+                from,
+                to,
+                enc: serde_bytes::ByteBuf::from(vec![0; 32]),
+                ciphertext: serde_bytes::ByteBuf::from(vec![0; 48]),
+            })
+        };
+        for bad in [
+            stranger[0].clone(),
+            package(9, 1),
+            package(2, 9),
+            package(1, 1),
+        ] {
+            assert!(
+                matches!(
+                    one.absorb(&bad, "message"),
+                    Err(ProtocolError::UnexpectedMessage { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(one.waiting().parties, vec![2, 3], "nothing counted");
     }
 
     #[test]
