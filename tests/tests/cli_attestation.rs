@@ -72,7 +72,6 @@ impl Local {
         let out_path = self.hsm.dir().join(name);
         let pin = self.hsm.dir().join("pin");
         let mut args = vec![
-            "local-attester",
             "attest",
             "--dir",
             p(&self.dir),
@@ -82,8 +81,15 @@ impl Local {
             p(&out_path),
         ];
         args.extend_from_slice(extra);
-        run("cosigner-enclave", args, &self.env).ok();
+        self.command(&args).ok();
         out_path
+    }
+
+    /// `cosigner-enclave local-attester ARGS` with this attester's SoftHSM.
+    fn command(&self, args: &[&str]) -> Outcome {
+        let mut all = vec!["local-attester"];
+        all.extend_from_slice(args);
+        run("cosigner-enclave", all, &self.env)
     }
 
     fn root(&self) -> PathBuf {
@@ -170,18 +176,8 @@ fn local_document_is_refused_under_the_aws_root_and_with_wrong_expectations() {
 #[test]
 fn attest_without_a_pin_or_with_a_wrong_pin_is_refused() {
     let local = Local::new();
-    let out = run(
-        "cosigner-enclave",
-        [
-            "local-attester",
-            "attest",
-            "--dir",
-            p(&local.dir),
-            "--out",
-            "/dev/null",
-        ],
-        &local.env,
-    );
+    let attest = ["attest", "--dir", p(&local.dir), "--out", "/dev/null"];
+    let out = local.command(&attest);
     assert!(
         out.refused().contains("COSIGNER_PKCS11_PIN"),
         "{}",
@@ -189,37 +185,20 @@ fn attest_without_a_pin_or_with_a_wrong_pin_is_refused() {
     );
     let wrong = local.hsm.dir().join("wrong-pin");
     std::fs::write(&wrong, "not-the-pin").unwrap();
-    let out = run(
-        "cosigner-enclave",
-        [
-            "local-attester",
-            "attest",
-            "--dir",
-            p(&local.dir),
-            "--pin-file",
-            p(&wrong),
-            "--out",
-            "/dev/null",
-        ],
-        &local.env,
-    );
+    let out = local.command(&[&attest[..], &["--pin-file", p(&wrong)]].concat());
     out.refused();
     // And init refuses to overwrite an existing attester.
     let pin = local.hsm.dir().join("pin");
-    let out = run(
-        "cosigner-enclave",
-        [
-            "local-attester",
-            "init",
-            "--dir",
-            p(&local.dir),
-            "--pin-file",
-            p(&pin),
-            "--so-pin-file",
-            p(&pin),
-        ],
-        &local.env,
-    );
+    let (dir, pin) = (p(&local.dir), p(&pin));
+    let out = local.command(&[
+        "init",
+        "--dir",
+        dir,
+        "--pin-file",
+        pin,
+        "--so-pin-file",
+        pin,
+    ]);
     assert!(out.refused().contains("already holds an attester"));
 }
 

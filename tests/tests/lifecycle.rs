@@ -7,7 +7,8 @@
     missing_docs
 )]
 
-use cosigner_tests::wallets::{TestWallet, create, p, sign, signs};
+use cosigner_tests::owner::{Cosigners, Owner};
+use cosigner_tests::wallets::{TestWallet, create, p, recover, show, sign, signs};
 use cosigner_tests::{Deployment, Outcome};
 use serde_json::Value;
 
@@ -52,21 +53,9 @@ fn refresh_with_a_missing_party_is_refused_and_changes_nothing() {
     let w = create(&d, "alice");
     d.recovery.stop();
     refresh(&d, &w).refused();
-    let show: Value = serde_json::from_str(
-        d.cosigner([
-            "--home",
-            p(&w.home),
-            "wallet",
-            "show",
-            "--wallet",
-            &w.id,
-            "--json",
-        ])
-        .ok(),
-    )
-    .unwrap();
-    assert_eq!(show["epoch"], 0);
-    assert_eq!(show["provider"]["epoch"], 0);
+    let shown: Value = serde_json::from_str(show(&d, &w.home, &w.id).ok()).unwrap();
+    assert_eq!(shown["epoch"], 0);
+    assert_eq!(shown["provider"]["epoch"], 0);
     signs(&d, &w.home, &w);
 }
 
@@ -83,21 +72,22 @@ fn refresh_interrupted_at_each_step_leaves_a_usable_wallet() {
     ];
     let mut d = Deployment::start().unwrap();
     let w = create(&d, "alice");
-    let trust = cosigner_client::trust::Trust::load(&d.dir.path().join("trust.toml")).unwrap();
-    let home = cosigner_client::home::Home::open(&w.home).unwrap();
-    let id = cosigner_protocol::wire::WalletId::from_hex(&w.id).unwrap();
+    let owner = Owner::of(&d, &w);
     for step in steps {
-        let mut provider =
-            cosigner_client::session::Session::connect(&d.provider.addr(), &trust).unwrap();
-        let mut recovery =
-            cosigner_client::session::Session::connect(&d.recovery.addr(), &trust).unwrap();
+        let mut provider = owner.cosigners.provider();
+        let mut recovery = owner.cosigners.recovery();
         let provider_cosigner = std::cell::RefCell::new(&mut d.provider);
-        let result =
-            cosigner_client::wallet::refresh(&home, &mut provider, &mut recovery, id, &mut |s| {
+        let result = cosigner_client::wallet::refresh(
+            &owner.home,
+            &mut provider,
+            &mut recovery,
+            owner.id,
+            &mut |s| {
                 if s == step {
                     provider_cosigner.borrow_mut().stop();
                 }
-            });
+            },
+        );
         assert!(
             result.is_err(),
             "{step:?}: the refresh survived the provider's death"
@@ -118,16 +108,7 @@ fn lost_phone_recovery_revokes_the_old_device() {
     let w = create(&d, "alice");
     signs(&d, &w.home, &w);
     let new_home = d.home("alice-new-phone");
-    let out = d.cosigner([
-        "--home",
-        p(&new_home),
-        "recover",
-        "--wallet",
-        &w.id,
-        "--recovery-key",
-        p(&w.recovery_key),
-        "--json",
-    ]);
+    let out = recover(&d, &new_home, &w);
     let r: Value = serde_json::from_str(out.ok()).unwrap();
     assert_eq!(r["wallet_id"], w.id.as_str());
     assert_eq!(r["group_public_key"], w.key.as_str());
@@ -143,16 +124,12 @@ fn another_wallets_recovery_credential_is_refused() {
     let d = Deployment::start().unwrap();
     let alice = create(&d, "alice");
     let bob = create(&d, "bob");
-    let out = d.cosigner([
-        "--home",
-        p(&d.home("thief")),
-        "recover",
-        "--wallet",
-        &alice.id,
-        "--recovery-key",
-        p(&bob.recovery_key),
-        "--json",
-    ]);
+    // Alice's wallet, under Bob's credential.
+    let with_bobs_credential = TestWallet {
+        recovery_key: bob.recovery_key.clone(),
+        ..alice.clone()
+    };
+    let out = recover(&d, &d.home("thief"), &with_bobs_credential);
     let line = out.refused();
     assert!(line.contains("recovery credential"), "{line}");
     signs(&d, &alice.home, &alice);
@@ -168,16 +145,7 @@ fn rolling_the_database_back_does_not_revive_the_stolen_phone() {
     d.provider.copy_store(&before).unwrap();
     d.provider.start_processes().unwrap();
     let new_home = d.home("new-phone");
-    d.cosigner([
-        "--home",
-        p(&new_home),
-        "recover",
-        "--wallet",
-        &w.id,
-        "--recovery-key",
-        p(&w.recovery_key),
-    ])
-    .ok();
+    recover(&d, &new_home, &w).ok();
     let after = d.dir.path().join("store-after-recovery");
     d.provider.stop();
     d.provider.copy_store(&after).unwrap();
@@ -201,7 +169,7 @@ fn rolling_the_database_back_does_not_revive_the_stolen_phone() {
 fn a_replayed_signed_request_is_refused() {
     use cosigner_client::ClientError;
     use cosigner_protocol::auth::{request_digest, sign_digest};
-    use cosigner_protocol::wire::{self, ErrorKind, KeyRole, Request, Response, WalletId};
+    use cosigner_protocol::wire::{self, ErrorKind, KeyRole, Request, Response};
     // Each replay is refused for its signer, by kind.
     let unauthorized = |e: ClientError| {
         assert!(
@@ -211,22 +179,15 @@ fn a_replayed_signed_request_is_refused() {
     };
     let d = Deployment::start().unwrap();
     let w = create(&d, "alice");
-    let trust = cosigner_client::trust::Trust::load(&d.dir.path().join("trust.toml")).unwrap();
-    let home = cosigner_client::home::Home::open(&w.home).unwrap();
-    let key = home.device_key().unwrap();
-    let id = WalletId::from_hex(&w.id).unwrap();
-    let mut s = cosigner_client::session::Session::connect(&d.provider.addr(), &trust).unwrap();
+    let owner = Owner::of(&d, &w);
+    let key = owner.home.device_key().unwrap();
+    let id = owner.id;
+    let mut s = owner.cosigners.provider();
     let Response::Challenge { challenge } = s.call(&Request::Challenge { wallet_id: id }).unwrap()
     else {
         panic!()
     };
-    let inner = wire::encode(&Request::SignCommit {
-        wallet_id: id,
-        epoch: 0,
-        message: serde_bytes::ByteBuf::from(vec![1; 32]),
-        signers: vec![1, 2],
-    })
-    .unwrap();
+    let inner = wire::encode(&owner.sign_commit(1, &[1, 2])).unwrap();
     let signature = sign_digest(&key, &request_digest(&id, &challenge, &inner)).unwrap();
     let request = Request::Authorized {
         wallet_id: id,
@@ -240,19 +201,14 @@ fn a_replayed_signed_request_is_refused() {
     ));
     // The same signed request again, on the same session and on a new one.
     unauthorized(s.call(&request).unwrap_err());
-    let mut other = cosigner_client::session::Session::connect(&d.provider.addr(), &trust).unwrap();
+    let mut other = owner.cosigners.provider();
     other.call(&Request::Challenge { wallet_id: id }).unwrap();
     unauthorized(other.call(&request).unwrap_err());
     // The recovery credential can start a recovery and nothing else.
-    let recovery = cosigner_client::home::read_p256_key(&w.recovery_key).unwrap();
-    let inner = Request::SignCommit {
-        wallet_id: id,
-        epoch: 0,
-        message: serde_bytes::ByteBuf::from(vec![1; 32]),
-        signers: vec![1, 2],
-    };
+    let inner = owner.sign_commit(1, &[1, 2]);
     unauthorized(
-        cosigner_client::wallet::authorized(&mut other, id, KeyRole::Recovery, &recovery, &inner)
+        owner
+            .authorized(&mut other, KeyRole::Recovery, &inner)
             .unwrap_err(),
     );
 }
@@ -328,9 +284,7 @@ fn only_the_committing_session_may_finalize_a_refresh() {
     let d = Deployment::start().unwrap();
     let w = create(&d, "alice");
     refresh(&d, &w).ok();
-    let trust = cosigner_client::trust::Trust::load(&d.dir.path().join("trust.toml")).unwrap();
-    let mut stranger =
-        cosigner_client::session::Session::connect(&d.provider.addr(), &trust).unwrap();
+    let mut stranger = Cosigners::of(&d).provider();
     let err = stranger
         .call(&Request::RefreshFinalize {
             wallet_id: WalletId::from_hex(&w.id).unwrap(),

@@ -10,6 +10,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use cosigner_tests::wallets::sign_message;
 use cosigner_tests::{Deployment, Direction, Relay, Tamper};
 use serde_json::Value;
 
@@ -25,16 +26,7 @@ fn create(d: &Deployment, home: &Path) -> Value {
 }
 
 fn sign(d: &Deployment, home: &Path, wallet: &str) -> cosigner_tests::Outcome {
-    d.cosigner([
-        "--home",
-        p(home),
-        "sign",
-        "--wallet",
-        wallet,
-        "--message",
-        MESSAGE,
-        "--json",
-    ])
+    sign_message(d, home, wallet, MESSAGE, &[])
 }
 
 fn check_bip340(group_key_hex: &str, signature_hex: &str) {
@@ -191,18 +183,7 @@ fn attack(direction: Direction, tamper: Tamper) {
     let w = create(&d, &home);
     let id = w["wallet_id"].as_str().unwrap();
     let relay = Relay::start(d.provider.port, direction, tamper).unwrap();
-    let out = d.cosigner([
-        "--home",
-        p(&home),
-        "--provider",
-        &relay.addr(),
-        "sign",
-        "--wallet",
-        id,
-        "--message",
-        MESSAGE,
-        "--json",
-    ]);
+    let out = sign_message(&d, &home, id, MESSAGE, &["--provider", &relay.addr()]);
     let line = out.refused().to_owned();
     assert!(out.stdout.is_empty(), "{tamper:?}: printed {}", out.stdout);
     assert!(!line.is_empty());
