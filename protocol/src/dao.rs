@@ -139,7 +139,7 @@ pub fn weights(members: usize, min_approvals: u16) -> Result<(u16, u16)> {
 impl Invitation {
     /// The DKG topic: SHA-256 over a domain tag and the invitation's encoding, first 16 bytes.
     pub fn topic(&self) -> Result<Topic> {
-        let encoded = wire::encode(self)?;
+        let encoded = wire::encode_identity(self)?;
         Ok(truncate(&tagged_hash(
             b"cosigner/dao/invitation/v1",
             &encoded,
@@ -204,7 +204,8 @@ impl Invitation {
         let n = members.len() as u16;
         let provider_parties: Vec<u16> = (n + 1..=n + w).collect();
         let parties: Vec<u16> = (1..=n + w).collect();
-        let invitation_hash = tagged_hash(b"cosigner/dao/invitation/v1", &wire::encode(self)?);
+        let invitation_hash =
+            tagged_hash(b"cosigner/dao/invitation/v1", &wire::encode_identity(self)?);
         let wallet_id = WalletId(truncate(&invitation_hash));
         Ok(Layout {
             wallet_id,
@@ -294,7 +295,7 @@ impl SignRequest {
     pub fn hash(&self) -> Result<[u8; 32]> {
         Ok(tagged_hash(
             b"cosigner/dao/request/v1",
-            &wire::encode(self)?,
+            &wire::encode_identity(self)?,
         ))
     }
 
@@ -328,7 +329,7 @@ impl PolicyChange {
     pub fn hash(&self) -> Result<[u8; 32]> {
         Ok(tagged_hash(
             b"cosigner/dao/policy-change/v1",
-            &wire::encode(self)?,
+            &wire::encode_identity(self)?,
         ))
     }
 
@@ -596,6 +597,11 @@ impl DaoMessage {
     /// Decodes a message.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         wire::decode(bytes)
+    }
+
+    /// Decodes a message kept in a wallet file by an earlier version ([`wire::decode_stored`]).
+    pub fn decode_stored(bytes: &[u8]) -> Result<Self> {
+        wire::decode_stored(bytes)
     }
 
     /// A short name for logs and errors.

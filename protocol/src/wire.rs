@@ -761,6 +761,47 @@ pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The wire version founding messages' identities are computed at (see [`encode_identity`]).
+pub const IDENTITY_VERSION: u16 = 1;
+
+/// The bytes a founding message's identity is hashed over (a DAO invitation's hash and so its
+/// wallet id and topic, a signing request's or a proposal's hash and topic): the message in the
+/// envelope of wire version [`IDENTITY_VERSION`], whatever the current version. An identity is
+/// stored (wallet ids, topics, approvals bind it), so a wire version bump that leaves a message's
+/// body as it was must not change it.
+pub fn encode_identity<T: Serialize>(body: &T) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    ciborium::ser::into_writer(
+        &Envelope {
+            v: IDENTITY_VERSION,
+            body,
+        },
+        &mut out,
+    )
+    .map_err(ProtocolError::encoding)?;
+    Ok(out)
+}
+
+/// Decodes a message kept from an earlier session (a wallet file's founding message): as
+/// [`decode`], but any version from [`IDENTITY_VERSION`] to the current one is accepted, so long
+/// as the body decodes.
+pub fn decode_stored<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let mut reader = bytes;
+    let envelope: Envelope<T> =
+        ciborium::de::from_reader_with_recursion_limit(&mut reader, RECURSION_LIMIT)
+            .map_err(ProtocolError::encoding)?;
+    if !reader.is_empty() {
+        return Err(ProtocolError::encoding("trailing bytes after the message"));
+    }
+    if !(IDENTITY_VERSION..=PROTOCOL_VERSION).contains(&envelope.v) {
+        return Err(ProtocolError::Version {
+            expected: PROTOCOL_VERSION,
+            actual: envelope.v,
+        });
+    }
+    Ok(envelope.body)
+}
+
 /// Decodes a message, checking the version and that nothing trails it.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let mut reader = bytes;

@@ -54,7 +54,7 @@ impl RefreshProposal {
     pub fn hash(&self) -> Result<[u8; 32]> {
         Ok(tagged_hash(
             b"cosigner/dao/refresh/v1",
-            &wire::encode(self)?,
+            &wire::encode_identity(self)?,
         ))
     }
 
