@@ -7,7 +7,9 @@ use anyhow::Context;
 use cosigner_attestation::{AttestRequest, Attester};
 use cosigner_enclave::config::{AttesterConfig, Config, KmsSealerConfig, SealerConfig};
 use cosigner_enclave::credentials::ParentCredentials;
-use cosigner_enclave::service::anchor::{Anchor, AnchorError, TokenAnchor, Versioned};
+use cosigner_enclave::service::anchor::{
+    Anchor, AnchorError, TokenAnchor, Versioned, next_generation,
+};
 use cosigner_enclave::service::{RefreshPolicy, Service};
 use cosigner_enclave::store::{BlobStore, RemoteStore};
 use cosigner_enclave::{server, tls, transport};
@@ -153,14 +155,7 @@ impl Anchor for UnanchoredParentStore {
         // Not atomic against another writer of the parent's store; the service writes each wallet
         // from one thread at a time, and the parent can rewrite this store anyway (no guarantee).
         let found = self.read(label)?.map(|v| v.generation);
-        if found != expected {
-            return Err(AnchorError::Conflict {
-                label: label.to_owned(),
-                expected,
-                found,
-            });
-        }
-        let generation = found.map_or(0, |g| g.saturating_add(1));
+        let generation = next_generation(label, expected, found)?;
         self.0
             .put(
                 &Self::key(label),

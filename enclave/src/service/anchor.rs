@@ -87,6 +87,23 @@ impl Anchor for TokenAnchor {
     }
 }
 
+/// The generation a compare-and-swap of `label` writes: the next after `found`, the one there now
+/// (0 for a new anchor), if that is the `expected` one; else a conflict.
+pub fn next_generation(
+    label: &str,
+    expected: Option<u64>,
+    found: Option<u64>,
+) -> Result<u64, AnchorError> {
+    if found != expected {
+        return Err(AnchorError::Conflict {
+            label: label.to_owned(),
+            expected,
+            found,
+        });
+    }
+    Ok(found.map_or(0, |g| g.saturating_add(1)))
+}
+
 /// Compare-and-swap over a map under one lock: what in-memory anchors and stores without
 /// versions use.
 fn swap_in_map(
@@ -95,15 +112,7 @@ fn swap_in_map(
     expected: Option<u64>,
     value: &[u8],
 ) -> Result<u64, AnchorError> {
-    let found = map.get(label).map(|v| v.generation);
-    if found != expected {
-        return Err(AnchorError::Conflict {
-            label: label.to_owned(),
-            expected,
-            found,
-        });
-    }
-    let generation = found.map_or(0, |g| g.saturating_add(1));
+    let generation = next_generation(label, expected, map.get(label).map(|v| v.generation))?;
     map.insert(
         label.to_owned(),
         Versioned {

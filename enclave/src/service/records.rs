@@ -188,6 +188,34 @@ impl StateSlot {
     }
 }
 
+/// Where one share lives: its store key, the purpose it is sealed under, and what its absence is
+/// called.
+struct ShareSlot {
+    purpose: &'static str,
+    key: String,
+    missing: String,
+}
+
+impl ShareSlot {
+    /// A personal wallet's share of `epoch`.
+    fn personal(id: &WalletId, epoch: u64) -> Self {
+        Self {
+            purpose: SHARE_PURPOSE,
+            key: share_key(id, epoch),
+            missing: format!("the share of epoch {epoch} is missing"),
+        }
+    }
+
+    /// The share of the provider's `party` of a DAO wallet at `epoch`.
+    fn dao(id: &WalletId, party: u16, epoch: u64) -> Self {
+        Self {
+            purpose: DAO_SHARE_PURPOSE,
+            key: dao_share_key(id, party, epoch),
+            missing: format!("the share of party {party} at epoch {epoch} is missing"),
+        }
+    }
+}
+
 /// Sealed persistence of wallet records.
 pub struct Records<'a> {
     /// Seals and opens.
@@ -361,21 +389,20 @@ impl Records<'_> {
         party: u16,
         share: &ShareRecord,
     ) -> Result<(), Failure> {
-        let key = share_key(id, share.epoch);
-        self.seal_share(SHARE_PURPOSE, id, &key, party, share)
+        self.seal_share(&ShareSlot::personal(id, share.epoch), id, party, share)
     }
 
-    /// Seals `share` (bound to `id`, `party` and its epoch) and stores it at `key`.
+    /// Seals `share` (bound to `id`, `party` and its epoch) and stores it in `slot`.
     fn seal_share(
         &self,
-        purpose: &'static str,
+        slot: &ShareSlot,
         id: &WalletId,
-        key: &str,
         party: u16,
         share: &ShareRecord,
     ) -> Result<(), Failure> {
-        let blob = self.seal(&Self::share_ctx(purpose, id, party, share.epoch), share)?;
-        self.store.put(key, &blob).map_err(internal)
+        let ctx = Self::share_ctx(slot.purpose, id, party, share.epoch);
+        let blob = self.seal(&ctx, share)?;
+        self.store.put(&slot.key, &blob).map_err(internal)
     }
 
     /// Reads one epoch's share.
@@ -385,33 +412,24 @@ impl Records<'_> {
         party: u16,
         epoch: u64,
     ) -> Result<ShareRecord, Failure> {
-        self.open_share(
-            SHARE_PURPOSE,
-            id,
-            &share_key(id, epoch),
-            party,
-            epoch,
-            format!("the share of epoch {epoch} is missing"),
-        )
+        self.open_share(&ShareSlot::personal(id, epoch), id, party, epoch)
     }
 
-    /// Reads and opens the share blob at `key`, bound to `id`, `party` and `epoch`.
+    /// Reads and opens the share blob in `slot`, bound to `id`, `party` and `epoch`.
     fn open_share(
         &self,
-        purpose: &'static str,
+        slot: &ShareSlot,
         id: &WalletId,
-        key: &str,
         party: u16,
         epoch: u64,
-        missing: String,
     ) -> Result<ShareRecord, Failure> {
         let blob = self
             .store
-            .get(key)
+            .get(&slot.key)
             .map_err(internal)?
-            .ok_or_else(|| integrity(id, missing))?;
-        let share: ShareRecord =
-            self.open(id, &Self::share_ctx(purpose, id, party, epoch), &blob)?;
+            .ok_or_else(|| integrity(id, &slot.missing))?;
+        let ctx = Self::share_ctx(slot.purpose, id, party, epoch);
+        let share: ShareRecord = self.open(id, &ctx, &blob)?;
         if share.epoch != epoch {
             return Err(integrity(id, "share of another epoch"));
         }
@@ -616,8 +634,7 @@ impl Records<'_> {
         party: u16,
         share: &ShareRecord,
     ) -> Result<(), Failure> {
-        let key = dao_share_key(id, party, share.epoch);
-        self.seal_share(DAO_SHARE_PURPOSE, id, &key, party, share)
+        self.seal_share(&ShareSlot::dao(id, party, share.epoch), id, party, share)
     }
 
     /// Deletes one epoch's share of one of the provider's parties of a DAO wallet.
@@ -634,14 +651,7 @@ impl Records<'_> {
         party: u16,
         epoch: u64,
     ) -> Result<ShareRecord, Failure> {
-        self.open_share(
-            DAO_SHARE_PURPOSE,
-            id,
-            &dao_share_key(id, party, epoch),
-            party,
-            epoch,
-            format!("the share of party {party} at epoch {epoch} is missing"),
-        )
+        self.open_share(&ShareSlot::dao(id, party, epoch), id, party, epoch)
     }
 }
 
