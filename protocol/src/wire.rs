@@ -928,6 +928,38 @@ mod tests {
     }
 
     #[test]
+    fn kept_messages_of_an_earlier_version_read_and_identities_stay() {
+        let request = Request::GetWallet {
+            wallet_id: WalletId([5; 16]),
+        };
+        let at = |v: u16| {
+            let mut out = Vec::new();
+            ciborium::ser::into_writer(
+                &Envelope {
+                    v,
+                    body: request.clone(),
+                },
+                &mut out,
+            )
+            .unwrap();
+            out
+        };
+        // What version 1 wrote is what an identity is hashed over, whatever the current version.
+        assert_eq!(encode_identity(&request).unwrap(), at(IDENTITY_VERSION));
+        assert_ne!(encode_identity(&request).unwrap(), encode(&request).unwrap());
+        // A kept message of version 1 reads; the live decoder refuses it; no other version reads.
+        assert_eq!(decode_stored::<Request>(&at(1)).unwrap(), request);
+        assert_eq!(decode_stored::<Request>(&at(PROTOCOL_VERSION)).unwrap(), request);
+        assert!(decode::<Request>(&at(1)).is_err());
+        for v in [0, PROTOCOL_VERSION + 1] {
+            assert!(matches!(
+                decode_stored::<Request>(&at(v)),
+                Err(ProtocolError::Version { .. })
+            ));
+        }
+    }
+
+    #[test]
     fn wallet_ids_parse_strictly() {
         let id = WalletId([0xab; 16]);
         assert_eq!(WalletId::from_hex(&id.to_hex()).unwrap(), id);
