@@ -372,6 +372,14 @@ fn refusal(
     expect: &Expectations,
     e: &AttestationError,
 ) -> ClientError {
+    // Whether the document passes every check but its age at `at`.
+    let passes_at = |at: SystemTime| {
+        let unbounded = Expectations {
+            max_age: None,
+            ..expect.clone()
+        };
+        verify(document, root, at, &unbounded).is_ok()
+    };
     match *e {
         AttestationError::FromTheFuture {
             timestamp_ms,
@@ -379,11 +387,7 @@ fn refusal(
             max_clock_skew_ms,
         } => {
             let at = std::time::UNIX_EPOCH + Duration::from_millis(timestamp_ms);
-            let unbounded = Expectations {
-                max_age: None,
-                ..expect.clone()
-            };
-            if verify(document, root, at, &unbounded).is_ok() {
+            if passes_at(at) {
                 return ClientError::ClockBehind {
                     addr: addr.to_owned(),
                     behind_seconds: timestamp_ms.saturating_sub(validation_ms).div_ceil(1000),
@@ -391,18 +395,12 @@ fn refusal(
                 };
             }
         }
-        AttestationError::TooOld { age_ms, max_age_ms } => {
-            let unbounded = Expectations {
-                max_age: None,
-                ..expect.clone()
+        AttestationError::TooOld { age_ms, max_age_ms } if passes_at(now) => {
+            return ClientError::ClockAhead {
+                addr: addr.to_owned(),
+                ahead_seconds: age_ms.div_ceil(1000),
+                max_age_seconds: max_age_ms / 1000,
             };
-            if verify(document, root, now, &unbounded).is_ok() {
-                return ClientError::ClockAhead {
-                    addr: addr.to_owned(),
-                    ahead_seconds: age_ms.div_ceil(1000),
-                    max_age_seconds: max_age_ms / 1000,
-                };
-            }
         }
         _ => {}
     }
