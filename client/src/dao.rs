@@ -1170,7 +1170,24 @@ pub fn dao_info(wallet: &WalletFile) -> Result<(&DaoInfo, Invitation)> {
         .ok_or_else(|| input(format!("wallet {} is not a DAO wallet", wallet.wallet_id)))?;
     let bytes = hex::decode(&info.invitation)
         .map_err(|e| ClientError::Unexpected(format!("stored invitation: {e}")))?;
-    let invitation = open_invitation(&Envelope::decode(&bytes)?)?;
+    // Kept since the wallet was made, possibly by an earlier wire version (the invitation's
+    // identity, and so the wallet id, does not depend on it).
+    let envelope = Envelope::decode_stored(&bytes)?;
+    envelope.verify()?;
+    let invitation = match DaoMessage::decode_stored(&envelope.body)? {
+        DaoMessage::Invitation(invitation) => invitation,
+        _ => return Err(input("the stored invitation is another kind of message")),
+    };
+    if invitation.topic()? != envelope.topic
+        || invitation
+            .layout()?
+            .member_party(&envelope.sender)
+            .is_none()
+    {
+        return Err(input(
+            "the stored invitation does not match its topic or is not signed by a member",
+        ));
+    }
     Ok((info, invitation))
 }
 

@@ -480,7 +480,8 @@ fn finish_creation(
         .map_err(|e| ClientError::Input(format!("creation journal of {wallet_id}: {e}")))?;
     let confirm: Request = hex::decode(&journal.confirm)
         .map_err(internal)
-        .and_then(|b| Ok(wire::decode(&b)?))?;
+        // Written by this or an earlier wire version: a journal outlives an upgrade.
+        .and_then(|b| Ok(wire::decode_stored(&b)?))?;
     let wallet = home.wallet(&wallet_id)?;
     let created = Some(Created {
         wallet: wallet.clone(),

@@ -170,6 +170,23 @@ impl Envelope {
         Ok(envelope)
     }
 
+    /// Decodes an envelope kept in a wallet file by an earlier version: as [`Envelope::decode`],
+    /// but at wire version 1 or the current one ([`wire::decode_stored`]), canonical at its own.
+    /// The signature is not checked here either.
+    pub fn decode_stored(bytes: &[u8]) -> Result<Envelope> {
+        if bytes.len() > MAX_ENVELOPE {
+            return Err(too_large(bytes.len()));
+        }
+        let envelope: Envelope =
+            wire::decode_stored(bytes).map_err(|e| refused(format!("undecodable: {e}")))?;
+        envelope.check_shape()?;
+        let canonical = [wire::encode(&envelope), wire::encode_identity(&envelope)];
+        if !canonical.iter().any(|c| c.as_deref().ok() == Some(bytes)) {
+            return Err(refused("not in canonical encoding"));
+        }
+        Ok(envelope)
+    }
+
     /// Decodes, checks that the envelope is for `topic`, and verifies its signature: what a
     /// reader does with every envelope the mailbox hands it.
     pub fn open(bytes: &[u8], topic: &Topic) -> Result<Envelope> {
@@ -622,6 +639,18 @@ mod tests {
         let mut other = Vec::new();
         ciborium::ser::into_writer(&extra, &mut other).unwrap();
         assert!(Envelope::decode(&other).is_err());
+    }
+
+    #[test]
+    fn an_envelope_kept_from_version_1_reads_only_as_kept() {
+        let (_, e) = sealed();
+        let v1 = wire::encode_identity(&e).unwrap();
+        assert!(Envelope::decode(&v1).is_err(), "the live decoder wants this version");
+        assert_eq!(Envelope::decode_stored(&v1).unwrap(), e);
+        assert_eq!(Envelope::decode_stored(&e.encode().unwrap()).unwrap(), e);
+        let mut trailing = v1.clone();
+        trailing.push(0);
+        assert!(Envelope::decode_stored(&trailing).is_err());
     }
 
     #[test]
