@@ -946,10 +946,16 @@ mod tests {
         };
         // What version 1 wrote is what an identity is hashed over, whatever the current version.
         assert_eq!(encode_identity(&request).unwrap(), at(IDENTITY_VERSION));
-        assert_ne!(encode_identity(&request).unwrap(), encode(&request).unwrap());
+        assert_ne!(
+            encode_identity(&request).unwrap(),
+            encode(&request).unwrap()
+        );
         // A kept message of version 1 reads; the live decoder refuses it; no other version reads.
         assert_eq!(decode_stored::<Request>(&at(1)).unwrap(), request);
-        assert_eq!(decode_stored::<Request>(&at(PROTOCOL_VERSION)).unwrap(), request);
+        assert_eq!(
+            decode_stored::<Request>(&at(PROTOCOL_VERSION)).unwrap(),
+            request
+        );
         assert!(decode::<Request>(&at(1)).is_err());
         for v in [0, PROTOCOL_VERSION + 1] {
             assert!(matches!(
