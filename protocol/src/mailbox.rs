@@ -645,7 +645,10 @@ mod tests {
     fn an_envelope_kept_from_version_1_reads_only_as_kept() {
         let (_, e) = sealed();
         let v1 = wire::encode_identity(&e).unwrap();
-        assert!(Envelope::decode(&v1).is_err(), "the live decoder wants this version");
+        assert!(
+            Envelope::decode(&v1).is_err(),
+            "the live decoder wants this version"
+        );
         assert_eq!(Envelope::decode_stored(&v1).unwrap(), e);
         assert_eq!(Envelope::decode_stored(&e.encode().unwrap()).unwrap(), e);
         let mut trailing = v1.clone();
