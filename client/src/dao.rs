@@ -1412,7 +1412,11 @@ pub fn list_requests(
         let Ok(summary) = summarize(wallet, &request.psbt) else {
             continue;
         };
-        let topic = mailbox.fetch(&request_envelope.topic, 0)?;
+        // A topic this member cannot read (founded with another member list, or gone) leaves
+        // that request out: one member's announcement must not stop the listing for everyone.
+        let Ok(topic) = mailbox.fetch(&request_envelope.topic, 0) else {
+            continue;
+        };
         let evaluation = topic
             .iter()
             .find_map(|(_, e)| match DaoMessage::decode(&e.body) {
