@@ -749,15 +749,13 @@ struct Envelope<T> {
 
 /// Encodes a message in its versioned envelope.
 pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>> {
+    encode_at(PROTOCOL_VERSION, body)
+}
+
+/// Encodes `body` in the envelope of wire version `v`.
+fn encode_at<T: Serialize>(v: u16, body: &T) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    ciborium::ser::into_writer(
-        &Envelope {
-            v: PROTOCOL_VERSION,
-            body,
-        },
-        &mut out,
-    )
-    .map_err(ProtocolError::encoding)?;
+    ciborium::ser::into_writer(&Envelope { v, body }, &mut out).map_err(ProtocolError::encoding)?;
     Ok(out)
 }
 
@@ -770,40 +768,26 @@ pub const IDENTITY_VERSION: u16 = 1;
 /// stored (wallet ids, topics, approvals bind it), so a wire version bump that leaves a message's
 /// body as it was must not change it.
 pub fn encode_identity<T: Serialize>(body: &T) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    ciborium::ser::into_writer(
-        &Envelope {
-            v: IDENTITY_VERSION,
-            body,
-        },
-        &mut out,
-    )
-    .map_err(ProtocolError::encoding)?;
-    Ok(out)
+    encode_at(IDENTITY_VERSION, body)
 }
 
 /// Decodes a message kept from an earlier session (a wallet file's founding message): as
 /// [`decode`], but any version from [`IDENTITY_VERSION`] to the current one is accepted, so long
 /// as the body decodes.
 pub fn decode_stored<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    let mut reader = bytes;
-    let envelope: Envelope<T> =
-        ciborium::de::from_reader_with_recursion_limit(&mut reader, RECURSION_LIMIT)
-            .map_err(ProtocolError::encoding)?;
-    if !reader.is_empty() {
-        return Err(ProtocolError::encoding("trailing bytes after the message"));
-    }
-    if !(IDENTITY_VERSION..=PROTOCOL_VERSION).contains(&envelope.v) {
-        return Err(ProtocolError::Version {
-            expected: PROTOCOL_VERSION,
-            actual: envelope.v,
-        });
-    }
-    Ok(envelope.body)
+    decode_versions(bytes, IDENTITY_VERSION..=PROTOCOL_VERSION)
 }
 
 /// Decodes a message, checking the version and that nothing trails it.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    decode_versions(bytes, PROTOCOL_VERSION..=PROTOCOL_VERSION)
+}
+
+/// Decodes a message of a wire version in `accepted`, with nothing trailing it.
+fn decode_versions<T: DeserializeOwned>(
+    bytes: &[u8],
+    accepted: std::ops::RangeInclusive<u16>,
+) -> Result<T> {
     let mut reader = bytes;
     let envelope: Envelope<T> =
         ciborium::de::from_reader_with_recursion_limit(&mut reader, RECURSION_LIMIT)
@@ -811,7 +795,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     if !reader.is_empty() {
         return Err(ProtocolError::encoding("trailing bytes after the message"));
     }
-    if envelope.v != PROTOCOL_VERSION {
+    if !accepted.contains(&envelope.v) {
         return Err(ProtocolError::Version {
             expected: PROTOCOL_VERSION,
             actual: envelope.v,
