@@ -768,8 +768,11 @@ impl<C: Ciphersuite, P: KeygenParams> Round3<C, P> {
 }
 
 /// Exactly one confirmation per party, ours unchanged, all equal to ours: the confirmation round
-/// of every key-making ceremony, also run on a commit made from stored prepared state.
-pub(crate) fn check_confirmations<P: KeygenParams>(
+/// of every key-making ceremony, also run on a commit made from stored prepared state and by a
+/// cosigner checking confirmations before it gives up its ceremony state for them.
+///
+/// Errors: as [`Round3::handle_confirmations`].
+pub fn check_confirmations<P: KeygenParams>(
     parties: &[u16],
     me: u16,
     ours: &Confirmation,

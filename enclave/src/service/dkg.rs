@@ -9,7 +9,6 @@ use cosigner_protocol::auth::{normalise_public_key, registration_digest_with, ve
 use cosigner_protocol::enrollment::EnrollmentToken;
 use cosigner_protocol::keygen::exchange::{Exchange, Message, Step};
 use cosigner_protocol::party;
-use cosigner_protocol::refresh;
 use cosigner_protocol::wire::{
     Confirmation, DkgParams, Registration, Response, Round1Message, SUITE_SECP256K1_TR,
     SealedPackage, WalletId,
@@ -261,7 +260,12 @@ impl Service {
             .ok_or_else(|| {
                 Failure::not_found(format!("no DKG running for wallet {wallet_id} (expired)"))
             })?;
-        refresh::check_commit(&sorted(&params.parties), party, &ours, confirmations)?;
+        cosigner_protocol::keygen::check_confirmations::<DkgParams>(
+            &sorted(&params.parties),
+            party,
+            &ours,
+            confirmations,
+        )?;
         // Both keys prove possession over this wallet and this DKG's transcript.
         let device_key = normalise_public_key(&registration.device_key)?;
         let recovery_key = normalise_public_key(&registration.recovery_key)?;

@@ -390,12 +390,8 @@ impl<C: Ciphersuite, P: KeygenParams> Exchange<C, P> {
 
 fn not_finished<P: KeygenParams>(party: u16) -> ProtocolError {
     ProtocolError::UnexpectedMessage {
-        expected: if P::NAME == "DKG" {
-            "a finished DKG"
-        } else {
-            "a finished refresh"
-        },
-        actual: format!("party {party} has not finished"),
+        expected: "a finished ceremony",
+        actual: format!("party {party} has not finished the {}", P::NAME),
     }
 }
 
