@@ -1344,7 +1344,7 @@ pub fn announce(
     let announcement = DaoMessage::Announce {
         envelope: ByteBuf::from(envelope.encode()?),
     };
-    mailbox.post(&seal(home, id.0, &announcement)?)?;
+    mailbox.post(&seal(home, Topic(id.0), &announcement)?)?;
     Ok(())
 }
 
@@ -1392,7 +1392,7 @@ pub fn list_requests(
     let provider_key = info.provider_key()?;
     let mut mailbox = member_mailbox(home, mailbox_addr, &invitation)?;
     let mut views: Vec<RequestView> = Vec::new();
-    for (_, announcement) in mailbox.fetch(&id.0, 0)? {
+    for (_, announcement) in mailbox.fetch(&Topic(id.0), 0)? {
         let Ok(DaoMessage::Announce { envelope }) = DaoMessage::decode(&announcement.body) else {
             continue;
         };

@@ -488,13 +488,13 @@ mod tests {
     #[test]
     fn fetch_pages_verifies_and_skips_what_does_not() {
         let k = SigningKey::random(&mut rand_core::OsRng);
-        let t = [1; 16];
+        let t = Topic([1; 16]);
         let good: Vec<Envelope> = (0..4u8)
             .map(|i| Envelope::seal(&k, t, vec![i]).unwrap())
             .collect();
         let mut tampered = good[0].clone();
         tampered.body = ByteBuf::from(b"changed".to_vec());
-        let other_topic = Envelope::seal(&k, [2; 16], b"x".to_vec()).unwrap();
+        let other_topic = Envelope::seal(&k, Topic([2; 16]), b"x".to_vec()).unwrap();
         let script = vec![
             Some(MailboxResponse::Messages {
                 items: vec![
@@ -557,14 +557,14 @@ mod tests {
         })];
         let (addr, _server) = fake(script);
         let mut client = MailboxClient::connect(&addr).unwrap();
-        let err = client.fetch(&[1; 16], 0).unwrap_err();
+        let err = client.fetch(&Topic([1; 16]), 0).unwrap_err();
         assert!(err.to_string().contains("sends nothing new"), "{err}");
     }
 
     #[test]
     fn post_returns_the_sequence_number_reconnects_once_and_reports_refusals() {
         let k = SigningKey::random(&mut rand_core::OsRng);
-        let e = Envelope::seal(&k, [3; 16], b"hi".to_vec()).unwrap();
+        let e = Envelope::seal(&k, Topic([3; 16]), b"hi".to_vec()).unwrap();
         let script = vec![
             Some(MailboxResponse::Posted { seq: 1 }),
             None, // the connection drops mid-request: sent again on a new one
@@ -582,12 +582,14 @@ mod tests {
         let err = client.post(&e).unwrap_err();
         assert!(matches!(err, ClientError::Remote(ref w) if w.message.contains("full")));
         // A response of the wrong kind for a fetch.
-        let err = client.fetch(&[3; 16], 0).unwrap_err();
+        let err = client.fetch(&Topic([3; 16]), 0).unwrap_err();
         assert!(matches!(err, ClientError::Unexpected(_)), "{err}");
         drop(client);
         let requests = server.join().unwrap();
         assert_eq!(requests.len(), 5);
-        assert!(matches!(&requests[0], MailboxRequest::Post { topic, .. } if topic == &[3; 16]));
+        assert!(
+            matches!(&requests[0], MailboxRequest::Post { topic, .. } if topic == &Topic([3; 16]))
+        );
     }
 
     fn pk(k: &SigningKey) -> Vec<u8> {
@@ -601,7 +603,7 @@ mod tests {
             SigningKey::random(&mut rand_core::OsRng),
             SigningKey::random(&mut rand_core::OsRng),
         );
-        let t = [4; 16];
+        let t = Topic([4; 16]);
         let members = vec![pk(&me), pk(&other)];
         let listed: Vec<ByteBuf> = members.iter().cloned().map(ByteBuf::from).collect();
         let e = Envelope::seal(&other, t, b"hi".to_vec()).unwrap();
@@ -652,7 +654,7 @@ mod tests {
         // ...and so is a topic that holds envelopes but admits anyone.
         let err = client.fetch(&t, 0).unwrap_err();
         assert!(err.to_string().contains("open to anyone"), "{err}");
-        assert!(client.fetch(&[5; 16], 0).unwrap().is_empty());
+        assert!(client.fetch(&Topic([5; 16]), 0).unwrap().is_empty());
         drop(client);
         let requests = server.join().unwrap();
         assert!(matches!(&requests[0], MailboxRequest::Post { members: m, .. } if m == &listed));

@@ -273,7 +273,7 @@ fn golden_sealed_records() {
     let pinned = pin_record(&mut v, "prepared", "a refresh to epoch 6", &prepared, true);
     decodes::<PreparedRecord>(&mut v, "prepared", pinned);
 
-    let dao_wallet = WalletId(invitation().topic().unwrap());
+    let dao_wallet = WalletId(invitation().topic().unwrap().0);
     let dao = saved(|r| r.save_dao_state(&dao_wallet, &dao_state()).unwrap());
     let pinned = pin_record(&mut v, "dao_state", "a DAO wallet's state", &dao, true);
     decodes::<DaoState>(&mut v, "dao_state", pinned);

@@ -1403,12 +1403,12 @@ mod tests {
     fn posts_get_sequence_numbers_and_fetch_pages_in_order() {
         let (_dir, s) = store();
         let k = key();
-        let t = [1; 16];
+        let t = Topic([1; 16]);
         for i in 1..=5u64 {
             assert_eq!(post(&s, &k, t, &[i as u8]).unwrap(), i);
         }
         // Another topic has its own numbering.
-        assert_eq!(post(&s, &k, [2; 16], b"x").unwrap(), 1);
+        assert_eq!(post(&s, &k, Topic([2; 16]), b"x").unwrap(), 1);
         let all = fetch(&s, &k, &t, 0, 0);
         assert!(!all.more);
         assert_eq!(
@@ -1426,7 +1426,7 @@ mod tests {
         assert!(!last.more);
         assert!(fetch(&s, &k, &t, 5, 0).items.is_empty());
         assert_eq!(
-            fetch(&s, &k, &[9; 16], 0, 0),
+            fetch(&s, &k, &Topic([9; 16]), 0, 0),
             Page {
                 items: vec![],
                 more: false,
@@ -1440,7 +1440,7 @@ mod tests {
     fn duplicates_answer_the_existing_sequence_number() {
         let (_dir, s) = store();
         let (k, other) = (key(), key());
-        let t = [1; 16];
+        let t = Topic([1; 16]);
         let members = [pk(&k), pk(&other)];
         let e = envelope(&k, t, b"hello");
         assert_eq!(s.post(&t, &e, &members).unwrap(), 1);
@@ -1458,14 +1458,18 @@ mod tests {
     fn bad_envelopes_are_refused_with_one_line() {
         let (_dir, s) = store();
         let k = key();
-        let t = [1; 16];
+        let t = Topic([1; 16]);
         let mut tampered = Envelope::seal(&k, t, b"pay alice".to_vec()).unwrap();
         tampered.body = ByteBuf::from(b"pay mallory".to_vec());
         let cases: Vec<(Vec<u8>, Vec<ByteBuf>, &str)> = vec![
             (b"garbage".to_vec(), vec![pk(&k)], "undecodable"),
             (vec![], vec![pk(&k)], "undecodable"),
             (tampered.encode().unwrap(), vec![pk(&k)], "does not verify"),
-            (envelope(&k, [2; 16], b"x"), vec![pk(&k)], "posted to"),
+            (
+                envelope(&k, Topic([2; 16]), b"x"),
+                vec![pk(&k)],
+                "posted to",
+            ),
             (vec![0; MAX_ENVELOPE + 1], vec![pk(&k)], "exceeds"),
             (
                 envelope(&k, t, b"x"),
@@ -1512,20 +1516,20 @@ mod tests {
             max_page: 3,
         });
         let k = key();
-        let t = [1; 16];
+        let t = Topic([1; 16]);
         post(&s, &k, t, b"1").unwrap();
         post(&s, &k, t, b"2").unwrap();
         let err = post(&s, &k, t, b"3").unwrap_err();
         assert!(err.to_string().contains("envelopes in this topic"), "{err}");
-        post(&s, &k, [2; 16], b"x").unwrap();
-        let err = post(&s, &k, [3; 16], b"x").unwrap_err();
+        post(&s, &k, Topic([2; 16]), b"x").unwrap();
+        let err = post(&s, &k, Topic([3; 16]), b"x").unwrap_err();
         assert!(err.to_string().contains("topics (at most 2)"), "{err}");
-        let err = post(&s, &k, [2; 16], &[0; 10_000]).unwrap_err();
+        let err = post(&s, &k, Topic([2; 16]), &[0; 10_000]).unwrap_err();
         assert!(err.to_string().contains("bytes stored"), "{err}");
         // A duplicate of a stored envelope is still answered when the topic is full.
-        let e = envelope(&k, [2; 16], b"y");
-        s.post(&[2; 16], &e, &[]).unwrap();
-        assert_eq!(s.post(&[2; 16], &e, &[]).unwrap(), 2);
+        let e = envelope(&k, Topic([2; 16]), b"y");
+        s.post(&Topic([2; 16]), &e, &[]).unwrap();
+        assert_eq!(s.post(&Topic([2; 16]), &e, &[]).unwrap(), 2);
     }
 
     #[test]
@@ -1536,7 +1540,7 @@ mod tests {
             ..MailboxLimits::default()
         });
         let k = key();
-        let t = [1; 16];
+        let t = Topic([1; 16]);
         for i in 0..5u8 {
             post(&s, &k, t, &[i]).unwrap();
         }
@@ -1545,7 +1549,7 @@ mod tests {
         assert!(p.more);
         // Large envelopes, and the most members a topic may have: one frame holds one of them,
         // never none.
-        let big = [5; 16];
+        let big = Topic([5; 16]);
         let mut members: Vec<ByteBuf> = (1..cosigner_protocol::mailbox::MAX_TOPIC_MEMBERS)
             .map(|_| pk(&key()))
             .collect();
@@ -1584,7 +1588,7 @@ mod tests {
     fn topics_are_their_members_only() {
         let (_dir, s) = store();
         let (alice, bob, provider, stranger) = (key(), key(), key(), key());
-        let t = [7; 16];
+        let t = Topic([7; 16]);
         let members = vec![pk(&alice), pk(&bob), pk(&provider)];
         assert_eq!(
             s.post(&t, &envelope(&alice, t, b"invitation"), &members)
@@ -1614,8 +1618,8 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("not a member"), "{err}");
         // An unknown topic: refused without a proof (as a known one), empty with one.
-        assert!(s.fetch(&[8; 16], 0, 0, None).is_err());
-        assert!(fetch(&s, &stranger, &[8; 16], 0, 0).items.is_empty());
+        assert!(s.fetch(&Topic([8; 16]), 0, 0, None).is_err());
+        assert!(fetch(&s, &stranger, &Topic([8; 16]), 0, 0).items.is_empty());
         // Every member reads all of it, and the members as founded.
         for m in [&alice, &bob, &provider] {
             let page = fetch(&s, m, &t, 0, 0);
@@ -1630,7 +1634,7 @@ mod tests {
     fn reads_need_a_proof_under_this_connections_challenge() {
         let (_dir, s) = store();
         let (alice, stranger) = (key(), key());
-        let t = [7; 16];
+        let t = Topic([7; 16]);
         post(&s, &alice, t, b"secret-ish").unwrap();
         let fetch_with = |session: &mut MailboxSession, proof: Option<ReadProof>| {
             handle(
@@ -1679,7 +1683,7 @@ mod tests {
         // Replayed on another connection: refused.
         refused(fetch_with(&mut other, Some(good)), "does not verify");
         // For another topic: refused.
-        let moved = ReadProof::sign(&alice, &c, &[1; 16]).unwrap();
+        let moved = ReadProof::sign(&alice, &c, &Topic([1; 16])).unwrap();
         refused(fetch_with(&mut session, Some(moved)), "does not verify");
         // A stranger's valid proof: not a member.
         let stranger_proof = ReadProof::sign(&stranger, &c, &t).unwrap();
@@ -1695,7 +1699,7 @@ mod tests {
         // What an older parent stored: a topic with no member rows.
         let (_dir, s) = store();
         let k = key();
-        let t = [3; 16];
+        let t = Topic([3; 16]);
         post(&s, &k, t, b"old").unwrap();
         s.conn().execute("DELETE FROM mailbox_members", []).unwrap();
         assert_eq!(s.fetch(&t, 0, 0, None).unwrap().items.len(), 1);
@@ -1713,7 +1717,7 @@ mod tests {
         };
         let (_dir, s) = store_with(&config);
         let k = key();
-        let (old, mixed, young) = ([1; 16], [2; 16], [3; 16]);
+        let (old, mixed, young) = (Topic([1; 16]), Topic([2; 16]), Topic([3; 16]));
         let t0 = unix_now();
         let at = |t: Topic, body: &[u8], now: i64| {
             s.post_at(&t, &envelope(&k, t, body), &[pk(&k)], now)
@@ -1774,7 +1778,7 @@ mod tests {
                 .is_empty()
         );
         // A request finds the sweep due on its own: a post an hour later deletes the rest.
-        at([4; 16], b"g", t0 + 3 * hour);
+        at(Topic([4; 16]), b"g", t0 + 3 * hour);
         assert_eq!(s.topic_count().unwrap(), 1);
         // An expired topic can be founded again, from sequence number 1.
         assert_eq!(at(old, b"h", t0 + 3 * hour), 1);
@@ -1796,7 +1800,7 @@ mod tests {
         };
         let (_dir, s) = store_with(&config);
         let t0 = unix_now();
-        let t = [1; 16];
+        let t = Topic([1; 16]);
         let members = [pk(&flooder), pk(&member), pk(&exempt)];
         let post_at = |k: &SigningKey, t: Topic, body: &[u8], now: i64| {
             s.post_at(&t, &envelope(k, t, body), &members, now)
@@ -1850,18 +1854,25 @@ mod tests {
         let (bytes, topics) = (key(), key());
         let err = s
             .post_at(
-                &[2; 16],
-                &envelope(&bytes, [2; 16], &[0; 3000]),
+                &Topic([2; 16]),
+                &envelope(&bytes, Topic([2; 16]), &[0; 3000]),
                 &[pk(&bytes)],
                 t0,
             )
-            .and_then(|_| s.post_at(&[2; 16], &envelope(&bytes, [2; 16], &[1; 3000]), &[], t0))
+            .and_then(|_| {
+                s.post_at(
+                    &Topic([2; 16]),
+                    &envelope(&bytes, Topic([2; 16]), &[1; 3000]),
+                    &[],
+                    t0,
+                )
+            })
             .unwrap_err();
         assert!(err.to_string().contains("envelope bytes"), "{err}");
         for i in 0..2u8 {
             s.post_at(
-                &[10 + i; 16],
-                &envelope(&topics, [10 + i; 16], b"x"),
+                &Topic([10 + i; 16]),
+                &envelope(&topics, Topic([10 + i; 16]), b"x"),
                 &[pk(&topics)],
                 t0,
             )
@@ -1869,8 +1880,8 @@ mod tests {
         }
         let err = s
             .post_at(
-                &[12; 16],
-                &envelope(&topics, [12; 16], b"x"),
+                &Topic([12; 16]),
+                &envelope(&topics, Topic([12; 16]), b"x"),
                 &[pk(&topics)],
                 t0,
             )
@@ -1908,11 +1919,11 @@ mod tests {
         blobs.put("wallet/a", b"sealed").unwrap();
         let mailbox = MailboxStore::open(&path).unwrap();
         let k = key();
-        post(&mailbox, &k, [1; 16], b"m").unwrap();
+        post(&mailbox, &k, Topic([1; 16]), b"m").unwrap();
         drop((blobs, mailbox));
         // Reopened in the other order: both still there.
         let mailbox = MailboxStore::open(&path).unwrap();
-        assert_eq!(fetch(&mailbox, &k, &[1; 16], 0, 0).items.len(), 1);
+        assert_eq!(fetch(&mailbox, &k, &Topic([1; 16]), 0, 0).items.len(), 1);
         let blobs = SqliteStore::open(&path).unwrap();
         assert_eq!(blobs.get("wallet/a").unwrap().unwrap(), b"sealed");
         // A file that is not a parent store is refused, as the blob store refuses it; a missing
@@ -1935,7 +1946,7 @@ mod tests {
     fn the_frame_loop_answers_and_drops_garbage() {
         let (_dir, s) = store();
         let k = key();
-        let t = [1; 16];
+        let t = Topic([1; 16]);
         let mut input = Vec::new();
         for r in [
             MailboxRequest::Post {
@@ -2030,7 +2041,7 @@ mod tests {
         conn.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         let k = key();
-        let t = [4; 16];
+        let t = Topic([4; 16]);
         for i in 1..=3u64 {
             let r = ask(
                 &mut conn,
@@ -2101,7 +2112,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let pin = certificate_pin(&dir.path().join("mailbox.crt")).unwrap();
         let k = key();
-        let t = [6; 16];
+        let t = Topic([6; 16]);
         let mut client = MailboxClient::connect(&format!("tls://{addr}#{pin}"))
             .unwrap()
             .as_member(k.clone(), vec![public_key_bytes(&k)])

@@ -140,10 +140,10 @@ impl Invitation {
     /// The DKG topic: SHA-256 over a domain tag and the invitation's encoding, first 16 bytes.
     pub fn topic(&self) -> Result<Topic> {
         let encoded = wire::encode_identity(self)?;
-        Ok(truncate(&tagged_hash(
+        Ok(Topic(truncate(&tagged_hash(
             b"cosigner/dao/invitation/v1",
             &encoded,
-        )))
+        ))))
     }
 
     /// Checks the invitation and derives the wallet's layout.
@@ -301,7 +301,7 @@ impl SignRequest {
 
     /// The signing topic: the request hash's first 16 bytes.
     pub fn topic(&self) -> Result<Topic> {
-        Ok(truncate(&self.hash()?))
+        Ok(Topic(truncate(&self.hash()?)))
     }
 }
 
@@ -335,7 +335,7 @@ impl PolicyChange {
 
     /// The topic: the hash's first 16 bytes.
     pub fn topic(&self) -> Result<Topic> {
-        Ok(truncate(&self.hash()?))
+        Ok(Topic(truncate(&self.hash()?)))
     }
 
     /// What an approval of this change binds (in [`Approval::sighashes`]): the proposal and the
@@ -786,7 +786,7 @@ approvals = 5
             Some(public_key_bytes(&provider).as_slice())
         );
         assert_eq!(layout.owner_of(9), None);
-        assert_eq!(layout.wallet_id.0, inv.topic().unwrap());
+        assert_eq!(layout.wallet_id.0, inv.topic().unwrap().0);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod enrollment;
 mod error;
 pub mod frame;
 pub mod hpke;
+pub mod id;
 pub mod keygen;
 pub mod mailbox;
 pub mod policy;

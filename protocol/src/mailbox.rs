@@ -45,8 +45,7 @@ use crate::error::{ProtocolError, Result};
 use crate::frame::MAX_FRAME_LEN;
 use crate::wire::{self, WireError};
 
-/// One conversation in the mailbox (one ceremony): 16 bytes, random.
-pub type Topic = [u8; 16];
+pub use crate::id::Topic;
 
 /// Largest encoded envelope (512 KiB): a whole DKG round of a 64-member wallet fits, and a
 /// `Post` carrying one still fits a frame.
@@ -78,7 +77,6 @@ pub const MAX_TOPIC_MEMBERS: usize = 128;
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
     /// The conversation it belongs to (bound by the signature).
-    #[serde(with = "serde_bytes")]
     pub topic: Topic,
     /// The sender's P-256 key, SEC1 compressed (33 bytes).
     pub sender: ByteBuf,
@@ -228,21 +226,12 @@ impl Envelope {
 
 /// A fresh random topic.
 pub fn random_topic() -> Result<Topic> {
-    use rand_core::RngCore;
-    let mut topic = [0u8; 16];
-    rand_core::OsRng
-        .try_fill_bytes(&mut topic)
-        .map_err(|e| refused(format!("no randomness for a topic: {e}")))?;
-    Ok(topic)
+    Topic::random()
 }
 
 /// Parses a topic written as 32 hex digits.
 pub fn parse_topic(hex_text: &str) -> Result<Topic> {
-    let bytes =
-        hex::decode(hex_text.trim()).map_err(|e| ProtocolError::encoding(format!("topic: {e}")))?;
-    bytes.try_into().map_err(|b: Vec<u8>| {
-        ProtocolError::encoding(format!("topic is {} bytes, expected 16", b.len()))
-    })
+    Topic::from_hex(hex_text)
 }
 
 /// A fresh random read challenge (the host draws one per connection).
@@ -344,7 +333,6 @@ pub enum MailboxRequest {
     /// Store an envelope; answered with [`MailboxResponse::Posted`].
     Post {
         /// The topic; must be the envelope's own.
-        #[serde(with = "serde_bytes")]
         topic: Topic,
         /// The encoded [`Envelope`].
         envelope: ByteBuf,
@@ -358,7 +346,6 @@ pub enum MailboxRequest {
     /// [`MailboxResponse::Messages`].
     Fetch {
         /// The topic.
-        #[serde(with = "serde_bytes")]
         topic: Topic,
         /// The last sequence number already seen (0: from the start).
         after: u64,
@@ -471,7 +458,7 @@ mod tests {
 
     fn sealed() -> (SigningKey, Envelope) {
         let k = key();
-        let e = Envelope::seal(&k, [7; 16], b"round 1 of wallet x".to_vec()).unwrap();
+        let e = Envelope::seal(&k, Topic([7; 16]), b"round 1 of wallet x".to_vec()).unwrap();
         (k, e)
     }
 
@@ -485,17 +472,17 @@ mod tests {
         assert_eq!(back, e);
         assert_eq!(back.id(), e.id());
         assert_eq!(e.id(), <[u8; 32]>::from(Sha256::digest(&bytes)));
-        assert_eq!(Envelope::open(&bytes, &[7; 16]).unwrap(), e);
+        assert_eq!(Envelope::open(&bytes, &Topic([7; 16])).unwrap(), e);
         // An empty body is a message too.
-        let empty = Envelope::seal(&k, [0; 16], Vec::new()).unwrap();
-        Envelope::open(&empty.encode().unwrap(), &[0; 16]).unwrap();
+        let empty = Envelope::seal(&k, Topic([0; 16]), Vec::new()).unwrap();
+        Envelope::open(&empty.encode().unwrap(), &Topic([0; 16])).unwrap();
     }
 
     #[test]
     fn digest_is_the_documented_concatenation() {
-        let topic = [1u8; 16];
+        let topic = Topic([1u8; 16]);
         let mut m = b"cosigner/mailbox/v1".to_vec();
-        m.extend_from_slice(&topic);
+        m.extend_from_slice(topic.as_slice());
         m.extend_from_slice(&[0, 0, 0, 3, 0xaa, 0xbb, 0xcc]);
         m.extend_from_slice(&[0, 0, 0, 2, 0x01, 0x02]);
         assert_eq!(
@@ -513,7 +500,7 @@ mod tests {
     fn tampered_topic_body_sender_or_signature_is_refused() {
         let (_, e) = sealed();
         let mut topic = e.clone();
-        topic.topic[0] ^= 1;
+        topic.topic.0[0] ^= 1;
         let mut body = e.clone();
         body.body.push(0);
         let mut flipped = e.clone();
@@ -532,7 +519,7 @@ mod tests {
         }
         // Another topic than the one asked for, though validly signed.
         let bytes = e.encode().unwrap();
-        let err = Envelope::open(&bytes, &[8; 16]).unwrap_err();
+        let err = Envelope::open(&bytes, &Topic([8; 16])).unwrap_err();
         assert!(err.to_string().contains("topic"), "{err}");
     }
 
@@ -560,11 +547,11 @@ mod tests {
     #[test]
     fn oversize_is_refused() {
         let k = key();
-        assert!(Envelope::seal(&k, [1; 16], vec![0; MAX_ENVELOPE + 1]).is_err());
+        assert!(Envelope::seal(&k, Topic([1; 16]), vec![0; MAX_ENVELOPE + 1]).is_err());
         // Just under the body limit, but the whole envelope is over.
-        assert!(Envelope::seal(&k, [1; 16], vec![0; MAX_ENVELOPE - 10]).is_err());
-        let fits = Envelope::seal(&k, [1; 16], vec![0; MAX_ENVELOPE - 200]).unwrap();
-        Envelope::open(&fits.encode().unwrap(), &[1; 16]).unwrap();
+        assert!(Envelope::seal(&k, Topic([1; 16]), vec![0; MAX_ENVELOPE - 10]).is_err());
+        let fits = Envelope::seal(&k, Topic([1; 16]), vec![0; MAX_ENVELOPE - 200]).unwrap();
+        Envelope::open(&fits.encode().unwrap(), &Topic([1; 16])).unwrap();
         let err = Envelope::decode(&vec![0; MAX_ENVELOPE + 1]).unwrap_err();
         assert!(err.to_string().contains("limit"), "{err}");
         assert!(decode_request(&vec![0; MAX_FRAME_LEN + 1]).is_err());
@@ -607,7 +594,7 @@ mod tests {
                 Value::Text("body".into()),
                 Value::Map(vec![
                     (Value::Text("body".into()), b(&e.body)),
-                    (Value::Text("topic".into()), b(&e.topic)),
+                    (Value::Text("topic".into()), b(e.topic.as_slice())),
                     (Value::Text("sender".into()), b(&e.sender)),
                     (Value::Text("signature".into()), b(&e.signature)),
                 ]),
@@ -628,7 +615,7 @@ mod tests {
             (
                 Value::Text("body".into()),
                 Value::Map(vec![
-                    (Value::Text("topic".into()), b(&e.topic)),
+                    (Value::Text("topic".into()), b(e.topic.as_slice())),
                     (Value::Text("sender".into()), b(&e.sender)),
                     (Value::Text("body".into()), b(&e.body)),
                     (Value::Text("signature".into()), b(&e.signature)),
@@ -672,16 +659,16 @@ mod tests {
                 members: vec![e.sender.clone(), ByteBuf::from(public_key_bytes(&k))],
             },
             MailboxRequest::Fetch {
-                topic: [3; 16],
+                topic: Topic([3; 16]),
                 after: 41,
                 limit: 10,
                 proof: None,
             },
             MailboxRequest::Fetch {
-                topic: [3; 16],
+                topic: Topic([3; 16]),
                 after: 0,
                 limit: 0,
-                proof: Some(ReadProof::sign(&k, &[5; 32], &[3; 16]).unwrap()),
+                proof: Some(ReadProof::sign(&k, &[5; 32], &Topic([3; 16])).unwrap()),
             },
             MailboxRequest::Challenge,
         ];
@@ -713,7 +700,7 @@ mod tests {
         }
         // A request is not a response.
         let post = encode_request(&MailboxRequest::Fetch {
-            topic: [0; 16],
+            topic: Topic([0; 16]),
             after: 0,
             limit: 0,
             proof: None,
@@ -762,7 +749,7 @@ mod tests {
         let envelope = ByteBuf::from(e.encode().unwrap());
         // Golden bytes: the old spelling of a fetch, field by field (in the version-2 wrapper).
         let fetch = encode_request(&MailboxRequest::Fetch {
-            topic: [3; 16],
+            topic: Topic([3; 16]),
             after: 41,
             limit: 10,
             proof: None,
@@ -803,7 +790,7 @@ mod tests {
         assert_eq!(
             post,
             wire::encode(&legacy::MailboxRequest::Post {
-                topic: e.topic,
+                topic: e.topic.0,
                 envelope: envelope.clone()
             })
             .unwrap()
@@ -840,14 +827,14 @@ mod tests {
     fn read_proofs_bind_challenge_topic_and_reader() {
         let k = key();
         let challenge = [4u8; CHALLENGE_LEN];
-        let topic = [6u8; 16];
+        let topic = Topic([6u8; 16]);
         let proof = ReadProof::sign(&k, &challenge, &topic).unwrap();
         assert_eq!(proof.reader.as_slice(), public_key_bytes(&k).as_slice());
         proof.verify(&challenge, &topic).unwrap();
         // The digest is the documented concatenation.
         let mut m = b"cosigner/mailbox/read/v1".to_vec();
         m.extend_from_slice(&challenge);
-        m.extend_from_slice(&topic);
+        m.extend_from_slice(topic.as_slice());
         m.extend_from_slice(&proof.reader);
         assert_eq!(
             ReadProof::digest(&challenge, &topic, &proof.reader),
@@ -855,7 +842,7 @@ mod tests {
         );
         // Another connection's challenge, another topic, another reader named: refused.
         assert!(proof.verify(&[5; CHALLENGE_LEN], &topic).is_err());
-        assert!(proof.verify(&challenge, &[7; 16]).is_err());
+        assert!(proof.verify(&challenge, &Topic([7; 16])).is_err());
         let mut other = proof.clone();
         other.reader = ByteBuf::from(public_key_bytes(&key()));
         assert!(other.verify(&challenge, &topic).is_err());

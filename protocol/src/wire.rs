@@ -16,39 +16,7 @@ use crate::error::{ProtocolError, Result};
 /// Nesting limit when decoding a body.
 const RECURSION_LIMIT: usize = 32;
 
-/// A wallet's identifier: 16 random bytes chosen by the client that creates it.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct WalletId(#[serde(with = "serde_bytes")] pub [u8; 16]);
-
-impl WalletId {
-    /// Lowercase hex, how users see it.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-
-    /// Parses 32 hex digits.
-    pub fn from_hex(s: &str) -> Result<Self> {
-        let bytes =
-            hex::decode(s).map_err(|e| ProtocolError::encoding(format!("wallet id: {e}")))?;
-        let id: [u8; 16] = bytes.try_into().map_err(|b: Vec<u8>| {
-            ProtocolError::encoding(format!("wallet id is {} bytes, expected 16", b.len()))
-        })?;
-        Ok(Self(id))
-    }
-}
-
-impl std::fmt::Debug for WalletId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "WalletId({})", self.to_hex())
-    }
-}
-
-impl std::fmt::Display for WalletId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
+pub use crate::id::{Epoch, PartyId, SessionId, WalletId};
 
 /// Ciphersuite name of `frost-secp256k1-tr` (BIP-340 / Taproot), the default.
 pub const SUITE_SECP256K1_TR: &str = "FROST-secp256k1-SHA256-TR-v1";
@@ -300,7 +268,7 @@ pub enum Request {
     /// Round 2 of a signing session: answered with our signature share, once.
     SignShare {
         /// The session from `SignCommit`.
-        session_id: ByteBuf,
+        session_id: SessionId,
         /// The coordinator's `SigningPackage`, serialized by frost.
         signing_package: ByteBuf,
     },
@@ -409,7 +377,7 @@ pub enum Request {
     /// answered with our shares, once. The spend is recorded before they are released.
     SignPsbtShare {
         /// The session from `PsbtCommitted`.
-        session_id: ByteBuf,
+        session_id: SessionId,
         /// The coordinator's `SigningPackage`s, serialized by frost.
         signing_packages: Vec<ByteBuf>,
     },
@@ -502,7 +470,7 @@ pub enum Response {
     /// Signing round 1.
     SignCommitted {
         /// Names this session in `SignShare`.
-        session_id: ByteBuf,
+        session_id: SessionId,
         /// Our `SigningCommitments`, serialized by frost.
         commitments: ByteBuf,
     },
@@ -570,7 +538,7 @@ pub enum Response {
     /// PSBT signing round 1: one commitment per input, and the enclave's reading of the PSBT.
     PsbtCommitted {
         /// Names this session in `SignPsbtShare`.
-        session_id: ByteBuf,
+        session_id: SessionId,
         /// Our `SigningCommitments` for each input, in input order.
         commitments: Vec<ByteBuf>,
         /// What the enclave computed, and the rule that allowed it.
@@ -832,7 +800,7 @@ mod tests {
                 enrollment: None,
             },
             Request::SignShare {
-                session_id: ByteBuf::from(vec![3; 16]),
+                session_id: SessionId([3; 16]),
                 signing_package: ByteBuf::from(vec![4; 100]),
             },
             Request::SignPsbtCommit {
@@ -842,7 +810,7 @@ mod tests {
                 signers: vec![1, 2],
             },
             Request::SignPsbtShare {
-                session_id: ByteBuf::from(vec![3; 16]),
+                session_id: SessionId([3; 16]),
                 signing_packages: vec![ByteBuf::from(vec![4; 100]); 2],
             },
             Request::SetPolicy {
@@ -909,6 +877,43 @@ mod tests {
         .unwrap();
         trailing.push(0);
         assert!(decode::<Request>(&trailing).is_err());
+    }
+
+    #[test]
+    fn session_ids_of_the_wrong_length_do_not_decode() {
+        let valid = encode(&Request::SignShare {
+            session_id: SessionId([0xa6; 16]),
+            signing_package: ByteBuf::from(vec![2]),
+        })
+        .unwrap();
+        assert!(decode::<Request>(&valid).is_ok());
+        for len in [0, 1, 15, 17, 32] {
+            let mut value: ciborium::Value = ciborium::from_reader(valid.as_slice()).unwrap();
+            assert!(replace_bytes(&mut value, &[0xa6; 16], vec![0xa6; len]));
+            let mut bytes = Vec::new();
+            ciborium::into_writer(&value, &mut bytes).unwrap();
+            assert!(
+                decode::<Request>(&bytes).is_err(),
+                "session id of {len} bytes"
+            );
+        }
+    }
+
+    /// Replaces the byte string `old` inside `value` by `new`; whether it was found.
+    fn replace_bytes(value: &mut ciborium::Value, old: &[u8], new: Vec<u8>) -> bool {
+        use ciborium::Value;
+        match value {
+            Value::Bytes(b) if b.as_slice() == old => {
+                *b = new;
+                true
+            }
+            Value::Array(items) => items.iter_mut().any(|v| replace_bytes(v, old, new.clone())),
+            Value::Map(entries) => entries
+                .iter_mut()
+                .any(|(_, v)| replace_bytes(v, old, new.clone())),
+            Value::Tag(_, inner) => replace_bytes(inner, old, new),
+            _ => false,
+        }
     }
 
     #[test]

@@ -213,7 +213,7 @@ fn pin_dao_digests(v: &mut Vectors) {
     v.pin(
         "dao.invitation.topic",
         "Invitation::topic: the DKG topic and the DAO wallet's id",
-        &invitation.topic().unwrap(),
+        invitation.topic().unwrap().as_slice(),
     );
     v.pin(
         "dao.invitation.hash",
@@ -498,7 +498,7 @@ fn requests_sessions() -> Samples<Request> {
             "",
             "signing round 2",
             Request::SignShare {
-                session_id: bytes(0xa6, 16),
+                session_id: wire::SessionId([0xa6; 16]),
                 signing_package: bytes(0xa7, 8),
             },
         ),
@@ -521,7 +521,7 @@ fn requests_sessions() -> Samples<Request> {
             "",
             "PSBT signing round 2",
             Request::SignPsbtShare {
-                session_id: bytes(0xa6, 16),
+                session_id: wire::SessionId([0xa6; 16]),
                 signing_packages: vec![bytes(0xa7, 8), bytes(0xa8, 8)],
             },
         ),
@@ -596,7 +596,7 @@ fn responses() -> Samples<Response> {
             "",
             "signing round 1",
             Response::SignCommitted {
-                session_id: bytes(0xa6, 16),
+                session_id: wire::SessionId([0xa6; 16]),
                 commitments: bytes(0xb1, 8),
             },
         ),
@@ -681,7 +681,7 @@ fn responses() -> Samples<Response> {
             "",
             "PSBT signing round 1 with the enclave's reading",
             Response::PsbtCommitted {
-                session_id: bytes(0xa6, 16),
+                session_id: wire::SessionId([0xa6; 16]),
                 commitments: vec![bytes(0xb1, 8)],
                 evaluation: psbt_evaluation(),
             },

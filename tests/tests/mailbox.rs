@@ -146,7 +146,7 @@ fn members_post_and_fetch_through_the_parent_binary() {
         "{err}"
     );
     let mut raw_conn = raw(port);
-    let other = Envelope::seal(&alice, [9; 16], b"x".to_vec()).unwrap();
+    let other = Envelope::seal(&alice, Topic([9; 16]), b"x".to_vec()).unwrap();
     let answer = ask(
         &mut raw_conn,
         &MailboxRequest::Post {
@@ -433,7 +433,7 @@ fn the_mailbox_speaks_tls_to_members_who_pin_its_certificate() {
         captured.len()
     );
     let alice_key = public_key_bytes(&alice);
-    for needle in [&secret[..], &topic[..], &alice_key[..]] {
+    for needle in [&secret[..], topic.as_slice(), &alice_key[..]] {
         assert!(!captured.windows(needle.len()).any(|w| w == needle));
     }
 

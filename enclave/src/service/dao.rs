@@ -625,7 +625,7 @@ impl Service {
             &wallet_id,
             "dao-dkg",
             &format!("member:{}", hex::encode(sender)),
-            topic,
+            topic.as_slice(),
             &format!("started (attempt {attempt})"),
         )?;
         Ok((

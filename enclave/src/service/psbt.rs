@@ -26,7 +26,9 @@ use std::time::Instant;
 use cosigner_protocol::policy::{ASSET_BTC, Member, PastSpend, Policy, Spend};
 use cosigner_protocol::psbt::{self as btc, Network};
 use cosigner_protocol::sign::SignerSession;
-use cosigner_protocol::wire::{ErrorKind, PsbtEvaluation, Registration, Response, WalletId};
+use cosigner_protocol::wire::{
+    ErrorKind, PsbtEvaluation, Registration, Response, SessionId, WalletId,
+};
 use frost_core::keys::PublicKeyPackage;
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
@@ -394,7 +396,7 @@ impl Service {
                 }
             ),
         )?;
-        let session_id = random::<16>()?;
+        let session_id = SessionId(random::<16>()?);
         let session = PsbtSession {
             wallet_id,
             party: state.party,
@@ -413,7 +415,7 @@ impl Service {
             format!("wallet {wallet_id} has {mine} PSBT signing sessions open")
         })?;
         Ok(Response::PsbtCommitted {
-            session_id: ByteBuf::from(session_id.to_vec()),
+            session_id,
             commitments,
             evaluation: evaluation(summary, rule),
         })
@@ -470,14 +472,11 @@ impl Service {
     pub(super) fn sign_psbt_share(
         &self,
         owner_session: [u8; 16],
-        session_id: &[u8],
+        session_id: &SessionId,
         signing_packages: &[ByteBuf],
     ) -> Outcome {
-        let id: [u8; 16] = session_id
-            .try_into()
-            .map_err(|_| Failure::bad("session id is not 16 bytes"))?;
         // Removed before use: whatever happens next, its nonces are never used again.
-        let pending = self.psbts.take(&id, |p| {
+        let pending = self.psbts.take(session_id, |p| {
             if p.owner != owner_session {
                 return Err(Failure::denied(
                     "this signing session belongs to another connection",

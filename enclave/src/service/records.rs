@@ -621,7 +621,7 @@ impl Records<'_> {
     /// Reads a DAO wallet's state, refusing anything but the anchored one.
     pub fn load_dao_state(&self, id: &WalletId) -> Result<DaoState, Failure> {
         let state: DaoState = self.load_anchored(id, &StateSlot::dao(id))?;
-        if state.invitation.topic().ok() != Some(id.0) {
+        if state.invitation.topic().ok() != Some(cosigner_protocol::mailbox::Topic(id.0)) {
             return Err(integrity(id, "it names another wallet"));
         }
         Ok(state)

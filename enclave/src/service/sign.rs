@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use cosigner_protocol::sign::SignerSession;
-use cosigner_protocol::wire::{Response, WalletId};
+use cosigner_protocol::wire::{Response, SessionId, WalletId};
 use serde_bytes::ByteBuf;
 
 use super::authorized::Actor;
@@ -74,7 +74,7 @@ impl Service {
             &mut rand_core::OsRng,
         )?;
         self.log(&wallet_id, "sign", &actor.label(), message, "allowed")?;
-        let session_id = random::<16>()?;
+        let session_id = SessionId(random::<16>()?);
         let pending = PendingSign {
             wallet_id,
             party: state.party,
@@ -87,7 +87,7 @@ impl Service {
         self.signs
             .insert(session_id, pending, |open| too_many(&wallet_id, open))?;
         Ok(Response::SignCommitted {
-            session_id: ByteBuf::from(session_id.to_vec()),
+            session_id,
             commitments: ByteBuf::from(commitments),
         })
     }
@@ -181,12 +181,9 @@ impl Service {
         Ok(())
     }
 
-    pub(super) fn sign_share(&self, session_id: &[u8], signing_package: &[u8]) -> Outcome {
-        let id: [u8; 16] = session_id
-            .try_into()
-            .map_err(|_| Failure::bad("session id is not 16 bytes"))?;
+    pub(super) fn sign_share(&self, session_id: &SessionId, signing_package: &[u8]) -> Outcome {
         // Removed before use: whatever happens next, this session's nonces are never used again.
-        let pending = self.signs.take(&id, |_| Ok(()))?;
+        let pending = self.signs.take(session_id, |_| Ok(()))?;
         // Checked again now, not only at SignCommit: a revocation, a recovery started, or a
         // refresh that retired the epoch since then stops this signature too. Any such change
         // moved the state's anchor; if it did not move, the state is the one authorized.

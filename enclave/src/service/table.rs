@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cosigner_protocol::wire::WalletId;
+use cosigner_protocol::wire::{SessionId, WalletId};
 
 use super::failure::{Failure, lock};
 
@@ -259,7 +259,7 @@ pub(super) trait Session {
 /// Signing sessions by session id (nonces in memory only: an evicted session's commitments are
 /// simply never used).
 pub(super) struct Sessions<T> {
-    entries: Mutex<HashMap<[u8; 16], T>>,
+    entries: Mutex<HashMap<SessionId, T>>,
 }
 
 impl<T: Session> Sessions<T> {
@@ -281,7 +281,7 @@ impl<T: Session> Sessions<T> {
     /// the table as a whole evicts its oldest session.
     pub(super) fn insert(
         &self,
-        id: [u8; 16],
+        id: SessionId,
         session: T,
         busy: impl FnOnce(usize) -> String,
     ) -> Result<(), Failure> {
@@ -303,7 +303,7 @@ impl<T: Session> Sessions<T> {
     /// `may` accepts it; an expired session is not found.
     pub(super) fn take(
         &self,
-        id: &[u8; 16],
+        id: &SessionId,
         may: impl FnOnce(&T) -> Result<(), Failure>,
     ) -> Result<T, Failure> {
         let mut map = lock(&self.entries)?;

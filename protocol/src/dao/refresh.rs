@@ -60,7 +60,7 @@ impl RefreshProposal {
 
     /// The topic: the hash's first 16 bytes.
     pub fn topic(&self) -> Result<Topic> {
-        Ok(truncate(&self.hash()?))
+        Ok(Topic(truncate(&self.hash()?)))
     }
 
     /// The refresh parameters of `layout`'s wallet: every party, the threshold unchanged.

@@ -23,7 +23,7 @@ use serde_bytes::ByteBuf;
 pub const WALLET: WalletId = WalletId([0x11; 16]);
 
 /// A topic.
-pub const TOPIC: [u8; 16] = [0x70; 16];
+pub const TOPIC: cosigner_protocol::mailbox::Topic = cosigner_protocol::mailbox::Topic([0x70; 16]);
 
 /// `n` bytes of `byte`.
 pub fn bytes(byte: u8, n: usize) -> ByteBuf {
