@@ -20,6 +20,7 @@ use cosigner_protocol::dao::{
     Approval, DaoMessage, Evaluation, Invitation, Layout, MemberEntry, PolicyChange, Rejection,
     SignRequest,
 };
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::mailbox::{Envelope, Topic};
 use cosigner_protocol::policy::{Policy, parse_members};
 use cosigner_protocol::psbt::SpendSummary;
@@ -1148,7 +1149,7 @@ fn pending_of(
             party,
             &layout.params.parties,
             layout.params.min_signers,
-            0,
+            Epoch(0),
             &output.public_key_package,
             network,
         )?
@@ -1861,7 +1862,7 @@ pub fn run_refresh(
     for m in &first {
         courier.send(&key, m)?;
     }
-    let epoch = proposal.from_epoch + 1;
+    let epoch = proposal.from_epoch.saturating_next();
     let watch = RefreshWatch {
         home,
         id,
@@ -1879,7 +1880,7 @@ struct RefreshWatch<'a> {
     home: &'a Home,
     id: WalletId,
     hash: [u8; 32],
-    epoch: u64,
+    epoch: Epoch,
     provider_key: &'a [u8],
     key: &'a p256::ecdsa::SigningKey,
 }
@@ -1963,7 +1964,7 @@ fn record_refresh(
     home: &Home,
     wallet: &WalletFile,
     id: WalletId,
-    epoch: u64,
+    epoch: Epoch,
     refresh: DaoRefresh<Suite>,
 ) -> Result<WalletFile> {
     let (_, mut outputs) = refresh.into_outputs()?;

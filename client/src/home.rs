@@ -16,6 +16,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::wire::WalletId;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -43,7 +44,7 @@ pub struct WalletFile {
     /// All parties.
     pub parties: Vec<u16>,
     /// Share epoch.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// Serialized PublicKeyPackage (hex).
     pub public_key_package: String,
     /// For a DAO wallet: its invitation, provider key and mailbox.

@@ -8,6 +8,7 @@ use std::path::Path;
 use cosigner_protocol::auth::{
     public_key_bytes, registration_digest_with, sign_digest, sign_request,
 };
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
 use cosigner_protocol::wire::{
     self, DkgParams, KeyRole, RefreshParams, Registration, RepairParams, Request, Response,
@@ -344,7 +345,7 @@ pub fn create_observed(
         DEVICE,
         &params.parties,
         params.min_signers,
-        0,
+        Epoch(0),
         &output.public_key_package,
         network,
     )?;
@@ -525,7 +526,7 @@ pub(crate) fn wallet_file(
     party: u16,
     parties: &[u16],
     min_signers: u16,
-    epoch: u64,
+    epoch: Epoch,
     pkp: &PublicKeyPackage<Suite>,
     network: Network,
 ) -> Result<WalletFile> {
@@ -823,7 +824,7 @@ fn resume(
 fn switch_share(
     home: &Home,
     wallet: &WalletFile,
-    epoch: u64,
+    epoch: Epoch,
     pkp: &PublicKeyPackage<Suite>,
     share: &[u8],
 ) -> Result<WalletFile> {
@@ -985,7 +986,7 @@ fn refresh_from(
     let new_wallet = switch_share(
         home,
         &wallet,
-        params.from_epoch + 1,
+        params.from_epoch.saturating_next(),
         &output.public_key_package,
         &prepared,
     )?;

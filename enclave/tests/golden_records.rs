@@ -35,6 +35,7 @@ use cosigner_enclave::store::{BlobStore, MemoryStore};
 use cosigner_kms::aws::KMS_SEAL_FORMAT_VERSION;
 use cosigner_kms::aws::sealer::{encryption_context, key_id};
 use cosigner_kms::{SEAL_FORMAT_VERSION, SEAL_KEY_ID_LEN, SealContext, Sealer, seal_aad};
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::policy::PastSpend;
 use cosigner_protocol::wire::WalletId;
 use pinned::Vectors;
@@ -174,9 +175,9 @@ fn wallet_state() -> WalletState {
     WalletState {
         params: dkg_params(),
         party: 2,
-        current_epoch: 5,
-        retained_epochs: vec![4],
-        prepared_epoch: Some(6),
+        current_epoch: Epoch(5),
+        retained_epochs: vec![Epoch(4)],
+        prepared_epoch: Some(Epoch(6)),
         device_key: public(1),
         recovery_key: public(2),
         pending_device_key: Some(public(4)),
@@ -204,7 +205,7 @@ fn past_spend() -> PastSpend {
 
 fn share(epoch: u64) -> ShareRecord {
     ShareRecord {
-        epoch,
+        epoch: Epoch(epoch),
         key_package: bytes(0xf0, 8),
         public_key_package: bytes(0x71, 8),
     }
@@ -217,7 +218,7 @@ fn dao_state() -> DaoState {
         policy_version: 2,
         min_approvals: 2,
         provider_parties: vec![4, 5],
-        epoch: 1,
+        epoch: Epoch(1),
         public_key_package: bytes(0x71, 8),
         history: vec![past_spend()],
         completed: vec![(bytes(0x80, 32), 1_700_000_000_008)],
@@ -264,7 +265,7 @@ fn golden_sealed_records() {
 
     let prepared = PreparedRecord {
         share: self::share(6),
-        from_epoch: 5,
+        from_epoch: Epoch(5),
         confirmation: confirmation(2),
         recovery: false,
         started_by: public(1),

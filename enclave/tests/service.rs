@@ -34,6 +34,7 @@ use cosigner_kms::{SEAL_FORMAT_VERSION, SEAL_KEY_ID_LEN, Sealer};
 use cosigner_protocol::auth::{
     public_key_bytes, registration_digest, registration_digest_with, request_digest, sign_digest,
 };
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::sign::{SignerSession, aggregate, signing_package};
 use cosigner_protocol::wire::{
     self, DkgParams, ErrorKind, KeyRole, Registration, Request, Response, Round1Message,
@@ -417,7 +418,7 @@ fn wallet_file(params: &DkgParams, public: &PublicKeyPackage<Suite>) -> WalletFi
         party: 1,
         min_signers: params.min_signers,
         parties: params.parties.clone(),
-        epoch: 0,
+        epoch: Epoch(0),
         public_key_package: hex::encode(public.serialize().unwrap()),
         dao: None,
     }
@@ -543,7 +544,7 @@ fn by_recovery(
 fn sign_commit_request(wallet_id: WalletId, message: &[u8], signers: &[u16]) -> Request {
     Request::SignCommit {
         wallet_id,
-        epoch: 0,
+        epoch: Epoch(0),
         message: ByteBuf::from(message.to_vec()),
         signers: signers.to_vec(),
     }
@@ -798,7 +799,7 @@ fn dkg_and_signing_through_the_service_give_a_valid_signature() {
     assert_eq!(wallet.info.party, PROVIDER);
     assert_eq!(wallet.info.min_signers, 2);
     assert_eq!(wallet.info.parties, PARTIES);
-    assert_eq!(wallet.info.epoch, 0);
+    assert_eq!(wallet.info.epoch, Epoch(0));
     assert_eq!(wallet.info.ciphersuite, SUITE_SECP256K1_TR);
 
     let signature = sign_with(&h, &mut session, &wallet, MESSAGE);
@@ -1489,7 +1490,7 @@ fn psbt_commit(
     let summary = psbt::analyze(&bytes, &output_key(wallet), psbt::Network::Regtest);
     let request = Request::SignPsbtCommit {
         wallet_id: wallet.id,
-        epoch: 0,
+        epoch: Epoch(0),
         psbt: ByteBuf::from(bytes.clone()),
         signers: vec![1, PROVIDER],
     };

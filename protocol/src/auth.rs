@@ -11,6 +11,7 @@ use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ProtocolError, Result};
+use crate::id::Epoch;
 use crate::wire::WalletId;
 
 /// Length of an enclave challenge.
@@ -148,7 +149,7 @@ pub fn registration_digest_with(
 /// ceremony at each).
 pub fn commit_receipt_digest(
     wallet_id: &WalletId,
-    epoch: u64,
+    epoch: Epoch,
     transcript_hash: &[u8],
     public_key_package_hash: &[u8],
 ) -> [u8; 32] {

@@ -44,6 +44,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::normalise_public_key;
 use crate::error::{ProtocolError, Result};
+use crate::id::Epoch;
 use crate::mailbox::Topic;
 use crate::policy::{Member, Policy};
 use crate::psbt::{Network, network_from_name};
@@ -570,14 +571,14 @@ pub enum DaoMessage {
         /// The sender's parties.
         parties: Vec<u16>,
         /// The new epoch.
-        epoch: u64,
+        epoch: Epoch,
     },
     /// Provider → all: every party committed; `epoch` is current, the old shares are deleted.
     Refreshed {
         /// The wallet.
         wallet_id: WalletId,
         /// The new epoch.
-        epoch: u64,
+        epoch: Epoch,
     },
     /// Provider → all: the request is refused (policy, PSBT, expiry).
     Refused {

@@ -64,9 +64,10 @@ impl From<PartyId> for u16 {
     }
 }
 
+// Forwards the formatter, so width and fill apply (store keys spell parties `{:05}`).
 impl fmt::Display for PartyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
@@ -102,19 +103,32 @@ impl Epoch {
 
     /// The epoch a refresh of this one produces; `None` past `u64::MAX` (never reached, but a
     /// hostile peer's number is not trusted to stay below it).
-    pub fn next(self) -> Option<Epoch> {
+    pub fn checked_next(self) -> Option<Epoch> {
         self.0.checked_add(1).map(Epoch)
+    }
+
+    /// As [`Epoch::checked_next`], staying at `u64::MAX` (where a comparison with the real
+    /// next epoch then fails instead of wrapping to 0).
+    pub fn saturating_next(self) -> Epoch {
+        Epoch(self.0.saturating_add(1))
     }
 
     /// The number.
     pub const fn get(self) -> u64 {
         self.0
     }
+
+    /// Big-endian bytes, how transcripts and signed digests bind it.
+    pub const fn to_be_bytes(self) -> [u8; 8] {
+        self.0.to_be_bytes()
+    }
 }
 
+// Forwards the formatter (not `write!`), so width and fill apply: store keys spell epochs
+// `{:020}` and a typed epoch must spell them the same.
 impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
@@ -228,6 +242,7 @@ fn random16(what: &str) -> Result<[u8; 16]> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -254,6 +269,12 @@ mod tests {
         ciborium::into_writer(&Epoch(9), &mut a).unwrap();
         ciborium::into_writer(&9u64, &mut b).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn numbers_format_as_the_integers_they_wrap() {
+        assert_eq!(format!("{:020}", Epoch(5)), format!("{:020}", 5u64));
+        assert_eq!(format!("{:05}", PartyId::RECOVERY), "00003");
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub use transcript::{Tags, public_key_package_hash, round2_aad, round2_info, tra
 use crate::dkg::common;
 use crate::error::{ProtocolError, Result};
 use crate::hpke::{self, HpkeSecretKey};
+use crate::id::Epoch;
 use crate::wire::{Confirmation, DkgParams, RefreshParams, Round1Message, SealedPackage, WalletId};
 
 /// frost's round-1 and round-2 outputs: a secret and the packages to send.
@@ -72,7 +73,7 @@ pub trait KeygenParams: Clone + std::fmt::Debug + sealed::Sealed {
     /// Every party.
     fn parties(&self) -> &[u16];
     /// The epoch a refresh refreshes (bound into transcript, `info` and AAD); `None` for a DKG.
-    fn epoch(&self) -> Option<u64>;
+    fn epoch(&self) -> Option<Epoch>;
     /// The same parameters with `parties` (sorted).
     fn with_parties(&self, parties: Vec<u16>) -> Self;
     /// Coefficients of a round-1 commitment at threshold `min_signers`: a DKG commits to all `t`,
@@ -141,7 +142,7 @@ impl KeygenParams for DkgParams {
         round2_aad: b"cosigner dkg round2 aad v1",
     };
     common_accessors!();
-    fn epoch(&self) -> Option<u64> {
+    fn epoch(&self) -> Option<Epoch> {
         None
     }
     fn coefficients(min_signers: u16) -> usize {
@@ -183,7 +184,7 @@ impl KeygenParams for RefreshParams {
         round2_aad: b"cosigner refresh round2 aad v1",
     };
     common_accessors!();
-    fn epoch(&self) -> Option<u64> {
+    fn epoch(&self) -> Option<Epoch> {
         Some(self.from_epoch)
     }
     fn coefficients(min_signers: u16) -> usize {
@@ -882,7 +883,7 @@ mod tests {
         }
     }
 
-    fn refresh(from_epoch: u64) -> RefreshParams {
+    fn refresh(from_epoch: Epoch) -> RefreshParams {
         let d = dkg();
         RefreshParams {
             wallet_id: d.wallet_id,
@@ -926,13 +927,13 @@ mod tests {
         let a = [msg(1, b"ab", b"c"), msg(2, b"d", b"e")];
         assert_ne!(
             transcript_hash(&dkg(), &a),
-            transcript_hash(&refresh(0), &a)
+            transcript_hash(&refresh(Epoch(0)), &a)
         );
         assert_ne!(
-            transcript_hash(&refresh(4), &a),
-            transcript_hash(&refresh(5), &a)
+            transcript_hash(&refresh(Epoch(4)), &a),
+            transcript_hash(&refresh(Epoch(5)), &a)
         );
-        assert_ne!(round2_info(&dkg()), round2_info(&refresh(0)));
+        assert_ne!(round2_info(&dkg()), round2_info(&refresh(Epoch(0))));
         assert!(round2_info(&dkg()).starts_with(b"cosigner dkg round2 v1FROST-secp256k1"));
         let t = [1; 32];
         let w = WalletId([2; 16]);
@@ -947,11 +948,11 @@ mod tests {
             round2_aad(&d, &WalletId([3; 16]), None, 2, 3, &t)
         );
         assert_ne!(
-            round2_aad(&r, &w, Some(0), 2, 3, &t),
-            round2_aad(&r, &w, Some(1), 2, 3, &t)
+            round2_aad(&r, &w, Some(Epoch(0)), 2, 3, &t),
+            round2_aad(&r, &w, Some(Epoch(1)), 2, 3, &t)
         );
         assert_ne!(
-            round2_aad(&r, &w, Some(0), 2, 3, &t),
+            round2_aad(&r, &w, Some(Epoch(0)), 2, 3, &t),
             round2_aad(&d, &w, None, 2, 3, &t)
         );
     }

@@ -40,6 +40,7 @@ use rand_core::{CryptoRng, RngCore};
 
 use crate::dkg::common;
 use crate::error::{ProtocolError, Result};
+use crate::id::Epoch;
 pub use crate::keygen::{round2_info, seal_package, transcript_hash};
 
 use crate::keygen::{self, KeygenParams, vss};
@@ -139,7 +140,7 @@ pub fn start<C: Ciphersuite>(
 /// the epoch being refreshed).
 pub fn round2_aad(
     wallet_id: &WalletId,
-    from_epoch: u64,
+    from_epoch: Epoch,
     from: u16,
     to: u16,
     transcript_hash: &[u8; 32],

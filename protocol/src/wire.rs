@@ -88,7 +88,7 @@ pub struct WalletInfo {
     /// All parties.
     pub parties: Vec<u16>,
     /// Share epoch (0 at creation).
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// The group's verifying key, serialized by frost.
     pub group_public_key: ByteBuf,
     /// The serialized `PublicKeyPackage`.
@@ -173,7 +173,7 @@ pub struct RefreshParams {
     /// Every party of the wallet (a refresh never evicts).
     pub parties: Vec<u16>,
     /// The epoch being refreshed; the result is `from_epoch + 1`.
-    pub from_epoch: u64,
+    pub from_epoch: Epoch,
 }
 
 /// What a repair rebuilds: `participant`'s share at `epoch`, with the help of `helpers`.
@@ -185,7 +185,7 @@ pub struct RepairParams {
     /// Ciphersuite.
     pub ciphersuite: String,
     /// The epoch of the shares used.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// The helpers (at least the threshold).
     pub helpers: Vec<u16>,
     /// The party whose share is rebuilt.
@@ -259,7 +259,7 @@ pub enum Request {
         /// The wallet.
         wallet_id: WalletId,
         /// The share epoch to sign with.
-        epoch: u64,
+        epoch: Epoch,
         /// The message (for BIP-340: the 32-byte sighash).
         message: ByteBuf,
         /// The signing set, us included.
@@ -317,7 +317,7 @@ pub enum Request {
         /// The wallet.
         wallet_id: WalletId,
         /// The committed epoch.
-        epoch: u64,
+        epoch: Epoch,
     },
     /// Start recovering the device's share onto a new device. Only inside `Authorized` by the
     /// recovery credential; registers `new_device_key` as the pending device key.
@@ -367,7 +367,7 @@ pub enum Request {
         /// The wallet.
         wallet_id: WalletId,
         /// The share epoch to sign with.
-        epoch: u64,
+        epoch: Epoch,
         /// The PSBT.
         psbt: ByteBuf,
         /// The signing set, us included.
@@ -514,7 +514,7 @@ pub enum Response {
     /// A recovery is approved by this cosigner.
     RecoverApproved {
         /// The epoch the repair must use.
-        epoch: u64,
+        epoch: Epoch,
         /// The new device key is already the wallet's device key: this recovery completed
         /// (a retry learns it and finishes on its own side only).
         #[serde(default)]
@@ -805,7 +805,7 @@ mod tests {
             },
             Request::SignPsbtCommit {
                 wallet_id,
-                epoch: 1,
+                epoch: Epoch(1),
                 psbt: ByteBuf::from(b"psbt\xff".to_vec()),
                 signers: vec![1, 2],
             },

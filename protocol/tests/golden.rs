@@ -36,6 +36,7 @@ use cosigner_protocol::dao::refresh::RefreshProposal;
 use cosigner_protocol::dao::{self, DaoMessage, Rejection};
 use cosigner_protocol::enrollment::EnrollmentToken;
 use cosigner_protocol::frame::{FrameDecoder, encode_frame};
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::mailbox::{
     self, Envelope, MailboxItem, MailboxRequest, MailboxResponse, ReadProof,
 };
@@ -159,7 +160,7 @@ fn golden_ceremony_transcripts_and_aads() {
     v.pin(
         "refresh.round2_aad",
         "refresh::round2_aad: HPKE AAD of the refresh package 2 -> 3, epoch 4, transcript 55..",
-        &refresh::round2_aad(&WALLET, 4, 2, 3, &transcript),
+        &refresh::round2_aad(&WALLET, Epoch(4), 2, 3, &transcript),
     );
     v.finish();
 }
@@ -167,7 +168,7 @@ fn golden_ceremony_transcripts_and_aads() {
 fn pin_auth_digests(v: &mut Vectors) {
     let request = wire::encode(&Request::SignCommit {
         wallet_id: WALLET,
-        epoch: 4,
+        epoch: Epoch(4),
         message: bytes(0x90, 32),
         signers: vec![1, 2],
     })
@@ -204,7 +205,7 @@ fn pin_auth_digests(v: &mut Vectors) {
     v.pin(
         "auth.commit_receipt_digest",
         "auth::commit_receipt_digest: the provider's receipt of epoch 5",
-        &auth::commit_receipt_digest(&WALLET, 5, &[0x50; 32], &[0x51; 32]),
+        &auth::commit_receipt_digest(&WALLET, Epoch(5), &[0x50; 32], &[0x51; 32]),
     );
 }
 
@@ -250,7 +251,7 @@ fn pin_dao_digests(v: &mut Vectors) {
 fn refresh_proposal() -> RefreshProposal {
     RefreshProposal {
         wallet_id: WALLET,
-        from_epoch: 4,
+        from_epoch: Epoch(4),
         proposer: 3,
         created_ms: 1_700_000_000_003,
         nonce: bytes(0x7d, 16),
@@ -412,7 +413,7 @@ fn requests_ceremonies() -> Samples<Request> {
             "delete shares older than epoch 5",
             Request::RefreshFinalize {
                 wallet_id: WALLET,
-                epoch: 5,
+                epoch: Epoch(5),
             },
         ),
         (
@@ -489,7 +490,7 @@ fn requests_sessions() -> Samples<Request> {
             "signing round 1 of a sighash",
             Request::SignCommit {
                 wallet_id: WALLET,
-                epoch: 4,
+                epoch: Epoch(4),
                 message: bytes(0x90, 32),
                 signers: vec![1, 2],
             },
@@ -512,7 +513,7 @@ fn requests_sessions() -> Samples<Request> {
             "PSBT signing round 1",
             Request::SignPsbtCommit {
                 wallet_id: WALLET,
-                epoch: 4,
+                epoch: Epoch(4),
                 psbt: ByteBuf::from(b"psbt\xff\x01".to_vec()),
                 signers: vec![1, 2],
             },
@@ -652,7 +653,7 @@ fn responses() -> Samples<Response> {
             "",
             "a recovery approved",
             Response::RecoverApproved {
-                epoch: 4,
+                epoch: Epoch(4),
                 completed: false,
             },
         ),
@@ -1079,7 +1080,7 @@ fn dao_sign_messages() -> Samples<DaoMessage> {
             "a holder's new shares are stored",
             DaoMessage::Committed {
                 parties: vec![4, 5],
-                epoch: 5,
+                epoch: Epoch(5),
             },
         ),
         (
@@ -1087,7 +1088,7 @@ fn dao_sign_messages() -> Samples<DaoMessage> {
             "every party committed epoch 5",
             DaoMessage::Refreshed {
                 wallet_id: WALLET,
-                epoch: 5,
+                epoch: Epoch(5),
             },
         ),
         (

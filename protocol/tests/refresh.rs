@@ -20,6 +20,7 @@ use common::{
 };
 use cosigner_protocol::ProtocolError;
 use cosigner_protocol::dkg;
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::refresh::{self, RefreshRound2, RefreshRound3};
 use cosigner_protocol::sign;
 use cosigner_protocol::wire::{Confirmation, RefreshParams, Round1Message, SealedPackage};
@@ -138,7 +139,7 @@ fn refresh_twice_and_parties_in_any_order<C: Ciphersuite>() {
     let (s1, r1) = refresh_round1::<C>(&params);
     for s in s1.values() {
         assert_eq!(s.params().parties, PARTIES.to_vec());
-        assert_eq!(s.params().from_epoch, 1);
+        assert_eq!(s.params().from_epoch, Epoch(1));
     }
     let (s2, sealed) = round2(s1, &r1);
     let (s3, confirmations) = refresh_round3(s2, &sealed, &first);
@@ -298,7 +299,7 @@ fn packages_of_another_epoch_or_protocol_are_refused<C: Ciphersuite>() {
     let old = run_dkg::<C>();
     let params = refresh_params::<C>(0);
     let mut next_epoch = params.clone();
-    next_epoch.from_epoch = 1;
+    next_epoch.from_epoch = Epoch(1);
     let package = common::bogus_round2_package::<C>();
 
     for (how, expected) in [

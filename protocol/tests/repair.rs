@@ -19,6 +19,7 @@ use common::{
 };
 use cosigner_protocol::ProtocolError;
 use cosigner_protocol::hpke;
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::repair::{self, RepairHelper1, RepairHelper2, RepairParticipant};
 use cosigner_protocol::sign;
 use cosigner_protocol::wire::{DkgParams, RepairParams, SealedPackage};
@@ -46,7 +47,7 @@ fn repair_params<C: Ciphersuite>(helpers: &[u16], participant: u16) -> RepairPar
     RepairParams {
         wallet_id: WALLET,
         ciphersuite: C::ID.into(),
-        epoch: 0,
+        epoch: Epoch(0),
         helpers: helpers.to_vec(),
         participant,
     }

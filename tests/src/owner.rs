@@ -13,6 +13,7 @@ use cosigner_client::session::Session;
 use cosigner_client::trust::Trust;
 use cosigner_client::wallet::{CreateOptions, CreateStep, Created, RecoverStep};
 use cosigner_client::{ClientError, Result as ClientResult};
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::wire::{KeyRole, Request, Response, WalletId};
 use serde_bytes::ByteBuf;
 
@@ -171,7 +172,7 @@ impl Owner {
     pub fn sign_commit(&self, fill: u8, signers: &[u16]) -> Request {
         Request::SignCommit {
             wallet_id: self.id,
-            epoch: 0,
+            epoch: Epoch(0),
             message: ByteBuf::from(vec![fill; 32]),
             signers: signers.to_vec(),
         }

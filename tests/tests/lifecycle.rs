@@ -7,6 +7,7 @@
     missing_docs
 )]
 
+use cosigner_protocol::id::Epoch;
 use cosigner_tests::owner::{Cosigners, Owner};
 use cosigner_tests::wallets::{TestWallet, create, p, recover, show, sign, signs};
 use cosigner_tests::{Deployment, Outcome};
@@ -288,7 +289,7 @@ fn only_the_committing_session_may_finalize_a_refresh() {
     let err = stranger
         .call(&Request::RefreshFinalize {
             wallet_id: WalletId::from_hex(&w.id).unwrap(),
-            epoch: 1,
+            epoch: Epoch(1),
         })
         .unwrap_err()
         .to_string();

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use cosigner_client::ClientError;
 use cosigner_client::session::Session;
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::wire::{
     DkgParams, ErrorKind, KeyRole, Request, Response, SUITE_SECP256K1_TR, WalletId,
 };
@@ -231,7 +232,7 @@ fn readers_and_signers_racing_a_dozen_refreshes_see_no_false_rollback_alarm() {
     let mut s = cosigners.provider();
     let info =
         cosigner_client::wallet::provider_view(&mut s, WalletId::from_hex(&w.id).unwrap()).unwrap();
-    assert_eq!(info.epoch, landed);
+    assert_eq!(info.epoch.get(), landed);
     signs(&d, &w.home, &w);
     assert!(!d.provider.logs().contains("not the current state"));
 }

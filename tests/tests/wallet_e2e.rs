@@ -10,6 +10,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use cosigner_protocol::id::Epoch;
 use cosigner_tests::wallets::sign_message;
 use cosigner_tests::{Deployment, Direction, Relay, Tamper};
 use serde_json::Value;
@@ -390,7 +391,7 @@ fn a_second_round_two_for_one_signing_session_is_refused() {
     let home = cosigner_client::home::Home::open(&home_dir).unwrap();
     let commit = Request::SignCommit {
         wallet_id,
-        epoch: 0,
+        epoch: Epoch(0),
         message: serde_bytes::ByteBuf::from(message.to_vec()),
         signers: vec![1, 2],
     };

@@ -803,7 +803,7 @@ fn approve_refresh(
         "{proposer} proposes to refresh every share of wallet {} (epoch {} to {}; same key and address)",
         wallet.wallet_id,
         proposal.from_epoch,
-        proposal.from_epoch + 1
+        proposal.from_epoch.saturating_next()
     ));
     approve_or_stop(args.yes)?;
     run_refresh(g, home, trust, &wallet, proposal, envelope, &args.wait)

@@ -39,7 +39,7 @@ fn wallet_file(id: &WalletId) -> WalletFile {
         party: 1,
         min_signers: 2,
         parties: vec![1, 2, 3],
-        epoch: 0,
+        epoch: Epoch(0),
         public_key_package: String::new(),
         dao: None,
     }

@@ -11,6 +11,7 @@
 //! into the request type of the signer's role, or refuses it, and the handlers are reached only
 //! from those types. The wire encoding of `Request` is unchanged.
 
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::party;
 use cosigner_protocol::wire::{Confirmation, RefreshParams, RepairParams, Request, WalletId};
 use serde_bytes::ByteBuf;
@@ -91,7 +92,7 @@ impl Cosigner {
 /// `SignCommit`: a raw digest to sign.
 pub(super) struct SignCommit {
     pub(super) wallet_id: WalletId,
-    pub(super) epoch: u64,
+    pub(super) epoch: Epoch,
     pub(super) message: ByteBuf,
     pub(super) signers: Vec<u16>,
 }
@@ -99,7 +100,7 @@ pub(super) struct SignCommit {
 /// `SignPsbtCommit`: a PSBT to sign, one FROST session per input.
 pub(super) struct PsbtCommit {
     pub(super) wallet_id: WalletId,
-    pub(super) epoch: u64,
+    pub(super) epoch: Epoch,
     pub(super) psbt: ByteBuf,
     pub(super) signers: Vec<u16>,
 }

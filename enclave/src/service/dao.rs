@@ -37,6 +37,7 @@ use cosigner_protocol::dao::sign::Coordinator;
 use cosigner_protocol::dao::{
     DaoMessage, Evaluation, Invitation, Layout, PolicyChange, SignRequest,
 };
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::mailbox::{Envelope, Topic};
 use cosigner_protocol::policy::{ASSET_BTC, Decision, Denial, Policy, Spend};
 use cosigner_protocol::wire::{ErrorKind, Response, WalletId};
@@ -80,7 +81,7 @@ struct SignJob {
     provider_parties: Vec<u16>,
     public_key_package: PublicKeyPackage<Suite>,
     /// The share epoch the request was evaluated under.
-    epoch: u64,
+    epoch: Epoch,
     /// Member names by party, to say who rejected.
     names: BTreeMap<u16, String>,
     coordinator: Coordinator<Suite>,
@@ -250,7 +251,7 @@ fn judge(
 }
 
 /// The record of a new share (of a DKG or a refresh) at `epoch`.
-fn share_record(epoch: u64, output: &keygen::Output<Suite>) -> Result<ShareRecord, Failure> {
+fn share_record(epoch: Epoch, output: &keygen::Output<Suite>) -> Result<ShareRecord, Failure> {
     Ok(ShareRecord {
         epoch,
         key_package: ByteBuf::from(
@@ -833,7 +834,7 @@ impl Service {
         let mut public_key_package = Vec::new();
         let _guard = self.writer(&wallet_id)?;
         for (party, output) in &outputs {
-            let share = share_record(0, output)?;
+            let share = share_record(Epoch(0), output)?;
             public_key_package = share.public_key_package.to_vec();
             self.records().save_dao_share(&wallet_id, *party, &share)?;
         }
@@ -843,7 +844,7 @@ impl Service {
             policy_version: 1,
             min_approvals: layout.policy.min_approvals(),
             provider_parties: layout.provider_parties.clone(),
-            epoch: 0,
+            epoch: Epoch(0),
             public_key_package: ByteBuf::from(public_key_package),
             history: Vec::new(),
             completed: Vec::new(),
@@ -1131,7 +1132,11 @@ impl Service {
         )?;
         self.log_founded(
             &founded,
-            &format!("started: epoch {} to {}", state.epoch, state.epoch + 1),
+            &format!(
+                "started: epoch {} to {}",
+                state.epoch,
+                state.epoch.saturating_next()
+            ),
         )?;
         Ok((
             Ceremony::Refresh(Box::new(RefreshJob {
@@ -1178,7 +1183,7 @@ impl Service {
 
     /// Every party confirmed: stores our new shares as prepared; returns our commitment.
     fn prepare_dao_refresh(&self, job: &mut RefreshJob) -> Result<DaoMessage, Failure> {
-        let epoch = job.refresh.from_epoch() + 1;
+        let epoch = job.refresh.from_epoch().saturating_next();
         let _guard = self.writer(&job.wallet_id)?;
         self.dao_refreshing_state(job)?;
         for (party, output) in job.refresh.new_shares()? {
@@ -1201,7 +1206,7 @@ impl Service {
     /// shares go. Returns the news for the members.
     fn commit_dao_refresh(&self, job: &RefreshJob) -> Result<DaoMessage, Failure> {
         let from_epoch = job.refresh.from_epoch();
-        let epoch = from_epoch + 1;
+        let epoch = from_epoch.saturating_next();
         let _guard = self.writer(&job.wallet_id)?;
         let mut state = self.dao_refreshing_state(job)?;
         let (_, new) = job

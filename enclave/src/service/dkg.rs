@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use cosigner_protocol::auth::{normalise_public_key, registration_digest_with, verify_digest};
 use cosigner_protocol::enrollment::EnrollmentToken;
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::keygen::exchange::{Exchange, Message, Step};
 use cosigner_protocol::party;
 use cosigner_protocol::wire::{
@@ -208,7 +209,7 @@ impl Service {
             .ok_or_else(|| internal("the DKG ended without our share"))?;
         let pkp = output.public_key_package.serialize().map_err(internal)?;
         let share = ShareRecord {
-            epoch: 0,
+            epoch: Epoch(0),
             key_package: ByteBuf::from(output.key_package.serialize().map_err(internal)?),
             public_key_package: ByteBuf::from(pkp.clone()),
         };
@@ -309,7 +310,7 @@ impl Service {
         WalletState {
             params: confirmed.params,
             party: confirmed.party,
-            current_epoch: 0,
+            current_epoch: Epoch(0),
             retained_epochs: Vec::new(),
             prepared_epoch: None,
             device_key: ByteBuf::from(confirmed.device_key),

@@ -43,6 +43,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cosigner_attestation::Attester;
 use cosigner_kms::Sealer;
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::wire::{ErrorKind, Request, Response, WalletId, WalletInfo};
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use serde_bytes::ByteBuf;
@@ -90,7 +91,7 @@ pub struct Service {
     refusals: custody::Refusals,
     /// Which session committed each wallet's latest refresh: only it may finalize (delete the
     /// older epochs), so another client cannot cut a refresh short.
-    committed_by: Mutex<HashMap<WalletId, ([u8; 16], u64)>>,
+    committed_by: Mutex<HashMap<WalletId, ([u8; 16], Epoch)>>,
     /// DAO ceremonies in progress, by mailbox topic.
     dao: Mutex<dao::Ceremonies>,
     /// Personal wallets' PSBT signing sessions (nonces in memory only), by session id.

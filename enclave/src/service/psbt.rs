@@ -23,6 +23,7 @@
 
 use std::time::Instant;
 
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::policy::{ASSET_BTC, Member, PastSpend, Policy, Spend};
 use cosigner_protocol::psbt::{self as btc, Network};
 use cosigner_protocol::sign::SignerSession;
@@ -55,7 +56,7 @@ const MAX_HISTORY: usize = 4096;
 pub(super) struct PsbtSession {
     wallet_id: WalletId,
     party: u16,
-    epoch: u64,
+    epoch: Epoch,
     owner: [u8; 16],
     actor: Actor,
     sessions: Vec<SignerSession<Suite>>,
@@ -246,7 +247,7 @@ struct Judged {
 /// records a refusal and makes its failure.
 fn judge_psbt(
     state: &WalletState,
-    epoch: u64,
+    epoch: Epoch,
     psbt: &[u8],
     signers: &[u16],
     refuse: &dyn Fn(String) -> Failure,
@@ -341,7 +342,7 @@ impl Service {
         owner_session: [u8; 16],
         mut state: WalletState,
         actor: &Actor,
-        epoch: u64,
+        epoch: Epoch,
         psbt: &[u8],
         signers: &[u16],
     ) -> Outcome {

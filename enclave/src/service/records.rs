@@ -23,6 +23,7 @@
 
 use cosigner_kms::{SealContext, Sealer};
 use cosigner_protocol::dao::Invitation;
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::policy::PastSpend;
 use cosigner_protocol::wire::{Confirmation, DkgParams, ErrorKind, WalletId};
 use serde::{Deserialize, Serialize};
@@ -51,11 +52,11 @@ pub struct WalletState {
     /// Our party number.
     pub party: u16,
     /// The epoch in use.
-    pub current_epoch: u64,
+    pub current_epoch: Epoch,
     /// Older epochs still kept (until every party confirmed the current one).
-    pub retained_epochs: Vec<u64>,
+    pub retained_epochs: Vec<Epoch>,
     /// An epoch prepared by a refresh, not yet committed.
-    pub prepared_epoch: Option<u64>,
+    pub prepared_epoch: Option<Epoch>,
     /// The device key (SEC1 compressed P-256).
     pub device_key: ByteBuf,
     /// The recovery credential.
@@ -102,7 +103,7 @@ pub struct WalletState {
 #[serde(deny_unknown_fields)]
 pub struct ShareRecord {
     /// The epoch.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// Our KeyPackage (frost serialization).
     pub key_package: ByteBuf,
     /// The PublicKeyPackage of that epoch.
@@ -119,7 +120,7 @@ fn state_prefix(id: &WalletId) -> String {
     format!("wallet/{}/state/", id.to_hex())
 }
 
-fn share_key(id: &WalletId, epoch: u64) -> String {
+fn share_key(id: &WalletId, epoch: Epoch) -> String {
     format!("wallet/{}/share/e{epoch:020}", id.to_hex())
 }
 
@@ -198,7 +199,7 @@ struct ShareSlot {
 
 impl ShareSlot {
     /// A personal wallet's share of `epoch`.
-    fn personal(id: &WalletId, epoch: u64) -> Self {
+    fn personal(id: &WalletId, epoch: Epoch) -> Self {
         Self {
             purpose: SHARE_PURPOSE,
             key: share_key(id, epoch),
@@ -207,7 +208,7 @@ impl ShareSlot {
     }
 
     /// The share of the provider's `party` of a DAO wallet at `epoch`.
-    fn dao(id: &WalletId, party: u16, epoch: u64) -> Self {
+    fn dao(id: &WalletId, party: u16, epoch: Epoch) -> Self {
         Self {
             purpose: DAO_SHARE_PURPOSE,
             key: dao_share_key(id, party, epoch),
@@ -373,12 +374,12 @@ impl Records<'_> {
         ))
     }
 
-    fn share_ctx(purpose: &'static str, id: &WalletId, party: u16, epoch: u64) -> SealContext {
+    fn share_ctx(purpose: &'static str, id: &WalletId, party: u16, epoch: Epoch) -> SealContext {
         SealContext {
             purpose,
             wallet_id: id.0,
             party,
-            epoch,
+            epoch: epoch.get(),
         }
     }
 
@@ -410,7 +411,7 @@ impl Records<'_> {
         &self,
         id: &WalletId,
         party: u16,
-        epoch: u64,
+        epoch: Epoch,
     ) -> Result<ShareRecord, Failure> {
         self.open_share(&ShareSlot::personal(id, epoch), id, party, epoch)
     }
@@ -421,7 +422,7 @@ impl Records<'_> {
         slot: &ShareSlot,
         id: &WalletId,
         party: u16,
-        epoch: u64,
+        epoch: Epoch,
     ) -> Result<ShareRecord, Failure> {
         let blob = self
             .store
@@ -437,7 +438,7 @@ impl Records<'_> {
     }
 
     /// Deletes one epoch's share.
-    pub fn delete_share(&self, id: &WalletId, epoch: u64) -> Result<(), Failure> {
+    pub fn delete_share(&self, id: &WalletId, epoch: Epoch) -> Result<(), Failure> {
         self.store.delete(&share_key(id, epoch)).map_err(internal)
     }
 }
@@ -452,7 +453,7 @@ pub struct PreparedRecord {
     /// The new share (its `epoch` is `from_epoch + 1`).
     pub share: ShareRecord,
     /// The epoch refreshed from.
-    pub from_epoch: u64,
+    pub from_epoch: Epoch,
     /// Our own confirmation of the ceremony (transcript and public key package hashes).
     pub confirmation: Confirmation,
     /// Started by a recovering device's pending key: committing it makes that key current.
@@ -468,7 +469,7 @@ pub struct PreparedRecord {
 /// use the slots up, and nobody else's records count against it.
 pub const MAX_PREPARED: usize = 4;
 
-fn prepared_prefix(id: &WalletId, epoch: u64) -> String {
+fn prepared_prefix(id: &WalletId, epoch: Epoch) -> String {
     format!("wallet/{}/prepared/e{epoch:020}/", id.to_hex())
 }
 
@@ -523,7 +524,7 @@ impl Records<'_> {
         &self,
         id: &WalletId,
         party: u16,
-        epoch: u64,
+        epoch: Epoch,
         transcript_hash: &[u8],
     ) -> Result<Option<PreparedRecord>, Failure> {
         let suffix = format!("-{}", hex::encode(transcript_hash));
@@ -551,14 +552,14 @@ impl Records<'_> {
     }
 
     /// Deletes every prepared refresh to `epoch`.
-    pub fn delete_prepared(&self, id: &WalletId, epoch: u64) -> Result<(), Failure> {
+    pub fn delete_prepared(&self, id: &WalletId, epoch: Epoch) -> Result<(), Failure> {
         for key in self.prepared_keys(id, epoch)? {
             self.store.delete(&key).map_err(internal)?;
         }
         Ok(())
     }
 
-    fn prepared_keys(&self, id: &WalletId, epoch: u64) -> Result<Vec<String>, Failure> {
+    fn prepared_keys(&self, id: &WalletId, epoch: Epoch) -> Result<Vec<String>, Failure> {
         self.store
             .list(&prepared_prefix(id, epoch))
             .map_err(internal)
@@ -582,7 +583,7 @@ pub struct DaoState {
     /// The provider's parties.
     pub provider_parties: Vec<u16>,
     /// Share epoch.
-    pub epoch: u64,
+    pub epoch: Epoch,
     /// The group's PublicKeyPackage (frost serialization).
     pub public_key_package: ByteBuf,
     /// Spends signed, for velocity rules.
@@ -599,7 +600,7 @@ fn dao_state_prefix(id: &WalletId) -> String {
     format!("dao/{}/state/", id.to_hex())
 }
 
-fn dao_share_key(id: &WalletId, party: u16, epoch: u64) -> String {
+fn dao_share_key(id: &WalletId, party: u16, epoch: Epoch) -> String {
     format!("dao/{}/share/p{party:05}/e{epoch:020}", id.to_hex())
 }
 
@@ -638,7 +639,7 @@ impl Records<'_> {
     }
 
     /// Deletes one epoch's share of one of the provider's parties of a DAO wallet.
-    pub fn delete_dao_share(&self, id: &WalletId, party: u16, epoch: u64) -> Result<(), Failure> {
+    pub fn delete_dao_share(&self, id: &WalletId, party: u16, epoch: Epoch) -> Result<(), Failure> {
         self.store
             .delete(&dao_share_key(id, party, epoch))
             .map_err(internal)
@@ -649,7 +650,7 @@ impl Records<'_> {
         &self,
         id: &WalletId,
         party: u16,
-        epoch: u64,
+        epoch: Epoch,
     ) -> Result<ShareRecord, Failure> {
         self.open_share(&ShareSlot::dao(id, party, epoch), id, party, epoch)
     }
@@ -758,12 +759,15 @@ mod tests {
         /// A fixture holding `id`'s state at epoch 0.
         fn saved(id: WalletId) -> (Self, WalletId) {
             let fixture = Self::default();
-            fixture.records().save_state(&id, &state(id, 0)).unwrap();
+            fixture
+                .records()
+                .save_state(&id, &state(id, Epoch(0)))
+                .unwrap();
             (fixture, id)
         }
     }
 
-    fn state(id: WalletId, epoch: u64) -> WalletState {
+    fn state(id: WalletId, epoch: Epoch) -> WalletState {
         WalletState {
             params: DkgParams {
                 wallet_id: id,
@@ -806,14 +810,14 @@ mod tests {
             };
             let store = MemoryStore::default();
             let records = records(&store, &anchor);
-            records.save_state(&id, &state(id, 0)).unwrap();
-            let update = records.save_state(&id, &state(id, 1));
+            records.save_state(&id, &state(id, Epoch(0))).unwrap();
+            let update = records.save_state(&id, &state(id, Epoch(1)));
             let loaded = records.load_state(&id).unwrap();
             assert_eq!(update.is_ok(), lands, "{update:?}");
-            assert_eq!(loaded.current_epoch, u64::from(lands));
+            assert_eq!(loaded.current_epoch, Epoch(u64::from(lands)));
             // Whatever happened, exactly one state blob is referenced and the next write works.
-            records.save_state(&id, &state(id, 7)).unwrap();
-            assert_eq!(records.load_state(&id).unwrap().current_epoch, 7);
+            records.save_state(&id, &state(id, Epoch(7))).unwrap();
+            assert_eq!(records.load_state(&id).unwrap().current_epoch, Epoch(7));
         }
     }
 
@@ -824,7 +828,7 @@ mod tests {
         let (store, records) = (&fixture.store, fixture.records());
         // The "crashed" write: a sealed blob of epoch 3 stored, the anchor untouched.
         let blob = records
-            .seal(&StateSlot::personal(&id).ctx, &state(id, 3))
+            .seal(&StateSlot::personal(&id).ctx, &state(id, Epoch(3)))
             .unwrap();
         let digest: [u8; 32] = Sha256::digest(&blob).into();
         store
@@ -833,7 +837,7 @@ mod tests {
                 &blob,
             )
             .unwrap();
-        assert_eq!(records.load_state(&id).unwrap().current_epoch, 0);
+        assert_eq!(records.load_state(&id).unwrap().current_epoch, Epoch(0));
     }
 
     /// An older state blob served by the host is refused; a conflicting anchor writer gets Busy.
@@ -843,11 +847,11 @@ mod tests {
         let (store, anchor, records) = (&fixture.store, &fixture.anchor, fixture.records());
         let old = store.list(&state_prefix(&id)).unwrap().pop().unwrap();
         let old_blob = store.get(&old).unwrap().unwrap();
-        records.save_state(&id, &state(id, 1)).unwrap();
+        records.save_state(&id, &state(id, Epoch(1))).unwrap();
         // The host brings the old blob back and serves it under the current key.
         let current = store.list(&state_prefix(&id)).unwrap().pop().unwrap();
         store.put(&old, &old_blob).unwrap();
-        assert_eq!(records.load_state(&id).unwrap().current_epoch, 1);
+        assert_eq!(records.load_state(&id).unwrap().current_epoch, Epoch(1));
         store.put(&current, &old_blob).unwrap();
         let refused = records.load_state(&id).unwrap_err();
         assert_eq!(refused.0.kind, ErrorKind::Integrity);
@@ -873,19 +877,22 @@ mod tests {
         let fixture = Fixture::default();
         let (store, records) = (&fixture.store, fixture.records());
         let share = ShareRecord {
-            epoch: 0,
+            epoch: Epoch(0),
             key_package: ByteBuf::from(vec![1; 4]),
             public_key_package: ByteBuf::from(vec![2; 4]),
         };
         records.save_dao_share(&id, 2, &share).unwrap();
-        let blob = store.get(&dao_share_key(&id, 2, 0)).unwrap().unwrap();
-        store.put(&share_key(&id, 0), &blob).unwrap();
-        let refused = records.load_share(&id, 2, 0).err().unwrap();
+        let blob = store
+            .get(&dao_share_key(&id, 2, Epoch(0)))
+            .unwrap()
+            .unwrap();
+        store.put(&share_key(&id, Epoch(0)), &blob).unwrap();
+        let refused = records.load_share(&id, 2, Epoch(0)).err().unwrap();
         assert_eq!(refused.0.kind, ErrorKind::Integrity);
         // And the other way round.
         records.save_share(&id, 2, &share).unwrap();
-        let blob = store.get(&share_key(&id, 0)).unwrap().unwrap();
-        store.put(&dao_share_key(&id, 2, 0), &blob).unwrap();
-        assert!(records.load_dao_share(&id, 2, 0).is_err());
+        let blob = store.get(&share_key(&id, Epoch(0))).unwrap().unwrap();
+        store.put(&dao_share_key(&id, 2, Epoch(0)), &blob).unwrap();
+        assert!(records.load_dao_share(&id, 2, Epoch(0)).is_err());
     }
 }

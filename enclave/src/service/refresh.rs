@@ -4,6 +4,7 @@
 //! session and after a restart.
 
 use cosigner_protocol::auth::{commit_receipt_digest, verify_digest};
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::keygen::exchange::{Exchange, Message, Step};
 use cosigner_protocol::party;
 use cosigner_protocol::refresh;
@@ -170,7 +171,7 @@ impl Service {
         let confirmation = next.confirmation().clone();
         let prepared = PreparedRecord {
             share: ShareRecord {
-                epoch: from + 1,
+                epoch: from.saturating_next(),
                 key_package: ByteBuf::from(next.key_package().serialize().map_err(internal)?),
                 public_key_package: ByteBuf::from(
                     next.public_key_package().serialize().map_err(internal)?,
@@ -332,7 +333,7 @@ impl Service {
         let new_epoch = prepared.share.epoch;
         // Keep every older epoch still stored until RefreshFinalize: a party that did not commit
         // yet still signs with it.
-        let mut retained: Vec<u64> = state
+        let mut retained: Vec<Epoch> = state
             .retained_epochs
             .iter()
             .copied()
@@ -376,7 +377,7 @@ impl Service {
         if let Some(p) = self.records().load_prepared(
             &wallet_id,
             state.party,
-            state.current_epoch.saturating_add(1),
+            state.current_epoch.saturating_next(),
             transcript_hash,
         )? {
             return Ok(p);
@@ -390,7 +391,7 @@ impl Service {
         &self,
         owner: [u8; 16],
         wallet_id: WalletId,
-        epoch: u64,
+        epoch: Epoch,
     ) -> Outcome {
         if lock(&self.committed_by)?.get(&wallet_id) != Some(&(owner, epoch)) {
             return Err(Failure::denied(

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::sign::SignerSession;
 use cosigner_protocol::wire::{Response, SessionId, WalletId};
 use serde_bytes::ByteBuf;
@@ -17,7 +18,7 @@ use super::{Service, Suite, key_package, now_ms, random};
 pub(super) struct PendingSign {
     wallet_id: WalletId,
     party: u16,
-    epoch: u64,
+    epoch: Epoch,
     /// The key that authorized the commitment: re-checked when the share is released.
     actor: Actor,
     /// The state anchor's generation when it was authorized: unchanged at release means the
@@ -38,7 +39,7 @@ impl table::Session for PendingSign {
 }
 
 /// Whether `epoch` still has a share in `state` (current, or retained until finalized).
-pub(super) fn epoch_in_use(state: &WalletState, epoch: u64) -> bool {
+pub(super) fn epoch_in_use(state: &WalletState, epoch: Epoch) -> bool {
     epoch == state.current_epoch || state.retained_epochs.contains(&epoch)
 }
 
@@ -52,7 +53,7 @@ impl Service {
         mut state: WalletState,
         actor: Actor,
         mut generation: Option<u64>,
-        epoch: u64,
+        epoch: Epoch,
         message: &[u8],
         signers: &[u16],
     ) -> Outcome {
@@ -97,7 +98,7 @@ impl Service {
         &self,
         state: &WalletState,
         actor: &Actor,
-        epoch: u64,
+        epoch: Epoch,
         message: &[u8],
         signers: &[u16],
     ) -> Result<(), Failure> {
@@ -129,7 +130,7 @@ impl Service {
         &self,
         state: &mut WalletState,
         actor: &Actor,
-        epoch: u64,
+        epoch: Epoch,
         message: &[u8],
         generation: &mut Option<u64>,
     ) -> Result<(), Failure> {

@@ -28,6 +28,7 @@ use serde_bytes::ByteBuf;
 use super::dkg::check_owner;
 use super::{DaoMessage, Layout, tagged_hash, truncate};
 use crate::error::{ProtocolError, Result};
+use crate::id::Epoch;
 use crate::keygen::exchange::{Exchange, Message, Step, Waiting};
 use crate::mailbox::Topic;
 use crate::refresh::RefreshOutput;
@@ -40,7 +41,7 @@ pub struct RefreshProposal {
     /// The wallet.
     pub wallet_id: WalletId,
     /// The epoch being refreshed (the provider refuses any but the current one).
-    pub from_epoch: u64,
+    pub from_epoch: Epoch,
     /// The proposing member's party.
     pub proposer: u16,
     /// When it was made (ms since the Unix epoch); the provider refuses old proposals.
@@ -160,7 +161,7 @@ impl<C: Ciphersuite> DaoRefresh<C> {
     }
 
     /// The epoch being refreshed (the new shares are of `from_epoch + 1`).
-    pub fn from_epoch(&self) -> u64 {
+    pub fn from_epoch(&self) -> Epoch {
         self.exchange.params().from_epoch
     }
 
@@ -188,8 +189,8 @@ impl<C: Ciphersuite> DaoRefresh<C> {
         self.exchange.absorb(&inner, what)
     }
 
-    fn absorb_commit(&mut self, sender: &[u8], parties: &[u16], epoch: u64) -> Result<bool> {
-        let expected = self.from_epoch().saturating_add(1);
+    fn absorb_commit(&mut self, sender: &[u8], parties: &[u16], epoch: Epoch) -> Result<bool> {
+        let expected = self.from_epoch().saturating_next();
         let mut new = false;
         for &party in parties {
             check_owner(&self.layout, sender, party, "commitment")?;
@@ -236,7 +237,7 @@ impl<C: Ciphersuite> DaoRefresh<C> {
         self.committed.extend(parties.iter().copied());
         Ok(DaoMessage::Committed {
             parties,
-            epoch: self.from_epoch().saturating_add(1),
+            epoch: self.from_epoch().saturating_next(),
         })
     }
 
@@ -266,7 +267,7 @@ impl<C: Ciphersuite> DaoRefresh<C> {
         match waiting.step {
             Step::Done => format!(
                 "commitments of epoch {} from parties {:?}",
-                self.from_epoch().saturating_add(1),
+                self.from_epoch().saturating_next(),
                 waiting.parties
             ),
             _ => format!("refresh {waiting}"),
@@ -305,7 +306,7 @@ mod tests {
     fn proposal(layout: &Layout) -> RefreshProposal {
         RefreshProposal {
             wallet_id: layout.wallet_id,
-            from_epoch: 0,
+            from_epoch: Epoch(0),
             proposer: 1,
             created_ms: 1,
             nonce: ByteBuf::from(vec![3; 16]),
@@ -462,7 +463,7 @@ mod tests {
         // A commitment of another epoch: named.
         let other_epoch = DaoMessage::Committed {
             parties: vec![2],
-            epoch: 2,
+            epoch: Epoch(2),
         };
         assert!(matches!(
             r0.absorb(&pk1, &other_epoch).unwrap_err(),
@@ -471,7 +472,7 @@ mod tests {
         // The provider's parties cannot be committed by a member.
         let forged = DaoMessage::Committed {
             parties: vec![6],
-            epoch: 1,
+            epoch: Epoch(1),
         };
         assert!(matches!(
             r0.absorb(&pk1, &forged).unwrap_err(),

@@ -420,6 +420,7 @@ pub(crate) fn insert_once<K: Ord, V: Clone + PartialEq>(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+    use crate::id::Epoch;
     use crate::wire::{DkgParams, RefreshParams, WalletId};
     use rand_core::OsRng;
 
@@ -495,7 +496,7 @@ mod tests {
             ciphersuite: crate::wire::SUITE_SECP256K1_TR.into(),
             min_signers: 2,
             parties: vec![1, 2, 3],
-            from_epoch: 0,
+            from_epoch: Epoch(0),
         };
         let mut holders = Vec::new();
         let mut posted = Vec::new();

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::KeygenParams;
 use crate::error::{ProtocolError, Result};
+use crate::id::Epoch;
 use crate::wire::{Round1Message, WalletId};
 
 /// The domain tags of one ceremony kind.
@@ -85,7 +86,7 @@ pub fn round2_info<P: KeygenParams>(params: &P) -> Vec<u8> {
 pub fn round2_aad(
     tags: &Tags,
     wallet_id: &WalletId,
-    epoch: Option<u64>,
+    epoch: Option<Epoch>,
     from: u16,
     to: u16,
     transcript_hash: &[u8; 32],
@@ -119,7 +120,7 @@ pub(crate) fn hpke_info(
     tag: &[u8],
     suite: &str,
     wallet_id: &WalletId,
-    epoch: Option<u64>,
+    epoch: Option<Epoch>,
 ) -> Vec<u8> {
     let mut info = Vec::with_capacity(tag.len() + suite.len() + 16 + 8);
     info.extend_from_slice(tag);
@@ -137,7 +138,7 @@ pub(crate) fn hpke_info(
 pub(crate) fn hpke_aad(
     tag: &[u8],
     wallet_id: &WalletId,
-    epoch: Option<u64>,
+    epoch: Option<Epoch>,
     fields: &[&[u8]],
 ) -> Vec<u8> {
     let mut aad = Vec::with_capacity(8 + tag.len() + 16 + 8 + 40);

@@ -193,13 +193,14 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::id::Epoch;
     use crate::wire::WalletId;
 
     fn params() -> RepairParams {
         RepairParams {
             wallet_id: WalletId([7; 16]),
             ciphersuite: crate::wire::SUITE_SECP256K1_TR.into(),
-            epoch: 3,
+            epoch: Epoch(3),
             helpers: vec![3, 2],
             participant: 1,
         }
@@ -214,7 +215,7 @@ mod tests {
         sorted.helpers = vec![2, 3];
         assert_eq!(base, context_hash(&sorted, &keys));
         let mut other_epoch = p.clone();
-        other_epoch.epoch = 4;
+        other_epoch.epoch = Epoch(4);
         assert_ne!(base, context_hash(&other_epoch, &keys));
         let mut other_participant = p.clone();
         other_participant.participant = 4;

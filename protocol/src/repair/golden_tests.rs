@@ -16,6 +16,7 @@ mod pinned;
 use std::collections::BTreeMap;
 
 use super::context::{Kind, aad, context_hash, delta_message, helper_key_message, info};
+use crate::id::Epoch;
 use crate::wire::{RepairParams, SUITE_SECP256K1_TR, WalletId};
 
 /// The repair of protocol/tests/golden/samples.rs (`repair_params`), helpers listed unsorted.
@@ -23,7 +24,7 @@ fn params() -> RepairParams {
     RepairParams {
         wallet_id: WalletId([0x11; 16]),
         ciphersuite: SUITE_SECP256K1_TR.into(),
-        epoch: 4,
+        epoch: Epoch(4),
         helpers: vec![3, 2],
         participant: 1,
     }

@@ -76,6 +76,7 @@ pub fn dkg_params<C: Ciphersuite>() -> DkgParams {
 
 /// The refresh of that wallet's epoch `from_epoch`.
 pub fn refresh_params<C: Ciphersuite>(from_epoch: u64) -> RefreshParams {
+    let from_epoch = cosigner_protocol::id::Epoch(from_epoch);
     RefreshParams {
         wallet_id: WALLET,
         ciphersuite: C::ID.into(),

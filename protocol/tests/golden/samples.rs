@@ -12,6 +12,7 @@ use cosigner_protocol::auth::public_key_bytes;
 use cosigner_protocol::dao::{
     Approval, Evaluation, Invitation, MemberEntry, PolicyChange, SignRequest,
 };
+use cosigner_protocol::id::Epoch;
 use cosigner_protocol::wire::{
     Confirmation, DkgParams, RefreshParams, Registration, RepairParams, Round1Message,
     SUITE_SECP256K1_TR, SealedPackage, WalletId, WalletInfo,
@@ -57,7 +58,7 @@ pub fn refresh_params() -> RefreshParams {
         ciphersuite: SUITE_SECP256K1_TR.into(),
         min_signers: 2,
         parties: vec![1, 2, 3],
-        from_epoch: 4,
+        from_epoch: Epoch(4),
     }
 }
 
@@ -66,7 +67,7 @@ pub fn repair_params() -> RepairParams {
     RepairParams {
         wallet_id: WALLET,
         ciphersuite: SUITE_SECP256K1_TR.into(),
-        epoch: 4,
+        epoch: Epoch(4),
         helpers: vec![2, 3],
         participant: 1,
     }
@@ -126,7 +127,7 @@ pub fn wallet_info(later: bool) -> WalletInfo {
         party: 2,
         min_signers: 2,
         parties: vec![1, 2, 3],
-        epoch: if later { 5 } else { 0 },
+        epoch: if later { Epoch(5) } else { Epoch(0) },
         group_public_key: bytes(0x02, 33),
         public_key_package: bytes(0x71, 8),
         confirmations: if later { vec![confirmation(1)] } else { vec![] },
