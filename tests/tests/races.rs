@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use cosigner_client::ClientError;
 use cosigner_client::session::Session;
-use cosigner_protocol::id::Epoch;
 use cosigner_protocol::wire::{
     DkgParams, ErrorKind, KeyRole, Request, Response, SUITE_SECP256K1_TR, WalletId,
 };
