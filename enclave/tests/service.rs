@@ -1648,7 +1648,7 @@ fn two_open_sessions_cannot_together_exceed_the_limit() {
     let stolen = match h.call(
         &mut other,
         Request::SignPsbtShare {
-            session_id: a.session_id.clone(),
+            session_id: a.session_id,
             signing_packages: a.packages.iter().cloned().map(ByteBuf::from).collect(),
         },
     ) {
@@ -1658,7 +1658,7 @@ fn two_open_sessions_cannot_together_exceed_the_limit() {
     assert!(stolen.contains("another connection"), "{stolen}");
     // ...the first is released and recorded; the second, evaluated again, no longer fits.
     psbt_release(&h, &mut session, &wallet, a).unwrap();
-    let b_id = b.session_id.clone();
+    let b_id = b.session_id;
     let packages: Vec<ByteBuf> = b.packages.iter().cloned().map(ByteBuf::from).collect();
     let why = psbt_release(&h, &mut session, &wallet, b).unwrap_err();
     assert!(why.contains("no rule matches"), "{why}");
