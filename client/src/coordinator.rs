@@ -8,6 +8,7 @@
 //! What differs between a DKG and a refresh is only which request carries each step
 //! ([`KeygenRequests`]) and what a party brings into round 2 (nothing, or its current share).
 
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::keygen::exchange::{Exchange, Message};
 use cosigner_protocol::keygen::{KeygenParams, Output};
 use cosigner_protocol::wire::{
@@ -106,7 +107,7 @@ impl KeygenRequests for RefreshParams {
 /// One cosigner in a ceremony: its party and its courier.
 pub struct Peer<'a> {
     /// The cosigner's party.
-    pub party: u16,
+    pub party: PartyId,
     /// What carries requests to it.
     pub courier: &'a mut dyn Courier,
 }
@@ -140,10 +141,10 @@ pub struct Confirmed {
 /// culprit, a disagreement): nothing is kept, the cosigners' ceremony state expires.
 pub fn run<P: KeygenRequests>(
     params: &P,
-    me: u16,
+    me: PartyId,
     old: P::Old<Suite>,
     peers: &mut [Peer<'_>],
-    start: &mut dyn FnMut(&mut dyn Courier, u16) -> Result<Response>,
+    start: &mut dyn FnMut(&mut dyn Courier, PartyId) -> Result<Response>,
     observe: &mut dyn FnMut(Progress),
 ) -> Result<Confirmed> {
     let mut rng = rand_core::OsRng;
@@ -203,7 +204,7 @@ pub fn run<P: KeygenRequests>(
 
 /// A cosigner speaks only for its own party: a message it answers in another party's name is
 /// refused before it is relayed, so it can neither end the ceremony nor get another party blamed.
-fn from_peer(peer: u16, from: u16, what: &str) -> Result<()> {
+fn from_peer(peer: PartyId, from: PartyId, what: &str) -> Result<()> {
     if from == peer {
         return Ok(());
     }
@@ -222,7 +223,10 @@ fn absorb<P: KeygenParams>(
     Ok(())
 }
 
-fn sealed_to(packages: &[SealedPackage], party: u16) -> impl Iterator<Item = SealedPackage> + '_ {
+fn sealed_to(
+    packages: &[SealedPackage],
+    party: PartyId,
+) -> impl Iterator<Item = SealedPackage> + '_ {
     packages.iter().filter(move |p| p.to == party).cloned()
 }
 

@@ -21,6 +21,7 @@ use cosigner_protocol::dao::{
     SignRequest,
 };
 use cosigner_protocol::id::Epoch;
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::mailbox::{Envelope, Topic};
 use cosigner_protocol::policy::{Policy, parse_members};
 use cosigner_protocol::psbt::SpendSummary;
@@ -746,7 +747,7 @@ struct Joiner<'a> {
     layout: Layout,
     key: p256::ecdsa::SigningKey,
     me: Vec<u8>,
-    party: u16,
+    party: PartyId,
     wallet_id: WalletId,
     network: Network,
 }
@@ -1010,7 +1011,7 @@ impl<'a> Joiner<'a> {
 struct DkgRoll {
     attempt: u32,
     /// Party → 1 (round 1), 2 (round 2), 3 (confirmed), 4 (share stored).
-    level: BTreeMap<u16, u8>,
+    level: BTreeMap<PartyId, u8>,
     /// The last line said.
     said: String,
 }
@@ -1039,7 +1040,7 @@ impl DkgRoll {
     }
 
     /// What this device waits for, naming who: the parties behind our own step.
-    fn waiting(&self, layout: &Layout, phase: &DkgPhase, party: u16) -> String {
+    fn waiting(&self, layout: &Layout, phase: &DkgPhase, party: PartyId) -> String {
         let attempt = phase.attempt();
         let (ours, step) = match phase {
             DkgPhase::Retrying(a) => {
@@ -1053,7 +1054,7 @@ impl DkgRoll {
             },
         };
         let behind =
-            |p: &u16| attempt != self.attempt || self.level.get(p).copied().unwrap_or(0) < ours;
+            |p: &PartyId| attempt != self.attempt || self.level.get(p).copied().unwrap_or(0) < ours;
         let mut who: Vec<String> = layout
             .members
             .iter()
@@ -1128,7 +1129,7 @@ fn finish_activated(
 fn pending_of(
     dkg: DaoDkg<Suite>,
     attempt: u32,
-    party: u16,
+    party: PartyId,
     network: Network,
     invitation_envelope: &Envelope,
     invitation: &Invitation,
@@ -1626,7 +1627,7 @@ impl SignWatch {
         })
     }
 
-    fn name(&self, party: u16) -> String {
+    fn name(&self, party: PartyId) -> String {
         self.layout.name_of(party).unwrap_or("?").to_owned()
     }
 
@@ -1662,7 +1663,7 @@ impl SignWatch {
 }
 
 /// Who rejected a dead request, and why it is dead.
-fn rejected_reason(tally: &Tally, name: &dyn Fn(u16) -> String) -> String {
+fn rejected_reason(tally: &Tally, name: &dyn Fn(PartyId) -> String) -> String {
     let who: Vec<String> = tally
         .rejections()
         .iter()

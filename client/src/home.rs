@@ -17,6 +17,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use cosigner_protocol::id::Epoch;
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::wire::WalletId;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -38,11 +39,11 @@ pub struct WalletFile {
     /// Network of the address.
     pub network: String,
     /// This device's party number.
-    pub party: u16,
+    pub party: PartyId,
     /// Threshold.
     pub min_signers: u16,
     /// All parties.
-    pub parties: Vec<u16>,
+    pub parties: Vec<PartyId>,
     /// Share epoch.
     pub epoch: Epoch,
     /// Serialized PublicKeyPackage (hex).

@@ -9,6 +9,7 @@ use cosigner_protocol::auth::{
     public_key_bytes, registration_digest_with, sign_digest, sign_request,
 };
 use cosigner_protocol::id::Epoch;
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
 use cosigner_protocol::wire::{
     self, DkgParams, KeyRole, RefreshParams, Registration, RepairParams, Request, Response,
@@ -305,7 +306,7 @@ pub fn create_observed(
     };
     let mut rng = rand_core::OsRng;
     let enrollment = options.enrollment.map(|t| ByteBuf::from(t.to_vec()));
-    let mut start = |courier: &mut dyn Courier, me: u16| {
+    let mut start = |courier: &mut dyn Courier, me: PartyId| {
         courier.call(&Request::DkgStart {
             params: params.clone(),
             me,
@@ -523,8 +524,8 @@ fn random<const N: usize>() -> Result<[u8; N]> {
 /// The public file of a wallet where this device holds `party`.
 pub(crate) fn wallet_file(
     wallet_id: WalletId,
-    party: u16,
-    parties: &[u16],
+    party: PartyId,
+    parties: &[PartyId],
     min_signers: u16,
     epoch: Epoch,
     pkp: &PublicKeyPackage<Suite>,
@@ -579,7 +580,7 @@ pub(crate) struct TwoParty {
     pub(crate) wallet: WalletFile,
     key_package: KeyPackage<Suite>,
     public_key_package: PublicKeyPackage<Suite>,
-    them: u16,
+    them: PartyId,
 }
 
 impl TwoParty {
@@ -600,7 +601,7 @@ impl TwoParty {
     }
 
     /// The signers, this device first.
-    pub(crate) fn signers(&self) -> [u16; 2] {
+    pub(crate) fn signers(&self) -> [PartyId; 2] {
         [DEVICE, self.them]
     }
 
@@ -657,7 +658,7 @@ pub enum CoSigner<'a> {
 
 impl CoSigner<'_> {
     /// The cosigner's party number.
-    pub fn party(&self) -> u16 {
+    pub fn party(&self) -> PartyId {
         match self {
             Self::Provider => PROVIDER,
             Self::Recovery(_) => RECOVERY,
@@ -938,7 +939,7 @@ fn refresh_from(
         parties: wallet.parties.clone(),
         from_epoch: wallet.epoch,
     };
-    let mut start = |courier: &mut dyn Courier, me: u16| {
+    let mut start = |courier: &mut dyn Courier, me: PartyId| {
         let start = Request::RefreshStart {
             params: params.clone(),
             me,
@@ -1203,7 +1204,7 @@ fn repair_share(
             other => return Err(unexpected("RepairKey", &other)),
         }
     }
-    let keys: Vec<(u16, ByteBuf)> = helper_keys
+    let keys: Vec<(PartyId, ByteBuf)> = helper_keys
         .iter()
         .map(|(p, k)| (*p, ByteBuf::from(k.clone())))
         .collect();

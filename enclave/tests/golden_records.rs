@@ -174,7 +174,7 @@ fn pin_record(
 fn wallet_state() -> WalletState {
     WalletState {
         params: dkg_params(),
-        party: 2,
+        party: pid(2),
         current_epoch: Epoch(5),
         retained_epochs: vec![Epoch(4)],
         prepared_epoch: Some(Epoch(6)),
@@ -188,7 +188,7 @@ fn wallet_state() -> WalletState {
         policy: Some("[[rule]]\nname = \"all\"\n".into()),
         network: Some("regtest".into()),
         history: vec![past_spend()],
-        commit_confirmations: vec![confirmation(1)],
+        commit_confirmations: vec![confirmation(pid(1))],
         signed_txids: vec![("ab".repeat(32), 1_700_000_000_006)],
         provider_key: Some(public(3)),
         commit_receipt: Some(bytes(0x72, 64)),
@@ -217,7 +217,7 @@ fn dao_state() -> DaoState {
         policy: DAO_POLICY.into(),
         policy_version: 2,
         min_approvals: 2,
-        provider_parties: vec![4, 5],
+        provider_parties: vec![pid(4), pid(5)],
         epoch: Epoch(1),
         public_key_package: bytes(0x71, 8),
         history: vec![past_spend()],
@@ -259,18 +259,18 @@ fn golden_sealed_records() {
     let pinned = pin_record(&mut v, "state", "a personal wallet's state", &state, true);
     decodes::<WalletState>(&mut v, "state", pinned);
 
-    let share = saved(|r| r.save_share(&WALLET, 2, &share(5)).unwrap());
+    let share = saved(|r| r.save_share(&WALLET, pid(2), &share(5)).unwrap());
     let pinned = pin_record(&mut v, "share", "party 2's share of epoch 5", &share, true);
     decodes::<ShareRecord>(&mut v, "share", pinned);
 
     let prepared = PreparedRecord {
         share: self::share(6),
         from_epoch: Epoch(5),
-        confirmation: confirmation(2),
+        confirmation: confirmation(pid(2)),
         recovery: false,
         started_by: public(1),
     };
-    let prepared = saved(|r| r.save_prepared(&WALLET, 2, &prepared).unwrap());
+    let prepared = saved(|r| r.save_prepared(&WALLET, pid(2), &prepared).unwrap());
     let pinned = pin_record(&mut v, "prepared", "a refresh to epoch 6", &prepared, true);
     decodes::<PreparedRecord>(&mut v, "prepared", pinned);
 
@@ -279,7 +279,10 @@ fn golden_sealed_records() {
     let pinned = pin_record(&mut v, "dao_state", "a DAO wallet's state", &dao, true);
     decodes::<DaoState>(&mut v, "dao_state", pinned);
 
-    let dao_share = saved(|r| r.save_dao_share(&dao_wallet, 4, &self::share(1)).unwrap());
+    let dao_share = saved(|r| {
+        r.save_dao_share(&dao_wallet, pid(4), &self::share(1))
+            .unwrap()
+    });
     let what = "the provider's party 4 of a DAO wallet, epoch 1";
     let pinned = pin_record(&mut v, "dao_share", what, &dao_share, true);
     decodes::<ShareRecord>(&mut v, "dao_share", pinned);

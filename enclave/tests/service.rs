@@ -35,6 +35,7 @@ use cosigner_protocol::auth::{
     public_key_bytes, registration_digest, registration_digest_with, request_digest, sign_digest,
 };
 use cosigner_protocol::id::Epoch;
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::sign::{SignerSession, aggregate, signing_package};
 use cosigner_protocol::wire::{
     self, DkgParams, ErrorKind, KeyRole, Registration, Request, Response, Round1Message,
@@ -53,8 +54,8 @@ use tempfile::TempDir;
 
 type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
 
-const PARTIES: [u16; 3] = [1, 2, 3];
-const PROVIDER: u16 = 2;
+const PARTIES: [PartyId; 3] = [PartyId::DEVICE, PartyId::PROVIDER, PartyId::RECOVERY];
+const PROVIDER: PartyId = PartyId::PROVIDER;
 const MESSAGE: &[u8; 32] = b"sighash of a taproot key spend!!";
 const ANOTHER_MESSAGE: &[u8; 32] = b"another sighash, another spend!!";
 
@@ -299,13 +300,13 @@ fn run_dkg(
     h: &Harness,
     session: &mut SessionState,
     params: &DkgParams,
-    provider: u16,
+    provider: PartyId,
     provider_round1: Option<Round1Message>,
 ) -> Confirmed {
     let recovery = *params
         .parties
         .iter()
-        .find(|p| ![1, provider].contains(*p))
+        .find(|p| ![pid(1), provider].contains(*p))
         .unwrap();
     let mut recovery_session = h.recovery.session();
     let mut provider_courier = InProcess::new(&h.service, session);
@@ -320,7 +321,7 @@ fn run_dkg(
             courier: &mut recovery_courier,
         },
     ];
-    let mut start = |courier: &mut dyn Courier, me: u16| match &provider_round1 {
+    let mut start = |courier: &mut dyn Courier, me: PartyId| match &provider_round1 {
         Some(message) if me == provider => Ok(Response::DkgRound1 {
             message: message.clone(),
         }),
@@ -330,7 +331,7 @@ fn run_dkg(
             enrollment: None,
         }),
     };
-    coordinator::run(params, 1, (), &mut peers, &mut start, &mut |_| {}).unwrap()
+    coordinator::run(params, pid(1), (), &mut peers, &mut start, &mut |_| {}).unwrap()
 }
 
 type Register<'a> = dyn Fn(&WalletId, &[u8], &SigningKey, &SigningKey) -> Registration + 'a;
@@ -342,7 +343,7 @@ fn finish_dkg_registering(
     h: &Harness,
     session: &mut SessionState,
     params: &DkgParams,
-    provider: u16,
+    provider: PartyId,
     provider_round1: Option<Round1Message>,
     register: &Register<'_>,
 ) -> Result<Wallet, String> {
@@ -390,7 +391,7 @@ fn finish_dkg(
     h: &Harness,
     session: &mut SessionState,
     params: &DkgParams,
-    provider: u16,
+    provider: PartyId,
     provider_round1: Option<Round1Message>,
 ) -> Wallet {
     finish_dkg_registering(h, session, params, provider, provider_round1, &registration).unwrap()
@@ -415,7 +416,7 @@ fn wallet_file(params: &DkgParams, public: &PublicKeyPackage<Suite>) -> WalletFi
         group_public_key: hex::encode(xonly),
         address: p2tr_address(&xonly, Network::Regtest).unwrap(),
         network: Network::Regtest.name().to_owned(),
-        party: 1,
+        party: pid(1),
         min_signers: params.min_signers,
         parties: params.parties.clone(),
         epoch: Epoch(0),
@@ -541,7 +542,7 @@ fn by_recovery(
     )
 }
 
-fn sign_commit_request(wallet_id: WalletId, message: &[u8], signers: &[u16]) -> Request {
+fn sign_commit_request(wallet_id: WalletId, message: &[u8], signers: &[PartyId]) -> Request {
     Request::SignCommit {
         wallet_id,
         epoch: Epoch(0),
@@ -557,7 +558,7 @@ fn sign_commit(
     session: &mut SessionState,
     wallet: &Wallet,
     message: &[u8],
-    signers: &[u16],
+    signers: &[PartyId],
 ) -> Result<(SessionId, Vec<u8>), ErrorKind> {
     let request = sign_commit_request(wallet.id, message, signers);
     committed(by_device(h, session, wallet, &request))
@@ -623,11 +624,18 @@ fn open_session(
     h: &Harness,
     session: &mut SessionState,
     wallet: &Wallet,
-) -> (SessionId, SignerSession<Suite>, BTreeMap<u16, Vec<u8>>) {
-    let (session_id, provider) = sign_commit(h, session, wallet, MESSAGE, &[1, 2]).unwrap();
-    let (ours, our_commitments) =
-        SignerSession::<Suite>::commit(&wallet.share, 1, MESSAGE, &[1, 2], &mut OsRng).unwrap();
-    let commitments = BTreeMap::from([(1, our_commitments), (PROVIDER, provider)]);
+) -> (SessionId, SignerSession<Suite>, BTreeMap<PartyId, Vec<u8>>) {
+    let (session_id, provider) =
+        sign_commit(h, session, wallet, MESSAGE, &[pid(1), pid(2)]).unwrap();
+    let (ours, our_commitments) = SignerSession::<Suite>::commit(
+        &wallet.share,
+        pid(1),
+        MESSAGE,
+        &[pid(1), pid(2)],
+        &mut OsRng,
+    )
+    .unwrap();
+    let commitments = BTreeMap::from([(pid(1), our_commitments), (PROVIDER, provider)]);
     (session_id, ours, commitments)
 }
 
@@ -649,7 +657,7 @@ fn outcome(response: Response) -> Result<Response, ErrorKind> {
 
 /// A `SignCommit` of `wallet` for [1, 2] is refused as `Integrity` (the host tampered).
 fn assert_no_commit(h: &Harness, session: &mut SessionState, wallet: &Wallet, what: &str) {
-    let result = sign_commit(h, session, wallet, MESSAGE, &[1, 2]);
+    let result = sign_commit(h, session, wallet, MESSAGE, &[pid(1), pid(2)]);
     assert_refused(result, &[ErrorKind::Integrity], what);
 }
 
@@ -683,9 +691,9 @@ fn every_request_before_attest_is_refused_and_changes_nothing() {
                 &[0; 32],
                 KeyRole::Device,
                 &stranger,
-                &sign_commit_request(wallet_id, MESSAGE, &[1, 2]),
+                &sign_commit_request(wallet_id, MESSAGE, &[pid(1), pid(2)]),
             ),
-            sign_commit_request(wallet_id, MESSAGE, &[1, 2]),
+            sign_commit_request(wallet_id, MESSAGE, &[pid(1), pid(2)]),
             Request::SignShare {
                 session_id: SessionId([0; 16]),
                 signing_package: ByteBuf::new(),
@@ -915,10 +923,10 @@ fn sign_commit_outside_authorized_is_refused() {
     let h = Harness::new();
     let mut session = h.session();
     let wallet = create_wallet(&h, &mut session);
-    let bare = sign_commit_request(wallet.id, MESSAGE, &[1, 2]);
+    let bare = sign_commit_request(wallet.id, MESSAGE, &[pid(1), pid(2)]);
     assert_eq!(refused(h.call(&mut session, bare)), ErrorKind::BadRequest);
     // Nor nested: an Authorized request inside Authorized.
-    let inner = sign_commit_request(wallet.id, MESSAGE, &[1, 2]);
+    let inner = sign_commit_request(wallet.id, MESSAGE, &[pid(1), pid(2)]);
     let challenge = challenge(&h.service, &mut session, wallet.id);
     let nested = wrap(
         wallet.id,
@@ -937,7 +945,7 @@ fn a_challenge_authorizes_one_request_only() {
     let mut session = h.session();
     let wallet = create_wallet(&h, &mut session);
     let other_wallet = create_wallet(&h, &mut session);
-    let inner = sign_commit_request(wallet.id, MESSAGE, &[1, 2]);
+    let inner = sign_commit_request(wallet.id, MESSAGE, &[pid(1), pid(2)]);
 
     // Without a challenge.
     let unchallenged = wrap(wallet.id, &[0; 32], KeyRole::Device, &wallet.device, &inner);
@@ -990,7 +998,7 @@ fn a_challenge_authorizes_one_request_only() {
         ErrorKind::Unauthorized
     );
     // The inner request names another wallet than the one authorized.
-    let elsewhere = sign_commit_request(other_wallet.id, MESSAGE, &[1, 2]);
+    let elsewhere = sign_commit_request(other_wallet.id, MESSAGE, &[pid(1), pid(2)]);
     let response = by_device(&h, &mut session, &wallet, &elsewhere);
     assert_eq!(committed(response).unwrap_err(), ErrorKind::BadRequest);
     // Still usable the honest way.
@@ -1004,7 +1012,7 @@ fn only_the_registered_device_key_may_sign() {
     let wallet = create_wallet(&h, &mut session);
     let other_wallet = create_wallet(&h, &mut session);
     let stranger = SigningKey::random(&mut OsRng);
-    let inner = sign_commit_request(wallet.id, MESSAGE, &[1, 2]);
+    let inner = sign_commit_request(wallet.id, MESSAGE, &[pid(1), pid(2)]);
     for (role, key, who) in [
         (KeyRole::Device, &stranger, "a stranger's key"),
         (
@@ -1046,7 +1054,7 @@ fn only_the_registered_device_key_may_sign() {
     );
     if let Request::Authorized { request: bytes, .. } = &mut request {
         *bytes = ByteBuf::from(
-            wire::encode(&sign_commit_request(wallet.id, b"other", &[1, 2])).unwrap(),
+            wire::encode(&sign_commit_request(wallet.id, b"other", &[pid(1), pid(2)])).unwrap(),
         );
     }
     assert_eq!(
@@ -1060,16 +1068,26 @@ fn only_the_registered_device_key_may_sign() {
 
 #[test]
 fn signing_without_the_provider_or_below_the_threshold_is_refused() {
-    assert_signer_sets_refused(&[&[1, 3], &[2], &[], &[2, 2], &[0, 2], &[1, 1, 3]]);
+    assert_signer_sets_refused(&[
+        &[pid(1), pid(3)],
+        &[pid(2)],
+        &[],
+        &[pid(2), pid(2)],
+        &[pid(1), pid(1), pid(3)],
+    ]);
 }
 
 #[test]
 fn signing_with_a_party_outside_the_wallet_is_refused() {
-    assert_signer_sets_refused(&[&[2, 4], &[1, 2, 4], &[2, 9]]);
+    assert_signer_sets_refused(&[
+        &[pid(2), pid(4)],
+        &[pid(1), pid(2), pid(4)],
+        &[pid(2), pid(9)],
+    ]);
 }
 
 /// A new wallet's provider refuses a `SignCommit` for each of `sets`.
-fn assert_signer_sets_refused(sets: &[&[u16]]) {
+fn assert_signer_sets_refused(sets: &[&[PartyId]]) {
     let h = Harness::new();
     let mut session = h.session();
     let wallet = create_wallet(&h, &mut session);
@@ -1087,16 +1105,16 @@ fn a_wallet_where_the_service_is_a_high_numbered_party_stays_usable() {
     let h = Harness::new();
     let mut session = h.session();
     let params = DkgParams {
-        parties: vec![1, 300, 3],
+        parties: vec![pid(1), pid(300), pid(3)],
         ..params(WalletId(random()))
     };
     let start = Request::DkgStart {
         params: params.clone(),
-        me: 300,
+        me: pid(300),
         enrollment: None,
     };
     let provider_round1 = started(h.call(&mut session, start));
-    let wallet = finish_dkg(&h, &mut session, &params, 300, Some(provider_round1));
+    let wallet = finish_dkg(&h, &mut session, &params, pid(300), Some(provider_round1));
     match get_wallet(&h, &mut session, wallet.id) {
         Response::Wallet { wallet: info } => assert_eq!(info, wallet.info),
         other => panic!("GetWallet: {other:?}"),
@@ -1129,7 +1147,7 @@ fn a_signing_package_that_differs_from_the_commitment_gets_no_share() {
     let (session_id, _, mut commitments) = open_session(&h, &mut session, &wallet);
     // (Party 3's nonces drawn from this device's share: the service cannot tell whose they are.)
     let (_, third) = frost_core::round1::commit(wallet.share.signing_share(), &mut OsRng);
-    commitments.insert(3, third.serialize().unwrap());
+    commitments.insert(pid(3), third.serialize().unwrap());
     let package = signing_package::<Suite>(MESSAGE, &commitments).unwrap();
     assert_refused(
         sign_share(&h, &mut session, &session_id, &package),
@@ -1177,7 +1195,7 @@ fn a_signing_session_gives_one_share_only() {
     );
     // The one share is good.
     let our_share = ours.sign(&wallet.share, &package).unwrap();
-    let shares = BTreeMap::from([(1, our_share), (PROVIDER, share)]);
+    let shares = BTreeMap::from([(pid(1), our_share), (PROVIDER, share)]);
     aggregate::<Suite>(&package, &shares, &wallet.public).unwrap();
 
     // Unknown session ids. (Ids of the wrong length do not decode: `wire`'s tests.)
@@ -1252,7 +1270,7 @@ fn the_store_holds_only_records_sealed_under_the_token() {
         },
     );
     assert_eq!(refused(get), ErrorKind::Integrity);
-    let inner = sign_commit_request(wallet.id, MESSAGE, &[1, 2]);
+    let inner = sign_commit_request(wallet.id, MESSAGE, &[pid(1), pid(2)]);
     let commit = authorized(
         &elsewhere,
         &mut foreign,
@@ -1492,7 +1510,7 @@ fn psbt_commit(
         wallet_id: wallet.id,
         epoch: Epoch(0),
         psbt: ByteBuf::from(bytes.clone()),
-        signers: vec![1, PROVIDER],
+        signers: vec![pid(1), PROVIDER],
     };
     let (session_id, theirs, evaluation) = match authorized(
         &h.service,
@@ -1519,9 +1537,10 @@ fn psbt_commit(
     let mut packages = Vec::new();
     for (sighash, provider) in summary.sighashes.iter().zip(theirs) {
         let (s, c) =
-            SignerSession::<Suite>::commit(key, 1, sighash, &[1, PROVIDER], &mut OsRng).unwrap();
+            SignerSession::<Suite>::commit(key, pid(1), sighash, &[pid(1), PROVIDER], &mut OsRng)
+                .unwrap();
         ours.push(s);
-        let commitments = BTreeMap::from([(1, c), (PROVIDER, provider.into_vec())]);
+        let commitments = BTreeMap::from([(pid(1), c), (PROVIDER, provider.into_vec())]);
         packages.push(signing_package::<Suite>(sighash, &commitments).unwrap());
     }
     Ok(OpenPsbt {
@@ -1554,7 +1573,7 @@ fn psbt_release(
     let mut signatures = Vec::new();
     for ((ours, package), provider) in open.ours.into_iter().zip(&open.packages).zip(shares) {
         let share = ours.sign(key, package).unwrap();
-        let all = BTreeMap::from([(1, share), (PROVIDER, provider.into_vec())]);
+        let all = BTreeMap::from([(pid(1), share), (PROVIDER, provider.into_vec())]);
         let signature = aggregate::<Suite>(package, &all, &wallet.public).unwrap();
         signatures.push(<[u8; 64]>::try_from(signature.as_slice()).unwrap());
     }
@@ -1613,7 +1632,7 @@ fn a_policy_wallet_signs_psbts_within_its_daily_limit_only() {
         &h,
         &mut session,
         &wallet,
-        &sign_commit_request(wallet.id, MESSAGE, &[1, 2]),
+        &sign_commit_request(wallet.id, MESSAGE, &[pid(1), pid(2)]),
     ) {
         Response::Error(e) => assert!(
             e.message.contains("this wallet has a policy: sign a PSBT"),
@@ -1750,4 +1769,9 @@ fn the_policy_is_bound_to_the_registration_and_must_parse() {
         .err()
         .unwrap();
     assert!(bad.contains("bob"), "{bad}");
+}
+
+/// Party `n`, where `n` is a literal known not to be 0.
+fn pid(n: u16) -> cosigner_protocol::id::PartyId {
+    cosigner_protocol::id::PartyId::new(n).unwrap()
 }

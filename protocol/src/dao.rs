@@ -45,6 +45,7 @@ use sha2::{Digest, Sha256};
 use crate::auth::normalise_public_key;
 use crate::error::{ProtocolError, Result};
 use crate::id::Epoch;
+use crate::id::PartyId;
 use crate::mailbox::Topic;
 use crate::policy::{Member, Policy};
 use crate::psbt::{Network, network_from_name};
@@ -99,9 +100,9 @@ pub struct Layout {
     /// it at the end of the DKG, so two invitations colliding on 128 bits cannot split a DKG.
     pub invitation_hash: [u8; 32],
     /// Members with their party numbers.
-    pub members: Vec<(u16, Member)>,
+    pub members: Vec<(PartyId, Member)>,
     /// The provider's parties.
-    pub provider_parties: Vec<u16>,
+    pub provider_parties: Vec<PartyId>,
     /// The provider's identity key.
     pub provider_key: Vec<u8>,
     /// DKG parameters (all parties, threshold).
@@ -203,15 +204,15 @@ impl Invitation {
         let policy = Policy::parse(&self.policy, &members)?;
         let (w, t) = weights(members.len(), policy.min_approvals())?;
         let n = members.len() as u16;
-        let provider_parties: Vec<u16> = (n + 1..=n + w).collect();
-        let parties: Vec<u16> = (1..=n + w).collect();
+        let provider_parties: Vec<PartyId> = PartyId::range(n + 1, n + w).collect();
+        let parties: Vec<PartyId> = PartyId::range(1, n + w).collect();
         let invitation_hash =
             tagged_hash(b"cosigner/dao/invitation/v1", &wire::encode_identity(self)?);
         let wallet_id = WalletId(truncate(&invitation_hash));
         Ok(Layout {
             wallet_id,
             invitation_hash,
-            members: (1..=n).zip(members).collect(),
+            members: PartyId::range(1, n).zip(members).collect(),
             provider_parties,
             provider_key,
             params: DkgParams {
@@ -228,7 +229,7 @@ impl Invitation {
 
 impl Layout {
     /// The key that speaks for `party`.
-    pub fn owner_of(&self, party: u16) -> Option<&[u8]> {
+    pub fn owner_of(&self, party: PartyId) -> Option<&[u8]> {
         if self.provider_parties.contains(&party) {
             return Some(&self.provider_key);
         }
@@ -239,7 +240,7 @@ impl Layout {
     }
 
     /// The parties `key` holds (empty when it is nobody's).
-    pub fn parties_of(&self, key: &[u8]) -> Vec<u16> {
+    pub fn parties_of(&self, key: &[u8]) -> Vec<PartyId> {
         if key == self.provider_key.as_slice() {
             return self.provider_parties.clone();
         }
@@ -251,7 +252,7 @@ impl Layout {
     }
 
     /// The member party holding `key`, if a member holds it.
-    pub fn member_party(&self, key: &[u8]) -> Option<u16> {
+    pub fn member_party(&self, key: &[u8]) -> Option<PartyId> {
         self.members
             .iter()
             .find(|(_, m)| m.device_key == key)
@@ -259,7 +260,7 @@ impl Layout {
     }
 
     /// Member parties by name.
-    pub fn parties_by_name(&self) -> BTreeMap<String, u16> {
+    pub fn parties_by_name(&self) -> BTreeMap<String, PartyId> {
         self.members
             .iter()
             .map(|(p, m)| (m.name.clone(), *p))
@@ -267,7 +268,7 @@ impl Layout {
     }
 
     /// The name of member `party`.
-    pub fn name_of(&self, party: u16) -> Option<&str> {
+    pub fn name_of(&self, party: PartyId) -> Option<&str> {
         self.members
             .iter()
             .find(|(p, _)| *p == party)
@@ -284,7 +285,7 @@ pub struct SignRequest {
     /// The binary PSBT.
     pub psbt: ByteBuf,
     /// The requesting member's party.
-    pub requester: u16,
+    pub requester: PartyId,
     /// When it was made (ms since the Unix epoch); the provider refuses old requests.
     pub created_ms: u64,
     /// 16 random bytes, so the same PSBT asked twice is two requests.
@@ -318,7 +319,7 @@ pub struct PolicyChange {
     /// The policy version it replaces (a change of a policy already replaced is refused).
     pub from_version: u64,
     /// The proposing member's party.
-    pub proposer: u16,
+    pub proposer: PartyId,
     /// When it was made (ms since the Unix epoch).
     pub created_ms: u64,
     /// 16 random bytes.
@@ -366,7 +367,7 @@ pub struct Evaluation {
     /// Approvals it needs (the requester included).
     pub approvals: u16,
     /// Member parties whose approval counts.
-    pub approvers: Vec<u16>,
+    pub approvers: Vec<PartyId>,
 }
 
 /// A member's approval of one request, bound to the request and to the sighashes the member
@@ -377,7 +378,7 @@ pub struct Approval {
     /// The request hash.
     pub request: ByteBuf,
     /// The approving member's party.
-    pub party: u16,
+    pub party: PartyId,
     /// [`sighashes_digest`] of the sighashes the member computed.
     pub sighashes: ByteBuf,
 }
@@ -394,7 +395,7 @@ pub struct Rejection {
     /// The request hash.
     pub request: ByteBuf,
     /// The rejecting member's party.
-    pub party: u16,
+    pub party: PartyId,
     /// Why, in the member's words (at most [`MAX_REJECTION_REASON`] bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -449,7 +450,7 @@ pub enum DaoMessage {
         /// The DKG attempt.
         attempt: u32,
         /// The member's party.
-        party: u16,
+        party: PartyId,
         /// SHA-256 of the public key package the member stored
         /// ([`crate::dkg::public_key_package_hash`]).
         public_key_package: ByteBuf,
@@ -460,7 +461,7 @@ pub enum DaoMessage {
         /// The attempt that cannot finish.
         attempt: u32,
         /// The member's party.
-        party: u16,
+        party: PartyId,
     },
     /// Provider → all: attempt `attempt` of the DKG starts; every older attempt is dropped.
     DkgAttempt {
@@ -498,7 +499,7 @@ pub enum DaoMessage {
         /// The request hash.
         request: ByteBuf,
         /// Signing parties (approving members and the provider's parties), sorted.
-        parties: Vec<u16>,
+        parties: Vec<PartyId>,
         /// The signing round.
         #[serde(default, skip_serializing_if = "is_zero")]
         round: u32,
@@ -508,7 +509,7 @@ pub enum DaoMessage {
         /// The request hash.
         request: ByteBuf,
         /// The member's party.
-        party: u16,
+        party: PartyId,
         /// Serialized `SigningCommitments`, one per input.
         commitments: Vec<ByteBuf>,
         /// The signing round.
@@ -530,7 +531,7 @@ pub enum DaoMessage {
         /// The request hash.
         request: ByteBuf,
         /// The member's party.
-        party: u16,
+        party: PartyId,
         /// Serialized `SignatureShare`, one per input.
         shares: Vec<ByteBuf>,
         /// The signing round.
@@ -555,7 +556,7 @@ pub enum DaoMessage {
         /// Approvals needed (the proposer's included).
         approvals: u16,
         /// Member parties whose approval counts.
-        approvers: Vec<u16>,
+        approvers: Vec<PartyId>,
     },
     /// Provider → all: the new policy is in force.
     PolicyChanged {
@@ -569,7 +570,7 @@ pub enum DaoMessage {
     /// Holder → all: my new shares of `epoch` are stored (prepared) for `parties`.
     Committed {
         /// The sender's parties.
-        parties: Vec<u16>,
+        parties: Vec<PartyId>,
         /// The new epoch.
         epoch: Epoch,
     },
@@ -703,6 +704,7 @@ pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
     use crate::auth::public_key_bytes;
+    use crate::id::pid;
     use p256::ecdsa::SigningKey;
 
     pub(crate) const POLICY: &str = r#"
@@ -781,12 +783,15 @@ approvals = 5
             layout.parties_of(&public_key_bytes(&provider)),
             vec![6, 7, 8]
         );
-        assert_eq!(layout.member_party(&public_key_bytes(&members[2])), Some(3));
         assert_eq!(
-            layout.owner_of(7),
+            layout.member_party(&public_key_bytes(&members[2])),
+            Some(pid(3))
+        );
+        assert_eq!(
+            layout.owner_of(pid(7)),
             Some(public_key_bytes(&provider).as_slice())
         );
-        assert_eq!(layout.owner_of(9), None);
+        assert_eq!(layout.owner_of(pid(9)), None);
         assert_eq!(layout.wallet_id.0, inv.topic().unwrap().0);
     }
 
@@ -831,7 +836,7 @@ approvals = 5
     fn first_rounds_and_attempts_encode_as_before_they_existed() {
         let set = |round| DaoMessage::SignerSet {
             request: ByteBuf::from(vec![1; 32]),
-            parties: vec![1, 2],
+            parties: vec![pid(1), pid(2)],
             round,
         };
         let first = set(0).encode().unwrap();
@@ -857,7 +862,7 @@ approvals = 5
         let r = |reason: Option<&str>| {
             DaoMessage::Reject(Rejection {
                 request: ByteBuf::from(vec![1; 32]),
-                party: 2,
+                party: pid(2),
                 reason: reason.map(str::to_owned),
             })
         };

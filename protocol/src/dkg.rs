@@ -21,6 +21,7 @@ pub use crate::keygen::{public_key_package_hash, round2_info, seal_package, tran
 pub use common::MAX_PARTIES;
 
 use crate::error::{ProtocolError, Result};
+use crate::id::PartyId;
 use crate::keygen;
 use crate::wire::{Confirmation, DkgParams, Round1Message, SealedPackage, WalletId};
 
@@ -37,14 +38,19 @@ pub type DkgOutput<C> = keygen::Output<C>;
 /// commitment and the proof of knowledge of its constant term) and a fresh HPKE key pair.
 pub fn start<C: Ciphersuite>(
     params: &DkgParams,
-    me: u16,
+    me: PartyId,
     rng: &mut (impl CryptoRng + RngCore),
 ) -> Result<(DkgRound1<C>, Round1Message)> {
     keygen::start(params, me, rng)
 }
 
 /// HPKE AAD of the DKG round-2 package from `from` to `to` ([`keygen::round2_aad`]).
-pub fn round2_aad(wallet_id: &WalletId, from: u16, to: u16, transcript_hash: &[u8; 32]) -> Vec<u8> {
+pub fn round2_aad(
+    wallet_id: &WalletId,
+    from: PartyId,
+    to: PartyId,
+    transcript_hash: &[u8; 32],
+) -> Vec<u8> {
     keygen::round2_aad(
         &<DkgParams as keygen::KeygenParams>::TAGS,
         wallet_id,
@@ -126,7 +132,7 @@ pub enum DkgState<C: Ciphersuite> {
         /// The ceremony's parameters (parties sorted).
         params: DkgParams,
         /// Our party number.
-        me: u16,
+        me: PartyId,
         /// The confirmed key.
         output: Box<DkgOutput<C>>,
     },
@@ -136,7 +142,7 @@ impl<C: Ciphersuite> DkgState<C> {
     /// Starts a DKG ([`start`]) and wraps the first state.
     pub fn start(
         params: &DkgParams,
-        me: u16,
+        me: PartyId,
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<(Self, Round1Message)> {
         let (state, message) = start(params, me, rng)?;
@@ -194,7 +200,7 @@ impl<C: Ciphersuite> DkgState<C> {
     }
 
     /// Our party number.
-    pub fn me(&self) -> u16 {
+    pub fn me(&self) -> PartyId {
         match self {
             Self::AwaitingRound1(s) => s.me(),
             Self::AwaitingRound2(s) => s.me(),

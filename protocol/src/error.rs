@@ -1,5 +1,7 @@
 //! The one error type of the protocol crate.
 
+use crate::id::PartyId;
+
 /// Everything that can go wrong in framing, encoding, or a ceremony.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -56,7 +58,7 @@ pub enum ProtocolError {
     #[error("party {party} misbehaved: {reason}")]
     Culprit {
         /// The misbehaving party.
-        party: u16,
+        party: PartyId,
         /// What it did.
         reason: String,
     },

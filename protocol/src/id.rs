@@ -42,6 +42,16 @@ impl PartyId {
         self.0
     }
 
+    /// The parties numbered `first..=last` (0 left out), in order.
+    pub fn range(first: u16, last: u16) -> impl Iterator<Item = PartyId> {
+        (first.max(1)..=last).map(PartyId)
+    }
+
+    /// Big-endian bytes, how transcripts and AADs bind it.
+    pub const fn to_be_bytes(self) -> [u8; 2] {
+        self.0.to_be_bytes()
+    }
+
     /// The party's FROST identifier. frost refuses only 0, which [`PartyId::new`] already
     /// refused, so this does not fail; it stays a `Result` rather than hide a panic.
     pub fn identifier<C: Ciphersuite>(self) -> Result<Identifier<C>> {
@@ -65,15 +75,29 @@ impl From<PartyId> for u16 {
 }
 
 // Forwards the formatter, so width and fill apply (store keys spell parties `{:05}`).
+impl From<PartyId> for usize {
+    fn from(party: PartyId) -> usize {
+        usize::from(party.0)
+    }
+}
+
+/// A party is its number: `party == 2` reads as it means.
+impl PartialEq<u16> for PartyId {
+    fn eq(&self, number: &u16) -> bool {
+        self.0 == *number
+    }
+}
+
 impl fmt::Display for PartyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.0, f)
     }
 }
 
+// The bare number: messages list parties as `[1, 3]`, in the user's terms.
 impl fmt::Debug for PartyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PartyId({})", self.0)
+        fmt::Debug::fmt(&self.0, f)
     }
 }
 
@@ -238,6 +262,13 @@ fn random16(what: &str) -> Result<[u8; 16]> {
             reason: format!("no randomness for a {what}: {e}"),
         })?;
     Ok(bytes)
+}
+
+/// Party `n` in unit tests, where `n` is a literal known not to be 0.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn pid(n: u16) -> PartyId {
+    PartyId::new(n).unwrap()
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@ use crate::dkg::common;
 use crate::error::{ProtocolError, Result};
 use crate::hpke::{self, HpkeSecretKey};
 use crate::id::Epoch;
+use crate::id::PartyId;
 use crate::wire::{Confirmation, DkgParams, RefreshParams, Round1Message, SealedPackage, WalletId};
 
 /// frost's round-1 and round-2 outputs: a secret and the packages to send.
@@ -71,11 +72,11 @@ pub trait KeygenParams: Clone + std::fmt::Debug + sealed::Sealed {
     /// The threshold.
     fn min_signers(&self) -> u16;
     /// Every party.
-    fn parties(&self) -> &[u16];
+    fn parties(&self) -> &[PartyId];
     /// The epoch a refresh refreshes (bound into transcript, `info` and AAD); `None` for a DKG.
     fn epoch(&self) -> Option<Epoch>;
     /// The same parameters with `parties` (sorted).
-    fn with_parties(&self, parties: Vec<u16>) -> Self;
+    fn with_parties(&self, parties: Vec<PartyId>) -> Self;
     /// Coefficients of a round-1 commitment at threshold `min_signers`: a DKG commits to all `t`,
     /// a refresh polynomial's constant term is zero and not committed (`t - 1`).
     fn coefficients(min_signers: u16) -> usize;
@@ -95,7 +96,7 @@ pub trait KeygenParams: Clone + std::fmt::Debug + sealed::Sealed {
     /// share and public key package for a refresh.
     type Old<C: Ciphersuite>;
     /// Refuses, before any message is sent, what a party brings that cannot fit the ceremony.
-    fn check_old<C: Ciphersuite>(params: &Self, me: u16, old: &Self::Old<C>) -> Result<()>;
+    fn check_old<C: Ciphersuite>(params: &Self, me: PartyId, old: &Self::Old<C>) -> Result<()>;
     /// Round 2 of this ceremony: opens the packages sealed to us and derives the new key.
     fn round3<C: Ciphersuite>(
         state: Round2<C, Self>,
@@ -122,10 +123,10 @@ macro_rules! common_accessors {
         fn min_signers(&self) -> u16 {
             self.min_signers
         }
-        fn parties(&self) -> &[u16] {
+        fn parties(&self) -> &[PartyId] {
             &self.parties
         }
-        fn with_parties(&self, parties: Vec<u16>) -> Self {
+        fn with_parties(&self, parties: Vec<PartyId>) -> Self {
             Self {
                 parties,
                 ..self.clone()
@@ -164,7 +165,7 @@ impl KeygenParams for DkgParams {
         frost_core::keys::dkg::part2(secret, round1)
     }
     type Old<C: Ciphersuite> = ();
-    fn check_old<C: Ciphersuite>(_: &Self, _: u16, _: &()) -> Result<()> {
+    fn check_old<C: Ciphersuite>(_: &Self, _: PartyId, _: &()) -> Result<()> {
         Ok(())
     }
     fn round3<C: Ciphersuite>(
@@ -208,7 +209,7 @@ impl KeygenParams for RefreshParams {
     type Old<C: Ciphersuite> = (KeyPackage<C>, PublicKeyPackage<C>);
     fn check_old<C: Ciphersuite>(
         params: &Self,
-        me: u16,
+        me: PartyId,
         (key_package, public_key_package): &Self::Old<C>,
     ) -> Result<()> {
         crate::refresh::check_old_shares(params, me, key_package, public_key_package)
@@ -225,7 +226,7 @@ impl KeygenParams for RefreshParams {
 /// Round 1 done: our broadcast is out, we wait for everyone's.
 pub struct Round1<C: Ciphersuite, P: KeygenParams> {
     params: P,
-    me: u16,
+    me: PartyId,
     /// frost's round-1 secret (our polynomial); zeroizes on drop.
     secret: round1::SecretPackage<C>,
     /// Round-2 packages to us are sealed to this key.
@@ -237,7 +238,7 @@ pub struct Round1<C: Ciphersuite, P: KeygenParams> {
 /// Round 2 done: our sealed packages are out, we wait for the ones sealed to us.
 pub struct Round2<C: Ciphersuite, P: KeygenParams> {
     params: P,
-    me: u16,
+    me: PartyId,
     /// frost's round-2 secret; zeroizes on drop.
     secret: round2::SecretPackage<C>,
     hpke_secret: HpkeSecretKey,
@@ -249,7 +250,7 @@ pub struct Round2<C: Ciphersuite, P: KeygenParams> {
 /// Round 3 done: we hold a key, not usable until every party confirmed the same one.
 pub struct Round3<C: Ciphersuite, P: KeygenParams> {
     params: P,
-    me: u16,
+    me: PartyId,
     key_package: KeyPackage<C>,
     public_key_package: PublicKeyPackage<C>,
     transcript_hash: [u8; 32],
@@ -270,7 +271,10 @@ pub struct Output<C: Ciphersuite> {
 }
 
 /// Checks the parameters for party `me` and returns them with the parties sorted.
-pub(crate) fn validate_params<C: Ciphersuite, P: KeygenParams>(params: &P, me: u16) -> Result<P> {
+pub(crate) fn validate_params<C: Ciphersuite, P: KeygenParams>(
+    params: &P,
+    me: PartyId,
+) -> Result<P> {
     if params.ciphersuite() != C::ID {
         return Err(ProtocolError::Ciphersuite {
             actual: params.ciphersuite().to_owned(),
@@ -305,7 +309,7 @@ pub(crate) fn validate_params<C: Ciphersuite, P: KeygenParams>(params: &P, me: u
 /// `params.parties` may come in any order; the state keeps them sorted.
 pub fn start<C: Ciphersuite, P: KeygenParams>(
     params: &P,
-    me: u16,
+    me: PartyId,
     rng: &mut (impl CryptoRng + RngCore),
 ) -> Result<(Round1<C, P>, Round1Message)> {
     let params = validate_params::<C, P>(params, me)?;
@@ -345,7 +349,7 @@ impl<C: Ciphersuite, P: KeygenParams> Round1<C, P> {
     }
 
     /// Our party number.
-    pub fn me(&self) -> u16 {
+    pub fn me(&self) -> PartyId {
         self.me
     }
 
@@ -418,7 +422,7 @@ impl<C: Ciphersuite, P: KeygenParams> Round1<C, P> {
 /// Decodes and checks another party's round-1 message against ours.
 fn decode_round1<C: Ciphersuite, P: KeygenParams>(
     params: &P,
-    from: u16,
+    from: PartyId,
     msg: &Round1Message,
     ours: &Round1Message,
 ) -> Result<round1::Package<C>> {
@@ -472,9 +476,9 @@ fn decode_round1<C: Ciphersuite, P: KeygenParams>(
 /// Seals each of our round-2 packages to its recipient's round-1 HPKE key.
 fn seal_all<C: Ciphersuite, P: KeygenParams>(
     params: &P,
-    me: u16,
+    me: PartyId,
     transcript_hash: &[u8; 32],
-    round1: &BTreeMap<u16, &Round1Message>,
+    round1: &BTreeMap<PartyId, &Round1Message>,
     outgoing: &BTreeMap<Identifier<C>, round2::Package<C>>,
     rng: &mut (impl CryptoRng + RngCore),
 ) -> Result<Vec<SealedPackage>> {
@@ -516,8 +520,8 @@ fn seal_all<C: Ciphersuite, P: KeygenParams>(
 /// must build a package by hand.
 pub fn seal_package<P: KeygenParams>(
     params: &P,
-    from: u16,
-    to: u16,
+    from: PartyId,
+    to: PartyId,
     transcript_hash: &[u8; 32],
     recipient_public_key: &[u8],
     package: &[u8],
@@ -534,7 +538,12 @@ pub fn seal_package<P: KeygenParams>(
     })
 }
 
-fn aad_of<P: KeygenParams>(params: &P, from: u16, to: u16, transcript_hash: &[u8; 32]) -> Vec<u8> {
+fn aad_of<P: KeygenParams>(
+    params: &P,
+    from: PartyId,
+    to: PartyId,
+    transcript_hash: &[u8; 32],
+) -> Vec<u8> {
     round2_aad(
         &P::TAGS,
         params.wallet_id(),
@@ -549,7 +558,7 @@ fn aad_of<P: KeygenParams>(params: &P, from: u16, to: u16, transcript_hash: &[u8
 /// round 3 (a DKG's `part3`, a refresh's `refresh_dkg_shares`).
 pub(crate) struct Opened<C: Ciphersuite, P: KeygenParams> {
     pub(crate) params: P,
-    pub(crate) me: u16,
+    pub(crate) me: PartyId,
     pub(crate) secret: round2::SecretPackage<C>,
     pub(crate) round1_packages: BTreeMap<Identifier<C>, round1::Package<C>>,
     pub(crate) round2_packages: BTreeMap<Identifier<C>, round2::Package<C>>,
@@ -563,7 +572,7 @@ impl<C: Ciphersuite, P: KeygenParams> Round2<C, P> {
     }
 
     /// Our party number.
-    pub fn me(&self) -> u16 {
+    pub fn me(&self) -> PartyId {
         self.me
     }
 
@@ -582,7 +591,11 @@ impl<C: Ciphersuite, P: KeygenParams> Round2<C, P> {
     pub(crate) fn open(
         self,
         packages: &[SealedPackage],
-        check: impl Fn(u16, &round1::Package<C>, &round2::Package<C>) -> std::result::Result<(), String>,
+        check: impl Fn(
+            PartyId,
+            &round1::Package<C>,
+            &round2::Package<C>,
+        ) -> std::result::Result<(), String>,
     ) -> Result<Opened<C, P>> {
         let Self {
             params,
@@ -592,7 +605,7 @@ impl<C: Ciphersuite, P: KeygenParams> Round2<C, P> {
             round1_packages,
             transcript_hash,
         } = self;
-        let others: Vec<u16> = params
+        let others: Vec<PartyId> = params
             .parties()
             .iter()
             .copied()
@@ -635,7 +648,7 @@ impl<C: Ciphersuite, P: KeygenParams> Round2<C, P> {
 /// Opens and decodes one package sealed to `me`.
 fn open_one<C: Ciphersuite, P: KeygenParams>(
     params: &P,
-    me: u16,
+    me: PartyId,
     info: &[u8],
     hpke_secret: &HpkeSecretKey,
     transcript_hash: &[u8; 32],
@@ -727,7 +740,7 @@ impl<C: Ciphersuite, P: KeygenParams> Round3<C, P> {
     }
 
     /// Our party number.
-    pub fn me(&self) -> u16 {
+    pub fn me(&self) -> PartyId {
         self.me
     }
 
@@ -774,8 +787,8 @@ impl<C: Ciphersuite, P: KeygenParams> Round3<C, P> {
 ///
 /// Errors: as [`Round3::handle_confirmations`].
 pub fn check_confirmations<P: KeygenParams>(
-    parties: &[u16],
-    me: u16,
+    parties: &[PartyId],
+    me: PartyId,
     ours: &Confirmation,
     confirmations: &[Confirmation],
 ) -> Result<()> {
@@ -793,7 +806,7 @@ pub fn check_confirmations<P: KeygenParams>(
             ),
         });
     }
-    let differing = |field: fn(&Confirmation) -> &ByteBuf| -> Vec<u16> {
+    let differing = |field: fn(&Confirmation) -> &ByteBuf| -> Vec<PartyId> {
         by_sender
             .values()
             .filter(|c| field(c) != field(ours))
@@ -873,13 +886,14 @@ impl<C: Ciphersuite> std::fmt::Debug for Output<C> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+    use crate::id::pid;
 
     fn dkg() -> DkgParams {
         DkgParams {
             wallet_id: WalletId([7; 16]),
             ciphersuite: crate::wire::SUITE_SECP256K1_TR.into(),
             min_signers: 2,
-            parties: vec![1, 2, 3],
+            parties: vec![pid(1), pid(2), pid(3)],
         }
     }
 
@@ -894,7 +908,7 @@ mod tests {
         }
     }
 
-    fn msg(from: u16, package: &[u8], key: &[u8]) -> Round1Message {
+    fn msg(from: PartyId, package: &[u8], key: &[u8]) -> Round1Message {
         Round1Message {
             from,
             package: ByteBuf::from(package.to_vec()),
@@ -905,11 +919,11 @@ mod tests {
     #[test]
     fn transcript_is_order_independent_and_unambiguous() {
         let p = dkg();
-        let a = [msg(1, b"ab", b"c"), msg(2, b"d", b"e")];
-        let b = [msg(2, b"d", b"e"), msg(1, b"ab", b"c")];
+        let a = [msg(pid(1), b"ab", b"c"), msg(pid(2), b"d", b"e")];
+        let b = [msg(pid(2), b"d", b"e"), msg(pid(1), b"ab", b"c")];
         assert_eq!(transcript_hash(&p, &a), transcript_hash(&p, &b));
         // Moving a byte across a field boundary changes the hash.
-        let shifted = [msg(1, b"a", b"bc"), msg(2, b"d", b"e")];
+        let shifted = [msg(pid(1), b"a", b"bc"), msg(pid(2), b"d", b"e")];
         assert_ne!(transcript_hash(&p, &a), transcript_hash(&p, &shifted));
         let mut other_wallet = p.clone();
         other_wallet.wallet_id = WalletId([8; 16]);
@@ -924,7 +938,7 @@ mod tests {
 
     #[test]
     fn domains_and_epochs_separate() {
-        let a = [msg(1, b"ab", b"c"), msg(2, b"d", b"e")];
+        let a = [msg(pid(1), b"ab", b"c"), msg(pid(2), b"d", b"e")];
         assert_ne!(
             transcript_hash(&dkg(), &a),
             transcript_hash(&refresh(Epoch(0)), &a)
@@ -940,20 +954,20 @@ mod tests {
         let d = DkgParams::TAGS;
         let r = RefreshParams::TAGS;
         assert_ne!(
-            round2_aad(&d, &w, None, 2, 3, &t),
-            round2_aad(&d, &w, None, 3, 2, &t)
+            round2_aad(&d, &w, None, pid(2), pid(3), &t),
+            round2_aad(&d, &w, None, pid(3), pid(2), &t)
         );
         assert_ne!(
-            round2_aad(&d, &w, None, 2, 3, &t),
-            round2_aad(&d, &WalletId([3; 16]), None, 2, 3, &t)
+            round2_aad(&d, &w, None, pid(2), pid(3), &t),
+            round2_aad(&d, &WalletId([3; 16]), None, pid(2), pid(3), &t)
         );
         assert_ne!(
-            round2_aad(&r, &w, Some(Epoch(0)), 2, 3, &t),
-            round2_aad(&r, &w, Some(Epoch(1)), 2, 3, &t)
+            round2_aad(&r, &w, Some(Epoch(0)), pid(2), pid(3), &t),
+            round2_aad(&r, &w, Some(Epoch(1)), pid(2), pid(3), &t)
         );
         assert_ne!(
-            round2_aad(&r, &w, Some(Epoch(0)), 2, 3, &t),
-            round2_aad(&d, &w, None, 2, 3, &t)
+            round2_aad(&r, &w, Some(Epoch(0)), pid(2), pid(3), &t),
+            round2_aad(&d, &w, None, pid(2), pid(3), &t)
         );
     }
 }

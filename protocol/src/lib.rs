@@ -30,12 +30,13 @@ pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Party numbers of a personal wallet: the user's device, the provider, the recovery cosigner.
 pub mod party {
+    use crate::id::PartyId;
     /// Shard A: the user's device.
-    pub const DEVICE: u16 = 1;
+    pub const DEVICE: PartyId = PartyId::DEVICE;
     /// Shard B: the provider's cosigner.
-    pub const PROVIDER: u16 = 2;
+    pub const PROVIDER: PartyId = PartyId::PROVIDER;
     /// Shard C: the recovery cosigner.
-    pub const RECOVERY: u16 = 3;
+    pub const RECOVERY: PartyId = PartyId::RECOVERY;
 }
 
 /// How an attestation document binds the TLS session it was requested on.

@@ -41,6 +41,7 @@ use rand_core::{CryptoRng, RngCore};
 use crate::dkg::common;
 use crate::error::{ProtocolError, Result};
 use crate::id::Epoch;
+use crate::id::PartyId;
 pub use crate::keygen::{round2_info, seal_package, transcript_hash};
 
 use crate::keygen::{self, KeygenParams, vss};
@@ -67,7 +68,7 @@ pub type RefreshOutput<C> = keygen::Output<C>;
 /// that is not a member, a changed threshold, a key package of another party or another wallet.
 pub fn check_old_shares<C: Ciphersuite>(
     params: &RefreshParams,
-    me: u16,
+    me: PartyId,
     old_key_package: &KeyPackage<C>,
     old_public_key_package: &PublicKeyPackage<C>,
 ) -> Result<()> {
@@ -109,7 +110,7 @@ pub fn check_old_shares<C: Ciphersuite>(
     if shares.len() != params.parties.len() {
         // Some member is not in the refresh: name it (party numbers are small; this search only
         // runs on the error path).
-        let missing = (1..=u16::MAX).find(|p| {
+        let missing = PartyId::range(1, u16::MAX).find(|p| {
             !params.parties.contains(p)
                 && common::identifier::<C>(*p).is_ok_and(|id| shares.contains_key(&id))
         });
@@ -130,7 +131,7 @@ pub fn check_old_shares<C: Ciphersuite>(
 /// polynomial with a zero constant term) and a fresh HPKE key pair.
 pub fn start<C: Ciphersuite>(
     params: &RefreshParams,
-    me: u16,
+    me: PartyId,
     rng: &mut (impl CryptoRng + RngCore),
 ) -> Result<(RefreshRound1<C>, Round1Message)> {
     keygen::start(params, me, rng)
@@ -141,8 +142,8 @@ pub fn start<C: Ciphersuite>(
 pub fn round2_aad(
     wallet_id: &WalletId,
     from_epoch: Epoch,
-    from: u16,
-    to: u16,
+    from: PartyId,
+    to: PartyId,
     transcript_hash: &[u8; 32],
 ) -> Vec<u8> {
     keygen::round2_aad(
@@ -229,8 +230,8 @@ fn check_unchanged<C: Ciphersuite>(
 ///
 /// Errors: as [`RefreshRound3::handle_confirmations`].
 pub fn check_commit(
-    parties: &[u16],
-    me: u16,
+    parties: &[PartyId],
+    me: PartyId,
     ours: &Confirmation,
     confirmations: &[Confirmation],
 ) -> Result<()> {

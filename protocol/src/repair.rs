@@ -62,6 +62,7 @@ use zeroize::Zeroizing;
 use crate::dkg::common;
 use crate::error::{ProtocolError, Result};
 use crate::hpke::{self, HpkeSecretKey};
+use crate::id::PartyId;
 use crate::wire::{RepairParams, SealedPackage};
 
 use context::Kind;
@@ -69,7 +70,7 @@ use context::Kind;
 /// A helper after [`helper_start`]: its key is out, it waits for every helper's key.
 pub struct RepairHelper1<C: Ciphersuite> {
     params: RepairParams,
-    me: u16,
+    me: PartyId,
     hpke_secret: HpkeSecretKey,
     /// Our helper key as we sent it: HPKE public key ‖ signature.
     helper_key: Vec<u8>,
@@ -82,7 +83,7 @@ pub struct RepairHelper1<C: Ciphersuite> {
 /// A helper after [`RepairHelper1::deltas`]: its deltas are out, it waits for the ones sealed to it.
 pub struct RepairHelper2<C: Ciphersuite> {
     params: RepairParams,
-    me: u16,
+    me: PartyId,
     hpke_secret: HpkeSecretKey,
     context_hash: [u8; 32],
     /// Our delta to ourselves, serialized; it never leaves this state.
@@ -174,7 +175,7 @@ fn check_against_wallet<C: Ciphersuite>(
 /// `me`'s or not of this public key package.
 pub fn helper_start<C: Ciphersuite>(
     params: &RepairParams,
-    me: u16,
+    me: PartyId,
     key_package: &KeyPackage<C>,
     public_key_package: &PublicKeyPackage<C>,
     rng: &mut (impl CryptoRng + RngCore),
@@ -229,7 +230,7 @@ fn split_helper_key(helper_key: &[u8]) -> std::result::Result<(&[u8], &[u8]), St
 }
 
 /// Exactly one key per helper, as a map must carry it.
-fn check_key_set(params: &RepairParams, helper_keys: &BTreeMap<u16, Vec<u8>>) -> Result<()> {
+fn check_key_set(params: &RepairParams, helper_keys: &BTreeMap<PartyId, Vec<u8>>) -> Result<()> {
     if let Some(stranger) = helper_keys.keys().find(|p| !params.helpers.contains(p)) {
         return Err(ProtocolError::UnexpectedMessage {
             expected: "one key from each helper",
@@ -252,7 +253,7 @@ impl<C: Ciphersuite> RepairHelper1<C> {
     }
 
     /// Our party number.
-    pub fn me(&self) -> u16 {
+    pub fn me(&self) -> PartyId {
         self.me
     }
 
@@ -273,7 +274,7 @@ impl<C: Ciphersuite> RepairHelper1<C> {
     pub fn deltas(
         self,
         key_package: &KeyPackage<C>,
-        helper_keys: &BTreeMap<u16, Vec<u8>>,
+        helper_keys: &BTreeMap<PartyId, Vec<u8>>,
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<(RepairHelper2<C>, Vec<SealedPackage>)> {
         let Self {
@@ -354,9 +355,9 @@ impl<C: Ciphersuite> RepairHelper1<C> {
 /// Seals and signs each delta to its helper; returns our own delta (serialized) and the packages.
 fn seal_deltas<C: Ciphersuite>(
     params: &RepairParams,
-    me: u16,
+    me: PartyId,
     key_package: &KeyPackage<C>,
-    recipients: &BTreeMap<u16, &[u8]>,
+    recipients: &BTreeMap<PartyId, &[u8]>,
     deltas: &BTreeMap<Identifier<C>, Delta<C>>,
     context_hash: &[u8; 32],
     rng: &mut (impl CryptoRng + RngCore),
@@ -408,7 +409,7 @@ impl<C: Ciphersuite> RepairHelper2<C> {
     }
 
     /// Our party number.
-    pub fn me(&self) -> u16 {
+    pub fn me(&self) -> PartyId {
         self.me
     }
 
@@ -445,7 +446,7 @@ impl<C: Ciphersuite> RepairHelper2<C> {
                 ),
             });
         }
-        let others: Vec<u16> = params
+        let others: Vec<PartyId> = params
             .helpers
             .iter()
             .copied()
@@ -516,8 +517,8 @@ impl<C: Ciphersuite> RepairHelper2<C> {
 #[allow(clippy::too_many_arguments)]
 fn open_delta<C: Ciphersuite>(
     params: &RepairParams,
-    me: u16,
-    from: u16,
+    me: PartyId,
+    from: PartyId,
     sealed: &SealedPackage,
     hpke_secret: &HpkeSecretKey,
     info: &[u8],
@@ -601,7 +602,7 @@ impl<C: Ciphersuite> RepairParticipant<C> {
     /// key package").
     pub fn finish(
         self,
-        helper_keys: &BTreeMap<u16, Vec<u8>>,
+        helper_keys: &BTreeMap<PartyId, Vec<u8>>,
         sigmas: &[SealedPackage],
         public_key_package: &PublicKeyPackage<C>,
         min_signers: u16,
@@ -664,7 +665,7 @@ impl<C: Ciphersuite> RepairParticipant<C> {
 /// Opens and decodes the sigma `from` sent the participant.
 fn open_sigma<C: Ciphersuite>(
     params: &RepairParams,
-    from: u16,
+    from: PartyId,
     sealed: &SealedPackage,
     hpke_secret: &HpkeSecretKey,
     info: &[u8],

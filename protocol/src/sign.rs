@@ -35,6 +35,7 @@ use rand_core::{CryptoRng, RngCore};
 
 use crate::dkg::common;
 use crate::error::{ProtocolError, Result};
+use crate::id::PartyId;
 
 /// A participant's open signing session, created at round 1.
 ///
@@ -78,13 +79,13 @@ use crate::error::{ProtocolError, Result};
 pub struct SignerSession<C: Ciphersuite> {
     nonces: SigningNonces<C>,
     commitments: SigningCommitments<C>,
-    me: u16,
+    me: PartyId,
     identifier: Identifier<C>,
     verifying_key: VerifyingKey<C>,
     min_signers: u16,
     message: Vec<u8>,
     /// Sorted.
-    signers: Vec<u16>,
+    signers: Vec<PartyId>,
 }
 
 impl<C: Ciphersuite> SignerSession<C> {
@@ -96,9 +97,9 @@ impl<C: Ciphersuite> SignerSession<C> {
     /// malformed, lacks `me`, or is smaller than the threshold.
     pub fn commit(
         key_package: &KeyPackage<C>,
-        me: u16,
+        me: PartyId,
         message: &[u8],
-        signers: &[u16],
+        signers: &[PartyId],
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<(Self, Vec<u8>)> {
         let identifier = common::identifier::<C>(me)?;
@@ -216,12 +217,12 @@ impl<C: Ciphersuite> SignerSession<C> {
     }
 
     /// The signer set this session signs with, sorted.
-    pub fn signers(&self) -> &[u16] {
+    pub fn signers(&self) -> &[PartyId] {
         &self.signers
     }
 
     /// Our party number.
-    pub fn me(&self) -> u16 {
+    pub fn me(&self) -> PartyId {
         self.me
     }
 }
@@ -244,9 +245,9 @@ impl<C: Ciphersuite> std::fmt::Debug for SignerSession<C> {
 /// fewer than two signers or party 0 ([`ProtocolError::Params`]).
 pub fn signing_package<C: Ciphersuite>(
     message: &[u8],
-    commitments: &BTreeMap<u16, Vec<u8>>,
+    commitments: &BTreeMap<PartyId, Vec<u8>>,
 ) -> Result<Vec<u8>> {
-    let parties: Vec<u16> = commitments.keys().copied().collect();
+    let parties: Vec<PartyId> = commitments.keys().copied().collect();
     let parties = common::normalize_parties(&parties, "signer set")?;
     if parties.len() < 2 {
         return Err(ProtocolError::Params {
@@ -287,7 +288,7 @@ pub fn signing_package<C: Ciphersuite>(
 /// ([`ProtocolError::Culprit`]); a package that does not decode ([`ProtocolError::Encoding`]).
 pub fn aggregate<C: Ciphersuite>(
     signing_package: &[u8],
-    shares: &BTreeMap<u16, Vec<u8>>,
+    shares: &BTreeMap<PartyId, Vec<u8>>,
     public_key_package: &PublicKeyPackage<C>,
 ) -> Result<Vec<u8>> {
     let package = common::decode_canonical(
@@ -297,7 +298,7 @@ pub fn aggregate<C: Ciphersuite>(
     )
     .map_err(|e| ProtocolError::encoding(format!("signing package {e}")))?;
 
-    let share_parties: Vec<u16> = shares.keys().copied().collect();
+    let share_parties: Vec<PartyId> = shares.keys().copied().collect();
     let share_parties = common::normalize_parties(&share_parties, "set of signature shares")?;
     let mut signers = Vec::with_capacity(package.signing_commitments().len());
     for id in package.signing_commitments().keys() {

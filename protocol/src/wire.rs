@@ -32,7 +32,7 @@ pub struct DkgParams {
     /// Threshold: how many parties sign.
     pub min_signers: u16,
     /// Every party, by number (1-based, distinct).
-    pub parties: Vec<u16>,
+    pub parties: Vec<PartyId>,
 }
 
 /// A party's round-1 broadcast.
@@ -40,7 +40,7 @@ pub struct DkgParams {
 #[serde(deny_unknown_fields)]
 pub struct Round1Message {
     /// Sender.
-    pub from: u16,
+    pub from: PartyId,
     /// `frost::keys::dkg::round1::Package`, serialized by frost.
     pub package: ByteBuf,
     /// The sender's HPKE public key for this ceremony: round-2 packages to it are sealed to it.
@@ -52,9 +52,9 @@ pub struct Round1Message {
 #[serde(deny_unknown_fields)]
 pub struct SealedPackage {
     /// Sender.
-    pub from: u16,
+    pub from: PartyId,
     /// Recipient.
-    pub to: u16,
+    pub to: PartyId,
     /// HPKE encapsulated key.
     pub enc: ByteBuf,
     /// HPKE ciphertext of the serialized `round2::Package`.
@@ -66,7 +66,7 @@ pub struct SealedPackage {
 #[serde(deny_unknown_fields)]
 pub struct Confirmation {
     /// Sender.
-    pub from: u16,
+    pub from: PartyId,
     /// SHA-256 of the DKG transcript (parameters and every round-1 message) as the sender saw it.
     pub transcript_hash: ByteBuf,
     /// SHA-256 of the sender's serialized `PublicKeyPackage`.
@@ -82,11 +82,11 @@ pub struct WalletInfo {
     /// Ciphersuite.
     pub ciphersuite: String,
     /// This enclave's party number.
-    pub party: u16,
+    pub party: PartyId,
     /// Threshold.
     pub min_signers: u16,
     /// All parties.
-    pub parties: Vec<u16>,
+    pub parties: Vec<PartyId>,
     /// Share epoch (0 at creation).
     pub epoch: Epoch,
     /// The group's verifying key, serialized by frost.
@@ -171,7 +171,7 @@ pub struct RefreshParams {
     /// Threshold (unchanged by a refresh).
     pub min_signers: u16,
     /// Every party of the wallet (a refresh never evicts).
-    pub parties: Vec<u16>,
+    pub parties: Vec<PartyId>,
     /// The epoch being refreshed; the result is `from_epoch + 1`.
     pub from_epoch: Epoch,
 }
@@ -187,9 +187,9 @@ pub struct RepairParams {
     /// The epoch of the shares used.
     pub epoch: Epoch,
     /// The helpers (at least the threshold).
-    pub helpers: Vec<u16>,
+    pub helpers: Vec<PartyId>,
     /// The party whose share is rebuilt.
-    pub participant: u16,
+    pub participant: PartyId,
 }
 
 /// Client → enclave.
@@ -206,7 +206,7 @@ pub enum Request {
         /// The ceremony.
         params: DkgParams,
         /// Our party number.
-        me: u16,
+        me: PartyId,
         /// The operator's enrollment token (`enrollment::EnrollmentToken::to_bytes`), where the
         /// cosigner requires one for wallet creation.
         #[serde(default)]
@@ -263,7 +263,7 @@ pub enum Request {
         /// The message (for BIP-340: the 32-byte sighash).
         message: ByteBuf,
         /// The signing set, us included.
-        signers: Vec<u16>,
+        signers: Vec<PartyId>,
     },
     /// Round 2 of a signing session: answered with our signature share, once.
     SignShare {
@@ -283,7 +283,7 @@ pub enum Request {
         /// The refresh.
         params: RefreshParams,
         /// Our party number.
-        me: u16,
+        me: PartyId,
     },
     /// All refresh round-1 broadcasts; answered with our sealed packages.
     RefreshRound2 {
@@ -340,14 +340,14 @@ pub enum Request {
         /// The repair.
         params: RepairParams,
         /// Our party number.
-        me: u16,
+        me: PartyId,
     },
     /// Repair round 2 (helper): every helper's HPKE key; answered with our deltas, sealed.
     RepairDeltas {
         /// The wallet.
         wallet_id: WalletId,
         /// Helper number → HPKE public key.
-        helper_keys: Vec<(u16, ByteBuf)>,
+        helper_keys: Vec<(PartyId, ByteBuf)>,
     },
     /// Repair round 3 (helper): the deltas addressed to us, one from each *other* helper (each
     /// HPKE ciphertext followed by its sender's share signature); answered with our sigma sealed
@@ -371,7 +371,7 @@ pub enum Request {
         /// The PSBT.
         psbt: ByteBuf,
         /// The signing set, us included.
-        signers: Vec<u16>,
+        signers: Vec<PartyId>,
     },
     /// Round 2 of a PSBT signing session: one `SigningPackage` per input, in input order;
     /// answered with our shares, once. The spend is recorded before they are released.
@@ -781,6 +781,7 @@ pub fn valid_store_key(key: &str) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+    use crate::id::pid;
 
     #[test]
     fn messages_round_trip() {
@@ -794,9 +795,9 @@ mod tests {
                     wallet_id,
                     ciphersuite: SUITE_SECP256K1_TR.into(),
                     min_signers: 2,
-                    parties: vec![1, 2, 3],
+                    parties: vec![pid(1), pid(2), pid(3)],
                 },
-                me: 2,
+                me: pid(2),
                 enrollment: None,
             },
             Request::SignShare {
@@ -807,7 +808,7 @@ mod tests {
                 wallet_id,
                 epoch: Epoch(1),
                 psbt: ByteBuf::from(b"psbt\xff".to_vec()),
-                signers: vec![1, 2],
+                signers: vec![pid(1), pid(2)],
             },
             Request::SignPsbtShare {
                 session_id: SessionId([3; 16]),

@@ -145,7 +145,7 @@ fn golden_ceremony_transcripts_and_aads() {
     v.pin(
         "dkg.round2_aad",
         "dkg::round2_aad: HPKE AAD of the DKG round-2 package 2 -> 3 under transcript 55..",
-        &dkg::round2_aad(&WALLET, 2, 3, &transcript),
+        &dkg::round2_aad(&WALLET, pid(2), pid(3), &transcript),
     );
     v.pin(
         "refresh.transcript_hash",
@@ -160,7 +160,7 @@ fn golden_ceremony_transcripts_and_aads() {
     v.pin(
         "refresh.round2_aad",
         "refresh::round2_aad: HPKE AAD of the refresh package 2 -> 3, epoch 4, transcript 55..",
-        &refresh::round2_aad(&WALLET, Epoch(4), 2, 3, &transcript),
+        &refresh::round2_aad(&WALLET, Epoch(4), pid(2), pid(3), &transcript),
     );
     v.finish();
 }
@@ -170,7 +170,7 @@ fn pin_auth_digests(v: &mut Vectors) {
         wallet_id: WALLET,
         epoch: Epoch(4),
         message: bytes(0x90, 32),
-        signers: vec![1, 2],
+        signers: vec![pid(1), pid(2)],
     })
     .unwrap();
     let challenge = [0x91; 32];
@@ -252,7 +252,7 @@ fn refresh_proposal() -> RefreshProposal {
     RefreshProposal {
         wallet_id: WALLET,
         from_epoch: Epoch(4),
-        proposer: 3,
+        proposer: pid(3),
         created_ms: 1_700_000_000_003,
         nonce: bytes(0x7d, 16),
     }
@@ -319,7 +319,7 @@ fn requests_ceremonies() -> Samples<Request> {
             "DKG as party 2, no enrollment token",
             Request::DkgStart {
                 params: dkg_params(),
-                me: 2,
+                me: pid(2),
                 enrollment: None,
             },
         ),
@@ -328,7 +328,7 @@ fn requests_ceremonies() -> Samples<Request> {
             "DKG with an enrollment token",
             Request::DkgStart {
                 params: dkg_params(),
-                me: 2,
+                me: pid(2),
                 enrollment: Some(bytes(0xa1, 8)),
             },
         ),
@@ -345,7 +345,7 @@ fn requests_ceremonies() -> Samples<Request> {
             "packages sealed to party 2",
             Request::DkgRound3 {
                 wallet_id: WALLET,
-                packages: vec![sealed(1, 2), sealed(3, 2)],
+                packages: vec![sealed(pid(1), pid(2)), sealed(pid(3), pid(2))],
             },
         ),
         (
@@ -353,7 +353,7 @@ fn requests_ceremonies() -> Samples<Request> {
             "confirmations and a registration without terms",
             Request::DkgConfirm {
                 wallet_id: WALLET,
-                confirmations: vec![confirmation(1), confirmation(2)],
+                confirmations: vec![confirmation(pid(1)), confirmation(pid(2))],
                 registration: registration(false),
             },
         ),
@@ -362,7 +362,7 @@ fn requests_ceremonies() -> Samples<Request> {
             "a registration with policy, network and provider key",
             Request::DkgConfirm {
                 wallet_id: WALLET,
-                confirmations: vec![confirmation(1)],
+                confirmations: vec![confirmation(pid(1))],
                 registration: registration(true),
             },
         ),
@@ -371,7 +371,7 @@ fn requests_ceremonies() -> Samples<Request> {
             "refresh from epoch 4 as party 2",
             Request::RefreshStart {
                 params: refresh_params(),
-                me: 2,
+                me: pid(2),
             },
         ),
         (
@@ -387,7 +387,7 @@ fn requests_ceremonies() -> Samples<Request> {
             "refresh packages sealed to party 2",
             Request::RefreshRound3 {
                 wallet_id: WALLET,
-                packages: vec![sealed(1, 2)],
+                packages: vec![sealed(pid(1), pid(2))],
             },
         ),
         (
@@ -395,7 +395,7 @@ fn requests_ceremonies() -> Samples<Request> {
             "refresh commit at the provider",
             Request::RefreshCommit {
                 wallet_id: WALLET,
-                confirmations: vec![confirmation(1)],
+                confirmations: vec![confirmation(pid(1))],
                 provider_receipt: None,
             },
         ),
@@ -404,7 +404,7 @@ fn requests_ceremonies() -> Samples<Request> {
             "refresh commit at the recovery cosigner, with the receipt",
             Request::RefreshCommit {
                 wallet_id: WALLET,
-                confirmations: vec![confirmation(1)],
+                confirmations: vec![confirmation(pid(1))],
                 provider_receipt: Some(bytes(0x72, 64)),
             },
         ),
@@ -434,7 +434,7 @@ fn requests_ceremonies() -> Samples<Request> {
             "repair of party 1 as helper 2",
             Request::RepairStart {
                 params: repair_params(),
-                me: 2,
+                me: pid(2),
             },
         ),
         (
@@ -442,7 +442,7 @@ fn requests_ceremonies() -> Samples<Request> {
             "every helper's HPKE key",
             Request::RepairDeltas {
                 wallet_id: WALLET,
-                helper_keys: vec![(2, bytes(0xa2, 4)), (3, bytes(0xa3, 4))],
+                helper_keys: vec![(pid(2), bytes(0xa2, 4)), (pid(3), bytes(0xa3, 4))],
             },
         ),
         (
@@ -450,7 +450,7 @@ fn requests_ceremonies() -> Samples<Request> {
             "deltas sealed to helper 2",
             Request::RepairSigma {
                 wallet_id: WALLET,
-                deltas: vec![sealed(3, 2)],
+                deltas: vec![sealed(pid(3), pid(2))],
                 participant_key: bytes(0xa4, 4),
             },
         ),
@@ -492,7 +492,7 @@ fn requests_sessions() -> Samples<Request> {
                 wallet_id: WALLET,
                 epoch: Epoch(4),
                 message: bytes(0x90, 32),
-                signers: vec![1, 2],
+                signers: vec![pid(1), pid(2)],
             },
         ),
         (
@@ -515,7 +515,7 @@ fn requests_sessions() -> Samples<Request> {
                 wallet_id: WALLET,
                 epoch: Epoch(4),
                 psbt: ByteBuf::from(b"psbt\xff\x01".to_vec()),
-                signers: vec![1, 2],
+                signers: vec![pid(1), pid(2)],
             },
         ),
         (
@@ -570,20 +570,22 @@ fn responses() -> Samples<Response> {
         (
             "",
             "our DKG round-1 broadcast",
-            Response::DkgRound1 { message: round1(2) },
+            Response::DkgRound1 {
+                message: round1(pid(2)),
+            },
         ),
         (
             "",
             "our DKG round-2 packages",
             Response::DkgRound2 {
-                packages: vec![sealed(2, 1), sealed(2, 3)],
+                packages: vec![sealed(pid(2), pid(1)), sealed(pid(2), pid(3))],
             },
         ),
         (
             "",
             "our DKG confirmation",
             Response::DkgRound3 {
-                confirmation: confirmation(2),
+                confirmation: confirmation(pid(2)),
             },
         ),
         (
@@ -625,20 +627,22 @@ fn responses() -> Samples<Response> {
         (
             "",
             "our refresh round-1 broadcast",
-            Response::RefreshRound1 { message: round1(2) },
+            Response::RefreshRound1 {
+                message: round1(pid(2)),
+            },
         ),
         (
             "",
             "our refresh packages",
             Response::RefreshRound2 {
-                packages: vec![sealed(2, 1)],
+                packages: vec![sealed(pid(2), pid(1))],
             },
         ),
         (
             "",
             "our refresh confirmation",
             Response::RefreshRound3 {
-                confirmation: confirmation(2),
+                confirmation: confirmation(pid(2)),
             },
         ),
         (
@@ -668,14 +672,14 @@ fn responses() -> Samples<Response> {
             "",
             "our repair deltas",
             Response::RepairDeltas {
-                deltas: vec![sealed(2, 3)],
+                deltas: vec![sealed(pid(2), pid(3))],
             },
         ),
         (
             "",
             "our repair sigma",
             Response::RepairSigma {
-                sigma: sealed(2, 1),
+                sigma: sealed(pid(2), pid(1)),
             },
         ),
         (
@@ -866,24 +870,24 @@ fn dao_dkg_messages() -> Samples<DaoMessage> {
         (
             "",
             "refresh round 1 of one party",
-            DaoMessage::Round1(round1(1)),
+            DaoMessage::Round1(round1(pid(1))),
         ),
         (
             "",
             "refresh round 2: one sealed package",
-            DaoMessage::Round2(sealed(1, 6)),
+            DaoMessage::Round2(sealed(pid(1), pid(6))),
         ),
         (
             "",
             "refresh confirmation",
-            DaoMessage::Confirm(confirmation(1)),
+            DaoMessage::Confirm(confirmation(pid(1))),
         ),
         (
             "",
             "DKG round 1, attempt 0",
             DaoMessage::DkgRound1 {
                 attempt: 0,
-                message: round1(1),
+                message: round1(pid(1)),
             },
         ),
         (
@@ -891,14 +895,14 @@ fn dao_dkg_messages() -> Samples<DaoMessage> {
             "DKG round 2, attempt 1",
             DaoMessage::DkgRound2 {
                 attempt: 1,
-                package: sealed(1, 6),
+                package: sealed(pid(1), pid(6)),
             },
         ),
         (
             "",
             "DKG confirmation, attempt 0 (left out)",
             DaoMessage::DkgConfirm {
-                confirmation: confirmation(1),
+                confirmation: confirmation(pid(1)),
                 invitation: bytes(0x7e, 32),
                 attempt: 0,
             },
@@ -907,7 +911,7 @@ fn dao_dkg_messages() -> Samples<DaoMessage> {
             ".attempt",
             "DKG confirmation, attempt 2",
             DaoMessage::DkgConfirm {
-                confirmation: confirmation(1),
+                confirmation: confirmation(pid(1)),
                 invitation: bytes(0x7e, 32),
                 attempt: 2,
             },
@@ -917,7 +921,7 @@ fn dao_dkg_messages() -> Samples<DaoMessage> {
             "a member stored its share",
             DaoMessage::DkgStored {
                 attempt: 0,
-                party: 1,
+                party: pid(1),
                 public_key_package: bytes(0x51, 32),
             },
         ),
@@ -926,7 +930,7 @@ fn dao_dkg_messages() -> Samples<DaoMessage> {
             "a member lost its DKG state",
             DaoMessage::DkgRetry {
                 attempt: 0,
-                party: 2,
+                party: pid(2),
             },
         ),
         (
@@ -972,7 +976,7 @@ fn dao_sign_messages() -> Samples<DaoMessage> {
             "a member's rejection without a reason (left out)",
             DaoMessage::Reject(Rejection {
                 request: request.clone(),
-                party: 3,
+                party: pid(3),
                 reason: None,
             }),
         ),
@@ -981,7 +985,7 @@ fn dao_sign_messages() -> Samples<DaoMessage> {
             "a member's rejection with its reason",
             DaoMessage::Reject(Rejection {
                 request: request.clone(),
-                party: 3,
+                party: pid(3),
                 reason: Some("too large".into()),
             }),
         ),
@@ -997,7 +1001,7 @@ fn dao_sign_messages() -> Samples<DaoMessage> {
             "the signers of round 0 (left out)",
             DaoMessage::SignerSet {
                 request: request.clone(),
-                parties: vec![1, 2, 4, 5],
+                parties: vec![pid(1), pid(2), pid(4), pid(5)],
                 round: 0,
             },
         ),
@@ -1006,7 +1010,7 @@ fn dao_sign_messages() -> Samples<DaoMessage> {
             "the signers of round 3",
             DaoMessage::SignerSet {
                 request: request.clone(),
-                parties: vec![1, 2, 4, 5],
+                parties: vec![pid(1), pid(2), pid(4), pid(5)],
                 round: 3,
             },
         ),
@@ -1015,7 +1019,7 @@ fn dao_sign_messages() -> Samples<DaoMessage> {
             "a member's commitments",
             DaoMessage::Commitments {
                 request: request.clone(),
-                party: 1,
+                party: pid(1),
                 commitments: vec![bytes(0xb1, 8)],
                 round: 0,
             },
@@ -1034,7 +1038,7 @@ fn dao_sign_messages() -> Samples<DaoMessage> {
             "a member's signature shares",
             DaoMessage::Shares {
                 request: request.clone(),
-                party: 1,
+                party: pid(1),
                 shares: vec![bytes(0xb2, 8)],
                 round: 1,
             },
@@ -1059,7 +1063,7 @@ fn dao_sign_messages() -> Samples<DaoMessage> {
             DaoMessage::PolicyQuorum {
                 request: request.clone(),
                 approvals: 2,
-                approvers: vec![1, 2, 3],
+                approvers: vec![pid(1), pid(2), pid(3)],
             },
         ),
         (
@@ -1079,7 +1083,7 @@ fn dao_sign_messages() -> Samples<DaoMessage> {
             "",
             "a holder's new shares are stored",
             DaoMessage::Committed {
-                parties: vec![4, 5],
+                parties: vec![pid(4), pid(5)],
                 epoch: Epoch(5),
             },
         ),

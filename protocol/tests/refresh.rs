@@ -15,12 +15,13 @@ use std::collections::BTreeMap;
 
 use common::{
     MESSAGE, PARTIES, Shares, altered, assert_hides_share, assert_redacted, culprit, disagreement,
-    dkg_params, finish, for_both_suites, inbox, params_error, refresh_params, refresh_round1,
+    dkg_params, finish, for_both_suites, inbox, params_error, pid, refresh_params, refresh_round1,
     refresh_round3, rng, round2, run_refresh, sign_shares, to_shares, verify,
 };
 use cosigner_protocol::ProtocolError;
 use cosigner_protocol::dkg;
 use cosigner_protocol::id::Epoch;
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::refresh::{self, RefreshRound2, RefreshRound3};
 use cosigner_protocol::sign;
 use cosigner_protocol::wire::{Confirmation, RefreshParams, Round1Message, SealedPackage};
@@ -38,13 +39,13 @@ fn run_dkg<C: Ciphersuite>() -> Shares<C> {
 fn refresh_keeps_the_key_and_retires_old_shares<C: Ciphersuite>() {
     let old = run_dkg::<C>();
     let outputs = run_refresh::<C>(&old, 0);
-    let group_key = old[&1].public_key_package.verifying_key();
+    let group_key = old[&pid(1)].public_key_package.verifying_key();
 
-    let transcript = outputs[&1].transcript_hash;
+    let transcript = outputs[&pid(1)].transcript_hash;
     for (me, out) in &outputs {
         assert_eq!(out.public_key_package.verifying_key(), group_key);
         assert_eq!(out.key_package.verifying_key(), group_key);
-        assert_eq!(out.public_key_package, outputs[&1].public_key_package);
+        assert_eq!(out.public_key_package, outputs[&pid(1)].public_key_package);
         assert_eq!(out.transcript_hash, transcript);
         assert_eq!(
             out.key_package.identifier(),
@@ -65,27 +66,33 @@ fn refresh_keeps_the_key_and_retires_old_shares<C: Ciphersuite>() {
         );
     }
     assert_ne!(
-        outputs[&1].public_key_package, old[&1].public_key_package,
+        outputs[&pid(1)].public_key_package,
+        old[&pid(1)].public_key_package,
         "the verifying shares must change"
     );
 
     // Every pair of new shares signs under the unchanged group key.
     let new = to_shares(&outputs);
     for pair in [[1, 2], [1, 3], [2, 3]] {
-        let keys = pair.map(|p| (p, &new[&p].key_package));
+        let keys = pair.map(|p| (pid(p), &new[&pid(p)].key_package));
         let (package, shares) = sign_shares::<C>(&keys, MESSAGE);
-        let signature = sign::aggregate(&package, &shares, &new[&1].public_key_package).unwrap();
-        assert!(verify(&old[&1].public_key_package, MESSAGE, &signature));
+        let signature =
+            sign::aggregate(&package, &shares, &new[&pid(1)].public_key_package).unwrap();
+        assert!(verify(
+            &old[&pid(1)].public_key_package,
+            MESSAGE,
+            &signature
+        ));
     }
 
     // Until finalized, the old epoch still signs on its own.
-    let keys = [1, 2].map(|p| (p, &old[&p].key_package));
+    let keys = [pid(1), pid(2)].map(|p| (p, &old[&p].key_package));
     let (package, shares) = sign_shares::<C>(&keys, MESSAGE);
-    sign::aggregate(&package, &shares, &old[&1].public_key_package).unwrap();
+    sign::aggregate(&package, &shares, &old[&pid(1)].public_key_package).unwrap();
 
     // An old-epoch share combined with a new-epoch one yields no valid signature, whichever
     // public key package checks it, and even the raw sum of the shares does not verify.
-    for (old_party, new_party) in [(1, 2), (2, 1), (3, 1)] {
+    for (old_party, new_party) in [(1, 2), (2, 1), (3, 1)].map(|(a, b)| (pid(a), pid(b))) {
         let keys = [
             (old_party, &old[&old_party].key_package),
             (new_party, &new[&new_party].key_package),
@@ -94,13 +101,13 @@ fn refresh_keeps_the_key_and_retires_old_shares<C: Ciphersuite>() {
         let (party, _) = culprit(sign::aggregate(
             &package,
             &shares,
-            &new[&1].public_key_package,
+            &new[&pid(1)].public_key_package,
         ));
         assert_eq!(party, old_party, "the new package names the old share");
         let (party, _) = culprit(sign::aggregate(
             &package,
             &shares,
-            &old[&1].public_key_package,
+            &old[&pid(1)].public_key_package,
         ));
         assert_eq!(party, new_party, "the old package names the new share");
 
@@ -109,13 +116,16 @@ fn refresh_keeps_the_key_and_retires_old_shares<C: Ciphersuite>() {
             .iter()
             .map(|(p, s)| {
                 (
-                    frost_core::Identifier::<C>::try_from(*p).unwrap(),
+                    p.identifier::<C>().unwrap(),
                     frost_core::round2::SignatureShare::<C>::deserialize(s).unwrap(),
                 )
             })
             .collect();
         // Without per-share checks (a coordinator that skips them): the sum does not verify.
-        for pkp in [&old[&1].public_key_package, &new[&1].public_key_package] {
+        for pkp in [
+            &old[&pid(1)].public_key_package,
+            &new[&pid(1)].public_key_package,
+        ] {
             let result = frost_core::aggregate_custom(
                 &signing_package,
                 &decoded,
@@ -135,7 +145,7 @@ fn refresh_twice_and_parties_in_any_order<C: Ciphersuite>() {
     let first = to_shares(&run_refresh::<C>(&old, 0));
     // The second refresh lists the parties in another order; the state keeps them sorted.
     let mut params = refresh_params::<C>(1);
-    params.parties = vec![3, 1, 2];
+    params.parties = vec![pid(3), pid(1), pid(2)];
     let (s1, r1) = refresh_round1::<C>(&params);
     for s in s1.values() {
         assert_eq!(s.params().parties, PARTIES.to_vec());
@@ -151,14 +161,19 @@ fn refresh_twice_and_parties_in_any_order<C: Ciphersuite>() {
         );
         assert_eq!(
             s.public_key_package().verifying_key(),
-            old[&1].public_key_package.verifying_key()
+            old[&pid(1)].public_key_package.verifying_key()
         );
     }
     let second = to_shares(&finish(s3, &confirmations));
-    let keys = [2, 3].map(|p| (p, &second[&p].key_package));
+    let keys = [pid(2), pid(3)].map(|p| (p, &second[&p].key_package));
     let (package, shares) = sign_shares::<C>(&keys, MESSAGE);
-    let signature = sign::aggregate(&package, &shares, &second[&2].public_key_package).unwrap();
-    assert!(verify(&old[&1].public_key_package, MESSAGE, &signature));
+    let signature =
+        sign::aggregate(&package, &shares, &second[&pid(2)].public_key_package).unwrap();
+    assert!(verify(
+        &old[&pid(1)].public_key_package,
+        MESSAGE,
+        &signature
+    ));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -173,9 +188,9 @@ fn refused_before_any_new_share<C: Ciphersuite>(
 ) {
     let reason = params_error(refresh::check_old_shares(
         params,
-        1,
-        &old[&1].key_package,
-        &old[&1].public_key_package,
+        pid(1),
+        &old[&pid(1)].key_package,
+        &old[&pid(1)].public_key_package,
     ));
     assert!(reason.contains(expected), "{reason}");
     let (s1, r1) = refresh_round1::<C>(params);
@@ -193,18 +208,18 @@ fn refused_before_any_new_share<C: Ciphersuite>(
 fn refresh_of_a_subset_is_refused<C: Ciphersuite>() {
     let old = run_dkg::<C>();
     let mut params = refresh_params::<C>(0);
-    params.parties = vec![1, 2];
+    params.parties = vec![pid(1), pid(2)];
 
     refused_before_any_new_share(&old, &params, "refresh must include every party: missing 3");
 
     // A party the wallet does not have is refused too.
     let mut stranger = refresh_params::<C>(0);
-    stranger.parties = vec![1, 2, 3, 4];
+    stranger.parties = vec![pid(1), pid(2), pid(3), pid(4)];
     let reason = params_error(refresh::check_old_shares(
         &stranger,
-        1,
-        &old[&1].key_package,
-        &old[&1].public_key_package,
+        pid(1),
+        &old[&pid(1)].key_package,
+        &old[&pid(1)].public_key_package,
     ));
     assert!(reason.contains("party 4 is not a member"), "{reason}");
 }
@@ -221,10 +236,10 @@ fn changed_threshold_is_refused<C: Ciphersuite>() {
     let (mut s1, mut r1) = refresh_round1::<C>(&params);
     let mut odd = params.clone();
     odd.min_signers = 3;
-    let (_, m3) = refresh::start::<C>(&odd, 3, &mut rng()).unwrap();
-    r1.retain(|m| m.from != 3);
+    let (_, m3) = refresh::start::<C>(&odd, pid(3), &mut rng()).unwrap();
+    r1.retain(|m| m.from != pid(3));
     r1.push(m3);
-    let s = s1.remove(&1).unwrap();
+    let s = s1.remove(&pid(1)).unwrap();
     assert_eq!(culprit(s.handle_round1(&r1, &mut rng())).0, 3);
 
     // Bad parameters are refused at the start.
@@ -235,13 +250,13 @@ fn changed_threshold_is_refused<C: Ciphersuite>() {
     ] {
         let mut p = refresh_params::<C>(0);
         p.min_signers = min_signers;
-        p.parties = parties;
-        params_error(refresh::start::<C>(&p, me, &mut rng()));
+        p.parties = parties.into_iter().map(pid).collect();
+        params_error(refresh::start::<C>(&p, pid(me), &mut rng()));
     }
     let mut other_suite = refresh_params::<C>(0);
     other_suite.ciphersuite = "FROST-ED25519-SHA512-v1".into();
     assert!(matches!(
-        refresh::start::<C>(&other_suite, 1, &mut rng()),
+        refresh::start::<C>(&other_suite, pid(1), &mut rng()),
         Err(ProtocolError::Ciphersuite { .. })
     ));
 }
@@ -253,22 +268,22 @@ fn wrong_old_share_is_refused<C: Ciphersuite>() {
     // Another party's key package.
     params_error(refresh::check_old_shares(
         &params,
-        1,
-        &old[&2].key_package,
-        &old[&1].public_key_package,
+        pid(1),
+        &old[&pid(2)].key_package,
+        &old[&pid(1)].public_key_package,
     ));
     // A key package of another wallet.
     params_error(refresh::check_old_shares(
         &params,
-        1,
-        &other_wallet[&1].key_package,
-        &old[&1].public_key_package,
+        pid(1),
+        &other_wallet[&pid(1)].key_package,
+        &old[&pid(1)].public_key_package,
     ));
     refresh::check_old_shares(
         &params,
-        1,
-        &old[&1].key_package,
-        &old[&1].public_key_package,
+        pid(1),
+        &old[&pid(1)].key_package,
+        &old[&pid(1)].public_key_package,
     )
     .unwrap();
 }
@@ -276,10 +291,10 @@ fn wrong_old_share_is_refused<C: Ciphersuite>() {
 fn dkg_round1_message_is_refused<C: Ciphersuite>() {
     let params = refresh_params::<C>(0);
     let (mut s1, mut r1) = refresh_round1::<C>(&params);
-    let (_, dkg_message) = dkg::start::<C>(&dkg_params::<C>(), 2, &mut rng()).unwrap();
-    r1.retain(|m| m.from != 2);
+    let (_, dkg_message) = dkg::start::<C>(&dkg_params::<C>(), pid(2), &mut rng()).unwrap();
+    r1.retain(|m| m.from != pid(2));
     r1.push(dkg_message);
-    let s = s1.remove(&1).unwrap();
+    let s = s1.remove(&pid(1)).unwrap();
     let (party, reason) = culprit(s.handle_round1(&r1, &mut rng()));
     assert_eq!(party, 2);
     assert!(reason.contains("DKG"), "{reason}");
@@ -287,12 +302,16 @@ fn dkg_round1_message_is_refused<C: Ciphersuite>() {
 
 /// Party 1 opens its round-2 inbox as the relay delivers it, with its old share.
 fn open_as_1<C: Ciphersuite>(
-    mut s2: BTreeMap<u16, RefreshRound2<C>>,
+    mut s2: BTreeMap<PartyId, RefreshRound2<C>>,
     inbox1: &[SealedPackage],
     old: &Shares<C>,
 ) -> cosigner_protocol::Result<(RefreshRound3<C>, Confirmation)> {
-    let s = s2.remove(&1).unwrap();
-    s.handle_round2(inbox1, &old[&1].key_package, &old[&1].public_key_package)
+    let s = s2.remove(&pid(1)).unwrap();
+    s.handle_round2(
+        inbox1,
+        &old[&pid(1)].key_package,
+        &old[&pid(1)].public_key_package,
+    )
 }
 
 fn packages_of_another_epoch_or_protocol_are_refused<C: Ciphersuite>() {
@@ -313,17 +332,17 @@ fn packages_of_another_epoch_or_protocol_are_refused<C: Ciphersuite>() {
         let (s1, r1) = refresh_round1::<C>(&params);
         let key_of_1 = r1
             .iter()
-            .find(|m| m.from == 1)
+            .find(|m| m.from == pid(1))
             .unwrap()
             .hpke_public_key
             .clone();
         let (s2, sealed) = round2(s1, &r1);
-        let transcript = *s2[&1].transcript_hash();
+        let transcript = *s2[&pid(1)].transcript_hash();
         let forged = match how {
             "other epoch" => refresh::seal_package(
                 &next_epoch,
-                2,
-                1,
+                pid(2),
+                pid(1),
                 &transcript,
                 &key_of_1,
                 &package,
@@ -331,18 +350,26 @@ fn packages_of_another_epoch_or_protocol_are_refused<C: Ciphersuite>() {
             ),
             "dkg" => dkg::seal_package(
                 &dkg_params::<C>(),
-                2,
-                1,
+                pid(2),
+                pid(1),
                 &transcript,
                 &key_of_1,
                 &package,
                 &mut rng(),
             ),
-            _ => refresh::seal_package(&params, 2, 1, &transcript, &key_of_1, &package, &mut rng()),
+            _ => refresh::seal_package(
+                &params,
+                pid(2),
+                pid(1),
+                &transcript,
+                &key_of_1,
+                &package,
+                &mut rng(),
+            ),
         }
         .unwrap();
-        let mut inbox1 = inbox(&sealed, 1);
-        inbox1.retain(|p| p.from != 2);
+        let mut inbox1 = inbox(&sealed, pid(1));
+        inbox1.retain(|p| p.from != pid(2));
         inbox1.push(forged);
         let (party, reason) = culprit(open_as_1(s2, &inbox1, &old));
         assert_eq!(party, 2, "{how}");
@@ -354,12 +381,12 @@ fn packages_of_another_epoch_or_protocol_are_refused<C: Ciphersuite>() {
     let (s2, sealed) = round2(s1, &r1);
     let (o1, or1) = refresh_round1::<C>(&next_epoch);
     let (_, other_sealed) = round2(o1, &or1);
-    let mut inbox1 = inbox(&sealed, 1);
-    inbox1.retain(|p| p.from != 3);
+    let mut inbox1 = inbox(&sealed, pid(1));
+    inbox1.retain(|p| p.from != pid(3));
     inbox1.extend(
         other_sealed
             .into_iter()
-            .filter(|p| p.from == 3 && p.to == 1),
+            .filter(|p| p.from == pid(3) && p.to == pid(1)),
     );
     assert_eq!(culprit(open_as_1(s2, &inbox1, &old)).0, 3);
 }
@@ -367,10 +394,10 @@ fn packages_of_another_epoch_or_protocol_are_refused<C: Ciphersuite>() {
 fn corrupted_package_names_its_sender<C: Ciphersuite>() {
     let old = run_dkg::<C>();
     let params = refresh_params::<C>(0);
-    for (from, byte) in [(2u16, 0usize), (3, 17)] {
+    for (from, byte) in [(pid(2), 0usize), (pid(3), 17)] {
         let (s1, r1) = refresh_round1::<C>(&params);
         let (s2, sealed) = round2(s1, &r1);
-        let mut inbox1 = inbox(&sealed, 1);
+        let mut inbox1 = inbox(&sealed, pid(1));
         for p in &mut inbox1 {
             if p.from == from {
                 let mut ct = p.ciphertext.to_vec();
@@ -386,14 +413,14 @@ fn corrupted_package_names_its_sender<C: Ciphersuite>() {
     // A package redirected to another recipient does not open for it either.
     let (s1, r1) = refresh_round1::<C>(&params);
     let (s2, sealed) = round2(s1, &r1);
-    let mut inbox1 = inbox(&sealed, 1);
-    inbox1.retain(|p| p.from != 2);
+    let mut inbox1 = inbox(&sealed, pid(1));
+    inbox1.retain(|p| p.from != pid(2));
     let mut redirected = sealed
         .iter()
-        .find(|p| p.from == 2 && p.to == 3)
+        .find(|p| p.from == pid(2) && p.to == pid(3))
         .unwrap()
         .clone();
-    redirected.to = 1;
+    redirected.to = pid(1);
     inbox1.push(redirected);
     assert_eq!(culprit(open_as_1(s2, &inbox1, &old)).0, 2);
 }
@@ -405,25 +432,25 @@ fn disagreeing_confirmations_yield_no_share<C: Ciphersuite>() {
     let (s2, sealed) = round2(s1, &r1);
     let (mut s3, confirmations) = refresh_round3(s2, &sealed, &old);
 
-    let other_key = altered(&confirmations, 3, |c| {
+    let other_key = altered(&confirmations, pid(3), |c| {
         c.public_key_package_hash = ByteBuf::from(vec![0; 32])
     });
-    let s = s3.remove(&1).unwrap();
+    let s = s3.remove(&pid(1)).unwrap();
     let reason = disagreement(s.handle_confirmations(&other_key));
     assert!(reason.contains("[3]"), "{reason}");
 
-    let other_transcript = altered(&confirmations, 2, |c| {
+    let other_transcript = altered(&confirmations, pid(2), |c| {
         c.transcript_hash = ByteBuf::from(vec![0; 32])
     });
-    let s = s3.remove(&3).unwrap();
+    let s = s3.remove(&pid(3)).unwrap();
     let reason = disagreement(s.handle_confirmations(&other_transcript));
     assert!(reason.contains("[2]"), "{reason}");
 
     // Our own confirmation altered by the relay.
-    let ours_altered = altered(&confirmations, 2, |c| {
+    let ours_altered = altered(&confirmations, pid(2), |c| {
         c.public_key_package_hash = ByteBuf::from(vec![1; 32])
     });
-    let s = s3.remove(&2).unwrap();
+    let s = s3.remove(&pid(2)).unwrap();
     disagreement(s.handle_confirmations(&ours_altered));
 
     // A DKG confirmation of the same wallet is not a refresh confirmation.
@@ -431,17 +458,17 @@ fn disagreeing_confirmations_yield_no_share<C: Ciphersuite>() {
     let (s2, sealed) = round2(s1, &r1);
     let (mut s3, mut confirmations) = refresh_round3(s2, &sealed, &old);
     let dkg_confirmation = Confirmation {
-        from: 3,
+        from: pid(3),
         transcript_hash: ByteBuf::from(vec![7; 32]),
         public_key_package_hash: ByteBuf::from(
-            dkg::public_key_package_hash(&old[&3].public_key_package)
+            dkg::public_key_package_hash(&old[&pid(3)].public_key_package)
                 .unwrap()
                 .to_vec(),
         ),
     };
-    confirmations.retain(|c| c.from != 3);
+    confirmations.retain(|c| c.from != pid(3));
     confirmations.push(dkg_confirmation);
-    let s = s3.remove(&1).unwrap();
+    let s = s3.remove(&pid(1)).unwrap();
     disagreement(s.handle_confirmations(&confirmations));
 }
 
@@ -452,19 +479,21 @@ fn relay_inconsistencies_are_caught<C: Ciphersuite>() {
     // Our own round-1 message altered.
     let (mut s1, mut r1) = refresh_round1::<C>(&params);
     for m in &mut r1 {
-        if m.from == 1 {
+        if m.from == pid(1) {
             let mut key = m.hpke_public_key.to_vec();
             key[0] ^= 1;
             m.hpke_public_key = ByteBuf::from(key);
         }
     }
-    disagreement(s1.remove(&1).unwrap().handle_round1(&r1, &mut rng()));
+    disagreement(s1.remove(&pid(1)).unwrap().handle_round1(&r1, &mut rng()));
 
     // A missing round-1 message.
     let (mut s1, r1) = refresh_round1::<C>(&params);
-    let short: Vec<Round1Message> = r1.iter().filter(|m| m.from != 3).cloned().collect();
+    let short: Vec<Round1Message> = r1.iter().filter(|m| m.from != pid(3)).cloned().collect();
     assert!(matches!(
-        s1.remove(&1).unwrap().handle_round1(&short, &mut rng()),
+        s1.remove(&pid(1))
+            .unwrap()
+            .handle_round1(&short, &mut rng()),
         Err(ProtocolError::UnexpectedMessage { .. })
     ));
 
@@ -472,8 +501,8 @@ fn relay_inconsistencies_are_caught<C: Ciphersuite>() {
     // do not open, so the split shows in round 2.
     let (s1, r1) = refresh_round1::<C>(&params);
     let mut split = r1.clone();
-    let (_, other_2) = refresh::start::<C>(&params, 2, &mut rng()).unwrap();
-    split.retain(|m| m.from != 2);
+    let (_, other_2) = refresh::start::<C>(&params, pid(2), &mut rng()).unwrap();
+    split.retain(|m| m.from != pid(2));
     split.push(other_2);
     let mut s2 = BTreeMap::new();
     let mut sealed = Vec::new();
@@ -483,11 +512,11 @@ fn relay_inconsistencies_are_caught<C: Ciphersuite>() {
         s2.insert(me, s);
         sealed.extend(p);
     }
-    let s = s2.remove(&3).unwrap();
+    let s = s2.remove(&pid(3)).unwrap();
     let (party, _) = culprit(s.handle_round2(
-        &inbox(&sealed, 3),
-        &old[&3].key_package,
-        &old[&3].public_key_package,
+        &inbox(&sealed, pid(3)),
+        &old[&pid(3)].key_package,
+        &old[&pid(3)].public_key_package,
     ));
     assert!(party == 1 || party == 2);
 }

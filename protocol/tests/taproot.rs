@@ -14,8 +14,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Tr, run_dkg_with, sign_with};
+use common::{Tr, pid, run_dkg_with, sign_with};
 use cosigner_protocol::dkg::{self, DkgOutput};
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::sign::{self, SignerSession};
 use cosigner_protocol::wire::{self, DkgParams, WalletId};
 use frost_secp256k1_tr::{Field, Group, Secp256K1Group, Secp256K1ScalarField};
@@ -137,18 +138,18 @@ fn params() -> DkgParams {
         wallet_id: WalletId([1; 16]),
         ciphersuite: wire::SUITE_SECP256K1_TR.into(),
         min_signers: 2,
-        parties: vec![1, 2, 3],
+        parties: vec![pid(1), pid(2), pid(3)],
     }
 }
 
-fn run_dkg() -> BTreeMap<u16, DkgOutput<Tr>> {
+fn run_dkg() -> BTreeMap<PartyId, DkgOutput<Tr>> {
     run_dkg_with::<Tr>(&params())
 }
 
 #[test]
 fn threshold_signatures_are_bip340_under_the_dkg_output_key() {
     let keys = run_dkg();
-    let group_key = keys[&1]
+    let group_key = keys[&pid(1)]
         .public_key_package
         .verifying_key()
         .serialize()
@@ -160,7 +161,7 @@ fn threshold_signatures_are_bip340_under_the_dkg_output_key() {
     let sighash = Sha256::digest(b"a transaction")
         .into_iter()
         .collect::<Vec<u8>>();
-    for signers in [[1, 2], [1, 3], [2, 3]] {
+    for signers in [[1, 2], [1, 3], [2, 3]].map(|s| s.map(pid)) {
         let signature: [u8; 64] = sign_with(&keys, &signers, &sighash).try_into().unwrap();
         assert!(bip340_verify(&x_only, &sighash, &signature), "{signers:?}");
         let mut other = sighash.clone();
@@ -173,22 +174,34 @@ fn threshold_signatures_are_bip340_under_the_dkg_output_key() {
 fn serialized_sizes() {
     let mut rng = rand::thread_rng();
     let keys = run_dkg();
-    let out = &keys[&2];
+    let out = &keys[&pid(2)];
     let key_package = out.key_package.serialize().unwrap();
     let public_key_package = out.public_key_package.serialize().unwrap();
     let verifying_key = out.public_key_package.verifying_key().serialize().unwrap();
-    let (session, commitments) =
-        SignerSession::commit(&out.key_package, 2, &[7; 32], &[2, 3], &mut rng).unwrap();
-    let (_s3, c3) =
-        SignerSession::commit(&keys[&3].key_package, 3, &[7; 32], &[2, 3], &mut rng).unwrap();
+    let (session, commitments) = SignerSession::commit(
+        &out.key_package,
+        pid(2),
+        &[7; 32],
+        &[pid(2), pid(3)],
+        &mut rng,
+    )
+    .unwrap();
+    let (_s3, c3) = SignerSession::commit(
+        &keys[&pid(3)].key_package,
+        pid(3),
+        &[7; 32],
+        &[pid(2), pid(3)],
+        &mut rng,
+    )
+    .unwrap();
     let package = sign::signing_package::<Tr>(
         &[7; 32],
-        &BTreeMap::from([(2, commitments.clone()), (3, c3)]),
+        &BTreeMap::from([(pid(2), commitments.clone()), (pid(3), c3)]),
     )
     .unwrap();
     let share = session.sign(&out.key_package, &package).unwrap();
 
-    let (_, round1) = dkg::start::<Tr>(&params(), 1, &mut rng).unwrap();
+    let (_, round1) = dkg::start::<Tr>(&params(), pid(1), &mut rng).unwrap();
 
     println!("KeyPackage            {}", key_package.len());
     println!("PublicKeyPackage (2/3) {}", public_key_package.len());
@@ -212,6 +225,6 @@ fn serialized_sizes() {
     assert_eq!(round2_package.len(), 37);
     assert_eq!(verifying_key.len(), 33);
     assert_eq!(share.len(), 32);
-    assert_eq!(sign_with(&keys, &[1, 3], &[7; 32]).len(), 64);
+    assert_eq!(sign_with(&keys, &[pid(1), pid(3)], &[7; 32]).len(), 64);
     assert_eq!(round1.hpke_public_key.len(), 32);
 }

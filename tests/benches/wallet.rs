@@ -18,6 +18,7 @@
 //!   repair, refresh, revocation), sessions open.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+use cosigner_tests::pid;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -40,11 +41,11 @@ fn inprocess_sign() -> f64 {
         wallet_id: WalletId([1; 16]),
         ciphersuite: SUITE_SECP256K1_TR.into(),
         min_signers: 2,
-        parties: vec![1, 2, 3],
+        parties: vec![pid(1), pid(2), pid(3)],
     };
     let mut r1 = Vec::new();
     let mut msgs = Vec::new();
-    for me in [1u16, 2, 3] {
+    for me in [pid(1), pid(2), pid(3)] {
         let (s, m) = dkg::start::<Suite>(&params, me, &mut rng).unwrap();
         r1.push(s);
         msgs.push(m);
@@ -71,19 +72,30 @@ fn inprocess_sign() -> f64 {
         .collect();
     let message = [9u8; 32];
     time(300, || {
-        let (a, ca) =
-            SignerSession::<Suite>::commit(&outputs[0].key_package, 1, &message, &[1, 2], &mut rng)
-                .unwrap();
-        let (b, cb) =
-            SignerSession::<Suite>::commit(&outputs[1].key_package, 2, &message, &[1, 2], &mut rng)
-                .unwrap();
+        let (a, ca) = SignerSession::<Suite>::commit(
+            &outputs[0].key_package,
+            pid(1),
+            &message,
+            &[pid(1), pid(2)],
+            &mut rng,
+        )
+        .unwrap();
+        let (b, cb) = SignerSession::<Suite>::commit(
+            &outputs[1].key_package,
+            pid(2),
+            &message,
+            &[pid(1), pid(2)],
+            &mut rng,
+        )
+        .unwrap();
         let package =
-            signing_package::<Suite>(&message, &BTreeMap::from([(1, ca), (2, cb)])).unwrap();
+            signing_package::<Suite>(&message, &BTreeMap::from([(pid(1), ca), (pid(2), cb)]))
+                .unwrap();
         let sa = a.sign(&outputs[0].key_package, &package).unwrap();
         let sb = b.sign(&outputs[1].key_package, &package).unwrap();
         aggregate::<Suite>(
             &package,
-            &BTreeMap::from([(1, sa), (2, sb)]),
+            &BTreeMap::from([(pid(1), sa), (pid(2), sb)]),
             &outputs[0].public_key_package,
         )
         .unwrap();

@@ -680,3 +680,9 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Party `n`, where `n` is a literal known not to be 0.
+#[allow(clippy::unwrap_used)]
+pub fn pid(n: u16) -> cosigner_protocol::id::PartyId {
+    cosigner_protocol::id::PartyId::new(n).unwrap()
+}

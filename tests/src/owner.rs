@@ -14,6 +14,7 @@ use cosigner_client::trust::Trust;
 use cosigner_client::wallet::{CreateOptions, CreateStep, Created, RecoverStep};
 use cosigner_client::{ClientError, Result as ClientResult};
 use cosigner_protocol::id::Epoch;
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::wire::{KeyRole, Request, Response, WalletId};
 use serde_bytes::ByteBuf;
 
@@ -169,7 +170,7 @@ impl Owner {
 
     /// A `SignCommit` for this wallet at epoch 0: the 32-byte message `fill` repeated, signed by
     /// `signers`.
-    pub fn sign_commit(&self, fill: u8, signers: &[u16]) -> Request {
+    pub fn sign_commit(&self, fill: u8, signers: &[PartyId]) -> Request {
         Request::SignCommit {
             wallet_id: self.id,
             epoch: Epoch(0),

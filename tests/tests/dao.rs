@@ -9,6 +9,7 @@
     missing_docs
 )]
 
+use cosigner_tests::pid;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -383,7 +384,7 @@ fn an_approval_for_one_request_is_refused_in_another() {
         second.topic,
         DaoMessage::Approval(Approval {
             request: ByteBuf::from(first_hash.to_vec()),
-            party: 2,
+            party: pid(2),
             sighashes: ByteBuf::from(sighashes_digest(&first_hash, &sighashes).to_vec()),
         })
         .encode()

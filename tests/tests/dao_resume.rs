@@ -187,8 +187,11 @@ fn both_signed(requester: &Outcome, approver: &Outcome, spend: &Spend) -> String
 }
 
 /// The provider's commitment (its first party) in each signing package set, with its round.
-fn provider_commitments(watch: &mut Watch, provider_party: u16) -> Vec<(u32, Vec<u8>)> {
-    let id = frost_core::Identifier::<Tr>::try_from(provider_party).unwrap();
+fn provider_commitments(
+    watch: &mut Watch,
+    provider_party: cosigner_protocol::id::PartyId,
+) -> Vec<(u32, Vec<u8>)> {
+    let id = provider_party.identifier::<Tr>().unwrap();
     watch
         .messages()
         .into_iter()

@@ -9,6 +9,7 @@
 
 use cosigner_protocol::id::Epoch;
 use cosigner_tests::owner::{Cosigners, Owner};
+use cosigner_tests::pid;
 use cosigner_tests::wallets::{TestWallet, create, p, recover, show, sign, signs};
 use cosigner_tests::{Deployment, Outcome};
 use serde_json::Value;
@@ -188,7 +189,7 @@ fn a_replayed_signed_request_is_refused() {
     else {
         panic!()
     };
-    let inner = wire::encode(&owner.sign_commit(1, &[1, 2])).unwrap();
+    let inner = wire::encode(&owner.sign_commit(1, &[pid(1), pid(2)])).unwrap();
     let signature = sign_digest(&key, &request_digest(&id, &challenge, &inner)).unwrap();
     let request = Request::Authorized {
         wallet_id: id,
@@ -206,7 +207,7 @@ fn a_replayed_signed_request_is_refused() {
     other.call(&Request::Challenge { wallet_id: id }).unwrap();
     unauthorized(other.call(&request).unwrap_err());
     // The recovery credential can start a recovery and nothing else.
-    let inner = owner.sign_commit(1, &[1, 2]);
+    let inner = owner.sign_commit(1, &[pid(1), pid(2)]);
     unauthorized(
         owner
             .authorized(&mut other, KeyRole::Recovery, &inner)

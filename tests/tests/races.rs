@@ -9,6 +9,7 @@
     missing_docs
 )]
 
+use cosigner_tests::pid;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -245,9 +246,9 @@ fn dkg_start(s: &mut Session) -> Result<Response, cosigner_client::ClientError> 
             wallet_id: WalletId(id),
             ciphersuite: SUITE_SECP256K1_TR.to_owned(),
             min_signers: 2,
-            parties: vec![1, 2, 3],
+            parties: vec![pid(1), pid(2), pid(3)],
         },
-        me: 2,
+        me: pid(2),
         enrollment: None,
     })
 }
@@ -302,7 +303,7 @@ fn refused_authorizations_are_recorded_in_the_audit_log_boundedly() {
     let owner = Owner::of(&d, &w);
     let stranger = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
     let mut s = owner.cosigners.provider();
-    let request = owner.sign_commit(7, &[1, 2]);
+    let request = owner.sign_commit(7, &[pid(1), pid(2)]);
     for _ in 0..200 {
         let answer = cosigner_client::wallet::authorized(
             &mut s,
@@ -330,7 +331,7 @@ fn a_signing_session_opened_before_a_recovery_cannot_finish_after_it() {
     let w = create(&d, "alice");
     let owner = Owner::of(&d, &w);
     let mut s = owner.cosigners.provider();
-    let commit = owner.sign_commit(9, &[1, 2]);
+    let commit = owner.sign_commit(9, &[pid(1), pid(2)]);
     let Response::SignCommitted { session_id, .. } =
         owner.authorized(&mut s, KeyRole::Device, &commit).unwrap()
     else {
@@ -360,7 +361,7 @@ fn the_recovery_cosigner_refuses_to_sign_on_the_device_key_alone() {
     let w = create(&d, "alice");
     let owner = Owner::of(&d, &w);
     let mut s = owner.cosigners.recovery();
-    let commit = owner.sign_commit(9, &[1, 3]);
+    let commit = owner.sign_commit(9, &[pid(1), pid(3)]);
     let refused = owner.authorized(&mut s, KeyRole::Device, &commit);
     assert!(
         matches!(&refused, Err(ClientError::Remote(e)) if e.kind == ErrorKind::Unauthorized),
@@ -534,8 +535,9 @@ fn prepare_refresh(
             other => panic!("{other:?}"),
         }
     }
-    let to =
-        |party: u16| -> Vec<_> { packages.iter().filter(|p| p.to == party).cloned().collect() };
+    let to = |party: cosigner_protocol::id::PartyId| -> Vec<_> {
+        packages.iter().filter(|p| p.to == party).cloned().collect()
+    };
     let (_a3, c_a) = a2.handle_round2(&to(DEVICE), &kp, &pkp).unwrap();
     let mut confirmations = vec![c_a];
     for (s, me) in [(&mut *provider, PROVIDER), (&mut *recovery, RECOVERY)] {
@@ -612,7 +614,7 @@ fn one_wallet_cannot_fill_the_signing_session_table() {
     let mut s = owner.cosigners.provider();
     let (mut open, mut busy) = (0, 0);
     for _ in 0..100 {
-        let commit = owner.sign_commit(5, &[1, 2]);
+        let commit = owner.sign_commit(5, &[pid(1), pid(2)]);
         match owner.authorized(&mut s, KeyRole::Device, &commit) {
             Ok(Response::SignCommitted { .. }) => open += 1,
             Err(ClientError::Remote(e)) if e.kind == ErrorKind::Busy => busy += 1,

@@ -7,6 +7,7 @@
     missing_docs
 )]
 
+use cosigner_tests::pid;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -393,7 +394,7 @@ fn a_second_round_two_for_one_signing_session_is_refused() {
         wallet_id,
         epoch: Epoch(0),
         message: serde_bytes::ByteBuf::from(message.to_vec()),
-        signers: vec![1, 2],
+        signers: vec![pid(1), pid(2)],
     };
     let device_key = home.device_key().unwrap();
     let Response::SignCommitted {
@@ -416,16 +417,16 @@ fn a_second_round_two_for_one_signing_session_is_refused() {
             .unwrap();
     let (_ours, our_commitments) = cosigner_protocol::sign::SignerSession::commit(
         &kp,
-        1,
+        pid(1),
         &message,
-        &[1, 2],
+        &[pid(1), pid(2)],
         &mut rand_core::OsRng,
     )
     .unwrap();
     let package =
         cosigner_protocol::sign::signing_package::<frost_secp256k1_tr::Secp256K1Sha256TR>(
             &message,
-            &[(1, our_commitments), (2, commitments.into_vec())].into(),
+            &[(pid(1), our_commitments), (pid(2), commitments.into_vec())].into(),
         )
         .unwrap();
     let request = Request::SignShare {

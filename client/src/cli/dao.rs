@@ -15,6 +15,7 @@ use cosigner_client::trust::Trust;
 use cosigner_protocol::auth::public_key_bytes;
 use cosigner_protocol::dao::refresh::RefreshProposal;
 use cosigner_protocol::dao::{Evaluation, Invitation};
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::mailbox::{Envelope, Topic};
 use cosigner_protocol::psbt::SpendSummary;
 use cosigner_protocol::wire::WalletId;
@@ -261,7 +262,7 @@ fn requests(g: &Globals, args: RequestsArgs) -> anyhow::Result<()> {
     let (_, wallet) = dao_wallet(&home, &args.wallet)?;
     let (info, invitation) = dao::dao_info(&wallet)?;
     let layout = invitation.layout()?;
-    let name = |p: u16| layout.name_of(p).unwrap_or("?").to_owned();
+    let name = |p: PartyId| layout.name_of(p).unwrap_or("?").to_owned();
     let views: Vec<_> = dao::list_requests(&home, &wallet, &mailbox_addr(g, &info.mailbox))?
         .into_iter()
         .filter(|v| args.all || v.pending())
@@ -728,7 +729,7 @@ fn approved_out(approved: bool, txid: &str, tx: &[u8], json: bool) -> anyhow::Re
 fn proposal_wallet(
     home: &Home,
     wallet_id: &WalletId,
-    proposer: u16,
+    proposer: PartyId,
     envelope: &Envelope,
 ) -> anyhow::Result<(WalletFile, Invitation, String)> {
     let wallet = home.wallet(wallet_id)?;

@@ -69,7 +69,7 @@ impl Home {
                     "its public key package is unreadable: recover the wallet",
                 )
             })?;
-        let party = frost_core::Identifier::<Suite>::try_from(wallet.party).ok();
+        let party = wallet.party.identifier::<Suite>().ok();
         let consistent = party.as_ref() == Some(kp.identifier())
             && pkp.verifying_shares().get(kp.identifier()) == Some(kp.verifying_share())
             && pkp.verifying_key() == kp.verifying_key()

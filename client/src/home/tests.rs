@@ -36,9 +36,9 @@ fn wallet_file(id: &WalletId) -> WalletFile {
         group_public_key: "00".repeat(32),
         address: "bcrt1p".into(),
         network: "regtest".into(),
-        party: 1,
+        party: pid(1),
         min_signers: 2,
-        parties: vec![1, 2, 3],
+        parties: vec![pid(1), pid(2), pid(3)],
         epoch: Epoch(0),
         public_key_package: String::new(),
         dao: None,
@@ -191,4 +191,9 @@ fn keys_are_not_written_through_a_link_and_never_overwritten() {
     // The device key of a new home is 0600 too.
     Home::open(&dir.path().join("home")).unwrap();
     assert_eq!(mode(&dir.path().join("home/device.key")), 0o600);
+}
+
+/// Party `n`, where `n` is a literal known not to be 0.
+fn pid(n: u16) -> cosigner_protocol::id::PartyId {
+    cosigner_protocol::id::PartyId::new(n).unwrap()
 }

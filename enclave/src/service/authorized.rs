@@ -12,6 +12,7 @@
 //! from those types. The wire encoding of `Request` is unchanged.
 
 use cosigner_protocol::id::Epoch;
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::party;
 use cosigner_protocol::wire::{Confirmation, RefreshParams, RepairParams, Request, WalletId};
 use serde_bytes::ByteBuf;
@@ -94,7 +95,7 @@ pub(super) struct SignCommit {
     pub(super) wallet_id: WalletId,
     pub(super) epoch: Epoch,
     pub(super) message: ByteBuf,
-    pub(super) signers: Vec<u16>,
+    pub(super) signers: Vec<PartyId>,
 }
 
 /// `SignPsbtCommit`: a PSBT to sign, one FROST session per input.
@@ -102,7 +103,7 @@ pub(super) struct PsbtCommit {
     pub(super) wallet_id: WalletId,
     pub(super) epoch: Epoch,
     pub(super) psbt: ByteBuf,
-    pub(super) signers: Vec<u16>,
+    pub(super) signers: Vec<PartyId>,
 }
 
 /// A signing request: raw or PSBT.
@@ -115,7 +116,7 @@ pub(super) enum Sign {
 pub(super) enum Refresh {
     Start {
         params: RefreshParams,
-        me: u16,
+        me: PartyId,
     },
     Commit {
         wallet_id: WalletId,
@@ -133,7 +134,7 @@ pub(super) enum DeviceRequest {
 
 /// What the new device's key may send while its recovery is pending.
 pub(super) enum PendingDeviceRequest {
-    Repair { params: RepairParams, me: u16 },
+    Repair { params: RepairParams, me: PartyId },
     Refresh(Refresh),
 }
 

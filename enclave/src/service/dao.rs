@@ -38,6 +38,7 @@ use cosigner_protocol::dao::{
     DaoMessage, Evaluation, Invitation, Layout, PolicyChange, SignRequest,
 };
 use cosigner_protocol::id::Epoch;
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::mailbox::{Envelope, Topic};
 use cosigner_protocol::policy::{ASSET_BTC, Decision, Denial, Policy, Spend};
 use cosigner_protocol::wire::{ErrorKind, Response, WalletId};
@@ -78,12 +79,12 @@ struct SignJob {
     rule: String,
     policy_version: u64,
     output_key: [u8; 32],
-    provider_parties: Vec<u16>,
+    provider_parties: Vec<PartyId>,
     public_key_package: PublicKeyPackage<Suite>,
     /// The share epoch the request was evaluated under.
     epoch: Epoch,
     /// Member names by party, to say who rejected.
-    names: BTreeMap<u16, String>,
+    names: BTreeMap<PartyId, String>,
     coordinator: Coordinator<Suite>,
 }
 
@@ -116,7 +117,7 @@ fn evaluation_of(
     hash: [u8; 32],
     summary: &psbt::SpendSummary,
     decision: &Decision,
-    approvers: &BTreeMap<u16, Vec<u8>>,
+    approvers: &BTreeMap<PartyId, Vec<u8>>,
 ) -> Evaluation {
     Evaluation {
         request: ByteBuf::from(hash.to_vec()),
@@ -145,8 +146,8 @@ struct PolicyJob {
     hash: [u8; 32],
     digest: [u8; 32],
     needed: u16,
-    approvers: BTreeMap<u16, Vec<u8>>,
-    approvals: Vec<u16>,
+    approvers: BTreeMap<PartyId, Vec<u8>>,
+    approvals: Vec<PartyId>,
 }
 
 impl PolicyJob {
@@ -286,7 +287,7 @@ trait MemberFounding {
     fn hash(&self) -> cosigner_protocol::Result<[u8; 32]>;
     fn wallet_id(&self) -> WalletId;
     /// The member party that made it.
-    fn member(&self) -> u16;
+    fn member(&self) -> PartyId;
 }
 
 /// The member founding requests: type, name, audit action, the field naming the member who made
@@ -305,7 +306,7 @@ macro_rules! member_founding {
             fn wallet_id(&self) -> WalletId {
                 self.wallet_id
             }
-            fn member(&self) -> u16 {
+            fn member(&self) -> PartyId {
                 self.$member
             }
         }
@@ -328,7 +329,7 @@ struct Founded {
 }
 
 /// The device keys of the named approvers, by party.
-fn approver_keys(layout: &Layout, names: &[String]) -> Result<BTreeMap<u16, Vec<u8>>, Failure> {
+fn approver_keys(layout: &Layout, names: &[String]) -> Result<BTreeMap<PartyId, Vec<u8>>, Failure> {
     let by_name = layout.parties_by_name();
     let mut approvers = BTreeMap::new();
     for name in names {
@@ -871,7 +872,7 @@ impl Service {
         if job.coordinator.is_dead() {
             // Said at once (the caller posts the refusal), not at the request's expiry.
             let reason = job.rejected();
-            let who: Vec<u16> = job.coordinator.rejections().keys().copied().collect();
+            let who: Vec<PartyId> = job.coordinator.rejections().keys().copied().collect();
             self.log(
                 &job.wallet_id,
                 "dao-sign",

@@ -8,6 +8,7 @@ use std::time::Duration;
 use cosigner_protocol::auth::{normalise_public_key, registration_digest_with, verify_digest};
 use cosigner_protocol::enrollment::EnrollmentToken;
 use cosigner_protocol::id::Epoch;
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::keygen::exchange::{Exchange, Message, Step};
 use cosigner_protocol::party;
 use cosigner_protocol::wire::{
@@ -70,7 +71,7 @@ fn step_name(step: Step) -> &'static str {
 /// What a DKG in round 3 registers: checked before it is taken out of the table.
 struct Confirmed {
     params: DkgParams,
-    party: u16,
+    party: PartyId,
     device_key: Vec<u8>,
     recovery_key: Vec<u8>,
     policy: Option<String>,
@@ -83,7 +84,7 @@ impl Service {
         &self,
         owner: [u8; 16],
         params: DkgParams,
-        me: u16,
+        me: PartyId,
         enrollment: Option<&[u8]>,
     ) -> Outcome {
         // Checked first, before any work or state: a stranger without a token costs one
@@ -334,7 +335,7 @@ impl Service {
     /// cosigner keeps it, to require the provider's receipts on refresh commits.
     fn creation_provider_key(
         &self,
-        party: u16,
+        party: PartyId,
         registration: &Registration,
     ) -> Result<Option<ByteBuf>, Failure> {
         let Some(key) = &registration.provider_key else {

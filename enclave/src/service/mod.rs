@@ -44,6 +44,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cosigner_attestation::Attester;
 use cosigner_kms::Sealer;
 use cosigner_protocol::id::Epoch;
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::wire::{ErrorKind, Request, Response, WalletId, WalletInfo};
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use serde_bytes::ByteBuf;
@@ -254,7 +255,7 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn sorted(v: &[u16]) -> Vec<u16> {
+fn sorted(v: &[PartyId]) -> Vec<PartyId> {
     let mut v = v.to_vec();
     v.sort_unstable();
     v

@@ -24,6 +24,7 @@
 use std::time::Instant;
 
 use cosigner_protocol::id::Epoch;
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::policy::{ASSET_BTC, Member, PastSpend, Policy, Spend};
 use cosigner_protocol::psbt::{self as btc, Network};
 use cosigner_protocol::sign::SignerSession;
@@ -55,7 +56,7 @@ const MAX_HISTORY: usize = 4096;
 /// A PSBT signing session: one FROST session per input, bound to its sighash.
 pub(super) struct PsbtSession {
     wallet_id: WalletId,
-    party: u16,
+    party: PartyId,
     epoch: Epoch,
     owner: [u8; 16],
     actor: Actor,
@@ -249,7 +250,7 @@ fn judge_psbt(
     state: &WalletState,
     epoch: Epoch,
     psbt: &[u8],
-    signers: &[u16],
+    signers: &[PartyId],
     refuse: &dyn Fn(String) -> Failure,
 ) -> Result<Judged, Failure> {
     let wallet_id = state.params.wallet_id;
@@ -344,7 +345,7 @@ impl Service {
         actor: &Actor,
         epoch: Epoch,
         psbt: &[u8],
-        signers: &[u16],
+        signers: &[PartyId],
     ) -> Outcome {
         let wallet_id = state.params.wallet_id;
         let psbt_digest: [u8; 32] = Sha256::digest(psbt).into();

@@ -24,6 +24,7 @@
 use cosigner_kms::{SealContext, Sealer};
 use cosigner_protocol::dao::Invitation;
 use cosigner_protocol::id::Epoch;
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::policy::PastSpend;
 use cosigner_protocol::wire::{Confirmation, DkgParams, ErrorKind, WalletId};
 use serde::{Deserialize, Serialize};
@@ -50,7 +51,7 @@ pub struct WalletState {
     /// The DKG parameters (parties, threshold, suite).
     pub params: DkgParams,
     /// Our party number.
-    pub party: u16,
+    pub party: PartyId,
     /// The epoch in use.
     pub current_epoch: Epoch,
     /// Older epochs still kept (until every party confirmed the current one).
@@ -208,7 +209,7 @@ impl ShareSlot {
     }
 
     /// The share of the provider's `party` of a DAO wallet at `epoch`.
-    fn dao(id: &WalletId, party: u16, epoch: Epoch) -> Self {
+    fn dao(id: &WalletId, party: PartyId, epoch: Epoch) -> Self {
         Self {
             purpose: DAO_SHARE_PURPOSE,
             key: dao_share_key(id, party, epoch),
@@ -374,11 +375,16 @@ impl Records<'_> {
         ))
     }
 
-    fn share_ctx(purpose: &'static str, id: &WalletId, party: u16, epoch: Epoch) -> SealContext {
+    fn share_ctx(
+        purpose: &'static str,
+        id: &WalletId,
+        party: PartyId,
+        epoch: Epoch,
+    ) -> SealContext {
         SealContext {
             purpose,
             wallet_id: id.0,
-            party,
+            party: party.get(),
             epoch: epoch.get(),
         }
     }
@@ -387,7 +393,7 @@ impl Records<'_> {
     pub fn save_share(
         &self,
         id: &WalletId,
-        party: u16,
+        party: PartyId,
         share: &ShareRecord,
     ) -> Result<(), Failure> {
         self.seal_share(&ShareSlot::personal(id, share.epoch), id, party, share)
@@ -398,7 +404,7 @@ impl Records<'_> {
         &self,
         slot: &ShareSlot,
         id: &WalletId,
-        party: u16,
+        party: PartyId,
         share: &ShareRecord,
     ) -> Result<(), Failure> {
         let ctx = Self::share_ctx(slot.purpose, id, party, share.epoch);
@@ -410,7 +416,7 @@ impl Records<'_> {
     pub fn load_share(
         &self,
         id: &WalletId,
-        party: u16,
+        party: PartyId,
         epoch: Epoch,
     ) -> Result<ShareRecord, Failure> {
         self.open_share(&ShareSlot::personal(id, epoch), id, party, epoch)
@@ -421,7 +427,7 @@ impl Records<'_> {
         &self,
         slot: &ShareSlot,
         id: &WalletId,
-        party: u16,
+        party: PartyId,
         epoch: Epoch,
     ) -> Result<ShareRecord, Failure> {
         let blob = self
@@ -483,7 +489,7 @@ impl Records<'_> {
     pub fn save_prepared(
         &self,
         id: &WalletId,
-        party: u16,
+        party: PartyId,
         prepared: &PreparedRecord,
     ) -> Result<(), Failure> {
         let epoch = prepared.share.epoch;
@@ -523,7 +529,7 @@ impl Records<'_> {
     pub fn load_prepared(
         &self,
         id: &WalletId,
-        party: u16,
+        party: PartyId,
         epoch: Epoch,
         transcript_hash: &[u8],
     ) -> Result<Option<PreparedRecord>, Failure> {
@@ -581,7 +587,7 @@ pub struct DaoState {
     /// The smallest tier fixed at creation (the provider's weight depends on it).
     pub min_approvals: u16,
     /// The provider's parties.
-    pub provider_parties: Vec<u16>,
+    pub provider_parties: Vec<PartyId>,
     /// Share epoch.
     pub epoch: Epoch,
     /// The group's PublicKeyPackage (frost serialization).
@@ -600,7 +606,7 @@ fn dao_state_prefix(id: &WalletId) -> String {
     format!("dao/{}/state/", id.to_hex())
 }
 
-fn dao_share_key(id: &WalletId, party: u16, epoch: Epoch) -> String {
+fn dao_share_key(id: &WalletId, party: PartyId, epoch: Epoch) -> String {
     format!("dao/{}/share/p{party:05}/e{epoch:020}", id.to_hex())
 }
 
@@ -632,14 +638,19 @@ impl Records<'_> {
     pub fn save_dao_share(
         &self,
         id: &WalletId,
-        party: u16,
+        party: PartyId,
         share: &ShareRecord,
     ) -> Result<(), Failure> {
         self.seal_share(&ShareSlot::dao(id, party, share.epoch), id, party, share)
     }
 
     /// Deletes one epoch's share of one of the provider's parties of a DAO wallet.
-    pub fn delete_dao_share(&self, id: &WalletId, party: u16, epoch: Epoch) -> Result<(), Failure> {
+    pub fn delete_dao_share(
+        &self,
+        id: &WalletId,
+        party: PartyId,
+        epoch: Epoch,
+    ) -> Result<(), Failure> {
         self.store
             .delete(&dao_share_key(id, party, epoch))
             .map_err(internal)
@@ -649,7 +660,7 @@ impl Records<'_> {
     pub fn load_dao_share(
         &self,
         id: &WalletId,
-        party: u16,
+        party: PartyId,
         epoch: Epoch,
     ) -> Result<ShareRecord, Failure> {
         self.open_share(&ShareSlot::dao(id, party, epoch), id, party, epoch)
@@ -664,6 +675,11 @@ mod tests {
     use crate::store::MemoryStore;
     use cosigner_kms::SEAL_KEY_ID_LEN;
     use zeroize::Zeroizing;
+
+    /// Party `n`, where `n` is a literal known not to be 0.
+    fn pid(n: u16) -> cosigner_protocol::id::PartyId {
+        cosigner_protocol::id::PartyId::new(n).unwrap()
+    }
 
     /// Binds the context by prefixing it (no secrecy: these tests are about which blob loads).
     struct ContextSealer;
@@ -773,9 +789,9 @@ mod tests {
                 wallet_id: id,
                 ciphersuite: "FROST-secp256k1-SHA256-TR-v1".into(),
                 min_signers: 2,
-                parties: vec![1, 2, 3],
+                parties: vec![pid(1), pid(2), pid(3)],
             },
-            party: 2,
+            party: pid(2),
             current_epoch: epoch,
             retained_epochs: Vec::new(),
             prepared_epoch: None,
@@ -881,18 +897,20 @@ mod tests {
             key_package: ByteBuf::from(vec![1; 4]),
             public_key_package: ByteBuf::from(vec![2; 4]),
         };
-        records.save_dao_share(&id, 2, &share).unwrap();
+        records.save_dao_share(&id, pid(2), &share).unwrap();
         let blob = store
-            .get(&dao_share_key(&id, 2, Epoch(0)))
+            .get(&dao_share_key(&id, pid(2), Epoch(0)))
             .unwrap()
             .unwrap();
         store.put(&share_key(&id, Epoch(0)), &blob).unwrap();
-        let refused = records.load_share(&id, 2, Epoch(0)).err().unwrap();
+        let refused = records.load_share(&id, pid(2), Epoch(0)).err().unwrap();
         assert_eq!(refused.0.kind, ErrorKind::Integrity);
         // And the other way round.
-        records.save_share(&id, 2, &share).unwrap();
+        records.save_share(&id, pid(2), &share).unwrap();
         let blob = store.get(&share_key(&id, Epoch(0))).unwrap().unwrap();
-        store.put(&dao_share_key(&id, 2, Epoch(0)), &blob).unwrap();
-        assert!(records.load_dao_share(&id, 2, Epoch(0)).is_err());
+        store
+            .put(&dao_share_key(&id, pid(2), Epoch(0)), &blob)
+            .unwrap();
+        assert!(records.load_dao_share(&id, pid(2), Epoch(0)).is_err());
     }
 }

@@ -5,6 +5,7 @@
 
 use cosigner_protocol::auth::{commit_receipt_digest, verify_digest};
 use cosigner_protocol::id::Epoch;
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::keygen::exchange::{Exchange, Message, Step};
 use cosigner_protocol::party;
 use cosigner_protocol::refresh;
@@ -52,7 +53,7 @@ impl Service {
         state: WalletState,
         actor: &Actor,
         params: RefreshParams,
-        me: u16,
+        me: PartyId,
         digest: &[u8],
     ) -> Outcome {
         let wallet_id = state.params.wallet_id;

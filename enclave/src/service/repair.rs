@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::repair::{self, RepairHelper1, RepairHelper2};
 use cosigner_protocol::wire::{ErrorKind, RepairParams, Response, SealedPackage, WalletId};
 use frost_core::keys::PublicKeyPackage;
@@ -27,7 +28,7 @@ impl Service {
         state: WalletState,
         actor: &Actor,
         params: RepairParams,
-        me: u16,
+        me: PartyId,
         digest: &[u8],
     ) -> Outcome {
         let wallet_id = state.params.wallet_id;
@@ -64,7 +65,7 @@ impl Service {
         &self,
         owner: [u8; 16],
         wallet_id: WalletId,
-        helper_keys: &[(u16, ByteBuf)],
+        helper_keys: &[(PartyId, ByteBuf)],
     ) -> Outcome {
         self.repairs.step(&wallet_id, &owner, |stage, _| {
             let RepairStage::Started(helper) = stage else {
@@ -75,7 +76,7 @@ impl Service {
                 .records()
                 .load_share(&wallet_id, state.party, state.current_epoch)?;
             let kp = key_package(&share)?;
-            let keys: BTreeMap<u16, Vec<u8>> =
+            let keys: BTreeMap<PartyId, Vec<u8>> =
                 helper_keys.iter().map(|(p, k)| (*p, k.to_vec())).collect();
             if keys.len() != helper_keys.len() {
                 return Err(Failure::bad("a helper appears twice"));

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use cosigner_protocol::id::Epoch;
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::sign::SignerSession;
 use cosigner_protocol::wire::{Response, SessionId, WalletId};
 use serde_bytes::ByteBuf;
@@ -17,7 +18,7 @@ use super::{Service, Suite, key_package, now_ms, random};
 /// An open signing session.
 pub(super) struct PendingSign {
     wallet_id: WalletId,
-    party: u16,
+    party: PartyId,
     epoch: Epoch,
     /// The key that authorized the commitment: re-checked when the share is released.
     actor: Actor,
@@ -55,7 +56,7 @@ impl Service {
         mut generation: Option<u64>,
         epoch: Epoch,
         message: &[u8],
-        signers: &[u16],
+        signers: &[PartyId],
     ) -> Outcome {
         let wallet_id = state.params.wallet_id;
         self.check_sign_request(&state, &actor, epoch, message, signers)?;
@@ -100,7 +101,7 @@ impl Service {
         actor: &Actor,
         epoch: Epoch,
         message: &[u8],
-        signers: &[u16],
+        signers: &[PartyId],
     ) -> Result<(), Failure> {
         let wallet_id = state.params.wallet_id;
         let refuse = |why: &str| {

@@ -33,13 +33,14 @@ use serde_bytes::ByteBuf;
 use super::{DaoMessage, Layout};
 use crate::dkg::DkgOutput;
 use crate::error::{ProtocolError, Result};
+use crate::id::PartyId;
 use crate::keygen::exchange::{Exchange, Message, Step, Waiting};
 use crate::wire::DkgParams;
 
 pub(crate) use crate::keygen::exchange::insert_once;
 
 /// The confirmed shares of one key holder, by party.
-pub type Outputs<C> = Vec<(u16, DkgOutput<C>)>;
+pub type Outputs<C> = Vec<(PartyId, DkgOutput<C>)>;
 
 /// Most attempts of one invitation's DKG (attempts `0..MAX_ATTEMPTS`).
 pub const MAX_ATTEMPTS: u32 = 8;
@@ -51,7 +52,7 @@ pub struct DaoDkg<C: Ciphersuite> {
     exchange: Exchange<C, DkgParams>,
     /// Member parties that stored their share of this attempt, with the public key package hash
     /// they stored.
-    stored: BTreeMap<u16, ByteBuf>,
+    stored: BTreeMap<PartyId, ByteBuf>,
 }
 
 impl<C: Ciphersuite> std::fmt::Debug for DaoDkg<C> {
@@ -299,7 +300,12 @@ impl<C: Ciphersuite> DaoDkg<C> {
 }
 
 /// Checks that `sender` owns `party` in `layout` (the invitation fixes the owners).
-pub(super) fn check_owner(layout: &Layout, sender: &[u8], party: u16, what: &str) -> Result<()> {
+pub(super) fn check_owner(
+    layout: &Layout,
+    sender: &[u8],
+    party: PartyId,
+    what: &str,
+) -> Result<()> {
     match layout.owner_of(party) {
         Some(owner) if owner == sender => Ok(()),
         Some(_) => Err(ProtocolError::Culprit {
@@ -314,7 +320,7 @@ pub(super) fn check_owner(layout: &Layout, sender: &[u8], party: u16, what: &str
 }
 
 /// Checks that `sender` owns `party` and that it is a member's, not the provider's.
-fn check_member(layout: &Layout, sender: &[u8], party: u16, what: &str) -> Result<()> {
+fn check_member(layout: &Layout, sender: &[u8], party: PartyId, what: &str) -> Result<()> {
     if layout.provider_parties.contains(&party) {
         return Err(ProtocolError::Culprit {
             party,
@@ -330,6 +336,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::auth::public_key_bytes;
     use crate::dao::tests::{invitation, keys};
+    use crate::id::pid;
     use rand_core::OsRng;
 
     type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
@@ -405,7 +412,7 @@ pub(crate) mod tests {
         // Member 1's round 1 signed by member 0's key: refused, naming party 2.
         let err = d0.absorb(&pk0, &out1[0]).unwrap_err();
         assert!(
-            matches!(err, ProtocolError::Culprit { party: 2, .. }),
+            matches!(err, ProtocolError::Culprit { party, .. } if party == pid(2)),
             "{err}"
         );
         // The right sender: accepted once; replay ignored.
@@ -415,7 +422,7 @@ pub(crate) mod tests {
         let (_again, other) = DaoDkg::<Tr>::start(inv.layout().unwrap(), &pk1, &mut OsRng).unwrap();
         let err = d0.absorb(&pk1, &other[0]).unwrap_err();
         assert!(
-            matches!(err, ProtocolError::Culprit { party: 2, .. }),
+            matches!(err, ProtocolError::Culprit { party, .. } if party == pid(2)),
             "{err}"
         );
         // Our own message replayed to us: not new.
@@ -423,7 +430,7 @@ pub(crate) mod tests {
         // A confirmation for another invitation colliding on the wallet id: refused.
         let forged = DaoMessage::DkgConfirm {
             confirmation: crate::wire::Confirmation {
-                from: 2,
+                from: pid(2),
                 transcript_hash: ByteBuf::from(vec![0; 32]),
                 public_key_package_hash: ByteBuf::from(vec![0; 32]),
             },
@@ -462,7 +469,7 @@ pub(crate) mod tests {
         holders.pop();
         let retry = DaoMessage::DkgRetry {
             attempt: 0,
-            party: 3,
+            party: pid(3),
         };
         assert!(prov.is_retry(&pks[2], &retry).unwrap());
         assert!(
@@ -471,7 +478,7 @@ pub(crate) mod tests {
         );
         let stale = DaoMessage::DkgRetry {
             attempt: 7,
-            party: 3,
+            party: pid(3),
         };
         assert!(!prov.is_retry(&pks[2], &stale).unwrap());
         // The provider starts attempt 1; everyone drops attempt 0 and starts again.

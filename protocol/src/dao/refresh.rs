@@ -29,6 +29,7 @@ use super::dkg::check_owner;
 use super::{DaoMessage, Layout, tagged_hash, truncate};
 use crate::error::{ProtocolError, Result};
 use crate::id::Epoch;
+use crate::id::PartyId;
 use crate::keygen::exchange::{Exchange, Message, Step, Waiting};
 use crate::mailbox::Topic;
 use crate::refresh::RefreshOutput;
@@ -43,7 +44,7 @@ pub struct RefreshProposal {
     /// The epoch being refreshed (the provider refuses any but the current one).
     pub from_epoch: Epoch,
     /// The proposing member's party.
-    pub proposer: u16,
+    pub proposer: PartyId,
     /// When it was made (ms since the Unix epoch); the provider refuses old proposals.
     pub created_ms: u64,
     /// 16 random bytes.
@@ -87,20 +88,20 @@ impl RefreshProposal {
 }
 
 /// The share one party holds now: its key package and the wallet's public key package.
-pub type OldShare<C> = (u16, KeyPackage<C>, PublicKeyPackage<C>);
+pub type OldShare<C> = (PartyId, KeyPackage<C>, PublicKeyPackage<C>);
 
 /// A party's current key package and public key package.
 type Current<C> = (KeyPackage<C>, PublicKeyPackage<C>);
 
 /// The confirmed new shares of one key holder, by party.
-pub type NewShares<C> = Vec<(u16, RefreshOutput<C>)>;
+pub type NewShares<C> = Vec<(PartyId, RefreshOutput<C>)>;
 
 /// One key holder's side of a DAO refresh.
 pub struct DaoRefresh<C: Ciphersuite> {
     layout: Layout,
     exchange: Exchange<C, RefreshParams>,
     /// Parties that said they stored their new share as prepared.
-    committed: BTreeSet<u16>,
+    committed: BTreeSet<PartyId>,
 }
 
 impl<C: Ciphersuite> std::fmt::Debug for DaoRefresh<C> {
@@ -135,7 +136,7 @@ impl<C: Ciphersuite> DaoRefresh<C> {
                 reason: "this key is neither a member nor the provider of the wallet".into(),
             });
         }
-        let mut old: Vec<(u16, Current<C>)> =
+        let mut old: Vec<(PartyId, Current<C>)> =
             old.into_iter().map(|(p, k, pkp)| (p, (k, pkp))).collect();
         old.sort_by_key(|(p, _)| *p);
         if !old.iter().map(|(p, _)| *p).eq(parties.iter().copied()) {
@@ -166,7 +167,7 @@ impl<C: Ciphersuite> DaoRefresh<C> {
     }
 
     /// Our parties.
-    pub fn parties(&self) -> Vec<u16> {
+    pub fn parties(&self) -> Vec<PartyId> {
         self.exchange.parties()
     }
 
@@ -189,7 +190,7 @@ impl<C: Ciphersuite> DaoRefresh<C> {
         self.exchange.absorb(&inner, what)
     }
 
-    fn absorb_commit(&mut self, sender: &[u8], parties: &[u16], epoch: Epoch) -> Result<bool> {
+    fn absorb_commit(&mut self, sender: &[u8], parties: &[PartyId], epoch: Epoch) -> Result<bool> {
         let expected = self.from_epoch().saturating_next();
         let mut new = false;
         for &party in parties {
@@ -223,7 +224,7 @@ impl<C: Ciphersuite> DaoRefresh<C> {
     /// them before [`DaoRefresh::all_committed`] and the provider's [`DaoMessage::Refreshed`]).
     ///
     /// Errors: called before [`DaoRefresh::is_done`] ([`ProtocolError::UnexpectedMessage`]).
-    pub fn new_shares(&self) -> Result<Vec<(u16, &RefreshOutput<C>)>> {
+    pub fn new_shares(&self) -> Result<Vec<(PartyId, &RefreshOutput<C>)>> {
         self.exchange.outputs()
     }
 
@@ -297,6 +298,7 @@ mod tests {
     use super::*;
     use crate::dao::dkg::tests::run_dkg;
     use crate::dao::tests::keys;
+    use crate::id::pid;
     use frost_core::Identifier;
     use rand_core::OsRng;
     use std::collections::BTreeMap;
@@ -307,13 +309,13 @@ mod tests {
         RefreshProposal {
             wallet_id: layout.wallet_id,
             from_epoch: Epoch(0),
-            proposer: 1,
+            proposer: pid(1),
             created_ms: 1,
             nonce: ByteBuf::from(vec![3; 16]),
         }
     }
 
-    type Shares = BTreeMap<u16, (KeyPackage<Tr>, PublicKeyPackage<Tr>)>;
+    type Shares = BTreeMap<PartyId, (KeyPackage<Tr>, PublicKeyPackage<Tr>)>;
 
     /// Runs a refresh of every holder's shares through a shuffled in-memory "mailbox", commits
     /// included; returns the new shares by party.
@@ -402,8 +404,8 @@ mod tests {
         let (holders, old) = setup();
         let new = run_refresh(&holders);
         assert_eq!(new.len(), 8);
-        let group = *old[&1].1.verifying_key();
-        let new_pkp = new[&1].1.clone();
+        let group = *old[&pid(1)].1.verifying_key();
+        let new_pkp = new[&pid(1)].1.clone();
         for (party, (k, pkp)) in &new {
             assert_eq!(pkp.verifying_key(), &group, "same group key");
             assert_eq!(pkp, &new_pkp, "every party has the same public key package");
@@ -416,17 +418,17 @@ mod tests {
         // Members 1, 3, 5 and the provider's three parties: threshold 6.
         let signers: Vec<KeyPackage<Tr>> = [1, 3, 5, 6, 7, 8]
             .iter()
-            .map(|p| new[p].0.clone())
+            .map(|p| new[&pid(*p)].0.clone())
             .collect();
         let sig = sign(&signers, &new_pkp, b"after the refresh").unwrap();
         group.verify(b"after the refresh", &sig).unwrap();
 
         // Member 1's old share no longer combines with the new shares.
         let mut mixed = signers.clone();
-        mixed[0] = old[&1].0.clone();
+        mixed[0] = old[&pid(1)].0.clone();
         assert!(sign(&mixed, &new_pkp, b"mixed").is_err());
         // Nor with the old public key package.
-        assert!(sign(&mixed, &old[&1].1, b"mixed").is_err());
+        assert!(sign(&mixed, &old[&pid(1)].1, b"mixed").is_err());
     }
 
     #[test]
@@ -449,7 +451,7 @@ mod tests {
         // Member 2's round 1 signed by member 1's key: refused, naming party 2.
         let err = r0.absorb(&pk0, &out1[0]).unwrap_err();
         assert!(
-            matches!(err, ProtocolError::Culprit { party: 2, .. }),
+            matches!(err, ProtocolError::Culprit { party, .. } if party == pid(2)),
             "{err}"
         );
         assert!(r0.absorb(&pk1, &out1[0]).unwrap());
@@ -457,26 +459,26 @@ mod tests {
         let (_again, other) = start(1);
         let err = r0.absorb(&pk1, &other[0]).unwrap_err();
         assert!(
-            matches!(err, ProtocolError::Culprit { party: 2, .. }),
+            matches!(err, ProtocolError::Culprit { party, .. } if party == pid(2)),
             "{err}"
         );
         // A commitment of another epoch: named.
         let other_epoch = DaoMessage::Committed {
-            parties: vec![2],
+            parties: vec![pid(2)],
             epoch: Epoch(2),
         };
         assert!(matches!(
             r0.absorb(&pk1, &other_epoch).unwrap_err(),
-            ProtocolError::Culprit { party: 2, .. }
+            ProtocolError::Culprit { party, .. } if party == pid(2)
         ));
         // The provider's parties cannot be committed by a member.
         let forged = DaoMessage::Committed {
-            parties: vec![6],
+            parties: vec![pid(6)],
             epoch: Epoch(1),
         };
         assert!(matches!(
             r0.absorb(&pk1, &forged).unwrap_err(),
-            ProtocolError::Culprit { party: 6, .. }
+            ProtocolError::Culprit { party, .. } if party == pid(6)
         ));
         // Shares of another party than the key holds: refused.
         let (pk, layout, _) = &holders[0];

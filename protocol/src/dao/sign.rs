@@ -55,6 +55,7 @@ use super::{
 };
 use crate::dkg::common;
 use crate::error::{ProtocolError, Result};
+use crate::id::PartyId;
 use crate::sign::{SignerSession, aggregate, signing_package};
 
 /// Most signing rounds of one request (rounds `0..MAX_ROUNDS`).
@@ -73,7 +74,7 @@ fn same_request(ours: &[u8; 32], theirs: &[u8]) -> bool {
 
 /// Whether the serialized signing `package` carries `commitment` (serialized) for `party`.
 /// Anything that does not decode carries nothing.
-fn carries<C: Ciphersuite>(package: &[u8], party: u16, commitment: &[u8]) -> bool {
+fn carries<C: Ciphersuite>(package: &[u8], party: PartyId, commitment: &[u8]) -> bool {
     let (Ok(package), Ok(id)) = (
         SigningPackage::<C>::deserialize(package),
         common::identifier::<C>(party),
@@ -113,7 +114,7 @@ enum Stage<C: Ciphersuite> {
 /// A member's side of one signing request.
 pub struct MemberSigner<C: Ciphersuite> {
     request: [u8; 32],
-    party: u16,
+    party: PartyId,
     provider_key: Vec<u8>,
     sighashes: Vec<[u8; 32]>,
     expected_txid: String,
@@ -140,7 +141,7 @@ impl<C: Ciphersuite> MemberSigner<C> {
     /// and the txid we expect. Returns the signer and the approval to post.
     pub fn approve(
         request: [u8; 32],
-        party: u16,
+        party: PartyId,
         provider_key: Vec<u8>,
         sighashes: Vec<[u8; 32]>,
         expected_txid: String,
@@ -272,7 +273,7 @@ impl<C: Ciphersuite> MemberSigner<C> {
 
     fn signer_set(
         &mut self,
-        parties: &[u16],
+        parties: &[PartyId],
         round: u32,
         key_package: &KeyPackage<C>,
         rng: &mut (impl CryptoRng + RngCore),
@@ -364,26 +365,26 @@ pub struct Coordinator<C: Ciphersuite> {
     sighashes: Vec<[u8; 32]>,
     approvals_needed: u16,
     /// Member parties whose approval counts, with their keys.
-    approvers: BTreeMap<u16, Vec<u8>>,
-    provider_parties: Vec<u16>,
+    approvers: BTreeMap<PartyId, Vec<u8>>,
+    provider_parties: Vec<PartyId>,
     /// Approving parties in arrival order.
-    approvals: Vec<u16>,
+    approvals: Vec<PartyId>,
     /// Rejecting parties, with the reason each gave.
-    rejections: BTreeMap<u16, Option<String>>,
+    rejections: BTreeMap<PartyId, Option<String>>,
     /// The current signing round.
     round: u32,
     /// A chosen member lost its nonces after this round's packages went out: the next
     /// [`Coordinator::advance`] starts a new round.
     restart: bool,
-    signers: Option<Vec<u16>>,
+    signers: Option<Vec<PartyId>>,
     /// The provider's sessions of this round, consumed when the packages are built.
-    own: BTreeMap<u16, Vec<SignerSession<C>>>,
-    commitments: BTreeMap<u16, Vec<Vec<u8>>>,
+    own: BTreeMap<PartyId, Vec<SignerSession<C>>>,
+    commitments: BTreeMap<PartyId, Vec<Vec<u8>>>,
     /// Commitments a member replaced in this round: never taken back.
-    replaced: BTreeMap<u16, BTreeSet<Vec<Vec<u8>>>>,
+    replaced: BTreeMap<PartyId, BTreeSet<Vec<Vec<u8>>>>,
     packages: Option<Vec<Vec<u8>>>,
-    own_shares: BTreeMap<u16, Vec<Vec<u8>>>,
-    shares: BTreeMap<u16, Vec<Vec<u8>>>,
+    own_shares: BTreeMap<PartyId, Vec<Vec<u8>>>,
+    shares: BTreeMap<PartyId, Vec<Vec<u8>>>,
     signatures: Option<Vec<[u8; 64]>>,
 }
 
@@ -408,8 +409,8 @@ impl<C: Ciphersuite> Coordinator<C> {
         request: [u8; 32],
         sighashes: Vec<[u8; 32]>,
         approvals_needed: u16,
-        approvers: BTreeMap<u16, Vec<u8>>,
-        provider_parties: Vec<u16>,
+        approvers: BTreeMap<PartyId, Vec<u8>>,
+        provider_parties: Vec<PartyId>,
     ) -> Result<Self> {
         if approvals_needed == 0 || usize::from(approvals_needed) > approvers.len() {
             return Err(ProtocolError::Params {
@@ -454,12 +455,12 @@ impl<C: Ciphersuite> Coordinator<C> {
     }
 
     /// Approvals received so far, in arrival order.
-    pub fn approvals(&self) -> &[u16] {
+    pub fn approvals(&self) -> &[PartyId] {
         &self.approvals
     }
 
     /// Rejections received so far, by party, with their reasons.
-    pub fn rejections(&self) -> &BTreeMap<u16, Option<String>> {
+    pub fn rejections(&self) -> &BTreeMap<PartyId, Option<String>> {
         &self.rejections
     }
 
@@ -472,7 +473,7 @@ impl<C: Ciphersuite> Coordinator<C> {
     }
 
     /// The chosen signer set, once enough approvals are in.
-    pub fn signers(&self) -> Option<&[u16]> {
+    pub fn signers(&self) -> Option<&[PartyId]> {
         self.signers.as_deref()
     }
 
@@ -481,7 +482,7 @@ impl<C: Ciphersuite> Coordinator<C> {
         self.round
     }
 
-    fn check_member(&self, sender: &[u8], party: u16, what: &str) -> Result<()> {
+    fn check_member(&self, sender: &[u8], party: PartyId, what: &str) -> Result<()> {
         match self.approvers.get(&party) {
             Some(key) if key.as_slice() == sender => Ok(()),
             Some(_) => Err(ProtocolError::Culprit {
@@ -495,7 +496,7 @@ impl<C: Ciphersuite> Coordinator<C> {
         }
     }
 
-    fn check_count(&self, party: u16, n: usize, what: &str) -> Result<()> {
+    fn check_count(&self, party: PartyId, n: usize, what: &str) -> Result<()> {
         if n == self.sighashes.len() {
             Ok(())
         } else {
@@ -508,7 +509,7 @@ impl<C: Ciphersuite> Coordinator<C> {
 
     /// Whether a message of `round` from `party` belongs to the current round: `Ok(false)` for an
     /// older round (stale: ignored), an error for a round not announced yet.
-    fn current_round(&self, party: u16, round: u32, what: &str) -> Result<bool> {
+    fn current_round(&self, party: PartyId, round: u32, what: &str) -> Result<bool> {
         if round > self.round {
             return Err(ProtocolError::Culprit {
                 party,
@@ -625,7 +626,7 @@ impl<C: Ciphersuite> Coordinator<C> {
     /// A chosen member's commitments of the current round: the first set, a replacement (the
     /// member restarted before any package used its old set), or the sign that the round cannot
     /// finish (the packages went out with a set whose nonces the member no longer has).
-    fn commit(&mut self, party: u16, value: Vec<Vec<u8>>) -> Result<bool> {
+    fn commit(&mut self, party: PartyId, value: Vec<Vec<u8>>) -> Result<bool> {
         let Some(signers) = &self.signers else {
             return Err(ProtocolError::Culprit {
                 party,
@@ -722,7 +723,7 @@ impl<C: Ciphersuite> Coordinator<C> {
     /// [`needs_keys`]: Coordinator::needs_keys
     pub fn advance(
         &mut self,
-        keys: &BTreeMap<u16, KeyPackage<C>>,
+        keys: &BTreeMap<PartyId, KeyPackage<C>>,
         public_key_package: &PublicKeyPackage<C>,
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<Vec<DaoMessage>> {
@@ -764,10 +765,10 @@ impl<C: Ciphersuite> Coordinator<C> {
     /// the provider's parties, which commit now with fresh nonces.
     fn choose_signers(
         &mut self,
-        keys: &BTreeMap<u16, KeyPackage<C>>,
+        keys: &BTreeMap<PartyId, KeyPackage<C>>,
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<DaoMessage> {
-        let mut signers: Vec<u16> = self
+        let mut signers: Vec<PartyId> = self
             .approvals
             .iter()
             .take(usize::from(self.approvals_needed))
@@ -800,8 +801,8 @@ impl<C: Ciphersuite> Coordinator<C> {
     /// sign them at once (their sessions of the round are consumed here, by this one set).
     fn build_packages(
         &mut self,
-        keys: &BTreeMap<u16, KeyPackage<C>>,
-        signers: &[u16],
+        keys: &BTreeMap<PartyId, KeyPackage<C>>,
+        signers: &[PartyId],
     ) -> Result<DaoMessage> {
         let mut packages = Vec::with_capacity(self.sighashes.len());
         for (i, sighash) in self.sighashes.iter().enumerate() {
@@ -839,7 +840,7 @@ impl<C: Ciphersuite> Coordinator<C> {
     /// Aggregates every input's signature once every signer's shares are in.
     fn aggregate_shares(
         &mut self,
-        signers: &[u16],
+        signers: &[PartyId],
         public_key_package: &PublicKeyPackage<C>,
     ) -> Result<()> {
         let Some(packages) = &self.packages else {
@@ -879,7 +880,7 @@ impl<C: Ciphersuite> Coordinator<C> {
     }
 
     /// The member parties in the signer set of the current round.
-    pub fn chosen_members(&self) -> Vec<u16> {
+    pub fn chosen_members(&self) -> Vec<PartyId> {
         self.signers
             .as_ref()
             .map(|s| {
@@ -911,16 +912,16 @@ pub struct Tally {
     request: [u8; 32],
     provider_key: Vec<u8>,
     /// Approvers under the evaluated rule, by party, with their keys.
-    approvers: BTreeMap<u16, Vec<u8>>,
+    approvers: BTreeMap<PartyId, Vec<u8>>,
     needed: u16,
     digest: [u8; 32],
-    approvals: Vec<u16>,
-    rejections: BTreeMap<u16, Option<String>>,
+    approvals: Vec<PartyId>,
+    rejections: BTreeMap<PartyId, Option<String>>,
     round: u32,
     /// Chosen members of `round` (the provider's parties left out).
-    chosen: Vec<u16>,
-    committed: BTreeSet<u16>,
-    shared: BTreeSet<u16>,
+    chosen: Vec<PartyId>,
+    committed: BTreeSet<PartyId>,
+    shared: BTreeSet<PartyId>,
     end: Option<TallyEnd>,
 }
 
@@ -963,7 +964,7 @@ impl Tally {
         })
     }
 
-    fn is_approver(&self, sender: &[u8], party: u16) -> bool {
+    fn is_approver(&self, sender: &[u8], party: PartyId) -> bool {
         self.approvers
             .get(&party)
             .is_some_and(|k| k.as_slice() == sender)
@@ -1058,12 +1059,12 @@ impl Tally {
     }
 
     /// Approving parties, in arrival order.
-    pub fn approvals(&self) -> &[u16] {
+    pub fn approvals(&self) -> &[PartyId] {
         &self.approvals
     }
 
     /// Rejecting parties with their reasons.
-    pub fn rejections(&self) -> &BTreeMap<u16, Option<String>> {
+    pub fn rejections(&self) -> &BTreeMap<PartyId, Option<String>> {
         &self.rejections
     }
 
@@ -1096,7 +1097,7 @@ impl Tally {
     /// Member parties the request waits for now: approvers who neither approved nor rejected
     /// while approvals are missing; then chosen members whose commitments, then shares, of the
     /// current round are missing. Empty when it ended or waits for the provider only.
-    pub fn missing(&self) -> Vec<u16> {
+    pub fn missing(&self) -> Vec<PartyId> {
         if self.end.is_some() || self.is_dead() {
             return Vec::new();
         }
@@ -1108,7 +1109,7 @@ impl Tally {
                 .filter(|p| !self.approvals.contains(p) && !self.rejections.contains_key(p))
                 .collect();
         }
-        let waiting: Vec<u16> = self
+        let waiting: Vec<PartyId> = self
             .chosen
             .iter()
             .copied()
@@ -1125,9 +1126,9 @@ impl Tally {
     }
 
     /// What the request waits for, naming members with `name` (for progress lines).
-    pub fn describe(&self, name: &dyn Fn(u16) -> String) -> String {
-        let names = |parties: &[u16]| parties.iter().map(|p| name(*p)).collect::<Vec<_>>();
-        let list = |parties: &[u16]| names(parties).join(", ");
+    pub fn describe(&self, name: &dyn Fn(PartyId) -> String) -> String {
+        let names = |parties: &[PartyId]| parties.iter().map(|p| name(*p)).collect::<Vec<_>>();
+        let list = |parties: &[PartyId]| names(parties).join(", ");
         let approved = format!(
             "{} of {} approvals",
             self.approvals.len().min(usize::from(self.needed)),
@@ -1136,7 +1137,7 @@ impl Tally {
         let rejected = if self.rejections.is_empty() {
             String::new()
         } else {
-            let who: Vec<u16> = self.rejections.keys().copied().collect();
+            let who: Vec<PartyId> = self.rejections.keys().copied().collect();
             format!("; rejected by {}", list(&who))
         };
         match &self.end {
@@ -1174,8 +1175,8 @@ impl Tally {
 }
 
 fn provider_key<C: Ciphersuite>(
-    keys: &BTreeMap<u16, KeyPackage<C>>,
-    party: u16,
+    keys: &BTreeMap<PartyId, KeyPackage<C>>,
+    party: PartyId,
 ) -> Result<&KeyPackage<C>> {
     keys.get(&party).ok_or_else(|| ProtocolError::Params {
         reason: format!("the provider's key package for party {party} is missing"),
@@ -1212,6 +1213,7 @@ mod tests {
     use crate::auth::public_key_bytes;
     use crate::dao::dkg::Outputs;
     use crate::dao::tests::keys;
+    use crate::id::pid;
     use rand_core::OsRng;
 
     type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
@@ -1233,11 +1235,11 @@ mod tests {
         }
     }
 
-    fn approvers(d: &Dao) -> BTreeMap<u16, Vec<u8>> {
+    fn approvers(d: &Dao) -> BTreeMap<PartyId, Vec<u8>> {
         d.members
             .iter()
             .enumerate()
-            .map(|(i, k)| (i as u16 + 1, public_key_bytes(k)))
+            .map(|(i, k)| (pid(i as u16 + 1), public_key_bytes(k)))
             .collect()
     }
 
@@ -1247,7 +1249,7 @@ mod tests {
         d: &Dao,
         sighashes: Vec<[u8; 32]>,
         needed: u16,
-        approving: &[u16],
+        approving: &[PartyId],
     ) -> Option<Vec<[u8; 64]>> {
         let request = [9u8; 32];
         let provider_pk = public_key_bytes(&d.provider);
@@ -1256,10 +1258,10 @@ mod tests {
             sighashes.clone(),
             needed,
             approvers(d),
-            vec![6, 7, 8],
+            vec![pid(6), pid(7), pid(8)],
         )
         .unwrap();
-        let provider_keys: BTreeMap<u16, KeyPackage<Tr>> = d.outputs[5]
+        let provider_keys: BTreeMap<PartyId, KeyPackage<Tr>> = d.outputs[5]
             .1
             .iter()
             .map(|(p, o)| (*p, o.key_package.clone()))
@@ -1298,7 +1300,7 @@ mod tests {
     fn three_approvals_sign_two_inputs_and_the_signatures_verify() {
         let d = dao();
         let sighashes = vec![[1u8; 32], [2u8; 32]];
-        let sigs = run(&d, sighashes.clone(), 3, &[2, 4, 5]).expect("signed");
+        let sigs = run(&d, sighashes.clone(), 3, &[pid(2), pid(4), pid(5)]).expect("signed");
         let vk = *d.outputs[0].1[0].1.public_key_package.verifying_key();
         for (sig, msg) in sigs.iter().zip(&sighashes) {
             let sig = frost_core::Signature::<Tr>::deserialize(sig).unwrap();
@@ -1309,38 +1311,51 @@ mod tests {
     #[test]
     fn two_approvals_do_not_reach_a_three_approval_rule() {
         let d = dao();
-        assert!(run(&d, vec![[1u8; 32]], 3, &[1, 2]).is_none());
+        assert!(run(&d, vec![[1u8; 32]], 3, &[pid(1), pid(2)]).is_none());
         // Four approvals where the rule needs four: signed with 4 members + provider (7 > t).
-        assert!(run(&d, vec![[1u8; 32]], 4, &[1, 2, 3, 5]).is_some());
-        assert!(run(&d, vec![[1u8; 32]], 5, &[1, 2, 3, 5]).is_none());
-        assert!(run(&d, vec![[1u8; 32]], 5, &[1, 2, 3, 4, 5]).is_some());
+        assert!(run(&d, vec![[1u8; 32]], 4, &[pid(1), pid(2), pid(3), pid(5)]).is_some());
+        assert!(run(&d, vec![[1u8; 32]], 5, &[pid(1), pid(2), pid(3), pid(5)]).is_none());
+        assert!(
+            run(
+                &d,
+                vec![[1u8; 32]],
+                5,
+                &[pid(1), pid(2), pid(3), pid(4), pid(5)]
+            )
+            .is_some()
+        );
     }
 
     #[test]
     fn an_approval_for_another_request_or_psbt_is_refused() {
         let d = dao();
         let pk = public_key_bytes(&d.members[0]);
-        let mut coord =
-            Coordinator::<Tr>::new([9; 32], vec![[1; 32]], 3, approvers(&d), vec![6, 7, 8])
-                .unwrap();
+        let mut coord = Coordinator::<Tr>::new(
+            [9; 32],
+            vec![[1; 32]],
+            3,
+            approvers(&d),
+            vec![pid(6), pid(7), pid(8)],
+        )
+        .unwrap();
         // Same request, other sighashes (another PSBT's).
         let (_, other_psbt) =
-            MemberSigner::<Tr>::approve([9; 32], 1, vec![], vec![[2; 32]], String::new());
+            MemberSigner::<Tr>::approve([9; 32], pid(1), vec![], vec![[2; 32]], String::new());
         assert!(matches!(
             coord.absorb(&pk, &other_psbt),
-            Err(ProtocolError::Culprit { party: 1, .. })
+            Err(ProtocolError::Culprit { party, .. }) if party == pid(1)
         ));
         // Another request.
         let (_, other_request) =
-            MemberSigner::<Tr>::approve([8; 32], 1, vec![], vec![[1; 32]], String::new());
+            MemberSigner::<Tr>::approve([8; 32], pid(1), vec![], vec![[1; 32]], String::new());
         assert!(coord.absorb(&pk, &other_request).is_err());
         // Party 2's approval signed by party 1's key.
         let (_, as_two) =
-            MemberSigner::<Tr>::approve([9; 32], 2, vec![], vec![[1; 32]], String::new());
+            MemberSigner::<Tr>::approve([9; 32], pid(2), vec![], vec![[1; 32]], String::new());
         assert!(coord.absorb(&pk, &as_two).is_err());
         // The right one counts once.
         let (_, good) =
-            MemberSigner::<Tr>::approve([9; 32], 1, vec![], vec![[1; 32]], String::new());
+            MemberSigner::<Tr>::approve([9; 32], pid(1), vec![], vec![[1; 32]], String::new());
         assert!(coord.absorb(&pk, &good).unwrap());
         assert!(!coord.absorb(&pk, &good).unwrap());
         assert_eq!(coord.approvals(), &[1]);
@@ -1353,14 +1368,14 @@ mod tests {
         let kp = &d.outputs[0].1[0].1.key_package;
         let (mut s, _) = MemberSigner::<Tr>::approve(
             [9; 32],
-            1,
+            pid(1),
             provider_pk.clone(),
             vec![[1; 32]],
             "good".into(),
         );
         let set = DaoMessage::SignerSet {
             request: ByteBuf::from(vec![9; 32]),
-            parties: vec![1, 2, 3, 6, 7, 8],
+            parties: vec![pid(1), pid(2), pid(3), pid(6), pid(7), pid(8)],
             round: 0,
         };
         // From someone else than the provider: ignored.
@@ -1375,16 +1390,21 @@ mod tests {
         };
         // A package over another message, with our commitment: refused.
         let mut c = BTreeMap::new();
-        c.insert(1u16, commitments[0].to_vec());
-        for p in [2u16, 3, 6, 7, 8] {
-            let kp = if p <= 5 {
+        c.insert(pid(1), commitments[0].to_vec());
+        for p in [2, 3, 6, 7, 8].map(pid) {
+            let kp = if p.get() <= 5 {
                 d.outputs[usize::from(p) - 1].1[0].1.key_package.clone()
             } else {
                 d.outputs[5].1[usize::from(p) - 6].1.key_package.clone()
             };
-            let (_, cp) =
-                SignerSession::<Tr>::commit(&kp, p, &[1; 32], &[1, 2, 3, 6, 7, 8], &mut OsRng)
-                    .unwrap();
+            let (_, cp) = SignerSession::<Tr>::commit(
+                &kp,
+                p,
+                &[1; 32],
+                &[pid(1), pid(2), pid(3), pid(6), pid(7), pid(8)],
+                &mut OsRng,
+            )
+            .unwrap();
             c.insert(p, cp);
         }
         let bad = signing_package::<Tr>(&[2; 32], &c).unwrap();
@@ -1415,7 +1435,7 @@ mod tests {
         request: [u8; 32],
         sighashes: Vec<[u8; 32]>,
         coord: Coordinator<Tr>,
-        provider_keys: BTreeMap<u16, KeyPackage<Tr>>,
+        provider_keys: BTreeMap<PartyId, KeyPackage<Tr>>,
         /// Every message ever posted, in order (the mailbox), with its sender.
         mailbox: Vec<(Vec<u8>, DaoMessage)>,
         /// How far the coordinator has read the mailbox.
@@ -1430,7 +1450,7 @@ mod tests {
                 sighashes.clone(),
                 needed,
                 approvers(d),
-                vec![6, 7, 8],
+                vec![pid(6), pid(7), pid(8)],
             )
             .unwrap();
             let provider_keys = d.outputs[5]
@@ -1449,16 +1469,16 @@ mod tests {
             }
         }
 
-        fn member_key(&self, party: u16) -> Vec<u8> {
+        fn member_key(&self, party: PartyId) -> Vec<u8> {
             public_key_bytes(&self.d.members[usize::from(party) - 1])
         }
 
-        fn key_package(&self, party: u16) -> &KeyPackage<Tr> {
+        fn key_package(&self, party: PartyId) -> &KeyPackage<Tr> {
             &self.d.outputs[usize::from(party) - 1].1[0].1.key_package
         }
 
         /// A member process starting (or starting again): approves, posts the approval.
-        fn member(&mut self, party: u16) -> MemberSigner<Tr> {
+        fn member(&mut self, party: PartyId) -> MemberSigner<Tr> {
             let (s, approval) = MemberSigner::<Tr>::approve(
                 self.request,
                 party,
@@ -1488,7 +1508,7 @@ mod tests {
 
         /// A member reads the mailbox from `from` (a restarted process reads from 0) and posts
         /// what it answers; returns where it stopped reading.
-        fn run_member(&mut self, s: &mut MemberSigner<Tr>, party: u16, from: usize) -> usize {
+        fn run_member(&mut self, s: &mut MemberSigner<Tr>, party: PartyId, from: usize) -> usize {
             let batch = self.mailbox[from..].to_vec();
             s.look_ahead(batch.iter().map(|(k, m)| (k.as_slice(), m)));
             let kp = self.key_package(party).clone();
@@ -1512,7 +1532,7 @@ mod tests {
 
         /// The provider's commitments (party 6) in every signing package posted so far, by round.
         fn provider_commitments(&self) -> Vec<(u32, Vec<u8>)> {
-            let id = common::identifier::<Tr>(6).unwrap();
+            let id = common::identifier::<Tr>(pid(6)).unwrap();
             self.mailbox
                 .iter()
                 .filter_map(|(_, m)| match m {
@@ -1533,31 +1553,31 @@ mod tests {
     fn a_member_restarted_before_the_packages_replaces_its_commitments() {
         let d = dao();
         let mut b = Bench::new(&d, 3, vec![[1u8; 32], [2u8; 32]]);
-        let mut m1 = b.member(1);
-        let mut m2 = b.member(2);
-        let mut m3 = b.member(3);
+        let mut m1 = b.member(pid(1));
+        let mut m2 = b.member(pid(2));
+        let mut m3 = b.member(pid(3));
         b.provider(); // signer set {1, 2, 3} + provider, round 0
-        let mut at1 = b.run_member(&mut m1, 1, 0);
-        let at2 = b.run_member(&mut m2, 2, 0);
+        let mut at1 = b.run_member(&mut m1, pid(1), 0);
+        let at2 = b.run_member(&mut m2, pid(2), 0);
         let old = b.mailbox.len();
         // Member 3 commits, and its process stops before the provider read anything.
-        b.run_member(&mut m3, 3, 0);
+        b.run_member(&mut m3, pid(3), 0);
         let lost = b.mailbox[old..].to_vec();
         assert!(matches!(
             lost[0].1,
-            DaoMessage::Commitments { party: 3, .. }
+            DaoMessage::Commitments { party, .. } if party == pid(3)
         ));
         drop(m3);
         // Member 3 runs again: new approval (a duplicate), new nonces, new commitments.
-        let mut m3 = b.member(3);
-        let mut at3 = b.run_member(&mut m3, 3, 0);
+        let mut m3 = b.member(pid(3));
+        let mut at3 = b.run_member(&mut m3, pid(3), 0);
         b.provider(); // old set, then the replacement: the packages carry the new one
         assert_eq!(b.coord.round(), 0);
         // The old set delivered again late: never taken back.
         assert!(!b.coord.absorb(&lost[0].0, &lost[0].1).unwrap());
-        at1 = b.run_member(&mut m1, 1, at1);
-        let _ = b.run_member(&mut m2, 2, at2);
-        at3 = b.run_member(&mut m3, 3, at3);
+        at1 = b.run_member(&mut m1, pid(1), at1);
+        let _ = b.run_member(&mut m2, pid(2), at2);
+        at3 = b.run_member(&mut m3, pid(3), at3);
         b.provider();
         b.verify();
         assert_eq!(b.provider_commitments().len(), 1, "one package set");
@@ -1568,36 +1588,36 @@ mod tests {
     fn a_member_restarted_after_the_packages_gets_a_new_round_with_fresh_provider_nonces() {
         let d = dao();
         let mut b = Bench::new(&d, 3, vec![[1u8; 32]]);
-        let mut m1 = b.member(1);
-        let mut m2 = b.member(2);
-        let mut m3 = b.member(3);
+        let mut m1 = b.member(pid(1));
+        let mut m2 = b.member(pid(2));
+        let mut m3 = b.member(pid(3));
         b.provider();
-        let mut at1 = b.run_member(&mut m1, 1, 0);
-        let mut at2 = b.run_member(&mut m2, 2, 0);
-        b.run_member(&mut m3, 3, 0);
+        let mut at1 = b.run_member(&mut m1, pid(1), 0);
+        let mut at2 = b.run_member(&mut m2, pid(2), 0);
+        b.run_member(&mut m3, pid(3), 0);
         b.provider(); // packages of round 0
         // Members 1 and 2 sign round 0; member 3's process stops before it signs.
-        at1 = b.run_member(&mut m1, 1, at1);
-        at2 = b.run_member(&mut m2, 2, at2);
+        at1 = b.run_member(&mut m1, pid(1), at1);
+        at2 = b.run_member(&mut m2, pid(2), at2);
         drop(m3);
         b.provider();
         assert!(b.coord.signatures().is_none());
         // Member 3 again: it reads the whole topic, commits anew for round 0, and does not sign
         // the round-0 packages (they carry its lost commitments).
-        let mut m3 = b.member(3);
-        let mut at3 = b.run_member(&mut m3, 3, 0);
+        let mut m3 = b.member(pid(3));
+        let mut at3 = b.run_member(&mut m3, pid(3), 0);
         assert!(
             !b.mailbox
                 .iter()
-                .any(|(_, m)| matches!(m, DaoMessage::Shares { party: 3, .. })),
+                .any(|(_, m)| matches!(m, DaoMessage::Shares { party, .. } if *party == pid(3))),
             "no share over a package without our commitment"
         );
         b.provider(); // round 1: a new signer set, fresh provider commitments
         assert_eq!(b.coord.round(), 1);
         for _ in 0..3 {
-            at1 = b.run_member(&mut m1, 1, at1);
-            at2 = b.run_member(&mut m2, 2, at2);
-            at3 = b.run_member(&mut m3, 3, at3);
+            at1 = b.run_member(&mut m1, pid(1), at1);
+            at2 = b.run_member(&mut m2, pid(2), at2);
+            at3 = b.run_member(&mut m3, pid(3), at3);
             b.provider();
         }
         b.verify();
@@ -1617,25 +1637,25 @@ mod tests {
     fn a_member_whose_shares_are_in_cannot_restart_the_round_and_rounds_are_bounded() {
         let d = dao();
         let mut b = Bench::new(&d, 3, vec![[1u8; 32]]);
-        let mut m1 = b.member(1);
-        let mut m2 = b.member(2);
-        let mut m3 = b.member(3);
+        let mut m1 = b.member(pid(1));
+        let mut m2 = b.member(pid(2));
+        let mut m3 = b.member(pid(3));
         b.provider();
-        b.run_member(&mut m1, 1, 0);
-        b.run_member(&mut m2, 2, 0);
-        let at3 = b.run_member(&mut m3, 3, 0);
+        b.run_member(&mut m1, pid(1), 0);
+        b.run_member(&mut m2, pid(2), 0);
+        let at3 = b.run_member(&mut m3, pid(3), 0);
         b.provider();
-        b.run_member(&mut m3, 3, at3); // member 3 signed round 0
+        b.run_member(&mut m3, pid(3), at3); // member 3 signed round 0
         b.provider();
         // Member 3 restarts: its new commitments are stale (its shares are in).
-        let mut again = b.member(3);
-        b.run_member(&mut again, 3, 0);
+        let mut again = b.member(pid(3));
+        b.run_member(&mut again, pid(3), 0);
         b.provider();
         assert_eq!(b.coord.round(), 0);
 
         // A member restarting after every package set: at most MAX_ROUNDS rounds, then refused.
         let mut c = Bench::new(&d, 3, vec![[1u8; 32]]);
-        for p in 1..=3 {
+        for p in PartyId::range(1, 3) {
             c.member(p);
         }
         c.provider();
@@ -1643,13 +1663,13 @@ mod tests {
         let mut refused = None;
         for _ in 0..=MAX_ROUNDS {
             let round = c.coord.round();
-            for p in 1..=3u16 {
+            for p in PartyId::range(1, 3) {
                 let mut s = c.member(p);
                 c.run_member(&mut s, p, 0);
             }
             c.provider(); // packages of `round`
-            let mut s = c.member(1);
-            let kp = c.key_package(1).clone();
+            let mut s = c.member(pid(1));
+            let kp = c.key_package(pid(1)).clone();
             let set = DaoMessage::SignerSet {
                 request: ByteBuf::from(c.request.to_vec()),
                 parties: c.coord.signers().unwrap().to_vec(),
@@ -1658,7 +1678,7 @@ mod tests {
             let out = s
                 .handle(&public_key_bytes(&d.provider), &set, &kp, &mut OsRng)
                 .unwrap();
-            c.coord.absorb(&c.member_key(1), &out[0]).unwrap();
+            c.coord.absorb(&c.member_key(pid(1)), &out[0]).unwrap();
             match c.coord.advance(&c.provider_keys, &pkp, &mut OsRng) {
                 Ok(out) => {
                     let pk = public_key_bytes(&d.provider);
@@ -1683,11 +1703,16 @@ mod tests {
         let d = dao();
         let provider_pk = public_key_bytes(&d.provider);
         let kp = d.outputs[0].1[0].1.key_package.clone();
-        let (mut s, _) =
-            MemberSigner::<Tr>::approve([9; 32], 1, provider_pk.clone(), vec![[1; 32]], "t".into());
+        let (mut s, _) = MemberSigner::<Tr>::approve(
+            [9; 32],
+            pid(1),
+            provider_pk.clone(),
+            vec![[1; 32]],
+            "t".into(),
+        );
         let set = |round| DaoMessage::SignerSet {
             request: ByteBuf::from(vec![9; 32]),
-            parties: vec![1, 2, 3, 6, 7, 8],
+            parties: vec![pid(1), pid(2), pid(3), pid(6), pid(7), pid(8)],
             round,
         };
         let batch = [(provider_pk.clone(), set(0)), (provider_pk.clone(), set(2))];
@@ -1710,21 +1735,32 @@ mod tests {
                 .is_empty()
         );
         // The coordinator refuses commitments for a round it has not announced.
-        let mut coord =
-            Coordinator::<Tr>::new([9; 32], vec![[1; 32]], 3, approvers(&d), vec![6, 7, 8])
-                .unwrap();
+        let mut coord = Coordinator::<Tr>::new(
+            [9; 32],
+            vec![[1; 32]],
+            3,
+            approvers(&d),
+            vec![pid(6), pid(7), pid(8)],
+        )
+        .unwrap();
         assert!(matches!(
             coord.absorb(&public_key_bytes(&d.members[0]), &out[0]),
-            Err(ProtocolError::Culprit { party: 1, .. })
+            Err(ProtocolError::Culprit { party, .. }) if party == pid(1)
         ));
         assert!(
-            Coordinator::<Tr>::new([9; 32], vec![[1; 32]], 3, approvers(&d), vec![6, 7, 8])
-                .unwrap()
-                .starting_at(MAX_ROUNDS)
-                .is_err()
+            Coordinator::<Tr>::new(
+                [9; 32],
+                vec![[1; 32]],
+                3,
+                approvers(&d),
+                vec![pid(6), pid(7), pid(8)]
+            )
+            .unwrap()
+            .starting_at(MAX_ROUNDS)
+            .is_err()
         );
     }
-    fn reject(party: u16) -> DaoMessage {
+    fn reject(party: PartyId) -> DaoMessage {
         DaoMessage::Reject(Rejection {
             request: ByteBuf::from(vec![9; 32]),
             party,
@@ -1735,36 +1771,41 @@ mod tests {
     #[test]
     fn rejections_count_against_the_rule_and_a_dead_request_is_refused() {
         let d = dao();
-        let pk = |p: u16| public_key_bytes(&d.members[usize::from(p) - 1]);
-        let approval = |p: u16| {
+        let pk = |p: PartyId| public_key_bytes(&d.members[usize::from(p) - 1]);
+        let approval = |p: PartyId| {
             MemberSigner::<Tr>::approve([9; 32], p, vec![], vec![[1; 32]], String::new()).1
         };
-        let mut coord =
-            Coordinator::<Tr>::new([9; 32], vec![[1; 32]], 3, approvers(&d), vec![6, 7, 8])
-                .unwrap();
+        let mut coord = Coordinator::<Tr>::new(
+            [9; 32],
+            vec![[1; 32]],
+            3,
+            approvers(&d),
+            vec![pid(6), pid(7), pid(8)],
+        )
+        .unwrap();
         // An approval stands: its maker cannot reject afterwards.
-        assert!(coord.absorb(&pk(1), &approval(1)).unwrap());
+        assert!(coord.absorb(&pk(pid(1)), &approval(pid(1))).unwrap());
         assert!(matches!(
-            coord.absorb(&pk(1), &reject(1)),
-            Err(ProtocolError::Culprit { party: 1, .. })
+            coord.absorb(&pk(pid(1)), &reject(pid(1))),
+            Err(ProtocolError::Culprit { party, .. }) if party == pid(1)
         ));
         // A rejection under another member's key is refused; the right one counts once, and
         // stands: its maker cannot approve afterwards.
-        assert!(coord.absorb(&pk(3), &reject(2)).is_err());
-        assert!(coord.absorb(&pk(2), &reject(2)).unwrap());
-        assert!(!coord.absorb(&pk(2), &reject(2)).unwrap());
-        assert!(coord.absorb(&pk(2), &approval(2)).is_err());
+        assert!(coord.absorb(&pk(pid(3)), &reject(pid(2))).is_err());
+        assert!(coord.absorb(&pk(pid(2)), &reject(pid(2))).unwrap());
+        assert!(!coord.absorb(&pk(pid(2)), &reject(pid(2))).unwrap());
+        assert!(coord.absorb(&pk(pid(2)), &approval(pid(2))).is_err());
         let long = DaoMessage::Reject(Rejection {
             request: ByteBuf::from(vec![9; 32]),
-            party: 3,
+            party: pid(3),
             reason: Some("x".repeat(MAX_REJECTION_REASON + 1)),
         });
-        assert!(coord.absorb(&pk(3), &long).is_err());
+        assert!(coord.absorb(&pk(pid(3)), &long).is_err());
         // Five approvers, one rejection: three approvals are still possible.
         assert!(!coord.is_dead());
-        coord.absorb(&pk(3), &reject(3)).unwrap();
+        coord.absorb(&pk(pid(3)), &reject(pid(3))).unwrap();
         assert!(!coord.is_dead(), "approvers 1, 4, 5 are left");
-        coord.absorb(&pk(4), &reject(4)).unwrap();
+        coord.absorb(&pk(pid(4)), &reject(pid(4))).unwrap();
         assert!(coord.is_dead());
         let pkp = d.outputs[5].1[0].1.public_key_package.clone();
         assert!(matches!(
@@ -1781,7 +1822,7 @@ mod tests {
         let layout = crate::dao::tests::invitation(&members, &provider)
             .layout()
             .unwrap();
-        let pk = |p: u16| public_key_bytes(&members[usize::from(p) - 1]);
+        let pk = |p: PartyId| public_key_bytes(&members[usize::from(p) - 1]);
         let evaluation = Evaluation {
             request: ByteBuf::from(vec![9; 32]),
             sighashes: vec![ByteBuf::from(vec![1; 32])],
@@ -1790,26 +1831,26 @@ mod tests {
             destinations: Vec::new(),
             rule: "small".into(),
             approvals: 3,
-            approvers: vec![1, 2, 3, 4, 5],
+            approvers: vec![pid(1), pid(2), pid(3), pid(4), pid(5)],
         };
         let mut t = Tally::new([9; 32], &layout, &evaluation).unwrap();
-        let name = |p: u16| layout.name_of(p).unwrap().to_owned();
-        let approval = |p: u16, sighash: [u8; 32]| {
+        let name = |p: PartyId| layout.name_of(p).unwrap().to_owned();
+        let approval = |p: PartyId, sighash: [u8; 32]| {
             MemberSigner::<Tr>::approve([9; 32], p, vec![], vec![sighash], String::new()).1
         };
-        assert!(t.absorb(&pk(1), &approval(1, [1; 32])));
+        assert!(t.absorb(&pk(pid(1)), &approval(pid(1), [1; 32])));
         // Under another key, or of other sighashes: not counted.
-        assert!(!t.absorb(&pk(3), &approval(2, [1; 32])));
-        assert!(!t.absorb(&pk(2), &approval(2, [2; 32])));
-        assert!(t.absorb(&pk(2), &reject(2)));
+        assert!(!t.absorb(&pk(pid(3)), &approval(pid(2), [1; 32])));
+        assert!(!t.absorb(&pk(pid(2)), &approval(pid(2), [2; 32])));
+        assert!(t.absorb(&pk(pid(2)), &reject(pid(2))));
         assert_eq!(t.missing(), vec![3, 4, 5]);
         assert_eq!(
             t.describe(&name),
             "1 of 3 approvals; rejected by bob; waiting for carol, dave, eve"
         );
-        assert!(t.absorb(&pk(3), &reject(3)));
+        assert!(t.absorb(&pk(pid(3)), &reject(pid(3))));
         assert!(!t.is_dead());
-        assert!(t.absorb(&pk(4), &reject(4)));
+        assert!(t.absorb(&pk(pid(4)), &reject(pid(4))));
         assert!(t.is_dead());
         assert!(t.missing().is_empty());
         // The provider's word only from the provider.
@@ -1818,28 +1859,28 @@ mod tests {
             txid: "t".into(),
             tx: ByteBuf::new(),
         };
-        assert!(!t.absorb(&pk(1), &signed));
+        assert!(!t.absorb(&pk(pid(1)), &signed));
         assert!(t.absorb(&public_key_bytes(&provider), &signed));
         assert_eq!(t.end(), Some(&TallyEnd::Signed("t".into())));
 
         // Signing: the chosen members' commitments, then shares.
         let mut t = Tally::new([9; 32], &layout, &evaluation).unwrap();
-        for p in [1, 2, 3] {
+        for p in [1, 2, 3].map(pid) {
             t.absorb(&pk(p), &approval(p, [1; 32]));
         }
         let set = DaoMessage::SignerSet {
             request: ByteBuf::from(vec![9; 32]),
-            parties: vec![1, 2, 3, 6, 7, 8],
+            parties: vec![pid(1), pid(2), pid(3), pid(6), pid(7), pid(8)],
             round: 0,
         };
         assert!(t.absorb(&public_key_bytes(&provider), &set));
         let committed = DaoMessage::Commitments {
             request: ByteBuf::from(vec![9; 32]),
-            party: 2,
+            party: pid(2),
             commitments: Vec::new(),
             round: 0,
         };
-        assert!(t.absorb(&pk(2), &committed));
+        assert!(t.absorb(&pk(pid(2)), &committed));
         assert_eq!(t.missing(), vec![1, 3]);
         assert!(
             t.describe(&name)

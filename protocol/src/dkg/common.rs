@@ -8,6 +8,7 @@ use frost_core::{Ciphersuite, Identifier};
 use zeroize::Zeroizing;
 
 use crate::error::{ProtocolError, Result};
+use crate::id::PartyId;
 
 /// Most parties a ceremony accepts. FROST itself allows up to 65535; a wallet has a handful, and
 /// the cap bounds the work a malformed request can cause.
@@ -15,23 +16,21 @@ pub const MAX_PARTIES: usize = 255;
 
 /// The FROST identifier of party `party`: the scalar `party` (RFC 9591 §5: each participant has
 /// a distinct non-zero scalar identifier; frost maps the integer `i` to the scalar `i`).
-pub(crate) fn identifier<C: Ciphersuite>(party: u16) -> Result<Identifier<C>> {
-    Identifier::try_from(party).map_err(|_| ProtocolError::Params {
-        reason: format!("party number {party} is not a valid FROST identifier (it must be 1..)"),
-    })
+pub(crate) fn identifier<C: Ciphersuite>(party: PartyId) -> Result<Identifier<C>> {
+    party.identifier()
 }
 
 /// The party number of a FROST identifier, among `parties`.
-pub(crate) fn party_of<C: Ciphersuite>(id: &Identifier<C>, parties: &[u16]) -> Option<u16> {
+pub(crate) fn party_of<C: Ciphersuite>(id: &Identifier<C>, parties: &[PartyId]) -> Option<PartyId> {
     parties
         .iter()
         .copied()
-        .find(|p| Identifier::<C>::try_from(*p).is_ok_and(|candidate| candidate == *id))
+        .find(|p| p.identifier::<C>().is_ok_and(|candidate| candidate == *id))
 }
 
 /// Checks a set of party numbers (non-zero, distinct, at most [`MAX_PARTIES`]) and returns it
 /// sorted, so that every party hashes and iterates it in the same order.
-pub(crate) fn normalize_parties(parties: &[u16], what: &str) -> Result<Vec<u16>> {
+pub(crate) fn normalize_parties(parties: &[PartyId], what: &str) -> Result<Vec<PartyId>> {
     let params = |reason: String| ProtocolError::Params { reason };
     if parties.is_empty() {
         return Err(params(format!("the {what} is empty")));
@@ -44,13 +43,12 @@ pub(crate) fn normalize_parties(parties: &[u16], what: &str) -> Result<Vec<u16>>
     }
     let mut sorted = parties.to_vec();
     sorted.sort_unstable();
-    if sorted.first() == Some(&0) {
-        return Err(params(format!(
-            "the {what} contains party 0; party numbers start at 1"
-        )));
-    }
-    if let Some(pair) = sorted.windows(2).find(|w| w.first() == w.get(1)) {
-        let dup = pair.first().copied().unwrap_or_default();
+    // (Party 0 cannot be spelled: `PartyId` refuses it where it is decoded or parsed.)
+    if let Some(dup) = sorted
+        .windows(2)
+        .find(|w| w.first() == w.get(1))
+        .and_then(|pair| pair.first())
+    {
         return Err(params(format!("the {what} lists party {dup} twice")));
     }
     Ok(sorted)
@@ -61,10 +59,10 @@ pub(crate) fn normalize_parties(parties: &[u16], what: &str) -> Result<Vec<u16>>
 /// list (the coordinator), not of the sender, so they are not [`ProtocolError::Culprit`]s.
 pub(crate) fn one_per_party<'a, T>(
     items: &'a [T],
-    sender: impl Fn(&T) -> u16,
-    expected_senders: &[u16],
+    sender: impl Fn(&T) -> PartyId,
+    expected_senders: &[PartyId],
     expected: &'static str,
-) -> Result<BTreeMap<u16, &'a T>> {
+) -> Result<BTreeMap<PartyId, &'a T>> {
     let unexpected = |actual: String| ProtocolError::UnexpectedMessage { expected, actual };
     let mut by_sender = BTreeMap::new();
     for item in items {
@@ -109,10 +107,10 @@ pub(crate) fn decode_canonical<C: Ciphersuite, T>(
 /// the [`ProtocolError::Culprit`] and all are named in the reason.
 pub(crate) fn frost_error<C: Ciphersuite>(
     error: frost_core::Error<C>,
-    parties: &[u16],
+    parties: &[PartyId],
     context: &str,
 ) -> ProtocolError {
-    let culprits: Vec<u16> = error
+    let culprits: Vec<PartyId> = error
         .culprits()
         .iter()
         .filter_map(|id| party_of(id, parties))
@@ -136,35 +134,39 @@ pub(crate) fn frost_error<C: Ciphersuite>(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+    use crate::id::pid;
     use frost_secp256k1_tr::Secp256K1Sha256TR as Tr;
 
     #[test]
     fn party_sets_are_checked_and_sorted() {
-        assert_eq!(normalize_parties(&[3, 1, 2], "set").unwrap(), vec![1, 2, 3]);
+        assert_eq!(
+            normalize_parties(&[pid(3), pid(1), pid(2)], "set").unwrap(),
+            vec![1, 2, 3]
+        );
         assert!(normalize_parties(&[], "set").is_err());
-        assert!(normalize_parties(&[0, 1], "set").is_err());
-        assert!(normalize_parties(&[2, 1, 2], "set").is_err());
-        let too_many: Vec<u16> = (1..=256).collect();
+        assert!(normalize_parties(&[pid(2), pid(1), pid(2)], "set").is_err());
+        let too_many: Vec<PartyId> = PartyId::range(1, 256).collect();
         assert!(normalize_parties(&too_many, "set").is_err());
-        let most: Vec<u16> = (1..=255).collect();
+        let most: Vec<PartyId> = PartyId::range(1, 255).collect();
         assert_eq!(normalize_parties(&most, "set").unwrap().len(), 255);
     }
 
     #[test]
     fn identifiers_map_back_to_parties() {
-        let id = identifier::<Tr>(300).unwrap();
-        assert_eq!(party_of(&id, &[1, 2, 300]), Some(300));
-        assert_eq!(party_of(&id, &[1, 2, 3]), None);
-        assert!(identifier::<Tr>(0).is_err());
+        let id = identifier::<Tr>(pid(300)).unwrap();
+        assert_eq!(party_of(&id, &[pid(1), pid(2), pid(300)]), Some(pid(300)));
+        assert_eq!(party_of(&id, &[pid(1), pid(2), pid(3)]), None);
     }
 
     #[test]
     fn one_message_per_party() {
-        let ok = one_per_party(&[2u16, 1, 3], |m| *m, &[1, 2, 3], "x").unwrap();
+        let items = [pid(2), pid(1), pid(3)];
+        let ok = one_per_party(&items, |m| *m, &[pid(1), pid(2), pid(3)], "x").unwrap();
         assert_eq!(ok.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
-        for bad in [&[1u16, 2][..], &[1, 2, 2, 3], &[1, 2, 3, 4], &[]] {
+        let p = |ns: &[u16]| ns.iter().map(|n| pid(*n)).collect::<Vec<_>>();
+        for bad in [p(&[1, 2]), p(&[1, 2, 2, 3]), p(&[1, 2, 3, 4]), vec![]] {
             assert!(matches!(
-                one_per_party(bad, |m| *m, &[1, 2, 3], "x"),
+                one_per_party(&bad, |m| *m, &[pid(1), pid(2), pid(3)], "x"),
                 Err(ProtocolError::UnexpectedMessage { .. })
             ));
         }

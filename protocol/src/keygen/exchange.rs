@@ -16,6 +16,7 @@ use rand_core::{CryptoRng, RngCore};
 
 use super::{KeygenParams, Output, Round1, Round2, Round3, public_key_package_hash};
 use crate::error::{ProtocolError, Result};
+use crate::id::PartyId;
 use crate::wire::{Confirmation, Round1Message, SealedPackage};
 
 /// One message of a key-making ceremony, to post or absorbed.
@@ -31,7 +32,7 @@ pub enum Message {
 
 impl Message {
     /// The party that sent it.
-    pub fn from(&self) -> u16 {
+    pub fn from(&self) -> PartyId {
         match self {
             Self::Round1(m) => m.from,
             Self::Round2(p) => p.from,
@@ -62,7 +63,7 @@ pub struct Waiting {
     /// The step.
     pub step: Step,
     /// Parties still missing for that step (empty when done or failed).
-    pub parties: Vec<u16>,
+    pub parties: Vec<PartyId>,
 }
 
 impl std::fmt::Display for Waiting {
@@ -89,13 +90,13 @@ enum Stage<C: Ciphersuite, P: KeygenParams> {
 pub struct Exchange<C: Ciphersuite, P: KeygenParams> {
     params: P,
     /// Our parties and their stages (`None` only after a failure).
-    locals: BTreeMap<u16, Option<Stage<C, P>>>,
+    locals: BTreeMap<PartyId, Option<Stage<C, P>>>,
     /// What each of our parties brings into round 2 ([`KeygenParams::Old`]).
-    old: BTreeMap<u16, P::Old<C>>,
-    round1: BTreeMap<u16, Round1Message>,
+    old: BTreeMap<PartyId, P::Old<C>>,
+    round1: BTreeMap<PartyId, Round1Message>,
     /// Packages sealed to one of our parties, by (from, to).
-    round2: BTreeMap<(u16, u16), SealedPackage>,
-    confirmations: BTreeMap<u16, Confirmation>,
+    round2: BTreeMap<(PartyId, PartyId), SealedPackage>,
+    confirmations: BTreeMap<PartyId, Confirmation>,
     failed: Option<String>,
 }
 
@@ -117,7 +118,7 @@ impl<C: Ciphersuite, P: KeygenParams> Exchange<C, P> {
     /// Errors: no parties, or round 1 fails for one of them.
     pub fn start(
         params: &P,
-        locals: Vec<(u16, P::Old<C>)>,
+        locals: Vec<(PartyId, P::Old<C>)>,
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<(Self, Vec<Message>)> {
         if locals.is_empty() {
@@ -152,12 +153,12 @@ impl<C: Ciphersuite, P: KeygenParams> Exchange<C, P> {
     }
 
     /// Our parties.
-    pub fn parties(&self) -> Vec<u16> {
+    pub fn parties(&self) -> Vec<PartyId> {
         self.locals.keys().copied().collect()
     }
 
     /// Whether `party` is one of ours.
-    pub fn holds(&self, party: u16) -> bool {
+    pub fn holds(&self, party: PartyId) -> bool {
         self.locals.contains_key(&party)
     }
 
@@ -186,7 +187,7 @@ impl<C: Ciphersuite, P: KeygenParams> Exchange<C, P> {
     /// and end the ceremony when that step runs.
     fn check_parties(&self, message: &Message, what: &str) -> Result<()> {
         let parties = self.params.parties();
-        let unknown = |party: u16| ProtocolError::UnexpectedMessage {
+        let unknown = |party: PartyId| ProtocolError::UnexpectedMessage {
             expected: "a message from a party of the ceremony",
             actual: format!("a {what} from or to party {party}, who is not one"),
         };
@@ -243,7 +244,7 @@ impl<C: Ciphersuite, P: KeygenParams> Exchange<C, P> {
     /// Moves `party` one round on if its inputs are complete.
     fn step_party(
         &mut self,
-        party: u16,
+        party: PartyId,
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<Option<Vec<Message>>> {
         if !self.ready(party) {
@@ -284,7 +285,7 @@ impl<C: Ciphersuite, P: KeygenParams> Exchange<C, P> {
         Ok(Some(out))
     }
 
-    fn ready(&self, party: u16) -> bool {
+    fn ready(&self, party: PartyId) -> bool {
         let all = self.params.parties().len();
         match self.locals.get(&party) {
             Some(Some(Stage::Round1(_))) => self.round1.len() == all,
@@ -296,7 +297,7 @@ impl<C: Ciphersuite, P: KeygenParams> Exchange<C, P> {
         }
     }
 
-    fn sealed_to(&self, party: u16) -> Vec<SealedPackage> {
+    fn sealed_to(&self, party: PartyId) -> Vec<SealedPackage> {
         self.round2
             .iter()
             .filter(|((_, to), _)| *to == party)
@@ -307,7 +308,7 @@ impl<C: Ciphersuite, P: KeygenParams> Exchange<C, P> {
     /// Our parties whose result is derived but not yet confirmed by every party (round 3), with
     /// their key package, public key package and confirmation: to store as *prepared* in a
     /// two-phase commit, or to show, never to use.
-    pub fn unconfirmed(&self) -> Vec<(u16, &Round3<C, P>)> {
+    pub fn unconfirmed(&self) -> Vec<(PartyId, &Round3<C, P>)> {
         self.locals
             .iter()
             .filter_map(|(party, s)| match s {
@@ -345,7 +346,7 @@ impl<C: Ciphersuite, P: KeygenParams> Exchange<C, P> {
 
     /// What we still wait for.
     pub fn waiting(&self) -> Waiting {
-        let missing = |have: &dyn Fn(u16) -> bool| -> Vec<u16> {
+        let missing = |have: &dyn Fn(PartyId) -> bool| -> Vec<PartyId> {
             let all = self.params.parties().iter().copied();
             all.filter(|p| !have(*p)).collect()
         };
@@ -364,7 +365,7 @@ impl<C: Ciphersuite, P: KeygenParams> Exchange<C, P> {
     /// Our confirmed results, one per local party.
     ///
     /// Errors: called before [`Exchange::is_done`] ([`ProtocolError::UnexpectedMessage`]).
-    pub fn outputs(&self) -> Result<Vec<(u16, &Output<C>)>> {
+    pub fn outputs(&self) -> Result<Vec<(PartyId, &Output<C>)>> {
         self.locals
             .iter()
             .map(|(party, s)| match s {
@@ -377,7 +378,7 @@ impl<C: Ciphersuite, P: KeygenParams> Exchange<C, P> {
     /// Our confirmed results, one per local party, by value.
     ///
     /// Errors: as [`Exchange::outputs`].
-    pub fn into_outputs(self) -> Result<Vec<(u16, Output<C>)>> {
+    pub fn into_outputs(self) -> Result<Vec<(PartyId, Output<C>)>> {
         self.locals
             .into_iter()
             .map(|(party, s)| match s {
@@ -388,7 +389,7 @@ impl<C: Ciphersuite, P: KeygenParams> Exchange<C, P> {
     }
 }
 
-fn not_finished<P: KeygenParams>(party: u16) -> ProtocolError {
+fn not_finished<P: KeygenParams>(party: PartyId) -> ProtocolError {
     ProtocolError::UnexpectedMessage {
         expected: "a finished ceremony",
         actual: format!("party {party} has not finished the {}", P::NAME),
@@ -400,7 +401,7 @@ pub(crate) fn insert_once<K: Ord, V: Clone + PartialEq>(
     map: &mut BTreeMap<K, V>,
     key: K,
     value: &V,
-    party: u16,
+    party: PartyId,
     what: &str,
 ) -> Result<bool> {
     match map.get(&key) {
@@ -421,12 +422,13 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
     use crate::id::Epoch;
+    use crate::id::pid;
     use crate::wire::{DkgParams, RefreshParams, WalletId};
     use rand_core::OsRng;
 
     type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
 
-    fn params(parties: Vec<u16>, min_signers: u16) -> DkgParams {
+    fn params(parties: Vec<PartyId>, min_signers: u16) -> DkgParams {
         DkgParams {
             wallet_id: WalletId([9; 16]),
             ciphersuite: crate::wire::SUITE_SECP256K1_TR.into(),
@@ -455,8 +457,8 @@ mod tests {
         panic!("the exchange did not finish");
     }
 
-    fn dkg(groups: &[&[u16]], min_signers: u16) -> Vec<Exchange<Tr, DkgParams>> {
-        let all: Vec<u16> = groups.iter().flat_map(|g| g.iter().copied()).collect();
+    fn dkg(groups: &[&[PartyId]], min_signers: u16) -> Vec<Exchange<Tr, DkgParams>> {
+        let all: Vec<PartyId> = groups.iter().flat_map(|g| g.iter().copied()).collect();
         let p = params(all, min_signers);
         let mut holders = Vec::new();
         let mut posted = Vec::new();
@@ -473,7 +475,7 @@ mod tests {
     #[test]
     fn holders_of_several_parties_agree_on_one_key() {
         // A provider holding three weighted parties and two members holding one each.
-        let holders = dkg(&[&[1], &[2], &[3, 4, 5]], 3);
+        let holders = dkg(&[&[pid(1)], &[pid(2)], &[pid(3), pid(4), pid(5)]], 3);
         let key = holders[0].outputs().unwrap()[0]
             .1
             .public_key_package
@@ -490,12 +492,12 @@ mod tests {
 
     #[test]
     fn a_refresh_keeps_the_key_through_the_same_engine() {
-        let old = dkg(&[&[1], &[2], &[3]], 2);
+        let old = dkg(&[&[pid(1)], &[pid(2)], &[pid(3)]], 2);
         let refresh = RefreshParams {
             wallet_id: WalletId([9; 16]),
             ciphersuite: crate::wire::SUITE_SECP256K1_TR.into(),
             min_signers: 2,
-            parties: vec![1, 2, 3],
+            parties: vec![pid(1), pid(2), pid(3)],
             from_epoch: Epoch(0),
         };
         let mut holders = Vec::new();
@@ -517,10 +519,11 @@ mod tests {
 
     #[test]
     fn a_second_different_message_names_its_sender_and_a_replay_is_ignored() {
-        let p = params(vec![1, 2], 2);
-        let (mut one, first) = Exchange::<Tr, _>::start(&p, vec![(1, ())], &mut OsRng).unwrap();
-        let (_, theirs) = Exchange::<Tr, _>::start(&p, vec![(2, ())], &mut OsRng).unwrap();
-        let (_, other) = Exchange::<Tr, _>::start(&p, vec![(2, ())], &mut OsRng).unwrap();
+        let p = params(vec![pid(1), pid(2)], 2);
+        let (mut one, first) =
+            Exchange::<Tr, _>::start(&p, vec![(pid(1), ())], &mut OsRng).unwrap();
+        let (_, theirs) = Exchange::<Tr, _>::start(&p, vec![(pid(2), ())], &mut OsRng).unwrap();
+        let (_, other) = Exchange::<Tr, _>::start(&p, vec![(pid(2), ())], &mut OsRng).unwrap();
         assert!(
             !one.absorb(&first[0], "round-1 message").unwrap(),
             "our own, already known"
@@ -532,19 +535,19 @@ mod tests {
         );
         assert!(matches!(
             one.absorb(&other[0], "round-1 message"),
-            Err(ProtocolError::Culprit { party: 2, .. })
+            Err(ProtocolError::Culprit { party, .. }) if party == pid(2)
         ));
     }
 
     #[test]
     fn it_says_who_it_waits_for_and_ignores_packages_for_others() {
-        let p = params(vec![1, 2, 3], 2);
-        let (mut one, _) = Exchange::<Tr, _>::start(&p, vec![(1, ())], &mut OsRng).unwrap();
+        let p = params(vec![pid(1), pid(2), pid(3)], 2);
+        let (mut one, _) = Exchange::<Tr, _>::start(&p, vec![(pid(1), ())], &mut OsRng).unwrap();
         assert_eq!(
             one.waiting(),
             Waiting {
                 step: Step::Round1,
-                parties: vec![2, 3]
+                parties: vec![pid(2), pid(3)]
             }
         );
         assert!(
@@ -552,8 +555,8 @@ mod tests {
             "nothing to do yet"
         );
         let package = SealedPackage {
-            from: 2,
-            to: 3,
+            from: pid(2),
+            to: pid(3),
             enc: serde_bytes::ByteBuf::from(vec![0; 32]),
             ciphertext: serde_bytes::ByteBuf::from(vec![0; 48]),
         };
@@ -565,10 +568,14 @@ mod tests {
 
     #[test]
     fn messages_from_or_to_strangers_and_packages_to_oneself_are_refused() {
-        let p = params(vec![1, 2, 3], 2);
-        let (mut one, _) = Exchange::<Tr, _>::start(&p, vec![(1, ())], &mut OsRng).unwrap();
-        let (_, stranger) =
-            Exchange::<Tr, _>::start(&params(vec![1, 9], 2), vec![(9, ())], &mut OsRng).unwrap();
+        let p = params(vec![pid(1), pid(2), pid(3)], 2);
+        let (mut one, _) = Exchange::<Tr, _>::start(&p, vec![(pid(1), ())], &mut OsRng).unwrap();
+        let (_, stranger) = Exchange::<Tr, _>::start(
+            &params(vec![pid(1), pid(9)], 2),
+            vec![(pid(9), ())],
+            &mut OsRng,
+        )
+        .unwrap();
         let package = |from, to| {
             Message::Round2(SealedPackage {
                 from,
@@ -579,9 +586,9 @@ mod tests {
         };
         for bad in [
             stranger[0].clone(),
-            package(9, 1),
-            package(2, 9),
-            package(1, 1),
+            package(pid(9), pid(1)),
+            package(pid(2), pid(9)),
+            package(pid(1), pid(1)),
         ] {
             assert!(
                 matches!(
@@ -596,11 +603,11 @@ mod tests {
 
     #[test]
     fn a_failed_round_ends_the_exchange_for_good() {
-        let p = params(vec![1, 2], 2);
-        let (mut one, _) = Exchange::<Tr, _>::start(&p, vec![(1, ())], &mut OsRng).unwrap();
+        let p = params(vec![pid(1), pid(2)], 2);
+        let (mut one, _) = Exchange::<Tr, _>::start(&p, vec![(pid(1), ())], &mut OsRng).unwrap();
         // Party 2's round-1 message with a package that does not decode.
         let bad = Round1Message {
-            from: 2,
+            from: pid(2),
             package: serde_bytes::ByteBuf::from(vec![0; 8]),
             hpke_public_key: serde_bytes::ByteBuf::from(vec![0; 32]),
         };
@@ -608,7 +615,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             one.advance(&mut OsRng),
-            Err(ProtocolError::Culprit { party: 2, .. })
+            Err(ProtocolError::Culprit { party, .. }) if party == pid(2)
         ));
         assert!(one.advance(&mut OsRng).is_err());
         assert_eq!(one.waiting().step, Step::Failed);

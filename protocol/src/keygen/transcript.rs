@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use super::KeygenParams;
 use crate::error::{ProtocolError, Result};
 use crate::id::Epoch;
+use crate::id::PartyId;
 use crate::wire::{Round1Message, WalletId};
 
 /// The domain tags of one ceremony kind.
@@ -87,8 +88,8 @@ pub fn round2_aad(
     tags: &Tags,
     wallet_id: &WalletId,
     epoch: Option<Epoch>,
-    from: u16,
-    to: u16,
+    from: PartyId,
+    to: PartyId,
     transcript_hash: &[u8; 32],
 ) -> Vec<u8> {
     let (from, to) = (from.to_be_bytes(), to.to_be_bytes());

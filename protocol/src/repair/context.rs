@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 use crate::dkg::common;
 use crate::error::{ProtocolError, Result};
 use crate::hpke;
+use crate::id::PartyId;
 use crate::keygen::transcript::{hpke_aad, hpke_info, push, put};
 use crate::wire::RepairParams;
 
@@ -37,7 +38,7 @@ pub(crate) enum Kind {
 /// parameters) cannot open each other's packages.
 pub(crate) fn context_hash(
     params: &RepairParams,
-    helper_keys: &std::collections::BTreeMap<u16, Vec<u8>>,
+    helper_keys: &std::collections::BTreeMap<PartyId, Vec<u8>>,
 ) -> [u8; 32] {
     let mut h = Sha256::new();
     put(&mut h, CONTEXT_TAG);
@@ -65,8 +66,8 @@ pub(crate) fn info(params: &RepairParams) -> Vec<u8> {
 pub(crate) fn aad(
     params: &RepairParams,
     kind: Kind,
-    from: u16,
-    to: u16,
+    from: PartyId,
+    to: PartyId,
     context: &[u8; 32],
 ) -> Vec<u8> {
     let tag = match kind {
@@ -89,7 +90,7 @@ pub(crate) fn aad(
 /// What helper `helper` signs with its share to vouch for its HPKE key in this repair.
 pub(crate) fn helper_key_message(
     params: &RepairParams,
-    helper: u16,
+    helper: PartyId,
     hpke_public_key: &[u8],
 ) -> Vec<u8> {
     let mut h = Vec::new();
@@ -134,7 +135,7 @@ pub(crate) fn sign_with_share<C: Ciphersuite>(
 /// Checks `signature` over `message` by the share of `party` listed in `public_key_package`.
 pub(crate) fn verify_by_share<C: Ciphersuite>(
     public_key_package: &PublicKeyPackage<C>,
-    party: u16,
+    party: PartyId,
     message: &[u8],
     signature: &[u8],
 ) -> std::result::Result<(), String> {
@@ -190,6 +191,7 @@ fn push_params(out: &mut Vec<u8>, params: &RepairParams) {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use crate::id::pid;
     use std::collections::BTreeMap;
 
     use super::*;
@@ -201,26 +203,26 @@ mod tests {
             wallet_id: WalletId([7; 16]),
             ciphersuite: crate::wire::SUITE_SECP256K1_TR.into(),
             epoch: Epoch(3),
-            helpers: vec![3, 2],
-            participant: 1,
+            helpers: vec![pid(3), pid(2)],
+            participant: pid(1),
         }
     }
 
     #[test]
     fn context_binds_params_and_keys() {
         let p = params();
-        let keys = BTreeMap::from([(2, vec![1; 32]), (3, vec![2; 32])]);
+        let keys = BTreeMap::from([(pid(2), vec![1; 32]), (pid(3), vec![2; 32])]);
         let base = context_hash(&p, &keys);
         let mut sorted = p.clone();
-        sorted.helpers = vec![2, 3];
+        sorted.helpers = vec![pid(2), pid(3)];
         assert_eq!(base, context_hash(&sorted, &keys));
         let mut other_epoch = p.clone();
         other_epoch.epoch = Epoch(4);
         assert_ne!(base, context_hash(&other_epoch, &keys));
         let mut other_participant = p.clone();
-        other_participant.participant = 4;
+        other_participant.participant = pid(4);
         assert_ne!(base, context_hash(&other_participant, &keys));
-        let swapped = BTreeMap::from([(2, vec![2; 32]), (3, vec![1; 32])]);
+        let swapped = BTreeMap::from([(pid(2), vec![2; 32]), (pid(3), vec![1; 32])]);
         assert_ne!(base, context_hash(&p, &swapped));
     }
 
@@ -229,16 +231,16 @@ mod tests {
         let p = params();
         let c = [9; 32];
         assert_ne!(
-            aad(&p, Kind::Delta, 2, 3, &c),
-            aad(&p, Kind::Sigma, 2, 3, &c)
+            aad(&p, Kind::Delta, pid(2), pid(3), &c),
+            aad(&p, Kind::Sigma, pid(2), pid(3), &c)
         );
         assert_ne!(
-            aad(&p, Kind::Delta, 2, 3, &c),
-            aad(&p, Kind::Delta, 3, 2, &c)
+            aad(&p, Kind::Delta, pid(2), pid(3), &c),
+            aad(&p, Kind::Delta, pid(3), pid(2), &c)
         );
         assert_ne!(
-            helper_key_message(&p, 2, &[1; 32]),
-            helper_key_message(&p, 3, &[1; 32])
+            helper_key_message(&p, pid(2), &[1; 32]),
+            helper_key_message(&p, pid(3), &[1; 32])
         );
     }
 }

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use super::context::{Kind, aad, context_hash, delta_message, helper_key_message, info};
 use crate::id::Epoch;
+use crate::id::pid;
 use crate::wire::{RepairParams, SUITE_SECP256K1_TR, WalletId};
 
 /// The repair of protocol/tests/golden/samples.rs (`repair_params`), helpers listed unsorted.
@@ -25,8 +26,8 @@ fn params() -> RepairParams {
         wallet_id: WalletId([0x11; 16]),
         ciphersuite: SUITE_SECP256K1_TR.into(),
         epoch: Epoch(4),
-        helpers: vec![3, 2],
-        participant: 1,
+        helpers: vec![pid(3), pid(2)],
+        participant: pid(1),
     }
 }
 
@@ -34,7 +35,7 @@ fn params() -> RepairParams {
 fn golden_repair_context_info_and_aad() {
     let mut v = pinned::Vectors::open("repair.txt");
     let p = params();
-    let keys = BTreeMap::from([(2, vec![0xa2; 4]), (3, vec![0xa3; 4])]);
+    let keys = BTreeMap::from([(pid(2), vec![0xa2; 4]), (pid(3), vec![0xa3; 4])]);
     let context = context_hash(&p, &keys);
     v.pin(
         "repair.context_hash",
@@ -46,7 +47,7 @@ fn golden_repair_context_info_and_aad() {
         "info: HPKE info of repair packages",
         &info(&p),
     );
-    let delta = aad(&p, Kind::Delta, 2, 3, &context);
+    let delta = aad(&p, Kind::Delta, pid(2), pid(3), &context);
     v.pin(
         "repair.aad.delta",
         "aad: HPKE AAD of the delta from helper 2 to helper 3",
@@ -55,12 +56,12 @@ fn golden_repair_context_info_and_aad() {
     v.pin(
         "repair.aad.sigma",
         "aad: HPKE AAD of the sigma from helper 2 to the participant 1",
-        &aad(&p, Kind::Sigma, 2, 1, &context),
+        &aad(&p, Kind::Sigma, pid(2), pid(1), &context),
     );
     v.pin(
         "repair.helper_key_message",
         "helper_key_message: what helper 2 signs with its share over its HPKE key",
-        &helper_key_message(&p, 2, &[0xa2; 4]),
+        &helper_key_message(&p, pid(2), &[0xa2; 4]),
     );
     v.pin(
         "repair.delta_message",

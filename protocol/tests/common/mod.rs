@@ -9,6 +9,7 @@ use std::fmt::Debug;
 
 use cosigner_protocol::ProtocolError;
 use cosigner_protocol::dkg::{self, DkgOutput, DkgRound1, DkgRound2, DkgRound3};
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::keygen::{self, KeygenParams};
 use cosigner_protocol::refresh::{
     self, RefreshOutput, RefreshRound1, RefreshRound2, RefreshRound3,
@@ -25,7 +26,7 @@ use serde_bytes::ByteBuf;
 pub type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
 pub type Plain = frost_secp256k1::Secp256K1Sha256;
 
-pub const PARTIES: [u16; 3] = [1, 2, 3];
+pub const PARTIES: [PartyId; 3] = [PartyId::DEVICE, PartyId::PROVIDER, PartyId::RECOVERY];
 pub const WALLET: WalletId = WalletId([0x42; 16]);
 pub const MESSAGE: &[u8] = b"32-byte sighash of a transaction";
 
@@ -50,7 +51,7 @@ pub fn rng() -> ThreadRng {
 }
 
 /// The packages addressed to `to`.
-pub fn inbox(sealed: &[SealedPackage], to: u16) -> Vec<SealedPackage> {
+pub fn inbox(sealed: &[SealedPackage], to: PartyId) -> Vec<SealedPackage> {
     sealed.iter().filter(|p| p.to == to).cloned().collect()
 }
 
@@ -93,10 +94,10 @@ pub struct Share<C: Ciphersuite> {
     pub public_key_package: PublicKeyPackage<C>,
 }
 
-pub type Shares<C> = BTreeMap<u16, Share<C>>;
+pub type Shares<C> = BTreeMap<PartyId, Share<C>>;
 
 /// What each party stores of a DKG's or a refresh's output.
-pub fn to_shares<C: Ciphersuite>(outputs: &BTreeMap<u16, keygen::Output<C>>) -> Shares<C> {
+pub fn to_shares<C: Ciphersuite>(outputs: &BTreeMap<PartyId, keygen::Output<C>>) -> Shares<C> {
     outputs
         .iter()
         .map(|(me, o)| {
@@ -117,9 +118,9 @@ pub fn to_shares<C: Ciphersuite>(outputs: &BTreeMap<u16, keygen::Output<C>>) -> 
 // ceremony's own.
 
 fn round1<S>(
-    parties: &[u16],
-    start: impl Fn(u16) -> cosigner_protocol::Result<(S, Round1Message)>,
-) -> (BTreeMap<u16, S>, Vec<Round1Message>) {
+    parties: &[PartyId],
+    start: impl Fn(PartyId) -> cosigner_protocol::Result<(S, Round1Message)>,
+) -> (BTreeMap<PartyId, S>, Vec<Round1Message>) {
     let mut states = BTreeMap::new();
     let mut messages = Vec::new();
     for me in parties {
@@ -133,7 +134,7 @@ fn round1<S>(
 /// Every party's DKG round 1: the states by party and the broadcast.
 pub fn dkg_round1<C: Ciphersuite>(
     params: &DkgParams,
-) -> (BTreeMap<u16, DkgRound1<C>>, Vec<Round1Message>) {
+) -> (BTreeMap<PartyId, DkgRound1<C>>, Vec<Round1Message>) {
     round1(&params.parties, |me| {
         dkg::start::<C>(params, me, &mut rng())
     })
@@ -142,7 +143,7 @@ pub fn dkg_round1<C: Ciphersuite>(
 /// Every party's refresh round 1.
 pub fn refresh_round1<C: Ciphersuite>(
     params: &RefreshParams,
-) -> (BTreeMap<u16, RefreshRound1<C>>, Vec<Round1Message>) {
+) -> (BTreeMap<PartyId, RefreshRound1<C>>, Vec<Round1Message>) {
     round1(&params.parties, |me| {
         refresh::start::<C>(params, me, &mut rng())
     })
@@ -150,9 +151,9 @@ pub fn refresh_round1<C: Ciphersuite>(
 
 /// Every party handles the whole round-1 broadcast and seals one package to each other party.
 pub fn round2<C: Ciphersuite, P: KeygenParams>(
-    states: BTreeMap<u16, keygen::Round1<C, P>>,
+    states: BTreeMap<PartyId, keygen::Round1<C, P>>,
     round1: &[Round1Message],
-) -> (BTreeMap<u16, keygen::Round2<C, P>>, Vec<SealedPackage>) {
+) -> (BTreeMap<PartyId, keygen::Round2<C, P>>, Vec<SealedPackage>) {
     let mut next = BTreeMap::new();
     let mut sealed = Vec::new();
     for (me, state) in states {
@@ -166,10 +167,10 @@ pub fn round2<C: Ciphersuite, P: KeygenParams>(
 }
 
 fn round3<S, T>(
-    states: BTreeMap<u16, S>,
+    states: BTreeMap<PartyId, S>,
     sealed: &[SealedPackage],
-    open: impl Fn(u16, S, &[SealedPackage]) -> cosigner_protocol::Result<(T, Confirmation)>,
-) -> (BTreeMap<u16, T>, Vec<Confirmation>) {
+    open: impl Fn(PartyId, S, &[SealedPackage]) -> cosigner_protocol::Result<(T, Confirmation)>,
+) -> (BTreeMap<PartyId, T>, Vec<Confirmation>) {
     let mut next = BTreeMap::new();
     let mut confirmations = Vec::new();
     for (me, state) in states {
@@ -182,18 +183,18 @@ fn round3<S, T>(
 
 /// Every party opens the DKG packages sealed to it and confirms.
 pub fn dkg_round3<C: Ciphersuite>(
-    states: BTreeMap<u16, DkgRound2<C>>,
+    states: BTreeMap<PartyId, DkgRound2<C>>,
     sealed: &[SealedPackage],
-) -> (BTreeMap<u16, DkgRound3<C>>, Vec<Confirmation>) {
+) -> (BTreeMap<PartyId, DkgRound3<C>>, Vec<Confirmation>) {
     round3(states, sealed, |_, state, inbox| state.handle_round2(inbox))
 }
 
 /// Every party opens the refresh packages sealed to it, adds them to its `old` share and confirms.
 pub fn refresh_round3<C: Ciphersuite>(
-    states: BTreeMap<u16, RefreshRound2<C>>,
+    states: BTreeMap<PartyId, RefreshRound2<C>>,
     sealed: &[SealedPackage],
     old: &Shares<C>,
-) -> (BTreeMap<u16, RefreshRound3<C>>, Vec<Confirmation>) {
+) -> (BTreeMap<PartyId, RefreshRound3<C>>, Vec<Confirmation>) {
     round3(states, sealed, |me, state, inbox| {
         state.handle_round2(inbox, &old[&me].key_package, &old[&me].public_key_package)
     })
@@ -201,9 +202,9 @@ pub fn refresh_round3<C: Ciphersuite>(
 
 /// Every party checks the confirmations and takes its output.
 pub fn finish<C: Ciphersuite, P: KeygenParams>(
-    states: BTreeMap<u16, keygen::Round3<C, P>>,
+    states: BTreeMap<PartyId, keygen::Round3<C, P>>,
     confirmations: &[Confirmation],
-) -> BTreeMap<u16, keygen::Output<C>> {
+) -> BTreeMap<PartyId, keygen::Output<C>> {
     states
         .into_iter()
         .map(|(me, s)| (me, s.handle_confirmations(confirmations).unwrap()))
@@ -211,7 +212,7 @@ pub fn finish<C: Ciphersuite, P: KeygenParams>(
 }
 
 /// A whole DKG, honest relay.
-pub fn run_dkg_with<C: Ciphersuite>(params: &DkgParams) -> BTreeMap<u16, DkgOutput<C>> {
+pub fn run_dkg_with<C: Ciphersuite>(params: &DkgParams) -> BTreeMap<PartyId, DkgOutput<C>> {
     let (s1, r1) = dkg_round1::<C>(params);
     let (s2, sealed) = round2(s1, &r1);
     let (s3, confirmations) = dkg_round3(s2, &sealed);
@@ -219,7 +220,7 @@ pub fn run_dkg_with<C: Ciphersuite>(params: &DkgParams) -> BTreeMap<u16, DkgOutp
 }
 
 /// A whole 2-of-3 DKG ([`dkg_params`]), honest relay.
-pub fn run_dkg<C: Ciphersuite>() -> BTreeMap<u16, DkgOutput<C>> {
+pub fn run_dkg<C: Ciphersuite>() -> BTreeMap<PartyId, DkgOutput<C>> {
     run_dkg_with(&dkg_params::<C>())
 }
 
@@ -227,7 +228,7 @@ pub fn run_dkg<C: Ciphersuite>() -> BTreeMap<u16, DkgOutput<C>> {
 pub fn run_refresh<C: Ciphersuite>(
     old: &Shares<C>,
     from_epoch: u64,
-) -> BTreeMap<u16, RefreshOutput<C>> {
+) -> BTreeMap<PartyId, RefreshOutput<C>> {
     let (s1, r1) = refresh_round1::<C>(&refresh_params::<C>(from_epoch));
     let (s2, sealed) = round2(s1, &r1);
     let (s3, confirmations) = refresh_round3(s2, &sealed, old);
@@ -248,7 +249,7 @@ pub fn bogus_round2_package<C: Ciphersuite>() -> Vec<u8> {
 /// `confirmations` with party `from`'s changed by `edit` (a relay or a party lying about it).
 pub fn altered(
     confirmations: &[Confirmation],
-    from: u16,
+    from: PartyId,
     edit: impl Fn(&mut Confirmation),
 ) -> Vec<Confirmation> {
     let mut altered = confirmations.to_vec();
@@ -274,10 +275,10 @@ pub fn assert_hides_share<C: Ciphersuite>(value: &impl Debug, share: &SigningSha
 /// Every signer commits and signs `message` with its key package; the signer list is `signers`'
 /// parties in the order given. Returns the signing package and the signature shares.
 pub fn sign_shares<C: Ciphersuite>(
-    signers: &[(u16, &KeyPackage<C>)],
+    signers: &[(PartyId, &KeyPackage<C>)],
     message: &[u8],
-) -> (Vec<u8>, BTreeMap<u16, Vec<u8>>) {
-    let parties: Vec<u16> = signers.iter().map(|(p, _)| *p).collect();
+) -> (Vec<u8>, BTreeMap<PartyId, Vec<u8>>) {
+    let parties: Vec<PartyId> = signers.iter().map(|(p, _)| *p).collect();
     let mut sessions = BTreeMap::new();
     let mut commitments = BTreeMap::new();
     for (p, kp) in signers {
@@ -295,8 +296,8 @@ pub fn sign_shares<C: Ciphersuite>(
 
 /// Signs `message` with the DKG outputs of `signers`, as the coordinator and every signer.
 pub fn sign_with<C: Ciphersuite>(
-    keys: &BTreeMap<u16, DkgOutput<C>>,
-    signers: &[u16],
+    keys: &BTreeMap<PartyId, DkgOutput<C>>,
+    signers: &[PartyId],
     message: &[u8],
 ) -> Vec<u8> {
     let key_packages: Vec<_> = signers.iter().map(|s| (*s, &keys[s].key_package)).collect();
@@ -323,7 +324,7 @@ macro_rules! expect_kind {
 }
 
 /// The party a `Culprit` error names, and why.
-pub fn culprit(result: Result<impl Sized, ProtocolError>) -> (u16, String) {
+pub fn culprit(result: Result<impl Sized, ProtocolError>) -> (PartyId, String) {
     expect_kind!(result, "a culprit", ProtocolError::Culprit { party, reason } => (party, reason))
 }
 
@@ -341,4 +342,9 @@ pub fn session_mismatch(result: Result<impl Sized, ProtocolError>) -> String {
 
 pub fn params_error(result: Result<impl Sized, ProtocolError>) -> String {
     expect_kind!(result, "Params", ProtocolError::Params { reason } => reason)
+}
+
+/// Party `n`, where `n` is a literal known not to be 0.
+pub fn pid(n: u16) -> cosigner_protocol::id::PartyId {
+    cosigner_protocol::id::PartyId::new(n).unwrap()
 }

@@ -13,6 +13,7 @@ use cosigner_protocol::dao::{
     Approval, Evaluation, Invitation, MemberEntry, PolicyChange, SignRequest,
 };
 use cosigner_protocol::id::Epoch;
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::wire::{
     Confirmation, DkgParams, RefreshParams, Registration, RepairParams, Round1Message,
     SUITE_SECP256K1_TR, SealedPackage, WalletId, WalletInfo,
@@ -47,7 +48,7 @@ pub fn dkg_params() -> DkgParams {
         wallet_id: WALLET,
         ciphersuite: SUITE_SECP256K1_TR.into(),
         min_signers: 2,
-        parties: vec![1, 2, 3],
+        parties: vec![pid(1), pid(2), pid(3)],
     }
 }
 
@@ -57,7 +58,7 @@ pub fn refresh_params() -> RefreshParams {
         wallet_id: WALLET,
         ciphersuite: SUITE_SECP256K1_TR.into(),
         min_signers: 2,
-        parties: vec![1, 2, 3],
+        parties: vec![pid(1), pid(2), pid(3)],
         from_epoch: Epoch(4),
     }
 }
@@ -68,27 +69,27 @@ pub fn repair_params() -> RepairParams {
         wallet_id: WALLET,
         ciphersuite: SUITE_SECP256K1_TR.into(),
         epoch: Epoch(4),
-        helpers: vec![2, 3],
-        participant: 1,
+        helpers: vec![pid(2), pid(3)],
+        participant: pid(1),
     }
 }
 
 /// Party `from`'s round-1 message (short opaque package and key: the wire does not parse them).
-pub fn round1(from: u16) -> Round1Message {
+pub fn round1(from: PartyId) -> Round1Message {
     Round1Message {
         from,
-        package: bytes(0x20 + from as u8, 5),
-        hpke_public_key: bytes(0x30 + from as u8, 4),
+        package: bytes(0x20 + from.get() as u8, 5),
+        hpke_public_key: bytes(0x30 + from.get() as u8, 4),
     }
 }
 
 /// Every party's round-1 message, in a scrambled order (the transcript sorts them).
 pub fn round1_all() -> Vec<Round1Message> {
-    vec![round1(3), round1(1), round1(2)]
+    vec![round1(pid(3)), round1(pid(1)), round1(pid(2))]
 }
 
 /// A package sealed from `from` to `to`.
-pub fn sealed(from: u16, to: u16) -> SealedPackage {
+pub fn sealed(from: PartyId, to: PartyId) -> SealedPackage {
     SealedPackage {
         from,
         to,
@@ -98,7 +99,7 @@ pub fn sealed(from: u16, to: u16) -> SealedPackage {
 }
 
 /// Party `from`'s confirmation.
-pub fn confirmation(from: u16) -> Confirmation {
+pub fn confirmation(from: PartyId) -> Confirmation {
     Confirmation {
         from,
         transcript_hash: bytes(0x50, 32),
@@ -124,13 +125,17 @@ pub fn wallet_info(later: bool) -> WalletInfo {
     WalletInfo {
         wallet_id: WALLET,
         ciphersuite: SUITE_SECP256K1_TR.into(),
-        party: 2,
+        party: pid(2),
         min_signers: 2,
-        parties: vec![1, 2, 3],
+        parties: vec![pid(1), pid(2), pid(3)],
         epoch: if later { Epoch(5) } else { Epoch(0) },
         group_public_key: bytes(0x02, 33),
         public_key_package: bytes(0x71, 8),
-        confirmations: if later { vec![confirmation(1)] } else { vec![] },
+        confirmations: if later {
+            vec![confirmation(pid(1))]
+        } else {
+            vec![]
+        },
         receipt: later.then(|| bytes(0x72, 64)),
         provider_key: later.then(|| public(3)),
     }
@@ -167,7 +172,7 @@ pub fn sign_request() -> SignRequest {
     SignRequest {
         wallet_id: WALLET,
         psbt: ByteBuf::from(b"psbt\xff\x01".to_vec()),
-        requester: 1,
+        requester: pid(1),
         created_ms: 1_700_000_000_001,
         nonce: bytes(0x7b, 16),
     }
@@ -179,7 +184,7 @@ pub fn policy_change() -> PolicyChange {
         wallet_id: WALLET,
         policy: "[[rule]]\nname = \"all\"\napprovals = 3\n".into(),
         from_version: 1,
-        proposer: 2,
+        proposer: pid(2),
         created_ms: 1_700_000_000_002,
         nonce: bytes(0x7c, 16),
     }
@@ -195,7 +200,7 @@ pub fn evaluation() -> Evaluation {
         destinations: vec![("bcrt1qexample".into(), 149_500)],
         rule: "small".into(),
         approvals: 2,
-        approvers: vec![1, 2, 3],
+        approvers: vec![pid(1), pid(2), pid(3)],
     }
 }
 
@@ -203,7 +208,12 @@ pub fn evaluation() -> Evaluation {
 pub fn approval() -> Approval {
     Approval {
         request: bytes(0x80, 32),
-        party: 2,
+        party: pid(2),
         sighashes: bytes(0x83, 32),
     }
+}
+
+/// Party `n`, where `n` is a literal known not to be 0.
+pub fn pid(n: u16) -> cosigner_protocol::id::PartyId {
+    cosigner_protocol::id::PartyId::new(n).unwrap()
 }
