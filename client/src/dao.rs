@@ -26,7 +26,7 @@ use cosigner_protocol::mailbox::{Envelope, Topic};
 use cosigner_protocol::policy::{Policy, parse_members};
 use cosigner_protocol::psbt::SpendSummary;
 use cosigner_protocol::wire::{Request, Response, SUITE_SECP256K1_TR, WalletId};
-use frost_core::keys::{KeyPackage, PublicKeyPackage};
+use frost_core::keys::KeyPackage;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
@@ -1203,7 +1203,7 @@ pub fn request(home: &Home, wallet: &WalletFile, psbt: Vec<u8>) -> Result<(SignR
     dao_info(wallet)?;
     summarize(wallet, &psbt)?;
     let request = SignRequest {
-        wallet_id: WalletId::from_hex(&wallet.wallet_id)?,
+        wallet_id: wallet.wallet_id,
         psbt: ByteBuf::from(psbt),
         requester: wallet.party,
         created_ms: now_ms(),
@@ -1241,7 +1241,7 @@ pub fn earlier_request(
         return Ok(None);
     };
     let me = public_key_bytes(&home.device_key()?);
-    let ours = request.wallet_id == WalletId::from_hex(&wallet.wallet_id)?
+    let ours = request.wallet_id == wallet.wallet_id
         && request.requester == wallet.party
         && envelope.sender == me
         && request.psbt.as_slice() == psbt;
@@ -1341,7 +1341,7 @@ pub fn announce(
     envelope: &Envelope,
 ) -> Result<()> {
     let (_, invitation) = dao_info(wallet)?;
-    let id = WalletId::from_hex(&wallet.wallet_id)?;
+    let id = wallet.wallet_id;
     let mut mailbox = member_mailbox(home, mailbox_addr, &invitation)?;
     let announcement = DaoMessage::Announce {
         envelope: ByteBuf::from(envelope.encode()?),
@@ -1390,7 +1390,7 @@ pub fn list_requests(
 ) -> Result<Vec<RequestView>> {
     let (info, invitation) = dao_info(wallet)?;
     let layout = invitation.layout()?;
-    let id = WalletId::from_hex(&wallet.wallet_id)?;
+    let id = wallet.wallet_id;
     let provider_key = info.provider_key()?;
     let mut mailbox = member_mailbox(home, mailbox_addr, &invitation)?;
     let mut views: Vec<RequestView> = Vec::new();
@@ -1550,7 +1550,7 @@ pub fn approve_and_sign(
             "the provider computed other sighashes than this device: not approving".into(),
         ));
     }
-    let key_package = stored_key_package(home, &WalletId::from_hex(&wallet.wallet_id)?)?;
+    let key_package = stored_key_package(home, &wallet.wallet_id)?;
     let key = home.device_key()?;
     let (mut signer, approval) = MemberSigner::<Suite>::approve(
         hash,
@@ -1711,7 +1711,7 @@ pub fn propose_policy(
     let members: Vec<_> = layout.members.iter().map(|(_, m)| m.clone()).collect();
     Policy::parse(policy_toml, &members)?;
     let change = PolicyChange {
-        wallet_id: WalletId::from_hex(&wallet.wallet_id)?,
+        wallet_id: wallet.wallet_id,
         policy: policy_toml.to_owned(),
         from_version,
         proposer: wallet.party,
@@ -1804,7 +1804,7 @@ pub fn approve_policy(
 pub fn propose_refresh(home: &Home, wallet: &WalletFile) -> Result<(RefreshProposal, Envelope)> {
     dao_info(wallet)?;
     let proposal = RefreshProposal {
-        wallet_id: WalletId::from_hex(&wallet.wallet_id)?,
+        wallet_id: wallet.wallet_id,
         from_epoch: wallet.epoch,
         proposer: wallet.party,
         created_ms: now_ms(),
@@ -1827,7 +1827,7 @@ pub fn run_refresh(
 ) -> Result<WalletFile> {
     let (info, invitation) = dao_info(wallet)?;
     let layout = invitation.layout()?;
-    let id = WalletId::from_hex(&wallet.wallet_id)?;
+    let id = wallet.wallet_id;
     if proposal.wallet_id != id {
         return Err(input("the proposal is for another wallet"));
     }
@@ -1847,10 +1847,7 @@ pub fn run_refresh(
     let key = home.device_key()?;
     let me = public_key_bytes(&key);
     let key_package = stored_key_package(home, &id)?;
-    let pkp_bytes = hex::decode(&wallet.public_key_package)
-        .map_err(|e| ClientError::Unexpected(format!("stored public key package: {e}")))?;
-    let public_key_package = PublicKeyPackage::<Suite>::deserialize(&pkp_bytes)
-        .map_err(|e| ClientError::Unexpected(format!("stored public key package: {e}")))?;
+    let public_key_package = wallet.public_key_package.clone();
     let hash = proposal.hash()?;
     let (mut refresh, first) = DaoRefresh::<Suite>::start(
         layout,
@@ -1979,7 +1976,7 @@ fn record_refresh(
         wallet.min_signers,
         epoch,
         &output.public_key_package,
-        wallet.network.parse::<Network>()?,
+        wallet.network,
     )?;
     if rebuilt.group_public_key != wallet.group_public_key {
         return Err(ClientError::Unexpected(

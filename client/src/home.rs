@@ -22,22 +22,110 @@ use cosigner_protocol::wire::WalletId;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::address::{Network, p2tr_address};
 use crate::error::{ClientError, Result};
 
-/// A wallet as this device records it.
+type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
+use frost_core::keys::PublicKeyPackage;
+
+impl WalletFile {
+    /// Checks what the file's fields must agree on: the ciphersuite is the one this client
+    /// signs with, and the address and the x-only key are those of the public key package.
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.ciphersuite != cosigner_protocol::wire::SUITE_SECP256K1_TR {
+            return Err(format!("unsupported ciphersuite {:?}", self.ciphersuite));
+        }
+        let group = self
+            .public_key_package
+            .verifying_key()
+            .serialize()
+            .map_err(|e| e.to_string())?;
+        let x_only = crate::address::x_only(&group).map_err(|e| e.to_string())?;
+        if x_only != self.group_public_key {
+            return Err("its group key is not its public key package's".into());
+        }
+        let address = p2tr_address(&x_only, self.network).map_err(|e| e.to_string())?;
+        if address != self.address {
+            return Err("its address is not its group key's".into());
+        }
+        Ok(())
+    }
+}
+
+/// The text forms of [`WalletFile`]'s typed fields.
+mod text {
+    /// Lowercase hex of a [`cosigner_protocol::wire::WalletId`].
+    pub(super) mod wallet_id {
+        use cosigner_protocol::wire::WalletId;
+        use serde::{Deserialize, Deserializer, Serializer, de::Error};
+        pub fn serialize<S: Serializer>(id: &WalletId, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&id.to_hex())
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<WalletId, D::Error> {
+            WalletId::from_hex(&String::deserialize(d)?).map_err(D::Error::custom)
+        }
+    }
+
+    /// Lowercase hex of 32 bytes.
+    pub(super) mod x_only {
+        use serde::{Deserialize, Deserializer, Serializer, de::Error};
+        pub fn serialize<S: Serializer>(key: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&hex::encode(key))
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+            let bytes = hex::decode(String::deserialize(d)?).map_err(D::Error::custom)?;
+            bytes
+                .try_into()
+                .map_err(|_| D::Error::custom("group key is not 32 bytes"))
+        }
+    }
+
+    /// A network by its name (`regtest`, ...).
+    pub(super) mod network {
+        use crate::address::Network;
+        use serde::{Deserialize, Deserializer, Serializer, de::Error};
+        pub fn serialize<S: Serializer>(network: &Network, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(network.name())
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Network, D::Error> {
+            String::deserialize(d)?.parse().map_err(D::Error::custom)
+        }
+    }
+
+    /// Hex of frost's serialization of a public key package.
+    pub(super) mod public_key_package {
+        use frost_core::keys::PublicKeyPackage;
+        use serde::{Deserialize, Deserializer, Serializer, de::Error, ser};
+        type Package = PublicKeyPackage<super::super::Suite>;
+        pub fn serialize<S: Serializer>(pkp: &Package, s: S) -> Result<S::Ok, S::Error> {
+            let bytes = pkp.serialize().map_err(ser::Error::custom)?;
+            s.serialize_str(&hex::encode(bytes))
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Package, D::Error> {
+            let bytes = hex::decode(String::deserialize(d)?).map_err(D::Error::custom)?;
+            Package::deserialize(&bytes).map_err(D::Error::custom)
+        }
+    }
+}
+
+/// A wallet as this device records it: parsed once, when the file is read, into typed values
+/// (the JSON keeps its text form: hex ids, keys and packages, network names).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WalletFile {
-    /// Wallet id (hex).
-    pub wallet_id: String,
+    /// Wallet id (hex in the file).
+    #[serde(with = "text::wallet_id")]
+    pub wallet_id: WalletId,
     /// FROST ciphersuite.
     pub ciphersuite: String,
-    /// x-only group key (hex): the Taproot output key.
-    pub group_public_key: String,
+    /// x-only group key (hex in the file): the Taproot output key.
+    #[serde(with = "text::x_only")]
+    pub group_public_key: [u8; 32],
     /// P2TR address.
     pub address: String,
-    /// Network of the address.
-    pub network: String,
+    /// Network of the address (its name in the file).
+    #[serde(with = "text::network")]
+    pub network: Network,
     /// This device's party number.
     pub party: PartyId,
     /// Threshold.
@@ -46,8 +134,9 @@ pub struct WalletFile {
     pub parties: Vec<PartyId>,
     /// Share epoch.
     pub epoch: Epoch,
-    /// Serialized PublicKeyPackage (hex).
-    pub public_key_package: String,
+    /// The wallet's public key package (frost's serialization, hex in the file).
+    #[serde(with = "text::public_key_package")]
+    pub public_key_package: PublicKeyPackage<Suite>,
     /// For a DAO wallet: its invitation, provider key and mailbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dao: Option<crate::dao::DaoInfo>,
@@ -193,7 +282,7 @@ impl Home {
 
     /// Replaces this device's share of a wallet (after a refresh), atomically.
     pub fn replace_share(&self, wallet: &WalletFile, share: &[u8]) -> Result<()> {
-        let id = WalletId::from_hex(&wallet.wallet_id)?;
+        let id = wallet.wallet_id;
         write_private(&self.wallet_path(&id, "share"), share)?;
         let json = serde_json::to_vec_pretty(wallet).map_err(|e| home_err(&self.dir, e))?;
         write_private(&self.wallet_path(&id, "json"), &json)
@@ -296,7 +385,7 @@ impl Home {
 
     /// Records a new wallet: its public file and this device's share (0600).
     pub fn save_wallet(&self, wallet: &WalletFile, share: &[u8]) -> Result<()> {
-        let id = WalletId::from_hex(&wallet.wallet_id)?;
+        let id = wallet.wallet_id;
         let share_path = self.wallet_path(&id, "share");
         if occupied(&share_path) {
             return Err(home_err(&share_path, "already exists"));
@@ -316,8 +405,18 @@ impl Home {
             )),
             _ => io_err(&path, &e),
         })?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| home_err(&path, format!("not a readable wallet file ({e})")))
+        let wallet: WalletFile = serde_json::from_slice(&bytes)
+            .map_err(|e| home_err(&path, format!("not a readable wallet file ({e})")))?;
+        if wallet.wallet_id != *id {
+            return Err(home_err(
+                &path,
+                format!("holds wallet {}", wallet.wallet_id),
+            ));
+        }
+        wallet
+            .check()
+            .map_err(|e| home_err(&path, format!("not a consistent wallet file: {e}")))?;
+        Ok(wallet)
     }
 
     /// Reads this device's share of a wallet.

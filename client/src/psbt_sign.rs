@@ -48,16 +48,8 @@ pub fn check_policy(home: &Home, policy: &str) -> Result<Policy> {
 /// This device's own reading of a PSBT (binary) for `wallet` (personal or DAO): it must spend
 /// only the wallet's output key; what leaves, where to, and the fee.
 pub fn summarize(wallet: &WalletFile, psbt: &[u8]) -> Result<SpendSummary> {
-    let network = psbt::network_from_name(&wallet.network)?;
-    Ok(psbt::analyze(psbt, &output_key(wallet)?, network)?)
-}
-
-/// The wallet's Taproot output key Q (its x-only group key).
-fn output_key(wallet: &WalletFile) -> Result<[u8; 32]> {
-    hex::decode(&wallet.group_public_key)
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| ClientError::Unexpected("stored group key is not 32 bytes".into()))
+    let network = psbt::network_from_name(wallet.network.name())?;
+    Ok(psbt::analyze(psbt, &wallet.group_public_key, network)?)
 }
 
 /// Whether the provider's reading is this device's (addresses aside: a wallet created before
@@ -151,7 +143,7 @@ pub fn sign_psbt_with(
     {
         signatures.push(two.aggregate(session, package, provider_share.into_vec(), sighash)?);
     }
-    let (txid, tx) = psbt::finalize(psbt, &output_key(&two.wallet)?, &signatures)?;
+    let (txid, tx) = psbt::finalize(psbt, &two.wallet.group_public_key, &signatures)?;
     Ok(Signed {
         txid,
         tx,

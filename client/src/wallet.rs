@@ -389,7 +389,7 @@ fn keep_creation(
     recovery_key_out: &Path,
     confirm: &Request,
 ) -> Result<()> {
-    let wallet_id = WalletId::from_hex(&wallet.wallet_id)?;
+    let wallet_id = wallet.wallet_id;
     let journal = CreationJournal {
         recovery_key_out: recovery_key_out.to_path_buf(),
         confirm: hex::encode(wire::encode(confirm)?),
@@ -417,7 +417,7 @@ fn discard_creation(home: &Home, wallet_id: &WalletId, recovery_key_out: &Path) 
 /// Sends `DkgConfirm` to a cosigner (it answers the same `DkgDone` again if it already
 /// registered the wallet) and checks it stored our public key package.
 fn confirm_at(session: &mut dyn Courier, confirm: &Request, wallet: &WalletFile) -> Result<()> {
-    let ours = hex::decode(&wallet.public_key_package).map_err(internal)?;
+    let ours = wallet.public_key_package.serialize().map_err(internal)?;
     match session.call(confirm)? {
         Response::DkgDone { wallet } if wallet.public_key_package.as_ref() == ours.as_slice() => {
             Ok(())
@@ -534,16 +534,16 @@ pub(crate) fn wallet_file(
     let group = pkp.verifying_key().serialize().map_err(internal)?;
     let xonly = x_only(&group)?;
     Ok(WalletFile {
-        wallet_id: wallet_id.to_hex(),
+        wallet_id,
         ciphersuite: SUITE_SECP256K1_TR.to_owned(),
-        group_public_key: hex::encode(xonly),
+        group_public_key: xonly,
         address: p2tr_address(&xonly, network)?,
-        network: network.name().to_owned(),
+        network,
         party,
         min_signers,
         parties: parties.to_vec(),
         epoch,
-        public_key_package: hex::encode(pkp.serialize().map_err(internal)?),
+        public_key_package: pkp.clone(),
         dao: None,
     })
 }
@@ -566,11 +566,7 @@ fn keys(
     let share = home.share(wallet_id)?;
     let key_package = KeyPackage::<Suite>::deserialize(&share)
         .map_err(|e| ClientError::Input(format!("this device's share of {wallet_id}: {e}")))?;
-    let pkp_bytes = hex::decode(&wallet.public_key_package)
-        .map_err(|e| ClientError::Input(format!("wallet file: {e}")))?;
-    let public_key_package = PublicKeyPackage::<Suite>::deserialize(&pkp_bytes)
-        .map_err(|e| ClientError::Input(format!("wallet file: {e}")))?;
-    Ok((key_package, public_key_package))
+    Ok((key_package, wallet.public_key_package.clone()))
 }
 
 /// The two parties of a personal wallet's signature: this device (its share) and a cosigner
@@ -721,9 +717,8 @@ pub fn sign_with(
 }
 
 /// Checks a BIP-340 signature with code independent of FROST's own verifier (k256).
-pub fn verify_bip340(x_only_hex: &str, message: &[u8; 32], signature: &[u8; 64]) -> Result<()> {
-    let key = hex::decode(x_only_hex).map_err(|e| ClientError::Input(e.to_string()))?;
-    let key = k256::schnorr::VerifyingKey::from_bytes(&key)
+pub fn verify_bip340(x_only: &[u8; 32], message: &[u8; 32], signature: &[u8; 64]) -> Result<()> {
+    let key = k256::schnorr::VerifyingKey::from_bytes(x_only)
         .map_err(|e| ClientError::Input(format!("group key: {e}")))?;
     let sig = k256::schnorr::Signature::try_from(signature.as_slice())
         .map_err(|e| internal(format!("signature: {e}")))?;
@@ -802,7 +797,7 @@ fn resume(
     wallet: &WalletFile,
     device_key: &SigningKey,
 ) -> Result<Option<WalletFile>> {
-    let wallet_id = WalletId::from_hex(&wallet.wallet_id)?;
+    let wallet_id = wallet.wallet_id;
     let view = roll_forward(provider, recovery, wallet_id, device_key)?;
     if view.epoch <= wallet.epoch {
         return Ok(None);
@@ -829,8 +824,8 @@ fn switch_share(
     pkp: &PublicKeyPackage<Suite>,
     share: &[u8],
 ) -> Result<WalletFile> {
-    let wallet_id = WalletId::from_hex(&wallet.wallet_id)?;
-    let network: Network = wallet.network.parse()?;
+    let wallet_id = wallet.wallet_id;
+    let network = wallet.network;
     let new_wallet = wallet_file(
         wallet_id,
         wallet.party,
@@ -929,7 +924,7 @@ fn refresh_from(
     old: (KeyPackage<Suite>, PublicKeyPackage<Suite>),
     observe: &mut dyn FnMut(RefreshStep),
 ) -> Result<WalletFile> {
-    let wallet_id = WalletId::from_hex(&wallet.wallet_id)?;
+    let wallet_id = wallet.wallet_id;
     let device_key = home.device_key()?;
     check_provider_identity(provider, recovery, wallet_id)?;
     let params = RefreshParams {

@@ -221,7 +221,7 @@ impl Wallet {
         recovery: SigningKey,
     ) -> Self {
         let file = home.wallet(&id).unwrap();
-        let public = hex::decode(&file.public_key_package).unwrap();
+        let public = file.public_key_package.serialize().unwrap();
         let info = match get_wallet(h, session, id) {
             Response::Wallet { wallet } => wallet,
             other => panic!("GetWallet: {other:?}"),
@@ -269,7 +269,7 @@ fn create_wallet_with(
         &recovery_key,
         options,
     )?;
-    let id = WalletId::from_hex(&created.wallet.wallet_id).unwrap();
+    let id = created.wallet.wallet_id;
     let recovery = read_p256_key(&recovery_key).unwrap();
     Ok(Wallet::kept(h, session, (dir, home), id, recovery))
 }
@@ -411,16 +411,16 @@ fn create_wallet_registering(
 fn wallet_file(params: &DkgParams, public: &PublicKeyPackage<Suite>) -> WalletFile {
     let xonly = x_only(&public.verifying_key().serialize().unwrap()).unwrap();
     WalletFile {
-        wallet_id: params.wallet_id.to_hex(),
+        wallet_id: params.wallet_id,
         ciphersuite: params.ciphersuite.clone(),
-        group_public_key: hex::encode(xonly),
+        group_public_key: xonly,
         address: p2tr_address(&xonly, Network::Regtest).unwrap(),
-        network: Network::Regtest.name().to_owned(),
+        network: Network::Regtest,
         party: pid(1),
         min_signers: params.min_signers,
         parties: params.parties.clone(),
         epoch: Epoch(0),
-        public_key_package: hex::encode(public.serialize().unwrap()),
+        public_key_package: public.clone(),
         dao: None,
     }
 }

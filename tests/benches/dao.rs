@@ -160,7 +160,7 @@ fn e2e_dkg(m: &Members, members_text: &str) -> Vec<WalletFile> {
 
 fn e2e_sign(m: &Members, wallet: &WalletFile, approvers: &[usize]) -> Duration {
     let spend = bitcoin_tx::build(
-        &wallet.group_public_key,
+        &hex::encode(wallet.group_public_key),
         &[3 * BTC, 2 * BTC],
         &[
             (Pay::To(bitcoin_tx::foreign_address()), 4 * BTC),
@@ -170,7 +170,7 @@ fn e2e_sign(m: &Members, wallet: &WalletFile, approvers: &[usize]) -> Duration {
     .unwrap();
     let psbt = decode_psbt_file(spend.psbt_base64.as_bytes()).unwrap();
     let addr = m.d.provider.addr();
-    let id = cosigner_protocol::wire::WalletId::from_hex(&wallet.wallet_id).unwrap();
+    let id = wallet.wallet_id;
     let sessions: Vec<Session> = std::iter::once(0)
         .chain(approvers.iter().copied())
         .map(|_| Session::connect(&addr, &m.trust).unwrap())

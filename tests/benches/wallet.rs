@@ -132,12 +132,12 @@ fn main() {
         if first_id.is_empty() {
             first_id = last
                 .as_ref()
-                .map(|w: &cosigner_client::home::WalletFile| w.wallet_id.clone())
+                .map(|w: &cosigner_client::home::WalletFile| w.wallet_id.to_hex())
                 .unwrap_or_default();
         }
     });
     let last = last.unwrap();
-    let id = WalletId::from_hex(&last.wallet_id).unwrap();
+    let id = last.wallet_id;
 
     let message = [7u8; 32];
     let e2e = time(300, || {
@@ -157,7 +157,7 @@ fn main() {
     .unwrap()
     .wallet;
     let spend = cosigner_tests::bitcoin_tx::build(
-        &policed.group_public_key,
+        &hex::encode(policed.group_public_key),
         &[70_000, 50_000],
         &[
             (
@@ -169,7 +169,7 @@ fn main() {
     )
     .unwrap();
     let psbt = cosigner_protocol::psbt::decode_psbt_file(spend.psbt_base64.as_bytes()).unwrap();
-    let policed_id = WalletId::from_hex(&policed.wallet_id).unwrap();
+    let policed_id = policed.wallet_id;
     let psbt_ms = time(100, || {
         psbt_sign::sign_psbt(&home, &mut provider, policed_id, &psbt).unwrap();
     });

@@ -498,10 +498,7 @@ fn prepare_refresh(
     let wallet = home.wallet(&id).unwrap();
     let share = home.share(&id).unwrap();
     let kp = frost_core::keys::KeyPackage::<Suite>::deserialize(&share).unwrap();
-    let pkp = frost_core::keys::PublicKeyPackage::<Suite>::deserialize(
-        &hex::decode(&wallet.public_key_package).unwrap(),
-    )
-    .unwrap();
+    let pkp = wallet.public_key_package.clone();
     let params = RefreshParams {
         wallet_id: id,
         ciphersuite: wallet.ciphersuite.clone(),
@@ -759,8 +756,8 @@ fn a_stale_creation_journal_never_deletes_a_registered_wallet() {
     let home = cosigner_client::home::Home::open(&dir).unwrap();
     let w = home.wallets().unwrap().pop().unwrap();
     let w = Wallet {
-        id: w.wallet_id,
-        key: w.group_public_key,
+        id: w.wallet_id.to_hex(),
+        key: hex::encode(w.group_public_key),
         home: dir.clone(),
         recovery_key: key_file.clone(),
     };

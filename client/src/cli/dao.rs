@@ -324,7 +324,7 @@ fn requests(g: &Globals, args: RequestsArgs) -> anyhow::Result<()> {
         }
     }
     if args.json {
-        emit(&json!({ "wallet_id": wallet.wallet_id, "requests": listed }).to_string())
+        emit(&json!({ "wallet_id": wallet.wallet_id.to_hex(), "requests": listed }).to_string())
     } else if views.is_empty() {
         emit(&format!(
             "no pending requests for wallet {}",

@@ -172,10 +172,10 @@ pub(super) fn wallet_id(s: &str) -> anyhow::Result<WalletId> {
 
 pub(super) fn wallet_json(w: &WalletFile) -> serde_json::Value {
     json!({
-        "wallet_id": w.wallet_id,
-        "group_public_key": w.group_public_key,
+        "wallet_id": w.wallet_id.to_hex(),
+        "group_public_key": hex::encode(w.group_public_key),
         "address": w.address,
-        "network": w.network,
+        "network": w.network.name(),
         "epoch": w.epoch,
         "min_signers": w.min_signers,
         "parties": w.parties,
@@ -247,7 +247,7 @@ fn create(
     )?;
     let w = created.wallet;
     // This device's copy, for `wallet show` offline; the cosigners hold the one in force.
-    home.save_local_policy(&wallet_id(&w.wallet_id)?, policy.as_deref())?;
+    home.save_local_policy(&w.wallet_id, policy.as_deref())?;
     let out = created.recovery_key_path;
     if recovery_key_out.is_none() && out.exists() {
         let kept = out.with_file_name(format!("{}.recovery.key", w.wallet_id));
@@ -267,8 +267,8 @@ pub(super) fn created_out(w: &WalletFile, json: bool) -> anyhow::Result<()> {
     if json {
         emit(
             &json!({
-                "wallet_id": w.wallet_id,
-                "group_public_key": w.group_public_key,
+                "wallet_id": w.wallet_id.to_hex(),
+                "group_public_key": hex::encode(w.group_public_key),
                 "address": w.address,
             })
             .to_string(),
@@ -276,7 +276,9 @@ pub(super) fn created_out(w: &WalletFile, json: bool) -> anyhow::Result<()> {
     } else {
         emit(&format!(
             "wallet {}\naddress {}\ngroup key (x-only) {}",
-            w.wallet_id, w.address, w.group_public_key
+            w.wallet_id,
+            w.address,
+            hex::encode(w.group_public_key)
         ))
     }
 }
@@ -460,7 +462,7 @@ fn sign_psbt(
     with_recovery_key: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let id = wallet_id(&w.wallet_id)?;
+    let id = w.wallet_id;
     let summary = psbt_sign::summarize(w, &psbt)?;
     show_spend(&summary);
     let trust = trust(g)?;
@@ -518,7 +520,7 @@ pub fn refresh(g: &Globals, args: RefreshArgs) -> anyhow::Result<()> {
     let trust = trust(g)?;
     let (mut provider, mut recovery) = cosigners(g, &trust)?;
     let w = wallet::refresh(&home, &mut provider, &mut recovery, id, &mut |_| {})?;
-    let out = json!({ "epoch": w.epoch, "group_public_key": w.group_public_key });
+    let out = json!({ "epoch": w.epoch, "group_public_key": hex::encode(w.group_public_key) });
     if args.json {
         emit(&out.to_string())
     } else {
@@ -554,7 +556,7 @@ pub fn recover(g: &Globals, args: RecoverArgs) -> anyhow::Result<()> {
         &recovery_key,
         network,
     )?;
-    let out = json!({ "wallet_id": w.wallet_id, "group_public_key": w.group_public_key, "epoch": w.epoch });
+    let out = json!({ "wallet_id": w.wallet_id.to_hex(), "group_public_key": hex::encode(w.group_public_key), "epoch": w.epoch });
     if args.json {
         emit(&out.to_string())
     } else {

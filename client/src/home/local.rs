@@ -6,7 +6,7 @@ use std::path::Path;
 
 use cosigner_protocol::policy::{MAX_POLICY_TEXT, MAX_WINDOW_HOURS};
 use cosigner_protocol::wire::WalletId;
-use frost_core::keys::{KeyPackage, PublicKeyPackage, VerifyingShare};
+use frost_core::keys::{KeyPackage, VerifyingShare};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -60,15 +60,8 @@ impl Home {
         let Ok(kp) = KeyPackage::<Suite>::deserialize(&share) else {
             return Err(damaged("not a FROST key package"));
         };
-        let pkp = hex::decode(&wallet.public_key_package)
-            .ok()
-            .and_then(|bytes| PublicKeyPackage::<Suite>::deserialize(&bytes).ok())
-            .ok_or_else(|| {
-                home_err(
-                    &self.wallet_path(id, "json"),
-                    "its public key package is unreadable: recover the wallet",
-                )
-            })?;
+        // (An unreadable public key package fails reading the wallet file itself.)
+        let pkp = &wallet.public_key_package;
         let party = wallet.party.identifier::<Suite>().ok();
         let consistent = party.as_ref() == Some(kp.identifier())
             && pkp.verifying_shares().get(kp.identifier()) == Some(kp.verifying_share())

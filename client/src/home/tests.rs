@@ -29,20 +29,26 @@ fn names(dir: &Path) -> Vec<String> {
     names
 }
 
+/// A consistent wallet file for `id`: a dealer's 2-of-3 key (the home only stores it).
 fn wallet_file(id: &WalletId) -> WalletFile {
-    WalletFile {
-        wallet_id: id.to_hex(),
-        ciphersuite: "FROST-secp256k1-SHA256-TR-v1".into(),
-        group_public_key: "00".repeat(32),
-        address: "bcrt1p".into(),
-        network: "regtest".into(),
-        party: pid(1),
-        min_signers: 2,
-        parties: vec![pid(1), pid(2), pid(3)],
-        epoch: Epoch(0),
-        public_key_package: String::new(),
-        dao: None,
-    }
+    let (_, pkp) = frost_secp256k1_tr::keys::generate_with_dealer(
+        3,
+        2,
+        frost_core::keys::IdentifierList::Default,
+        rand_core::OsRng,
+    )
+    .unwrap();
+    let parties = [pid(1), pid(2), pid(3)];
+    crate::wallet::wallet_file(
+        *id,
+        pid(1),
+        &parties,
+        2,
+        Epoch(0),
+        &pkp,
+        crate::address::Network::Regtest,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -196,4 +202,44 @@ fn keys_are_not_written_through_a_link_and_never_overwritten() {
 /// Party `n`, where `n` is a literal known not to be 0.
 fn pid(n: u16) -> cosigner_protocol::id::PartyId {
     cosigner_protocol::id::PartyId::new(n).unwrap()
+}
+
+#[test]
+fn wallet_files_are_read_once_into_checked_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::open(dir.path()).unwrap();
+    let id = WalletId([0x5a; 16]);
+    let wallet = wallet_file(&id);
+    home.save_wallet(&wallet, b"share").unwrap();
+    // The JSON keeps its text form: hex id and key, the network's name.
+    let path = dir
+        .path()
+        .join("wallets")
+        .join(format!("{}.json", id.to_hex()));
+    let text: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(text["wallet_id"], id.to_hex());
+    assert_eq!(
+        text["group_public_key"],
+        hex::encode(wallet.group_public_key)
+    );
+    assert_eq!(text["network"], "regtest");
+    assert_eq!(home.wallet(&id).unwrap(), wallet);
+    // A file whose fields disagree (an edited address, another wallet's id, a damaged package)
+    // is refused when read, naming the file, instead of failing later in a ceremony.
+    let edits: [(&str, serde_json::Value); 4] = [
+        (
+            "address",
+            "bcrt1pqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq".into(),
+        ),
+        ("wallet_id", "00".repeat(16).into()),
+        ("public_key_package", "00ff".into()),
+        ("network", "moon".into()),
+    ];
+    for (field, value) in edits {
+        let mut edited = text.clone();
+        edited[field] = value;
+        std::fs::write(&path, serde_json::to_vec(&edited).unwrap()).unwrap();
+        let err = home.wallet(&id).unwrap_err();
+        assert!(matches!(err, ClientError::Home { .. }), "{field}: {err:?}");
+    }
 }
