@@ -1346,6 +1346,8 @@ pub fn announce(
     let announcement = DaoMessage::Announce {
         envelope: ByteBuf::from(envelope.encode()?),
     };
+    // The wallet's topic outlives the mailbox's retention of it: check who it admits first.
+    mailbox.check_topic(&Topic(id.0))?;
     mailbox.post(&seal(home, Topic(id.0), &announcement)?)?;
     Ok(())
 }

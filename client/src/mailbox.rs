@@ -209,6 +209,15 @@ impl MailboxClient {
         }
     }
 
+    /// Checks, before a first post, that `topic` admits only this member's list: a topic that
+    /// already exists was founded by someone, and a topic that lives longer than the mailbox keeps
+    /// it (a wallet's own topic) can be founded again by a stranger naming himself a member, to
+    /// read what is posted there or to have the posts refused. Reads no envelope (it asks for
+    /// those after the last possible sequence number), only the member list.
+    pub fn check_topic(&mut self, topic: &Topic) -> Result<()> {
+        self.fetch(topic, u64::MAX).map(|_| ())
+    }
+
     /// Every envelope of `topic` after sequence number `after`, paging until the mailbox says
     /// there is no more: `(seq, envelope)` in sequence order, verified, for `topic`, each once.
     /// The others are skipped and counted in [`MailboxClient::skipped`].
@@ -689,6 +698,47 @@ mod tests {
         let (addr, _server) = fake(vec![]);
         let c = MailboxClient::connect(&addr).unwrap();
         assert!(c.as_member(me, vec![vec![2; 5]]).is_err());
+    }
+
+    #[test]
+    fn a_topic_founded_by_a_stranger_is_refused_before_posting() {
+        let (me, other, stranger) = (
+            SigningKey::random(&mut rand_core::OsRng),
+            SigningKey::random(&mut rand_core::OsRng),
+            SigningKey::random(&mut rand_core::OsRng),
+        );
+        let members = vec![pk(&me), pk(&other)];
+        let listed = |keys: &[Vec<u8>]| keys.iter().cloned().map(ByteBuf::from).collect();
+        let script = vec![
+            Some(MailboxResponse::Challenge {
+                nonce: ByteBuf::from(vec![1; CHALLENGE_LEN]),
+            }),
+            Some(MailboxResponse::Messages {
+                items: vec![],
+                more: false,
+                members: listed(&[pk(&me), pk(&stranger)]),
+            }),
+            Some(MailboxResponse::Messages {
+                items: vec![],
+                more: false,
+                members: listed(&members),
+            }),
+        ];
+        let (addr, server) = fake(script);
+        let mut client = MailboxClient::connect(&addr)
+            .unwrap()
+            .as_member(me, members.clone())
+            .unwrap();
+        let err = client.check_topic(&Topic([8; 16])).unwrap_err();
+        assert!(err.to_string().contains("someone else founded it"), "{err}");
+        client.check_topic(&Topic([8; 16])).unwrap();
+        drop(client);
+        let requests = server.join().unwrap();
+        // Only the member lists were asked for, never an envelope.
+        assert!(requests.iter().all(|r| match r {
+            MailboxRequest::Fetch { after, .. } => *after == u64::MAX,
+            other => *other == MailboxRequest::Challenge,
+        }));
     }
 
     #[test]
