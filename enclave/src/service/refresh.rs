@@ -76,6 +76,10 @@ impl Service {
                 "a refresh must keep every party and the threshold of the wallet",
             ));
         }
+        // Refused as busy before the share is unsealed: a refusal costs no token operation.
+        let recovery = actor.role == Role::PendingDevice;
+        let claim = Claim::new(owner, actor.key.clone(), recovery);
+        self.refreshes.admits(&wallet_id, &claim)?;
         let old = self
             .records()
             .load_share(&wallet_id, state.party, params.from_epoch)?;
@@ -90,13 +94,12 @@ impl Service {
         let Some(Message::Round1(message)) = first.into_iter().next() else {
             return Err(internal("the refresh produced no round-1 message"));
         };
-        // Into the table first (refused if another session's refresh is in flight), then logged.
-        let recovery = actor.role == Role::PendingDevice;
+        // Into the table first (refused if another session's refresh got in since), then logged.
         self.refreshes.put(
             wallet_id,
             Pending {
                 stage: RefreshStage::Running(Box::new(next)),
-                claim: Claim::new(owner, actor.key.clone(), recovery),
+                claim,
             },
         )?;
         self.log(

@@ -172,21 +172,9 @@ impl<T> Table<T> {
     /// key (a client restarting its own ceremony), or `pending` is a recovery and the one in
     /// flight is not (the recovery credential wins).
     pub(super) fn put(&self, id: WalletId, pending: Pending<T>) -> Result<(), Failure> {
-        let what = self.what;
         let mut map = lock(&self.entries)?;
         map.retain(|_, p| p.claim.started.elapsed() < CEREMONY_TTL);
-        if let Some(running) = map.get(&id) {
-            let (running, new) = (&running.claim, &pending.claim);
-            let replaceable = running.owner == new.owner
-                || (!running.key.is_empty() && running.key == new.key)
-                || (new.recovery && !running.recovery);
-            if !replaceable {
-                return Err(Failure::busy(format!(
-                    "another session's {what} of wallet {id} is in progress: try again when it \
-                     has finished or expired"
-                )));
-            }
-        }
+        self.may_replace(&map, &id, &pending.claim)?;
         // Full: the oldest ceremony that is not a recovery makes room (a recovery goes last: the
         // owner's way back must not depend on how busy strangers keep the table).
         if !map.contains_key(&id) && map.len() >= MAX_PENDING {
@@ -222,6 +210,42 @@ impl<T> Table<T> {
     }
 
     /// Whether a ceremony of `id` is in the table (expired or not).
+    /// Whether [`Table::put`] would take a ceremony of `claim` for `id` now: asked before
+    /// expensive work (unsealing a share), so that a busy wallet's refusal stays cheap. `put`
+    /// decides again under its lock.
+    pub(super) fn admits(&self, id: &WalletId, claim: &Claim) -> Result<(), Failure> {
+        let map = lock(&self.entries)?;
+        self.may_replace(&map, id, claim)
+    }
+
+    /// Refuses, as busy, a ceremony of `new` for `id` while another session's is in flight
+    /// (see [`Table::put`] for who may replace whom); an expired one never counts.
+    fn may_replace(
+        &self,
+        map: &HashMap<WalletId, Pending<T>>,
+        id: &WalletId,
+        new: &Claim,
+    ) -> Result<(), Failure> {
+        let Some(running) = map
+            .get(id)
+            .map(|p| &p.claim)
+            .filter(|c| c.started.elapsed() < CEREMONY_TTL)
+        else {
+            return Ok(());
+        };
+        let replaceable = running.owner == new.owner
+            || (!running.key.is_empty() && running.key == new.key)
+            || (new.recovery && !running.recovery);
+        if replaceable {
+            return Ok(());
+        }
+        Err(Failure::busy(format!(
+            "another session's {} of wallet {id} is in progress: try again when it has finished \
+             or expired",
+            self.what
+        )))
+    }
+
     pub(super) fn contains(&self, id: &WalletId) -> Result<bool, Failure> {
         Ok(lock(&self.entries)?.contains_key(id))
     }
