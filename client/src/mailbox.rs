@@ -607,11 +607,7 @@ mod tests {
 
     #[test]
     fn a_member_names_the_members_signs_its_reads_and_checks_the_topics_members() {
-        let (me, other, stranger) = (
-            SigningKey::random(&mut rand_core::OsRng),
-            SigningKey::random(&mut rand_core::OsRng),
-            SigningKey::random(&mut rand_core::OsRng),
-        );
+        let [me, other, stranger] = keys();
         let t = Topic([4; 16]);
         let members = vec![pk(&me), pk(&other)];
         let listed: Vec<ByteBuf> = members.iter().cloned().map(ByteBuf::from).collect();
@@ -700,13 +696,14 @@ mod tests {
         assert!(c.as_member(me, vec![vec![2; 5]]).is_err());
     }
 
+    /// Three fresh device keys.
+    fn keys() -> [SigningKey; 3] {
+        std::array::from_fn(|_| SigningKey::random(&mut rand_core::OsRng))
+    }
+
     #[test]
     fn a_topic_founded_by_a_stranger_is_refused_before_posting() {
-        let (me, other, stranger) = (
-            SigningKey::random(&mut rand_core::OsRng),
-            SigningKey::random(&mut rand_core::OsRng),
-            SigningKey::random(&mut rand_core::OsRng),
-        );
+        let [me, other, stranger] = keys();
         let members = vec![pk(&me), pk(&other)];
         let listed = |keys: &[Vec<u8>]| keys.iter().cloned().map(ByteBuf::from).collect();
         let script = vec![

@@ -164,6 +164,33 @@ pub fn commit_receipt_digest(
     h.finalize().into()
 }
 
+/// Length of a SEC1 compressed P-256 public key.
+pub const P256_KEY_LEN: usize = 33;
+/// Length of a fixed-size (r || s) P-256 ECDSA signature.
+pub const P256_SIGNATURE_LEN: usize = 64;
+
+/// Checks the sizes of a signed object's P-256 key (named `key_name`) and ECDSA signature,
+/// before either is parsed; the reason names what is wrong.
+pub fn check_signed_shape(
+    key_name: &str,
+    key: &[u8],
+    signature: &[u8],
+) -> std::result::Result<(), String> {
+    if key.len() != P256_KEY_LEN {
+        return Err(format!(
+            "{key_name} is {} bytes, expected {P256_KEY_LEN} (SEC1 compressed P-256)",
+            key.len()
+        ));
+    }
+    if signature.len() != P256_SIGNATURE_LEN {
+        return Err(format!(
+            "signature is {} bytes, expected {P256_SIGNATURE_LEN}",
+            signature.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Signs a digest; returns `r ‖ s`.
 pub fn sign_digest(key: &SigningKey, digest: &[u8; 32]) -> Result<[u8; 64]> {
     let sig: Signature = key

@@ -34,10 +34,10 @@ pub const TEXT_PREFIX: &str = "cosigner-enrollment-v1:";
 pub const MAX_TOKEN_LEN: usize = 1024;
 
 /// Length of a device key: SEC1 compressed P-256, the one spelling keys are registered in.
-pub const DEVICE_KEY_LEN: usize = 33;
+pub const DEVICE_KEY_LEN: usize = crate::auth::P256_KEY_LEN;
 
 /// Length of a signature: `r ‖ s`, 32 bytes each.
-pub const SIGNATURE_LEN: usize = 64;
+pub const SIGNATURE_LEN: usize = crate::auth::P256_SIGNATURE_LEN;
 
 /// CBOR nesting accepted by the decoder (the token is one flat map).
 const RECURSION_LIMIT: usize = 8;
@@ -287,19 +287,8 @@ impl EnrollmentToken {
     }
 
     fn check_shape(&self) -> Result<(), EnrollmentError> {
-        if self.device_key.len() != DEVICE_KEY_LEN {
-            return Err(malformed(format!(
-                "device key is {} bytes, expected {DEVICE_KEY_LEN} (SEC1 compressed P-256)",
-                self.device_key.len()
-            )));
-        }
-        if self.signature.len() != SIGNATURE_LEN {
-            return Err(malformed(format!(
-                "signature is {} bytes, expected {SIGNATURE_LEN}",
-                self.signature.len()
-            )));
-        }
-        Ok(())
+        crate::auth::check_signed_shape("device key", &self.device_key, &self.signature)
+            .map_err(malformed)
     }
 }
 

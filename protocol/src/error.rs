@@ -146,6 +146,14 @@ impl ProtocolError {
             reason: reason.to_string(),
         }
     }
+
+    /// [`ProtocolError::Culprit`]: `party` sent something it must not have, for `reason`.
+    pub fn culprit(party: PartyId, reason: impl Into<String>) -> Self {
+        Self::Culprit {
+            party,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Result alias of this crate.

@@ -505,9 +505,8 @@ fn seal_all<C: Ciphersuite, P: KeygenParams>(
             &plaintext,
             rng,
         )
-        .map_err(|e| ProtocolError::Culprit {
-            party: to,
-            reason: format!("cannot seal to its HPKE public key: {e}"),
+        .map_err(|e| {
+            ProtocolError::culprit(to, format!("cannot seal to its HPKE public key: {e}"))
         })?;
         sealed.push(package);
     }
@@ -628,9 +627,8 @@ impl<C: Ciphersuite, P: KeygenParams> Round2<C, P> {
                 .ok_or_else(|| ProtocolError::Frost {
                     reason: format!("no round-1 package from party {from}"),
                 })?;
-            check(from, commitment, &package).map_err(|reason| ProtocolError::Culprit {
-                party: from,
-                reason: format!("its {} round-2 package: {reason}", P::NAME),
+            check(from, commitment, &package).map_err(|reason| {
+                ProtocolError::culprit(from, format!("its {} round-2 package: {reason}", P::NAME))
             })?;
             round2_packages.insert(sender, package);
         }

@@ -58,10 +58,10 @@ pub const MAX_PAGE: u32 = 256;
 pub const DIGEST_DOMAIN: &[u8] = b"cosigner/mailbox/v1";
 
 /// Length of a SEC1 compressed P-256 key, the only spelling of `sender` accepted.
-pub const SENDER_LEN: usize = 33;
+pub const SENDER_LEN: usize = crate::auth::P256_KEY_LEN;
 
 /// Length of a signature: `r ‖ s`, 32 bytes each.
-pub const SIGNATURE_LEN: usize = 64;
+pub const SIGNATURE_LEN: usize = crate::auth::P256_SIGNATURE_LEN;
 
 /// Domain separation of [`ReadProof::digest`].
 pub const READ_DOMAIN: &[u8] = b"cosigner/mailbox/read/v1";
@@ -208,19 +208,8 @@ impl Envelope {
     }
 
     fn check_shape(&self) -> Result<()> {
-        if self.sender.len() != SENDER_LEN {
-            return Err(refused(format!(
-                "sender key is {} bytes, expected {SENDER_LEN} (SEC1 compressed P-256)",
-                self.sender.len()
-            )));
-        }
-        if self.signature.len() != SIGNATURE_LEN {
-            return Err(refused(format!(
-                "signature is {} bytes, expected {SIGNATURE_LEN}",
-                self.signature.len()
-            )));
-        }
-        Ok(())
+        crate::auth::check_signed_shape("sender key", &self.sender, &self.signature)
+            .map_err(refused)
     }
 }
 

@@ -379,9 +379,8 @@ fn seal_deltas<C: Ciphersuite>(
         })?;
         let aad = context::aad(params, Kind::Delta, me, to, context_hash);
         let (enc, mut ciphertext) = hpke::seal(recipient_key, &info, &aad, &plaintext, rng)
-            .map_err(|e| ProtocolError::Culprit {
-                party: to,
-                reason: format!("cannot seal to its HPKE public key: {e}"),
+            .map_err(|e| {
+                ProtocolError::culprit(to, format!("cannot seal to its HPKE public key: {e}"))
             })?;
         let signature = context::sign_with_share(
             key_package,

@@ -261,10 +261,7 @@ pub fn signing_package<C: Ciphersuite>(
             SigningCommitments::<C>::deserialize,
             SigningCommitments::<C>::serialize,
         )
-        .map_err(|e| ProtocolError::Culprit {
-            party,
-            reason: format!("its signing commitments {e}"),
-        })?;
+        .map_err(|e| ProtocolError::culprit(party, format!("its signing commitments {e}")))?;
         decoded.insert(common::identifier::<C>(party)?, c);
     }
     SigningPackage::new(decoded, message)
@@ -339,10 +336,7 @@ pub fn aggregate<C: Ciphersuite>(
             SignatureShare::<C>::deserialize,
             |s: &SignatureShare<C>| Ok(s.serialize()),
         )
-        .map_err(|e| ProtocolError::Culprit {
-            party,
-            reason: format!("its signature share {e}"),
-        })?;
+        .map_err(|e| ProtocolError::culprit(party, format!("its signature share {e}")))?;
         decoded.insert(common::identifier::<C>(party)?, share);
     }
 

@@ -150,9 +150,7 @@ impl Service {
         round1: &[Round1Message],
     ) -> Outcome {
         self.dkgs.step(&wallet_id, &owner, |mut exchange, _| {
-            let messages = round1.iter().cloned().map(Message::Round1);
-            let out = relay_step(&mut exchange, Step::Round1, messages)?;
-            let packages = out.into_iter().filter_map(package_of).collect();
+            let packages = round1_relayed(&mut exchange, round1)?;
             Ok((Some(exchange), Response::DkgRound2 { packages }))
         })
     }
@@ -164,12 +162,7 @@ impl Service {
         packages: &[SealedPackage],
     ) -> Outcome {
         self.dkgs.step(&wallet_id, &owner, |mut exchange, _| {
-            let messages = packages.iter().cloned().map(Message::Round2);
-            let out = relay_step(&mut exchange, Step::Round2, messages)?;
-            let confirmation = out
-                .into_iter()
-                .find_map(confirmation_of)
-                .ok_or_else(|| internal("the DKG produced no confirmation"))?;
+            let confirmation = round2_relayed(&mut exchange, packages)?;
             Ok((Some(exchange), Response::DkgRound3 { confirmation }))
         })
     }
@@ -372,6 +365,28 @@ impl Service {
 }
 
 /// The sealed package in an engine's message, if it is one.
+/// Round 1 relayed (the coordinator's copy of every round-1 message): our sealed packages.
+pub(super) fn round1_relayed<P: cosigner_protocol::keygen::KeygenParams>(
+    exchange: &mut Exchange<Suite, P>,
+    round1: &[Round1Message],
+) -> Result<Vec<SealedPackage>, Failure> {
+    let messages = round1.iter().cloned().map(Message::Round1);
+    let out = relay_step(exchange, Step::Round1, messages)?;
+    Ok(out.into_iter().filter_map(package_of).collect())
+}
+
+/// Round 2 relayed (the packages sealed to us): our confirmation.
+pub(super) fn round2_relayed<P: cosigner_protocol::keygen::KeygenParams>(
+    exchange: &mut Exchange<Suite, P>,
+    packages: &[SealedPackage],
+) -> Result<Confirmation, Failure> {
+    let messages = packages.iter().cloned().map(Message::Round2);
+    let out = relay_step(exchange, Step::Round2, messages)?;
+    out.into_iter()
+        .find_map(confirmation_of)
+        .ok_or_else(|| internal(format!("the {} produced no confirmation", P::NAME)))
+}
+
 pub(super) fn package_of(message: Message) -> Option<SealedPackage> {
     match message {
         Message::Round2(p) => Some(p),

@@ -6,7 +6,7 @@
 use cosigner_protocol::auth::{commit_receipt_digest, verify_digest};
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
-use cosigner_protocol::keygen::exchange::{Exchange, Message, Step};
+use cosigner_protocol::keygen::exchange::{Exchange, Message};
 use cosigner_protocol::party;
 use cosigner_protocol::refresh;
 use cosigner_protocol::wire::{
@@ -16,7 +16,7 @@ use frost_core::keys::PublicKeyPackage;
 use serde_bytes::ByteBuf;
 
 use super::authorized::{Actor, Role};
-use super::dkg::{package_of, relay_step};
+use super::dkg::{round1_relayed, round2_relayed};
 use super::failure::{Failure, Outcome, internal, lock};
 use super::records::{PreparedRecord, ShareRecord, WalletState};
 use super::table::{Claim, Pending};
@@ -124,9 +124,7 @@ impl Service {
                     "the refresh is not waiting for round-1 messages",
                 ));
             };
-            let messages = round1.iter().cloned().map(Message::Round1);
-            let out = relay_step(&mut exchange, Step::Round1, messages)?;
-            let packages = out.into_iter().filter_map(package_of).collect();
+            let packages = round1_relayed(&mut exchange, round1)?;
             Ok((
                 Some(RefreshStage::Running(exchange)),
                 Response::RefreshRound2 { packages },
@@ -166,8 +164,7 @@ impl Service {
     ) -> Result<Confirmation, Failure> {
         let state = self.records().load_state(wallet_id)?;
         let from = exchange.params().from_epoch;
-        let messages = packages.iter().cloned().map(Message::Round2);
-        relay_step(&mut exchange, Step::Round2, messages)?;
+        round2_relayed(&mut exchange, packages)?;
         let unconfirmed = exchange.unconfirmed();
         let Some((_, next)) = unconfirmed.first() else {
             return Err(internal("the refresh derived no share"));

@@ -308,10 +308,10 @@ pub(super) fn check_owner(
 ) -> Result<()> {
     match layout.owner_of(party) {
         Some(owner) if owner == sender => Ok(()),
-        Some(_) => Err(ProtocolError::Culprit {
+        Some(_) => Err(ProtocolError::culprit(
             party,
-            reason: format!("a {what} for it was signed by another key"),
-        }),
+            format!("a {what} for it was signed by another key"),
+        )),
         None => Err(ProtocolError::UnexpectedMessage {
             expected: "a message from a party of the wallet",
             actual: format!("{what} from unknown party {party}"),
@@ -322,10 +322,10 @@ pub(super) fn check_owner(
 /// Checks that `sender` owns `party` and that it is a member's, not the provider's.
 fn check_member(layout: &Layout, sender: &[u8], party: PartyId, what: &str) -> Result<()> {
     if layout.provider_parties.contains(&party) {
-        return Err(ProtocolError::Culprit {
+        return Err(ProtocolError::culprit(
             party,
-            reason: format!("a {what} is a member's, not the provider's"),
-        });
+            format!("a {what} is a member's, not the provider's"),
+        ));
     }
     check_owner(layout, sender, party, what)
 }

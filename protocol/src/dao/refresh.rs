@@ -196,12 +196,10 @@ impl<C: Ciphersuite> DaoRefresh<C> {
         for &party in parties {
             check_owner(&self.layout, sender, party, "commitment")?;
             if epoch != expected {
-                return Err(ProtocolError::Culprit {
+                return Err(ProtocolError::culprit(
                     party,
-                    reason: format!(
-                        "it committed epoch {epoch}, this refresh makes epoch {expected}"
-                    ),
-                });
+                    format!("it committed epoch {epoch}, this refresh makes epoch {expected}"),
+                ));
             }
             new |= self.committed.insert(party);
         }

@@ -485,14 +485,14 @@ impl<C: Ciphersuite> Coordinator<C> {
     fn check_member(&self, sender: &[u8], party: PartyId, what: &str) -> Result<()> {
         match self.approvers.get(&party) {
             Some(key) if key.as_slice() == sender => Ok(()),
-            Some(_) => Err(ProtocolError::Culprit {
+            Some(_) => Err(ProtocolError::culprit(
                 party,
-                reason: format!("its {what} was signed by another key"),
-            }),
-            None => Err(ProtocolError::Culprit {
+                format!("its {what} was signed by another key"),
+            )),
+            None => Err(ProtocolError::culprit(
                 party,
-                reason: format!("sent a {what} but is not an approver under this rule"),
-            }),
+                format!("sent a {what} but is not an approver under this rule"),
+            )),
         }
     }
 
@@ -500,10 +500,10 @@ impl<C: Ciphersuite> Coordinator<C> {
         if n == self.sighashes.len() {
             Ok(())
         } else {
-            Err(ProtocolError::Culprit {
+            Err(ProtocolError::culprit(
                 party,
-                reason: format!("{n} {what} for {} inputs", self.sighashes.len()),
-            })
+                format!("{n} {what} for {} inputs", self.sighashes.len()),
+            ))
         }
     }
 
@@ -511,13 +511,13 @@ impl<C: Ciphersuite> Coordinator<C> {
     /// older round (stale: ignored), an error for a round not announced yet.
     fn current_round(&self, party: PartyId, round: u32, what: &str) -> Result<bool> {
         if round > self.round {
-            return Err(ProtocolError::Culprit {
+            return Err(ProtocolError::culprit(
                 party,
-                reason: format!(
+                format!(
                     "it sent {what} for signing round {round}, the current round is {}",
                     self.round
                 ),
-            });
+            ));
         }
         Ok(round == self.round && !self.restart)
     }
@@ -556,10 +556,10 @@ impl<C: Ciphersuite> Coordinator<C> {
                     return Ok(false);
                 }
                 if self.packages.is_none() || !self.commitments.contains_key(party) {
-                    return Err(ProtocolError::Culprit {
-                        party: *party,
-                        reason: "it sent shares without a signing package for it".into(),
-                    });
+                    return Err(ProtocolError::culprit(
+                        *party,
+                        "it sent shares without a signing package for it",
+                    ));
                 }
                 self.check_count(*party, shares.len(), "signature shares")?;
                 if self.shares.contains_key(party) {
@@ -575,24 +575,24 @@ impl<C: Ciphersuite> Coordinator<C> {
 
     fn approval(&mut self, sender: &[u8], a: &Approval) -> Result<bool> {
         if !same_request(&self.request, &a.request) {
-            return Err(ProtocolError::Culprit {
-                party: a.party,
-                reason: "its approval is for another request".into(),
-            });
+            return Err(ProtocolError::culprit(
+                a.party,
+                "its approval is for another request",
+            ));
         }
         self.check_member(sender, a.party, "approval")?;
         let expected = sighashes_digest(&self.request, &self.sighashes);
         if hash32(&a.sighashes, "approved sighashes")? != expected {
-            return Err(ProtocolError::Culprit {
-                party: a.party,
-                reason: "it approved other sighashes than this PSBT's".into(),
-            });
+            return Err(ProtocolError::culprit(
+                a.party,
+                "it approved other sighashes than this PSBT's",
+            ));
         }
         if self.rejections.contains_key(&a.party) {
-            return Err(ProtocolError::Culprit {
-                party: a.party,
-                reason: "it approved a request it had rejected (the rejection stands)".into(),
-            });
+            return Err(ProtocolError::culprit(
+                a.party,
+                "it approved a request it had rejected (the rejection stands)",
+            ));
         }
         if self.approvals.contains(&a.party) {
             return Ok(false);
@@ -603,18 +603,18 @@ impl<C: Ciphersuite> Coordinator<C> {
 
     fn rejection(&mut self, sender: &[u8], r: &Rejection) -> Result<bool> {
         if !same_request(&self.request, &r.request) {
-            return Err(ProtocolError::Culprit {
-                party: r.party,
-                reason: "its rejection is for another request".into(),
-            });
+            return Err(ProtocolError::culprit(
+                r.party,
+                "its rejection is for another request",
+            ));
         }
         self.check_member(sender, r.party, "rejection")?;
         check_reason(r)?;
         if self.approvals.contains(&r.party) {
-            return Err(ProtocolError::Culprit {
-                party: r.party,
-                reason: "it rejected a request it had approved (the approval stands)".into(),
-            });
+            return Err(ProtocolError::culprit(
+                r.party,
+                "it rejected a request it had approved (the approval stands)",
+            ));
         }
         if self.rejections.contains_key(&r.party) {
             return Ok(false);
@@ -628,16 +628,16 @@ impl<C: Ciphersuite> Coordinator<C> {
     /// finish (the packages went out with a set whose nonces the member no longer has).
     fn commit(&mut self, party: PartyId, value: Vec<Vec<u8>>) -> Result<bool> {
         let Some(signers) = &self.signers else {
-            return Err(ProtocolError::Culprit {
+            return Err(ProtocolError::culprit(
                 party,
-                reason: "it committed before the signer set was chosen".into(),
-            });
+                "it committed before the signer set was chosen",
+            ));
         };
         if !signers.contains(&party) {
-            return Err(ProtocolError::Culprit {
+            return Err(ProtocolError::culprit(
                 party,
-                reason: "it committed but is not in the signer set".into(),
-            });
+                "it committed but is not in the signer set",
+            ));
         }
         self.check_count(party, value.len(), "commitments")?;
         let existing = self.commitments.get(&party);
@@ -665,10 +665,10 @@ impl<C: Ciphersuite> Coordinator<C> {
         }
         let retired = self.replaced.entry(party).or_default();
         if retired.len() >= MAX_REPLACEMENTS {
-            return Err(ProtocolError::Culprit {
+            return Err(ProtocolError::culprit(
                 party,
-                reason: format!("it replaced its commitments more than {MAX_REPLACEMENTS} times"),
-            });
+                format!("it replaced its commitments more than {MAX_REPLACEMENTS} times"),
+            ));
         }
         retired.insert(old);
         self.commitments.insert(party, value);
@@ -812,9 +812,8 @@ impl<C: Ciphersuite> Coordinator<C> {
                     .commitments
                     .get(p)
                     .and_then(|v| v.get(i))
-                    .ok_or_else(|| ProtocolError::Culprit {
-                        party: *p,
-                        reason: format!("no commitment for input {i}"),
+                    .ok_or_else(|| {
+                        ProtocolError::culprit(*p, format!("no commitment for input {i}"))
                     })?;
                 per_input.insert(*p, c.clone());
             }
@@ -855,9 +854,8 @@ impl<C: Ciphersuite> Coordinator<C> {
                     .get(p)
                     .or_else(|| self.own_shares.get(p))
                     .and_then(|v| v.get(i))
-                    .ok_or_else(|| ProtocolError::Culprit {
-                        party: *p,
-                        reason: format!("no signature share for input {i}"),
+                    .ok_or_else(|| {
+                        ProtocolError::culprit(*p, format!("no signature share for input {i}"))
                     })?;
                 per_input.insert(*p, share.clone());
             }
@@ -1001,14 +999,8 @@ impl Tally {
                 party,
                 round,
                 ..
-            } if same_request(&self.request, request)
-                && *round == self.round
-                && self.chosen.contains(party)
-                && self.is_approver(sender, *party) =>
-            {
-                self.committed.insert(*party)
             }
-            DaoMessage::Shares {
+            | DaoMessage::Shares {
                 request,
                 party,
                 round,
@@ -1018,7 +1010,11 @@ impl Tally {
                 && self.chosen.contains(party)
                 && self.is_approver(sender, *party) =>
             {
-                self.shared.insert(*party)
+                let done = match message {
+                    DaoMessage::Commitments { .. } => &mut self.committed,
+                    _ => &mut self.shared,
+                };
+                done.insert(*party)
             }
             _ => false,
         }
@@ -1186,13 +1182,13 @@ fn provider_key<C: Ciphersuite>(
 /// A rejection's reason must be short: it is shown to every member.
 fn check_reason(r: &Rejection) -> Result<()> {
     match &r.reason {
-        Some(text) if text.len() > MAX_REJECTION_REASON => Err(ProtocolError::Culprit {
-            party: r.party,
-            reason: format!(
+        Some(text) if text.len() > MAX_REJECTION_REASON => Err(ProtocolError::culprit(
+            r.party,
+            format!(
                 "its rejection's reason is {} bytes, at most {MAX_REJECTION_REASON}",
                 text.len()
             ),
-        }),
+        )),
         _ => Ok(()),
     }
 }

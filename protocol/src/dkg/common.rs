@@ -119,14 +119,11 @@ pub(crate) fn frost_error<C: Ciphersuite>(
         [] => ProtocolError::Frost {
             reason: format!("{context}: {error}"),
         },
-        [party] => ProtocolError::Culprit {
-            party: *party,
-            reason: format!("{context}: {error}"),
-        },
-        [party, ..] => ProtocolError::Culprit {
-            party: *party,
-            reason: format!("{context}: {error} (culprits: parties {culprits:?})"),
-        },
+        [party] => ProtocolError::culprit(*party, format!("{context}: {error}")),
+        [party, ..] => ProtocolError::culprit(
+            *party,
+            format!("{context}: {error} (culprits: parties {culprits:?})"),
+        ),
     }
 }
 

@@ -406,10 +406,10 @@ pub(crate) fn insert_once<K: Ord, V: Clone + PartialEq>(
 ) -> Result<bool> {
     match map.get(&key) {
         Some(existing) if existing == value => Ok(false),
-        Some(_) => Err(ProtocolError::Culprit {
+        Some(_) => Err(ProtocolError::culprit(
             party,
-            reason: format!("it sent two different versions of its {what}"),
-        }),
+            format!("it sent two different versions of its {what}"),
+        )),
         None => {
             map.insert(key, value.clone());
             Ok(true)
