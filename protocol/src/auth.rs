@@ -101,13 +101,20 @@ pub fn registration_digest(
     device_key: &[u8],
     recovery_key: &[u8],
 ) -> [u8; 32] {
+    let parts = [&wallet_id.0[..], transcript_hash, device_key, recovery_key];
+    registration_hash(b"cosigner-registration-v1", parts)
+        .finalize()
+        .into()
+}
+
+/// The hash of a registration digest so far: its tag, then each part framed.
+fn registration_hash(tag: &[u8], parts: [&[u8]; 4]) -> Sha256 {
     let mut h = Sha256::new();
-    framed(&mut h, b"cosigner-registration-v1");
-    framed(&mut h, &wallet_id.0);
-    framed(&mut h, transcript_hash);
-    framed(&mut h, device_key);
-    framed(&mut h, recovery_key);
-    h.finalize().into()
+    framed(&mut h, tag);
+    for part in parts {
+        framed(&mut h, part);
+    }
+    h
 }
 
 /// [`registration_digest`] extended with the wallet's terms: its spending policy (TOML text)
@@ -124,12 +131,8 @@ pub fn registration_digest_with(
     if policy.is_none() && network.is_none() {
         return registration_digest(wallet_id, transcript_hash, device_key, recovery_key);
     }
-    let mut h = Sha256::new();
-    framed(&mut h, b"cosigner-registration-v2");
-    framed(&mut h, &wallet_id.0);
-    framed(&mut h, transcript_hash);
-    framed(&mut h, device_key);
-    framed(&mut h, recovery_key);
+    let parts = [&wallet_id.0[..], transcript_hash, device_key, recovery_key];
+    let mut h = registration_hash(b"cosigner-registration-v2", parts);
     for part in [policy, network] {
         // Presence, then the text: "absent" and "empty" differ.
         match part {

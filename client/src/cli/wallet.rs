@@ -520,14 +520,20 @@ pub fn refresh(g: &Globals, args: RefreshArgs) -> anyhow::Result<()> {
     let trust = trust(g)?;
     let (mut provider, mut recovery) = cosigners(g, &trust)?;
     let w = wallet::refresh(&home, &mut provider, &mut recovery, id, &mut |_| {})?;
-    let out = json!({ "epoch": w.epoch, "group_public_key": hex::encode(w.group_public_key) });
-    if args.json {
+    epoch_out(&w, args.json, "refreshed to epoch")
+}
+
+/// What `refresh` and `recover` print: the wallet at its new epoch.
+fn epoch_out(w: &WalletFile, json: bool, what: &str) -> anyhow::Result<()> {
+    if json {
+        let out = json!({
+            "wallet_id": w.wallet_id.to_hex(),
+            "group_public_key": hex::encode(w.group_public_key),
+            "epoch": w.epoch,
+        });
         emit(&out.to_string())
     } else {
-        emit(&format!(
-            "wallet {} refreshed to epoch {}",
-            w.wallet_id, w.epoch
-        ))
+        emit(&format!("wallet {} {what} {}", w.wallet_id, w.epoch))
     }
 }
 
@@ -556,13 +562,5 @@ pub fn recover(g: &Globals, args: RecoverArgs) -> anyhow::Result<()> {
         &recovery_key,
         network,
     )?;
-    let out = json!({ "wallet_id": w.wallet_id.to_hex(), "group_public_key": hex::encode(w.group_public_key), "epoch": w.epoch });
-    if args.json {
-        emit(&out.to_string())
-    } else {
-        emit(&format!(
-            "wallet {} recovered onto this device at epoch {}",
-            w.wallet_id, w.epoch
-        ))
-    }
+    epoch_out(&w, args.json, "recovered onto this device at epoch")
 }

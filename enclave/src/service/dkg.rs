@@ -143,27 +143,17 @@ impl Service {
         Ok(normalise_public_key(&token.device_key)?)
     }
 
-    pub(super) fn dkg_round2(
+    /// Rounds 2 and 3 of session `owner`'s DKG of `wallet_id`: `relay` takes the messages the
+    /// coordinator relayed and answers ours.
+    pub(super) fn dkg_relay(
         &self,
         owner: [u8; 16],
         wallet_id: WalletId,
-        round1: &[Round1Message],
+        relay: impl FnOnce(&mut Exchange<Suite, DkgParams>) -> Outcome,
     ) -> Outcome {
         self.dkgs.step(&wallet_id, &owner, |mut exchange, _| {
-            let packages = round1_relayed(&mut exchange, round1)?;
-            Ok((Some(exchange), Response::DkgRound2 { packages }))
-        })
-    }
-
-    pub(super) fn dkg_round3(
-        &self,
-        owner: [u8; 16],
-        wallet_id: WalletId,
-        packages: &[SealedPackage],
-    ) -> Outcome {
-        self.dkgs.step(&wallet_id, &owner, |mut exchange, _| {
-            let confirmation = round2_relayed(&mut exchange, packages)?;
-            Ok((Some(exchange), Response::DkgRound3 { confirmation }))
+            let answer = relay(&mut exchange)?;
+            Ok((Some(exchange), answer))
         })
     }
 

@@ -182,12 +182,18 @@ impl Service {
                 enrollment.as_ref().map(|t| t.as_slice()),
             ),
             Request::DkgRound2 { wallet_id, round1 } => {
-                self.dkg_round2(session.id, wallet_id, &round1)
+                self.dkg_relay(session.id, wallet_id, |x| {
+                    let packages = dkg::round1_relayed(x, &round1)?;
+                    Ok(Response::DkgRound2 { packages })
+                })
             }
             Request::DkgRound3 {
                 wallet_id,
                 packages,
-            } => self.dkg_round3(session.id, wallet_id, &packages),
+            } => self.dkg_relay(session.id, wallet_id, |x| {
+                let confirmation = dkg::round2_relayed(x, &packages)?;
+                Ok(Response::DkgRound3 { confirmation })
+            }),
             Request::DkgConfirm {
                 wallet_id,
                 confirmations,
