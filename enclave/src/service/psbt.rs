@@ -21,8 +21,6 @@
 //! Without a policy, PSBTs are signed too (history is still recorded, so a policy set later counts
 //! the spends already made).
 
-use std::time::Instant;
-
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::policy::{ASSET_BTC, Member, PastSpend, Policy, Spend};
@@ -39,7 +37,6 @@ use super::authorized::Actor;
 use super::failure::{Failure, Outcome, internal};
 use super::records::WalletState;
 use super::sign::epoch_in_use;
-use super::table;
 use super::{Service, Suite, key_package, now_ms, output_key, random};
 
 /// The one member of a personal wallet's policy: the device key.
@@ -66,17 +63,6 @@ pub(super) struct PsbtSession {
     value_leaving: u64,
     fee: u64,
     destinations: Vec<String>,
-    started: Instant,
-}
-
-impl table::Session for PsbtSession {
-    fn wallet(&self) -> &WalletId {
-        &self.wallet_id
-    }
-
-    fn started(&self) -> Instant {
-        self.started
-    }
 }
 
 /// Most signed txids remembered per wallet (the oldest are forgotten first).
@@ -411,9 +397,8 @@ impl Service {
             value_leaving: summary.value_leaving,
             fee: summary.fee,
             destinations,
-            started: Instant::now(),
         };
-        self.psbts.insert(session_id, session, |mine| {
+        self.psbts.insert(session_id, wallet_id, session, |mine| {
             format!("wallet {wallet_id} has {mine} PSBT signing sessions open")
         })?;
         Ok(Response::PsbtCommitted {

@@ -118,17 +118,10 @@ impl Service {
         wallet_id: WalletId,
         round1: &[Round1Message],
     ) -> Outcome {
-        self.refreshes.step(&wallet_id, &owner, |stage, _| {
-            let RefreshStage::Running(mut exchange) = stage else {
-                return Err(Failure::bad(
-                    "the refresh is not waiting for round-1 messages",
-                ));
-            };
+        self.refresh_running(owner, wallet_id, |mut exchange, _| {
             let packages = round1_relayed(&mut exchange, round1)?;
-            Ok((
-                Some(RefreshStage::Running(exchange)),
-                Response::RefreshRound2 { packages },
-            ))
+            let answer = Response::RefreshRound2 { packages };
+            Ok((RefreshStage::Running(exchange), answer))
         })
     }
 
@@ -138,17 +131,32 @@ impl Service {
         wallet_id: WalletId,
         packages: &[SealedPackage],
     ) -> Outcome {
+        self.refresh_running(owner, wallet_id, |exchange, claim| {
+            let confirmation = self.prepare_refresh(&wallet_id, *exchange, packages, claim)?;
+            let answer = Response::RefreshRound3 { confirmation };
+            Ok((RefreshStage::Prepared, answer))
+        })
+    }
+
+    /// A step of session `owner`'s refresh of `wallet_id` while its engine runs (rounds 2 and 3;
+    /// a prepared refresh only commits).
+    fn refresh_running(
+        &self,
+        owner: [u8; 16],
+        wallet_id: WalletId,
+        step: impl FnOnce(
+            Box<Exchange<Suite, RefreshParams>>,
+            &Claim,
+        ) -> Result<(RefreshStage, Response), Failure>,
+    ) -> Outcome {
         self.refreshes.step(&wallet_id, &owner, |stage, claim| {
             let RefreshStage::Running(exchange) = stage else {
                 return Err(Failure::bad(
-                    "the refresh is not waiting for round-2 packages",
+                    "the refresh is prepared: it waits for the commit",
                 ));
             };
-            let confirmation = self.prepare_refresh(&wallet_id, *exchange, packages, claim)?;
-            Ok((
-                Some(RefreshStage::Prepared),
-                Response::RefreshRound3 { confirmation },
-            ))
+            let (next, answer) = step(exchange, claim)?;
+            Ok((Some(next), answer))
         })
     }
 

@@ -1,7 +1,7 @@
 //! Raw-digest signing (`SignCommit`, `SignShare`; `cosigner_protocol::sign`): one FROST session
 //! per request, its nonces in memory only and used once.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
@@ -26,17 +26,6 @@ pub(super) struct PendingSign {
     /// state is unchanged (no revocation, suspension or refresh since), so no reload is needed.
     generation: Option<u64>,
     session: SignerSession<Suite>,
-    started: Instant,
-}
-
-impl table::Session for PendingSign {
-    fn wallet(&self) -> &WalletId {
-        &self.wallet_id
-    }
-
-    fn started(&self) -> Instant {
-        self.started
-    }
 }
 
 /// Whether `epoch` still has a share in `state` (current, or retained until finalized).
@@ -84,10 +73,10 @@ impl Service {
             actor,
             generation,
             session,
-            started: Instant::now(),
         };
-        self.signs
-            .insert(session_id, pending, |open| too_many(&wallet_id, open))?;
+        self.signs.insert(session_id, wallet_id, pending, |open| {
+            too_many(&wallet_id, open)
+        })?;
         Ok(Response::SignCommitted {
             session_id,
             commitments: ByteBuf::from(commitments),

@@ -272,21 +272,28 @@ impl<T> Table<T> {
     }
 }
 
-/// An open signing session, as its table sees it.
-pub(super) trait Session {
+/// An open signing session, with what its table needs to know of it.
+struct Open<T> {
     /// The wallet it signs for.
-    fn wallet(&self) -> &WalletId;
+    wallet: WalletId,
     /// When it was opened.
-    fn started(&self) -> Instant;
+    started: Instant,
+    session: T,
+}
+
+impl<T> Open<T> {
+    fn live(&self) -> bool {
+        self.started.elapsed() < SIGN_TTL
+    }
 }
 
 /// Signing sessions by session id (nonces in memory only: an evicted session's commitments are
 /// simply never used).
 pub(super) struct Sessions<T> {
-    entries: Mutex<HashMap<SessionId, T>>,
+    entries: Mutex<HashMap<SessionId, Open<T>>>,
 }
 
-impl<T: Session> Sessions<T> {
+impl<T> Sessions<T> {
     pub(super) fn new() -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
@@ -297,29 +304,35 @@ impl<T: Session> Sessions<T> {
     pub(super) fn open(&self, wallet: &WalletId) -> Result<usize, Failure> {
         Ok(lock(&self.entries)?
             .values()
-            .filter(|s| s.wallet() == wallet && s.started().elapsed() < SIGN_TTL)
+            .filter(|s| s.wallet == *wallet && s.live())
             .count())
     }
 
-    /// Opens `session` as `id`: refused as busy (`busy(open)`) once its wallet has its quota;
-    /// the table as a whole evicts its oldest session.
+    /// Opens `session` of `wallet` as `id`: refused as busy (`busy(open)`) once the wallet has
+    /// its quota; the table as a whole evicts its oldest session.
     pub(super) fn insert(
         &self,
         id: SessionId,
+        wallet: WalletId,
         session: T,
         busy: impl FnOnce(usize) -> String,
     ) -> Result<(), Failure> {
         let mut map = lock(&self.entries)?;
-        map.retain(|_, s| s.started().elapsed() < SIGN_TTL);
-        let open = map
-            .values()
-            .filter(|s| s.wallet() == session.wallet())
-            .count();
+        map.retain(|_, s| s.live());
+        let open = map.values().filter(|s| s.wallet == wallet).count();
         if open >= MAX_SIGNS_PER_WALLET {
             return Err(Failure::busy(busy(open)));
         }
-        evict_oldest(&mut map, MAX_PENDING_SIGNS, |s| s.started());
-        map.insert(id, session);
+        evict_oldest(&mut map, MAX_PENDING_SIGNS, |s| s.started);
+        let started = Instant::now();
+        map.insert(
+            id,
+            Open {
+                wallet,
+                started,
+                session,
+            },
+        );
         Ok(())
     }
 
@@ -332,16 +345,17 @@ impl<T: Session> Sessions<T> {
     ) -> Result<T, Failure> {
         let mut map = lock(&self.entries)?;
         if let Some(s) = map.get(id) {
-            may(s)?;
+            may(&s.session)?;
         }
         map.remove(id)
-            .filter(|s| s.started().elapsed() < SIGN_TTL)
+            .filter(Open::live)
+            .map(|s| s.session)
             .ok_or_else(|| Failure::not_found("unknown, expired or already used signing session"))
     }
 
     /// Drops every session of `wallet`.
     pub(super) fn drop_wallet(&self, wallet: &WalletId) -> Result<(), Failure> {
-        lock(&self.entries)?.retain(|_, s| s.wallet() != wallet);
+        lock(&self.entries)?.retain(|_, s| s.wallet != *wallet);
         Ok(())
     }
 }
