@@ -20,6 +20,7 @@ use serde_bytes::ByteBuf;
 use super::failure::{Failure, Outcome, internal};
 use super::psbt;
 use super::records::{ShareRecord, WalletState};
+use super::table::ConnectionId;
 use super::table::{Claim, Pending, Quota};
 use super::{Service, Suite, info, now_ms, sorted};
 
@@ -82,7 +83,7 @@ struct Confirmed {
 impl Service {
     pub(super) fn dkg_start(
         &self,
-        owner: [u8; 16],
+        owner: ConnectionId,
         params: DkgParams,
         me: PartyId,
         enrollment: Option<&[u8]>,
@@ -147,7 +148,7 @@ impl Service {
     /// coordinator relayed and answers ours.
     pub(super) fn dkg_relay(
         &self,
-        owner: [u8; 16],
+        owner: ConnectionId,
         wallet_id: WalletId,
         relay: impl FnOnce(&mut Exchange<Suite, DkgParams>) -> Outcome,
     ) -> Outcome {

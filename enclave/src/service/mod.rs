@@ -55,11 +55,12 @@ use self::dkg::DkgStage;
 use self::records::{ShareRecord, WalletState};
 use self::refresh::RefreshStage;
 use self::repair::RepairStage;
-use self::table::{Sessions, Table};
+use self::table::{ConnectionId, Sessions, Table};
 use crate::store::BlobStore;
 
 pub use self::failure::Failure;
 use self::failure::{Outcome, internal, lock};
+
 pub use self::session::SessionState;
 
 /// The ciphersuite the service runs: BIP-340 signatures valid for Taproot key-path spends.
@@ -92,7 +93,7 @@ pub struct Service {
     refusals: custody::Refusals,
     /// Which session committed each wallet's latest refresh: only it may finalize (delete the
     /// older epochs), so another client cannot cut a refresh short.
-    committed_by: Mutex<HashMap<WalletId, ([u8; 16], Epoch)>>,
+    committed_by: Mutex<HashMap<WalletId, (ConnectionId, Epoch)>>,
     /// DAO ceremonies in progress, by mailbox topic.
     dao: Mutex<dao::Ceremonies>,
     /// Personal wallets' PSBT signing sessions (nonces in memory only), by session id.

@@ -21,6 +21,7 @@
 //! Without a policy, PSBTs are signed too (history is still recorded, so a policy set later counts
 //! the spends already made).
 
+use super::table::ConnectionId;
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::policy::{ASSET_BTC, Member, PastSpend, Policy, Spend};
@@ -55,7 +56,7 @@ pub(super) struct PsbtSession {
     wallet_id: WalletId,
     party: PartyId,
     epoch: Epoch,
-    owner: [u8; 16],
+    owner: ConnectionId,
     actor: Actor,
     sessions: Vec<SignerSession<Suite>>,
     psbt_digest: [u8; 32],
@@ -326,7 +327,7 @@ impl Service {
     /// `SignPsbtCommit`: analyse, evaluate, commit once per input.
     pub(super) fn sign_psbt_commit(
         &self,
-        owner_session: [u8; 16],
+        owner_session: ConnectionId,
         mut state: WalletState,
         actor: &Actor,
         epoch: Epoch,
@@ -458,7 +459,7 @@ impl Service {
     /// spend (anchored), then release the shares.
     pub(super) fn sign_psbt_share(
         &self,
-        owner_session: [u8; 16],
+        owner_session: ConnectionId,
         session_id: &SessionId,
         signing_packages: &[ByteBuf],
     ) -> Outcome {

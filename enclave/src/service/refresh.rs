@@ -19,6 +19,7 @@ use super::authorized::{Actor, Role};
 use super::dkg::{round1_relayed, round2_relayed};
 use super::failure::{Failure, Outcome, internal, lock};
 use super::records::{PreparedRecord, ShareRecord, WalletState};
+use super::table::ConnectionId;
 use super::table::{Claim, Pending};
 use super::{Service, Suite, info, key_package, now_ms, sorted};
 
@@ -49,7 +50,7 @@ pub(super) struct Commit<'a> {
 impl Service {
     pub(super) fn refresh_start(
         &self,
-        owner: [u8; 16],
+        owner: ConnectionId,
         state: WalletState,
         actor: &Actor,
         params: RefreshParams,
@@ -114,7 +115,7 @@ impl Service {
 
     pub(super) fn refresh_round2(
         &self,
-        owner: [u8; 16],
+        owner: ConnectionId,
         wallet_id: WalletId,
         round1: &[Round1Message],
     ) -> Outcome {
@@ -127,7 +128,7 @@ impl Service {
 
     pub(super) fn refresh_round3(
         &self,
-        owner: [u8; 16],
+        owner: ConnectionId,
         wallet_id: WalletId,
         packages: &[SealedPackage],
     ) -> Outcome {
@@ -142,7 +143,7 @@ impl Service {
     /// a prepared refresh only commits).
     fn refresh_running(
         &self,
-        owner: [u8; 16],
+        owner: ConnectionId,
         wallet_id: WalletId,
         step: impl FnOnce(
             Box<Exchange<Suite, RefreshParams>>,
@@ -202,7 +203,7 @@ impl Service {
     /// same confirmations again, once committed, answer the same success.
     pub(super) fn refresh_commit(
         &self,
-        owner: [u8; 16],
+        owner: ConnectionId,
         state: WalletState,
         actor: &Actor,
         commit: &Commit<'_>,
@@ -398,7 +399,7 @@ impl Service {
 
     pub(super) fn refresh_finalize(
         &self,
-        owner: [u8; 16],
+        owner: ConnectionId,
         wallet_id: WalletId,
         epoch: Epoch,
     ) -> Outcome {

@@ -12,6 +12,7 @@ use serde_bytes::ByteBuf;
 use super::authorized::Actor;
 use super::failure::{Failure, Outcome};
 use super::records::WalletState;
+use super::table::ConnectionId;
 use super::table::{Claim, Pending};
 use super::{Service, Suite, key_package};
 
@@ -24,7 +25,7 @@ pub(super) enum RepairStage {
 impl Service {
     pub(super) fn repair_start(
         &self,
-        owner: [u8; 16],
+        owner: ConnectionId,
         state: WalletState,
         actor: &Actor,
         params: RepairParams,
@@ -63,7 +64,7 @@ impl Service {
 
     pub(super) fn repair_deltas(
         &self,
-        owner: [u8; 16],
+        owner: ConnectionId,
         wallet_id: WalletId,
         helper_keys: &[(PartyId, ByteBuf)],
     ) -> Outcome {
@@ -91,7 +92,7 @@ impl Service {
 
     pub(super) fn repair_sigma(
         &self,
-        owner: [u8; 16],
+        owner: ConnectionId,
         wallet_id: WalletId,
         deltas: &[SealedPackage],
         participant_key: &[u8],

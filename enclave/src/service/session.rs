@@ -1,6 +1,7 @@
 //! A client's session: attestation, challenges, and the authorization of requests that use a
 //! share: the signature check here, what each key may send in [`authorized`](super::authorized) (docs/lifecycle.md, "Authentication inside the boundary").
 
+use super::table::ConnectionId;
 use std::time::{Duration, Instant};
 
 use cosigner_attestation::AttestRequest;
@@ -25,7 +26,7 @@ const CHALLENGE_TTL: Duration = Duration::from_secs(120);
 #[derive(Debug)]
 pub struct SessionState {
     /// Random, names this session as the owner of the ceremonies it starts.
-    pub(super) id: [u8; 16],
+    pub(super) id: ConnectionId,
     binding: [u8; EXPORTER_LEN],
     pub(super) attested: bool,
     challenge: Option<(WalletId, [u8; CHALLENGE_LEN], Instant)>,
@@ -44,12 +45,12 @@ impl SessionState {
     }
 }
 
-fn binding_id(binding: &[u8; EXPORTER_LEN]) -> [u8; 16] {
+fn binding_id(binding: &[u8; EXPORTER_LEN]) -> ConnectionId {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(binding);
     let mut id = [0u8; 16];
     id.copy_from_slice(digest.get(..16).unwrap_or(&[0; 16]));
-    id
+    ConnectionId(id)
 }
 
 impl Service {
@@ -284,7 +285,7 @@ struct Signed<'a> {
 
 /// What an authorized request runs with.
 struct Run<'a> {
-    owner: [u8; 16],
+    owner: ConnectionId,
     state: WalletState,
     actor: Actor,
     generation: Option<u64>,

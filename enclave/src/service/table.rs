@@ -35,7 +35,7 @@ pub(super) struct Claim {
     pub(super) started: Instant,
     /// Started by a recovery: pre-empts a device's ceremony, and is evicted last.
     pub(super) recovery: bool,
-    pub(super) owner: [u8; 16],
+    pub(super) owner: ConnectionId,
     /// The key that authorized it (for a DKG, the enrolled device key, or empty): the same key
     /// may restart its own ceremony from another session (a client that crashed and retries).
     pub(super) key: Vec<u8>,
@@ -43,7 +43,7 @@ pub(super) struct Claim {
 
 impl Claim {
     /// A claim starting now.
-    pub(super) fn new(owner: [u8; 16], key: Vec<u8>, recovery: bool) -> Self {
+    pub(super) fn new(owner: ConnectionId, key: Vec<u8>, recovery: bool) -> Self {
         Self {
             started: Instant::now(),
             recovery,
@@ -135,7 +135,7 @@ impl<T> Table<T> {
     pub(super) fn step<R>(
         &self,
         id: &WalletId,
-        owner: &[u8; 16],
+        owner: &ConnectionId,
         step: impl FnOnce(T, &Claim) -> Step<T, R>,
     ) -> Result<R, Failure> {
         let Pending { stage, claim } = self.take(id, owner)?;
@@ -146,7 +146,7 @@ impl<T> Table<T> {
         Ok(out)
     }
 
-    fn take(&self, id: &WalletId, owner: &[u8; 16]) -> Result<Pending<T>, Failure> {
+    fn take(&self, id: &WalletId, owner: &ConnectionId) -> Result<Pending<T>, Failure> {
         let what = self.what;
         let mut map = lock(&self.entries)?;
         match map.get(id) {
@@ -271,6 +271,11 @@ impl<T> Table<T> {
         Ok(())
     }
 }
+
+/// One attested client connection (a hash of its TLS channel binding): it owns the ceremonies
+/// it starts, and only it may continue them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct ConnectionId(pub(super) [u8; 16]);
 
 /// An open signing session, with what its table needs to know of it.
 struct Open<T> {
