@@ -47,7 +47,10 @@ use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use serde_bytes::ByteBuf;
 
 use super::records::{DaoState, ShareRecord};
-use super::{Failure, Outcome, Service, Suite, internal, key_package, lock, now_ms, output_key};
+use super::{
+    Failure, Outcome, Service, Suite, internal, key_package, lock, now_ms, output_key,
+    public_key_package, share_keys,
+};
 
 /// How long a DAO ceremony (and its outbox) is kept in memory.
 const DAO_TTL: Duration = Duration::from_secs(3600);
@@ -693,8 +696,7 @@ impl Service {
         if state.completed.iter().any(|(h, _)| h.as_slice() == hash) {
             return refuse("this request was already signed".into());
         }
-        let public_key_package = PublicKeyPackage::<Suite>::deserialize(&state.public_key_package)
-            .map_err(|e| internal(format!("stored public key package: {e}")))?;
+        let public_key_package = public_key_package(&state.public_key_package)?;
         let output_key = output_key(&public_key_package)?;
         let summary = match psbt::analyze(&request.psbt, &output_key, layout.network) {
             Ok(s) => s,
@@ -1120,9 +1122,8 @@ impl Service {
             let share = self
                 .records()
                 .load_dao_share(&wallet_id, party, state.epoch)?;
-            let pkp = PublicKeyPackage::<Suite>::deserialize(&share.public_key_package)
-                .map_err(|e| internal(format!("stored public key package: {e}")))?;
-            old.push((party, key_package(&share)?, pkp));
+            let (kp, pkp) = share_keys(&share)?;
+            old.push((party, kp, pkp));
         }
         let (refresh, first) = DaoRefresh::<Suite>::start(
             layout,

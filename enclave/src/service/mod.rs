@@ -281,13 +281,28 @@ fn key_package(share: &ShareRecord) -> Result<KeyPackage<Suite>, Failure> {
         .map_err(|e| Failure::new(ErrorKind::Integrity, format!("stored key package: {e}")))
 }
 
-fn info(wallet_id: WalletId, state: &WalletState) -> Result<WalletInfo, Failure> {
-    let pkp = PublicKeyPackage::<Suite>::deserialize(&state.public_key_package).map_err(|e| {
+/// A stored public key package (a record's or a wallet state's), decoded.
+fn public_key_package(bytes: &[u8]) -> Result<PublicKeyPackage<Suite>, Failure> {
+    PublicKeyPackage::<Suite>::deserialize(bytes).map_err(|e| {
         Failure::new(
             ErrorKind::Integrity,
             format!("stored public key package: {e}"),
         )
-    })?;
+    })
+}
+
+/// A stored share's key package and public key package, decoded.
+fn share_keys(
+    share: &ShareRecord,
+) -> Result<(KeyPackage<Suite>, PublicKeyPackage<Suite>), Failure> {
+    Ok((
+        key_package(share)?,
+        public_key_package(&share.public_key_package)?,
+    ))
+}
+
+fn info(wallet_id: WalletId, state: &WalletState) -> Result<WalletInfo, Failure> {
+    let pkp = public_key_package(&state.public_key_package)?;
     let group_public_key = pkp.verifying_key().serialize().map_err(internal)?;
     Ok(WalletInfo {
         wallet_id,

@@ -27,10 +27,7 @@ use cosigner_protocol::id::PartyId;
 use cosigner_protocol::policy::{ASSET_BTC, Member, PastSpend, Policy, Spend};
 use cosigner_protocol::psbt::{self as btc, Network};
 use cosigner_protocol::sign::SignerSession;
-use cosigner_protocol::wire::{
-    ErrorKind, PsbtEvaluation, Registration, Response, SessionId, WalletId,
-};
-use frost_core::keys::PublicKeyPackage;
+use cosigner_protocol::wire::{PsbtEvaluation, Registration, Response, SessionId, WalletId};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 
@@ -38,7 +35,7 @@ use super::authorized::Actor;
 use super::failure::{Failure, Outcome, internal};
 use super::records::WalletState;
 use super::sign::epoch_in_use;
-use super::{Service, Suite, key_package, now_ms, output_key, random};
+use super::{Service, Suite, key_package, now_ms, output_key, public_key_package, random};
 
 /// The one member of a personal wallet's policy: the device key.
 pub const OWNER: &str = "owner";
@@ -128,13 +125,7 @@ pub(super) fn creation_decision(state: &WalletState) -> String {
 }
 
 fn x_only(state: &WalletState) -> Result<[u8; 32], Failure> {
-    let pkp = PublicKeyPackage::<Suite>::deserialize(&state.public_key_package).map_err(|e| {
-        Failure::new(
-            ErrorKind::Integrity,
-            format!("stored public key package: {e}"),
-        )
-    })?;
-    output_key(&pkp)
+    output_key(&public_key_package(&state.public_key_package)?)
 }
 
 fn network(state: &WalletState) -> Result<Network, Failure> {

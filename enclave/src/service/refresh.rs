@@ -10,9 +10,8 @@ use cosigner_protocol::keygen::exchange::{Exchange, Message};
 use cosigner_protocol::party;
 use cosigner_protocol::refresh;
 use cosigner_protocol::wire::{
-    Confirmation, ErrorKind, RefreshParams, Response, Round1Message, SealedPackage, WalletId,
+    Confirmation, RefreshParams, Response, Round1Message, SealedPackage, WalletId,
 };
-use frost_core::keys::PublicKeyPackage;
 use serde_bytes::ByteBuf;
 
 use super::authorized::{Actor, Role};
@@ -21,7 +20,7 @@ use super::failure::{Failure, Outcome, internal, lock};
 use super::records::{PreparedRecord, ShareRecord, WalletState};
 use super::table::ConnectionId;
 use super::table::{Claim, Pending};
-use super::{Service, Suite, info, key_package, now_ms, sorted};
+use super::{Service, Suite, info, now_ms, share_keys, sorted};
 
 /// Where a refresh is.
 pub(super) enum RefreshStage {
@@ -84,12 +83,9 @@ impl Service {
         let old = self
             .records()
             .load_share(&wallet_id, state.party, params.from_epoch)?;
-        let old_kp = key_package(&old)?;
-        let old_pkp = PublicKeyPackage::<Suite>::deserialize(&old.public_key_package)
-            .map_err(|e| Failure::new(ErrorKind::Integrity, e.to_string()))?;
         let (next, first) = Exchange::start(
             &params,
-            vec![(me, (old_kp, old_pkp))],
+            vec![(me, share_keys(&old)?)],
             &mut rand_core::OsRng,
         )?;
         let Some(Message::Round1(message)) = first.into_iter().next() else {

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::repair::{self, RepairHelper1, RepairHelper2};
-use cosigner_protocol::wire::{ErrorKind, RepairParams, Response, SealedPackage, WalletId};
-use frost_core::keys::PublicKeyPackage;
+use cosigner_protocol::wire::{RepairParams, Response, SealedPackage, WalletId};
 use serde_bytes::ByteBuf;
 
 use super::authorized::Actor;
@@ -14,7 +13,7 @@ use super::failure::{Failure, Outcome};
 use super::records::WalletState;
 use super::table::ConnectionId;
 use super::table::{Claim, Pending};
-use super::{Service, Suite, key_package};
+use super::{Service, Suite, key_package, share_keys};
 
 /// Where a repair is.
 pub(super) enum RepairStage {
@@ -44,9 +43,7 @@ impl Service {
         let share = self
             .records()
             .load_share(&wallet_id, state.party, state.current_epoch)?;
-        let kp = key_package(&share)?;
-        let pkp = PublicKeyPackage::<Suite>::deserialize(&share.public_key_package)
-            .map_err(|e| Failure::new(ErrorKind::Integrity, e.to_string()))?;
+        let (kp, pkp) = share_keys(&share)?;
         let (next, hpke_public_key) =
             repair::helper_start::<Suite>(&params, me, &kp, &pkp, &mut rand_core::OsRng)?;
         self.log(&wallet_id, "repair", &actor.label(), digest, "allowed")?;
