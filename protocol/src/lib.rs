@@ -21,6 +21,7 @@ pub mod psbt;
 pub mod refresh;
 pub mod repair;
 pub mod sign;
+pub mod signing;
 pub mod wire;
 
 pub use error::{ProtocolError, Result};

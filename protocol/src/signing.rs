@@ -1,0 +1,356 @@
+//! The signing engine: one key holder's side of a threshold signature over one or more messages
+//! (one message, or one sighash per input of a PSBT), as a value that absorbs messages in any
+//! order and says what it waits for: the signing counterpart of [`crate::keygen::exchange`].
+//!
+//! ```text
+//! start ──► our Commitments ─┐                       ┌─► our Shares ──► (every share) signatures
+//!                            ├─ every signer's ──► packages (we coordinate)
+//! absorb Commitments ────────┘   or absorb Packages (another coordinates, we only sign)
+//! ```
+//!
+//! It is built on [`crate::sign`], which keeps the FROST rules (RFC 9591 §5): a nonce signs at
+//! most once (each [`SignerSession`] is consumed by its one signature, even when the package is
+//! refused), a session signs only the message and signer set it committed to with its own
+//! commitment unchanged, and a bad share names its signer. The engine adds what a ceremony of
+//! several messages and several parties needs: exactly one set of commitments and one set of
+//! shares per signer, one per message, a signer that sends two different sets named as the
+//! culprit, and packages that either it builds itself from everyone's commitments or takes from
+//! a coordinator, never both.
+
+use std::collections::BTreeMap;
+
+use frost_core::Ciphersuite;
+use frost_core::keys::{KeyPackage, PublicKeyPackage};
+use rand_core::{CryptoRng, RngCore};
+
+use crate::dkg::common;
+use crate::error::{ProtocolError, Result};
+use crate::id::PartyId;
+use crate::sign::{self, SignerSession};
+
+/// Most messages one ceremony signs (a PSBT's inputs): bounds the work a request can cause.
+pub const MAX_MESSAGES: usize = 1024;
+
+/// What the parties of a signature send each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignMessage {
+    /// A signer's serialized `SigningCommitments`, one per message, in message order.
+    Commitments {
+        /// The signer.
+        party: PartyId,
+        /// One per message.
+        commitments: Vec<Vec<u8>>,
+    },
+    /// The coordinator's serialized `SigningPackage`s, one per message: what a signer that does
+    /// not coordinate receives instead of the other signers' commitments.
+    Packages(Vec<Vec<u8>>),
+    /// A signer's serialized `SignatureShare`s, one per message.
+    Shares {
+        /// The signer.
+        party: PartyId,
+        /// One per message.
+        shares: Vec<Vec<u8>>,
+    },
+}
+
+/// Where a signature stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignStep {
+    /// Waiting for commitments (or the coordinator's packages).
+    Commitments,
+    /// Packages known: waiting for signature shares.
+    Shares,
+    /// Every share is in.
+    Done,
+}
+
+/// What the engine waits for: the step, and the parties it waits for there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignWaiting {
+    /// The step.
+    pub step: SignStep,
+    /// Who has not sent what the step needs.
+    pub parties: Vec<PartyId>,
+}
+
+/// One key holder's side of a signature (see the module documentation).
+pub struct Signing<C: Ciphersuite> {
+    messages: Vec<Vec<u8>>,
+    /// Sorted.
+    signers: Vec<PartyId>,
+    /// Our parties: their key packages and, until they sign, their sessions (one per message).
+    local: BTreeMap<PartyId, (KeyPackage<C>, Option<Vec<SignerSession<C>>>)>,
+    commitments: BTreeMap<PartyId, Vec<Vec<u8>>>,
+    packages: Option<Vec<Vec<u8>>>,
+    shares: BTreeMap<PartyId, Vec<Vec<u8>>>,
+}
+
+impl<C: Ciphersuite> Signing<C> {
+    /// Opens a signature of `messages` by `signers`, for our parties `locals`: draws their nonces
+    /// and returns their commitments to send.
+    ///
+    /// Errors ([`ProtocolError::Params`]): no message or more than [`MAX_MESSAGES`]; a local
+    /// party that is not a signer, does not hold its key package, or a signer set below the
+    /// threshold ([`SignerSession::commit`]).
+    pub fn start(
+        locals: Vec<(PartyId, KeyPackage<C>)>,
+        signers: &[PartyId],
+        messages: Vec<Vec<u8>>,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(Self, Vec<SignMessage>)> {
+        if messages.is_empty() || messages.len() > MAX_MESSAGES {
+            return Err(ProtocolError::Params {
+                reason: format!(
+                    "{} messages to sign: between 1 and {MAX_MESSAGES}",
+                    messages.len()
+                ),
+            });
+        }
+        let signers = common::normalize_parties(signers, "signer set")?;
+        let mut signing = Self {
+            messages,
+            signers,
+            local: BTreeMap::new(),
+            commitments: BTreeMap::new(),
+            packages: None,
+            shares: BTreeMap::new(),
+        };
+        let mut out = Vec::with_capacity(locals.len());
+        for (party, key_package) in locals {
+            let (sessions, commitments) = signing.commit(party, &key_package, rng)?;
+            signing.local.insert(party, (key_package, Some(sessions)));
+            signing.commitments.insert(party, commitments.clone());
+            out.push(SignMessage::Commitments { party, commitments });
+        }
+        Ok((signing, out))
+    }
+
+    fn commit(
+        &self,
+        party: PartyId,
+        key_package: &KeyPackage<C>,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(Vec<SignerSession<C>>, Vec<Vec<u8>>)> {
+        let mut sessions = Vec::with_capacity(self.messages.len());
+        let mut commitments = Vec::with_capacity(self.messages.len());
+        for message in &self.messages {
+            let (session, c) =
+                SignerSession::commit(key_package, party, message, &self.signers, rng)?;
+            sessions.push(session);
+            commitments.push(c);
+        }
+        Ok((sessions, commitments))
+    }
+
+    /// Takes one message; returns whether it was new (a repeat of the same one is not).
+    ///
+    /// Errors: a sender that is not a remote signer, or the wrong count
+    /// ([`ProtocolError::UnexpectedMessage`]); a signer that sent two different sets
+    /// ([`ProtocolError::Culprit`]); packages from two coordinators that differ
+    /// ([`ProtocolError::Disagreement`]).
+    pub fn absorb(&mut self, message: &SignMessage) -> Result<bool> {
+        match message {
+            SignMessage::Commitments { party, commitments } => {
+                self.check_sender(*party, commitments.len(), "commitments")?;
+                insert_once(&mut self.commitments, *party, commitments, "commitments")
+            }
+            SignMessage::Packages(packages) => self.take_packages(packages),
+            SignMessage::Shares { party, shares } => {
+                self.check_sender(*party, shares.len(), "signature shares")?;
+                insert_once(&mut self.shares, *party, shares, "signature shares")
+            }
+        }
+    }
+
+    fn check_sender(&self, party: PartyId, count: usize, what: &'static str) -> Result<()> {
+        let unexpected = |actual: String| ProtocolError::UnexpectedMessage {
+            expected: "one set from each other signer, one per message",
+            actual,
+        };
+        if !self.signers.contains(&party) || self.local.contains_key(&party) {
+            return Err(unexpected(format!(
+                "{what} from party {party}, who is not another signer"
+            )));
+        }
+        if count != self.messages.len() {
+            return Err(unexpected(format!(
+                "{count} {what} from party {party} for {} messages",
+                self.messages.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn take_packages(&mut self, packages: &[Vec<u8>]) -> Result<bool> {
+        if packages.len() != self.messages.len() {
+            return Err(ProtocolError::UnexpectedMessage {
+                expected: "one signing package per message",
+                actual: format!(
+                    "{} packages for {} messages",
+                    packages.len(),
+                    self.messages.len()
+                ),
+            });
+        }
+        match &self.packages {
+            Some(known) if known.as_slice() == packages => Ok(false),
+            Some(_) => Err(ProtocolError::Disagreement {
+                reason: "two different sets of signing packages for one signature".into(),
+            }),
+            None => {
+                self.packages = Some(packages.to_vec());
+                Ok(true)
+            }
+        }
+    }
+
+    /// Moves on as far as what was absorbed allows: builds the packages once every signer's
+    /// commitments are in (when no coordinator sent them), then signs them with our parties'
+    /// sessions (each used once). Returns our shares to send.
+    ///
+    /// Errors: a commitment that does not decode ([`ProtocolError::Culprit`]); a package that
+    /// differs from what our sessions committed to ([`ProtocolError::SessionMismatch`]): the
+    /// sessions are gone either way.
+    pub fn advance(&mut self) -> Result<Vec<SignMessage>> {
+        if self.packages.is_none()
+            && self
+                .signers
+                .iter()
+                .all(|p| self.commitments.contains_key(p))
+        {
+            self.packages = Some(self.build_packages()?);
+        }
+        let Some(packages) = &self.packages else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (party, (key_package, sessions)) in &mut self.local {
+            let Some(sessions) = sessions.take() else {
+                continue;
+            };
+            let shares = sessions
+                .into_iter()
+                .zip(packages)
+                .map(|(session, package)| session.sign(key_package, package))
+                .collect::<Result<Vec<_>>>()?;
+            self.shares.insert(*party, shares.clone());
+            out.push(SignMessage::Shares {
+                party: *party,
+                shares,
+            });
+        }
+        Ok(out)
+    }
+
+    fn build_packages(&self) -> Result<Vec<Vec<u8>>> {
+        self.messages
+            .iter()
+            .enumerate()
+            .map(|(i, message)| {
+                let commitments: BTreeMap<PartyId, Vec<u8>> = self
+                    .commitments
+                    .iter()
+                    .filter_map(|(p, c)| c.get(i).map(|c| (*p, c.clone())))
+                    .collect();
+                sign::signing_package::<C>(message, &commitments)
+            })
+            .collect()
+    }
+
+    /// What the engine waits for.
+    pub fn waiting(&self) -> SignWaiting {
+        let missing = |have: &BTreeMap<PartyId, Vec<Vec<u8>>>| -> Vec<PartyId> {
+            self.signers
+                .iter()
+                .filter(|p| !have.contains_key(p))
+                .copied()
+                .collect()
+        };
+        if self.packages.is_none() {
+            return SignWaiting {
+                step: SignStep::Commitments,
+                parties: missing(&self.commitments),
+            };
+        }
+        let parties = missing(&self.shares);
+        let step = if parties.is_empty() {
+            SignStep::Done
+        } else {
+            SignStep::Shares
+        };
+        SignWaiting { step, parties }
+    }
+
+    /// The signing packages, once built or received.
+    pub fn packages(&self) -> Option<&[Vec<u8>]> {
+        self.packages.as_deref()
+    }
+
+    /// The signatures, one per message, once every share is in: aggregated and checked against
+    /// `public_key_package` ([`sign::aggregate`]; a bad share names its signer).
+    pub fn signatures(&self, public_key_package: &PublicKeyPackage<C>) -> Result<Vec<Vec<u8>>> {
+        let waiting = self.waiting();
+        let Some(packages) = &self.packages else {
+            return Err(not_done(&waiting));
+        };
+        if waiting.step != SignStep::Done {
+            return Err(not_done(&waiting));
+        }
+        packages
+            .iter()
+            .enumerate()
+            .map(|(i, package)| {
+                let shares: BTreeMap<PartyId, Vec<u8>> = self
+                    .shares
+                    .iter()
+                    .filter_map(|(p, s)| s.get(i).map(|s| (*p, s.clone())))
+                    .collect();
+                sign::aggregate::<C>(package, &shares, public_key_package)
+            })
+            .collect()
+    }
+}
+
+fn not_done(waiting: &SignWaiting) -> ProtocolError {
+    ProtocolError::UnexpectedMessage {
+        expected: "every signature share",
+        actual: format!(
+            "still waiting ({:?}) for {:?}",
+            waiting.step, waiting.parties
+        ),
+    }
+}
+
+/// Records `value` as `party`'s; the same value again is no news, another one names the party.
+fn insert_once(
+    map: &mut BTreeMap<PartyId, Vec<Vec<u8>>>,
+    party: PartyId,
+    value: &[Vec<u8>],
+    what: &str,
+) -> Result<bool> {
+    match map.get(&party) {
+        Some(known) if known.as_slice() == value => Ok(false),
+        Some(_) => Err(ProtocolError::culprit(
+            party,
+            format!("it sent two different sets of {what}"),
+        )),
+        None => {
+            map.insert(party, value.to_vec());
+            Ok(true)
+        }
+    }
+}
+
+impl<C: Ciphersuite> std::fmt::Debug for Signing<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signing")
+            .field("messages", &self.messages.len())
+            .field("signers", &self.signers)
+            .field("local", &self.local.keys().collect::<Vec<_>>())
+            .field("waiting", &self.waiting())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

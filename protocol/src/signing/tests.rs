@@ -1,0 +1,225 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use frost_core::keys::IdentifierList;
+use rand_core::OsRng;
+
+use super::*;
+use crate::id::pid;
+
+type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
+
+/// A dealer's 2-of-3 keys (the engine only signs with them).
+fn keys() -> (BTreeMap<PartyId, KeyPackage<Tr>>, PublicKeyPackage<Tr>) {
+    let (shares, pkp) =
+        frost_core::keys::generate_with_dealer::<Tr, _>(3, 2, IdentifierList::Default, &mut OsRng)
+            .unwrap();
+    let mut out = BTreeMap::new();
+    for p in PartyId::range(1, 3) {
+        let share = &shares[&p.identifier::<Tr>().unwrap()];
+        out.insert(p, KeyPackage::try_from(share.clone()).unwrap());
+    }
+    (out, pkp)
+}
+
+fn messages(n: u8) -> Vec<Vec<u8>> {
+    (0..n).map(|i| vec![i; 32]).collect()
+}
+
+fn start(
+    keys: &BTreeMap<PartyId, KeyPackage<Tr>>,
+    me: u16,
+    signers: &[PartyId],
+    n: u8,
+) -> (Signing<Tr>, Vec<SignMessage>) {
+    let locals = vec![(pid(me), keys[&pid(me)].clone())];
+    Signing::start(locals, signers, messages(n), &mut OsRng).unwrap()
+}
+
+fn verify(pkp: &PublicKeyPackage<Tr>, n: u8, signatures: &[Vec<u8>]) {
+    assert_eq!(signatures.len(), usize::from(n));
+    for (message, signature) in messages(n).iter().zip(signatures) {
+        let signature = frost_core::Signature::<Tr>::deserialize(signature).unwrap();
+        pkp.verifying_key().verify(message, &signature).unwrap();
+    }
+}
+
+#[test]
+fn a_coordinator_and_a_signer_sign_every_message_in_any_order() {
+    let (keys, pkp) = keys();
+    let signers = [pid(1), pid(3)];
+    let (mut device, ours) = start(&keys, 1, &signers, 3);
+    let (mut cosigner, theirs) = start(&keys, 3, &signers, 3);
+    assert_eq!(
+        device.waiting(),
+        SignWaiting {
+            step: SignStep::Commitments,
+            parties: vec![pid(3)]
+        }
+    );
+    // The device coordinates: the cosigner's commitments, then (twice: no news) packages.
+    assert!(device.absorb(&theirs[0]).unwrap());
+    assert!(!device.absorb(&theirs[0]).unwrap());
+    let our_shares = device.advance().unwrap();
+    assert_eq!(device.waiting().parties, vec![pid(3)]);
+    assert!(
+        device.advance().unwrap().is_empty(),
+        "the sessions signed once"
+    );
+    // The cosigner signs the packages it is given, without anyone's commitments but its own.
+    let packages = SignMessage::Packages(device.packages().unwrap().to_vec());
+    assert!(cosigner.absorb(&packages).unwrap());
+    let cosigner_shares = cosigner.advance().unwrap();
+    // Shares in any order: the cosigner gets ours too and can aggregate as well.
+    device.absorb(&cosigner_shares[0]).unwrap();
+    cosigner.absorb(&our_shares[0]).unwrap();
+    assert_eq!(device.waiting().step, SignStep::Done);
+    verify(&pkp, 3, &device.signatures(&pkp).unwrap());
+    verify(&pkp, 3, &cosigner.signatures(&pkp).unwrap());
+    drop(ours);
+}
+
+#[test]
+fn one_holder_of_several_parties_and_a_third_signer() {
+    let (keys, pkp) = keys();
+    let signers = [pid(1), pid(2), pid(3)];
+    let locals = vec![
+        (pid(1), keys[&pid(1)].clone()),
+        (pid(2), keys[&pid(2)].clone()),
+    ];
+    let (mut two, ours) = Signing::start(locals, &signers, messages(1), &mut OsRng).unwrap();
+    assert_eq!(ours.len(), 2);
+    let (mut third, theirs) = start(&keys, 3, &signers, 1);
+    for m in &ours {
+        third.absorb(m).unwrap();
+    }
+    two.absorb(&theirs[0]).unwrap();
+    // Both build the same packages from the same commitments.
+    let a = two.advance().unwrap();
+    let b = third.advance().unwrap();
+    assert_eq!(two.packages(), third.packages());
+    for m in &a {
+        third.absorb(m).unwrap();
+    }
+    two.absorb(&b[0]).unwrap();
+    verify(&pkp, 1, &two.signatures(&pkp).unwrap());
+    verify(&pkp, 1, &third.signatures(&pkp).unwrap());
+}
+
+#[test]
+fn equivocation_wrong_counts_and_strangers_are_refused() {
+    let (keys, _) = keys();
+    let signers = [pid(1), pid(2)];
+    let (mut device, ours) = start(&keys, 1, &signers, 2);
+    let (_, first) = start(&keys, 2, &signers, 2);
+    let (_, second) = start(&keys, 2, &signers, 2);
+    device.absorb(&first[0]).unwrap();
+    assert!(matches!(
+        device.absorb(&second[0]),
+        Err(ProtocolError::Culprit { party, .. }) if party == pid(2)
+    ));
+    // Our own party, a non-signer, the wrong number of commitments.
+    let own = ours[0].clone();
+    let stranger = SignMessage::Commitments {
+        party: pid(3),
+        commitments: vec![vec![1]; 2],
+    };
+    let short = SignMessage::Commitments {
+        party: pid(2),
+        commitments: vec![vec![1]],
+    };
+    for bad in [own, stranger, short] {
+        assert!(matches!(
+            device.absorb(&bad),
+            Err(ProtocolError::UnexpectedMessage { .. })
+        ));
+    }
+    // Two different sets of packages.
+    let (mut signer, _) = start(&keys, 2, &signers, 2);
+    signer
+        .absorb(&SignMessage::Packages(vec![vec![1], vec![2]]))
+        .unwrap();
+    assert!(matches!(
+        signer.absorb(&SignMessage::Packages(vec![vec![1], vec![3]])),
+        Err(ProtocolError::Disagreement { .. })
+    ));
+}
+
+#[test]
+fn a_package_for_another_message_uses_up_the_nonces_and_signs_nothing() {
+    let (keys, _) = keys();
+    let signers = [pid(1), pid(2)];
+    let (mut device, _) = start(&keys, 1, &signers, 1);
+    let (mut cosigner, theirs) = start(&keys, 2, &signers, 1);
+    device.absorb(&theirs[0]).unwrap();
+    device.advance().unwrap();
+    // A coordinator that swapped the message: the cosigner's session refuses it, and is gone.
+    let (_, forged_for) = start(&keys, 1, &signers, 1);
+    let SignMessage::Commitments { commitments, .. } = &forged_for[0] else {
+        panic!()
+    };
+    let SignMessage::Commitments {
+        commitments: cosigner_commitments,
+        ..
+    } = &theirs[0]
+    else {
+        panic!()
+    };
+    let forged = sign::signing_package::<Tr>(
+        b"pay the attacker",
+        &BTreeMap::from([
+            (pid(1), commitments[0].clone()),
+            (pid(2), cosigner_commitments[0].clone()),
+        ]),
+    )
+    .unwrap();
+    cosigner
+        .absorb(&SignMessage::Packages(vec![forged]))
+        .unwrap();
+    assert!(matches!(
+        cosigner.advance(),
+        Err(ProtocolError::SessionMismatch { .. })
+    ));
+    assert!(cosigner.advance().unwrap().is_empty());
+    assert_eq!(cosigner.waiting().step, SignStep::Shares);
+}
+
+#[test]
+fn signatures_wait_for_every_share_and_name_a_bad_one() {
+    let (keys, pkp) = keys();
+    let signers = [pid(1), pid(2)];
+    let (mut device, _) = start(&keys, 1, &signers, 1);
+    let (mut cosigner, theirs) = start(&keys, 2, &signers, 1);
+    assert!(device.signatures(&pkp).is_err());
+    device.absorb(&theirs[0]).unwrap();
+    device.advance().unwrap();
+    assert!(matches!(
+        device.signatures(&pkp),
+        Err(ProtocolError::UnexpectedMessage { .. })
+    ));
+    cosigner
+        .absorb(&SignMessage::Packages(device.packages().unwrap().to_vec()))
+        .unwrap();
+    let mut shares = cosigner.advance().unwrap();
+    let SignMessage::Shares { shares: s, .. } = &mut shares[0] else {
+        panic!()
+    };
+    s[0][31] ^= 1;
+    device.absorb(&shares[0]).unwrap();
+    assert!(matches!(
+        device.signatures(&pkp),
+        Err(ProtocolError::Culprit { party, .. }) if party == pid(2)
+    ));
+}
+
+#[test]
+fn no_messages_or_too_many_are_refused() {
+    let (keys, _) = keys();
+    let locals = || vec![(pid(1), keys[&pid(1)].clone())];
+    for n in [0, MAX_MESSAGES + 1] {
+        let messages = vec![vec![0; 32]; n];
+        assert!(matches!(
+            Signing::<Tr>::start(locals(), &[pid(1), pid(2)], messages, &mut OsRng),
+            Err(ProtocolError::Params { .. })
+        ));
+    }
+}
