@@ -73,13 +73,19 @@ pub struct SignWaiting {
     pub parties: Vec<PartyId>,
 }
 
+/// One local party's key package and, until it signs, its sessions (one per message).
+type Local<C> = (KeyPackage<C>, Option<Vec<SignerSession<C>>>);
+
+/// One party's sessions and its serialized commitments, one of each per message.
+type Committed<C> = (Vec<SignerSession<C>>, Vec<Vec<u8>>);
+
 /// One key holder's side of a signature (see the module documentation).
 pub struct Signing<C: Ciphersuite> {
     messages: Vec<Vec<u8>>,
     /// Sorted.
     signers: Vec<PartyId>,
     /// Our parties: their key packages and, until they sign, their sessions (one per message).
-    local: BTreeMap<PartyId, (KeyPackage<C>, Option<Vec<SignerSession<C>>>)>,
+    local: BTreeMap<PartyId, Local<C>>,
     commitments: BTreeMap<PartyId, Vec<Vec<u8>>>,
     packages: Option<Vec<Vec<u8>>>,
     shares: BTreeMap<PartyId, Vec<Vec<u8>>>,
@@ -130,7 +136,7 @@ impl<C: Ciphersuite> Signing<C> {
         party: PartyId,
         key_package: &KeyPackage<C>,
         rng: &mut (impl CryptoRng + RngCore),
-    ) -> Result<(Vec<SignerSession<C>>, Vec<Vec<u8>>)> {
+    ) -> Result<Committed<C>> {
         let mut sessions = Vec::with_capacity(self.messages.len());
         let mut commitments = Vec::with_capacity(self.messages.len());
         for message in &self.messages {
