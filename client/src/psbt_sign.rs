@@ -120,29 +120,18 @@ pub fn sign_psbt_with(
             },
         ));
     }
-    let mut ours = Vec::with_capacity(theirs.len());
-    let mut packages = Vec::with_capacity(theirs.len());
-    for (sighash, provider_commitments) in summary.sighashes.iter().zip(theirs) {
-        let (session, package) = two.commit(sighash, provider_commitments.into_vec())?;
-        packages.push(package);
-        ours.push(session);
-    }
-    let shares = match provider.call(&Request::SignPsbtShare {
-        session_id,
-        signing_packages: packages.iter().cloned().map(ByteBuf::from).collect(),
-    })? {
-        Response::PsbtShares { shares } if shares.len() == packages.len() => shares,
-        other => return Err(unexpected("PsbtShares, one per input", &other)),
-    };
-    let mut signatures = Vec::with_capacity(packages.len());
-    for (((session, package), provider_share), sighash) in ours
-        .into_iter()
-        .zip(&packages)
-        .zip(shares)
-        .zip(&summary.sighashes)
-    {
-        signatures.push(two.aggregate(session, package, provider_share.into_vec(), sighash)?);
-    }
+    let theirs = theirs.into_iter().map(ByteBuf::into_vec).collect();
+    let signatures = two.sign(&summary.sighashes, theirs, |packages| {
+        match provider.call(&Request::SignPsbtShare {
+            session_id,
+            signing_packages: packages.iter().cloned().map(ByteBuf::from).collect(),
+        })? {
+            Response::PsbtShares { shares } if shares.len() == packages.len() => {
+                Ok(shares.into_iter().map(ByteBuf::into_vec).collect())
+            }
+            other => Err(unexpected("PsbtShares, one per input", &other)),
+        }
+    })?;
     let (txid, tx) = psbt::finalize(psbt, &two.wallet.group_public_key, &signatures)?;
     Ok(Signed {
         txid,

@@ -11,11 +11,12 @@ use cosigner_protocol::auth::{
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
+use cosigner_protocol::repair;
+use cosigner_protocol::signing::{SignMessage, Signing};
 use cosigner_protocol::wire::{
     self, DkgParams, KeyRole, RefreshParams, Registration, RepairParams, Request, Response,
     SUITE_SECP256K1_TR, SealedPackage, WalletId, WalletInfo,
 };
-use cosigner_protocol::{repair, sign};
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use p256::ecdsa::SigningKey;
 use serde_bytes::ByteBuf;
@@ -601,44 +602,48 @@ impl TwoParty {
         [DEVICE, self.them]
     }
 
-    /// Commits to signing `message` (fresh nonces) and builds its signing package with the
-    /// cosigner's commitments `theirs`.
-    pub(crate) fn commit(
+    /// Signs `messages` with the cosigner on the signing engine ([`Signing`]), this device
+    /// coordinating: `theirs` are the cosigner's commitments (one per message), `exchange` hands
+    /// it the signing packages and returns its shares. Each signature is checked by frost and
+    /// then by an independent BIP-340 verifier.
+    pub(crate) fn sign(
         &self,
-        message: &[u8; 32],
-        theirs: Vec<u8>,
-    ) -> Result<(sign::SignerSession<Suite>, Vec<u8>)> {
-        let (session, ours) = sign::SignerSession::<Suite>::commit(
-            &self.key_package,
-            DEVICE,
-            message,
+        messages: &[[u8; 32]],
+        theirs: Vec<Vec<u8>>,
+        exchange: impl FnOnce(&[Vec<u8>]) -> Result<Vec<Vec<u8>>>,
+    ) -> Result<Vec<[u8; 64]>> {
+        let (mut signing, _ours) = Signing::<Suite>::start(
+            vec![(DEVICE, self.key_package.clone())],
             &self.signers(),
+            messages.iter().map(|m| m.to_vec()).collect(),
             &mut rand_core::OsRng,
         )?;
-        let commitments = BTreeMap::from([(DEVICE, ours), (self.them, theirs)]);
-        Ok((
-            session,
-            sign::signing_package::<Suite>(message, &commitments)?,
-        ))
-    }
-
-    /// Our share of `package` aggregated with the cosigner's `theirs`, checked by frost and then
-    /// by an independent BIP-340 verifier.
-    pub(crate) fn aggregate(
-        &self,
-        session: sign::SignerSession<Suite>,
-        package: &[u8],
-        theirs: Vec<u8>,
-        message: &[u8; 32],
-    ) -> Result<[u8; 64]> {
-        let ours = session.sign(&self.key_package, package)?;
-        let shares = BTreeMap::from([(DEVICE, ours), (self.them, theirs)]);
-        let signature = sign::aggregate::<Suite>(package, &shares, &self.public_key_package)?;
-        let signature: [u8; 64] = signature
-            .try_into()
-            .map_err(|_| internal("signature is not 64 bytes"))?;
-        verify_bip340(&self.wallet.group_public_key, message, &signature)?;
-        Ok(signature)
+        signing.absorb(&SignMessage::Commitments {
+            party: self.them,
+            commitments: theirs,
+        })?;
+        signing.advance()?;
+        let packages = signing
+            .packages()
+            .ok_or_else(|| internal("no signing packages after every commitment"))?
+            .to_vec();
+        let shares = exchange(&packages)?;
+        signing.absorb(&SignMessage::Shares {
+            party: self.them,
+            shares,
+        })?;
+        let signatures = signing.signatures(&self.public_key_package)?;
+        signatures
+            .into_iter()
+            .zip(messages)
+            .map(|(signature, message)| {
+                let signature: [u8; 64] = signature
+                    .try_into()
+                    .map_err(|_| internal("signature is not 64 bytes"))?;
+                verify_bip340(&self.wallet.group_public_key, message, &signature)?;
+                Ok(signature)
+            })
+            .collect()
     }
 }
 
@@ -705,15 +710,24 @@ pub fn sign_with(
             } => (session_id, commitments),
             other => return Err(unexpected("SignCommitted", &other)),
         };
-    let (ours, package) = two.commit(message, provider_commitments.into_vec())?;
-    let provider_share = match provider.call(&Request::SignShare {
-        session_id,
-        signing_package: ByteBuf::from(package.clone()),
-    })? {
-        Response::SignatureShare { share } => share.into_vec(),
-        other => return Err(unexpected("SignatureShare", &other)),
-    };
-    two.aggregate(ours, &package, provider_share, message)
+    let signatures = two.sign(
+        &[*message],
+        vec![provider_commitments.into_vec()],
+        |packages| {
+            let package = packages.first().cloned().unwrap_or_default();
+            match provider.call(&Request::SignShare {
+                session_id,
+                signing_package: ByteBuf::from(package),
+            })? {
+                Response::SignatureShare { share } => Ok(vec![share.into_vec()]),
+                other => Err(unexpected("SignatureShare", &other)),
+            }
+        },
+    )?;
+    signatures
+        .first()
+        .copied()
+        .ok_or_else(|| internal("no signature"))
 }
 
 /// Checks a BIP-340 signature with code independent of FROST's own verifier (k256).

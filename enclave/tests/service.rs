@@ -1384,7 +1384,9 @@ fn a_flipped_bit_in_a_record_is_refused() {
         h.store.put(&key, &blob).unwrap();
     }
 
-    // The share tampered between the two signing rounds: no share, and the session is gone.
+    // The share tampered between the two signing rounds: the open session signs with the key
+    // package it unsealed (and checked) at its commitment, never re-reading the record; the next
+    // commitment finds the record damaged and opens nothing.
     let key = h.store.key_of(&wallet.id, "/share/");
     let blob = h.store.value(&key);
     let (session_id, _, commitments) = open_session(&h, &mut session, &wallet);
@@ -1392,8 +1394,9 @@ fn a_flipped_bit_in_a_record_is_refused() {
     let mut tampered = blob.clone();
     tampered[60] ^= 1;
     h.store.put(&key, &tampered).unwrap();
+    sign_share(&h, &mut session, &session_id, &package).unwrap();
     assert_eq!(
-        sign_share(&h, &mut session, &session_id, &package).unwrap_err(),
+        sign_commit(&h, &mut session, &wallet, MESSAGE, &[pid(1), pid(2)]).unwrap_err(),
         ErrorKind::Integrity
     );
     h.store.put(&key, &blob).unwrap();

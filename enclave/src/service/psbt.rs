@@ -26,7 +26,7 @@ use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::policy::{ASSET_BTC, Member, PastSpend, Policy, Spend};
 use cosigner_protocol::psbt::{self as btc, Network};
-use cosigner_protocol::sign::SignerSession;
+use cosigner_protocol::signing::Signing;
 use cosigner_protocol::wire::{PsbtEvaluation, Registration, Response, SessionId, WalletId};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
@@ -34,8 +34,8 @@ use sha2::{Digest, Sha256};
 use super::authorized::Actor;
 use super::failure::{Failure, Outcome, internal};
 use super::records::WalletState;
-use super::sign::epoch_in_use;
-use super::{Service, Suite, key_package, now_ms, output_key, public_key_package, random};
+use super::sign::{epoch_in_use, open_signing, sign_packages};
+use super::{Service, Suite, now_ms, output_key, public_key_package, random};
 
 /// The one member of a personal wallet's policy: the device key.
 pub const OWNER: &str = "owner";
@@ -51,11 +51,12 @@ const MAX_HISTORY: usize = 4096;
 /// A PSBT signing session: one FROST session per input, bound to its sighash.
 pub(super) struct PsbtSession {
     wallet_id: WalletId,
-    party: PartyId,
     epoch: Epoch,
     owner: ConnectionId,
     actor: Actor,
-    sessions: Vec<SignerSession<Suite>>,
+    /// This cosigner's side of the signature, one message per input (see `sign::PendingSign`).
+    signing: Signing<Suite>,
+    inputs: usize,
     psbt_digest: [u8; 32],
     txid: String,
     value_leaving: u64,
@@ -341,20 +342,9 @@ impl Service {
         let inputs = &judged.summary.sighashes;
         self.psbt_refresh_due(&mut state, actor, &psbt_digest, inputs.len())?;
         let share = self.records().load_share(&wallet_id, state.party, epoch)?;
-        let key_package = key_package(&share)?;
-        let mut sessions = Vec::with_capacity(inputs.len());
-        let mut commitments = Vec::with_capacity(inputs.len());
-        for sighash in inputs {
-            let (session, c) = SignerSession::<Suite>::commit(
-                &key_package,
-                state.party,
-                sighash,
-                signers,
-                &mut rand_core::OsRng,
-            )?;
-            sessions.push(session);
-            commitments.push(ByteBuf::from(c));
-        }
+        let messages = inputs.iter().map(|sighash| sighash.to_vec()).collect();
+        let (signing, commitments) = open_signing(&state, &share, signers, messages)?;
+        let commitments = commitments.into_iter().map(ByteBuf::from).collect();
         let Judged {
             summary,
             destinations,
@@ -379,11 +369,11 @@ impl Service {
         let session_id = SessionId(random::<16>()?);
         let session = PsbtSession {
             wallet_id,
-            party: state.party,
             epoch,
             owner: owner_session,
             actor: actor.clone(),
-            sessions,
+            signing,
+            inputs: summary.sighashes.len(),
             psbt_digest,
             txid: summary.txid.clone(),
             value_leaving: summary.value_leaving,
@@ -463,21 +453,19 @@ impl Service {
             }
             Ok(())
         })?;
-        if signing_packages.len() != pending.sessions.len() {
+        if signing_packages.len() != pending.inputs {
             return Err(Failure::bad(format!(
                 "{} signing packages for {} inputs",
                 signing_packages.len(),
-                pending.sessions.len()
+                pending.inputs
             )));
         }
-        let share = self
-            .records()
-            .load_share(&pending.wallet_id, pending.party, pending.epoch)?;
-        let key_package = key_package(&share)?;
-        let mut shares = Vec::with_capacity(pending.sessions.len());
-        for (session, package) in pending.sessions.into_iter().zip(signing_packages) {
-            shares.push(ByteBuf::from(session.sign(&key_package, package)?));
-        }
+        let mut signing = pending.signing;
+        let packages = signing_packages.iter().map(|p| p.to_vec()).collect();
+        let shares: Vec<ByteBuf> = sign_packages(&mut signing, packages)?
+            .into_iter()
+            .map(ByteBuf::from)
+            .collect();
         let wallet_id = pending.wallet_id;
         let label = pending.actor.label();
         let refuse = |why: String| -> Failure {
@@ -496,6 +484,14 @@ impl Service {
             return Err(refuse(
                 "the key that opened this session is no longer authorized (recovery)".into(),
             ));
+        }
+        // The key package was unsealed at the commitment: an epoch refreshed away since then
+        // must not sign (the share it held is retired, as if it had been deleted).
+        if !epoch_in_use(&state, pending.epoch) {
+            return Err(refuse(format!(
+                "epoch {} is no longer in use: refreshed since the commitments",
+                pending.epoch
+            )));
         }
         let now = now_ms();
         // Recorded once per transaction, before the shares leave: a retry of a signature whose

@@ -1,31 +1,62 @@
-//! Raw-digest signing (`SignCommit`, `SignShare`; `cosigner_protocol::sign`): one FROST session
-//! per request, its nonces in memory only and used once.
+//! Raw-digest signing (`SignCommit`, `SignShare`) on the signing engine
+//! (`cosigner_protocol::signing`): one FROST session per request, its nonces in memory only and
+//! used once.
 
 use std::time::Duration;
 
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
-use cosigner_protocol::sign::SignerSession;
+use cosigner_protocol::signing::{SignMessage, Signing};
 use cosigner_protocol::wire::{Response, SessionId, WalletId};
 use serde_bytes::ByteBuf;
 
 use super::authorized::Actor;
-use super::failure::{Failure, Outcome};
-use super::records::WalletState;
+use super::failure::{Failure, Outcome, internal};
+use super::records::{ShareRecord, WalletState};
 use super::table;
 use super::{Service, Suite, key_package, now_ms, random};
 
 /// An open signing session.
 pub(super) struct PendingSign {
     wallet_id: WalletId,
-    party: PartyId,
     epoch: Epoch,
     /// The key that authorized the commitment: re-checked when the share is released.
     actor: Actor,
     /// The state anchor's generation when it was authorized: unchanged at release means the
     /// state is unchanged (no revocation, suspension or refresh since), so no reload is needed.
     generation: Option<u64>,
-    session: SignerSession<Suite>,
+    /// This cosigner's side of the signature on the signing engine: its key package (unsealed
+    /// once, at the commitment; zeroized when the session ends) and its single-use nonces.
+    signing: Signing<Suite>,
+}
+
+/// Opens this cosigner's side of a signature of `messages` by `signers` with `share` (its party
+/// in `state`): the engine and our commitments, one per message.
+pub(super) fn open_signing(
+    state: &WalletState,
+    share: &ShareRecord,
+    signers: &[PartyId],
+    messages: Vec<Vec<u8>>,
+) -> Result<(Signing<Suite>, Vec<Vec<u8>>), Failure> {
+    let locals = vec![(state.party, key_package(share)?)];
+    let (signing, out) = Signing::start(locals, signers, messages, &mut rand_core::OsRng)?;
+    match out.into_iter().next() {
+        Some(SignMessage::Commitments { commitments, .. }) => Ok((signing, commitments)),
+        _ => Err(internal("the signing engine committed nothing")),
+    }
+}
+
+/// Signs the coordinator's `packages` (one per message) with an open signature's single-use
+/// sessions: our shares, one per message. The sessions are used up whatever the outcome.
+pub(super) fn sign_packages(
+    signing: &mut Signing<Suite>,
+    packages: Vec<Vec<u8>>,
+) -> Result<Vec<Vec<u8>>, Failure> {
+    signing.absorb(&SignMessage::Packages(packages))?;
+    match signing.advance()?.into_iter().next() {
+        Some(SignMessage::Shares { shares, .. }) => Ok(shares),
+        _ => Err(internal("the signing engine signed nothing")),
+    }
 }
 
 /// Whether `epoch` still has a share in `state` (current, or retained until finalized).
@@ -56,23 +87,16 @@ impl Service {
         }
         self.count_signature(&mut state, &actor, epoch, message, &mut generation)?;
         let share = self.records().load_share(&wallet_id, state.party, epoch)?;
-        let key_package = key_package(&share)?;
-        let (session, commitments) = SignerSession::<Suite>::commit(
-            &key_package,
-            state.party,
-            message,
-            signers,
-            &mut rand_core::OsRng,
-        )?;
+        let (signing, commitments) = open_signing(&state, &share, signers, vec![message.to_vec()])?;
+        let commitments = commitments.into_iter().next().unwrap_or_default();
         self.log(&wallet_id, "sign", &actor.label(), message, "allowed")?;
         let session_id = SessionId(random::<16>()?);
         let pending = PendingSign {
             wallet_id,
-            party: state.party,
             epoch,
             actor,
             generation,
-            session,
+            signing,
         };
         self.signs.insert(session_id, wallet_id, pending, |open| {
             too_many(&wallet_id, open)
@@ -181,11 +205,9 @@ impl Service {
         if self.records().state_generation(&pending.wallet_id)? != pending.generation {
             self.recheck_signer(&pending)?;
         }
-        let share = self
-            .records()
-            .load_share(&pending.wallet_id, pending.party, pending.epoch)?;
-        let key_package = key_package(&share)?;
-        let share = pending.session.sign(&key_package, signing_package)?;
+        let mut signing = pending.signing;
+        let shares = sign_packages(&mut signing, vec![signing_package.to_vec()])?;
+        let share = shares.into_iter().next().unwrap_or_default();
         Ok(Response::SignatureShare {
             share: ByteBuf::from(share),
         })
