@@ -287,6 +287,11 @@ impl<C: Ciphersuite> Signing<C> {
         SignWaiting { step, parties }
     }
 
+    /// The commitments `party` sent (or, for one of ours, that we sent), one per message.
+    pub fn commitments(&self, party: PartyId) -> Option<&[Vec<u8>]> {
+        self.commitments.get(&party).map(Vec::as_slice)
+    }
+
     /// The signing packages, once built or received.
     pub fn packages(&self) -> Option<&[Vec<u8>]> {
         self.packages.as_deref()

@@ -57,6 +57,7 @@ use crate::dkg::common;
 use crate::error::{ProtocolError, Result};
 use crate::id::PartyId;
 use crate::sign::{SignerSession, aggregate, signing_package};
+use crate::signing::{SignMessage, Signing};
 
 /// Most signing rounds of one request (rounds `0..MAX_ROUNDS`).
 pub const MAX_ROUNDS: u32 = 8;
@@ -91,13 +92,10 @@ fn carries<C: Ciphersuite>(package: &[u8], party: PartyId, commitment: &[u8]) ->
 enum Stage<C: Ciphersuite> {
     /// Approved; waiting for the signer set.
     Approved,
-    /// Chosen and committed; waiting for the signing packages.
-    Committed {
-        /// One session (nonces) per input.
-        sessions: Vec<SignerSession<C>>,
-        /// What we sent, one per input: a package must carry exactly these.
-        commitments: Vec<Vec<u8>>,
-    },
+    /// Chosen and committed; waiting for the signing packages: our side of the signature on
+    /// the signing engine, one message per input (its sessions hold the nonces; a package must
+    /// carry exactly the commitments it sent).
+    Committed(Box<Signing<C>>),
     /// Shares sent; waiting for the transaction.
     Shared,
     /// Not chosen (enough others approved first); waiting for the transaction.
@@ -169,7 +167,7 @@ impl<C: Ciphersuite> MemberSigner<C> {
     fn stage_name(&self) -> &'static str {
         match self.stage {
             Stage::Approved => "waiting for the other approvals",
-            Stage::Committed { .. } => "waiting for the signing packages",
+            Stage::Committed(_) => "waiting for the signing packages",
             Stage::Shared => "waiting for the signed transaction",
             Stage::Bystander => "not in the signer set; waiting for the signed transaction",
             Stage::Done { .. } => "signed",
@@ -191,7 +189,7 @@ impl<C: Ciphersuite> MemberSigner<C> {
 
     /// Whether we were chosen to sign.
     pub fn chosen(&self) -> bool {
-        matches!(self.stage, Stage::Committed { .. } | Stage::Shared)
+        matches!(self.stage, Stage::Committed(_) | Stage::Shared)
     }
 
     /// The signing round we are in.
@@ -250,7 +248,7 @@ impl<C: Ciphersuite> MemberSigner<C> {
                 packages,
                 round,
             } if same_request(&self.request, request) && *round == self.round => {
-                self.packages(packages, key_package)
+                self.packages(packages)
             }
             DaoMessage::Signed { request, txid, tx } if same_request(&self.request, request) => {
                 if *txid != self.expected_txid {
@@ -292,18 +290,14 @@ impl<C: Ciphersuite> MemberSigner<C> {
             self.stage = Stage::Bystander;
             return Ok(Vec::new());
         }
-        let mut sessions = Vec::with_capacity(self.sighashes.len());
-        let mut commitments = Vec::with_capacity(self.sighashes.len());
-        for sighash in &self.sighashes {
-            let (session, c) =
-                SignerSession::commit(key_package, self.party, sighash, parties, rng)?;
-            sessions.push(session);
-            commitments.push(c);
-        }
-        self.stage = Stage::Committed {
-            sessions,
-            commitments: commitments.clone(),
-        };
+        let locals = vec![(self.party, key_package.clone())];
+        let messages = self.sighashes.iter().map(|s| s.to_vec()).collect();
+        let (signing, _) = Signing::start(locals, parties, messages, rng)?;
+        let commitments = signing
+            .commitments(self.party)
+            .map(<[Vec<u8>]>::to_vec)
+            .unwrap_or_default();
+        self.stage = Stage::Committed(Box::new(signing));
         Ok(vec![DaoMessage::Commitments {
             request: ByteBuf::from(self.request.to_vec()),
             party: self.party,
@@ -312,14 +306,11 @@ impl<C: Ciphersuite> MemberSigner<C> {
         }])
     }
 
-    fn packages(
-        &mut self,
-        packages: &[ByteBuf],
-        key_package: &KeyPackage<C>,
-    ) -> Result<Vec<DaoMessage>> {
-        let Stage::Committed { commitments, .. } = &self.stage else {
+    fn packages(&mut self, packages: &[ByteBuf]) -> Result<Vec<DaoMessage>> {
+        let Stage::Committed(signing) = &self.stage else {
             return Ok(Vec::new());
         };
+        let commitments = signing.commitments(self.party).unwrap_or_default();
         if packages.len() != commitments.len() {
             return Err(ProtocolError::SessionMismatch {
                 reason: format!(
@@ -339,15 +330,19 @@ impl<C: Ciphersuite> MemberSigner<C> {
         {
             return Ok(Vec::new());
         }
-        let Stage::Committed { sessions, .. } = std::mem::replace(&mut self.stage, Stage::Shared)
+        let Stage::Committed(mut signing) = std::mem::replace(&mut self.stage, Stage::Shared)
         else {
             return Ok(Vec::new());
         };
-        let mut shares = Vec::with_capacity(sessions.len());
-        for (session, package) in sessions.into_iter().zip(packages) {
-            // Checks message (our own sighash), signer set and our commitment.
-            shares.push(session.sign(key_package, package)?);
-        }
+        // Each session checks its message (our own sighash), the signer set and our commitment,
+        // and is used up whatever the outcome.
+        signing.absorb(&SignMessage::Packages(
+            packages.iter().map(|p| p.to_vec()).collect(),
+        ))?;
+        let shares = match signing.advance()?.into_iter().next() {
+            Some(SignMessage::Shares { shares, .. }) => shares,
+            _ => Vec::new(),
+        };
         Ok(vec![DaoMessage::Shares {
             request: ByteBuf::from(self.request.to_vec()),
             party: self.party,
