@@ -287,6 +287,30 @@ impl<C: Ciphersuite> Signing<C> {
         SignWaiting { step, parties }
     }
 
+    /// Replaces `party`'s commitments before any package is built: a signer that restarted lost
+    /// the nonces of its first set, and a package must not carry them. Whoever decides that this
+    /// is a replacement and not equivocation (a coordinator that bounds them) calls this instead
+    /// of [`Signing::absorb`].
+    ///
+    /// Errors: after the packages ([`ProtocolError::UnexpectedMessage`]), or what `absorb`
+    /// refuses of the sender and count.
+    pub fn replace_commitments(&mut self, party: PartyId, commitments: &[Vec<u8>]) -> Result<()> {
+        self.check_sender(party, commitments.len(), "commitments")?;
+        if self.packages.is_some() {
+            return Err(ProtocolError::UnexpectedMessage {
+                expected: "replaced commitments before the signing packages",
+                actual: format!("commitments of party {party} replaced after the packages"),
+            });
+        }
+        self.commitments.insert(party, commitments.to_vec());
+        Ok(())
+    }
+
+    /// The signature shares `party` sent (or one of our parties made), one per message.
+    pub fn shares(&self, party: PartyId) -> Option<&[Vec<u8>]> {
+        self.shares.get(&party).map(Vec::as_slice)
+    }
+
     /// The commitments `party` sent (or, for one of ours, that we sent), one per message.
     pub fn commitments(&self, party: PartyId) -> Option<&[Vec<u8>]> {
         self.commitments.get(&party).map(Vec::as_slice)

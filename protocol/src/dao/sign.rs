@@ -56,8 +56,7 @@ use super::{
 use crate::dkg::common;
 use crate::error::{ProtocolError, Result};
 use crate::id::PartyId;
-use crate::sign::{SignerSession, aggregate, signing_package};
-use crate::signing::{SignMessage, Signing};
+use crate::signing::{SignMessage, SignStep, Signing};
 
 /// Most signing rounds of one request (rounds `0..MAX_ROUNDS`).
 pub const MAX_ROUNDS: u32 = 8;
@@ -372,14 +371,12 @@ pub struct Coordinator<C: Ciphersuite> {
     /// [`Coordinator::advance`] starts a new round.
     restart: bool,
     signers: Option<Vec<PartyId>>,
-    /// The provider's sessions of this round, consumed when the packages are built.
-    own: BTreeMap<PartyId, Vec<SignerSession<C>>>,
-    commitments: BTreeMap<PartyId, Vec<Vec<u8>>>,
+    /// This round's signature on the signing engine, from the signer set on: the provider's
+    /// parties are its local parties (their sessions sign the one package set of the round), the
+    /// chosen members its remote signers.
+    signing: Option<Box<Signing<C>>>,
     /// Commitments a member replaced in this round: never taken back.
     replaced: BTreeMap<PartyId, BTreeSet<Vec<Vec<u8>>>>,
-    packages: Option<Vec<Vec<u8>>>,
-    own_shares: BTreeMap<PartyId, Vec<Vec<u8>>>,
-    shares: BTreeMap<PartyId, Vec<Vec<u8>>>,
     signatures: Option<Vec<[u8; 64]>>,
 }
 
@@ -426,12 +423,8 @@ impl<C: Ciphersuite> Coordinator<C> {
             round: 0,
             restart: false,
             signers: None,
-            own: BTreeMap::new(),
-            commitments: BTreeMap::new(),
+            signing: None,
             replaced: BTreeMap::new(),
-            packages: None,
-            own_shares: BTreeMap::new(),
-            shares: BTreeMap::new(),
             signatures: None,
         })
     }
@@ -550,19 +543,25 @@ impl<C: Ciphersuite> Coordinator<C> {
                 if !self.current_round(*party, *round, "signature shares")? {
                     return Ok(false);
                 }
-                if self.packages.is_none() || !self.commitments.contains_key(party) {
+                let packaged =
+                    |s: &Signing<C>| s.packages().is_some() && s.commitments(*party).is_some();
+                if !self.signing.as_deref().is_some_and(packaged) {
                     return Err(ProtocolError::culprit(
                         *party,
                         "it sent shares without a signing package for it",
                     ));
                 }
                 self.check_count(*party, shares.len(), "signature shares")?;
-                if self.shares.contains_key(party) {
+                let Some(signing) = self.signing.as_mut() else {
+                    return Ok(false);
+                };
+                if signing.shares(*party).is_some() {
                     return Ok(false);
                 }
-                self.shares
-                    .insert(*party, shares.iter().map(|s| s.to_vec()).collect());
-                Ok(true)
+                signing.absorb(&SignMessage::Shares {
+                    party: *party,
+                    shares: shares.iter().map(|s| s.to_vec()).collect(),
+                })
             }
             _ => Ok(false),
         }
@@ -635,8 +634,14 @@ impl<C: Ciphersuite> Coordinator<C> {
             ));
         }
         self.check_count(party, value.len(), "commitments")?;
-        let existing = self.commitments.get(&party);
-        if existing == Some(&value)
+        let Some(signing) = self.signing.as_mut() else {
+            return Err(ProtocolError::culprit(
+                party,
+                "it committed before the signer set was chosen",
+            ));
+        };
+        let existing = signing.commitments(party);
+        if existing == Some(value.as_slice())
             || self
                 .replaced
                 .get(&party)
@@ -646,12 +651,14 @@ impl<C: Ciphersuite> Coordinator<C> {
             // nonces are gone).
             return Ok(false);
         }
-        let Some(old) = existing.cloned() else {
-            self.commitments.insert(party, value);
-            return Ok(true);
+        let Some(old) = existing.map(<[Vec<u8>]>::to_vec) else {
+            return signing.absorb(&SignMessage::Commitments {
+                party,
+                commitments: value,
+            });
         };
-        if self.packages.is_some() {
-            if self.shares.contains_key(&party) {
+        if signing.packages().is_some() {
+            if signing.shares(party).is_some() {
                 // Its shares of this round are in: the old nonces did their job.
                 return Ok(false);
             }
@@ -666,7 +673,7 @@ impl<C: Ciphersuite> Coordinator<C> {
             ));
         }
         retired.insert(old);
-        self.commitments.insert(party, value);
+        signing.replace_commitments(party, &value)?;
         Ok(true)
     }
 
@@ -675,15 +682,10 @@ impl<C: Ciphersuite> Coordinator<C> {
         if self.signatures.is_some() {
             return false;
         }
-        let members_committed = self.signers.as_ref().is_some_and(|s| {
-            s.iter()
-                .filter(|p| !self.provider_parties.contains(p))
-                .all(|p| self.commitments.contains_key(p))
-        });
+        // Only the signer set draws on them: the round's signature keeps them from then on.
         self.restart
             || (self.signers.is_none()
                 && self.approvals.len() >= usize::from(self.approvals_needed))
-            || (self.packages.is_none() && members_committed)
     }
 
     /// Drops everything of the current round and opens the next. The provider's sessions of the
@@ -696,12 +698,8 @@ impl<C: Ciphersuite> Coordinator<C> {
         self.round = next;
         self.restart = false;
         self.signers = None;
-        self.own.clear();
-        self.commitments.clear();
+        self.signing = None;
         self.replaced.clear();
-        self.packages = None;
-        self.own_shares.clear();
-        self.shares.clear();
         Ok(())
     }
 
@@ -739,19 +737,22 @@ impl<C: Ciphersuite> Coordinator<C> {
         if self.signers.is_none() && self.approvals.len() >= usize::from(self.approvals_needed) {
             out.push(self.choose_signers(keys, rng)?);
         }
-        let Some(signers) = self.signers.clone() else {
+        let Some(signing) = self.signing.as_mut() else {
             return Ok(out);
         };
-        if self.packages.is_none() && signers.iter().all(|p| self.commitments.contains_key(p)) {
-            out.push(self.build_packages(keys, &signers)?);
+        // Every signer committed: the engine builds the packages and the provider's parties sign
+        // them at once (their sessions of the round are used by this one set).
+        let had_packages = signing.packages().is_some();
+        signing.advance()?;
+        if let (false, Some(packages)) = (had_packages, signing.packages()) {
+            out.push(DaoMessage::SigningPackages {
+                request: ByteBuf::from(self.request.to_vec()),
+                packages: bufs(packages.to_vec()),
+                round: self.round,
+            });
         }
-        if self.packages.is_some()
-            && self.signatures.is_none()
-            && signers
-                .iter()
-                .all(|p| self.shares.contains_key(p) || self.own_shares.contains_key(p))
-        {
-            self.aggregate_shares(&signers, public_key_package)?;
+        if self.signatures.is_none() && signing.waiting().step == SignStep::Done {
+            self.signatures = Some(signatures_64(signing, public_key_package)?);
         }
         Ok(out)
     }
@@ -771,18 +772,14 @@ impl<C: Ciphersuite> Coordinator<C> {
             .collect();
         signers.extend(&self.provider_parties);
         signers.sort_unstable();
-        for &party in &self.provider_parties {
-            let key = provider_key(keys, party)?;
-            let mut sessions = Vec::new();
-            let mut commitments = Vec::new();
-            for sighash in &self.sighashes {
-                let (s, c) = SignerSession::commit(key, party, sighash, &signers, rng)?;
-                sessions.push(s);
-                commitments.push(c);
-            }
-            self.own.insert(party, sessions);
-            self.commitments.insert(party, commitments);
-        }
+        let locals = self
+            .provider_parties
+            .iter()
+            .map(|&party| Ok((party, provider_key(keys, party)?.clone())))
+            .collect::<Result<Vec<_>>>()?;
+        let messages = self.sighashes.iter().map(|s| s.to_vec()).collect();
+        let (signing, _) = Signing::start(locals, &signers, messages, rng)?;
+        self.signing = Some(Box::new(signing));
         let message = DaoMessage::SignerSet {
             request: ByteBuf::from(self.request.to_vec()),
             parties: signers.clone(),
@@ -790,81 +787,6 @@ impl<C: Ciphersuite> Coordinator<C> {
         };
         self.signers = Some(signers);
         Ok(message)
-    }
-
-    /// The signing packages of this round, once every signer committed; the provider's parties
-    /// sign them at once (their sessions of the round are consumed here, by this one set).
-    fn build_packages(
-        &mut self,
-        keys: &BTreeMap<PartyId, KeyPackage<C>>,
-        signers: &[PartyId],
-    ) -> Result<DaoMessage> {
-        let mut packages = Vec::with_capacity(self.sighashes.len());
-        for (i, sighash) in self.sighashes.iter().enumerate() {
-            let mut per_input = BTreeMap::new();
-            for p in signers {
-                let c = self
-                    .commitments
-                    .get(p)
-                    .and_then(|v| v.get(i))
-                    .ok_or_else(|| {
-                        ProtocolError::culprit(*p, format!("no commitment for input {i}"))
-                    })?;
-                per_input.insert(*p, c.clone());
-            }
-            packages.push(signing_package::<C>(sighash, &per_input)?);
-        }
-        for (party, sessions) in std::mem::take(&mut self.own) {
-            let key = provider_key(keys, party)?;
-            let mut shares = Vec::with_capacity(sessions.len());
-            for (session, package) in sessions.into_iter().zip(&packages) {
-                shares.push(session.sign(key, package)?);
-            }
-            self.own_shares.insert(party, shares);
-        }
-        let message = DaoMessage::SigningPackages {
-            request: ByteBuf::from(self.request.to_vec()),
-            packages: bufs(packages.clone()),
-            round: self.round,
-        };
-        self.packages = Some(packages);
-        Ok(message)
-    }
-
-    /// Aggregates every input's signature once every signer's shares are in.
-    fn aggregate_shares(
-        &mut self,
-        signers: &[PartyId],
-        public_key_package: &PublicKeyPackage<C>,
-    ) -> Result<()> {
-        let Some(packages) = &self.packages else {
-            return Ok(());
-        };
-        let mut signatures = Vec::with_capacity(packages.len());
-        for (i, package) in packages.iter().enumerate() {
-            let mut per_input = BTreeMap::new();
-            for p in signers {
-                let share = self
-                    .shares
-                    .get(p)
-                    .or_else(|| self.own_shares.get(p))
-                    .and_then(|v| v.get(i))
-                    .ok_or_else(|| {
-                        ProtocolError::culprit(*p, format!("no signature share for input {i}"))
-                    })?;
-                per_input.insert(*p, share.clone());
-            }
-            let sig = aggregate::<C>(package, &per_input, public_key_package)?;
-            let sig: [u8; 64] = sig
-                .as_slice()
-                .try_into()
-                .map_err(|_| ProtocolError::Frost {
-                    reason: format!("signature of {} bytes, expected 64", sig.len()),
-                })?;
-            signatures.push(sig);
-        }
-        self.signatures = Some(signatures);
-        Ok(())
     }
 
     /// The aggregated signatures (one per input, BIP-340), once every share is in.
@@ -884,6 +806,22 @@ impl<C: Ciphersuite> Coordinator<C> {
             })
             .unwrap_or_default()
     }
+}
+
+/// The round's signatures, one per input, as 64-byte BIP-340 signatures.
+fn signatures_64<C: Ciphersuite>(
+    signing: &Signing<C>,
+    public_key_package: &PublicKeyPackage<C>,
+) -> Result<Vec<[u8; 64]>> {
+    signing
+        .signatures(public_key_package)?
+        .into_iter()
+        .map(|sig| {
+            <[u8; 64]>::try_from(sig.as_slice()).map_err(|_| ProtocolError::Frost {
+                reason: format!("signature of {} bytes, expected 64", sig.len()),
+            })
+        })
+        .collect()
 }
 
 /// How a signing request ended, as its topic says.
@@ -1205,6 +1143,7 @@ mod tests {
     use crate::dao::dkg::Outputs;
     use crate::dao::tests::keys;
     use crate::id::pid;
+    use crate::sign::{SignerSession, signing_package};
     use rand_core::OsRng;
 
     type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
