@@ -20,10 +20,7 @@ use tempfile::TempDir;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn tempdir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("cosigner-proxy-")
-        .tempdir()
-        .unwrap()
+    TempDir::with_prefix("cosigner-proxy-").unwrap()
 }
 
 /// A TCP echo server on 127.0.0.1: echoes each connection until EOF, then closes it. Counts the

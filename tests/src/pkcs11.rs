@@ -35,6 +35,17 @@ pub fn init_token(module: &Path, label: &str) -> Token {
         .unwrap_or_else(|e| panic!("initializing token {label}: {e}"))
 }
 
+/// [`softhsm_for_this_process`] with the token `label` initialized on it ([`init_token`]): the
+/// SoftHSM (keep it alive as long as the token), the module path and the logged-in token.
+///
+/// # Panics
+/// As those two do.
+pub fn token_for_this_process(label: &str) -> (SoftHsm, PathBuf, Token) {
+    let (hsm, module) = softhsm_for_this_process();
+    let token = init_token(&module, label);
+    (hsm, module, token)
+}
+
 /// A raw session on `token`'s slot, read-write or read-only.
 ///
 /// # Panics
@@ -134,13 +145,16 @@ pub fn assert_value_unreadable(
     attrs
 }
 
-/// Asserts that `key`'s protection cannot be loosened after the fact (each of `loosen` is
-/// refused) and that the key cannot be copied into a session object.
+/// Asserts that `key`'s protection cannot be loosened after the fact and that the key cannot be
+/// copied into a session object. Every key is tried with `CKA_EXTRACTABLE` true and
+/// `CKA_SENSITIVE` false (PKCS#11 lets the first only go true -> false and the second only
+/// false -> true), then with each of `also` (what its key type could otherwise be given).
 ///
 /// # Panics
 /// If any of it is accepted.
-pub fn assert_cannot_loosen(session: &Session, key: ObjectHandle, loosen: &[Attribute]) {
-    for attribute in loosen {
+pub fn assert_cannot_loosen(session: &Session, key: ObjectHandle, also: &[Attribute]) {
+    let loosen = [Attribute::Extractable(true), Attribute::Sensitive(false)];
+    for attribute in loosen.iter().chain(also) {
         assert!(
             session
                 .update_attributes(key, std::slice::from_ref(attribute))

@@ -71,10 +71,7 @@ fn issue(operator: &Path, device_hex: &str, days: &str, extra: &[&str]) -> Outco
 }
 
 fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("cosigner-enrollment-")
-        .tempdir()
-        .unwrap()
+    tempfile::TempDir::with_prefix("cosigner-enrollment-").unwrap()
 }
 
 /// `keygen --json` into `dir/name`; returns the key file and the printed public key (hex).
