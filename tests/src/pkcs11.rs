@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cosigner_kms::{KeyProtection, Pin, Token};
+use cosigner_kms::{KeyProtection, KmsError, Pin, Token};
 use cryptoki::object::{
     Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle,
 };
@@ -44,6 +44,45 @@ pub fn token_for_this_process(label: &str) -> (SoftHsm, PathBuf, Token) {
     let (hsm, module) = softhsm_for_this_process();
     let token = init_token(&module, label);
     (hsm, module, token)
+}
+
+/// Asserts that `err` is cosigner-kms's label error `variant` (`TokenNotFound`, `TokenExists`,
+/// `KeyNotFound` or `KeyExists`) naming `label`.
+///
+/// # Panics
+/// If it is another error, or names another label.
+pub fn assert_label_error(err: &KmsError, variant: &str, label: &str) {
+    let named = match err {
+        KmsError::TokenNotFound { label } => Some(("TokenNotFound", label)),
+        KmsError::TokenExists { label } => Some(("TokenExists", label)),
+        KmsError::KeyNotFound { label } => Some(("KeyNotFound", label)),
+        KmsError::KeyExists { label } => Some(("KeyExists", label)),
+        _ => None,
+    };
+    assert_eq!(
+        named.map(|(v, l)| (v, l.as_str())),
+        Some((variant, label)),
+        "{err:?}"
+    );
+}
+
+/// The attributes of a private key object made behind cosigner-kms's back (as an operator's tool
+/// might) with the given `CKA_SENSITIVE` and `CKA_EXTRACTABLE`: a private token object labelled
+/// `label` with the `CKA_ID` `id`. The caller adds what its key type needs.
+pub fn planted_key_template(
+    label: &str,
+    id: &[u8],
+    sensitive: bool,
+    extractable: bool,
+) -> Vec<Attribute> {
+    vec![
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(sensitive),
+        Attribute::Extractable(extractable),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+    ]
 }
 
 /// A raw session on `token`'s slot, read-write or read-only.

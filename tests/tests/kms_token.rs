@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use cosigner_kms::{KmsError, P384SigningKey, Pin, Token};
 use cosigner_tests::pkcs11::{
-    SO_PIN, USER_PIN, assert_cannot_loosen, assert_generated_on_token, assert_value_unreadable,
-    destroy_objects, find_key, raw_session, softhsm_for_this_process as softhsm,
-    token_for_this_process,
+    SO_PIN, USER_PIN, assert_cannot_loosen, assert_generated_on_token, assert_label_error,
+    assert_value_unreadable, destroy_objects, find_key, planted_key_template, raw_session,
+    softhsm_for_this_process as softhsm, token_for_this_process,
 };
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use p384::ecdsa::signature::Verifier;
@@ -19,6 +19,8 @@ use sha2::{Digest, Sha384};
 
 const LABEL: &str = "cosigner-test";
 const KEY: &str = "attestation-p384";
+/// A token or key label nothing has.
+const MISSING: &str = "no-such-label";
 
 fn init_token(module: &std::path::Path) -> Token {
     cosigner_tests::pkcs11::init_token(module, LABEL)
@@ -54,21 +56,15 @@ fn wrong_pin_is_bad_pin() {
 #[test]
 fn unknown_token_label_is_token_not_found() {
     let (_hsm, module, _token) = token_for_this_process(LABEL);
-    let err = Token::open(&module, "no-such-token", &Pin::new(USER_PIN)).unwrap_err();
-    assert!(
-        matches!(&err, KmsError::TokenNotFound { label } if label == "no-such-token"),
-        "{err:?}"
-    );
+    let err = Token::open(&module, MISSING, &Pin::new(USER_PIN)).unwrap_err();
+    assert_label_error(&err, "TokenNotFound", MISSING);
 }
 
 #[test]
 fn init_twice_with_the_same_label_is_token_exists() {
     let (_hsm, module, token) = token_for_this_process(LABEL);
     let err = Token::init(&module, LABEL, &Pin::new(SO_PIN), &Pin::new(USER_PIN)).unwrap_err();
-    assert!(
-        matches!(&err, KmsError::TokenExists { label } if label == LABEL),
-        "{err:?}"
-    );
+    assert_label_error(&err, "TokenExists", LABEL);
     // Another label still gets a slot of its own.
     let other = Token::init(&module, "other", &Pin::new(SO_PIN), &Pin::new(USER_PIN)).unwrap();
     assert_ne!(other.slot(), token.slot());
@@ -119,10 +115,7 @@ fn duplicate_key_label_is_key_exists() {
     let (_hsm, _, token) = token_for_this_process(LABEL);
     let first = token.generate_p384_signing_key(KEY).unwrap();
     let err = token.generate_p384_signing_key(KEY).unwrap_err();
-    assert!(
-        matches!(&err, KmsError::KeyExists { label } if label == KEY),
-        "{err:?}"
-    );
+    assert_label_error(&err, "KeyExists", KEY);
     // The existing key is untouched.
     let again = token.p384_signing_key(KEY).unwrap();
     assert_eq!(again.public_key_sec1(), first.public_key_sec1());
@@ -131,11 +124,8 @@ fn duplicate_key_label_is_key_exists() {
 #[test]
 fn unknown_key_label_is_key_not_found() {
     let (_hsm, _, token) = token_for_this_process(LABEL);
-    let err = token.p384_signing_key("no-such-key").unwrap_err();
-    assert!(
-        matches!(&err, KmsError::KeyNotFound { label } if label == "no-such-key"),
-        "{err:?}"
-    );
+    let err = token.p384_signing_key(MISSING).unwrap_err();
+    assert_label_error(&err, "KeyNotFound", MISSING);
 }
 
 #[test]
@@ -152,8 +142,9 @@ fn an_existing_signing_key_that_can_leave_the_token_is_refused() {
     // key, as a careless import would leave it.
     let ctx = cosigner_kms::context(&module).unwrap();
     let session = ctx.open_rw_session(token.slot()).unwrap();
-    let label = KEY.as_bytes().to_vec();
-    let id = vec![0x11; 16];
+    let id = [0x11; 16];
+    let mut private = planted_key_template(KEY, &id, false, true);
+    private.push(Attribute::Sign(true));
     session
         .generate_key_pair(
             &cryptoki::mechanism::Mechanism::EccKeyPairGen,
@@ -161,18 +152,10 @@ fn an_existing_signing_key_that_can_leave_the_token_is_refused() {
                 Attribute::Token(true),
                 Attribute::Verify(true),
                 Attribute::EcParams(cosigner_kms::P384_EC_PARAMS.to_vec()),
-                Attribute::Label(label.clone()),
-                Attribute::Id(id.clone()),
+                Attribute::Label(KEY.as_bytes().to_vec()),
+                Attribute::Id(id.to_vec()),
             ],
-            &[
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(false),
-                Attribute::Extractable(true),
-                Attribute::Sign(true),
-                Attribute::Label(label),
-                Attribute::Id(id),
-            ],
+            &private,
         )
         .unwrap();
     let err = token.p384_signing_key(KEY).unwrap_err();

@@ -12,9 +12,9 @@ use cosigner_kms::{
 };
 use cosigner_tests::SoftHsm;
 use cosigner_tests::pkcs11::{
-    USER_PIN, assert_cannot_loosen, assert_generated_on_token, assert_value_unreadable,
-    destroy_objects, find, find_key, init_token, raw_session, softhsm_for_this_process as softhsm,
-    token_for_this_process,
+    USER_PIN, assert_cannot_loosen, assert_generated_on_token, assert_label_error,
+    assert_value_unreadable, destroy_objects, find, find_key, init_token, planted_key_template,
+    raw_session, softhsm_for_this_process as softhsm, token_for_this_process,
 };
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 
@@ -279,19 +279,13 @@ fn sealing_key_is_found_again_after_reopening_the_token() {
 fn key_lookup_errors_are_precise() {
     let (_hsm, _, token) = token_for_this_process(LABEL);
     let err = token.aes_sealing_key(KEY).unwrap_err();
-    assert!(
-        matches!(&err, KmsError::KeyNotFound { label } if label == KEY),
-        "{err:?}"
-    );
+    assert_label_error(&err, "KeyNotFound", KEY);
     let err = token.aes_sealing_key("").unwrap_err();
     assert!(matches!(err, KmsError::InvalidLabel { .. }), "{err:?}");
 
     let made = token.aes_sealing_key_or_generate(KEY).unwrap();
     let err = token.generate_aes_sealing_key(KEY).unwrap_err();
-    assert!(
-        matches!(&err, KmsError::KeyExists { label } if label == KEY),
-        "{err:?}"
-    );
+    assert_label_error(&err, "KeyExists", KEY);
     assert_eq!(token.aes_sealing_key(KEY).unwrap().key_id(), made.key_id());
 
     // A P-384 key under the same label is not an AES key and does not get in the way.
@@ -311,24 +305,16 @@ fn key_lookup_errors_are_precise() {
 /// might), with the given `CKA_SENSITIVE` and `CKA_EXTRACTABLE`, and otherwise what a sealing key
 /// needs (`CKA_ID`, encrypt and decrypt), so only its protection is wrong.
 fn plant_aes_key(module: &Path, token: &Token, label: &str, sensitive: bool, extractable: bool) {
-    let session = raw_session(module, token, true);
-    session
-        .generate_key(
-            &cryptoki::mechanism::Mechanism::AesKeyGen,
-            &[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::Label(label.as_bytes().to_vec()),
-                Attribute::Id(vec![0x5e; 16]),
-                Attribute::ValueLen(cryptoki::types::Ulong::from(32)),
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(sensitive),
-                Attribute::Extractable(extractable),
-                Attribute::Encrypt(true),
-                Attribute::Decrypt(true),
-            ],
-        )
+    let mut template = planted_key_template(label, &[0x5e; 16], sensitive, extractable);
+    template.extend([
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(cryptoki::types::Ulong::from(32)),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+    ]);
+    raw_session(module, token, true)
+        .generate_key(&cryptoki::mechanism::Mechanism::AesKeyGen, &template)
         .unwrap();
 }
 
