@@ -87,11 +87,8 @@ impl Token {
     /// Fails with [`KmsError::KeyExists`] if a private key with this label exists, and refuses (and
     /// destroys) the pair if the token did not apply the protection asked for.
     pub fn generate_p384_signing_key(&self, label: &str) -> Result<P384SigningKey> {
-        check_key_label(label)?;
-        with_session(self, |ts| {
-            let s = &ts.session;
-            refuse_existing(ts, &private_key_template(label), label)?;
-            let id = s.generate_random_vec(KEY_ID_LEN).ck("C_GenerateRandom")?;
+        let existing = private_key_template(label);
+        generate_labelled(self, label, &existing, KEY_ID_LEN, |ts, id| {
             let public_template = [
                 Attribute::Token(true),
                 Attribute::Private(false),
@@ -115,25 +112,17 @@ impl Token {
                 Attribute::Label(label.as_bytes().to_vec()),
                 Attribute::Id(id.clone()),
             ]);
-            let (public, private) = s
+            let (public, private) = ts
+                .session
                 .generate_key_pair(
                     &Mechanism::EccKeyPairGen,
                     &public_template,
                     &private_template,
                 )
                 .ck("C_GenerateKeyPair")?;
-            let checked = check_generated(ts, private, "private key", label);
-            let point = checked.and_then(|()| read_public_point(ts, public));
-            let point = match point {
-                Ok(point) => point,
-                Err(fail) => {
-                    // Leave no half-made key behind under this label. Failing to destroy is
-                    // secondary to the error being reported.
-                    let _ = s.destroy_object(private);
-                    let _ = s.destroy_object(public);
-                    return Err(fail);
-                }
-            };
+            let point = check_generated(ts, private, "private key", label)
+                .and_then(|()| read_public_point(ts, public));
+            let point = destroy_unless_ok(ts, &[private, public], point)?;
             Ok(P384SigningKey::remembered(
                 self, ts, label, id, private, point,
             ))
@@ -433,6 +422,43 @@ pub(crate) fn kept_in_token() -> [Attribute; 6] {
         Attribute::Modifiable(false),
         Attribute::Copyable(false),
     ]
+}
+
+/// What generating a key of any kind starts with: a label that is not empty and not yet used by
+/// this kind (`existing`: the kind's lookup, see [`refuse_existing`]), and a random `CKA_ID` of
+/// `id_len` bytes; `make` then creates the key's objects with that id on this thread's session.
+pub(crate) fn generate_labelled<T>(
+    token: &Token,
+    label: &str,
+    existing: &[Attribute],
+    id_len: u32,
+    mut make: impl FnMut(&ThreadSession, Vec<u8>) -> std::result::Result<T, Fail>,
+) -> Result<T> {
+    check_key_label(label)?;
+    with_session(token, |ts| {
+        refuse_existing(ts, existing, label)?;
+        let id = ts
+            .session
+            .generate_random_vec(id_len)
+            .ck("C_GenerateRandom")?;
+        make(ts, id)
+    })
+}
+
+/// `checked` (what was read back from objects just generated); when it failed, destroys those
+/// objects (`made`), so that no half-made key is left behind under the label. Failing to destroy
+/// them is secondary to the error being reported. Shared by every key kind.
+pub(crate) fn destroy_unless_ok<T>(
+    ts: &ThreadSession,
+    made: &[ObjectHandle],
+    checked: std::result::Result<T, Fail>,
+) -> std::result::Result<T, Fail> {
+    if checked.is_err() {
+        for &object in made {
+            let _ = ts.session.destroy_object(object);
+        }
+    }
+    checked
 }
 
 /// Refuses to generate a second key under `label`: [`KmsError::KeyExists`] if `template` (the key

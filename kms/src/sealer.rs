@@ -221,11 +221,8 @@ impl Token {
     /// Fails with [`KmsError::KeyExists`] if an AES key with this label exists, and refuses (and
     /// destroys) the key if the token did not apply the protection asked for.
     pub fn generate_aes_sealing_key(&self, label: &str) -> Result<Pkcs11Sealer> {
-        crate::p384::check_key_label(label)?;
-        with_session(self, |ts| {
-            let s = &ts.session;
-            crate::p384::refuse_existing(ts, &aes_key_template(label), label)?;
-            let id = s.generate_random_vec(CKA_ID_LEN).ck("C_GenerateRandom")?;
+        let existing = aes_key_template(label);
+        crate::p384::generate_labelled(self, label, &existing, CKA_ID_LEN, |ts, id| {
             // Kept in the token: in particular nobody can later turn on CKA_WRAP or CKA_DERIVE.
             let mut template = aes_key_template(label);
             template.extend(crate::p384::kept_in_token());
@@ -240,15 +237,12 @@ impl Token {
                 Attribute::Verify(false),
                 Attribute::Id(id.clone()),
             ]);
-            let key = s
+            let key = ts
+                .session
                 .generate_key(&Mechanism::AesKeyGen, &template)
                 .ck("C_GenerateKey")?;
-            if let Err(fail) = crate::p384::check_generated(ts, key, "secret key", label) {
-                // Leave no half-made key behind under this label; failing to destroy it is
-                // secondary to the error being reported.
-                let _ = s.destroy_object(key);
-                return Err(fail);
-            }
+            let checked = crate::p384::check_generated(ts, key, "secret key", label);
+            crate::p384::destroy_unless_ok(ts, &[key], checked)?;
             ts.remember(label, &id, key);
             Ok(Pkcs11Sealer::new(self.clone(), label, id))
         })
