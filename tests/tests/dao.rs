@@ -121,29 +121,24 @@ fn timed_out(outcome: &Outcome, rule: &str, needs: u16) {
 #[test]
 fn dao_tiers_three_four_five_with_consensus_valid_transactions() {
     let dao = create_dao(POLICY);
-    let foreign = bitcoin_tx::foreign_address();
 
     // 9 BTC leave (+ fee): under 10, the requester and two approvers sign.
-    let small = bitcoin_tx::build(
+    let small = bitcoin_tx::payment(
         &dao.group_key,
         &[6 * BTC, 5 * BTC],
-        &[
-            (Pay::To(foreign.clone()), 9 * BTC),
-            (Pay::Change, 2 * BTC - 10_000),
-        ],
+        9 * BTC,
+        2 * BTC - 10_000,
     )
     .unwrap();
     let (r, a) = sign(&dao, "small", &small, &[1, 2], 60);
     signed(&dao, &r, &a, &small);
 
     // Exactly 10 BTC leave: the "large" rule; three approvals are not enough...
-    let ten = bitcoin_tx::build(
+    let ten = bitcoin_tx::payment(
         &dao.group_key,
         &[10 * BTC + 50_000],
-        &[
-            (Pay::To(foreign.clone()), 10 * BTC - 10_000),
-            (Pay::Change, 50_000),
-        ],
+        10 * BTC - 10_000,
+        50_000,
     )
     .unwrap();
     let (r, _) = sign(&dao, "ten-3", &ten, &[1, 2], 6);
@@ -153,13 +148,11 @@ fn dao_tiers_three_four_five_with_consensus_valid_transactions() {
     signed(&dao, &r, &a, &ten);
 
     // 150 BTC: major, all five.
-    let major = bitcoin_tx::build(
+    let major = bitcoin_tx::payment(
         &dao.group_key,
         &[100 * BTC, 60 * BTC],
-        &[
-            (Pay::To(foreign.clone()), 150 * BTC),
-            (Pay::Change, 10 * BTC - 20_000),
-        ],
+        150 * BTC,
+        10 * BTC - 20_000,
     )
     .unwrap();
     let (r, _) = sign(&dao, "major-4", &major, &[1, 2, 3], 6);
@@ -263,16 +256,7 @@ fn propose(
 #[test]
 fn a_policy_change_needs_the_admin_quorum_then_binds_every_spend() {
     let dao = create_dao(GUARDED);
-    let foreign = bitcoin_tx::foreign_address();
-    let two = bitcoin_tx::build(
-        &dao.group_key,
-        &[3 * BTC],
-        &[
-            (Pay::To(foreign.clone()), 2 * BTC),
-            (Pay::Change, BTC - 10_000),
-        ],
-    )
-    .unwrap();
+    let two = bitcoin_tx::payment(&dao.group_key, &[3 * BTC], 2 * BTC, BTC - 10_000).unwrap();
     // Three of the four admin approvals: not in force.
     let (r, _) = propose(&dao, "stricter-3", STRICTER, &[1, 2], 6);
     assert_eq!(r.code, Some(1), "{r:?}");
@@ -317,13 +301,7 @@ fn an_approval_for_one_request_is_refused_in_another() {
     use serde_bytes::ByteBuf;
 
     let dao = create_dao(POLICY);
-    let foreign = bitcoin_tx::foreign_address();
-    let spend = bitcoin_tx::build(
-        &dao.group_key,
-        &[2 * BTC],
-        &[(Pay::To(foreign), BTC), (Pay::Change, BTC - 10_000)],
-    )
-    .unwrap();
+    let spend = bitcoin_tx::payment(&dao.group_key, &[2 * BTC], BTC, BTC - 10_000).unwrap();
     let (r, a) = sign(&dao, "first", &spend, &[1, 2], 60);
     signed(&dao, &r, &a, &spend);
     let first = open_request(&read_envelope(&dao.file("first.request")).unwrap()).unwrap();
@@ -458,16 +436,7 @@ fn a_refresh_by_every_member_keeps_the_address_and_retires_the_old_shares() {
     assert_ne!(std::fs::read(&bob_share).unwrap(), old_share);
 
     // Epoch 1 signs: the requester, Bob and Carol with the provider.
-    let foreign = bitcoin_tx::foreign_address();
-    let spend = bitcoin_tx::build(
-        &dao.group_key,
-        &[3 * BTC],
-        &[
-            (Pay::To(foreign.clone()), 2 * BTC),
-            (Pay::Change, BTC - 10_000),
-        ],
-    )
-    .unwrap();
+    let spend = bitcoin_tx::payment(&dao.group_key, &[3 * BTC], 2 * BTC, BTC - 10_000).unwrap();
     let (r, a) = sign(&dao, "after-refresh", &spend, &[1, 2], 60);
     signed(&dao, &r, &a, &spend);
 
