@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use cosigner_parent::aws_credentials::{
     AwsCredentials, AwsCredentialsConfig, CredentialsProvider, imds, rfc3339_to_unix,
+    store_response,
 };
 use cosigner_parent::store::SqliteStore;
 use cosigner_parent::store_server::{handle, handle_with};
@@ -58,10 +59,10 @@ fn imds_config(imds: &FakeImds) -> AwsCredentialsConfig {
 fn the_imds_client_takes_a_token_first_and_shows_it_on_every_read() {
     let imds = FakeImds::start(Behaviour::Normal, &document("2030-01-01T00:00:00Z"));
     let c = imds::fetch(imds.addr, None).unwrap();
-    assert_eq!(c.access_key_id, "ASIAEXAMPLEPARENT");
-    assert_eq!(c.secret_access_key.expose(), SECRET);
-    assert_eq!(c.session_token.as_ref().unwrap().expose(), SESSION);
-    assert_eq!(c.expiration, rfc3339_to_unix("2030-01-01T00:00:00Z"));
+    assert_eq!(c.credentials.access_key_id, "ASIAEXAMPLEPARENT");
+    assert_eq!(c.credentials.secret_access_key, SECRET);
+    assert_eq!(c.credentials.session_token.as_deref(), Some(SESSION));
+    assert_eq!(c.expiration_unix(), rfc3339_to_unix("2030-01-01T00:00:00Z"));
     assert_eq!(
         imds.requests(),
         [
@@ -136,7 +137,7 @@ fn imds_credentials_are_cached_until_they_near_expiry() {
     // The service fails later: the cached credentials are served while they last.
     drop(expiring);
     assert_eq!(
-        provider.credentials().unwrap().access_key_id,
+        provider.credentials().unwrap().credentials.access_key_id,
         "ASIAEXAMPLEPARENT"
     );
 }
@@ -177,7 +178,10 @@ fn the_store_channel_serves_the_configured_credentials_and_nothing_without_them(
         document("2031-01-01T00:00:00Z").replace("ASIAEXAMPLEPARENT", "ASIAROTATED"),
     )
     .unwrap();
-    assert_eq!(provider.credentials().unwrap().access_key_id, "ASIAROTATED");
+    assert_eq!(
+        provider.credentials().unwrap().credentials.access_key_id,
+        "ASIAROTATED"
+    );
 
     // A broken file: an error answer, and the secret is not in it.
     std::fs::write(&file, format!("{{\"SecretAccessKey\":\"{SECRET}\"}}")).unwrap();
@@ -206,7 +210,7 @@ fn the_store_channel_serves_the_configured_credentials_and_nothing_without_them(
     })
     .unwrap();
     assert!(matches!(
-        c.to_response(),
+        store_response(&c),
         StoreResponse::AwsCredentials {
             expiration: None,
             session_token: None,
