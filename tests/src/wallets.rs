@@ -36,6 +36,19 @@ pub fn create(d: &Deployment, name: &str) -> TestWallet {
     create_with(d, name, &[])
 }
 
+/// A started [`Deployment`] with Alice's wallet in it ([`create`] in the home `alice`).
+///
+/// # Panics
+/// If the deployment does not start or the wallet cannot be created.
+pub fn deployment_with_alice() -> (Deployment, TestWallet) {
+    let d = match Deployment::start() {
+        Ok(d) => d,
+        Err(e) => panic!("starting the deployment: {e:#}"),
+    };
+    let w = create(&d, "alice");
+    (d, w)
+}
+
 /// [`create`] with `extra` arguments to `wallet create` (`--policy FILE`, say).
 ///
 /// # Panics
