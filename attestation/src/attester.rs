@@ -1,6 +1,6 @@
 //! Producers of attestation documents.
 
-use crate::document::{MAX_PUBLIC_KEY_LEN, MAX_USER_DATA_LEN, hex_opt};
+use crate::document::{MAX_PUBLIC_KEY_LEN, MAX_USER_DATA_LEN, debug_bound};
 use crate::error::{AttestationError, Result};
 
 /// What the caller asks the attester to bind into a document.
@@ -16,11 +16,9 @@ pub struct AttestRequest {
 
 impl std::fmt::Debug for AttestRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AttestRequest")
-            .field("nonce", &hex_opt(&self.nonce))
-            .field("user_data", &hex_opt(&self.user_data))
-            .field("public_key", &hex_opt(&self.public_key))
-            .finish()
+        let mut d = f.debug_struct("AttestRequest");
+        debug_bound(&mut d, &self.nonce, &self.user_data, &self.public_key);
+        d.finish()
     }
 }
 

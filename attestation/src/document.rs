@@ -51,8 +51,21 @@ pub struct AttestationDoc {
 }
 
 /// An optional byte field as hex, for the `Debug` impls of this crate's public types.
-pub(crate) fn hex_opt(v: &Option<Vec<u8>>) -> Option<String> {
+fn hex_opt(v: &Option<Vec<u8>>) -> Option<String> {
     v.as_ref().map(hex::encode)
+}
+
+/// The three values a document binds (nonce, user data, public key), as hex in `Debug` output:
+/// a document's, an attester's request's and a verifier's expectations' alike.
+pub(crate) fn debug_bound(
+    d: &mut std::fmt::DebugStruct<'_, '_>,
+    nonce: &Option<Vec<u8>>,
+    user_data: &Option<Vec<u8>>,
+    public_key: &Option<Vec<u8>>,
+) {
+    d.field("nonce", &hex_opt(nonce))
+        .field("user_data", &hex_opt(user_data))
+        .field("public_key", &hex_opt(public_key));
 }
 
 /// PCR values as hex by index, for the `Debug` impls of this crate's public types.
@@ -62,17 +75,15 @@ pub(crate) fn hex_pcrs(pcrs: &BTreeMap<u8, Vec<u8>>) -> BTreeMap<u8, String> {
 
 impl std::fmt::Debug for AttestationDoc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AttestationDoc")
-            .field("module_id", &self.module_id)
+        let mut d = f.debug_struct("AttestationDoc");
+        d.field("module_id", &self.module_id)
             .field("digest", &self.digest)
             .field("timestamp", &self.timestamp)
             .field("pcrs", &hex_pcrs(&self.pcrs))
             .field("certificate_len", &self.certificate.len())
-            .field("cabundle_len", &self.cabundle.len())
-            .field("public_key", &hex_opt(&self.public_key))
-            .field("user_data", &hex_opt(&self.user_data))
-            .field("nonce", &hex_opt(&self.nonce))
-            .finish()
+            .field("cabundle_len", &self.cabundle.len());
+        debug_bound(&mut d, &self.nonce, &self.user_data, &self.public_key);
+        d.finish()
     }
 }
 
@@ -129,51 +140,22 @@ impl AttestationDoc {
             nonce,
         ] = fields;
 
-        let module_id = match required("module_id", module_id)? {
-            Value::Text(s) if !s.is_empty() => s,
-            Value::Text(_) => return Err(AttestationError::field("module_id", "is empty")),
-            _ => return Err(AttestationError::field("module_id", "is not a text string")),
-        };
-        let Value::Text(digest) = required("digest", digest)? else {
-            return Err(AttestationError::field("digest", "is not a text string"));
-        };
-        let timestamp = match required("timestamp", timestamp)? {
-            Value::Integer(t) => u64::try_from(t)
-                .ok()
-                .filter(|t| *t > 0)
-                .ok_or_else(|| AttestationError::field("timestamp", "is not a positive integer"))?,
-            _ => return Err(AttestationError::field("timestamp", "is not an integer")),
-        };
-        let pcrs = decode_pcrs(required("pcrs", pcrs)?)?;
-        let certificate = bytes_within(
-            "certificate",
-            required("certificate", certificate)?,
-            1,
-            MAX_CERTIFICATE_LEN,
-        )?;
-        let Value::Array(bundle) = required("cabundle", cabundle)? else {
-            return Err(AttestationError::field("cabundle", "is not an array"));
-        };
-        if bundle.is_empty() {
-            return Err(AttestationError::field("cabundle", "is empty"));
-        }
-        let cabundle = bundle
-            .into_iter()
-            .map(|c| bytes_within("cabundle", c, 1, MAX_CERTIFICATE_LEN))
-            .collect::<Result<Vec<_>>>()?;
-        let public_key = optional_bytes("public_key", public_key, 1, MAX_PUBLIC_KEY_LEN)?;
-        let user_data = optional_bytes("user_data", user_data, 0, MAX_USER_DATA_LEN)?;
-        let nonce = optional_bytes("nonce", nonce, 0, MAX_USER_DATA_LEN)?;
+        // Decoded in the NSM's order: the first bad field is the one named.
         Ok(Self {
-            module_id,
-            digest,
-            timestamp,
-            pcrs,
-            certificate,
-            cabundle,
-            public_key,
-            user_data,
-            nonce,
+            module_id: non_empty_text("module_id", module_id)?,
+            digest: text("digest", digest)?,
+            timestamp: positive_integer("timestamp", timestamp)?,
+            pcrs: decode_pcrs(required("pcrs", pcrs)?)?,
+            certificate: bytes_within(
+                "certificate",
+                required("certificate", certificate)?,
+                1,
+                MAX_CERTIFICATE_LEN,
+            )?,
+            cabundle: decode_cabundle(required("cabundle", cabundle)?)?,
+            public_key: optional_bytes("public_key", public_key, 1, MAX_PUBLIC_KEY_LEN)?,
+            user_data: optional_bytes("user_data", user_data, 0, MAX_USER_DATA_LEN)?,
+            nonce: optional_bytes("nonce", nonce, 0, MAX_USER_DATA_LEN)?,
         })
     }
 
@@ -214,6 +196,45 @@ impl AttestationDoc {
 
 fn required(field: &'static str, value: Option<Value>) -> Result<Value> {
     value.ok_or_else(|| AttestationError::field(field, "is missing"))
+}
+
+fn text(field: &'static str, value: Option<Value>) -> Result<String> {
+    let Value::Text(text) = required(field, value)? else {
+        return Err(AttestationError::field(field, "is not a text string"));
+    };
+    Ok(text)
+}
+
+fn non_empty_text(field: &'static str, value: Option<Value>) -> Result<String> {
+    let text = text(field, value)?;
+    if text.is_empty() {
+        return Err(AttestationError::field(field, "is empty"));
+    }
+    Ok(text)
+}
+
+fn positive_integer(field: &'static str, value: Option<Value>) -> Result<u64> {
+    let Value::Integer(n) = required(field, value)? else {
+        return Err(AttestationError::field(field, "is not an integer"));
+    };
+    u64::try_from(n)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| AttestationError::field(field, "is not a positive integer"))
+}
+
+/// The issuer chain: a non-empty array of certificates (DER).
+fn decode_cabundle(value: Value) -> Result<Vec<Vec<u8>>> {
+    let Value::Array(bundle) = value else {
+        return Err(AttestationError::field("cabundle", "is not an array"));
+    };
+    if bundle.is_empty() {
+        return Err(AttestationError::field("cabundle", "is empty"));
+    }
+    bundle
+        .into_iter()
+        .map(|c| bytes_within("cabundle", c, 1, MAX_CERTIFICATE_LEN))
+        .collect()
 }
 
 fn bytes_within(field: &'static str, value: Value, min: usize, max: usize) -> Result<Vec<u8>> {

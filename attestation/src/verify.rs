@@ -32,7 +32,7 @@ use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
 
 use crate::chain::{PinnedRoot, leaf_p384_key, unix_millis, verify_chain};
 use crate::cose::CoseSign1;
-use crate::document::{AttestationDoc, DIGEST_SHA384, MAX_DOCUMENT_SIZE, hex_opt, hex_pcrs};
+use crate::document::{AttestationDoc, DIGEST_SHA384, MAX_DOCUMENT_SIZE, debug_bound, hex_pcrs};
 use crate::error::{AttestationError, Result};
 
 /// The default for [`Expectations::max_clock_skew`]: five minutes, what Kerberos has long allowed
@@ -77,12 +77,10 @@ impl Default for Expectations {
 
 impl std::fmt::Debug for Expectations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Expectations")
-            .field("pcrs", &hex_pcrs(&self.pcrs))
-            .field("nonce", &hex_opt(&self.nonce))
-            .field("user_data", &hex_opt(&self.user_data))
-            .field("public_key", &hex_opt(&self.public_key))
-            .field("max_age", &self.max_age)
+        let mut d = f.debug_struct("Expectations");
+        d.field("pcrs", &hex_pcrs(&self.pcrs));
+        debug_bound(&mut d, &self.nonce, &self.user_data, &self.public_key);
+        d.field("max_age", &self.max_age)
             .field("allow_debug", &self.allow_debug)
             .field("max_clock_skew", &self.max_clock_skew)
             .finish()

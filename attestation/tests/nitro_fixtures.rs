@@ -84,6 +84,22 @@ fn real_document_is_refused_today_because_its_chain_expired() {
     assert!(err.to_string().contains("expired"), "{err}");
 }
 
+/// The default expectations but for the clock skew allowed.
+fn skew(max_clock_skew: Duration) -> Expectations {
+    Expectations {
+        max_clock_skew,
+        ..Default::default()
+    }
+}
+
+/// `err` refuses a document from the future under a skew of `max_ms` milliseconds.
+fn assert_from_the_future(err: &AttestationError, max_ms: u64) {
+    assert!(
+        matches!(err, AttestationError::FromTheFuture { max_clock_skew_ms, .. } if *max_clock_skew_ms == max_ms),
+        "{err}"
+    );
+}
+
 #[test]
 fn real_document_from_a_second_ahead_verifies_within_the_clock_skew_only() {
     let Some((f, root)) = load(REAL) else { return };
@@ -93,21 +109,8 @@ fn real_document_from_a_second_ahead_verifies_within_the_clock_skew_only() {
     let verified = verify(&f.bytes, &root, at, &Expectations::default()).unwrap();
     assert_eq!(verified.doc.timestamp, f.doc.timestamp);
     // Without skew it is refused, as a document from the future.
-    let strict = Expectations {
-        max_clock_skew: Duration::ZERO,
-        ..Default::default()
-    };
-    let err = verify(&f.bytes, &root, at, &strict).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            AttestationError::FromTheFuture {
-                max_clock_skew_ms: 0,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let err = verify(&f.bytes, &root, at, &skew(Duration::ZERO)).unwrap_err();
+    assert_from_the_future(&err, 0);
     assert_eq!(err.check(), "timestamp", "{err}");
 }
 
@@ -121,26 +124,9 @@ fn real_document_from_beyond_the_clock_skew_is_refused() {
     let err = verify(&f.bytes, &root, at, &Expectations::default()).unwrap_err();
     assert_eq!(err.check(), "chain", "{err}");
     assert!(err.to_string().contains("not yet valid"), "{err}");
-    let wide = Expectations {
-        max_clock_skew: Duration::from_secs(599),
-        ..Default::default()
-    };
-    let err = verify(&f.bytes, &root, at, &wide).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            AttestationError::FromTheFuture {
-                max_clock_skew_ms: 599_000,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    let wider = Expectations {
-        max_clock_skew: Duration::from_secs(600),
-        ..Default::default()
-    };
-    verify(&f.bytes, &root, at, &wider).unwrap();
+    let err = verify(&f.bytes, &root, at, &skew(Duration::from_secs(599))).unwrap_err();
+    assert_from_the_future(&err, 599_000);
+    verify(&f.bytes, &root, at, &skew(Duration::from_secs(600))).unwrap();
 }
 
 #[test]

@@ -11,18 +11,12 @@ mod run;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
 /// cosigner-enclave: holds the provider shard inside a Nitro Enclave or behind a PKCS#11 HSM.
 #[derive(Debug, Parser)]
 #[command(name = "cosigner-enclave", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
+enum Cli {
     /// Serve clients: TLS, attestation, DKG and signing, shares sealed in the token.
     Run {
         /// The TOML configuration.
@@ -38,11 +32,11 @@ enum Command {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Run { config } => run::run(&config),
+    match cli {
+        Cli::Run { config } => run::run(&config),
         #[cfg(feature = "local-attester")]
-        Command::LocalAttester(cmd) => local_attester::run(cmd),
-        Command::Measure => {
+        Cli::LocalAttester(cmd) => local_attester::run(cmd),
+        Cli::Measure => {
             let exe = std::env::current_exe()?;
             let digest = sha384_file(&exe)?;
             println!("{}", hex::encode(digest));

@@ -136,6 +136,21 @@ impl Harness {
             recovery,
         }
     }
+
+    /// A new harness, a session attested to its provider, and a wallet created over it.
+    fn with_wallet() -> (Self, SessionState, Wallet) {
+        Self::with_wallet_made(create_wallet)
+    }
+
+    /// A new harness, a session attested to its provider, and the wallet `make` creates over it.
+    fn with_wallet_made(
+        make: impl FnOnce(&Harness, &mut SessionState) -> Wallet,
+    ) -> (Self, SessionState, Wallet) {
+        let h = Self::new();
+        let mut session = h.session();
+        let wallet = make(&h, &mut session);
+        (h, session, wallet)
+    }
 }
 
 fn attest(nonce: [u8; 32]) -> Request {
@@ -241,6 +256,19 @@ impl Wallet {
             home,
             _dir: dir,
         }
+    }
+
+    /// This wallet's own key for `role`.
+    fn key(&self, role: KeyRole) -> &SigningKey {
+        match role {
+            KeyRole::Device => &self.device,
+            KeyRole::Recovery => &self.recovery,
+        }
+    }
+
+    /// `inner` wrapped in `Authorized`, signed by this wallet's device key over `challenge`.
+    fn device_wrap(&self, challenge: &[u8], inner: &Request) -> Request {
+        wrap(self.id, challenge, KeyRole::Device, &self.device, inner)
     }
 }
 
@@ -506,6 +534,17 @@ fn authorized(
     service.handle(session, wrap(wallet_id, &challenge, role, key, inner))
 }
 
+/// `inner` over a fresh challenge of `service`, signed by `wallet`'s own key for `role`.
+fn by_own_key(
+    service: &Service,
+    session: &mut SessionState,
+    wallet: &Wallet,
+    role: KeyRole,
+    inner: &Request,
+) -> Response {
+    authorized(service, session, wallet.id, role, wallet.key(role), inner)
+}
+
 /// `inner` over a fresh challenge, signed by `wallet`'s device key.
 fn by_device(
     h: &Harness,
@@ -513,15 +552,7 @@ fn by_device(
     wallet: &Wallet,
     inner: &Request,
 ) -> Response {
-    let device = &wallet.device;
-    authorized(
-        &h.service,
-        session,
-        wallet.id,
-        KeyRole::Device,
-        device,
-        inner,
-    )
+    by_own_key(&h.service, session, wallet, KeyRole::Device, inner)
 }
 
 /// `inner` over a fresh challenge, signed by `wallet`'s recovery credential.
@@ -531,15 +562,7 @@ fn by_recovery(
     wallet: &Wallet,
     inner: &Request,
 ) -> Response {
-    let key = &wallet.recovery;
-    authorized(
-        &h.service,
-        session,
-        wallet.id,
-        KeyRole::Recovery,
-        key,
-        inner,
-    )
+    by_own_key(&h.service, session, wallet, KeyRole::Recovery, inner)
 }
 
 fn sign_commit_request(wallet_id: WalletId, message: &[u8], signers: &[PartyId]) -> Request {
@@ -800,9 +823,7 @@ fn attest_binds_the_nonce_the_session_and_the_audit_key() {
 
 #[test]
 fn dkg_and_signing_through_the_service_give_a_valid_signature() {
-    let h = Harness::new();
-    let mut session = h.session();
-    let wallet = create_wallet(&h, &mut session);
+    let (h, mut session, wallet) = Harness::with_wallet();
     assert_eq!(wallet.info.wallet_id, wallet.id);
     assert_eq!(wallet.info.party, PROVIDER);
     assert_eq!(wallet.info.min_signers, 2);
@@ -852,9 +873,7 @@ fn dkg_and_signing_through_the_service_give_a_valid_signature() {
 
 #[test]
 fn dkg_start_for_an_existing_wallet_is_refused() {
-    let h = Harness::new();
-    let mut session = h.session();
-    let wallet = create_wallet(&h, &mut session);
+    let (h, mut session, wallet) = Harness::with_wallet();
     let stored = h.store.all();
     assert_eq!(
         refused(h.call(&mut session, dkg_start(wallet.id))),
@@ -920,35 +939,25 @@ fn dkg_rounds_without_a_start_are_not_found() {
 
 #[test]
 fn sign_commit_outside_authorized_is_refused() {
-    let h = Harness::new();
-    let mut session = h.session();
-    let wallet = create_wallet(&h, &mut session);
+    let (h, mut session, wallet) = Harness::with_wallet();
     let bare = sign_commit_request(wallet.id, MESSAGE, &[pid(1), pid(2)]);
     assert_eq!(refused(h.call(&mut session, bare)), ErrorKind::BadRequest);
     // Nor nested: an Authorized request inside Authorized.
     let inner = sign_commit_request(wallet.id, MESSAGE, &[pid(1), pid(2)]);
     let challenge = challenge(&h.service, &mut session, wallet.id);
-    let nested = wrap(
-        wallet.id,
-        &challenge,
-        KeyRole::Device,
-        &wallet.device,
-        &inner,
-    );
+    let nested = wallet.device_wrap(&challenge, &inner);
     let response = by_device(&h, &mut session, &wallet, &nested);
     assert_eq!(refused(response), ErrorKind::Unauthorized);
 }
 
 #[test]
 fn a_challenge_authorizes_one_request_only() {
-    let h = Harness::new();
-    let mut session = h.session();
-    let wallet = create_wallet(&h, &mut session);
+    let (h, mut session, wallet) = Harness::with_wallet();
     let other_wallet = create_wallet(&h, &mut session);
     let inner = sign_commit_request(wallet.id, MESSAGE, &[pid(1), pid(2)]);
 
     // Without a challenge.
-    let unchallenged = wrap(wallet.id, &[0; 32], KeyRole::Device, &wallet.device, &inner);
+    let unchallenged = wallet.device_wrap(&[0; 32], &inner);
     assert_eq!(
         refused(h.call(&mut session, unchallenged)),
         ErrorKind::Unauthorized
@@ -956,13 +965,7 @@ fn a_challenge_authorizes_one_request_only() {
 
     // Once, not twice.
     let challenge_1 = challenge(&h.service, &mut session, wallet.id);
-    let request = wrap(
-        wallet.id,
-        &challenge_1,
-        KeyRole::Device,
-        &wallet.device,
-        &inner,
-    );
+    let request = wallet.device_wrap(&challenge_1, &inner);
     committed(h.call(&mut session, request.clone())).unwrap();
     assert_eq!(
         committed(h.call(&mut session, request.clone())).unwrap_err(),
@@ -978,13 +981,7 @@ fn a_challenge_authorizes_one_request_only() {
 
     // A challenge for another wallet does not authorize this one.
     let challenge_2 = challenge(&h.service, &mut session, other_wallet.id);
-    let request = wrap(
-        wallet.id,
-        &challenge_2,
-        KeyRole::Device,
-        &wallet.device,
-        &inner,
-    );
+    let request = wallet.device_wrap(&challenge_2, &inner);
     assert_eq!(
         committed(h.call(&mut session, request)).unwrap_err(),
         ErrorKind::Unauthorized
@@ -992,7 +989,7 @@ fn a_challenge_authorizes_one_request_only() {
     // A newer challenge replaces an older one.
     let older = challenge(&h.service, &mut session, wallet.id);
     let _newer = challenge(&h.service, &mut session, wallet.id);
-    let request = wrap(wallet.id, &older, KeyRole::Device, &wallet.device, &inner);
+    let request = wallet.device_wrap(&older, &inner);
     assert_eq!(
         committed(h.call(&mut session, request)).unwrap_err(),
         ErrorKind::Unauthorized
@@ -1007,9 +1004,7 @@ fn a_challenge_authorizes_one_request_only() {
 
 #[test]
 fn only_the_registered_device_key_may_sign() {
-    let h = Harness::new();
-    let mut session = h.session();
-    let wallet = create_wallet(&h, &mut session);
+    let (h, mut session, wallet) = Harness::with_wallet();
     let other_wallet = create_wallet(&h, &mut session);
     let stranger = SigningKey::random(&mut OsRng);
     let inner = sign_commit_request(wallet.id, MESSAGE, &[pid(1), pid(2)]);
@@ -1045,13 +1040,7 @@ fn only_the_registered_device_key_may_sign() {
     }
     // A signature over other bytes than the request sent.
     let challenge = challenge(&h.service, &mut session, wallet.id);
-    let mut request = wrap(
-        wallet.id,
-        &challenge,
-        KeyRole::Device,
-        &wallet.device,
-        &inner,
-    );
+    let mut request = wallet.device_wrap(&challenge, &inner);
     if let Request::Authorized { request: bytes, .. } = &mut request {
         *bytes = ByteBuf::from(
             wire::encode(&sign_commit_request(wallet.id, b"other", &[pid(1), pid(2)])).unwrap(),
@@ -1088,9 +1077,7 @@ fn signing_with_a_party_outside_the_wallet_is_refused() {
 
 /// A new wallet's provider refuses a `SignCommit` for each of `sets`.
 fn assert_signer_sets_refused(sets: &[&[PartyId]]) {
-    let h = Harness::new();
-    let mut session = h.session();
-    let wallet = create_wallet(&h, &mut session);
+    let (h, mut session, wallet) = Harness::with_wallet();
     for signers in sets {
         assert_refused(
             sign_commit(&h, &mut session, &wallet, MESSAGE, signers),
@@ -1123,9 +1110,7 @@ fn a_wallet_where_the_service_is_a_high_numbered_party_stays_usable() {
 
 #[test]
 fn a_signing_package_that_differs_from_the_commitment_gets_no_share() {
-    let h = Harness::new();
-    let mut session = h.session();
-    let wallet = create_wallet(&h, &mut session);
+    let (h, mut session, wallet) = Harness::with_wallet();
     let refusals = [ErrorKind::BadRequest, ErrorKind::Ceremony];
 
     // Another message than the one committed to.
@@ -1177,9 +1162,7 @@ fn a_signing_package_that_differs_from_the_commitment_gets_no_share() {
 
 #[test]
 fn a_signing_session_gives_one_share_only() {
-    let h = Harness::new();
-    let mut session = h.session();
-    let wallet = create_wallet(&h, &mut session);
+    let (h, mut session, wallet) = Harness::with_wallet();
     let (session_id, ours, commitments) = open_session(&h, &mut session, &wallet);
     let package = signing_package::<Suite>(MESSAGE, &commitments).unwrap();
     let share = sign_share(&h, &mut session, &session_id, &package).unwrap();
@@ -1210,9 +1193,7 @@ fn a_signing_session_gives_one_share_only() {
 
 #[test]
 fn the_store_holds_only_records_sealed_under_the_token() {
-    let h = Harness::new();
-    let mut session = h.session();
-    let wallet = create_wallet(&h, &mut session);
+    let (h, mut session, wallet) = Harness::with_wallet();
     sign_with(&h, &mut session, &wallet, MESSAGE);
     let public = wallet.public.serialize().unwrap();
     let group = wallet.public.verifying_key().serialize().unwrap();
@@ -1271,14 +1252,7 @@ fn the_store_holds_only_records_sealed_under_the_token() {
     );
     assert_eq!(refused(get), ErrorKind::Integrity);
     let inner = sign_commit_request(wallet.id, MESSAGE, &[pid(1), pid(2)]);
-    let commit = authorized(
-        &elsewhere,
-        &mut foreign,
-        wallet.id,
-        KeyRole::Device,
-        &wallet.device,
-        &inner,
-    );
+    let commit = by_own_key(&elsewhere, &mut foreign, &wallet, KeyRole::Device, &inner);
     assert_eq!(refused(commit), ErrorKind::Integrity);
     // The wallet records were not touched; the original service still signs.
     for (key, value) in &records {
@@ -1294,27 +1268,25 @@ fn a_record_moved_to_another_wallet_is_refused() {
     let first = create_wallet(&h, &mut session);
     let second = create_wallet(&h, &mut session);
 
+    // The first wallet's `part` record in place of the second's: where each is, and what the
+    // second's was.
+    let move_over = |part: &str| {
+        let (from, to) = (
+            h.store.key_of(&first.id, part),
+            h.store.key_of(&second.id, part),
+        );
+        let was = h.store.value(&to);
+        h.store.put(&to, &h.store.value(&from)).unwrap();
+        (from, to, was)
+    };
+
     // The first wallet's share in place of the second's: the second cannot sign.
-    let (first_share, second_share) = (
-        h.store.key_of(&first.id, "/share/"),
-        h.store.key_of(&second.id, "/share/"),
-    );
-    let second_share_blob = h.store.value(&second_share);
-    h.store
-        .put(&second_share, &h.store.value(&first_share))
-        .unwrap();
+    let (first_share, second_share, second_share_blob) = move_over("/share/");
     assert_no_commit(&h, &mut session, &second, "a share moved to another wallet");
     h.store.put(&second_share, &second_share_blob).unwrap();
 
     // The first wallet's state in place of the second's.
-    let (first_state, second_state) = (
-        h.store.key_of(&first.id, "/state"),
-        h.store.key_of(&second.id, "/state"),
-    );
-    let second_state_blob = h.store.value(&second_state);
-    h.store
-        .put(&second_state, &h.store.value(&first_state))
-        .unwrap();
+    let (first_state, second_state, second_state_blob) = move_over("/state");
     assert_eq!(
         get_wallet_refusal(&h, &mut session, second.id),
         ErrorKind::Integrity
@@ -1340,9 +1312,7 @@ fn a_record_moved_to_another_wallet_is_refused() {
 
 #[test]
 fn a_flipped_bit_in_a_record_is_refused() {
-    let h = Harness::new();
-    let mut session = h.session();
-    let wallet = create_wallet(&h, &mut session);
+    let (h, mut session, wallet) = Harness::with_wallet();
     for part in ["/state", "/share/"] {
         let key = h.store.key_of(&wallet.id, part);
         let blob = h.store.value(&key);
@@ -1409,9 +1379,7 @@ fn a_flipped_bit_in_a_record_is_refused() {
 
 #[test]
 fn a_deleted_record_is_refused() {
-    let h = Harness::new();
-    let mut session = h.session();
-    let wallet = create_wallet(&h, &mut session);
+    let (h, mut session, wallet) = Harness::with_wallet();
     // A wallet that never existed is NotFound; one whose records the host dropped is not: the
     // token's anchor says it exists, so a missing state is the host's doing (Integrity).
     assert_eq!(
@@ -1515,14 +1483,7 @@ fn psbt_commit(
         psbt: ByteBuf::from(bytes.clone()),
         signers: vec![pid(1), PROVIDER],
     };
-    let (session_id, theirs, evaluation) = match authorized(
-        &h.service,
-        session,
-        wallet.id,
-        KeyRole::Device,
-        &wallet.device,
-        &request,
-    ) {
+    let (session_id, theirs, evaluation) = match by_device(h, session, wallet, &request) {
         Response::PsbtCommitted {
             session_id,
             commitments,
@@ -1597,23 +1558,20 @@ fn sign_psbt(
 
 /// A 2-input, 2-output spend: `leaving` satoshis leave (10 000 of them the fee).
 fn spend_of(wallet: &Wallet, leaving: u64) -> cosigner_tests::bitcoin_tx::Spend {
-    use cosigner_tests::bitcoin_tx::{self, Pay};
-    bitcoin_tx::build(
+    use cosigner_tests::bitcoin_tx;
+    bitcoin_tx::payment(
         &hex::encode(output_key(wallet)),
         &[leaving, 700_000],
-        &[
-            (Pay::To(bitcoin_tx::foreign_address()), leaving - 10_000),
-            (Pay::Change, 700_000),
-        ],
+        leaving - 10_000,
+        700_000,
     )
     .unwrap()
 }
 
 #[test]
 fn a_policy_wallet_signs_psbts_within_its_daily_limit_only() {
-    let h = Harness::new();
-    let mut session = h.session();
-    let wallet = create_policy_wallet(&h, &mut session, DAILY).unwrap();
+    let (h, mut session, wallet) =
+        Harness::with_wallet_made(|h, session| create_policy_wallet(h, session, DAILY).unwrap());
 
     let first = spend_of(&wallet, 600_000);
     let tx = sign_psbt(&h, &mut session, &wallet, &first).unwrap();
@@ -1659,9 +1617,8 @@ fn a_policy_wallet_signs_psbts_within_its_daily_limit_only() {
 
 #[test]
 fn two_open_sessions_cannot_together_exceed_the_limit() {
-    let h = Harness::new();
-    let mut session = h.session();
-    let wallet = create_policy_wallet(&h, &mut session, DAILY).unwrap();
+    let (h, mut session, wallet) =
+        Harness::with_wallet_made(|h, session| create_policy_wallet(h, session, DAILY).unwrap());
     // Both fit on their own when committed...
     let a = psbt_commit(&h, &mut session, &wallet, &spend_of(&wallet, 600_000)).unwrap();
     let b = psbt_commit(&h, &mut session, &wallet, &spend_of(&wallet, 600_000)).unwrap();
@@ -1699,9 +1656,8 @@ fn two_open_sessions_cannot_together_exceed_the_limit() {
 
 #[test]
 fn only_the_recovery_credential_changes_a_personal_policy() {
-    let h = Harness::new();
-    let mut session = h.session();
-    let wallet = create_policy_wallet(&h, &mut session, DAILY).unwrap();
+    let (h, mut session, wallet) =
+        Harness::with_wallet_made(|h, session| create_policy_wallet(h, session, DAILY).unwrap());
     let big = spend_of(&wallet, 1_500_000);
     assert!(
         sign_psbt(&h, &mut session, &wallet, &big)

@@ -212,6 +212,15 @@ pub struct Pcrs {
 }
 
 impl Pcrs {
+    /// The measurements of an image built without AWS's blobs: the application ramdisk's only.
+    pub fn pcr2_only(pcr2: Pcr) -> Self {
+        Self {
+            pcr0: None,
+            pcr1: None,
+            pcr2,
+        }
+    }
+
     /// `pcrs.json`: keys PCR0, PCR1, PCR2; lowercase hex or null; one key per line.
     pub fn to_json(&self) -> String {
         let value =
@@ -370,11 +379,7 @@ pub fn build(options: &BuildOptions) -> Result<Pcrs, String> {
             // An EIF or bootstrap ramdisk from an earlier build would not match these outputs.
             remove_stale(&out.join(files::EIF))?;
             remove_stale(&out.join(files::BOOTSTRAP_RAMDISK))?;
-            Pcrs {
-                pcr0: None,
-                pcr1: None,
-                pcr2,
-            }
+            Pcrs::pcr2_only(pcr2)
         }
     };
     write_file(&out.join(files::PCRS), pcrs.to_json().as_bytes())?;
@@ -396,11 +401,7 @@ mod tests {
 
     #[test]
     fn pcrs_json_has_three_keys_lowercase_hex_or_null() {
-        let pcrs = Pcrs {
-            pcr0: None,
-            pcr1: None,
-            pcr2: [0xAB; 48],
-        };
+        let pcrs = Pcrs::pcr2_only([0xAB; 48]);
         let json: serde_json::Value = serde_json::from_str(&pcrs.to_json()).unwrap();
         assert_eq!(json["PCR0"], serde_json::Value::Null);
         assert_eq!(json["PCR1"], serde_json::Value::Null);
@@ -410,12 +411,7 @@ mod tests {
 
     #[test]
     fn trust_snippet_pins_what_was_computed() {
-        let only2 = Pcrs {
-            pcr0: None,
-            pcr1: None,
-            pcr2: [1; 48],
-        }
-        .to_trust_toml();
+        let only2 = Pcrs::pcr2_only([1; 48]).to_trust_toml();
         assert!(only2.contains("PCR2 ONLY"));
         assert!(only2.contains(&format!("pcr2 = \"{}\"", "01".repeat(48))));
         assert!(!only2.contains("pcr0 ="));

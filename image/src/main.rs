@@ -17,15 +17,8 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            // --help and --version print and succeed; usage errors exit 2.
-            let _ = e.print();
-            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
-        }
-    };
-    match cosigner_image::cli::run(cli.command) {
+    // --help and --version print and succeed; usage errors exit 2 (clap's `Error::exit`).
+    match cosigner_image::cli::run(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cosigner-image: {e:#}");

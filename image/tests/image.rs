@@ -99,6 +99,16 @@ fn build(inputs: &Inputs, out: &Path, blobs: bool, envs: &[(&str, &str)]) -> Out
     command.output().unwrap()
 }
 
+impl Inputs {
+    /// Builds into `name` under the root (`blobs`: with AWS's blobs, so an EIF too), asserting
+    /// success; the output directory.
+    fn built(&self, name: &str, blobs: bool) -> PathBuf {
+        let out = self.root.join(name);
+        ok(&build(self, &out, blobs, &[]));
+        out
+    }
+}
+
 fn ok(out: &Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
@@ -197,9 +207,8 @@ fn same_inputs_give_the_same_bytes_whatever_the_clock_and_the_files_metadata() {
 #[test]
 fn source_date_epoch_is_the_only_time_in_the_image() {
     let inputs = inputs();
-    let a = inputs.root.join("a");
+    let a = inputs.built("a", false);
     let b = inputs.root.join("b");
-    ok(&build(&inputs, &a, false, &[]));
     ok(&build(
         &inputs,
         &b,
@@ -292,8 +301,7 @@ fn the_ramdisk_holds_exactly_the_image_and_reads_back() {
 #[test]
 fn pcr2_is_the_eif_formats_measure_of_the_application_ramdisk() {
     let inputs = inputs();
-    let out = inputs.root.join("out");
-    ok(&build(&inputs, &out, false, &[]));
+    let out = inputs.built("out", false);
     let ramdisk = read(&out, image::files::APP_RAMDISK);
     let expected = extend(&ramdisk);
     assert_eq!(pcrs(&out)["PCR2"], expected.as_str());
@@ -306,13 +314,11 @@ fn pcr2_is_the_eif_formats_measure_of_the_application_ramdisk() {
 #[test]
 fn with_blobs_the_eif_is_reproducible_and_measured_like_nitro_cli() {
     let inputs = inputs();
-    let first = inputs.root.join("eif-1");
-    let second = inputs.root.join("eif-2");
-    let without = inputs.root.join("no-blobs");
-    ok(&build(&inputs, &first, true, &[]));
+    let first = inputs.built("eif-1", true);
     std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = inputs.root.join("eif-2");
     ok(&build(&inputs, &second, true, &[("TZ", "Asia/Kolkata")]));
-    ok(&build(&inputs, &without, false, &[]));
+    let without = inputs.built("no-blobs", false);
     for name in [
         image::files::EIF,
         image::files::BOOTSTRAP_RAMDISK,
@@ -631,11 +637,9 @@ fn the_kms_key_is_a_build_input_and_part_of_pcr2() {
 #[test]
 fn the_trust_snippet_is_a_trust_file_measurement_and_rollouts_pin_two() {
     let inputs = inputs();
-    let old = inputs.root.join("old");
-    let new = inputs.root.join("new");
-    ok(&build(&inputs, &old, true, &[]));
+    let old = inputs.built("old", true);
     std::fs::write(&inputs.enclave, fake_elf(&[1, 1], b"the next release")).unwrap();
-    ok(&build(&inputs, &new, true, &[]));
+    let new = inputs.built("new", true);
     assert_ne!(pcrs(&old)["PCR2"], pcrs(&new)["PCR2"]);
 
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();

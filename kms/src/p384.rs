@@ -73,10 +73,75 @@ impl KeyProtection {
 /// A P-384 ECDSA key pair on a token: the private half stays there, the public half is cached.
 #[derive(Clone)]
 pub struct P384SigningKey {
-    token: Token,
-    label: Arc<str>,
-    id: Arc<[u8]>,
+    /// The private key.
+    key: TokenKey,
     public: [u8; P384_SEC1_LEN],
+}
+
+/// A key of any kind on a token, found again by its label and `CKA_ID` (shared by every key
+/// kind): each thread's session caches its handle, and a stale handle is looked up again, once.
+#[derive(Clone)]
+pub(crate) struct TokenKey {
+    pub(crate) token: Token,
+    pub(crate) label: Arc<str>,
+    pub(crate) id: Arc<[u8]>,
+    /// The kind's lookup by label ([`private_key_template`], the AES key's).
+    lookup: fn(&str) -> Vec<Attribute>,
+    /// How errors name the kind's key.
+    what: &'static str,
+}
+
+impl TokenKey {
+    /// The key labelled `label` with `CKA_ID` `id`, of the kind `lookup` finds and `what` names.
+    pub(crate) fn new(
+        token: Token,
+        label: &str,
+        id: Vec<u8>,
+        lookup: fn(&str) -> Vec<Attribute>,
+        what: &'static str,
+    ) -> Self {
+        Self {
+            token,
+            label: label.into(),
+            id: id.into(),
+            lookup,
+            what,
+        }
+    }
+
+    /// Runs `op` with this thread's handle for the key; if the cached handle went stale, finds the
+    /// key again and runs `op` once more.
+    pub(crate) fn with_handle<T>(
+        &self,
+        ts: &ThreadSession,
+        mut op: impl FnMut(ObjectHandle) -> std::result::Result<T, Fail>,
+    ) -> std::result::Result<T, Fail> {
+        let handle = self.handle(ts)?;
+        match op(handle) {
+            Err(fail) if fail.is_stale_handle() => {
+                ts.forget(&self.id);
+                let handle = self.handle(ts)?;
+                op(handle)
+            }
+            other => other,
+        }
+    }
+
+    /// The key's handle for this thread's session: cached, or found by label and id.
+    fn handle(&self, ts: &ThreadSession) -> std::result::Result<ObjectHandle, Fail> {
+        if let Some(handle) = ts.cached(&self.label, &self.id) {
+            return Ok(handle);
+        }
+        let mut template = (self.lookup)(&self.label);
+        template.push(Attribute::Id(self.id.to_vec()));
+        let handle = only_one(
+            ts.session.find_objects(&template).ck("C_FindObjects")?,
+            &self.label,
+            self.what,
+        )?;
+        ts.remember(&self.label, &self.id, handle);
+        Ok(handle)
+    }
 }
 
 impl Token {
@@ -87,11 +152,8 @@ impl Token {
     /// Fails with [`KmsError::KeyExists`] if a private key with this label exists, and refuses (and
     /// destroys) the pair if the token did not apply the protection asked for.
     pub fn generate_p384_signing_key(&self, label: &str) -> Result<P384SigningKey> {
-        check_key_label(label)?;
-        with_session(self, |ts| {
-            let s = &ts.session;
-            refuse_existing(ts, &private_key_template(label), label)?;
-            let id = s.generate_random_vec(KEY_ID_LEN).ck("C_GenerateRandom")?;
+        let existing = private_key_template(label);
+        generate_labelled(self, label, &existing, KEY_ID_LEN, |ts, id| {
             let public_template = [
                 Attribute::Token(true),
                 Attribute::Private(false),
@@ -115,25 +177,17 @@ impl Token {
                 Attribute::Label(label.as_bytes().to_vec()),
                 Attribute::Id(id.clone()),
             ]);
-            let (public, private) = s
+            let (public, private) = ts
+                .session
                 .generate_key_pair(
                     &Mechanism::EccKeyPairGen,
                     &public_template,
                     &private_template,
                 )
                 .ck("C_GenerateKeyPair")?;
-            let checked = check_generated(ts, private, "private key", label);
-            let point = checked.and_then(|()| read_public_point(ts, public));
-            let point = match point {
-                Ok(point) => point,
-                Err(fail) => {
-                    // Leave no half-made key behind under this label. Failing to destroy is
-                    // secondary to the error being reported.
-                    let _ = s.destroy_object(private);
-                    let _ = s.destroy_object(public);
-                    return Err(fail);
-                }
-            };
+            let point = check_generated(ts, private, "private key", label)
+                .and_then(|()| read_public_point(ts, public));
+            let point = destroy_unless_ok(ts, &[private, public], point)?;
             Ok(P384SigningKey::remembered(
                 self, ts, label, id, private, point,
             ))
@@ -208,22 +262,24 @@ impl P384SigningKey {
         public: [u8; P384_SEC1_LEN],
     ) -> Self {
         ts.remember(label, &id, private);
-        P384SigningKey {
-            token: token.clone(),
-            label: label.into(),
-            id: id.into(),
-            public,
-        }
+        let key = TokenKey::new(
+            token.clone(),
+            label,
+            id,
+            private_key_template,
+            "private key",
+        );
+        P384SigningKey { key, public }
     }
 
     /// The key's `CKA_LABEL`.
     pub fn label(&self) -> &str {
-        &self.label
+        &self.key.label
     }
 
     /// The token holding the key.
     pub fn token(&self) -> &Token {
-        &self.token
+        &self.key.token
     }
 
     /// The public key as an uncompressed SEC1 point: 97 bytes, starting with `0x04`.
@@ -235,23 +291,12 @@ impl P384SigningKey {
     ///
     /// The signature is as the token makes it: not normalised to low-S (SoftHSM's are not).
     pub fn sign_prehash(&self, digest: &[u8; SHA384_LEN]) -> Result<[u8; P384_SIGNATURE_LEN]> {
-        let signature = with_session(&self.token, |ts| {
-            let handle = self.private_handle(ts)?;
-            match ts.session.sign(&Mechanism::Ecdsa, handle, digest) {
-                Err(e) => {
-                    let fail = Fail::Ck("C_Sign", e);
-                    if !fail.is_stale_handle() {
-                        return Err(fail);
-                    }
-                    // The cached handle went stale: find the key again, once.
-                    ts.forget(&self.id);
-                    let handle = self.private_handle(ts)?;
-                    ts.session
-                        .sign(&Mechanism::Ecdsa, handle, digest)
-                        .ck("C_Sign")
-                }
-                ok => ok.ck("C_Sign"),
-            }
+        let signature = with_session(&self.key.token, |ts| {
+            self.key.with_handle(ts, |handle| {
+                ts.session
+                    .sign(&Mechanism::Ecdsa, handle, digest)
+                    .ck("C_Sign")
+            })
         })?;
         let got = signature.len();
         signature.try_into().map_err(|_| KmsError::BadSignature {
@@ -268,42 +313,19 @@ impl P384SigningKey {
 
     /// Reads the private key's protection attributes from the token.
     pub fn protection(&self) -> Result<KeyProtection> {
-        with_session(&self.token, |ts| {
-            let handle = self.private_handle(ts)?;
-            match read_protection(ts, handle, "private key") {
-                Err(fail) if fail.is_stale_handle() => {
-                    ts.forget(&self.id);
-                    let handle = self.private_handle(ts)?;
-                    read_protection(ts, handle, "private key")
-                }
-                other => other,
-            }
+        with_session(&self.key.token, |ts| {
+            self.key
+                .with_handle(ts, |handle| read_protection(ts, handle, "private key"))
         })
-    }
-
-    /// The private key's handle for this thread's session: cached, or found by label and id.
-    fn private_handle(&self, ts: &ThreadSession) -> std::result::Result<ObjectHandle, Fail> {
-        if let Some(handle) = ts.cached(&self.label, &self.id) {
-            return Ok(handle);
-        }
-        let mut template = private_key_template(&self.label);
-        template.push(Attribute::Id(self.id.to_vec()));
-        let handle = only_one(
-            ts.session.find_objects(&template).ck("C_FindObjects")?,
-            &self.label,
-            "private key",
-        )?;
-        ts.remember(&self.label, &self.id, handle);
-        Ok(handle)
     }
 }
 
 impl fmt::Debug for P384SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("P384SigningKey")
-            .field("token", &self.token.label())
-            .field("label", &self.label)
-            .field("id", &hex::encode(&self.id))
+            .field("token", &self.key.token.label())
+            .field("label", &self.key.label)
+            .field("id", &hex::encode(&self.key.id))
             .field("public", &hex::encode(self.public))
             .finish()
     }
@@ -433,6 +455,43 @@ pub(crate) fn kept_in_token() -> [Attribute; 6] {
         Attribute::Modifiable(false),
         Attribute::Copyable(false),
     ]
+}
+
+/// What generating a key of any kind starts with: a label that is not empty and not yet used by
+/// this kind (`existing`: the kind's lookup, see [`refuse_existing`]), and a random `CKA_ID` of
+/// `id_len` bytes; `make` then creates the key's objects with that id on this thread's session.
+pub(crate) fn generate_labelled<T>(
+    token: &Token,
+    label: &str,
+    existing: &[Attribute],
+    id_len: u32,
+    mut make: impl FnMut(&ThreadSession, Vec<u8>) -> std::result::Result<T, Fail>,
+) -> Result<T> {
+    check_key_label(label)?;
+    with_session(token, |ts| {
+        refuse_existing(ts, existing, label)?;
+        let id = ts
+            .session
+            .generate_random_vec(id_len)
+            .ck("C_GenerateRandom")?;
+        make(ts, id)
+    })
+}
+
+/// `checked` (what was read back from objects just generated); when it failed, destroys those
+/// objects (`made`), so that no half-made key is left behind under the label. Failing to destroy
+/// them is secondary to the error being reported. Shared by every key kind.
+pub(crate) fn destroy_unless_ok<T>(
+    ts: &ThreadSession,
+    made: &[ObjectHandle],
+    checked: std::result::Result<T, Fail>,
+) -> std::result::Result<T, Fail> {
+    if checked.is_err() {
+        for &object in made {
+            let _ = ts.session.destroy_object(object);
+        }
+    }
+    checked
 }
 
 /// Refuses to generate a second key under `label`: [`KmsError::KeyExists`] if `template` (the key

@@ -53,19 +53,18 @@
 //! costs `C_GenerateRandom` + `C_EncryptInit` + two `C_Encrypt` (length, then data), no lookup.
 
 use std::fmt;
-use std::sync::Arc;
 
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::aead::GcmParams;
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use cryptoki::types::Ulong;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::error::{KmsError, Result, rv, unseal};
-use crate::p384::KeyProtection;
-use crate::session::{Ck, Fail, ThreadSession, with_session};
+use crate::p384::{KeyProtection, TokenKey};
+use crate::session::{Ck, Fail, with_session};
 use crate::token::Token;
 
 /// Format version of sealed blobs written by this build (the first byte of every blob).
@@ -206,10 +205,7 @@ const AES_KEY_KIND: &str = "AES secret key";
 /// Cheap to clone; `Send + Sync`.
 #[derive(Clone)]
 pub struct Pkcs11Sealer {
-    token: Token,
-    label: Arc<str>,
-    /// The key's `CKA_ID`.
-    id: Arc<[u8]>,
+    key: TokenKey,
     key_id: [u8; SEAL_KEY_ID_LEN],
 }
 
@@ -221,11 +217,8 @@ impl Token {
     /// Fails with [`KmsError::KeyExists`] if an AES key with this label exists, and refuses (and
     /// destroys) the key if the token did not apply the protection asked for.
     pub fn generate_aes_sealing_key(&self, label: &str) -> Result<Pkcs11Sealer> {
-        crate::p384::check_key_label(label)?;
-        with_session(self, |ts| {
-            let s = &ts.session;
-            crate::p384::refuse_existing(ts, &aes_key_template(label), label)?;
-            let id = s.generate_random_vec(CKA_ID_LEN).ck("C_GenerateRandom")?;
+        let existing = aes_key_template(label);
+        crate::p384::generate_labelled(self, label, &existing, CKA_ID_LEN, |ts, id| {
             // Kept in the token: in particular nobody can later turn on CKA_WRAP or CKA_DERIVE.
             let mut template = aes_key_template(label);
             template.extend(crate::p384::kept_in_token());
@@ -240,15 +233,12 @@ impl Token {
                 Attribute::Verify(false),
                 Attribute::Id(id.clone()),
             ]);
-            let key = s
+            let key = ts
+                .session
                 .generate_key(&Mechanism::AesKeyGen, &template)
                 .ck("C_GenerateKey")?;
-            if let Err(fail) = crate::p384::check_generated(ts, key, "secret key", label) {
-                // Leave no half-made key behind under this label; failing to destroy it is
-                // secondary to the error being reported.
-                let _ = s.destroy_object(key);
-                return Err(fail);
-            }
+            let checked = crate::p384::check_generated(ts, key, "secret key", label);
+            crate::p384::destroy_unless_ok(ts, &[key], checked)?;
             ts.remember(label, &id, key);
             Ok(Pkcs11Sealer::new(self.clone(), label, id))
         })
@@ -336,72 +326,36 @@ impl Pkcs11Sealer {
     fn new(token: Token, label: &str, id: Vec<u8>) -> Self {
         let key_id = key_id(token.label(), label, &id);
         Self {
-            token,
-            label: label.into(),
-            id: id.into(),
+            key: TokenKey::new(token, label, id, aes_key_template, AES_KEY_KIND),
             key_id,
         }
     }
 
     /// The key's `CKA_LABEL`.
     pub fn label(&self) -> &str {
-        &self.label
+        &self.key.label
     }
 
     /// The token holding the key.
     pub fn token(&self) -> &Token {
-        &self.token
+        &self.key.token
     }
 
     /// Reads the key's protection attributes from the token.
     pub fn protection(&self) -> Result<KeyProtection> {
-        with_session(&self.token, |ts| {
-            self.with_key(ts, |handle| {
+        with_session(&self.key.token, |ts| {
+            self.key.with_handle(ts, |handle| {
                 crate::p384::read_protection(ts, handle, "secret key")
             })
         })
-    }
-
-    /// Runs `op` with this thread's handle for the key; if the cached handle went stale, finds the
-    /// key again and runs `op` once more.
-    fn with_key<T>(
-        &self,
-        ts: &ThreadSession,
-        mut op: impl FnMut(ObjectHandle) -> std::result::Result<T, Fail>,
-    ) -> std::result::Result<T, Fail> {
-        let handle = self.handle(ts)?;
-        match op(handle) {
-            Err(fail) if fail.is_stale_handle() => {
-                ts.forget(&self.id);
-                let handle = self.handle(ts)?;
-                op(handle)
-            }
-            other => other,
-        }
-    }
-
-    /// The key's handle for this thread's session: cached, or found by label and id.
-    fn handle(&self, ts: &ThreadSession) -> std::result::Result<ObjectHandle, Fail> {
-        if let Some(handle) = ts.cached(&self.label, &self.id) {
-            return Ok(handle);
-        }
-        let mut template = aes_key_template(&self.label);
-        template.push(Attribute::Id(self.id.to_vec()));
-        let handle = crate::p384::only_one(
-            ts.session.find_objects(&template).ck("C_FindObjects")?,
-            &self.label,
-            AES_KEY_KIND,
-        )?;
-        ts.remember(&self.label, &self.id, handle);
-        Ok(handle)
     }
 }
 
 impl Sealer for Pkcs11Sealer {
     fn seal(&self, aad: &SealContext, plaintext: &[u8]) -> Result<Vec<u8>> {
         let aad = seal_aad(SEAL_FORMAT_VERSION, &self.key_id, aad);
-        let (iv, ciphertext) = with_session(&self.token, |ts| {
-            self.with_key(ts, |handle| {
+        let (iv, ciphertext) = with_session(&self.key.token, |ts| {
+            self.key.with_handle(ts, |handle| {
                 let mut iv = [0u8; SEAL_IV_LEN];
                 ts.session
                     .generate_random_slice(&mut iv)
@@ -437,8 +391,8 @@ impl Sealer for Pkcs11Sealer {
     fn open(&self, aad: &SealContext, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
         let parsed = parse(sealed, &self.key_id)?;
         let aad = seal_aad(SEAL_FORMAT_VERSION, &self.key_id, aad);
-        let plaintext = with_session(&self.token, |ts| {
-            self.with_key(ts, |handle| {
+        let plaintext = with_session(&self.key.token, |ts| {
+            self.key.with_handle(ts, |handle| {
                 let mut iv = parsed.iv;
                 let params = GcmParams::new(&mut iv, &aad, tag_bits()).ck("CK_GCM_PARAMS")?;
                 match ts.session.decrypt(
@@ -465,8 +419,8 @@ impl Sealer for Pkcs11Sealer {
 impl fmt::Debug for Pkcs11Sealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pkcs11Sealer")
-            .field("token", &self.token.label())
-            .field("label", &self.label)
+            .field("token", &self.key.token.label())
+            .field("label", &self.key.label)
             .field("key_id", &hex::encode(self.key_id))
             .finish()
     }

@@ -24,7 +24,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use cosigner_kms::KmsError;
 use cosigner_kms::aws::ExpiringCredentials;
@@ -74,11 +74,8 @@ pub(crate) struct RawAwsCredentials {
 impl RawAwsCredentials {
     /// Checks the table: a known source and only the fields it uses.
     pub(crate) fn check(self) -> Result<AwsCredentialsConfig> {
-        let bad = |field: &'static str, value: &str, reason: &str| ParentError::InvalidAddress {
-            field,
-            value: value.to_owned(),
-            reason: reason.to_owned(),
-        };
+        let bad =
+            |field, value: &str, reason: &str| ParentError::invalid_address(field, value, reason);
         let unused = |field: &'static str, present: bool| {
             if present {
                 Err(bad(
@@ -158,61 +155,27 @@ fn valid_role_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
 }
 
-/// A set of AWS credentials as the parent hands them over.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AwsCredentials {
-    /// The access key id (not secret).
-    pub access_key_id: String,
-    /// The secret access key.
-    pub secret_access_key: SecretString,
-    /// The session token (temporary credentials).
-    pub session_token: Option<SecretString>,
-    /// Seconds since the Unix epoch when they expire.
-    pub expiration: Option<u64>,
-}
+/// The parent's name for kms's credentials type, the one AWS credentials type of the workspace:
+/// the secrets zeroized on drop and redacted in `Debug`, the expiration a [`SystemTime`].
+pub type AwsCredentials = ExpiringCredentials;
 
-impl AwsCredentials {
-    /// The store channel's answer carrying them.
-    pub fn to_response(&self) -> StoreResponse {
-        StoreResponse::AwsCredentials {
-            access_key_id: self.access_key_id.clone(),
-            secret_access_key: self.secret_access_key.clone(),
-            session_token: self.session_token.clone(),
-            expiration: self.expiration,
-        }
-    }
-
-    /// Parses the JSON document IMDS serves for a role (also `aws configure
-    /// export-credentials`'s), with kms's one parser of it
-    /// ([`ExpiringCredentials::from_json`]: `Code` must be `Success`, `Expiration` RFC 3339).
-    pub fn from_json(json: &str) -> Result<Self> {
-        ExpiringCredentials::from_json(json.as_bytes())
-            .map(Self::from)
-            .map_err(kms_error)
-    }
-
-    /// From `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
-    /// `AWS_CREDENTIAL_EXPIRATION` as `var` returns them ([`ExpiringCredentials::from_env_with`]).
-    pub fn from_env_with(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        ExpiringCredentials::from_env_with(var)
-            .map(Self::from)
-            .map_err(kms_error)
+/// The store channel's answer carrying `credentials`: the expiration in seconds since the Unix
+/// epoch, the secrets as [`SecretString`]s.
+pub fn store_response(credentials: &AwsCredentials) -> StoreResponse {
+    let keys = &credentials.credentials;
+    StoreResponse::AwsCredentials {
+        access_key_id: keys.access_key_id.clone(),
+        secret_access_key: SecretString::new(keys.secret_access_key.clone()),
+        session_token: keys.session_token.clone().map(SecretString::new),
+        expiration: credentials.expiration_unix(),
     }
 }
 
-/// The store channel's view of kms's credentials type: secrets as [`SecretString`], the
-/// expiration in seconds since the Unix epoch, as `StoreResponse::AwsCredentials` carries them.
-impl From<ExpiringCredentials> for AwsCredentials {
-    fn from(expiring: ExpiringCredentials) -> Self {
-        let expiration = expiring.expiration_unix();
-        let credentials = &expiring.credentials;
-        Self {
-            access_key_id: credentials.access_key_id.clone(),
-            secret_access_key: SecretString::new(credentials.secret_access_key.clone()),
-            session_token: credentials.session_token.clone().map(SecretString::new),
-            expiration,
-        }
-    }
+/// Parses the JSON document IMDS serves for a role (also `aws configure export-credentials`'s),
+/// with kms's one parser of it ([`ExpiringCredentials::from_json`]: `Code` must be `Success`,
+/// `Expiration` RFC 3339).
+fn from_document(json: &str) -> Result<AwsCredentials> {
+    ExpiringCredentials::from_json(json.as_bytes()).map_err(kms_error)
 }
 
 /// kms's refusal of a credentials document or environment, as the parent's error.
@@ -229,14 +192,7 @@ fn credentials_error(reason: impl Into<String>) -> ParentError {
     }
 }
 
-/// At most `max` characters of `s`, control characters replaced (for error messages).
-fn printable(s: &str, max: usize) -> String {
-    s.chars()
-        .take(max)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
+#[derive(Debug)]
 struct Cached {
     credentials: AwsCredentials,
     fetched: SystemTime,
@@ -247,14 +203,6 @@ struct Cached {
 pub struct CredentialsProvider {
     config: AwsCredentialsConfig,
     cache: Mutex<Option<Cached>>,
-}
-
-impl std::fmt::Debug for Cached {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cached")
-            .field("credentials", &self.credentials)
-            .finish_non_exhaustive()
-    }
 }
 
 impl CredentialsProvider {
@@ -275,7 +223,9 @@ impl CredentialsProvider {
     /// cached ones while they last if IMDS fails).
     pub fn credentials(&self) -> Result<AwsCredentials> {
         match &self.config {
-            AwsCredentialsConfig::Env => AwsCredentials::from_env_with(|k| std::env::var(k).ok()),
+            AwsCredentialsConfig::Env => {
+                AwsCredentials::from_env_with(|k| std::env::var(k).ok()).map_err(kms_error)
+            }
             AwsCredentialsConfig::File(path) => {
                 let text = std::fs::read(path)
                     .map_err(|e| credentials_error(format!("cannot read {}: {e}", path.display())))
@@ -286,7 +236,7 @@ impl CredentialsProvider {
                                 credentials_error(format!("{} is not UTF-8", path.display()))
                             })
                     })?;
-                AwsCredentials::from_json(text.expose())
+                from_document(text.expose())
                     .map_err(|e| credentials_error(format!("{}: {e}", path.display())))
             }
             AwsCredentialsConfig::Imds { endpoint, role } => {
@@ -302,13 +252,12 @@ impl CredentialsProvider {
         now: SystemTime,
     ) -> Result<AwsCredentials> {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        let now_secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let unexpired = |c: &AwsCredentials| c.expiration.is_none_or(|e| now_secs < e);
+        let unexpired = |c: &AwsCredentials| c.expiration.is_none_or(|e| now < e);
         if let Some(cached) = cache.as_ref() {
             let lasting = cached
                 .credentials
                 .expiration
-                .is_none_or(|e| now_secs + IMDS_REFRESH_MARGIN.as_secs() < e);
+                .is_none_or(|e| now + IMDS_REFRESH_MARGIN < e);
             let just_fetched = now
                 .duration_since(cached.fetched)
                 .is_ok_and(|age| age < IMDS_MIN_INTERVAL);
@@ -339,7 +288,7 @@ impl CredentialsProvider {
 
     /// The store channel's answer carrying the current credentials.
     pub fn response(&self) -> Result<StoreResponse> {
-        self.credentials().map(|c| c.to_response())
+        self.credentials().map(|c| store_response(&c))
     }
 }
 
@@ -353,7 +302,7 @@ pub mod imds {
     use cosigner_protocol::wire::SecretString;
     use zeroize::Zeroize;
 
-    use super::{AwsCredentials, credentials_error, printable, valid_role_name};
+    use super::{AwsCredentials, credentials_error, from_document, valid_role_name};
     use crate::error::Result;
 
     /// Connect timeout (IMDS answers on the instance's own link).
@@ -399,14 +348,14 @@ pub mod imds {
                 if !valid_role_name(&role) {
                     return Err(credentials_error(format!(
                         "IMDS: no usable role name in {:?} (is an instance role attached?)",
-                        printable(&role, 80)
+                        http::printable(&role, 80)
                     )));
                 }
                 role
             }
         };
         let document = exchange(endpoint, "GET", &format!("{ROLES_PATH}{role}"), &auth)?;
-        AwsCredentials::from_json(document.expose())
+        from_document(document.expose())
             .map_err(|e| credentials_error(format!("IMDS role {role}: {e}")))
     }
 
@@ -554,26 +503,26 @@ mod tests {
 
     #[test]
     fn credentials_documents_parse_and_never_print_secrets() {
-        let c = AwsCredentials::from_json(
+        let c = from_document(
             r#"{"Code":"Success","LastUpdated":"2024-05-01T12:00:00Z","Type":"AWS-HMAC",
                 "AccessKeyId":"ASIAEXAMPLE","SecretAccessKey":"wJalrXUtnFEMI/K7MDENG",
                 "Token":"IQoJb3JpZ2luX2VjEXAMPLE","Expiration":"2024-05-01T18:00:00Z"}"#,
         )
         .unwrap();
-        assert_eq!(c.access_key_id, "ASIAEXAMPLE");
-        assert_eq!(c.secret_access_key.expose(), "wJalrXUtnFEMI/K7MDENG");
-        assert_eq!(c.expiration, rfc3339_to_unix("2024-05-01T18:00:00Z"));
-        let shown = format!("{c:?} {:?}", c.to_response());
+        assert_eq!(c.credentials.access_key_id, "ASIAEXAMPLE");
+        assert_eq!(c.credentials.secret_access_key, "wJalrXUtnFEMI/K7MDENG");
+        assert_eq!(c.expiration_unix(), rfc3339_to_unix("2024-05-01T18:00:00Z"));
+        let shown = format!("{c:?} {:?}", store_response(&c));
         assert!(
             !shown.contains("wJalr") && !shown.contains("IQoJ"),
             "{shown}"
         );
         // aws configure export-credentials' spelling; long-term keys have no expiration.
-        let c = AwsCredentials::from_json(
+        let c = from_document(
             r#"{"Version":1,"AccessKeyId":"AKIA","SecretAccessKey":"s","SessionToken":"t"}"#,
         )
         .unwrap();
-        assert_eq!(c.session_token.unwrap().expose(), "t");
+        assert_eq!(c.credentials.session_token.as_deref(), Some("t"));
         for bad in [
             r#"{"Code":"Failed","AccessKeyId":"A","SecretAccessKey":"s"}"#,
             r#"{"AccessKeyId":"A"}"#,
@@ -582,7 +531,7 @@ mod tests {
             r#"{"AccessKeyId":"A","SecretAccessKey":"s","Expiration":"tomorrow"}"#,
             "not json",
         ] {
-            let e = AwsCredentials::from_json(bad).unwrap_err().to_string();
+            let e = from_document(bad).unwrap_err().to_string();
             assert!(!e.contains("s s"), "{e}");
         }
     }
@@ -601,7 +550,7 @@ mod tests {
             ("AWS_SECRET_ACCESS_KEY", "secret"),
         ]))
         .unwrap();
-        assert!(c.session_token.is_none() && c.expiration.is_none());
+        assert!(c.credentials.session_token.is_none() && c.expiration.is_none());
         let c = AwsCredentials::from_env_with(env(&[
             ("AWS_ACCESS_KEY_ID", "ASIA"),
             ("AWS_SECRET_ACCESS_KEY", "secret"),
@@ -609,7 +558,7 @@ mod tests {
             ("AWS_CREDENTIAL_EXPIRATION", "2030-01-01T00:00:00Z"),
         ]))
         .unwrap();
-        assert_eq!(c.session_token.unwrap().expose(), "token");
+        assert_eq!(c.credentials.session_token.as_deref(), Some("token"));
         let e = AwsCredentials::from_env_with(env(&[("AWS_ACCESS_KEY_ID", "AKIA")]))
             .unwrap_err()
             .to_string();

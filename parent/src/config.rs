@@ -217,7 +217,7 @@ impl RawClientLimits {
 
 /// `value` if it is in `min..=max`, else [`ParentError::InvalidLimit`] saying why `max` is the
 /// largest.
-fn in_range<T: PartialOrd + fmt::Display + Copy>(
+pub(crate) fn in_range<T: PartialOrd + fmt::Display + Copy>(
     field: &'static str,
     value: T,
     min: T,
@@ -263,11 +263,7 @@ impl FromStr for EnclaveAddr {
 
     /// Parses `unix:PATH` or `vsock:CID:PORT` (decimal).
     fn from_str(s: &str) -> Result<Self> {
-        let bad = |reason: &str| ParentError::InvalidAddress {
-            field: "enclave",
-            value: s.to_owned(),
-            reason: reason.to_owned(),
-        };
+        let bad = |reason: &str| ParentError::invalid_address("enclave", s, reason);
         if let Some(path) = s.strip_prefix("unix:") {
             let path = PathBuf::from(path);
             check_socket_path("enclave", s, &path)?;
@@ -367,11 +363,11 @@ impl Config {
                 }
             };
             if taken {
-                return Err(ParentError::InvalidAddress {
-                    field: "proxy.listen",
-                    value: proxy.listen.to_string(),
-                    reason: "already used by another listener of this configuration".into(),
-                });
+                return Err(ParentError::invalid_address(
+                    "proxy.listen",
+                    proxy.listen.to_string(),
+                    "already used by another listener of this configuration",
+                ));
             }
         }
         Ok(())
@@ -382,16 +378,14 @@ impl Config {
             origin: origin.to_owned(),
             reason: one_line(text, &e),
         })?;
-        let listen = raw
-            .listen
-            .parse::<SocketAddr>()
-            .map_err(|_| ParentError::InvalidAddress {
-                field: "listen",
-                value: raw.listen.clone(),
-                reason: "expected IP:PORT, e.g. 127.0.0.1:7000 or [::1]:7000 (host names are \
-                         not resolved)"
-                    .into(),
-            })?;
+        let listen = raw.listen.parse::<SocketAddr>().map_err(|_| {
+            ParentError::invalid_address(
+                "listen",
+                &raw.listen,
+                "expected IP:PORT, e.g. 127.0.0.1:7000 or [::1]:7000 (host names are \
+                         not resolved)",
+            )
+        })?;
         let enclave = raw.enclave.parse::<EnclaveAddr>()?;
         let mailbox_listen = raw
             .mailbox_listen
@@ -401,11 +395,11 @@ impl Config {
         let store_socket = PathBuf::from(&raw.store_socket);
         check_socket_path("store_socket", &raw.store_socket, &store_socket)?;
         if raw.database.is_empty() {
-            return Err(ParentError::InvalidAddress {
-                field: "database",
-                value: raw.database,
-                reason: "empty path".into(),
-            });
+            return Err(ParentError::invalid_address(
+                "database",
+                &raw.database,
+                "empty path",
+            ));
         }
         if let Some(port) = raw.store_vsock_port {
             check_vsock_port("store_vsock_port", port)?;
@@ -415,11 +409,7 @@ impl Config {
             .iter()
             .map(|rule| {
                 rule.parse::<AllowRule>()
-                    .map_err(|reason| ParentError::InvalidAddress {
-                        field: "proxy_allow",
-                        value: rule.clone(),
-                        reason,
-                    })
+                    .map_err(|reason| ParentError::invalid_address("proxy_allow", rule, reason))
             })
             .collect::<Result<Vec<_>>>()?;
         let proxies = raw
@@ -454,11 +444,11 @@ fn parse_proxy(raw: RawProxy, allow: &[AllowRule]) -> Result<ProxyConfig> {
     let listen = match (raw.listen, raw.listen_vsock_port) {
         (Some(listen), None) => {
             let Some(path) = listen.strip_prefix("unix:") else {
-                return Err(ParentError::InvalidAddress {
-                    field: "proxy.listen",
-                    value: listen,
-                    reason: "expected unix:PATH (for vsock, listen_vsock_port = PORT)".into(),
-                });
+                return Err(ParentError::invalid_address(
+                    "proxy.listen",
+                    listen,
+                    "expected unix:PATH (for vsock, listen_vsock_port = PORT)",
+                ));
             };
             let path = PathBuf::from(path);
             check_socket_path("proxy.listen", &listen, &path)?;
@@ -469,35 +459,31 @@ fn parse_proxy(raw: RawProxy, allow: &[AllowRule]) -> Result<ProxyConfig> {
             Inbound::Vsock { port }
         }
         (listen, port) => {
-            return Err(ParentError::InvalidAddress {
-                field: "proxy.listen",
-                value: format!(
-                    "{}{}",
-                    listen.unwrap_or_default(),
-                    port.map(|p| format!(" and vsock port {p}"))
-                        .unwrap_or_default()
-                ),
-                reason: "give exactly one of listen = \"unix:PATH\" and listen_vsock_port = PORT"
-                    .into(),
-            });
+            let value = format!(
+                "{}{}",
+                listen.unwrap_or_default(),
+                port.map(|p| format!(" and vsock port {p}"))
+                    .unwrap_or_default()
+            );
+            return Err(ParentError::invalid_address(
+                "proxy.listen",
+                value,
+                "give exactly one of listen = \"unix:PATH\" and listen_vsock_port = PORT",
+            ));
         }
     };
     let to = raw
         .to
         .parse::<Destination>()
-        .map_err(|reason| ParentError::InvalidAddress {
-            field: "proxy.to",
-            value: raw.to.clone(),
-            reason,
-        })?;
+        .map_err(|reason| ParentError::invalid_address("proxy.to", &raw.to, reason))?;
     crate::proxy::check_allowed(allow, &to)?;
     let max_connections = raw.max_connections.unwrap_or(DEFAULT_PROXY_CONNECTIONS);
     if !(1..=MAX_CONNECTIONS).contains(&max_connections) {
-        return Err(ParentError::InvalidAddress {
-            field: "proxy.max_connections",
-            value: max_connections.to_string(),
-            reason: format!("expected 1..={MAX_CONNECTIONS}"),
-        });
+        return Err(ParentError::invalid_address(
+            "proxy.max_connections",
+            max_connections.to_string(),
+            format!("expected 1..={MAX_CONNECTIONS}"),
+        ));
     }
     Ok(ProxyConfig {
         listen,
@@ -509,11 +495,7 @@ fn parse_proxy(raw: RawProxy, allow: &[AllowRule]) -> Result<ProxyConfig> {
 /// `mailbox_listen`: an `IP:PORT` other than the client listener's (port 0 excepted: each gets
 /// its own free port).
 fn parse_mailbox_listen(value: &str, listen: SocketAddr) -> Result<SocketAddr> {
-    let bad = |reason: &str| ParentError::InvalidAddress {
-        field: "mailbox_listen",
-        value: value.to_owned(),
-        reason: reason.to_owned(),
-    };
+    let bad = |reason: &str| ParentError::invalid_address("mailbox_listen", value, reason);
     let addr = value.parse::<SocketAddr>().map_err(|_| {
         bad("expected IP:PORT, e.g. 0.0.0.0:7002 or [::]:7002 (host names are not resolved)")
     })?;
@@ -531,21 +513,17 @@ fn parse_mailbox_listen(value: &str, listen: SocketAddr) -> Result<SocketAddr> {
 /// A vsock port to listen on: not `VMADDR_PORT_ANY` (u32::MAX), which would pick a random one.
 fn check_vsock_port(field: &'static str, port: u32) -> Result<()> {
     if port == u32::MAX {
-        return Err(ParentError::InvalidAddress {
+        return Err(ParentError::invalid_address(
             field,
-            value: port.to_string(),
-            reason: "4294967295 is VMADDR_PORT_ANY; give the port the enclave connects to".into(),
-        });
+            port.to_string(),
+            "4294967295 is VMADDR_PORT_ANY; give the port the enclave connects to",
+        ));
     }
     Ok(())
 }
 
 fn check_socket_path(field: &'static str, value: &str, path: &Path) -> Result<()> {
-    let bad = |reason: String| ParentError::InvalidAddress {
-        field,
-        value: value.to_owned(),
-        reason,
-    };
+    let bad = |reason: String| ParentError::invalid_address(field, value, reason);
     let len = path.as_os_str().len();
     if len == 0 {
         return Err(bad("empty socket path".into()));

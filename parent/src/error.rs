@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use cosigner_protocol::wire::ErrorKind;
+
 /// Everything that can go wrong in the parent: configuration, the blob store, sockets, peers.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -167,6 +169,34 @@ pub enum ParentError {
 }
 
 impl ParentError {
+    /// [`ParentError::InvalidAddress`]: configuration `field`, set to `value`, cannot be used;
+    /// `reason` says why and what is expected.
+    pub(crate) fn invalid_address(
+        field: &'static str,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self::InvalidAddress {
+            field,
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// What a peer is told of this refusal of its request (the store channel's and the
+    /// mailbox's one mapping): its own request's fault, a quota to wait out, or the parent's.
+    pub(crate) fn wire_kind(&self) -> ErrorKind {
+        match self {
+            Self::BadRequest { .. }
+            | Self::InvalidKey { .. }
+            | Self::ValueTooLarge { .. }
+            | Self::MailboxFull { .. }
+            | Self::MailboxForbidden { .. } => ErrorKind::BadRequest,
+            Self::QuotaExceeded { .. } => ErrorKind::Busy,
+            _ => ErrorKind::Internal,
+        }
+    }
+
     pub(crate) fn io(what: impl Into<String>, e: &std::io::Error) -> Self {
         Self::Io {
             what: what.into(),

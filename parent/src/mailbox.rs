@@ -63,6 +63,7 @@ use serde::Deserialize;
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 
+use crate::config::in_range;
 use crate::error::{ParentError, Result};
 use crate::frames::{self, FrameService};
 use crate::relay::{Conn, Listen};
@@ -331,18 +332,6 @@ pub fn check_headroom(
         }
     }
     Ok(())
-}
-
-/// `value` if it is in `min..=max`, else [`ParentError::InvalidLimit`].
-fn in_range(field: &'static str, value: u64, min: u64, max: u64, why: &str) -> Result<u64> {
-    if value < min || value > max {
-        return Err(ParentError::InvalidLimit {
-            field,
-            value: value.to_string(),
-            reason: format!("expected {min}..={max} ({why})"),
-        });
-    }
-    Ok(value)
 }
 
 /// The mailbox's tables in the parent's SQLite database, its configuration, and its TLS.
@@ -1113,15 +1102,7 @@ pub fn handle(
         }),
     };
     result.unwrap_or_else(|e| {
-        let kind = match e {
-            ParentError::BadRequest { .. }
-            | ParentError::ValueTooLarge { .. }
-            | ParentError::MailboxFull { .. }
-            | ParentError::MailboxForbidden { .. } => ErrorKind::BadRequest,
-            ParentError::QuotaExceeded { .. } => ErrorKind::Busy,
-            _ => ErrorKind::Internal,
-        };
-        MailboxResponse::Error(WireError::new(kind, one_line(&e.to_string())))
+        MailboxResponse::Error(WireError::new(e.wire_kind(), one_line(&e.to_string())))
     })
 }
 
@@ -1932,10 +1913,7 @@ mod tests {
         std::fs::write(&foreign, b"not sqlite at all, not even close......").unwrap();
         assert!(MailboxStore::open(&foreign).is_err());
         let other = dir.path().join("other.db");
-        let conn = Connection::open(&other).unwrap();
-        conn.execute_batch("CREATE TABLE notes (body TEXT);")
-            .unwrap();
-        drop(conn);
+        crate::store::execute_sql(&other, "CREATE TABLE notes (body TEXT);");
         let err = MailboxStore::open(&other).unwrap_err();
         assert!(err.to_string().contains("blob store creates it"), "{err}");
         assert!(MailboxStore::open(&dir.path().join("missing.db")).is_err());
@@ -2144,6 +2122,14 @@ mod tests {
         assert!(err.to_string().contains("is missing"), "{err}");
     }
 
+    /// Each configuration `base` followed by `bad` is refused, the error saying `why`.
+    fn assert_refused(base: &str, cases: &[(&str, &str)]) {
+        for (bad, why) in cases {
+            let err = crate::Config::from_toml(&format!("{base}{bad}")).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
+    }
+
     #[test]
     fn mailbox_listen_is_optional_and_checked() {
         let base = "listen = \"127.0.0.1:7000\"\nenclave = \"unix:/run/e.sock\"\n\
@@ -2152,16 +2138,16 @@ mod tests {
         let with =
             crate::Config::from_toml(&format!("{base}mailbox_listen = \"[::]:7002\"\n")).unwrap();
         assert_eq!(with.mailbox_listen, Some("[::]:7002".parse().unwrap()));
-        for (bad, why) in [
-            ("mailbox_listen = \"localhost:7002\"\n", "expected IP:PORT"),
-            ("mailbox_listen = \"127.0.0.1\"\n", "expected IP:PORT"),
-            ("mailbox_listen = \"127.0.0.1:7000\"\n", "same address"),
-            ("mailbox_listen = \"0.0.0.0:7000\"\n", "same address"),
-            ("mailbox_listen = 7002\n", "invalid type"),
-        ] {
-            let err = crate::Config::from_toml(&format!("{base}{bad}")).unwrap_err();
-            assert!(err.to_string().contains(why), "{bad}: {err}");
-        }
+        assert_refused(
+            base,
+            &[
+                ("mailbox_listen = \"localhost:7002\"\n", "expected IP:PORT"),
+                ("mailbox_listen = \"127.0.0.1\"\n", "expected IP:PORT"),
+                ("mailbox_listen = \"127.0.0.1:7000\"\n", "same address"),
+                ("mailbox_listen = \"0.0.0.0:7000\"\n", "same address"),
+                ("mailbox_listen = 7002\n", "invalid type"),
+            ],
+        );
     }
 
     #[test]
@@ -2199,21 +2185,21 @@ mod tests {
                 }),
             }
         );
-        for (bad, why) in [
-            ("retention_seconds = 60\n", "mailbox.retention_seconds"),
-            ("retention_seconds = 99999999\n", "30 days"),
-            ("quota_window_seconds = 1\n", "mailbox.quota_window_seconds"),
-            ("quota_messages = 0\n", "mailbox.quota_messages"),
-            ("quota_bytes = 1000\n", "at least one envelope"),
-            ("quota_bytes = 1073741824\n", "more than 1/8"),
-            ("quota_topics = 50000\n", "more than 1/8"),
-            ("quota_exempt = [\"02ab\"]\n", "66 hex digits"),
-            ("tls_certificate = \"m.crt\"\n", "both"),
-            ("unknown = 1\n", "unknown field"),
-        ] {
-            let err = crate::Config::from_toml(&format!("{base}[mailbox]\n{bad}")).unwrap_err();
-            assert!(err.to_string().contains(why), "{bad}: {err}");
-        }
+        assert_refused(
+            &format!("{base}[mailbox]\n"),
+            &[
+                ("retention_seconds = 60\n", "mailbox.retention_seconds"),
+                ("retention_seconds = 99999999\n", "30 days"),
+                ("quota_window_seconds = 1\n", "mailbox.quota_window_seconds"),
+                ("quota_messages = 0\n", "mailbox.quota_messages"),
+                ("quota_bytes = 1000\n", "at least one envelope"),
+                ("quota_bytes = 1073741824\n", "more than 1/8"),
+                ("quota_topics = 50000\n", "more than 1/8"),
+                ("quota_exempt = [\"02ab\"]\n", "66 hex digits"),
+                ("tls_certificate = \"m.crt\"\n", "both"),
+                ("unknown = 1\n", "unknown field"),
+            ],
+        );
         // Relative TLS paths are resolved against the configuration's directory.
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("parent.toml");

@@ -20,13 +20,7 @@ use cosigner_parent::{Config, Parent};
 /// cosigner-parent: relays opaque bytes between clients and the enclave, stores sealed blobs.
 #[derive(Debug, Parser)]
 #[command(name = "cosigner-parent", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
+enum Cli {
     /// Relay client connections to the enclave and serve its blob store, until stopped.
     Run {
         /// The TOML configuration (listen, enclave, store_socket, database).
@@ -63,15 +57,8 @@ enum AuditCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            // --help and --version print and succeed; usage errors exit 2.
-            let _ = e.print();
-            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
-        }
-    };
-    match run(cli) {
+    // --help and --version print and succeed; usage errors exit 2 (clap's `Error::exit`).
+    match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cosigner-parent: {e:#}");
@@ -81,8 +68,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Run { config } => {
+    match cli {
+        Cli::Run { config } => {
             let config = Config::load(&config)?;
             let summary = format!(
                 "relaying {} -> {}; store on {} ({})",
@@ -111,9 +98,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             running.wait();
             Ok(())
         }
-        Command::Image { args } => Err(run_image_tool(args)),
-        Command::Enrollment(command) => cosigner_parent::enrollment::run(command),
-        Command::Audit(AuditCommand::Verify { database, key }) => {
+        Cli::Image { args } => Err(run_image_tool(args)),
+        Cli::Enrollment(command) => cosigner_parent::enrollment::run(command),
+        Cli::Audit(AuditCommand::Verify { database, key }) => {
             let report = cosigner_parent::audit::verify_database(&database, &key)?;
             println!(
                 "{{\"entries\":{},\"head\":\"{}\"}}",

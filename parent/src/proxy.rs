@@ -118,20 +118,17 @@ impl fmt::Display for Destination {
     }
 }
 
-/// One entry of `proxy_allow`.
+/// One entry of `proxy_allow`: a destination whose host name may have `*` labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AllowRule {
-    host: Host,
-    port: u16,
-}
+pub struct AllowRule(Destination);
 
 impl AllowRule {
     /// Whether this rule allows `to`.
     pub fn allows(&self, to: &Destination) -> bool {
-        if self.port != to.port {
+        if self.0.port != to.port {
             return false;
         }
-        match (&self.host, &to.host) {
+        match (&self.0.host, &to.host) {
             (Host::Ip(rule), Host::Ip(ip)) => rule == ip,
             (Host::Name(rule), Host::Name(name)) => {
                 let rule: Vec<&str> = rule.split('.').collect();
@@ -146,19 +143,16 @@ impl AllowRule {
 impl FromStr for AllowRule {
     type Err = String;
 
+    /// Parses a [`Destination`] whose host name may have `*` labels; the reason on failure.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let (host, port) = parse_host_port(s, true)?;
-        Ok(Self { host, port })
+        Ok(Self(Destination { host, port }))
     }
 }
 
 impl fmt::Display for AllowRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        Destination {
-            host: self.host.clone(),
-            port: self.port,
-        }
-        .fmt(f)
+        self.0.fmt(f)
     }
 }
 

@@ -135,33 +135,27 @@ impl Listen for TcpListener {
     }
 }
 
-impl Listen for UnixListener {
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.as_fd()
-    }
-    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        UnixListener::set_nonblocking(self, nonblocking)
-    }
-    fn accept(&self) -> io::Result<Conn> {
-        let (s, _) = UnixListener::accept(self)?;
-        s.set_nonblocking(false)?;
-        Ok(Arc::new(s))
-    }
+/// [`Listen`] for the listeners without a peer IP (unix, vsock): the same inherent methods on
+/// each type, with no trait of std or `vsock` to be generic over.
+macro_rules! listen {
+    ($t:ty) => {
+        impl Listen for $t {
+            fn fd(&self) -> BorrowedFd<'_> {
+                self.as_fd()
+            }
+            fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+                <$t>::set_nonblocking(self, nonblocking)
+            }
+            fn accept(&self) -> io::Result<Conn> {
+                let (s, _) = <$t>::accept(self)?;
+                s.set_nonblocking(false)?;
+                Ok(Arc::new(s))
+            }
+        }
+    };
 }
-
-impl Listen for VsockListener {
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.as_fd()
-    }
-    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        VsockListener::set_nonblocking(self, nonblocking)
-    }
-    fn accept(&self) -> io::Result<Conn> {
-        let (s, _) = VsockListener::accept(self)?;
-        s.set_nonblocking(false)?;
-        Ok(Arc::new(s))
-    }
-}
+listen!(UnixListener);
+listen!(VsockListener);
 
 /// Copies bytes from `client` to `server` and back, each direction on its own thread, until both
 /// directions have ended (see the module docs). Returns the first error of either direction; an

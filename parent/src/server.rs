@@ -400,18 +400,31 @@ impl Shared {
         self.stop.load(Ordering::SeqCst)
     }
 
-    /// Adds a second socket (the enclave's, the proxy destination's) to connection `id`, so that
-    /// shutdown closes it too. `false` when shutting down: the caller gives up.
-    fn register(&self, id: u64, socket: &Conn) -> bool {
+    /// The second socket of connection `id` (the enclave's, the proxy destination's), once
+    /// connected: added to the connection, so that shutdown closes it too. `None` when it could
+    /// not be made (logged, `failed` saying what) or when shutting down: the caller gives up.
+    fn connected(
+        &self,
+        id: u64,
+        socket: io::Result<Conn>,
+        failed: impl FnOnce(&io::Error) -> String,
+    ) -> Option<Conn> {
+        let socket = match socket {
+            Ok(socket) => socket,
+            Err(e) => {
+                log(&failed(&e));
+                return None;
+            }
+        };
         let mut conns = self.conns();
         // Shutdown may have swept the open connections between our accept and now.
         if self.stopping() {
-            return false;
+            return None;
         }
         if let Some(sockets) = conns.open.get_mut(&id) {
-            sockets.push(Arc::clone(socket));
+            sockets.push(Arc::clone(&socket));
         }
-        true
+        Some(socket)
     }
 }
 
@@ -828,18 +841,11 @@ fn relay_one(
             VsockStream::connect_with_cid_port(*cid, *port).map(|s| Arc::new(s) as Conn)
         }
     };
-    let upstream = match upstream {
-        Ok(s) => s,
-        Err(e) => {
-            log(&format!(
-                "cannot reach the enclave at {enclave}: {e}; closing the client connection"
-            ));
-            return;
-        }
-    };
-    if !shared.register(id, &upstream) {
+    let Some(upstream) = shared.connected(id, upstream, |e| {
+        format!("cannot reach the enclave at {enclave}: {e}; closing the client connection")
+    }) else {
         return;
-    }
+    };
     let wrote = upstream
         .set_write_timeout(Some(limits.idle_timeout))
         .and_then(|()| Io(&*upstream).write_all(&first));
@@ -885,18 +891,12 @@ fn first_bytes(client: &Conn, timeout: Duration) -> io::Result<Option<Vec<u8>>> 
 
 /// Connects an enclave's proxy connection to its destination (resolved now) and relays.
 fn proxy_one(id: u64, inbound: &Conn, listen: &Inbound, to: &Destination, shared: &Shared) {
-    let outbound = match proxy::connect(to) {
-        Ok(s) => Arc::new(s) as Conn,
-        Err(e) => {
-            log(&format!(
-                "proxy {listen} -> {to}: {e}; closing the inbound connection"
-            ));
-            return;
-        }
-    };
-    if !shared.register(id, &outbound) {
+    let outbound = proxy::connect(to).map(|s| Arc::new(s) as Conn);
+    let Some(outbound) = shared.connected(id, outbound, |e| {
+        format!("proxy {listen} -> {to}: {e}; closing the inbound connection")
+    }) else {
         return;
-    }
+    };
     relay_logged(&format!("proxy {listen} -> {to}"), inbound, &outbound);
 }
 

@@ -259,6 +259,14 @@ impl Store for SqliteStore {
     }
 }
 
+/// Runs `sql` on the SQLite database at `path` (made if missing) through a connection of its
+/// own: the tests' other applications' databases and schema changes.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn execute_sql(path: &Path, sql: &str) {
+    Connection::open(path).unwrap().execute_batch(sql).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -296,27 +304,29 @@ mod tests {
             .unwrap();
         assert_eq!(mode, "wal");
 
-        // A later schema version: refused, not downgraded.
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
         drop(conn);
-        let err = SqliteStore::open(&ours).unwrap_err();
-        assert!(
-            matches!(&err, ParentError::Schema { reason, .. } if reason.contains("schema version 2")),
-            "{err:?}"
+        let refused = |path: &Path, why: &str| {
+            let err = SqliteStore::open(path).unwrap_err();
+            assert!(
+                matches!(&err, ParentError::Schema { reason, .. } if reason.contains(why)),
+                "{err:?}"
+            );
+        };
+
+        // A later schema version: refused, not downgraded.
+        execute_sql(
+            &ours,
+            &format!("PRAGMA user_version = {};", SCHEMA_VERSION + 1),
         );
+        refused(&ours, "schema version 2");
 
         // Another application's database, with tables but no marks: refused and left as it was.
         let foreign = dir.path().join("foreign.db");
-        let conn = Connection::open(&foreign).unwrap();
-        conn.execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('keep');")
-            .unwrap();
-        drop(conn);
-        let err = SqliteStore::open(&foreign).unwrap_err();
-        assert!(
-            matches!(&err, ParentError::Schema { reason, .. } if reason.contains("not a cosigner parent store")),
-            "{err:?}"
+        execute_sql(
+            &foreign,
+            "CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('keep');",
         );
+        refused(&foreign, "not a cosigner parent store");
         let conn = Connection::open(&foreign).unwrap();
         let tables: i64 = conn
             .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))

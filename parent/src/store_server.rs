@@ -118,13 +118,5 @@ pub fn handle_with(
             reason: "unsupported store request".into(),
         }),
     };
-    result.unwrap_or_else(|e| {
-        let kind = match e {
-            ParentError::InvalidKey { .. }
-            | ParentError::ValueTooLarge { .. }
-            | ParentError::BadRequest { .. } => ErrorKind::BadRequest,
-            _ => ErrorKind::Internal,
-        };
-        StoreResponse::Error(WireError::new(kind, e.to_string()))
-    })
+    result.unwrap_or_else(|e| StoreResponse::Error(WireError::new(e.wire_kind(), e.to_string())))
 }

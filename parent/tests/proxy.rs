@@ -20,10 +20,7 @@ use tempfile::TempDir;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn tempdir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("cosigner-proxy-")
-        .tempdir()
-        .unwrap()
+    TempDir::with_prefix("cosigner-proxy-").unwrap()
 }
 
 /// A TCP echo server on 127.0.0.1: echoes each connection until EOF, then closes it. Counts the
@@ -80,6 +77,15 @@ fn start(text: &str) -> RunningParent {
     Parent::new(config).unwrap().start().unwrap()
 }
 
+/// A parent in `dir` with one proxy, listening on `kms.sock` there and relaying to `to` (the one
+/// destination allowed), at most `max` connections at once; the socket and the parent.
+fn start_one_proxy(dir: &Path, to: &str, max: Option<usize>) -> (PathBuf, RunningParent) {
+    let socket = dir.join("kms.sock");
+    let allow = format!("[\"{to}\"]");
+    let parent = start(&config_text(dir, &allow, &proxy_table(&socket, to, max)));
+    (socket, parent)
+}
+
 fn dial(path: &Path) -> UnixStream {
     let s = UnixStream::connect(path).unwrap();
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -106,14 +112,9 @@ fn assert_closed(s: &mut UnixStream) {
 fn a_proxy_relays_bytes_both_ways_to_its_destination() {
     let dir = tempdir();
     let (port, accepted) = echo_server();
-    let socket = dir.path().join("kms.sock");
     // `localhost` goes through the resolver on every connection (it may try ::1 first, where
     // nothing listens, then 127.0.0.1).
-    let parent = start(&config_text(
-        dir.path(),
-        &format!("[\"localhost:{port}\"]"),
-        &proxy_table(&socket, &format!("localhost:{port}"), None),
-    ));
+    let (socket, parent) = start_one_proxy(dir.path(), &format!("localhost:{port}"), None);
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 
@@ -340,12 +341,7 @@ fn a_destination_that_does_not_resolve_closes_the_inbound_connection() {
 fn the_connection_cap_is_respected() {
     let dir = tempdir();
     let (port, accepted) = echo_server();
-    let socket = dir.path().join("kms.sock");
-    let parent = start(&config_text(
-        dir.path(),
-        &format!("[\"127.0.0.1:{port}\"]"),
-        &proxy_table(&socket, &format!("127.0.0.1:{port}"), Some(2)),
-    ));
+    let (socket, parent) = start_one_proxy(dir.path(), &format!("127.0.0.1:{port}"), Some(2));
     let mut first = dial(&socket);
     let mut second = dial(&socket);
     echo_round_trip(&mut first, b"one");

@@ -21,10 +21,7 @@ use tempfile::TempDir;
 const TIMEOUT: Duration = Duration::from_secs(15);
 
 fn tempdir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("cosigner-vsock-")
-        .tempdir()
-        .unwrap()
+    TempDir::with_prefix("cosigner-vsock-").unwrap()
 }
 
 fn base(dir: &Path, enclave: &str) -> String {

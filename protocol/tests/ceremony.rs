@@ -14,8 +14,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{
-    MESSAGE, PARTIES, altered, assert_hides_share, assert_redacted, culprit, disagreement,
-    dkg_params, dkg_round1, dkg_round3, finish, for_both_suites, inbox, pid, rng, round2, run_dkg,
+    MESSAGE, PARTIES, altered, assert_secrets_stay_out_of_debug, culprit, disagreement, dkg_params,
+    dkg_round1, dkg_round3, finish, for_both_suites, inbox, package, pid, rng, round2, run_dkg,
     session_mismatch, sign_shares, sign_with, unexpected, verify,
 };
 use cosigner_protocol::ProtocolError;
@@ -52,6 +52,23 @@ fn dkg_then_every_pair_signs<C: Ciphersuite>() {
     assert!(verify(pkp, MESSAGE, &signature));
 }
 
+/// One round through the state wrapper: every party's state handles `input(me)`, and `sent`
+/// takes what it sends out of its output; the next states and what they sent.
+fn each_handles<C: Ciphersuite, T>(
+    states: BTreeMap<PartyId, DkgState<C>>,
+    input: impl Fn(PartyId) -> DkgInput,
+    sent: impl Fn(DkgOutputMessage) -> T,
+) -> (BTreeMap<PartyId, DkgState<C>>, Vec<T>) {
+    let mut next = BTreeMap::new();
+    let mut messages = Vec::new();
+    for (me, state) in states {
+        let (state, out) = state.handle(input(me), &mut rng()).unwrap();
+        messages.push(sent(out));
+        next.insert(me, state);
+    }
+    (next, messages)
+}
+
 fn dkg_through_the_state_wrapper<C: Ciphersuite>() {
     let params = dkg_params::<C>();
     let mut states = BTreeMap::new();
@@ -62,30 +79,23 @@ fn dkg_through_the_state_wrapper<C: Ciphersuite>() {
         states.insert(me, state);
         round1.push(message);
     }
-    let mut sealed = Vec::new();
-    let mut next = BTreeMap::new();
-    for (me, state) in states {
-        let (state, out) = state
-            .handle(DkgInput::Round1(round1.clone()), &mut rng())
-            .unwrap();
-        let DkgOutputMessage::Round2(packages) = out else {
-            panic!("expected round-2 packages")
-        };
-        sealed.extend(packages);
-        next.insert(me, state);
-    }
-    let mut confirmations = Vec::new();
-    let mut after = BTreeMap::new();
-    for (me, state) in next {
-        let (state, out) = state
-            .handle(DkgInput::Round2(inbox(&sealed, me)), &mut rng())
-            .unwrap();
-        let DkgOutputMessage::Confirmation(c) = out else {
-            panic!("expected a confirmation")
-        };
-        confirmations.push(c);
-        after.insert(me, state);
-    }
+    let (next, sealed) = each_handles(
+        states,
+        |_| DkgInput::Round1(round1.clone()),
+        |out| match out {
+            DkgOutputMessage::Round2(packages) => packages,
+            other => panic!("expected round-2 packages, got {other:?}"),
+        },
+    );
+    let sealed: Vec<SealedPackage> = sealed.concat();
+    let (after, confirmations) = each_handles(
+        next,
+        |me| DkgInput::Round2(inbox(&sealed, me)),
+        |out| match out {
+            DkgOutputMessage::Confirmation(c) => c,
+            other => panic!("expected a confirmation, got {other:?}"),
+        },
+    );
     let mut keys = Vec::new();
     for (me, state) in after {
         let (state, out) = state
@@ -441,11 +451,7 @@ fn relay_flipping_a_bit_in_a_sealed_package_is_refused<C: Ciphersuite>() {
 fn package_for_another_party_is_refused<C: Ciphersuite>() {
     let (s1, r1) = dkg_round1::<C>(&dkg_params::<C>());
     let (mut s2, sealed) = round2(s1, &r1);
-    let for_3 = sealed
-        .iter()
-        .find(|p| p.from == pid(1) && p.to == pid(3))
-        .unwrap()
-        .clone();
+    let for_3 = package(&sealed, pid(1), pid(3));
 
     // Delivered to 2 as is: addressed to 3.
     let mut inbox2 = inbox(&sealed, pid(2));
@@ -457,14 +463,10 @@ fn package_for_another_party_is_refused<C: Ciphersuite>() {
     // Relabelled as addressed to 2: sealed to 3's key and AAD, it does not open.
     let (s1, r1) = dkg_round1::<C>(&dkg_params::<C>());
     let (mut s2, sealed) = round2(s1, &r1);
-    let mut relabelled = sealed
-        .iter()
-        .find(|p| p.from == pid(1) && p.to == pid(3))
-        .unwrap()
-        .clone();
+    let mut relabelled = package(&sealed, pid(1), pid(3));
     relabelled.to = pid(2);
     let mut inbox2 = inbox(&sealed, pid(2));
-    let slot = inbox2.iter_mut().find(|p| p.from == pid(1)).unwrap();
+    let slot = inbox2.iter_mut().find(|p| p.from == 1).unwrap();
     *slot = relabelled;
     assert_eq!(
         culprit(s2.remove(&pid(2)).unwrap().handle_round2(&inbox2)).0,
@@ -510,20 +512,15 @@ fn round2_set_must_be_exactly_one_per_other_party<C: Ciphersuite>() {
     duplicate.push(duplicate[0].clone());
     assert!(unexpected(s.handle_round2(&duplicate)).contains("two messages"));
 
-    let (s, sealed) = fresh();
-    let mut unknown = inbox(&sealed, pid(2));
-    let mut stranger = unknown[0].clone();
-    stranger.from = pid(4);
-    unknown.push(stranger);
-    assert!(unexpected(s.handle_round2(&unknown)).contains("party 4"));
-
-    // A package "from ourselves".
-    let (s, sealed) = fresh();
-    let mut from_me = inbox(&sealed, pid(2));
-    let mut mine = from_me[0].clone();
-    mine.from = pid(2);
-    from_me.push(mine);
-    assert!(unexpected(s.handle_round2(&from_me)).contains("party 2"));
+    // A package from a stranger, and one "from ourselves" (party 2).
+    for (from, named) in [(pid(4), "party 4"), (pid(2), "party 2")] {
+        let (s, sealed) = fresh();
+        let mut set = inbox(&sealed, pid(2));
+        let mut extra = set[0].clone();
+        extra.from = from;
+        set.push(extra);
+        assert!(unexpected(s.handle_round2(&set)).contains(named), "{from}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -568,35 +565,37 @@ fn signing_package_must_match_the_session<C: Ciphersuite>() {
         SignerSession::commit(kp(p), p, message, signers, &mut rng()).unwrap()
     };
 
+    // Party 1's session `s1` handed the package of `message` over `commitments`: the mismatch.
+    let mismatch = |s1: SignerSession<C>, message: &[u8], commitments: BTreeMap<PartyId, _>| {
+        let package = sign::signing_package::<C>(message, &commitments).unwrap();
+        session_mismatch(s1.sign(kp(pid(1)), &package))
+    };
+
     // Another message than the one committed to.
     let (s1, c1) = commit(pid(1), MESSAGE, &[pid(1), pid(2)]);
     let (_s2, c2) = commit(pid(2), MESSAGE, &[pid(1), pid(2)]);
-    let commitments = BTreeMap::from([(pid(1), c1.clone()), (pid(2), c2.clone())]);
-    let other = sign::signing_package::<C>(b"pay the attacker", &commitments).unwrap();
-    assert!(session_mismatch(s1.sign(kp(pid(1)), &other)).contains("message"));
+    let commitments = BTreeMap::from([(pid(1), c1), (pid(2), c2)]);
+    assert!(mismatch(s1, b"pay the attacker", commitments).contains("message"));
 
     // Another signer set: party 3 added.
     let (s1, c1) = commit(pid(1), MESSAGE, &[pid(1), pid(2)]);
     let (_s2, c2) = commit(pid(2), MESSAGE, &[pid(1), pid(2)]);
     let (_s3, c3) = commit(pid(3), MESSAGE, &[pid(1), pid(2), pid(3)]);
     let three = BTreeMap::from([(pid(1), c1), (pid(2), c2), (pid(3), c3)]);
-    let package = sign::signing_package::<C>(MESSAGE, &three).unwrap();
-    assert!(session_mismatch(s1.sign(kp(pid(1)), &package)).contains("signers"));
+    assert!(mismatch(s1, MESSAGE, three).contains("signers"));
 
     // Another signer set: party 2 swapped for 3.
     let (s1, c1) = commit(pid(1), MESSAGE, &[pid(1), pid(2)]);
     let (_s3, c3) = commit(pid(3), MESSAGE, &[pid(1), pid(3)]);
     let swapped = BTreeMap::from([(pid(1), c1), (pid(3), c3)]);
-    let package = sign::signing_package::<C>(MESSAGE, &swapped).unwrap();
-    assert!(session_mismatch(s1.sign(kp(pid(1)), &package)).contains("signers"));
+    assert!(mismatch(s1, MESSAGE, swapped).contains("signers"));
 
     // Our commitment replaced by one from another of our sessions.
     let (s1, _c1) = commit(pid(1), MESSAGE, &[pid(1), pid(2)]);
     let (_other_session, c1_other) = commit(pid(1), MESSAGE, &[pid(1), pid(2)]);
     let (_s2, c2) = commit(pid(2), MESSAGE, &[pid(1), pid(2)]);
     let replaced = BTreeMap::from([(pid(1), c1_other), (pid(2), c2)]);
-    let package = sign::signing_package::<C>(MESSAGE, &replaced).unwrap();
-    assert!(session_mismatch(s1.sign(kp(pid(1)), &package)).contains("commitment"));
+    assert!(mismatch(s1, MESSAGE, replaced).contains("commitment"));
 
     // Garbage instead of a package.
     let (s1, _) = commit(pid(1), MESSAGE, &[pid(1), pid(2)]);
@@ -734,14 +733,7 @@ fn coordinator_refuses_malformed_commitments<C: Ciphersuite>() {
 
 fn secrets_stay_out_of_debug<C: Ciphersuite>() {
     let (s1, r1) = dkg_round1::<C>(&dkg_params::<C>());
-    s1.values().for_each(assert_redacted);
-    let (s2, sealed) = round2(s1, &r1);
-    s2.values().for_each(assert_redacted);
-    let (s3, confirmations) = dkg_round3(s2, &sealed);
-    s3.values().for_each(assert_redacted);
-    for out in finish(s3, &confirmations).values() {
-        assert_hides_share(out, out.key_package.signing_share());
-    }
+    assert_secrets_stay_out_of_debug(s1, &r1, dkg_round3);
 }
 
 for_both_suites!(

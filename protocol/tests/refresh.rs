@@ -14,9 +14,9 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{
-    MESSAGE, PARTIES, Shares, altered, assert_hides_share, assert_redacted, culprit, disagreement,
-    dkg_params, finish, for_both_suites, inbox, params_error, pid, refresh_params, refresh_round1,
-    refresh_round3, rng, round2, run_refresh, sign_shares, to_shares, verify,
+    MESSAGE, PARTIES, Shares, altered, assert_secrets_stay_out_of_debug, culprit, disagreement,
+    dkg_params, finish, for_both_suites, inbox, package, params_error, pid, refresh_params,
+    refresh_round1, refresh_round3, rng, round2, run_refresh, sign_shares, to_shares, verify,
 };
 use cosigner_protocol::ProtocolError;
 use cosigner_protocol::dkg;
@@ -414,12 +414,8 @@ fn corrupted_package_names_its_sender<C: Ciphersuite>() {
     let (s1, r1) = refresh_round1::<C>(&params);
     let (s2, sealed) = round2(s1, &r1);
     let mut inbox1 = inbox(&sealed, pid(1));
-    inbox1.retain(|p| p.from != pid(2));
-    let mut redirected = sealed
-        .iter()
-        .find(|p| p.from == pid(2) && p.to == pid(3))
-        .unwrap()
-        .clone();
+    inbox1.retain(|p| p.from != 2);
+    let mut redirected = package(&sealed, pid(2), pid(3));
     redirected.to = pid(1);
     inbox1.push(redirected);
     assert_eq!(culprit(open_as_1(s2, &inbox1, &old)).0, 2);
@@ -524,16 +520,7 @@ fn relay_inconsistencies_are_caught<C: Ciphersuite>() {
 fn secrets_stay_out_of_debug<C: Ciphersuite>() {
     let old = run_dkg::<C>();
     let (s1, r1) = refresh_round1::<C>(&refresh_params::<C>(0));
-    s1.values().for_each(assert_redacted);
-    let (s2, sealed) = round2(s1, &r1);
-    s2.values().for_each(assert_redacted);
-    let (s3, confirmations) = refresh_round3(s2, &sealed, &old);
-    for s in s3.values() {
-        assert_hides_share(s, s.key_package().signing_share());
-    }
-    for out in finish(s3, &confirmations).values() {
-        assert_hides_share(out, out.key_package.signing_share());
-    }
+    assert_secrets_stay_out_of_debug(s1, &r1, |s2, sealed| refresh_round3(s2, sealed, &old));
 }
 
 for_both_suites!(

@@ -25,7 +25,7 @@ use cosigner_protocol::psbt::decode_psbt_file;
 use cosigner_protocol::wire::SUITE_SECP256K1_TR;
 use cosigner_tests::Deployment;
 use cosigner_tests::bench::p50;
-use cosigner_tests::bitcoin_tx::{self, Pay};
+use cosigner_tests::bitcoin_tx;
 use serde_bytes::ByteBuf;
 
 type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
@@ -159,13 +159,11 @@ fn e2e_dkg(m: &Members, members_text: &str) -> Vec<WalletFile> {
 }
 
 fn e2e_sign(m: &Members, wallet: &WalletFile, approvers: &[usize]) -> Duration {
-    let spend = bitcoin_tx::build(
+    let spend = bitcoin_tx::payment(
         &hex::encode(wallet.group_public_key),
         &[3 * BTC, 2 * BTC],
-        &[
-            (Pay::To(bitcoin_tx::foreign_address()), 4 * BTC),
-            (Pay::Change, BTC - 10_000),
-        ],
+        4 * BTC,
+        BTC - 10_000,
     )
     .unwrap();
     let psbt = decode_psbt_file(spend.psbt_base64.as_bytes()).unwrap();

@@ -156,16 +156,11 @@ fn main() {
     )
     .unwrap()
     .wallet;
-    let spend = cosigner_tests::bitcoin_tx::build(
+    let spend = cosigner_tests::bitcoin_tx::payment(
         &hex::encode(policed.group_public_key),
         &[70_000, 50_000],
-        &[
-            (
-                cosigner_tests::bitcoin_tx::Pay::To(cosigner_tests::bitcoin_tx::foreign_address()),
-                60_000,
-            ),
-            (cosigner_tests::bitcoin_tx::Pay::Change, 50_000),
-        ],
+        60_000,
+        50_000,
     )
     .unwrap();
     let psbt = cosigner_protocol::psbt::decode_psbt_file(spend.psbt_base64.as_bytes()).unwrap();

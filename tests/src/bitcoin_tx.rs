@@ -108,6 +108,18 @@ pub fn build(x_only_hex: &str, inputs: &[u64], outputs: &[(Pay, u64)]) -> anyhow
     })
 }
 
+/// A spend of `inputs` (as [`build`]) paying `amount` to a stranger's fresh address and `change`
+/// back to the wallet; the fee is what the inputs leave over.
+pub fn payment(
+    x_only_hex: &str,
+    inputs: &[u64],
+    amount: u64,
+    change: u64,
+) -> anyhow::Result<Spend> {
+    let outputs = [(Pay::To(foreign_address()), amount), (Pay::Change, change)];
+    build(x_only_hex, inputs, &outputs)
+}
+
 /// Checks a finished transaction under Bitcoin's consensus rules (Taproot included), spending
 /// `prevouts`: every input must verify.
 pub fn verify_consensus(tx_hex: &str, prevouts: &[TxOut]) -> anyhow::Result<()> {

@@ -257,6 +257,24 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A new temporary directory holding one file, `name`, written with `contents`: the directory
+/// (deleted when dropped) and the file's path. For configurations that name paths relative to
+/// their own directory, and for files a test hands to code under test.
+///
+/// # Panics
+/// If the directory or the file cannot be written.
+pub fn file_in_tempdir(name: &str, contents: impl AsRef<[u8]>) -> (TempDir, PathBuf) {
+    let written = TempDir::with_prefix("cosigner-file-").and_then(|dir| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents)?;
+        Ok((dir, path))
+    });
+    match written {
+        Ok(written) => written,
+        Err(e) => panic!("writing {name} in a temporary directory: {e}"),
+    }
+}
+
 /// A child process killed when dropped.
 #[derive(Debug)]
 pub struct ChildGuard(pub std::process::Child);

@@ -75,6 +75,19 @@ impl Moto {
         }
     }
 
+    /// [`Moto::start_or_skip`], then [`Moto::user_credentials`]: a server and its user's
+    /// long-term credentials, or `None` (the skip line printed) when moto is not installed.
+    ///
+    /// # Panics
+    /// If moto is installed but does not come up, or refuses the user's bootstrap.
+    pub fn start_with_user_or_skip() -> Option<(Moto, Credentials)> {
+        let moto = Self::start_or_skip()?;
+        match moto.user_credentials() {
+            Ok(user) => Some((moto, user)),
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+
     /// Starts moto on a free loopback port.
     pub fn start() -> anyhow::Result<Moto> {
         let port = free_port();

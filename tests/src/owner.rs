@@ -85,17 +85,17 @@ impl Cosigners {
         key_out: &Path,
         observe: &mut dyn FnMut(CreateStep),
     ) -> ClientResult<Created> {
-        let home = Home::open(dir)?;
-        let (mut provider, mut recovery) = (self.provider(), self.recovery());
-        cosigner_client::wallet::create_observed(
-            &home,
-            &mut provider,
-            &mut recovery,
-            Network::Regtest,
-            key_out,
-            &CreateOptions::default(),
-            observe,
-        )
+        self.client_in(dir, |home, provider, recovery| {
+            cosigner_client::wallet::create_observed(
+                home,
+                provider,
+                recovery,
+                Network::Regtest,
+                key_out,
+                &CreateOptions::default(),
+                observe,
+            )
+        })
     }
 
     /// The client's `recover` of `w` into the home `new_home` under `w`'s recovery credential,
@@ -107,18 +107,31 @@ impl Cosigners {
         w: &TestWallet,
         observe: &mut dyn FnMut(RecoverStep),
     ) -> ClientResult<WalletFile> {
-        let home = Home::open(new_home)?;
         let recovery_key = read_p256_key(&w.recovery_key)?;
+        let id = WalletId::from_hex(&w.id)?;
+        self.client_in(new_home, |home, provider, recovery| {
+            cosigner_client::wallet::recover_observed(
+                home,
+                provider,
+                recovery,
+                id,
+                &recovery_key,
+                Network::Regtest,
+                observe,
+            )
+        })
+    }
+
+    /// Runs `client` on the home `dir` over fresh sessions to the provider and the recovery
+    /// cosigner, in that order; the sessions close when it returns or panics (the client dies).
+    fn client_in<T>(
+        &self,
+        dir: &Path,
+        client: impl FnOnce(&Home, &mut Session, &mut Session) -> ClientResult<T>,
+    ) -> ClientResult<T> {
+        let home = Home::open(dir)?;
         let (mut provider, mut recovery) = (self.provider(), self.recovery());
-        cosigner_client::wallet::recover_observed(
-            &home,
-            &mut provider,
-            &mut recovery,
-            WalletId::from_hex(&w.id)?,
-            &recovery_key,
-            Network::Regtest,
-            observe,
-        )
+        client(&home, &mut provider, &mut recovery)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cosigner_kms::{KeyProtection, Pin, Token};
+use cosigner_kms::{KeyProtection, KmsError, Pin, Token};
 use cryptoki::object::{
     Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle,
 };
@@ -33,6 +33,56 @@ pub fn softhsm_for_this_process() -> (SoftHsm, PathBuf) {
 pub fn init_token(module: &Path, label: &str) -> Token {
     Token::init(module, label, &Pin::new(SO_PIN), &Pin::new(USER_PIN))
         .unwrap_or_else(|e| panic!("initializing token {label}: {e}"))
+}
+
+/// [`softhsm_for_this_process`] with the token `label` initialized on it ([`init_token`]): the
+/// SoftHSM (keep it alive as long as the token), the module path and the logged-in token.
+///
+/// # Panics
+/// As those two do.
+pub fn token_for_this_process(label: &str) -> (SoftHsm, PathBuf, Token) {
+    let (hsm, module) = softhsm_for_this_process();
+    let token = init_token(&module, label);
+    (hsm, module, token)
+}
+
+/// Asserts that `err` is cosigner-kms's label error `variant` (`TokenNotFound`, `TokenExists`,
+/// `KeyNotFound` or `KeyExists`) naming `label`.
+///
+/// # Panics
+/// If it is another error, or names another label.
+pub fn assert_label_error(err: &KmsError, variant: &str, label: &str) {
+    let named = match err {
+        KmsError::TokenNotFound { label } => Some(("TokenNotFound", label)),
+        KmsError::TokenExists { label } => Some(("TokenExists", label)),
+        KmsError::KeyNotFound { label } => Some(("KeyNotFound", label)),
+        KmsError::KeyExists { label } => Some(("KeyExists", label)),
+        _ => None,
+    };
+    assert_eq!(
+        named.map(|(v, l)| (v, l.as_str())),
+        Some((variant, label)),
+        "{err:?}"
+    );
+}
+
+/// The attributes of a private key object made behind cosigner-kms's back (as an operator's tool
+/// might) with the given `CKA_SENSITIVE` and `CKA_EXTRACTABLE`: a private token object labelled
+/// `label` with the `CKA_ID` `id`. The caller adds what its key type needs.
+pub fn planted_key_template(
+    label: &str,
+    id: &[u8],
+    sensitive: bool,
+    extractable: bool,
+) -> Vec<Attribute> {
+    vec![
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(sensitive),
+        Attribute::Extractable(extractable),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
+    ]
 }
 
 /// A raw session on `token`'s slot, read-write or read-only.
@@ -134,13 +184,16 @@ pub fn assert_value_unreadable(
     attrs
 }
 
-/// Asserts that `key`'s protection cannot be loosened after the fact (each of `loosen` is
-/// refused) and that the key cannot be copied into a session object.
+/// Asserts that `key`'s protection cannot be loosened after the fact and that the key cannot be
+/// copied into a session object. Every key is tried with `CKA_EXTRACTABLE` true and
+/// `CKA_SENSITIVE` false (PKCS#11 lets the first only go true -> false and the second only
+/// false -> true), then with each of `also` (what its key type could otherwise be given).
 ///
 /// # Panics
 /// If any of it is accepted.
-pub fn assert_cannot_loosen(session: &Session, key: ObjectHandle, loosen: &[Attribute]) {
-    for attribute in loosen {
+pub fn assert_cannot_loosen(session: &Session, key: ObjectHandle, also: &[Attribute]) {
+    let loosen = [Attribute::Extractable(true), Attribute::Sensitive(false)];
+    for attribute in loosen.iter().chain(also) {
         assert!(
             session
                 .update_attributes(key, std::slice::from_ref(attribute))

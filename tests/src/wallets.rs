@@ -36,6 +36,19 @@ pub fn create(d: &Deployment, name: &str) -> TestWallet {
     create_with(d, name, &[])
 }
 
+/// A started [`Deployment`] with Alice's wallet in it ([`create`] in the home `alice`).
+///
+/// # Panics
+/// If the deployment does not start or the wallet cannot be created.
+pub fn deployment_with_alice() -> (Deployment, TestWallet) {
+    let d = match Deployment::start() {
+        Ok(d) => d,
+        Err(e) => panic!("starting the deployment: {e:#}"),
+    };
+    let w = create(&d, "alice");
+    (d, w)
+}
+
 /// [`create`] with `extra` arguments to `wallet create` (`--policy FILE`, say).
 ///
 /// # Panics
@@ -43,17 +56,9 @@ pub fn create(d: &Deployment, name: &str) -> TestWallet {
 pub fn create_with(d: &Deployment, name: &str, extra: &[&str]) -> TestWallet {
     let home = d.home(name);
     let recovery_key = d.dir.path().join(format!("{name}-recovery.key"));
-    let mut args = vec![
-        "--home",
-        p(&home),
-        "wallet",
-        "create",
-        "--recovery-key-out",
-        p(&recovery_key),
-        "--json",
-    ];
+    let mut args = vec!["--recovery-key-out", p(&recovery_key)];
     args.extend(extra);
-    let out = d.cosigner(&args);
+    let out = create_in(d, &home, &args);
     let w: Value = serde_json::from_str(out.ok()).unwrap_or_default();
     let field = |name: &str| {
         w.get(name)
@@ -67,6 +72,14 @@ pub fn create_with(d: &Deployment, name: &str, extra: &[&str]) -> TestWallet {
         home,
         recovery_key,
     }
+}
+
+/// `cosigner --home HOME wallet create --json` with `extra` arguments, as it came out (it may be
+/// refused).
+pub fn create_in(d: &Deployment, home: &Path, extra: &[&str]) -> Outcome {
+    let mut args = vec!["--home", p(home), "wallet", "create", "--json"];
+    args.extend(extra);
+    d.cosigner(&args)
 }
 
 /// `cosigner sign --message MESSAGE` with the wallet `id` of `home`.

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cosigner_tests::wallets::{create, p, show, sign};
+use cosigner_tests::wallets::{deployment_with_alice, p, show, sign};
 use cosigner_tests::{Deployment, Outcome, run};
 use serde_json::Value;
 
@@ -203,8 +203,7 @@ fn a_clock_gap_is_named_as_such() {
 
 #[test]
 fn a_damaged_share_names_its_file_and_changes_nothing() {
-    let d = Deployment::start().unwrap();
-    let w = create(&d, "alice");
+    let (d, w) = deployment_with_alice();
     let share = w.home.join("wallets").join(format!("{}.share", w.id));
     let good = std::fs::read(&share).unwrap();
     let sign = || sign(&d, &w.home, &w.id);

@@ -19,19 +19,31 @@ use cosigner_tests::bitcoin_tx::{self, Pay, Spend};
 use cosigner_tests::members::{BTC, Dao, approve_args, args, json, p, sign_args, wait_for};
 use serde_json::Value;
 
-const POLICY: &str = r#"
-[[rule]]
-name = "small"
-below = 1_000_000_000        # value leaving the wallet < 10 BTC
-approvals = 3
-[[rule]]
-name = "large"
-below = 10_000_000_000       # < 100 BTC
-approvals = 4
-[[rule]]
-name = "major"
-approvals = 5
-"#;
+/// A policy's TOML: with `admin`, an `[admin]` quorum of that many approvals; then one `[[rule]]`
+/// per (name, the value leaving the wallet it applies below if any, in satoshis, approvals).
+fn policy(admin: Option<u32>, rules: &[(&str, Option<u64>, u32)]) -> String {
+    let mut toml = admin.map_or(String::new(), |n| format!("[admin]\napprovals = {n}\n\n"));
+    for (name, below, approvals) in rules {
+        toml.push_str(&format!("[[rule]]\nname = \"{name}\"\n"));
+        if let Some(below) = below {
+            toml.push_str(&format!("below = {below}\n"));
+        }
+        toml.push_str(&format!("approvals = {approvals}\n"));
+    }
+    toml
+}
+
+/// Three tiers: below 10 BTC three approvals, below 100 BTC four, above that all five.
+fn tiers() -> String {
+    policy(
+        None,
+        &[
+            ("small", Some(10 * BTC), 3),
+            ("large", Some(100 * BTC), 4),
+            ("major", None, 5),
+        ],
+    )
+}
 
 /// Starts a deployment and creates the five-member wallet; members join one after another, at
 /// different times.
@@ -66,30 +78,34 @@ fn approve(
         .collect()
 }
 
-/// The requester (member 0) asks to sign `spend`; members `approvers` approve. Returns the
-/// requester's outcome and the approvers'.
-fn sign(
+/// The requester's outcome (member 0's) and the approvers'.
+type Outcomes = (Outcome, Vec<Outcome>);
+
+/// Member 0 runs `args`, which write its request to `request`; once it is there, members
+/// `approvers` approve it, giving up after `timeout` seconds.
+fn requested(
     dao: &Dao,
-    tag: &str,
-    spend: &Spend,
+    request: &Path,
+    args: Vec<String>,
     approvers: &[usize],
     timeout: u64,
-) -> (Outcome, Vec<Outcome>) {
-    let psbt = dao.file(&format!("{tag}.psbt"));
-    std::fs::write(&psbt, &spend.psbt_base64).unwrap();
-    let request = dao.file(&format!("{tag}.request"));
-    let requester = dao.spawn(sign_args(
-        &dao.homes[0],
-        &dao.wallet,
-        &psbt,
-        &request,
-        &timeout.to_string(),
-    ));
-    wait_for(&request);
-    let approvals = approve(dao, &request, approvers, timeout);
+) -> Outcomes {
+    let requester = dao.spawn(args);
+    wait_for(request);
+    let approvals = approve(dao, request, approvers, timeout);
     let requester = requester.join().unwrap();
     let approvals = approvals.into_iter().map(|h| h.join().unwrap()).collect();
     (requester, approvals)
+}
+
+/// Member 0 asks to sign `spend`; members `approvers` approve.
+fn sign(dao: &Dao, tag: &str, spend: &Spend, approvers: &[usize], timeout: u64) -> Outcomes {
+    let psbt = dao.file(&format!("{tag}.psbt"));
+    std::fs::write(&psbt, &spend.psbt_base64).unwrap();
+    let request = dao.file(&format!("{tag}.request"));
+    let seconds = timeout.to_string();
+    let args = sign_args(&dao.homes[0], &dao.wallet, &psbt, &request, &seconds);
+    requested(dao, &request, args, approvers, timeout)
 }
 
 fn signed(dao: &Dao, outcome: &Outcome, approvals: &[Outcome], spend: &Spend) -> String {
@@ -121,57 +137,32 @@ fn timed_out(outcome: &Outcome, rule: &str, needs: u16) {
 
 #[test]
 fn dao_tiers_three_four_five_with_consensus_valid_transactions() {
-    let dao = create_dao(POLICY);
-    let foreign = bitcoin_tx::foreign_address();
+    let dao = create_dao(&tiers());
 
-    // 9 BTC leave (+ fee): under 10, the requester and two approvers sign.
-    let small = bitcoin_tx::build(
-        &dao.group_key,
-        &[6 * BTC, 5 * BTC],
-        &[
-            (Pay::To(foreign.clone()), 9 * BTC),
-            (Pay::Change, 2 * BTC - 10_000),
-        ],
-    )
-    .unwrap();
-    let (r, a) = sign(&dao, "small", &small, &[1, 2], 60);
-    signed(&dao, &r, &a, &small);
-
-    // Exactly 10 BTC leave: the "large" rule; three approvals are not enough...
-    let ten = bitcoin_tx::build(
-        &dao.group_key,
-        &[10 * BTC + 50_000],
-        &[
-            (Pay::To(foreign.clone()), 10 * BTC - 10_000),
-            (Pay::Change, 50_000),
-        ],
-    )
-    .unwrap();
-    let (r, _) = sign(&dao, "ten-3", &ten, &[1, 2], 6);
-    timed_out(&r, "large", 4);
-    // ...four are.
-    let (r, a) = sign(&dao, "ten-4", &ten, &[1, 2, 3], 60);
-    signed(&dao, &r, &a, &ten);
-
-    // 150 BTC: major, all five.
-    let major = bitcoin_tx::build(
-        &dao.group_key,
-        &[100 * BTC, 60 * BTC],
-        &[
-            (Pay::To(foreign.clone()), 150 * BTC),
-            (Pay::Change, 10 * BTC - 20_000),
-        ],
-    )
-    .unwrap();
-    let (r, _) = sign(&dao, "major-4", &major, &[1, 2, 3], 6);
-    timed_out(&r, "major", 5);
-    let (r, a) = sign(&dao, "major-5", &major, &[1, 2, 3, 4], 60);
-    signed(&dao, &r, &a, &major);
+    let payment = |inputs: &[u64], amount: u64, change: u64| {
+        bitcoin_tx::payment(&dao.group_key, inputs, amount, change).unwrap()
+    };
+    // 9 BTC leave (+ fee): under 10, "small".
+    let small = payment(&[6 * BTC, 5 * BTC], 9 * BTC, 2 * BTC - 10_000);
+    // Exactly 10 BTC leave: "large".
+    let ten = payment(&[10 * BTC + 50_000], 10 * BTC - 10_000, 50_000);
+    // 150 BTC: "major".
+    let major = payment(&[100 * BTC, 60 * BTC], 150 * BTC, 10 * BTC - 20_000);
+    // Each signs with its rule's approvals (the requester's included) and, one approval short,
+    // times out naming its rule.
+    for (rule, spend, needs) in [("small", small, 3), ("large", ten, 4), ("major", major, 5)] {
+        let approvers: Vec<usize> = (1..usize::from(needs)).collect();
+        let short = &approvers[..approvers.len() - 1];
+        let (r, _) = sign(&dao, &format!("{rule}-short"), &spend, short, 6);
+        timed_out(&r, rule, needs);
+        let (r, a) = sign(&dao, rule, &spend, &approvers, 60);
+        signed(&dao, &r, &a, &spend);
+    }
 }
 
 #[test]
 fn a_foreign_output_disguised_as_change_counts_as_leaving() {
-    let dao = create_dao(POLICY);
+    let dao = create_dao(&tiers());
     // 1 BTC to someone, and 9.5 BTC to another foreign script labelled (BIP-371) with the
     // wallet's own key as if it were change: 10.5 BTC really leave, so "large" (4) applies.
     let spend = bitcoin_tx::build(
@@ -194,31 +185,15 @@ fn a_foreign_output_disguised_as_change_counts_as_leaving() {
     );
 }
 
-const GUARDED: &str = r#"
-[admin]
-approvals = 4
+/// Two tiers (three approvals below 10 BTC, all five above) under an admin quorum of four.
+fn guarded() -> String {
+    policy(Some(4), &[("small", Some(10 * BTC), 3), ("major", None, 5)])
+}
 
-[[rule]]
-name = "small"
-below = 1_000_000_000
-approvals = 3
-[[rule]]
-name = "major"
-approvals = 5
-"#;
-
-const STRICTER: &str = r#"
-[admin]
-approvals = 4
-
-[[rule]]
-name = "petty"
-below = 100_000_000           # < 1 BTC
-approvals = 3
-[[rule]]
-name = "major"
-approvals = 5
-"#;
+/// [`guarded`] made stricter: three approvals only below 1 BTC.
+fn stricter() -> String {
+    policy(Some(4), &[("petty", Some(BTC), 3), ("major", None, 5)])
+}
 
 /// `dao SUBCOMMAND --wallet ID …` by Alice (member 0), writing its request to `request`.
 fn admin_args(dao: &Dao, subcommand: &[&str], request: &Path, timeout: &str) -> Vec<String> {
@@ -236,46 +211,22 @@ fn admin_args(dao: &Dao, subcommand: &[&str], request: &Path, timeout: &str) -> 
     a
 }
 
-fn propose(
-    dao: &Dao,
-    tag: &str,
-    policy: &str,
-    approvers: &[usize],
-    timeout: u64,
-) -> (Outcome, Vec<Outcome>) {
+/// Member 0 proposes `policy`; members `approvers` approve.
+fn propose(dao: &Dao, tag: &str, policy: &str, approvers: &[usize], timeout: u64) -> Outcomes {
     let file = dao.file(&format!("{tag}.toml"));
     std::fs::write(&file, policy).unwrap();
     let request = dao.file(&format!("{tag}.request"));
-    let proposer = dao.spawn(admin_args(
-        dao,
-        &["policy", "--policy", &p(&file)],
-        &request,
-        &timeout.to_string(),
-    ));
-    wait_for(&request);
-    let approvals = approve(dao, &request, approvers, timeout);
-    let proposer = proposer.join().unwrap();
-    (
-        proposer,
-        approvals.into_iter().map(|h| h.join().unwrap()).collect(),
-    )
+    let seconds = timeout.to_string();
+    let args = admin_args(dao, &["policy", "--policy", &p(&file)], &request, &seconds);
+    requested(dao, &request, args, approvers, timeout)
 }
 
 #[test]
 fn a_policy_change_needs_the_admin_quorum_then_binds_every_spend() {
-    let dao = create_dao(GUARDED);
-    let foreign = bitcoin_tx::foreign_address();
-    let two = bitcoin_tx::build(
-        &dao.group_key,
-        &[3 * BTC],
-        &[
-            (Pay::To(foreign.clone()), 2 * BTC),
-            (Pay::Change, BTC - 10_000),
-        ],
-    )
-    .unwrap();
+    let dao = create_dao(&guarded());
+    let two = bitcoin_tx::payment(&dao.group_key, &[3 * BTC], 2 * BTC, BTC - 10_000).unwrap();
     // Three of the four admin approvals: not in force.
-    let (r, _) = propose(&dao, "stricter-3", STRICTER, &[1, 2], 6);
+    let (r, _) = propose(&dao, "stricter-3", &stricter(), &[1, 2], 6);
     assert_eq!(r.code, Some(1), "{r:?}");
     assert!(
         r.stderr.contains("admin quorum (4 approvals)"),
@@ -286,7 +237,7 @@ fn a_policy_change_needs_the_admin_quorum_then_binds_every_spend() {
     let (r, a) = sign(&dao, "two-old", &two, &[1, 2], 60);
     signed(&dao, &r, &a, &two);
     // Four: version 2 in force.
-    let (r, a) = propose(&dao, "stricter-4", STRICTER, &[1, 2, 3], 60);
+    let (r, a) = propose(&dao, "stricter-4", &stricter(), &[1, 2, 3], 60);
     assert_eq!(json(&r)["policy_version"], 2, "{r:?}");
     for o in &a {
         assert_eq!(json(o)["approved"], Value::Bool(true));
@@ -298,7 +249,7 @@ fn a_policy_change_needs_the_admin_quorum_then_binds_every_spend() {
     let (r, _) = propose(
         &dao,
         "too-loose",
-        "[[rule]]\nname = \"any\"\napprovals = 2\n",
+        &policy(None, &[("any", None, 2)]),
         &[],
         30,
     );
@@ -317,14 +268,8 @@ fn an_approval_for_one_request_is_refused_in_another() {
     use cosigner_protocol::wire::{Request, Response};
     use serde_bytes::ByteBuf;
 
-    let dao = create_dao(POLICY);
-    let foreign = bitcoin_tx::foreign_address();
-    let spend = bitcoin_tx::build(
-        &dao.group_key,
-        &[2 * BTC],
-        &[(Pay::To(foreign), BTC), (Pay::Change, BTC - 10_000)],
-    )
-    .unwrap();
+    let dao = create_dao(&tiers());
+    let spend = bitcoin_tx::payment(&dao.group_key, &[2 * BTC], BTC, BTC - 10_000).unwrap();
     let (r, a) = sign(&dao, "first", &spend, &[1, 2], 60);
     signed(&dao, &r, &a, &spend);
     let first = open_request(&read_envelope(&dao.file("first.request")).unwrap()).unwrap();
@@ -432,7 +377,7 @@ fn address_of(dao: &Dao, member: usize) -> String {
 
 #[test]
 fn a_refresh_by_every_member_keeps_the_address_and_retires_the_old_shares() {
-    let dao = create_dao(POLICY);
+    let dao = create_dao(&tiers());
     let address = address_of(&dao, 0);
     // Bob's epoch-0 share, copied aside.
     let bob_share = wallet_file(&dao, 1, "share");
@@ -459,16 +404,7 @@ fn a_refresh_by_every_member_keeps_the_address_and_retires_the_old_shares() {
     assert_ne!(std::fs::read(&bob_share).unwrap(), old_share);
 
     // Epoch 1 signs: the requester, Bob and Carol with the provider.
-    let foreign = bitcoin_tx::foreign_address();
-    let spend = bitcoin_tx::build(
-        &dao.group_key,
-        &[3 * BTC],
-        &[
-            (Pay::To(foreign.clone()), 2 * BTC),
-            (Pay::Change, BTC - 10_000),
-        ],
-    )
-    .unwrap();
+    let spend = bitcoin_tx::payment(&dao.group_key, &[3 * BTC], 2 * BTC, BTC - 10_000).unwrap();
     let (r, a) = sign(&dao, "after-refresh", &spend, &[1, 2], 60);
     signed(&dao, &r, &a, &spend);
 

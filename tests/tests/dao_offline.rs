@@ -14,6 +14,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use cosigner_tests::Outcome;
 use cosigner_tests::bitcoin_tx::Spend;
 use cosigner_tests::members::{
     BTC, Dao, Member, Watch, all_signed, approval_by, args, cosigner, create_args, join_args, json,
@@ -35,6 +36,20 @@ approvals = 2
 name = "large"
 approvals = 3
 "#;
+
+/// A member's clean give-up: exit code 1, and the last stderr line says it timed out waiting for
+/// `who` (named once, not "waiting for waiting for").
+fn assert_timed_out_waiting_for(out: &Outcome, who: &str) {
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("timed out"), "{}", out.stderr);
+    assert!(
+        last.contains(&format!("waiting for {who}")),
+        "who is missing: {}",
+        out.stderr
+    );
+    assert!(!last.contains("waiting for waiting for"), "{last}");
+}
 
 fn create() -> Dao {
     Dao::create(3, POLICY, TIMEOUT, Duration::ZERO)
@@ -73,15 +88,7 @@ fn an_approver_whose_approve_timed_out_approves_again_and_the_request_goes_on() 
     let (alice, spend, request, _watch) = requested(&dao, "large", 2 * BTC);
     // Bob approves, waits for Carol, and gives up: progress lines said who is missing.
     let bob = dao.approve("bob-1", 1, &request, "3", &["--yes"]).finish();
-    assert_eq!(bob.code, Some(1), "{bob:?}");
-    let last = bob.stderr.lines().last().unwrap_or_default();
-    assert!(last.contains("timed out"), "{}", bob.stderr);
-    assert!(
-        last.contains("waiting for carol"),
-        "who is missing: {}",
-        bob.stderr
-    );
-    assert!(!last.contains("waiting for waiting for"), "{last}");
+    assert_timed_out_waiting_for(&bob, "carol");
     assert!(
         bob.stderr.contains("2 of 3 approvals; waiting for carol\n"),
         "a progress line before the timeout: {}",
@@ -126,15 +133,7 @@ fn a_join_rerun_after_a_timeout_takes_a_new_attempt_and_blames_nobody() {
     wait_for(&invitation);
     // Carol joins while Bob does not: she times out waiting for him.
     let carol = cosigner(&d, join_args(&homes[2], &invitation, "3"));
-    assert_eq!(carol.code, Some(1), "{carol:?}");
-    let last = carol.stderr.lines().last().unwrap_or_default();
-    assert!(last.contains("timed out"), "{}", carol.stderr);
-    assert!(
-        last.contains("waiting for bob"),
-        "who is missing: {}",
-        carol.stderr
-    );
-    assert!(!last.contains("waiting for waiting for"), "{last}");
+    assert_timed_out_waiting_for(&carol, "bob");
     assert!(
         carol
             .stderr

@@ -208,16 +208,53 @@ fn provider_commitments(
         .collect()
 }
 
+/// `member`'s commitments for signing round `round`.
+fn commitments_of(
+    dao: &Dao,
+    member: usize,
+    round: u32,
+) -> impl Fn(&[u8], &DaoMessage) -> bool + '_ {
+    let is = dao.is(member);
+    move |s: &[u8], m: &DaoMessage| {
+        is(s) && matches!(m, DaoMessage::Commitments { round: r, .. } if *r == round)
+    }
+}
+
+/// A payment in flight: Alice requested it and is stopped (SIGSTOP) once her approval is in its
+/// topic (she cannot commit before Bob approves); Bob approved and his round-0 commitments are in.
+struct Stopped {
+    spend: Spend,
+    psbt: PathBuf,
+    request: PathBuf,
+    alice: Member,
+    bob: Member,
+    watch: Watch,
+}
+
+/// Brings a payment of `amount` to [`Stopped`]; `n` tells its processes apart.
+fn stopped_after_bobs_commitments(dao: &Dao, n: u8, amount: u64) -> Stopped {
+    let (spend, psbt, request) = dao.payment(&format!("payment-{n}"), amount);
+    let alice = sign(dao, &format!("alice-{n}"), &psbt, &request);
+    wait_for(&request);
+    let mut watch = dao.watch(&request);
+    watch.wait("Alice's approval", 1, &approval_by(&dao.keys[0]));
+    alice.signal("-STOP");
+    let bob = approve(dao, &format!("bob-{n}"), &request, true);
+    watch.wait("Bob's commitments", 1, &commitments_of(dao, 1, 0));
+    Stopped {
+        spend,
+        psbt,
+        request,
+        alice,
+        bob,
+        watch,
+    }
+}
+
 #[test]
 fn members_killed_while_signing_run_again_and_each_spend_counts_once() {
     let dao = create();
     let provider_party = dao.invitation.layout().unwrap().provider_parties[0];
-    let commitments_of = |member: usize, round: u32| {
-        let is = dao.is(member);
-        move |s: &[u8], m: &DaoMessage| {
-            is(s) && matches!(m, DaoMessage::Commitments { round: r, .. } if *r == round)
-        }
-    };
 
     // 1. Before the signing packages. Alice requests 1 BTC and is stopped once her approval is
     // in (she cannot commit before Bob approves). Bob approves, commits, and is killed: no
@@ -225,17 +262,17 @@ fn members_killed_while_signing_run_again_and_each_spend_counts_once() {
     // (without --yes: his approval is in the topic, he is not asked again) and commits anew;
     // the provider replaces his commitments. Alice, killed too, runs `sign` again: the same
     // request goes on.
-    let (first, psbt, request) = dao.payment("first", BTC);
-    let alice = sign(&dao, "alice-1", &psbt, &request);
-    wait_for(&request);
-    let mut watch = dao.watch(&request);
-    watch.wait("Alice's approval", 1, &approval_by(&dao.keys[0]));
-    alice.signal("-STOP");
-    let bob = approve(&dao, "bob-1", &request, true);
-    watch.wait("Bob's commitments", 1, &commitments_of(1, 0));
+    let Stopped {
+        spend: first,
+        psbt,
+        request,
+        alice,
+        bob,
+        mut watch,
+    } = stopped_after_bobs_commitments(&dao, 1, BTC);
     assert_eq!(bob.kill().code, None);
     let bob = approve(&dao, "bob-1-again", &request, false);
-    watch.wait("Bob's new commitments", 2, &commitments_of(1, 0));
+    watch.wait("Bob's new commitments", 2, &commitments_of(&dao, 1, 0));
     assert_eq!(alice.kill().code, None);
     let alice = sign(&dao, "alice-1-again", &psbt, &request);
     let (alice, bob) = (alice.finish(), bob.finish());
@@ -255,14 +292,14 @@ fn members_killed_while_signing_run_again_and_each_spend_counts_once() {
     // commitments and Alice signs. Bob is killed before he signs: his nonces are gone, so the
     // round cannot finish. Bob runs `approve` again; the provider starts round 1 with fresh
     // nonces and both sign again.
-    let (second, psbt2, request2) = dao.payment("second", BTC / 2);
-    let alice = sign(&dao, "alice-2", &psbt2, &request2);
-    wait_for(&request2);
-    let mut watch2 = dao.watch(&request2);
-    watch2.wait("Alice's approval", 1, &approval_by(&dao.keys[0]));
-    alice.signal("-STOP");
-    let bob = approve(&dao, "bob-2", &request2, true);
-    watch2.wait("Bob's commitments", 1, &commitments_of(1, 0));
+    let Stopped {
+        spend: second,
+        request: request2,
+        alice,
+        bob,
+        watch: mut watch2,
+        ..
+    } = stopped_after_bobs_commitments(&dao, 2, BTC / 2);
     bob.signal("-STOP");
     alice.signal("-CONT");
     let alice_shares = {

@@ -71,10 +71,7 @@ fn issue(operator: &Path, device_hex: &str, days: &str, extra: &[&str]) -> Outco
 }
 
 fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("cosigner-enrollment-")
-        .tempdir()
-        .unwrap()
+    tempfile::TempDir::with_prefix("cosigner-enrollment-").unwrap()
 }
 
 /// `keygen --json` into `dir/name`; returns the key file and the printed public key (hex).
@@ -322,18 +319,10 @@ impl Gated {
     }
 
     fn create(&self, home: &Path, token: Option<&Path>) -> Outcome {
-        let mut args = vec![
-            "--home".to_owned(),
-            p(home).to_owned(),
-            "wallet".to_owned(),
-            "create".to_owned(),
-            "--json".to_owned(),
-        ];
-        if let Some(token) = token {
-            args.push("--enrollment-token".to_owned());
-            args.push(p(token).to_owned());
-        }
-        self.deployment.cosigner(args)
+        let token: Vec<&str> = token
+            .map(|t| vec!["--enrollment-token", p(t)])
+            .unwrap_or_default();
+        cosigner_tests::wallets::create_in(&self.deployment, home, &token)
     }
 
     /// Rows in the provider's blob store: a refused DkgStart must leave none behind.

@@ -63,19 +63,11 @@ impl Gated {
             "{}.recovery",
             home.file_name().unwrap().to_str().unwrap()
         ));
-        let mut args = vec![
-            "--home".to_owned(),
-            p(home).to_owned(),
-            "wallet".into(),
-            "create".into(),
-            "--recovery-key-out".into(),
-            p(&out_key).to_owned(),
-            "--json".into(),
-        ];
+        let mut extra = vec!["--recovery-key-out", p(&out_key)];
         if let Some(t) = token {
-            args.extend(["--enrollment-token".into(), p(t).to_owned()]);
+            extra.extend(["--enrollment-token", p(t)]);
         }
-        self.d.cosigner(&args)
+        cosigner_tests::wallets::create_in(&self.d, home, &extra)
     }
 }
 

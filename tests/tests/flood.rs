@@ -92,6 +92,45 @@ fn wait_for<S: Closed>(
     }
 }
 
+/// Opens `n` connections with `connect` to a server that keeps `held` of them: the others must be
+/// closed at once, before the `handshake` timeout could have closed them (a refusal, not a
+/// timeout). Returns the connections and when they were opened.
+fn flood_over_limit<S: Closed>(
+    n: usize,
+    mut connect: impl FnMut() -> S,
+    what: &str,
+    held: usize,
+    handshake: Duration,
+) -> (Vec<S>, Instant) {
+    let connected = Instant::now();
+    let mut conns: Vec<S> = (0..n).map(|_| connect()).collect();
+    let (closed, open) = wait_for(&mut conns, what, |closed, _| closed >= n - held);
+    assert!(
+        connected.elapsed() < handshake,
+        "{what}: too slow to tell refusals from timeouts ({:?}); the machine is overloaded",
+        connected.elapsed()
+    );
+    assert_eq!((closed, open), (n - held, held), "{what}");
+    (conns, connected)
+}
+
+/// Waits until all of `silent` are closed, and checks it was the `handshake` timeout (counted from
+/// `connected`) that closed them, not something before it; returns how long that took.
+fn closed_at_handshake<S: Closed>(
+    silent: &mut [S],
+    what: &str,
+    connected: Instant,
+    handshake: Duration,
+) -> Duration {
+    wait_for(silent, what, |_, open| open == 0);
+    let after = connected.elapsed();
+    assert!(
+        after >= handshake - Duration::from_millis(100),
+        "{what}: closed after {after:?}, before the {handshake:?} handshake timeout"
+    );
+    after
+}
+
 /// The sum of `N` over the lines of `log` that contain `marker` and say `<verb> N connection`.
 fn counted(log: &str, verb: &str, marker: &str) -> u64 {
     log.lines()
@@ -208,19 +247,13 @@ fn silent_connections_are_closed_and_a_flooding_source_recovers() {
     let parent: SocketAddr = ([127, 0, 0, 1], d.provider.port).into();
 
     // From 127.0.0.1 itself: 8 held, the rest closed at once.
-    let connected = Instant::now();
-    let mut flood: Vec<TcpStream> = (0..64)
-        .map(|_| connect_from(Ipv4Addr::LOCALHOST, parent))
-        .collect();
-    let (closed, open) = wait_for(&mut flood, "the flood beyond the quota", |closed, _| {
-        closed >= 56
-    });
-    assert!(
-        connected.elapsed() < handshake,
-        "too slow to tell refusals from timeouts ({:?}); the machine is overloaded",
-        connected.elapsed()
+    let (flood, connected) = flood_over_limit(
+        64,
+        || connect_from(Ipv4Addr::LOCALHOST, parent),
+        "the flood beyond the quota",
+        8,
+        handshake,
     );
-    assert_eq!((closed, open), (56, 8));
 
     // The 8 go at the handshake timeout, not before.
     let mut held: Vec<TcpStream> = Vec::new();
@@ -229,12 +262,7 @@ fn silent_connections_are_closed_and_a_flooding_source_recovers() {
             held.push(s);
         }
     }
-    wait_for(&mut held, "the silent connections", |_, open| open == 0);
-    let after = connected.elapsed();
-    assert!(
-        after >= handshake - Duration::from_millis(100),
-        "closed after {after:?}, before the {handshake:?} handshake timeout"
-    );
+    let after = closed_at_handshake(&mut held, "the silent connections", connected, handshake);
     eprintln!("silent connections closed after {after:?}");
 
     // The source is served again.
@@ -289,28 +317,17 @@ fn the_enclave_caps_connections_and_closes_silent_and_idle_ones() {
     .unwrap();
     let socket = d.provider.hsm.dir().join("enclave.sock");
 
-    let connected = Instant::now();
-    let mut conns: Vec<UnixStream> = (0..10)
-        .map(|_| UnixStream::connect(&socket).unwrap())
-        .collect();
-    let (closed, open) = wait_for(&mut conns, "connections over the cap", |closed, _| {
-        closed >= 6
-    });
-    assert!(
-        connected.elapsed() < handshake,
-        "too slow to tell the cap from the timeout ({:?})",
-        connected.elapsed()
+    // The enclave serves at most its cap.
+    let (mut conns, connected) = flood_over_limit(
+        10,
+        || UnixStream::connect(&socket).unwrap(),
+        "connections over the cap",
+        4,
+        handshake,
     );
-    assert_eq!((closed, open), (6, 4), "the enclave serves at most its cap");
     // The first four are the ones held (accepted in order).
     assert!(conns[..4].iter_mut().all(|c| !c.closed()));
-
-    wait_for(&mut conns, "silent connections", |_, open| open == 0);
-    let after = connected.elapsed();
-    assert!(
-        after >= handshake - Duration::from_millis(100),
-        "closed after {after:?}, before the {handshake:?} handshake timeout"
-    );
+    closed_at_handshake(&mut conns, "silent connections", connected, handshake);
 
     // The slots came back: a client gets a session; silent for longer than the idle timeout
     // (the parent's is 120 s), the enclave has ended it.

@@ -947,10 +947,9 @@ fn kms_client_round_trips_against_moto() {
 
 #[test]
 fn kms_sealer_round_trips_against_moto_without_recipient() {
-    let Some(moto) = Moto::start_or_skip() else {
+    let Some((moto, creds)) = Moto::start_with_user_or_skip() else {
         return;
     };
-    let creds = moto.user_credentials().unwrap();
     let client = || {
         client_for(moto.addr, "us-east-1", creds.clone())
             .with_host(&moto.addr.to_string())

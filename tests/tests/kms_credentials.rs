@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use cosigner_parent::aws_credentials::{
     AwsCredentials, AwsCredentialsConfig, CredentialsProvider, imds, rfc3339_to_unix,
+    store_response,
 };
 use cosigner_parent::store::SqliteStore;
 use cosigner_parent::store_server::{handle, handle_with};
@@ -58,10 +59,10 @@ fn imds_config(imds: &FakeImds) -> AwsCredentialsConfig {
 fn the_imds_client_takes_a_token_first_and_shows_it_on_every_read() {
     let imds = FakeImds::start(Behaviour::Normal, &document("2030-01-01T00:00:00Z"));
     let c = imds::fetch(imds.addr, None).unwrap();
-    assert_eq!(c.access_key_id, "ASIAEXAMPLEPARENT");
-    assert_eq!(c.secret_access_key.expose(), SECRET);
-    assert_eq!(c.session_token.as_ref().unwrap().expose(), SESSION);
-    assert_eq!(c.expiration, rfc3339_to_unix("2030-01-01T00:00:00Z"));
+    assert_eq!(c.credentials.access_key_id, "ASIAEXAMPLEPARENT");
+    assert_eq!(c.credentials.secret_access_key, SECRET);
+    assert_eq!(c.credentials.session_token.as_deref(), Some(SESSION));
+    assert_eq!(c.expiration_unix(), rfc3339_to_unix("2030-01-01T00:00:00Z"));
     assert_eq!(
         imds.requests(),
         [
@@ -136,7 +137,7 @@ fn imds_credentials_are_cached_until_they_near_expiry() {
     // The service fails later: the cached credentials are served while they last.
     drop(expiring);
     assert_eq!(
-        provider.credentials().unwrap().access_key_id,
+        provider.credentials().unwrap().credentials.access_key_id,
         "ASIAEXAMPLEPARENT"
     );
 }
@@ -177,7 +178,10 @@ fn the_store_channel_serves_the_configured_credentials_and_nothing_without_them(
         document("2031-01-01T00:00:00Z").replace("ASIAEXAMPLEPARENT", "ASIAROTATED"),
     )
     .unwrap();
-    assert_eq!(provider.credentials().unwrap().access_key_id, "ASIAROTATED");
+    assert_eq!(
+        provider.credentials().unwrap().credentials.access_key_id,
+        "ASIAROTATED"
+    );
 
     // A broken file: an error answer, and the secret is not in it.
     std::fs::write(&file, format!("{{\"SecretAccessKey\":\"{SECRET}\"}}")).unwrap();
@@ -206,7 +210,7 @@ fn the_store_channel_serves_the_configured_credentials_and_nothing_without_them(
     })
     .unwrap();
     assert!(matches!(
-        c.to_response(),
+        store_response(&c),
         StoreResponse::AwsCredentials {
             expiration: None,
             session_token: None,
@@ -240,13 +244,10 @@ fn the_parent_configuration_takes_an_aws_credentials_table() {
         );
     }
     // A relative file is taken from the configuration's directory.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("parent.toml");
-    std::fs::write(
-        &path,
+    let (dir, path) = cosigner_tests::file_in_tempdir(
+        "parent.toml",
         format!("{base}[aws_credentials]\nsource = \"file\"\npath = \"aws.json\"\n"),
-    )
-    .unwrap();
+    );
     let c = cosigner_parent::Config::load(&path).unwrap();
     assert_eq!(
         c.aws_credentials,
@@ -289,10 +290,9 @@ fn stored(database: &Path, prefix: &str) -> Vec<Vec<u8>> {
 
 #[test]
 fn the_enclave_seals_under_kms_with_role_credentials_served_by_the_parent() {
-    let Some(moto) = Moto::start_or_skip() else {
+    let Some((moto, user)) = Moto::start_with_user_or_skip() else {
         return;
     };
-    let user = moto.user_credentials().unwrap();
     let role = moto.role_credentials(&user).unwrap();
     assert!(role.credentials.session_token.is_some());
     let arn = moto.create_key(&role.credentials).unwrap();
@@ -368,10 +368,9 @@ fn the_enclave_seals_under_kms_with_role_credentials_served_by_the_parent() {
 
 #[test]
 fn an_enclave_whose_parent_serves_no_credentials_says_so_and_stops() {
-    let Some(moto) = Moto::start_or_skip() else {
+    let Some((moto, user)) = Moto::start_with_user_or_skip() else {
         return;
     };
-    let user = moto.user_credentials().unwrap();
     let arn = moto.create_key(&user).unwrap();
     let e = Deployment::start_configured(&kms_sealer(&moto, &arn), "")
         .expect_err("the provider cannot start without credentials");
@@ -384,26 +383,20 @@ fn an_enclave_whose_parent_serves_no_credentials_says_so_and_stops() {
 
 /// RFC 3339 formatting for the test's own documents.
 mod time {
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::SystemTime;
 
+    /// SigV4's `YYYYMMDDTHHMMSSZ` (the KMS client's own UTC calendar) re-punctuated as
+    /// `YYYY-MM-DDTHH:MM:SSZ`.
     pub fn rfc3339(t: SystemTime) -> String {
-        let secs = t.duration_since(UNIX_EPOCH).unwrap().as_secs();
-        let (days, rem) = (secs / 86_400, secs % 86_400);
-        // Civil from days (H. Hinnant).
-        let z = i64::try_from(days).unwrap() + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
+        let d = cosigner_kms::aws::sigv4::amz_date(t).unwrap();
         format!(
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
+            "{}-{}-{}T{}:{}:{}Z",
+            &d[0..4],
+            &d[4..6],
+            &d[6..8],
+            &d[9..11],
+            &d[11..13],
+            &d[13..15]
         )
     }
 }

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 use cosigner_kms::{KmsError, P384SigningKey, Pin, Token};
 use cosigner_tests::pkcs11::{
-    SO_PIN, USER_PIN, assert_cannot_loosen, assert_generated_on_token, assert_value_unreadable,
-    destroy_objects, find_key, raw_session, softhsm_for_this_process as softhsm,
+    SO_PIN, USER_PIN, assert_cannot_loosen, assert_generated_on_token, assert_label_error,
+    assert_value_unreadable, destroy_objects, find_key, planted_key_template, raw_session,
+    softhsm_for_this_process as softhsm, token_for_this_process,
 };
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 use p384::ecdsa::signature::Verifier;
@@ -18,6 +19,8 @@ use sha2::{Digest, Sha384};
 
 const LABEL: &str = "cosigner-test";
 const KEY: &str = "attestation-p384";
+/// A token or key label nothing has.
+const MISSING: &str = "no-such-label";
 
 fn init_token(module: &std::path::Path) -> Token {
     cosigner_tests::pkcs11::init_token(module, LABEL)
@@ -31,8 +34,7 @@ fn verify(key: &P384SigningKey, msg: &[u8], sig: &[u8; 96]) {
 
 #[test]
 fn init_then_open_again_while_logged_in_succeeds() {
-    let (_hsm, module) = softhsm();
-    let first = init_token(&module);
+    let (_hsm, module, first) = token_for_this_process(LABEL);
     assert_eq!(first.label(), LABEL);
     // The token is logged in through `first`: the second C_Login answers
     // CKR_USER_ALREADY_LOGGED_IN, which is success.
@@ -53,24 +55,16 @@ fn wrong_pin_is_bad_pin() {
 
 #[test]
 fn unknown_token_label_is_token_not_found() {
-    let (_hsm, module) = softhsm();
-    let _token = init_token(&module);
-    let err = Token::open(&module, "no-such-token", &Pin::new(USER_PIN)).unwrap_err();
-    assert!(
-        matches!(&err, KmsError::TokenNotFound { label } if label == "no-such-token"),
-        "{err:?}"
-    );
+    let (_hsm, module, _token) = token_for_this_process(LABEL);
+    let err = Token::open(&module, MISSING, &Pin::new(USER_PIN)).unwrap_err();
+    assert_label_error(&err, "TokenNotFound", MISSING);
 }
 
 #[test]
 fn init_twice_with_the_same_label_is_token_exists() {
-    let (_hsm, module) = softhsm();
-    let token = init_token(&module);
+    let (_hsm, module, token) = token_for_this_process(LABEL);
     let err = Token::init(&module, LABEL, &Pin::new(SO_PIN), &Pin::new(USER_PIN)).unwrap_err();
-    assert!(
-        matches!(&err, KmsError::TokenExists { label } if label == LABEL),
-        "{err:?}"
-    );
+    assert_label_error(&err, "TokenExists", LABEL);
     // Another label still gets a slot of its own.
     let other = Token::init(&module, "other", &Pin::new(SO_PIN), &Pin::new(USER_PIN)).unwrap();
     assert_ne!(other.slot(), token.slot());
@@ -91,8 +85,7 @@ fn token_labels_that_do_not_survive_padding_are_refused() {
 
 #[test]
 fn p384_signature_verifies_with_the_p384_crate() {
-    let (_hsm, module) = softhsm();
-    let token = init_token(&module);
+    let (_hsm, _, token) = token_for_this_process(LABEL);
     let key = token.generate_p384_signing_key(KEY).unwrap();
     assert_eq!(key.label(), KEY);
     let public = key.public_key_sec1();
@@ -119,14 +112,10 @@ fn p384_signature_verifies_with_the_p384_crate() {
 
 #[test]
 fn duplicate_key_label_is_key_exists() {
-    let (_hsm, module) = softhsm();
-    let token = init_token(&module);
+    let (_hsm, _, token) = token_for_this_process(LABEL);
     let first = token.generate_p384_signing_key(KEY).unwrap();
     let err = token.generate_p384_signing_key(KEY).unwrap_err();
-    assert!(
-        matches!(&err, KmsError::KeyExists { label } if label == KEY),
-        "{err:?}"
-    );
+    assert_label_error(&err, "KeyExists", KEY);
     // The existing key is untouched.
     let again = token.p384_signing_key(KEY).unwrap();
     assert_eq!(again.public_key_sec1(), first.public_key_sec1());
@@ -134,33 +123,28 @@ fn duplicate_key_label_is_key_exists() {
 
 #[test]
 fn unknown_key_label_is_key_not_found() {
-    let (_hsm, module) = softhsm();
-    let token = init_token(&module);
-    let err = token.p384_signing_key("no-such-key").unwrap_err();
-    assert!(
-        matches!(&err, KmsError::KeyNotFound { label } if label == "no-such-key"),
-        "{err:?}"
-    );
+    let (_hsm, _, token) = token_for_this_process(LABEL);
+    let err = token.p384_signing_key(MISSING).unwrap_err();
+    assert_label_error(&err, "KeyNotFound", MISSING);
 }
 
 #[test]
 fn generated_key_is_sensitive_and_never_extractable() {
-    let (_hsm, module) = softhsm();
-    let token = init_token(&module);
+    let (_hsm, _, token) = token_for_this_process(LABEL);
     let key = token.generate_p384_signing_key(KEY).unwrap();
     assert_generated_on_token(key.protection().unwrap());
 }
 
 #[test]
 fn an_existing_signing_key_that_can_leave_the_token_is_refused() {
-    let (_hsm, module) = softhsm();
-    let token = init_token(&module);
+    let (_hsm, module, token) = token_for_this_process(LABEL);
     // A P-384 pair made behind cosigner-kms's back with an extractable, non-sensitive private
     // key, as a careless import would leave it.
     let ctx = cosigner_kms::context(&module).unwrap();
     let session = ctx.open_rw_session(token.slot()).unwrap();
-    let label = KEY.as_bytes().to_vec();
-    let id = vec![0x11; 16];
+    let id = [0x11; 16];
+    let mut private = planted_key_template(KEY, &id, false, true);
+    private.push(Attribute::Sign(true));
     session
         .generate_key_pair(
             &cryptoki::mechanism::Mechanism::EccKeyPairGen,
@@ -168,18 +152,10 @@ fn an_existing_signing_key_that_can_leave_the_token_is_refused() {
                 Attribute::Token(true),
                 Attribute::Verify(true),
                 Attribute::EcParams(cosigner_kms::P384_EC_PARAMS.to_vec()),
-                Attribute::Label(label.clone()),
-                Attribute::Id(id.clone()),
+                Attribute::Label(KEY.as_bytes().to_vec()),
+                Attribute::Id(id.to_vec()),
             ],
-            &[
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(false),
-                Attribute::Extractable(true),
-                Attribute::Sign(true),
-                Attribute::Label(label),
-                Attribute::Id(id),
-            ],
+            &private,
         )
         .unwrap();
     let err = token.p384_signing_key(KEY).unwrap_err();
@@ -199,8 +175,7 @@ fn an_existing_signing_key_that_can_leave_the_token_is_refused() {
 
 #[test]
 fn private_key_value_cannot_be_read_through_pkcs11() {
-    let (_hsm, module) = softhsm();
-    let token = init_token(&module);
+    let (_hsm, module, token) = token_for_this_process(LABEL);
     let _key = token.generate_p384_signing_key(KEY).unwrap();
 
     // Go around cosigner-kms: a raw session on the (logged-in) token, as any code in the process
@@ -212,15 +187,9 @@ fn private_key_value_cannot_be_read_through_pkcs11() {
     // nothing ...
     let attrs = assert_value_unreadable(&session, private, &[AttributeType::Sign], "private key");
     assert!(attrs.contains(&Attribute::Sign(true)));
-    // ... and the key cannot be loosened after the fact: CKA_EXTRACTABLE only goes true -> false,
-    // CKA_SENSITIVE only false -> true, and the key is not modifiable (so no CKA_DERIVE for ECDH)
-    // nor copyable.
-    let loosen = [
-        Attribute::Extractable(true),
-        Attribute::Sensitive(false),
-        Attribute::Derive(true),
-    ];
-    assert_cannot_loosen(&session, private, &loosen);
+    // ... and the key cannot be loosened after the fact: the key is not modifiable (so no
+    // CKA_DERIVE for ECDH) nor copyable.
+    assert_cannot_loosen(&session, private, &[Attribute::Derive(true)]);
 }
 
 #[test]
@@ -261,8 +230,7 @@ fn key_is_found_again_from_a_fresh_open_and_another_thread() {
 
 #[test]
 fn signing_after_the_key_is_destroyed_fails_cleanly() {
-    let (_hsm, module) = softhsm();
-    let token = init_token(&module);
+    let (_hsm, module, token) = token_for_this_process(LABEL);
     let key = token.generate_p384_signing_key(KEY).unwrap();
     key.sign_sha384(b"before").unwrap();
 
@@ -336,8 +304,7 @@ fn pin_debug_is_redacted() {
 
 #[test]
 fn a_second_module_in_the_same_process_is_refused() {
-    let (_hsm, module) = softhsm();
-    let _token = init_token(&module);
+    let (_hsm, module, _token) = token_for_this_process(LABEL);
     let other = PathBuf::from("/usr/lib/other-pkcs11-module.so");
     let err = cosigner_kms::context(&other).unwrap_err();
     assert!(

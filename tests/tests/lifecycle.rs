@@ -10,7 +10,9 @@
 use cosigner_protocol::id::Epoch;
 use cosigner_tests::owner::{Cosigners, Owner};
 use cosigner_tests::pid;
-use cosigner_tests::wallets::{TestWallet, create, p, recover, show, sign, signs};
+use cosigner_tests::wallets::{
+    TestWallet, create, deployment_with_alice, p, recover, show, sign, signs,
+};
 use cosigner_tests::{Deployment, Outcome};
 use serde_json::Value;
 
@@ -20,10 +22,15 @@ fn refresh(d: &Deployment, w: &Wallet) -> Outcome {
     cosigner_tests::wallets::refresh(d, &w.home, &w.id)
 }
 
+/// A full refresh of `w` succeeds, and the wallet signs at its new epoch.
+fn refreshes_then_signs(d: &Deployment, w: &Wallet) {
+    refresh(d, w).ok();
+    signs(d, &w.home, w);
+}
+
 #[test]
 fn refresh_keeps_the_key_and_moves_to_the_next_epoch() {
-    let d = Deployment::start().unwrap();
-    let w = create(&d, "alice");
+    let (d, w) = deployment_with_alice();
     let mode = std::fs::metadata(&w.recovery_key).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
@@ -51,8 +58,7 @@ fn refresh_keeps_the_key_and_moves_to_the_next_epoch() {
 
 #[test]
 fn refresh_with_a_missing_party_is_refused_and_changes_nothing() {
-    let mut d = Deployment::start().unwrap();
-    let w = create(&d, "alice");
+    let (mut d, w) = deployment_with_alice();
     d.recovery.stop();
     refresh(&d, &w).refused();
     let shown: Value = serde_json::from_str(show(&d, &w.home, &w.id).ok()).unwrap();
@@ -72,8 +78,7 @@ fn refresh_interrupted_at_each_step_leaves_a_usable_wallet() {
         RefreshStep::RecoveryCommitted,
         RefreshStep::DeviceCommitted,
     ];
-    let mut d = Deployment::start().unwrap();
-    let w = create(&d, "alice");
+    let (mut d, w) = deployment_with_alice();
     let owner = Owner::of(&d, &w);
     for step in steps {
         let mut provider = owner.cosigners.provider();
@@ -100,14 +105,12 @@ fn refresh_interrupted_at_each_step_leaves_a_usable_wallet() {
         signs(&d, &w.home, &w);
     }
     // And a full refresh afterwards works and signs.
-    refresh(&d, &w).ok();
-    signs(&d, &w.home, &w);
+    refreshes_then_signs(&d, &w);
 }
 
 #[test]
 fn lost_phone_recovery_revokes_the_old_device() {
-    let d = Deployment::start().unwrap();
-    let w = create(&d, "alice");
+    let (d, w) = deployment_with_alice();
     signs(&d, &w.home, &w);
     let new_home = d.home("alice-new-phone");
     let out = recover(&d, &new_home, &w);
@@ -139,8 +142,7 @@ fn another_wallets_recovery_credential_is_refused() {
 
 #[test]
 fn rolling_the_database_back_does_not_revive_the_stolen_phone() {
-    let mut d = Deployment::start().unwrap();
-    let w = create(&d, "alice");
+    let (mut d, w) = deployment_with_alice();
     // The host keeps a copy of its database from before the recovery.
     let before = d.dir.path().join("store-before-recovery");
     d.provider.stop();
@@ -179,8 +181,7 @@ fn a_replayed_signed_request_is_refused() {
             "{e}"
         );
     };
-    let d = Deployment::start().unwrap();
-    let w = create(&d, "alice");
+    let (d, w) = deployment_with_alice();
     let owner = Owner::of(&d, &w);
     let key = owner.home.device_key().unwrap();
     let id = owner.id;
@@ -223,14 +224,12 @@ fn provider_demands_a_refresh_after_n_signatures() {
     signs(&d, &w.home, &w);
     let line = sign(&d, &w.home, &w.id).refused().to_owned();
     assert!(line.contains("refresh required"), "{line}");
-    refresh(&d, &w).ok();
-    signs(&d, &w.home, &w);
+    refreshes_then_signs(&d, &w);
 }
 
 #[test]
 fn audit_log_records_every_use_and_detects_tampering() {
-    let d = Deployment::start().unwrap();
-    let w = create(&d, "alice");
+    let (d, w) = deployment_with_alice();
     signs(&d, &w.home, &w);
     refresh(&d, &w).ok();
     let status: Value = serde_json::from_str(d.cosigner(["status"]).ok()).unwrap();
@@ -283,8 +282,7 @@ fn audit_log_records_every_use_and_detects_tampering() {
 #[test]
 fn only_the_committing_session_may_finalize_a_refresh() {
     use cosigner_protocol::wire::{Request, WalletId};
-    let d = Deployment::start().unwrap();
-    let w = create(&d, "alice");
+    let (d, w) = deployment_with_alice();
     refresh(&d, &w).ok();
     let mut stranger = Cosigners::of(&d).provider();
     let err = stranger

@@ -85,10 +85,39 @@ fn start_parent(dir: &Path, mailbox_port: u16) -> ChildGuard {
     start_parent_with(dir, mailbox_port, "")
 }
 
+/// A fresh directory and port, and the parent started there with `extra` in its config.
+fn start_fresh_parent(extra: &str) -> (tempfile::TempDir, u16, ChildGuard) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let parent = start_parent_with(dir.path(), port, extra);
+    (dir, port, parent)
+}
+
 /// One request on a raw connection.
 fn ask(raw: &mut TcpStream, request: &MailboxRequest) -> MailboxResponse {
     write_frame(raw, &encode_request(request).unwrap()).unwrap();
     decode_response(&read_frame(raw).unwrap().unwrap()).unwrap()
+}
+
+/// A fetch of the whole of `topic` on a raw connection, with `proof` or none.
+fn fetch_raw(raw: &mut TcpStream, topic: Topic, proof: Option<ReadProof>) -> MailboxResponse {
+    ask(
+        raw,
+        &MailboxRequest::Fetch {
+            topic,
+            after: 0,
+            limit: 0,
+            proof,
+        },
+    )
+}
+
+/// Asks a raw connection for its read challenge.
+fn challenge(raw: &mut TcpStream) -> [u8; CHALLENGE_LEN] {
+    let MailboxResponse::Challenge { nonce } = ask(raw, &MailboxRequest::Challenge) else {
+        panic!("no challenge");
+    };
+    <[u8; CHALLENGE_LEN]>::try_from(nonce.as_slice()).unwrap()
 }
 
 fn raw(port: u16) -> TcpStream {
@@ -99,9 +128,7 @@ fn raw(port: u16) -> TcpStream {
 
 #[test]
 fn members_post_and_fetch_through_the_parent_binary() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut parent = start_parent(dir.path(), port);
+    let (dir, port, mut parent) = start_fresh_parent("");
     let addr = format!("tcp://127.0.0.1:{port}");
     let (alice, bob) = (key(), key());
     let topic = random_topic().unwrap();
@@ -200,12 +227,8 @@ fn over_quota(err: &ClientError, sender: &SigningKey, what: &str) -> bool {
 
 #[test]
 fn a_flood_by_one_sender_leaves_the_members_their_mailbox_and_strangers_read_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     // Small quotas so that the flood meets them quickly; the global caps are the defaults.
-    let parent = start_parent_with(
-        dir.path(),
-        port,
+    let (dir, port, parent) = start_fresh_parent(
         "[mailbox]\nquota_messages = 40\nquota_topics = 8\nquota_bytes = 2097152\n",
     );
     let addr = format!("tcp://127.0.0.1:{port}");
@@ -302,33 +325,17 @@ fn a_flood_by_one_sender_leaves_the_members_their_mailbox_and_strangers_read_not
 
     // A stranger who knows the topic reads nothing: not without a proof...
     let mut raw_conn = raw(port);
-    let answer = ask(
-        &mut raw_conn,
-        &MailboxRequest::Fetch {
-            topic,
-            after: 0,
-            limit: 0,
-            proof: None,
-        },
-    );
+    let answer = fetch_raw(&mut raw_conn, topic, None);
     assert!(
         matches!(&answer, MailboxResponse::Error(w) if w.message.contains("members only")),
         "{answer:?}"
     );
     // ...nor with a proof by a key of its own (the flooder's, say)...
-    let MailboxResponse::Challenge { nonce } = ask(&mut raw_conn, &MailboxRequest::Challenge)
-    else {
-        panic!("no challenge");
-    };
-    let challenge = <[u8; CHALLENGE_LEN]>::try_from(nonce.as_slice()).unwrap();
-    let answer = ask(
+    let mine = challenge(&mut raw_conn);
+    let answer = fetch_raw(
         &mut raw_conn,
-        &MailboxRequest::Fetch {
-            topic,
-            after: 0,
-            limit: 0,
-            proof: Some(ReadProof::sign(&flooder, &challenge, &topic).unwrap()),
-        },
+        topic,
+        Some(ReadProof::sign(&flooder, &mine, &topic).unwrap()),
     );
     assert!(
         matches!(&answer, MailboxResponse::Error(w) if w.message.contains("not a member")),
@@ -336,35 +343,15 @@ fn a_flood_by_one_sender_leaves_the_members_their_mailbox_and_strangers_read_not
     );
     // ...nor by replaying a member's proof made for another connection.
     let mut other_conn = raw(port);
-    let MailboxResponse::Challenge { nonce } = ask(&mut other_conn, &MailboxRequest::Challenge)
-    else {
-        panic!("no challenge");
-    };
-    let theirs = <[u8; CHALLENGE_LEN]>::try_from(nonce.as_slice()).unwrap();
+    let theirs = challenge(&mut other_conn);
     let alices = ReadProof::sign(&alice, &theirs, &topic).unwrap();
-    let answer = ask(
-        &mut raw_conn,
-        &MailboxRequest::Fetch {
-            topic,
-            after: 0,
-            limit: 0,
-            proof: Some(alices.clone()),
-        },
-    );
+    let answer = fetch_raw(&mut raw_conn, topic, Some(alices.clone()));
     assert!(
         matches!(&answer, MailboxResponse::Error(w) if w.message.contains("does not verify")),
         "{answer:?}"
     );
     // On the connection it was made for, it reads (the members, as founded, come along).
-    let answer = ask(
-        &mut other_conn,
-        &MailboxRequest::Fetch {
-            topic,
-            after: 0,
-            limit: 0,
-            proof: Some(alices),
-        },
-    );
+    let answer = fetch_raw(&mut other_conn, topic, Some(alices));
     assert!(
         matches!(&answer, MailboxResponse::Messages { items, members, .. }
             if items.len() == 3 && members.len() == 3),
@@ -384,11 +371,7 @@ fn a_flood_by_one_sender_leaves_the_members_their_mailbox_and_strangers_read_not
 
 #[test]
 fn the_mailbox_speaks_tls_to_members_who_pin_its_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let parent = start_parent_with(
-        dir.path(),
-        port,
+    let (dir, port, parent) = start_fresh_parent(
         "[mailbox]\ntls_certificate = \"mailbox.crt\"\ntls_key = \"mailbox.key\"\n",
     );
     // The parent made the pair at its first start and prints the address members pin.

@@ -27,10 +27,7 @@ use tempfile::TempDir;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn tempdir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("cosigner-parent-")
-        .tempdir()
-        .unwrap()
+    TempDir::with_prefix("cosigner-parent-").unwrap()
 }
 
 fn put(key: &str, value: &[u8]) -> StoreRequest {
@@ -178,13 +175,10 @@ fn sqlite_store_refuses_invalid_keys_and_oversized_values() {
 
 #[test]
 fn sqlite_store_refuses_files_that_are_not_its_own() {
-    let dir = tempdir();
-    let text = dir.path().join("notes.txt");
-    std::fs::write(
-        &text,
+    let (dir, text) = cosigner_tests::file_in_tempdir(
+        "notes.txt",
         "this is not a database, and it is long enough to be read as one",
-    )
-    .unwrap();
+    );
     let err = SqliteStore::open(&text).unwrap_err();
     assert!(matches!(err, ParentError::Schema { .. }), "{err:?}");
     // The file is untouched.
@@ -415,6 +409,28 @@ fn read_exactly(stream: &mut impl Read, n: usize) -> Vec<u8> {
     buf
 }
 
+/// Everything up to the peer's close.
+fn read_to_close(stream: &mut impl Read) -> Vec<u8> {
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all).unwrap();
+    all
+}
+
+/// A parent relaying to an enclave socket the test holds itself, a client that has sent `first`,
+/// and the enclave's side of the relayed connection (the parent connects to the enclave only once
+/// the client has sent something). The directory holds the sockets: keep it alive.
+fn relayed_connection(first: &[u8]) -> (TempDir, RunningParent, TcpStream, UnixStream) {
+    let dir = tempdir();
+    let path = dir.path().join("enclave.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let parent = start_parent(dir.path(), &path);
+    let mut client = connect(&parent);
+    client.write_all(first).unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+    (dir, parent, client, conn)
+}
+
 #[test]
 fn relay_carries_bytes_both_ways_unchanged_and_closes_both_sides() {
     let dir = tempdir();
@@ -433,9 +449,7 @@ fn relay_carries_bytes_both_ways_unchanged_and_closes_both_sides() {
     }
     // Half-close: the enclave sees EOF, still answers, then closes; the client sees it all.
     client.shutdown(Shutdown::Write).unwrap();
-    let mut tail = Vec::new();
-    client.read_to_end(&mut tail).unwrap();
-    assert_eq!(tail, b"bye");
+    assert_eq!(read_to_close(&mut client), b"bye");
 
     assert_eq!(
         enclave.join().unwrap(),
@@ -456,11 +470,7 @@ fn relay_carries_a_megabyte_each_way() {
         .map(|i| (i.wrapping_mul(7) ^ (i >> 8)) as u8)
         .collect();
     let mut reader = client.try_clone().unwrap();
-    let collected = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        reader.read_to_end(&mut all).unwrap();
-        all
-    });
+    let collected = std::thread::spawn(move || read_to_close(&mut reader));
     client.write_all(&data).unwrap();
     client.shutdown(Shutdown::Write).unwrap();
     let back = collected.join().unwrap();
@@ -480,50 +490,25 @@ fn relay_carries_a_megabyte_each_way() {
 
 #[test]
 fn relay_closes_the_client_when_the_enclave_closes() {
-    let dir = tempdir();
-    let path = dir.path().join("enclave.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    let parent = start_parent(dir.path(), &path);
-    let mut client = connect(&parent);
-    // The parent connects to the enclave only once the client has sent something.
-    client.write_all(b"hi").unwrap();
-    let (mut conn, _) = listener.accept().unwrap();
+    let (_dir, parent, mut client, mut conn) = relayed_connection(b"hi");
     conn.write_all(b"hello").unwrap();
     drop(conn);
-    let mut got = Vec::new();
-    client.read_to_end(&mut got).unwrap();
-    assert_eq!(got, b"hello");
+    assert_eq!(read_to_close(&mut client), b"hello");
     drop(parent);
 }
 
 #[test]
 fn relay_closes_the_enclave_side_when_the_client_goes() {
-    let dir = tempdir();
-    let path = dir.path().join("enclave.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    let parent = start_parent(dir.path(), &path);
-    let mut client = connect(&parent);
-    client.write_all(b"last words").unwrap();
-    let (mut conn, _) = listener.accept().unwrap();
-    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let (_dir, parent, client, mut conn) = relayed_connection(b"last words");
     drop(client);
-    let mut got = Vec::new();
-    conn.read_to_end(&mut got).unwrap();
-    assert_eq!(got, b"last words");
+    assert_eq!(read_to_close(&mut conn), b"last words");
     drop(parent);
 }
 
 #[test]
 fn shutdown_closes_open_relays_on_both_sides() {
-    let dir = tempdir();
-    let path = dir.path().join("enclave.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    let parent = start_parent(dir.path(), &path);
+    let (dir, parent, mut client, mut conn) = relayed_connection(b"x");
     let addr = parent.client_addr();
-    let mut client = connect(&parent);
-    client.write_all(b"x").unwrap();
-    let (mut conn, _) = listener.accept().unwrap();
-    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
     assert_eq!(read_exactly(&mut conn, 1), b"x");
     // Neither side closes: the parent's shutdown must, and must not hang on them.
     parent.shutdown();
@@ -698,14 +683,11 @@ fn a_good_config_parses() {
 
 #[test]
 fn load_resolves_relative_paths_against_the_config_file() {
-    let dir = tempdir();
-    let path = dir.path().join("parent.toml");
-    std::fs::write(
-        &path,
+    let (dir, path) = cosigner_tests::file_in_tempdir(
+        "parent.toml",
         "listen = \"127.0.0.1:0\"\nenclave = \"unix:run/enclave.sock\"\n\
          store_socket = \"run/store.sock\"\ndatabase = \"store.db\"\n",
-    )
-    .unwrap();
+    );
     let config = Config::load(&path).unwrap();
     assert_eq!(config.database, dir.path().join("store.db"));
     assert_eq!(config.store_socket, dir.path().join("run/store.sock"));
@@ -717,114 +699,109 @@ fn load_resolves_relative_paths_against_the_config_file() {
     assert!(matches!(err, ParentError::ConfigRead { .. }), "{err:?}");
 }
 
+/// A valid configuration, one key a line, for the bad ones below to spoil.
+const BASE: &str = "listen = \"127.0.0.1:7000\"\nenclave = \"unix:/e.sock\"\n\
+                    store_socket = \"/s.sock\"\ndatabase = \"/d.db\"\n";
+
+/// [`BASE`] with `key`'s value replaced on its own line (errors name the line).
+fn with(key: &str, value: &str) -> String {
+    BASE.lines()
+        .map(|line| match line.split_once(" = ") {
+            Some((k, _)) if k == key => format!("{key} = {value}\n"),
+            _ => format!("{line}\n"),
+        })
+        .collect()
+}
+
 /// Bad configurations, each with a word its error must contain.
-const BAD: &[(&str, &str, &str)] = &[
-    (
-        "unknown field",
-        "listen = \"127.0.0.1:7000\"\nenclave = \"unix:/e.sock\"\nstore_socket = \"/s.sock\"\n\
-         database = \"/d.db\"\nlisten_backlog = 5\n",
-        "unknown field `listen_backlog`",
-    ),
-    (
-        "misspelt field",
-        "listen = \"127.0.0.1:7000\"\nenclave = \"unix:/e.sock\"\nstore_sock = \"/s.sock\"\n\
-         database = \"/d.db\"\n",
-        "store_sock",
-    ),
-    (
-        "missing field",
-        "listen = \"127.0.0.1:7000\"\nenclave = \"unix:/e.sock\"\nstore_socket = \"/s.sock\"\n",
-        "missing field `database`",
-    ),
-    ("empty file", "", "missing field"),
-    (
-        "a table where a string belongs",
-        "listen = \"127.0.0.1:7000\"\nenclave = \"unix:/e.sock\"\nstore_socket = \"/s.sock\"\n\
-         database = \"/d.db\"\n[extra]\nx = 1\n",
-        "unknown field `extra`",
-    ),
-    (
-        "listen is a number",
-        "listen = 7000\nenclave = \"unix:/e.sock\"\nstore_socket = \"/s.sock\"\ndatabase = \"/d.db\"\n",
-        "line 1 (listen = 7000): invalid type",
-    ),
-    (
-        "listen is a host name",
-        "listen = \"localhost:7000\"\nenclave = \"unix:/e.sock\"\nstore_socket = \"/s.sock\"\n\
-         database = \"/d.db\"\n",
-        "`listen`",
-    ),
-    (
-        "listen has no port",
-        "listen = \"127.0.0.1\"\nenclave = \"unix:/e.sock\"\nstore_socket = \"/s.sock\"\n\
-         database = \"/d.db\"\n",
-        "expected IP:PORT",
-    ),
-    (
-        "enclave without scheme",
-        "listen = \"127.0.0.1:7000\"\nenclave = \"/e.sock\"\nstore_socket = \"/s.sock\"\n\
-         database = \"/d.db\"\n",
-        "expected unix:PATH or vsock:CID:PORT",
-    ),
-    (
-        "enclave over tcp",
-        "listen = \"127.0.0.1:7000\"\nenclave = \"tcp:127.0.0.1:5000\"\nstore_socket = \"/s.sock\"\n\
-         database = \"/d.db\"\n",
-        "expected unix:PATH or vsock:CID:PORT",
-    ),
-    (
-        "vsock without port",
-        "listen = \"127.0.0.1:7000\"\nenclave = \"vsock:16\"\nstore_socket = \"/s.sock\"\n\
-         database = \"/d.db\"\n",
-        "vsock:CID:PORT",
-    ),
-    (
-        "vsock with a name for a CID",
-        "listen = \"127.0.0.1:7000\"\nenclave = \"vsock:parent:5000\"\nstore_socket = \"/s.sock\"\n\
-         database = \"/d.db\"\n",
-        "decimal",
-    ),
-    (
-        "unix without path",
-        "listen = \"127.0.0.1:7000\"\nenclave = \"unix:\"\nstore_socket = \"/s.sock\"\n\
-         database = \"/d.db\"\n",
-        "empty socket path",
-    ),
-    (
-        "empty store socket",
-        "listen = \"127.0.0.1:7000\"\nenclave = \"unix:/e.sock\"\nstore_socket = \"\"\n\
-         database = \"/d.db\"\n",
-        "`store_socket`",
-    ),
-    (
-        "store socket path too long for a unix socket",
-        concat!(
-            "listen = \"127.0.0.1:7000\"\nenclave = \"unix:/e.sock\"\nstore_socket = \"/",
-            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-            ".sock\"\ndatabase = \"/d.db\"\n"
+fn bad() -> Vec<(&'static str, String, &'static str)> {
+    let unix_path_max = format!("\"/{}.sock\"", "a".repeat(160));
+    vec![
+        (
+            "unknown field",
+            format!("{BASE}listen_backlog = 5\n"),
+            "unknown field `listen_backlog`",
         ),
-        "at most 107",
-    ),
-    (
-        "empty database",
-        "listen = \"127.0.0.1:7000\"\nenclave = \"unix:/e.sock\"\nstore_socket = \"/s.sock\"\n\
-         database = \"\"\n",
-        "`database`",
-    ),
-    ("not TOML", "listen: 127.0.0.1:7000\n", "line 1"),
-    (
-        "duplicate key",
-        "listen = \"127.0.0.1:7000\"\nlisten = \"127.0.0.1:7001\"\nenclave = \"unix:/e.sock\"\n\
-         store_socket = \"/s.sock\"\ndatabase = \"/d.db\"\n",
-        "line 2",
-    ),
-];
+        (
+            "misspelt field",
+            BASE.replace("store_socket", "store_sock"),
+            "store_sock",
+        ),
+        (
+            "missing field",
+            BASE.replace("database = \"/d.db\"\n", ""),
+            "missing field `database`",
+        ),
+        ("empty file", String::new(), "missing field"),
+        (
+            "a table where a string belongs",
+            format!("{BASE}[extra]\nx = 1\n"),
+            "unknown field `extra`",
+        ),
+        (
+            "listen is a number",
+            with("listen", "7000"),
+            "line 1 (listen = 7000): invalid type",
+        ),
+        (
+            "listen is a host name",
+            with("listen", "\"localhost:7000\""),
+            "`listen`",
+        ),
+        (
+            "listen has no port",
+            with("listen", "\"127.0.0.1\""),
+            "expected IP:PORT",
+        ),
+        (
+            "enclave without scheme",
+            with("enclave", "\"/e.sock\""),
+            "expected unix:PATH or vsock:CID:PORT",
+        ),
+        (
+            "enclave over tcp",
+            with("enclave", "\"tcp:127.0.0.1:5000\""),
+            "expected unix:PATH or vsock:CID:PORT",
+        ),
+        (
+            "vsock without port",
+            with("enclave", "\"vsock:16\""),
+            "vsock:CID:PORT",
+        ),
+        (
+            "vsock with a name for a CID",
+            with("enclave", "\"vsock:parent:5000\""),
+            "decimal",
+        ),
+        (
+            "unix without path",
+            with("enclave", "\"unix:\""),
+            "empty socket path",
+        ),
+        (
+            "empty store socket",
+            with("store_socket", "\"\""),
+            "`store_socket`",
+        ),
+        (
+            "store socket path too long for a unix socket",
+            with("store_socket", &unix_path_max),
+            "at most 107",
+        ),
+        ("empty database", with("database", "\"\""), "`database`"),
+        ("not TOML", "listen: 127.0.0.1:7000\n".to_owned(), "line 1"),
+        (
+            "duplicate key",
+            BASE.replacen('\n', "\nlisten = \"127.0.0.1:7001\"\n", 1),
+            "line 2",
+        ),
+    ]
+}
 
 #[test]
 fn bad_configs_are_refused_with_clear_one_line_errors() {
-    for (name, text, needle) in BAD {
-        let err = match Config::from_toml(text) {
+    for (name, text, needle) in bad() {
+        let err = match Config::from_toml(&text) {
             Ok(config) => panic!("{name}: accepted as {config:?}"),
             Err(e) => e,
         };

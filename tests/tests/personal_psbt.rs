@@ -99,13 +99,11 @@ impl Personal {
 
     /// A 2-input, 2-output spend of which `leaving` satoshis leave (10 000 of them the fee).
     fn spend(&self, leaving: u64) -> Spend {
-        bitcoin_tx::build(
+        bitcoin_tx::payment(
             &self.w.key,
             &[leaving, 3_000_000],
-            &[
-                (Pay::To(bitcoin_tx::foreign_address()), leaving - 10_000),
-                (Pay::Change, 3_000_000),
-            ],
+            leaving - 10_000,
+            3_000_000,
         )
         .unwrap()
     }
@@ -176,15 +174,8 @@ fn a_foreign_output_disguised_as_change_is_judged_by_the_real_value_leaving() {
         "the provider judged the real value: {stderr}"
     );
     // Honest change is change: 0.01 BTC + fee leave, within the limit.
-    let honest = bitcoin_tx::build(
-        &w.w.key,
-        &[60_000_000],
-        &[
-            (Pay::To(bitcoin_tx::foreign_address()), 1_000_000),
-            (Pay::Change, 59_000_000 - 10_000),
-        ],
-    )
-    .unwrap();
+    let honest =
+        bitcoin_tx::payment(&w.w.key, &[60_000_000], 1_000_000, 59_000_000 - 10_000).unwrap();
     let summary = w.signed("honest", &honest);
     assert!(
         summary.contains("1010000 sat leave the wallet"),

@@ -23,12 +23,20 @@ use cosigner_protocol::wire::{
 use cosigner_tests::Deployment;
 use cosigner_tests::owner::{Cosigners, Owner};
 use cosigner_tests::wallets::{
-    TestWallet, create, p, recover, refresh, show, sign, sign_with, signs, verifies,
+    TestWallet, create, deployment_with_alice, p, recover, refresh, show, sign, sign_with, signs,
+    verifies,
 };
 use serde_bytes::ByteBuf;
 use serde_json::Value;
 
 type Wallet = TestWallet;
+
+/// A deployment, Alice's wallet in it, and Alice as its owner driving the cosigners by hand.
+fn alices_wallet() -> (Deployment, Wallet, Owner) {
+    let (d, w) = deployment_with_alice();
+    let owner = Owner::of(&d, &w);
+    (d, w, owner)
+}
 
 fn epoch(d: &Deployment, home: &Path, id: &str) -> u64 {
     let out = show(d, home, id);
@@ -103,8 +111,7 @@ fn a_thief_refreshing_and_signing_in_a_loop_cannot_block_the_owners_recovery() {
 /// Running `recover` again after it succeeded changes nothing and succeeds (idempotent).
 #[test]
 fn recover_run_twice_in_the_same_home_finishes_once() {
-    let d = Deployment::start().unwrap();
-    let w = create(&d, "alice");
+    let (d, w) = deployment_with_alice();
     let new_home = d.home("alice-new");
     let first: Value = serde_json::from_str(recover(&d, &new_home, &w).ok()).unwrap();
     let second: Value = serde_json::from_str(recover(&d, &new_home, &w).ok()).unwrap();
@@ -115,8 +122,7 @@ fn recover_run_twice_in_the_same_home_finishes_once() {
 /// The recovery credential suspends the registered device key at once; cancelling gives it back.
 #[test]
 fn a_started_recovery_suspends_the_device_key_until_it_is_cancelled() {
-    let d = Deployment::start().unwrap();
-    let w = create(&d, "alice");
+    let (d, w) = deployment_with_alice();
     signs(&d, &w.home, &w);
     let owner = Owner::of(&d, &w);
     let newcomer = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
@@ -285,8 +291,7 @@ fn a_flood_of_anonymous_dkg_starts_does_not_block_wallet_creation() {
 /// audit log grows by a bounded number of entries, not one per refusal.
 #[test]
 fn refused_authorizations_are_recorded_in_the_audit_log_boundedly() {
-    let d = Deployment::start().unwrap();
-    let w = create(&d, "alice");
+    let (d, w) = deployment_with_alice();
     let status: Value = serde_json::from_str(d.cosigner(["status"]).ok()).unwrap();
     let audit_key = status["provider"]["audit_key"].as_str().unwrap().to_owned();
     let db = d.provider.database();
@@ -327,9 +332,7 @@ fn refused_authorizations_are_recorded_in_the_audit_log_boundedly() {
 /// is released only if the key that opened it is still authorized.
 #[test]
 fn a_signing_session_opened_before_a_recovery_cannot_finish_after_it() {
-    let d = Deployment::start().unwrap();
-    let w = create(&d, "alice");
-    let owner = Owner::of(&d, &w);
+    let (d, w, owner) = alices_wallet();
     let mut s = owner.cosigners.provider();
     let commit = owner.sign_commit(9, &[pid(1), pid(2)]);
     let Response::SignCommitted { session_id, .. } =
@@ -357,9 +360,7 @@ fn a_signing_session_opened_before_a_recovery_cannot_finish_after_it() {
 /// stolen phone with a modified client) gets nothing from it.
 #[test]
 fn the_recovery_cosigner_refuses_to_sign_on_the_device_key_alone() {
-    let d = Deployment::start().unwrap();
-    let w = create(&d, "alice");
-    let owner = Owner::of(&d, &w);
+    let (_d, _, owner) = alices_wallet();
     let mut s = owner.cosigners.recovery();
     let commit = owner.sign_commit(9, &[pid(1), pid(3)]);
     let refused = owner.authorized(&mut s, KeyRole::Device, &commit);
@@ -476,8 +477,7 @@ fn a_wallet_create_that_cannot_write_its_files_registers_nothing_and_the_retry_w
 /// credential (`sign --with-recovery-key`); the device key alone still gets nothing there.
 #[test]
 fn with_the_provider_down_the_recovery_credential_signs_with_the_recovery_cosigner() {
-    let mut d = Deployment::start().unwrap();
-    let w = create(&d, "alice");
+    let (mut d, w) = deployment_with_alice();
     d.provider.stop();
     assert_ne!(sign(&d, &w.home, &w.id).code, Some(0));
     let with_recovery = ["--with-recovery-key", p(&w.recovery_key)];
@@ -559,9 +559,7 @@ fn prepare_refresh(
 /// refused, with or without X's receipt, and the owner's recovery rolls it forward to X.
 #[test]
 fn a_thief_cannot_commit_different_refreshes_at_the_two_cosigners() {
-    let d = Deployment::start().unwrap();
-    let w = create(&d, "alice");
-    let owner = Owner::of(&d, &w);
+    let (d, w, owner) = alices_wallet();
     let mut provider = owner.cosigners.provider();
     let mut recovery = owner.cosigners.recovery();
     let x = prepare_refresh(&owner, &mut provider, &mut recovery);
@@ -717,8 +715,7 @@ fn a_wallet_create_whose_provider_dies_at_any_step_is_finished_by_a_rerun() {
 /// with a new one — the enclave refuses to start — and with the key restored all is well.
 #[test]
 fn a_provider_whose_audit_key_was_deleted_refuses_to_start() {
-    let mut d = Deployment::start().unwrap();
-    let w = create(&d, "alice");
+    let (mut d, w) = deployment_with_alice();
     d.provider.stop();
     let backup = d.dir.path().join("store-backup");
     d.provider.copy_store(&backup).unwrap();

@@ -10,9 +10,11 @@ use cosigner_kms::{
     KmsError, Pin, Pkcs11Sealer, SEAL_FORMAT_VERSION, SEAL_HEADER_LEN, SEAL_IV_LEN,
     SEAL_KEY_ID_LEN, SEAL_MIN_LEN, SEAL_TAG_LEN, SealContext, Sealer, Token,
 };
+use cosigner_tests::SoftHsm;
 use cosigner_tests::pkcs11::{
-    USER_PIN, assert_cannot_loosen, assert_generated_on_token, assert_value_unreadable,
-    destroy_objects, find, find_key, init_token, raw_session, softhsm_for_this_process as softhsm,
+    USER_PIN, assert_cannot_loosen, assert_generated_on_token, assert_label_error,
+    assert_value_unreadable, destroy_objects, find, find_key, init_token, planted_key_template,
+    raw_session, softhsm_for_this_process as softhsm, token_for_this_process,
 };
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass};
 
@@ -29,6 +31,15 @@ fn sealer(module: &Path) -> (Token, Pkcs11Sealer) {
     (token, sealer)
 }
 
+/// This test's SoftHSM (keep it), a token with a fresh sealing key, and [`SECRET`] sealed under
+/// [`CTX`] by that key.
+fn sealed_secret() -> (SoftHsm, Token, Pkcs11Sealer, Vec<u8>) {
+    let (hsm, module) = softhsm();
+    let (token, sealer) = sealer(&module);
+    let blob = sealer.seal(&CTX, SECRET).unwrap();
+    (hsm, token, sealer, blob)
+}
+
 fn assert_unseal(result: cosigner_kms::Result<zeroize::Zeroizing<Vec<u8>>>, what: &str) {
     match result {
         Err(KmsError::Unseal { reason }) => {
@@ -41,9 +52,7 @@ fn assert_unseal(result: cosigner_kms::Result<zeroize::Zeroizing<Vec<u8>>>, what
 
 #[test]
 fn seal_then_open_round_trips() {
-    let (_hsm, module) = softhsm();
-    let (_token, sealer) = sealer(&module);
-    let blob = sealer.seal(&CTX, SECRET).unwrap();
+    let (_hsm, _token, sealer, blob) = sealed_secret();
     assert_eq!(blob.len(), SEAL_HEADER_LEN + SECRET.len() + SEAL_TAG_LEN);
     assert_eq!(blob[0], SEAL_FORMAT_VERSION);
     assert_eq!(blob[1..1 + SEAL_KEY_ID_LEN], sealer.key_id());
@@ -68,9 +77,7 @@ fn seal_then_open_round_trips() {
 
 #[test]
 fn changing_any_context_field_makes_open_fail() {
-    let (_hsm, module) = softhsm();
-    let (_token, sealer) = sealer(&module);
-    let blob = sealer.seal(&CTX, SECRET).unwrap();
+    let (_hsm, _token, sealer, blob) = sealed_secret();
     let others = [
         (
             "purpose",
@@ -98,9 +105,7 @@ fn changing_any_context_field_makes_open_fail() {
 
 #[test]
 fn a_flipped_bit_in_any_region_makes_open_fail() {
-    let (_hsm, module) = softhsm();
-    let (_token, sealer) = sealer(&module);
-    let blob = sealer.seal(&CTX, SECRET).unwrap();
+    let (_hsm, _token, sealer, blob) = sealed_secret();
     let iv_at = 1 + SEAL_KEY_ID_LEN;
     let tag_at = blob.len() - SEAL_TAG_LEN;
 
@@ -156,9 +161,7 @@ fn a_flipped_bit_in_any_region_makes_open_fail() {
 
 #[test]
 fn truncated_and_empty_blobs_are_too_short() {
-    let (_hsm, module) = softhsm();
-    let (_token, sealer) = sealer(&module);
-    let blob = sealer.seal(&CTX, SECRET).unwrap();
+    let (_hsm, _token, sealer, blob) = sealed_secret();
     for len in [0, 1, SEAL_HEADER_LEN, SEAL_MIN_LEN - 1] {
         let err = sealer.open(&CTX, &blob[..len]).unwrap_err();
         assert!(
@@ -250,13 +253,8 @@ fn sealing_key_is_sensitive_and_its_value_cannot_be_read() {
         "{attrs:?}"
     );
     // The key cannot be loosened after the fact, nor copied.
-    let loosen = [
-        Attribute::Extractable(true),
-        Attribute::Sensitive(false),
-        Attribute::Wrap(true),
-        Attribute::Derive(true),
-    ];
-    assert_cannot_loosen(&session, key, &loosen);
+    let also = [Attribute::Wrap(true), Attribute::Derive(true)];
+    assert_cannot_loosen(&session, key, &also);
 }
 
 #[test]
@@ -279,22 +277,15 @@ fn sealing_key_is_found_again_after_reopening_the_token() {
 
 #[test]
 fn key_lookup_errors_are_precise() {
-    let (_hsm, module) = softhsm();
-    let token = init_token(&module, LABEL);
+    let (_hsm, _, token) = token_for_this_process(LABEL);
     let err = token.aes_sealing_key(KEY).unwrap_err();
-    assert!(
-        matches!(&err, KmsError::KeyNotFound { label } if label == KEY),
-        "{err:?}"
-    );
+    assert_label_error(&err, "KeyNotFound", KEY);
     let err = token.aes_sealing_key("").unwrap_err();
     assert!(matches!(err, KmsError::InvalidLabel { .. }), "{err:?}");
 
     let made = token.aes_sealing_key_or_generate(KEY).unwrap();
     let err = token.generate_aes_sealing_key(KEY).unwrap_err();
-    assert!(
-        matches!(&err, KmsError::KeyExists { label } if label == KEY),
-        "{err:?}"
-    );
+    assert_label_error(&err, "KeyExists", KEY);
     assert_eq!(token.aes_sealing_key(KEY).unwrap().key_id(), made.key_id());
 
     // A P-384 key under the same label is not an AES key and does not get in the way.
@@ -314,31 +305,22 @@ fn key_lookup_errors_are_precise() {
 /// might), with the given `CKA_SENSITIVE` and `CKA_EXTRACTABLE`, and otherwise what a sealing key
 /// needs (`CKA_ID`, encrypt and decrypt), so only its protection is wrong.
 fn plant_aes_key(module: &Path, token: &Token, label: &str, sensitive: bool, extractable: bool) {
-    let session = raw_session(module, token, true);
-    session
-        .generate_key(
-            &cryptoki::mechanism::Mechanism::AesKeyGen,
-            &[
-                Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::KeyType(KeyType::AES),
-                Attribute::Label(label.as_bytes().to_vec()),
-                Attribute::Id(vec![0x5e; 16]),
-                Attribute::ValueLen(cryptoki::types::Ulong::from(32)),
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(sensitive),
-                Attribute::Extractable(extractable),
-                Attribute::Encrypt(true),
-                Attribute::Decrypt(true),
-            ],
-        )
+    let mut template = planted_key_template(label, &[0x5e; 16], sensitive, extractable);
+    template.extend([
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::ValueLen(cryptoki::types::Ulong::from(32)),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+    ]);
+    raw_session(module, token, true)
+        .generate_key(&cryptoki::mechanism::Mechanism::AesKeyGen, &template)
         .unwrap();
 }
 
 #[test]
 fn an_existing_sealing_key_that_can_leave_the_token_is_refused() {
-    let (_hsm, module) = softhsm();
-    let token = init_token(&module, LABEL);
+    let (_hsm, module, token) = token_for_this_process(LABEL);
     // (sensitive, extractable): readable and wrappable, wrappable only, readable only.
     for (n, (sensitive, extractable)) in [(false, true), (true, true), (false, false)]
         .into_iter()

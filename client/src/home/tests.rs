@@ -19,6 +19,22 @@ fn is_regular_file(path: &Path) -> bool {
         .is_file()
 }
 
+fn is_symlink(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .file_type()
+        .is_symlink()
+}
+
+/// A temporary directory holding `victim`, a file of someone else's that a planted link names;
+/// the directory and the victim's path.
+fn dir_with_victim() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"victim's data").unwrap();
+    (dir, victim)
+}
+
 /// Names in `dir`, sorted.
 fn names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -85,9 +101,7 @@ fn temporary_names_are_hidden_unpredictable_and_beside_the_target() {
 
 #[test]
 fn a_symlink_planted_at_the_temporary_path_is_not_followed() {
-    let dir = tempfile::tempdir().unwrap();
-    let victim = dir.path().join("victim");
-    std::fs::write(&victim, b"victim's data").unwrap();
+    let (dir, victim) = dir_with_victim();
     let target = dir.path().join("device.key");
     let tmp = dir.path().join(".device.key.planted.tmp");
     symlink(&victim, &tmp).unwrap();
@@ -103,25 +117,13 @@ fn a_symlink_planted_at_the_temporary_path_is_not_followed() {
     assert!(!occupied(&elsewhere));
     assert!(!occupied(&target));
     // Both links are left as they were: nothing we did not create is removed.
-    assert!(
-        std::fs::symlink_metadata(&tmp)
-            .unwrap()
-            .file_type()
-            .is_symlink()
-    );
-    assert!(
-        std::fs::symlink_metadata(&tmp2)
-            .unwrap()
-            .file_type()
-            .is_symlink()
-    );
+    assert!(is_symlink(&tmp));
+    assert!(is_symlink(&tmp2));
 }
 
 #[test]
 fn a_symlink_at_the_target_is_replaced_not_written_through() {
-    let dir = tempfile::tempdir().unwrap();
-    let victim = dir.path().join("victim");
-    std::fs::write(&victim, b"victim's data").unwrap();
+    let (dir, victim) = dir_with_victim();
     let target = dir.path().join("wallet.share");
     symlink(&victim, &target).unwrap();
     write_private(&target, b"secret").unwrap();
@@ -133,10 +135,8 @@ fn a_symlink_at_the_target_is_replaced_not_written_through() {
 
 #[test]
 fn home_writes_do_not_follow_symlinks() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, victim) = dir_with_victim();
     let home = Home::open(&dir.path().join("home")).unwrap();
-    let victim = dir.path().join("victim");
-    std::fs::write(&victim, b"victim's data").unwrap();
     let id = WalletId([7; 16]);
     let wallet = wallet_file(&id);
     home.save_wallet(&wallet, b"share 0").unwrap();

@@ -322,30 +322,31 @@ mod tests {
         assert_eq!(HEARTBEAT_PORT, 9000);
     }
 
-    #[test]
-    fn heartbeat_sends_b7_and_accepts_the_echo() {
-        let (mut ours, mut parent) = UnixStream::pair().unwrap();
-        let echo = std::thread::spawn(move || {
-            let mut byte = [0u8; 1];
-            parent.read_exact(&mut byte).unwrap();
-            parent.write_all(&byte).unwrap();
-            byte[0]
-        });
-        heartbeat(&mut ours).unwrap();
-        assert_eq!(echo.join().unwrap(), 0xB7);
-    }
-
-    #[test]
-    fn heartbeat_refuses_a_wrong_echo_and_a_closed_peer() {
+    /// [`heartbeat`] to a parent that reads one byte and answers `answer` of it: what
+    /// `heartbeat` returned, and the byte the parent read.
+    fn heartbeat_to(answer: fn(u8) -> u8) -> (Result<(), String>, u8) {
         let (mut ours, mut parent) = UnixStream::pair().unwrap();
         let peer = std::thread::spawn(move || {
             let mut byte = [0u8; 1];
             parent.read_exact(&mut byte).unwrap();
-            parent.write_all(&[0x00]).unwrap();
+            parent.write_all(&[answer(byte[0])]).unwrap();
+            byte[0]
         });
-        let err = heartbeat(&mut ours).unwrap_err();
+        let result = heartbeat(&mut ours);
+        (result, peer.join().unwrap())
+    }
+
+    #[test]
+    fn heartbeat_sends_b7_and_accepts_the_echo() {
+        let (result, sent) = heartbeat_to(|byte| byte);
+        result.unwrap();
+        assert_eq!(sent, 0xB7);
+    }
+
+    #[test]
+    fn heartbeat_refuses_a_wrong_echo_and_a_closed_peer() {
+        let err = heartbeat_to(|_| 0x00).0.unwrap_err();
         assert!(err.contains("wrong heartbeat 0x00"), "{err}");
-        peer.join().unwrap();
 
         let (mut ours, parent) = UnixStream::pair().unwrap();
         drop(parent);

@@ -315,10 +315,8 @@ impl KmsClient {
         recipient: Option<Recipient<'_>>,
     ) -> Result<GenerateDataKeyOutput> {
         const OP: &str = "GenerateDataKey";
-        let mut req = Map::new();
-        req.insert("KeyId".into(), json!(key_id));
-        req.insert("KeySpec".into(), json!("AES_256"));
-        let raw = self.call_with_recipient(OP, req, context, recipient.as_ref())?;
+        let key_spec = ("KeySpec", "AES_256".to_owned());
+        let raw = self.call_for_key(OP, key_id, key_spec, context, recipient.as_ref())?;
         Ok(GenerateDataKeyOutput {
             key_id: raw.key_id(OP)?,
             ciphertext_blob: raw.required_b64(OP, "CiphertextBlob", &raw.ciphertext_blob)?,
@@ -337,10 +335,8 @@ impl KmsClient {
         recipient: Option<Recipient<'_>>,
     ) -> Result<DecryptOutput> {
         const OP: &str = "Decrypt";
-        let mut req = Map::new();
-        req.insert("KeyId".into(), json!(key_id));
-        req.insert("CiphertextBlob".into(), json!(B64.encode(ciphertext_blob)));
-        let raw = self.call_with_recipient(OP, req, context, recipient.as_ref())?;
+        let blob = ("CiphertextBlob", B64.encode(ciphertext_blob));
+        let raw = self.call_for_key(OP, key_id, blob, context, recipient.as_ref())?;
         Ok(DecryptOutput {
             key_id: raw.key_id(OP)?,
             plaintext: raw.plaintext(OP)?,
@@ -356,16 +352,8 @@ impl KmsClient {
         context: &BTreeMap<String, String>,
     ) -> Result<EncryptOutput> {
         const OP: &str = "Encrypt";
-        let mut req = Map::new();
-        req.insert("KeyId".into(), json!(key_id));
-        req.insert("Plaintext".into(), Value::String(B64.encode(plaintext)));
-        insert_context(&mut req, context);
-        let mut body = Value::Object(req);
-        let raw: Result<RawResponse> = self.call_json(OP, &body);
-        if let Some(Value::String(p)) = body.get_mut("Plaintext") {
-            p.zeroize();
-        }
-        let raw = raw?;
+        let plaintext = ("Plaintext", B64.encode(plaintext));
+        let raw = self.call_for_key(OP, key_id, plaintext, context, None)?;
         Ok(EncryptOutput {
             key_id: raw.key_id(OP)?,
             ciphertext_blob: raw.required_b64(OP, "CiphertextBlob", &raw.ciphertext_blob)?,
@@ -378,18 +366,28 @@ impl KmsClient {
         self.call_json(operation, body)
     }
 
-    /// `GenerateDataKey` and `Decrypt`: `req` with the encryption context and the recipient
-    /// added, sent; the answer's fields.
-    fn call_with_recipient(
+    /// `GenerateDataKey`, `Decrypt` and `Encrypt`: the request for `key_id` with the operation's
+    /// own `field`, the encryption context and the recipient if any, sent; the answer's fields.
+    /// The field's value is zeroized after use (`Encrypt`'s is the plaintext).
+    fn call_for_key(
         &self,
         operation: &'static str,
-        mut req: Map<String, Value>,
+        key_id: &str,
+        (name, value): (&str, String),
         context: &BTreeMap<String, String>,
         recipient: Option<&Recipient<'_>>,
     ) -> Result<RawResponse> {
+        let mut req = Map::new();
+        req.insert("KeyId".into(), json!(key_id));
+        req.insert(name.into(), Value::String(value));
         insert_context(&mut req, context);
         insert_recipient(&mut req, recipient);
-        self.call_json(operation, &Value::Object(req))
+        let mut body = Value::Object(req);
+        let raw = self.call_json(operation, &body);
+        if let Some(Value::String(value)) = body.get_mut(name) {
+            value.zeroize();
+        }
+        raw
     }
 
     fn call_json<T: for<'de> Deserialize<'de>>(

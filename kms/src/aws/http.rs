@@ -438,8 +438,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// At most `max` characters, control characters replaced (the text goes into errors and logs);
-/// the one such function of the AWS client.
-pub(crate) fn printable(s: &str, max: usize) -> String {
+/// the one such function of the AWS client and the parent's IMDS client.
+pub fn printable(s: &str, max: usize) -> String {
     s.chars()
         .take(max)
         .map(|c| if c.is_control() { ' ' } else { c })

@@ -55,6 +55,17 @@ pub fn inbox(sealed: &[SealedPackage], to: PartyId) -> Vec<SealedPackage> {
     sealed.iter().filter(|p| p.to == to).cloned().collect()
 }
 
+/// A copy of the package `from` sealed for `to`.
+///
+/// # Panics
+/// If there is none.
+pub fn package(sealed: &[SealedPackage], from: PartyId, to: PartyId) -> SealedPackage {
+    match sealed.iter().find(|p| p.from == from && p.to == to) {
+        Some(p) => p.clone(),
+        None => panic!("no package from {from} to {to}"),
+    }
+}
+
 /// `bytes` with bit 0 of byte `at` flipped.
 pub fn flip(bytes: &ByteBuf, at: usize) -> ByteBuf {
     let mut v = bytes.to_vec();
@@ -260,6 +271,30 @@ pub fn altered(
 /// `value`'s Debug redacts its secrets.
 pub fn assert_redacted(value: &impl Debug) {
     assert!(format!("{value:?}").contains("<redacted>"));
+}
+
+/// Runs a ceremony from its round-1 states `s1` (which sent `r1`) to the end, `round3` being its
+/// round 3 (the DKG's, or the refresh's with the old shares), and checks at every step that no
+/// state's nor output's Debug shows a secret: states redact, round-3 states and outputs do not
+/// show their new signing share.
+pub fn assert_secrets_stay_out_of_debug<C: Ciphersuite, P: KeygenParams>(
+    s1: BTreeMap<PartyId, keygen::Round1<C, P>>,
+    r1: &[Round1Message],
+    round3: impl FnOnce(
+        BTreeMap<PartyId, keygen::Round2<C, P>>,
+        &[SealedPackage],
+    ) -> (BTreeMap<PartyId, keygen::Round3<C, P>>, Vec<Confirmation>),
+) {
+    s1.values().for_each(assert_redacted);
+    let (s2, sealed) = round2(s1, r1);
+    s2.values().for_each(assert_redacted);
+    let (s3, confirmations) = round3(s2, &sealed);
+    for s in s3.values() {
+        assert_hides_share(s, s.key_package().signing_share());
+    }
+    for out in finish(s3, &confirmations).values() {
+        assert_hides_share(out, out.key_package.signing_share());
+    }
 }
 
 /// `value`'s Debug redacts its secrets and does not show `share`.
