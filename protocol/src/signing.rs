@@ -252,14 +252,7 @@ impl<C: Ciphersuite> Signing<C> {
         self.messages
             .iter()
             .enumerate()
-            .map(|(i, message)| {
-                let commitments: BTreeMap<PartyId, Vec<u8>> = self
-                    .commitments
-                    .iter()
-                    .filter_map(|(p, c)| c.get(i).map(|c| (*p, c.clone())))
-                    .collect();
-                sign::signing_package::<C>(message, &commitments)
-            })
+            .map(|(i, message)| sign::signing_package::<C>(message, &nth(&self.commitments, i)))
             .collect()
     }
 
@@ -335,12 +328,7 @@ impl<C: Ciphersuite> Signing<C> {
             .iter()
             .enumerate()
             .map(|(i, package)| {
-                let shares: BTreeMap<PartyId, Vec<u8>> = self
-                    .shares
-                    .iter()
-                    .filter_map(|(p, s)| s.get(i).map(|s| (*p, s.clone())))
-                    .collect();
-                sign::aggregate::<C>(package, &shares, public_key_package)
+                sign::aggregate::<C>(package, &nth(&self.shares, i), public_key_package)
             })
             .collect()
     }
@@ -356,24 +344,23 @@ fn not_done(waiting: &SignWaiting) -> ProtocolError {
     }
 }
 
-/// Records `value` as `party`'s; the same value again is no news, another one names the party.
+/// Every party's value for message `i` (commitments or shares are one per message).
+fn nth(by_party: &BTreeMap<PartyId, Vec<Vec<u8>>>, i: usize) -> BTreeMap<PartyId, Vec<u8>> {
+    by_party
+        .iter()
+        .filter_map(|(p, values)| values.get(i).map(|v| (*p, v.clone())))
+        .collect()
+}
+
+/// Records `value` as `party`'s; the same value again is no news, another one names the party
+/// ([`crate::keygen::exchange::insert_once`]).
 fn insert_once(
     map: &mut BTreeMap<PartyId, Vec<Vec<u8>>>,
     party: PartyId,
     value: &[Vec<u8>],
     what: &str,
 ) -> Result<bool> {
-    match map.get(&party) {
-        Some(known) if known.as_slice() == value => Ok(false),
-        Some(_) => Err(ProtocolError::culprit(
-            party,
-            format!("it sent two different sets of {what}"),
-        )),
-        None => {
-            map.insert(party, value.to_vec());
-            Ok(true)
-        }
-    }
+    crate::keygen::exchange::insert_once(map, party, &value.to_vec(), party, what)
 }
 
 impl<C: Ciphersuite> std::fmt::Debug for Signing<C> {

@@ -43,6 +43,33 @@ fn verify(pkp: &PublicKeyPackage<Tr>, n: u8, signatures: &[Vec<u8>]) {
     }
 }
 
+/// Party 1 coordinating one message with party 2: the device holds the cosigner's commitments
+/// and has built the package and signed it; the cosigner has only committed.
+struct Pair {
+    keys: BTreeMap<PartyId, KeyPackage<Tr>>,
+    pkp: PublicKeyPackage<Tr>,
+    device: Signing<Tr>,
+    cosigner: Signing<Tr>,
+    theirs: Vec<SignMessage>,
+}
+
+fn coordinated() -> Pair {
+    let (keys, pkp) = keys();
+    let signers = [pid(1), pid(2)];
+    let (mut device, _) = start(&keys, 1, &signers, 1);
+    let (cosigner, theirs) = start(&keys, 2, &signers, 1);
+    assert!(device.signatures(&pkp).is_err());
+    device.absorb(&theirs[0]).unwrap();
+    device.advance().unwrap();
+    Pair {
+        keys,
+        pkp,
+        device,
+        cosigner,
+        theirs,
+    }
+}
+
 #[test]
 fn a_coordinator_and_a_signer_sign_every_message_in_any_order() {
     let (keys, pkp) = keys();
@@ -146,12 +173,13 @@ fn equivocation_wrong_counts_and_strangers_are_refused() {
 
 #[test]
 fn a_package_for_another_message_uses_up_the_nonces_and_signs_nothing() {
-    let (keys, _) = keys();
+    let Pair {
+        keys,
+        mut cosigner,
+        theirs,
+        ..
+    } = coordinated();
     let signers = [pid(1), pid(2)];
-    let (mut device, _) = start(&keys, 1, &signers, 1);
-    let (mut cosigner, theirs) = start(&keys, 2, &signers, 1);
-    device.absorb(&theirs[0]).unwrap();
-    device.advance().unwrap();
     // A coordinator that swapped the message: the cosigner's session refuses it, and is gone.
     let (_, forged_for) = start(&keys, 1, &signers, 1);
     let SignMessage::Commitments { commitments, .. } = &forged_for[0] else {
@@ -185,13 +213,12 @@ fn a_package_for_another_message_uses_up_the_nonces_and_signs_nothing() {
 
 #[test]
 fn signatures_wait_for_every_share_and_name_a_bad_one() {
-    let (keys, pkp) = keys();
-    let signers = [pid(1), pid(2)];
-    let (mut device, _) = start(&keys, 1, &signers, 1);
-    let (mut cosigner, theirs) = start(&keys, 2, &signers, 1);
-    assert!(device.signatures(&pkp).is_err());
-    device.absorb(&theirs[0]).unwrap();
-    device.advance().unwrap();
+    let Pair {
+        pkp,
+        mut device,
+        mut cosigner,
+        ..
+    } = coordinated();
     assert!(matches!(
         device.signatures(&pkp),
         Err(ProtocolError::UnexpectedMessage { .. })
