@@ -19,7 +19,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use cosigner_tests::pid;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cosigner_client::address::Network;
@@ -28,7 +27,7 @@ use cosigner_client::session::Session;
 use cosigner_client::trust::Trust;
 use cosigner_client::{psbt_sign, wallet};
 use cosigner_protocol::dkg;
-use cosigner_protocol::sign::{SignerSession, aggregate, signing_package};
+use cosigner_protocol::signing::Signing;
 use cosigner_protocol::wire::{DkgParams, SUITE_SECP256K1_TR, WalletId};
 use cosigner_tests::Deployment;
 use cosigner_tests::bench::time;
@@ -71,34 +70,18 @@ fn inprocess_sign() -> f64 {
         .map(|s| s.handle_confirmations(&confirmations).unwrap())
         .collect();
     let message = [9u8; 32];
+    // Both parties in one engine: commitments, the package, both shares and the aggregate, as a
+    // coordinator and a cosigner compute them (without the network between them).
     time(300, || {
-        let (a, ca) = SignerSession::<Suite>::commit(
-            &outputs[0].key_package,
-            pid(1),
-            &message,
-            &[pid(1), pid(2)],
-            &mut rng,
-        )
-        .unwrap();
-        let (b, cb) = SignerSession::<Suite>::commit(
-            &outputs[1].key_package,
-            pid(2),
-            &message,
-            &[pid(1), pid(2)],
-            &mut rng,
-        )
-        .unwrap();
-        let package =
-            signing_package::<Suite>(&message, &BTreeMap::from([(pid(1), ca), (pid(2), cb)]))
+        let locals = vec![
+            (pid(1), outputs[0].key_package.clone()),
+            (pid(2), outputs[1].key_package.clone()),
+        ];
+        let (mut signing, _) =
+            Signing::<Suite>::start(locals, &[pid(1), pid(2)], vec![message.to_vec()], &mut rng)
                 .unwrap();
-        let sa = a.sign(&outputs[0].key_package, &package).unwrap();
-        let sb = b.sign(&outputs[1].key_package, &package).unwrap();
-        aggregate::<Suite>(
-            &package,
-            &BTreeMap::from([(pid(1), sa), (pid(2), sb)]),
-            &outputs[0].public_key_package,
-        )
-        .unwrap();
+        signing.advance().unwrap();
+        signing.signatures(&outputs[0].public_key_package).unwrap();
     })
 }
 
