@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use common::{
     MESSAGE, PARTIES, Shares, altered, assert_secrets_stay_out_of_debug, culprit, disagreement,
     dkg_params, finish, for_both_suites, inbox, package, params_error, pid, refresh_params,
-    refresh_round1, refresh_round3, rng, round2, run_refresh, sign_shares, to_shares, verify,
+    refresh_round1, refresh_round3, rng, round2, run_refresh, sign_shares, signs_under, to_shares,
 };
 use cosigner_protocol::ProtocolError;
 use cosigner_protocol::dkg;
@@ -74,14 +74,10 @@ fn refresh_keeps_the_key_and_retires_old_shares<C: Ciphersuite>() {
     // Every pair of new shares signs under the unchanged group key.
     let new = to_shares(&outputs);
     for pair in [[1, 2], [1, 3], [2, 3]] {
-        let keys = pair.map(|p| (pid(p), &new[&pid(p)].key_package));
-        let (package, shares) = sign_shares::<C>(&keys, MESSAGE);
-        let signature =
-            sign::aggregate(&package, &shares, &new[&pid(1)].public_key_package).unwrap();
-        assert!(verify(
-            &old[&pid(1)].public_key_package,
-            MESSAGE,
-            &signature
+        assert!(signs_under(
+            &new,
+            &pair.map(pid),
+            &old[&pid(1)].public_key_package
         ));
     }
 
@@ -165,14 +161,10 @@ fn refresh_twice_and_parties_in_any_order<C: Ciphersuite>() {
         );
     }
     let second = to_shares(&finish(s3, &confirmations));
-    let keys = [pid(2), pid(3)].map(|p| (p, &second[&p].key_package));
-    let (package, shares) = sign_shares::<C>(&keys, MESSAGE);
-    let signature =
-        sign::aggregate(&package, &shares, &second[&pid(2)].public_key_package).unwrap();
-    assert!(verify(
-        &old[&pid(1)].public_key_package,
-        MESSAGE,
-        &signature
+    assert!(signs_under(
+        &second,
+        &[pid(2), pid(3)],
+        &old[&pid(1)].public_key_package
     ));
 }
 
@@ -338,16 +330,19 @@ fn packages_of_another_epoch_or_protocol_are_refused<C: Ciphersuite>() {
             .clone();
         let (s2, sealed) = round2(s1, &r1);
         let transcript = *s2[&pid(1)].transcript_hash();
-        let forged = match how {
-            "other epoch" => refresh::seal_package(
-                &next_epoch,
+        let seal_refresh = |p: &RefreshParams| {
+            refresh::seal_package(
+                p,
                 pid(2),
                 pid(1),
                 &transcript,
                 &key_of_1,
                 &package,
                 &mut rng(),
-            ),
+            )
+        };
+        let forged = match how {
+            "other epoch" => seal_refresh(&next_epoch),
             "dkg" => dkg::seal_package(
                 &dkg_params::<C>(),
                 pid(2),
@@ -357,15 +352,7 @@ fn packages_of_another_epoch_or_protocol_are_refused<C: Ciphersuite>() {
                 &package,
                 &mut rng(),
             ),
-            _ => refresh::seal_package(
-                &params,
-                pid(2),
-                pid(1),
-                &transcript,
-                &key_of_1,
-                &package,
-                &mut rng(),
-            ),
+            _ => seal_refresh(&params),
         }
         .unwrap();
         let mut inbox1 = inbox(&sealed, pid(1));

@@ -340,6 +340,23 @@ pub fn sign_with<C: Ciphersuite>(
     sign::aggregate(&package, &shares, &keys[&signers[0]].public_key_package).unwrap()
 }
 
+/// Whether `signers` of `shares` sign [`MESSAGE`] under `key`'s group key (aggregated with the
+/// first signer's public key package).
+pub fn signs_under<C: Ciphersuite>(
+    shares: &Shares<C>,
+    signers: &[PartyId],
+    key: &PublicKeyPackage<C>,
+) -> bool {
+    let keys: Vec<_> = signers
+        .iter()
+        .map(|p| (*p, &shares[p].key_package))
+        .collect();
+    let (package, sig_shares) = sign_shares::<C>(&keys, MESSAGE);
+    let own = &shares[&signers[0]].public_key_package;
+    let signature = sign::aggregate(&package, &sig_shares, own).unwrap();
+    verify(key, MESSAGE, &signature)
+}
+
 pub fn verify<C: Ciphersuite>(pkp: &PublicKeyPackage<C>, message: &[u8], signature: &[u8]) -> bool {
     let signature = frost_core::Signature::<C>::deserialize(signature).unwrap();
     pkp.verifying_key().verify(message, &signature).is_ok()
