@@ -22,6 +22,7 @@ use cosigner_protocol::ProtocolError;
 use cosigner_protocol::dkg;
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
+use cosigner_protocol::keygen::KeygenParams;
 use cosigner_protocol::refresh::{self, RefreshRound2, RefreshRound3};
 use cosigner_protocol::sign;
 use cosigner_protocol::wire::{Confirmation, RefreshParams, Round1Message, SealedPackage};
@@ -306,6 +307,22 @@ fn open_as_1<C: Ciphersuite>(
     )
 }
 
+/// Party 2's round-2 package for party 1, sealed under `params` (whatever ceremony they name).
+fn seal_2_to_1<P: KeygenParams>(
+    params: &P,
+    (transcript, key_of_1, package): (&[u8; 32], &[u8], &[u8]),
+) -> cosigner_protocol::Result<SealedPackage> {
+    refresh::seal_package(
+        params,
+        pid(2),
+        pid(1),
+        transcript,
+        key_of_1,
+        package,
+        &mut rng(),
+    )
+}
+
 fn packages_of_another_epoch_or_protocol_are_refused<C: Ciphersuite>() {
     let old = run_dkg::<C>();
     let params = refresh_params::<C>(0);
@@ -330,29 +347,11 @@ fn packages_of_another_epoch_or_protocol_are_refused<C: Ciphersuite>() {
             .clone();
         let (s2, sealed) = round2(s1, &r1);
         let transcript = *s2[&pid(1)].transcript_hash();
-        let seal_refresh = |p: &RefreshParams| {
-            refresh::seal_package(
-                p,
-                pid(2),
-                pid(1),
-                &transcript,
-                &key_of_1,
-                &package,
-                &mut rng(),
-            )
-        };
+        let inputs = (&transcript, key_of_1.as_slice(), package.as_slice());
         let forged = match how {
-            "other epoch" => seal_refresh(&next_epoch),
-            "dkg" => dkg::seal_package(
-                &dkg_params::<C>(),
-                pid(2),
-                pid(1),
-                &transcript,
-                &key_of_1,
-                &package,
-                &mut rng(),
-            ),
-            _ => seal_refresh(&params),
+            "other epoch" => seal_2_to_1(&next_epoch, inputs),
+            "dkg" => seal_2_to_1(&dkg_params::<C>(), inputs),
+            _ => seal_2_to_1(&params, inputs),
         }
         .unwrap();
         let mut inbox1 = inbox(&sealed, pid(1));
