@@ -26,7 +26,7 @@ use cosigner_client::home::Home;
 use cosigner_client::session::Session;
 use cosigner_client::trust::Trust;
 use cosigner_client::{psbt_sign, wallet};
-use cosigner_protocol::dkg;
+use cosigner_protocol::keygen::exchange::Exchange;
 use cosigner_protocol::signing::Signing;
 use cosigner_protocol::wire::{DkgParams, SUITE_SECP256K1_TR, WalletId};
 use cosigner_tests::Deployment;
@@ -42,32 +42,15 @@ fn inprocess_sign() -> f64 {
         min_signers: 2,
         parties: vec![pid(1), pid(2), pid(3)],
     };
-    let mut r1 = Vec::new();
-    let mut msgs = Vec::new();
-    for me in [pid(1), pid(2), pid(3)] {
-        let (s, m) = dkg::start::<Suite>(&params, me, &mut rng).unwrap();
-        r1.push(s);
-        msgs.push(m);
-    }
-    let mut r2 = Vec::new();
-    let mut packages = Vec::new();
-    for s in r1 {
-        let (s, p) = s.handle_round1(&msgs, &mut rng).unwrap();
-        r2.push(s);
-        packages.extend(p);
-    }
-    let mut r3 = Vec::new();
-    let mut confirmations = Vec::new();
-    for s in r2 {
-        let me = s.me();
-        let mine: Vec<_> = packages.iter().filter(|p| p.to == me).cloned().collect();
-        let (s, c) = s.handle_round2(&mine).unwrap();
-        r3.push(s);
-        confirmations.push(c);
-    }
-    let outputs: Vec<_> = r3
+    // The DKG on the key-making engine, all three parties in one holder (they feed each other).
+    let locals = vec![(pid(1), ()), (pid(2), ()), (pid(3), ())];
+    let (mut dkg, _) = Exchange::<Suite, DkgParams>::start(&params, locals, &mut rng).unwrap();
+    dkg.advance(&mut rng).unwrap();
+    let outputs: Vec<_> = dkg
+        .into_outputs()
+        .unwrap()
         .into_iter()
-        .map(|s| s.handle_confirmations(&confirmations).unwrap())
+        .map(|(_, output)| output)
         .collect();
     let message = [9u8; 32];
     // Both parties in one engine: commitments, the package, both shares and the aggregate, as a
