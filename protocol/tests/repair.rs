@@ -68,14 +68,7 @@ fn start<C: Ciphersuite>(
     let mut helpers = BTreeMap::new();
     let mut keys = BTreeMap::new();
     for h in &params.helpers {
-        let (state, key) = repair::helper_start::<C>(
-            params,
-            *h,
-            &shares[h].key_package,
-            &shares[h].public_key_package,
-            &mut rng(),
-        )
-        .unwrap();
+        let (state, key) = start_as(params, *h, &shares[h]).unwrap();
         helpers.insert(*h, state);
         keys.insert(*h, key);
     }
@@ -208,17 +201,24 @@ fn repair_then_refresh_retires_the_lost_share<C: Ciphersuite>() {
 // ---------------------------------------------------------------------------------------------
 // Refused repairs.
 
+/// `repair::helper_start` as `party` with the key package and public key package of `share`.
+fn start_as<C: Ciphersuite>(
+    params: &RepairParams,
+    party: PartyId,
+    share: &common::Share<C>,
+) -> cosigner_protocol::Result<(RepairHelper1<C>, Vec<u8>)> {
+    repair::helper_start::<C>(
+        params,
+        party,
+        &share.key_package,
+        &share.public_key_package,
+        &mut rng(),
+    )
+}
+
 fn bad_parameters_are_refused<C: Ciphersuite>() {
     let shares = wallet::<C>();
-    let start_2 = |p: &RepairParams| {
-        repair::helper_start::<C>(
-            p,
-            pid(2),
-            &shares[&pid(2)].key_package,
-            &shares[&pid(2)].public_key_package,
-            &mut rng(),
-        )
-    };
+    let start_2 = |p: &RepairParams| start_as::<C>(p, pid(2), &shares[&pid(2)]);
 
     // The participant among the helpers.
     let reason = params_error(start_2(&repair_params::<C>(&[pid(1), pid(2)], pid(2))));
@@ -237,13 +237,7 @@ fn bad_parameters_are_refused<C: Ciphersuite>() {
     ));
     let big = run_dkg::<C>(3, &[pid(1), pid(2), pid(3), pid(4)]);
     let below = repair_params::<C>(&[pid(2), pid(3)], pid(1));
-    let reason = params_error(repair::helper_start::<C>(
-        &below,
-        pid(2),
-        &big[&pid(2)].key_package,
-        &big[&pid(2)].public_key_package,
-        &mut rng(),
-    ));
+    let reason = params_error(start_as(&below, pid(2), &big[&pid(2)]));
     assert!(reason.contains("below the threshold"), "{reason}");
     let (participant, _) = repair::participant_start::<C>(&below, &mut rng()).unwrap();
     let reason = params_error(participant.finish(
@@ -256,12 +250,10 @@ fn bad_parameters_are_refused<C: Ciphersuite>() {
 
     // Not a helper; another party's key package; a non-member participant; another suite.
     params_error(start_2(&repair_params::<C>(&[pid(1), pid(3)], pid(4))));
-    params_error(repair::helper_start::<C>(
+    params_error(start_as(
         &repair_params::<C>(&[pid(2), pid(3)], pid(1)),
         pid(2),
-        &shares[&pid(3)].key_package,
-        &shares[&pid(3)].public_key_package,
-        &mut rng(),
+        &shares[&pid(3)],
     ));
     let reason = params_error(start_2(&repair_params::<C>(&[pid(2), pid(3)], pid(9))));
     assert!(reason.contains("not a member"), "{reason}");
@@ -420,12 +412,10 @@ fn coordinator_cannot_substitute_helper_keys<C: Ciphersuite>() {
     assert_eq!(culprit(bare).0, 3);
 
     // Helper 3's genuine key from another repair (another participant) does not fit this one.
-    let (_, replayed) = repair::helper_start::<C>(
+    let (_, replayed) = start_as(
         &repair_params::<C>(&[pid(1), pid(3)], pid(2)),
         pid(3),
-        &shares[&pid(3)].key_package,
-        &shares[&pid(3)].public_key_package,
-        &mut rng(),
+        &shares[&pid(3)],
     )
     .unwrap();
     let replay = deltas_with(pid(2), &|keys| {
