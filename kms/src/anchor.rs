@@ -113,7 +113,19 @@ impl Token {
             attrs.push(Attribute::Value(
                 [&generation.to_be_bytes()[..], value].concat(),
             ));
-            s.session.create_object(&attrs).ck("C_CreateObject")?;
+            if let Err(first) = s.session.create_object(&attrs).ck("C_CreateObject") {
+                // A token may fail a write transiently (SoftHSM's file store under concurrent
+                // access answers CKR_GENERAL_ERROR) and may even have committed it: look again,
+                // and create once more only if the new generation is not there.
+                let again = read_all(s, label)?;
+                match again.last() {
+                    Some((g, _, v)) if *g == generation && v.as_slice() == value => {}
+                    last if last.map(|(g, _, _)| *g) == found => {
+                        s.session.create_object(&attrs).ck("C_CreateObject")?;
+                    }
+                    _ => return Err(first),
+                }
+            }
             for (_, handle, _) in existing {
                 // Committed already (see above): a stale handle or a failed destroy only leaves
                 // an older generation behind, which reads ignore and the next write removes.
