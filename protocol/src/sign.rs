@@ -238,6 +238,14 @@ impl<C: Ciphersuite> std::fmt::Debug for SignerSession<C> {
     }
 }
 
+/// The serialized commitments `party` has in the serialized signing `package`; `None` when the
+/// package does not decode or has none for it.
+pub fn commitment_in<C: Ciphersuite>(package: &[u8], party: PartyId) -> Option<Vec<u8>> {
+    let package = SigningPackage::<C>::deserialize(package).ok()?;
+    let id = common::identifier::<C>(party).ok()?;
+    package.signing_commitment(&id)?.serialize().ok()
+}
+
 /// Coordinator, after round 1: builds the serialized `SigningPackage` (RFC 9591 §5.2 input) from
 /// `message` and each signer's serialized commitments.
 ///

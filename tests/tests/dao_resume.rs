@@ -19,13 +19,13 @@ use std::time::Duration;
 
 use cosigner_client::dao::{open_invitation, read_envelope};
 use cosigner_protocol::dao::{DaoMessage, Invitation};
+use cosigner_protocol::sign::commitment_in;
 use cosigner_tests::bitcoin_tx::Spend;
 use cosigner_tests::members::{
     self, BTC, Dao, Member, Watch, all_signed, approval_by, approve_args, cosigner, create_args,
     device_key, join_args, json, setup, sign_args, spawn, wait_for,
 };
 use cosigner_tests::{Deployment, Outcome};
-use frost_core::SigningPackage;
 use serde_json::Value;
 
 type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
@@ -191,21 +191,17 @@ fn provider_commitments(
     watch: &mut Watch,
     provider_party: cosigner_protocol::id::PartyId,
 ) -> Vec<(u32, Vec<u8>)> {
-    let id = provider_party.identifier::<Tr>().unwrap();
-    watch
-        .messages()
-        .into_iter()
-        .filter_map(|(_, m)| match m {
-            DaoMessage::SigningPackages {
-                packages, round, ..
-            } => {
-                let package = SigningPackage::<Tr>::deserialize(&packages[0]).unwrap();
-                let c = package.signing_commitment(&id).unwrap();
-                Some((round, c.serialize().unwrap()))
-            }
-            _ => None,
-        })
-        .collect()
+    let mut rounds = Vec::new();
+    for (_, message) in watch.messages() {
+        if let DaoMessage::SigningPackages {
+            packages, round, ..
+        } = message
+        {
+            let commitment = commitment_in::<Tr>(&packages[0], provider_party);
+            rounds.push((round, commitment.expect("the provider's commitment")));
+        }
+    }
+    rounds
 }
 
 /// `member`'s commitments for signing round `round`.

@@ -44,7 +44,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use frost_core::Ciphersuite;
-use frost_core::SigningPackage;
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use rand_core::{CryptoRng, RngCore};
 use serde_bytes::ByteBuf;
@@ -53,7 +52,6 @@ use super::{
     Approval, DaoMessage, Evaluation, Layout, MAX_REJECTION_REASON, Rejection, hash32,
     sighashes_digest,
 };
-use crate::dkg::common;
 use crate::error::{ProtocolError, Result};
 use crate::id::PartyId;
 use crate::signing::{SignMessage, SignStep, Signing};
@@ -75,16 +73,7 @@ fn same_request(ours: &[u8; 32], theirs: &[u8]) -> bool {
 /// Whether the serialized signing `package` carries `commitment` (serialized) for `party`.
 /// Anything that does not decode carries nothing.
 fn carries<C: Ciphersuite>(package: &[u8], party: PartyId, commitment: &[u8]) -> bool {
-    let (Ok(package), Ok(id)) = (
-        SigningPackage::<C>::deserialize(package),
-        common::identifier::<C>(party),
-    ) else {
-        return false;
-    };
-    package
-        .signing_commitment(&id)
-        .and_then(|c| c.serialize().ok())
-        .is_some_and(|c| c == commitment)
+    crate::sign::commitment_in::<C>(package, party).is_some_and(|c| c == commitment)
 }
 
 /// Where a member's signing stands.
@@ -1143,7 +1132,7 @@ mod tests {
     use crate::dao::dkg::Outputs;
     use crate::dao::tests::keys;
     use crate::id::pid;
-    use crate::sign::{SignerSession, signing_package};
+    use crate::sign::{SignerSession, commitment_in, signing_package};
     use rand_core::OsRng;
 
     type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
@@ -1462,20 +1451,13 @@ mod tests {
 
         /// The provider's commitments (party 6) in every signing package posted so far, by round.
         fn provider_commitments(&self) -> Vec<(u32, Vec<u8>)> {
-            let id = common::identifier::<Tr>(pid(6)).unwrap();
-            self.mailbox
-                .iter()
-                .filter_map(|(_, m)| match m {
-                    DaoMessage::SigningPackages {
-                        packages, round, ..
-                    } => {
-                        let p = SigningPackage::<Tr>::deserialize(&packages[0]).unwrap();
-                        let c = p.signing_commitment(&id).unwrap().serialize().unwrap();
-                        Some((*round, c))
-                    }
-                    _ => None,
-                })
-                .collect()
+            let in_round = |(_, m): &(Vec<u8>, DaoMessage)| match m {
+                DaoMessage::SigningPackages {
+                    packages, round, ..
+                } => Some((*round, commitment_in::<Tr>(&packages[0], pid(6))?)),
+                _ => None,
+            };
+            self.mailbox.iter().filter_map(in_round).collect()
         }
     }
 
