@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 
 use cosigner_fuzz::{small_party, xor_edits};
 use cosigner_protocol::dkg;
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::wire::{
     DkgParams, Round1Message, SUITE_SECP256K1_TR, SealedPackage, WalletId,
 };
@@ -30,8 +31,8 @@ use rand::rngs::StdRng;
 
 type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
 
-const PARTIES: [u16; 3] = [1, 2, 3];
-const ME: u16 = 2;
+const PARTIES: [PartyId; 3] = [PartyId::DEVICE, PartyId::PROVIDER, PartyId::RECOVERY];
+const ME: PartyId = PartyId::PROVIDER;
 /// At most this many messages in a round-1 set (three is the honest count).
 const MAX_MESSAGES: usize = 6;
 /// At most this many byte edits in one message.
@@ -47,8 +48,8 @@ fn params() -> DkgParams {
 }
 
 /// Each party's RNG: seeded by its number, so party 2's state is the same on every run.
-fn rng_of(party: u16) -> StdRng {
-    StdRng::seed_from_u64(0xd6_0000 + u64::from(party))
+fn rng_of(party: PartyId) -> StdRng {
+    StdRng::seed_from_u64(0xd6_0000 + u64::from(party.get()))
 }
 
 /// An honest ceremony: every party's round-1 message, and the round-2 packages sealed to party 2.
@@ -183,7 +184,7 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     assert_eq!(next.me(), ME);
-    let mut recipients: Vec<u16> = sealed.iter().map(|p| p.to).collect();
+    let mut recipients: Vec<PartyId> = sealed.iter().map(|p| p.to).collect();
     recipients.sort_unstable();
     assert_eq!(recipients, [1, 3]);
     assert!(sealed.iter().all(|p| p.from == ME));

@@ -21,7 +21,10 @@ struct Cut<'a> {
 
 impl Read for Cut<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let size = self.sizes.next().map_or(usize::MAX, |&s| usize::from(s.max(1)));
+        let size = self
+            .sizes
+            .next()
+            .map_or(usize::MAX, |&s| usize::from(s.max(1)));
         let n = size.min(buf.len()).min(self.stream.len());
         let (now, later) = self.stream.split_at(n);
         buf[..n].copy_from_slice(now);
@@ -68,7 +71,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(r) = &at_once {
         assert!((200..600).contains(&r.status));
         assert!(r.body.len() <= limits.max_body);
-        assert!(!r.headers.iter().any(|(n, _)| n.bytes().any(|b| b.is_ascii_uppercase())));
+        assert!(
+            !r.headers
+                .iter()
+                .any(|(n, _)| n.bytes().any(|b| b.is_ascii_uppercase()))
+        );
     }
     let excess = |r: &Result<Response, HttpError>| matches!(r, Err(HttpError::ExcessBody));
     if !excess(&at_once) && !excess(&in_pieces) {

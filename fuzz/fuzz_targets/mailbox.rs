@@ -9,7 +9,10 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(envelope) = Envelope::decode(data) {
-        assert_eq!(envelope.encode().expect("a decoded envelope re-encodes"), data);
+        assert_eq!(
+            envelope.encode().expect("a decoded envelope re-encodes"),
+            data
+        );
         let _ = envelope.verify();
         let _ = Envelope::open(data, &envelope.topic);
         let _ = envelope.id();

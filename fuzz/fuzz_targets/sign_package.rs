@@ -22,6 +22,7 @@ use std::sync::OnceLock;
 
 use cosigner_fuzz::{small_party, xor_edits};
 use cosigner_protocol::dkg;
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::sign::{SignerSession, aggregate, signing_package};
 use cosigner_protocol::wire::{DkgParams, SUITE_SECP256K1_TR, WalletId};
 use frost_secp256k1_tr::keys::{KeyPackage, PublicKeyPackage};
@@ -34,26 +35,28 @@ use rand::rngs::StdRng;
 
 type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
 
-const PARTIES: [u16; 3] = [1, 2, 3];
-const SIGNERS: [u16; 2] = [1, 2];
-const ME: u16 = 2;
+const PARTIES: [PartyId; 3] = [PartyId::DEVICE, PartyId::PROVIDER, PartyId::RECOVERY];
+const SIGNERS: [PartyId; 2] = [PartyId::DEVICE, PartyId::PROVIDER];
+const ME: PartyId = PartyId::PROVIDER;
+/// The other signer.
+const OTHER: PartyId = PartyId::DEVICE;
 const MESSAGE: &[u8; 32] = b"a 32-byte BIP-341 sighash here..";
 const MAX_EDITS: usize = 8;
 const MAX_COMMITMENTS: usize = 5;
 
 /// The result of one honest 2-of-3 DKG, and the honest commitments and package of signers [1, 2].
 struct Fixture {
-    keys: BTreeMap<u16, KeyPackage>,
+    keys: BTreeMap<PartyId, KeyPackage>,
     public: PublicKeyPackage,
-    commitments: BTreeMap<u16, Vec<u8>>,
+    commitments: BTreeMap<PartyId, Vec<u8>>,
     package: Vec<u8>,
 }
 
-fn session_rng(party: u16) -> StdRng {
-    StdRng::seed_from_u64(0x5160_0000 + u64::from(party))
+fn session_rng(party: PartyId) -> StdRng {
+    StdRng::seed_from_u64(0x5160_0000 + u64::from(party.get()))
 }
 
-fn run_dkg() -> (BTreeMap<u16, KeyPackage>, PublicKeyPackage) {
+fn run_dkg() -> (BTreeMap<PartyId, KeyPackage>, PublicKeyPackage) {
     let mut rng = StdRng::seed_from_u64(0xd6);
     let params = DkgParams {
         wallet_id: WalletId([0x51; 16]),
@@ -101,7 +104,7 @@ fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let (keys, public) = run_dkg();
-        let commitments: BTreeMap<u16, Vec<u8>> = SIGNERS
+        let commitments: BTreeMap<PartyId, Vec<u8>> = SIGNERS
             .iter()
             .map(|&p| {
                 let (_, c) =
@@ -142,11 +145,11 @@ fn built_package(u: &mut Unstructured<'_>, f: &Fixture) -> Result<Option<Vec<u8>
         let p = small_party(u)?;
         let bytes = match u.int_in_range(0..=2u8)? {
             0 => u
-                .choose(&[&f.commitments[&1], &f.commitments[&2]])?
+                .choose(&[&f.commitments[&OTHER], &f.commitments[&ME]])?
                 .to_vec(),
             1 => {
                 let mut c = u
-                    .choose(&[&f.commitments[&1], &f.commitments[&2]])?
+                    .choose(&[&f.commitments[&OTHER], &f.commitments[&ME]])?
                     .to_vec();
                 edit(u, &mut c)?;
                 c
@@ -161,10 +164,10 @@ fn built_package(u: &mut Unstructured<'_>, f: &Fixture) -> Result<Option<Vec<u8>
     // What the coordinator built is what it was given.
     let decoded = SigningPackage::deserialize(&package).expect("a built package decodes");
     assert_eq!(decoded.message(), &message);
-    assert!(commitments.len() >= 2 && !commitments.contains_key(&0));
+    assert!(commitments.len() >= 2);
     assert_eq!(decoded.signing_commitments().len(), commitments.len());
     for (p, bytes) in &commitments {
-        let id = Identifier::try_from(*p).expect("a nonzero party");
+        let id = p.identifier::<Suite>().expect("a nonzero party");
         let c = SigningCommitments::deserialize(bytes).expect("an accepted commitment decodes");
         assert_eq!(decoded.signing_commitment(&id), Some(c));
     }
@@ -205,19 +208,24 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(decoded.message().as_slice(), MESSAGE.as_slice());
     let ids: Vec<Identifier> = SIGNERS
         .iter()
-        .map(|p| Identifier::try_from(*p).expect("a nonzero party"))
+        .map(|p| p.identifier::<Suite>().expect("a nonzero party"))
         .collect();
     assert!(decoded.signing_commitments().keys().eq(ids.iter()));
-    let our_id = Identifier::try_from(ME).expect("a nonzero party");
+    let our_id = ME.identifier::<Suite>().expect("a nonzero party");
     let our_commitments = SigningCommitments::deserialize(&ours).expect("our commitments");
     assert_eq!(decoded.signing_commitment(&our_id), Some(our_commitments));
 
     if package == f.package {
-        let (other, _) =
-            SignerSession::commit(&f.keys[&1], 1, MESSAGE, &SIGNERS, &mut session_rng(1))
-                .expect("honest commit");
-        let other_share = other.sign(&f.keys[&1], &package).expect("honest share");
-        let shares = BTreeMap::from([(1, other_share), (ME, share)]);
+        let (other, _) = SignerSession::commit(
+            &f.keys[&OTHER],
+            OTHER,
+            MESSAGE,
+            &SIGNERS,
+            &mut session_rng(OTHER),
+        )
+        .expect("honest commit");
+        let other_share = other.sign(&f.keys[&OTHER], &package).expect("honest share");
+        let shares = BTreeMap::from([(OTHER, other_share), (ME, share)]);
         let signature =
             aggregate::<Suite>(&package, &shares, &f.public).expect("honest shares aggregate");
         assert_eq!(signature.len(), 64);

@@ -1,7 +1,8 @@
 //! What the fuzz targets share: the wire round-trip property, and the input-driven edits and
 //! party numbers the ceremony targets build their messages from.
 
-use libfuzzer_sys::arbitrary::{Result, Unstructured};
+use cosigner_protocol::id::PartyId;
+use libfuzzer_sys::arbitrary::{self, Result, Unstructured};
 
 #[doc(hidden)]
 pub use cosigner_protocol;
@@ -47,10 +48,12 @@ pub fn xor_edits(u: &mut Unstructured<'_>, bytes: &mut [u8], max_edits: usize) -
 
 /// A party number: mostly a small one (a party of the targets' 2-of-3 sets, 0, or one just past
 /// the set), sometimes any.
-pub fn small_party(u: &mut Unstructured<'_>) -> Result<u16> {
-    if u.ratio(7, 8)? {
-        u.int_in_range(0..=4)
+pub fn small_party(u: &mut Unstructured<'_>) -> Result<PartyId> {
+    // Party 0 cannot be spelled (the wire refuses it where it decodes): any other number.
+    let number: u16 = if u.ratio(7, 8)? {
+        u.int_in_range(1..=4)?
     } else {
-        u.arbitrary()
-    }
+        u.arbitrary::<u16>()?.max(1)
+    };
+    PartyId::new(number).map_err(|_| arbitrary::Error::IncorrectFormat)
 }
