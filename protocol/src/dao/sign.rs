@@ -1154,6 +1154,18 @@ mod tests {
         }
     }
 
+    /// The coordinator of request `[9; 32]` (one input, sighash `[1; 32]`), needing 3 approvals.
+    fn coordinator(d: &Dao) -> Coordinator<Tr> {
+        Coordinator::<Tr>::new(
+            [9; 32],
+            vec![[1; 32]],
+            3,
+            approvers(d),
+            vec![pid(6), pid(7), pid(8)],
+        )
+        .unwrap()
+    }
+
     fn approvers(d: &Dao) -> BTreeMap<PartyId, Vec<u8>> {
         d.members
             .iter()
@@ -1249,14 +1261,7 @@ mod tests {
     fn an_approval_for_another_request_or_psbt_is_refused() {
         let d = dao();
         let pk = public_key_bytes(&d.members[0]);
-        let mut coord = Coordinator::<Tr>::new(
-            [9; 32],
-            vec![[1; 32]],
-            3,
-            approvers(&d),
-            vec![pid(6), pid(7), pid(8)],
-        )
-        .unwrap();
+        let mut coord = coordinator(&d);
         // Same request, other sighashes (another PSBT's).
         let (_, other_psbt) =
             MemberSigner::<Tr>::approve([9; 32], pid(1), vec![], vec![[2; 32]], String::new());
@@ -1647,14 +1652,7 @@ mod tests {
                 .is_empty()
         );
         // The coordinator refuses commitments for a round it has not announced.
-        let mut coord = Coordinator::<Tr>::new(
-            [9; 32],
-            vec![[1; 32]],
-            3,
-            approvers(&d),
-            vec![pid(6), pid(7), pid(8)],
-        )
-        .unwrap();
+        let mut coord = coordinator(&d);
         assert!(matches!(
             coord.absorb(&public_key_bytes(&d.members[0]), &out[0]),
             Err(ProtocolError::Culprit { party, .. }) if party == pid(1)
@@ -1687,14 +1685,7 @@ mod tests {
         let approval = |p: PartyId| {
             MemberSigner::<Tr>::approve([9; 32], p, vec![], vec![[1; 32]], String::new()).1
         };
-        let mut coord = Coordinator::<Tr>::new(
-            [9; 32],
-            vec![[1; 32]],
-            3,
-            approvers(&d),
-            vec![pid(6), pid(7), pid(8)],
-        )
-        .unwrap();
+        let mut coord = coordinator(&d);
         // An approval stands: its maker cannot reject afterwards.
         assert!(coord.absorb(&pk(pid(1)), &approval(pid(1))).unwrap());
         assert!(matches!(
