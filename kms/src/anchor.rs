@@ -104,10 +104,19 @@ impl Token {
         with_session(self, |s| {
             let existing = read_all(s, label)?;
             let found = existing.last().map(|(g, _, _)| *g);
+            let generation = expected.map_or(0, |g| g.saturating_add(1));
             if found != expected {
+                // Our own write, committed before the session died and this attempt began again
+                // (`with_session` reruns it on a new session): written, not a conflict, or the
+                // caller would drop the very state the anchor now names.
+                if let Some((g, _, v)) = existing.last()
+                    && *g == generation
+                    && v.as_slice() == value
+                {
+                    return Ok(AnchorWrite::Written(generation));
+                }
                 return Ok(AnchorWrite::Conflict { found });
             }
-            let generation = found.map_or(0, |g| g.saturating_add(1));
             let mut attrs = template(label);
             attrs.push(Attribute::Private(true));
             attrs.push(Attribute::Value(

@@ -89,6 +89,8 @@ pub struct Signing<C: Ciphersuite> {
     commitments: BTreeMap<PartyId, Vec<Vec<u8>>>,
     packages: Option<Vec<Vec<u8>>>,
     shares: BTreeMap<PartyId, Vec<Vec<u8>>>,
+    /// Why signing failed: final (a local party's sessions are gone), said on every later call.
+    failed: Option<String>,
 }
 
 impl<C: Ciphersuite> Signing<C> {
@@ -120,6 +122,7 @@ impl<C: Ciphersuite> Signing<C> {
             commitments: BTreeMap::new(),
             packages: None,
             shares: BTreeMap::new(),
+            failed: None,
         };
         let mut out = Vec::with_capacity(locals.len());
         for (party, key_package) in locals {
@@ -218,6 +221,19 @@ impl<C: Ciphersuite> Signing<C> {
     /// differs from what our sessions committed to ([`ProtocolError::SessionMismatch`]): the
     /// sessions are gone either way.
     pub fn advance(&mut self) -> Result<Vec<SignMessage>> {
+        if let Some(reason) = &self.failed {
+            return Err(ProtocolError::SessionMismatch {
+                reason: format!("this signature already failed: {reason}"),
+            });
+        }
+        let out = self.advance_once();
+        if let Err(e) = &out {
+            self.failed = Some(e.to_string());
+        }
+        out
+    }
+
+    fn advance_once(&mut self) -> Result<Vec<SignMessage>> {
         if self.packages.is_none()
             && self
                 .signers

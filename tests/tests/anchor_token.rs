@@ -58,6 +58,12 @@ fn anchor_writes_are_compare_and_swap_on_the_generation() {
         token.set_anchor("w", Some(0), b"stale").unwrap(),
         AnchorWrite::Conflict { found: Some(1) }
     );
+    // The same write again (a rerun after the session died with the first one committed): it
+    // is written, the value it asked for, not a conflict that would make its caller drop it.
+    assert_eq!(
+        token.set_anchor("w", Some(0), b"two").unwrap(),
+        AnchorWrite::Written(1)
+    );
     assert_eq!(token.anchor("w").unwrap(), Some((1, b"two".to_vec())));
     assert_eq!(objects(&token, "w"), 1);
 }

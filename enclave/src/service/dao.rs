@@ -884,6 +884,13 @@ impl Service {
             )?;
             return Err(bad(reason));
         }
+        // The round's signature holds the provider's key packages from the signer set on: an
+        // epoch a refresh retired since then must not sign (its shares are deleted).
+        if self.records().load_dao_state(&job.wallet_id)?.epoch != job.epoch {
+            return Err(bad(
+                "the wallet was refreshed since this request was evaluated: request it again",
+            ));
+        }
         let mut keys = BTreeMap::new();
         if job.coordinator.needs_keys() {
             for &party in &job.provider_parties {
@@ -917,6 +924,11 @@ impl Service {
         // the spend, then publish.
         let _guard = self.writer(&job.wallet_id)?;
         let mut state = self.records().load_dao_state(&job.wallet_id)?;
+        if state.epoch != job.epoch {
+            return Err(bad(
+                "the wallet was refreshed since this request was evaluated: request it again",
+            ));
+        }
         let layout = state.invitation.layout()?;
         let policy = Self::dao_policy(&state, &layout)?;
         let now = now_ms();
@@ -1208,7 +1220,9 @@ impl Service {
     /// shares go. Returns the news for the members.
     fn commit_dao_refresh(&self, job: &RefreshJob) -> Result<DaoMessage, Failure> {
         let from_epoch = job.refresh.from_epoch();
-        let epoch = from_epoch.saturating_next();
+        let epoch = from_epoch
+            .checked_next()
+            .ok_or_else(|| bad("the wallet's epochs are used up"))?;
         let _guard = self.writer(&job.wallet_id)?;
         let mut state = self.dao_refreshing_state(job)?;
         let (_, new) = job

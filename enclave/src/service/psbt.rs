@@ -64,6 +64,13 @@ pub(super) struct PsbtSession {
     destinations: Vec<String>,
 }
 
+impl PsbtSession {
+    /// The epoch whose share it signs with.
+    pub(super) fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+}
+
 /// Most signed txids remembered per wallet (the oldest are forgotten first).
 const MAX_SIGNED_TXIDS: usize = 4096;
 

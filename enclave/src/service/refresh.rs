@@ -415,9 +415,15 @@ impl Service {
         // The state first: once it no longer lists an epoch, its share is never read again.
         let old = std::mem::take(&mut state.retained_epochs);
         self.records().save_state(&wallet_id, &state)?;
-        for e in old {
-            self.records().delete_share(&wallet_id, e)?;
+        for e in &old {
+            self.records().delete_share(&wallet_id, *e)?;
         }
+        // Open signing sessions of the retired epochs hold their unsealed key packages: they go
+        // with the shares.
+        self.signs
+            .drop_where(&wallet_id, |s| old.contains(&s.epoch()))?;
+        self.psbts
+            .drop_where(&wallet_id, |s| old.contains(&s.epoch()))?;
         Ok(Response::Done)
     }
 }

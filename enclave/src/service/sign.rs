@@ -30,6 +30,13 @@ pub(super) struct PendingSign {
     signing: Signing<Suite>,
 }
 
+impl PendingSign {
+    /// The epoch whose share it signs with.
+    pub(super) fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+}
+
 /// Opens this cosigner's side of a signature of `messages` by `signers` with `share` (its party
 /// in `state`): the engine and our commitments, one per message.
 pub(super) fn open_signing(

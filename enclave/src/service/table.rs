@@ -306,11 +306,12 @@ impl<T> Sessions<T> {
     }
 
     /// How many unexpired sessions `wallet` has open.
+    /// (Expired sessions go here too: a session holds an unsealed key package, which must not
+    /// outlive its expiry in an idle enclave.)
     pub(super) fn open(&self, wallet: &WalletId) -> Result<usize, Failure> {
-        Ok(lock(&self.entries)?
-            .values()
-            .filter(|s| s.wallet == *wallet && s.live())
-            .count())
+        let mut map = lock(&self.entries)?;
+        map.retain(|_, s| s.live());
+        Ok(map.values().filter(|s| s.wallet == *wallet).count())
     }
 
     /// Opens `session` of `wallet` as `id`: refused as busy (`busy(open)`) once the wallet has
@@ -356,6 +357,16 @@ impl<T> Sessions<T> {
             .filter(Open::live)
             .map(|s| s.session)
             .ok_or_else(|| Failure::not_found("unknown, expired or already used signing session"))
+    }
+
+    /// Drops the sessions of `wallet` that `doomed` picks.
+    pub(super) fn drop_where(
+        &self,
+        wallet: &WalletId,
+        doomed: impl Fn(&T) -> bool,
+    ) -> Result<(), Failure> {
+        lock(&self.entries)?.retain(|_, s| s.wallet != *wallet || !doomed(&s.session));
+        Ok(())
     }
 
     /// Drops every session of `wallet`.
