@@ -958,6 +958,24 @@ fn check_may_post(
             ),
         });
     }
+    // A poster that names the members it expects learns, before anything is stored, that the
+    // topic admits someone else (a stranger founded it first, or again after it expired): its
+    // post would be readable by that stranger. Members only check this after a fetch, which
+    // leaves a window between their check and their post; this closes it.
+    if !members.is_empty()
+        && let Some(stranger) = stored
+            .iter()
+            .find(|m| !members.iter().any(|k| k.as_slice() == m.as_slice()))
+    {
+        return Err(ParentError::MailboxForbidden {
+            reason: format!(
+                "topic {} admits {}, whom this post does not name as a member: someone else \
+                 founded it",
+                hex::encode(topic),
+                hex::encode(stranger)
+            ),
+        });
+    }
     Ok(())
 }
 
@@ -1576,10 +1594,19 @@ mod tests {
                 .unwrap(),
             1
         );
-        // Members post without naming the members again; the list of a later post is ignored.
+        // Members post without naming the members again, or naming them all; a later post that
+        // names members learns whether the topic admits anyone it did not name (a stranger who
+        // founded the topic first), and is refused then, before anything is stored.
         assert_eq!(s.post(&t, &envelope(&bob, t, b"r1"), &[]).unwrap(), 2);
+        let err = s
+            .post(&t, &envelope(&provider, t, b"r1"), &[pk(&provider)])
+            .unwrap_err();
+        assert!(
+            matches!(&err, ParentError::MailboxForbidden { reason } if reason.contains("does not name")),
+            "{err}"
+        );
         assert_eq!(
-            s.post(&t, &envelope(&provider, t, b"r1"), &[pk(&provider)])
+            s.post(&t, &envelope(&provider, t, b"r1"), &members)
                 .unwrap(),
             3
         );

@@ -24,7 +24,9 @@
 //!
 //! Members only: the post that founds a topic names the topic's members (`Post::members`: the
 //! keys that may read and post there, the founder's among them). After that the host stores a
-//! post only if its envelope's sender is a member, and answers a `Fetch` only if it carries a
+//! post only if its envelope's sender is a member (and, when the post names members, only if the
+//! topic admits no one it does not name: a poster never writes into a topic a stranger founded
+//! first), and answers a `Fetch` only if it carries a
 //! [`ReadProof`]: a member's signature over the topic and a challenge the host drew for this
 //! connection (`Challenge`), so a proof cannot be replayed on another connection. Somebody who
 //! merely knows a topic can therefore neither read nor fill it. The host itself still reads every
