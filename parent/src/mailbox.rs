@@ -1597,27 +1597,23 @@ mod tests {
         // Members post without naming the members again, or naming them all; a later post that
         // names members learns whether the topic admits anyone it did not name (a stranger who
         // founded the topic first), and is refused then, before anything is stored.
+        // A post by `from` naming `named`, refused as forbidden for `why`.
+        let forbidden = |from: &SigningKey, named: &[ByteBuf], why: &str| {
+            let err = s.post(&t, &envelope(from, t, b"x"), named).unwrap_err();
+            assert!(
+                matches!(&err, ParentError::MailboxForbidden { reason } if reason.contains(why)),
+                "{err}"
+            );
+        };
         assert_eq!(s.post(&t, &envelope(&bob, t, b"r1"), &[]).unwrap(), 2);
-        let err = s
-            .post(&t, &envelope(&provider, t, b"r1"), &[pk(&provider)])
-            .unwrap_err();
-        assert!(
-            matches!(&err, ParentError::MailboxForbidden { reason } if reason.contains("does not name")),
-            "{err}"
-        );
+        forbidden(&provider, &[pk(&provider)], "does not name");
         assert_eq!(
             s.post(&t, &envelope(&provider, t, b"r1"), &members)
                 .unwrap(),
             3
         );
         // A stranger who knows the topic can neither post there...
-        let err = s
-            .post(&t, &envelope(&stranger, t, b"junk"), &[pk(&stranger)])
-            .unwrap_err();
-        assert!(
-            matches!(&err, ParentError::MailboxForbidden { reason } if reason.contains("not a member")),
-            "{err}"
-        );
+        forbidden(&stranger, &[pk(&stranger)], "not a member");
         // ...nor read it, with or without a key of his own.
         let err = s.fetch(&t, 0, 0, None).unwrap_err();
         assert!(err.to_string().contains("members only"), "{err}");
