@@ -313,7 +313,7 @@ pub fn start<C: Ciphersuite, P: KeygenParams>(
     rng: &mut (impl CryptoRng + RngCore),
 ) -> Result<(Round1<C, P>, Round1Message)> {
     let params = validate_params::<C, P>(params, me)?;
-    let id = common::identifier::<C>(me)?;
+    let id = me.identifier::<C>()?;
     let max_signers = u16::try_from(params.parties().len()).map_err(|_| ProtocolError::Params {
         reason: "too many parties".into(),
     })?;
@@ -395,7 +395,7 @@ impl<C: Ciphersuite, P: KeygenParams> Round1<C, P> {
         let mut round1_packages = BTreeMap::new();
         for (&from, msg) in by_sender.iter().filter(|(from, _)| **from != me) {
             let package = decode_round1::<C, P>(&params, from, msg, &message)?;
-            round1_packages.insert(common::identifier::<C>(from)?, package);
+            round1_packages.insert(from.identifier::<C>()?, package);
         }
 
         let transcript_hash = transcript_hash(&params, by_sender.values().copied());
@@ -621,7 +621,7 @@ impl<C: Ciphersuite, P: KeygenParams> Round2<C, P> {
         for (&from, sealed) in &by_sender {
             let package =
                 open_one::<C, P>(&params, me, &info, &hpke_secret, &transcript_hash, sealed)?;
-            let sender = common::identifier::<C>(from)?;
+            let sender = from.identifier::<C>()?;
             let commitment = round1_packages
                 .get(&sender)
                 .ok_or_else(|| ProtocolError::Frost {
@@ -699,7 +699,7 @@ impl<C: Ciphersuite, P: KeygenParams> Opened<C, P> {
             transcript_hash,
             ..
         } = self;
-        let id = common::identifier::<C>(me)?;
+        let id = me.identifier::<C>()?;
         if *key_package.identifier() != id
             || public_key_package.verifying_shares().get(&id) != Some(key_package.verifying_share())
             || public_key_package.verifying_shares().len() != params.parties().len()

@@ -74,7 +74,7 @@ pub fn check_old_shares<C: Ciphersuite>(
 ) -> Result<()> {
     let params = keygen::validate_params::<C, _>(params, me)?;
     let bad = |reason: String| ProtocolError::Params { reason };
-    let id = common::identifier::<C>(me)?;
+    let id = me.identifier::<C>()?;
     if *old_key_package.identifier() != id {
         return Err(bad(format!("the current key package is not party {me}'s")));
     }
@@ -103,7 +103,7 @@ pub fn check_old_shares<C: Ciphersuite>(
     }
     let shares = old_public_key_package.verifying_shares();
     for party in &params.parties {
-        if !shares.contains_key(&common::identifier::<C>(*party)?) {
+        if !shares.contains_key(&party.identifier::<C>()?) {
             return Err(bad(format!("party {party} is not a member of this wallet")));
         }
     }
@@ -112,7 +112,7 @@ pub fn check_old_shares<C: Ciphersuite>(
         // runs on the error path).
         let missing = PartyId::range(1, u16::MAX).find(|p| {
             !params.parties.contains(p)
-                && common::identifier::<C>(*p).is_ok_and(|id| shares.contains_key(&id))
+                && p.identifier::<C>().is_ok_and(|id| shares.contains_key(&id))
         });
         return Err(bad(match missing {
             Some(p) => format!(
@@ -172,7 +172,7 @@ impl<C: Ciphersuite> RefreshRound2<C> {
     ) -> Result<(RefreshRound3<C>, Confirmation)> {
         let me = self.me();
         check_old_shares(self.params(), me, old_key_package, old_public_key_package)?;
-        let id = common::identifier::<C>(me)?;
+        let id = me.identifier::<C>()?;
         let opened = self.open(packages, |_, round1, round2| {
             vss::check_refresh_share(round2.signing_share(), round1.commitment(), id)
         })?;

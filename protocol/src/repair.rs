@@ -106,7 +106,7 @@ fn validate_params<C: Ciphersuite>(params: &RepairParams) -> Result<RepairParams
         });
     }
     let helpers = common::normalize_parties(&params.helpers, "helper set")?;
-    common::identifier::<C>(params.participant)?;
+    params.participant.identifier::<C>()?;
     if helpers.contains(&params.participant) {
         return Err(ProtocolError::Params {
             reason: format!(
@@ -155,7 +155,7 @@ fn check_against_wallet<C: Ciphersuite>(
     for party in params.helpers.iter().chain([&params.participant]) {
         if !public_key_package
             .verifying_shares()
-            .contains_key(&common::identifier::<C>(*party)?)
+            .contains_key(&party.identifier::<C>()?)
         {
             return Err(ProtocolError::Params {
                 reason: format!("party {party} is not a member of this wallet"),
@@ -186,7 +186,7 @@ pub fn helper_start<C: Ciphersuite>(
             reason: format!("party {me} is not in the helper set {:?}", params.helpers),
         });
     }
-    let id = common::identifier::<C>(me)?;
+    let id = me.identifier::<C>()?;
     if *key_package.identifier() != id {
         return Err(ProtocolError::Params {
             reason: format!("the key package is not party {me}'s"),
@@ -285,7 +285,7 @@ impl<C: Ciphersuite> RepairHelper1<C> {
             verifying_share,
             public_key_package,
         } = self;
-        let id = common::identifier::<C>(me)?;
+        let id = me.identifier::<C>()?;
         if *key_package.identifier() != id || *key_package.verifying_share() != verifying_share {
             return Err(ProtocolError::Params {
                 reason: "the key package is not the one the repair was started with".into(),
@@ -322,9 +322,9 @@ impl<C: Ciphersuite> RepairHelper1<C> {
         let helper_ids: Vec<Identifier<C>> = params
             .helpers
             .iter()
-            .map(|p| common::identifier::<C>(*p))
+            .map(|p| p.identifier::<C>())
             .collect::<Result<_>>()?;
-        let participant = common::identifier::<C>(params.participant)?;
+        let participant = params.participant.identifier::<C>()?;
         let mut deltas = repairable::repair_share_part1(&helper_ids, key_package, rng, participant)
             .map_err(|e| common::frost_error(e, &params.helpers, "repair part 1"))?;
 
@@ -632,7 +632,7 @@ impl<C: Ciphersuite> RepairParticipant<C> {
                 }
             }
         }
-        let participant = common::identifier::<C>(params.participant)?;
+        let participant = params.participant.identifier::<C>()?;
         let repaired = opened.and_then(|()| {
             repairable::repair_share_part3(&received, participant, public_key_package)
                 .map_err(|e| common::frost_error(e, &params.helpers, "repair part 3"))

@@ -102,7 +102,7 @@ impl<C: Ciphersuite> SignerSession<C> {
         signers: &[PartyId],
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<(Self, Vec<u8>)> {
-        let identifier = common::identifier::<C>(me)?;
+        let identifier = me.identifier::<C>()?;
         if identifier != *key_package.identifier() {
             return Err(ProtocolError::Params {
                 reason: format!("party {me} does not hold this key package"),
@@ -176,7 +176,7 @@ impl<C: Ciphersuite> SignerSession<C> {
         let expected: Vec<Identifier<C>> = self
             .signers
             .iter()
-            .map(|p| common::identifier::<C>(*p))
+            .map(|p| p.identifier::<C>())
             .collect::<Result<_>>()?;
         if !package.signing_commitments().keys().eq(expected.iter()) {
             let got: Vec<String> = package
@@ -242,7 +242,7 @@ impl<C: Ciphersuite> std::fmt::Debug for SignerSession<C> {
 /// package does not decode or has none for it.
 pub fn commitment_in<C: Ciphersuite>(package: &[u8], party: PartyId) -> Option<Vec<u8>> {
     let package = SigningPackage::<C>::deserialize(package).ok()?;
-    let id = common::identifier::<C>(party).ok()?;
+    let id = party.identifier::<C>().ok()?;
     package.signing_commitment(&id)?.serialize().ok()
 }
 
@@ -270,7 +270,7 @@ pub fn signing_package<C: Ciphersuite>(
             SigningCommitments::<C>::serialize,
         )
         .map_err(|e| ProtocolError::culprit(party, format!("its signing commitments {e}")))?;
-        decoded.insert(common::identifier::<C>(party)?, c);
+        decoded.insert(party.identifier::<C>()?, c);
     }
     SigningPackage::new(decoded, message)
         .serialize()
@@ -322,7 +322,7 @@ pub fn aggregate<C: Ciphersuite>(
         });
     }
     for party in &signers {
-        let id = common::identifier::<C>(*party)?;
+        let id = party.identifier::<C>()?;
         if !public_key_package.verifying_shares().contains_key(&id) {
             return Err(ProtocolError::Params {
                 reason: format!("party {party} is not a member of this wallet"),
@@ -345,7 +345,7 @@ pub fn aggregate<C: Ciphersuite>(
             |s: &SignatureShare<C>| Ok(s.serialize()),
         )
         .map_err(|e| ProtocolError::culprit(party, format!("its signature share {e}")))?;
-        decoded.insert(common::identifier::<C>(party)?, share);
+        decoded.insert(party.identifier::<C>()?, share);
     }
 
     let signature = frost_core::aggregate_custom(

@@ -26,6 +26,7 @@ use rand_core::{CryptoRng, RngCore};
 use crate::dkg::common;
 use crate::error::{ProtocolError, Result};
 use crate::id::PartyId;
+use crate::keygen::exchange::insert_once;
 use crate::sign::{self, SignerSession};
 
 /// Most messages one ceremony signs (a PSBT's inputs): bounds the work a request can cause.
@@ -161,12 +162,18 @@ impl<C: Ciphersuite> Signing<C> {
         match message {
             SignMessage::Commitments { party, commitments } => {
                 self.check_sender(*party, commitments.len(), "commitments")?;
-                insert_once(&mut self.commitments, *party, commitments, "commitments")
+                insert_once(
+                    &mut self.commitments,
+                    *party,
+                    commitments,
+                    *party,
+                    "commitments",
+                )
             }
             SignMessage::Packages(packages) => self.take_packages(packages),
             SignMessage::Shares { party, shares } => {
                 self.check_sender(*party, shares.len(), "signature shares")?;
-                insert_once(&mut self.shares, *party, shares, "signature shares")
+                insert_once(&mut self.shares, *party, shares, *party, "signature shares")
             }
         }
     }
@@ -366,17 +373,6 @@ fn nth(by_party: &BTreeMap<PartyId, Vec<Vec<u8>>>, i: usize) -> BTreeMap<PartyId
         .iter()
         .filter_map(|(p, values)| values.get(i).map(|v| (*p, v.clone())))
         .collect()
-}
-
-/// Records `value` as `party`'s; the same value again is no news, another one names the party
-/// ([`crate::keygen::exchange::insert_once`]).
-fn insert_once(
-    map: &mut BTreeMap<PartyId, Vec<Vec<u8>>>,
-    party: PartyId,
-    value: &[Vec<u8>],
-    what: &str,
-) -> Result<bool> {
-    crate::keygen::exchange::insert_once(map, party, &value.to_vec(), party, what)
 }
 
 impl<C: Ciphersuite> std::fmt::Debug for Signing<C> {

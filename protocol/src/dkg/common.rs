@@ -14,12 +14,6 @@ use crate::id::PartyId;
 /// the cap bounds the work a malformed request can cause.
 pub const MAX_PARTIES: usize = 255;
 
-/// The FROST identifier of party `party`: the scalar `party` (RFC 9591 §5: each participant has
-/// a distinct non-zero scalar identifier; frost maps the integer `i` to the scalar `i`).
-pub(crate) fn identifier<C: Ciphersuite>(party: PartyId) -> Result<Identifier<C>> {
-    party.identifier()
-}
-
 /// The party number of a FROST identifier, among `parties`.
 pub(crate) fn party_of<C: Ciphersuite>(id: &Identifier<C>, parties: &[PartyId]) -> Option<PartyId> {
     parties
@@ -150,7 +144,7 @@ mod tests {
 
     #[test]
     fn identifiers_map_back_to_parties() {
-        let id = identifier::<Tr>(pid(300)).unwrap();
+        let id = pid(300).identifier::<Tr>().unwrap();
         assert_eq!(party_of(&id, &[pid(1), pid(2), pid(300)]), Some(pid(300)));
         assert_eq!(party_of(&id, &[pid(1), pid(2), pid(3)]), None);
     }

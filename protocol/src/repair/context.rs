@@ -139,7 +139,7 @@ pub(crate) fn verify_by_share<C: Ciphersuite>(
     message: &[u8],
     signature: &[u8],
 ) -> std::result::Result<(), String> {
-    let id = common::identifier::<C>(party).map_err(|e| e.to_string())?;
+    let id = party.identifier::<C>().map_err(|e| e.to_string())?;
     let share = public_key_package
         .verifying_shares()
         .get(&id)
