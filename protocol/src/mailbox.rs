@@ -158,30 +158,33 @@ impl Envelope {
     /// other spelling). The signature is *not* checked here: call [`Envelope::verify`], or use
     /// [`Envelope::open`], which does both.
     pub fn decode(bytes: &[u8]) -> Result<Envelope> {
-        if bytes.len() > MAX_ENVELOPE {
-            return Err(too_large(bytes.len()));
-        }
-        let envelope: Envelope =
-            wire::decode(bytes).map_err(|e| refused(format!("undecodable: {e}")))?;
-        envelope.check_shape()?;
-        if wire::encode(&envelope).ok().as_deref() != Some(bytes) {
-            return Err(refused("not in canonical encoding"));
-        }
-        Ok(envelope)
+        Self::decode_checked(bytes, false)
     }
 
     /// Decodes an envelope kept in a wallet file by an earlier version: as [`Envelope::decode`],
     /// but at wire version 1 or the current one ([`wire::decode_stored`]), canonical at its own.
     /// The signature is not checked here either.
     pub fn decode_stored(bytes: &[u8]) -> Result<Envelope> {
+        Self::decode_checked(bytes, true)
+    }
+
+    /// [`Envelope::decode`], or with `stored` [`Envelope::decode_stored`]: the size cap, the
+    /// version(s), the shape, and the canonical encoding at the envelope's own version.
+    fn decode_checked(bytes: &[u8], stored: bool) -> Result<Envelope> {
         if bytes.len() > MAX_ENVELOPE {
             return Err(too_large(bytes.len()));
         }
-        let envelope: Envelope =
-            wire::decode_stored(bytes).map_err(|e| refused(format!("undecodable: {e}")))?;
+        let decoded = if stored {
+            wire::decode_stored(bytes)
+        } else {
+            wire::decode(bytes)
+        };
+        let envelope: Envelope = decoded.map_err(|e| refused(format!("undecodable: {e}")))?;
         envelope.check_shape()?;
-        let canonical = [wire::encode(&envelope), wire::encode_identity(&envelope)];
-        if !canonical.iter().any(|c| c.as_deref().ok() == Some(bytes)) {
+        let canonical = |encoded: Result<Vec<u8>>| encoded.ok().as_deref() == Some(bytes);
+        let at_its_version = canonical(wire::encode(&envelope))
+            || (stored && canonical(wire::encode_identity(&envelope)));
+        if !at_its_version {
             return Err(refused("not in canonical encoding"));
         }
         Ok(envelope)
