@@ -8,12 +8,15 @@
 //! What differs between a DKG and a refresh is only which request carries each step
 //! ([`KeygenRequests`]) and what a party brings into round 2 (nothing, or its current share).
 
+use cosigner_protocol::auth::{confirmation_digest, verify_digest};
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::keygen::exchange::{Exchange, Message};
 use cosigner_protocol::keygen::{KeygenParams, Output};
 use cosigner_protocol::wire::{
     Confirmation, DkgParams, RefreshParams, Request, Response, Round1Message, SealedPackage,
+    WalletId,
 };
+use serde_bytes::ByteBuf;
 
 use crate::courier::Courier;
 use crate::{ClientError, Result};
@@ -30,8 +33,9 @@ pub trait KeygenRequests: KeygenParams {
     fn round1_answer(answer: Response) -> Result<Round1Message>;
     /// A cosigner's sealed packages, from its answer to [`KeygenRequests::round1_request`].
     fn packages_answer(answer: Response) -> Result<Vec<SealedPackage>>;
-    /// A cosigner's confirmation, from its answer to [`KeygenRequests::round2_request`].
-    fn confirmation_answer(answer: Response) -> Result<Confirmation>;
+    /// A cosigner's confirmation and its signature over it (`auth::confirmation_digest`), from
+    /// its answer to [`KeygenRequests::round2_request`].
+    fn confirmation_answer(answer: Response) -> Result<(Confirmation, Option<ByteBuf>)>;
 }
 
 fn unexpected(what: &str, got: &Response) -> ClientError {
@@ -63,9 +67,12 @@ impl KeygenRequests for DkgParams {
             other => Err(unexpected("DkgRound2", &other)),
         }
     }
-    fn confirmation_answer(answer: Response) -> Result<Confirmation> {
+    fn confirmation_answer(answer: Response) -> Result<(Confirmation, Option<ByteBuf>)> {
         match answer {
-            Response::DkgRound3 { confirmation } => Ok(confirmation),
+            Response::DkgRound3 {
+                confirmation,
+                signature,
+            } => Ok((confirmation, signature)),
             other => Err(unexpected("DkgRound3", &other)),
         }
     }
@@ -96,9 +103,12 @@ impl KeygenRequests for RefreshParams {
             other => Err(unexpected("RefreshRound2", &other)),
         }
     }
-    fn confirmation_answer(answer: Response) -> Result<Confirmation> {
+    fn confirmation_answer(answer: Response) -> Result<(Confirmation, Option<ByteBuf>)> {
         match answer {
-            Response::RefreshRound3 { confirmation } => Ok(confirmation),
+            Response::RefreshRound3 {
+                confirmation,
+                signature,
+            } => Ok((confirmation, signature)),
             other => Err(unexpected("RefreshRound3", &other)),
         }
     }
@@ -131,6 +141,9 @@ pub struct Confirmed {
     pub output: Output<Suite>,
     /// Every party's confirmation, ours included.
     pub confirmations: Vec<Confirmation>,
+    /// Each cosigner's signature over its confirmation, checked against the key its attestation
+    /// bound: relayed with the commits, so one cosigner knows the other took part.
+    pub signatures: Vec<(PartyId, ByteBuf)>,
 }
 
 /// Runs one key-making ceremony with this device as party `me` (bringing `old` into round 2)
@@ -179,11 +192,15 @@ pub fn run<P: KeygenRequests>(
         .into_iter()
         .filter_map(confirmation_of)
         .collect();
+    let mut signatures = Vec::new();
     for peer in peers.iter_mut() {
         let to_peer = sealed_to(&packages, peer.party).collect();
         let answer = peer.courier.call(&params.round2_request(to_peer))?;
-        let confirmation = P::confirmation_answer(answer)?;
+        let (confirmation, signature) = P::confirmation_answer(answer)?;
         from_peer(peer.party, confirmation.from, "confirmation")?;
+        if let Some(signature) = check_signed(params.wallet_id(), peer, &confirmation, signature)? {
+            signatures.push((peer.party, signature));
+        }
         confirmations.push(confirmation);
     }
     absorb(
@@ -199,7 +216,33 @@ pub fn run<P: KeygenRequests>(
     Ok(Confirmed {
         output,
         confirmations,
+        signatures,
     })
+}
+
+/// A cosigner with an attested key must sign its confirmation under it: checked here, before
+/// anything commits, so a cosigner that does not is named now rather than refused later.
+fn check_signed(
+    wallet_id: &WalletId,
+    peer: &Peer<'_>,
+    confirmation: &Confirmation,
+    signature: Option<ByteBuf>,
+) -> Result<Option<ByteBuf>> {
+    let Some(key) = peer.courier.attested_key() else {
+        return Ok(signature);
+    };
+    let party = peer.party;
+    let signature = signature.ok_or_else(|| {
+        ClientError::Unexpected(format!(
+            "the cosigner of party {party} did not sign its confirmation"
+        ))
+    })?;
+    verify_digest(key, &confirmation_digest(wallet_id, confirmation), &signature).map_err(|_| {
+        ClientError::Unexpected(format!(
+            "the cosigner of party {party} signed its confirmation with a key other than the one              its attestation binds"
+        ))
+    })?;
+    Ok(Some(signature))
 }
 
 /// A cosigner speaks only for its own party: a message it answers in another party's name is

@@ -209,8 +209,9 @@ fn registration(
     transcript_hash: &[u8; 32],
     policy: Option<&str>,
     network: Network,
-    provider_key: Option<&[u8]>,
+    attested: [Option<&[u8]>; 2],
 ) -> Result<Registration> {
+    let [provider_key, recovery_cosigner_key] = attested;
     let device_key = home.device_key()?;
     let (device_pub, recovery_pub) = (
         public_key_bytes(&device_key),
@@ -234,6 +235,9 @@ fn registration(
         // The provider's attested audit key: the recovery cosigner will commit refreshed epochs
         // only with the provider's receipt under it.
         provider_key: provider_key.map(|k| ByteBuf::from(k.to_vec())),
+        // And the recovery cosigner's: the provider will commit refreshes only with the recovery
+        // cosigner's confirmation signed under it.
+        recovery_cosigner_key: recovery_cosigner_key.map(|k| ByteBuf::from(k.to_vec())),
     })
 }
 
@@ -317,6 +321,7 @@ pub fn create_observed(
     let Confirmed {
         output,
         confirmations,
+        signatures,
     } = coordinator::run(
         &params,
         DEVICE,
@@ -333,12 +338,13 @@ pub fn create_observed(
         &output.transcript_hash,
         policy,
         network,
-        provider.attested_key(),
+        [provider.attested_key(), recovery.attested_key()],
     )?;
     let confirm = Request::DkgConfirm {
         wallet_id,
         confirmations: confirmations.clone(),
         registration,
+        confirmation_signatures: signatures,
     };
     // Everything this device must keep is durable before any cosigner registers the wallet: a
     // full disk or a kill here leaves nothing registered (the cosigners' DKG state expires).
@@ -858,24 +864,46 @@ fn switch_share(
     Ok(new_wallet)
 }
 
-/// Refuses to refresh when the provider no longer attests the key registered with the recovery
-/// cosigner at creation: the recovery cosigner would refuse every commit receipt it signs, and
-/// a commit at the provider alone could never be followed.
-fn check_provider_identity(
-    provider: &dyn Courier,
+/// Refuses to refresh when a cosigner no longer attests the key registered with the other one at
+/// creation: the recovery cosigner would refuse every commit receipt the provider signs, or the
+/// provider every confirmation the recovery cosigner signs, and the refresh could never finish.
+fn check_cosigner_identities(
+    provider: &mut dyn Courier,
     recovery: &mut dyn Courier,
     wallet_id: WalletId,
 ) -> Result<()> {
     let registered = provider_view(recovery, wallet_id)?.provider_key;
-    let attested = provider.attested_key().map(<[u8]>::to_vec);
+    check_identity(
+        "provider",
+        provider.attested_key(),
+        registered,
+        "recovery cosigner",
+    )?;
+    let registered = provider_view(provider, wallet_id)?.recovery_cosigner_key;
+    check_identity(
+        "recovery cosigner",
+        recovery.attested_key(),
+        registered,
+        "provider",
+    )?;
+    Ok(())
+}
+
+/// `attested` (what cosigner `who` attests now) must be the key `holder` registered for it.
+fn check_identity(
+    who: &str,
+    attested: Option<&[u8]>,
+    registered: Option<ByteBuf>,
+    holder: &str,
+) -> Result<()> {
     match registered {
-        Some(key) if Some(key.as_slice()) != attested.as_deref() => Err(ClientError::Protocol(
+        Some(key) if Some(key.as_slice()) != attested => Err(ClientError::Protocol(
             cosigner_protocol::ProtocolError::Disagreement {
                 reason: format!(
-                    "the provider attests key {} but the recovery cosigner holds wallet \
-                     {wallet_id} under provider key {}: not refreshing (its commit could not be \
-                     followed); the provider must restore its audit key",
-                    attested.as_deref().map(hex::encode).unwrap_or_default(),
+                    "the {who} attests key {} but the {holder} holds the wallet under {who} key \
+                     {}: not refreshing (the commit could not be completed); the {who} must \
+                     restore its audit key",
+                    attested.map(hex::encode).unwrap_or_default(),
                     hex::encode(&key)
                 ),
             },
@@ -903,10 +931,13 @@ fn roll_forward(
         };
         // The provider leads (the recovery cosigner commits only with its receipt); a wallet
         // registered before receipts may have either ahead.
+        // The lagging one is the recovery cosigner (the provider commits first): it commits on
+        // the provider's receipt, not on confirmation signatures.
         let commit = Request::RefreshCommit {
             wallet_id,
             confirmations: leader.confirmations.clone(),
             provider_receipt: leader.receipt.clone(),
+            confirmation_signatures: Vec::new(),
         };
         match authorized_retrying(lagging, wallet_id, KeyRole::Device, device_key, &commit)? {
             Response::RefreshCommitted { .. } => {}
@@ -940,7 +971,7 @@ fn refresh_from(
 ) -> Result<WalletFile> {
     let wallet_id = wallet.wallet_id;
     let device_key = home.device_key()?;
-    check_provider_identity(provider, recovery, wallet_id)?;
+    check_cosigner_identities(provider, recovery, wallet_id)?;
     let params = RefreshParams {
         wallet_id,
         ciphersuite: wallet.ciphersuite.clone(),
@@ -958,6 +989,7 @@ fn refresh_from(
     let Confirmed {
         output,
         confirmations,
+        signatures,
     } = coordinator::run(
         &params,
         DEVICE,
@@ -975,6 +1007,7 @@ fn refresh_from(
         wallet_id,
         confirmations: confirmations.clone(),
         provider_receipt: None,
+        confirmation_signatures: signatures,
     };
     let receipt =
         match authorized_retrying(provider, wallet_id, KeyRole::Device, &device_key, &commit)? {

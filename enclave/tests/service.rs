@@ -192,6 +192,7 @@ fn dkg_rounds(wallet_id: WalletId) -> [Request; 3] {
             wallet_id,
             confirmations: Vec::new(),
             registration: registration(&wallet_id, &[0; 32], &stranger, &stranger),
+            confirmation_signatures: Vec::new(),
         },
     ]
 }
@@ -378,6 +379,7 @@ fn finish_dkg_registering(
     let Confirmed {
         output,
         confirmations,
+        signatures,
     } = run_dkg(h, session, params, provider, provider_round1);
     let (dir, home) = new_home();
     let recovery = SigningKey::random(&mut OsRng);
@@ -391,6 +393,7 @@ fn finish_dkg_registering(
         wallet_id: params.wallet_id,
         confirmations,
         registration,
+        confirmation_signatures: signatures,
     };
     match h.call(session, confirm.clone()) {
         Response::DkgDone { .. } => {}
@@ -469,6 +472,7 @@ fn registration(
         policy: None,
         network: None,
         provider_key: None,
+        recovery_cosigner_key: None,
     }
 }
 

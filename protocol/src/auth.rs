@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{ProtocolError, Result};
 use crate::id::Epoch;
-use crate::wire::WalletId;
+use crate::wire::{Confirmation, WalletId};
 
 /// Length of an enclave challenge.
 pub const CHALLENGE_LEN: usize = 32;
@@ -164,6 +164,23 @@ pub fn commit_receipt_digest(
         h.update((part.len() as u32).to_be_bytes());
         h.update(part);
     }
+    h.finalize().into()
+}
+
+/// What a cosigner signs, with its attested audit key, over its confirmation of a DKG or a
+/// refresh: the other cosigner commits only with it. The client relays every ceremony message
+/// between the cosigners, so without it a client holding the device key could play the other
+/// cosigner's part of a refresh towards one of them, and that cosigner would commit an epoch the
+/// real one never took part in (docs/lifecycle.md, "Races and precedence"). The transcript hash
+/// already binds the ceremony's tags, parameters and epoch; the sender and wallet are bound again
+/// so a signature never stands for another party's confirmation.
+pub fn confirmation_digest(wallet_id: &WalletId, confirmation: &Confirmation) -> [u8; 32] {
+    let mut h = Sha256::new();
+    framed(&mut h, b"cosigner/confirmation/v1");
+    framed(&mut h, &wallet_id.0);
+    framed(&mut h, &confirmation.from.to_be_bytes());
+    framed(&mut h, &confirmation.transcript_hash);
+    framed(&mut h, &confirmation.public_key_package_hash);
     h.finalize().into()
 }
 

@@ -26,8 +26,10 @@ pub mod wire;
 
 pub use error::{ProtocolError, Result};
 
-/// Version of the wire protocol; every envelope carries it.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version of the wire protocol; every envelope carries it. 3: cosigners sign their DKG and
+/// refresh confirmations (`auth::confirmation_digest`), and a registration names the recovery
+/// cosigner's key.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Party numbers of a personal wallet: the user's device, the provider, the recovery cosigner.
 pub mod party {

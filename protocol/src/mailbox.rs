@@ -761,7 +761,7 @@ mod tests {
         let golden = [
             "a2",                                 // map of 2: the versioned wrapper
             "6176",                               // "v"
-            "02",                                 // 2: PROTOCOL_VERSION
+            "03",                                 // 3: PROTOCOL_VERSION
             "64626f6479",                         // "body"
             "a1",                                 // map of 1: the variant
             "654665746368",                       // "Fetch"

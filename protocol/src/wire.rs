@@ -105,6 +105,11 @@ pub struct WalletInfo {
     /// requires (clients check the provider they talk to still attests it before committing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_key: Option<ByteBuf>,
+    /// At the provider: the recovery cosigner's key registered at creation, whose signed
+    /// confirmation it requires to commit a refresh (clients check the recovery cosigner they
+    /// talk to still attests it before refreshing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_cosigner_key: Option<ByteBuf>,
 }
 
 /// Which registered key signed an [`Authorized`](Request::Authorized) request.
@@ -140,6 +145,11 @@ pub struct Registration {
     /// recovery cosigner commits refreshed epochs only with the provider's receipt under it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_key: Option<ByteBuf>,
+    /// The recovery cosigner's audit key (SEC1 P-256), as its attestation document bound it: the
+    /// provider commits a refresh only with the recovery cosigner's confirmation signed under
+    /// it (`auth::confirmation_digest`), so no client can play the recovery cosigner's part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_cosigner_key: Option<ByteBuf>,
 }
 
 /// How the enclave read a PSBT it was asked to sign, and the policy rule that allowed it.
@@ -235,6 +245,10 @@ pub enum Request {
         confirmations: Vec<Confirmation>,
         /// The device key and recovery credential to register.
         registration: Registration,
+        /// Each cosigner's signature over its confirmation, as it answered it
+        /// ([`Response::DkgRound3`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        confirmation_signatures: Vec<(PartyId, ByteBuf)>,
     },
     /// A fresh single-use challenge for the next [`Request::Authorized`] on this session.
     Challenge {
@@ -311,6 +325,10 @@ pub enum Request {
         /// (`auth::commit_receipt_digest`, signed by the provider's audit key).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         provider_receipt: Option<ByteBuf>,
+        /// Each cosigner's signature over its confirmation, as it answered it
+        /// ([`Response::RefreshRound3`]); the provider requires the recovery cosigner's.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        confirmation_signatures: Vec<(PartyId, ByteBuf)>,
     },
     /// Every party committed `epoch`: delete older shares.
     RefreshFinalize {
@@ -461,6 +479,10 @@ pub enum Response {
     DkgRound3 {
         /// It.
         confirmation: Confirmation,
+        /// Our signature over it by our attested audit key (`auth::confirmation_digest`), for
+        /// the other cosigner; absent from a cosigner without an audit key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<ByteBuf>,
     },
     /// The wallet is active.
     DkgDone {
@@ -503,6 +525,10 @@ pub enum Response {
     RefreshRound3 {
         /// Our confirmation.
         confirmation: Confirmation,
+        /// Our signature over it by our attested audit key (`auth::confirmation_digest`), for
+        /// the other cosigner; absent from a cosigner without an audit key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<ByteBuf>,
     },
     /// The refresh is committed here.
     RefreshCommitted {
@@ -836,6 +862,7 @@ mod tests {
             policy: None,
             network: None,
             provider_key: None,
+            recovery_cosigner_key: None,
         };
         let encoded = encode(&plain).unwrap();
         // No field names for absent terms: an enclave that predates them still reads it.

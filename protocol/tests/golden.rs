@@ -207,6 +207,11 @@ fn pin_auth_digests(v: &mut Vectors) {
         "auth::commit_receipt_digest: the provider's receipt of epoch 5",
         &auth::commit_receipt_digest(&WALLET, Epoch(5), &[0x50; 32], &[0x51; 32]),
     );
+    v.pin(
+        "auth.confirmation_digest",
+        "auth::confirmation_digest: the recovery cosigner's confirmation",
+        &auth::confirmation_digest(&WALLET, &samples::confirmation(pid(3))),
+    );
 }
 
 fn pin_dao_digests(v: &mut Vectors) {
@@ -355,15 +360,17 @@ fn requests_ceremonies() -> Samples<Request> {
                 wallet_id: WALLET,
                 confirmations: vec![confirmation(pid(1)), confirmation(pid(2))],
                 registration: registration(false),
+                confirmation_signatures: vec![],
             },
         ),
         (
             ".terms",
-            "a registration with policy, network and provider key",
+            "a registration with policy, network and both cosigners' keys, a signed confirmation",
             Request::DkgConfirm {
                 wallet_id: WALLET,
                 confirmations: vec![confirmation(pid(1))],
                 registration: registration(true),
+                confirmation_signatures: vec![(pid(3), bytes(0x63, 64))],
             },
         ),
         (
@@ -392,11 +399,12 @@ fn requests_ceremonies() -> Samples<Request> {
         ),
         (
             "",
-            "refresh commit at the provider",
+            "refresh commit at the provider, with the recovery cosigner's signed confirmation",
             Request::RefreshCommit {
                 wallet_id: WALLET,
                 confirmations: vec![confirmation(pid(1))],
                 provider_receipt: None,
+                confirmation_signatures: vec![(pid(3), bytes(0x63, 64))],
             },
         ),
         (
@@ -406,6 +414,7 @@ fn requests_ceremonies() -> Samples<Request> {
                 wallet_id: WALLET,
                 confirmations: vec![confirmation(pid(1))],
                 provider_receipt: Some(bytes(0x72, 64)),
+                confirmation_signatures: vec![],
             },
         ),
         (
@@ -586,6 +595,7 @@ fn responses() -> Samples<Response> {
             "our DKG confirmation",
             Response::DkgRound3 {
                 confirmation: confirmation(pid(2)),
+                signature: Some(bytes(0x64, 64)),
             },
         ),
         (
@@ -643,6 +653,7 @@ fn responses() -> Samples<Response> {
             "our refresh confirmation",
             Response::RefreshRound3 {
                 confirmation: confirmation(pid(2)),
+                signature: Some(bytes(0x64, 64)),
             },
         ),
         (

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use cosigner_client::ClientError;
 use cosigner_client::session::Session;
+use cosigner_protocol::id::PartyId;
 use cosigner_protocol::wire::{
-    DkgParams, ErrorKind, KeyRole, Request, Response, SUITE_SECP256K1_TR, WalletId,
+    Confirmation, DkgParams, ErrorKind, KeyRole, Request, Response, SUITE_SECP256K1_TR, WalletId,
 };
 use cosigner_tests::Deployment;
 use cosigner_tests::owner::{Cosigners, Owner};
@@ -485,12 +486,13 @@ fn with_the_provider_down_the_recovery_credential_signs_with_the_recovery_cosign
 }
 
 /// A modified client holding the device key runs a refresh to round 3 at both cosigners: returns
-/// every party's confirmation (the prepared shares stay at the cosigners).
+/// every party's confirmation and the cosigners' signatures over theirs (the prepared shares stay
+/// at the cosigners).
 fn prepare_refresh(
     owner: &Owner,
     provider: &mut Session,
     recovery: &mut Session,
-) -> Vec<cosigner_protocol::wire::Confirmation> {
+) -> (Vec<Confirmation>, Vec<(PartyId, ByteBuf)>) {
     use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
     use cosigner_protocol::wire::RefreshParams;
     type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
@@ -536,7 +538,7 @@ fn prepare_refresh(
         packages.iter().filter(|p| p.to == party).cloned().collect()
     };
     let (_a3, c_a) = a2.handle_round2(&to(DEVICE), &kp, &pkp).unwrap();
-    let mut confirmations = vec![c_a];
+    let (mut confirmations, mut signatures) = (vec![c_a], Vec::new());
     for (s, me) in [(&mut *provider, PROVIDER), (&mut *recovery, RECOVERY)] {
         match s
             .call(&Request::RefreshRound3 {
@@ -545,11 +547,17 @@ fn prepare_refresh(
             })
             .unwrap()
         {
-            Response::RefreshRound3 { confirmation } => confirmations.push(confirmation),
+            Response::RefreshRound3 {
+                confirmation,
+                signature,
+            } => {
+                confirmations.push(confirmation);
+                signatures.push((me, signature.unwrap()));
+            }
             other => panic!("{other:?}"),
         }
     }
-    confirmations
+    (confirmations, signatures)
 }
 
 /// A thief with the device key and a modified client prepares two refreshes X and Y at both
@@ -565,12 +573,14 @@ fn a_thief_cannot_commit_different_refreshes_at_the_two_cosigners() {
     let x = prepare_refresh(&owner, &mut provider, &mut recovery);
     let y = prepare_refresh(&owner, &mut provider, &mut recovery);
     assert_ne!(x, y);
-    let commit =
-        |confirmations: &[cosigner_protocol::wire::Confirmation], receipt| Request::RefreshCommit {
+    let commit = |(confirmations, signatures): &(Vec<Confirmation>, Vec<_>), receipt| {
+        Request::RefreshCommit {
             wallet_id: owner.id,
-            confirmations: confirmations.to_vec(),
+            confirmations: confirmations.clone(),
             provider_receipt: receipt,
-        };
+            confirmation_signatures: signatures.clone(),
+        }
+    };
     let receipt = match owner
         .authorized(&mut provider, KeyRole::Device, &commit(&x, None))
         .unwrap()
@@ -596,6 +606,115 @@ fn a_thief_cannot_commit_different_refreshes_at_the_two_cosigners() {
     let r: Value = serde_json::from_str(recover(&d, &new_home, &w).ok()).unwrap();
     assert_eq!(r["epoch"], 2);
     signs(&d, &new_home, &w);
+}
+
+/// A thief with the device key and a modified client refreshes with the provider alone, playing
+/// the recovery cosigner's part itself (its round-1 message, its packages, a confirmation copied
+/// from the provider's): the provider would commit an epoch the recovery cosigner never took
+/// part in, and with the old shares deleted no recovery could ever work. The provider commits
+/// only with the recovery cosigner's confirmation signed by the key registered at creation, so
+/// the commit is refused, with no signature or with one by another key; the owner then refreshes
+/// and signs as before.
+#[test]
+fn a_thief_cannot_refresh_with_the_provider_alone_playing_the_recovery_cosigner() {
+    use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
+    use cosigner_protocol::wire::RefreshParams;
+    type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
+    let (d, w, owner) = alices_wallet();
+    let mut provider = owner.cosigners.provider();
+    let (home, id) = (&owner.home, owner.id);
+    let wallet = home.wallet(&id).unwrap();
+    let kp = frost_core::keys::KeyPackage::<Suite>::deserialize(&home.share(&id).unwrap()).unwrap();
+    let params = RefreshParams {
+        wallet_id: id,
+        ciphersuite: wallet.ciphersuite.clone(),
+        min_signers: wallet.min_signers,
+        parties: wallet.parties.clone(),
+        from_epoch: wallet.epoch,
+    };
+    let mut rng = rand_core::OsRng;
+    // The device's own part, and the recovery cosigner's played by the thief.
+    let (a1, m_a) = cosigner_protocol::refresh::start::<Suite>(&params, DEVICE, &mut rng).unwrap();
+    let (c1, m_c) =
+        cosigner_protocol::refresh::start::<Suite>(&params, RECOVERY, &mut rng).unwrap();
+    let start = Request::RefreshStart {
+        params: params.clone(),
+        me: PROVIDER,
+    };
+    let m_b = match owner
+        .authorized(&mut provider, KeyRole::Device, &start)
+        .unwrap()
+    {
+        Response::RefreshRound1 { message } => message,
+        other => panic!("{other:?}"),
+    };
+    let round1 = vec![m_a, m_b, m_c];
+    let (a2, mut packages) = a1.handle_round1(&round1, &mut rng).unwrap();
+    let (_c2, from_c) = c1.handle_round1(&round1, &mut rng).unwrap();
+    packages.extend(from_c);
+    match provider
+        .call(&Request::RefreshRound2 {
+            wallet_id: id,
+            round1,
+        })
+        .unwrap()
+    {
+        Response::RefreshRound2 { packages: theirs } => packages.extend(theirs),
+        other => panic!("{other:?}"),
+    }
+    let to =
+        |party: PartyId| -> Vec<_> { packages.iter().filter(|p| p.to == party).cloned().collect() };
+    let (c_b, b_signature) = match provider
+        .call(&Request::RefreshRound3 {
+            wallet_id: id,
+            packages: to(PROVIDER),
+        })
+        .unwrap()
+    {
+        Response::RefreshRound3 {
+            confirmation,
+            signature,
+        } => (confirmation, signature.unwrap()),
+        other => panic!("{other:?}"),
+    };
+    let (_a3, c_a) = a2
+        .handle_round2(&to(DEVICE), &kp, &wallet.public_key_package)
+        .unwrap();
+    // The recovery cosigner's confirmation as the thief makes it: the provider's view, relabelled.
+    let c_c = Confirmation {
+        from: RECOVERY,
+        ..c_b.clone()
+    };
+    let stranger = p256::ecdsa::SigningKey::random(&mut rng);
+    let forged = cosigner_protocol::auth::sign_digest(
+        &stranger,
+        &cosigner_protocol::auth::confirmation_digest(&id, &c_c),
+    )
+    .unwrap();
+    for signatures in [
+        vec![(PROVIDER, ByteBuf::from(b_signature.to_vec()))],
+        vec![(RECOVERY, ByteBuf::from(forged.to_vec()))],
+        // The provider's own signature passed off as the recovery cosigner's.
+        vec![(RECOVERY, b_signature.clone())],
+    ] {
+        let commit = Request::RefreshCommit {
+            wallet_id: id,
+            confirmations: vec![c_a.clone(), c_b.clone(), c_c.clone()],
+            provider_receipt: None,
+            confirmation_signatures: signatures,
+        };
+        let refused = owner.authorized(&mut provider, KeyRole::Device, &commit);
+        assert!(
+            matches!(&refused, Err(ClientError::Remote(e)) if e.kind == ErrorKind::Unauthorized),
+            "{refused:?}"
+        );
+    }
+    drop(provider);
+    assert_eq!(epoch(&d, &w.home, &w.id), 0);
+    // The owner is unaffected: a real refresh commits at both cosigners, and the wallet signs.
+    refresh(&d, &w.home, &w.id).ok();
+    assert_eq!(epoch(&d, &w.home, &w.id), 1);
+    signs(&d, &w.home, &w);
 }
 
 /// The owner of one wallet opens signing sessions by the hundred: it gets its quota, the rest

@@ -122,6 +122,7 @@ pub(super) enum Refresh {
         wallet_id: WalletId,
         confirmations: Vec<Confirmation>,
         provider_receipt: Option<ByteBuf>,
+        confirmation_signatures: Vec<(PartyId, ByteBuf)>,
     },
 }
 
@@ -258,10 +259,12 @@ impl Refresh {
                 wallet_id,
                 confirmations,
                 provider_receipt,
+                confirmation_signatures,
             } => Ok(Self::Commit {
                 wallet_id,
                 confirmations,
                 provider_receipt,
+                confirmation_signatures,
             }),
             _ => Err(NotAllowed),
         }

@@ -77,7 +77,8 @@ struct Confirmed {
     recovery_key: Vec<u8>,
     policy: Option<String>,
     network: Option<String>,
-    provider_key: Option<ByteBuf>,
+    /// The other cosigner's attested audit key, as registered (`super::peer`).
+    peer_key: Option<ByteBuf>,
 }
 
 impl Service {
@@ -163,6 +164,7 @@ impl Service {
         wallet_id: WalletId,
         confirmations: &[Confirmation],
         registration: &Registration,
+        signatures: &[(PartyId, ByteBuf)],
     ) -> Outcome {
         // The confirmations are the capability here, not the session: only the coordinator saw
         // every round-1 message, so only it can send confirmations equal to ours, and the
@@ -174,7 +176,8 @@ impl Service {
         }
         // Everything is checked before the DKG is taken out of the table: a bogus confirmation
         // from someone who learnt the wallet id cannot destroy another session's ceremony.
-        let confirmed = self.check_confirmation(&wallet_id, confirmations, registration)?;
+        let confirmed =
+            self.check_confirmation(&wallet_id, (confirmations, signatures), registration)?;
         let taken = self.dkgs.remove(&wallet_id)?;
         let Some(Pending {
             stage: mut exchange,
@@ -226,9 +229,10 @@ impl Service {
     fn check_confirmation(
         &self,
         wallet_id: &WalletId,
-        confirmations: &[Confirmation],
+        confirmed: (&[Confirmation], &[(PartyId, ByteBuf)]),
         registration: &Registration,
     ) -> Result<Confirmed, Failure> {
+        let confirmations = confirmed.0;
         let (params, party, ours, enrolled) = self
             .dkgs
             .peek(wallet_id, DKG_TTL, |p| {
@@ -266,7 +270,7 @@ impl Service {
             ));
         }
         let (policy, network) = psbt::creation_terms(registration, &device_key)?;
-        let provider_key = self.creation_provider_key(party, registration)?;
+        let peer_key = self.creation_peer_key(wallet_id, party, registration, confirmed)?;
         let digest = registration_digest_with(
             wallet_id,
             &ours.transcript_hash,
@@ -286,12 +290,13 @@ impl Service {
             recovery_key,
             policy,
             network,
-            provider_key,
+            peer_key,
         })
     }
 
     /// The state of a wallet just created, at epoch 0.
     fn new_wallet_state(confirmed: Confirmed, public_key_package: Vec<u8>) -> WalletState {
+        let party = confirmed.party;
         WalletState {
             params: confirmed.params,
             party: confirmed.party,
@@ -310,28 +315,13 @@ impl Service {
             history: Vec::new(),
             commit_confirmations: Vec::new(),
             signed_txids: Vec::new(),
-            provider_key: confirmed.provider_key,
+            provider_key: confirmed
+                .peer_key
+                .clone()
+                .filter(|_| party == party::RECOVERY),
+            recovery_cosigner_key: confirmed.peer_key.filter(|_| party == party::PROVIDER),
             commit_receipt: None,
         }
-    }
-
-    /// The provider's audit key as registered: the provider checks it is its own; the recovery
-    /// cosigner keeps it, to require the provider's receipts on refresh commits.
-    fn creation_provider_key(
-        &self,
-        party: PartyId,
-        registration: &Registration,
-    ) -> Result<Option<ByteBuf>, Failure> {
-        let Some(key) = &registration.provider_key else {
-            return Ok(None);
-        };
-        let key = normalise_public_key(key)?;
-        if party == party::PROVIDER && key != self.audit.public_key() {
-            return Err(Failure::bad(
-                "the registered provider key is not this provider's attested key",
-            ));
-        }
-        Ok((party == party::RECOVERY).then(|| ByteBuf::from(key)))
     }
 
     /// `DkgDone` again for a wallet already created with this very registration.

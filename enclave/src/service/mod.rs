@@ -28,6 +28,7 @@ mod custody;
 mod dao;
 mod dkg;
 mod failure;
+mod peer;
 mod psbt;
 pub mod records;
 mod recover;
@@ -193,13 +194,23 @@ impl Service {
                 packages,
             } => self.dkg_relay(session.id, wallet_id, |x| {
                 let confirmation = dkg::round2_relayed(x, &packages)?;
-                Ok(Response::DkgRound3 { confirmation })
+                let signature = Some(self.sign_confirmation(&wallet_id, &confirmation)?);
+                Ok(Response::DkgRound3 {
+                    confirmation,
+                    signature,
+                })
             }),
             Request::DkgConfirm {
                 wallet_id,
                 confirmations,
                 registration,
-            } => self.dkg_confirm(wallet_id, &confirmations, &registration),
+                confirmation_signatures,
+            } => self.dkg_confirm(
+                wallet_id,
+                &confirmations,
+                &registration,
+                &confirmation_signatures,
+            ),
             Request::SignShare {
                 session_id,
                 signing_package,
@@ -316,5 +327,6 @@ fn info(wallet_id: WalletId, state: &WalletState) -> Result<WalletInfo, Failure>
         confirmations: state.commit_confirmations.clone(),
         receipt: state.commit_receipt.clone(),
         provider_key: state.provider_key.clone(),
+        recovery_cosigner_key: state.recovery_cosigner_key.clone(),
     })
 }

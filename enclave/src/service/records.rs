@@ -94,6 +94,11 @@ pub struct WalletState {
     /// it requires the provider's receipt before committing a refreshed epoch.
     #[serde(default)]
     pub provider_key: Option<ByteBuf>,
+    /// At the provider: the recovery cosigner's audit key registered at creation, under which it
+    /// requires the recovery cosigner's signed confirmation before committing a refresh
+    /// (`super::peer`). Left out of the record when absent, so records made before it read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_cosigner_key: Option<ByteBuf>,
     /// At the provider: its receipt for the current epoch's commit.
     #[serde(default)]
     pub commit_receipt: Option<ByteBuf>,
@@ -808,6 +813,7 @@ mod tests {
             commit_confirmations: Vec::new(),
             signed_txids: Vec::new(),
             provider_key: None,
+            recovery_cosigner_key: None,
             commit_receipt: None,
         }
     }

@@ -17,6 +17,7 @@ use serde_bytes::ByteBuf;
 use super::authorized::{Actor, Role};
 use super::dkg::{round1_relayed, round2_relayed};
 use super::failure::{Failure, Outcome, internal, lock};
+use super::peer::check_signed_confirmation;
 use super::records::{PreparedRecord, ShareRecord, WalletState};
 use super::table::ConnectionId;
 use super::table::{Claim, Pending};
@@ -44,6 +45,8 @@ fn confirmations_equal(a: &[Confirmation], b: &[Confirmation]) -> bool {
 pub(super) struct Commit<'a> {
     pub(super) confirmations: &'a [Confirmation],
     pub(super) provider_receipt: Option<&'a [u8]>,
+    /// The cosigners' signatures over their confirmations (`super::peer`).
+    pub(super) signatures: &'a [(PartyId, ByteBuf)],
 }
 
 impl Service {
@@ -130,7 +133,11 @@ impl Service {
     ) -> Outcome {
         self.refresh_running(owner, wallet_id, |exchange, claim| {
             let confirmation = self.prepare_refresh(&wallet_id, *exchange, packages, claim)?;
-            let answer = Response::RefreshRound3 { confirmation };
+            let signature = Some(self.sign_confirmation(&wallet_id, &confirmation)?);
+            let answer = Response::RefreshRound3 {
+                confirmation,
+                signature,
+            };
             Ok((RefreshStage::Prepared, answer))
         })
     }
@@ -311,6 +318,17 @@ impl Service {
             verify_digest(provider_key, &receipt_digest, receipt).map_err(|_| {
                 Failure::denied("the provider's receipt is not for this refresh of this wallet")
             })?;
+        }
+        // The provider commits only what the recovery cosigner really confirmed: no client can
+        // play its part and leave it behind at this epoch.
+        if let Some(key) = &state.recovery_cosigner_key {
+            check_signed_confirmation(
+                &state.params.wallet_id,
+                party::RECOVERY,
+                key,
+                commit.confirmations,
+                commit.signatures,
+            )?;
         }
         // Re-checked under the lock: a recovery started or restarted with another key, or a
         // suspension, that landed since the first check.

@@ -248,11 +248,13 @@ impl Service {
                 Refresh::Commit {
                     confirmations,
                     provider_receipt,
+                    confirmation_signatures,
                     ..
                 } => {
                     let commit = Commit {
                         confirmations: &confirmations,
                         provider_receipt: provider_receipt.as_deref().map(Vec::as_slice),
+                        signatures: &confirmation_signatures,
                     };
                     self.refresh_commit(owner, state, &actor, &commit, digest)
                 }

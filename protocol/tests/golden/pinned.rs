@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 /// The `PROTOCOL_VERSION` every vectors file was made with (the `v` of every envelope in them).
-pub const PINNED_VERSION: u16 = 2;
+pub const PINNED_VERSION: u16 = 3;
 
 /// Set (to anything) to rewrite the vectors files with what this build encodes.
 pub const UPDATE_VAR: &str = "GOLDEN_UPDATE";

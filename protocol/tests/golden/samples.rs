@@ -117,6 +117,7 @@ pub fn registration(terms: bool) -> Registration {
         policy: terms.then(|| "[[rule]]\nname = \"all\"\n".to_owned()),
         network: terms.then(|| "regtest".to_owned()),
         provider_key: terms.then(|| public(3)),
+        recovery_cosigner_key: terms.then(|| public(4)),
     }
 }
 
@@ -138,6 +139,7 @@ pub fn wallet_info(later: bool) -> WalletInfo {
         },
         receipt: later.then(|| bytes(0x72, 64)),
         provider_key: later.then(|| public(3)),
+        recovery_cosigner_key: later.then(|| public(4)),
     }
 }
 
