@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cosigner_protocol::auth::public_key_bytes;
 use cosigner_protocol::dao::dkg::DaoDkg;
+use cosigner_protocol::dao::quorum::Quorum;
 use cosigner_protocol::dao::refresh::{DaoRefresh, RefreshProposal};
 use cosigner_protocol::dao::sign::{MemberSigner, Tally, TallyEnd};
 use cosigner_protocol::dao::{
@@ -1756,37 +1757,56 @@ pub fn approve_policy(
     change: &PolicyChange,
     timeout: Duration,
 ) -> Result<u64> {
-    let (info, _) = dao_info(wallet)?;
+    let (info, invitation) = dao_info(wallet)?;
+    let layout = invitation.layout()?;
     let provider_key = info.provider_key()?;
     let hash = change.hash()?;
+    let digest = change.approval_digest()?;
     let key = home.device_key()?;
     courier.send(
         &key,
         &DaoMessage::Approval(Approval {
             request: ByteBuf::from(hash.to_vec()),
             party: wallet.party,
-            sighashes: ByteBuf::from(change.approval_digest()?.to_vec()),
+            sighashes: ByteBuf::from(digest.to_vec()),
         }),
     )?;
     let mut pace = Pace::new(timeout);
-    let mut quorum = None;
+    // The admin quorum as the provider announced it, counted with the provider's own state
+    // machine, so the progress line names who is still missing.
+    let mut quorum: Option<Quorum> = None;
+    let mut seen: Vec<Envelope> = Vec::new();
     loop {
         let fresh = courier.poll()?;
         let progressed = !fresh.is_empty();
         for envelope in fresh {
+            let Ok(message) = DaoMessage::decode(&envelope.body) else {
+                continue;
+            };
             if envelope.sender != provider_key {
+                if let Some(q) = quorum.as_mut() {
+                    let _ = q.absorb(&envelope.sender, &message);
+                }
+                seen.push(envelope);
                 continue;
             }
-            match DaoMessage::decode(&envelope.body) {
-                Ok(DaoMessage::PolicyChanged { request, version })
-                    if request.as_slice() == hash =>
-                {
+            match message {
+                DaoMessage::PolicyChanged { request, version } if request.as_slice() == hash => {
                     return Ok(version);
                 }
-                Ok(DaoMessage::PolicyQuorum {
-                    request, approvals, ..
-                }) if request.as_slice() == hash => quorum = Some(approvals),
-                Ok(DaoMessage::Refused { request, reason }) if request.as_slice() == hash => {
+                DaoMessage::PolicyQuorum {
+                    request,
+                    approvals,
+                    approvers,
+                } if request.as_slice() == hash => {
+                    quorum = Some(policy_quorum(&layout, hash, approvals, &approvers, digest)?);
+                    for e in &seen {
+                        if let (Some(q), Ok(m)) = (quorum.as_mut(), DaoMessage::decode(&e.body)) {
+                            let _ = q.absorb(&e.sender, &m);
+                        }
+                    }
+                }
+                DaoMessage::Refused { request, reason } if request.as_slice() == hash => {
                     return Err(ClientError::Protocol(
                         cosigner_protocol::ProtocolError::Refused { reason },
                     ));
@@ -1794,12 +1814,60 @@ pub fn approve_policy(
                 _ => {}
             }
         }
-        let state = match quorum {
-            Some(k) => format!("waiting for the admin quorum ({k} approvals)"),
+        let state = match &quorum {
+            Some(q) => describe_quorum(q, &layout),
             None => "waiting for the provider's answer".into(),
         };
         pace.wait(progressed, &state, courier)?;
     }
+}
+
+/// The admin quorum of a policy change as the provider announced it: `needed` approvals among
+/// `approvers`, with their keys from the wallet's layout.
+fn policy_quorum(
+    layout: &Layout,
+    hash: [u8; 32],
+    needed: u16,
+    approvers: &[PartyId],
+    digest: [u8; 32],
+) -> Result<Quorum> {
+    let keys = approvers
+        .iter()
+        .filter_map(|p| {
+            let member = layout.members.iter().find(|(q, _)| q == p)?;
+            Some((*p, member.1.device_key.clone()))
+        })
+        .collect();
+    Ok(Quorum::new(hash, keys, needed, digest)?)
+}
+
+/// "waiting for the admin quorum (3 approvals): 1 in; still missing bob, carol" (and who
+/// rejected).
+fn describe_quorum(q: &Quorum, layout: &Layout) -> String {
+    let name = |p: &PartyId| {
+        layout
+            .members
+            .iter()
+            .find(|(q, _)| q == p)
+            .map_or_else(|| format!("party {p}"), |(_, m)| m.name.clone())
+    };
+    let list = |parties: Vec<PartyId>| parties.iter().map(name).collect::<Vec<_>>().join(", ");
+    let mut line = format!(
+        "waiting for the admin quorum ({} approvals): {} in",
+        q.needed(),
+        q.approvals().len().min(usize::from(q.needed())),
+    );
+    if !q.rejections().is_empty() {
+        line.push_str(&format!(
+            "; rejected by {}",
+            list(q.rejections().keys().copied().collect())
+        ));
+    }
+    let missing = q.missing();
+    if !missing.is_empty() {
+        line.push_str(&format!("; still missing {}", list(missing)));
+    }
+    line
 }
 
 /// Makes and signs a proposal to refresh every share of a DAO wallet (the epoch this device holds).

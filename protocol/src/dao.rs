@@ -33,6 +33,7 @@
 //! reusing any ([`dkg`], [`sign`]).
 
 pub mod dkg;
+pub mod quorum;
 pub mod refresh;
 pub mod sign;
 

@@ -32,6 +32,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use cosigner_protocol::dao::dkg::DaoDkg;
+use cosigner_protocol::dao::quorum::Quorum;
 use cosigner_protocol::dao::refresh::{DaoRefresh, RefreshProposal};
 use cosigner_protocol::dao::sign::Coordinator;
 use cosigner_protocol::dao::{
@@ -95,24 +96,37 @@ impl SignJob {
     /// Why the request is dead once rejections leave too few approvers: who rejected (with
     /// their reasons) and what the rule needs.
     fn rejected(&self) -> String {
-        let who: Vec<String> = self
-            .coordinator
-            .rejections()
-            .iter()
-            .map(|(p, reason)| {
-                let name = self.names.get(p).map_or("?", String::as_str);
-                match reason {
-                    Some(r) if !r.is_empty() => format!("{name} ({r:?})"),
-                    _ => name.to_owned(),
-                }
-            })
-            .collect();
         format!(
             "rejected by {}: rule {:?} can no longer get its approvals",
-            who.join(", "),
+            rejecters(self.coordinator.quorum(), &self.names),
             self.rule
         )
     }
+}
+
+/// Who rejected a request, by name, with their reasons.
+fn rejecters(quorum: &Quorum, names: &BTreeMap<PartyId, String>) -> String {
+    let who: Vec<String> = quorum
+        .rejections()
+        .iter()
+        .map(|(p, reason)| {
+            let name = names.get(p).map_or("?", String::as_str);
+            match reason {
+                Some(r) if !r.is_empty() => format!("{name} ({r:?})"),
+                _ => name.to_owned(),
+            }
+        })
+        .collect();
+    who.join(", ")
+}
+
+/// Member names by party.
+fn member_names(layout: &Layout) -> BTreeMap<PartyId, String> {
+    layout
+        .members
+        .iter()
+        .map(|(p, m)| (*p, m.name.clone()))
+        .collect()
 }
 
 /// What the provider tells every member about a request: the PSBT's facts and the rule.
@@ -142,52 +156,15 @@ fn evaluation_of(
     }
 }
 
-/// A policy change waiting for its admin quorum.
+/// A policy change waiting for its admin quorum (the same approval state machine as a
+/// signature's, `dao::quorum`).
 struct PolicyJob {
     wallet_id: WalletId,
     change: PolicyChange,
     hash: [u8; 32],
-    digest: [u8; 32],
-    needed: u16,
-    approvers: BTreeMap<PartyId, Vec<u8>>,
-    approvals: Vec<PartyId>,
-}
-
-impl PolicyJob {
-    fn absorb(&mut self, sender: &[u8], message: &DaoMessage) -> Result<bool, String> {
-        let DaoMessage::Approval(a) = message else {
-            return Ok(false);
-        };
-        if a.request.as_slice() != self.hash {
-            return Err(format!(
-                "party {}'s approval is for another request",
-                a.party
-            ));
-        }
-        match self.approvers.get(&a.party) {
-            Some(key) if key.as_slice() == sender => {}
-            Some(_) => {
-                return Err(format!(
-                    "party {}'s approval is signed by another key",
-                    a.party
-                ));
-            }
-            None => {
-                return Err(format!(
-                    "party {} is not in the policy's admin quorum",
-                    a.party
-                ));
-            }
-        }
-        if a.sighashes.as_slice() != self.digest {
-            return Err(format!("party {} approved another policy text", a.party));
-        }
-        if self.approvals.contains(&a.party) {
-            return Ok(false);
-        }
-        self.approvals.push(a.party);
-        Ok(true)
-    }
+    quorum: Quorum,
+    /// Member names by party, to say who rejected.
+    names: BTreeMap<PartyId, String>,
 }
 
 /// A DKG in progress: the current attempt.
@@ -371,7 +348,10 @@ fn absorb_all(entry: &mut Entry, opened: &[(Envelope, DaoMessage)], notes: &mut 
                 .coordinator
                 .absorb(&envelope.sender, message)
                 .map_err(|e| e.to_string()),
-            Ceremony::Policy(job) => job.absorb(&envelope.sender, message),
+            Ceremony::Policy(job) => job
+                .quorum
+                .absorb(&envelope.sender, message)
+                .map_err(|e| e.to_string()),
             Ceremony::Refresh(job) => job
                 .refresh
                 .absorb(&envelope.sender, message)
@@ -745,11 +725,7 @@ impl Service {
                 provider_parties: state.provider_parties.clone(),
                 public_key_package,
                 epoch: state.epoch,
-                names: layout
-                    .members
-                    .iter()
-                    .map(|(p, m)| (*p, m.name.clone()))
-                    .collect(),
+                names: member_names(&layout),
                 coordinator,
             })),
             vec![DaoMessage::Evaluation(evaluation)],
@@ -1039,19 +1015,27 @@ impl Service {
         Ok((
             Ceremony::Policy(Box::new(PolicyJob {
                 wallet_id,
-                digest: change.approval_digest()?,
+                quorum: Quorum::new(hash, approvers, admin.approvals, change.approval_digest()?)?,
                 change: change.clone(),
                 hash,
-                needed: admin.approvals,
-                approvers,
-                approvals: Vec::new(),
+                names: member_names(&layout),
             })),
             vec![quorum],
         ))
     }
 
     fn advance_policy(&self, job: Box<PolicyJob>) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
-        if job.approvals.len() < usize::from(job.needed) {
+        if job.quorum.is_dead() {
+            // Said in the topic: the proposer and every admin learn it at once.
+            let reason = format!(
+                "rejected by {}: the admin rule can no longer get its {} approvals",
+                rejecters(&job.quorum, &job.names),
+                job.quorum.needed()
+            );
+            self.log(&job.wallet_id, "dao-policy", "members", &job.hash, &reason)?;
+            return Ok((Ceremony::Finished, vec![refused(&job.hash, reason)]));
+        }
+        if !job.quorum.is_reached() {
             return Ok((Ceremony::Policy(job), Vec::new()));
         }
         let _guard = self.writer(&job.wallet_id)?;
@@ -1066,7 +1050,7 @@ impl Service {
         self.log(
             &job.wallet_id,
             "dao-policy",
-            &format!("members:{:?}", job.approvals),
+            &format!("members:{:?}", job.quorum.approvals()),
             &job.hash,
             &format!("changed: policy version {}", state.policy_version),
         )?;

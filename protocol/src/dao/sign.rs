@@ -48,10 +48,8 @@ use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use rand_core::{CryptoRng, RngCore};
 use serde_bytes::ByteBuf;
 
-use super::{
-    Approval, DaoMessage, Evaluation, Layout, MAX_REJECTION_REASON, Rejection, hash32,
-    sighashes_digest,
-};
+use super::quorum::Quorum;
+use super::{Approval, DaoMessage, Evaluation, Layout, hash32, sighashes_digest};
 use crate::error::{ProtocolError, Result};
 use crate::id::PartyId;
 use crate::signing::{SignMessage, SignStep, Signing};
@@ -346,14 +344,9 @@ impl<C: Ciphersuite> MemberSigner<C> {
 pub struct Coordinator<C: Ciphersuite> {
     request: [u8; 32],
     sighashes: Vec<[u8; 32]>,
-    approvals_needed: u16,
-    /// Member parties whose approval counts, with their keys.
-    approvers: BTreeMap<PartyId, Vec<u8>>,
+    /// The approvals and rejections of the request, under the rule evaluated.
+    quorum: Quorum,
     provider_parties: Vec<PartyId>,
-    /// Approving parties in arrival order.
-    approvals: Vec<PartyId>,
-    /// Rejecting parties, with the reason each gave.
-    rejections: BTreeMap<PartyId, Option<String>>,
     /// The current signing round.
     round: u32,
     /// A chosen member lost its nonces after this round's packages went out: the next
@@ -373,8 +366,7 @@ impl<C: Ciphersuite> std::fmt::Debug for Coordinator<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Coordinator")
             .field("request", &hex::encode(self.request))
-            .field("approvals", &self.approvals)
-            .field("approvals_needed", &self.approvals_needed)
+            .field("quorum", &self.quorum)
             .field("round", &self.round)
             .field("signers", &self.signers)
             .finish_non_exhaustive()
@@ -393,22 +385,12 @@ impl<C: Ciphersuite> Coordinator<C> {
         approvers: BTreeMap<PartyId, Vec<u8>>,
         provider_parties: Vec<PartyId>,
     ) -> Result<Self> {
-        if approvals_needed == 0 || usize::from(approvals_needed) > approvers.len() {
-            return Err(ProtocolError::Params {
-                reason: format!(
-                    "the rule needs {approvals_needed} approvals among {} approvers",
-                    approvers.len()
-                ),
-            });
-        }
+        let digest = sighashes_digest(&request, &sighashes);
         Ok(Self {
+            quorum: Quorum::new(request, approvers, approvals_needed, digest)?,
             request,
             sighashes,
-            approvals_needed,
-            approvers,
             provider_parties,
-            approvals: Vec::new(),
-            rejections: BTreeMap::new(),
             round: 0,
             restart: false,
             signers: None,
@@ -431,22 +413,25 @@ impl<C: Ciphersuite> Coordinator<C> {
         Ok(self)
     }
 
+    /// The approvals and rejections so far.
+    pub fn quorum(&self) -> &Quorum {
+        &self.quorum
+    }
+
     /// Approvals received so far, in arrival order.
     pub fn approvals(&self) -> &[PartyId] {
-        &self.approvals
+        self.quorum.approvals()
     }
 
     /// Rejections received so far, by party, with their reasons.
     pub fn rejections(&self) -> &BTreeMap<PartyId, Option<String>> {
-        &self.rejections
+        self.quorum.rejections()
     }
 
     /// Whether the rule's approvals can no longer be reached: the approvers that did not reject
     /// are fewer than it needs (before the signer set is chosen; a chosen set approved).
     pub fn is_dead(&self) -> bool {
-        self.signers.is_none()
-            && self.approvers.len().saturating_sub(self.rejections.len())
-                < usize::from(self.approvals_needed)
+        self.signers.is_none() && self.quorum.is_dead()
     }
 
     /// The chosen signer set, once enough approvals are in.
@@ -457,20 +442,6 @@ impl<C: Ciphersuite> Coordinator<C> {
     /// The current signing round.
     pub fn round(&self) -> u32 {
         self.round
-    }
-
-    fn check_member(&self, sender: &[u8], party: PartyId, what: &str) -> Result<()> {
-        match self.approvers.get(&party) {
-            Some(key) if key.as_slice() == sender => Ok(()),
-            Some(_) => Err(ProtocolError::culprit(
-                party,
-                format!("its {what} was signed by another key"),
-            )),
-            None => Err(ProtocolError::culprit(
-                party,
-                format!("sent a {what} but is not an approver under this rule"),
-            )),
-        }
     }
 
     fn check_count(&self, party: PartyId, n: usize, what: &str) -> Result<()> {
@@ -507,15 +478,14 @@ impl<C: Ciphersuite> Coordinator<C> {
     /// ([`ProtocolError::Culprit`]).
     pub fn absorb(&mut self, sender: &[u8], message: &DaoMessage) -> Result<bool> {
         match message {
-            DaoMessage::Approval(a) => self.approval(sender, a),
-            DaoMessage::Reject(r) => self.rejection(sender, r),
+            DaoMessage::Approval(_) | DaoMessage::Reject(_) => self.quorum.absorb(sender, message),
             DaoMessage::Commitments {
                 request,
                 party,
                 commitments,
                 round,
             } if same_request(&self.request, request) => {
-                self.check_member(sender, *party, "commitments")?;
+                self.quorum.check_member(sender, *party, "commitments")?;
                 if !self.current_round(*party, *round, "commitments")? {
                     return Ok(false);
                 }
@@ -528,7 +498,8 @@ impl<C: Ciphersuite> Coordinator<C> {
                 shares,
                 round,
             } if same_request(&self.request, request) => {
-                self.check_member(sender, *party, "signature shares")?;
+                self.quorum
+                    .check_member(sender, *party, "signature shares")?;
                 if !self.current_round(*party, *round, "signature shares")? {
                     return Ok(false);
                 }
@@ -554,56 +525,6 @@ impl<C: Ciphersuite> Coordinator<C> {
             }
             _ => Ok(false),
         }
-    }
-
-    fn approval(&mut self, sender: &[u8], a: &Approval) -> Result<bool> {
-        if !same_request(&self.request, &a.request) {
-            return Err(ProtocolError::culprit(
-                a.party,
-                "its approval is for another request",
-            ));
-        }
-        self.check_member(sender, a.party, "approval")?;
-        let expected = sighashes_digest(&self.request, &self.sighashes);
-        if hash32(&a.sighashes, "approved sighashes")? != expected {
-            return Err(ProtocolError::culprit(
-                a.party,
-                "it approved other sighashes than this PSBT's",
-            ));
-        }
-        if self.rejections.contains_key(&a.party) {
-            return Err(ProtocolError::culprit(
-                a.party,
-                "it approved a request it had rejected (the rejection stands)",
-            ));
-        }
-        if self.approvals.contains(&a.party) {
-            return Ok(false);
-        }
-        self.approvals.push(a.party);
-        Ok(true)
-    }
-
-    fn rejection(&mut self, sender: &[u8], r: &Rejection) -> Result<bool> {
-        if !same_request(&self.request, &r.request) {
-            return Err(ProtocolError::culprit(
-                r.party,
-                "its rejection is for another request",
-            ));
-        }
-        self.check_member(sender, r.party, "rejection")?;
-        check_reason(r)?;
-        if self.approvals.contains(&r.party) {
-            return Err(ProtocolError::culprit(
-                r.party,
-                "it rejected a request it had approved (the approval stands)",
-            ));
-        }
-        if self.rejections.contains_key(&r.party) {
-            return Ok(false);
-        }
-        self.rejections.insert(r.party, r.reason.clone());
-        Ok(true)
     }
 
     /// A chosen member's commitments of the current round: the first set, a replacement (the
@@ -672,9 +593,7 @@ impl<C: Ciphersuite> Coordinator<C> {
             return false;
         }
         // Only the signer set draws on them: the round's signature keeps them from then on.
-        self.restart
-            || (self.signers.is_none()
-                && self.approvals.len() >= usize::from(self.approvals_needed))
+        self.restart || (self.signers.is_none() && self.quorum.is_reached())
     }
 
     /// Drops everything of the current round and opens the next. The provider's sessions of the
@@ -713,9 +632,9 @@ impl<C: Ciphersuite> Coordinator<C> {
             return Err(ProtocolError::Refused {
                 reason: format!(
                     "rejected by parties {:?}: the rule needs {} approvals among {} approvers",
-                    self.rejections.keys().collect::<Vec<_>>(),
-                    self.approvals_needed,
-                    self.approvers.len()
+                    self.quorum.rejections().keys().collect::<Vec<_>>(),
+                    self.quorum.needed(),
+                    self.quorum.approver_count()
                 ),
             });
         }
@@ -723,7 +642,7 @@ impl<C: Ciphersuite> Coordinator<C> {
         if self.restart && self.signatures.is_none() {
             self.next_round()?;
         }
-        if self.signers.is_none() && self.approvals.len() >= usize::from(self.approvals_needed) {
+        if self.signers.is_none() && self.quorum.is_reached() {
             out.push(self.choose_signers(keys, rng)?);
         }
         let Some(signing) = self.signing.as_mut() else {
@@ -754,9 +673,10 @@ impl<C: Ciphersuite> Coordinator<C> {
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<DaoMessage> {
         let mut signers: Vec<PartyId> = self
-            .approvals
+            .quorum
+            .approvals()
             .iter()
-            .take(usize::from(self.approvals_needed))
+            .take(usize::from(self.quorum.needed()))
             .copied()
             .collect();
         signers.extend(&self.provider_parties);
@@ -831,12 +751,8 @@ pub enum TallyEnd {
 pub struct Tally {
     request: [u8; 32],
     provider_key: Vec<u8>,
-    /// Approvers under the evaluated rule, by party, with their keys.
-    approvers: BTreeMap<PartyId, Vec<u8>>,
-    needed: u16,
-    digest: [u8; 32],
-    approvals: Vec<PartyId>,
-    rejections: BTreeMap<PartyId, Option<String>>,
+    /// Approvals and rejections under the evaluated rule.
+    quorum: Quorum,
     round: u32,
     /// Chosen members of `round` (the provider's parties left out).
     chosen: Vec<PartyId>,
@@ -868,14 +784,11 @@ impl Tally {
             .iter()
             .map(|s| hash32(s, "a sighash"))
             .collect::<Result<Vec<_>>>()?;
+        let digest = sighashes_digest(&request, &sighashes);
         Ok(Self {
             request,
             provider_key: layout.provider_key.clone(),
-            approvers,
-            needed: evaluation.approvals,
-            digest: sighashes_digest(&request, &sighashes),
-            approvals: Vec::new(),
-            rejections: BTreeMap::new(),
+            quorum: Quorum::new(request, approvers, evaluation.approvals, digest)?,
             round: 0,
             chosen: Vec::new(),
             committed: BTreeSet::new(),
@@ -885,9 +798,7 @@ impl Tally {
     }
 
     fn is_approver(&self, sender: &[u8], party: PartyId) -> bool {
-        self.approvers
-            .get(&party)
-            .is_some_and(|k| k.as_slice() == sender)
+        self.quorum.check_member(sender, party, "message").is_ok()
     }
 
     /// Takes one verified message from `sender`; returns whether the tally changed.
@@ -896,25 +807,9 @@ impl Tally {
             return self.absorb_provider(message);
         }
         match message {
-            DaoMessage::Approval(a)
-                if same_request(&self.request, &a.request)
-                    && self.is_approver(sender, a.party)
-                    && a.sighashes.as_slice() == self.digest
-                    && !self.rejections.contains_key(&a.party)
-                    && !self.approvals.contains(&a.party) =>
-            {
-                self.approvals.push(a.party);
-                true
-            }
-            DaoMessage::Reject(r)
-                if same_request(&self.request, &r.request)
-                    && self.is_approver(sender, r.party)
-                    && check_reason(r).is_ok()
-                    && !self.approvals.contains(&r.party)
-                    && !self.rejections.contains_key(&r.party) =>
-            {
-                self.rejections.insert(r.party, r.reason.clone());
-                true
+            // What the provider would refuse does not count here either.
+            DaoMessage::Approval(_) | DaoMessage::Reject(_) => {
+                self.quorum.absorb(sender, message).unwrap_or(false)
             }
             DaoMessage::Commitments {
                 request,
@@ -955,7 +850,7 @@ impl Tally {
                 self.chosen = parties
                     .iter()
                     .copied()
-                    .filter(|p| self.approvers.contains_key(p))
+                    .filter(|p| self.quorum.is_approver(*p))
                     .collect();
                 self.committed.clear();
                 self.shared.clear();
@@ -978,17 +873,17 @@ impl Tally {
 
     /// Approving parties, in arrival order.
     pub fn approvals(&self) -> &[PartyId] {
-        &self.approvals
+        self.quorum.approvals()
     }
 
     /// Rejecting parties with their reasons.
     pub fn rejections(&self) -> &BTreeMap<PartyId, Option<String>> {
-        &self.rejections
+        self.quorum.rejections()
     }
 
     /// Approvals the rule needs (the requester's included).
     pub fn needed(&self) -> u16 {
-        self.needed
+        self.quorum.needed()
     }
 
     /// How it ended, if it did.
@@ -998,8 +893,7 @@ impl Tally {
 
     /// Whether the approvers that did not reject can no longer reach the rule's approvals.
     pub fn is_dead(&self) -> bool {
-        self.approvals.len() < usize::from(self.needed)
-            && self.approvers.len().saturating_sub(self.rejections.len()) < usize::from(self.needed)
+        self.quorum.is_dead()
     }
 
     /// Whether the signing stage started (enough approvals, a signer set announced).
@@ -1019,13 +913,8 @@ impl Tally {
         if self.end.is_some() || self.is_dead() {
             return Vec::new();
         }
-        if self.approvals.len() < usize::from(self.needed) {
-            return self
-                .approvers
-                .keys()
-                .copied()
-                .filter(|p| !self.approvals.contains(p) && !self.rejections.contains_key(p))
-                .collect();
+        if !self.quorum.is_reached() {
+            return self.quorum.missing();
         }
         let waiting: Vec<PartyId> = self
             .chosen
@@ -1047,15 +936,15 @@ impl Tally {
     pub fn describe(&self, name: &dyn Fn(PartyId) -> String) -> String {
         let names = |parties: &[PartyId]| parties.iter().map(|p| name(*p)).collect::<Vec<_>>();
         let list = |parties: &[PartyId]| names(parties).join(", ");
+        let needed = self.quorum.needed();
         let approved = format!(
-            "{} of {} approvals",
-            self.approvals.len().min(usize::from(self.needed)),
-            self.needed
+            "{} of {needed} approvals",
+            self.quorum.approvals().len().min(usize::from(needed)),
         );
-        let rejected = if self.rejections.is_empty() {
+        let rejected = if self.quorum.rejections().is_empty() {
             String::new()
         } else {
-            let who: Vec<PartyId> = self.rejections.keys().copied().collect();
+            let who: Vec<PartyId> = self.quorum.rejections().keys().copied().collect();
             format!("; rejected by {}", list(&who))
         };
         match &self.end {
@@ -1067,7 +956,7 @@ impl Tally {
             return format!("{approved}{rejected}: the rule's approvals can no longer be reached");
         }
         let missing = self.missing();
-        if self.approvals.len() < usize::from(self.needed) {
+        if !self.quorum.is_reached() {
             return format!("{approved}{rejected}; waiting for {}", list(&missing));
         }
         if !self.signing() {
@@ -1101,20 +990,6 @@ fn provider_key<C: Ciphersuite>(
     })
 }
 
-/// A rejection's reason must be short: it is shown to every member.
-fn check_reason(r: &Rejection) -> Result<()> {
-    match &r.reason {
-        Some(text) if text.len() > MAX_REJECTION_REASON => Err(ProtocolError::culprit(
-            r.party,
-            format!(
-                "its rejection's reason is {} bytes, at most {MAX_REJECTION_REASON}",
-                text.len()
-            ),
-        )),
-        _ => Ok(()),
-    }
-}
-
 fn too_many_rounds() -> ProtocolError {
     ProtocolError::Refused {
         reason: format!(
@@ -1131,6 +1006,7 @@ mod tests {
     use crate::auth::public_key_bytes;
     use crate::dao::dkg::Outputs;
     use crate::dao::tests::keys;
+    use crate::dao::{MAX_REJECTION_REASON, Rejection};
     use crate::id::pid;
     use crate::sign::{SignerSession, commitment_in, signing_package};
     use rand_core::OsRng;
