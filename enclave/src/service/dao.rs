@@ -861,8 +861,11 @@ impl Service {
             return Err(bad(reason));
         }
         // The round's signature holds the provider's key packages from the signer set on: an
-        // epoch a refresh retired since then must not sign (its shares are deleted).
-        if self.records().load_dao_state(&job.wallet_id)?.epoch != job.epoch {
+        // epoch a refresh retired since then must not sign (its shares are deleted). Checked in
+        // memory here, on every delivery, and against the stored state when the spend is
+        // recorded.
+        let refreshed = lock(&self.dao_epochs)?.get(&job.wallet_id).copied();
+        if refreshed.is_some_and(|epoch| epoch != job.epoch) {
             return Err(bad(
                 "the wallet was refreshed since this request was evaluated: request it again",
             ));
@@ -1222,6 +1225,7 @@ impl Service {
         );
         state.epoch = epoch;
         self.records().save_dao_state(&job.wallet_id, &state)?;
+        lock(&self.dao_epochs)?.insert(job.wallet_id, epoch);
         for &party in &state.provider_parties {
             self.records()
                 .delete_dao_share(&job.wallet_id, party, from_epoch)?;

@@ -97,6 +97,10 @@ pub struct Service {
     committed_by: Mutex<HashMap<WalletId, (ConnectionId, Epoch)>>,
     /// DAO ceremonies in progress, by mailbox topic.
     dao: Mutex<dao::Ceremonies>,
+    /// The epoch each DAO wallet refreshed to since this enclave started: a signing request
+    /// evaluated at an older epoch no longer signs (checked in memory on every delivery; after a
+    /// restart every request is founded again at the epoch in force).
+    dao_epochs: Mutex<HashMap<WalletId, Epoch>>,
     /// Personal wallets' PSBT signing sessions (nonces in memory only), by session id.
     psbts: Sessions<psbt::PsbtSession>,
     /// With enrollment required: the operator's public key (SEC1 P-256) that signs tokens.
@@ -140,6 +144,7 @@ impl Service {
             refusals: Mutex::new(HashMap::new()),
             committed_by: Mutex::new(HashMap::new()),
             dao: Mutex::new(HashMap::new()),
+            dao_epochs: Mutex::new(HashMap::new()),
             psbts: Sessions::new(),
             enrollment: None,
         })
