@@ -1784,10 +1784,14 @@ pub fn approve_policy(
                 continue;
             };
             if envelope.sender != provider_key {
-                if let Some(q) = quorum.as_mut() {
-                    let _ = q.absorb(&envelope.sender, &message);
+                match quorum.as_mut() {
+                    Some(q) => {
+                        let _ = q.absorb(&envelope.sender, &message);
+                    }
+                    // Kept (boundedly) until the provider names the quorum.
+                    None if seen.len() < MAX_EARLY => seen.push(envelope),
+                    None => {}
                 }
-                seen.push(envelope);
                 continue;
             }
             match message {
@@ -1799,8 +1803,10 @@ pub fn approve_policy(
                     approvals,
                     approvers,
                 } if request.as_slice() == hash => {
-                    quorum = Some(policy_quorum(&layout, hash, approvals, &approvers, digest)?);
-                    for e in &seen {
+                    // Only for the progress line: a quorum this device cannot count (an approver
+                    // its layout lacks) leaves the plain count.
+                    quorum = policy_quorum(&layout, hash, approvals, &approvers, digest).ok();
+                    for e in seen.drain(..) {
                         if let (Some(q), Ok(m)) = (quorum.as_mut(), DaoMessage::decode(&e.body)) {
                             let _ = q.absorb(&e.sender, &m);
                         }
@@ -1816,11 +1822,14 @@ pub fn approve_policy(
         }
         let state = match &quorum {
             Some(q) => describe_quorum(q, &layout),
-            None => "waiting for the provider's answer".into(),
+            None => "waiting for the provider's answer (or its admin quorum)".into(),
         };
         pace.wait(progressed, &state, courier)?;
     }
 }
+
+/// Most members' messages a policy approval keeps before the provider names the quorum.
+const MAX_EARLY: usize = 1024;
 
 /// The admin quorum of a policy change as the provider announced it: `needed` approvals among
 /// `approvers`, with their keys from the wallet's layout.

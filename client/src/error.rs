@@ -18,6 +18,12 @@ pub enum ClientError {
         /// Why (starts with the file's path).
         reason: String,
     },
+    /// A signature's receipt does not prove what it claims.
+    #[error("receipt refused: {reason}")]
+    Receipt {
+        /// Why.
+        reason: String,
+    },
     /// A cosigner's attestation was refused.
     #[error("attestation refused: {reason}")]
     Attestation {

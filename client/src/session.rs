@@ -7,6 +7,7 @@
 //! RFC 9266 tls-exporter value. A relay that terminates TLS and forwards `Attest` obtains a document
 //! bound to *its* session with the enclave, which differs from ours: refused.
 
+use std::collections::HashMap;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use cosigner_attestation::{AttestationError, Expectations, PinnedRoot, VerifiedDoc, verify};
 use cosigner_protocol::binding::{EXPORTER_LABEL, EXPORTER_LEN, NONCE_LEN};
 use cosigner_protocol::frame::{read_frame, write_frame};
-use cosigner_protocol::wire::{self, Request, Response};
+use cosigner_protocol::wire::{self, NextCommitment, Request, Response, WalletId};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -166,6 +167,13 @@ pub struct Session {
     addr: String,
     tls: StreamOwned<ClientConnection, TcpStream>,
     document: VerifiedDoc,
+    /// The attestation document as the enclave sent it: kept with receipts, which are checked
+    /// offline against it (`crate::receipt`).
+    raw_document: Vec<u8>,
+    /// The enclave's next single-use signing commitment per wallet, from its last answer.
+    pub(crate) commitments: HashMap<WalletId, NextCommitment>,
+    /// Requests sent on this session (round trips), for `make bench`.
+    calls: u64,
 }
 
 impl std::fmt::Debug for Session {
@@ -217,7 +225,20 @@ impl Session {
             addr: addr.to_owned(),
             tls,
             document: verified,
+            raw_document: document.into_vec(),
+            commitments: HashMap::new(),
+            calls: 0,
         })
+    }
+
+    /// The attestation document of this session, as the enclave sent it.
+    pub fn raw_attestation(&self) -> &[u8] {
+        &self.raw_document
+    }
+
+    /// How many requests this session sent (each one round trip).
+    pub fn round_trips(&self) -> u64 {
+        self.calls
     }
 
     /// The verified attestation of this session.
@@ -227,6 +248,7 @@ impl Session {
 
     /// Sends a request, returns the answer; an error answer becomes [`ClientError::Remote`].
     pub fn call(&mut self, request: &Request) -> Result<Response> {
+        self.calls += 1;
         match exchange(&mut self.tls, &self.addr, request)? {
             Response::Error(e) => Err(ClientError::Remote(e)),
             other => Ok(other),

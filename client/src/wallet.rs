@@ -14,8 +14,8 @@ use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
 use cosigner_protocol::repair;
 use cosigner_protocol::signing::{SignMessage, Signing};
 use cosigner_protocol::wire::{
-    self, DkgParams, KeyRole, RefreshParams, Registration, RepairParams, Request, Response,
-    SUITE_SECP256K1_TR, SealedPackage, WalletId, WalletInfo,
+    self, DkgParams, ErrorKind, KeyRole, NextCommitment, RefreshParams, Registration, RepairParams,
+    Request, Response, SUITE_SECP256K1_TR, SealedPackage, WalletId, WalletInfo,
 };
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use p256::ecdsa::SigningKey;
@@ -26,6 +26,7 @@ use crate::coordinator::{self, Confirmed, Peer, Progress};
 use crate::courier::Courier;
 use crate::error::{ClientError, Result};
 use crate::home::{Home, WalletFile, write_p256_key};
+use crate::receipt::Receipt;
 
 /// The suite wallets use.
 pub type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
@@ -639,6 +640,103 @@ impl TwoParty {
             shares,
         })?;
         let signatures = signing.signatures(&self.public_key_package)?;
+        self.verified(signatures, messages)
+    }
+}
+
+/// A signature and the cosigner's receipt for it.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    /// The BIP-340 signature, verified.
+    pub signature: [u8; 64],
+    /// The cosigner's signed audit entry of it with its attestation document (checked against
+    /// the attested key), when the courier attested one.
+    pub receipt: Option<Receipt>,
+}
+
+impl TwoParty {
+    /// Signs one message with the cosigner (`SignNow`): one round trip when it handed out a
+    /// commitment on this courier, two otherwise (a fresh challenge first). A commitment the
+    /// cosigner no longer holds (used, replaced, a restart) falls back to two, with fresh nonces
+    /// of ours: ours are never sent twice.
+    pub(crate) fn sign_now(
+        &self,
+        courier: &mut dyn Courier,
+        authorizer: (KeyRole, &SigningKey),
+        message: &[u8; 32],
+    ) -> Result<Signed> {
+        let wallet_id = self.wallet.wallet_id;
+        if let Some(next) = courier.take_commitment(&wallet_id, self.wallet.epoch) {
+            match self.one_round(courier, authorizer, message, Some(next)) {
+                Err(ClientError::Remote(e)) if e.kind == ErrorKind::NotFound => {}
+                other => return other,
+            }
+        }
+        self.one_round(courier, authorizer, message, None)
+    }
+
+    fn one_round(
+        &self,
+        courier: &mut dyn Courier,
+        (role, key): (KeyRole, &SigningKey),
+        message: &[u8; 32],
+        used: Option<NextCommitment>,
+    ) -> Result<Signed> {
+        let wallet_id = self.wallet.wallet_id;
+        let (mut signing, ours) = Signing::<Suite>::start(
+            vec![(DEVICE, self.key_package.clone())],
+            &self.signers(),
+            vec![message.to_vec()],
+            &mut rand_core::OsRng,
+        )?;
+        let request = Request::SignNow {
+            wallet_id,
+            epoch: self.wallet.epoch,
+            message: ByteBuf::from(message.to_vec()),
+            signers: self.signers().to_vec(),
+            commitments: ByteBuf::from(first_commitment(ours)?),
+        };
+        let answer = match &used {
+            Some(next) => precommitted(courier, wallet_id, role, key, &next.id, &request)?,
+            None => authorized(courier, wallet_id, role, key, &request)?,
+        };
+        let Response::SignedNow {
+            commitments,
+            share,
+            receipt,
+            next,
+        } = answer
+        else {
+            return Err(unexpected("SignedNow", &answer));
+        };
+        if used.is_some_and(|u| u.commitments != commitments) {
+            return Err(ClientError::Unexpected(
+                "the cosigner signed with another commitment than the one it handed out".into(),
+            ));
+        }
+        if let Some(next) = next.filter(|n| n.wallet_id == wallet_id) {
+            courier.keep_commitment(next);
+        }
+        signing.absorb(&SignMessage::Commitments {
+            party: self.them,
+            commitments: vec![commitments.into_vec()],
+        })?;
+        signing.advance()?;
+        signing.absorb(&SignMessage::Shares {
+            party: self.them,
+            shares: vec![share.into_vec()],
+        })?;
+        let signatures = signing.signatures(&self.public_key_package)?;
+        let signature = self
+            .verified(signatures, &[*message])?
+            .pop()
+            .unwrap_or([0; 64]);
+        let receipt = receipt_of(&*courier, &receipt, &wallet_id, message)?;
+        Ok(Signed { signature, receipt })
+    }
+
+    /// The 64-byte signatures, each checked by an independent BIP-340 verifier.
+    fn verified(&self, signatures: Vec<Vec<u8>>, messages: &[[u8; 32]]) -> Result<Vec<[u8; 64]>> {
         signatures
             .into_iter()
             .zip(messages)
@@ -651,6 +749,59 @@ impl TwoParty {
             })
             .collect()
     }
+}
+
+/// Our commitment, from the engine's first output.
+fn first_commitment(out: Vec<SignMessage>) -> Result<Vec<u8>> {
+    match out.into_iter().next() {
+        Some(SignMessage::Commitments { commitments, .. }) => commitments
+            .into_iter()
+            .next()
+            .ok_or_else(|| internal("the signing engine committed nothing")),
+        _ => Err(internal("the signing engine committed nothing")),
+    }
+}
+
+/// The cosigner's receipt for the signature of `message`: its signed audit entry, checked
+/// against the key its attestation binds, with that document. `None` for a courier without an
+/// attested key (an in-process cosigner in tests).
+fn receipt_of(
+    courier: &dyn Courier,
+    record: &[u8],
+    wallet_id: &WalletId,
+    message: &[u8; 32],
+) -> Result<Option<Receipt>> {
+    let (Some(key), Some(document)) = (courier.attested_key(), courier.attestation_document())
+    else {
+        return Ok(None);
+    };
+    let entry = crate::receipt::open_signed(record, key)?;
+    crate::receipt::check_signature_entry(&entry, wallet_id, message)?;
+    Ok(Some(Receipt {
+        record: hex::encode(record),
+        attestation: hex::encode(document),
+    }))
+}
+
+/// Sends `inner` signed by `key` (as `role`) over the id of the cosigner's commitment `id` as
+/// its challenge (`Precommitted`): no `Challenge` round trip.
+fn precommitted(
+    session: &mut dyn Courier,
+    wallet_id: WalletId,
+    role: KeyRole,
+    key: &SigningKey,
+    id: &[u8],
+    inner: &Request,
+) -> Result<Response> {
+    let bytes = wire::encode(inner)?;
+    let signature = sign_request(key, &wallet_id, id, &bytes)?;
+    session.call(&Request::Precommitted {
+        wallet_id,
+        role,
+        precommitment: ByteBuf::from(id.to_vec()),
+        signature: ByteBuf::from(signature.to_vec()),
+        request: ByteBuf::from(bytes),
+    })
 }
 
 /// Which cosigner signs with this device, and under which key.
@@ -700,40 +851,22 @@ pub fn sign_with(
     wallet_id: WalletId,
     message: &[u8; 32],
 ) -> Result<[u8; 64]> {
+    sign_with_receipt(home, provider, cosigner, wallet_id, message).map(|s| s.signature)
+}
+
+/// [`sign_with`], also answering the cosigner's receipt. One round trip per signature once
+/// the cosigner handed out a commitment on this courier (every answer carries the next one),
+/// two for the first.
+pub fn sign_with_receipt(
+    home: &Home,
+    provider: &mut dyn Courier,
+    cosigner: CoSigner<'_>,
+    wallet_id: WalletId,
+    message: &[u8; 32],
+) -> Result<Signed> {
     let two = TwoParty::new(home, &wallet_id, home.wallet(&wallet_id)?, &cosigner)?;
     let (role, authorizer) = cosigner.authorizer(home)?;
-    let request = Request::SignCommit {
-        wallet_id,
-        epoch: two.wallet.epoch,
-        message: ByteBuf::from(message.to_vec()),
-        signers: two.signers().to_vec(),
-    };
-    let (session_id, provider_commitments) =
-        match authorized(provider, wallet_id, role, &authorizer, &request)? {
-            Response::SignCommitted {
-                session_id,
-                commitments,
-            } => (session_id, commitments),
-            other => return Err(unexpected("SignCommitted", &other)),
-        };
-    let signatures = two.sign(
-        &[*message],
-        vec![provider_commitments.into_vec()],
-        |packages| {
-            let package = packages.first().cloned().unwrap_or_default();
-            match provider.call(&Request::SignShare {
-                session_id,
-                signing_package: ByteBuf::from(package),
-            })? {
-                Response::SignatureShare { share } => Ok(vec![share.into_vec()]),
-                other => Err(unexpected("SignatureShare", &other)),
-            }
-        },
-    )?;
-    signatures
-        .first()
-        .copied()
-        .ok_or_else(|| internal("no signature"))
+    two.sign_now(provider, (role, &authorizer), message)
 }
 
 /// Checks a BIP-340 signature with code independent of FROST's own verifier (k256).

@@ -112,6 +112,29 @@ fn strict<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T
     Ok(value)
 }
 
+/// Opens one signed record (a stored one, or a receipt) at `position` in its log: decoded
+/// strictly, signed low-S by `audit_key`. Returns its entry and the entry's hash.
+///
+/// Errors: [`AuditFault::Malformed`], [`AuditFault::Signature`].
+pub fn open_record(
+    raw: &[u8],
+    audit_key: &[u8],
+    position: u64,
+) -> std::result::Result<(AuditEntry, [u8; 32]), AuditFault> {
+    let malformed = |reason: String| AuditFault::Malformed { position, reason };
+    let record: AuditRecord = strict(raw).map_err(malformed)?;
+    let entry: AuditEntry = strict(&record.entry).map_err(malformed)?;
+    // One record, one spelling: low-S signatures only (the enclave signs low-S).
+    let low_s = p256::ecdsa::Signature::from_slice(&record.signature)
+        .map(|s| s.normalize_s().is_none())
+        .unwrap_or(false);
+    let hash = entry_hash(&record.entry);
+    if !low_s || verify_digest(audit_key, &hash, &record.signature).is_err() {
+        return Err(AuditFault::Signature { seq: entry.seq });
+    }
+    Ok((entry, hash))
+}
+
 /// Verifies records in store-key order; returns the number of entries and the head hash.
 pub fn verify_log(
     records: &[Vec<u8>],
@@ -121,20 +144,7 @@ pub fn verify_log(
     let mut count = 0u64;
     for (i, raw) in records.iter().enumerate() {
         let position = i as u64 + 1;
-        let malformed = |reason: String| AuditFault::Malformed { position, reason };
-        let record: AuditRecord = strict(raw).map_err(malformed)?;
-        let entry: AuditEntry = strict(&record.entry).map_err(malformed)?;
-        // One record, one spelling: low-S signatures only (the enclave signs low-S).
-        let low_s = p256::ecdsa::Signature::from_slice(&record.signature)
-            .map(|s| s.normalize_s().is_none())
-            .unwrap_or(false);
-        if !low_s {
-            return Err(AuditFault::Signature { seq: entry.seq });
-        }
-        let hash = entry_hash(&record.entry);
-        if verify_digest(audit_key, &hash, &record.signature).is_err() {
-            return Err(AuditFault::Signature { seq: entry.seq });
-        }
+        let (entry, hash) = open_record(raw, audit_key, position)?;
         if entry.seq != position {
             return Err(AuditFault::Sequence {
                 position,

@@ -102,42 +102,8 @@ impl<C: Ciphersuite> SignerSession<C> {
         signers: &[PartyId],
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<(Self, Vec<u8>)> {
-        let identifier = me.identifier::<C>()?;
-        if identifier != *key_package.identifier() {
-            return Err(ProtocolError::Params {
-                reason: format!("party {me} does not hold this key package"),
-            });
-        }
-        let signers = common::normalize_parties(signers, "signer set")?;
-        if !signers.contains(&me) {
-            return Err(ProtocolError::Params {
-                reason: format!("party {me} is not in the signer set {signers:?}"),
-            });
-        }
-        let min_signers = *key_package.min_signers();
-        if signers.len() < usize::from(min_signers) {
-            return Err(ProtocolError::Params {
-                reason: format!(
-                    "{} signers, below the threshold of {min_signers}",
-                    signers.len()
-                ),
-            });
-        }
-        let (nonces, commitments) = frost_core::round1::commit(key_package.signing_share(), rng);
-        let serialized = commitments.serialize().map_err(|e| ProtocolError::Frost {
-            reason: format!("serializing our commitments: {e}"),
-        })?;
-        let session = Self {
-            nonces,
-            commitments,
-            me,
-            identifier,
-            verifying_key: *key_package.verifying_key(),
-            min_signers,
-            message: message.to_vec(),
-            signers,
-        };
-        Ok((session, serialized))
+        let (precommitment, serialized) = Precommitment::new(key_package, me, rng)?;
+        Ok((precommitment.bind(message, signers)?, serialized))
     }
 
     /// Round 2 (RFC 9591 §5.2 `sign`): checks the coordinator's serialized `SigningPackage`
@@ -224,6 +190,118 @@ impl<C: Ciphersuite> SignerSession<C> {
     /// Our party number.
     pub fn me(&self) -> PartyId {
         self.me
+    }
+}
+
+/// Round 1 done before the message is known (RFC 9591 §5.1 allows commitments to be made ahead
+/// of time): fresh nonces and their commitment, for one signature by `me` with one key package,
+/// not yet bound to a message or a signer set. [`Precommitment::bind`] makes it a
+/// [`SignerSession`], with every check and the single use of a session; until then it is only
+/// kept. Like a session it is neither `Clone` nor serializable and its nonces zeroize on drop:
+/// keep it in memory only, and hand each commitment out once.
+///
+/// Binding factors cover the message and every signer's commitment (RFC 9591 §4.4), so a
+/// coordinator that learns our commitment before it picks the message and the other
+/// commitments gains nothing (RFC 9591 §5.1, preprocessing; §7.3 on nonce reuse is what the
+/// single use guards).
+pub struct Precommitment<C: Ciphersuite> {
+    nonces: SigningNonces<C>,
+    commitments: SigningCommitments<C>,
+    me: PartyId,
+    identifier: Identifier<C>,
+    verifying_key: VerifyingKey<C>,
+    min_signers: u16,
+}
+
+impl<C: Ciphersuite> Precommitment<C> {
+    /// Draws fresh nonces for `me`, holder of `key_package` (hedged with its signing share, as
+    /// frost's `round1::commit` does). Returns the precommitment and our serialized
+    /// `SigningCommitments`.
+    ///
+    /// Errors ([`ProtocolError::Params`]): `me` does not hold `key_package`.
+    pub fn new(
+        key_package: &KeyPackage<C>,
+        me: PartyId,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(Self, Vec<u8>)> {
+        let identifier = me.identifier::<C>()?;
+        if identifier != *key_package.identifier() {
+            return Err(ProtocolError::Params {
+                reason: format!("party {me} does not hold this key package"),
+            });
+        }
+        let (nonces, commitments) = frost_core::round1::commit(key_package.signing_share(), rng);
+        let serialized = commitments.serialize().map_err(|e| ProtocolError::Frost {
+            reason: format!("serializing our commitments: {e}"),
+        })?;
+        let precommitment = Self {
+            nonces,
+            commitments,
+            me,
+            identifier,
+            verifying_key: *key_package.verifying_key(),
+            min_signers: *key_package.min_signers(),
+        };
+        Ok((precommitment, serialized))
+    }
+
+    /// Binds these nonces to the exact `message` and `signers` (any order; kept sorted): a
+    /// session that signs only that. Consumes the precommitment whatever the outcome.
+    ///
+    /// Errors ([`ProtocolError::Params`]): the signer set is malformed, lacks us, or is smaller
+    /// than the threshold.
+    pub fn bind(self, message: &[u8], signers: &[PartyId]) -> Result<SignerSession<C>> {
+        let me = self.me;
+        let signers = common::normalize_parties(signers, "signer set")?;
+        if !signers.contains(&me) {
+            return Err(ProtocolError::Params {
+                reason: format!("party {me} is not in the signer set {signers:?}"),
+            });
+        }
+        if signers.len() < usize::from(self.min_signers) {
+            return Err(ProtocolError::Params {
+                reason: format!(
+                    "{} signers, below the threshold of {}",
+                    signers.len(),
+                    self.min_signers
+                ),
+            });
+        }
+        Ok(SignerSession {
+            nonces: self.nonces,
+            commitments: self.commitments,
+            me,
+            identifier: self.identifier,
+            verifying_key: self.verifying_key,
+            min_signers: self.min_signers,
+            message: message.to_vec(),
+            signers,
+        })
+    }
+
+    /// Our serialized commitments.
+    ///
+    /// Errors: serialization by frost failed ([`ProtocolError::Frost`]).
+    pub fn commitments(&self) -> Result<Vec<u8>> {
+        self.commitments
+            .serialize()
+            .map_err(|e| ProtocolError::Frost {
+                reason: format!("serializing our commitments: {e}"),
+            })
+    }
+
+    /// Our party number.
+    pub fn me(&self) -> PartyId {
+        self.me
+    }
+}
+
+impl<C: Ciphersuite> std::fmt::Debug for Precommitment<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Precommitment")
+            .field("me", &self.me)
+            .field("nonces", &"<redacted>")
+            .finish_non_exhaustive()
     }
 }
 

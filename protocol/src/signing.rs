@@ -27,7 +27,7 @@ use crate::dkg::common;
 use crate::error::{ProtocolError, Result};
 use crate::id::PartyId;
 use crate::keygen::exchange::insert_once;
-use crate::sign::{self, SignerSession};
+use crate::sign::{self, Precommitment, SignerSession};
 
 /// Most messages one ceremony signs (a PSBT's inputs): bounds the work a request can cause.
 pub const MAX_MESSAGES: usize = 1024;
@@ -74,6 +74,19 @@ pub struct SignWaiting {
     pub parties: Vec<PartyId>,
 }
 
+/// Between 1 and [`MAX_MESSAGES`] messages.
+fn check_count(messages: &[Vec<u8>]) -> Result<()> {
+    if messages.is_empty() || messages.len() > MAX_MESSAGES {
+        return Err(ProtocolError::Params {
+            reason: format!(
+                "{} messages to sign: between 1 and {MAX_MESSAGES}",
+                messages.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// One local party's key package and, until it signs, its sessions (one per message).
 type Local<C> = (KeyPackage<C>, Option<Vec<SignerSession<C>>>);
 
@@ -107,14 +120,31 @@ impl<C: Ciphersuite> Signing<C> {
         messages: Vec<Vec<u8>>,
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<(Self, Vec<SignMessage>)> {
-        if messages.is_empty() || messages.len() > MAX_MESSAGES {
-            return Err(ProtocolError::Params {
-                reason: format!(
-                    "{} messages to sign: between 1 and {MAX_MESSAGES}",
-                    messages.len()
-                ),
-            });
-        }
+        check_count(&messages)?;
+        let locals = locals
+            .into_iter()
+            .map(|(party, key_package)| {
+                let drawn = (0..messages.len())
+                    .map(|_| Precommitment::new(&key_package, party, rng).map(|(p, _)| p))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((party, key_package, drawn))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::start_precommitted(locals, signers, messages)
+    }
+
+    /// As [`Signing::start`], with nonces drawn before the messages were known: each local
+    /// party's `precommitments` (one per message, in message order) are bound to the messages
+    /// and the signer set now, and used once like any session.
+    ///
+    /// Errors: as [`Signing::start`]; a precommitment count that is not the message count, or
+    /// one of another party ([`ProtocolError::Params`]).
+    pub fn start_precommitted(
+        locals: Vec<(PartyId, KeyPackage<C>, Vec<Precommitment<C>>)>,
+        signers: &[PartyId],
+        messages: Vec<Vec<u8>>,
+    ) -> Result<(Self, Vec<SignMessage>)> {
+        check_count(&messages)?;
         let signers = common::normalize_parties(signers, "signer set")?;
         let mut signing = Self {
             messages,
@@ -126,8 +156,8 @@ impl<C: Ciphersuite> Signing<C> {
             failed: None,
         };
         let mut out = Vec::with_capacity(locals.len());
-        for (party, key_package) in locals {
-            let (sessions, commitments) = signing.commit(party, &key_package, rng)?;
+        for (party, key_package, precommitments) in locals {
+            let (sessions, commitments) = signing.bind(party, precommitments)?;
             signing.local.insert(party, (key_package, Some(sessions)));
             signing.commitments.insert(party, commitments.clone());
             out.push(SignMessage::Commitments { party, commitments });
@@ -135,19 +165,29 @@ impl<C: Ciphersuite> Signing<C> {
         Ok((signing, out))
     }
 
-    fn commit(
-        &self,
-        party: PartyId,
-        key_package: &KeyPackage<C>,
-        rng: &mut (impl CryptoRng + RngCore),
-    ) -> Result<Committed<C>> {
+    fn bind(&self, party: PartyId, precommitments: Vec<Precommitment<C>>) -> Result<Committed<C>> {
+        if precommitments.len() != self.messages.len() {
+            return Err(ProtocolError::Params {
+                reason: format!(
+                    "{} precommitments of party {party} for {} messages",
+                    precommitments.len(),
+                    self.messages.len()
+                ),
+            });
+        }
         let mut sessions = Vec::with_capacity(self.messages.len());
         let mut commitments = Vec::with_capacity(self.messages.len());
-        for message in &self.messages {
-            let (session, c) =
-                SignerSession::commit(key_package, party, message, &self.signers, rng)?;
-            sessions.push(session);
-            commitments.push(c);
+        for (precommitment, message) in precommitments.into_iter().zip(&self.messages) {
+            if precommitment.me() != party {
+                return Err(ProtocolError::Params {
+                    reason: format!(
+                        "a precommitment of party {} given as party {party}'s",
+                        precommitment.me()
+                    ),
+                });
+            }
+            commitments.push(precommitment.commitments()?);
+            sessions.push(precommitment.bind(message, &self.signers)?);
         }
         Ok((sessions, commitments))
     }

@@ -202,6 +202,22 @@ pub struct RepairParams {
     pub participant: PartyId,
 }
 
+/// An enclave's single-use signing commitment made ahead of the message, for one wallet and
+/// epoch on one attested session (its nonces live only in that session's memory: gone when the
+/// session ends or the enclave restarts). Its id is the challenge of the request that uses it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NextCommitment {
+    /// Random; names the commitment in [`Request::Precommitted`].
+    pub id: ByteBuf,
+    /// The wallet.
+    pub wallet_id: WalletId,
+    /// The share epoch it signs with.
+    pub epoch: Epoch,
+    /// Our `SigningCommitments`, serialized by frost.
+    pub commitments: ByteBuf,
+}
+
 /// Client → enclave.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -266,6 +282,39 @@ pub enum Request {
         signature: ByteBuf,
         /// The inner request, encoded with `wire::encode`.
         request: ByteBuf,
+    },
+    /// A share-using request signed like [`Request::Authorized`], with the id of one of this
+    /// session's [`NextCommitment`]s as its single-use challenge (no `Challenge` round trip).
+    /// Only a [`Request::SignNow`] that uses that commitment may be sent this way.
+    Precommitted {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// Which key signed.
+        role: KeyRole,
+        /// The [`NextCommitment::id`] used: the challenge of the signature, and the enclave
+        /// commitment the signature uses. Taken (gone) whatever the outcome.
+        precommitment: ByteBuf,
+        /// P-256 signature (r‖s) by that key over
+        /// `auth::request_digest(wallet_id, precommitment, request)`.
+        signature: ByteBuf,
+        /// The inner request, encoded with `wire::encode`.
+        request: ByteBuf,
+    },
+    /// Sign `message` with exactly `signers` in one round trip: the client's fresh commitment
+    /// is in the request, the enclave's is the precommitment of [`Request::Precommitted`] (or,
+    /// inside `Authorized`, drawn now); answered [`Response::SignedNow`]. Device key (or the
+    /// recovery credential at the recovery cosigner), like `SignCommit`.
+    SignNow {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// The share epoch to sign with.
+        epoch: Epoch,
+        /// The message (for BIP-340: the 32-byte sighash).
+        message: ByteBuf,
+        /// The signing set, us included.
+        signers: Vec<PartyId>,
+        /// The client's `SigningCommitments` for this signature, serialized by frost.
+        commitments: ByteBuf,
     },
     /// Open a signing session for `message` with exactly `signers`; answered with commitments.
     /// Only inside `Authorized` (device key).
@@ -433,6 +482,8 @@ impl Request {
             Self::DkgRound3 { .. } => "DkgRound3",
             Self::DkgConfirm { .. } => "DkgConfirm",
             Self::SignCommit { .. } => "SignCommit",
+            Self::Precommitted { .. } => "Precommitted",
+            Self::SignNow { .. } => "SignNow",
             Self::SignShare { .. } => "SignShare",
             Self::GetWallet { .. } => "GetWallet",
             Self::Challenge { .. } => "Challenge",
@@ -500,6 +551,21 @@ pub enum Response {
     SignatureShare {
         /// Our `SignatureShare`, serialized by frost.
         share: ByteBuf,
+    },
+    /// A [`Request::SignNow`] signed: our commitment and share, the receipt, and the next
+    /// commitment of this session.
+    SignedNow {
+        /// Our `SigningCommitments` used (the precommitment's, or drawn for this request).
+        commitments: ByteBuf,
+        /// Our `SignatureShare`, serialized by frost.
+        share: ByteBuf,
+        /// The audit entry of this signature signed by our audit key, the key the session's
+        /// attestation document binds (`audit::AuditRecord`, CBOR): proof of which measured
+        /// code co-signed what and when.
+        receipt: ByteBuf,
+        /// Our next single-use commitment for this wallet on this session, if we made one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<NextCommitment>,
     },
     /// Wallet facts.
     Wallet {

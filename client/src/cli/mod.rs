@@ -3,6 +3,7 @@
 mod attestation;
 mod dao;
 mod hexarg;
+mod receipt;
 mod show;
 mod status;
 mod wallet;
@@ -75,6 +76,9 @@ enum Command {
     Refresh(wallet::RefreshArgs),
     /// Take over a wallet on this (new) device with the recovery credential.
     Recover(wallet::RecoverArgs),
+    /// Check a signature's receipt offline.
+    #[command(subcommand)]
+    Receipt(receipt::ReceiptCommand),
     /// Attest to every configured cosigner and report each: reachable or not, attested or not
     /// and why, and what it runs (exit 1 if any is unreachable or refused).
     Status(status::StatusArgs),
@@ -89,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Refresh(args) => wallet::refresh(&cli.globals, args),
         Command::Recover(args) => wallet::recover(&cli.globals, args),
         Command::Status(args) => status::status(&cli.globals, &args),
+        Command::Receipt(cmd) => receipt::run(cmd),
         Command::DeviceKey(args) => dao::device_key(&cli.globals, args),
         Command::Dao(cmd) => dao::run(&cli.globals, cmd),
         Command::Join(args) => dao::join(&cli.globals, args),

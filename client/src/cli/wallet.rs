@@ -401,11 +401,14 @@ pub fn sign(g: &Globals, args: SignArgs) -> anyhow::Result<()> {
         .map(cosigner_client::home::read_p256_key)
         .transpose()?;
     let (mut session, cosigner) = cosigner_for(g, &trust, recovery_key.as_ref())?;
-    let signature = wallet::sign_with(&home, &mut session, cosigner, id, &message)?;
+    let signed = wallet::sign_with_receipt(&home, &mut session, cosigner, id, &message)?;
+    let signature = hex::encode(signed.signature);
     if args.json {
-        emit(&json!({ "signature": hex::encode(signature) }).to_string())
+        // The receipt proves which measured code co-signed this message, and when
+        // (`cosigner receipt verify`).
+        emit(&json!({ "signature": signature, "receipt": signed.receipt }).to_string())
     } else {
-        emit(&hex::encode(signature))
+        emit(&signature)
     }
 }
 

@@ -170,7 +170,9 @@ impl AuditLog {
         cosigner_protocol::auth::sign_digest(&self.key, digest).map_err(|e| e.to_string())
     }
 
-    /// Appends an entry. Failing to log fails the operation: no unlogged share use.
+    /// Appends an entry and answers its stored record (`AuditRecord`, CBOR: the entry and our
+    /// signature), which is also the receipt a client may keep. Failing to log fails the
+    /// operation: no unlogged share use.
     pub fn append(
         &self,
         store: &dyn BlobStore,
@@ -179,7 +181,7 @@ impl AuditLog {
         actor: &str,
         digest: &[u8],
         decision: &str,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<u8>, String> {
         let mut head = self.head.lock().map_err(|_| "audit lock poisoned")?;
         let entry = AuditEntry {
             seq: head.0 + 1,
@@ -218,7 +220,7 @@ impl AuditLog {
             .put(&audit_key(entry.seq), &record)
             .map_err(|e| e.to_string())?;
         *head = (entry.seq, hash);
-        Ok(())
+        Ok(record)
     }
 }
 

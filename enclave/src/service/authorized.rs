@@ -3,8 +3,8 @@
 //!
 //! | key | may |
 //! | --- | --- |
-//! | device key | at the provider: `SignCommit`, `SignPsbtCommit`; at both: `RefreshStart`, `RefreshCommit` |
-//! | recovery credential | `RecoverStart`, `RecoverCancel`, `SetPolicy`; at the recovery cosigner also `SignCommit`, `SignPsbtCommit` |
+//! | device key | at the provider: `SignCommit`, `SignNow`, `SignPsbtCommit`; at both: `RefreshStart`, `RefreshCommit` |
+//! | recovery credential | `RecoverStart`, `RecoverCancel`, `SetPolicy`; at the recovery cosigner also `SignCommit`, `SignNow`, `SignPsbtCommit` |
 //! | the new device's key, during a recovery | `RepairStart`, `RefreshStart`, `RefreshCommit` |
 //!
 //! [`Authorized::new`] is the one place that decides it: it turns the signed inner [`Request`]
@@ -106,9 +106,19 @@ pub(super) struct PsbtCommit {
     pub(super) signers: Vec<PartyId>,
 }
 
-/// A signing request: raw or PSBT.
+/// `SignNow`: a raw digest signed in one round, the client's commitment included.
+pub(super) struct SignNow {
+    pub(super) wallet_id: WalletId,
+    pub(super) epoch: Epoch,
+    pub(super) message: ByteBuf,
+    pub(super) signers: Vec<PartyId>,
+    pub(super) commitments: ByteBuf,
+}
+
+/// A signing request: raw (two rounds or one) or PSBT.
 pub(super) enum Sign {
     Raw(SignCommit),
+    Now(SignNow),
     Psbt(PsbtCommit),
 }
 
@@ -213,7 +223,7 @@ impl Authorized {
 }
 
 impl Sign {
-    /// `SignCommit` or `SignPsbtCommit`, at `at` only.
+    /// `SignCommit`, `SignNow` or `SignPsbtCommit`, at `at` only.
     fn new(inner: Request, at: Cosigner, only_at: Cosigner) -> Result<Self, NotAllowed> {
         match inner {
             _ if at != only_at => Err(NotAllowed),
@@ -227,6 +237,19 @@ impl Sign {
                 epoch,
                 message,
                 signers,
+            })),
+            Request::SignNow {
+                wallet_id,
+                epoch,
+                message,
+                signers,
+                commitments,
+            } => Ok(Self::Now(SignNow {
+                wallet_id,
+                epoch,
+                message,
+                signers,
+                commitments,
             })),
             Request::SignPsbtCommit {
                 wallet_id,
@@ -246,6 +269,7 @@ impl Sign {
     fn wallet(&self) -> WalletId {
         match self {
             Self::Raw(s) => s.wallet_id,
+            Self::Now(s) => s.wallet_id,
             Self::Psbt(p) => p.wallet_id,
         }
     }

@@ -100,6 +100,19 @@ impl Service {
         digest: &[u8],
         decision: &str,
     ) -> Result<(), Failure> {
+        self.log_receipt(wallet, action, actor, digest, decision)
+            .map(drop)
+    }
+
+    /// [`Service::log`], answering the stored record: the signed receipt of the entry.
+    pub(super) fn log_receipt(
+        &self,
+        wallet: &WalletId,
+        action: &str,
+        actor: &str,
+        digest: &[u8],
+        decision: &str,
+    ) -> Result<Vec<u8>, Failure> {
         self.audit
             .append(
                 self.store.as_ref(),

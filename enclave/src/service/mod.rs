@@ -28,6 +28,7 @@ mod custody;
 mod dao;
 mod dkg;
 mod failure;
+mod keys;
 mod peer;
 mod psbt;
 pub mod records;
@@ -36,6 +37,7 @@ mod refresh;
 mod repair;
 mod session;
 mod sign;
+mod sign_now;
 mod table;
 
 use std::collections::HashMap;
@@ -95,6 +97,8 @@ pub struct Service {
     /// Which session committed each wallet's latest refresh: only it may finalize (delete the
     /// older epochs), so another client cannot cut a refresh short.
     committed_by: Mutex<HashMap<WalletId, (ConnectionId, Epoch)>>,
+    /// Unsealed key packages of busy wallets, bounded (`keys`).
+    keys: keys::KeyCache,
     /// DAO ceremonies in progress, by mailbox topic.
     dao: Mutex<dao::Ceremonies>,
     /// The epoch each DAO wallet refreshed to since this enclave started: a signing request
@@ -143,6 +147,7 @@ impl Service {
                 .collect(),
             refusals: Mutex::new(HashMap::new()),
             committed_by: Mutex::new(HashMap::new()),
+            keys: keys::KeyCache::default(),
             dao: Mutex::new(HashMap::new()),
             dao_epochs: Mutex::new(HashMap::new()),
             psbts: Sessions::new(),
@@ -178,6 +183,19 @@ impl Service {
                 signature,
                 request,
             } => self.authorized(session, wallet_id, role, &signature, &request),
+            Request::Precommitted {
+                wallet_id,
+                role,
+                precommitment,
+                signature,
+                request,
+            } => self.precommitted(
+                session,
+                wallet_id,
+                role,
+                (&precommitment, &signature),
+                &request,
+            ),
             Request::DkgStart {
                 params,
                 me,

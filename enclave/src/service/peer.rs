@@ -49,9 +49,11 @@ impl Service {
         Ok(ByteBuf::from(signature.to_vec()))
     }
 
-    /// At creation, as party `me`: the key the registration names for us must be our own audit
-    /// key, and the one it names for the other cosigner must have signed that cosigner's
-    /// confirmation. Answers the other cosigner's key (kept in the wallet's state), if named.
+    /// At creation, as party `me`: the registration must name both cosigners' keys (a wallet
+    /// without them could be refreshed by a client playing the other cosigner's part, and
+    /// nothing registers them later), the one for us must be our own audit key, and the one for
+    /// the other cosigner must have signed that cosigner's confirmation. Answers the other
+    /// cosigner's key (kept in the wallet's state).
     pub(super) fn creation_peer_key(
         &self,
         wallet_id: &WalletId,
@@ -59,19 +61,22 @@ impl Service {
         registration: &Registration,
         confirmed: (&[Confirmation], &[(PartyId, ByteBuf)]),
     ) -> Result<Option<ByteBuf>, Failure> {
-        if let Some(ours) = registered_for(registration, me)
-            && normalise_public_key(ours)? != self.audit.public_key()
-        {
+        let Some(peer) = other_cosigner(me) else {
+            return Ok(None);
+        };
+        let missing = |party: PartyId| {
+            Failure::bad(format!(
+                "the registration names no attested key for party {party}: both cosigners' keys \
+                 are registered at creation"
+            ))
+        };
+        let ours = registered_for(registration, me).ok_or_else(|| missing(me))?;
+        if normalise_public_key(ours)? != self.audit.public_key() {
             return Err(Failure::bad(format!(
                 "the key registered for party {me} (us) is not this cosigner's attested key"
             )));
         }
-        let Some(peer) = other_cosigner(me) else {
-            return Ok(None);
-        };
-        let Some(key) = registered_for(registration, peer) else {
-            return Ok(None);
-        };
+        let key = registered_for(registration, peer).ok_or_else(|| missing(peer))?;
         let key = ByteBuf::from(normalise_public_key(key)?);
         let (confirmations, signatures) = confirmed;
         check_signed_confirmation(wallet_id, peer, &key, confirmations, signatures)?;

@@ -234,6 +234,8 @@ impl Service {
             .save_share(&wallet_id, state.party, &prepared.share)?;
         let action = self.advance_epoch(&mut state, &prepared, confirmations, &receipt_digest)?;
         self.records().save_state(&wallet_id, &state)?;
+        // A new epoch, and after a recovery a revoked key: nothing unsealed of before stays.
+        self.keys.forget(&wallet_id)?;
         // Committed. The other prepared refreshes to this epoch can never commit now.
         let _ = self.records().delete_prepared(&wallet_id, new_epoch);
         self.refreshes.remove(&wallet_id)?;
@@ -442,6 +444,7 @@ impl Service {
             .drop_where(&wallet_id, |s| old.contains(&s.epoch()))?;
         self.psbts
             .drop_where(&wallet_id, |s| old.contains(&s.epoch()))?;
+        self.keys.forget(&wallet_id)?;
         Ok(Response::Done)
     }
 }

@@ -17,6 +17,7 @@ use super::authorized::{
 use super::failure::{Failure, Outcome, internal};
 use super::records::WalletState;
 use super::refresh::Commit;
+use super::sign_now::{Held, Now, Precommitments};
 use super::{Service, random};
 
 /// How long a challenge is valid.
@@ -30,6 +31,8 @@ pub struct SessionState {
     binding: [u8; EXPORTER_LEN],
     pub(super) attested: bool,
     challenge: Option<(WalletId, [u8; CHALLENGE_LEN], Instant)>,
+    /// Signing commitments handed to this session's client (`sign_now`): memory only.
+    precommitments: Precommitments,
 }
 
 impl SessionState {
@@ -41,6 +44,7 @@ impl SessionState {
             binding,
             attested: false,
             challenge: None,
+            precommitments: Precommitments::default(),
         }
     }
 }
@@ -93,6 +97,48 @@ impl Service {
         inner_bytes: &[u8],
     ) -> Outcome {
         let challenge = take_challenge(session, &wallet_id)?;
+        let grant = Grant {
+            wallet_id,
+            role,
+            challenge,
+            held: None,
+        };
+        self.authorized_under(session, grant, signature, inner_bytes)
+    }
+
+    /// `Precommitted`: as [`Service::authorized`], the challenge being the id of one of this
+    /// session's commitments, taken out of the session first (used once, whatever follows).
+    pub(super) fn precommitted(
+        &self,
+        session: &mut SessionState,
+        wallet_id: WalletId,
+        role: KeyRole,
+        (id, signature): (&[u8], &[u8]),
+        inner_bytes: &[u8],
+    ) -> Outcome {
+        let held = session.precommitments.take(&wallet_id, id)?;
+        let grant = Grant {
+            wallet_id,
+            role,
+            challenge: *held.id(),
+            held: Some(held),
+        };
+        self.authorized_under(session, grant, signature, inner_bytes)
+    }
+
+    fn authorized_under(
+        &self,
+        session: &mut SessionState,
+        grant: Grant,
+        signature: &[u8],
+        inner_bytes: &[u8],
+    ) -> Outcome {
+        let Grant {
+            wallet_id,
+            role,
+            challenge,
+            held,
+        } = grant;
         let inner: Request =
             wire::decode(inner_bytes).map_err(|e| Failure::bad(format!("inner request: {e}")))?;
         let signed = Signed {
@@ -133,6 +179,8 @@ impl Service {
             actor,
             generation,
             digest: &signed.digest,
+            held,
+            store: &mut session.precommitments,
         };
         self.run_authorized(run, request)
     }
@@ -203,7 +251,7 @@ impl Service {
         signed: &Signed<'_>,
     ) -> Result<(), Failure> {
         let names = request.wallet();
-        if let Some(Sign::Raw(_)) = request.sign()
+        if let Some(Sign::Raw(_) | Sign::Now(_)) = request.sign()
             && names == signed.wallet_id
             && state.policy.is_some()
         {
@@ -229,12 +277,30 @@ impl Service {
             actor,
             generation,
             digest,
+            held,
+            store,
         } = run;
+        let one_round = matches!(request.sign(), Some(Sign::Now(_)));
+        if held.is_some() && !one_round {
+            return Err(Failure::bad(
+                "a commitment can only be used by SignNow: this request needs a challenge",
+            ));
+        }
         match request {
             Authorized::Device(DeviceRequest::Sign(sign))
             | Authorized::Recovery(RecoveryRequest::Sign(sign)) => match sign {
                 Sign::Raw(s) => {
                     self.sign_commit(state, actor, generation, s.epoch, &s.message, &s.signers)
+                }
+                Sign::Now(s) => {
+                    let now = Now {
+                        state,
+                        actor,
+                        generation,
+                        held,
+                        store,
+                    };
+                    self.sign_now(now, s)
                 }
                 Sign::Psbt(p) => {
                     self.sign_psbt_commit(owner, state, &actor, p.epoch, &p.psbt, &p.signers)
@@ -292,6 +358,18 @@ struct Run<'a> {
     actor: Actor,
     generation: Option<u64>,
     digest: &'a [u8],
+    /// The commitment a `Precommitted` request uses.
+    held: Option<Held>,
+    /// The session's commitments, where a `SignNow` keeps the next one.
+    store: &'a mut Precommitments,
+}
+
+/// What a signature on a request is checked under: a challenge, or a commitment's id.
+struct Grant {
+    wallet_id: WalletId,
+    role: KeyRole,
+    challenge: [u8; CHALLENGE_LEN],
+    held: Option<Held>,
 }
 
 /// Takes the session's challenge for `wallet_id`: consumed whatever happens next (one

@@ -115,7 +115,7 @@ impl Service {
     }
 
     /// The signer set and the epoch of a `SignCommit`, and the provider's refresh demand by age.
-    fn check_sign_request(
+    pub(super) fn check_sign_request(
         &self,
         state: &WalletState,
         actor: &Actor,
@@ -147,7 +147,7 @@ impl Service {
     /// epoch is too old; with a limit on signatures, the signature is counted in the anchored
     /// state (under the writer lock, re-read: no lost count), and `generation` becomes the
     /// anchor's new one, since the state the session is checked against is then our own write.
-    fn count_signature(
+    pub(super) fn count_signature(
         &self,
         state: &mut WalletState,
         actor: &Actor,
@@ -210,7 +210,7 @@ impl Service {
         // refresh that retired the epoch since then stops this signature too. Any such change
         // moved the state's anchor; if it did not move, the state is the one authorized.
         if self.records().state_generation(&pending.wallet_id)? != pending.generation {
-            self.recheck_signer(&pending)?;
+            self.recheck_signer(&pending.wallet_id, &pending.actor, pending.epoch)?;
         }
         let mut signing = pending.signing;
         let shares = sign_packages(&mut signing, vec![signing_package.to_vec()])?;
@@ -220,19 +220,23 @@ impl Service {
         })
     }
 
-    /// Whether the key and epoch of a signing session are still valid in the current state.
-    fn recheck_signer(&self, pending: &PendingSign) -> Result<(), Failure> {
-        let state = self.records().load_state(&pending.wallet_id)?;
-        if !pending.actor.still_authorized(&state) {
+    /// Whether the key and epoch of a signature are still valid in the current state.
+    pub(super) fn recheck_signer(
+        &self,
+        wallet_id: &WalletId,
+        actor: &Actor,
+        epoch: Epoch,
+    ) -> Result<(), Failure> {
+        let state = self.records().load_state(wallet_id)?;
+        if !actor.still_authorized(&state) {
             return Err(Failure::denied(
                 "the key that opened this signing session is no longer authorized (revoked or \
                  suspended by a recovery)",
             ));
         }
-        if !epoch_in_use(&state, pending.epoch) {
+        if !epoch_in_use(&state, epoch) {
             return Err(Failure::bad(format!(
-                "epoch {} is no longer in use: refreshed since the commitments",
-                pending.epoch
+                "epoch {epoch} is no longer in use: refreshed since the commitments"
             )));
         }
         Ok(())

@@ -1,0 +1,140 @@
+//! Receipts: proof of which measured code co-signed what, and when.
+//!
+//! With every one-round signature the cosigner answers the audit entry of that signature, signed
+//! by its audit key (`cosigner_protocol::audit`): the key its attestation document binds
+//! (`public_key`). A [`Receipt`] keeps that signed record with the attestation document of the
+//! session, so it can be checked later and offline, by anyone holding the trust file
+//! (`cosigner receipt verify`): the document chains to a pinned root and carries allowed
+//! measurements, and the record is signed by the key the document binds. The document is
+//! checked at its own time (its certificates were valid when it was made), since a receipt is
+//! read long after the session ended.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use cosigner_attestation::{Expectations, parse_unverified, verify};
+use cosigner_protocol::audit::{AuditEntry, AuditFault, open_record};
+use cosigner_protocol::wire::WalletId;
+use serde::{Deserialize, Serialize};
+
+use crate::trust::Trust;
+use crate::{ClientError, Result};
+
+/// Largest signed record a receipt may hold (an audit entry is a few hundred bytes).
+const MAX_RECORD: usize = 16 * 1024;
+
+/// A signature's receipt, as `cosigner sign --json` prints it (`receipt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    /// The signed audit record (`AuditRecord`, CBOR), hex.
+    pub record: String,
+    /// The attestation document of the session that answered it, hex.
+    pub attestation: String,
+}
+
+/// What a checked receipt proves.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The audit entry: wallet, action, what was signed, when, the decision.
+    pub entry: AuditEntry,
+    /// The attestation document's module id (which enclave).
+    pub module_id: String,
+    /// The audit key the document binds, which signed the entry.
+    pub key: Vec<u8>,
+}
+
+fn refused(reason: impl Into<String>) -> ClientError {
+    ClientError::Receipt {
+        reason: reason.into(),
+    }
+}
+
+/// Checks a signed audit `record` under `key` (the session's attested key) and decodes its entry.
+///
+/// Errors ([`ClientError::Receipt`]): not a record, too large, or not signed by `key`.
+pub fn open_signed(record: &[u8], key: &[u8]) -> Result<AuditEntry> {
+    if record.len() > MAX_RECORD {
+        return Err(refused(format!(
+            "the record is {} bytes, at most {MAX_RECORD}",
+            record.len()
+        )));
+    }
+    match open_record(record, key, 1) {
+        Ok((entry, _)) => Ok(entry),
+        Err(AuditFault::Signature { .. }) => Err(refused(
+            "the record is not signed by the cosigner's attested key",
+        )),
+        Err(e) => Err(refused(format!("not an audit record: {e}"))),
+    }
+}
+
+/// The entry a signature of `message` for `wallet_id` must have: the cosigner logged this very
+/// signature as allowed.
+///
+/// Errors ([`ClientError::Receipt`]): any other wallet, action, message or decision.
+pub fn check_signature_entry(
+    entry: &AuditEntry,
+    wallet_id: &WalletId,
+    message: &[u8],
+) -> Result<()> {
+    if entry.wallet_id != wallet_id.to_hex()
+        || entry.action != "sign"
+        || entry.digest != hex::encode(message)
+        || entry.decision != "allowed"
+    {
+        return Err(refused(format!(
+            "the cosigner's audit entry {} ({} of {} for wallet {}, {}) is not this signature",
+            entry.seq, entry.action, entry.digest, entry.wallet_id, entry.decision
+        )));
+    }
+    Ok(())
+}
+
+/// Checks `receipt` offline against `trust`: its attestation document chains to a pinned root
+/// (at the document's own time) with allowed measurements, and its record is signed by the key
+/// the document binds.
+///
+/// Errors: [`ClientError::Receipt`] for a malformed receipt or a record the key did not sign;
+/// [`ClientError::Attestation`] when the document does not verify under `trust`.
+pub fn verify_receipt(receipt: &Receipt, trust: &Trust) -> Result<Checked> {
+    let document =
+        hex::decode(&receipt.attestation).map_err(|_| refused("`attestation` is not hex"))?;
+    let record = hex::decode(&receipt.record).map_err(|_| refused("`record` is not hex"))?;
+    let (_, unverified) = parse_unverified(&document).map_err(|e| ClientError::Attestation {
+        reason: format!("the receipt's document: {e}"),
+    })?;
+    let at = UNIX_EPOCH + Duration::from_millis(unverified.timestamp);
+    let expect = Expectations {
+        allow_debug: trust.allow_debug,
+        ..Default::default()
+    };
+    let mut last = None;
+    let verified = trust
+        .roots
+        .iter()
+        .find_map(|root| match verify(&document, root, at, &expect) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                last = Some(e);
+                None
+            }
+        })
+        .ok_or_else(|| ClientError::Attestation {
+            reason: match last {
+                Some(e) => format!("the receipt's document does not verify: {e}"),
+                None => "the trust file pins no root".into(),
+            },
+        })?;
+    trust.check_measurements(&verified.doc)?;
+    let key = verified
+        .doc
+        .public_key
+        .clone()
+        .ok_or_else(|| refused("the receipt's document binds no key"))?;
+    let entry = open_signed(&record, &key)?;
+    Ok(Checked {
+        entry,
+        module_id: verified.doc.module_id,
+        key,
+    })
+}

@@ -1,0 +1,215 @@
+//! One-round signing (`SignNow`): one round trip per signature in steady state.
+//!
+//! With every `SignedNow` answer the enclave hands its client the next single-use commitment
+//! for that wallet ([`NextCommitment`]): nonces drawn now, before the message is known (RFC 9591
+//! §5.1 allows commitments ahead of time), kept in this session's memory only, never sealed or
+//! stored, gone when the session ends or the enclave restarts. The client's next request carries
+//! the message, its own fresh commitment and the device's signature over the commitment's id as
+//! its challenge (`Request::Precommitted`); the enclave takes the commitment out of the session
+//! *before* anything else, so it is used at most once whatever happens (a bad signature, a
+//! refusal, a crash and a retry: the retry names a commitment that is gone and falls back).
+//! Without a commitment (the first signature after connecting, or after a restart) a `SignNow`
+//! inside `Authorized` draws fresh nonces: two round trips (`Challenge`, then the request).
+//!
+//! The enclave builds the signing package itself from the message and both commitments and
+//! signs it at once: binding factors cover the message and every commitment (RFC 9591 §4.4),
+//! so a client that knew our commitment before choosing its own and the message gains nothing,
+//! and our session signs only the message and signer set of the request.
+
+use cosigner_protocol::id::{Epoch, PartyId};
+use cosigner_protocol::sign::Precommitment;
+use cosigner_protocol::signing::{SignMessage, Signing};
+use cosigner_protocol::wire::{NextCommitment, Response, WalletId};
+use frost_core::keys::KeyPackage;
+use serde_bytes::ByteBuf;
+
+use super::authorized::{Actor, SignNow};
+use super::failure::{Failure, Outcome, internal};
+use super::records::WalletState;
+use super::{Service, Suite, key_package, random};
+
+/// Most precommitments one session holds (one per wallet; the oldest goes first).
+pub(super) const MAX_PRECOMMITMENTS: usize = 8;
+
+/// Length of a precommitment's id (it is also a challenge).
+pub(super) const PRECOMMITMENT_ID_LEN: usize = 32;
+
+/// A commitment handed to this session's client, its nonces in memory only.
+pub(super) struct Held {
+    id: [u8; PRECOMMITMENT_ID_LEN],
+    wallet_id: WalletId,
+    epoch: Epoch,
+    precommitment: Precommitment<Suite>,
+}
+
+impl Held {
+    /// Its id: the challenge the request using it is signed over.
+    pub(super) fn id(&self) -> &[u8; PRECOMMITMENT_ID_LEN] {
+        &self.id
+    }
+}
+
+/// A session's precommitments, at most one per wallet.
+#[derive(Default)]
+pub struct Precommitments(Vec<Held>);
+
+impl std::fmt::Debug for Precommitments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Precommitments({} held)", self.0.len())
+    }
+}
+
+impl Precommitments {
+    /// Takes the precommitment `id` of `wallet_id` out of the session: whatever follows, it is
+    /// never used again.
+    pub(super) fn take(&mut self, wallet_id: &WalletId, id: &[u8]) -> Result<Held, Failure> {
+        let at = self
+            .0
+            .iter()
+            .position(|h| h.wallet_id == *wallet_id && h.id.as_slice() == id)
+            .ok_or_else(|| {
+                Failure::not_found(
+                    "no such commitment on this session (used, replaced, or the enclave \
+                     restarted): sign without one",
+                )
+            })?;
+        Ok(self.0.remove(at))
+    }
+
+    /// Keeps `held`, replacing the wallet's previous one (its nonces are dropped, zeroized).
+    fn keep(&mut self, held: Held) {
+        self.0.retain(|h| h.wallet_id != held.wallet_id);
+        if self.0.len() >= MAX_PRECOMMITMENTS {
+            self.0.remove(0);
+        }
+        self.0.push(held);
+    }
+}
+
+/// The other signer of a personal wallet's signature: the signer set is us and one other party.
+fn other_signer(state: &WalletState, signers: &[PartyId]) -> Result<PartyId, Failure> {
+    match signers {
+        [a, b] if *a == state.party && *b != state.party => Ok(*b),
+        [a, b] if *b == state.party && *a != state.party => Ok(*a),
+        _ => Err(Failure::bad(format!(
+            "one-round signing takes two signers, this cosigner (party {}) and the client's \
+             party; got {signers:?}",
+            state.party
+        ))),
+    }
+}
+
+/// What a `SignNow` runs with besides the request.
+pub(super) struct Now<'a> {
+    pub(super) state: WalletState,
+    pub(super) actor: Actor,
+    pub(super) generation: Option<u64>,
+    /// The commitment the request uses (`Precommitted`), or none (drawn now).
+    pub(super) held: Option<Held>,
+    /// Where the next commitment goes.
+    pub(super) store: &'a mut Precommitments,
+}
+
+impl Service {
+    /// `SignNow`: checks, the audit entry, our share, and the next commitment.
+    pub(super) fn sign_now(&self, now: Now<'_>, request: SignNow) -> Outcome {
+        let Now {
+            mut state,
+            actor,
+            mut generation,
+            held,
+            store,
+        } = now;
+        let SignNow {
+            wallet_id,
+            epoch,
+            message,
+            signers,
+            commitments,
+        } = request;
+        self.check_sign_request(&state, &actor, epoch, &message, &signers)?;
+        let other = other_signer(&state, &signers)?;
+        self.count_signature(&mut state, &actor, epoch, &message, &mut generation)?;
+        let party = state.party;
+        let key = self.keys.get(wallet_id, party, epoch, || {
+            key_package(&self.records().load_share(&wallet_id, party, epoch)?)
+        })?;
+        let precommitment = match held {
+            Some(held) if held.epoch == epoch => held.precommitment,
+            Some(held) => {
+                return Err(Failure::bad(format!(
+                    "the commitment used is for epoch {}, the request signs at epoch {epoch}",
+                    held.epoch
+                )));
+            }
+            None => Precommitment::new(&key, party, &mut rand_core::OsRng)?.0,
+        };
+        let locals = vec![(party, key.clone(), vec![precommitment])];
+        let (mut signing, ours) =
+            Signing::start_precommitted(locals, &signers, vec![message.to_vec()])?;
+        signing.absorb(&SignMessage::Commitments {
+            party: other,
+            commitments: vec![commitments.to_vec()],
+        })?;
+        // As at a two-round release: a recovery or refresh that landed since the authorization
+        // stops this signature (the anchor's generation moved).
+        if self.records().state_generation(&wallet_id)? != generation {
+            self.recheck_signer(&wallet_id, &actor, epoch)?;
+        }
+        // Durable before our share exists outside the enclave: nothing signed that the log lacks.
+        let receipt = self.log_receipt(&wallet_id, "sign", &actor.label(), &message, "allowed")?;
+        let share = first_share(signing.advance()?)?;
+        let next = self.precommit(store, wallet_id, party, epoch, &key)?;
+        Ok(Response::SignedNow {
+            commitments: ByteBuf::from(first_commitments(ours)?),
+            share: ByteBuf::from(share),
+            receipt: ByteBuf::from(receipt),
+            next: Some(next),
+        })
+    }
+
+    /// Draws the next commitment of `wallet_id` for this session and keeps it there.
+    fn precommit(
+        &self,
+        store: &mut Precommitments,
+        wallet_id: WalletId,
+        party: PartyId,
+        epoch: Epoch,
+        key: &KeyPackage<Suite>,
+    ) -> Result<NextCommitment, Failure> {
+        let (precommitment, commitments) = Precommitment::new(key, party, &mut rand_core::OsRng)?;
+        let id = random::<PRECOMMITMENT_ID_LEN>()?;
+        store.keep(Held {
+            id,
+            wallet_id,
+            epoch,
+            precommitment,
+        });
+        Ok(NextCommitment {
+            id: ByteBuf::from(id.to_vec()),
+            wallet_id,
+            epoch,
+            commitments: ByteBuf::from(commitments),
+        })
+    }
+}
+
+fn first_commitments(out: Vec<SignMessage>) -> Result<Vec<u8>, Failure> {
+    match out.into_iter().next() {
+        Some(SignMessage::Commitments { commitments, .. }) => commitments
+            .into_iter()
+            .next()
+            .ok_or_else(|| internal("the signing engine committed nothing")),
+        _ => Err(internal("the signing engine committed nothing")),
+    }
+}
+
+fn first_share(out: Vec<SignMessage>) -> Result<Vec<u8>, Failure> {
+    match out.into_iter().next() {
+        Some(SignMessage::Shares { shares, .. }) => shares
+            .into_iter()
+            .next()
+            .ok_or_else(|| internal("the signing engine signed nothing")),
+        _ => Err(internal("the signing engine signed nothing")),
+    }
+}
