@@ -14,6 +14,7 @@ mod error;
 pub mod home;
 pub mod mailbox;
 pub mod psbt_sign;
+pub mod repair;
 pub mod session;
 pub mod trust;
 pub mod wallet;
