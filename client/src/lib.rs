@@ -15,6 +15,7 @@ pub mod home;
 pub mod mailbox;
 pub mod psbt_sign;
 pub mod receipt;
+pub mod repair;
 pub mod session;
 pub mod trust;
 pub mod wallet;

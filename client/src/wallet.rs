@@ -2,7 +2,6 @@
 //! refresh (A, B, C re-share at a new epoch) and recovery (B and C repair A's share onto a new
 //! device, then everyone refreshes and the old device key is revoked).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use cosigner_protocol::auth::{
@@ -11,11 +10,10 @@ use cosigner_protocol::auth::{
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
-use cosigner_protocol::repair;
 use cosigner_protocol::signing::{SignMessage, Signing};
 use cosigner_protocol::wire::{
-    self, DkgParams, ErrorKind, KeyRole, NextCommitment, RefreshParams, Registration, RepairParams,
-    Request, Response, SUITE_SECP256K1_TR, SealedPackage, WalletId, WalletInfo,
+    self, DkgParams, ErrorKind, KeyRole, NextCommitment, RefreshParams, Registration, Request,
+    Response, SUITE_SECP256K1_TR, WalletId, WalletInfo,
 };
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use p256::ecdsa::SigningKey;
@@ -1343,8 +1341,8 @@ fn belongs(share: &[u8], pkp: &PublicKeyPackage<Suite>) -> bool {
         && pkp.verifying_key() == kp.verifying_key()
 }
 
-/// Repair: B and C rebuild this device's share at `info.epoch`; only we can open the result, and
-/// it is checked against the public key package.
+/// Repair: B and C rebuild this device's share at `info.epoch` ([`crate::repair`]); only we can
+/// open the result, and it is checked against the public key package.
 fn repair_share(
     provider: &mut dyn Courier,
     recovery: &mut dyn Courier,
@@ -1353,60 +1351,5 @@ fn repair_share(
     pkp: &PublicKeyPackage<Suite>,
     device_key: &SigningKey,
 ) -> Result<KeyPackage<Suite>> {
-    // 2. Repair: B and C rebuild our share at the current epoch; only we can open the result.
-    let mut rng = rand_core::OsRng;
-    let params = RepairParams {
-        wallet_id,
-        ciphersuite: info.ciphersuite.clone(),
-        epoch: info.epoch,
-        helpers: vec![PROVIDER, RECOVERY],
-        participant: DEVICE,
-    };
-    let (participant, participant_key) = repair::participant_start::<Suite>(&params, &mut rng)?;
-    let mut helper_keys = BTreeMap::new();
-    for (session, me) in [
-        (&mut *provider as &mut dyn Courier, PROVIDER),
-        (&mut *recovery, RECOVERY),
-    ] {
-        let start = Request::RepairStart {
-            params: params.clone(),
-            me,
-        };
-        match authorized_retrying(session, wallet_id, KeyRole::Device, device_key, &start)? {
-            Response::RepairKey { hpke_public_key } => {
-                helper_keys.insert(me, hpke_public_key.into_vec());
-            }
-            other => return Err(unexpected("RepairKey", &other)),
-        }
-    }
-    let keys: Vec<(PartyId, ByteBuf)> = helper_keys
-        .iter()
-        .map(|(p, k)| (*p, ByteBuf::from(k.clone())))
-        .collect();
-    let mut deltas = Vec::new();
-    for session in [&mut *provider as &mut dyn Courier, &mut *recovery] {
-        match session.call(&Request::RepairDeltas {
-            wallet_id,
-            helper_keys: keys.clone(),
-        })? {
-            Response::RepairDeltas { deltas: theirs } => deltas.extend(theirs),
-            other => return Err(unexpected("RepairDeltas", &other)),
-        }
-    }
-    let mut sigmas = Vec::new();
-    for (session, me) in [
-        (&mut *provider as &mut dyn Courier, PROVIDER),
-        (&mut *recovery, RECOVERY),
-    ] {
-        let mine: Vec<SealedPackage> = deltas.iter().filter(|d| d.to == me).cloned().collect();
-        match session.call(&Request::RepairSigma {
-            wallet_id,
-            deltas: mine,
-            participant_key: ByteBuf::from(participant_key.clone()),
-        })? {
-            Response::RepairSigma { sigma } => sigmas.push(sigma),
-            other => return Err(unexpected("RepairSigma", &other)),
-        }
-    }
-    Ok(participant.finish(&helper_keys, &sigmas, pkp, info.min_signers)?)
+    crate::repair::repair_share(provider, recovery, wallet_id, info, pkp, device_key)
 }

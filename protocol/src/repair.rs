@@ -14,6 +14,13 @@
 //! participant: participant_start ──(HPKE key)── … RepairParticipant::finish(all sigmas) ──► KeyPackage
 //! ```
 //!
+//! These rounds take each step's inputs all at once. [`engine`] runs them as values that absorb
+//! messages in any order and say what they wait for, like the key-making and signing engines
+//! ([`crate::keygen::exchange`], [`crate::signing`]): a helper's [`engine::RepairHelper`] (the
+//! enclave's repair table) and the participant's [`engine::RepairReceiver`] (the recovering
+//! device). The engines keep one message per sender and step and name a sender of two different
+//! ones; every check below stays in the rounds.
+//!
 //! What frost leaves to us, and this module guards:
 //!
 //! * **The result is unchecked** (docs/lifecycle.md, "Recovery"): `repair_share_part3` returns whatever the sigmas sum
@@ -46,6 +53,7 @@
 //! device's copy of the share is still valid until then.
 
 mod context;
+pub mod engine;
 #[cfg(test)]
 mod golden_tests;
 
@@ -229,6 +237,31 @@ fn split_helper_key(helper_key: &[u8]) -> std::result::Result<(&[u8], &[u8]), St
         })
 }
 
+/// Checks `helper`'s key: an HPKE public key followed by a signature over it and the repair's
+/// parameters by `helper`'s share in `public_key_package`. Returns the HPKE public key.
+///
+/// Errors: malformed, or not signed by that share ([`ProtocolError::Culprit`] naming `helper`).
+fn check_helper_key<'k, C: Ciphersuite>(
+    params: &RepairParams,
+    public_key_package: &PublicKeyPackage<C>,
+    helper: PartyId,
+    key: &'k [u8],
+) -> Result<&'k [u8]> {
+    let culprit = |reason: String| ProtocolError::Culprit {
+        party: helper,
+        reason,
+    };
+    let (hpke_key, signature) = split_helper_key(key).map_err(culprit)?;
+    let message = context::helper_key_message(params, helper, hpke_key);
+    context::verify_by_share(public_key_package, helper, &message, signature).map_err(|e| {
+        culprit(format!(
+            "its helper key is not vouched for by its share: {e} (substituted by the \
+             coordinator?)"
+        ))
+    })?;
+    Ok(hpke_key)
+}
+
 /// Exactly one key per helper, as a map must carry it.
 fn check_key_set(params: &RepairParams, helper_keys: &BTreeMap<PartyId, Vec<u8>>) -> Result<()> {
     if let Some(stranger) = helper_keys.keys().find(|p| !params.helpers.contains(p)) {
@@ -301,20 +334,7 @@ impl<C: Ciphersuite> RepairHelper1<C> {
         }
         let mut recipients = BTreeMap::new();
         for (&helper, key) in helper_keys.iter().filter(|(h, _)| **h != me) {
-            let culprit = |reason: String| ProtocolError::Culprit {
-                party: helper,
-                reason,
-            };
-            let (hpke_key, signature) = split_helper_key(key).map_err(culprit)?;
-            let message = context::helper_key_message(&params, helper, hpke_key);
-            context::verify_by_share(&public_key_package, helper, &message, signature).map_err(
-                |e| {
-                    culprit(format!(
-                        "its helper key is not vouched for by its share: {e} (substituted by the \
-                         coordinator?)"
-                    ))
-                },
-            )?;
+            let hpke_key = check_helper_key(&params, &public_key_package, helper, key)?;
             recipients.insert(helper, hpke_key);
         }
 

@@ -14,7 +14,7 @@ use cosigner_client::session::Session;
 use cosigner_client::trust::Trust;
 use cosigner_protocol::auth::public_key_bytes;
 use cosigner_protocol::dao::refresh::RefreshProposal;
-use cosigner_protocol::dao::{Evaluation, Invitation};
+use cosigner_protocol::dao::{Evaluation, Invitation, SignRequest};
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::mailbox::{Envelope, Topic};
 use cosigner_protocol::psbt::SpendSummary;
@@ -567,33 +567,80 @@ pub fn sign_dao(
     let mut courier = courier_for(g, &trust, wallet, envelope.topic)?;
     courier.post(&envelope)?;
     let timeout = Duration::from_secs(timeout);
-    let mut backlog = Vec::new();
-    let evaluation = match dao::await_progress(
-        &mut courier,
-        &provider_key,
-        &request.hash()?,
-        timeout,
-        &mut backlog,
-    )? {
-        Progress::Signed(txid, tx) => {
-            check_txid(&summary, &txid)?;
-            return signed_out(&txid, &tx, json);
-        }
+    let mut taking = TakingPart::new(home, wallet, &request, &summary, courier, timeout);
+    let evaluation = match taking.progress(&provider_key)? {
+        Progress::Signed(txid, tx) => return signed_out(&txid, &tx, json),
         Progress::Evaluated(e) => e,
     };
-    check_evaluation(&summary, &evaluation)?;
     show_summary(&summary, &evaluation);
-    let (txid, tx) = dao::approve_and_sign(
-        home,
-        wallet,
-        &mut courier,
-        &request,
-        &summary,
-        &evaluation,
-        backlog,
-        timeout,
-    )?;
+    let (txid, tx) = taking.approve_and_sign(&evaluation)?;
     signed_out(&txid, &tx, json)
+}
+
+/// This device's part in one signing request it posted or was sent: what it read in the PSBT,
+/// its courier to the wallet's topic and the topic's envelopes read so far. The requester's
+/// `sign --psbt` and an approver's `approve` share it.
+struct TakingPart<'a> {
+    home: &'a Home,
+    wallet: &'a WalletFile,
+    request: &'a SignRequest,
+    summary: &'a SpendSummary,
+    courier: Courier,
+    backlog: Vec<Envelope>,
+    timeout: Duration,
+}
+
+impl<'a> TakingPart<'a> {
+    fn new(
+        home: &'a Home,
+        wallet: &'a WalletFile,
+        request: &'a SignRequest,
+        summary: &'a SpendSummary,
+        courier: Courier,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            home,
+            wallet,
+            request,
+            summary,
+            courier,
+            backlog: Vec::new(),
+            timeout,
+        }
+    }
+
+    /// Waits for the provider's evaluation of the request, or for the transaction it already
+    /// published; either is checked against what this device read in the PSBT.
+    fn progress(&mut self, provider_key: &[u8]) -> anyhow::Result<Progress> {
+        let progress = dao::await_progress(
+            &mut self.courier,
+            provider_key,
+            &self.request.hash()?,
+            self.timeout,
+            &mut self.backlog,
+        )?;
+        match &progress {
+            Progress::Signed(txid, _) => check_txid(self.summary, txid)?,
+            Progress::Evaluated(e) => check_evaluation(self.summary, e)?,
+        }
+        Ok(progress)
+    }
+
+    /// Approves the request (the evaluation checked and shown) and signs until the provider
+    /// publishes the transaction.
+    fn approve_and_sign(mut self, evaluation: &Evaluation) -> anyhow::Result<(String, Vec<u8>)> {
+        Ok(dao::approve_and_sign(
+            self.home,
+            self.wallet,
+            &mut self.courier,
+            self.request,
+            self.summary,
+            evaluation,
+            self.backlog,
+            self.timeout,
+        )?)
+    }
 }
 
 fn confirm() -> anyhow::Result<bool> {
@@ -638,28 +685,25 @@ pub fn approve(g: &Globals, args: ApproveArgs) -> anyhow::Result<()> {
     let hash = request.hash()?;
     let me = public_key_bytes(&home.device_key()?);
     let timeout = args.wait.timeout();
-    let mut backlog = Vec::new();
-    let evaluation =
-        match dao::await_progress(&mut courier, &provider_key, &hash, timeout, &mut backlog)? {
-            Progress::Signed(txid, tx) => {
-                // Run again after the end (or after others finished without us).
-                check_txid(&summary, &txid)?;
-                let approved = dao::approved_before(&backlog, &me, &hash);
-                return approved_out(approved, &txid, &tx, args.wait.json);
-            }
-            Progress::Evaluated(e) => e,
-        };
-    check_evaluation(&summary, &evaluation)?;
+    let mut taking = TakingPart::new(&home, &wallet, &request, &summary, courier, timeout);
+    let evaluation = match taking.progress(&provider_key)? {
+        Progress::Signed(txid, tx) => {
+            // Run again after the end (or after others finished without us).
+            let approved = dao::approved_before(&taking.backlog, &me, &hash);
+            return approved_out(approved, &txid, &tx, args.wait.json);
+        }
+        Progress::Evaluated(e) => e,
+    };
     say(&format!(
         "{requester} asks to sign with wallet {}",
         wallet.wallet_id
     ));
     show_summary(&summary, &evaluation);
-    if dao::rejected_before(&backlog, &me, &hash) {
+    if dao::rejected_before(&taking.backlog, &me, &hash) {
         anyhow::bail!("this device rejected this request; the rejection stands");
     }
     if args.reject {
-        if dao::approved_before(&backlog, &me, &hash) {
+        if dao::approved_before(&taking.backlog, &me, &hash) {
             anyhow::bail!(
                 "this device already approved this request; an approval cannot be withdrawn"
             );
@@ -667,30 +711,21 @@ pub fn approve(g: &Globals, args: ApproveArgs) -> anyhow::Result<()> {
         let dead = dao::reject(
             &home,
             &wallet,
-            &mut courier,
+            &mut taking.courier,
             &request,
             &evaluation,
-            &backlog,
+            &taking.backlog,
             args.reason.clone(),
         )?;
         return rejected_out(&hash, dead, args.wait.json);
     }
-    if dao::approved_before(&backlog, &me, &hash) {
+    if dao::approved_before(&taking.backlog, &me, &hash) {
         // Our approval is in the topic (given before this process stopped): it stands.
         say("this device already approved this request; taking part in the signing again");
     } else {
         approve_or_stop(args.yes)?;
     }
-    let (txid, tx) = dao::approve_and_sign(
-        &home,
-        &wallet,
-        &mut courier,
-        &request,
-        &summary,
-        &evaluation,
-        backlog,
-        timeout,
-    )?;
+    let (txid, tx) = taking.approve_and_sign(&evaluation)?;
     approved_out(true, &txid, &tx, args.wait.json)
 }
 

@@ -1,24 +1,45 @@
 //! Repair of a lost device's share during a recovery (`cosigner_protocol::repair`, frost's
-//! repairable scheme): this cosigner is a helper, authorized by the recovering device's key.
-
-use std::collections::BTreeMap;
+//! repairable scheme): this cosigner is a helper, authorized by the recovering device's key. The
+//! table holds the protocol's repair engine (`repair::engine::RepairHelper`, the same one any
+//! other helper runs); each request feeds it what it carries and advances it one step.
 
 use cosigner_protocol::id::PartyId;
-use cosigner_protocol::repair::{self, RepairHelper1, RepairHelper2};
+use cosigner_protocol::repair::engine::{RepairHelper, RepairMessage, RepairStep};
 use cosigner_protocol::wire::{RepairParams, Response, SealedPackage, WalletId};
 use serde_bytes::ByteBuf;
 
 use super::authorized::Actor;
-use super::failure::{Failure, Outcome};
+use super::failure::{Failure, Outcome, internal};
 use super::records::WalletState;
 use super::table::ConnectionId;
 use super::table::{Claim, Pending};
-use super::{Service, Suite, key_package, share_keys};
+use super::{Service, Suite, share_keys};
 
-/// Where a repair is.
-pub(super) enum RepairStage {
-    Started(Box<RepairHelper1<Suite>>),
-    Deltas(Box<RepairHelper2<Suite>>),
+/// A repair in progress: this cosigner's helper in the repair engine.
+pub(super) type RepairStage = Box<RepairHelper<Suite>>;
+
+/// Feeds what one request relayed to `helper`, which must be at one of `steps`, and advances it;
+/// it must then be past them (the request carried everything the step needs).
+fn relay(
+    helper: &mut RepairHelper<Suite>,
+    steps: &[RepairStep],
+    what: &str,
+    messages: impl IntoIterator<Item = RepairMessage>,
+) -> Result<Vec<RepairMessage>, Failure> {
+    if !steps.contains(&helper.step()) {
+        return Err(Failure::bad(format!("repair is not waiting for {what}")));
+    }
+    for message in messages {
+        helper.absorb(&message)?;
+    }
+    let out = helper.advance(&mut rand_core::OsRng)?;
+    if steps.contains(&helper.step()) {
+        return Err(Failure::bad(format!(
+            "the repair still waits for {}",
+            helper.waiting()
+        )));
+    }
+    Ok(out)
 }
 
 impl Service {
@@ -44,19 +65,17 @@ impl Service {
             .records()
             .load_share(&wallet_id, state.party, state.current_epoch)?;
         let (kp, pkp) = share_keys(&share)?;
-        let (next, hpke_public_key) =
-            repair::helper_start::<Suite>(&params, me, &kp, &pkp, &mut rand_core::OsRng)?;
+        let (helper, _) = RepairHelper::start(&params, me, &kp, &pkp, &mut rand_core::OsRng)?;
+        let hpke_public_key = ByteBuf::from(helper.helper_key());
         self.log(&wallet_id, "repair", &actor.label(), digest, "allowed")?;
         self.repairs.put(
             wallet_id,
             Pending {
-                stage: RepairStage::Started(Box::new(next)),
+                stage: Box::new(helper),
                 claim: Claim::new(owner, actor.key.clone(), true),
             },
         )?;
-        Ok(Response::RepairKey {
-            hpke_public_key: ByteBuf::from(hpke_public_key),
-        })
+        Ok(Response::RepairKey { hpke_public_key })
     }
 
     pub(super) fn repair_deltas(
@@ -65,25 +84,24 @@ impl Service {
         wallet_id: WalletId,
         helper_keys: &[(PartyId, ByteBuf)],
     ) -> Outcome {
-        self.repairs.step(&wallet_id, &owner, |stage, _| {
-            let RepairStage::Started(helper) = stage else {
-                return Err(Failure::bad("repair is not waiting for helper keys"));
-            };
-            let state = self.records().load_state(&wallet_id)?;
-            let share = self
-                .records()
-                .load_share(&wallet_id, state.party, state.current_epoch)?;
-            let kp = key_package(&share)?;
-            let keys: BTreeMap<PartyId, Vec<u8>> =
-                helper_keys.iter().map(|(p, k)| (*p, k.to_vec())).collect();
-            if keys.len() != helper_keys.len() {
-                return Err(Failure::bad("a helper appears twice"));
-            }
-            let (next, deltas) = helper.deltas(&kp, &keys, &mut rand_core::OsRng)?;
-            Ok((
-                Some(RepairStage::Deltas(Box::new(next))),
-                Response::RepairDeltas { deltas },
-            ))
+        self.repairs.step(&wallet_id, &owner, |mut helper, _| {
+            let keys = helper_keys
+                .iter()
+                .map(|(from, key)| RepairMessage::HelperKey {
+                    from: *from,
+                    key: key.to_vec(),
+                });
+            let out = relay(&mut helper, &[RepairStep::HelperKeys], "helper keys", keys)?;
+            let deltas = out
+                .into_iter()
+                .map(|m| match m {
+                    RepairMessage::Delta(delta) => Ok(delta),
+                    other => Err(internal(format!(
+                        "the repair answered {other:?} for deltas"
+                    ))),
+                })
+                .collect::<Result<Vec<SealedPackage>, Failure>>()?;
+            Ok((Some(helper), Response::RepairDeltas { deltas }))
         })
     }
 
@@ -94,11 +112,21 @@ impl Service {
         deltas: &[SealedPackage],
         participant_key: &[u8],
     ) -> Outcome {
-        self.repairs.step(&wallet_id, &owner, |stage, _| {
-            let RepairStage::Deltas(helper) = stage else {
-                return Err(Failure::bad("repair is not waiting for deltas"));
+        self.repairs.step(&wallet_id, &owner, |mut helper, _| {
+            // The participant's key comes with the session the pending device key authorized
+            // (`RepairStart`): whoever holds it is entitled to the share (docs/lifecycle.md,
+            // "Recovery").
+            let participant = RepairMessage::ParticipantKey {
+                from: helper.params().participant,
+                key: participant_key.to_vec(),
             };
-            let sigma = helper.sigma(deltas, participant_key, &mut rand_core::OsRng)?;
+            let messages = std::iter::once(participant)
+                .chain(deltas.iter().cloned().map(RepairMessage::Delta));
+            let steps = [RepairStep::Deltas, RepairStep::ParticipantKey];
+            let out = relay(&mut helper, &steps, "deltas", messages)?;
+            let Some(RepairMessage::Sigma(sigma)) = out.into_iter().next() else {
+                return Err(internal("the repair ended without our sigma"));
+            };
             // The repair is over: nothing goes back into the table.
             Ok((None, Response::RepairSigma { sigma }))
         })

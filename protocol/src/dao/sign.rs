@@ -68,6 +68,27 @@ fn same_request(ours: &[u8; 32], theirs: &[u8]) -> bool {
     theirs == ours.as_slice()
 }
 
+/// A member's message of a signing round (its commitments or its shares), for `request`: the
+/// member's party and the round. The provider's [`Coordinator`] and every member's [`Tally`] read
+/// both the same way.
+fn round_message(request: &[u8; 32], message: &DaoMessage) -> Option<(PartyId, u32)> {
+    match message {
+        DaoMessage::Commitments {
+            request: theirs,
+            party,
+            round,
+            ..
+        }
+        | DaoMessage::Shares {
+            request: theirs,
+            party,
+            round,
+            ..
+        } if same_request(request, theirs) => Some((*party, *round)),
+        _ => None,
+    }
+}
+
 /// Whether the serialized signing `package` carries `commitment` (serialized) for `party`.
 /// Anything that does not decode carries nothing.
 fn carries<C: Ciphersuite>(package: &[u8], party: PartyId, commitment: &[u8]) -> bool {
@@ -477,54 +498,53 @@ impl<C: Ciphersuite> Coordinator<C> {
     /// party outside the signer set, for a round not announced, or with the wrong count
     /// ([`ProtocolError::Culprit`]).
     pub fn absorb(&mut self, sender: &[u8], message: &DaoMessage) -> Result<bool> {
+        let (party, round) = match message {
+            DaoMessage::Approval(_) | DaoMessage::Reject(_) => {
+                return self.quorum.absorb(sender, message);
+            }
+            other => match round_message(&self.request, other) {
+                Some(of) => of,
+                None => return Ok(false),
+            },
+        };
+        let what = match message {
+            DaoMessage::Shares { .. } => "signature shares",
+            _ => "commitments",
+        };
+        self.quorum.check_member(sender, party, what)?;
+        if !self.current_round(party, round, what)? {
+            return Ok(false);
+        }
         match message {
-            DaoMessage::Approval(_) | DaoMessage::Reject(_) => self.quorum.absorb(sender, message),
-            DaoMessage::Commitments {
-                request,
-                party,
-                commitments,
-                round,
-            } if same_request(&self.request, request) => {
-                self.quorum.check_member(sender, *party, "commitments")?;
-                if !self.current_round(*party, *round, "commitments")? {
-                    return Ok(false);
-                }
-                let value: Vec<Vec<u8>> = commitments.iter().map(|c| c.to_vec()).collect();
-                self.commit(*party, value)
+            DaoMessage::Commitments { commitments, .. } => {
+                self.commit(party, commitments.iter().map(|c| c.to_vec()).collect())
             }
-            DaoMessage::Shares {
-                request,
-                party,
-                shares,
-                round,
-            } if same_request(&self.request, request) => {
-                self.quorum
-                    .check_member(sender, *party, "signature shares")?;
-                if !self.current_round(*party, *round, "signature shares")? {
-                    return Ok(false);
-                }
-                let packaged =
-                    |s: &Signing<C>| s.packages().is_some() && s.commitments(*party).is_some();
-                if !self.signing.as_deref().is_some_and(packaged) {
-                    return Err(ProtocolError::culprit(
-                        *party,
-                        "it sent shares without a signing package for it",
-                    ));
-                }
-                self.check_count(*party, shares.len(), "signature shares")?;
-                let Some(signing) = self.signing.as_mut() else {
-                    return Ok(false);
-                };
-                if signing.shares(*party).is_some() {
-                    return Ok(false);
-                }
-                signing.absorb(&SignMessage::Shares {
-                    party: *party,
-                    shares: shares.iter().map(|s| s.to_vec()).collect(),
-                })
-            }
+            DaoMessage::Shares { shares, .. } => self.take_shares(party, shares),
             _ => Ok(false),
         }
+    }
+
+    /// A chosen member's signature shares of the current round, for the packages built with its
+    /// commitments.
+    fn take_shares(&mut self, party: PartyId, shares: &[ByteBuf]) -> Result<bool> {
+        let packaged = |s: &Signing<C>| s.packages().is_some() && s.commitments(party).is_some();
+        if !self.signing.as_deref().is_some_and(packaged) {
+            return Err(ProtocolError::culprit(
+                party,
+                "it sent shares without a signing package for it",
+            ));
+        }
+        self.check_count(party, shares.len(), "signature shares")?;
+        let Some(signing) = self.signing.as_mut() else {
+            return Ok(false);
+        };
+        if signing.shares(party).is_some() {
+            return Ok(false);
+        }
+        signing.absorb(&SignMessage::Shares {
+            party,
+            shares: shares.iter().map(|s| s.to_vec()).collect(),
+        })
     }
 
     /// A chosen member's commitments of the current round: the first set, a replacement (the
@@ -811,29 +831,20 @@ impl Tally {
             DaoMessage::Approval(_) | DaoMessage::Reject(_) => {
                 self.quorum.absorb(sender, message).unwrap_or(false)
             }
-            DaoMessage::Commitments {
-                request,
-                party,
-                round,
-                ..
-            }
-            | DaoMessage::Shares {
-                request,
-                party,
-                round,
-                ..
-            } if same_request(&self.request, request)
-                && *round == self.round
-                && self.chosen.contains(party)
-                && self.is_approver(sender, *party) =>
-            {
-                let done = match message {
-                    DaoMessage::Commitments { .. } => &mut self.committed,
-                    _ => &mut self.shared,
-                };
-                done.insert(*party)
-            }
-            _ => false,
+            other => match round_message(&self.request, other) {
+                Some((party, round))
+                    if round == self.round
+                        && self.chosen.contains(&party)
+                        && self.is_approver(sender, party) =>
+                {
+                    let done = match message {
+                        DaoMessage::Commitments { .. } => &mut self.committed,
+                        _ => &mut self.shared,
+                    };
+                    done.insert(party)
+                }
+                _ => false,
+            },
         }
     }
 
@@ -1030,16 +1041,43 @@ mod tests {
         }
     }
 
-    /// The coordinator of request `[9; 32]` (one input, sighash `[1; 32]`), needing 3 approvals.
+    /// The request every test signs.
+    const REQUEST: [u8; 32] = [9; 32];
+
+    /// The coordinator of [`REQUEST`] (one input, sighash `[1; 32]`), needing 3 approvals.
     fn coordinator(d: &Dao) -> Coordinator<Tr> {
+        coordinator_of(d, vec![[1; 32]], 3)
+    }
+
+    /// The coordinator of [`REQUEST`] for `sighashes`, needing `needed` approvals; the provider's
+    /// parties are 6, 7 and 8.
+    fn coordinator_of(d: &Dao, sighashes: Vec<[u8; 32]>, needed: u16) -> Coordinator<Tr> {
         Coordinator::<Tr>::new(
-            [9; 32],
-            vec![[1; 32]],
-            3,
+            REQUEST,
+            sighashes,
+            needed,
             approvers(d),
             vec![pid(6), pid(7), pid(8)],
         )
         .unwrap()
+    }
+
+    /// The provider's key packages, by party.
+    fn provider_keys(d: &Dao) -> BTreeMap<PartyId, KeyPackage<Tr>> {
+        d.outputs[5]
+            .1
+            .iter()
+            .map(|(p, o)| (*p, o.key_package.clone()))
+            .collect()
+    }
+
+    /// Checks `signatures` of `sighashes` under the wallet's group key.
+    fn verify(d: &Dao, signatures: &[[u8; 64]], sighashes: &[[u8; 32]]) {
+        let vk = *d.outputs[0].1[0].1.public_key_package.verifying_key();
+        for (sig, msg) in signatures.iter().zip(sighashes) {
+            let sig = frost_core::Signature::<Tr>::deserialize(sig).unwrap();
+            vk.verify(msg, &sig).unwrap();
+        }
     }
 
     fn approvers(d: &Dao) -> BTreeMap<PartyId, Vec<u8>> {
@@ -1058,27 +1096,15 @@ mod tests {
         needed: u16,
         approving: &[PartyId],
     ) -> Option<Vec<[u8; 64]>> {
-        let request = [9u8; 32];
         let provider_pk = public_key_bytes(&d.provider);
-        let mut coord = Coordinator::<Tr>::new(
-            request,
-            sighashes.clone(),
-            needed,
-            approvers(d),
-            vec![pid(6), pid(7), pid(8)],
-        )
-        .unwrap();
-        let provider_keys: BTreeMap<PartyId, KeyPackage<Tr>> = d.outputs[5]
-            .1
-            .iter()
-            .map(|(p, o)| (*p, o.key_package.clone()))
-            .collect();
+        let mut coord = coordinator_of(d, sighashes.clone(), needed);
+        let provider_keys = provider_keys(d);
         let pkp = d.outputs[5].1[0].1.public_key_package.clone();
         let mut signers = Vec::new();
         let mut bus: Vec<(Vec<u8>, DaoMessage)> = Vec::new();
         for &p in approving {
             let (s, approval) = MemberSigner::<Tr>::approve(
-                request,
+                REQUEST,
                 p,
                 provider_pk.clone(),
                 sighashes.clone(),
@@ -1108,11 +1134,7 @@ mod tests {
         let d = dao();
         let sighashes = vec![[1u8; 32], [2u8; 32]];
         let sigs = run(&d, sighashes.clone(), 3, &[pid(2), pid(4), pid(5)]).expect("signed");
-        let vk = *d.outputs[0].1[0].1.public_key_package.verifying_key();
-        for (sig, msg) in sigs.iter().zip(&sighashes) {
-            let sig = frost_core::Signature::<Tr>::deserialize(sig).unwrap();
-            vk.verify(msg, &sig).unwrap();
-        }
+        verify(&d, &sigs, &sighashes);
     }
 
     #[test]
@@ -1244,26 +1266,12 @@ mod tests {
 
     impl<'a> Bench<'a> {
         fn new(d: &'a Dao, needed: u16, sighashes: Vec<[u8; 32]>) -> Self {
-            let request = [9u8; 32];
-            let coord = Coordinator::<Tr>::new(
-                request,
-                sighashes.clone(),
-                needed,
-                approvers(d),
-                vec![pid(6), pid(7), pid(8)],
-            )
-            .unwrap();
-            let provider_keys = d.outputs[5]
-                .1
-                .iter()
-                .map(|(p, o)| (*p, o.key_package.clone()))
-                .collect();
             Self {
                 d,
-                request,
+                request: REQUEST,
+                coord: coordinator_of(d, sighashes.clone(), needed),
                 sighashes,
-                coord,
-                provider_keys,
+                provider_keys: provider_keys(d),
                 mailbox: Vec::new(),
                 read: 0,
             }
@@ -1288,6 +1296,13 @@ mod tests {
             );
             self.mailbox.push((self.member_key(party), approval));
             s
+        }
+
+        /// Members 1, 2 and 3 approve, and the provider picks them for round 0's signer set.
+        fn three_approved(&mut self) -> [MemberSigner<Tr>; 3] {
+            let members = [pid(1), pid(2), pid(3)].map(|p| self.member(p));
+            self.provider();
+            members
         }
 
         /// The coordinator reads what is new in the mailbox and advances; its messages are posted.
@@ -1323,11 +1338,7 @@ mod tests {
 
         fn verify(&self) {
             let sigs = self.coord.signatures().expect("signed");
-            let vk = *self.d.outputs[0].1[0].1.public_key_package.verifying_key();
-            for (sig, msg) in sigs.iter().zip(&self.sighashes) {
-                let sig = frost_core::Signature::<Tr>::deserialize(sig).unwrap();
-                vk.verify(msg, &sig).unwrap();
-            }
+            verify(self.d, sigs, &self.sighashes);
         }
 
         /// The provider's commitments (party 6) in every signing package posted so far, by round.
@@ -1346,10 +1357,8 @@ mod tests {
     fn a_member_restarted_before_the_packages_replaces_its_commitments() {
         let d = dao();
         let mut b = Bench::new(&d, 3, vec![[1u8; 32], [2u8; 32]]);
-        let mut m1 = b.member(pid(1));
-        let mut m2 = b.member(pid(2));
-        let mut m3 = b.member(pid(3));
-        b.provider(); // signer set {1, 2, 3} + provider, round 0
+        // Signer set {1, 2, 3} + provider, round 0.
+        let [mut m1, mut m2, mut m3] = b.three_approved();
         let mut at1 = b.run_member(&mut m1, pid(1), 0);
         let at2 = b.run_member(&mut m2, pid(2), 0);
         let old = b.mailbox.len();
@@ -1381,10 +1390,7 @@ mod tests {
     fn a_member_restarted_after_the_packages_gets_a_new_round_with_fresh_provider_nonces() {
         let d = dao();
         let mut b = Bench::new(&d, 3, vec![[1u8; 32]]);
-        let mut m1 = b.member(pid(1));
-        let mut m2 = b.member(pid(2));
-        let mut m3 = b.member(pid(3));
-        b.provider();
+        let [mut m1, mut m2, mut m3] = b.three_approved();
         let mut at1 = b.run_member(&mut m1, pid(1), 0);
         let mut at2 = b.run_member(&mut m2, pid(2), 0);
         b.run_member(&mut m3, pid(3), 0);
@@ -1430,10 +1436,7 @@ mod tests {
     fn a_member_whose_shares_are_in_cannot_restart_the_round_and_rounds_are_bounded() {
         let d = dao();
         let mut b = Bench::new(&d, 3, vec![[1u8; 32]]);
-        let mut m1 = b.member(pid(1));
-        let mut m2 = b.member(pid(2));
-        let mut m3 = b.member(pid(3));
-        b.provider();
+        let [mut m1, mut m2, mut m3] = b.three_approved();
         b.run_member(&mut m1, pid(1), 0);
         b.run_member(&mut m2, pid(2), 0);
         let at3 = b.run_member(&mut m3, pid(3), 0);

@@ -1,0 +1,157 @@
+//! The share repair of a recovery (docs/lifecycle.md, "Recovery", step 2), coordinated by the new
+//! device: the provider and the recovery cosigner are the helpers and rebuild this device's share
+//! at the wallet's current epoch (`cosigner_protocol::repair`). This device is the participant:
+//! it runs the protocol's receiver engine ([`RepairReceiver`], the counterpart of the helper
+//! engine each cosigner runs) and relays every message to the party it is for through each
+//! cosigner's [`Courier`]: every helper key to every helper, each sealed delta only to the helper
+//! it is sealed to, our HPKE key with the request for each sigma. Relaying shows us nothing of
+//! the helpers' shares: each delta is sealed to its recipient's key (announced signed by that
+//! helper's share) and signed by its sender's share, so we can neither read nor replace one.
+
+use cosigner_protocol::id::PartyId;
+use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
+use cosigner_protocol::repair::engine::{RepairMessage, RepairReceiver};
+use cosigner_protocol::wire::{
+    KeyRole, RepairParams, Request, Response, SealedPackage, WalletId, WalletInfo,
+};
+use frost_core::keys::{KeyPackage, PublicKeyPackage};
+use p256::ecdsa::SigningKey;
+use serde_bytes::ByteBuf;
+
+use crate::coordinator::Peer;
+use crate::courier::Courier;
+use crate::wallet::{Suite, authorized_retrying, unexpected};
+use crate::{ClientError, Result};
+
+/// Repairs this device's share of `wallet_id` at `info.epoch` with the provider and the recovery
+/// cosigner as helpers, each asked to start by a request signed with the (pending) device key.
+/// The result is checked against `pkp`: its verifying share is this device's there.
+///
+/// Errors: a cosigner's refusal or an unexpected answer, or a protocol failure (a culprit, a
+/// share that does not match the public key package): nothing is kept, the cosigners' repair
+/// state expires.
+pub fn repair_share(
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
+    wallet_id: WalletId,
+    info: &WalletInfo,
+    pkp: &PublicKeyPackage<Suite>,
+    device_key: &SigningKey,
+) -> Result<KeyPackage<Suite>> {
+    let params = RepairParams {
+        wallet_id,
+        ciphersuite: info.ciphersuite.clone(),
+        epoch: info.epoch,
+        helpers: vec![PROVIDER, RECOVERY],
+        participant: DEVICE,
+    };
+    let mut peers = [
+        Peer {
+            party: PROVIDER,
+            courier: provider,
+        },
+        Peer {
+            party: RECOVERY,
+            courier: recovery,
+        },
+    ];
+    // Only the session the device key authorized may continue a cosigner's repair: the sigmas
+    // sealed to our HPKE key go to whoever holds that key.
+    let mut start = |courier: &mut dyn Courier, me: PartyId| {
+        let request = Request::RepairStart {
+            params: params.clone(),
+            me,
+        };
+        authorized_retrying(courier, wallet_id, KeyRole::Device, device_key, &request)
+    };
+    run(&params, pkp, info.min_signers, &mut peers, &mut start)
+}
+
+/// Runs one repair of `params.participant`'s share (this device) with the `peers` as helpers:
+/// `start` asks each to start, then the relay carries helper keys, deltas and sigmas until the
+/// receiver holds the repaired share, checked against `pkp` and `min_signers`.
+///
+/// Errors: as [`repair_share`].
+pub fn run(
+    params: &RepairParams,
+    pkp: &PublicKeyPackage<Suite>,
+    min_signers: u16,
+    peers: &mut [Peer<'_>],
+    start: &mut dyn FnMut(&mut dyn Courier, PartyId) -> Result<Response>,
+) -> Result<KeyPackage<Suite>> {
+    let mut rng = rand_core::OsRng;
+    let (mut receiver, _) = RepairReceiver::<Suite>::start(params, pkp, min_signers, &mut rng)?;
+    let participant_key = ByteBuf::from(receiver.participant_key());
+
+    // 1. Every helper's key, each checked by the receiver against its helper's verifying share
+    //    (a cosigner answering a key its share did not sign is named here).
+    let mut helper_keys = Vec::with_capacity(peers.len());
+    for peer in peers.iter_mut() {
+        let key = match start(peer.courier, peer.party)? {
+            Response::RepairKey { hpke_public_key } => hpke_public_key,
+            other => return Err(unexpected("RepairKey", &other)),
+        };
+        receiver.absorb(&RepairMessage::HelperKey {
+            from: peer.party,
+            key: key.to_vec(),
+        })?;
+        helper_keys.push((peer.party, key));
+    }
+
+    // 2. Every helper's deltas, each sealed to one other helper.
+    let mut deltas = Vec::new();
+    for peer in peers.iter_mut() {
+        let request = Request::RepairDeltas {
+            wallet_id: params.wallet_id,
+            helper_keys: helper_keys.clone(),
+        };
+        match peer.courier.call(&request)? {
+            Response::RepairDeltas { deltas: theirs } => {
+                for delta in &theirs {
+                    from_peer(peer.party, delta.from, "delta")?;
+                }
+                deltas.extend(theirs);
+            }
+            other => return Err(unexpected("RepairDeltas", &other)),
+        }
+    }
+
+    // 3. Each helper's deltas to it and our HPKE key; its sigma, sealed to us.
+    for peer in peers.iter_mut() {
+        let request = Request::RepairSigma {
+            wallet_id: params.wallet_id,
+            deltas: sealed_to(&deltas, peer.party),
+            participant_key: participant_key.clone(),
+        };
+        match peer.courier.call(&request)? {
+            Response::RepairSigma { sigma } => {
+                from_peer(peer.party, sigma.from, "sigma")?;
+                receiver.absorb(&RepairMessage::Sigma(sigma))?;
+            }
+            other => return Err(unexpected("RepairSigma", &other)),
+        }
+    }
+
+    if !receiver.advance()? {
+        return Err(ClientError::Unexpected(format!(
+            "the repair still waits for {}",
+            receiver.waiting()
+        )));
+    }
+    Ok(receiver.into_key_package()?)
+}
+
+/// A cosigner speaks only for its own party: a message it answers in another party's name is
+/// refused before it is relayed, so it can neither end the repair nor get another party blamed.
+fn from_peer(peer: PartyId, from: PartyId, what: &str) -> Result<()> {
+    if from == peer {
+        return Ok(());
+    }
+    Err(ClientError::Unexpected(format!(
+        "the cosigner of party {peer} answered a {what} in party {from}'s name"
+    )))
+}
+
+fn sealed_to(packages: &[SealedPackage], party: PartyId) -> Vec<SealedPackage> {
+    packages.iter().filter(|p| p.to == party).cloned().collect()
+}
