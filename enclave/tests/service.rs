@@ -383,12 +383,23 @@ fn finish_dkg_registering(
     } = run_dkg(h, session, params, provider, provider_round1);
     let (dir, home) = new_home();
     let recovery = SigningKey::random(&mut OsRng);
-    let registration = register(
+    let mut registration = register(
         &params.wallet_id,
         &output.transcript_hash,
         &home.device_key().unwrap(),
         &recovery,
     );
+    // Both cosigners' attested keys, as the client registers them (a test's own stay).
+    let key_of = |party: PartyId| match party == provider {
+        true => h.service.audit_public_key(),
+        false => h.recovery.service.audit_public_key(),
+    };
+    let keys = [PartyId::PROVIDER, PartyId::RECOVERY].map(|p| ByteBuf::from(key_of(p)));
+    let [provider_key, recovery_key] = keys;
+    registration.provider_key.get_or_insert(provider_key);
+    registration
+        .recovery_cosigner_key
+        .get_or_insert(recovery_key);
     let confirm = Request::DkgConfirm {
         wallet_id: params.wallet_id,
         confirmations,

@@ -491,7 +491,29 @@ fn requests_sessions() -> Samples<Request> {
                 wallet_id: WALLET,
                 role: KeyRole::Recovery,
                 signature: bytes(0xa5, 64),
+                request: ByteBuf::from(inner.clone()),
+            },
+        ),
+        (
+            "",
+            "a device-signed inner request under a precommitment's id",
+            Request::Precommitted {
+                wallet_id: WALLET,
+                role: KeyRole::Device,
+                precommitment: bytes(0xa8, 32),
+                signature: bytes(0xa5, 64),
                 request: ByteBuf::from(inner),
+            },
+        ),
+        (
+            "",
+            "one-round signing of a sighash, the client's commitment included",
+            Request::SignNow {
+                wallet_id: WALLET,
+                epoch: Epoch(4),
+                message: bytes(0x90, 32),
+                signers: vec![pid(1), pid(2)],
+                commitments: bytes(0xa9, 8),
             },
         ),
         (
@@ -618,6 +640,21 @@ fn responses() -> Samples<Response> {
             "signing round 2",
             Response::SignatureShare {
                 share: bytes(0xb2, 8),
+            },
+        ),
+        (
+            "",
+            "one-round signing: our commitment, share, receipt and next commitment",
+            Response::SignedNow {
+                commitments: bytes(0xb3, 8),
+                share: bytes(0xb2, 8),
+                receipt: bytes(0xb4, 8),
+                next: Some(wire::NextCommitment {
+                    id: bytes(0xa8, 32),
+                    wallet_id: WALLET,
+                    epoch: Epoch(4),
+                    commitments: bytes(0xb5, 8),
+                }),
             },
         ),
         (

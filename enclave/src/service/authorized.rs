@@ -306,7 +306,7 @@ impl DeviceRequest {
     fn new(inner: Request, at: Cosigner) -> Result<Self, NotAllowed> {
         if matches!(
             inner,
-            Request::SignCommit { .. } | Request::SignPsbtCommit { .. }
+            Request::SignCommit { .. } | Request::SignNow { .. } | Request::SignPsbtCommit { .. }
         ) {
             return Sign::new(inner, at, Cosigner::Provider).map(Self::Sign);
         }

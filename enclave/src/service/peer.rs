@@ -61,7 +61,11 @@ impl Service {
         registration: &Registration,
         confirmed: (&[Confirmation], &[(PartyId, ByteBuf)]),
     ) -> Result<Option<ByteBuf>, Failure> {
-        let Some(peer) = other_cosigner(me) else {
+        let (confirmations, signatures) = confirmed;
+        // The confirmations are already checked to be one per party of the wallet: without
+        // one from the other cosigner's party, the wallet has no such party.
+        let Some(peer) = other_cosigner(me).filter(|p| confirmations.iter().any(|c| c.from == *p))
+        else {
             return Ok(None);
         };
         let missing = |party: PartyId| {
@@ -78,7 +82,6 @@ impl Service {
         }
         let key = registered_for(registration, peer).ok_or_else(|| missing(peer))?;
         let key = ByteBuf::from(normalise_public_key(key)?);
-        let (confirmations, signatures) = confirmed;
         check_signed_confirmation(wallet_id, peer, &key, confirmations, signatures)?;
         Ok(Some(key))
     }
