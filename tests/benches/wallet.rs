@@ -3,16 +3,20 @@
 //! * `inprocess_sign_ms_p50`: FROST-tr 2-of-3 signing with every party in this process
 //!   (2 commitments, signing package, 2 shares, aggregate + verify): the floor;
 //! * `e2e_sign_ms_p50`: `cosigner_client::wallet::sign` against the release binaries on loopback,
-//!   the attested session already open (parent relay, TLS, unseal from the parent's SQLite store,
-//!   SoftHSM AES-GCM, two round trips, client-side BIP-340 verification);
+//!   the attested session already open (parent relay, TLS, the key package kept unsealed by the
+//!   enclave, the audit entry and its receipt, one round trip in steady state (`SignNow` on the
+//!   commitment the previous answer handed out), client-side BIP-340 and receipt verification);
+//! * `round_trips_per_sign`: requests per signature in steady state, as the client's session
+//!   counts them;
 //! * `ratio` = e2e / in-process (goal ≤ 1.5);
 //! * `psbt_sign_ms_p50`: `cosigner_client::psbt_sign::sign_psbt` of a 2-input, 2-output PSBT for
 //!   a wallet with a velocity policy, session open (the device's and the enclave's PSBT analysis,
 //!   policy evaluation with the spend history, two FROST signatures, the spend recorded and
 //!   anchored, finalization);
-//! * `signs_per_sec`: 4 concurrent clients, each with its own session, for 3 seconds;
+//! * `signs_per_sec`: 4 concurrent clients, each with its own session and wallet, for 3 seconds;
 //! * `session_setup_ms_p50`: TCP + TLS 1.3 + attestation produced and verified;
 //! * `dkg_ms_p50`: `wallet create` with both sessions already open;
+//! * `dkg_inprocess_ms_p50`: the same DKG with all three parties in this process, on the engine;
 //! * `refresh_ms_p50`: a full refresh (A, B, C; commit and finalize), sessions open;
 //! * `recover_ms_p50`: a lost-phone recovery onto a new device home (approval by both cosigners,
 //!   repair, refresh, revocation), sessions open.
@@ -34,7 +38,8 @@ use cosigner_tests::bench::time;
 
 type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
 
-fn inprocess_sign() -> f64 {
+/// A 2-of-3 DKG on the key-making engine, all three parties in one holder (they feed each other).
+fn inprocess_dkg() -> Vec<cosigner_protocol::keygen::Output<Suite>> {
     let mut rng = rand_core::OsRng;
     let params = DkgParams {
         wallet_id: WalletId([1; 16]),
@@ -42,16 +47,19 @@ fn inprocess_sign() -> f64 {
         min_signers: 2,
         parties: vec![pid(1), pid(2), pid(3)],
     };
-    // The DKG on the key-making engine, all three parties in one holder (they feed each other).
     let locals = vec![(pid(1), ()), (pid(2), ()), (pid(3), ())];
     let (mut dkg, _) = Exchange::<Suite, DkgParams>::start(&params, locals, &mut rng).unwrap();
     dkg.advance(&mut rng).unwrap();
-    let outputs: Vec<_> = dkg
-        .into_outputs()
+    dkg.into_outputs()
         .unwrap()
         .into_iter()
         .map(|(_, output)| output)
-        .collect();
+        .collect()
+}
+
+fn inprocess_sign() -> f64 {
+    let mut rng = rand_core::OsRng;
+    let outputs = inprocess_dkg();
     let message = [9u8; 32];
     // Both parties in one engine: commitments, the package, both shares and the aggregate, as a
     // coordinator and a cosigner compute them (without the network between them).
@@ -70,6 +78,9 @@ fn inprocess_sign() -> f64 {
 
 fn main() {
     let inprocess = inprocess_sign();
+    let dkg_inprocess = time(30, || {
+        inprocess_dkg();
+    });
 
     let d = Deployment::start().unwrap();
     let trust = Trust::load(&d.dir.path().join("trust.toml")).unwrap();
@@ -87,14 +98,15 @@ fn main() {
     let home_dir = d.home("bench");
     let mut counter = 0u32;
     let mut first_id = String::new();
+    let mut created = Vec::new();
     let dkg_ms = time(30, || {
         let out = home_dir.join(format!("recovery-{counter}.key"));
         counter += 1;
-        last = Some(
-            wallet::create(&home, &mut provider, &mut recovery, Network::Regtest, &out)
-                .unwrap()
-                .wallet,
-        );
+        let wallet = wallet::create(&home, &mut provider, &mut recovery, Network::Regtest, &out)
+            .unwrap()
+            .wallet;
+        created.push(wallet.wallet_id);
+        last = Some(wallet);
         if first_id.is_empty() {
             first_id = last
                 .as_ref()
@@ -109,6 +121,12 @@ fn main() {
     let e2e = time(300, || {
         wallet::sign(&home, &mut provider, id, &message).unwrap();
     });
+    let signs = 100;
+    let before = provider.round_trips();
+    for _ in 0..signs {
+        wallet::sign(&home, &mut provider, id, &message).unwrap();
+    }
+    let round_trips_per_sign = (provider.round_trips() - before) as f64 / f64::from(signs);
 
     // A wallet with a policy (a limit no bench reaches: every spend is evaluated and recorded).
     let policy = "[[rule]]\nname = \"daily\"\nvelocity = { window_hours = 24, limit = 2_100_000_000_000_000 }\napprovals = 1\n";
@@ -139,8 +157,9 @@ fn main() {
     let window = Duration::from_secs(3);
     let total: usize = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..clients)
-            .map(|_| {
+            .map(|i| {
                 let (trust, home, addr) = (&trust, &home, &provider_addr);
+                let id = created[i];
                 scope.spawn(move || {
                     let mut s = Session::connect(addr, trust).unwrap();
                     let start = Instant::now();
@@ -190,10 +209,12 @@ fn main() {
             "e2e_sign_ms_p50": round(e2e),
             "psbt_sign_ms_p50": round(psbt_ms),
             "ratio": round(e2e / inprocess),
+            "round_trips_per_sign": round(round_trips_per_sign),
             "signs_per_sec": signs_per_sec.round(),
             "concurrent_clients": clients,
             "session_setup_ms_p50": round(session_setup),
             "dkg_ms_p50": round(dkg_ms),
+            "dkg_inprocess_ms_p50": round(dkg_inprocess),
             "refresh_ms_p50": round(refresh_ms),
             "recover_ms_p50": round(recover_ms),
         })

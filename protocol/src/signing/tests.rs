@@ -4,6 +4,7 @@ use frost_core::keys::IdentifierList;
 use rand_core::OsRng;
 
 use super::*;
+use crate::sign::Precommitment;
 use crate::id::pid;
 
 type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
@@ -253,4 +254,60 @@ fn no_messages_or_too_many_are_refused() {
             Err(ProtocolError::Params { .. })
         ));
     }
+}
+
+/// One-round signing: the cosigner's commitment is made before the message is known; the device
+/// commits, and each side builds the same package from both commitments and signs it at once.
+#[test]
+fn a_precommitment_signs_one_message_chosen_after_it() {
+    let (keys, pkp) = keys();
+    let signers = [pid(1), pid(2)];
+    let (precommitment, handed_out) =
+        Precommitment::new(&keys[&pid(2)], pid(2), &mut OsRng).unwrap();
+    let message = vec![7; 32];
+    let (mut device, ours) = start_one(&keys, 1, &signers, &message);
+    let locals = vec![(pid(2), keys[&pid(2)].clone(), vec![precommitment])];
+    let (mut cosigner, theirs) =
+        Signing::start_precommitted(locals, &signers, vec![message.clone()]).unwrap();
+    assert_eq!(
+        theirs,
+        vec![SignMessage::Commitments {
+            party: pid(2),
+            commitments: vec![handed_out]
+        }]
+    );
+    cosigner.absorb(&ours[0]).unwrap();
+    let shares = cosigner.advance().unwrap();
+    device.absorb(&theirs[0]).unwrap();
+    device.advance().unwrap();
+    device.absorb(&shares[0]).unwrap();
+    let signatures = device.signatures(&pkp).unwrap();
+    let signature = frost_core::Signature::<Tr>::deserialize(&signatures[0]).unwrap();
+    pkp.verifying_key().verify(&message, &signature).unwrap();
+}
+
+#[test]
+fn a_precommitment_of_another_party_or_count_is_refused() {
+    let (keys, _) = keys();
+    let signers = [pid(1), pid(2)];
+    let (precommitment, _) = Precommitment::new(&keys[&pid(2)], pid(2), &mut OsRng).unwrap();
+    // Given as party 1's.
+    let locals = vec![(pid(1), keys[&pid(1)].clone(), vec![precommitment])];
+    assert!(Signing::start_precommitted(locals, &signers, messages(1)).is_err());
+    // Two messages, one precommitment.
+    let (precommitment, _) = Precommitment::new(&keys[&pid(2)], pid(2), &mut OsRng).unwrap();
+    let locals = vec![(pid(2), keys[&pid(2)].clone(), vec![precommitment])];
+    assert!(Signing::start_precommitted(locals, &signers, messages(2)).is_err());
+    // A key package its party does not hold.
+    assert!(Precommitment::new(&keys[&pid(1)], pid(2), &mut OsRng).is_err());
+}
+
+fn start_one(
+    keys: &BTreeMap<PartyId, KeyPackage<Tr>>,
+    me: u16,
+    signers: &[PartyId],
+    message: &[u8],
+) -> (Signing<Tr>, Vec<SignMessage>) {
+    let locals = vec![(pid(me), keys[&pid(me)].clone())];
+    Signing::start(locals, signers, vec![message.to_vec()], &mut OsRng).unwrap()
 }
