@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use cosigner_client::ClientError;
 use cosigner_client::session::Session;
 use cosigner_protocol::wire::{
-    DkgParams, ErrorKind, KeyRole, Request, Response, SUITE_SECP256K1_TR, WalletId,
+    DkgParams, ErrorKind, KeyRole, Request, Response, SUITE_SECP256K1_TR, SessionId, WalletId,
 };
 use cosigner_tests::Deployment;
 use cosigner_tests::owner::{Cosigners, Owner};
@@ -763,4 +763,137 @@ fn a_stale_creation_journal_never_deletes_a_registered_wallet() {
     assert!(key_file.exists(), "the recovery credential was deleted");
     assert_eq!(epoch(&d, &dir, &w.id), 2);
     signs(&d, &dir, &w);
+}
+
+type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
+
+/// Opens a signing session (`SignCommit` or `SignPsbtCommit`) of `messages` as the owner, over
+/// `s`: its id, and the signing packages a real client would send to release the provider's
+/// shares (the device's own commitments, from its share `share`, beside the provider's).
+fn open_session(
+    owner: &Owner,
+    s: &mut Session,
+    request: &Request,
+    share: &frost_core::keys::KeyPackage<Suite>,
+    messages: &[[u8; 32]],
+) -> (SessionId, Vec<ByteBuf>) {
+    use cosigner_protocol::party::{DEVICE, PROVIDER};
+    use cosigner_protocol::sign::{SignerSession, signing_package};
+    let (session_id, theirs) = match owner.authorized(s, KeyRole::Device, request).unwrap() {
+        Response::SignCommitted {
+            session_id,
+            commitments,
+        } => (session_id, vec![commitments]),
+        Response::PsbtCommitted {
+            session_id,
+            commitments,
+            ..
+        } => (session_id, commitments),
+        other => panic!("no commitments: {other:?}"),
+    };
+    assert_eq!(theirs.len(), messages.len());
+    let packages = messages
+        .iter()
+        .zip(theirs)
+        .map(|(message, provider)| {
+            let (_ours, mine) = SignerSession::<Suite>::commit(
+                share,
+                DEVICE,
+                message,
+                &[DEVICE, PROVIDER],
+                &mut rand_core::OsRng,
+            )
+            .unwrap();
+            let commitments =
+                std::collections::BTreeMap::from([(DEVICE, mine), (PROVIDER, provider.into_vec())]);
+            ByteBuf::from(signing_package::<Suite>(message, &commitments).unwrap())
+        })
+        .collect();
+    (session_id, packages)
+}
+
+/// Whether `result` is the refusal of a release whose session is gone.
+fn no_session(result: &Result<Response, ClientError>) -> bool {
+    matches!(result, Err(ClientError::Remote(e)) if e.kind == ErrorKind::NotFound)
+}
+
+/// A refresh retires the epoch of signing sessions still open: the owner (or a thief with the
+/// phone) opens a raw signing session and a PSBT signing session at epoch 0, then the owner's
+/// `cosigner refresh` commits epoch 1 at both cosigners and finalizes it. The releases that
+/// follow, with well-formed signing packages on the session that opened them, find no session
+/// (`NotFound`: the enclave dropped them with the retired shares at `RefreshFinalize`, before
+/// the re-check at release would have refused them as `BadRequest`), nothing is recorded for
+/// the PSBT, and the wallet signs the same PSBT and a message at epoch 1.
+#[test]
+fn signing_sessions_of_an_epoch_a_refresh_retired_release_nothing() {
+    use cosigner_protocol::id::Epoch;
+    use cosigner_protocol::party::{DEVICE, PROVIDER};
+    use cosigner_protocol::psbt;
+    use cosigner_tests::bitcoin_tx;
+    let (d, w, owner) = alices_wallet();
+    let share = owner.home.share(&owner.id).unwrap();
+    let share = frost_core::keys::KeyPackage::<Suite>::deserialize(&share).unwrap();
+    let mut s = owner.cosigners.provider();
+    let raw = owner.sign_commit(9, &[DEVICE, PROVIDER]);
+    let (raw_session, raw_packages) = open_session(&owner, &mut s, &raw, &share, &[[9; 32]]);
+    let spend = bitcoin_tx::payment(&w.key, &[60_000, 40_000], 50_000, 40_000).unwrap();
+    let bytes = psbt::decode_psbt_file(spend.psbt_base64.as_bytes()).unwrap();
+    let output_key: [u8; 32] = hex::decode(&w.key).unwrap().try_into().unwrap();
+    let sighashes = psbt::analyze(&bytes, &output_key, psbt::Network::Regtest)
+        .unwrap()
+        .sighashes;
+    let open = Request::SignPsbtCommit {
+        wallet_id: owner.id,
+        epoch: Epoch(0),
+        psbt: ByteBuf::from(bytes),
+        signers: vec![DEVICE, PROVIDER],
+    };
+    let (psbt_session, psbt_packages) = open_session(&owner, &mut s, &open, &share, &sighashes);
+    assert_eq!(psbt_packages.len(), 2);
+
+    let refreshed: Value = serde_json::from_str(refresh(&d, &w.home, &w.id).ok()).unwrap();
+    assert_eq!(refreshed["epoch"], 1, "{refreshed}");
+
+    let releases = [
+        (
+            "raw",
+            Request::SignShare {
+                session_id: raw_session,
+                signing_package: raw_packages[0].clone(),
+            },
+        ),
+        (
+            "PSBT",
+            Request::SignPsbtShare {
+                session_id: psbt_session,
+                signing_packages: psbt_packages,
+            },
+        ),
+    ];
+    for (what, release) in releases {
+        let late = s.call(&release);
+        assert!(
+            no_session(&late),
+            "a retired epoch's {what} session released shares: {late:?}"
+        );
+    }
+
+    // The owner is unaffected: the same PSBT (not counted by the dropped session) and a message
+    // sign at epoch 1.
+    let file = d.dir.path().join("spend.psbt");
+    std::fs::write(&file, &spend.psbt_base64).unwrap();
+    let out = d.cosigner([
+        "--home",
+        p(&w.home),
+        "sign",
+        "--wallet",
+        &w.id,
+        "--psbt",
+        p(&file),
+        "--json",
+    ]);
+    let signed: Value = serde_json::from_str(out.ok()).unwrap();
+    let tx = signed["tx_hex"].as_str().unwrap();
+    bitcoin_tx::verify_consensus(tx, &spend.prevouts).expect("valid under consensus rules");
+    signs(&d, &w.home, &w);
 }
