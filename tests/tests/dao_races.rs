@@ -12,7 +12,7 @@
     missing_docs
 )]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cosigner_protocol::dao::DaoMessage;
@@ -94,6 +94,17 @@ fn signs(dao: &Dao, tag: &str) {
     all_signed(&[&alice.finish(), &bob.finish()], &spend);
 }
 
+/// Alice's request to pay 1 BTC at the current epoch, with her approval in its topic: her
+/// `sign` process (still running), the request file, and the topic read as Alice.
+fn requested_and_approved(dao: &Dao) -> (Member, PathBuf, Watch) {
+    let (_, psbt, request) = dao.payment("old", BTC);
+    let alice = dao.sign("old", &psbt, &request, TIMEOUT);
+    wait_for(&request);
+    let mut watch = dao.watch(&request);
+    watch.wait("Alice's approval", 1, &approval_by(&dao.keys[0]));
+    (alice, request, watch)
+}
+
 /// A member's signing process refused: exit 1, no transaction.
 fn refused(who: &str, outcome: &Outcome) {
     assert_eq!(outcome.code, Some(1), "{who}: {outcome:?}");
@@ -110,11 +121,7 @@ fn refused(who: &str, outcome: &Outcome) {
 #[test]
 fn a_dao_refresh_ends_a_signing_request_of_the_old_epoch_in_flight() {
     let dao = three_members();
-    let (_, psbt, request) = dao.payment("old", BTC);
-    let alice = dao.sign("old", &psbt, &request, TIMEOUT);
-    wait_for(&request);
-    let mut watch = dao.watch(&request);
-    watch.wait("Alice's approval", 1, &approval_by(&dao.keys[0]));
+    let (alice, request, mut watch) = requested_and_approved(&dao);
     alice.signal("-STOP");
     let bob = dao.approve("old-bob", 1, &request, TIMEOUT, &["--yes"]);
     let is_bob = dao.is(1);
@@ -131,6 +138,31 @@ fn a_dao_refresh_ends_a_signing_request_of_the_old_epoch_in_flight() {
     refused("Alice", &alice.finish());
     refused("Bob", &bob.finish());
     assert_eq!(refusals(&dao, &mut watch), 1, "{:?}", watch.messages());
+    assert!(!published(&dao, &mut watch), "the old epoch signed");
+
+    signs(&dao, "new");
+}
+
+/// A DAO refresh commits while a signing request of the old epoch has only part of its
+/// approvals (Alice's, 1 of 2): Bob's approval, given after the refresh, makes the provider
+/// refuse the request in its topic rather than choose a signer set for the retired epoch; Alice's
+/// and Bob's processes stop with the refusal, and a new request at epoch 1 signs.
+#[test]
+fn a_dao_refresh_ends_a_signing_request_of_the_old_epoch_still_collecting_approvals() {
+    let dao = three_members();
+    let (alice, request, mut watch) = requested_and_approved(&dao);
+
+    refresh_by_all(&dao, "refresh", 1);
+
+    let bob = dao.approve("old-bob", 1, &request, TIMEOUT, &["--yes"]);
+    refused("Bob", &bob.finish());
+    refused("Alice", &alice.finish());
+    assert_eq!(refusals(&dao, &mut watch), 1, "{:?}", watch.messages());
+    let signer_set = watch.count(&|_, m| matches!(m, DaoMessage::SignerSet { .. }));
+    assert_eq!(
+        signer_set, 0,
+        "a signer set was chosen for the retired epoch"
+    );
     assert!(!published(&dao, &mut watch), "the old epoch signed");
 
     signs(&dao, "new");
