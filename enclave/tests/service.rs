@@ -1561,6 +1561,8 @@ fn psbt_release(
     Ok(hex::encode(tx))
 }
 
+/// A PSBT signed by hand ([`psbt_commit`], [`psbt_release`]): for what the real client would
+/// never send (a PSBT its own reading refuses).
 fn sign_psbt(
     h: &Harness,
     session: &mut SessionState,
@@ -1569,6 +1571,33 @@ fn sign_psbt(
 ) -> Result<String, String> {
     let open = psbt_commit(h, session, wallet, spend)?;
     psbt_release(h, session, wallet, open)
+}
+
+/// Signs `spend` with the client (`psbt_sign::sign_psbt`): this device and the provider over
+/// `session`; the transaction's hex.
+fn client_signs_psbt(
+    h: &Harness,
+    session: &mut SessionState,
+    wallet: &Wallet,
+    spend: &cosigner_tests::bitcoin_tx::Spend,
+) -> Result<String, cosigner_client::ClientError> {
+    let psbt = cosigner_protocol::psbt::decode_psbt_file(spend.psbt_base64.as_bytes()).unwrap();
+    let mut provider = InProcess::new(&h.service, session);
+    let signed =
+        cosigner_client::psbt_sign::sign_psbt(&wallet.home, &mut provider, wallet.id, &psbt)?;
+    Ok(hex::encode(signed.tx))
+}
+
+/// The service's refusal of a spend its wallet's policy does not allow, as the client reports
+/// it. A policy refusal has no kind of its own (it is a `BadRequest`): the reason names it.
+fn refused_by_policy(result: Result<String, cosigner_client::ClientError>) {
+    match result {
+        Err(cosigner_client::ClientError::Remote(e)) => {
+            assert_eq!(e.kind, ErrorKind::BadRequest, "{e:?}");
+            assert!(e.message.contains("no rule matches"), "{e:?}");
+        }
+        other => panic!("the policy let it through: {other:?}"),
+    }
 }
 
 /// A 2-input, 2-output spend: `leaving` satoshis leave (10 000 of them the fee).
@@ -1589,18 +1618,19 @@ fn a_policy_wallet_signs_psbts_within_its_daily_limit_only() {
         Harness::with_wallet_made(|h, session| create_policy_wallet(h, session, DAILY).unwrap());
 
     let first = spend_of(&wallet, 600_000);
-    let tx = sign_psbt(&h, &mut session, &wallet, &first).unwrap();
+    let tx = client_signs_psbt(&h, &mut session, &wallet, &first).unwrap();
     cosigner_tests::bitcoin_tx::verify_consensus(&tx, &first.prevouts).unwrap();
 
     // 600 000 + 500 000 would exceed the rolling 1 000 000.
-    let refused = sign_psbt(&h, &mut session, &wallet, &spend_of(&wallet, 500_000)).unwrap_err();
-    assert!(
-        refused.contains("refused by the wallet's policy: no rule matches"),
-        "{refused}"
-    );
+    refused_by_policy(client_signs_psbt(
+        &h,
+        &mut session,
+        &wallet,
+        &spend_of(&wallet, 500_000),
+    ));
     // Exactly up to the limit still passes.
     let last = spend_of(&wallet, 400_000);
-    let tx = sign_psbt(&h, &mut session, &wallet, &last).unwrap();
+    let tx = client_signs_psbt(&h, &mut session, &wallet, &last).unwrap();
     cosigner_tests::bitcoin_tx::verify_consensus(&tx, &last.prevouts).unwrap();
 
     // A raw digest cannot be valued: refused, whatever it is.
@@ -1616,7 +1646,9 @@ fn a_policy_wallet_signs_psbts_within_its_daily_limit_only() {
         ),
         other => panic!("a raw SignCommit was answered: {other:?}"),
     }
-    // A PSBT that does not spend the wallet's own output is refused before any commitment.
+    // A PSBT that does not spend the wallet's own output is refused before any commitment. The
+    // client refuses it on its own reading and never sends it: played by hand, as a hostile
+    // client would.
     let another = create_wallet(&h, &mut session);
     let foreign = cosigner_tests::bitcoin_tx::build(
         &hex::encode(output_key(&another)),
@@ -1634,6 +1666,8 @@ fn a_policy_wallet_signs_psbts_within_its_daily_limit_only() {
 fn two_open_sessions_cannot_together_exceed_the_limit() {
     let (h, mut session, wallet) =
         Harness::with_wallet_made(|h, session| create_policy_wallet(h, session, DAILY).unwrap());
+    // Played by hand: the client commits and releases one PSBT at a time, never two sessions
+    // open at once released out of order, nor a release from another connection.
     // Both fit on their own when committed...
     let a = psbt_commit(&h, &mut session, &wallet, &spend_of(&wallet, 600_000)).unwrap();
     let b = psbt_commit(&h, &mut session, &wallet, &spend_of(&wallet, 600_000)).unwrap();
@@ -1674,11 +1708,7 @@ fn only_the_recovery_credential_changes_a_personal_policy() {
     let (h, mut session, wallet) =
         Harness::with_wallet_made(|h, session| create_policy_wallet(h, session, DAILY).unwrap());
     let big = spend_of(&wallet, 1_500_000);
-    assert!(
-        sign_psbt(&h, &mut session, &wallet, &big)
-            .unwrap_err()
-            .contains("no rule matches")
-    );
+    refused_by_policy(client_signs_psbt(&h, &mut session, &wallet, &big));
     let remove = Request::SetPolicy {
         wallet_id: wallet.id,
         policy: None,
@@ -1688,13 +1718,13 @@ fn only_the_recovery_credential_changes_a_personal_policy() {
         Response::Error(e) => assert_eq!(e.kind, ErrorKind::Unauthorized, "{e:?}"),
         other => panic!("the device key changed the policy: {other:?}"),
     }
-    assert!(sign_psbt(&h, &mut session, &wallet, &big).is_err());
+    refused_by_policy(client_signs_psbt(&h, &mut session, &wallet, &big));
     // The offline recovery credential can.
     assert_eq!(
         by_recovery(&h, &mut session, &wallet, &remove),
         Response::Done
     );
-    let tx = sign_psbt(&h, &mut session, &wallet, &big).unwrap();
+    let tx = client_signs_psbt(&h, &mut session, &wallet, &big).unwrap();
     cosigner_tests::bitcoin_tx::verify_consensus(&tx, &big.prevouts).unwrap();
     // Without a policy, raw digests are signed again.
     sign_with(&h, &mut session, &wallet, MESSAGE);
@@ -1707,11 +1737,12 @@ fn only_the_recovery_credential_changes_a_personal_policy() {
         by_recovery(&h, &mut session, &wallet, &restore),
         Response::Done
     );
-    assert!(
-        sign_psbt(&h, &mut session, &wallet, &spend_of(&wallet, 20_000))
-            .unwrap_err()
-            .contains("no rule matches")
-    );
+    refused_by_policy(client_signs_psbt(
+        &h,
+        &mut session,
+        &wallet,
+        &spend_of(&wallet, 20_000),
+    ));
 }
 
 #[test]

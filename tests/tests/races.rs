@@ -19,7 +19,8 @@ use cosigner_client::ClientError;
 use cosigner_client::session::Session;
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::wire::{
-    Confirmation, DkgParams, ErrorKind, KeyRole, Request, Response, SUITE_SECP256K1_TR, WalletId,
+    Confirmation, DkgParams, ErrorKind, KeyRole, Request, Response, SUITE_SECP256K1_TR, SessionId,
+    WalletId,
 };
 use cosigner_tests::Deployment;
 use cosigner_tests::owner::{Cosigners, Owner};
@@ -485,33 +486,30 @@ fn with_the_provider_down_the_recovery_credential_signs_with_the_recovery_cosign
     verifies(&w, &sign_with(&d, &w.home, &w.id, &with_recovery));
 }
 
-/// A modified client holding the device key runs a refresh to round 3 at both cosigners: returns
-/// every party's confirmation and the cosigners' signatures over theirs (the prepared shares stay
-/// at the cosigners).
-fn prepare_refresh(
+/// A modified client holding the device key starts a refresh at both cosigners: the device's
+/// round-1 state, and every party's round-1 message (the device's first).
+fn start_refresh(
     owner: &Owner,
     provider: &mut Session,
     recovery: &mut Session,
-) -> (Vec<Confirmation>, Vec<(PartyId, ByteBuf)>) {
+) -> (
+    cosigner_protocol::refresh::RefreshRound1<Suite>,
+    Vec<cosigner_protocol::wire::Round1Message>,
+) {
     use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
     use cosigner_protocol::wire::RefreshParams;
-    type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
-    let (home, id) = (&owner.home, owner.id);
-    let wallet = home.wallet(&id).unwrap();
-    let share = home.share(&id).unwrap();
-    let kp = frost_core::keys::KeyPackage::<Suite>::deserialize(&share).unwrap();
-    let pkp = wallet.public_key_package.clone();
+    let wallet = owner.home.wallet(&owner.id).unwrap();
     let params = RefreshParams {
-        wallet_id: id,
+        wallet_id: owner.id,
         ciphersuite: wallet.ciphersuite.clone(),
         min_signers: wallet.min_signers,
         parties: wallet.parties.clone(),
         from_epoch: wallet.epoch,
     };
-    let mut rng = rand_core::OsRng;
-    let (a1, m_a) = cosigner_protocol::refresh::start::<Suite>(&params, DEVICE, &mut rng).unwrap();
+    let (a1, m_a) =
+        cosigner_protocol::refresh::start::<Suite>(&params, DEVICE, &mut rand_core::OsRng).unwrap();
     let mut round1 = vec![m_a];
-    for (s, me) in [(&mut *provider, PROVIDER), (&mut *recovery, RECOVERY)] {
+    for (s, me) in [(provider, PROVIDER), (recovery, RECOVERY)] {
         let start = Request::RefreshStart {
             params: params.clone(),
             me,
@@ -521,6 +519,24 @@ fn prepare_refresh(
             other => panic!("{other:?}"),
         }
     }
+    (a1, round1)
+}
+
+/// A modified client holding the device key runs a refresh to round 3 at both cosigners: returns
+/// every party's confirmation and the cosigners' signatures over theirs (the prepared shares stay
+/// at the cosigners).
+fn prepare_refresh(
+    owner: &Owner,
+    provider: &mut Session,
+    recovery: &mut Session,
+) -> (Vec<Confirmation>, Vec<(PartyId, ByteBuf)>) {
+    use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
+    let id = owner.id;
+    let share = owner.home.share(&id).unwrap();
+    let kp = frost_core::keys::KeyPackage::<Suite>::deserialize(&share).unwrap();
+    let pkp = owner.home.wallet(&id).unwrap().public_key_package;
+    let mut rng = rand_core::OsRng;
+    let (a1, round1) = start_refresh(owner, provider, recovery);
     let (a2, mut packages) = a1.handle_round1(&round1, &mut rng).unwrap();
     for s in [&mut *provider, &mut *recovery] {
         match s
@@ -882,4 +898,180 @@ fn a_stale_creation_journal_never_deletes_a_registered_wallet() {
     assert!(key_file.exists(), "the recovery credential was deleted");
     assert_eq!(epoch(&d, &dir, &w.id), 2);
     signs(&d, &dir, &w);
+}
+
+type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
+
+/// Opens a signing session (`SignCommit` or `SignPsbtCommit`) of `messages` as the owner, over
+/// `s`: its id, and the signing packages a real client would send to release the provider's
+/// shares (the device's own commitments, from its share `share`, beside the provider's).
+fn open_session(
+    owner: &Owner,
+    s: &mut Session,
+    request: &Request,
+    share: &frost_core::keys::KeyPackage<Suite>,
+    messages: &[[u8; 32]],
+) -> (SessionId, Vec<ByteBuf>) {
+    use cosigner_protocol::party::{DEVICE, PROVIDER};
+    use cosigner_protocol::sign::{SignerSession, signing_package};
+    let (session_id, theirs) = match owner.authorized(s, KeyRole::Device, request).unwrap() {
+        Response::SignCommitted {
+            session_id,
+            commitments,
+        } => (session_id, vec![commitments]),
+        Response::PsbtCommitted {
+            session_id,
+            commitments,
+            ..
+        } => (session_id, commitments),
+        other => panic!("no commitments: {other:?}"),
+    };
+    assert_eq!(theirs.len(), messages.len());
+    let packages = messages
+        .iter()
+        .zip(theirs)
+        .map(|(message, provider)| {
+            let (_ours, mine) = SignerSession::<Suite>::commit(
+                share,
+                DEVICE,
+                message,
+                &[DEVICE, PROVIDER],
+                &mut rand_core::OsRng,
+            )
+            .unwrap();
+            let commitments =
+                std::collections::BTreeMap::from([(DEVICE, mine), (PROVIDER, provider.into_vec())]);
+            ByteBuf::from(signing_package::<Suite>(message, &commitments).unwrap())
+        })
+        .collect();
+    (session_id, packages)
+}
+
+/// A refresh retires the epoch of signing sessions still open: the owner (or a thief with the
+/// phone) opens a raw signing session and a PSBT signing session at epoch 0, then the owner's
+/// `cosigner refresh` commits epoch 1 at both cosigners and finalizes it. The releases that
+/// follow, with well-formed signing packages on the session that opened them, find no session
+/// (`NotFound`: the enclave dropped them with the retired shares at `RefreshFinalize`, before
+/// the re-check at release would have refused them as `BadRequest`), nothing is recorded for
+/// the PSBT, and the wallet signs the same PSBT and a message at epoch 1.
+#[test]
+fn signing_sessions_of_an_epoch_a_refresh_retired_release_nothing() {
+    use cosigner_protocol::id::Epoch;
+    use cosigner_protocol::party::{DEVICE, PROVIDER};
+    use cosigner_protocol::psbt;
+    use cosigner_tests::bitcoin_tx;
+    let (d, w, owner) = alices_wallet();
+    let share = owner.home.share(&owner.id).unwrap();
+    let share = frost_core::keys::KeyPackage::<Suite>::deserialize(&share).unwrap();
+    let mut s = owner.cosigners.provider();
+    let raw = owner.sign_commit(9, &[DEVICE, PROVIDER]);
+    let (raw_session, raw_packages) = open_session(&owner, &mut s, &raw, &share, &[[9; 32]]);
+    let spend = bitcoin_tx::payment(&w.key, &[60_000, 40_000], 50_000, 40_000).unwrap();
+    let bytes = psbt::decode_psbt_file(spend.psbt_base64.as_bytes()).unwrap();
+    let output_key: [u8; 32] = hex::decode(&w.key).unwrap().try_into().unwrap();
+    let sighashes = psbt::analyze(&bytes, &output_key, psbt::Network::Regtest)
+        .unwrap()
+        .sighashes;
+    let open = Request::SignPsbtCommit {
+        wallet_id: owner.id,
+        epoch: Epoch(0),
+        psbt: ByteBuf::from(bytes),
+        signers: vec![DEVICE, PROVIDER],
+    };
+    let (psbt_session, psbt_packages) = open_session(&owner, &mut s, &open, &share, &sighashes);
+    assert_eq!(psbt_packages.len(), 2);
+
+    let refreshed: Value = serde_json::from_str(refresh(&d, &w.home, &w.id).ok()).unwrap();
+    assert_eq!(refreshed["epoch"], 1, "{refreshed}");
+
+    let releases = [
+        (
+            "raw",
+            Request::SignShare {
+                session_id: raw_session,
+                signing_package: raw_packages[0].clone(),
+            },
+        ),
+        (
+            "PSBT",
+            Request::SignPsbtShare {
+                session_id: psbt_session,
+                signing_packages: psbt_packages,
+            },
+        ),
+    ];
+    for (what, release) in releases {
+        let late = s.call(&release);
+        assert!(
+            refused_as(&late, ErrorKind::NotFound),
+            "a retired epoch's {what} session released shares: {late:?}"
+        );
+    }
+
+    // The owner is unaffected: the same PSBT (not counted by the dropped session) and a message
+    // sign at epoch 1.
+    let file = d.dir.path().join("spend.psbt");
+    std::fs::write(&file, &spend.psbt_base64).unwrap();
+    let out = d.cosigner([
+        "--home",
+        p(&w.home),
+        "sign",
+        "--wallet",
+        &w.id,
+        "--psbt",
+        p(&file),
+        "--json",
+    ]);
+    let signed: Value = serde_json::from_str(out.ok()).unwrap();
+    let tx = signed["tx_hex"].as_str().unwrap();
+    bitcoin_tx::verify_consensus(tx, &spend.prevouts).expect("valid under consensus rules");
+    signs(&d, &w.home, &w);
+}
+
+/// Whether `result` was refused with `kind`.
+fn refused_as(result: &Result<Response, ClientError>, kind: ErrorKind) -> bool {
+    matches!(result, Err(ClientError::Remote(e)) if e.kind == kind)
+}
+
+/// A refresh belongs to the session that started it. A modified client with the device key
+/// starts one at both cosigners; another connection trying to step into it is refused
+/// (`Unauthorized`) and the refresh goes on (its session's round 2 is answered). The owner's own
+/// client, run again as after a crash, restarts it with the same key from new sessions (the one
+/// exception the precedence rules make) and completes it; the abandoned session's next round
+/// finds nothing (`NotFound`), and the wallet signs at epoch 1.
+///
+/// A second refresh refused as `Busy` needs another key starting one while the device's runs:
+/// a personal wallet has none (a recovery's pending key pre-empts the device's refresh instead,
+/// see `a_thief_refreshing_and_signing_in_a_loop_cannot_block_the_owners_recovery`); a DAO's
+/// members do, see `dao_races.rs`.
+#[test]
+fn a_running_refresh_is_its_sessions_until_its_own_key_restarts_it() {
+    let (d, w, owner) = alices_wallet();
+    let mut provider = owner.cosigners.provider();
+    let mut recovery = owner.cosigners.recovery();
+    let (_device, round1) = start_refresh(&owner, &mut provider, &mut recovery);
+    let round2 = Request::RefreshRound2 {
+        wallet_id: owner.id,
+        round1,
+    };
+    let mut stranger = owner.cosigners.provider();
+    let stepped_in = stranger.call(&round2);
+    assert!(
+        refused_as(&stepped_in, ErrorKind::Unauthorized),
+        "{stepped_in:?}"
+    );
+    let answered = provider.call(&round2).unwrap();
+    assert!(
+        matches!(answered, Response::RefreshRound2 { .. }),
+        "{answered:?}"
+    );
+
+    let refreshed: Value = serde_json::from_str(refresh(&d, &w.home, &w.id).ok()).unwrap();
+    assert_eq!(refreshed["epoch"], 1, "{refreshed}");
+    let abandoned = provider.call(&Request::RefreshRound3 {
+        wallet_id: owner.id,
+        packages: Vec::new(),
+    });
+    assert!(refused_as(&abandoned, ErrorKind::NotFound), "{abandoned:?}");
+    signs(&d, &w.home, &w);
 }

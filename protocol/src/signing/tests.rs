@@ -4,8 +4,8 @@ use frost_core::keys::IdentifierList;
 use rand_core::OsRng;
 
 use super::*;
-use crate::sign::Precommitment;
 use crate::id::pid;
+use crate::sign::Precommitment;
 
 type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
 
