@@ -1,0 +1,179 @@
+//! One-round signing and receipts, against running processes: a signature costs one round trip
+//! once the provider handed out a commitment on the session, a commitment signs at most once
+//! (replayed, on another session, after a restart), and each signature comes with a receipt that
+//! checks offline against the trust file and fails when altered.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use cosigner_client::ClientError;
+use cosigner_client::courier::Courier;
+use cosigner_client::receipt::{Receipt, verify_receipt};
+use cosigner_client::session::Session;
+use cosigner_client::trust::Trust;
+use cosigner_client::wallet::{self, CoSigner};
+use cosigner_protocol::auth::sign_request;
+use cosigner_protocol::id::Epoch;
+use cosigner_protocol::party::{DEVICE, PROVIDER};
+use cosigner_protocol::sign::Precommitment;
+use cosigner_protocol::wire::{self, ErrorKind, KeyRole, NextCommitment, Request, Response};
+use cosigner_tests::owner::Owner;
+use cosigner_tests::wallets::{deployment_with_alice, p};
+use serde_bytes::ByteBuf;
+use serde_json::Value;
+
+type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
+
+const MESSAGE: [u8; 32] = [0x42; 32];
+
+/// Signs once with the client library; answers the round trips it took and the result.
+fn sign_counted(owner: &Owner, s: &mut Session) -> (u64, wallet::Signed) {
+    let before = s.round_trips();
+    let signed =
+        wallet::sign_with_receipt(&owner.home, s, CoSigner::Provider, owner.id, &MESSAGE).unwrap();
+    (s.round_trips() - before, signed)
+}
+
+/// A `Precommitted` `SignNow` of `MESSAGE` using `next`, made by hand as a modified client
+/// would, with fresh device nonces.
+fn precommitted_request(owner: &Owner, next: &NextCommitment) -> Request {
+    let share = owner.home.share(&owner.id).unwrap();
+    let key = frost_core::keys::KeyPackage::<Suite>::deserialize(&share).unwrap();
+    let (_, ours) = Precommitment::new(&key, DEVICE, &mut rand_core::OsRng).unwrap();
+    let inner = wire::encode(&Request::SignNow {
+        wallet_id: owner.id,
+        epoch: Epoch(0),
+        message: ByteBuf::from(MESSAGE.to_vec()),
+        signers: vec![DEVICE, PROVIDER],
+        commitments: ByteBuf::from(ours),
+    })
+    .unwrap();
+    let device = owner.home.device_key().unwrap();
+    let signature = sign_request(&device, &owner.id, &next.id, &inner).unwrap();
+    Request::Precommitted {
+        wallet_id: owner.id,
+        role: KeyRole::Device,
+        precommitment: next.id.clone(),
+        signature: ByteBuf::from(signature.to_vec()),
+        request: ByteBuf::from(inner),
+    }
+}
+
+fn not_found(answer: Result<Response, ClientError>) {
+    assert!(
+        matches!(&answer, Err(ClientError::Remote(e)) if e.kind == ErrorKind::NotFound),
+        "{answer:?}"
+    );
+}
+
+#[test]
+fn steady_state_signing_takes_one_round_trip_with_a_receipt_each() {
+    let (d, w) = deployment_with_alice();
+    let owner = Owner::of(&d, &w);
+    let mut s = owner.cosigners.provider();
+    // The first signature on a session: a challenge, then the request.
+    let (trips, first) = sign_counted(&owner, &mut s);
+    assert_eq!(trips, 2);
+    // Then one round trip each, on the commitment the previous answer handed out.
+    for _ in 0..3 {
+        let (trips, signed) = sign_counted(&owner, &mut s);
+        assert_eq!(trips, 1);
+        assert_ne!(signed.signature, first.signature, "fresh nonces every time");
+    }
+    // Every receipt checks offline against the trust file: this signature, by this enclave.
+    let trust = Trust::load(&d.dir.path().join("trust.toml")).unwrap();
+    let checked = verify_receipt(first.receipt.as_ref().unwrap(), &trust).unwrap();
+    assert_eq!(checked.entry.action, "sign");
+    assert_eq!(checked.entry.digest, hex::encode(MESSAGE));
+    assert_eq!(checked.entry.wallet_id, w.id);
+    assert_eq!(checked.key, s.attested_key().unwrap());
+}
+
+#[test]
+fn a_commitment_signs_once_on_its_own_session_and_dies_with_a_restart() {
+    let (mut d, w) = deployment_with_alice();
+    let owner = Owner::of(&d, &w);
+    let mut s = owner.cosigners.provider();
+    sign_counted(&owner, &mut s);
+    let next = s.take_commitment(&owner.id, Epoch(0)).unwrap();
+    let request = precommitted_request(&owner, &next);
+    // Another session cannot use it: it is this session's.
+    let mut other = owner.cosigners.provider();
+    not_found(other.call(&request));
+    // Its own session uses it once; the same request again (a replay, a retry) finds nothing.
+    match s.call(&request).unwrap() {
+        Response::SignedNow { commitments, .. } => assert_eq!(commitments, next.commitments),
+        answer => panic!("{answer:?}"),
+    }
+    not_found(s.call(&request));
+    // The client kept no commitment from that hand-made answer: a challenge first.
+    let (trips, _) = sign_counted(&owner, &mut s);
+    assert_eq!(trips, 2);
+    let kept = s.take_commitment(&owner.id, Epoch(0)).unwrap();
+    // A restart forgets every commitment.
+    d.provider.stop();
+    d.provider.start_processes().unwrap();
+    let mut after = owner.cosigners.provider();
+    not_found(after.call(&precommitted_request(&owner, &kept)));
+    // A client still holding one (a retry after the crash) is told it is gone and signs
+    // without it, with fresh nonces of its own: the stale try, a challenge, the request.
+    after.keep_commitment(kept);
+    let (trips, _) = sign_counted(&owner, &mut after);
+    assert_eq!(trips, 3);
+    let (trips, _) = sign_counted(&owner, &mut after);
+    assert_eq!(trips, 1);
+}
+
+#[test]
+fn sign_json_prints_a_receipt_that_verifies_and_an_altered_one_does_not() {
+    let (d, w) = deployment_with_alice();
+    let out = d.cosigner([
+        "--home",
+        p(&w.home),
+        "sign",
+        "--wallet",
+        &w.id,
+        "--message",
+        &hex::encode(MESSAGE),
+        "--json",
+    ]);
+    let signed: Value = serde_json::from_str(out.ok()).unwrap();
+    let file = d.dir.path().join("signed.json");
+    std::fs::write(&file, out.ok()).unwrap();
+    let trust = d.dir.path().join("trust.toml");
+    let verify = |receipt: &std::path::Path| {
+        d.cosigner([
+            "receipt",
+            "verify",
+            "--receipt",
+            p(receipt),
+            "--trust",
+            p(&trust),
+            "--json",
+        ])
+    };
+    let checked: Value = serde_json::from_str(verify(&file).ok()).unwrap();
+    assert_eq!(checked["valid"], true);
+    assert_eq!(checked["message"], hex::encode(MESSAGE));
+    assert_eq!(checked["wallet"], w.id.as_str());
+    // One byte of the signed record changed: refused, in one line.
+    let mut receipt: Receipt = serde_json::from_value(signed["receipt"].clone()).unwrap();
+    let mut record = hex::decode(&receipt.record).unwrap();
+    let last = record.len() - 1;
+    record[last] ^= 1;
+    receipt.record = hex::encode(record);
+    let altered = d.dir.path().join("altered.json");
+    std::fs::write(&altered, serde_json::to_string(&receipt).unwrap()).unwrap();
+    let refused = verify(&altered);
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert_eq!(
+        refused.stderr.trim().lines().count(),
+        1,
+        "{}",
+        refused.stderr
+    );
+    assert!(refused.stderr.contains("receipt"), "{}", refused.stderr);
+}
