@@ -10,7 +10,7 @@ use cosigner_protocol::auth::{
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
-use cosigner_protocol::signing::{SignMessage, Signing};
+use cosigner_protocol::signing::{SignMessage, Signing, single_value};
 use cosigner_protocol::wire::{
     self, DkgParams, ErrorKind, KeyRole, NextCommitment, RefreshParams, Registration, Request,
     Response, SUITE_SECP256K1_TR, WalletId, WalletInfo,
@@ -20,7 +20,7 @@ use p256::ecdsa::SigningKey;
 use serde_bytes::ByteBuf;
 
 use crate::address::{Network, p2tr_address, x_only};
-use crate::coordinator::{self, Confirmed, Peer, Progress};
+use crate::coordinator::{self, Confirmed, KeygenRequests, Peer, Progress};
 use crate::courier::Courier;
 use crate::error::{ClientError, Result};
 use crate::home::{Home, WalletFile, write_p256_key};
@@ -255,9 +255,16 @@ fn check_creation(home: &Home, policy: Option<&str>, recovery_key_out: &Path) ->
     Ok(())
 }
 
-/// The two cosigners of a personal wallet, as the coordinator's peers.
-fn cosigners<'a>(provider: &'a mut dyn Courier, recovery: &'a mut dyn Courier) -> [Peer<'a>; 2] {
-    [
+/// Runs a key-making ceremony (`coordinator::run`) with this device as its first party and the
+/// two cosigners of a personal wallet, `[provider, recovery]`, as the peers.
+fn with_cosigners<P: KeygenRequests>(
+    params: &P,
+    old: P::Old<Suite>,
+    [provider, recovery]: [&mut dyn Courier; 2],
+    start: &mut dyn FnMut(&mut dyn Courier, PartyId) -> Result<Response>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Confirmed> {
+    let mut peers = [
         Peer {
             party: PROVIDER,
             courier: provider,
@@ -266,7 +273,8 @@ fn cosigners<'a>(provider: &'a mut dyn Courier, recovery: &'a mut dyn Courier) -
             party: RECOVERY,
             courier: recovery,
         },
-    ]
+    ];
+    coordinator::run(params, DEVICE, old, &mut peers, start, progress)
 }
 
 fn create_step(progress: Progress) -> CreateStep {
@@ -317,18 +325,14 @@ pub fn create_observed(
             enrollment: enrollment.clone(),
         })
     };
-    let Confirmed {
-        output,
-        confirmations,
-        signatures,
-    } = coordinator::run(
+    let confirmed = with_cosigners(
         &params,
-        DEVICE,
         (),
-        &mut cosigners(provider, recovery),
+        [&mut *provider, &mut *recovery],
         &mut start,
         &mut |p| observe(create_step(p)),
     )?;
+    let output = &confirmed.output;
     let recovery_key = SigningKey::random(&mut rng);
     let registration = registration(
         home,
@@ -341,9 +345,9 @@ pub fn create_observed(
     )?;
     let confirm = Request::DkgConfirm {
         wallet_id,
-        confirmations: confirmations.clone(),
+        confirmations: confirmed.confirmations.clone(),
         registration,
-        confirmation_signatures: signatures,
+        confirmation_signatures: confirmed.signatures.clone(),
     };
     // Everything this device must keep is durable before any cosigner registers the wallet: a
     // full disk or a kill here leaves nothing registered (the cosigners' DKG state expires).
@@ -692,7 +696,10 @@ impl TwoParty {
             epoch: self.wallet.epoch,
             message: ByteBuf::from(message.to_vec()),
             signers: self.signers().to_vec(),
-            commitments: ByteBuf::from(first_commitment(ours)?),
+            commitments: ByteBuf::from(
+                single_value(ours)
+                    .ok_or_else(|| internal("the signing engine committed nothing"))?,
+            ),
         };
         let answer = match &used {
             Some(next) => precommitted(courier, wallet_id, role, key, &next.id, &request)?,
@@ -746,17 +753,6 @@ impl TwoParty {
                 Ok(signature)
             })
             .collect()
-    }
-}
-
-/// Our commitment, from the engine's first output.
-fn first_commitment(out: Vec<SignMessage>) -> Result<Vec<u8>> {
-    match out.into_iter().next() {
-        Some(SignMessage::Commitments { commitments, .. }) => commitments
-            .into_iter()
-            .next()
-            .ok_or_else(|| internal("the signing engine committed nothing")),
-        _ => Err(internal("the signing engine committed nothing")),
     }
 }
 
@@ -1117,18 +1113,14 @@ fn refresh_from(
         };
         authorized_retrying(courier, wallet_id, KeyRole::Device, &device_key, &start)
     };
-    let Confirmed {
-        output,
-        confirmations,
-        signatures,
-    } = coordinator::run(
+    let confirmed = with_cosigners(
         &params,
-        DEVICE,
         old,
-        &mut cosigners(provider, recovery),
+        [&mut *provider, &mut *recovery],
         &mut start,
         &mut |p| observe(refresh_step(p)),
     )?;
+    let output = &confirmed.output;
     // Kept before any cosigner commits: if this process dies after a commit, the next run finds
     // the new share here and finishes (see `resume`) instead of losing it.
     let prepared = zeroize::Zeroizing::new(output.key_package.serialize().map_err(internal)?);
@@ -1136,9 +1128,9 @@ fn refresh_from(
     // The provider first: its receipt for the commit is what the recovery cosigner commits on.
     let mut commit = Request::RefreshCommit {
         wallet_id,
-        confirmations: confirmations.clone(),
+        confirmations: confirmed.confirmations.clone(),
         provider_receipt: None,
-        confirmation_signatures: signatures,
+        confirmation_signatures: confirmed.signatures.clone(),
     };
     let receipt =
         match authorized_retrying(provider, wallet_id, KeyRole::Device, &device_key, &commit)? {

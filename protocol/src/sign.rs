@@ -77,12 +77,8 @@ use crate::id::PartyId;
 /// }
 /// ```
 pub struct SignerSession<C: Ciphersuite> {
-    nonces: SigningNonces<C>,
-    commitments: SigningCommitments<C>,
-    me: PartyId,
-    identifier: Identifier<C>,
-    verifying_key: VerifyingKey<C>,
-    min_signers: u16,
+    /// The nonces and what they were drawn for, now bound to:
+    drawn: Precommitment<C>,
     message: Vec<u8>,
     /// Sorted.
     signers: Vec<PartyId>,
@@ -117,8 +113,9 @@ impl<C: Ciphersuite> SignerSession<C> {
     /// the session ([`ProtocolError::SessionMismatch`]); another key package than the session's
     /// ([`ProtocolError::Params`]).
     pub fn sign(self, key_package: &KeyPackage<C>, signing_package: &[u8]) -> Result<Vec<u8>> {
-        if *key_package.identifier() != self.identifier
-            || *key_package.verifying_key() != self.verifying_key
+        let drawn = &self.drawn;
+        if *key_package.identifier() != drawn.identifier
+            || *key_package.verifying_key() != drawn.verifying_key
         {
             return Err(ProtocolError::Params {
                 reason: "the key package is not the one the session was opened with".into(),
@@ -159,20 +156,20 @@ impl<C: Ciphersuite> SignerSession<C> {
                 self.signers
             )));
         }
-        if package.signing_commitment(&self.identifier) != Some(self.commitments) {
+        if package.signing_commitment(&drawn.identifier) != Some(drawn.commitments) {
             return Err(mismatch(format!(
                 "the signing package carries another commitment for party {} (ours was replaced)",
-                self.me
+                drawn.me
             )));
         }
-        if package.signing_commitments().len() < usize::from(self.min_signers) {
+        if package.signing_commitments().len() < usize::from(drawn.min_signers) {
             return Err(mismatch(format!(
                 "{} signers, below the threshold of {}",
                 package.signing_commitments().len(),
-                self.min_signers
+                drawn.min_signers
             )));
         }
-        let share = frost_core::round2::sign(&package, &self.nonces, key_package)
+        let share = frost_core::round2::sign(&package, &drawn.nonces, key_package)
             .map_err(|e| common::frost_error(e, &self.signers, "signing"))?;
         Ok(share.serialize())
     }
@@ -189,7 +186,7 @@ impl<C: Ciphersuite> SignerSession<C> {
 
     /// Our party number.
     pub fn me(&self) -> PartyId {
-        self.me
+        self.drawn.me
     }
 }
 
@@ -268,12 +265,7 @@ impl<C: Ciphersuite> Precommitment<C> {
             });
         }
         Ok(SignerSession {
-            nonces: self.nonces,
-            commitments: self.commitments,
-            me,
-            identifier: self.identifier,
-            verifying_key: self.verifying_key,
-            min_signers: self.min_signers,
+            drawn: self,
             message: message.to_vec(),
             signers,
         })
@@ -308,10 +300,9 @@ impl<C: Ciphersuite> std::fmt::Debug for Precommitment<C> {
 impl<C: Ciphersuite> std::fmt::Debug for SignerSession<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SignerSession")
-            .field("me", &self.me)
+            .field("drawn", &self.drawn)
             .field("signers", &self.signers)
             .field("message", &hex::encode(&self.message))
-            .field("nonces", &"<redacted>")
             .finish_non_exhaustive()
     }
 }

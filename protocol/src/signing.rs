@@ -54,6 +54,19 @@ pub enum SignMessage {
     },
 }
 
+/// The one value (a commitment, or a share) the first message of `out` carries: what one local
+/// party sends for a signature of one message. `None` for packages or another count.
+pub fn single_value(out: Vec<SignMessage>) -> Option<Vec<u8>> {
+    match out.into_iter().next()? {
+        SignMessage::Commitments { commitments: v, .. } | SignMessage::Shares { shares: v, .. }
+            if v.len() == 1 =>
+        {
+            v.into_iter().next()
+        }
+        _ => None,
+    }
+}
+
 /// Where a signature stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignStep {

@@ -21,7 +21,7 @@ use cosigner_protocol::party::{DEVICE, PROVIDER};
 use cosigner_protocol::sign::Precommitment;
 use cosigner_protocol::wire::{self, ErrorKind, KeyRole, NextCommitment, Request, Response};
 use cosigner_tests::owner::Owner;
-use cosigner_tests::wallets::{deployment_with_alice, p};
+use cosigner_tests::wallets::{deployment_with_alice, p, sign_message};
 use serde_bytes::ByteBuf;
 use serde_json::Value;
 
@@ -130,16 +130,7 @@ fn a_commitment_signs_once_on_its_own_session_and_dies_with_a_restart() {
 #[test]
 fn sign_json_prints_a_receipt_that_verifies_and_an_altered_one_does_not() {
     let (d, w) = deployment_with_alice();
-    let out = d.cosigner([
-        "--home",
-        p(&w.home),
-        "sign",
-        "--wallet",
-        &w.id,
-        "--message",
-        &hex::encode(MESSAGE),
-        "--json",
-    ]);
+    let out = sign_message(&d, &w.home, &w.id, &hex::encode(MESSAGE), &[]);
     let signed: Value = serde_json::from_str(out.ok()).unwrap();
     let file = d.dir.path().join("signed.json");
     std::fs::write(&file, out.ok()).unwrap();

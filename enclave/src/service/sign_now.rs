@@ -18,7 +18,7 @@
 
 use cosigner_protocol::id::{Epoch, PartyId};
 use cosigner_protocol::sign::Precommitment;
-use cosigner_protocol::signing::{SignMessage, Signing};
+use cosigner_protocol::signing::{SignMessage, Signing, single_value};
 use cosigner_protocol::wire::{NextCommitment, Response, WalletId};
 use frost_core::keys::KeyPackage;
 use serde_bytes::ByteBuf;
@@ -158,10 +158,14 @@ impl Service {
         }
         // Durable before our share exists outside the enclave: nothing signed that the log lacks.
         let receipt = self.log_receipt(&wallet_id, "sign", &actor.label(), &message, "allowed")?;
-        let share = first_share(signing.advance()?)?;
+        let share = single_value(signing.advance()?)
+            .ok_or_else(|| internal("the signing engine signed nothing"))?;
         let next = self.precommit(store, wallet_id, party, epoch, &key)?;
         Ok(Response::SignedNow {
-            commitments: ByteBuf::from(first_commitments(ours)?),
+            commitments: ByteBuf::from(
+                single_value(ours)
+                    .ok_or_else(|| internal("the signing engine committed nothing"))?,
+            ),
             share: ByteBuf::from(share),
             receipt: ByteBuf::from(receipt),
             next: Some(next),
@@ -191,25 +195,5 @@ impl Service {
             epoch,
             commitments: ByteBuf::from(commitments),
         })
-    }
-}
-
-fn first_commitments(out: Vec<SignMessage>) -> Result<Vec<u8>, Failure> {
-    match out.into_iter().next() {
-        Some(SignMessage::Commitments { commitments, .. }) => commitments
-            .into_iter()
-            .next()
-            .ok_or_else(|| internal("the signing engine committed nothing")),
-        _ => Err(internal("the signing engine committed nothing")),
-    }
-}
-
-fn first_share(out: Vec<SignMessage>) -> Result<Vec<u8>, Failure> {
-    match out.into_iter().next() {
-        Some(SignMessage::Shares { shares, .. }) => shares
-            .into_iter()
-            .next()
-            .ok_or_else(|| internal("the signing engine signed nothing")),
-        _ => Err(internal("the signing engine signed nothing")),
     }
 }

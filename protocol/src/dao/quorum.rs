@@ -74,8 +74,7 @@ impl Quorum {
     }
 
     fn approval(&mut self, sender: &[u8], a: &Approval) -> Result<bool> {
-        self.check_request(a.party, &a.request, "approval")?;
-        self.check_member(sender, a.party, "approval")?;
+        self.check_vote(sender, a.party, &a.request, "approval")?;
         if a.sighashes.as_slice() != self.digest {
             return Err(ProtocolError::culprit(
                 a.party,
@@ -96,8 +95,7 @@ impl Quorum {
     }
 
     fn rejection(&mut self, sender: &[u8], r: &Rejection) -> Result<bool> {
-        self.check_request(r.party, &r.request, "rejection")?;
-        self.check_member(sender, r.party, "rejection")?;
+        self.check_vote(sender, r.party, &r.request, "rejection")?;
         if let Some(text) = r.reason.as_ref().filter(|t| t.len() > MAX_REJECTION_REASON) {
             return Err(ProtocolError::culprit(
                 r.party,
@@ -120,14 +118,16 @@ impl Quorum {
         Ok(true)
     }
 
-    fn check_request(&self, party: PartyId, request: &[u8], what: &str) -> Result<()> {
-        if request == self.request.as_slice() {
-            return Ok(());
+    /// An approval or a rejection (`what`) by `party`: for this request, and signed by that
+    /// approver's key.
+    fn check_vote(&self, sender: &[u8], party: PartyId, request: &[u8], what: &str) -> Result<()> {
+        if request != self.request.as_slice() {
+            return Err(ProtocolError::culprit(
+                party,
+                format!("its {what} is for another request"),
+            ));
         }
-        Err(ProtocolError::culprit(
-            party,
-            format!("its {what} is for another request"),
-        ))
+        self.check_member(sender, party, what)
     }
 
     /// `sender` must be the key of approver `party`.
