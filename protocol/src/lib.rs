@@ -18,6 +18,7 @@ pub mod keygen;
 pub mod mailbox;
 pub mod policy;
 pub mod psbt;
+mod redact;
 pub mod refresh;
 pub mod repair;
 pub mod sign;
