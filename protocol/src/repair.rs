@@ -770,3 +770,17 @@ redacted_debug! {
         params: s.params,
     } hides [hpke_secret]
 }
+
+/// Parameters of the repair's unit tests: helpers 3 and 2 (listed unsorted, as a caller may list
+/// them) rebuild party 1's share of wallet `[wallet; 16]` at epoch `epoch`.
+#[cfg(test)]
+fn test_params(wallet: u8, epoch: u64) -> RepairParams {
+    use crate::id::pid;
+    RepairParams {
+        wallet_id: crate::wire::WalletId([wallet; 16]),
+        ciphersuite: crate::wire::SUITE_SECP256K1_TR.into(),
+        epoch: crate::id::Epoch(epoch),
+        helpers: vec![pid(3), pid(2)],
+        participant: pid(1),
+    }
+}
