@@ -23,6 +23,8 @@ pub mod refresh;
 pub mod repair;
 pub mod sign;
 pub mod signing;
+#[cfg(test)]
+mod test_support;
 pub mod wire;
 
 pub use error::{ProtocolError, Result};

@@ -1,27 +1,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use frost_core::keys::IdentifierList;
 use rand_core::OsRng;
 use serde_bytes::ByteBuf;
 
 use super::*;
 use crate::id::pid;
 use crate::repair;
-
-type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
-
-/// A dealer's 2-of-3 keys of parties 1, 2, 3.
-fn keys() -> (BTreeMap<PartyId, KeyPackage<Tr>>, PublicKeyPackage<Tr>) {
-    let (shares, pkp) =
-        frost_core::keys::generate_with_dealer::<Tr, _>(3, 2, IdentifierList::Default, &mut OsRng)
-            .unwrap();
-    let mut out = BTreeMap::new();
-    for p in PartyId::range(1, 3) {
-        let share = &shares[&p.identifier::<Tr>().unwrap()];
-        out.insert(p, KeyPackage::try_from(share.clone()).unwrap());
-    }
-    (out, pkp)
-}
+use crate::test_support::{Tr, dealer_keys};
 
 /// Helpers 3 and 2 (listed unsorted) repair party 1's share.
 fn params() -> RepairParams {
@@ -38,7 +23,7 @@ struct Repair {
 }
 
 fn started() -> Repair {
-    let (keys, pkp) = keys();
+    let (keys, pkp) = dealer_keys();
     let mut helpers = BTreeMap::new();
     let mut posted = Vec::new();
     for h in [pid(2), pid(3)] {
@@ -519,7 +504,7 @@ fn a_failed_step_ends_the_repair_for_good() {
 
 #[test]
 fn a_bad_start_is_refused_and_secrets_stay_out_of_debug() {
-    let (keys, pkp) = keys();
+    let (keys, pkp) = dealer_keys();
     // Not a helper; a threshold unlike the package's.
     assert!(matches!(
         RepairHelper::start(&params(), pid(1), &keys[&pid(1)], &pkp, &mut OsRng),
