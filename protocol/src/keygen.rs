@@ -604,16 +604,10 @@ impl<C: Ciphersuite, P: KeygenParams> Round2<C, P> {
             round1_packages,
             transcript_hash,
         } = self;
-        let others: Vec<PartyId> = params
-            .parties()
-            .iter()
-            .copied()
-            .filter(|p| *p != me)
-            .collect();
-        let by_sender = common::one_per_party(
+        let by_sender = one_from_each_other(
             packages,
-            |p| p.from,
-            &others,
+            params.parties(),
+            me,
             "one sealed round-2 package from each other party",
         )?;
         let info = round2_info(&params);
@@ -641,6 +635,21 @@ impl<C: Ciphersuite, P: KeygenParams> Round2<C, P> {
             transcript_hash,
         })
     }
+}
+
+/// The packages sealed to `me`, by sender: exactly one from each other party of `parties` (our
+/// own never leaves us). Shared with the share repair's deltas ([`crate::repair`]).
+///
+/// Errors ([`ProtocolError::UnexpectedMessage`], `expected` saying what we take): a package from
+/// a stranger or from us, two from one party, none from one.
+pub(crate) fn one_from_each_other<'a>(
+    packages: &'a [SealedPackage],
+    parties: &[PartyId],
+    me: PartyId,
+    expected: &'static str,
+) -> Result<BTreeMap<PartyId, &'a SealedPackage>> {
+    let others: Vec<PartyId> = parties.iter().copied().filter(|p| *p != me).collect();
+    common::one_per_party(packages, |p| p.from, &others, expected)
 }
 
 /// Opens and decodes one package sealed to `me`.

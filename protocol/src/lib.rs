@@ -18,10 +18,13 @@ pub mod keygen;
 pub mod mailbox;
 pub mod policy;
 pub mod psbt;
+mod redact;
 pub mod refresh;
 pub mod repair;
 pub mod sign;
 pub mod signing;
+#[cfg(test)]
+mod test_support;
 pub mod wire;
 
 pub use error::{ProtocolError, Result};

@@ -71,6 +71,8 @@ use crate::dkg::common;
 use crate::error::{ProtocolError, Result};
 use crate::hpke::{self, HpkeSecretKey};
 use crate::id::PartyId;
+use crate::keygen::one_from_each_other;
+use crate::redact::redacted_debug;
 use crate::wire::{RepairParams, SealedPackage};
 
 use context::Kind;
@@ -465,16 +467,10 @@ impl<C: Ciphersuite> RepairHelper2<C> {
                 ),
             });
         }
-        let others: Vec<PartyId> = params
-            .helpers
-            .iter()
-            .copied()
-            .filter(|p| *p != me)
-            .collect();
-        let by_sender = common::one_per_party(
+        let by_sender = one_from_each_other(
             deltas,
-            |d| d.from,
-            &others,
+            &params.helpers,
+            me,
             "one sealed delta from each other helper",
         )?;
 
@@ -532,6 +528,28 @@ impl<C: Ciphersuite> RepairHelper2<C> {
     }
 }
 
+/// Refuses a sealed `what` ("delta", "sigma") addressed to another party than `to`, whoever relays
+/// it: it is not ours to open and counts for nothing ([`ProtocolError::UnexpectedMessage`],
+/// `expected` saying what we take). The engines ([`engine`]) check it as a message arrives, the
+/// rounds again before opening.
+pub(crate) fn check_addressed(
+    sealed: &SealedPackage,
+    what: &str,
+    to: PartyId,
+    expected: &'static str,
+) -> Result<()> {
+    if sealed.to == to {
+        return Ok(());
+    }
+    Err(ProtocolError::UnexpectedMessage {
+        expected,
+        actual: format!(
+            "a {what} from party {} addressed to party {}",
+            sealed.from, sealed.to
+        ),
+    })
+}
+
 /// Checks, opens and decodes the delta `from` sent us.
 #[allow(clippy::too_many_arguments)]
 fn open_delta<C: Ciphersuite>(
@@ -545,16 +563,8 @@ fn open_delta<C: Ciphersuite>(
     context_hash: &[u8; 32],
     public_key_package: &PublicKeyPackage<C>,
 ) -> Result<Delta<C>> {
-    if sealed.to != me {
-        return Err(ProtocolError::UnexpectedMessage {
-            expected: "deltas addressed to us",
-            actual: format!("a delta from party {from} addressed to party {}", sealed.to),
-        });
-    }
-    let culprit = |reason: String| ProtocolError::Culprit {
-        party: from,
-        reason,
-    };
+    check_addressed(sealed, "delta", me, "deltas addressed to us")?;
+    let culprit = |reason: String| ProtocolError::culprit(from, reason);
     let (ciphertext, signature) =
         sealed
             .ciphertext
@@ -690,16 +700,13 @@ fn open_sigma<C: Ciphersuite>(
     info: &[u8],
     context_hash: &[u8; 32],
 ) -> Result<Sigma<C>> {
-    if sealed.to != params.participant {
-        return Err(ProtocolError::UnexpectedMessage {
-            expected: "sigmas addressed to the participant",
-            actual: format!("a sigma from party {from} addressed to party {}", sealed.to),
-        });
-    }
-    let culprit = |reason: String| ProtocolError::Culprit {
-        party: from,
-        reason,
-    };
+    check_addressed(
+        sealed,
+        "sigma",
+        params.participant,
+        "sigmas addressed to the participant",
+    )?;
+    let culprit = |reason: String| ProtocolError::culprit(from, reason);
     let aad = context::aad(params, Kind::Sigma, from, params.participant, context_hash);
     let plaintext =
         hpke::open(hpke_secret, info, &aad, &sealed.enc, &sealed.ciphertext).map_err(|e| {
@@ -743,32 +750,37 @@ fn wipe_sigma<C: Ciphersuite>(sigma: &mut Sigma<C>) {
 
 // Debug prints who and where, never a secret.
 
-impl<C: Ciphersuite> std::fmt::Debug for RepairHelper1<C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RepairHelper1")
-            .field("params", &self.params)
-            .field("me", &self.me)
-            .field("hpke_secret", &"<redacted>")
-            .finish_non_exhaustive()
-    }
+redacted_debug! {
+    RepairHelper1<C: Ciphersuite> |s| {
+        params: s.params,
+        me: s.me,
+    } hides [hpke_secret]
 }
 
-impl<C: Ciphersuite> std::fmt::Debug for RepairHelper2<C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RepairHelper2")
-            .field("params", &self.params)
-            .field("me", &self.me)
-            .field("context_hash", &hex::encode(self.context_hash))
-            .field("own_delta", &"<redacted>")
-            .finish_non_exhaustive()
-    }
+redacted_debug! {
+    RepairHelper2<C: Ciphersuite> |s| {
+        params: s.params,
+        me: s.me,
+        context_hash: hex::encode(s.context_hash),
+    } hides [own_delta]
 }
 
-impl<C: Ciphersuite> std::fmt::Debug for RepairParticipant<C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RepairParticipant")
-            .field("params", &self.params)
-            .field("hpke_secret", &"<redacted>")
-            .finish_non_exhaustive()
+redacted_debug! {
+    RepairParticipant<C: Ciphersuite> |s| {
+        params: s.params,
+    } hides [hpke_secret]
+}
+
+/// Parameters of the repair's unit tests: helpers 3 and 2 (listed unsorted, as a caller may list
+/// them) rebuild party 1's share of wallet `[wallet; 16]` at epoch `epoch`.
+#[cfg(test)]
+fn test_params(wallet: u8, epoch: u64) -> RepairParams {
+    use crate::id::pid;
+    RepairParams {
+        wallet_id: crate::wire::WalletId([wallet; 16]),
+        ciphersuite: crate::wire::SUITE_SECP256K1_TR.into(),
+        epoch: crate::id::Epoch(epoch),
+        helpers: vec![pid(3), pid(2)],
+        participant: pid(1),
     }
 }

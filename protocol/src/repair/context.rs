@@ -196,16 +196,9 @@ mod tests {
 
     use super::*;
     use crate::id::Epoch;
-    use crate::wire::WalletId;
 
     fn params() -> RepairParams {
-        RepairParams {
-            wallet_id: WalletId([7; 16]),
-            ciphersuite: crate::wire::SUITE_SECP256K1_TR.into(),
-            epoch: Epoch(3),
-            helpers: vec![pid(3), pid(2)],
-            participant: pid(1),
-        }
+        crate::repair::test_params(7, 3)
     }
 
     #[test]

@@ -39,13 +39,14 @@ use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use rand_core::{CryptoRng, RngCore};
 
 use super::{
-    RepairHelper1, RepairHelper2, RepairParticipant, check_against_wallet, check_helper_key,
-    helper_start, participant_start,
+    RepairHelper1, RepairHelper2, RepairParticipant, check_addressed, check_against_wallet,
+    check_helper_key, helper_start, participant_start,
 };
 use crate::error::{ProtocolError, Result};
 use crate::hpke;
 use crate::id::PartyId;
 use crate::keygen::exchange::insert_once;
+use crate::redact::{REDACTED, redacted_debug};
 use crate::wire::{RepairParams, SealedPackage};
 
 /// One message of a repair, to send or absorbed.
@@ -309,15 +310,7 @@ impl<C: Ciphersuite> RepairHelper<C> {
                 ),
             ));
         }
-        if delta.to != self.me {
-            return Err(unexpected(
-                expected,
-                format!(
-                    "a delta from party {} addressed to party {}",
-                    delta.from, delta.to
-                ),
-            ));
-        }
+        check_addressed(delta, "delta", self.me, expected)?;
         insert_once(&mut self.deltas, delta.from, delta, delta.from, "delta")
     }
 
@@ -518,15 +511,7 @@ impl<C: Ciphersuite> RepairReceiver<C> {
                         format!("a sigma from party {}, who is not a helper", sigma.from),
                     ));
                 }
-                if sigma.to != participant {
-                    return Err(unexpected(
-                        expected,
-                        format!(
-                            "a sigma from party {} addressed to party {}",
-                            sigma.from, sigma.to
-                        ),
-                    ));
-                }
+                check_addressed(sigma, "sigma", participant, expected)?;
                 insert_once(&mut self.sigmas, sigma.from, sigma, sigma.from, "sigma")
             }
             RepairMessage::Delta(delta) => Err(unexpected(
@@ -617,28 +602,20 @@ impl<C: Ciphersuite> RepairReceiver<C> {
 
 // Debug prints who and where, never a secret.
 
-impl<C: Ciphersuite> std::fmt::Debug for RepairHelper<C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RepairHelper")
-            .field("params", &self.params)
-            .field("me", &self.me)
-            .field(
-                "key_package",
-                &self.key_package.as_ref().map(|_| "<redacted>"),
-            )
-            .field("waiting", &self.waiting())
-            .finish_non_exhaustive()
-    }
+redacted_debug! {
+    RepairHelper<C: Ciphersuite> |s| {
+        params: s.params,
+        me: s.me,
+        key_package: s.key_package.as_ref().map(|_| REDACTED),
+        waiting: s.waiting(),
+    } hides []
 }
 
-impl<C: Ciphersuite> std::fmt::Debug for RepairReceiver<C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RepairReceiver")
-            .field("params", &self.params)
-            .field("secrets", &"<redacted>")
-            .field("waiting", &self.waiting())
-            .finish_non_exhaustive()
-    }
+redacted_debug! {
+    RepairReceiver<C: Ciphersuite> |s| {
+        params: s.params,
+        waiting: s.waiting(),
+    } hides [secrets]
 }
 
 #[cfg(test)]

@@ -16,19 +16,12 @@ mod pinned;
 use std::collections::BTreeMap;
 
 use super::context::{Kind, aad, context_hash, delta_message, helper_key_message, info};
-use crate::id::Epoch;
 use crate::id::pid;
-use crate::wire::{RepairParams, SUITE_SECP256K1_TR, WalletId};
+use crate::wire::RepairParams;
 
 /// The repair of protocol/tests/golden/samples.rs (`repair_params`), helpers listed unsorted.
 fn params() -> RepairParams {
-    RepairParams {
-        wallet_id: WalletId([0x11; 16]),
-        ciphersuite: SUITE_SECP256K1_TR.into(),
-        epoch: Epoch(4),
-        helpers: vec![pid(3), pid(2)],
-        participant: pid(1),
-    }
+    super::test_params(0x11, 4)
 }
 
 #[test]

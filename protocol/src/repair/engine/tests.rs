@@ -1,38 +1,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use frost_core::keys::IdentifierList;
 use rand_core::OsRng;
 use serde_bytes::ByteBuf;
 
 use super::*;
-use crate::id::{Epoch, pid};
+use crate::id::pid;
 use crate::repair;
-use crate::wire::{SUITE_SECP256K1_TR, WalletId};
-
-type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
-
-/// A dealer's 2-of-3 keys of parties 1, 2, 3.
-fn keys() -> (BTreeMap<PartyId, KeyPackage<Tr>>, PublicKeyPackage<Tr>) {
-    let (shares, pkp) =
-        frost_core::keys::generate_with_dealer::<Tr, _>(3, 2, IdentifierList::Default, &mut OsRng)
-            .unwrap();
-    let mut out = BTreeMap::new();
-    for p in PartyId::range(1, 3) {
-        let share = &shares[&p.identifier::<Tr>().unwrap()];
-        out.insert(p, KeyPackage::try_from(share.clone()).unwrap());
-    }
-    (out, pkp)
-}
+use crate::test_support::{Tr, dealer_keys};
 
 /// Helpers 3 and 2 (listed unsorted) repair party 1's share.
 fn params() -> RepairParams {
-    RepairParams {
-        wallet_id: WalletId([9; 16]),
-        ciphersuite: SUITE_SECP256K1_TR.into(),
-        epoch: Epoch(0),
-        helpers: vec![pid(3), pid(2)],
-        participant: pid(1),
-    }
+    repair::test_params(9, 0)
 }
 
 /// Helpers 2 and 3 and the receiver, started, with the messages they sent.
@@ -45,7 +23,7 @@ struct Repair {
 }
 
 fn started() -> Repair {
-    let (keys, pkp) = keys();
+    let (keys, pkp) = dealer_keys();
     let mut helpers = BTreeMap::new();
     let mut posted = Vec::new();
     for h in [pid(2), pid(3)] {
@@ -184,6 +162,13 @@ fn exchange_keys(r: &mut Repair) -> Vec<SealedPackage> {
     deltas
 }
 
+/// Asserts what an engine waits for (its step and the missing parties), and its progress line.
+fn assert_waiting(waiting: &RepairWaiting, step: RepairStep, parties: &[u16], line: &str) {
+    let parties = parties.iter().copied().map(pid).collect();
+    assert_eq!(waiting, &RepairWaiting { step, parties });
+    assert_eq!(waiting.to_string(), line);
+}
+
 fn flip(bytes: &ByteBuf, at: usize) -> ByteBuf {
     let mut v = bytes.to_vec();
     v[at] ^= 1;
@@ -222,16 +207,11 @@ fn a_delta_before_the_last_helper_key_is_kept_for_its_step() {
     assert!(helper_3.absorb(&out[0]).unwrap());
     assert!(helper_3.absorb(&pk).unwrap());
     assert!(helper_3.advance(&mut OsRng).unwrap().is_empty());
-    assert_eq!(
-        helper_3.waiting(),
-        RepairWaiting {
-            step: RepairStep::HelperKeys,
-            parties: vec![pid(2)]
-        }
-    );
-    assert_eq!(
-        helper_3.waiting().to_string(),
-        "helper keys from parties [2]"
+    assert_waiting(
+        &helper_3.waiting(),
+        RepairStep::HelperKeys,
+        &[2],
+        "helper keys from parties [2]",
     );
     // The last key: deltas and sigma in one advance.
     helper_3.absorb(&key_2).unwrap();
@@ -254,37 +234,30 @@ fn waiting_names_the_missing_parties_at_each_step() {
     assert_eq!(r.receiver.waiting().parties, vec![pid(3)]);
     let deltas = exchange_keys(&mut r);
     let helper_2 = r.helpers.get_mut(&pid(2)).unwrap();
-    assert_eq!(
-        helper_2.waiting(),
-        RepairWaiting {
-            step: RepairStep::Deltas,
-            parties: vec![pid(3)]
-        }
+    assert_waiting(
+        &helper_2.waiting(),
+        RepairStep::Deltas,
+        &[3],
+        "deltas from parties [3]",
     );
     let to_2 = deltas.iter().find(|d| d.to == pid(2)).unwrap();
     helper_2
         .absorb(&RepairMessage::Delta(to_2.clone()))
         .unwrap();
     assert!(helper_2.advance(&mut OsRng).unwrap().is_empty());
-    assert_eq!(
-        helper_2.waiting(),
-        RepairWaiting {
-            step: RepairStep::ParticipantKey,
-            parties: vec![pid(1)]
-        }
-    );
-    assert_eq!(
-        helper_2.waiting().to_string(),
-        "the participant's HPKE key from parties [1]"
+    assert_waiting(
+        &helper_2.waiting(),
+        RepairStep::ParticipantKey,
+        &[1],
+        "the participant's HPKE key from parties [1]",
     );
     let key_3 = helper_key(&r, 3);
     r.receiver.absorb(&key_3).unwrap();
-    assert_eq!(
-        r.receiver.waiting(),
-        RepairWaiting {
-            step: RepairStep::Sigmas,
-            parties: vec![pid(2), pid(3)]
-        }
+    assert_waiting(
+        &r.receiver.waiting(),
+        RepairStep::Sigmas,
+        &[2, 3],
+        "sigmas from parties [2, 3]",
     );
     assert!(!r.receiver.advance().unwrap(), "nothing to do yet");
     assert!(is_unexpected(&r.receiver.into_key_package()));
@@ -531,7 +504,7 @@ fn a_failed_step_ends_the_repair_for_good() {
 
 #[test]
 fn a_bad_start_is_refused_and_secrets_stay_out_of_debug() {
-    let (keys, pkp) = keys();
+    let (keys, pkp) = dealer_keys();
     // Not a helper; a threshold unlike the package's.
     assert!(matches!(
         RepairHelper::start(&params(), pid(1), &keys[&pid(1)], &pkp, &mut OsRng),
