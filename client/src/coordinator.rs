@@ -12,6 +12,7 @@ use cosigner_protocol::auth::{confirmation_digest, verify_digest};
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::keygen::exchange::{Exchange, Message};
 use cosigner_protocol::keygen::{KeygenParams, Output};
+use cosigner_protocol::party::{PROVIDER, RECOVERY};
 use cosigner_protocol::wire::{
     Confirmation, DkgParams, RefreshParams, Request, Response, Round1Message, SealedPackage,
     WalletId,
@@ -120,6 +121,20 @@ pub struct Peer<'a> {
     pub party: PartyId,
     /// What carries requests to it.
     pub courier: &'a mut dyn Courier,
+}
+
+/// The two cosigners of a personal wallet, `[provider, recovery]`, as a ceremony's peers.
+pub fn cosigner_peers<'a>([provider, recovery]: [&'a mut dyn Courier; 2]) -> [Peer<'a>; 2] {
+    [
+        Peer {
+            party: PROVIDER,
+            courier: provider,
+        },
+        Peer {
+            party: RECOVERY,
+            courier: recovery,
+        },
+    ]
 }
 
 /// How far a ceremony got, for progress lines.

@@ -1284,11 +1284,24 @@ fn signed_in<'a>(
 /// Whether `envelopes` hold this device's rejection of `request_hash` (a rejection stands: this
 /// device cannot approve the request any more).
 pub fn rejected_before(envelopes: &[Envelope], me: &[u8], request_hash: &[u8; 32]) -> bool {
-    envelopes.iter().any(|e| {
-        e.sender == me
-            && matches!(DaoMessage::decode(&e.body),
-                Ok(DaoMessage::Reject(r)) if r.request.as_slice() == request_hash)
-    })
+    voted_before(envelopes, me, request_hash, false)
+}
+
+/// Whether `envelopes` hold this device's approval (`approving`) or rejection of `request_hash`.
+fn voted_before(
+    envelopes: &[Envelope],
+    me: &[u8],
+    request_hash: &[u8; 32],
+    approving: bool,
+) -> bool {
+    envelopes
+        .iter()
+        .filter(|e| e.sender == me)
+        .any(|e| match DaoMessage::decode(&e.body) {
+            Ok(DaoMessage::Approval(a)) => approving && a.request.as_slice() == request_hash,
+            Ok(DaoMessage::Reject(r)) => !approving && r.request.as_slice() == request_hash,
+            _ => false,
+        })
 }
 
 /// Says no to a signing request: posts this device's signed rejection and hands it to the
@@ -1457,31 +1470,7 @@ pub fn list_requests(
 /// Whether `envelopes` hold this device's approval of `request_hash` (it approved before its
 /// process stopped: the approval stands whatever it does now).
 pub fn approved_before(envelopes: &[Envelope], me: &[u8], request_hash: &[u8; 32]) -> bool {
-    envelopes.iter().any(|e| {
-        e.sender == me
-            && matches!(DaoMessage::decode(&e.body),
-                Ok(DaoMessage::Approval(a)) if a.request.as_slice() == request_hash)
-    })
-}
-
-/// Waits for the provider's evaluation of a request (or its refusal). Every envelope read goes
-/// to `backlog`.
-///
-/// Errors: the provider refused the request, or already signed it (see [`await_progress`],
-/// which returns the signed transaction then).
-pub fn await_evaluation(
-    courier: &mut Courier,
-    provider_key: &[u8],
-    request_hash: &[u8; 32],
-    timeout: Duration,
-    backlog: &mut Vec<Envelope>,
-) -> Result<Evaluation> {
-    match await_progress(courier, provider_key, request_hash, timeout, backlog)? {
-        Progress::Evaluated(e) => Ok(e),
-        Progress::Signed(txid, _) => Err(input(format!(
-            "the request is already signed: transaction {txid}"
-        ))),
-    }
+    voted_before(envelopes, me, request_hash, true)
 }
 
 /// Waits for the provider's evaluation of a request, or finds that it was already signed (a

@@ -45,16 +45,7 @@ pub fn repair_share(
         helpers: vec![PROVIDER, RECOVERY],
         participant: DEVICE,
     };
-    let mut peers = [
-        Peer {
-            party: PROVIDER,
-            courier: provider,
-        },
-        Peer {
-            party: RECOVERY,
-            courier: recovery,
-        },
-    ];
+    let mut peers = crate::coordinator::cosigner_peers([provider, recovery]);
     // Only the session the device key authorized may continue a cosigner's repair: the sigmas
     // sealed to our HPKE key go to whoever holds that key.
     let mut start = |courier: &mut dyn Courier, me: PartyId| {

@@ -20,7 +20,7 @@ use p256::ecdsa::SigningKey;
 use serde_bytes::ByteBuf;
 
 use crate::address::{Network, p2tr_address, x_only};
-use crate::coordinator::{self, Confirmed, KeygenRequests, Peer, Progress};
+use crate::coordinator::{self, Confirmed, KeygenRequests, Progress};
 use crate::courier::Courier;
 use crate::error::{ClientError, Result};
 use crate::home::{Home, WalletFile, write_p256_key};
@@ -81,13 +81,46 @@ pub fn authorized(
         Response::Challenge { challenge } => challenge,
         other => return Err(unexpected("Challenge", &other)),
     };
+    signed_call(
+        session,
+        (wallet_id, role, key),
+        inner,
+        Under::Challenge(&challenge),
+    )
+}
+
+/// What an authorized request's signature is made over: a fresh challenge of the session, or
+/// the id of one of the cosigner's commitments.
+enum Under<'a> {
+    Challenge(&'a [u8]),
+    Precommitment(&'a [u8]),
+}
+
+/// Sends `inner` signed by `key` (as `role`, for `wallet_id`) over `under`.
+fn signed_call(
+    session: &mut dyn Courier,
+    (wallet_id, role, key): (WalletId, KeyRole, &SigningKey),
+    inner: &Request,
+    under: Under<'_>,
+) -> Result<Response> {
     let bytes = wire::encode(inner)?;
-    let signature = sign_request(key, &wallet_id, &challenge, &bytes)?;
-    session.call(&Request::Authorized {
-        wallet_id,
-        role,
-        signature: ByteBuf::from(signature.to_vec()),
-        request: ByteBuf::from(bytes),
+    let (Under::Challenge(challenge) | Under::Precommitment(challenge)) = under;
+    let signature = ByteBuf::from(sign_request(key, &wallet_id, challenge, &bytes)?.to_vec());
+    let request = ByteBuf::from(bytes);
+    session.call(&match under {
+        Under::Challenge(_) => Request::Authorized {
+            wallet_id,
+            role,
+            signature,
+            request,
+        },
+        Under::Precommitment(id) => Request::Precommitted {
+            wallet_id,
+            role,
+            precommitment: ByteBuf::from(id.to_vec()),
+            signature,
+            request,
+        },
     })
 }
 
@@ -264,16 +297,7 @@ fn with_cosigners<P: KeygenRequests>(
     start: &mut dyn FnMut(&mut dyn Courier, PartyId) -> Result<Response>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Confirmed> {
-    let mut peers = [
-        Peer {
-            party: PROVIDER,
-            courier: provider,
-        },
-        Peer {
-            party: RECOVERY,
-            courier: recovery,
-        },
-    ];
+    let mut peers = coordinator::cosigner_peers([provider, recovery]);
     coordinator::run(params, DEVICE, old, &mut peers, start, progress)
 }
 
@@ -702,7 +726,12 @@ impl TwoParty {
             ),
         };
         let answer = match &used {
-            Some(next) => precommitted(courier, wallet_id, role, key, &next.id, &request)?,
+            Some(next) => signed_call(
+                courier,
+                (wallet_id, role, key),
+                &request,
+                Under::Precommitment(&next.id),
+            )?,
             None => authorized(courier, wallet_id, role, key, &request)?,
         };
         let Response::SignedNow {
@@ -777,27 +806,6 @@ fn receipt_of(
     }))
 }
 
-/// Sends `inner` signed by `key` (as `role`) over the id of the cosigner's commitment `id` as
-/// its challenge (`Precommitted`): no `Challenge` round trip.
-fn precommitted(
-    session: &mut dyn Courier,
-    wallet_id: WalletId,
-    role: KeyRole,
-    key: &SigningKey,
-    id: &[u8],
-    inner: &Request,
-) -> Result<Response> {
-    let bytes = wire::encode(inner)?;
-    let signature = sign_request(key, &wallet_id, id, &bytes)?;
-    session.call(&Request::Precommitted {
-        wallet_id,
-        role,
-        precommitment: ByteBuf::from(id.to_vec()),
-        signature: ByteBuf::from(signature.to_vec()),
-        request: ByteBuf::from(bytes),
-    })
-}
-
 /// Which cosigner signs with this device, and under which key.
 #[derive(Debug, Clone, Copy)]
 pub enum CoSigner<'a> {
@@ -834,21 +842,11 @@ pub fn sign(
     wallet_id: WalletId,
     message: &[u8; 32],
 ) -> Result<[u8; 64]> {
-    sign_with(home, provider, CoSigner::Provider, wallet_id, message)
+    sign_with_receipt(home, provider, CoSigner::Provider, wallet_id, message).map(|s| s.signature)
 }
 
-/// Signs a 32-byte message with this device and `cosigner` (reached through `session`).
-pub fn sign_with(
-    home: &Home,
-    provider: &mut dyn Courier,
-    cosigner: CoSigner<'_>,
-    wallet_id: WalletId,
-    message: &[u8; 32],
-) -> Result<[u8; 64]> {
-    sign_with_receipt(home, provider, cosigner, wallet_id, message).map(|s| s.signature)
-}
-
-/// [`sign_with`], also answering the cosigner's receipt. One round trip per signature once
+/// Signs a 32-byte message with this device and `cosigner` (reached through `provider`): the
+/// verified signature and the cosigner's receipt. One round trip per signature once
 /// the cosigner handed out a commitment on this courier (every answer carries the next one),
 /// two for the first.
 pub fn sign_with_receipt(
@@ -1265,8 +1263,14 @@ pub fn recover_observed(
             KeyPackage::<Suite>::deserialize(&share).map_err(internal)?
         }
         _ => {
-            let key_package =
-                repair_share(provider, recovery, wallet_id, &info, &pkp, &device_key)?;
+            let key_package = crate::repair::repair_share(
+                provider,
+                recovery,
+                wallet_id,
+                &info,
+                &pkp,
+                &device_key,
+            )?;
             let wallet = wallet_file(
                 wallet_id,
                 DEVICE,
@@ -1331,17 +1335,4 @@ fn belongs(share: &[u8], pkp: &PublicKeyPackage<Suite>) -> bool {
     };
     pkp.verifying_shares().get(kp.identifier()) == Some(kp.verifying_share())
         && pkp.verifying_key() == kp.verifying_key()
-}
-
-/// Repair: B and C rebuild this device's share at `info.epoch` ([`crate::repair`]); only we can
-/// open the result, and it is checked against the public key package.
-fn repair_share(
-    provider: &mut dyn Courier,
-    recovery: &mut dyn Courier,
-    wallet_id: WalletId,
-    info: &WalletInfo,
-    pkp: &PublicKeyPackage<Suite>,
-    device_key: &SigningKey,
-) -> Result<KeyPackage<Suite>> {
-    crate::repair::repair_share(provider, recovery, wallet_id, info, pkp, device_key)
 }

@@ -652,8 +652,9 @@ fn sign_with_recovery(h: &Harness, wallet: &Wallet, message: &[u8; 32]) -> Vec<u
     let mut session = h.recovery.session();
     let mut recovery = InProcess::new(&h.recovery.service, &mut session);
     let cosigner = CoSigner::Recovery(&wallet.recovery);
-    client::sign_with(&wallet.home, &mut recovery, cosigner, wallet.id, message)
+    client::sign_with_receipt(&wallet.home, &mut recovery, cosigner, wallet.id, message)
         .unwrap()
+        .signature
         .to_vec()
 }
 

@@ -197,14 +197,12 @@ fn e2e_sign(m: &Members, wallet: &WalletFile, approvers: &[usize]) -> Duration {
                 courier.post(&envelope).unwrap();
                 let summary = dao::summarize(&w, &request.psbt).unwrap();
                 let mut backlog = Vec::new();
-                let evaluation = dao::await_evaluation(
-                    &mut courier,
-                    &provider_key,
-                    &hash,
-                    Duration::from_secs(60),
-                    &mut backlog,
-                )
-                .unwrap();
+                let timeout = Duration::from_secs(60);
+                let progress =
+                    dao::await_progress(&mut courier, &provider_key, &hash, timeout, &mut backlog);
+                let Ok(dao::Progress::Evaluated(evaluation)) = progress else {
+                    panic!("no evaluation: {progress:?}");
+                };
                 dao::approve_and_sign(
                     home,
                     &w,

@@ -91,21 +91,9 @@ impl Service {
         }
     }
 
-    /// Appends an entry to the audit log.
+    /// Appends an entry to the audit log; answers the stored record (the entry signed by the
+    /// audit key), which is also the receipt a client keeps.
     pub(super) fn log(
-        &self,
-        wallet: &WalletId,
-        action: &str,
-        actor: &str,
-        digest: &[u8],
-        decision: &str,
-    ) -> Result<(), Failure> {
-        self.log_receipt(wallet, action, actor, digest, decision)
-            .map(drop)
-    }
-
-    /// [`Service::log`], answering the stored record: the signed receipt of the entry.
-    pub(super) fn log_receipt(
         &self,
         wallet: &WalletId,
         action: &str,

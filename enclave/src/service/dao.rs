@@ -387,7 +387,8 @@ impl Service {
             actor,
             action,
         } = founded;
-        self.log(wallet_id, action, actor, hash, decision)
+        self.log(wallet_id, action, actor, hash, decision)?;
+        Ok(())
     }
 
     /// `Mailbox`: takes the delivered envelopes of `topic`, advances its ceremony, and answers

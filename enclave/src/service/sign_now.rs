@@ -157,7 +157,7 @@ impl Service {
             self.recheck_signer(&wallet_id, &actor, epoch)?;
         }
         // Durable before our share exists outside the enclave: nothing signed that the log lacks.
-        let receipt = self.log_receipt(&wallet_id, "sign", &actor.label(), &message, "allowed")?;
+        let receipt = self.log(&wallet_id, "sign", &actor.label(), &message, "allowed")?;
         let share = single_value(signing.advance()?)
             .ok_or_else(|| internal("the signing engine signed nothing"))?;
         let next = self.precommit(store, wallet_id, party, epoch, &key)?;

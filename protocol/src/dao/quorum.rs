@@ -81,13 +81,7 @@ impl Quorum {
                 "it approved something other than this request",
             ));
         }
-        if self.rejections.contains_key(&a.party) {
-            return Err(ProtocolError::culprit(
-                a.party,
-                "it approved a request it had rejected (the rejection stands)",
-            ));
-        }
-        if self.approvals.contains(&a.party) {
+        if !self.first_word(a.party, true)? {
             return Ok(false);
         }
         self.approvals.push(a.party);
@@ -105,17 +99,31 @@ impl Quorum {
                 ),
             ));
         }
-        if self.approvals.contains(&r.party) {
-            return Err(ProtocolError::culprit(
-                r.party,
-                "it rejected a request it had approved (the approval stands)",
-            ));
-        }
-        if self.rejections.contains_key(&r.party) {
+        if !self.first_word(r.party, false)? {
             return Ok(false);
         }
         self.rejections.insert(r.party, r.reason.clone());
         Ok(true)
+    }
+
+    /// Whether `party`'s approval (`approving`) or rejection is its first word: `Ok(false)` for
+    /// the same word again; an error for the other one (the first word stands).
+    fn first_word(&self, party: PartyId, approving: bool) -> Result<bool> {
+        let (approved, rejected) = (
+            self.approvals.contains(&party),
+            self.rejections.contains_key(&party),
+        );
+        let (again, contrary, why) = if approving {
+            let why = "it approved a request it had rejected (the rejection stands)";
+            (approved, rejected, why)
+        } else {
+            let why = "it rejected a request it had approved (the approval stands)";
+            (rejected, approved, why)
+        };
+        if contrary {
+            return Err(ProtocolError::culprit(party, why));
+        }
+        Ok(!again)
     }
 
     /// An approval or a rejection (`what`) by `party`: for this request, and signed by that

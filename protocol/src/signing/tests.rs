@@ -1,26 +1,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use frost_core::keys::IdentifierList;
 use rand_core::OsRng;
 
 use super::*;
 use crate::id::pid;
 use crate::sign::Precommitment;
-
-type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
-
-/// A dealer's 2-of-3 keys (the engine only signs with them).
-fn keys() -> (BTreeMap<PartyId, KeyPackage<Tr>>, PublicKeyPackage<Tr>) {
-    let (shares, pkp) =
-        frost_core::keys::generate_with_dealer::<Tr, _>(3, 2, IdentifierList::Default, &mut OsRng)
-            .unwrap();
-    let mut out = BTreeMap::new();
-    for p in PartyId::range(1, 3) {
-        let share = &shares[&p.identifier::<Tr>().unwrap()];
-        out.insert(p, KeyPackage::try_from(share.clone()).unwrap());
-    }
-    (out, pkp)
-}
+use crate::test_support::{Tr, dealer_keys as keys};
 
 fn messages(n: u8) -> Vec<Vec<u8>> {
     (0..n).map(|i| vec![i; 32]).collect()
