@@ -1304,20 +1304,14 @@ fn voted_before(
         })
 }
 
-/// Says no to a signing request: posts this device's signed rejection and hands it to the
-/// provider at once (which refuses the request as soon as the approvers left cannot reach the
-/// rule's approvals). Returns whether the request is dead now.
-pub fn reject(
+/// Posts this device's signed rejection of the request `hash`, with `reason`.
+fn send_rejection(
     home: &Home,
     wallet: &WalletFile,
     courier: &mut Courier,
-    request: &SignRequest,
-    evaluation: &Evaluation,
-    backlog: &[Envelope],
+    hash: [u8; 32],
     reason: Option<String>,
-) -> Result<bool> {
-    let (_, invitation) = dao_info(wallet)?;
-    let hash = request.hash()?;
+) -> Result<()> {
     if reason
         .as_ref()
         .is_some_and(|r| r.len() > cosigner_protocol::dao::MAX_REJECTION_REASON)
@@ -1336,6 +1330,67 @@ pub fn reject(
             reason,
         }),
     )?;
+    Ok(())
+}
+
+/// Says no to a policy change: posts this device's signed rejection, which the provider counts
+/// with the same quorum as approvals (it refuses the change as soon as the admins left cannot
+/// reach its approvals, and says so in the topic). Returns whether the change is dead now.
+pub fn reject_policy(
+    home: &Home,
+    wallet: &WalletFile,
+    courier: &mut Courier,
+    change: &PolicyChange,
+    reason: Option<String>,
+) -> Result<bool> {
+    let (info, invitation) = dao_info(wallet)?;
+    let (layout, provider_key) = (invitation.layout()?, info.provider_key()?);
+    let hash = change.hash()?;
+    send_rejection(home, wallet, courier, hash, reason)?;
+    let topic = courier.poll()?;
+    let mut quorum = None;
+    for envelope in topic.iter().filter(|e| e.sender == provider_key) {
+        match DaoMessage::decode(&envelope.body) {
+            Ok(DaoMessage::Refused { request, .. }) if request.as_slice() == hash => {
+                return Ok(true);
+            }
+            Ok(DaoMessage::PolicyQuorum {
+                request,
+                approvals,
+                approvers,
+            }) if request.as_slice() == hash => {
+                let digest = change.approval_digest()?;
+                quorum = policy_quorum(&layout, hash, approvals, &approvers, digest).ok();
+            }
+            _ => {}
+        }
+    }
+    let Some(mut quorum) = quorum else {
+        return Ok(false);
+    };
+    for envelope in &topic {
+        if let Ok(message) = DaoMessage::decode(&envelope.body) {
+            let _ = quorum.absorb(&envelope.sender, &message);
+        }
+    }
+    Ok(quorum.is_dead())
+}
+
+/// Says no to a signing request: posts this device's signed rejection and hands it to the
+/// provider at once (which refuses the request as soon as the approvers left cannot reach the
+/// rule's approvals). Returns whether the request is dead now.
+pub fn reject(
+    home: &Home,
+    wallet: &WalletFile,
+    courier: &mut Courier,
+    request: &SignRequest,
+    evaluation: &Evaluation,
+    backlog: &[Envelope],
+    reason: Option<String>,
+) -> Result<bool> {
+    let (_, invitation) = dao_info(wallet)?;
+    let hash = request.hash()?;
+    send_rejection(home, wallet, courier, hash, reason)?;
     let fresh = courier.poll()?;
     let mut tally = Tally::new(hash, &invitation.layout()?, evaluation)?;
     for envelope in backlog.iter().chain(&fresh) {

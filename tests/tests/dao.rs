@@ -257,6 +257,48 @@ fn a_policy_change_needs_the_admin_quorum_then_binds_every_spend() {
     assert!(r.stderr.contains("smallest tier needs 2"), "{}", r.stderr);
 }
 
+/// Admins say no to a policy change (`approve --reject`): the provider counts rejections with
+/// the same quorum as approvals, so once the admins left cannot reach the admin quorum the change
+/// is refused at once, in the topic: the proposer stops with the reason instead of waiting for
+/// its timeout, and the policy in force stays.
+#[test]
+fn a_policy_change_rejected_by_enough_admins_is_refused_at_once() {
+    let dao = create_dao(&guarded());
+    let file = dao.file("rejected.toml");
+    std::fs::write(&file, stricter()).unwrap();
+    let request = dao.file("rejected.request");
+    let proposer = dao.spawn(admin_args(
+        &dao,
+        &["policy", "--policy", &p(&file)],
+        &request,
+        "120",
+    ));
+    wait_for(&request);
+    let reject = |i: usize| {
+        let extra = ["--reject", "--reason", "too strict"];
+        json(
+            &dao.spawn(approve_args(&dao.homes[i], &request, "60", &extra))
+                .join()
+                .unwrap(),
+        )
+    };
+    // Five admins, four approvals needed: one rejection leaves four who may still approve.
+    let first = reject(1);
+    assert_eq!(
+        (&first["rejected"], &first["dead"]),
+        (&Value::Bool(true), &Value::Bool(false))
+    );
+    let second = reject(2);
+    assert_eq!(second["dead"], Value::Bool(true), "{second}");
+    let r = proposer.join().unwrap();
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("rejected by"), "{}", r.stderr);
+    // Still version 1: a spend of 2 BTC is "small" and three approvals sign it.
+    let two = bitcoin_tx::payment(&dao.group_key, &[3 * BTC], 2 * BTC, BTC - 10_000).unwrap();
+    let (r, a) = sign(&dao, "two-after-rejection", &two, &[1, 2], 60);
+    signed(&dao, &r, &a, &two);
+}
+
 #[test]
 fn an_approval_for_one_request_is_refused_in_another() {
     use cosigner_client::dao::{open_request, read_envelope};

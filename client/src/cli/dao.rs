@@ -136,9 +136,9 @@ pub struct ApproveArgs {
     /// Approve without asking (the summary is still printed to stderr).
     #[arg(long)]
     yes: bool,
-    /// Say no instead: post this device's signed rejection (a signing request). The requester
-    /// and the provider learn it at once; once the members left cannot give the rule's
-    /// approvals, the request is refused.
+    /// Say no instead: post this device's signed rejection (a signing request or a policy
+    /// change). The requester and the provider learn it at once; once the members left cannot
+    /// give the rule's (or the admin quorum's) approvals, the request is refused.
     #[arg(long, conflicts_with = "yes")]
     reject: bool,
     /// With --reject: why, shown to every member.
@@ -659,12 +659,13 @@ pub fn approve(g: &Globals, args: ApproveArgs) -> anyhow::Result<()> {
     let envelope = dao::read_envelope(&args.request)?;
     let request = match dao::open_any_request(&envelope)? {
         dao::RequestFile::Sign(r) => r,
-        _ if args.reject => anyhow::bail!(
-            "--reject says no to a signing request; this file is a proposal (leave it unapproved)"
-        ),
         dao::RequestFile::Policy(change) => {
             return approve_policy(g, &home, &trust, &envelope, &change, &args);
         }
+        _ if args.reject => anyhow::bail!(
+            "--reject says no to a signing request or a policy change; this file is a refresh \
+             proposal (leave it unapproved)"
+        ),
         dao::RequestFile::Refresh(proposal) => {
             return approve_refresh(g, &home, &trust, &envelope, &proposal, &args);
         }
@@ -799,8 +800,14 @@ fn approve_policy(
         "+++ proposed policy\n{}",
         change.policy.trim_end()
     ));
-    approve_or_stop(args.yes)?;
     let mut courier = courier_for(g, trust, &wallet, envelope.topic)?;
+    if args.reject {
+        courier.post(envelope)?;
+        let reason = args.reason.clone();
+        let dead = dao::reject_policy(home, &wallet, &mut courier, change, reason)?;
+        return rejected_out(&change.hash()?, dead, args.wait.json);
+    }
+    approve_or_stop(args.yes)?;
     courier.post(envelope)?;
     let version = dao::approve_policy(home, &wallet, &mut courier, change, args.wait.timeout())?;
     if args.wait.json {
