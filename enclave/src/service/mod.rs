@@ -168,15 +168,9 @@ impl Service {
         self.audit.public_key()
     }
 
-    /// Answers one request of a session.
-    pub fn handle(&self, session: &mut SessionState, request: Request) -> Response {
-        let outcome = match request {
-            Request::Attest { nonce } => self.attest(session, &nonce),
-            other if !session.attested => Err(Failure::bad(format!(
-                "{} before Attest: the first request of a session must be Attest",
-                other.name()
-            ))),
-            Request::Challenge { wallet_id } => self.challenge(session, wallet_id),
+    /// A request signed by a wallet's key: under a challenge, or a commitment's id.
+    fn signed_request(&self, session: &mut SessionState, request: Request) -> Outcome {
+        match request {
             Request::Authorized {
                 wallet_id,
                 role,
@@ -196,6 +190,22 @@ impl Service {
                 (&precommitment, &signature),
                 &request,
             ),
+            other => Err(internal(format!("{} is not a signed request", other.name()))),
+        }
+    }
+
+    /// Answers one request of a session.
+    pub fn handle(&self, session: &mut SessionState, request: Request) -> Response {
+        let outcome = match request {
+            Request::Attest { nonce } => self.attest(session, &nonce),
+            other if !session.attested => Err(Failure::bad(format!(
+                "{} before Attest: the first request of a session must be Attest",
+                other.name()
+            ))),
+            Request::Challenge { wallet_id } => self.challenge(session, wallet_id),
+            signed @ (Request::Authorized { .. } | Request::Precommitted { .. }) => {
+                self.signed_request(session, signed)
+            }
             Request::DkgStart {
                 params,
                 me,
