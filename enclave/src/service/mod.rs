@@ -190,7 +190,10 @@ impl Service {
                 (&precommitment, &signature),
                 &request,
             ),
-            other => Err(internal(format!("{} is not a signed request", other.name()))),
+            other => Err(internal(format!(
+                "{} is not a signed request",
+                other.name()
+            ))),
         }
     }
 
