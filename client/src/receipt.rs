@@ -7,7 +7,12 @@
 //! (`cosigner receipt verify`): the document chains to a pinned root and carries allowed
 //! measurements, and the record is signed by the key the document binds. The document is
 //! checked at its own time (its certificates were valid when it was made), since a receipt is
-//! read long after the session ended.
+//! read long after the session ended, and the entry must date from that session.
+//!
+//! What a receipt does not prove: the audit key is the provider's for the life of its wallets,
+//! sealed and opened by every image its sealer's policy admits (docs/deployment.md), so a
+//! receipt is as strong as every image ever allowed to hold that key, not only the one whose
+//! document it carries.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -90,6 +95,29 @@ pub fn check_signature_entry(
     Ok(())
 }
 
+/// How long after its attestation a session's entries are accepted: the audit key outlives a
+/// session (it is sealed and restored), so the document alone does not date the entry; a record
+/// paired with a document of another time is refused.
+pub const MAX_SESSION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The entry was made during the session the document attested: not before the document (with
+/// the clock skew a document may have), not more than [`MAX_SESSION`] after.
+fn within_session(entry: &AuditEntry, document_ms: u64) -> Result<()> {
+    let skew = u64::try_from(cosigner_attestation::DEFAULT_MAX_CLOCK_SKEW.as_millis()).unwrap_or(0);
+    let longest = u64::try_from(MAX_SESSION.as_millis()).unwrap_or(u64::MAX);
+    let earliest = document_ms.saturating_sub(skew);
+    let latest = document_ms.saturating_add(longest);
+    if (earliest..=latest).contains(&entry.time_ms) {
+        return Ok(());
+    }
+    Err(refused(format!(
+        "the entry is dated {} ms, outside the session its document attests (from {document_ms} \
+         ms, at most {} h)",
+        entry.time_ms,
+        MAX_SESSION.as_secs() / 3600
+    )))
+}
+
 /// Checks `receipt` offline against `trust`: its attestation document chains to a pinned root
 /// (at the document's own time) with allowed measurements, and its record is signed by the key
 /// the document binds.
@@ -103,7 +131,9 @@ pub fn verify_receipt(receipt: &Receipt, trust: &Trust) -> Result<Checked> {
     let (_, unverified) = parse_unverified(&document).map_err(|e| ClientError::Attestation {
         reason: format!("the receipt's document: {e}"),
     })?;
-    let at = UNIX_EPOCH + Duration::from_millis(unverified.timestamp);
+    let at = UNIX_EPOCH
+        .checked_add(Duration::from_millis(unverified.timestamp))
+        .ok_or_else(|| refused("the receipt's document is dated beyond this platform's clock"))?;
     let expect = Expectations {
         allow_debug: trust.allow_debug,
         ..Default::default()
@@ -132,9 +162,44 @@ pub fn verify_receipt(receipt: &Receipt, trust: &Trust) -> Result<Checked> {
         .clone()
         .ok_or_else(|| refused("the receipt's document binds no key"))?;
     let entry = open_signed(&record, &key)?;
+    within_session(&entry, verified.doc.timestamp)?;
     Ok(Checked {
         entry,
         module_id: verified.doc.module_id,
         key,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry_at(time_ms: u64) -> AuditEntry {
+        AuditEntry {
+            seq: 1,
+            prev: serde_bytes::ByteBuf::from(vec![0; 32]),
+            time_ms,
+            wallet_id: "00".repeat(16),
+            action: "sign".into(),
+            actor: "-".into(),
+            digest: "42".repeat(32),
+            decision: "allowed".into(),
+        }
+    }
+
+    #[test]
+    fn an_entry_must_date_from_the_session_its_document_attests() {
+        let document = 1_700_000_000_000;
+        let day = u64::try_from(MAX_SESSION.as_millis()).unwrap_or(u64::MAX);
+        for ok in [document, document + 1, document + day] {
+            assert!(within_session(&entry_at(ok), document).is_ok(), "{ok}");
+        }
+        for refused in [0, document - 3_600_000, document + day + 1, u64::MAX] {
+            let result = within_session(&entry_at(refused), document);
+            assert!(
+                matches!(result, Err(ClientError::Receipt { .. })),
+                "{refused}"
+            );
+        }
+    }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 
-use crate::auth::verify_digest;
+use crate::auth::verify_message;
 use crate::error::{ProtocolError, Result};
 
 /// Store key prefix of audit records.
@@ -129,7 +129,8 @@ pub fn open_record(
         .map(|s| s.normalize_s().is_none())
         .unwrap_or(false);
     let hash = entry_hash(&record.entry);
-    if !low_s || verify_digest(audit_key, &hash, &record.signature).is_err() {
+    // ECDSA-SHA256 over the entry's bytes is ECDSA over `hash`: the statement the enclave signed.
+    if !low_s || verify_message(audit_key, &record.entry, &record.signature).is_err() {
         return Err(AuditFault::Signature { seq: entry.seq });
     }
     Ok((entry, hash))

@@ -1,8 +1,9 @@
 //! Unsealed key packages kept in memory for a bounded time and count, so a busy wallet's share
 //! is not unsealed on every signature (each unseal is a token or KMS operation).
 //!
-//! What bounds the exposure: an entry lives at most [`KEY_TTL`] and serves at most [`MAX_USES`]
-//! signatures before it is unsealed again, the cache holds at most [`MAX_KEYS`] entries (the
+//! What bounds the exposure: an entry serves for at most [`KEY_TTL`] and [`MAX_USES`] signatures
+//! before it is unsealed again (expired entries are swept on every use of the cache, so an idle
+//! enclave drops them at its next signing request), the cache holds at most [`MAX_KEYS`] entries (the
 //! oldest goes first), and every entry of a wallet goes when its state changes epochs or keys (a
 //! refresh commits or finalizes, a recovery starts, is cancelled or completes). frost's
 //! `KeyPackage` zeroizes on drop, so an evicted entry leaves nothing behind. The cache never
@@ -37,7 +38,23 @@ struct Cached {
 /// The cache (see the module documentation).
 #[derive(Default)]
 pub(super) struct KeyCache {
-    entries: Mutex<HashMap<Id, Cached>>,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    keys: HashMap<Id, Cached>,
+    /// How often keys were forgotten: a key unsealed while some wallet's keys were forgotten
+    /// (its refresh finalized meanwhile, say) is used once and not kept. One counter for all
+    /// wallets, so it stays bounded; a concurrent forget only costs another unseal.
+    forgets: u64,
+}
+
+impl Entries {
+    /// Drops what outlived [`KEY_TTL`].
+    fn sweep(&mut self) {
+        self.keys.retain(|_, c| c.since.elapsed() < KEY_TTL);
+    }
 }
 
 impl KeyCache {
@@ -50,26 +67,34 @@ impl KeyCache {
         unseal: impl FnOnce() -> Result<KeyPackage<Suite>, Failure>,
     ) -> Result<KeyPackage<Suite>, Failure> {
         let id = (wallet_id, party, epoch);
-        {
+        let generation = {
             let mut entries = lock(&self.entries)?;
-            if let Some(cached) = entries.get_mut(&id) {
-                if cached.since.elapsed() < KEY_TTL && cached.uses < MAX_USES {
+            entries.sweep();
+            if let Some(cached) = entries.keys.get_mut(&id) {
+                if cached.uses < MAX_USES {
                     cached.uses += 1;
                     return Ok(cached.key.clone());
                 }
-                entries.remove(&id);
+                entries.keys.remove(&id);
             }
-        }
+            entries.forgets
+        };
         // Unsealed outside the lock: a token operation must not stall every other wallet.
         let key = unseal()?;
         let mut entries = lock(&self.entries)?;
-        entries.retain(|_, c| c.since.elapsed() < KEY_TTL);
-        if entries.len() >= MAX_KEYS
-            && let Some(oldest) = entries.iter().min_by_key(|(_, c)| c.since).map(|(k, _)| *k)
-        {
-            entries.remove(&oldest);
+        if entries.forgets != generation {
+            return Ok(key);
         }
-        entries.insert(
+        if entries.keys.len() >= MAX_KEYS
+            && let Some(oldest) = entries
+                .keys
+                .iter()
+                .min_by_key(|(_, c)| c.since)
+                .map(|(k, _)| *k)
+        {
+            entries.keys.remove(&oldest);
+        }
+        entries.keys.insert(
             id,
             Cached {
                 key: key.clone(),
@@ -82,14 +107,17 @@ impl KeyCache {
 
     /// Drops every key package of `wallet_id` (zeroized).
     pub(super) fn forget(&self, wallet_id: &WalletId) -> Result<(), Failure> {
-        lock(&self.entries)?.retain(|(w, _, _), _| w != wallet_id);
+        let mut entries = lock(&self.entries)?;
+        entries.sweep();
+        entries.keys.retain(|(w, _, _), _| w != wallet_id);
+        entries.forgets = entries.forgets.wrapping_add(1);
         Ok(())
     }
 
     /// How many key packages are kept (for tests).
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+        self.entries.lock().map(|e| e.keys.len()).unwrap_or(0)
     }
 }
 

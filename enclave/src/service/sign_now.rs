@@ -16,6 +16,8 @@
 //! so a client that knew our commitment before choosing its own and the message gains nothing,
 //! and our session signs only the message and signer set of the request.
 
+use std::time::{Duration, Instant};
+
 use cosigner_protocol::id::{Epoch, PartyId};
 use cosigner_protocol::sign::Precommitment;
 use cosigner_protocol::signing::{SignMessage, Signing, single_value};
@@ -31,12 +33,16 @@ use super::{Service, Suite, key_package, random};
 /// Most precommitments one session holds (one per wallet; the oldest goes first).
 pub(super) const MAX_PRECOMMITMENTS: usize = 8;
 
+/// How long a commitment stays usable: a session idle for longer keeps no nonces.
+pub(super) const PRECOMMITMENT_TTL: Duration = Duration::from_secs(600);
+
 /// Length of a precommitment's id (it is also a challenge).
 pub(super) const PRECOMMITMENT_ID_LEN: usize = 32;
 
 /// A commitment handed to this session's client, its nonces in memory only.
 pub(super) struct Held {
     id: [u8; PRECOMMITMENT_ID_LEN],
+    made: Instant,
     wallet_id: WalletId,
     epoch: Epoch,
     precommitment: Precommitment<Suite>,
@@ -63,14 +69,15 @@ impl Precommitments {
     /// Takes the precommitment `id` of `wallet_id` out of the session: whatever follows, it is
     /// never used again.
     pub(super) fn take(&mut self, wallet_id: &WalletId, id: &[u8]) -> Result<Held, Failure> {
+        self.0.retain(|h| h.made.elapsed() < PRECOMMITMENT_TTL);
         let at = self
             .0
             .iter()
             .position(|h| h.wallet_id == *wallet_id && h.id.as_slice() == id)
             .ok_or_else(|| {
                 Failure::not_found(
-                    "no such commitment on this session (used, replaced, or the enclave \
-                     restarted): sign without one",
+                    "no such commitment on this session (used, replaced, expired, or the \
+                     enclave restarted): sign without one",
                 )
             })?;
         Ok(self.0.remove(at))
@@ -129,19 +136,18 @@ impl Service {
         } = request;
         self.check_sign_request(&state, &actor, epoch, &message, &signers)?;
         let other = other_signer(&state, &signers)?;
-        self.count_signature(&mut state, &actor, epoch, &message, &mut generation)?;
+        if let Some(held) = held.as_ref().filter(|h| h.epoch != epoch) {
+            return Err(Failure::bad(format!(
+                "the commitment used is for epoch {}, the request signs at epoch {epoch}",
+                held.epoch
+            )));
+        }
         let party = state.party;
         let key = self.keys.get(wallet_id, party, epoch, || {
             key_package(&self.records().load_share(&wallet_id, party, epoch)?)
         })?;
         let precommitment = match held {
-            Some(held) if held.epoch == epoch => held.precommitment,
-            Some(held) => {
-                return Err(Failure::bad(format!(
-                    "the commitment used is for epoch {}, the request signs at epoch {epoch}",
-                    held.epoch
-                )));
-            }
+            Some(held) => held.precommitment,
             None => Precommitment::new(&key, party, &mut rand_core::OsRng)?.0,
         };
         let locals = vec![(party, key.clone(), vec![precommitment])];
@@ -151,15 +157,18 @@ impl Service {
             party: other,
             commitments: vec![commitments.to_vec()],
         })?;
+        // The package is built and checked (the client's commitment decodes) and our share
+        // computed before anything is counted or logged; it leaves only in the answer below.
+        let share = single_value(signing.advance()?)
+            .ok_or_else(|| internal("the signing engine signed nothing"))?;
+        self.count_signature(&mut state, &actor, epoch, &message, &mut generation)?;
         // As at a two-round release: a recovery or refresh that landed since the authorization
         // stops this signature (the anchor's generation moved).
         if self.records().state_generation(&wallet_id)? != generation {
             self.recheck_signer(&wallet_id, &actor, epoch)?;
         }
-        // Durable before our share exists outside the enclave: nothing signed that the log lacks.
+        // Durable before our share leaves the enclave: nothing signed that the log lacks.
         let receipt = self.log(&wallet_id, "sign", &actor.label(), &message, "allowed")?;
-        let share = single_value(signing.advance()?)
-            .ok_or_else(|| internal("the signing engine signed nothing"))?;
         let next = self.precommit(store, wallet_id, party, epoch, &key)?;
         Ok(Response::SignedNow {
             commitments: ByteBuf::from(
@@ -185,6 +194,7 @@ impl Service {
         let id = random::<PRECOMMITMENT_ID_LEN>()?;
         store.keep(Held {
             id,
+            made: Instant::now(),
             wallet_id,
             epoch,
             precommitment,
