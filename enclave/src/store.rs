@@ -25,6 +25,13 @@ pub trait BlobStore: Send + Sync {
     fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Keys starting with `prefix`.
     fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Stores every pair of `entries`, all durable when it returns: one write for the parent's
+    /// store (a transaction), one put after another elsewhere.
+    fn put_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        entries
+            .iter()
+            .try_for_each(|(key, value)| self.put(key, value))
+    }
 }
 
 /// The parent's store, over one connection (reconnected once if it broke).
@@ -92,6 +99,17 @@ fn unexpected(response: StoreResponse) -> StoreError {
 }
 
 impl BlobStore for RemoteStore {
+    fn put_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        let entries = entries
+            .iter()
+            .map(|(k, v)| (k.clone(), ByteBuf::from(v.clone())))
+            .collect();
+        match self.call(&StoreRequest::PutMany { entries })? {
+            StoreResponse::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
     fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         match self.call(&StoreRequest::Put {
             key: key.to_owned(),

@@ -38,6 +38,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub trait Store: Send + Sync {
     /// Stores `value` under `key`, replacing any previous value; durable when it returns.
     fn put(&self, key: &str, value: &[u8]) -> Result<()>;
+    /// Stores every pair of `entries`, all or none, durable together when it returns (one
+    /// transaction: concurrent writers of the enclave share one sync).
+    fn put_many(&self, entries: &[(String, Vec<u8>)]) -> Result<()>;
     /// The value under `key`, `None` if absent.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Removes `key`; an absent key is not an error.
@@ -160,7 +163,7 @@ impl SqliteStore {
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a half-done write: every write is one
-        // statement, atomic in SQLite.
+        // statement or one transaction (rolled back when dropped), atomic in SQLite.
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -206,22 +209,48 @@ pub(crate) fn schema_error(path: &Path, reason: String) -> ParentError {
     }
 }
 
+/// Inserts or replaces one blob on `conn` (inside the caller's transaction, if any).
+fn upsert(conn: &Connection, key: &str, value: &[u8]) -> Result<()> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    conn.prepare_cached(
+        "INSERT INTO blobs (key, value, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value,
+                                         updated_at = excluded.updated_at",
+    )
+    .and_then(|mut stmt| stmt.execute(params![key, value, now]))
+    .map_err(|e| ParentError::db("put", &e))?;
+    Ok(())
+}
+
 impl Store for SqliteStore {
     fn put(&self, key: &str, value: &[u8]) -> Result<()> {
         check_key(key)?;
         check_value(value)?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        self.conn()
-            .prepare_cached(
-                "INSERT INTO blobs (key, value, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value,
-                                                 updated_at = excluded.updated_at",
-            )
-            .and_then(|mut stmt| stmt.execute(params![key, value, now]))
-            .map_err(|e| ParentError::db("put", &e))?;
-        Ok(())
+        upsert(&self.conn(), key, value)
+    }
+
+    fn put_many(&self, entries: &[(String, Vec<u8>)]) -> Result<()> {
+        if entries.len() > cosigner_protocol::wire::MAX_PUT_MANY {
+            return Err(ParentError::BadRequest {
+                reason: format!(
+                    "{} pairs in one write, at most {}",
+                    entries.len(),
+                    cosigner_protocol::wire::MAX_PUT_MANY
+                ),
+            });
+        }
+        for (key, value) in entries {
+            check_key(key)?;
+            check_value(value)?;
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| ParentError::db("put", &e))?;
+        for (key, value) in entries {
+            upsert(&tx, key, value)?;
+        }
+        tx.commit().map_err(|e| ParentError::db("put", &e))
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
@@ -287,6 +316,26 @@ mod tests {
         assert_eq!(store.list_prefix("").unwrap().len(), 8);
         assert!(store.list_prefix("c").unwrap().is_empty());
         assert!(store.list_prefix("a b").is_err());
+    }
+
+    #[test]
+    fn put_many_stores_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let pair = |k: &str| (k.to_owned(), k.as_bytes().to_vec());
+        store.put_many(&[pair("a/1"), pair("a/2")]).unwrap();
+        assert_eq!(store.list_prefix("a/").unwrap(), ["a/1", "a/2"]);
+        // One bad key, or too many pairs: nothing of the write is stored.
+        assert!(store.put_many(&[pair("b/1"), pair("b 2")]).is_err());
+        let many: Vec<_> = (0..=cosigner_protocol::wire::MAX_PUT_MANY)
+            .map(|i| pair(&format!("c/{i}")))
+            .collect();
+        assert!(matches!(
+            store.put_many(&many),
+            Err(ParentError::BadRequest { .. })
+        ));
+        assert!(store.list_prefix("b").unwrap().is_empty());
+        assert!(store.list_prefix("c").unwrap().is_empty());
     }
 
     #[test]

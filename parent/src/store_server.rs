@@ -98,6 +98,13 @@ pub fn handle_with(
 ) -> StoreResponse {
     let result = match request {
         StoreRequest::Put { key, value } => store.put(&key, &value).map(|()| StoreResponse::Done),
+        StoreRequest::PutMany { entries } => {
+            let entries: Vec<(String, Vec<u8>)> = entries
+                .into_iter()
+                .map(|(k, v)| (k, v.into_vec()))
+                .collect();
+            store.put_many(&entries).map(|()| StoreResponse::Done)
+        }
         StoreRequest::Get { key } => store.get(&key).map(|value| StoreResponse::Value {
             value: value.map(ByteBuf::from),
         }),

@@ -710,6 +710,9 @@ impl WireError {
     }
 }
 
+/// Most pairs one [`StoreRequest::PutMany`] carries.
+pub const MAX_PUT_MANY: usize = 256;
+
 /// Enclave → parent: storage of sealed blobs and public data. The parent is untrusted: it may
 /// lose, alter or replay anything, and the enclave checks everything it reads back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -721,6 +724,12 @@ pub enum StoreRequest {
         key: String,
         /// Value.
         value: ByteBuf,
+    },
+    /// Store every `(key, value)` of `entries` at once, durable together (one transaction, one
+    /// sync): how concurrent writers share one disk write (group commit).
+    PutMany {
+        /// At most [`MAX_PUT_MANY`] pairs, each as [`StoreRequest::Put`] takes it.
+        entries: Vec<(String, ByteBuf)>,
     },
     /// Read `key`.
     Get {

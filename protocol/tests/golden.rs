@@ -793,6 +793,16 @@ fn store_messages() -> (Samples<StoreRequest>, Samples<StoreResponse>) {
         ),
         (
             "",
+            "store two audit records at once (group commit)",
+            StoreRequest::PutMany {
+                entries: vec![
+                    ("audit/00000000000000000007".into(), bytes(0xc2, 8)),
+                    ("audit/00000000000000000008".into(), bytes(0xc3, 8)),
+                ],
+            },
+        ),
+        (
+            "",
             "read a key",
             StoreRequest::Get {
                 key: "wallet/11/share/e4".into(),

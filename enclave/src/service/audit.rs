@@ -5,7 +5,8 @@
 //! an attested session. Appends are serialised; the head continues from the last stored entry,
 //! which must verify under our key.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cosigner_kms::{SealContext, Sealer};
@@ -13,6 +14,7 @@ use cosigner_protocol::audit::{
     AUDIT_PREFIX, AuditEntry, AuditRecord, audit_key, encode_entry, entry_hash, verify_log,
 };
 use cosigner_protocol::auth::public_key_bytes;
+use cosigner_protocol::wire::MAX_PUT_MANY;
 use p256::ecdsa::SigningKey;
 use serde_bytes::ByteBuf;
 use zeroize::Zeroizing;
@@ -30,7 +32,34 @@ pub struct AuditLog {
     /// The same key in aws-lc-rs, which signs an order of magnitude faster than pure Rust; an
     /// entry is appended on every signature, so this is on the signing path.
     fast: aws_lc_rs::signature::EcdsaKeyPair,
+    /// The last durable entry's sequence number and hash: moved only by a write that stored.
     head: Mutex<(u64, [u8; 32])>,
+    /// Entries waiting for the next write (group commit).
+    queue: Mutex<Queue>,
+    /// Signalled after every write.
+    written: Condvar,
+}
+
+/// Group commit: appenders queue their entries; whoever finds no write in progress writes every
+/// queued entry in one store write (one transaction, one sync at the parent) and hands each
+/// appender its outcome. Concurrent signatures share a sync instead of waiting for one each, and
+/// no appender returns before its entry is durable (nothing signed that the log lacks).
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<(u64, Draft)>,
+    writing: bool,
+    done: HashMap<u64, Result<Vec<u8>, String>>,
+    next: u64,
+}
+
+/// An entry before it is numbered, chained and signed.
+struct Draft {
+    time_ms: u64,
+    wallet_id: String,
+    action: String,
+    actor: String,
+    digest: String,
+    decision: String,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -124,6 +153,8 @@ impl AuditLog {
             key,
             fast,
             head: Mutex::new((0, [0; 32])),
+            queue: Mutex::new(Queue::default()),
+            written: Condvar::new(),
         };
         let keys = store.list(AUDIT_PREFIX).map_err(|e| e.to_string())?;
         if let Some(last) = keys.last() {
@@ -171,8 +202,9 @@ impl AuditLog {
     }
 
     /// Appends an entry and answers its stored record (`AuditRecord`, CBOR: the entry and our
-    /// signature), which is also the receipt a client may keep. Failing to log fails the
-    /// operation: no unlogged share use.
+    /// signature), which is also the receipt a client may keep. Returns once the entry is
+    /// durable, written together with whatever other appenders queued meanwhile ([`Queue`]).
+    /// Failing to log fails the operation: no unlogged share use.
     pub fn append(
         &self,
         store: &dyn BlobStore,
@@ -182,10 +214,11 @@ impl AuditLog {
         digest: &[u8],
         decision: &str,
     ) -> Result<Vec<u8>, String> {
-        let mut head = self.head.lock().map_err(|_| "audit lock poisoned")?;
-        let entry = AuditEntry {
-            seq: head.0 + 1,
-            prev: ByteBuf::from(head.1.to_vec()),
+        let poisoned = |_| "audit lock poisoned".to_owned();
+        let mut queue = self.queue.lock().map_err(poisoned)?;
+        let ticket = queue.next;
+        queue.next = queue.next.wrapping_add(1);
+        let draft = Draft {
             time_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
@@ -195,6 +228,79 @@ impl AuditLog {
             actor: actor.to_owned(),
             digest: hex::encode(digest),
             decision: decision.to_owned(),
+        };
+        queue.waiting.push((ticket, draft));
+        loop {
+            if let Some(outcome) = queue.done.remove(&ticket) {
+                return outcome;
+            }
+            if queue.writing {
+                queue = self.written.wait(queue).map_err(poisoned)?;
+                continue;
+            }
+            queue.writing = true;
+            let take = queue.waiting.len().min(MAX_PUT_MANY);
+            let batch: Vec<(u64, Draft)> = queue.waiting.drain(..take).collect();
+            drop(queue);
+            let outcomes = self.write(store, batch);
+            queue = self.queue.lock().map_err(poisoned)?;
+            queue.writing = false;
+            queue.done.extend(outcomes);
+            self.written.notify_all();
+        }
+    }
+
+    /// One write: `batch` numbered and chained after the head, signed, and stored at once; the
+    /// head moves only when the store took it all. Every appender of the batch gets its record,
+    /// or the one failure.
+    fn write(
+        &self,
+        store: &dyn BlobStore,
+        batch: Vec<(u64, Draft)>,
+    ) -> Vec<(u64, Result<Vec<u8>, String>)> {
+        let stored = || -> Result<Vec<(String, Vec<u8>)>, String> {
+            let mut head = self.head.lock().map_err(|_| "audit lock poisoned")?;
+            let (mut seq, mut prev) = *head;
+            let mut records = Vec::with_capacity(batch.len());
+            for (_, draft) in &batch {
+                seq += 1;
+                let (record, hash) = self.sign_entry(draft, seq, prev)?;
+                records.push((audit_key(seq), record));
+                prev = hash;
+            }
+            store.put_many(&records).map_err(|e| e.to_string())?;
+            *head = (seq, prev);
+            Ok(records)
+        };
+        match stored() {
+            Ok(records) => batch
+                .iter()
+                .zip(records)
+                .map(|((ticket, _), (_, record))| (*ticket, Ok(record)))
+                .collect(),
+            Err(e) => batch
+                .iter()
+                .map(|(ticket, _)| (*ticket, Err(e.clone())))
+                .collect(),
+        }
+    }
+
+    /// Entry `seq` of `draft` after `prev`, signed: its record and its hash.
+    fn sign_entry(
+        &self,
+        draft: &Draft,
+        seq: u64,
+        prev: [u8; 32],
+    ) -> Result<(Vec<u8>, [u8; 32]), String> {
+        let entry = AuditEntry {
+            seq,
+            prev: ByteBuf::from(prev.to_vec()),
+            time_ms: draft.time_ms,
+            wallet_id: draft.wallet_id.clone(),
+            action: draft.action.clone(),
+            actor: draft.actor.clone(),
+            digest: draft.digest.clone(),
+            decision: draft.decision.clone(),
         };
         let bytes = encode_entry(&entry).map_err(|e| e.to_string())?;
         let hash = entry_hash(&bytes);
@@ -216,11 +322,7 @@ impl AuditLog {
             &mut record,
         )
         .map_err(|e| e.to_string())?;
-        store
-            .put(&audit_key(entry.seq), &record)
-            .map_err(|e| e.to_string())?;
-        *head = (entry.seq, hash);
-        Ok(record)
+        Ok((record, hash))
     }
 }
 
@@ -239,4 +341,109 @@ pub fn verify_stored(store: &dyn BlobStore, audit_key: &[u8]) -> Result<u64, Str
     verify_log(&records, audit_key)
         .map(|(n, _)| n)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use cosigner_kms::{SEAL_KEY_ID_LEN, SealContext};
+
+    use super::*;
+    use crate::service::anchor::InsecureMemoryAnchor;
+    use crate::store::{MemoryStore, StoreError};
+
+    /// Seals nothing (the audit key in the clear): only the log is under test here.
+    struct PlainSealer;
+
+    impl Sealer for PlainSealer {
+        fn seal(&self, _: &SealContext, plaintext: &[u8]) -> cosigner_kms::Result<Vec<u8>> {
+            Ok(plaintext.to_vec())
+        }
+        fn open(&self, _: &SealContext, sealed: &[u8]) -> cosigner_kms::Result<Zeroizing<Vec<u8>>> {
+            Ok(Zeroizing::new(sealed.to_vec()))
+        }
+        fn key_id(&self) -> [u8; SEAL_KEY_ID_LEN] {
+            [0; SEAL_KEY_ID_LEN]
+        }
+    }
+
+    /// Counts writes.
+    #[derive(Default)]
+    struct Counting {
+        inner: MemoryStore,
+        writes: AtomicUsize,
+    }
+
+    impl BlobStore for Counting {
+        fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            self.inner.put(key, value)
+        }
+        fn put_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            entries.iter().try_for_each(|(k, v)| self.inner.put(k, v))
+        }
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.inner.delete(key)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+            self.inner.list(prefix)
+        }
+    }
+
+    #[test]
+    fn concurrent_appends_share_writes_and_leave_one_unbroken_chain() {
+        let store = Counting::default();
+        let log = AuditLog::open(&PlainSealer, &store, &InsecureMemoryAnchor::default()).unwrap();
+        let writes_before = store.writes.load(Ordering::SeqCst);
+        let (threads, each) = (4u8, 50u8);
+        let records: Vec<Vec<u8>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (log, store) = (&log, &store);
+                    s.spawn(move || {
+                        (0..each)
+                            .map(|i| {
+                                log.append(store, "00", "sign", "-", &[t, i], "allowed")
+                                    .unwrap()
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        let total = u64::from(threads) * u64::from(each);
+        // Every appender got its own entry back, durable and numbered once.
+        let mut seqs: Vec<u64> = records
+            .iter()
+            .map(|r| {
+                cosigner_protocol::audit::open_record(r, &log.public_key(), 1)
+                    .unwrap()
+                    .0
+                    .seq
+            })
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+        assert_eq!(
+            verify_stored(&store.inner, &log.public_key()).unwrap(),
+            total
+        );
+        // Never more writes than entries (how many are shared depends on timing).
+        let writes = store.writes.load(Ordering::SeqCst) - writes_before;
+        assert!(
+            writes as u64 <= total,
+            "{writes} writes for {total} entries"
+        );
+    }
 }
