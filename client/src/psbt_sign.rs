@@ -19,6 +19,7 @@ use serde_bytes::ByteBuf;
 use crate::courier::Courier;
 use crate::error::{ClientError, Result};
 use crate::home::{Home, WalletFile};
+use crate::receipt::{Expected, Receipt, receipt_of};
 use crate::wallet::{CoSigner, TwoParty, authorized, unexpected};
 
 /// The name a personal wallet's policy gives its one member, this device.
@@ -33,6 +34,8 @@ pub struct Signed {
     pub tx: Vec<u8>,
     /// The provider's reading of the PSBT (and the policy rule that allowed it).
     pub evaluation: PsbtEvaluation,
+    /// The cosigner's receipt for the spend (`crate::receipt`), when its courier attested a key.
+    pub receipt: Option<Receipt>,
 }
 
 /// Checks that `policy` is one the cosigners accept for a wallet of this device: it parses
@@ -121,22 +124,38 @@ pub fn sign_psbt_with(
         ));
     }
     let theirs = theirs.into_iter().map(ByteBuf::into_vec).collect();
+    let mut record = None;
     let signatures = two.sign(&summary.sighashes, theirs, |packages| {
         match provider.call(&Request::SignPsbtShare {
             session_id,
             signing_packages: packages.iter().cloned().map(ByteBuf::from).collect(),
         })? {
-            Response::PsbtShares { shares } if shares.len() == packages.len() => {
+            Response::PsbtShares { shares, receipt } if shares.len() == packages.len() => {
+                record = receipt;
                 Ok(shares.into_iter().map(ByteBuf::into_vec).collect())
             }
             other => Err(unexpected("PsbtShares, one per input", &other)),
         }
     })?;
     let (txid, tx) = psbt::finalize(psbt, &two.wallet.group_public_key, &signatures)?;
+    let receipt = match record {
+        Some(record) => {
+            let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(psbt).into();
+            let expected = Expected {
+                wallet_id: &wallet_id,
+                action: "sign-psbt",
+                digest: &digest,
+                decision: &format!("signed {txid}"),
+            };
+            receipt_of(&*provider, &record, &expected)?
+        }
+        None => None,
+    };
     Ok(Signed {
         txid,
         tx,
         evaluation,
+        receipt,
     })
 }
 

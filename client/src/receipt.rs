@@ -73,19 +73,29 @@ pub fn open_signed(record: &[u8], key: &[u8]) -> Result<AuditEntry> {
     }
 }
 
-/// The entry a signature of `message` for `wallet_id` must have: the cosigner logged this very
-/// signature as allowed.
+/// What a signature's audit entry must say: the wallet, the action (`sign` for a message,
+/// `sign-psbt` for a PSBT), what was signed (the message, or the PSBT's SHA-256) and how the
+/// decision starts (`allowed`, or `signed <txid>`).
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    /// The wallet.
+    pub wallet_id: &'a WalletId,
+    /// `sign` or `sign-psbt`.
+    pub action: &'a str,
+    /// The message, or the PSBT's SHA-256.
+    pub digest: &'a [u8],
+    /// How the decision begins.
+    pub decision: &'a str,
+}
+
+/// Checks that the cosigner logged this very signature as allowed.
 ///
-/// Errors ([`ClientError::Receipt`]): any other wallet, action, message or decision.
-pub fn check_signature_entry(
-    entry: &AuditEntry,
-    wallet_id: &WalletId,
-    message: &[u8],
-) -> Result<()> {
-    if entry.wallet_id != wallet_id.to_hex()
-        || entry.action != "sign"
-        || entry.digest != hex::encode(message)
-        || entry.decision != "allowed"
+/// Errors ([`ClientError::Receipt`]): any other wallet, action, digest or decision.
+pub fn check_entry(entry: &AuditEntry, expected: &Expected<'_>) -> Result<()> {
+    if entry.wallet_id != expected.wallet_id.to_hex()
+        || entry.action != expected.action
+        || entry.digest != hex::encode(expected.digest)
+        || !entry.decision.starts_with(expected.decision)
     {
         return Err(refused(format!(
             "the cosigner's audit entry {} ({} of {} for wallet {}, {}) is not this signature",
@@ -93,6 +103,27 @@ pub fn check_signature_entry(
         )));
     }
     Ok(())
+}
+
+/// The cosigner's receipt for a signature: its signed audit `record`, checked against the key
+/// the courier's attestation binds and against `expected`, kept with that document. `None` for
+/// a courier without an attested key (an in-process cosigner in tests).
+///
+/// Errors ([`ClientError::Receipt`]): as [`open_signed`] and [`check_entry`].
+pub fn receipt_of(
+    courier: &dyn crate::courier::Courier,
+    record: &[u8],
+    expected: &Expected<'_>,
+) -> Result<Option<Receipt>> {
+    let (Some(key), Some(document)) = (courier.attested_key(), courier.attestation_document())
+    else {
+        return Ok(None);
+    };
+    check_entry(&open_signed(record, key)?, expected)?;
+    Ok(Some(Receipt {
+        record: hex::encode(record),
+        attestation: hex::encode(document),
+    }))
 }
 
 /// How long after its attestation a session's entries are accepted: the audit key outlives a

@@ -24,7 +24,7 @@ use crate::coordinator::{self, Confirmed, KeygenRequests, Progress};
 use crate::courier::Courier;
 use crate::error::{ClientError, Result};
 use crate::home::{Home, WalletFile, write_p256_key};
-use crate::receipt::Receipt;
+use crate::receipt::{Expected, Receipt, receipt_of};
 
 /// The suite wallets use.
 pub type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
@@ -765,7 +765,13 @@ impl TwoParty {
             .verified(signatures, &[*message])?
             .pop()
             .unwrap_or([0; 64]);
-        let receipt = receipt_of(&*courier, &receipt, &wallet_id, message)?;
+        let expected = Expected {
+            wallet_id: &wallet_id,
+            action: "sign",
+            digest: message,
+            decision: "allowed",
+        };
+        let receipt = receipt_of(&*courier, &receipt, &expected)?;
         Ok(Signed { signature, receipt })
     }
 
@@ -783,27 +789,6 @@ impl TwoParty {
             })
             .collect()
     }
-}
-
-/// The cosigner's receipt for the signature of `message`: its signed audit entry, checked
-/// against the key its attestation binds, with that document. `None` for a courier without an
-/// attested key (an in-process cosigner in tests).
-fn receipt_of(
-    courier: &dyn Courier,
-    record: &[u8],
-    wallet_id: &WalletId,
-    message: &[u8; 32],
-) -> Result<Option<Receipt>> {
-    let (Some(key), Some(document)) = (courier.attested_key(), courier.attestation_document())
-    else {
-        return Ok(None);
-    };
-    let entry = crate::receipt::open_signed(record, key)?;
-    crate::receipt::check_signature_entry(&entry, wallet_id, message)?;
-    Ok(Some(Receipt {
-        record: hex::encode(record),
-        attestation: hex::encode(document),
-    }))
 }
 
 /// Which cosigner signs with this device, and under which key.

@@ -1545,7 +1545,7 @@ fn psbt_release(
             signing_packages: open.packages.iter().cloned().map(ByteBuf::from).collect(),
         },
     ) {
-        Response::PsbtShares { shares } => shares,
+        Response::PsbtShares { shares, .. } => shares,
         Response::Error(e) => return Err(e.message),
         other => panic!("SignPsbtShare: {other:?}"),
     };

@@ -640,6 +640,10 @@ pub enum Response {
     PsbtShares {
         /// They.
         shares: Vec<ByteBuf>,
+        /// The audit entry of this spend signed by our audit key (`audit::AuditRecord`, CBOR):
+        /// the receipt, as [`Response::SignedNow`] carries one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        receipt: Option<ByteBuf>,
     },
     /// A DAO wallet's policy in force.
     DaoPolicy {

@@ -743,6 +743,15 @@ fn responses() -> Samples<Response> {
             "",
             "PSBT signing round 2",
             Response::PsbtShares {
+                receipt: None,
+                shares: vec![bytes(0xb2, 8), bytes(0xb4, 8)],
+            },
+        ),
+        (
+            ".receipt",
+            "PSBT signing round 2, with the receipt of the spend",
+            Response::PsbtShares {
+                receipt: Some(bytes(0xb6, 8)),
                 shares: vec![bytes(0xb2, 8), bytes(0xb4, 8)],
             },
         ),

@@ -85,7 +85,30 @@ impl Personal {
         let decoded: bitcoin::Transaction =
             bitcoin::consensus::deserialize(&hex::decode(tx).unwrap()).unwrap();
         assert_eq!(decoded.compute_txid().to_string(), txid);
+        self.receipt_says(out.ok(), &format!("signed {txid}"));
         out.stderr
+    }
+
+    /// The receipt in `sign --json`'s output checks offline against the trust file, as the
+    /// provider's record of this spend.
+    fn receipt_says(&self, signed_json: &str, decision: &str) {
+        let file = self.d.dir.path().join("signed.json");
+        std::fs::write(&file, signed_json).unwrap();
+        let trust = self.d.dir.path().join("trust.toml");
+        let checked = self.d.cosigner([
+            "receipt",
+            "verify",
+            "--receipt",
+            p(&file),
+            "--trust",
+            p(&trust),
+            "--json",
+        ]);
+        let c: Value = serde_json::from_str(checked.ok()).unwrap();
+        assert_eq!(c["action"], "sign-psbt", "{c}");
+        assert_eq!(c["wallet"], self.w.id.as_str(), "{c}");
+        let said = c["decision"].as_str().unwrap_or_default();
+        assert!(said.starts_with(decision), "{said}");
     }
 
     /// Signing is refused: exit code 1, no panic, the reason on the last stderr line.

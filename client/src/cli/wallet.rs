@@ -491,6 +491,18 @@ fn sign_psbt(
         Some(rule) => eprintln!("  allowed by the wallet's policy, rule {rule:?}"),
         None => eprintln!("  (the wallet has no policy)"),
     }
+    if json {
+        // The receipt proves which measured code co-signed this spend (`cosigner receipt
+        // verify`).
+        return emit(
+            &json!({
+                "txid": signed.txid,
+                "tx_hex": hex::encode(&signed.tx),
+                "receipt": signed.receipt,
+            })
+            .to_string(),
+        );
+    }
     signed_out(&signed.txid, &signed.tx, json)
 }
 

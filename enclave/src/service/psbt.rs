@@ -520,7 +520,7 @@ impl Service {
             self.records().save_state(&wallet_id, &state)?;
             rule
         };
-        self.log(
+        let receipt = self.log(
             &wallet_id,
             "sign-psbt",
             &label,
@@ -532,7 +532,10 @@ impl Service {
                 rule.map(|r| format!(", rule {r:?}")).unwrap_or_default()
             ),
         )?;
-        Ok(Response::PsbtShares { shares })
+        Ok(Response::PsbtShares {
+            shares,
+            receipt: Some(ByteBuf::from(receipt)),
+        })
     }
 
     /// `SetPolicy` (recovery credential only): replace or remove the wallet's policy. The spend
