@@ -2,8 +2,8 @@
 //!
 //! The audit key is a P-256 key made inside the enclave on first start, kept sealed by the parent
 //! like a share, and bound into every attestation document (`public_key`), so verifiers get it over
-//! an attested session. Appends are serialised; the head continues from the last stored entry,
-//! which must verify under our key.
+//! an attested session. Appends are group-committed in order ([`Queue`]); the head continues from
+//! the last stored entry, which must verify under our key.
 
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
@@ -46,20 +46,11 @@ pub struct AuditLog {
 /// no appender returns before its entry is durable (nothing signed that the log lacks).
 #[derive(Default)]
 struct Queue {
-    waiting: Vec<(u64, Draft)>,
+    /// Entries not numbered or chained yet (`seq` and `prev` are set by the write).
+    waiting: Vec<(u64, AuditEntry)>,
     writing: bool,
     done: HashMap<u64, Result<Vec<u8>, String>>,
     next: u64,
-}
-
-/// An entry before it is numbered, chained and signed.
-struct Draft {
-    time_ms: u64,
-    wallet_id: String,
-    action: String,
-    actor: String,
-    digest: String,
-    decision: String,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -218,7 +209,9 @@ impl AuditLog {
         let mut queue = self.queue.lock().map_err(poisoned)?;
         let ticket = queue.next;
         queue.next = queue.next.wrapping_add(1);
-        let draft = Draft {
+        let draft = AuditEntry {
+            seq: 0,
+            prev: ByteBuf::new(),
             time_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
@@ -240,7 +233,7 @@ impl AuditLog {
             }
             queue.writing = true;
             let take = queue.waiting.len().min(MAX_PUT_MANY);
-            let batch: Vec<(u64, Draft)> = queue.waiting.drain(..take).collect();
+            let batch: Vec<(u64, AuditEntry)> = queue.waiting.drain(..take).collect();
             drop(queue);
             let outcomes = self.write(store, batch);
             queue = self.queue.lock().map_err(poisoned)?;
@@ -256,15 +249,17 @@ impl AuditLog {
     fn write(
         &self,
         store: &dyn BlobStore,
-        batch: Vec<(u64, Draft)>,
+        mut batch: Vec<(u64, AuditEntry)>,
     ) -> Vec<(u64, Result<Vec<u8>, String>)> {
-        let stored = || -> Result<Vec<(String, Vec<u8>)>, String> {
+        let mut stored = || -> Result<Vec<(String, Vec<u8>)>, String> {
             let mut head = self.head.lock().map_err(|_| "audit lock poisoned")?;
             let (mut seq, mut prev) = *head;
             let mut records = Vec::with_capacity(batch.len());
-            for (_, draft) in &batch {
+            for (_, entry) in &mut batch {
                 seq += 1;
-                let (record, hash) = self.sign_entry(draft, seq, prev)?;
+                entry.seq = seq;
+                entry.prev = ByteBuf::from(prev.to_vec());
+                let (record, hash) = self.sign_entry(entry)?;
                 records.push((audit_key(seq), record));
                 prev = hash;
             }
@@ -285,24 +280,9 @@ impl AuditLog {
         }
     }
 
-    /// Entry `seq` of `draft` after `prev`, signed: its record and its hash.
-    fn sign_entry(
-        &self,
-        draft: &Draft,
-        seq: u64,
-        prev: [u8; 32],
-    ) -> Result<(Vec<u8>, [u8; 32]), String> {
-        let entry = AuditEntry {
-            seq,
-            prev: ByteBuf::from(prev.to_vec()),
-            time_ms: draft.time_ms,
-            wallet_id: draft.wallet_id.clone(),
-            action: draft.action.clone(),
-            actor: draft.actor.clone(),
-            digest: draft.digest.clone(),
-            decision: draft.decision.clone(),
-        };
-        let bytes = encode_entry(&entry).map_err(|e| e.to_string())?;
+    /// `entry` signed: its record and its hash.
+    fn sign_entry(&self, entry: &AuditEntry) -> Result<(Vec<u8>, [u8; 32]), String> {
+        let bytes = encode_entry(entry).map_err(|e| e.to_string())?;
         let hash = entry_hash(&bytes);
         // ECDSA-SHA256 over the entry = ECDSA over SHA-256(entry) = what `verify_log` checks.
         let raw = self
