@@ -262,7 +262,7 @@ fn check_signed(
 
 /// A cosigner speaks only for its own party: a message it answers in another party's name is
 /// refused before it is relayed, so it can neither end the ceremony nor get another party blamed.
-fn from_peer(peer: PartyId, from: PartyId, what: &str) -> Result<()> {
+pub(crate) fn from_peer(peer: PartyId, from: PartyId, what: &str) -> Result<()> {
     if from == peer {
         return Ok(());
     }
@@ -281,7 +281,8 @@ fn absorb<P: KeygenParams>(
     Ok(())
 }
 
-fn sealed_to(
+/// The packages of `packages` sealed to `party` (a cosigner is handed only its own).
+pub(crate) fn sealed_to(
     packages: &[SealedPackage],
     party: PartyId,
 ) -> impl Iterator<Item = SealedPackage> + '_ {

@@ -11,14 +11,12 @@
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
 use cosigner_protocol::repair::engine::{RepairMessage, RepairReceiver};
-use cosigner_protocol::wire::{
-    KeyRole, RepairParams, Request, Response, SealedPackage, WalletId, WalletInfo,
-};
+use cosigner_protocol::wire::{KeyRole, RepairParams, Request, Response, WalletId, WalletInfo};
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use p256::ecdsa::SigningKey;
 use serde_bytes::ByteBuf;
 
-use crate::coordinator::Peer;
+use crate::coordinator::{Peer, from_peer, sealed_to};
 use crate::courier::Courier;
 use crate::wallet::{Suite, authorized_retrying, unexpected};
 use crate::{ClientError, Result};
@@ -111,7 +109,7 @@ pub fn run(
     for peer in peers.iter_mut() {
         let request = Request::RepairSigma {
             wallet_id: params.wallet_id,
-            deltas: sealed_to(&deltas, peer.party),
+            deltas: sealed_to(&deltas, peer.party).collect(),
             participant_key: participant_key.clone(),
         };
         match peer.courier.call(&request)? {
@@ -130,19 +128,4 @@ pub fn run(
         )));
     }
     Ok(receiver.into_key_package()?)
-}
-
-/// A cosigner speaks only for its own party: a message it answers in another party's name is
-/// refused before it is relayed, so it can neither end the repair nor get another party blamed.
-fn from_peer(peer: PartyId, from: PartyId, what: &str) -> Result<()> {
-    if from == peer {
-        return Ok(());
-    }
-    Err(ClientError::Unexpected(format!(
-        "the cosigner of party {peer} answered a {what} in party {from}'s name"
-    )))
-}
-
-fn sealed_to(packages: &[SealedPackage], party: PartyId) -> Vec<SealedPackage> {
-    packages.iter().filter(|p| p.to == party).cloned().collect()
 }
