@@ -908,27 +908,20 @@ pub fn refresh(
     // A refresh that committed at the cosigners before this device switched over (a crash or a
     // kill after the commits) is finished, not redone.
     let device_key = home.device_key()?;
-    if let Some(done) = resume(home, provider, recovery, &wallet, &device_key)? {
+    let aligned = roll_forward(provider, recovery, wallet_id, &device_key)?;
+    if let Some(done) = resume(home, &wallet, &aligned.provider)? {
         return Ok(done);
     }
     let old = (key_package, pkp);
-    refresh_from(home, provider, recovery, wallet, old, observe)
+    refresh_from(home, provider, recovery, wallet, old, &aligned, observe)
 }
 
-/// Finishes, on this device's side, a refresh that committed at the cosigners: the cosigners
-/// are brought to one epoch (one that missed the commit is rolled forward with the other's
-/// confirmations), and if this home holds the prepared share of that very epoch (its
-/// verifying share is in the committed public key package), it becomes the current share.
-/// `None`: nothing to finish.
-fn resume(
-    home: &Home,
-    provider: &mut dyn Courier,
-    recovery: &mut dyn Courier,
-    wallet: &WalletFile,
-    device_key: &SigningKey,
-) -> Result<Option<WalletFile>> {
+/// Finishes, on this device's side, a refresh that committed at the cosigners (brought to one
+/// epoch by [`roll_forward`], which answered `view`): if this home holds the prepared share of
+/// that very epoch (its verifying share is in the committed public key package), it becomes the
+/// current share. `None`: nothing to finish.
+fn resume(home: &Home, wallet: &WalletFile, view: &WalletInfo) -> Result<Option<WalletFile>> {
     let wallet_id = wallet.wallet_id;
-    let view = roll_forward(provider, recovery, wallet_id, device_key)?;
     if view.epoch <= wallet.epoch {
         return Ok(None);
     }
@@ -978,18 +971,18 @@ fn switch_share(
 /// creation: the recovery cosigner would refuse every commit receipt the provider signs, or the
 /// provider every confirmation the recovery cosigner signs, and the refresh could never finish.
 fn check_cosigner_identities(
-    provider: &mut dyn Courier,
-    recovery: &mut dyn Courier,
-    wallet_id: WalletId,
+    provider: &dyn Courier,
+    recovery: &dyn Courier,
+    aligned: &Aligned,
 ) -> Result<()> {
-    let registered = provider_view(recovery, wallet_id)?.provider_key;
+    let registered = aligned.recovery.provider_key.clone();
     check_identity(
         "provider",
         provider.attested_key(),
         registered,
         "recovery cosigner",
     )?;
-    let registered = provider_view(provider, wallet_id)?.recovery_cosigner_key;
+    let registered = aligned.provider.recovery_cosigner_key.clone();
     check_identity(
         "recovery cosigner",
         recovery.attested_key(),
@@ -1025,13 +1018,13 @@ fn check_identity(
 /// Brings the two cosigners to the same epoch: one that missed the commit of the other's
 /// current epoch (a client killed between the two commits, or a recovery that froze the wallet
 /// between them) commits its stored prepared share with the other's confirmations. Returns the
-/// common view; fails if they still differ.
+/// cosigners' views; fails if they still differ.
 fn roll_forward(
     provider: &mut dyn Courier,
     recovery: &mut dyn Courier,
     wallet_id: WalletId,
     device_key: &SigningKey,
-) -> Result<WalletInfo> {
+) -> Result<Aligned> {
     let (b, c) = views(provider, recovery, wallet_id)?;
     if b.epoch != c.epoch {
         let (leader, lagging) = if b.epoch > c.epoch {
@@ -1066,7 +1059,16 @@ fn roll_forward(
             },
         ));
     }
-    Ok(b)
+    Ok(Aligned {
+        provider: b,
+        recovery: c,
+    })
+}
+
+/// What the two cosigners say of a wallet once they are at one epoch ([`roll_forward`]).
+struct Aligned {
+    provider: WalletInfo,
+    recovery: WalletInfo,
 }
 
 /// Refreshes `wallet` from `old` (this device's share and the public key package of its epoch)
@@ -1077,11 +1079,12 @@ fn refresh_from(
     recovery: &mut dyn Courier,
     wallet: WalletFile,
     old: (KeyPackage<Suite>, PublicKeyPackage<Suite>),
+    aligned: &Aligned,
     observe: &mut dyn FnMut(RefreshStep),
 ) -> Result<WalletFile> {
     let wallet_id = wallet.wallet_id;
     let device_key = home.device_key()?;
-    check_cosigner_identities(provider, recovery, wallet_id)?;
+    check_cosigner_identities(provider, recovery, aligned)?;
     let params = RefreshParams {
         wallet_id,
         ciphersuite: wallet.ciphersuite.clone(),
@@ -1223,12 +1226,13 @@ pub fn recover_observed(
     observe(RecoverStep::Frozen);
     // 2. One epoch at both cosigners; a recovery refresh of ours that committed before an
     //    earlier run died is finished from the share this home kept.
-    let info = roll_forward(provider, recovery, wallet_id, &device_key)?;
+    let aligned = roll_forward(provider, recovery, wallet_id, &device_key)?;
+    let info = &aligned.provider;
     observe(RecoverStep::Aligned);
     let pkp = PublicKeyPackage::<Suite>::deserialize(&info.public_key_package)
         .map_err(|e| internal(format!("provider's public key package: {e}")))?;
     if let Ok(held) = home.wallet(&wallet_id) {
-        if let Some(done) = resume(home, provider, recovery, &held, &device_key)? {
+        if let Some(done) = resume(home, &held, info)? {
             return Ok(done);
         }
         if completed && held.epoch == info.epoch && holds_share(home, &wallet_id, &pkp) {
@@ -1252,7 +1256,7 @@ pub fn recover_observed(
                 provider,
                 recovery,
                 wallet_id,
-                &info,
+                info,
                 &pkp,
                 &device_key,
             )?;
@@ -1275,7 +1279,7 @@ pub fn recover_observed(
     let wallet = home.wallet(&wallet_id)?;
     let observe = &mut |step| observe(RecoverStep::Refresh(step));
     let old = (key_package, pkp);
-    refresh_from(home, provider, recovery, wallet, old, observe)
+    refresh_from(home, provider, recovery, wallet, old, &aligned, observe)
 }
 
 /// Cancels a recovery in progress at both cosigners, with the recovery credential: the pending
