@@ -15,6 +15,18 @@ pub trait Courier {
     /// [`crate::ClientError::Remote`].
     fn call(&mut self, request: &Request) -> Result<Response>;
 
+    /// Sends one request, runs `meanwhile` while the cosigner works on it, and returns the
+    /// answer: the client's own part of a one-round signature overlaps the cosigner's. A
+    /// courier that cannot overlap runs `meanwhile` first.
+    fn call_overlapped(
+        &mut self,
+        request: &Request,
+        meanwhile: &mut dyn FnMut(),
+    ) -> Result<Response> {
+        meanwhile();
+        self.call(request)
+    }
+
     /// The cosigner's attested public key (its audit key, from the attestation document this
     /// courier verified), if it has one.
     fn attested_key(&self) -> Option<&[u8]>;
@@ -37,6 +49,14 @@ pub trait Courier {
 impl Courier for Session {
     fn call(&mut self, request: &Request) -> Result<Response> {
         Session::call(self, request)
+    }
+
+    fn call_overlapped(
+        &mut self,
+        request: &Request,
+        meanwhile: &mut dyn FnMut(),
+    ) -> Result<Response> {
+        Session::call_overlapped(self, request, meanwhile)
     }
 
     fn attested_key(&self) -> Option<&[u8]> {

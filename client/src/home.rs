@@ -151,6 +151,8 @@ const SPENDS: &str = "spends";
 #[derive(Debug, Clone)]
 pub struct Home {
     dir: PathBuf,
+    /// What was already read and decoded, while its files are unchanged.
+    memo: memo::Memo,
 }
 
 fn home_err(path: &Path, e: impl std::fmt::Display) -> ClientError {
@@ -270,6 +272,7 @@ impl Home {
         }
         let home = Self {
             dir: dir.to_path_buf(),
+            memo: memo::Memo::default(),
         };
         home.ensure_device_key()?;
         Ok(home)
@@ -277,7 +280,9 @@ impl Home {
 
     /// This device's P-256 key.
     pub fn device_key(&self) -> Result<p256::ecdsa::SigningKey> {
-        read_p256_key(&self.dir.join("device.key"))
+        let path = self.dir.join("device.key");
+        self.memo
+            .get(std::slice::from_ref(&path), || read_p256_key(&path))
     }
 
     /// Replaces this device's share of a wallet (after a refresh), atomically.
@@ -398,25 +403,39 @@ impl Home {
     /// Reads a wallet's public file.
     pub fn wallet(&self, id: &WalletId) -> Result<WalletFile> {
         let path = self.wallet_path(id, "json");
-        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+        self.memo
+            .get(std::slice::from_ref(&path), || self.read_wallet(id, &path))
+    }
+
+    fn read_wallet(&self, id: &WalletId, path: &Path) -> Result<WalletFile> {
+        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => ClientError::Input(format!(
                 "unknown wallet {id}: this home ({}) holds no such wallet (cosigner wallet list)",
                 self.dir.display()
             )),
-            _ => io_err(&path, &e),
+            _ => io_err(path, &e),
         })?;
         let wallet: WalletFile = serde_json::from_slice(&bytes)
-            .map_err(|e| home_err(&path, format!("not a readable wallet file ({e})")))?;
+            .map_err(|e| home_err(path, format!("not a readable wallet file ({e})")))?;
         if wallet.wallet_id != *id {
             return Err(home_err(
-                &path,
+                path,
                 format!("holds wallet {}", wallet.wallet_id),
             ));
         }
         wallet
             .check()
-            .map_err(|e| home_err(&path, format!("not a consistent wallet file: {e}")))?;
+            .map_err(|e| home_err(path, format!("not a consistent wallet file: {e}")))?;
         Ok(wallet)
+    }
+
+    /// This device's share of a wallet, decoded (frost's `KeyPackage`).
+    pub fn key_package(&self, id: &WalletId) -> Result<frost_core::keys::KeyPackage<Suite>> {
+        let path = self.wallet_path(id, "share");
+        self.memo.get(std::slice::from_ref(&path), || {
+            frost_core::keys::KeyPackage::<Suite>::deserialize(&self.share(id)?)
+                .map_err(|e| ClientError::Input(format!("this device's share of {id}: {e}")))
+        })
     }
 
     /// Reads this device's share of a wallet.
@@ -473,4 +492,5 @@ pub fn read_p256_key(path: &Path) -> Result<p256::ecdsa::SigningKey> {
 mod tests;
 
 mod local;
+mod memo;
 pub use local::LocalSpend;

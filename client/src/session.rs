@@ -206,6 +206,7 @@ impl Session {
             &Request::Attest {
                 nonce: ByteBuf::from(nonce.to_vec()),
             },
+            &mut || {},
         )? {
             Response::Attested { document } => document,
             Response::Error(e) => return Err(ClientError::Remote(e)),
@@ -248,8 +249,18 @@ impl Session {
 
     /// Sends a request, returns the answer; an error answer becomes [`ClientError::Remote`].
     pub fn call(&mut self, request: &Request) -> Result<Response> {
+        self.call_overlapped(request, &mut || {})
+    }
+
+    /// [`Session::call`], running `meanwhile` once the request is on the wire and before the
+    /// answer is read: work that overlaps the cosigner's.
+    pub fn call_overlapped(
+        &mut self,
+        request: &Request,
+        meanwhile: &mut dyn FnMut(),
+    ) -> Result<Response> {
         self.calls += 1;
-        match exchange(&mut self.tls, &self.addr, request)? {
+        match exchange(&mut self.tls, &self.addr, request, meanwhile)? {
             Response::Error(e) => Err(ClientError::Remote(e)),
             other => Ok(other),
         }
@@ -264,11 +275,12 @@ impl Drop for Session {
     }
 }
 
-/// One request, one response, over the TLS stream.
+/// One request, one response, over the TLS stream; `meanwhile` runs between the two.
 fn exchange(
     tls: &mut StreamOwned<ClientConnection, TcpStream>,
     addr: &str,
     request: &Request,
+    meanwhile: &mut dyn FnMut(),
 ) -> Result<Response> {
     let io = |e: cosigner_protocol::ProtocolError| ClientError::Connection {
         addr: addr.to_owned(),
@@ -276,6 +288,7 @@ fn exchange(
     };
     let body = wire::encode(request)?;
     write_frame(tls, &body).map_err(io)?;
+    meanwhile();
     let frame = read_frame(tls)
         .map_err(io)?
         .ok_or_else(|| ClientError::Connection {

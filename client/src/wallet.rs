@@ -86,6 +86,7 @@ pub fn authorized(
         (wallet_id, role, key),
         inner,
         Under::Challenge(&challenge),
+        &mut || {},
     )
 }
 
@@ -96,18 +97,20 @@ enum Under<'a> {
     Precommitment(&'a [u8]),
 }
 
-/// Sends `inner` signed by `key` (as `role`, for `wallet_id`) over `under`.
+/// Sends `inner` signed by `key` (as `role`, for `wallet_id`) over `under`, running `meanwhile`
+/// while the cosigner answers.
 fn signed_call(
     session: &mut dyn Courier,
     (wallet_id, role, key): (WalletId, KeyRole, &SigningKey),
     inner: &Request,
     under: Under<'_>,
+    meanwhile: &mut dyn FnMut(),
 ) -> Result<Response> {
     let bytes = wire::encode(inner)?;
     let (Under::Challenge(challenge) | Under::Precommitment(challenge)) = under;
     let signature = ByteBuf::from(sign_request(key, &wallet_id, challenge, &bytes)?.to_vec());
     let request = ByteBuf::from(bytes);
-    session.call(&match under {
+    let request = match under {
         Under::Challenge(_) => Request::Authorized {
             wallet_id,
             role,
@@ -121,7 +124,8 @@ fn signed_call(
             signature,
             request,
         },
-    })
+    };
+    session.call_overlapped(&request, meanwhile)
 }
 
 /// Where `create` put the recovery credential.
@@ -597,10 +601,10 @@ fn keys(
     wallet_id: &WalletId,
     wallet: &WalletFile,
 ) -> Result<(KeyPackage<Suite>, PublicKeyPackage<Suite>)> {
-    let share = home.share(wallet_id)?;
-    let key_package = KeyPackage::<Suite>::deserialize(&share)
-        .map_err(|e| ClientError::Input(format!("this device's share of {wallet_id}: {e}")))?;
-    Ok((key_package, wallet.public_key_package.clone()))
+    Ok((
+        home.key_package(wallet_id)?,
+        wallet.public_key_package.clone(),
+    ))
 }
 
 /// The two parties of a personal wallet's signature: this device (its share) and a cosigner
@@ -725,13 +729,24 @@ impl TwoParty {
                     .ok_or_else(|| internal("the signing engine committed nothing"))?,
             ),
         };
+        // With the cosigner's commitment known ahead, the signing package is too: our share is
+        // computed while the cosigner computes its own.
+        let mut early = None;
         let answer = match &used {
-            Some(next) => signed_call(
-                courier,
-                (wallet_id, role, key),
-                &request,
-                Under::Precommitment(&next.id),
-            )?,
+            Some(next) => {
+                signing.absorb(&SignMessage::Commitments {
+                    party: self.them,
+                    commitments: vec![next.commitments.to_vec()],
+                })?;
+                let mut meanwhile = || early = Some(signing.advance().map(drop));
+                signed_call(
+                    courier,
+                    (wallet_id, role, key),
+                    &request,
+                    Under::Precommitment(&next.id),
+                    &mut meanwhile,
+                )?
+            }
             None => authorized(courier, wallet_id, role, key, &request)?,
         };
         let Response::SignedNow {
@@ -751,11 +766,16 @@ impl TwoParty {
         if let Some(next) = next.filter(|n| n.wallet_id == wallet_id) {
             courier.keep_commitment(next);
         }
-        signing.absorb(&SignMessage::Commitments {
-            party: self.them,
-            commitments: vec![commitments.into_vec()],
-        })?;
-        signing.advance()?;
+        match early {
+            Some(advanced) => advanced?,
+            None => {
+                signing.absorb(&SignMessage::Commitments {
+                    party: self.them,
+                    commitments: vec![commitments.into_vec()],
+                })?;
+                signing.advance()?;
+            }
+        }
         signing.absorb(&SignMessage::Shares {
             party: self.them,
             shares: vec![share.into_vec()],
