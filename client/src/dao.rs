@@ -403,7 +403,16 @@ impl Pace {
 /// Writes an envelope as one line of hex (an invitation or a request file).
 pub fn write_envelope(path: &Path, envelope: &Envelope) -> Result<()> {
     let text = format!("{}\n", hex::encode(envelope.encode()?));
-    std::fs::write(path, text).map_err(|e| input(format!("writing {}: {e}", path.display())))
+    // Written beside and renamed into place: whoever waits for the file (another member's
+    // script, a test) never reads half of it.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(|e| input(format!("writing {}: {e}", path.display())))
 }
 
 /// Reads an envelope file written by [`write_envelope`] (its signature verified).

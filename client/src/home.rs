@@ -418,10 +418,7 @@ impl Home {
         let wallet: WalletFile = serde_json::from_slice(&bytes)
             .map_err(|e| home_err(path, format!("not a readable wallet file ({e})")))?;
         if wallet.wallet_id != *id {
-            return Err(home_err(
-                path,
-                format!("holds wallet {}", wallet.wallet_id),
-            ));
+            return Err(home_err(path, format!("holds wallet {}", wallet.wallet_id)));
         }
         wallet
             .check()

@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use cosigner_enclave::service::anchor::{Anchor, AnchorError, InsecureMemoryAnchor, Versioned};
 use cosigner_enclave::service::audit::AuditLog;
 use cosigner_enclave::service::records::{
-    DaoState, PreparedRecord, Records, ShareRecord, WalletState,
+    DaoState, Opened, PreparedRecord, Records, ShareRecord, WalletState,
 };
 use cosigner_enclave::store::{BlobStore, MemoryStore};
 use cosigner_kms::aws::KMS_SEAL_FORMAT_VERSION;
@@ -102,10 +102,12 @@ fn saved(save: impl FnOnce(&Records<'_>)) -> Saved {
     let sealer = RecordingSealer::default();
     let store = MemoryStore::default();
     let anchor = RecordingAnchor::default();
+    let opened = Opened::default();
     save(&Records {
         sealer: &sealer,
         store: &store,
         anchor: &anchor,
+        opened: &opened,
     });
     let mut sealed = sealer.sealed.into_inner().unwrap();
     assert_eq!(sealed.len(), 1, "one record sealed");

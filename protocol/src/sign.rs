@@ -113,21 +113,31 @@ impl<C: Ciphersuite> SignerSession<C> {
     /// the session ([`ProtocolError::SessionMismatch`]); another key package than the session's
     /// ([`ProtocolError::Params`]).
     pub fn sign(self, key_package: &KeyPackage<C>, signing_package: &[u8]) -> Result<Vec<u8>> {
-        let drawn = &self.drawn;
-        if *key_package.identifier() != drawn.identifier
-            || *key_package.verifying_key() != drawn.verifying_key
+        self.check_key(key_package)?;
+        let package = decode_package(signing_package)?;
+        self.sign_package(key_package, &package)
+    }
+
+    fn check_key(&self, key_package: &KeyPackage<C>) -> Result<()> {
+        if *key_package.identifier() != self.drawn.identifier
+            || *key_package.verifying_key() != self.drawn.verifying_key
         {
             return Err(ProtocolError::Params {
                 reason: "the key package is not the one the session was opened with".into(),
             });
         }
-        let package = common::decode_canonical(
-            signing_package,
-            SigningPackage::<C>::deserialize,
-            SigningPackage::<C>::serialize,
-        )
-        .map_err(|e| ProtocolError::encoding(format!("signing package {e}")))?;
+        Ok(())
+    }
 
+    /// [`SignerSession::sign`] of a package already decoded (the signing engine decodes or
+    /// builds each package once, not once per use).
+    pub(crate) fn sign_package(
+        self,
+        key_package: &KeyPackage<C>,
+        package: &SigningPackage<C>,
+    ) -> Result<Vec<u8>> {
+        self.check_key(key_package)?;
+        let drawn = &self.drawn;
         let mismatch = |reason: String| ProtocolError::SessionMismatch { reason };
         if package.message().as_slice() != self.message.as_slice() {
             return Err(mismatch(format!(
@@ -169,7 +179,7 @@ impl<C: Ciphersuite> SignerSession<C> {
                 drawn.min_signers
             )));
         }
-        let share = frost_core::round2::sign(&package, &drawn.nonces, key_package)
+        let share = frost_core::round2::sign(package, &drawn.nonces, key_package)
             .map_err(|e| common::frost_error(e, &self.signers, "signing"))?;
         Ok(share.serialize())
     }
@@ -324,6 +334,14 @@ pub fn signing_package<C: Ciphersuite>(
     message: &[u8],
     commitments: &BTreeMap<PartyId, Vec<u8>>,
 ) -> Result<Vec<u8>> {
+    encode_package(&build_package::<C>(message, commitments)?)
+}
+
+/// [`signing_package`], decoded: what the signing engine signs and aggregates with.
+pub(crate) fn build_package<C: Ciphersuite>(
+    message: &[u8],
+    commitments: &BTreeMap<PartyId, Vec<u8>>,
+) -> Result<SigningPackage<C>> {
     let parties: Vec<PartyId> = commitments.keys().copied().collect();
     let parties = common::normalize_parties(&parties, "signer set")?;
     if parties.len() < 2 {
@@ -333,19 +351,44 @@ pub fn signing_package<C: Ciphersuite>(
     }
     let mut decoded = BTreeMap::new();
     for (&party, bytes) in commitments {
-        let c = common::decode_canonical(
-            bytes,
-            SigningCommitments::<C>::deserialize,
-            SigningCommitments::<C>::serialize,
-        )
-        .map_err(|e| ProtocolError::culprit(party, format!("its signing commitments {e}")))?;
-        decoded.insert(party.identifier::<C>()?, c);
+        decoded.insert(party.identifier::<C>()?, decode_commitments(party, bytes)?);
     }
-    SigningPackage::new(decoded, message)
-        .serialize()
-        .map_err(|e| ProtocolError::Frost {
-            reason: format!("serializing the signing package: {e}"),
-        })
+    Ok(SigningPackage::new(decoded, message))
+}
+
+/// `party`'s serialized `SigningCommitments`, decoded and checked to be in canonical form: what
+/// a cosigner checks of a client's commitment before it records anything for the request.
+///
+/// Errors: [`ProtocolError::Culprit`] naming `party`.
+pub fn decode_commitments<C: Ciphersuite>(
+    party: PartyId,
+    bytes: &[u8],
+) -> Result<SigningCommitments<C>> {
+    common::decode_canonical(
+        bytes,
+        SigningCommitments::<C>::deserialize,
+        SigningCommitments::<C>::serialize,
+    )
+    .map_err(|e| ProtocolError::culprit(party, format!("its signing commitments {e}")))
+}
+
+/// A signing package serialized, as it travels.
+pub(crate) fn encode_package<C: Ciphersuite>(package: &SigningPackage<C>) -> Result<Vec<u8>> {
+    package.serialize().map_err(|e| ProtocolError::Frost {
+        reason: format!("serializing the signing package: {e}"),
+    })
+}
+
+/// A serialized signing package, decoded and checked to be in canonical form.
+///
+/// Errors: [`ProtocolError::Encoding`].
+pub(crate) fn decode_package<C: Ciphersuite>(bytes: &[u8]) -> Result<SigningPackage<C>> {
+    common::decode_canonical(
+        bytes,
+        SigningPackage::<C>::deserialize,
+        SigningPackage::<C>::serialize,
+    )
+    .map_err(|e| ProtocolError::encoding(format!("signing package {e}")))
 }
 
 /// Coordinator, after round 2: aggregates the signature shares (RFC 9591 §5.3), checks the
@@ -365,13 +408,19 @@ pub fn aggregate<C: Ciphersuite>(
     shares: &BTreeMap<PartyId, Vec<u8>>,
     public_key_package: &PublicKeyPackage<C>,
 ) -> Result<Vec<u8>> {
-    let package = common::decode_canonical(
-        signing_package,
-        SigningPackage::<C>::deserialize,
-        SigningPackage::<C>::serialize,
+    aggregate_package(
+        &decode_package(signing_package)?,
+        shares,
+        public_key_package,
     )
-    .map_err(|e| ProtocolError::encoding(format!("signing package {e}")))?;
+}
 
+/// [`aggregate`] with the package already decoded.
+pub(crate) fn aggregate_package<C: Ciphersuite>(
+    package: &SigningPackage<C>,
+    shares: &BTreeMap<PartyId, Vec<u8>>,
+    public_key_package: &PublicKeyPackage<C>,
+) -> Result<Vec<u8>> {
     let share_parties: Vec<PartyId> = shares.keys().copied().collect();
     let share_parties = common::normalize_parties(&share_parties, "set of signature shares")?;
     let mut signers = Vec::with_capacity(package.signing_commitments().len());
@@ -417,21 +466,30 @@ pub fn aggregate<C: Ciphersuite>(
         decoded.insert(party.identifier::<C>()?, share);
     }
 
+    // Without cheater detection, frost returns the sum only if it verifies against the group
+    // key (RFC 9591 §5.3: the coordinator SHOULD verify before publishing); with it, a sum that
+    // fails but whose shares each pass would come back unverified. So: one verification on the
+    // way that succeeds, and only when it fails, every share checked to name the culprits.
     let signature = frost_core::aggregate_custom(
-        &package,
+        package,
         &decoded,
         public_key_package,
-        frost_core::CheaterDetection::AllCheaters,
+        frost_core::CheaterDetection::Disabled,
     )
-    .map_err(|e| common::frost_error(e, &signers, "aggregation"))?;
-    // aggregate verifies the sum already; check again against the group key, as the caller will
-    // publish this signature (RFC 9591 §5.3: the coordinator SHOULD verify before publishing).
-    public_key_package
-        .verifying_key()
-        .verify(package.message(), &signature)
-        .map_err(|e| ProtocolError::Frost {
-            reason: format!("the aggregated signature does not verify: {e}"),
-        })?;
+    .map_err(|e| {
+        let culprits = frost_core::aggregate_custom(
+            package,
+            &decoded,
+            public_key_package,
+            frost_core::CheaterDetection::AllCheaters,
+        );
+        match culprits {
+            Err(named) => common::frost_error(named, &signers, "aggregation"),
+            Ok(_) => ProtocolError::Frost {
+                reason: format!("the aggregated signature does not verify: {e}"),
+            },
+        }
+    })?;
     signature.serialize().map_err(|e| ProtocolError::Frost {
         reason: format!("serializing the signature: {e}"),
     })

@@ -19,8 +19,8 @@
 
 use std::collections::BTreeMap;
 
-use frost_core::Ciphersuite;
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
+use frost_core::{Ciphersuite, SigningPackage};
 use rand_core::{CryptoRng, RngCore};
 
 use crate::dkg::common;
@@ -115,6 +115,8 @@ pub struct Signing<C: Ciphersuite> {
     local: BTreeMap<PartyId, Local<C>>,
     commitments: BTreeMap<PartyId, Vec<Vec<u8>>>,
     packages: Option<Vec<Vec<u8>>>,
+    /// The packages decoded, once: built here, or decoded from a coordinator's at first use.
+    decoded: Option<Vec<SigningPackage<C>>>,
     shares: BTreeMap<PartyId, Vec<Vec<u8>>>,
     /// Why signing failed: final (a local party's sessions are gone), said on every later call.
     failed: Option<String>,
@@ -165,6 +167,7 @@ impl<C: Ciphersuite> Signing<C> {
             local: BTreeMap::new(),
             commitments: BTreeMap::new(),
             packages: None,
+            decoded: None,
             shares: BTreeMap::new(),
             failed: None,
         };
@@ -300,9 +303,21 @@ impl<C: Ciphersuite> Signing<C> {
                 .iter()
                 .all(|p| self.commitments.contains_key(p))
         {
-            self.packages = Some(self.build_packages()?);
+            let built = self.build_packages()?;
+            let encoded = built
+                .iter()
+                .map(sign::encode_package)
+                .collect::<Result<Vec<_>>>()?;
+            self.packages = Some(encoded);
+            self.decoded = Some(built);
         }
         let Some(packages) = &self.packages else {
+            return Ok(Vec::new());
+        };
+        if self.decoded.is_none() {
+            self.decoded = Some(decode_packages(packages)?);
+        }
+        let Some(packages) = &self.decoded else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
@@ -313,7 +328,7 @@ impl<C: Ciphersuite> Signing<C> {
             let shares = sessions
                 .into_iter()
                 .zip(packages)
-                .map(|(session, package)| session.sign(key_package, package))
+                .map(|(session, package)| session.sign_package(key_package, package))
                 .collect::<Result<Vec<_>>>()?;
             self.shares.insert(*party, shares.clone());
             out.push(SignMessage::Shares {
@@ -324,11 +339,11 @@ impl<C: Ciphersuite> Signing<C> {
         Ok(out)
     }
 
-    fn build_packages(&self) -> Result<Vec<Vec<u8>>> {
+    fn build_packages(&self) -> Result<Vec<SigningPackage<C>>> {
         self.messages
             .iter()
             .enumerate()
-            .map(|(i, message)| sign::signing_package::<C>(message, &nth(&self.commitments, i)))
+            .map(|(i, message)| sign::build_package::<C>(message, &nth(&self.commitments, i)))
             .collect()
     }
 
@@ -400,14 +415,22 @@ impl<C: Ciphersuite> Signing<C> {
         if waiting.step != SignStep::Done {
             return Err(not_done(&waiting));
         }
-        packages
+        let decoded = match &self.decoded {
+            Some(decoded) => std::borrow::Cow::Borrowed(decoded),
+            None => std::borrow::Cow::Owned(decode_packages(packages)?),
+        };
+        decoded
             .iter()
             .enumerate()
             .map(|(i, package)| {
-                sign::aggregate::<C>(package, &nth(&self.shares, i), public_key_package)
+                sign::aggregate_package::<C>(package, &nth(&self.shares, i), public_key_package)
             })
             .collect()
     }
+}
+
+fn decode_packages<C: Ciphersuite>(packages: &[Vec<u8>]) -> Result<Vec<SigningPackage<C>>> {
+    packages.iter().map(|p| sign::decode_package(p)).collect()
 }
 
 fn not_done(waiting: &SignWaiting) -> ProtocolError {

@@ -154,7 +154,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("absent");
         let memo = Memo::default();
-        let got: Result<u8, ()> = memo.get(&[path.clone()], || Err(()));
+        let got: Result<u8, ()> = memo.get(std::slice::from_ref(&path), || Err(()));
         assert!(got.is_err());
         let got: Result<u8, ()> = memo.get(&[path], || Ok(1));
         assert_eq!(got, Ok(1));

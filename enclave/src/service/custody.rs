@@ -32,6 +32,7 @@ impl Service {
             sealer: self.sealer.as_ref(),
             store: self.store.as_ref(),
             anchor: self.anchor.as_ref(),
+            opened: &self.opened,
         }
     }
 

@@ -84,6 +84,8 @@ pub struct Service {
     sealer: Box<dyn Sealer>,
     store: Box<dyn BlobStore>,
     anchor: Box<dyn Anchor>,
+    /// Anchored state already unsealed (`records::Opened`).
+    opened: records::Opened,
     audit: AuditLog,
     policy: RefreshPolicy,
     dkgs: Table<DkgStage>,
@@ -136,6 +138,7 @@ impl Service {
             sealer,
             store,
             anchor,
+            opened: records::Opened::default(),
             audit,
             policy,
             dkgs: Table::new("DKG"),

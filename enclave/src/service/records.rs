@@ -231,6 +231,53 @@ pub struct Records<'a> {
     pub store: &'a dyn BlobStore,
     /// Freshness anchors.
     pub anchor: &'a dyn Anchor,
+    /// Anchored blobs already opened.
+    pub opened: &'a Opened,
+}
+
+/// Most anchored blobs kept opened (one per wallet state or DAO state; the oldest half goes when
+/// full).
+const MAX_OPENED: usize = 4096;
+
+/// The plaintext of the anchored blobs this enclave opened, by anchor label, with the digest of
+/// the blob it came from. A read still fetches the blob and checks its digest against the anchor
+/// (a blob the host altered, deleted or rolled back is refused at that read, as without this);
+/// only the unsealing of those exact bytes, which the enclave sealed and anchored itself and
+/// which open to the same plaintext every time, is not repeated.
+#[derive(Default)]
+pub struct Opened(std::sync::Mutex<OpenedMap>);
+
+type OpenedMap = std::collections::HashMap<String, ([u8; 32], zeroize::Zeroizing<Vec<u8>>, u64)>;
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map(|m| m.len()).unwrap_or(0);
+        write!(f, "Opened({n} kept)")
+    }
+}
+
+impl Opened {
+    /// The plaintext of the blob with `digest` under `label`, if kept.
+    fn get(&self, label: &str, digest: &[u8; 32]) -> Option<zeroize::Zeroizing<Vec<u8>>> {
+        let map = self.0.lock().ok()?;
+        let (kept, plain, _) = map.get(label)?;
+        (kept == digest).then(|| plain.clone())
+    }
+
+    fn keep(&self, label: &str, digest: [u8; 32], plain: zeroize::Zeroizing<Vec<u8>>) {
+        let Ok(mut map) = self.0.lock() else {
+            return;
+        };
+        if map.len() >= MAX_OPENED && !map.contains_key(label) {
+            // Drop the older half (by insertion order): bounded memory, no per-read bookkeeping.
+            let mut ages: Vec<u64> = map.values().map(|(_, _, n)| *n).collect();
+            ages.sort_unstable();
+            let cut = ages.get(ages.len() / 2).copied().unwrap_or(u64::MAX);
+            map.retain(|_, (_, _, n)| *n >= cut);
+        }
+        let next = map.values().map(|(_, _, n)| *n).max().map_or(0, |n| n + 1);
+        map.insert(label.to_owned(), (digest, plain, next));
+    }
 }
 
 impl Records<'_> {
@@ -372,7 +419,15 @@ impl Records<'_> {
                     "it is not the current state (replaced or altered by the host)",
                 ));
             }
-            return self.open(id, ctx, &blob);
+            let plain = match self.opened.get(label, &digest) {
+                Some(plain) => plain,
+                None => {
+                    let plain = self.sealer.open(ctx, &blob).map_err(|e| integrity(id, e))?;
+                    self.opened.keep(label, digest, plain.clone());
+                    plain
+                }
+            };
+            return ciborium::de::from_reader(plain.as_slice()).map_err(|e| integrity(id, e));
         }
         Err(Failure::new(
             ErrorKind::Busy,
@@ -762,6 +817,7 @@ mod tests {
             sealer: &ContextSealer,
             store,
             anchor,
+            opened: Box::leak(Box::default()),
         }
     }
 

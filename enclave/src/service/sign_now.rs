@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use cosigner_protocol::id::{Epoch, PartyId};
-use cosigner_protocol::sign::Precommitment;
+use cosigner_protocol::sign::{Precommitment, decode_commitments};
 use cosigner_protocol::signing::{SignMessage, Signing, single_value};
 use cosigner_protocol::wire::{NextCommitment, Response, WalletId};
 use frost_core::keys::KeyPackage;
@@ -153,23 +153,42 @@ impl Service {
         let locals = vec![(party, key.clone(), vec![precommitment])];
         let (mut signing, ours) =
             Signing::start_precommitted(locals, &signers, vec![message.to_vec()])?;
+        // The client's commitment decodes before anything is counted or logged.
+        decode_commitments::<Suite>(other, &commitments)?;
         signing.absorb(&SignMessage::Commitments {
             party: other,
             commitments: vec![commitments.to_vec()],
         })?;
-        // The package is built and checked (the client's commitment decodes) and our share
-        // computed before anything is counted or logged; it leaves only in the answer below.
-        let share = single_value(signing.advance()?)
-            .ok_or_else(|| internal("the signing engine signed nothing"))?;
         self.count_signature(&mut state, &actor, epoch, &message, &mut generation)?;
         // As at a two-round release: a recovery or refresh that landed since the authorization
         // stops this signature (the anchor's generation moved).
         if self.records().state_generation(&wallet_id)? != generation {
             self.recheck_signer(&wallet_id, &actor, epoch)?;
         }
-        // Durable before our share leaves the enclave: nothing signed that the log lacks.
-        let receipt = self.log(&wallet_id, "sign", &actor.label(), &message, "allowed")?;
-        let next = self.precommit(store, wallet_id, party, epoch, &key)?;
+        // Durable before our share leaves the enclave: nothing signed that the log lacks. This
+        // thread writes the entry (it mostly waits for the store's fsync) while another computes
+        // our share and draws the next commitment; both stay here until the entry is durable.
+        // Should the share fail after the entry was written (the commitments decoded above, so
+        // only a frost fault could), the log records an authorized signature that was not
+        // released: it may overstate, never understate.
+        let key = &key;
+        let (signed, logged) = std::thread::scope(|scope| {
+            let signer = scope.spawn(move || {
+                let share = signing.advance();
+                (share, draw(wallet_id, party, epoch, key))
+            });
+            let logged = self.log(&wallet_id, "sign", &actor.label(), &message, "allowed");
+            let signed = signer
+                .join()
+                .map_err(|_| internal("the signing thread panicked"));
+            (signed, logged)
+        });
+        let (share, next) = signed?;
+        let receipt = logged?;
+        let share =
+            single_value(share?).ok_or_else(|| internal("the signing engine signed nothing"))?;
+        let (held, next) = next?;
+        store.keep(held);
         Ok(Response::SignedNow {
             commitments: ByteBuf::from(
                 single_value(ours)
@@ -180,30 +199,30 @@ impl Service {
             next: Some(next),
         })
     }
+}
 
-    /// Draws the next commitment of `wallet_id` for this session and keeps it there.
-    fn precommit(
-        &self,
-        store: &mut Precommitments,
-        wallet_id: WalletId,
-        party: PartyId,
-        epoch: Epoch,
-        key: &KeyPackage<Suite>,
-    ) -> Result<NextCommitment, Failure> {
-        let (precommitment, commitments) = Precommitment::new(key, party, &mut rand_core::OsRng)?;
-        let id = random::<PRECOMMITMENT_ID_LEN>()?;
-        store.keep(Held {
-            id,
-            made: Instant::now(),
-            wallet_id,
-            epoch,
-            precommitment,
-        });
-        Ok(NextCommitment {
-            id: ByteBuf::from(id.to_vec()),
-            wallet_id,
-            epoch,
-            commitments: ByteBuf::from(commitments),
-        })
-    }
+/// Draws the next commitment of `wallet_id` for a session: the nonces to keep there, and what
+/// the client is told.
+fn draw(
+    wallet_id: WalletId,
+    party: PartyId,
+    epoch: Epoch,
+    key: &KeyPackage<Suite>,
+) -> Result<(Held, NextCommitment), Failure> {
+    let (precommitment, commitments) = Precommitment::new(key, party, &mut rand_core::OsRng)?;
+    let id = random::<PRECOMMITMENT_ID_LEN>()?;
+    let next = NextCommitment {
+        id: ByteBuf::from(id.to_vec()),
+        wallet_id,
+        epoch,
+        commitments: ByteBuf::from(commitments),
+    };
+    let held = Held {
+        id,
+        made: Instant::now(),
+        wallet_id,
+        epoch,
+        precommitment,
+    };
+    Ok((held, next))
 }
