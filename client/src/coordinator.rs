@@ -191,9 +191,13 @@ pub fn run<P: KeygenRequests>(
         .into_iter()
         .filter_map(package_of)
         .collect();
-    for peer in peers.iter_mut() {
-        let answer = peer.courier.call(&params.round1_request(round1.clone()))?;
-        let theirs = P::packages_answer(answer)?;
+    let requests = peers
+        .iter()
+        .map(|_| params.round1_request(round1.clone()))
+        .collect();
+    let answers = call_all(peers, requests);
+    for (peer, answer) in peers.iter().zip(answers) {
+        let theirs = P::packages_answer(answer?)?;
         for package in &theirs {
             from_peer(peer.party, package.from, "round-2 package")?;
         }
@@ -208,10 +212,13 @@ pub fn run<P: KeygenRequests>(
         .filter_map(confirmation_of)
         .collect();
     let mut signatures = Vec::new();
-    for peer in peers.iter_mut() {
-        let to_peer = sealed_to(&packages, peer.party).collect();
-        let answer = peer.courier.call(&params.round2_request(to_peer))?;
-        let (confirmation, signature) = P::confirmation_answer(answer)?;
+    let requests = peers
+        .iter()
+        .map(|peer| params.round2_request(sealed_to(&packages, peer.party).collect()))
+        .collect();
+    let answers = call_all(peers, requests);
+    for (peer, answer) in peers.iter_mut().zip(answers) {
+        let (confirmation, signature) = P::confirmation_answer(answer?)?;
         from_peer(peer.party, confirmation.from, "confirmation")?;
         if let Some(signature) = check_signed(params.wallet_id(), peer, &confirmation, signature)? {
             signatures.push((peer.party, signature));
@@ -233,6 +240,32 @@ pub fn run<P: KeygenRequests>(
         confirmations,
         signatures,
     })
+}
+
+/// Sends each peer its request (`requests[i]` to `peers[i]`) and returns their answers in the same
+/// order, the cosigners working at once: each request is on the wire before the next is sent,
+/// and the answers are read afterwards (`Courier::call_overlapped`), so a round costs the
+/// slowest cosigner's time, not the sum. A request that cannot be sent leaves the later ones
+/// unsent (their answers are that error).
+pub(crate) fn call_all(peers: &mut [Peer<'_>], requests: Vec<Request>) -> Vec<Result<Response>> {
+    let mut requests = requests.into_iter();
+    let (Some((first, rest)), Some(request)) = (peers.split_first_mut(), requests.next()) else {
+        return Vec::new();
+    };
+    let mut later = None;
+    let mut rest_requests = Some(requests.collect::<Vec<_>>());
+    let answer = first.courier.call_overlapped(&request, &mut || {
+        if let Some(requests) = rest_requests.take() {
+            later = Some(call_all(rest, requests));
+        }
+    });
+    let failed = |e: &ClientError| ClientError::Unexpected(format!("not sent: {e}"));
+    let later = match (&answer, later) {
+        (_, Some(later)) => later,
+        (Err(e), None) => rest.iter().map(|_| Err(failed(e))).collect(),
+        (Ok(_), None) => Vec::new(),
+    };
+    std::iter::once(answer).chain(later).collect()
 }
 
 /// A cosigner with an attested key must sign its confirmation under it: checked here, before

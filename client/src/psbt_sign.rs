@@ -14,7 +14,6 @@ use cosigner_protocol::policy::{Member, Policy};
 use cosigner_protocol::psbt::{self, SpendSummary};
 use cosigner_protocol::wire::{KeyRole, PsbtEvaluation, Request, Response, WalletId};
 use p256::ecdsa::SigningKey;
-use serde_bytes::ByteBuf;
 
 use crate::courier::Courier;
 use crate::error::{ClientError, Result};
@@ -99,44 +98,21 @@ pub fn sign_psbt_with(
     let summary = summarize(&wallet, psbt)?;
     let two = TwoParty::new(home, &wallet_id, wallet, &cosigner)?;
     let (role, authorizer) = cosigner.authorizer(home)?;
-    let request = Request::SignPsbtCommit {
-        wallet_id,
-        epoch: two.wallet.epoch,
-        psbt: ByteBuf::from(psbt.to_vec()),
-        signers: two.signers().to_vec(),
-    };
-    let (session_id, theirs, evaluation) =
-        match authorized(provider, wallet_id, role, &authorizer, &request)? {
-            Response::PsbtCommitted {
-                session_id,
-                commitments,
-                evaluation,
-            } => (session_id, commitments, evaluation),
-            other => return Err(unexpected("PsbtCommitted", &other)),
-        };
-    if !agrees(&summary, &evaluation) || theirs.len() != summary.sighashes.len() {
+    let signed = two.sign_psbt_now(provider, (role, &authorizer), psbt, &summary.sighashes)?;
+    let evaluation = signed.evaluation;
+    // The cosigner signed only what it read itself; this device publishes only what both read
+    // alike (a cosigner that read another transaction gets nothing finalized).
+    if !agrees(&summary, &evaluation) || signed.signatures.len() != summary.sighashes.len() {
         return Err(ClientError::Protocol(
             cosigner_protocol::ProtocolError::Disagreement {
                 reason: "the provider's reading of the PSBT differs from this device's: not \
-                         signing"
+                         finalizing"
                     .into(),
             },
         ));
     }
-    let theirs = theirs.into_iter().map(ByteBuf::into_vec).collect();
-    let mut record = None;
-    let signatures = two.sign(&summary.sighashes, theirs, |packages| {
-        match provider.call(&Request::SignPsbtShare {
-            session_id,
-            signing_packages: packages.iter().cloned().map(ByteBuf::from).collect(),
-        })? {
-            Response::PsbtShares { shares, receipt } if shares.len() == packages.len() => {
-                record = receipt;
-                Ok(shares.into_iter().map(ByteBuf::into_vec).collect())
-            }
-            other => Err(unexpected("PsbtShares, one per input", &other)),
-        }
-    })?;
+    let signatures = signed.signatures;
+    let record = Some(signed.receipt.into_vec());
     let (txid, tx) = psbt::finalize(psbt, &two.wallet.group_public_key, &signatures)?;
     let receipt = match record {
         Some(record) => {

@@ -607,8 +607,16 @@ fn keys(
     ))
 }
 
+/// A PSBT signed in one round: a BIP-340 signature per input (checked), the cosigner's reading of
+/// the PSBT and its receipt of the spend.
+pub(crate) struct PsbtSignedNow {
+    pub(crate) signatures: Vec<[u8; 64]>,
+    pub(crate) evaluation: cosigner_protocol::wire::PsbtEvaluation,
+    pub(crate) receipt: ByteBuf,
+}
+
 /// The two parties of a personal wallet's signature: this device (its share) and a cosigner
-/// (`them`). One FROST signature per message: [`TwoParty::commit`], then [`TwoParty::aggregate`].
+/// (`them`): [`TwoParty::sign_now`] for a message, [`TwoParty::sign_psbt_now`] for a PSBT.
 pub(crate) struct TwoParty {
     /// The wallet signed with.
     pub(crate) wallet: WalletFile,
@@ -637,40 +645,6 @@ impl TwoParty {
     /// The signers, this device first.
     pub(crate) fn signers(&self) -> [PartyId; 2] {
         [DEVICE, self.them]
-    }
-
-    /// Signs `messages` with the cosigner on the signing engine ([`Signing`]), this device
-    /// coordinating: `theirs` are the cosigner's commitments (one per message), `exchange` hands
-    /// it the signing packages and returns its shares. Each signature is checked by frost and
-    /// then by an independent BIP-340 verifier.
-    pub(crate) fn sign(
-        &self,
-        messages: &[[u8; 32]],
-        theirs: Vec<Vec<u8>>,
-        exchange: impl FnOnce(&[Vec<u8>]) -> Result<Vec<Vec<u8>>>,
-    ) -> Result<Vec<[u8; 64]>> {
-        let (mut signing, _ours) = Signing::<Suite>::start(
-            vec![(DEVICE, self.key_package.clone())],
-            &self.signers(),
-            messages.iter().map(|m| m.to_vec()).collect(),
-            &mut rand_core::OsRng,
-        )?;
-        signing.absorb(&SignMessage::Commitments {
-            party: self.them,
-            commitments: theirs,
-        })?;
-        signing.advance()?;
-        let packages = signing
-            .packages()
-            .ok_or_else(|| internal("no signing packages after every commitment"))?
-            .to_vec();
-        let shares = exchange(&packages)?;
-        signing.absorb(&SignMessage::Shares {
-            party: self.them,
-            shares,
-        })?;
-        let signatures = signing.signatures(&self.public_key_package)?;
-        self.verified(signatures, messages)
     }
 }
 
@@ -795,6 +769,94 @@ impl TwoParty {
         Ok(Signed { signature, receipt })
     }
 
+    /// Signs every input of `psbt` (its `sighashes`, in input order) with the cosigner in one
+    /// round trip (`SignPsbtNow` under the cosigner's commitment handed out on this courier;
+    /// two round trips, a challenge first, without one). The cosigner evaluates the PSBT and its
+    /// policy, records the spend and answers its commitments and shares at once.
+    pub(crate) fn sign_psbt_now(
+        &self,
+        courier: &mut dyn Courier,
+        authorizer: (KeyRole, &SigningKey),
+        psbt: &[u8],
+        sighashes: &[[u8; 32]],
+    ) -> Result<PsbtSignedNow> {
+        let wallet_id = self.wallet.wallet_id;
+        if let Some(next) = courier.take_commitment(&wallet_id, self.wallet.epoch) {
+            match self.psbt_round(courier, authorizer, psbt, sighashes, Some(&next.id)) {
+                Err(ClientError::Remote(e)) if e.kind == ErrorKind::NotFound => {}
+                other => return other,
+            }
+        }
+        self.psbt_round(courier, authorizer, psbt, sighashes, None)
+    }
+
+    fn psbt_round(
+        &self,
+        courier: &mut dyn Courier,
+        (role, key): (KeyRole, &SigningKey),
+        psbt: &[u8],
+        sighashes: &[[u8; 32]],
+        under: Option<&[u8]>,
+    ) -> Result<PsbtSignedNow> {
+        let wallet_id = self.wallet.wallet_id;
+        let messages = sighashes.iter().map(|h| h.to_vec()).collect();
+        let (mut signing, ours) = Signing::<Suite>::start(
+            vec![(DEVICE, self.key_package.clone())],
+            &self.signers(),
+            messages,
+            &mut rand_core::OsRng,
+        )?;
+        let Some(SignMessage::Commitments { commitments, .. }) = ours.into_iter().next() else {
+            return Err(internal("the signing engine committed nothing"));
+        };
+        let request = Request::SignPsbtNow {
+            wallet_id,
+            epoch: self.wallet.epoch,
+            psbt: ByteBuf::from(psbt.to_vec()),
+            signers: self.signers().to_vec(),
+            commitments: commitments.into_iter().map(ByteBuf::from).collect(),
+        };
+        let answer = match under {
+            Some(id) => signed_call(
+                courier,
+                (wallet_id, role, key),
+                &request,
+                Under::Precommitment(id),
+                &mut || {},
+            )?,
+            None => authorized(courier, wallet_id, role, key, &request)?,
+        };
+        let Response::SignedPsbtNow {
+            commitments,
+            shares,
+            evaluation,
+            receipt,
+            next,
+        } = answer
+        else {
+            return Err(unexpected("SignedPsbtNow", &answer));
+        };
+        if let Some(next) = next.filter(|n| n.wallet_id == wallet_id) {
+            courier.keep_commitment(next);
+        }
+        let bytes = |v: Vec<ByteBuf>| v.into_iter().map(ByteBuf::into_vec).collect();
+        signing.absorb(&SignMessage::Commitments {
+            party: self.them,
+            commitments: bytes(commitments),
+        })?;
+        signing.advance()?;
+        signing.absorb(&SignMessage::Shares {
+            party: self.them,
+            shares: bytes(shares),
+        })?;
+        let signatures = self.verified(signing.signatures(&self.public_key_package)?, sighashes)?;
+        Ok(PsbtSignedNow {
+            signatures,
+            evaluation,
+            receipt,
+        })
+    }
+
     /// The 64-byte signatures, each checked by an independent BIP-340 verifier.
     fn verified(&self, signatures: Vec<Vec<u8>>, messages: &[[u8; 32]]) -> Result<Vec<[u8; 64]>> {
         signatures
@@ -890,10 +952,18 @@ fn views(
     recovery: &mut dyn Courier,
     wallet_id: WalletId,
 ) -> Result<(WalletInfo, WalletInfo)> {
-    Ok((
-        provider_view(provider, wallet_id)?,
-        provider_view(recovery, wallet_id)?,
-    ))
+    let ask = Request::GetWallet { wallet_id };
+    let mut both = crate::coordinator::cosigner_peers([provider, recovery]);
+    let mut views = crate::coordinator::call_all(&mut both, vec![ask.clone(), ask])
+        .into_iter()
+        .map(|answer| match answer? {
+            Response::Wallet { wallet } => Ok(wallet),
+            other => Err(unexpected("Wallet", &other)),
+        });
+    match (views.next(), views.next()) {
+        (Some(provider), Some(recovery)) => Ok((provider?, recovery?)),
+        _ => Err(internal("two cosigners asked, fewer answers")),
+    }
 }
 
 /// The steps of a refresh, reported to an observer (tests interrupt a refresh at each one).
@@ -1163,11 +1233,13 @@ fn refresh_from(
         &prepared,
     )?;
     observe(RefreshStep::DeviceCommitted);
-    for session in [&mut *provider as &mut dyn Courier, &mut *recovery] {
-        match session.call(&Request::RefreshFinalize {
-            wallet_id,
-            epoch: new_wallet.epoch,
-        })? {
+    let finalize = Request::RefreshFinalize {
+        wallet_id,
+        epoch: new_wallet.epoch,
+    };
+    let mut both = crate::coordinator::cosigner_peers([&mut *provider, &mut *recovery]);
+    for answer in crate::coordinator::call_all(&mut both, vec![finalize.clone(), finalize]) {
+        match answer? {
             Response::Done => {}
             other => return Err(unexpected("Done", &other)),
         }

@@ -285,7 +285,8 @@ pub enum Request {
     },
     /// A share-using request signed like [`Request::Authorized`], with the id of one of this
     /// session's [`NextCommitment`]s as its single-use challenge (no `Challenge` round trip).
-    /// Only a [`Request::SignNow`] that uses that commitment may be sent this way.
+    /// Only a [`Request::SignNow`] that uses that commitment, or a [`Request::SignPsbtNow`]
+    /// (which draws fresh nonces and uses the id only as its challenge), may be sent this way.
     Precommitted {
         /// The wallet.
         wallet_id: WalletId,
@@ -448,6 +449,25 @@ pub enum Request {
         /// The coordinator's `SigningPackage`s, serialized by frost.
         signing_packages: Vec<ByteBuf>,
     },
+    /// Sign every input of a PSBT in one round trip: as [`Request::SignPsbtCommit`] and
+    /// [`Request::SignPsbtShare`] at once, the client's fresh commitments (one per input, in
+    /// input order) in the request. The enclave evaluates the PSBT and the policy, draws its own
+    /// nonces, builds each input's package itself, records the spend and answers
+    /// [`Response::SignedPsbtNow`]. Only inside [`Request::Precommitted`] (the commitment's id is
+    /// the challenge; its nonces are dropped) or `Authorized`; device key (or the recovery
+    /// credential at the recovery cosigner).
+    SignPsbtNow {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// The share epoch to sign with.
+        epoch: Epoch,
+        /// The PSBT.
+        psbt: ByteBuf,
+        /// The signing set, us included.
+        signers: Vec<PartyId>,
+        /// The client's `SigningCommitments` for each input, serialized by frost, in input order.
+        commitments: Vec<ByteBuf>,
+    },
     /// Replace (`Some`) or remove (`None`) a personal wallet's policy. Only inside `Authorized`
     /// by the recovery credential: the device key alone cannot lift its own limit.
     SetPolicy {
@@ -502,6 +522,7 @@ impl Request {
             Self::DaoPolicy { .. } => "DaoPolicy",
             Self::SignPsbtCommit { .. } => "SignPsbtCommit",
             Self::SignPsbtShare { .. } => "SignPsbtShare",
+            Self::SignPsbtNow { .. } => "SignPsbtNow",
             Self::SetPolicy { .. } => "SetPolicy",
         }
     }
@@ -644,6 +665,22 @@ pub enum Response {
         /// the receipt, as [`Response::SignedNow`] carries one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         receipt: Option<ByteBuf>,
+    },
+    /// A [`Request::SignPsbtNow`] signed: our commitment and share for each input (in input
+    /// order), our reading of the PSBT, the receipt of the spend and the next commitment of this
+    /// session.
+    SignedPsbtNow {
+        /// Our `SigningCommitments` for each input.
+        commitments: Vec<ByteBuf>,
+        /// Our `SignatureShare` for each input.
+        shares: Vec<ByteBuf>,
+        /// What the enclave computed, and the rule that allowed it.
+        evaluation: PsbtEvaluation,
+        /// The audit entry of this spend signed by our audit key (`audit::AuditRecord`, CBOR).
+        receipt: ByteBuf,
+        /// Our next single-use commitment for this wallet on this session, if we made one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<NextCommitment>,
     },
     /// A DAO wallet's policy in force.
     DaoPolicy {

@@ -559,6 +559,17 @@ fn requests_sessions() -> Samples<Request> {
         ),
         (
             "",
+            "one-round PSBT signing, the client's commitment per input included",
+            Request::SignPsbtNow {
+                wallet_id: WALLET,
+                epoch: Epoch(4),
+                psbt: bytes(0xa5, 8),
+                signers: vec![pid(1), pid(2)],
+                commitments: vec![bytes(0xa9, 8), bytes(0xaa, 8)],
+            },
+        ),
+        (
+            "",
             "set a personal wallet's policy",
             Request::SetPolicy {
                 wallet_id: WALLET,
@@ -753,6 +764,22 @@ fn responses() -> Samples<Response> {
             Response::PsbtShares {
                 receipt: Some(bytes(0xb6, 8)),
                 shares: vec![bytes(0xb2, 8), bytes(0xb4, 8)],
+            },
+        ),
+        (
+            "",
+            "one-round PSBT signing: our commitments, shares, reading, receipt, next commitment",
+            Response::SignedPsbtNow {
+                commitments: vec![bytes(0xb1, 8), bytes(0xb3, 8)],
+                shares: vec![bytes(0xb2, 8), bytes(0xb4, 8)],
+                evaluation: psbt_evaluation(),
+                receipt: bytes(0xb6, 8),
+                next: Some(wire::NextCommitment {
+                    id: bytes(0xa8, 32),
+                    wallet_id: WALLET,
+                    epoch: Epoch(4),
+                    commitments: bytes(0xb5, 8),
+                }),
             },
         ),
         (

@@ -11,6 +11,7 @@
 
 use cosigner_client::ClientError;
 use cosigner_client::courier::Courier;
+use cosigner_client::psbt_sign;
 use cosigner_client::receipt::{Receipt, verify_receipt};
 use cosigner_client::session::Session;
 use cosigner_client::trust::Trust;
@@ -40,17 +41,28 @@ fn sign_counted(owner: &Owner, s: &mut Session) -> (u64, wallet::Signed) {
 /// A `Precommitted` `SignNow` of `MESSAGE` using `next`, made by hand as a modified client
 /// would, with fresh device nonces.
 fn precommitted_request(owner: &Owner, next: &NextCommitment) -> Request {
-    let share = owner.home.share(&owner.id).unwrap();
-    let key = frost_core::keys::KeyPackage::<Suite>::deserialize(&share).unwrap();
-    let (_, ours) = Precommitment::new(&key, DEVICE, &mut rand_core::OsRng).unwrap();
-    let inner = wire::encode(&Request::SignNow {
+    let inner = Request::SignNow {
         wallet_id: owner.id,
         epoch: Epoch(0),
         message: ByteBuf::from(MESSAGE.to_vec()),
         signers: vec![DEVICE, PROVIDER],
-        commitments: ByteBuf::from(ours),
-    })
-    .unwrap();
+        commitments: ByteBuf::from(device_commitment(owner)),
+    };
+    precommitted(owner, next, &inner)
+}
+
+/// Fresh device commitments, as a client draws them for one signature.
+fn device_commitment(owner: &Owner) -> Vec<u8> {
+    let share = owner.home.share(&owner.id).unwrap();
+    let key = frost_core::keys::KeyPackage::<Suite>::deserialize(&share).unwrap();
+    Precommitment::new(&key, DEVICE, &mut rand_core::OsRng)
+        .unwrap()
+        .1
+}
+
+/// `inner` signed by the device key under the commitment `next` (`Precommitted`).
+fn precommitted(owner: &Owner, next: &NextCommitment, inner: &Request) -> Request {
+    let inner = wire::encode(inner).unwrap();
     let device = owner.home.device_key().unwrap();
     let signature = sign_request(&device, &owner.id, &next.id, &inner).unwrap();
     Request::Precommitted {
@@ -60,6 +72,19 @@ fn precommitted_request(owner: &Owner, next: &NextCommitment) -> Request {
         signature: ByteBuf::from(signature.to_vec()),
         request: ByteBuf::from(inner),
     }
+}
+
+/// A PSBT (BIP-174, binary) spending two of the wallet's outputs.
+fn two_input_psbt(owner: &Owner) -> Vec<u8> {
+    let wallet = owner.home.wallet(&owner.id).unwrap();
+    let spend = cosigner_tests::bitcoin_tx::payment(
+        &hex::encode(wallet.group_public_key),
+        &[70_000, 50_000],
+        60_000,
+        50_000,
+    )
+    .unwrap();
+    cosigner_protocol::psbt::decode_psbt_file(spend.psbt_base64.as_bytes()).unwrap()
 }
 
 fn not_found(answer: Result<Response, ClientError>) {
@@ -167,4 +192,58 @@ fn sign_json_prints_a_receipt_that_verifies_and_an_altered_one_does_not() {
         refused.stderr
     );
     assert!(refused.stderr.contains("receipt"), "{}", refused.stderr);
+}
+
+#[test]
+fn a_psbt_signs_in_one_round_trip_and_its_commitment_only_once() {
+    let (d, w) = deployment_with_alice();
+    let owner = Owner::of(&d, &w);
+    let mut s = owner.cosigners.provider();
+    let psbt = two_input_psbt(&owner);
+    // The first on a session: a challenge, then `SignPsbtNow`; then one round trip each, with
+    // a receipt of the spend.
+    for expected in [2, 1, 1] {
+        let before = s.round_trips();
+        let signed = psbt_sign::sign_psbt(&owner.home, &mut s, owner.id, &psbt).unwrap();
+        assert_eq!(s.round_trips() - before, expected);
+        assert!(signed.receipt.is_some());
+    }
+    // Made by hand under the commitment the last answer handed out: signed once, then the
+    // commitment is gone (a replay gets nothing, not even a second set of shares).
+    let next = s.take_commitment(&owner.id, Epoch(0)).unwrap();
+    let inner = Request::SignPsbtNow {
+        wallet_id: owner.id,
+        epoch: Epoch(0),
+        psbt: ByteBuf::from(psbt.clone()),
+        signers: vec![DEVICE, PROVIDER],
+        commitments: (0..2)
+            .map(|_| ByteBuf::from(device_commitment(&owner)))
+            .collect(),
+    };
+    let request = precommitted(&owner, &next, &inner);
+    let answer = s.call(&request).unwrap();
+    assert!(
+        matches!(&answer, Response::SignedPsbtNow { shares, .. } if shares.len() == 2),
+        "{answer:?}"
+    );
+    not_found(s.call(&request));
+    // One commitment for two inputs is refused, under a fresh challenge.
+    let Response::SignedPsbtNow {
+        next: Some(next), ..
+    } = answer
+    else {
+        panic!("no next commitment")
+    };
+    let short = Request::SignPsbtNow {
+        wallet_id: owner.id,
+        epoch: Epoch(0),
+        psbt: ByteBuf::from(psbt),
+        signers: vec![DEVICE, PROVIDER],
+        commitments: vec![ByteBuf::from(device_commitment(&owner))],
+    };
+    let refused = s.call(&precommitted(&owner, &next, &short));
+    assert!(
+        matches!(&refused, Err(ClientError::Remote(e)) if e.kind == ErrorKind::BadRequest),
+        "{refused:?}"
+    );
 }

@@ -3,8 +3,8 @@
 //!
 //! | key | may |
 //! | --- | --- |
-//! | device key | at the provider: `SignCommit`, `SignNow`, `SignPsbtCommit`; at both: `RefreshStart`, `RefreshCommit` |
-//! | recovery credential | `RecoverStart`, `RecoverCancel`, `SetPolicy`; at the recovery cosigner also `SignCommit`, `SignNow`, `SignPsbtCommit` |
+//! | device key | at the provider: `SignCommit`, `SignNow`, `SignPsbtCommit`, `SignPsbtNow`; at both: `RefreshStart`, `RefreshCommit` |
+//! | recovery credential | `RecoverStart`, `RecoverCancel`, `SetPolicy`; at the recovery cosigner also `SignCommit`, `SignNow`, `SignPsbtCommit`, `SignPsbtNow` |
 //! | the new device's key, during a recovery | `RepairStart`, `RefreshStart`, `RefreshCommit` |
 //!
 //! [`Authorized::new`] is the one place that decides it: it turns the signed inner [`Request`]
@@ -115,11 +115,21 @@ pub(super) struct SignNow {
     pub(super) commitments: ByteBuf,
 }
 
-/// A signing request: raw (two rounds or one) or PSBT.
+/// `SignPsbtNow`: a PSBT signed in one round, the client's commitments included.
+pub(super) struct PsbtNow {
+    pub(super) wallet_id: WalletId,
+    pub(super) epoch: Epoch,
+    pub(super) psbt: ByteBuf,
+    pub(super) signers: Vec<PartyId>,
+    pub(super) commitments: Vec<ByteBuf>,
+}
+
+/// A signing request: raw (two rounds or one) or PSBT (two rounds or one).
 pub(super) enum Sign {
     Raw(SignCommit),
     Now(SignNow),
     Psbt(PsbtCommit),
+    PsbtNow(PsbtNow),
 }
 
 /// `RefreshStart` or `RefreshCommit`.
@@ -223,7 +233,7 @@ impl Authorized {
 }
 
 impl Sign {
-    /// `SignCommit`, `SignNow` or `SignPsbtCommit`, at `at` only.
+    /// `SignCommit`, `SignNow`, `SignPsbtCommit` or `SignPsbtNow`, at `at` only.
     fn new(inner: Request, at: Cosigner, only_at: Cosigner) -> Result<Self, NotAllowed> {
         match inner {
             _ if at != only_at => Err(NotAllowed),
@@ -262,6 +272,19 @@ impl Sign {
                 psbt,
                 signers,
             })),
+            Request::SignPsbtNow {
+                wallet_id,
+                epoch,
+                psbt,
+                signers,
+                commitments,
+            } => Ok(Self::PsbtNow(PsbtNow {
+                wallet_id,
+                epoch,
+                psbt,
+                signers,
+                commitments,
+            })),
             _ => Err(NotAllowed),
         }
     }
@@ -271,6 +294,7 @@ impl Sign {
             Self::Raw(s) => s.wallet_id,
             Self::Now(s) => s.wallet_id,
             Self::Psbt(p) => p.wallet_id,
+            Self::PsbtNow(p) => p.wallet_id,
         }
     }
 }
@@ -306,7 +330,10 @@ impl DeviceRequest {
     fn new(inner: Request, at: Cosigner) -> Result<Self, NotAllowed> {
         if matches!(
             inner,
-            Request::SignCommit { .. } | Request::SignNow { .. } | Request::SignPsbtCommit { .. }
+            Request::SignCommit { .. }
+                | Request::SignNow { .. }
+                | Request::SignPsbtCommit { .. }
+                | Request::SignPsbtNow { .. }
         ) {
             return Sign::new(inner, at, Cosigner::Provider).map(Self::Sign);
         }

@@ -26,16 +26,18 @@ use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::policy::{ASSET_BTC, Member, PastSpend, Policy, Spend};
 use cosigner_protocol::psbt::{self as btc, Network};
-use cosigner_protocol::signing::Signing;
+use cosigner_protocol::sign::decode_commitments;
+use cosigner_protocol::signing::{SignMessage, Signing};
 use cosigner_protocol::wire::{PsbtEvaluation, Registration, Response, SessionId, WalletId};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 
-use super::authorized::Actor;
+use super::authorized::{Actor, PsbtNow};
 use super::failure::{Failure, Outcome, internal};
 use super::records::WalletState;
 use super::sign::{epoch_in_use, open_signing, sign_packages};
-use super::{Service, Suite, now_ms, output_key, public_key_package, random};
+use super::sign_now::{Now, draw, other_signer};
+use super::{Service, Suite, key_package, now_ms, output_key, public_key_package, random};
 
 /// The one member of a personal wallet's policy: the device key.
 pub const OWNER: &str = "owner";
@@ -302,6 +304,33 @@ fn evaluation(summary: btc::SpendSummary, rule: Option<String>) -> PsbtEvaluatio
     }
 }
 
+/// What releases a PSBT session's shares: the coordinator's packages (two rounds), or the other
+/// signer's commitments, from which the enclave builds each package itself (one round).
+enum Feed {
+    Packages(Vec<Vec<u8>>),
+    Commitments {
+        party: PartyId,
+        commitments: Vec<Vec<u8>>,
+    },
+}
+
+/// Our shares of `signing` from `feed`.
+fn feed_shares(signing: &mut Signing<Suite>, feed: Feed) -> Result<Vec<Vec<u8>>, Failure> {
+    match feed {
+        Feed::Packages(packages) => sign_packages(signing, packages),
+        Feed::Commitments { party, commitments } => {
+            for c in &commitments {
+                decode_commitments::<Suite>(party, c)?;
+            }
+            signing.absorb(&SignMessage::Commitments { party, commitments })?;
+            match signing.advance()?.into_iter().next() {
+                Some(SignMessage::Shares { shares, .. }) => Ok(shares),
+                _ => Err(internal("the signing engine signed nothing")),
+            }
+        }
+    }
+}
+
 impl Service {
     /// A raw-digest `SignCommit` for a wallet with a policy: the enclave cannot value a digest.
     pub(super) fn raw_sign_refused(
@@ -460,16 +489,87 @@ impl Service {
             }
             Ok(())
         })?;
-        if signing_packages.len() != pending.inputs {
+        let packages = signing_packages.iter().map(|p| p.to_vec()).collect();
+        let (shares, receipt) = self.release_psbt(pending, Feed::Packages(packages))?;
+        Ok(Response::PsbtShares {
+            shares,
+            receipt: Some(ByteBuf::from(receipt)),
+        })
+    }
+
+    /// `SignPsbtNow`: the commitments and the release at once. Our nonces are drawn now, after
+    /// the client's commitments are known, and used in this same request: the client learns our
+    /// commitments only with our shares. The precommitment whose id was the challenge is
+    /// dropped unused (its nonces zeroize).
+    pub(super) fn sign_psbt_now(&self, now: Now<'_>, owner: ConnectionId, p: PsbtNow) -> Outcome {
+        let Now {
+            state,
+            actor,
+            held,
+            store,
+            ..
+        } = now;
+        if let Some(held) = held.as_ref().filter(|h| h.epoch() != p.epoch) {
             return Err(Failure::bad(format!(
-                "{} signing packages for {} inputs",
-                signing_packages.len(),
+                "the commitment used is for epoch {}, the request signs at epoch {}",
+                held.epoch(),
+                p.epoch
+            )));
+        }
+        drop(held);
+        let (wallet_id, party) = (state.params.wallet_id, state.party);
+        let other = other_signer(&state, &p.signers)?;
+        let committed =
+            self.sign_psbt_commit(owner, state, &actor, p.epoch, &p.psbt, &p.signers)?;
+        let Response::PsbtCommitted {
+            session_id,
+            commitments,
+            evaluation,
+        } = committed
+        else {
+            return Err(internal("the PSBT commitments answered something else"));
+        };
+        let pending = self.psbts.take(&session_id, |_| Ok(()))?;
+        let theirs = p.commitments.into_iter().map(ByteBuf::into_vec).collect();
+        let feed = Feed::Commitments {
+            party: other,
+            commitments: theirs,
+        };
+        let (shares, receipt) = self.release_psbt(pending, feed)?;
+        let key = self.keys.get(wallet_id, party, p.epoch, || {
+            key_package(&self.records().load_share(&wallet_id, party, p.epoch)?)
+        })?;
+        let (held, next) = draw(wallet_id, party, p.epoch, &key)?;
+        store.keep(held);
+        Ok(Response::SignedPsbtNow {
+            commitments,
+            shares,
+            evaluation,
+            receipt: ByteBuf::from(receipt),
+            next: Some(next),
+        })
+    }
+
+    /// Our shares of `pending` (from the coordinator's packages, or built here from the other
+    /// signer's commitments), released once the policy was evaluated again and the spend
+    /// recorded: the shares and the receipt of the spend.
+    fn release_psbt(
+        &self,
+        pending: PsbtSession,
+        feed: Feed,
+    ) -> Result<(Vec<ByteBuf>, Vec<u8>), Failure> {
+        let count = match &feed {
+            Feed::Packages(p) => p.len(),
+            Feed::Commitments { commitments, .. } => commitments.len(),
+        };
+        if count != pending.inputs {
+            return Err(Failure::bad(format!(
+                "{count} signing packages or commitments for {} inputs",
                 pending.inputs
             )));
         }
         let mut signing = pending.signing;
-        let packages = signing_packages.iter().map(|p| p.to_vec()).collect();
-        let shares: Vec<ByteBuf> = sign_packages(&mut signing, packages)?
+        let shares: Vec<ByteBuf> = feed_shares(&mut signing, feed)?
             .into_iter()
             .map(ByteBuf::from)
             .collect();
@@ -532,10 +632,7 @@ impl Service {
                 rule.map(|r| format!(", rule {r:?}")).unwrap_or_default()
             ),
         )?;
-        Ok(Response::PsbtShares {
-            shares,
-            receipt: Some(ByteBuf::from(receipt)),
-        })
+        Ok((shares, receipt))
     }
 
     /// `SetPolicy` (recovery credential only): replace or remove the wallet's policy. The spend

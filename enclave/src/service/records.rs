@@ -821,16 +821,31 @@ mod tests {
         }
     }
 
-    /// A fresh store and anchor.
+    /// A fresh store and anchor, and one cache of opened state across its records.
     #[derive(Default)]
     struct Fixture {
         store: MemoryStore,
         anchor: InsecureMemoryAnchor,
+        opened: Opened,
     }
 
     impl Fixture {
         fn records(&self) -> Records<'_> {
-            records(&self.store, &self.anchor)
+            Records {
+                sealer: &ContextSealer,
+                store: &self.store,
+                anchor: &self.anchor,
+                opened: &self.opened,
+            }
+        }
+
+        /// The one blob the store holds: its key and bytes.
+        fn only_blob(&self) -> (String, Vec<u8>) {
+            let keys = self.store.list("").unwrap();
+            assert_eq!(keys.len(), 1, "{keys:?}");
+            let key = keys.into_iter().next().unwrap();
+            let blob = self.store.get(&key).unwrap().unwrap();
+            (key, blob)
         }
 
         /// A fixture holding `id`'s state at epoch 0.
@@ -872,6 +887,30 @@ mod tests {
             recovery_cosigner_key: None,
             commit_receipt: None,
         }
+    }
+
+    /// State already opened (and kept opened) is fetched and checked against the anchor at every
+    /// read all the same: the host altering its blob, or serving an older one in its place, is
+    /// refused at the next read.
+    #[test]
+    fn opened_state_is_still_checked_at_every_read() {
+        let (f, id) = Fixture::saved(WalletId([6; 16]));
+        let (_, old) = f.only_blob();
+        f.records().save_state(&id, &state(id, Epoch(1))).unwrap();
+        assert_eq!(f.records().load_state(&id).unwrap().current_epoch, Epoch(1));
+        assert_eq!(format!("{:?}", f.opened), "Opened(1 kept)");
+        let (key, current) = f.only_blob();
+        let mut flipped = current.clone();
+        if let Some(byte) = flipped.last_mut() {
+            *byte ^= 1;
+        }
+        for served in [flipped, old] {
+            f.store.put(&key, &served).unwrap();
+            let err = f.records().load_state(&id).unwrap_err();
+            assert_eq!(err.0.kind, ErrorKind::Integrity, "{err:?}");
+        }
+        f.store.put(&key, &current).unwrap();
+        assert_eq!(f.records().load_state(&id).unwrap().current_epoch, Epoch(1));
     }
 
     /// A state write whose anchor step fails is reported failed exactly when the old state is

@@ -280,10 +280,11 @@ impl Service {
             held,
             store,
         } = run;
-        let one_round = matches!(request.sign(), Some(Sign::Now(_)));
+        let one_round = matches!(request.sign(), Some(Sign::Now(_) | Sign::PsbtNow(_)));
         if held.is_some() && !one_round {
             return Err(Failure::bad(
-                "a commitment can only be used by SignNow: this request needs a challenge",
+                "a commitment can only be used by SignNow or SignPsbtNow: this request needs a \
+                 challenge",
             ));
         }
         match request {
@@ -304,6 +305,16 @@ impl Service {
                 }
                 Sign::Psbt(p) => {
                     self.sign_psbt_commit(owner, state, &actor, p.epoch, &p.psbt, &p.signers)
+                }
+                Sign::PsbtNow(p) => {
+                    let now = Now {
+                        state,
+                        actor,
+                        generation,
+                        held,
+                        store,
+                    };
+                    self.sign_psbt_now(now, owner, p)
                 }
             },
             Authorized::Device(DeviceRequest::Refresh(refresh))

@@ -53,6 +53,11 @@ impl Held {
     pub(super) fn id(&self) -> &[u8; PRECOMMITMENT_ID_LEN] {
         &self.id
     }
+
+    /// The epoch it was drawn for.
+    pub(super) fn epoch(&self) -> Epoch {
+        self.epoch
+    }
 }
 
 /// A session's precommitments, at most one per wallet.
@@ -84,7 +89,7 @@ impl Precommitments {
     }
 
     /// Keeps `held`, replacing the wallet's previous one (its nonces are dropped, zeroized).
-    fn keep(&mut self, held: Held) {
+    pub(super) fn keep(&mut self, held: Held) {
         self.0.retain(|h| h.wallet_id != held.wallet_id);
         if self.0.len() >= MAX_PRECOMMITMENTS {
             self.0.remove(0);
@@ -94,7 +99,7 @@ impl Precommitments {
 }
 
 /// The other signer of a personal wallet's signature: the signer set is us and one other party.
-fn other_signer(state: &WalletState, signers: &[PartyId]) -> Result<PartyId, Failure> {
+pub(super) fn other_signer(state: &WalletState, signers: &[PartyId]) -> Result<PartyId, Failure> {
     match signers {
         [a, b] if *a == state.party && *b != state.party => Ok(*b),
         [a, b] if *b == state.party && *a != state.party => Ok(*a),
@@ -203,7 +208,7 @@ impl Service {
 
 /// Draws the next commitment of `wallet_id` for a session: the nonces to keep there, and what
 /// the client is told.
-fn draw(
+pub(super) fn draw(
     wallet_id: WalletId,
     party: PartyId,
     epoch: Epoch,
