@@ -37,7 +37,7 @@ use super::failure::{Failure, Outcome, internal};
 use super::records::WalletState;
 use super::sign::{epoch_in_use, open_signing, sign_packages};
 use super::sign_now::{Now, draw, other_signer};
-use super::{Service, Suite, key_package, now_ms, output_key, public_key_package, random};
+use super::{Service, Suite, now_ms, output_key, public_key_package, random};
 
 /// The one member of a personal wallet's policy: the device key.
 pub const OWNER: &str = "owner";
@@ -314,6 +314,18 @@ enum Feed {
     },
 }
 
+/// What a PSBT session's release records: the session less its signing engine.
+struct Release {
+    wallet_id: WalletId,
+    epoch: Epoch,
+    actor: Actor,
+    psbt_digest: [u8; 32],
+    txid: String,
+    value_leaving: u64,
+    fee: u64,
+    destinations: Vec<String>,
+}
+
 /// Our shares of `signing` from `feed`.
 fn feed_shares(signing: &mut Signing<Suite>, feed: Feed) -> Result<Vec<Vec<u8>>, Failure> {
     match feed {
@@ -352,15 +364,16 @@ impl Service {
         )
     }
 
-    /// `SignPsbtCommit`: analyse, evaluate, commit once per input.
+    /// `SignPsbtCommit`: analyse, evaluate, commit once per input. With `two_rounds` the
+    /// authorization is logged now; a one-round `SignPsbtNow` logs only its release.
     pub(super) fn sign_psbt_commit(
         &self,
         owner_session: ConnectionId,
         mut state: WalletState,
         actor: &Actor,
         epoch: Epoch,
-        psbt: &[u8],
-        signers: &[PartyId],
+        (psbt, signers): (&[u8], &[PartyId]),
+        two_rounds: bool,
     ) -> Outcome {
         let wallet_id = state.params.wallet_id;
         let psbt_digest: [u8; 32] = Sha256::digest(psbt).into();
@@ -377,31 +390,35 @@ impl Service {
         let judged = judge_psbt(&state, epoch, psbt, signers, &refuse)?;
         let inputs = &judged.summary.sighashes;
         self.psbt_refresh_due(&mut state, actor, &psbt_digest, inputs.len())?;
-        let share = self.records().load_share(&wallet_id, state.party, epoch)?;
+        let key = self.key_of(wallet_id, state.party, epoch)?;
         let messages = inputs.iter().map(|sighash| sighash.to_vec()).collect();
-        let (signing, commitments) = open_signing(&state, &share, signers, messages)?;
+        let (signing, commitments) = open_signing(&state, key, signers, messages)?;
         let commitments = commitments.into_iter().map(ByteBuf::from).collect();
         let Judged {
             summary,
             destinations,
             rule,
         } = judged;
-        self.log(
-            &wallet_id,
-            "sign-psbt",
-            &actor.label(),
-            &psbt_digest,
-            &format!(
-                "allowed: {} {} sat leaving (fee {}), {}",
-                summary.txid,
-                summary.value_leaving,
-                summary.fee,
-                match &rule {
-                    Some(r) => format!("rule {r:?}"),
-                    None => "no policy".into(),
-                }
-            ),
-        )?;
+        // Two rounds: the authorization is logged now, the release later (if ever). One round
+        // logs only the release, in the same request.
+        if two_rounds {
+            self.log(
+                &wallet_id,
+                "sign-psbt",
+                &actor.label(),
+                &psbt_digest,
+                &format!(
+                    "allowed: {} {} sat leaving (fee {}), {}",
+                    summary.txid,
+                    summary.value_leaving,
+                    summary.fee,
+                    match &rule {
+                        Some(r) => format!("rule {r:?}"),
+                        None => "no policy".into(),
+                    }
+                ),
+            )?;
+        }
         let session_id = SessionId(random::<16>()?);
         let session = PsbtSession {
             wallet_id,
@@ -519,8 +536,8 @@ impl Service {
         drop(held);
         let (wallet_id, party) = (state.params.wallet_id, state.party);
         let other = other_signer(&state, &p.signers)?;
-        let committed =
-            self.sign_psbt_commit(owner, state, &actor, p.epoch, &p.psbt, &p.signers)?;
+        let psbt = (p.psbt.as_slice(), p.signers.as_slice());
+        let committed = self.sign_psbt_commit(owner, state, &actor, p.epoch, psbt, false)?;
         let Response::PsbtCommitted {
             session_id,
             commitments,
@@ -536,9 +553,7 @@ impl Service {
             commitments: theirs,
         };
         let (shares, receipt) = self.release_psbt(pending, feed)?;
-        let key = self.keys.get(wallet_id, party, p.epoch, || {
-            key_package(&self.records().load_share(&wallet_id, party, p.epoch)?)
-        })?;
+        let key = self.key_of(wallet_id, party, p.epoch)?;
         let (held, next) = draw(wallet_id, party, p.epoch, &key)?;
         store.keep(held);
         Ok(Response::SignedPsbtNow {
@@ -568,71 +583,120 @@ impl Service {
                 pending.inputs
             )));
         }
-        let mut signing = pending.signing;
-        let shares: Vec<ByteBuf> = feed_shares(&mut signing, feed)?
-            .into_iter()
-            .map(ByteBuf::from)
-            .collect();
-        let wallet_id = pending.wallet_id;
-        let label = pending.actor.label();
+        let PsbtSession {
+            mut signing,
+            wallet_id,
+            epoch,
+            actor,
+            psbt_digest,
+            txid,
+            value_leaving,
+            fee,
+            destinations,
+            ..
+        } = pending;
+        let spend = Release {
+            wallet_id,
+            epoch,
+            actor,
+            psbt_digest,
+            txid,
+            value_leaving,
+            fee,
+            destinations,
+        };
+        let (shares, receipt) = match feed {
+            // A coordinator's packages are checked against the session while the shares are
+            // computed: nothing is recorded for packages that do not match.
+            Feed::Packages(packages) => {
+                let shares = sign_packages(&mut signing, packages)?;
+                (shares, self.record_release(&spend)?)
+            }
+            // Commitments that decode leave nothing for the shares to refuse: they are computed
+            // on another thread while this one records the spend (one fsync after another);
+            // they leave only with the receipt.
+            Feed::Commitments { party, commitments } => {
+                for c in &commitments {
+                    decode_commitments::<Suite>(party, c)?;
+                }
+                let feed = Feed::Commitments { party, commitments };
+                let (shares, recorded) = std::thread::scope(|scope| {
+                    let signer = scope.spawn(move || feed_shares(&mut signing, feed));
+                    let recorded = self.record_release(&spend);
+                    let shares = signer
+                        .join()
+                        .unwrap_or_else(|_| Err(internal("the signing thread panicked")));
+                    (shares, recorded)
+                });
+                let receipt = recorded?;
+                (shares?, receipt)
+            }
+        };
+        Ok((shares.into_iter().map(ByteBuf::from).collect(), receipt))
+    }
+
+    /// Evaluates `spend` again under the wallet's lock, records it in the anchored state (once
+    /// per transaction) and logs it: the receipt.
+    fn record_release(&self, spend: &Release) -> Result<Vec<u8>, Failure> {
+        let wallet_id = spend.wallet_id;
+        let label = spend.actor.label();
         let refuse = |why: String| -> Failure {
             self.refused(
                 &wallet_id,
                 "sign-psbt",
                 &label,
-                &pending.psbt_digest,
+                &spend.psbt_digest,
                 &format!("refused at release: {why}"),
             );
             Failure::bad(why)
         };
         let _guard = self.writer(&wallet_id)?;
         let mut state = self.records().load_state(&wallet_id)?;
-        if !pending.actor.still_authorized(&state) {
+        if !spend.actor.still_authorized(&state) {
             return Err(refuse(
                 "the key that opened this session is no longer authorized (recovery)".into(),
             ));
         }
         // The key package was unsealed at the commitment: an epoch refreshed away since then
         // must not sign (the share it held is retired, as if it had been deleted).
-        if !epoch_in_use(&state, pending.epoch) {
+        if !epoch_in_use(&state, spend.epoch) {
             return Err(refuse(format!(
                 "epoch {} is no longer in use: refreshed since the commitments",
-                pending.epoch
+                spend.epoch
             )));
         }
         let now = now_ms();
         // Recorded once per transaction, before the shares leave: a retry of a signature whose
         // shares were released but never reached the client finds it here and is not counted
         // again.
-        let rule = if already_signed(&state, &pending.txid) {
+        let rule = if already_signed(&state, &spend.txid) {
             None
         } else {
             let rule = judge(
                 &state,
-                pending.value_leaving,
-                pending.fee,
-                &pending.destinations,
+                spend.value_leaving,
+                spend.fee,
+                &spend.destinations,
                 now,
             )?
             .map_err(|reason| refuse(format!("refused by the wallet's policy: {reason}")))?;
-            record(&mut state.history, now, pending.value_leaving);
-            remember_signed(&mut state, &pending.txid, now);
+            record(&mut state.history, now, spend.value_leaving);
+            remember_signed(&mut state, &spend.txid, now);
             self.records().save_state(&wallet_id, &state)?;
             rule
         };
-        let receipt = self.log(
+        self.log(
             &wallet_id,
             "sign-psbt",
             &label,
-            &pending.psbt_digest,
+            &spend.psbt_digest,
             &format!(
                 "signed {}: {} sat leaving{}",
-                pending.txid,
-                pending.value_leaving,
+                spend.txid,
+                spend.value_leaving,
                 rule.map(|r| format!(", rule {r:?}")).unwrap_or_default()
             ),
-        )?;
-        Ok((shares, receipt))
+        )
     }
 
     /// `SetPolicy` (recovery credential only): replace or remove the wallet's policy. The spend

@@ -304,7 +304,8 @@ impl Service {
                     self.sign_now(now, s)
                 }
                 Sign::Psbt(p) => {
-                    self.sign_psbt_commit(owner, state, &actor, p.epoch, &p.psbt, &p.signers)
+                    let psbt = (p.psbt.as_slice(), p.signers.as_slice());
+                    self.sign_psbt_commit(owner, state, &actor, p.epoch, psbt, true)
                 }
                 Sign::PsbtNow(p) => {
                     let now = Now {

@@ -12,9 +12,10 @@ use serde_bytes::ByteBuf;
 
 use super::authorized::Actor;
 use super::failure::{Failure, Outcome, internal};
-use super::records::{ShareRecord, WalletState};
+use super::records::WalletState;
 use super::table;
 use super::{Service, Suite, key_package, now_ms, random};
+use frost_core::keys::KeyPackage;
 
 /// An open signing session.
 pub(super) struct PendingSign {
@@ -41,11 +42,11 @@ impl PendingSign {
 /// in `state`): the engine and our commitments, one per message.
 pub(super) fn open_signing(
     state: &WalletState,
-    share: &ShareRecord,
+    key: KeyPackage<Suite>,
     signers: &[PartyId],
     messages: Vec<Vec<u8>>,
 ) -> Result<(Signing<Suite>, Vec<Vec<u8>>), Failure> {
-    let locals = vec![(state.party, key_package(share)?)];
+    let locals = vec![(state.party, key)];
     let (signing, out) = Signing::start(locals, signers, messages, &mut rand_core::OsRng)?;
     match out.into_iter().next() {
         Some(SignMessage::Commitments { commitments, .. }) => Ok((signing, commitments)),
@@ -76,6 +77,19 @@ fn too_many(wallet_id: &WalletId, open: usize) -> String {
 }
 
 impl Service {
+    /// Our (`party`'s) key package of `wallet_id` at `epoch`, from the cache of unsealed ones
+    /// (`keys`), unsealed on a miss.
+    pub(super) fn key_of(
+        &self,
+        wallet_id: WalletId,
+        party: PartyId,
+        epoch: Epoch,
+    ) -> Result<KeyPackage<Suite>, Failure> {
+        self.keys.get(wallet_id, party, epoch, || {
+            key_package(&self.records().load_share(&wallet_id, party, epoch)?)
+        })
+    }
+
     pub(super) fn sign_commit(
         &self,
         mut state: WalletState,
@@ -93,8 +107,10 @@ impl Service {
             return Err(Failure::busy(too_many(&wallet_id, open)));
         }
         self.count_signature(&mut state, &actor, epoch, message, &mut generation)?;
+        // The two-round path reads (and checks) the share record at every commitment.
         let share = self.records().load_share(&wallet_id, state.party, epoch)?;
-        let (signing, commitments) = open_signing(&state, &share, signers, vec![message.to_vec()])?;
+        let key = key_package(&share)?;
+        let (signing, commitments) = open_signing(&state, key, signers, vec![message.to_vec()])?;
         let commitments = commitments.into_iter().next().unwrap_or_default();
         self.log(&wallet_id, "sign", &actor.label(), message, "allowed")?;
         let session_id = SessionId(random::<16>()?);

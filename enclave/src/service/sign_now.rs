@@ -28,7 +28,7 @@ use serde_bytes::ByteBuf;
 use super::authorized::{Actor, SignNow};
 use super::failure::{Failure, Outcome, internal};
 use super::records::WalletState;
-use super::{Service, Suite, key_package, random};
+use super::{Service, Suite, random};
 
 /// Most precommitments one session holds (one per wallet; the oldest goes first).
 pub(super) const MAX_PRECOMMITMENTS: usize = 8;
@@ -148,9 +148,7 @@ impl Service {
             )));
         }
         let party = state.party;
-        let key = self.keys.get(wallet_id, party, epoch, || {
-            key_package(&self.records().load_share(&wallet_id, party, epoch)?)
-        })?;
+        let key = self.key_of(wallet_id, party, epoch)?;
         let precommitment = match held {
             Some(held) => held.precommitment,
             None => Precommitment::new(&key, party, &mut rand_core::OsRng)?.0,
