@@ -128,6 +128,27 @@ fn signed_call(
     session.call_overlapped(&request, meanwhile)
 }
 
+/// Sends `inner` signed by `key` over the cosigner's commitment `under` (one round trip, running
+/// `meanwhile` while the cosigner answers) or, without one, over a fresh challenge (two).
+fn signed_once(
+    courier: &mut dyn Courier,
+    (wallet_id, role, key): (WalletId, KeyRole, &SigningKey),
+    inner: &Request,
+    under: Option<&[u8]>,
+    meanwhile: &mut dyn FnMut(),
+) -> Result<Response> {
+    match under {
+        Some(id) => signed_call(
+            courier,
+            (wallet_id, role, key),
+            inner,
+            Under::Precommitment(id),
+            meanwhile,
+        ),
+        None => authorized(courier, wallet_id, role, key, inner),
+    }
+}
+
 /// Where `create` put the recovery credential.
 #[derive(Debug, Clone)]
 pub struct Created {
@@ -706,23 +727,26 @@ impl TwoParty {
         // With the cosigner's commitment known ahead, the signing package is too: our share is
         // computed while the cosigner computes its own.
         let mut early = None;
-        let answer = match &used {
-            Some(next) => {
-                signing.absorb(&SignMessage::Commitments {
-                    party: self.them,
-                    commitments: vec![next.commitments.to_vec()],
-                })?;
-                let mut meanwhile = || early = Some(signing.advance().map(drop));
-                signed_call(
-                    courier,
-                    (wallet_id, role, key),
-                    &request,
-                    Under::Precommitment(&next.id),
-                    &mut meanwhile,
-                )?
+        if let Some(next) = &used {
+            signing.absorb(&SignMessage::Commitments {
+                party: self.them,
+                commitments: vec![next.commitments.to_vec()],
+            })?;
+        }
+        let ahead = used.is_some();
+        let mut meanwhile = || {
+            if ahead {
+                early = Some(signing.advance().map(drop));
             }
-            None => authorized(courier, wallet_id, role, key, &request)?,
         };
+        let under = used.as_ref().map(|n| n.id.as_slice());
+        let answer = signed_once(
+            courier,
+            (wallet_id, role, key),
+            &request,
+            under,
+            &mut meanwhile,
+        )?;
         let Response::SignedNow {
             commitments,
             share,
@@ -816,16 +840,7 @@ impl TwoParty {
             signers: self.signers().to_vec(),
             commitments: commitments.into_iter().map(ByteBuf::from).collect(),
         };
-        let answer = match under {
-            Some(id) => signed_call(
-                courier,
-                (wallet_id, role, key),
-                &request,
-                Under::Precommitment(id),
-                &mut || {},
-            )?,
-            None => authorized(courier, wallet_id, role, key, &request)?,
-        };
+        let answer = signed_once(courier, (wallet_id, role, key), &request, under, &mut || {})?;
         let Response::SignedPsbtNow {
             commitments,
             shares,

@@ -140,14 +140,8 @@ fn main() {
     )
     .unwrap()
     .wallet;
-    let spend = cosigner_tests::bitcoin_tx::payment(
-        &hex::encode(policed.group_public_key),
-        &[70_000, 50_000],
-        60_000,
-        50_000,
-    )
-    .unwrap();
-    let psbt = cosigner_protocol::psbt::decode_psbt_file(spend.psbt_base64.as_bytes()).unwrap();
+    let psbt =
+        cosigner_tests::bitcoin_tx::two_input_psbt(&hex::encode(policed.group_public_key)).unwrap();
     let policed_id = policed.wallet_id;
     let psbt_ms = time(100, || {
         psbt_sign::sign_psbt(&home, &mut provider, policed_id, &psbt).unwrap();

@@ -120,6 +120,15 @@ pub fn payment(
     build(x_only_hex, inputs, &outputs)
 }
 
+/// A PSBT (BIP-174, binary) spending two of the wallet's outputs (70 000 and 50 000 sat): 60 000
+/// sat away, 50 000 back as change. What the benches and the one-round tests sign.
+pub fn two_input_psbt(x_only_hex: &str) -> anyhow::Result<Vec<u8>> {
+    let spend = payment(x_only_hex, &[70_000, 50_000], 60_000, 50_000)?;
+    Ok(cosigner_protocol::psbt::decode_psbt_file(
+        spend.psbt_base64.as_bytes(),
+    )?)
+}
+
 /// Checks a finished transaction under Bitcoin's consensus rules (Taproot included), spending
 /// `prevouts`: every input must verify.
 pub fn verify_consensus(tx_hex: &str, prevouts: &[TxOut]) -> anyhow::Result<()> {

@@ -77,14 +77,7 @@ fn precommitted(owner: &Owner, next: &NextCommitment, inner: &Request) -> Reques
 /// A PSBT (BIP-174, binary) spending two of the wallet's outputs.
 fn two_input_psbt(owner: &Owner) -> Vec<u8> {
     let wallet = owner.home.wallet(&owner.id).unwrap();
-    let spend = cosigner_tests::bitcoin_tx::payment(
-        &hex::encode(wallet.group_public_key),
-        &[70_000, 50_000],
-        60_000,
-        50_000,
-    )
-    .unwrap();
-    cosigner_protocol::psbt::decode_psbt_file(spend.psbt_base64.as_bytes()).unwrap()
+    cosigner_tests::bitcoin_tx::two_input_psbt(&hex::encode(wallet.group_public_key)).unwrap()
 }
 
 fn not_found(answer: Result<Response, ClientError>) {

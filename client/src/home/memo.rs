@@ -120,12 +120,17 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn a_value_is_decoded_once_while_its_file_is_unchanged() {
+    /// A directory with the file `f` holding "one", and an empty memo.
+    fn fixture() -> (tempfile::TempDir, PathBuf, Memo, Cell<u32>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, "one").unwrap();
-        let (memo, loads) = (Memo::default(), Cell::new(0));
+        (dir, path, Memo::default(), Cell::new(0))
+    }
+
+    #[test]
+    fn a_value_is_decoded_once_while_its_file_is_unchanged() {
+        let (_dir, path, memo, loads) = fixture();
         assert_eq!(read(&memo, &path, &loads), "one");
         assert_eq!(read(&memo.clone(), &path, &loads), "one");
         assert_eq!(loads.get(), 1);
@@ -133,10 +138,7 @@ mod tests {
 
     #[test]
     fn a_file_replaced_or_edited_is_read_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        std::fs::write(&path, "one").unwrap();
-        let (memo, loads) = (Memo::default(), Cell::new(0));
+        let (dir, path, memo, loads) = fixture();
         read(&memo, &path, &loads);
         // Replaced by rename, as every write of a home is: a new inode, same size.
         let tmp = dir.path().join("f.tmp");

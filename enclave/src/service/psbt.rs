@@ -52,24 +52,18 @@ const MAX_HISTORY: usize = 4096;
 
 /// A PSBT signing session: one FROST session per input, bound to its sighash.
 pub(super) struct PsbtSession {
-    wallet_id: WalletId,
-    epoch: Epoch,
     owner: ConnectionId,
-    actor: Actor,
     /// This cosigner's side of the signature, one message per input (see `sign::PendingSign`).
     signing: Signing<Suite>,
     inputs: usize,
-    psbt_digest: [u8; 32],
-    txid: String,
-    value_leaving: u64,
-    fee: u64,
-    destinations: Vec<String>,
+    /// What its release records.
+    spend: Release,
 }
 
 impl PsbtSession {
     /// The epoch whose share it signs with.
     pub(super) fn epoch(&self) -> Epoch {
-        self.epoch
+        self.spend.epoch
     }
 }
 
@@ -421,17 +415,19 @@ impl Service {
         }
         let session_id = SessionId(random::<16>()?);
         let session = PsbtSession {
-            wallet_id,
-            epoch,
             owner: owner_session,
-            actor: actor.clone(),
             signing,
             inputs: summary.sighashes.len(),
-            psbt_digest,
-            txid: summary.txid.clone(),
-            value_leaving: summary.value_leaving,
-            fee: summary.fee,
-            destinations,
+            spend: Release {
+                wallet_id,
+                epoch,
+                actor: actor.clone(),
+                psbt_digest,
+                txid: summary.txid.clone(),
+                value_leaving: summary.value_leaving,
+                fee: summary.fee,
+                destinations,
+            },
         };
         self.psbts.insert(session_id, wallet_id, session, |mine| {
             format!("wallet {wallet_id} has {mine} PSBT signing sessions open")
@@ -584,27 +580,8 @@ impl Service {
             )));
         }
         let PsbtSession {
-            mut signing,
-            wallet_id,
-            epoch,
-            actor,
-            psbt_digest,
-            txid,
-            value_leaving,
-            fee,
-            destinations,
-            ..
+            mut signing, spend, ..
         } = pending;
-        let spend = Release {
-            wallet_id,
-            epoch,
-            actor,
-            psbt_digest,
-            txid,
-            value_leaving,
-            fee,
-            destinations,
-        };
         let (shares, receipt) = match feed {
             // A coordinator's packages are checked against the session while the shares are
             // computed: nothing is recorded for packages that do not match.

@@ -289,35 +289,31 @@ impl Service {
         }
         match request {
             Authorized::Device(DeviceRequest::Sign(sign))
-            | Authorized::Recovery(RecoveryRequest::Sign(sign)) => match sign {
-                Sign::Raw(s) => {
-                    self.sign_commit(state, actor, generation, s.epoch, &s.message, &s.signers)
+            | Authorized::Recovery(RecoveryRequest::Sign(sign)) => {
+                let now = Now {
+                    state,
+                    actor,
+                    generation,
+                    held,
+                    store,
+                };
+                match sign {
+                    Sign::Raw(s) => self.sign_commit(
+                        now.state,
+                        now.actor,
+                        now.generation,
+                        s.epoch,
+                        &s.message,
+                        &s.signers,
+                    ),
+                    Sign::Now(s) => self.sign_now(now, s),
+                    Sign::Psbt(p) => {
+                        let psbt = (p.psbt.as_slice(), p.signers.as_slice());
+                        self.sign_psbt_commit(owner, now.state, &now.actor, p.epoch, psbt, true)
+                    }
+                    Sign::PsbtNow(p) => self.sign_psbt_now(now, owner, p),
                 }
-                Sign::Now(s) => {
-                    let now = Now {
-                        state,
-                        actor,
-                        generation,
-                        held,
-                        store,
-                    };
-                    self.sign_now(now, s)
-                }
-                Sign::Psbt(p) => {
-                    let psbt = (p.psbt.as_slice(), p.signers.as_slice());
-                    self.sign_psbt_commit(owner, state, &actor, p.epoch, psbt, true)
-                }
-                Sign::PsbtNow(p) => {
-                    let now = Now {
-                        state,
-                        actor,
-                        generation,
-                        held,
-                        store,
-                    };
-                    self.sign_psbt_now(now, owner, p)
-                }
-            },
+            }
             Authorized::Device(DeviceRequest::Refresh(refresh))
             | Authorized::PendingDevice(PendingDeviceRequest::Refresh(refresh)) => match refresh {
                 Refresh::Start { params, me } => {
