@@ -404,11 +404,20 @@ impl Pace {
 pub fn write_envelope(path: &Path, envelope: &Envelope) -> Result<()> {
     let text = format!("{}\n", hex::encode(envelope.encode()?));
     // Written beside and renamed into place: whoever waits for the file (another member's
-    // script, a test) never reads half of it.
+    // script, a test) never reads half of it. The temporary name is created new and never
+    // through a link (`O_EXCL`, `O_NOFOLLOW`): a link planted there cannot redirect the write.
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp-{}", std::process::id()));
     let tmp = std::path::PathBuf::from(tmp);
-    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -4,7 +4,7 @@
 //! and decoding them (a PEM parse and a P-256 public key, a JSON public key package, frost's
 //! share) costs more than a round trip to the cosigner. A [`Memo`] keeps each decoded value with
 //! the [`Stamp`]s of the files it came from and hands it out again only while every file still
-//! has the same identity, size and modification time. Every write in a home is a new file
+//! has the same identity, size, modification and change time. Every write in a home is a new file
 //! renamed over the old one (`write_private`), so a write always changes the inode; an edit in
 //! place changes the size or the modification time. The files are re-checked (one `stat` each)
 //! on every use, so another process writing the home is seen at once.
@@ -26,6 +26,9 @@ struct Stamp {
     len: u64,
     mtime: i64,
     mtime_nsec: i64,
+    /// Unlike the modification time, user space cannot set it back.
+    ctime: i64,
+    ctime_nsec: i64,
 }
 
 impl Stamp {
@@ -38,6 +41,8 @@ impl Stamp {
             len: m.len(),
             mtime: m.mtime(),
             mtime_nsec: m.mtime_nsec(),
+            ctime: m.ctime(),
+            ctime_nsec: m.ctime_nsec(),
         })
     }
 }

@@ -532,6 +532,10 @@ impl Service {
         drop(held);
         let (wallet_id, party) = (state.params.wallet_id, state.party);
         let other = other_signer(&state, &p.signers)?;
+        // The client's commitments decode before anything is counted or logged.
+        for c in &p.commitments {
+            decode_commitments::<Suite>(other, c)?;
+        }
         let psbt = (p.psbt.as_slice(), p.signers.as_slice());
         let committed = self.sign_psbt_commit(owner, state, &actor, p.epoch, psbt, false)?;
         let Response::PsbtCommitted {
@@ -549,15 +553,22 @@ impl Service {
             commitments: theirs,
         };
         let (shares, receipt) = self.release_psbt(pending, feed)?;
-        let key = self.key_of(wallet_id, party, p.epoch)?;
-        let (held, next) = draw(wallet_id, party, p.epoch, &key)?;
-        store.keep(held);
+        // The spend is recorded: the shares leave whatever happens to the next commitment (the
+        // client falls back to a challenge without one).
+        let next = self
+            .key_of(wallet_id, party, p.epoch)
+            .and_then(|key| draw(wallet_id, party, p.epoch, &key))
+            .ok()
+            .map(|(held, next)| {
+                store.keep(held);
+                next
+            });
         Ok(Response::SignedPsbtNow {
             commitments,
             shares,
             evaluation,
             receipt: ByteBuf::from(receipt),
-            next: Some(next),
+            next,
         })
     }
 
@@ -634,7 +645,7 @@ impl Service {
                 "the key that opened this session is no longer authorized (recovery)".into(),
             ));
         }
-        // The key package was unsealed at the commitment: an epoch refreshed away since then
+        // The key package was taken at the commitment: an epoch refreshed away since then
         // must not sign (the share it held is retired, as if it had been deleted).
         if !epoch_in_use(&state, spend.epoch) {
             return Err(refuse(format!(

@@ -235,9 +235,10 @@ pub struct Records<'a> {
     pub opened: &'a Opened,
 }
 
-/// Most anchored blobs kept opened (one per wallet state or DAO state; the oldest half goes when
-/// full).
+/// Most anchored blobs kept opened (one per wallet state or DAO state), and most plaintext bytes
+/// kept: the oldest half goes when either is reached.
 const MAX_OPENED: usize = 4096;
+const MAX_OPENED_BYTES: usize = 64 << 20;
 
 /// The plaintext of the anchored blobs this enclave opened, by anchor label, with the digest of
 /// the blob it came from. A read still fetches the blob and checks its digest against the anchor
@@ -268,7 +269,10 @@ impl Opened {
         let Ok(mut map) = self.0.lock() else {
             return;
         };
-        if map.len() >= MAX_OPENED && !map.contains_key(label) {
+        let bytes: usize = map.values().map(|(_, p, _)| p.len()).sum();
+        if (map.len() >= MAX_OPENED && !map.contains_key(label))
+            || bytes.saturating_add(plain.len()) > MAX_OPENED_BYTES
+        {
             // Drop the older half (by insertion order): bounded memory, no per-read bookkeeping.
             let mut ages: Vec<u64> = map.values().map(|(_, _, n)| *n).collect();
             ages.sort_unstable();
