@@ -111,22 +111,15 @@ pub fn sign_psbt_with(
             },
         ));
     }
-    let signatures = signed.signatures;
-    let record = Some(signed.receipt.into_vec());
-    let (txid, tx) = psbt::finalize(psbt, &two.wallet.group_public_key, &signatures)?;
-    let receipt = match record {
-        Some(record) => {
-            let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(psbt).into();
-            let expected = Expected {
-                wallet_id: &wallet_id,
-                action: "sign-psbt",
-                digest: &digest,
-                decision: &format!("signed {txid}"),
-            };
-            receipt_of(&*provider, &record, &expected)?
-        }
-        None => None,
+    let (txid, tx) = psbt::finalize(psbt, &two.wallet.group_public_key, &signed.signatures)?;
+    let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(psbt).into();
+    let expected = Expected {
+        wallet_id: &wallet_id,
+        action: "sign-psbt",
+        digest: &digest,
+        decision: &format!("signed {txid}"),
     };
+    let receipt = receipt_of(&*provider, &signed.receipt, &expected)?;
     Ok(Signed {
         txid,
         tx,

@@ -36,7 +36,7 @@ use super::authorized::{Actor, PsbtNow};
 use super::failure::{Failure, Outcome, internal};
 use super::records::WalletState;
 use super::sign::{epoch_in_use, open_signing, sign_packages};
-use super::sign_now::{Now, draw, other_signer};
+use super::sign_now::{Now, alongside, draw, other_signer};
 use super::{Service, Suite, now_ms, output_key, public_key_package, random};
 
 /// The one member of a personal wallet's policy: the device key.
@@ -325,9 +325,6 @@ fn feed_shares(signing: &mut Signing<Suite>, feed: Feed) -> Result<Vec<Vec<u8>>,
     match feed {
         Feed::Packages(packages) => sign_packages(signing, packages),
         Feed::Commitments { party, commitments } => {
-            for c in &commitments {
-                decode_commitments::<Suite>(party, c)?;
-            }
             signing.absorb(&SignMessage::Commitments { party, commitments })?;
             match signing.advance()?.into_iter().next() {
                 Some(SignMessage::Shares { shares, .. }) => Ok(shares),
@@ -600,24 +597,16 @@ impl Service {
                 let shares = sign_packages(&mut signing, packages)?;
                 (shares, self.record_release(&spend)?)
             }
-            // Commitments that decode leave nothing for the shares to refuse: they are computed
-            // on another thread while this one records the spend (one fsync after another);
-            // they leave only with the receipt.
-            Feed::Commitments { party, commitments } => {
-                for c in &commitments {
-                    decode_commitments::<Suite>(party, c)?;
-                }
-                let feed = Feed::Commitments { party, commitments };
-                let (shares, recorded) = std::thread::scope(|scope| {
-                    let signer = scope.spawn(move || feed_shares(&mut signing, feed));
-                    let recorded = self.record_release(&spend);
-                    let shares = signer
-                        .join()
-                        .unwrap_or_else(|_| Err(internal("the signing thread panicked")));
-                    (shares, recorded)
-                });
+            // Commitments that decode (`sign_psbt_now` checked them before anything was
+            // counted) leave nothing for the shares to refuse: they are computed on another
+            // thread while this one records the spend; they leave only with the receipt.
+            feed @ Feed::Commitments { .. } => {
+                let (shares, recorded) = alongside(
+                    move || feed_shares(&mut signing, feed),
+                    || self.record_release(&spend),
+                );
                 let receipt = recorded?;
-                (shares?, receipt)
+                (shares??, receipt)
             }
         };
         Ok((shares.into_iter().map(ByteBuf::from).collect(), receipt))

@@ -175,17 +175,10 @@ impl Service {
         // only a frost fault could), the log records an authorized signature that was not
         // released: it may overstate, never understate.
         let key = &key;
-        let (signed, logged) = std::thread::scope(|scope| {
-            let signer = scope.spawn(move || {
-                let share = signing.advance();
-                (share, draw(wallet_id, party, epoch, key))
-            });
-            let logged = self.log(&wallet_id, "sign", &actor.label(), &message, "allowed");
-            let signed = signer
-                .join()
-                .map_err(|_| internal("the signing thread panicked"));
-            (signed, logged)
-        });
+        let (signed, logged) = alongside(
+            move || (signing.advance(), draw(wallet_id, party, epoch, key)),
+            || self.log(&wallet_id, "sign", &actor.label(), &message, "allowed"),
+        );
         let (share, next) = signed?;
         let receipt = logged?;
         let share =
@@ -202,6 +195,22 @@ impl Service {
             next: Some(next),
         })
     }
+}
+
+/// Runs `compute` on another thread while `write` runs on this one (a durable write, which mostly
+/// waits for the store's fsync): both results, `compute`'s an internal failure if it panicked.
+pub(super) fn alongside<T: Send, W>(
+    compute: impl FnOnce() -> T + Send,
+    write: impl FnOnce() -> W,
+) -> (Result<T, Failure>, W) {
+    std::thread::scope(|scope| {
+        let computing = scope.spawn(compute);
+        let written = write();
+        let computed = computing
+            .join()
+            .map_err(|_| internal("the signing thread panicked"));
+        (computed, written)
+    })
 }
 
 /// Draws the next commitment of `wallet_id` for a session: the nonces to keep there, and what
