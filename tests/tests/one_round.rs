@@ -240,3 +240,58 @@ fn a_psbt_signs_in_one_round_trip_and_its_commitment_only_once() {
         "{refused:?}"
     );
 }
+
+/// Two devices' sessions race one-round PSBTs under a limit only one of them fits: the enclave
+/// re-evaluates under the wallet's lock before any share leaves, so exactly one is signed.
+#[test]
+fn racing_one_round_psbts_never_sign_past_the_limit() {
+    let (d, w) = deployment_with_alice();
+    let owner = Owner::of(&d, &w);
+    let policy = "[[rule]]\nname = \"daily\"\nvelocity = { window_hours = 24, limit = 100000 }\napprovals = 1\n";
+    let (mut p, mut r) = (owner.cosigners.provider(), owner.cosigners.recovery());
+    let out = d.dir.path().join("policed-recovery.key");
+    let id = wallet::create_with_policy(
+        &owner.home,
+        &mut p,
+        &mut r,
+        cosigner_client::address::Network::Regtest,
+        &out,
+        Some(policy),
+    )
+    .unwrap()
+    .wallet
+    .wallet_id;
+    let key = hex::encode(owner.home.wallet(&id).unwrap().group_public_key);
+    // 70 000 and 71 000 sat leaving: either fits the limit, both do not.
+    let psbts: Vec<Vec<u8>> = [50_000, 49_000]
+        .into_iter()
+        .map(|change| {
+            let spend =
+                cosigner_tests::bitcoin_tx::payment(&key, &[70_000, 50_000], 60_000, change)
+                    .unwrap();
+            cosigner_protocol::psbt::decode_psbt_file(spend.psbt_base64.as_bytes()).unwrap()
+        })
+        .collect();
+    let signed = std::thread::scope(|scope| {
+        let racers: Vec<_> = psbts
+            .iter()
+            .map(|psbt| {
+                let owner = &owner;
+                scope.spawn(move || {
+                    let mut s = owner.cosigners.provider();
+                    psbt_sign::sign_psbt(&owner.home, &mut s, id, psbt)
+                })
+            })
+            .collect();
+        racers
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let refused: Vec<_> = signed.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(refused.len(), 1, "{signed:?}");
+    assert!(
+        matches!(refused[0], ClientError::Remote(e) if e.kind == ErrorKind::BadRequest),
+        "{refused:?}"
+    );
+}
