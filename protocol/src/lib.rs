@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 pub mod dao;
 pub mod dkg;
+pub mod ecdsa;
 pub mod enrollment;
 mod error;
 pub mod frame;

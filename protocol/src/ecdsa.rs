@@ -1,0 +1,160 @@
+//! Threshold ECDSA over secp256k1 (Ethereum accounts): DKLs23 ([eprint 2023/765], its DKG from
+//! [eprint 2023/602] Protocol 9.1) through the `dkls23` crate, in IO-free state machines shaped like
+//! the FROST ones ([`crate::keygen`]): [`dkg`] makes a key no party ever holds, [`sign`] makes an
+//! ordinary ECDSA signature with a recovery id, two parties at a time.
+//!
+//! What this module adds to `dkls23`, as [`crate::keygen`] does to frost:
+//!
+//! * **Confidential point-to-point messages.** DKLs23 assumes private channels between parties;
+//!   ours run through a relay (the client coordinates the cosigners). Every message addressed to
+//!   one party is sealed to it with HPKE ([`crate::hpke`], RFC 9180) under a key it broadcast first,
+//!   bound by the AAD to the wallet, the round, sender, recipient and the transcript so far.
+//! * **Broadcast.** The transcript (parameters, HPKE keys, every broadcast part) is hashed by every
+//!   party; a confirmation round compares transcripts and public keys, so no party activates a key
+//!   another one did not get.
+//! * **Typed ids and errors.** Parties are [`PartyId`]s (DKLs23's indices are the same numbers);
+//!   `dkls23`'s aborts become [`ProtocolError`]s naming the culprit where one is known.
+//!
+//! [eprint 2023/765]: https://eprint.iacr.org/2023/765
+//! [eprint 2023/602]: https://eprint.iacr.org/2023/602
+
+/// The threshold ECDSA DKG.
+pub mod dkg;
+/// Threshold ECDSA signing.
+pub mod sign;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+use dkls23::protocols::{Abort, PartyIndex};
+use dkls23::secp256k1::Party;
+use serde::{Serialize, de::DeserializeOwned};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::error::{ProtocolError, Result};
+use crate::id::PartyId;
+use crate::wire::WalletId;
+
+/// Nesting allowed when decoding a `dkls23` message (they are flat structs and vectors).
+const RECURSION_LIMIT: usize = 32;
+
+/// One party's threshold ECDSA key share: its Shamir point, the pairwise multiplication (OT)
+/// setups and zero-sharing seeds DKLs23 signs with. Secret: zeroized on drop (by `dkls23`'s `Party`),
+/// never in `Debug`.
+pub struct EcdsaKey {
+    party: Party,
+}
+
+impl fmt::Debug for EcdsaKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EcdsaKey")
+            .field("party", &self.party.party_index.as_u8())
+            .field("threshold", &self.party.parameters.threshold)
+            .field("share_count", &self.party.parameters.share_count)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl EcdsaKey {
+    /// Whose share this is.
+    pub fn party(&self) -> PartyId {
+        // `from_index` refuses nothing dkls23 could hold: indices are 1..=255.
+        PartyId::new(u16::from(self.party.party_index.as_u8())).unwrap_or(PartyId::DEVICE)
+    }
+
+    /// The group's public key, SEC1 uncompressed (65 bytes).
+    pub fn public_key(&self) -> Vec<u8> {
+        uncompressed(&self.party.pk)
+    }
+
+    /// The threshold.
+    pub fn threshold(&self) -> u16 {
+        u16::from(self.party.parameters.threshold)
+    }
+
+    /// Serialized for sealing at rest; the buffer zeroizes on drop.
+    pub fn to_secret_bytes(&self) -> Result<Zeroizing<Vec<u8>>> {
+        let mut out = Zeroizing::new(Vec::new());
+        ciborium::ser::into_writer(&self.party, &mut *out).map_err(ProtocolError::encoding)?;
+        Ok(out)
+    }
+
+    /// Reads what [`Self::to_secret_bytes`] wrote.
+    pub fn from_secret_bytes(bytes: &[u8]) -> Result<Self> {
+        let party: Party = decode_part(bytes)?;
+        Ok(Self { party })
+    }
+}
+
+/// SEC1 uncompressed encoding of a point.
+fn uncompressed(point: &k256::AffinePoint) -> Vec<u8> {
+    use k256::elliptic_curve::sec1::ToSec1Point;
+    point.to_sec1_point(false).as_bytes().to_vec()
+}
+
+/// DKLs23's index of `party` (the same number; DKLs23 indices are 1..=255).
+fn index_of(party: PartyId) -> Result<PartyIndex> {
+    u8::try_from(party.get())
+        .ok()
+        .and_then(|n| PartyIndex::new(n).ok())
+        .ok_or_else(|| ProtocolError::Params {
+            reason: format!("party {party} is beyond the 255 parties threshold ECDSA allows"),
+        })
+}
+
+/// The party DKLs23 numbers `index`.
+fn party_of(index: PartyIndex) -> Result<PartyId> {
+    PartyId::new(u16::from(index.as_u8()))
+}
+
+/// A `dkls23` abort as our error: a culprit when it names one other than us.
+fn from_abort(me: PartyId, abort: &Abort) -> ProtocolError {
+    let reason = abort.description();
+    match party_of(abort.index) {
+        Ok(party) if party != me => ProtocolError::culprit(party, reason),
+        _ => ProtocolError::Params { reason },
+    }
+}
+
+/// CBOR of one `dkls23` part.
+fn encode_part<T: Serialize>(part: &T) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    ciborium::ser::into_writer(part, &mut out).map_err(ProtocolError::encoding)?;
+    Ok(out)
+}
+
+/// One `dkls23` part from CBOR, with nothing trailing it.
+fn decode_part<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let mut reader = bytes;
+    let part = ciborium::de::from_reader_with_recursion_limit(&mut reader, RECURSION_LIMIT)
+        .map_err(ProtocolError::encoding)?;
+    if !reader.is_empty() {
+        return Err(ProtocolError::encoding(
+            "trailing bytes after a threshold ECDSA message",
+        ));
+    }
+    Ok(part)
+}
+
+/// SHA-256 over length-prefixed parts, under a domain tag.
+fn tagged(tag: &str, parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in std::iter::once(tag.as_bytes()).chain(parts.iter().copied()) {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+/// The DKLs23 session id every party of a ceremony on `wallet_id` derives alike.
+fn session_id(tag: &str, wallet_id: &WalletId, threshold: u16, parties: &[PartyId]) -> Vec<u8> {
+    let numbers: Vec<u8> = parties.iter().flat_map(|p| p.get().to_be_bytes()).collect();
+    tagged(
+        tag,
+        &[wallet_id.as_slice(), &threshold.to_be_bytes(), &numbers],
+    )
+    .to_vec()
+}

@@ -1,0 +1,693 @@
+//! The threshold ECDSA DKG: DKLs23's four phases ([eprint 2023/602] Protocol 9.1 with the
+//! zero-sharing and multiplication setups of [eprint 2023/765] Functionalities 3.4 and 3.5) as
+//! relay rounds with sealed point-to-point parts and a confirmation.
+//!
+//! ```text
+//! start ─► Hello ─► handle_hellos ─► Round 1 ─► handle_round(1) ─► Round 2 ─► handle_round(2)
+//!   (HPKE key)        (sealed polynomial        (commitments to the public    ─► Round 3 ─► handle_round(3)
+//!                      fragments)                share and the seeds)          (openings, OT setup)
+//!                                                                  ─► Confirmation ─► handle_confirmations ─► Output
+//! ```
+//!
+//! Each round's commitments are sent in the round before their openings, as Protocol 9.1 orders
+//! them, so no party picks its contribution after seeing another's. Each step consumes the state.
+//!
+//! [eprint 2023/602]: https://eprint.iacr.org/2023/602
+//! [eprint 2023/765]: https://eprint.iacr.org/2023/765
+
+use std::collections::BTreeMap;
+
+use dkls23::DkgSession;
+use dkls23::protocols::Parameters;
+use dkls23::protocols::dkg::{
+    BroadcastDerivationPhase2to4, BroadcastDerivationPhase3to4, ProofCommitment,
+    TransmitInitMulPhase3to4, TransmitInitZeroSharePhase2to4, TransmitInitZeroSharePhase3to4,
+};
+use k256::Secp256k1;
+use rand_core::{CryptoRng, RngCore};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use sha2::{Digest, Sha256};
+
+use super::{
+    EcdsaKey, decode_part, encode_part, from_abort, index_of, party_of, tagged, uncompressed,
+};
+use crate::error::{ProtocolError, Result};
+use crate::hpke::{self, HpkeSecretKey};
+use crate::id::PartyId;
+use crate::wire::{Confirmation, SealedPackage, WalletId};
+
+/// Domain tags of the threshold ECDSA DKG.
+const TAG_SESSION: &str = "cosigner/ecdsa-dkg/v1/session";
+const TAG_INFO: &str = "cosigner/ecdsa-dkg/v1/hpke-info";
+const TAG_AAD: &str = "cosigner/ecdsa-dkg/v1/hpke-aad";
+const TAG_TRANSCRIPT: &str = "cosigner/ecdsa-dkg/v1/transcript";
+const TAG_PUBLIC: &str = "cosigner/ecdsa-dkg/v1/public-key";
+
+/// A threshold ECDSA DKG: which wallet, how many must sign, who takes part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EcdsaDkgParams {
+    /// The wallet.
+    pub wallet_id: WalletId,
+    /// Signers needed (at least 2).
+    pub threshold: u16,
+    /// Every party: exactly 1..=n (DKLs23 numbers parties consecutively).
+    pub parties: Vec<PartyId>,
+}
+
+impl EcdsaDkgParams {
+    fn check(&self, me: PartyId) -> Result<Parameters> {
+        let n = self.parties.len();
+        let consecutive = self
+            .parties
+            .iter()
+            .enumerate()
+            .all(|(i, p)| usize::from(p.get()) == i + 1);
+        if !consecutive {
+            return Err(ProtocolError::Params {
+                reason: "threshold ECDSA parties must be numbered 1..=n in order".into(),
+            });
+        }
+        if !self.parties.contains(&me) {
+            return Err(ProtocolError::Params {
+                reason: format!("party {me} is not in the ceremony"),
+            });
+        }
+        let (t, n) = (u8::try_from(self.threshold), u8::try_from(n));
+        match (t, n) {
+            (Ok(t), Ok(n)) => Parameters::new(t, n).map_err(|_| ProtocolError::Params {
+                reason: format!("threshold {t} of {n} parties (need 2 ≤ t ≤ n)"),
+            }),
+            _ => Err(ProtocolError::Params {
+                reason: "at most 255 parties".into(),
+            }),
+        }
+    }
+
+    fn session_id(&self) -> Vec<u8> {
+        super::session_id(TAG_SESSION, &self.wallet_id, self.threshold, &self.parties)
+    }
+}
+
+/// Round 0: a party's HPKE key for this ceremony.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EcdsaHello {
+    /// Sender.
+    pub from: PartyId,
+    /// Parts addressed to the sender are sealed to this X25519 key.
+    pub hpke_public_key: ByteBuf,
+}
+
+/// One party's message of rounds 1 to 3: a part every party sees and one sealed part per other
+/// party.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EcdsaRound {
+    /// Sender.
+    pub from: PartyId,
+    /// 1, 2 or 3.
+    pub round: u8,
+    /// CBOR of the round's broadcast part (empty in round 1).
+    pub broadcast: ByteBuf,
+    /// The point-to-point parts, one to each other party.
+    pub sealed: Vec<SealedPackage>,
+}
+
+/// Round 2's broadcast: the commitment to the public share's proof and to the chain-code
+/// contribution.
+#[derive(Serialize, Deserialize)]
+struct Broadcast2 {
+    commitment: [u8; 32],
+    derivation: BroadcastDerivationPhase2to4,
+}
+
+/// Round 3's broadcast: the proof the commitment named, and the chain-code opening.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+struct Broadcast3 {
+    proof: ProofCommitment<Secp256k1>,
+    derivation: BroadcastDerivationPhase3to4,
+}
+
+/// Round 3's point-to-point part.
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+struct Sealed3 {
+    zero: TransmitInitZeroSharePhase3to4,
+    mul: TransmitInitMulPhase3to4<Secp256k1>,
+}
+
+/// What the DKG makes: our share and the public key every party confirmed.
+#[derive(Debug)]
+pub struct EcdsaDkgOutput {
+    /// Our share.
+    pub key: EcdsaKey,
+    /// The group public key, SEC1 uncompressed.
+    pub public_key: Vec<u8>,
+    /// Every party's public share (SEC1 uncompressed), by party.
+    pub public_shares: BTreeMap<PartyId, Vec<u8>>,
+    /// The confirmed transcript hash.
+    pub transcript_hash: [u8; 32],
+}
+
+/// What arrived in rounds 2 and 3 and is used in phase 4.
+#[derive(Default)]
+struct Received {
+    commitments: BTreeMap<PartyId, [u8; 32]>,
+    zero2: Vec<TransmitInitZeroSharePhase2to4>,
+    bip2: BTreeMap<dkls23::protocols::PartyIndex, BroadcastDerivationPhase2to4>,
+}
+
+enum Stage {
+    Hellos,
+    Round1 {
+        fragments: Vec<k256::Scalar>,
+    },
+    Round2,
+    Round3,
+    Confirm {
+        output: Box<EcdsaDkgOutput>,
+        ours: Confirmation,
+    },
+    Done,
+}
+
+/// One party's DKG.
+pub struct EcdsaDkg {
+    params: EcdsaDkgParams,
+    me: PartyId,
+    hpke_secret: HpkeSecretKey,
+    session: Option<DkgSession<Secp256k1>>,
+    /// Our proof of the public share: committed in round 2, opened in round 3.
+    proof: Option<ProofCommitment<Secp256k1>>,
+    keys: BTreeMap<PartyId, Vec<u8>>,
+    transcript: Sha256,
+    received: Received,
+    stage: Stage,
+}
+
+impl std::fmt::Debug for EcdsaDkg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EcdsaDkg")
+            .field("wallet_id", &self.params.wallet_id)
+            .field("me", &self.me)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts the DKG as `me`: our HPKE key, to broadcast.
+pub fn start(
+    params: EcdsaDkgParams,
+    me: PartyId,
+    rng: &mut (impl CryptoRng + RngCore),
+) -> Result<(EcdsaDkg, EcdsaHello)> {
+    let parameters = params.check(me)?;
+    let (hpke_secret, hpke_public_key) = hpke::generate_keypair(rng);
+    let session = DkgSession::new(parameters, index_of(me)?, params.session_id());
+    let mut transcript = Sha256::new();
+    transcript.update(tagged(TAG_TRANSCRIPT, &[&crate::wire::encode(&params)?]));
+    let hello = EcdsaHello {
+        from: me,
+        hpke_public_key: ByteBuf::from(hpke_public_key),
+    };
+    let dkg = EcdsaDkg {
+        params,
+        me,
+        hpke_secret,
+        session: Some(session),
+        proof: None,
+        keys: BTreeMap::new(),
+        transcript,
+        received: Received::default(),
+        stage: Stage::Hellos,
+    };
+    Ok((dkg, hello))
+}
+
+impl EcdsaDkg {
+    /// The parameters.
+    pub fn params(&self) -> &EcdsaDkgParams {
+        &self.params
+    }
+
+    /// Every party's hello (ours included): answered with our round-1 message.
+    pub fn handle_hellos(
+        &mut self,
+        hellos: &[EcdsaHello],
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<EcdsaRound> {
+        self.expect(matches!(self.stage, Stage::Hellos), "hellos")?;
+        let hellos = self.one_each(hellos, |h| h.from)?;
+        for (party, hello) in hellos {
+            self.transcript.update(tagged(
+                TAG_TRANSCRIPT,
+                &[&party.get().to_be_bytes(), &hello.hpke_public_key],
+            ));
+            self.keys.insert(party, hello.hpke_public_key.to_vec());
+        }
+        let session = self.session()?;
+        let fragments = session.phase1();
+        let mut sealed = Vec::new();
+        for (to, fragment) in self.params.parties.clone().into_iter().zip(&fragments) {
+            if to != self.me {
+                sealed.push(self.seal(1, &[], to, &encode_part(fragment)?, rng)?);
+            }
+        }
+        let own = fragments
+            .get(usize::from(self.me.get()) - 1)
+            .copied()
+            .ok_or_else(|| ProtocolError::Params {
+                reason: "no fragment of our own".into(),
+            })?;
+        self.stage = Stage::Round1 {
+            fragments: vec![own],
+        };
+        Ok(EcdsaRound {
+            from: self.me,
+            round: 1,
+            broadcast: ByteBuf::new(),
+            sealed,
+        })
+    }
+
+    /// Every party's message of the current round (ours included): answered with our next
+    /// round's message, or after round 3 with our [`Confirmation`].
+    pub fn handle_round(
+        &mut self,
+        messages: &[EcdsaRound],
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<RoundOutput> {
+        let round = match self.stage {
+            Stage::Round1 { .. } => 1,
+            Stage::Round2 => 2,
+            Stage::Round3 => 3,
+            _ => return Err(self.unexpected("a round message")),
+        };
+        let messages = self.one_each(messages, |m| m.from)?;
+        let mut opened = BTreeMap::new();
+        let before = self.transcript.clone().finalize();
+        for (from, message) in &messages {
+            if message.round != round {
+                return Err(ProtocolError::culprit(
+                    *from,
+                    format!("round {} message in round {round}", message.round),
+                ));
+            }
+            if *from != self.me {
+                opened.insert(*from, self.open(round, &before, message)?);
+            }
+        }
+        for (from, message) in &messages {
+            self.transcript.update(tagged(
+                TAG_TRANSCRIPT,
+                &[&[round], &from.get().to_be_bytes(), &message.broadcast],
+            ));
+        }
+        match round {
+            1 => self.after_round1(&opened, rng).map(RoundOutput::Next),
+            2 => self
+                .after_round2(&messages, &opened, rng)
+                .map(RoundOutput::Next),
+            _ => self
+                .after_round3(&messages, &opened)
+                .map(RoundOutput::Confirm),
+        }
+    }
+
+    fn after_round1(
+        &mut self,
+        opened: &BTreeMap<PartyId, Vec<u8>>,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<EcdsaRound> {
+        let Stage::Round1 { mut fragments } = std::mem::replace(&mut self.stage, Stage::Done)
+        else {
+            return Err(self.unexpected("round 1"));
+        };
+        for (from, bytes) in opened {
+            fragments.push(
+                decode_part(bytes).map_err(|e| ProtocolError::culprit(*from, e.to_string()))?,
+            );
+        }
+        let me = self.me;
+        let (proof, zero, derivation) = self
+            .session_mut()?
+            .phase2(&fragments)
+            .map_err(|a| from_abort(me, &a))?;
+        let broadcast = encode_part(&Broadcast2 {
+            commitment: proof.commitment,
+            derivation,
+        })?;
+        self.proof = Some(proof);
+        let mut sealed = Vec::new();
+        for transmit in zero {
+            let to = party_of(transmit.parties.receiver)?;
+            sealed.push(self.seal(2, &broadcast, to, &encode_part(&transmit)?, rng)?);
+        }
+        self.stage = Stage::Round2;
+        Ok(EcdsaRound {
+            from: me,
+            round: 2,
+            broadcast: ByteBuf::from(broadcast),
+            sealed,
+        })
+    }
+
+    fn after_round2(
+        &mut self,
+        messages: &BTreeMap<PartyId, &EcdsaRound>,
+        opened: &BTreeMap<PartyId, Vec<u8>>,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<EcdsaRound> {
+        for (from, message) in messages {
+            let b: Broadcast2 = decode_part(&message.broadcast)
+                .map_err(|e| ProtocolError::culprit(*from, e.to_string()))?;
+            if b.derivation.sender_index != index_of(*from)? {
+                return Err(ProtocolError::culprit(
+                    *from,
+                    "chain-code commitment names another sender",
+                ));
+            }
+            self.received.commitments.insert(*from, b.commitment);
+            self.received
+                .bip2
+                .insert(b.derivation.sender_index, b.derivation);
+        }
+        for (from, bytes) in opened {
+            let zero: TransmitInitZeroSharePhase2to4 =
+                decode_part(bytes).map_err(|e| ProtocolError::culprit(*from, e.to_string()))?;
+            self.check_route(*from, &zero.parties)?;
+            self.received.zero2.push(zero);
+        }
+        let me = self.me;
+        let (zero, mul, derivation) = self
+            .session_mut()?
+            .phase3()
+            .map_err(|a| from_abort(me, &a))?;
+        let proof = self.pending_proof()?;
+        let broadcast = encode_part(&Broadcast3 { proof, derivation })?;
+        let mut sealed = Vec::new();
+        for (zero, mul) in zero.into_iter().zip(mul) {
+            let to = party_of(zero.parties.receiver)?;
+            if party_of(mul.parties.receiver)? != to {
+                return Err(ProtocolError::Params {
+                    reason: "dkls23 phase 3 parts out of order".into(),
+                });
+            }
+            sealed.push(self.seal(
+                3,
+                &broadcast,
+                to,
+                &encode_part(&Sealed3 { zero, mul })?,
+                rng,
+            )?);
+        }
+        self.stage = Stage::Round3;
+        Ok(EcdsaRound {
+            from: me,
+            round: 3,
+            broadcast: ByteBuf::from(broadcast),
+            sealed,
+        })
+    }
+
+    fn after_round3(
+        &mut self,
+        messages: &BTreeMap<PartyId, &EcdsaRound>,
+        opened: &BTreeMap<PartyId, Vec<u8>>,
+    ) -> Result<Confirmation> {
+        let mut proofs = Vec::new();
+        let mut bip3 = BTreeMap::new();
+        for (from, message) in messages {
+            let b: Broadcast3 = decode_part(&message.broadcast)
+                .map_err(|e| ProtocolError::culprit(*from, e.to_string()))?;
+            // The opening must be of what round 2 committed to (Protocol 9.1, steps 3–5).
+            if b.proof.index != index_of(*from)?
+                || self.received.commitments.get(from) != Some(&b.proof.commitment)
+            {
+                return Err(ProtocolError::culprit(
+                    *from,
+                    "proof does not open its round-2 commitment",
+                ));
+            }
+            if b.derivation.sender_index != index_of(*from)? {
+                return Err(ProtocolError::culprit(
+                    *from,
+                    "chain-code opening names another sender",
+                ));
+            }
+            proofs.push(b.proof);
+            bip3.insert(b.derivation.sender_index, b.derivation);
+        }
+        let (mut zero3, mut mul) = (Vec::new(), Vec::new());
+        for (from, bytes) in opened {
+            let part: Sealed3 =
+                decode_part(bytes).map_err(|e| ProtocolError::culprit(*from, e.to_string()))?;
+            self.check_route(*from, &part.zero.parties)?;
+            self.check_route(*from, &part.mul.parties)?;
+            zero3.push(part.zero);
+            mul.push(part.mul);
+        }
+        let me = self.me;
+        let session = self
+            .session
+            .take()
+            .ok_or_else(|| self.unexpected("round 3"))?;
+        let zero2 = std::mem::take(&mut self.received.zero2);
+        let (party, public) = session
+            .phase4(
+                &proofs,
+                &zero2,
+                &zero3,
+                &mul,
+                &self.received.bip2,
+                &bip3,
+                |_| String::new(),
+            )
+            .map_err(|a| from_abort(me, &a))?;
+        let mut public_shares = BTreeMap::new();
+        for p in &self.params.parties {
+            let share =
+                public
+                    .verifying_share(index_of(*p)?)
+                    .ok_or_else(|| ProtocolError::Params {
+                        reason: format!("no public share of party {p}"),
+                    })?;
+            public_shares.insert(*p, uncompressed(share));
+        }
+        let public_key = uncompressed(public.verifying_key());
+        let transcript_hash: [u8; 32] = self.transcript.clone().finalize().into();
+        let ours = Confirmation {
+            from: me,
+            transcript_hash: ByteBuf::from(transcript_hash.to_vec()),
+            public_key_package_hash: ByteBuf::from(
+                public_hash(&public_key, &public_shares).to_vec(),
+            ),
+        };
+        let output = EcdsaDkgOutput {
+            key: EcdsaKey { party },
+            public_key,
+            public_shares,
+            transcript_hash,
+        };
+        self.stage = Stage::Confirm {
+            output: Box::new(output),
+            ours: ours.clone(),
+        };
+        Ok(ours)
+    }
+
+    /// Every party's confirmation (ours included): the key, once all agree.
+    pub fn handle_confirmations(
+        mut self,
+        confirmations: &[Confirmation],
+    ) -> Result<EcdsaDkgOutput> {
+        let Stage::Confirm { output, ours } = std::mem::replace(&mut self.stage, Stage::Done)
+        else {
+            return Err(self.unexpected("confirmations"));
+        };
+        let all = self.one_each(confirmations, |c| c.from)?;
+        for (from, c) in all {
+            if c.transcript_hash != ours.transcript_hash
+                || c.public_key_package_hash != ours.public_key_package_hash
+            {
+                return Err(ProtocolError::Disagreement {
+                    reason: format!("party {from} confirmed another transcript or public key"),
+                });
+            }
+        }
+        Ok(*output)
+    }
+
+    fn seal(
+        &self,
+        round: u8,
+        broadcast: &[u8],
+        to: PartyId,
+        plaintext: &[u8],
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<SealedPackage> {
+        let key = self.keys.get(&to).ok_or_else(|| ProtocolError::Params {
+            reason: format!("no HPKE key of party {to}"),
+        })?;
+        let before = self.transcript.clone().finalize();
+        let aad = self.aad(round, &before, self.me, to, broadcast);
+        let (enc, ciphertext) = hpke::seal(key, &self.info(), &aad, plaintext, rng)?;
+        Ok(SealedPackage {
+            from: self.me,
+            to,
+            enc: ByteBuf::from(enc),
+            ciphertext: ByteBuf::from(ciphertext),
+        })
+    }
+
+    fn open(&self, round: u8, before: &[u8], message: &EcdsaRound) -> Result<Vec<u8>> {
+        let from = message.from;
+        let mut to_us = message.sealed.iter().filter(|s| s.to == self.me);
+        let (Some(sealed), None) = (to_us.next(), to_us.next()) else {
+            return Err(ProtocolError::culprit(
+                from,
+                format!("not exactly one round-{round} part for party {}", self.me),
+            ));
+        };
+        if sealed.from != from {
+            return Err(ProtocolError::culprit(
+                from,
+                "sealed part names another sender",
+            ));
+        }
+        let aad = self.aad(round, before, from, self.me, &message.broadcast);
+        let plain = hpke::open(
+            &self.hpke_secret,
+            &self.info(),
+            &aad,
+            &sealed.enc,
+            &sealed.ciphertext,
+        )
+        .map_err(|e| {
+            ProtocolError::culprit(from, format!("round-{round} part does not open: {e}"))
+        })?;
+        Ok(plain.to_vec())
+    }
+
+    fn info(&self) -> Vec<u8> {
+        tagged(TAG_INFO, &[self.params.wallet_id.as_slice()]).to_vec()
+    }
+
+    fn aad(
+        &self,
+        round: u8,
+        before: &[u8],
+        from: PartyId,
+        to: PartyId,
+        broadcast: &[u8],
+    ) -> Vec<u8> {
+        tagged(
+            TAG_AAD,
+            &[
+                self.params.wallet_id.as_slice(),
+                &[round],
+                &from.get().to_be_bytes(),
+                &to.get().to_be_bytes(),
+                before,
+                broadcast,
+            ],
+        )
+        .to_vec()
+    }
+
+    fn check_route(
+        &self,
+        from: PartyId,
+        parties: &dkls23::protocols::PartiesMessage,
+    ) -> Result<()> {
+        if parties.sender != index_of(from)? || parties.receiver != index_of(self.me)? {
+            return Err(ProtocolError::culprit(
+                from,
+                "message routed between other parties",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Our proof, committed in round 2 and opened now.
+    fn pending_proof(&mut self) -> Result<ProofCommitment<Secp256k1>> {
+        self.proof.take().ok_or_else(|| self.unexpected("round 2"))
+    }
+
+    fn one_each<'a, T>(
+        &self,
+        items: &'a [T],
+        from: impl Fn(&T) -> PartyId,
+    ) -> Result<BTreeMap<PartyId, &'a T>> {
+        let mut out = BTreeMap::new();
+        for item in items {
+            let party = from(item);
+            if !self.params.parties.contains(&party) {
+                return Err(ProtocolError::Params {
+                    reason: format!("message from party {party}, not in the ceremony"),
+                });
+            }
+            if out.insert(party, item).is_some() {
+                return Err(ProtocolError::culprit(party, "two messages in one round"));
+            }
+        }
+        if out.len() != self.params.parties.len() {
+            return Err(ProtocolError::Params {
+                reason: format!(
+                    "{} messages, expected one from each of {} parties",
+                    out.len(),
+                    self.params.parties.len()
+                ),
+            });
+        }
+        Ok(out)
+    }
+
+    fn session(&self) -> Result<&DkgSession<Secp256k1>> {
+        self.session
+            .as_ref()
+            .ok_or_else(|| self.unexpected("a finished session"))
+    }
+
+    fn session_mut(&mut self) -> Result<&mut DkgSession<Secp256k1>> {
+        let unexpected = self.unexpected("a finished session");
+        self.session.as_mut().ok_or(unexpected)
+    }
+
+    fn expect(&self, ok: bool, what: &'static str) -> Result<()> {
+        if ok {
+            Ok(())
+        } else {
+            Err(self.unexpected(what))
+        }
+    }
+
+    fn unexpected(&self, what: &str) -> ProtocolError {
+        ProtocolError::UnexpectedMessage {
+            expected: "the next step of the threshold ECDSA DKG",
+            actual: what.to_string(),
+        }
+    }
+}
+
+/// What a round answers: the next round's message, or after round 3 the confirmation.
+#[derive(Debug)]
+pub enum RoundOutput {
+    /// Our message of the next round.
+    Next(EcdsaRound),
+    /// Our confirmation.
+    Confirm(Confirmation),
+}
+
+/// SHA-256 of the group key and every public share: what the confirmation compares.
+fn public_hash(public_key: &[u8], shares: &BTreeMap<PartyId, Vec<u8>>) -> [u8; 32] {
+    let mut parts: Vec<Vec<u8>> = vec![public_key.to_vec()];
+    for (party, share) in shares {
+        parts.push(party.get().to_be_bytes().to_vec());
+        parts.push(share.clone());
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    tagged(TAG_PUBLIC, &refs)
+}

@@ -1,0 +1,266 @@
+//! Every ceremony in memory, through the same state machines the binaries use.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use k256_verify::ecdsa::signature::hazmat::PrehashVerifier;
+use k256_verify::ecdsa::{RecoveryId, Signature, VerifyingKey};
+use rand_core::OsRng;
+
+use super::EcdsaKey;
+use super::dkg::{self, EcdsaDkgOutput, EcdsaDkgParams, EcdsaRound, RoundOutput};
+use super::sign::{self, EcdsaSignMessage};
+use crate::error::ProtocolError;
+use crate::id::PartyId;
+use crate::wire::WalletId;
+
+fn parties(n: u16) -> Vec<PartyId> {
+    (1..=n).map(|i| PartyId::new(i).unwrap()).collect()
+}
+
+/// Runs the DKG among `n` parties, letting `tamper` change what the relay delivers in round 1–3.
+fn run_dkg(
+    threshold: u16,
+    n: u16,
+    tamper: impl Fn(u8, PartyId, &mut Vec<EcdsaRound>),
+) -> Result<Vec<EcdsaDkgOutput>, ProtocolError> {
+    let params = EcdsaDkgParams {
+        wallet_id: WalletId([7; 16]),
+        threshold,
+        parties: parties(n),
+    };
+    let (mut states, hellos): (Vec<_>, Vec<_>) = parties(n)
+        .into_iter()
+        .map(|p| dkg::start(params.clone(), p, &mut OsRng).unwrap())
+        .unzip();
+    let mut round: Vec<EcdsaRound> = states
+        .iter_mut()
+        .map(|s| s.handle_hellos(&hellos, &mut OsRng))
+        .collect::<Result<_, _>>()?;
+    let mut confirmations = Vec::new();
+    for r in 1..=3u8 {
+        let mut next = Vec::new();
+        for (state, party) in states.iter_mut().zip(parties(n)) {
+            let mut delivered = round.clone();
+            tamper(r, party, &mut delivered);
+            match state.handle_round(&delivered, &mut OsRng)? {
+                RoundOutput::Next(m) => next.push(m),
+                RoundOutput::Confirm(c) => confirmations.push(c),
+            }
+        }
+        round = next;
+    }
+    states
+        .into_iter()
+        .map(|s| s.handle_confirmations(&confirmations))
+        .collect()
+}
+
+fn sign_between(
+    keys: &[&EcdsaKey],
+    hash: [u8; 32],
+) -> Result<super::sign::RecoverableSignature, ProtocolError> {
+    let signers: Vec<PartyId> = keys.iter().map(|k| k.party()).collect();
+    let id = sign::sign_id(&WalletId([7; 16]), &signers, &[9; 32]);
+    let (mut sessions, mut msgs): (Vec<_>, Vec<_>) = keys
+        .iter()
+        .map(|k| sign::start(k, &signers, id.clone(), hash).unwrap())
+        .unzip();
+    let others = |all: &[EcdsaSignMessage], me: PartyId| {
+        all.iter()
+            .filter(|m| m.from != me)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    msgs = sessions
+        .iter_mut()
+        .zip(keys)
+        .map(|(s, k)| s.round2(k, &others(&msgs, k.party())))
+        .collect::<Result<_, _>>()?;
+    msgs = sessions
+        .iter_mut()
+        .zip(keys)
+        .map(|(s, k)| s.round3(k, &others(&msgs, k.party())))
+        .collect::<Result<_, _>>()?;
+    let sigs: Vec<_> = sessions
+        .into_iter()
+        .zip(keys)
+        .map(|(s, k)| s.finish(k, &others(&msgs, k.party())))
+        .collect::<Result<_, _>>()?;
+    assert!(
+        sigs.windows(2).all(|w| w[0] == w[1]),
+        "every signer assembles the same signature"
+    );
+    Ok(sigs[0])
+}
+
+fn recover(sig: &super::sign::RecoverableSignature, hash: &[u8; 32]) -> Vec<u8> {
+    let signature = Signature::from_scalars(sig.r, sig.s).unwrap();
+    assert!(signature.normalize_s().is_none(), "low-S");
+    let id = RecoveryId::new(sig.y_odd, false);
+    let key = VerifyingKey::recover_from_prehash(hash, &signature, id).unwrap();
+    key.verify_prehash(hash, &signature).unwrap();
+    key.to_encoded_point(false).as_bytes().to_vec()
+}
+
+#[test]
+fn a_2_of_3_key_signs_with_every_pair_and_recovers_to_its_public_key() {
+    let outputs = run_dkg(2, 3, |_, _, _| {}).unwrap();
+    let public = outputs[0].public_key.clone();
+    assert_eq!(public.len(), 65);
+    assert!(
+        outputs
+            .iter()
+            .all(|o| o.public_key == public && o.key.public_key() == public)
+    );
+    assert!(
+        outputs
+            .windows(2)
+            .all(|w| w[0].public_shares == w[1].public_shares)
+    );
+    for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+        let hash = [a as u8 * 3 + b as u8; 32];
+        let sig = sign_between(&[&outputs[a].key, &outputs[b].key], hash).unwrap();
+        assert_eq!(recover(&sig, &hash), public, "pair {a},{b}");
+    }
+}
+
+#[test]
+fn a_sealed_key_opens_to_the_same_share() {
+    let outputs = run_dkg(2, 3, |_, _, _| {}).unwrap();
+    let bytes = outputs[1].key.to_secret_bytes().unwrap();
+    let again = EcdsaKey::from_secret_bytes(&bytes).unwrap();
+    assert!(!format!("{again:?}").contains(&hex::encode(&bytes[..8])));
+    let hash = [1; 32];
+    let sig = sign_between(&[&outputs[0].key, &again], hash).unwrap();
+    assert_eq!(recover(&sig, &hash), outputs[0].public_key);
+    let mut long = bytes.to_vec();
+    long.push(0);
+    assert!(EcdsaKey::from_secret_bytes(&long).is_err());
+}
+
+#[test]
+fn a_relay_that_alters_a_sealed_part_is_caught_and_named() {
+    for round in 1..=3u8 {
+        let err = run_dkg(2, 3, |r, to, msgs| {
+            if r == round && to == PartyId::PROVIDER {
+                let from_device = msgs.iter_mut().find(|m| m.from == PartyId::DEVICE).unwrap();
+                for s in &mut from_device.sealed {
+                    s.ciphertext[0] ^= 1;
+                }
+            }
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::Culprit { party, .. } if party == PartyId::DEVICE),
+            "{round}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_relay_that_shows_parties_different_broadcasts_is_caught() {
+    // Round 2's broadcast of party 3 swapped for its round-2 broadcast in another ceremony would
+    // not parse; here the relay drops party 3's sealed parts to party 1 and re-sends party 2's.
+    let err = run_dkg(2, 3, |r, to, msgs| {
+        if r == 2 && to == PartyId::DEVICE {
+            let two = msgs
+                .iter()
+                .find(|m| m.from == PartyId::PROVIDER)
+                .unwrap()
+                .clone();
+            msgs.push(two);
+        }
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::Culprit { .. } | ProtocolError::Params { .. }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_broadcast_changed_for_one_party_fails_the_round_or_the_confirmation() {
+    let err = run_dkg(2, 3, |r, to, msgs| {
+        if r == 2 && to == PartyId::RECOVERY {
+            let m = msgs.iter_mut().find(|m| m.from == PartyId::DEVICE).unwrap();
+            let last = m.broadcast.len() - 1;
+            m.broadcast[last] ^= 1;
+        }
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProtocolError::Culprit { .. } | ProtocolError::Disagreement { .. }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn signing_refuses_wrong_signer_sets_and_replayed_rounds() {
+    let outputs = run_dkg(2, 3, |_, _, _| {}).unwrap();
+    let key = &outputs[0].key;
+    let three = parties(3);
+    assert!(matches!(
+        sign::start(key, &three, vec![1], [0; 32]),
+        Err(ProtocolError::Params { .. })
+    ));
+    let not_me = [PartyId::PROVIDER, PartyId::RECOVERY];
+    assert!(matches!(
+        sign::start(key, &not_me, vec![1], [0; 32]),
+        Err(ProtocolError::Params { .. })
+    ));
+    let pair = [PartyId::DEVICE, PartyId::PROVIDER];
+    let (mut a, m1a) = sign::start(&outputs[0].key, &pair, vec![1], [5; 32]).unwrap();
+    let (mut b, m1b) = sign::start(&outputs[1].key, &pair, vec![1], [5; 32]).unwrap();
+    // Our own message back, a round-2 step twice, the wrong key.
+    assert!(
+        a.round2(&outputs[0].key, std::slice::from_ref(&m1a))
+            .is_err()
+    );
+    assert!(
+        a.round2(&outputs[1].key, std::slice::from_ref(&m1b))
+            .is_err()
+    );
+    let m2b = b.round2(&outputs[1].key, &[m1a]).unwrap();
+    let _ = m2b;
+    let (mut fresh, _) = sign::start(&outputs[0].key, &pair, vec![1], [5; 32]).unwrap();
+    fresh
+        .round2(&outputs[0].key, std::slice::from_ref(&m1b))
+        .unwrap();
+    assert!(matches!(
+        fresh.round2(&outputs[0].key, &[m1b]),
+        Err(ProtocolError::UnexpectedMessage { .. })
+    ));
+}
+
+#[test]
+fn dkg_parameters_are_checked() {
+    let bad = |threshold, ps: Vec<PartyId>| EcdsaDkgParams {
+        wallet_id: WalletId([1; 16]),
+        threshold,
+        parties: ps,
+    };
+    assert!(dkg::start(bad(1, parties(3)), PartyId::DEVICE, &mut OsRng).is_err());
+    assert!(dkg::start(bad(4, parties(3)), PartyId::DEVICE, &mut OsRng).is_err());
+    assert!(
+        dkg::start(
+            bad(2, vec![PartyId::DEVICE, PartyId::RECOVERY]),
+            PartyId::DEVICE,
+            &mut OsRng
+        )
+        .is_err()
+    );
+    assert!(
+        dkg::start(
+            bad(2, vec![PartyId::PROVIDER, PartyId::RECOVERY]),
+            PartyId::DEVICE,
+            &mut OsRng
+        )
+        .is_err()
+    );
+}
