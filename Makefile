@@ -9,7 +9,8 @@ SOFTHSM_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
 all: build
 
 ## deps: SoftHSM and OpenSC from Debian's packages, cargo-nextest from crates.io, moto[server]
-## from PyPI (the KMS tests' local server), when missing.
+## (the KMS tests' local server) and eth-account, eth-tester[py-evm] (the Ethereum tests' independent
+## checkers) from PyPI, when missing.
 deps:
 	@if [ ! -e $(SOFTHSM_MODULE) ] || ! command -v pkcs11-tool >/dev/null; then \
 		echo "installing softhsm2 and opensc"; \
@@ -21,6 +22,11 @@ deps:
 		echo "installing moto[server] from PyPI (local KMS-compatible server for tests/tests/kms_aws.rs)"; \
 		python3 -m pip install --quiet 'moto[server]' || \
 			echo "warning: moto[server] could not be installed; the local-KMS tests will say so and skip"; \
+	}
+	@python3 -c 'import eth_account, eth_tester, eth' 2>/dev/null || { \
+		echo "installing eth-account and eth-tester[py-evm] from PyPI (tests/py/eth_evm.py checks Ethereum transactions)"; \
+		python3 -m pip install --quiet 'eth-account' 'eth-tester[py-evm]' || \
+			echo "warning: eth-account/eth-tester could not be installed; the Ethereum tests will say so and skip"; \
 	}
 
 build:
