@@ -270,7 +270,7 @@ pub(crate) fn call_all(peers: &mut [Peer<'_>], requests: Vec<Request>) -> Vec<Re
 
 /// A cosigner with an attested key must sign its confirmation under it: checked here, before
 /// anything commits, so a cosigner that does not is named now rather than refused later.
-fn check_signed(
+pub(crate) fn check_signed(
     wallet_id: &WalletId,
     peer: &Peer<'_>,
     confirmation: &Confirmation,

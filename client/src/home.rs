@@ -7,6 +7,8 @@
 //! DIR/wallets/<id>.prepared  a refresh's new KeyPackage until every party committed (0600)
 //! DIR/wallets/<id>.policy    a personal wallet's spending policy as last registered from here
 //! DIR/wallets/<id>.spends    the PSBT spends signed from this device (JSON), for `wallet show`
+//! DIR/wallets/<id>.eth       an Ethereum wallet's public facts (JSON; `home::eth`)
+//! DIR/wallets/<id>.ecdsa     this device's threshold ECDSA share of it (0600)
 //! ```
 //!
 //! The last two are this device's own record, for showing a wallet offline: the cosigners hold
@@ -488,6 +490,9 @@ pub fn read_p256_key(path: &Path) -> Result<p256::ecdsa::SigningKey> {
 #[cfg(test)]
 mod tests;
 
+mod eth;
 mod local;
 mod memo;
+
+pub use eth::EthWalletFile;
 pub use local::LocalSpend;

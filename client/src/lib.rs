@@ -11,6 +11,7 @@ pub mod coordinator;
 pub mod courier;
 pub mod dao;
 mod error;
+pub mod eth;
 pub mod home;
 pub mod mailbox;
 pub mod psbt_sign;

@@ -259,13 +259,13 @@ pub enum CreateStep {
 
 /// The registration of a new wallet's keys: the device key and the recovery credential, each
 /// signing this wallet's DKG transcript, its policy and network, and the provider's attested key.
-fn registration(
+pub(crate) fn registration(
     home: &Home,
     recovery_key: &SigningKey,
     wallet_id: &WalletId,
     transcript_hash: &[u8; 32],
     policy: Option<&str>,
-    network: Network,
+    network: &str,
     attested: [Option<&[u8]>; 2],
 ) -> Result<Registration> {
     let [provider_key, recovery_cosigner_key] = attested;
@@ -280,7 +280,7 @@ fn registration(
         &device_pub,
         &recovery_pub,
         policy,
-        Some(network.name()),
+        Some(network),
     );
     Ok(Registration {
         device_key: ByteBuf::from(device_pub),
@@ -288,7 +288,7 @@ fn registration(
         device_signature: ByteBuf::from(sign_digest(&device_key, &digest)?.to_vec()),
         recovery_signature: ByteBuf::from(sign_digest(recovery_key, &digest)?.to_vec()),
         policy: policy.map(str::to_owned),
-        network: Some(network.name().to_owned()),
+        network: Some(network.to_owned()),
         // The provider's attested audit key: the recovery cosigner will commit refreshed epochs
         // only with the provider's receipt under it.
         provider_key: provider_key.map(|k| ByteBuf::from(k.to_vec())),
@@ -389,7 +389,7 @@ pub fn create_observed(
         &wallet_id,
         &output.transcript_hash,
         policy,
-        network,
+        network.name(),
         [provider.attested_key(), recovery.attested_key()],
     )?;
     let confirm = Request::DkgConfirm {
@@ -492,7 +492,7 @@ fn confirm_at(session: &mut dyn Courier, confirm: &Request, wallet: &WalletFile)
 
 /// Whether `session`'s cosigner answers that it does not know `wallet_id` at all (not a
 /// connection failure, which proves nothing).
-fn unknown_at(session: &mut dyn Courier, wallet_id: WalletId) -> bool {
+pub(crate) fn unknown_at(session: &mut dyn Courier, wallet_id: WalletId) -> bool {
     use cosigner_protocol::wire::ErrorKind;
     matches!(
         provider_view(session, wallet_id),
@@ -503,7 +503,7 @@ fn unknown_at(session: &mut dyn Courier, wallet_id: WalletId) -> bool {
 /// Whether the provider's answer to a `DkgConfirm` proves it did not register the wallet (it
 /// refused the registration, or holds no such DKG): only then may the home's files go. Any other
 /// failure (integrity, internal, connection) may hide a registration.
-fn never_registered(e: &ClientError) -> bool {
+pub(crate) fn never_registered(e: &ClientError) -> bool {
     use cosigner_protocol::wire::ErrorKind;
     matches!(e, ClientError::Remote(w) if matches!(w.kind, ErrorKind::NotFound | ErrorKind::BadRequest | ErrorKind::Unauthorized))
 }
@@ -571,7 +571,7 @@ fn finish_creation(
     Ok(created)
 }
 
-fn random<const N: usize>() -> Result<[u8; N]> {
+pub(crate) fn random<const N: usize>() -> Result<[u8; N]> {
     use rand_core::RngCore;
     let mut out = [0u8; N];
     rand_core::OsRng

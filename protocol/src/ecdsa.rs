@@ -25,11 +25,13 @@ pub mod sign;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use dkls23::protocols::{Abort, PartyIndex};
 use dkls23::secp256k1::Party;
 use serde::{Serialize, de::DeserializeOwned};
+use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -86,6 +88,59 @@ impl EcdsaKey {
     pub fn from_secret_bytes(bytes: &[u8]) -> Result<Self> {
         let party: Party = decode_part(bytes)?;
         Ok(Self { party })
+    }
+}
+
+/// The public side of a threshold ECDSA wallet: the group key and every party's public share
+/// (SEC1 uncompressed), as a cosigner keeps it in the wallet's state and reports it
+/// (`WalletInfo::public_key_package` of a wallet of `wire::SUITE_SECP256K1_ECDSA`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EcdsaPublic {
+    /// The group key: the account's public key.
+    pub public_key: ByteBuf,
+    /// Each party's public share.
+    pub public_shares: BTreeMap<PartyId, ByteBuf>,
+}
+
+impl EcdsaPublic {
+    /// What a DKG made public.
+    pub fn of(output: &dkg::EcdsaDkgOutput) -> Self {
+        Self {
+            public_key: ByteBuf::from(output.public_key.clone()),
+            public_shares: output
+                .public_shares
+                .iter()
+                .map(|(p, s)| (*p, ByteBuf::from(s.clone())))
+                .collect(),
+        }
+    }
+
+    /// CBOR.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        encode_part(self)
+    }
+
+    /// From CBOR, checking the group key is a 65-byte uncompressed point on the curve.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let public: Self = decode_part(bytes)?;
+        use k256::elliptic_curve::sec1::FromSec1Point;
+        let point = k256::Sec1Point::from_bytes(&public.public_key)
+            .ok()
+            .filter(|p| !p.is_compressed() && !p.is_identity());
+        let on_curve =
+            point.is_some_and(|p| bool::from(k256::AffinePoint::from_sec1_point(&p).is_some()));
+        if !on_curve {
+            return Err(ProtocolError::encoding(
+                "threshold ECDSA public key is not an uncompressed point",
+            ));
+        }
+        Ok(public)
+    }
+
+    /// Whether `key` is a share of this wallet's key.
+    pub fn holds(&self, key: &EcdsaKey) -> bool {
+        key.public_key() == self.public_key.as_slice()
     }
 }
 

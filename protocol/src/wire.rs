@@ -16,10 +16,17 @@ use crate::error::{ProtocolError, Result};
 /// Nesting limit when decoding a body.
 const RECURSION_LIMIT: usize = 32;
 
+pub use crate::ecdsa::dkg::{EcdsaHello, EcdsaRound};
+pub use crate::ecdsa::sign::EcdsaSignMessage;
 pub use crate::id::{Epoch, PartyId, SessionId, WalletId};
 
 /// Ciphersuite name of `frost-secp256k1-tr` (BIP-340 / Taproot), the default.
 pub const SUITE_SECP256K1_TR: &str = "FROST-secp256k1-SHA256-TR-v1";
+
+/// Ciphersuite name of threshold ECDSA over secp256k1 (DKLs23, `crate::ecdsa`): Ethereum
+/// accounts. A [`DkgParams`] naming it starts that scheme's DKG ([`Request::EcdsaDkgHellos`],
+/// [`Request::EcdsaDkgRound`]) instead of FROST's.
+pub const SUITE_SECP256K1_ECDSA: &str = "DKLs23-secp256k1-ECDSA-v1";
 
 /// What a DKG creates: the same for every party.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -468,6 +475,52 @@ pub enum Request {
         /// The client's `SigningCommitments` for each input, serialized by frost, in input order.
         commitments: Vec<ByteBuf>,
     },
+    /// Every party's hello of a threshold ECDSA DKG (ours included); answered
+    /// [`Response::EcdsaDkgRound`] with our round-1 message.
+    EcdsaDkgHellos {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// One from each party.
+        hellos: Vec<EcdsaHello>,
+    },
+    /// Every party's message of the current round of a threshold ECDSA DKG (ours included);
+    /// answered with our next round's message, or after round 3 [`Response::DkgRound3`] (our
+    /// confirmation, then [`Request::DkgConfirm`] as for FROST).
+    EcdsaDkgRound {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// One from each party.
+        messages: Vec<EcdsaRound>,
+    },
+    /// Sign an Ethereum transaction with a threshold ECDSA wallet: its signing payload (EIP-155
+    /// or EIP-1559, as `cosigner_eth::UnsignedTx::signing_payload`), from which the enclave
+    /// computes what it signs, and the client's round-1 message; answered
+    /// [`Response::EthSignRound`]. Only inside `Authorized`; device key (or the recovery
+    /// credential at the recovery cosigner), like `SignCommit`.
+    EthSignStart {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// The share epoch to sign with.
+        epoch: Epoch,
+        /// The transaction's signing payload.
+        tx: ByteBuf,
+        /// The signing set, us included.
+        signers: Vec<PartyId>,
+        /// The client's fresh 32 bytes for the DKLs23 session id (`ecdsa::sign::sign_id`).
+        nonce: ByteBuf,
+        /// The client's round-1 message.
+        round1: EcdsaSignMessage,
+    },
+    /// Rounds 2 and 3 of an Ethereum signing session; answered [`Response::EthSigned`], once.
+    /// The signature is recorded in the audit log before it is released.
+    EthSignFinish {
+        /// The session from [`Response::EthSignRound`].
+        session_id: SessionId,
+        /// The client's round-2 message.
+        round2: EcdsaSignMessage,
+        /// The client's round-3 broadcast.
+        round3: EcdsaSignMessage,
+    },
     /// Replace (`Some`) or remove (`None`) a personal wallet's policy. Only inside `Authorized`
     /// by the recovery credential: the device key alone cannot lift its own limit.
     SetPolicy {
@@ -524,6 +577,10 @@ impl Request {
             Self::SignPsbtShare { .. } => "SignPsbtShare",
             Self::SignPsbtNow { .. } => "SignPsbtNow",
             Self::SetPolicy { .. } => "SetPolicy",
+            Self::EcdsaDkgHellos { .. } => "EcdsaDkgHellos",
+            Self::EcdsaDkgRound { .. } => "EcdsaDkgRound",
+            Self::EthSignStart { .. } => "EthSignStart",
+            Self::EthSignFinish { .. } => "EthSignFinish",
         }
     }
 }
@@ -695,6 +752,37 @@ pub enum Response {
         envelopes: Vec<ByteBuf>,
         /// One line per delivered envelope it refused, and why (culprits named).
         notes: Vec<String>,
+    },
+    /// Our hello of a threshold ECDSA DKG (the answer to a `DkgStart` naming
+    /// [`SUITE_SECP256K1_ECDSA`]).
+    EcdsaDkgHello {
+        /// It.
+        hello: EcdsaHello,
+    },
+    /// Our message of the next round of a threshold ECDSA DKG.
+    EcdsaDkgRound {
+        /// It.
+        message: EcdsaRound,
+    },
+    /// Our rounds 1 and 2 of an Ethereum signing session.
+    EthSignRound {
+        /// The session, for [`Request::EthSignFinish`].
+        session_id: SessionId,
+        /// Our round-1 message.
+        round1: EcdsaSignMessage,
+        /// Our round-2 message.
+        round2: EcdsaSignMessage,
+    },
+    /// The signed transaction.
+    EthSigned {
+        /// Our round-3 broadcast (the client assembles and checks the same signature).
+        round3: EcdsaSignMessage,
+        /// The transaction, signed (EIP-2718 encoding, what `eth_sendRawTransaction` takes).
+        raw_tx: ByteBuf,
+        /// Its hash (Keccak-256 of `raw_tx`).
+        tx_hash: ByteBuf,
+        /// The audit entry of this signature signed by our audit key (`audit::AuditRecord`, CBOR).
+        receipt: ByteBuf,
     },
     /// The request was refused or failed.
     Error(WireError),

@@ -3,8 +3,8 @@
 //!
 //! | key | may |
 //! | --- | --- |
-//! | device key | at the provider: `SignCommit`, `SignNow`, `SignPsbtCommit`, `SignPsbtNow`; at both: `RefreshStart`, `RefreshCommit` |
-//! | recovery credential | `RecoverStart`, `RecoverCancel`, `SetPolicy`; at the recovery cosigner also `SignCommit`, `SignNow`, `SignPsbtCommit`, `SignPsbtNow` |
+//! | device key | at the provider: `SignCommit`, `SignNow`, `SignPsbtCommit`, `SignPsbtNow`, `EthSignStart`; at both: `RefreshStart`, `RefreshCommit` |
+//! | recovery credential | `RecoverStart`, `RecoverCancel`, `SetPolicy`; at the recovery cosigner also `SignCommit`, `SignNow`, `SignPsbtCommit`, `SignPsbtNow`, `EthSignStart` |
 //! | the new device's key, during a recovery | `RepairStart`, `RefreshStart`, `RefreshCommit` |
 //!
 //! [`Authorized::new`] is the one place that decides it: it turns the signed inner [`Request`]
@@ -14,7 +14,9 @@
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::party;
-use cosigner_protocol::wire::{Confirmation, RefreshParams, RepairParams, Request, WalletId};
+use cosigner_protocol::wire::{
+    Confirmation, EcdsaSignMessage, RefreshParams, RepairParams, Request, WalletId,
+};
 use serde_bytes::ByteBuf;
 
 use super::records::WalletState;
@@ -124,12 +126,24 @@ pub(super) struct PsbtNow {
     pub(super) commitments: Vec<ByteBuf>,
 }
 
-/// A signing request: raw (two rounds or one) or PSBT (two rounds or one).
+/// `EthSignStart`: an Ethereum transaction to sign with a threshold ECDSA wallet.
+pub(super) struct EthSign {
+    pub(super) wallet_id: WalletId,
+    pub(super) epoch: Epoch,
+    pub(super) tx: ByteBuf,
+    pub(super) signers: Vec<PartyId>,
+    pub(super) nonce: ByteBuf,
+    pub(super) round1: EcdsaSignMessage,
+}
+
+/// A signing request: raw (two rounds or one), PSBT (two rounds or one), or an Ethereum
+/// transaction.
 pub(super) enum Sign {
     Raw(SignCommit),
     Now(SignNow),
     Psbt(PsbtCommit),
     PsbtNow(PsbtNow),
+    Eth(EthSign),
 }
 
 /// `RefreshStart` or `RefreshCommit`.
@@ -285,6 +299,21 @@ impl Sign {
                 signers,
                 commitments,
             })),
+            Request::EthSignStart {
+                wallet_id,
+                epoch,
+                tx,
+                signers,
+                nonce,
+                round1,
+            } => Ok(Self::Eth(EthSign {
+                wallet_id,
+                epoch,
+                tx,
+                signers,
+                nonce,
+                round1,
+            })),
             _ => Err(NotAllowed),
         }
     }
@@ -295,6 +324,7 @@ impl Sign {
             Self::Now(s) => s.wallet_id,
             Self::Psbt(p) => p.wallet_id,
             Self::PsbtNow(p) => p.wallet_id,
+            Self::Eth(e) => e.wallet_id,
         }
     }
 }
@@ -334,6 +364,7 @@ impl DeviceRequest {
                 | Request::SignNow { .. }
                 | Request::SignPsbtCommit { .. }
                 | Request::SignPsbtNow { .. }
+                | Request::EthSignStart { .. }
         ) {
             return Sign::new(inner, at, Cosigner::Provider).map(Self::Sign);
         }

@@ -6,14 +6,18 @@
 use std::time::Duration;
 
 use cosigner_protocol::auth::{normalise_public_key, registration_digest_with, verify_digest};
+use cosigner_protocol::ecdsa::{
+    self, EcdsaPublic,
+    dkg::{EcdsaDkg, EcdsaDkgParams, EcdsaHello, EcdsaRound, RoundOutput},
+};
 use cosigner_protocol::enrollment::EnrollmentToken;
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::keygen::exchange::{Exchange, Message, Step};
 use cosigner_protocol::party;
 use cosigner_protocol::wire::{
-    Confirmation, DkgParams, Registration, Response, Round1Message, SUITE_SECP256K1_TR,
-    SealedPackage, WalletId,
+    Confirmation, DkgParams, Registration, Response, Round1Message, SUITE_SECP256K1_ECDSA,
+    SUITE_SECP256K1_TR, SealedPackage, WalletId,
 };
 use serde_bytes::ByteBuf;
 
@@ -30,8 +34,48 @@ const DKG_TTL: Duration = Duration::from_secs(60);
 /// DKGs one connection (and one enrolled device) may have in progress at once.
 const MAX_DKGS_PER_SESSION: usize = 4;
 
-/// A DKG in progress: this cosigner's party in the key-making engine.
-pub(super) type DkgStage = Box<Exchange<Suite, DkgParams>>;
+/// A DKG in progress: this cosigner's party in FROST's key-making engine, or in the threshold
+/// ECDSA DKG (`cosigner_protocol::ecdsa::dkg`) for a wallet of [`SUITE_SECP256K1_ECDSA`].
+pub(super) enum DkgStage {
+    /// A Taproot wallet's.
+    Frost(Box<Exchange<Suite, DkgParams>>),
+    /// An Ethereum wallet's, with the parameters it was started with.
+    Ecdsa {
+        params: DkgParams,
+        party: PartyId,
+        dkg: Box<EcdsaDkg>,
+        /// Our confirmation, once round 3 is done.
+        confirmation: Option<Confirmation>,
+    },
+}
+
+impl DkgStage {
+    /// Parameters, our party and our confirmation, once the DKG waits for confirmations.
+    fn confirming(&self) -> Option<(DkgParams, PartyId, Confirmation)> {
+        match self {
+            Self::Frost(exchange) => {
+                let unconfirmed = exchange.unconfirmed();
+                let (party, state) = unconfirmed.first()?;
+                Some((state.params().clone(), *party, state.confirmation().clone()))
+            }
+            Self::Ecdsa {
+                params,
+                party,
+                confirmation,
+                ..
+            } => Some((params.clone(), *party, confirmation.clone()?)),
+        }
+    }
+}
+
+/// The threshold ECDSA DKG's parameters for a `DkgParams` naming [`SUITE_SECP256K1_ECDSA`].
+fn ecdsa_params(params: &DkgParams) -> EcdsaDkgParams {
+    EcdsaDkgParams {
+        wallet_id: params.wallet_id,
+        threshold: params.min_signers,
+        parties: sorted(&params.parties),
+    }
+}
 
 /// Feeds the coordinator's relayed messages of one step to `exchange` and advances it; the
 /// exchange must be at `step` before, and past it after (every party's message was there).
@@ -92,7 +136,7 @@ impl Service {
         // Checked first, before any work or state: a stranger without a token costs one
         // signature check.
         let enrolled = self.check_enrollment(enrollment)?;
-        if params.ciphersuite != SUITE_SECP256K1_TR {
+        if params.ciphersuite != SUITE_SECP256K1_TR && params.ciphersuite != SUITE_SECP256K1_ECDSA {
             return Err(Failure::bad(format!(
                 "ciphersuite {:?} is not served",
                 params.ciphersuite
@@ -112,16 +156,7 @@ impl Service {
             wallet_id,
             Claim::new(owner, enrolled, false),
             &quota,
-            || {
-                let (exchange, first) =
-                    Exchange::start(&params, vec![(me, ())], &mut rand_core::OsRng)?;
-                match first.into_iter().next() {
-                    Some(Message::Round1(message)) => {
-                        Ok((Box::new(exchange), Response::DkgRound1 { message }))
-                    }
-                    _ => Err(internal("the DKG produced no round-1 message")),
-                }
-            },
+            || start_stage(&params, me),
         )
     }
 
@@ -153,9 +188,52 @@ impl Service {
         wallet_id: WalletId,
         relay: impl FnOnce(&mut Exchange<Suite, DkgParams>) -> Outcome,
     ) -> Outcome {
-        self.dkgs.step(&wallet_id, &owner, |mut exchange, _| {
-            let answer = relay(&mut exchange)?;
-            Ok((Some(exchange), answer))
+        self.dkgs.step(&wallet_id, &owner, |mut stage, _| {
+            let DkgStage::Frost(exchange) = &mut stage else {
+                return Err(Failure::bad(format!(
+                    "wallet {wallet_id}'s DKG is threshold ECDSA"
+                )));
+            };
+            let answer = relay(exchange)?;
+            Ok((Some(stage), answer))
+        })
+    }
+
+    /// A round of session `owner`'s threshold ECDSA DKG of `wallet_id`: the relayed hellos or
+    /// round messages in, our next message (or after round 3, our signed confirmation) out.
+    pub(super) fn ecdsa_dkg_relay(
+        &self,
+        owner: ConnectionId,
+        wallet_id: WalletId,
+        relayed: EcdsaRelayed<'_>,
+    ) -> Outcome {
+        self.dkgs.step(&wallet_id, &owner, |mut stage, _| {
+            let DkgStage::Ecdsa {
+                dkg, confirmation, ..
+            } = &mut stage
+            else {
+                return Err(Failure::bad(format!(
+                    "wallet {wallet_id}'s DKG is not threshold ECDSA"
+                )));
+            };
+            let mut rng = rand_core::OsRng;
+            let answer = match relayed {
+                EcdsaRelayed::Hellos(hellos) => Response::EcdsaDkgRound {
+                    message: dkg.handle_hellos(hellos, &mut rng)?,
+                },
+                EcdsaRelayed::Round(messages) => match dkg.handle_round(messages, &mut rng)? {
+                    RoundOutput::Next(message) => Response::EcdsaDkgRound { message },
+                    RoundOutput::Confirm(ours) => {
+                        let signature = Some(self.sign_confirmation(&wallet_id, &ours)?);
+                        *confirmation = Some(ours.clone());
+                        Response::DkgRound3 {
+                            confirmation: ours,
+                            signature,
+                        }
+                    }
+                },
+            };
+            Ok((Some(stage), answer))
         })
     }
 
@@ -179,35 +257,26 @@ impl Service {
         let confirmed =
             self.check_confirmation(&wallet_id, (confirmations, signatures), registration)?;
         let taken = self.dkgs.remove(&wallet_id)?;
-        let Some(Pending {
-            stage: mut exchange,
-            ..
-        }) = taken
-        else {
+        let Some(Pending { stage, .. }) = taken else {
             // Another confirmation of it is being stored right now: retry and get its answer.
             return Err(Failure::busy(format!(
                 "the DKG of wallet {wallet_id} is being confirmed by another request: try again"
             )));
         };
-        let messages = confirmations.iter().cloned().map(Message::Confirmation);
-        relay_step(&mut exchange, Step::Confirmations, messages)?;
-        let (_, output) = exchange
-            .into_outputs()?
-            .pop()
-            .ok_or_else(|| internal("the DKG ended without our share"))?;
-        let pkp = output.public_key_package.serialize().map_err(internal)?;
-        let share = ShareRecord {
-            epoch: Epoch(0),
-            key_package: ByteBuf::from(output.key_package.serialize().map_err(internal)?),
-            public_key_package: ByteBuf::from(pkp.clone()),
-        };
+        let made = finish_stage(stage, confirmations)?;
         let device_key = confirmed.device_key.clone();
-        let state = Self::new_wallet_state(confirmed, pkp);
+        let state = Self::new_wallet_state(confirmed, made.public_key_package.to_vec());
         let _guard = self.writer(&wallet_id)?;
         if self.records().exists(&wallet_id)? {
             return Err(Failure::bad(format!("wallet {wallet_id} already exists")));
         }
-        self.records().save_share(&wallet_id, state.party, &share)?;
+        if made.ecdsa {
+            self.records()
+                .save_ecdsa_share(&wallet_id, state.party, &made.share)?;
+        } else {
+            self.records()
+                .save_share(&wallet_id, state.party, &made.share)?;
+        }
         self.records().save_state(&wallet_id, &state)?;
         // Committed: a failure to append the audit entry now must not make the client believe
         // the wallet was not created (it would throw its share away).
@@ -215,7 +284,7 @@ impl Service {
             &wallet_id,
             "create",
             &format!("device:{}", hex::encode(&device_key)),
-            &output.transcript_hash,
+            &made.transcript_hash,
             &psbt::creation_decision(&state),
         );
         Ok(Response::DkgDone {
@@ -236,16 +305,11 @@ impl Service {
         let (params, party, ours, enrolled) = self
             .dkgs
             .peek(wallet_id, DKG_TTL, |p| {
-                let unconfirmed = p.stage.unconfirmed();
-                let Some((party, state)) = unconfirmed.first() else {
-                    return Err(Failure::bad("the DKG is not waiting for confirmations"));
-                };
-                Ok((
-                    state.params().clone(),
-                    *party,
-                    state.confirmation().clone(),
-                    p.claim.key.clone(),
-                ))
+                let (params, party, ours) = p
+                    .stage
+                    .confirming()
+                    .ok_or_else(|| Failure::bad("the DKG is not waiting for confirmations"))?;
+                Ok((params, party, ours, p.claim.key.clone()))
             })?
             .ok_or_else(|| {
                 Failure::not_found(format!("no DKG running for wallet {wallet_id} (expired)"))
@@ -269,7 +333,11 @@ impl Service {
                 "the device key registered is not the one the enrollment token names",
             ));
         }
-        let (policy, network) = psbt::creation_terms(registration, &device_key)?;
+        let (policy, network) = if params.ciphersuite == SUITE_SECP256K1_ECDSA {
+            ecdsa_creation_terms(registration)?
+        } else {
+            psbt::creation_terms(registration, &device_key)?
+        };
         let peer_key = self.creation_peer_key(wallet_id, party, registration, confirmed)?;
         let digest = registration_digest_with(
             wallet_id,
@@ -342,6 +410,116 @@ impl Service {
         Ok(Some(Response::DkgDone {
             wallet: info(*wallet_id, &state)?,
         }))
+    }
+}
+
+/// The network name an Ethereum wallet is registered with (its transactions name their chain id
+/// themselves, EIP-155).
+pub(super) const ETHEREUM: &str = "ethereum";
+
+/// An Ethereum wallet's registration terms: network "ethereum" (or none) and no policy yet (the
+/// policy engine values Bitcoin transactions; a policy it could not apply is refused rather than
+/// ignored).
+fn ecdsa_creation_terms(
+    registration: &Registration,
+) -> Result<(Option<String>, Option<String>), Failure> {
+    if registration
+        .network
+        .as_deref()
+        .is_some_and(|n| n != ETHEREUM)
+    {
+        return Err(Failure::bad(format!(
+            "a threshold ECDSA wallet's network is {ETHEREUM:?}, not {:?}",
+            registration.network.as_deref().unwrap_or_default()
+        )));
+    }
+    if registration.policy.is_some() {
+        return Err(Failure::bad(
+            "policies for Ethereum wallets are not served yet: create it without --policy",
+        ));
+    }
+    Ok((None, Some(ETHEREUM.to_owned())))
+}
+
+/// What a threshold ECDSA DKG request relays.
+pub(super) enum EcdsaRelayed<'a> {
+    /// Every party's hello.
+    Hellos(&'a [EcdsaHello]),
+    /// Every party's message of the round.
+    Round(&'a [EcdsaRound]),
+}
+
+/// A DKG's first step as `me`: the stage to keep and our first message.
+fn start_stage(params: &DkgParams, me: PartyId) -> Result<(DkgStage, Response), Failure> {
+    if params.ciphersuite == SUITE_SECP256K1_ECDSA {
+        let (dkg, hello) = ecdsa::dkg::start(ecdsa_params(params), me, &mut rand_core::OsRng)?;
+        let stage = DkgStage::Ecdsa {
+            params: params.clone(),
+            party: me,
+            dkg: Box::new(dkg),
+            confirmation: None,
+        };
+        return Ok((stage, Response::EcdsaDkgHello { hello }));
+    }
+    let (exchange, first) = Exchange::start(params, vec![(me, ())], &mut rand_core::OsRng)?;
+    match first.into_iter().next() {
+        Some(Message::Round1(message)) => Ok((
+            DkgStage::Frost(Box::new(exchange)),
+            Response::DkgRound1 { message },
+        )),
+        _ => Err(internal("the DKG produced no round-1 message")),
+    }
+}
+
+/// What a confirmed DKG made: our share's record, the public key package to keep in the state,
+/// and the transcript every party confirmed.
+struct Made {
+    share: ShareRecord,
+    public_key_package: ByteBuf,
+    transcript_hash: [u8; 32],
+    ecdsa: bool,
+}
+
+/// Feeds every party's confirmation to a DKG waiting for them: what it made.
+fn finish_stage(stage: DkgStage, confirmations: &[Confirmation]) -> Result<Made, Failure> {
+    match stage {
+        DkgStage::Frost(mut exchange) => {
+            let messages = confirmations.iter().cloned().map(Message::Confirmation);
+            relay_step(&mut exchange, Step::Confirmations, messages)?;
+            let (_, output) = exchange
+                .into_outputs()?
+                .pop()
+                .ok_or_else(|| internal("the DKG ended without our share"))?;
+            let pkp = ByteBuf::from(output.public_key_package.serialize().map_err(internal)?);
+            let share = ShareRecord {
+                epoch: Epoch(0),
+                key_package: ByteBuf::from(output.key_package.serialize().map_err(internal)?),
+                public_key_package: pkp.clone(),
+            };
+            Ok(Made {
+                share,
+                public_key_package: pkp,
+                transcript_hash: output.transcript_hash,
+                ecdsa: false,
+            })
+        }
+        DkgStage::Ecdsa { dkg, .. } => {
+            let output = dkg.handle_confirmations(confirmations)?;
+            let public = EcdsaPublic::of(&output);
+            let pkp = ByteBuf::from(public.to_bytes()?);
+            let secret = output.key.to_secret_bytes()?;
+            let share = ShareRecord {
+                epoch: Epoch(0),
+                key_package: ByteBuf::from(secret.to_vec()),
+                public_key_package: pkp.clone(),
+            };
+            Ok(Made {
+                share,
+                public_key_package: pkp,
+                transcript_hash: output.transcript_hash,
+                ecdsa: true,
+            })
+        }
     }
 }
 

@@ -27,6 +27,7 @@ mod authorized;
 mod custody;
 mod dao;
 mod dkg;
+mod eth;
 mod failure;
 mod keys;
 mod peer;
@@ -109,6 +110,8 @@ pub struct Service {
     dao_epochs: Mutex<HashMap<WalletId, Epoch>>,
     /// Personal wallets' PSBT signing sessions (nonces in memory only), by session id.
     psbts: Sessions<psbt::PsbtSession>,
+    /// Ethereum signing sessions (DKLs23 state in memory only), by session id.
+    eth_signs: Sessions<eth::PendingEth>,
     /// With enrollment required: the operator's public key (SEC1 P-256) that signs tokens.
     enrollment: Option<Vec<u8>>,
 }
@@ -154,6 +157,7 @@ impl Service {
             dao: Mutex::new(HashMap::new()),
             dao_epochs: Mutex::new(HashMap::new()),
             psbts: Sessions::new(),
+            eth_signs: Sessions::new(),
             enrollment: None,
         })
     }
@@ -239,6 +243,13 @@ impl Service {
                     signature,
                 })
             }),
+            Request::EcdsaDkgHellos { wallet_id, hellos } => {
+                self.ecdsa_dkg_relay(session.id, wallet_id, dkg::EcdsaRelayed::Hellos(&hellos))
+            }
+            Request::EcdsaDkgRound {
+                wallet_id,
+                messages,
+            } => self.ecdsa_dkg_relay(session.id, wallet_id, dkg::EcdsaRelayed::Round(&messages)),
             Request::DkgConfirm {
                 wallet_id,
                 confirmations,
@@ -258,6 +269,11 @@ impl Service {
                 session_id,
                 signing_packages,
             } => self.sign_psbt_share(session.id, &session_id, &signing_packages),
+            Request::EthSignFinish {
+                session_id,
+                round2,
+                round3,
+            } => self.eth_sign_finish(session.id, &session_id, &round2, &round3),
             Request::GetWallet { wallet_id } => self.get_wallet(wallet_id),
             Request::RefreshRound2 { wallet_id, round1 } => {
                 self.refresh_round2(session.id, wallet_id, &round1)
@@ -351,9 +367,26 @@ fn share_keys(
     ))
 }
 
-fn info(wallet_id: WalletId, state: &WalletState) -> Result<WalletInfo, Failure> {
+/// Whether `state` is a threshold ECDSA (Ethereum) wallet's.
+fn is_ecdsa(state: &WalletState) -> bool {
+    state.params.ciphersuite == cosigner_protocol::wire::SUITE_SECP256K1_ECDSA
+}
+
+/// A wallet's group key: FROST's SEC1 compressed key, or the ECDSA account key (uncompressed).
+fn group_public_key(state: &WalletState) -> Result<Vec<u8>, Failure> {
+    if is_ecdsa(state) {
+        let public = cosigner_protocol::ecdsa::EcdsaPublic::from_bytes(&state.public_key_package)
+            .map_err(|e| {
+            Failure::new(ErrorKind::Integrity, format!("stored public key: {e}"))
+        })?;
+        return Ok(public.public_key.into_vec());
+    }
     let pkp = public_key_package(&state.public_key_package)?;
-    let group_public_key = pkp.verifying_key().serialize().map_err(internal)?;
+    pkp.verifying_key().serialize().map_err(internal)
+}
+
+fn info(wallet_id: WalletId, state: &WalletState) -> Result<WalletInfo, Failure> {
+    let group_public_key = group_public_key(state)?;
     Ok(WalletInfo {
         wallet_id,
         ciphersuite: state.params.ciphersuite.clone(),

@@ -43,6 +43,9 @@ const STATE_PURPOSE: &str = "cosigner-wallet-state";
 const SHARE_PURPOSE: &str = "cosigner-share";
 const PREPARED_PURPOSE: &str = "cosigner-prepared-share";
 const DAO_SHARE_PURPOSE: &str = "cosigner-dao-share";
+/// A threshold ECDSA share (an Ethereum wallet's): its own purpose, so no FROST share record can
+/// be made to open as one, nor the reverse.
+const ECDSA_SHARE_PURPOSE: &str = "cosigner-ecdsa-share";
 
 /// A wallet's lifecycle state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -208,6 +211,16 @@ impl ShareSlot {
     fn personal(id: &WalletId, epoch: Epoch) -> Self {
         Self {
             purpose: SHARE_PURPOSE,
+            key: share_key(id, epoch),
+            missing: format!("the share of epoch {epoch} is missing"),
+        }
+    }
+
+    /// A threshold ECDSA wallet's share of `epoch` (the personal store key: a wallet is of one
+    /// scheme).
+    fn ecdsa(id: &WalletId, epoch: Epoch) -> Self {
+        Self {
+            purpose: ECDSA_SHARE_PURPOSE,
             key: share_key(id, epoch),
             missing: format!("the share of epoch {epoch} is missing"),
         }
@@ -474,6 +487,26 @@ impl Records<'_> {
         let ctx = Self::share_ctx(slot.purpose, id, party, share.epoch);
         let blob = self.seal(&ctx, share)?;
         self.store.put(&slot.key, &blob).map_err(internal)
+    }
+
+    /// Stores one epoch's threshold ECDSA share.
+    pub fn save_ecdsa_share(
+        &self,
+        id: &WalletId,
+        party: PartyId,
+        share: &ShareRecord,
+    ) -> Result<(), Failure> {
+        self.seal_share(&ShareSlot::ecdsa(id, share.epoch), id, party, share)
+    }
+
+    /// Reads one epoch's threshold ECDSA share.
+    pub fn load_ecdsa_share(
+        &self,
+        id: &WalletId,
+        party: PartyId,
+        epoch: Epoch,
+    ) -> Result<ShareRecord, Failure> {
+        self.open_share(&ShareSlot::ecdsa(id, epoch), id, party, epoch)
     }
 
     /// Reads one epoch's share.

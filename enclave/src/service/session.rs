@@ -257,6 +257,13 @@ impl Service {
         {
             return Err(self.raw_sign_refused(&signed.wallet_id, actor, &signed.digest));
         }
+        if super::is_ecdsa(state) && !matches!(request.sign(), Some(Sign::Eth(_))) {
+            return Err(Failure::bad(format!(
+                "wallet {} is an Ethereum wallet: it signs Ethereum transactions (sign --eth-tx); \
+                 {} is not served for it yet",
+                signed.wallet_id, signed.action
+            )));
+        }
         if request.sign().is_some() && state.pending_device_key.is_some() {
             return Err(Failure::denied(
                 "a recovery of this wallet is in progress: finish or cancel it first",
@@ -312,6 +319,9 @@ impl Service {
                         self.sign_psbt_commit(owner, now.state, &now.actor, p.epoch, psbt, true)
                     }
                     Sign::PsbtNow(p) => self.sign_psbt_now(now, owner, p),
+                    Sign::Eth(e) => {
+                        self.eth_sign_start(owner, now.state, now.actor, now.generation, e)
+                    }
                 }
             }
             Authorized::Device(DeviceRequest::Refresh(refresh))

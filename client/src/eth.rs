@@ -1,0 +1,359 @@
+//! Ethereum wallets (docs/ethereum.md): a threshold ECDSA key made by the DKG among this device
+//! (party 1, Shard A) and both cosigners, no party ever holding it, and transactions signed by
+//! this device with the provider. The provider reads and values each transaction itself and
+//! signs the digest it computed; this device checks that the signature both sides assembled is
+//! the wallet's, over the transaction it asked for.
+
+use std::path::{Path, PathBuf};
+
+use cosigner_eth::{TxRequest, address_of_point, checksummed};
+use cosigner_protocol::ecdsa::dkg::{
+    self, EcdsaDkgOutput, EcdsaDkgParams, EcdsaHello, RoundOutput,
+};
+use cosigner_protocol::ecdsa::sign::{self, EcdsaSignMessage};
+use cosigner_protocol::id::PartyId;
+use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
+use cosigner_protocol::wire::{
+    Confirmation, DkgParams, KeyRole, Request, Response, SUITE_SECP256K1_ECDSA, WalletId,
+};
+use p256::ecdsa::SigningKey;
+use serde_bytes::ByteBuf;
+
+use crate::coordinator::{self, Peer, call_all, check_signed, from_peer};
+use crate::courier::Courier;
+use crate::error::{ClientError, Result};
+use crate::home::{EthWalletFile, Home, write_p256_key};
+use crate::receipt::{Expected, Receipt, receipt_of};
+use crate::wallet::{self, never_registered, random, registration, unexpected, unknown_at};
+
+/// The network name an Ethereum wallet is registered with.
+pub const ETHEREUM: &str = "ethereum";
+/// The audit action of an Ethereum signature.
+pub const SIGN_ETH: &str = "sign-eth";
+
+/// An Ethereum wallet made here, and where its recovery credential went.
+#[derive(Debug, Clone)]
+pub struct EthCreated {
+    /// The wallet.
+    pub wallet: EthWalletFile,
+    /// The recovery credential's file.
+    pub recovery_key_path: PathBuf,
+}
+
+/// Creates a 2-of-3 Ethereum wallet: this device (A), the provider (B) and the recovery
+/// cosigner (C), registering this device's key and a new recovery credential (written to
+/// `recovery_key_out`, never overwritten). Nothing is registered with any cosigner before this
+/// home holds the share, the wallet file and the credential.
+pub fn create(
+    home: &Home,
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
+    recovery_key_out: &Path,
+    enrollment: Option<&[u8]>,
+) -> Result<EthCreated> {
+    if recovery_key_out.exists() {
+        return Err(ClientError::Input(format!(
+            "{} already exists: refusing to overwrite a recovery credential",
+            recovery_key_out.display()
+        )));
+    }
+    let wallet_id = WalletId(random()?);
+    let params = DkgParams {
+        wallet_id,
+        ciphersuite: SUITE_SECP256K1_ECDSA.to_owned(),
+        min_signers: 2,
+        parties: vec![DEVICE, PROVIDER, RECOVERY],
+    };
+    let mut peers = coordinator::cosigner_peers([&mut *provider, &mut *recovery]);
+    let made = run_dkg(&params, &mut peers, enrollment)?;
+    let recovery_key = SigningKey::random(&mut rand_core::OsRng);
+    let attested = [provider.attested_key(), recovery.attested_key()];
+    let registration = registration(
+        home,
+        &recovery_key,
+        &wallet_id,
+        &made.output.transcript_hash,
+        None,
+        ETHEREUM,
+        attested,
+    )?;
+    let confirm = Request::DkgConfirm {
+        wallet_id,
+        confirmations: made.confirmations,
+        registration,
+        confirmation_signatures: made.signatures,
+    };
+    let wallet = EthWalletFile::new(wallet_id, &made.output.public_key, &params.parties, 2)?;
+    write_p256_key(recovery_key_out, &recovery_key)?;
+    if let Err(e) = home.save_eth_wallet(&wallet, &made.output.key) {
+        let _ = std::fs::remove_file(recovery_key_out);
+        return Err(e);
+    }
+    if let Err(e) = confirm_at(provider, &confirm, &wallet) {
+        if never_registered(&e) && unknown_at(provider, wallet_id) {
+            let _ = std::fs::remove_file(recovery_key_out);
+            let _ = home.forget_eth_wallet(&wallet_id);
+        }
+        return Err(e);
+    }
+    confirm_at(recovery, &confirm, &wallet).map_err(|e| {
+        ClientError::Input(format!(
+            "wallet {wallet_id} is registered at the provider, not at the recovery cosigner \
+             ({e}); it signs, but cannot be recovered until it is"
+        ))
+    })?;
+    Ok(EthCreated {
+        wallet,
+        recovery_key_path: recovery_key_out.to_path_buf(),
+    })
+}
+
+/// What the DKG leaves this device: its output and what the cosigners' `DkgConfirm` carries.
+struct Made {
+    output: EcdsaDkgOutput,
+    confirmations: Vec<Confirmation>,
+    signatures: Vec<(PartyId, ByteBuf)>,
+}
+
+/// The threshold ECDSA DKG with this device as party 1 and `peers` (both cosigners, working at
+/// once each round).
+fn run_dkg(params: &DkgParams, peers: &mut [Peer<'_>], enrollment: Option<&[u8]>) -> Result<Made> {
+    let wallet_id = params.wallet_id;
+    let mut rng = rand_core::OsRng;
+    let ecdsa_params = EcdsaDkgParams {
+        wallet_id,
+        threshold: params.min_signers,
+        parties: params.parties.clone(),
+    };
+    let (mut local, hello) = dkg::start(ecdsa_params, DEVICE, &mut rng)?;
+    let starts = peers
+        .iter()
+        .map(|p| Request::DkgStart {
+            params: params.clone(),
+            me: p.party,
+            enrollment: enrollment.map(|t| ByteBuf::from(t.to_vec())),
+        })
+        .collect();
+    let mut hellos = vec![hello];
+    let answers = call_all(peers, starts);
+    for (peer, answer) in peers.iter().zip(answers) {
+        match answer? {
+            Response::EcdsaDkgHello { hello } => {
+                from_peer(peer.party, hello.from, "hello")?;
+                hellos.push(hello);
+            }
+            other => return Err(unexpected("EcdsaDkgHello", &other)),
+        }
+    }
+    let mut round = vec![local.handle_hellos(&hellos, &mut rng)?];
+    round.extend(relay_round(peers, hellos_request(wallet_id, &hellos))?);
+    for _ in 1..3 {
+        let RoundOutput::Next(ours) = local.handle_round(&round, &mut rng)? else {
+            return Err(ClientError::Unexpected("the DKG confirmed early".into()));
+        };
+        let request = Request::EcdsaDkgRound {
+            wallet_id,
+            messages: round,
+        };
+        round = vec![ours];
+        round.extend(relay_round(peers, request)?);
+    }
+    let RoundOutput::Confirm(ours) = local.handle_round(&round, &mut rng)? else {
+        return Err(ClientError::Unexpected(
+            "the DKG did not end after round 3".into(),
+        ));
+    };
+    let request = Request::EcdsaDkgRound {
+        wallet_id,
+        messages: round,
+    };
+    let mut confirmations = vec![ours];
+    let mut signatures = Vec::new();
+    let requests = peers.iter().map(|_| request.clone()).collect();
+    let answers = call_all(peers, requests);
+    for (peer, answer) in peers.iter().zip(answers) {
+        match answer? {
+            Response::DkgRound3 {
+                confirmation,
+                signature,
+            } => {
+                from_peer(peer.party, confirmation.from, "confirmation")?;
+                if let Some(s) = check_signed(&wallet_id, peer, &confirmation, signature)? {
+                    signatures.push((peer.party, s));
+                }
+                confirmations.push(confirmation);
+            }
+            other => return Err(unexpected("DkgRound3", &other)),
+        }
+    }
+    let output = local.handle_confirmations(&confirmations)?;
+    Ok(Made {
+        output,
+        confirmations,
+        signatures,
+    })
+}
+
+fn hellos_request(wallet_id: WalletId, hellos: &[EcdsaHello]) -> Request {
+    Request::EcdsaDkgHellos {
+        wallet_id,
+        hellos: hellos.to_vec(),
+    }
+}
+
+/// Sends `request` to every peer: their next round's messages.
+fn relay_round(peers: &mut [Peer<'_>], request: Request) -> Result<Vec<dkg::EcdsaRound>> {
+    let requests = peers.iter().map(|_| request.clone()).collect();
+    let mut out = Vec::new();
+    let answers = call_all(peers, requests);
+    for (peer, answer) in peers.iter().zip(answers) {
+        match answer? {
+            Response::EcdsaDkgRound { message } => {
+                from_peer(peer.party, message.from, "round message")?;
+                out.push(message);
+            }
+            other => return Err(unexpected("EcdsaDkgRound", &other)),
+        }
+    }
+    Ok(out)
+}
+
+/// Sends `DkgConfirm` to a cosigner and checks it stored our public key.
+fn confirm_at(session: &mut dyn Courier, confirm: &Request, wallet: &EthWalletFile) -> Result<()> {
+    match session.call(confirm)? {
+        Response::DkgDone { wallet: info }
+            if info.group_public_key.as_slice() == wallet.public_key_bytes()? =>
+        {
+            Ok(())
+        }
+        Response::DkgDone { .. } => Err(ClientError::Protocol(
+            cosigner_protocol::ProtocolError::Disagreement {
+                reason: "a cosigner stored another public key".into(),
+            },
+        )),
+        other => Err(unexpected("DkgDone", &other)),
+    }
+}
+
+/// A transaction signed: what to broadcast, and the provider's receipt.
+#[derive(Debug, Clone)]
+pub struct EthSigned {
+    /// The signed transaction (EIP-2718 encoding).
+    pub raw_tx: Vec<u8>,
+    /// Its hash.
+    pub tx_hash: [u8; 32],
+    /// The sender: the wallet's address.
+    pub from: String,
+    /// The provider's receipt (its audit entry of this signature, under its attested key).
+    pub receipt: Option<Receipt>,
+}
+
+/// Signs `request` (an `eth_signTransaction` object) with wallet `wallet_id`: this device and the
+/// provider, two round trips.
+pub fn sign(
+    home: &Home,
+    provider: &mut dyn Courier,
+    wallet_id: WalletId,
+    request: TxRequest,
+) -> Result<EthSigned> {
+    let wallet = home.eth_wallet(&wallet_id)?;
+    if let Some(from) = request.from
+        && checksummed(&from) != wallet.address
+    {
+        return Err(ClientError::Input(format!(
+            "the transaction's from ({}) is not wallet {wallet_id}'s address {}",
+            checksummed(&from),
+            wallet.address
+        )));
+    }
+    let key = home.ecdsa_key(&wallet)?;
+    let tx = request.tx;
+    let hash = tx.signing_hash();
+    let nonce: [u8; 32] = random()?;
+    let signers = [DEVICE, PROVIDER];
+    let id = sign::sign_id(&wallet_id, &signers, &nonce);
+    let (mut signing, round1) = sign::start(&key, &signers, id, hash)?;
+    let start = Request::EthSignStart {
+        wallet_id,
+        epoch: wallet.epoch,
+        tx: ByteBuf::from(tx.signing_payload()),
+        signers: signers.to_vec(),
+        nonce: ByteBuf::from(nonce.to_vec()),
+        round1,
+    };
+    let device_key = home.device_key()?;
+    let answer =
+        wallet::authorized_retrying(provider, wallet_id, KeyRole::Device, &device_key, &start)?;
+    let Response::EthSignRound {
+        session_id,
+        round1: theirs1,
+        round2: theirs2,
+    } = answer
+    else {
+        return Err(unexpected("EthSignRound", &answer));
+    };
+    for m in [&theirs1, &theirs2] {
+        from_peer(PROVIDER, m.from, "signing message")?;
+    }
+    let round2 = signing.round2(&key, &[theirs1])?;
+    let round3 = signing.round3(&key, &[theirs2])?;
+    let finish = Request::EthSignFinish {
+        session_id,
+        round2,
+        round3,
+    };
+    let (theirs3, raw_tx, tx_hash, record) = match provider.call(&finish)? {
+        Response::EthSigned {
+            round3,
+            raw_tx,
+            tx_hash,
+            receipt,
+        } => (round3, raw_tx, tx_hash, receipt),
+        other => return Err(unexpected("EthSigned", &other)),
+    };
+    from_peer(PROVIDER, theirs3.from, "signing message")?;
+    // Assembled and verified against the wallet's key here too: the provider's transaction must
+    // be byte for byte the one this device signs.
+    let signature = finish_signature(signing, &key, theirs3)?;
+    let signed = tx
+        .into_signed(&signature)
+        .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+    if signed.raw != raw_tx.as_slice() || signed.hash.as_slice() != tx_hash.as_slice() {
+        return Err(ClientError::Unexpected(
+            "the provider's signed transaction is not the one this device assembled".into(),
+        ));
+    }
+    let expected = Expected {
+        wallet_id: &wallet_id,
+        action: SIGN_ETH,
+        digest: &signed.hash,
+        decision: "allowed",
+    };
+    let receipt = receipt_of(&*provider, &record, &expected)?;
+    Ok(EthSigned {
+        raw_tx: signed.raw,
+        tx_hash: signed.hash,
+        from: wallet.address,
+        receipt,
+    })
+}
+
+fn finish_signature(
+    signing: sign::EcdsaSigning,
+    key: &cosigner_protocol::ecdsa::EcdsaKey,
+    theirs: EcdsaSignMessage,
+) -> Result<cosigner_eth::RecoverableSignature> {
+    let s = signing.finish(key, &[theirs])?;
+    Ok(cosigner_eth::RecoverableSignature {
+        r: s.r,
+        s: s.s,
+        y_parity: s.y_odd,
+    })
+}
+
+/// The address of a wallet file's key, recomputed (for `wallet show`-style output).
+pub fn address_of(wallet: &EthWalletFile) -> Result<String> {
+    let key = wallet.public_key_bytes()?;
+    let address = address_of_point(&key).map_err(|e| ClientError::Input(e.to_string()))?;
+    Ok(checksummed(&address))
+}

@@ -1,0 +1,155 @@
+//! An Ethereum wallet's files in the home directory:
+//!
+//! ```text
+//! DIR/wallets/<id>.eth       public facts: account address, public key, parties (JSON)
+//! DIR/wallets/<id>.ecdsa     this device's threshold ECDSA share (mode 0600)
+//! ```
+
+use cosigner_eth::{address_of_point, checksummed};
+use cosigner_protocol::ecdsa::EcdsaKey;
+use cosigner_protocol::id::{Epoch, PartyId};
+use cosigner_protocol::wire::{SUITE_SECP256K1_ECDSA, WalletId};
+use serde::{Deserialize, Serialize};
+
+use super::{Home, home_err, io_err, occupied, text, write_private};
+use crate::error::{ClientError, Result};
+
+/// Extension of an Ethereum wallet's public file.
+const ETH: &str = "eth";
+/// Extension of this device's threshold ECDSA share.
+const ECDSA: &str = "ecdsa";
+
+/// An Ethereum wallet as this device records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EthWalletFile {
+    /// Wallet id (hex in the file).
+    #[serde(with = "text::wallet_id")]
+    pub wallet_id: WalletId,
+    /// [`SUITE_SECP256K1_ECDSA`].
+    pub ciphersuite: String,
+    /// The account's address, EIP-55 checksummed.
+    pub address: String,
+    /// The account's public key, SEC1 uncompressed (hex).
+    pub public_key: String,
+    /// This device's party number.
+    pub party: PartyId,
+    /// Every party.
+    pub parties: Vec<PartyId>,
+    /// Signers needed.
+    pub min_signers: u16,
+    /// The share epoch this device holds.
+    pub epoch: Epoch,
+}
+
+impl EthWalletFile {
+    /// The file of a wallet whose account key is `public_key` (SEC1 uncompressed).
+    pub fn new(
+        wallet_id: WalletId,
+        public_key: &[u8],
+        parties: &[PartyId],
+        min_signers: u16,
+    ) -> Result<Self> {
+        let address = address_of_point(public_key)
+            .map_err(|e| ClientError::Unexpected(format!("the DKG's public key: {e}")))?;
+        Ok(Self {
+            wallet_id,
+            ciphersuite: SUITE_SECP256K1_ECDSA.to_owned(),
+            address: checksummed(&address),
+            public_key: hex::encode(public_key),
+            party: PartyId::DEVICE,
+            parties: parties.to_vec(),
+            min_signers,
+            epoch: Epoch(0),
+        })
+    }
+
+    /// The public key's bytes.
+    pub fn public_key_bytes(&self) -> Result<Vec<u8>> {
+        hex::decode(&self.public_key)
+            .map_err(|e| ClientError::Input(format!("wallet {}: public key: {e}", self.wallet_id)))
+    }
+
+    /// The address is the public key's, and the suite is threshold ECDSA's.
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.ciphersuite != SUITE_SECP256K1_ECDSA {
+            return Err(format!("unsupported ciphersuite {:?}", self.ciphersuite));
+        }
+        let key = hex::decode(&self.public_key).map_err(|e| e.to_string())?;
+        let address = address_of_point(&key).map_err(|e| e.to_string())?;
+        if checksummed(&address) != self.address {
+            return Err("its address is not its public key's".into());
+        }
+        Ok(())
+    }
+}
+
+impl Home {
+    /// Records a new Ethereum wallet: its public file and this device's share (0600).
+    pub fn save_eth_wallet(&self, wallet: &EthWalletFile, key: &EcdsaKey) -> Result<()> {
+        let id = wallet.wallet_id;
+        let share_path = self.wallet_path(&id, ECDSA);
+        if occupied(&share_path) {
+            return Err(home_err(&share_path, "already exists"));
+        }
+        write_private(&share_path, &key.to_secret_bytes()?)?;
+        let json = serde_json::to_vec_pretty(wallet).map_err(|e| home_err(&share_path, e))?;
+        write_private(&self.wallet_path(&id, ETH), &json)
+    }
+
+    /// Reads an Ethereum wallet's public file.
+    pub fn eth_wallet(&self, id: &WalletId) -> Result<EthWalletFile> {
+        let path = self.wallet_path(id, ETH);
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ClientError::Input(format!(
+                "unknown Ethereum wallet {id}: this home ({}) holds no such wallet",
+                self.dir.display()
+            )),
+            _ => io_err(&path, &e),
+        })?;
+        let wallet: EthWalletFile = serde_json::from_slice(&bytes)
+            .map_err(|e| home_err(&path, format!("not a readable wallet file ({e})")))?;
+        if wallet.wallet_id != *id {
+            return Err(home_err(
+                &path,
+                format!("holds wallet {}", wallet.wallet_id),
+            ));
+        }
+        wallet
+            .check()
+            .map_err(|e| home_err(&path, format!("not a consistent wallet file: {e}")))?;
+        Ok(wallet)
+    }
+
+    /// Whether this home holds an Ethereum wallet `id`.
+    pub fn has_eth_wallet(&self, id: &WalletId) -> bool {
+        self.wallet_path(id, ETH).exists()
+    }
+
+    /// This device's threshold ECDSA share of wallet `id`, checked to be of its key.
+    pub fn ecdsa_key(&self, wallet: &EthWalletFile) -> Result<EcdsaKey> {
+        let path = self.wallet_path(&wallet.wallet_id, ECDSA);
+        let bytes = zeroize::Zeroizing::new(std::fs::read(&path).map_err(|e| io_err(&path, &e))?);
+        let key = EcdsaKey::from_secret_bytes(&bytes)
+            .map_err(|e| home_err(&path, format!("not a threshold ECDSA share ({e})")))?;
+        if key.public_key() != wallet.public_key_bytes()? {
+            return Err(home_err(&path, "a share of another key"));
+        }
+        Ok(key)
+    }
+
+    /// Removes an Ethereum wallet's files (a creation that registered nothing).
+    pub fn forget_eth_wallet(&self, id: &WalletId) -> Result<()> {
+        for kind in [ECDSA, ETH] {
+            self.remove_journal(id, kind)?;
+        }
+        Ok(())
+    }
+
+    /// Every Ethereum wallet recorded here, sorted by id.
+    pub fn eth_wallets(&self) -> Result<Vec<EthWalletFile>> {
+        let mut ids: Vec<WalletId> = self.journals(ETH)?.into_iter().map(|(id, _)| id).collect();
+        ids.sort();
+        ids.iter().map(|id| self.eth_wallet(id)).collect()
+    }
+}

@@ -1,0 +1,184 @@
+//! Ethereum signing with threshold ECDSA wallets (`EthSignStart`, `EthSignFinish`;
+//! docs/ethereum.md). The enclave decodes the transaction from its signing payload (strictly:
+//! `cosigner_eth::UnsignedTx::from_signing_payload`), values it, and signs the digest it computed
+//! itself, never one a client sent. Its DKLs23 session (the instance key and multiplication
+//! state) lives only in memory, in this table, and is used once: taken out before use, dropped
+//! on expiry, never sealed or stored.
+
+use cosigner_eth::{UnsignedTx, Valuation};
+use cosigner_protocol::ecdsa::sign::{self, EcdsaSignMessage, EcdsaSigning};
+use cosigner_protocol::ecdsa::{EcdsaKey, EcdsaPublic};
+use cosigner_protocol::id::Epoch;
+use cosigner_protocol::wire::{ErrorKind, Response, SessionId, WalletId};
+use serde_bytes::ByteBuf;
+
+use super::authorized::{Actor, EthSign};
+use super::failure::{Failure, Outcome};
+use super::records::WalletState;
+use super::table::{self, ConnectionId};
+use super::{Service, is_ecdsa, random};
+
+/// An open Ethereum signing session, between `EthSignStart` and `EthSignFinish`.
+pub(super) struct PendingEth {
+    wallet_id: WalletId,
+    epoch: Epoch,
+    /// The connection that opened it: only it may finish it.
+    owner: ConnectionId,
+    /// The key that authorized it: re-checked when the signature is released.
+    actor: Actor,
+    /// The state anchor's generation when it was authorized (see `sign::PendingSign`).
+    generation: Option<u64>,
+    /// Our share, unsealed at the start (zeroized when the session ends).
+    key: EcdsaKey,
+    /// Our side of DKLs23 after round 2.
+    signing: EcdsaSigning,
+    /// The transaction it signs.
+    tx: UnsignedTx,
+}
+
+fn too_many(wallet_id: &WalletId, open: usize) -> String {
+    format!(
+        "wallet {wallet_id} has {open} Ethereum signing sessions open: finish or let them expire"
+    )
+}
+
+impl Service {
+    /// `EthSignStart`: the transaction checked and valued, our rounds 1 and 2.
+    pub(super) fn eth_sign_start(
+        &self,
+        owner: ConnectionId,
+        mut state: WalletState,
+        actor: Actor,
+        mut generation: Option<u64>,
+        request: EthSign,
+    ) -> Outcome {
+        let wallet_id = state.params.wallet_id;
+        if !is_ecdsa(&state) {
+            return Err(Failure::bad(format!(
+                "wallet {wallet_id} is not an Ethereum wallet: sign with --message or --psbt"
+            )));
+        }
+        let refuse = |digest: &[u8], why: &str| {
+            self.refused(&wallet_id, "sign-eth", &actor.label(), digest, why);
+        };
+        let tx = UnsignedTx::from_signing_payload(&request.tx).map_err(|e| {
+            refuse(&request.tx, "refused: not a transaction");
+            Failure::bad(format!("transaction: {e}"))
+        })?;
+        let hash = tx.signing_hash();
+        // Valued even without a policy: call data that names an ERC-20 function but is not a
+        // well-formed call of it is refused, whatever a policy would say.
+        Valuation::of(&tx).map_err(|e| {
+            refuse(&hash, "refused: malformed token call");
+            Failure::bad(format!("transaction: {e}"))
+        })?;
+        let nonce: [u8; 32] = request
+            .nonce
+            .as_slice()
+            .try_into()
+            .map_err(|_| Failure::bad("the signing nonce must be 32 bytes"))?;
+        self.check_sign_request(&state, &actor, request.epoch, &hash, &request.signers)?;
+        let open = self.eth_signs.open(&wallet_id)?;
+        if open >= table::MAX_SIGNS_PER_WALLET {
+            return Err(Failure::busy(too_many(&wallet_id, open)));
+        }
+        self.count_signature(&mut state, &actor, request.epoch, &hash, &mut generation)?;
+        let key = self.ecdsa_key(&state, request.epoch)?;
+        let id = sign::sign_id(&wallet_id, &request.signers, &nonce);
+        let (mut signing, round1) = sign::start(&key, &request.signers, id, hash)?;
+        let round2 = signing.round2(&key, std::slice::from_ref(&request.round1))?;
+        let session_id = SessionId(random::<16>()?);
+        let pending = PendingEth {
+            wallet_id,
+            epoch: request.epoch,
+            owner,
+            actor,
+            generation,
+            key,
+            signing,
+            tx,
+        };
+        self.eth_signs
+            .insert(session_id, wallet_id, pending, |open| {
+                too_many(&wallet_id, open)
+            })?;
+        Ok(Response::EthSignRound {
+            session_id,
+            round1,
+            round2,
+        })
+    }
+
+    /// `EthSignFinish`: our round 3, released only once the signature is in the audit log.
+    pub(super) fn eth_sign_finish(
+        &self,
+        owner: ConnectionId,
+        session_id: &SessionId,
+        round2: &EcdsaSignMessage,
+        round3: &EcdsaSignMessage,
+    ) -> Outcome {
+        // Removed before use: whatever happens next, this session is never used again.
+        let pending = self.eth_signs.take(session_id, |p| {
+            if p.owner != owner {
+                return Err(Failure::denied(
+                    "this signing session belongs to another connection",
+                ));
+            }
+            Ok(())
+        })?;
+        if self.records().state_generation(&pending.wallet_id)? != pending.generation {
+            self.recheck_signer(&pending.wallet_id, &pending.actor, pending.epoch)?;
+        }
+        let PendingEth {
+            wallet_id,
+            actor,
+            key,
+            mut signing,
+            tx,
+            ..
+        } = pending;
+        let ours = signing.round3(&key, std::slice::from_ref(round2))?;
+        // DKLs23 verifies the signature against the wallet's key before returning it.
+        let signature = signing.finish(&key, std::slice::from_ref(round3))?;
+        let signed = tx
+            .into_signed(&cosigner_eth::RecoverableSignature {
+                r: signature.r,
+                s: signature.s,
+                y_parity: signature.y_odd,
+            })
+            .map_err(|e| Failure::new(ErrorKind::Internal, format!("signed transaction: {e}")))?;
+        // Nothing signed that the log lacks: the entry is durable before our round 3 leaves.
+        let receipt = self.log(
+            &wallet_id,
+            "sign-eth",
+            &actor.label(),
+            &signed.hash,
+            "allowed",
+        )?;
+        Ok(Response::EthSigned {
+            round3: ours,
+            raw_tx: ByteBuf::from(signed.raw),
+            tx_hash: ByteBuf::from(signed.hash.to_vec()),
+            receipt: ByteBuf::from(receipt),
+        })
+    }
+
+    /// Our threshold ECDSA share of `state`'s wallet at `epoch`, checked to be of its key.
+    fn ecdsa_key(&self, state: &WalletState, epoch: Epoch) -> Result<EcdsaKey, Failure> {
+        let wallet_id = state.params.wallet_id;
+        let integrity = |what: String| Failure::new(ErrorKind::Integrity, what);
+        let share = self
+            .records()
+            .load_ecdsa_share(&wallet_id, state.party, epoch)?;
+        let key = EcdsaKey::from_secret_bytes(&share.key_package)
+            .map_err(|e| integrity(format!("stored threshold ECDSA share: {e}")))?;
+        let public = EcdsaPublic::from_bytes(&state.public_key_package)
+            .map_err(|e| integrity(format!("stored public key: {e}")))?;
+        if !public.holds(&key) || key.party() != state.party {
+            return Err(integrity(format!(
+                "the stored share of wallet {wallet_id} is not of its key"
+            )));
+        }
+        Ok(key)
+    }
+}

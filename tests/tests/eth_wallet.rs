@@ -1,0 +1,243 @@
+//! Ethereum wallets through the enclave service and the client's own ceremonies (in process, real
+//! SoftHSM tokens): the threshold ECDSA DKG among this device and both cosigners, transactions
+//! signed by the device with the provider and executed by py-evm, and what the provider refuses.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use cosigner_client::ClientError;
+use cosigner_client::eth::{self, EthCreated};
+use cosigner_client::home::Home;
+use cosigner_client::wallet;
+use cosigner_enclave::service::RefreshPolicy;
+use cosigner_eth::TxRequest;
+use cosigner_protocol::ecdsa::sign as ecdsa_sign;
+use cosigner_protocol::id::Epoch;
+use cosigner_protocol::party::{DEVICE, PROVIDER};
+use cosigner_protocol::wire::{ErrorKind, KeyRole, Request, Response, SessionId, WalletId};
+use cosigner_tests::ecdsa::{SKIP_LINE, TESTER_CHAIN_ID, python_available, run_in_evm};
+use cosigner_tests::in_process::{Enclave, InProcess, tempfile};
+use cosigner_tests::{SoftHsm, softhsm_module};
+use serde_bytes::ByteBuf;
+
+const ETH: u128 = 1_000_000_000_000_000_000;
+const BOB: &str = "0x000000000000000000000000000000000000b0b0";
+
+struct Cosigners {
+    _hsm: SoftHsm,
+    provider: Enclave,
+    recovery: Enclave,
+}
+
+fn cosigners() -> Cosigners {
+    let hsm = SoftHsm::new().unwrap();
+    hsm.install_env_for_this_process();
+    let module = softhsm_module();
+    let dir = hsm.dir().to_path_buf();
+    let policy = RefreshPolicy::default();
+    let provider = Enclave::new(&module, "provider", &dir.join("attester"), policy).unwrap();
+    let recovery =
+        Enclave::new(&module, "recovery", &dir.join("recovery-attester"), policy).unwrap();
+    Cosigners {
+        _hsm: hsm,
+        provider,
+        recovery,
+    }
+}
+
+fn create(c: &Cosigners, home: &Home, dir: &std::path::Path) -> EthCreated {
+    let mut provider_session = c.provider.session();
+    let mut recovery_session = c.recovery.session();
+    eth::create(
+        home,
+        &mut InProcess::new(&c.provider.service, &mut provider_session),
+        &mut InProcess::new(&c.recovery.service, &mut recovery_session),
+        &dir.join("recovery.key"),
+        None,
+    )
+    .unwrap()
+}
+
+fn payment(nonce: u64, wei: u128) -> TxRequest {
+    TxRequest::from_json(&format!(
+        r#"{{"chainId":{TESTER_CHAIN_ID},"nonce":{nonce},"to":"{BOB}","value":"{wei}","gas":21000,
+            "maxFeePerGas":"2000000000","maxPriorityFeePerGas":"1000000000"}}"#
+    ))
+    .unwrap()
+}
+
+#[test]
+fn an_ethereum_wallet_is_made_by_three_parties_and_its_transactions_execute() {
+    let c = cosigners();
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::open(dir.path()).unwrap();
+    let created = create(&c, &home, dir.path());
+    let wallet = created.wallet;
+    assert!(wallet.address.starts_with("0x") && wallet.address.len() == 42);
+    assert!(created.recovery_key_path.exists());
+    // Both cosigners hold the same public key as this device.
+    for enclave in [&c.provider, &c.recovery] {
+        let mut session = enclave.session();
+        match enclave.call(
+            &mut session,
+            Request::GetWallet {
+                wallet_id: wallet.wallet_id,
+            },
+        ) {
+            Response::Wallet { wallet: info } => {
+                assert_eq!(
+                    info.group_public_key.as_slice(),
+                    wallet.public_key_bytes().unwrap()
+                );
+                assert_eq!(
+                    info.ciphersuite,
+                    cosigner_protocol::wire::SUITE_SECP256K1_ECDSA
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut session = c.provider.session();
+    let mut courier = InProcess::new(&c.provider.service, &mut session);
+    let mut signed = Vec::new();
+    for (nonce, wei) in [(0, 3 * ETH), (1, ETH)] {
+        let s = eth::sign(&home, &mut courier, wallet.wallet_id, payment(nonce, wei)).unwrap();
+        assert_eq!(s.from, wallet.address);
+        assert!(
+            s.receipt.is_none(),
+            "an in-process cosigner has no attestation document to keep"
+        );
+        signed.push(cosigner_eth::SignedTx {
+            raw: s.raw_tx,
+            hash: s.tx_hash,
+        });
+    }
+    // The provider logged each signature before releasing it.
+    let log = c.provider.store.all();
+    let entries = log.iter().filter(|(k, _)| k.starts_with("audit/")).count();
+    assert!(
+        entries >= 3,
+        "creation and two signatures are in the audit log ({entries})"
+    );
+    if !python_available() {
+        println!("{SKIP_LINE}");
+        return;
+    }
+    let report = run_in_evm(&wallet.address, 10 * ETH, &signed).unwrap();
+    assert_eq!(report.senders, vec![wallet.address.clone(); 2]);
+    assert_eq!(report.receipts, vec![1, 1]);
+    assert_eq!(report.balances[&BOB.to_lowercase()], (4 * ETH).to_string());
+}
+
+/// Sends `EthSignStart` for `payload` as the device would, its own round 1 included.
+fn start_request(home: &Home, wallet_id: WalletId, payload: Vec<u8>) -> Request {
+    let wallet = home.eth_wallet(&wallet_id).unwrap();
+    let key = home.ecdsa_key(&wallet).unwrap();
+    let nonce = [7u8; 32];
+    let signers = [DEVICE, PROVIDER];
+    let id = ecdsa_sign::sign_id(&wallet_id, &signers, &nonce);
+    // DKLs23 binds each message to the digest: the one the provider will compute, where it can.
+    let hash = cosigner_eth::UnsignedTx::from_signing_payload(&payload)
+        .map_or([0; 32], |t| t.signing_hash());
+    let (_, round1) = ecdsa_sign::start(&key, &signers, id, hash).unwrap();
+    Request::EthSignStart {
+        wallet_id,
+        epoch: Epoch(0),
+        tx: ByteBuf::from(payload),
+        signers: signers.to_vec(),
+        nonce: ByteBuf::from(nonce.to_vec()),
+        round1,
+    }
+}
+
+fn remote_kind(result: Result<Response, ClientError>) -> ErrorKind {
+    match result {
+        Err(ClientError::Remote(e)) => e.kind,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_provider_refuses_what_it_cannot_read_and_sessions_it_did_not_open() {
+    let c = cosigners();
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::open(dir.path()).unwrap();
+    let id = create(&c, &home, dir.path()).wallet.wallet_id;
+    let device = home.device_key().unwrap();
+    let mut session = c.provider.session();
+    let mut courier = InProcess::new(&c.provider.service, &mut session);
+    // Not a transaction; a legacy one without a chain id; a Bitcoin signing request.
+    let legacy_no_chain = hex::decode(
+        "e9098504a817c800825208943535353535353535353535353535353535353535880de0b6b3a764000080",
+    )
+    .unwrap();
+    for payload in [b"a digest, not a transaction".to_vec(), legacy_no_chain] {
+        let request = start_request(&home, id, payload);
+        let answer = wallet::authorized(&mut courier, id, KeyRole::Device, &device, &request);
+        assert_eq!(remote_kind(answer), ErrorKind::BadRequest);
+    }
+    let frost = Request::SignCommit {
+        wallet_id: id,
+        epoch: Epoch(0),
+        message: ByteBuf::from(vec![0; 32]),
+        signers: vec![DEVICE, PROVIDER],
+    };
+    let answer = wallet::authorized(&mut courier, id, KeyRole::Device, &device, &frost);
+    assert_eq!(remote_kind(answer), ErrorKind::BadRequest);
+    // Unsigned, an EthSignStart is refused before anything is read.
+    let bare = start_request(&home, id, payment(0, 1).tx.signing_payload());
+    assert!(matches!(
+        remote_kind(courier_call(&mut courier, &bare)),
+        ErrorKind::BadRequest
+    ));
+    // A session is finished only once, and only on its own connection.
+    let request = start_request(&home, id, payment(0, 1).tx.signing_payload());
+    let Response::EthSignRound {
+        session_id, round2, ..
+    } = wallet::authorized(&mut courier, id, KeyRole::Device, &device, &request).unwrap()
+    else {
+        panic!("no EthSignRound");
+    };
+    let mut other_session = c.provider.session();
+    let mut other = InProcess::new(&c.provider.service, &mut other_session);
+    let finish = Request::EthSignFinish {
+        session_id,
+        round2: round2.clone(),
+        round3: round2,
+    };
+    assert_eq!(
+        remote_kind(courier_call(&mut other, &finish)),
+        ErrorKind::Unauthorized
+    );
+    // Our garbage round messages end the session; it cannot be tried again.
+    assert!(courier_call(&mut courier, &finish).is_err());
+    assert_eq!(
+        remote_kind(courier_call(&mut courier, &finish)),
+        ErrorKind::NotFound
+    );
+    let unknown = Request::EthSignFinish {
+        session_id: SessionId([9; 16]),
+        round2: start_round(&home, id),
+        round3: start_round(&home, id),
+    };
+    assert_eq!(
+        remote_kind(courier_call(&mut courier, &unknown)),
+        ErrorKind::NotFound
+    );
+}
+
+fn start_round(home: &Home, id: WalletId) -> cosigner_protocol::ecdsa::sign::EcdsaSignMessage {
+    match start_request(home, id, Vec::new()) {
+        Request::EthSignStart { round1, .. } => round1,
+        _ => unreachable!(),
+    }
+}
+
+fn courier_call(courier: &mut InProcess<'_>, request: &Request) -> Result<Response, ClientError> {
+    use cosigner_client::courier::Courier;
+    courier.call(request)
+}
