@@ -146,30 +146,27 @@ fn run_dkg(params: &DkgParams, peers: &mut [Peer<'_>], enrollment: Option<&[u8]>
         }
     }
     let mut round = vec![local.handle_hellos(&hellos, &mut rng)?];
-    round.extend(relay_round(peers, hellos_request(wallet_id, &hellos))?);
+    let hellos = peers
+        .iter()
+        .map(|_| hellos_request(wallet_id, &hellos))
+        .collect();
+    round.extend(relay_round(peers, hellos)?);
     for _ in 1..3 {
         let RoundOutput::Next(ours) = local.handle_round(&round, &mut rng)? else {
             return Err(ClientError::Unexpected("the DKG confirmed early".into()));
         };
-        let request = Request::EcdsaDkgRound {
-            wallet_id,
-            messages: round,
-        };
+        let requests = round_requests(wallet_id, peers, &round);
         round = vec![ours];
-        round.extend(relay_round(peers, request)?);
+        round.extend(relay_round(peers, requests)?);
     }
     let RoundOutput::Confirm(ours) = local.handle_round(&round, &mut rng)? else {
         return Err(ClientError::Unexpected(
             "the DKG did not end after round 3".into(),
         ));
     };
-    let request = Request::EcdsaDkgRound {
-        wallet_id,
-        messages: round,
-    };
+    let requests = round_requests(wallet_id, peers, &round);
     let mut confirmations = vec![ours];
     let mut signatures = Vec::new();
-    let requests = peers.iter().map(|_| request.clone()).collect();
     let answers = call_all(peers, requests);
     for (peer, answer) in peers.iter().zip(answers) {
         match answer? {
@@ -201,9 +198,38 @@ fn hellos_request(wallet_id: WalletId, hellos: &[EcdsaHello]) -> Request {
     }
 }
 
-/// Sends `request` to every peer: their next round's messages.
-fn relay_round(peers: &mut [Peer<'_>], request: Request) -> Result<Vec<dkg::EcdsaRound>> {
-    let requests = peers.iter().map(|_| request.clone()).collect();
+/// Each peer's copy of a round: every party's message with only the sealed parts addressed to
+/// that peer (a round-3 part is ~140 KB; the others' are no use to it).
+fn round_requests(
+    wallet_id: WalletId,
+    peers: &[Peer<'_>],
+    round: &[dkg::EcdsaRound],
+) -> Vec<Request> {
+    peers
+        .iter()
+        .map(|peer| {
+            let messages = round
+                .iter()
+                .map(|m| dkg::EcdsaRound {
+                    sealed: m
+                        .sealed
+                        .iter()
+                        .filter(|s| s.to == peer.party)
+                        .cloned()
+                        .collect(),
+                    ..m.clone()
+                })
+                .collect();
+            Request::EcdsaDkgRound {
+                wallet_id,
+                messages,
+            }
+        })
+        .collect()
+}
+
+/// Sends each peer its request: their next round's messages.
+fn relay_round(peers: &mut [Peer<'_>], requests: Vec<Request>) -> Result<Vec<dkg::EcdsaRound>> {
     let mut out = Vec::new();
     let answers = call_all(peers, requests);
     for (peer, answer) in peers.iter().zip(answers) {

@@ -39,9 +39,6 @@ use crate::error::{ProtocolError, Result};
 use crate::id::PartyId;
 use crate::wire::WalletId;
 
-/// Nesting allowed when decoding a `dkls23` message (they are flat structs and vectors).
-const RECURSION_LIMIT: usize = 32;
-
 /// One party's threshold ECDSA key share: its Shamir point, the pairwise multiplication (OT)
 /// setups and zero-sharing seeds DKLs23 signs with. Secret: zeroized on drop (by `dkls23`'s `Party`),
 /// never in `Debug`.
@@ -79,9 +76,7 @@ impl EcdsaKey {
 
     /// Serialized for sealing at rest; the buffer zeroizes on drop.
     pub fn to_secret_bytes(&self) -> Result<Zeroizing<Vec<u8>>> {
-        let mut out = Zeroizing::new(Vec::new());
-        ciborium::ser::into_writer(&self.party, &mut *out).map_err(ProtocolError::encoding)?;
-        Ok(out)
+        encode_part(&self.party).map(Zeroizing::new)
     }
 
     /// Reads what [`Self::to_secret_bytes`] wrote.
@@ -116,12 +111,12 @@ impl EcdsaPublic {
         }
     }
 
-    /// CBOR.
+    /// Encoded (postcard).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         encode_part(self)
     }
 
-    /// From CBOR, checking the group key is a 65-byte uncompressed point on the curve.
+    /// Decoded, checking the group key is a 65-byte uncompressed point on the curve.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let public: Self = decode_part(bytes)?;
         use k256::elliptic_curve::sec1::FromSec1Point;
@@ -174,19 +169,15 @@ fn from_abort(me: PartyId, abort: &Abort) -> ProtocolError {
     }
 }
 
-/// CBOR of one `dkls23` part.
+/// One `dkls23` part in postcard, the encoding `dkls23` gives its own messages.
 fn encode_part<T: Serialize>(part: &T) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    ciborium::ser::into_writer(part, &mut out).map_err(ProtocolError::encoding)?;
-    Ok(out)
+    postcard::to_allocvec(part).map_err(ProtocolError::encoding)
 }
 
-/// One `dkls23` part from CBOR, with nothing trailing it.
+/// One `dkls23` part from postcard, with nothing trailing it.
 fn decode_part<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    let mut reader = bytes;
-    let part = ciborium::de::from_reader_with_recursion_limit(&mut reader, RECURSION_LIMIT)
-        .map_err(ProtocolError::encoding)?;
-    if !reader.is_empty() {
+    let (part, rest) = postcard::take_from_bytes(bytes).map_err(ProtocolError::encoding)?;
+    if !rest.is_empty() {
         return Err(ProtocolError::encoding(
             "trailing bytes after a threshold ECDSA message",
         ));

@@ -2,6 +2,7 @@
 
 mod attestation;
 mod dao;
+mod eth;
 mod hexarg;
 mod receipt;
 mod show;

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::Globals;
 use super::attestation::emit;
+use super::eth::Chain;
 
 /// Wallet subcommands.
 #[derive(Debug, Subcommand)]
@@ -34,6 +35,9 @@ pub enum WalletCommand {
         /// requires one.
         #[arg(long, value_name = "FILE")]
         enrollment_token: Option<PathBuf>,
+        /// The chain: `bitcoin` (Taproot, FROST) or `ethereum` (an account, threshold ECDSA).
+        #[arg(long, value_enum, default_value_t)]
+        chain: Chain,
         /// Print one JSON line.
         #[arg(long)]
         json: bool,
@@ -118,10 +122,15 @@ pub struct SignArgs {
     #[arg(
         long,
         value_name = "HEX32",
-        conflicts_with = "psbt",
-        required_unless_present = "psbt"
+        conflicts_with_all = ["psbt", "eth_tx"],
+        required_unless_present_any = ["psbt", "eth_tx"]
     )]
     message: Option<String>,
+    /// Ethereum wallets: a transaction as `eth_signTransaction` takes it (JSON: `chainId`,
+    /// `nonce`, `to`, `value`, `data`, `gas`, and `gasPrice` or `maxFeePerGas` and
+    /// `maxPriorityFeePerGas`); prints `tx_hash` and `raw_tx` (signed, RLP, broadcastable).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["psbt", "with_recovery_key", "request_out"])]
+    eth_tx: Option<PathBuf>,
     /// A PSBT (base64 or binary) spending the wallet's Taproot output(s); prints the signed
     /// transaction.
     #[arg(long, value_name = "FILE")]
@@ -158,8 +167,13 @@ fn connect(addr: Option<&String>, flag: &str, env: &str, trust: &Trust) -> anyho
     Ok(Session::connect(addr, trust)?)
 }
 
+/// A session with the provider.
+pub(super) fn connect_provider(g: &Globals, trust: &Trust) -> anyhow::Result<Session> {
+    connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", trust)
+}
+
 /// Sessions with both cosigners of a personal wallet: the provider and the recovery cosigner.
-fn cosigners(g: &Globals, trust: &Trust) -> anyhow::Result<(Session, Session)> {
+pub(super) fn cosigners(g: &Globals, trust: &Trust) -> anyhow::Result<(Session, Session)> {
     Ok((
         connect(g.provider.as_ref(), "provider", "COSIGNER_PROVIDER", trust)?,
         connect(g.recovery.as_ref(), "recovery", "COSIGNER_RECOVERY", trust)?,
@@ -186,6 +200,23 @@ pub(super) fn wallet_json(w: &WalletFile) -> serde_json::Value {
 pub fn run(g: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
     match cmd {
         WalletCommand::Create {
+            chain: Chain::Ethereum,
+            recovery_key_out,
+            policy,
+            enrollment_token,
+            json,
+        } => {
+            if policy.is_some() {
+                anyhow::bail!("--policy: Ethereum wallets have no policies yet (docs/ethereum.md)");
+            }
+            let home = home(g)?;
+            let enrollment = enrollment_token
+                .map(|t| read_enrollment_token(&t, &home))
+                .transpose()?;
+            super::eth::create(g, recovery_key_out, enrollment, json)
+        }
+        WalletCommand::Create {
+            chain: Chain::Bitcoin,
             recovery_key_out,
             policy,
             enrollment_token,
@@ -324,13 +355,22 @@ fn set_policy(
 
 /// `cosigner wallet list`.
 fn list(g: &Globals, json: bool) -> anyhow::Result<()> {
-    let wallets = home(g)?.wallets()?;
+    let home = home(g)?;
+    let wallets = home.wallets()?;
+    let eth = home.eth_wallets()?;
     if json {
-        let list: Vec<_> = wallets.iter().map(wallet_json).collect();
+        let list: Vec<_> = wallets
+            .iter()
+            .map(wallet_json)
+            .chain(eth.iter().map(super::eth::wallet_json))
+            .collect();
         return emit(&serde_json::Value::Array(list).to_string());
     }
     for w in &wallets {
         emit(&format!("{} {}", w.wallet_id, w.address))?;
+    }
+    for w in &eth {
+        emit(&format!("{} {} (ethereum)", w.wallet_id, w.address))?;
     }
     Ok(())
 }
@@ -359,6 +399,12 @@ fn read_enrollment_token(path: &Path, home: &Home) -> anyhow::Result<Vec<u8>> {
 pub fn sign(g: &Globals, args: SignArgs) -> anyhow::Result<()> {
     let id = wallet_id(&args.wallet)?;
     let home = home(g)?;
+    if let Some(path) = &args.eth_tx {
+        return super::eth::sign(g, &home, id, path, args.json);
+    }
+    if home.has_eth_wallet(&id) {
+        anyhow::bail!("wallet {id} is an Ethereum wallet: give --eth-tx FILE");
+    }
     let w = home.wallet(&id)?; // unknown wallet: fail before any network traffic
     home.check_share(&id)?; // a damaged share: say so, rather than blame a party mid-ceremony
     if let Some(path) = &args.psbt {
@@ -413,7 +459,7 @@ pub fn sign(g: &Globals, args: SignArgs) -> anyhow::Result<()> {
 }
 
 /// Reads a file named on the command line; an error names it (`what PATH: reason`).
-fn read_file(what: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+pub(super) fn read_file(what: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
         anyhow::anyhow!(
             "{what} {}: {}",

@@ -109,7 +109,7 @@ pub struct EcdsaRound {
     pub from: PartyId,
     /// 1, 2 or 3.
     pub round: u8,
-    /// CBOR of the round's broadcast part (empty in round 1).
+    /// The round's broadcast part, postcard-encoded (empty in round 1).
     pub broadcast: ByteBuf,
     /// The point-to-point parts, one to each other party.
     pub sealed: Vec<SealedPackage>,

@@ -40,7 +40,7 @@ pub struct EcdsaSignMessage {
     pub from: PartyId,
     /// 1, 2 or 3.
     pub round: u8,
-    /// CBOR of the round's `dkls23` parts.
+    /// The round's `dkls23` parts, postcard-encoded.
     pub body: ByteBuf,
 }
 

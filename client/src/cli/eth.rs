@@ -1,0 +1,160 @@
+//! `cosigner wallet create --chain ethereum` and `cosigner sign --eth-tx` (docs/ethereum.md).
+
+use std::path::{Path, PathBuf};
+
+use cosigner_client::eth;
+use cosigner_client::home::{EthWalletFile, Home};
+use cosigner_eth::TxRequest;
+use cosigner_protocol::wire::WalletId;
+use serde_json::json;
+
+use super::Globals;
+use super::attestation::emit;
+use super::wallet::{connect_provider, cosigners, home, read_file, trust};
+
+/// The chain a wallet is created for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Chain {
+    /// Bitcoin Taproot (FROST, BIP-340).
+    #[default]
+    Bitcoin,
+    /// Ethereum and EVM chains (threshold ECDSA, DKLs23).
+    Ethereum,
+}
+
+/// The largest `--eth-tx` file read: a transaction request is a few hundred bytes of JSON plus
+/// its call data.
+const MAX_TX_FILE: u64 = 1 << 20;
+
+/// `cosigner wallet create --chain ethereum`.
+pub(super) fn create(
+    g: &Globals,
+    recovery_key_out: Option<PathBuf>,
+    enrollment: Option<Vec<u8>>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let home = home(g)?;
+    let trust = trust(g)?;
+    let (mut provider, mut recovery) = cosigners(g, &trust)?;
+    let out = match (&recovery_key_out, &g.home) {
+        (Some(p), _) => p.clone(),
+        (None, Some(h)) => h.join("wallets").join("recovery.key.new"),
+        (None, None) => anyhow::bail!("give --recovery-key-out FILE"),
+    };
+    let created = eth::create(
+        &home,
+        &mut provider,
+        &mut recovery,
+        &out,
+        enrollment.as_deref(),
+    )?;
+    let w = created.wallet;
+    if recovery_key_out.is_none() {
+        let kept = out.with_file_name(format!("{}.recovery.key", w.wallet_id));
+        std::fs::rename(&out, &kept).map_err(|e| {
+            anyhow::anyhow!("{}: {}", kept.display(), cosigner_client::io_reason(&e))
+        })?;
+        eprintln!(
+            "warning: the recovery credential is in {}; move it offline (use --recovery-key-out next time)",
+            kept.display()
+        );
+    }
+    if json {
+        emit(&json!({ "wallet_id": w.wallet_id.to_hex(), "address": w.address, "chain": "ethereum" }).to_string())
+    } else {
+        emit(&format!("wallet {}\naddress {}", w.wallet_id, w.address))
+    }
+}
+
+/// `cosigner sign --eth-tx FILE`: the transaction (an `eth_signTransaction` object) signed by
+/// this device and the provider.
+pub(super) fn sign(
+    g: &Globals,
+    home: &Home,
+    id: WalletId,
+    path: &Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    let w = home.eth_wallet(&id)?; // unknown wallet: fail before any network traffic
+    let request = read_request(path)?;
+    if let Some(from) = request.from
+        && cosigner_eth::checksummed(&from) != w.address
+    {
+        anyhow::bail!(
+            "transaction file {}: its from ({}) is not wallet {id}'s address {}",
+            path.display(),
+            cosigner_eth::checksummed(&from),
+            w.address
+        );
+    }
+    show_tx(&w, &request);
+    let trust = trust(g)?;
+    let mut provider = connect_provider(g, &trust)?;
+    let signed = eth::sign(home, &mut provider, id, request)?;
+    let tx_hash = format!("0x{}", hex::encode(signed.tx_hash));
+    let raw_tx = format!("0x{}", hex::encode(&signed.raw_tx));
+    if json {
+        // The receipt proves which measured code co-signed this transaction (`cosigner receipt
+        // verify`).
+        emit(&json!({ "tx_hash": tx_hash, "raw_tx": raw_tx, "from": signed.from, "receipt": signed.receipt }).to_string())
+    } else {
+        emit(&format!("{tx_hash}\n{raw_tx}"))
+    }
+}
+
+fn read_request(path: &Path) -> anyhow::Result<TxRequest> {
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if size > MAX_TX_FILE {
+        anyhow::bail!(
+            "transaction file {}: larger than {MAX_TX_FILE} bytes",
+            path.display()
+        );
+    }
+    let bytes = read_file("transaction file", path)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("transaction file {}: not UTF-8 text", path.display()))?;
+    TxRequest::from_json(&text)
+        .map_err(|e| anyhow::anyhow!("transaction file {}: {e}", path.display()))
+}
+
+/// What this device reads in the transaction, on stderr before it signs.
+fn show_tx(w: &EthWalletFile, request: &TxRequest) {
+    let tx = &request.tx;
+    let to = tx.to().map_or("a new contract".to_owned(), |a| {
+        cosigner_eth::checksummed(&a)
+    });
+    eprintln!(
+        "transaction from {} on chain {}, nonce {}: {} wei to {to}, fee at most {} wei",
+        w.address,
+        tx.chain_id(),
+        tx.nonce(),
+        tx.value(),
+        tx.max_fee()
+    );
+    match cosigner_eth::Valuation::of(tx).map(|v| v.call) {
+        Ok(cosigner_eth::Call::Erc20 { token, op }) => {
+            eprintln!(
+                "  calls token {}: {op:?}",
+                cosigner_eth::checksummed(&token)
+            );
+        }
+        Ok(cosigner_eth::Call::Unknown { selector: Some(s) }) => {
+            eprintln!("  calls function 0x{} of the recipient", hex::encode(s));
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("  {e}"),
+    }
+}
+
+/// One Ethereum wallet as `wallet list --json` shows it.
+pub(super) fn wallet_json(w: &EthWalletFile) -> serde_json::Value {
+    json!({
+        "wallet_id": w.wallet_id.to_hex(),
+        "chain": "ethereum",
+        "address": w.address,
+        "public_key": w.public_key,
+        "epoch": w.epoch,
+        "min_signers": w.min_signers,
+        "parties": w.parties,
+    })
+}

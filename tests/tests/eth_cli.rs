@@ -1,0 +1,152 @@
+//! Ethereum wallets through the real binaries (`cosigner`, `cosigner-enclave`, `cosigner-parent`
+//! over TLS with attestation): `wallet create --chain ethereum --json` prints the wallet id and an
+//! EIP-55 address, `sign --eth-tx FILE --json` prints a transaction eth-account attributes to that
+//! address and py-evm executes, with a receipt; bad input is refused in one line, changing nothing.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use cosigner_tests::Deployment;
+use cosigner_tests::ecdsa::{SKIP_LINE, TESTER_CHAIN_ID, python_available, run_in_evm};
+use cosigner_tests::wallets::p;
+use serde_json::Value;
+
+const ETH: u128 = 1_000_000_000_000_000_000;
+const BOB: &str = "0x000000000000000000000000000000000000b0b0";
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap()
+}
+
+#[test]
+fn create_and_sign_an_ethereum_transaction_with_the_cli() {
+    let d = Deployment::start().unwrap();
+    let home = d.home("eve");
+    let recovery_key = d.dir.path().join("eve-recovery.key");
+    let out = d.cosigner([
+        "--home",
+        p(&home),
+        "wallet",
+        "create",
+        "--chain",
+        "ethereum",
+        "--json",
+        "--recovery-key-out",
+        p(&recovery_key),
+    ]);
+    let created = json(out.ok());
+    let id = created["wallet_id"].as_str().unwrap().to_owned();
+    let address = created["address"].as_str().unwrap().to_owned();
+    assert_eq!(address.len(), 42);
+    assert_ne!(address.to_lowercase(), address, "EIP-55 mixed case");
+    let list = json(
+        d.cosigner(["--home", p(&home), "wallet", "list", "--json"])
+            .ok(),
+    );
+    assert_eq!(list[0]["address"], address.as_str());
+    assert_eq!(list[0]["chain"], "ethereum");
+
+    let tx_file = d.dir.path().join("tx.json");
+    std::fs::write(
+        &tx_file,
+        format!(
+            r#"{{"from":"{address}","chainId":"{TESTER_CHAIN_ID:#x}","nonce":"0x0","to":"{BOB}",
+                "value":"{}","gas":"0x5208","maxFeePerGas":"0x77359400","maxPriorityFeePerGas":"0x3b9aca00"}}"#,
+            2 * ETH
+        ),
+    )
+    .unwrap();
+    let signed = json(
+        d.cosigner([
+            "--home",
+            p(&home),
+            "sign",
+            "--wallet",
+            &id,
+            "--eth-tx",
+            p(&tx_file),
+            "--json",
+        ])
+        .ok(),
+    );
+    let raw = signed["raw_tx"].as_str().unwrap();
+    assert!(signed["tx_hash"].as_str().unwrap().starts_with("0x"));
+    assert_eq!(signed["from"], address.as_str());
+    assert!(
+        signed["receipt"]["record"].is_string(),
+        "a receipt under the attested key"
+    );
+
+    // Refused in one line, before anything is signed: a message for an Ethereum wallet, a
+    // transaction from another account, a malformed file.
+    let refused = d.cosigner([
+        "--home",
+        p(&home),
+        "sign",
+        "--wallet",
+        &id,
+        "--message",
+        &"11".repeat(32),
+    ]);
+    assert!(
+        refused.refused().contains("Ethereum wallet"),
+        "{}",
+        refused.refused()
+    );
+    let other_from = d.dir.path().join("other.json");
+    std::fs::write(
+        &other_from,
+        std::fs::read_to_string(&tx_file)
+            .unwrap()
+            .replace(&address, BOB),
+    )
+    .unwrap();
+    let refused = d.cosigner([
+        "--home",
+        p(&home),
+        "sign",
+        "--wallet",
+        &id,
+        "--eth-tx",
+        p(&other_from),
+    ]);
+    assert!(
+        refused.refused().contains("not wallet"),
+        "{}",
+        refused.refused()
+    );
+    let bad = d.dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"chainId":1,"nonce":0,"gas":21000,"gasPrice":1,"to":"0x12"}"#,
+    )
+    .unwrap();
+    let refused = d.cosigner([
+        "--home",
+        p(&home),
+        "sign",
+        "--wallet",
+        &id,
+        "--eth-tx",
+        p(&bad),
+    ]);
+    assert!(refused.refused().contains("to"), "{}", refused.refused());
+    assert_eq!(refused.refused().trim().lines().count(), 1);
+
+    if !python_available() {
+        println!("{SKIP_LINE}");
+        return;
+    }
+    let tx = cosigner_eth::SignedTx {
+        raw: hex::decode(&raw[2..]).unwrap(),
+        hash: [0; 32],
+    };
+    let report = run_in_evm(&address, 5 * ETH, &[tx]).unwrap();
+    assert_eq!(report.senders, vec![address.clone()]);
+    assert_eq!(report.receipts, vec![1]);
+    assert_eq!(report.balances[&BOB.to_lowercase()], (2 * ETH).to_string());
+}
