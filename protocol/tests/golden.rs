@@ -586,6 +586,43 @@ fn requests_sessions() -> Samples<Request> {
         ),
         (
             "",
+            "every party's threshold ECDSA hello",
+            Request::EcdsaDkgHellos {
+                wallet_id: WALLET,
+                hellos: vec![ecdsa_hello(1), ecdsa_hello(2)],
+            },
+        ),
+        (
+            "",
+            "every party's threshold ECDSA round message",
+            Request::EcdsaDkgRound {
+                wallet_id: WALLET,
+                messages: vec![ecdsa_round(1), ecdsa_round(2)],
+            },
+        ),
+        (
+            "",
+            "an Ethereum transaction to sign, with the device's round 1",
+            Request::EthSignStart {
+                wallet_id: WALLET,
+                epoch: Epoch(4),
+                tx: bytes(0x02, 12),
+                signers: vec![pid(1), pid(2)],
+                nonce: bytes(0xa9, 32),
+                round1: ecdsa_sign_message(1, 1),
+            },
+        ),
+        (
+            "",
+            "the device's rounds 2 and 3 of an Ethereum signature",
+            Request::EthSignFinish {
+                session_id: wire::SessionId([0xa6; 16]),
+                round2: ecdsa_sign_message(1, 2),
+                round3: ecdsa_sign_message(1, 3),
+            },
+        ),
+        (
+            "",
             "a DAO wallet's policy in force",
             Request::DaoPolicy { wallet_id: WALLET },
         ),
@@ -780,6 +817,39 @@ fn responses() -> Samples<Response> {
                     epoch: Epoch(4),
                     commitments: bytes(0xb5, 8),
                 }),
+            },
+        ),
+        (
+            "",
+            "our threshold ECDSA hello",
+            Response::EcdsaDkgHello {
+                hello: ecdsa_hello(2),
+            },
+        ),
+        (
+            "",
+            "our threshold ECDSA round message",
+            Response::EcdsaDkgRound {
+                message: ecdsa_round(2),
+            },
+        ),
+        (
+            "",
+            "our rounds 1 and 2 of an Ethereum signature",
+            Response::EthSignRound {
+                session_id: wire::SessionId([0xa6; 16]),
+                round1: ecdsa_sign_message(2, 1),
+                round2: ecdsa_sign_message(2, 2),
+            },
+        ),
+        (
+            "",
+            "our round 3 and the signed Ethereum transaction",
+            Response::EthSigned {
+                round3: ecdsa_sign_message(2, 3),
+                raw_tx: bytes(0x02, 16),
+                tx_hash: bytes(0xb7, 32),
+                receipt: bytes(0xb6, 8),
             },
         ),
         (

@@ -219,3 +219,30 @@ pub fn approval() -> Approval {
 pub fn pid(n: u16) -> cosigner_protocol::id::PartyId {
     cosigner_protocol::id::PartyId::new(n).unwrap()
 }
+
+/// A threshold ECDSA DKG hello of party `n`.
+pub fn ecdsa_hello(n: u16) -> cosigner_protocol::wire::EcdsaHello {
+    cosigner_protocol::wire::EcdsaHello {
+        from: pid(n),
+        hpke_public_key: bytes(0xc0 + n as u8, 32),
+    }
+}
+
+/// A threshold ECDSA DKG round-2 message of party `n`, one part sealed to party 3.
+pub fn ecdsa_round(n: u16) -> cosigner_protocol::wire::EcdsaRound {
+    cosigner_protocol::wire::EcdsaRound {
+        from: pid(n),
+        round: 2,
+        broadcast: bytes(0xc4, 8),
+        sealed: vec![sealed(pid(n), pid(3))],
+    }
+}
+
+/// Party `n`'s threshold ECDSA signing message of `round`.
+pub fn ecdsa_sign_message(n: u16, round: u8) -> cosigner_protocol::wire::EcdsaSignMessage {
+    cosigner_protocol::wire::EcdsaSignMessage {
+        from: pid(n),
+        round,
+        body: bytes(0xd0 + round, 8),
+    }
+}
