@@ -26,6 +26,7 @@ pub mod sign;
 pub mod signing;
 #[cfg(test)]
 mod test_support;
+pub mod units;
 pub mod wire;
 
 pub use error::{ProtocolError, Result};

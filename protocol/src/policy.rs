@@ -13,7 +13,8 @@
 //!
 //! [[rule]]
 //! name = "small"
-//! asset = "btc"                # optional, default "btc"; amounts are in the asset's base unit
+//! asset = "btc"                # optional, default "btc"; amounts are in the asset's base unit,
+//!                              # or strings with a unit: "0.1 BTC", "250000 sat" (`crate::units`)
 //! below = 1_000_000_000        # optional: matches if value leaving < below
 //! destinations = ["bc1q…"]     # optional: matches if every destination is listed
 //! velocity = { window_hours = 24, limit = 50_000_000 }  # optional: recent spends + this <= limit
@@ -52,6 +53,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 
+use crate::units::{AmountText, BTC_UNITS};
 use crate::{ProtocolError, Result};
 
 /// An amount in its asset's base unit, with that unit: `5000000 sat` for bitcoin (its base unit;
@@ -231,8 +233,10 @@ impl Rule {
     fn parse(what: &str, asset: String, entry: RuleEntry, members: &[Member]) -> Result<Rule> {
         let velocity = entry
             .velocity
-            .map(|v| Velocity::parse(what, &v))
+            .map(|v| Velocity::parse(what, &asset, &v))
             .transpose()?;
+        let below = base_amount(what, "below", &asset, entry.below.as_ref())?;
+        let max_fee = base_amount(what, "max_fee", &asset, entry.max_fee.as_ref())?;
         let destinations = entry
             .destinations
             .map(|list| parse_destinations(what, list))
@@ -260,17 +264,40 @@ impl Rule {
         Ok(Rule {
             name: entry.name,
             asset,
-            below: entry.below,
+            below,
             destinations,
             velocity,
-            max_fee: entry.max_fee,
+            max_fee,
             quorum,
         })
     }
 }
 
+/// An amount of a rule in `asset`'s base unit: a plain integer, or for bitcoin a string with a
+/// unit (`"0.1 BTC"`, `"250000 sat"`; [`crate::units`]).
+fn base_amount(
+    what: &str,
+    field: &str,
+    asset: &str,
+    amount: Option<&AmountText>,
+) -> Result<Option<u64>> {
+    let Some(amount) = amount else {
+        return Ok(None);
+    };
+    let units = match asset {
+        ASSET_BTC => BTC_UNITS,
+        _ => &[],
+    };
+    let base = amount
+        .to_base(units)
+        .map_err(|e| policy_error(format!("{what}: {field} {e}")))?;
+    u64::try_from(base)
+        .map(Some)
+        .map_err(|_| policy_error(format!("{what}: {field} is above 2^64 base units")))
+}
+
 impl Velocity {
-    fn parse(what: &str, v: &VelocityEntry) -> Result<Velocity> {
+    fn parse(what: &str, asset: &str, v: &VelocityEntry) -> Result<Velocity> {
         if v.window_hours == 0 {
             return Err(policy_error(format!("{what}: velocity window of 0 hours")));
         }
@@ -282,9 +309,10 @@ impl Velocity {
                 v.window_hours
             )));
         }
+        let limit = base_amount(what, "velocity limit", asset, Some(&v.limit))?.unwrap_or_default();
         Ok(Velocity {
             window_ms: u64::from(v.window_hours) * MS_PER_HOUR,
-            limit: v.limit,
+            limit,
         })
     }
 }
@@ -659,10 +687,10 @@ struct AdminEntry {
 struct RuleEntry {
     name: String,
     asset: Option<String>,
-    below: Option<u64>,
+    below: Option<AmountText>,
     destinations: Option<Vec<String>>,
     velocity: Option<VelocityEntry>,
-    max_fee: Option<u64>,
+    max_fee: Option<AmountText>,
     approvals: Option<u16>,
     approvers: Option<Vec<String>>,
     deny: Option<bool>,
@@ -672,7 +700,7 @@ struct RuleEntry {
 #[serde(deny_unknown_fields)]
 struct VelocityEntry {
     window_hours: u32,
-    limit: u64,
+    limit: AmountText,
 }
 
 #[cfg(test)]

@@ -628,3 +628,38 @@ fn a_fee_larger_than_the_value_leaving_is_refused() {
     let why = rule_with_fee(&p, &spend(1_000, &to, &[]), 1_001);
     assert!(why.starts_with("denied: inconsistent spend"), "{why}");
 }
+
+#[test]
+fn amounts_may_be_written_with_their_unit() {
+    // The DAO example with its amounts in BTC, a velocity limit in sat, a fee bound in BTC: the
+    // same tiers as the integers.
+    let text = DAO
+        .replace("1_000_000_000", "\"10 BTC\"")
+        .replace("10_000_000_000", "\"100 BTC\"");
+    assert_ne!(text, DAO, "the example names its tiers in sat");
+    let p = policy(&text);
+    let to = dests(&[STRANGER]);
+    assert_eq!(rule_of(&p, &spend(10 * BTC - 1, &to, &[])), "small:3");
+    assert_eq!(rule_of(&p, &spend(10 * BTC, &to, &[])), "large:4");
+    assert_eq!(rule_of(&p, &spend(100 * BTC, &to, &[])), "major:5");
+    let velocity = r#"
+        [[rule]]
+        name = "daily"
+        velocity = { window_hours = 24, limit = "250000 sat" }
+        max_fee = "0.0001 BTC"
+        approvals = 1"#;
+    policy(velocity);
+    for (bad, why) in [
+        (r#"below = "0.000000001 BTC""#, "decimals"),
+        (r#"below = "1 ETH""#, "unknown unit"),
+        (r#"below = "1.5""#, "a number and a unit"),
+        (r#"below = -1"#, ""),
+    ] {
+        let text = format!("[[rule]]\nname = \"r\"\n{bad}\napprovals = 1\n");
+        let reason = match Policy::parse(&text, &members()) {
+            Err(ProtocolError::Policy { reason }) => reason,
+            other => panic!("{bad}: {other:?}"),
+        };
+        assert!(reason.contains(why), "{bad}: {reason}");
+    }
+}
