@@ -197,6 +197,7 @@ fn wallet_state() -> WalletState {
         // also those of every state written before the field existed.
         recovery_cosigner_key: None,
         commit_receipt: Some(bytes(0x72, 64)),
+        excluded: Vec::new(),
     }
 }
 

@@ -28,7 +28,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use dkls23::protocols::{Abort, PartyIndex};
+use dkls23::protocols::{Abort, AbortKind, PartyIndex};
 use dkls23::secp256k1::Party;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_bytes::ByteBuf;
@@ -160,9 +160,15 @@ fn party_of(index: PartyIndex) -> Result<PartyId> {
     PartyId::new(u16::from(index.as_u8()))
 }
 
-/// A `dkls23` abort as our error: a culprit when it names one other than us.
+/// A `dkls23` abort as our error: [`ProtocolError::Excluded`] where `dkls23` says the
+/// counterparty must be banned (continuing to sign with it would let it extract our key), a
+/// culprit when it names one other than us.
 fn from_abort(me: PartyId, abort: &Abort) -> ProtocolError {
     let reason = abort.description();
+    if let AbortKind::BanCounterparty(index) = abort.kind {
+        let party = party_of(index).unwrap_or(me);
+        return ProtocolError::Excluded { party, reason };
+    }
     match party_of(abort.index) {
         Ok(party) if party != me => ProtocolError::culprit(party, reason),
         _ => ProtocolError::Params { reason },

@@ -62,6 +62,16 @@ pub enum ProtocolError {
         /// What it did.
         reason: String,
     },
+    /// A party failed a check whose failure itself leaks a secret bit (DKLs23's OT-extension
+    /// consistency check, the multiplication's verification): it must never be signed with again
+    /// (`dkls23`'s `AbortKind::BanCounterparty`). The caller records the exclusion durably.
+    #[error("party {party} must be excluded from signing: {reason}")]
+    Excluded {
+        /// The party to exclude.
+        party: PartyId,
+        /// What its message failed.
+        reason: String,
+    },
     /// Participants disagree on the DKG transcript or result: the broadcast was not consistent.
     #[error("parties disagree on the ceremony: {reason}")]
     Disagreement {

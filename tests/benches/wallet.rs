@@ -19,7 +19,14 @@
 //! * `dkg_inprocess_ms_p50`: the same DKG with all three parties in this process, on the engine;
 //! * `refresh_ms_p50`: a full refresh (A, B, C; commit and finalize), sessions open;
 //! * `recover_ms_p50`: a lost-phone recovery onto a new device home (approval by both cosigners,
-//!   repair, refresh, revocation), sessions open.
+//!   repair, refresh, revocation), sessions open;
+//! * `eth_dkg_ms_p50` / `eth_dkg_inprocess_ms_p50`: an Ethereum wallet's threshold ECDSA DKG
+//!   (`cosigner_client::eth::create`, both sessions open) / the same state machines with all
+//!   three parties in this process;
+//! * `eth_sign_ms_p50` / `eth_sign_inprocess_ms_p50`: an EIP-1559 transaction signed by the device
+//!   and the provider (`cosigner_client::eth::sign`, session open: challenge, two DKLs23 round
+//!   trips, the enclave's decoding and audit entry, the client's checks) / the same two signers'
+//!   rounds in this process.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use cosigner_tests::pid;
@@ -195,6 +202,8 @@ fn main() {
         _ => f64::NAN,
     };
 
+    let eth = eth_figures(&d, &home, &mut provider, &mut recovery);
+
     let round = |x: f64| (x * 1000.0).round() / 1000.0;
     println!(
         "{}",
@@ -211,6 +220,57 @@ fn main() {
             "dkg_inprocess_ms_p50": round(dkg_inprocess),
             "refresh_ms_p50": round(refresh_ms),
             "recover_ms_p50": round(recover_ms),
+            "eth_dkg_ms_p50": round(eth.dkg),
+            "eth_dkg_inprocess_ms_p50": round(eth.dkg_inprocess),
+            "eth_sign_ms_p50": round(eth.sign),
+            "eth_sign_inprocess_ms_p50": round(eth.sign_inprocess),
         })
     );
+}
+
+/// The Ethereum wallets' figures.
+struct EthFigures {
+    dkg: f64,
+    dkg_inprocess: f64,
+    sign: f64,
+    sign_inprocess: f64,
+}
+
+fn eth_figures(
+    d: &Deployment,
+    home: &Home,
+    provider: &mut Session,
+    recovery: &mut Session,
+) -> EthFigures {
+    use cosigner_tests::ecdsa;
+    let dkg_inprocess = time(10, || {
+        ecdsa::dkg(WalletId([2; 16]), 2, 3).unwrap();
+    });
+    let keys = ecdsa::dkg(WalletId([2; 16]), 2, 3).unwrap();
+    let tx = cosigner_eth::TxRequest::from_json(
+        r#"{"chainId":1,"nonce":0,"to":"0x000000000000000000000000000000000000b0b0","value":"1",
+            "gas":21000,"maxFeePerGas":"2000000000","maxPriorityFeePerGas":"1000000000"}"#,
+    )
+    .unwrap();
+    let sign_inprocess = time(100, || {
+        ecdsa::sign(&[&keys[0].key, &keys[1].key], tx.tx.signing_hash()).unwrap();
+    });
+    let mut n = 0u32;
+    let mut id = None;
+    let dkg = time(10, || {
+        let out = d.home("bench").join(format!("eth-recovery-{n}.key"));
+        n += 1;
+        let created = cosigner_client::eth::create(home, provider, recovery, &out, None).unwrap();
+        id = Some(created.wallet.wallet_id);
+    });
+    let id = id.unwrap();
+    let sign = time(100, || {
+        cosigner_client::eth::sign(home, provider, id, tx.clone()).unwrap();
+    });
+    EthFigures {
+        dkg,
+        dkg_inprocess,
+        sign,
+        sign_inprocess,
+    }
 }

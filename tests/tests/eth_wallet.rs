@@ -241,3 +241,100 @@ fn courier_call(courier: &mut InProcess<'_>, request: &Request) -> Result<Respon
     use cosigner_client::courier::Courier;
     courier.call(request)
 }
+
+/// The device's round 1 with bytes of its OT-extension matrix flipped: a selective-failure probe
+/// (whether the provider accepts reveals bits of its OT secret, eprint 2023/765 §5).
+fn probing_start(home: &Home, wallet_id: WalletId, payload: Vec<u8>) -> Request {
+    let mut request = start_request(home, wallet_id, payload);
+    if let Request::EthSignStart { round1, .. } = &mut request {
+        let mut parts: Vec<dkls23::protocols::signing::TransmitPhase1to2> =
+            postcard::from_bytes(&round1.body).unwrap();
+        // Every column: the check fails unless every probed bit of the secret is 0.
+        for column in parts[0].mul_transmit.u.iter_mut() {
+            for b in column.iter_mut() {
+                *b ^= 0xa5;
+            }
+        }
+        round1.body = ByteBuf::from(postcard::to_allocvec(&parts).unwrap());
+    }
+    request
+}
+
+#[test]
+fn a_device_whose_message_fails_the_ot_check_is_excluded_for_good() {
+    let c = cosigners();
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::open(dir.path()).unwrap();
+    let id = create(&c, &home, dir.path()).wallet.wallet_id;
+    let device = home.device_key().unwrap();
+    let mut session = c.provider.session();
+    let mut courier = InProcess::new(&c.provider.service, &mut session);
+    let probe = probing_start(&home, id, payment(0, 1).tx.signing_payload());
+    let answer = wallet::authorized(&mut courier, id, KeyRole::Device, &device, &probe);
+    assert_eq!(remote_kind(answer), ErrorKind::Unauthorized);
+    // No second question: an honest request is refused too, on a new session, and the exclusion
+    // is in the audit log.
+    let mut again = c.provider.session();
+    let mut courier = InProcess::new(&c.provider.service, &mut again);
+    match eth::sign(&home, &mut courier, id, payment(0, 1)) {
+        Err(ClientError::Remote(e)) => {
+            assert_eq!(e.kind, ErrorKind::Unauthorized);
+            assert!(e.message.contains("excluded"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    let key = c.provider.service.audit_public_key();
+    let entries: Vec<_> = c
+        .provider
+        .store
+        .all()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("audit/"))
+        .enumerate()
+        .filter_map(|(i, (_, v))| {
+            cosigner_protocol::audit::open_record(&v, &key, i as u64 + 1).ok()
+        })
+        .map(|(entry, _)| entry.decision)
+        .collect();
+    assert!(
+        entries
+            .iter()
+            .any(|d| d.starts_with("refused: party 1 excluded")),
+        "{entries:?}"
+    );
+}
+
+#[test]
+fn the_recovery_credential_suspends_a_stolen_phones_key_and_can_give_it_back() {
+    let c = cosigners();
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::open(dir.path()).unwrap();
+    let created = create(&c, &home, dir.path());
+    let id = created.wallet.wallet_id;
+    let recovery_key = cosigner_client::home::read_p256_key(&created.recovery_key_path).unwrap();
+    let new_phone = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+    let mut session = c.provider.session();
+    let mut courier = InProcess::new(&c.provider.service, &mut session);
+    let suspend = Request::RecoverStart {
+        wallet_id: id,
+        new_device_key: ByteBuf::from(cosigner_protocol::auth::public_key_bytes(&new_phone)),
+    };
+    let answer = wallet::authorized(&mut courier, id, KeyRole::Recovery, &recovery_key, &suspend);
+    assert!(
+        matches!(
+            answer,
+            Ok(Response::RecoverApproved {
+                completed: false,
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+    match eth::sign(&home, &mut courier, id, payment(0, 1)) {
+        Err(ClientError::Remote(e)) => assert_eq!(e.kind, ErrorKind::Unauthorized, "{}", e.message),
+        other => panic!("the suspended device key signed: {other:?}"),
+    }
+    let cancel = Request::RecoverCancel { wallet_id: id };
+    wallet::authorized(&mut courier, id, KeyRole::Recovery, &recovery_key, &cancel).unwrap();
+    eth::sign(&home, &mut courier, id, payment(0, 1)).unwrap();
+}

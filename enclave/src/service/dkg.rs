@@ -389,6 +389,7 @@ impl Service {
                 .filter(|_| party == party::RECOVERY),
             recovery_cosigner_key: confirmed.peer_key.filter(|_| party == party::PROVIDER),
             commit_receipt: None,
+            excluded: Vec::new(),
         }
     }
 

@@ -6,16 +6,17 @@
 //! on expiry, never sealed or stored.
 
 use cosigner_eth::{UnsignedTx, Valuation};
+use cosigner_protocol::ProtocolError;
 use cosigner_protocol::ecdsa::sign::{self, EcdsaSignMessage, EcdsaSigning};
 use cosigner_protocol::ecdsa::{EcdsaKey, EcdsaPublic};
-use cosigner_protocol::id::Epoch;
+use cosigner_protocol::id::{Epoch, PartyId};
 use cosigner_protocol::wire::{ErrorKind, Response, SessionId, WalletId};
 use serde_bytes::ByteBuf;
 
 use super::authorized::{Actor, EthSign};
 use super::failure::{Failure, Outcome};
 use super::records::WalletState;
-use super::table::{self, ConnectionId};
+use super::table::ConnectionId;
 use super::{Service, is_ecdsa, random};
 
 /// An open Ethereum signing session, between `EthSignStart` and `EthSignFinish`.
@@ -36,6 +37,10 @@ pub(super) struct PendingEth {
     tx: UnsignedTx,
 }
 
+/// Ethereum signing sessions one wallet may have open: each holds its own unsealed share
+/// (~100 KB), so fewer than FROST's.
+const MAX_ETH_SIGNS_PER_WALLET: usize = 4;
+
 fn too_many(wallet_id: &WalletId, open: usize) -> String {
     format!(
         "wallet {wallet_id} has {open} Ethereum signing sessions open: finish or let them expire"
@@ -47,9 +52,9 @@ impl Service {
     pub(super) fn eth_sign_start(
         &self,
         owner: ConnectionId,
-        mut state: WalletState,
+        state: WalletState,
         actor: Actor,
-        mut generation: Option<u64>,
+        generation: Option<u64>,
         request: EthSign,
     ) -> Outcome {
         let wallet_id = state.params.wallet_id;
@@ -78,15 +83,37 @@ impl Service {
             .try_into()
             .map_err(|_| Failure::bad("the signing nonce must be 32 bytes"))?;
         self.check_sign_request(&state, &actor, request.epoch, &hash, &request.signers)?;
+        // The two signers are the device's share and ours: a device key may not have the client
+        // play another cosigner's party.
+        let mut signers = request.signers.clone();
+        signers.sort_unstable();
+        let expected = [PartyId::DEVICE, state.party];
+        if signers != expected {
+            refuse(&hash, "refused: signer set");
+            return Err(Failure::bad(format!(
+                "an Ethereum signature here is by parties {} and {}",
+                expected[0], expected[1]
+            )));
+        }
+        if let Some(party) = state.excluded.iter().find(|p| signers.contains(p)) {
+            refuse(&hash, "refused: signer excluded");
+            return Err(Failure::denied(format!(
+                "party {party} failed a signing check that leaks key material and is excluded from \
+                 signing with this wallet (a recovery or a new wallet is needed)"
+            )));
+        }
         let open = self.eth_signs.open(&wallet_id)?;
-        if open >= table::MAX_SIGNS_PER_WALLET {
+        if open >= MAX_ETH_SIGNS_PER_WALLET {
             return Err(Failure::busy(too_many(&wallet_id, open)));
         }
-        self.count_signature(&mut state, &actor, request.epoch, &hash, &mut generation)?;
+        // No refresh demand (`count_signature`): Ethereum wallets cannot be refreshed yet, and a
+        // demand they could never meet would lock their funds.
         let key = self.ecdsa_key(&state, request.epoch)?;
         let id = sign::sign_id(&wallet_id, &request.signers, &nonce);
         let (mut signing, round1) = sign::start(&key, &request.signers, id, hash)?;
-        let round2 = signing.round2(&key, std::slice::from_ref(&request.round1))?;
+        let round2 = signing
+            .round2(&key, std::slice::from_ref(&request.round1))
+            .map_err(|e| self.exclude_on(&wallet_id, &actor, &hash, e))?;
         let session_id = SessionId(random::<16>()?);
         let pending = PendingEth {
             wallet_id,
@@ -137,9 +164,14 @@ impl Service {
             tx,
             ..
         } = pending;
-        let ours = signing.round3(&key, std::slice::from_ref(round2))?;
+        let hash = tx.signing_hash();
+        let ours = signing
+            .round3(&key, std::slice::from_ref(round2))
+            .map_err(|e| self.exclude_on(&wallet_id, &actor, &hash, e))?;
         // DKLs23 verifies the signature against the wallet's key before returning it.
-        let signature = signing.finish(&key, std::slice::from_ref(round3))?;
+        let signature = signing
+            .finish(&key, std::slice::from_ref(round3))
+            .map_err(|e| self.exclude_on(&wallet_id, &actor, &hash, e))?;
         let signed = tx
             .into_signed(&cosigner_eth::RecoverableSignature {
                 r: signature.r,
@@ -161,6 +193,50 @@ impl Service {
             tx_hash: ByteBuf::from(signed.hash.to_vec()),
             receipt: ByteBuf::from(receipt),
         })
+    }
+
+    /// A failed signing step as a refusal: where DKLs23 says the other signer must be excluded
+    /// (its message failed a check whose outcome leaks a bit of our OT secrets, eprint
+    /// 2023/765 §5), the exclusion is made durable in the wallet's anchored state and logged
+    /// before anyone is answered, so no retry can ask the question again.
+    fn exclude_on(
+        &self,
+        wallet_id: &WalletId,
+        actor: &Actor,
+        digest: &[u8],
+        error: ProtocolError,
+    ) -> Failure {
+        let ProtocolError::Excluded { party, reason } = &error else {
+            self.refused(
+                wallet_id,
+                "sign-eth",
+                &actor.label(),
+                digest,
+                "refused: bad round message",
+            );
+            return error.into();
+        };
+        let recorded = self.writer(wallet_id).and_then(|_guard| {
+            let mut state = self.records().load_state(wallet_id)?;
+            if !state.excluded.contains(party) {
+                state.excluded.push(*party);
+                self.records().save_state(wallet_id, &state)?;
+            }
+            self.eth_signs.drop_wallet(wallet_id)?;
+            self.log(
+                wallet_id,
+                "sign-eth",
+                &actor.label(),
+                digest,
+                &format!("refused: party {party} excluded ({reason})"),
+            )
+        });
+        match recorded {
+            Ok(_) => Failure::denied(format!(
+                "party {party} is excluded from signing with this wallet: {reason}"
+            )),
+            Err(e) => e,
+        }
     }
 
     /// Our threshold ECDSA share of `state`'s wallet at `epoch`, checked to be of its key.

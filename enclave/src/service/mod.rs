@@ -157,7 +157,8 @@ impl Service {
             dao: Mutex::new(HashMap::new()),
             dao_epochs: Mutex::new(HashMap::new()),
             psbts: Sessions::new(),
-            eth_signs: Sessions::new(),
+            // Each holds an unsealed threshold ECDSA share (~100 KB): at most ~50 MB in all.
+            eth_signs: Sessions::with_capacity(512),
             enrollment: None,
         })
     }

@@ -105,6 +105,11 @@ pub struct WalletState {
     /// At the provider: its receipt for the current epoch's commit.
     #[serde(default)]
     pub commit_receipt: Option<ByteBuf>,
+    /// Threshold ECDSA: parties a signature failed DKLs23's checks with in a way that leaks a
+    /// secret bit (`ProtocolError::Excluded`): never signed with again at this epoch. Left out
+    /// of the record when empty, so records made before it read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<PartyId>,
 }
 
 /// One epoch's share.
@@ -923,6 +928,7 @@ mod tests {
             provider_key: None,
             recovery_cosigner_key: None,
             commit_receipt: None,
+            excluded: Vec::new(),
         }
     }
 

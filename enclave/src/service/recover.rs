@@ -66,6 +66,7 @@ impl Service {
         self.repairs.drop_unless_recovering(wallet_id, recovering)?;
         self.signs.drop_wallet(wallet_id)?;
         self.psbts.drop_wallet(wallet_id)?;
+        self.eth_signs.drop_wallet(wallet_id)?;
         self.keys.forget(wallet_id)?;
         Ok(())
     }

@@ -257,7 +257,16 @@ impl Service {
         {
             return Err(self.raw_sign_refused(&signed.wallet_id, actor, &signed.digest));
         }
-        if super::is_ecdsa(state) && !matches!(request.sign(), Some(Sign::Eth(_))) {
+        // An Ethereum wallet signs Ethereum transactions, and its recovery credential can
+        // suspend a stolen device's key (and give it back); nothing else is served for it yet.
+        let ecdsa_served = matches!(
+            request,
+            Authorized::Device(DeviceRequest::Sign(Sign::Eth(_)))
+                | Authorized::Recovery(
+                    RecoveryRequest::RecoverStart { .. } | RecoveryRequest::RecoverCancel { .. }
+                )
+        );
+        if super::is_ecdsa(state) && !ecdsa_served {
             return Err(Failure::bad(format!(
                 "wallet {} is an Ethereum wallet: it signs Ethereum transactions (sign --eth-tx); \
                  {} is not served for it yet",

@@ -296,12 +296,20 @@ impl<T> Open<T> {
 /// simply never used).
 pub(super) struct Sessions<T> {
     entries: Mutex<HashMap<SessionId, Open<T>>>,
+    /// Most sessions held at once (the oldest is evicted beyond).
+    capacity: usize,
 }
 
 impl<T> Sessions<T> {
     pub(super) fn new() -> Self {
+        Self::with_capacity(MAX_PENDING_SIGNS)
+    }
+
+    /// A table holding at most `capacity` sessions.
+    pub(super) fn with_capacity(capacity: usize) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
+            capacity,
         }
     }
 
@@ -329,7 +337,7 @@ impl<T> Sessions<T> {
         if open >= MAX_SIGNS_PER_WALLET {
             return Err(Failure::busy(busy(open)));
         }
-        evict_oldest(&mut map, MAX_PENDING_SIGNS, |s| s.started);
+        evict_oldest(&mut map, self.capacity, |s| s.started);
         let started = Instant::now();
         map.insert(
             id,

@@ -182,6 +182,11 @@ pub struct EcdsaDkg {
     session: Option<DkgSession<Secp256k1>>,
     /// Our proof of the public share: committed in round 2, opened in round 3.
     proof: Option<ProofCommitment<Secp256k1>>,
+    /// Our HPKE public key, as our hello carried it.
+    our_key: Vec<u8>,
+    /// Our message of the current round, as we sent it: the relayed copy must carry the same
+    /// broadcast (its sealed parts, addressed to others, may be left out).
+    our_message: Option<EcdsaRound>,
     keys: BTreeMap<PartyId, Vec<u8>>,
     transcript: Sha256,
     received: Received,
@@ -210,7 +215,7 @@ pub fn start(
     transcript.update(tagged(TAG_TRANSCRIPT, &[&crate::wire::encode(&params)?]));
     let hello = EcdsaHello {
         from: me,
-        hpke_public_key: ByteBuf::from(hpke_public_key),
+        hpke_public_key: ByteBuf::from(hpke_public_key.clone()),
     };
     let dkg = EcdsaDkg {
         params,
@@ -218,6 +223,8 @@ pub fn start(
         hpke_secret,
         session: Some(session),
         proof: None,
+        our_key: hpke_public_key,
+        our_message: None,
         keys: BTreeMap::new(),
         transcript,
         received: Received::default(),
@@ -240,6 +247,13 @@ impl EcdsaDkg {
     ) -> Result<EcdsaRound> {
         self.expect(matches!(self.stage, Stage::Hellos), "hellos")?;
         let hellos = self.one_each(hellos, |h| h.from)?;
+        // The relay must show us our own key: with another in its place, it could open what the
+        // others seal to us and re-seal it, unseen (the transcripts would still agree).
+        if hellos.get(&self.me).map(|h| h.hpke_public_key.as_slice()) != Some(&self.our_key[..]) {
+            return Err(ProtocolError::Disagreement {
+                reason: format!("the hello relayed as party {}'s is not ours", self.me),
+            });
+        }
         for (party, hello) in hellos {
             self.transcript.update(tagged(
                 TAG_TRANSCRIPT,
@@ -264,12 +278,12 @@ impl EcdsaDkg {
         self.stage = Stage::Round1 {
             fragments: vec![own],
         };
-        Ok(EcdsaRound {
+        Ok(self.sent(EcdsaRound {
             from: self.me,
             round: 1,
             broadcast: ByteBuf::new(),
             sealed,
-        })
+        }))
     }
 
     /// Every party's message of the current round (ours included): answered with our next
@@ -286,6 +300,18 @@ impl EcdsaDkg {
             _ => return Err(self.unexpected("a round message")),
         };
         let messages = self.one_each(messages, |m| m.from)?;
+        let ours = self.our_message.take();
+        let relayed = messages.get(&self.me);
+        if ours.as_ref().map(|m| (m.round, &m.broadcast))
+            != relayed.map(|m| (m.round, &m.broadcast))
+        {
+            return Err(ProtocolError::Disagreement {
+                reason: format!(
+                    "the round-{round} message relayed as party {}'s is not ours",
+                    self.me
+                ),
+            });
+        }
         let mut opened = BTreeMap::new();
         let before = self.transcript.clone().finalize();
         for (from, message) in &messages {
@@ -346,12 +372,12 @@ impl EcdsaDkg {
             sealed.push(self.seal(2, &broadcast, to, &encode_part(&transmit)?, rng)?);
         }
         self.stage = Stage::Round2;
-        Ok(EcdsaRound {
+        Ok(self.sent(EcdsaRound {
             from: me,
             round: 2,
             broadcast: ByteBuf::from(broadcast),
             sealed,
-        })
+        }))
     }
 
     fn after_round2(
@@ -404,12 +430,12 @@ impl EcdsaDkg {
             )?);
         }
         self.stage = Stage::Round3;
-        Ok(EcdsaRound {
+        Ok(self.sent(EcdsaRound {
             from: me,
             round: 3,
             broadcast: ByteBuf::from(broadcast),
             sealed,
-        })
+        }))
     }
 
     fn after_round3(
@@ -518,6 +544,15 @@ impl EcdsaDkg {
             }
         }
         Ok(*output)
+    }
+
+    /// Keeps a copy of our message (without its sealed parts) to compare with the relayed one.
+    fn sent(&mut self, message: EcdsaRound) -> EcdsaRound {
+        self.our_message = Some(EcdsaRound {
+            sealed: Vec::new(),
+            ..message.clone()
+        });
+        message
     }
 
     fn seal(

@@ -264,3 +264,39 @@ fn dkg_parameters_are_checked() {
         .is_err()
     );
 }
+
+#[test]
+fn a_relay_that_swaps_a_partys_own_hello_or_message_is_refused_by_it() {
+    // The relay hands everyone a hello list with its own key in party 2's place, to open and
+    // re-seal what party 3 seals to party 2: party 2 sees its key is not its own.
+    let params = EcdsaDkgParams {
+        wallet_id: WalletId([7; 16]),
+        threshold: 2,
+        parties: parties(3),
+    };
+    let (mut states, mut hellos): (Vec<_>, Vec<_>) = parties(3)
+        .into_iter()
+        .map(|p| dkg::start(params.clone(), p, &mut OsRng).unwrap())
+        .unzip();
+    let (_, attacker) = dkg::start(params.clone(), PartyId::PROVIDER, &mut OsRng).unwrap();
+    hellos[1] = attacker;
+    let err = states[1].handle_hellos(&hellos, &mut OsRng).unwrap_err();
+    assert!(matches!(err, ProtocolError::Disagreement { .. }), "{err}");
+    // A party's own broadcast altered in the relayed round: refused by that party.
+    for round in 2..=3u8 {
+        let err = run_dkg(2, 3, |r, to, msgs| {
+            if r == round && to == PartyId::PROVIDER {
+                let own = msgs
+                    .iter_mut()
+                    .find(|m| m.from == PartyId::PROVIDER)
+                    .unwrap();
+                own.broadcast[0] ^= 1;
+            }
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::Disagreement { .. }),
+            "{round}: {err}"
+        );
+    }
+}
