@@ -24,7 +24,7 @@ fn json(text: &str) -> Value {
 
 #[test]
 fn create_and_sign_an_ethereum_transaction_with_the_cli() {
-    let d = Deployment::start().unwrap();
+    let mut d = Deployment::start().unwrap();
     let home = d.home("eve");
     let recovery_key = d.dir.path().join("eve-recovery.key");
     let out = d.cosigner([
@@ -137,16 +137,38 @@ fn create_and_sign_an_ethereum_transaction_with_the_cli() {
     assert!(refused.refused().contains("to"), "{}", refused.refused());
     assert_eq!(refused.refused().trim().lines().count(), 1);
 
+    // The provider restarts: the wallet (sealed share, anchored state) is still there and signs
+    // the next transaction.
+    d.provider.stop();
+    d.provider.start_processes().unwrap();
+    let next = d.dir.path().join("tx1.json");
+    let text = std::fs::read_to_string(&tx_file).unwrap();
+    std::fs::write(&next, text.replace(r#""nonce":"0x0""#, r#""nonce":"0x1""#)).unwrap();
+    let again = d.cosigner([
+        "--home",
+        p(&home),
+        "sign",
+        "--wallet",
+        &id,
+        "--eth-tx",
+        p(&next),
+        "--json",
+    ]);
+    let raw_again = json(again.ok())["raw_tx"].as_str().unwrap().to_owned();
+
     if !python_available() {
         println!("{SKIP_LINE}");
         return;
     }
-    let tx = cosigner_eth::SignedTx {
-        raw: hex::decode(&raw[2..]).unwrap(),
-        hash: [0; 32],
-    };
-    let report = run_in_evm(&address, 5 * ETH, &[tx]).unwrap();
-    assert_eq!(report.senders, vec![address.clone()]);
-    assert_eq!(report.receipts, vec![1]);
-    assert_eq!(report.balances[&BOB.to_lowercase()], (2 * ETH).to_string());
+    let txs: Vec<_> = [raw, raw_again.as_str()]
+        .iter()
+        .map(|r| cosigner_eth::SignedTx {
+            raw: hex::decode(&r[2..]).unwrap(),
+            hash: [0; 32],
+        })
+        .collect();
+    let report = run_in_evm(&address, 5 * ETH, &txs).unwrap();
+    assert_eq!(report.senders, vec![address.clone(); 2]);
+    assert_eq!(report.receipts, vec![1, 1]);
+    assert_eq!(report.balances[&BOB.to_lowercase()], (4 * ETH).to_string());
 }
