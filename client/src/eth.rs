@@ -135,16 +135,13 @@ fn run_dkg(params: &DkgParams, peers: &mut [Peer<'_>], enrollment: Option<&[u8]>
         })
         .collect();
     let mut hellos = vec![hello];
-    let answers = call_all(peers, starts);
-    for (peer, answer) in peers.iter().zip(answers) {
-        match answer? {
-            Response::EcdsaDkgHello { hello } => {
-                from_peer(peer.party, hello.from, "hello")?;
-                hellos.push(hello);
-            }
-            other => return Err(unexpected("EcdsaDkgHello", &other)),
+    hellos.extend(ask_all(peers, starts, |peer, answer| match answer {
+        Response::EcdsaDkgHello { hello } => {
+            from_peer(peer.party, hello.from, "hello")?;
+            Ok(hello)
         }
-    }
+        other => Err(unexpected("EcdsaDkgHello", &other)),
+    })?);
     let mut round = vec![local.handle_hellos(&hellos, &mut rng)?];
     let hellos = peers
         .iter()
@@ -165,23 +162,22 @@ fn run_dkg(params: &DkgParams, peers: &mut [Peer<'_>], enrollment: Option<&[u8]>
         ));
     };
     let requests = round_requests(wallet_id, peers, &round);
+    let theirs = ask_all(peers, requests, |peer, answer| match answer {
+        Response::DkgRound3 {
+            confirmation,
+            signature,
+        } => {
+            from_peer(peer.party, confirmation.from, "confirmation")?;
+            let signature = check_signed(&wallet_id, peer, &confirmation, signature)?;
+            Ok((confirmation, signature.map(|s| (peer.party, s))))
+        }
+        other => Err(unexpected("DkgRound3", &other)),
+    })?;
     let mut confirmations = vec![ours];
     let mut signatures = Vec::new();
-    let answers = call_all(peers, requests);
-    for (peer, answer) in peers.iter().zip(answers) {
-        match answer? {
-            Response::DkgRound3 {
-                confirmation,
-                signature,
-            } => {
-                from_peer(peer.party, confirmation.from, "confirmation")?;
-                if let Some(s) = check_signed(&wallet_id, peer, &confirmation, signature)? {
-                    signatures.push((peer.party, s));
-                }
-                confirmations.push(confirmation);
-            }
-            other => return Err(unexpected("DkgRound3", &other)),
-        }
+    for (confirmation, signature) in theirs {
+        confirmations.push(confirmation);
+        signatures.extend(signature);
     }
     let output = local.handle_confirmations(&confirmations)?;
     Ok(Made {
@@ -230,18 +226,28 @@ fn round_requests(
 
 /// Sends each peer its request: their next round's messages.
 fn relay_round(peers: &mut [Peer<'_>], requests: Vec<Request>) -> Result<Vec<dkg::EcdsaRound>> {
-    let mut out = Vec::new();
-    let answers = call_all(peers, requests);
-    for (peer, answer) in peers.iter().zip(answers) {
-        match answer? {
-            Response::EcdsaDkgRound { message } => {
-                from_peer(peer.party, message.from, "round message")?;
-                out.push(message);
-            }
-            other => return Err(unexpected("EcdsaDkgRound", &other)),
+    ask_all(peers, requests, |peer, answer| match answer {
+        Response::EcdsaDkgRound { message } => {
+            from_peer(peer.party, message.from, "round message")?;
+            Ok(message)
         }
-    }
-    Ok(out)
+        other => Err(unexpected("EcdsaDkgRound", &other)),
+    })
+}
+
+/// Sends each peer its request, the cosigners working at once (`coordinator::call_all`), and
+/// reads each answer with `read`, in peer order.
+fn ask_all<T>(
+    peers: &mut [Peer<'_>],
+    requests: Vec<Request>,
+    read: impl Fn(&Peer<'_>, Response) -> Result<T>,
+) -> Result<Vec<T>> {
+    let answers = call_all(peers, requests);
+    peers
+        .iter()
+        .zip(answers)
+        .map(|(peer, answer)| read(peer, answer?))
+        .collect()
 }
 
 /// Sends `DkgConfirm` to a cosigner and checks it stored our public key.

@@ -13,6 +13,9 @@
 use cosigner_tests::Deployment;
 use cosigner_tests::ecdsa::{SKIP_LINE, TESTER_CHAIN_ID, python_available, run_in_evm};
 use cosigner_tests::wallets::p;
+use std::path::{Path, PathBuf};
+
+use cosigner_tests::Outcome;
 use serde_json::Value;
 
 const ETH: u128 = 1_000_000_000_000_000_000;
@@ -20,6 +23,27 @@ const BOB: &str = "0x000000000000000000000000000000000000b0b0";
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap()
+}
+
+/// `cosigner sign --wallet ID --eth-tx FILE --json` in `home`.
+fn sign_eth(d: &Deployment, home: &Path, id: &str, file: &Path) -> Outcome {
+    d.cosigner([
+        "--home",
+        p(home),
+        "sign",
+        "--wallet",
+        id,
+        "--eth-tx",
+        p(file),
+        "--json",
+    ])
+}
+
+/// A file `name` in the deployment's directory holding `text`.
+fn file(d: &Deployment, name: &str, text: &str) -> PathBuf {
+    let path = d.dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 #[test]
@@ -50,29 +74,13 @@ fn create_and_sign_an_ethereum_transaction_with_the_cli() {
     assert_eq!(list[0]["address"], address.as_str());
     assert_eq!(list[0]["chain"], "ethereum");
 
-    let tx_file = d.dir.path().join("tx.json");
-    std::fs::write(
-        &tx_file,
-        format!(
-            r#"{{"from":"{address}","chainId":"{TESTER_CHAIN_ID:#x}","nonce":"0x0","to":"{BOB}",
-                "value":"{}","gas":"0x5208","maxFeePerGas":"0x77359400","maxPriorityFeePerGas":"0x3b9aca00"}}"#,
-            2 * ETH
-        ),
-    )
-    .unwrap();
-    let signed = json(
-        d.cosigner([
-            "--home",
-            p(&home),
-            "sign",
-            "--wallet",
-            &id,
-            "--eth-tx",
-            p(&tx_file),
-            "--json",
-        ])
-        .ok(),
+    let tx_text = format!(
+        r#"{{"from":"{address}","chainId":"{TESTER_CHAIN_ID:#x}","nonce":"0x0","to":"{BOB}",
+            "value":"{}","gas":"0x5208","maxFeePerGas":"0x77359400","maxPriorityFeePerGas":"0x3b9aca00"}}"#,
+        2 * ETH
     );
+    let tx_file = file(&d, "tx.json", &tx_text);
+    let signed = json(sign_eth(&d, &home, &id, &tx_file).ok());
     let raw = signed["raw_tx"].as_str().unwrap();
     assert!(signed["tx_hash"].as_str().unwrap().starts_with("0x"));
     assert_eq!(signed["from"], address.as_str());
@@ -97,64 +105,31 @@ fn create_and_sign_an_ethereum_transaction_with_the_cli() {
         "{}",
         refused.refused()
     );
-    let other_from = d.dir.path().join("other.json");
-    std::fs::write(
-        &other_from,
-        std::fs::read_to_string(&tx_file)
-            .unwrap()
-            .replace(&address, BOB),
-    )
-    .unwrap();
-    let refused = d.cosigner([
-        "--home",
-        p(&home),
-        "sign",
-        "--wallet",
-        &id,
-        "--eth-tx",
-        p(&other_from),
-    ]);
-    assert!(
-        refused.refused().contains("not wallet"),
-        "{}",
-        refused.refused()
-    );
-    let bad = d.dir.path().join("bad.json");
-    std::fs::write(
-        &bad,
+    let other_from = file(&d, "other.json", &tx_text.replace(&address, BOB));
+    let bad = file(
+        &d,
+        "bad.json",
         r#"{"chainId":1,"nonce":0,"gas":21000,"gasPrice":1,"to":"0x12"}"#,
-    )
-    .unwrap();
-    let refused = d.cosigner([
-        "--home",
-        p(&home),
-        "sign",
-        "--wallet",
-        &id,
-        "--eth-tx",
-        p(&bad),
-    ]);
-    assert!(refused.refused().contains("to"), "{}", refused.refused());
-    assert_eq!(refused.refused().trim().lines().count(), 1);
+    );
+    for (path, says) in [(&other_from, "not wallet"), (&bad, "to")] {
+        let refused = sign_eth(&d, &home, &id, path);
+        assert!(refused.refused().contains(says), "{}", refused.refused());
+        assert_eq!(refused.refused().trim().lines().count(), 1);
+    }
 
     // The provider restarts: the wallet (sealed share, anchored state) is still there and signs
     // the next transaction.
     d.provider.stop();
     d.provider.start_processes().unwrap();
-    let next = d.dir.path().join("tx1.json");
-    let text = std::fs::read_to_string(&tx_file).unwrap();
-    std::fs::write(&next, text.replace(r#""nonce":"0x0""#, r#""nonce":"0x1""#)).unwrap();
-    let again = d.cosigner([
-        "--home",
-        p(&home),
-        "sign",
-        "--wallet",
-        &id,
-        "--eth-tx",
-        p(&next),
-        "--json",
-    ]);
-    let raw_again = json(again.ok())["raw_tx"].as_str().unwrap().to_owned();
+    let next = file(
+        &d,
+        "tx1.json",
+        &tx_text.replace(r#""nonce":"0x0""#, r#""nonce":"0x1""#),
+    );
+    let raw_again = json(sign_eth(&d, &home, &id, &next).ok())["raw_tx"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     if !python_available() {
         println!("{SKIP_LINE}");

@@ -62,6 +62,27 @@ fn create(c: &Cosigners, home: &Home, dir: &std::path::Path) -> EthCreated {
     .unwrap()
 }
 
+/// Both cosigners, a device home and the Ethereum wallet it created with them.
+struct Owned {
+    c: Cosigners,
+    home: Home,
+    created: EthCreated,
+    _dir: tempfile::TempDir,
+}
+
+fn owned() -> Owned {
+    let c = cosigners();
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::open(dir.path()).unwrap();
+    let created = create(&c, &home, dir.path());
+    Owned {
+        c,
+        home,
+        created,
+        _dir: dir,
+    }
+}
+
 fn payment(nonce: u64, wei: u128) -> TxRequest {
     TxRequest::from_json(&format!(
         r#"{{"chainId":{TESTER_CHAIN_ID},"nonce":{nonce},"to":"{BOB}","value":"{wei}","gas":21000,
@@ -72,10 +93,12 @@ fn payment(nonce: u64, wei: u128) -> TxRequest {
 
 #[test]
 fn an_ethereum_wallet_is_made_by_three_parties_and_its_transactions_execute() {
-    let c = cosigners();
-    let dir = tempfile::tempdir().unwrap();
-    let home = Home::open(dir.path()).unwrap();
-    let created = create(&c, &home, dir.path());
+    let Owned {
+        c,
+        home,
+        created,
+        _dir,
+    } = owned();
     let wallet = created.wallet;
     assert!(wallet.address.starts_with("0x") && wallet.address.len() == 42);
     assert!(created.recovery_key_path.exists());
@@ -163,10 +186,13 @@ fn remote_kind(result: Result<Response, ClientError>) -> ErrorKind {
 
 #[test]
 fn the_provider_refuses_what_it_cannot_read_and_sessions_it_did_not_open() {
-    let c = cosigners();
-    let dir = tempfile::tempdir().unwrap();
-    let home = Home::open(dir.path()).unwrap();
-    let id = create(&c, &home, dir.path()).wallet.wallet_id;
+    let Owned {
+        c,
+        home,
+        created,
+        _dir,
+    } = owned();
+    let id = created.wallet.wallet_id;
     let device = home.device_key().unwrap();
     let mut session = c.provider.session();
     let mut courier = InProcess::new(&c.provider.service, &mut session);
@@ -262,10 +288,13 @@ fn probing_start(home: &Home, wallet_id: WalletId, payload: Vec<u8>) -> Request 
 
 #[test]
 fn a_device_whose_message_fails_the_ot_check_is_excluded_for_good() {
-    let c = cosigners();
-    let dir = tempfile::tempdir().unwrap();
-    let home = Home::open(dir.path()).unwrap();
-    let id = create(&c, &home, dir.path()).wallet.wallet_id;
+    let Owned {
+        c,
+        home,
+        created,
+        _dir,
+    } = owned();
+    let id = created.wallet.wallet_id;
     let device = home.device_key().unwrap();
     let mut session = c.provider.session();
     let mut courier = InProcess::new(&c.provider.service, &mut session);
@@ -306,10 +335,12 @@ fn a_device_whose_message_fails_the_ot_check_is_excluded_for_good() {
 
 #[test]
 fn the_recovery_credential_suspends_a_stolen_phones_key_and_can_give_it_back() {
-    let c = cosigners();
-    let dir = tempfile::tempdir().unwrap();
-    let home = Home::open(dir.path()).unwrap();
-    let created = create(&c, &home, dir.path());
+    let Owned {
+        c,
+        home,
+        created,
+        _dir,
+    } = owned();
     let id = created.wallet.wallet_id;
     let recovery_key = cosigner_client::home::read_p256_key(&created.recovery_key_path).unwrap();
     let new_phone = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);

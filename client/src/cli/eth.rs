@@ -10,7 +10,9 @@ use serde_json::json;
 
 use super::Globals;
 use super::attestation::emit;
-use super::wallet::{connect_provider, cosigners, home, read_file, trust};
+use super::wallet::{
+    connect_provider, cosigners, home, keep_recovery_key, read_file, recovery_key_path, trust,
+};
 
 /// The chain a wallet is created for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -36,11 +38,7 @@ pub(super) fn create(
     let home = home(g)?;
     let trust = trust(g)?;
     let (mut provider, mut recovery) = cosigners(g, &trust)?;
-    let out = match (&recovery_key_out, &g.home) {
-        (Some(p), _) => p.clone(),
-        (None, Some(h)) => h.join("wallets").join("recovery.key.new"),
-        (None, None) => anyhow::bail!("give --recovery-key-out FILE"),
-    };
+    let out = recovery_key_path(g, recovery_key_out.as_deref())?;
     let created = eth::create(
         &home,
         &mut provider,
@@ -50,14 +48,7 @@ pub(super) fn create(
     )?;
     let w = created.wallet;
     if recovery_key_out.is_none() {
-        let kept = out.with_file_name(format!("{}.recovery.key", w.wallet_id));
-        std::fs::rename(&out, &kept).map_err(|e| {
-            anyhow::anyhow!("{}: {}", kept.display(), cosigner_client::io_reason(&e))
-        })?;
-        eprintln!(
-            "warning: the recovery credential is in {}; move it offline (use --recovery-key-out next time)",
-            kept.display()
-        );
+        keep_recovery_key(&created.recovery_key_path, &w.wallet_id)?;
     }
     if json {
         emit(&json!({ "wallet_id": w.wallet_id.to_hex(), "address": w.address, "chain": "ethereum" }).to_string())

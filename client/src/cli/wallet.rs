@@ -256,15 +256,7 @@ fn create(
         .transpose()?;
     let trust = trust(g)?;
     let (mut provider, mut recovery) = cosigners(g, &trust)?;
-    let default_out = g
-        .home
-        .as_ref()
-        .map(|h| h.join("wallets").join("recovery.key.new"));
-    let out = match (&recovery_key_out, &default_out) {
-        (Some(p), _) => p.clone(),
-        (None, Some(p)) => p.clone(),
-        (None, None) => anyhow::bail!("give --recovery-key-out FILE"),
-    };
+    let out = recovery_key_path(g, recovery_key_out.as_deref())?;
     let created = wallet::create_with(
         &home,
         &mut provider,
@@ -279,18 +271,36 @@ fn create(
     let w = created.wallet;
     // This device's copy, for `wallet show` offline; the cosigners hold the one in force.
     home.save_local_policy(&w.wallet_id, policy.as_deref())?;
-    let out = created.recovery_key_path;
-    if recovery_key_out.is_none() && out.exists() {
-        let kept = out.with_file_name(format!("{}.recovery.key", w.wallet_id));
-        std::fs::rename(&out, &kept).map_err(|e| {
-            anyhow::anyhow!("{}: {}", kept.display(), cosigner_client::io_reason(&e))
-        })?;
-        eprintln!(
-            "warning: the recovery credential is in {}; move it offline (use --recovery-key-out next time)",
-            kept.display()
-        );
+    if recovery_key_out.is_none() {
+        keep_recovery_key(&created.recovery_key_path, &w.wallet_id)?;
     }
     created_out(&w, json)
+}
+
+/// Where `wallet create` writes the recovery credential: `--recovery-key-out`, or a temporary
+/// name in the home's wallets folder ([`keep_recovery_key`] names it after the wallet).
+pub(super) fn recovery_key_path(g: &Globals, given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match (given, &g.home) {
+        (Some(p), _) => Ok(p.to_path_buf()),
+        (None, Some(h)) => Ok(h.join("wallets").join("recovery.key.new")),
+        (None, None) => anyhow::bail!("give --recovery-key-out FILE"),
+    }
+}
+
+/// Names a recovery credential written to the default place after its wallet, and warns that it
+/// belongs offline.
+pub(super) fn keep_recovery_key(out: &Path, wallet_id: &WalletId) -> anyhow::Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    let kept = out.with_file_name(format!("{wallet_id}.recovery.key"));
+    std::fs::rename(out, &kept)
+        .map_err(|e| anyhow::anyhow!("{}: {}", kept.display(), cosigner_client::io_reason(&e)))?;
+    eprintln!(
+        "warning: the recovery credential is in {}; move it offline (use --recovery-key-out next time)",
+        kept.display()
+    );
+    Ok(())
 }
 
 /// What `wallet create`, `dao create` and `join` print: the new wallet.
