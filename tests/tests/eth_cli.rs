@@ -73,6 +73,21 @@ fn create_and_sign_an_ethereum_transaction_with_the_cli() {
     );
     assert_eq!(list[0]["address"], address.as_str());
     assert_eq!(list[0]["chain"], "ethereum");
+    let shown = json(
+        d.cosigner([
+            "--home",
+            p(&home),
+            "wallet",
+            "show",
+            "--wallet",
+            &id,
+            "--json",
+        ])
+        .ok(),
+    );
+    assert_eq!(shown["address"], address.as_str());
+    assert_eq!(shown["source"], "cosigner");
+    assert_eq!(shown["provider"]["same_key"], true);
 
     let tx_text = format!(
         r#"{{"from":"{address}","chainId":"{TESTER_CHAIN_ID:#x}","nonce":"0x0","to":"{BOB}",

@@ -149,3 +149,52 @@ pub(super) fn wallet_json(w: &EthWalletFile) -> serde_json::Value {
         "parties": w.parties,
     })
 }
+
+/// `cosigner wallet show` of an Ethereum wallet: this device's record, and the provider's view
+/// (its party, epoch, and whether it holds the same key) when it answers.
+pub(super) fn show(g: &Globals, home: &Home, id: WalletId, json: bool) -> anyhow::Result<()> {
+    let w = home.eth_wallet(&id)?;
+    let mut out = match wallet_json(&w) {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    let view = trust(g)
+        .and_then(|t| connect_provider(g, &t))
+        .map_err(|e| e.to_string())
+        .and_then(|mut s| {
+            cosigner_client::wallet::provider_view(&mut s, id).map_err(|e| e.to_string())
+        });
+    match view {
+        Ok(info) => {
+            let same = info.group_public_key.as_slice() == w.public_key_bytes()?.as_slice();
+            out.insert("source".into(), json!("cosigner"));
+            out.insert(
+                "provider".into(),
+                json!({ "party": info.party, "epoch": info.epoch, "same_key": same }),
+            );
+        }
+        Err(reason) => {
+            out.insert("source".into(), json!("local"));
+            out.insert("offline_reason".into(), json!(reason));
+        }
+    }
+    if json {
+        return emit(&serde_json::Value::Object(out).to_string());
+    }
+    emit(&format!(
+        "wallet {} (ethereum)\naddress {}\nparties {:?}, {} to sign\n{}",
+        w.wallet_id,
+        w.address,
+        w.parties,
+        w.min_signers,
+        match out.get("provider") {
+            Some(p) => format!("provider: {p}"),
+            None => format!(
+                "offline: from local files ({})",
+                out.get("offline_reason")
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ),
+        }
+    ))
+}

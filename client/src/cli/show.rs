@@ -35,6 +35,9 @@ struct PolicyText {
 pub fn show(g: &Globals, wallet: &str, json_out: bool) -> anyhow::Result<()> {
     let id = wallet_id(wallet)?;
     let home = home(g)?;
+    if home.has_eth_wallet(&id) {
+        return super::eth::show(g, &home, id, json_out);
+    }
     let w = home.wallet(&id)?;
     let mut out = match wallet_json(&w) {
         Value::Object(map) => map,
