@@ -312,19 +312,7 @@ fn a_device_whose_message_fails_the_ot_check_is_excluded_for_good() {
         }
         other => panic!("{other:?}"),
     }
-    let key = c.provider.service.audit_public_key();
-    let entries: Vec<_> = c
-        .provider
-        .store
-        .all()
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("audit/"))
-        .enumerate()
-        .filter_map(|(i, (_, v))| {
-            cosigner_protocol::audit::open_record(&v, &key, i as u64 + 1).ok()
-        })
-        .map(|(entry, _)| entry.decision)
-        .collect();
+    let entries = audit_decisions(&c.provider);
     assert!(
         entries
             .iter()
@@ -368,4 +356,53 @@ fn the_recovery_credential_suspends_a_stolen_phones_key_and_can_give_it_back() {
     let cancel = Request::RecoverCancel { wallet_id: id };
     wallet::authorized(&mut courier, id, KeyRole::Recovery, &recovery_key, &cancel).unwrap();
     eth::sign(&home, &mut courier, id, payment(0, 1)).unwrap();
+}
+
+/// Every audit decision of `enclave`, in order, each record checked under its audit key.
+fn audit_decisions(enclave: &Enclave) -> Vec<String> {
+    let key = enclave.service.audit_public_key();
+    enclave
+        .store
+        .all()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("audit/"))
+        .enumerate()
+        .filter_map(|(i, (_, v))| {
+            cosigner_protocol::audit::open_record(&v, &key, i as u64 + 1).ok()
+        })
+        .map(|(entry, _)| entry.decision)
+        .collect()
+}
+
+#[test]
+fn probes_sent_at_once_ask_the_question_once() {
+    let Owned {
+        c,
+        home,
+        created,
+        _dir,
+    } = owned();
+    let id = created.wallet.wallet_id;
+    let device = home.device_key().unwrap();
+    let probes: Vec<Request> = (0..4)
+        .map(|n| probing_start(&home, id, payment(n, 1).tx.signing_payload()))
+        .collect();
+    std::thread::scope(|scope| {
+        for probe in &probes {
+            let (c, device) = (&c, &device);
+            scope.spawn(move || {
+                let mut session = c.provider.session();
+                let mut courier = InProcess::new(&c.provider.service, &mut session);
+                let answer = wallet::authorized(&mut courier, id, KeyRole::Device, device, probe);
+                assert_eq!(remote_kind(answer), ErrorKind::Unauthorized);
+            });
+        }
+    });
+    // One probe ran DKLs23's check and was excluded; the others were refused before it.
+    let decisions = audit_decisions(&c.provider);
+    let ran = decisions
+        .iter()
+        .filter(|d| d.starts_with("refused: party 1 excluded"))
+        .count();
+    assert_eq!(ran, 1, "{decisions:?}");
 }

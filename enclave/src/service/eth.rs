@@ -41,6 +41,16 @@ pub(super) struct PendingEth {
 /// (~100 KB), so fewer than FROST's.
 const MAX_ETH_SIGNS_PER_WALLET: usize = 4;
 
+/// The refusal of a wallet whose other signer was excluded.
+fn excluded(parties: &[PartyId]) -> Failure {
+    let names: Vec<String> = parties.iter().map(ToString::to_string).collect();
+    Failure::denied(format!(
+        "party {} failed a signing check that leaks key material and is excluded from signing \
+         with this wallet (a recovery or a new wallet is needed)",
+        names.join(", ")
+    ))
+}
+
 fn too_many(wallet_id: &WalletId, open: usize) -> String {
     format!(
         "wallet {wallet_id} has {open} Ethereum signing sessions open: finish or let them expire"
@@ -95,12 +105,10 @@ impl Service {
                 expected[0], expected[1]
             )));
         }
-        if let Some(party) = state.excluded.iter().find(|p| signers.contains(p)) {
+        // Cheap, before the share is unsealed; `guarded_step` checks again under the lock.
+        if !state.excluded.is_empty() {
             refuse(&hash, "refused: signer excluded");
-            return Err(Failure::denied(format!(
-                "party {party} failed a signing check that leaks key material and is excluded from \
-                 signing with this wallet (a recovery or a new wallet is needed)"
-            )));
+            return Err(excluded(&state.excluded));
         }
         let open = self.eth_signs.open(&wallet_id)?;
         if open >= MAX_ETH_SIGNS_PER_WALLET {
@@ -111,9 +119,9 @@ impl Service {
         let key = self.ecdsa_key(&state, request.epoch)?;
         let id = sign::sign_id(&wallet_id, &request.signers, &nonce);
         let (mut signing, round1) = sign::start(&key, &request.signers, id, hash)?;
-        let round2 = signing
-            .round2(&key, std::slice::from_ref(&request.round1))
-            .map_err(|e| self.exclude_on(&wallet_id, &actor, &hash, e))?;
+        let round2 = self.guarded_step(&wallet_id, &actor, &hash, || {
+            signing.round2(&key, std::slice::from_ref(&request.round1))
+        })?;
         let session_id = SessionId(random::<16>()?);
         let pending = PendingEth {
             wallet_id,
@@ -165,13 +173,11 @@ impl Service {
             ..
         } = pending;
         let hash = tx.signing_hash();
-        let ours = signing
-            .round3(&key, std::slice::from_ref(round2))
-            .map_err(|e| self.exclude_on(&wallet_id, &actor, &hash, e))?;
         // DKLs23 verifies the signature against the wallet's key before returning it.
-        let signature = signing
-            .finish(&key, std::slice::from_ref(round3))
-            .map_err(|e| self.exclude_on(&wallet_id, &actor, &hash, e))?;
+        let (ours, signature) = self.guarded_step(&wallet_id, &actor, &hash, || {
+            let ours = signing.round3(&key, std::slice::from_ref(round2))?;
+            Ok((ours, signing.finish(&key, std::slice::from_ref(round3))?))
+        })?;
         let signed = tx
             .into_signed(&cosigner_eth::RecoverableSignature {
                 r: signature.r,
@@ -195,48 +201,47 @@ impl Service {
         })
     }
 
-    /// A failed signing step as a refusal: where DKLs23 says the other signer must be excluded
-    /// (its message failed a check whose outcome leaks a bit of our OT secrets, eprint
-    /// 2023/765 §5), the exclusion is made durable in the wallet's anchored state and logged
-    /// before anyone is answered, so no retry can ask the question again.
-    fn exclude_on(
+    /// Runs a DKLs23 step on another signer's message, one at a time per wallet (under its writer
+    /// lock): some of DKLs23's checks leak a secret bit by their outcome (a selective-failure
+    /// probe of our OT secrets, eprint 2023/765 §5), so the other signer is checked against the
+    /// anchored exclusions first, and where the step says it must be excluded, the exclusion is
+    /// recorded there and in the audit log before the lock is released and anyone is answered.
+    /// Concurrent requests therefore cannot each ask the question once.
+    fn guarded_step<T>(
         &self,
         wallet_id: &WalletId,
         actor: &Actor,
         digest: &[u8],
-        error: ProtocolError,
-    ) -> Failure {
-        let ProtocolError::Excluded { party, reason } = &error else {
-            self.refused(
-                wallet_id,
-                "sign-eth",
-                &actor.label(),
-                digest,
-                "refused: bad round message",
-            );
-            return error.into();
-        };
-        let recorded = self.writer(wallet_id).and_then(|_guard| {
-            let mut state = self.records().load_state(wallet_id)?;
-            if !state.excluded.contains(party) {
-                state.excluded.push(*party);
-                self.records().save_state(wallet_id, &state)?;
-            }
-            self.eth_signs.drop_wallet(wallet_id)?;
-            self.log(
-                wallet_id,
-                "sign-eth",
-                &actor.label(),
-                digest,
-                &format!("refused: party {party} excluded ({reason})"),
-            )
-        });
-        match recorded {
-            Ok(_) => Failure::denied(format!(
-                "party {party} is excluded from signing with this wallet: {reason}"
-            )),
-            Err(e) => e,
+        step: impl FnOnce() -> Result<T, ProtocolError>,
+    ) -> Result<T, Failure> {
+        let _guard = self.writer(wallet_id)?;
+        let mut state = self.records().load_state(wallet_id)?;
+        let refuse = |why: &str| self.refused(wallet_id, "sign-eth", &actor.label(), digest, why);
+        if !state.excluded.is_empty() {
+            refuse("refused: signer excluded");
+            return Err(excluded(&state.excluded));
         }
+        let error = match step() {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        let ProtocolError::Excluded { party, reason } = &error else {
+            refuse("refused: bad round message");
+            return Err(error.into());
+        };
+        state.excluded.push(*party);
+        self.records().save_state(wallet_id, &state)?;
+        self.eth_signs.drop_wallet(wallet_id)?;
+        self.log(
+            wallet_id,
+            "sign-eth",
+            &actor.label(),
+            digest,
+            &format!("refused: party {party} excluded ({reason})"),
+        )?;
+        Err(Failure::denied(format!(
+            "party {party} is excluded from signing with this wallet: {reason}"
+        )))
     }
 
     /// Our threshold ECDSA share of `state`'s wallet at `epoch`, checked to be of its key.
