@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cosigner_eth::{TxRequest, address_of_point, checksummed};
+use cosigner_eth::{TxRequest, checksummed};
 use cosigner_protocol::ecdsa::dkg::{
     self, EcdsaDkgOutput, EcdsaDkgParams, EcdsaHello, RoundOutput,
 };
@@ -120,12 +120,7 @@ struct Made {
 fn run_dkg(params: &DkgParams, peers: &mut [Peer<'_>], enrollment: Option<&[u8]>) -> Result<Made> {
     let wallet_id = params.wallet_id;
     let mut rng = rand_core::OsRng;
-    let ecdsa_params = EcdsaDkgParams {
-        wallet_id,
-        threshold: params.min_signers,
-        parties: params.parties.clone(),
-    };
-    let (mut local, hello) = dkg::start(ecdsa_params, DEVICE, &mut rng)?;
+    let (mut local, hello) = dkg::start(EcdsaDkgParams::of(params), DEVICE, &mut rng)?;
     let starts = peers
         .iter()
         .map(|p| Request::DkgStart {
@@ -280,6 +275,19 @@ pub struct EthSigned {
     pub receipt: Option<Receipt>,
 }
 
+/// Refuses a transaction request whose `from` is not `wallet`'s address.
+pub fn check_from(wallet: &EthWalletFile, request: &TxRequest) -> Result<()> {
+    match request.from {
+        Some(from) if checksummed(&from) != wallet.address => Err(ClientError::Input(format!(
+            "the transaction's from ({}) is not wallet {}'s address {}",
+            checksummed(&from),
+            wallet.wallet_id,
+            wallet.address
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Signs `request` (an `eth_signTransaction` object) with wallet `wallet_id`: this device and the
 /// provider, two round trips.
 pub fn sign(
@@ -289,15 +297,7 @@ pub fn sign(
     request: TxRequest,
 ) -> Result<EthSigned> {
     let wallet = home.eth_wallet(&wallet_id)?;
-    if let Some(from) = request.from
-        && checksummed(&from) != wallet.address
-    {
-        return Err(ClientError::Input(format!(
-            "the transaction's from ({}) is not wallet {wallet_id}'s address {}",
-            checksummed(&from),
-            wallet.address
-        )));
-    }
+    check_from(&wallet, &request)?;
     let key = home.ecdsa_key(&wallet)?;
     let tx = request.tx;
     let hash = tx.signing_hash();
@@ -381,11 +381,4 @@ fn finish_signature(
         s: s.s,
         y_parity: s.y_odd,
     })
-}
-
-/// The address of a wallet file's key, recomputed (for `wallet show`-style output).
-pub fn address_of(wallet: &EthWalletFile) -> Result<String> {
-    let key = wallet.public_key_bytes()?;
-    let address = address_of_point(&key).map_err(|e| ClientError::Input(e.to_string()))?;
-    Ok(checksummed(&address))
 }

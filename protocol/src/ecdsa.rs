@@ -60,7 +60,7 @@ impl fmt::Debug for EcdsaKey {
 impl EcdsaKey {
     /// Whose share this is.
     pub fn party(&self) -> PartyId {
-        // `from_index` refuses nothing dkls23 could hold: indices are 1..=255.
+        // dkls23 indices are 1..=255 and every one is a party number; the fallback is unreachable.
         PartyId::new(u16::from(self.party.party_index.as_u8())).unwrap_or(PartyId::DEVICE)
     }
 

@@ -68,16 +68,8 @@ pub(super) fn sign(
 ) -> anyhow::Result<()> {
     let w = home.eth_wallet(&id)?; // unknown wallet: fail before any network traffic
     let request = read_request(path)?;
-    if let Some(from) = request.from
-        && cosigner_eth::checksummed(&from) != w.address
-    {
-        anyhow::bail!(
-            "transaction file {}: its from ({}) is not wallet {id}'s address {}",
-            path.display(),
-            cosigner_eth::checksummed(&from),
-            w.address
-        );
-    }
+    eth::check_from(&w, &request)
+        .map_err(|e| anyhow::anyhow!("transaction file {}: {e}", path.display()))?;
     show_tx(&w, &request);
     let trust = trust(g)?;
     let mut provider = connect_provider(g, &trust)?;

@@ -68,15 +68,6 @@ impl DkgStage {
     }
 }
 
-/// The threshold ECDSA DKG's parameters for a `DkgParams` naming [`SUITE_SECP256K1_ECDSA`].
-fn ecdsa_params(params: &DkgParams) -> EcdsaDkgParams {
-    EcdsaDkgParams {
-        wallet_id: params.wallet_id,
-        threshold: params.min_signers,
-        parties: sorted(&params.parties),
-    }
-}
-
 /// Feeds the coordinator's relayed messages of one step to `exchange` and advances it; the
 /// exchange must be at `step` before, and past it after (every party's message was there).
 pub(super) fn relay_step<P: cosigner_protocol::keygen::KeygenParams>(
@@ -453,7 +444,8 @@ pub(super) enum EcdsaRelayed<'a> {
 /// A DKG's first step as `me`: the stage to keep and our first message.
 fn start_stage(params: &DkgParams, me: PartyId) -> Result<(DkgStage, Response), Failure> {
     if params.ciphersuite == SUITE_SECP256K1_ECDSA {
-        let (dkg, hello) = ecdsa::dkg::start(ecdsa_params(params), me, &mut rand_core::OsRng)?;
+        let (dkg, hello) =
+            ecdsa::dkg::start(EcdsaDkgParams::of(params), me, &mut rand_core::OsRng)?;
         let stage = DkgStage::Ecdsa {
             params: params.clone(),
             party: me,

@@ -37,6 +37,9 @@ pub(super) struct PendingEth {
     tx: UnsignedTx,
 }
 
+/// The audit log's action for an Ethereum signature (and its refusals).
+const SIGN_ETH: &str = "sign-eth";
+
 /// Ethereum signing sessions one wallet may have open: each holds its own unsealed share
 /// (~100 KB), so fewer than FROST's.
 const MAX_ETH_SIGNS_PER_WALLET: usize = 4;
@@ -74,7 +77,7 @@ impl Service {
             )));
         }
         let refuse = |digest: &[u8], why: &str| {
-            self.refused(&wallet_id, "sign-eth", &actor.label(), digest, why);
+            self.refused(&wallet_id, SIGN_ETH, &actor.label(), digest, why);
         };
         let tx = UnsignedTx::from_signing_payload(&request.tx).map_err(|e| {
             refuse(&request.tx, "refused: not a transaction");
@@ -188,7 +191,7 @@ impl Service {
         // Nothing signed that the log lacks: the entry is durable before our round 3 leaves.
         let receipt = self.log(
             &wallet_id,
-            "sign-eth",
+            SIGN_ETH,
             &actor.label(),
             &signed.hash,
             "allowed",
@@ -216,7 +219,7 @@ impl Service {
     ) -> Result<T, Failure> {
         let _guard = self.writer(wallet_id)?;
         let mut state = self.records().load_state(wallet_id)?;
-        let refuse = |why: &str| self.refused(wallet_id, "sign-eth", &actor.label(), digest, why);
+        let refuse = |why: &str| self.refused(wallet_id, SIGN_ETH, &actor.label(), digest, why);
         if !state.excluded.is_empty() {
             refuse("refused: signer excluded");
             return Err(excluded(&state.excluded));
@@ -234,7 +237,7 @@ impl Service {
         self.eth_signs.drop_wallet(wallet_id)?;
         self.log(
             wallet_id,
-            "sign-eth",
+            SIGN_ETH,
             &actor.label(),
             digest,
             &format!("refused: party {party} excluded ({reason})"),

@@ -35,7 +35,7 @@ use super::{
 use crate::error::{ProtocolError, Result};
 use crate::hpke::{self, HpkeSecretKey};
 use crate::id::PartyId;
-use crate::wire::{Confirmation, SealedPackage, WalletId};
+use crate::wire::{Confirmation, DkgParams, SealedPackage, WalletId};
 
 /// Domain tags of the threshold ECDSA DKG.
 const TAG_SESSION: &str = "cosigner/ecdsa-dkg/v1/session";
@@ -57,6 +57,18 @@ pub struct EcdsaDkgParams {
 }
 
 impl EcdsaDkgParams {
+    /// The threshold ECDSA DKG of a wallet's `DkgParams` (naming `wire::SUITE_SECP256K1_ECDSA`):
+    /// its wallet, its threshold, its parties in order.
+    pub fn of(params: &DkgParams) -> Self {
+        let mut parties = params.parties.clone();
+        parties.sort_unstable();
+        Self {
+            wallet_id: params.wallet_id,
+            threshold: params.min_signers,
+            parties,
+        }
+    }
+
     fn check(&self, me: PartyId) -> Result<Parameters> {
         let n = self.parties.len();
         let consecutive = self
