@@ -406,3 +406,70 @@ fn probes_sent_at_once_ask_the_question_once() {
         .count();
     assert_eq!(ran, 1, "{decisions:?}");
 }
+
+#[test]
+fn a_flood_of_signing_sessions_fills_only_its_own_wallets_quota() {
+    let Owned {
+        c,
+        home,
+        created,
+        _dir,
+    } = owned();
+    let id = created.wallet.wallet_id;
+    let device = home.device_key().unwrap();
+    let mut session = c.provider.session();
+    let mut courier = InProcess::new(&c.provider.service, &mut session);
+    let mut open = 0;
+    for n in 0..6 {
+        let request = start_request(&home, id, payment(n, 1).tx.signing_payload());
+        match wallet::authorized(&mut courier, id, KeyRole::Device, &device, &request) {
+            Ok(Response::EthSignRound { .. }) => open += 1,
+            other => assert_eq!(remote_kind(other), ErrorKind::Busy),
+        }
+    }
+    assert_eq!(open, 4, "four sessions per wallet, then busy");
+    // Another wallet of the same provider still signs.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other_home = Home::open(other_dir.path()).unwrap();
+    let other = create(&c, &other_home, other_dir.path()).wallet.wallet_id;
+    eth::sign(&other_home, &mut courier, other, payment(0, 1)).unwrap();
+}
+
+#[test]
+fn an_anonymous_flood_of_ethereum_dkgs_fills_only_its_own_quota() {
+    let c = cosigners();
+    let start = |session: &mut cosigner_enclave::service::SessionState, n: u8| {
+        let params = cosigner_protocol::wire::DkgParams {
+            wallet_id: WalletId([n; 16]),
+            ciphersuite: cosigner_protocol::wire::SUITE_SECP256K1_ECDSA.into(),
+            min_signers: 2,
+            parties: vec![DEVICE, PROVIDER, cosigner_protocol::party::RECOVERY],
+        };
+        let request = Request::DkgStart {
+            params,
+            me: PROVIDER,
+            enrollment: None,
+        };
+        // The recovery cosigner's creation is open (no enrollment): the flooder's target.
+        c.recovery.call(session, request)
+    };
+    let mut flooder = c.recovery.session();
+    let answers: Vec<Response> = (1..=6).map(|n| start(&mut flooder, n)).collect();
+    let started = answers
+        .iter()
+        .filter(|r| matches!(r, Response::EcdsaDkgHello { .. }))
+        .count();
+    assert_eq!(started, 4, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .skip(4)
+            .all(|r| matches!(r, Response::Error(e) if e.kind == ErrorKind::Busy))
+    );
+    // An honest client on another session still starts one.
+    let mut honest = c.recovery.session();
+    assert!(matches!(
+        start(&mut honest, 9),
+        Response::EcdsaDkgHello { .. }
+    ));
+}
