@@ -16,6 +16,7 @@
 
 mod address;
 mod error;
+pub mod policy;
 mod request;
 mod tx;
 mod value;

@@ -28,8 +28,20 @@
 //! members file, `approvals` of 0 or above the approver set, a rule after an unconditional rule of
 //! the same asset (it could never match), a velocity window of 0 hours, a policy whose every rule
 //! denies, a `max_fee` on a deny rule. Asset names are lowercase (`"BTC"` is refused rather than
-//! silently never matching); only `btc` exists today, and a rule naming another asset never matches
-//! a `btc` spend.
+//! silently never matching); a rule naming another asset never matches a `btc` spend.
+//!
+//! # Ethereum
+//!
+//! A policy is parsed for its wallet's [`Chain`]. For Ethereum the default asset is `eth`
+//! (amounts in wei, or `"10 ETH"`, `"30 gwei"`), and a `[[token]]` table names the ERC-20 tokens
+//! the policy knows (`symbol`, `address`, `decimals`): each is an asset of its own, named by its
+//! symbol in lower case, whose amounts may be written with the symbol (`"500 USDC"`). An asset
+//! that is neither `eth` nor in the table is refused (a typo would otherwise never match). A call
+//! the enclave cannot value (a contract function other than ERC-20's, or of a token not in the
+//! table) is a [`Spend`] with [`Spend::call`] set: only an allowing rule that names the contract
+//! in its `calls` matches it (deny rules still refuse it), and a rule with `calls` matches
+//! nothing else. How an Ethereum transaction becomes
+//! spends is `cosigner_eth::judge`'s business; this module only weighs them.
 //!
 //! # Fees
 //!
@@ -53,20 +65,72 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 
-use crate::units::{AmountText, BTC_UNITS};
+use crate::units::{AmountText, BTC_UNITS, ETH_UNITS, Unit, format_amount};
 use crate::{ProtocolError, Result};
 
-/// An amount in its asset's base unit, with that unit: `5000000 sat` for bitcoin (its base unit;
-/// a refusal that said "5000000 btc" would overstate it a hundred million times).
-fn amount(value: u64, asset: &str) -> String {
-    match asset {
-        ASSET_BTC => format!("{value} sat"),
-        other => format!("{value} (base units of {other})"),
+/// Bitcoin's asset, the default of a Bitcoin policy.
+pub const ASSET_BTC: &str = "btc";
+
+/// Ether, the default asset of an Ethereum policy.
+pub const ASSET_ETH: &str = "eth";
+
+/// Most tokens an Ethereum policy's table may name.
+pub const MAX_TOKENS: usize = 64;
+
+/// The chain a policy is for: it decides the default asset, the units amounts may be written in
+/// and which assets exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Chain {
+    /// Bitcoin: amounts in satoshis; assets other than `btc` never match.
+    #[default]
+    Bitcoin,
+    /// Ethereum: amounts in wei or a token's base unit; `eth` and the token table's assets.
+    Ethereum,
+}
+
+impl Chain {
+    /// The chain of a wallet whose network is named `network` (`"ethereum"`, or a Bitcoin
+    /// network).
+    pub fn of_network(network: Option<&str>) -> Chain {
+        match network {
+            Some(NETWORK_ETHEREUM) => Chain::Ethereum,
+            _ => Chain::Bitcoin,
+        }
+    }
+
+    fn default_asset(self) -> &'static str {
+        match self {
+            Chain::Bitcoin => ASSET_BTC,
+            Chain::Ethereum => ASSET_ETH,
+        }
     }
 }
 
-/// The only asset spends are made in today.
-pub const ASSET_BTC: &str = "btc";
+/// The network name Ethereum wallets are registered under.
+pub const NETWORK_ETHEREUM: &str = "ethereum";
+
+/// An ERC-20 token of an Ethereum policy's `[[token]]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    /// Its symbol as the table writes it (`"USDC"`): the unit its amounts may be written in.
+    pub symbol: String,
+    /// The asset name rules use: the symbol in lower case.
+    pub asset: String,
+    /// The token contract.
+    pub address: [u8; 20],
+    /// How many decimals one token has in base units (EIP-20's `decimals`).
+    pub decimals: u8,
+}
+
+impl Token {
+    fn unit(&self) -> Unit<'_> {
+        Unit {
+            name: &self.symbol,
+            decimals: self.decimals,
+        }
+    }
+}
 
 /// Most members a wallet may have.
 pub const MAX_MEMBERS: usize = 64;
@@ -151,17 +215,20 @@ pub struct Quorum {
 /// A spend to judge.
 #[derive(Debug, Clone, Copy)]
 pub struct Spend<'a> {
-    /// The asset spent (`"btc"`).
+    /// The asset spent (`"btc"`, `"eth"`, a token's).
     pub asset: &'a str,
-    /// Value leaving the wallet, fee included, in the asset's base unit (satoshis): what `below`
-    /// and `velocity` compare, so the fee counts toward them.
-    pub value_leaving: u64,
+    /// Value leaving the wallet, fee included, in the asset's base unit (satoshis, wei): what
+    /// `below` and `velocity` compare, so the fee counts toward them.
+    pub value_leaving: u128,
     /// Destination addresses (as [`crate::psbt::Destination::address`] renders them).
     pub destinations: &'a [String],
     /// The evaluation time, milliseconds since the Unix epoch.
     pub now_ms: u64,
     /// The wallet's past spends (any order; the velocity rules pick their window and asset).
     pub history: &'a [PastSpend],
+    /// The contract (a normalised `0x…` address) of a call that could not be valued: only an
+    /// allowing rule naming it in `calls` matches. `None` for a spend that was valued.
+    pub call: Option<&'a str>,
 }
 
 /// A spend the wallet made, for velocity limits.
@@ -171,8 +238,9 @@ pub struct PastSpend {
     pub at_ms: u64,
     /// Its asset.
     pub asset: String,
-    /// Value that left the wallet.
-    pub amount: u64,
+    /// Value that left the wallet, in the asset's base unit (CBOR stores values below 2^64 as
+    /// before, so records written when this was a `u64` read unchanged).
+    pub amount: u128,
 }
 
 /// A spend allowed by a rule, with the approvals it needs.
@@ -203,6 +271,8 @@ impl std::fmt::Display for Denial {
 #[derive(Debug, Clone)]
 pub struct Policy {
     source: String,
+    chain: Chain,
+    tokens: Vec<Token>,
     members: Vec<Member>,
     admin: Quorum,
     rules: Vec<Rule>,
@@ -212,11 +282,14 @@ pub struct Policy {
 struct Rule {
     name: String,
     asset: String,
-    below: Option<u64>,
+    below: Option<u128>,
     destinations: Option<BTreeSet<String>>,
     velocity: Option<Velocity>,
     /// The largest fee an allowing rule allows (see the module docs, "Fees").
-    max_fee: Option<u64>,
+    max_fee: Option<u128>,
+    /// Contracts whose calls this allowing rule allows without valuing them (it then matches
+    /// only such calls).
+    calls: Option<BTreeSet<String>>,
     /// `None` for a deny rule.
     quorum: Option<Quorum>,
 }
@@ -224,24 +297,46 @@ struct Rule {
 #[derive(Debug, Clone, Copy)]
 struct Velocity {
     window_ms: u64,
-    limit: u64,
+    limit: u128,
+}
+
+/// What a rule's amounts are read with: its asset's units.
+struct Context<'a> {
+    chain: Chain,
+    units: Vec<Unit<'a>>,
 }
 
 impl Rule {
     /// Parses and checks one `[[rule]]` (`what` names it in errors) of `asset` (checked, and not
     /// shadowed by an earlier rule: [`Policy::parse`] sees to both) against the wallet's members.
-    fn parse(what: &str, asset: String, entry: RuleEntry, members: &[Member]) -> Result<Rule> {
+    fn parse(
+        what: &str,
+        asset: String,
+        context: &Context<'_>,
+        entry: RuleEntry,
+        members: &[Member],
+    ) -> Result<Rule> {
+        let units = &context.units;
         let velocity = entry
             .velocity
-            .map(|v| Velocity::parse(what, &asset, &v))
+            .map(|v| Velocity::parse(what, units, &v))
             .transpose()?;
-        let below = base_amount(what, "below", &asset, entry.below.as_ref())?;
-        let max_fee = base_amount(what, "max_fee", &asset, entry.max_fee.as_ref())?;
+        let below = base_amount(what, "below", units, entry.below.as_ref())?;
+        let max_fee = base_amount(what, "max_fee", units, entry.max_fee.as_ref())?;
         let destinations = entry
             .destinations
             .map(|list| parse_destinations(what, list))
             .transpose()?;
+        let calls = entry
+            .calls
+            .map(|list| parse_calls(what, context.chain, list))
+            .transpose()?;
         let quorum = if entry.deny == Some(true) {
+            if calls.is_some() {
+                return Err(policy_error(format!(
+                    "{what} denies: it takes no calls (a deny rule refuses calls whatever they are)"
+                )));
+            }
             if entry.approvals.is_some() || entry.approvers.is_some() {
                 return Err(policy_error(format!(
                     "{what} denies: it takes no approvals or approvers"
@@ -268,36 +363,31 @@ impl Rule {
             destinations,
             velocity,
             max_fee,
+            calls,
             quorum,
         })
     }
 }
 
-/// An amount of a rule in `asset`'s base unit: a plain integer, or for bitcoin a string with a
-/// unit (`"0.1 BTC"`, `"250000 sat"`; [`crate::units`]).
+/// An amount of a rule in its asset's base unit: a plain integer, or a string with one of the
+/// asset's `units` (`"0.1 BTC"`, `"10 ETH"`, `"500 USDC"`; [`crate::units`]).
 fn base_amount(
     what: &str,
     field: &str,
-    asset: &str,
+    units: &[Unit<'_>],
     amount: Option<&AmountText>,
-) -> Result<Option<u64>> {
-    let Some(amount) = amount else {
-        return Ok(None);
-    };
-    let units = match asset {
-        ASSET_BTC => BTC_UNITS,
-        _ => &[],
-    };
-    let base = amount
-        .to_base(units)
-        .map_err(|e| policy_error(format!("{what}: {field} {e}")))?;
-    u64::try_from(base)
-        .map(Some)
-        .map_err(|_| policy_error(format!("{what}: {field} is above 2^64 base units")))
+) -> Result<Option<u128>> {
+    amount
+        .map(|amount| {
+            amount
+                .to_base(units)
+                .map_err(|e| policy_error(format!("{what}: {field} {e}")))
+        })
+        .transpose()
 }
 
 impl Velocity {
-    fn parse(what: &str, asset: &str, v: &VelocityEntry) -> Result<Velocity> {
+    fn parse(what: &str, units: &[Unit<'_>], v: &VelocityEntry) -> Result<Velocity> {
         if v.window_hours == 0 {
             return Err(policy_error(format!("{what}: velocity window of 0 hours")));
         }
@@ -309,7 +399,7 @@ impl Velocity {
                 v.window_hours
             )));
         }
-        let limit = base_amount(what, "velocity limit", asset, Some(&v.limit))?.unwrap_or_default();
+        let limit = base_amount(what, "velocity limit", units, Some(&v.limit))?.unwrap_or_default();
         Ok(Velocity {
             window_ms: u64::from(v.window_hours) * MS_PER_HOUR,
             limit,
@@ -331,10 +421,99 @@ fn parse_destinations(what: &str, list: Vec<String>) -> Result<BTreeSet<String>>
     Ok(set)
 }
 
+/// A rule's `calls`: Ethereum contract addresses (`0x` and 40 hex digits), normalised.
+fn parse_calls(what: &str, chain: Chain, list: Vec<String>) -> Result<BTreeSet<String>> {
+    if chain != Chain::Ethereum {
+        return Err(policy_error(format!(
+            "{what}: calls are for Ethereum wallets"
+        )));
+    }
+    let mut set = BTreeSet::new();
+    for contract in list {
+        let address = parse_eth_address(&contract)
+            .ok_or_else(|| policy_error(format!("{what}: call {contract:?} is not an address")))?;
+        set.insert(eth_address_text(&address));
+    }
+    Ok(set)
+}
+
+/// `0x` and 40 hex digits (any case: EIP-55's mixed case is a checksum the enclave need not
+/// trust, since it compares the bytes).
+pub fn parse_eth_address(text: &str) -> Option<[u8; 20]> {
+    let digits = text.strip_prefix("0x")?;
+    if digits.len() != 40 {
+        return None;
+    }
+    hex::decode(digits).ok()?.try_into().ok()
+}
+
+/// How a policy compares Ethereum addresses: `0x` and 40 lower-case hex digits.
+pub fn eth_address_text(address: &[u8; 20]) -> String {
+    format!("0x{}", hex::encode(address))
+}
+
+/// Parses an Ethereum policy's `[[token]]` table.
+fn parse_tokens(chain: Chain, entries: Vec<TokenEntry>) -> Result<Vec<Token>> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    if chain != Chain::Ethereum {
+        return Err(policy_error("a [[token]] table is for Ethereum wallets"));
+    }
+    if entries.len() > MAX_TOKENS {
+        return Err(policy_error(format!(
+            "{} tokens, at most {MAX_TOKENS}",
+            entries.len()
+        )));
+    }
+    let mut tokens: Vec<Token> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let what = format!("token {:?}", entry.symbol);
+        let ok = !entry.symbol.is_empty()
+            && entry.symbol.len() <= 11
+            && entry.symbol.chars().all(|c| c.is_ascii_alphanumeric());
+        if !ok {
+            return Err(policy_error(format!(
+                "{what}: a symbol is 1 to 11 letters or digits"
+            )));
+        }
+        let asset = entry.symbol.to_ascii_lowercase();
+        if asset == ASSET_ETH || tokens.iter().any(|t| t.asset == asset) {
+            return Err(policy_error(format!(
+                "{what}: the asset {asset:?} is already named"
+            )));
+        }
+        let address = parse_eth_address(&entry.address)
+            .ok_or_else(|| policy_error(format!("{what}: address is not 0x and 40 hex digits")))?;
+        if tokens.iter().any(|t| t.address == address) {
+            return Err(policy_error(format!(
+                "{what}: the contract {} is already in the table",
+                entry.address
+            )));
+        }
+        // u128 holds 10^38: a token with more decimals could not be written with its symbol.
+        if entry.decimals > 36 {
+            return Err(policy_error(format!("{what}: at most 36 decimals")));
+        }
+        tokens.push(Token {
+            symbol: entry.symbol,
+            asset,
+            address,
+            decimals: entry.decimals,
+        });
+    }
+    Ok(tokens)
+}
+
 impl Policy {
     /// Parses and validates a policy against the wallet's members (see the module docs for what
     /// is refused).
     pub fn parse(toml_text: &str, members: &[Member]) -> Result<Policy> {
+        Policy::parse_for(Chain::Bitcoin, toml_text, members)
+    }
+
+    /// [`Policy::parse`] for a wallet on `chain` (module docs, "Ethereum").
+    pub fn parse_for(chain: Chain, toml_text: &str, members: &[Member]) -> Result<Policy> {
         check_text_size(toml_text)?;
         if members.is_empty() {
             return Err(policy_error("the wallet has no members"));
@@ -350,6 +529,7 @@ impl Policy {
                 approvers: all,
             },
         };
+        let tokens = parse_tokens(chain, file.token)?;
         if file.rule.is_empty() {
             return Err(policy_error("no [[rule]]: every spend would be denied"));
         }
@@ -369,18 +549,32 @@ impl Policy {
             if !names.insert(entry.name.clone()) {
                 return Err(policy_error(format!("{what} is defined twice")));
             }
-            let asset = entry.asset.as_deref().unwrap_or(ASSET_BTC).to_string();
+            let asset = entry
+                .asset
+                .as_deref()
+                .unwrap_or(chain.default_asset())
+                .to_string();
             check_asset(&what, &asset)?;
-            if caught.contains(&asset) {
+            let context = Context {
+                chain,
+                units: units_of(chain, &tokens, &asset).ok_or_else(|| {
+                    policy_error(format!(
+                        "{what}: asset {asset:?} is neither \"eth\" nor a token of the [[token]] table"
+                    ))
+                })?,
+            };
+            // A rule with `calls` is for calls nobody valued, which no catch-all matches.
+            if caught.contains(&asset) && entry.calls.is_none() {
                 return Err(policy_error(format!(
                     "{what} can never match: an earlier rule matches every {asset} spend"
                 )));
             }
-            let rule = Rule::parse(&what, asset, entry, members)?;
+            let rule = Rule::parse(&what, asset, &context, entry, members)?;
             if rule.below.is_none()
                 && rule.destinations.is_none()
                 && rule.velocity.is_none()
                 && rule.max_fee.is_none()
+                && rule.calls.is_none()
             {
                 caught.insert(rule.asset.clone());
             }
@@ -393,6 +587,8 @@ impl Policy {
         }
         Ok(Policy {
             source: toml_text.to_string(),
+            chain,
+            tokens,
             members: members.to_vec(),
             admin,
             rules,
@@ -411,6 +607,31 @@ impl Policy {
     /// The quorum that may change this policy; default: every member.
     pub fn admin(&self) -> Quorum {
         self.admin.clone()
+    }
+
+    /// The chain the policy was parsed for.
+    pub fn chain(&self) -> Chain {
+        self.chain
+    }
+
+    /// The token table (Ethereum).
+    pub fn tokens(&self) -> &[Token] {
+        &self.tokens
+    }
+
+    /// The token of the table whose contract is `address`.
+    pub fn token_at(&self, address: &[u8; 20]) -> Option<&Token> {
+        self.tokens.iter().find(|t| &t.address == address)
+    }
+
+    /// `value` base units of `asset` as people read them: `12.5 ETH`, `500 USDC`; satoshis for
+    /// bitcoin (a refusal that said "5000000 btc" would overstate it a hundred million times).
+    pub fn show(&self, value: u128, asset: &str) -> String {
+        match units_of(self.chain, &self.tokens, asset).and_then(|u| u.first().copied()) {
+            Some(unit) if asset != ASSET_BTC => format_amount(value, &unit),
+            _ if asset == ASSET_BTC => format!("{value} sat"),
+            _ => format!("{value} (base units of {asset})"),
+        }
     }
 
     /// The members the policy was checked against.
@@ -442,24 +663,29 @@ impl Policy {
     pub fn evaluate_with_fee(
         &self,
         spend: &Spend<'_>,
-        fee: u64,
+        fee: u128,
     ) -> std::result::Result<Decision, Denial> {
         if fee > spend.value_leaving {
             return Err(Denial {
                 reason: format!(
-                    "inconsistent spend: a fee of {fee} is more than the {} {} leaving",
-                    spend.value_leaving, spend.asset
+                    "inconsistent spend: a fee of {} is more than the {} leaving",
+                    self.show(fee, spend.asset),
+                    self.show(spend.value_leaving, spend.asset)
                 ),
             });
         }
-        self.judge(spend, fee, &format!("; fee {fee}"))
+        let note = match self.chain {
+            Chain::Bitcoin => format!("; fee {fee}"),
+            _ => format!("; fee {}", self.show(fee, spend.asset)),
+        };
+        self.judge(spend, fee, &note)
     }
 
     /// The first rule matching `spend` with `fee` decides; `note` ends every denial's reason.
     fn judge(
         &self,
         spend: &Spend<'_>,
-        fee: u64,
+        fee: u128,
         note: &str,
     ) -> std::result::Result<Decision, Denial> {
         for rule in &self.rules {
@@ -476,7 +702,7 @@ impl Policy {
                     reason: format!(
                         "rule {:?} denies {} leaving to {}{note}",
                         rule.name,
-                        amount(spend.value_leaving, spend.asset),
+                        self.show(spend.value_leaving, spend.asset),
                         describe(spend.destinations)
                     ),
                 }),
@@ -484,8 +710,11 @@ impl Policy {
         }
         Err(Denial {
             reason: format!(
-                "no rule matches: {} leaving to {}{note}",
-                amount(spend.value_leaving, spend.asset),
+                "no rule matches: {}{} leaving to {}{note}",
+                spend.call.map_or(String::new(), |c| format!(
+                    "a call of {c} that cannot be valued, "
+                )),
+                self.show(spend.value_leaving, spend.asset),
                 describe(spend.destinations)
             ),
         })
@@ -493,8 +722,19 @@ impl Policy {
 }
 
 impl Rule {
-    fn matches(&self, spend: &Spend<'_>, fee: u64) -> bool {
+    fn matches(&self, spend: &Spend<'_>, fee: u128) -> bool {
         if self.asset != spend.asset {
+            return false;
+        }
+        // A call nobody valued is allowed only by a rule that names its contract, and a rule
+        // with `calls` is for such calls only; a deny rule is not narrowed by either.
+        let allowed_call = match (spend.call, &self.calls) {
+            (Some(contract), Some(calls)) => calls.contains(contract),
+            (Some(_), None) => self.quorum.is_none(),
+            (None, Some(_)) => false,
+            (None, None) => true,
+        };
+        if !allowed_call {
             return false;
         }
         if let Some(below) = self.below
@@ -529,7 +769,7 @@ impl Rule {
     }
 
     /// Whether this allowing rule allows `fee` (module docs, "Fees").
-    fn allows_fee(&self, fee: u64) -> bool {
+    fn allows_fee(&self, fee: u128) -> bool {
         match self.max_fee {
             Some(max_fee) => fee <= max_fee,
             // The fee goes to no listed destination: allowed only under an amount bound, which
@@ -551,11 +791,15 @@ fn describe(destinations: &[String]) -> String {
     }
 }
 
-/// Bech32 addresses are case-insensitive (all upper case in QR codes); compare them lower case.
-/// Base58 addresses and `script:` entries are compared as they are.
+/// Bech32 addresses are case-insensitive (all upper case in QR codes), and so are Ethereum's
+/// (EIP-55's mixed case is only a checksum); compare them lower case. Base58 addresses and
+/// `script:` entries are compared as they are.
 fn normalise_destination(address: &str) -> String {
     let lower = address.to_ascii_lowercase();
-    if ["bc1", "tb1", "bcrt1"].iter().any(|p| lower.starts_with(p)) {
+    if ["bc1", "tb1", "bcrt1", "0x"]
+        .iter()
+        .any(|p| lower.starts_with(p))
+    {
         lower
     } else {
         address.to_string()
@@ -647,6 +891,20 @@ fn check_asset(what: &str, asset: &str) -> Result<()> {
     Ok(())
 }
 
+/// The units of `asset` on `chain`; `None` for an asset an Ethereum policy does not know.
+/// Bitcoin policies accept any asset name (only `btc` is ever spent), written in base units.
+fn units_of<'a>(chain: Chain, tokens: &'a [Token], asset: &str) -> Option<Vec<Unit<'a>>> {
+    match (chain, asset) {
+        (Chain::Bitcoin, ASSET_BTC) => Some(BTC_UNITS.to_vec()),
+        (Chain::Bitcoin, _) => Some(Vec::new()),
+        (Chain::Ethereum, ASSET_ETH) => Some(ETH_UNITS.to_vec()),
+        (Chain::Ethereum, _) => tokens
+            .iter()
+            .find(|t| t.asset == asset)
+            .map(|t| vec![t.unit()]),
+    }
+}
+
 fn policy_error(reason: impl Into<String>) -> ProtocolError {
     ProtocolError::Policy {
         reason: reason.into(),
@@ -672,7 +930,17 @@ struct MemberEntry {
 struct PolicyFile {
     admin: Option<AdminEntry>,
     #[serde(default)]
+    token: Vec<TokenEntry>,
+    #[serde(default)]
     rule: Vec<RuleEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    symbol: String,
+    address: String,
+    decimals: u8,
 }
 
 #[derive(Deserialize)]
@@ -691,6 +959,7 @@ struct RuleEntry {
     destinations: Option<Vec<String>>,
     velocity: Option<VelocityEntry>,
     max_fee: Option<AmountText>,
+    calls: Option<Vec<String>>,
     approvals: Option<u16>,
     approvers: Option<Vec<String>>,
     deny: Option<bool>,

@@ -5,17 +5,18 @@
 
 use serde::Deserialize;
 
-/// A unit of an asset: its name and how many decimals of the base unit it is.
+/// A unit of an asset: its name and how many decimals of the base unit it is. (`'a`: a token's
+/// unit is named by its policy's token table.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unit {
+pub struct Unit<'a> {
     /// The name written after the number (case-sensitive).
-    pub name: &'static str,
+    pub name: &'a str,
     /// 10^decimals base units make one of it.
     pub decimals: u8,
 }
 
 /// Bitcoin's units: the bitcoin and the satoshi (its base unit).
-pub const BTC_UNITS: &[Unit] = &[
+pub const BTC_UNITS: &[Unit<'static>] = &[
     Unit {
         name: "BTC",
         decimals: 8,
@@ -27,7 +28,7 @@ pub const BTC_UNITS: &[Unit] = &[
 ];
 
 /// Ether's units: the ether, the gwei and the wei (its base unit).
-pub const ETH_UNITS: &[Unit] = &[
+pub const ETH_UNITS: &[Unit<'static>] = &[
     Unit {
         name: "ETH",
         decimals: 18,
@@ -54,7 +55,7 @@ pub enum AmountText {
 
 impl AmountText {
     /// The amount in base units, where `units` are the asset's.
-    pub fn to_base(&self, units: &[Unit]) -> Result<u128, String> {
+    pub fn to_base(&self, units: &[Unit<'_>]) -> Result<u128, String> {
         match self {
             Self::Base(n) => Ok(u128::from(*n)),
             Self::Text(text) => parse_amount(text, units),
@@ -64,7 +65,7 @@ impl AmountText {
 
 /// `"<number> <unit>"` in base units: the number is digits with at most one `.`, and no more
 /// decimals than the unit has.
-pub fn parse_amount(text: &str, units: &[Unit]) -> Result<u128, String> {
+pub fn parse_amount(text: &str, units: &[Unit<'_>]) -> Result<u128, String> {
     let names = || units.iter().map(|u| u.name).collect::<Vec<_>>().join(", ");
     let (number, unit) = text
         .split_once(' ')
@@ -101,6 +102,20 @@ pub fn parse_amount(text: &str, units: &[Unit]) -> Result<u128, String> {
         .ok_or_else(overflow)
 }
 
+/// `base` base units written in `unit`, exactly, without trailing zeros: `12.5 ETH`, `0 ETH`.
+pub fn format_amount(base: u128, unit: &Unit<'_>) -> String {
+    let scale = 10u128.checked_pow(u32::from(unit.decimals));
+    let Some(scale) = scale else {
+        return format!("{base} (base units of {})", unit.name);
+    };
+    let (whole, fraction) = (base / scale, base % scale);
+    if fraction == 0 {
+        return format!("{whole} {}", unit.name);
+    }
+    let digits = format!("{fraction:0width$}", width = usize::from(unit.decimals));
+    format!("{whole}.{} {}", digits.trim_end_matches('0'), unit.name)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -126,6 +141,22 @@ mod tests {
         );
         assert_eq!(parse_amount("30 gwei", ETH_UNITS), Ok(30_000_000_000));
         assert_eq!(AmountText::Base(7).to_base(BTC_UNITS), Ok(7));
+    }
+
+    #[test]
+    fn amounts_are_written_back_exactly() {
+        let eth = &ETH_UNITS[0];
+        assert_eq!(format_amount(12_500_000_000_000_000_000, eth), "12.5 ETH");
+        assert_eq!(format_amount(1, eth), "0.000000000000000001 ETH");
+        assert_eq!(format_amount(0, eth), "0 ETH");
+        assert_eq!(
+            format_amount(u128::MAX, &BTC_UNITS[1]),
+            format!("{} sat", u128::MAX)
+        );
+        for text in ["10 ETH", "1.5 ETH", "0.000000001 ETH"] {
+            let base = parse_amount(text, ETH_UNITS).unwrap();
+            assert_eq!(format_amount(base, eth), text);
+        }
     }
 
     #[test]

@@ -223,12 +223,13 @@ fn judge(
     // The fee is judged too: it goes to no listed destination (docs/policy.md).
     let spend = Spend {
         asset: ASSET_BTC,
-        value_leaving: summary.value_leaving,
+        value_leaving: summary.value_leaving.into(),
         destinations: &destinations,
         now_ms: now,
         history,
+        call: None,
     };
-    policy.evaluate_with_fee(&spend, summary.fee)
+    policy.evaluate_with_fee(&spend, summary.fee.into())
 }
 
 /// The record of a new share (of a DKG or a refresh) at `epoch`.

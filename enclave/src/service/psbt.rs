@@ -157,12 +157,13 @@ fn judge(
     // The fee is judged too: it goes to no listed destination (docs/policy.md).
     let spend = Spend {
         asset: ASSET_BTC,
-        value_leaving,
+        value_leaving: value_leaving.into(),
         destinations,
         now_ms: now,
         history: &state.history,
+        call: None,
     };
-    match policy.evaluate_with_fee(&spend, fee) {
+    match policy.evaluate_with_fee(&spend, fee.into()) {
         Ok(d) if d.approvals > 1 => Ok(Err(format!(
             "rule {:?} needs {} approvals; a personal wallet has one approver",
             d.rule, d.approvals
@@ -175,7 +176,7 @@ fn judge(
                 .history
                 .iter()
                 .filter(|s| s.asset == ASSET_BTC && s.at_ms >= since)
-                .fold(0u64, |sum, s| sum.saturating_add(s.amount));
+                .fold(0u128, |sum, s| sum.saturating_add(s.amount));
             Ok(Err(format!(
                 "{} ({spent} sat left the wallet in the last 24 hours)",
                 denial.reason
@@ -184,37 +185,49 @@ fn judge(
     }
 }
 
-/// Appends a spend; folds spends older than [`HISTORY_KEEP_MS`] into one, and keeps at most
-/// [`MAX_HISTORY`] entries by merging the oldest (both only ever over-count a window).
+/// Appends a bitcoin spend (see [`record_asset`]).
 pub(super) fn record(history: &mut Vec<PastSpend>, now: u64, amount: u64) {
+    record_asset(history, now, ASSET_BTC, amount.into());
+}
+
+/// Appends a spend of `asset`; folds each asset's spends older than [`HISTORY_KEEP_MS`] into
+/// one, and keeps at most [`MAX_HISTORY`] entries by merging the oldest entry that has a later
+/// one of its asset into that later one (there is always one: a policy has far fewer assets than
+/// the cap). Both only ever over-count a window, never under-count it.
+pub(super) fn record_asset(history: &mut Vec<PastSpend>, now: u64, asset: &str, amount: u128) {
     history.push(PastSpend {
         at_ms: now,
-        asset: ASSET_BTC.into(),
+        asset: asset.into(),
         amount,
     });
     history.sort_by_key(|s| s.at_ms);
     let cutoff = now.saturating_sub(HISTORY_KEEP_MS);
-    let old = history.iter().take_while(|s| s.at_ms < cutoff).count();
-    if old > 1 {
-        let folded: Vec<PastSpend> = history.drain(..old).collect();
-        let amount = folded
-            .iter()
-            .fold(0u64, |sum, s| sum.saturating_add(s.amount));
-        let at_ms = folded.last().map_or(cutoff, |s| s.at_ms);
-        history.insert(
-            0,
-            PastSpend {
-                at_ms,
-                asset: ASSET_BTC.into(),
-                amount,
-            },
-        );
-    }
-    while history.len() > MAX_HISTORY {
-        let first = history.remove(0);
-        if let Some(next) = history.first_mut() {
-            next.amount = next.amount.saturating_add(first.amount);
+    let (old, mut kept): (Vec<PastSpend>, Vec<PastSpend>) =
+        history.drain(..).partition(|s| s.at_ms < cutoff);
+    let mut folded: Vec<PastSpend> = Vec::new();
+    for spend in old {
+        match folded.iter_mut().find(|f| f.asset == spend.asset) {
+            Some(f) => {
+                f.amount = f.amount.saturating_add(spend.amount);
+                f.at_ms = f.at_ms.max(spend.at_ms);
+            }
+            None => folded.push(spend),
         }
+    }
+    folded.sort_by_key(|s| s.at_ms);
+    folded.append(&mut kept);
+    *history = folded;
+    while history.len() > MAX_HISTORY {
+        let pair = (0..history.len()).find_map(|i| {
+            let later = history[i + 1..]
+                .iter()
+                .position(|s| s.asset == history[i].asset)?;
+            Some((i, i + 1 + later))
+        });
+        let Some((oldest, next)) = pair else { break };
+        let amount = history[oldest].amount;
+        history[next].amount = history[next].amount.saturating_add(amount);
+        history.remove(oldest);
     }
 }
 
@@ -746,8 +759,38 @@ mod tests {
             record(&mut h, now + i, 1);
         }
         assert_eq!(h.len(), MAX_HISTORY);
-        let total: u64 = h.iter().map(|s| s.amount).sum();
-        assert_eq!(total, MAX_HISTORY as u64 + 10, "nothing is lost");
+        let total: u128 = h.iter().map(|s| s.amount).sum();
+        assert_eq!(total, MAX_HISTORY as u128 + 10, "nothing is lost");
         assert!(h.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+    }
+
+    #[test]
+    fn assets_are_folded_and_merged_apart() {
+        let day = 86_400_000u64;
+        let now = 1000 * day;
+        let mut h = Vec::new();
+        record_asset(&mut h, now - 400 * day, "eth", 3);
+        record_asset(&mut h, now - 399 * day, "usdc", 4);
+        record_asset(&mut h, now - 398 * day, "eth", 5);
+        record_asset(&mut h, now, "eth", 1);
+        let eth_old: Vec<_> = h.iter().filter(|s| s.asset == "eth").collect();
+        assert_eq!(eth_old.len(), 2);
+        assert_eq!(eth_old[0].amount, 8, "the two old eth spends folded");
+        assert!(h.iter().any(|s| s.asset == "usdc" && s.amount == 4));
+
+        // At the cap, a lone spend of another asset is kept; eth's oldest merge forward.
+        let mut h = Vec::new();
+        record_asset(&mut h, now, "usdc", u128::MAX);
+        for i in 0..(MAX_HISTORY as u64 + 5) {
+            record_asset(&mut h, now + 1 + i, "eth", 2);
+        }
+        assert_eq!(h.len(), MAX_HISTORY);
+        assert_eq!(h[0].asset, "usdc");
+        let eth: u128 = h
+            .iter()
+            .filter(|s| s.asset == "eth")
+            .map(|s| s.amount)
+            .sum();
+        assert_eq!(eth, 2 * (MAX_HISTORY as u128 + 5));
     }
 }

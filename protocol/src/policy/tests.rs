@@ -7,7 +7,7 @@ const DAO_ALLOWLIST: &str = include_str!("../../../examples/policies/dao-allowli
 const DAO_MEMBERS: &str = include_str!("../../../examples/policies/dao-members.toml");
 const PERSONAL: &str = include_str!("../../../examples/policies/personal.toml");
 
-const BTC: u64 = 100_000_000;
+const BTC: u128 = 100_000_000;
 const PAYROLL: &str = "bcrt1p4q83t0avjhtcwh4y8js082uwdv9skasv3jjy74na98fvhpmtu9uqs5832a";
 const EXCHANGE: &str = "bcrt1qha7546x08qwudehuc724np522c2n65m4clm83r";
 const STRANGER: &str = "bcrt1qzyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3lgth6c";
@@ -43,7 +43,7 @@ fn refused(text: &str) -> String {
 }
 
 fn spend<'a>(
-    value_leaving: u64,
+    value_leaving: u128,
     destinations: &'a [String],
     history: &'a [PastSpend],
 ) -> Spend<'a> {
@@ -53,6 +53,7 @@ fn spend<'a>(
         destinations,
         now_ms: 1_000 * 3_600_000,
         history,
+        call: None,
     }
 }
 
@@ -105,7 +106,7 @@ fn dao_tiers_by_amount() {
     assert_eq!(rule_of(&p, &spend(10 * BTC, &to, &[])), "large:4");
     assert_eq!(rule_of(&p, &spend(100 * BTC - 1, &to, &[])), "large:4");
     assert_eq!(rule_of(&p, &spend(100 * BTC, &to, &[])), "major:5");
-    assert_eq!(rule_of(&p, &spend(u64::MAX, &to, &[])), "major:5");
+    assert_eq!(rule_of(&p, &spend(u128::MAX, &to, &[])), "major:5");
     let d = p.evaluate(&spend(BTC, &to, &[])).unwrap();
     assert_eq!(d.approvers, ["alice", "bob", "carol", "dave", "eve"]);
 }
@@ -133,7 +134,7 @@ fn allowlist_sends_unknown_destinations_to_major() {
 fn velocity_counts_the_rolling_window() {
     let p = Policy::parse(PERSONAL, &device()).unwrap();
     let now = 1_000 * 3_600_000;
-    let past = |hours_ago: u64, amount: u64| PastSpend {
+    let past = |hours_ago: u64, amount: u128| PastSpend {
         at_ms: now - hours_ago * 3_600_000,
         asset: "btc".into(),
         amount,
@@ -155,11 +156,11 @@ fn velocity_counts_the_rolling_window() {
     let history = vec![PastSpend {
         at_ms: now,
         asset: "eth".into(),
-        amount: u64::MAX,
+        amount: u128::MAX,
     }];
     assert_eq!(rule_of(&p, &spend(10_000_000, &none, &history)), "daily:1");
     // An overflowing sum fails closed.
-    let history = vec![past(1, u64::MAX), past(2, u64::MAX)];
+    let history = vec![past(1, u128::MAX), past(2, u128::MAX)];
     assert!(rule_of(&p, &spend(1, &none, &history)).starts_with("denied"));
     // Near the epoch the window starts at 0 rather than wrapping.
     let early = Spend {
@@ -451,7 +452,7 @@ fn a_velocity_window_longer_than_the_kept_history_is_refused() {
     assert!(e.to_string().contains("at most"), "{e}");
 }
 
-fn rule_with_fee(p: &Policy, s: &Spend<'_>, fee: u64) -> String {
+fn rule_with_fee(p: &Policy, s: &Spend<'_>, fee: u128) -> String {
     match p.evaluate_with_fee(s, fee) {
         Ok(d) => format!("{}:{}", d.rule, d.approvals),
         Err(denial) => format!("denied: {denial}"),
