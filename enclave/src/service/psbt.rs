@@ -218,16 +218,19 @@ pub(super) fn record_asset(history: &mut Vec<PastSpend>, now: u64, asset: &str, 
     folded.append(&mut kept);
     *history = folded;
     while history.len() > MAX_HISTORY {
-        let pair = (0..history.len()).find_map(|i| {
-            let later = history[i + 1..]
+        let pair = history.iter().enumerate().find_map(|(i, oldest)| {
+            let later = history
                 .iter()
-                .position(|s| s.asset == history[i].asset)?;
+                .skip(i + 1)
+                .position(|s| s.asset == oldest.asset)?;
             Some((i, i + 1 + later))
         });
         let Some((oldest, next)) = pair else { break };
-        let amount = history[oldest].amount;
-        history[next].amount = history[next].amount.saturating_add(amount);
-        history.remove(oldest);
+        let first = history.remove(oldest);
+        // `next` moved down by one with the removal.
+        if let Some(later) = history.get_mut(next - 1) {
+            later.amount = later.amount.saturating_add(first.amount);
+        }
     }
 }
 
