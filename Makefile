@@ -28,6 +28,11 @@ deps:
 		python3 -m pip install --quiet 'eth-account' 'eth-tester[py-evm]' || \
 			echo "warning: eth-account/eth-tester could not be installed; the Ethereum tests will say so and skip"; \
 	}
+	@python3 -c 'import vyper' 2>/dev/null || { \
+		echo "installing the vyper compiler from PyPI (tests/py/token.vy, the ERC-20 token of the Ethereum tests)"; \
+		python3 -m pip install --quiet 'vyper==0.4.3' || \
+			echo "warning: vyper could not be installed; the ERC-20 tests will say so and skip"; \
+	}
 
 build:
 	$(CARGO) build --locked --workspace --bins

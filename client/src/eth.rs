@@ -12,6 +12,7 @@ use cosigner_protocol::ecdsa::dkg::{
 };
 use cosigner_protocol::ecdsa::sign::{self, EcdsaSignMessage};
 use cosigner_protocol::id::PartyId;
+use cosigner_protocol::policy::Chain;
 use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
 use cosigner_protocol::wire::{
     Confirmation, DkgParams, KeyRole, Request, Response, SUITE_SECP256K1_ECDSA, WalletId,
@@ -27,7 +28,7 @@ use crate::receipt::{Expected, Receipt, receipt_of};
 use crate::wallet::{self, never_registered, random, registration, unexpected, unknown_at};
 
 /// The network name an Ethereum wallet is registered with.
-pub const ETHEREUM: &str = "ethereum";
+pub const ETHEREUM: &str = cosigner_protocol::policy::NETWORK_ETHEREUM;
 /// The audit action of an Ethereum signature.
 pub const SIGN_ETH: &str = "sign-eth";
 
@@ -41,8 +42,9 @@ pub struct EthCreated {
 }
 
 /// Creates a 2-of-3 Ethereum wallet: this device (A), the provider (B) and the recovery
-/// cosigner (C), registering this device's key and a new recovery credential (written to
-/// `recovery_key_out`, never overwritten). Nothing is registered with any cosigner before this
+/// cosigner (C), registering this device's key, a new recovery credential (written to
+/// `recovery_key_out`, never overwritten) and the spending `policy` (an Ethereum policy whose one
+/// member is `owner`, this device; both cosigners enforce it). Nothing is registered with any cosigner before this
 /// home holds the share, the wallet file and the credential.
 pub fn create(
     home: &Home,
@@ -50,12 +52,16 @@ pub fn create(
     recovery: &mut dyn Courier,
     recovery_key_out: &Path,
     enrollment: Option<&[u8]>,
+    policy: Option<&str>,
 ) -> Result<EthCreated> {
     if recovery_key_out.exists() {
         return Err(ClientError::Input(format!(
             "{} already exists: refusing to overwrite a recovery credential",
             recovery_key_out.display()
         )));
+    }
+    if let Some(text) = policy {
+        crate::psbt_sign::check_policy(home, Chain::Ethereum, text)?;
     }
     let wallet_id = WalletId(random()?);
     let params = DkgParams {
@@ -73,7 +79,7 @@ pub fn create(
         &recovery_key,
         &wallet_id,
         &made.output.transcript_hash,
-        None,
+        policy,
         ETHEREUM,
         attested,
     )?;

@@ -10,7 +10,7 @@
 //! then again by `psbt::finalize`) before the transaction is returned.
 
 use cosigner_protocol::auth::public_key_bytes;
-use cosigner_protocol::policy::{Member, Policy};
+use cosigner_protocol::policy::{Chain, Member, Policy};
 use cosigner_protocol::psbt::{self, SpendSummary};
 use cosigner_protocol::wire::{KeyRole, PsbtEvaluation, Request, Response, WalletId};
 use p256::ecdsa::SigningKey;
@@ -37,14 +37,14 @@ pub struct Signed {
     pub receipt: Option<Receipt>,
 }
 
-/// Checks that `policy` is one the cosigners accept for a wallet of this device: it parses
-/// with this device's key as its only member, `owner`.
-pub fn check_policy(home: &Home, policy: &str) -> Result<Policy> {
+/// Checks that `policy` is one the cosigners accept for a wallet of this device on `chain`: it
+/// parses with this device's key as its only member, `owner`.
+pub fn check_policy(home: &Home, chain: Chain, policy: &str) -> Result<Policy> {
     let owner = Member {
         name: OWNER.into(),
         device_key: public_key_bytes(&home.device_key()?),
     };
-    Ok(Policy::parse(policy, &[owner])?)
+    Ok(Policy::parse_for(chain, policy, &[owner])?)
 }
 
 /// This device's own reading of a PSBT (binary) for `wallet` (personal or DAO): it must spend
@@ -139,15 +139,21 @@ pub fn set_policy(
     recovery_key: &SigningKey,
     policy: Option<&str>,
 ) -> Result<()> {
-    let wallet = home.wallet(&wallet_id)?;
-    if wallet.dao.is_some() {
-        return Err(ClientError::Input(
-            "a DAO wallet's policy changes through its admin quorum, not a recovery credential"
-                .into(),
-        ));
-    }
+    let chain = if home.has_eth_wallet(&wallet_id) {
+        Chain::Ethereum
+    } else {
+        let wallet = home.wallet(&wallet_id)?;
+        if wallet.dao.is_some() {
+            return Err(ClientError::Input(
+                "a DAO wallet's policy changes through its admin quorum, not a recovery \
+                 credential"
+                    .into(),
+            ));
+        }
+        Chain::Bitcoin
+    };
     if let Some(text) = policy {
-        check_policy(home, text)?;
+        check_policy(home, chain, text)?;
     }
     let request = Request::SetPolicy {
         wallet_id,

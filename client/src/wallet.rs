@@ -302,7 +302,7 @@ pub(crate) fn registration(
 /// credential file that exists (never overwritten).
 fn check_creation(home: &Home, policy: Option<&str>, recovery_key_out: &Path) -> Result<()> {
     if let Some(text) = policy {
-        crate::psbt_sign::check_policy(home, text)?;
+        crate::psbt_sign::check_policy(home, cosigner_protocol::policy::Chain::Bitcoin, text)?;
     }
     if recovery_key_out.exists() {
         return Err(ClientError::Input(format!(

@@ -123,16 +123,84 @@ pub struct EvmReport {
     pub receipts: Vec<u64>,
     /// Balances (wei, decimal) of the funded account and every recipient, by lowercase address.
     pub balances: std::collections::BTreeMap<String, String>,
+    /// The ERC-20 token deployed for the run, if one was.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Its balances (base units, decimal) of the funded account and the watched ones.
+    #[serde(default)]
+    pub token_balances: std::collections::BTreeMap<String, String>,
+}
+
+/// An ERC-20 token (tests/py/token.vy, compiled by vyper) deployed before the transactions,
+/// its whole `supply` held by the funded account.
+#[derive(Debug, Clone)]
+pub struct TokenJob {
+    /// Token base units minted to the funded account.
+    pub supply: u128,
+    /// Further accounts whose token balance the report gives.
+    pub watch: Vec<String>,
+}
+
+/// The line a test prints when it skips for want of the vyper compiler.
+pub const SKIP_TOKEN_LINE: &str =
+    "SKIPPED: the vyper compiler is not installed (`make deps` installs it from PyPI)";
+
+/// True if `python3` can import the vyper compiler (and the packages of [`python_available`]).
+pub fn vyper_available() -> bool {
+    python_available()
+        && Command::new("python3")
+            .args(["-c", "import vyper"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
 }
 
 /// Runs `txs` in eth-tester's EVM with `address` funded with `fund_wei` at genesis.
 pub fn run_in_evm(address: &str, fund_wei: u128, txs: &[SignedTx]) -> Result<EvmReport> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/eth_evm.py");
-    let job = serde_json::json!({
+    run_job(&evm_job(address, fund_wei, txs, None))
+}
+
+/// [`run_in_evm`] with `token` deployed first.
+pub fn run_with_token(
+    address: &str,
+    fund_wei: u128,
+    txs: &[SignedTx],
+    token: &TokenJob,
+) -> Result<EvmReport> {
+    run_job(&evm_job(address, fund_wei, txs, Some(token)))
+}
+
+/// The address `token` will have in a run for `address` (every run deploys it the same way).
+pub fn token_address(address: &str, token: &TokenJob) -> Result<String> {
+    let mut job = evm_job(address, 0, &[], Some(token));
+    job["deploy_only"] = serde_json::Value::Bool(true);
+    let report = run_job(&job)?;
+    report.token.context("no token address")
+}
+
+fn evm_job(
+    address: &str,
+    fund_wei: u128,
+    txs: &[SignedTx],
+    token: Option<&TokenJob>,
+) -> serde_json::Value {
+    let mut job = serde_json::json!({
         "address": address,
         "fund_wei": fund_wei.to_string(),
         "txs": txs.iter().map(|t| format!("0x{}", hex::encode(&t.raw))).collect::<Vec<_>>(),
     });
+    if let Some(token) = token {
+        job["token"] = serde_json::json!({
+            "supply": token.supply.to_string(),
+            "watch": token.watch,
+        });
+    }
+    job
+}
+
+fn run_job(job: &serde_json::Value) -> Result<EvmReport> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/eth_evm.py");
     let mut child = Command::new("python3")
         .arg(&script)
         .stdin(Stdio::piped())
@@ -152,5 +220,15 @@ pub fn run_in_evm(address: &str, fund_wei: u128, txs: &[SignedTx]) -> Result<Evm
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(serde_json::from_slice(&out.stdout)?)
+    // The deploy-only answer has the token alone.
+    let mut value: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    for key in ["senders", "receipts"] {
+        if value.get(key).is_none() {
+            value[key] = serde_json::json!([]);
+        }
+    }
+    if value.get("balances").is_none() {
+        value["balances"] = serde_json::json!({});
+    }
+    Ok(serde_json::from_value(value)?)
 }

@@ -19,7 +19,10 @@ use cosigner_protocol::ecdsa::sign as ecdsa_sign;
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::party::{DEVICE, PROVIDER};
 use cosigner_protocol::wire::{ErrorKind, KeyRole, Request, Response, SessionId, WalletId};
-use cosigner_tests::ecdsa::{SKIP_LINE, TESTER_CHAIN_ID, python_available, run_in_evm};
+use cosigner_tests::ecdsa::{
+    SKIP_LINE, SKIP_TOKEN_LINE, TESTER_CHAIN_ID, TokenJob, python_available, run_in_evm,
+    run_with_token, token_address, vyper_available,
+};
 use cosigner_tests::in_process::{Enclave, InProcess, tempfile};
 use cosigner_tests::{SoftHsm, softhsm_module};
 use serde_bytes::ByteBuf;
@@ -50,6 +53,15 @@ fn cosigners() -> Cosigners {
 }
 
 fn create(c: &Cosigners, home: &Home, dir: &std::path::Path) -> EthCreated {
+    create_with(c, home, dir, None).unwrap()
+}
+
+fn create_with(
+    c: &Cosigners,
+    home: &Home,
+    dir: &std::path::Path,
+    policy: Option<&str>,
+) -> Result<EthCreated, ClientError> {
     let mut provider_session = c.provider.session();
     let mut recovery_session = c.recovery.session();
     eth::create(
@@ -58,8 +70,8 @@ fn create(c: &Cosigners, home: &Home, dir: &std::path::Path) -> EthCreated {
         &mut InProcess::new(&c.recovery.service, &mut recovery_session),
         &dir.join("recovery.key"),
         None,
+        policy,
     )
-    .unwrap()
 }
 
 /// Both cosigners, a device home and the Ethereum wallet it created with them.
@@ -472,4 +484,188 @@ fn an_anonymous_flood_of_ethereum_dkgs_fills_only_its_own_quota() {
         start(&mut honest, 9),
         Response::EcdsaDkgHello { .. }
     ));
+}
+
+/// The token every policy test deploys (tests/py/token.vy): 6 decimals, a million minted.
+const TOKEN_UNIT: u128 = 1_000_000;
+
+fn token_job() -> TokenJob {
+    TokenJob {
+        supply: 1_000_000 * TOKEN_UNIT,
+        watch: vec![BOB.to_string()],
+    }
+}
+
+/// A personal policy: 1 ETH and 100 TKN per rolling day, nothing else.
+fn daily_policy(token: &str) -> String {
+    format!(
+        r#"
+        [[token]]
+        symbol = "TKN"
+        address = "{token}"
+        decimals = 6
+        [[rule]]
+        name = "daily"
+        velocity = {{ window_hours = 24, limit = "1 ETH" }}
+        approvals = 1
+        [[rule]]
+        name = "daily-tkn"
+        asset = "tkn"
+        velocity = {{ window_hours = 24, limit = "100 TKN" }}
+        approvals = 1
+        "#
+    )
+}
+
+fn token_transfer(token: &str, nonce: u64, to: &str, amount: u128) -> TxRequest {
+    let data = format!(
+        "0xa9059cbb{:0>64}{amount:064x}",
+        to.trim_start_matches("0x")
+    );
+    TxRequest::from_json(&format!(
+        r#"{{"chainId":{TESTER_CHAIN_ID},"nonce":{nonce},"to":"{token}","value":"0","gas":100000,
+            "maxFeePerGas":"2000000000","maxPriorityFeePerGas":"1000000000","data":"{data}"}}"#
+    ))
+    .unwrap()
+}
+
+fn call_of(nonce: u64, to: &str, data: &str) -> TxRequest {
+    TxRequest::from_json(&format!(
+        r#"{{"chainId":{TESTER_CHAIN_ID},"nonce":{nonce},"to":"{to}","value":"0","gas":100000,
+            "maxFeePerGas":"2000000000","maxPriorityFeePerGas":"1000000000","data":"{data}"}}"#
+    ))
+    .unwrap()
+}
+
+fn refused_kind(result: Result<eth::EthSigned, ClientError>) -> ErrorKind {
+    match result {
+        Err(ClientError::Remote(e)) => e.kind,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_policy_values_ether_and_tokens_in_the_enclave_and_the_evm_agrees() {
+    if !vyper_available() {
+        println!("{SKIP_TOKEN_LINE}");
+        return;
+    }
+    let c = cosigners();
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::open(dir.path()).unwrap();
+    // The token's address does not depend on who holds it (CREATE: deployer and nonce).
+    let token = token_address(BOB, &token_job()).unwrap();
+    let created = create_with(&c, &home, dir.path(), Some(&daily_policy(&token))).unwrap();
+    let w = created.wallet;
+    let id = w.wallet_id;
+    let mut session = c.provider.session();
+    let mut courier = InProcess::new(&c.provider.service, &mut session);
+    let mut sign = |request: TxRequest| eth::sign(&home, &mut courier, id, request);
+    let mut signed = Vec::new();
+    // 0.5 ETH and its fee fit the day's 1 ETH; another 0.5 ETH does not.
+    signed.push(sign(payment(0, ETH / 2)).unwrap());
+    assert_eq!(refused_kind(sign(payment(1, ETH / 2))), ErrorKind::Unauthorized);
+    // Tokens count on their own limit: 60 TKN, then 50 more is over 100, 40 more is not.
+    signed.push(sign(token_transfer(&token, 1, BOB, 60 * TOKEN_UNIT)).unwrap());
+    assert_eq!(
+        refused_kind(sign(token_transfer(&token, 2, BOB, 50 * TOKEN_UNIT))),
+        ErrorKind::Unauthorized
+    );
+    signed.push(sign(token_transfer(&token, 2, BOB, 40 * TOKEN_UNIT)).unwrap());
+    // A call nobody can value, and a token the table does not know, are refused.
+    for call in [
+        call_of(3, BOB, "0x12345678"),
+        token_transfer(BOB, 3, &token, 1),
+    ] {
+        assert_eq!(refused_kind(sign(call)), ErrorKind::Unauthorized);
+    }
+    let decisions = audit_decisions(&c.provider);
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d.starts_with("refused: no rule matches: a call of")),
+        "{decisions:?}"
+    );
+    // The EVM runs what was signed: BOB holds 0.5 ETH and 100 TKN.
+    let txs: Vec<_> = signed
+        .iter()
+        .map(|s| cosigner_eth::SignedTx {
+            raw: s.raw_tx.clone(),
+            hash: s.tx_hash,
+        })
+        .collect();
+    let report = run_with_token(&w.address.to_lowercase(), 2 * ETH, &txs, &token_job()).unwrap();
+    assert_eq!(report.token.as_deref(), Some(token.as_str()));
+    assert_eq!(report.receipts, vec![1, 1, 1]);
+    assert_eq!(report.balances[&BOB.to_lowercase()], (ETH / 2).to_string());
+    assert_eq!(
+        report.token_balances[&BOB.to_lowercase()],
+        (100 * TOKEN_UNIT).to_string()
+    );
+    // The recovery credential lifts the limit; the device key alone cannot.
+    let recovery_key = cosigner_client::home::read_p256_key(&created.recovery_key_path).unwrap();
+    let larger = daily_policy(&token).replace("\"1 ETH\"", "\"10 ETH\"");
+    let mut recovery_session = c.recovery.session();
+    let mut recovery = InProcess::new(&c.recovery.service, &mut recovery_session);
+    let mut session = c.provider.session();
+    let mut courier = InProcess::new(&c.provider.service, &mut session);
+    cosigner_client::psbt_sign::set_policy(
+        &home,
+        &mut courier,
+        &mut recovery,
+        id,
+        &recovery_key,
+        Some(&larger),
+    )
+    .unwrap();
+    eth::sign(&home, &mut courier, id, payment(3, ETH / 2)).unwrap();
+}
+
+#[test]
+fn two_spends_each_within_the_limit_but_not_together_sign_once() {
+    let c = cosigners();
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::open(dir.path()).unwrap();
+    let token = "0x00000000000000000000000000000000000000aa";
+    let created = create_with(&c, &home, dir.path(), Some(&daily_policy(token))).unwrap();
+    let id = created.wallet.wallet_id;
+    let barrier = std::sync::Barrier::new(2);
+    let outcomes: Vec<bool> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|n| {
+                let (c, home, barrier) = (&c, &home, &barrier);
+                scope.spawn(move || {
+                    let mut session = c.provider.session();
+                    let mut courier = InProcess::new(&c.provider.service, &mut session);
+                    barrier.wait();
+                    eth::sign(home, &mut courier, id, payment(n, 6 * ETH / 10)).is_ok()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        outcomes.iter().filter(|ok| **ok).count(),
+        1,
+        "exactly one of two 0.6 ETH spends fits 1 ETH a day: {outcomes:?}"
+    );
+}
+
+#[test]
+fn a_policy_the_enclave_could_not_apply_is_refused_at_creation() {
+    let c = cosigners();
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::open(dir.path()).unwrap();
+    // Bitcoin units, an unknown asset, a policy naming someone other than the owner.
+    for policy in [
+        "[[rule]]\nname = \"r\"\nbelow = \"1 BTC\"\napprovals = 1",
+        "[[rule]]\nname = \"r\"\nasset = \"dai\"\napprovals = 1",
+        "[[rule]]\nname = \"r\"\napprovals = 1\napprovers = [\"mallory\"]",
+    ] {
+        assert!(matches!(
+            create_with(&c, &home, dir.path(), Some(policy)),
+            Err(ClientError::Protocol(_))
+        ));
+    }
+    assert!(home.eth_wallets().unwrap().is_empty());
 }

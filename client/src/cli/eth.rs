@@ -33,6 +33,7 @@ pub(super) fn create(
     g: &Globals,
     recovery_key_out: Option<PathBuf>,
     enrollment: Option<Vec<u8>>,
+    policy: Option<String>,
     json: bool,
 ) -> anyhow::Result<()> {
     let home = home(g)?;
@@ -45,8 +46,11 @@ pub(super) fn create(
         &mut recovery,
         &out,
         enrollment.as_deref(),
+        policy.as_deref(),
     )?;
     let w = created.wallet;
+    // This device's copy, for `wallet show` offline; the cosigners hold the one in force.
+    home.save_local_policy(&w.wallet_id, policy.as_deref())?;
     if recovery_key_out.is_none() {
         keep_recovery_key(&created.recovery_key_path, &w.wallet_id)?;
     }

@@ -206,14 +206,12 @@ pub fn run(g: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
             enrollment_token,
             json,
         } => {
-            if policy.is_some() {
-                anyhow::bail!("--policy: Ethereum wallets have no policies yet (docs/ethereum.md)");
-            }
+            let policy = policy.as_deref().map(read_policy).transpose()?;
             let home = home(g)?;
             let enrollment = enrollment_token
                 .map(|t| read_enrollment_token(&t, &home))
                 .transpose()?;
-            super::eth::create(g, recovery_key_out, enrollment, json)
+            super::eth::create(g, recovery_key_out, enrollment, policy, json)
         }
         WalletCommand::Create {
             chain: Chain::Bitcoin,

@@ -15,6 +15,7 @@ use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::keygen::exchange::{Exchange, Message, Step};
 use cosigner_protocol::party;
+use cosigner_protocol::policy::{Chain, Policy};
 use cosigner_protocol::wire::{
     Confirmation, DkgParams, Registration, Response, Round1Message, SUITE_SECP256K1_ECDSA,
     SUITE_SECP256K1_TR, SealedPackage, WalletId,
@@ -325,7 +326,7 @@ impl Service {
             ));
         }
         let (policy, network) = if params.ciphersuite == SUITE_SECP256K1_ECDSA {
-            ecdsa_creation_terms(registration)?
+            ecdsa_creation_terms(registration, &device_key)?
         } else {
             psbt::creation_terms(registration, &device_key)?
         };
@@ -407,13 +408,13 @@ impl Service {
 
 /// The network name an Ethereum wallet is registered with (its transactions name their chain id
 /// themselves, EIP-155).
-pub(super) const ETHEREUM: &str = "ethereum";
+pub(super) const ETHEREUM: &str = cosigner_protocol::policy::NETWORK_ETHEREUM;
 
-/// An Ethereum wallet's registration terms: network "ethereum" (or none) and no policy yet (the
-/// policy engine values Bitcoin transactions; a policy it could not apply is refused rather than
-/// ignored).
+/// An Ethereum wallet's registration terms: network "ethereum" (or none), and a policy that
+/// parses as an Ethereum policy with the device key as its only member.
 fn ecdsa_creation_terms(
     registration: &Registration,
+    device_key: &[u8],
 ) -> Result<(Option<String>, Option<String>), Failure> {
     if registration
         .network
@@ -425,12 +426,10 @@ fn ecdsa_creation_terms(
             registration.network.as_deref().unwrap_or_default()
         )));
     }
-    if registration.policy.is_some() {
-        return Err(Failure::bad(
-            "policies for Ethereum wallets are not served yet: create it without --policy",
-        ));
+    if let Some(text) = &registration.policy {
+        Policy::parse_for(Chain::Ethereum, text, &psbt::owner(device_key))?;
     }
-    Ok((None, Some(ETHEREUM.to_owned())))
+    Ok((registration.policy.clone(), Some(ETHEREUM.to_owned())))
 }
 
 /// What a threshold ECDSA DKG request relays.

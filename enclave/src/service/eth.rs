@@ -5,6 +5,7 @@
 //! state) lives only in memory, in this table, and is used once: taken out before use, dropped
 //! on expiry, never sealed or stored.
 
+use cosigner_eth::policy::{Judgement, Outflow};
 use cosigner_eth::{UnsignedTx, Valuation};
 use cosigner_protocol::ProtocolError;
 use cosigner_protocol::ecdsa::sign::{self, EcdsaSignMessage, EcdsaSigning};
@@ -15,9 +16,10 @@ use serde_bytes::ByteBuf;
 
 use super::authorized::{Actor, EthSign};
 use super::failure::{Failure, Outcome};
+use super::psbt::{record_asset, remember_txid, wallet_policy};
 use super::records::WalletState;
 use super::table::ConnectionId;
-use super::{Service, is_ecdsa, random};
+use super::{Service, is_ecdsa, now_ms, random};
 
 /// An open Ethereum signing session, between `EthSignStart` and `EthSignFinish`.
 pub(super) struct PendingEth {
@@ -35,6 +37,8 @@ pub(super) struct PendingEth {
     signing: EcdsaSigning,
     /// The transaction it signs.
     tx: UnsignedTx,
+    /// Its value, judged again under the wallet's lock before the signature leaves.
+    valuation: Valuation,
 }
 
 /// The audit log's action for an Ethereum signature (and its refusals).
@@ -86,7 +90,7 @@ impl Service {
         let hash = tx.signing_hash();
         // Valued even without a policy: call data that names an ERC-20 function but is not a
         // well-formed call of it is refused, whatever a policy would say.
-        Valuation::of(&tx).map_err(|e| {
+        let valuation = Valuation::of(&tx).map_err(|e| {
             refuse(&hash, "refused: malformed token call");
             Failure::bad(format!("transaction: {e}"))
         })?;
@@ -113,6 +117,11 @@ impl Service {
             refuse(&hash, "refused: signer excluded");
             return Err(excluded(&state.excluded));
         }
+        // Judged before any signing material exists; again under the lock at release.
+        judge(&state, &valuation, now_ms())?.map_err(|why| {
+            refuse(&hash, &format!("refused: {why}"));
+            Failure::denied(format!("refused by the wallet's policy: {why}"))
+        })?;
         let open = self.eth_signs.open(&wallet_id)?;
         if open >= MAX_ETH_SIGNS_PER_WALLET {
             return Err(Failure::busy(too_many(&wallet_id, open)));
@@ -135,6 +144,7 @@ impl Service {
             key,
             signing,
             tx,
+            valuation,
         };
         self.eth_signs
             .insert(session_id, wallet_id, pending, |open| {
@@ -173,6 +183,7 @@ impl Service {
             key,
             mut signing,
             tx,
+            valuation,
             ..
         } = pending;
         let hash = tx.signing_hash();
@@ -188,20 +199,62 @@ impl Service {
                 y_parity: signature.y_odd,
             })
             .map_err(|e| Failure::new(ErrorKind::Internal, format!("signed transaction: {e}")))?;
-        // Nothing signed that the log lacks: the entry is durable before our round 3 leaves.
-        let receipt = self.log(
-            &wallet_id,
-            SIGN_ETH,
-            &actor.label(),
-            &signed.hash,
-            "allowed",
-        )?;
+        // Nothing signed that the log lacks: the spend is recorded and the entry durable
+        // before our round 3 leaves.
+        let receipt = self.record_eth_release(&wallet_id, &actor, &hash, &valuation, &signed.hash)?;
         Ok(Response::EthSigned {
             round3: ours,
             raw_tx: ByteBuf::from(signed.raw),
             tx_hash: ByteBuf::from(signed.hash.to_vec()),
             receipt: ByteBuf::from(receipt),
         })
+    }
+
+    /// Judges the transaction again under the wallet's lock (another signature may have spent
+    /// since `EthSignStart`), records what leaves in the anchored history once per transaction
+    /// (keyed by its signing hash: a retry is not counted twice) and writes the audit entry.
+    fn record_eth_release(
+        &self,
+        wallet_id: &WalletId,
+        actor: &Actor,
+        hash: &[u8; 32],
+        valuation: &Valuation,
+        tx_hash: &[u8; 32],
+    ) -> Result<Vec<u8>, Failure> {
+        let label = actor.label();
+        let _guard = self.writer(wallet_id)?;
+        let mut state = self.records().load_state(wallet_id)?;
+        if !actor.still_authorized(&state) {
+            self.refused(wallet_id, SIGN_ETH, &label, hash, "refused at release: key revoked");
+            return Err(Failure::denied(
+                "the key that opened this session is no longer authorized (recovery)",
+            ));
+        }
+        let now = now_ms();
+        let key = format!("eth:{}", hex::encode(hash));
+        let mut decision = "allowed".to_string();
+        if !state.signed_txids.iter().any(|(k, _)| *k == key) {
+            let judged = judge(&state, valuation, now)?.map_err(|why| {
+                let why = format!("refused at release: {why}");
+                self.refused(wallet_id, SIGN_ETH, &label, hash, &why);
+                Failure::denied(why)
+            })?;
+            for flow in &judged.outflows {
+                record_asset(&mut state.history, now, &flow.asset, flow.amount);
+            }
+            remember_txid(&mut state.signed_txids, &key, now);
+            self.records().save_state(wallet_id, &state)?;
+            if let Some(rule) = judged.rule {
+                decision = format!("allowed: rule {rule:?}");
+            }
+        }
+        self.log(
+            wallet_id,
+            SIGN_ETH,
+            &label,
+            tx_hash,
+            &format!("{decision}; signed {}", hex::encode(tx_hash)),
+        )
     }
 
     /// Runs a DKLs23 step on another signer's message, one at a time per wallet (under its writer
@@ -265,4 +318,54 @@ impl Service {
         }
         Ok(key)
     }
+}
+
+/// What a personal Ethereum wallet's policy says of a transaction now.
+struct Judged {
+    /// The rule that allowed it (`None`: the wallet has no policy).
+    rule: Option<String>,
+    /// What leaves: with a policy, every asset; without, the ether (so a policy set later
+    /// counts what was spent).
+    outflows: Vec<Outflow>,
+}
+
+/// Judges `valuation` by the wallet's policy with its history at `now`: `Ok(Err(reason))` when
+/// refused. A personal wallet has one approver, so a rule needing more is a refusal.
+fn judge(
+    state: &WalletState,
+    valuation: &Valuation,
+    now: u64,
+) -> Result<Result<Judged, String>, Failure> {
+    let Some(policy) = wallet_policy(state)? else {
+        let ether = valuation
+            .value
+            .checked_add(valuation.max_fee)
+            .and_then(|v| u128::try_from(v).ok())
+            .unwrap_or(u128::MAX);
+        return Ok(Ok(Judged {
+            rule: None,
+            outflows: vec![Outflow {
+                asset: cosigner_protocol::policy::ASSET_ETH.into(),
+                amount: ether,
+                fee: 0,
+                destinations: Vec::new(),
+                call: None,
+            }],
+        }));
+    };
+    let Judgement { decision, outflows } =
+        match cosigner_eth::policy::judge(&policy, valuation, &state.history, now) {
+            Ok(judgement) => judgement,
+            Err(denial) => return Ok(Err(denial.reason)),
+        };
+    if decision.approvals > 1 {
+        return Ok(Err(format!(
+            "rule {:?} needs {} approvals; a personal wallet has one approver",
+            decision.rule, decision.approvals
+        )));
+    }
+    Ok(Ok(Judged {
+        rule: Some(decision.rule),
+        outflows,
+    }))
 }

@@ -24,7 +24,7 @@
 use super::table::ConnectionId;
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
-use cosigner_protocol::policy::{ASSET_BTC, Member, PastSpend, Policy, Spend};
+use cosigner_protocol::policy::{ASSET_BTC, Chain, Member, PastSpend, Policy, Spend};
 use cosigner_protocol::psbt::{self as btc, Network};
 use cosigner_protocol::sign::decode_commitments;
 use cosigner_protocol::signing::{SignMessage, Signing};
@@ -90,7 +90,7 @@ pub(super) fn remember_txid(signed: &mut Vec<(String, u64)>, txid: &str, now: u6
 }
 
 /// The members a personal wallet's policy is parsed against.
-fn owner(device_key: &[u8]) -> Vec<Member> {
+pub(super) fn owner(device_key: &[u8]) -> Vec<Member> {
     vec![Member {
         name: OWNER.into(),
         device_key: device_key.to_vec(),
@@ -149,11 +149,9 @@ fn judge(
     destinations: &[String],
     now: u64,
 ) -> Result<Result<Option<String>, String>, Failure> {
-    let Some(text) = &state.policy else {
+    let Some(policy) = wallet_policy(state)? else {
         return Ok(Ok(None));
     };
-    let policy = Policy::parse(text, &owner(&state.device_key))
-        .map_err(|e| internal(format!("stored policy: {e}")))?;
     // The fee is judged too: it goes to no listed destination (docs/policy.md).
     let spend = Spend {
         asset: ASSET_BTC,
@@ -183,6 +181,17 @@ fn judge(
             )))
         }
     }
+}
+
+/// The personal wallet's policy, parsed for its chain; `None` without one.
+pub(super) fn wallet_policy(state: &WalletState) -> Result<Option<Policy>, Failure> {
+    let chain = Chain::of_network(state.network.as_deref());
+    state
+        .policy
+        .as_deref()
+        .map(|text| Policy::parse_for(chain, text, &owner(&state.device_key)))
+        .transpose()
+        .map_err(|e| internal(format!("stored policy: {e}")))
 }
 
 /// Appends a bitcoin spend (see [`record_asset`]).
@@ -713,7 +722,8 @@ impl Service {
                          --policy",
                     ));
                 }
-                if let Err(e) = Policy::parse(text, &owner(&state.device_key)) {
+                let chain = Chain::of_network(state.network.as_deref());
+                if let Err(e) = Policy::parse_for(chain, text, &owner(&state.device_key)) {
                     self.refused(
                         &wallet_id,
                         "set-policy",

@@ -258,12 +258,15 @@ impl Service {
             return Err(self.raw_sign_refused(&signed.wallet_id, actor, &signed.digest));
         }
         // An Ethereum wallet signs Ethereum transactions, and its recovery credential can
-        // suspend a stolen device's key (and give it back); nothing else is served for it yet.
+        // suspend a stolen device's key (and give it back) and change its policy; nothing else
+        // is served for it yet.
         let ecdsa_served = matches!(
             request,
             Authorized::Device(DeviceRequest::Sign(Sign::Eth(_)))
                 | Authorized::Recovery(
-                    RecoveryRequest::RecoverStart { .. } | RecoveryRequest::RecoverCancel { .. }
+                    RecoveryRequest::RecoverStart { .. }
+                        | RecoveryRequest::RecoverCancel { .. }
+                        | RecoveryRequest::SetPolicy { .. }
                 )
         );
         if super::is_ecdsa(state) && !ecdsa_served {
