@@ -132,6 +132,48 @@ fn create_and_sign_an_ethereum_transaction_with_the_cli() {
         assert_eq!(refused.refused().trim().lines().count(), 1);
     }
 
+    // A wallet created with a policy (1 ETH a day): the enclave refuses 2 ETH, in one line.
+    let frank = d.home("frank");
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies/personal-eth.toml");
+    let limited = json(
+        d.cosigner([
+            "--home",
+            p(&frank),
+            "wallet",
+            "create",
+            "--chain",
+            "ethereum",
+            "--policy",
+            p(&policy),
+            "--recovery-key-out",
+            p(&d.dir.path().join("frank-recovery.key")),
+            "--json",
+        ])
+        .ok(),
+    );
+    let limited_id = limited["wallet_id"].as_str().unwrap();
+    let shown = json(
+        d.cosigner(["--home", p(&frank), "wallet", "show", "--wallet", limited_id, "--json"])
+            .ok(),
+    );
+    assert_eq!(shown["policy_known"], true, "{shown}");
+    let limited_tx = file(
+        &d,
+        "limited.json",
+        &tx_text.replace(&address, limited["address"].as_str().unwrap()),
+    );
+    // This device's reading of the transaction comes first on stderr, then the one-line refusal.
+    let refused = sign_eth(&d, &frank, limited_id, &limited_tx);
+    assert_eq!(refused.code, Some(1), "{}", refused.stderr);
+    let lines: Vec<&str> = refused.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", refused.stderr);
+    assert!(lines[0].starts_with("transaction from"), "{}", refused.stderr);
+    assert!(
+        lines[1].contains("refused by the wallet's policy: no rule matches: 2.000042 ETH"),
+        "{}",
+        refused.stderr
+    );
+
     // The provider restarts: the wallet (sealed share, anchored state) is still there and signs
     // the next transaction.
     d.provider.stop();

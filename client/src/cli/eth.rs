@@ -174,6 +174,20 @@ pub(super) fn show(g: &Globals, home: &Home, id: WalletId, json: bool) -> anyhow
             out.insert("offline_reason".into(), json!(reason));
         }
     }
+    // The policy this device registered (or last set); an empty text is a policy known to be
+    // none. The cosigners hold the one in force.
+    let policy = home.local_policy(&id)?;
+    out.insert("policy_known".into(), json!(policy.is_some()));
+    out.insert(
+        "policy".into(),
+        match policy {
+            Some(text) if !text.is_empty() => json!({
+                "text": text,
+                "origin": "this device (the policy it registered or last set)",
+            }),
+            _ => serde_json::Value::Null,
+        },
+    );
     if json {
         return emit(&serde_json::Value::Object(out).to_string());
     }
