@@ -12,8 +12,8 @@ use cosigner_protocol::ecdsa::dkg::{
 };
 use cosigner_protocol::ecdsa::sign::{self, EcdsaSignMessage};
 use cosigner_protocol::id::PartyId;
-use cosigner_protocol::policy::Chain;
 use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
+use cosigner_protocol::policy::Chain;
 use cosigner_protocol::wire::{
     Confirmation, DkgParams, KeyRole, Request, Response, SUITE_SECP256K1_ECDSA, WalletId,
 };

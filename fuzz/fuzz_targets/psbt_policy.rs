@@ -1,10 +1,10 @@
 //! Any bytes into the transaction and policy readers the enclave runs on untrusted input:
 //! `psbt::decode_psbt_file` then `psbt::analyze` (as a file and as a raw PSBT), the policy and
-//! members parsers, and the DAO message decoder. Errors are fine, panics are not.
+//! members parsers (Bitcoin and Ethereum policies), and the DAO message decoder. Errors are fine, panics are not.
 #![no_main]
 
 use cosigner_protocol::dao::DaoMessage;
-use cosigner_protocol::policy::{Member, Policy, parse_members};
+use cosigner_protocol::policy::{Chain, Member, Policy, parse_members};
 use cosigner_protocol::psbt::{Network, analyze, decode_psbt_file};
 use libfuzzer_sys::fuzz_target;
 
@@ -29,7 +29,8 @@ fuzz_target!(|data: &[u8]| {
                 0x45, 0xd8, 0x98, 0xc2, 0x96,
             ],
         };
-        let _ = Policy::parse(text, &[owner]);
+        let _ = Policy::parse(text, std::slice::from_ref(&owner));
+        let _ = Policy::parse_for(Chain::Ethereum, text, &[owner]);
     }
     if let Ok(message) = DaoMessage::decode(data) {
         let again = DaoMessage::decode(&message.encode().expect("re-encodes")).expect("decodes");

@@ -260,7 +260,8 @@ fn eth_figures(
     let dkg = time(10, || {
         let out = d.home("bench").join(format!("eth-recovery-{n}.key"));
         n += 1;
-        let created = cosigner_client::eth::create(home, provider, recovery, &out, None, None).unwrap();
+        let created =
+            cosigner_client::eth::create(home, provider, recovery, &out, None, None).unwrap();
         id = Some(created.wallet.wallet_id);
     });
     let id = id.unwrap();

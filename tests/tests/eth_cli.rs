@@ -134,7 +134,8 @@ fn create_and_sign_an_ethereum_transaction_with_the_cli() {
 
     // A wallet created with a policy (1 ETH a day): the enclave refuses 2 ETH, in one line.
     let frank = d.home("frank");
-    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies/personal-eth.toml");
+    let policy =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies/personal-eth.toml");
     let limited = json(
         d.cosigner([
             "--home",
@@ -153,8 +154,16 @@ fn create_and_sign_an_ethereum_transaction_with_the_cli() {
     );
     let limited_id = limited["wallet_id"].as_str().unwrap();
     let shown = json(
-        d.cosigner(["--home", p(&frank), "wallet", "show", "--wallet", limited_id, "--json"])
-            .ok(),
+        d.cosigner([
+            "--home",
+            p(&frank),
+            "wallet",
+            "show",
+            "--wallet",
+            limited_id,
+            "--json",
+        ])
+        .ok(),
     );
     assert_eq!(shown["policy_known"], true, "{shown}");
     let limited_tx = file(
@@ -167,7 +176,11 @@ fn create_and_sign_an_ethereum_transaction_with_the_cli() {
     assert_eq!(refused.code, Some(1), "{}", refused.stderr);
     let lines: Vec<&str> = refused.stderr.lines().collect();
     assert_eq!(lines.len(), 2, "{}", refused.stderr);
-    assert!(lines[0].starts_with("transaction from"), "{}", refused.stderr);
+    assert!(
+        lines[0].starts_with("transaction from"),
+        "{}",
+        refused.stderr
+    );
     assert!(
         lines[1].contains("refused by the wallet's policy: no rule matches: 2.000042 ETH"),
         "{}",

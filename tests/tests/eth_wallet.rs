@@ -564,7 +564,10 @@ fn the_policy_values_ether_and_tokens_in_the_enclave_and_the_evm_agrees() {
     let mut signed = Vec::new();
     // 0.5 ETH and its fee fit the day's 1 ETH; another 0.5 ETH does not.
     signed.push(sign(payment(0, ETH / 2)).unwrap());
-    assert_eq!(refused_kind(sign(payment(1, ETH / 2))), ErrorKind::Unauthorized);
+    assert_eq!(
+        refused_kind(sign(payment(1, ETH / 2))),
+        ErrorKind::Unauthorized
+    );
     // Tokens count on their own limit: 60 TKN, then 50 more is over 100, 40 more is not.
     signed.push(sign(token_transfer(&token, 1, BOB, 60 * TOKEN_UNIT)).unwrap());
     assert_eq!(

@@ -201,7 +201,8 @@ impl Service {
             .map_err(|e| Failure::new(ErrorKind::Internal, format!("signed transaction: {e}")))?;
         // Nothing signed that the log lacks: the spend is recorded and the entry durable
         // before our round 3 leaves.
-        let receipt = self.record_eth_release(&wallet_id, &actor, &hash, &valuation, &signed.hash)?;
+        let receipt =
+            self.record_eth_release(&wallet_id, &actor, &hash, &valuation, &signed.hash)?;
         Ok(Response::EthSigned {
             round3: ours,
             raw_tx: ByteBuf::from(signed.raw),
@@ -225,7 +226,13 @@ impl Service {
         let _guard = self.writer(wallet_id)?;
         let mut state = self.records().load_state(wallet_id)?;
         if !actor.still_authorized(&state) {
-            self.refused(wallet_id, SIGN_ETH, &label, hash, "refused at release: key revoked");
+            self.refused(
+                wallet_id,
+                SIGN_ETH,
+                &label,
+                hash,
+                "refused at release: key revoked",
+            );
             return Err(Failure::denied(
                 "the key that opened this session is no longer authorized (recovery)",
             ));
