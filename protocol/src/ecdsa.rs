@@ -20,6 +20,7 @@
 
 /// The threshold ECDSA DKG.
 pub mod dkg;
+mod engine;
 /// Threshold ECDSA signing.
 pub mod sign;
 #[cfg(test)]
@@ -137,6 +138,16 @@ impl EcdsaPublic {
     pub fn holds(&self, key: &EcdsaKey) -> bool {
         key.public_key() == self.public_key.as_slice()
     }
+}
+
+/// A SEC1 point on secp256k1 (not the identity).
+fn point(bytes: &[u8]) -> Result<k256::AffinePoint> {
+    use k256::elliptic_curve::sec1::FromSec1Point;
+    let encoded = k256::Sec1Point::from_bytes(bytes)
+        .map_err(|_| ProtocolError::encoding("not a SEC1 point"))?;
+    Option::from(k256::AffinePoint::from_sec1_point(&encoded))
+        .filter(|p: &k256::AffinePoint| *p != k256::AffinePoint::IDENTITY)
+        .ok_or_else(|| ProtocolError::encoding("not a point of secp256k1"))
 }
 
 /// SEC1 uncompressed encoding of a point.

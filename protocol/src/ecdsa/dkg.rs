@@ -23,18 +23,18 @@ use dkls23::protocols::dkg::{
     BroadcastDerivationPhase2to4, BroadcastDerivationPhase3to4, ProofCommitment,
     TransmitInitMulPhase3to4, TransmitInitZeroSharePhase2to4, TransmitInitZeroSharePhase3to4,
 };
+
+use super::engine::{Engine, Phase4};
 use k256::Secp256k1;
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 
-use super::{
-    EcdsaKey, decode_part, encode_part, from_abort, index_of, party_of, tagged, uncompressed,
-};
+use super::{EcdsaKey, EcdsaPublic, decode_part, encode_part, index_of, party_of, tagged};
 use crate::error::{ProtocolError, Result};
 use crate::hpke::{self, HpkeSecretKey};
-use crate::id::PartyId;
+use crate::id::{Epoch, PartyId};
 use crate::wire::{Confirmation, DkgParams, SealedPackage, WalletId};
 
 /// Domain tags of the threshold ECDSA DKG.
@@ -43,6 +43,9 @@ const TAG_INFO: &str = "cosigner/ecdsa-dkg/v1/hpke-info";
 const TAG_AAD: &str = "cosigner/ecdsa-dkg/v1/hpke-aad";
 const TAG_TRANSCRIPT: &str = "cosigner/ecdsa-dkg/v1/transcript";
 const TAG_PUBLIC: &str = "cosigner/ecdsa-dkg/v1/public-key";
+/// The refresh's session id (DKLs23's `refresh_sid`), over the wallet, its parties, the epoch it
+/// refreshes and the group key.
+const TAG_REFRESH: &str = "cosigner/ecdsa-refresh/v1/session";
 
 /// A threshold ECDSA DKG: which wallet, how many must sign, who takes part.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,7 +194,7 @@ pub struct EcdsaDkg {
     params: EcdsaDkgParams,
     me: PartyId,
     hpke_secret: HpkeSecretKey,
-    session: Option<DkgSession<Secp256k1>>,
+    engine: Option<Engine>,
     /// Our proof of the public share: committed in round 2, opened in round 3.
     proof: Option<ProofCommitment<Secp256k1>>,
     /// Our HPKE public key, as our hello carried it.
@@ -221,10 +224,69 @@ pub fn start(
     rng: &mut (impl CryptoRng + RngCore),
 ) -> Result<(EcdsaDkg, EcdsaHello)> {
     let parameters = params.check(me)?;
-    let (hpke_secret, hpke_public_key) = hpke::generate_keypair(rng);
     let session = DkgSession::new(parameters, index_of(me)?, params.session_id());
+    begin(params, me, Engine::Dkg(Box::new(session)), &[], rng)
+}
+
+/// Starts a refresh of `key` (ours, of the wallet whose public side is `public`, at
+/// `from_epoch`) among every party of `params`: new shares of the same key, by the same rounds
+/// as the DKG ([`super::engine`]). Its output's key is the refreshed share; its public key is the
+/// wallet's, unchanged.
+pub fn start_refresh(
+    params: EcdsaDkgParams,
+    key: EcdsaKey,
+    public: EcdsaPublic,
+    from_epoch: Epoch,
+    rng: &mut (impl CryptoRng + RngCore),
+) -> Result<(EcdsaDkg, EcdsaHello)> {
+    params.check(me_of(&key, &params)?)?;
+    if !public.holds(&key) || key.threshold() != params.threshold {
+        return Err(ProtocolError::Params {
+            reason: "the share to refresh is not of this wallet's key and threshold".into(),
+        });
+    }
+    let me = key.party();
+    let sid = tagged(
+        TAG_REFRESH,
+        &[
+            &params.session_id(),
+            &from_epoch.0.to_be_bytes(),
+            &public.public_key,
+        ],
+    )
+    .to_vec();
+    let mode = [b"refresh".as_slice(), &from_epoch.0.to_be_bytes()].concat();
+    begin(params, me, Engine::refresh(key, public, sid), &mode, rng)
+}
+
+/// `key`'s party, which must be one of `params`'.
+fn me_of(key: &EcdsaKey, params: &EcdsaDkgParams) -> Result<PartyId> {
+    let me = key.party();
+    if !params.parties.contains(&me) {
+        return Err(ProtocolError::Params {
+            reason: format!("party {me} does not take part in this refresh"),
+        });
+    }
+    Ok(me)
+}
+
+/// A ceremony's first step: our HPKE key, and a transcript over the parameters and `mode` (empty
+/// for a DKG, so its transcript is as before refreshes existed).
+fn begin(
+    params: EcdsaDkgParams,
+    me: PartyId,
+    engine: Engine,
+    mode: &[u8],
+    rng: &mut (impl CryptoRng + RngCore),
+) -> Result<(EcdsaDkg, EcdsaHello)> {
+    let (hpke_secret, hpke_public_key) = hpke::generate_keypair(rng);
     let mut transcript = Sha256::new();
-    transcript.update(tagged(TAG_TRANSCRIPT, &[&crate::wire::encode(&params)?]));
+    let encoded = crate::wire::encode(&params)?;
+    if mode.is_empty() {
+        transcript.update(tagged(TAG_TRANSCRIPT, &[&encoded]));
+    } else {
+        transcript.update(tagged(TAG_TRANSCRIPT, &[&encoded, mode]));
+    }
     let hello = EcdsaHello {
         from: me,
         hpke_public_key: ByteBuf::from(hpke_public_key.clone()),
@@ -233,7 +295,7 @@ pub fn start(
         params,
         me,
         hpke_secret,
-        session: Some(session),
+        engine: Some(engine),
         proof: None,
         our_key: hpke_public_key,
         our_message: None,
@@ -273,8 +335,7 @@ impl EcdsaDkg {
             ));
             self.keys.insert(party, hello.hpke_public_key.to_vec());
         }
-        let session = self.session()?;
-        let fragments = session.phase1();
+        let fragments = self.engine()?.phase1();
         let mut sealed = Vec::new();
         for (to, fragment) in self.params.parties.clone().into_iter().zip(&fragments) {
             if to != self.me {
@@ -369,14 +430,15 @@ impl EcdsaDkg {
             );
         }
         let me = self.me;
-        let (proof, zero, derivation) = self
-            .session_mut()?
-            .phase2(&fragments)
-            .map_err(|a| from_abort(me, &a))?;
-        let broadcast = encode_part(&Broadcast2 {
-            commitment: proof.commitment,
-            derivation,
-        })?;
+        let (proof, zero, derivation) = self.engine_mut()?.phase2(me, &fragments)?;
+        // A refresh makes no chain code: its broadcast is the commitment alone.
+        let broadcast = match derivation {
+            Some(derivation) => encode_part(&Broadcast2 {
+                commitment: proof.commitment,
+                derivation,
+            })?,
+            None => encode_part(&proof.commitment)?,
+        };
         self.proof = Some(proof);
         let mut sealed = Vec::new();
         for transmit in zero {
@@ -398,9 +460,15 @@ impl EcdsaDkg {
         opened: &BTreeMap<PartyId, Vec<u8>>,
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<EcdsaRound> {
+        let refresh = self.engine()?.is_refresh();
         for (from, message) in messages {
-            let b: Broadcast2 = decode_part(&message.broadcast)
-                .map_err(|e| ProtocolError::culprit(*from, e.to_string()))?;
+            let culprit = |e: ProtocolError| ProtocolError::culprit(*from, e.to_string());
+            if refresh {
+                let commitment: [u8; 32] = decode_part(&message.broadcast).map_err(culprit)?;
+                self.received.commitments.insert(*from, commitment);
+                continue;
+            }
+            let b: Broadcast2 = decode_part(&message.broadcast).map_err(culprit)?;
             if b.derivation.sender_index != index_of(*from)? {
                 return Err(ProtocolError::culprit(
                     *from,
@@ -419,12 +487,12 @@ impl EcdsaDkg {
             self.received.zero2.push(zero);
         }
         let me = self.me;
-        let (zero, mul, derivation) = self
-            .session_mut()?
-            .phase3()
-            .map_err(|a| from_abort(me, &a))?;
+        let (zero, mul, derivation) = self.engine_mut()?.phase3(me)?;
         let proof = self.pending_proof()?;
-        let broadcast = encode_part(&Broadcast3 { proof, derivation })?;
+        let broadcast = match derivation {
+            Some(derivation) => encode_part(&Broadcast3 { proof, derivation })?,
+            None => encode_part(&proof)?,
+        };
         let mut sealed = Vec::new();
         for (zero, mul) in zero.into_iter().zip(mul) {
             let to = party_of(zero.parties.receiver)?;
@@ -457,26 +525,36 @@ impl EcdsaDkg {
     ) -> Result<Confirmation> {
         let mut proofs = Vec::new();
         let mut bip3 = BTreeMap::new();
+        let refresh = self.engine()?.is_refresh();
         for (from, message) in messages {
-            let b: Broadcast3 = decode_part(&message.broadcast)
-                .map_err(|e| ProtocolError::culprit(*from, e.to_string()))?;
+            let culprit = |e: ProtocolError| ProtocolError::culprit(*from, e.to_string());
+            let (proof, derivation) = if refresh {
+                let proof: ProofCommitment<Secp256k1> =
+                    decode_part(&message.broadcast).map_err(culprit)?;
+                (proof, None)
+            } else {
+                let b: Broadcast3 = decode_part(&message.broadcast).map_err(culprit)?;
+                (b.proof, Some(b.derivation))
+            };
             // The opening must be of what round 2 committed to (Protocol 9.1, steps 3–5).
-            if b.proof.index != index_of(*from)?
-                || self.received.commitments.get(from) != Some(&b.proof.commitment)
+            if proof.index != index_of(*from)?
+                || self.received.commitments.get(from) != Some(&proof.commitment)
             {
                 return Err(ProtocolError::culprit(
                     *from,
                     "proof does not open its round-2 commitment",
                 ));
             }
-            if b.derivation.sender_index != index_of(*from)? {
-                return Err(ProtocolError::culprit(
-                    *from,
-                    "chain-code opening names another sender",
-                ));
+            if let Some(derivation) = derivation {
+                if derivation.sender_index != index_of(*from)? {
+                    return Err(ProtocolError::culprit(
+                        *from,
+                        "chain-code opening names another sender",
+                    ));
+                }
+                bip3.insert(derivation.sender_index, derivation);
             }
-            proofs.push(b.proof);
-            bip3.insert(b.derivation.sender_index, b.derivation);
+            proofs.push(proof);
         }
         let (mut zero3, mut mul) = (Vec::new(), Vec::new());
         for (from, bytes) in opened {
@@ -488,33 +566,26 @@ impl EcdsaDkg {
             mul.push(part.mul);
         }
         let me = self.me;
-        let session = self
-            .session
+        let engine = self
+            .engine
             .take()
             .ok_or_else(|| self.unexpected("round 3"))?;
         let zero2 = std::mem::take(&mut self.received.zero2);
-        let (party, public) = session
-            .phase4(
-                &proofs,
-                &zero2,
-                &zero3,
-                &mul,
-                &self.received.bip2,
-                &bip3,
-                |_| String::new(),
-            )
-            .map_err(|a| from_abort(me, &a))?;
-        let mut public_shares = BTreeMap::new();
-        for p in &self.params.parties {
-            let share =
-                public
-                    .verifying_share(index_of(*p)?)
-                    .ok_or_else(|| ProtocolError::Params {
-                        reason: format!("no public share of party {p}"),
-                    })?;
-            public_shares.insert(*p, uncompressed(share));
-        }
-        let public_key = uncompressed(public.verifying_key());
+        let input = Phase4 {
+            proofs: &proofs,
+            zero2: &zero2,
+            zero3: &zero3,
+            mul: &mul,
+            bip2: &self.received.bip2,
+            bip3: &bip3,
+        };
+        let (party, public) = engine.phase4(me, &self.params.parties, &input)?;
+        let public_shares: BTreeMap<PartyId, Vec<u8>> = public
+            .public_shares
+            .into_iter()
+            .map(|(p, s)| (p, s.into_vec()))
+            .collect();
+        let public_key = public.public_key.into_vec();
         let transcript_hash: [u8; 32] = self.transcript.clone().finalize().into();
         let ours = Confirmation {
             from: me,
@@ -692,15 +763,15 @@ impl EcdsaDkg {
         Ok(out)
     }
 
-    fn session(&self) -> Result<&DkgSession<Secp256k1>> {
-        self.session
+    fn engine(&self) -> Result<&Engine> {
+        self.engine
             .as_ref()
             .ok_or_else(|| self.unexpected("a finished session"))
     }
 
-    fn session_mut(&mut self) -> Result<&mut DkgSession<Secp256k1>> {
+    fn engine_mut(&mut self) -> Result<&mut Engine> {
         let unexpected = self.unexpected("a finished session");
-        self.session.as_mut().ok_or(unexpected)
+        self.engine.as_mut().ok_or(unexpected)
     }
 
     fn expect(&self, ok: bool, what: &'static str) -> Result<()> {

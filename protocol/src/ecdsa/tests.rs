@@ -28,13 +28,24 @@ fn run_dkg(
         threshold,
         parties: parties(n),
     };
-    let (mut states, hellos): (Vec<_>, Vec<_>) = parties(n)
+    let (states, hellos): (Vec<_>, Vec<_>) = parties(n)
         .into_iter()
         .map(|p| dkg::start(params.clone(), p, &mut OsRng).unwrap())
         .unzip();
+    run_rounds(states, &hellos, tamper)
+}
+
+/// Runs a started ceremony (a DKG or a refresh) to its end, `tamper` changing what the relay
+/// delivers in round 1–3.
+fn run_rounds(
+    mut states: Vec<dkg::EcdsaDkg>,
+    hellos: &[dkg::EcdsaHello],
+    tamper: impl Fn(u8, PartyId, &mut Vec<EcdsaRound>),
+) -> Result<Vec<EcdsaDkgOutput>, ProtocolError> {
+    let n = u16::try_from(states.len()).unwrap();
     let mut round: Vec<EcdsaRound> = states
         .iter_mut()
-        .map(|s| s.handle_hellos(&hellos, &mut OsRng))
+        .map(|s| s.handle_hellos(hellos, &mut OsRng))
         .collect::<Result<_, _>>()?;
     let mut confirmations = Vec::new();
     for r in 1..=3u8 {
@@ -299,4 +310,100 @@ fn a_relay_that_swaps_a_partys_own_hello_or_message_is_refused_by_it() {
             "{round}: {err}"
         );
     }
+}
+
+/// A refresh among every party of `outputs` (from `epoch`).
+fn refresh(
+    outputs: Vec<EcdsaDkgOutput>,
+    epoch: u64,
+    tamper: impl Fn(u8, PartyId, &mut Vec<EcdsaRound>),
+) -> Result<Vec<EcdsaDkgOutput>, ProtocolError> {
+    let n = u16::try_from(outputs.len()).unwrap();
+    let params = EcdsaDkgParams {
+        wallet_id: WalletId([7; 16]),
+        threshold: outputs[0].key.threshold(),
+        parties: parties(n),
+    };
+    let public = super::EcdsaPublic::of(&outputs[0]);
+    let (states, hellos): (Vec<_>, Vec<_>) = outputs
+        .into_iter()
+        .map(|o| {
+            dkg::start_refresh(
+                params.clone(),
+                o.key,
+                public.clone(),
+                crate::id::Epoch(epoch),
+                &mut OsRng,
+            )
+            .unwrap()
+        })
+        .unzip();
+    run_rounds(states, &hellos, tamper)
+}
+
+#[test]
+fn a_refresh_keeps_the_key_and_retires_every_old_share() {
+    let old = run_dkg(2, 3, |_, _, _| {}).unwrap();
+    let old_public = super::EcdsaPublic::of(&old[0]);
+    // Kept apart to try against the new ones (a thief's copy of an old share).
+    let stolen = EcdsaKey::from_secret_bytes(&old[0].key.to_secret_bytes().unwrap()).unwrap();
+    let new = refresh(old, 0, |_, _, _| {}).unwrap();
+    let new_public = super::EcdsaPublic::of(&new[0]);
+    assert_eq!(
+        new_public.public_key, old_public.public_key,
+        "the address stays"
+    );
+    for (party, share) in &new_public.public_shares {
+        assert_ne!(
+            &old_public.public_shares[party], share,
+            "party {party}'s share moved"
+        );
+    }
+    for output in &new {
+        assert_eq!(super::EcdsaPublic::of(output), new_public);
+        assert!(new_public.holds(&output.key));
+    }
+    let hash = [0x42; 32];
+    for pair in [[0, 1], [0, 2], [1, 2]] {
+        let sig = sign_between(&[&new[pair[0]].key, &new[pair[1]].key], hash).unwrap();
+        assert_eq!(recover(&sig, &hash), new_public.public_key.to_vec());
+    }
+    // An old share signs with no new one.
+    assert!(sign_between(&[&stolen, &new[1].key], hash).is_err());
+    // And the refreshed wallet refreshes again.
+    let again = refresh(new, 1, |_, _, _| {}).unwrap();
+    assert_eq!(
+        super::EcdsaPublic::of(&again[0]).public_key,
+        old_public.public_key
+    );
+}
+
+#[test]
+fn a_refresh_whose_messages_are_altered_fails() {
+    let old = run_dkg(2, 3, |_, _, _| {}).unwrap();
+    // A relay that flips a byte of party 2's round-2 broadcast (its commitment) for party 1.
+    let altered = refresh(old, 0, |round, to, delivered| {
+        if round == 2 && to == PartyId::new(1).unwrap() {
+            let last = delivered[1].broadcast.len() - 1;
+            delivered[1].broadcast[last] ^= 1;
+        }
+    });
+    assert!(altered.is_err());
+}
+
+#[test]
+fn a_refresh_is_refused_a_share_of_another_key() {
+    let a = run_dkg(2, 3, |_, _, _| {}).unwrap();
+    let b = run_dkg(2, 3, |_, _, _| {}).unwrap();
+    let params = EcdsaDkgParams {
+        wallet_id: WalletId([7; 16]),
+        threshold: 2,
+        parties: parties(3),
+    };
+    let key = a.into_iter().next().unwrap().key;
+    let other = super::EcdsaPublic::of(&b[0]);
+    assert!(matches!(
+        dkg::start_refresh(params, key, other, crate::id::Epoch(0), &mut OsRng),
+        Err(ProtocolError::Params { .. })
+    ));
 }
