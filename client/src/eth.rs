@@ -7,15 +7,18 @@
 use std::path::{Path, PathBuf};
 
 use cosigner_eth::{TxRequest, checksummed};
+use cosigner_protocol::ProtocolError;
 use cosigner_protocol::ecdsa::dkg::{
     self, EcdsaDkgOutput, EcdsaDkgParams, EcdsaHello, RoundOutput,
 };
 use cosigner_protocol::ecdsa::sign::{self, EcdsaSignMessage};
+use cosigner_protocol::ecdsa::{EcdsaKey, EcdsaPublic};
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
 use cosigner_protocol::policy::Chain;
 use cosigner_protocol::wire::{
-    Confirmation, DkgParams, KeyRole, Request, Response, SUITE_SECP256K1_ECDSA, WalletId,
+    Confirmation, DkgParams, KeyRole, RefreshParams, Request, Response, SUITE_SECP256K1_ECDSA,
+    WalletId,
 };
 use p256::ecdsa::SigningKey;
 use serde_bytes::ByteBuf;
@@ -114,6 +117,154 @@ pub fn create(
     })
 }
 
+/// Refreshes Ethereum wallet `wallet_id` at all three parties: new shares of the same key (the
+/// address stays), the epoch up by one, every old share useless (docs/ethereum.md, "Refresh").
+/// Two-phase like a Bitcoin wallet's refresh (docs/lifecycle.md): the new share is kept prepared
+/// here before any cosigner commits; the provider commits first, then the recovery cosigner on
+/// its receipt, then this device switches and both cosigners drop the old epoch. Run again after
+/// an interruption, it finishes a refresh that committed (or rolls the lagging cosigner forward).
+pub fn refresh(
+    home: &Home,
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
+    wallet_id: WalletId,
+) -> Result<EthWalletFile> {
+    let wallet = home.eth_wallet(&wallet_id)?;
+    let device_key = home.device_key()?;
+    let aligned = wallet::roll_forward(provider, recovery, wallet_id, &device_key)?;
+    let view = &aligned.provider;
+    let public = EcdsaPublic::from_bytes(&view.public_key_package)?;
+    if public.public_key.as_slice() != wallet.public_key_bytes()? {
+        return Err(ClientError::Protocol(ProtocolError::Disagreement {
+            reason: "the cosigners hold another public key for this wallet".into(),
+        }));
+    }
+    if view.epoch > wallet.epoch {
+        return finish_refresh(home, &wallet, view.epoch, &public);
+    }
+    if view.epoch != wallet.epoch {
+        return Err(ClientError::Input(format!(
+            "this device holds epoch {} of wallet {wallet_id}, the cosigners epoch {}",
+            wallet.epoch, view.epoch
+        )));
+    }
+    wallet::check_cosigner_identities(provider, recovery, &aligned)?;
+    let key = home.ecdsa_key(&wallet)?;
+    let params = RefreshParams {
+        wallet_id,
+        ciphersuite: SUITE_SECP256K1_ECDSA.to_owned(),
+        min_signers: wallet.min_signers,
+        parties: wallet.parties.clone(),
+        from_epoch: wallet.epoch,
+    };
+    let ecdsa_params = EcdsaDkgParams {
+        wallet_id,
+        threshold: wallet.min_signers,
+        parties: wallet.parties.clone(),
+    };
+    let (local, hello) = dkg::start_refresh(
+        ecdsa_params,
+        key,
+        public,
+        wallet.epoch,
+        &mut rand_core::OsRng,
+    )?;
+    let mut hellos = vec![hello];
+    let couriers: [(&mut dyn Courier, PartyId); 2] =
+        [(&mut *provider, PROVIDER), (&mut *recovery, RECOVERY)];
+    for (courier, me) in couriers {
+        let start = Request::RefreshStart {
+            params: params.clone(),
+            me,
+        };
+        match wallet::authorized_retrying(courier, wallet_id, KeyRole::Device, &device_key, &start)?
+        {
+            Response::EcdsaDkgHello { hello } => {
+                from_peer(me, hello.from, "hello")?;
+                hellos.push(hello);
+            }
+            other => return Err(unexpected("EcdsaDkgHello", &other)),
+        }
+    }
+    let made = {
+        let mut peers = coordinator::cosigner_peers([&mut *provider, &mut *recovery]);
+        exchange(Ceremony::Refresh, wallet_id, local, &hellos, &mut peers)?
+    };
+    // Kept before any cosigner commits: if this process dies after a commit, the next run finds
+    // the new share here and finishes instead of losing it.
+    home.save_prepared_share(&wallet_id, &made.output.key.to_secret_bytes()?)?;
+    let mut commit = Request::RefreshCommit {
+        wallet_id,
+        confirmations: made.confirmations,
+        provider_receipt: None,
+        confirmation_signatures: made.signatures,
+    };
+    let ask = |courier: &mut dyn Courier, commit: &Request| match wallet::authorized_retrying(
+        courier,
+        wallet_id,
+        KeyRole::Device,
+        &device_key,
+        commit,
+    )? {
+        Response::RefreshCommitted { wallet } => Ok(wallet),
+        other => Err(unexpected("RefreshCommitted", &other)),
+    };
+    // The provider first: its receipt is what the recovery cosigner commits on.
+    let committed = ask(provider, &commit)?;
+    if let Request::RefreshCommit {
+        provider_receipt, ..
+    } = &mut commit
+    {
+        provider_receipt.clone_from(&committed.receipt);
+    }
+    ask(recovery, &commit)?;
+    let public = EcdsaPublic::from_bytes(&committed.public_key_package)?;
+    let new_wallet = finish_refresh(home, &wallet, committed.epoch, &public)?;
+    let finalize = Request::RefreshFinalize {
+        wallet_id,
+        epoch: new_wallet.epoch,
+    };
+    let mut both = coordinator::cosigner_peers([&mut *provider, &mut *recovery]);
+    for answer in call_all(&mut both, vec![finalize.clone(), finalize]) {
+        match answer? {
+            Response::Done => {}
+            other => return Err(unexpected("Done", &other)),
+        }
+    }
+    Ok(new_wallet)
+}
+
+/// Makes this home's prepared share the current one of `wallet` at `epoch` (the cosigners
+/// committed it; `public` is the wallet's public side they hold), checking it is this device's
+/// share of that epoch.
+fn finish_refresh(
+    home: &Home,
+    wallet: &EthWalletFile,
+    epoch: cosigner_protocol::id::Epoch,
+    public: &EcdsaPublic,
+) -> Result<EthWalletFile> {
+    let wallet_id = wallet.wallet_id;
+    let lost = || {
+        ClientError::Input(format!(
+            "the cosigners committed epoch {epoch} of wallet {wallet_id}, and this home holds no \
+             share of it (the refresh's share was lost): the wallet needs a recovery"
+        ))
+    };
+    let prepared = home.prepared_share(&wallet_id)?.ok_or_else(lost)?;
+    let key = EcdsaKey::from_secret_bytes(&prepared)?;
+    let ours = public.public_shares.get(&wallet.party);
+    if !public.holds(&key) || ours.map(|s| s.as_slice()) != Some(key.public_share().as_slice()) {
+        return Err(lost());
+    }
+    let new_wallet = EthWalletFile {
+        epoch,
+        ..wallet.clone()
+    };
+    home.replace_eth_share(&new_wallet, &key)?;
+    home.remove_prepared_share(&wallet_id)?;
+    Ok(new_wallet)
+}
+
 /// What the DKG leaves this device: its output and what the cosigners' `DkgConfirm` carries.
 struct Made {
     output: EcdsaDkgOutput,
@@ -126,7 +277,7 @@ struct Made {
 fn run_dkg(params: &DkgParams, peers: &mut [Peer<'_>], enrollment: Option<&[u8]>) -> Result<Made> {
     let wallet_id = params.wallet_id;
     let mut rng = rand_core::OsRng;
-    let (mut local, hello) = dkg::start(EcdsaDkgParams::of(params), DEVICE, &mut rng)?;
+    let (local, hello) = dkg::start(EcdsaDkgParams::of(params), DEVICE, &mut rng)?;
     let starts = peers
         .iter()
         .map(|p| Request::DkgStart {
@@ -143,36 +294,98 @@ fn run_dkg(params: &DkgParams, peers: &mut [Peer<'_>], enrollment: Option<&[u8]>
         }
         other => Err(unexpected("EcdsaDkgHello", &other)),
     })?);
-    let mut round = vec![local.handle_hellos(&hellos, &mut rng)?];
-    let hellos = peers
+    exchange(Ceremony::Dkg, wallet_id, local, &hellos, peers)
+}
+
+/// Which ceremony [`exchange`] relays: the requests and the last answer differ, the rounds not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ceremony {
+    Dkg,
+    Refresh,
+}
+
+impl Ceremony {
+    fn hellos(self, wallet_id: WalletId, hellos: &[EcdsaHello]) -> Request {
+        let hellos = hellos.to_vec();
+        match self {
+            Ceremony::Dkg => Request::EcdsaDkgHellos { wallet_id, hellos },
+            Ceremony::Refresh => Request::EcdsaRefreshHellos { wallet_id, hellos },
+        }
+    }
+
+    fn round(self, wallet_id: WalletId, messages: Vec<dkg::EcdsaRound>) -> Request {
+        match self {
+            Ceremony::Dkg => Request::EcdsaDkgRound {
+                wallet_id,
+                messages,
+            },
+            Ceremony::Refresh => Request::EcdsaRefreshRound {
+                wallet_id,
+                messages,
+            },
+        }
+    }
+
+    /// A cosigner's confirmation and its signature, from its last answer.
+    fn confirmation(self, answer: Response) -> Result<(Confirmation, Option<ByteBuf>)> {
+        match (self, answer) {
+            (
+                Ceremony::Dkg,
+                Response::DkgRound3 {
+                    confirmation,
+                    signature,
+                },
+            )
+            | (
+                Ceremony::Refresh,
+                Response::RefreshRound3 {
+                    confirmation,
+                    signature,
+                },
+            ) => Ok((confirmation, signature)),
+            (Ceremony::Dkg, other) => Err(unexpected("DkgRound3", &other)),
+            (Ceremony::Refresh, other) => Err(unexpected("RefreshRound3", &other)),
+        }
+    }
+}
+
+/// Rounds 1–3 and the confirmations of a DKG or refresh whose hellos (ours and the peers') are
+/// in, this device being `local`.
+fn exchange(
+    kind: Ceremony,
+    wallet_id: WalletId,
+    mut local: dkg::EcdsaDkg,
+    hellos: &[EcdsaHello],
+    peers: &mut [Peer<'_>],
+) -> Result<Made> {
+    let mut rng = rand_core::OsRng;
+    let mut round = vec![local.handle_hellos(hellos, &mut rng)?];
+    let requests = peers
         .iter()
-        .map(|_| hellos_request(wallet_id, &hellos))
+        .map(|_| kind.hellos(wallet_id, hellos))
         .collect();
-    round.extend(relay_round(peers, hellos)?);
+    round.extend(relay_round(peers, requests)?);
     for _ in 1..3 {
         let RoundOutput::Next(ours) = local.handle_round(&round, &mut rng)? else {
-            return Err(ClientError::Unexpected("the DKG confirmed early".into()));
+            return Err(ClientError::Unexpected(
+                "the ceremony confirmed early".into(),
+            ));
         };
-        let requests = round_requests(wallet_id, peers, &round);
+        let requests = round_requests(kind, wallet_id, peers, &round);
         round = vec![ours];
         round.extend(relay_round(peers, requests)?);
     }
     let RoundOutput::Confirm(ours) = local.handle_round(&round, &mut rng)? else {
         return Err(ClientError::Unexpected(
-            "the DKG did not end after round 3".into(),
+            "the ceremony did not end after round 3".into(),
         ));
     };
-    let requests = round_requests(wallet_id, peers, &round);
-    let theirs = ask_all(peers, requests, |peer, answer| match answer {
-        Response::DkgRound3 {
-            confirmation,
-            signature,
-        } => {
-            from_peer(peer.party, confirmation.from, "confirmation")?;
-            let signature = check_signed(&wallet_id, peer, &confirmation, signature)?;
-            Ok((confirmation, signature.map(|s| (peer.party, s))))
-        }
-        other => Err(unexpected("DkgRound3", &other)),
+    let requests = round_requests(kind, wallet_id, peers, &round);
+    let theirs = ask_all(peers, requests, |peer, answer| {
+        let (confirmation, signature) = kind.confirmation(answer)?;
+        from_peer(peer.party, confirmation.from, "confirmation")?;
+        let signature = check_signed(&wallet_id, peer, &confirmation, signature)?;
+        Ok((confirmation, signature.map(|s| (peer.party, s))))
     })?;
     let mut confirmations = vec![ours];
     let mut signatures = Vec::new();
@@ -188,16 +401,10 @@ fn run_dkg(params: &DkgParams, peers: &mut [Peer<'_>], enrollment: Option<&[u8]>
     })
 }
 
-fn hellos_request(wallet_id: WalletId, hellos: &[EcdsaHello]) -> Request {
-    Request::EcdsaDkgHellos {
-        wallet_id,
-        hellos: hellos.to_vec(),
-    }
-}
-
 /// Each peer's copy of a round: every party's message with only the sealed parts addressed to
 /// that peer (a round-3 part is ~140 KB; the others' are no use to it).
 fn round_requests(
+    kind: Ceremony,
     wallet_id: WalletId,
     peers: &[Peer<'_>],
     round: &[dkg::EcdsaRound],
@@ -217,10 +424,7 @@ fn round_requests(
                     ..m.clone()
                 })
                 .collect();
-            Request::EcdsaDkgRound {
-                wallet_id,
-                messages,
-            }
+            kind.round(wallet_id, messages)
         })
         .collect()
 }

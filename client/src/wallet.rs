@@ -1075,7 +1075,7 @@ fn switch_share(
 /// Refuses to refresh when a cosigner no longer attests the key registered with the other one at
 /// creation: the recovery cosigner would refuse every commit receipt the provider signs, or the
 /// provider every confirmation the recovery cosigner signs, and the refresh could never finish.
-fn check_cosigner_identities(
+pub(crate) fn check_cosigner_identities(
     provider: &dyn Courier,
     recovery: &dyn Courier,
     aligned: &Aligned,
@@ -1124,7 +1124,7 @@ fn check_identity(
 /// current epoch (a client killed between the two commits, or a recovery that froze the wallet
 /// between them) commits its stored prepared share with the other's confirmations. Returns the
 /// cosigners' views; fails if they still differ.
-fn roll_forward(
+pub(crate) fn roll_forward(
     provider: &mut dyn Courier,
     recovery: &mut dyn Courier,
     wallet_id: WalletId,
@@ -1171,9 +1171,9 @@ fn roll_forward(
 }
 
 /// What the two cosigners say of a wallet once they are at one epoch ([`roll_forward`]).
-struct Aligned {
-    provider: WalletInfo,
-    recovery: WalletInfo,
+pub(crate) struct Aligned {
+    pub(crate) provider: WalletInfo,
+    pub(crate) recovery: WalletInfo,
 }
 
 /// Refreshes `wallet` from `old` (this device's share and the public key package of its epoch)

@@ -70,6 +70,13 @@ impl EcdsaKey {
         uncompressed(&self.party.pk)
     }
 
+    /// This party's public share (its Shamir point times the generator), SEC1 uncompressed: what
+    /// the wallet's [`EcdsaPublic::public_shares`] lists for it.
+    pub fn public_share(&self) -> Vec<u8> {
+        let point = k256::ProjectivePoint::GENERATOR * self.party.poly_point;
+        uncompressed(&point.to_affine())
+    }
+
     /// The threshold.
     pub fn threshold(&self) -> u16 {
         u16::from(self.party.parameters.threshold)

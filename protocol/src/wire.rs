@@ -492,6 +492,25 @@ pub enum Request {
         /// One from each party.
         messages: Vec<EcdsaRound>,
     },
+    /// Every party's hello of a threshold ECDSA wallet's refresh (ours included; the refresh
+    /// began with `RefreshStart`, answered [`Response::EcdsaDkgHello`]); answered
+    /// [`Response::EcdsaDkgRound`] with our round-1 message. Only from the session that started
+    /// the refresh.
+    EcdsaRefreshHellos {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// One from each party.
+        hellos: Vec<EcdsaHello>,
+    },
+    /// Every party's message of the current round of a threshold ECDSA refresh (ours included);
+    /// answered with our next round's message, or after round 3 [`Response::RefreshRound3`] (our
+    /// confirmation: the new share is prepared, then `RefreshCommit` as for FROST).
+    EcdsaRefreshRound {
+        /// The wallet.
+        wallet_id: WalletId,
+        /// One from each party.
+        messages: Vec<EcdsaRound>,
+    },
     /// Sign an Ethereum transaction with a threshold ECDSA wallet: its signing payload (EIP-155
     /// or EIP-1559, as `cosigner_eth::UnsignedTx::signing_payload`), from which the enclave
     /// computes what it signs, and the client's round-1 message; answered
@@ -579,6 +598,8 @@ impl Request {
             Self::SetPolicy { .. } => "SetPolicy",
             Self::EcdsaDkgHellos { .. } => "EcdsaDkgHellos",
             Self::EcdsaDkgRound { .. } => "EcdsaDkgRound",
+            Self::EcdsaRefreshHellos { .. } => "EcdsaRefreshHellos",
+            Self::EcdsaRefreshRound { .. } => "EcdsaRefreshRound",
             Self::EthSignStart { .. } => "EthSignStart",
             Self::EthSignFinish { .. } => "EthSignFinish",
         }

@@ -602,6 +602,22 @@ fn requests_sessions() -> Samples<Request> {
         ),
         (
             "",
+            "every party's hello of a threshold ECDSA refresh",
+            Request::EcdsaRefreshHellos {
+                wallet_id: WALLET,
+                hellos: vec![ecdsa_hello(1), ecdsa_hello(2)],
+            },
+        ),
+        (
+            "",
+            "every party's round message of a threshold ECDSA refresh",
+            Request::EcdsaRefreshRound {
+                wallet_id: WALLET,
+                messages: vec![ecdsa_round(1), ecdsa_round(2)],
+            },
+        ),
+        (
+            "",
             "an Ethereum transaction to sign, with the device's round 1",
             Request::EthSignStart {
                 wallet_id: WALLET,

@@ -672,3 +672,102 @@ fn a_policy_the_enclave_could_not_apply_is_refused_at_creation() {
     }
     assert!(home.eth_wallets().unwrap().is_empty());
 }
+
+/// `EthSignStart` for `payload` at `epoch` with `key` as the device's share.
+fn start_with(
+    key: &cosigner_protocol::ecdsa::EcdsaKey,
+    wallet_id: WalletId,
+    epoch: Epoch,
+    payload: Vec<u8>,
+) -> Request {
+    let nonce = [8u8; 32];
+    let signers = [DEVICE, PROVIDER];
+    let id = ecdsa_sign::sign_id(&wallet_id, &signers, &nonce);
+    let hash = cosigner_eth::UnsignedTx::from_signing_payload(&payload)
+        .unwrap()
+        .signing_hash();
+    let (_, round1) = ecdsa_sign::start(key, &signers, id, hash).unwrap();
+    Request::EthSignStart {
+        wallet_id,
+        epoch,
+        tx: ByteBuf::from(payload),
+        signers: signers.to_vec(),
+        nonce: ByteBuf::from(nonce.to_vec()),
+        round1,
+    }
+}
+
+#[test]
+fn a_refresh_keeps_the_address_and_a_stolen_old_share_signs_nothing() {
+    let Owned {
+        c,
+        home,
+        created,
+        _dir,
+    } = owned();
+    let w = created.wallet;
+    let id = w.wallet_id;
+    let stolen = home.ecdsa_key(&w).unwrap();
+    let mut provider_session = c.provider.session();
+    let mut provider = InProcess::new(&c.provider.service, &mut provider_session);
+    let mut recovery_session = c.recovery.session();
+    let mut recovery = InProcess::new(&c.recovery.service, &mut recovery_session);
+    let first = eth::sign(&home, &mut provider, id, payment(0, ETH)).unwrap();
+    let refreshed = eth::refresh(&home, &mut provider, &mut recovery, id).unwrap();
+    assert_eq!(refreshed.epoch, Epoch(1));
+    assert_eq!(refreshed.address, w.address, "the address stays");
+    assert_eq!(home.eth_wallet(&id).unwrap(), refreshed);
+    let fresh = home.ecdsa_key(&refreshed).unwrap();
+    assert_ne!(
+        fresh.public_share(),
+        stolen.public_share(),
+        "the device's share moved"
+    );
+    let second = eth::sign(&home, &mut provider, id, payment(1, ETH)).unwrap();
+    assert_eq!(second.from, w.address);
+    // Both cosigners are at epoch 1 with the same public key, and hold nothing of epoch 0.
+    for enclave in [&c.provider, &c.recovery] {
+        let mut session = enclave.session();
+        match enclave.call(&mut session, Request::GetWallet { wallet_id: id }) {
+            Response::Wallet { wallet } => {
+                assert_eq!(wallet.epoch, Epoch(1));
+                assert_eq!(
+                    wallet.group_public_key.as_slice(),
+                    w.public_key_bytes().unwrap()
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // A thief's copy of the old share: its epoch is gone, and at the new epoch it signs nothing
+    // (and is not mistaken for a probe: the wallet still signs after).
+    let device = home.device_key().unwrap();
+    let payload = payment(2, 1).tx.signing_payload();
+    for epoch in [Epoch(0), Epoch(1)] {
+        let request = start_with(&stolen, id, epoch, payload.clone());
+        let answer = wallet::authorized(&mut provider, id, KeyRole::Device, &device, &request);
+        assert!(answer.is_err(), "epoch {epoch}: {answer:?}");
+    }
+    let third = eth::sign(&home, &mut provider, id, payment(2, ETH)).unwrap();
+    // Refreshed again, and the EVM runs all three transactions from the one address.
+    assert_eq!(
+        eth::refresh(&home, &mut provider, &mut recovery, id)
+            .unwrap()
+            .epoch,
+        Epoch(2)
+    );
+    if !python_available() {
+        println!("{SKIP_LINE}");
+        return;
+    }
+    let txs: Vec<_> = [first, second, third]
+        .into_iter()
+        .map(|s| cosigner_eth::SignedTx {
+            raw: s.raw_tx,
+            hash: s.tx_hash,
+        })
+        .collect();
+    let report = run_in_evm(&w.address, 5 * ETH, &txs).unwrap();
+    assert_eq!(report.senders, vec![w.address.clone(); 3]);
+    assert_eq!(report.receipts, vec![1, 1, 1]);
+}

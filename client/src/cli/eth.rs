@@ -89,6 +89,25 @@ pub(super) fn sign(
     }
 }
 
+/// `cosigner refresh` of an Ethereum wallet: new shares at all three parties, the same address.
+pub(super) fn refresh(g: &Globals, home: &Home, id: WalletId, json: bool) -> anyhow::Result<()> {
+    home.eth_wallet(&id)?; // unknown wallet: fail before any network traffic
+    let trust = trust(g)?;
+    let (mut provider, mut recovery) = cosigners(g, &trust)?;
+    let w = eth::refresh(home, &mut provider, &mut recovery, id)?;
+    if json {
+        emit(
+            &json!({ "wallet_id": w.wallet_id.to_hex(), "address": w.address, "epoch": w.epoch })
+                .to_string(),
+        )
+    } else {
+        emit(&format!(
+            "wallet {} refreshed to epoch {}",
+            w.wallet_id, w.epoch
+        ))
+    }
+}
+
 fn read_request(path: &Path) -> anyhow::Result<TxRequest> {
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     if size > MAX_TX_FILE {

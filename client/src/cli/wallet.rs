@@ -584,6 +584,9 @@ pub(super) fn signed_out(txid: &str, tx: &[u8], json: bool) -> anyhow::Result<()
 pub fn refresh(g: &Globals, args: RefreshArgs) -> anyhow::Result<()> {
     let id = wallet_id(&args.wallet)?;
     let home = home(g)?;
+    if home.has_eth_wallet(&id) {
+        return super::eth::refresh(g, &home, id, args.json);
+    }
     home.wallet(&id)?;
     home.check_share(&id)?;
     let trust = trust(g)?;

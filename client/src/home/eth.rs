@@ -97,6 +97,15 @@ impl Home {
         write_private(&self.wallet_path(&id, ETH), &json)
     }
 
+    /// Replaces this device's share of an Ethereum wallet and its file (a refresh moved it to
+    /// `wallet.epoch`): the share first, so a file never names an epoch whose share is missing.
+    pub fn replace_eth_share(&self, wallet: &EthWalletFile, key: &EcdsaKey) -> Result<()> {
+        let id = wallet.wallet_id;
+        write_private(&self.wallet_path(&id, ECDSA), &key.to_secret_bytes()?)?;
+        let json = serde_json::to_vec_pretty(wallet).map_err(|e| home_err(&self.dir, e))?;
+        write_private(&self.wallet_path(&id, ETH), &json)
+    }
+
     /// Reads an Ethereum wallet's public file.
     pub fn eth_wallet(&self, id: &WalletId) -> Result<EthWalletFile> {
         let path = self.wallet_path(id, ETH);

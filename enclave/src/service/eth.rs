@@ -41,6 +41,13 @@ pub(super) struct PendingEth {
     valuation: Valuation,
 }
 
+impl PendingEth {
+    /// The epoch whose share it signs with.
+    pub(super) fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+}
+
 /// The audit log's action for an Ethereum signature (and its refusals).
 const SIGN_ETH: &str = "sign-eth";
 
@@ -308,7 +315,7 @@ impl Service {
     }
 
     /// Our threshold ECDSA share of `state`'s wallet at `epoch`, checked to be of its key.
-    fn ecdsa_key(&self, state: &WalletState, epoch: Epoch) -> Result<EcdsaKey, Failure> {
+    pub(super) fn ecdsa_key(&self, state: &WalletState, epoch: Epoch) -> Result<EcdsaKey, Failure> {
         let wallet_id = state.params.wallet_id;
         let integrity = |what: String| Failure::new(ErrorKind::Integrity, what);
         let share = self

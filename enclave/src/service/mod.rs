@@ -251,6 +251,15 @@ impl Service {
                 wallet_id,
                 messages,
             } => self.ecdsa_dkg_relay(session.id, wallet_id, dkg::EcdsaRelayed::Round(&messages)),
+            Request::EcdsaRefreshHellos { wallet_id, hellos } => {
+                self.ecdsa_refresh_relay(session.id, wallet_id, dkg::EcdsaRelayed::Hellos(&hellos))
+            }
+            Request::EcdsaRefreshRound {
+                wallet_id,
+                messages,
+            } => {
+                self.ecdsa_refresh_relay(session.id, wallet_id, dkg::EcdsaRelayed::Round(&messages))
+            }
             Request::DkgConfirm {
                 wallet_id,
                 confirmations,

@@ -4,6 +4,8 @@
 //! session and after a restart.
 
 use cosigner_protocol::auth::{commit_receipt_digest, verify_digest};
+use cosigner_protocol::ecdsa::EcdsaPublic;
+use cosigner_protocol::ecdsa::dkg::{self as ecdsa_dkg, EcdsaDkg, EcdsaDkgParams, RoundOutput};
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::keygen::exchange::{Exchange, Message};
@@ -15,19 +17,22 @@ use cosigner_protocol::wire::{
 use serde_bytes::ByteBuf;
 
 use super::authorized::{Actor, Role};
-use super::dkg::{round1_relayed, round2_relayed};
+use super::dkg::{EcdsaRelayed, round1_relayed, round2_relayed};
 use super::failure::{Failure, Outcome, internal, lock};
 use super::peer::check_signed_confirmation;
 use super::records::{PreparedRecord, ShareRecord, WalletState};
 use super::table::ConnectionId;
 use super::table::{Claim, Pending};
-use super::{Service, Suite, info, now_ms, share_keys, sorted};
+use super::{Service, Suite, info, is_ecdsa, now_ms, share_keys, sorted};
 
 /// Where a refresh is.
 pub(super) enum RefreshStage {
     /// Rounds 1 and 2: this cosigner's party in the key-making engine (the same one a DAO's
     /// refresh runs on), holding the current share it refreshes.
     Running(Box<Exchange<Suite, RefreshParams>>),
+    /// Rounds 0–3 of a threshold ECDSA wallet's refresh (`ecdsa::dkg::start_refresh`), holding
+    /// our current share.
+    Ecdsa(Box<EcdsaDkg>),
     /// Prepared and stored (`records::PreparedRecord`): the commit works from the stored record;
     /// this marker only keeps the ceremony owned until it commits or expires.
     Prepared,
@@ -72,17 +77,21 @@ impl Service {
             )));
         }
         if me != state.party
+            || params.ciphersuite != state.params.ciphersuite
             || params.parties != sorted(&state.params.parties)
             || params.min_signers != state.params.min_signers
         {
             return Err(Failure::bad(
-                "a refresh must keep every party and the threshold of the wallet",
+                "a refresh must keep every party, the threshold and the scheme of the wallet",
             ));
         }
         // Refused as busy before the share is unsealed: a refusal costs no token operation.
         let recovery = actor.role == Role::PendingDevice;
         let claim = Claim::new(owner, actor.key.clone(), recovery);
         self.refreshes.admits(&wallet_id, &claim)?;
+        if is_ecdsa(&state) {
+            return self.ecdsa_refresh_start(&state, actor, &params, claim, digest);
+        }
         let old = self
             .records()
             .load_share(&wallet_id, state.party, params.from_epoch)?;
@@ -110,6 +119,127 @@ impl Service {
             "allowed",
         )?;
         Ok(Response::RefreshRound1 { message })
+    }
+
+    /// `RefreshStart` of a threshold ECDSA wallet: our current share into the refresh engine,
+    /// our hello out.
+    fn ecdsa_refresh_start(
+        &self,
+        state: &WalletState,
+        actor: &Actor,
+        params: &RefreshParams,
+        claim: Claim,
+        digest: &[u8],
+    ) -> Outcome {
+        let wallet_id = state.params.wallet_id;
+        // DKLs23 requires a party that failed an OT check to be kept out of every later refresh
+        // as well as every signature: new OT setups would let it probe again.
+        if !state.excluded.is_empty() {
+            let names: Vec<String> = state.excluded.iter().map(ToString::to_string).collect();
+            return Err(Failure::denied(format!(
+                "party {} is excluded from this wallet: it cannot be refreshed (a recovery or a \
+                 new wallet is needed)",
+                names.join(", ")
+            )));
+        }
+        let key = self.ecdsa_key(state, params.from_epoch)?;
+        let public = EcdsaPublic::from_bytes(&state.public_key_package)
+            .map_err(|e| internal(format!("stored public key: {e}")))?;
+        let ecdsa_params = EcdsaDkgParams {
+            wallet_id,
+            threshold: params.min_signers,
+            parties: params.parties.clone(),
+        };
+        let (dkg, hello) = ecdsa_dkg::start_refresh(
+            ecdsa_params,
+            key,
+            public,
+            params.from_epoch,
+            &mut rand_core::OsRng,
+        )?;
+        self.refreshes.put(
+            wallet_id,
+            Pending {
+                stage: RefreshStage::Ecdsa(Box::new(dkg)),
+                claim,
+            },
+        )?;
+        self.log(
+            &wallet_id,
+            "refresh-start",
+            &actor.label(),
+            digest,
+            "allowed",
+        )?;
+        Ok(Response::EcdsaDkgHello { hello })
+    }
+
+    /// A round of session `owner`'s threshold ECDSA refresh of `wallet_id`: the relayed hellos
+    /// or round messages in, our next message out; after round 3 the new share is stored
+    /// prepared and our signed confirmation answered, as a FROST refresh's round 3 does.
+    pub(super) fn ecdsa_refresh_relay(
+        &self,
+        owner: ConnectionId,
+        wallet_id: WalletId,
+        relayed: EcdsaRelayed<'_>,
+    ) -> Outcome {
+        self.refreshes.step(&wallet_id, &owner, |stage, claim| {
+            let RefreshStage::Ecdsa(mut dkg) = stage else {
+                return Err(Failure::bad(format!(
+                    "wallet {wallet_id}'s refresh is not a threshold ECDSA one in progress"
+                )));
+            };
+            let mut rng = rand_core::OsRng;
+            let output = match relayed {
+                EcdsaRelayed::Hellos(hellos) => {
+                    RoundOutput::Next(dkg.handle_hellos(hellos, &mut rng)?)
+                }
+                EcdsaRelayed::Round(messages) => dkg.handle_round(messages, &mut rng)?,
+            };
+            match output {
+                RoundOutput::Next(message) => Ok((
+                    Some(RefreshStage::Ecdsa(dkg)),
+                    Response::EcdsaDkgRound { message },
+                )),
+                RoundOutput::Confirm(_) => {
+                    let confirmation = self.prepare_ecdsa_refresh(&wallet_id, *dkg, claim)?;
+                    let signature = Some(self.sign_confirmation(&wallet_id, &confirmation)?);
+                    let answer = Response::RefreshRound3 {
+                        confirmation,
+                        signature,
+                    };
+                    Ok((Some(RefreshStage::Prepared), answer))
+                }
+            }
+        })
+    }
+
+    /// The refreshed threshold ECDSA share, stored prepared (as [`Self::prepare_refresh`]).
+    fn prepare_ecdsa_refresh(
+        &self,
+        wallet_id: &WalletId,
+        dkg: EcdsaDkg,
+        claim: &Claim,
+    ) -> Result<Confirmation, Failure> {
+        let state = self.records().load_state(wallet_id)?;
+        let from = state.current_epoch;
+        let (output, confirmation) = dkg.into_unconfirmed()?;
+        let public = EcdsaPublic::of(&output);
+        let prepared = PreparedRecord {
+            share: ShareRecord {
+                epoch: from.saturating_next(),
+                key_package: ByteBuf::from(output.key.to_secret_bytes()?.to_vec()),
+                public_key_package: ByteBuf::from(public.to_bytes()?),
+            },
+            from_epoch: from,
+            confirmation: confirmation.clone(),
+            recovery: claim.recovery,
+            started_by: ByteBuf::from(claim.key.clone()),
+        };
+        let _guard = self.writer(wallet_id)?;
+        self.records()
+            .save_prepared(wallet_id, state.party, &prepared)?;
+        Ok(confirmation)
     }
 
     pub(super) fn refresh_round2(
@@ -154,10 +284,18 @@ impl Service {
         ) -> Result<(RefreshStage, Response), Failure>,
     ) -> Outcome {
         self.refreshes.step(&wallet_id, &owner, |stage, claim| {
-            let RefreshStage::Running(exchange) = stage else {
-                return Err(Failure::bad(
-                    "the refresh is prepared: it waits for the commit",
-                ));
+            let exchange = match stage {
+                RefreshStage::Running(exchange) => exchange,
+                RefreshStage::Ecdsa(_) => {
+                    return Err(Failure::bad(
+                        "this is a threshold ECDSA refresh: its rounds are EcdsaRefreshRound",
+                    ));
+                }
+                RefreshStage::Prepared => {
+                    return Err(Failure::bad(
+                        "the refresh is prepared: it waits for the commit",
+                    ));
+                }
             };
             let (next, answer) = step(exchange, claim)?;
             Ok((Some(next), answer))
@@ -230,8 +368,13 @@ impl Service {
             });
         }
         let receipt_digest = self.check_commit_now(&state, actor, &prepared, commit)?;
-        self.records()
-            .save_share(&wallet_id, state.party, &prepared.share)?;
+        if is_ecdsa(&state) {
+            self.records()
+                .save_ecdsa_share(&wallet_id, state.party, &prepared.share)?;
+        } else {
+            self.records()
+                .save_share(&wallet_id, state.party, &prepared.share)?;
+        }
         let action = self.advance_epoch(&mut state, &prepared, confirmations, &receipt_digest)?;
         self.records().save_state(&wallet_id, &state)?;
         // A new epoch, and after a recovery a revoked key: nothing unsealed of before stays.
@@ -443,6 +586,8 @@ impl Service {
         self.signs
             .drop_where(&wallet_id, |s| old.contains(&s.epoch()))?;
         self.psbts
+            .drop_where(&wallet_id, |s| old.contains(&s.epoch()))?;
+        self.eth_signs
             .drop_where(&wallet_id, |s| old.contains(&s.epoch()))?;
         self.keys.forget(&wallet_id)?;
         Ok(Response::Done)

@@ -257,12 +257,12 @@ impl Service {
         {
             return Err(self.raw_sign_refused(&signed.wallet_id, actor, &signed.digest));
         }
-        // An Ethereum wallet signs Ethereum transactions, and its recovery credential can
-        // suspend a stolen device's key (and give it back) and change its policy; nothing else
-        // is served for it yet.
+        // An Ethereum wallet signs Ethereum transactions and is refreshed by its device, and its
+        // recovery credential can suspend a stolen device's key (and give it back) and change its
+        // policy; nothing else is served for it yet (a recovery's repair and refresh).
         let ecdsa_served = matches!(
             request,
-            Authorized::Device(DeviceRequest::Sign(Sign::Eth(_)))
+            Authorized::Device(DeviceRequest::Sign(Sign::Eth(_)) | DeviceRequest::Refresh(_))
                 | Authorized::Recovery(
                     RecoveryRequest::RecoverStart { .. }
                         | RecoveryRequest::RecoverCancel { .. }

@@ -607,6 +607,16 @@ impl EcdsaDkg {
         Ok(ours)
     }
 
+    /// After round 3, our output and confirmation before the others' confirmations are in: for a
+    /// refresh whose new share is stored *prepared*, to be used only once a commit checks every
+    /// party's confirmation against ours (as [`Self::handle_confirmations`] would).
+    pub fn into_unconfirmed(mut self) -> Result<(EcdsaDkgOutput, Confirmation)> {
+        match std::mem::replace(&mut self.stage, Stage::Done) {
+            Stage::Confirm { output, ours } => Ok((*output, ours)),
+            _ => Err(self.unexpected("the prepared output")),
+        }
+    }
+
     /// Every party's confirmation (ours included): the key, once all agree.
     pub fn handle_confirmations(
         mut self,
