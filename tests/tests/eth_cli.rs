@@ -201,19 +201,36 @@ fn create_and_sign_an_ethereum_transaction_with_the_cli() {
         .unwrap()
         .to_owned();
 
+    // A refresh: the same address at epoch 1, and the wallet still signs (a third transaction).
+    let refreshed = json(
+        d.cosigner(["--home", p(&home), "refresh", "--wallet", &id, "--json"])
+            .ok(),
+    );
+    assert_eq!(refreshed["epoch"], 1);
+    assert_eq!(refreshed["address"], address.as_str());
+    let third = file(
+        &d,
+        "tx2.json",
+        &tx_text.replace(r#""nonce":"0x0""#, r#""nonce":"0x2""#),
+    );
+    let raw_third = json(sign_eth(&d, &home, &id, &third).ok())["raw_tx"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
     if !python_available() {
         println!("{SKIP_LINE}");
         return;
     }
-    let txs: Vec<_> = [raw, raw_again.as_str()]
+    let txs: Vec<_> = [raw, raw_again.as_str(), raw_third.as_str()]
         .iter()
         .map(|r| cosigner_eth::SignedTx {
             raw: hex::decode(&r[2..]).unwrap(),
             hash: [0; 32],
         })
         .collect();
-    let report = run_in_evm(&address, 5 * ETH, &txs).unwrap();
-    assert_eq!(report.senders, vec![address.clone(); 2]);
-    assert_eq!(report.receipts, vec![1, 1]);
-    assert_eq!(report.balances[&BOB.to_lowercase()], (4 * ETH).to_string());
+    let report = run_in_evm(&address, 7 * ETH, &txs).unwrap();
+    assert_eq!(report.senders, vec![address.clone(); 3]);
+    assert_eq!(report.receipts, vec![1, 1, 1]);
+    assert_eq!(report.balances[&BOB.to_lowercase()], (6 * ETH).to_string());
 }
