@@ -331,6 +331,17 @@ fn a_device_whose_message_fails_the_ot_check_is_excluded_for_good() {
             .any(|d| d.starts_with("refused: party 1 excluded")),
         "{entries:?}"
     );
+    // Nor is it refreshed: new OT setups would let it probe again (DKLs23 bans it from refreshes
+    // as from signatures).
+    let mut recovery_session = c.recovery.session();
+    let mut recovery = InProcess::new(&c.recovery.service, &mut recovery_session);
+    match eth::refresh(&home, &mut courier, &mut recovery, id) {
+        Err(ClientError::Remote(e)) => {
+            assert_eq!(e.kind, ErrorKind::Unauthorized);
+            assert!(e.message.contains("excluded"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -770,4 +781,72 @@ fn a_refresh_keeps_the_address_and_a_stolen_old_share_signs_nothing() {
     let report = run_in_evm(&w.address, 5 * ETH, &txs).unwrap();
     assert_eq!(report.senders, vec![w.address.clone(); 3]);
     assert_eq!(report.receipts, vec![1, 1, 1]);
+}
+
+/// A courier that loses the connection (an error, nothing delivered) on the first request
+/// `cut` picks, as a client killed at that point would.
+struct Cut<'a> {
+    inner: InProcess<'a>,
+    cut: Box<dyn FnMut(&Request) -> bool + 'a>,
+}
+
+impl cosigner_client::courier::Courier for Cut<'_> {
+    fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
+        if (self.cut)(request) {
+            return Err(ClientError::Unexpected("connection lost".into()));
+        }
+        self.inner.call(request)
+    }
+
+    fn attested_key(&self) -> Option<&[u8]> {
+        self.inner.attested_key()
+    }
+}
+
+/// Whether `request` is an authorized `RefreshCommit`.
+fn is_commit(request: &Request) -> bool {
+    match request {
+        Request::Authorized { request, .. } => matches!(
+            cosigner_protocol::wire::decode::<Request>(request),
+            Ok(Request::RefreshCommit { .. })
+        ),
+        _ => false,
+    }
+}
+
+#[test]
+fn a_refresh_stopped_after_the_providers_commit_is_finished_by_running_it_again() {
+    let Owned {
+        c,
+        home,
+        created,
+        _dir,
+    } = owned();
+    let id = created.wallet.wallet_id;
+    let mut provider_session = c.provider.session();
+    let mut provider = InProcess::new(&c.provider.service, &mut provider_session);
+    let mut recovery_session = c.recovery.session();
+    let mut recovery = Cut {
+        inner: InProcess::new(&c.recovery.service, &mut recovery_session),
+        cut: Box::new(is_commit),
+    };
+    // The provider commits epoch 1; the recovery cosigner never hears of it; this device keeps
+    // the prepared share and still holds epoch 0.
+    assert!(eth::refresh(&home, &mut provider, &mut recovery, id).is_err());
+    assert_eq!(home.eth_wallet(&id).unwrap().epoch, Epoch(0));
+    assert!(home.prepared_share(&id).unwrap().is_some());
+    // Run again (the same home): the recovery cosigner is rolled forward on the provider's
+    // receipt and this device switches to the prepared share.
+    recovery.cut = Box::new(|_| false);
+    let done = eth::refresh(&home, &mut provider, &mut recovery, id).unwrap();
+    assert_eq!(done.epoch, Epoch(1));
+    assert!(home.prepared_share(&id).unwrap().is_none());
+    eth::sign(&home, &mut provider, id, payment(0, 1)).unwrap();
+    // And the next refresh starts from there.
+    assert_eq!(
+        eth::refresh(&home, &mut provider, &mut recovery, id)
+            .unwrap()
+            .epoch,
+        Epoch(2)
+    );
 }
