@@ -850,3 +850,46 @@ fn a_refresh_stopped_after_the_providers_commit_is_finished_by_running_it_again(
         Epoch(2)
     );
 }
+
+#[test]
+fn the_providers_refresh_demand_counts_ethereum_signatures_and_a_refresh_meets_it() {
+    let hsm = SoftHsm::new().unwrap();
+    hsm.install_env_for_this_process();
+    let module = softhsm_module();
+    let dir = hsm.dir().to_path_buf();
+    let demanding = RefreshPolicy {
+        after: None,
+        after_signatures: Some(2),
+    };
+    let provider = Enclave::new(&module, "provider", &dir.join("attester"), demanding).unwrap();
+    let recovery = Enclave::new(
+        &module,
+        "recovery",
+        &dir.join("recovery-attester"),
+        RefreshPolicy::default(),
+    )
+    .unwrap();
+    let c = Cosigners {
+        _hsm: hsm,
+        provider,
+        recovery,
+    };
+    let home_dir = tempfile::tempdir().unwrap();
+    let home = Home::open(home_dir.path()).unwrap();
+    let id = create(&c, &home, home_dir.path()).wallet.wallet_id;
+    let mut provider_session = c.provider.session();
+    let mut provider = InProcess::new(&c.provider.service, &mut provider_session);
+    for nonce in 0..2 {
+        eth::sign(&home, &mut provider, id, payment(nonce, 1)).unwrap();
+    }
+    match eth::sign(&home, &mut provider, id, payment(2, 1)) {
+        Err(ClientError::Remote(e)) => {
+            assert!(e.message.contains("refresh required"), "{}", e.message)
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut recovery_session = c.recovery.session();
+    let mut recovery = InProcess::new(&c.recovery.service, &mut recovery_session);
+    eth::refresh(&home, &mut provider, &mut recovery, id).unwrap();
+    eth::sign(&home, &mut provider, id, payment(2, 1)).unwrap();
+}

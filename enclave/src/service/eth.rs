@@ -76,9 +76,9 @@ impl Service {
     pub(super) fn eth_sign_start(
         &self,
         owner: ConnectionId,
-        state: WalletState,
+        mut state: WalletState,
         actor: Actor,
-        generation: Option<u64>,
+        mut generation: Option<u64>,
         request: EthSign,
     ) -> Outcome {
         let wallet_id = state.params.wallet_id;
@@ -133,8 +133,8 @@ impl Service {
         if open >= MAX_ETH_SIGNS_PER_WALLET {
             return Err(Failure::busy(too_many(&wallet_id, open)));
         }
-        // No refresh demand (`count_signature`): Ethereum wallets cannot be refreshed yet, and a
-        // demand they could never meet would lock their funds.
+        // The provider's refresh demands count Ethereum signatures too (they can be refreshed).
+        self.count_signature(&mut state, &actor, request.epoch, &hash, &mut generation)?;
         let key = self.ecdsa_key(&state, request.epoch)?;
         let id = sign::sign_id(&wallet_id, &request.signers, &nonce);
         let (mut signing, round1) = sign::start(&key, &request.signers, id, hash)?;
