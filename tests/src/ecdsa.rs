@@ -174,7 +174,9 @@ pub fn run_with_token(
 /// The address `token` will have in a run for `address` (every run deploys it the same way).
 pub fn token_address(address: &str, token: &TokenJob) -> Result<String> {
     let mut job = evm_job(address, 0, &[], Some(token));
-    job["deploy_only"] = serde_json::Value::Bool(true);
+    if let Some(fields) = job.as_object_mut() {
+        fields.insert("deploy_only".into(), serde_json::Value::Bool(true));
+    }
     let report = run_job(&job)?;
     report.token.context("no token address")
 }
@@ -185,16 +187,19 @@ fn evm_job(
     txs: &[SignedTx],
     token: Option<&TokenJob>,
 ) -> serde_json::Value {
+    let token = token.map(|token| {
+        serde_json::json!({
+            "supply": token.supply.to_string(),
+            "watch": token.watch,
+        })
+    });
     let mut job = serde_json::json!({
         "address": address,
         "fund_wei": fund_wei.to_string(),
         "txs": txs.iter().map(|t| format!("0x{}", hex::encode(&t.raw))).collect::<Vec<_>>(),
     });
-    if let Some(token) = token {
-        job["token"] = serde_json::json!({
-            "supply": token.supply.to_string(),
-            "watch": token.watch,
-        });
+    if let (Some(token), Some(fields)) = (token, job.as_object_mut()) {
+        fields.insert("token".into(), token);
     }
     job
 }
@@ -222,13 +227,14 @@ fn run_job(job: &serde_json::Value) -> Result<EvmReport> {
     }
     // The deploy-only answer has the token alone.
     let mut value: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    for key in ["senders", "receipts"] {
-        if value.get(key).is_none() {
-            value[key] = serde_json::json!([]);
+    if let Some(fields) = value.as_object_mut() {
+        for (key, empty) in [
+            ("senders", serde_json::json!([])),
+            ("receipts", serde_json::json!([])),
+            ("balances", serde_json::json!({})),
+        ] {
+            fields.entry(key).or_insert(empty);
         }
-    }
-    if value.get("balances").is_none() {
-        value["balances"] = serde_json::json!({});
     }
     Ok(serde_json::from_value(value)?)
 }
