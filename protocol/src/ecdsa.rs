@@ -21,6 +21,7 @@
 /// The threshold ECDSA DKG.
 pub mod dkg;
 mod engine;
+pub mod repair;
 /// Threshold ECDSA signing.
 pub mod sign;
 #[cfg(test)]

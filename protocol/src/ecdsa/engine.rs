@@ -240,6 +240,14 @@ fn public_of(package: &PublicKeyPackage<Secp256k1>, parties: &[PartyId]) -> Resu
 
 /// `dkls23`'s package of a wallet's public side (the parameters are `key`'s).
 fn package_of(public: &EcdsaPublic, key: &EcdsaKey) -> Result<PublicKeyPackage<Secp256k1>> {
+    package(public, key.party.parameters.clone())
+}
+
+/// `dkls23`'s package of a wallet's public side with `parameters`.
+pub(super) fn package(
+    public: &EcdsaPublic,
+    parameters: dkls23::protocols::Parameters,
+) -> Result<PublicKeyPackage<Secp256k1>> {
     let mut shares = BTreeMap::new();
     for (party, share) in &public.public_shares {
         shares.insert(index_of(*party)?, super::point(share)?);
@@ -247,6 +255,6 @@ fn package_of(public: &EcdsaPublic, key: &EcdsaKey) -> Result<PublicKeyPackage<S
     Ok(PublicKeyPackage::new(
         super::point(&public.public_key)?,
         shares,
-        key.party.parameters.clone(),
+        parameters,
     ))
 }

@@ -407,3 +407,53 @@ fn a_refresh_is_refused_a_share_of_another_key() {
         Err(ProtocolError::Params { .. })
     ));
 }
+
+#[test]
+fn a_lost_share_is_repaired_hollow_and_the_refresh_makes_it_sign() {
+    let mut outputs = run_dkg(2, 3, |_, _, _| {}).unwrap();
+    let public = super::EcdsaPublic::of(&outputs[0]);
+    let lost = outputs.remove(0); // party 1's phone is gone
+    let id = super::repair::repair_id(&WalletId([7; 16]), crate::id::Epoch(0), b"new phone");
+    let helpers = [PartyId::new(2).unwrap(), PartyId::new(3).unwrap()];
+    let target = PartyId::new(1).unwrap();
+    let terms: Vec<Vec<u8>> = outputs
+        .iter()
+        .map(|o| super::repair::term(&o.key, &helpers, target, &id).unwrap())
+        .collect();
+    let hollow = super::repair::assemble(&public, 2, target, &terms).unwrap();
+    assert_eq!(
+        hollow.public_share(),
+        lost.key.public_share(),
+        "the same Shamir point"
+    );
+    // Hollow: it cannot sign yet.
+    let signers = [target, PartyId::new(2).unwrap()];
+    let sid = sign::sign_id(&WalletId([7; 16]), &signers, &[9; 32]);
+    assert!(sign::start(&hollow, &signers, sid, [1; 32]).is_err());
+    // A term of another repair id, or a missing one, makes no share.
+    let other = super::repair::repair_id(&WalletId([7; 16]), crate::id::Epoch(0), b"thief");
+    let wrong = vec![
+        terms[0].clone(),
+        super::repair::term(&outputs[1].key, &helpers, target, &other).unwrap(),
+    ];
+    assert!(super::repair::assemble(&public, 2, target, &wrong).is_err());
+    assert!(super::repair::assemble(&public, 2, target, &terms[..1]).is_err());
+    // The recovery's complete refresh gives every party new shares of the same key.
+    let mut all = vec![EcdsaDkgOutput {
+        key: hollow,
+        public_key: public.public_key.to_vec(),
+        public_shares: public
+            .public_shares
+            .iter()
+            .map(|(p, s)| (*p, s.to_vec()))
+            .collect(),
+        transcript_hash: [0; 32],
+    }];
+    all.extend(outputs);
+    let refreshed = refresh(all, 0, |_, _, _| {}).unwrap();
+    let hash = [0x17; 32];
+    let sig = sign_between(&[&refreshed[0].key, &refreshed[2].key], hash).unwrap();
+    assert_eq!(recover(&sig, &hash), public.public_key.to_vec());
+    // The lost phone's share signs with nobody now.
+    assert!(sign_between(&[&lost.key, &refreshed[1].key], hash).is_err());
+}
