@@ -17,8 +17,8 @@ use cosigner_protocol::id::PartyId;
 use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
 use cosigner_protocol::policy::Chain;
 use cosigner_protocol::wire::{
-    Confirmation, DkgParams, KeyRole, RefreshParams, Request, Response, SUITE_SECP256K1_ECDSA,
-    WalletId,
+    Confirmation, DkgParams, KeyRole, RefreshParams, RepairParams, Request, Response,
+    SUITE_SECP256K1_ECDSA, WalletId,
 };
 use p256::ecdsa::SigningKey;
 use serde_bytes::ByteBuf;
@@ -148,8 +148,27 @@ pub fn refresh(
             wallet.epoch, view.epoch
         )));
     }
-    wallet::check_cosigner_identities(provider, recovery, &aligned)?;
     let key = home.ecdsa_key(&wallet)?;
+    refresh_with(home, provider, recovery, &wallet, key, public, &aligned)
+}
+
+/// Refreshes `wallet` from this device's share `key` (a hollow one during a recovery) and the
+/// cosigners' public side `public`, at the epoch both cosigners are at (`aligned`): the rounds,
+/// the two-phase commit (prepared share kept here first), the switch and the finalize. The
+/// device key signs as whatever the cosigners hold it for (the device's, or during a recovery
+/// the pending one, whose refresh completes the recovery).
+fn refresh_with(
+    home: &Home,
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
+    wallet: &EthWalletFile,
+    key: EcdsaKey,
+    public: EcdsaPublic,
+    aligned: &wallet::Aligned,
+) -> Result<EthWalletFile> {
+    let wallet_id = wallet.wallet_id;
+    let device_key = home.device_key()?;
+    wallet::check_cosigner_identities(provider, recovery, aligned)?;
     let params = RefreshParams {
         wallet_id,
         ciphersuite: SUITE_SECP256K1_ECDSA.to_owned(),
@@ -219,7 +238,7 @@ pub fn refresh(
     }
     ask(recovery, &commit)?;
     let public = EcdsaPublic::from_bytes(&committed.public_key_package)?;
-    let new_wallet = finish_refresh(home, &wallet, committed.epoch, &public)?;
+    let new_wallet = finish_refresh(home, wallet, committed.epoch, &public)?;
     let finalize = Request::RefreshFinalize {
         wallet_id,
         epoch: new_wallet.epoch,
@@ -232,6 +251,104 @@ pub fn refresh(
         }
     }
     Ok(new_wallet)
+}
+
+/// Recovers this (new) device's share of Ethereum wallet `wallet_id` with the recovery
+/// credential (docs/ethereum.md, "Recovery"): both cosigners suspend the old device key and hold
+/// this device's as pending; each hands this device its repair term (over its own attested
+/// session; no cosigner learns the share); the terms make a hollow share of the device's Shamir
+/// point; and a complete refresh of all three parties, authorized by this device's key, makes it
+/// a working share, retires every old one (the lost phone's included) and makes this device's
+/// key the wallet's. Run again after an interruption, it finishes the job.
+pub fn recover(
+    home: &Home,
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
+    wallet_id: WalletId,
+    recovery_key: &SigningKey,
+) -> Result<EthWalletFile> {
+    let device_key = home.device_key()?;
+    let new_device = cosigner_protocol::auth::public_key_bytes(&device_key);
+    let start = Request::RecoverStart {
+        wallet_id,
+        new_device_key: ByteBuf::from(new_device),
+    };
+    let mut completed = true;
+    let both: [&mut dyn Courier; 2] = [&mut *provider, &mut *recovery];
+    for courier in both {
+        match wallet::authorized_retrying(
+            courier,
+            wallet_id,
+            KeyRole::Recovery,
+            recovery_key,
+            &start,
+        )? {
+            Response::RecoverApproved { completed: c, .. } => completed &= c,
+            other => return Err(unexpected("RecoverApproved", &other)),
+        }
+    }
+    let aligned = wallet::roll_forward(provider, recovery, wallet_id, &device_key)?;
+    let view = &aligned.provider;
+    if view.ciphersuite != SUITE_SECP256K1_ECDSA {
+        return Err(ClientError::Input(format!(
+            "wallet {wallet_id} is not an Ethereum wallet: recover it without --chain ethereum"
+        )));
+    }
+    let public = EcdsaPublic::from_bytes(&view.public_key_package)?;
+    let fresh = EthWalletFile {
+        epoch: view.epoch,
+        ..EthWalletFile::new(
+            wallet_id,
+            &public.public_key,
+            &view.parties,
+            view.min_signers,
+        )?
+    };
+    if home.has_eth_wallet(&wallet_id) {
+        let held = home.eth_wallet(&wallet_id)?;
+        if held.epoch == view.epoch && holds(home, &held, &public) {
+            return Ok(held);
+        }
+    }
+    if completed {
+        // Our refresh committed at both; this home kept its share as prepared (or has none).
+        return finish_refresh(home, &fresh, view.epoch, &public);
+    }
+    let params = RepairParams {
+        wallet_id,
+        ciphersuite: SUITE_SECP256K1_ECDSA.to_owned(),
+        epoch: view.epoch,
+        helpers: vec![PROVIDER, RECOVERY],
+        participant: DEVICE,
+    };
+    let mut terms = Vec::new();
+    let helpers: [(&mut dyn Courier, PartyId); 2] =
+        [(&mut *provider, PROVIDER), (&mut *recovery, RECOVERY)];
+    for (courier, me) in helpers {
+        let ask = Request::RepairStart {
+            params: params.clone(),
+            me,
+        };
+        match wallet::authorized_retrying(courier, wallet_id, KeyRole::Device, &device_key, &ask)? {
+            Response::EcdsaRepairTerm { term } => terms.push(term.into_vec()),
+            other => return Err(unexpected("EcdsaRepairTerm", &other)),
+        }
+    }
+    let hollow =
+        cosigner_protocol::ecdsa::repair::assemble(&public, view.min_signers, DEVICE, &terms)?;
+    refresh_with(home, provider, recovery, &fresh, hollow, public, &aligned)
+}
+
+/// Whether this home's share of `wallet` is the device's share of `public`.
+fn holds(home: &Home, wallet: &EthWalletFile, public: &EcdsaPublic) -> bool {
+    home.ecdsa_key(wallet).is_ok_and(|key| {
+        public.holds(&key)
+            && public
+                .public_shares
+                .get(&wallet.party)
+                .map(|s| s.as_slice())
+                == Some(key.public_share().as_slice())
+    })
 }
 
 /// Makes this home's prepared share the current one of `wallet` at `epoch` (the cosigners

@@ -805,6 +805,13 @@ pub enum Response {
         /// The audit entry of this signature signed by our audit key (`audit::AuditRecord`, CBOR).
         receipt: ByteBuf,
     },
+    /// A threshold ECDSA wallet's repair (`RepairStart` by the recovering device's key): our
+    /// masked term of the device's share (`ecdsa::repair::term`, postcard), for the recovering
+    /// device only.
+    EcdsaRepairTerm {
+        /// It.
+        term: ByteBuf,
+    },
     /// The request was refused or failed.
     Error(WireError),
 }

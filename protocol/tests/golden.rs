@@ -782,6 +782,13 @@ fn responses() -> Samples<Response> {
         ),
         (
             "",
+            "our threshold ECDSA repair term",
+            Response::EcdsaRepairTerm {
+                term: bytes(0xb8, 8),
+            },
+        ),
+        (
+            "",
             "our repair deltas",
             Response::RepairDeltas {
                 deltas: vec![sealed(pid(2), pid(3))],

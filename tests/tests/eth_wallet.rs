@@ -893,3 +893,91 @@ fn the_providers_refresh_demand_counts_ethereum_signatures_and_a_refresh_meets_i
     eth::refresh(&home, &mut provider, &mut recovery, id).unwrap();
     eth::sign(&home, &mut provider, id, payment(2, 1)).unwrap();
 }
+
+#[test]
+fn a_lost_phone_is_recovered_onto_a_new_one_and_the_old_share_and_key_are_dead() {
+    let Owned {
+        c,
+        home,
+        created,
+        _dir,
+    } = owned();
+    let w = created.wallet;
+    let id = w.wallet_id;
+    let old_share = home.ecdsa_key(&w).unwrap();
+    let old_device = home.device_key().unwrap();
+    let recovery_key = cosigner_client::home::read_p256_key(&created.recovery_key_path).unwrap();
+    let mut provider_session = c.provider.session();
+    let mut provider = InProcess::new(&c.provider.service, &mut provider_session);
+    let mut recovery_session = c.recovery.session();
+    let mut recovery = InProcess::new(&c.recovery.service, &mut recovery_session);
+    let before = eth::sign(&home, &mut provider, id, payment(0, ETH)).unwrap();
+    // The new phone: a new home, nothing of the wallet in it.
+    let new_dir = tempfile::tempdir().unwrap();
+    let new_home = Home::open(new_dir.path()).unwrap();
+    let recovered =
+        eth::recover(&new_home, &mut provider, &mut recovery, id, &recovery_key).unwrap();
+    assert_eq!(recovered.address, w.address, "the same account");
+    assert_eq!(recovered.epoch, Epoch(1));
+    let after = eth::sign(&new_home, &mut provider, id, payment(1, ETH)).unwrap();
+    assert_eq!(after.from, w.address);
+    // Run again: nothing to do, the same wallet.
+    assert_eq!(
+        eth::recover(&new_home, &mut provider, &mut recovery, id, &recovery_key).unwrap(),
+        recovered
+    );
+    // The lost phone (a thief holding it): its key is revoked, its share of no epoch in use.
+    match eth::sign(&home, &mut provider, id, payment(2, 1)) {
+        Err(ClientError::Remote(e)) => assert_eq!(e.kind, ErrorKind::Unauthorized, "{}", e.message),
+        other => panic!("the old phone signed: {other:?}"),
+    }
+    let payload = payment(2, 1).tx.signing_payload();
+    let request = start_with(&old_share, id, Epoch(1), payload);
+    assert!(wallet::authorized(&mut provider, id, KeyRole::Device, &old_device, &request).is_err());
+    // And the new phone refreshes on its own later.
+    assert_eq!(
+        eth::refresh(&new_home, &mut provider, &mut recovery, id)
+            .unwrap()
+            .epoch,
+        Epoch(2)
+    );
+    if !python_available() {
+        println!("{SKIP_LINE}");
+        return;
+    }
+    let txs: Vec<_> = [before, after]
+        .into_iter()
+        .map(|s| cosigner_eth::SignedTx {
+            raw: s.raw_tx,
+            hash: s.tx_hash,
+        })
+        .collect();
+    let report = run_in_evm(&w.address, 3 * ETH, &txs).unwrap();
+    assert_eq!(report.senders, vec![w.address.clone(); 2]);
+    assert_eq!(report.receipts, vec![1, 1]);
+}
+
+#[test]
+fn an_excluded_device_is_replaced_by_a_recovery() {
+    let Owned {
+        c,
+        home,
+        created,
+        _dir,
+    } = owned();
+    let id = created.wallet.wallet_id;
+    let device = home.device_key().unwrap();
+    let mut provider_session = c.provider.session();
+    let mut provider = InProcess::new(&c.provider.service, &mut provider_session);
+    let probe = probing_start(&home, id, payment(0, 1).tx.signing_payload());
+    let answer = wallet::authorized(&mut provider, id, KeyRole::Device, &device, &probe);
+    assert_eq!(remote_kind(answer), ErrorKind::Unauthorized);
+    // The probing phone is out for good; the owner recovers onto a new phone, which signs.
+    let recovery_key = cosigner_client::home::read_p256_key(&created.recovery_key_path).unwrap();
+    let mut recovery_session = c.recovery.session();
+    let mut recovery = InProcess::new(&c.recovery.service, &mut recovery_session);
+    let new_dir = tempfile::tempdir().unwrap();
+    let new_home = Home::open(new_dir.path()).unwrap();
+    eth::recover(&new_home, &mut provider, &mut recovery, id, &recovery_key).unwrap();
+    eth::sign(&new_home, &mut provider, id, payment(0, 1)).unwrap();
+}

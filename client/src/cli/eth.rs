@@ -108,6 +108,21 @@ pub(super) fn refresh(g: &Globals, home: &Home, id: WalletId, json: bool) -> any
     }
 }
 
+/// What `recover` prints for an Ethereum wallet: the wallet at its new epoch, on this device.
+pub(super) fn recovered_out(w: &EthWalletFile, json: bool) -> anyhow::Result<()> {
+    if json {
+        emit(
+            &json!({ "wallet_id": w.wallet_id.to_hex(), "address": w.address, "epoch": w.epoch })
+                .to_string(),
+        )
+    } else {
+        emit(&format!(
+            "wallet {} ({}) recovered onto this device at epoch {}",
+            w.wallet_id, w.address, w.epoch
+        ))
+    }
+}
+
 fn read_request(path: &Path) -> anyhow::Result<TxRequest> {
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     if size > MAX_TX_FILE {

@@ -626,6 +626,13 @@ pub fn recover(g: &Globals, args: RecoverArgs) -> anyhow::Result<()> {
         };
     }
     let home = home(g)?;
+    // An Ethereum wallet is recovered by its own ceremony (threshold ECDSA repair and refresh).
+    let view = wallet::provider_view(&mut provider, id)?;
+    if view.ciphersuite == cosigner_protocol::wire::SUITE_SECP256K1_ECDSA {
+        let w =
+            cosigner_client::eth::recover(&home, &mut provider, &mut recovery, id, &recovery_key)?;
+        return super::eth::recovered_out(&w, args.json);
+    }
     let w = wallet::recover(
         &home,
         &mut provider,

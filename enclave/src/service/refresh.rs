@@ -133,8 +133,11 @@ impl Service {
     ) -> Outcome {
         let wallet_id = state.params.wallet_id;
         // DKLs23 requires a party that failed an OT check to be kept out of every later refresh
-        // as well as every signature: new OT setups would let it probe again.
-        if !state.excluded.is_empty() {
+        // as well as every signature: new OT setups would let it probe again. A recovery
+        // replaces an excluded device: its refresh (by the new device's key) is the remedy.
+        let replaced =
+            actor.role == Role::PendingDevice && state.excluded.iter().all(|p| *p == party::DEVICE);
+        if !state.excluded.is_empty() && !replaced {
             let names: Vec<String> = state.excluded.iter().map(ToString::to_string).collect();
             return Err(Failure::denied(format!(
                 "party {} is excluded from this wallet: it cannot be refreshed (a recovery or a \
@@ -528,8 +531,10 @@ impl Service {
         if !prepared.recovery {
             return Ok("refresh");
         }
-        // The recovery completes: the new device's key replaces the old one, which is revoked.
+        // The recovery completes: the new device's key replaces the old one, which is revoked,
+        // and an exclusion of the old device (threshold ECDSA) ends with it.
         state.pending_device_key = None;
+        state.excluded.retain(|p| *p != party::DEVICE);
         let old = std::mem::replace(&mut state.device_key, prepared.started_by.clone());
         state.revoked_keys.push(old);
         Ok("recover")

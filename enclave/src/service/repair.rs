@@ -3,7 +3,9 @@
 //! table holds the protocol's repair engine (`repair::engine::RepairHelper`, the same one any
 //! other helper runs); each request feeds it what it carries and advances it one step.
 
+use cosigner_protocol::ecdsa::repair as ecdsa_repair;
 use cosigner_protocol::id::PartyId;
+use cosigner_protocol::party;
 use cosigner_protocol::repair::engine::{RepairHelper, RepairMessage, RepairStep};
 use cosigner_protocol::wire::{RepairParams, Response, SealedPackage, WalletId};
 use serde_bytes::ByteBuf;
@@ -13,7 +15,7 @@ use super::failure::{Failure, Outcome, internal};
 use super::records::WalletState;
 use super::table::ConnectionId;
 use super::table::{Claim, Pending};
-use super::{Service, Suite, share_keys};
+use super::{Service, Suite, is_ecdsa, share_keys};
 
 /// A repair in progress: this cosigner's helper in the repair engine.
 pub(super) type RepairStage = Box<RepairHelper<Suite>>;
@@ -61,6 +63,9 @@ impl Service {
                 "repair parameters do not match this wallet's current epoch",
             ));
         }
+        if is_ecdsa(&state) {
+            return self.ecdsa_repair_term(&state, actor, &params, digest);
+        }
         let share = self
             .records()
             .load_share(&wallet_id, state.party, state.current_epoch)?;
@@ -76,6 +81,42 @@ impl Service {
             },
         )?;
         Ok(Response::RepairKey { hpke_public_key })
+    }
+
+    /// A threshold ECDSA wallet's repair: our term of the device's share, for the recovering
+    /// device's key (the actor: the pending key the recovery credential registered) and no one
+    /// else; one answer, nothing kept. The helpers are both cosigners, the target the device.
+    fn ecdsa_repair_term(
+        &self,
+        state: &WalletState,
+        actor: &Actor,
+        params: &RepairParams,
+        digest: &[u8],
+    ) -> Outcome {
+        let wallet_id = state.params.wallet_id;
+        let mut helpers: Vec<PartyId> = state
+            .params
+            .parties
+            .iter()
+            .copied()
+            .filter(|p| *p != party::DEVICE)
+            .collect();
+        helpers.sort_unstable();
+        let mut asked = params.helpers.clone();
+        asked.sort_unstable();
+        if params.participant != party::DEVICE || asked != helpers {
+            return Err(Failure::bad(format!(
+                "an Ethereum wallet's repair rebuilds party {} from parties {helpers:?}",
+                party::DEVICE
+            )));
+        }
+        let key = self.ecdsa_key(state, state.current_epoch)?;
+        let id = ecdsa_repair::repair_id(&wallet_id, state.current_epoch, &actor.key);
+        let term = ecdsa_repair::term(&key, &helpers, party::DEVICE, &id)?;
+        self.log(&wallet_id, "repair", &actor.label(), digest, "allowed")?;
+        Ok(Response::EcdsaRepairTerm {
+            term: ByteBuf::from(term),
+        })
     }
 
     pub(super) fn repair_deltas(

@@ -257,12 +257,13 @@ impl Service {
         {
             return Err(self.raw_sign_refused(&signed.wallet_id, actor, &signed.digest));
         }
-        // An Ethereum wallet signs Ethereum transactions and is refreshed by its device, and its
+        // An Ethereum wallet signs Ethereum transactions and is refreshed by its device; its
         // recovery credential can suspend a stolen device's key (and give it back) and change its
-        // policy; nothing else is served for it yet (a recovery's repair and refresh).
+        // policy, and a recovering device repairs and refreshes its share.
         let ecdsa_served = matches!(
             request,
             Authorized::Device(DeviceRequest::Sign(Sign::Eth(_)) | DeviceRequest::Refresh(_))
+                | Authorized::PendingDevice(_)
                 | Authorized::Recovery(
                     RecoveryRequest::RecoverStart { .. }
                         | RecoveryRequest::RecoverCancel { .. }
