@@ -140,7 +140,10 @@ pub fn refresh(
         }));
     }
     if view.epoch > wallet.epoch {
-        return finish_refresh(home, &wallet, view.epoch, &public);
+        // Finished here; the session that committed is gone, so the device key finalizes.
+        let done = finish_refresh(home, &wallet, view.epoch, &public)?;
+        wallet::finalize_signed(provider, recovery, wallet_id, done.epoch, &device_key)?;
+        return Ok(done);
     }
     if view.epoch != wallet.epoch {
         return Err(ClientError::Input(format!(
@@ -148,6 +151,9 @@ pub fn refresh(
             wallet.epoch, view.epoch
         )));
     }
+    // A finalize an earlier run did not get to (its connection dropped after the switch): the
+    // old epoch must not stay signable while this refresh runs.
+    wallet::finalize_signed(provider, recovery, wallet_id, wallet.epoch, &device_key)?;
     let key = home.ecdsa_key(&wallet)?;
     refresh_with(home, provider, recovery, &wallet, key, public, &aligned)
 }
@@ -239,17 +245,7 @@ fn refresh_with(
     ask(recovery, &commit)?;
     let public = EcdsaPublic::from_bytes(&committed.public_key_package)?;
     let new_wallet = finish_refresh(home, wallet, committed.epoch, &public)?;
-    let finalize = Request::RefreshFinalize {
-        wallet_id,
-        epoch: new_wallet.epoch,
-    };
-    let mut both = coordinator::cosigner_peers([&mut *provider, &mut *recovery]);
-    for answer in call_all(&mut both, vec![finalize.clone(), finalize]) {
-        match answer? {
-            Response::Done => {}
-            other => return Err(unexpected("Done", &other)),
-        }
-    }
+    wallet::finalize_signed(provider, recovery, wallet_id, new_wallet.epoch, &device_key)?;
     Ok(new_wallet)
 }
 
@@ -312,7 +308,9 @@ pub fn recover(
     }
     if completed {
         // Our refresh committed at both; this home kept its share as prepared (or has none).
-        return finish_refresh(home, &fresh, view.epoch, &public);
+        let done = finish_refresh(home, &fresh, view.epoch, &public)?;
+        wallet::finalize_signed(provider, recovery, wallet_id, done.epoch, &device_key)?;
+        return Ok(done);
     }
     let params = RepairParams {
         wallet_id,

@@ -1015,10 +1015,33 @@ pub fn refresh(
     let device_key = home.device_key()?;
     let aligned = roll_forward(provider, recovery, wallet_id, &device_key)?;
     if let Some(done) = resume(home, &wallet, &aligned.provider)? {
+        // The session that committed is gone: the device key finalizes, so the retired epoch
+        // cannot sign on at the cosigners.
+        finalize_signed(provider, recovery, wallet_id, done.epoch, &device_key)?;
         return Ok(done);
     }
     let old = (key_package, pkp);
     refresh_from(home, provider, recovery, wallet, old, &aligned, observe)
+}
+
+/// `RefreshFinalize` of `epoch` at both cosigners, signed by the device key (from any session):
+/// every older epoch is deleted there. Idempotent.
+pub(crate) fn finalize_signed(
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
+    wallet_id: WalletId,
+    epoch: Epoch,
+    device_key: &SigningKey,
+) -> Result<()> {
+    let finalize = Request::RefreshFinalize { wallet_id, epoch };
+    let both: [&mut dyn Courier; 2] = [provider, recovery];
+    for courier in both {
+        match authorized_retrying(courier, wallet_id, KeyRole::Device, device_key, &finalize)? {
+            Response::Done => {}
+            other => return Err(unexpected("Done", &other)),
+        }
+    }
+    Ok(())
 }
 
 /// Finishes, on this device's side, a refresh that committed at the cosigners (brought to one

@@ -823,6 +823,7 @@ fn a_refresh_stopped_after_the_providers_commit_is_finished_by_running_it_again(
         _dir,
     } = owned();
     let id = created.wallet.wallet_id;
+    let old = home.ecdsa_key(&created.wallet).unwrap();
     let mut provider_session = c.provider.session();
     let mut provider = InProcess::new(&c.provider.service, &mut provider_session);
     let mut recovery_session = c.recovery.session();
@@ -842,6 +843,12 @@ fn a_refresh_stopped_after_the_providers_commit_is_finished_by_running_it_again(
     assert_eq!(done.epoch, Epoch(1));
     assert!(home.prepared_share(&id).unwrap().is_none());
     eth::sign(&home, &mut provider, id, payment(0, 1)).unwrap();
+    // The session that committed is gone, yet epoch 0 is retired: a copy of the old share (and
+    // of the device key, which a refresh keeps) signs nothing at it.
+    let device = home.device_key().unwrap();
+    let request = start_with(&old, id, Epoch(0), payment(1, 1).tx.signing_payload());
+    let answer = wallet::authorized(&mut provider, id, KeyRole::Device, &device, &request);
+    assert!(answer.is_err(), "{answer:?}");
     // And the next refresh starts from there.
     assert_eq!(
         eth::refresh(&home, &mut provider, &mut recovery, id)

@@ -158,6 +158,13 @@ pub(super) enum Refresh {
         provider_receipt: Option<ByteBuf>,
         confirmation_signatures: Vec<(PartyId, ByteBuf)>,
     },
+    /// `RefreshFinalize` signed by the device key, from any session: the device holds the
+    /// current epoch, so older ones go (a refresh finished by a rerun, whose committing session
+    /// is gone, would otherwise keep them signable).
+    Finalize {
+        wallet_id: WalletId,
+        epoch: Epoch,
+    },
 }
 
 /// What the registered device key may send.
@@ -344,6 +351,9 @@ impl Refresh {
                 provider_receipt,
                 confirmation_signatures,
             }),
+            Request::RefreshFinalize { wallet_id, epoch } => {
+                Ok(Self::Finalize { wallet_id, epoch })
+            }
             _ => Err(NotAllowed),
         }
     }
@@ -351,7 +361,7 @@ impl Refresh {
     fn wallet(&self) -> WalletId {
         match self {
             Self::Start { params, .. } => params.wallet_id,
-            Self::Commit { wallet_id, .. } => *wallet_id,
+            Self::Commit { wallet_id, .. } | Self::Finalize { wallet_id, .. } => *wallet_id,
         }
     }
 }

@@ -569,9 +569,40 @@ impl Service {
     ) -> Outcome {
         if lock(&self.committed_by)?.get(&wallet_id) != Some(&(owner, epoch)) {
             return Err(Failure::denied(
-                "only the session that committed this epoch may finalize it",
+                "only the session that committed this epoch may finalize it (or the device key, \
+                 inside Authorized)",
             ));
         }
+        self.retire_older_epochs(wallet_id, epoch)
+    }
+
+    /// `RefreshFinalize` inside `Authorized` by the device key (from any session): the device
+    /// switched to `epoch`, so the older epochs go. Only the registered device key (a recovering
+    /// key finalizes once its refresh made it the device key).
+    pub(super) fn refresh_finalize_signed(
+        &self,
+        state: &WalletState,
+        actor: &Actor,
+        epoch: Epoch,
+        digest: &[u8],
+    ) -> Outcome {
+        let wallet_id = state.params.wallet_id;
+        if actor.role != Role::Device {
+            return Err(Failure::denied("only the device key finalizes an epoch"));
+        }
+        let answer = self.retire_older_epochs(wallet_id, epoch)?;
+        self.log(
+            &wallet_id,
+            "refresh-finalize",
+            &actor.label(),
+            digest,
+            &format!("allowed: epoch {epoch}"),
+        )?;
+        Ok(answer)
+    }
+
+    /// Deletes every epoch of `wallet_id` older than `epoch`, which must be the current one.
+    fn retire_older_epochs(&self, wallet_id: WalletId, epoch: Epoch) -> Outcome {
         let _guard = self.writer(&wallet_id)?;
         let mut state = self.records().load_state(&wallet_id)?;
         if epoch != state.current_epoch {

@@ -355,6 +355,9 @@ impl Service {
                     };
                     self.refresh_commit(owner, state, &actor, &commit, digest)
                 }
+                Refresh::Finalize { epoch, .. } => {
+                    self.refresh_finalize_signed(&state, &actor, epoch, digest)
+                }
             },
             Authorized::PendingDevice(PendingDeviceRequest::Repair { params, me }) => {
                 self.repair_start(owner, state, &actor, params, me, digest)
