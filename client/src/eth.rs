@@ -217,7 +217,7 @@ fn refresh_with(
     };
     // Kept before any cosigner commits: if this process dies after a commit, the next run finds
     // the new share here and finishes instead of losing it.
-    home.save_prepared_share(&wallet_id, &made.output.key.to_secret_bytes()?)?;
+    home.add_eth_prepared(&wallet_id, &made.output.key)?;
     let mut commit = Request::RefreshCommit {
         wallet_id,
         confirmations: made.confirmations,
@@ -365,18 +365,22 @@ fn finish_refresh(
              share of it (the refresh's share was lost): the wallet needs a recovery"
         ))
     };
-    let prepared = home.prepared_share(&wallet_id)?.ok_or_else(lost)?;
-    let key = EcdsaKey::from_secret_bytes(&prepared)?;
-    let ours = public.public_shares.get(&wallet.party);
-    if !public.holds(&key) || ours.map(|s| s.as_slice()) != Some(key.public_share().as_slice()) {
-        return Err(lost());
-    }
+    // The committed refresh's share among those kept: its public share is ours in `public`.
+    let ours = public
+        .public_shares
+        .get(&wallet.party)
+        .map(|s| s.as_slice());
+    let key = home
+        .eth_prepared(&wallet_id)?
+        .into_iter()
+        .find(|key| public.holds(key) && ours == Some(key.public_share().as_slice()))
+        .ok_or_else(lost)?;
     let new_wallet = EthWalletFile {
         epoch,
         ..wallet.clone()
     };
     home.replace_eth_share(&new_wallet, &key)?;
-    home.remove_prepared_share(&wallet_id)?;
+    home.clear_eth_prepared(&wallet_id)?;
     Ok(new_wallet)
 }
 

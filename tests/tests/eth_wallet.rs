@@ -835,13 +835,13 @@ fn a_refresh_stopped_after_the_providers_commit_is_finished_by_running_it_again(
     // the prepared share and still holds epoch 0.
     assert!(eth::refresh(&home, &mut provider, &mut recovery, id).is_err());
     assert_eq!(home.eth_wallet(&id).unwrap().epoch, Epoch(0));
-    assert!(home.prepared_share(&id).unwrap().is_some());
+    assert_eq!(home.eth_prepared(&id).unwrap().len(), 1);
     // Run again (the same home): the recovery cosigner is rolled forward on the provider's
     // receipt and this device switches to the prepared share.
     recovery.cut = Box::new(|_| false);
     let done = eth::refresh(&home, &mut provider, &mut recovery, id).unwrap();
     assert_eq!(done.epoch, Epoch(1));
-    assert!(home.prepared_share(&id).unwrap().is_none());
+    assert!(home.eth_prepared(&id).unwrap().is_empty());
     eth::sign(&home, &mut provider, id, payment(0, 1)).unwrap();
     // The session that committed is gone, yet epoch 0 is retired: a copy of the old share (and
     // of the device key, which a refresh keeps) signs nothing at it.
@@ -987,4 +987,63 @@ fn an_excluded_device_is_replaced_by_a_recovery() {
     let new_home = Home::open(new_dir.path()).unwrap();
     eth::recover(&new_home, &mut provider, &mut recovery, id, &recovery_key).unwrap();
     eth::sign(&new_home, &mut provider, id, payment(0, 1)).unwrap();
+}
+
+/// A hostile relay's courier: it holds back the first authorized `RefreshCommit` (the client
+/// sees a lost connection) and delivers it just before the next one.
+struct HoldCommit<'a> {
+    inner: InProcess<'a>,
+    held: Option<Request>,
+    holding: bool,
+}
+
+impl cosigner_client::courier::Courier for HoldCommit<'_> {
+    fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
+        if is_commit(request) {
+            if self.holding {
+                self.holding = false;
+                self.held = Some(request.clone());
+                return Err(ClientError::Unexpected("connection lost".into()));
+            }
+            if let Some(held) = self.held.take() {
+                self.inner.call(&held)?;
+            }
+        }
+        self.inner.call(request)
+    }
+
+    fn attested_key(&self) -> Option<&[u8]> {
+        self.inner.attested_key()
+    }
+}
+
+#[test]
+fn a_refresh_commit_held_back_past_a_second_refresh_still_leaves_the_device_its_share() {
+    let Owned {
+        c,
+        home,
+        created,
+        _dir,
+    } = owned();
+    let id = created.wallet.wallet_id;
+    let mut provider_session = c.provider.session();
+    let mut provider = HoldCommit {
+        inner: InProcess::new(&c.provider.service, &mut provider_session),
+        held: None,
+        holding: true,
+    };
+    let mut recovery_session = c.recovery.session();
+    let mut recovery = InProcess::new(&c.recovery.service, &mut recovery_session);
+    // Refresh A: its commit is held back. Refresh B: A's commit lands first, so B's cannot.
+    assert!(eth::refresh(&home, &mut provider, &mut recovery, id).is_err());
+    assert!(eth::refresh(&home, &mut provider, &mut recovery, id).is_err());
+    assert_eq!(
+        home.eth_prepared(&id).unwrap().len(),
+        2,
+        "A's share kept beside B's"
+    );
+    // Run again: the cosigners are at A's epoch, and this device still has A's share.
+    let done = eth::refresh(&home, &mut provider, &mut recovery, id).unwrap();
+    assert_eq!(done.epoch, Epoch(1));
+    eth::sign(&home, &mut provider.inner, id, payment(0, 1)).unwrap();
 }
