@@ -6,8 +6,10 @@
 //!   gas price; the fee is value leaving, as in docs/policy.md, "Fees"). Its destination is the
 //!   recipient; for a token call that sends no ether, none (only the fee leaves).
 //! * **A token of the policy's table**: for `transfer` and `transferFrom` the amount, to their
-//!   recipient; for `approve` the allowance granted, to the spender (what it may take later is
-//!   counted now, the safe side). The fee is ether, judged in the ether spend above.
+//!   recipient; for `approve` and `increaseAllowance` the allowance granted, to the spender (what
+//!   it may take later is counted now, the safe side). The fee is ether, judged in the ether spend
+//!   above, whose destination is then the token contract (where the gas is spent). Any other
+//!   function of a table token is refused, whatever `calls` says.
 //! * **Anything the enclave cannot value** (a call of another function, of a token not in the
 //!   table, or a contract creation) is an ether spend marked as a call of that contract
 //!   (`Spend::call`): only a rule naming the contract in its `calls` allows it.
@@ -63,15 +65,19 @@ pub fn outflows(policy: &Policy, v: &Valuation) -> Result<Vec<Outflow>, Denial> 
         (Call::Erc20 { token, op }, Some(contract)) => match policy.token_at(&token.0.0) {
             Some(known) => {
                 out.push(token_outflow(&known.asset, op)?);
-                let paid = if v.value.is_zero() {
-                    vec![]
-                } else {
-                    vec![contract.clone()]
-                };
-                (paid, None)
+                // The fee (and any ether sent) goes to run the token contract.
+                (vec![contract.clone()], None)
             }
             None => (vec![contract.clone()], Some(contract.clone())),
         },
+        // A token of the table is valued or refused, never allowed as an unvalued call: a `calls`
+        // rule naming it would let any other function of it move tokens past the token's rules.
+        (_, Some(contract)) if v.to.is_some_and(|a| policy.token_at(&a.0.0).is_some()) => {
+            return Err(denial(format!(
+                "a call of token contract {contract} other than transfer, approve, \
+                 increaseAllowance or transferFrom cannot be valued"
+            )));
+        }
         (_, Some(contract)) => (vec![contract.clone()], Some(contract.clone())),
         (_, None) => (vec![], Some(CONTRACT_CREATION.to_string())),
     };
@@ -132,7 +138,7 @@ pub fn judge(
 fn token_outflow(asset: &str, op: &Erc20) -> Result<Outflow, Denial> {
     let to = match op {
         Erc20::Transfer { to, .. } | Erc20::TransferFrom { to, .. } => to,
-        Erc20::Approve { spender, .. } => spender,
+        Erc20::Approve { spender, .. } | Erc20::IncreaseAllowance { spender, .. } => spender,
     };
     Ok(Outflow {
         asset: asset.into(),

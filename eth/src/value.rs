@@ -13,6 +13,9 @@ const TRANSFER: [u8; 4] = [0xa9, 0x05, 0x9c, 0xbb];
 const APPROVE: [u8; 4] = [0x09, 0x5e, 0xa7, 0xb3];
 /// `transferFrom(address,address,uint256)`.
 const TRANSFER_FROM: [u8; 4] = [0x23, 0xb8, 0x72, 0xdd];
+/// `increaseAllowance(address,uint256)` (OpenZeppelin's ERC-20, not EIP-20 itself: it grants an
+/// allowance as `approve` does, so it is valued as one).
+const INCREASE_ALLOWANCE: [u8; 4] = [0x39, 0x50, 0x93, 0x51];
 /// One ABI word.
 const WORD: usize = 32;
 
@@ -69,6 +72,13 @@ pub enum Erc20 {
         /// Token base units.
         amount: U256,
     },
+    /// `increaseAllowance(spender, amount)`: `spender` may take `amount` more.
+    IncreaseAllowance {
+        /// Who may spend.
+        spender: Address,
+        /// Token base units.
+        amount: U256,
+    },
     /// `transferFrom(from, to, amount)`: the wallet moves `amount` of `from`'s tokens to `to`.
     TransferFrom {
         /// Whose tokens.
@@ -86,6 +96,7 @@ impl Erc20 {
         match self {
             Self::Transfer { amount, .. }
             | Self::Approve { amount, .. }
+            | Self::IncreaseAllowance { amount, .. }
             | Self::TransferFrom { amount, .. } => *amount,
         }
     }
@@ -128,6 +139,13 @@ fn call_of(token: Address, input: &[u8]) -> Result<Call> {
         APPROVE => {
             let [spender, amount] = words(args)?;
             Erc20::Approve {
+                spender: address(spender)?,
+                amount: U256::from_be_bytes(*amount),
+            }
+        }
+        INCREASE_ALLOWANCE => {
+            let [spender, amount] = words(args)?;
+            Erc20::IncreaseAllowance {
                 spender: address(spender)?,
                 amount: U256::from_be_bytes(*amount),
             }

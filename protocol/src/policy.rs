@@ -300,10 +300,11 @@ struct Velocity {
     limit: u128,
 }
 
-/// What a rule's amounts are read with: its asset's units.
+/// What a rule is read with: its chain, its asset's units, the token table's contracts.
 struct Context<'a> {
     chain: Chain,
     units: Vec<Unit<'a>>,
+    tokens: Vec<[u8; 20]>,
 }
 
 impl Rule {
@@ -325,11 +326,11 @@ impl Rule {
         let max_fee = base_amount(what, "max_fee", units, entry.max_fee.as_ref())?;
         let destinations = entry
             .destinations
-            .map(|list| parse_destinations(what, list))
+            .map(|list| parse_destinations(what, context.chain, list))
             .transpose()?;
         let calls = entry
             .calls
-            .map(|list| parse_calls(what, context.chain, list))
+            .map(|list| parse_calls(what, context, list))
             .transpose()?;
         let quorum = if entry.deny == Some(true) {
             if calls.is_some() {
@@ -407,11 +408,16 @@ impl Velocity {
     }
 }
 
-/// A rule's `destinations`, normalised; an empty entry or one with white space is refused.
-fn parse_destinations(what: &str, list: Vec<String>) -> Result<BTreeSet<String>> {
+/// A rule's `destinations`, normalised; an empty entry or one with white space is refused, and
+/// on Ethereum anything but `0x` and 40 hex digits (a typo in a deny rule must not silently
+/// refuse nothing).
+fn parse_destinations(what: &str, chain: Chain, list: Vec<String>) -> Result<BTreeSet<String>> {
     let mut set = BTreeSet::new();
     for d in list {
-        if d.is_empty() || d.chars().any(char::is_whitespace) {
+        let malformed = d.is_empty()
+            || d.chars().any(char::is_whitespace)
+            || (chain == Chain::Ethereum && parse_eth_address(&d).is_none());
+        if malformed {
             return Err(policy_error(format!(
                 "{what}: destination {d:?} is not an address"
             )));
@@ -421,9 +427,10 @@ fn parse_destinations(what: &str, list: Vec<String>) -> Result<BTreeSet<String>>
     Ok(set)
 }
 
-/// A rule's `calls`: Ethereum contract addresses (`0x` and 40 hex digits), normalised.
-fn parse_calls(what: &str, chain: Chain, list: Vec<String>) -> Result<BTreeSet<String>> {
-    if chain != Chain::Ethereum {
+/// A rule's `calls`: Ethereum contract addresses (`0x` and 40 hex digits), normalised; never a
+/// token of the table (its calls are valued by the token's rules, or refused).
+fn parse_calls(what: &str, context: &Context<'_>, list: Vec<String>) -> Result<BTreeSet<String>> {
+    if context.chain != Chain::Ethereum {
         return Err(policy_error(format!(
             "{what}: calls are for Ethereum wallets"
         )));
@@ -432,6 +439,12 @@ fn parse_calls(what: &str, chain: Chain, list: Vec<String>) -> Result<BTreeSet<S
     for contract in list {
         let address = parse_eth_address(&contract)
             .ok_or_else(|| policy_error(format!("{what}: call {contract:?} is not an address")))?;
+        if context.tokens.contains(&address) {
+            return Err(policy_error(format!(
+                "{what}: call {contract:?} is a token of the [[token]] table (its transfers are \
+                 valued by the token's rules; other functions of it are refused)"
+            )));
+        }
         set.insert(eth_address_text(&address));
     }
     Ok(set)
@@ -556,6 +569,7 @@ impl Policy {
                 .to_string();
             check_asset(&what, &asset)?;
             let context = Context {
+                tokens: tokens.iter().map(|t| t.address).collect(),
                 chain,
                 units: units_of(chain, &tokens, &asset).ok_or_else(|| {
                     policy_error(format!(

@@ -134,6 +134,9 @@ impl Service {
             return Err(Failure::busy(too_many(&wallet_id, open)));
         }
         // The provider's refresh demands count Ethereum signatures too (they can be refreshed).
+        // Counted before the share is unsealed, so a demand already due is a cheap refusal; a
+        // session that then fails has counted one signature too many, the safe side (a refresh
+        // is demanded a little early, never late).
         self.count_signature(&mut state, &actor, request.epoch, &hash, &mut generation)?;
         let key = self.ecdsa_key(&state, request.epoch)?;
         let id = sign::sign_id(&wallet_id, &request.signers, &nonce);

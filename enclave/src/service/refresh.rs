@@ -30,9 +30,9 @@ pub(super) enum RefreshStage {
     /// Rounds 1 and 2: this cosigner's party in the key-making engine (the same one a DAO's
     /// refresh runs on), holding the current share it refreshes.
     Running(Box<Exchange<Suite, RefreshParams>>),
-    /// Rounds 0–3 of a threshold ECDSA wallet's refresh (`ecdsa::dkg::start_refresh`), holding
-    /// our current share.
-    Ecdsa(Box<EcdsaDkg>),
+    /// Rounds 0–3 of a threshold ECDSA wallet's refresh (`ecdsa::dkg::start_refresh`) from
+    /// epoch `from`, holding our current share.
+    Ecdsa { dkg: Box<EcdsaDkg>, from: Epoch },
     /// Prepared and stored (`records::PreparedRecord`): the commit works from the stored record;
     /// this marker only keeps the ceremony owned until it commits or expires.
     Prepared,
@@ -163,7 +163,10 @@ impl Service {
         self.refreshes.put(
             wallet_id,
             Pending {
-                stage: RefreshStage::Ecdsa(Box::new(dkg)),
+                stage: RefreshStage::Ecdsa {
+                    dkg: Box::new(dkg),
+                    from: params.from_epoch,
+                },
                 claim,
             },
         )?;
@@ -187,7 +190,7 @@ impl Service {
         relayed: EcdsaRelayed<'_>,
     ) -> Outcome {
         self.refreshes.step(&wallet_id, &owner, |stage, claim| {
-            let RefreshStage::Ecdsa(mut dkg) = stage else {
+            let RefreshStage::Ecdsa { mut dkg, from } = stage else {
                 return Err(Failure::bad(format!(
                     "wallet {wallet_id}'s refresh is not a threshold ECDSA one in progress"
                 )));
@@ -201,11 +204,11 @@ impl Service {
             };
             match output {
                 RoundOutput::Next(message) => Ok((
-                    Some(RefreshStage::Ecdsa(dkg)),
+                    Some(RefreshStage::Ecdsa { dkg, from }),
                     Response::EcdsaDkgRound { message },
                 )),
                 RoundOutput::Confirm(_) => {
-                    let confirmation = self.prepare_ecdsa_refresh(&wallet_id, *dkg, claim)?;
+                    let confirmation = self.prepare_ecdsa_refresh(&wallet_id, *dkg, from, claim)?;
                     let signature = Some(self.sign_confirmation(&wallet_id, &confirmation)?);
                     let answer = Response::RefreshRound3 {
                         confirmation,
@@ -222,10 +225,17 @@ impl Service {
         &self,
         wallet_id: &WalletId,
         dkg: EcdsaDkg,
+        from: Epoch,
         claim: &Claim,
     ) -> Result<Confirmation, Failure> {
         let state = self.records().load_state(wallet_id)?;
-        let from = state.current_epoch;
+        // A refresh of epoch `from` that another commit overtook can never commit: refused now.
+        if state.current_epoch != from {
+            return Err(Failure::bad(format!(
+                "the refresh from epoch {from} was overtaken: current epoch is {}",
+                state.current_epoch
+            )));
+        }
         let (output, confirmation) = dkg.into_unconfirmed()?;
         let public = EcdsaPublic::of(&output);
         let prepared = PreparedRecord {
@@ -289,7 +299,7 @@ impl Service {
         self.refreshes.step(&wallet_id, &owner, |stage, claim| {
             let exchange = match stage {
                 RefreshStage::Running(exchange) => exchange,
-                RefreshStage::Ecdsa(_) => {
+                RefreshStage::Ecdsa { .. } => {
                     return Err(Failure::bad(
                         "this is a threshold ECDSA refresh: its rounds are EcdsaRefreshRound",
                     ));

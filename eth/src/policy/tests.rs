@@ -85,9 +85,10 @@ fn a_token_transfer_is_a_token_spend_and_an_ether_fee() {
     let flows = outflows(&p, &small).unwrap();
     assert_eq!(flows.len(), 2);
     assert_eq!((flows[0].asset.as_str(), flows[0].amount), ("eth", FEE));
-    assert!(
-        flows[0].destinations.is_empty(),
-        "only the fee leaves in ether"
+    assert_eq!(
+        flows[0].destinations,
+        [USDC],
+        "only the fee leaves in ether, to run the token"
     );
     assert_eq!(
         (
@@ -236,4 +237,59 @@ fn ethereum_policies_are_refused_where_they_would_mislead() {
         token("USDC", USDC, 6)
     );
     assert!(refused(&text).contains("decimals"));
+}
+
+#[test]
+fn a_table_token_is_valued_or_refused_never_allowed_as_a_call() {
+    // `calls` may not name a token of the table.
+    let naming_usdc = format!(
+        "{DAO_ETH}\n[[rule]]\nname = \"usdc-calls\"\ncalls = [\"{USDC}\"]\napprovals = 5\n"
+    );
+    assert!(Policy::parse_for(Chain::Ethereum, &naming_usdc, &members()).is_err());
+    let p = Policy::parse_for(Chain::Ethereum, DAO_ETH, &members()).unwrap();
+    // Any other function of a table token is refused, whatever the rules.
+    let other = tx(USDC, 0, "0x12345678");
+    let denied = verdict(&p, &other, &[]);
+    assert!(denied.contains("cannot be valued"), "{denied}");
+    // increaseAllowance grants an allowance: valued like approve, to the spender.
+    let usdc = |n: u128| n * 1_000_000;
+    let increase = format!(
+        "0x39509351{:0>64}{:064x}",
+        BOB.trim_start_matches("0x"),
+        usdc(30_000)
+    );
+    assert_eq!(verdict(&p, &tx(USDC, 0, &increase), &[]), "usdc-major:5");
+    let flows = outflows(&p, &tx(USDC, 0, &increase)).unwrap();
+    assert_eq!(flows[1].destinations, [BOB]);
+    // The fee of a token call goes to the token contract.
+    assert_eq!(flows[0].destinations, [USDC]);
+}
+
+#[test]
+fn ethereum_destinations_must_be_addresses() {
+    for bad in [
+        "vitalik.eth",
+        "0x1234",
+        "2222222222222222222222222222222222222222",
+    ] {
+        let text = format!("[[rule]]\nname = \"r\"\ndestinations = [\"{bad}\"]\napprovals = 3");
+        assert!(
+            Policy::parse_for(Chain::Ethereum, &text, &members()).is_err(),
+            "{bad}"
+        );
+    }
+    // A deny rule on some addresses does not catch a token transfer's fee.
+    let text = format!(
+        "[[token]]\nsymbol = \"USDC\"\naddress = \"{USDC}\"\ndecimals = 6\n\
+         [[rule]]\nname = \"blocked\"\ndestinations = [\"{BOB}\"]\ndeny = true\n\
+         [[rule]]\nname = \"any\"\napprovals = 1\n\
+         [[rule]]\nname = \"usdc\"\nasset = \"usdc\"\napprovals = 1\n"
+    );
+    let p = Policy::parse_for(Chain::Ethereum, &text, &members()).unwrap();
+    let carol = "0x3333333333333333333333333333333333333333";
+    assert_eq!(
+        verdict(&p, &tx(USDC, 0, &transfer(carol, 1)), &[]),
+        "usdc:1"
+    );
+    assert!(verdict(&p, &tx(BOB, 1, "0x"), &[]).starts_with("denied: rule \"blocked\""));
 }

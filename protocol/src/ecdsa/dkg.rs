@@ -24,7 +24,7 @@ use dkls23::protocols::dkg::{
     TransmitInitMulPhase3to4, TransmitInitZeroSharePhase2to4, TransmitInitZeroSharePhase3to4,
 };
 
-use super::engine::{Engine, Phase4};
+use super::engine::{Engine, Phase4, Session};
 use k256::Secp256k1;
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -225,7 +225,7 @@ pub fn start(
 ) -> Result<(EcdsaDkg, EcdsaHello)> {
     let parameters = params.check(me)?;
     let session = DkgSession::new(parameters, index_of(me)?, params.session_id());
-    begin(params, me, Engine::Dkg(Box::new(session)), &[], rng)
+    begin(params, me, Engine::Dkg(Session::new(session)), &[], rng)
 }
 
 /// Starts a refresh of `key` (ours, of the wallet whose public side is `public`, at
@@ -335,7 +335,7 @@ impl EcdsaDkg {
             ));
             self.keys.insert(party, hello.hpke_public_key.to_vec());
         }
-        let fragments = self.engine()?.phase1();
+        let fragments = self.engine()?.phase1()?;
         let mut sealed = Vec::new();
         for (to, fragment) in self.params.parties.clone().into_iter().zip(&fragments) {
             if to != self.me {

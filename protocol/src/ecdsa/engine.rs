@@ -49,7 +49,7 @@ pub(super) struct Phase4<'a> {
 
 /// The engine of one party's ceremony.
 pub(super) enum Engine {
-    Dkg(Box<DkgSession<Secp256k1>>),
+    Dkg(Session),
     Refresh(Box<Refresh>),
 }
 
@@ -74,6 +74,44 @@ impl Drop for Refresh {
         for keep in self.zero34.iter_mut().flat_map(|m| m.values_mut()) {
             keep.seed.zeroize();
         }
+        // The new share's OT setup secrets, as `dkls23`'s `DkgSession::zeroize` wipes them.
+        for keep in self.mul34.iter_mut().flat_map(|m| m.values_mut()) {
+            keep.ot_sender.s.zeroize();
+            keep.ot_receiver.seed.zeroize();
+            keep.nonce.zeroize();
+            keep.vec_r.zeroize();
+            keep.correlation.zeroize();
+        }
+    }
+}
+
+/// A DKG's `dkls23` session: it holds its polynomial point and setup secrets until phase 4
+/// consumes it; one dropped before (a failed or abandoned ceremony) is wiped.
+pub(super) struct Session(Option<Box<DkgSession<Secp256k1>>>);
+
+impl Session {
+    pub(super) fn new(session: DkgSession<Secp256k1>) -> Self {
+        Self(Some(Box::new(session)))
+    }
+
+    fn get(&self) -> Result<&DkgSession<Secp256k1>> {
+        self.0
+            .as_deref()
+            .ok_or_else(|| out_of_order("a finished DKG"))
+    }
+
+    fn get_mut(&mut self) -> Result<&mut DkgSession<Secp256k1>> {
+        self.0
+            .as_deref_mut()
+            .ok_or_else(|| out_of_order("a finished DKG"))
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(session) = self.0.as_mut() {
+            session.zeroize();
+        }
     }
 }
 
@@ -96,18 +134,20 @@ impl Engine {
     }
 
     /// Our polynomial's fragments, one per party in order.
-    pub(super) fn phase1(&self) -> Vec<k256::Scalar> {
+    pub(super) fn phase1(&self) -> Result<Vec<k256::Scalar>> {
         match self {
-            Engine::Dkg(session) => session.phase1(),
-            Engine::Refresh(r) => r.key.party.refresh_complete_phase1(),
+            Engine::Dkg(session) => Ok(session.get()?.phase1()),
+            Engine::Refresh(r) => Ok(r.key.party.refresh_complete_phase1()),
         }
     }
 
     pub(super) fn phase2(&mut self, me: PartyId, fragments: &[k256::Scalar]) -> Result<Phase2> {
         match self {
             Engine::Dkg(session) => {
-                let (proof, zero, derivation) =
-                    session.phase2(fragments).map_err(|a| from_abort(me, &a))?;
+                let (proof, zero, derivation) = session
+                    .get_mut()?
+                    .phase2(fragments)
+                    .map_err(|a| from_abort(me, &a))?;
                 Ok((proof, zero, Some(derivation)))
             }
             Engine::Refresh(r) => {
@@ -126,7 +166,10 @@ impl Engine {
     pub(super) fn phase3(&mut self, me: PartyId) -> Result<Phase3> {
         match self {
             Engine::Dkg(session) => {
-                let (zero, mul, derivation) = session.phase3().map_err(|a| from_abort(me, &a))?;
+                let (zero, mul, derivation) = session
+                    .get_mut()?
+                    .phase3()
+                    .map_err(|a| from_abort(me, &a))?;
                 Ok((zero, mul, Some(derivation)))
             }
             Engine::Refresh(r) => {
@@ -149,7 +192,8 @@ impl Engine {
         input: &Phase4<'_>,
     ) -> Result<(Party, EcdsaPublic)> {
         match self {
-            Engine::Dkg(session) => {
+            Engine::Dkg(mut session) => {
+                let session = session.0.take().ok_or_else(|| out_of_order("phase 4"))?;
                 let (party, public) = session
                     .phase4(
                         input.proofs,
@@ -164,7 +208,9 @@ impl Engine {
                 Ok((party, public_of(&public, parties)?))
             }
             Engine::Refresh(mut r) => {
-                let correction = r.correction.ok_or_else(|| out_of_order("phase 4"))?;
+                let correction = zeroize::Zeroizing::new(
+                    r.correction.take().ok_or_else(|| out_of_order("phase 4"))?,
+                );
                 let (Some(zero_kept), Some(mul_kept)) = (r.zero34.as_ref(), r.mul34.as_ref())
                 else {
                     return Err(out_of_order("phase 4"));
@@ -174,7 +220,7 @@ impl Engine {
                     .party
                     .refresh_complete_phase4(
                         &r.sid,
-                        &correction,
+                        &*correction,
                         input.proofs,
                         zero_kept,
                         input.zero2,
@@ -189,7 +235,6 @@ impl Engine {
                         reason: format!("the refresh's commitments do not verify: {reason:?}"),
                     }
                 })?;
-                r.correction = None;
                 let public = public_of(&new, parties)?;
                 if public.public_key != r.public.public_key {
                     return Err(ProtocolError::Disagreement {
