@@ -218,19 +218,59 @@ fn create_and_sign_an_ethereum_transaction_with_the_cli() {
         .unwrap()
         .to_owned();
 
+    // The phone is lost: a new one recovers the wallet with the recovery credential, the same
+    // account at epoch 2; the old phone is refused in one line.
+    let new_phone = d.home("eve-new");
+    let recovered = json(
+        d.cosigner([
+            "--home",
+            p(&new_phone),
+            "recover",
+            "--wallet",
+            &id,
+            "--recovery-key",
+            p(&recovery_key),
+            "--json",
+        ])
+        .ok(),
+    );
+    assert_eq!(recovered["address"], address.as_str());
+    assert_eq!(recovered["epoch"], 2);
+    let fourth = file(
+        &d,
+        "tx3.json",
+        &tx_text.replace(r#""nonce":"0x0""#, r#""nonce":"0x3""#),
+    );
+    let old_phone = sign_eth(&d, &home, &id, &fourth);
+    assert_eq!(old_phone.code, Some(1), "{}", old_phone.stderr);
+    assert!(
+        old_phone.stderr.contains("revoked") || old_phone.stderr.contains("Unauthorized"),
+        "{}",
+        old_phone.stderr
+    );
+    let raw_fourth = json(sign_eth(&d, &new_phone, &id, &fourth).ok())["raw_tx"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
     if !python_available() {
         println!("{SKIP_LINE}");
         return;
     }
-    let txs: Vec<_> = [raw, raw_again.as_str(), raw_third.as_str()]
-        .iter()
-        .map(|r| cosigner_eth::SignedTx {
-            raw: hex::decode(&r[2..]).unwrap(),
-            hash: [0; 32],
-        })
-        .collect();
-    let report = run_in_evm(&address, 7 * ETH, &txs).unwrap();
-    assert_eq!(report.senders, vec![address.clone(); 3]);
-    assert_eq!(report.receipts, vec![1, 1, 1]);
-    assert_eq!(report.balances[&BOB.to_lowercase()], (6 * ETH).to_string());
+    let txs: Vec<_> = [
+        raw,
+        raw_again.as_str(),
+        raw_third.as_str(),
+        raw_fourth.as_str(),
+    ]
+    .iter()
+    .map(|r| cosigner_eth::SignedTx {
+        raw: hex::decode(&r[2..]).unwrap(),
+        hash: [0; 32],
+    })
+    .collect();
+    let report = run_in_evm(&address, 9 * ETH, &txs).unwrap();
+    assert_eq!(report.senders, vec![address.clone(); 4]);
+    assert_eq!(report.receipts, vec![1, 1, 1, 1]);
+    assert_eq!(report.balances[&BOB.to_lowercase()], (8 * ETH).to_string());
 }
