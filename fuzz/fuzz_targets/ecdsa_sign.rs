@@ -1,6 +1,8 @@
 //! Any bytes as the other signer's threshold ECDSA message of round 1, 2 or 3 (what a client
-//! sends the enclave in `EthSignStart` and `EthSignFinish`), after honest earlier rounds: errors are
-//! fine, panics are not. The key is made once, by the DKG's own state machines.
+//! sends the enclave in `EthSignStart` and `EthSignFinish`), after honest earlier rounds; and as a
+//! helper's repair term (what a recovering phone assembles) and a wallet's public side (what the
+//! enclave reads from its state): errors are fine, panics are not. The key is made once, by the
+//! DKG's own state machines.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -46,7 +48,32 @@ fuzz_target!(|data: &[u8]| {
     let (mut sa, _) = sign::start(a, &signers, vec![1], [5; 32]).expect("start a");
     let (mut sb, b1) = sign::start(b, &signers, vec![1], [5; 32]).expect("start b");
     let fuzzed = |round| EcdsaSignMessage { from: b.party(), round, body: ByteBuf::from(body.to_vec()) };
-    match stage % 3 {
+    match stage % 4 {
+        3 => {
+            let public = cosigner_protocol::ecdsa::EcdsaPublic::from_bytes(body);
+            let honest = cosigner_protocol::ecdsa::repair::term(
+                b,
+                &[b.party(), keys[2].party()],
+                a.party(),
+                b"fuzz",
+            )
+            .expect("term");
+            if let Ok(public) = public {
+                let _ = cosigner_protocol::ecdsa::repair::assemble(&public, 2, a.party(), &[honest.clone(), body.to_vec()]);
+            }
+            let _ = cosigner_protocol::ecdsa::repair::assemble(
+                &cosigner_protocol::ecdsa::EcdsaPublic {
+                    public_key: ByteBuf::from(a.public_key()),
+                    public_shares: [(a.party(), a.public_share()), (b.party(), b.public_share()), (keys[2].party(), keys[2].public_share())]
+                        .into_iter()
+                        .map(|(p, s)| (p, ByteBuf::from(s)))
+                        .collect(),
+                },
+                2,
+                a.party(),
+                &[honest, body.to_vec()],
+            );
+        }
         0 => {
             let _ = sa.round2(a, &[fuzzed(1)]);
         }
