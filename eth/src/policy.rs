@@ -106,6 +106,13 @@ pub fn judge(
             "the wallet's policy is not an Ethereum policy".into(),
         ));
     }
+    // Its `eth` is the native coin of the chain the transaction names: only chains it lists.
+    if !policy.allows_chain(v.chain_id) {
+        return Err(denial(format!(
+            "chain id {} is not one of the policy's chain_ids",
+            v.chain_id
+        )));
+    }
     let outflows = outflows(policy, v)?;
     let mut strictest: Option<Decision> = None;
     for flow in &outflows {

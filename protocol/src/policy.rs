@@ -273,6 +273,8 @@ pub struct Policy {
     source: String,
     chain: Chain,
     tokens: Vec<Token>,
+    /// Ethereum: the chain ids (EIP-155) transactions may name; empty: any.
+    chain_ids: Vec<u64>,
     members: Vec<Member>,
     admin: Quorum,
     rules: Vec<Rule>,
@@ -543,6 +545,18 @@ impl Policy {
             },
         };
         let tokens = parse_tokens(chain, file.token)?;
+        let chain_ids = match file.chain_ids {
+            Some(_) if chain != Chain::Ethereum => {
+                return Err(policy_error("chain_ids are for Ethereum wallets"));
+            }
+            Some(ids) if ids.is_empty() || ids.contains(&0) => {
+                return Err(policy_error(
+                    "chain_ids: name at least one chain, and no chain id 0",
+                ));
+            }
+            Some(ids) => ids,
+            None => Vec::new(),
+        };
         if file.rule.is_empty() {
             return Err(policy_error("no [[rule]]: every spend would be denied"));
         }
@@ -603,6 +617,7 @@ impl Policy {
             source: toml_text.to_string(),
             chain,
             tokens,
+            chain_ids,
             members: members.to_vec(),
             admin,
             rules,
@@ -631,6 +646,12 @@ impl Policy {
     /// The token table (Ethereum).
     pub fn tokens(&self) -> &[Token] {
         &self.tokens
+    }
+
+    /// Whether a transaction for EIP-155 chain `chain_id` may be signed: one the policy's
+    /// `chain_ids` name, or any where it names none.
+    pub fn allows_chain(&self, chain_id: u64) -> bool {
+        self.chain_ids.is_empty() || self.chain_ids.contains(&chain_id)
     }
 
     /// The token of the table whose contract is `address`.
@@ -943,6 +964,7 @@ struct MemberEntry {
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     admin: Option<AdminEntry>,
+    chain_ids: Option<Vec<u64>>,
     #[serde(default)]
     token: Vec<TokenEntry>,
     #[serde(default)]

@@ -134,8 +134,17 @@ fn create_and_sign_an_ethereum_transaction_with_the_cli() {
 
     // A wallet created with a policy (1 ETH a day): the enclave refuses 2 ETH, in one line.
     let frank = d.home("frank");
-    let policy =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies/personal-eth.toml");
+    // The example policy, pinned to the test chain instead of mainnet.
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies/personal-eth.toml"),
+    )
+    .unwrap();
+    let pinned = example.replace(
+        "chain_ids = [1]",
+        &format!("chain_ids = [{TESTER_CHAIN_ID}]"),
+    );
+    assert_ne!(pinned, example);
+    let policy = file(&d, "personal-eth.toml", &pinned);
     let limited = json(
         d.cosigner([
             "--home",
