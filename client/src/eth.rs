@@ -265,24 +265,8 @@ pub fn recover(
 ) -> Result<EthWalletFile> {
     let device_key = home.device_key()?;
     let new_device = cosigner_protocol::auth::public_key_bytes(&device_key);
-    let start = Request::RecoverStart {
-        wallet_id,
-        new_device_key: ByteBuf::from(new_device),
-    };
-    let mut completed = true;
-    let both: [&mut dyn Courier; 2] = [&mut *provider, &mut *recovery];
-    for courier in both {
-        match wallet::authorized_retrying(
-            courier,
-            wallet_id,
-            KeyRole::Recovery,
-            recovery_key,
-            &start,
-        )? {
-            Response::RecoverApproved { completed: c, .. } => completed &= c,
-            other => return Err(unexpected("RecoverApproved", &other)),
-        }
-    }
+    let completed =
+        wallet::recover_start(provider, recovery, wallet_id, recovery_key, &new_device)?;
     let aligned = wallet::roll_forward(provider, recovery, wallet_id, &device_key)?;
     let view = &aligned.provider;
     if view.ciphersuite != SUITE_SECP256K1_ECDSA {

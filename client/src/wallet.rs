@@ -1342,17 +1342,7 @@ pub fn recover_observed(
     let new_device = public_key_bytes(&device_key);
     // 1. Both cosigners check the recovery credential, register the new device key as pending
     //    and suspend the old one (again harmlessly, on a retry).
-    let start = Request::RecoverStart {
-        wallet_id,
-        new_device_key: ByteBuf::from(new_device.clone()),
-    };
-    let mut completed = true;
-    for session in [&mut *provider as &mut dyn Courier, &mut *recovery] {
-        match authorized_retrying(session, wallet_id, KeyRole::Recovery, recovery_key, &start)? {
-            Response::RecoverApproved { completed: c, .. } => completed &= c,
-            other => return Err(unexpected("RecoverApproved", &other)),
-        }
-    }
+    let completed = recover_start(provider, recovery, wallet_id, recovery_key, &new_device)?;
     observe(RecoverStep::Frozen);
     // 2. One epoch at both cosigners; a recovery refresh of ours that committed before an
     //    earlier run died is finished from the share this home kept.
@@ -1410,6 +1400,31 @@ pub fn recover_observed(
     let observe = &mut |step| observe(RecoverStep::Refresh(step));
     let old = (key_package, pkp);
     refresh_from(home, provider, recovery, wallet, old, &aligned, observe)
+}
+
+/// `RecoverStart` at both cosigners with the recovery credential: each suspends the registered
+/// device key and holds `new_device` as pending (again harmlessly, on a retry). Answers whether
+/// both say this recovery already completed.
+pub(crate) fn recover_start(
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
+    wallet_id: WalletId,
+    recovery_key: &SigningKey,
+    new_device: &[u8],
+) -> Result<bool> {
+    let start = Request::RecoverStart {
+        wallet_id,
+        new_device_key: ByteBuf::from(new_device.to_vec()),
+    };
+    let mut completed = true;
+    let both: [&mut dyn Courier; 2] = [provider, recovery];
+    for session in both {
+        match authorized_retrying(session, wallet_id, KeyRole::Recovery, recovery_key, &start)? {
+            Response::RecoverApproved { completed: c, .. } => completed &= c,
+            other => return Err(unexpected("RecoverApproved", &other)),
+        }
+    }
+    Ok(completed)
 }
 
 /// Cancels a recovery in progress at both cosigners, with the recovery credential: the pending

@@ -298,6 +298,16 @@ fn probing_start(home: &Home, wallet_id: WalletId, payload: Vec<u8>) -> Request 
     request
 }
 
+/// The device of `home` sends the provider a selective-failure probe, which excludes it.
+fn probe_and_be_excluded(c: &Cosigners, home: &Home, id: WalletId) {
+    let device = home.device_key().unwrap();
+    let mut session = c.provider.session();
+    let mut courier = InProcess::new(&c.provider.service, &mut session);
+    let probe = probing_start(home, id, payment(0, 1).tx.signing_payload());
+    let answer = wallet::authorized(&mut courier, id, KeyRole::Device, &device, &probe);
+    assert_eq!(remote_kind(answer), ErrorKind::Unauthorized);
+}
+
 #[test]
 fn a_device_whose_message_fails_the_ot_check_is_excluded_for_good() {
     let Owned {
@@ -307,12 +317,7 @@ fn a_device_whose_message_fails_the_ot_check_is_excluded_for_good() {
         _dir,
     } = owned();
     let id = created.wallet.wallet_id;
-    let device = home.device_key().unwrap();
-    let mut session = c.provider.session();
-    let mut courier = InProcess::new(&c.provider.service, &mut session);
-    let probe = probing_start(&home, id, payment(0, 1).tx.signing_payload());
-    let answer = wallet::authorized(&mut courier, id, KeyRole::Device, &device, &probe);
-    assert_eq!(remote_kind(answer), ErrorKind::Unauthorized);
+    probe_and_be_excluded(&c, &home, id);
     // No second question: an honest request is refused too, on a new session, and the exclusion
     // is in the audit log.
     let mut again = c.provider.session();
@@ -973,12 +978,9 @@ fn an_excluded_device_is_replaced_by_a_recovery() {
         _dir,
     } = owned();
     let id = created.wallet.wallet_id;
-    let device = home.device_key().unwrap();
+    probe_and_be_excluded(&c, &home, id);
     let mut provider_session = c.provider.session();
     let mut provider = InProcess::new(&c.provider.service, &mut provider_session);
-    let probe = probing_start(&home, id, payment(0, 1).tx.signing_payload());
-    let answer = wallet::authorized(&mut provider, id, KeyRole::Device, &device, &probe);
-    assert_eq!(remote_kind(answer), ErrorKind::Unauthorized);
     // The probing phone is out for good; the owner recovers onto a new phone, which signs.
     let recovery_key = cosigner_client::home::read_p256_key(&created.recovery_key_path).unwrap();
     let mut recovery_session = c.recovery.session();

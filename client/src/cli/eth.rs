@@ -95,21 +95,11 @@ pub(super) fn refresh(g: &Globals, home: &Home, id: WalletId, json: bool) -> any
     let trust = trust(g)?;
     let (mut provider, mut recovery) = cosigners(g, &trust)?;
     let w = eth::refresh(home, &mut provider, &mut recovery, id)?;
-    if json {
-        emit(
-            &json!({ "wallet_id": w.wallet_id.to_hex(), "address": w.address, "epoch": w.epoch })
-                .to_string(),
-        )
-    } else {
-        emit(&format!(
-            "wallet {} refreshed to epoch {}",
-            w.wallet_id, w.epoch
-        ))
-    }
+    epoch_out(&w, json, "refreshed to epoch")
 }
 
-/// What `recover` prints for an Ethereum wallet: the wallet at its new epoch, on this device.
-pub(super) fn recovered_out(w: &EthWalletFile, json: bool) -> anyhow::Result<()> {
+/// What `refresh` and `recover` print for an Ethereum wallet: the wallet at its new epoch.
+pub(super) fn epoch_out(w: &EthWalletFile, json: bool, what: &str) -> anyhow::Result<()> {
     if json {
         emit(
             &json!({ "wallet_id": w.wallet_id.to_hex(), "address": w.address, "epoch": w.epoch })
@@ -117,7 +107,7 @@ pub(super) fn recovered_out(w: &EthWalletFile, json: bool) -> anyhow::Result<()>
         )
     } else {
         emit(&format!(
-            "wallet {} ({}) recovered onto this device at epoch {}",
+            "wallet {} ({}) {what} {}",
             w.wallet_id, w.address, w.epoch
         ))
     }

@@ -631,7 +631,7 @@ pub fn recover(g: &Globals, args: RecoverArgs) -> anyhow::Result<()> {
     if view.ciphersuite == cosigner_protocol::wire::SUITE_SECP256K1_ECDSA {
         let w =
             cosigner_client::eth::recover(&home, &mut provider, &mut recovery, id, &recovery_key)?;
-        return super::eth::recovered_out(&w, args.json);
+        return super::eth::epoch_out(&w, args.json, "recovered onto this device at epoch");
     }
     let w = wallet::recover(
         &home,

@@ -103,14 +103,22 @@ impl Service {
         let Some(Message::Round1(message)) = first.into_iter().next() else {
             return Err(internal("the refresh produced no round-1 message"));
         };
-        // Into the table first (refused if another session's refresh got in since), then logged.
-        self.refreshes.put(
-            wallet_id,
-            Pending {
-                stage: RefreshStage::Running(Box::new(next)),
-                claim,
-            },
-        )?;
+        let stage = RefreshStage::Running(Box::new(next));
+        self.begin_refresh(wallet_id, stage, claim, actor, digest)?;
+        Ok(Response::RefreshRound1 { message })
+    }
+
+    /// Puts a started refresh in the table (refused if another session's refresh got in since),
+    /// then logs it.
+    fn begin_refresh(
+        &self,
+        wallet_id: WalletId,
+        stage: RefreshStage,
+        claim: Claim,
+        actor: &Actor,
+        digest: &[u8],
+    ) -> Result<(), Failure> {
+        self.refreshes.put(wallet_id, Pending { stage, claim })?;
         self.log(
             &wallet_id,
             "refresh-start",
@@ -118,7 +126,7 @@ impl Service {
             digest,
             "allowed",
         )?;
-        Ok(Response::RefreshRound1 { message })
+        Ok(())
     }
 
     /// `RefreshStart` of a threshold ECDSA wallet: our current share into the refresh engine,
@@ -160,23 +168,11 @@ impl Service {
             params.from_epoch,
             &mut rand_core::OsRng,
         )?;
-        self.refreshes.put(
-            wallet_id,
-            Pending {
-                stage: RefreshStage::Ecdsa {
-                    dkg: Box::new(dkg),
-                    from: params.from_epoch,
-                },
-                claim,
-            },
-        )?;
-        self.log(
-            &wallet_id,
-            "refresh-start",
-            &actor.label(),
-            digest,
-            "allowed",
-        )?;
+        let stage = RefreshStage::Ecdsa {
+            dkg: Box::new(dkg),
+            from: params.from_epoch,
+        };
+        self.begin_refresh(wallet_id, stage, claim, actor, digest)?;
         Ok(Response::EcdsaDkgHello { hello })
     }
 
