@@ -364,7 +364,7 @@ fn finish_refresh(
         ..wallet.clone()
     };
     home.replace_eth_share(&new_wallet, &key)?;
-    home.clear_eth_prepared(&wallet_id)?;
+    home.remove_prepared_share(&wallet_id)?;
     Ok(new_wallet)
 }
 

@@ -256,6 +256,9 @@ fn occupied(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
 }
 
+/// Most prepared shares a wallet keeps ([`Home::save_prepared_share`]).
+pub const MAX_PREPARED: usize = 8;
+
 impl Home {
     /// Opens (creating if missing, mode 0700) a home directory.
     pub fn open(dir: &Path) -> Result<Self> {
@@ -296,10 +299,45 @@ impl Home {
     }
 
     /// Stores this device's new share of a wallet from a refresh not yet committed by every
-    /// party (`DIR/wallets/<id>.prepared`, 0600): the current share stays until
+    /// party (`DIR/wallets/<id>.prepared`, 0600), beside those kept before (the newest
+    /// [`MAX_PREPARED`]): a refresh whose commit a hostile relay held back may still commit after
+    /// a later one started, and its share must then still be here. The current share stays until
     /// [`Home::replace_share`].
     pub fn save_prepared_share(&self, id: &WalletId, share: &[u8]) -> Result<()> {
-        write_private(&self.wallet_path(id, "prepared"), share)
+        let path = self.wallet_path(id, "prepared");
+        let mut kept = self.prepared_shares(id)?;
+        kept.push(Zeroizing::new(share.to_vec()));
+        let excess = kept.len().saturating_sub(MAX_PREPARED);
+        let list: Zeroizing<Vec<String>> =
+            Zeroizing::new(kept.iter().skip(excess).map(hex::encode).collect());
+        let json = Zeroizing::new(serde_json::to_vec(&*list).map_err(|e| home_err(&path, e))?);
+        write_private(&path, &json)
+    }
+
+    /// Every prepared share of a wallet this home keeps, oldest first. A file written before
+    /// several were kept holds one raw share; a link or anything but a regular file is ignored
+    /// (never read through).
+    pub fn prepared_shares(&self, id: &WalletId) -> Result<Vec<Zeroizing<Vec<u8>>>> {
+        let path = self.wallet_path(id, "prepared");
+        let regular = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file());
+        if !regular {
+            return Ok(Vec::new());
+        }
+        let bytes = Zeroizing::new(std::fs::read(&path).map_err(|e| io_err(&path, &e))?);
+        if bytes.first() != Some(&b'[') {
+            return Ok(vec![bytes]);
+        }
+        let list: Zeroizing<Vec<String>> = Zeroizing::new(
+            serde_json::from_slice(&bytes)
+                .map_err(|e| home_err(&path, format!("not a list of prepared shares ({e})")))?,
+        );
+        list.iter()
+            .map(|h| {
+                Ok(Zeroizing::new(
+                    hex::decode(h).map_err(|e| home_err(&path, e))?,
+                ))
+            })
+            .collect()
     }
 
     /// Writes an unfinished command's journal for a wallet (`DIR/wallets/<id>.<kind>`, 0600):
@@ -350,14 +388,10 @@ impl Home {
         }
     }
 
-    /// The prepared share of a wallet, if this home keeps one (a refresh not finished here).
+    /// The newest prepared share of a wallet, if this home keeps one (a refresh not finished
+    /// here).
     pub fn prepared_share(&self, id: &WalletId) -> Result<Option<Zeroizing<Vec<u8>>>> {
-        let path = self.wallet_path(id, "prepared");
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(Zeroizing::new(bytes))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path, &e)),
-        }
+        Ok(self.prepared_shares(id)?.pop())
     }
 
     /// Removes a prepared share (once it replaced the current one, or its refresh failed).

@@ -1053,14 +1053,16 @@ fn resume(home: &Home, wallet: &WalletFile, view: &WalletInfo) -> Result<Option<
     if view.epoch <= wallet.epoch {
         return Ok(None);
     }
-    let Some(prepared) = home.prepared_share(&wallet_id)? else {
-        return Ok(None);
-    };
     let pkp = PublicKeyPackage::<Suite>::deserialize(&view.public_key_package)
         .map_err(|e| internal(format!("cosigner's public key package: {e}")))?;
-    if !belongs(&prepared, &pkp) {
+    // The committed refresh's share among those kept (a later refresh may have kept its own).
+    let Some(prepared) = home
+        .prepared_shares(&wallet_id)?
+        .into_iter()
+        .find(|share| belongs(share, &pkp))
+    else {
         return Ok(None);
-    }
+    };
     Ok(Some(switch_share(
         home, wallet, view.epoch, &pkp, &prepared,
     )?))

@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 
 pub mod bench;
 pub mod bitcoin_tx;
+pub mod couriers;
 pub mod ecdsa;
 pub mod imds;
 pub mod in_process;

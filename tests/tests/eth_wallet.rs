@@ -19,6 +19,7 @@ use cosigner_protocol::ecdsa::sign as ecdsa_sign;
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::party::{DEVICE, PROVIDER};
 use cosigner_protocol::wire::{ErrorKind, KeyRole, Request, Response, SessionId, WalletId};
+use cosigner_tests::couriers::{Cut, HoldCommit, is_commit};
 use cosigner_tests::ecdsa::{
     SKIP_LINE, SKIP_TOKEN_LINE, TESTER_CHAIN_ID, TokenJob, python_available, run_in_evm,
     run_with_token, token_address, vyper_available,
@@ -788,37 +789,6 @@ fn a_refresh_keeps_the_address_and_a_stolen_old_share_signs_nothing() {
     assert_eq!(report.receipts, vec![1, 1, 1]);
 }
 
-/// A courier that loses the connection (an error, nothing delivered) on the first request
-/// `cut` picks, as a client killed at that point would.
-struct Cut<'a> {
-    inner: InProcess<'a>,
-    cut: Box<dyn FnMut(&Request) -> bool + 'a>,
-}
-
-impl cosigner_client::courier::Courier for Cut<'_> {
-    fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
-        if (self.cut)(request) {
-            return Err(ClientError::Unexpected("connection lost".into()));
-        }
-        self.inner.call(request)
-    }
-
-    fn attested_key(&self) -> Option<&[u8]> {
-        self.inner.attested_key()
-    }
-}
-
-/// Whether `request` is an authorized `RefreshCommit`.
-fn is_commit(request: &Request) -> bool {
-    match request {
-        Request::Authorized { request, .. } => matches!(
-            cosigner_protocol::wire::decode::<Request>(request),
-            Ok(Request::RefreshCommit { .. })
-        ),
-        _ => false,
-    }
-}
-
 #[test]
 fn a_refresh_stopped_after_the_providers_commit_is_finished_by_running_it_again() {
     let Owned {
@@ -991,34 +961,6 @@ fn an_excluded_device_is_replaced_by_a_recovery() {
     eth::sign(&new_home, &mut provider, id, payment(0, 1)).unwrap();
 }
 
-/// A hostile relay's courier: it holds back the first authorized `RefreshCommit` (the client
-/// sees a lost connection) and delivers it just before the next one.
-struct HoldCommit<'a> {
-    inner: InProcess<'a>,
-    held: Option<Request>,
-    holding: bool,
-}
-
-impl cosigner_client::courier::Courier for HoldCommit<'_> {
-    fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
-        if is_commit(request) {
-            if self.holding {
-                self.holding = false;
-                self.held = Some(request.clone());
-                return Err(ClientError::Unexpected("connection lost".into()));
-            }
-            if let Some(held) = self.held.take() {
-                self.inner.call(&held)?;
-            }
-        }
-        self.inner.call(request)
-    }
-
-    fn attested_key(&self) -> Option<&[u8]> {
-        self.inner.attested_key()
-    }
-}
-
 #[test]
 fn a_refresh_commit_held_back_past_a_second_refresh_still_leaves_the_device_its_share() {
     let Owned {
@@ -1029,11 +971,7 @@ fn a_refresh_commit_held_back_past_a_second_refresh_still_leaves_the_device_its_
     } = owned();
     let id = created.wallet.wallet_id;
     let mut provider_session = c.provider.session();
-    let mut provider = HoldCommit {
-        inner: InProcess::new(&c.provider.service, &mut provider_session),
-        held: None,
-        holding: true,
-    };
+    let mut provider = HoldCommit::new(InProcess::new(&c.provider.service, &mut provider_session));
     let mut recovery_session = c.recovery.session();
     let mut recovery = InProcess::new(&c.recovery.service, &mut recovery_session);
     // Refresh A: its commit is held back. Refresh B: A's commit lands first, so B's cannot.

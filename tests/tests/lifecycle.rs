@@ -295,3 +295,31 @@ fn only_the_committing_session_may_finalize_a_refresh() {
     assert!(err.contains("only the session that committed"), "{err}");
     signs(&d, &w.home, &w);
 }
+
+#[test]
+fn a_refresh_commit_held_back_past_a_second_refresh_still_leaves_the_device_its_share() {
+    use cosigner_tests::couriers::HoldCommit;
+    let (d, w) = deployment_with_alice();
+    let owner = Owner::of(&d, &w);
+    let mut provider = HoldCommit::new(owner.cosigners.provider());
+    let mut recovery = owner.cosigners.recovery();
+    let mut refresh = || {
+        cosigner_client::wallet::refresh(
+            &owner.home,
+            &mut provider,
+            &mut recovery,
+            owner.id,
+            &mut |_| {},
+        )
+    };
+    // Refresh A: the parent holds its commit back. Refresh B: A's commit lands first, so B's
+    // cannot. This device kept both prepared shares.
+    assert!(refresh().is_err());
+    assert!(refresh().is_err());
+    assert_eq!(owner.home.prepared_shares(&owner.id).unwrap().len(), 2);
+    // Run again: the cosigners are at A's epoch, and this device switches to A's share.
+    let done = refresh().unwrap();
+    assert_eq!(done.epoch, Epoch(1));
+    assert!(owner.home.prepared_shares(&owner.id).unwrap().is_empty());
+    signs(&d, &w.home, &w);
+}

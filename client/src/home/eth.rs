@@ -18,10 +18,6 @@ use crate::error::{ClientError, Result};
 const ETH: &str = "eth";
 /// Extension of this device's threshold ECDSA share.
 const ECDSA: &str = "ecdsa";
-/// Extension of the refreshed shares not yet committed (a JSON list of hex, mode 0600).
-const PREPARED: &str = "ecdsa-prepared";
-/// Most prepared shares kept: refreshes started and interrupted before any commit.
-const MAX_PREPARED: usize = 8;
 
 /// An Ethereum wallet as this device records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,58 +106,18 @@ impl Home {
         write_private(&self.wallet_path(&id, ETH), &json)
     }
 
-    /// Keeps a refreshed share not yet committed, beside any kept before: a refresh whose commit
-    /// a hostile relay held back may still commit after a later one started, and its share must
-    /// then still be here (`DIR/wallets/<id>.ecdsa-prepared`, 0600; the oldest beyond
-    /// eight are dropped).
+    /// Keeps a refreshed share not yet committed, beside any kept before
+    /// ([`Home::save_prepared_share`]).
     pub fn add_eth_prepared(&self, id: &WalletId, key: &EcdsaKey) -> Result<()> {
-        let path = self.wallet_path(id, PREPARED);
-        let mut kept = self.prepared_hex(id)?;
-        kept.push(hex::encode(key.to_secret_bytes()?.as_slice()));
-        let excess = kept.len().saturating_sub(MAX_PREPARED);
-        kept.drain(..excess);
-        let json =
-            zeroize::Zeroizing::new(serde_json::to_vec(&*kept).map_err(|e| home_err(&path, e))?);
-        write_private(&path, &json)
+        self.save_prepared_share(id, &key.to_secret_bytes()?)
     }
 
     /// The refreshed shares kept by [`Self::add_eth_prepared`], oldest first.
     pub fn eth_prepared(&self, id: &WalletId) -> Result<Vec<EcdsaKey>> {
-        let path = self.wallet_path(id, PREPARED);
-        self.prepared_hex(id)?
+        self.prepared_shares(id)?
             .iter()
-            .map(|h| {
-                let bytes =
-                    zeroize::Zeroizing::new(hex::decode(h).map_err(|e| home_err(&path, e))?);
-                Ok(EcdsaKey::from_secret_bytes(&bytes)?)
-            })
+            .map(|bytes| Ok(EcdsaKey::from_secret_bytes(bytes)?))
             .collect()
-    }
-
-    /// Drops every kept refreshed share (one became current, the others can never commit).
-    pub fn clear_eth_prepared(&self, id: &WalletId) -> Result<()> {
-        let path = self.wallet_path(id, PREPARED);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(&path, &e)),
-        }
-    }
-
-    fn prepared_hex(&self, id: &WalletId) -> Result<zeroize::Zeroizing<Vec<String>>> {
-        let path = self.wallet_path(id, PREPARED);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let bytes = zeroize::Zeroizing::new(bytes);
-                let list: Vec<String> = serde_json::from_slice(&bytes)
-                    .map_err(|e| home_err(&path, format!("not a list of prepared shares ({e})")))?;
-                Ok(zeroize::Zeroizing::new(list))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(zeroize::Zeroizing::new(Vec::new()))
-            }
-            Err(e) => Err(io_err(&path, &e)),
-        }
     }
 
     /// Reads an Ethereum wallet's public file.
