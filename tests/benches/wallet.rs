@@ -26,7 +26,9 @@
 //! * `eth_sign_ms_p50` / `eth_sign_inprocess_ms_p50`: an EIP-1559 transaction signed by the device
 //!   and the provider (`cosigner_client::eth::sign`, session open: challenge, two DKLs23 round
 //!   trips, the enclave's decoding and audit entry, the client's checks) / the same two signers'
-//!   rounds in this process.
+//!   rounds in this process;
+//! * `eth_refresh_ms_p50`: an Ethereum wallet's refresh (DKLs23's complete refresh among all
+//!   three, the two-phase commit and the finalize; sessions open).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use cosigner_tests::pid;
@@ -224,6 +226,7 @@ fn main() {
             "eth_dkg_inprocess_ms_p50": round(eth.dkg_inprocess),
             "eth_sign_ms_p50": round(eth.sign),
             "eth_sign_inprocess_ms_p50": round(eth.sign_inprocess),
+            "eth_refresh_ms_p50": round(eth.refresh),
         })
     );
 }
@@ -234,6 +237,7 @@ struct EthFigures {
     dkg_inprocess: f64,
     sign: f64,
     sign_inprocess: f64,
+    refresh: f64,
 }
 
 fn eth_figures(
@@ -268,10 +272,14 @@ fn eth_figures(
     let sign = time(100, || {
         cosigner_client::eth::sign(home, provider, id, tx.clone()).unwrap();
     });
+    let refresh = time(5, || {
+        cosigner_client::eth::refresh(home, provider, recovery, id).unwrap();
+    });
     EthFigures {
         dkg,
         dkg_inprocess,
         sign,
         sign_inprocess,
+        refresh,
     }
 }
