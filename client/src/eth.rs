@@ -284,15 +284,25 @@ pub fn recover(
             view.min_signers,
         )?
     };
-    if home.has_eth_wallet(&wallet_id) {
-        let held = home.eth_wallet(&wallet_id)?;
-        if held.epoch == view.epoch && holds(home, &held, &public) {
-            return Ok(held);
-        }
-    }
-    if completed {
-        // Our refresh committed at both; this home kept its share as prepared (or has none).
-        let done = finish_refresh(home, &fresh, view.epoch, &public)?;
+    // Done before (every success path finalizes again: a finalize an earlier run lost must not
+    // leave the epoch of the lost phone's share signable).
+    let held = home
+        .eth_wallet(&wallet_id)
+        .ok()
+        .filter(|held| held.epoch == view.epoch && holds(home, held, &public));
+    // Or our refresh committed (at both, or at the provider and `roll_forward` brought the
+    // recovery cosigner along): finished from the share this home kept.
+    let prepared = home.eth_prepared(&wallet_id)?;
+    let ours = public.public_shares.get(&DEVICE).map(|s| s.as_slice());
+    let kept = prepared
+        .iter()
+        .any(|key| public.holds(key) && ours == Some(key.public_share().as_slice()));
+    let done = match held {
+        Some(held) => Some(held),
+        None if kept || completed => Some(finish_refresh(home, &fresh, view.epoch, &public)?),
+        None => None,
+    };
+    if let Some(done) = done {
         wallet::finalize_signed(provider, recovery, wallet_id, done.epoch, &device_key)?;
         return Ok(done);
     }
@@ -303,7 +313,7 @@ pub fn recover(
         helpers: vec![PROVIDER, RECOVERY],
         participant: DEVICE,
     };
-    let mut terms = Vec::new();
+    let mut terms: Vec<zeroize::Zeroizing<Vec<u8>>> = Vec::new();
     let helpers: [(&mut dyn Courier, PartyId); 2] =
         [(&mut *provider, PROVIDER), (&mut *recovery, RECOVERY)];
     for (courier, me) in helpers {
@@ -312,7 +322,9 @@ pub fn recover(
             me,
         };
         match wallet::authorized_retrying(courier, wallet_id, KeyRole::Device, &device_key, &ask)? {
-            Response::EcdsaRepairTerm { term } => terms.push(term.into_vec()),
+            Response::EcdsaRepairTerm { term } => {
+                terms.push(zeroize::Zeroizing::new(term.into_vec()))
+            }
             other => return Err(unexpected("EcdsaRepairTerm", &other)),
         }
     }

@@ -258,6 +258,9 @@ fn occupied(path: &Path) -> bool {
 
 /// Most prepared shares a wallet keeps ([`Home::save_prepared_share`]).
 pub const MAX_PREPARED: usize = 8;
+/// Largest prepared-shares file read: 8 threshold ECDSA shares (about 105 KB each) in hex, with
+/// room to spare.
+pub const MAX_PREPARED_FILE: u64 = 4 << 20;
 
 impl Home {
     /// Opens (creating if missing, mode 0700) a home directory.
@@ -315,29 +318,31 @@ impl Home {
     }
 
     /// Every prepared share of a wallet this home keeps, oldest first. A file written before
-    /// several were kept holds one raw share; a link or anything but a regular file is ignored
-    /// (never read through).
+    /// several were kept holds one raw share. What cannot be read as shares (a link, anything but
+    /// a regular file, a file over [`MAX_PREPARED_FILE`], a damaged list or entry) is skipped,
+    /// never read through and never an error: a damaged file must not block every later refresh
+    /// or recovery, and a share it lost is one no refresh committed with (callers check each
+    /// share against the committed key package).
     pub fn prepared_shares(&self, id: &WalletId) -> Result<Vec<Zeroizing<Vec<u8>>>> {
         let path = self.wallet_path(id, "prepared");
-        let regular = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file());
-        if !regular {
+        let readable = std::fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.file_type().is_file() && m.len() <= MAX_PREPARED_FILE);
+        if !readable {
             return Ok(Vec::new());
         }
         let bytes = Zeroizing::new(std::fs::read(&path).map_err(|e| io_err(&path, &e))?);
-        if bytes.first() != Some(&b'[') {
-            return Ok(vec![bytes]);
+        match bytes.first() {
+            None => return Ok(Vec::new()),
+            Some(b'[') => {}
+            Some(_) => return Ok(vec![bytes]),
         }
-        let list: Zeroizing<Vec<String>> = Zeroizing::new(
-            serde_json::from_slice(&bytes)
-                .map_err(|e| home_err(&path, format!("not a list of prepared shares ({e})")))?,
-        );
-        list.iter()
-            .map(|h| {
-                Ok(Zeroizing::new(
-                    hex::decode(h).map_err(|e| home_err(&path, e))?,
-                ))
-            })
-            .collect()
+        let list: Zeroizing<Vec<String>> =
+            Zeroizing::new(serde_json::from_slice(&bytes).unwrap_or_default());
+        Ok(list
+            .iter()
+            .filter_map(|h| hex::decode(h).ok().filter(|b| !b.is_empty()))
+            .map(Zeroizing::new)
+            .collect())
     }
 
     /// Writes an unfinished command's journal for a wallet (`DIR/wallets/<id>.<kind>`, 0600):

@@ -1354,11 +1354,21 @@ pub fn recover_observed(
     let pkp = PublicKeyPackage::<Suite>::deserialize(&info.public_key_package)
         .map_err(|e| internal(format!("provider's public key package: {e}")))?;
     if let Ok(held) = home.wallet(&wallet_id) {
-        if let Some(done) = resume(home, &held, info)? {
+        // Done before, or committed and finished from the kept share: either way finalized
+        // again (a finalize an earlier run lost must not leave the old phone's epoch signable).
+        let done = match resume(home, &held, info)? {
+            Some(done) => Some(done),
+            None if completed
+                && held.epoch == info.epoch
+                && holds_share(home, &wallet_id, &pkp) =>
+            {
+                Some(held)
+            }
+            None => None,
+        };
+        if let Some(done) = done {
+            finalize_signed(provider, recovery, wallet_id, done.epoch, &device_key)?;
             return Ok(done);
-        }
-        if completed && held.epoch == info.epoch && holds_share(home, &wallet_id, &pkp) {
-            return Ok(held);
         }
     }
     if completed {

@@ -243,3 +243,40 @@ fn wallet_files_are_read_once_into_checked_values() {
         assert!(matches!(err, ClientError::Home { .. }), "{field}: {err:?}");
     }
 }
+
+#[test]
+fn prepared_shares_are_kept_side_by_side_and_a_damaged_file_blocks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::open(dir.path()).unwrap();
+    let id = WalletId([5; 16]);
+    let path = home.wallet_path(&id, "prepared");
+    // A file of one raw share, as written before lists.
+    std::fs::write(&path, b"\x00raw share").unwrap();
+    home.save_prepared_share(&id, b"second").unwrap();
+    let kept: Vec<Vec<u8>> = home
+        .prepared_shares(&id)
+        .unwrap()
+        .iter()
+        .map(|s| s.to_vec())
+        .collect();
+    assert_eq!(kept, [b"\x00raw share".to_vec(), b"second".to_vec()]);
+    for n in 0..10u8 {
+        home.save_prepared_share(&id, &[n + 1]).unwrap();
+    }
+    assert_eq!(
+        home.prepared_shares(&id).unwrap().len(),
+        super::MAX_PREPARED
+    );
+    assert_eq!(home.prepared_share(&id).unwrap().unwrap().as_slice(), [10]);
+    // Damaged: skipped, and a new share can still be kept.
+    for damaged in [&b"[not json"[..], b"[\"zz\", \"0a\"]", b""] {
+        std::fs::write(&path, damaged).unwrap();
+        let read = home.prepared_shares(&id).unwrap();
+        assert!(read.len() <= 1, "{damaged:?}");
+        home.save_prepared_share(&id, b"fresh").unwrap();
+        assert_eq!(
+            home.prepared_share(&id).unwrap().unwrap().as_slice(),
+            b"fresh"
+        );
+    }
+}

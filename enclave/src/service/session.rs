@@ -263,7 +263,9 @@ impl Service {
         let ecdsa_served = matches!(
             request,
             Authorized::Device(DeviceRequest::Sign(Sign::Eth(_)) | DeviceRequest::Refresh(_))
-                | Authorized::PendingDevice(_)
+                | Authorized::PendingDevice(
+                    PendingDeviceRequest::Repair { .. } | PendingDeviceRequest::Refresh(_)
+                )
                 | Authorized::Recovery(
                     RecoveryRequest::RecoverStart { .. }
                         | RecoveryRequest::RecoverCancel { .. }

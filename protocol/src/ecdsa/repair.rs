@@ -57,7 +57,7 @@ pub fn assemble(
     public: &EcdsaPublic,
     threshold: u16,
     target: PartyId,
-    terms: &[Vec<u8>],
+    terms: &[impl AsRef<[u8]>],
 ) -> Result<EcdsaKey> {
     let share_count = u8::try_from(public.public_shares.len()).ok();
     let threshold = u8::try_from(threshold).ok();
@@ -70,7 +70,7 @@ pub fn assemble(
     let package = package(public, parameters)?;
     let terms: Vec<RepairTerm<Secp256k1>> = terms
         .iter()
-        .map(|t| decode_part(t))
+        .map(|t| decode_part(t.as_ref()))
         .collect::<Result<_>>()?;
     let party =
         repair_assemble(&package, index_of(target)?, &terms, |_| String::new()).map_err(|e| {
