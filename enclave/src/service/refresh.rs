@@ -234,20 +234,34 @@ impl Service {
         }
         let (output, confirmation) = dkg.into_unconfirmed()?;
         let public = EcdsaPublic::of(&output);
+        let share = ShareRecord {
+            epoch: from.saturating_next(),
+            key_package: ByteBuf::from(output.key.to_secret_bytes()?.to_vec()),
+            public_key_package: ByteBuf::from(public.to_bytes()?),
+        };
+        self.store_prepared(wallet_id, state.party, share, from, confirmation, claim)
+    }
+
+    /// Stores a refresh's new share as prepared, with what its commit checks; answers our
+    /// confirmation.
+    fn store_prepared(
+        &self,
+        wallet_id: &WalletId,
+        party: PartyId,
+        share: ShareRecord,
+        from: Epoch,
+        confirmation: Confirmation,
+        claim: &Claim,
+    ) -> Result<Confirmation, Failure> {
         let prepared = PreparedRecord {
-            share: ShareRecord {
-                epoch: from.saturating_next(),
-                key_package: ByteBuf::from(output.key.to_secret_bytes()?.to_vec()),
-                public_key_package: ByteBuf::from(public.to_bytes()?),
-            },
+            share,
             from_epoch: from,
             confirmation: confirmation.clone(),
             recovery: claim.recovery,
             started_by: ByteBuf::from(claim.key.clone()),
         };
         let _guard = self.writer(wallet_id)?;
-        self.records()
-            .save_prepared(wallet_id, state.party, &prepared)?;
+        self.records().save_prepared(wallet_id, party, &prepared)?;
         Ok(confirmation)
     }
 
@@ -329,23 +343,14 @@ impl Service {
             return Err(internal("the refresh derived no share"));
         };
         let confirmation = next.confirmation().clone();
-        let prepared = PreparedRecord {
-            share: ShareRecord {
-                epoch: from.saturating_next(),
-                key_package: ByteBuf::from(next.key_package().serialize().map_err(internal)?),
-                public_key_package: ByteBuf::from(
-                    next.public_key_package().serialize().map_err(internal)?,
-                ),
-            },
-            from_epoch: from,
-            confirmation: confirmation.clone(),
-            recovery: claim.recovery,
-            started_by: ByteBuf::from(claim.key.clone()),
+        let share = ShareRecord {
+            epoch: from.saturating_next(),
+            key_package: ByteBuf::from(next.key_package().serialize().map_err(internal)?),
+            public_key_package: ByteBuf::from(
+                next.public_key_package().serialize().map_err(internal)?,
+            ),
         };
-        let _guard = self.writer(wallet_id)?;
-        self.records()
-            .save_prepared(wallet_id, state.party, &prepared)?;
-        Ok(confirmation)
+        self.store_prepared(wallet_id, state.party, share, from, confirmation, claim)
     }
 
     /// Commits a prepared refresh: from the sealed prepared record that matches our confirmation
