@@ -292,11 +292,10 @@ pub fn recover(
         .filter(|held| held.epoch == view.epoch && holds(home, held, &public));
     // Or our refresh committed (at both, or at the provider and `roll_forward` brought the
     // recovery cosigner along): finished from the share this home kept.
-    let prepared = home.eth_prepared(&wallet_id)?;
-    let ours = public.public_shares.get(&DEVICE).map(|s| s.as_slice());
-    let kept = prepared
+    let kept = home
+        .eth_prepared(&wallet_id)?
         .iter()
-        .any(|key| public.holds(key) && ours == Some(key.public_share().as_slice()));
+        .any(|key| public.is_share_of(DEVICE, key));
     let done = match held {
         Some(held) => Some(held),
         None if kept || completed => Some(finish_refresh(home, &fresh, view.epoch, &public)?),
@@ -335,14 +334,8 @@ pub fn recover(
 
 /// Whether this home's share of `wallet` is the device's share of `public`.
 fn holds(home: &Home, wallet: &EthWalletFile, public: &EcdsaPublic) -> bool {
-    home.ecdsa_key(wallet).is_ok_and(|key| {
-        public.holds(&key)
-            && public
-                .public_shares
-                .get(&wallet.party)
-                .map(|s| s.as_slice())
-                == Some(key.public_share().as_slice())
-    })
+    home.ecdsa_key(wallet)
+        .is_ok_and(|key| public.is_share_of(wallet.party, &key))
 }
 
 /// Makes this home's prepared share the current one of `wallet` at `epoch` (the cosigners
@@ -362,14 +355,10 @@ fn finish_refresh(
         ))
     };
     // The committed refresh's share among those kept: its public share is ours in `public`.
-    let ours = public
-        .public_shares
-        .get(&wallet.party)
-        .map(|s| s.as_slice());
     let key = home
         .eth_prepared(&wallet_id)?
         .into_iter()
-        .find(|key| public.holds(key) && ours == Some(key.public_share().as_slice()))
+        .find(|key| public.is_share_of(wallet.party, key))
         .ok_or_else(lost)?;
     let new_wallet = EthWalletFile {
         epoch,

@@ -146,6 +146,14 @@ impl EcdsaPublic {
     pub fn holds(&self, key: &EcdsaKey) -> bool {
         key.public_key() == self.public_key.as_slice()
     }
+
+    /// Whether `key` is `party`'s share of this wallet at the epoch this public side is of: the
+    /// wallet's key, and the public share listed for `party`.
+    pub fn is_share_of(&self, party: PartyId, key: &EcdsaKey) -> bool {
+        self.holds(key)
+            && self.public_shares.get(&party).map(|s| s.as_slice())
+                == Some(key.public_share().as_slice())
+    }
 }
 
 /// A SEC1 point on secp256k1 (not the identity).
