@@ -33,6 +33,7 @@
 //! reusing any ([`dkg`], [`sign`]).
 
 pub mod dkg;
+pub mod ecdsa;
 pub mod quorum;
 pub mod refresh;
 pub mod sign;
@@ -48,7 +49,7 @@ use crate::error::{ProtocolError, Result};
 use crate::id::Epoch;
 use crate::id::PartyId;
 use crate::mailbox::Topic;
-use crate::policy::{Member, Policy};
+use crate::policy::{Chain, Member, NETWORK_ETHEREUM, Policy};
 use crate::psbt::{Network, network_from_name};
 use crate::wire::{self, DkgParams, WalletId};
 
@@ -78,9 +79,10 @@ pub struct Invitation {
     pub policy: String,
     /// The provider's identity key (SEC1 P-256), as bound in its attestation document.
     pub provider_key: ByteBuf,
-    /// Bitcoin network name.
+    /// Bitcoin network name, or `"ethereum"` for an Ethereum treasury.
     pub network: String,
-    /// FROST ciphersuite ID.
+    /// The threshold scheme: FROST's ciphersuite ID ([`wire::SUITE_SECP256K1_TR`]) for Bitcoin,
+    /// [`wire::SUITE_SECP256K1_ECDSA`] (DKLs23 threshold ECDSA) for Ethereum.
     pub ciphersuite: String,
     /// When it was made (ms since the Unix epoch).
     pub created_ms: u64,
@@ -108,10 +110,12 @@ pub struct Layout {
     pub provider_key: Vec<u8>,
     /// DKG parameters (all parties, threshold).
     pub params: DkgParams,
-    /// The parsed policy.
+    /// The parsed policy (in the chain's units).
     pub policy: Policy,
-    /// The network.
-    pub network: Network,
+    /// The chain the wallet spends on.
+    pub chain: Chain,
+    /// The Bitcoin network (`None` for an Ethereum treasury).
+    pub network: Option<Network>,
 }
 
 fn params_error(reason: impl Into<String>) -> ProtocolError {
@@ -155,11 +159,7 @@ impl Invitation {
     /// device key, a provider key that is also a member's, an unknown network or suite, a policy
     /// that does not parse.
     pub fn layout(&self) -> Result<Layout> {
-        if self.ciphersuite != wire::SUITE_SECP256K1_TR {
-            return Err(ProtocolError::Ciphersuite {
-                actual: self.ciphersuite.clone(),
-            });
-        }
+        let (chain, network) = self.chain()?;
         if self.policy.len() > MAX_POLICY_LEN {
             return Err(params_error(format!(
                 "the policy is {} bytes, more than {MAX_POLICY_LEN}",
@@ -169,7 +169,6 @@ impl Invitation {
         if self.nonce.len() != 16 {
             return Err(params_error("the invitation's nonce must be 16 bytes"));
         }
-        let network = network_from_name(&self.network)?;
         let provider_key = normalise_public_key(&self.provider_key)?;
         let mut members = Vec::with_capacity(self.members.len());
         for m in &self.members {
@@ -202,7 +201,7 @@ impl Invitation {
             }
         }
         // Approver names known, tiers within the member count: the policy parser checks them.
-        let policy = Policy::parse(&self.policy, &members)?;
+        let policy = Policy::parse_for(chain, &self.policy, &members)?;
         let (w, t) = weights(members.len(), policy.min_approvals())?;
         let n = members.len() as u16;
         let provider_parties: Vec<PartyId> = PartyId::range(n + 1, n + w).collect();
@@ -223,12 +222,44 @@ impl Invitation {
                 parties,
             },
             policy,
+            chain,
             network,
         })
+    }
+
+    /// The chain and Bitcoin network the invitation names: FROST on a Bitcoin network, or threshold
+    /// ECDSA on Ethereum; any other pairing is refused.
+    fn chain(&self) -> Result<(Chain, Option<Network>)> {
+        match (self.ciphersuite.as_str(), self.network.as_str()) {
+            (wire::SUITE_SECP256K1_ECDSA, NETWORK_ETHEREUM) => Ok((Chain::Ethereum, None)),
+            (wire::SUITE_SECP256K1_ECDSA, other) => Err(params_error(format!(
+                "a threshold ECDSA wallet is on network {NETWORK_ETHEREUM:?}, not {other:?}"
+            ))),
+            (wire::SUITE_SECP256K1_TR, name) => {
+                Ok((Chain::Bitcoin, Some(network_from_name(name)?)))
+            }
+            _ => Err(ProtocolError::Ciphersuite {
+                actual: self.ciphersuite.clone(),
+            }),
+        }
     }
 }
 
 impl Layout {
+    /// The Bitcoin network of a Bitcoin DAO wallet.
+    ///
+    /// Errors: the wallet is an Ethereum treasury ([`ProtocolError::Params`]).
+    pub fn bitcoin_network(&self) -> Result<Network> {
+        self.network.ok_or_else(|| {
+            params_error("this DAO wallet is an Ethereum treasury, not a Bitcoin wallet")
+        })
+    }
+
+    /// Whether the wallet's shares are threshold ECDSA (an Ethereum treasury).
+    pub fn is_ecdsa(&self) -> bool {
+        self.chain == Chain::Ethereum
+    }
+
     /// The key that speaks for `party`.
     pub fn owner_of(&self, party: PartyId) -> Option<&[u8]> {
         if self.provider_parties.contains(&party) {
@@ -589,6 +620,41 @@ pub enum DaoMessage {
         /// Why.
         reason: String,
     },
+    /// Threshold ECDSA DKG of an Ethereum treasury ([`ecdsa`]): one party's HPKE key for
+    /// attempt `attempt`.
+    EcdsaDkgHello {
+        /// The DKG attempt.
+        attempt: u32,
+        /// The party's hello.
+        hello: crate::ecdsa::dkg::EcdsaHello,
+    },
+    /// Threshold ECDSA DKG: (a piece of) one party's round message in attempt `attempt`.
+    EcdsaDkgPart {
+        /// The DKG attempt.
+        attempt: u32,
+        /// The piece.
+        part: ecdsa::EcdsaPart,
+    },
+    /// Threshold ECDSA signing of an Ethereum treasury's request: one signer's HPKE key for
+    /// signing round `round`.
+    EcdsaSignHello {
+        /// The request hash.
+        request: ByteBuf,
+        /// The signing round.
+        round: u32,
+        /// The signer's hello.
+        hello: crate::ecdsa::dkg::EcdsaHello,
+    },
+    /// Threshold ECDSA signing: (a piece of) one signer's message of one step, in signing
+    /// round `round`.
+    EcdsaSignPart {
+        /// The request hash.
+        request: ByteBuf,
+        /// The signing round.
+        round: u32,
+        /// The piece.
+        part: ecdsa::EcdsaPart,
+    },
 }
 
 impl DaoMessage {
@@ -638,6 +704,10 @@ impl DaoMessage {
             Self::Committed { .. } => "Committed",
             Self::Refreshed { .. } => "Refreshed",
             Self::Refused { .. } => "Refused",
+            Self::EcdsaDkgHello { .. } => "EcdsaDkgHello",
+            Self::EcdsaDkgPart { .. } => "EcdsaDkgPart",
+            Self::EcdsaSignHello { .. } => "EcdsaSignHello",
+            Self::EcdsaSignPart { .. } => "EcdsaSignPart",
         }
     }
 
@@ -650,6 +720,8 @@ impl DaoMessage {
             | Self::DkgStored { attempt, .. }
             | Self::DkgRetry { attempt, .. }
             | Self::DkgAttempt { attempt }
+            | Self::EcdsaDkgHello { attempt, .. }
+            | Self::EcdsaDkgPart { attempt, .. }
             | Self::Activated { attempt, .. } => Some(*attempt),
             _ => None,
         }
@@ -661,7 +733,9 @@ impl DaoMessage {
             Self::SignerSet { round, .. }
             | Self::Commitments { round, .. }
             | Self::SigningPackages { round, .. }
-            | Self::Shares { round, .. } => Some(*round),
+            | Self::Shares { round, .. }
+            | Self::EcdsaSignHello { round, .. }
+            | Self::EcdsaSignPart { round, .. } => Some(*round),
             _ => None,
         }
     }

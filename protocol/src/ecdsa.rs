@@ -25,7 +25,7 @@ pub mod repair;
 /// Threshold ECDSA signing.
 pub mod sign;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -219,7 +219,7 @@ fn decode_part<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 }
 
 /// SHA-256 over length-prefixed parts, under a domain tag.
-fn tagged(tag: &str, parts: &[&[u8]]) -> [u8; 32] {
+pub(crate) fn tagged(tag: &str, parts: &[&[u8]]) -> [u8; 32] {
     let mut h = Sha256::new();
     for part in std::iter::once(tag.as_bytes()).chain(parts.iter().copied()) {
         h.update((part.len() as u64).to_be_bytes());

@@ -680,7 +680,7 @@ impl Service {
         }
         let public_key_package = public_key_package(&state.public_key_package)?;
         let output_key = output_key(&public_key_package)?;
-        let summary = match psbt::analyze(&request.psbt, &output_key, layout.network) {
+        let summary = match psbt::analyze(&request.psbt, &output_key, layout.bitcoin_network()?) {
             Ok(s) => s,
             Err(e) => return refuse(format!("PSBT refused: {e}")),
         };

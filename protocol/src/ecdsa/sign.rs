@@ -146,6 +146,50 @@ pub fn start(
     Ok((signing, message))
 }
 
+/// Our round-1 or round-2 message cut into one message per recipient, each carrying only the
+/// part addressed to it: what travels sealed to each signer when no single channel joins them (a
+/// DAO's mailbox, `crate::dao::ecdsa`). Each piece is what that recipient's
+/// [`EcdsaSigning::round2`] / [`EcdsaSigning::round3`] reads of us.
+pub fn split(message: &EcdsaSignMessage) -> Result<BTreeMap<PartyId, EcdsaSignMessage>> {
+    match message.round {
+        1 => split_as::<TransmitPhase1to2>(message, |t| (t.parties.sender, t.parties.receiver)),
+        2 => split_as::<TransmitPhase2to3<Secp256k1>>(message, |t| {
+            (t.parties.sender, t.parties.receiver)
+        }),
+        round => Err(ProtocolError::Params {
+            reason: format!("round {round} of threshold ECDSA signing is a broadcast"),
+        }),
+    }
+}
+
+fn split_as<T: Serialize + serde::de::DeserializeOwned>(
+    message: &EcdsaSignMessage,
+    route: impl Fn(&T) -> (PartyIndex, PartyIndex),
+) -> Result<BTreeMap<PartyId, EcdsaSignMessage>> {
+    let parts: Vec<T> = decode_part(&message.body)?;
+    let mut out = BTreeMap::new();
+    for part in parts {
+        let (from, to) = route(&part);
+        let to = party_of(to)?;
+        if party_of(from)? != message.from {
+            return Err(ProtocolError::Params {
+                reason: "a part of our own message names another sender".into(),
+            });
+        }
+        let piece = EcdsaSignMessage {
+            from: message.from,
+            round: message.round,
+            body: ByteBuf::from(encode_part(&vec![part])?),
+        };
+        if out.insert(to, piece).is_some() {
+            return Err(ProtocolError::Params {
+                reason: format!("two parts of our own message for party {to}"),
+            });
+        }
+    }
+    Ok(out)
+}
+
 impl EcdsaSigning {
     /// The other signers' round-1 messages: our round-2 message.
     pub fn round2(

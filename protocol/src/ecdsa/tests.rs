@@ -104,7 +104,7 @@ fn sign_between(
     Ok(sigs[0])
 }
 
-fn recover(sig: &super::sign::RecoverableSignature, hash: &[u8; 32]) -> Vec<u8> {
+pub(crate) fn recover(sig: &super::sign::RecoverableSignature, hash: &[u8; 32]) -> Vec<u8> {
     let signature = Signature::from_scalars(sig.r, sig.s).unwrap();
     assert!(signature.normalize_s().is_none(), "low-S");
     let id = RecoveryId::new(sig.y_odd, false);
