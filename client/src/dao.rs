@@ -88,6 +88,30 @@ fn getrandom(buf: &mut [u8]) -> Result<()> {
 /// Most envelopes the courier hands the provider in one `Mailbox` request (the enclave takes up to
 /// 1024).
 const DELIVERY_CHUNK: usize = 512;
+/// Most envelope bytes in one `Mailbox` request: it must fit a frame (`frame::MAX_FRAME_LEN`,
+/// 1 MiB), and an Ethereum treasury's DKG pieces are up to about 330 KB each.
+const DELIVERY_BYTES: usize = 600 * 1024;
+
+/// `envelopes` in batches of at most [`DELIVERY_CHUNK`] envelopes and [`DELIVERY_BYTES`] bytes
+/// (one envelope alone may be larger; at least one batch, maybe empty).
+fn delivery_batches(envelopes: Vec<ByteBuf>) -> Vec<Vec<ByteBuf>> {
+    let mut batches = vec![Vec::new()];
+    let mut bytes = 0usize;
+    for envelope in envelopes {
+        let full = batches.last().is_some_and(|b: &Vec<ByteBuf>| {
+            !b.is_empty() && (b.len() >= DELIVERY_CHUNK || bytes + envelope.len() > DELIVERY_BYTES)
+        });
+        if full {
+            batches.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += envelope.len();
+        if let Some(batch) = batches.last_mut() {
+            batch.push(envelope);
+        }
+    }
+    batches
+}
 
 /// Relays one topic between the mailbox and the provider, and hands new envelopes to the caller.
 ///
@@ -115,6 +139,8 @@ pub struct Courier {
     unposted: Vec<Envelope>,
     /// Whether the provider said anything in this topic (so an empty answer means it forgot).
     provider_spoke: bool,
+    /// The first of the provider's envelopes this courier has not read (on this connection).
+    outbox_next: u32,
     mailbox_down: bool,
     provider_down: bool,
     report: Box<dyn FnMut(&str)>,
@@ -174,6 +200,7 @@ impl Courier {
             recorded: HashSet::new(),
             unposted: Vec::new(),
             provider_spoke: false,
+            outbox_next: 0,
             mailbox_down: false,
             provider_down: false,
             report: Box::new(|_| {}),
@@ -243,17 +270,48 @@ impl Courier {
         Ok(())
     }
 
-    fn call(&mut self, envelopes: Vec<ByteBuf>) -> Result<(Vec<ByteBuf>, Vec<String>)> {
+    /// One `Mailbox` request: `envelopes` delivered, and one page of the provider's envelopes
+    /// from the first this courier has not read; whether more follow.
+    fn call_page(&mut self, envelopes: Vec<ByteBuf>) -> Result<(Vec<ByteBuf>, Vec<String>, bool)> {
         let request = Request::Mailbox {
             topic: ByteBuf::from(self.topic.to_vec()),
             envelopes,
+            from: self.outbox_next,
         };
         match self.provider.call(&request)? {
-            Response::Mailbox { envelopes, notes } => Ok((envelopes, notes)),
+            Response::Mailbox {
+                envelopes,
+                notes,
+                from,
+                more,
+            } => {
+                let read = u32::try_from(envelopes.len()).unwrap_or(u32::MAX);
+                self.outbox_next = from.saturating_add(read);
+                Ok((envelopes, notes, more && read > 0))
+            }
             other => Err(ClientError::Unexpected(format!(
                 "the provider answered a mailbox delivery with {other:?}"
             ))),
         }
+    }
+
+    /// Delivers `envelopes` in requests that each fit a frame, and reads every envelope of the
+    /// provider's this courier has not read yet.
+    fn call(&mut self, envelopes: Vec<ByteBuf>) -> Result<(Vec<ByteBuf>, Vec<String>)> {
+        let mut answer = Vec::new();
+        let mut notes = Vec::new();
+        for batch in delivery_batches(envelopes) {
+            let (a, n, mut more) = self.call_page(batch)?;
+            answer.extend(a);
+            notes.extend(n);
+            while more {
+                let (a, n, m) = self.call_page(Vec::new())?;
+                answer.extend(a);
+                notes.extend(n);
+                more = m;
+            }
+        }
+        Ok((answer, notes))
     }
 
     /// Hands `envelopes` to the provider; `None` while it is unreachable. After its connection
@@ -282,6 +340,8 @@ impl Courier {
             Err(e) => return Err(e),
         };
         let was_down = std::mem::replace(&mut self.provider_down, false);
+        // A new connection, perhaps to a restarted provider: read its envelopes from the first.
+        self.outbox_next = 0;
         // An empty delivery answers with what the provider said in the topic: nothing, when it
         // no longer holds the ceremony.
         let (said, _) = self.call(Vec::new())?;
@@ -294,18 +354,14 @@ impl Courier {
         } else if was_down {
             self.say("the provider is reachable again; going on");
         }
-        let mut answer = Vec::new();
+        let mut answer = said;
         let mut notes = Vec::new();
         let all = self.history.clone();
-        for chunk in all.chunks(DELIVERY_CHUNK) {
-            let (a, n) = self.call(chunk.to_vec())?;
-            answer = a;
-            notes.extend(n);
-        }
+        let (a, n) = self.call(all)?;
+        answer.extend(a);
+        notes.extend(n);
         let (a, n) = self.call(envelopes)?;
-        if !a.is_empty() {
-            answer = a;
-        }
+        answer.extend(a);
         notes.extend(n);
         Ok(Some((answer, notes)))
     }

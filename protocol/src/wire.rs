@@ -561,6 +561,11 @@ pub enum Request {
         topic: ByteBuf,
         /// Encoded `mailbox::Envelope`s.
         envelopes: Vec<ByteBuf>,
+        /// The first of the enclave's envelopes for the topic to answer with (0: from the
+        /// first): a courier that has the first `from` reads only what is new. The answer is
+        /// cut to fit a frame (`Response::Mailbox::more`).
+        #[serde(default, skip_serializing_if = "is_zero_u32")]
+        from: u32,
     },
 }
 
@@ -769,10 +774,17 @@ pub enum Response {
     },
     /// The enclave's envelopes for a mailbox topic, and what it refused of the delivery.
     Mailbox {
-        /// Encoded `mailbox::Envelope`s the enclave signed for the topic.
+        /// Encoded `mailbox::Envelope`s the enclave signed for the topic, from the `from`-th.
         envelopes: Vec<ByteBuf>,
         /// One line per delivered envelope it refused, and why (culprits named).
         notes: Vec<String>,
+        /// The index of the first envelope answered: the request's `from`, or 0 when the enclave
+        /// has fewer (it restarted and its envelopes for the topic are new ones).
+        #[serde(default, skip_serializing_if = "is_zero_u32")]
+        from: u32,
+        /// More envelopes follow these: ask again from `from + envelopes.len()`.
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
     },
     /// Our hello of a threshold ECDSA DKG (the answer to a `DkgStart` naming
     /// [`SUITE_SECP256K1_ECDSA`]).
@@ -1033,6 +1045,16 @@ fn decode_versions<T: DeserializeOwned>(
 /// Store keys: printable ASCII without spaces, 1..=256 bytes (the parent checks it too).
 pub fn valid_store_key(key: &str) -> bool {
     (1..=256).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Whether a count is 0 (left out of the encoding, so messages without it encode as before).
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+/// Whether a flag is unset (left out of the encoding).
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[cfg(test)]

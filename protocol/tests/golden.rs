@@ -648,6 +648,16 @@ fn requests_sessions() -> Samples<Request> {
             Request::Mailbox {
                 topic: ByteBuf::from(TOPIC.to_vec()),
                 envelopes: vec![ByteBuf::from(envelope().encode().unwrap())],
+                from: 0,
+            },
+        ),
+        (
+            "page",
+            "DAO mailbox envelopes, reading the enclave's from the third",
+            Request::Mailbox {
+                topic: ByteBuf::from(TOPIC.to_vec()),
+                envelopes: Vec::new(),
+                from: 2,
             },
         ),
     ]
@@ -889,6 +899,18 @@ fn responses() -> Samples<Response> {
             Response::Mailbox {
                 envelopes: vec![ByteBuf::from(envelope().encode().unwrap())],
                 notes: vec!["refused one".into()],
+                from: 0,
+                more: false,
+            },
+        ),
+        (
+            "page",
+            "one page of the enclave's envelopes, from the third, more following",
+            Response::Mailbox {
+                envelopes: vec![ByteBuf::from(envelope().encode().unwrap())],
+                notes: Vec::new(),
+                from: 2,
+                more: true,
             },
         ),
         (
@@ -1286,11 +1308,54 @@ fn dao_sign_messages() -> Samples<DaoMessage> {
             "",
             "the provider refuses",
             DaoMessage::Refused {
-                request,
+                request: request.clone(),
                 reason: "expired".into(),
             },
         ),
+        (
+            "",
+            "an Ethereum treasury's DKG: a party's HPKE key",
+            DaoMessage::EcdsaDkgHello {
+                attempt: 1,
+                hello: ecdsa_hello(6),
+            },
+        ),
+        (
+            "",
+            "an Ethereum treasury's DKG: a piece of a party's round-3 message",
+            DaoMessage::EcdsaDkgPart {
+                attempt: 0,
+                part: ecdsa_part(3),
+            },
+        ),
+        (
+            "",
+            "an Ethereum treasury's signing: a signer's HPKE key of round 2",
+            DaoMessage::EcdsaSignHello {
+                request: request.clone(),
+                round: 2,
+                hello: ecdsa_hello(6),
+            },
+        ),
+        (
+            "",
+            "an Ethereum treasury's signing: a signer's sealed step-1 parts",
+            DaoMessage::EcdsaSignPart {
+                request,
+                round: 0,
+                part: ecdsa_part(1),
+            },
+        ),
     ]
+}
+
+fn ecdsa_part(step: u8) -> dao::ecdsa::EcdsaPart {
+    dao::ecdsa::EcdsaPart {
+        from: pid(1),
+        step,
+        broadcast: ByteBuf::from(if step == 3 { vec![0x0b; 8] } else { Vec::new() }),
+        sealed: vec![sealed(pid(1), pid(6))],
+    }
 }
 
 fn dao_encode(message: &DaoMessage) -> Vec<u8> {

@@ -384,6 +384,7 @@ fn an_approval_for_one_request_is_refused_in_another() {
         .call(&Request::Mailbox {
             topic: ByteBuf::from(second.topic.to_vec()),
             envelopes: delivery,
+            from: 0,
         })
         .unwrap()
     {

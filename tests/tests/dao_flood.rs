@@ -49,6 +49,7 @@ fn found(d: &Deployment, s: &mut Session, founder: &Home) -> Result<Response, Cl
     s.call(&Request::Mailbox {
         topic: ByteBuf::from(envelope.topic.to_vec()),
         envelopes: vec![ByteBuf::from(envelope.encode().unwrap())],
+        from: 0,
     })
 }
 

@@ -68,6 +68,9 @@ const MAX_SEEN: usize = 16_384;
 const MAX_INPUTS: usize = 256;
 /// Bound on envelopes per delivery.
 const MAX_DELIVERY: usize = 1024;
+/// Most envelope bytes in one `Mailbox` answer: with the notes it stays inside one frame
+/// (`frame::MAX_FRAME_LEN`, 1 MiB), whatever the ceremony (one envelope is at most 512 KiB).
+const OUTBOX_PAGE_BYTES: usize = 600 * 1024;
 /// A sign request older than this is refused (and completed requests are remembered this long).
 const REQUEST_MAX_AGE_MS: u64 = 3_600_000;
 /// A sign request dated this far in the future is refused.
@@ -369,6 +372,26 @@ fn absorb_all(entry: &mut Entry, opened: &[(Envelope, DaoMessage)], notes: &mut 
     }
 }
 
+/// The enclave's envelopes of a topic from the `from`-th (from the first when it has fewer: it
+/// restarted), as many as fit [`OUTBOX_PAGE_BYTES`] (at least one): `(from, envelopes, more)`.
+fn outbox_page(outbox: &[Vec<u8>], from: u32) -> (u32, Vec<ByteBuf>, bool) {
+    let start = usize::try_from(from)
+        .ok()
+        .filter(|f| *f <= outbox.len())
+        .unwrap_or(0);
+    let mut page = Vec::new();
+    let mut bytes = 0usize;
+    for envelope in outbox.iter().skip(start) {
+        if !page.is_empty() && bytes + envelope.len() > OUTBOX_PAGE_BYTES {
+            break;
+        }
+        bytes += envelope.len();
+        page.push(ByteBuf::from(envelope.clone()));
+    }
+    let more = start + page.len() < outbox.len();
+    (u32::try_from(start).unwrap_or(0), page, more)
+}
+
 impl Service {
     /// Refuses a founded request: audited, and answered with a signed `Refused` in its topic.
     fn refuse_request(
@@ -394,7 +417,7 @@ impl Service {
 
     /// `Mailbox`: takes the delivered envelopes of `topic`, advances its ceremony, and answers
     /// with every envelope the enclave produced for it.
-    pub(super) fn mailbox(&self, topic: &[u8], envelopes: &[ByteBuf]) -> Outcome {
+    pub(super) fn mailbox(&self, topic: &[u8], envelopes: &[ByteBuf], from: u32) -> Outcome {
         let topic: Topic = topic
             .try_into()
             .map_err(|_| bad(format!("a topic is 16 bytes, got {}", topic.len())))?;
@@ -424,6 +447,8 @@ impl Service {
             return Ok(Response::Mailbox {
                 envelopes: Vec::new(),
                 notes,
+                from: 0,
+                more: false,
             });
         }
         let entry = ceremonies
@@ -433,9 +458,12 @@ impl Service {
         if let Err(e) = self.advance(&topic, entry) {
             notes.push(format!("ceremony failed: {}", e.0.message));
         }
+        let (from, envelopes, more) = outbox_page(&entry.outbox, from);
         Ok(Response::Mailbox {
-            envelopes: entry.outbox.iter().cloned().map(ByteBuf::from).collect(),
+            envelopes,
             notes,
+            from,
+            more,
         })
     }
 

@@ -304,7 +304,11 @@ impl Service {
                 deltas,
                 participant_key,
             } => self.repair_sigma(session.id, wallet_id, &deltas, &participant_key),
-            Request::Mailbox { topic, envelopes } => self.mailbox(&topic, &envelopes),
+            Request::Mailbox {
+                topic,
+                envelopes,
+                from,
+            } => self.mailbox(&topic, &envelopes, from),
             Request::DaoPolicy { wallet_id } => self.dao_policy_in_force(wallet_id),
             other => Err(Failure::bad(format!(
                 "{} must be sent inside Authorized",
