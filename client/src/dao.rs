@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cosigner_protocol::auth::public_key_bytes;
-use cosigner_protocol::dao::dkg::DaoDkg;
+use cosigner_protocol::dao::ecdsa::{AnyDkg, AnyOutputs};
 use cosigner_protocol::dao::quorum::Quorum;
 use cosigner_protocol::dao::refresh::{DaoRefresh, RefreshProposal};
 use cosigner_protocol::dao::sign::{MemberSigner, Tally, TallyEnd};
@@ -24,20 +24,25 @@ use cosigner_protocol::dao::{
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::mailbox::{Envelope, Topic};
-use cosigner_protocol::policy::{Policy, parse_members};
+use cosigner_protocol::policy::{Chain, NETWORK_ETHEREUM, Policy, parse_members};
 use cosigner_protocol::psbt::SpendSummary;
-use cosigner_protocol::wire::{Request, Response, SUITE_SECP256K1_TR, WalletId};
+use cosigner_protocol::wire::{
+    Request, Response, SUITE_SECP256K1_ECDSA, SUITE_SECP256K1_TR, WalletId,
+};
 use frost_core::keys::KeyPackage;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::address::Network;
 use crate::error::{ClientError, Result};
+use crate::home::EthWalletFile;
 use crate::home::{Home, WalletFile};
 use crate::mailbox::MailboxClient;
 use crate::session::Session;
 use crate::trust::Trust;
 use crate::wallet::wallet_file;
+
+pub mod eth;
 
 type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
 
@@ -565,7 +570,7 @@ pub fn invite(
     provider: &Session,
     members_toml: &str,
     policy_toml: &str,
-    network: Network,
+    network: Option<Network>,
     mailbox_addr: &str,
     provider_addr: &str,
 ) -> Result<(Invitation, Envelope)> {
@@ -577,7 +582,15 @@ pub fn invite(
             "this device's key is not in the members file (see `cosigner device-key`)",
         ));
     }
-    Policy::parse(policy_toml, &members)?;
+    let (chain, network_name, suite) = match network {
+        Some(n) => (Chain::Bitcoin, n.name().to_owned(), SUITE_SECP256K1_TR),
+        None => (
+            Chain::Ethereum,
+            NETWORK_ETHEREUM.to_owned(),
+            SUITE_SECP256K1_ECDSA,
+        ),
+    };
+    Policy::parse_for(chain, policy_toml, &members)?;
     let provider_key = provider
         .attestation()
         .doc
@@ -594,8 +607,8 @@ pub fn invite(
             .collect(),
         policy: policy_toml.to_owned(),
         provider_key: ByteBuf::from(provider_key),
-        network: network.name().to_owned(),
-        ciphersuite: SUITE_SECP256K1_TR.to_owned(),
+        network: network_name,
+        ciphersuite: suite.to_owned(),
         created_ms: now_ms(),
         nonce: ByteBuf::from(random16()?),
         mailbox: mailbox_addr.to_owned(),
@@ -626,9 +639,14 @@ const DKG_JOURNAL: &str = "dkg";
 struct PendingDkg {
     /// The DKG attempt the share is of.
     attempt: u32,
-    /// The wallet file to write once the provider activated the wallet.
-    wallet: WalletFile,
-    /// This device's share (hex of frost's KeyPackage serialization).
+    /// The wallet file to write once the provider activated the wallet (a Bitcoin wallet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wallet: Option<WalletFile>,
+    /// The wallet file to write once the provider activated the wallet (an Ethereum treasury).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    eth_wallet: Option<EthWalletFile>,
+    /// This device's share (hex of frost's KeyPackage serialization, or of the threshold ECDSA
+    /// share's).
     share: String,
     /// The stored notice this device posted (hex of its encoding), posted again on a rerun.
     notice: String,
@@ -678,23 +696,66 @@ impl PendingDkg {
 
     /// Makes the stored share this device's wallet (share, then wallet file: a rerun stopped in
     /// between finds the wallet file missing and does it again), then drops the journal.
-    fn promote(&self, home: &Home, id: &WalletId) -> Result<WalletFile> {
+    fn promote(&self, home: &Home, id: &WalletId) -> Result<Joined> {
         let share = zeroize::Zeroizing::new(
             hex::decode(&self.share)
                 .map_err(|e| ClientError::Unexpected(format!("DKG journal's share: {e}")))?,
         );
-        home.replace_share(&self.wallet, &share)?;
+        let joined = match (&self.wallet, &self.eth_wallet) {
+            (Some(wallet), _) => {
+                home.replace_share(wallet, &share)?;
+                Joined::Bitcoin(wallet.clone())
+            }
+            (None, Some(wallet)) => {
+                let key = cosigner_protocol::ecdsa::EcdsaKey::from_secret_bytes(&share)?;
+                home.replace_eth_share(wallet, &key)?;
+                Joined::Ethereum(wallet.clone())
+            }
+            (None, None) => {
+                return Err(ClientError::Unexpected(
+                    "DKG journal without a wallet".into(),
+                ));
+            }
+        };
         home.remove_journal(id, DKG_JOURNAL)?;
-        Ok(self.wallet.clone())
+        Ok(joined)
     }
+}
+
+/// A DAO wallet this device joined: a Bitcoin wallet (FROST) or an Ethereum treasury (threshold
+/// ECDSA).
+#[derive(Debug, Clone)]
+pub enum Joined {
+    /// A Bitcoin DAO wallet.
+    Bitcoin(WalletFile),
+    /// An Ethereum treasury.
+    Ethereum(EthWalletFile),
 }
 
 /// This device's wallet from `invitation`, if this home already holds it (`join` run again after
 /// it finished).
 ///
 /// Errors: the home holds another wallet under the same id.
-pub fn joined_wallet(home: &Home, invitation: &Invitation) -> Result<Option<WalletFile>> {
-    let id = invitation.layout()?.wallet_id;
+pub fn joined_wallet(home: &Home, invitation: &Invitation) -> Result<Option<Joined>> {
+    let layout = invitation.layout()?;
+    let id = layout.wallet_id;
+    if layout.is_ecdsa() {
+        if !home.has_eth_wallet(&id) {
+            return Ok(None);
+        }
+        let wallet = home.eth_wallet(&id)?;
+        let same = wallet
+            .dao
+            .as_ref()
+            .is_some_and(|info| invitation_of(info).is_ok_and(|i| i == *invitation));
+        if !same {
+            return Err(input(format!(
+                "this home already holds a wallet {id} that this invitation did not create"
+            )));
+        }
+        home.ecdsa_key(&wallet)?;
+        return Ok(Some(Joined::Ethereum(wallet)));
+    }
     let wallet = match home.wallet(&id) {
         Ok(w) => w,
         Err(ClientError::Input(_)) => return Ok(None),
@@ -710,7 +771,7 @@ pub fn joined_wallet(home: &Home, invitation: &Invitation) -> Result<Option<Wall
         )));
     }
     home.share(&id)?;
-    Ok(Some(wallet))
+    Ok(Some(Joined::Bitcoin(wallet)))
 }
 
 /// This device's hold on a wallet's DKG for as long as its process runs: an OS file lock
@@ -761,7 +822,7 @@ impl Drop for JoinLock {
 /// Where this device's DKG stands.
 enum DkgPhase {
     /// Taking part in an attempt (round secrets in memory).
-    Running(Box<DaoDkg<Suite>>),
+    Running(Box<AnyDkg>),
     /// This device lost its state of an attempt and asked the provider for a new one.
     Retrying(u32),
     /// The share of an attempt is stored (journal); waiting for `Activated`.
@@ -794,7 +855,7 @@ pub fn run_dkg(
     invitation_envelope: &Envelope,
     timeout: Duration,
     progress: &mut dyn FnMut(&str),
-) -> Result<WalletFile> {
+) -> Result<Joined> {
     let j = Joiner::new(home, courier, invitation, invitation_envelope)?;
     if let Some(wallet) = joined_wallet(home, invitation)? {
         // A promotion stopped after the wallet file was written leaves its journal: done now.
@@ -824,7 +885,7 @@ struct Joiner<'a> {
     me: Vec<u8>,
     party: PartyId,
     wallet_id: WalletId,
-    network: Network,
+    network: Option<Network>,
 }
 
 impl<'a> Joiner<'a> {
@@ -851,7 +912,10 @@ impl<'a> Joiner<'a> {
             invitation,
             invitation_envelope,
             wallet_id: layout.wallet_id,
-            network: invitation.network.parse::<Network>()?,
+            network: match layout.network {
+                Some(_) => Some(invitation.network.parse::<Network>()?),
+                None => None,
+            },
             layout,
             key,
             me,
@@ -865,7 +929,7 @@ impl<'a> Joiner<'a> {
         sender: &[u8],
         message: &DaoMessage,
         pending: Option<&PendingDkg>,
-    ) -> Option<Result<WalletFile>> {
+    ) -> Option<Result<Joined>> {
         if sender != self.layout.provider_key.as_slice() {
             return None;
         }
@@ -892,7 +956,7 @@ impl<'a> Joiner<'a> {
         &self,
         backlog: &[Envelope],
         pending: Option<&PendingDkg>,
-    ) -> std::result::Result<(u32, Vec<u32>), Box<Result<WalletFile>>> {
+    ) -> std::result::Result<(u32, Vec<u32>), Box<Result<Joined>>> {
         let mut current = 0u32;
         let mut ours = Vec::new();
         for envelope in backlog {
@@ -908,7 +972,10 @@ impl<'a> Joiner<'a> {
                 {
                     current = current.max(attempt);
                 }
-                DaoMessage::DkgRound1 { attempt, .. } if envelope.sender == self.me => {
+                DaoMessage::DkgRound1 { attempt, .. }
+                | DaoMessage::EcdsaDkgHello { attempt, .. }
+                    if envelope.sender == self.me =>
+                {
                     ours.push(attempt);
                 }
                 _ => {}
@@ -957,7 +1024,7 @@ impl<'a> Joiner<'a> {
     }
 
     fn start(&self, courier: &mut Courier, attempt: u32) -> Result<DkgPhase> {
-        let (dkg, first) = DaoDkg::<Suite>::start_attempt(
+        let (dkg, first) = AnyDkg::start_attempt(
             self.layout.clone(),
             &self.me,
             attempt,
@@ -977,7 +1044,7 @@ impl<'a> Joiner<'a> {
         backlog: Vec<Envelope>,
         timeout: Duration,
         progress: &mut dyn FnMut(&str),
-    ) -> Result<WalletFile> {
+    ) -> Result<Joined> {
         let mut pace = Pace::new(timeout);
         let mut roll = DkgRoll::default();
         let mut batch = backlog;
@@ -1096,6 +1163,8 @@ impl DkgRoll {
         let (party, level) = match message {
             DaoMessage::DkgRound1 { message, .. } => (message.from, 1),
             DaoMessage::DkgRound2 { package, .. } => (package.from, 2),
+            DaoMessage::EcdsaDkgHello { hello, .. } => (hello.from, 1),
+            DaoMessage::EcdsaDkgPart { part, .. } => (part.from, if part.step < 3 { 1 } else { 2 }),
             DaoMessage::DkgConfirm { confirmation, .. } => (confirmation.from, 3),
             DaoMessage::DkgStored { party, .. } => (*party, 4),
             _ => return,
@@ -1184,7 +1253,7 @@ fn finish_activated(
     id: &WalletId,
     pending: Option<&PendingDkg>,
     attempt: u32,
-) -> Result<WalletFile> {
+) -> Result<Joined> {
     match pending {
         Some(p) if p.attempt == attempt => p.promote(home, id),
         _ => {
@@ -1202,38 +1271,60 @@ fn finish_activated(
 /// The journal of a finished DKG: the wallet file and share to record on activation.
 #[allow(clippy::too_many_arguments)]
 fn pending_of(
-    dkg: DaoDkg<Suite>,
+    dkg: AnyDkg,
     attempt: u32,
     party: PartyId,
-    network: Network,
+    network: Option<Network>,
     invitation_envelope: &Envelope,
     invitation: &Invitation,
     notice: &DaoMessage,
 ) -> Result<PendingDkg> {
-    let (layout, mut outputs) = dkg.into_outputs()?;
-    let (_, output) = outputs
-        .pop()
-        .ok_or_else(|| ClientError::Unexpected("the DKG produced no share".into()))?;
-    let wallet = WalletFile {
-        dao: Some(DaoInfo {
-            invitation: hex::encode(invitation_envelope.encode()?),
-            provider_key: hex::encode(&layout.provider_key),
-            mailbox: invitation.mailbox.clone(),
-        }),
-        ..wallet_file(
-            layout.wallet_id,
-            party,
-            &layout.params.parties,
-            layout.params.min_signers,
-            Epoch(0),
-            &output.public_key_package,
-            network,
-        )?
+    let (layout, outputs) = dkg.into_outputs()?;
+    let info = DaoInfo {
+        invitation: hex::encode(invitation_envelope.encode()?),
+        provider_key: hex::encode(&layout.provider_key),
+        mailbox: invitation.mailbox.clone(),
     };
-    let share = share_bytes(&output.key_package)?;
+    let no_share = || ClientError::Unexpected("the DKG produced no share".into());
+    let (wallet, eth_wallet, share) = match (outputs, network) {
+        (AnyOutputs::Frost(mut outputs), Some(network)) => {
+            let (_, output) = outputs.pop().ok_or_else(no_share)?;
+            let wallet = WalletFile {
+                dao: Some(info),
+                ..wallet_file(
+                    layout.wallet_id,
+                    party,
+                    &layout.params.parties,
+                    layout.params.min_signers,
+                    Epoch(0),
+                    &output.public_key_package,
+                    network,
+                )?
+            };
+            (Some(wallet), None, share_bytes(&output.key_package)?)
+        }
+        (AnyOutputs::Ecdsa(mut outputs), None) => {
+            let (_, output) = outputs.pop().ok_or_else(no_share)?;
+            let mut wallet = EthWalletFile::new(
+                layout.wallet_id,
+                &output.public_key,
+                &layout.params.parties,
+                layout.params.min_signers,
+            )?;
+            wallet.party = party;
+            wallet.dao = Some(info);
+            (None, Some(wallet), output.key.to_secret_bytes()?)
+        }
+        _ => {
+            return Err(ClientError::Unexpected(
+                "the DKG's scheme is not the invitation's".into(),
+            ));
+        }
+    };
     Ok(PendingDkg {
         attempt,
         wallet,
+        eth_wallet,
         share: hex::encode(share.as_slice()),
         notice: hex::encode(notice.encode()?),
     })
@@ -1245,6 +1336,11 @@ pub fn dao_info(wallet: &WalletFile) -> Result<(&DaoInfo, Invitation)> {
         .dao
         .as_ref()
         .ok_or_else(|| input(format!("wallet {} is not a DAO wallet", wallet.wallet_id)))?;
+    Ok((info, invitation_of(info)?))
+}
+
+/// The invitation a wallet file keeps, checked: signed by a member, hashing to its topic.
+pub fn invitation_of(info: &DaoInfo) -> Result<Invitation> {
     let bytes = hex::decode(&info.invitation)
         .map_err(|e| ClientError::Unexpected(format!("stored invitation: {e}")))?;
     // Kept since the wallet was made, possibly by an earlier wire version (the invitation's
@@ -1265,7 +1361,7 @@ pub fn dao_info(wallet: &WalletFile) -> Result<(&DaoInfo, Invitation)> {
             "the stored invitation does not match its topic or is not signed by a member",
         ));
     }
-    Ok((info, invitation))
+    Ok(invitation)
 }
 
 /// What this device computes itself from a PSBT for `wallet`.
@@ -1306,6 +1402,17 @@ pub fn earlier_request(
     psbt: &[u8],
     path: &Path,
 ) -> Result<Option<(SignRequest, Envelope, bool)>> {
+    earlier_request_for(home, (wallet.wallet_id, wallet.party), psbt, path)
+}
+
+/// [`earlier_request`] for the wallet and member party `of`, and the request's payload (a PSBT,
+/// or an Ethereum treasury's unsigned transaction).
+pub fn earlier_request_for(
+    home: &Home,
+    of: (WalletId, PartyId),
+    payload: &[u8],
+    path: &Path,
+) -> Result<Option<(SignRequest, Envelope, bool)>> {
     if !path.exists() {
         return Ok(None);
     }
@@ -1316,10 +1423,9 @@ pub fn earlier_request(
         return Ok(None);
     };
     let me = public_key_bytes(&home.device_key()?);
-    let ours = request.wallet_id == wallet.wallet_id
-        && request.requester == wallet.party
+    let ours = (request.wallet_id, request.requester) == of
         && envelope.sender == me
-        && request.psbt.as_slice() == psbt;
+        && request.psbt.as_slice() == payload;
     if !ours {
         return Ok(None);
     }
@@ -1381,7 +1487,7 @@ fn voted_before(
 /// Posts this device's signed rejection of the request `hash`, with `reason`.
 fn send_rejection(
     home: &Home,
-    wallet: &WalletFile,
+    party: PartyId,
     courier: &mut Courier,
     hash: [u8; 32],
     reason: Option<String>,
@@ -1400,7 +1506,7 @@ fn send_rejection(
         &key,
         &DaoMessage::Reject(Rejection {
             request: ByteBuf::from(hash.to_vec()),
-            party: wallet.party,
+            party,
             reason,
         }),
     )?;
@@ -1420,7 +1526,7 @@ pub fn reject_policy(
     let (info, invitation) = dao_info(wallet)?;
     let (layout, provider_key) = (invitation.layout()?, info.provider_key()?);
     let hash = change.hash()?;
-    send_rejection(home, wallet, courier, hash, reason)?;
+    send_rejection(home, wallet.party, courier, hash, reason)?;
     let topic = courier.poll()?;
     let mut quorum = None;
     for envelope in topic.iter().filter(|e| e.sender == provider_key) {
@@ -1463,8 +1569,32 @@ pub fn reject(
     reason: Option<String>,
 ) -> Result<bool> {
     let (_, invitation) = dao_info(wallet)?;
+    reject_in(
+        home,
+        &invitation,
+        wallet.party,
+        courier,
+        request,
+        evaluation,
+        backlog,
+        reason,
+    )
+}
+
+/// [`reject`] as member `party` of the wallet of `invitation` (either chain).
+#[allow(clippy::too_many_arguments)]
+pub fn reject_in(
+    home: &Home,
+    invitation: &Invitation,
+    party: PartyId,
+    courier: &mut Courier,
+    request: &SignRequest,
+    evaluation: &Evaluation,
+    backlog: &[Envelope],
+    reason: Option<String>,
+) -> Result<bool> {
     let hash = request.hash()?;
-    send_rejection(home, wallet, courier, hash, reason)?;
+    send_rejection(home, party, courier, hash, reason)?;
     let fresh = courier.poll()?;
     let mut tally = Tally::new(hash, &invitation.layout()?, evaluation)?;
     for envelope in backlog.iter().chain(&fresh) {
@@ -1483,8 +1613,19 @@ pub fn announce(
     mailbox_addr: &str,
     envelope: &Envelope,
 ) -> Result<()> {
-    let (_, invitation) = dao_info(wallet)?;
-    let id = wallet.wallet_id;
+    let (info, _) = dao_info(wallet)?;
+    announce_in(home, info, mailbox_addr, envelope)
+}
+
+/// [`announce`] for the DAO wallet `info` describes (either chain).
+pub fn announce_in(
+    home: &Home,
+    info: &DaoInfo,
+    mailbox_addr: &str,
+    envelope: &Envelope,
+) -> Result<()> {
+    let invitation = invitation_of(info)?;
+    let id = invitation.layout()?.wallet_id;
     let mut mailbox = member_mailbox(home, mailbox_addr, &invitation)?;
     let announcement = DaoMessage::Announce {
         envelope: ByteBuf::from(envelope.encode()?),

@@ -22,7 +22,7 @@ mod tx;
 mod value;
 
 pub use address::{address_of_point, checksummed};
-pub use alloy_primitives::{Address, U256};
+pub use alloy_primitives::{Address, U256, keccak256};
 pub use error::EthError;
 pub use request::TxRequest;
 pub use tx::{RecoverableSignature, SignedTx, UnsignedTx};

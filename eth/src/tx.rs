@@ -160,6 +160,43 @@ const HALF_ORDER: U256 = U256::from_be_bytes([
     0x5d, 0x57, 0x6e, 0x73, 0x57, 0xa4, 0x50, 0x1d, 0xdf, 0xe9, 0x2f, 0x46, 0x68, 0x1b, 0x20, 0xa0,
 ]);
 
+impl SignedTx {
+    /// Opens a signed transaction (EIP-2718, as `eth_sendRawTransaction` takes it): the
+    /// unsigned transaction and its signature, for a party that must check what another
+    /// published before reporting it (a treasury member, of the provider's `Signed`). Only
+    /// the kinds signed here, in their canonical encoding.
+    pub fn open(raw: &[u8]) -> Result<(UnsignedTx, RecoverableSignature)> {
+        use alloy_eips::eip2718::Decodable2718;
+        let envelope = TxEnvelope::decode_2718(&mut &raw[..]).map_err(|e| EthError::Encoding {
+            reason: e.to_string(),
+        })?;
+        if envelope.encoded_2718() != raw {
+            return Err(EthError::NotCanonical);
+        }
+        let (tx, signature) = match envelope {
+            TxEnvelope::Eip1559(signed) => {
+                let signature = *signed.signature();
+                (UnsignedTx::Eip1559(signed.strip_signature()), signature)
+            }
+            TxEnvelope::Legacy(signed) => {
+                let signature = *signed.signature();
+                (UnsignedTx::Legacy(signed.strip_signature()), signature)
+            }
+            other => {
+                return Err(EthError::UnsupportedType {
+                    ty: other.tx_type() as u8,
+                });
+            }
+        };
+        let signature = RecoverableSignature {
+            r: signature.r().to_be_bytes(),
+            s: signature.s().to_be_bytes(),
+            y_parity: signature.v(),
+        };
+        Ok((tx.checked()?, signature))
+    }
+}
+
 impl RecoverableSignature {
     fn to_alloy(self) -> Result<Signature> {
         let r = U256::from_be_bytes(self.r);

@@ -308,13 +308,15 @@ impl Layout {
     }
 }
 
-/// A request to sign a PSBT with a DAO wallet; its hash is the signing topic.
+/// A request to sign a PSBT (for an Ethereum treasury, a transaction) with a DAO wallet; its hash
+/// is the signing topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignRequest {
     /// The wallet.
     pub wallet_id: WalletId,
-    /// The binary PSBT.
+    /// The binary PSBT; for an Ethereum treasury, the unsigned transaction as it is signed
+    /// (`cosigner_eth::UnsignedTx::signing_payload`: EIP-2718 type 2, or legacy EIP-155 RLP).
     pub psbt: ByteBuf,
     /// The requesting member's party.
     pub requester: PartyId,
@@ -400,6 +402,10 @@ pub struct Evaluation {
     pub approvals: u16,
     /// Member parties whose approval counts.
     pub approvers: Vec<PartyId>,
+    /// An Ethereum treasury's outflows: (asset, amount in its base unit as a decimal, the
+    /// destination or `-`), the value and fee fields above then 0 (wei do not fit them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaving: Vec<(String, String, String)>,
 }
 
 /// A member's approval of one request, bound to the request and to the sighashes the member

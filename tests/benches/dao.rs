@@ -128,7 +128,7 @@ fn e2e_dkg(m: &Members, members_text: &str) -> Vec<WalletFile> {
         &provider,
         members_text,
         POLICY,
-        Network::Regtest,
+        Some(Network::Regtest),
         &m.d.mailbox,
         &addr,
     )
@@ -154,7 +154,13 @@ fn e2e_dkg(m: &Members, members_text: &str) -> Vec<WalletFile> {
                 .unwrap()
             }));
         }
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .map(|h| match h.join().unwrap() {
+                dao::Joined::Bitcoin(w) => w,
+                other => panic!("a Bitcoin DAO made {other:?}"),
+            })
+            .collect()
     })
 }
 

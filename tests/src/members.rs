@@ -206,8 +206,22 @@ pub struct Created {
 /// If any member fails or ends with another wallet.
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 pub fn create(d: &Deployment, homes: &[PathBuf], timeout: &str, stagger: Duration) -> Created {
+    create_with(d, homes, timeout, stagger, &[])
+}
+
+/// [`create`] with more `dao create` flags (`--chain ethereum`).
+#[allow(clippy::indexing_slicing)]
+pub fn create_with(
+    d: &Deployment,
+    homes: &[PathBuf],
+    timeout: &str,
+    stagger: Duration,
+    extra: &[&str],
+) -> Created {
     let invitation = d.dir.path().join("invitation");
-    let creator = Member::start(d, "create", create_args(d, &homes[0], &invitation, timeout));
+    let mut a = create_args(d, &homes[0], &invitation, timeout);
+    a.extend(extra.iter().map(|s| (*s).to_owned()));
+    let creator = Member::start(d, "create", a);
     wait_for(&invitation);
     let mut joiners = Vec::new();
     for (i, home) in homes.iter().enumerate().skip(1) {
@@ -229,7 +243,10 @@ pub fn create(d: &Deployment, homes: &[PathBuf], timeout: &str, stagger: Duratio
     }
     Created {
         wallet: created["wallet_id"].as_str().unwrap().to_owned(),
-        group_key: created["group_public_key"].as_str().unwrap().to_owned(),
+        group_key: created["group_public_key"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
         invitation: open_invitation(&read_envelope(&invitation).unwrap()).unwrap(),
         json: created,
     }
@@ -499,8 +516,20 @@ pub struct Dao {
 impl Dao {
     /// A deployment and the wallet of `count` members under `policy` ([`setup`], [`create`]).
     pub fn create(count: usize, policy: &str, timeout: &str, stagger: Duration) -> Self {
+        Self::create_on(count, policy, timeout, stagger, &[])
+    }
+
+    /// [`Dao::create`] with more `dao create` flags (`--chain ethereum`: an Ethereum treasury,
+    /// whose `group_key` is empty).
+    pub fn create_on(
+        count: usize,
+        policy: &str,
+        timeout: &str,
+        stagger: Duration,
+        extra: &[&str],
+    ) -> Self {
         let (d, homes) = setup(count, policy);
-        let created = create(&d, &homes, timeout, stagger);
+        let created = create_with(&d, &homes, timeout, stagger, extra);
         Self {
             keys: homes.iter().map(|h| device_key(h)).collect(),
             d,

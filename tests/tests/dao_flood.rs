@@ -41,7 +41,7 @@ fn found(d: &Deployment, s: &mut Session, founder: &Home) -> Result<Response, Cl
         s,
         &members(founder),
         POLICY,
-        Network::Regtest,
+        Some(Network::Regtest),
         &d.mailbox,
         &d.provider.addr(),
     )

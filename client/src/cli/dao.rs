@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use cosigner_client::address::Network;
 use cosigner_client::dao::{self, Courier, Progress};
-use cosigner_client::home::{Home, WalletFile};
+use cosigner_client::home::{EthWalletFile, Home, WalletFile};
 use cosigner_client::session::Session;
 use cosigner_client::trust::Trust;
 use cosigner_protocol::auth::public_key_bytes;
@@ -23,6 +23,7 @@ use serde_json::json;
 
 use super::Globals;
 use super::attestation::emit;
+use super::eth::Chain;
 use super::wallet::{created_out, home, show_spend, signed_out, trust, wallet_id};
 
 /// How long a member waits by default for the others.
@@ -67,6 +68,10 @@ pub enum DaoCommand {
         /// Where to write the invitation for the other members.
         #[arg(long, value_name = "FILE")]
         invitation_out: PathBuf,
+        /// The chain: `bitcoin` (a Taproot wallet, FROST) or `ethereum` (a treasury account,
+        /// threshold ECDSA; the policy's amounts in ETH and its token table).
+        #[arg(long, value_enum, default_value_t)]
+        chain: Chain,
         #[command(flatten)]
         wait: Waiting,
     },
@@ -195,9 +200,13 @@ pub fn run(g: &Globals, cmd: DaoCommand) -> anyhow::Result<()> {
             members,
             policy,
             invitation_out,
+            chain,
             wait,
         } => {
-            let network: Network = g.network.parse()?;
+            let network = match chain {
+                Chain::Bitcoin => Some(g.network.parse::<Network>()?),
+                Chain::Ethereum => None,
+            };
             let home = home(g)?;
             let trust = trust(g)?;
             let provider_addr = g
@@ -342,7 +351,18 @@ fn courier_for(
     wallet: &WalletFile,
     topic: Topic,
 ) -> anyhow::Result<Courier> {
-    let (info, invitation) = dao::dao_info(wallet)?;
+    let (info, _) = dao::dao_info(wallet)?;
+    courier_of(g, trust, info, topic)
+}
+
+/// A courier for `topic` of the DAO wallet `info` describes (either chain).
+fn courier_of(
+    g: &Globals,
+    trust: &Trust,
+    info: &dao::DaoInfo,
+    topic: Topic,
+) -> anyhow::Result<Courier> {
+    let invitation = dao::invitation_of(info)?;
     let provider_addr = provider_addr(g, &invitation.provider);
     let provider = (
         Session::connect(&provider_addr, trust)?,
@@ -409,7 +429,7 @@ pub fn join(g: &Globals, args: JoinArgs) -> anyhow::Result<()> {
     };
     // Run again after it finished: the wallet this home holds, nothing contacted.
     if let Some(wallet) = dao::joined_wallet(&home, &invitation)? {
-        return created_out(&wallet, args.wait.json);
+        return joined_out(&wallet, args.wait.json);
     }
     // Shown before anything is signed: who, what policy, what weights.
     say(&format!(
@@ -474,7 +494,19 @@ impl Dkg<'_> {
             timeout,
             &mut say,
         )?;
-        created_out(&wallet, wait.json)
+        joined_out(&wallet, wait.json)
+    }
+}
+
+/// A DAO wallet this device joined (or created), as `wallet create` prints one of its chain.
+fn joined_out(wallet: &dao::Joined, json: bool) -> anyhow::Result<()> {
+    match wallet {
+        dao::Joined::Bitcoin(w) => created_out(w, json),
+        dao::Joined::Ethereum(w) if json => emit(
+            &json!({ "wallet_id": w.wallet_id.to_hex(), "address": w.address, "chain": "ethereum" })
+                .to_string(),
+        ),
+        dao::Joined::Ethereum(w) => emit(&format!("wallet {}\naddress {}", w.wallet_id, w.address)),
     }
 }
 
@@ -670,6 +702,9 @@ pub fn approve(g: &Globals, args: ApproveArgs) -> anyhow::Result<()> {
             return approve_refresh(g, &home, &trust, &envelope, &proposal, &args);
         }
     };
+    if home.has_eth_wallet(&request.wallet_id) {
+        return approve_treasury(g, &home, &trust, &envelope, &request, &args);
+    }
     let wallet = home.wallet(&request.wallet_id)?;
     let (info, invitation) = dao::dao_info(&wallet)?;
     let layout = invitation.layout()?;
@@ -881,4 +916,202 @@ fn run_refresh(
             w.wallet_id, w.epoch, w.address
         ))
     }
+}
+
+/// `cosigner sign --eth-tx FILE --request-out REQ` for an Ethereum treasury: the request written
+/// for the approvers, this device's approval, its part in the signing; prints `tx_hash` and
+/// `raw_tx` once the provider published the transaction (checked: exactly this transaction,
+/// signed by the treasury's key).
+///
+/// Run again with the same `--request-out` after it stopped, it goes on with the request in that
+/// file (same wallet and transaction, made by this device), as `sign --psbt` does.
+pub fn sign_treasury(
+    g: &Globals,
+    home: &Home,
+    wallet: &EthWalletFile,
+    tx: &cosigner_eth::TxRequest,
+    request_out: Option<&Path>,
+    timeout: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let trust = trust(g)?;
+    let (info, _) = dao::eth::treasury_info(wallet)?;
+    let out = request_out
+        .context("an Ethereum treasury needs --request-out FILE for the other members")?;
+    let provider_key = info.provider_key()?;
+    let payload = tx.tx.signing_payload();
+    let earlier = dao::earlier_request_for(home, (wallet.wallet_id, wallet.party), &payload, out)?;
+    let (request, envelope) = match earlier {
+        Some((request, envelope, true)) => {
+            say(&format!(
+                "resuming the request in {} (made by this device for this transaction)",
+                out.display()
+            ));
+            (request, envelope)
+        }
+        other => {
+            if let Some((old, old_envelope, _)) = other {
+                let mut courier = courier_of(g, &trust, info, old_envelope.topic)?;
+                if let Some((tx_hash, raw)) =
+                    dao::peek_signed(&mut courier, &provider_key, &old.hash()?)?
+                {
+                    dao::eth::check_published(wallet, &tx.tx, &tx_hash, &raw)?;
+                    return treasury_signed_out(None, &tx_hash, &raw, json);
+                }
+            }
+            let (request, envelope) = dao::eth::request(home, wallet, tx)?;
+            dao::write_envelope(out, &envelope)?;
+            say(&format!("request written to {}", out.display()));
+            (request, envelope)
+        }
+    };
+    if let Err(e) = dao::announce_in(home, info, &mailbox_addr(g, &info.mailbox), &envelope) {
+        say(&format!(
+            "could not list the request in the wallet's topic ({e}); send the request file to the approvers"
+        ));
+    }
+    let mut courier = courier_of(g, &trust, info, envelope.topic)?;
+    courier.post(&envelope)?;
+    let timeout = Duration::from_secs(timeout);
+    let mut backlog = Vec::new();
+    let hash = request.hash()?;
+    let evaluation =
+        match dao::await_progress(&mut courier, &provider_key, &hash, timeout, &mut backlog)? {
+            Progress::Signed(tx_hash, raw) => {
+                dao::eth::check_published(wallet, &tx.tx, &tx_hash, &raw)?;
+                return treasury_signed_out(None, &tx_hash, &raw, json);
+            }
+            Progress::Evaluated(e) => e,
+        };
+    show_treasury_evaluation(&evaluation);
+    let (tx_hash, raw) = dao::eth::approve_and_sign(
+        home,
+        wallet,
+        &mut courier,
+        &request,
+        &tx.tx,
+        &evaluation,
+        backlog,
+        timeout,
+    )?;
+    treasury_signed_out(None, &tx_hash, &raw, json)
+}
+
+/// What the provider read in an Ethereum request, and its rule.
+fn show_treasury_evaluation(e: &Evaluation) {
+    for (asset, amount, to) in &e.leaving {
+        say(&format!("  leaving: {amount} (base units) {asset} to {to}"));
+    }
+    say(&format!(
+        "  rule {:?}: needs {} approvals (the requester's included)",
+        e.rule, e.approvals
+    ));
+}
+
+/// A treasury's signed transaction: `{"tx_hash","raw_tx"}` (and `approved` for `approve`).
+fn treasury_signed_out(
+    approved: Option<bool>,
+    tx_hash: &str,
+    raw: &[u8],
+    json: bool,
+) -> anyhow::Result<()> {
+    let raw_tx = format!("0x{}", hex::encode(raw));
+    if json {
+        let mut out = json!({ "tx_hash": tx_hash, "raw_tx": raw_tx });
+        if let Some(approved) = approved {
+            out["approved"] = json!(approved);
+        }
+        emit(&out.to_string())
+    } else {
+        emit(&format!("{tx_hash}\n{raw_tx}"))
+    }
+}
+
+/// `cosigner approve --request REQ` of an Ethereum treasury's request.
+fn approve_treasury(
+    g: &Globals,
+    home: &Home,
+    trust: &Trust,
+    envelope: &Envelope,
+    request: &SignRequest,
+    args: &ApproveArgs,
+) -> anyhow::Result<()> {
+    let wallet = home.eth_wallet(&request.wallet_id)?;
+    let (info, invitation) = dao::eth::treasury_info(&wallet)?;
+    let layout = invitation.layout()?;
+    let requester = layout
+        .name_of(request.requester)
+        .context("the request names a requester who is not a member")?;
+    if layout.owner_of(request.requester) != Some(envelope.sender.as_slice()) {
+        anyhow::bail!("the request is not signed by the member it names");
+    }
+    let tx = dao::eth::transaction_of(request)?;
+    let mut courier = courier_of(g, trust, info, envelope.topic)?;
+    courier.post(envelope)?;
+    let provider_key = info.provider_key()?;
+    let hash = request.hash()?;
+    let me = public_key_bytes(&home.device_key()?);
+    let timeout = args.wait.timeout();
+    let mut backlog = Vec::new();
+    let evaluation =
+        match dao::await_progress(&mut courier, &provider_key, &hash, timeout, &mut backlog)? {
+            Progress::Signed(tx_hash, raw) => {
+                dao::eth::check_published(&wallet, &tx, &tx_hash, &raw)?;
+                let approved = dao::approved_before(&backlog, &me, &hash);
+                return treasury_signed_out(Some(approved), &tx_hash, &raw, args.wait.json);
+            }
+            Progress::Evaluated(e) => e,
+        };
+    dao::eth::check_evaluation(&tx, &evaluation)?;
+    let to = tx.to().map_or("a new contract".to_owned(), |a| {
+        cosigner_eth::checksummed(&a)
+    });
+    say(&format!(
+        "{requester} asks to sign with treasury {} ({}): chain {}, nonce {}, {} wei to {to}, \
+         fee at most {} wei",
+        wallet.wallet_id,
+        wallet.address,
+        tx.chain_id(),
+        tx.nonce(),
+        tx.value(),
+        tx.max_fee()
+    ));
+    show_treasury_evaluation(&evaluation);
+    if dao::rejected_before(&backlog, &me, &hash) {
+        anyhow::bail!("this device rejected this request; the rejection stands");
+    }
+    if args.reject {
+        if dao::approved_before(&backlog, &me, &hash) {
+            anyhow::bail!(
+                "this device already approved this request; an approval cannot be withdrawn"
+            );
+        }
+        let dead = dao::reject_in(
+            home,
+            &invitation,
+            wallet.party,
+            &mut courier,
+            request,
+            &evaluation,
+            &backlog,
+            args.reason.clone(),
+        )?;
+        return rejected_out(&hash, dead, args.wait.json);
+    }
+    if dao::approved_before(&backlog, &me, &hash) {
+        say("this device already approved this request; taking part in the signing again");
+    } else {
+        approve_or_stop(args.yes)?;
+    }
+    let (tx_hash, raw) = dao::eth::approve_and_sign(
+        home,
+        &wallet,
+        &mut courier,
+        request,
+        &tx,
+        &evaluation,
+        backlog,
+        timeout,
+    )?;
+    treasury_signed_out(Some(true), &tx_hash, &raw, args.wait.json)
 }

@@ -68,6 +68,7 @@ pub(super) fn sign(
     home: &Home,
     id: WalletId,
     path: &Path,
+    (request_out, timeout): (Option<&Path>, u64),
     json: bool,
 ) -> anyhow::Result<()> {
     let w = home.eth_wallet(&id)?; // unknown wallet: fail before any network traffic
@@ -75,6 +76,12 @@ pub(super) fn sign(
     eth::check_from(&w, &request)
         .map_err(|e| anyhow::anyhow!("transaction file {}: {e}", path.display()))?;
     show_tx(&w, &request);
+    if w.dao.is_some() {
+        return super::dao::sign_treasury(g, home, &w, &request, request_out, timeout, json);
+    }
+    if request_out.is_some() {
+        anyhow::bail!("--request-out is for DAO wallets; wallet {id} is a personal wallet");
+    }
     let trust = trust(g)?;
     let mut provider = connect_provider(g, &trust)?;
     let signed = eth::sign(home, &mut provider, id, request)?;

@@ -129,14 +129,15 @@ pub struct SignArgs {
     /// Ethereum wallets: a transaction as `eth_signTransaction` takes it (JSON: `chainId`,
     /// `nonce`, `to`, `value`, `data`, `gas`, and `gasPrice` or `maxFeePerGas` and
     /// `maxPriorityFeePerGas`); prints `tx_hash` and `raw_tx` (signed, RLP, broadcastable).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["psbt", "with_recovery_key", "request_out"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["psbt", "with_recovery_key"])]
     eth_tx: Option<PathBuf>,
     /// A PSBT (base64 or binary) spending the wallet's Taproot output(s); prints the signed
     /// transaction.
     #[arg(long, value_name = "FILE")]
     psbt: Option<PathBuf>,
-    /// DAO wallets: where to write the request the other members approve.
-    #[arg(long, value_name = "FILE", requires = "psbt")]
+    /// DAO wallets (with --psbt, or --eth-tx for an Ethereum treasury): where to write the
+    /// request the other members approve.
+    #[arg(long, value_name = "FILE")]
     request_out: Option<PathBuf>,
     /// DAO wallets: give up after this many seconds without enough approvals.
     #[arg(long, value_name = "SECS", default_value_t = 600)]
@@ -407,8 +408,18 @@ fn read_enrollment_token(path: &Path, home: &Home) -> anyhow::Result<Vec<u8>> {
 pub fn sign(g: &Globals, args: SignArgs) -> anyhow::Result<()> {
     let id = wallet_id(&args.wallet)?;
     let home = home(g)?;
+    if args.request_out.is_some() && args.psbt.is_none() && args.eth_tx.is_none() {
+        anyhow::bail!("--request-out goes with --psbt or --eth-tx (DAO wallets)");
+    }
     if let Some(path) = &args.eth_tx {
-        return super::eth::sign(g, &home, id, path, args.json);
+        return super::eth::sign(
+            g,
+            &home,
+            id,
+            path,
+            (args.request_out.as_deref(), args.timeout),
+            args.json,
+        );
     }
     if home.has_eth_wallet(&id) {
         anyhow::bail!("wallet {id} is an Ethereum wallet: give --eth-tx FILE");

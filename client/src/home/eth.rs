@@ -40,6 +40,9 @@ pub struct EthWalletFile {
     pub min_signers: u16,
     /// The share epoch this device holds.
     pub epoch: Epoch,
+    /// For an Ethereum treasury (a DAO wallet): its invitation, provider key and mailbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dao: Option<crate::dao::DaoInfo>,
 }
 
 impl EthWalletFile {
@@ -61,6 +64,7 @@ impl EthWalletFile {
             parties: parties.to_vec(),
             min_signers,
             epoch: Epoch(0),
+            dao: None,
         })
     }
 

@@ -31,21 +31,24 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use cosigner_protocol::dao::dkg::DaoDkg;
+use cosigner_protocol::dao::ecdsa::{AnyDkg, AnyOutputs, EcdsaCoordinator};
 use cosigner_protocol::dao::quorum::Quorum;
 use cosigner_protocol::dao::refresh::{DaoRefresh, RefreshProposal};
 use cosigner_protocol::dao::sign::Coordinator;
 use cosigner_protocol::dao::{
     DaoMessage, Evaluation, Invitation, Layout, PolicyChange, SignRequest,
 };
+use cosigner_protocol::ecdsa::{EcdsaKey, EcdsaPublic};
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::mailbox::{Envelope, Topic};
 use cosigner_protocol::policy::{ASSET_BTC, Decision, Denial, Policy, Spend};
-use cosigner_protocol::wire::{ErrorKind, Response, WalletId};
+use cosigner_protocol::wire::{ErrorKind, Response, SUITE_SECP256K1_ECDSA, WalletId};
 use cosigner_protocol::{keygen, psbt};
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use serde_bytes::ByteBuf;
+
+mod eth_sign;
 
 use super::records::{DaoState, ShareRecord};
 use super::{
@@ -60,6 +63,8 @@ const MAX_CEREMONIES: usize = 1024;
 /// Bound on DKGs in progress (anyone may start one). Reaching it evicts the oldest DKG rather
 /// than refusing everyone (its members' couriers found it again from the mailbox).
 const MAX_DKGS: usize = 64;
+/// Bound on Ethereum treasuries' DKGs in progress (each holds a few megabytes).
+const MAX_ECDSA_DKGS: usize = 8;
 /// DKGs one founding key may have in progress at once.
 const MAX_DKGS_PER_FOUNDER: usize = 2;
 /// Bound on the envelopes a ceremony remembers having taken in.
@@ -156,6 +161,7 @@ fn evaluation_of(
         rule: decision.rule.clone(),
         approvals: decision.approvals,
         approvers: approvers.keys().copied().collect(),
+        leaving: Vec::new(),
     }
 }
 
@@ -172,7 +178,7 @@ struct PolicyJob {
 
 /// A DKG in progress: the current attempt.
 struct DkgJob {
-    dkg: DaoDkg<Suite>,
+    dkg: AnyDkg,
     invitation: Invitation,
     /// A member lost its state of the current attempt: the next advance starts a new one.
     retry: bool,
@@ -181,6 +187,7 @@ struct DkgJob {
 enum Ceremony {
     Dkg(Box<DkgJob>),
     Sign(Box<SignJob>),
+    EthSign(Box<eth_sign::EthSignJob>),
     Policy(Box<PolicyJob>),
     Refresh(Box<RefreshJob>),
     Finished,
@@ -252,6 +259,30 @@ fn share_record(epoch: Epoch, output: &keygen::Output<Suite>) -> Result<ShareRec
                 .map_err(|e| internal(format!("public key package: {e}")))?,
         ),
     })
+}
+
+/// The records of a DKG's new shares (epoch 0), by party: FROST key packages with the public key
+/// package, or threshold ECDSA shares with the wallet's public side (`EcdsaPublic`).
+fn share_records(outputs: &AnyOutputs) -> Result<Vec<(PartyId, ShareRecord)>, Failure> {
+    match outputs {
+        AnyOutputs::Frost(outputs) => outputs
+            .iter()
+            .map(|(party, output)| Ok((*party, share_record(Epoch(0), output)?)))
+            .collect(),
+        AnyOutputs::Ecdsa(outputs) => outputs
+            .iter()
+            .map(|(party, output)| {
+                Ok((
+                    *party,
+                    ShareRecord {
+                        epoch: Epoch(0),
+                        key_package: ByteBuf::from(output.key.to_secret_bytes()?.to_vec()),
+                        public_key_package: ByteBuf::from(EcdsaPublic::of(output).to_bytes()?),
+                    },
+                ))
+            })
+            .collect(),
+    }
 }
 
 /// Whether a request made at `created_ms` may still be acted on now.
@@ -352,6 +383,10 @@ fn absorb_all(entry: &mut Entry, opened: &[(Envelope, DaoMessage)], notes: &mut 
                 .coordinator
                 .absorb(&envelope.sender, message)
                 .map_err(|e| e.to_string()),
+            Ceremony::EthSign(job) => job
+                .coordinator
+                .absorb(&envelope.sender, message)
+                .map_err(|e| e.to_string()),
             Ceremony::Policy(job) => job
                 .quorum
                 .absorb(&envelope.sender, message)
@@ -369,6 +404,21 @@ fn absorb_all(entry: &mut Entry, opened: &[(Envelope, DaoMessage)], notes: &mut 
             Ok(_) => {}
             Err(e) => notes.push(format!("{} refused: {e}", message.name())),
         }
+    }
+}
+
+/// Evicts the oldest ceremonies `which` selects until fewer than `max` are left.
+fn make_room(ceremonies: &mut Ceremonies, max: usize, which: impl Fn(&Entry) -> bool) {
+    while ceremonies.values().filter(|e| which(e)).count() >= max {
+        let Some(oldest) = ceremonies
+            .iter()
+            .filter(|(_, e)| which(e))
+            .min_by_key(|(_, e)| e.started)
+            .map(|(t, _)| *t)
+        else {
+            break;
+        };
+        ceremonies.remove(&oldest);
     }
 }
 
@@ -521,7 +571,12 @@ impl Service {
                 self.found_dkg(topic, sender, inv, after(DaoMessage::dkg_attempt), notes)?
             }
             DaoMessage::SignRequest(req) => {
-                self.found_sign(topic, sender, req, after(DaoMessage::signing_round))?
+                let round = after(DaoMessage::signing_round);
+                if self.is_treasury(&req.wallet_id)? {
+                    self.found_eth_sign(topic, sender, req, round)?
+                } else {
+                    self.found_sign(topic, sender, req, round)?
+                }
             }
             DaoMessage::PolicyChange(change) => self.found_policy(topic, sender, change)?,
             DaoMessage::RefreshStart(proposal) => {
@@ -557,6 +612,15 @@ impl Service {
             ));
         }
         let is_dkg = |e: &Entry| matches!(e.ceremony, Ceremony::Dkg(..));
+        if invitation.ciphersuite == SUITE_SECP256K1_ECDSA {
+            // An Ethereum treasury's DKG holds megabytes (base-OT setups for every pair of
+            // parties): fewer of them, the oldest evicted.
+            make_room(
+                ceremonies,
+                MAX_ECDSA_DKGS,
+                |e| matches!(&e.ceremony, Ceremony::Dkg(job) if matches!(job.dkg, AnyDkg::Ecdsa(_))),
+            );
+        }
         let theirs = ceremonies
             .values()
             .filter(|e| is_dkg(e) && e.founder.as_slice() == founder)
@@ -567,17 +631,7 @@ impl Service {
                 format!("this key already founded {theirs} DAO wallet creations in progress"),
             ));
         }
-        while ceremonies.values().filter(|e| is_dkg(e)).count() >= MAX_DKGS {
-            let Some(oldest) = ceremonies
-                .iter()
-                .filter(|(_, e)| is_dkg(e))
-                .min_by_key(|(_, e)| e.started)
-                .map(|(t, _)| *t)
-            else {
-                break;
-            };
-            ceremonies.remove(&oldest);
-        }
+        make_room(ceremonies, MAX_DKGS, is_dkg);
         Ok(())
     }
 
@@ -627,7 +681,7 @@ impl Service {
             notes.push(format!("wallet {wallet_id} already exists"));
             return Ok((Ceremony::Finished, Vec::new()));
         }
-        let (dkg, mut first) = DaoDkg::<Suite>::start_attempt(
+        let (dkg, mut first) = AnyDkg::start_attempt(
             layout,
             &self.audit.public_key(),
             attempt,
@@ -653,10 +707,16 @@ impl Service {
         ))
     }
 
+    /// Whether the DAO wallet `id` is an Ethereum treasury (threshold ECDSA).
+    fn is_treasury(&self, id: &WalletId) -> Result<bool, Failure> {
+        let state = self.records().load_dao_state(id)?;
+        Ok(state.invitation.layout()?.is_ecdsa())
+    }
+
     /// The policy in force and the layout of a DAO wallet.
     fn dao_policy(state: &DaoState, layout: &Layout) -> Result<Policy, Failure> {
         let members: Vec<_> = layout.members.iter().map(|(_, m)| m.clone()).collect();
-        Ok(Policy::parse(&state.policy, &members)?)
+        Ok(Policy::parse_for(layout.chain, &state.policy, &members)?)
     }
 
     /// Checks what every member's founding `request` must satisfy: it hashes to its topic,
@@ -782,6 +842,18 @@ impl Service {
                 });
                 (Some(hash), outcome)
             }
+            Ceremony::EthSign(mut job) => {
+                let hash = job.hash();
+                let outcome = self.advance_eth_sign(&mut job).map(|(messages, done)| {
+                    let next = if done {
+                        Ceremony::Finished
+                    } else {
+                        Ceremony::EthSign(job)
+                    };
+                    (next, messages)
+                });
+                (Some(hash), outcome)
+            }
             Ceremony::Policy(job) => (None, self.advance_policy(job)),
             Ceremony::Refresh(job) => (Some(job.hash), self.advance_refresh(job)),
             Ceremony::Finished => return Ok(()),
@@ -809,7 +881,7 @@ impl Service {
             let attempt = job.dkg.attempt().saturating_add(1);
             let layout = job.dkg.layout().clone();
             let wallet_id = layout.wallet_id;
-            let (dkg, first) = DaoDkg::<Suite>::start_attempt(
+            let (dkg, first) = AnyDkg::start_attempt(
                 layout,
                 &self.audit.public_key(),
                 attempt,
@@ -842,10 +914,9 @@ impl Service {
         let wallet_id = layout.wallet_id;
         let mut public_key_package = Vec::new();
         let _guard = self.writer(&wallet_id)?;
-        for (party, output) in &outputs {
-            let share = share_record(Epoch(0), output)?;
+        for (party, share) in share_records(&outputs)? {
             public_key_package = share.public_key_package.to_vec();
-            self.records().save_dao_share(&wallet_id, *party, &share)?;
+            self.records().save_dao_share(&wallet_id, party, &share)?;
         }
         let state = DaoState {
             invitation,
@@ -1022,7 +1093,7 @@ impl Service {
             ));
         }
         let members: Vec<_> = layout.members.iter().map(|(_, m)| m.clone()).collect();
-        let proposed = match Policy::parse(&change.policy, &members) {
+        let proposed = match Policy::parse_for(layout.chain, &change.policy, &members) {
             Ok(p) => p,
             Err(e) => return refuse(format!("the new policy does not parse: {e}")),
         };
@@ -1145,6 +1216,13 @@ impl Service {
         }
         if busy {
             return refuse("another refresh of this wallet is in progress".into());
+        }
+        if layout.is_ecdsa() {
+            return refuse(
+                "an Ethereum treasury's shares cannot be refreshed through the mailbox yet \
+                 (docs/ethereum.md, \"Not yet\")"
+                    .into(),
+            );
         }
         let mut old = Vec::new();
         for &party in &state.provider_parties {

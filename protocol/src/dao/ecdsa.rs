@@ -1350,6 +1350,108 @@ impl EcdsaMember {
     }
 }
 
+/// The FROST suite of Bitcoin DAO wallets.
+type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
+
+/// A DAO wallet's DKG of either scheme, as its invitation's suite says: FROST for a Bitcoin
+/// wallet ([`super::dkg::DaoDkg`]), threshold ECDSA for an Ethereum treasury ([`EcdsaDaoDkg`]).
+#[derive(Debug)]
+pub enum AnyDkg {
+    /// A Bitcoin wallet's.
+    Frost(Box<super::dkg::DaoDkg<Tr>>),
+    /// An Ethereum treasury's.
+    Ecdsa(Box<EcdsaDaoDkg>),
+}
+
+/// What [`AnyDkg`] makes: our parties' shares.
+#[derive(Debug)]
+pub enum AnyOutputs {
+    /// FROST key packages.
+    Frost(super::dkg::Outputs<Tr>),
+    /// Threshold ECDSA shares.
+    Ecdsa(Vec<(PartyId, EcdsaDkgOutput)>),
+}
+
+macro_rules! both {
+    ($self:expr, $d:ident => $e:expr) => {
+        match $self {
+            AnyDkg::Frost($d) => $e,
+            AnyDkg::Ecdsa($d) => $e,
+        }
+    };
+}
+
+impl AnyDkg {
+    /// Starts attempt `attempt` of the DKG of `layout`'s scheme as the holder of `key`.
+    pub fn start_attempt(
+        layout: Layout,
+        key: &[u8],
+        attempt: u32,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(Self, Vec<DaoMessage>)> {
+        if layout.is_ecdsa() {
+            let (d, out) = EcdsaDaoDkg::start_attempt(layout, key, attempt, rng)?;
+            Ok((Self::Ecdsa(Box::new(d)), out))
+        } else {
+            let (d, out) = super::dkg::DaoDkg::start_attempt(layout, key, attempt, rng)?;
+            Ok((Self::Frost(Box::new(d)), out))
+        }
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &Layout {
+        both!(self, d => d.layout())
+    }
+
+    /// The attempt.
+    pub fn attempt(&self) -> u32 {
+        both!(self, d => d.attempt())
+    }
+
+    /// Takes one verified message (see [`super::dkg::DaoDkg::absorb`]).
+    pub fn absorb(&mut self, sender: &[u8], message: &DaoMessage) -> Result<bool> {
+        both!(self, d => d.absorb(sender, message))
+    }
+
+    /// Whether `message` asks for a new attempt.
+    pub fn is_retry(&self, sender: &[u8], message: &DaoMessage) -> Result<bool> {
+        both!(self, d => d.is_retry(sender, message))
+    }
+
+    /// Advances; returns what to post.
+    pub fn advance(&mut self, rng: &mut (impl CryptoRng + RngCore)) -> Result<Vec<DaoMessage>> {
+        both!(self, d => d.advance(rng))
+    }
+
+    /// Whether our shares are made and confirmed.
+    pub fn is_done(&self) -> bool {
+        both!(self, d => d.is_done())
+    }
+
+    /// Whether every member stored the confirmed key.
+    pub fn all_stored(&self) -> Result<bool> {
+        both!(self, d => d.all_stored())
+    }
+
+    /// A member's notice that its share is stored.
+    pub fn stored_notice(&self) -> Result<DaoMessage> {
+        both!(self, d => d.stored_notice())
+    }
+
+    /// What we wait for.
+    pub fn waiting_for(&self) -> String {
+        both!(self, d => d.waiting_for())
+    }
+
+    /// Our shares, with the layout.
+    pub fn into_outputs(self) -> Result<(Layout, AnyOutputs)> {
+        match self {
+            Self::Frost(d) => d.into_outputs().map(|(l, o)| (l, AnyOutputs::Frost(o))),
+            Self::Ecdsa(d) => d.into_outputs().map(|(l, o)| (l, AnyOutputs::Ecdsa(o))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]

@@ -1614,6 +1614,7 @@ mod tests {
             rule: "small".into(),
             approvals: 3,
             approvers: vec![pid(1), pid(2), pid(3), pid(4), pid(5)],
+            leaving: Vec::new(),
         };
         let mut t = Tally::new([9; 32], &layout, &evaluation).unwrap();
         let name = |p: PartyId| layout.name_of(p).unwrap().to_owned();

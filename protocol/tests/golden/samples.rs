@@ -203,6 +203,7 @@ pub fn evaluation() -> Evaluation {
         rule: "small".into(),
         approvals: 2,
         approvers: vec![pid(1), pid(2), pid(3)],
+        leaving: Vec::new(),
     }
 }
 

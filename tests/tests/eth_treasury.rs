@@ -1,0 +1,161 @@
+//! The DAO treasury in ETH end to end: five members' `cosigner` processes create an Ethereum
+//! treasury through the parent's mailbox (`dao create --chain ethereum`, threshold ECDSA among
+//! the members and the provider's weighted parties), then transactions are requested with
+//! `sign --eth-tx --request-out` and approved with `approve`, under the policy exactly as the
+//! scenario states it (`examples/policies/dao-eth.toml`: below 10 ETH 3 approvals, below
+//! 100 ETH 4, more all 5). A 5 ETH spend with 3 approvals and a 20 ETH spend with 4 are signed,
+//! and py-evm executes both from the treasury's address; a 20 ETH spend that gets only 3
+//! approvals (the two others reject) is refused.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use cosigner_eth::SignedTx;
+use cosigner_tests::Outcome;
+use cosigner_tests::ecdsa::{self, SKIP_LINE, TESTER_CHAIN_ID};
+use cosigner_tests::members::{Dao, approve_args, args, json, p, wait_for};
+use serde_json::Value;
+
+const ETH: u128 = 1_000_000_000_000_000_000;
+const BOB: &str = "0x000000000000000000000000000000000000b0b0";
+
+/// The scenario's policy, pinned to the tester chain instead of mainnet.
+fn policy() -> String {
+    include_str!("../../examples/policies/dao-eth.toml").replace(
+        "chain_ids = [1]",
+        &format!("chain_ids = [{TESTER_CHAIN_ID}]"),
+    )
+}
+
+/// An `eth_signTransaction` object paying `wei` to Bob from the treasury.
+fn payment(dao: &Dao, tag: &str, nonce: u64, wei: u128) -> PathBuf {
+    let path = dao.file(&format!("{tag}.json"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"from":"{from}","type":"0x2","chainId":"{TESTER_CHAIN_ID:#x}","nonce":"{nonce:#x}",
+                "to":"{BOB}","value":"{wei:#x}","gas":"0x5208",
+                "maxFeePerGas":"0x77359400","maxPriorityFeePerGas":"0x3b9aca00"}}"#,
+            from = dao.created["address"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Member 0 requests `tx`; once the request is written, `approvers` approve it and
+/// `rejecters` reject it, each in its own process.
+fn requested(
+    dao: &Dao,
+    tag: &str,
+    tx: &Path,
+    approvers: &[usize],
+    rejecters: &[usize],
+) -> (Outcome, Vec<Outcome>) {
+    let request = dao.file(&format!("{tag}.request"));
+    let requester = dao.spawn(args(&[
+        "--home",
+        &p(&dao.homes[0]),
+        "sign",
+        "--wallet",
+        &dao.wallet,
+        "--eth-tx",
+        &p(tx),
+        "--request-out",
+        &p(&request),
+        "--timeout",
+        "240",
+        "--json",
+    ]));
+    wait_for(&request);
+    let mut others: Vec<JoinHandle<Outcome>> = Vec::new();
+    for &i in approvers {
+        others.push(dao.spawn(approve_args(&dao.homes[i], &request, "240", &["--yes"])));
+    }
+    for &i in rejecters {
+        let flags = ["--reject", "--reason", "too much"];
+        others.push(dao.spawn(approve_args(&dao.homes[i], &request, "240", &flags)));
+    }
+    let requester = requester.join().unwrap();
+    let others = others.into_iter().map(|h| h.join().unwrap()).collect();
+    (requester, others)
+}
+
+fn signed(out: &Outcome) -> SignedTx {
+    let v = json(out);
+    let raw = v["raw_tx"].as_str().unwrap().trim_start_matches("0x");
+    let hash = v["tx_hash"].as_str().unwrap().trim_start_matches("0x");
+    SignedTx {
+        raw: hex::decode(raw).unwrap(),
+        hash: hex::decode(hash).unwrap().try_into().unwrap(),
+    }
+}
+
+#[test]
+fn five_members_make_an_eth_treasury_and_its_tiers_decide_what_is_signed() {
+    let dao = Dao::create_on(
+        5,
+        &policy(),
+        "300",
+        Duration::from_millis(100),
+        &["--chain", "ethereum"],
+    );
+    let address = dao.created["address"].as_str().unwrap().to_owned();
+    assert!(
+        address.starts_with("0x") && address.len() == 42,
+        "{address}"
+    );
+    assert_eq!(dao.created["chain"], Value::from("ethereum"));
+
+    // 5 ETH: the smallest tier, 3 approvals (the requester's and two more).
+    let small = payment(&dao, "small", 0, 5 * ETH);
+    let (out, approvals) = requested(&dao, "small", &small, &[2, 4], &[]);
+    let first = signed(&out);
+    for a in &approvals {
+        assert_eq!(json(a)["approved"], Value::Bool(true), "{a:?}");
+        assert_eq!(json(a)["tx_hash"], json(&out)["tx_hash"]);
+    }
+
+    // 20 ETH: 4 approvals; DKLs23 signs with the provider and the first 3 approvers.
+    let large = payment(&dao, "large", 1, 20 * ETH);
+    let (out, _) = requested(&dao, "large", &large, &[1, 2, 3], &[]);
+    let second = signed(&out);
+
+    // 20 ETH with 3 approvals: the two others reject, the rule's 4 can no longer be reached.
+    let refused = payment(&dao, "refused", 2, 20 * ETH);
+    let (out, others) = requested(&dao, "refused", &refused, &[1, 2], &[3, 4]);
+    assert_ne!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stderr.contains("refused") || out.stderr.contains("rejected"),
+        "{}",
+        out.stderr
+    );
+    // Nobody got a transaction: the approvers are told it was refused, the rejecters that it
+    // is dead.
+    assert!(
+        others.iter().all(|o| !o.stdout.contains("tx_hash")),
+        "{others:?}"
+    );
+    assert!(
+        others[..2]
+            .iter()
+            .all(|o| o.code != Some(0) && o.stderr.contains("refused"))
+    );
+
+    if !ecdsa::python_available() {
+        println!("{SKIP_LINE}");
+        return;
+    }
+    let report = ecdsa::run_in_evm(&address, 30 * ETH, &[first, second]).unwrap();
+    assert_eq!(report.senders, vec![address.clone(); 2]);
+    assert_eq!(report.receipts, vec![1, 1]);
+    assert_eq!(report.balances[&BOB.to_lowercase()], (25 * ETH).to_string());
+}
