@@ -4,7 +4,7 @@ CARGO ?= cargo
 FUZZ_SECONDS ?= 30
 SOFTHSM_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
 
-.PHONY: all deps build test lint fmt clippy nextest bench fuzz demo demo-attestation up down clean
+.PHONY: all deps build test lint fmt clippy nextest bench fuzz demo demo-attestation demo-dao-eth up down clean
 
 all: build
 
@@ -81,6 +81,11 @@ fuzz:
 ## demo: up, create a wallet, sign, verify the signature independently, down (narrated).
 demo: deps build
 	./scripts/demo.sh
+
+## demo-dao-eth: five members make an Ethereum treasury (threshold ECDSA, through the mailbox);
+## 5 ETH with 3 approvals and 20 ETH with 4 are signed and executed by py-evm, 20 ETH with 3 refused.
+demo-dao-eth: deps build
+	./scripts/demo-dao-eth.sh
 
 ## demo-attestation: a local attester's document verified, a tampered one refused.
 demo-attestation: deps build
