@@ -204,13 +204,15 @@ pub struct Created {
 ///
 /// # Panics
 /// If any member fails or ends with another wallet.
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 pub fn create(d: &Deployment, homes: &[PathBuf], timeout: &str, stagger: Duration) -> Created {
     create_with(d, homes, timeout, stagger, &[])
 }
 
 /// [`create`] with more `dao create` flags (`--chain ethereum`).
-#[allow(clippy::indexing_slicing)]
+///
+/// # Panics
+/// If any member fails or ends with another wallet.
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 pub fn create_with(
     d: &Deployment,
     homes: &[PathBuf],

@@ -172,6 +172,12 @@ fn say(line: &str) {
 /// The DAO wallet `--wallet` names.
 fn dao_wallet(home: &Home, wallet: &str) -> anyhow::Result<(WalletId, WalletFile)> {
     let id = wallet_id(wallet)?;
+    if home.has_eth_wallet(&id) {
+        anyhow::bail!(
+            "wallet {id} is an Ethereum treasury: `dao policy`, `dao refresh` and `dao requests` \
+             serve Bitcoin DAO wallets only so far (docs/ethereum.md, \"Not yet\")"
+        );
+    }
     Ok((id, home.wallet(&id)?))
 }
 
@@ -1017,10 +1023,10 @@ fn treasury_signed_out(
 ) -> anyhow::Result<()> {
     let raw_tx = format!("0x{}", hex::encode(raw));
     if json {
-        let mut out = json!({ "tx_hash": tx_hash, "raw_tx": raw_tx });
-        if let Some(approved) = approved {
-            out["approved"] = json!(approved);
-        }
+        let out = match approved {
+            Some(approved) => json!({ "approved": approved, "tx_hash": tx_hash, "raw_tx": raw_tx }),
+            None => json!({ "tx_hash": tx_hash, "raw_tx": raw_tx }),
+        };
         emit(&out.to_string())
     } else {
         emit(&format!("{tx_hash}\n{raw_tx}"))

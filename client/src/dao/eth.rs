@@ -51,7 +51,7 @@ pub fn transaction_of(request: &SignRequest) -> Result<UnsignedTx> {
 /// The provider's evaluation must be of the signing hash this device computed.
 pub fn check_evaluation(tx: &UnsignedTx, evaluation: &Evaluation) -> Result<()> {
     let ours = tx.signing_hash();
-    if evaluation.sighashes.len() != 1 || evaluation.sighashes[0].as_slice() != ours {
+    if evaluation.sighashes.as_slice() != [serde_bytes::ByteBuf::from(ours.to_vec())] {
         return Err(ClientError::Unexpected(
             "the provider computed another signing hash than this device: not approving".into(),
         ));

@@ -929,6 +929,7 @@ impl Service {
             history: Vec::new(),
             completed: Vec::new(),
             signed_txids: Vec::new(),
+            excluded: Vec::new(),
         };
         self.records().save_dao_state(&wallet_id, &state)?;
         self.log(

@@ -702,6 +702,11 @@ pub struct DaoState {
     /// count its spend again (one transaction can be mined once).
     #[serde(default)]
     pub signed_txids: Vec<(String, u64)>,
+    /// Members a threshold ECDSA signature named as cheating in a way DKLs23 says must end all
+    /// signing with them (a failed selective-failure check: each such failure may leak a bit of
+    /// our OT secrets, eprint 2023/765 §5). They sign with the provider never again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<PartyId>,
 }
 
 fn dao_state_prefix(id: &WalletId) -> String {

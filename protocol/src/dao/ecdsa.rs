@@ -628,6 +628,9 @@ pub struct EcdsaDaoSigning {
     locals: BTreeMap<PartyId, SignLocal>,
     hellos: BTreeMap<PartyId, EcdsaHello>,
     gather: Gather,
+    /// Tests play a cheating signer by changing its messages before they are sealed.
+    #[cfg(test)]
+    tamper: Option<fn(&mut EcdsaSignMessage)>,
 }
 
 impl std::fmt::Debug for EcdsaDaoSigning {
@@ -666,6 +669,8 @@ impl EcdsaDaoSigning {
             locals: BTreeMap::new(),
             hellos: BTreeMap::new(),
             gather: Gather::default(),
+            #[cfg(test)]
+            tamper: None,
         };
         let mut out = Vec::new();
         for &party in locals {
@@ -836,10 +841,14 @@ impl EcdsaDaoSigning {
     fn post(
         &mut self,
         party: PartyId,
-        message: EcdsaSignMessage,
+        #[cfg_attr(not(test), allow(unused_mut))] mut message: EcdsaSignMessage,
         out: &mut Vec<DaoMessage>,
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<()> {
+        #[cfg(test)]
+        if let Some(tamper) = self.tamper {
+            tamper(&mut message);
+        }
         let step = message.round;
         let (broadcast, sealed) = if step == 3 {
             self.local_mut(party)?.round3 = Some(message.clone());
@@ -1519,7 +1528,7 @@ mod tests {
     }
 
     #[test]
-    fn a_treasury_is_made_and_signs_over_the_mailbox_with_a_restarted_member() {
+    fn a_treasury_is_made_signs_with_a_restarted_member_and_names_a_probing_one() {
         let (members, provider, layout) = treasury();
         let keys_of: Vec<Vec<u8>> = members
             .iter()
@@ -1631,6 +1640,75 @@ mod tests {
         );
         let signature = coordinator.signature().expect("signed");
         assert_eq!(crate::ecdsa::tests::recover(signature, &digest), public);
+
+        // Member 1 probes the provider's OT secrets (its round-1 multiplication message
+        // altered, a selective-failure attack, eprint 2023/765 §5): DKLs23's check names it as
+        // to be excluded, which the provider records (enclave/src/service/dao/eth_sign.rs).
+        let (request, digest) = ([7u8; 32], [8u8; 32]);
+        let approvers: BTreeMap<PartyId, Vec<u8>> = (1..=3)
+            .map(|p| (pid(p), keys_of[usize::from(p) - 1].clone()))
+            .collect();
+        let mut coordinator =
+            EcdsaCoordinator::new(&layout, request, digest, 2, approvers).unwrap();
+        for p in [1u16, 2] {
+            coordinator
+                .absorb(&keys_of[usize::from(p) - 1], &approval(request, digest, p))
+                .unwrap();
+        }
+        let mut mail: Mail = coordinator
+            .advance(&provider_keys, &mut OsRng)
+            .unwrap()
+            .into_iter()
+            .map(|m| (keys_of[3].clone(), m))
+            .collect();
+        let mut prober = EcdsaMember::new(&layout, request, pid(1), digest);
+        let mut honest = EcdsaMember::new(&layout, request, pid(2), digest);
+        let hello = prober.handle(key(1), &mail, &mut OsRng).unwrap();
+        mail.extend(hello.into_iter().map(|m| (keys_of[0].clone(), m)));
+        prober.signing.as_mut().unwrap().tamper = Some(probe);
+        let mut seen = 0;
+        let excluded = (0..8).find_map(|_| {
+            let snapshot = mail.clone();
+            for (i, member) in [(0, &mut prober), (1, &mut honest)] {
+                let out = member
+                    .handle(key(i as u16 + 1), &snapshot, &mut OsRng)
+                    .unwrap();
+                mail.extend(out.into_iter().map(|m| (keys_of[i].clone(), m)));
+            }
+            for (sender, m) in &mail[seen..] {
+                let _ = coordinator.absorb(sender, m);
+            }
+            seen = mail.len();
+            match coordinator.advance(&provider_keys, &mut OsRng) {
+                Ok(out) => {
+                    mail.extend(out.into_iter().map(|m| (keys_of[3].clone(), m)));
+                    None
+                }
+                Err(e) => Some(e),
+            }
+        });
+        assert!(
+            matches!(excluded, Some(ProtocolError::Excluded { party, .. }) if party == pid(1)),
+            "{excluded:?}"
+        );
+        assert!(coordinator.signature().is_none());
+    }
+
+    /// A selective-failure probe: every byte of the round-1 OT-extension matrix flipped.
+    fn probe(message: &mut EcdsaSignMessage) {
+        if message.round != 1 {
+            return;
+        }
+        let mut parts: Vec<dkls23::protocols::signing::TransmitPhase1to2> =
+            postcard::from_bytes(&message.body).unwrap();
+        for part in &mut parts {
+            for column in part.mul_transmit.u.iter_mut() {
+                for b in column.iter_mut() {
+                    *b ^= 0xa5;
+                }
+            }
+        }
+        message.body = ByteBuf::from(postcard::to_allocvec(&parts).unwrap());
     }
 
     #[test]

@@ -101,7 +101,16 @@ impl Service {
             Ok(j) => j,
             Err(denial) => return refuse(format!("policy: {}", denial.reason)),
         };
-        let approvers = approver_keys(&layout, &judgement.decision.approvers)?;
+        let mut approvers = approver_keys(&layout, &judgement.decision.approvers)?;
+        // An excluded member neither approves nor signs (see `DaoState::excluded`).
+        approvers.retain(|party, _| !state.excluded.contains(party));
+        if approvers.len() < usize::from(judgement.decision.approvals) {
+            return refuse(format!(
+                "rule {:?} needs {} approvals, and members {:?} are excluded from signing (a \
+                 failed check of threshold ECDSA): too few approvers are left",
+                judgement.decision.rule, judgement.decision.approvals, state.excluded
+            ));
+        }
         let digest = tx.signing_hash();
         let coordinator = match EcdsaCoordinator::new(
             &layout,
@@ -171,24 +180,70 @@ impl Service {
             )?;
             return Err(bad(reason));
         }
+        // Steps run one at a time (every DAO delivery holds the ceremonies' lock), and an exclusion
+        // is recorded before the step that found it answers: no other request's step with the
+        // excluded member runs after it (each failed check may leak one bit, so it is asked once).
+        let chosen = job.coordinator.chosen_members();
+        if !chosen.is_empty() {
+            let state = self.records().load_dao_state(&job.wallet_id)?;
+            if let Some(party) = chosen.iter().find(|p| state.excluded.contains(p)) {
+                return Err(bad(format!(
+                    "member {party} is excluded from signing (a failed check of threshold ECDSA)"
+                )));
+            }
+        }
         if job.coordinator.needs_keys() && job.keys.is_empty() {
             job.keys = self.treasury_keys(job)?;
         }
         let keys: BTreeMap<PartyId, &EcdsaKey> = job.keys.iter().map(|(p, k)| (*p, k)).collect();
-        let mut messages = job
-            .coordinator
-            .advance(&keys, &mut rand_core::OsRng)
-            .map_err(|e| match e {
-                cosigner_protocol::ProtocolError::Refused { reason } => bad(reason),
-                e => Failure::from(e),
-            })?;
+        let advanced = job.coordinator.advance(&keys, &mut rand_core::OsRng);
         drop(keys);
+        let mut messages = match advanced {
+            Ok(messages) => messages,
+            Err(cosigner_protocol::ProtocolError::Refused { reason }) => return Err(bad(reason)),
+            Err(cosigner_protocol::ProtocolError::Excluded { party, reason }) => {
+                return Err(self.exclude_member(job, party, &reason)?);
+            }
+            Err(e) => return Err(Failure::from(e)),
+        };
         let Some(signature) = job.coordinator.signature().copied() else {
             return Ok((messages, false));
         };
         job.keys.clear();
         messages.push(self.record_eth_spend(job, &signature)?);
         Ok((messages, true))
+    }
+
+    /// Records (anchored) that member `party` is excluded from signing, and audits it; returns
+    /// the refusal of the request.
+    fn exclude_member(
+        &self,
+        job: &EthSignJob,
+        party: PartyId,
+        reason: &str,
+    ) -> Result<Failure, Failure> {
+        if job.provider_parties.contains(&party) {
+            return Ok(internal(format!(
+                "our own party {party} failed a check: {reason}"
+            )));
+        }
+        let _guard = self.writer(&job.wallet_id)?;
+        let mut state = self.records().load_dao_state(&job.wallet_id)?;
+        if !state.excluded.contains(&party) {
+            state.excluded.push(party);
+            self.records().save_dao_state(&job.wallet_id, &state)?;
+        }
+        self.log(
+            &job.wallet_id,
+            "dao-exclude",
+            &format!("member:{party}"),
+            &job.hash,
+            &format!("excluded from signing: {reason}"),
+        )?;
+        Ok(bad(format!(
+            "member {party} is excluded from signing from now on (a failed check of threshold \
+             ECDSA: {reason})"
+        )))
     }
 
     /// The provider's threshold ECDSA shares of the job's epoch, checked to be of the wallet.
