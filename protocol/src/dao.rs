@@ -55,6 +55,8 @@ use crate::wire::{self, DkgParams, WalletId};
 
 /// Most members a DAO wallet may have (the provider's weight adds to the FROST party count).
 pub const MAX_MEMBERS: usize = 64;
+/// Most parties (members and the provider's weight) of an Ethereum treasury.
+pub const MAX_ECDSA_PARTIES: usize = 12;
 /// Longest policy text accepted.
 pub const MAX_POLICY_LEN: usize = 64 * 1024;
 
@@ -204,6 +206,16 @@ impl Invitation {
         let policy = Policy::parse_for(chain, &self.policy, &members)?;
         let (w, t) = weights(members.len(), policy.min_approvals())?;
         let n = members.len() as u16;
+        if chain == Chain::Ethereum && usize::from(n + w) > MAX_ECDSA_PARTIES {
+            // Every pair of parties holds an OT setup (about 140 KB in the DKG's round 3): the
+            // DKG's traffic and the enclave's memory grow with the square of the parties.
+            return Err(params_error(format!(
+                "an Ethereum treasury has at most {MAX_ECDSA_PARTIES} parties; {n} members whose \
+                 smallest tier is {} approvals make {} (the provider holds {w})",
+                policy.min_approvals(),
+                n + w
+            )));
+        }
         let provider_parties: Vec<PartyId> = PartyId::range(n + 1, n + w).collect();
         let parties: Vec<PartyId> = PartyId::range(1, n + w).collect();
         let invitation_hash =
@@ -906,6 +918,26 @@ approvals = 5
         one.members.truncate(1);
         one.policy = "[[rule]]\nname = \"all\"\napprovals = 1\n".into();
         assert!(one.layout().is_err());
+
+        // An Ethereum treasury: threshold ECDSA on "ethereum" only, and at most 12 parties.
+        let mut eth = good.clone();
+        eth.ciphersuite = wire::SUITE_SECP256K1_ECDSA.into();
+        assert!(eth.layout().is_err(), "threshold ECDSA on regtest");
+        eth.network = NETWORK_ETHEREUM.into();
+        let layout = eth.layout().unwrap();
+        assert!(layout.is_ecdsa() && layout.network.is_none());
+        let mut frost_on_eth = good.clone();
+        frost_on_eth.network = NETWORK_ETHEREUM.into();
+        assert!(frost_on_eth.layout().is_err());
+        let seven = keys(7);
+        let mut big = invitation(&seven, &provider);
+        big.ciphersuite = wire::SUITE_SECP256K1_ECDSA.into();
+        big.network = NETWORK_ETHEREUM.into();
+        big.policy = "[[rule]]\nname = \"any\"\napprovals = 1\n".into();
+        assert!(
+            matches!(big.layout(), Err(ProtocolError::Params { .. })),
+            "7 + 7 parties"
+        );
 
         // Any change to the invitation changes the wallet.
         let mut other = good.clone();

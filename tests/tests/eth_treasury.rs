@@ -19,9 +19,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use cosigner_eth::SignedTx;
+use cosigner_protocol::dao::DaoMessage;
 use cosigner_tests::Outcome;
 use cosigner_tests::ecdsa::{self, SKIP_LINE, TESTER_CHAIN_ID};
-use cosigner_tests::members::{Dao, approve_args, args, json, p, wait_for};
+use cosigner_tests::members::{
+    Dao, Member, Watch, approval_by, approve_args, args, json, p, wait_for,
+};
 use serde_json::Value;
 
 const ETH: u128 = 1_000_000_000_000_000_000;
@@ -51,6 +54,24 @@ fn payment(dao: &Dao, tag: &str, nonce: u64, wei: u128) -> PathBuf {
     path
 }
 
+/// `sign --eth-tx TX --request-out REQUEST` by Alice (member 0).
+fn sign_args(dao: &Dao, tx: &Path, request: &Path) -> Vec<String> {
+    args(&[
+        "--home",
+        &p(&dao.homes[0]),
+        "sign",
+        "--wallet",
+        &dao.wallet,
+        "--eth-tx",
+        &p(tx),
+        "--request-out",
+        &p(request),
+        "--timeout",
+        "240",
+        "--json",
+    ])
+}
+
 /// Member 0 requests `tx`; once the request is written, `approvers` approve it and
 /// `rejecters` reject it, each in its own process.
 fn requested(
@@ -61,20 +82,7 @@ fn requested(
     rejecters: &[usize],
 ) -> (Outcome, Vec<Outcome>) {
     let request = dao.file(&format!("{tag}.request"));
-    let requester = dao.spawn(args(&[
-        "--home",
-        &p(&dao.homes[0]),
-        "sign",
-        "--wallet",
-        &dao.wallet,
-        "--eth-tx",
-        &p(tx),
-        "--request-out",
-        &p(&request),
-        "--timeout",
-        "240",
-        "--json",
-    ]));
+    let requester = dao.spawn(sign_args(dao, tx, &request));
     wait_for(&request);
     let mut others: Vec<JoinHandle<Outcome>> = Vec::new();
     for &i in approvers {
@@ -150,12 +158,104 @@ fn five_members_make_an_eth_treasury_and_its_tiers_decide_what_is_signed() {
             .all(|o| o.code != Some(0) && o.stderr.contains("refused"))
     );
 
+    let mut dao = dao;
+    let third = a_killed_member_runs_approve_again(&dao);
+    let fourth = the_provider_restarts_mid_signing(&mut dao);
+
     if !ecdsa::python_available() {
         println!("{SKIP_LINE}");
         return;
     }
-    let report = ecdsa::run_in_evm(&address, 30 * ETH, &[first, second]).unwrap();
-    assert_eq!(report.senders, vec![address.clone(); 2]);
-    assert_eq!(report.receipts, vec![1, 1]);
-    assert_eq!(report.balances[&BOB.to_lowercase()], (25 * ETH).to_string());
+    let report = ecdsa::run_in_evm(&address, 30 * ETH, &[first, second, third, fourth]).unwrap();
+    assert_eq!(report.senders, vec![address.clone(); 4]);
+    assert_eq!(report.receipts, vec![1, 1, 1, 1]);
+    assert_eq!(report.balances[&BOB.to_lowercase()], (27 * ETH).to_string());
+}
+
+/// A 1 ETH payment (nonce `nonce`) in flight: Alice requested it, Bob and Carol approved and
+/// the provider chose the three of them; Bob's signing hello of round 0 is in the topic.
+fn chosen_and_started(
+    dao: &Dao,
+    tag: &str,
+    nonce: u64,
+) -> (Member, Member, Member, PathBuf, Watch) {
+    let tx = payment(dao, tag, nonce, ETH);
+    let request = dao.file(&format!("{tag}.request"));
+    let alice = Member::start(
+        &dao.d,
+        &format!("{tag}-alice"),
+        sign_args(dao, &tx, &request),
+    );
+    wait_for(&request);
+    let mut watch = dao.watch(&request);
+    watch.wait("Alice's approval", 1, &approval_by(&dao.keys[0]));
+    let bob = dao.approve(&format!("{tag}-bob"), 1, &request, "240", &["--yes"]);
+    let carol = dao.approve(&format!("{tag}-carol"), 2, &request, "240", &["--yes"]);
+    let bob_key = dao.keys[1].clone();
+    watch.wait("Bob's round-0 hello", 1, &|s, m| {
+        s == bob_key.as_slice() && matches!(m, DaoMessage::EcdsaSignHello { round: 0, .. })
+    });
+    (alice, bob, carol, request, watch)
+}
+
+/// The provider's signer sets of a request, by round.
+fn signer_set_rounds(dao: &Dao, watch: &mut Watch) -> Vec<u32> {
+    let provider = dao.invitation.provider_key.to_vec();
+    watch
+        .messages()
+        .into_iter()
+        .filter(|(s, _)| *s == provider)
+        .filter_map(|(_, m)| match m {
+            DaoMessage::SignerSet { round, .. } => Some(round),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Bob is killed (SIGKILL) after his hello: his round secrets die with him. He runs `approve`
+/// again (no `--yes`: his approval is in the topic), posts a new hello, and the provider opens
+/// round 1 with fresh secrets; the payment is signed once.
+fn a_killed_member_runs_approve_again(dao: &Dao) -> SignedTx {
+    let (alice, bob, carol, request, mut watch) = chosen_and_started(dao, "killed", 2);
+    assert_eq!(bob.kill().code, None);
+    let bob = dao.approve("killed-bob-again", 1, &request, "240", &[]);
+    let (alice, bob, carol) = (alice.finish(), bob.finish(), carol.finish());
+    assert_eq!(alice.code, Some(0), "{alice:?}\n{bob:?}\n{carol:?}");
+    let tx = signed(&alice);
+    for o in [&bob, &carol] {
+        assert_eq!(json(o)["tx_hash"], json(&alice)["tx_hash"], "{o:?}");
+    }
+    assert_eq!(signer_set_rounds(dao, &mut watch), vec![0, 1]);
+    tx
+}
+
+/// The provider restarts mid-signing (its round-0 secrets are gone); Alice, Bob and Carol,
+/// stopped meanwhile, are killed and run their commands again: the provider founds the request
+/// again after round 0 and signs in round 1.
+fn the_provider_restarts_mid_signing(dao: &mut Dao) -> SignedTx {
+    let (alice, bob, carol, request, mut watch) = chosen_and_started(dao, "restart", 3);
+    for m in [&alice, &bob, &carol] {
+        m.signal("-STOP");
+    }
+    dao.d.provider.stop();
+    dao.d.provider.start_processes().unwrap();
+    for m in [alice, bob, carol] {
+        assert_eq!(m.kill().code, None);
+    }
+    let tx = dao.file("restart.json");
+    let alice = Member::start(&dao.d, "restart-alice-again", sign_args(dao, &tx, &request));
+    let bob = dao.approve("restart-bob-again", 1, &request, "240", &[]);
+    let carol = dao.approve("restart-carol-again", 2, &request, "240", &[]);
+    let (alice, bob, carol) = (alice.finish(), bob.finish(), carol.finish());
+    let signed_tx = signed(&alice);
+    for o in [&bob, &carol] {
+        assert_eq!(json(o)["tx_hash"], json(&alice)["tx_hash"], "{o:?}");
+    }
+    let rounds = signer_set_rounds(dao, &mut watch);
+    assert_eq!(rounds.first(), Some(&0));
+    assert!(
+        rounds.iter().all(|r| *r <= 1) && rounds.contains(&1),
+        "{rounds:?}"
+    );
+    signed_tx
 }

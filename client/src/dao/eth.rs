@@ -97,21 +97,26 @@ pub fn check_published(
     Ok(())
 }
 
-/// The signing rounds this device already finished its part of (its round-3 broadcast is in the
-/// topic): a process run again joins only newer rounds (its secrets of those died with it).
-fn rounds_done(backlog: &[Envelope], me: &[u8], hash: &[u8; 32]) -> Option<u32> {
-    backlog
-        .iter()
-        .filter(|e| e.sender == me)
-        .filter_map(|e| match DaoMessage::decode(&e.body) {
+/// The newest signing round this device posted a hello in, and whether it also sent its last
+/// step there: a process run again after one of those stopped knows which round's secrets it
+/// lost.
+fn our_last_round(backlog: &[Envelope], me: &[u8], hash: &[u8; 32]) -> Option<(u32, bool)> {
+    let mut hello = None;
+    let mut last = None;
+    for e in backlog.iter().filter(|e| e.sender == me) {
+        match DaoMessage::decode(&e.body) {
+            Ok(DaoMessage::EcdsaSignHello { request, round, .. }) if request.as_slice() == hash => {
+                hello = hello.max(Some(round));
+            }
             Ok(DaoMessage::EcdsaSignPart {
                 request,
                 round,
                 part,
-            }) if request.as_slice() == hash && part.step == 3 => Some(round),
-            _ => None,
-        })
-        .max()
+            }) if request.as_slice() == hash && part.step == 3 => last = last.max(Some(round)),
+            _ => {}
+        }
+    }
+    hello.map(|r| (r, last == Some(r)))
 }
 
 /// Approves a request of an Ethereum treasury and takes part in its signing (when chosen) until
@@ -152,8 +157,15 @@ pub fn approve_and_sign(
         }),
     )?;
     let mut member = EcdsaMember::new(&layout, hash, wallet.party, digest);
-    if let Some(done) = rounds_done(&backlog, &me, &hash) {
-        member = member.from_round(done.saturating_add(1));
+    match our_last_round(&backlog, &me, &hash) {
+        // Our part of that round is done: only a newer round needs us.
+        Some((round, true)) => member = member.from_round(round.saturating_add(1)),
+        // Its secrets died with the process: say so, so the provider opens the next round.
+        Some((round, false)) => {
+            let lost = member.lost_round(round, &mut rand_core::OsRng);
+            courier.send(&key, &lost)?;
+        }
+        None => {}
     }
     let mut watch = SignWatch::new(hash, layout, evaluation)?;
     let mut pace = Pace::new(timeout);

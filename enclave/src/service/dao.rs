@@ -63,8 +63,9 @@ const MAX_CEREMONIES: usize = 1024;
 /// Bound on DKGs in progress (anyone may start one). Reaching it evicts the oldest DKG rather
 /// than refusing everyone (its members' couriers found it again from the mailbox).
 const MAX_DKGS: usize = 64;
-/// Bound on Ethereum treasuries' DKGs in progress (each holds a few megabytes).
-const MAX_ECDSA_DKGS: usize = 8;
+/// Bound on Ethereum treasuries' DKGs in progress (each holds up to about 20 MB: its parties'
+/// round-3 pieces, sent and received).
+const MAX_ECDSA_DKGS: usize = 4;
 /// DKGs one founding key may have in progress at once.
 const MAX_DKGS_PER_FOUNDER: usize = 2;
 /// Bound on the envelopes a ceremony remembers having taken in.
@@ -182,6 +183,9 @@ struct DkgJob {
     invitation: Invitation,
     /// A member lost its state of the current attempt: the next advance starts a new one.
     retry: bool,
+    /// The next attempt is at least this one: an earlier instance of this enclave (before a
+    /// restart) took part in the attempts below it, with secrets that are gone.
+    floor: u32,
 }
 
 enum Ceremony {
@@ -362,9 +366,21 @@ fn approver_keys(layout: &Layout, names: &[String]) -> Result<BTreeMap<PartyId, 
 
 /// Hands each delivered envelope to the topic's ceremony. Only what a ceremony accepts is
 /// remembered (bounded): a stranger's validly signed junk costs a verification, not memory.
-fn absorb_all(entry: &mut Entry, opened: &[(Envelope, DaoMessage)], notes: &mut Vec<String>) {
+fn absorb_all(
+    entry: &mut Entry,
+    own: &[u8],
+    opened: &[(Envelope, DaoMessage)],
+    notes: &mut Vec<String>,
+) {
     for (envelope, message) in opened {
         if entry.seen.contains(&envelope.id()) {
+            continue;
+        }
+        if envelope.sender == own {
+            // Ours, but not made by this instance (those are in `seen`): an instance before a
+            // restart took part in that attempt or round, with secrets that are gone. The
+            // founding delivery may not have shown it (deliveries are cut to fit a frame).
+            skip_past_lost(&mut entry.ceremony, message);
             continue;
         }
         let result = match &mut entry.ceremony {
@@ -404,6 +420,27 @@ fn absorb_all(entry: &mut Entry, opened: &[(Envelope, DaoMessage)], notes: &mut 
             Ok(_) => {}
             Err(e) => notes.push(format!("{} refused: {e}", message.name())),
         }
+    }
+}
+
+/// Moves an Ethereum treasury's ceremony past the attempt or round `message` (ours, from an
+/// earlier instance of this enclave) belongs to.
+fn skip_past_lost(ceremony: &mut Ceremony, message: &DaoMessage) {
+    match ceremony {
+        Ceremony::Dkg(job) if matches!(job.dkg, AnyDkg::Ecdsa(_)) => {
+            if let Some(attempt) = message.dkg_attempt()
+                && attempt >= job.dkg.attempt()
+            {
+                job.retry = true;
+                job.floor = job.floor.max(attempt.saturating_add(1));
+            }
+        }
+        Ceremony::EthSign(job) => {
+            if let Some(round) = message.signing_round() {
+                job.coordinator.skip_past(round);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -504,7 +541,7 @@ impl Service {
         let entry = ceremonies
             .get_mut(&topic)
             .ok_or_else(|| internal("ceremony vanished"))?;
-        absorb_all(entry, &opened, &mut notes);
+        absorb_all(entry, &self.audit.public_key(), &opened, &mut notes);
         if let Err(e) = self.advance(&topic, entry) {
             notes.push(format!("ceremony failed: {}", e.0.message));
         }
@@ -612,15 +649,6 @@ impl Service {
             ));
         }
         let is_dkg = |e: &Entry| matches!(e.ceremony, Ceremony::Dkg(..));
-        if invitation.ciphersuite == SUITE_SECP256K1_ECDSA {
-            // An Ethereum treasury's DKG holds megabytes (base-OT setups for every pair of
-            // parties): fewer of them, the oldest evicted.
-            make_room(
-                ceremonies,
-                MAX_ECDSA_DKGS,
-                |e| matches!(&e.ceremony, Ceremony::Dkg(job) if matches!(job.dkg, AnyDkg::Ecdsa(_))),
-            );
-        }
         let theirs = ceremonies
             .values()
             .filter(|e| is_dkg(e) && e.founder.as_slice() == founder)
@@ -630,6 +658,16 @@ impl Service {
                 ErrorKind::Busy,
                 format!("this key already founded {theirs} DAO wallet creations in progress"),
             ));
+        }
+        if invitation.ciphersuite == SUITE_SECP256K1_ECDSA {
+            // An Ethereum treasury's DKG holds megabytes (base-OT setups for every pair of its
+            // at most `MAX_ECDSA_PARTIES` parties): fewer of them, the oldest evicted, once the
+            // founder's quota admitted this one.
+            make_room(
+                ceremonies,
+                MAX_ECDSA_DKGS,
+                |e| matches!(&e.ceremony, Ceremony::Dkg(job) if matches!(job.dkg, AnyDkg::Ecdsa(_))),
+            );
         }
         make_room(ceremonies, MAX_DKGS, is_dkg);
         Ok(())
@@ -702,6 +740,7 @@ impl Service {
                 dkg,
                 invitation: invitation.clone(),
                 retry: false,
+                floor: 0,
             })),
             first,
         ))
@@ -878,7 +917,7 @@ impl Service {
         if job.retry {
             // A member lost its round secrets: this attempt cannot finish. The old state (our
             // secrets of it included) is dropped here; the new attempt draws fresh ones.
-            let attempt = job.dkg.attempt().saturating_add(1);
+            let attempt = job.dkg.attempt().saturating_add(1).max(job.floor);
             let layout = job.dkg.layout().clone();
             let wallet_id = layout.wallet_id;
             let (dkg, first) = AnyDkg::start_attempt(

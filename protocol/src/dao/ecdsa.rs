@@ -613,7 +613,6 @@ struct SignLocal {
     hpke: HpkeSecretKey,
     session: Option<EcdsaSigning>,
     step: u8,
-    round3: Option<EcdsaSignMessage>,
 }
 
 /// The signing of one request's digest, in one signing round, by one holder's parties (a chosen
@@ -628,6 +627,8 @@ pub struct EcdsaDaoSigning {
     locals: BTreeMap<PartyId, SignLocal>,
     hellos: BTreeMap<PartyId, EcdsaHello>,
     gather: Gather,
+    /// Whether our parties' last broadcasts stay here ([`Self::withholding_last`]).
+    withhold_last: bool,
     /// Tests play a cheating signer by changing its messages before they are sealed.
     #[cfg(test)]
     tamper: Option<fn(&mut EcdsaSignMessage)>,
@@ -669,6 +670,7 @@ impl EcdsaDaoSigning {
             locals: BTreeMap::new(),
             hellos: BTreeMap::new(),
             gather: Gather::default(),
+            withhold_last: false,
             #[cfg(test)]
             tamper: None,
         };
@@ -696,7 +698,6 @@ impl EcdsaDaoSigning {
                     hpke,
                     session: None,
                     step: 0,
-                    round3: None,
                 },
             );
         }
@@ -706,6 +707,15 @@ impl EcdsaDaoSigning {
     /// The signing round.
     pub fn round(&self) -> u32 {
         self.round
+    }
+
+    /// Keeps our parties' step-3 broadcasts instead of posting them: whoever holds every signer's
+    /// step-3 broadcast can finish the signature, so the provider, which must judge and record the
+    /// spend before the signature exists anywhere else, finishes it alone ([`Self::finish`]) and
+    /// publishes only the signed transaction.
+    pub fn withholding_last(mut self) -> Self {
+        self.withhold_last = true;
+        self
     }
 
     /// The signer set.
@@ -851,7 +861,6 @@ impl EcdsaDaoSigning {
         }
         let step = message.round;
         let (broadcast, sealed) = if step == 3 {
-            self.local_mut(party)?.round3 = Some(message.clone());
             (message.body.to_vec(), Vec::new())
         } else {
             let mut sealed = Vec::new();
@@ -875,6 +884,10 @@ impl EcdsaDaoSigning {
         let locals = self.local_parties();
         for part in pieces(party, step, &broadcast, sealed) {
             self.gather.absorb(&part, &locals)?;
+            if step == 3 && self.withhold_last {
+                // Kept: with every signer's last broadcast, anyone can finish the signature.
+                continue;
+            }
             out.push(DaoMessage::EcdsaSignPart {
                 request: ByteBuf::from(self.request.to_vec()),
                 round: self.round,
@@ -1007,6 +1020,8 @@ pub struct EcdsaCoordinator {
     threshold: u16,
     round: u32,
     restart: bool,
+    /// How often each member made the request open a new round.
+    restarts: BTreeMap<PartyId, u32>,
     signing: Option<EcdsaDaoSigning>,
     signature: Option<RecoverableSignature>,
 }
@@ -1054,6 +1069,7 @@ impl EcdsaCoordinator {
             threshold,
             round: 0,
             restart: false,
+            restarts: BTreeMap::new(),
             signing: None,
             signature: None,
         })
@@ -1077,6 +1093,16 @@ impl EcdsaCoordinator {
     /// The current signing round.
     pub fn round(&self) -> u32 {
         self.round
+    }
+
+    /// An earlier instance of this coordinator (before the provider restarted) took part in
+    /// signing round `round`, with secrets that are gone: if that is this round or a later one,
+    /// the next [`Self::advance`] opens the round after it, before the signature is made.
+    pub fn skip_past(&mut self, round: u32) {
+        if self.signature.is_none() && round >= self.round {
+            self.round = round;
+            self.restart = true;
+        }
     }
 
     /// Whether the rule's approvals can no longer be reached (before a signer set is chosen).
@@ -1132,7 +1158,17 @@ impl EcdsaCoordinator {
         if let DaoMessage::EcdsaSignHello { hello, .. } = message
             && signing.hello_of(party).is_some_and(|h| h != hello)
         {
-            // A second, different hello: the member's process lost its round secrets.
+            // A second, different hello: the member's process lost its round secrets. Each
+            // member may cost the request this few rounds; the next round prefers approvers
+            // that did not restart, so one member cannot keep a request from being signed.
+            let restarts = self.restarts.entry(party).or_default();
+            if *restarts >= MAX_MEMBER_RESTARTS {
+                return Err(ProtocolError::culprit(
+                    party,
+                    format!("it restarted signing {MAX_MEMBER_RESTARTS} times already"),
+                ));
+            }
+            *restarts += 1;
             self.restart = true;
             return Ok(true);
         }
@@ -1190,13 +1226,11 @@ impl EcdsaCoordinator {
 
     fn choose_signers(&mut self, rng: &mut (impl CryptoRng + RngCore)) -> Result<Vec<DaoMessage>> {
         let members = usize::from(self.threshold).saturating_sub(self.provider_parties.len());
-        let mut signers: Vec<PartyId> = self
-            .quorum
-            .approvals()
-            .iter()
-            .take(members)
-            .copied()
-            .collect();
+        // The first approvers, those that never restarted this request first.
+        let approvals = self.quorum.approvals();
+        let steady = approvals.iter().filter(|p| !self.restarts.contains_key(p));
+        let restarted = approvals.iter().filter(|p| self.restarts.contains_key(p));
+        let mut signers: Vec<PartyId> = steady.chain(restarted).take(members).copied().collect();
         signers.extend(&self.provider_parties);
         signers.sort_unstable();
         let (signing, hellos) = EcdsaDaoSigning::start(
@@ -1208,7 +1242,7 @@ impl EcdsaCoordinator {
             self.digest,
             rng,
         )?;
-        self.signing = Some(signing);
+        self.signing = Some(signing.withholding_last());
         let mut out = vec![DaoMessage::SignerSet {
             request: ByteBuf::from(self.request.to_vec()),
             parties: signers,
@@ -1231,6 +1265,9 @@ impl EcdsaCoordinator {
             .unwrap_or_default()
     }
 }
+
+/// Rounds one member may make a request open by restarting (see [`EcdsaCoordinator::absorb`]).
+const MAX_MEMBER_RESTARTS: u32 = 2;
 
 fn too_many_rounds() -> ProtocolError {
     ProtocolError::Refused {
@@ -1287,6 +1324,24 @@ impl EcdsaMember {
         self
     }
 
+    /// What a member whose process lost its secrets of round `round` (it posted a hello there,
+    /// but not its last step) posts: a new hello for that round, whose key nobody keeps. The
+    /// parts the others sealed to its old key can never be opened, so the round cannot finish;
+    /// the new hello tells the provider so, and it opens the next round. This member then joins
+    /// only newer rounds.
+    pub fn lost_round(&mut self, round: u32, rng: &mut (impl CryptoRng + RngCore)) -> DaoMessage {
+        let (_, public) = hpke::generate_keypair(rng);
+        self.floor = self.floor.max(round.saturating_add(1));
+        DaoMessage::EcdsaSignHello {
+            request: ByteBuf::from(self.request.to_vec()),
+            round,
+            hello: EcdsaHello {
+                from: self.party,
+                hpke_public_key: ByteBuf::from(public),
+            },
+        }
+    }
+
     /// Whether this member is signing in the current round.
     pub fn chosen(&self) -> bool {
         self.signing.is_some()
@@ -1332,6 +1387,7 @@ impl EcdsaMember {
                 }
             }
         }
+        let started = !out.is_empty();
         let Some(signing) = self.signing.as_mut() else {
             return Ok(out);
         };
@@ -1342,11 +1398,17 @@ impl EcdsaMember {
             if round != signing.round() || party == self.party {
                 continue;
             }
-            // Each party's messages under its holder's key (the provider's for its parties).
+            // Each party's messages under its holder's key (the provider's for its parties). A
+            // peer's equivocation is not ours to judge (the provider opens a new round on it):
+            // its second message is left out here rather than ending this member's signing.
             if check_owner(&self.layout, sender, party, "signing message").is_err() {
                 continue;
             }
-            signing.absorb(message)?;
+            let _ = signing.absorb(message);
+        }
+        if started {
+            // A new round's hello goes out before any step of the round runs (the next call).
+            return Ok(out);
         }
         let keys = BTreeMap::from([(self.party, key)]);
         out.extend(signing.advance(&keys, rng)?);
@@ -1610,6 +1672,8 @@ mod tests {
         assert_eq!(first.len(), 1);
         mail.extend(first.into_iter().map(|m| (keys_of[1].clone(), m)));
         let mut member2 = EcdsaMember::new(&layout, request, pid(2), digest);
+        let lost = member2.lost_round(0, &mut OsRng);
+        mail.push((keys_of[1].clone(), lost));
         let mut seen = 0;
         for _ in 0..16 {
             if coordinator.signature().is_some() {
@@ -1632,7 +1696,9 @@ mod tests {
             let out = coordinator.advance(&provider_keys, &mut OsRng).unwrap();
             mail.extend(out.into_iter().map(|m| (keys_of[3].clone(), m)));
         }
-        assert!(!member3.chosen(), "the third approver does not sign");
+        // Round 1 prefers the approvers that did not restart: members 1 and 3.
+        assert!(member3.chosen());
+        assert_eq!(coordinator.chosen_members(), vec![pid(1), pid(3)]);
         assert_eq!(
             coordinator.round(),
             1,
@@ -1640,6 +1706,13 @@ mod tests {
         );
         let signature = coordinator.signature().expect("signed");
         assert_eq!(crate::ecdsa::tests::recover(signature, &digest), public);
+        // The provider's last broadcasts never left it: nobody else could finish the signature
+        // before the provider judged and recorded the spend.
+        let provider_last = |(k, m): &(Vec<u8>, DaoMessage)| {
+            *k == keys_of[3]
+                && matches!(m, DaoMessage::EcdsaSignPart { part, .. } if part.step == 3)
+        };
+        assert!(!mail.iter().any(provider_last));
 
         // Member 1 probes the provider's OT secrets (its round-1 multiplication message
         // altered, a selective-failure attack, eprint 2023/765 §5): DKLs23's check names it as
