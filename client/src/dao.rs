@@ -146,6 +146,8 @@ pub struct Courier {
     provider_spoke: bool,
     /// The first of the provider's envelopes this courier has not read (on this connection).
     outbox_next: u32,
+    /// Which run of the ceremony those are of (`Response::Mailbox::outbox`).
+    outbox_instance: Vec<u8>,
     mailbox_down: bool,
     provider_down: bool,
     report: Box<dyn FnMut(&str)>,
@@ -206,6 +208,7 @@ impl Courier {
             unposted: Vec::new(),
             provider_spoke: false,
             outbox_next: 0,
+            outbox_instance: Vec::new(),
             mailbox_down: false,
             provider_down: false,
             report: Box::new(|_| {}),
@@ -289,8 +292,18 @@ impl Courier {
                 notes,
                 from,
                 more,
+                outbox,
             } => {
                 let read = u32::try_from(envelopes.len()).unwrap_or(u32::MAX);
+                if outbox.as_slice() != self.outbox_instance.as_slice() {
+                    // The provider founded the ceremony anew (it had forgotten it): its envelopes
+                    // are new ones, to read from the first.
+                    self.outbox_instance = outbox.into_vec();
+                    if from > 0 {
+                        self.outbox_next = 0;
+                        return Ok((envelopes, notes, true));
+                    }
+                }
                 self.outbox_next = from.saturating_add(read);
                 Ok((envelopes, notes, more && read > 0))
             }

@@ -4,7 +4,9 @@
 
 use alloy_primitives::{Address, U256};
 
-use crate::{Call, Erc20, EthError, RecoverableSignature, TxRequest, UnsignedTx, Valuation};
+use crate::{
+    Call, Erc20, EthError, RecoverableSignature, SignedTx, TxRequest, UnsignedTx, Valuation,
+};
 
 fn unhex(s: &str) -> Vec<u8> {
     hex::decode(s.trim_start_matches("0x")).unwrap()
@@ -35,12 +37,21 @@ fn eip155_example_round_trips_byte_for_byte() {
         // v = 37 = 35 + 2·1 + 0.
         y_parity: false,
     };
-    let signed = tx.into_signed(&signature).unwrap();
+    let signed = tx.clone().into_signed(&signature).unwrap();
     assert_eq!(hex::encode(&signed.raw), EIP155_SIGNED);
     assert_eq!(
         signed.hash,
         alloy_primitives::keccak256(unhex(EIP155_SIGNED)).0
     );
+    // What a treasury member opens of the provider's `Signed`: the same transaction and
+    // signature; a byte more, a byte less, or another type is refused.
+    assert_eq!(SignedTx::open(&signed.raw), Ok((tx, signature)));
+    let mut longer = signed.raw.clone();
+    longer.push(0);
+    assert!(SignedTx::open(&longer).is_err());
+    assert!(SignedTx::open(&signed.raw[..signed.raw.len() - 1]).is_err());
+    assert!(SignedTx::open(&[0x01, 0xc0]).is_err());
+    assert!(SignedTx::open(&[]).is_err());
 }
 
 #[test]

@@ -785,6 +785,10 @@ pub enum Response {
         /// More envelopes follow these: ask again from `from + envelopes.len()`.
         #[serde(default, skip_serializing_if = "is_false")]
         more: bool,
+        /// Which run of the topic's ceremony these envelopes are of (8 random bytes, new each
+        /// time the enclave founds it): a courier that sees it change reads from the first again.
+        #[serde(default, skip_serializing_if = "is_empty_bytes")]
+        outbox: ByteBuf,
     },
     /// Our hello of a threshold ECDSA DKG (the answer to a `DkgStart` naming
     /// [`SUITE_SECP256K1_ECDSA`]).
@@ -1050,6 +1054,11 @@ pub fn valid_store_key(key: &str) -> bool {
 /// Whether a count is 0 (left out of the encoding, so messages without it encode as before).
 fn is_zero_u32(n: &u32) -> bool {
     *n == 0
+}
+
+/// Whether a byte string is empty (left out of the encoding).
+fn is_empty_bytes(b: &ByteBuf) -> bool {
+    b.is_empty()
 }
 
 /// Whether a flag is unset (left out of the encoding).

@@ -901,6 +901,7 @@ fn responses() -> Samples<Response> {
                 notes: vec!["refused one".into()],
                 from: 0,
                 more: false,
+                outbox: ByteBuf::new(),
             },
         ),
         (
@@ -911,6 +912,7 @@ fn responses() -> Samples<Response> {
                 notes: Vec::new(),
                 from: 2,
                 more: true,
+                outbox: ByteBuf::from(vec![0x1d; 8]),
             },
         ),
         (

@@ -205,6 +205,8 @@ pub(super) struct Entry {
     started: Instant,
     /// The key that founded it (the founding envelope's signer): quotas are per founder.
     founder: Vec<u8>,
+    /// Random, per founding: tells couriers reading `outbox` in pages that it is a new one.
+    instance: [u8; 8],
 }
 
 /// The DAO ceremonies in memory, by topic.
@@ -536,6 +538,7 @@ impl Service {
                 notes,
                 from: 0,
                 more: false,
+                outbox: ByteBuf::new(),
             });
         }
         let entry = ceremonies
@@ -551,6 +554,7 @@ impl Service {
             notes,
             from,
             more,
+            outbox: ByteBuf::from(entry.instance.to_vec()),
         })
     }
 
@@ -589,6 +593,7 @@ impl Service {
             seen: HashSet::new(),
             started: Instant::now(),
             founder: envelope.sender.to_vec(),
+            instance: super::random::<8>()?,
         };
         // Founded again (the enclave restarted, or forgot the topic): the attempts and rounds
         // this enclave already took part in show in the topic under its own key, and their
