@@ -297,6 +297,23 @@ fn fresh(created_ms: u64, now: u64) -> bool {
         && created_ms <= now.saturating_add(REQUEST_MAX_SKEW_MS)
 }
 
+/// Why signing request `request` (hash `hash`) may not be acted on at all, if it may not: it is
+/// too old or dated in the future, or it was already signed.
+fn stale_request(
+    request: &SignRequest,
+    hash: &[u8; 32],
+    state: &DaoState,
+    now: u64,
+) -> Option<String> {
+    if !fresh(request.created_ms, now) {
+        return Some("the request is expired or dated in the future".into());
+    }
+    if state.completed.iter().any(|(h, _)| h.as_slice() == hash) {
+        return Some("this request was already signed".into());
+    }
+    None
+}
+
 /// A member's founding request (sign, policy change, refresh): it hashes to its topic and names
 /// its wallet and the member who made it.
 trait MemberFounding {
@@ -804,11 +821,8 @@ impl Service {
         let policy = Self::dao_policy(&state, &layout)?;
         let refuse = |reason: String| self.refuse_request(&founded, reason);
         let now = now_ms();
-        if !fresh(request.created_ms, now) {
-            return refuse("the request is expired or dated in the future".into());
-        }
-        if state.completed.iter().any(|(h, _)| h.as_slice() == hash) {
-            return refuse("this request was already signed".into());
+        if let Some(reason) = stale_request(request, &hash, &state, now) {
+            return refuse(reason);
         }
         let public_key_package = public_key_package(&state.public_key_package)?;
         let output_key = output_key(&public_key_package)?;

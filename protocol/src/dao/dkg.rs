@@ -251,21 +251,7 @@ impl<C: Ciphersuite> DaoDkg<C> {
     /// Errors: a member stored another key than the confirmed one
     /// ([`ProtocolError::Disagreement`]).
     pub fn all_stored(&self) -> Result<bool> {
-        let Some(ours) = self.public_key_package_hash() else {
-            return Ok(false);
-        };
-        for (party, _) in &self.layout.members {
-            match self.stored.get(party) {
-                None => return Ok(false),
-                Some(theirs) if theirs.as_slice() == ours.as_slice() => {}
-                Some(_) => {
-                    return Err(ProtocolError::Disagreement {
-                        reason: format!("party {party} stored another key than the confirmed one"),
-                    });
-                }
-            }
-        }
-        Ok(true)
+        all_stored(&self.layout, &self.stored, self.public_key_package_hash())
     }
 
     /// What we still wait for: the exchange's step and missing parties, or once it is done, the
@@ -300,6 +286,30 @@ impl<C: Ciphersuite> DaoDkg<C> {
 }
 
 /// Checks that `sender` owns `party` in `layout` (the invitation fixes the owners).
+/// Whether every member of `layout` said (in `stored`) it stored the key whose public side
+/// hashes to `ours` (`None`: not confirmed yet). Errors: one stored another.
+pub(super) fn all_stored(
+    layout: &Layout,
+    stored: &BTreeMap<PartyId, ByteBuf>,
+    ours: Option<[u8; 32]>,
+) -> Result<bool> {
+    let Some(ours) = ours else {
+        return Ok(false);
+    };
+    for (party, _) in &layout.members {
+        match stored.get(party) {
+            None => return Ok(false),
+            Some(theirs) if theirs.as_slice() == ours.as_slice() => {}
+            Some(_) => {
+                return Err(ProtocolError::Disagreement {
+                    reason: format!("party {party} stored another key than the confirmed one"),
+                });
+            }
+        }
+    }
+    Ok(true)
+}
+
 pub(super) fn check_owner(
     layout: &Layout,
     sender: &[u8],
@@ -320,7 +330,12 @@ pub(super) fn check_owner(
 }
 
 /// Checks that `sender` owns `party` and that it is a member's, not the provider's.
-fn check_member(layout: &Layout, sender: &[u8], party: PartyId, what: &str) -> Result<()> {
+pub(super) fn check_member(
+    layout: &Layout,
+    sender: &[u8],
+    party: PartyId,
+    what: &str,
+) -> Result<()> {
     if layout.provider_parties.contains(&party) {
         return Err(ProtocolError::culprit(
             party,

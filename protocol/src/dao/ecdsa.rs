@@ -31,7 +31,7 @@ use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::dkg::{check_owner, insert_once};
+use super::dkg::{check_member, check_owner, insert_once};
 use super::quorum::Quorum;
 use super::sign::MAX_ROUNDS;
 use super::{DaoMessage, Layout, sighashes_digest};
@@ -326,13 +326,7 @@ impl EcdsaDaoDkg {
                 public_key_package,
                 ..
             } => {
-                if self.layout.provider_parties.contains(party) {
-                    return Err(ProtocolError::culprit(
-                        *party,
-                        "a stored notice is a member's, not the provider's",
-                    ));
-                }
-                check_owner(&self.layout, sender, *party, "stored notice")?;
+                check_member(&self.layout, sender, *party, "stored notice")?;
                 let key = *party;
                 insert_once(
                     &mut self.stored,
@@ -351,10 +345,7 @@ impl EcdsaDaoDkg {
     pub fn is_retry(&self, sender: &[u8], message: &DaoMessage) -> Result<bool> {
         match message {
             DaoMessage::DkgRetry { attempt, party } if *attempt == self.attempt => {
-                if self.layout.provider_parties.contains(party) {
-                    return Err(ProtocolError::culprit(*party, "a retry is a member's"));
-                }
-                check_owner(&self.layout, sender, *party, "restart request")?;
+                check_member(&self.layout, sender, *party, "restart request")?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -509,21 +500,7 @@ impl EcdsaDaoDkg {
 
     /// Whether every member said it stored the confirmed key. Errors: one stored another.
     pub fn all_stored(&self) -> Result<bool> {
-        let Some(ours) = self.public_key_package_hash() else {
-            return Ok(false);
-        };
-        for (party, _) in &self.layout.members {
-            match self.stored.get(party) {
-                None => return Ok(false),
-                Some(theirs) if theirs.as_slice() == ours.as_slice() => {}
-                Some(_) => {
-                    return Err(ProtocolError::Disagreement {
-                        reason: format!("party {party} stored another key than the confirmed one"),
-                    });
-                }
-            }
-        }
-        Ok(true)
+        super::dkg::all_stored(&self.layout, &self.stored, self.public_key_package_hash())
     }
 
     /// What this holder waits for, naming the parties.

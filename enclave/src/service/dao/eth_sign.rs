@@ -82,11 +82,8 @@ impl Service {
         let policy = Self::dao_policy(&state, &layout)?;
         let refuse = |reason: String| self.refuse_request(&founded, reason);
         let now = now_ms();
-        if !fresh(request.created_ms, now) {
-            return refuse("the request is expired or dated in the future".into());
-        }
-        if state.completed.iter().any(|(h, _)| h.as_slice() == hash) {
-            return refuse("this request was already signed".into());
+        if let Some(reason) = stale_request(request, &hash, &state, now) {
+            return refuse(reason);
         }
         let tx = match UnsignedTx::from_signing_payload(&request.psbt) {
             Ok(tx) => tx,
