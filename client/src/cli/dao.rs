@@ -989,7 +989,7 @@ pub fn sign_treasury(
             }
             Progress::Evaluated(e) => e,
         };
-    show_treasury_evaluation(&evaluation);
+    show_treasury_evaluation(&evaluation, &dao::invitation_of(info)?.layout()?.policy);
     let (tx_hash, raw) = dao::eth::approve_and_sign(
         home,
         wallet,
@@ -1004,9 +1004,12 @@ pub fn sign_treasury(
 }
 
 /// What the provider read in an Ethereum request, and its rule.
-fn show_treasury_evaluation(e: &Evaluation) {
+fn show_treasury_evaluation(e: &Evaluation, policy: &cosigner_protocol::policy::Policy) {
     for (asset, amount, to) in &e.leaving {
-        say(&format!("  leaving: {amount} (base units) {asset} to {to}"));
+        let shown = amount
+            .parse::<u128>()
+            .map_or_else(|_| format!("{amount} {asset}"), |a| policy.show(a, asset));
+        say(&format!("  leaving: {shown} to {to}"));
     }
     say(&format!(
         "  rule {:?}: needs {} approvals (the requester's included)",
@@ -1082,7 +1085,7 @@ fn approve_treasury(
         tx.value(),
         tx.max_fee()
     ));
-    show_treasury_evaluation(&evaluation);
+    show_treasury_evaluation(&evaluation, &layout.policy);
     if dao::rejected_before(&backlog, &me, &hash) {
         anyhow::bail!("this device rejected this request; the rejection stands");
     }

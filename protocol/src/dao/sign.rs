@@ -779,6 +779,9 @@ pub struct Tally {
     committed: BTreeSet<PartyId>,
     shared: BTreeSet<PartyId>,
     end: Option<TallyEnd>,
+    /// An Ethereum treasury's signing (its hellos count as commitments, its last messages as
+    /// shares; `dao::ecdsa`).
+    ecdsa: bool,
 }
 
 impl Tally {
@@ -812,6 +815,7 @@ impl Tally {
             round: 0,
             chosen: Vec::new(),
             committed: BTreeSet::new(),
+            ecdsa: false,
             shared: BTreeSet::new(),
             end: None,
         })
@@ -831,14 +835,16 @@ impl Tally {
             DaoMessage::Approval(_) | DaoMessage::Reject(_) => {
                 self.quorum.absorb(sender, message).unwrap_or(false)
             }
-            other => match round_message(&self.request, other) {
+            other => match round_message(&self.request, other).or_else(|| self.ecdsa_step(other)) {
                 Some((party, round))
                     if round == self.round
                         && self.chosen.contains(&party)
                         && self.is_approver(sender, party) =>
                 {
                     let done = match message {
-                        DaoMessage::Commitments { .. } => &mut self.committed,
+                        DaoMessage::Commitments { .. } | DaoMessage::EcdsaSignHello { .. } => {
+                            &mut self.committed
+                        }
                         _ => &mut self.shared,
                     };
                     done.insert(party)
@@ -846,6 +852,28 @@ impl Tally {
                 _ => false,
             },
         }
+    }
+
+    /// A treasury signer's hello or last message of this request: its party and round (and the
+    /// tally speaks of treasury signing from then on).
+    fn ecdsa_step(&mut self, message: &DaoMessage) -> Option<(PartyId, u32)> {
+        let of = match message {
+            DaoMessage::EcdsaSignHello {
+                request,
+                round,
+                hello,
+            } if same_request(&self.request, request) => Some((hello.from, *round)),
+            DaoMessage::EcdsaSignPart {
+                request,
+                round,
+                part,
+            } if same_request(&self.request, request) && part.step == 3 => {
+                Some((part.from, *round))
+            }
+            _ => None,
+        };
+        self.ecdsa |= of.is_some();
+        of
     }
 
     fn absorb_provider(&mut self, message: &DaoMessage) -> bool {
@@ -973,10 +1001,14 @@ impl Tally {
         if !self.signing() {
             return format!("{approved}; waiting for the provider to choose the signers");
         }
-        let step = if self.chosen.iter().all(|p| self.committed.contains(p)) {
-            "signature shares"
-        } else {
-            "nonce commitments"
+        let step = match (
+            self.ecdsa,
+            self.chosen.iter().all(|p| self.committed.contains(p)),
+        ) {
+            (false, true) => "signature shares",
+            (false, false) => "nonce commitments",
+            (true, true) => "last signing messages",
+            (true, false) => "signing keys (hellos)",
         };
         if missing.is_empty() {
             return format!(
