@@ -546,22 +546,6 @@ impl EcdsaDaoDkg {
         format!("{what} of parties {missing:?}")
     }
 
-    /// How far `party` got, as this holder saw it: 0 nothing, 1 hello, 2–4 rounds 1–3, 5
-    /// confirmed, 6 stored.
-    pub fn level_of(&self, party: PartyId) -> u8 {
-        if self.stored.contains_key(&party) {
-            return 6;
-        }
-        if self.confirmations.contains_key(&party) {
-            return 5;
-        }
-        let local = self.local_parties().first().copied().unwrap_or(party);
-        (1..=3u8)
-            .rev()
-            .find(|s| self.gather.complete(*s, &[party], local, false))
-            .map_or(u8::from(self.hellos.contains_key(&party)), |s| s + 1)
-    }
-
     /// The shares of our parties, with the layout.
     ///
     /// Errors: not done.
@@ -1390,11 +1374,6 @@ impl EcdsaMember {
         let keys = BTreeMap::from([(self.party, key)]);
         out.extend(signing.advance(&keys, rng)?);
         Ok(out)
-    }
-
-    /// Whether this member sent its last message of the current round.
-    pub fn is_sent(&self) -> bool {
-        self.signing.as_ref().is_some_and(EcdsaDaoSigning::is_sent)
     }
 }
 
