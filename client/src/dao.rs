@@ -1343,6 +1343,48 @@ fn pending_of(
     })
 }
 
+/// What the DAO commands need of a member's wallet, either chain's: its id, this device's party
+/// and the DAO facts its file keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct DaoMember<'a> {
+    /// The wallet.
+    pub wallet_id: WalletId,
+    /// This device's party.
+    pub party: PartyId,
+    /// The DAO facts of its file.
+    pub info: &'a DaoInfo,
+}
+
+impl WalletFile {
+    /// This device as a member of the DAO wallet.
+    ///
+    /// Errors: not a DAO wallet.
+    pub fn member(&self) -> Result<DaoMember<'_>> {
+        Ok(DaoMember {
+            wallet_id: self.wallet_id,
+            party: self.party,
+            info: dao_info(self)?.0,
+        })
+    }
+}
+
+impl EthWalletFile {
+    /// This device as a member of the Ethereum treasury.
+    ///
+    /// Errors: not a treasury.
+    pub fn member(&self) -> Result<DaoMember<'_>> {
+        let info = self
+            .dao
+            .as_ref()
+            .ok_or_else(|| input(format!("wallet {} is not a DAO wallet", self.wallet_id)))?;
+        Ok(DaoMember {
+            wallet_id: self.wallet_id,
+            party: self.party,
+            info,
+        })
+    }
+}
+
 /// The DAO facts of a wallet this device holds.
 pub fn dao_info(wallet: &WalletFile) -> Result<(&DaoInfo, Invitation)> {
     let info = wallet
@@ -1531,15 +1573,15 @@ fn send_rejection(
 /// reach its approvals, and says so in the topic). Returns whether the change is dead now.
 pub fn reject_policy(
     home: &Home,
-    wallet: &WalletFile,
+    member: DaoMember<'_>,
     courier: &mut Courier,
     change: &PolicyChange,
     reason: Option<String>,
 ) -> Result<bool> {
-    let (info, invitation) = dao_info(wallet)?;
-    let (layout, provider_key) = (invitation.layout()?, info.provider_key()?);
+    let invitation = invitation_of(member.info)?;
+    let (layout, provider_key) = (invitation.layout()?, member.info.provider_key()?);
     let hash = change.hash()?;
-    send_rejection(home, wallet.party, courier, hash, reason)?;
+    send_rejection(home, member.party, courier, hash, reason)?;
     let topic = courier.poll()?;
     let mut quorum = None;
     for envelope in topic.iter().filter(|e| e.sender == provider_key) {
@@ -1977,19 +2019,19 @@ pub fn policy_in_force(provider: &mut Session, wallet_id: WalletId) -> Result<(S
 /// Makes and signs a proposal to replace the policy (version `from_version`) of a DAO wallet.
 pub fn propose_policy(
     home: &Home,
-    wallet: &WalletFile,
+    member: DaoMember<'_>,
     policy_toml: &str,
     from_version: u64,
 ) -> Result<(PolicyChange, Envelope)> {
-    let (_, invitation) = dao_info(wallet)?;
-    let layout = invitation.layout()?;
+    let layout = invitation_of(member.info)?.layout()?;
     let members: Vec<_> = layout.members.iter().map(|(_, m)| m.clone()).collect();
-    Policy::parse(policy_toml, &members)?;
+    // In the chain's units: an Ethereum treasury's policy is read as the provider reads it.
+    Policy::parse_for(layout.chain, policy_toml, &members)?;
     let change = PolicyChange {
-        wallet_id: wallet.wallet_id,
+        wallet_id: member.wallet_id,
         policy: policy_toml.to_owned(),
         from_version,
-        proposer: wallet.party,
+        proposer: member.party,
         created_ms: now_ms(),
         nonce: ByteBuf::from(random16()?),
     };
@@ -2024,14 +2066,13 @@ pub fn open_any_request(envelope: &Envelope) -> Result<RequestFile> {
 /// Approves a policy change and waits until it is in force (or refused); returns the new version.
 pub fn approve_policy(
     home: &Home,
-    wallet: &WalletFile,
+    member: DaoMember<'_>,
     courier: &mut Courier,
     change: &PolicyChange,
     timeout: Duration,
 ) -> Result<u64> {
-    let (info, invitation) = dao_info(wallet)?;
-    let layout = invitation.layout()?;
-    let provider_key = info.provider_key()?;
+    let layout = invitation_of(member.info)?.layout()?;
+    let provider_key = member.info.provider_key()?;
     let hash = change.hash()?;
     let digest = change.approval_digest()?;
     let key = home.device_key()?;
@@ -2039,7 +2080,7 @@ pub fn approve_policy(
         &key,
         &DaoMessage::Approval(Approval {
             request: ByteBuf::from(hash.to_vec()),
-            party: wallet.party,
+            party: member.party,
             sighashes: ByteBuf::from(digest.to_vec()),
         }),
     )?;

@@ -161,15 +161,52 @@ fn five_members_make_an_eth_treasury_and_its_tiers_decide_what_is_signed() {
     let mut dao = dao;
     let third = a_killed_member_runs_approve_again(&dao);
     let fourth = the_provider_restarts_mid_signing(&mut dao);
+    let fifth = the_admin_quorum_changes_the_policy(&dao);
 
     if !ecdsa::python_available() {
         println!("{SKIP_LINE}");
         return;
     }
-    let report = ecdsa::run_in_evm(&address, 30 * ETH, &[first, second, third, fourth]).unwrap();
-    assert_eq!(report.senders, vec![address.clone(); 4]);
-    assert_eq!(report.receipts, vec![1, 1, 1, 1]);
-    assert_eq!(report.balances[&BOB.to_lowercase()], (27 * ETH).to_string());
+    let txs = [first, second, third, fourth, fifth];
+    let report = ecdsa::run_in_evm(&address, 50 * ETH, &txs).unwrap();
+    assert_eq!(report.senders, vec![address.clone(); 5]);
+    assert_eq!(report.receipts, vec![1; 5]);
+    assert_eq!(report.balances[&BOB.to_lowercase()], (42 * ETH).to_string());
+}
+
+/// `dao policy` on the treasury: the new policy (in ETH) needs the admin quorum (all five); with
+/// it in force, 15 ETH is "small" (3 approvals).
+fn the_admin_quorum_changes_the_policy(dao: &Dao) -> SignedTx {
+    let wider = policy().replace(r#"below = "10 ETH""#, r#"below = "16 ETH""#);
+    let file = dao.file("wider.toml");
+    std::fs::write(&file, wider).unwrap();
+    let request = dao.file("wider.request");
+    let proposer = dao.spawn(args(&[
+        "--home",
+        &p(&dao.homes[0]),
+        "dao",
+        "policy",
+        "--policy",
+        &p(&file),
+        "--wallet",
+        &dao.wallet,
+        "--request-out",
+        &p(&request),
+        "--timeout",
+        "240",
+        "--json",
+    ]));
+    wait_for(&request);
+    let admins: Vec<JoinHandle<Outcome>> = (1..5)
+        .map(|i| dao.spawn(approve_args(&dao.homes[i], &request, "240", &["--yes"])))
+        .collect();
+    assert_eq!(json(&proposer.join().unwrap())["policy_version"], 2);
+    for a in admins {
+        assert_eq!(json(&a.join().unwrap())["policy_version"], 2);
+    }
+    let fifteen = payment(dao, "fifteen", 4, 15 * ETH);
+    let (out, _) = requested(dao, "fifteen", &fifteen, &[3, 4], &[]);
+    signed(&out)
 }
 
 /// A 1 ETH payment (nonce `nonce`) in flight: Alice requested it, Bob and Carol approved and

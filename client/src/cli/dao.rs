@@ -169,14 +169,40 @@ fn say(line: &str) {
     eprintln!("{line}");
 }
 
+/// What the member's commands cannot do yet for an Ethereum treasury.
+const TREASURY_NOT_YET: &str = "an Ethereum treasury's shares cannot be refreshed, nor its \
+    requests listed, yet (`dao refresh`, `dao requests`; docs/ethereum.md, \"Not yet\")";
+
+/// A DAO wallet of either chain, as this device holds it.
+enum AnyDao {
+    Bitcoin(WalletFile),
+    Ethereum(EthWalletFile),
+}
+
+impl AnyDao {
+    /// Wallet `id` of this home.
+    fn load(home: &Home, id: &WalletId) -> anyhow::Result<Self> {
+        if home.has_eth_wallet(id) {
+            Ok(Self::Ethereum(home.eth_wallet(id)?))
+        } else {
+            Ok(Self::Bitcoin(home.wallet(id)?))
+        }
+    }
+
+    /// This device as its member (a DAO wallet's only).
+    fn member(&self) -> anyhow::Result<dao::DaoMember<'_>> {
+        Ok(match self {
+            Self::Bitcoin(w) => w.member()?,
+            Self::Ethereum(w) => w.member()?,
+        })
+    }
+}
+
 /// The DAO wallet `--wallet` names.
 fn dao_wallet(home: &Home, wallet: &str) -> anyhow::Result<(WalletId, WalletFile)> {
     let id = wallet_id(wallet)?;
     if home.has_eth_wallet(&id) {
-        anyhow::bail!(
-            "wallet {id} is an Ethereum treasury: `dao policy`, `dao refresh` and `dao requests` \
-             serve Bitcoin DAO wallets only so far (docs/ethereum.md, \"Not yet\")"
-        );
+        anyhow::bail!("wallet {id}: {TREASURY_NOT_YET}");
     }
     Ok((id, home.wallet(&id)?))
 }
@@ -398,22 +424,24 @@ fn propose(g: &Globals, args: PolicyArgs) -> anyhow::Result<()> {
     let PolicyArgs { policy, proposal } = args;
     let home = home(g)?;
     let trust = trust(g)?;
-    let (id, wallet) = dao_wallet(&home, &proposal.wallet)?;
+    let id = wallet_id(&proposal.wallet)?;
+    let wallet = AnyDao::load(&home, &id)?;
+    let member = wallet.member()?;
     let text = read_text(&policy, "policy file")?;
-    let (_, invitation) = dao::dao_info(&wallet)?;
+    let invitation = dao::invitation_of(member.info)?;
     let mut provider = Session::connect(&provider_addr(g, &invitation.provider), &trust)?;
     let (_, version) = dao::policy_in_force(&mut provider, id)?;
     drop(provider);
-    let (change, envelope) = dao::propose_policy(&home, &wallet, &text, version)?;
+    let (change, envelope) = dao::propose_policy(&home, member, &text, version)?;
     dao::write_envelope(&proposal.request_out, &envelope)?;
     say(&format!(
         "proposal to replace policy version {version} written to {}",
         proposal.request_out.display()
     ));
-    let mut courier = courier_for(g, &trust, &wallet, envelope.topic)?;
+    let mut courier = courier_of(g, &trust, member.info, envelope.topic)?;
     courier.post(&envelope)?;
     let timeout = proposal.wait.timeout();
-    let version = dao::approve_policy(&home, &wallet, &mut courier, &change, timeout)?;
+    let version = dao::approve_policy(&home, member, &mut courier, &change, timeout)?;
     if proposal.wait.json {
         emit(&json!({ "policy_version": version }).to_string())
     } else {
@@ -808,9 +836,9 @@ fn proposal_wallet(
     wallet_id: &WalletId,
     proposer: PartyId,
     envelope: &Envelope,
-) -> anyhow::Result<(WalletFile, Invitation, String)> {
-    let wallet = home.wallet(wallet_id)?;
-    let (_, invitation) = dao::dao_info(&wallet)?;
+) -> anyhow::Result<(AnyDao, Invitation, String)> {
+    let wallet = AnyDao::load(home, wallet_id)?;
+    let invitation = dao::invitation_of(wallet.member()?.info)?;
     let layout = invitation.layout()?;
     if layout.owner_of(proposer) != Some(envelope.sender.as_slice()) {
         anyhow::bail!("the proposal is not signed by the member it names");
@@ -829,28 +857,29 @@ fn approve_policy(
 ) -> anyhow::Result<()> {
     let (wallet, invitation, proposer) =
         proposal_wallet(home, &change.wallet_id, change.proposer, envelope)?;
+    let member = wallet.member()?;
     let mut provider = Session::connect(&provider_addr(g, &invitation.provider), trust)?;
     let (current, version) = dao::policy_in_force(&mut provider, change.wallet_id)?;
     drop(provider);
     say(&format!(
         "{proposer} proposes to replace policy version {} of wallet {} (in force: version {version})",
-        change.from_version, wallet.wallet_id
+        change.from_version, member.wallet_id
     ));
     say(&format!("--- policy in force\n{}", current.trim_end()));
     say(&format!(
         "+++ proposed policy\n{}",
         change.policy.trim_end()
     ));
-    let mut courier = courier_for(g, trust, &wallet, envelope.topic)?;
+    let mut courier = courier_of(g, trust, member.info, envelope.topic)?;
     if args.reject {
         courier.post(envelope)?;
         let reason = args.reason.clone();
-        let dead = dao::reject_policy(home, &wallet, &mut courier, change, reason)?;
+        let dead = dao::reject_policy(home, member, &mut courier, change, reason)?;
         return rejected_out(&change.hash()?, dead, args.wait.json);
     }
     approve_or_stop(args.yes)?;
     courier.post(envelope)?;
-    let version = dao::approve_policy(home, &wallet, &mut courier, change, args.wait.timeout())?;
+    let version = dao::approve_policy(home, member, &mut courier, change, args.wait.timeout())?;
     if args.wait.json {
         emit(&json!({ "approved": true, "policy_version": version }).to_string())
     } else {
@@ -883,6 +912,9 @@ fn approve_refresh(
 ) -> anyhow::Result<()> {
     let (wallet, _, proposer) =
         proposal_wallet(home, &proposal.wallet_id, proposal.proposer, envelope)?;
+    let AnyDao::Bitcoin(wallet) = wallet else {
+        anyhow::bail!("{}", TREASURY_NOT_YET);
+    };
     say(&format!(
         "{proposer} proposes to refresh every share of wallet {} (epoch {} to {}; same key and address)",
         wallet.wallet_id,
