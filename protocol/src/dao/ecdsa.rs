@@ -981,8 +981,12 @@ pub struct EcdsaCoordinator {
     threshold: u16,
     round: u32,
     restart: bool,
-    /// How often each member made the request open a new round.
+    /// How often each member made the request open a new round (0: it was replaced for silence).
     restarts: BTreeMap<PartyId, u32>,
+    /// The time the caller last gave ([`Self::replace_silent`]), and when the round's signer set
+    /// was chosen (ms).
+    clock: u64,
+    round_started: u64,
     signing: Option<EcdsaDaoSigning>,
     signature: Option<RecoverableSignature>,
 }
@@ -1031,6 +1035,8 @@ impl EcdsaCoordinator {
             round: 0,
             restart: false,
             restarts: BTreeMap::new(),
+            clock: 0,
+            round_started: 0,
             signing: None,
             signature: None,
         })
@@ -1136,6 +1142,43 @@ impl EcdsaCoordinator {
         signing.absorb(message)
     }
 
+    /// With the time now (ms): if the round's signer set was chosen more than [`SILENT_MS`] ago
+    /// and chosen members still owe their messages while approvers that were not chosen could
+    /// take their places, the next [`Self::advance`] opens a new round in which the silent ones
+    /// come last. Returns them. A member that approved and went away cannot hold a request until
+    /// it expires while others wait to sign.
+    pub fn replace_silent(&mut self, now_ms: u64) -> Vec<PartyId> {
+        self.clock = now_ms;
+        let Some(signing) = self.signing.as_ref() else {
+            return Vec::new();
+        };
+        if self.restart
+            || self.signature.is_some()
+            || now_ms.saturating_sub(self.round_started) < SILENT_MS
+        {
+            return Vec::new();
+        }
+        let chosen = self.chosen_members();
+        let silent: Vec<PartyId> = signing
+            .waiting_for()
+            .into_iter()
+            .filter(|p| chosen.contains(p))
+            .collect();
+        let spare = self
+            .quorum
+            .approvals()
+            .iter()
+            .any(|p| !chosen.contains(p) && !self.restarts.contains_key(p));
+        if silent.is_empty() || !spare {
+            return Vec::new();
+        }
+        for party in &silent {
+            self.restarts.entry(*party).or_insert(0);
+        }
+        self.restart = true;
+        silent
+    }
+
     /// Whether [`Self::advance`] will use the provider's keys now.
     pub fn needs_keys(&self) -> bool {
         self.signature.is_none() && (self.signing.is_some() || self.quorum.is_reached())
@@ -1204,6 +1247,7 @@ impl EcdsaCoordinator {
             rng,
         )?;
         self.signing = Some(signing.withholding_last());
+        self.round_started = self.clock;
         let mut out = vec![DaoMessage::SignerSet {
             request: ByteBuf::from(self.request.to_vec()),
             parties: signers,
@@ -1226,6 +1270,10 @@ impl EcdsaCoordinator {
             .unwrap_or_default()
     }
 }
+
+/// How long a chosen member may owe its messages before another approver takes its place
+/// ([`EcdsaCoordinator::replace_silent`]).
+pub const SILENT_MS: u64 = 60_000;
 
 /// Rounds one member may make a request open by restarting (see [`EcdsaCoordinator::absorb`]).
 const MAX_MEMBER_RESTARTS: u32 = 2;
@@ -1721,6 +1769,68 @@ mod tests {
             "{excluded:?}"
         );
         assert!(coordinator.signature().is_none());
+
+        // Member 2 approves first, is chosen, and goes silent; once SILENT_MS passed, member 3
+        // (who approved too) takes its place in round 1.
+        let (request, digest) = ([9u8; 32], [10u8; 32]);
+        let approvers: BTreeMap<PartyId, Vec<u8>> = (1..=3)
+            .map(|p| (pid(p), keys_of[usize::from(p) - 1].clone()))
+            .collect();
+        let mut coordinator =
+            EcdsaCoordinator::new(&layout, request, digest, 2, approvers).unwrap();
+        assert!(coordinator.replace_silent(1_000).is_empty());
+        for p in [2u16, 1, 3] {
+            coordinator
+                .absorb(&keys_of[usize::from(p) - 1], &approval(request, digest, p))
+                .unwrap();
+        }
+        let mut mail: Mail = coordinator
+            .advance(&provider_keys, &mut OsRng)
+            .unwrap()
+            .into_iter()
+            .map(|m| (keys_of[3].clone(), m))
+            .collect();
+        assert_eq!(coordinator.chosen_members(), vec![pid(1), pid(2)]);
+        let mut members = [
+            (0, EcdsaMember::new(&layout, request, pid(1), digest)),
+            (2, EcdsaMember::new(&layout, request, pid(3), digest)),
+        ];
+        let step =
+            |mail: &mut Mail, members: &mut [(usize, EcdsaMember)], c: &mut EcdsaCoordinator| {
+                let snapshot = mail.clone();
+                for (i, member) in members.iter_mut() {
+                    let out = member
+                        .handle(key(*i as u16 + 1), &snapshot, &mut OsRng)
+                        .unwrap();
+                    mail.extend(out.into_iter().map(|m| (keys_of[*i].clone(), m)));
+                }
+                for (sender, m) in snapshot.iter().chain(mail.iter()) {
+                    let _ = c.absorb(sender, m);
+                }
+                let out = c.advance(&provider_keys, &mut OsRng).unwrap();
+                mail.extend(out.into_iter().map(|m| (keys_of[3].clone(), m)));
+            };
+        step(&mut mail, &mut members, &mut coordinator);
+        assert!(
+            coordinator.replace_silent(1_000 + SILENT_MS - 1).is_empty(),
+            "not yet"
+        );
+        assert_eq!(
+            coordinator.replace_silent(1_000 + SILENT_MS + 1),
+            vec![pid(2)]
+        );
+        for _ in 0..12 {
+            if coordinator.signature().is_some() {
+                break;
+            }
+            step(&mut mail, &mut members, &mut coordinator);
+        }
+        assert_eq!(coordinator.round(), 1);
+        assert_eq!(coordinator.chosen_members(), vec![pid(1), pid(3)]);
+        let signature = coordinator
+            .signature()
+            .expect("signed without the silent member");
+        assert_eq!(crate::ecdsa::tests::recover(signature, &digest), public);
     }
 
     /// A selective-failure probe: every byte of the round-1 OT-extension matrix flipped.

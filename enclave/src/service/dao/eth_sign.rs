@@ -189,6 +189,16 @@ impl Service {
                 )));
             }
         }
+        let silent = job.coordinator.replace_silent(now_ms());
+        if !silent.is_empty() {
+            self.log(
+                &job.wallet_id,
+                "dao-sign",
+                &format!("members:{silent:?}"),
+                &job.hash,
+                "silent: a new round with other approvers",
+            )?;
+        }
         if job.coordinator.needs_keys() && job.keys.is_empty() {
             job.keys = self.treasury_keys(job)?;
         }
