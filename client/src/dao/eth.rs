@@ -13,10 +13,7 @@ use super::*;
 
 /// The DAO facts of an Ethereum treasury this device holds, and its invitation.
 pub fn treasury_info(wallet: &EthWalletFile) -> Result<(&DaoInfo, Invitation)> {
-    let info = wallet
-        .dao
-        .as_ref()
-        .ok_or_else(|| input(format!("wallet {} is not a DAO wallet", wallet.wallet_id)))?;
+    let info = wallet.member()?.info;
     Ok((info, invitation_of(info)?))
 }
 

@@ -101,18 +101,6 @@ struct SignJob {
     coordinator: Coordinator<Suite>,
 }
 
-impl SignJob {
-    /// Why the request is dead once rejections leave too few approvers: who rejected (with
-    /// their reasons) and what the rule needs.
-    fn rejected(&self) -> String {
-        format!(
-            "rejected by {}: rule {:?} can no longer get its approvals",
-            rejecters(self.coordinator.quorum(), &self.names),
-            self.rule
-        )
-    }
-}
-
 /// Who rejected a request, by name, with their reasons.
 fn rejecters(quorum: &Quorum, names: &BTreeMap<PartyId, String>) -> String {
     let who: Vec<String> = quorum
@@ -499,6 +487,31 @@ fn outbox_page(outbox: &[Vec<u8>], from: u32) -> (u32, Vec<ByteBuf>, bool) {
 }
 
 impl Service {
+    /// A signing request whose rule can no longer get its approvals, `dead` (its quorum, the
+    /// member names, the rule): audited as refused; returns the refusal, naming who rejected
+    /// (with their reasons) and what the rule needs.
+    fn refuse_rejected(
+        &self,
+        wallet_id: &WalletId,
+        hash: &[u8; 32],
+        dead: (&Quorum, &BTreeMap<PartyId, String>, &str),
+    ) -> Result<Failure, Failure> {
+        let (quorum, names, rule) = dead;
+        let reason = format!(
+            "rejected by {}: rule {rule:?} can no longer get its approvals",
+            rejecters(quorum, names)
+        );
+        let who: Vec<PartyId> = quorum.rejections().keys().copied().collect();
+        self.log(
+            wallet_id,
+            "dao-sign",
+            &format!("members:{who:?}"),
+            hash,
+            &format!("refused: {reason}"),
+        )?;
+        Ok(bad(reason))
+    }
+
     /// Refuses a founded request: audited, and answered with a signed `Refused` in its topic.
     fn refuse_request(
         &self,
@@ -1009,16 +1022,8 @@ impl Service {
     fn advance_sign(&self, job: &mut SignJob) -> Result<(Vec<DaoMessage>, bool), Failure> {
         if job.coordinator.is_dead() {
             // Said at once (the caller posts the refusal), not at the request's expiry.
-            let reason = job.rejected();
-            let who: Vec<PartyId> = job.coordinator.rejections().keys().copied().collect();
-            self.log(
-                &job.wallet_id,
-                "dao-sign",
-                &format!("members:{who:?}"),
-                &job.hash,
-                &format!("refused: {reason}"),
-            )?;
-            return Err(bad(reason));
+            let dead = (job.coordinator.quorum(), &job.names, job.rule.as_str());
+            return Err(self.refuse_rejected(&job.wallet_id, &job.hash, dead)?);
         }
         // The round's signature holds the provider's key packages from the signer set on: an
         // epoch a refresh retired since then must not sign (its shares are deleted). Checked in

@@ -156,26 +156,8 @@ impl Service {
         job: &mut EthSignJob,
     ) -> Result<(Vec<DaoMessage>, bool), Failure> {
         if job.coordinator.is_dead() {
-            let reason = format!(
-                "rejected by {}: rule {:?} can no longer get its approvals",
-                rejecters(job.coordinator.quorum(), &job.names),
-                job.rule
-            );
-            let who: Vec<PartyId> = job
-                .coordinator
-                .quorum()
-                .rejections()
-                .keys()
-                .copied()
-                .collect();
-            self.log(
-                &job.wallet_id,
-                "dao-sign",
-                &format!("members:{who:?}"),
-                &job.hash,
-                &format!("refused: {reason}"),
-            )?;
-            return Err(bad(reason));
+            let dead = (job.coordinator.quorum(), &job.names, job.rule.as_str());
+            return Err(self.refuse_rejected(&job.wallet_id, &job.hash, dead)?);
         }
         // Steps run one at a time (every DAO delivery holds the ceremonies' lock), and an exclusion
         // is recorded before the step that found it answers: no other request's step with the
