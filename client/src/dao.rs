@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cosigner_protocol::auth::public_key_bytes;
-use cosigner_protocol::dao::ecdsa::{AnyDkg, AnyOutputs};
+use cosigner_protocol::dao::ecdsa::{AnyDkg, AnyOutputs, AnyRefresh};
 use cosigner_protocol::dao::quorum::Quorum;
 use cosigner_protocol::dao::refresh::{DaoRefresh, RefreshProposal};
 use cosigner_protocol::dao::sign::{MemberSigner, Tally, TallyEnd};
@@ -1326,6 +1326,7 @@ fn pending_of(
             )?;
             wallet.party = party;
             wallet.dao = Some(info);
+            wallet.set_public_side(&cosigner_protocol::ecdsa::EcdsaPublic::of(&output))?;
             (None, Some(wallet), output.key.to_secret_bytes()?)
         }
         _ => {
@@ -1693,15 +1694,16 @@ pub fn announce_in(
 
 /// A signing request of a DAO wallet as its topic shows it (`cosigner dao requests`).
 #[derive(Debug)]
-pub struct RequestView {
+pub struct RequestView<S = SpendSummary> {
     /// The request.
     pub request: SignRequest,
     /// Its hash (what approvals bind).
     pub hash: [u8; 32],
     /// The requester's name.
     pub requester: String,
-    /// What this device reads in the PSBT.
-    pub summary: SpendSummary,
+    /// What this device reads in the request's transaction (a PSBT's [`SpendSummary`], or an
+    /// Ethereum treasury's unsigned transaction).
+    pub summary: S,
     /// The provider's evaluation, once given.
     pub evaluation: Option<Evaluation>,
     /// Approvals, rejections, who is missing, how it ended (with the evaluation).
@@ -1710,7 +1712,7 @@ pub struct RequestView {
     pub expired: bool,
 }
 
-impl RequestView {
+impl<S> RequestView<S> {
     /// Whether it may still be signed: not ended, not dead, not expired.
     pub fn pending(&self) -> bool {
         !self.expired
@@ -1724,17 +1726,22 @@ impl RequestView {
 /// The signing requests announced in `wallet`'s topic (newest last), each with what its own topic
 /// says. Announcements that do not check out (not a request of this wallet, not signed by the
 /// requester it names) are skipped.
-pub fn list_requests(
+///
+/// `read` is what this device reads in a request's transaction; a request it cannot read is
+/// skipped too.
+pub fn list_requests<S>(
     home: &Home,
-    wallet: &WalletFile,
+    member: DaoMember<'_>,
     mailbox_addr: &str,
-) -> Result<Vec<RequestView>> {
-    let (info, invitation) = dao_info(wallet)?;
+    read: &dyn Fn(&SignRequest) -> Result<S>,
+) -> Result<Vec<RequestView<S>>> {
+    let info = member.info;
+    let invitation = invitation_of(info)?;
     let layout = invitation.layout()?;
-    let id = wallet.wallet_id;
+    let id = member.wallet_id;
     let provider_key = info.provider_key()?;
     let mut mailbox = member_mailbox(home, mailbox_addr, &invitation)?;
-    let mut views: Vec<RequestView> = Vec::new();
+    let mut views: Vec<RequestView<S>> = Vec::new();
     for (_, announcement) in mailbox.fetch(&Topic(id.0), 0)? {
         let Ok(DaoMessage::Announce { envelope }) = DaoMessage::decode(&announcement.body) else {
             continue;
@@ -1752,7 +1759,7 @@ pub fn list_requests(
         {
             continue;
         }
-        let Ok(summary) = summarize(wallet, &request.psbt) else {
+        let Ok(summary) = read(&request) else {
             continue;
         };
         // A topic this member cannot read (founded with another member list, or gone) leaves
@@ -2193,12 +2200,15 @@ fn describe_quorum(q: &Quorum, layout: &Layout) -> String {
 }
 
 /// Makes and signs a proposal to refresh every share of a DAO wallet (the epoch this device holds).
-pub fn propose_refresh(home: &Home, wallet: &WalletFile) -> Result<(RefreshProposal, Envelope)> {
-    dao_info(wallet)?;
+pub fn propose_refresh(
+    home: &Home,
+    member: DaoMember<'_>,
+    epoch: Epoch,
+) -> Result<(RefreshProposal, Envelope)> {
     let proposal = RefreshProposal {
-        wallet_id: wallet.wallet_id,
-        from_epoch: wallet.epoch,
-        proposer: wallet.party,
+        wallet_id: member.wallet_id,
+        from_epoch: epoch,
+        proposer: member.party,
         created_ms: now_ms(),
         nonce: ByteBuf::from(random16()?),
     };
@@ -2217,71 +2227,99 @@ pub fn run_refresh(
     timeout: Duration,
     progress: &mut dyn FnMut(&str),
 ) -> Result<WalletFile> {
-    let (info, invitation) = dao_info(wallet)?;
-    let layout = invitation.layout()?;
-    let id = wallet.wallet_id;
-    if proposal.wallet_id != id {
-        return Err(input("the proposal is for another wallet"));
-    }
-    if proposal.from_epoch != wallet.epoch {
-        return Err(input(format!(
-            "the proposal refreshes epoch {}, this device holds epoch {}",
-            proposal.from_epoch, wallet.epoch
-        )));
-    }
-    let provider_key = info.provider_key()?;
-    let attested_key = courier.provider().attestation().doc.public_key.clone();
-    if attested_key.as_deref() != Some(provider_key.as_slice()) {
-        return Err(ClientError::Unexpected(
-            "the attested provider's key is not the wallet's".into(),
-        ));
-    }
+    let member = wallet.member()?;
+    let (layout, provider_key) = refresh_checks(member, wallet.epoch, courier, proposal)?;
     let key = home.device_key()?;
     let me = public_key_bytes(&key);
-    let key_package = stored_key_package(home, &id)?;
+    let key_package = stored_key_package(home, &member.wallet_id)?;
     let public_key_package = wallet.public_key_package.clone();
-    let hash = proposal.hash()?;
-    let (mut refresh, first) = DaoRefresh::<Suite>::start(
+    let (refresh, first) = DaoRefresh::<Suite>::start(
         layout,
         proposal,
         &me,
         vec![(wallet.party, key_package, public_key_package)],
         &mut rand_core::OsRng,
     )?;
-    courier.post(envelope)?;
-    for m in &first {
-        courier.send(&key, m)?;
-    }
-    let epoch = proposal.from_epoch.saturating_next();
+    let mut refresh = AnyRefresh::Frost(Box::new(refresh));
     let watch = RefreshWatch {
         home,
-        id,
-        hash,
-        epoch,
+        id: member.wallet_id,
+        hash: proposal.hash()?,
+        epoch: proposal.from_epoch.saturating_next(),
         provider_key: &provider_key,
         key: &key,
     };
+    watch.start(courier, envelope, &first)?;
     watch.run(courier, &mut refresh, timeout, progress)?;
-    record_refresh(home, wallet, id, epoch, refresh)
+    let AnyRefresh::Frost(refresh) = refresh else {
+        return Err(ClientError::Unexpected(
+            "the refresh changed its scheme".into(),
+        ));
+    };
+    record_refresh(home, wallet, watch.id, watch.epoch, *refresh)
+}
+
+/// What every member checks before taking part in the refresh `proposal` of the DAO wallet it
+/// holds at `epoch`: the proposal is of this wallet and epoch, and the attested provider is the
+/// wallet's. Returns the wallet's layout and the provider's key.
+pub fn refresh_checks(
+    member: DaoMember<'_>,
+    epoch: Epoch,
+    courier: &Courier,
+    proposal: &RefreshProposal,
+) -> Result<(Layout, Vec<u8>)> {
+    let layout = invitation_of(member.info)?.layout()?;
+    if proposal.wallet_id != member.wallet_id {
+        return Err(input("the proposal is for another wallet"));
+    }
+    if proposal.from_epoch != epoch {
+        return Err(input(format!(
+            "the proposal refreshes epoch {}, this device holds epoch {epoch}",
+            proposal.from_epoch
+        )));
+    }
+    let provider_key = member.info.provider_key()?;
+    let attested_key = courier.provider().attestation().doc.public_key.clone();
+    if attested_key.as_deref() != Some(provider_key.as_slice()) {
+        return Err(ClientError::Unexpected(
+            "the attested provider's key is not the wallet's".into(),
+        ));
+    }
+    Ok((layout, provider_key))
 }
 
 /// What a member's refresh loop needs besides the refresh itself.
-struct RefreshWatch<'a> {
-    home: &'a Home,
-    id: WalletId,
-    hash: [u8; 32],
-    epoch: Epoch,
-    provider_key: &'a [u8],
-    key: &'a p256::ecdsa::SigningKey,
+pub(crate) struct RefreshWatch<'a> {
+    pub(crate) home: &'a Home,
+    pub(crate) id: WalletId,
+    pub(crate) hash: [u8; 32],
+    /// The new epoch.
+    pub(crate) epoch: Epoch,
+    pub(crate) provider_key: &'a [u8],
+    pub(crate) key: &'a p256::ecdsa::SigningKey,
 }
 
 impl RefreshWatch<'_> {
-    /// Takes part until every party committed and the provider made the new epoch current. The
-    /// new share is written as prepared first.
-    fn run(
+    /// Posts the proposal's founding `envelope` again and our first messages.
+    pub(crate) fn start(
         &self,
         courier: &mut Courier,
-        refresh: &mut DaoRefresh<Suite>,
+        envelope: &Envelope,
+        first: &[DaoMessage],
+    ) -> Result<()> {
+        courier.post(envelope)?;
+        for m in first {
+            courier.send(self.key, m)?;
+        }
+        Ok(())
+    }
+
+    /// Takes part until every party committed and the provider made the new epoch current. The
+    /// new share is written as prepared first.
+    pub(crate) fn run(
+        &self,
+        courier: &mut Courier,
+        refresh: &mut AnyRefresh,
         timeout: Duration,
         progress: &mut dyn FnMut(&str),
     ) -> Result<()> {
@@ -2295,8 +2333,10 @@ impl RefreshWatch<'_> {
                 let Ok(message) = DaoMessage::decode(&envelope.body) else {
                     continue;
                 };
-                if envelope.sender == self.provider_key {
-                    refreshed |= self.provider_said(&message)?;
+                if envelope.sender == self.provider_key && !refreshed {
+                    // Once the new epoch is current nothing the provider says undoes it (a
+                    // refusal from a restarted instance read after it is moot).
+                    refreshed = self.provider_said(&message)?;
                 }
                 if let Err(e) = refresh.absorb(&envelope.sender, &message) {
                     progress(&format!("refused a {}: {e}", message.name()));
@@ -2336,14 +2376,19 @@ impl RefreshWatch<'_> {
     }
 
     /// Stores the new share as prepared, then commits.
-    fn prepare(&self, courier: &mut Courier, refresh: &mut DaoRefresh<Suite>) -> Result<()> {
-        let (_, output) = refresh
-            .new_shares()?
-            .into_iter()
-            .next()
-            .ok_or_else(|| ClientError::Unexpected("the refresh produced no share".into()))?;
-        let new_share = share_bytes(&output.key_package)?;
-        self.home.save_prepared_share(&self.id, &new_share)?;
+    fn prepare(&self, courier: &mut Courier, refresh: &mut AnyRefresh) -> Result<()> {
+        let none = || ClientError::Unexpected("the refresh produced no share".into());
+        match refresh {
+            AnyRefresh::Frost(r) => {
+                let (_, output) = r.new_shares()?.into_iter().next().ok_or_else(none)?;
+                let new_share = share_bytes(&output.key_package)?;
+                self.home.save_prepared_share(&self.id, &new_share)?;
+            }
+            AnyRefresh::Ecdsa(r) => {
+                let (_, output) = r.new_shares()?.into_iter().next().ok_or_else(none)?;
+                self.home.add_eth_prepared(&self.id, &output.key)?;
+            }
+        }
         let commit = refresh.commit()?;
         courier.send(self.key, &commit)
     }

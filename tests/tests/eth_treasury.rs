@@ -162,16 +162,113 @@ fn five_members_make_an_eth_treasury_and_its_tiers_decide_what_is_signed() {
     let third = a_killed_member_runs_approve_again(&dao);
     let fourth = the_provider_restarts_mid_signing(&mut dao);
     let fifth = the_admin_quorum_changes_the_policy(&dao);
+    let sixth = every_member_refreshes_and_the_new_shares_sign(&dao);
+    the_requests_are_listed(&dao);
 
     if !ecdsa::python_available() {
         println!("{SKIP_LINE}");
         return;
     }
-    let txs = [first, second, third, fourth, fifth];
+    let txs = [first, second, third, fourth, fifth, sixth];
     let report = ecdsa::run_in_evm(&address, 50 * ETH, &txs).unwrap();
-    assert_eq!(report.senders, vec![address.clone(); 5]);
-    assert_eq!(report.receipts, vec![1; 5]);
-    assert_eq!(report.balances[&BOB.to_lowercase()], (42 * ETH).to_string());
+    assert_eq!(report.senders, vec![address.clone(); 6]);
+    assert_eq!(report.receipts, vec![1; 6]);
+    assert_eq!(report.balances[&BOB.to_lowercase()], (43 * ETH).to_string());
+}
+
+/// `dao refresh` by Alice, approved by the four others: every share moves to epoch 1 through the
+/// mailbox, the address stays, and a 1 ETH spend signs with the new shares.
+fn every_member_refreshes_and_the_new_shares_sign(dao: &Dao) -> SignedTx {
+    let share = |i: usize| dao.homes[i].join(format!("wallets/{}.ecdsa", dao.wallet));
+    let old_share = std::fs::read(share(1)).unwrap();
+    let request = dao.file("refresh.request");
+    let proposer = dao.spawn(args(&[
+        "--home",
+        &p(&dao.homes[0]),
+        "dao",
+        "refresh",
+        "--wallet",
+        &dao.wallet,
+        "--request-out",
+        &p(&request),
+        "--timeout",
+        "240",
+        "--json",
+    ]));
+    wait_for(&request);
+    let others: Vec<JoinHandle<Outcome>> = (1..5)
+        .map(|i| dao.spawn(approve_args(&dao.homes[i], &request, "240", &["--yes"])))
+        .collect();
+    let proposer = proposer.join().unwrap();
+    assert_eq!(json(&proposer)["epoch"], 1, "{proposer:?}");
+    for o in others {
+        assert_eq!(json(&o.join().unwrap())["epoch"], 1);
+    }
+    assert_ne!(
+        std::fs::read(share(1)).unwrap(),
+        old_share,
+        "Bob's share moved"
+    );
+    for home in &dao.homes {
+        let file = std::fs::read_to_string(home.join(format!("wallets/{}.eth", dao.wallet)));
+        let file: Value = serde_json::from_str(&file.unwrap()).unwrap();
+        assert_eq!(file["epoch"], 1);
+        assert_eq!(file["address"], dao.created["address"], "the address stays");
+    }
+    let after = payment(dao, "after-refresh", 5, ETH);
+    let (out, _) = requested(dao, "after-refresh", &after, &[1, 2], &[]);
+    signed(&out)
+}
+
+/// `dao requests --all --json` lists the treasury's requests as the mailbox holds them, with
+/// what the member reads in each transaction and how it ended.
+fn the_requests_are_listed(dao: &Dao) {
+    let out = cosigner_tests::members::cosigner(
+        &dao.d,
+        args(&[
+            "--home",
+            &p(&dao.homes[3]),
+            "dao",
+            "requests",
+            "--wallet",
+            &dao.wallet,
+            "--all",
+            "--json",
+        ]),
+    );
+    let listed = json(&out);
+    let requests = listed["requests"].as_array().unwrap();
+    assert!(requests.len() >= 6, "{listed}");
+    let small = requests
+        .iter()
+        .find(|r| r["value_wei"] == (5 * ETH).to_string())
+        .unwrap();
+    assert_eq!(
+        small["to"],
+        Value::from(cosigner_eth::checksummed(&BOB.parse().unwrap()))
+    );
+    assert_eq!(small["approvals_needed"], 3);
+    assert_eq!(small["pending"], false);
+    assert_eq!(small["leaving"][0]["asset"], "eth");
+    let refused = requests
+        .iter()
+        .filter(|r| r["rejections"].as_array().is_some_and(|a| a.len() == 2))
+        .count();
+    assert_eq!(refused, 1, "{listed}");
+    // Nothing is pending any more.
+    let pending = cosigner_tests::members::cosigner(
+        &dao.d,
+        args(&[
+            "--home",
+            &p(&dao.homes[3]),
+            "dao",
+            "requests",
+            "--wallet",
+            &dao.wallet,
+            "--json",
+        ]),
+    );
+    assert_eq!(json(&pending)["requests"], Value::Array(Vec::new()));
 }
 
 /// `dao policy` on the treasury: the new policy (in ETH) needs the admin quorum (all five); with

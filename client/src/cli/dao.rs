@@ -14,9 +14,10 @@ use cosigner_client::session::Session;
 use cosigner_client::trust::Trust;
 use cosigner_protocol::auth::public_key_bytes;
 use cosigner_protocol::dao::refresh::RefreshProposal;
-use cosigner_protocol::dao::{Evaluation, Invitation, SignRequest};
-use cosigner_protocol::id::PartyId;
+use cosigner_protocol::dao::{Evaluation, Invitation, Layout, SignRequest};
+use cosigner_protocol::id::{Epoch, PartyId};
 use cosigner_protocol::mailbox::{Envelope, Topic};
+use cosigner_protocol::policy::ASSET_ETH;
 use cosigner_protocol::psbt::SpendSummary;
 use cosigner_protocol::wire::WalletId;
 use serde_json::json;
@@ -169,10 +170,6 @@ fn say(line: &str) {
     eprintln!("{line}");
 }
 
-/// What the member's commands cannot do yet for an Ethereum treasury.
-const TREASURY_NOT_YET: &str = "an Ethereum treasury's shares cannot be refreshed, nor its \
-    requests listed, yet (`dao refresh`, `dao requests`; docs/ethereum.md, \"Not yet\")";
-
 /// A DAO wallet of either chain, as this device holds it.
 enum AnyDao {
     Bitcoin(WalletFile),
@@ -189,6 +186,14 @@ impl AnyDao {
         }
     }
 
+    /// The share epoch this device holds.
+    fn epoch(&self) -> Epoch {
+        match self {
+            Self::Bitcoin(w) => w.epoch,
+            Self::Ethereum(w) => w.epoch,
+        }
+    }
+
     /// This device as its member (a DAO wallet's only).
     fn member(&self) -> anyhow::Result<dao::DaoMember<'_>> {
         Ok(match self {
@@ -196,15 +201,6 @@ impl AnyDao {
             Self::Ethereum(w) => w.member()?,
         })
     }
-}
-
-/// The DAO wallet `--wallet` names.
-fn dao_wallet(home: &Home, wallet: &str) -> anyhow::Result<(WalletId, WalletFile)> {
-    let id = wallet_id(wallet)?;
-    if home.has_eth_wallet(&id) {
-        anyhow::bail!("wallet {id}: {TREASURY_NOT_YET}");
-    }
-    Ok((id, home.wallet(&id)?))
 }
 
 /// Stops unless the user approves (`--yes`, or `y` at the prompt).
@@ -297,20 +293,54 @@ fn btc(sat: u64) -> String {
 }
 
 /// `cosigner dao requests --wallet ID`: reads the wallet's topic and each request's topic at the
-/// mailbox (the provider is not asked: its evaluation is in the topic, signed).
+/// mailbox (the provider is not asked: its evaluation is in the topic, signed). Either chain's
+/// DAO wallet: what a request spends is read here from its PSBT or Ethereum transaction.
 fn requests(g: &Globals, args: RequestsArgs) -> anyhow::Result<()> {
     let home = home(g)?;
-    let (_, wallet) = dao_wallet(&home, &args.wallet)?;
-    let (info, invitation) = dao::dao_info(&wallet)?;
-    let layout = invitation.layout()?;
+    let wallet = AnyDao::load(&home, &wallet_id(&args.wallet)?)?;
+    let member = wallet.member()?;
+    let layout = dao::invitation_of(member.info)?.layout()?;
+    let mailbox = mailbox_addr(g, &member.info.mailbox);
+    let (listed, text) = match &wallet {
+        AnyDao::Bitcoin(w) => {
+            let read = |r: &SignRequest| dao::summarize(w, &r.psbt);
+            let views = dao::list_requests(&home, member, &mailbox, &read)?;
+            listing(&layout, args.all, &views, psbt_fields)
+        }
+        AnyDao::Ethereum(_) => {
+            let read = |r: &SignRequest| dao::eth::transaction_of(r);
+            let views = dao::list_requests(&home, member, &mailbox, &read)?;
+            listing(&layout, args.all, &views, eth_fields)
+        }
+    };
+    if args.json {
+        emit(&json!({ "wallet_id": member.wallet_id.to_hex(), "requests": listed }).to_string())
+    } else if listed.is_empty() {
+        emit(&format!(
+            "no pending requests for wallet {}",
+            member.wallet_id
+        ))
+    } else {
+        emit(&text.join("\n"))
+    }
+}
+
+/// What a listing shows of one request's transaction: its JSON keys, and its text lines.
+type Fields<S> =
+    fn(&dao::RequestView<S>, &Layout) -> (serde_json::Map<String, serde_json::Value>, Vec<String>);
+
+/// The requests `views` (pending ones unless `all`) as JSON objects and text: the keys every
+/// chain shares (request, requester, rule, approvals, state) and those `fields` adds.
+fn listing<S>(
+    layout: &Layout,
+    all: bool,
+    views: &[dao::RequestView<S>],
+    fields: Fields<S>,
+) -> (Vec<serde_json::Value>, Vec<String>) {
     let name = |p: PartyId| layout.name_of(p).unwrap_or("?").to_owned();
-    let views: Vec<_> = dao::list_requests(&home, &wallet, &mailbox_addr(g, &info.mailbox))?
-        .into_iter()
-        .filter(|v| args.all || v.pending())
-        .collect();
     let mut listed = Vec::new();
     let mut text = Vec::new();
-    for v in &views {
+    for v in views.iter().filter(|v| all || v.pending()) {
         let state = match (&v.tally, v.expired) {
             (Some(t), _) if t.end().is_some() || t.is_dead() => t.describe(&name),
             (_, true) => "expired (older than an hour): request it again".to_owned(),
@@ -328,17 +358,11 @@ fn requests(g: &Globals, args: RequestsArgs) -> anyhow::Result<()> {
             ),
             None => (Vec::new(), Vec::new(), Vec::new()),
         };
-        let s = &v.summary;
-        listed.push(json!({
+        let (mut object, lines) = fields(v, layout);
+        let common = json!({
             "request": hex::encode(v.hash),
             "requester": v.requester,
             "created_ms": v.request.created_ms,
-            "txid": s.txid,
-            "value_leaving_sat": s.value_leaving,
-            "fee_sat": s.fee,
-            "destinations": s.destinations.iter()
-                .map(|d| json!({ "address": d.address, "amount_sat": d.amount }))
-                .collect::<Vec<_>>(),
             "rule": v.evaluation.as_ref().map(|e| e.rule.clone()),
             "approvals_needed": v.evaluation.as_ref().map(|e| e.approvals),
             "approvals": approvals,
@@ -346,33 +370,105 @@ fn requests(g: &Globals, args: RequestsArgs) -> anyhow::Result<()> {
             "rejections": rejections,
             "state": state,
             "pending": v.pending(),
-        }));
-        text.push(format!(
-            "request {} by {} (transaction {})\n  spends {} (fee {})",
-            hex::encode(v.hash),
-            v.requester,
-            s.txid,
-            btc(s.value_leaving),
-            btc(s.fee)
-        ));
-        for d in &s.destinations {
-            text.push(format!("  pays {} to {}", btc(d.amount), d.address));
+        });
+        if let serde_json::Value::Object(common) = common {
+            object.extend(common);
         }
+        listed.push(serde_json::Value::Object(object));
+        text.push(format!(
+            "request {} by {}",
+            hex::encode(v.hash),
+            v.requester
+        ));
+        text.extend(lines);
         if let Some(e) = &v.evaluation {
             text.push(format!("  rule {:?}: {state}", e.rule));
         } else {
             text.push(format!("  {state}"));
         }
     }
-    if args.json {
-        emit(&json!({ "wallet_id": wallet.wallet_id.to_hex(), "requests": listed }).to_string())
-    } else if views.is_empty() {
-        emit(&format!(
-            "no pending requests for wallet {}",
-            wallet.wallet_id
-        ))
-    } else {
-        emit(&text.join("\n"))
+    (listed, text)
+}
+
+/// A PSBT request's keys: `txid`, `value_leaving_sat`, `fee_sat`, `destinations`.
+fn psbt_fields(
+    v: &dao::RequestView<SpendSummary>,
+    _: &Layout,
+) -> (serde_json::Map<String, serde_json::Value>, Vec<String>) {
+    let s = &v.summary;
+    let object = json!({
+        "txid": s.txid,
+        "value_leaving_sat": s.value_leaving,
+        "fee_sat": s.fee,
+        "destinations": s.destinations.iter()
+            .map(|d| json!({ "address": d.address, "amount_sat": d.amount }))
+            .collect::<Vec<_>>(),
+    });
+    let mut lines = vec![format!(
+        "  transaction {}: spends {} (fee {})",
+        s.txid,
+        btc(s.value_leaving),
+        btc(s.fee)
+    )];
+    for d in &s.destinations {
+        lines.push(format!("  pays {} to {}", btc(d.amount), d.address));
+    }
+    (object_of(object), lines)
+}
+
+/// An Ethereum treasury request's keys: `signing_hash`, `chain_id`, `nonce`, `to`, `value_wei`,
+/// `max_fee_wei`, and `leaving` as the provider valued it (asset, amount in base units, to).
+fn eth_fields(
+    v: &dao::RequestView<cosigner_eth::UnsignedTx>,
+    layout: &Layout,
+) -> (serde_json::Map<String, serde_json::Value>, Vec<String>) {
+    let tx = &v.summary;
+    let to = tx.to().map(|a| cosigner_eth::checksummed(&a));
+    let leaving: Vec<_> = v
+        .evaluation
+        .iter()
+        .flat_map(|e| &e.leaving)
+        .map(|(asset, amount, to)| json!({ "asset": asset, "amount": amount, "to": to }))
+        .collect();
+    let object = json!({
+        "signing_hash": format!("0x{}", hex::encode(tx.signing_hash())),
+        "chain_id": tx.chain_id(),
+        "nonce": tx.nonce(),
+        "to": to,
+        "value_wei": tx.value().to_string(),
+        "max_fee_wei": tx.max_fee().to_string(),
+        "leaving": leaving,
+    });
+    let mut lines = vec![format!(
+        "  transaction on chain {}, nonce {}: {} to {}, fee at most {}",
+        tx.chain_id(),
+        tx.nonce(),
+        eth_amount(layout, tx.value()),
+        to.as_deref().unwrap_or("a new contract"),
+        eth_amount(layout, tx.max_fee()),
+    )];
+    for (asset, amount, to) in v.evaluation.iter().flat_map(|e| &e.leaving) {
+        let shown = amount.parse::<u128>().map_or_else(
+            |_| format!("{amount} {asset}"),
+            |a| layout.policy.show(a, asset),
+        );
+        lines.push(format!("  leaving: {shown} to {to}"));
+    }
+    (object_of(object), lines)
+}
+
+/// `wei` in the policy's units (ETH), or in wei where it exceeds what the policy counts.
+fn eth_amount(layout: &Layout, wei: cosigner_eth::U256) -> String {
+    u128::try_from(wei).map_or_else(
+        |_| format!("{wei} wei"),
+        |w| layout.policy.show(w, ASSET_ETH),
+    )
+}
+
+fn object_of(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match value {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
     }
 }
 
@@ -891,8 +987,8 @@ fn approve_policy(
 fn refresh(g: &Globals, args: ProposalArgs) -> anyhow::Result<()> {
     let home = home(g)?;
     let trust = trust(g)?;
-    let (_, wallet) = dao_wallet(&home, &args.wallet)?;
-    let (proposal, envelope) = dao::propose_refresh(&home, &wallet)?;
+    let wallet = AnyDao::load(&home, &wallet_id(&args.wallet)?)?;
+    let (proposal, envelope) = dao::propose_refresh(&home, wallet.member()?, wallet.epoch())?;
     dao::write_envelope(&args.request_out, &envelope)?;
     say(&format!(
         "proposal to refresh epoch {} written to {}; waiting for every member",
@@ -912,12 +1008,9 @@ fn approve_refresh(
 ) -> anyhow::Result<()> {
     let (wallet, _, proposer) =
         proposal_wallet(home, &proposal.wallet_id, proposal.proposer, envelope)?;
-    let AnyDao::Bitcoin(wallet) = wallet else {
-        anyhow::bail!("{}", TREASURY_NOT_YET);
-    };
     say(&format!(
         "{proposer} proposes to refresh every share of wallet {} (epoch {} to {}; same key and address)",
-        wallet.wallet_id,
+        proposal.wallet_id,
         proposal.from_epoch,
         proposal.from_epoch.saturating_next()
     ));
@@ -930,28 +1023,36 @@ fn run_refresh(
     g: &Globals,
     home: &Home,
     trust: &Trust,
-    wallet: &WalletFile,
+    wallet: &AnyDao,
     proposal: &RefreshProposal,
     envelope: &Envelope,
     wait: &Waiting,
 ) -> anyhow::Result<()> {
-    let mut courier = courier_for(g, trust, wallet, envelope.topic)?;
+    let mut courier = courier_of(g, trust, wallet.member()?.info, envelope.topic)?;
     let timeout = wait.timeout();
-    let w = dao::run_refresh(
-        home,
-        wallet,
-        &mut courier,
-        proposal,
-        envelope,
-        timeout,
-        &mut say,
-    )?;
+    let (id, epoch, address) = match wallet {
+        AnyDao::Bitcoin(w) => {
+            let w = dao::run_refresh(home, w, &mut courier, proposal, envelope, timeout, &mut say)?;
+            (w.wallet_id, w.epoch, w.address)
+        }
+        AnyDao::Ethereum(w) => {
+            let w = dao::eth::run_treasury_refresh(
+                home,
+                w,
+                &mut courier,
+                proposal,
+                envelope,
+                timeout,
+                &mut say,
+            )?;
+            (w.wallet_id, w.epoch, w.address)
+        }
+    };
     if wait.json {
-        emit(&json!({ "epoch": w.epoch }).to_string())
+        emit(&json!({ "epoch": epoch }).to_string())
     } else {
         emit(&format!(
-            "wallet {} refreshed: epoch {} (address {} unchanged)",
-            w.wallet_id, w.epoch, w.address
+            "wallet {id} refreshed: epoch {epoch} (address {address} unchanged)"
         ))
     }
 }

@@ -5,8 +5,8 @@
 //! provider publishes is exactly that transaction signed by the treasury's key.
 
 use cosigner_eth::{SignedTx, TxRequest, UnsignedTx, Valuation};
-use cosigner_protocol::dao::ecdsa::EcdsaMember;
-use cosigner_protocol::ecdsa::EcdsaKey;
+use cosigner_protocol::dao::ecdsa::{EcdsaDaoRefresh, EcdsaMember};
+use cosigner_protocol::ecdsa::{EcdsaKey, EcdsaPublic};
 use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
 
 use super::*;
@@ -215,4 +215,68 @@ fn refused_in(
         }
         _ => None,
     })
+}
+
+/// Takes part in the refresh `proposal` of treasury `wallet` (its founding `envelope` is posted
+/// again) until every party committed the new epoch and the provider made it current: DKLs23's
+/// complete refresh over the mailbox (`cosigner_protocol::dao::ecdsa::EcdsaDaoRefresh`). The new
+/// share is kept prepared first and replaces the current one only then; the address stays.
+/// Returns the updated wallet file.
+pub fn run_treasury_refresh(
+    home: &Home,
+    wallet: &EthWalletFile,
+    courier: &mut Courier,
+    proposal: &RefreshProposal,
+    envelope: &Envelope,
+    timeout: Duration,
+    progress: &mut dyn FnMut(&str),
+) -> Result<EthWalletFile> {
+    let member = wallet.member()?;
+    let (layout, provider_key) = refresh_checks(member, wallet.epoch, courier, proposal)?;
+    let public = wallet.public_side()?;
+    let key = home.device_key()?;
+    let share = home.ecdsa_key(wallet)?;
+    let (refresh, first) = EcdsaDaoRefresh::start(
+        layout,
+        proposal,
+        &public_key_bytes(&key),
+        vec![share],
+        &public,
+        &mut rand_core::OsRng,
+    )?;
+    let mut refresh = AnyRefresh::Ecdsa(Box::new(refresh));
+    let watch = RefreshWatch {
+        home,
+        id: member.wallet_id,
+        hash: proposal.hash()?,
+        epoch: proposal.from_epoch.saturating_next(),
+        provider_key: &provider_key,
+        key: &key,
+    };
+    watch.start(courier, envelope, &first)?;
+    watch.run(courier, &mut refresh, timeout, progress)?;
+    let AnyRefresh::Ecdsa(refresh) = refresh else {
+        return Err(ClientError::Unexpected(
+            "the refresh changed its scheme".into(),
+        ));
+    };
+    let (_, output) = refresh
+        .new_shares()?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ClientError::Unexpected("the refresh produced no share".into()))?;
+    let new_public = EcdsaPublic::of(output);
+    if new_public.public_key != public.public_key {
+        return Err(ClientError::Unexpected(
+            "the refreshed key differs from the treasury's".into(),
+        ));
+    }
+    let mut new_wallet = EthWalletFile {
+        epoch: watch.epoch,
+        ..wallet.clone()
+    };
+    new_wallet.set_public_side(&new_public)?;
+    home.replace_eth_share(&new_wallet, &output.key)?;
+    home.remove_prepared_share(&member.wallet_id)?;
+    Ok(new_wallet)
 }

@@ -6,7 +6,7 @@
 //! ```
 
 use cosigner_eth::{address_of_point, checksummed};
-use cosigner_protocol::ecdsa::EcdsaKey;
+use cosigner_protocol::ecdsa::{EcdsaKey, EcdsaPublic};
 use cosigner_protocol::id::{Epoch, PartyId};
 use cosigner_protocol::wire::{SUITE_SECP256K1_ECDSA, WalletId};
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,11 @@ pub struct EthWalletFile {
     /// For an Ethereum treasury (a DAO wallet): its invitation, provider key and mailbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dao: Option<crate::dao::DaoInfo>,
+    /// For an Ethereum treasury: the wallet's public side at `epoch` (every party's public share;
+    /// hex of the encoded `EcdsaPublic`), as the DKG or the last refresh confirmed it. A refresh
+    /// starts from it. (A personal wallet reads it from its cosigners.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_package: Option<String>,
 }
 
 impl EthWalletFile {
@@ -65,7 +70,38 @@ impl EthWalletFile {
             min_signers,
             epoch: Epoch(0),
             dao: None,
+            public_package: None,
         })
+    }
+
+    /// A treasury's public side as this device recorded it (see [`Self::public_package`]),
+    /// checked to be of the wallet's key.
+    ///
+    /// Errors: none recorded (a file written before treasuries could refresh), or not of this key.
+    pub fn public_side(&self) -> Result<EcdsaPublic> {
+        let id = self.wallet_id;
+        let hex_text = self.public_package.as_deref().ok_or_else(|| {
+            ClientError::Input(format!(
+                "wallet {id}: this file keeps no public shares (it predates treasury refreshes): \
+                 refresh from a device whose file has them"
+            ))
+        })?;
+        let bytes = hex::decode(hex_text)
+            .map_err(|e| ClientError::Input(format!("wallet {id}: public shares: {e}")))?;
+        let public = EcdsaPublic::from_bytes(&bytes)
+            .map_err(|e| ClientError::Input(format!("wallet {id}: public shares: {e}")))?;
+        if public.public_key.as_slice() != self.public_key_bytes()? {
+            return Err(ClientError::Input(format!(
+                "wallet {id}: the public shares are of another key"
+            )));
+        }
+        Ok(public)
+    }
+
+    /// Records `public` as the treasury's public side (hex of its encoding).
+    pub fn set_public_side(&mut self, public: &EcdsaPublic) -> Result<()> {
+        self.public_package = Some(hex::encode(public.to_bytes()?));
+        Ok(())
     }
 
     /// The public key's bytes.

@@ -31,13 +31,16 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use cosigner_protocol::dao::ecdsa::{AnyDkg, AnyOutputs, EcdsaCoordinator};
+use cosigner_protocol::dao::ecdsa::{
+    AnyDkg, AnyOutputs, AnyRefresh, EcdsaCoordinator, EcdsaDaoRefresh,
+};
 use cosigner_protocol::dao::quorum::Quorum;
 use cosigner_protocol::dao::refresh::{DaoRefresh, RefreshProposal};
 use cosigner_protocol::dao::sign::Coordinator;
 use cosigner_protocol::dao::{
     DaoMessage, Evaluation, Invitation, Layout, PolicyChange, SignRequest,
 };
+use cosigner_protocol::ecdsa::dkg::EcdsaDkgOutput;
 use cosigner_protocol::ecdsa::{EcdsaKey, EcdsaPublic};
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
@@ -68,6 +71,13 @@ const MAX_DKGS: usize = 64;
 const MAX_ECDSA_DKGS: usize = 4;
 /// DKGs one founding key may have in progress at once.
 const MAX_DKGS_PER_FOUNDER: usize = 2;
+/// Bound on Ethereum treasuries' share refreshes in progress (each holds as much as a treasury's
+/// DKG). Only a member can propose one, one per wallet at a time; reaching the bound evicts the
+/// oldest, as for DKGs.
+const MAX_ECDSA_REFRESHES: usize = 4;
+/// Treasury refreshes one member key may have proposed and in progress at once (it may be a
+/// member of many treasuries: its proposals cannot crowd the others out).
+const MAX_ECDSA_REFRESHES_PER_PROPOSER: usize = 1;
 /// Bound on the envelopes a ceremony remembers having taken in.
 const MAX_SEEN: usize = 16_384;
 /// Most inputs of a DAO PSBT (as for personal wallets): the signing packages must fit an envelope.
@@ -265,18 +275,19 @@ fn share_records(outputs: &AnyOutputs) -> Result<Vec<(PartyId, ShareRecord)>, Fa
             .collect(),
         AnyOutputs::Ecdsa(outputs) => outputs
             .iter()
-            .map(|(party, output)| {
-                Ok((
-                    *party,
-                    ShareRecord {
-                        epoch: Epoch(0),
-                        key_package: ByteBuf::from(output.key.to_secret_bytes()?.to_vec()),
-                        public_key_package: ByteBuf::from(EcdsaPublic::of(output).to_bytes()?),
-                    },
-                ))
-            })
+            .map(|(party, output)| Ok((*party, ecdsa_share_record(Epoch(0), output)?)))
             .collect(),
     }
+}
+
+/// The record of a threshold ECDSA share (of a treasury's DKG or refresh) at `epoch`, with the
+/// wallet's public side (`EcdsaPublic`).
+fn ecdsa_share_record(epoch: Epoch, output: &EcdsaDkgOutput) -> Result<ShareRecord, Failure> {
+    Ok(ShareRecord {
+        epoch,
+        key_package: ByteBuf::from(output.key.to_secret_bytes()?.to_vec()),
+        public_key_package: ByteBuf::from(EcdsaPublic::of(output).to_bytes()?),
+    })
 }
 
 /// Whether a request made at `created_ms` may still be acted on now.
@@ -652,8 +663,19 @@ impl Service {
             }
             DaoMessage::PolicyChange(change) => self.found_policy(topic, sender, change)?,
             DaoMessage::RefreshStart(proposal) => {
-                let busy = refresh_running(ceremonies, &proposal.wallet_id);
-                self.found_refresh(topic, sender, proposal, busy)?
+                let room = RefreshRoom {
+                    busy: refresh_running(ceremonies, &proposal.wallet_id),
+                    theirs: ceremonies
+                        .values()
+                        .filter(|e| is_treasury_refresh(e) && e.founder.as_slice() == &sender[..])
+                        .count(),
+                    restarted: opened.iter().any(|(e, _)| e.sender == ours),
+                };
+                let founded = self.found_refresh(topic, sender, proposal, room)?;
+                if matches!(&founded.0, Ceremony::Refresh(job) if job.is_ecdsa()) {
+                    make_room(ceremonies, MAX_ECDSA_REFRESHES, is_treasury_refresh);
+                }
+                founded
             }
             _ => return Err(internal("founding message of an unexpected kind")),
         };
@@ -1245,9 +1267,48 @@ impl Service {
 struct RefreshJob {
     wallet_id: WalletId,
     hash: [u8; 32],
-    refresh: DaoRefresh<Suite>,
+    refresh: AnyRefresh,
     /// Whether our new shares are stored (prepared) and our commitment posted.
     prepared: bool,
+}
+
+impl RefreshJob {
+    fn is_ecdsa(&self) -> bool {
+        matches!(self.refresh, AnyRefresh::Ecdsa(_))
+    }
+
+    /// Our parties' new shares, as records of the new epoch.
+    fn new_records(&self) -> Result<Vec<(PartyId, ShareRecord)>, Failure> {
+        let epoch = self.refresh.from_epoch().saturating_next();
+        match &self.refresh {
+            AnyRefresh::Frost(r) => r
+                .new_shares()?
+                .into_iter()
+                .map(|(party, output)| Ok((party, share_record(epoch, output)?)))
+                .collect(),
+            AnyRefresh::Ecdsa(r) => r
+                .new_shares()?
+                .into_iter()
+                .map(|(party, output)| Ok((party, ecdsa_share_record(epoch, output)?)))
+                .collect(),
+        }
+    }
+}
+
+/// What the other ceremonies say about founding a refresh.
+struct RefreshRoom {
+    /// Another refresh of the wallet is in progress.
+    busy: bool,
+    /// Treasury refreshes the proposer founded that are in progress.
+    theirs: usize,
+    /// The topic already holds this enclave's messages: an earlier instance took part, with
+    /// secrets that died with it.
+    restarted: bool,
+}
+
+/// Whether `entry` is an Ethereum treasury's refresh.
+fn is_treasury_refresh(entry: &Entry) -> bool {
+    matches!(&entry.ceremony, Ceremony::Refresh(job) if job.is_ecdsa())
 }
 
 /// Whether a refresh of `wallet_id` is in progress (one at a time: they would prepare the same
@@ -1264,7 +1325,7 @@ impl Service {
         topic: &Topic,
         sender: &[u8],
         proposal: &RefreshProposal,
-        busy: bool,
+        room: RefreshRoom,
     ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
         let (founded, state, layout) = self.member_request(topic, sender, proposal)?;
         let (hash, wallet_id) = (founded.hash, founded.wallet_id);
@@ -1278,31 +1339,22 @@ impl Service {
                 proposal.from_epoch, state.epoch
             ));
         }
-        if busy {
+        if room.busy {
             return refuse("another refresh of this wallet is in progress".into());
         }
-        if layout.is_ecdsa() {
+        if room.restarted {
+            // Our earlier messages in the topic were made with round secrets that are gone;
+            // new ones would contradict them.
             return refuse(
-                "an Ethereum treasury's shares cannot be refreshed through the mailbox yet \
-                 (docs/ethereum.md, \"Not yet\")"
+                "the provider restarted during this refresh: propose a new one (the old \
+                 epoch stays)"
                     .into(),
             );
         }
-        let mut old = Vec::new();
-        for &party in &state.provider_parties {
-            let share = self
-                .records()
-                .load_dao_share(&wallet_id, party, state.epoch)?;
-            let (kp, pkp) = share_keys(&share)?;
-            old.push((party, kp, pkp));
+        if layout.is_ecdsa() && room.theirs >= MAX_ECDSA_REFRESHES_PER_PROPOSER {
+            return refuse("this member's other treasury refresh is still in progress".into());
         }
-        let (refresh, first) = DaoRefresh::<Suite>::start(
-            layout,
-            proposal,
-            &self.audit.public_key(),
-            old,
-            &mut rand_core::OsRng,
-        )?;
+        let (refresh, first) = self.start_dao_refresh(&state, layout, proposal)?;
         self.log_founded(
             &founded,
             &format!(
@@ -1320,6 +1372,34 @@ impl Service {
             })),
             first,
         ))
+    }
+
+    /// Our side of `proposal`'s refresh, from our parties' shares of the current epoch.
+    fn start_dao_refresh(
+        &self,
+        state: &DaoState,
+        layout: Layout,
+        proposal: &RefreshProposal,
+    ) -> Result<(AnyRefresh, Vec<DaoMessage>), Failure> {
+        let wallet_id = layout.wallet_id;
+        let ours = self.audit.public_key();
+        let rng = &mut rand_core::OsRng;
+        if layout.is_ecdsa() {
+            let (keys, public) = self.treasury_shares(&wallet_id, state, state.epoch)?;
+            let old = keys.into_values().collect();
+            let (r, first) = EcdsaDaoRefresh::start(layout, proposal, &ours, old, &public, rng)?;
+            return Ok((AnyRefresh::Ecdsa(Box::new(r)), first));
+        }
+        let mut old = Vec::new();
+        for &party in &state.provider_parties {
+            let share = self
+                .records()
+                .load_dao_share(&wallet_id, party, state.epoch)?;
+            let (kp, pkp) = share_keys(&share)?;
+            old.push((party, kp, pkp));
+        }
+        let (r, first) = DaoRefresh::<Suite>::start(layout, proposal, &ours, old, rng)?;
+        Ok((AnyRefresh::Frost(Box::new(r)), first))
     }
 
     /// Advances a refresh: once every party confirmed, stores our new shares as prepared and
@@ -1359,8 +1439,7 @@ impl Service {
         let epoch = job.refresh.from_epoch().saturating_next();
         let _guard = self.writer(&job.wallet_id)?;
         self.dao_refreshing_state(job)?;
-        for (party, output) in job.refresh.new_shares()? {
-            let share = share_record(epoch, output)?;
+        for (party, share) in job.new_records()? {
             self.records()
                 .save_dao_share(&job.wallet_id, party, &share)?;
         }
@@ -1385,16 +1464,11 @@ impl Service {
         let _guard = self.writer(&job.wallet_id)?;
         let mut state = self.dao_refreshing_state(job)?;
         let (_, new) = job
-            .refresh
-            .new_shares()?
+            .new_records()?
             .into_iter()
             .next()
             .ok_or_else(|| internal("the refresh produced no share"))?;
-        state.public_key_package = ByteBuf::from(
-            new.public_key_package
-                .serialize()
-                .map_err(|e| internal(format!("public key package: {e}")))?,
-        );
+        state.public_key_package = new.public_key_package.clone();
         state.epoch = epoch;
         self.records().save_dao_state(&job.wallet_id, &state)?;
         lock(&self.dao_epochs)?.insert(job.wallet_id, epoch);

@@ -25,7 +25,7 @@
 //! exactly as for Bitcoin wallets. Signing secrets (HPKE keys, DKLs23 sessions) live in these
 //! values only; a signer that lost them makes the provider open round `r + 1` with fresh ones.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -33,14 +33,15 @@ use serde_bytes::ByteBuf;
 
 use super::dkg::{check_member, check_owner, insert_once};
 use super::quorum::Quorum;
+use super::refresh::{DaoRefresh, RefreshProposal};
 use super::sign::MAX_ROUNDS;
 use super::{DaoMessage, Layout, sighashes_digest};
 use crate::ecdsa::dkg::{self as edkg, EcdsaDkg, EcdsaDkgOutput, EcdsaDkgParams, EcdsaHello};
 use crate::ecdsa::sign::{self as esign, EcdsaSignMessage, EcdsaSigning, RecoverableSignature};
-use crate::ecdsa::{EcdsaKey, tagged};
+use crate::ecdsa::{EcdsaKey, EcdsaPublic, tagged};
 use crate::error::{ProtocolError, Result};
 use crate::hpke::{self, HpkeSecretKey};
-use crate::id::PartyId;
+use crate::id::{Epoch, PartyId};
 use crate::wire::{Confirmation, SealedPackage, WalletId};
 
 /// Most sealed bytes one piece carries: with the broadcast and the envelope's own fields it stays
@@ -241,8 +242,19 @@ impl EcdsaDaoDkg {
             });
         }
         let params = EcdsaDkgParams::of(&layout.params);
-        let mut dkg = Self {
-            parties: params.parties.clone(),
+        let mut dkg = Self::empty(layout, attempt);
+        let mut out = Vec::new();
+        for party in ours {
+            let (state, hello) = edkg::start(params.clone(), party, rng)?;
+            out.push(dkg.add_local(state, hello));
+        }
+        Ok((dkg, out))
+    }
+
+    /// No local party yet.
+    fn empty(layout: Layout, attempt: u32) -> Self {
+        Self {
+            parties: EcdsaDkgParams::of(&layout.params).parties,
             layout,
             attempt,
             locals: BTreeMap::new(),
@@ -250,23 +262,26 @@ impl EcdsaDaoDkg {
             gather: Gather::default(),
             confirmations: BTreeMap::new(),
             stored: BTreeMap::new(),
-        };
-        let mut out = Vec::new();
-        for party in ours {
-            let (state, hello) = edkg::start(params.clone(), party, rng)?;
-            dkg.hellos.insert(party, hello.clone());
-            out.push(DaoMessage::EcdsaDkgHello { attempt, hello });
-            dkg.locals.insert(
-                party,
-                DkgLocal {
-                    dkg: Some(state),
-                    step: 0,
-                    output: None,
-                    confirmation: None,
-                },
-            );
         }
-        Ok((dkg, out))
+    }
+
+    /// Adds a local party's started ceremony; returns its hello, to post.
+    fn add_local(&mut self, state: EcdsaDkg, hello: EcdsaHello) -> DaoMessage {
+        let party = hello.from;
+        self.hellos.insert(party, hello.clone());
+        self.locals.insert(
+            party,
+            DkgLocal {
+                dkg: Some(state),
+                step: 0,
+                output: None,
+                confirmation: None,
+            },
+        );
+        DaoMessage::EcdsaDkgHello {
+            attempt: self.attempt,
+            hello,
+        }
     }
 
     /// The layout.
@@ -546,6 +561,22 @@ impl EcdsaDaoDkg {
         format!("{what} of parties {missing:?}")
     }
 
+    /// Our parties' confirmed shares, once [`Self::is_done`].
+    ///
+    /// Errors: not done.
+    fn outputs(&self) -> Result<Vec<(PartyId, &EcdsaDkgOutput)>> {
+        self.locals
+            .iter()
+            .map(|(party, local)| {
+                let output = local.output.as_ref();
+                Ok((
+                    *party,
+                    output.ok_or_else(|| unexpected("outputs before the DKG finished"))?,
+                ))
+            })
+            .collect()
+    }
+
     /// The shares of our parties, with the layout.
     ///
     /// Errors: not done.
@@ -558,6 +589,230 @@ impl EcdsaDaoDkg {
             outputs.push((party, output));
         }
         Ok((self.layout, outputs))
+    }
+}
+
+/// One holder's side of an Ethereum treasury's share refresh over the mailbox: DKLs23's complete
+/// refresh ([`edkg::start_refresh`]) of every party's share, carried as the DKG is
+/// ([`EcdsaDaoDkg`], attempt 0, in the proposal's topic), then the two-phase commit of
+/// [`super::refresh::DaoRefresh`]: every holder stores its new shares as *prepared* and posts
+/// [`DaoMessage::Committed`]; the provider makes the new epoch current once every party
+/// committed ([`DaoMessage::Refreshed`]), and only then does a member switch. The key and the
+/// address stay; a refresh that stops half-way leaves every holder with its old share.
+#[derive(Debug)]
+pub struct EcdsaDaoRefresh {
+    dkg: EcdsaDaoDkg,
+    from_epoch: Epoch,
+    committed: BTreeSet<PartyId>,
+}
+
+impl EcdsaDaoRefresh {
+    /// Starts `proposal`'s refresh for every party `key` holds in `layout`, from their current
+    /// shares `old` (exactly one per party `key` holds) of the wallet whose public side is
+    /// `public`; returns the hellos to post.
+    ///
+    /// Errors ([`ProtocolError::Params`]): the layout is not a treasury's or the proposal another
+    /// wallet's, `key` holds no party, `old` does not cover exactly its parties, or a share is
+    /// not of `public`'s key and threshold.
+    pub fn start(
+        layout: Layout,
+        proposal: &RefreshProposal,
+        key: &[u8],
+        mut old: Vec<EcdsaKey>,
+        public: &EcdsaPublic,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(Self, Vec<DaoMessage>)> {
+        proposal.params(&layout)?;
+        old.sort_by_key(EcdsaKey::party);
+        if !layout.is_ecdsa() {
+            return Err(ProtocolError::Params {
+                reason: "not an Ethereum treasury".into(),
+            });
+        }
+        let ours = layout.parties_of(key);
+        let given: Vec<PartyId> = old.iter().map(EcdsaKey::party).collect();
+        if ours.is_empty() || given != ours {
+            return Err(ProtocolError::Params {
+                reason: format!(
+                    "the current shares given are of parties {given:?}, this key holds {ours:?}"
+                ),
+            });
+        }
+        let params = EcdsaDkgParams::of(&layout.params);
+        let mut dkg = EcdsaDaoDkg::empty(layout, 0);
+        let mut out = Vec::new();
+        for key in old {
+            let (state, hello) = edkg::start_refresh(
+                params.clone(),
+                key,
+                public.clone(),
+                proposal.from_epoch,
+                rng,
+            )?;
+            out.push(dkg.add_local(state, hello));
+        }
+        let refresh = Self {
+            dkg,
+            from_epoch: proposal.from_epoch,
+            committed: BTreeSet::new(),
+        };
+        Ok((refresh, out))
+    }
+
+    /// The wallet's layout.
+    pub fn layout(&self) -> &Layout {
+        self.dkg.layout()
+    }
+
+    /// The epoch being refreshed (the new shares are of `from_epoch + 1`).
+    pub fn from_epoch(&self) -> Epoch {
+        self.from_epoch
+    }
+
+    /// Our parties.
+    pub fn parties(&self) -> Vec<PartyId> {
+        self.dkg.local_parties()
+    }
+
+    /// Takes one verified message from `sender`; returns whether it was new. Messages of other
+    /// kinds are ignored.
+    ///
+    /// Errors: as [`EcdsaDaoDkg::absorb`], and a commitment for a party `sender` does not hold
+    /// or of another epoch than this refresh makes.
+    pub fn absorb(&mut self, sender: &[u8], message: &DaoMessage) -> Result<bool> {
+        match message {
+            DaoMessage::EcdsaDkgHello { .. }
+            | DaoMessage::EcdsaDkgPart { .. }
+            | DaoMessage::DkgConfirm { .. } => self.dkg.absorb(sender, message),
+            DaoMessage::Committed { parties, epoch } => {
+                let expected = self.from_epoch.saturating_next();
+                let mut new = false;
+                for &party in parties {
+                    check_owner(self.dkg.layout(), sender, party, "commitment")?;
+                    if *epoch != expected {
+                        return Err(ProtocolError::culprit(
+                            party,
+                            format!("it committed epoch {epoch}, this refresh makes {expected}"),
+                        ));
+                    }
+                    new |= self.committed.insert(party);
+                }
+                Ok(new)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Advances every local party as far as the messages allow; returns what to post.
+    ///
+    /// Errors: a round fails (the refresh is over; the old epoch stays, propose a new one).
+    pub fn advance(&mut self, rng: &mut (impl CryptoRng + RngCore)) -> Result<Vec<DaoMessage>> {
+        self.dkg.advance(rng)
+    }
+
+    /// Whether every local party holds its new share, confirmed by every party.
+    pub fn is_done(&self) -> bool {
+        self.dkg.is_done()
+    }
+
+    /// Our new shares (prepared: store them under epoch `from_epoch + 1`, but do not use them
+    /// before every party committed and the provider said [`DaoMessage::Refreshed`]).
+    ///
+    /// Errors: not done.
+    pub fn new_shares(&self) -> Result<Vec<(PartyId, &EcdsaDkgOutput)>> {
+        self.dkg.outputs()
+    }
+
+    /// Our commitment, once done and our new shares are stored as prepared: post it.
+    ///
+    /// Errors: called before the end.
+    pub fn commit(&mut self) -> Result<DaoMessage> {
+        self.new_shares()?;
+        let parties = self.parties();
+        self.committed.extend(parties.iter().copied());
+        Ok(DaoMessage::Committed {
+            parties,
+            epoch: self.from_epoch.saturating_next(),
+        })
+    }
+
+    /// Whether every party of the wallet committed the new epoch.
+    pub fn all_committed(&self) -> bool {
+        self.dkg.parties.iter().all(|p| self.committed.contains(p))
+    }
+
+    /// What we still wait for, as a progress line.
+    pub fn waiting_for(&self) -> String {
+        if !self.is_done() {
+            return format!("refresh {}", self.dkg.waiting_for());
+        }
+        let all = self.dkg.parties.iter().copied();
+        let missing: Vec<PartyId> = all.filter(|p| !self.committed.contains(p)).collect();
+        format!(
+            "commitments of epoch {} from parties {missing:?}",
+            self.from_epoch.saturating_next()
+        )
+    }
+}
+
+/// A DAO wallet's share refresh of either scheme: FROST for a Bitcoin wallet
+/// ([`DaoRefresh`]), threshold ECDSA for an Ethereum treasury ([`EcdsaDaoRefresh`]).
+#[derive(Debug)]
+pub enum AnyRefresh {
+    /// A Bitcoin wallet's.
+    Frost(Box<DaoRefresh<Tr>>),
+    /// An Ethereum treasury's.
+    Ecdsa(Box<EcdsaDaoRefresh>),
+}
+
+macro_rules! both_refresh {
+    ($self:expr, $r:ident => $e:expr) => {
+        match $self {
+            AnyRefresh::Frost($r) => $e,
+            AnyRefresh::Ecdsa($r) => $e,
+        }
+    };
+}
+
+impl AnyRefresh {
+    /// The epoch being refreshed.
+    pub fn from_epoch(&self) -> Epoch {
+        both_refresh!(self, r => r.from_epoch())
+    }
+
+    /// Our parties.
+    pub fn parties(&self) -> Vec<PartyId> {
+        both_refresh!(self, r => r.parties())
+    }
+
+    /// Takes one verified message (see [`DaoRefresh::absorb`]).
+    pub fn absorb(&mut self, sender: &[u8], message: &DaoMessage) -> Result<bool> {
+        both_refresh!(self, r => r.absorb(sender, message))
+    }
+
+    /// Advances; returns what to post.
+    pub fn advance(&mut self, rng: &mut (impl CryptoRng + RngCore)) -> Result<Vec<DaoMessage>> {
+        both_refresh!(self, r => r.advance(rng))
+    }
+
+    /// Whether our new shares are made and confirmed.
+    pub fn is_done(&self) -> bool {
+        both_refresh!(self, r => r.is_done())
+    }
+
+    /// Our commitment (see [`DaoRefresh::commit`]).
+    pub fn commit(&mut self) -> Result<DaoMessage> {
+        both_refresh!(self, r => r.commit())
+    }
+
+    /// Whether every party committed the new epoch.
+    pub fn all_committed(&self) -> bool {
+        both_refresh!(self, r => r.all_committed())
+    }
+
+    /// What we wait for.
+    pub fn waiting_for(&self) -> String {
+        both_refresh!(self, r => r.waiting_for())
     }
 }
 
@@ -1583,6 +1838,119 @@ mod tests {
                 .map(|(_, d)| d.waiting_for())
                 .collect::<Vec<_>>()
         );
+    }
+
+    /// The treasury's DKG run to the end: every holder's key, and every party's share.
+    fn made_treasury() -> (Vec<Vec<u8>>, Layout, Vec<(PartyId, EcdsaDkgOutput)>) {
+        let (members, provider, layout) = treasury();
+        let keys_of: Vec<Vec<u8>> = members
+            .iter()
+            .chain(std::iter::once(&provider))
+            .map(public_key_bytes)
+            .collect();
+        let mut mail: Mail = Vec::new();
+        let mut holders = Vec::new();
+        for key in &keys_of {
+            let (d, out) = EcdsaDaoDkg::start_attempt(layout.clone(), key, 0, &mut OsRng).unwrap();
+            mail.extend(out.into_iter().map(|m| (key.clone(), m)));
+            holders.push((key.clone(), d));
+        }
+        run_dkg(&mut holders, &mut mail);
+        let outputs = holders
+            .into_iter()
+            .flat_map(|(_, d)| d.into_outputs().unwrap().1)
+            .collect();
+        (keys_of, layout, outputs)
+    }
+
+    #[test]
+    fn a_treasury_refreshes_to_the_same_key_and_its_old_shares_sign_with_nobody() {
+        use crate::ecdsa::tests::{recover, sign_between};
+        let (keys_of, layout, old) = made_treasury();
+        let public = EcdsaPublic::of(&old[0].1);
+        let proposal = RefreshProposal {
+            wallet_id: layout.wallet_id,
+            from_epoch: crate::id::Epoch(0),
+            proposer: pid(1),
+            created_ms: 1,
+            nonce: ByteBuf::from(vec![3; 16]),
+        };
+        let mut mail: Mail = Vec::new();
+        let mut holders: Vec<(Vec<u8>, EcdsaDaoRefresh)> = Vec::new();
+        for key in &keys_of {
+            let mine: Vec<EcdsaKey> = layout
+                .parties_of(key)
+                .iter()
+                .map(|p| {
+                    let (_, o) = old.iter().find(|(q, _)| q == p).unwrap();
+                    EcdsaKey::from_secret_bytes(&o.key.to_secret_bytes().unwrap()).unwrap()
+                })
+                .collect();
+            let (r, out) =
+                EcdsaDaoRefresh::start(layout.clone(), &proposal, key, mine, &public, &mut OsRng)
+                    .unwrap();
+            mail.extend(out.into_iter().map(|m| (key.clone(), m)));
+            holders.push((key.clone(), r));
+        }
+        // A share of another party than the key holds is refused.
+        let theirs = EcdsaKey::from_secret_bytes(&old[1].1.key.to_secret_bytes().unwrap());
+        assert!(
+            EcdsaDaoRefresh::start(
+                layout.clone(),
+                &proposal,
+                &keys_of[0],
+                vec![theirs.unwrap()],
+                &public,
+                &mut OsRng
+            )
+            .is_err()
+        );
+        for _ in 0..16 {
+            if holders.iter().all(|(_, r)| r.all_committed()) {
+                break;
+            }
+            let snapshot = mail.clone();
+            for (key, r) in holders.iter_mut() {
+                for (sender, m) in snapshot.iter().rev() {
+                    r.absorb(sender, m).unwrap();
+                }
+                let mut out = r.advance(&mut OsRng).unwrap();
+                if r.is_done() && !r.committed.contains(&r.parties()[0]) {
+                    out.push(r.commit().unwrap());
+                }
+                mail.extend(out.into_iter().map(|m| (key.clone(), m)));
+            }
+        }
+        assert!(holders.iter().all(|(_, r)| r.all_committed()));
+        // A commitment of another epoch, or of the provider's party by a member, is named.
+        for (party, epoch) in [(pid(2), Epoch(2)), (pid(4), Epoch(1))] {
+            let committed = DaoMessage::Committed {
+                parties: vec![party],
+                epoch,
+            };
+            assert!(matches!(
+                holders[0].1.absorb(&keys_of[1], &committed),
+                Err(ProtocolError::Culprit { party: p, .. }) if p == party
+            ));
+        }
+        let new: BTreeMap<PartyId, &EcdsaDkgOutput> = holders
+            .iter()
+            .flat_map(|(_, r)| r.new_shares().unwrap())
+            .collect();
+        let new_public = EcdsaPublic::of(new[&pid(1)]);
+        assert_eq!(
+            new_public.public_key, public.public_key,
+            "the address stays"
+        );
+        assert_ne!(new_public.public_shares, public.public_shares);
+        let hash = [0x24; 32];
+        let signers: Vec<&EcdsaKey> = [1, 2, 4, 5].iter().map(|p| &new[&pid(*p)].key).collect();
+        let sig = sign_between(&signers, hash).unwrap();
+        assert_eq!(recover(&sig, &hash), public.public_key.to_vec());
+        // Member 1's old share signs with none of the new ones.
+        let mut mixed = signers.clone();
+        mixed[0] = &old[0].1.key;
+        assert!(sign_between(&mixed, hash).is_err());
     }
 
     fn approval(request: [u8; 32], digest: [u8; 32], party: u16) -> DaoMessage {

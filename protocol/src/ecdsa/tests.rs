@@ -66,7 +66,7 @@ fn run_rounds(
         .collect()
 }
 
-fn sign_between(
+pub(crate) fn sign_between(
     keys: &[&EcdsaKey],
     hash: [u8; 32],
 ) -> Result<super::sign::RecoverableSignature, ProtocolError> {

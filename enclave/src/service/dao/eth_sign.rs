@@ -237,31 +237,40 @@ impl Service {
 
     /// The provider's threshold ECDSA shares of the job's epoch, checked to be of the wallet.
     fn treasury_keys(&self, job: &EthSignJob) -> Result<BTreeMap<PartyId, EcdsaKey>, Failure> {
-        let integrity = |what: String| Failure::new(ErrorKind::Integrity, what);
         let state = self.records().load_dao_state(&job.wallet_id)?;
         if state.epoch != job.epoch {
             return Err(bad(
                 "the wallet was refreshed since this request was evaluated: request it again",
             ));
         }
+        Ok(self.treasury_shares(&job.wallet_id, &state, job.epoch)?.0)
+    }
+
+    /// The provider's threshold ECDSA shares of treasury `wallet_id` at `epoch` (the epoch of
+    /// `state`), each checked to be its party's share of the wallet, with the wallet's public
+    /// side.
+    pub(super) fn treasury_shares(
+        &self,
+        wallet_id: &WalletId,
+        state: &DaoState,
+        epoch: Epoch,
+    ) -> Result<(BTreeMap<PartyId, EcdsaKey>, EcdsaPublic), Failure> {
+        let integrity = |what: String| Failure::new(ErrorKind::Integrity, what);
         let public = EcdsaPublic::from_bytes(&state.public_key_package)
             .map_err(|e| integrity(format!("stored public key: {e}")))?;
         let mut keys = BTreeMap::new();
-        for &party in &job.provider_parties {
-            let share = self
-                .records()
-                .load_dao_share(&job.wallet_id, party, job.epoch)?;
+        for &party in &state.provider_parties {
+            let share = self.records().load_dao_share(wallet_id, party, epoch)?;
             let key = EcdsaKey::from_secret_bytes(&share.key_package)
                 .map_err(|e| integrity(format!("stored threshold ECDSA share: {e}")))?;
             if !public.is_share_of(party, &key) {
                 return Err(integrity(format!(
-                    "the stored share of party {party} is not of wallet {}",
-                    job.wallet_id
+                    "the stored share of party {party} is not of wallet {wallet_id}"
                 )));
             }
             keys.insert(party, key);
         }
-        Ok(keys)
+        Ok((keys, public))
     }
 
     /// The signature is made: checks the state again, records the spend (anchored), and returns
