@@ -449,3 +449,66 @@ fn a_member_killed_after_storing_its_share_finds_it_when_it_joins_again() {
     };
     assert_eq!(watch.count(&attempts), 0, "no new attempt was needed");
 }
+
+/// `dao refresh` by Alice (member 0) writing its proposal to `request`, in the background.
+fn propose_refresh(dao: &Dao, tag: &str, request: &Path) -> Member {
+    let a = members::args(&[
+        "--home",
+        &members::p(&dao.homes[0]),
+        "dao",
+        "refresh",
+        "--wallet",
+        &dao.wallet,
+        "--request-out",
+        &members::p(request),
+        "--timeout",
+        TIMEOUT,
+        "--json",
+    ]);
+    Member::start(&dao.d, tag, a)
+}
+
+/// The provider restarts while a refresh waits for Bob and Carol: its round-1 secrets died with
+/// it, so when the topic is handed to it again it refuses the refresh instead of posting round-1
+/// messages that contradict its earlier ones. Every member stops at once with the reason, keeps
+/// epoch 0, and a new refresh then goes through.
+#[test]
+fn a_provider_restarted_mid_refresh_refuses_it_and_a_new_refresh_goes_through() {
+    let mut dao = create();
+    let request = dao.file("refresh.request");
+    let alice = propose_refresh(&dao, "alice-refresh", &request);
+    wait_for(&request);
+    let mut watch = dao.watch(&request);
+    let provider = dao.invitation.provider_key.to_vec();
+    watch.wait("the provider's round 1", 1, &|s, m| {
+        s == provider.as_slice() && matches!(m, DaoMessage::Round1(_))
+    });
+    dao.d.provider.stop();
+    dao.d.provider.start_processes().unwrap();
+    let bob = dao.approve("bob-refresh", 1, &request, TIMEOUT, &["--yes"]);
+    let (alice, bob) = (alice.finish(), bob.finish());
+    for out in [&alice, &bob] {
+        assert_eq!(out.code, Some(1), "{out:?}");
+        assert!(
+            out.stderr.contains("restarted during this refresh"),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.stdout.contains("epoch"), "{out:?}");
+    }
+    for home in &dao.homes {
+        let file = std::fs::read_to_string(home.join(format!("wallets/{}.json", dao.wallet)));
+        let file: Value = serde_json::from_str(&file.unwrap()).unwrap();
+        assert_eq!(file["epoch"], 0, "the old epoch stays");
+    }
+    let again = dao.file("refresh-again.request");
+    let alice = propose_refresh(&dao, "alice-again", &again);
+    wait_for(&again);
+    let others: Vec<Member> = (1..3)
+        .map(|i| dao.approve(&format!("again-{i}"), i, &again, TIMEOUT, &["--yes"]))
+        .collect();
+    assert_eq!(json(&alice.finish())["epoch"], 1);
+    for o in others {
+        assert_eq!(json(&o.finish())["epoch"], 1);
+    }
+}
