@@ -28,6 +28,11 @@ deps:
 		python3 -m pip install --quiet 'eth-account' 'eth-tester[py-evm]' || \
 			echo "warning: eth-account/eth-tester could not be installed; the Ethereum tests will say so and skip"; \
 	}
+	@python3 -c 'import bdkpython, embit' 2>/dev/null || { \
+		echo "installing bdkpython and embit from PyPI (tests/py/hd_wallets.py derives a wallet's addresses from its descriptors)"; \
+		python3 -m pip install --quiet 'bdkpython' 'embit' || \
+			echo "warning: bdkpython/embit could not be installed; the descriptor cross-check will say so and skip"; \
+	}
 	@python3 -c 'import vyper' 2>/dev/null || { \
 		echo "installing the vyper compiler from PyPI (tests/py/token.vy, the ERC-20 token of the Ethereum tests)"; \
 		python3 -m pip install --quiet 'vyper==0.4.3' || \

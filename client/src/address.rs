@@ -4,6 +4,7 @@
 //! docs/architecture.md, "Signing: A + B"), so Q is the output key: the witness program is its x coordinate.
 
 use bech32::Hrp;
+use cosigner_protocol::hd::{Child, Keychain, WalletXpub};
 
 use crate::error::{ClientError, Result};
 
@@ -62,6 +63,37 @@ pub fn x_only(compressed: &[u8]) -> Result<[u8; 32]> {
             "group key is not a compressed point".into(),
         )),
     }
+}
+
+/// A Bitcoin wallet's extended public key (`cosigner_protocol::hd`): over its group key, `xpub`
+/// on mainnet, `tpub` on the test networks.
+pub fn wallet_xpub(wallet: &crate::home::WalletFile) -> Result<WalletXpub> {
+    let group_key = wallet
+        .public_key_package
+        .verifying_key()
+        .serialize()
+        .map_err(|e| ClientError::Unexpected(format!("group key: {e}")))?;
+    if x_only(&group_key)? != wallet.group_public_key {
+        return Err(ClientError::Unexpected(
+            "the wallet's group key is not its public key package's".into(),
+        ));
+    }
+    Ok(WalletXpub::new(
+        &wallet.wallet_id,
+        &group_key,
+        wallet.network == Network::Bitcoin,
+    )?)
+}
+
+/// The wallet's child at `keychain`/`index` and its P2TR address.
+pub fn child_address(
+    wallet: &crate::home::WalletFile,
+    keychain: Keychain,
+    index: u32,
+) -> Result<(Child, String)> {
+    let child = wallet_xpub(wallet)?.child(keychain, index)?;
+    let address = p2tr_address(&child.output_key, wallet.network)?;
+    Ok((child, address))
 }
 
 /// The P2TR address paying to output key `x_only` on `network`.

@@ -529,6 +529,7 @@ pub fn read_p256_key(path: &Path) -> Result<p256::ecdsa::SigningKey> {
 #[cfg(test)]
 mod tests;
 
+mod addresses;
 mod eth;
 mod local;
 mod memo;

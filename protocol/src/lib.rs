@@ -13,6 +13,7 @@ pub mod ecdsa;
 pub mod enrollment;
 mod error;
 pub mod frame;
+pub mod hd;
 pub mod hpke;
 pub mod id;
 pub mod keygen;

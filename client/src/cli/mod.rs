@@ -64,6 +64,8 @@ enum Command {
     Wallet(wallet::WalletCommand),
     /// Sign a PSBT (or, for a wallet without a policy, a 32-byte sighash) with the provider.
     Sign(wallet::SignArgs),
+    /// Print one of a Bitcoin wallet's derived addresses (BIP-32 non-hardened, BIP-86 Taproot).
+    Address(wallet::AddressArgs),
     /// Print this device's P-256 key (for a DAO's members file).
     DeviceKey(dao::DeviceKeyArgs),
     /// Create DAO (multi-member) wallets.
@@ -91,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Attestation(cmd) => attestation::run(cmd),
         Command::Wallet(cmd) => wallet::run(&cli.globals, cmd),
         Command::Sign(args) => wallet::sign(&cli.globals, args),
+        Command::Address(args) => wallet::address(&cli.globals, args),
         Command::Refresh(args) => wallet::refresh(&cli.globals, args),
         Command::Recover(args) => wallet::recover(&cli.globals, args),
         Command::Status(args) => status::status(&cli.globals, &args),

@@ -1,4 +1,4 @@
-//! `cosigner wallet create|list|show|set-policy` and `cosigner sign`.
+//! `cosigner wallet create|list|show|set-policy|descriptor`, `cosigner address` and `cosigner sign`.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +9,7 @@ use cosigner_client::home::{Home, WalletFile};
 use cosigner_client::session::Session;
 use cosigner_client::trust::Trust;
 use cosigner_client::{psbt_sign, wallet};
+use cosigner_protocol::hd::Keychain;
 use cosigner_protocol::wire::WalletId;
 use serde_json::json;
 
@@ -76,6 +77,34 @@ pub enum WalletCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print a Bitcoin wallet's output descriptors (BIP-386 `tr()` over its extended public key,
+    /// with key origin and checksum): receive, change, and both as one multipath descriptor,
+    /// importable as watch-only into Bitcoin Core (`importdescriptors`) or BDK.
+    Descriptor {
+        /// The wallet id (32 hex digits).
+        #[arg(long, value_name = "ID")]
+        wallet: String,
+        /// Print one JSON line: `{"receive","change","multipath"}` (and `xpub`, `fingerprint`).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `cosigner address`.
+#[derive(Debug, Args)]
+pub struct AddressArgs {
+    /// The wallet id (32 hex digits).
+    #[arg(long, value_name = "ID")]
+    wallet: String,
+    /// A change address (`m/1/*`) instead of a receive address (`m/0/*`).
+    #[arg(long)]
+    change: bool,
+    /// This index on the chain; without it, the next one this device has not handed out.
+    #[arg(long, value_name = "N")]
+    index: Option<u32>,
+    /// Print one JSON line: `{"address","index","derivation","output_key"}`.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `cosigner refresh`.
@@ -236,6 +265,71 @@ pub fn run(g: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
         } => set_policy(g, &wallet, &recovery_key, policy.as_deref(), remove, json),
         WalletCommand::List { json } => list(g, json),
         WalletCommand::Show { wallet, json } => super::show::show(g, &wallet, json),
+        WalletCommand::Descriptor { wallet, json } => descriptor(g, &wallet, json),
+    }
+}
+
+/// The Bitcoin wallet `--wallet` names (an Ethereum wallet has one address: its account).
+fn bitcoin_wallet(g: &Globals, wallet: &str) -> anyhow::Result<(Home, WalletFile)> {
+    let home = home(g)?;
+    let id = wallet_id(wallet)?;
+    if home.has_eth_wallet(&id) {
+        anyhow::bail!(
+            "wallet {id} is an Ethereum wallet: its one address is its account (`wallet show`)"
+        );
+    }
+    let wallet = home.wallet(&id)?;
+    Ok((home, wallet))
+}
+
+/// `cosigner wallet descriptor --wallet ID`.
+fn descriptor(g: &Globals, wallet: &str, json: bool) -> anyhow::Result<()> {
+    let (_, w) = bitcoin_wallet(g, wallet)?;
+    let xpub = cosigner_client::address::wallet_xpub(&w)?;
+    let d = xpub.descriptors();
+    if json {
+        emit(
+            &json!({
+                "receive": d.receive,
+                "change": d.change,
+                "multipath": d.multipath,
+                "xpub": xpub.encoded(),
+                "fingerprint": hex::encode(xpub.fingerprint()),
+            })
+            .to_string(),
+        )
+    } else {
+        emit(&format!("{}\n{}\n{}", d.receive, d.change, d.multipath))
+    }
+}
+
+/// `cosigner address --wallet ID [--change] [--index N]`: a derived address, the next unused one
+/// unless `--index` names one (either way recorded as handed out).
+pub fn address(g: &Globals, args: AddressArgs) -> anyhow::Result<()> {
+    let (home, w) = bitcoin_wallet(g, &args.wallet)?;
+    let keychain = if args.change {
+        Keychain::Change
+    } else {
+        Keychain::Receive
+    };
+    let index = match args.index {
+        Some(index) => index,
+        None => home.next_address_index(&w.wallet_id, keychain)?,
+    };
+    let (child, address) = cosigner_client::address::child_address(&w, keychain, index)?;
+    home.address_handed_out(&w.wallet_id, keychain, index)?;
+    if args.json {
+        emit(
+            &json!({
+                "address": address,
+                "index": index,
+                "derivation": child.derivation(),
+                "output_key": hex::encode(child.output_key),
+            })
+            .to_string(),
+        )
+    } else {
+        emit(&format!("{address} ({})", child.derivation()))
     }
 }
 

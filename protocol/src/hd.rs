@@ -1,0 +1,342 @@
+//! Many addresses per wallet: an extended public key (BIP-32) over the wallet's group key, its
+//! children derived non-hardened, each spent by BIP-86 key path (no script tree).
+//!
+//! The extended key's public key is the wallet's group key `K` (what the DKG made and every party
+//! confirmed; a refresh keeps it). Its chain code is a tagged hash of the wallet id and `K`, so it
+//! is fixed at creation and every party computes the same one from what the DKG transcript agreed,
+//! with nothing more to store or carry (docs/addresses.md). A child at `m/c/i` (`c` 0 for receive,
+//! 1 for change) has the internal key `K + t·G`, where `t` is the sum of the path's BIP-32 tweaks
+//! (`I_L` of each step, BIP-32 "Public parent key → public child key"); since Shamir shares are
+//! linear, every party adds the same `t` to its share and the shares are of the child's key. The
+//! output key is the child's BIP-86 tweak on top (BIP-341 `taproot_output_script` with no script
+//! tree), which is what watch-only wallets derive from the descriptor
+//! `tr([fingerprint]xpub/0/*)`.
+//!
+//! Hardened derivation needs the private key, which nobody holds: every step is non-hardened.
+
+use bitcoin::NetworkKind;
+use bitcoin::bip32::{ChainCode, ChildNumber, Fingerprint, Xpub};
+use bitcoin::key::TapTweak;
+use bitcoin::secp256k1::{PublicKey, Scalar, Secp256k1, SecretKey, XOnlyPublicKey};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ProtocolError, Result};
+use crate::wire::WalletId;
+
+/// Domain tag of the chain code.
+const TAG_CHAIN_CODE: &[u8] = b"cosigner/bip32/chain-code/v1";
+
+/// The two chains of a wallet's addresses (BIP-44's "change" level, without its hardened parts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Keychain {
+    /// `m/0/*`: addresses handed out to be paid.
+    Receive,
+    /// `m/1/*`: the wallet's own change.
+    Change,
+}
+
+impl Keychain {
+    /// The path element: 0 or 1.
+    pub fn number(self) -> u32 {
+        match self {
+            Self::Receive => 0,
+            Self::Change => 1,
+        }
+    }
+
+    /// The keychain of path element `n`, if it is one.
+    pub fn of(n: u32) -> Option<Self> {
+        match n {
+            0 => Some(Self::Receive),
+            1 => Some(Self::Change),
+            _ => None,
+        }
+    }
+}
+
+/// Most index of a child: BIP-32's non-hardened range.
+pub const MAX_INDEX: u32 = (1 << 31) - 1;
+
+/// A wallet's extended public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalletXpub {
+    xpub: Xpub,
+}
+
+/// One derived child: where it is, the tweak every party adds to its share, and its keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Child {
+    /// Receive or change.
+    pub keychain: Keychain,
+    /// Its index on the keychain.
+    pub index: u32,
+    /// `t`: the sum of the path's BIP-32 tweaks (a scalar, big-endian). The child's internal key
+    /// is `K + t·G`.
+    pub tweak: [u8; 32],
+    /// The child's internal key (compressed SEC1).
+    pub internal_key: [u8; 33],
+    /// The child's BIP-86 output key (x-only): the witness program of its P2TR address.
+    pub output_key: [u8; 32],
+}
+
+impl Child {
+    /// `m/c/i`, as descriptors and PSBTs write it.
+    pub fn derivation(&self) -> String {
+        format!("m/{}/{}", self.keychain.number(), self.index)
+    }
+}
+
+impl WalletXpub {
+    /// The extended public key of wallet `wallet_id` whose group key is `group_key` (compressed
+    /// SEC1), for mainnet (`xpub`) or the test networks (`tpub`).
+    ///
+    /// Errors ([`ProtocolError::Params`]): `group_key` is not a compressed point on the curve.
+    pub fn new(wallet_id: &WalletId, group_key: &[u8], mainnet: bool) -> Result<Self> {
+        let public_key = PublicKey::from_slice(group_key).map_err(|e| ProtocolError::Params {
+            reason: format!("the wallet's group key: {e}"),
+        })?;
+        if group_key.len() != 33 {
+            return Err(ProtocolError::Params {
+                reason: "the wallet's group key is not compressed".into(),
+            });
+        }
+        let xpub = Xpub {
+            network: if mainnet {
+                NetworkKind::Main
+            } else {
+                NetworkKind::Test
+            },
+            depth: 0,
+            parent_fingerprint: Fingerprint::default(),
+            child_number: ChildNumber::Normal { index: 0 },
+            public_key,
+            chain_code: ChainCode::from(chain_code(wallet_id, group_key)),
+        };
+        Ok(Self { xpub })
+    }
+
+    /// The `xpub…`/`tpub…` string (BIP-32 serialization, Base58Check).
+    pub fn encoded(&self) -> String {
+        self.xpub.to_string()
+    }
+
+    /// The key's fingerprint (BIP-32: the first 4 bytes of HASH160 of the public key), which
+    /// names the origin of every derived key in descriptors and PSBTs.
+    pub fn fingerprint(&self) -> [u8; 4] {
+        self.xpub.fingerprint().to_bytes()
+    }
+
+    /// The child at `keychain`/`index`.
+    ///
+    /// Errors ([`ProtocolError::Params`]): `index` above [`MAX_INDEX`], or (with probability
+    /// about 2⁻¹²⁷) a step BIP-32 declares invalid.
+    pub fn child(&self, keychain: Keychain, index: u32) -> Result<Child> {
+        if index > MAX_INDEX {
+            return Err(ProtocolError::Params {
+                reason: format!("address index {index} is above {MAX_INDEX}"),
+            });
+        }
+        let secp = Secp256k1::verification_only();
+        let invalid = |e: bitcoin::bip32::Error| ProtocolError::Params {
+            reason: format!("BIP-32 derivation: {e}"),
+        };
+        let mut tweak: Option<SecretKey> = None;
+        let mut xpub = self.xpub;
+        for n in [keychain.number(), index] {
+            let number = ChildNumber::from_normal_idx(n).map_err(invalid)?;
+            let (step, _) = xpub.ckd_pub_tweak(number).map_err(invalid)?;
+            tweak = Some(match tweak {
+                None => step,
+                Some(t) => t
+                    .add_tweak(&Scalar::from(step))
+                    .map_err(|e| ProtocolError::Params {
+                        reason: format!("BIP-32 derivation: {e}"),
+                    })?,
+            });
+            xpub = xpub.ckd_pub(&secp, number).map_err(invalid)?;
+        }
+        let tweak = tweak.ok_or_else(|| ProtocolError::Params {
+            reason: "an empty derivation path".into(),
+        })?;
+        let internal: XOnlyPublicKey = xpub.public_key.x_only_public_key().0;
+        let (output, _) = internal.tap_tweak(&secp, None);
+        Ok(Child {
+            keychain,
+            index,
+            tweak: tweak.secret_bytes(),
+            internal_key: xpub.public_key.serialize(),
+            output_key: output.to_x_only_public_key().serialize(),
+        })
+    }
+
+    /// The wallet's descriptors (BIP-386 `tr()`, BIP-380 key origin and checksum): receive
+    /// (`…/0/*`), change (`…/1/*`) and both as one multipath descriptor (BIP-389, `…/<0;1>/*`).
+    pub fn descriptors(&self) -> Descriptors {
+        let key = format!("[{}]{}", hex::encode(self.fingerprint()), self.encoded());
+        let with = |tail: &str| with_checksum(&format!("tr({key}/{tail})"));
+        Descriptors {
+            receive: with("0/*"),
+            change: with("1/*"),
+            multipath: with("<0;1>/*"),
+        }
+    }
+}
+
+/// A wallet's output descriptors, each with its checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Descriptors {
+    /// `tr([fp]xpub/0/*)#…`
+    pub receive: String,
+    /// `tr([fp]xpub/1/*)#…`
+    pub change: String,
+    /// `tr([fp]xpub/<0;1>/*)#…`
+    pub multipath: String,
+}
+
+/// The chain code of wallet `wallet_id` with group key `group_key`: SHA-256 over a domain tag, the
+/// wallet id and the key.
+pub fn chain_code(wallet_id: &WalletId, group_key: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(TAG_CHAIN_CODE);
+    h.update(wallet_id.0);
+    h.update(group_key);
+    h.finalize().into()
+}
+
+/// `descriptor#checksum` (BIP-380, "Checksum"). A descriptor holding a character outside the
+/// checksum's input set gets none (it is not a valid descriptor anyway).
+pub fn with_checksum(descriptor: &str) -> String {
+    match checksum(descriptor) {
+        Some(c) => format!("{descriptor}#{c}"),
+        None => descriptor.to_owned(),
+    }
+}
+
+/// BIP-380's descriptor checksum: eight characters of a BCH code over the descriptor's symbols
+/// (the reference algorithm of BIP-380, written out: eighty lines are not worth a dependency on a
+/// whole descriptor library in the enclave's crate).
+pub fn checksum(descriptor: &str) -> Option<String> {
+    const INPUT: &str = "0123456789()[],'/*abcdefgh@:$%{}IJKLMNOPQRSTUVWXYZ&+-.;<=>?!^_|~ijklmnopqrstuvwxyzABCDEFGH`#\"\\ ";
+    const CHECKSUM: &[u8] = b"qpzry9x8gf2tvdw0s3jn54khce6mua7l";
+    let mut c: u64 = 1;
+    let mut class_count = 0;
+    let mut class_acc: u64 = 0;
+    for ch in descriptor.chars() {
+        let pos = INPUT.find(ch)? as u64;
+        c = polymod(c, pos & 31);
+        class_acc = class_acc * 3 + (pos >> 5);
+        class_count += 1;
+        if class_count == 3 {
+            c = polymod(c, class_acc);
+            class_count = 0;
+            class_acc = 0;
+        }
+    }
+    if class_count > 0 {
+        c = polymod(c, class_acc);
+    }
+    for _ in 0..8 {
+        c = polymod(c, 0);
+    }
+    c ^= 1;
+    let mut out = String::with_capacity(8);
+    for j in 0..8 {
+        let index = (c >> (5 * (7 - j))) & 31;
+        out.push(char::from(*CHECKSUM.get(index as usize)?));
+    }
+    Some(out)
+}
+
+/// One step of BIP-380's checksum polynomial.
+fn polymod(c: u64, value: u64) -> u64 {
+    const GENERATOR: [u64; 5] = [
+        0xf5dee51989,
+        0xa9fdca3312,
+        0x1bab10e32d,
+        0x3706b1677a,
+        0x644d626ffd,
+    ];
+    let c0 = c >> 35;
+    let mut c = ((c & 0x7ffffffff) << 5) ^ value;
+    for (bit, g) in GENERATOR.iter().enumerate() {
+        if (c0 >> bit) & 1 == 1 {
+            c ^= g;
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn checksums_match_bip380s_vectors() {
+        // BIP-380, "Test Vectors": valid checksums.
+        assert_eq!(checksum("raw(deadbeef)").unwrap(), "89f8spxm");
+        assert_eq!(
+            with_checksum(
+                "pkh([d6043800/0'/0'/18']03efdee34c0009fd175f3b20b5e5a5517fd5d16746f2e635b44617adafeaebc388)"
+            ),
+            "pkh([d6043800/0'/0'/18']03efdee34c0009fd175f3b20b5e5a5517fd5d16746f2e635b44617adafeaebc388)#4ahsl9pk"
+        );
+        // A multipath descriptor (BIP-389), its checksum as embit (PyPI) computes it.
+        assert_eq!(
+            with_checksum(
+                "wpkh(xpub661MyMwAqRbcFW31YEwpkMuc5THy2PSt5bDMsktWQcFF8syAmRUapSCGu8ED9W6oDMSgv6Zz8idoc4a6mr8BDzTJY47LJhkJ8UB7WEGuduB/<0;1>/*)"
+            ),
+            "wpkh(xpub661MyMwAqRbcFW31YEwpkMuc5THy2PSt5bDMsktWQcFF8syAmRUapSCGu8ED9W6oDMSgv6Zz8idoc4a6mr8BDzTJY47LJhkJ8UB7WEGuduB/<0;1>/*)#34gyh0p0"
+        );
+        assert!(checksum("raw(dead\u{e9}beef)").is_none());
+    }
+
+    #[test]
+    fn children_follow_bip32_public_derivation_and_the_tweak_moves_the_key() {
+        let group_key =
+            hex::decode("0339a36013301597daef41fbe593a02cc513d0b55527ec2df1050e2e8ff49c85c2")
+                .unwrap();
+        let id = WalletId([7; 16]);
+        let w = WalletXpub::new(&id, &group_key, false).unwrap();
+        assert!(w.encoded().starts_with("tpub"));
+        assert!(
+            WalletXpub::new(&id, &group_key, true)
+                .unwrap()
+                .encoded()
+                .starts_with("xpub")
+        );
+        let secp = Secp256k1::verification_only();
+        let root = Xpub::from_str(&w.encoded()).unwrap();
+        for (keychain, index) in [(Keychain::Receive, 0), (Keychain::Change, 5)] {
+            let child = w.child(keychain, index).unwrap();
+            // What any BIP-32 implementation derives from the xpub.
+            let path = [
+                ChildNumber::from_normal_idx(keychain.number()).unwrap(),
+                ChildNumber::from_normal_idx(index).unwrap(),
+            ];
+            let derived = root.derive_pub(&secp, &path).unwrap();
+            assert_eq!(child.internal_key, derived.public_key.serialize());
+            // K + t·G is the child's key.
+            let moved = PublicKey::from_slice(&group_key)
+                .unwrap()
+                .add_exp_tweak(&secp, &Scalar::from_be_bytes(child.tweak).unwrap())
+                .unwrap();
+            assert_eq!(moved.serialize(), child.internal_key);
+            assert_eq!(
+                child.derivation(),
+                format!("m/{}/{index}", keychain.number())
+            );
+        }
+        assert_ne!(
+            w.child(Keychain::Receive, 0).unwrap().output_key,
+            w.child(Keychain::Receive, 1).unwrap().output_key
+        );
+        assert!(w.child(Keychain::Receive, MAX_INDEX + 1).is_err());
+        assert!(WalletXpub::new(&id, &group_key[1..], false).is_err());
+        let d = w.descriptors();
+        let fp = hex::encode(w.fingerprint());
+        assert!(d.receive.starts_with(&format!("tr([{fp}]tpub")));
+        assert!(d.multipath.contains("/<0;1>/*)#"));
+    }
+}
