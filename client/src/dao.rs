@@ -2314,8 +2314,13 @@ impl RefreshWatch<'_> {
         Ok(())
     }
 
-    /// Takes part until every party committed and the provider made the new epoch current. The
-    /// new share is written as prepared first.
+    /// Takes part until the provider made the new epoch current (which it does only once every
+    /// party committed). The new share is written as prepared, and committed, first.
+    ///
+    /// A whole batch of the topic is read before the provider's word is acted on: `Refreshed`
+    /// outranks a refusal whatever order the mailbox gives them in (a restarted provider may
+    /// have refused after it committed). Once this device committed its prepared share is never
+    /// deleted here: only the provider knows whether the new epoch became current.
     pub(crate) fn run(
         &self,
         courier: &mut Courier,
@@ -2329,18 +2334,34 @@ impl RefreshWatch<'_> {
         loop {
             let fresh = courier.poll()?;
             let progressed = !fresh.is_empty();
+            let mut refusal = None;
             for envelope in fresh {
                 let Ok(message) = DaoMessage::decode(&envelope.body) else {
                     continue;
                 };
-                if envelope.sender == self.provider_key && !refreshed {
-                    // Once the new epoch is current nothing the provider says undoes it (a
-                    // refusal from a restarted instance read after it is moot).
-                    refreshed = self.provider_said(&message)?;
+                if envelope.sender == self.provider_key {
+                    match self.provider_news(&message) {
+                        Some(Ok(())) => refreshed = true,
+                        Some(Err(reason)) => refusal = refusal.or(Some(reason)),
+                        None => {}
+                    }
                 }
                 if let Err(e) = refresh.absorb(&envelope.sender, &message) {
                     progress(&format!("refused a {}: {e}", message.name()));
                 }
+            }
+            if let Some(reason) = refusal.filter(|_| !refreshed) {
+                if prepared {
+                    progress(
+                        "this device committed before the refusal: its prepared share is kept",
+                    );
+                } else {
+                    self.home.remove_prepared_share(&self.id)?;
+                }
+                return Err(refused(&reason));
+            }
+            if prepared && refreshed {
+                return Ok(());
             }
             for m in refresh.advance(&mut rand_core::OsRng)? {
                 courier.send(self.key, &m)?;
@@ -2348,9 +2369,7 @@ impl RefreshWatch<'_> {
             if refresh.is_done() && !prepared {
                 self.prepare(courier, refresh)?;
                 prepared = true;
-            }
-            if prepared && refresh.all_committed() && refreshed {
-                return Ok(());
+                continue;
             }
             let waiting = if prepared && refresh.all_committed() {
                 "the provider to make the new epoch current".to_owned()
@@ -2361,17 +2380,19 @@ impl RefreshWatch<'_> {
         }
     }
 
-    /// Whether the provider's `message` says the new epoch is current; its refusal ends it.
-    fn provider_said(&self, message: &DaoMessage) -> Result<bool> {
+    /// What the provider's `message` says of this refresh: the new epoch is current (`Ok`), it
+    /// was refused (`Err`, the reason), or nothing.
+    fn provider_news(&self, message: &DaoMessage) -> Option<std::result::Result<(), String>> {
         match message {
-            DaoMessage::Refreshed { wallet_id, epoch } => {
-                Ok(*wallet_id == self.id && *epoch == self.epoch)
+            DaoMessage::Refreshed { wallet_id, epoch }
+                if *wallet_id == self.id && *epoch == self.epoch =>
+            {
+                Some(Ok(()))
             }
             DaoMessage::Refused { request, reason } if request.as_slice() == self.hash => {
-                self.home.remove_prepared_share(&self.id)?;
-                Err(refused(reason))
+                Some(Err(reason.clone()))
             }
-            _ => Ok(false),
+            _ => None,
         }
     }
 

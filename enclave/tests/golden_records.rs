@@ -230,6 +230,7 @@ fn dao_state() -> DaoState {
         completed: vec![(bytes(0x80, 32), 1_700_000_000_008)],
         signed_txids: vec![("ab".repeat(32), 1_700_000_000_009)],
         excluded: Vec::new(),
+        last_refresh: None,
     }
 }
 

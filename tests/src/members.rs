@@ -467,6 +467,16 @@ impl Watch {
             .collect()
     }
 
+    /// Every envelope in the topic, as posted.
+    ///
+    /// # Panics
+    /// If the mailbox cannot be read.
+    #[allow(clippy::unwrap_used)]
+    pub fn envelopes(&mut self) -> Vec<cosigner_protocol::mailbox::Envelope> {
+        let all = self.mailbox.fetch(&self.topic, 0).unwrap();
+        all.into_iter().map(|(_, e)| e).collect()
+    }
+
     /// How many messages match `pred` (sender's key, message).
     pub fn count(&mut self, pred: &dyn Fn(&[u8], &DaoMessage) -> bool) -> usize {
         self.messages()

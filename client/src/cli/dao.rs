@@ -424,8 +424,13 @@ fn eth_fields(
 ) -> (serde_json::Map<String, serde_json::Value>, Vec<String>) {
     let tx = &v.summary;
     let to = tx.to().map(|a| cosigner_eth::checksummed(&a));
-    let leaving: Vec<_> = v
+    // What the provider valued is shown only if it evaluated the signing hash this device
+    // computed (as `approve` insists).
+    let evaluation = v
         .evaluation
+        .as_ref()
+        .filter(|e| dao::eth::check_evaluation(tx, e).is_ok());
+    let leaving: Vec<_> = evaluation
         .iter()
         .flat_map(|e| &e.leaving)
         .map(|(asset, amount, to)| json!({ "asset": asset, "amount": amount, "to": to }))
@@ -447,7 +452,10 @@ fn eth_fields(
         to.as_deref().unwrap_or("a new contract"),
         eth_amount(layout, tx.max_fee()),
     )];
-    for (asset, amount, to) in v.evaluation.iter().flat_map(|e| &e.leaving) {
+    if v.evaluation.is_some() && evaluation.is_none() {
+        lines.push("  the provider evaluated another signing hash: do not approve".to_owned());
+    }
+    for (asset, amount, to) in evaluation.iter().flat_map(|e| &e.leaving) {
         let shown = amount.parse::<u128>().map_or_else(
             |_| format!("{amount} {asset}"),
             |a| layout.policy.show(a, asset),

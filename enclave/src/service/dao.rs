@@ -73,7 +73,7 @@ const MAX_ECDSA_DKGS: usize = 4;
 const MAX_DKGS_PER_FOUNDER: usize = 2;
 /// Bound on Ethereum treasuries' share refreshes in progress (each holds as much as a treasury's
 /// DKG). Only a member can propose one, one per wallet at a time; reaching the bound evicts the
-/// oldest, as for DKGs.
+/// longest idle one, and refuses the new one (retryable) when all are in progress.
 const MAX_ECDSA_REFRESHES: usize = 4;
 /// Treasury refreshes one member key may have proposed and in progress at once (it may be a
 /// member of many treasuries: its proposals cannot crowd the others out).
@@ -201,6 +201,9 @@ pub(super) struct Entry {
     outbox: Vec<Vec<u8>>,
     seen: HashSet<[u8; 32]>,
     started: Instant,
+    /// When a delivery last brought it something new: a ceremony idle this long may be evicted
+    /// to make room, one in progress never is.
+    touched: Instant,
     /// The key that founded it (the founding envelope's signer): quotas are per founder.
     founder: Vec<u8>,
     /// Random, per founding: tells couriers reading `outbox` in pages that it is a new one.
@@ -434,6 +437,7 @@ fn absorb_all(
         match result {
             Ok(true) if entry.seen.len() < MAX_SEEN => {
                 entry.seen.insert(envelope.id());
+                entry.touched = Instant::now();
             }
             Ok(_) => {}
             Err(e) => notes.push(format!("{} refused: {e}", message.name())),
@@ -458,7 +462,34 @@ fn skip_past_lost(ceremony: &mut Ceremony, message: &DaoMessage) {
                 job.coordinator.skip_past(round);
             }
         }
+        // A refresh has no attempts to move past: our earlier messages contradict this
+        // instance's, so it can only end (`advance_refresh` refuses it).
+        Ceremony::Refresh(job) => job.lost = true,
         _ => {}
+    }
+}
+
+/// How long a ceremony that gets nothing new may keep its place when room is needed.
+const IDLE_AFTER: Duration = Duration::from_secs(120);
+
+/// Whether `entry` got nothing new for [`IDLE_AFTER`].
+fn idle(entry: &Entry) -> bool {
+    entry.touched.elapsed() >= IDLE_AFTER
+}
+
+/// Evicts the idle ceremonies `which` selects, the longest idle first, until fewer than `max`
+/// are left (or none is idle): a flood of new ones never ends one in progress.
+fn make_room_idle(ceremonies: &mut Ceremonies, max: usize, which: impl Fn(&Entry) -> bool) {
+    while ceremonies.values().filter(|e| which(e)).count() >= max {
+        let Some(oldest) = ceremonies
+            .iter()
+            .filter(|(_, e)| which(e) && idle(e))
+            .min_by_key(|(_, e)| e.touched)
+            .map(|(t, _)| *t)
+        else {
+            break;
+        };
+        ceremonies.remove(&oldest);
     }
 }
 
@@ -633,6 +664,7 @@ impl Service {
             outbox: Vec::new(),
             seen: HashSet::new(),
             started: Instant::now(),
+            touched: Instant::now(),
             founder: envelope.sender.to_vec(),
             instance: super::random::<8>()?,
         };
@@ -670,10 +702,18 @@ impl Service {
                         .filter(|e| is_treasury_refresh(e) && e.founder.as_slice() == &sender[..])
                         .count(),
                     restarted: opened.iter().any(|(e, _)| e.sender == ours),
+                    full: ceremonies
+                        .values()
+                        .filter(|e| is_treasury_refresh(e))
+                        .count()
+                        >= MAX_ECDSA_REFRESHES
+                        && !ceremonies
+                            .values()
+                            .any(|e| is_treasury_refresh(e) && idle(e)),
                 };
                 let founded = self.found_refresh(topic, sender, proposal, room)?;
                 if matches!(&founded.0, Ceremony::Refresh(job) if job.is_ecdsa()) {
-                    make_room(ceremonies, MAX_ECDSA_REFRESHES, is_treasury_refresh);
+                    make_room_idle(ceremonies, MAX_ECDSA_REFRESHES, is_treasury_refresh);
                 }
                 founded
             }
@@ -1023,6 +1063,7 @@ impl Service {
             completed: Vec::new(),
             signed_txids: Vec::new(),
             excluded: Vec::new(),
+            last_refresh: None,
         };
         self.records().save_dao_state(&wallet_id, &state)?;
         self.log(
@@ -1270,6 +1311,9 @@ struct RefreshJob {
     refresh: AnyRefresh,
     /// Whether our new shares are stored (prepared) and our commitment posted.
     prepared: bool,
+    /// The topic showed messages of ours this instance did not make (an instance before a
+    /// restart took part, with secrets that are gone).
+    lost: bool,
 }
 
 impl RefreshJob {
@@ -1304,7 +1348,13 @@ struct RefreshRoom {
     /// The topic already holds this enclave's messages: an earlier instance took part, with
     /// secrets that died with it.
     restarted: bool,
+    /// Every treasury refresh's place is taken by one in progress (none idle to evict).
+    full: bool,
 }
+
+/// Why a refresh an earlier instance of this enclave took part in is refused.
+const RESTARTED_MID_REFRESH: &str =
+    "the provider restarted during this refresh: propose a new one (the old epoch stays)";
 
 /// Whether `entry` is an Ethereum treasury's refresh.
 fn is_treasury_refresh(entry: &Entry) -> bool {
@@ -1330,6 +1380,17 @@ impl Service {
         let (founded, state, layout) = self.member_request(topic, sender, proposal)?;
         let (hash, wallet_id) = (founded.hash, founded.wallet_id);
         let refuse = |reason: String| self.refuse_request(&founded, reason);
+        if state.last_refresh.as_ref().map(|h| h.as_slice()) == Some(hash.as_slice())
+            && proposal.from_epoch.checked_next() == Some(state.epoch)
+        {
+            // This refresh committed, and its `Refreshed` may have been lost with an earlier
+            // instance's outbox: members that committed are waiting for it to switch.
+            let done = DaoMessage::Refreshed {
+                wallet_id,
+                epoch: state.epoch,
+            };
+            return Ok((Ceremony::Finished, vec![done]));
+        }
         if !fresh(proposal.created_ms, now_ms()) {
             return refuse("the proposal is expired or dated in the future".into());
         }
@@ -1345,14 +1406,16 @@ impl Service {
         if room.restarted {
             // Our earlier messages in the topic were made with round secrets that are gone;
             // new ones would contradict them.
-            return refuse(
-                "the provider restarted during this refresh: propose a new one (the old \
-                 epoch stays)"
-                    .into(),
-            );
+            return refuse(RESTARTED_MID_REFRESH.into());
         }
         if layout.is_ecdsa() && room.theirs >= MAX_ECDSA_REFRESHES_PER_PROPOSER {
             return refuse("this member's other treasury refresh is still in progress".into());
+        }
+        if layout.is_ecdsa() && room.full {
+            return refuse(format!(
+                "{MAX_ECDSA_REFRESHES} treasury refreshes are in progress at this provider: \
+                 propose again in a few minutes"
+            ));
         }
         let (refresh, first) = self.start_dao_refresh(&state, layout, proposal)?;
         self.log_founded(
@@ -1369,6 +1432,7 @@ impl Service {
                 hash,
                 refresh,
                 prepared: false,
+                lost: false,
             })),
             first,
         ))
@@ -1409,6 +1473,9 @@ impl Service {
         &self,
         mut job: Box<RefreshJob>,
     ) -> Result<(Ceremony, Vec<DaoMessage>), Failure> {
+        if job.lost && !(job.prepared && job.refresh.all_committed()) {
+            return Err(bad(RESTARTED_MID_REFRESH));
+        }
         let mut messages = job.refresh.advance(&mut rand_core::OsRng)?;
         if job.refresh.is_done() && !job.prepared {
             messages.push(self.prepare_dao_refresh(&mut job)?);
@@ -1470,6 +1537,7 @@ impl Service {
             .ok_or_else(|| internal("the refresh produced no share"))?;
         state.public_key_package = new.public_key_package.clone();
         state.epoch = epoch;
+        state.last_refresh = Some(ByteBuf::from(job.hash.to_vec()));
         self.records().save_dao_state(&job.wallet_id, &state)?;
         lock(&self.dao_epochs)?.insert(job.wallet_id, epoch);
         for &party in &state.provider_parties {

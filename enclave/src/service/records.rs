@@ -707,6 +707,10 @@ pub struct DaoState {
     /// our OT secrets, eprint 2023/765 §5). They sign with the provider never again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excluded: Vec<PartyId>,
+    /// The hash of the refresh proposal that made the current epoch: founded again (its
+    /// `Refreshed` may never have reached the mailbox), the refresh is announced as done again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refresh: Option<ByteBuf>,
 }
 
 fn dao_state_prefix(id: &WalletId) -> String {

@@ -159,6 +159,15 @@ impl Service {
             let dead = (job.coordinator.quorum(), &job.names, job.rule.as_str());
             return Err(self.refuse_rejected(&job.wallet_id, &job.hash, dead)?);
         }
+        // A refresh that committed since deleted the shares this job holds: they must not sign
+        // on from memory (checked in memory first, as for Bitcoin DAO signatures).
+        let refreshed = lock(&self.dao_epochs)?.get(&job.wallet_id).copied();
+        if refreshed.is_some_and(|epoch| epoch != job.epoch) {
+            job.keys.clear();
+            return Err(bad(
+                "the wallet was refreshed since this request was evaluated: request it again",
+            ));
+        }
         // Steps run one at a time (every DAO delivery holds the ceremonies' lock), and an exclusion
         // is recorded before the step that found it answers: no other request's step with the
         // excluded member runs after it (each failed check may leak one bit, so it is asked once).
