@@ -182,6 +182,94 @@ impl WalletXpub {
     }
 }
 
+/// FROST over secp256k1 with Taproot's tweak (the wallets' suite).
+type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
+
+/// A party's key package for `child`, from its key package of the wallet: the path's tweak `t`
+/// added to the share (and `t·G` to the public parts), then BIP-86's tweak of the child's internal
+/// key on top (frost-secp256k1-tr's `Tweak`, which first makes the key's Y even as BIP-341 does).
+/// Signing with it (plain FROST, as for the wallet's own key) makes a BIP-340 signature under
+/// `child.output_key`.
+///
+/// Errors ([`ProtocolError::Params`]): a key that does not encode, or a sum that is zero or the
+/// point at infinity (probability about 2⁻²⁵⁶).
+pub fn child_key_package(
+    key_package: &frost_core::keys::KeyPackage<Tr>,
+    child: &Child,
+) -> Result<frost_core::keys::KeyPackage<Tr>> {
+    use frost_core::keys::{KeyPackage, SigningShare, VerifyingShare};
+    use frost_secp256k1_tr::keys::Tweak;
+    let share = SecretKey::from_slice(&key_package.signing_share().serialize())
+        .and_then(|s| s.add_tweak(&tweak_scalar(child)?))
+        .map_err(|e| params(format!("share: {e}")))?;
+    let signing_share = SigningShare::deserialize(&share.secret_bytes())
+        .map_err(|e| params(format!("share: {e}")))?;
+    let verifying_share = VerifyingShare::deserialize(&moved(
+        &key_package.verifying_share().serialize().map_err(fe)?,
+        child,
+    )?)
+    .map_err(fe)?;
+    let verifying_key = frost_core::VerifyingKey::deserialize(&moved(
+        &key_package.verifying_key().serialize().map_err(fe)?,
+        child,
+    )?)
+    .map_err(fe)?;
+    let moved = KeyPackage::new(
+        *key_package.identifier(),
+        signing_share,
+        verifying_share,
+        verifying_key,
+        *key_package.min_signers(),
+    );
+    Ok(moved.tweak::<&[u8]>(None))
+}
+
+/// The wallet's public key package for `child` (as [`child_key_package`] moves each party's):
+/// what aggregation checks every share against.
+///
+/// Errors: as [`child_key_package`].
+pub fn child_public_key_package(
+    public_key_package: &frost_core::keys::PublicKeyPackage<Tr>,
+    child: &Child,
+) -> Result<frost_core::keys::PublicKeyPackage<Tr>> {
+    use frost_core::keys::{PublicKeyPackage, VerifyingShare};
+    use frost_secp256k1_tr::keys::Tweak;
+    let mut shares = std::collections::BTreeMap::new();
+    for (id, share) in public_key_package.verifying_shares() {
+        let moved = moved(&share.serialize().map_err(fe)?, child)?;
+        shares.insert(*id, VerifyingShare::deserialize(&moved).map_err(fe)?);
+    }
+    let verifying_key = frost_core::VerifyingKey::deserialize(&moved(
+        &public_key_package.verifying_key().serialize().map_err(fe)?,
+        child,
+    )?)
+    .map_err(fe)?;
+    let moved = PublicKeyPackage::new(shares, verifying_key, public_key_package.min_signers());
+    Ok(moved.tweak::<&[u8]>(None))
+}
+
+/// `child`'s tweak as a scalar.
+fn tweak_scalar(child: &Child) -> std::result::Result<Scalar, bitcoin::secp256k1::Error> {
+    Scalar::from_be_bytes(child.tweak).map_err(|_| bitcoin::secp256k1::Error::InvalidTweak)
+}
+
+/// The point `point` (compressed SEC1) plus `child`'s `t·G`, compressed.
+fn moved(point: &[u8], child: &Child) -> Result<Vec<u8>> {
+    let secp = Secp256k1::verification_only();
+    PublicKey::from_slice(point)
+        .and_then(|p| p.add_exp_tweak(&secp, &tweak_scalar(child)?))
+        .map(|p| p.serialize().to_vec())
+        .map_err(|e| params(format!("public key: {e}")))
+}
+
+fn params(reason: String) -> ProtocolError {
+    ProtocolError::Params { reason }
+}
+
+fn fe(e: frost_core::Error<Tr>) -> ProtocolError {
+    params(format!("FROST key: {e}"))
+}
+
 /// A wallet's output descriptors, each with its checksum.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptors {
@@ -271,6 +359,78 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
     use std::str::FromStr;
+
+    #[test]
+    fn two_of_three_shares_moved_to_a_child_sign_for_its_bip86_output_key() {
+        use frost_core::keys::{KeyPackage, PublicKeyPackage};
+        use frost_secp256k1_tr::keys::Tweak;
+        use rand_core::OsRng;
+        use std::collections::BTreeMap;
+        // A 2-of-3 key as the DKG leaves it (frost-secp256k1-tr's `post_dkg` applies Taproot's
+        // tweak to the dealt key).
+        let (shares, public) = frost_secp256k1_tr::keys::generate_with_dealer(
+            3,
+            2,
+            frost_secp256k1_tr::keys::IdentifierList::Default,
+            OsRng,
+        )
+        .unwrap();
+        let public: PublicKeyPackage<Tr> = public.tweak::<&[u8]>(None);
+        let keys: Vec<KeyPackage<Tr>> = shares
+            .into_values()
+            .map(|s| KeyPackage::try_from(s).unwrap().tweak::<&[u8]>(None))
+            .collect();
+        let group_key = public.verifying_key().serialize().unwrap();
+        let w = WalletXpub::new(&WalletId([3; 16]), &group_key, false).unwrap();
+        for (keychain, index) in [(Keychain::Receive, 0), (Keychain::Change, 9)] {
+            let child = w.child(keychain, index).unwrap();
+            let child_public = child_public_key_package(&public, &child).unwrap();
+            let signers: Vec<KeyPackage<Tr>> = keys[1..]
+                .iter()
+                .map(|k| child_key_package(k, &child).unwrap())
+                .collect();
+            let message = [0x5a; 32];
+            let mut nonces = BTreeMap::new();
+            let mut commitments = BTreeMap::new();
+            for k in &signers {
+                let (n, c) = frost_core::round1::commit(k.signing_share(), &mut OsRng);
+                nonces.insert(*k.identifier(), n);
+                commitments.insert(*k.identifier(), c);
+            }
+            let package = frost_core::SigningPackage::new(commitments, &message);
+            let mut sig_shares = BTreeMap::new();
+            for k in &signers {
+                let share = frost_core::round2::sign(&package, &nonces[k.identifier()], k).unwrap();
+                sig_shares.insert(*k.identifier(), share);
+            }
+            let signature = frost_core::aggregate(&package, &sig_shares, &child_public).unwrap();
+            // An independent BIP-340 verifier, under the output key the address pays to.
+            let key = k256_verify::schnorr::VerifyingKey::from_bytes(&child.output_key).unwrap();
+            let sig = k256_verify::schnorr::Signature::try_from(
+                signature.serialize().unwrap().as_slice(),
+            )
+            .unwrap();
+            key.verify_raw(&message, &sig).unwrap();
+            // The wallet's own key package does not sign for the child.
+            let unmoved =
+                frost_core::round2::sign(&package, &nonces[keys[1].identifier()], &keys[1]);
+            assert!(
+                unmoved.is_err()
+                    || frost_core::aggregate(
+                        &package,
+                        &BTreeMap::from([
+                            (*keys[1].identifier(), unmoved.unwrap()),
+                            (
+                                *signers[1].identifier(),
+                                sig_shares[signers[1].identifier()]
+                            ),
+                        ]),
+                        &child_public
+                    )
+                    .is_err()
+            );
+        }
+    }
 
     #[test]
     fn checksums_match_bip380s_vectors() {

@@ -318,6 +318,10 @@ pub fn address(g: &Globals, args: AddressArgs) -> anyhow::Result<()> {
     };
     let (child, address) = cosigner_client::address::child_address(&w, keychain, index)?;
     home.address_handed_out(&w.wallet_id, keychain, index)?;
+    eprintln!(
+        "note: cosigner cannot sign for derived addresses yet (docs/addresses.md, \"Not yet\"): \
+         watch this address, do not have it paid"
+    );
     if args.json {
         emit(
             &json!({
