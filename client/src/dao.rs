@@ -2240,21 +2240,12 @@ pub fn run_refresh(
         vec![(wallet.party, key_package, public_key_package)],
         &mut rand_core::OsRng,
     )?;
-    let mut refresh = AnyRefresh::Frost(Box::new(refresh));
-    let watch = RefreshWatch {
-        home,
-        id: member.wallet_id,
-        hash: proposal.hash()?,
-        epoch: proposal.from_epoch.saturating_next(),
-        provider_key: &provider_key,
-        key: &key,
-    };
-    watch.start(courier, envelope, &first)?;
-    watch.run(courier, &mut refresh, timeout, progress)?;
-    let AnyRefresh::Frost(refresh) = refresh else {
-        return Err(ClientError::Unexpected(
-            "the refresh changed its scheme".into(),
-        ));
+    let watch = RefreshWatch::of(home, proposal, &provider_key, &key)?;
+    let refresh = AnyRefresh::Frost(Box::new(refresh));
+    let AnyRefresh::Frost(refresh) =
+        watch.drive(courier, envelope, &first, refresh, timeout, progress)?
+    else {
+        return Err(scheme_changed());
     };
     record_refresh(home, wallet, watch.id, watch.epoch, *refresh)
 }
@@ -2290,28 +2281,56 @@ pub fn refresh_checks(
 
 /// What a member's refresh loop needs besides the refresh itself.
 pub(crate) struct RefreshWatch<'a> {
-    pub(crate) home: &'a Home,
-    pub(crate) id: WalletId,
-    pub(crate) hash: [u8; 32],
+    home: &'a Home,
+    id: WalletId,
+    hash: [u8; 32],
     /// The new epoch.
-    pub(crate) epoch: Epoch,
-    pub(crate) provider_key: &'a [u8],
-    pub(crate) key: &'a p256::ecdsa::SigningKey,
+    epoch: Epoch,
+    provider_key: &'a [u8],
+    key: &'a p256::ecdsa::SigningKey,
 }
 
-impl RefreshWatch<'_> {
-    /// Posts the proposal's founding `envelope` again and our first messages.
-    pub(crate) fn start(
+/// A refresh came back of another scheme than it started (never happens).
+pub(crate) fn scheme_changed() -> ClientError {
+    ClientError::Unexpected("the refresh changed its scheme".into())
+}
+
+impl<'a> RefreshWatch<'a> {
+    /// The watch of `proposal`'s refresh at `home`, whose device key is `key`, with the wallet's
+    /// provider `provider_key`.
+    pub(crate) fn of(
+        home: &'a Home,
+        proposal: &RefreshProposal,
+        provider_key: &'a [u8],
+        key: &'a p256::ecdsa::SigningKey,
+    ) -> Result<Self> {
+        Ok(Self {
+            home,
+            id: proposal.wallet_id,
+            hash: proposal.hash()?,
+            epoch: proposal.from_epoch.saturating_next(),
+            provider_key,
+            key,
+        })
+    }
+
+    /// Posts the proposal's founding `envelope` again and our first messages `first`, then takes
+    /// part until the new epoch is current ([`Self::run`]); returns the finished refresh.
+    pub(crate) fn drive(
         &self,
         courier: &mut Courier,
         envelope: &Envelope,
         first: &[DaoMessage],
-    ) -> Result<()> {
+        mut refresh: AnyRefresh,
+        timeout: Duration,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<AnyRefresh> {
         courier.post(envelope)?;
         for m in first {
             courier.send(self.key, m)?;
         }
-        Ok(())
+        self.run(courier, &mut refresh, timeout, progress)?;
+        Ok(refresh)
     }
 
     /// Takes part until the provider made the new epoch current (which it does only once every
@@ -2321,7 +2340,7 @@ impl RefreshWatch<'_> {
     /// outranks a refusal whatever order the mailbox gives them in (a restarted provider may
     /// have refused after it committed). Once this device committed its prepared share is never
     /// deleted here: only the provider knows whether the new epoch became current.
-    pub(crate) fn run(
+    fn run(
         &self,
         courier: &mut Courier,
         refresh: &mut AnyRefresh,

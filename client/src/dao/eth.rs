@@ -244,21 +244,12 @@ pub fn run_treasury_refresh(
         &public,
         &mut rand_core::OsRng,
     )?;
-    let mut refresh = AnyRefresh::Ecdsa(Box::new(refresh));
-    let watch = RefreshWatch {
-        home,
-        id: member.wallet_id,
-        hash: proposal.hash()?,
-        epoch: proposal.from_epoch.saturating_next(),
-        provider_key: &provider_key,
-        key: &key,
-    };
-    watch.start(courier, envelope, &first)?;
-    watch.run(courier, &mut refresh, timeout, progress)?;
-    let AnyRefresh::Ecdsa(refresh) = refresh else {
-        return Err(ClientError::Unexpected(
-            "the refresh changed its scheme".into(),
-        ));
+    let watch = RefreshWatch::of(home, proposal, &provider_key, &key)?;
+    let refresh = AnyRefresh::Ecdsa(Box::new(refresh));
+    let AnyRefresh::Ecdsa(refresh) =
+        watch.drive(courier, envelope, &first, refresh, timeout, progress)?
+    else {
+        return Err(scheme_changed());
     };
     let (_, output) = refresh
         .new_shares()?

@@ -25,7 +25,7 @@
 //! exactly as for Bitcoin wallets. Signing secrets (HPKE keys, DKLs23 sessions) live in these
 //! values only; a signer that lost them makes the provider open round `r + 1` with fresh ones.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -33,7 +33,7 @@ use serde_bytes::ByteBuf;
 
 use super::dkg::{check_member, check_owner, insert_once};
 use super::quorum::Quorum;
-use super::refresh::{DaoRefresh, RefreshProposal};
+use super::refresh::{Commitments, DaoRefresh, RefreshProposal};
 use super::sign::MAX_ROUNDS;
 use super::{DaoMessage, Layout, sighashes_digest};
 use crate::ecdsa::dkg::{self as edkg, EcdsaDkg, EcdsaDkgOutput, EcdsaDkgParams, EcdsaHello};
@@ -603,7 +603,7 @@ impl EcdsaDaoDkg {
 pub struct EcdsaDaoRefresh {
     dkg: EcdsaDaoDkg,
     from_epoch: Epoch,
-    committed: BTreeSet<PartyId>,
+    committed: Commitments,
 }
 
 impl EcdsaDaoRefresh {
@@ -654,7 +654,7 @@ impl EcdsaDaoRefresh {
         let refresh = Self {
             dkg,
             from_epoch: proposal.from_epoch,
-            committed: BTreeSet::new(),
+            committed: Commitments::new(proposal.from_epoch),
         };
         Ok((refresh, out))
     }
@@ -685,19 +685,8 @@ impl EcdsaDaoRefresh {
             | DaoMessage::EcdsaDkgPart { .. }
             | DaoMessage::DkgConfirm { .. } => self.dkg.absorb(sender, message),
             DaoMessage::Committed { parties, epoch } => {
-                let expected = self.from_epoch.saturating_next();
-                let mut new = false;
-                for &party in parties {
-                    check_owner(self.dkg.layout(), sender, party, "commitment")?;
-                    if *epoch != expected {
-                        return Err(ProtocolError::culprit(
-                            party,
-                            format!("it committed epoch {epoch}, this refresh makes {expected}"),
-                        ));
-                    }
-                    new |= self.committed.insert(party);
-                }
-                Ok(new)
+                self.committed
+                    .absorb(self.dkg.layout(), sender, parties, *epoch)
             }
             _ => Ok(false),
         }
@@ -728,17 +717,12 @@ impl EcdsaDaoRefresh {
     /// Errors: called before the end.
     pub fn commit(&mut self) -> Result<DaoMessage> {
         self.new_shares()?;
-        let parties = self.parties();
-        self.committed.extend(parties.iter().copied());
-        Ok(DaoMessage::Committed {
-            parties,
-            epoch: self.from_epoch.saturating_next(),
-        })
+        Ok(self.committed.ours(self.parties()))
     }
 
     /// Whether every party of the wallet committed the new epoch.
     pub fn all_committed(&self) -> bool {
-        self.dkg.parties.iter().all(|p| self.committed.contains(p))
+        self.committed.missing(&self.dkg.parties).is_empty()
     }
 
     /// What we still wait for, as a progress line.
@@ -746,8 +730,7 @@ impl EcdsaDaoRefresh {
         if !self.is_done() {
             return format!("refresh {}", self.dkg.waiting_for());
         }
-        let all = self.dkg.parties.iter().copied();
-        let missing: Vec<PartyId> = all.filter(|p| !self.committed.contains(p)).collect();
+        let missing = self.committed.missing(&self.dkg.parties);
         format!(
             "commitments of epoch {} from parties {missing:?}",
             self.from_epoch.saturating_next()
@@ -1915,7 +1898,7 @@ mod tests {
                     r.absorb(sender, m).unwrap();
                 }
                 let mut out = r.advance(&mut OsRng).unwrap();
-                if r.is_done() && !r.committed.contains(&r.parties()[0]) {
+                if r.is_done() && !r.committed.has(&r.parties()[0]) {
                     out.push(r.commit().unwrap());
                 }
                 mail.extend(out.into_iter().map(|m| (key.clone(), m)));

@@ -87,6 +87,68 @@ impl RefreshProposal {
     }
 }
 
+/// The parties that said they stored their new shares of a refresh from `from_epoch` as prepared
+/// ([`DaoMessage::Committed`]): the second phase of either scheme's DAO refresh.
+#[derive(Debug)]
+pub(super) struct Commitments {
+    from_epoch: Epoch,
+    committed: BTreeSet<PartyId>,
+}
+
+impl Commitments {
+    pub(super) fn new(from_epoch: Epoch) -> Self {
+        Self {
+            from_epoch,
+            committed: BTreeSet::new(),
+        }
+    }
+
+    /// Takes `sender`'s commitment of `parties` to `epoch`; returns whether it was new.
+    ///
+    /// Errors ([`ProtocolError::Culprit`]): a party `sender` does not hold, or another epoch
+    /// than the refresh makes.
+    pub(super) fn absorb(
+        &mut self,
+        layout: &Layout,
+        sender: &[u8],
+        parties: &[PartyId],
+        epoch: Epoch,
+    ) -> Result<bool> {
+        let expected = self.from_epoch.saturating_next();
+        let mut new = false;
+        for &party in parties {
+            check_owner(layout, sender, party, "commitment")?;
+            if epoch != expected {
+                return Err(ProtocolError::culprit(
+                    party,
+                    format!("it committed epoch {epoch}, this refresh makes epoch {expected}"),
+                ));
+            }
+            new |= self.committed.insert(party);
+        }
+        Ok(new)
+    }
+
+    /// Our commitment of `ours`, recorded: the message to post.
+    pub(super) fn ours(&mut self, ours: Vec<PartyId>) -> DaoMessage {
+        self.committed.extend(ours.iter().copied());
+        DaoMessage::Committed {
+            parties: ours,
+            epoch: self.from_epoch.saturating_next(),
+        }
+    }
+
+    /// Whether `party` committed.
+    pub(super) fn has(&self, party: &PartyId) -> bool {
+        self.committed.contains(party)
+    }
+
+    /// The parties of `all` that have not committed.
+    pub(super) fn missing(&self, all: &[PartyId]) -> Vec<PartyId> {
+        all.iter().copied().filter(|p| !self.has(p)).collect()
+    }
+}
+
 /// The share one party holds now: its key package and the wallet's public key package.
 pub type OldShare<C> = (PartyId, KeyPackage<C>, PublicKeyPackage<C>);
 
@@ -101,7 +163,7 @@ pub struct DaoRefresh<C: Ciphersuite> {
     layout: Layout,
     exchange: Exchange<C, RefreshParams>,
     /// Parties that said they stored their new share as prepared.
-    committed: BTreeSet<PartyId>,
+    committed: Commitments,
 }
 
 impl<C: Ciphersuite> std::fmt::Debug for DaoRefresh<C> {
@@ -151,7 +213,7 @@ impl<C: Ciphersuite> DaoRefresh<C> {
         let refresh = Self {
             layout,
             exchange,
-            committed: BTreeSet::new(),
+            committed: Commitments::new(proposal.from_epoch),
         };
         Ok((refresh, first.into_iter().map(post).collect()))
     }
@@ -182,28 +244,12 @@ impl<C: Ciphersuite> DaoRefresh<C> {
             DaoMessage::Round2(p) => (Message::Round2(p.clone()), "refresh package"),
             DaoMessage::Confirm(c) => (Message::Confirmation(c.clone()), "refresh confirmation"),
             DaoMessage::Committed { parties, epoch } => {
-                return self.absorb_commit(sender, parties, *epoch);
+                return self.committed.absorb(&self.layout, sender, parties, *epoch);
             }
             _ => return Ok(false),
         };
         check_owner(&self.layout, sender, inner.from(), what)?;
         self.exchange.absorb(&inner, what)
-    }
-
-    fn absorb_commit(&mut self, sender: &[u8], parties: &[PartyId], epoch: Epoch) -> Result<bool> {
-        let expected = self.from_epoch().saturating_next();
-        let mut new = false;
-        for &party in parties {
-            check_owner(&self.layout, sender, party, "commitment")?;
-            if epoch != expected {
-                return Err(ProtocolError::culprit(
-                    party,
-                    format!("it committed epoch {epoch}, this refresh makes epoch {expected}"),
-                ));
-            }
-            new |= self.committed.insert(party);
-        }
-        Ok(new)
     }
 
     /// Advances every local party whose inputs are complete; returns the messages to post.
@@ -232,18 +278,14 @@ impl<C: Ciphersuite> DaoRefresh<C> {
     /// Errors: called before the end ([`ProtocolError::UnexpectedMessage`]).
     pub fn commit(&mut self) -> Result<DaoMessage> {
         self.new_shares()?;
-        let parties = self.parties();
-        self.committed.extend(parties.iter().copied());
-        Ok(DaoMessage::Committed {
-            parties,
-            epoch: self.from_epoch().saturating_next(),
-        })
+        Ok(self.committed.ours(self.parties()))
     }
 
     /// Whether every party of the wallet committed the new epoch.
     pub fn all_committed(&self) -> bool {
-        let all = &self.exchange.params().parties;
-        all.iter().all(|p| self.committed.contains(p))
+        self.committed
+            .missing(&self.exchange.params().parties)
+            .is_empty()
     }
 
     /// What we still wait for: the exchange's step and missing parties, or once it is done, the
@@ -253,10 +295,9 @@ impl<C: Ciphersuite> DaoRefresh<C> {
         if waiting.step != Step::Done {
             return waiting;
         }
-        let all = self.exchange.params().parties.iter().copied();
         Waiting {
             step: Step::Done,
-            parties: all.filter(|p| !self.committed.contains(p)).collect(),
+            parties: self.committed.missing(&self.exchange.params().parties),
         }
     }
 
@@ -341,7 +382,7 @@ mod tests {
                     r.absorb(sender, m).unwrap();
                 }
                 let mut out = r.advance(&mut OsRng).unwrap();
-                if r.is_done() && !r.committed.contains(&r.parties()[0]) {
+                if r.is_done() && !r.committed.has(&r.parties()[0]) {
                     out.push(r.commit().unwrap());
                 }
                 mailbox.extend(out.into_iter().map(|m| (pk.clone(), m)));
