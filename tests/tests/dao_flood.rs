@@ -34,14 +34,33 @@ fn members(founder: &Home) -> String {
     text
 }
 
+/// An Ethereum treasury's policy (any 2 of the 3 members).
+const ETH_POLICY: &str =
+    "chain_ids = [1]\n[admin]\napprovals = 3\n\n[[rule]]\nname = \"any\"\napprovals = 2\n";
+
 /// Founds a DAO DKG at the provider with a new invitation from `founder`.
 fn found(d: &Deployment, s: &mut Session, founder: &Home) -> Result<Response, ClientError> {
+    found_on(d, s, founder, Some(Network::Regtest))
+}
+
+/// [`found`] on `network` (`None`: an Ethereum treasury, threshold ECDSA).
+fn found_on(
+    d: &Deployment,
+    s: &mut Session,
+    founder: &Home,
+    network: Option<Network>,
+) -> Result<Response, ClientError> {
+    let policy = if network.is_some() {
+        POLICY
+    } else {
+        ETH_POLICY
+    };
     let (_, envelope) = cosigner_client::dao::invite(
         founder,
         s,
         &members(founder),
-        POLICY,
-        Some(Network::Regtest),
+        policy,
+        network,
         &d.mailbox,
         &d.provider.addr(),
     )
@@ -82,5 +101,36 @@ fn a_flood_of_self_made_dao_invitations_does_not_block_dao_wallet_creation() {
     // A real founder after the flood: its creation is taken in too.
     let alice = Home::open(&d.home("alice")).unwrap();
     let answer = found(&d, &mut s, &alice);
+    assert!(matches!(answer, Ok(Response::Mailbox { .. })), "{answer:?}");
+}
+
+/// The same flood of self-made invitations for Ethereum treasuries, whose DKGs hold megabytes
+/// each: one key gets two, and the treasuries' own smaller budget evicts its oldest DKG instead
+/// of refusing, so a flood of keys cannot block a real treasury's creation.
+#[test]
+fn a_flood_of_self_made_treasury_invitations_does_not_block_treasury_creation() {
+    let d = Deployment::start().unwrap();
+    let trust = Trust::load(&d.dir.path().join("trust.toml")).unwrap();
+    let mut s = Session::connect(&d.provider.addr(), &trust).unwrap();
+    let greedy = Home::open(&d.home("greedy")).unwrap();
+    let mut outcomes = (0, 0);
+    for _ in 0..4 {
+        match found_on(&d, &mut s, &greedy, None) {
+            Ok(Response::Mailbox { .. }) => outcomes.0 += 1,
+            Err(ClientError::Remote(e)) if e.kind == ErrorKind::Busy => outcomes.1 += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(outcomes, (2, 2));
+    for i in 0..12 {
+        let flooder = Home::open(&d.home(&format!("flooder-{i}"))).unwrap();
+        let answer = found_on(&d, &mut s, &flooder, None);
+        assert!(
+            matches!(answer, Ok(Response::Mailbox { .. })),
+            "{i}: {answer:?}"
+        );
+    }
+    let alice = Home::open(&d.home("alice")).unwrap();
+    let answer = found_on(&d, &mut s, &alice, None);
     assert!(matches!(answer, Ok(Response::Mailbox { .. })), "{answer:?}");
 }

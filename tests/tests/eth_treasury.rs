@@ -164,6 +164,7 @@ fn five_members_make_an_eth_treasury_and_its_tiers_decide_what_is_signed() {
     let fifth = the_admin_quorum_changes_the_policy(&dao);
     let sixth = every_member_refreshes_and_the_new_shares_sign(&dao);
     the_requests_are_listed(&dao);
+    a_malformed_transaction_is_refused(&dao);
 
     if !ecdsa::python_available() {
         println!("{SKIP_LINE}");
@@ -392,4 +393,59 @@ fn the_provider_restarts_mid_signing(dao: &mut Dao) -> SignedTx {
         "{rounds:?}"
     );
     signed_tx
+}
+
+/// A member's request whose transaction does not decode (delivered straight to the provider, as
+/// any member's courier could): the provider refuses it in the topic and evaluates nothing.
+fn a_malformed_transaction_is_refused(dao: &Dao) {
+    use cosigner_client::home::Home;
+    use cosigner_client::session::Session;
+    use cosigner_client::trust::Trust;
+    use cosigner_protocol::dao::SignRequest;
+    use cosigner_protocol::mailbox::Envelope;
+    use cosigner_protocol::wire::{Request, Response, WalletId};
+    use serde_bytes::ByteBuf;
+
+    let home = Home::open(&dao.homes[0]).unwrap();
+    let created_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let request = SignRequest {
+        wallet_id: WalletId::from_hex(&dao.wallet).unwrap(),
+        // A type-2 envelope byte, then an RLP list cut short.
+        psbt: ByteBuf::from(vec![0x02, 0xf8, 0x70, 0x01]),
+        requester: cosigner_tests::pid(1),
+        created_ms,
+        nonce: ByteBuf::from(vec![0x5e; 16]),
+    };
+    let topic = request.topic().unwrap();
+    let body = DaoMessage::SignRequest(request).encode().unwrap();
+    let envelope = Envelope::seal(&home.device_key().unwrap(), topic, body).unwrap();
+    let trust = Trust::load(&dao.d.dir.path().join("trust.toml")).unwrap();
+    let mut session = Session::connect(&dao.d.provider.addr(), &trust).unwrap();
+    let answer = session
+        .call(&Request::Mailbox {
+            topic: ByteBuf::from(topic.to_vec()),
+            envelopes: vec![ByteBuf::from(envelope.encode().unwrap())],
+            from: 0,
+        })
+        .unwrap();
+    let Response::Mailbox {
+        envelopes, notes, ..
+    } = answer
+    else {
+        panic!("{answer:?}");
+    };
+    let said: Vec<DaoMessage> = envelopes
+        .iter()
+        .map(|e| DaoMessage::decode(&Envelope::decode(e).unwrap().body).unwrap())
+        .collect();
+    assert!(
+        !said.iter().any(|m| matches!(m, DaoMessage::Evaluation(_))),
+        "{said:?}"
+    );
+    let refused = said.iter().any(|m| matches!(m, DaoMessage::Refused { .. }))
+        || notes.iter().any(|n| n.contains("refused"));
+    assert!(refused, "{said:?} {notes:?}");
 }
