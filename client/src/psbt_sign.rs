@@ -31,6 +31,9 @@ pub struct Signed {
     pub txid: String,
     /// Its consensus encoding, ready to broadcast.
     pub tx: Vec<u8>,
+    /// The PSBT with every input's `PSBT_IN_TAP_KEY_SIG` set (binary, not finalized), for
+    /// wallet software that combines and finalizes itself.
+    pub psbt: Vec<u8>,
     /// The provider's reading of the PSBT (and the policy rule that allowed it).
     pub evaluation: PsbtEvaluation,
     /// The cosigner's receipt for the spend (`crate::receipt`), when its courier attested a key.
@@ -112,6 +115,7 @@ pub fn sign_psbt_with(
         ));
     }
     let (txid, tx) = psbt::finalize(psbt, &two.wallet.group_public_key, &signed.signatures)?;
+    let signed_psbt = psbt::with_key_sigs(psbt, &two.wallet.group_public_key, &signed.signatures)?;
     let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(psbt).into();
     let expected = Expected {
         wallet_id: &wallet_id,
@@ -123,6 +127,7 @@ pub fn sign_psbt_with(
     Ok(Signed {
         txid,
         tx,
+        psbt: signed_psbt,
         evaluation,
         receipt,
     })

@@ -193,6 +193,37 @@ pub fn finalize(
     Ok((txid.to_string(), encode::serialize(&tx)))
 }
 
+/// The PSBT with one 64-byte BIP-340 signature per input (in input order) recorded as each
+/// input's `PSBT_IN_TAP_KEY_SIG` (BIP-371), not finalized: what wallet software combines and
+/// finalizes itself (`combinepsbt`/`finalizepsbt`, BDK). Binary, BIP-174 version 0 (a version 2
+/// input comes back as its version 0 equivalent).
+///
+/// Runs every check of [`finalize`] first: the same PSBT rules, and each signature verified
+/// against the output key and its input's sighash.
+pub fn with_key_sigs(
+    psbt: &[u8],
+    output_key: &[u8; 32],
+    signatures: &[[u8; 64]],
+) -> Result<Vec<u8>> {
+    finalize(psbt, output_key, signatures)?;
+    let mut psbt = parse(psbt)?;
+    for (input, signature) in psbt.inputs.iter_mut().zip(signatures) {
+        let signature = schnorr::Signature::from_slice(signature)
+            .map_err(|_| psbt_error("not a BIP-340 signature"))?;
+        input.tap_key_sig = Some(bitcoin::taproot::Signature {
+            signature,
+            sighash_type: TapSighashType::Default,
+        });
+    }
+    Ok(psbt.serialize())
+}
+
+/// A binary PSBT as base64 text (BIP-174's text form, what wallets exchange).
+pub fn to_base64(psbt: &[u8]) -> String {
+    use bitcoin::base64::Engine as _;
+    bitcoin::base64::engine::general_purpose::STANDARD.encode(psbt)
+}
+
 /// The network of a name: `bitcoin`/`mainnet`, `testnet`, `testnet4`, `signet`, `regtest`.
 pub fn network_from_name(name: &str) -> Result<Network> {
     match name.to_ascii_lowercase().as_str() {

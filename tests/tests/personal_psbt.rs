@@ -86,6 +86,10 @@ impl Personal {
             bitcoin::consensus::deserialize(&hex::decode(tx).unwrap()).unwrap();
         assert_eq!(decoded.compute_txid().to_string(), txid);
         self.receipt_says(out.ok(), &format!("signed {txid}"));
+        // The signed PSBT (`"psbt"`): every input's BIP-371 key signature, finalized by hand
+        // into exactly the transaction printed.
+        let psbt = v["psbt"].as_str().unwrap();
+        assert_eq!(finalized_by_hand(psbt), tx);
         out.stderr
     }
 
@@ -213,6 +217,43 @@ fn a_wallet_without_a_policy_signs_psbts_and_messages() {
     let summary = w.signed("big", &spend);
     assert!(summary.contains("no policy"), "{summary}");
     w.sign_message().ok();
+
+    // `--psbt-out`: the signed PSBT written for other wallet software, as base64 text.
+    let spend = w.spend(20_000_000);
+    let file = w.d.dir.path().join("out.psbt");
+    std::fs::write(&file, &spend.psbt_base64).unwrap();
+    let signed = w.d.dir.path().join("signed.psbt");
+    let out = w.d.cosigner([
+        "--home",
+        p(&w.w.home),
+        "sign",
+        "--wallet",
+        &w.w.id,
+        "--psbt",
+        p(&file),
+        "--psbt-out",
+        p(&signed),
+    ]);
+    let tx = out.ok().lines().nth(1).unwrap().to_owned();
+    let written = std::fs::read_to_string(&signed).unwrap();
+    assert_eq!(finalized_by_hand(written.trim()), tx);
+    bitcoin_tx::verify_consensus(&tx, &spend.prevouts).expect("valid under consensus rules");
+}
+
+/// Finalizes a base64 PSBT whose inputs carry `PSBT_IN_TAP_KEY_SIG` the way any BIP-174
+/// finalizer does for a key-path spend (the witness is the signature) and returns the
+/// transaction's hex.
+fn finalized_by_hand(psbt_base64: &str) -> String {
+    use std::str::FromStr;
+    let mut psbt = bitcoin::Psbt::from_str(psbt_base64).unwrap();
+    for input in &mut psbt.inputs {
+        let sig = input
+            .tap_key_sig
+            .take()
+            .expect("a key signature on every input");
+        input.final_script_witness = Some(bitcoin::Witness::from_slice(&[sig.to_vec()]));
+    }
+    hex::encode(bitcoin::consensus::serialize(&psbt.extract_tx().unwrap()))
 }
 
 #[test]

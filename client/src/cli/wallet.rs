@@ -164,6 +164,11 @@ pub struct SignArgs {
     /// transaction.
     #[arg(long, value_name = "FILE")]
     psbt: Option<PathBuf>,
+    /// With --psbt (a personal wallet): also write the PSBT with every input's
+    /// `PSBT_IN_TAP_KEY_SIG` set (BIP-371, base64, not finalized) to FILE, for wallet software
+    /// that combines and finalizes PSBTs itself; `--json` adds it as `"psbt"` either way.
+    #[arg(long, value_name = "FILE", requires = "psbt")]
+    psbt_out: Option<PathBuf>,
     /// DAO wallets (with --psbt, or --eth-tx for an Ethereum treasury): where to write the
     /// request the other members approve.
     #[arg(long, value_name = "FILE")]
@@ -529,6 +534,12 @@ pub fn sign(g: &Globals, args: SignArgs) -> anyhow::Result<()> {
         let psbt = cosigner_protocol::psbt::decode_psbt_file(&contents)
             .map_err(|e| anyhow::anyhow!("PSBT file {}: {e}", path.display()))?;
         if w.dao.is_some() {
+            if args.psbt_out.is_some() {
+                anyhow::bail!(
+                    "--psbt-out is for personal wallets so far; a DAO wallet prints the signed \
+                     transaction"
+                );
+            }
             return super::dao::sign_dao(
                 g,
                 &home,
@@ -544,7 +555,7 @@ pub fn sign(g: &Globals, args: SignArgs) -> anyhow::Result<()> {
             &home,
             &w,
             psbt,
-            args.with_recovery_key.as_deref(),
+            (args.with_recovery_key.as_deref(), args.psbt_out.as_deref()),
             args.json,
         );
     }
@@ -625,7 +636,7 @@ fn sign_psbt(
     home: &Home,
     w: &WalletFile,
     psbt: Vec<u8>,
-    with_recovery_key: Option<&Path>,
+    (with_recovery_key, psbt_out): (Option<&Path>, Option<&Path>),
     json: bool,
 ) -> anyhow::Result<()> {
     let id = w.wallet_id;
@@ -654,6 +665,11 @@ fn sign_psbt(
         Some(rule) => eprintln!("  allowed by the wallet's policy, rule {rule:?}"),
         None => eprintln!("  (the wallet has no policy)"),
     }
+    let signed_psbt = cosigner_protocol::psbt::to_base64(&signed.psbt);
+    if let Some(path) = psbt_out {
+        std::fs::write(path, format!("{signed_psbt}\n"))
+            .with_context(|| format!("--psbt-out {}", path.display()))?;
+    }
     if json {
         // The receipt proves which measured code co-signed this spend (`cosigner receipt
         // verify`).
@@ -661,6 +677,7 @@ fn sign_psbt(
             &json!({
                 "txid": signed.txid,
                 "tx_hex": hex::encode(&signed.tx),
+                "psbt": signed_psbt,
                 "receipt": signed.receipt,
             })
             .to_string(),

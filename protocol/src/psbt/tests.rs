@@ -318,6 +318,39 @@ fn finalize_produces_the_signed_transaction() {
 }
 
 #[test]
+fn signed_psbts_carry_each_inputs_key_signature_and_finalize_alike() {
+    let w = wallet(1);
+    let bytes = two_by_two(&w).serialize();
+    let s = analyze(&bytes, &w.q, Network::Regtest).unwrap();
+    let sigs = w.sign(&s.sighashes);
+    let signed = with_key_sigs(&bytes, &w.q, &sigs).unwrap();
+    let parsed = Psbt::deserialize(&signed).unwrap();
+    for (input, sig) in parsed.inputs.iter().zip(&sigs) {
+        let key_sig = input.tap_key_sig.unwrap();
+        assert_eq!(key_sig.sighash_type, TapSighashType::Default);
+        assert_eq!(key_sig.signature.serialize(), *sig);
+        assert!(input.final_script_witness.is_none(), "not finalized");
+    }
+    // Finalized by anyone, it is the transaction cosigner itself would publish.
+    let (txid, raw) = finalize(&bytes, &w.q, &sigs).unwrap();
+    let mut theirs = parsed;
+    for input in &mut theirs.inputs {
+        let sig = input.tap_key_sig.take().unwrap();
+        input.final_script_witness = Some(Witness::from_slice(&[sig.to_vec()]));
+    }
+    let tx = theirs.extract_tx().unwrap();
+    assert_eq!(tx.compute_txid().to_string(), txid);
+    assert_eq!(encode::serialize(&tx), raw);
+    // A bad signature is refused, naming its input.
+    let mut bad = sigs.clone();
+    bad[1][3] ^= 1;
+    assert!(is_psbt_input(
+        &with_key_sigs(&bytes, &w.q, &bad).unwrap_err(),
+        1
+    ));
+}
+
+#[test]
 fn bad_signatures_are_refused_by_input() {
     let w = wallet(1);
     let bytes = two_by_two(&w).serialize();
