@@ -2370,12 +2370,12 @@ impl<'a> RefreshWatch<'a> {
                 }
             }
             if let Some(reason) = refusal.filter(|_| !refreshed) {
+                // Prepared shares are kept: this run's (if it committed, only the provider knows
+                // whether the new epoch became current) and any an earlier run kept.
                 if prepared {
                     progress(
                         "this device committed before the refusal: its prepared share is kept",
                     );
-                } else {
-                    self.home.remove_prepared_share(&self.id)?;
                 }
                 return Err(refused(&reason));
             }

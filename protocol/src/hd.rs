@@ -360,76 +360,93 @@ mod tests {
     use super::*;
     use std::str::FromStr;
 
-    #[test]
-    fn two_of_three_shares_moved_to_a_child_sign_for_its_bip86_output_key() {
-        use frost_core::keys::{KeyPackage, PublicKeyPackage};
+    type Keys = (
+        Vec<frost_core::keys::KeyPackage<Tr>>,
+        frost_core::keys::PublicKeyPackage<Tr>,
+    );
+
+    /// A 2-of-3 key as the DKG leaves it (frost-secp256k1-tr's `post_dkg` applies Taproot's tweak
+    /// to the dealt key, so the group key's Y is odd about half the time).
+    fn dealt() -> Keys {
+        use frost_core::keys::KeyPackage;
         use frost_secp256k1_tr::keys::Tweak;
-        use rand_core::OsRng;
-        use std::collections::BTreeMap;
-        // A 2-of-3 key as the DKG leaves it (frost-secp256k1-tr's `post_dkg` applies Taproot's
-        // tweak to the dealt key).
         let (shares, public) = frost_secp256k1_tr::keys::generate_with_dealer(
             3,
             2,
             frost_secp256k1_tr::keys::IdentifierList::Default,
-            OsRng,
+            rand_core::OsRng,
         )
         .unwrap();
-        let public: PublicKeyPackage<Tr> = public.tweak::<&[u8]>(None);
-        let keys: Vec<KeyPackage<Tr>> = shares
+        let keys = shares
             .into_values()
             .map(|s| KeyPackage::try_from(s).unwrap().tweak::<&[u8]>(None))
             .collect();
-        let group_key = public.verifying_key().serialize().unwrap();
-        let w = WalletXpub::new(&WalletId([3; 16]), &group_key, false).unwrap();
-        for (keychain, index) in [(Keychain::Receive, 0), (Keychain::Change, 9)] {
-            let child = w.child(keychain, index).unwrap();
-            let child_public = child_public_key_package(&public, &child).unwrap();
-            let signers: Vec<KeyPackage<Tr>> = keys[1..]
-                .iter()
-                .map(|k| child_key_package(k, &child).unwrap())
-                .collect();
-            let message = [0x5a; 32];
-            let mut nonces = BTreeMap::new();
-            let mut commitments = BTreeMap::new();
-            for k in &signers {
-                let (n, c) = frost_core::round1::commit(k.signing_share(), &mut OsRng);
-                nonces.insert(*k.identifier(), n);
-                commitments.insert(*k.identifier(), c);
-            }
-            let package = frost_core::SigningPackage::new(commitments, &message);
-            let mut sig_shares = BTreeMap::new();
-            for k in &signers {
-                let share = frost_core::round2::sign(&package, &nonces[k.identifier()], k).unwrap();
-                sig_shares.insert(*k.identifier(), share);
-            }
-            let signature = frost_core::aggregate(&package, &sig_shares, &child_public).unwrap();
-            // An independent BIP-340 verifier, under the output key the address pays to.
-            let key = k256_verify::schnorr::VerifyingKey::from_bytes(&child.output_key).unwrap();
-            let sig = k256_verify::schnorr::Signature::try_from(
-                signature.serialize().unwrap().as_slice(),
-            )
-            .unwrap();
-            key.verify_raw(&message, &sig).unwrap();
-            // The wallet's own key package does not sign for the child.
-            let unmoved =
-                frost_core::round2::sign(&package, &nonces[keys[1].identifier()], &keys[1]);
-            assert!(
-                unmoved.is_err()
-                    || frost_core::aggregate(
-                        &package,
-                        &BTreeMap::from([
-                            (*keys[1].identifier(), unmoved.unwrap()),
-                            (
-                                *signers[1].identifier(),
-                                sig_shares[signers[1].identifier()]
-                            ),
-                        ]),
-                        &child_public
-                    )
-                    .is_err()
-            );
+        (keys, public.tweak::<&[u8]>(None))
+    }
+
+    /// Parties 2 and 3 sign `message` for `child` with their moved key packages; the signature
+    /// is checked by an independent BIP-340 verifier under the child's output key.
+    fn signs_for(keys: &Keys, child: &Child, message: &[u8; 32]) {
+        use frost_core::keys::KeyPackage;
+        use rand_core::OsRng;
+        use std::collections::BTreeMap;
+        let child_public = child_public_key_package(&keys.1, child).unwrap();
+        let signers: Vec<KeyPackage<Tr>> = keys.0[1..]
+            .iter()
+            .map(|k| child_key_package(k, child).unwrap())
+            .collect();
+        let mut nonces = BTreeMap::new();
+        let mut commitments = BTreeMap::new();
+        for k in &signers {
+            let (n, c) = frost_core::round1::commit(k.signing_share(), &mut OsRng);
+            nonces.insert(*k.identifier(), n);
+            commitments.insert(*k.identifier(), c);
         }
+        let package = frost_core::SigningPackage::new(commitments, message);
+        let mut shares = BTreeMap::new();
+        for k in &signers {
+            let share = frost_core::round2::sign(&package, &nonces[k.identifier()], k).unwrap();
+            shares.insert(*k.identifier(), share);
+        }
+        let signature = frost_core::aggregate(&package, &shares, &child_public).unwrap();
+        let key = k256_verify::schnorr::VerifyingKey::from_bytes(&child.output_key).unwrap();
+        let sig =
+            k256_verify::schnorr::Signature::try_from(signature.serialize().unwrap().as_slice())
+                .unwrap();
+        key.verify_raw(message, &sig).unwrap();
+        // The wallet's own key package does not sign for the child: its share is refused.
+        let unmoved =
+            frost_core::round2::sign(&package, &nonces[keys.0[1].identifier()], &keys.0[1])
+                .unwrap();
+        shares.insert(*keys.0[1].identifier(), unmoved);
+        assert!(frost_core::aggregate(&package, &shares, &child_public).is_err());
+    }
+
+    #[test]
+    fn two_of_three_shares_moved_to_a_child_sign_for_its_bip86_output_key() {
+        // Every parity of the group key and of the child's internal key, each at least once
+        // (a parity mistake would fail only half the keys).
+        let mut seen = std::collections::BTreeSet::new();
+        for round in 0..200u32 {
+            let keys = dealt();
+            let group_key = keys.1.verifying_key().serialize().unwrap();
+            let w = WalletXpub::new(&WalletId([3; 16]), &group_key, false).unwrap();
+            for index in 0..2 {
+                let keychain = if round % 2 == 0 {
+                    Keychain::Receive
+                } else {
+                    Keychain::Change
+                };
+                let child = w.child(keychain, index).unwrap();
+                if seen.insert((group_key[0], child.internal_key[0])) {
+                    signs_for(&keys, &child, &[0x5a; 32]);
+                }
+            }
+            if seen.len() == 4 {
+                return;
+            }
+        }
+        panic!("parities seen: {seen:?}");
     }
 
     #[test]

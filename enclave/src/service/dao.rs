@@ -470,7 +470,9 @@ fn skip_past_lost(ceremony: &mut Ceremony, message: &DaoMessage) {
 }
 
 /// How long a ceremony that gets nothing new may keep its place when room is needed.
-const IDLE_AFTER: Duration = Duration::from_secs(120);
+/// Members approve a refresh by hand, so this is long: a refresh waiting for people is not
+/// idle in any sense a flood should exploit.
+const IDLE_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// Whether `entry` got nothing new for [`IDLE_AFTER`].
 fn idle(entry: &Entry) -> bool {
@@ -1539,18 +1541,36 @@ impl Service {
         state.epoch = epoch;
         state.last_refresh = Some(ByteBuf::from(job.hash.to_vec()));
         self.records().save_dao_state(&job.wallet_id, &state)?;
-        lock(&self.dao_epochs)?.insert(job.wallet_id, epoch);
-        for &party in &state.provider_parties {
-            self.records()
-                .delete_dao_share(&job.wallet_id, party, from_epoch)?;
+        // The new epoch is current from here on: whatever fails below, the members must hear it
+        // (a refusal now would leave them on an epoch the provider no longer signs with).
+        if let Ok(mut epochs) = lock(&self.dao_epochs) {
+            epochs.insert(job.wallet_id, epoch);
         }
-        self.log(
-            &job.wallet_id,
-            "dao-refresh",
-            "dao",
-            &job.hash,
-            &format!("committed by every party: epoch {epoch} current, epoch {from_epoch} deleted"),
-        )?;
+        let kept: Vec<PartyId> = state
+            .provider_parties
+            .iter()
+            .copied()
+            .filter(|&party| {
+                self.records()
+                    .delete_dao_share(&job.wallet_id, party, from_epoch)
+                    .is_err()
+            })
+            .collect();
+        let outcome = if kept.is_empty() {
+            format!("committed by every party: epoch {epoch} current, epoch {from_epoch} deleted")
+        } else {
+            format!(
+                "committed by every party: epoch {epoch} current; epoch {from_epoch}'s shares of \
+                 parties {kept:?} could not be deleted (never used again: the state names \
+                 epoch {epoch})"
+            )
+        };
+        if let Err(e) = self.log(&job.wallet_id, "dao-refresh", "dao", &job.hash, &outcome) {
+            eprintln!(
+                "dao refresh of {}: audit entry not written: {}",
+                job.wallet_id, e.0.message
+            );
+        }
         Ok(DaoMessage::Refreshed {
             wallet_id: job.wallet_id,
             epoch,
