@@ -13,7 +13,7 @@ use cosigner_client::home::Home;
 use cosigner_client::mailbox::MailboxClient;
 use cosigner_protocol::auth::public_key_bytes;
 use cosigner_protocol::dao::{DaoMessage, Invitation};
-use cosigner_protocol::mailbox::Topic;
+use cosigner_protocol::mailbox::{Envelope, Topic};
 use serde_json::Value;
 
 use crate::bitcoin_tx::{self, Pay, Spend};
@@ -551,6 +551,65 @@ impl Dao {
             group_key: created.group_key,
             created: created.json,
         }
+    }
+
+    /// A proposal by `member`, `cosigner dao SUBCOMMAND…` (`refresh`, or `policy --policy F`),
+    /// writing it to `request`, giving up after `timeout` seconds, printing JSON.
+    #[allow(clippy::indexing_slicing)]
+    pub fn proposal_args(
+        &self,
+        member: usize,
+        subcommand: &[&str],
+        request: &Path,
+        timeout: &str,
+    ) -> Vec<String> {
+        let mut a = args(&["--home", &p(&self.homes[member]), "dao"]);
+        a.extend(args(subcommand));
+        a.extend(args(&[
+            "--wallet",
+            &self.wallet,
+            "--request-out",
+            &p(request),
+            "--timeout",
+            timeout,
+            "--json",
+        ]));
+        a
+    }
+
+    /// Hands `envelopes` (of one topic) straight to the provider, as any member's courier
+    /// could, and returns what it answers: its messages, decoded, and its notes.
+    ///
+    /// # Panics
+    /// If the provider cannot be reached, or answers something else or undecodable.
+    #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    pub fn deliver(&self, envelopes: &[Envelope]) -> (Vec<DaoMessage>, Vec<String>) {
+        use cosigner_protocol::wire::{Request, Response};
+        let trust =
+            cosigner_client::trust::Trust::load(&self.d.dir.path().join("trust.toml")).unwrap();
+        let mut session =
+            cosigner_client::session::Session::connect(&self.d.provider.addr(), &trust).unwrap();
+        let answer = session
+            .call(&Request::Mailbox {
+                topic: serde_bytes::ByteBuf::from(envelopes[0].topic.to_vec()),
+                envelopes: envelopes
+                    .iter()
+                    .map(|e| serde_bytes::ByteBuf::from(e.encode().unwrap()))
+                    .collect(),
+                from: 0,
+            })
+            .unwrap();
+        let Response::Mailbox {
+            envelopes, notes, ..
+        } = answer
+        else {
+            panic!("{answer:?}");
+        };
+        let said = envelopes
+            .iter()
+            .map(|e| DaoMessage::decode(&Envelope::decode(e).unwrap().body).unwrap())
+            .collect();
+        (said, notes)
     }
 
     /// `DIR/<name>` of the deployment.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use cosigner_tests::Outcome;
 use cosigner_tests::bitcoin_tx::{self, Pay, Spend};
-use cosigner_tests::members::{BTC, Dao, approve_args, args, json, p, sign_args, wait_for};
+use cosigner_tests::members::{BTC, Dao, approve_args, json, p, sign_args, wait_for};
 use serde_json::Value;
 
 /// A policy's TOML: with `admin`, an `[admin]` quorum of that many approvals; then one `[[rule]]`
@@ -197,18 +197,7 @@ fn stricter() -> String {
 
 /// `dao SUBCOMMAND --wallet ID …` by Alice (member 0), writing its request to `request`.
 fn admin_args(dao: &Dao, subcommand: &[&str], request: &Path, timeout: &str) -> Vec<String> {
-    let mut a = args(&["--home", &p(&dao.homes[0]), "dao"]);
-    a.extend(args(subcommand));
-    a.extend(args(&[
-        "--wallet",
-        &dao.wallet,
-        "--request-out",
-        &p(request),
-        "--timeout",
-        timeout,
-        "--json",
-    ]));
-    a
+    dao.proposal_args(0, subcommand, request, timeout)
 }
 
 /// Member 0 proposes `policy`; members `approvers` approve.

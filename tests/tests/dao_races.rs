@@ -17,9 +17,7 @@ use std::time::Duration;
 
 use cosigner_protocol::dao::DaoMessage;
 use cosigner_tests::Outcome;
-use cosigner_tests::members::{
-    BTC, Dao, Member, Watch, all_signed, approval_by, args, json, p, wait_for,
-};
+use cosigner_tests::members::{BTC, Dao, Member, Watch, all_signed, approval_by, json, wait_for};
 
 /// Every member process gives up after this long (keeps a failing test bounded).
 const TIMEOUT: &str = "120";
@@ -37,19 +35,7 @@ fn three_members() -> Dao {
 
 /// `dao refresh` by `member`, writing its proposal to `request`, in the background.
 fn propose_refresh(dao: &Dao, tag: &str, member: usize, request: &Path) -> Member {
-    let a = args(&[
-        "--home",
-        &p(&dao.homes[member]),
-        "dao",
-        "refresh",
-        "--wallet",
-        &dao.wallet,
-        "--request-out",
-        &p(request),
-        "--timeout",
-        TIMEOUT,
-        "--json",
-    ]);
+    let a = dao.proposal_args(member, &["refresh"], request, TIMEOUT);
     Member::start(&dao.d, tag, a)
 }
 

@@ -18,19 +18,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cosigner_client::dao::{open_invitation, read_envelope};
-use cosigner_client::session::Session;
-use cosigner_client::trust::Trust;
 use cosigner_protocol::dao::{DaoMessage, Invitation};
-use cosigner_protocol::mailbox::Envelope;
 use cosigner_protocol::sign::commitment_in;
-use cosigner_protocol::wire::{Request, Response};
 use cosigner_tests::bitcoin_tx::Spend;
 use cosigner_tests::members::{
     self, BTC, Dao, Member, Watch, all_signed, approval_by, approve_args, cosigner, create_args,
     device_key, join_args, json, setup, sign_args, spawn, wait_for,
 };
 use cosigner_tests::{Deployment, Outcome};
-use serde_bytes::ByteBuf;
 use serde_json::Value;
 
 type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
@@ -457,19 +452,7 @@ fn a_member_killed_after_storing_its_share_finds_it_when_it_joins_again() {
 
 /// `dao refresh` by Alice (member 0) writing its proposal to `request`, in the background.
 fn propose_refresh(dao: &Dao, tag: &str, request: &Path) -> Member {
-    let a = members::args(&[
-        "--home",
-        &members::p(&dao.homes[0]),
-        "dao",
-        "refresh",
-        "--wallet",
-        &dao.wallet,
-        "--request-out",
-        &members::p(request),
-        "--timeout",
-        TIMEOUT,
-        "--json",
-    ]);
+    let a = dao.proposal_args(0, &["refresh"], request, TIMEOUT);
     Member::start(&dao.d, tag, a)
 }
 
@@ -522,27 +505,7 @@ fn a_provider_restarted_mid_refresh_refuses_it_and_a_new_refresh_goes_through() 
     // refresh is done again, never that it is refused.
     dao.d.provider.stop();
     dao.d.provider.start_processes().unwrap();
-    let envelopes = dao.watch(&again).envelopes();
-    let topic = envelopes[0].topic;
-    let trust = Trust::load(&dao.d.dir.path().join("trust.toml")).unwrap();
-    let mut session = Session::connect(&dao.d.provider.addr(), &trust).unwrap();
-    let answer = session
-        .call(&Request::Mailbox {
-            topic: ByteBuf::from(topic.to_vec()),
-            envelopes: envelopes
-                .iter()
-                .map(|e| ByteBuf::from(e.encode().unwrap()))
-                .collect(),
-            from: 0,
-        })
-        .unwrap();
-    let Response::Mailbox { envelopes, .. } = answer else {
-        panic!("{answer:?}");
-    };
-    let said: Vec<DaoMessage> = envelopes
-        .iter()
-        .map(|e| DaoMessage::decode(&Envelope::decode(e).unwrap().body).unwrap())
-        .collect();
+    let (said, _) = dao.deliver(&dao.watch(&again).envelopes());
     assert!(
         said.iter()
             .any(|m| matches!(m, DaoMessage::Refreshed { epoch, .. } if epoch.0 == 1)),

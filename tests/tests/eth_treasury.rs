@@ -183,19 +183,7 @@ fn every_member_refreshes_and_the_new_shares_sign(dao: &Dao) -> SignedTx {
     let share = |i: usize| dao.homes[i].join(format!("wallets/{}.ecdsa", dao.wallet));
     let old_share = std::fs::read(share(1)).unwrap();
     let request = dao.file("refresh.request");
-    let proposer = dao.spawn(args(&[
-        "--home",
-        &p(&dao.homes[0]),
-        "dao",
-        "refresh",
-        "--wallet",
-        &dao.wallet,
-        "--request-out",
-        &p(&request),
-        "--timeout",
-        "240",
-        "--json",
-    ]));
+    let proposer = dao.spawn(dao.proposal_args(0, &["refresh"], &request, "240"));
     wait_for(&request);
     let others: Vec<JoinHandle<Outcome>> = (1..5)
         .map(|i| dao.spawn(approve_args(&dao.homes[i], &request, "240", &["--yes"])))
@@ -279,21 +267,8 @@ fn the_admin_quorum_changes_the_policy(dao: &Dao) -> SignedTx {
     let file = dao.file("wider.toml");
     std::fs::write(&file, wider).unwrap();
     let request = dao.file("wider.request");
-    let proposer = dao.spawn(args(&[
-        "--home",
-        &p(&dao.homes[0]),
-        "dao",
-        "policy",
-        "--policy",
-        &p(&file),
-        "--wallet",
-        &dao.wallet,
-        "--request-out",
-        &p(&request),
-        "--timeout",
-        "240",
-        "--json",
-    ]));
+    let policy = ["policy", "--policy", &p(&file)];
+    let proposer = dao.spawn(dao.proposal_args(0, &policy, &request, "240"));
     wait_for(&request);
     let admins: Vec<JoinHandle<Outcome>> = (1..5)
         .map(|i| dao.spawn(approve_args(&dao.homes[i], &request, "240", &["--yes"])))
@@ -399,11 +374,9 @@ fn the_provider_restarts_mid_signing(dao: &mut Dao) -> SignedTx {
 /// any member's courier could): the provider refuses it in the topic and evaluates nothing.
 fn a_malformed_transaction_is_refused(dao: &Dao) {
     use cosigner_client::home::Home;
-    use cosigner_client::session::Session;
-    use cosigner_client::trust::Trust;
     use cosigner_protocol::dao::SignRequest;
     use cosigner_protocol::mailbox::Envelope;
-    use cosigner_protocol::wire::{Request, Response, WalletId};
+    use cosigner_protocol::wire::WalletId;
     use serde_bytes::ByteBuf;
 
     let home = Home::open(&dao.homes[0]).unwrap();
@@ -422,25 +395,7 @@ fn a_malformed_transaction_is_refused(dao: &Dao) {
     let topic = request.topic().unwrap();
     let body = DaoMessage::SignRequest(request).encode().unwrap();
     let envelope = Envelope::seal(&home.device_key().unwrap(), topic, body).unwrap();
-    let trust = Trust::load(&dao.d.dir.path().join("trust.toml")).unwrap();
-    let mut session = Session::connect(&dao.d.provider.addr(), &trust).unwrap();
-    let answer = session
-        .call(&Request::Mailbox {
-            topic: ByteBuf::from(topic.to_vec()),
-            envelopes: vec![ByteBuf::from(envelope.encode().unwrap())],
-            from: 0,
-        })
-        .unwrap();
-    let Response::Mailbox {
-        envelopes, notes, ..
-    } = answer
-    else {
-        panic!("{answer:?}");
-    };
-    let said: Vec<DaoMessage> = envelopes
-        .iter()
-        .map(|e| DaoMessage::decode(&Envelope::decode(e).unwrap().body).unwrap())
-        .collect();
+    let (said, notes) = dao.deliver(&[envelope]);
     assert!(
         !said.iter().any(|m| matches!(m, DaoMessage::Evaluation(_))),
         "{said:?}"

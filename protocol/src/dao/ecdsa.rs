@@ -602,7 +602,6 @@ impl EcdsaDaoDkg {
 #[derive(Debug)]
 pub struct EcdsaDaoRefresh {
     dkg: EcdsaDaoDkg,
-    from_epoch: Epoch,
     committed: Commitments,
 }
 
@@ -653,7 +652,6 @@ impl EcdsaDaoRefresh {
         }
         let refresh = Self {
             dkg,
-            from_epoch: proposal.from_epoch,
             committed: Commitments::new(proposal.from_epoch),
         };
         Ok((refresh, out))
@@ -666,7 +664,7 @@ impl EcdsaDaoRefresh {
 
     /// The epoch being refreshed (the new shares are of `from_epoch + 1`).
     pub fn from_epoch(&self) -> Epoch {
-        self.from_epoch
+        self.committed.refreshed_epoch()
     }
 
     /// Our parties.
@@ -733,7 +731,7 @@ impl EcdsaDaoRefresh {
         let missing = self.committed.missing(&self.dkg.parties);
         format!(
             "commitments of epoch {} from parties {missing:?}",
-            self.from_epoch.saturating_next()
+            self.committed.refreshed_epoch().saturating_next()
         )
     }
 }
@@ -748,11 +746,13 @@ pub enum AnyRefresh {
     Ecdsa(Box<EcdsaDaoRefresh>),
 }
 
-macro_rules! both_refresh {
-    ($self:expr, $r:ident => $e:expr) => {
+/// `$e` on whichever scheme's value `$self` (an [`AnyRefresh`] or [`AnyDkg`], named by `$any`)
+/// holds, bound to `$x`.
+macro_rules! either {
+    ($any:ident, $self:expr, $x:ident => $e:expr) => {
         match $self {
-            AnyRefresh::Frost($r) => $e,
-            AnyRefresh::Ecdsa($r) => $e,
+            $any::Frost($x) => $e,
+            $any::Ecdsa($x) => $e,
         }
     };
 }
@@ -760,42 +760,42 @@ macro_rules! both_refresh {
 impl AnyRefresh {
     /// The epoch being refreshed.
     pub fn from_epoch(&self) -> Epoch {
-        both_refresh!(self, r => r.from_epoch())
+        either!(AnyRefresh, self, r => r.from_epoch())
     }
 
     /// Our parties.
     pub fn parties(&self) -> Vec<PartyId> {
-        both_refresh!(self, r => r.parties())
+        either!(AnyRefresh, self, r => r.parties())
     }
 
     /// Takes one verified message (see [`DaoRefresh::absorb`]).
     pub fn absorb(&mut self, sender: &[u8], message: &DaoMessage) -> Result<bool> {
-        both_refresh!(self, r => r.absorb(sender, message))
+        either!(AnyRefresh, self, r => r.absorb(sender, message))
     }
 
     /// Advances; returns what to post.
     pub fn advance(&mut self, rng: &mut (impl CryptoRng + RngCore)) -> Result<Vec<DaoMessage>> {
-        both_refresh!(self, r => r.advance(rng))
+        either!(AnyRefresh, self, r => r.advance(rng))
     }
 
     /// Whether our new shares are made and confirmed.
     pub fn is_done(&self) -> bool {
-        both_refresh!(self, r => r.is_done())
+        either!(AnyRefresh, self, r => r.is_done())
     }
 
     /// Our commitment (see [`DaoRefresh::commit`]).
     pub fn commit(&mut self) -> Result<DaoMessage> {
-        both_refresh!(self, r => r.commit())
+        either!(AnyRefresh, self, r => r.commit())
     }
 
     /// Whether every party committed the new epoch.
     pub fn all_committed(&self) -> bool {
-        both_refresh!(self, r => r.all_committed())
+        either!(AnyRefresh, self, r => r.all_committed())
     }
 
     /// What we wait for.
     pub fn waiting_for(&self) -> String {
-        both_refresh!(self, r => r.waiting_for())
+        either!(AnyRefresh, self, r => r.waiting_for())
     }
 }
 
@@ -1685,15 +1685,6 @@ pub enum AnyOutputs {
     Ecdsa(Vec<(PartyId, EcdsaDkgOutput)>),
 }
 
-macro_rules! both {
-    ($self:expr, $d:ident => $e:expr) => {
-        match $self {
-            AnyDkg::Frost($d) => $e,
-            AnyDkg::Ecdsa($d) => $e,
-        }
-    };
-}
-
 impl AnyDkg {
     /// Starts attempt `attempt` of the DKG of `layout`'s scheme as the holder of `key`.
     pub fn start_attempt(
@@ -1713,47 +1704,47 @@ impl AnyDkg {
 
     /// The layout.
     pub fn layout(&self) -> &Layout {
-        both!(self, d => d.layout())
+        either!(AnyDkg, self, d => d.layout())
     }
 
     /// The attempt.
     pub fn attempt(&self) -> u32 {
-        both!(self, d => d.attempt())
+        either!(AnyDkg, self, d => d.attempt())
     }
 
     /// Takes one verified message (see [`super::dkg::DaoDkg::absorb`]).
     pub fn absorb(&mut self, sender: &[u8], message: &DaoMessage) -> Result<bool> {
-        both!(self, d => d.absorb(sender, message))
+        either!(AnyDkg, self, d => d.absorb(sender, message))
     }
 
     /// Whether `message` asks for a new attempt.
     pub fn is_retry(&self, sender: &[u8], message: &DaoMessage) -> Result<bool> {
-        both!(self, d => d.is_retry(sender, message))
+        either!(AnyDkg, self, d => d.is_retry(sender, message))
     }
 
     /// Advances; returns what to post.
     pub fn advance(&mut self, rng: &mut (impl CryptoRng + RngCore)) -> Result<Vec<DaoMessage>> {
-        both!(self, d => d.advance(rng))
+        either!(AnyDkg, self, d => d.advance(rng))
     }
 
     /// Whether our shares are made and confirmed.
     pub fn is_done(&self) -> bool {
-        both!(self, d => d.is_done())
+        either!(AnyDkg, self, d => d.is_done())
     }
 
     /// Whether every member stored the confirmed key.
     pub fn all_stored(&self) -> Result<bool> {
-        both!(self, d => d.all_stored())
+        either!(AnyDkg, self, d => d.all_stored())
     }
 
     /// A member's notice that its share is stored.
     pub fn stored_notice(&self) -> Result<DaoMessage> {
-        both!(self, d => d.stored_notice())
+        either!(AnyDkg, self, d => d.stored_notice())
     }
 
     /// What we wait for.
     pub fn waiting_for(&self) -> String {
-        both!(self, d => d.waiting_for())
+        either!(AnyDkg, self, d => d.waiting_for())
     }
 
     /// Our shares, with the layout.

@@ -138,6 +138,11 @@ impl Commitments {
         }
     }
 
+    /// The epoch refreshed.
+    pub(super) fn refreshed_epoch(&self) -> Epoch {
+        self.from_epoch
+    }
+
     /// Whether `party` committed.
     pub(super) fn has(&self, party: &PartyId) -> bool {
         self.committed.contains(party)
