@@ -5,6 +5,7 @@
 
 use bech32::Hrp;
 use cosigner_protocol::hd::{Child, Keychain, WalletXpub};
+use cosigner_protocol::psbt::OwnKeys;
 
 use crate::error::{ClientError, Result};
 
@@ -68,6 +69,21 @@ pub fn x_only(compressed: &[u8]) -> Result<[u8; 32]> {
 /// A Bitcoin wallet's extended public key (`cosigner_protocol::hd`): over its group key, `xpub`
 /// on mainnet, `tpub` on the test networks.
 pub fn wallet_xpub(wallet: &crate::home::WalletFile) -> Result<WalletXpub> {
+    Ok(WalletXpub::new(
+        &wallet.wallet_id,
+        &group_key(wallet)?,
+        wallet.network == Network::Bitcoin,
+    )?)
+}
+
+/// The keys a PSBT of `wallet` may spend and pay (`cosigner_protocol::psbt::OwnKeys`): its own
+/// output key and the children of its extended key.
+pub fn own_keys(wallet: &crate::home::WalletFile) -> Result<OwnKeys> {
+    Ok(OwnKeys::of_wallet(&wallet.wallet_id, &group_key(wallet)?)?)
+}
+
+/// The wallet's group key (compressed SEC1), checked against the output key it was created with.
+fn group_key(wallet: &crate::home::WalletFile) -> Result<Vec<u8>> {
     let group_key = wallet
         .public_key_package
         .verifying_key()
@@ -78,11 +94,7 @@ pub fn wallet_xpub(wallet: &crate::home::WalletFile) -> Result<WalletXpub> {
             "the wallet's group key is not its public key package's".into(),
         ));
     }
-    Ok(WalletXpub::new(
-        &wallet.wallet_id,
-        &group_key,
-        wallet.network == Network::Bitcoin,
-    )?)
+    Ok(group_key)
 }
 
 /// The wallet's child at `keychain`/`index` and its P2TR address.

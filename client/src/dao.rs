@@ -1428,7 +1428,20 @@ pub fn summarize(wallet: &WalletFile, psbt: &[u8]) -> Result<SpendSummary> {
 /// Makes and signs a request to sign `psbt` (binary) with a DAO wallet.
 pub fn request(home: &Home, wallet: &WalletFile, psbt: Vec<u8>) -> Result<(SignRequest, Envelope)> {
     dao_info(wallet)?;
-    summarize(wallet, &psbt)?;
+    let summary = summarize(wallet, &psbt)?;
+    // Its policy sees change to the wallet's children, but its members sign with the wallet's
+    // own key only so far (docs/addresses.md): the provider refuses such a request too.
+    if let Some((input, Some(path))) = summary
+        .input_paths
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.is_some())
+    {
+        return Err(ClientError::Input(format!(
+            "input {input} spends the wallet's child {path}; a DAO wallet signs for its own key \
+             only so far"
+        )));
+    }
     let request = SignRequest {
         wallet_id: wallet.wallet_id,
         psbt: ByteBuf::from(psbt),

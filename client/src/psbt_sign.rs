@@ -15,6 +15,7 @@ use cosigner_protocol::psbt::{self, SpendSummary};
 use cosigner_protocol::wire::{KeyRole, PsbtEvaluation, Request, Response, WalletId};
 use p256::ecdsa::SigningKey;
 
+use crate::address::own_keys;
 use crate::courier::Courier;
 use crate::error::{ClientError, Result};
 use crate::home::{Home, WalletFile};
@@ -54,7 +55,7 @@ pub fn check_policy(home: &Home, chain: Chain, policy: &str) -> Result<Policy> {
 /// only the wallet's output key; what leaves, where to, and the fee.
 pub fn summarize(wallet: &WalletFile, psbt: &[u8]) -> Result<SpendSummary> {
     let network = psbt::network_from_name(wallet.network.name())?;
-    Ok(psbt::analyze(psbt, &wallet.group_public_key, network)?)
+    Ok(psbt::analyze(psbt, &own_keys(wallet)?, network)?)
 }
 
 /// Whether the provider's reading is this device's (addresses aside: a wallet created before
@@ -101,7 +102,8 @@ pub fn sign_psbt_with(
     let summary = summarize(&wallet, psbt)?;
     let two = TwoParty::new(home, &wallet_id, wallet, &cosigner)?;
     let (role, authorizer) = cosigner.authorizer(home)?;
-    let signed = two.sign_psbt_now(provider, (role, &authorizer), psbt, &summary.sighashes)?;
+    let keys = own_keys(&two.wallet)?;
+    let signed = two.sign_psbt_now(provider, (role, &authorizer), psbt, (&summary, &keys))?;
     let evaluation = signed.evaluation;
     // The cosigner signed only what it read itself; this device publishes only what both read
     // alike (a cosigner that read another transaction gets nothing finalized).
@@ -114,8 +116,8 @@ pub fn sign_psbt_with(
             },
         ));
     }
-    let (txid, tx) = psbt::finalize(psbt, &two.wallet.group_public_key, &signed.signatures)?;
-    let signed_psbt = psbt::with_key_sigs(psbt, &two.wallet.group_public_key, &signed.signatures)?;
+    let (txid, tx) = psbt::finalize(psbt, &keys, &signed.signatures)?;
+    let signed_psbt = psbt::with_key_sigs(psbt, &keys, &signed.signatures)?;
     let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(psbt).into();
     let expected = Expected {
         wallet_id: &wallet_id,

@@ -7,9 +7,11 @@ use std::path::Path;
 use cosigner_protocol::auth::{
     public_key_bytes, registration_digest_with, sign_digest, sign_request,
 };
+use cosigner_protocol::hd;
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
+use cosigner_protocol::psbt::{OwnKeys, SpendSummary};
 use cosigner_protocol::signing::{SignMessage, Signing, single_value};
 use cosigner_protocol::wire::{
     self, DkgParams, ErrorKind, KeyRole, NextCommitment, RefreshParams, Registration, Request,
@@ -802,16 +804,16 @@ impl TwoParty {
         courier: &mut dyn Courier,
         authorizer: (KeyRole, &SigningKey),
         psbt: &[u8],
-        sighashes: &[[u8; 32]],
+        read: (&SpendSummary, &OwnKeys),
     ) -> Result<PsbtSignedNow> {
         let wallet_id = self.wallet.wallet_id;
         if let Some(next) = courier.take_commitment(&wallet_id, self.wallet.epoch) {
-            match self.psbt_round(courier, authorizer, psbt, sighashes, Some(&next.id)) {
+            match self.psbt_round(courier, authorizer, psbt, read, Some(&next.id)) {
                 Err(ClientError::Remote(e)) if e.kind == ErrorKind::NotFound => {}
                 other => return other,
             }
         }
-        self.psbt_round(courier, authorizer, psbt, sighashes, None)
+        self.psbt_round(courier, authorizer, psbt, read, None)
     }
 
     fn psbt_round(
@@ -819,13 +821,18 @@ impl TwoParty {
         courier: &mut dyn Courier,
         (role, key): (KeyRole, &SigningKey),
         psbt: &[u8],
-        sighashes: &[[u8; 32]],
+        (summary, keys): (&SpendSummary, &OwnKeys),
         under: Option<&[u8]>,
     ) -> Result<PsbtSignedNow> {
         let wallet_id = self.wallet.wallet_id;
+        let sighashes = &summary.sighashes;
+        let paths = &summary.input_paths;
         let messages = sighashes.iter().map(|h| h.to_vec()).collect();
-        let (mut signing, ours) = Signing::<Suite>::start(
-            vec![(DEVICE, self.key_package.clone())],
+        // Each input is signed with the key package of the key it spends (the wallet's own, or a
+        // child's: `cosigner_protocol::hd`), as the provider does from its own reading.
+        let key_packages = hd::key_packages_for(&wallet_id, &self.key_package, paths)?;
+        let (mut signing, ours) = Signing::<Suite>::start_each(
+            vec![(DEVICE, key_packages)],
             &self.signers(),
             messages,
             &mut rand_core::OsRng,
@@ -864,7 +871,16 @@ impl TwoParty {
             party: self.them,
             shares: bytes(shares),
         })?;
-        let signatures = self.verified(signing.signatures(&self.public_key_package)?, sighashes)?;
+        let public = hd::public_key_packages_for(&wallet_id, &self.public_key_package, paths)?;
+        let signatures = signing
+            .signatures_each(&public)?
+            .into_iter()
+            .zip(sighashes.iter().zip(paths))
+            .map(|(signature, (sighash, path))| {
+                let key = keys.output_key(*path)?.serialize();
+                verified_with(&key, signature, sighash)
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(PsbtSignedNow {
             signatures,
             evaluation,
@@ -878,14 +894,20 @@ impl TwoParty {
             .into_iter()
             .zip(messages)
             .map(|(signature, message)| {
-                let signature: [u8; 64] = signature
-                    .try_into()
-                    .map_err(|_| internal("signature is not 64 bytes"))?;
-                verify_bip340(&self.wallet.group_public_key, message, &signature)?;
-                Ok(signature)
+                verified_with(&self.wallet.group_public_key, signature, message)
             })
             .collect()
     }
+}
+
+/// A 64-byte signature of `message` by `key` (x-only), checked by an independent BIP-340
+/// verifier.
+fn verified_with(key: &[u8; 32], signature: Vec<u8>, message: &[u8; 32]) -> Result<[u8; 64]> {
+    let signature: [u8; 64] = signature
+        .try_into()
+        .map_err(|_| internal("signature is not 64 bytes"))?;
+    verify_bip340(key, message, &signature)?;
+    Ok(signature)
 }
 
 /// Which cosigner signs with this device, and under which key.

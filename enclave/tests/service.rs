@@ -1492,7 +1492,11 @@ fn psbt_commit(
     use cosigner_protocol::psbt;
     let bytes = psbt::decode_psbt_file(spend.psbt_base64.as_bytes()).unwrap();
     // Ours may fail (a PSBT the service must refuse too): then it is sent unchecked.
-    let summary = psbt::analyze(&bytes, &output_key(wallet), psbt::Network::Regtest);
+    let summary = psbt::analyze(
+        &bytes,
+        &psbt::OwnKeys::root_only(&output_key(wallet)).unwrap(),
+        psbt::Network::Regtest,
+    );
     let request = Request::SignPsbtCommit {
         wallet_id: wallet.id,
         epoch: Epoch(0),
@@ -1557,8 +1561,12 @@ fn psbt_release(
         let signature = aggregate::<Suite>(package, &all, &wallet.public).unwrap();
         signatures.push(<[u8; 64]>::try_from(signature.as_slice()).unwrap());
     }
-    let (_, tx) =
-        cosigner_protocol::psbt::finalize(&open.psbt, &output_key(wallet), &signatures).unwrap();
+    let (_, tx) = cosigner_protocol::psbt::finalize(
+        &open.psbt,
+        &cosigner_protocol::psbt::OwnKeys::root_only(&output_key(wallet)).unwrap(),
+        &signatures,
+    )
+    .unwrap();
     Ok(hex::encode(tx))
 }
 

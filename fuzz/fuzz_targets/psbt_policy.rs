@@ -5,7 +5,8 @@
 
 use cosigner_protocol::dao::DaoMessage;
 use cosigner_protocol::policy::{Chain, Member, Policy, parse_members};
-use cosigner_protocol::psbt::{Network, analyze, decode_psbt_file};
+use cosigner_protocol::psbt::{Network, OwnKeys, analyze, decode_psbt_file};
+use cosigner_protocol::wire::WalletId;
 use libfuzzer_sys::fuzz_target;
 
 // A valid x-only key (the secp256k1 generator's x), as the wallet's output key.
@@ -15,10 +16,16 @@ const KEY: [u8; 32] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
+    // The wallet's own key and its children (labels naming children are checked by derivation).
+    let mut group_key = vec![0x02];
+    group_key.extend_from_slice(&KEY);
+    let Ok(keys) = OwnKeys::of_wallet(&WalletId([7; 16]), &group_key) else {
+        return;
+    };
     if let Ok(psbt) = decode_psbt_file(data) {
-        let _ = analyze(&psbt, &KEY, Network::Regtest);
+        let _ = analyze(&psbt, &keys, Network::Regtest);
     }
-    let _ = analyze(data, &KEY, Network::Regtest);
+    let _ = analyze(data, &keys, Network::Regtest);
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = parse_members(text);
         let owner = Member {

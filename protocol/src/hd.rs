@@ -18,6 +18,7 @@ use bitcoin::NetworkKind;
 use bitcoin::bip32::{ChainCode, ChildNumber, Fingerprint, Xpub};
 use bitcoin::key::TapTweak;
 use bitcoin::secp256k1::{PublicKey, Scalar, Secp256k1, SecretKey, XOnlyPublicKey};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ProtocolError, Result};
@@ -27,7 +28,8 @@ use crate::wire::WalletId;
 const TAG_CHAIN_CODE: &[u8] = b"cosigner/bip32/chain-code/v1";
 
 /// The two chains of a wallet's addresses (BIP-44's "change" level, without its hardened parts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Keychain {
     /// `m/0/*`: addresses handed out to be paid.
     Receive,
@@ -57,6 +59,48 @@ impl Keychain {
 /// Most index of a child: BIP-32's non-hardened range.
 pub const MAX_INDEX: u32 = (1 << 31) - 1;
 
+/// Where a derived key of the wallet is: `m/<keychain>/<index>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ChildPath {
+    /// Receive or change.
+    pub keychain: Keychain,
+    /// Its index on the keychain, at most [`MAX_INDEX`].
+    pub index: u32,
+}
+
+impl ChildPath {
+    /// The path of a BIP-32 derivation read from a PSBT or a descriptor (`[c, i]`, both
+    /// non-hardened, `c` 0 or 1), if it is one of a wallet's children.
+    pub fn of_numbers(path: &[ChildNumber]) -> Option<Self> {
+        match path {
+            [
+                ChildNumber::Normal { index: c },
+                ChildNumber::Normal { index },
+            ] => Some(Self {
+                keychain: Keychain::of(*c)?,
+                index: *index,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The BIP-32 path `[c, i]`.
+    pub fn numbers(self) -> [ChildNumber; 2] {
+        [
+            ChildNumber::Normal {
+                index: self.keychain.number(),
+            },
+            ChildNumber::Normal { index: self.index },
+        ]
+    }
+}
+
+impl std::fmt::Display for ChildPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "m/{}/{}", self.keychain.number(), self.index)
+    }
+}
+
 /// A wallet's extended public key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalletXpub {
@@ -82,7 +126,15 @@ pub struct Child {
 impl Child {
     /// `m/c/i`, as descriptors and PSBTs write it.
     pub fn derivation(&self) -> String {
-        format!("m/{}/{}", self.keychain.number(), self.index)
+        self.path().to_string()
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> ChildPath {
+        ChildPath {
+            keychain: self.keychain,
+            index: self.index,
+        }
     }
 }
 
@@ -246,6 +298,65 @@ pub fn child_public_key_package(
     .map_err(fe)?;
     let moved = PublicKeyPackage::new(shares, verifying_key, public_key_package.min_signers());
     Ok(moved.tweak::<&[u8]>(None))
+}
+
+/// The key packages one party signs `paths` with, one per path (`None`: the wallet's own key,
+/// its first address): [`child_key_package`] of each distinct child, moved once.
+///
+/// Errors: as [`child_key_package`]; a group key that does not encode.
+pub fn key_packages_for(
+    wallet_id: &WalletId,
+    key_package: &frost_core::keys::KeyPackage<Tr>,
+    paths: &[Option<ChildPath>],
+) -> Result<Vec<frost_core::keys::KeyPackage<Tr>>> {
+    let xpub = xpub_of(wallet_id, key_package.verifying_key())?;
+    per_path(paths, key_package, |path| {
+        child_key_package(key_package, &xpub.child(path.keychain, path.index)?)
+    })
+}
+
+/// The public key packages that check `paths`' signatures, one per path, as
+/// [`key_packages_for`] moves each party's key package.
+///
+/// Errors: as [`key_packages_for`].
+pub fn public_key_packages_for(
+    wallet_id: &WalletId,
+    public_key_package: &frost_core::keys::PublicKeyPackage<Tr>,
+    paths: &[Option<ChildPath>],
+) -> Result<Vec<frost_core::keys::PublicKeyPackage<Tr>>> {
+    let xpub = xpub_of(wallet_id, public_key_package.verifying_key())?;
+    per_path(paths, public_key_package, |path| {
+        child_public_key_package(public_key_package, &xpub.child(path.keychain, path.index)?)
+    })
+}
+
+/// The wallet's extended key from its group key (the network only names the serialization;
+/// derivation and fingerprints do not depend on it).
+fn xpub_of(wallet_id: &WalletId, group_key: &frost_core::VerifyingKey<Tr>) -> Result<WalletXpub> {
+    WalletXpub::new(wallet_id, &group_key.serialize().map_err(fe)?, false)
+}
+
+/// `own` for `None`, `moved(path)` for each child, each distinct child computed once.
+fn per_path<T: Clone>(
+    paths: &[Option<ChildPath>],
+    own: &T,
+    mut moved: impl FnMut(ChildPath) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut done: std::collections::BTreeMap<ChildPath, T> = std::collections::BTreeMap::new();
+    paths
+        .iter()
+        .map(|path| match path {
+            None => Ok(own.clone()),
+            Some(path) => {
+                if let Some(known) = done.get(path) {
+                    return Ok(known.clone());
+                }
+                let value = moved(*path)?;
+                done.insert(*path, value.clone());
+                Ok(value)
+            }
+        })
+        .collect()
 }
 
 /// `child`'s tweak as a scalar.

@@ -1,27 +1,36 @@
-//! Bitcoin PSBTs spending the wallet's own Taproot output, read without trusting their labels.
+//! Bitcoin PSBTs spending the wallet's Taproot outputs, read without trusting their labels.
 //!
 //! The wallet's own script is P2TR with the FROST group key as the *output key* Q (the DKG output
-//! is already BIP-341 tweaked): `OP_1 <Q>`. A PSBT is accepted only if every input spends exactly
-//! that script through its `witness_utxo` and asks for `SIGHASH_DEFAULT`; then [`analyze`] computes
-//! each input's BIP-341 key-path sighash itself and derives what leaves the wallet:
+//! is already BIP-341 tweaked): `OP_1 <Q>`, its first address. Its other addresses are the
+//! children of its extended key (`crate::hd`, `m/0/i` receive and `m/1/i` change), each P2TR with
+//! the child's BIP-86 output key. [`OwnKeys`] holds both. A PSBT is accepted only if every input
+//! spends one of these scripts through its `witness_utxo` and asks for `SIGHASH_DEFAULT`; then
+//! [`analyze`] computes each input's BIP-341 key-path sighash itself and derives what leaves the
+//! wallet:
 //!
-//! * `change` = the sum of the outputs whose script is byte for byte the wallet's own script. The
-//!   PSBT's BIP-32/BIP-371 labels (`bip32_derivation`, `tap_internal_key`, `tap_key_origins`) are
-//!   never read for this: an output labelled "ours" that pays another script is value leaving.
+//! * An input's key is found from its script: the wallet's own script, or a child that the
+//!   input's `PSBT_IN_TAP_BIP32_DERIVATION` names (with the wallet's fingerprint) *and* whose
+//!   derived script is byte for byte the input's, or one of the first [`SCAN_WINDOW`] children of
+//!   each keychain whose script it is. A label is a hint that is checked, never believed.
+//! * `change` = the sum of the outputs paying the wallet's own script, or a child that the
+//!   output's `PSBT_OUT_TAP_BIP32_DERIVATION` names and whose derived script is the output's (as
+//!   hardware wallets recognise change: by derivation, checked against the script). An output
+//!   labelled "ours" that pays another script is value leaving.
 //! * `value_leaving` = inputs − change (the fee included), `destinations` = every other output.
 //!
 //! The amounts come from the `witness_utxo`s, which a PSBT could lie about; BIP-341 sighashes commit
 //! to every spent output's amount and script (`Prevouts::All`), so a signature over a lie is
 //! invalid on chain: the amounts shown are the amounts spent, or nothing is spent.
 //!
-//! [`finalize`] takes one 64-byte BIP-340 signature per input, checks each against Q and that
-//! input's sighash, finalizes the inputs per BIP-174 and extracts the transaction.
+//! [`finalize`] takes one 64-byte BIP-340 signature per input, checks each against that input's
+//! output key and sighash, finalizes the inputs per BIP-174 and extracts the transaction.
 //!
 //! Versions: BIP-174 version 0 is read by `bitcoin` 0.32. BIP-370 version 2 is rewritten into the
 //! equivalent version 0 by [`v2`] (the one crate reading version 2 on top of `bitcoin`, `psbt-v2`
 //! 0.3, is experimental and ships no conversion), then checked like any version 0. Other versions
 //! are refused with [`ProtocolError::PsbtVersion`].
 
+use bitcoin::bip32::KeySource;
 use bitcoin::consensus::encode;
 use bitcoin::hashes::Hash;
 use bitcoin::key::TweakedPublicKey;
@@ -30,8 +39,11 @@ use bitcoin::secp256k1::{Message, Secp256k1, XOnlyPublicKey, schnorr};
 use bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
 use bitcoin::{Address, Amount, FeeRate, OutPoint, ScriptBuf, Transaction, TxOut, Witness};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::cell::OnceCell;
+use std::collections::{BTreeMap, BTreeSet};
 
+use crate::hd::{ChildPath, Keychain, WalletXpub};
+use crate::wire::WalletId;
 use crate::{ProtocolError, Result};
 
 pub use bitcoin::Network;
@@ -47,6 +59,137 @@ const MAGIC: &[u8; 5] = b"psbt\xff";
 
 /// BIP-174 global key type of the version number.
 const PSBT_GLOBAL_VERSION: u8 = 0xfb;
+
+/// How many children of each keychain an input without a (valid) BIP-32 derivation is matched
+/// against by script: BDK's default lookahead is 25, Bitcoin Core's and BDK's PSBTs carry the
+/// derivation anyway. Bounded so that an input that pays a stranger costs at most this many
+/// derivations, once per PSBT.
+pub const SCAN_WINDOW: u32 = 100;
+
+/// Most BIP-32 derivations with the wallet's fingerprint tried for one input or output: each
+/// costs a derivation, and a key path spends one key.
+const MAX_ORIGINS: usize = 4;
+
+/// The wallet's keys a PSBT may spend and pay: its own output key (its first address) and, when
+/// its extended key is known, the children of that key (`crate::hd`).
+#[derive(Debug)]
+pub struct OwnKeys {
+    root: XOnlyPublicKey,
+    xpub: Option<WalletXpub>,
+    /// The scripts of the first [`SCAN_WINDOW`] children of each keychain, derived at first need.
+    scanned: OnceCell<BTreeMap<ScriptBuf, ChildPath>>,
+}
+
+impl OwnKeys {
+    /// The keys of wallet `wallet_id` with group key `group_key` (compressed SEC1): its own
+    /// output key (the x-only group key) and its children.
+    ///
+    /// Errors ([`ProtocolError::Params`]): a group key that is not a compressed point.
+    pub fn of_wallet(wallet_id: &WalletId, group_key: &[u8]) -> Result<Self> {
+        let xpub = WalletXpub::new(wallet_id, group_key, false)?;
+        let root = group_key
+            .get(1..)
+            .and_then(|x| XOnlyPublicKey::from_slice(x).ok())
+            .ok_or_else(|| ProtocolError::encoding("group key is not a secp256k1 point"))?;
+        Ok(Self {
+            root,
+            xpub: Some(xpub),
+            scanned: OnceCell::new(),
+        })
+    }
+
+    /// Only the output key `output_key` (x-only), no children: a wallet whose extended key is
+    /// not known to the caller.
+    pub fn root_only(output_key: &[u8; 32]) -> Result<Self> {
+        Ok(Self {
+            root: output_key_from_bytes(output_key)?,
+            xpub: None,
+            scanned: OnceCell::new(),
+        })
+    }
+
+    /// The wallet's own output key (x-only): its first address.
+    pub fn root(&self) -> [u8; 32] {
+        self.root.serialize()
+    }
+
+    /// The output key of `path` (`None`: the wallet's own).
+    ///
+    /// Errors ([`ProtocolError::Params`]): a child without an extended key, or a derivation
+    /// BIP-32 declares invalid.
+    pub fn output_key(&self, path: Option<ChildPath>) -> Result<XOnlyPublicKey> {
+        let Some(path) = path else {
+            return Ok(self.root);
+        };
+        let child = self.xpub()?.child(path.keychain, path.index)?;
+        output_key_from_bytes(&child.output_key)
+    }
+
+    fn xpub(&self) -> Result<&WalletXpub> {
+        self.xpub.as_ref().ok_or_else(|| ProtocolError::Params {
+            reason: "a child key of a wallet whose extended key is not known".into(),
+        })
+    }
+
+    fn own_script(&self) -> ScriptBuf {
+        own_script_for(&self.root)
+    }
+
+    /// Which of the wallet's keys `script` pays: `Some(None)` its own, `Some(Some(path))` a child
+    /// named by one of `origins` (checked against the script), or with `scan` found among the
+    /// first [`SCAN_WINDOW`] of each keychain; `None` when it is not the wallet's.
+    fn locate(
+        &self,
+        script: &ScriptBuf,
+        origins: &BTreeMap<XOnlyPublicKey, (Vec<bitcoin::TapLeafHash>, KeySource)>,
+        scan: bool,
+    ) -> Option<Option<ChildPath>> {
+        if *script == self.own_script() {
+            return Some(None);
+        }
+        let xpub = self.xpub.as_ref()?;
+        let fingerprint = xpub.fingerprint();
+        let named = origins
+            .values()
+            .filter(|(_, (fp, _))| fp.to_bytes() == fingerprint)
+            .filter_map(|(_, (_, path))| ChildPath::of_numbers(path.as_ref()))
+            .take(MAX_ORIGINS)
+            .find(|path| {
+                xpub.child(path.keychain, path.index)
+                    .ok()
+                    .and_then(|child| output_key_from_bytes(&child.output_key).ok())
+                    .is_some_and(|key| own_script_for(&key) == *script)
+            });
+        if let Some(path) = named {
+            return Some(Some(path));
+        }
+        if !scan {
+            return None;
+        }
+        self.scanned
+            .get_or_init(|| scan_children(xpub))
+            .get(script)
+            .map(|path| Some(*path))
+    }
+}
+
+/// The scripts of the first [`SCAN_WINDOW`] children of each keychain.
+fn scan_children(xpub: &WalletXpub) -> BTreeMap<ScriptBuf, ChildPath> {
+    let mut scripts = BTreeMap::new();
+    for keychain in [Keychain::Receive, Keychain::Change] {
+        for index in 0..SCAN_WINDOW {
+            let Some(key) = xpub
+                .child(keychain, index)
+                .ok()
+                .and_then(|child| output_key_from_bytes(&child.output_key).ok())
+            else {
+                continue;
+            };
+            scripts.insert(own_script_for(&key), ChildPath { keychain, index });
+        }
+    }
+    scripts
+}
 
 /// One output that does not pay the wallet's own script.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +218,10 @@ pub struct SpendSummary {
     pub destinations: Vec<Destination>,
     /// Txid of the transaction (segwit: the same before and after signing).
     pub txid: String,
+    /// Which of the wallet's keys each input spends, in input order: `None` its own output key,
+    /// or a child (`crate::hd`), whose key package signs that input.
+    #[serde(default)]
+    pub input_paths: Vec<Option<ChildPath>>,
 }
 
 /// Reads a PSBT file: base64 text (whitespace and line breaks ignored) or binary starting with
@@ -111,19 +258,18 @@ pub fn decode_psbt_file(contents: &[u8]) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Parses a binary PSBT, checks that it spends only the wallet's own script (output key
-/// `output_key`, x-only) with SIGHASH_DEFAULT, and computes what it does. Addresses are rendered
-/// for `network`.
-pub fn analyze(psbt: &[u8], output_key: &[u8; 32], network: Network) -> Result<SpendSummary> {
+/// Parses a binary PSBT, checks that it spends only the wallet's keys (`keys`) with
+/// SIGHASH_DEFAULT, and computes what it does. Addresses are rendered for `network`.
+pub fn analyze(psbt: &[u8], keys: &OwnKeys, network: Network) -> Result<SpendSummary> {
     let psbt = parse(psbt)?;
-    let key = output_key_from_bytes(output_key)?;
-    let checked = check(&psbt, &key)?;
+    let checked = check(&psbt, keys)?;
     let destinations = psbt
         .unsigned_tx
         .output
         .iter()
-        .filter(|out| out.script_pubkey != checked.own_script)
-        .map(|out| Destination {
+        .zip(&checked.own_outputs)
+        .filter(|(_, own)| !**own)
+        .map(|(out, _)| Destination {
             address: render_script(&out.script_pubkey, network),
             amount: out.value.to_sat(),
         })
@@ -136,24 +282,20 @@ pub fn analyze(psbt: &[u8], output_key: &[u8; 32], network: Network) -> Result<S
         change: checked.change,
         destinations,
         txid: psbt.unsigned_tx.compute_txid().to_string(),
+        input_paths: checked.input_paths,
     })
 }
 
 /// Finalizes a PSBT with one 64-byte BIP-340 signature per input (in input order) and extracts
 /// the signed transaction: returns its txid and its consensus encoding.
 ///
-/// Runs every check of [`analyze`] again, then verifies each signature against the output key
-/// and that input's sighash, naming the first input whose signature does not verify. Each input
+/// Runs every check of [`analyze`] again, then verifies each signature against that input's
+/// output key (the wallet's own, or its child's) and sighash, naming the first input whose signature does not verify. Each input
 /// gets `final_script_witness = [signature]` (64 bytes: SIGHASH_DEFAULT appends no type byte) and,
 /// per BIP-174's finalizer, loses every other field but its UTXOs and unknown/proprietary pairs.
-pub fn finalize(
-    psbt: &[u8],
-    output_key: &[u8; 32],
-    signatures: &[[u8; 64]],
-) -> Result<(String, Vec<u8>)> {
+pub fn finalize(psbt: &[u8], keys: &OwnKeys, signatures: &[[u8; 64]]) -> Result<(String, Vec<u8>)> {
     let mut psbt = parse(psbt)?;
-    let key = output_key_from_bytes(output_key)?;
-    let checked = check(&psbt, &key)?;
+    let checked = check(&psbt, keys)?;
     if signatures.len() != checked.sighashes.len() {
         return Err(psbt_error(format!(
             "{} signatures for {} inputs",
@@ -162,13 +304,15 @@ pub fn finalize(
         )));
     }
     let secp = Secp256k1::verification_only();
-    for (index, ((input, signature), sighash)) in psbt
+    for (index, (((input, signature), sighash), path)) in psbt
         .inputs
         .iter_mut()
         .zip(signatures)
         .zip(&checked.sighashes)
+        .zip(&checked.input_paths)
         .enumerate()
     {
+        let key = keys.output_key(*path)?;
         let sig =
             schnorr::Signature::from_slice(signature).map_err(|_| ProtocolError::PsbtInput {
                 index,
@@ -177,8 +321,8 @@ pub fn finalize(
         secp.verify_schnorr(&sig, &Message::from_digest(*sighash), &key)
             .map_err(|_| ProtocolError::PsbtInput {
                 index,
-                reason: "the BIP-340 signature does not verify under the wallet's output key for \
-                         this input's sighash"
+                reason: "the BIP-340 signature does not verify under this input's output key for \
+                         its sighash"
                     .into(),
             })?;
         finalize_input(input, signature);
@@ -199,13 +343,9 @@ pub fn finalize(
 /// input comes back as its version 0 equivalent).
 ///
 /// Runs every check of [`finalize`] first: the same PSBT rules, and each signature verified
-/// against the output key and its input's sighash.
-pub fn with_key_sigs(
-    psbt: &[u8],
-    output_key: &[u8; 32],
-    signatures: &[[u8; 64]],
-) -> Result<Vec<u8>> {
-    finalize(psbt, output_key, signatures)?;
+/// against its input's output key and sighash.
+pub fn with_key_sigs(psbt: &[u8], keys: &OwnKeys, signatures: &[[u8; 64]]) -> Result<Vec<u8>> {
+    finalize(psbt, keys, signatures)?;
     let mut psbt = parse(psbt)?;
     for (input, signature) in psbt.inputs.iter_mut().zip(signatures) {
         let signature = schnorr::Signature::from_slice(signature)
@@ -243,7 +383,10 @@ pub fn own_script(output_key: &[u8; 32]) -> Result<Vec<u8>> {
 
 /// What [`check`] found out about a PSBT that passed.
 struct Checked {
-    own_script: ScriptBuf,
+    /// Whether each output pays one of the wallet's keys, in output order.
+    own_outputs: Vec<bool>,
+    /// Which key each input spends, in input order.
+    input_paths: Vec<Option<ChildPath>>,
     sighashes: Vec<[u8; 32]>,
     input_total: u64,
     value_leaving: u64,
@@ -366,7 +509,7 @@ fn read_compact_size(rest: &mut &[u8]) -> Option<usize> {
 }
 
 /// Every rule a PSBT must pass before anything is computed from it or signed for it.
-fn check(psbt: &Psbt, key: &XOnlyPublicKey) -> Result<Checked> {
+fn check(psbt: &Psbt, keys: &OwnKeys) -> Result<Checked> {
     let tx = &psbt.unsigned_tx;
     if tx.input.is_empty() {
         return Err(psbt_error("the transaction has no inputs"));
@@ -374,8 +517,8 @@ fn check(psbt: &Psbt, key: &XOnlyPublicKey) -> Result<Checked> {
     if tx.output.is_empty() {
         return Err(psbt_error("the transaction has no outputs"));
     }
-    let own_script = own_script_for(key);
     let mut prevouts: Vec<TxOut> = Vec::with_capacity(tx.input.len());
+    let mut input_paths = Vec::with_capacity(tx.input.len());
     let mut spent: BTreeSet<OutPoint> = BTreeSet::new();
     let mut input_total: u64 = 0;
     for (index, (txin, input)) in tx.input.iter().zip(&psbt.inputs).enumerate() {
@@ -386,7 +529,8 @@ fn check(psbt: &Psbt, key: &XOnlyPublicKey) -> Result<Checked> {
                 txin.previous_output
             )));
         }
-        let utxo = check_input(index, txin, input, &own_script)?;
+        let (utxo, path) = check_input(index, txin, input, keys)?;
+        input_paths.push(path);
         let value = checked_amount(utxo.value, || format!("input {index}"))?;
         input_total = input_total
             .checked_add(value)
@@ -395,12 +539,17 @@ fn check(psbt: &Psbt, key: &XOnlyPublicKey) -> Result<Checked> {
     }
     let mut output_total: u64 = 0;
     let mut change: u64 = 0;
-    for (index, out) in tx.output.iter().enumerate() {
+    let mut own_outputs = Vec::with_capacity(tx.output.len());
+    for (index, (out, labels)) in tx.output.iter().zip(&psbt.outputs).enumerate() {
         let value = checked_amount(out.value, || format!("output {index}"))?;
         output_total = output_total
             .checked_add(value)
             .ok_or_else(|| value_error("the outputs' values overflow"))?;
-        if out.script_pubkey == own_script {
+        let own = keys
+            .locate(&out.script_pubkey, &labels.tap_key_origins, false)
+            .is_some();
+        own_outputs.push(own);
+        if own {
             change = change
                 .checked_add(value)
                 .ok_or_else(|| value_error("the change outputs' values overflow"))?;
@@ -421,7 +570,8 @@ fn check(psbt: &Psbt, key: &XOnlyPublicKey) -> Result<Checked> {
 
     let sighashes = key_spend_sighashes(tx, &prevouts)?;
     Ok(Checked {
-        own_script,
+        own_outputs,
+        input_paths,
         sighashes,
         input_total,
         value_leaving,
@@ -430,25 +580,27 @@ fn check(psbt: &Psbt, key: &XOnlyPublicKey) -> Result<Checked> {
     })
 }
 
-/// Input `index`'s own rules: a witness UTXO paying the wallet's own P2TR script, the default
-/// sighash type only, and a `non_witness_utxo` (if any) that agrees with both. Returns the UTXO.
+/// Input `index`'s own rules: a witness UTXO paying one of the wallet's P2TR scripts, the default
+/// sighash type only, and a `non_witness_utxo` (if any) that agrees with both. Returns the UTXO
+/// and the key it pays.
 fn check_input<'a>(
     index: usize,
     txin: &bitcoin::TxIn,
     input: &'a bitcoin::psbt::Input,
-    own_script: &ScriptBuf,
-) -> Result<&'a TxOut> {
+    keys: &OwnKeys,
+) -> Result<(&'a TxOut, Option<ChildPath>)> {
     let refuse = |reason: String| ProtocolError::PsbtInput { index, reason };
     let utxo = input
         .witness_utxo
         .as_ref()
         .ok_or_else(|| refuse("no witness_utxo (BIP-371 key-path inputs need one)".into()))?;
-    if utxo.script_pubkey != *own_script {
+    let Some(path) = keys.locate(&utxo.script_pubkey, &input.tap_key_origins, true) else {
         return Err(refuse(format!(
-            "spends script {}, not the wallet's own P2TR script",
+            "spends script {}, not one of the wallet's P2TR scripts (its own, a child its \
+             PSBT_IN_TAP_BIP32_DERIVATION names, or one of the first {SCAN_WINDOW} of a keychain)",
             hex::encode(utxo.script_pubkey.as_bytes())
         )));
-    }
+    };
     if let Some(sighash_type) = input.sighash_type {
         let requested = sighash_type.to_u32();
         if requested != TapSighashType::Default as u32 {
@@ -467,7 +619,7 @@ fn check_input<'a>(
             ));
         }
     }
-    Ok(utxo)
+    Ok((utxo, path))
 }
 
 /// The BIP-341 key-path sighash (`SIGHASH_DEFAULT`) of every input, over all the `prevouts`.

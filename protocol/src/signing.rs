@@ -100,8 +100,13 @@ fn check_count(messages: &[Vec<u8>]) -> Result<()> {
     Ok(())
 }
 
-/// One local party's key package and, until it signs, its sessions (one per message).
-type Local<C> = (KeyPackage<C>, Option<Vec<SignerSession<C>>>);
+/// One local party's key packages and, until it signs, its sessions: one of each per message (a
+/// PSBT's inputs may spend different children of the wallet's key, `crate::hd`).
+type Local<C> = (Vec<KeyPackage<C>>, Option<Vec<SignerSession<C>>>);
+
+/// One local party before its sessions are bound: its key packages and precommitments, one of
+/// each per message.
+type Drawn<C> = (PartyId, Vec<KeyPackage<C>>, Vec<Precommitment<C>>);
 
 /// One party's sessions and its serialized commitments, one of each per message.
 type Committed<C> = (Vec<SignerSession<C>>, Vec<Vec<u8>>);
@@ -136,16 +141,39 @@ impl<C: Ciphersuite> Signing<C> {
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<(Self, Vec<SignMessage>)> {
         check_count(&messages)?;
+        let n = messages.len();
         let locals = locals
             .into_iter()
-            .map(|(party, key_package)| {
-                let drawn = (0..messages.len())
-                    .map(|_| Precommitment::new(&key_package, party, rng).map(|(p, _)| p))
+            .map(|(party, key_package)| (party, vec![key_package; n]))
+            .collect();
+        Self::start_each(locals, signers, messages, rng)
+    }
+
+    /// As [`Signing::start`], each local party with one key package per message (in message
+    /// order): a PSBT whose inputs spend different children of the wallet's key signs each input
+    /// with that child's key package (`crate::hd::key_packages_for`).
+    ///
+    /// Errors: as [`Signing::start`]; a key package count that is not the message count
+    /// ([`ProtocolError::Params`]).
+    pub fn start_each(
+        locals: Vec<(PartyId, Vec<KeyPackage<C>>)>,
+        signers: &[PartyId],
+        messages: Vec<Vec<u8>>,
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(Self, Vec<SignMessage>)> {
+        check_count(&messages)?;
+        let locals = locals
+            .into_iter()
+            .map(|(party, key_packages)| {
+                check_keys(party, key_packages.len(), messages.len())?;
+                let drawn = key_packages
+                    .iter()
+                    .map(|key_package| Precommitment::new(key_package, party, rng).map(|(p, _)| p))
                     .collect::<Result<Vec<_>>>()?;
-                Ok((party, key_package, drawn))
+                Ok((party, key_packages, drawn))
             })
             .collect::<Result<Vec<_>>>()?;
-        Self::start_precommitted(locals, signers, messages)
+        Self::open(locals, signers, messages)
     }
 
     /// As [`Signing::start`], with nonces drawn before the messages were known: each local
@@ -160,6 +188,19 @@ impl<C: Ciphersuite> Signing<C> {
         messages: Vec<Vec<u8>>,
     ) -> Result<(Self, Vec<SignMessage>)> {
         check_count(&messages)?;
+        let n = messages.len();
+        let locals = locals
+            .into_iter()
+            .map(|(party, key_package, drawn)| (party, vec![key_package; n], drawn))
+            .collect();
+        Self::open(locals, signers, messages)
+    }
+
+    fn open(
+        locals: Vec<Drawn<C>>,
+        signers: &[PartyId],
+        messages: Vec<Vec<u8>>,
+    ) -> Result<(Self, Vec<SignMessage>)> {
         let signers = common::normalize_parties(signers, "signer set")?;
         let mut signing = Self {
             messages,
@@ -172,9 +213,9 @@ impl<C: Ciphersuite> Signing<C> {
             failed: None,
         };
         let mut out = Vec::with_capacity(locals.len());
-        for (party, key_package, precommitments) in locals {
+        for (party, key_packages, precommitments) in locals {
             let (sessions, commitments) = signing.bind(party, precommitments)?;
-            signing.local.insert(party, (key_package, Some(sessions)));
+            signing.local.insert(party, (key_packages, Some(sessions)));
             signing.commitments.insert(party, commitments.clone());
             out.push(SignMessage::Commitments { party, commitments });
         }
@@ -321,14 +362,15 @@ impl<C: Ciphersuite> Signing<C> {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        for (party, (key_package, sessions)) in &mut self.local {
+        for (party, (key_packages, sessions)) in &mut self.local {
             let Some(sessions) = sessions.take() else {
                 continue;
             };
             let shares = sessions
                 .into_iter()
                 .zip(packages)
-                .map(|(session, package)| session.sign_package(key_package, package))
+                .zip(key_packages.iter())
+                .map(|((session, package), key)| session.sign_package(key, package))
                 .collect::<Result<Vec<_>>>()?;
             self.shares.insert(*party, shares.clone());
             out.push(SignMessage::Shares {
@@ -408,6 +450,37 @@ impl<C: Ciphersuite> Signing<C> {
     /// The signatures, one per message, once every share is in: aggregated and checked against
     /// `public_key_package` ([`sign::aggregate`]; a bad share names its signer).
     pub fn signatures(&self, public_key_package: &PublicKeyPackage<C>) -> Result<Vec<Vec<u8>>> {
+        self.signatures_by(|_| Some(public_key_package))
+    }
+
+    /// [`Signing::signatures`], message `i`'s checked against `public_key_packages[i]` (a
+    /// signature opened with [`Signing::start_each`]).
+    ///
+    /// Errors: as [`Signing::signatures`]; a count that is not the message count
+    /// ([`ProtocolError::Params`]).
+    pub fn signatures_each(
+        &self,
+        public_key_packages: &[PublicKeyPackage<C>],
+    ) -> Result<Vec<Vec<u8>>> {
+        if public_key_packages.len() != self.messages.len() {
+            return Err(ProtocolError::Params {
+                reason: format!(
+                    "{} public key packages for {} messages",
+                    public_key_packages.len(),
+                    self.messages.len()
+                ),
+            });
+        }
+        self.signatures_by(|i| public_key_packages.get(i))
+    }
+
+    fn signatures_by<'a>(
+        &self,
+        public_key_package: impl Fn(usize) -> Option<&'a PublicKeyPackage<C>>,
+    ) -> Result<Vec<Vec<u8>>>
+    where
+        C: 'a,
+    {
         let waiting = self.waiting();
         let Some(packages) = &self.packages else {
             return Err(not_done(&waiting));
@@ -423,10 +496,24 @@ impl<C: Ciphersuite> Signing<C> {
             .iter()
             .enumerate()
             .map(|(i, package)| {
+                let public_key_package =
+                    public_key_package(i).ok_or_else(|| ProtocolError::Params {
+                        reason: format!("no public key package for message {i}"),
+                    })?;
                 sign::aggregate_package::<C>(package, &nth(&self.shares, i), public_key_package)
             })
             .collect()
     }
+}
+
+/// One key package per message.
+fn check_keys(party: PartyId, keys: usize, messages: usize) -> Result<()> {
+    if keys != messages {
+        return Err(ProtocolError::Params {
+            reason: format!("{keys} key packages of party {party} for {messages} messages"),
+        });
+    }
+    Ok(())
 }
 
 fn decode_packages<C: Ciphersuite>(packages: &[Vec<u8>]) -> Result<Vec<SigningPackage<C>>> {

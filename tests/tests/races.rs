@@ -969,9 +969,13 @@ fn signing_sessions_of_an_epoch_a_refresh_retired_release_nothing() {
     let spend = bitcoin_tx::payment(&w.key, &[60_000, 40_000], 50_000, 40_000).unwrap();
     let bytes = psbt::decode_psbt_file(spend.psbt_base64.as_bytes()).unwrap();
     let output_key: [u8; 32] = hex::decode(&w.key).unwrap().try_into().unwrap();
-    let sighashes = psbt::analyze(&bytes, &output_key, psbt::Network::Regtest)
-        .unwrap()
-        .sighashes;
+    let sighashes = psbt::analyze(
+        &bytes,
+        &psbt::OwnKeys::root_only(&output_key).unwrap(),
+        psbt::Network::Regtest,
+    )
+    .unwrap()
+    .sighashes;
     let open = Request::SignPsbtCommit {
         wallet_id: owner.id,
         epoch: Epoch(0),

@@ -680,6 +680,9 @@ fn sign_psbt(
                 "txid": signed.txid,
                 "tx_hex": hex::encode(&signed.tx),
                 "psbt": signed_psbt,
+                "value_leaving": signed.evaluation.value_leaving,
+                "fee": signed.evaluation.fee,
+                "change": signed.evaluation.change,
                 "receipt": signed.receipt,
             })
             .to_string(),

@@ -55,7 +55,7 @@ mod eth_sign;
 
 use super::records::{DaoState, ShareRecord};
 use super::{
-    Failure, Outcome, Service, Suite, internal, key_package, lock, now_ms, output_key,
+    Failure, Outcome, Service, Suite, internal, key_package, lock, now_ms, own_keys,
     public_key_package, share_keys,
 };
 
@@ -101,7 +101,6 @@ struct SignJob {
     summary: psbt::SpendSummary,
     rule: String,
     policy_version: u64,
-    output_key: [u8; 32],
     provider_parties: Vec<PartyId>,
     public_key_package: PublicKeyPackage<Suite>,
     /// The share epoch the request was evaluated under.
@@ -902,11 +901,24 @@ impl Service {
             return refuse(reason);
         }
         let public_key_package = public_key_package(&state.public_key_package)?;
-        let output_key = output_key(&public_key_package)?;
-        let summary = match psbt::analyze(&request.psbt, &output_key, layout.bitcoin_network()?) {
+        let keys = own_keys(&wallet_id, &public_key_package)?;
+        let summary = match psbt::analyze(&request.psbt, &keys, layout.bitcoin_network()?) {
             Ok(s) => s,
             Err(e) => return refuse(format!("PSBT refused: {e}")),
         };
+        // Its policy sees change to the wallet's children (by derivation, as a personal wallet's
+        // does), but a DAO's members sign with their own key only so far (docs/addresses.md).
+        if let Some((input, Some(path))) = summary
+            .input_paths
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.is_some())
+        {
+            return refuse(format!(
+                "PSBT refused: input {input} spends the wallet's child {path}; a DAO wallet signs \
+                 for its own key only so far"
+            ));
+        }
         if summary.sighashes.len() > MAX_INPUTS {
             return refuse(format!(
                 "{} inputs, at most {MAX_INPUTS} in one PSBT",
@@ -946,7 +958,6 @@ impl Service {
                 summary,
                 rule: decision.rule,
                 policy_version: state.policy_version,
-                output_key,
                 provider_parties: state.provider_parties.clone(),
                 public_key_package,
                 epoch: state.epoch,
@@ -1177,7 +1188,8 @@ impl Service {
                 decision.rule, decision.approvals
             )));
         }
-        let (txid, tx) = psbt::finalize(&job.request.psbt, &job.output_key, signatures)?;
+        let keys = own_keys(&job.wallet_id, &job.public_key_package)?;
+        let (txid, tx) = psbt::finalize(&job.request.psbt, &keys, signatures)?;
         // The same bounded history as personal wallets (velocity windows are at most a year),
         // counted once per transaction.
         if !state.signed_txids.iter().any(|(t, _)| *t == txid) {

@@ -348,12 +348,15 @@ fn sorted(v: &[PartyId]) -> Vec<PartyId> {
     v
 }
 
-/// The x-only group key of a public key package: the Taproot output key Q (BIP-341; docs/architecture.md).
-fn output_key(pkp: &PublicKeyPackage<Suite>) -> Result<[u8; 32], Failure> {
-    let sec1 = pkp.verifying_key().serialize().map_err(internal)?;
-    sec1.get(1..33)
-        .and_then(|s| <[u8; 32]>::try_from(s).ok())
-        .ok_or_else(|| internal("group key is not 33 bytes"))
+/// The Bitcoin keys of wallet `wallet_id` with public key package `pkp`: its own output key and
+/// the children of its extended key (docs/addresses.md), as PSBTs spend and pay them.
+fn own_keys(
+    wallet_id: &WalletId,
+    pkp: &PublicKeyPackage<Suite>,
+) -> Result<cosigner_protocol::psbt::OwnKeys, Failure> {
+    let group_key = pkp.verifying_key().serialize().map_err(internal)?;
+    cosigner_protocol::psbt::OwnKeys::of_wallet(wallet_id, &group_key)
+        .map_err(|e| internal(format!("the wallet's keys: {e}")))
 }
 
 fn key_package(share: &ShareRecord) -> Result<KeyPackage<Suite>, Failure> {

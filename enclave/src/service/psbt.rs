@@ -35,9 +35,10 @@ use sha2::{Digest, Sha256};
 use super::authorized::{Actor, PsbtNow};
 use super::failure::{Failure, Outcome, internal};
 use super::records::WalletState;
-use super::sign::{epoch_in_use, open_signing, sign_packages};
+use super::sign::{epoch_in_use, open_signing_each, sign_packages};
 use super::sign_now::{Now, alongside, draw, other_signer};
-use super::{Service, Suite, now_ms, output_key, public_key_package, random};
+use super::{Service, Suite, now_ms, own_keys, public_key_package, random};
+use cosigner_protocol::hd;
 
 /// The one member of a personal wallet's policy: the device key.
 pub const OWNER: &str = "owner";
@@ -128,8 +129,11 @@ pub(super) fn creation_decision(state: &WalletState) -> String {
     }
 }
 
-fn x_only(state: &WalletState) -> Result<[u8; 32], Failure> {
-    output_key(&public_key_package(&state.public_key_package)?)
+fn keys(state: &WalletState) -> Result<btc::OwnKeys, Failure> {
+    own_keys(
+        &state.params.wallet_id,
+        &public_key_package(&state.public_key_package)?,
+    )
 }
 
 fn network(state: &WalletState) -> Result<Network, Failure> {
@@ -272,9 +276,8 @@ fn judge_psbt(
             state.current_epoch
         )));
     }
-    let output_key = x_only(state)?;
     let summary =
-        btc::analyze(psbt, &output_key, network(state)?).map_err(|e| refuse(e.to_string()))?;
+        btc::analyze(psbt, &keys(state)?, network(state)?).map_err(|e| refuse(e.to_string()))?;
     if summary.sighashes.len() > MAX_INPUTS {
         return Err(refuse(format!(
             "{} inputs, at most {MAX_INPUTS} in one PSBT",
@@ -407,8 +410,11 @@ impl Service {
         let inputs = &judged.summary.sighashes;
         self.psbt_refresh_due(&mut state, actor, &psbt_digest, inputs.len())?;
         let key = self.key_of(wallet_id, state.party, epoch)?;
+        // Each input signs with the key it spends: the wallet's own, or a child's (the path's
+        // public tweak added to the share, docs/addresses.md).
+        let keys = hd::key_packages_for(&wallet_id, &key, &judged.summary.input_paths)?;
         let messages = inputs.iter().map(|sighash| sighash.to_vec()).collect();
-        let (signing, commitments) = open_signing(&state, key, signers, messages)?;
+        let (signing, commitments) = open_signing_each(&state, keys, signers, messages)?;
         let commitments = commitments.into_iter().map(ByteBuf::from).collect();
         let Judged {
             summary,

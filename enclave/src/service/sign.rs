@@ -46,8 +46,20 @@ pub(super) fn open_signing(
     signers: &[PartyId],
     messages: Vec<Vec<u8>>,
 ) -> Result<(Signing<Suite>, Vec<Vec<u8>>), Failure> {
-    let locals = vec![(state.party, key)];
-    let (signing, out) = Signing::start(locals, signers, messages, &mut rand_core::OsRng)?;
+    let keys = vec![key; messages.len()];
+    open_signing_each(state, keys, signers, messages)
+}
+
+/// [`open_signing`] with one key package per message (a PSBT whose inputs spend different
+/// children of the wallet's key).
+pub(super) fn open_signing_each(
+    state: &WalletState,
+    keys: Vec<KeyPackage<Suite>>,
+    signers: &[PartyId],
+    messages: Vec<Vec<u8>>,
+) -> Result<(Signing<Suite>, Vec<Vec<u8>>), Failure> {
+    let locals = vec![(state.party, keys)];
+    let (signing, out) = Signing::start_each(locals, signers, messages, &mut rand_core::OsRng)?;
     match out.into_iter().next() {
         Some(SignMessage::Commitments { commitments, .. }) => Ok((signing, commitments)),
         _ => Err(internal("the signing engine committed nothing")),

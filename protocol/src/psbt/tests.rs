@@ -15,6 +15,9 @@ struct Wallet {
     q: [u8; 32],
 }
 
+/// The test wallet's id (its chain code depends on it).
+const WALLET: WalletId = WalletId([0x77; 16]);
+
 fn wallet(seed: u8) -> Wallet {
     let secp = Secp256k1::new();
     let secret = SecretKey::from_slice(&[seed; 32]).unwrap();
@@ -24,6 +27,44 @@ fn wallet(seed: u8) -> Wallet {
 }
 
 impl Wallet {
+    /// Its keys: the keypair's public key as the group key, so that its children are known too.
+    fn keys(&self) -> OwnKeys {
+        OwnKeys::of_wallet(&WALLET, &self.keypair.public_key().serialize()).unwrap()
+    }
+
+    /// The keypair that signs for `path`'s output key: the secret plus the path's BIP-32 tweak,
+    /// then BIP-86's tweak (what the FROST shares of a child add up to, `crate::hd`).
+    fn child_keypair(&self, path: ChildPath) -> Keypair {
+        let secp = Secp256k1::new();
+        let xpub = WalletXpub::new(&WALLET, &self.keypair.public_key().serialize(), false).unwrap();
+        let child = xpub.child(path.keychain, path.index).unwrap();
+        let tweak = bitcoin::secp256k1::Scalar::from_be_bytes(child.tweak).unwrap();
+        let secret = self.keypair.secret_key().add_tweak(&tweak).unwrap();
+        let internal = Keypair::from_secret_key(&secp, &secret);
+        internal.tap_tweak(&secp, None).to_keypair()
+    }
+
+    /// The script of `path`.
+    fn child_script(&self, path: ChildPath) -> ScriptBuf {
+        ScriptBuf::from_bytes(
+            own_script(&self.keys().output_key(Some(path)).unwrap().serialize()).unwrap(),
+        )
+    }
+
+    /// Signs each sighash with the key of its input's path.
+    fn sign_paths(&self, sighashes: &[[u8; 32]], paths: &[Option<ChildPath>]) -> Vec<[u8; 64]> {
+        let secp = Secp256k1::new();
+        sighashes
+            .iter()
+            .zip(paths)
+            .map(|(h, path)| {
+                let keypair = path.map_or(self.keypair, |p| self.child_keypair(p));
+                secp.sign_schnorr_with_aux_rand(&Message::from_digest(*h), &keypair, &[7; 32])
+                    .serialize()
+            })
+            .collect()
+    }
+
     fn script(&self) -> ScriptBuf {
         ScriptBuf::from_bytes(own_script(&self.q).unwrap())
     }
@@ -97,7 +138,7 @@ fn is_psbt_input(e: &ProtocolError, want: usize) -> bool {
 fn two_inputs_two_outputs_summary() {
     let w = wallet(1);
     let psbt = two_by_two(&w);
-    let s = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap();
+    let s = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap();
     assert_eq!(s.input_total, 110_000);
     assert_eq!(s.change, 39_000);
     assert_eq!(s.fee, 1_000);
@@ -119,7 +160,7 @@ fn two_inputs_two_outputs_summary() {
         .unwrap();
     assert_eq!(s.sighashes[1], expected.to_byte_array());
     // Same PSBT on mainnet renders the mainnet address.
-    let main = analyze(&psbt.serialize(), &w.q, Network::Bitcoin).unwrap();
+    let main = analyze(&psbt.serialize(), &w.keys(), Network::Bitcoin).unwrap();
     assert!(main.destinations[0].address.starts_with("bc1q"));
 }
 
@@ -131,7 +172,7 @@ fn outputs_without_address_render_as_script() {
         &[(10_000, w.script())],
         &[(0, op_return.clone()), (9_000, w.script())],
     );
-    let s = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap();
+    let s = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap();
     assert_eq!(
         s.destinations,
         vec![Destination {
@@ -163,7 +204,7 @@ fn labelled_foreign_output_is_value_leaving() {
     out.tap_key_origins.insert(ours, (vec![], origin.clone()));
     out.bip32_derivation
         .insert(w.keypair.public_key(), origin.clone());
-    let s = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap();
+    let s = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap();
     assert_eq!(s.change, 0);
     assert_eq!(s.value_leaving, 100_000);
     assert_eq!(s.destinations.len(), 2);
@@ -185,7 +226,12 @@ fn labelled_foreign_output_is_value_leaving() {
         &[(50_000, own.clone())],
         &[(20_000, untweaked_p), (20_000, bip86_of_q), (9_000, own)],
     );
-    let s = analyze(&psbt.serialize(), &q, Network::Regtest).unwrap();
+    let s = analyze(
+        &psbt.serialize(),
+        &OwnKeys::root_only(&q).unwrap(),
+        Network::Regtest,
+    )
+    .unwrap();
     assert_eq!(s.change, 9_000);
     assert_eq!(s.value_leaving, 41_000);
     assert_eq!(s.destinations.len(), 2);
@@ -198,7 +244,7 @@ fn foreign_input_is_refused_by_index() {
         &[(60_000, w.script()), (50_000, wallet(2).script())],
         &[(100_000, foreign_script())],
     );
-    let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+    let e = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap_err();
     assert!(is_psbt_input(&e, 1), "{e}");
     assert!(e.to_string().contains("input 1"), "{e}");
 }
@@ -208,7 +254,7 @@ fn input_without_witness_utxo_is_refused() {
     let w = wallet(1);
     let mut psbt = two_by_two(&w);
     psbt.inputs[0].witness_utxo = None;
-    let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+    let e = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap_err();
     assert!(is_psbt_input(&e, 0), "{e}");
 }
 
@@ -223,14 +269,14 @@ fn other_sighash_types_are_refused() {
     ] {
         let mut psbt = two_by_two(&w);
         psbt.inputs[1].sighash_type = Some(PsbtSighashType::from(ty));
-        let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+        let e = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap_err();
         assert!(is_psbt_input(&e, 1), "{ty}: {e}");
         assert!(e.to_string().contains("sighash type"), "{e}");
     }
     // An explicit SIGHASH_DEFAULT is fine.
     let mut psbt = two_by_two(&w);
     psbt.inputs[0].sighash_type = Some(PsbtSighashType::from(TapSighashType::Default));
-    analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap();
+    analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap();
 }
 
 #[test]
@@ -238,14 +284,14 @@ fn amounts_are_checked() {
     let w = wallet(1);
     // Outputs above inputs.
     let psbt = build(&[(10_000, w.script())], &[(10_001, foreign_script())]);
-    let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+    let e = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap_err();
     assert!(matches!(e, ProtocolError::PsbtValue { .. }), "{e}");
     // u64 overflow of the inputs.
     let psbt = build(
         &[(u64::MAX, w.script()), (u64::MAX, w.script())],
         &[(1, foreign_script())],
     );
-    let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+    let e = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap_err();
     assert!(matches!(e, ProtocolError::PsbtValue { .. }), "{e}");
     // Above 21 million bitcoin.
     let max = Amount::MAX_MONEY.to_sat();
@@ -253,11 +299,11 @@ fn amounts_are_checked() {
         &[(max, w.script()), (max, w.script())],
         &[(1, foreign_script())],
     );
-    let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+    let e = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap_err();
     assert!(matches!(e, ProtocolError::PsbtValue { .. }), "{e}");
     // An absurd fee rate (what extract_tx would refuse after signing) is refused up front.
     let psbt = build(&[(100_000_000, w.script())], &[(1_000, foreign_script())]);
-    let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+    let e = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap_err();
     assert!(e.to_string().contains("sat/vB"), "{e}");
 }
 
@@ -266,13 +312,13 @@ fn duplicate_and_empty_transactions_are_refused() {
     let w = wallet(1);
     let mut psbt = two_by_two(&w);
     psbt.unsigned_tx.input[1].previous_output = psbt.unsigned_tx.input[0].previous_output;
-    let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+    let e = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap_err();
     assert!(is_psbt_input(&e, 1), "{e}");
 
     let mut psbt = two_by_two(&w);
     psbt.unsigned_tx.output.clear();
     psbt.outputs.clear();
-    assert!(analyze(&psbt.serialize(), &w.q, Network::Regtest).is_err());
+    assert!(analyze(&psbt.serialize(), &w.keys(), Network::Regtest).is_err());
 }
 
 #[test]
@@ -290,9 +336,9 @@ fn non_witness_utxo_must_agree() {
     };
     psbt.unsigned_tx.input[0].previous_output = OutPoint::new(previous.compute_txid(), 0);
     psbt.inputs[0].non_witness_utxo = Some(previous.clone());
-    analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap();
+    analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap();
     psbt.inputs[0].witness_utxo.as_mut().unwrap().value = Amount::from_sat(6_000_000);
-    let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+    let e = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap_err();
     assert!(is_psbt_input(&e, 0), "{e}");
 }
 
@@ -304,8 +350,8 @@ fn finalize_produces_the_signed_transaction() {
     psbt.inputs[0].tap_internal_key = Some(w.keypair.x_only_public_key().0);
     psbt.inputs[0].sighash_type = Some(PsbtSighashType::from(TapSighashType::Default));
     let bytes = psbt.serialize();
-    let s = analyze(&bytes, &w.q, Network::Regtest).unwrap();
-    let (txid, raw) = finalize(&bytes, &w.q, &w.sign(&s.sighashes)).unwrap();
+    let s = analyze(&bytes, &w.keys(), Network::Regtest).unwrap();
+    let (txid, raw) = finalize(&bytes, &w.keys(), &w.sign(&s.sighashes)).unwrap();
     assert_eq!(txid, s.txid);
     let tx: Transaction = encode::deserialize(&raw).unwrap();
     assert_eq!(tx.compute_txid().to_string(), txid);
@@ -321,9 +367,9 @@ fn finalize_produces_the_signed_transaction() {
 fn signed_psbts_carry_each_inputs_key_signature_and_finalize_alike() {
     let w = wallet(1);
     let bytes = two_by_two(&w).serialize();
-    let s = analyze(&bytes, &w.q, Network::Regtest).unwrap();
+    let s = analyze(&bytes, &w.keys(), Network::Regtest).unwrap();
     let sigs = w.sign(&s.sighashes);
-    let signed = with_key_sigs(&bytes, &w.q, &sigs).unwrap();
+    let signed = with_key_sigs(&bytes, &w.keys(), &sigs).unwrap();
     let parsed = Psbt::deserialize(&signed).unwrap();
     for (input, sig) in parsed.inputs.iter().zip(&sigs) {
         let key_sig = input.tap_key_sig.unwrap();
@@ -332,7 +378,7 @@ fn signed_psbts_carry_each_inputs_key_signature_and_finalize_alike() {
         assert!(input.final_script_witness.is_none(), "not finalized");
     }
     // Finalized by anyone, it is the transaction cosigner itself would publish.
-    let (txid, raw) = finalize(&bytes, &w.q, &sigs).unwrap();
+    let (txid, raw) = finalize(&bytes, &w.keys(), &sigs).unwrap();
     let mut theirs = parsed;
     for input in &mut theirs.inputs {
         let sig = input.tap_key_sig.take().unwrap();
@@ -345,7 +391,7 @@ fn signed_psbts_carry_each_inputs_key_signature_and_finalize_alike() {
     let mut bad = sigs.clone();
     bad[1][3] ^= 1;
     assert!(is_psbt_input(
-        &with_key_sigs(&bytes, &w.q, &bad).unwrap_err(),
+        &with_key_sigs(&bytes, &w.keys(), &bad).unwrap_err(),
         1
     ));
 }
@@ -354,32 +400,32 @@ fn signed_psbts_carry_each_inputs_key_signature_and_finalize_alike() {
 fn bad_signatures_are_refused_by_input() {
     let w = wallet(1);
     let bytes = two_by_two(&w).serialize();
-    let s = analyze(&bytes, &w.q, Network::Regtest).unwrap();
+    let s = analyze(&bytes, &w.keys(), Network::Regtest).unwrap();
     let good = w.sign(&s.sighashes);
 
     // A valid signature for another message (the inputs' sighashes swapped).
     let swapped = vec![good[1], good[0]];
-    let e = finalize(&bytes, &w.q, &swapped).unwrap_err();
+    let e = finalize(&bytes, &w.keys(), &swapped).unwrap_err();
     assert!(is_psbt_input(&e, 0), "{e}");
 
     // A flipped bit in the second signature.
     let mut flipped = good.clone();
     flipped[1][10] ^= 1;
-    let e = finalize(&bytes, &w.q, &flipped).unwrap_err();
+    let e = finalize(&bytes, &w.keys(), &flipped).unwrap_err();
     assert!(is_psbt_input(&e, 1), "{e}");
 
     // Signed by another key.
     let other = wallet(2).sign(&s.sighashes);
-    let e = finalize(&bytes, &w.q, &other).unwrap_err();
+    let e = finalize(&bytes, &w.keys(), &other).unwrap_err();
     assert!(is_psbt_input(&e, 0), "{e}");
 
     // Not a signature at all (r not on the curve / s out of range).
-    let e = finalize(&bytes, &w.q, &[[0xff; 64], good[1]]).unwrap_err();
+    let e = finalize(&bytes, &w.keys(), &[[0xff; 64], good[1]]).unwrap_err();
     assert!(is_psbt_input(&e, 0), "{e}");
 
     // Wrong count.
     assert!(matches!(
-        finalize(&bytes, &w.q, &good[..1]).unwrap_err(),
+        finalize(&bytes, &w.keys(), &good[..1]).unwrap_err(),
         ProtocolError::Psbt { .. }
     ));
 }
@@ -413,7 +459,7 @@ fn base64_and_binary_files() {
     let mut big = MAGIC.to_vec();
     big.resize(MAX_PSBT + 1, 0);
     assert!(decode_psbt_file(&big).is_err());
-    assert!(analyze(&big, &w.q, Network::Regtest).is_err());
+    assert!(analyze(&big, &w.keys(), Network::Regtest).is_err());
     assert!(decode_psbt_file(&vec![b'A'; MAX_PSBT_FILE + 1]).is_err());
 }
 
@@ -423,20 +469,20 @@ fn truncated_and_garbage_psbts_are_errors() {
     let binary = two_by_two(&w).serialize();
     for len in 0..binary.len() {
         assert!(
-            analyze(&binary[..len], &w.q, Network::Regtest).is_err(),
+            analyze(&binary[..len], &w.keys(), Network::Regtest).is_err(),
             "prefix of {len} bytes accepted"
         );
     }
     let mut trailing = binary.clone();
     trailing.push(0);
-    assert!(analyze(&trailing, &w.q, Network::Regtest).is_err());
+    assert!(analyze(&trailing, &w.keys(), Network::Regtest).is_err());
     // Every single-byte change either is refused or still describes a valid spend; none panics.
     for i in 0..binary.len() {
         for bit in [0x01, 0x80] {
             let mut bent = binary.clone();
             bent[i] ^= bit;
-            let _ = analyze(&bent, &w.q, Network::Regtest);
-            let _ = finalize(&bent, &w.q, &[[1; 64], [2; 64]]);
+            let _ = analyze(&bent, &w.keys(), Network::Regtest);
+            let _ = finalize(&bent, &w.keys(), &[[1; 64], [2; 64]]);
         }
     }
     // Pseudo-random garbage after the magic.
@@ -446,11 +492,11 @@ fn truncated_and_garbage_psbts_are_errors() {
         let mut bytes = MAGIC.to_vec();
         bytes.extend_from_slice(&state);
         bytes.extend_from_slice(&sha256::Hash::hash(&bytes).to_byte_array());
-        assert!(analyze(&bytes, &w.q, Network::Regtest).is_err());
+        assert!(analyze(&bytes, &w.keys(), Network::Regtest).is_err());
         assert!(decode_psbt_file(&bytes).is_ok());
     }
     // An invalid output key.
-    assert!(analyze(&binary, &[0xff; 32], Network::Regtest).is_err());
+    assert!(OwnKeys::root_only(&[0xff; 32]).is_err());
 }
 
 /// A version-0 PSBT rewritten as BIP-370 version 2 (written independently of `v2.rs`).
@@ -544,7 +590,7 @@ fn other_versions_are_refused_by_name() {
     let mut psbt = two_by_two(&w);
     for version in [1u32, 3] {
         psbt.version = version;
-        let e = analyze(&psbt.serialize(), &w.q, Network::Regtest).unwrap_err();
+        let e = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap_err();
         assert!(
             matches!(e, ProtocolError::PsbtVersion { version: v } if v == version),
             "{e}"
@@ -561,10 +607,10 @@ fn version_2_reads_as_its_version_0_equivalent_and_signs() {
     for fallback in [false, true] {
         let v2 = to_v2(&psbt, fallback);
         assert_ne!(v2, v0);
-        let a = analyze(&v0, &w.q, Network::Regtest).unwrap();
-        let b = analyze(&v2, &w.q, Network::Regtest).unwrap();
+        let a = analyze(&v0, &w.keys(), Network::Regtest).unwrap();
+        let b = analyze(&v2, &w.keys(), Network::Regtest).unwrap();
         assert_eq!(a, b, "same transaction, same sighashes and values");
-        let (txid, raw) = finalize(&v2, &w.q, &w.sign(&b.sighashes)).unwrap();
+        let (txid, raw) = finalize(&v2, &w.keys(), &w.sign(&b.sighashes)).unwrap();
         assert_eq!(txid, a.txid);
         let prevouts = prevouts_of(&psbt);
         consensus_verify(&raw, &prevouts).unwrap();
@@ -582,12 +628,12 @@ fn malformed_version_2_is_an_error_not_a_panic() {
     let w = wallet(1);
     let v2 = to_v2(&two_by_two(&w), true);
     for len in 0..v2.len() {
-        let _ = analyze(&v2[..len], &w.q, Network::Regtest);
+        let _ = analyze(&v2[..len], &w.keys(), Network::Regtest);
     }
     for i in 5..v2.len() {
         let mut bad = v2.clone();
         bad[i] ^= 0x5a;
-        let _ = analyze(&bad, &w.q, Network::Regtest);
+        let _ = analyze(&bad, &w.keys(), Network::Regtest);
     }
     // No maps behind the counts.
     let mut bare = MAGIC.to_vec();
@@ -601,7 +647,7 @@ fn malformed_version_2_is_an_error_not_a_panic() {
         bare.extend_from_slice(&value);
     }
     bare.push(0);
-    let e = analyze(&bare, &w.q, Network::Regtest).unwrap_err();
+    let e = analyze(&bare, &w.keys(), Network::Regtest).unwrap_err();
     assert!(e.to_string().contains("version 2"), "{e}");
 }
 
@@ -636,8 +682,8 @@ fn finalized_transaction_passes_consensus_verification() {
         &[(70_000, foreign_script()), (40_000, w.script())],
     );
     let bytes = psbt.serialize();
-    let s = analyze(&bytes, &w.q, Network::Regtest).unwrap();
-    let (_, raw) = finalize(&bytes, &w.q, &w.sign(&s.sighashes)).unwrap();
+    let s = analyze(&bytes, &w.keys(), Network::Regtest).unwrap();
+    let (_, raw) = finalize(&bytes, &w.keys(), &w.sign(&s.sighashes)).unwrap();
     let prevouts = prevouts_of(&psbt);
     consensus_verify(&raw, &prevouts).unwrap();
 
@@ -684,4 +730,132 @@ fn consensus_verify(raw_tx: &[u8], prevouts: &[TxOut]) -> std::result::Result<()
         .map_err(|e| format!("input {index}: {e:?}"))?;
     }
     Ok(())
+}
+
+fn receive(index: u32) -> ChildPath {
+    ChildPath {
+        keychain: Keychain::Receive,
+        index,
+    }
+}
+
+fn change(index: u32) -> ChildPath {
+    ChildPath {
+        keychain: Keychain::Change,
+        index,
+    }
+}
+
+/// `PSBT_{IN,OUT}_TAP_BIP32_DERIVATION` as wallets write it for a key path: the internal key,
+/// no leaf, the origin `[fingerprint]` and the path `c/i`.
+fn origin(
+    w: &Wallet,
+    path: ChildPath,
+    fingerprint: [u8; 4],
+) -> BTreeMap<XOnlyPublicKey, (Vec<bitcoin::TapLeafHash>, KeySource)> {
+    let xpub = WalletXpub::new(&WALLET, &w.keypair.public_key().serialize(), false).unwrap();
+    let child = xpub.child(path.keychain, path.index).unwrap();
+    let internal = XOnlyPublicKey::from_slice(&child.internal_key[1..]).unwrap();
+    let source = (
+        Fingerprint::from(fingerprint),
+        DerivationPath::from(path.numbers().to_vec()),
+    );
+    BTreeMap::from([(internal, (Vec::new(), source))])
+}
+
+fn fingerprint(w: &Wallet) -> [u8; 4] {
+    WalletXpub::new(&WALLET, &w.keypair.public_key().serialize(), false)
+        .unwrap()
+        .fingerprint()
+}
+
+/// Inputs spending the wallet's own key, a child named by its derivation and a child found by
+/// script; change to a child named by its derivation. Each input is signed with its own key,
+/// the transaction finalizes and Bitcoin Core's interpreter accepts it.
+#[test]
+fn children_are_spent_and_recognised_as_change_by_derivation() {
+    let w = wallet(4);
+    let fp = fingerprint(&w);
+    let mut psbt = build(
+        &[
+            (10_000, w.script()),
+            (20_000, w.child_script(receive(500))),
+            (30_000, w.child_script(change(7))),
+        ],
+        &[
+            (25_000, foreign_script()),
+            (34_000, w.child_script(change(8))),
+        ],
+    );
+    psbt.inputs[1].tap_key_origins = origin(&w, receive(500), fp);
+    psbt.outputs[1].tap_key_origins = origin(&w, change(8), fp);
+    let bytes = psbt.serialize();
+    let s = analyze(&bytes, &w.keys(), Network::Regtest).unwrap();
+    assert_eq!(
+        s.input_paths,
+        vec![None, Some(receive(500)), Some(change(7))]
+    );
+    assert_eq!(s.change, 34_000);
+    assert_eq!(s.value_leaving, 26_000);
+    assert_eq!(s.destinations.len(), 1);
+    let sigs = w.sign_paths(&s.sighashes, &s.input_paths);
+    let (txid, raw) = finalize(&bytes, &w.keys(), &sigs).unwrap();
+    assert_eq!(txid, s.txid);
+    consensus_verify(&raw, &prevouts_of(&psbt)).unwrap();
+    with_key_sigs(&bytes, &w.keys(), &sigs).unwrap();
+    // The wallet's own key does not sign for a child's input.
+    let e = finalize(&bytes, &w.keys(), &w.sign(&s.sighashes)).unwrap_err();
+    assert!(is_psbt_input(&e, 1), "{e}");
+}
+
+#[test]
+fn a_derivation_is_believed_only_when_its_script_is_the_outputs() {
+    let w = wallet(5);
+    let fp = fingerprint(&w);
+    // The output pays child 9, its label names child 10: value leaving, not change.
+    let mut psbt = build(
+        &[(50_000, w.script())],
+        &[(49_000, w.child_script(change(9)))],
+    );
+    psbt.outputs[0].tap_key_origins = origin(&w, change(10), fp);
+    let s = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap();
+    assert_eq!((s.change, s.value_leaving), (0, 50_000));
+    // Another wallet's fingerprint: not ours either.
+    psbt.outputs[0].tap_key_origins = origin(&w, change(9), [1, 2, 3, 4]);
+    let s = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap();
+    assert_eq!((s.change, s.value_leaving), (0, 50_000));
+    // No label: outputs are recognised by derivation only (as hardware wallets do).
+    psbt.outputs[0].tap_key_origins.clear();
+    let s = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap();
+    assert_eq!(s.change, 0);
+    // Its true derivation: change.
+    psbt.outputs[0].tap_key_origins = origin(&w, change(9), fp);
+    let s = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap();
+    assert_eq!((s.change, s.value_leaving), (49_000, 1_000));
+    // Without the extended key, a child is a stranger.
+    let root = OwnKeys::root_only(&w.q).unwrap();
+    let s = analyze(&psbt.serialize(), &root, Network::Regtest).unwrap();
+    assert_eq!(s.change, 0);
+}
+
+#[test]
+fn an_input_beyond_the_scan_window_needs_its_derivation() {
+    let w = wallet(6);
+    let fp = fingerprint(&w);
+    let far = receive(SCAN_WINDOW);
+    let mut psbt = build(&[(50_000, w.child_script(far))], &[(49_000, w.script())]);
+    let e = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap_err();
+    assert!(is_psbt_input(&e, 0), "{e}");
+    // A label naming another child (its script differs) is no help.
+    psbt.inputs[0].tap_key_origins = origin(&w, receive(SCAN_WINDOW + 1), fp);
+    let e = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap_err();
+    assert!(is_psbt_input(&e, 0), "{e}");
+    psbt.inputs[0].tap_key_origins = origin(&w, far, fp);
+    let s = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap();
+    assert_eq!(s.input_paths, vec![Some(far)]);
+    // The last child inside the window is found by its script alone.
+    let near = change(SCAN_WINDOW - 1);
+    let psbt = build(&[(50_000, w.child_script(near))], &[(49_000, w.script())]);
+    let s = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap();
+    assert_eq!(s.input_paths, vec![Some(near)]);
 }

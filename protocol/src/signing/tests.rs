@@ -296,3 +296,49 @@ fn start_one(
     let locals = vec![(pid(me), keys[&pid(me)].clone())];
     Signing::start(locals, signers, vec![message.to_vec()], &mut OsRng).unwrap()
 }
+
+/// Each message signed with its own key: a PSBT's inputs spending the wallet's own key and two
+/// children (one twice), each signature checked under that child's public key package.
+#[test]
+fn each_message_signs_with_its_own_childs_key() {
+    use crate::hd::{ChildPath, Keychain, key_packages_for, public_key_packages_for};
+    use crate::wire::WalletId;
+    let (keys, pkp) = keys();
+    let wallet = WalletId([5; 16]);
+    let child = |keychain, index| Some(ChildPath { keychain, index });
+    let paths = [
+        None,
+        child(Keychain::Receive, 3),
+        child(Keychain::Change, 0),
+        child(Keychain::Receive, 3),
+    ];
+    let signers = [pid(1), pid(3)];
+    let mut sides: Vec<(Signing<Tr>, Vec<SignMessage>)> = signers
+        .iter()
+        .map(|p| {
+            let moved = key_packages_for(&wallet, &keys[p], &paths).unwrap();
+            Signing::start_each(vec![(*p, moved)], &signers, messages(4), &mut OsRng).unwrap()
+        })
+        .collect();
+    let (first, second) = sides.split_at_mut(1);
+    let ((a, a_out), (b, b_out)) = (&mut first[0], &mut second[0]);
+    a.absorb(&b_out[0]).unwrap();
+    b.absorb(&a_out[0]).unwrap();
+    let a_shares = a.advance().unwrap();
+    let b_shares = b.advance().unwrap();
+    a.absorb(&b_shares[0]).unwrap();
+    b.absorb(&a_shares[0]).unwrap();
+    let pkps = public_key_packages_for(&wallet, &pkp, &paths).unwrap();
+    let signatures = a.signatures_each(&pkps).unwrap();
+    assert_eq!(signatures, b.signatures_each(&pkps).unwrap());
+    for ((message, signature), pkp) in messages(4).iter().zip(&signatures).zip(&pkps) {
+        let signature = frost_core::Signature::<Tr>::deserialize(signature).unwrap();
+        pkp.verifying_key().verify(message, &signature).unwrap();
+    }
+    // The wallet's own key checks only the first; the others name a share as bad.
+    assert!(a.signatures(&pkp).is_err());
+    assert!(a.signatures_each(&pkps[..3]).is_err());
+    // One key package per message, or nothing starts.
+    let short = key_packages_for(&wallet, &keys[&pid(1)], &paths[..3]).unwrap();
+    assert!(Signing::start_each(vec![(pid(1), short)], &signers, messages(4), &mut OsRng).is_err());
+}
