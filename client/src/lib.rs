@@ -4,7 +4,8 @@
 //! attestation verified against the [`trust::Trust`] file); [`wallet`] runs the ceremonies;
 //! [`home::Home`] keeps this device's keys and shares.
 //! [`mailbox::MailboxClient`] posts and fetches signed envelopes at a parent's mailbox.
-//! [`psbt_sign`] signs a personal wallet's PSBTs (and manages its spending policy).
+//! [`psbt_sign`] signs a personal wallet's PSBTs (and manages its spending policy); [`hwi`]
+//! answers Bitcoin Core as its external signer (`cosigner-hwi`).
 
 pub mod address;
 pub mod coordinator;
@@ -13,6 +14,7 @@ pub mod dao;
 mod error;
 pub mod eth;
 pub mod home;
+pub mod hwi;
 pub mod mailbox;
 pub mod psbt_sign;
 pub mod receipt;

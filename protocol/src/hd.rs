@@ -234,6 +234,79 @@ impl WalletXpub {
     }
 }
 
+impl WalletXpub {
+    /// The child a single-key Taproot descriptor names, checked against this wallet: what an
+    /// external signer's `displayaddress --desc` receives from Bitcoin Core (which infers
+    /// `tr([fingerprint/c/i]<x-only key>)` from its wallet) or from a user
+    /// (`tr([fingerprint]xpub/c/i)`). The checksum, if any, must be right (BIP-380); the origin's
+    /// fingerprint must be this wallet's, the path two non-hardened steps `c/i` with `c` 0 or 1,
+    /// and the key the wallet's extended key or the child's own internal key.
+    ///
+    /// Errors ([`ProtocolError::Params`]): each of those, named.
+    pub fn child_of_descriptor(&self, descriptor: &str) -> Result<Child> {
+        let bad = |reason: String| params(format!("descriptor: {reason}"));
+        let body = match descriptor.split_once('#') {
+            Some((body, given)) => {
+                if checksum(body).as_deref() != Some(given) {
+                    return Err(bad(format!("checksum {given:?} is wrong (BIP-380)")));
+                }
+                body
+            }
+            None => descriptor,
+        };
+        let inner = body
+            .strip_prefix("tr(")
+            .and_then(|b| b.strip_suffix(')'))
+            .ok_or_else(|| bad("not a single-key tr(...) descriptor".into()))?;
+        let (origin, key) = inner
+            .strip_prefix('[')
+            .and_then(|b| b.split_once(']'))
+            .ok_or_else(|| bad("no key origin [fingerprint/...]".into()))?;
+        let mut origin = origin.split('/');
+        let fingerprint = origin.next().unwrap_or_default();
+        if fingerprint != hex::encode(self.fingerprint()) {
+            return Err(bad(format!(
+                "fingerprint {fingerprint} is not this wallet's ({})",
+                hex::encode(self.fingerprint())
+            )));
+        }
+        let mut key_parts = key.split('/');
+        let key = key_parts.next().unwrap_or_default();
+        let steps = origin
+            .chain(key_parts)
+            .map(|step| {
+                step.parse::<u32>()
+                    .ok()
+                    .filter(|n| *n <= MAX_INDEX)
+                    .ok_or_else(|| bad(format!("path step {step:?}: only non-hardened steps")))
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        let (keychain, index) = match steps.as_slice() {
+            [c, i] => (
+                Keychain::of(*c).ok_or_else(|| bad(format!("keychain {c}: 0 or 1")))?,
+                *i,
+            ),
+            _ => return Err(bad(format!("path of {} steps: c/i", steps.len()))),
+        };
+        let child = self.child(keychain, index)?;
+        let ours = if key.starts_with("xpub") || key.starts_with("tpub") {
+            key.parse::<Xpub>().is_ok_and(|x| {
+                x.public_key == self.xpub.public_key && x.chain_code == self.xpub.chain_code
+            })
+        } else {
+            let given = hex::decode(key).unwrap_or_default();
+            given.as_slice() == &child.internal_key[..]
+                || given.as_slice() == child.internal_key.get(1..).unwrap_or_default()
+        };
+        if !ours {
+            return Err(bad(format!(
+                "key {key} is neither this wallet's extended key nor the child's key"
+            )));
+        }
+        Ok(child)
+    }
+}
+
 /// FROST over secp256k1 with Taproot's tweak (the wallets' suite).
 type Tr = frost_secp256k1_tr::Secp256K1Sha256TR;
 
@@ -558,6 +631,55 @@ mod tests {
             }
         }
         panic!("parities seen: {seen:?}");
+    }
+
+    #[test]
+    fn descriptors_of_a_child_are_checked_against_the_wallet() {
+        let keys = dealt();
+        let group_key = keys.1.verifying_key().serialize().unwrap();
+        let w = WalletXpub::new(&WalletId([8; 16]), &group_key, false).unwrap();
+        let fp = hex::encode(w.fingerprint());
+        let child = w.child(Keychain::Change, 5).unwrap();
+        let x_only = hex::encode(&child.internal_key[1..]);
+        // As Bitcoin Core infers it, with and without its checksum; as a user writes it.
+        let inferred = format!("tr([{fp}/1/5]{x_only})");
+        for desc in [
+            with_checksum(&inferred),
+            inferred.clone(),
+            with_checksum(&format!("tr([{fp}]{}/1/5)", w.encoded())),
+            format!("tr([{fp}/1/5]{})", hex::encode(child.internal_key)),
+        ] {
+            assert_eq!(w.child_of_descriptor(&desc).unwrap(), child, "{desc}");
+        }
+        let other = w.child(Keychain::Change, 6).unwrap();
+        for bad in [
+            format!("{inferred}#00000000"),
+            format!("tr([00000000/1/5]{x_only})"),
+            format!("tr([{fp}/1/6]{x_only})"),
+            format!("tr([{fp}/1/5]{})", hex::encode(&other.internal_key[1..])),
+            format!("tr([{fp}/1h/5]{x_only})"),
+            format!("tr([{fp}/2/5]{x_only})"),
+            format!("tr([{fp}/5]{x_only})"),
+            format!("tr([{fp}/0/1/5]{x_only})"),
+            format!("wpkh([{fp}/1/5]{x_only})"),
+            format!("tr({x_only})"),
+            format!("tr([{fp}/1/5]{x_only},pk({x_only}))"),
+            format!("tr([{fp}/1/5]zz)"),
+            String::new(),
+            "tr([".into(),
+        ] {
+            assert!(
+                matches!(
+                    w.child_of_descriptor(&bad),
+                    Err(ProtocolError::Params { .. })
+                ),
+                "{bad}"
+            );
+        }
+        // Another wallet's extended key.
+        let stranger = WalletXpub::new(&WalletId([9; 16]), &group_key, false).unwrap();
+        let desc = format!("tr([{fp}]{}/1/5)", stranger.encoded());
+        assert!(w.child_of_descriptor(&desc).is_err());
     }
 
     #[test]

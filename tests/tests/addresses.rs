@@ -283,3 +283,163 @@ fn psbts_spending_derived_addresses_are_signed_and_bdk_finalizes_them() {
     assert_eq!(finalized["finalized"], true, "{finalized}");
     assert_eq!(finalized["tx_hex"], tx_hex);
 }
+
+/// Runs `cosigner-hwi` as Bitcoin Core does: the deployment's environment and `home`, `args`,
+/// and `stdin`.
+fn hwi(d: &Deployment, home: &Path, args: &[&str], stdin: &str) -> (Option<i32>, Value, String) {
+    let mut child = Command::new(cosigner_tests::bin("cosigner-hwi"))
+        .args(args)
+        .envs(d.env())
+        .env("COSIGNER_HOME", home)
+        .env_remove("COSIGNER_HWI_WALLET")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), value, stderr)
+}
+
+#[test]
+fn bitcoin_cores_external_signer_commands_are_answered_by_cosigner_hwi() {
+    use cosigner_tests::bitcoin_tx;
+    use std::str::FromStr;
+    let d = Deployment::start().unwrap();
+    let home = d.home("carol");
+    let w = json_of(&d.cosigner(["--home", p(&home), "wallet", "create", "--json"]));
+    let id = w["wallet_id"].as_str().unwrap().to_owned();
+    let descriptors = json_of(&d.cosigner([
+        "--home",
+        p(&home),
+        "wallet",
+        "descriptor",
+        "--wallet",
+        &id,
+        "--json",
+    ]));
+    let fp = descriptors["fingerprint"].as_str().unwrap().to_owned();
+
+    // enumerate: this wallet, by its fingerprint.
+    let (code, listed, _) = hwi(&d, &home, &["enumerate"], "");
+    assert_eq!(code, Some(0));
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["fingerprint"], fp.as_str());
+    assert_eq!(listed[0]["label"], id.as_str());
+
+    // getdescriptors: what `wallet descriptor` prints, as Core imports them.
+    let core = |cmd: &[&str]| {
+        let mut args = vec!["--fingerprint", &fp, "--chain", "regtest"];
+        args.extend(cmd);
+        hwi(&d, &home, &args, "")
+    };
+    let (code, got, _) = core(&["getdescriptors", "--account", "0"]);
+    assert_eq!(code, Some(0), "{got}");
+    assert_eq!(got["receive"][0], descriptors["receive"]);
+    assert_eq!(got["internal"][0], descriptors["change"]);
+    // Refusals: one line on stderr, HWI's error object on stdout, exit 1.
+    for (args, fingerprint) in [
+        (vec!["getdescriptors", "--account", "1"], fp.as_str()),
+        (vec!["getdescriptors"], "00000000"),
+    ] {
+        let mut all = vec!["--fingerprint", fingerprint, "--chain", "regtest"];
+        all.extend(args);
+        let (code, got, stderr) = hwi(&d, &home, &all, "");
+        assert_eq!(code, Some(1), "{got}");
+        assert!(got["error"].is_string(), "{got}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    let (code, got, _) = hwi(
+        &d,
+        &home,
+        &["--fingerprint", &fp, "--chain", "main", "getdescriptors"],
+        "",
+    );
+    assert_eq!(code, Some(1), "another network: {got}");
+
+    // displayaddress: Core's inferred descriptor (origin path, the child's x-only key) and the
+    // xpub form both name m/0/3, whose address `cosigner address` hands out.
+    let third = json_of(&d.cosigner([
+        "--home",
+        p(&home),
+        "address",
+        "--wallet",
+        &id,
+        "--index",
+        "3",
+        "--json",
+    ]));
+    let xpub = bitcoin::bip32::Xpub::from_str(descriptors["xpub"].as_str().unwrap()).unwrap();
+    let secp = bitcoin::secp256k1::Secp256k1::verification_only();
+    let path = bitcoin::bip32::DerivationPath::from_str("m/0/3").unwrap();
+    let internal = xpub.derive_pub(&secp, &path).unwrap().public_key;
+    let x_only = hex::encode(internal.x_only_public_key().0.serialize());
+    for desc in [
+        format!("tr([{fp}/0/3]{x_only})"),
+        format!("tr([{fp}]{}/0/3)", descriptors["xpub"].as_str().unwrap()),
+    ] {
+        let (code, got, _) = core(&["displayaddress", "--desc", &desc]);
+        assert_eq!(code, Some(0), "{desc}: {got}");
+        assert_eq!(got["address"], third["address"], "{desc}");
+    }
+    // Another child's key under this path, or another fingerprint: refused.
+    let (code, _, _) = core(&[
+        "displayaddress",
+        "--desc",
+        &format!("tr([{fp}/0/4]{x_only})"),
+    ]);
+    assert_eq!(code, Some(1));
+    let (code, _, _) = core(&[
+        "displayaddress",
+        "--desc",
+        &format!("tr([deadbeef/0/3]{x_only})"),
+    ]);
+    assert_eq!(code, Some(1));
+
+    // signtx, as Core sends it (--stdin, "signtx <psbt>"): every input of child m/0/3 gets its
+    // key signature; finalized, the transaction passes Bitcoin's consensus rules.
+    let key = third["output_key"].as_str().unwrap();
+    let spend = bitcoin_tx::payment(key, &[30_000, 20_000], 40_000, 9_000).unwrap();
+    let (code, got, stderr) = hwi(
+        &d,
+        &home,
+        &["--stdin", "--fingerprint", &fp, "--chain", "regtest"],
+        &format!("signtx {}\n", spend.psbt_base64),
+    );
+    assert_eq!(code, Some(0), "{got} {stderr}");
+    let mut psbt = bitcoin::Psbt::from_str(got["psbt"].as_str().unwrap()).unwrap();
+    for input in &mut psbt.inputs {
+        let sig = input
+            .tap_key_sig
+            .take()
+            .expect("a key signature on every input");
+        input.final_script_witness = Some(bitcoin::Witness::from_slice(&[sig.to_vec()]));
+    }
+    let tx_hex = hex::encode(bitcoin::consensus::serialize(&psbt.extract_tx().unwrap()));
+    bitcoin_tx::verify_consensus(&tx_hex, &spend.prevouts).unwrap();
+    // Garbage on stdin: an error, not a panic.
+    let (code, got, _) = hwi(
+        &d,
+        &home,
+        &["--stdin", "--fingerprint", &fp, "--chain", "regtest"],
+        "signtx not-a-psbt",
+    );
+    assert_eq!(code, Some(1), "{got}");
+
+    // A second wallet: two signers; COSIGNER_HWI_WALLET keeps the one Core should see.
+    json_of(&d.cosigner(["--home", p(&home), "wallet", "create", "--json"]));
+    let (_, listed, _) = hwi(&d, &home, &["enumerate"], "");
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    let (_, listed, _) = hwi(&d, &home, &["--wallet", &id, "enumerate"], "");
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["fingerprint"], fp.as_str());
+}
