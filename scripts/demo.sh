@@ -12,9 +12,12 @@
 #  5. sign a 32-byte message (a Taproot sighash) with Alice's device and the provider;
 #  6. verify the signature with an independent BIP-340 verifier (plain Python, no shared code);
 #  7. refresh the shares (same key and address, new epoch: stolen old shares become useless);
-#  8. Alice loses her phone: a new phone recovers the wallet with her offline recovery credential,
+#  8. many addresses and a PSBT round trip: two derived addresses, the wallet's descriptor
+#     imported by BDK (bdkpython) as a watch-only wallet, which builds a PSBT spending them;
+#     cosigner signs it (--psbt-out) and BDK finalizes it into the transaction cosigner made;
+#  9. Alice loses her phone: a new phone recovers the wallet with her offline recovery credential,
 #     and the old phone is refused;
-#  9. stop the cosigners (`make down`); their state stays under .dev/.
+# 10. stop the cosigners (`make down`); their state stays under .dev/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/debug}
@@ -63,8 +66,46 @@ echo "The signature is an ordinary Taproot key-path signature for $(echo "$walle
 say "7. Proactive refresh: every party gets a new share, the key and address stay the same"
 "$BIN/cosigner" --home "$home" refresh --wallet "$wallet" --json | python3 -m json.tool
 
+say "8. Many addresses: BIP-32 children of the wallet's key, each a BIP-86 Taproot address"
+first=$("$BIN/cosigner" --home "$home" address --wallet "$wallet" --json)
+second=$("$BIN/cosigner" --home "$home" address --wallet "$wallet" --json)
+echo "$first"
+echo "$second"
+descriptor=$("$BIN/cosigner" --home "$home" wallet descriptor --wallet "$wallet" --json)
+echo "$descriptor" | python3 -m json.tool
+field() { python3 -c "import json,sys; print(json.load(sys.stdin)[\"$1\"])"; }
+echo "BDK imports the descriptor watch-only; it sees 0.5 BTC paid to each address (a funding"
+echo "transaction shown to it: no blockchain in this demo) and builds a PSBT paying 0.7 BTC away:"
+stranger=bcrt1pmfr3p9j00pfxjh0zmgp99y8zftmd3s5pmedqhyptwy6lm87hf5ssm803es
+built=$(python3 - "$descriptor" "$(echo "$first" | field address)" "$(echo "$second" | field address)" "$stranger" <<'PY' | python3 tests/py/hd_wallets.py
+import json, sys
+job = json.loads(sys.argv[1])
+job.update(mode="spend", fund=[[sys.argv[2], 50_000_000], [sys.argv[3], 50_000_000]],
+           to=sys.argv[4], amount=70_000_000)
+print(json.dumps(job))
+PY
+)
+echo "$built" | field psbt > "$home.psbt"
+echo "cosigner signs it with the provider (each input with its child's key; BDK's change output"
+echo "recognised by its derivation) and writes the signed PSBT:"
+signed=$("$BIN/cosigner" --home "$home" sign --wallet "$wallet" --psbt "$home.psbt" \
+  --psbt-out "$home.signed.psbt" --json)
+echo "$signed" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({k: d[k] for k in ("txid", "value_leaving", "fee", "change")}))'
+finalized=$(python3 - "$descriptor" "$(echo "$built" | field funding_tx)" "$(cat "$home.signed.psbt")" <<'PY' | python3 tests/py/hd_wallets.py
+import json, sys
+job = json.loads(sys.argv[1])
+job.update(mode="finalize", funding_tx=sys.argv[2], psbt=sys.argv[3])
+print(json.dumps(job))
+PY
+)
+if [ "$(echo "$finalized" | field tx_hex)" = "$(echo "$signed" | field tx_hex)" ]; then
+  echo "BDK finalized the signed PSBT into the same transaction: $(echo "$signed" | field txid)"
+else
+  echo "UNEXPECTED: BDK finalized another transaction"; exit 1
+fi
+
 new_home="$(dirname "$home")/alice-new-phone"
-say "8. Alice loses her phone; her new phone recovers the wallet with the offline recovery credential"
+say "9. Alice loses her phone; her new phone recovers the wallet with the offline recovery credential"
 "$BIN/cosigner" --home "$new_home" recover --wallet "$wallet" --recovery-key "$home.recovery.key" --json | python3 -m json.tool
 signature=$("$BIN/cosigner" --home "$new_home" sign --wallet "$wallet" --message "$message" --json |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["signature"])')
@@ -74,7 +115,7 @@ if "$BIN/cosigner" --home "$home" sign --wallet "$wallet" --message "$message" 2
   echo "UNEXPECTED: the old phone could still sign"; exit 1
 fi
 
-say "9. Stopping the cosigners (their sealed state stays in .dev/)"
+say "10. Stopping the cosigners (their sealed state stays in .dev/)"
 ./scripts/down.sh
 trap - EXIT
 rm -rf "$(dirname "$home")"

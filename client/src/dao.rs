@@ -21,6 +21,7 @@ use cosigner_protocol::dao::{
     Approval, DaoMessage, Evaluation, Invitation, Layout, MemberEntry, PolicyChange, Rejection,
     SignRequest,
 };
+use cosigner_protocol::hd;
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::mailbox::{Envelope, Topic};
@@ -1428,20 +1429,7 @@ pub fn summarize(wallet: &WalletFile, psbt: &[u8]) -> Result<SpendSummary> {
 /// Makes and signs a request to sign `psbt` (binary) with a DAO wallet.
 pub fn request(home: &Home, wallet: &WalletFile, psbt: Vec<u8>) -> Result<(SignRequest, Envelope)> {
     dao_info(wallet)?;
-    let summary = summarize(wallet, &psbt)?;
-    // Its policy sees change to the wallet's children, but its members sign with the wallet's
-    // own key only so far (docs/addresses.md): the provider refuses such a request too.
-    if let Some((input, Some(path))) = summary
-        .input_paths
-        .iter()
-        .enumerate()
-        .find(|(_, p)| p.is_some())
-    {
-        return Err(ClientError::Input(format!(
-            "input {input} spends the wallet's child {path}; a DAO wallet signs for its own key \
-             only so far"
-        )));
-    }
+    summarize(wallet, &psbt)?;
     let request = SignRequest {
         wallet_id: wallet.wallet_id,
         psbt: ByteBuf::from(psbt),
@@ -1888,6 +1876,9 @@ pub fn approve_and_sign(
         ));
     }
     let key_package = stored_key_package(home, &wallet.wallet_id)?;
+    // Each input signed with the key it spends: the wallet's own or a child's.
+    let key_packages = hd::key_packages_for(&wallet.wallet_id, &key_package, &summary.input_paths)?;
+    drop(key_package);
     let key = home.device_key()?;
     let (mut signer, approval) = MemberSigner::<Suite>::approve(
         hash,
@@ -1930,7 +1921,7 @@ pub fn approve_and_sign(
             for out in signer.handle(
                 &envelope.sender,
                 message,
-                &key_package,
+                &key_packages,
                 &mut rand_core::OsRng,
             )? {
                 courier.send(&key, &out)?;

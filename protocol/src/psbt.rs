@@ -358,6 +358,41 @@ pub fn with_key_sigs(psbt: &[u8], keys: &OwnKeys, signatures: &[[u8; 64]]) -> Re
     Ok(psbt.serialize())
 }
 
+/// [`with_key_sigs`] with the signatures read from `tx`, the PSBT's transaction as it was
+/// signed and published (each input's witness one 64-byte BIP-340 signature): what a DAO member,
+/// who sees the provider's published transaction, gives wallet software that wants the PSBT.
+///
+/// Errors: a transaction that does not decode or is not the PSBT's (another txid), an input
+/// whose witness is not one 64-byte signature, and whatever [`with_key_sigs`] refuses (each
+/// signature is verified).
+pub fn with_key_sigs_of_tx(psbt: &[u8], keys: &OwnKeys, tx: &[u8]) -> Result<Vec<u8>> {
+    let tx: Transaction =
+        encode::deserialize(tx).map_err(|e| psbt_error(format!("the signed transaction: {e}")))?;
+    if tx.compute_txid() != parse(psbt)?.unsigned_tx.compute_txid() {
+        return Err(psbt_error(
+            "the signed transaction is not this PSBT's (another txid)",
+        ));
+    }
+    let signatures = tx
+        .input
+        .iter()
+        .enumerate()
+        .map(
+            |(index, input)| match (input.witness.len(), input.witness.nth(0)) {
+                (1, Some(sig)) => <[u8; 64]>::try_from(sig).map_err(|_| ProtocolError::PsbtInput {
+                    index,
+                    reason: "its witness is not one 64-byte key-path signature".into(),
+                }),
+                _ => Err(ProtocolError::PsbtInput {
+                    index,
+                    reason: "its witness is not one 64-byte key-path signature".into(),
+                }),
+            },
+        )
+        .collect::<Result<Vec<_>>>()?;
+    with_key_sigs(psbt, keys, &signatures)
+}
+
 /// A binary PSBT as base64 text (BIP-174's text form, what wallets exchange).
 pub fn to_base64(psbt: &[u8]) -> String {
     use bitcoin::base64::Engine as _;

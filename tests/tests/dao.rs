@@ -451,3 +451,91 @@ fn a_refresh_by_every_member_keeps_the_address_and_retires_the_old_shares() {
         r.stderr
     );
 }
+
+/// `--json` of `cosigner` run by member `member` with `args` after `--home`.
+fn member_json(dao: &Dao, member: usize, args: &[&str]) -> Value {
+    let mut all = vec!["--home".to_owned(), p(&dao.homes[member])];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    json(&cosigner_tests::members::cosigner(&dao.d, all))
+}
+
+#[test]
+fn a_dao_spends_derived_addresses_and_its_policy_sees_derived_change() {
+    use bitcoin::bip32::{DerivationPath, Fingerprint, Xpub};
+    use std::str::FromStr;
+    let dao = create_dao(&tiers());
+    let wallet = dao.wallet.as_str();
+    let receive = member_json(
+        &dao,
+        0,
+        &["address", "--wallet", wallet, "--index", "2", "--json"],
+    );
+    let change = member_json(
+        &dao,
+        3,
+        &[
+            "address", "--wallet", wallet, "--change", "--index", "0", "--json",
+        ],
+    );
+    let descriptors = member_json(
+        &dao,
+        4,
+        &["wallet", "descriptor", "--wallet", wallet, "--json"],
+    );
+    // Inputs of child m/0/2 (found by their script); 9 BTC to a stranger and the rest to the
+    // change child m/1/0, labelled with its derivation as wallets do.
+    let spend = bitcoin_tx::build(
+        receive["output_key"].as_str().unwrap(),
+        &[12 * BTC, 8 * BTC],
+        &[
+            (Pay::To(bitcoin_tx::foreign_address()), 9 * BTC),
+            (
+                Pay::Script(format!("5120{}", change["output_key"].as_str().unwrap())),
+                11 * BTC - 20_000,
+            ),
+        ],
+    )
+    .unwrap();
+    let mut psbt = bitcoin::Psbt::from_str(&spend.psbt_base64).unwrap();
+    let xpub = Xpub::from_str(descriptors["xpub"].as_str().unwrap()).unwrap();
+    let secp = bitcoin::secp256k1::Secp256k1::verification_only();
+    let path = DerivationPath::from_str("m/1/0").unwrap();
+    let internal = xpub
+        .derive_pub(&secp, &path)
+        .unwrap()
+        .public_key
+        .x_only_public_key()
+        .0;
+    let fingerprint = Fingerprint::from_str(descriptors["fingerprint"].as_str().unwrap()).unwrap();
+    psbt.outputs[1]
+        .tap_key_origins
+        .insert(internal, (Vec::new(), (fingerprint, path)));
+    let spend = Spend {
+        psbt_base64: psbt.to_string(),
+        prevouts: spend.prevouts,
+    };
+    // 9 BTC (+ fee) leave: "small", three approvals, only because the change is recognised.
+    let file = dao.file("derived.psbt");
+    std::fs::write(&file, &spend.psbt_base64).unwrap();
+    let request = dao.file("derived.request");
+    let signed_psbt = dao.file("derived.signed.psbt");
+    let mut args = sign_args(&dao.homes[0], wallet, &file, &request, "60");
+    args.extend(["--psbt-out".to_owned(), p(&signed_psbt)]);
+    let (r, a) = requested(&dao, &request, args, &[1, 2], 60);
+    signed(&dao, &r, &a, &spend);
+    let out = json(&r);
+    // The PSBT written carries each input's key signature, read back from the published
+    // transaction; finalized by anyone, it is that transaction.
+    let written = std::fs::read_to_string(&signed_psbt).unwrap();
+    assert_eq!(out["psbt"], written.trim());
+    let mut psbt = bitcoin::Psbt::from_str(written.trim()).unwrap();
+    for input in &mut psbt.inputs {
+        let sig = input
+            .tap_key_sig
+            .take()
+            .expect("a key signature on every input");
+        input.final_script_witness = Some(bitcoin::Witness::from_slice(&[sig.to_vec()]));
+    }
+    let tx = hex::encode(bitcoin::consensus::serialize(&psbt.extract_tx().unwrap()));
+    assert_eq!(out["tx_hex"], tx.as_str());
+}

@@ -692,10 +692,13 @@ pub fn sign_dao(
     home: &Home,
     wallet: &WalletFile,
     psbt: Vec<u8>,
-    request_out: Option<&Path>,
+    (request_out, psbt_out): (Option<&Path>, Option<&Path>),
     timeout: u64,
     json: bool,
 ) -> anyhow::Result<()> {
+    let signed_out = |txid: &str, tx: &[u8], json: bool| {
+        dao_signed_out(wallet, &psbt, psbt_out, (txid, tx), json)
+    };
     let trust = trust(g)?;
     let (info, _) = dao::dao_info(wallet)?;
     let out = request_out.context("a DAO wallet needs --request-out FILE for the other members")?;
@@ -722,7 +725,7 @@ pub fn sign_dao(
                     return signed_out(&txid, &tx, json);
                 }
             }
-            let (request, envelope) = dao::request(home, wallet, psbt)?;
+            let (request, envelope) = dao::request(home, wallet, psbt.clone())?;
             dao::write_envelope(out, &envelope)?;
             say(&format!("request written to {}", out.display()));
             (request, envelope)
@@ -745,6 +748,35 @@ pub fn sign_dao(
     show_summary(&summary, &evaluation);
     let (txid, tx) = taking.approve_and_sign(&evaluation)?;
     signed_out(&txid, &tx, json)
+}
+
+/// What `sign --psbt` prints for a DAO wallet once the provider published the transaction: the
+/// transaction, and (with `--psbt-out` or `--json`) the PSBT with each input's key signature read
+/// back from it, every signature verified under its input's key.
+fn dao_signed_out(
+    wallet: &WalletFile,
+    psbt: &[u8],
+    psbt_out: Option<&Path>,
+    (txid, tx): (&str, &[u8]),
+    json: bool,
+) -> anyhow::Result<()> {
+    if psbt_out.is_none() && !json {
+        return signed_out(txid, tx, json);
+    }
+    let keys = cosigner_client::address::own_keys(wallet)?;
+    let signed = cosigner_protocol::psbt::with_key_sigs_of_tx(psbt, &keys, tx)?;
+    let signed = cosigner_protocol::psbt::to_base64(&signed);
+    if let Some(path) = psbt_out {
+        std::fs::write(path, format!("{signed}\n"))
+            .with_context(|| format!("--psbt-out {}", path.display()))?;
+    }
+    if json {
+        return emit(
+            &serde_json::json!({ "txid": txid, "tx_hex": hex::encode(tx), "psbt": signed })
+                .to_string(),
+        );
+    }
+    signed_out(txid, tx, json)
 }
 
 /// This device's part in one signing request it posted or was sent: what it read in the PSBT,

@@ -160,13 +160,13 @@ pub struct SignArgs {
     /// `maxPriorityFeePerGas`); prints `tx_hash` and `raw_tx` (signed, RLP, broadcastable).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["psbt", "with_recovery_key"])]
     eth_tx: Option<PathBuf>,
-    /// A PSBT (base64 or binary) spending the wallet's Taproot output(s); prints the signed
-    /// transaction.
+    /// A PSBT (base64 or binary) spending the wallet's Taproot outputs (its own address or
+    /// derived ones, `cosigner address`); prints the signed transaction.
     #[arg(long, value_name = "FILE")]
     psbt: Option<PathBuf>,
-    /// With --psbt (a personal wallet): also write the PSBT with every input's
-    /// `PSBT_IN_TAP_KEY_SIG` set (BIP-371, base64, not finalized) to FILE, for wallet software
-    /// that combines and finalizes PSBTs itself; `--json` adds it as `"psbt"` either way.
+    /// With --psbt: also write the PSBT with every input's `PSBT_IN_TAP_KEY_SIG` set (BIP-371,
+    /// base64, not finalized) to FILE, for wallet software that combines and finalizes PSBTs
+    /// itself; `--json` adds it as `"psbt"` either way.
     #[arg(long, value_name = "FILE", requires = "psbt")]
     psbt_out: Option<PathBuf>,
     /// DAO wallets (with --psbt, or --eth-tx for an Ethereum treasury): where to write the
@@ -323,10 +323,6 @@ pub fn address(g: &Globals, args: AddressArgs) -> anyhow::Result<()> {
     };
     let (child, address) = cosigner_client::address::child_address(&w, keychain, index)?;
     home.address_handed_out(&w.wallet_id, keychain, index)?;
-    eprintln!(
-        "note: cosigner cannot sign for derived addresses yet (docs/addresses.md, \"Not yet\"): \
-         watch this address, do not have it paid"
-    );
     if args.json {
         emit(
             &json!({
@@ -334,8 +330,9 @@ pub fn address(g: &Globals, args: AddressArgs) -> anyhow::Result<()> {
                 "index": index,
                 "derivation": child.derivation(),
                 "output_key": hex::encode(child.output_key),
-                // Not until the ceremonies sign for derived outputs (docs/addresses.md).
-                "spendable": false,
+                "internal_key": hex::encode(child.internal_key),
+                // `sign --psbt` signs for every derived output (docs/addresses.md).
+                "spendable": true,
             })
             .to_string(),
         )
@@ -536,18 +533,12 @@ pub fn sign(g: &Globals, args: SignArgs) -> anyhow::Result<()> {
         let psbt = cosigner_protocol::psbt::decode_psbt_file(&contents)
             .map_err(|e| anyhow::anyhow!("PSBT file {}: {e}", path.display()))?;
         if w.dao.is_some() {
-            if args.psbt_out.is_some() {
-                anyhow::bail!(
-                    "--psbt-out is for personal wallets so far; a DAO wallet prints the signed \
-                     transaction"
-                );
-            }
             return super::dao::sign_dao(
                 g,
                 &home,
                 &w,
                 psbt,
-                args.request_out.as_deref(),
+                (args.request_out.as_deref(), args.psbt_out.as_deref()),
                 args.timeout,
                 args.json,
             );

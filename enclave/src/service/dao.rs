@@ -42,6 +42,7 @@ use cosigner_protocol::dao::{
 };
 use cosigner_protocol::ecdsa::dkg::EcdsaDkgOutput;
 use cosigner_protocol::ecdsa::{EcdsaKey, EcdsaPublic};
+use cosigner_protocol::hd;
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
 use cosigner_protocol::mailbox::{Envelope, Topic};
@@ -103,6 +104,8 @@ struct SignJob {
     policy_version: u64,
     provider_parties: Vec<PartyId>,
     public_key_package: PublicKeyPackage<Suite>,
+    /// What checks each input's shares: the public key package of the key it spends.
+    public_key_packages: Vec<PublicKeyPackage<Suite>>,
     /// The share epoch the request was evaluated under.
     epoch: Epoch,
     /// Member names by party, to say who rejected.
@@ -906,19 +909,10 @@ impl Service {
             Ok(s) => s,
             Err(e) => return refuse(format!("PSBT refused: {e}")),
         };
-        // Its policy sees change to the wallet's children (by derivation, as a personal wallet's
-        // does), but a DAO's members sign with their own key only so far (docs/addresses.md).
-        if let Some((input, Some(path))) = summary
-            .input_paths
-            .iter()
-            .enumerate()
-            .find(|(_, p)| p.is_some())
-        {
-            return refuse(format!(
-                "PSBT refused: input {input} spends the wallet's child {path}; a DAO wallet signs \
-                 for its own key only so far"
-            ));
-        }
+        // Each input is checked (and signed) under the key it spends: the wallet's own or a
+        // child's (docs/addresses.md).
+        let public_key_packages =
+            hd::public_key_packages_for(&wallet_id, &public_key_package, &summary.input_paths)?;
         if summary.sighashes.len() > MAX_INPUTS {
             return refuse(format!(
                 "{} inputs, at most {MAX_INPUTS} in one PSBT",
@@ -960,6 +954,7 @@ impl Service {
                 policy_version: state.policy_version,
                 provider_parties: state.provider_parties.clone(),
                 public_key_package,
+                public_key_packages,
                 epoch: state.epoch,
                 names: member_names(&layout),
                 coordinator,
@@ -1118,12 +1113,13 @@ impl Service {
                     .records()
                     .load_dao_share(&job.wallet_id, party, job.epoch)?;
                 let key: KeyPackage<Suite> = key_package(&share)?;
-                keys.insert(party, key);
+                let paths = &job.summary.input_paths;
+                keys.insert(party, hd::key_packages_for(&job.wallet_id, &key, paths)?);
             }
         }
         let mut messages = job
             .coordinator
-            .advance(&keys, &job.public_key_package, &mut rand_core::OsRng)
+            .advance(&keys, &job.public_key_packages, &mut rand_core::OsRng)
             .map_err(|e| match e {
                 // The coordinator gave up (too many rounds): its words are the refusal.
                 cosigner_protocol::ProtocolError::Refused { reason } => bad(reason),

@@ -231,7 +231,7 @@ impl<C: Ciphersuite> MemberSigner<C> {
         &mut self,
         sender: &[u8],
         message: &DaoMessage,
-        key_package: &KeyPackage<C>,
+        key_packages: &[KeyPackage<C>],
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<Vec<DaoMessage>> {
         if sender != self.provider_key.as_slice() {
@@ -248,7 +248,7 @@ impl<C: Ciphersuite> MemberSigner<C> {
                 parties,
                 round,
             } if same_request(&self.request, request) => {
-                self.signer_set(parties, *round, key_package, rng)
+                self.signer_set(parties, *round, key_packages, rng)
             }
             DaoMessage::SigningPackages {
                 request,
@@ -280,7 +280,7 @@ impl<C: Ciphersuite> MemberSigner<C> {
         &mut self,
         parties: &[PartyId],
         round: u32,
-        key_package: &KeyPackage<C>,
+        key_packages: &[KeyPackage<C>],
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<Vec<DaoMessage>> {
         let first_of_round = round > self.round || matches!(self.stage, Stage::Approved);
@@ -297,9 +297,9 @@ impl<C: Ciphersuite> MemberSigner<C> {
             self.stage = Stage::Bystander;
             return Ok(Vec::new());
         }
-        let locals = vec![(self.party, key_package.clone())];
+        let locals = vec![(self.party, key_packages.to_vec())];
         let messages = self.sighashes.iter().map(|s| s.to_vec()).collect();
-        let (signing, _) = Signing::start(locals, parties, messages, rng)?;
+        let (signing, _) = Signing::start_each(locals, parties, messages, rng)?;
         let commitments = signing
             .commitments(self.party)
             .map(<[Vec<u8>]>::to_vec)
@@ -635,8 +635,9 @@ impl<C: Ciphersuite> Coordinator<C> {
     /// nonces after the packages went out; picks the signer set once enough approvals are in (and
     /// commits with the provider's parties, fresh nonces); builds the signing packages once every
     /// chosen member committed (and signs with the provider's parties); aggregates once every
-    /// share is in. `keys` are the provider's key packages by party (needed when [`needs_keys`]
-    /// says so).
+    /// share is in. `keys` are the provider's key packages by party, one per input (each
+    /// input's key: the wallet's own or a child's, `crate::hd::key_packages_for`; needed when
+    /// [`needs_keys`] says so); `public_key_packages` check each input's shares likewise.
     ///
     /// Errors: a share that does not verify (the culprit named); more than [`MAX_ROUNDS`] rounds
     /// ([`ProtocolError::Refused`]).
@@ -644,8 +645,8 @@ impl<C: Ciphersuite> Coordinator<C> {
     /// [`needs_keys`]: Coordinator::needs_keys
     pub fn advance(
         &mut self,
-        keys: &BTreeMap<PartyId, KeyPackage<C>>,
-        public_key_package: &PublicKeyPackage<C>,
+        keys: &BTreeMap<PartyId, Vec<KeyPackage<C>>>,
+        public_key_packages: &[PublicKeyPackage<C>],
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<Vec<DaoMessage>> {
         if self.is_dead() {
@@ -680,7 +681,7 @@ impl<C: Ciphersuite> Coordinator<C> {
             });
         }
         if self.signatures.is_none() && signing.waiting().step == SignStep::Done {
-            self.signatures = Some(signatures_64(signing, public_key_package)?);
+            self.signatures = Some(signatures_64(signing, public_key_packages)?);
         }
         Ok(out)
     }
@@ -689,7 +690,7 @@ impl<C: Ciphersuite> Coordinator<C> {
     /// the provider's parties, which commit now with fresh nonces.
     fn choose_signers(
         &mut self,
-        keys: &BTreeMap<PartyId, KeyPackage<C>>,
+        keys: &BTreeMap<PartyId, Vec<KeyPackage<C>>>,
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<DaoMessage> {
         let mut signers: Vec<PartyId> = self
@@ -707,7 +708,7 @@ impl<C: Ciphersuite> Coordinator<C> {
             .map(|&party| Ok((party, provider_key(keys, party)?.clone())))
             .collect::<Result<Vec<_>>>()?;
         let messages = self.sighashes.iter().map(|s| s.to_vec()).collect();
-        let (signing, _) = Signing::start(locals, &signers, messages, rng)?;
+        let (signing, _) = Signing::start_each(locals, &signers, messages, rng)?;
         self.signing = Some(Box::new(signing));
         let message = DaoMessage::SignerSet {
             request: ByteBuf::from(self.request.to_vec()),
@@ -740,10 +741,10 @@ impl<C: Ciphersuite> Coordinator<C> {
 /// The round's signatures, one per input, as 64-byte BIP-340 signatures.
 fn signatures_64<C: Ciphersuite>(
     signing: &Signing<C>,
-    public_key_package: &PublicKeyPackage<C>,
+    public_key_packages: &[PublicKeyPackage<C>],
 ) -> Result<Vec<[u8; 64]>> {
     signing
-        .signatures(public_key_package)?
+        .signatures_each(public_key_packages)?
         .into_iter()
         .map(|sig| {
             <[u8; 64]>::try_from(sig.as_slice()).map_err(|_| ProtocolError::Frost {
@@ -1025,9 +1026,9 @@ impl Tally {
 }
 
 fn provider_key<C: Ciphersuite>(
-    keys: &BTreeMap<PartyId, KeyPackage<C>>,
+    keys: &BTreeMap<PartyId, Vec<KeyPackage<C>>>,
     party: PartyId,
-) -> Result<&KeyPackage<C>> {
+) -> Result<&Vec<KeyPackage<C>>> {
     keys.get(&party).ok_or_else(|| ProtocolError::Params {
         reason: format!("the provider's key package for party {party} is missing"),
     })
@@ -1075,6 +1076,44 @@ mod tests {
 
     /// The request every test signs.
     const REQUEST: [u8; 32] = [9; 32];
+
+    /// The engines with one key package for every input (the wallet's own key): what the tests
+    /// sign with, as the DAO did before children.
+    trait OneKey {
+        fn handle_one_key(
+            &mut self,
+            sender: &[u8],
+            message: &DaoMessage,
+            key_package: &KeyPackage<Tr>,
+            rng: &mut OsRng,
+        ) -> Result<Vec<DaoMessage>>;
+    }
+
+    impl OneKey for MemberSigner<Tr> {
+        fn handle_one_key(
+            &mut self,
+            sender: &[u8],
+            message: &DaoMessage,
+            key_package: &KeyPackage<Tr>,
+            rng: &mut OsRng,
+        ) -> Result<Vec<DaoMessage>> {
+            let each = vec![key_package.clone(); self.sighashes.len()];
+            self.handle(sender, message, &each, rng)
+        }
+    }
+
+    impl Coordinator<Tr> {
+        fn advance_one_key(
+            &mut self,
+            keys: &BTreeMap<PartyId, KeyPackage<Tr>>,
+            public_key_package: &PublicKeyPackage<Tr>,
+            rng: &mut OsRng,
+        ) -> Result<Vec<DaoMessage>> {
+            let n = self.sighashes.len();
+            let keys = keys.iter().map(|(p, k)| (*p, vec![k.clone(); n])).collect();
+            self.advance(&keys, &vec![public_key_package.clone(); n], rng)
+        }
+    }
 
     /// The coordinator of [`REQUEST`] (one input, sighash `[1; 32]`), needing 3 approvals.
     fn coordinator(d: &Dao) -> Coordinator<Tr> {
@@ -1150,12 +1189,14 @@ mod tests {
                 coord.absorb(&sender, &m).unwrap();
                 for (p, s) in signers.iter_mut() {
                     let kp = &d.outputs[usize::from(*p) - 1].1[0].1.key_package;
-                    let out = s.handle(&sender, &m, kp, &mut OsRng).unwrap();
+                    let out = s.handle_one_key(&sender, &m, kp, &mut OsRng).unwrap();
                     let pk = public_key_bytes(&d.members[usize::from(*p) - 1]);
                     bus.extend(out.into_iter().map(|m| (pk.clone(), m)));
                 }
             }
-            let out = coord.advance(&provider_keys, &pkp, &mut OsRng).unwrap();
+            let out = coord
+                .advance_one_key(&provider_keys, &pkp, &mut OsRng)
+                .unwrap();
             bus.extend(out.into_iter().map(|m| (provider_pk.clone(), m)));
         }
         coord.signatures().map(<[_]>::to_vec)
@@ -1234,11 +1275,13 @@ mod tests {
         };
         // From someone else than the provider: ignored.
         assert!(
-            s.handle(&public_key_bytes(&d.members[1]), &set, kp, &mut OsRng)
+            s.handle_one_key(&public_key_bytes(&d.members[1]), &set, kp, &mut OsRng)
                 .unwrap()
                 .is_empty()
         );
-        let out = s.handle(&provider_pk, &set, kp, &mut OsRng).unwrap();
+        let out = s
+            .handle_one_key(&provider_pk, &set, kp, &mut OsRng)
+            .unwrap();
         let DaoMessage::Commitments { commitments, .. } = &out[0] else {
             panic!()
         };
@@ -1268,7 +1311,7 @@ mod tests {
             round: 0,
         };
         assert!(matches!(
-            s.handle(&provider_pk, &msg, kp, &mut OsRng),
+            s.handle_one_key(&provider_pk, &msg, kp, &mut OsRng),
             Err(ProtocolError::SessionMismatch { .. })
         ));
         // A published transaction other than the approved one.
@@ -1278,7 +1321,7 @@ mod tests {
             tx: ByteBuf::new(),
         };
         assert!(matches!(
-            s.handle(&provider_pk, &signed, kp, &mut OsRng),
+            s.handle_one_key(&provider_pk, &signed, kp, &mut OsRng),
             Err(ProtocolError::Disagreement { .. })
         ));
     }
@@ -1345,7 +1388,7 @@ mod tests {
             }
             let out = self
                 .coord
-                .advance(&self.provider_keys, &pkp, &mut OsRng)
+                .advance_one_key(&self.provider_keys, &pkp, &mut OsRng)
                 .unwrap();
             let pk = public_key_bytes(&self.d.provider);
             self.mailbox
@@ -1360,7 +1403,7 @@ mod tests {
             s.look_ahead(batch.iter().map(|(k, m)| (k.as_slice(), m)));
             let kp = self.key_package(party).clone();
             for (sender, m) in &batch {
-                let out = s.handle(sender, m, &kp, &mut OsRng).unwrap();
+                let out = s.handle_one_key(sender, m, &kp, &mut OsRng).unwrap();
                 let pk = self.member_key(party);
                 self.mailbox
                     .extend(out.into_iter().map(|m| (pk.clone(), m)));
@@ -1504,10 +1547,10 @@ mod tests {
                 round,
             };
             let out = s
-                .handle(&public_key_bytes(&d.provider), &set, &kp, &mut OsRng)
+                .handle_one_key(&public_key_bytes(&d.provider), &set, &kp, &mut OsRng)
                 .unwrap();
             c.coord.absorb(&c.member_key(pid(1)), &out[0]).unwrap();
-            match c.coord.advance(&c.provider_keys, &pkp, &mut OsRng) {
+            match c.coord.advance_one_key(&c.provider_keys, &pkp, &mut OsRng) {
                 Ok(out) => {
                     let pk = public_key_bytes(&d.provider);
                     c.mailbox.extend(out.into_iter().map(|m| (pk.clone(), m)));
@@ -1547,18 +1590,18 @@ mod tests {
         s.look_ahead(batch.iter().map(|(k, m)| (k.as_slice(), m)));
         let mut out = Vec::new();
         for (k, m) in &batch {
-            out.extend(s.handle(k, m, &kp, &mut OsRng).unwrap());
+            out.extend(s.handle_one_key(k, m, &kp, &mut OsRng).unwrap());
         }
         assert_eq!(out.len(), 1);
         assert!(matches!(out[0], DaoMessage::Commitments { round: 2, .. }));
         // Round 0 again: ignored; round 2 again: ignored (already committed).
         assert!(
-            s.handle(&provider_pk, &set(0), &kp, &mut OsRng)
+            s.handle_one_key(&provider_pk, &set(0), &kp, &mut OsRng)
                 .unwrap()
                 .is_empty()
         );
         assert!(
-            s.handle(&provider_pk, &set(2), &kp, &mut OsRng)
+            s.handle_one_key(&provider_pk, &set(2), &kp, &mut OsRng)
                 .unwrap()
                 .is_empty()
         );
@@ -1623,7 +1666,7 @@ mod tests {
         assert!(coord.is_dead());
         let pkp = d.outputs[5].1[0].1.public_key_package.clone();
         assert!(matches!(
-            coord.advance(&BTreeMap::new(), &pkp, &mut OsRng),
+            coord.advance_one_key(&BTreeMap::new(), &pkp, &mut OsRng),
             Err(ProtocolError::Refused { .. })
         ));
         assert_eq!(coord.rejections().len(), 3);

@@ -859,3 +859,26 @@ fn an_input_beyond_the_scan_window_needs_its_derivation() {
     let s = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap();
     assert_eq!(s.input_paths, vec![Some(near)]);
 }
+
+#[test]
+fn key_signatures_are_read_back_from_the_published_transaction() {
+    let w = wallet(7);
+    let bytes = two_by_two(&w).serialize();
+    let s = analyze(&bytes, &w.keys(), Network::Regtest).unwrap();
+    let sigs = w.sign(&s.sighashes);
+    let (_, tx) = finalize(&bytes, &w.keys(), &sigs).unwrap();
+    assert_eq!(
+        with_key_sigs_of_tx(&bytes, &w.keys(), &tx).unwrap(),
+        with_key_sigs(&bytes, &w.keys(), &sigs).unwrap()
+    );
+    // Another transaction, or a bent signature: refused.
+    let other = build(&[(5_000, w.script())], &[(4_000, foreign_script())]).serialize();
+    assert!(with_key_sigs_of_tx(&other, &w.keys(), &tx).is_err());
+    let mut bent: Transaction = encode::deserialize(&tx).unwrap();
+    let mut sig = bent.input[1].witness.nth(0).unwrap().to_vec();
+    sig[9] ^= 1;
+    bent.input[1].witness = Witness::from_slice(&[sig]);
+    let e = with_key_sigs_of_tx(&bytes, &w.keys(), &encode::serialize(&bent)).unwrap_err();
+    assert!(is_psbt_input(&e, 1), "{e}");
+    assert!(with_key_sigs_of_tx(&bytes, &w.keys(), b"junk").is_err());
+}
