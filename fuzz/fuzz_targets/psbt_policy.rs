@@ -1,9 +1,11 @@
 //! Any bytes into the transaction and policy readers the enclave runs on untrusted input:
-//! `psbt::decode_psbt_file` then `psbt::analyze` (as a file and as a raw PSBT), the policy and
+//! `psbt::decode_psbt_file` then `psbt::analyze` (as a file and as a raw PSBT, against a wallet's
+//! own key and its children), the descriptors `cosigner-hwi displayaddress` reads, the policy and
 //! members parsers (Bitcoin and Ethereum policies), and the DAO message decoder. Errors are fine, panics are not.
 #![no_main]
 
 use cosigner_protocol::dao::DaoMessage;
+use cosigner_protocol::hd::WalletXpub;
 use cosigner_protocol::policy::{Chain, Member, Policy, parse_members};
 use cosigner_protocol::psbt::{Network, OwnKeys, analyze, decode_psbt_file};
 use cosigner_protocol::wire::WalletId;
@@ -27,6 +29,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = analyze(data, &keys, Network::Regtest);
     if let Ok(text) = std::str::from_utf8(data) {
+        // What Bitcoin Core hands `cosigner-hwi displayaddress --desc`.
+        if let Ok(xpub) = WalletXpub::new(&WalletId([7; 16]), &group_key, false) {
+            let _ = xpub.child_of_descriptor(text);
+        }
         let _ = parse_members(text);
         let owner = Member {
             name: "owner".into(),
