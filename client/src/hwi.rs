@@ -61,42 +61,46 @@ pub fn enumerate(home: &Home, only: Option<&WalletId>) -> Result<Value> {
 }
 
 /// The signer `fingerprint` names, checked against the network Core runs on (`--chain`: main,
-/// test, testnet4, signet, regtest; or the older `--testnet`).
+/// test, testnet4, signet, regtest; every Core with external signers passes it).
 pub fn select(
     home: &Home,
     only: Option<&WalletId>,
     fingerprint: &str,
-    chain: Option<&str>,
+    chain: &str,
 ) -> Result<WalletFile> {
-    let mut found = None;
+    let mut found = Vec::new();
     for w in signers(home, only)? {
         if hex::encode(wallet_xpub(&w)?.fingerprint()) == fingerprint.to_ascii_lowercase() {
-            found = Some(w);
+            found.push(w);
         }
     }
-    let wallet = found.ok_or_else(|| {
+    if found.len() > 1 {
+        return Err(ClientError::Input(format!(
+            "{} wallets here have fingerprint {fingerprint}: choose one with COSIGNER_HWI_WALLET",
+            found.len()
+        )));
+    }
+    let wallet = found.pop().ok_or_else(|| {
         ClientError::Input(format!(
             "no wallet here has fingerprint {fingerprint:?} (cosigner-hwi enumerate lists them)"
         ))
     })?;
-    if let Some(chain) = chain {
-        let expected = match chain {
-            "main" => Network::Bitcoin,
-            "test" | "testnet4" | "signet" | "testnet" => Network::Testnet,
-            "regtest" => Network::Regtest,
-            other => {
-                return Err(ClientError::Input(format!(
-                    "--chain {other:?}: main, test, testnet4, signet or regtest"
-                )));
-            }
-        };
-        if expected != wallet.network {
+    let expected = match chain {
+        "main" => Network::Bitcoin,
+        "test" | "testnet4" | "signet" | "testnet" => Network::Testnet,
+        "regtest" => Network::Regtest,
+        other => {
             return Err(ClientError::Input(format!(
-                "wallet {} is on {}, Bitcoin Core runs on {chain}",
-                wallet.wallet_id,
-                wallet.network.name()
+                "--chain {other:?}: main, test, testnet4, signet or regtest"
             )));
         }
+    };
+    if expected != wallet.network {
+        return Err(ClientError::Input(format!(
+            "wallet {} is on {}, Bitcoin Core runs on {chain}",
+            wallet.wallet_id,
+            wallet.network.name()
+        )));
     }
     Ok(wallet)
 }

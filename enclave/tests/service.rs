@@ -1672,6 +1672,27 @@ fn a_policy_wallet_signs_psbts_within_its_daily_limit_only() {
 }
 
 #[test]
+fn the_same_transaction_claiming_other_amounts_is_judged_again() {
+    use cosigner_tests::bitcoin_tx::{self, Pay};
+    let (h, mut session, wallet) =
+        Harness::with_wallet_made(|h, session| create_policy_wallet(h, session, DAILY).unwrap());
+    // 510 000 sat leave (fee 10 000): within the day's 1 000 000, signed and remembered.
+    let low = bitcoin_tx::build(
+        &hex::encode(output_key(&wallet)),
+        &[510_000],
+        &[(Pay::To(bitcoin_tx::foreign_address()), 500_000)],
+    )
+    .unwrap();
+    client_signs_psbt(&h, &mut session, &wallet, &low).unwrap();
+    // The same transaction (same txid) whose input claims 1 600 000: 1 600 000 leave, which the
+    // day no longer allows. Signed before, but not this: judged again, and refused.
+    let high = bitcoin_tx::claiming(&low, 0, 1_600_000).unwrap();
+    refused_by_policy(client_signs_psbt(&h, &mut session, &wallet, &high));
+    // The first again is a retry: not judged (or counted) twice.
+    client_signs_psbt(&h, &mut session, &wallet, &low).unwrap();
+}
+
+#[test]
 fn two_open_sessions_cannot_together_exceed_the_limit() {
     let (h, mut session, wallet) =
         Harness::with_wallet_made(|h, session| create_policy_wallet(h, session, DAILY).unwrap());

@@ -240,7 +240,8 @@ impl WalletXpub {
     /// `tr([fingerprint/c/i]<x-only key>)` from its wallet) or from a user
     /// (`tr([fingerprint]xpub/c/i)`). The checksum, if any, must be right (BIP-380); the origin's
     /// fingerprint must be this wallet's, the path two non-hardened steps `c/i` with `c` 0 or 1,
-    /// and the key the wallet's extended key or the child's own internal key.
+    /// and either the origin `[fingerprint]` alone with this wallet's extended key (same network)
+    /// and the path after it, or the origin `[fingerprint/c/i]` with the child's own key.
     ///
     /// Errors ([`ProtocolError::Params`]): each of those, named.
     pub fn child_of_descriptor(&self, descriptor: &str) -> Result<Child> {
@@ -272,8 +273,26 @@ impl WalletXpub {
         }
         let mut key_parts = key.split('/');
         let key = key_parts.next().unwrap_or_default();
-        let steps = origin
-            .chain(key_parts)
+        let extended = key.starts_with("xpub") || key.starts_with("tpub");
+        // Two forms only, each naming exactly the child: `[fp]xpub/c/i` (the wallet's extended
+        // key, the path after it) and `[fp/c/i]<child key>` (the path in the origin), so that
+        // the address shown is the one the descriptor denotes.
+        let steps: Vec<&str> = if extended {
+            if origin.next().is_some() {
+                return Err(bad("an extended key's origin is [fingerprint] alone".into()));
+            }
+            if key != self.encoded() {
+                return Err(bad(format!("{key} is not this wallet's extended key")));
+            }
+            key_parts.collect()
+        } else {
+            if key_parts.next().is_some() {
+                return Err(bad("a child's key takes no path after it".into()));
+            }
+            origin.collect()
+        };
+        let steps = steps
+            .iter()
             .map(|step| {
                 step.parse::<u32>()
                     .ok()
@@ -289,19 +308,13 @@ impl WalletXpub {
             _ => return Err(bad(format!("path of {} steps: c/i", steps.len()))),
         };
         let child = self.child(keychain, index)?;
-        let ours = if key.starts_with("xpub") || key.starts_with("tpub") {
-            key.parse::<Xpub>().is_ok_and(|x| {
-                x.public_key == self.xpub.public_key && x.chain_code == self.xpub.chain_code
-            })
-        } else {
+        if !extended {
             let given = hex::decode(key).unwrap_or_default();
-            given.as_slice() == &child.internal_key[..]
-                || given.as_slice() == child.internal_key.get(1..).unwrap_or_default()
-        };
-        if !ours {
-            return Err(bad(format!(
-                "key {key} is neither this wallet's extended key nor the child's key"
-            )));
+            if given.as_slice() != &child.internal_key[..]
+                && given.as_slice() != child.internal_key.get(1..).unwrap_or_default()
+            {
+                return Err(bad(format!("key {key} is not the child's key")));
+            }
         }
         Ok(child)
     }
@@ -676,10 +689,18 @@ mod tests {
                 "{bad}"
             );
         }
-        // Another wallet's extended key.
+        // Another wallet's extended key; the mainnet form of this one; paths on the wrong side.
         let stranger = WalletXpub::new(&WalletId([9; 16]), &group_key, false).unwrap();
-        let desc = format!("tr([{fp}]{}/1/5)", stranger.encoded());
-        assert!(w.child_of_descriptor(&desc).is_err());
+        let mainnet = WalletXpub::new(&WalletId([8; 16]), &group_key, true).unwrap();
+        for desc in [
+            format!("tr([{fp}]{}/1/5)", stranger.encoded()),
+            format!("tr([{fp}]{}/1/5)", mainnet.encoded()),
+            format!("tr([{fp}/1/5]{})", w.encoded()),
+            format!("tr([{fp}/1]{}/5)", w.encoded()),
+            format!("tr([{fp}/1]{x_only}/5)"),
+        ] {
+            assert!(w.child_of_descriptor(&desc).is_err(), "{desc}");
+        }
     }
 
     #[test]

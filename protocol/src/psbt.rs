@@ -33,7 +33,7 @@
 use bitcoin::bip32::KeySource;
 use bitcoin::consensus::encode;
 use bitcoin::hashes::Hash;
-use bitcoin::key::TweakedPublicKey;
+use bitcoin::key::{TapTweak, TweakedPublicKey};
 use bitcoin::psbt::Psbt;
 use bitcoin::secp256k1::{Message, Secp256k1, XOnlyPublicKey, schnorr};
 use bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
@@ -66,9 +66,27 @@ const PSBT_GLOBAL_VERSION: u8 = 0xfb;
 /// derivations, once per PSBT.
 pub const SCAN_WINDOW: u32 = 100;
 
-/// Most BIP-32 derivations with the wallet's fingerprint tried for one input or output: each
-/// costs a derivation, and a key path spends one key.
+/// Most BIP-32 derivations with the wallet's fingerprint tried for one input or output: a key
+/// path spends one key.
 const MAX_ORIGINS: usize = 4;
+
+/// Most inputs a PSBT may have: each is a FROST session in the enclave (and a derivation at most).
+/// Refused before anything is derived.
+pub const MAX_INPUTS: usize = 256;
+
+/// Most outputs a PSBT may have (refused before anything is derived).
+pub const MAX_OUTPUTS: usize = 1024;
+
+/// Most children derived to check labels in one PSBT's reading (each about 0.1 ms): a label is
+/// first checked for free against the script (its key's BIP-86 output key), so honest PSBTs, one
+/// derivation per input and change output, stay far below it; a PSBT of labels crafted to pass
+/// that check and fail the derivation costs at most this many.
+const MAX_LABEL_DERIVATIONS: u32 = 2 * (MAX_INPUTS as u32) + 64;
+
+/// Highest index of a child whose output counts as change: an output to a child beyond it counts
+/// as leaving, so that value kept by the wallet is always where the owner's recovery finds it
+/// (scanning this many children of each keychain), never parked at an index only the spender knew.
+pub const MAX_CHANGE_INDEX: u32 = 10_000;
 
 /// The wallet's keys a PSBT may spend and pay: its own output key (its first address) and, when
 /// its extended key is known, the children of that key (`crate::hd`).
@@ -78,6 +96,9 @@ pub struct OwnKeys {
     xpub: Option<WalletXpub>,
     /// The scripts of the first [`SCAN_WINDOW`] children of each keychain, derived at first need.
     scanned: OnceCell<BTreeMap<ScriptBuf, ChildPath>>,
+    /// Label derivations left for the reading under way ([`MAX_LABEL_DERIVATIONS`], reset by
+    /// each `check`).
+    budget: std::cell::Cell<u32>,
 }
 
 impl OwnKeys {
@@ -95,6 +116,7 @@ impl OwnKeys {
             root,
             xpub: Some(xpub),
             scanned: OnceCell::new(),
+            budget: std::cell::Cell::new(MAX_LABEL_DERIVATIONS),
         })
     }
 
@@ -105,6 +127,7 @@ impl OwnKeys {
             root: output_key_from_bytes(output_key)?,
             xpub: None,
             scanned: OnceCell::new(),
+            budget: std::cell::Cell::new(MAX_LABEL_DERIVATIONS),
         })
     }
 
@@ -138,6 +161,9 @@ impl OwnKeys {
     /// Which of the wallet's keys `script` pays: `Some(None)` its own, `Some(Some(path))` a child
     /// named by one of `origins` (checked against the script), or with `scan` found among the
     /// first [`SCAN_WINDOW`] of each keychain; `None` when it is not the wallet's.
+    ///
+    /// A label is believed only once its key's BIP-86 output key is the script (one tweak) *and*
+    /// the child its path names is that key (a derivation, within this reading's budget).
     fn locate(
         &self,
         script: &ScriptBuf,
@@ -149,17 +175,26 @@ impl OwnKeys {
         }
         let xpub = self.xpub.as_ref()?;
         let fingerprint = xpub.fingerprint();
+        let secp = Secp256k1::verification_only();
         let named = origins
-            .values()
-            .filter(|(_, (fp, _))| fp.to_bytes() == fingerprint)
-            .filter_map(|(_, (_, path))| ChildPath::of_numbers(path.as_ref()))
+            .iter()
+            .filter(|(_, (_, (fp, _)))| fp.to_bytes() == fingerprint)
             .take(MAX_ORIGINS)
-            .find(|path| {
+            .filter(|(key, _)| {
+                own_script_for(&key.tap_tweak(&secp, None).0.to_x_only_public_key()) == *script
+            })
+            .filter_map(|(key, (_, (_, path)))| Some((key, ChildPath::of_numbers(path.as_ref())?)))
+            .find(|(key, path)| {
+                let left = self.budget.get();
+                if left == 0 {
+                    return false;
+                }
+                self.budget.set(left - 1);
                 xpub.child(path.keychain, path.index)
                     .ok()
-                    .and_then(|child| output_key_from_bytes(&child.output_key).ok())
-                    .is_some_and(|key| own_script_for(&key) == *script)
-            });
+                    .is_some_and(|child| child.internal_key.get(1..) == Some(&key.serialize()[..]))
+            })
+            .map(|(_, path)| path);
         if let Some(path) = named {
             return Some(Some(path));
         }
@@ -552,6 +587,15 @@ fn check(psbt: &Psbt, keys: &OwnKeys) -> Result<Checked> {
     if tx.output.is_empty() {
         return Err(psbt_error("the transaction has no outputs"));
     }
+    keys.budget.set(MAX_LABEL_DERIVATIONS);
+    // Bounded before anything is derived: every later step is per input or output.
+    if tx.input.len() > MAX_INPUTS || tx.output.len() > MAX_OUTPUTS {
+        return Err(psbt_error(format!(
+            "{} inputs and {} outputs: at most {MAX_INPUTS} inputs and {MAX_OUTPUTS} outputs",
+            tx.input.len(),
+            tx.output.len()
+        )));
+    }
     let mut prevouts: Vec<TxOut> = Vec::with_capacity(tx.input.len());
     let mut input_paths = Vec::with_capacity(tx.input.len());
     let mut spent: BTreeSet<OutPoint> = BTreeSet::new();
@@ -580,9 +624,12 @@ fn check(psbt: &Psbt, keys: &OwnKeys) -> Result<Checked> {
         output_total = output_total
             .checked_add(value)
             .ok_or_else(|| value_error("the outputs' values overflow"))?;
-        let own = keys
-            .locate(&out.script_pubkey, &labels.tap_key_origins, false)
-            .is_some();
+        // Change at an index beyond MAX_CHANGE_INDEX counts as leaving (see there).
+        let own = match keys.locate(&out.script_pubkey, &labels.tap_key_origins, false) {
+            Some(Some(path)) => path.index <= MAX_CHANGE_INDEX,
+            Some(None) => true,
+            None => false,
+        };
         own_outputs.push(own);
         if own {
             change = change

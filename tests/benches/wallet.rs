@@ -13,6 +13,10 @@
 //!   a wallet with a velocity policy, session open (the device's and the enclave's PSBT analysis,
 //!   policy evaluation with the spend history, two FROST signatures, the spend recorded and
 //!   anchored, finalization);
+//! * `psbt_derived_sign_ms_p50`: the same for a PSBT whose two inputs spend a derived address
+//!   (`m/0/7`) without BIP-32 labels: the worst case, where the device and the enclave each find
+//!   the key by deriving the first 100 children of both keychains, then sign with the child's
+//!   key packages;
 //! * `signs_per_sec`: 4 concurrent clients, each with its own session and wallet, for 3 seconds;
 //! * `session_setup_ms_p50`: TCP + TLS 1.3 + attestation produced and verified;
 //! * `dkg_ms_p50`: `wallet create` with both sessions already open;
@@ -155,6 +159,17 @@ fn main() {
     let psbt_ms = time(100, || {
         psbt_sign::sign_psbt(&home, &mut provider, policed_id, &psbt).unwrap();
     });
+    let (child, _) = cosigner_client::address::child_address(
+        &policed,
+        cosigner_protocol::hd::Keychain::Receive,
+        7,
+    )
+    .unwrap();
+    let derived =
+        cosigner_tests::bitcoin_tx::two_input_psbt(&hex::encode(child.output_key)).unwrap();
+    let psbt_derived_ms = time(50, || {
+        psbt_sign::sign_psbt(&home, &mut provider, policed_id, &derived).unwrap();
+    });
 
     let clients = 4;
     let window = Duration::from_secs(3);
@@ -213,6 +228,7 @@ fn main() {
             "inprocess_sign_ms_p50": round(inprocess),
             "e2e_sign_ms_p50": round(e2e),
             "psbt_sign_ms_p50": round(psbt_ms),
+            "psbt_derived_sign_ms_p50": round(psbt_derived_ms),
             "ratio": round(e2e / inprocess),
             "round_trips_per_sign": round(round_trips_per_sign),
             "signs_per_sec": signs_per_sec.round(),

@@ -187,3 +187,26 @@ pub fn disguise_as_change(spend: &Spend, index: usize, x_only_hex: &str) -> anyh
         prevouts: spend.prevouts.clone(),
     })
 }
+
+/// `spend` with input `index`'s `witness_utxo` claiming `sat` instead: the same transaction (one
+/// txid), other sighashes. What a PSBT author lies with to get a spend valued low.
+///
+/// # Errors
+/// If the PSBT does not parse or has no such input.
+pub fn claiming(spend: &Spend, index: usize, sat: u64) -> anyhow::Result<Spend> {
+    let mut psbt: Psbt = spend.psbt_base64.parse().context("psbt")?;
+    let mut prevouts = spend.prevouts.clone();
+    let utxo = psbt
+        .inputs
+        .get_mut(index)
+        .and_then(|i| i.witness_utxo.as_mut())
+        .context("no such input")?;
+    utxo.value = Amount::from_sat(sat);
+    if let Some(p) = prevouts.get_mut(index) {
+        p.value = Amount::from_sat(sat);
+    }
+    Ok(Spend {
+        psbt_base64: psbt.to_string(),
+        prevouts,
+    })
+}

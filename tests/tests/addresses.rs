@@ -365,6 +365,8 @@ fn bitcoin_cores_external_signer_commands_are_answered_by_cosigner_hwi() {
         "",
     );
     assert_eq!(code, Some(1), "another network: {got}");
+    let (code, got, _) = hwi(&d, &home, &["--fingerprint", &fp, "getdescriptors"], "");
+    assert_eq!(code, Some(1), "no network said: {got}");
 
     // displayaddress: Core's inferred descriptor (origin path, the child's x-only key) and the
     // xpub form both name m/0/3, whose address `cosigner address` hands out.
@@ -426,6 +428,15 @@ fn bitcoin_cores_external_signer_commands_are_answered_by_cosigner_hwi() {
     }
     let tx_hex = hex::encode(bitcoin::consensus::serialize(&psbt.extract_tx().unwrap()));
     bitcoin_tx::verify_consensus(&tx_hex, &spend.prevouts).unwrap();
+    // Bitcoin Core 24-27 quote the PSBT.
+    let (code, got, stderr) = hwi(
+        &d,
+        &home,
+        &["--stdin", "--fingerprint", &fp, "--chain", "regtest"],
+        &format!("signtx \"{}\"", spend.psbt_base64),
+    );
+    assert_eq!(code, Some(0), "{got} {stderr}");
+    assert!(got["psbt"].is_string());
     // Garbage on stdin: an error, not a panic.
     let (code, got, _) = hwi(
         &d,

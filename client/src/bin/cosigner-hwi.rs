@@ -4,8 +4,9 @@
 //!
 //! Core cannot pass options of its own to the signer, so the home, trust file and provider come
 //! from the environment the `cosigner` command reads (`COSIGNER_HOME`, `COSIGNER_TRUST`,
-//! `COSIGNER_PROVIDER`); `COSIGNER_HWI_WALLET` limits the signers to one wallet (Core wants
-//! exactly one connected signer when it creates a wallet).
+//! `COSIGNER_PROVIDER`, in bitcoind's environment); `COSIGNER_HWI_WALLET` limits the signers to
+//! one wallet. Core wants exactly one signer for every operation (creating the wallet, showing an
+//! address, signing), so a home with more than one personal Bitcoin wallet needs it.
 //!
 //! Output: one JSON value on stdout. A failure prints `{"error": …, "code": -1}` there too (what
 //! HWI prints and Core reports), one line on stderr, and exits 1; a command line that does not
@@ -127,10 +128,12 @@ fn run(cli: Cli) -> anyhow::Result<Value> {
         .fingerprint
         .as_deref()
         .context("give --fingerprint HEX")?;
+    // Every Core that runs external signers says its network; without it a wallet of another
+    // network would be taken for this one.
     let chain = match (&cli.chain, cli.testnet) {
-        (Some(chain), _) => Some(chain.as_str()),
-        (None, true) => Some("test"),
-        (None, false) => None,
+        (Some(chain), _) => chain.as_str(),
+        (None, true) => "test",
+        (None, false) => anyhow::bail!("give --chain (main, test, testnet4, signet or regtest)"),
     };
     let wallet = hwi::select(&home, only.as_ref(), fingerprint, chain)?;
     Ok(match command {
@@ -166,14 +169,37 @@ fn from_stdin() -> anyhow::Result<Command> {
         #[command(subcommand)]
         command: Command,
     }
-    let words = text.split_whitespace();
+    // Bitcoin Core 24-27 quote the PSBT (`signtx "<base64>"`), 28 and later do not; HWI reads
+    // the line shell-style. Base64 holds neither spaces nor quotes, so one surrounding pair of
+    // quotes per word is all there is to undo.
+    let words = text.split_whitespace().map(unquoted);
     let line = Line::try_parse_from(words)
         .map_err(|e| anyhow::anyhow!("the command on stdin: {}", e.kind()))?;
     Ok(line.command)
 }
 
+/// `word` without one pair of surrounding double or single quotes.
+fn unquoted(word: &str) -> &str {
+    for quote in ['"', '\''] {
+        if let Some(inner) = word.strip_prefix(quote).and_then(|w| w.strip_suffix(quote)) {
+            return inner;
+        }
+    }
+    word
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn quoted_words_on_stdin_are_unquoted_once() {
+        use super::unquoted;
+        assert_eq!(unquoted("\"cHNidP8=\""), "cHNidP8=");
+        assert_eq!(unquoted("'cHNidP8='"), "cHNidP8=");
+        assert_eq!(unquoted("cHNidP8="), "cHNidP8=");
+        assert_eq!(unquoted("\""), "\"");
+        assert_eq!(unquoted("\"\"x\"\""), "\"x\"");
+    }
+
     #[test]
     fn command_line_grammar_is_consistent() {
         use clap::CommandFactory;

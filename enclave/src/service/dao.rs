@@ -82,7 +82,7 @@ const MAX_ECDSA_REFRESHES_PER_PROPOSER: usize = 1;
 /// Bound on the envelopes a ceremony remembers having taken in.
 const MAX_SEEN: usize = 16_384;
 /// Most inputs of a DAO PSBT (as for personal wallets): the signing packages must fit an envelope.
-const MAX_INPUTS: usize = 256;
+const MAX_INPUTS: usize = psbt::MAX_INPUTS;
 /// Bound on envelopes per delivery.
 const MAX_DELIVERY: usize = 1024;
 /// Most envelope bytes in one `Mailbox` answer: with the notes it stays inside one frame
@@ -909,10 +909,6 @@ impl Service {
             Ok(s) => s,
             Err(e) => return refuse(format!("PSBT refused: {e}")),
         };
-        // Each input is checked (and signed) under the key it spends: the wallet's own or a
-        // child's (docs/addresses.md).
-        let public_key_packages =
-            hd::public_key_packages_for(&wallet_id, &public_key_package, &summary.input_paths)?;
         if summary.sighashes.len() > MAX_INPUTS {
             return refuse(format!(
                 "{} inputs, at most {MAX_INPUTS} in one PSBT",
@@ -936,6 +932,10 @@ impl Service {
             Ok(c) => c,
             Err(e) => return refuse(e.to_string()),
         };
+        // Each input is checked (and signed) under the key it spends: the wallet's own or a
+        // child's (docs/addresses.md). Derived once the request passed every check.
+        let public_key_packages =
+            hd::public_key_packages_for(&wallet_id, &public_key_package, &summary.input_paths)?;
         let evaluation = evaluation_of(hash, &summary, &decision, &approvers);
         self.log_founded(
             &founded,

@@ -43,7 +43,7 @@ use cosigner_protocol::hd;
 /// The one member of a personal wallet's policy: the device key.
 pub const OWNER: &str = "owner";
 /// Most inputs signed in one PSBT (each is a FROST session in memory).
-pub const MAX_INPUTS: usize = 256;
+pub const MAX_INPUTS: usize = btc::MAX_INPUTS;
 const DAY_MS: u64 = 86_400_000;
 /// Spends older than this are folded into one entry (velocity windows are meant for days).
 const HISTORY_KEEP_MS: u64 = 366 * 86_400_000;
@@ -71,14 +71,26 @@ impl PsbtSession {
 /// Most signed txids remembered per wallet (the oldest are forgotten first).
 const MAX_SIGNED_TXIDS: usize = 4096;
 
-/// Whether the wallet already signed (and counted) the transaction `txid`.
-fn already_signed(state: &WalletState, txid: &str) -> bool {
-    state.signed_txids.iter().any(|(t, _)| t == txid)
+/// What a signed spend is remembered by: its txid and a digest of its sighashes. Two PSBTs of one
+/// transaction that claim different amounts for what they spend have one txid but different
+/// sighashes (BIP-341 commits to every amount): the second is judged again, not let through as
+/// signed before.
+fn spend_key(txid: &str, sighashes: &[[u8; 32]]) -> String {
+    let mut h = Sha256::new();
+    for sighash in sighashes {
+        h.update(sighash);
+    }
+    format!("{txid}:{}", hex::encode(h.finalize()))
 }
 
-/// Remembers that `txid` was signed (and counted) at `now`.
-fn remember_signed(state: &mut WalletState, txid: &str, now: u64) {
-    remember_txid(&mut state.signed_txids, txid, now);
+/// Whether the wallet already signed (and counted) the spend `key` ([`spend_key`]).
+fn already_signed(state: &WalletState, key: &str) -> bool {
+    state.signed_txids.iter().any(|(t, _)| t == key)
+}
+
+/// Remembers that the spend `key` ([`spend_key`]) was signed (and counted) at `now`.
+fn remember_signed(state: &mut WalletState, key: &str, now: u64) {
+    remember_txid(&mut state.signed_txids, key, now);
 }
 
 /// Adds `txid` to a bounded list of signed transactions (a year, at most [`MAX_SIGNED_TXIDS`]).
@@ -291,7 +303,7 @@ fn judge_psbt(
         .collect();
     // A transaction signed before (a retry after a crash, or the same PSBT again) was judged
     // and counted then; signing it again moves nothing more (one transaction is mined once).
-    let rule = if already_signed(state, &summary.txid) {
+    let rule = if already_signed(state, &spend_key(&summary.txid, &summary.sighashes)) {
         None
     } else {
         judge(
@@ -343,6 +355,8 @@ struct Release {
     actor: Actor,
     psbt_digest: [u8; 32],
     txid: String,
+    /// What it is remembered by once signed ([`spend_key`]).
+    spend_key: String,
     value_leaving: u64,
     fee: u64,
     destinations: Vec<String>,
@@ -452,6 +466,7 @@ impl Service {
                 actor: actor.clone(),
                 psbt_digest,
                 txid: summary.txid.clone(),
+                spend_key: spend_key(&summary.txid, &summary.sighashes),
                 value_leaving: summary.value_leaving,
                 fee: summary.fee,
                 destinations,
@@ -677,7 +692,7 @@ impl Service {
         // Recorded once per transaction, before the shares leave: a retry of a signature whose
         // shares were released but never reached the client finds it here and is not counted
         // again.
-        let rule = if already_signed(&state, &spend.txid) {
+        let rule = if already_signed(&state, &spend.spend_key) {
             None
         } else {
             let rule = judge(
@@ -689,7 +704,7 @@ impl Service {
             )?
             .map_err(|reason| refuse(format!("refused by the wallet's policy: {reason}")))?;
             record(&mut state.history, now, spend.value_leaving);
-            remember_signed(&mut state, &spend.txid, now);
+            remember_signed(&mut state, &spend.spend_key, now);
             self.records().save_state(&wallet_id, &state)?;
             rule
         };

@@ -86,8 +86,9 @@ fn foreign_script() -> ScriptBuf {
     ScriptBuf::new_p2wpkh(&bitcoin::WPubkeyHash::from_byte_array([0x11; 20]))
 }
 
-fn outpoint(n: u8) -> OutPoint {
-    OutPoint::new(Txid::from_byte_array([n; 32]), u32::from(n))
+fn outpoint(n: u32) -> OutPoint {
+    let byte = u8::try_from(n % 256).unwrap();
+    OutPoint::new(Txid::from_byte_array([byte; 32]), n)
 }
 
 /// Inputs (value, script) and outputs (value, script) -> unsigned PSBT with witness_utxos.
@@ -97,7 +98,7 @@ fn build(inputs: &[(u64, ScriptBuf)], outputs: &[(u64, ScriptBuf)]) -> Psbt {
         lock_time: absolute::LockTime::ZERO,
         input: (0..inputs.len())
             .map(|i| bitcoin::TxIn {
-                previous_output: outpoint(u8::try_from(i).unwrap() + 1),
+                previous_output: outpoint(u32::try_from(i).unwrap() + 1),
                 script_sig: ScriptBuf::new(),
                 sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
                 witness: Witness::new(),
@@ -881,4 +882,69 @@ fn key_signatures_are_read_back_from_the_published_transaction() {
     let e = with_key_sigs_of_tx(&bytes, &w.keys(), &encode::serialize(&bent)).unwrap_err();
     assert!(is_psbt_input(&e, 1), "{e}");
     assert!(with_key_sigs_of_tx(&bytes, &w.keys(), b"junk").is_err());
+}
+
+#[test]
+fn change_beyond_the_recoverable_range_counts_as_leaving() {
+    let w = wallet(8);
+    let fp = fingerprint(&w);
+    for (index, counted) in [(MAX_CHANGE_INDEX, true), (MAX_CHANGE_INDEX + 1, false)] {
+        let mut psbt = build(
+            &[(50_000, w.script())],
+            &[(49_000, w.child_script(change(index)))],
+        );
+        psbt.outputs[0].tap_key_origins = origin(&w, change(index), fp);
+        let s = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap();
+        assert_eq!(s.change == 49_000, counted, "index {index}");
+    }
+}
+
+#[test]
+fn a_label_with_the_childs_key_but_another_path_is_not_believed() {
+    let w = wallet(9);
+    let fp = fingerprint(&w);
+    let mut psbt = build(
+        &[(50_000, w.script())],
+        &[(49_000, w.child_script(change(3)))],
+    );
+    // The key is child 3's (its BIP-86 output key is the script), the path says child 4.
+    let mut label = origin(&w, change(3), fp);
+    for (_, (_, (_, path))) in label.iter_mut() {
+        *path = DerivationPath::from(change(4).numbers().to_vec());
+    }
+    psbt.outputs[0].tap_key_origins = label;
+    let s = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap();
+    assert_eq!(s.change, 0);
+}
+
+#[test]
+fn too_many_inputs_or_outputs_are_refused_before_any_derivation() {
+    let w = wallet(10);
+    let inputs: Vec<(u64, ScriptBuf)> = (0..=MAX_INPUTS).map(|_| (1_000, w.script())).collect();
+    let psbt = build(&inputs, &[(1_000, foreign_script())]);
+    assert!(analyze(&psbt.serialize(), &w.keys(), Network::Regtest).is_err());
+    let outputs: Vec<(u64, ScriptBuf)> = (0..=MAX_OUTPUTS).map(|_| (1, foreign_script())).collect();
+    let psbt = build(&[(100_000, w.script())], &outputs);
+    assert!(analyze(&psbt.serialize(), &w.keys(), Network::Regtest).is_err());
+}
+
+/// Outputs whose labels pass the cheap check (the key's output key is the script) but name the
+/// wrong path, beyond the reading's derivation budget: still read, every one counted as leaving.
+#[test]
+fn crafted_labels_beyond_the_derivation_budget_are_read_as_leaving() {
+    let w = wallet(11);
+    let fp = fingerprint(&w);
+    let n = usize::try_from(MAX_LABEL_DERIVATIONS).unwrap() + 10;
+    let outputs: Vec<(u64, ScriptBuf)> = (0..n).map(|_| (10, w.child_script(change(3)))).collect();
+    let mut psbt = build(&[(100_000, w.script())], &outputs);
+    let mut label = origin(&w, change(3), fp);
+    for (_, (_, (_, path))) in label.iter_mut() {
+        *path = DerivationPath::from(change(4).numbers().to_vec());
+    }
+    for output in &mut psbt.outputs {
+        output.tap_key_origins = label.clone();
+    }
+    let s = analyze(&psbt.serialize(), &w.keys(), Network::Regtest).unwrap();
+    assert_eq!(s.change, 0);
+    assert_eq!(s.destinations.len(), n);
 }
