@@ -183,41 +183,24 @@ impl WalletXpub {
     /// Errors ([`ProtocolError::Params`]): `index` above [`MAX_INDEX`], or (with probability
     /// about 2⁻¹²⁷) a step BIP-32 declares invalid.
     pub fn child(&self, keychain: Keychain, index: u32) -> Result<Child> {
-        if index > MAX_INDEX {
-            return Err(ProtocolError::Params {
-                reason: format!("address index {index} is above {MAX_INDEX}"),
-            });
-        }
-        let secp = Secp256k1::verification_only();
-        let invalid = |e: bitcoin::bip32::Error| ProtocolError::Params {
-            reason: format!("BIP-32 derivation: {e}"),
-        };
-        let mut tweak: Option<SecretKey> = None;
-        let mut xpub = self.xpub;
-        for n in [keychain.number(), index] {
-            let number = ChildNumber::from_normal_idx(n).map_err(invalid)?;
-            let (step, _) = xpub.ckd_pub_tweak(number).map_err(invalid)?;
-            tweak = Some(match tweak {
-                None => step,
-                Some(t) => t
-                    .add_tweak(&Scalar::from(step))
-                    .map_err(|e| ProtocolError::Params {
-                        reason: format!("BIP-32 derivation: {e}"),
-                    })?,
-            });
-            xpub = xpub.ckd_pub(&secp, number).map_err(invalid)?;
-        }
-        let tweak = tweak.ok_or_else(|| ProtocolError::Params {
-            reason: "an empty derivation path".into(),
-        })?;
-        let internal: XOnlyPublicKey = xpub.public_key.x_only_public_key().0;
-        let (output, _) = internal.tap_tweak(&secp, None);
-        Ok(Child {
+        self.keychain(keychain)?.child(index)
+    }
+
+    /// The extended key of `keychain` (`m/c`), from which its children are one step each: what
+    /// deriving many children of one keychain starts from.
+    ///
+    /// Errors ([`ProtocolError::Params`]): a step BIP-32 declares invalid (about 2⁻¹²⁷).
+    pub fn keychain(&self, keychain: Keychain) -> Result<KeychainXpub> {
+        let number = ChildNumber::from_normal_idx(keychain.number()).map_err(invalid)?;
+        let (tweak, _) = self.xpub.ckd_pub_tweak(number).map_err(invalid)?;
+        let xpub = self
+            .xpub
+            .ckd_pub(&Secp256k1::verification_only(), number)
+            .map_err(invalid)?;
+        Ok(KeychainXpub {
             keychain,
-            index,
-            tweak: tweak.secret_bytes(),
-            internal_key: xpub.public_key.serialize(),
-            output_key: output.to_x_only_public_key().serialize(),
+            xpub,
+            tweak,
         })
     }
 
@@ -318,6 +301,49 @@ impl WalletXpub {
         }
         Ok(child)
     }
+}
+
+/// One keychain's extended key `m/c` and the tweak of its step.
+#[derive(Debug, Clone)]
+pub struct KeychainXpub {
+    keychain: Keychain,
+    xpub: Xpub,
+    tweak: SecretKey,
+}
+
+impl KeychainXpub {
+    /// The child at `index` on this keychain.
+    ///
+    /// Errors ([`ProtocolError::Params`]): `index` above [`MAX_INDEX`], or (with probability
+    /// about 2⁻¹²⁷) a step BIP-32 declares invalid.
+    pub fn child(&self, index: u32) -> Result<Child> {
+        if index > MAX_INDEX {
+            return Err(params(format!(
+                "address index {index} is above {MAX_INDEX}"
+            )));
+        }
+        let secp = Secp256k1::verification_only();
+        let number = ChildNumber::from_normal_idx(index).map_err(invalid)?;
+        let (step, _) = self.xpub.ckd_pub_tweak(number).map_err(invalid)?;
+        let tweak = self
+            .tweak
+            .add_tweak(&Scalar::from(step))
+            .map_err(|e| params(format!("BIP-32 derivation: {e}")))?;
+        let xpub = self.xpub.ckd_pub(&secp, number).map_err(invalid)?;
+        let internal: XOnlyPublicKey = xpub.public_key.x_only_public_key().0;
+        let (output, _) = internal.tap_tweak(&secp, None);
+        Ok(Child {
+            keychain: self.keychain,
+            index,
+            tweak: tweak.secret_bytes(),
+            internal_key: xpub.public_key.serialize(),
+            output_key: output.to_x_only_public_key().serialize(),
+        })
+    }
+}
+
+fn invalid(e: bitcoin::bip32::Error) -> ProtocolError {
+    params(format!("BIP-32 derivation: {e}"))
 }
 
 /// FROST over secp256k1 with Taproot's tweak (the wallets' suite).

@@ -212,9 +212,12 @@ impl OwnKeys {
 fn scan_children(xpub: &WalletXpub) -> BTreeMap<ScriptBuf, ChildPath> {
     let mut scripts = BTreeMap::new();
     for keychain in [Keychain::Receive, Keychain::Change] {
+        let Ok(chain) = xpub.keychain(keychain) else {
+            continue;
+        };
         for index in 0..SCAN_WINDOW {
-            let Some(key) = xpub
-                .child(keychain, index)
+            let Some(key) = chain
+                .child(index)
                 .ok()
                 .and_then(|child| output_key_from_bytes(&child.output_key).ok())
             else {

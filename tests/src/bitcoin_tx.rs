@@ -210,3 +210,22 @@ pub fn claiming(spend: &Spend, index: usize, sat: u64) -> anyhow::Result<Spend> 
         prevouts,
     })
 }
+
+/// Finalizes a base64 PSBT whose inputs carry `PSBT_IN_TAP_KEY_SIG` the way any BIP-174
+/// finalizer does for a key-path spend (the witness is the signature); the transaction's hex.
+///
+/// # Errors
+/// If the PSBT does not parse, an input has no key signature, or the transaction cannot be
+/// extracted.
+pub fn finalized_by_hand(psbt_base64: &str) -> anyhow::Result<String> {
+    let mut psbt: Psbt = psbt_base64.parse().context("psbt")?;
+    for (index, input) in psbt.inputs.iter_mut().enumerate() {
+        let sig = input
+            .tap_key_sig
+            .take()
+            .with_context(|| format!("input {index} has no key signature"))?;
+        input.final_script_witness = Some(Witness::from_slice(&[sig.to_vec()]));
+    }
+    let tx = psbt.extract_tx().context("extracting the transaction")?;
+    Ok(hex::encode(bitcoin::consensus::serialize(&tx)))
+}

@@ -24,6 +24,19 @@ fn json_of(out: &cosigner_tests::Outcome) -> Value {
     serde_json::from_str(out.ok()).unwrap_or_else(|e| panic!("{e}: {out:?}"))
 }
 
+/// `wallet descriptor --json` of wallet `id` in `home`.
+fn descriptor_of(d: &Deployment, home: &Path, id: &str) -> Value {
+    json_of(&d.cosigner([
+        "--home",
+        p(home),
+        "wallet",
+        "descriptor",
+        "--wallet",
+        id,
+        "--json",
+    ]))
+}
+
 fn python_has_wallets() -> bool {
     Command::new("python3")
         .args(["-c", "import bdkpython, embit"])
@@ -41,11 +54,9 @@ fn derived_elsewhere(descriptors: &Value, receive: &[u32], change: &[u32]) -> Va
     wallet_software(&job)
 }
 
-/// Runs tests/py/hd_wallets.py with `job` (its modes are documented there).
-fn wallet_software(job: &Value) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/hd_wallets.py");
-    let mut child = Command::new("python3")
-        .arg(script)
+/// Runs `command` with `stdin` written to it; what it printed and returned.
+fn piped(mut command: Command, stdin: &str) -> std::process::Output {
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -55,9 +66,17 @@ fn wallet_software(job: &Value) -> Value {
         .stdin
         .take()
         .unwrap()
-        .write_all(job.to_string().as_bytes())
+        .write_all(stdin.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs tests/py/hd_wallets.py with `job` (its modes are documented there).
+fn wallet_software(job: &Value) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/hd_wallets.py");
+    let mut command = Command::new("python3");
+    command.arg(script);
+    let out = piped(command, &job.to_string());
     assert!(
         out.status.success(),
         "{}",
@@ -114,15 +133,7 @@ fn addresses_are_handed_out_in_order_and_match_what_bdk_and_embit_derive() {
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stderr.contains("above"), "{}", out.stderr);
 
-    let descriptors = json_of(&d.cosigner([
-        "--home",
-        p(&home),
-        "wallet",
-        "descriptor",
-        "--wallet",
-        &id,
-        "--json",
-    ]));
+    let descriptors = descriptor_of(&d, &home, &id);
     let fingerprint = descriptors["fingerprint"].as_str().unwrap();
     let xpub = descriptors["xpub"].as_str().unwrap();
     assert!(xpub.starts_with("tpub"), "regtest keys are tpubs: {xpub}");
@@ -251,15 +262,7 @@ fn psbts_spending_derived_addresses_are_signed_and_bdk_finalizes_them() {
     // a stranger with change to its own change address; cosigner signs every input with its
     // child's key and recognises the change by its derivation; BDK finalizes what cosigner
     // signed into the transaction cosigner finalized itself.
-    let mut job = json_of(&d.cosigner([
-        "--home",
-        p(&home),
-        "wallet",
-        "descriptor",
-        "--wallet",
-        &id,
-        "--json",
-    ]));
+    let mut job = descriptor_of(&d, &home, &id);
     let ninth = address("9");
     job["mode"] = json!("spend");
     job["fund"] = json!([[fourth["address"], 50_000], [ninth["address"], 30_000]]);
@@ -287,23 +290,13 @@ fn psbts_spending_derived_addresses_are_signed_and_bdk_finalizes_them() {
 /// Runs `cosigner-hwi` as Bitcoin Core does: the deployment's environment and `home`, `args`,
 /// and `stdin`.
 fn hwi(d: &Deployment, home: &Path, args: &[&str], stdin: &str) -> (Option<i32>, Value, String) {
-    let mut child = Command::new(cosigner_tests::bin("cosigner-hwi"))
+    let mut command = Command::new(cosigner_tests::bin("cosigner-hwi"));
+    command
         .args(args)
         .envs(d.env())
         .env("COSIGNER_HOME", home)
-        .env_remove("COSIGNER_HWI_WALLET")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        .env_remove("COSIGNER_HWI_WALLET");
+    let out = piped(command, stdin);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -318,15 +311,7 @@ fn bitcoin_cores_external_signer_commands_are_answered_by_cosigner_hwi() {
     let home = d.home("carol");
     let w = json_of(&d.cosigner(["--home", p(&home), "wallet", "create", "--json"]));
     let id = w["wallet_id"].as_str().unwrap().to_owned();
-    let descriptors = json_of(&d.cosigner([
-        "--home",
-        p(&home),
-        "wallet",
-        "descriptor",
-        "--wallet",
-        &id,
-        "--json",
-    ]));
+    let descriptors = descriptor_of(&d, &home, &id);
     let fp = descriptors["fingerprint"].as_str().unwrap().to_owned();
 
     // enumerate: this wallet, by its fingerprint.
@@ -418,15 +403,7 @@ fn bitcoin_cores_external_signer_commands_are_answered_by_cosigner_hwi() {
         &format!("signtx {}\n", spend.psbt_base64),
     );
     assert_eq!(code, Some(0), "{got} {stderr}");
-    let mut psbt = bitcoin::Psbt::from_str(got["psbt"].as_str().unwrap()).unwrap();
-    for input in &mut psbt.inputs {
-        let sig = input
-            .tap_key_sig
-            .take()
-            .expect("a key signature on every input");
-        input.final_script_witness = Some(bitcoin::Witness::from_slice(&[sig.to_vec()]));
-    }
-    let tx_hex = hex::encode(bitcoin::consensus::serialize(&psbt.extract_tx().unwrap()));
+    let tx_hex = bitcoin_tx::finalized_by_hand(got["psbt"].as_str().unwrap()).unwrap();
     bitcoin_tx::verify_consensus(&tx_hex, &spend.prevouts).unwrap();
     // Bitcoin Core 24-27 quote the PSBT.
     let (code, got, stderr) = hwi(

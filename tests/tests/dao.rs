@@ -528,14 +528,6 @@ fn a_dao_spends_derived_addresses_and_its_policy_sees_derived_change() {
     // transaction; finalized by anyone, it is that transaction.
     let written = std::fs::read_to_string(&signed_psbt).unwrap();
     assert_eq!(out["psbt"], written.trim());
-    let mut psbt = bitcoin::Psbt::from_str(written.trim()).unwrap();
-    for input in &mut psbt.inputs {
-        let sig = input
-            .tap_key_sig
-            .take()
-            .expect("a key signature on every input");
-        input.final_script_witness = Some(bitcoin::Witness::from_slice(&[sig.to_vec()]));
-    }
-    let tx = hex::encode(bitcoin::consensus::serialize(&psbt.extract_tx().unwrap()));
+    let tx = bitcoin_tx::finalized_by_hand(written.trim()).unwrap();
     assert_eq!(out["tx_hex"], tx.as_str());
 }

@@ -89,7 +89,7 @@ impl Personal {
         // The signed PSBT (`"psbt"`): every input's BIP-371 key signature, finalized by hand
         // into exactly the transaction printed.
         let psbt = v["psbt"].as_str().unwrap();
-        assert_eq!(finalized_by_hand(psbt), tx);
+        assert_eq!(bitcoin_tx::finalized_by_hand(psbt).unwrap(), tx);
         out.stderr
     }
 
@@ -236,24 +236,8 @@ fn a_wallet_without_a_policy_signs_psbts_and_messages() {
     ]);
     let tx = out.ok().lines().nth(1).unwrap().to_owned();
     let written = std::fs::read_to_string(&signed).unwrap();
-    assert_eq!(finalized_by_hand(written.trim()), tx);
+    assert_eq!(bitcoin_tx::finalized_by_hand(written.trim()).unwrap(), tx);
     bitcoin_tx::verify_consensus(&tx, &spend.prevouts).expect("valid under consensus rules");
-}
-
-/// Finalizes a base64 PSBT whose inputs carry `PSBT_IN_TAP_KEY_SIG` the way any BIP-174
-/// finalizer does for a key-path spend (the witness is the signature) and returns the
-/// transaction's hex.
-fn finalized_by_hand(psbt_base64: &str) -> String {
-    use std::str::FromStr;
-    let mut psbt = bitcoin::Psbt::from_str(psbt_base64).unwrap();
-    for input in &mut psbt.inputs {
-        let sig = input
-            .tap_key_sig
-            .take()
-            .expect("a key signature on every input");
-        input.final_script_witness = Some(bitcoin::Witness::from_slice(&[sig.to_vec()]));
-    }
-    hex::encode(bitcoin::consensus::serialize(&psbt.extract_tx().unwrap()))
 }
 
 #[test]

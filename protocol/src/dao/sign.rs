@@ -1077,19 +1077,9 @@ mod tests {
     /// The request every test signs.
     const REQUEST: [u8; 32] = [9; 32];
 
-    /// The engines with one key package for every input (the wallet's own key): what the tests
-    /// sign with, as the DAO did before children.
-    trait OneKey {
-        fn handle_one_key(
-            &mut self,
-            sender: &[u8],
-            message: &DaoMessage,
-            key_package: &KeyPackage<Tr>,
-            rng: &mut OsRng,
-        ) -> Result<Vec<DaoMessage>>;
-    }
-
-    impl OneKey for MemberSigner<Tr> {
+    // The engines with one key package for every input (the wallet's own key): what the tests
+    // sign with, as the DAO did before children.
+    impl MemberSigner<Tr> {
         fn handle_one_key(
             &mut self,
             sender: &[u8],
