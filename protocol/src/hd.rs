@@ -229,23 +229,7 @@ impl WalletXpub {
     /// Errors ([`ProtocolError::Params`]): each of those, named.
     pub fn child_of_descriptor(&self, descriptor: &str) -> Result<Child> {
         let bad = |reason: String| params(format!("descriptor: {reason}"));
-        let body = match descriptor.split_once('#') {
-            Some((body, given)) => {
-                if checksum(body).as_deref() != Some(given) {
-                    return Err(bad(format!("checksum {given:?} is wrong (BIP-380)")));
-                }
-                body
-            }
-            None => descriptor,
-        };
-        let inner = body
-            .strip_prefix("tr(")
-            .and_then(|b| b.strip_suffix(')'))
-            .ok_or_else(|| bad("not a single-key tr(...) descriptor".into()))?;
-        let (origin, key) = inner
-            .strip_prefix('[')
-            .and_then(|b| b.split_once(']'))
-            .ok_or_else(|| bad("no key origin [fingerprint/...]".into()))?;
+        let (origin, key) = tr_key(descriptor)?;
         let mut origin = origin.split('/');
         let fingerprint = origin.next().unwrap_or_default();
         if fingerprint != hex::encode(self.fingerprint()) {
@@ -301,6 +285,27 @@ impl WalletXpub {
         }
         Ok(child)
     }
+}
+
+/// The key origin (inside `[...]`) and the key expression of a single-key `tr([origin]key)`
+/// descriptor, its BIP-380 checksum checked if it has one.
+fn tr_key(descriptor: &str) -> Result<(&str, &str)> {
+    let bad = |reason: String| params(format!("descriptor: {reason}"));
+    let body = match descriptor.split_once('#') {
+        Some((body, given)) => {
+            if checksum(body).as_deref() != Some(given) {
+                return Err(bad(format!("checksum {given:?} is wrong (BIP-380)")));
+            }
+            body
+        }
+        None => descriptor,
+    };
+    body.strip_prefix("tr(")
+        .and_then(|b| b.strip_suffix(')'))
+        .ok_or_else(|| bad("not a single-key tr(...) descriptor".into()))?
+        .strip_prefix('[')
+        .and_then(|b| b.split_once(']'))
+        .ok_or_else(|| bad("no key origin [fingerprint/...]".into()))
 }
 
 /// One keychain's extended key `m/c` and the tweak of its step.

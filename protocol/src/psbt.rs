@@ -39,7 +39,7 @@ use bitcoin::secp256k1::{Message, Secp256k1, XOnlyPublicKey, schnorr};
 use bitcoin::sighash::{Prevouts, SighashCache, TapSighashType};
 use bitcoin::{Address, Amount, FeeRate, OutPoint, ScriptBuf, Transaction, TxOut, Witness};
 use serde::{Deserialize, Serialize};
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::hd::{ChildPath, Keychain, WalletXpub};
@@ -98,7 +98,7 @@ pub struct OwnKeys {
     scanned: OnceCell<BTreeMap<ScriptBuf, ChildPath>>,
     /// Label derivations left for the reading under way ([`MAX_LABEL_DERIVATIONS`], reset by
     /// each `check`).
-    budget: std::cell::Cell<u32>,
+    budget: Cell<u32>,
 }
 
 impl OwnKeys {
@@ -116,7 +116,7 @@ impl OwnKeys {
             root,
             xpub: Some(xpub),
             scanned: OnceCell::new(),
-            budget: std::cell::Cell::new(MAX_LABEL_DERIVATIONS),
+            budget: Cell::new(MAX_LABEL_DERIVATIONS),
         })
     }
 
@@ -127,13 +127,8 @@ impl OwnKeys {
             root: output_key_from_bytes(output_key)?,
             xpub: None,
             scanned: OnceCell::new(),
-            budget: std::cell::Cell::new(MAX_LABEL_DERIVATIONS),
+            budget: Cell::new(MAX_LABEL_DERIVATIONS),
         })
-    }
-
-    /// The wallet's own output key (x-only): its first address.
-    pub fn root(&self) -> [u8; 32] {
-        self.root.serialize()
     }
 
     /// The output key of `path` (`None`: the wallet's own).
@@ -229,7 +224,7 @@ fn scan_children(xpub: &WalletXpub) -> BTreeMap<ScriptBuf, ChildPath> {
     scripts
 }
 
-/// One output that does not pay the wallet's own script.
+/// One output that does not pay the wallet (its own script, or a child's it recognises).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Destination {
     /// The address for the network, or `script:<hex>` when the script has no address (OP_RETURN,
@@ -328,9 +323,10 @@ pub fn analyze(psbt: &[u8], keys: &OwnKeys, network: Network) -> Result<SpendSum
 /// the signed transaction: returns its txid and its consensus encoding.
 ///
 /// Runs every check of [`analyze`] again, then verifies each signature against that input's
-/// output key (the wallet's own, or its child's) and sighash, naming the first input whose signature does not verify. Each input
-/// gets `final_script_witness = [signature]` (64 bytes: SIGHASH_DEFAULT appends no type byte) and,
-/// per BIP-174's finalizer, loses every other field but its UTXOs and unknown/proprietary pairs.
+/// output key (the wallet's own, or its child's) and sighash, naming the first input whose
+/// signature does not verify. Each input gets `final_script_witness = [signature]` (64 bytes:
+/// SIGHASH_DEFAULT appends no type byte) and, per BIP-174's finalizer, loses every other field but
+/// its UTXOs and unknown/proprietary pairs.
 pub fn finalize(psbt: &[u8], keys: &OwnKeys, signatures: &[[u8; 64]]) -> Result<(String, Vec<u8>)> {
     let mut psbt = parse(psbt)?;
     let checked = check(&psbt, keys)?;
@@ -415,18 +411,16 @@ pub fn with_key_sigs_of_tx(psbt: &[u8], keys: &OwnKeys, tx: &[u8]) -> Result<Vec
         .input
         .iter()
         .enumerate()
-        .map(
-            |(index, input)| match (input.witness.len(), input.witness.nth(0)) {
-                (1, Some(sig)) => <[u8; 64]>::try_from(sig).map_err(|_| ProtocolError::PsbtInput {
+        .map(|(index, input)| {
+            Some(input.witness.len())
+                .filter(|n| *n == 1)
+                .and_then(|_| input.witness.nth(0))
+                .and_then(|sig| <[u8; 64]>::try_from(sig).ok())
+                .ok_or_else(|| ProtocolError::PsbtInput {
                     index,
                     reason: "its witness is not one 64-byte key-path signature".into(),
-                }),
-                _ => Err(ProtocolError::PsbtInput {
-                    index,
-                    reason: "its witness is not one 64-byte key-path signature".into(),
-                }),
-            },
-        )
+                })
+        })
         .collect::<Result<Vec<_>>>()?;
     with_key_sigs(psbt, keys, &signatures)
 }
