@@ -54,8 +54,14 @@ pub fn check_policy(home: &Home, chain: Chain, policy: &str) -> Result<Policy> {
 /// This device's own reading of a PSBT (binary) for `wallet` (personal or DAO): it must spend
 /// only the wallet's output key; what leaves, where to, and the fee.
 pub fn summarize(wallet: &WalletFile, psbt: &[u8]) -> Result<SpendSummary> {
+    summarize_with(wallet, &own_keys(wallet)?, psbt)
+}
+
+/// [`summarize`] with the wallet's keys at hand: one set of keys serves every reading of one
+/// PSBT (its children scanned at most once).
+fn summarize_with(wallet: &WalletFile, keys: &psbt::OwnKeys, psbt: &[u8]) -> Result<SpendSummary> {
     let network = psbt::network_from_name(wallet.network.name())?;
-    Ok(psbt::analyze(psbt, &own_keys(wallet)?, network)?)
+    Ok(psbt::analyze(psbt, keys, network)?)
 }
 
 /// Whether the provider's reading is this device's (addresses aside: a wallet created before
@@ -99,10 +105,10 @@ pub fn sign_psbt_with(
             "a DAO wallet's PSBTs go through its members (cosigner sign --request-out)".into(),
         ));
     }
-    let summary = summarize(&wallet, psbt)?;
+    let keys = own_keys(&wallet)?;
+    let summary = summarize_with(&wallet, &keys, psbt)?;
     let two = TwoParty::new(home, &wallet_id, wallet, &cosigner)?;
     let (role, authorizer) = cosigner.authorizer(home)?;
-    let keys = own_keys(&two.wallet)?;
     let signed = two.sign_psbt_now(provider, (role, &authorizer), psbt, (&summary, &keys))?;
     let evaluation = signed.evaluation;
     // The cosigner signed only what it read itself; this device publishes only what both read

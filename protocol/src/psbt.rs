@@ -338,21 +338,20 @@ pub fn finalize(psbt: &[u8], keys: &OwnKeys, signatures: &[[u8; 64]]) -> Result<
         )));
     }
     let secp = Secp256k1::verification_only();
-    for (index, (((input, signature), sighash), path)) in psbt
+    for (index, (((input, signature), sighash), key)) in psbt
         .inputs
         .iter_mut()
         .zip(signatures)
         .zip(&checked.sighashes)
-        .zip(&checked.input_paths)
+        .zip(&checked.input_keys)
         .enumerate()
     {
-        let key = keys.output_key(*path)?;
         let sig =
             schnorr::Signature::from_slice(signature).map_err(|_| ProtocolError::PsbtInput {
                 index,
                 reason: "not a BIP-340 signature".into(),
             })?;
-        secp.verify_schnorr(&sig, &Message::from_digest(*sighash), &key)
+        secp.verify_schnorr(&sig, &Message::from_digest(*sighash), key)
             .map_err(|_| ProtocolError::PsbtInput {
                 index,
                 reason: "the BIP-340 signature does not verify under this input's output key for \
@@ -454,6 +453,9 @@ struct Checked {
     own_outputs: Vec<bool>,
     /// Which key each input spends, in input order.
     input_paths: Vec<Option<ChildPath>>,
+    /// Each input's output key, in input order: the witness program of the script it spends,
+    /// which `check_input` found to be one of the wallet's.
+    input_keys: Vec<XOnlyPublicKey>,
     sighashes: Vec<[u8; 32]>,
     input_total: u64,
     value_leaving: u64,
@@ -485,6 +487,14 @@ fn check_size(len: usize) -> Result<()> {
 fn output_key_from_bytes(output_key: &[u8; 32]) -> Result<XOnlyPublicKey> {
     XOnlyPublicKey::from_slice(output_key)
         .map_err(|_| ProtocolError::encoding("output key is not an x-only secp256k1 point"))
+}
+
+/// The output key of a P2TR script (its witness program), if it is one.
+fn p2tr_output_key(script: &ScriptBuf) -> Option<XOnlyPublicKey> {
+    if !script.is_p2tr() {
+        return None;
+    }
+    XOnlyPublicKey::from_slice(script.as_bytes().get(2..)?).ok()
 }
 
 fn own_script_for(key: &XOnlyPublicKey) -> ScriptBuf {
@@ -595,6 +605,7 @@ fn check(psbt: &Psbt, keys: &OwnKeys) -> Result<Checked> {
     }
     let mut prevouts: Vec<TxOut> = Vec::with_capacity(tx.input.len());
     let mut input_paths = Vec::with_capacity(tx.input.len());
+    let mut input_keys = Vec::with_capacity(tx.input.len());
     let mut spent: BTreeSet<OutPoint> = BTreeSet::new();
     let mut input_total: u64 = 0;
     for (index, (txin, input)) in tx.input.iter().zip(&psbt.inputs).enumerate() {
@@ -607,6 +618,12 @@ fn check(psbt: &Psbt, keys: &OwnKeys) -> Result<Checked> {
         }
         let (utxo, path) = check_input(index, txin, input, keys)?;
         input_paths.push(path);
+        input_keys.push(p2tr_output_key(&utxo.script_pubkey).ok_or_else(|| {
+            ProtocolError::PsbtInput {
+                index,
+                reason: "its script is not P2TR".into(),
+            }
+        })?);
         let value = checked_amount(utxo.value, || format!("input {index}"))?;
         input_total = input_total
             .checked_add(value)
@@ -651,6 +668,7 @@ fn check(psbt: &Psbt, keys: &OwnKeys) -> Result<Checked> {
     Ok(Checked {
         own_outputs,
         input_paths,
+        input_keys,
         sighashes,
         input_total,
         value_leaving,

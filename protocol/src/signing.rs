@@ -165,7 +165,9 @@ impl<C: Ciphersuite> Signing<C> {
         let locals = locals
             .into_iter()
             .map(|(party, key_packages)| {
-                check_keys(party, key_packages.len(), messages.len())?;
+                one_per_message(key_packages.len(), messages.len(), || {
+                    format!("key packages of party {party}")
+                })?;
                 let drawn = key_packages
                     .iter()
                     .map(|key_package| Precommitment::new(key_package, party, rng).map(|(p, _)| p))
@@ -223,15 +225,9 @@ impl<C: Ciphersuite> Signing<C> {
     }
 
     fn bind(&self, party: PartyId, precommitments: Vec<Precommitment<C>>) -> Result<Committed<C>> {
-        if precommitments.len() != self.messages.len() {
-            return Err(ProtocolError::Params {
-                reason: format!(
-                    "{} precommitments of party {party} for {} messages",
-                    precommitments.len(),
-                    self.messages.len()
-                ),
-            });
-        }
+        one_per_message(precommitments.len(), self.messages.len(), || {
+            format!("precommitments of party {party}")
+        })?;
         let mut sessions = Vec::with_capacity(self.messages.len());
         let mut commitments = Vec::with_capacity(self.messages.len());
         for (precommitment, message) in precommitments.into_iter().zip(&self.messages) {
@@ -462,15 +458,9 @@ impl<C: Ciphersuite> Signing<C> {
         &self,
         public_key_packages: &[PublicKeyPackage<C>],
     ) -> Result<Vec<Vec<u8>>> {
-        if public_key_packages.len() != self.messages.len() {
-            return Err(ProtocolError::Params {
-                reason: format!(
-                    "{} public key packages for {} messages",
-                    public_key_packages.len(),
-                    self.messages.len()
-                ),
-            });
-        }
+        one_per_message(public_key_packages.len(), self.messages.len(), || {
+            "public key packages".into()
+        })?;
         self.signatures_by(|i| public_key_packages.get(i))
     }
 
@@ -507,10 +497,12 @@ impl<C: Ciphersuite> Signing<C> {
 }
 
 /// One key package per message.
-fn check_keys(party: PartyId, keys: usize, messages: usize) -> Result<()> {
-    if keys != messages {
+/// `count` things (named by `what`) for `messages` messages: one per message, or a
+/// [`ProtocolError::Params`] naming both counts.
+fn one_per_message(count: usize, messages: usize, what: impl FnOnce() -> String) -> Result<()> {
+    if count != messages {
         return Err(ProtocolError::Params {
-            reason: format!("{keys} key packages of party {party} for {messages} messages"),
+            reason: format!("{count} {} for {messages} messages", what()),
         });
     }
     Ok(())

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use cosigner_client::home::Home;
+use cosigner_client::home::{Home, WalletFile};
 use cosigner_client::hwi;
 use cosigner_client::session::Session;
 use cosigner_client::trust::Trust;
@@ -121,26 +121,16 @@ fn run(cli: Cli) -> anyhow::Result<Value> {
                 .map_err(|_| anyhow::anyhow!("COSIGNER_HWI_WALLET {s:?}: 32 hex digits"))
         })
         .transpose()?;
-    if let Command::Enumerate = command {
-        return Ok(hwi::enumerate(&home, only.as_ref())?);
-    }
-    let fingerprint = cli
-        .fingerprint
-        .as_deref()
-        .context("give --fingerprint HEX")?;
-    // Every Core that runs external signers says its network; without it a wallet of another
-    // network would be taken for this one.
-    let chain = match (&cli.chain, cli.testnet) {
-        (Some(chain), _) => chain.as_str(),
-        (None, true) => "test",
-        (None, false) => anyhow::bail!("give --chain (main, test, testnet4, signet or regtest)"),
-    };
-    let wallet = hwi::select(&home, only.as_ref(), fingerprint, chain)?;
     Ok(match command {
         Command::Enumerate => hwi::enumerate(&home, only.as_ref())?,
-        Command::Getdescriptors { account } => hwi::descriptors(&wallet, account)?,
-        Command::Displayaddress { desc } => hwi::display_address(&wallet, &desc)?,
+        Command::Getdescriptors { account } => {
+            hwi::descriptors(&signer(&cli, &home, only.as_ref())?, account)?
+        }
+        Command::Displayaddress { desc } => {
+            hwi::display_address(&signer(&cli, &home, only.as_ref())?, &desc)?
+        }
         Command::Signtx { psbt } => {
+            let wallet = signer(&cli, &home, only.as_ref())?;
             let trust = Trust::load(
                 &cli.trust
                     .clone()
@@ -154,6 +144,22 @@ fn run(cli: Cli) -> anyhow::Result<Value> {
             hwi::sign(&home, &mut provider, &wallet, &psbt)?
         }
     })
+}
+
+/// The wallet `--fingerprint` names, on the network `--chain` says.
+fn signer(cli: &Cli, home: &Home, only: Option<&WalletId>) -> anyhow::Result<WalletFile> {
+    let fingerprint = cli
+        .fingerprint
+        .as_deref()
+        .context("give --fingerprint HEX")?;
+    // Every Core that runs external signers says its network; without it a wallet of another
+    // network would be taken for this one.
+    let chain = match (&cli.chain, cli.testnet) {
+        (Some(chain), _) => chain.as_str(),
+        (None, true) => "test",
+        (None, false) => anyhow::bail!("give --chain (main, test, testnet4, signet or regtest)"),
+    };
+    Ok(hwi::select(home, only, fingerprint, chain)?)
 }
 
 /// The command HWI's `--stdin` reads: its words, parsed as if given after the options.

@@ -765,11 +765,7 @@ fn dao_signed_out(
     }
     let keys = cosigner_client::address::own_keys(wallet)?;
     let signed = cosigner_protocol::psbt::with_key_sigs_of_tx(psbt, &keys, tx)?;
-    let signed = cosigner_protocol::psbt::to_base64(&signed);
-    if let Some(path) = psbt_out {
-        std::fs::write(path, format!("{signed}\n"))
-            .with_context(|| format!("--psbt-out {}", path.display()))?;
-    }
+    let signed = super::wallet::psbt_out_written(&signed, psbt_out)?;
     if json {
         return emit(
             &serde_json::json!({ "txid": txid, "tx_hex": hex::encode(tx), "psbt": signed })

@@ -658,11 +658,7 @@ fn sign_psbt(
         Some(rule) => eprintln!("  allowed by the wallet's policy, rule {rule:?}"),
         None => eprintln!("  (the wallet has no policy)"),
     }
-    let signed_psbt = cosigner_protocol::psbt::to_base64(&signed.psbt);
-    if let Some(path) = psbt_out {
-        std::fs::write(path, format!("{signed_psbt}\n"))
-            .with_context(|| format!("--psbt-out {}", path.display()))?;
-    }
+    let signed_psbt = psbt_out_written(&signed.psbt, psbt_out)?;
     if json {
         // The receipt proves which measured code co-signed this spend (`cosigner receipt
         // verify`).
@@ -680,6 +676,16 @@ fn sign_psbt(
         );
     }
     signed_out(&signed.txid, &signed.tx, json)
+}
+
+/// A signed PSBT (binary) as base64, written to `--psbt-out`'s file if one was given.
+pub(super) fn psbt_out_written(psbt: &[u8], psbt_out: Option<&Path>) -> anyhow::Result<String> {
+    let base64 = cosigner_protocol::psbt::to_base64(psbt);
+    if let Some(path) = psbt_out {
+        std::fs::write(path, format!("{base64}\n"))
+            .with_context(|| format!("--psbt-out {}", path.display()))?;
+    }
+    Ok(base64)
 }
 
 /// What this device reads in a PSBT, on stderr before it signs.

@@ -103,7 +103,9 @@ struct SignJob {
     rule: String,
     policy_version: u64,
     provider_parties: Vec<PartyId>,
-    public_key_package: PublicKeyPackage<Suite>,
+    /// The wallet's keys the PSBT was read with; the signed PSBT is checked again with them (its
+    /// children scanned once per request, not once per reading).
+    keys: psbt::OwnKeys,
     /// What checks each input's shares: the public key package of the key it spends.
     public_key_packages: Vec<PublicKeyPackage<Suite>>,
     /// The share epoch the request was evaluated under.
@@ -953,7 +955,7 @@ impl Service {
                 rule: decision.rule,
                 policy_version: state.policy_version,
                 provider_parties: state.provider_parties.clone(),
-                public_key_package,
+                keys,
                 public_key_packages,
                 epoch: state.epoch,
                 names: member_names(&layout),
@@ -1184,8 +1186,7 @@ impl Service {
                 decision.rule, decision.approvals
             )));
         }
-        let keys = own_keys(&job.wallet_id, &job.public_key_package)?;
-        let (txid, tx) = psbt::finalize(&job.request.psbt, &keys, signatures)?;
+        let (txid, tx) = psbt::finalize(&job.request.psbt, &job.keys, signatures)?;
         // The same bounded history as personal wallets (velocity windows are at most a year),
         // counted once per transaction.
         if !state.signed_txids.iter().any(|(t, _)| *t == txid) {
