@@ -3,6 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECONDS ?= 30
 SOFTHSM_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
+QEMU ?= qemu-system-x86_64
 
 .PHONY: all deps build test lint fmt clippy nextest bench fuzz demo demo-attestation demo-dao-eth up down clean
 
@@ -107,12 +108,23 @@ down:
 clean:
 	$(CARGO) clean
 
-.PHONY: enclave-image repro-check
+.PHONY: enclave-image repro-check nitro-emulate nitro-blobs
 
 ## enclave-image: the reproducible Nitro Enclave image under target/enclave/ (static binary,
 ## deterministic ramdisk, pcrs.json, trust-file measurement; the EIF too with NITRO_BLOBS=DIR).
 enclave-image:
 	./scripts/enclave-image.sh
+
+## nitro-emulate: boot the EIF in QEMU's nitro-enclave machine and run a client session against it
+## (QEMU=PATH of a QEMU >= 9.2 with libcbor and gnutls, NITRO_BLOBS=DIR; docs/nitro.md, "Emulator").
+## Not part of `make test`.
+nitro-emulate: deps build
+	QEMU="$(QEMU)" NITRO_BLOBS="$(NITRO_BLOBS)" ./scripts/nitro-emulate.sh
+
+## nitro-blobs: a kernel and NSM driver for nitro-emulate built from Debian's Linux source with
+## AWS's enclave kernel configuration, for machines without aws-nitro-enclaves-cli's blobs.
+nitro-blobs:
+	./scripts/nitro-blobs.sh
 
 ## repro-check: build the image twice from clean copies of HEAD in two directories and compare
 ## every output byte for byte (docs/nitro.md).

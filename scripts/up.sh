@@ -34,55 +34,6 @@ MODULE=${COSIGNER_PKCS11_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 mkdir -p "$DEV"
 chmod 700 "$DEV"
 
-start_cosigner() { # name port enrollment-section
-  local name=$1 port=$2 enrollment=$3 dir="$DEV/$1"
-  mkdir -p "$dir/token" "$dir/store"
-  chmod 700 "$dir"
-  use_softhsm "$dir" "$dir/token"
-  if [ ! -f "$dir/pin" ]; then
-    (umask 077; random_hex 16 > "$dir/pin")
-    (umask 077; random_hex 16 > "$dir/so-pin")
-  fi
-  if [ ! -f "$dir/attester/attester.toml" ]; then
-    "$BIN/cosigner-enclave" local-attester init --dir "$dir/attester" --token-label "$name" \
-      --module "$MODULE" --pin-file "$dir/pin" --so-pin-file "$dir/so-pin" > /dev/null
-  fi
-  cat > "$dir/enclave.toml" <<CONF
-listen = "unix:$dir/enclave.sock"
-store = "unix:$dir/store.sock"
-
-[token]
-module = "$MODULE"
-label = "$name"
-pin_file = "$dir/pin"
-sealing_key = "cosigner-sealing"
-
-[attester]
-kind = "local"
-dir = "$dir/attester"
-
-$enrollment
-CONF
-  cat > "$dir/parent.toml" <<CONF
-listen = "127.0.0.1:$port"
-enclave = "unix:$dir/enclave.sock"
-store_socket = "$dir/store.sock"
-database = "$dir/store/store.db"
-mailbox_listen = "127.0.0.1:$((port + 2))"
-CONF
-  for p in parent enclave; do
-    if [ -f "$dir/$p.pid" ] && kill -0 "$(cat "$dir/$p.pid")" 2>/dev/null; then
-      kill "$(cat "$dir/$p.pid")" 2>/dev/null || true
-    fi
-  done
-  nohup "$BIN/cosigner-parent" run --config "$dir/parent.toml" >> "$dir/parent.log" 2>&1 &
-  echo $! > "$dir/parent.pid"
-  for _ in $(seq 50); do [ -S "$dir/store.sock" ] && break; sleep 0.1; done
-  nohup "$BIN/cosigner-enclave" run --config "$dir/enclave.toml" >> "$dir/enclave.log" 2>&1 &
-  echo $! > "$dir/enclave.pid"
-  unset SOFTHSM2_CONF
-}
-
 # Wallet enrollment (docs/deployment.md): the operator key is made once, at the first `make up`,
 # and kept, so tokens issued earlier stay valid across restarts. keygen prints the public key only
 # when it makes the key; it is kept beside it for the configuration and for operators.

@@ -4,7 +4,8 @@
 //! # Clients connect here (TCP). The bytes are TLS for the enclave: the parent cannot read them.
 //! listen = "127.0.0.1:7000"
 //! # Where each client connection is relayed to: `unix:PATH` locally, `vsock:CID:PORT` to a Nitro
-//! # enclave (its CID as `nitro-cli run-enclave --enclave-cid` set it).
+//! # enclave (its CID as `nitro-cli run-enclave --enclave-cid` set it), or
+//! # `hybrid-vsock:PATH:PORT` to an emulated one (QEMU's nitro-enclave machine, docs/nitro.md).
 //! enclave = "unix:/run/cosigner/enclave.sock"
 //! # Unix socket the enclave connects to for storage (created mode 0600).
 //! store_socket = "/run/cosigner/store.sock"
@@ -256,12 +257,23 @@ pub enum EnclaveAddr {
         /// Port.
         port: u32,
     },
+    /// A guest's vsock port reached through a "hybrid vsock" unix socket: the host side of a
+    /// virtio-vsock device emulated in user space (`vhost-device-vsock`'s `uds-path`, the
+    /// protocol Firecracker introduced): connect to the socket, write `CONNECT PORT\n`, read
+    /// `OK HOST_PORT\n`, then the stream is the guest's. Used to reach an enclave image booted in
+    /// QEMU's `nitro-enclave` machine on a host without vsock (docs/nitro.md, "Emulator").
+    HybridVsock {
+        /// The backend's unix socket (`uds-path`).
+        path: PathBuf,
+        /// The guest's port.
+        port: u32,
+    },
 }
 
 impl FromStr for EnclaveAddr {
     type Err = ParentError;
 
-    /// Parses `unix:PATH` or `vsock:CID:PORT` (decimal).
+    /// Parses `unix:PATH`, `vsock:CID:PORT` (decimal) or `hybrid-vsock:PATH:PORT`.
     fn from_str(s: &str) -> Result<Self> {
         let bad = |reason: &str| ParentError::invalid_address("enclave", s, reason);
         if let Some(path) = s.strip_prefix("unix:") {
@@ -274,8 +286,18 @@ impl FromStr for EnclaveAddr {
             let cid = cid.parse::<u32>().map_err(|_| bad(expected))?;
             let port = port.parse::<u32>().map_err(|_| bad(expected))?;
             Ok(Self::Vsock { cid, port })
+        } else if let Some(rest) = s.strip_prefix("hybrid-vsock:") {
+            let expected = "expected hybrid-vsock:PATH:PORT with a decimal PORT, \
+                            e.g. hybrid-vsock:/run/enclave.vsock:5000";
+            let (path, port) = rest.rsplit_once(':').ok_or_else(|| bad(expected))?;
+            let port = port.parse::<u32>().map_err(|_| bad(expected))?;
+            let path = PathBuf::from(path);
+            check_socket_path("enclave", s, &path)?;
+            Ok(Self::HybridVsock { path, port })
         } else {
-            Err(bad("expected unix:PATH or vsock:CID:PORT"))
+            Err(bad(
+                "expected unix:PATH, vsock:CID:PORT or hybrid-vsock:PATH:PORT",
+            ))
         }
     }
 }
@@ -285,6 +307,9 @@ impl fmt::Display for EnclaveAddr {
         match self {
             Self::Unix(path) => write!(f, "unix:{}", path.display()),
             Self::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+            Self::HybridVsock { path, port } => {
+                write!(f, "hybrid-vsock:{}:{port}", path.display())
+            }
         }
     }
 }
@@ -312,7 +337,8 @@ impl Config {
         };
         resolve(&mut config.store_socket);
         resolve(&mut config.database);
-        if let EnclaveAddr::Unix(p) = &mut config.enclave {
+        if let EnclaveAddr::Unix(p) | EnclaveAddr::HybridVsock { path: p, .. } = &mut config.enclave
+        {
             resolve(p);
         }
         for proxy in &mut config.proxies {
@@ -333,7 +359,7 @@ impl Config {
             &config.store_socket.display().to_string(),
             &config.store_socket,
         )?;
-        if let EnclaveAddr::Unix(p) = &config.enclave {
+        if let EnclaveAddr::Unix(p) | EnclaveAddr::HybridVsock { path: p, .. } = &config.enclave {
             check_socket_path("enclave", &config.enclave.to_string(), p)?;
         }
         for proxy in &config.proxies {
@@ -574,6 +600,8 @@ mod tests {
             "unix:/run/enclave.sock",
             "vsock:16:5000",
             "unix:relative.sock",
+            "hybrid-vsock:/run/enclave.vsock:5000",
+            "hybrid-vsock:a:b.vsock:5000",
         ] {
             assert_eq!(s.parse::<EnclaveAddr>().unwrap().to_string(), s);
         }
@@ -592,6 +620,11 @@ mod tests {
             "vsock:16:5000:1",
             "vsock:-1:5",
             "vsock:4294967296:5",
+            "hybrid-vsock:",
+            "hybrid-vsock:/e.vsock",
+            "hybrid-vsock::5000",
+            "hybrid-vsock:/e.vsock:x",
+            "hybrid-vsock:/e.vsock:4294967296",
         ] {
             assert!(bad.parse::<EnclaveAddr>().is_err(), "{bad:?} accepted");
         }

@@ -20,6 +20,7 @@ pub mod config;
 pub mod enrollment;
 mod error;
 mod frames;
+pub mod hybrid_vsock;
 pub mod mailbox;
 pub mod proxy;
 pub mod relay;

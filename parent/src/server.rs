@@ -840,6 +840,11 @@ fn relay_one(
         EnclaveAddr::Vsock { cid, port } => {
             VsockStream::connect_with_cid_port(*cid, *port).map(|s| Arc::new(s) as Conn)
         }
+        // The same bound as the kernel's vsock connect timeout.
+        EnclaveAddr::HybridVsock { path, port } => {
+            crate::hybrid_vsock::connect(path, *port, Duration::from_secs(2))
+                .map(|s| Arc::new(s) as Conn)
+        }
     };
     let Some(upstream) = shared.connected(id, upstream, |e| {
         format!("cannot reach the enclave at {enclave}: {e}; closing the client connection")

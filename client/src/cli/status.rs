@@ -43,6 +43,8 @@ fn probe(addr: Option<&String>, trust: &cosigner_client::trust::Trust) -> Value 
                 "module_id": doc.module_id,
                 "timestamp": doc.timestamp,
                 "pcr0": doc.pcrs.get(&0).map(hex::encode),
+                "pcr1": doc.pcrs.get(&1).map(hex::encode),
+                "pcr2": doc.pcrs.get(&2).map(hex::encode),
                 "audit_key": doc.public_key.as_ref().map(hex::encode),
             })
         }
