@@ -4,6 +4,10 @@
 //! either where the context fixes the type). Its protected header is exactly `{1: -35}` (alg ES384,
 //! RFC 9053 §2.1), the unprotected header an empty map, and the signature the fixed-size `r || s`
 //! form of ECDSA P-384 (96 bytes).
+//!
+//! QEMU's emulated NSM writes the same structure unsigned (alg -1, 64 zero bytes of signature):
+//! [`CoseSign1::decode`] refuses it, and only `crate::emulated` reads it, through the
+//! structure-only decoder.
 
 use ciborium::Value;
 
@@ -15,6 +19,9 @@ const COSE_SIGN1_TAG: u64 = 18;
 const HEADER_ALG: i128 = 1;
 /// COSE algorithm ES384: ECDSA with SHA-384 (RFC 9053 §2.1).
 const ALG_ES384: i128 = -35;
+/// The `alg` QEMU's emulated NSM writes, -1, because "we don't actually sign the data"
+/// (hw/virtio/virtio-nsm.c, QEMU 10.0, `add_protected_header_to_cose`).
+const ALG_QEMU_UNSIGNED: i128 = -1;
 /// Length of a fixed-size P-384 ECDSA signature, `r || s`.
 pub const ES384_SIGNATURE_LEN: usize = 96;
 /// Nesting limit while decoding: a real document is three levels deep.
@@ -95,6 +102,22 @@ pub fn es384_protected_header() -> Result<Vec<u8>> {
 impl CoseSign1 {
     /// Parses a COSE_Sign1 (tagged or untagged) and checks its headers name ES384.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let cose = Self::decode_structure(bytes)?;
+        check_protected_header(&cose.protected)?;
+        if cose.signature.len() != ES384_SIGNATURE_LEN {
+            return Err(AttestationError::malformed(format!(
+                "ES384 signature is {} bytes, expected {ES384_SIGNATURE_LEN}",
+                cose.signature.len()
+            )));
+        }
+        Ok(cose)
+    }
+
+    /// Parses the COSE_Sign1 structure (RFC 9052 §4.2: an array of protected header bytes, an
+    /// empty unprotected map, payload bytes and signature bytes) WITHOUT reading the protected
+    /// header or the signature's length. [`CoseSign1::decode`] adds the ES384 checks; the path
+    /// for QEMU's emulated NSM (`crate::emulated`) compares both with QEMU's exact bytes instead.
+    pub(crate) fn decode_structure(bytes: &[u8]) -> Result<Self> {
         let mut value = decode_cbor(bytes, "document")?;
         if let Value::Tag(tag, inner) = value {
             if tag != COSE_SIGN1_TAG {
@@ -121,7 +144,6 @@ impl CoseSign1 {
                 "COSE_Sign1 protected header is not a byte string",
             ));
         };
-        check_protected_header(&protected)?;
         match unprotected {
             Value::Map(entries) if entries.is_empty() => {}
             Value::Map(_) => {
@@ -145,12 +167,6 @@ impl CoseSign1 {
                 "COSE_Sign1 signature is not a byte string",
             ));
         };
-        if signature.len() != ES384_SIGNATURE_LEN {
-            return Err(AttestationError::malformed(format!(
-                "ES384 signature is {} bytes, expected {ES384_SIGNATURE_LEN}",
-                signature.len()
-            )));
-        }
         Ok(Self {
             protected,
             payload,
@@ -213,6 +229,13 @@ fn check_protected_header(protected: &[u8]) -> Result<()> {
     }
     match alg {
         Some(Value::Integer(alg)) if i128::from(alg) == ALG_ES384 => Ok(()),
+        // Said plainly, because it is what a client meets when pointed at QEMU by mistake.
+        Some(Value::Integer(alg)) if i128::from(alg) == ALG_QEMU_UNSIGNED => {
+            Err(AttestationError::malformed(
+                "protected header alg is -1, expected ES384 (-35): an UNSIGNED document of \
+                 QEMU's emulated NSM, which no pinned root can verify",
+            ))
+        }
         Some(other) => Err(AttestationError::malformed(format!(
             "protected header alg is {other:?}, expected ES384 (-35)"
         ))),

@@ -4,6 +4,8 @@
 //! names the check that failed, so a caller (and the `cosigner attestation verify` command) can say
 //! exactly which step refused a document.
 
+use crate::emulated::EmulatedPart;
+
 /// Everything that can go wrong while reading, verifying or producing an attestation document.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -98,6 +100,19 @@ pub enum AttestationError {
         /// The document's value, lowercase hex, or `absent`.
         actual: String,
     },
+    /// Checked only by [`crate::verify_emulated_unsigned`], in place of the signature and the
+    /// chain: the document is not in the exact unsigned shape QEMU's emulated NSM writes (a
+    /// signed document, or anything else). Never raised by [`crate::verify`].
+    #[error(
+        "not QEMU's unsigned emulated-NSM shape: {part} is {found}, expected {}",
+        .part.expected()
+    )]
+    NotEmulated {
+        /// The part that differs.
+        part: EmulatedPart,
+        /// What the document has there (hex when short, else its length).
+        found: String,
+    },
     /// An attestation request breaks the NSM's limits.
     #[error("attestation request: {reason}")]
     Request {
@@ -132,6 +147,7 @@ impl AttestationError {
             Self::Root { .. } => "root",
             Self::Chain { .. } => "chain",
             Self::FromTheFuture { .. } | Self::TooOld { .. } => "timestamp",
+            Self::NotEmulated { .. } => "emulated",
             Self::DebugMode => "debug",
             Self::Pcr { .. } => "pcr",
             Self::Mismatch { field, .. } => field,

@@ -9,11 +9,16 @@
 //! `attestation-doc-validation` (evervault) is not used: it hard-codes the AWS root and reads the
 //! system clock, so it can verify neither a local document nor an archived one, and it returns
 //! another generation of `nsm-api` types. One verifier for every source is the point.
+//!
+//! The one exception is deliberate, separate and named to warn: [`verify_emulated_unsigned()`]
+//! accepts only the UNSIGNED documents of QEMU's emulated NSM ([`emulated`]), to test the real
+//! enclave image under QEMU. It proves nothing about the code that answered.
 
 pub mod attester;
 mod chain;
 pub mod cose;
 pub mod document;
+pub mod emulated;
 mod error;
 #[cfg(feature = "local-attester")]
 pub mod local;
@@ -24,6 +29,7 @@ mod verify;
 pub use attester::{AttestRequest, Attester};
 pub use chain::{CertificateSummary, PinnedRoot, certificate_summary};
 pub use document::AttestationDoc;
+pub use emulated::{EmulatedPart, parse_emulated_unsigned, verify_emulated_unsigned};
 pub use error::{AttestationError, Result};
 #[cfg(feature = "local-attester")]
 pub use local::LocalAttester;

@@ -15,6 +15,9 @@
 //! This follows AWS's "Verifying the root of trust" (Nitro Enclaves User Guide), with the time
 //! and the root supplied by the caller so archived and local documents verify with the same code.
 //!
+//! [`crate::verify_emulated_unsigned`] (QEMU's unsigned emulated NSM, testing only) replaces
+//! checks 3 and 4 with a comparison against QEMU's exact placeholders and shares every other.
+//!
 //! # Clock skew
 //!
 //! The NSM dates a document by the enclave host's clock; the verifier (a phone) compares it with
@@ -100,15 +103,21 @@ pub struct VerifiedDoc {
 ///
 /// The result is UNVERIFIED: anyone can write such a document.
 pub fn parse_unverified(document: &[u8]) -> Result<(CoseSign1, AttestationDoc)> {
+    check_size(document)?;
+    let cose = CoseSign1::decode(document)?;
+    let doc = AttestationDoc::decode(&cose.payload)?;
+    Ok((cose, doc))
+}
+
+/// The size cap, before any decoding.
+pub(crate) fn check_size(document: &[u8]) -> Result<()> {
     if document.len() > MAX_DOCUMENT_SIZE {
         return Err(AttestationError::TooLarge {
             max: MAX_DOCUMENT_SIZE,
             actual: document.len(),
         });
     }
-    let cose = CoseSign1::decode(document)?;
-    let doc = AttestationDoc::decode(&cose.payload)?;
-    Ok((cose, doc))
+    Ok(())
 }
 
 /// Verifies `document` under the pinned `root` as of `at`, then checks `expect`.
@@ -121,11 +130,7 @@ pub fn verify(
     // 1. structure
     let (cose, doc) = parse_unverified(document)?;
     // 2. digest
-    if doc.digest != DIGEST_SHA384 {
-        return Err(AttestationError::Digest {
-            actual: doc.digest.clone(),
-        });
-    }
+    check_digest(&doc)?;
     // 3. signature (RFC 9052 §4.4), by the key of the leaf certificate
     let leaf_key = leaf_p384_key(&doc.certificate)?;
     UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, &leaf_key)
@@ -140,6 +145,28 @@ pub fn verify(
         root,
         chain_time(at, doc.timestamp, expect.max_clock_skew),
     )?;
+    // 5. to 7.
+    check_claims(doc, at, expect)
+}
+
+/// Check 2: the digest is the NSM's.
+pub(crate) fn check_digest(doc: &AttestationDoc) -> Result<()> {
+    if doc.digest != DIGEST_SHA384 {
+        return Err(AttestationError::Digest {
+            actual: doc.digest.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks 5 to 7, what the document claims once it is known who wrote it: its time, debug mode,
+/// and the caller's expectations. Shared by [`verify`] and
+/// [`crate::verify_emulated_unsigned`], so both judge a document's claims alike.
+pub(crate) fn check_claims(
+    doc: AttestationDoc,
+    at: SystemTime,
+    expect: &Expectations,
+) -> Result<VerifiedDoc> {
     // 5. timestamp
     let validation_ms = unix_millis(at);
     let max_clock_skew_ms = millis(expect.max_clock_skew);

@@ -1,6 +1,7 @@
 //! Untrusted bytes never panic the decoder or the verifier: random inputs, and random mutations
 //! of real and synthetic documents, all end in `Ok` or a precise error. (`make fuzz` runs the
-//! coverage-guided version of this; this test keeps a deterministic slice of it in CI.)
+//! coverage-guided version of this; this test keeps a deterministic slice of it in CI.) The path
+//! for QEMU's unsigned documents reads the same inputs, a QEMU document among the seeds.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -8,12 +9,18 @@
     missing_docs
 )]
 
+#[path = "support/qemu_nsm.rs"]
+mod qemu_nsm;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use cosigner_attestation::cose::{CoseSign1, es384_protected_header};
-use cosigner_attestation::{AttestationDoc, Expectations, PinnedRoot, parse_unverified, verify};
+use cosigner_attestation::{
+    AttestationDoc, Expectations, PinnedRoot, parse_emulated_unsigned, parse_unverified, verify,
+    verify_emulated_unsigned,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -47,6 +54,13 @@ fn seeds() -> (Vec<Vec<u8>>, Option<PinnedRoot>) {
         }
         .encode()
         .unwrap(),
+    );
+    docs.push(
+        qemu_nsm::QemuAttestation {
+            nonce: Some(vec![1; 32]),
+            ..qemu_nsm::QemuAttestation::booted(1_665_651_483_000, &[1; 48], &[2; 48], &[3; 48])
+        }
+        .document(),
     );
     let root = std::fs::read(dir.join("aws-nitro-root-g1.pem"))
         .ok()
@@ -101,6 +115,8 @@ fn random_and_mutated_documents_never_panic() {
             mutate(&mut rng, base)
         };
         let _ = parse_unverified(&input);
+        let _ = parse_emulated_unsigned(&input);
+        let _ = verify_emulated_unsigned(&input, at, &Expectations::default());
         if let Some(root) = &root
             && verify(&input, root, at, &Expectations::default()).is_ok()
             && !originals.contains(&signed_parts(&input))

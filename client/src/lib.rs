@@ -24,3 +24,8 @@ pub mod trust;
 pub mod wallet;
 
 pub use error::{ClientError, Result, io_reason, one_line};
+
+/// Documents as QEMU's emulated NSM writes them, for the tests of `emulated_nsm = true`.
+#[cfg(test)]
+#[path = "../../attestation/tests/support/qemu_nsm.rs"]
+mod qemu_nsm;

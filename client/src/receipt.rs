@@ -9,6 +9,12 @@
 //! checked at its own time (its certificates were valid when it was made), since a receipt is
 //! read long after the session ended, and the entry must date from that session.
 //!
+//! Under a trust file's `emulated_nsm = true` (QEMU's unsigned documents, testing only) receipts
+//! are checked the same way, the document by `verify_emulated_unsigned`, so that the real image's
+//! receipts can be exercised under QEMU; but such a receipt proves nothing: anyone can write an
+//! unsigned document binding a key of their own and sign any record with it. Each one checked
+//! so prints the trust file's warning on stderr.
+//!
 //! What a receipt does not prove: the audit key is the provider's for the life of its wallets,
 //! sealed and opened by every image its sealer's policy admits (docs/deployment.md), so a
 //! receipt is as strong as every image ever allowed to hold that key, not only the one whose
@@ -16,12 +22,12 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use cosigner_attestation::{Expectations, parse_unverified, verify};
+use cosigner_attestation::{Expectations, parse_emulated_unsigned, parse_unverified};
 use cosigner_protocol::audit::{AuditEntry, AuditFault, open_record};
 use cosigner_protocol::wire::WalletId;
 use serde::{Deserialize, Serialize};
 
-use crate::trust::Trust;
+use crate::trust::{EMULATED_NSM_WARNING, Trust};
 use crate::{ClientError, Result};
 
 /// Largest signed record a receipt may hold (an audit entry is a few hundred bytes).
@@ -159,7 +165,13 @@ pub fn verify_receipt(receipt: &Receipt, trust: &Trust) -> Result<Checked> {
     let document =
         hex::decode(&receipt.attestation).map_err(|_| refused("`attestation` is not hex"))?;
     let record = hex::decode(&receipt.record).map_err(|_| refused("`record` is not hex"))?;
-    let (_, unverified) = parse_unverified(&document).map_err(|e| ClientError::Attestation {
+    // Only for the time to check it at; nothing in it is trusted before it verifies below.
+    let parsed = if trust.accepts_emulated_nsm() {
+        parse_emulated_unsigned(&document)
+    } else {
+        parse_unverified(&document)
+    };
+    let (_, unverified) = parsed.map_err(|e| ClientError::Attestation {
         reason: format!("the receipt's document: {e}"),
     })?;
     let at = UNIX_EPOCH
@@ -171,9 +183,10 @@ pub fn verify_receipt(receipt: &Receipt, trust: &Trust) -> Result<Checked> {
     };
     let mut last = None;
     let verified = trust
-        .roots
-        .iter()
-        .find_map(|root| match verify(&document, root, at, &expect) {
+        .anchor
+        .verifiers()
+        .into_iter()
+        .find_map(|verifier| match verifier.verify(&document, at, &expect) {
             Ok(v) => Some(v),
             Err(e) => {
                 last = Some(e);
@@ -194,6 +207,9 @@ pub fn verify_receipt(receipt: &Receipt, trust: &Trust) -> Result<Checked> {
         .ok_or_else(|| refused("the receipt's document binds no key"))?;
     let entry = open_signed(&record, &key)?;
     within_session(&entry, verified.doc.timestamp)?;
+    if trust.accepts_emulated_nsm() {
+        eprintln!("warning: receipt: {EMULATED_NSM_WARNING}");
+    }
     Ok(Checked {
         entry,
         module_id: verified.doc.module_id,
@@ -203,7 +219,10 @@ pub fn verify_receipt(receipt: &Receipt, trust: &Trust) -> Result<Checked> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+    use crate::qemu_nsm::QemuAttestation;
+    use crate::trust::{Anchor, Measurement};
 
     fn entry_at(time_ms: u64) -> AuditEntry {
         AuditEntry {
@@ -233,4 +252,97 @@ mod tests {
             );
         }
     }
+
+    /// A byte string's CBOR: head (major type 2, length up to 65535), then the bytes.
+    fn cbor_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+        match u8::try_from(bytes.len()) {
+            Ok(len) if len < 24 => out.push(0x40 | len),
+            Ok(len) => out.extend_from_slice(&[0x58, len]),
+            Err(_) => {
+                out.push(0x59);
+                out.extend_from_slice(&u16::try_from(bytes.len()).unwrap().to_be_bytes());
+            }
+        }
+        out.extend_from_slice(bytes);
+    }
+
+    /// A receipt anyone can make: a QEMU-shaped document binding a key of one's own, and a
+    /// record signed with it (an `AuditRecord`, `{"entry": bstr, "signature": bstr}`).
+    fn forged_receipt(time_ms: u64) -> (Receipt, Vec<u8>, Vec<u8>) {
+        use p256::ecdsa::signature::Signer;
+        use p256::ecdsa::{Signature, SigningKey};
+
+        let key = SigningKey::random(&mut rand_core::OsRng);
+        let public = key
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
+        let attestation = QemuAttestation {
+            public_key: Some(public.clone()),
+            ..QemuAttestation::booted(time_ms, &[1; 48], &[2; 48], &[3; 48])
+        };
+        let entry = cosigner_protocol::audit::encode_entry(&entry_at(time_ms + 1_000)).unwrap();
+        let signature: Signature = key.sign(&entry);
+        let signature = signature.normalize_s().unwrap_or(signature).to_bytes();
+        let mut record = vec![0xa2, 0x65];
+        record.extend_from_slice(b"entry");
+        cbor_bytes(&mut record, &entry);
+        record.push(0x69);
+        record.extend_from_slice(b"signature");
+        cbor_bytes(&mut record, &signature);
+        let receipt = Receipt {
+            record: hex::encode(record),
+            attestation: hex::encode(attestation.document()),
+        };
+        (receipt, public, attestation.pcrs[&0].clone())
+    }
+
+    fn trust(anchor: Anchor, pcr0: Vec<u8>) -> Trust {
+        Trust {
+            anchor,
+            max_age: Duration::from_secs(300),
+            max_clock_skew: cosigner_attestation::DEFAULT_MAX_CLOCK_SKEW,
+            allow_debug: false,
+            measurements: vec![Measurement([(0, pcr0)].into())],
+        }
+    }
+
+    #[test]
+    fn a_receipt_under_emulated_nsm_checks_though_anyone_could_forge_it() {
+        let (receipt, key, pcr0) = forged_receipt(1_750_000_000_000);
+        let checked = verify_receipt(&receipt, &trust(Anchor::EmulatedNsm, pcr0.clone())).unwrap();
+        assert_eq!(checked.key, key);
+        assert_eq!(checked.entry.time_ms, 1_750_000_001_000);
+        assert_eq!(checked.module_id, crate::qemu_nsm::QEMU_MODULE_ID);
+
+        // Measurements still decide.
+        let other = trust(Anchor::EmulatedNsm, vec![9; 48]);
+        let err = verify_receipt(&receipt, &other).unwrap_err();
+        assert!(matches!(err, ClientError::Attestation { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_receipt_with_a_qemu_document_is_refused_under_pinned_roots() {
+        let (receipt, _, pcr0) = forged_receipt(1_750_000_000_000);
+        let root = cosigner_attestation::PinnedRoot::from_pem(AWS_ROOT.as_bytes()).unwrap();
+        let err = verify_receipt(&receipt, &trust(Anchor::Roots(vec![root]), pcr0)).unwrap_err();
+        assert!(matches!(err, ClientError::Attestation { .. }), "{err}");
+    }
+
+    /// AWS's Nitro root G1 (public).
+    const AWS_ROOT: &str = "-----BEGIN CERTIFICATE-----\n\
+MIICETCCAZagAwIBAgIRAPkxdWgbkK/hHUbMtOTn+FYwCgYIKoZIzj0EAwMwSTEL\n\
+MAkGA1UEBhMCVVMxDzANBgNVBAoMBkFtYXpvbjEMMAoGA1UECwwDQVdTMRswGQYD\n\
+VQQDDBJhd3Mubml0cm8tZW5jbGF2ZXMwHhcNMTkxMDI4MTMyODA1WhcNNDkxMDI4\n\
+MTQyODA1WjBJMQswCQYDVQQGEwJVUzEPMA0GA1UECgwGQW1hem9uMQwwCgYDVQQL\n\
+DANBV1MxGzAZBgNVBAMMEmF3cy5uaXRyby1lbmNsYXZlczB2MBAGByqGSM49AgEG\n\
+BSuBBAAiA2IABPwCVOumCMHzaHDimtqQvkY4MpJzbolL//Zy2YlES1BR5TSksfbb\n\
+48C8WBoyt7F2Bw7eEtaaP+ohG2bnUs990d0JX28TcPQXCEPZ3BABIeTPYwEoCWZE\n\
+h8l5YoQwTcU/9KNCMEAwDwYDVR0TAQH/BAUwAwEB/zAdBgNVHQ4EFgQUkCW1DdkF\n\
+R+eWw5b6cp3PmanfS5YwDgYDVR0PAQH/BAQDAgGGMAoGCCqGSM49BAMDA2kAMGYC\n\
+MQCjfy+Rocm9Xue4YnwWmNJVA44fA0P5W2OpYow9OYCVRaEevL8uO1XYru5xtMPW\n\
+rfMCMQCi85sWBbJwKKXdS6BptQFuZbT73o/gBh1qUxl/nNr12UO8Yfwr6wPLb+6N\n\
+IwLz3/Y=\n\
+-----END CERTIFICATE-----";
 }

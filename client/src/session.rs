@@ -6,13 +6,17 @@
 //! match a pinned measurement, carry our fresh nonce, and carry in `user_data` this TLS session's
 //! RFC 9266 tls-exporter value. A relay that terminates TLS and forwards `Attest` obtains a document
 //! bound to *its* session with the enclave, which differs from ours: refused.
+//!
+//! None of that holds under a trust file's `emulated_nsm = true` (QEMU's unsigned documents,
+//! testing only, [`crate::trust`]): a relay can write a document with our nonce and its own
+//! binding, so such a session is not attested at all, and [`Session::connect`] says so on stderr.
 
 use std::collections::HashMap;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use cosigner_attestation::{AttestationError, Expectations, PinnedRoot, VerifiedDoc, verify};
+use cosigner_attestation::{AttestationError, Expectations, VerifiedDoc};
 use cosigner_protocol::binding::{EXPORTER_LABEL, EXPORTER_LEN, NONCE_LEN};
 use cosigner_protocol::frame::{read_frame, write_frame};
 use cosigner_protocol::wire::{self, NextCommitment, Request, Response, WalletId};
@@ -24,7 +28,7 @@ use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 
 use crate::error::{ClientError, Result, one_line};
-use crate::trust::Trust;
+use crate::trust::{EMULATED_NSM_WARNING, Trust, Verifier};
 
 /// Which server certificate a TLS connection of the client accepts. Both kinds are self-signed,
 /// so there is no PKI to ask; the handshake signature is checked with the certificate either way.
@@ -222,6 +226,11 @@ impl Session {
         };
         let verified = verify_document(addr, &document, trust, &expect)?;
         trust.check_measurements(&verified.doc)?;
+        if trust.accepts_emulated_nsm() {
+            // Every session, not once per process: a script that opens several must not be able
+            // to miss that none of them is attested.
+            eprintln!("warning: {addr}: {EMULATED_NSM_WARNING}");
+        }
         Ok(Self {
             addr: addr.to_owned(),
             tls,
@@ -361,9 +370,10 @@ fn stream_reason(e: &cosigner_protocol::ProtocolError) -> String {
     }
 }
 
-/// Verifies `document` against the trust file's roots: the first root the chain leads to decides
-/// (every other check is the same for all). Refusals in the user's terms: a chain to none of the
-/// roots is [`ClientError::UntrustedRoot`], a timestamp out of bounds a clock gap
+/// Verifies `document` under the trust file's anchor: the first root the chain leads to decides
+/// (every other check is the same for all), or, under `emulated_nsm = true`, QEMU's unsigned
+/// shape. Refusals in the user's terms: a chain to none of the roots is
+/// [`ClientError::UntrustedRoot`], a timestamp out of bounds a clock gap
 /// ([`ClientError::ClockBehind`], [`ClientError::ClockAhead`]) once the document proved to be
 /// this session's answer.
 fn verify_document(
@@ -373,12 +383,13 @@ fn verify_document(
     expect: &Expectations,
 ) -> Result<VerifiedDoc> {
     let now = SystemTime::now();
+    let verifiers = trust.anchor.verifiers();
     let mut last = None;
-    for root in &trust.roots {
-        match verify(document, root, now, expect) {
+    for verifier in &verifiers {
+        match verifier.verify(document, now, expect) {
             Ok(v) => return Ok(v),
-            Err(e) if e.check() == "chain" => last = Some((e, root)),
-            Err(e) => return Err(refusal(addr, document, root, now, expect, &e)),
+            Err(e) if e.check() == "chain" => last = Some((e, *verifier)),
+            Err(e) => return Err(refusal(addr, document, *verifier, now, expect, &e)),
         }
     }
     match last {
@@ -386,23 +397,23 @@ fn verify_document(
         Some((AttestationError::Chain { reason }, _)) if !reason.contains("valid") => {
             Err(ClientError::UntrustedRoot {
                 addr: addr.to_owned(),
-                pinned: trust.roots.len(),
+                pinned: verifiers.len(),
             })
         }
-        Some((e, root)) => Err(refusal(addr, document, root, now, expect, &e)),
+        Some((e, verifier)) => Err(refusal(addr, document, verifier, now, expect, &e)),
         None => Err(ClientError::Attestation {
             reason: format!("{addr}: the trust file pins no root"),
         }),
     }
 }
 
-/// The error for a document refused under `root` at `now` for `e`. A timestamp refusal is
+/// The error for a document refused by `verifier` at `now` for `e`. A timestamp refusal is
 /// called a clock gap only if the document passes every other check (our nonce, our TLS
 /// session): then it was made for this session just now, and only the clocks disagree.
 fn refusal(
     addr: &str,
     document: &[u8],
-    root: &PinnedRoot,
+    verifier: Verifier<'_>,
     now: SystemTime,
     expect: &Expectations,
     e: &AttestationError,
@@ -413,7 +424,7 @@ fn refusal(
             max_age: None,
             ..expect.clone()
         };
-        verify(document, root, at, &unbounded).is_ok()
+        verifier.verify(document, at, &unbounded).is_ok()
     };
     match *e {
         AttestationError::FromTheFuture {
@@ -447,5 +458,110 @@ fn refusal(
     };
     ClientError::Attestation {
         reason: format!("{addr}: {reason}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use std::time::UNIX_EPOCH;
+
+    use cosigner_attestation::PinnedRoot;
+
+    use super::*;
+    use crate::qemu_nsm::QemuAttestation;
+    use crate::trust::{Anchor, Measurement};
+
+    const NONCE: [u8; NONCE_LEN] = [0x11; NONCE_LEN];
+    const BINDING: [u8; EXPORTER_LEN] = [0x22; EXPORTER_LEN];
+
+    /// AWS's Nitro root G1 (public).
+    const AWS_ROOT: &str = "-----BEGIN CERTIFICATE-----\n\
+MIICETCCAZagAwIBAgIRAPkxdWgbkK/hHUbMtOTn+FYwCgYIKoZIzj0EAwMwSTEL\n\
+MAkGA1UEBhMCVVMxDzANBgNVBAoMBkFtYXpvbjEMMAoGA1UECwwDQVdTMRswGQYD\n\
+VQQDDBJhd3Mubml0cm8tZW5jbGF2ZXMwHhcNMTkxMDI4MTMyODA1WhcNNDkxMDI4\n\
+MTQyODA1WjBJMQswCQYDVQQGEwJVUzEPMA0GA1UECgwGQW1hem9uMQwwCgYDVQQL\n\
+DANBV1MxGzAZBgNVBAMMEmF3cy5uaXRyby1lbmNsYXZlczB2MBAGByqGSM49AgEG\n\
+BSuBBAAiA2IABPwCVOumCMHzaHDimtqQvkY4MpJzbolL//Zy2YlES1BR5TSksfbb\n\
+48C8WBoyt7F2Bw7eEtaaP+ohG2bnUs990d0JX28TcPQXCEPZ3BABIeTPYwEoCWZE\n\
+h8l5YoQwTcU/9KNCMEAwDwYDVR0TAQH/BAUwAwEB/zAdBgNVHQ4EFgQUkCW1DdkF\n\
+R+eWw5b6cp3PmanfS5YwDgYDVR0PAQH/BAQDAgGGMAoGCCqGSM49BAMDA2kAMGYC\n\
+MQCjfy+Rocm9Xue4YnwWmNJVA44fA0P5W2OpYow9OYCVRaEevL8uO1XYru5xtMPW\n\
+rfMCMQCi85sWBbJwKKXdS6BptQFuZbT73o/gBh1qUxl/nNr12UO8Yfwr6wPLb+6N\n\
+IwLz3/Y=\n\
+-----END CERTIFICATE-----";
+
+    fn trust(anchor: Anchor, pcr0: &[u8]) -> Trust {
+        Trust {
+            anchor,
+            max_age: Duration::from_secs(300),
+            max_clock_skew: cosigner_attestation::DEFAULT_MAX_CLOCK_SKEW,
+            allow_debug: false,
+            measurements: vec![Measurement([(0, pcr0.to_vec())].into())],
+        }
+    }
+
+    /// What QEMU's NSM answers this session's `Attest`, `age` ago (in whole seconds, as QEMU).
+    fn qemu_document(age: Duration) -> (Vec<u8>, Vec<u8>) {
+        let made = SystemTime::now() - age;
+        let seconds = made.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let attestation = QemuAttestation {
+            nonce: Some(NONCE.to_vec()),
+            user_data: Some(BINDING.to_vec()),
+            public_key: Some(vec![4; 65]),
+            ..QemuAttestation::booted(seconds * 1000, &[1; 48], &[2; 48], &[3; 48])
+        };
+        let pcr0 = attestation.pcrs[&0].clone();
+        (attestation.document(), pcr0)
+    }
+
+    fn expect(trust: &Trust) -> Expectations {
+        Expectations {
+            nonce: Some(NONCE.to_vec()),
+            user_data: Some(BINDING.to_vec()),
+            max_age: Some(trust.max_age),
+            max_clock_skew: trust.max_clock_skew,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn emulated_nsm_trust_verifies_a_qemu_document_of_this_session() {
+        let (document, pcr0) = qemu_document(Duration::from_secs(1));
+        let trust = trust(Anchor::EmulatedNsm, &pcr0);
+        let verified =
+            verify_document("tcp://qemu:7101", &document, &trust, &expect(&trust)).unwrap();
+        trust.check_measurements(&verified.doc).unwrap();
+        assert_eq!(verified.doc.nonce.as_deref(), Some(&NONCE[..]));
+    }
+
+    #[test]
+    fn emulated_nsm_trust_refuses_a_qemu_document_of_another_session() {
+        let (document, pcr0) = qemu_document(Duration::from_secs(1));
+        let trust = trust(Anchor::EmulatedNsm, &pcr0);
+        let mut other = expect(&trust);
+        other.user_data = Some(vec![0x23; EXPORTER_LEN]);
+        let err = verify_document("tcp://qemu:7101", &document, &trust, &other).unwrap_err();
+        assert!(matches!(err, ClientError::Attestation { .. }), "{err}");
+    }
+
+    #[test]
+    fn emulated_nsm_trust_calls_an_old_document_of_this_session_a_clock_gap() {
+        // The refusal is judged with the same verifier that refused it (QEMU's shape).
+        let (document, pcr0) = qemu_document(Duration::from_secs(600));
+        let trust = trust(Anchor::EmulatedNsm, &pcr0);
+        let err =
+            verify_document("tcp://qemu:7101", &document, &trust, &expect(&trust)).unwrap_err();
+        assert!(matches!(err, ClientError::ClockAhead { .. }), "{err}");
+    }
+
+    #[test]
+    fn root_pinned_trust_refuses_a_qemu_document() {
+        let (document, pcr0) = qemu_document(Duration::from_secs(1));
+        let root = PinnedRoot::from_pem(AWS_ROOT.as_bytes()).unwrap();
+        let trust = trust(Anchor::Roots(vec![root]), &pcr0);
+        let err =
+            verify_document("tcp://qemu:7101", &document, &trust, &expect(&trust)).unwrap_err();
+        assert!(matches!(err, ClientError::Attestation { .. }), "{err}");
     }
 }

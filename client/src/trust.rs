@@ -15,6 +15,24 @@
 //!
 //! A trust file that pins no measurement is refused: it would accept any code (fail closed).
 //!
+//! # `emulated_nsm = true`: QEMU's unsigned documents, TESTING ONLY
+//!
+//! ```toml
+//! emulated_nsm = true        # instead of `roots`: QEMU's emulated NSM, which signs nothing
+//! [[measurement]]            # still required: the EIF's PCRs as QEMU reports them
+//! pcr0 = "…96 hex…"
+//! ```
+//!
+//! For booting the real enclave image in QEMU's `nitro-enclave` machine, whose emulated NSM
+//! writes unsigned documents (hw/virtio/virtio-nsm.c, QEMU 10.0). With it, documents are checked
+//! by [`cosigner_attestation::verify_emulated_unsigned`] instead of a pinned root: every check
+//! but the signature and the chain. That proves NOTHING about the enclave, since anyone can write
+//! such a document; every session accepted this way prints [`EMULATED_NSM_WARNING`] on stderr.
+//! It is one mode or the other: `emulated_nsm = true` with any `roots` is refused. Next to the
+//! unsigned mode a root would mean nothing (whoever could not get a root's signature would write
+//! an unsigned document instead), so a file holding both would look pinned and not be; refusing
+//! it keeps a trust file that names roots a file that needs them.
+//!
 //! `max_clock_skew_seconds` was added later and is optional, so older trust files stay valid and
 //! get the verifier's default ([`cosigner_attestation::DEFAULT_MAX_CLOCK_SKEW`]). The skew only
 //! lets a document be dated *after* this device's time; the session's nonce is what proves the
@@ -24,7 +42,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use cosigner_attestation::{AttestationDoc, DEFAULT_MAX_CLOCK_SKEW, PinnedRoot};
+use std::time::SystemTime;
+
+use cosigner_attestation::{
+    AttestationDoc, AttestationError, DEFAULT_MAX_CLOCK_SKEW, Expectations, PinnedRoot,
+    VerifiedDoc, verify, verify_emulated_unsigned,
+};
 use serde::Deserialize;
 
 use crate::error::{ClientError, Result};
@@ -32,7 +55,10 @@ use crate::error::{ClientError, Result};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TrustFile {
+    #[serde(default)]
     roots: Vec<std::path::PathBuf>,
+    #[serde(default)]
+    emulated_nsm: bool,
     #[serde(default = "default_max_age")]
     max_age_seconds: u64,
     #[serde(default)]
@@ -66,11 +92,62 @@ struct MeasurementFile {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Measurement(pub BTreeMap<u8, Vec<u8>>);
 
+/// What must vouch for a document: pinned roots, or (testing only) nothing at all.
+#[derive(Debug, Clone)]
+pub enum Anchor {
+    /// The document must be signed by a leaf that chains to one of these roots
+    /// ([`cosigner_attestation::verify`]).
+    Roots(Vec<PinnedRoot>),
+    /// TESTING ONLY (`emulated_nsm = true`): the document must be an unsigned one of QEMU's
+    /// emulated NSM ([`cosigner_attestation::verify_emulated_unsigned`]). Nothing vouches for
+    /// it: anyone can write one, so it proves nothing about the enclave.
+    EmulatedNsm,
+}
+
+/// One way of checking a document under an [`Anchor`]: a pinned root, or QEMU's unsigned shape.
+#[derive(Debug, Clone, Copy)]
+pub enum Verifier<'a> {
+    /// [`cosigner_attestation::verify`] under this root.
+    Root(&'a PinnedRoot),
+    /// [`cosigner_attestation::verify_emulated_unsigned`]: TESTING ONLY, proves nothing.
+    EmulatedNsm,
+}
+
+impl Verifier<'_> {
+    /// Checks `document` as of `at` against `expect`.
+    pub fn verify(
+        self,
+        document: &[u8],
+        at: SystemTime,
+        expect: &Expectations,
+    ) -> std::result::Result<VerifiedDoc, AttestationError> {
+        match self {
+            Self::Root(root) => verify(document, root, at, expect),
+            Self::EmulatedNsm => verify_emulated_unsigned(document, at, expect),
+        }
+    }
+}
+
+impl Anchor {
+    /// The ways a document may pass, tried in order: each pinned root, or QEMU's unsigned shape.
+    pub fn verifiers(&self) -> Vec<Verifier<'_>> {
+        match self {
+            Self::Roots(roots) => roots.iter().map(Verifier::Root).collect(),
+            Self::EmulatedNsm => vec![Verifier::EmulatedNsm],
+        }
+    }
+}
+
+/// What a client prints on stderr for every session (and receipt) accepted under
+/// `emulated_nsm = true`.
+pub const EMULATED_NSM_WARNING: &str = "trust file accepts QEMU's unsigned emulated NSM \
+    documents: this proves nothing about the enclave; for testing only";
+
 /// A parsed trust file.
 #[derive(Debug, Clone)]
 pub struct Trust {
-    /// The pinned roots (a document must chain to one of them).
-    pub roots: Vec<PinnedRoot>,
+    /// What must vouch for a document: the pinned roots, or (testing only) nothing.
+    pub anchor: Anchor,
     /// Oldest document accepted.
     pub max_age: Duration,
     /// How far after this device's time a document may be dated.
@@ -120,7 +197,15 @@ impl Trust {
             std::fs::read_to_string(path).map_err(|e| bad(path, crate::error::io_reason(&e)))?;
         let file: TrustFile =
             toml::from_str(&text).map_err(|e| bad(path, toml_reason(&text, &e)))?;
-        if file.roots.is_empty() {
+        // One mode or the other (module docs): never roots and the unsigned mode together.
+        if file.emulated_nsm && !file.roots.is_empty() {
+            return Err(bad(
+                path,
+                "emulated_nsm = true and roots are exclusive: pin roots, or (for testing under \
+                 QEMU only) accept its unsigned documents, not both",
+            ));
+        }
+        if !file.emulated_nsm && file.roots.is_empty() {
             return Err(bad(path, "pins no root certificate"));
         }
         let max_clock_skew = clock_skew(file.max_clock_skew_seconds).map_err(|e| bad(path, e))?;
@@ -171,12 +256,21 @@ impl Trust {
             measurements.push(Measurement(pcrs));
         }
         Ok(Self {
-            roots,
+            anchor: if file.emulated_nsm {
+                Anchor::EmulatedNsm
+            } else {
+                Anchor::Roots(roots)
+            },
             max_age: Duration::from_secs(file.max_age_seconds),
             max_clock_skew,
             allow_debug: file.allow_debug,
             measurements,
         })
+    }
+
+    /// Whether documents are accepted unsigned (`emulated_nsm = true`): TESTING ONLY.
+    pub fn accepts_emulated_nsm(&self) -> bool {
+        matches!(self.anchor, Anchor::EmulatedNsm)
     }
 
     /// Checks a verified document's PCRs against the allowed measurement sets.
@@ -231,6 +325,61 @@ IwLz3/Y=\n\
 
     fn file(extra: &str) -> String {
         format!("{extra}{BASE}{}\"\n", "ab".repeat(48))
+    }
+
+    const MEASUREMENT: &str = "[[measurement]]\npcr0 = \"";
+
+    fn measured(head: &str) -> String {
+        format!("{head}{MEASUREMENT}{}\"\n", "ab".repeat(48))
+    }
+
+    #[test]
+    fn emulated_nsm_without_roots_is_accepted_and_marked() {
+        for head in ["emulated_nsm = true\n", "emulated_nsm = true\nroots = []\n"] {
+            let trust = load(&measured(head)).unwrap();
+            assert!(matches!(trust.anchor, Anchor::EmulatedNsm), "{head}");
+            assert!(trust.accepts_emulated_nsm());
+            assert!(matches!(
+                trust.anchor.verifiers().as_slice(),
+                [Verifier::EmulatedNsm]
+            ));
+            assert_eq!(trust.measurements.len(), 1);
+            assert_eq!(trust.max_age, Duration::from_secs(300));
+        }
+        // Without the key, nothing changes: roots pinned, documents signed.
+        let pinned = load(&file("")).unwrap();
+        assert!(!pinned.accepts_emulated_nsm());
+        assert!(matches!(pinned.anchor, Anchor::Roots(ref r) if r.len() == 1));
+        let explicit = load(&file("emulated_nsm = false\n")).unwrap();
+        assert!(!explicit.accepts_emulated_nsm());
+    }
+
+    #[test]
+    fn emulated_nsm_with_roots_is_refused() {
+        // A usable root and a measurement: holding both modes is the only fault.
+        let err = load(&file("emulated_nsm = true\n")).unwrap_err();
+        assert!(matches!(err, ClientError::Trust { .. }), "{err}");
+    }
+
+    #[test]
+    fn emulated_nsm_without_measurements_is_refused() {
+        for text in [
+            "emulated_nsm = true\n",
+            "emulated_nsm = true\n[[measurement]]\n",
+        ] {
+            let err = load(text).unwrap_err();
+            assert!(matches!(err, ClientError::Trust { .. }), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn no_roots_without_emulated_nsm_is_refused() {
+        for head in ["", "roots = []\n", "emulated_nsm = false\n"] {
+            let err = load(&measured(head)).unwrap_err();
+            assert!(matches!(err, ClientError::Trust { .. }), "{head}: {err}");
+        }
+        let err = load(&measured("emulated_nsm = \"yes\"\n")).unwrap_err();
+        assert!(matches!(err, ClientError::Trust { .. }), "{err}");
     }
 
     #[test]

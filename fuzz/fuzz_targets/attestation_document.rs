@@ -1,11 +1,15 @@
 //! Any bytes into the attestation document decoder and verifier: errors are fine, panics are not.
-//! Whatever decodes must re-encode to a document that decodes to the same value.
+//! Whatever decodes must re-encode to a document that decodes to the same value. The path for
+//! QEMU's unsigned documents (`verify_emulated_unsigned`) reads every input too.
 #![no_main]
 
 use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
-use cosigner_attestation::{AttestationDoc, Expectations, PinnedRoot, parse_unverified, verify};
+use cosigner_attestation::{
+    AttestationDoc, Expectations, PinnedRoot, parse_emulated_unsigned, parse_unverified, verify,
+    verify_emulated_unsigned,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// The AWS root when the shared fixtures are present; the verifier runs on every input then.
@@ -28,8 +32,13 @@ fuzz_target!(|data: &[u8]| {
         let again = AttestationDoc::decode(&doc.encode().expect("re-encode")).expect("re-decode");
         assert_eq!(again, doc);
     }
+    if let Ok((_, doc)) = parse_emulated_unsigned(data) {
+        let again = AttestationDoc::decode(&doc.encode().expect("re-encode")).expect("re-decode");
+        assert_eq!(again, doc);
+    }
+    let at = UNIX_EPOCH + Duration::from_secs(1_665_651_483);
+    let _ = verify_emulated_unsigned(data, at, &Expectations::default());
     if let Some(root) = root() {
-        let at = UNIX_EPOCH + Duration::from_secs(1_665_651_483);
         let _ = verify(data, root, at, &Expectations::default());
     }
 });

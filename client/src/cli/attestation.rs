@@ -10,7 +10,7 @@ use clap::Subcommand;
 use cosigner_attestation::document::MAX_DOCUMENT_SIZE;
 use cosigner_attestation::{
     AttestationDoc, DEFAULT_MAX_CLOCK_SKEW, Expectations, PinnedRoot, certificate_summary,
-    parse_unverified, verify,
+    parse_emulated_unsigned, parse_unverified, verify, verify_emulated_unsigned,
 };
 use serde_json::{Value, json};
 
@@ -25,8 +25,18 @@ pub enum AttestationCommand {
         #[arg(long, value_name = "FILE")]
         doc: PathBuf,
         /// The pinned root certificate (PEM): AWS's Nitro root G1, or an operator's local root.
-        #[arg(long, value_name = "PEM")]
-        root: PathBuf,
+        #[arg(
+            long,
+            value_name = "PEM",
+            required_unless_present = "emulated_nsm",
+            conflicts_with = "emulated_nsm"
+        )]
+        root: Option<PathBuf>,
+        /// TESTING ONLY, instead of --root: accept only an UNSIGNED document of QEMU's emulated
+        /// NSM (`nitro-enclave` machine) and check everything else. Proves nothing: anyone can
+        /// write such a document.
+        #[arg(long)]
+        emulated_nsm: bool,
         /// Validation time, seconds since the Unix epoch (default: now).
         #[arg(long, value_name = "UNIX_SECONDS")]
         at: Option<u64>,
@@ -72,6 +82,7 @@ pub fn run(cmd: AttestationCommand) -> anyhow::Result<()> {
         AttestationCommand::Verify {
             doc,
             root,
+            emulated_nsm,
             at,
             pcrs,
             nonce,
@@ -82,15 +93,10 @@ pub fn run(cmd: AttestationCommand) -> anyhow::Result<()> {
             max_clock_skew,
         } => {
             let bytes = read_document(&doc)?;
-            let root_pem = std::fs::read(&root).map_err(|e| {
-                anyhow::anyhow!(
-                    "root {}: {}",
-                    root.display(),
-                    cosigner_client::io_reason(&e)
-                )
-            })?;
-            let root = PinnedRoot::from_pem(&root_pem)
-                .with_context(|| format!("root {}", root.display()))?;
+            let root = match root {
+                Some(path) => Some(load_root(&path)?),
+                None => None,
+            };
             let at = match at {
                 Some(secs) => UNIX_EPOCH
                     .checked_add(Duration::from_secs(secs))
@@ -112,7 +118,11 @@ pub fn run(cmd: AttestationCommand) -> anyhow::Result<()> {
                 allow_debug,
                 max_clock_skew: Duration::from_secs(max_clock_skew),
             };
-            let verified = verify(&bytes, &root, at, &expect).map_err(|e| {
+            let verified = match &root {
+                Some(root) => verify(&bytes, root, at, &expect),
+                None => verify_emulated_unsigned(&bytes, at, &expect),
+            }
+            .map_err(|e| {
                 anyhow::anyhow!(
                     "verification failed at check `{}`: {e}{}",
                     e.check(),
@@ -121,14 +131,33 @@ pub fn run(cmd: AttestationCommand) -> anyhow::Result<()> {
             })?;
             let mut out = doc_json(&verified.doc);
             out.insert("debug".into(), json!(verified.debug));
+            if emulated_nsm {
+                out.insert("emulated_nsm".into(), json!(true));
+                eprintln!(
+                    "warning: --emulated-nsm accepted QEMU's unsigned emulated NSM document: \
+                     this proves nothing about the enclave; for testing only"
+                );
+            }
             emit(&Value::Object(out).to_string())
         }
         AttestationCommand::Inspect { doc } => {
             let bytes = read_document(&doc)?;
-            let (cose, parsed) = parse_unverified(&bytes)
-                .map_err(|e| anyhow::anyhow!("cannot parse at check `{}`: {e}", e.check()))?;
+            // A document of QEMU's emulated NSM is shown too, said to be one: it can only ever
+            // be read, never verified as signed.
+            let (cose, parsed, emulated) = match parse_unverified(&bytes) {
+                Ok((cose, parsed)) => (cose, parsed, false),
+                Err(e) => match parse_emulated_unsigned(&bytes) {
+                    Ok((cose, parsed)) => (cose, parsed, true),
+                    Err(_) => {
+                        bail!("cannot parse at check `{}`: {e}", e.check())
+                    }
+                },
+            };
             let mut out = doc_json(&parsed);
             out.insert("status".into(), json!("UNVERIFIED"));
+            if emulated {
+                out.insert("emulated_nsm".into(), json!(true));
+            }
             out.insert("debug_mode".into(), json!(parsed.is_debug_mode()));
             out.insert("signature".into(), json!(hex::encode(&cose.signature)));
             let describe = |der: &[u8]| match certificate_summary(der) {
@@ -146,9 +175,27 @@ pub fn run(cmd: AttestationCommand) -> anyhow::Result<()> {
             eprintln!(
                 "UNVERIFIED: nothing below has been checked; use `cosigner attestation verify`"
             );
+            if emulated {
+                eprintln!(
+                    "UNSIGNED: a document of QEMU's emulated NSM; no check can make it prove \
+                     anything about the enclave"
+                );
+            }
             emit(&serde_json::to_string_pretty(&Value::Object(out))?)
         }
     }
+}
+
+/// A pinned root certificate (PEM) from `path`.
+fn load_root(path: &Path) -> anyhow::Result<PinnedRoot> {
+    let pem = std::fs::read(path).map_err(|e| {
+        anyhow::anyhow!(
+            "root {}: {}",
+            path.display(),
+            cosigner_client::io_reason(&e)
+        )
+    })?;
+    PinnedRoot::from_pem(&pem).with_context(|| format!("root {}", path.display()))
 }
 
 /// Writes one line to stdout; a closed pipe is an error, not a panic.
@@ -182,6 +229,10 @@ fn hint(e: &cosigner_attestation::AttestationError) -> String {
         E::Chain { reason } if !reason.contains("valid") => {
             " (is --root the root of this document's attester?)".into()
         }
+        E::NotEmulated {
+            part: cosigner_attestation::EmulatedPart::ProtectedHeader,
+            ..
+        } => " (a signed document, not QEMU's: verify it with --root)".into(),
         _ => String::new(),
     }
 }
