@@ -18,6 +18,10 @@
 //! # credentials_file = "/run/aws.json"         # local mode only; default: from the parent over
 //!                                              # the store channel (its [aws_credentials])
 //! # allow_unanchored_state = true              # required without [token]: no rollback anchoring
+//! # tls_roots = ['''-----BEGIN CERTIFICATE-----
+//! # …
+//! # -----END CERTIFICATE-----''']                # replaces the public roots for KMS TLS: a KMS
+//!                                              # stand-in under a private CA (emulator only)
 //!
 //! [attester]
 //! kind = "local"                               # or "nitro" in the enclave image
@@ -259,6 +263,89 @@ pub struct KmsSealerConfig {
     /// without `Recipient` (moto). Refused in a `nitro` build.
     #[serde(default)]
     pub insecure_no_recipient: bool,
+    /// PEM certificates, one per entry, written inline (an enclave has no files but its ramdisk),
+    /// that **replace** the Mozilla roots of `webpki-roots` for the KMS TLS connection: for a
+    /// KMS-compatible endpoint under a private CA, such as the local stand-in with `Recipient`
+    /// when the real image runs in an emulator. Whoever holds such a root's key can answer as KMS
+    /// and hand the enclave data keys it knows, so production images must not carry it; it is
+    /// allowed in a Nitro build because it is measured (PCR2) and visible in the published
+    /// configuration. 1 to [`MAX_TLS_ROOTS`] certificates; checked at load
+    /// ([`KmsSealerConfig::tls_root_store`]).
+    #[serde(default)]
+    pub tls_roots: Option<Vec<String>>,
+}
+
+/// Most certificates `[sealer] tls_roots` may list: a stand-in or a private KMS endpoint needs
+/// one or two, and every one is a party that can impersonate KMS to the enclave.
+pub const MAX_TLS_ROOTS: usize = 8;
+/// Longest `tls_roots` entry, in bytes of PEM (a certificate is one or two KiB).
+pub const MAX_TLS_ROOT_PEM_LEN: usize = 16 * 1024;
+
+impl KmsSealerConfig {
+    /// The roots `tls_roots` lists, or `None` without it (the public roots then apply). Each
+    /// entry must be exactly one PEM `CERTIFICATE` that parses as a trust anchor; an empty list,
+    /// more than [`MAX_TLS_ROOTS`], a repeated certificate and `tls_roots` without TLS
+    /// (`insecure_plain_http`) are refused.
+    pub fn tls_root_store(&self) -> anyhow::Result<Option<rustls::RootCertStore>> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::{PemObject, SectionKind};
+        let Some(entries) = &self.tls_roots else {
+            return Ok(None);
+        };
+        if self.insecure_plain_http {
+            anyhow::bail!(
+                "[sealer] tls_roots with insecure_plain_http: there is no TLS for them to apply to"
+            );
+        }
+        if entries.is_empty() {
+            anyhow::bail!(
+                "[sealer] tls_roots = []: would trust no KMS server; leave tls_roots out to use                  the public (webpki-roots) roots"
+            );
+        }
+        if entries.len() > MAX_TLS_ROOTS {
+            anyhow::bail!(
+                "[sealer] tls_roots has {} certificates, at most {MAX_TLS_ROOTS}",
+                entries.len()
+            );
+        }
+        const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+        const END: &str = "-----END CERTIFICATE-----";
+        let mut roots = rustls::RootCertStore::empty();
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let at = format!("[sealer] tls_roots[{i}]");
+            if entry.len() > MAX_TLS_ROOT_PEM_LEN {
+                anyhow::bail!(
+                    "{at} is {} bytes, at most {MAX_TLS_ROOT_PEM_LEN}",
+                    entry.len()
+                );
+            }
+            let text = entry.trim();
+            let sections = text.matches("-----BEGIN ").count();
+            if sections > 1 {
+                anyhow::bail!("{at} holds {sections} PEM sections: give one certificate per entry");
+            }
+            if !text.starts_with(BEGIN) || !text.ends_with(END) || sections != 1 {
+                anyhow::bail!(
+                    "{at} is not one PEM certificate ({BEGIN} … {END}, nothing around it)"
+                );
+            }
+            let parsed: Vec<_> = <(SectionKind, Vec<u8>)>::pem_slice_iter(text.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| anyhow::anyhow!("{at} is not valid PEM: {e}"))?;
+            let [(SectionKind::Certificate, der)] = parsed.as_slice() else {
+                anyhow::bail!("{at} is not one PEM certificate");
+            };
+            if let Some(j) = seen.iter().position(|d| d == der) {
+                anyhow::bail!("{at} repeats tls_roots[{j}]");
+            }
+            roots.add(CertificateDer::from(der.clone())).map_err(|e| {
+                anyhow::anyhow!("{at} is not an X.509 certificate usable as a root: {e}")
+            })?;
+            seen.push(der.clone());
+        }
+        Ok(Some(roots))
+    }
 }
 
 /// Keys that would put AWS secrets into the (measured, readable) configuration.
@@ -392,6 +479,7 @@ impl Config {
                         kms.region
                     );
                 }
+                kms.tls_root_store()?;
                 if self.token.is_none() && !kms.allow_unanchored_state {
                     anyhow::bail!(
                         "[sealer] kind = \"kms\" without a [token] has no rollback anchor (not \
@@ -413,7 +501,8 @@ impl Config {
 /// What a Nitro enclave build refuses of a `[sealer] kind = "kms"` (checked only in that build):
 /// a credentials file (an enclave cannot read the parent's files), the test-only switches, and the
 /// placeholder key of the reference image (account `000000000000`, `make enclave-image` without
-/// `KMS_KEY_ARN`).
+/// `KMS_KEY_ARN`). `tls_roots` is allowed: like everything in the configuration it is measured
+/// (PCR2), so whoever pins the image sees it, and the enclave logs it at start.
 pub fn enclave_build_checks(kms: &KmsSealerConfig) -> anyhow::Result<()> {
     if kms.credentials_file.is_some() {
         anyhow::bail!(
@@ -472,6 +561,116 @@ mod tests {
             "{BASE}[sealer]\nkind = \"kms\"\nkey_id = \"{ARN}\"\nregion = \"eu-west-1\"\n\
              endpoint = \"vsock:3:8000\"\ncredentials_file = \"/run/aws.json\"\n{extra}"
         )
+    }
+
+    /// A self-signed CA certificate for `name`, PEM.
+    fn ca_pem(name: &str) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    /// A KMS sealer configuration with `tls_roots = [ENTRIES]`, each a TOML literal string.
+    fn with_roots(entries: &[String], extra: &str) -> anyhow::Result<Config> {
+        let list = entries
+            .iter()
+            .map(|e| format!("'''\n{e}'''"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Config::parse(&kms(&format!(
+            "allow_unanchored_state = true\n{extra}tls_roots = [{list}]\n"
+        )))
+    }
+
+    fn kms_of(c: Config) -> KmsSealerConfig {
+        match c.sealer {
+            SealerConfig::Kms(k) => k,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tls_roots_replace_the_public_roots_and_pass_the_enclave_build_checks() {
+        // Absent: no private roots, the public ones apply.
+        let k = kms_of(Config::parse(&kms("allow_unanchored_state = true\n")).unwrap());
+        assert!(k.tls_roots.is_none() && k.tls_root_store().unwrap().is_none());
+
+        let one = ca_pem("kms-standin.test");
+        let mut k = kms_of(with_roots(std::slice::from_ref(&one), "").unwrap());
+        assert_eq!(k.tls_root_store().unwrap().unwrap().len(), 1);
+        // Measured like the rest of the configuration: allowed in the image's build.
+        k.credentials_file = None;
+        enclave_build_checks(&k).unwrap();
+
+        // Up to MAX_TLS_ROOTS, written as literal or basic TOML strings alike.
+        let eight: Vec<String> = (0..MAX_TLS_ROOTS)
+            .map(|i| ca_pem(&format!("kms{i}.test")))
+            .collect();
+        let k = kms_of(with_roots(&eight, "").unwrap());
+        assert_eq!(k.tls_root_store().unwrap().unwrap().len(), MAX_TLS_ROOTS);
+        let basic = format!("\"{}\"", one.trim().replace('\n', "\\n"));
+        let k = kms_of(
+            Config::parse(&kms(&format!(
+                "allow_unanchored_state = true\ntls_roots = [{basic}]\n"
+            )))
+            .unwrap(),
+        );
+        assert_eq!(k.tls_root_store().unwrap().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn tls_roots_other_than_one_certificate_per_entry_are_refused() {
+        let one = ca_pem("kms-standin.test");
+        let nine: Vec<String> = (0..=MAX_TLS_ROOTS)
+            .map(|i| ca_pem(&format!("kms{i}.test")))
+            .collect();
+        let private_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let wrap = |body: &str| {
+            format!("-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n")
+        };
+        let long = wrap(&"QUFB".repeat(MAX_TLS_ROOT_PEM_LEN / 4));
+        for (entries, extra, why) in [
+            (vec![], "", "would trust no KMS server"),
+            (nine, "", "at most 8"),
+            (
+                vec!["not a certificate".to_owned()],
+                "",
+                "not one PEM certificate",
+            ),
+            (vec![private_key], "", "not one PEM certificate"),
+            (vec![format!("{one}{one}")], "", "holds 2 PEM sections"),
+            (vec![format!("junk\n{one}")], "", "nothing around it"),
+            (vec![wrap("!!!!")], "", "not valid PEM"),
+            // "hello world": base64, but not DER of a certificate.
+            (
+                vec![wrap("aGVsbG8gd29ybGQ=")],
+                "",
+                "not an X.509 certificate",
+            ),
+            (vec![long], "", "at most 16384"),
+            (
+                vec![one.clone(), one.clone()],
+                "",
+                "tls_roots[1] repeats tls_roots[0]",
+            ),
+            (
+                vec![one.clone()],
+                "insecure_plain_http = true\n",
+                "no TLS for them to apply to",
+            ),
+        ] {
+            let e = with_roots(&entries, extra).unwrap_err().to_string();
+            assert!(e.contains(why), "{why}: {e}");
+        }
+        let e = Config::parse(&kms("allow_unanchored_state = true\ntls_roots = [1]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid type"), "{e}");
+        let e = Config::parse(&kms("allow_unanchored_state = true\ntls_roots = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid type"), "{e}");
     }
 
     #[test]

@@ -77,14 +77,27 @@ fn kms_sealer(
         .host
         .clone()
         .unwrap_or_else(|| endpoint_host(&config.region));
-    let transport: Box<dyn Transport> = if config.insecure_plain_http {
-        eprintln!(
-            "cosigner-enclave: WARNING: [sealer] insecure_plain_http: KMS traffic is NOT \
-             encrypted or authenticated (test servers only)"
-        );
-        Box::new(connect)
-    } else {
-        Box::new(TlsTransport::webpki(Box::new(connect), &host)?)
+    let transport: Box<dyn Transport> = match (config.insecure_plain_http, config.tls_root_store()?)
+    {
+        (true, _) => {
+            eprintln!(
+                "cosigner-enclave: WARNING: [sealer] insecure_plain_http: KMS traffic is NOT \
+                 encrypted or authenticated (test servers only)"
+            );
+            Box::new(connect)
+        }
+        (false, None) => Box::new(TlsTransport::webpki(Box::new(connect), &host)?),
+        (false, Some(roots)) => {
+            // One line, at start: whoever holds one of these roots' keys can answer as KMS and
+            // hand this enclave data keys it knows (docs/kms.md, `tls_roots`).
+            eprintln!(
+                "cosigner-enclave: WARNING: [sealer] tls_roots: {} private root(s) REPLACE the \
+                 public (webpki-roots) roots for KMS TLS to {host}: their holders can answer as \
+                 KMS (emulator and test images only, never production)",
+                roots.len()
+            );
+            Box::new(TlsTransport::with_roots(Box::new(connect), &host, roots)?)
+        }
     };
     let credentials: Box<dyn CredentialsSource> = match &config.credentials_file {
         Some(file) => Box::new(CredentialsFile(file.clone())),
@@ -301,4 +314,93 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         config.listen, config.store
     );
     server::serve(listener, tls, service, config.limits.resolve()?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::net::TcpListener;
+
+    use cosigner_kms::{KmsError, SealContext};
+    use cosigner_tests::kms_standin::{Server, Standin, StandinCa, StandinConfig};
+
+    use super::*;
+
+    const ARN: &str = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    const HOST: &str = "kms-standin.test";
+    const CTX: SealContext = SealContext::new("frost-key-package", [7; 16], 2, 0);
+
+    /// Unsigned documents binding the requested public key, in QEMU's emulated NSM layout: what
+    /// the stand-in reads the `Recipient` key from.
+    struct UnsignedAttester;
+
+    impl Attester for UnsignedAttester {
+        fn attest(&self, request: &AttestRequest) -> cosigner_attestation::Result<Vec<u8>> {
+            let key = request.public_key.as_deref().unwrap_or_default();
+            Ok(cosigner_tests::kms_standin::unsigned_document(key).unwrap())
+        }
+
+        fn kind(&self) -> &'static str {
+            "unsigned (test)"
+        }
+    }
+
+    /// `[sealer] kind = "kms"` to the stand-in on `port`, with `tls_roots = [ROOT]` if given.
+    fn sealer_to(port: u16, credentials: &Path, root: Option<&str>) -> anyhow::Result<KmsSealer> {
+        let roots = root
+            .map(|pem| format!("tls_roots = ['''\n{pem}''']\n"))
+            .unwrap_or_default();
+        let config = Config::parse(&format!(
+            "listen = \"unix:/l.sock\"\nstore = \"unix:/s.sock\"\n[attester]\nkind = \"nitro\"\n\
+             [sealer]\nkind = \"kms\"\nkey_id = \"{ARN}\"\nregion = \"eu-west-1\"\n\
+             endpoint = \"tcp:127.0.0.1:{port}\"\nhost = \"{HOST}\"\n\
+             credentials_file = \"{}\"\nallow_unanchored_state = true\n{roots}",
+            credentials.display()
+        ))?;
+        let SealerConfig::Kms(kms) = &config.sealer else {
+            anyhow::bail!("not a KMS sealer")
+        };
+        kms_sealer(kms, &config.store, Arc::new(UnsignedAttester))
+    }
+
+    #[test]
+    fn the_kms_sealer_trusts_its_tls_roots_instead_of_the_public_ones() {
+        let ca = StandinCa::generate(HOST).unwrap();
+        let standin = Standin::new(StandinConfig::new(ARN, "AKIDTEST").unwrap()).unwrap();
+        let server = Server::start(
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            Some(ca.server_config().unwrap()),
+            standin,
+        )
+        .unwrap();
+        let port = server.addr().port();
+        let (_dir, credentials) = cosigner_tests::file_in_tempdir(
+            "aws.json",
+            r#"{"AccessKeyId":"AKIDTEST","SecretAccessKey":"secret"}"#,
+        );
+
+        // With the stand-in's CA as the root: TLS, Recipient, seal and open.
+        let sealer = sealer_to(port, &credentials, Some(ca.cert_pem())).unwrap();
+        let blob = sealer.seal(&CTX, b"a key package").unwrap();
+        assert_eq!(
+            sealer.open(&CTX, &blob).unwrap().as_slice(),
+            b"a key package"
+        );
+        assert_eq!(server.requests().len(), 2);
+
+        // The public roots (no tls_roots), or another private CA: the handshake fails and KMS is
+        // never asked.
+        let other = StandinCa::generate(HOST).unwrap();
+        for sealer in [
+            sealer_to(port, &credentials, None).unwrap(),
+            sealer_to(port, &credentials, Some(other.cert_pem())).unwrap(),
+        ] {
+            let err = sealer.seal(&CTX, b"x").unwrap_err();
+            assert!(
+                matches!(&err, KmsError::AwsTransport { reason, .. } if reason.contains("certificate")),
+                "{err:?}"
+            );
+        }
+        assert_eq!(server.requests().len(), 2);
+    }
 }

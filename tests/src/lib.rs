@@ -16,6 +16,7 @@ pub mod couriers;
 pub mod ecdsa;
 pub mod imds;
 pub mod in_process;
+pub mod kms_standin;
 pub mod members;
 pub mod moto;
 pub mod owner;

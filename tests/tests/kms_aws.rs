@@ -2,10 +2,11 @@
 //!
 //! * SigV4 against AWS's published Signature Version 4 test suite;
 //! * `CiphertextForRecipient` (CMS EnvelopedData): a real KMS answer from AWS's Nitro Enclaves SDK
-//!   parsed, EnvelopedData built here per the AWS layout opened, and tampered, truncated,
-//!   wrong-algorithm and wrong-recipient ones refused;
-//! * the `Recipient` path end to end ([`KmsSealer`] with its production delivery) against a small
-//!   KMS stand-in in this file that answers `CiphertextForRecipient` like KMS;
+//!   parsed, EnvelopedData built per the AWS layout (`cosigner_tests::kms_standin::envelope`)
+//!   opened, and tampered, truncated, wrong-algorithm and wrong-recipient ones refused;
+//! * the `Recipient` path end to end ([`KmsSealer`] with its production delivery) against the KMS
+//!   stand-in (`cosigner_tests::kms_standin`, plain HTTP here; `tests/kms_standin.rs` runs its
+//!   binary over TLS) that answers `CiphertextForRecipient` like KMS;
 //! * the client and the sealer against moto's KMS-compatible server (`python3 -m moto.server`,
 //!   from PyPI `moto[server]`), with SigV4 verification switched on in moto. Moto does not
 //!   implement `Recipient`, so those tests run without it. Skipped, with a message, where moto is
@@ -13,15 +14,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::cipher::{AES_256, EncryptionContext, PaddedBlockEncryptingKey, UnboundCipherKey};
-use aws_lc_rs::iv::FixedLength;
-use aws_lc_rs::rsa::{OAEP_SHA256_MGF1SHA256, OaepPublicEncryptingKey, PublicEncryptingKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use cosigner_kms::aws::client::{KmsClient, TcpTransport};
@@ -29,8 +26,12 @@ use cosigner_kms::aws::cms::{RecipientKey, parse_enveloped_data};
 use cosigner_kms::aws::sigv4::{self, Credentials, Scope};
 use cosigner_kms::aws::{KMS_SEAL_FORMAT_VERSION, KmsSealer, RecipientAttester};
 use cosigner_kms::{KmsError, SealContext, Sealer};
+use cosigner_tests::kms_standin::envelope::{
+    Build, OID_AES128_CBC, OID_RSA_PKCS1, OID_SHA1, OID_SHA256, oaep_params,
+};
+use cosigner_tests::kms_standin::{self, Behaviour, Server, StandinConfig};
 use cosigner_tests::moto::Moto;
-use serde_json::{Value, json};
+use serde_json::json;
 
 // ---------------------------------------------------------------------------------------------
 // SigV4: AWS's Signature Version 4 test suite.
@@ -310,167 +311,9 @@ fn a_real_kms_answer_parses() {
     assert!(matches!(key.open(&answer), Err(KmsError::Recipient { .. })));
 }
 
-/// DER-ish encoders for building EnvelopedData in the tests.
-mod ber {
-    pub fn len(n: usize) -> Vec<u8> {
-        if n < 0x80 {
-            vec![n as u8]
-        } else if n < 0x100 {
-            vec![0x81, n as u8]
-        } else {
-            vec![0x82, (n >> 8) as u8, n as u8]
-        }
-    }
-    pub fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        out.extend(len(content.len()));
-        out.extend_from_slice(content);
-        out
-    }
-    /// Constructed, indefinite length (BER), as KMS writes its outer structures.
-    pub fn indef(tag: u8, content: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag, 0x80];
-        out.extend_from_slice(content);
-        out.extend([0, 0]);
-        out
-    }
-    pub fn cat(parts: &[&[u8]]) -> Vec<u8> {
-        parts.concat()
-    }
-}
-
-const OID_ENVELOPED: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x03];
-const OID_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01];
-const OID_OAEP: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x07];
-const OID_RSA_PKCS1: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
-const OID_MGF1: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x08];
-const OID_SHA256: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
-const OID_SHA1: &[u8] = &[0x2b, 0x0e, 0x03, 0x02, 0x1a];
-const OID_AES256_CBC: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2a];
-const OID_AES128_CBC: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x02];
-
-/// How to build a test EnvelopedData; the default is KMS's layout.
-#[derive(Clone)]
-struct Build {
-    /// BER indefinite lengths and a segmented content (KMS) or DER throughout.
-    ber: bool,
-    /// Content split into segments of this size (constructed [0]).
-    segment: Option<usize>,
-    key_alg_oid: &'static [u8],
-    oaep_params: Option<Vec<u8>>,
-    content_alg_oid: &'static [u8],
-    iv_len: usize,
-}
-
-impl Default for Build {
-    fn default() -> Self {
-        Self {
-            ber: true,
-            segment: Some(1000),
-            key_alg_oid: OID_OAEP,
-            oaep_params: Some(oaep_params(OID_SHA256, OID_SHA256)),
-            content_alg_oid: OID_AES256_CBC,
-            iv_len: 16,
-        }
-    }
-}
-
-/// RSAES-OAEP-params { hashFunc [0] hash, maskGenFunc [1] mgf1(mgf_hash) }, NULL parameters as KMS.
-fn oaep_params(hash: &[u8], mgf_hash: &[u8]) -> Vec<u8> {
-    use ber::*;
-    let alg = |oid: &[u8]| tlv(0x30, &cat(&[&tlv(0x06, oid), &[0x05, 0x00]]));
-    tlv(
-        0x30,
-        &cat(&[
-            &tlv(0xa0, &alg(hash)),
-            &tlv(
-                0xa1,
-                &tlv(0x30, &cat(&[&tlv(0x06, OID_MGF1), &alg(mgf_hash)])),
-            ),
-        ]),
-    )
-}
-
-/// Encrypts `secret` to `recipient_spki` the way KMS does: a random AES-256 CEK, RSA-OAEP-SHA-256
-/// of the CEK, AES-256-CBC/PKCS#7 of the secret, in a ContentInfo/EnvelopedData with a version-2
-/// KeyTransRecipientInfo (rid = subjectKeyIdentifier). Returns the bytes and the rid's range.
+/// KMS's EnvelopedData, built by the stand-in's builder (`cosigner_tests::kms_standin::envelope`).
 fn envelope(recipient_spki: &[u8], secret: &[u8], b: &Build) -> (Vec<u8>, std::ops::Range<usize>) {
-    use ber::*;
-    let mut cek = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut cek).unwrap();
-    let mut iv = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut iv).unwrap();
-    let public = PublicEncryptingKey::from_der(recipient_spki).unwrap();
-    let oaep = OaepPublicEncryptingKey::new(public).unwrap();
-    let mut encrypted_key = vec![0u8; oaep.ciphertext_size()];
-    let n = oaep
-        .encrypt(&OAEP_SHA256_MGF1SHA256, &cek, &mut encrypted_key, None)
-        .unwrap()
-        .len();
-    encrypted_key.truncate(n);
-    let aes = PaddedBlockEncryptingKey::cbc_pkcs7(UnboundCipherKey::new(&AES_256, &cek).unwrap())
-        .unwrap();
-    let mut content = secret.to_vec();
-    aes.less_safe_encrypt(
-        &mut content,
-        EncryptionContext::Iv128(FixedLength::from(iv)),
-    )
-    .unwrap();
-
-    let seq = |c: &[u8]| if b.ber { indef(0x30, c) } else { tlv(0x30, c) };
-    let ski = digest_of(recipient_spki);
-    let mut key_alg = tlv(0x06, b.key_alg_oid);
-    if let Some(p) = &b.oaep_params {
-        key_alg.extend_from_slice(p);
-    }
-    let rid = tlv(0x80, &ski);
-    let ktri = tlv(
-        0x30,
-        &cat(&[
-            &tlv(0x02, &[2]),
-            &rid,
-            &tlv(0x30, &key_alg),
-            &tlv(0x04, &encrypted_key),
-        ]),
-    );
-    let recipient_infos = tlv(0x31, &ktri);
-    let iv_field = tlv(0x04, &iv[..b.iv_len.min(16)]);
-    let content_alg = tlv(0x30, &cat(&[&tlv(0x06, b.content_alg_oid), &iv_field]));
-    let encrypted_content = match b.segment {
-        Some(size) => {
-            let segments: Vec<u8> = content.chunks(size).flat_map(|c| tlv(0x04, c)).collect();
-            if b.ber {
-                indef(0xa0, &segments)
-            } else {
-                tlv(0xa0, &segments)
-            }
-        }
-        None => tlv(0x80, &content),
-    };
-    let eci = seq(&cat(&[
-        &tlv(0x06, OID_DATA),
-        &content_alg,
-        &encrypted_content,
-    ]));
-    let enveloped = seq(&cat(&[&tlv(0x02, &[2]), &recipient_infos, &eci]));
-    let explicit = if b.ber {
-        indef(0xa0, &enveloped)
-    } else {
-        tlv(0xa0, &enveloped)
-    };
-    let out = seq(&cat(&[&tlv(0x06, OID_ENVELOPED), &explicit]));
-    let start = find(&out, &rid).unwrap();
-    (out, start..start + rid.len())
-}
-
-fn digest_of(data: &[u8]) -> Vec<u8> {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
-        .as_ref()
-        .to_vec()
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    kms_standin::envelope::envelope(recipient_spki, secret, b).unwrap()
 }
 
 const DATA_KEY: [u8; 32] = *b"0123456789abcdef0123456789abcdef";
@@ -622,149 +465,8 @@ fn random_bytes_never_panic_the_parser() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A KMS stand-in that implements `Recipient`, to run KmsSealer's production path end to end.
-
-/// The test attester's "document": a marker and the public key. The stand-in takes the key from
-/// it as KMS takes it from a verified document's `public_key`.
-const DOC_MARKER: &[u8] = b"test-attestation-document:";
-
-struct FakeKms {
-    addr: SocketAddr,
-    /// Every request's target and JSON body.
-    seen: Arc<Mutex<Vec<(String, Value)>>>,
-}
-
-/// How the stand-in misbehaves.
-#[derive(Clone, Copy, PartialEq)]
-enum Mode {
-    /// Like KMS.
-    Kms,
-    /// Ignores `Recipient` and answers the plaintext (like moto).
-    IgnoreRecipient,
-    /// Names another key in its answers (a KMS of another account, or a forged answer).
-    AnswerFor(&'static str),
-}
-
-impl FakeKms {
-    fn start(key_arn: &'static str) -> FakeKms {
-        Self::start_with(key_arn, Mode::Kms)
-    }
-
-    fn start_with(key_arn: &'static str, mode: Mode) -> FakeKms {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        std::thread::spawn(move || {
-            // CiphertextBlob = 16 random bytes naming (data key, context) in this map.
-            let mut keys: HashMap<Vec<u8>, ([u8; 32], Value)> = HashMap::new();
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { return };
-                let _ = serve_one(conn, key_arn, mode, &mut keys, &log);
-            }
-        });
-        FakeKms { addr, seen }
-    }
-}
-
-fn serve_one(
-    conn: TcpStream,
-    key_arn: &str,
-    mode: Mode,
-    keys: &mut HashMap<Vec<u8>, ([u8; 32], Value)>,
-    log: &Mutex<Vec<(String, Value)>>,
-) -> std::io::Result<()> {
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut headers = HashMap::new();
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    loop {
-        line.clear();
-        reader.read_line(&mut line)?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((n, v)) = l.split_once(':') {
-            headers.insert(n.to_ascii_lowercase(), v.trim().to_owned());
-        }
-    }
-    let len: usize = headers["content-length"].parse().unwrap();
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body)?;
-    let req: Value = serde_json::from_slice(&body).unwrap();
-    let target = headers["x-amz-target"].clone();
-    log.lock().unwrap().push((target.clone(), req.clone()));
-    assert!(headers["authorization"].starts_with("AWS4-HMAC-SHA256 Credential=AKIDTEST/"));
-    assert_eq!(headers["content-type"], "application/x-amz-json-1.1");
-
-    let recipient_spki = req["Recipient"]["AttestationDocument"]
-        .as_str()
-        .map(|d| B64.decode(d).unwrap())
-        .map(|doc| doc.strip_prefix(DOC_MARKER).unwrap().to_vec())
-        .filter(|_| mode != Mode::IgnoreRecipient);
-    let answer_key = match mode {
-        Mode::AnswerFor(other) => other,
-        _ => key_arn,
-    };
-    if let Some(alg) = req["Recipient"]["KeyEncryptionAlgorithm"].as_str() {
-        assert_eq!(alg, "RSAES_OAEP_SHA_256");
-    }
-    let wrong_key = req["KeyId"].as_str() != Some(key_arn);
-    let (status, answer) = match target.as_str() {
-        _ if wrong_key => (
-            400,
-            json!({"__type": "NotFoundException", "message": "no such key"}),
-        ),
-        "TrentService.GenerateDataKey" => {
-            assert_eq!(req["KeySpec"], "AES_256");
-            let mut data_key = [0u8; 32];
-            aws_lc_rs::rand::fill(&mut data_key).unwrap();
-            let mut id = vec![0u8; 16];
-            aws_lc_rs::rand::fill(&mut id).unwrap();
-            keys.insert(id.clone(), (data_key, req["EncryptionContext"].clone()));
-            let mut answer = json!({"KeyId": answer_key, "CiphertextBlob": B64.encode(&id)});
-            match &recipient_spki {
-                Some(spki) => {
-                    let (cfr, _) = envelope(spki, &data_key, &Build::default());
-                    answer["CiphertextForRecipient"] = json!(B64.encode(cfr));
-                }
-                None => answer["Plaintext"] = json!(B64.encode(data_key)),
-            }
-            (200, answer)
-        }
-        "TrentService.Decrypt" => {
-            let id = B64.decode(req["CiphertextBlob"].as_str().unwrap()).unwrap();
-            match keys.get(&id) {
-                Some((data_key, ctx)) if *ctx == req["EncryptionContext"] => {
-                    let mut answer = json!({"KeyId": answer_key});
-                    match &recipient_spki {
-                        Some(spki) => {
-                            let (cfr, _) = envelope(spki, data_key, &Build::default());
-                            answer["CiphertextForRecipient"] = json!(B64.encode(cfr));
-                        }
-                        None => answer["Plaintext"] = json!(B64.encode(data_key)),
-                    }
-                    (200, answer)
-                }
-                _ => (
-                    400,
-                    json!({"__type": "InvalidCiphertextException", "message": ""}),
-                ),
-            }
-        }
-        other => panic!("unexpected {other}"),
-    };
-    let body = serde_json::to_vec(&answer).unwrap();
-    let mut conn = conn;
-    write!(
-        conn,
-        "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )?;
-    conn.write_all(&body)?;
-    conn.flush()
-}
+// The KMS stand-in with `Recipient` (`cosigner_tests::kms_standin`), to run KmsSealer's
+// production path end to end.
 
 fn client_for(addr: SocketAddr, region: &str, creds: Credentials) -> KmsClient {
     KmsClient::new(
@@ -778,22 +480,32 @@ fn client_for(addr: SocketAddr, region: &str, creds: Credentials) -> KmsClient {
     .unwrap()
 }
 
+/// A plain-HTTP stand-in for `key_arn`, checking signatures by AKIDTEST/secret.
+fn fake_kms(key_arn: &str, behaviour: Behaviour) -> Server {
+    let mut config = StandinConfig::new(key_arn, "AKIDTEST").unwrap();
+    config.secret_access_key = Some("secret".to_owned().into());
+    config.behaviour = behaviour;
+    Server::plain(config).unwrap()
+}
+
 const FAKE_ARN: &str =
     "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
 const CTX: SealContext = SealContext::new("frost-key-package", [0xab; 16], 2, 7);
 
+/// Documents laid out as QEMU's emulated NSM writes them, unsigned; the stand-in reads their
+/// `public_key` as KMS reads a verified document's.
 fn test_attester() -> Arc<dyn RecipientAttester> {
     Arc::new(|public_key: &[u8]| -> Result<Vec<u8>, String> {
-        Ok([DOC_MARKER, public_key].concat())
+        kms_standin::unsigned_document(public_key).map_err(|e| e.to_string())
     })
 }
 
 #[test]
 fn kms_sealer_with_recipient_round_trips_through_a_kms_stand_in() {
-    let kms = FakeKms::start(FAKE_ARN);
+    let kms = fake_kms(FAKE_ARN, Behaviour::Kms);
     let creds = Credentials::new("AKIDTEST", "secret", Some("session-token".into()));
     let sealer = KmsSealer::new(
-        client_for(kms.addr, "eu-west-1", creds),
+        client_for(kms.addr(), "eu-west-1", creds),
         FAKE_ARN,
         test_attester(),
     )
@@ -806,7 +518,7 @@ fn kms_sealer_with_recipient_round_trips_through_a_kms_stand_in() {
 
     // What went over the wire: Recipient with the recipient key's document, the context, no
     // plaintext anywhere.
-    let seen = kms.seen.lock().unwrap().clone();
+    let seen = kms.requests();
     assert_eq!(seen.len(), 2);
     let (target, gdk) = &seen[0];
     assert_eq!(target, "TrentService.GenerateDataKey");
@@ -814,7 +526,7 @@ fn kms_sealer_with_recipient_round_trips_through_a_kms_stand_in() {
         .decode(gdk["Recipient"]["AttestationDocument"].as_str().unwrap())
         .unwrap();
     assert_eq!(
-        &doc[DOC_MARKER.len()..],
+        kms_standin::recipient_public_key(&doc).unwrap(),
         sealer.recipient_public_key().unwrap()
     );
     assert_eq!(gdk["EncryptionContext"]["cosigner:wallet"], "ab".repeat(16));
@@ -842,9 +554,9 @@ fn kms_sealer_refuses_answers_for_another_key_or_without_recipient_data() {
     const OTHER: &str =
         "arn:aws:kms:eu-west-1:444455556666:key/1234abcd-12ab-34cd-56ef-1234567890ab";
     let creds = Credentials::new("AKIDTEST", "secret", None);
-    let sealer_for = |kms: &FakeKms, key: &str| {
+    let sealer_for = |kms: &Server, key: &str| {
         KmsSealer::new(
-            client_for(kms.addr, "eu-west-1", creds.clone()),
+            client_for(kms.addr(), "eu-west-1", creds.clone()),
             key,
             test_attester(),
         )
@@ -852,7 +564,7 @@ fn kms_sealer_refuses_answers_for_another_key_or_without_recipient_data() {
     };
 
     // KMS does not know the key: a named AWS error.
-    let kms = FakeKms::start(OTHER);
+    let kms = fake_kms(OTHER, Behaviour::Kms);
     let err = sealer_for(&kms, FAKE_ARN).seal(&CTX, b"x").unwrap_err();
     assert!(
         matches!(&err, KmsError::AwsError { status: 400, error_type, .. } if error_type == "NotFoundException"),
@@ -860,21 +572,21 @@ fn kms_sealer_refuses_answers_for_another_key_or_without_recipient_data() {
     );
     // A blob under another key id is refused before KMS is asked.
     let foreign = sealer_for(&kms, OTHER).seal(&CTX, b"x").unwrap();
-    let seen = kms.seen.lock().unwrap().len();
+    let seen = kms.requests().len();
     assert!(matches!(
         sealer_for(&kms, FAKE_ARN).open(&CTX, &foreign),
         Err(KmsError::SealedBlobKeyMismatch { .. })
     ));
-    assert_eq!(kms.seen.lock().unwrap().len(), seen);
+    assert_eq!(kms.requests().len(), seen);
 
     // An answer naming another key (another account's KMS) is refused.
-    let kms = FakeKms::start_with(FAKE_ARN, Mode::AnswerFor(OTHER));
+    let kms = fake_kms(FAKE_ARN, Behaviour::AnswerFor(OTHER.to_owned()));
     let err = sealer_for(&kms, FAKE_ARN).seal(&CTX, b"x").unwrap_err();
     assert!(matches!(err, KmsError::AwsKeyMismatch { .. }), "{err:?}");
 
     // A server that ignores Recipient and answers the plaintext: the production sealer refuses
     // (it never takes a data key in clear); the insecure one, made for such servers, works.
-    let kms = FakeKms::start_with(FAKE_ARN, Mode::IgnoreRecipient);
+    let kms = fake_kms(FAKE_ARN, Behaviour::IgnoreRecipient);
     let err = sealer_for(&kms, FAKE_ARN).seal(&CTX, b"x").unwrap_err();
     assert!(
         err.to_string()
@@ -882,7 +594,7 @@ fn kms_sealer_refuses_answers_for_another_key_or_without_recipient_data() {
         "{err}"
     );
     let plain =
-        KmsSealer::insecure_without_recipient(client_for(kms.addr, "eu-west-1", creds), FAKE_ARN)
+        KmsSealer::insecure_without_recipient(client_for(kms.addr(), "eu-west-1", creds), FAKE_ARN)
             .unwrap();
     let blob = plain.seal(&CTX, b"y").unwrap();
     assert_eq!(plain.open(&CTX, &blob).unwrap().as_slice(), b"y");
