@@ -166,10 +166,9 @@ pub fn verify_receipt(receipt: &Receipt, trust: &Trust) -> Result<Checked> {
         hex::decode(&receipt.attestation).map_err(|_| refused("`attestation` is not hex"))?;
     let record = hex::decode(&receipt.record).map_err(|_| refused("`record` is not hex"))?;
     // Only for the time to check it at; nothing in it is trusted before it verifies below.
-    let parsed = if trust.accepts_emulated_nsm() {
-        parse_emulated_unsigned(&document)
-    } else {
-        parse_unverified(&document)
+    let parsed = match parse_emulated_unsigned(&document) {
+        Ok(parsed) if trust.accepts_emulated_nsm() => Ok(parsed),
+        _ => parse_unverified(&document),
     };
     let (_, unverified) = parsed.map_err(|e| ClientError::Attestation {
         reason: format!("the receipt's document: {e}"),
@@ -184,7 +183,7 @@ pub fn verify_receipt(receipt: &Receipt, trust: &Trust) -> Result<Checked> {
     let mut last = None;
     let verified = trust
         .anchor
-        .verifiers()
+        .verifiers_for(&document)
         .into_iter()
         .find_map(|verifier| match verifier.verify(&document, at, &expect) {
             Ok(v) => Some(v),
@@ -311,13 +310,14 @@ mod tests {
     #[test]
     fn a_receipt_under_emulated_nsm_checks_though_anyone_could_forge_it() {
         let (receipt, key, pcr0) = forged_receipt(1_750_000_000_000);
-        let checked = verify_receipt(&receipt, &trust(Anchor::EmulatedNsm, pcr0.clone())).unwrap();
+        let checked =
+            verify_receipt(&receipt, &trust(Anchor::EmulatedNsm(vec![]), pcr0.clone())).unwrap();
         assert_eq!(checked.key, key);
         assert_eq!(checked.entry.time_ms, 1_750_000_001_000);
         assert_eq!(checked.module_id, crate::qemu_nsm::QEMU_MODULE_ID);
 
         // Measurements still decide.
-        let other = trust(Anchor::EmulatedNsm, vec![9; 48]);
+        let other = trust(Anchor::EmulatedNsm(vec![]), vec![9; 48]);
         let err = verify_receipt(&receipt, &other).unwrap_err();
         assert!(matches!(err, ClientError::Attestation { .. }), "{err}");
     }

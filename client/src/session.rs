@@ -383,7 +383,7 @@ fn verify_document(
     expect: &Expectations,
 ) -> Result<VerifiedDoc> {
     let now = SystemTime::now();
-    let verifiers = trust.anchor.verifiers();
+    let verifiers = trust.anchor.verifiers_for(document);
     let mut last = None;
     for verifier in &verifiers {
         match verifier.verify(document, now, expect) {
@@ -528,7 +528,7 @@ IwLz3/Y=\n\
     #[test]
     fn emulated_nsm_trust_verifies_a_qemu_document_of_this_session() {
         let (document, pcr0) = qemu_document(Duration::from_secs(1));
-        let trust = trust(Anchor::EmulatedNsm, &pcr0);
+        let trust = trust(Anchor::EmulatedNsm(vec![]), &pcr0);
         let verified =
             verify_document("tcp://qemu:7101", &document, &trust, &expect(&trust)).unwrap();
         trust.check_measurements(&verified.doc).unwrap();
@@ -538,7 +538,7 @@ IwLz3/Y=\n\
     #[test]
     fn emulated_nsm_trust_refuses_a_qemu_document_of_another_session() {
         let (document, pcr0) = qemu_document(Duration::from_secs(1));
-        let trust = trust(Anchor::EmulatedNsm, &pcr0);
+        let trust = trust(Anchor::EmulatedNsm(vec![]), &pcr0);
         let mut other = expect(&trust);
         other.user_data = Some(vec![0x23; EXPORTER_LEN]);
         let err = verify_document("tcp://qemu:7101", &document, &trust, &other).unwrap_err();
@@ -549,7 +549,7 @@ IwLz3/Y=\n\
     fn emulated_nsm_trust_calls_an_old_document_of_this_session_a_clock_gap() {
         // The refusal is judged with the same verifier that refused it (QEMU's shape).
         let (document, pcr0) = qemu_document(Duration::from_secs(600));
-        let trust = trust(Anchor::EmulatedNsm, &pcr0);
+        let trust = trust(Anchor::EmulatedNsm(vec![]), &pcr0);
         let err =
             verify_document("tcp://qemu:7101", &document, &trust, &expect(&trust)).unwrap_err();
         assert!(matches!(err, ClientError::ClockAhead { .. }), "{err}");

@@ -18,7 +18,8 @@
 //! # `emulated_nsm = true`: QEMU's unsigned documents, TESTING ONLY
 //!
 //! ```toml
-//! emulated_nsm = true        # instead of `roots`: QEMU's emulated NSM, which signs nothing
+//! emulated_nsm = true        # QEMU's emulated NSM, which signs nothing
+//! roots = ["local-root.pem"] # optional: other cosigners of the same test (make nitro-emulate)
 //! [[measurement]]            # still required: the EIF's PCRs as QEMU reports them
 //! pcr0 = "…96 hex…"
 //! ```
@@ -28,10 +29,12 @@
 //! by [`cosigner_attestation::verify_emulated_unsigned`] instead of a pinned root: every check
 //! but the signature and the chain. That proves NOTHING about the enclave, since anyone can write
 //! such a document; every session accepted this way prints [`EMULATED_NSM_WARNING`] on stderr.
-//! It is one mode or the other: `emulated_nsm = true` with any `roots` is refused. Next to the
-//! unsigned mode a root would mean nothing (whoever could not get a root's signature would write
-//! an unsigned document instead), so a file holding both would look pinned and not be; refusing
-//! it keeps a trust file that names roots a file that needs them.
+//! A document of any other shape must still chain to one of `roots`, which may be listed beside
+//! it for the other cosigners of the same test (`make nitro-emulate`: the image in QEMU as the
+//! provider, a local recovery cosigner with its own root). They do not make the file pinned:
+//! next to the unsigned mode a root means nothing (whoever cannot get a root's signature writes
+//! an unsigned document instead), which is why every session under such a file, signed or not,
+//! prints the warning.
 //!
 //! `max_clock_skew_seconds` was added later and is optional, so older trust files stay valid and
 //! get the verifier's default ([`cosigner_attestation::DEFAULT_MAX_CLOCK_SKEW`]). The skew only
@@ -46,7 +49,7 @@ use std::time::SystemTime;
 
 use cosigner_attestation::{
     AttestationDoc, AttestationError, DEFAULT_MAX_CLOCK_SKEW, Expectations, PinnedRoot,
-    VerifiedDoc, verify, verify_emulated_unsigned,
+    VerifiedDoc, parse_emulated_unsigned, verify, verify_emulated_unsigned,
 };
 use serde::Deserialize;
 
@@ -98,10 +101,13 @@ pub enum Anchor {
     /// The document must be signed by a leaf that chains to one of these roots
     /// ([`cosigner_attestation::verify`]).
     Roots(Vec<PinnedRoot>),
-    /// TESTING ONLY (`emulated_nsm = true`): the document must be an unsigned one of QEMU's
-    /// emulated NSM ([`cosigner_attestation::verify_emulated_unsigned`]). Nothing vouches for
-    /// it: anyone can write one, so it proves nothing about the enclave.
-    EmulatedNsm,
+    /// TESTING ONLY (`emulated_nsm = true`): a document of QEMU's unsigned shape is checked as
+    /// one ([`cosigner_attestation::verify_emulated_unsigned`]); nothing vouches for it: anyone
+    /// can write one, so it proves nothing about the enclave. Any other document must chain to
+    /// one of these roots (possibly none), so that one trust file serves a session like
+    /// `make nitro-emulate`'s: the image in QEMU as the provider beside a local recovery
+    /// cosigner with its own root.
+    EmulatedNsm(Vec<PinnedRoot>),
 }
 
 /// One way of checking a document under an [`Anchor`]: a pinned root, or QEMU's unsigned shape.
@@ -129,11 +135,16 @@ impl Verifier<'_> {
 }
 
 impl Anchor {
-    /// The ways a document may pass, tried in order: each pinned root, or QEMU's unsigned shape.
-    pub fn verifiers(&self) -> Vec<Verifier<'_>> {
+    /// The ways `document` may pass, tried in order: each pinned root, or, under
+    /// [`Anchor::EmulatedNsm`] and only for a document of QEMU's unsigned shape, that shape alone.
+    pub fn verifiers_for(&self, document: &[u8]) -> Vec<Verifier<'_>> {
         match self {
-            Self::Roots(roots) => roots.iter().map(Verifier::Root).collect(),
-            Self::EmulatedNsm => vec![Verifier::EmulatedNsm],
+            Self::EmulatedNsm(_) if parse_emulated_unsigned(document).is_ok() => {
+                vec![Verifier::EmulatedNsm]
+            }
+            Self::Roots(roots) | Self::EmulatedNsm(roots) => {
+                roots.iter().map(Verifier::Root).collect()
+            }
         }
     }
 }
@@ -197,14 +208,6 @@ impl Trust {
             std::fs::read_to_string(path).map_err(|e| bad(path, crate::error::io_reason(&e)))?;
         let file: TrustFile =
             toml::from_str(&text).map_err(|e| bad(path, toml_reason(&text, &e)))?;
-        // One mode or the other (module docs): never roots and the unsigned mode together.
-        if file.emulated_nsm && !file.roots.is_empty() {
-            return Err(bad(
-                path,
-                "emulated_nsm = true and roots are exclusive: pin roots, or (for testing under \
-                 QEMU only) accept its unsigned documents, not both",
-            ));
-        }
         if !file.emulated_nsm && file.roots.is_empty() {
             return Err(bad(path, "pins no root certificate"));
         }
@@ -257,7 +260,7 @@ impl Trust {
         }
         Ok(Self {
             anchor: if file.emulated_nsm {
-                Anchor::EmulatedNsm
+                Anchor::EmulatedNsm(roots)
             } else {
                 Anchor::Roots(roots)
             },
@@ -270,7 +273,7 @@ impl Trust {
 
     /// Whether documents are accepted unsigned (`emulated_nsm = true`): TESTING ONLY.
     pub fn accepts_emulated_nsm(&self) -> bool {
-        matches!(self.anchor, Anchor::EmulatedNsm)
+        matches!(self.anchor, Anchor::EmulatedNsm(_))
     }
 
     /// Checks a verified document's PCRs against the allowed measurement sets.
@@ -337,12 +340,17 @@ IwLz3/Y=\n\
     fn emulated_nsm_without_roots_is_accepted_and_marked() {
         for head in ["emulated_nsm = true\n", "emulated_nsm = true\nroots = []\n"] {
             let trust = load(&measured(head)).unwrap();
-            assert!(matches!(trust.anchor, Anchor::EmulatedNsm), "{head}");
+            assert!(
+                matches!(trust.anchor, Anchor::EmulatedNsm(ref r) if r.is_empty()),
+                "{head}"
+            );
             assert!(trust.accepts_emulated_nsm());
             assert!(matches!(
-                trust.anchor.verifiers().as_slice(),
+                trust.anchor.verifiers_for(&qemu_document()).as_slice(),
                 [Verifier::EmulatedNsm]
             ));
+            // Any other document has no root to chain to.
+            assert!(trust.anchor.verifiers_for(b"not a document").is_empty());
             assert_eq!(trust.measurements.len(), 1);
             assert_eq!(trust.max_age, Duration::from_secs(300));
         }
@@ -354,11 +362,24 @@ IwLz3/Y=\n\
         assert!(!explicit.accepts_emulated_nsm());
     }
 
+    /// An unsigned document of QEMU's shape (the values do not matter here).
+    fn qemu_document() -> Vec<u8> {
+        crate::qemu_nsm::QemuAttestation::booted(1_000, &[1; 48], &[2; 48], &[3; 48]).document()
+    }
+
     #[test]
-    fn emulated_nsm_with_roots_is_refused() {
-        // A usable root and a measurement: holding both modes is the only fault.
-        let err = load(&file("emulated_nsm = true\n")).unwrap_err();
-        assert!(matches!(err, ClientError::Trust { .. }), "{err}");
+    fn emulated_nsm_with_roots_checks_other_documents_under_the_roots() {
+        // make nitro-emulate's trust file: QEMU's provider beside a local recovery cosigner.
+        let trust = load(&file("emulated_nsm = true\n")).unwrap();
+        assert!(matches!(trust.anchor, Anchor::EmulatedNsm(ref r) if r.len() == 1));
+        assert!(matches!(
+            trust.anchor.verifiers_for(&qemu_document()).as_slice(),
+            [Verifier::EmulatedNsm]
+        ));
+        assert!(matches!(
+            trust.anchor.verifiers_for(b"a signed document").as_slice(),
+            [Verifier::Root(_)]
+        ));
     }
 
     #[test]
