@@ -18,7 +18,7 @@
 #
 # Variables: QEMU (default qemu-system-x86_64), NITRO_BLOBS (required), VHOST_DEVICE_VSOCK (a
 # binary to use instead of building one; it must treat CID 3 as the host, see below),
-# EMULATE_DIR (target/nitro-emulate), EMULATE_PORT (7301: the parent; the recovery cosigner
+# EMULATE_ACCEL (kvm or tcg, below), EMULATE_DIR (target/nitro-emulate), EMULATE_PORT (7301: the parent; the recovery cosigner
 # uses EMULATE_PORT+100), BIN (target/debug), EMULATE_MEMORY (QEMU's -m, default 1G).
 #
 # Why vhost-device-vsock is patched: an enclave reaches its parent at CID 3 (AWS's fixed parent
@@ -60,15 +60,29 @@ for blob in bzImage bzImage.config cmdline nsm.ko; do
   [ -f "$NITRO_BLOBS/$blob" ] || missing "$NITRO_BLOBS/$blob is missing (the blobs: bzImage, bzImage.config, cmdline, nsm.ko)"
 done
 NITRO_BLOBS=$(cd "$NITRO_BLOBS" && pwd)
-if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
-  accel=(-enable-kvm -cpu host)
-else
-  echo "nitro-emulate: no usable /dev/kvm: QEMU runs under TCG (software), boot takes minutes" >&2
-  accel=(-accel tcg -cpu max)
+# EMULATE_ACCEL: kvm (default where /dev/kvm is usable) or tcg. Under nested virtualization KVM
+# may stall (seen on a Firecracker guest: the kernel never leaves its decompressor); TCG then
+# boots in seconds. arch-capabilities is left out: nested KVM refuses to set that MSR.
+accel_kind=${EMULATE_ACCEL:-}
+if [ -z "$accel_kind" ]; then
+  if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then accel_kind=kvm; else accel_kind=tcg; fi
 fi
+case "$accel_kind" in
+  kvm) accel=(-enable-kvm -cpu host,-arch-capabilities) ;;
+  tcg) accel=(-accel tcg -cpu max) ;;
+  *) missing "EMULATE_ACCEL=$accel_kind: expected kvm or tcg" ;;
+esac
 [ -x "$BIN/cosigner" ] && [ -x "$BIN/cosigner-parent" ] && [ -x "$BIN/cosigner-enclave" ] ||
   missing "the debug binaries are missing under $BIN: run make build"
 [ -x "$BIN/cosigner-kms-standin" ] || missing "$BIN/cosigner-kms-standin is missing: run make build"
+
+# The machine's firmware (bios-microvm.bin, qboot): a QEMU run from its build tree has none of
+# its own; Debian's seabios package ships it.
+# Debian's qemu-system-data ships the option ROMs (linuxboot_dma.bin) it loads.
+firmware=()
+for dir in /usr/share/seabios /usr/share/qemu; do
+  [ -d "$dir" ] && firmware+=(-L "$dir")
+done
 
 mkdir -p "$E"
 RUN="$E/run"
@@ -115,8 +129,12 @@ fi
 # 3. The KMS stand-in (Recipient, TLS under its own CA), kept for the whole run so that the
 # sealed state survives the enclave's restart.
 say "Starting the KMS stand-in (Recipient to the attested key, TLS as $KMS_HOST)"
+# The parent hands the enclave these credentials (source = "file"); the stand-in recomputes
+# every request's SigV4 signature with the secret.
+printf 'emulated-parent-secret' > "$RUN/aws-secret"
 "$BIN/cosigner-kms-standin" --listen 127.0.0.1:0 --host "$KMS_HOST" --key-arn "$KEY_ARN" \
-  --ca-out "$RUN/kms-ca.pem" --access-key-id AKIAEMULATEDPARENT00 > "$RUN/kms.out" 2> "$RUN/kms.log" &
+  --ca-out "$RUN/kms-ca.pem" --access-key-id AKIAEMULATEDPARENT00 \
+  --secret-access-key-file "$RUN/aws-secret" > "$RUN/kms.out" 2> "$RUN/kms.log" &
 pids+=($!)
 for _ in $(seq 100); do grep -q '^listening ' "$RUN/kms.out" 2> /dev/null && break; sleep 0.1; done
 kms_addr=$(sed -n 's/^listening //p' "$RUN/kms.out")
@@ -198,10 +216,11 @@ while True:
     conn.close()
 PY
 pids+=($!)
+touch "$RUN/heartbeats"
 
 boot() { # starts vhost-device-vsock and QEMU; waits for the heartbeat and an attested answer
   local start heartbeats_before
-  heartbeats_before=$(wc -l < "$RUN/heartbeats" 2> /dev/null || echo 0)
+  heartbeats_before=$(wc -l < "$RUN/heartbeats")
   rm -f "$RUN/vhost.sock"
   "$vhost" --vm "guest-cid=$GUEST_CID,socket=$RUN/vhost.sock,uds-path=$RUN/vsock.sock" \
     >> "$RUN/vhost.log" 2>&1 &
@@ -209,15 +228,15 @@ boot() { # starts vhost-device-vsock and QEMU; waits for the heartbeat and an at
   for _ in $(seq 100); do [ -S "$RUN/vhost.sock" ] && break; sleep 0.05; done
   start=$(now_ms)
   "$QEMU" -M "nitro-enclave,vsock=vsock,id=cosigner-emulate" -kernel "$eif" \
-    -m "$MEMORY" -smp 2 "${accel[@]}" -display none -serial "file:$RUN/console.$1.log" \
+    -m "$MEMORY" -smp 2 "${accel[@]}" "${firmware[@]}" -display none -serial "file:$RUN/console.$1.log" \
     -chardev "socket,id=vsock,path=$RUN/vhost.sock" >> "$RUN/qemu.log" 2>&1 &
   qemu_pid=$!
   for _ in $(seq 1200); do
-    [ "$(wc -l < "$RUN/heartbeats" 2> /dev/null || echo 0)" -gt "$heartbeats_before" ] && break
+    [ "$(wc -l < "$RUN/heartbeats")" -gt "$heartbeats_before" ] && break
     kill -0 "$qemu_pid" 2> /dev/null || { tail -20 "$RUN/console.$1.log" >&2; missing "QEMU exited before the heartbeat: $(tail -3 "$RUN/qemu.log")"; }
     sleep 0.1
   done
-  [ "$(wc -l < "$RUN/heartbeats" 2> /dev/null || echo 0)" -gt "$heartbeats_before" ] ||
+  [ "$(wc -l < "$RUN/heartbeats")" -gt "$heartbeats_before" ] ||
     { tail -20 "$RUN/console.$1.log" >&2; missing "no heartbeat from the enclave within 120 s"; }
   heartbeat_ms=$(( $(tail -1 "$RUN/heartbeats" | cut -d' ' -f1) - start ))
   for _ in $(seq 600); do
