@@ -52,7 +52,8 @@ say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 # 1. The tools.
 command -v "$QEMU" > /dev/null || missing "QEMU not found: QEMU=$QEMU (QEMU >= 9.2 built with libcbor and gnutls)"
 qemu_version=$("$QEMU" --version | head -1)
-if ! "$QEMU" -machine help | grep -q '^nitro-enclave '; then
+machines=$("$QEMU" -machine help 2>&1 || true)
+if ! grep -q '^nitro-enclave ' <<< "$machines"; then
   missing "$QEMU ($qemu_version) has no nitro-enclave machine: it needs QEMU >= 9.2 configured with libcbor and gnutls (Debian's packages are built without it)"
 fi
 [ -n "${NITRO_BLOBS:-}" ] || missing "NITRO_BLOBS is not set: a directory with bzImage, bzImage.config, cmdline and nsm.ko"
@@ -236,8 +237,19 @@ boot() { # starts vhost-device-vsock and QEMU; waits for the heartbeat and an at
     kill -0 "$qemu_pid" 2> /dev/null || { tail -20 "$RUN/console.$1.log" >&2; missing "QEMU exited before the heartbeat: $(tail -3 "$RUN/qemu.log")"; }
     sleep 0.1
   done
-  [ "$(wc -l < "$RUN/heartbeats")" -gt "$heartbeats_before" ] ||
-    { tail -20 "$RUN/console.$1.log" >&2; missing "no heartbeat from the enclave within 120 s"; }
+  if [ "$(wc -l < "$RUN/heartbeats")" -le "$heartbeats_before" ]; then
+    tail -5 "$RUN/console.$1.log" >&2
+    if [ "$accel_kind" = kvm ] && [ -z "${EMULATE_ACCEL:-}" ]; then
+      # Nested KVM that stalls (above): say so and boot again in software.
+      echo "nitro-emulate: no heartbeat under KVM within 120 s (nested virtualization?): booting under TCG; EMULATE_ACCEL=tcg skips this wait" >&2
+      halt
+      accel_kind=tcg
+      accel=(-accel tcg -cpu max)
+      boot "$1"
+      return
+    fi
+    missing "no heartbeat from the enclave within 120 s"
+  fi
   heartbeat_ms=$(( $(tail -1 "$RUN/heartbeats" | cut -d' ' -f1) - start ))
   for _ in $(seq 600); do
     "$BIN/cosigner" status > "$RUN/status.json" 2> /dev/null && break
