@@ -1,7 +1,7 @@
 //! What `make nitro-emulate` relies on that runs without QEMU: the parent's `hybrid-vsock:`
 //! relay (the host side of the emulated enclave's vsock, docs/nitro.md "Emulator") with real
 //! processes, and the script's refusals when a tool or blob is missing.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -82,9 +82,11 @@ fn hybrid_parent(dir: &Path, backend: &Path, port: u16, enclave_port: &str) -> C
         .stderr(std::fs::File::create(dir.join("parent.err")).unwrap())
         .spawn()
         .unwrap();
+    // Guarded at once: killed and waited for however the test ends.
+    let child = ChildGuard(child);
     for _ in 0..400 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return ChildGuard(child);
+            return child;
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
