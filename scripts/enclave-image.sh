@@ -11,7 +11,8 @@
 # Environment: SOURCE_DATE_EPOCH (default: the last commit's time), NITRO_BLOBS, KMS_KEY_ARN and
 # AWS_REGION (the KMS key the built-in configuration seals under; measured in PCR2; without
 # KMS_KEY_ARN a placeholder, for a reference image that will not start in an enclave),
-# ENCLAVE_CONFIG (a deployment's whole enclave.toml to bake in instead; not with KMS_KEY_ARN),
+# ENCLAVE_CONFIG (a deployment's whole enclave.toml to bake in instead; not with KMS_KEY_ARN;
+# one with [sealer] tls_roots only with ALLOW_PRIVATE_KMS_ROOTS=1, for emulator or test images),
 # ENCLAVE_OUT (default target/enclave), CARGO. Everything else that could leak into the bytes is
 # fixed here.
 set -euo pipefail
@@ -60,6 +61,14 @@ unset CARGO_BUILD_TARGET CARGO_ENCODED_RUSTFLAGS
 
 if [ -n "${ENCLAVE_CONFIG:-}" ]; then
     echo "enclave-image: configuration: $ENCLAVE_CONFIG"
+    # [sealer] tls_roots lets whoever holds those roots answer as KMS (docs/kms.md): only the
+    # emulator's images carry it, and they say so.
+    private_roots=$(python3 -c 'import sys, tomllib; print(len(tomllib.load(open(sys.argv[1], "rb")).get("sealer", {}).get("tls_roots", [])))' "$ENCLAVE_CONFIG") || {
+        echo "enclave-image: $ENCLAVE_CONFIG is not readable TOML" >&2; exit 1; }
+    if [ "$private_roots" != 0 ] && [ "${ALLOW_PRIVATE_KMS_ROOTS:-}" != 1 ]; then
+        echo "enclave-image: $ENCLAVE_CONFIG has [sealer] tls_roots: whoever holds them can answer as KMS; not for a deployment (ALLOW_PRIVATE_KMS_ROOTS=1 for an emulator or test image)" >&2
+        exit 1
+    fi
 elif [ -n "${KMS_KEY_ARN:-}" ]; then
     echo "enclave-image: configuration: built-in, sealing under $KMS_KEY_ARN"
 else
@@ -116,7 +125,7 @@ fi
     echo "gcc: $(gcc --version | head -1)"
     echo "ld: $(ld --version | head -1)"
     if [ -n "${ENCLAVE_CONFIG:-}" ]; then
-        echo "config: $(sha256sum "$ENCLAVE_CONFIG" | cut -d' ' -f1) $ENCLAVE_CONFIG"
+        echo "config: $(sha256sum "$ENCLAVE_CONFIG" | cut -d' ' -f1) $ENCLAVE_CONFIG${ALLOW_PRIVATE_KMS_ROOTS:+ (private KMS TLS roots allowed: an emulator or test image)}"
     else
         echo "config: built-in, KMS key ${KMS_KEY_ARN:-placeholder (not deployable)}${KMS_KEY_ARN:+, region ${AWS_REGION:-as in the ARN}}"
     fi

@@ -165,7 +165,7 @@ JSON
   echo 'kind = "nitro"'
 } > "$RUN/enclave.toml"
 say "Building the EIF (make enclave-image with NITRO_BLOBS=$NITRO_BLOBS)"
-ENCLAVE_CONFIG="$RUN/enclave.toml" NITRO_BLOBS="$NITRO_BLOBS" ENCLAVE_OUT="$E/image" \
+ENCLAVE_CONFIG="$RUN/enclave.toml" ALLOW_PRIVATE_KMS_ROOTS=1 NITRO_BLOBS="$NITRO_BLOBS" ENCLAVE_OUT="$E/image" \
   ./scripts/enclave-image.sh | tee "$RUN/enclave-image.log"
 eif="$E/image/cosigner-enclave.eif"
 pcr() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$E/image/pcrs.json" "$1"; }
