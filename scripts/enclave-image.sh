@@ -63,6 +63,8 @@ if [ -n "${ENCLAVE_CONFIG:-}" ]; then
     echo "enclave-image: configuration: $ENCLAVE_CONFIG"
     # [sealer] tls_roots lets whoever holds those roots answer as KMS (docs/kms.md): only the
     # emulator's images carry it, and they say so.
+    python3 -c 'import tomllib' 2> /dev/null || {
+        echo "enclave-image: ENCLAVE_CONFIG is checked with Python's tomllib (Python 3.11 or later)" >&2; exit 1; }
     private_roots=$(python3 -c 'import sys, tomllib; print(len(tomllib.load(open(sys.argv[1], "rb")).get("sealer", {}).get("tls_roots", [])))' "$ENCLAVE_CONFIG") || {
         echo "enclave-image: $ENCLAVE_CONFIG is not readable TOML" >&2; exit 1; }
     if [ "$private_roots" != 0 ] && [ "${ALLOW_PRIVATE_KMS_ROOTS:-}" != 1 ]; then

@@ -18,7 +18,8 @@
 #
 # Variables: QEMU (default qemu-system-x86_64), NITRO_BLOBS (required), VHOST_DEVICE_VSOCK (a
 # binary to use instead of building one; it must treat CID 3 as the host, see below),
-# EMULATE_ACCEL (kvm or tcg, below), EMULATE_DIR (target/nitro-emulate), EMULATE_PORT (7301: the parent; the recovery cosigner
+# EMULATE_ACCEL (kvm or tcg, below), EMULATE_DIR (target/nitro-emulate: the run's state, tools and
+# transcript), ENCLAVE_OUT (target/enclave: the image, as make enclave-image), EMULATE_PORT (7301: the parent; the recovery cosigner
 # uses EMULATE_PORT+100), BIN (target/debug), EMULATE_MEMORY (QEMU's -m, default 1G).
 #
 # Why vhost-device-vsock is patched: an enclave reaches its parent at CID 3 (AWS's fixed parent
@@ -33,11 +34,13 @@ ROOT=$(pwd)
 QEMU=${QEMU:-qemu-system-x86_64}
 E=${EMULATE_DIR:-$ROOT/target/nitro-emulate}
 BIN=${BIN:-$ROOT/target/debug}
-BIN=$(cd "$BIN" && pwd)
 PORT=${EMULATE_PORT:-7301}
 MEMORY=${EMULATE_MEMORY:-1G}
 MODULE=${COSIGNER_PKCS11_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 GUEST_CID=16
+# Where make enclave-image writes: the emulator's image replaces the reference one there, and
+# PCR0-2 reported by the emulated NSM are compared with its pcrs.json.
+IMAGE=${ENCLAVE_OUT:-$ROOT/target/enclave}
 KEY_ARN="arn:aws:kms:us-east-1:111122223333:key/0b5c1f4e-6f0e-4f53-9d0c-5e1d2e6b7a11"
 KMS_HOST="kms.emulated.cosigner.test"
 
@@ -73,6 +76,8 @@ case "$accel_kind" in
   tcg) accel=(-accel tcg -cpu max) ;;
   *) missing "EMULATE_ACCEL=$accel_kind: expected kvm or tcg" ;;
 esac
+[ -d "$BIN" ] || missing "no binaries at BIN=$BIN: run make build"
+BIN=$(cd "$BIN" && pwd)
 [ -x "$BIN/cosigner" ] && [ -x "$BIN/cosigner-parent" ] && [ -x "$BIN/cosigner-enclave" ] ||
   missing "the debug binaries are missing under $BIN: run make build"
 [ -x "$BIN/cosigner-kms-standin" ] || missing "$BIN/cosigner-kms-standin is missing: run make build"
@@ -85,6 +90,10 @@ for dir in /usr/share/seabios /usr/share/qemu; do
   [ -d "$dir" ] && firmware+=(-L "$dir")
 done
 
+case "$E" in
+  /*/*) ;;
+  *) missing "EMULATE_DIR=$E: expected an absolute directory below /, made for this (it holds run/, removed at each start)" ;;
+esac
 mkdir -p "$E"
 RUN="$E/run"
 rm -rf "$RUN"
@@ -165,10 +174,10 @@ JSON
   echo 'kind = "nitro"'
 } > "$RUN/enclave.toml"
 say "Building the EIF (make enclave-image with NITRO_BLOBS=$NITRO_BLOBS)"
-ENCLAVE_CONFIG="$RUN/enclave.toml" ALLOW_PRIVATE_KMS_ROOTS=1 NITRO_BLOBS="$NITRO_BLOBS" ENCLAVE_OUT="$E/image" \
+ENCLAVE_CONFIG="$RUN/enclave.toml" ALLOW_PRIVATE_KMS_ROOTS=1 NITRO_BLOBS="$NITRO_BLOBS" ENCLAVE_OUT="$IMAGE" \
   ./scripts/enclave-image.sh | tee "$RUN/enclave-image.log"
-eif="$E/image/cosigner-enclave.eif"
-pcr() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$E/image/pcrs.json" "$1"; }
+eif="$IMAGE/cosigner-enclave.eif"
+pcr() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$IMAGE/pcrs.json" "$1"; }
 built_pcr0=$(pcr PCR0)
 built_pcr1=$(pcr PCR1)
 built_pcr2=$(pcr PCR2)
@@ -300,6 +309,7 @@ reported_pcr2=$(json_of pcr2)
 echo "heartbeat after ${heartbeat_ms} ms, attested session after ${attested_ms} ms"
 python3 -m json.tool "$RUN/status.json"
 [ "$reported_pcr0" = "$built_pcr0" ] || missing "PCR0 reported by the emulated NSM ($reported_pcr0) differs from pcrs.json ($built_pcr0)"
+[ "$(json_of emulated_nsm)" = True ] || missing "the provider's document is not QEMU's unsigned one: is another cosigner listening on port $PORT?"
 
 say "A wallet with the emulated enclave (Shard B) and the recovery cosigner (Shard C)"
 session_start=$(now_ms)
@@ -344,6 +354,7 @@ kernel_version=$(file -b "$NITRO_BLOBS/bzImage" | sed -n 's/.*version \([^ ]*\).
   echo "vhost-device-vsock: $("$vhost" --version 2> /dev/null || echo unknown) (host CID 3)"
   echo "accelerator: ${accel[*]}"
   echo "EIF: $(stat -c %s "$eif") bytes, sha256 $(sha256sum "$eif" | cut -d' ' -f1)"
+  echo "attestation: QEMU's unsigned emulated NSM document (module $(json_of module_id)), accepted under emulated_nsm = true"
   echo "PCR0 built:    $built_pcr0"
   echo "PCR0 reported: $reported_pcr0"
   echo "PCR1 built:    $built_pcr1"

@@ -299,7 +299,8 @@ impl KmsSealerConfig {
         }
         if entries.is_empty() {
             anyhow::bail!(
-                "[sealer] tls_roots = []: would trust no KMS server; leave tls_roots out to use                  the public (webpki-roots) roots"
+                "[sealer] tls_roots = []: would trust no KMS server; leave tls_roots out to use \
+                 the public (webpki-roots) roots"
             );
         }
         if entries.len() > MAX_TLS_ROOTS {

@@ -88,6 +88,7 @@ fn kms_sealer(
         }
         (false, None) => Box::new(TlsTransport::webpki(Box::new(connect), &host)?),
         (false, Some(roots)) => {
+            only_under_an_emulated_nsm(attester.as_ref())?;
             // One line, at start: whoever holds one of these roots' keys can answer as KMS and
             // hand this enclave data keys it knows (docs/kms.md, `tls_roots`).
             eprintln!(
@@ -124,6 +125,32 @@ fn kms_sealer(
             .map_err(|e| e.to_string())
     });
     Ok(KmsSealer::new(client, &config.key_id, recipient)?)
+}
+
+/// `tls_roots` in the image's build (`nitro` without `local-attester`) only where the attester is
+/// QEMU's emulated NSM, whose documents are unsigned: a real NSM signs every document, so private
+/// KMS roots can never serve an enclave on Nitro hardware, whatever configuration was baked in
+/// (docs/kms.md, `tls_roots`). Local builds (the tests' stand-ins) are not limited.
+fn only_under_an_emulated_nsm(attester: &dyn Attester) -> anyhow::Result<()> {
+    if !cfg!(all(feature = "nitro", not(feature = "local-attester"))) {
+        return Ok(());
+    }
+    let document = attester
+        .attest(&AttestRequest {
+            nonce: None,
+            user_data: None,
+            public_key: None,
+        })
+        .map_err(|e| {
+            anyhow::anyhow!("[sealer] tls_roots: cannot ask the NSM for a document: {e}")
+        })?;
+    if cosigner_attestation::parse_emulated_unsigned(&document).is_err() {
+        anyhow::bail!(
+            "[sealer] tls_roots is for QEMU's emulated NSM only (make nitro-emulate) and this NSM \
+             signs its documents: refusing private KMS roots on Nitro hardware"
+        );
+    }
+    Ok(())
 }
 
 /// Anchors kept in the parent's own store: what `allow_unanchored_state` runs with. The parent can

@@ -18,20 +18,20 @@
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The longest answer line accepted: `OK ` and a decimal u32 and `\n` fit in 14 bytes.
 const MAX_ANSWER: usize = 32;
 
 /// Connects to `port` of the guest behind the backend socket `path`, waiting at most `timeout`
-/// for the backend's answer (a guest that is not listening is answered by the backend closing
-/// the socket). The returned stream has no timeouts set.
+/// in all for the backend's answer (a guest that is not listening is answered by the backend
+/// closing the socket). The returned stream has no timeouts set.
 pub fn connect(path: &Path, port: u32, timeout: Duration) -> io::Result<UnixStream> {
+    let deadline = Instant::now() + timeout;
     let mut stream = UnixStream::connect(path)?;
-    stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
-    read_ok(&mut stream, port)?;
+    read_ok(&mut stream, port, deadline)?;
     stream.set_read_timeout(None)?;
     stream.set_write_timeout(None)?;
     Ok(stream)
@@ -39,11 +39,26 @@ pub fn connect(path: &Path, port: u32, timeout: Duration) -> io::Result<UnixStre
 
 /// Reads the backend's answer one byte at a time, so that nothing of the guest's stream after
 /// the `\n` is consumed, and checks it is `OK <decimal>`.
-fn read_ok(stream: &mut impl Read, port: u32) -> io::Result<()> {
+/// Each read waits only for what is left until `deadline`: a backend that trickles bytes cannot
+/// hold the relay thread longer than one timeout.
+fn read_ok(stream: &mut UnixStream, port: u32, deadline: Instant) -> io::Result<()> {
     let mut line = Vec::with_capacity(MAX_ANSWER);
     let mut byte = [0_u8; 1];
     loop {
-        if stream.read(&mut byte)? == 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the vsock backend did not answer CONNECT in time",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        let read = match stream.read(&mut byte) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if read == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionRefused,
                 format!(
@@ -138,6 +153,32 @@ mod tests {
             let error = connect(&dir.path().join("v.sock"), 1, Duration::from_secs(5)).unwrap_err();
             assert_eq!(error.kind(), kind, "{answer:?}: {error}");
         }
+    }
+
+    #[test]
+    fn a_trickling_backend_is_bounded_by_one_timeout_in_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join("v.sock")).unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            // "OK " and then a digit every 40 ms: the line outgrows MAX_ANSWER after about a
+            // second, so a bound per byte would end in InvalidData, one in all in a timeout.
+            let _ = stream.write_all(b"OK ");
+            for _ in 0..40 {
+                std::thread::sleep(Duration::from_millis(40));
+                if stream.write_all(b"1").is_err() {
+                    return;
+                }
+            }
+        });
+        let error = connect(&dir.path().join("v.sock"), 1, Duration::from_millis(200)).unwrap_err();
+        assert!(
+            matches!(
+                error.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            "{error}"
+        );
     }
 
     #[test]

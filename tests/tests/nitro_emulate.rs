@@ -162,6 +162,7 @@ fn emulate(env: &[(&str, &Path)]) -> (Option<i32>, String) {
         .arg(root.join("scripts/nitro-emulate.sh"))
         .env_remove("NITRO_BLOBS")
         .env_remove("EMULATE_ACCEL")
+        .env_remove("BIN")
         .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
         .output()
         .unwrap();
@@ -222,4 +223,44 @@ fn nitro_emulate_names_what_is_missing_before_starting_anything() {
     ]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("EMULATE_ACCEL=abacus"), "{stderr}");
+}
+
+#[test]
+fn enclave_image_refuses_private_kms_roots_unless_allowed() {
+    // Checked before anything is built: the packer is a stand-in that must not run.
+    // Every TOML spelling of the key that the enclave's parser also reads.
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let roots = "[\"-----BEGIN CERTIFICATE-----\"]";
+    for (i, sealer) in [
+        format!("[sealer]\nkind = \"kms\"\ntls_roots = {roots}\n"),
+        format!("[sealer]\nkind = \"kms\"\n\"tls_roots\" = {roots}\n"),
+        format!("sealer.kind = \"kms\"\nsealer.tls_roots = {roots}\n"),
+        format!("sealer = {{ kind = \"kms\", tls_roots = {roots} }}\n"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let config = dir.path().join(format!("enclave-{i}.toml"));
+        std::fs::write(
+            &config,
+            format!("listen = \"vsock:4294967295:5000\"\n{sealer}"),
+        )
+        .unwrap();
+        let out = Command::new("bash")
+            .arg(root.join("scripts/enclave-image.sh"))
+            .env("ENCLAVE_CONFIG", &config)
+            // Neither the packer nor cargo may run: the refusal comes first.
+            .env("COSIGNER_PACKER", "/bin/false")
+            .env("CARGO", "/bin/false")
+            .env("ENCLAVE_OUT", dir.path().join("out"))
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .env_remove("ALLOW_PRIVATE_KMS_ROOTS")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{sealer}: {stderr}");
+        assert!(stderr.contains("tls_roots"), "{sealer}: {stderr}");
+        assert!(!dir.path().join("out").exists());
+    }
 }

@@ -136,6 +136,14 @@ fn run(cli: Cli) -> anyhow::Result<Value> {
                     .clone()
                     .context("set COSIGNER_TRUST (or give --trust FILE)")?,
             )?;
+            // Bitcoin Core drops a signer's stderr when it succeeds, so the unsigned mode's
+            // warning would never be seen: refused here outright.
+            if trust.accepts_emulated_nsm() {
+                anyhow::bail!(
+                    "the trust file accepts QEMU's unsigned emulated NSM documents \
+                     (emulated_nsm = true): cosigner-hwi refuses to sign with it"
+                );
+            }
             let addr = cli
                 .provider
                 .as_deref()

@@ -45,6 +45,10 @@ fn probe(addr: Option<&String>, trust: &cosigner_client::trust::Trust) -> Value 
                 "pcr0": doc.pcrs.get(&0).map(hex::encode),
                 "pcr1": doc.pcrs.get(&1).map(hex::encode),
                 "pcr2": doc.pcrs.get(&2).map(hex::encode),
+                // QEMU's unsigned document accepted under `emulated_nsm = true`: proves nothing.
+                "emulated_nsm": cosigner_attestation::parse_emulated_unsigned(
+                    session.raw_attestation()
+                ).is_ok(),
                 "audit_key": doc.public_key.as_ref().map(hex::encode),
             })
         }

@@ -320,6 +320,9 @@ impl StandinConfig {
     }
 }
 
+/// How many requests [`Standin::requests`] keeps (the latest).
+const MAX_RECORDED: usize = 256;
+
 /// The stand-in's logic: requests in, answers out, no sockets.
 pub struct Standin {
     config: StandinConfig,
@@ -488,10 +491,14 @@ impl Standin {
                 reason: "not a JSON object".to_owned(),
             });
         }
-        self.requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((target.to_owned(), body.clone()));
+        {
+            let mut requests = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
+            // The latest only: a long-running stand-in must not grow with every request.
+            if requests.len() == MAX_RECORDED {
+                requests.remove(0);
+            }
+            requests.push((target.to_owned(), body.clone()));
+        }
         self.authenticate(request)?;
         match target {
             "TrentService.GenerateDataKey" => self.generate_data_key(&body),
