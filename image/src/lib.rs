@@ -284,6 +284,10 @@ pub fn application_entries(init: Vec<u8>, enclave: Vec<u8>, config: Vec<u8>) -> 
     ]
 }
 
+/// The time of every bootstrap ramdisk entry: a constant, so that PCR1 depends on AWS's blobs
+/// alone (the application ramdisk carries `SOURCE_DATE_EPOCH`).
+pub const BOOTSTRAP_MTIME: u32 = 0;
+
 /// The bootstrap ramdisk's entries: the NSM driver alone (the init deletes it once loaded).
 pub fn bootstrap_entries(nsm_module: Vec<u8>) -> Vec<Entry> {
     vec![Entry::file(NSM_PATH, 0o444, nsm_module)]
@@ -356,8 +360,13 @@ pub fn build(options: &BuildOptions) -> Result<Pcrs, String> {
 
     let pcrs = match blobs {
         Some(blobs) => {
-            let bootstrap = cpio::write(&bootstrap_entries(blobs.nsm_module.clone()), mtime)
-                .map_err(|e| e.to_string())?;
+            // Dated 0, not SOURCE_DATE_EPOCH: PCR1 measures the kernel, its command line and this
+            // ramdisk, and must change only with AWS's blobs, not with every commit of ours.
+            let bootstrap = cpio::write(
+                &bootstrap_entries(blobs.nsm_module.clone()),
+                BOOTSTRAP_MTIME,
+            )
+            .map_err(|e| e.to_string())?;
             write_file(&out.join(files::BOOTSTRAP_RAMDISK), &bootstrap)?;
             let measured = eif::write(
                 &out.join(files::EIF),

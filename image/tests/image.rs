@@ -226,6 +226,28 @@ fn source_date_epoch_is_the_only_time_in_the_image() {
 }
 
 #[test]
+fn pcr1_depends_on_the_blobs_alone_not_on_source_date_epoch() {
+    let inputs = inputs();
+    let a = inputs.built("a", true);
+    let b = inputs.root.join("b");
+    ok(&build(
+        &inputs,
+        &b,
+        true,
+        &[("SOURCE_DATE_EPOCH", "1700000001")],
+    ));
+    assert_eq!(pcrs(&a)["PCR1"], pcrs(&b)["PCR1"]);
+    assert_ne!(pcrs(&a)["PCR2"], pcrs(&b)["PCR2"]);
+    assert_eq!(
+        read(&a, image::files::BOOTSTRAP_RAMDISK),
+        read(&b, image::files::BOOTSTRAP_RAMDISK)
+    );
+    for entry in cpio::read(&read(&b, image::files::BOOTSTRAP_RAMDISK)).unwrap() {
+        assert_eq!(entry.mtime, image::BOOTSTRAP_MTIME, "{}", entry.path);
+    }
+}
+
+#[test]
 fn the_ramdisk_holds_exactly_the_image_and_reads_back() {
     let inputs = inputs();
     let out = inputs.root.join("out");
