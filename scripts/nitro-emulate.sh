@@ -18,9 +18,11 @@
 #
 # Variables: QEMU (default qemu-system-x86_64), NITRO_BLOBS (required), VHOST_DEVICE_VSOCK (a
 # binary to use instead of building one; it must treat CID 3 as the host, see below),
-# EMULATE_ACCEL (kvm or tcg, below), EMULATE_DIR (target/nitro-emulate: the run's state, tools and
-# transcript), ENCLAVE_OUT (target/enclave: the image, as make enclave-image), EMULATE_PORT (7301: the parent; the recovery cosigner
-# uses EMULATE_PORT+100), BIN (target/debug), EMULATE_MEMORY (QEMU's -m, default 1G).
+# EMULATE_ACCEL (kvm or tcg; unset: kvm where /dev/kvm is usable, then tcg if KVM gives no
+# heartbeat in 120 s), EMULATE_DIR (target/nitro-emulate: the run's state, tools, transcript),
+# ENCLAVE_OUT (target/enclave: the image, as make enclave-image), EMULATE_PORT (7301: the parent;
+# the recovery cosigner uses EMULATE_PORT+100), BIN (target/debug), EMULATE_MEMORY (QEMU's -m,
+# default 1G).
 #
 # Why vhost-device-vsock is patched: an enclave reaches its parent at CID 3 (AWS's fixed parent
 # CID; cosigner-init's heartbeat and the store and KMS channels use it, and they are measured).
