@@ -756,12 +756,12 @@ fn bad() -> Vec<(&'static str, String, &'static str)> {
         (
             "enclave without scheme",
             with("enclave", "\"/e.sock\""),
-            "expected unix:PATH or vsock:CID:PORT",
+            "expected unix:PATH, vsock:CID:PORT or hybrid-vsock:PATH:PORT",
         ),
         (
             "enclave over tcp",
             with("enclave", "\"tcp:127.0.0.1:5000\""),
-            "expected unix:PATH or vsock:CID:PORT",
+            "expected unix:PATH, vsock:CID:PORT or hybrid-vsock:PATH:PORT",
         ),
         (
             "vsock without port",
