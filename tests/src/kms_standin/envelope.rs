@@ -14,22 +14,17 @@ use aws_lc_rs::rsa::{OAEP_SHA256_MGF1SHA256, OaepPublicEncryptingKey, PublicEncr
 
 use super::StandinError;
 
-/// id-envelopedData (RFC 5652 §6.1).
-pub const OID_ENVELOPED: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x03];
-/// id-data (RFC 5652 §4).
-pub const OID_DATA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x07, 0x01];
-/// id-RSAES-OAEP (RFC 8017 appendix C).
-pub const OID_OAEP: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x07];
+// The OIDs the enclave's parser also names are its own constants (one definition; the parser's
+// are held to a real KMS answer by `kms_aws::a_real_kms_answer_parses`). Only the algorithms it
+// must refuse are spelled here.
+pub use cosigner_kms::aws::cms::{
+    OID_AES256_CBC, OID_DATA, OID_ENVELOPED_DATA as OID_ENVELOPED, OID_MGF1,
+    OID_RSAES_OAEP as OID_OAEP, OID_SHA256,
+};
 /// rsaEncryption, i.e. RSAES-PKCS1-v1_5 as a key transport algorithm (RFC 3370 §4.2.1).
 pub const OID_RSA_PKCS1: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
-/// id-mgf1 (RFC 8017 appendix B.2.1).
-pub const OID_MGF1: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x08];
-/// id-sha256 (RFC 4055 §2.1).
-pub const OID_SHA256: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
 /// id-sha1.
 pub const OID_SHA1: &[u8] = &[0x2b, 0x0e, 0x03, 0x02, 0x1a];
-/// id-aes256-CBC (RFC 3565 §4.1).
-pub const OID_AES256_CBC: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x2a];
 /// id-aes128-CBC (RFC 3565 §4.1).
 pub const OID_AES128_CBC: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x01, 0x02];
 
