@@ -27,7 +27,7 @@ use cosigner_protocol::audit::{AuditEntry, AuditFault, open_record};
 use cosigner_protocol::wire::WalletId;
 use serde::{Deserialize, Serialize};
 
-use crate::trust::{EMULATED_NSM_WARNING, Trust};
+use crate::trust::{EMULATED_NSM_WARNING, Trust, Verifier};
 use crate::{ClientError, Result};
 
 /// Largest signed record a receipt may hold (an audit entry is a few hundred bytes).
@@ -165,9 +165,11 @@ pub fn verify_receipt(receipt: &Receipt, trust: &Trust) -> Result<Checked> {
     let document =
         hex::decode(&receipt.attestation).map_err(|_| refused("`attestation` is not hex"))?;
     let record = hex::decode(&receipt.record).map_err(|_| refused("`record` is not hex"))?;
+    // The anchor decides once how this document is read: QEMU's unsigned shape or signed.
+    let verifiers = trust.anchor.verifiers_for(&document);
     // Only for the time to check it at; nothing in it is trusted before it verifies below.
-    let parsed = match parse_emulated_unsigned(&document) {
-        Ok(parsed) if trust.accepts_emulated_nsm() => Ok(parsed),
+    let parsed = match verifiers.as_slice() {
+        [Verifier::EmulatedNsm] => parse_emulated_unsigned(&document),
         _ => parse_unverified(&document),
     };
     let (_, unverified) = parsed.map_err(|e| ClientError::Attestation {
@@ -181,9 +183,7 @@ pub fn verify_receipt(receipt: &Receipt, trust: &Trust) -> Result<Checked> {
         ..Default::default()
     };
     let mut last = None;
-    let verified = trust
-        .anchor
-        .verifiers_for(&document)
+    let verified = verifiers
         .into_iter()
         .find_map(|verifier| match verifier.verify(&document, at, &expect) {
             Ok(v) => Some(v),
