@@ -267,9 +267,10 @@ pub struct KmsSealerConfig {
     /// that **replace** the Mozilla roots of `webpki-roots` for the KMS TLS connection: for a
     /// KMS-compatible endpoint under a private CA, such as the local stand-in with `Recipient`
     /// when the real image runs in an emulator. Whoever holds such a root's key can answer as KMS
-    /// and hand the enclave data keys it knows, so production images must not carry it; it is
-    /// allowed in a Nitro build because it is measured (PCR2) and visible in the published
-    /// configuration. 1 to [`MAX_TLS_ROOTS`] certificates; checked at load
+    /// and hand the enclave data keys it knows, so production images must not carry it; a Nitro
+    /// build accepts the key because it is measured (PCR2) and visible in the published
+    /// configuration, and uses it only under QEMU's unsigned NSM (the enclave's start refuses it
+    /// on hardware). 1 to [`MAX_TLS_ROOTS`] certificates; checked at load
     /// ([`KmsSealerConfig::tls_root_store`]).
     #[serde(default)]
     pub tls_roots: Option<Vec<String>>,
@@ -288,7 +289,6 @@ impl KmsSealerConfig {
     /// (`insecure_plain_http`) are refused.
     pub fn tls_root_store(&self) -> anyhow::Result<Option<rustls::RootCertStore>> {
         use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::{PemObject, SectionKind};
         let Some(entries) = &self.tls_roots else {
             return Ok(None);
         };
@@ -309,43 +309,49 @@ impl KmsSealerConfig {
                 entries.len()
             );
         }
-        const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-        const END: &str = "-----END CERTIFICATE-----";
         let mut roots = rustls::RootCertStore::empty();
         let mut seen: Vec<Vec<u8>> = Vec::new();
         for (i, entry) in entries.iter().enumerate() {
             let at = format!("[sealer] tls_roots[{i}]");
-            if entry.len() > MAX_TLS_ROOT_PEM_LEN {
-                anyhow::bail!(
-                    "{at} is {} bytes, at most {MAX_TLS_ROOT_PEM_LEN}",
-                    entry.len()
-                );
-            }
-            let text = entry.trim();
-            let sections = text.matches("-----BEGIN ").count();
-            if sections > 1 {
-                anyhow::bail!("{at} holds {sections} PEM sections: give one certificate per entry");
-            }
-            if !text.starts_with(BEGIN) || !text.ends_with(END) || sections != 1 {
-                anyhow::bail!(
-                    "{at} is not one PEM certificate ({BEGIN} … {END}, nothing around it)"
-                );
-            }
-            let parsed: Vec<_> = <(SectionKind, Vec<u8>)>::pem_slice_iter(text.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|e| anyhow::anyhow!("{at} is not valid PEM: {e}"))?;
-            let [(SectionKind::Certificate, der)] = parsed.as_slice() else {
-                anyhow::bail!("{at} is not one PEM certificate");
-            };
-            if let Some(j) = seen.iter().position(|d| d == der) {
+            let der = tls_root_der(&at, entry)?;
+            if let Some(j) = seen.iter().position(|d| *d == der) {
                 anyhow::bail!("{at} repeats tls_roots[{j}]");
             }
             roots.add(CertificateDer::from(der.clone())).map_err(|e| {
                 anyhow::anyhow!("{at} is not an X.509 certificate usable as a root: {e}")
             })?;
-            seen.push(der.clone());
+            seen.push(der);
         }
         Ok(Some(roots))
+    }
+}
+
+/// One `tls_roots` entry's DER: at most [`MAX_TLS_ROOT_PEM_LEN`] bytes holding exactly one PEM
+/// `CERTIFICATE` section with nothing around it (`at` names the entry in errors).
+fn tls_root_der(at: &str, entry: &str) -> anyhow::Result<Vec<u8>> {
+    use rustls::pki_types::pem::{PemObject, SectionKind};
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    if entry.len() > MAX_TLS_ROOT_PEM_LEN {
+        anyhow::bail!(
+            "{at} is {} bytes, at most {MAX_TLS_ROOT_PEM_LEN}",
+            entry.len()
+        );
+    }
+    let text = entry.trim();
+    let sections = text.matches("-----BEGIN ").count();
+    if sections > 1 {
+        anyhow::bail!("{at} holds {sections} PEM sections: give one certificate per entry");
+    }
+    if !text.starts_with(BEGIN) || !text.ends_with(END) || sections != 1 {
+        anyhow::bail!("{at} is not one PEM certificate ({BEGIN} … {END}, nothing around it)");
+    }
+    let parsed: Vec<_> = <(SectionKind, Vec<u8>)>::pem_slice_iter(text.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("{at} is not valid PEM: {e}"))?;
+    match parsed.as_slice() {
+        [(SectionKind::Certificate, der)] => Ok(der.clone()),
+        _ => anyhow::bail!("{at} is not one PEM certificate"),
     }
 }
 
@@ -502,8 +508,9 @@ impl Config {
 /// What a Nitro enclave build refuses of a `[sealer] kind = "kms"` (checked only in that build):
 /// a credentials file (an enclave cannot read the parent's files), the test-only switches, and the
 /// placeholder key of the reference image (account `000000000000`, `make enclave-image` without
-/// `KMS_KEY_ARN`). `tls_roots` is allowed: like everything in the configuration it is measured
-/// (PCR2), so whoever pins the image sees it, and the enclave logs it at start.
+/// `KMS_KEY_ARN`). `tls_roots` passes here: like everything in the configuration it is measured
+/// (PCR2), so whoever pins the image sees it; the enclave logs it at start and refuses it unless
+/// its NSM is QEMU's unsigned one (`only_under_an_emulated_nsm` in `run.rs`).
 pub fn enclave_build_checks(kms: &KmsSealerConfig) -> anyhow::Result<()> {
     if kms.credentials_file.is_some() {
         anyhow::bail!(
