@@ -55,8 +55,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use ciborium::Value as Cbor;
-use cosigner_attestation::AttestationDoc;
+use cosigner_attestation::cose::CoseSign1;
+use cosigner_attestation::emulated::{QEMU_PLACEHOLDER_LEN, QEMU_PROTECTED_HEADER};
+use cosigner_attestation::{AttestationDoc, parse_emulated_unsigned, parse_unverified};
 use cosigner_kms::aws::sigv4;
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
@@ -78,8 +79,6 @@ pub const MAX_DOCUMENT_LEN: usize = cosigner_attestation::document::MAX_DOCUMENT
 const BLOB_VERSION: u8 = 1;
 /// Domain tag of the blobs' associated data.
 const BLOB_DOMAIN: &[u8] = b"cosigner-kms-standin-blob-v1";
-/// Nesting limit while decoding a document (a real one is three levels deep).
-const CBOR_RECURSION_LIMIT: usize = 16;
 
 /// Why the stand-in refused a request or could not start, by kind. [`StandinError::aws`] maps
 /// each request error to the HTTP status and AWS error type KMS answers with.
@@ -802,91 +801,54 @@ fn encryption_context(body: &Value) -> Result<BTreeMap<String, String>, StandinE
     }
 }
 
-/// The `public_key` (DER SubjectPublicKeyInfo) of an attestation document, **UNVERIFIED**: the
-/// COSE_Sign1 (RFC 9052 §4.2; tagged or not) is taken apart without looking at its protected
-/// header or signature, and its payload decoded by `cosigner_attestation`'s
-/// [`AttestationDoc::decode`] (every field within AWS's limits). That reads the NSM's documents and
-/// QEMU's emulated ones (alg `-1`, zero signature and certificate) alike.
+/// The `public_key` (DER SubjectPublicKeyInfo) of an attestation document, **UNVERIFIED**: read
+/// by `cosigner_attestation`'s own decoders, [`parse_unverified`] for the NSM's signed documents
+/// and [`parse_emulated_unsigned`] for QEMU's emulated ones (alg `-1`, zero signature and
+/// certificate); neither checks a signature, and both cap the size and hold every field to AWS's
+/// limits.
 pub fn recipient_public_key(document: &[u8]) -> Result<Vec<u8>, StandinError> {
     let reason = |r: String| StandinError::Recipient { reason: r };
-    if document.len() > MAX_DOCUMENT_LEN {
-        return Err(reason(format!(
-            "attestation document of {} bytes, at most {MAX_DOCUMENT_LEN}",
-            document.len()
-        )));
-    }
-    let mut reader = document;
-    let value: Cbor =
-        ciborium::de::from_reader_with_recursion_limit(&mut reader, CBOR_RECURSION_LIMIT)
-            .map_err(|e| reason(format!("attestation document is not CBOR: {e}")))?;
-    if !reader.is_empty() {
-        return Err(reason("attestation document has trailing bytes".to_owned()));
-    }
-    let value = match value {
-        Cbor::Tag(18, inner) => *inner,
-        other => other,
-    };
-    let Cbor::Array(items) = value else {
-        return Err(reason(
-            "attestation document is not a COSE_Sign1 array".to_owned(),
-        ));
-    };
-    let [_, _, Cbor::Bytes(payload), _] = items.as_slice() else {
-        return Err(reason(
-            "attestation document is not a COSE_Sign1 of four items with a byte-string payload"
-                .to_owned(),
-        ));
-    };
-    let doc = AttestationDoc::decode(payload)
-        .map_err(|e| reason(format!("attestation document payload: {e}")))?;
+    let (_, doc) = parse_unverified(document)
+        .or_else(|signed| parse_emulated_unsigned(document).map_err(|_| signed))
+        .map_err(|e| reason(format!("attestation document: {e}")))?;
     doc.public_key
         .ok_or_else(|| reason("the attestation document has no public_key".to_owned()))
 }
 
 /// An unsigned attestation document binding `public_key`, laid out as QEMU's emulated NSM
-/// writes it (`hw/virtio/virtio-nsm.c`): protected header `{1: -1}`, an empty unprotected
-/// header, the NSM's nine payload fields (PCR0–2 of zeros, a 64-byte zero certificate and CA
-/// bundle), and 64 zero bytes of signature. For tests: nothing verifies it, so nothing may trust
-/// it but this stand-in.
+/// writes it (`hw/virtio/virtio-nsm.c`): protected header `{1: -1}`
+/// ([`QEMU_PROTECTED_HEADER`]), the NSM's payload fields (PCR0–2 of zeros, a 64-byte zero
+/// certificate and CA bundle), and 64 zero bytes of signature. For tests: nothing verifies it, so
+/// nothing may trust it but this stand-in.
 pub fn unsigned_document(public_key: &[u8]) -> Result<Vec<u8>, StandinError> {
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(1)
         .max(1);
+    let encoding = |e: cosigner_attestation::AttestationError| StandinError::Recipient {
+        reason: e.to_string(),
+    };
     let payload = AttestationDoc {
         module_id: "i-0000000000000000-enc0000000000000000".to_owned(),
         digest: "SHA384".to_owned(),
         timestamp,
         pcrs: (0..=2u8).map(|i| (i, vec![0u8; 48])).collect(),
-        certificate: vec![0u8; 64],
-        cabundle: vec![vec![0u8; 64]],
+        certificate: vec![0u8; QEMU_PLACEHOLDER_LEN],
+        cabundle: vec![vec![0u8; QEMU_PLACEHOLDER_LEN]],
         public_key: Some(public_key.to_vec()),
         user_data: None,
         nonce: None,
     }
     .encode()
-    .map_err(|e| StandinError::Recipient {
-        reason: e.to_string(),
-    })?;
-    let cbor = |v: &Cbor| {
-        let mut out = Vec::new();
-        ciborium::ser::into_writer(v, &mut out)
-            .map(|()| out)
-            .map_err(|_| StandinError::Crypto {
-                what: "CBOR encoding",
-            })
-    };
-    let protected = cbor(&Cbor::Map(vec![(
-        Cbor::Integer(1.into()),
-        Cbor::Integer((-1).into()),
-    )]))?;
-    cbor(&Cbor::Array(vec![
-        Cbor::Bytes(protected),
-        Cbor::Map(vec![]),
-        Cbor::Bytes(payload),
-        Cbor::Bytes(vec![0u8; 64]),
-    ]))
+    .map_err(encoding)?;
+    CoseSign1 {
+        protected: QEMU_PROTECTED_HEADER.to_vec(),
+        payload,
+        signature: vec![0u8; QEMU_PLACEHOLDER_LEN],
+    }
+    .encode()
+    .map_err(encoding)
 }
 
 /// A stand-in serving on a listener in a thread of this process; stops when dropped.
