@@ -143,6 +143,21 @@ pub fn parse_emulated_unsigned(document: &[u8]) -> Result<(CoseSign1, Attestatio
     Ok((cose, doc))
 }
 
+/// Decodes a document without verifying anything, whether the NSM's (signed) or QEMU's unsigned
+/// shape: for display (`inspect`) and for test tools that only read. The flag is `true` for
+/// QEMU's; a document that is neither gets the signed decoder's error
+/// ([`crate::parse_unverified`]).
+///
+/// The result is UNVERIFIED: anyone can write either kind.
+pub fn parse_signed_or_emulated(document: &[u8]) -> Result<(CoseSign1, AttestationDoc, bool)> {
+    match crate::parse_unverified(document) {
+        Ok((cose, doc)) => Ok((cose, doc, false)),
+        Err(signed) => parse_emulated_unsigned(document)
+            .map(|(cose, doc)| (cose, doc, true))
+            .map_err(|_| signed),
+    }
+}
+
 /// Checks a document of QEMU's emulated NSM as of `at` against `expect`: TESTING ONLY, it proves
 /// nothing (see the [module documentation](self)).
 ///

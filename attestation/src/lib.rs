@@ -29,7 +29,9 @@ mod verify;
 pub use attester::{AttestRequest, Attester};
 pub use chain::{CertificateSummary, PinnedRoot, certificate_summary};
 pub use document::AttestationDoc;
-pub use emulated::{EmulatedPart, parse_emulated_unsigned, verify_emulated_unsigned};
+pub use emulated::{
+    EmulatedPart, parse_emulated_unsigned, parse_signed_or_emulated, verify_emulated_unsigned,
+};
 pub use error::{AttestationError, Result};
 #[cfg(feature = "local-attester")]
 pub use local::LocalAttester;

@@ -10,7 +10,7 @@ use clap::Subcommand;
 use cosigner_attestation::document::MAX_DOCUMENT_SIZE;
 use cosigner_attestation::{
     AttestationDoc, DEFAULT_MAX_CLOCK_SKEW, Expectations, PinnedRoot, certificate_summary,
-    parse_emulated_unsigned, parse_unverified, verify, verify_emulated_unsigned,
+    parse_signed_or_emulated, verify, verify_emulated_unsigned,
 };
 use serde_json::{Value, json};
 
@@ -144,15 +144,8 @@ pub fn run(cmd: AttestationCommand) -> anyhow::Result<()> {
             let bytes = read_document(&doc)?;
             // A document of QEMU's emulated NSM is shown too, said to be one: it can only ever
             // be read, never verified as signed.
-            let (cose, parsed, emulated) = match parse_unverified(&bytes) {
-                Ok((cose, parsed)) => (cose, parsed, false),
-                Err(e) => match parse_emulated_unsigned(&bytes) {
-                    Ok((cose, parsed)) => (cose, parsed, true),
-                    Err(_) => {
-                        bail!("cannot parse at check `{}`: {e}", e.check())
-                    }
-                },
-            };
+            let (cose, parsed, emulated) = parse_signed_or_emulated(&bytes)
+                .map_err(|e| anyhow::anyhow!("cannot parse at check `{}`: {e}", e.check()))?;
             let mut out = doc_json(&parsed);
             out.insert("status".into(), json!("UNVERIFIED"));
             if emulated {

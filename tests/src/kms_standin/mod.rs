@@ -57,7 +57,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use cosigner_attestation::cose::CoseSign1;
 use cosigner_attestation::emulated::{QEMU_PLACEHOLDER_LEN, QEMU_PROTECTED_HEADER};
-use cosigner_attestation::{AttestationDoc, parse_emulated_unsigned, parse_unverified};
+use cosigner_attestation::{AttestationDoc, parse_signed_or_emulated};
 use cosigner_kms::aws::sigv4;
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
@@ -802,14 +802,13 @@ fn encryption_context(body: &Value) -> Result<BTreeMap<String, String>, StandinE
 }
 
 /// The `public_key` (DER SubjectPublicKeyInfo) of an attestation document, **UNVERIFIED**: read
-/// by `cosigner_attestation`'s own decoders, [`parse_unverified`] for the NSM's signed documents
-/// and [`parse_emulated_unsigned`] for QEMU's emulated ones (alg `-1`, zero signature and
+/// by `cosigner_attestation`'s own decoders ([`parse_signed_or_emulated`]), for the NSM's signed
+/// documents and QEMU's emulated ones (alg `-1`, zero signature and
 /// certificate); neither checks a signature, and both cap the size and hold every field to AWS's
 /// limits.
 pub fn recipient_public_key(document: &[u8]) -> Result<Vec<u8>, StandinError> {
     let reason = |r: String| StandinError::Recipient { reason: r };
-    let (_, doc) = parse_unverified(document)
-        .or_else(|signed| parse_emulated_unsigned(document).map_err(|_| signed))
+    let (_, doc, _) = parse_signed_or_emulated(document)
         .map_err(|e| reason(format!("attestation document: {e}")))?;
     doc.public_key
         .ok_or_else(|| reason("the attestation document has no public_key".to_owned()))
