@@ -9,7 +9,8 @@ QEMU ?= qemu-system-x86_64
 
 all: build
 
-## deps: SoftHSM and OpenSC from Debian's packages, cargo-nextest from crates.io, moto[server]
+## deps: SoftHSM, OpenSC and PostgreSQL (its binaries only: no system cluster is made or started)
+## from Debian's packages, cargo-nextest from crates.io, moto[server]
 ## (the KMS tests' local server) and eth-account, eth-tester[py-evm] (the Ethereum tests' independent
 ## checkers) from PyPI, when missing.
 deps:
@@ -19,6 +20,13 @@ deps:
 		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 opensc >/dev/null; \
 	fi
 	@command -v cargo-nextest >/dev/null || $(CARGO) install --locked cargo-nextest
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "installing postgresql (private clusters for make up DB=postgres and the store tests; no system cluster)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO mkdir -p /etc/postgresql-common/createcluster.d && \
+		echo 'create_main_cluster = false' | $$SUDO tee /etc/postgresql-common/createcluster.d/cosigner.conf >/dev/null && \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	fi
 	@python3 -c 'import moto.server' 2>/dev/null || { \
 		echo "installing moto[server] from PyPI (local KMS-compatible server for tests/tests/kms_aws.rs)"; \
 		python3 -m pip install --quiet 'moto[server]' || \
@@ -52,9 +60,13 @@ clippy:
 lint: fmt clippy
 
 ## nextest: one process per test (PKCS#11's C_Initialize is once per process). Process-level
-## tests start the binaries built by `build`.
+## tests start the binaries built by `build`. The PostgreSQL store tests must run (not skip), on
+## one private cluster under target/pg-test (tests/src/postgres.rs), stopped after the run
+## whatever its outcome.
+PG_TEST_DIR ?= $(or $(CARGO_TARGET_DIR),target)/pg-test
 nextest: build
-	$(CARGO) nextest run --locked --workspace --all-features --no-fail-fast
+	COSIGNER_REQUIRE_POSTGRES=1 $(CARGO) nextest run --locked --workspace --all-features --no-fail-fast; \
+	rc=$$?; . scripts/lib.sh && stop_postgres "$(PG_TEST_DIR)"; exit $$rc
 
 ## test: everything CI checks.
 test: deps lint nextest
@@ -69,6 +81,7 @@ bench: deps
 	$(CARGO) build --locked --release --bins
 	$(CARGO) bench --locked -p cosigner-tests --bench wallet
 	$(CARGO) bench --locked -p cosigner-tests --bench dao
+	$(CARGO) bench --locked -p cosigner-tests --bench anchors
 	$(CARGO) bench --locked -p cosigner-tests --bench kms
 
 ## fuzz: a short libFuzzer run of each decoder (not in CI). Stable toolchain with RUSTC_BOOTSTRAP,
@@ -98,8 +111,10 @@ demo-attestation: deps build
 	./scripts/demo-attestation.sh
 
 ## up: provider and recovery cosigners on loopback, state under .dev/ (see scripts/up.sh).
+## DB=postgres: the provider's parent keeps its store and mailbox in a private PostgreSQL
+## cluster under .dev/postgres (the recovery cosigner stays on SQLite).
 up: deps build
-	./scripts/up.sh
+	DB="$(DB)" ./scripts/up.sh
 
 ## down: stop them (state is kept).
 down:
@@ -130,3 +145,12 @@ nitro-blobs:
 ## every output byte for byte (docs/nitro.md).
 repro-check:
 	./scripts/repro-check.sh
+
+.PHONY: soak
+
+## soak: SOAK_SECONDS (300) of 50 clients signing and refreshing over 50 wallets against a fresh
+## `make up DB=postgres ENCLAVES=2` in target/soak/ (its own ports), one enclave instance killed
+## and restarted halfway; one JSON line (requests, errors, sign_ms_p50/p99, signs_per_sec, RSS
+## per process, lost_wallets). Not part of `make test` (scripts/soak.sh, docs/deployment.md).
+soak: deps build
+	./scripts/soak.sh

@@ -11,13 +11,23 @@
 #       it (`[enrollment] mode = "token"`); the recovery cosigner stays open (`mode = "open"`)
 #   .dev/trust.toml the client's trust file (both operator roots, PCR0 of the enclave binary)
 #   .dev/cosigner.env  `. .dev/cosigner.env` puts `cosigner` on the PATH and exports
-#       COSIGNER_PROVIDER, COSIGNER_RECOVERY, COSIGNER_TRUST, COSIGNER_MAILBOX and, unless already
-#       set, COSIGNER_HOME (.dev/home)
+#       COSIGNER_PROVIDER, COSIGNER_RECOVERY, COSIGNER_TRUST, COSIGNER_MAILBOX, COSIGNER_METRICS
+#       (the provider parent's operator listener, PROVIDER_PORT+3: /metrics, /healthz, /readyz)
+#       and, unless already set, COSIGNER_HOME (.dev/home)
 #   .dev/home/      the default client home of that environment
+#   .dev/postgres/  DB=postgres only: the provider parent's private PostgreSQL cluster (data/,
+#       its unix socket, postgres.log; start_postgres in scripts/lib.sh), database `cosigner`
 #
-# Variables: PROVIDER_PORT (7101; its mailbox listens on PROVIDER_PORT+2), RECOVERY_PORT (7201;
+# Variables: PROVIDER_PORT (7101; its mailbox listens on PROVIDER_PORT+2, its operator listener on
+# PROVIDER_PORT+3), RECOVERY_PORT (7201;
 # its parent's mailbox on RECOVERY_PORT+2), BIN (target/debug: where the binaries are),
-# COSIGNER_PKCS11_MODULE (SoftHSM's), DEV_DIR (.dev: a second deployment beside the first).
+# COSIGNER_PKCS11_MODULE (SoftHSM's), DEV_DIR (.dev: a second deployment beside the first),
+# ENCLAVES (1: how many provider enclave instances share its token and store, behind its one
+# parent; with more than one they are .dev/provider/enclave-K.{toml,sock,pid,log}, K = 1..N),
+# DB (sqlite: the provider's parent keeps its store and mailbox in .dev/provider/store/store.db;
+# postgres: in the cluster under .dev/postgres; the recovery cosigner stays on SQLite). A
+# deployment keeps the engine it was made with: its enclave's anchors name blobs only that store
+# holds (`make down` and remove .dev to change it).
 #
 # Returns once both cosigners answer an attested request. `make down` stops them.
 set -euo pipefail
@@ -49,10 +59,36 @@ elif [ ! -s "$ENROLL/operator.pub" ]; then
 fi
 OPERATOR_KEY=$(cat "$ENROLL/operator.pub")
 
-start_cosigner provider "$PROVIDER_PORT" "[enrollment]
+# DB: where the provider's parent keeps its store and mailbox (docs/deployment.md, "PostgreSQL").
+DB=${DB:-sqlite}
+engine="$DEV/provider/store/engine"
+made_with=$(cat "$engine" 2>/dev/null || { [ -f "$DEV/provider/store/store.db" ] && echo sqlite; } || true)
+if [ -n "$made_with" ] && [ "$made_with" != "$DB" ]; then
+  echo "$DEV/provider keeps its store in $made_with; DB=$DB would start its enclave on an empty store," >&2
+  echo "which it refuses (its anchors name blobs only that store holds): make up DB=$made_with, or make down" >&2
+  echo "and remove $DEV for a new deployment" >&2
+  exit 1
+fi
+case $DB in
+  sqlite) PROVIDER_DATABASE="" ;;
+  postgres)
+    # The server runs as the `postgres` user when this is root: it must get through $DEV to its
+    # socket directory. 0711 lets it pass without listing; provider/, recovery/ and enrollment/
+    # stay 0700.
+    chmod 711 "$DEV"
+    start_postgres "$DEV/postgres" cosigner
+    PROVIDER_DATABASE="postgres://cosigner@/cosigner?host=$(cd "$DEV/postgres" && pwd)"
+    ;;
+  *) echo "DB=$DB: expected sqlite or postgres" >&2; exit 1 ;;
+esac
+mkdir -p "$DEV/provider/store"
+echo "$DB" > "$engine"
+
+ENCLAVES=${ENCLAVES:-1} DATABASE="$PROVIDER_DATABASE" \
+  METRICS_LISTEN="127.0.0.1:$((PROVIDER_PORT + 3))" start_cosigner provider "$PROVIDER_PORT" "[enrollment]
 mode = \"token\"
 operator_key = \"$OPERATOR_KEY\""
-start_cosigner recovery "$RECOVERY_PORT" "[enrollment]
+ENCLAVES=1 DATABASE="" METRICS_LISTEN="" start_cosigner recovery "$RECOVERY_PORT" "[enrollment]
 mode = \"open\""
 
 cat > "$DEV/trust.toml" <<CONF
@@ -72,6 +108,7 @@ export COSIGNER_PROVIDER=tcp://127.0.0.1:$PROVIDER_PORT
 export COSIGNER_RECOVERY=tcp://127.0.0.1:$RECOVERY_PORT
 export COSIGNER_TRUST=$DEV/trust.toml
 export COSIGNER_MAILBOX=tcp://127.0.0.1:$((PROVIDER_PORT + 2))
+export COSIGNER_METRICS=http://127.0.0.1:$((PROVIDER_PORT + 3))
 CONF
 
 # shellcheck disable=SC1091

@@ -36,6 +36,13 @@
 //! handshake_timeout_seconds = 10               # the TLS handshake must end within this
 //! idle_timeout_seconds = 300                   # a session silent (or not reading) this long ends
 //!
+//! # instance = 1                              # one of several instances (default 0)
+//!
+//! [anchors]                                    # optional: rollback anchor layout
+//! partitions = 64                              # token objects (default); same on every instance
+//! # shared = true                              # several instances on this token and store
+//! # lock_file = "/run/cosigner-enclave/anchors.lock" # with shared and a [token]: one per host, absolute
+//!
 //! [enrollment]                                 # optional: who may create wallets
 //! mode = "open"                                # default: anyone reaching the cosigner
 //! # mode = "token"                             # DkgStart must carry a token (docs/deployment.md)
@@ -79,6 +86,43 @@ pub struct Config {
     /// Who may create wallets.
     #[serde(default)]
     pub enrollment: EnrollmentConfig,
+    /// Which instance this is among several on one token and store (0, the default, when
+    /// alone): its own audit chain, and the instance label of its logs and metrics.
+    #[serde(default)]
+    pub instance: u32,
+    /// Rollback anchors: partitions, and whether other instances share them.
+    #[serde(default)]
+    pub anchors: AnchorsConfig,
+}
+
+/// `[anchors]`: how rollback anchors are laid out (docs/architecture.md, "Several instances").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnchorsConfig {
+    /// Root anchors (token objects): 1..=65535, default
+    /// [`crate::service::partition::DEFAULT_PARTITIONS`]. Every instance on one token must use
+    /// the same number (a partition's index records it, and one of another layout is refused).
+    #[serde(default)]
+    pub partitions: Option<u16>,
+    /// Several enclave instances write these anchors: reads ask the token every time, and the
+    /// token's compare-and-swap is made atomic across processes with `lock_file`.
+    #[serde(default)]
+    pub shared: bool,
+    /// With `shared` and a `[token]`: the lock file every instance on this host opens (in a
+    /// directory only the enclaves' user may write).
+    #[serde(default)]
+    pub lock_file: Option<PathBuf>,
+}
+
+impl AnchorsConfig {
+    /// The number of partitions, checked.
+    pub fn partitions(&self) -> anyhow::Result<u16> {
+        match self.partitions {
+            None => Ok(crate::service::partition::DEFAULT_PARTITIONS),
+            Some(0) => anyhow::bail!("[anchors] partitions = 0: at least 1"),
+            Some(n) => Ok(n),
+        }
+    }
 }
 
 /// `[enrollment]`: whether creating a wallet (a `DkgStart`) needs an operator-signed enrollment
@@ -460,6 +504,29 @@ impl Config {
     /// Cross-field checks.
     fn validate(&self) -> anyhow::Result<()> {
         self.limits.resolve()?;
+        self.anchors.partitions()?;
+        match (self.anchors.shared, &self.anchors.lock_file, &self.token) {
+            (true, None, Some(_)) => anyhow::bail!(
+                "[anchors] shared = true with a [token] needs lock_file = \"PATH\": the token's \
+                 anchor writes must be serialised across the instances"
+            ),
+            (false, Some(_), _) => {
+                anyhow::bail!("[anchors] lock_file is set but shared is not: set shared = true")
+            }
+            (_, Some(path), _) if !path.is_absolute() => anyhow::bail!(
+                "[anchors] lock_file = {:?}: give an absolute path (every instance must lock the \
+                 same file)",
+                path.display().to_string()
+            ),
+            _ => {}
+        }
+        if self.instance != 0 && !self.anchors.shared {
+            anyhow::bail!(
+                "instance = {} is one of several instances: set [anchors] shared = true (and \
+                 lock_file) so that they never trust each other's anchors from memory",
+                self.instance
+            );
+        }
         self.enrollment.resolve()?;
         match &self.sealer {
             SealerConfig::Pkcs11 => {
@@ -563,6 +630,31 @@ mod tests {
                         [attester]\nkind = \"nitro\"\n";
     const TOKEN: &str = "[token]\nlabel = \"provider\"\n";
     const ARN: &str = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+    #[test]
+    fn anchors_of_several_instances_are_checked() {
+        let with = |top: &str, anchors: &str| {
+            Config::parse(&format!("{top}{BASE}{TOKEN}[anchors]\n{anchors}"))
+        };
+        let ok = with(
+            "instance = 2\n",
+            "shared = true\nlock_file = \"/run/a.lock\"\npartitions = 16\n",
+        )
+        .unwrap();
+        assert_eq!((ok.instance, ok.anchors.partitions().unwrap()), (2, 16));
+        assert_eq!(with("", "").unwrap().anchors.partitions().unwrap(), 64);
+        for (top, anchors) in [
+            ("", "partitions = 0\n"),
+            ("", "shared = true\n"),
+            ("", "lock_file = \"/run/a.lock\"\n"),
+            ("", "shared = true\nlock_file = \"a.lock\"\n"),
+            ("instance = 2\n", ""),
+            ("", "partitions = 70000\n"),
+            ("instance = -1\n", ""),
+        ] {
+            assert!(with(top, anchors).is_err(), "{top}{anchors}");
+        }
+    }
 
     fn kms(extra: &str) -> String {
         format!(

@@ -10,5 +10,6 @@ pub mod credentials;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod transport;

@@ -4,6 +4,12 @@
 //! attestation tooling of the local (HSM-host) mode; `measure` prints this executable's PCR0.
 //!
 //! Exit codes: 0 success; 1 refused or failed (one line on stderr); 2 bad command line.
+//!
+//! `run` logs structured events (`cosigner_enclave::telemetry`): they go to the parent over the
+//! store channel and come out in its log; only when the parent cannot be reached are they written
+//! on this process's stderr, as JSON lines (`--log-format text` or `COSIGNER_LOG_FORMAT=text` for
+//! people), filtered by `COSIGNER_LOG`. The one line a failed command ends with is not a log event
+//! but the command's answer: plain text, whatever the format.
 
 #[cfg(feature = "local-attester")]
 mod local_attester;
@@ -22,6 +28,9 @@ enum Cli {
         /// The TOML configuration.
         #[arg(long, value_name = "FILE")]
         config: std::path::PathBuf,
+        /// How log events are written on stderr when the parent cannot take them.
+        #[arg(long, value_enum, env = "COSIGNER_LOG_FORMAT", default_value = "json")]
+        log_format: cosigner_enclave::telemetry::LogFormat,
     },
     /// Local (HSM-host) attestation: create an attester in a PKCS#11 token, produce documents.
     #[cfg(feature = "local-attester")]
@@ -33,7 +42,10 @@ enum Cli {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli {
-        Cli::Run { config } => run::run(&config),
+        Cli::Run { config, log_format } => {
+            cosigner_enclave::telemetry::init(log_format)?;
+            run::run(&config)
+        }
         #[cfg(feature = "local-attester")]
         Cli::LocalAttester(cmd) => local_attester::run(cmd),
         Cli::Measure => {
@@ -57,6 +69,8 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // What was logged before the failure, and not shipped, first.
+            cosigner_enclave::telemetry::flush_to_stderr();
             let line = format!("{err:#}").replace('\n', " ");
             eprintln!("error: {line}");
             ExitCode::FAILURE

@@ -8,10 +8,12 @@ use cosigner_attestation::{AttestRequest, Attester};
 use cosigner_enclave::config::{AttesterConfig, Config, KmsSealerConfig, SealerConfig};
 use cosigner_enclave::credentials::ParentCredentials;
 use cosigner_enclave::service::anchor::{
-    Anchor, AnchorError, TokenAnchor, Versioned, next_generation,
+    Anchor, AnchorError, ProcessLocked, TokenAnchor, Versioned, next_generation, open_lock_file,
 };
-use cosigner_enclave::service::{RefreshPolicy, Service};
+use cosigner_enclave::service::partition::PartitionedAnchor;
+use cosigner_enclave::service::{Instance, RefreshPolicy, Service};
 use cosigner_enclave::store::{BlobStore, RemoteStore};
+use cosigner_enclave::telemetry::{TimedAnchor, TimedStore};
 use cosigner_enclave::{server, tls, transport};
 use cosigner_kms::aws::client::{Connection, KmsClient, endpoint_host};
 use cosigner_kms::aws::{
@@ -80,9 +82,10 @@ fn kms_sealer(
     let transport: Box<dyn Transport> = match (config.insecure_plain_http, config.tls_root_store()?)
     {
         (true, _) => {
-            eprintln!(
-                "cosigner-enclave: WARNING: [sealer] insecure_plain_http: KMS traffic is NOT \
-                 encrypted or authenticated (test servers only)"
+            tracing::warn!(
+                switch = "insecure_plain_http",
+                "WARNING: [sealer] insecure_plain_http: KMS traffic is NOT encrypted or \
+                 authenticated (test servers only)"
             );
             Box::new(connect)
         }
@@ -91,10 +94,13 @@ fn kms_sealer(
             only_under_an_emulated_nsm(attester.as_ref())?;
             // One line, at start: whoever holds one of these roots' keys can answer as KMS and
             // hand this enclave data keys it knows (docs/kms.md, `tls_roots`).
-            eprintln!(
-                "cosigner-enclave: WARNING: [sealer] tls_roots: {} private root(s) REPLACE the \
-                 public (webpki-roots) roots for KMS TLS to {host}: their holders can answer as \
-                 KMS (emulator and test images only, never production)",
+            tracing::warn!(
+                switch = "tls_roots",
+                roots = roots.len(),
+                host = %host,
+                "WARNING: [sealer] tls_roots: {} private root(s) REPLACE the public \
+                 (webpki-roots) roots for KMS TLS to {host}: their holders can answer as KMS \
+                 (emulator and test images only, never production)",
                 roots.len()
             );
             Box::new(TlsTransport::with_roots(Box::new(connect), &host, roots)?)
@@ -106,9 +112,10 @@ fn kms_sealer(
     };
     let client = KmsClient::new(transport, &config.region, credentials)?.with_host(&host)?;
     if config.insecure_no_recipient {
-        eprintln!(
-            "cosigner-enclave: WARNING: [sealer] insecure_no_recipient: data keys come from KMS \
-             in clear and the key policy cannot require this image (test servers only)"
+        tracing::warn!(
+            switch = "insecure_no_recipient",
+            "WARNING: [sealer] insecure_no_recipient: data keys come from KMS in clear and the \
+             key policy cannot require this image (test servers only)"
         );
         return Ok(KmsSealer::insecure_without_recipient(
             client,
@@ -261,22 +268,65 @@ fn sealer(
 }
 
 /// The rollback anchor: the token's, or with KMS sealing and the explicit switch none the
-/// parent cannot rewind (docs/lifecycle.md, "Rollback resistance").
+/// parent cannot rewind (docs/lifecycle.md, "Rollback resistance"); either way as one root per
+/// partition over trees in the parent's store (`[anchors]`, docs/architecture.md, "Several
+/// instances").
 fn anchor(config: &Config, token: Option<&Token>) -> anyhow::Result<Box<dyn Anchor>> {
-    Ok(match (token, &config.sealer) {
-        (Some(token), _) => Box::new(TokenAnchor(token.clone())),
+    let partitions = config.anchors.partitions()?;
+    let shared = config.anchors.shared;
+    let roots: Box<dyn Anchor> = match (token, &config.sealer) {
+        (Some(token), _) => match (&config.anchors.lock_file, shared) {
+            (Some(path), true) => Box::new(
+                ProcessLocked::new(TokenAnchor(token.clone()), path)
+                    .with_context(|| format!("[anchors] lock_file {}", path.display()))?,
+            ),
+            _ => Box::new(TokenAnchor(token.clone())),
+        },
+        (None, SealerConfig::Kms(_)) if shared => anyhow::bail!(
+            "[anchors] shared = true needs a [token]: the parent's store offers no \
+             compare-and-swap that several instances could share"
+        ),
         (None, SealerConfig::Kms(kms)) if kms.allow_unanchored_state => {
-            eprintln!(
-                "cosigner-enclave: WARNING: allow_unanchored_state: no rollback anchor (KMS \
-                 sealing without a [token]); after a restart the parent can serve an older, \
-                 validly sealed state of any wallet. See docs/kms.md."
+            tracing::warn!(
+                switch = "allow_unanchored_state",
+                "WARNING: allow_unanchored_state: no rollback anchor (KMS sealing without a \
+                 [token]); after a restart the parent can serve an older, validly sealed state \
+                 of any wallet. See docs/kms.md."
             );
             Box::new(UnanchoredParentStore(RemoteStore::new(
                 config.store.clone(),
             )))
         }
         _ => anyhow::bail!("no rollback anchor: configure a [token]"),
-    })
+    };
+    let trees = RemoteStore::new(config.store.clone());
+    Ok(Box::new(
+        PartitionedAnchor::new(roots, trees, partitions, shared)
+            .map_err(|e| anyhow::anyhow!("[anchors]: {e}"))?,
+    ))
+}
+
+/// With shared anchors on a token: an exclusive `flock(2)` on `LOCK_FILE.start`, held from
+/// opening the token until the service is up (the sealing key and the audit key made on a first
+/// start), so that instances started together agree on one of each. A file apart from
+/// `lock_file` itself, which the anchor writes inside the start lock take on their own
+/// descriptor (two descriptors of one file would deadlock).
+fn first_start_lock(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
+    let Some(path) = config
+        .anchors
+        .lock_file
+        .as_ref()
+        .filter(|_| config.anchors.shared)
+    else {
+        return Ok(None);
+    };
+    let mut start = path.clone().into_os_string();
+    start.push(".start");
+    let file = open_lock_file(std::path::Path::new(&start))
+        .with_context(|| format!("[anchors] lock_file: {}", start.display()))?;
+    file.lock()
+        .with_context(|| format!("[anchors] lock_file: locking {}", start.display()))?;
+    Ok(Some(file))
 }
 
 /// The service over the configured backends, with the refresh policy and enrollment mode.
@@ -293,23 +343,35 @@ fn service(
             .map(|d| std::time::Duration::from_secs(d.saturating_mul(86_400))),
         after_signatures: config.policy.refresh_after_signatures,
     };
-    let service = Service::new(
+    let service = Service::new_instance(
         Box::new(SharedAttester(attester)),
         sealer,
-        Box::new(RemoteStore::new(config.store.clone())),
+        Box::new(TimedStore(RemoteStore::new(config.store.clone()))),
         anchor,
         policy,
+        Instance {
+            id: config.instance,
+            shared_anchors: config.anchors.shared,
+            writer_locks: config
+                .anchors
+                .lock_file
+                .clone()
+                .filter(|_| config.anchors.shared),
+        },
     )
     .map_err(|e| anyhow::anyhow!("cannot start the service: {e}"))?
     .with_enrollment(config.enrollment_operator_key());
     match config.enrollment_operator_key() {
-        Some(key) => eprintln!(
-            "cosigner-enclave: wallet creation needs an enrollment token signed by operator key {}",
-            hex::encode(key)
+        Some(key) => tracing::info!(
+            enrollment = "token",
+            operator_key = %hex::encode(&key),
+            "wallet creation needs an enrollment token signed by operator key {}",
+            hex::encode(&key)
         ),
-        None => {
-            eprintln!("cosigner-enclave: wallet creation is open (no [enrollment] token required)")
-        }
+        None => tracing::info!(
+            enrollment = "open",
+            "wallet creation is open (no [enrollment] token required)"
+        ),
     }
     Ok(service)
 }
@@ -317,6 +379,10 @@ fn service(
 /// Runs until killed.
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    // Instances starting together take turns until their service is up: the first start on a
+    // token makes the sealing key and the audit key, which the others must load, not make
+    // again (and SoftHSM's files are not made for several processes opening a token at once).
+    let starting = first_start_lock(&config)?;
     let pin = pin(&config)?;
     let token = match (&config.token, &pin) {
         (Some(t), Some(pin)) => Some(
@@ -326,19 +392,28 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         _ => None,
     };
     let attester: Arc<dyn Attester> = Arc::from(attester(&config.attester, pin.as_ref())?);
+    // Events logged so far wait in the queue; from here they go to the parent.
+    cosigner_enclave::telemetry::start(config.store.clone(), config.instance, attester.clone())
+        .context("starting the telemetry thread")?;
     let kind = attester.kind();
     let (sealer, sealer_name) = sealer(&config, token.as_ref(), &attester)?;
-    let anchor = anchor(&config, token.as_ref())?;
+    let anchor: Box<dyn Anchor> = Box::new(TimedAnchor(anchor(&config, token.as_ref())?));
     let service = service(&config, attester, sealer, anchor)?;
+    drop(starting);
     let audit_key = hex::encode(service.audit_public_key());
     let service = Arc::new(service);
     let tls = tls::server_config()?;
     let listener = transport::bind(&config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    eprintln!(
-        "cosigner-enclave: listening on {} (attester: {kind}, sealer: {sealer_name}, store: {}, \
-         audit key {audit_key})",
-        config.listen, config.store
+    tracing::info!(
+        listen = %config.listen,
+        attester = kind,
+        store = %config.store,
+        audit_key = %audit_key,
+        "listening on {} (attester: {kind}, sealer: {sealer_name}, store: {}, audit key \
+         {audit_key})",
+        config.listen,
+        config.store
     );
     server::serve(listener, tls, service, config.limits.resolve()?)
 }

@@ -12,6 +12,7 @@
 //!
 //! Connections refused or ended by a limit are counted and logged at most once a second
 //! ([`LimitLog`]), never one line each: in a flood the log line would cost more than the refusal.
+//! Every connection event is also counted in the enclave's metrics ([`crate::telemetry`]).
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +25,7 @@ use cosigner_protocol::wire::{self, ErrorKind, Request, Response, WireError};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
 use crate::service::{Service, SessionState};
+use crate::telemetry::{self, ConnectionEvent};
 use crate::tls::channel_binding;
 use crate::transport::{Listener, Stream};
 
@@ -102,7 +104,10 @@ pub fn serve(
             }
         })
     {
-        eprintln!("cosigner-enclave: no limit log thread ({e}); counts go out with new events");
+        tracing::error!(
+            error = %e,
+            "no limit log thread ({e}); counts go out with new events"
+        );
     }
     loop {
         match listener.accept() {
@@ -120,13 +125,17 @@ pub fn serve(
                     .name("enclave-conn".into())
                     .spawn(move || {
                         let _slot = slot;
+                        telemetry::connection(ConnectionEvent::Accepted);
                         match serve_connection(stream, tls, &service, &limits) {
                             Ok(()) => {}
                             Err(ConnectionError::HandshakeTimeout(_)) => {
                                 conn_log.note(Limited::Handshake);
                             }
                             Err(ConnectionError::IdleTimeout(_)) => conn_log.note(Limited::Idle),
-                            Err(e) => eprintln!("cosigner-enclave: connection closed: {e}"),
+                            Err(e) => {
+                                telemetry::connection(ConnectionEvent::ClosedError);
+                                tracing::info!(error = %e, "connection closed: {e}");
+                            }
                         }
                     });
                 // On failure the closure, with the stream and the slot, is dropped: the
@@ -136,7 +145,7 @@ pub fn serve(
                 }
             }
             Err(e) => {
-                eprintln!("cosigner-enclave: accept failed: {e}");
+                tracing::error!(error = %e, "accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -261,17 +270,23 @@ struct Slot(Arc<AtomicUsize>);
 impl Slot {
     /// A slot, if fewer than `max` are taken.
     fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
-        open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-            (n < max).then_some(n + 1)
-        })
-        .ok()
-        .map(|_| Slot(Arc::clone(open)))
+        let slot = open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(Arc::clone(open)));
+        if slot.is_some() {
+            telemetry::connections_open(1);
+        }
+        slot
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+        telemetry::connections_open(-1);
     }
 }
 
@@ -319,6 +334,12 @@ impl LimitLog {
     }
 
     fn note(&self, what: Limited) {
+        telemetry::connection(match what {
+            Limited::Cap => ConnectionEvent::RefusedCap,
+            Limited::NoThread => ConnectionEvent::RefusedNoThread,
+            Limited::Handshake => ConnectionEvent::ClosedHandshakeTimeout,
+            Limited::Idle => ConnectionEvent::ClosedIdle,
+        });
         let now = Instant::now();
         let mut state = self.state();
         let count = match what {
@@ -377,7 +398,14 @@ impl LimitLog {
         } else {
             String::new()
         };
-        eprintln!("cosigner-enclave: {}{over}", parts.join(", "));
+        tracing::warn!(
+            closed_cap = state.cap,
+            closed_no_thread = state.no_thread,
+            closed_handshake_timeout = state.handshake,
+            closed_idle_timeout = state.idle,
+            "{}{over}",
+            parts.join(", ")
+        );
         *state = LimitLogState {
             last_line: Some(now),
             ..LimitLogState::default()

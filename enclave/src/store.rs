@@ -160,6 +160,24 @@ impl MemoryStore {
     }
 }
 
+impl<T: BlobStore + ?Sized> BlobStore for std::sync::Arc<T> {
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.as_ref().put(key, value)
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.as_ref().get(key)
+    }
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.as_ref().delete(key)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.as_ref().list(prefix)
+    }
+    fn put_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        self.as_ref().put_many(entries)
+    }
+}
+
 impl BlobStore for MemoryStore {
     fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.map()?.insert(key.to_owned(), value.to_vec());

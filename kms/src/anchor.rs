@@ -33,6 +33,25 @@ fn read_all(
     s: &crate::session::ThreadSession,
     label: &str,
 ) -> std::result::Result<Vec<(u64, ObjectHandle, Vec<u8>)>, crate::session::Fail> {
+    // Another process sharing the token (several enclave instances) may destroy an older
+    // generation between our search and our read of it: its handle is then invalid. Skipping it
+    // could miss the newer generation too (created after our search), so search again.
+    let mut attempt = 0;
+    loop {
+        match read_all_once(s, label) {
+            Err(e) if e.is_stale_handle() && attempt < STALE_RETRIES => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+/// How often a read searches again after a handle went stale under it.
+const STALE_RETRIES: u32 = 16;
+
+fn read_all_once(
+    s: &crate::session::ThreadSession,
+    label: &str,
+) -> std::result::Result<Vec<(u64, ObjectHandle, Vec<u8>)>, crate::session::Fail> {
     let handles = s
         .session
         .find_objects(&template(label))

@@ -275,9 +275,9 @@ impl CredentialsProvider {
             }
             Err(e) => match cache.as_ref() {
                 Some(cached) if unexpired(&cached.credentials) => {
-                    eprintln!(
-                        "cosigner-parent: refreshing AWS credentials failed ({e}); the current \
-                         ones are still valid"
+                    tracing::warn!(
+                        error = %e,
+                        "refreshing AWS credentials failed ({e}); the current ones are still valid"
                     );
                     Ok(cached.credentials.clone())
                 }

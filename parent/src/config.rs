@@ -7,16 +7,26 @@
 //! # enclave (its CID as `nitro-cli run-enclave --enclave-cid` set it), or
 //! # `hybrid-vsock:PATH:PORT` to an emulated one (QEMU's nitro-enclave machine, docs/nitro.md).
 //! enclave = "unix:/run/cosigner/enclave.sock"
+//! # Or several instances of the enclave (one token, one store): client connections are spread
+//! # over those that answer (docs/architecture.md, "Several instances"). Entry K (from 1) is the
+//! # enclave configured `instance = K`: its metrics and logs are labelled with that number.
+//! # enclaves = ["unix:/run/cosigner/enclave-1.sock", "unix:/run/cosigner/enclave-2.sock"]
 //! # Unix socket the enclave connects to for storage (created mode 0600).
 //! store_socket = "/run/cosigner/store.sock"
 //! # Optional (Nitro): also serve the store on this vsock port, any CID; the enclave connects to
 //! # vsock:3:PORT. Same store, same protocol as the unix socket.
 //! store_vsock_port = 5001
-//! # SQLite database of sealed blobs.
+//! # Where sealed blobs (and the mailbox) are kept: a SQLite file (the embedded default), or a
+//! # PostgreSQL database, `database = "postgres://USER@HOST/DB"` (a unix socket directory as
+//! # `postgres://USER@/DB?host=/run/postgresql`), or the `[database]` table below. The parent
+//! # creates and migrates its PostgreSQL schema itself (`crate::pg`).
 //! database = "/var/lib/cosigner/store.db"
 //! # Optional: the members' mailbox (DAO ceremonies), TCP, stored in `database` (see
 //! # `crate::mailbox`). Absent: no mailbox. Must differ from `listen`.
 //! mailbox_listen = "0.0.0.0:7002"
+//! # Optional: the operator listener, GET /metrics (Prometheus), /healthz and /readyz (see
+//! # `crate::http`). Absent: not served. Keep it on loopback or a private network.
+//! metrics_listen = "127.0.0.1:7004"
 //!
 //! # Optional: the mailbox's retention, per-sender quotas and TLS (see `crate::mailbox`); the
 //! # defaults are shown. A quota with which one sender could hold more than an eighth of the
@@ -39,6 +49,13 @@
 //! listen_vsock_port = 8000                  # or listen = "unix:/run/cosigner/kms.sock"
 //! to = "kms.us-east-1.amazonaws.com:443"
 //! max_connections = 64                      # optional
+//!
+//! # Instead of `database = "…"`: PostgreSQL with a password kept out of this file (and out of
+//! # argv and the environment), read at start from the first line of `password_file`.
+//! # [database]
+//! # url = "postgres://cosigner@db.internal:5432/cosigner"
+//! # password_file = "/etc/cosigner/db-password"  # mode 0600, owned by the parent's user
+//! # pool_size = 16                              # connections kept, 1..=256
 //!
 //! # Optional: AWS credentials handed to the enclave for its KMS calls (crate::aws_credentials).
 //! [aws_credentials]
@@ -71,6 +88,7 @@ use crate::error::{ParentError, Result};
 use crate::mailbox::{MailboxConfig, RawMailboxConfig};
 use crate::proxy::{AllowRule, DEFAULT_PROXY_CONNECTIONS, Destination, Inbound, ProxyConfig};
 use crate::server::MAX_CONNECTIONS;
+use crate::store::database::{Database, RawDatabase};
 
 /// Longest unix socket path Linux accepts (`sun_path` is 108 bytes with the terminating NUL).
 pub const MAX_UNIX_SOCKET_PATH: usize = 107;
@@ -80,16 +98,22 @@ pub const MAX_UNIX_SOCKET_PATH: usize = 107;
 pub struct Config {
     /// TCP address clients connect to (port 0: any free port).
     pub listen: SocketAddr,
-    /// Where client connections are relayed.
+    /// Where client connections are relayed: the first (or only) enclave instance.
     pub enclave: EnclaveAddr,
+    /// Every enclave instance, `enclave` first: client connections are spread over them
+    /// ([`crate::pool`]). One entry unless `enclaves = [...]` lists several.
+    pub enclaves: Vec<EnclaveAddr>,
     /// Unix socket the enclave's store requests arrive on.
     pub store_socket: PathBuf,
     /// A vsock port (any CID) the store is also served on (Nitro).
     pub store_vsock_port: Option<u32>,
-    /// The SQLite database file.
-    pub database: PathBuf,
+    /// Where blobs and the mailbox are kept: a SQLite file or a PostgreSQL database.
+    pub database: Database,
     /// TCP address of the members' mailbox, if it is served (port 0: any free port).
     pub mailbox_listen: Option<SocketAddr>,
+    /// TCP address of the operator listener (`/metrics`, `/healthz`, `/readyz`), if it is served
+    /// (port 0: any free port).
+    pub metrics_listen: Option<SocketAddr>,
     /// The mailbox's retention, quotas and TLS (`[mailbox]`).
     pub mailbox: MailboxConfig,
     /// Destinations proxies may have.
@@ -150,13 +174,18 @@ impl Default for ClientLimits {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: String,
-    enclave: String,
+    #[serde(default)]
+    enclave: Option<String>,
+    #[serde(default)]
+    enclaves: Option<Vec<String>>,
     store_socket: String,
     #[serde(default)]
     store_vsock_port: Option<u32>,
-    database: String,
+    database: RawDatabase,
     #[serde(default)]
     mailbox_listen: Option<String>,
+    #[serde(default)]
+    metrics_listen: Option<String>,
     #[serde(default)]
     mailbox: RawMailboxConfig,
     #[serde(default)]
@@ -336,10 +365,15 @@ impl Config {
             }
         };
         resolve(&mut config.store_socket);
-        resolve(&mut config.database);
-        if let EnclaveAddr::Unix(p) | EnclaveAddr::HybridVsock { path: p, .. } = &mut config.enclave
-        {
-            resolve(p);
+        config.database.resolve(base);
+        for e in &mut config.enclaves {
+            if let EnclaveAddr::Unix(p) | EnclaveAddr::HybridVsock { path: p, .. } = e {
+                resolve(p);
+            }
+        }
+        // `enclave` is `enclaves[0]`: taken again once resolved, not resolved twice.
+        if let Some(first) = config.enclaves.first() {
+            config.enclave = first.clone();
         }
         for proxy in &mut config.proxies {
             if let Inbound::Unix(p) = &mut proxy.listen {
@@ -359,8 +393,10 @@ impl Config {
             &config.store_socket.display().to_string(),
             &config.store_socket,
         )?;
-        if let EnclaveAddr::Unix(p) | EnclaveAddr::HybridVsock { path: p, .. } = &config.enclave {
-            check_socket_path("enclave", &config.enclave.to_string(), p)?;
+        for e in &config.enclaves {
+            if let EnclaveAddr::Unix(p) | EnclaveAddr::HybridVsock { path: p, .. } = e {
+                check_socket_path("enclaves", &e.to_string(), p)?;
+            }
         }
         for proxy in &config.proxies {
             if let Inbound::Unix(p) = &proxy.listen {
@@ -412,21 +448,23 @@ impl Config {
                          not resolved)",
             )
         })?;
-        let enclave = raw.enclave.parse::<EnclaveAddr>()?;
+        let enclaves = parse_enclaves(raw.enclave.as_deref(), raw.enclaves.as_deref())?;
+        let enclave = enclaves
+            .first()
+            .cloned()
+            .ok_or_else(|| ParentError::invalid_address("enclaves", "[]", "no instance"))?;
         let mailbox_listen = raw
             .mailbox_listen
             .as_deref()
             .map(|m| parse_mailbox_listen(m, listen))
             .transpose()?;
+        let metrics_listen = raw
+            .metrics_listen
+            .as_deref()
+            .map(|m| parse_metrics_listen(m, listen, mailbox_listen))
+            .transpose()?;
         let store_socket = PathBuf::from(&raw.store_socket);
         check_socket_path("store_socket", &raw.store_socket, &store_socket)?;
-        if raw.database.is_empty() {
-            return Err(ParentError::invalid_address(
-                "database",
-                &raw.database,
-                "empty path",
-            ));
-        }
         if let Some(port) = raw.store_vsock_port {
             check_vsock_port("store_vsock_port", port)?;
         }
@@ -446,10 +484,12 @@ impl Config {
         let config = Config {
             listen,
             enclave,
+            enclaves,
             store_socket,
             store_vsock_port: raw.store_vsock_port,
-            database: PathBuf::from(raw.database),
+            database: raw.database.check()?,
             mailbox_listen,
+            metrics_listen,
             mailbox: raw.mailbox.check()?,
             proxy_allow,
             proxies,
@@ -462,6 +502,53 @@ impl Config {
         config.check_listeners()?;
         Ok(config)
     }
+}
+
+/// Most enclave instances one parent relays to.
+pub const MAX_ENCLAVES: usize = 64;
+
+/// `enclave = "ADDR"` or `enclaves = ["ADDR", ...]` (exactly one of the two; distinct addresses).
+fn parse_enclaves(one: Option<&str>, many: Option<&[String]>) -> Result<Vec<EnclaveAddr>> {
+    let list: Vec<&str> = match (one, many) {
+        (Some(e), None) => vec![e],
+        (None, Some(list)) if !list.is_empty() && list.len() <= MAX_ENCLAVES => {
+            list.iter().map(String::as_str).collect()
+        }
+        (None, Some(list)) => {
+            return Err(ParentError::invalid_address(
+                "enclaves",
+                format!("{} entries", list.len()),
+                format!("list 1 to {MAX_ENCLAVES} enclave instances"),
+            ));
+        }
+        (Some(e), Some(_)) => {
+            return Err(ParentError::invalid_address(
+                "enclave",
+                e,
+                "give either enclave = \"ADDR\" or enclaves = [\"ADDR\", ...], not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ParentError::invalid_address(
+                "enclave",
+                "",
+                "missing: enclave = \"unix:PATH\" (or enclaves = [...] for several instances)",
+            ));
+        }
+    };
+    let mut out: Vec<EnclaveAddr> = Vec::with_capacity(list.len());
+    for text in list {
+        let addr = text.parse::<EnclaveAddr>()?;
+        if out.contains(&addr) {
+            return Err(ParentError::invalid_address(
+                "enclaves",
+                text,
+                "listed twice: each instance once",
+            ));
+        }
+        out.push(addr);
+    }
+    Ok(out)
 }
 
 /// Checks one `[[proxy]]`: exactly one listener, a destination `proxy_allow` allows, a cap in
@@ -531,6 +618,38 @@ fn parse_mailbox_listen(value: &str, listen: SocketAddr) -> Result<SocketAddr> {
     {
         return Err(bad(
             "the same address as `listen`; give the mailbox a port of its own",
+        ));
+    }
+    Ok(addr)
+}
+
+/// `metrics_listen`: an `IP:PORT` other than the client listener's and the mailbox's (port 0
+/// excepted). Any address is accepted: loopback is the operator's choice (docs/deployment.md,
+/// "Metrics, health and logs"), the listener serves no secret.
+fn parse_metrics_listen(
+    value: &str,
+    listen: SocketAddr,
+    mailbox: Option<SocketAddr>,
+) -> Result<SocketAddr> {
+    let bad = |reason: &str| ParentError::invalid_address("metrics_listen", value, reason);
+    let addr = value
+        .parse::<SocketAddr>()
+        .map_err(|_| bad("expected IP:PORT, e.g. 127.0.0.1:7104 (host names are not resolved)"))?;
+    let clash = |other: SocketAddr| {
+        addr.port() != 0
+            && addr.port() == other.port()
+            && (addr.ip() == other.ip()
+                || addr.ip().is_unspecified()
+                || other.ip().is_unspecified())
+    };
+    if clash(listen) {
+        return Err(bad(
+            "the same address as `listen`; give it a port of its own",
+        ));
+    }
+    if mailbox.is_some_and(clash) {
+        return Err(bad(
+            "the same address as `mailbox_listen`; give it a port of its own",
         ));
     }
     Ok(addr)
@@ -679,5 +798,33 @@ mod tests {
         let e = Config::from_toml(&format!("{BASE}[client_limits]\nmax_connections = 5\n"))
             .unwrap_err();
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_of_its_own() {
+        let c = Config::from_toml(&format!("{BASE}metrics_listen = \"127.0.0.1:7004\"\n")).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:7004".parse().unwrap()));
+        assert_eq!(Config::from_toml(BASE).unwrap().metrics_listen, None);
+        for bad in [
+            "localhost:7004",
+            "7004",
+            "",
+            "127.0.0.1:7002",
+            "0.0.0.0:7002",
+        ] {
+            let text =
+                format!("{BASE}mailbox_listen = \"127.0.0.1:7002\"\nmetrics_listen = \"{bad}\"\n");
+            let e = Config::from_toml(&text).unwrap_err();
+            assert!(
+                matches!(
+                    &e,
+                    ParentError::InvalidAddress {
+                        field: "metrics_listen",
+                        ..
+                    }
+                ),
+                "{bad}: {e}"
+            );
+        }
     }
 }

@@ -112,12 +112,12 @@ pub enum ParentError {
         /// What failed.
         reason: String,
     },
-    /// SQLite failed.
+    /// SQLite or PostgreSQL failed.
     #[error("database {operation} failed: {reason}")]
     Database {
         /// What the store was doing.
         operation: &'static str,
-        /// SQLite's message.
+        /// The engine's message.
         reason: String,
     },
     /// The database is not a cosigner parent store, or one of a schema this build does not know.
@@ -125,6 +125,38 @@ pub enum ParentError {
     Schema {
         /// The database file.
         path: PathBuf,
+        /// What does not match.
+        reason: String,
+    },
+    /// The PostgreSQL server could not be reached or refused the parent's connection (at start,
+    /// or when the pool opens a connection later).
+    #[error("cannot connect to database {url}: {reason}")]
+    DatabaseConnect {
+        /// The database URL, without its password.
+        url: String,
+        /// What the client library or the server said.
+        reason: String,
+    },
+    /// The database was written by a newer build: its schema version is above the one this build
+    /// knows, and it is refused rather than used or downgraded.
+    #[error(
+        "database {database}: schema version {found} is newer than this build's {supported}; \
+         run the parent release that wrote it (or a later one)"
+    )]
+    SchemaTooNew {
+        /// The database (a SQLite file, or a PostgreSQL URL without its password).
+        database: String,
+        /// The version it carries.
+        found: i64,
+        /// The newest version this build reads.
+        supported: i64,
+    },
+    /// The PostgreSQL database holds tables of another application, or a cosigner schema table
+    /// this build cannot read; the parent leaves it as it is.
+    #[error("database {url}: {reason}")]
+    ForeignDatabase {
+        /// The database URL, without its password.
+        url: String,
         /// What does not match.
         reason: String,
     },
@@ -201,6 +233,27 @@ impl ParentError {
         Self::Io {
             what: what.into(),
             reason: e.to_string(),
+        }
+    }
+
+    /// [`ParentError::Database`] of a PostgreSQL error: the server's message and SQLSTATE when
+    /// the server answered, the client library's otherwise; one line.
+    pub(crate) fn pg(operation: &'static str, e: &postgres::Error) -> Self {
+        let reason = match e.as_db_error() {
+            Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+            None => {
+                let mut reason = e.to_string();
+                let mut source = std::error::Error::source(e);
+                while let Some(s) = source {
+                    reason = format!("{reason}: {s}");
+                    source = s.source();
+                }
+                reason
+            }
+        };
+        Self::Database {
+            operation,
+            reason: reason.split_whitespace().collect::<Vec<_>>().join(" "),
         }
     }
 

@@ -6,13 +6,16 @@
 //! detects.
 //!
 //! * [`config`]: the TOML configuration ([`Config`]), strict about unknown fields and addresses;
-//! * [`store`]: the [`Store`] trait and [`SqliteStore`], where blobs live;
+//! * [`store`]: the [`Store`] trait and [`SqliteStore`], where blobs live; [`pg`]: the same and
+//!   the mailbox's tables in PostgreSQL (`database = "postgres://…"`);
 //! * [`store_server`]: answers the enclave's `StoreRequest` frames on a connection;
 //! * [`aws_credentials`]: the AWS credentials handed to the enclave for KMS (IMDSv2, environment,
 //!   file);
 //! * [`relay`]: copies one client connection's bytes to the enclave and back;
 //! * [`mailbox`]: the members' mailbox (signed envelopes, SQLite, its own TCP listener);
-//! * [`server`]: [`Parent`] binds both sockets and runs the accept loops ([`RunningParent`]).
+//! * [`server`]: [`Parent`] binds both sockets and runs the accept loops ([`RunningParent`]);
+//! * [`logging`], [`metrics`], [`http`]: JSON-line logs (the enclave's too), the Prometheus
+//!   exposition, and the operator listener serving `/metrics`, `/healthz` and `/readyz`.
 
 pub mod audit;
 pub mod aws_credentials;
@@ -20,8 +23,14 @@ pub mod config;
 pub mod enrollment;
 mod error;
 mod frames;
+pub mod http;
 pub mod hybrid_vsock;
+pub mod logging;
 pub mod mailbox;
+pub mod metrics;
+pub mod pg;
+mod pg_mailbox;
+pub mod pool;
 pub mod proxy;
 pub mod relay;
 pub mod server;

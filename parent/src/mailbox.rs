@@ -12,7 +12,10 @@
 //!   `mailbox_messages(topic, seq, id, sender, envelope, posted_at)` with `(topic, id)` unique,
 //!   `mailbox_members(topic, member)` and `mailbox_senders(sender, window_start, messages, bytes,
 //!   topics)`. They are added beside `blobs` (`CREATE TABLE IF NOT EXISTS`); the schema version
-//!   of the file does not change, and a build without the mailbox ignores them.
+//!   of the file does not change, and a build without the mailbox ignores them. With
+//!   `database = "postgres://…"` the same tables are in PostgreSQL, made by the parent's schema
+//!   migration (`crate::pg`). The rules below are written once over `MailboxRows`; the two
+//!   engines differ only in their SQL and in how a write is serialised (`Engine`).
 //! * Members only: the post that founds a topic names its members (the founder among them); then
 //!   only a member's envelopes are stored there and only a member's signed read is answered (a
 //!   [`ReadProof`] over this connection's challenge). A topic founded before topics had members
@@ -66,7 +69,9 @@ use sha2::{Digest, Sha256};
 use crate::config::in_range;
 use crate::error::{ParentError, Result};
 use crate::frames::{self, FrameService};
+use crate::pg::PgDatabase;
 use crate::relay::{Conn, Listen};
+use crate::store::database::Database;
 use crate::store::{APPLICATION_ID, Marks, SCHEMA_VERSION, open_database, schema_error};
 
 /// Most envelopes one topic holds (a ceremony of 64 members needs a few hundred).
@@ -334,16 +339,78 @@ pub fn check_headroom(
     Ok(())
 }
 
-/// The mailbox's tables in the parent's SQLite database, its configuration, and its TLS.
+/// The mailbox: its rows in the parent's database (SQLite or PostgreSQL), its configuration, and
+/// its TLS.
 #[derive(Debug)]
 pub struct MailboxStore {
-    conn: Mutex<Connection>,
+    engine: Engine,
     limits: MailboxLimits,
     config: MailboxConfig,
     tls: Option<Arc<rustls::ServerConfig>>,
     pin: Option<[u8; 32]>,
     /// When the last sweep ran (ms since the epoch; 0: never).
     last_sweep: AtomicI64,
+}
+
+/// Where the mailbox's rows are, and how a request gets a transaction there.
+///
+/// Writes (a post, a sweep) are serialised with every other writer of the mailbox: SQLite's
+/// `BEGIN IMMEDIATE` takes the database's one write lock; PostgreSQL takes a transaction-level
+/// advisory lock ([`crate::pg_mailbox`]). Within that, reading a topic's last sequence number
+/// and writing the next one cannot interleave with another post, so sequence numbers stay
+/// unique and gap-free, and the global caps are checked against what is really stored, whatever
+/// parent thread (or parent process sharing the database) posts. Reads (a fetch) see one
+/// snapshot.
+#[derive(Debug)]
+enum Engine {
+    /// One connection to the SQLite file: SQLite serialises writers anyway.
+    Sqlite(Mutex<Connection>),
+    /// The PostgreSQL database's pool, shared with the blob store.
+    Postgres(Arc<PgDatabase>),
+}
+
+impl Engine {
+    /// Runs `f` in a write transaction serialised with every other mailbox writer; commits if
+    /// it returns `Ok`, rolls back otherwise. On PostgreSQL `f` may run twice, the first time on
+    /// a connection the server closed (`PgDatabase::with`): what it does must be idempotent.
+    fn write<T>(
+        &self,
+        (begin, commit): (&'static str, &'static str),
+        mut f: impl FnMut(&mut dyn MailboxRows) -> Result<T>,
+    ) -> Result<T> {
+        match self {
+            Engine::Sqlite(conn) => {
+                let mut conn = lock(conn);
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(|e| ParentError::db(begin, &e))?;
+                let out = f(&mut SqliteRows(&tx))?;
+                tx.commit().map_err(|e| ParentError::db(commit, &e))?;
+                Ok(out)
+            }
+            Engine::Postgres(db) => crate::pg_mailbox::write(db, (begin, commit), f),
+        }
+    }
+
+    /// Runs `f` on one snapshot of the mailbox, writing nothing.
+    fn read<T>(&self, mut f: impl FnMut(&mut dyn MailboxRows) -> Result<T>) -> Result<T> {
+        match self {
+            Engine::Sqlite(conn) => {
+                let mut conn = lock(conn);
+                // A deferred transaction: one snapshot for all of the request's statements.
+                let tx = conn
+                    .transaction()
+                    .map_err(|e| ParentError::db("begin read", &e))?;
+                f(&mut SqliteRows(&tx))
+            }
+            Engine::Postgres(db) => crate::pg_mailbox::read(db, f),
+        }
+    }
+}
+
+fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // Every write is one transaction: a panic while holding the lock leaves none half done.
+    conn.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// One page of a topic.
@@ -440,6 +507,17 @@ impl MailboxStore {
              COMMIT;",
         )
         .map_err(|e| ParentError::db("create mailbox tables", &e))?;
+        Self::on_engine(Engine::Sqlite(Mutex::new(conn)), config)
+    }
+
+    /// Opens the mailbox in the PostgreSQL database `db`, whose tables
+    /// [`PgDatabase::connect`] created with the blob store's; then as [`MailboxStore::open_with`]
+    /// (expired envelopes deleted, TLS read or made).
+    pub fn open_postgres(db: Arc<PgDatabase>, config: &MailboxConfig) -> Result<MailboxStore> {
+        Self::on_engine(Engine::Postgres(db), config)
+    }
+
+    fn on_engine(engine: Engine, config: &MailboxConfig) -> Result<MailboxStore> {
         let (tls, pin) = match &config.tls {
             Some(files) => {
                 let (tls, pin) = load_tls(files)?;
@@ -448,7 +526,7 @@ impl MailboxStore {
             None => (None, None),
         };
         let store = MailboxStore {
-            conn: Mutex::new(conn),
+            engine,
             limits: MailboxLimits::default(),
             config: config.clone(),
             tls,
@@ -461,7 +539,12 @@ impl MailboxStore {
 
     /// Opens the mailbox of a parent's configuration: `config.database`, `config.mailbox`.
     pub fn open_for(config: &crate::Config) -> Result<MailboxStore> {
-        Self::open_with(&config.database, &config.mailbox)
+        match &config.database {
+            Database::Sqlite(path) => Self::open_with(path, &config.mailbox),
+            Database::Postgres(pg) => {
+                Self::open_postgres(Arc::new(PgDatabase::connect(pg)?), &config.mailbox)
+            }
+        }
     }
 
     /// The same store with other global caps (tests; an operator's build).
@@ -483,11 +566,6 @@ impl MailboxStore {
     /// `sha256:HEX` of the TLS certificate members pin, if the mailbox has one.
     pub fn tls_pin(&self) -> Option<String> {
         self.pin.map(|p| format!("sha256:{}", hex::encode(p)))
-    }
-
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // Every write is one transaction: a panic while holding the lock leaves none half done.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Stores an encoded envelope posted to `topic` and returns its sequence number there.
@@ -516,66 +594,56 @@ impl MailboxStore {
         // `decode` accepts only the canonical encoding, so this is `Envelope::id`.
         let id: [u8; 32] = Sha256::digest(envelope).into();
         let len = u64::try_from(envelope.len()).unwrap_or(u64::MAX);
-        let mut conn = self.conn();
-        self.sweep_if_due(&mut conn, now)?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| ParentError::db("begin post", &e))?;
-        if let Some(seq) = message_seq(&tx, topic, &id)? {
-            return Ok(seq);
-        }
-        let last = last_seq(&tx, topic)?;
-        check_may_post(&tx, topic, sender, members, last.is_none())?;
-        // The sender's quota before the global caps: a flooder meets its own limit long before
-        // everybody's, and the check is one primary-key lookup.
-        let exempt = self
-            .config
-            .quota_exempt
-            .iter()
-            .any(|k| k.as_slice() == sender);
-        let usage = if exempt {
-            None
-        } else {
-            Some(self.charge(&tx, sender, len, last.is_none(), now)?)
-        };
-        self.check_total_bytes(&tx, len)?;
-        let last = match last {
-            Some(last) => last,
-            None => self.found_topic(&tx, topic, members, now)?,
-        };
-        if last >= self.limits.max_messages_per_topic {
-            return Err(ParentError::MailboxFull {
-                what: "envelopes in this topic",
-                max: self.limits.max_messages_per_topic,
-            });
-        }
-        let seq = last + 1;
-        let message = NewMessage {
-            seq,
-            id: &id,
-            sender,
-            envelope,
-            len,
-            now,
-        };
-        insert_message(&tx, topic, &message)?;
-        if let Some(usage) = usage {
-            record_usage(&tx, sender, &usage)?;
-        }
-        tx.commit()
-            .map_err(|e| ParentError::db("commit post", &e))?;
-        Ok(seq)
+        self.sweep_if_due(now)?;
+        self.engine.write(("begin post", "commit post"), |rows| {
+            if let Some(seq) = rows.message_seq(topic, &id)? {
+                return Ok(seq);
+            }
+            let last = rows.last_seq(topic)?;
+            check_may_post(rows, topic, sender, members, last.is_none())?;
+            // The sender's quota before the global caps: a flooder meets its own limit long
+            // before everybody's, and the check is one primary-key lookup.
+            let exempt = self
+                .config
+                .quota_exempt
+                .iter()
+                .any(|k| k.as_slice() == sender);
+            let usage = if exempt {
+                None
+            } else {
+                Some(self.charge(rows, sender, len, last.is_none(), now)?)
+            };
+            self.check_total_bytes(rows, len)?;
+            let last = match last {
+                Some(last) => last,
+                None => self.found_topic(rows, topic, members, now)?,
+            };
+            if last >= self.limits.max_messages_per_topic {
+                return Err(ParentError::MailboxFull {
+                    what: "envelopes in this topic",
+                    max: self.limits.max_messages_per_topic,
+                });
+            }
+            let seq = last + 1;
+            let message = NewMessage {
+                seq,
+                id: &id,
+                sender,
+                envelope,
+                len,
+                now,
+            };
+            rows.insert_message(topic, &message)?;
+            if let Some(usage) = usage {
+                rows.record_usage(sender, &usage)?;
+            }
+            Ok(seq)
+        })
     }
 
     /// Refuses a post that would take the envelope bytes stored past the mailbox's cap.
-    fn check_total_bytes(&self, tx: &Connection, len: u64) -> Result<()> {
-        let total: u64 = tx
-            .query_row(
-                "SELECT coalesce(sum(bytes), 0) FROM mailbox_topics",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| ParentError::db("post", &e))?;
+    fn check_total_bytes(&self, rows: &mut dyn MailboxRows, len: u64) -> Result<()> {
+        let total = rows.total_bytes()?;
         if total.saturating_add(len) > self.limits.max_total_bytes {
             return Err(ParentError::MailboxFull {
                 what: "envelope bytes stored",
@@ -588,41 +656,25 @@ impl MailboxStore {
     /// Creates `topic` with its `members` (within the topic cap); its last sequence number, 0.
     fn found_topic(
         &self,
-        tx: &Connection,
+        rows: &mut dyn MailboxRows,
         topic: &Topic,
         members: &[ByteBuf],
         now: i64,
     ) -> Result<u64> {
-        let db = |e: rusqlite::Error| ParentError::db("post", &e);
-        let topics: u64 = tx
-            .query_row("SELECT count(*) FROM mailbox_topics", [], |r| r.get(0))
-            .map_err(db)?;
-        if topics >= self.limits.max_topics {
+        if rows.topic_count()? >= self.limits.max_topics {
             return Err(ParentError::MailboxFull {
                 what: "topics",
                 max: self.limits.max_topics,
             });
         }
-        tx.execute(
-            "INSERT INTO mailbox_topics (topic, last_seq, bytes, created_at)
-             VALUES (?1, 0, 0, ?2)",
-            params![topic.as_slice(), now],
-        )
-        .map_err(db)?;
-        for m in members {
-            tx.execute(
-                "INSERT OR IGNORE INTO mailbox_members (topic, member) VALUES (?1, ?2)",
-                params![topic.as_slice(), m.as_slice()],
-            )
-            .map_err(db)?;
-        }
+        rows.insert_topic(topic, members, now)?;
         Ok(0)
     }
 
     /// `sender`'s use of its quota once this post is counted, or the quota it would exceed.
     fn charge(
         &self,
-        tx: &Connection,
+        rows: &mut dyn MailboxRows,
         sender: &[u8],
         len: u64,
         founding: bool,
@@ -630,29 +682,13 @@ impl MailboxStore {
     ) -> Result<Usage> {
         let quota = self.config.quota;
         let window_ms = duration_ms(quota.window);
-        let current: Option<Usage> = tx
-            .query_row(
-                "SELECT window_start, messages, bytes, topics FROM mailbox_senders
-                 WHERE sender = ?1",
-                [sender],
-                |r| {
-                    Ok(Usage {
-                        window_start: r.get(0)?,
-                        messages: r.get(1)?,
-                        bytes: r.get(2)?,
-                        topics: r.get(3)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(|e| ParentError::db("read quota", &e))?;
         let fresh = Usage {
             window_start: now,
             messages: 0,
             bytes: 0,
             topics: 0,
         };
-        let mut usage = match current {
+        let mut usage = match rows.usage(sender)? {
             // A window that ended (or a clock that went back past its start) starts anew.
             Some(u) if u.window_start <= now && now - u.window_start < window_ms => u,
             _ => fresh,
@@ -710,173 +746,112 @@ impl MailboxStore {
     ) -> Result<Page> {
         let cap = self.limits.max_page.max(1);
         let limit = if limit == 0 { cap } else { limit.min(cap) };
-        let mut conn = self.conn();
-        self.sweep_if_due(&mut conn, now)?;
-        let db = |e: rusqlite::Error| ParentError::db("fetch", &e);
-        let exists = conn
-            .query_row(
-                "SELECT 1 FROM mailbox_topics WHERE topic = ?1",
-                [topic.as_slice()],
-                |_| Ok(()),
-            )
-            .optional()
-            .map_err(db)?
-            .is_some();
-        let members = topic_members(&conn, topic)?;
-        let open = exists && members.is_empty();
-        match reader {
-            _ if open => {}
-            None => {
-                return Err(ParentError::MailboxForbidden {
-                    reason: format!(
-                        "topic {} is readable by its members only: sign the fetch with a \
-                         member's key (a read proof over this connection's challenge)",
-                        hex::encode(topic)
-                    ),
+        self.sweep_if_due(now)?;
+        self.engine.read(|rows| {
+            let exists = rows.topic_exists(topic)?;
+            let members = rows.topic_members(topic)?;
+            let open = exists && members.is_empty();
+            match reader {
+                _ if open => {}
+                None => {
+                    return Err(ParentError::MailboxForbidden {
+                        reason: format!(
+                            "topic {} is readable by its members only: sign the fetch with a \
+                             member's key (a read proof over this connection's challenge)",
+                            hex::encode(topic)
+                        ),
+                    });
+                }
+                Some(r) if exists && !members.iter().any(|m| m.as_slice() == r) => {
+                    return Err(ParentError::MailboxForbidden {
+                        reason: format!(
+                            "reader {} is not a member of topic {}",
+                            hex::encode(r),
+                            hex::encode(topic)
+                        ),
+                    });
+                }
+                Some(_) => {}
+            }
+            let mut items = Vec::new();
+            let mut bytes = 0usize;
+            let mut more = false;
+            // One row more than the page, to tell whether there is more; no sequence number is
+            // above i64::MAX (both engines keep them as signed 64-bit integers).
+            let after = after.min(i64::MAX as u64);
+            rows.page(topic, after, u64::from(limit) + 1, &mut |seq, envelope| {
+                let size = envelope.len() + ITEM_OVERHEAD;
+                if items.len() >= limit as usize || (!items.is_empty() && bytes + size > PAGE_BYTES)
+                {
+                    more = true;
+                    return false;
+                }
+                bytes += size;
+                items.push(MailboxItem {
+                    seq,
+                    envelope: ByteBuf::from(envelope),
                 });
-            }
-            Some(r) if exists && !members.iter().any(|m| m.as_slice() == r) => {
-                return Err(ParentError::MailboxForbidden {
-                    reason: format!(
-                        "reader {} is not a member of topic {}",
-                        hex::encode(r),
-                        hex::encode(topic)
-                    ),
-                });
-            }
-            Some(_) => {}
-        }
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT seq, envelope FROM mailbox_messages
-                 WHERE topic = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-            )
-            .map_err(db)?;
-        // One row more than the page, to tell whether there is more.
-        let mut rows = stmt
-            .query(params![
-                topic.as_slice(),
-                // SQLite integers are i64; no sequence number is above i64::MAX.
-                after.min(i64::MAX as u64),
-                u64::from(limit) + 1
-            ])
-            .map_err(db)?;
-        let mut items = Vec::new();
-        let mut bytes = 0usize;
-        let mut more = false;
-        while let Some(row) = rows.next().map_err(db)? {
-            let seq: u64 = row.get(0).map_err(db)?;
-            let envelope: Vec<u8> = row.get(1).map_err(db)?;
-            let size = envelope.len() + ITEM_OVERHEAD;
-            if items.len() >= limit as usize || (!items.is_empty() && bytes + size > PAGE_BYTES) {
-                more = true;
-                break;
-            }
-            bytes += size;
-            items.push(MailboxItem {
-                seq,
-                envelope: ByteBuf::from(envelope),
-            });
-        }
-        Ok(Page {
-            items,
-            more,
-            members,
+                true
+            })?;
+            Ok(Page {
+                items,
+                more,
+                members,
+            })
         })
     }
 
     /// Deletes what the retention has expired: envelopes posted longer ago, topics left without
     /// envelopes, quota windows that ended.
     pub fn sweep(&self) -> Result<Swept> {
-        let now = unix_now();
-        let mut conn = self.conn();
-        self.sweep_now(&mut conn, now)
+        self.sweep_now(unix_now())
     }
 
-    fn sweep_if_due(&self, conn: &mut Connection, now: i64) -> Result<()> {
+    fn sweep_if_due(&self, now: i64) -> Result<()> {
         let last = self.last_sweep.load(Ordering::Relaxed);
         // A clock that went back (`now < last`) sweeps too: the interval cannot be trusted then.
         if now < last || now - last >= duration_ms(SWEEP_INTERVAL) {
-            self.sweep_now(conn, now)?;
+            self.sweep_now(now)?;
         }
         Ok(())
     }
 
-    fn sweep_now(&self, conn: &mut Connection, now: i64) -> Result<Swept> {
+    fn sweep_now(&self, now: i64) -> Result<Swept> {
         let cutoff = now.saturating_sub(duration_ms(self.config.retention));
         let quota_cutoff = now.saturating_sub(duration_ms(self.config.quota.window));
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| ParentError::db("begin sweep", &e))?;
-        let db = |e: rusqlite::Error| ParentError::db("sweep", &e);
-        // Per topic, what expires (by the posted_at index; `length` of a blob reads its header,
-        // not its bytes), to keep each topic's byte count right.
-        let expired: Vec<(Vec<u8>, u64)> = {
-            let mut stmt = tx
-                .prepare_cached(
-                    "SELECT topic, sum(length(envelope)) FROM mailbox_messages
-                     WHERE posted_at < ?1 GROUP BY topic",
-                )
-                .map_err(db)?;
-            let rows = stmt
-                .query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(db)?;
-            rows.collect::<rusqlite::Result<_>>().map_err(db)?
-        };
-        let mut swept = Swept::default();
-        if !expired.is_empty() {
-            swept.messages = tx
-                .execute(
-                    "DELETE FROM mailbox_messages WHERE posted_at < ?1",
-                    [cutoff],
-                )
-                .map_err(db)? as u64;
-            for (topic, bytes) in &expired {
-                tx.execute(
-                    "UPDATE mailbox_topics SET bytes = max(bytes - ?2, 0) WHERE topic = ?1",
-                    params![topic, bytes],
-                )
-                .map_err(db)?;
-                let gone = tx
-                    .execute(
-                        "DELETE FROM mailbox_topics WHERE topic = ?1 AND NOT EXISTS
-                         (SELECT 1 FROM mailbox_messages WHERE topic = ?1)",
-                        [topic],
-                    )
-                    .map_err(db)?;
-                if gone > 0 {
-                    swept.topics += 1;
-                    tx.execute("DELETE FROM mailbox_members WHERE topic = ?1", [topic])
-                        .map_err(db)?;
+        let swept = self.engine.write(("begin sweep", "commit sweep"), |rows| {
+            // Per topic, what expires, to keep each topic's byte count right.
+            let expired = rows.expired(cutoff)?;
+            let mut swept = Swept::default();
+            if !expired.is_empty() {
+                swept.messages = rows.delete_messages_before(cutoff)?;
+                for (topic, bytes) in &expired {
+                    rows.forget_bytes(topic, *bytes)?;
+                    if rows.delete_topic_if_empty(topic)? {
+                        swept.topics += 1;
+                    }
                 }
             }
-        }
-        tx.execute(
-            "DELETE FROM mailbox_senders WHERE window_start < ?1",
-            [quota_cutoff],
-        )
-        .map_err(db)?;
-        tx.commit()
-            .map_err(|e| ParentError::db("commit sweep", &e))?;
+            rows.delete_windows_before(quota_cutoff)?;
+            Ok(swept)
+        })?;
         self.last_sweep.store(now, Ordering::Relaxed);
         Ok(swept)
     }
 
     /// How many topics the mailbox holds.
     pub fn topic_count(&self) -> Result<u64> {
-        self.conn()
-            .query_row("SELECT count(*) FROM mailbox_topics", [], |r| r.get(0))
-            .map_err(|e| ParentError::db("count topics", &e))
+        self.engine.read(|rows| rows.topic_count())
     }
 }
 
 /// A sender's use of its quota in its current window.
 #[derive(Debug, Clone, Copy)]
-struct Usage {
-    window_start: i64,
-    messages: u64,
-    bytes: u64,
-    topics: u64,
+pub(crate) struct Usage {
+    pub(crate) window_start: i64,
+    pub(crate) messages: u64,
+    pub(crate) bytes: u64,
+    pub(crate) topics: u64,
 }
 
 /// The envelope posted to `topic`, decoded and checked: within [`MAX_ENVELOPE`], for this topic,
@@ -905,32 +880,10 @@ fn checked_envelope(topic: &Topic, envelope: &[u8], members: &[ByteBuf]) -> Resu
     Ok(decoded)
 }
 
-/// The sequence number of the envelope `id` in `topic`, if it is there already.
-fn message_seq(tx: &Connection, topic: &Topic, id: &[u8; 32]) -> Result<Option<u64>> {
-    tx.query_row(
-        "SELECT seq FROM mailbox_messages WHERE topic = ?1 AND id = ?2",
-        params![topic.as_slice(), id.as_slice()],
-        |r| r.get(0),
-    )
-    .optional()
-    .map_err(|e| ParentError::db("post", &e))
-}
-
-/// The last sequence number of `topic`; `None` if it does not exist yet.
-fn last_seq(tx: &Connection, topic: &Topic) -> Result<Option<u64>> {
-    tx.query_row(
-        "SELECT last_seq FROM mailbox_topics WHERE topic = ?1",
-        [topic.as_slice()],
-        |r| r.get(0),
-    )
-    .optional()
-    .map_err(|e| ParentError::db("post", &e))
-}
-
 /// Who may post: a member of an existing topic; the founder of a new one must name its members,
 /// itself among them, so that nobody posts or reads where members are not named.
 fn check_may_post(
-    tx: &Connection,
+    rows: &mut dyn MailboxRows,
     topic: &Topic,
     sender: &[u8],
     members: &[ByteBuf],
@@ -948,7 +901,7 @@ fn check_may_post(
         }
         return Ok(());
     }
-    let stored = topic_members(tx, topic)?;
+    let stored = rows.topic_members(topic)?;
     if !stored.is_empty() && !stored.iter().any(|m| m.as_slice() == sender) {
         return Err(ParentError::MailboxForbidden {
             reason: format!(
@@ -980,63 +933,341 @@ fn check_may_post(
 }
 
 /// One envelope about to be stored.
-struct NewMessage<'a> {
-    seq: u64,
-    id: &'a [u8; 32],
-    sender: &'a [u8],
-    envelope: &'a [u8],
-    len: u64,
-    now: i64,
+pub(crate) struct NewMessage<'a> {
+    pub(crate) seq: u64,
+    pub(crate) id: &'a [u8; 32],
+    pub(crate) sender: &'a [u8],
+    pub(crate) envelope: &'a [u8],
+    pub(crate) len: u64,
+    pub(crate) now: i64,
 }
 
-/// Stores `message` in `topic` and moves the topic's last sequence number and byte count.
-fn insert_message(tx: &Connection, topic: &Topic, message: &NewMessage<'_>) -> Result<()> {
-    let db = |e: rusqlite::Error| ParentError::db("post", &e);
-    tx.execute(
-        "INSERT INTO mailbox_messages (topic, seq, id, sender, envelope, posted_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            topic.as_slice(),
-            message.seq,
-            message.id.as_slice(),
-            message.sender,
-            message.envelope,
-            message.now
-        ],
-    )
-    .map_err(db)?;
-    tx.execute(
-        "UPDATE mailbox_topics SET last_seq = ?2, bytes = bytes + ?3 WHERE topic = ?1",
-        params![topic.as_slice(), message.seq, message.len],
-    )
-    .map_err(db)?;
-    Ok(())
+/// The mailbox's rows as one engine stores them: one method per statement (or two, where a row
+/// and its topic's counters move together), nothing else. The mailbox's rules (who may post,
+/// quotas, caps, sequence numbers, paging, the sweep) are written once, in [`MailboxStore`],
+/// over this trait; [`SqliteRows`] and `crate::pg_mailbox::PgRows` differ only in SQL dialect.
+/// Every call runs inside the transaction [`Engine`] opened for the request.
+pub(crate) trait MailboxRows {
+    /// The sequence number of the envelope `id` in `topic`, if it is there already.
+    fn message_seq(&mut self, topic: &Topic, id: &[u8; 32]) -> Result<Option<u64>>;
+    /// The last sequence number of `topic`; `None` if it does not exist.
+    fn last_seq(&mut self, topic: &Topic) -> Result<Option<u64>>;
+    /// Whether `topic` exists.
+    fn topic_exists(&mut self, topic: &Topic) -> Result<bool>;
+    /// The members of `topic` in byte order (empty: none named, or no such topic).
+    fn topic_members(&mut self, topic: &Topic) -> Result<Vec<Vec<u8>>>;
+    /// How many topics there are.
+    fn topic_count(&mut self) -> Result<u64>;
+    /// Envelope bytes stored in all topics.
+    fn total_bytes(&mut self) -> Result<u64>;
+    /// Creates `topic` (last sequence number 0, no bytes) with `members` (duplicates once).
+    fn insert_topic(&mut self, topic: &Topic, members: &[ByteBuf], now: i64) -> Result<()>;
+    /// `sender`'s quota row, if it has one.
+    fn usage(&mut self, sender: &[u8]) -> Result<Option<Usage>>;
+    /// Writes `sender`'s quota row.
+    fn record_usage(&mut self, sender: &[u8], usage: &Usage) -> Result<()>;
+    /// Stores `message` in `topic` and moves the topic's last sequence number and byte count.
+    fn insert_message(&mut self, topic: &Topic, message: &NewMessage<'_>) -> Result<()>;
+    /// Hands `each` the envelopes of `topic` above `after` in sequence order, at most `rows` of
+    /// them, until it returns `false` (streamed: a page is never read whole into memory first).
+    fn page(
+        &mut self,
+        topic: &Topic,
+        after: u64,
+        rows: u64,
+        each: &mut dyn FnMut(u64, Vec<u8>) -> bool,
+    ) -> Result<()>;
+    /// Per topic, the bytes of the envelopes posted before `cutoff`.
+    fn expired(&mut self, cutoff: i64) -> Result<Vec<(Vec<u8>, u64)>>;
+    /// Deletes the envelopes posted before `cutoff`; how many.
+    fn delete_messages_before(&mut self, cutoff: i64) -> Result<u64>;
+    /// Takes `bytes` off `topic`'s byte count (not below 0).
+    fn forget_bytes(&mut self, topic: &[u8], bytes: u64) -> Result<()>;
+    /// Deletes `topic` and its members if it holds no envelope; whether it did.
+    fn delete_topic_if_empty(&mut self, topic: &[u8]) -> Result<bool>;
+    /// Deletes the quota rows of windows started before `cutoff`.
+    fn delete_windows_before(&mut self, cutoff: i64) -> Result<()>;
+    /// Tests: deletes every member row (what an older parent stored).
+    #[cfg(test)]
+    fn forget_all_members(&mut self) -> Result<()>;
+    /// Tests: `topic`'s byte count.
+    #[cfg(test)]
+    fn topic_bytes(&mut self, topic: &Topic) -> Result<Option<u64>>;
+    /// Tests: how many member rows `topic` has.
+    #[cfg(test)]
+    fn member_rows(&mut self, topic: &[u8]) -> Result<u64>;
 }
 
-/// Records `sender`'s quota use after this post.
-fn record_usage(tx: &Connection, sender: &[u8], u: &Usage) -> Result<()> {
-    tx.execute(
-        "INSERT INTO mailbox_senders (sender, window_start, messages, bytes, topics)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (sender) DO UPDATE SET window_start = excluded.window_start,
-             messages = excluded.messages, bytes = excluded.bytes,
-             topics = excluded.topics",
-        params![sender, u.window_start, u.messages, u.bytes, u.topics],
-    )
-    .map_err(|e| ParentError::db("post", &e))?;
-    Ok(())
+/// [`MailboxRows`] in SQLite, on the connection or transaction it wraps.
+struct SqliteRows<'a>(&'a Connection);
+
+fn sqlite(operation: &'static str) -> impl Fn(rusqlite::Error) -> ParentError {
+    move |e| ParentError::db(operation, &e)
 }
 
-/// The members of `topic` (empty: none named, or no such topic).
-fn topic_members(conn: &Connection, topic: &Topic) -> Result<Vec<Vec<u8>>> {
-    let db = |e: rusqlite::Error| ParentError::db("read members", &e);
-    let mut stmt = conn
-        .prepare_cached("SELECT member FROM mailbox_members WHERE topic = ?1 ORDER BY member")
-        .map_err(db)?;
-    let rows = stmt
-        .query_map([topic.as_slice()], |r| r.get(0))
-        .map_err(db)?;
-    rows.collect::<rusqlite::Result<_>>().map_err(db)
+impl MailboxRows for SqliteRows<'_> {
+    fn message_seq(&mut self, topic: &Topic, id: &[u8; 32]) -> Result<Option<u64>> {
+        self.0
+            .query_row(
+                "SELECT seq FROM mailbox_messages WHERE topic = ?1 AND id = ?2",
+                params![topic.as_slice(), id.as_slice()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sqlite("post"))
+    }
+
+    fn last_seq(&mut self, topic: &Topic) -> Result<Option<u64>> {
+        self.0
+            .query_row(
+                "SELECT last_seq FROM mailbox_topics WHERE topic = ?1",
+                [topic.as_slice()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sqlite("post"))
+    }
+
+    fn topic_exists(&mut self, topic: &Topic) -> Result<bool> {
+        self.0
+            .query_row(
+                "SELECT 1 FROM mailbox_topics WHERE topic = ?1",
+                [topic.as_slice()],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|found| found.is_some())
+            .map_err(sqlite("fetch"))
+    }
+
+    fn topic_members(&mut self, topic: &Topic) -> Result<Vec<Vec<u8>>> {
+        let db = sqlite("read members");
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT member FROM mailbox_members WHERE topic = ?1 ORDER BY member")
+            .map_err(&db)?;
+        let rows = stmt
+            .query_map([topic.as_slice()], |r| r.get(0))
+            .map_err(&db)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(&db)
+    }
+
+    fn topic_count(&mut self) -> Result<u64> {
+        self.0
+            .query_row("SELECT count(*) FROM mailbox_topics", [], |r| r.get(0))
+            .map_err(sqlite("count topics"))
+    }
+
+    fn total_bytes(&mut self) -> Result<u64> {
+        self.0
+            .query_row(
+                "SELECT coalesce(sum(bytes), 0) FROM mailbox_topics",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sqlite("post"))
+    }
+
+    fn insert_topic(&mut self, topic: &Topic, members: &[ByteBuf], now: i64) -> Result<()> {
+        let db = sqlite("post");
+        self.0
+            .execute(
+                "INSERT INTO mailbox_topics (topic, last_seq, bytes, created_at)
+                 VALUES (?1, 0, 0, ?2)",
+                params![topic.as_slice(), now],
+            )
+            .map_err(&db)?;
+        for m in members {
+            self.0
+                .execute(
+                    "INSERT OR IGNORE INTO mailbox_members (topic, member) VALUES (?1, ?2)",
+                    params![topic.as_slice(), m.as_slice()],
+                )
+                .map_err(&db)?;
+        }
+        Ok(())
+    }
+
+    fn usage(&mut self, sender: &[u8]) -> Result<Option<Usage>> {
+        self.0
+            .query_row(
+                "SELECT window_start, messages, bytes, topics FROM mailbox_senders
+                 WHERE sender = ?1",
+                [sender],
+                |r| {
+                    Ok(Usage {
+                        window_start: r.get(0)?,
+                        messages: r.get(1)?,
+                        bytes: r.get(2)?,
+                        topics: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sqlite("read quota"))
+    }
+
+    fn record_usage(&mut self, sender: &[u8], u: &Usage) -> Result<()> {
+        self.0
+            .execute(
+                "INSERT INTO mailbox_senders (sender, window_start, messages, bytes, topics)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (sender) DO UPDATE SET window_start = excluded.window_start,
+                     messages = excluded.messages, bytes = excluded.bytes,
+                     topics = excluded.topics",
+                params![sender, u.window_start, u.messages, u.bytes, u.topics],
+            )
+            .map_err(sqlite("post"))?;
+        Ok(())
+    }
+
+    fn insert_message(&mut self, topic: &Topic, message: &NewMessage<'_>) -> Result<()> {
+        let db = sqlite("post");
+        self.0
+            .execute(
+                "INSERT INTO mailbox_messages (topic, seq, id, sender, envelope, posted_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    topic.as_slice(),
+                    message.seq,
+                    message.id.as_slice(),
+                    message.sender,
+                    message.envelope,
+                    message.now
+                ],
+            )
+            .map_err(&db)?;
+        self.0
+            .execute(
+                "UPDATE mailbox_topics SET last_seq = ?2, bytes = bytes + ?3 WHERE topic = ?1",
+                params![topic.as_slice(), message.seq, message.len],
+            )
+            .map_err(&db)?;
+        Ok(())
+    }
+
+    fn page(
+        &mut self,
+        topic: &Topic,
+        after: u64,
+        rows: u64,
+        each: &mut dyn FnMut(u64, Vec<u8>) -> bool,
+    ) -> Result<()> {
+        let db = sqlite("fetch");
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "SELECT seq, envelope FROM mailbox_messages
+                 WHERE topic = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(&db)?;
+        let mut found = stmt
+            .query(params![topic.as_slice(), after, rows])
+            .map_err(&db)?;
+        while let Some(row) = found.next().map_err(&db)? {
+            let seq: u64 = row.get(0).map_err(&db)?;
+            let envelope: Vec<u8> = row.get(1).map_err(&db)?;
+            if !each(seq, envelope) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn expired(&mut self, cutoff: i64) -> Result<Vec<(Vec<u8>, u64)>> {
+        let db = sqlite("sweep");
+        // By the posted_at index; `length` of a blob reads its header, not its bytes.
+        let mut stmt = self
+            .0
+            .prepare_cached(
+                "SELECT topic, sum(length(envelope)) FROM mailbox_messages
+                 WHERE posted_at < ?1 GROUP BY topic",
+            )
+            .map_err(&db)?;
+        let rows = stmt
+            .query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(&db)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(&db)
+    }
+
+    fn delete_messages_before(&mut self, cutoff: i64) -> Result<u64> {
+        self.0
+            .execute(
+                "DELETE FROM mailbox_messages WHERE posted_at < ?1",
+                [cutoff],
+            )
+            .map(|n| n as u64)
+            .map_err(sqlite("sweep"))
+    }
+
+    fn forget_bytes(&mut self, topic: &[u8], bytes: u64) -> Result<()> {
+        self.0
+            .execute(
+                "UPDATE mailbox_topics SET bytes = max(bytes - ?2, 0) WHERE topic = ?1",
+                params![topic, bytes],
+            )
+            .map_err(sqlite("sweep"))?;
+        Ok(())
+    }
+
+    fn delete_topic_if_empty(&mut self, topic: &[u8]) -> Result<bool> {
+        let db = sqlite("sweep");
+        let gone = self
+            .0
+            .execute(
+                "DELETE FROM mailbox_topics WHERE topic = ?1 AND NOT EXISTS
+                 (SELECT 1 FROM mailbox_messages WHERE topic = ?1)",
+                [topic],
+            )
+            .map_err(&db)?;
+        if gone > 0 {
+            self.0
+                .execute("DELETE FROM mailbox_members WHERE topic = ?1", [topic])
+                .map_err(&db)?;
+        }
+        Ok(gone > 0)
+    }
+
+    fn delete_windows_before(&mut self, cutoff: i64) -> Result<()> {
+        self.0
+            .execute(
+                "DELETE FROM mailbox_senders WHERE window_start < ?1",
+                [cutoff],
+            )
+            .map_err(sqlite("sweep"))?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn forget_all_members(&mut self) -> Result<()> {
+        self.0
+            .execute("DELETE FROM mailbox_members", [])
+            .map_err(sqlite("test"))?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn topic_bytes(&mut self, topic: &Topic) -> Result<Option<u64>> {
+        self.0
+            .query_row(
+                "SELECT bytes FROM mailbox_topics WHERE topic = ?1",
+                [topic.as_slice()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sqlite("test"))
+    }
+
+    #[cfg(test)]
+    fn member_rows(&mut self, topic: &[u8]) -> Result<u64> {
+        self.0
+            .query_row(
+                "SELECT count(*) FROM mailbox_members WHERE topic = ?1",
+                [topic],
+                |r| r.get(0),
+            )
+            .map_err(sqlite("test"))
+    }
 }
 
 /// One connection's state: the read challenge, drawn when the peer first asks for it.
@@ -1129,6 +1360,15 @@ pub fn handle(
 /// [`ParentError::BadRequest`]). In TLS when the store has a certificate: a peer that does not
 /// complete the handshake gets nothing. Never panics on input.
 pub fn serve_mailbox<S: Read + Write>(stream: S, store: &MailboxStore) -> Result<()> {
+    serve_mailbox_counted(stream, store, &|| {})
+}
+
+/// [`serve_mailbox`], calling `on_request` for every request answered (the parent's metrics).
+pub fn serve_mailbox_counted<S: Read + Write>(
+    stream: S,
+    store: &MailboxStore,
+    on_request: &dyn Fn(),
+) -> Result<()> {
     match &store.tls {
         Some(tls) => {
             let conn = rustls::ServerConnection::new(Arc::clone(tls)).map_err(|e| {
@@ -1137,18 +1377,23 @@ pub fn serve_mailbox<S: Read + Write>(stream: S, store: &MailboxStore) -> Result
                     reason: e.to_string(),
                 }
             })?;
-            serve_frames(rustls::StreamOwned::new(conn, stream), store)
+            serve_frames(rustls::StreamOwned::new(conn, stream), store, on_request)
         }
-        None => serve_frames(stream, store),
+        None => serve_frames(stream, store, on_request),
     }
 }
 
-fn serve_frames<S: Read + Write>(stream: S, store: &MailboxStore) -> Result<()> {
+fn serve_frames<S: Read + Write>(
+    stream: S,
+    store: &MailboxStore,
+    on_request: &dyn Fn(),
+) -> Result<()> {
     frames::serve(
         stream,
         &mut MailboxService {
             store,
             session: MailboxSession::new(),
+            on_request,
         },
     )
 }
@@ -1158,6 +1403,7 @@ fn serve_frames<S: Read + Write>(stream: S, store: &MailboxStore) -> Result<()> 
 struct MailboxService<'a> {
     store: &'a MailboxStore,
     session: MailboxSession,
+    on_request: &'a dyn Fn(),
 }
 
 impl FrameService for MailboxService<'_> {
@@ -1170,6 +1416,7 @@ impl FrameService for MailboxService<'_> {
     }
 
     fn handle(&mut self, request: MailboxRequest) -> MailboxResponse {
+        (self.on_request)();
         handle(self.store, &mut self.session, request)
     }
 
@@ -1355,9 +1602,11 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
     use crate::store::SqliteStore;
+    use crate::store::database::PostgresConfig;
     use cosigner_protocol::auth::public_key_bytes;
     use cosigner_protocol::frame::{read_frame, write_frame};
     use cosigner_protocol::mailbox::{decode_response, encode_request};
+    use cosigner_tests::postgres::{Backend, database_for};
     use p256::ecdsa::SigningKey;
 
     fn key() -> SigningKey {
@@ -1375,17 +1624,53 @@ mod tests {
             .unwrap()
     }
 
-    fn store_with(config: &MailboxConfig) -> (tempfile::TempDir, MailboxStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.db");
-        drop(SqliteStore::open(&path).unwrap());
-        let s = MailboxStore::open_with(&path, config).unwrap();
-        (dir, s)
+    /// The mailbox in `database` on `backend`, opened as the parent opens it (the blob store
+    /// first), on a connection (SQLite) or pool (PostgreSQL) of its own.
+    fn open_mailbox(backend: Backend, database: &str, config: &MailboxConfig) -> MailboxStore {
+        match backend {
+            Backend::Sqlite => {
+                let path = Path::new(database);
+                drop(SqliteStore::open(path).unwrap());
+                MailboxStore::open_with(path, config).unwrap()
+            }
+            Backend::Postgres => {
+                let pg = PostgresConfig::new(database, None, 4).unwrap();
+                let db = Arc::new(PgDatabase::connect(&pg).unwrap());
+                MailboxStore::open_postgres(db, config).unwrap()
+            }
+        }
     }
 
-    fn store() -> (tempfile::TempDir, MailboxStore) {
-        store_with(&MailboxConfig::default())
+    /// What keeps a test's database alive (see `database_for`).
+    type Keep = Box<dyn std::any::Any>;
+
+    /// A mailbox on `backend`; `None`: skip (PostgreSQL missing).
+    fn store_with(backend: Backend, config: &MailboxConfig) -> Option<(Keep, MailboxStore)> {
+        let (keep, database) = database_for(backend)?;
+        let s = open_mailbox(backend, &database, config);
+        Some((keep, s))
     }
+
+    fn store(backend: Backend) -> Option<(Keep, MailboxStore)> {
+        store_with(backend, &MailboxConfig::default())
+    }
+
+    // The mailbox's rules are the same on both engines, so are its tests.
+    cosigner_tests::on_both_engines!(
+        posts_get_sequence_numbers_and_fetch_pages_in_order,
+        duplicates_answer_the_existing_sequence_number,
+        bad_envelopes_are_refused_with_one_line,
+        caps_refuse_clearly,
+        pages_respect_the_item_and_byte_caps,
+        topics_are_their_members_only,
+        reads_need_a_proof_under_this_connections_challenge,
+        topics_without_members_stay_open_until_they_expire,
+        the_sweep_deletes_what_the_retention_expired,
+        a_flooder_meets_its_own_quota_and_others_still_post,
+        the_frame_loop_answers_and_drops_garbage,
+        the_parent_serves_the_mailbox_on_tcp,
+        concurrent_posts_to_one_topic_get_unique_gap_free_numbers,
+    );
 
     /// A store whose members-only checks are out of the way: `k` founds topics naming only
     /// itself and reads as itself.
@@ -1398,9 +1683,10 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn posts_get_sequence_numbers_and_fetch_pages_in_order() {
-        let (_dir, s) = store();
+    fn posts_get_sequence_numbers_and_fetch_pages_in_order(backend: Backend) {
+        let Some((_db, s)) = store(backend) else {
+            return;
+        };
         let k = key();
         let t = Topic([1; 16]);
         for i in 1..=5u64 {
@@ -1435,9 +1721,10 @@ mod tests {
         assert_eq!(s.topic_count().unwrap(), 2);
     }
 
-    #[test]
-    fn duplicates_answer_the_existing_sequence_number() {
-        let (_dir, s) = store();
+    fn duplicates_answer_the_existing_sequence_number(backend: Backend) {
+        let Some((_db, s)) = store(backend) else {
+            return;
+        };
         let (k, other) = (key(), key());
         let t = Topic([1; 16]);
         let members = [pk(&k), pk(&other)];
@@ -1453,9 +1740,10 @@ mod tests {
         assert_eq!(s.post(&t, &envelope(&other, t, b"hello"), &[]).unwrap(), 3);
     }
 
-    #[test]
-    fn bad_envelopes_are_refused_with_one_line() {
-        let (_dir, s) = store();
+    fn bad_envelopes_are_refused_with_one_line(backend: Backend) {
+        let Some((_db, s)) = store(backend) else {
+            return;
+        };
         let k = key();
         let t = Topic([1; 16]);
         let mut tampered = Envelope::seal(&k, t, b"pay alice".to_vec()).unwrap();
@@ -1505,9 +1793,10 @@ mod tests {
         assert_eq!(s.topic_count().unwrap(), 0);
     }
 
-    #[test]
-    fn caps_refuse_clearly() {
-        let (_dir, s) = store();
+    fn caps_refuse_clearly(backend: Backend) {
+        let Some((_db, s)) = store(backend) else {
+            return;
+        };
         let s = s.with_limits(MailboxLimits {
             max_messages_per_topic: 2,
             max_topics: 2,
@@ -1531,9 +1820,10 @@ mod tests {
         assert_eq!(s.post(&Topic([2; 16]), &e, &[]).unwrap(), 2);
     }
 
-    #[test]
-    fn pages_respect_the_item_and_byte_caps() {
-        let (_dir, s) = store();
+    fn pages_respect_the_item_and_byte_caps(backend: Backend) {
+        let Some((_db, s)) = store(backend) else {
+            return;
+        };
         let s = s.with_limits(MailboxLimits {
             max_page: 3,
             ..MailboxLimits::default()
@@ -1583,9 +1873,10 @@ mod tests {
         assert_eq!(seen, 3);
     }
 
-    #[test]
-    fn topics_are_their_members_only() {
-        let (_dir, s) = store();
+    fn topics_are_their_members_only(backend: Backend) {
+        let Some((_db, s)) = store(backend) else {
+            return;
+        };
         let (alice, bob, provider, stranger) = (key(), key(), key(), key());
         let t = Topic([7; 16]);
         let members = vec![pk(&alice), pk(&bob), pk(&provider)];
@@ -1634,9 +1925,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn reads_need_a_proof_under_this_connections_challenge() {
-        let (_dir, s) = store();
+    fn reads_need_a_proof_under_this_connections_challenge(backend: Backend) {
+        let Some((_db, s)) = store(backend) else {
+            return;
+        };
         let (alice, stranger) = (key(), key());
         let t = Topic([7; 16]);
         post(&s, &alice, t, b"secret-ish").unwrap();
@@ -1698,28 +1990,32 @@ mod tests {
         refused(fetch_with(&mut session, None), "members only");
     }
 
-    #[test]
-    fn topics_without_members_stay_open_until_they_expire() {
+    fn topics_without_members_stay_open_until_they_expire(backend: Backend) {
         // What an older parent stored: a topic with no member rows.
-        let (_dir, s) = store();
+        let Some((_db, s)) = store(backend) else {
+            return;
+        };
         let k = key();
         let t = Topic([3; 16]);
         post(&s, &k, t, b"old").unwrap();
-        s.conn().execute("DELETE FROM mailbox_members", []).unwrap();
+        s.engine
+            .write(("begin", "commit"), |rows| rows.forget_all_members())
+            .unwrap();
         assert_eq!(s.fetch(&t, 0, 0, None).unwrap().items.len(), 1);
         assert!(s.fetch(&t, 0, 0, None).unwrap().members.is_empty());
         // Anyone may post there, as before.
         s.post(&t, &envelope(&key(), t, b"more"), &[]).unwrap();
     }
 
-    #[test]
-    fn the_sweep_deletes_what_the_retention_expired() {
+    fn the_sweep_deletes_what_the_retention_expired(backend: Backend) {
         let hour = 3600 * 1000;
         let config = MailboxConfig {
             retention: Duration::from_secs(3600),
             ..MailboxConfig::default()
         };
-        let (_dir, s) = store_with(&config);
+        let Some((_db, s)) = store_with(backend, &config) else {
+            return;
+        };
         let k = key();
         let (old, mixed, young) = (Topic([1; 16]), Topic([2; 16]), Topic([3; 16]));
         let t0 = unix_now();
@@ -1732,22 +2028,15 @@ mod tests {
         at(mixed, b"c", t0);
         at(mixed, b"d", t0 + hour / 2);
         at(young, b"e", t0 + hour / 2);
-        let bytes = |t: &Topic| -> u64 {
-            s.conn()
-                .query_row(
-                    "SELECT bytes FROM mailbox_topics WHERE topic = ?1",
-                    [t.as_slice()],
-                    |r| r.get(0),
-                )
-                .unwrap()
-        };
+        let bytes =
+            |t: &Topic| -> u64 { s.engine.read(|rows| rows.topic_bytes(t)).unwrap().unwrap() };
         let mixed_before = bytes(&mixed);
         // Just before the first envelopes expire: nothing goes.
-        let none = s.sweep_now(&mut s.conn(), t0 + hour).unwrap();
+        let none = s.sweep_now(t0 + hour).unwrap();
         assert_eq!(none, Swept::default());
         // Later: `old` is gone with its members, `mixed` keeps its young envelope (and its
         // sequence numbering), `young` is whole.
-        let swept = s.sweep_now(&mut s.conn(), t0 + hour + 2000).unwrap();
+        let swept = s.sweep_now(t0 + hour + 2000).unwrap();
         assert_eq!(
             swept,
             Swept {
@@ -1756,13 +2045,9 @@ mod tests {
             }
         );
         assert_eq!(s.topic_count().unwrap(), 2);
-        let members: u64 = s
-            .conn()
-            .query_row(
-                "SELECT count(*) FROM mailbox_members WHERE topic = ?1",
-                [old.as_slice()],
-                |r| r.get(0),
-            )
+        let members = s
+            .engine
+            .read(|rows| rows.member_rows(old.as_slice()))
             .unwrap();
         assert_eq!(members, 0);
         let now = t0 + hour + 3000;
@@ -1788,8 +2073,7 @@ mod tests {
         assert_eq!(at(old, b"h", t0 + 3 * hour), 1);
     }
 
-    #[test]
-    fn a_flooder_meets_its_own_quota_and_others_still_post() {
+    fn a_flooder_meets_its_own_quota_and_others_still_post(backend: Backend) {
         let quota = SenderQuota {
             window: Duration::from_secs(3600),
             messages: 5,
@@ -1802,7 +2086,9 @@ mod tests {
             quota_exempt: vec![public_key_bytes(&exempt)],
             ..MailboxConfig::default()
         };
-        let (_dir, s) = store_with(&config);
+        let Some((_db, s)) = store_with(backend, &config) else {
+            return;
+        };
         let t0 = unix_now();
         let t = Topic([1; 16]);
         let members = [pk(&flooder), pk(&member), pk(&exempt)];
@@ -1895,6 +2181,59 @@ mod tests {
         assert_eq!(post_at(&flooder, t, b"6", t0 + 3_600_000).unwrap(), 17);
     }
 
+    /// Parent threads posting to one topic at once (each with its own sender), and founding
+    /// topics at once, through two stores on one database (two parents' pools, or two SQLite
+    /// connections): every post gets its own number, the numbers are 1..=N without a gap, and
+    /// the topic's byte count is the sum of what is stored. On PostgreSQL this is the mailbox's
+    /// advisory lock at work across connections and pools.
+    fn concurrent_posts_to_one_topic_get_unique_gap_free_numbers(backend: Backend) {
+        let Some((_db, database)) = database_for(backend) else {
+            return;
+        };
+        let s = open_mailbox(backend, &database, &MailboxConfig::default());
+        let other = open_mailbox(backend, &database, &MailboxConfig::default());
+        let (threads, each) = (6, 8);
+        let senders: Vec<SigningKey> = (0..threads).map(|_| key()).collect();
+        let members: Vec<ByteBuf> = senders.iter().map(pk).collect();
+        let t = Topic([9; 16]);
+        let mut seqs: Vec<u64> = std::thread::scope(|scope| {
+            let handles: Vec<_> = senders
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    let members = &members;
+                    let s = if i % 2 == 0 { &s } else { &other };
+                    scope.spawn(move || {
+                        let mut mine = Vec::new();
+                        for j in 0..each {
+                            let body = [i as u8, j as u8];
+                            mine.push(s.post(&t, &envelope(k, t, &body), members).unwrap());
+                            // And a topic of its own, founded while the others post.
+                            let own = Topic([i as u8 + 100; 16]);
+                            s.post(&own, &envelope(k, own, &body), &[pk(k)]).unwrap();
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        seqs.sort_unstable();
+        let expected: Vec<u64> = (1..=(threads * each) as u64).collect();
+        assert_eq!(seqs, expected);
+        let page = fetch(&s, &senders[0], &t, 0, 0);
+        assert_eq!(page.items.len(), threads * each);
+        let stored: u64 = page.items.iter().map(|i| i.envelope.len() as u64).sum();
+        assert_eq!(
+            s.engine.read(|rows| rows.topic_bytes(&t)).unwrap(),
+            Some(stored)
+        );
+        assert_eq!(s.topic_count().unwrap(), 1 + threads as u64);
+    }
+
     #[test]
     fn quotas_must_leave_the_global_caps_far_above_one_sender() {
         let limits = MailboxLimits::default();
@@ -1943,9 +2282,10 @@ mod tests {
         assert!(!dir.path().join("missing.db").exists());
     }
 
-    #[test]
-    fn the_frame_loop_answers_and_drops_garbage() {
-        let (_dir, s) = store();
+    fn the_frame_loop_answers_and_drops_garbage(backend: Backend) {
+        let Some((_db, s)) = store(backend) else {
+            return;
+        };
         let k = key();
         let t = Topic([1; 16]);
         let mut input = Vec::new();
@@ -2025,13 +2365,15 @@ mod tests {
         )
     }
 
-    #[test]
-    fn the_parent_serves_the_mailbox_on_tcp() {
+    fn the_parent_serves_the_mailbox_on_tcp(backend: Backend) {
+        let Some((_db, database)) = database_for(backend) else {
+            return;
+        };
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         let config = crate::Config::from_toml(&format!(
             "listen = \"127.0.0.1:0\"\nenclave = \"unix:{d}/enclave.sock\"\n\
-             store_socket = \"{d}/store.sock\"\ndatabase = \"{d}/store.db\"\n\
+             store_socket = \"{d}/store.sock\"\ndatabase = \"{database}\"\n\
              mailbox_listen = \"127.0.0.1:0\"\n"
         ))
         .unwrap();

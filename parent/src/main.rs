@@ -7,6 +7,12 @@
 //! `cosigner-parent run --config FILE` runs until the process is stopped (SIGTERM, SIGINT): the
 //! store commits every write before answering, so being killed loses nothing acknowledged. Exit
 //! codes: 0 success, 1 failure (one line on stderr), 2 usage error.
+//!
+//! While it runs, `run` logs structured events on stderr (`cosigner_parent::logging`): JSON lines
+//! by default, `--log-format text` (or `COSIGNER_LOG_FORMAT=text`) for people, filtered by
+//! `COSIGNER_LOG`. The enclave's events come out here too, with `"source":"enclave"`. The one line
+//! a failed command ends with is not a log event but the command's answer: plain text, as the
+//! exit-code contract above says, whatever the format.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -15,6 +21,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use cosigner_parent::logging::{self, LogFormat};
 use cosigner_parent::{Config, Parent};
 
 /// cosigner-parent: relays opaque bytes between clients and the enclave, stores sealed blobs.
@@ -26,6 +33,9 @@ enum Cli {
         /// The TOML configuration (listen, enclave, store_socket, database).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// How log events are written on stderr: `json` (one object a line) or `text`.
+        #[arg(long, value_enum, env = "COSIGNER_LOG_FORMAT", default_value = "json")]
+        log_format: LogFormat,
     },
     /// The enclave's audit log as this parent stores it.
     #[command(subcommand)]
@@ -45,11 +55,20 @@ enum Cli {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Check the chain and every signature; print `{"entries","head"}` or name the broken entry.
+    /// Check every instance's chain and every signature; print `{"entries","head","chains"}` or
+    /// name the broken entry.
     Verify {
         /// The parent's SQLite database.
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "config",
+            conflicts_with = "config"
+        )]
+        database: Option<PathBuf>,
+        /// Or the parent's configuration: its `database` (SQLite or PostgreSQL).
         #[arg(long, value_name = "FILE")]
-        database: PathBuf,
+        config: Option<PathBuf>,
         /// The enclave's audit key (hex), as `cosigner status` prints it from the attestation.
         #[arg(long, value_name = "HEX")]
         key: String,
@@ -69,30 +88,53 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli {
-        Cli::Run { config } => {
+        Cli::Run { config, log_format } => {
+            logging::init(log_format)?;
             let config = Config::load(&config)?;
+            let enclaves = config
+                .enclaves
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
             let summary = format!(
-                "relaying {} -> {}; store on {} ({})",
+                "relaying {} -> {enclaves}; store on {} ({})",
                 config.listen,
-                config.enclave,
                 config.store_socket.display(),
                 config.database.display()
             );
+            let (config_enclave, config_store) =
+                (enclaves, config.store_socket.display().to_string());
             // The certificate exists once the parent started (made then if absent).
             let certificate = config.mailbox.tls.as_ref().map(|t| t.certificate.clone());
             let running = Parent::new(config)
                 .and_then(Parent::start)
                 .context("starting")?;
-            let mailbox = match (running.mailbox_addr(), certificate) {
-                (Some(a), Some(cert)) => {
-                    let pin = cosigner_parent::mailbox::certificate_pin(&cert)?;
-                    format!("; mailbox on tls://{a}#{pin}")
-                }
-                (Some(a), None) => format!("; mailbox on {a}"),
-                (None, _) => String::new(),
+            let mailbox_field = match (running.mailbox_addr(), certificate) {
+                (Some(a), Some(cert)) => Some(format!(
+                    "tls://{a}#{}",
+                    cosigner_parent::mailbox::certificate_pin(&cert)?
+                )),
+                (Some(a), None) => Some(a.to_string()),
+                (None, _) => None,
             };
-            eprintln!(
-                "cosigner-parent: {summary}; listening on {}{mailbox}",
+            let metrics = running
+                .metrics_addr()
+                .map(|a| format!("; operator listener on http://{a} (/metrics, /healthz, /readyz)"))
+                .unwrap_or_default();
+            // The mailbox's address is not the message's last word (members copy it from the
+            // line up to the next space); it is also the `mailbox` field.
+            let mailbox = mailbox_field
+                .as_ref()
+                .map(|m| format!("; mailbox on {m} (for members)"))
+                .unwrap_or_default();
+            tracing::info!(
+                listen = %running.client_addr(),
+                enclave = %config_enclave,
+                store_socket = %config_store,
+                mailbox = mailbox_field,
+                metrics = running.metrics_addr().map(|a| a.to_string()),
+                "{summary}; listening on {}{metrics}{mailbox}",
                 running.client_addr()
             );
             running.wait();
@@ -100,11 +142,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cli::Image { args } => Err(run_image_tool(args)),
         Cli::Enrollment(command) => cosigner_parent::enrollment::run(command),
-        Cli::Audit(AuditCommand::Verify { database, key }) => {
-            let report = cosigner_parent::audit::verify_database(&database, &key)?;
+        Cli::Audit(AuditCommand::Verify {
+            database,
+            config,
+            key,
+        }) => {
+            let report = match (database, config) {
+                (Some(database), _) => cosigner_parent::audit::verify_database(&database, &key)?,
+                (None, Some(config)) => cosigner_parent::audit::verify_configured(
+                    &cosigner_parent::Config::load(&config)?,
+                    &key,
+                )?,
+                (None, None) => {
+                    anyhow::bail!("audit verify: give --database FILE or --config FILE")
+                }
+            };
+            let chains: Vec<serde_json::Value> = report
+                .chains
+                .iter()
+                .map(|c| {
+                    serde_json::json!({"instance": c.instance, "entries": c.entries, "head": c.head})
+                })
+                .collect();
             println!(
-                "{{\"entries\":{},\"head\":\"{}\"}}",
-                report.entries, report.head
+                "{}",
+                serde_json::json!({"entries": report.entries, "head": report.head, "chains": chains})
             );
             Ok(())
         }

@@ -47,11 +47,13 @@ use vsock::{VMADDR_CID_ANY, VsockListener, VsockStream};
 use crate::aws_credentials::CredentialsProvider;
 use crate::config::{ClientLimits, Config, EnclaveAddr};
 use crate::error::{ParentError, Result};
-use crate::mailbox::{MailboxListener, MailboxStore, is_ordinary_end, serve_mailbox};
+use crate::mailbox::{MailboxListener, MailboxStore, is_ordinary_end, serve_mailbox_counted};
+use crate::metrics::{ClientLimited, Metrics};
+use crate::pool::EnclavePool;
 use crate::proxy::{self, Destination, Inbound};
 use crate::relay::{Conn, Io, Listen, is_idle_timeout, is_timeout, relay, relay_idle};
-use crate::store::{SqliteStore, Store};
-use crate::store_server::serve_store_with;
+use crate::store::Store;
+use crate::store_server::serve_store_telemetry;
 
 /// Most connections served at once, per listener (proxies have their own, lower, cap).
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -70,20 +72,18 @@ pub struct Parent {
     config: Config,
     store: Arc<dyn Store>,
     mailbox: Option<Arc<MailboxStore>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Parent {
-    /// A parent on `config`, opening (or creating) the SQLite store at `config.database`, and
-    /// the mailbox's tables in it when `config.mailbox_listen` is set.
+    /// A parent on `config`, opening (or creating) its store at `config.database` (a SQLite
+    /// file, or a PostgreSQL database whose schema it creates or migrates), and the mailbox's
+    /// tables there when `config.mailbox_listen` is set.
     pub fn new(config: Config) -> Result<Parent> {
-        let store = SqliteStore::open(&config.database)?;
-        let mailbox = match config.mailbox_listen {
-            Some(_) => Some(Arc::new(MailboxStore::open_for(&config)?)),
-            None => None,
-        };
+        let (store, mailbox) = crate::store::open_for(&config)?;
         Ok(Parent {
             mailbox,
-            ..Self::with_store(config, Arc::new(store))
+            ..Self::with_store(config, store)
         })
     }
 
@@ -94,7 +94,14 @@ impl Parent {
             config,
             store,
             mailbox: None,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// What this parent counts ([`crate::metrics`]): the enclave pool marks instances up or
+    /// down with [`Metrics::set_instance_up`].
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Serves `mailbox` on `config.mailbox_listen` (instead of opening `config.database`).
@@ -115,6 +122,7 @@ impl Parent {
             config,
             store,
             mailbox,
+            metrics,
         } = self;
         for p in &config.proxies {
             proxy::check_allowed(&config.proxy_allow, &p.to)?;
@@ -131,7 +139,9 @@ impl Parent {
             mailbox_addr: None,
             store_socket: config.store_socket.clone(),
             socket_files: Vec::new(),
-            shared: Shared::new()?,
+            shared: Shared::new(metrics)?,
+            metrics_addr: None,
+            pool: Arc::new(EnclavePool::new(&config.enclaves)),
             accept_threads: Vec::new(),
             stopped: false,
         };
@@ -142,12 +152,15 @@ impl Parent {
             max: MAX_CONNECTIONS,
             per_source: Some(config.client_limits.max_connections_per_source),
             handler: Handler::Relay {
-                enclave: config.enclave.clone(),
+                pool: running.pool.clone(),
                 limits: config.client_limits,
             },
         }];
         if let Some(addr) = config.mailbox_listen {
             loops.push(running.mailbox_loop(&config, addr, mailbox)?);
+        }
+        if let Some(addr) = config.metrics_listen {
+            loops.push(running.metrics_loop(addr, &store)?);
         }
         loops.extend(running.store_loops(&config, &store)?);
         loops.extend(running.proxy_loops(&config)?);
@@ -158,10 +171,11 @@ impl Parent {
 
 impl Shared {
     /// Nothing open yet, not stopping.
-    fn new() -> Result<Arc<Self>> {
+    fn new(metrics: Arc<Metrics>) -> Result<Arc<Self>> {
         let (wake_rx, wake_tx) =
             UnixStream::pair().map_err(|e| ParentError::io("creating the stop signal", &e))?;
         Ok(Arc::new(Shared {
+            metrics,
             stop: AtomicBool::new(false),
             next_id: AtomicU64::new(0),
             conns: Mutex::new(Conns::default()),
@@ -196,6 +210,24 @@ impl RunningParent {
             max: MAX_CONNECTIONS,
             per_source: None,
             handler: Handler::Mailbox(mailbox),
+        })
+    }
+
+    /// The operator listener on `addr` (`crate::http`): `/metrics`, `/healthz`, `/readyz`.
+    fn metrics_loop(&mut self, addr: SocketAddr, store: &Arc<dyn Store>) -> Result<Loop> {
+        let tcp = TcpListener::bind(addr)
+            .map_err(|e| ParentError::io(format!("binding metrics_listen {addr}"), &e))?;
+        self.metrics_addr = Some(
+            tcp.local_addr()
+                .map_err(|e| ParentError::io("reading the metrics listener's address", &e))?,
+        );
+        Ok(Loop {
+            name: "parent-accept-metrics".into(),
+            what: format!("metrics listener {addr}"),
+            listener: nonblocking(Box::new(tcp), &addr.to_string())?,
+            max: crate::http::MAX_CONNECTIONS,
+            per_source: None,
+            handler: Handler::Operator(Arc::clone(store)),
         })
     }
 
@@ -279,7 +311,11 @@ pub struct RunningParent {
     store_socket: PathBuf,
     /// The unix socket files we bound, with their (device, inode), to remove only our own.
     socket_files: Vec<(PathBuf, (u64, u64))>,
+    /// The operator listener's address, if it is served.
+    metrics_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
+    /// The enclave instances client connections are spread over.
+    pool: Arc<EnclavePool>,
     accept_threads: Vec<JoinHandle<()>>,
     stopped: bool,
 }
@@ -288,6 +324,27 @@ impl RunningParent {
     /// The address clients connect to (the actual port when the configuration said 0).
     pub fn client_addr(&self) -> SocketAddr {
         self.client_addr
+    }
+
+    /// The enclave instances and what this parent knows of each (up, connections).
+    pub fn instances(&self) -> Vec<crate::pool::InstanceStatus> {
+        self.pool.status()
+    }
+
+    /// The pool itself (shared with the metrics listener).
+    pub fn pool(&self) -> Arc<EnclavePool> {
+        self.pool.clone()
+    }
+
+    /// The operator listener's address (`metrics_listen`; the actual port when it said 0), if
+    /// it is served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// What this parent counts (see [`Parent::metrics`]).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.shared.metrics)
     }
 
     /// The mailbox's address (the actual port when the configuration said 0), if it is served.
@@ -370,6 +427,8 @@ impl std::fmt::Debug for RunningParent {
 
 /// State shared by the accept loops, the connection threads and shutdown.
 struct Shared {
+    /// What the parent counts (`crate::metrics`).
+    metrics: Arc<Metrics>,
     stop: AtomicBool,
     next_id: AtomicU64,
     conns: Mutex<Conns>,
@@ -494,7 +553,7 @@ struct Loop {
 enum Handler {
     /// Relay clients to the enclave, within the client limits' timeouts.
     Relay {
-        enclave: EnclaveAddr,
+        pool: Arc<EnclavePool>,
         limits: ClientLimits,
     },
     /// Serve the enclave's store requests (and its AWS credentials, if configured).
@@ -503,27 +562,40 @@ enum Handler {
     Proxy { listen: Inbound, to: Destination },
     /// Serve the members' mailbox.
     Mailbox(Arc<MailboxStore>),
+    /// Serve the operator's `/metrics`, `/healthz` and `/readyz` (the store answers `/readyz`).
+    Operator(Arc<dyn Store>),
 }
 
 impl Handler {
     fn serve(&self, id: u64, conn: &Conn, shared: &Shared, peer: Peer<'_>) {
         match self {
-            Handler::Relay { enclave, limits } => {
-                relay_one(id, conn, enclave, limits, shared, peer)
-            }
+            Handler::Relay { pool, limits } => relay_one(id, conn, pool, limits, shared, peer),
             Handler::Store(store, credentials) => {
-                if let Err(e) =
-                    serve_store_with(Io(&**conn), store.as_ref(), credentials.as_deref())
+                if let Err(e) = serve_store_telemetry(
+                    Io(&**conn),
+                    store.as_ref(),
+                    credentials.as_deref(),
+                    &shared.metrics,
+                ) {
+                    tracing::warn!(error = %e, "store connection ended: {e}");
+                }
+            }
+            Handler::Operator(store) => {
+                if let Err(e) = crate::http::serve(conn, &shared.metrics, store.as_ref())
+                    && !ordinary_end(&e)
+                    && !is_timeout(&e)
                 {
-                    log(&format!("store connection ended: {e}"));
+                    tracing::debug!(error = %e, "metrics connection ended: {e}");
                 }
             }
             Handler::Proxy { listen, to } => proxy_one(id, conn, listen, to, shared),
             Handler::Mailbox(mailbox) => {
-                if let Err(e) = serve_mailbox(Io(&**conn), mailbox)
-                    && !is_ordinary_end(&e)
+                shared.metrics.mailbox_connection();
+                if let Err(e) = serve_mailbox_counted(Io(&**conn), mailbox, &|| {
+                    shared.metrics.mailbox_request()
+                }) && !is_ordinary_end(&e)
                 {
-                    log(&format!("mailbox connection ended: {e}"));
+                    tracing::warn!(error = %e, "mailbox connection ended: {e}");
                 }
             }
         }
@@ -543,7 +615,12 @@ fn accept_loop(l: Loop, slot: usize, shared: &Arc<Shared>) {
         Handler::Relay { limits, .. } => Some(*limits),
         _ => None,
     };
-    let log = Arc::new(LimitLog::new(l.what.clone(), l.max, l.per_source, timeouts));
+    let mut limit_log = LimitLog::new(l.what.clone(), l.max, l.per_source, timeouts);
+    // The client listener's connections are counted (`crate::metrics`): accepted, open, bytes
+    // each way, and what its limits did.
+    let clients = timeouts.map(|_| Arc::clone(&shared.metrics));
+    limit_log.metrics = clients.clone();
+    let log = Arc::new(limit_log);
     let handler = Arc::new(l.handler);
     loop {
         if shared.stopping() {
@@ -569,6 +646,14 @@ fn accept_loop(l: Loop, slot: usize, shared: &Arc<Shared>) {
         match l.listener.accept_from() {
             Ok((conn, ip)) => {
                 let source = l.per_source.and(ip.map(Source::of));
+                let conn = match &clients {
+                    Some(metrics) => Arc::new(Counted {
+                        inner: conn,
+                        metrics: Arc::clone(metrics),
+                    }) as Conn,
+                    None => conn,
+                };
+                let counted = clients.clone();
                 let handler = Arc::clone(&handler);
                 let conn_shared = Arc::clone(shared);
                 let conn_log = Arc::clone(&log);
@@ -583,7 +668,13 @@ fn accept_loop(l: Loop, slot: usize, shared: &Arc<Shared>) {
                             source,
                             log: &conn_log,
                         };
+                        if let Some(m) = &counted {
+                            m.client_accepted();
+                        }
                         handler.serve(id, conn, &conn_shared, peer);
+                        if let Some(m) = &counted {
+                            m.client_closed();
+                        }
                     },
                 );
                 // A refused connection is closed here, when `conn` goes: nothing was read.
@@ -600,6 +691,35 @@ fn accept_loop(l: Loop, slot: usize, shared: &Arc<Shared>) {
                 ) => {}
             Err(e) => accept_failed(&l.name, &e),
         }
+    }
+}
+
+/// A client connection that counts the bytes it carries into the parent's metrics: read from
+/// the client is bound for the enclave, written to it came from the enclave.
+struct Counted {
+    inner: Conn,
+    metrics: Arc<Metrics>,
+}
+
+impl crate::relay::Duplex for Counted {
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.recv(buf)?;
+        self.metrics.relayed_to_enclave(n);
+        Ok(n)
+    }
+    fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.send(buf)?;
+        self.metrics.relayed_to_client(n);
+        Ok(n)
+    }
+    fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        self.inner.shutdown(how)
+    }
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.inner.set_read_timeout(timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.inner.set_write_timeout(timeout)
     }
 }
 
@@ -667,7 +787,7 @@ fn spawn_connection(
             Ok(())
         }
         Err(e) => {
-            log(&format!("cannot spawn a connection thread: {e}"));
+            tracing::error!(error = %e, "cannot spawn a connection thread: {e}");
             conns.release(id, slot, source);
             Err(Refused::Stopping)
         }
@@ -697,6 +817,8 @@ struct LimitLog {
     per_source: Option<usize>,
     timeouts: Option<ClientLimits>,
     state: Mutex<LimitLogState>,
+    /// Where each event is counted too (the client listener's).
+    metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Default)]
@@ -723,6 +845,7 @@ impl LimitLog {
             per_source,
             timeouts,
             state: Mutex::new(LimitLogState::default()),
+            metrics: None,
         }
     }
 
@@ -732,6 +855,14 @@ impl LimitLog {
 
     /// Counts one connection `what` did something to (from `source`, if known).
     fn note(&self, what: Limited, source: Option<Source>) {
+        if let Some(m) = &self.metrics {
+            m.client_limited(match what {
+                Limited::SourceQuota => ClientLimited::SourceQuota,
+                Limited::Cap => ClientLimited::Cap,
+                Limited::Handshake => ClientLimited::Handshake,
+                Limited::Idle => ClientLimited::Idle,
+            });
+        }
         let now = Instant::now();
         let mut state = self.state();
         *state.counts.entry(what).or_insert(0) += 1;
@@ -771,11 +902,20 @@ impl LimitLog {
                 line.push_str(&format!(" in the last {:.1} s", span.as_secs_f64()));
             }
         }
+        let count = |l: Limited| state.counts.get(&l).copied().unwrap_or(0);
+        tracing::warn!(
+            listener = %self.what,
+            refused_source_quota = count(Limited::SourceQuota),
+            refused_cap = count(Limited::Cap),
+            closed_handshake_timeout = count(Limited::Handshake),
+            closed_idle_timeout = count(Limited::Idle),
+            latest_source = state.latest.map(|s| s.to_string()),
+            "{line}"
+        );
         *state = LimitLogState {
             last_line: Some(now),
             ..LimitLogState::default()
         };
-        log(&line);
     }
 
     fn describe(&self, limited: Limited, n: u64) -> String {
@@ -813,7 +953,7 @@ impl LimitLog {
 fn relay_one(
     id: u64,
     client: &Conn,
-    enclave: &EnclaveAddr,
+    pool: &EnclavePool,
     limits: &ClientLimits,
     shared: &Shared,
     peer: Peer<'_>,
@@ -834,20 +974,31 @@ fn relay_one(
             return;
         }
     };
-    let upstream: io::Result<Conn> = match enclave {
-        EnclaveAddr::Unix(path) => UnixStream::connect(path).map(|s| Arc::new(s) as Conn),
-        // Bounded by the kernel's vsock connect timeout (2 s by default).
-        EnclaveAddr::Vsock { cid, port } => {
-            VsockStream::connect_with_cid_port(*cid, *port).map(|s| Arc::new(s) as Conn)
+    let (upstream, refused) = pool.connect(connect_enclave);
+    if let Ok((_, lease)) = &upstream {
+        shared
+            .metrics
+            .set_instance_up(pool.instance_id(lease.index), true);
+    }
+    for (index, e) in &refused {
+        shared
+            .metrics
+            .set_instance_up(pool.instance_id(*index), false);
+        if let Some(addr) = pool.addr(*index) {
+            log(&format!(
+                "enclave instance {} at {addr} refused a connection ({e}): skipped until it answers",
+                index + 1
+            ));
         }
-        // The same bound as the kernel's vsock connect timeout.
-        EnclaveAddr::HybridVsock { path, port } => {
-            crate::hybrid_vsock::connect(path, *port, Duration::from_secs(2))
-                .map(|s| Arc::new(s) as Conn)
-        }
+    }
+    let (upstream, _lease) = match upstream {
+        Ok((conn, lease)) => (Ok(conn), Some(lease)),
+        Err(e) => (Err(e), None),
     };
     let Some(upstream) = shared.connected(id, upstream, |e| {
-        format!("cannot reach the enclave at {enclave}: {e}; closing the client connection")
+        format!(
+            "cannot reach the enclave (no instance answered): {e}; closing the client connection"
+        )
     }) else {
         return;
     };
@@ -876,6 +1027,22 @@ fn relay_one(
         Err(e) if is_idle_timeout(&e) => peer.log.note(Limited::Idle, peer.source),
         Err(e) if ordinary_end(&e) => {}
         Err(e) => log(&format!("relay ended: {e}")),
+    }
+}
+
+/// Connects to one enclave instance.
+fn connect_enclave(enclave: &EnclaveAddr) -> io::Result<Conn> {
+    match enclave {
+        EnclaveAddr::Unix(path) => UnixStream::connect(path).map(|s| Arc::new(s) as Conn),
+        // Bounded by the kernel's vsock connect timeout (2 s by default).
+        EnclaveAddr::Vsock { cid, port } => {
+            VsockStream::connect_with_cid_port(*cid, *port).map(|s| Arc::new(s) as Conn)
+        }
+        // The same bound as the kernel's vsock connect timeout.
+        EnclaveAddr::HybridVsock { path, port } => {
+            crate::hybrid_vsock::connect(path, *port, Duration::from_secs(2))
+                .map(|s| Arc::new(s) as Conn)
+        }
     }
 }
 
@@ -910,7 +1077,7 @@ fn relay_logged(what: &str, a: &Conn, b: &Conn) {
     if let Err(e) = relay(&**a, &**b)
         && !ordinary_end(&e)
     {
-        log(&format!("{what} ended: {e}"));
+        tracing::warn!(what, error = %e, "{what} ended: {e}");
     }
 }
 
@@ -927,7 +1094,7 @@ fn ordinary_end(e: &io::Error) -> bool {
 
 fn accept_failed(name: &str, e: &io::Error) {
     if e.kind() != io::ErrorKind::Interrupted {
-        log(&format!("{name}: accept failed: {e}"));
+        tracing::warn!(listener = name, error = %e, "{name}: accept failed: {e}");
         std::thread::sleep(ACCEPT_BACKOFF);
     }
 }
@@ -979,9 +1146,9 @@ fn bind_unix_socket(path: &Path) -> Result<(UnixListener, (u64, u64))> {
     Ok((listener, (meta.dev(), meta.ino())))
 }
 
-/// One line on stderr: the parent's log.
+/// A warning in the parent's log (`crate::logging`) that has no fields beyond its line.
 fn log(line: &str) {
-    eprintln!("cosigner-parent: {line}");
+    tracing::warn!("{line}");
 }
 
 #[cfg(test)]

@@ -11,6 +11,9 @@
 //! is marked as a cosigner store (`PRAGMA application_id`) and carries its schema version in
 //! `PRAGMA user_version`; a file of another application or a newer schema is refused, not
 //! migrated blindly.
+//!
+//! [`crate::pg::PgStore`] keeps the same table in PostgreSQL (`database = "postgres://…"`, see
+//! [`database`]); [`open_for`] opens the one a configuration names, with its mailbox.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -23,6 +26,12 @@ use cosigner_protocol::wire::valid_store_key;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::error::{ParentError, Result};
+use crate::mailbox::MailboxStore;
+use crate::pg::{PgDatabase, PgStore};
+
+pub mod database;
+
+use database::Database;
 
 /// Largest value stored. A frame's worth less 1 KiB for the key and the message envelope, so any
 /// value stored can be sent back in one `StoreResponse::Value` frame.
@@ -79,6 +88,61 @@ pub fn check_value(value: &[u8]) -> Result<()> {
     }
 }
 
+/// Refuses a `put_many` of more pairs than the protocol allows, or with any bad key or value,
+/// before anything is written.
+pub(crate) fn check_put_many(entries: &[(String, Vec<u8>)]) -> Result<()> {
+    if entries.len() > cosigner_protocol::wire::MAX_PUT_MANY {
+        return Err(ParentError::BadRequest {
+            reason: format!(
+                "{} pairs in one write, at most {}",
+                entries.len(),
+                cosigner_protocol::wire::MAX_PUT_MANY
+            ),
+        });
+    }
+    for (key, value) in entries {
+        check_key(key)?;
+        check_value(value)?;
+    }
+    Ok(())
+}
+
+/// What [`open_for`] opens: the blob store, and the mailbox if the parent serves one.
+pub type Opened = (
+    std::sync::Arc<dyn Store>,
+    Option<std::sync::Arc<MailboxStore>>,
+);
+
+/// The blob store of a parent's configuration, and its mailbox when `mailbox_listen` is set:
+/// both in the one SQLite file, or both on one PostgreSQL pool (its schema created or migrated
+/// first).
+pub fn open_for(config: &crate::Config) -> Result<Opened> {
+    use std::sync::Arc;
+    let serve_mailbox = config.mailbox_listen.is_some();
+    match &config.database {
+        Database::Sqlite(path) => {
+            // The blob store first: it creates the file the mailbox adds its tables to.
+            let store = Arc::new(SqliteStore::open(path)?);
+            let mailbox = match serve_mailbox {
+                true => Some(Arc::new(MailboxStore::open_with(path, &config.mailbox)?)),
+                false => None,
+            };
+            Ok((store, mailbox))
+        }
+        Database::Postgres(pg) => {
+            let db = Arc::new(PgDatabase::connect(pg)?);
+            let mailbox = match serve_mailbox {
+                true => Some(Arc::new(MailboxStore::open_postgres(
+                    Arc::clone(&db),
+                    &config.mailbox,
+                )?)),
+                false => None,
+            };
+            Ok((Arc::new(PgStore::new(db)), mailbox))
+        }
+    }
+}
+
 fn invalid_key(key: &str) -> ParentError {
     ParentError::InvalidKey {
         preview: key.chars().take(64).collect(),
@@ -116,6 +180,13 @@ impl SqliteStore {
         match (app, version) {
             (0, 0) if tables == 0 => {}
             (APPLICATION_ID, SCHEMA_VERSION) => {}
+            (APPLICATION_ID, other) if other > SCHEMA_VERSION => {
+                return Err(ParentError::SchemaTooNew {
+                    database: path.display().to_string(),
+                    found: other,
+                    supported: SCHEMA_VERSION,
+                });
+            }
             (APPLICATION_ID, other) => {
                 return Err(schema(format!(
                     "schema version {other}; this build reads version {SCHEMA_VERSION}"
@@ -232,19 +303,7 @@ impl Store for SqliteStore {
     }
 
     fn put_many(&self, entries: &[(String, Vec<u8>)]) -> Result<()> {
-        if entries.len() > cosigner_protocol::wire::MAX_PUT_MANY {
-            return Err(ParentError::BadRequest {
-                reason: format!(
-                    "{} pairs in one write, at most {}",
-                    entries.len(),
-                    cosigner_protocol::wire::MAX_PUT_MANY
-                ),
-            });
-        }
-        for (key, value) in entries {
-            check_key(key)?;
-            check_value(value)?;
-        }
+        check_put_many(entries)?;
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| ParentError::db("put", &e))?;
         for (key, value) in entries {
@@ -300,11 +359,30 @@ pub(crate) fn execute_sql(path: &Path, sql: &str) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+    use cosigner_tests::postgres::{Backend, database_for};
 
-    #[test]
-    fn prefix_range_matches_exactly_the_keys_with_the_prefix() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+    /// A store on `backend` and what keeps its database; `None`: skip (PostgreSQL missing).
+    fn store(backend: Backend) -> Option<(Box<dyn std::any::Any>, Box<dyn Store>)> {
+        let (keep, database) = database_for(backend)?;
+        let store: Box<dyn Store> = match backend {
+            Backend::Sqlite => Box::new(SqliteStore::open(Path::new(&database)).unwrap()),
+            Backend::Postgres => {
+                let pg = database::PostgresConfig::new(&database, None, 2).unwrap();
+                Box::new(PgStore::open(&pg).unwrap())
+            }
+        };
+        Some((keep, store))
+    }
+
+    cosigner_tests::on_both_engines!(
+        prefix_range_matches_exactly_the_keys_with_the_prefix,
+        put_many_stores_all_or_nothing,
+    );
+
+    fn prefix_range_matches_exactly_the_keys_with_the_prefix(backend: Backend) {
+        let Some((_db, store)) = store(backend) else {
+            return;
+        };
         for key in ["a", "a/", "a/b", "a/~", "a0", "b", "a!", "ab"] {
             store.put(key, key.as_bytes()).unwrap();
         }
@@ -318,10 +396,10 @@ mod tests {
         assert!(store.list_prefix("a b").is_err());
     }
 
-    #[test]
-    fn put_many_stores_all_or_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+    fn put_many_stores_all_or_nothing(backend: Backend) {
+        let Some((_db, store)) = store(backend) else {
+            return;
+        };
         let pair = |k: &str| (k.to_owned(), k.as_bytes().to_vec());
         store.put_many(&[pair("a/1"), pair("a/2")]).unwrap();
         assert_eq!(store.list_prefix("a/").unwrap(), ["a/1", "a/2"]);
@@ -367,7 +445,18 @@ mod tests {
             &ours,
             &format!("PRAGMA user_version = {};", SCHEMA_VERSION + 1),
         );
-        refused(&ours, "schema version 2");
+        let err = SqliteStore::open(&ours).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ParentError::SchemaTooNew {
+                    found: 2,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
 
         // Another application's database, with tables but no marks: refused and left as it was.
         let foreign = dir.path().join("foreign.db");

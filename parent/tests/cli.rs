@@ -102,15 +102,15 @@ fn run_serves_the_store_and_relays_until_killed() {
             .spawn()
             .unwrap(),
     );
-    // The startup line names the bound address.
+    // The startup event (a JSON line) names the bound address in its `listen` field.
     let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
-    let addr: SocketAddr = line
-        .trim()
-        .rsplit("listening on ")
-        .next()
-        .unwrap()
+    let event: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    let addr: SocketAddr = event["listen"]
+        .as_str()
+        .unwrap_or_default()
         .parse()
         .unwrap_or_else(|e| panic!("{line:?}: {e}"));
 

@@ -52,6 +52,22 @@ pub fn audit_key(seq: u64) -> String {
     format!("{AUDIT_PREFIX}{seq:020}")
 }
 
+/// Where enclave instance `instance`'s log lives: [`AUDIT_PREFIX`] for instance 0 (the only one
+/// before several instances existed), `audit-iN/` for the others. Each instance keeps its own
+/// chain under the shared audit key, so instances never contend for one head.
+pub fn audit_prefix(instance: u32) -> String {
+    if instance == 0 {
+        AUDIT_PREFIX.to_owned()
+    } else {
+        format!("audit-i{instance}/")
+    }
+}
+
+/// The store key of entry `seq` of the chain under `prefix` ([`audit_prefix`]).
+pub fn audit_key_in(prefix: &str, seq: u64) -> String {
+    format!("{prefix}{seq:020}")
+}
+
 /// Encodes an entry.
 pub fn encode_entry(entry: &AuditEntry) -> Result<Vec<u8>> {
     let mut out = Vec::new();

@@ -923,6 +923,217 @@ pub enum StoreRequest {
     /// Not a secret from the parent: the KMS key policy, not the credentials, keeps the parent
     /// from decrypting (docs/kms.md).
     AwsCredentials,
+    /// The enclave's log events, for the parent to write as its own lines (a Nitro enclave has no
+    /// other way out). Answered `Done`. Sent on a connection of their own, never on the store's
+    /// (docs/architecture.md, "Logs and metrics"); the parent checks every field against the
+    /// `MAX_LOG_*` limits and refuses the batch, naming the field, if one is over.
+    Log {
+        /// The enclave instance that sends them (its configuration's `instance`).
+        instance: u32,
+        /// At most [`MAX_LOG_RECORDS`], oldest first.
+        records: Vec<LogRecord>,
+        /// Events the enclave dropped since its previous batch (its queue was full).
+        dropped: u64,
+    },
+    /// The enclave's counters and latency histograms since it started, sent about once a second:
+    /// the parent keeps the latest per instance and serves them on `/metrics`. Answered `Done`.
+    Metrics {
+        /// The enclave instance that sends them.
+        instance: u32,
+        /// Everything counted so far.
+        snapshot: MetricsSnapshot,
+    },
+}
+
+/// Most records one [`StoreRequest::Log`] carries.
+pub const MAX_LOG_RECORDS: usize = 256;
+/// Longest [`LogRecord::message`], in bytes.
+pub const MAX_LOG_MESSAGE: usize = 2048;
+/// Longest [`LogRecord::target`], in bytes.
+pub const MAX_LOG_TARGET: usize = 128;
+/// Most [`LogRecord::fields`].
+pub const MAX_LOG_FIELDS: usize = 16;
+/// Longest field name, in bytes (`[a-z0-9_]`, starting with a letter).
+pub const MAX_LOG_FIELD_NAME: usize = 32;
+/// Longest field value, in bytes.
+pub const MAX_LOG_FIELD_VALUE: usize = 512;
+
+/// A log event's severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum LogLevel {
+    /// Something failed.
+    Error,
+    /// Something is wrong or dangerous (an insecure switch).
+    Warn,
+    /// Ordinary operation.
+    Info,
+    /// Detail for diagnosis.
+    Debug,
+    /// More detail.
+    Trace,
+}
+
+impl LogLevel {
+    /// Its name in log lines (`INFO`, as `tracing` writes it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "ERROR",
+            Self::Warn => "WARN",
+            Self::Info => "INFO",
+            Self::Debug => "DEBUG",
+            Self::Trace => "TRACE",
+        }
+    }
+}
+
+/// One of the enclave's log events. Never carries secrets, shares, PINs or request bodies: the
+/// enclave logs request kinds, outcomes and wallet ids only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogRecord {
+    /// When it happened, milliseconds since the Unix epoch by the enclave's clock.
+    pub time_ms: u64,
+    /// Severity.
+    pub level: LogLevel,
+    /// Where in the enclave (a module path), at most [`MAX_LOG_TARGET`] bytes.
+    pub target: String,
+    /// One line for people, at most [`MAX_LOG_MESSAGE`] bytes.
+    pub message: String,
+    /// Named values (name, value), at most [`MAX_LOG_FIELDS`].
+    pub fields: Vec<(String, String)>,
+}
+
+impl LogRecord {
+    /// [`LogRecord::time_ms`] as RFC 3339 UTC with milliseconds, as log lines write it (the
+    /// civil date from the day count: Howard Hinnant's `civil_from_days`).
+    pub fn timestamp(&self) -> String {
+        let ms = self.time_ms;
+        let secs = ms / 1000;
+        let days = i64::try_from(secs / 86_400).unwrap_or(0);
+        let rem = secs % 86_400;
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60,
+            ms % 1000
+        )
+    }
+}
+
+/// Upper bounds (inclusive, microseconds) of the latency histograms' buckets, as Prometheus
+/// `le` labels: 0.5 ms to 10 s. A histogram carries one count per bound and one over the last.
+pub const LATENCY_BUCKETS_MICROS: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+/// Most counters plus histograms one [`MetricsSnapshot`] carries.
+pub const MAX_METRIC_SERIES: usize = 512;
+/// Longest label value, in bytes (`[A-Za-z0-9_]`).
+pub const MAX_LABEL_VALUE: usize = 48;
+
+/// The enclave's counters ([`StoreRequest::Metrics`]): each has fixed label names, the values
+/// travel in [`CounterSample::labels`] in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EnclaveCounter {
+    /// Requests answered, by request kind and outcome (`ok` or the error kind).
+    Requests,
+    /// Signatures made, by scheme.
+    Signatures,
+    /// Ceremonies completed, by ceremony.
+    Ceremonies,
+    /// Requests refused, by reason (the error kind).
+    Refusals,
+    /// Client connections, by what happened to them.
+    Connections,
+    /// Log events the enclave dropped (its queue to the parent was full).
+    LogsDropped,
+}
+
+impl EnclaveCounter {
+    /// The label names, in the order of [`CounterSample::labels`].
+    pub fn label_names(self) -> &'static [&'static str] {
+        match self {
+            Self::Requests => &["kind", "outcome"],
+            Self::Signatures => &["scheme"],
+            Self::Ceremonies => &["ceremony"],
+            Self::Refusals => &["reason"],
+            Self::Connections => &["event"],
+            Self::LogsDropped => &[],
+        }
+    }
+}
+
+/// The enclave's latency histograms, each over [`LATENCY_BUCKETS_MICROS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum EnclaveHistogram {
+    /// From a request decoded to its response made, by request kind.
+    Request,
+    /// One call to the parent's store, by operation.
+    Store,
+    /// One call to the rollback anchor, by operation.
+    Anchor,
+}
+
+impl EnclaveHistogram {
+    /// The label names, in the order of [`HistogramSample::labels`].
+    pub fn label_names(self) -> &'static [&'static str] {
+        match self {
+            Self::Request => &["kind"],
+            Self::Store | Self::Anchor => &["op"],
+        }
+    }
+}
+
+/// One counter's value for one set of label values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterSample {
+    /// Which counter.
+    pub counter: EnclaveCounter,
+    /// One value per [`EnclaveCounter::label_names`].
+    pub labels: Vec<String>,
+    /// The count since the enclave started.
+    pub value: u64,
+}
+
+/// One histogram for one set of label values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistogramSample {
+    /// Which histogram.
+    pub histogram: EnclaveHistogram,
+    /// One value per [`EnclaveHistogram::label_names`].
+    pub labels: Vec<String>,
+    /// Observations per bucket (not cumulative): one per [`LATENCY_BUCKETS_MICROS`] bound, then
+    /// those over the last bound.
+    pub buckets: Vec<u64>,
+    /// The sum of the observations, in microseconds.
+    pub sum_micros: u64,
+}
+
+/// What [`StoreRequest::Metrics`] carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSnapshot {
+    /// Whether the enclave's attester has produced a document since it started (the parent's
+    /// `/readyz` needs one).
+    pub attested: bool,
+    /// Client connections open now.
+    pub connections_open: u64,
+    /// Counters, at most [`MAX_METRIC_SERIES`] with the histograms.
+    pub counters: Vec<CounterSample>,
+    /// Histograms.
+    pub histograms: Vec<HistogramSample>,
 }
 
 /// Parent → enclave.

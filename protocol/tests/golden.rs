@@ -41,8 +41,9 @@ use cosigner_protocol::mailbox::{
     self, Envelope, MailboxItem, MailboxRequest, MailboxResponse, ReadProof,
 };
 use cosigner_protocol::wire::{
-    self, ErrorKind, KeyRole, Request, Response, SecretString, StoreRequest, StoreResponse,
-    WireError,
+    self, CounterSample, EnclaveCounter, EnclaveHistogram, ErrorKind, HistogramSample, KeyRole,
+    LogLevel, LogRecord, MetricsSnapshot, Request, Response, SecretString, StoreRequest,
+    StoreResponse, WireError,
 };
 use cosigner_protocol::{PROTOCOL_VERSION, dkg, refresh};
 use pinned::{PINNED_VERSION, Vectors};
@@ -979,6 +980,52 @@ fn store_messages() -> (Samples<StoreRequest>, Samples<StoreResponse>) {
             "",
             "the parent's AWS credentials",
             StoreRequest::AwsCredentials,
+        ),
+        (
+            "",
+            "two of the enclave's log events, one dropped before them",
+            StoreRequest::Log {
+                instance: 1,
+                records: vec![
+                    LogRecord {
+                        time_ms: 1_800_000_000_000,
+                        level: LogLevel::Info,
+                        target: "cosigner_enclave::run".into(),
+                        message: "listening".into(),
+                        fields: vec![("listen".into(), "vsock:4294967295:5000".into())],
+                    },
+                    LogRecord {
+                        time_ms: 1_800_000_000_001,
+                        level: LogLevel::Warn,
+                        target: "cosigner_enclave::server".into(),
+                        message: "connections closed by a limit".into(),
+                        fields: vec![],
+                    },
+                ],
+                dropped: 1,
+            },
+        ),
+        (
+            "",
+            "the enclave's counters and histograms",
+            StoreRequest::Metrics {
+                instance: 1,
+                snapshot: MetricsSnapshot {
+                    attested: true,
+                    connections_open: 2,
+                    counters: vec![CounterSample {
+                        counter: EnclaveCounter::Requests,
+                        labels: vec!["SignShare".into(), "ok".into()],
+                        value: 7,
+                    }],
+                    histograms: vec![HistogramSample {
+                        histogram: EnclaveHistogram::Store,
+                        labels: vec!["put".into()],
+                        buckets: (0..=14).collect(),
+                        sum_micros: 123_456,
+                    }],
+                },
+            },
         ),
     ];
     let responses = vec![

@@ -23,6 +23,7 @@ use cosigner_attestation::{LocalAttester, PinnedRoot};
 use cosigner_client::courier::Courier;
 use cosigner_client::{ClientError, Result as ClientResult};
 use cosigner_enclave::service::anchor::TokenAnchor;
+use cosigner_enclave::service::partition::{DEFAULT_PARTITIONS, PartitionedAnchor};
 use cosigner_enclave::service::{RefreshPolicy, Service, SessionState};
 use cosigner_enclave::store::{BlobStore, MemoryStore, StoreError};
 use cosigner_kms::{Pin, Pkcs11Sealer, Token};
@@ -144,7 +145,16 @@ impl Enclave {
             Box::new(attester),
             Box::new(sealer.clone()),
             Box::new(store.clone()),
-            Box::new(TokenAnchor(token.clone())),
+            // As `cosigner-enclave run` lays anchors out: one root per partition on the token.
+            Box::new(
+                PartitionedAnchor::new(
+                    TokenAnchor(token.clone()),
+                    store.clone(),
+                    DEFAULT_PARTITIONS,
+                    false,
+                )
+                .map_err(anyhow::Error::new)?,
+            ),
             policy,
         )
         .map_err(anyhow::Error::msg)?;

@@ -16,11 +16,13 @@ pub mod couriers;
 pub mod ecdsa;
 pub mod imds;
 pub mod in_process;
+pub mod instances;
 pub mod kms_standin;
 pub mod members;
 pub mod moto;
 pub mod owner;
 pub mod pkcs11;
+pub mod postgres;
 pub mod wallets;
 
 use anyhow::{Context, bail};

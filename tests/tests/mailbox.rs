@@ -1,7 +1,8 @@
 //! The members' mailbox through the real `cosigner-parent` binary (`mailbox_listen`), with the
 //! client library's `MailboxClient`: posts, paged fetches, duplicates, refusals, durability
 //! across a restart, topics closed to strangers, per-sender quotas against a flood, TLS with a
-//! pinned certificate, and the harness's `Deployment::mailbox`.
+//! pinned certificate, and the harness's `Deployment::mailbox`. The parent's store is SQLite or
+//! PostgreSQL: the tests of what the mailbox keeps run on both (`sqlite::…`, `postgres::…`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -19,6 +20,7 @@ use cosigner_protocol::mailbox::{
     encode_request, random_topic,
 };
 use cosigner_protocol::wire::ErrorKind;
+use cosigner_tests::postgres::{Backend, database_for};
 use cosigner_tests::{ChildGuard, Deployment, free_port, try_bin};
 use p256::ecdsa::SigningKey;
 use serde_bytes::ByteBuf;
@@ -38,17 +40,22 @@ fn member(addr: &str, me: &SigningKey, members: &[&SigningKey]) -> MailboxClient
         .unwrap()
 }
 
-/// Starts `cosigner-parent run` on `dir/parent.toml` (written on the first call, `extra` appended)
-/// and waits for the mailbox port. No enclave: the mailbox does not need one.
-fn start_parent_with(dir: &Path, mailbox_port: u16, extra: &str) -> ChildGuard {
+/// Starts `cosigner-parent run` on `dir/parent.toml` (written on the first call with `database`,
+/// or `dir/store.db` when it is empty, and `extra` appended) and waits for the mailbox port. No
+/// enclave: the mailbox does not need one.
+fn start_parent_with(dir: &Path, mailbox_port: u16, database: &str, extra: &str) -> ChildGuard {
     let config = dir.join("parent.toml");
     if !config.exists() {
         let d = dir.display();
+        let database = match database {
+            "" => format!("{d}/store.db"),
+            url => url.to_owned(),
+        };
         std::fs::write(
             &config,
             format!(
                 "listen = \"127.0.0.1:{}\"\nenclave = \"unix:{d}/enclave.sock\"\n\
-                 store_socket = \"{d}/store.sock\"\ndatabase = \"{d}/store.db\"\n\
+                 store_socket = \"{d}/store.sock\"\ndatabase = \"{database}\"\n\
                  mailbox_listen = \"127.0.0.1:{mailbox_port}\"\n{extra}",
                 free_port()
             ),
@@ -82,16 +89,34 @@ fn start_parent_with(dir: &Path, mailbox_port: u16, extra: &str) -> ChildGuard {
 }
 
 fn start_parent(dir: &Path, mailbox_port: u16) -> ChildGuard {
-    start_parent_with(dir, mailbox_port, "")
+    start_parent_with(dir, mailbox_port, "", "")
 }
 
 /// A fresh directory and port, and the parent started there with `extra` in its config.
 fn start_fresh_parent(extra: &str) -> (tempfile::TempDir, u16, ChildGuard) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let parent = start_parent_with(dir.path(), port, extra);
+    let parent = start_parent_with(dir.path(), port, "", extra);
     (dir, port, parent)
 }
+
+/// Like [`start_fresh_parent`], with the store on `backend`; also what keeps its database.
+/// `None` when PostgreSQL is not installed (the test skips, saying so; `make test` requires it).
+fn start_fresh_parent_on(
+    backend: Backend,
+    extra: &str,
+) -> Option<(Box<dyn std::any::Any>, tempfile::TempDir, u16, ChildGuard)> {
+    let (keep, database) = database_for(backend)?;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let parent = start_parent_with(dir.path(), port, &database, extra);
+    Some((keep, dir, port, parent))
+}
+
+cosigner_tests::on_both_engines!(
+    members_post_and_fetch_through_the_parent_binary,
+    a_flood_by_one_sender_leaves_the_members_their_mailbox_and_strangers_read_nothing,
+);
 
 /// One request on a raw connection.
 fn ask(raw: &mut TcpStream, request: &MailboxRequest) -> MailboxResponse {
@@ -126,9 +151,10 @@ fn raw(port: u16) -> TcpStream {
     raw
 }
 
-#[test]
-fn members_post_and_fetch_through_the_parent_binary() {
-    let (dir, port, mut parent) = start_fresh_parent("");
+fn members_post_and_fetch_through_the_parent_binary(backend: Backend) {
+    let Some((_db, dir, port, mut parent)) = start_fresh_parent_on(backend, "") else {
+        return;
+    };
     let addr = format!("tcp://127.0.0.1:{port}");
     let (alice, bob) = (key(), key());
     let topic = random_topic().unwrap();
@@ -225,12 +251,16 @@ fn over_quota(err: &ClientError, sender: &SigningKey, what: &str) -> bool {
         && !w.message.contains('\n'))
 }
 
-#[test]
-fn a_flood_by_one_sender_leaves_the_members_their_mailbox_and_strangers_read_nothing() {
+fn a_flood_by_one_sender_leaves_the_members_their_mailbox_and_strangers_read_nothing(
+    backend: Backend,
+) {
     // Small quotas so that the flood meets them quickly; the global caps are the defaults.
-    let (dir, port, parent) = start_fresh_parent(
+    let Some((_db, dir, port, parent)) = start_fresh_parent_on(
+        backend,
         "[mailbox]\nquota_messages = 40\nquota_topics = 8\nquota_bytes = 2097152\n",
-    );
+    ) else {
+        return;
+    };
     let addr = format!("tcp://127.0.0.1:{port}");
     let (alice, bob, provider, flooder) = (key(), key(), key(), key());
     let wallet = [&alice, &bob, &provider];
@@ -435,7 +465,7 @@ fn the_mailbox_speaks_tls_to_members_who_pin_its_certificate() {
     assert!(!matches!(read_frame(&mut raw_conn), Ok(Some(_))));
     // The restarted parent keeps its certificate, so the members' pin still holds.
     drop(parent);
-    let parent = start_parent_with(dir.path(), port, "");
+    let parent = start_parent_with(dir.path(), port, "", "");
     assert_eq!(b.fetch(&topic, 0).unwrap(), vec![(1, e)]);
     drop(parent);
 }

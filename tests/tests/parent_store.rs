@@ -1,6 +1,8 @@
-//! `cosigner-parent` in process: the SQLite blob store on real files, the store protocol over real
-//! unix sockets, the relay between a TCP client and a fake enclave, and the configuration's
-//! refusals. No PKCS#11 here.
+//! `cosigner-parent` in process: the blob store on real SQLite files and on a real PostgreSQL
+//! server (the same tests on both engines, `on_both_engines!`; the cluster is
+//! `cosigner_tests::postgres`'s), the store protocol over real unix sockets, the relay between a
+//! TCP client and a fake enclave, and the configuration's refusals. PKCS#11 only in the last
+//! test: the parent binary on PostgreSQL serving a real enclave through a wallet's life.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -12,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cosigner_parent::pg::{PgDatabase, PgStore, SCHEMA_VERSION as PG_SCHEMA_VERSION};
+use cosigner_parent::store::database::{Database, PostgresConfig};
 use cosigner_parent::store::{MAX_VALUE_LEN, check_key};
 use cosigner_parent::store_server::serve_store;
 use cosigner_parent::{
@@ -21,6 +25,7 @@ use cosigner_protocol::frame::{MAX_FRAME_LEN, read_frame, write_frame};
 use cosigner_protocol::wire::{
     ErrorKind, Request, StoreRequest, StoreResponse, WalletId, decode, encode,
 };
+use cosigner_tests::postgres::{Backend, database_for};
 use serde_bytes::ByteBuf;
 use tempfile::TempDir;
 
@@ -62,12 +67,39 @@ fn assert_error(response: &StoreResponse, kind: ErrorKind) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SqliteStore
+// The store on both engines
 
-#[test]
-fn sqlite_store_puts_gets_deletes_and_lists() {
-    let dir = tempdir();
-    let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
+/// The store a parent configured with `database` opens.
+fn open(database: &str) -> Arc<dyn Store> {
+    match Config::from_toml(&config_text(Path::new("/run/unused"), database))
+        .unwrap()
+        .database
+    {
+        Database::Sqlite(path) => Arc::new(SqliteStore::open(&path).unwrap()),
+        Database::Postgres(pg) => Arc::new(PgStore::open(&pg).unwrap()),
+    }
+}
+
+/// A store on `backend`, and what keeps it.
+fn store_on(backend: Backend) -> Option<(Box<dyn std::any::Any>, Arc<dyn Store>)> {
+    let (keep, database) = database_for(backend)?;
+    Some((keep, open(&database)))
+}
+
+cosigner_tests::on_both_engines!(
+    store_puts_gets_deletes_and_lists,
+    store_refuses_invalid_keys_and_oversized_values,
+    store_keeps_data_across_reopen,
+    keys_list_in_byte_order_and_the_later_of_two_pairs_wins,
+    concurrent_writers_all_land_and_never_deadlock,
+    store_server_answers_a_sequence_of_requests,
+    running_parent_serves_the_store_socket_and_keeps_data_across_restarts,
+);
+
+fn store_puts_gets_deletes_and_lists(backend: Backend) {
+    let Some((_db, store)) = store_on(backend) else {
+        return;
+    };
     assert_eq!(store.get("wallet/aa/share/2/0").unwrap(), None);
 
     store.put("wallet/aa/share/2/0", b"sealed-0").unwrap();
@@ -111,34 +143,105 @@ fn sqlite_store_puts_gets_deletes_and_lists() {
     );
 }
 
-#[test]
-fn sqlite_store_persists_across_reopen_and_is_private() {
-    let dir = tempdir();
-    let path = dir.path().join("store.db");
+fn store_keeps_data_across_reopen(backend: Backend) {
+    let Some((_db, database)) = database_for(backend) else {
+        return;
+    };
     {
-        let store = SqliteStore::open(&path).unwrap();
+        let store = open(&database);
         store.put("k/1", &[1, 2, 3]).unwrap();
         store.put("k/2", &[0xff; 1000]).unwrap();
         store.delete("k/2").unwrap();
         store.put("k/3", b"three").unwrap();
     }
-    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600, "database mode {mode:o}");
-
-    let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.path(), path);
+    let store = open(&database);
     assert_eq!(store.get("k/1").unwrap(), Some(vec![1, 2, 3]));
     assert_eq!(store.get("k/2").unwrap(), None);
     assert_eq!(store.list_prefix("k/").unwrap(), ["k/1", "k/3"]);
-    // A second store on the same file (another process, in practice) sees the same data.
-    let again = SqliteStore::open(&path).unwrap();
+    // A second store on the same database (another process, in practice) sees the same data.
+    let again = open(&database);
     assert_eq!(again.get("k/3").unwrap(), Some(b"three".to_vec()));
 }
 
+fn keys_list_in_byte_order_and_the_later_of_two_pairs_wins(backend: Backend) {
+    let Some((_db, store)) = store_on(backend) else {
+        return;
+    };
+    let pair = |k: &str, v: &[u8]| (k.to_owned(), v.to_vec());
+    // Keys whose byte order differs from a language's collation (capitals before `_` before
+    // lower case); the later of two pairs with one key wins.
+    store
+        .put_many(&[
+            pair("o/b", b"1"),
+            pair("o/_", b"2"),
+            pair("o/B", b"3"),
+            pair("o/a", b"4"),
+            pair("o/~", b"5"),
+            pair("o/A", b"6"),
+            pair("o/b", b"7"),
+        ])
+        .unwrap();
+    assert_eq!(
+        store.list_prefix("o/").unwrap(),
+        ["o/A", "o/B", "o/_", "o/a", "o/b", "o/~"]
+    );
+    assert_eq!(store.get("o/b").unwrap(), Some(b"7".to_vec()));
+}
+
+/// Threads writing overlapping keys in opposite orders at once, as the enclave's connections
+/// do: every write lands whole and none deadlocks (PostgreSQL locks rows in key order).
+fn concurrent_writers_all_land_and_never_deadlock(backend: Backend) {
+    let Some((_db, store)) = store_on(backend) else {
+        return;
+    };
+    let (threads, rounds, keys) = (6usize, 10usize, 12usize);
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let store = &store;
+            scope.spawn(move || {
+                for r in 0..rounds {
+                    let value = format!("{t}/{r}").into_bytes();
+                    let mut entries: Vec<(String, Vec<u8>)> = (0..keys)
+                        .map(|k| (format!("c/{k:02}"), value.clone()))
+                        .collect();
+                    if t % 2 == 1 {
+                        entries.reverse();
+                    }
+                    store.put_many(&entries).unwrap();
+                    store.put(&format!("own/{t}/{r}"), &value).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(store.list_prefix("c/").unwrap().len(), keys);
+    assert_eq!(store.list_prefix("own/").unwrap().len(), threads * rounds);
+    // Every shared key holds some thread's last round: each write was whole.
+    for k in 0..keys {
+        let v = store.get(&format!("c/{k:02}")).unwrap().unwrap();
+        assert!(
+            String::from_utf8(v)
+                .unwrap()
+                .ends_with(&format!("/{}", rounds - 1)),
+            "c/{k:02}"
+        );
+    }
+}
+
 #[test]
-fn sqlite_store_refuses_invalid_keys_and_oversized_values() {
+fn sqlite_store_file_is_private() {
     let dir = tempdir();
-    let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store.put("k/1", &[1, 2, 3]).unwrap();
+    assert_eq!(store.path(), path);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "database mode {mode:o}");
+}
+
+fn store_refuses_invalid_keys_and_oversized_values(backend: Backend) {
+    let Some((_db, store)) = store_on(backend) else {
+        return;
+    };
     let long = "k".repeat(257);
     for bad in [
         "",
@@ -197,7 +300,7 @@ fn sqlite_store_refuses_files_that_are_not_its_own() {
 
 /// A store served on one end of a socket pair, in a thread; returns the other end and the thread.
 fn serve_pair(
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
 ) -> (
     UnixStream,
     std::thread::JoinHandle<cosigner_parent::Result<()>>,
@@ -208,10 +311,10 @@ fn serve_pair(
     (ours, server)
 }
 
-#[test]
-fn store_server_answers_a_sequence_of_requests() {
-    let dir = tempdir();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("store.db")).unwrap());
+fn store_server_answers_a_sequence_of_requests(backend: Backend) {
+    let Some((_db, store)) = store_on(backend) else {
+        return;
+    };
     let (mut s, server) = serve_pair(Arc::clone(&store));
 
     assert_eq!(
@@ -380,20 +483,24 @@ fn complement(bytes: &[u8]) -> Vec<u8> {
     bytes.iter().map(|b| !b).collect()
 }
 
+/// A parent's configuration: listening on any free port, relaying to `enclave`, its store
+/// socket beside it, its store in `database`.
+fn config_text(enclave: &Path, database: &str) -> String {
+    let dir = enclave.parent().unwrap_or(Path::new("/")).display();
+    format!(
+        "listen = \"127.0.0.1:0\"\nenclave = \"unix:{}\"\nstore_socket = \"{dir}/store.sock\"\n\
+         database = \"{database}\"\n",
+        enclave.display()
+    )
+}
+
 fn start_parent(dir: &Path, enclave: &Path) -> RunningParent {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        enclave: EnclaveAddr::Unix(enclave.to_path_buf()),
-        store_socket: dir.join("store.sock"),
-        store_vsock_port: None,
-        mailbox_listen: None,
-        mailbox: Default::default(),
-        database: dir.join("store.db"),
-        proxy_allow: Vec::new(),
-        proxies: Vec::new(),
-        aws_credentials: None,
-        client_limits: Default::default(),
-    };
+    start_parent_on(enclave, &dir.join("store.db").display().to_string())
+}
+
+/// A parent relaying to `enclave` with its store in `database` (store socket beside `enclave`).
+fn start_parent_on(enclave: &Path, database: &str) -> RunningParent {
+    let config = Config::from_toml(&config_text(enclave, database)).unwrap();
     Parent::new(config).unwrap().start().unwrap()
 }
 
@@ -533,11 +640,13 @@ fn relay_closes_the_client_when_the_enclave_is_unreachable() {
     assert!(got.is_empty());
 }
 
-#[test]
-fn running_parent_serves_the_store_socket_and_keeps_data_across_restarts() {
+fn running_parent_serves_the_store_socket_and_keeps_data_across_restarts(backend: Backend) {
+    let Some((_db, database)) = database_for(backend) else {
+        return;
+    };
     let dir = tempdir();
     let (enclave_path, _enclave) = fake_enclave(dir.path());
-    let parent = start_parent(dir.path(), &enclave_path);
+    let parent = start_parent_on(&enclave_path, &database);
     let socket = parent.store_socket().to_path_buf();
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "store socket mode {mode:o}");
@@ -557,7 +666,7 @@ fn running_parent_serves_the_store_socket_and_keeps_data_across_restarts() {
     assert!(!socket.exists(), "store socket left behind");
 
     let (enclave_path, _enclave) = fake_enclave(&dir.path().join("again").tap_mkdir());
-    let parent = start_parent(dir.path(), &enclave_path);
+    let parent = start_parent_on(&enclave_path, &database);
     let mut c = UnixStream::connect(parent.store_socket()).unwrap();
     c.set_read_timeout(Some(TIMEOUT)).unwrap();
     assert_eq!(ask(&mut c, &get("w/b")), value(b"from b"));
@@ -597,19 +706,11 @@ fn store_socket_replaces_a_stale_socket_but_not_a_live_one_or_a_file() {
     let parent = start_parent(dir.path(), &enclave);
 
     // Live: a second parent on the same socket is refused, and the first keeps its socket.
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        enclave: EnclaveAddr::Unix(enclave.clone()),
-        store_socket: socket.clone(),
-        store_vsock_port: None,
-        mailbox_listen: None,
-        mailbox: Default::default(),
-        database: dir.path().join("second.db"),
-        proxy_allow: Vec::new(),
-        proxies: Vec::new(),
-        aws_credentials: None,
-        client_limits: Default::default(),
-    };
+    let config = Config::from_toml(&config_text(
+        &enclave,
+        &dir.path().join("second.db").display().to_string(),
+    ))
+    .unwrap();
     let err = Parent::new(config.clone()).unwrap().start().unwrap_err();
     assert!(matches!(err, ParentError::SocketInUse { .. }), "{err:?}");
     let mut s = UnixStream::connect(&socket).unwrap();
@@ -676,7 +777,10 @@ fn a_good_config_parses() {
         EnclaveAddr::Unix("/run/cosigner/enclave.sock".into())
     );
     assert_eq!(config.store_socket, Path::new("/run/cosigner/store.sock"));
-    assert_eq!(config.database, Path::new("/var/lib/cosigner/store.db"));
+    assert_eq!(
+        config.database,
+        Database::Sqlite("/var/lib/cosigner/store.db".into())
+    );
     let v6 = GOOD.replace("127.0.0.1:7000", "[::1]:7000");
     assert!(Config::from_toml(&v6).unwrap().listen.is_ipv6());
 }
@@ -689,7 +793,10 @@ fn load_resolves_relative_paths_against_the_config_file() {
          store_socket = \"run/store.sock\"\ndatabase = \"store.db\"\n",
     );
     let config = Config::load(&path).unwrap();
-    assert_eq!(config.database, dir.path().join("store.db"));
+    assert_eq!(
+        config.database,
+        Database::Sqlite(dir.path().join("store.db"))
+    );
     assert_eq!(config.store_socket, dir.path().join("run/store.sock"));
     assert_eq!(
         config.enclave,
@@ -815,4 +922,432 @@ fn bad_configs_are_refused_with_clear_one_line_errors() {
             "{name}: multi-line error {message:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL: schema, migration, connection failures, and the parent binary on it
+
+/// The PostgreSQL settings of a test database's URL (pool of 4).
+fn pg_config(db: &cosigner_tests::postgres::TestDatabase) -> PostgresConfig {
+    PostgresConfig::new(&db.url(), None, 4).unwrap()
+}
+
+#[test]
+fn postgres_schema_is_created_by_the_parent_and_versioned() {
+    let Some(db) = cosigner_tests::postgres::database() else {
+        return;
+    };
+    let pg = PgDatabase::connect(&pg_config(&db)).unwrap();
+    assert_eq!(pg.schema_version().unwrap(), PG_SCHEMA_VERSION);
+    let mut client = db.connect().unwrap();
+    let tables: Vec<String> = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables
+             WHERE table_schema = current_schema() ORDER BY table_name",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        tables,
+        [
+            "blobs",
+            "cosigner_parent_schema",
+            "mailbox_members",
+            "mailbox_messages",
+            "mailbox_senders",
+            "mailbox_topics"
+        ]
+    );
+    // Keys compare byte by byte whatever the database's collation.
+    let collation: String = client
+        .query_one(
+            "SELECT collation_name::text FROM information_schema.columns
+             WHERE table_name = 'blobs' AND column_name = 'key'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(collation, "C");
+    // A second parent (or a restart) finds the schema made: nothing is created twice, data stays.
+    PgStore::new(std::sync::Arc::new(pg))
+        .put("k/1", b"v")
+        .unwrap();
+    let again = PgStore::open(&pg_config(&db)).unwrap();
+    assert_eq!(
+        again.database().schema_version().unwrap(),
+        PG_SCHEMA_VERSION
+    );
+    assert_eq!(again.get("k/1").unwrap(), Some(b"v".to_vec()));
+    // Two parents starting at once on an empty database: one makes the schema, both run.
+    let fresh = cosigner_tests::postgres::database().unwrap();
+    let config = pg_config(&fresh);
+    std::thread::scope(|scope| {
+        let starts: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| PgDatabase::connect(&config).map(|d| d.schema_version())))
+            .collect();
+        for s in starts {
+            assert_eq!(s.join().unwrap().unwrap().unwrap(), PG_SCHEMA_VERSION);
+        }
+    });
+}
+
+#[test]
+fn postgres_refuses_a_newer_schema_and_another_applications_database() {
+    let Some(db) = cosigner_tests::postgres::database() else {
+        return;
+    };
+    drop(PgDatabase::connect(&pg_config(&db)).unwrap());
+    let mut client = db.connect().unwrap();
+    client
+        .batch_execute("UPDATE cosigner_parent_schema SET version = version + 1")
+        .unwrap();
+    let err = PgDatabase::connect(&pg_config(&db)).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ParentError::SchemaTooNew { found, supported, database }
+                if *found == PG_SCHEMA_VERSION + 1
+                    && *supported == PG_SCHEMA_VERSION
+                    && *database == db.url()
+        ),
+        "{err:?}"
+    );
+    // Refused, not downgraded: the version is as it was.
+    let version: i64 = client
+        .query_one("SELECT version FROM cosigner_parent_schema", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(version, PG_SCHEMA_VERSION + 1);
+
+    // Another application's tables and no schema table: refused and left alone.
+    let other = cosigner_tests::postgres::database().unwrap();
+    let mut client = other.connect().unwrap();
+    client
+        .batch_execute("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('keep');")
+        .unwrap();
+    let err = PgDatabase::connect(&pg_config(&other)).unwrap_err();
+    assert!(
+        matches!(err, ParentError::ForeignDatabase { .. }),
+        "{err:?}"
+    );
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 1);
+}
+
+#[test]
+fn an_unreachable_database_is_one_line_naming_the_url_without_its_password() {
+    let dir = tempdir();
+    let nowhere = dir.path().display();
+    // Nothing listens: a socket directory without a server, a TCP port without one.
+    for url in [
+        format!("postgres://cosigner:s3cret@/cosigner?host={nowhere}"),
+        "postgres://cosigner:s3cret@127.0.0.1:1/cosigner?connect_timeout=5".to_owned(),
+    ] {
+        let config = Config::from_toml(&config_text(&dir.path().join("e.sock"), &url)).unwrap();
+        let err = match Parent::new(config) {
+            Ok(_) => panic!("{url}: a parent without its database"),
+            Err(e) => e,
+        };
+        let message = err.to_string();
+        assert!(
+            matches!(&err, ParentError::DatabaseConnect { url: shown, .. }
+                if shown.starts_with("postgres://cosigner:***@")),
+            "{err:?}"
+        );
+        assert!(!message.contains("s3cret"), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+    }
+    // Through the binary: exit 1, one line on stderr, no password.
+    let file = dir.path().join("parent.toml");
+    std::fs::write(
+        &file,
+        config_text(
+            &dir.path().join("e.sock"),
+            &format!("postgres://cosigner:s3cret@/cosigner?host={nowhere}"),
+        ),
+    )
+    .unwrap();
+    let out = cosigner_tests::run(
+        "cosigner-parent",
+        ["run".as_ref(), "--config".as_ref(), file.as_os_str()],
+        &[],
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("cannot connect to database postgres://cosigner:***@")
+    );
+    assert!(!out.stderr.contains("s3cret"), "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+}
+
+#[test]
+fn postgres_configurations_parse_and_resolve() {
+    let url = "postgres://cosigner@/cosigner?host=/run/postgresql";
+    let c = Config::from_toml(&GOOD.replace("/var/lib/cosigner/store.db", url)).unwrap();
+    assert_eq!(
+        c.database,
+        Database::Postgres(PostgresConfig::new(url, None, 16).unwrap())
+    );
+    assert_eq!(c.database.display().to_string(), url);
+    let (dir, path) = cosigner_tests::file_in_tempdir(
+        "parent.toml",
+        "listen = \"127.0.0.1:0\"\nenclave = \"unix:run/enclave.sock\"\n\
+         store_socket = \"run/store.sock\"\n\
+         [database]\nurl = \"postgres://cosigner@db.internal/cosigner\"\n\
+         password_file = \"db-password\"\npool_size = 4\n",
+    );
+    let c = Config::load(&path).unwrap();
+    assert_eq!(
+        c.database,
+        Database::Postgres(
+            PostgresConfig::new(
+                "postgres://cosigner@db.internal/cosigner",
+                Some(dir.path().join("db-password")),
+                4
+            )
+            .unwrap()
+        )
+    );
+}
+
+#[test]
+fn bad_database_settings_are_refused_by_field_without_the_password() {
+    let table = |body: &str| {
+        format!(
+            "{}[database]\n{body}",
+            BASE.replace("database = \"/d.db\"\n", "")
+        )
+    };
+    for (text, field, why) in [
+        (
+            with("database", "\"mysql://u:s3cret@h/d\""),
+            "database",
+            "postgres://",
+        ),
+        (
+            with("database", "\"postgres://u:s3cret@h:port/d\""),
+            "database",
+            "client library",
+        ),
+        (
+            with("database", "\"postgres://u:s3cret@/d\""),
+            "database",
+            "no host",
+        ),
+        (
+            with("database", "\"postgres:///d?host=/run/pg\""),
+            "database",
+            "no user",
+        ),
+        (
+            table("url = \"/var/lib/store.db\"\n"),
+            "database.url",
+            "PostgreSQL's",
+        ),
+        (
+            table("url = \"postgres://u@h/d\"\npool_size = 0\n"),
+            "database.pool_size",
+            "1..=256",
+        ),
+        (
+            table("url = \"postgres://u:s3cret@h/d\"\npassword_file = \"/pw\"\n"),
+            "database",
+            "one of them",
+        ),
+    ] {
+        let err = Config::from_toml(&text).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            matches!(&err, ParentError::InvalidAddress { field: f, .. }
+                | ParentError::InvalidLimit { field: f, .. } if *f == field),
+            "{text}: {err:?}"
+        );
+        assert!(message.contains(why), "{text}: {message}");
+        assert!(!message.contains("s3cret"), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+    }
+    for (body, why) in [
+        (
+            "pool = 4\nurl = \"postgres://u@h/d\"\n",
+            "unknown field `pool`",
+        ),
+        ("password_file = \"/pw\"\n", "missing field `url`"),
+    ] {
+        let err = Config::from_toml(&table(body)).unwrap_err();
+        assert!(matches!(err, ParentError::Config { .. }), "{err:?}");
+        assert!(err.to_string().contains(why), "{err}");
+    }
+}
+
+/// The parent binary with `database = "postgres://…"` serving a real enclave: a wallet is made
+/// (DKG, its sealed share and records written through the store channel into PostgreSQL) and
+/// signs; the blobs are in PostgreSQL, and a restarted parent serves them.
+#[test]
+fn the_parent_binary_on_postgres_serves_a_wallet_made_and_signed() {
+    let Some(db) = cosigner_tests::postgres::database() else {
+        return;
+    };
+    // A password in the URL (the test cluster trusts its socket and never asks for it): it must
+    // appear in no log line.
+    let url = db.url().replacen("cosigner@", "cosigner:s3cret@", 1);
+    let mut d = cosigner_tests::Deployment::start().unwrap();
+    // The provider's parent moves to PostgreSQL before any wallet exists. The enclave anchored
+    // its first records at start, so they move too, as an operator would move them: every blob
+    // copied through the two stores while the cosigner is stopped.
+    d.provider.stop();
+    let sqlite = SqliteStore::open(&d.provider.database()).unwrap();
+    let postgres = PgStore::open(&pg_config(&db)).unwrap();
+    let keys = sqlite.list_prefix("").unwrap();
+    assert!(!keys.is_empty(), "the enclave anchored nothing at start");
+    for key in &keys {
+        postgres
+            .put(key, &sqlite.get(key).unwrap().unwrap())
+            .unwrap();
+    }
+    drop((sqlite, postgres));
+    let file = d.provider.hsm.dir().join("parent.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let text: String = text
+        .lines()
+        .map(|line| match line.starts_with("database = ") {
+            true => format!("database = \"{url}\"\n"),
+            false => format!("{line}\n"),
+        })
+        .collect();
+    std::fs::write(&file, text).unwrap();
+    std::fs::remove_dir_all(d.provider.store_dir()).unwrap();
+    d.provider.start_processes().unwrap();
+
+    let home = d.home("alice");
+    let created = d.cosigner([
+        "--home",
+        home.to_str().unwrap(),
+        "wallet",
+        "create",
+        "--json",
+    ]);
+    let wallet: serde_json::Value = serde_json::from_str(created.ok()).unwrap();
+    let id = wallet["wallet_id"].as_str().unwrap();
+    let message = "6d79206669727374207369676e6174757265206f6e20706f7374677265732121";
+    let signed = cosigner_tests::wallets::sign_message(&d, &home, id, message, &[]);
+    let signature: serde_json::Value = serde_json::from_str(signed.ok()).unwrap();
+    let key = k256::schnorr::VerifyingKey::from_bytes(
+        &hex::decode(wallet["group_public_key"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let sig = k256::schnorr::Signature::try_from(
+        hex::decode(signature["signature"].as_str().unwrap())
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    key.verify_raw(&hex::decode(message).unwrap(), &sig)
+        .unwrap();
+
+    // The wallet's sealed blobs are PostgreSQL rows; no SQLite file was made.
+    let mut client = db.connect().unwrap();
+    let rows: i64 = client
+        .query_one(
+            "SELECT count(*) FROM blobs WHERE key LIKE 'wallet/' || $1 || '/%'",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert!(rows > 0, "no blob of wallet {id} in PostgreSQL");
+    assert!(!d.provider.database().exists());
+
+    // Restarted, the parent serves them from PostgreSQL: the wallet signs again.
+    d.provider.stop();
+    d.provider.start_processes().unwrap();
+    let again = cosigner_tests::wallets::sign_message(&d, &home, id, message, &[]);
+    assert!(again.code == Some(0), "{}", again.stderr);
+    let logs = d.provider.logs();
+    assert!(logs.contains("postgres://cosigner:***@/"), "{logs}");
+
+    // The audit log verifies from the parent's configuration, on PostgreSQL.
+    let status: serde_json::Value =
+        serde_json::from_str(d.cosigner(["status", "--json"]).ok()).unwrap();
+    let audit_key = status["provider"]["audit_key"].as_str().unwrap().to_owned();
+    let out = cosigner_tests::run(
+        "cosigner-parent",
+        [
+            "audit",
+            "verify",
+            "--config",
+            file.to_str().unwrap(),
+            "--key",
+            &audit_key,
+        ],
+        &d.provider.hsm.env(),
+    );
+    let report: serde_json::Value = serde_json::from_str(out.ok()).unwrap();
+    assert!(report["entries"].as_u64().unwrap() >= 2, "{report}");
+    assert!(!logs.contains("s3cret"), "{logs}");
+}
+
+/// The server closes the parent's connections (a restart, a failover, an administrator's
+/// `pg_terminate_backend`): the next store and mailbox requests are answered all the same, on new
+/// connections, and a post is not stored twice.
+#[test]
+fn postgres_connections_the_server_closed_are_replaced_and_the_request_done() {
+    use cosigner_parent::mailbox::{MailboxConfig, MailboxStore};
+    use cosigner_protocol::mailbox::{Envelope, Topic};
+
+    let Some(db) = cosigner_tests::postgres::database() else {
+        return;
+    };
+    let pg = Arc::new(PgDatabase::connect(&pg_config(&db)).unwrap());
+    let store = PgStore::new(Arc::clone(&pg));
+    let mailbox = MailboxStore::open_postgres(Arc::clone(&pg), &MailboxConfig::default()).unwrap();
+    let k = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+    let member = serde_bytes::ByteBuf::from(cosigner_protocol::auth::public_key_bytes(&k));
+    let t = Topic([5; 16]);
+    let envelope = |body: &[u8]| {
+        Envelope::seal(&k, t, body.to_vec())
+            .unwrap()
+            .encode()
+            .unwrap()
+    };
+    // Several connections open in the pool.
+    std::thread::scope(|scope| {
+        for i in 0..3 {
+            let store = &store;
+            scope.spawn(move || store.put(&format!("k/{i}"), b"v").unwrap());
+        }
+    });
+    assert_eq!(
+        mailbox
+            .post(&t, &envelope(b"1"), std::slice::from_ref(&member))
+            .unwrap(),
+        1
+    );
+    let terminate = |what: &str| {
+        let mut admin = db.connect().unwrap();
+        let closed: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert!(closed > 0, "{what}: no connection of the parent to close");
+    };
+    terminate("store");
+    store.put("k/after", b"v").unwrap();
+    assert_eq!(store.list_prefix("k/").unwrap().len(), 4);
+    terminate("mailbox");
+    assert_eq!(mailbox.post(&t, &envelope(b"2"), &[]).unwrap(), 2);
+    let page = mailbox.fetch(&t, 0, 0, Some(member.as_slice())).unwrap();
+    assert_eq!(page.items.iter().map(|i| i.seq).collect::<Vec<_>>(), [1, 2]);
 }

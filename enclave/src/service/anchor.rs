@@ -30,6 +30,40 @@ pub enum AnchorError {
         /// The newest generation found.
         found: Option<u64>,
     },
+    /// What the untrusted store holds for the anchor is not what the anchor's root names (a
+    /// host that altered or rolled back part of a partition's tree).
+    #[error("anchor {label} refused: {reason}")]
+    Integrity {
+        /// The anchor (or partition root).
+        label: String,
+        /// What did not match.
+        reason: String,
+    },
+    /// A blob the root named is gone: replaced by a concurrent writer (read again) or deleted
+    /// by the host.
+    #[error("anchor {label}: a blob its root names is missing from the store")]
+    Missing {
+        /// The partition root.
+        label: String,
+    },
+    /// The configured partition count is not the one the anchors were laid out with.
+    #[error(
+        "[anchors] partitions = {configured}, but this token's anchors are laid out in {anchored:?} \
+         partitions: every instance must keep the count it was first started with"
+    )]
+    Layout {
+        /// The configured count.
+        configured: u16,
+        /// The anchored count (`None`: unreadable).
+        anchored: Option<u16>,
+    },
+    /// This instance runs alone (`[anchors] shared` unset) on anchors that several instances
+    /// have shared: it would remember anchor values the others move.
+    #[error(
+        "[anchors] shared is not set, but this token's anchors are shared by several instances: \
+         set shared = true (and lock_file) on every instance"
+    )]
+    SharedLayout,
     /// The backend failed; a write may or may not have taken effect.
     #[error("anchor {label}: {reason}")]
     Backend {
@@ -129,6 +163,18 @@ pub struct InsecureMemoryAnchor {
     map: std::sync::Mutex<std::collections::HashMap<String, Versioned>>,
 }
 
+impl InsecureMemoryAnchor {
+    /// How many anchors are set (tests count "token objects" with it).
+    pub fn len(&self) -> usize {
+        self.map.lock().map_or(0, |m| m.len())
+    }
+
+    /// Whether no anchor is set.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl Anchor for InsecureMemoryAnchor {
     fn read(&self, label: &str) -> Result<Option<Versioned>, AnchorError> {
         let map = self
@@ -218,6 +264,96 @@ impl<A: Anchor> Anchor for CachedAnchor<A> {
                 Err(e)
             }
         }
+    }
+}
+
+impl<T: Anchor + ?Sized> Anchor for std::sync::Arc<T> {
+    fn read(&self, label: &str) -> Result<Option<Versioned>, AnchorError> {
+        self.as_ref().read(label)
+    }
+
+    fn write(&self, label: &str, expected: Option<u64>, value: &[u8]) -> Result<u64, AnchorError> {
+        self.as_ref().write(label, expected, value)
+    }
+}
+
+/// Makes the compare-and-swap of `inner` atomic across *processes*: several enclave instances
+/// on one host sharing one token (PKCS#11 has no atomic update of an object, and the token's
+/// own write lock is per process). Every write holds an exclusive `flock(2)` on `file` (kept
+/// open; a file in a directory only the enclaves' user can write, so neither the parent nor
+/// another user can hold it), taken under an in-process mutex because `flock` belongs to the
+/// open file description, which this process's threads share. Reads take it shared (see
+/// `read`).
+#[derive(Debug)]
+pub struct ProcessLocked<A> {
+    inner: A,
+    file: std::sync::Mutex<std::fs::File>,
+}
+
+impl<A: Anchor> ProcessLocked<A> {
+    /// Locks writes of `inner` with the file at `path` (created mode 0600 if absent).
+    pub fn new(inner: A, path: &std::path::Path) -> std::io::Result<Self> {
+        let file = open_lock_file(path)?;
+        Ok(Self {
+            inner,
+            file: std::sync::Mutex::new(file),
+        })
+    }
+}
+
+/// Opens (creating, mode 0600) a file that instances lock with `flock(2)`: the anchors lock,
+/// its `.start` and the writer stripes' `.wNN` (`[anchors] lock_file`).
+pub fn open_lock_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+}
+
+impl<A: Anchor> ProcessLocked<A> {
+    /// Runs `f` holding the lock file, `shared` or exclusive, and this process's mutex (the
+    /// `flock` belongs to the descriptor all threads share). Closing the file would also release
+    /// it; unlocking keeps the descriptor for the next call. A failed unlock is not reported over
+    /// `f`'s own outcome: the next lock attempt fails instead.
+    fn locked<T>(
+        &self,
+        label: &str,
+        shared: bool,
+        f: impl FnOnce(&A) -> Result<T, AnchorError>,
+    ) -> Result<T, AnchorError> {
+        let file = self
+            .file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if shared {
+            file.lock_shared()
+        } else {
+            file.lock()
+        }
+        .map_err(|e| AnchorError::backend(label, format!("anchor lock: {e}")))?;
+        let out = f(&self.inner);
+        let _ = file.unlock();
+        out
+    }
+}
+
+impl<A: Anchor> Anchor for ProcessLocked<A> {
+    fn read(&self, label: &str) -> Result<Option<Versioned>, AnchorError> {
+        // Reads are locked too (shared among instances, one at a time in this process): with
+        // SoftHSM's file store (2.6.1) a reader that loads an object file another process is
+        // rewriting, or that races another thread of its own process refreshing it, writes
+        // default attributes back over it (an empty label), and the anchor vanishes from every
+        // search by label. Excluding writers, and this process's other readers, from every read
+        // closes both windows; a real HSM needs neither, and costs one lock per read.
+        self.locked(label, true, |inner| inner.read(label))
+    }
+
+    fn write(&self, label: &str, expected: Option<u64>, value: &[u8]) -> Result<u64, AnchorError> {
+        self.locked(label, false, |inner| inner.write(label, expected, value))
     }
 }
 

@@ -11,7 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cosigner_kms::{SealContext, Sealer};
 use cosigner_protocol::audit::{
-    AUDIT_PREFIX, AuditEntry, AuditRecord, audit_key, encode_entry, entry_hash, verify_log,
+    AUDIT_PREFIX, AuditEntry, AuditRecord, audit_key_in, audit_prefix, encode_entry, entry_hash,
+    verify_log,
 };
 use cosigner_protocol::auth::public_key_bytes;
 use cosigner_protocol::wire::MAX_PUT_MANY;
@@ -34,6 +35,8 @@ pub struct AuditLog {
     fast: aws_lc_rs::signature::EcdsaKeyPair,
     /// The last durable entry's sequence number and hash: moved only by a write that stored.
     head: Mutex<(u64, [u8; 32])>,
+    /// Where this instance's chain lives (`cosigner_protocol::audit::audit_prefix`).
+    prefix: String,
     /// Entries waiting for the next write (group commit).
     queue: Mutex<Queue>,
     /// Signalled after every write.
@@ -82,6 +85,17 @@ impl AuditLog {
         sealer: &dyn Sealer,
         store: &dyn BlobStore,
         anchor: &dyn crate::service::anchor::Anchor,
+    ) -> Result<Self, String> {
+        Self::open_instance(sealer, store, anchor, 0)
+    }
+
+    /// [`AuditLog::open`] for enclave instance `instance`: the same audit key, this instance's
+    /// own chain.
+    pub fn open_instance(
+        sealer: &dyn Sealer,
+        store: &dyn BlobStore,
+        anchor: &dyn crate::service::anchor::Anchor,
+        instance: u32,
     ) -> Result<Self, String> {
         use sha2::Digest as _;
         let anchored = anchor.read(AUDIT_KEY_ANCHOR).map_err(|e| e.to_string())?;
@@ -144,10 +158,11 @@ impl AuditLog {
             key,
             fast,
             head: Mutex::new((0, [0; 32])),
+            prefix: audit_prefix(instance),
             queue: Mutex::new(Queue::default()),
             written: Condvar::new(),
         };
-        let keys = store.list(AUDIT_PREFIX).map_err(|e| e.to_string())?;
+        let keys = store.list(&log.prefix).map_err(|e| e.to_string())?;
         if let Some(last) = keys.last() {
             let raw = store
                 .get(last)
@@ -260,7 +275,7 @@ impl AuditLog {
                 entry.seq = seq;
                 entry.prev = ByteBuf::from(prev.to_vec());
                 let (record, hash) = self.sign_entry(entry)?;
-                records.push((audit_key(seq), record));
+                records.push((audit_key_in(&self.prefix, seq), record));
                 prev = hash;
             }
             store.put_many(&records).map_err(|e| e.to_string())?;

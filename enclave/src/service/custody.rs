@@ -23,6 +23,37 @@ const REFUSAL_WINDOW: Duration = Duration::from_secs(600);
 /// Wallets whose refusal counts are tracked at once (the oldest window is forgotten beyond).
 const MAX_REFUSAL_WALLETS: usize = 65_536;
 
+/// A held writer lock (see [`Service::writer`]); the lock file, if any, is released on drop.
+pub(super) struct WriterGuard<'a>(std::sync::MutexGuard<'a, Option<std::fs::File>>);
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(file) = self.0.as_ref() {
+            // Closing would release it too; the descriptor is kept for the next writer.
+            let _ = file.unlock();
+        }
+    }
+}
+
+/// The writer stripes: plain mutexes alone, or each with its lock file `PREFIX.wNN` (created
+/// 0600) when other instances share the token and store.
+pub(super) fn writer_stripes(
+    prefix: Option<&std::path::Path>,
+) -> Result<Vec<Mutex<Option<std::fs::File>>>, String> {
+    (0..WRITER_STRIPES)
+        .map(|stripe| {
+            let Some(prefix) = prefix else {
+                return Ok(Mutex::new(None));
+            };
+            let mut path = prefix.as_os_str().to_owned();
+            path.push(format!(".w{stripe:02}"));
+            super::anchor::open_lock_file(std::path::Path::new(&path))
+                .map(|f| Mutex::new(Some(f)))
+                .map_err(|e| format!("writer lock file {}: {e}", path.display()))
+        })
+        .collect()
+}
+
 /// Refusals recorded per wallet in the current window: when it started, how many.
 pub(super) type Refusals = Mutex<HashMap<WalletId, (Instant, u32)>>;
 
@@ -36,17 +67,24 @@ impl Service {
         }
     }
 
-    /// The writer lock of `wallet`: held across every read-modify-write of its records.
-    pub(super) fn writer(
-        &self,
-        wallet: &WalletId,
-    ) -> Result<std::sync::MutexGuard<'_, ()>, Failure> {
+    /// The writer lock of `wallet`: held across every read-modify-write of its records. With
+    /// other instances on the same token and store, the stripe's lock file too (an exclusive
+    /// `flock(2)`, taken while this process's stripe mutex is held, since `flock` belongs to the
+    /// open file description all threads share): a read-modify-write is then atomic across
+    /// instances exactly as across threads, so a write is never based on a state another
+    /// instance replaced between our read and our compare-and-swap.
+    pub(super) fn writer(&self, wallet: &WalletId) -> Result<WriterGuard<'_>, Failure> {
         let stripe = usize::from(wallet.0[0]) % WRITER_STRIPES;
         let m = self
             .writers
             .get(stripe)
             .ok_or_else(|| internal("writer stripe out of range"))?;
-        lock(m)
+        let guard = lock(m)?;
+        if let Some(file) = guard.as_ref() {
+            file.lock()
+                .map_err(|e| internal(format!("writer lock file: {e}")))?;
+        }
+        Ok(WriterGuard(guard))
     }
 
     /// Records a refusal in the audit log, at most [`REFUSALS_PER_WINDOW`] per wallet and

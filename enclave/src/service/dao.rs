@@ -1575,9 +1575,10 @@ impl Service {
             )
         };
         if let Err(e) = self.log(&job.wallet_id, "dao-refresh", "dao", &job.hash, &outcome) {
-            eprintln!(
-                "dao refresh of {}: audit entry not written: {}",
-                job.wallet_id, e.0.message
+            tracing::warn!(
+                wallet = %job.wallet_id,
+                error = %e.0.message,
+                "dao refresh: audit entry not written"
             );
         }
         Ok(DaoMessage::Refreshed {

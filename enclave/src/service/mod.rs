@@ -30,6 +30,7 @@ mod dkg;
 mod eth;
 mod failure;
 mod keys;
+pub mod partition;
 mod peer;
 mod psbt;
 pub mod records;
@@ -93,8 +94,9 @@ pub struct Service {
     refreshes: Table<RefreshStage>,
     repairs: Table<RepairStage>,
     signs: Sessions<sign::PendingSign>,
-    /// One writer per wallet: every state change of a wallet holds its stripe.
-    writers: Vec<Mutex<()>>,
+    /// One writer per wallet: every state change of a wallet holds its stripe, and with other
+    /// instances also the stripe's lock file (`custody::Service::writer`).
+    writers: Vec<Mutex<Option<std::fs::File>>>,
     /// Refusals recorded per wallet in the current window (`custody`).
     refusals: custody::Refusals,
     /// Which session committed each wallet's latest refresh: only it may finalize (delete the
@@ -125,6 +127,18 @@ impl std::fmt::Debug for Service {
     }
 }
 
+/// Which of several enclave instances on one token and store this service is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Instance {
+    /// Its number (its own audit chain; 0 when alone).
+    pub id: u32,
+    /// Whether other instances write the same anchors (`[anchors] shared`).
+    pub shared_anchors: bool,
+    /// With other instances: the lock files every instance takes around a wallet's
+    /// read-modify-write, `PREFIX.wNN` for stripe NN (`[anchors] lock_file`). `None`: alone.
+    pub writer_locks: Option<std::path::PathBuf>,
+}
+
 impl Service {
     /// A service over these backends. Loads (or creates) the audit key.
     pub fn new(
@@ -134,8 +148,33 @@ impl Service {
         anchor: Box<dyn Anchor>,
         policy: RefreshPolicy,
     ) -> Result<Self, String> {
-        let anchor: Box<dyn Anchor> = Box::new(anchor::CachedAnchor::new(anchor));
-        let audit = AuditLog::open(sealer.as_ref(), store.as_ref(), anchor.as_ref())?;
+        Self::new_instance(attester, sealer, store, anchor, policy, Instance::default())
+    }
+
+    /// [`Service::new`] as one of several instances sharing a token and a store
+    /// (docs/architecture.md, "Several instances").
+    pub fn new_instance(
+        attester: Box<dyn Attester>,
+        sealer: Box<dyn Sealer>,
+        store: Box<dyn BlobStore>,
+        anchor: Box<dyn Anchor>,
+        policy: RefreshPolicy,
+        instance: Instance,
+    ) -> Result<Self, String> {
+        // Alone, this enclave is the only writer of its anchors and may remember them; with
+        // other instances writing the same anchors a remembered value can be stale, so every
+        // read goes to the anchor (the partition layer still reuses trees whose root is unchanged).
+        let anchor: Box<dyn Anchor> = if instance.shared_anchors {
+            anchor
+        } else {
+            Box::new(anchor::CachedAnchor::new(anchor))
+        };
+        let audit = AuditLog::open_instance(
+            sealer.as_ref(),
+            store.as_ref(),
+            anchor.as_ref(),
+            instance.id,
+        )?;
         Ok(Self {
             attester,
             sealer,
@@ -148,9 +187,7 @@ impl Service {
             refreshes: Table::new("refresh"),
             repairs: Table::new("repair"),
             signs: Sessions::new(),
-            writers: (0..custody::WRITER_STRIPES)
-                .map(|_| Mutex::new(()))
-                .collect(),
+            writers: custody::writer_stripes(instance.writer_locks.as_deref())?,
             refusals: Mutex::new(HashMap::new()),
             committed_by: Mutex::new(HashMap::new()),
             keys: keys::KeyCache::default(),
@@ -205,8 +242,17 @@ impl Service {
         }
     }
 
-    /// Answers one request of a session.
+    /// Answers one request of a session, and counts it (`crate::telemetry`: kind, outcome,
+    /// latency, signatures, ceremonies; never its contents).
     pub fn handle(&self, session: &mut SessionState, request: Request) -> Response {
+        let kind = crate::telemetry::request_kind(&request);
+        let started = std::time::Instant::now();
+        let response = self.answer(session, request);
+        crate::telemetry::request_done(kind, &response, started.elapsed());
+        response
+    }
+
+    fn answer(&self, session: &mut SessionState, request: Request) -> Response {
         let outcome = match request {
             Request::Attest { nonce } => self.attest(session, &nonce),
             other if !session.attested => Err(Failure::bad(format!(

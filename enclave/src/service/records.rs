@@ -151,6 +151,7 @@ fn anchor_failure(e: AnchorError) -> Failure {
             ErrorKind::Busy,
             format!("{e}: another write of this wallet came first; try again"),
         ),
+        AnchorError::Integrity { .. } => Failure::new(ErrorKind::Integrity, e.to_string()),
         other => internal(other),
     }
 }
