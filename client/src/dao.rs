@@ -1850,10 +1850,15 @@ pub fn await_progress(
 /// Approves a request and takes part in its signing until the transaction is published.
 /// Returns `(txid, tx)`.
 ///
+/// The approval carries this device's nonce commitments for signing round 0, so once the
+/// rule's approvals are in the provider sends the signing packages with the signer set and the
+/// chosen members answer their shares: one round (`cosigner_protocol::dao::sign`).
+///
 /// Run again after its process stopped (the same request), it finishes: the approval is posted
-/// again (a duplicate, ignored), the topic is read from its start, and if this device was chosen
-/// it commits with fresh nonces; the provider replaces its old commitments or starts a new round
-/// (`cosigner_protocol::dao::sign`). Nonces are never written down.
+/// again (a duplicate, ignored) with fresh round-0 commitments, the topic is read from its
+/// start, and if this device was chosen it commits with fresh nonces; the provider replaces its
+/// old commitments or starts a new round (`cosigner_protocol::dao::sign`). Nonces are never
+/// written down.
 #[allow(clippy::too_many_arguments)]
 pub fn approve_and_sign(
     home: &Home,
@@ -1880,14 +1885,20 @@ pub fn approve_and_sign(
     let key_packages = hd::key_packages_for(&wallet.wallet_id, &key_package, &summary.input_paths)?;
     drop(key_package);
     let key = home.device_key()?;
-    let (mut signer, approval) = MemberSigner::<Suite>::approve(
+    // The approval goes with our nonce commitments for round 0, so once the rule's approvals
+    // are in the provider sends the signing packages with the signer set (one round).
+    let (mut signer, approval) = MemberSigner::<Suite>::approve_committed(
         hash,
         wallet.party,
         provider_key.clone(),
         summary.sighashes.clone(),
         summary.txid.clone(),
-    );
-    courier.send(&key, &approval)?;
+        &key_packages,
+        &mut rand_core::OsRng,
+    )?;
+    for message in &approval {
+        courier.send(&key, message)?;
+    }
     let mut watch = SignWatch::new(hash, invitation.layout()?, evaluation)?;
     let mut pace = Pace::new(timeout);
     let mut pending = backlog;

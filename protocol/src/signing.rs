@@ -198,6 +198,26 @@ impl<C: Ciphersuite> Signing<C> {
         Self::open(locals, signers, messages)
     }
 
+    /// As [`Signing::start_precommitted`], each local party with one key package per message
+    /// (in message order), as [`Signing::start_each`] has: a DAO member's nonces drawn with its
+    /// approval, bound once the provider names the signer set (`crate::dao::sign`).
+    ///
+    /// Errors: as [`Signing::start_precommitted`]; a key package count that is not the message
+    /// count ([`ProtocolError::Params`]).
+    pub fn start_precommitted_each(
+        locals: Vec<(PartyId, Vec<KeyPackage<C>>, Vec<Precommitment<C>>)>,
+        signers: &[PartyId],
+        messages: Vec<Vec<u8>>,
+    ) -> Result<(Self, Vec<SignMessage>)> {
+        check_count(&messages)?;
+        for (party, key_packages, _) in &locals {
+            one_per_message(key_packages.len(), messages.len(), || {
+                format!("key packages of party {party}")
+            })?;
+        }
+        Self::open(locals, signers, messages)
+    }
+
     fn open(
         locals: Vec<Drawn<C>>,
         signers: &[PartyId],

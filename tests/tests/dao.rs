@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use cosigner_protocol::dao::DaoMessage;
 use cosigner_tests::Outcome;
 use cosigner_tests::bitcoin_tx::{self, Pay, Spend};
-use cosigner_tests::members::{BTC, Dao, approve_args, json, p, sign_args, wait_for};
+use cosigner_tests::members::{BTC, Dao, Watch, approve_args, json, p, sign_args, wait_for};
 use serde_json::Value;
 
 /// A policy's TOML: with `admin`, an `[admin]` quorum of that many approvals; then one `[[rule]]`
@@ -157,7 +158,37 @@ fn dao_tiers_three_four_five_with_consensus_valid_transactions() {
         timed_out(&r, rule, needs);
         let (r, a) = sign(&dao, rule, &spend, &approvers, 60);
         signed(&dao, &r, &a, &spend);
+        one_round_once_approved(&dao, rule);
     }
+}
+
+/// Once the approvals were in, the signature took one round: every chosen member's nonce
+/// commitments were posted with its approval, before the provider's signer set, and the signer
+/// set's round is the one signed (no member committed after it; round 0, none restarted).
+fn one_round_once_approved(dao: &Dao, tag: &str) {
+    let request = dao.file(&format!("{tag}.request"));
+    let mut watch = Watch::request(&dao.d, &dao.homes[0], &dao.invitation, &request);
+    let messages = watch.messages();
+    let provider = &dao.invitation.layout().unwrap().provider_key;
+    let set = messages
+        .iter()
+        .position(|(s, m)| s == provider && matches!(m, DaoMessage::SignerSet { .. }))
+        .expect("a signer set");
+    let after_set: Vec<&str> = messages[set..]
+        .iter()
+        .filter(|(s, _)| s != provider)
+        .map(|(_, m)| m.name())
+        .collect();
+    assert!(
+        after_set.iter().all(|n| *n == "Shares"),
+        "members posted {after_set:?} after the signer set"
+    );
+    assert!(
+        messages
+            .iter()
+            .all(|(_, m)| !matches!(m, DaoMessage::SignerSet { round, .. } if *round > 0)),
+        "a second signing round"
+    );
 }
 
 #[test]

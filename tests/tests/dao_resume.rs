@@ -216,8 +216,10 @@ fn commitments_of(
     }
 }
 
-/// A payment in flight: Alice requested it and is stopped (SIGSTOP) once her approval is in its
-/// topic (she cannot commit before Bob approves); Bob approved and his round-0 commitments are in.
+/// A payment in flight: Alice requested it and is stopped (SIGSTOP) once her approval (and the
+/// round-0 commitments posted just before it) is in its topic; Bob approved, the provider sent
+/// the signer set with the packages at once (one round), and Bob's round-0 shares are in. The
+/// round now waits for Alice's shares only.
 struct Stopped {
     spend: Spend,
     psbt: PathBuf,
@@ -227,16 +229,25 @@ struct Stopped {
     watch: Watch,
 }
 
+/// `member`'s signature shares of signing round `round`.
+fn shares_of(dao: &Dao, member: usize, round: u32) -> impl Fn(&[u8], &DaoMessage) -> bool + '_ {
+    let is = dao.is(member);
+    move |s: &[u8], m: &DaoMessage| {
+        is(s) && matches!(m, DaoMessage::Shares { round: r, .. } if *r == round)
+    }
+}
+
 /// Brings a payment of `amount` to [`Stopped`]; `n` tells its processes apart.
-fn stopped_after_bobs_commitments(dao: &Dao, n: u8, amount: u64) -> Stopped {
+fn stopped_after_bobs_shares(dao: &Dao, n: u8, amount: u64) -> Stopped {
     let (spend, psbt, request) = dao.payment(&format!("payment-{n}"), amount);
     let alice = sign(dao, &format!("alice-{n}"), &psbt, &request);
     wait_for(&request);
     let mut watch = dao.watch(&request);
     watch.wait("Alice's approval", 1, &approval_by(&dao.keys[0]));
     alice.signal("-STOP");
+    assert_eq!(watch.count(&commitments_of(dao, 0, 0)), 1, "posted before");
     let bob = approve(dao, &format!("bob-{n}"), &request, true);
-    watch.wait("Bob's commitments", 1, &commitments_of(dao, 1, 0));
+    watch.wait("Bob's round-0 shares", 1, &shares_of(dao, 1, 0));
     Stopped {
         spend,
         psbt,
@@ -252,25 +263,20 @@ fn members_killed_while_signing_run_again_and_each_spend_counts_once() {
     let dao = create();
     let provider_party = dao.invitation.layout().unwrap().provider_parties[0];
 
-    // 1. Before the signing packages. Alice requests 1 BTC and is stopped once her approval is
-    // in (she cannot commit before Bob approves). Bob approves, commits, and is killed: no
-    // package can have used his commitments (Alice's are missing). Bob runs `approve` again
-    // (without --yes: his approval is in the topic, he is not asked again) and commits anew;
-    // the provider replaces his commitments. Alice, killed too, runs `sign` again: the same
-    // request goes on.
-    let Stopped {
-        spend: first,
-        psbt,
-        request,
-        alice,
-        bob,
-        mut watch,
-    } = stopped_after_bobs_commitments(&dao, 1, BTC);
-    assert_eq!(bob.kill().code, None);
-    let bob = approve(&dao, "bob-1-again", &request, false);
-    watch.wait("Bob's new commitments", 2, &commitments_of(&dao, 1, 0));
+    // 1. Before the signing packages. Alice requests 1 BTC, posts her round-0 commitments and
+    // her approval, and is killed before Bob approves: no package can have used her
+    // commitments (the rule needs Bob's approval). Alice runs `sign` again: the same request
+    // goes on with fresh commitments, which replace her old ones; Bob approves and the
+    // packages go out at once with Alice's new commitments. One package set, round 0.
+    let (first, psbt, request) = dao.payment("payment-1", BTC);
+    let alice = sign(&dao, "alice-1", &psbt, &request);
+    wait_for(&request);
+    let mut watch = dao.watch(&request);
+    watch.wait("Alice's approval", 1, &approval_by(&dao.keys[0]));
     assert_eq!(alice.kill().code, None);
     let alice = sign(&dao, "alice-1-again", &psbt, &request);
+    watch.wait("Alice's new commitments", 2, &commitments_of(&dao, 0, 0));
+    let bob = approve(&dao, "bob-1", &request, true);
     let (alice, bob) = (alice.finish(), bob.finish());
     let first_txid = both_signed(&alice, &bob, &first);
     assert!(
@@ -278,38 +284,35 @@ fn members_killed_while_signing_run_again_and_each_spend_counts_once() {
         "{}",
         alice.stderr
     );
-    assert!(bob.stderr.contains("already approved"), "{}", bob.stderr);
     let rounds = provider_commitments(&mut watch, provider_party);
     assert_eq!(rounds.len(), 1, "one package set, round 0: {rounds:?}");
     assert_eq!(rounds[0].0, 0);
+    assert_eq!(
+        watch.count(&commitments_of(&dao, 1, 0)),
+        1,
+        "Bob committed once"
+    );
 
     // 2. After the signing packages. Alice requests 0.5 BTC and is stopped after her approval;
-    // Bob approves, commits, and is stopped. Alice goes on: the packages go out with Bob's
-    // commitments and Alice signs. Bob is killed before he signs: his nonces are gone, so the
-    // round cannot finish. Bob runs `approve` again; the provider starts round 1 with fresh
-    // nonces and both sign again.
+    // Bob approves: the packages go out with both members' round-0 commitments and Bob signs.
+    // Alice is killed before she signs: her nonces are gone, so the round cannot finish. Alice
+    // runs `sign` again; the provider starts round 1 with fresh nonces and both sign again
+    // (Bob's `approve` is still waiting for the transaction).
     let Stopped {
         spend: second,
         request: request2,
+        psbt: psbt2,
         alice,
         bob,
         watch: mut watch2,
-        ..
-    } = stopped_after_bobs_commitments(&dao, 2, BTC / 2);
-    bob.signal("-STOP");
-    alice.signal("-CONT");
-    let alice_shares = {
-        let is = dao.is(0);
-        move |s: &[u8], m: &DaoMessage| is(s) && matches!(m, DaoMessage::Shares { round: 0, .. })
-    };
-    watch2.wait("Alice's round-0 shares", 1, &alice_shares);
-    assert_eq!(bob.kill().code, None);
-    let bob_shares = {
-        let is = dao.is(1);
-        move |s: &[u8], m: &DaoMessage| is(s) && matches!(m, DaoMessage::Shares { .. })
-    };
-    assert_eq!(watch2.count(&bob_shares), 0, "Bob never signed round 0");
-    let bob = approve(&dao, "bob-2-again", &request2, false);
+    } = stopped_after_bobs_shares(&dao, 2, BTC / 2);
+    assert_eq!(alice.kill().code, None);
+    assert_eq!(
+        watch2.count(&shares_of(&dao, 0, 0)),
+        0,
+        "Alice never signed round 0"
+    );
+    let alice = sign(&dao, "alice-2-again", &psbt2, &request2);
     let (alice, bob) = (alice.finish(), bob.finish());
     let second_txid = both_signed(&alice, &bob, &second);
     let rounds = provider_commitments(&mut watch2, provider_party);
@@ -345,19 +348,16 @@ fn members_killed_while_signing_run_again_and_each_spend_counts_once() {
 fn the_provider_restarted_mid_signing_goes_on_with_a_new_round_and_fresh_nonces() {
     let mut dao = create();
     let provider_party = dao.invitation.layout().unwrap().provider_parties[0];
-    // Alice requests and approves (then is stopped); Bob approves and commits (then is stopped):
-    // the provider holds round 0's nonces, waiting for Alice's commitments.
-    let (spend, psbt, request) = dao.payment("restart", BTC);
-    let alice = sign(&dao, "alice-r", &psbt, &request);
-    wait_for(&request);
-    let mut watch = dao.watch(&request);
-    let (alice_key, bob_key) = (dao.keys[0].clone(), dao.keys[1].clone());
-    watch.wait("Alice's approval", 1, &approval_by(&alice_key));
-    alice.signal("-STOP");
-    let bob = approve(&dao, "bob-r", &request, true);
-    watch.wait("Bob's commitments", 1, &|s, m| {
-        s == bob_key.as_slice() && matches!(m, DaoMessage::Commitments { .. })
-    });
+    // Alice requests and approves (then is stopped); Bob approves and signs round 0: the
+    // provider holds round 0's nonces, waiting for Alice's shares.
+    let Stopped {
+        spend,
+        psbt,
+        request,
+        alice,
+        bob,
+        mut watch,
+    } = stopped_after_bobs_shares(&dao, 1, BTC);
     bob.signal("-STOP");
     // The provider restarts: its round-0 nonces are gone with its memory.
     dao.d.provider.stop();
@@ -372,8 +372,12 @@ fn the_provider_restarted_mid_signing_goes_on_with_a_new_round_and_fresh_nonces(
     let rounds = provider_commitments(&mut watch, provider_party);
     assert_eq!(
         rounds.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
-        vec![1],
-        "round 0 never got packages; the new provider signed in round 1"
+        vec![0, 1],
+        "round 0's packages could not finish; the new provider signed in round 1"
+    );
+    assert_ne!(
+        rounds[0].1, rounds[1].1,
+        "the new provider drew fresh nonces"
     );
     let provider = dao.invitation.provider_key.to_vec();
     let round_0 = |s: &[u8], m: &DaoMessage| {

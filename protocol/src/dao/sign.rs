@@ -3,13 +3,26 @@
 //! ```text
 //! requester ── SignRequest ─────────────────────────────► all (topic = request hash)
 //! provider  ── Evaluation (sighashes, value, rule, k) ──► all     (or Refused)
-//! members   ── Approval (request, own sighashes) ───────► provider  (the requester's included)
+//! members   ── Commitments (round 0, one per input)
+//!              + Approval (request, own sighashes) ────► provider  (the requester's included)
 //! provider  ── SignerSet (round r: first k approvers + provider's parties) ► all
-//! chosen    ── Commitments (round r, one per input) ────► provider
-//! provider  ── SigningPackages (round r, one per input) ► chosen
+//!              + SigningPackages (round r, one per input), when every chosen member committed
 //! chosen    ── Shares (round r, one per input) ─────────► provider
 //! provider  ── Signed (txid, tx) ───────────────────────► all
 //! ```
+//!
+//! # One round once the approvals are in
+//!
+//! A member draws its nonces for round 0 when it approves and posts their commitments just before
+//! the approval ([`MemberSigner::approve_committed`]; RFC 9591 §5.1 lets commitments be made before
+//! the signer set and the message are fixed, and binding factors cover the message and every
+//! signer's commitment, §4.4). When the approval that completes the rule arrives, the provider
+//! names the signer set and, having every chosen member's commitments already, builds and posts
+//! the signing packages with it: the chosen members answer their shares and the provider
+//! aggregates. Members not chosen drop their nonces unused. A chosen member whose round-0
+//! commitments the provider does not hold yet (delivered later, or a member that approved
+//! without them) commits as before, after the signer set; a member whose process stopped after
+//! approving lost its nonces, and the rounds below take over.
 //!
 //! The provider is the coordinator because it is the one party every signature needs: it counts
 //! approvals against the rule it evaluated itself from the PSBT, and only then commits. A member
@@ -52,6 +65,7 @@ use super::quorum::Quorum;
 use super::{Approval, DaoMessage, Evaluation, Layout, hash32, sighashes_digest};
 use crate::error::{ProtocolError, Result};
 use crate::id::PartyId;
+use crate::sign::Precommitment;
 use crate::signing::{SignMessage, SignStep, Signing};
 
 /// Most signing rounds of one request (rounds `0..MAX_ROUNDS`).
@@ -97,8 +111,9 @@ fn carries<C: Ciphersuite>(package: &[u8], party: PartyId, commitment: &[u8]) ->
 
 /// Where a member's signing stands.
 enum Stage<C: Ciphersuite> {
-    /// Approved; waiting for the signer set.
-    Approved,
+    /// Approved; waiting for the signer set. With the nonces drawn at approval (one per input,
+    /// in memory only), whose commitments went out with the approval for round 0.
+    Approved(Option<Vec<Precommitment<C>>>),
     /// Chosen and committed; waiting for the signing packages: our side of the signature on
     /// the signing engine, one message per input (its sessions hold the nonces; a package must
     /// carry exactly the commitments it sent).
@@ -165,15 +180,62 @@ impl<C: Ciphersuite> MemberSigner<C> {
                 expected_txid,
                 round: 0,
                 floor: 0,
-                stage: Stage::Approved,
+                stage: Stage::Approved(None),
             },
             approval,
         )
     }
 
+    /// As [`MemberSigner::approve`], with this member's nonces for signing round 0 drawn now
+    /// (`key_packages`: one per input, in input order, as [`MemberSigner::handle`] takes them).
+    /// Returns the signer and what to post, in order: our round-0 commitments, then the approval
+    /// (whoever delivers the approval that completes the rule to the provider has delivered our
+    /// commitments before it, so the packages can go out with the signer set). Once
+    /// the approvals are in, the provider can send the signing packages with the signer set
+    /// (one round: packages out, shares back; module documentation). The nonces live in this
+    /// value only; not chosen, or chosen for a later round, we drop them unused.
+    ///
+    /// Errors: a key package count that is not the input count, or a key package `party` does
+    /// not hold ([`ProtocolError::Params`]).
+    pub fn approve_committed(
+        request: [u8; 32],
+        party: PartyId,
+        provider_key: Vec<u8>,
+        sighashes: Vec<[u8; 32]>,
+        expected_txid: String,
+        key_packages: &[KeyPackage<C>],
+        rng: &mut (impl CryptoRng + RngCore),
+    ) -> Result<(Self, Vec<DaoMessage>)> {
+        if key_packages.len() != sighashes.len() {
+            return Err(ProtocolError::Params {
+                reason: format!(
+                    "{} key packages for {} inputs",
+                    key_packages.len(),
+                    sighashes.len()
+                ),
+            });
+        }
+        let (nonces, commitments): (Vec<_>, Vec<_>) = key_packages
+            .iter()
+            .map(|key_package| Precommitment::new(key_package, party, rng))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
+        let (mut signer, approval) =
+            Self::approve(request, party, provider_key, sighashes, expected_txid);
+        signer.stage = Stage::Approved(Some(nonces));
+        let early = DaoMessage::Commitments {
+            request: ByteBuf::from(request.to_vec()),
+            party,
+            commitments: bufs(commitments),
+            round: 0,
+        };
+        Ok((signer, vec![early, approval]))
+    }
+
     fn stage_name(&self) -> &'static str {
         match self.stage {
-            Stage::Approved => "waiting for the other approvals",
+            Stage::Approved(_) => "waiting for the other approvals",
             Stage::Committed(_) => "waiting for the signing packages",
             Stage::Shared => "waiting for the signed transaction",
             Stage::Bystander => "not in the signer set; waiting for the signed transaction",
@@ -283,7 +345,7 @@ impl<C: Ciphersuite> MemberSigner<C> {
         key_packages: &[KeyPackage<C>],
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<Vec<DaoMessage>> {
-        let first_of_round = round > self.round || matches!(self.stage, Stage::Approved);
+        let first_of_round = round > self.round || matches!(self.stage, Stage::Approved(_));
         if matches!(self.stage, Stage::Done { .. })
             || round < self.round.max(self.floor)
             || !first_of_round
@@ -291,14 +353,27 @@ impl<C: Ciphersuite> MemberSigner<C> {
             return Ok(Vec::new());
         }
         // A new round (or our first): whatever we held for an older round is dropped; its nonces
-        // were used at most once already and are never used again.
+        // were used at most once already and are never used again. Nonces drawn at approval
+        // serve round 0 only (their commitments went out as round 0's).
+        let early = match &mut self.stage {
+            Stage::Approved(early) if round == 0 => early.take(),
+            _ => None,
+        };
         self.round = round;
         if !parties.contains(&self.party) {
             self.stage = Stage::Bystander;
             return Ok(Vec::new());
         }
-        let locals = vec![(self.party, key_packages.to_vec())];
         let messages = self.sighashes.iter().map(|s| s.to_vec()).collect();
+        if let Some(early) = early {
+            // Our commitments are in the topic already: the provider builds the packages with
+            // them as soon as it holds them (with the signer set, or when they reach it).
+            let locals = vec![(self.party, key_packages.to_vec(), early)];
+            let (signing, _) = Signing::start_precommitted_each(locals, parties, messages)?;
+            self.stage = Stage::Committed(Box::new(signing));
+            return Ok(Vec::new());
+        }
+        let locals = vec![(self.party, key_packages.to_vec())];
         let (signing, _) = Signing::start_each(locals, parties, messages, rng)?;
         let commitments = signing
             .commitments(self.party)
@@ -380,6 +455,10 @@ pub struct Coordinator<C: Ciphersuite> {
     signing: Option<Box<Signing<C>>>,
     /// Commitments a member replaced in this round: never taken back.
     replaced: BTreeMap<PartyId, BTreeSet<Vec<Vec<u8>>>>,
+    /// Approvers' commitments of this round that came before its signer set (posted with their
+    /// approvals): a chosen member's go into the round's signature when the set is chosen, so
+    /// the packages can go out with it.
+    early: BTreeMap<PartyId, Vec<Vec<u8>>>,
     signatures: Option<Vec<[u8; 64]>>,
 }
 
@@ -417,6 +496,7 @@ impl<C: Ciphersuite> Coordinator<C> {
             signers: None,
             signing: None,
             replaced: BTreeMap::new(),
+            early: BTreeMap::new(),
             signatures: None,
         })
     }
@@ -552,16 +632,12 @@ impl<C: Ciphersuite> Coordinator<C> {
     /// finish (the packages went out with a set whose nonces the member no longer has).
     fn commit(&mut self, party: PartyId, value: Vec<Vec<u8>>) -> Result<bool> {
         let Some(signers) = &self.signers else {
-            return Err(ProtocolError::culprit(
-                party,
-                "it committed before the signer set was chosen",
-            ));
+            return self.commit_early(party, value);
         };
         if !signers.contains(&party) {
-            return Err(ProtocolError::culprit(
-                party,
-                "it committed but is not in the signer set",
-            ));
+            // An approver's commitments posted with its approval, when others completed the
+            // rule first: its nonces are dropped unused on its side.
+            return Ok(false);
         }
         self.check_count(party, value.len(), "commitments")?;
         let Some(signing) = self.signing.as_mut() else {
@@ -607,6 +683,32 @@ impl<C: Ciphersuite> Coordinator<C> {
         Ok(true)
     }
 
+    /// An approver's commitments before the round's signer set: kept for the set (a later set
+    /// of the same approver replaces it: its process restarted and the old nonces are gone;
+    /// a set once replaced is never taken back). Each commitment must decode, so a bad one is
+    /// refused here, not when the packages are built.
+    fn commit_early(&mut self, party: PartyId, value: Vec<Vec<u8>>) -> Result<bool> {
+        self.check_count(party, value.len(), "commitments")?;
+        for commitment in &value {
+            crate::sign::decode_commitments::<C>(party, commitment)?;
+        }
+        let retired = self.replaced.entry(party).or_default();
+        if self.early.get(&party) == Some(&value) || retired.contains(&value) {
+            return Ok(false);
+        }
+        if let Some(old) = self.early.get(&party) {
+            if retired.len() >= MAX_REPLACEMENTS {
+                return Err(ProtocolError::culprit(
+                    party,
+                    format!("it replaced its commitments more than {MAX_REPLACEMENTS} times"),
+                ));
+            }
+            retired.insert(old.clone());
+        }
+        self.early.insert(party, value);
+        Ok(true)
+    }
+
     /// Whether [`Coordinator::advance`] will use the provider's key packages now.
     pub fn needs_keys(&self) -> bool {
         if self.signatures.is_some() {
@@ -628,6 +730,7 @@ impl<C: Ciphersuite> Coordinator<C> {
         self.signers = None;
         self.signing = None;
         self.replaced.clear();
+        self.early.clear();
         Ok(())
     }
 
@@ -708,7 +811,14 @@ impl<C: Ciphersuite> Coordinator<C> {
             .map(|&party| Ok((party, provider_key(keys, party)?.clone())))
             .collect::<Result<Vec<_>>>()?;
         let messages = self.sighashes.iter().map(|s| s.to_vec()).collect();
-        let (signing, _) = Signing::start_each(locals, &signers, messages, rng)?;
+        let (mut signing, _) = Signing::start_each(locals, &signers, messages, rng)?;
+        // Chosen members that committed with their approval: the packages need nothing more
+        // from them ([`Coordinator::advance`] builds them at once if every chosen member did).
+        for (party, commitments) in std::mem::take(&mut self.early) {
+            if signers.contains(&party) {
+                signing.absorb(&SignMessage::Commitments { party, commitments })?;
+            }
+        }
         self.signing = Some(Box::new(signing));
         let message = DaoMessage::SignerSet {
             request: ByteBuf::from(self.request.to_vec()),
@@ -778,6 +888,9 @@ pub struct Tally {
     /// Chosen members of `round` (the provider's parties left out).
     chosen: Vec<PartyId>,
     committed: BTreeSet<PartyId>,
+    /// Approvers' commitments of a round whose signer set was not seen yet (posted with their
+    /// approvals), by round: they count once the set names them.
+    early: BTreeSet<(u32, PartyId)>,
     shared: BTreeSet<PartyId>,
     end: Option<TallyEnd>,
     /// An Ethereum treasury's signing (its hellos count as commitments, its last messages as
@@ -816,6 +929,7 @@ impl Tally {
             round: 0,
             chosen: Vec::new(),
             committed: BTreeSet::new(),
+            early: BTreeSet::new(),
             ecdsa: false,
             shared: BTreeSet::new(),
             end: None,
@@ -849,6 +963,14 @@ impl Tally {
                         _ => &mut self.shared,
                     };
                     done.insert(party)
+                }
+                Some((party, round))
+                    if matches!(message, DaoMessage::Commitments { .. })
+                        && (round > self.round || self.chosen.is_empty())
+                        && round < MAX_ROUNDS
+                        && self.is_approver(sender, party) =>
+                {
+                    self.early.insert((round, party))
                 }
                 _ => false,
             },
@@ -892,7 +1014,13 @@ impl Tally {
                     .copied()
                     .filter(|p| self.quorum.is_approver(*p))
                     .collect();
-                self.committed.clear();
+                self.committed = self
+                    .early
+                    .iter()
+                    .filter(|(r, p)| r == round && self.chosen.contains(p))
+                    .map(|(_, p)| *p)
+                    .collect();
+                self.early.retain(|(r, _)| r > round);
                 self.shared.clear();
                 true
             }
@@ -1363,6 +1491,48 @@ mod tests {
             s
         }
 
+        /// A member process starting (or starting again) that approves with its round-0
+        /// commitments: posts both.
+        fn member_committed(&mut self, party: PartyId) -> MemberSigner<Tr> {
+            let each = vec![self.key_package(party).clone(); self.sighashes.len()];
+            let (s, out) = MemberSigner::<Tr>::approve_committed(
+                self.request,
+                party,
+                public_key_bytes(&self.d.provider),
+                self.sighashes.clone(),
+                "txid".into(),
+                &each,
+                &mut OsRng,
+            )
+            .unwrap();
+            let key = self.member_key(party);
+            self.mailbox
+                .extend(out.into_iter().map(|m| (key.clone(), m)));
+            s
+        }
+
+        /// The names of the messages posted from `from` on, by sender (`"provider"` or the
+        /// member's party).
+        fn posted_since(&self, from: usize) -> Vec<(String, &'static str)> {
+            let provider = public_key_bytes(&self.d.provider);
+            self.mailbox[from..]
+                .iter()
+                .map(|(k, m)| {
+                    let who = if *k == provider {
+                        "provider".to_owned()
+                    } else {
+                        let i = self
+                            .d
+                            .members
+                            .iter()
+                            .position(|s| public_key_bytes(s) == *k);
+                        format!("{}", i.map_or(0, |i| i + 1))
+                    };
+                    (who, m.name())
+                })
+                .collect()
+        }
+
         /// Members 1, 2 and 3 approve, and the provider picks them for round 0's signer set.
         fn three_approved(&mut self) -> [MemberSigner<Tr>; 3] {
             let members = [pid(1), pid(2), pid(3)].map(|p| self.member(p));
@@ -1416,6 +1586,130 @@ mod tests {
             };
             self.mailbox.iter().filter_map(in_round).collect()
         }
+    }
+
+    #[test]
+    fn approvals_with_commitments_sign_in_one_round_once_the_rule_is_met() {
+        let d = dao();
+        let mut b = Bench::new(&d, 3, vec![[1u8; 32], [2u8; 32]]);
+        let mut members: Vec<_> = [1, 2, 3, 4]
+            .map(|p| (pid(p), b.member_committed(pid(p))))
+            .into();
+        let approved = b.mailbox.len();
+        b.provider();
+        // The signer set and the packages together: nothing more was asked of the members.
+        let names: Vec<_> = b
+            .posted_since(approved)
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(names, ["SignerSet", "SigningPackages"]);
+        let packaged = b.mailbox.len();
+        for (party, m) in &mut members {
+            b.run_member(m, *party, 0);
+        }
+        // The chosen members (the first three approvers) answer their shares only; the fourth
+        // is a bystander and posts nothing.
+        let answers = b.posted_since(packaged);
+        let expected: Vec<(String, &str)> =
+            ["1", "2", "3"].map(|p| (p.to_owned(), "Shares")).into();
+        assert_eq!(answers, expected);
+        assert!(!members[3].1.chosen());
+        b.provider();
+        b.verify();
+        assert_eq!(b.coord.round(), 0);
+        assert_eq!(b.provider_commitments().len(), 1, "one package set");
+        // The bystander's commitments delivered again: ignored, not a fault.
+        let (key, late) = b.mailbox[..approved]
+            .iter()
+            .find(|(_, m)| matches!(m, DaoMessage::Commitments { party, .. } if *party == pid(4)))
+            .cloned()
+            .unwrap();
+        assert!(!b.coord.absorb(&key, &late).unwrap());
+    }
+
+    #[test]
+    fn early_commitments_replaced_by_a_restart_are_never_taken_back() {
+        let d = dao();
+        let mut b = Bench::new(&d, 3, vec![[1u8; 32]]);
+        let mut m1 = b.member_committed(pid(1));
+        let mut m2 = b.member_committed(pid(2));
+        let lost_at = b.mailbox.len();
+        drop(b.member_committed(pid(3)));
+        let lost = b.mailbox[lost_at].clone();
+        assert!(matches!(lost.1, DaoMessage::Commitments { round: 0, .. }));
+        // Member 3's process stopped and runs again before the provider read anything: a
+        // duplicate approval and new commitments.
+        let mut m3 = b.member_committed(pid(3));
+        b.provider();
+        assert!(
+            !b.coord.absorb(&lost.0, &lost.1).unwrap(),
+            "replaced: never back"
+        );
+        b.run_member(&mut m1, pid(1), 0);
+        b.run_member(&mut m2, pid(2), 0);
+        b.run_member(&mut m3, pid(3), 0);
+        b.provider();
+        b.verify();
+        assert_eq!(b.provider_commitments().len(), 1, "one round");
+    }
+
+    #[test]
+    fn early_commitments_lost_after_the_packages_start_a_new_round() {
+        let d = dao();
+        let mut b = Bench::new(&d, 3, vec![[1u8; 32]]);
+        let mut m1 = b.member_committed(pid(1));
+        let mut m2 = b.member_committed(pid(2));
+        drop(b.member_committed(pid(3)));
+        b.provider(); // signer set and packages of round 0, with member 3's lost commitments
+        let mut at1 = b.run_member(&mut m1, pid(1), 0);
+        let mut at2 = b.run_member(&mut m2, pid(2), 0);
+        // Member 3 runs again: its new round-0 commitments cannot be in the packages.
+        let mut m3 = b.member_committed(pid(3));
+        let mut at3 = b.run_member(&mut m3, pid(3), 0);
+        b.provider();
+        assert_eq!(b.coord.round(), 1);
+        for _ in 0..3 {
+            at1 = b.run_member(&mut m1, pid(1), at1);
+            at2 = b.run_member(&mut m2, pid(2), at2);
+            at3 = b.run_member(&mut m3, pid(3), at3);
+            b.provider();
+        }
+        b.verify();
+        let provider = b.provider_commitments();
+        assert_eq!(provider.len(), 2, "one package set per round");
+        assert_ne!(provider[0].1, provider[1].1, "round 1 drew fresh nonces");
+    }
+
+    #[test]
+    fn early_commitments_that_do_not_decode_or_count_are_refused() {
+        let d = dao();
+        let mut coord = coordinator_of(&d, vec![[1u8; 32], [2u8; 32]], 3);
+        let key = public_key_bytes(&d.members[0]);
+        let commitments = |v: Vec<Vec<u8>>| DaoMessage::Commitments {
+            request: ByteBuf::from(REQUEST.to_vec()),
+            party: pid(1),
+            commitments: bufs(v),
+            round: 0,
+        };
+        let bad = coord.absorb(&key, &commitments(vec![vec![1; 66], vec![2; 66]]));
+        assert!(matches!(bad, Err(ProtocolError::Culprit { party, .. }) if party == pid(1)));
+        let (_, real) =
+            Precommitment::<Tr>::new(&d.outputs[0].1[0].1.key_package, pid(1), &mut OsRng).unwrap();
+        let short = coord.absorb(&key, &commitments(vec![real.clone()]));
+        assert!(matches!(short, Err(ProtocolError::Culprit { .. })));
+        // Under another member's key: refused too.
+        let other = public_key_bytes(&d.members[1]);
+        assert!(
+            coord
+                .absorb(&other, &commitments(vec![real.clone(), real.clone()]))
+                .is_err()
+        );
+        assert!(
+            coord
+                .absorb(&key, &commitments(vec![real.clone(), real]))
+                .unwrap()
+        );
     }
 
     #[test]
@@ -1734,5 +2028,25 @@ mod tests {
             t.describe(&name)
                 .contains("nonce commitments of alice, carol")
         );
+
+        // Commitments posted with the approvals count once the signer set names their member;
+        // a member not chosen, or another member's key, does not count.
+        let mut t = Tally::new([9; 32], &layout, &evaluation).unwrap();
+        let early = |p: PartyId| DaoMessage::Commitments {
+            request: ByteBuf::from(vec![9; 32]),
+            party: p,
+            commitments: Vec::new(),
+            round: 0,
+        };
+        for p in [1, 2, 3, 4].map(pid) {
+            t.absorb(&pk(p), &approval(p, [1; 32]));
+        }
+        assert!(t.absorb(&pk(pid(1)), &early(pid(1))));
+        assert!(t.absorb(&pk(pid(3)), &early(pid(3))));
+        assert!(t.absorb(&pk(pid(4)), &early(pid(4))));
+        assert!(!t.absorb(&pk(pid(5)), &early(pid(2))));
+        assert!(t.absorb(&public_key_bytes(&provider), &set));
+        assert_eq!(t.missing(), vec![2]);
+        assert!(t.describe(&name).contains("nonce commitments of bob"));
     }
 }
