@@ -172,14 +172,22 @@ pub fn run<P: KeygenRequests>(
     me: PartyId,
     old: P::Old<Suite>,
     peers: &mut [Peer<'_>],
-    start: &mut dyn FnMut(&mut dyn Courier, PartyId) -> Result<Response>,
+    start: &mut Start<'_>,
     observe: &mut dyn FnMut(Progress),
 ) -> Result<Confirmed> {
     let mut rng = rand_core::OsRng;
     let (mut local, first) = Exchange::<Suite, P>::start(params, vec![(me, old)], &mut rng)?;
     let mut round1: Vec<Round1Message> = first.into_iter().filter_map(round1_of).collect();
-    for peer in peers.iter_mut() {
-        let message = P::round1_answer(start(peer.courier, peer.party)?)?;
+    let answers = start(peers);
+    if answers.len() != peers.len() {
+        return Err(ClientError::Unexpected(format!(
+            "{} start answers for {} cosigners",
+            answers.len(),
+            peers.len()
+        )));
+    }
+    for (peer, answer) in peers.iter().zip(answers) {
+        let message = P::round1_answer(answer?)?;
         from_peer(peer.party, message.from, "round-1 message")?;
         round1.push(message);
     }
@@ -241,6 +249,10 @@ pub fn run<P: KeygenRequests>(
         signatures,
     })
 }
+
+/// How a ceremony opens at its peers: each peer's answer to its start request, in peer order
+/// (the peers reached at once, [`call_all`], where the requests allow).
+pub type Start<'s> = dyn FnMut(&mut [Peer<'_>]) -> Vec<Result<Response>> + 's;
 
 /// Sends each peer its request (`requests[i]` to `peers[i]`) and returns their answers in the same
 /// order, the cosigners working at once: each request is on the wire before the next is sent,

@@ -71,6 +71,46 @@ pub fn authorized_retrying(
     retrying_busy(|| authorized(session, wallet_id, role, key, inner))
 }
 
+/// [`authorized_retrying`] at several cosigners at once (`requests[i]` to `peers[i]`): their
+/// challenges in one round ([`coordinator::call_all`]), then the signed requests in another.
+/// A peer that answers busy is asked again on its own (a fresh challenge each time); if a
+/// challenge fails, nothing else was sent and each peer is asked on its own, one after the other.
+fn authorized_all(
+    peers: &mut [coordinator::Peer<'_>],
+    (wallet_id, role, key): (WalletId, KeyRole, &SigningKey),
+    requests: Vec<Request>,
+) -> Vec<Result<Response>> {
+    let asks = peers
+        .iter()
+        .map(|_| Request::Challenge { wallet_id })
+        .collect();
+    let challenges = coordinator::call_all(peers, asks);
+    let signed: Vec<Option<Request>> = challenges
+        .into_iter()
+        .zip(&requests)
+        .map(|(challenge, inner)| match challenge {
+            Ok(Response::Challenge { challenge }) => {
+                authorized_request((wallet_id, role, key), inner, Under::Challenge(&challenge)).ok()
+            }
+            _ => None,
+        })
+        .collect();
+    if !signed.iter().all(Option::is_some) {
+        return peers
+            .iter_mut()
+            .zip(&requests)
+            .map(|(peer, inner)| authorized_retrying(peer.courier, wallet_id, role, key, inner))
+            .collect();
+    }
+    let mut answers = coordinator::call_all(peers, signed.into_iter().flatten().collect());
+    for ((peer, answer), inner) in peers.iter_mut().zip(&mut answers).zip(&requests) {
+        if matches!(answer, Err(ClientError::Remote(e)) if e.kind.is_retryable()) {
+            *answer = authorized_retrying(peer.courier, wallet_id, role, key, inner);
+        }
+    }
+    answers
+}
+
 /// Sends `inner` signed by `key` (as `role`) over a fresh challenge of this session.
 pub fn authorized(
     session: &mut dyn Courier,
@@ -108,11 +148,21 @@ fn signed_call(
     under: Under<'_>,
     meanwhile: &mut dyn FnMut(),
 ) -> Result<Response> {
+    let request = authorized_request((wallet_id, role, key), inner, under)?;
+    session.call_overlapped(&request, meanwhile)
+}
+
+/// `inner` signed by `key` (as `role`, for `wallet_id`) over `under`, as it is sent.
+fn authorized_request(
+    (wallet_id, role, key): (WalletId, KeyRole, &SigningKey),
+    inner: &Request,
+    under: Under<'_>,
+) -> Result<Request> {
     let bytes = wire::encode(inner)?;
     let (Under::Challenge(challenge) | Under::Precommitment(challenge)) = under;
     let signature = ByteBuf::from(sign_request(key, &wallet_id, challenge, &bytes)?.to_vec());
     let request = ByteBuf::from(bytes);
-    let request = match under {
+    Ok(match under {
         Under::Challenge(_) => Request::Authorized {
             wallet_id,
             role,
@@ -126,8 +176,7 @@ fn signed_call(
             signature,
             request,
         },
-    };
-    session.call_overlapped(&request, meanwhile)
+    })
 }
 
 /// Sends `inner` signed by `key` over the cosigner's commitment `under` (one round trip, running
@@ -321,7 +370,7 @@ fn with_cosigners<P: KeygenRequests>(
     params: &P,
     old: P::Old<Suite>,
     [provider, recovery]: [&mut dyn Courier; 2],
-    start: &mut dyn FnMut(&mut dyn Courier, PartyId) -> Result<Response>,
+    start: &mut coordinator::Start<'_>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Confirmed> {
     let mut peers = coordinator::cosigner_peers([provider, recovery]);
@@ -369,12 +418,16 @@ pub fn create_observed(
     };
     let mut rng = rand_core::OsRng;
     let enrollment = options.enrollment.map(|t| ByteBuf::from(t.to_vec()));
-    let mut start = |courier: &mut dyn Courier, me: PartyId| {
-        courier.call(&Request::DkgStart {
-            params: params.clone(),
-            me,
-            enrollment: enrollment.clone(),
-        })
+    let mut start = |peers: &mut [coordinator::Peer<'_>]| {
+        let requests = peers
+            .iter()
+            .map(|peer| Request::DkgStart {
+                params: params.clone(),
+                me: peer.party,
+                enrollment: enrollment.clone(),
+            })
+            .collect();
+        coordinator::call_all(peers, requests)
     };
     let confirmed = with_cosigners(
         &params,
@@ -421,16 +474,27 @@ pub fn create_observed(
         &confirm,
     )?;
     observe(CreateStep::Kept);
-    // The provider first: if it refuses outright, nobody registered anything and nothing is
-    // kept; once it registered, the journal stays until the recovery cosigner did too.
-    if let Err(e) = confirm_at(provider, &confirm, &wallet) {
-        if never_registered(&e) && unknown_at(provider, wallet_id) {
+    // Both cosigners register at once (neither's answer feeds the other's request), so the
+    // creation costs the slower registration, not the sum. The home holds everything already,
+    // so any outcome is finished by running `wallet create` again (the journal): only when
+    // neither cosigner registered the wallet, and both say they never will (the DKG is gone), is
+    // nothing kept. A provider that refuses outright while the recovery cosigner registered
+    // leaves the journal; its next run finds the provider still refusing and starts a new wallet
+    // (`finish_creation`), the recovery cosigner keeping a registration nobody uses: it names
+    // a key no address was ever shown for.
+    let (at_provider, at_recovery) = confirm_at_both(provider, recovery, &confirm, &wallet);
+    if let Err(e) = at_provider {
+        let nowhere = never_registered(&e)
+            && at_recovery.as_ref().is_err_and(never_registered)
+            && unknown_at(provider, wallet_id)
+            && unknown_at(recovery, wallet_id);
+        if nowhere {
             discard_creation(home, &wallet_id, recovery_key_out);
         }
         return Err(e);
     }
     observe(CreateStep::ProviderRegistered);
-    confirm_at(recovery, &confirm, &wallet).map_err(|e| unfinished(home, wallet_id, e))?;
+    at_recovery.map_err(|e| unfinished(home, wallet_id, e))?;
     observe(CreateStep::RecoveryRegistered);
     home.remove_journal(&wallet_id, CREATING)?;
     Ok(Created {
@@ -475,11 +539,37 @@ fn discard_creation(home: &Home, wallet_id: &WalletId, recovery_key_out: &Path) 
     let _ = home.remove_journal(wallet_id, CREATING);
 }
 
+/// [`confirm_at`] both cosigners at once (`coordinator::call_all`): the provider's outcome and
+/// the recovery cosigner's.
+fn confirm_at_both(
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
+    confirm: &Request,
+    wallet: &WalletFile,
+) -> (Result<()>, Result<()>) {
+    let mut both = crate::coordinator::cosigner_peers([provider, recovery]);
+    let mut answers =
+        crate::coordinator::call_all(&mut both, vec![confirm.clone(), confirm.clone()])
+            .into_iter()
+            .map(|answer| answer.and_then(|a| check_registered(a, wallet)));
+    let mut next = || {
+        answers
+            .next()
+            .unwrap_or_else(|| Err(ClientError::Unexpected("no answer".into())))
+    };
+    (next(), next())
+}
+
 /// Sends `DkgConfirm` to a cosigner (it answers the same `DkgDone` again if it already
 /// registered the wallet) and checks it stored our public key package.
 fn confirm_at(session: &mut dyn Courier, confirm: &Request, wallet: &WalletFile) -> Result<()> {
+    check_registered(session.call(confirm)?, wallet)
+}
+
+/// A cosigner's answer to `DkgConfirm`: registered with our public key package.
+fn check_registered(answer: Response, wallet: &WalletFile) -> Result<()> {
     let ours = wallet.public_key_package.serialize().map_err(internal)?;
-    match session.call(confirm)? {
+    match answer {
         Response::DkgDone { wallet } if wallet.public_key_package.as_ref() == ours.as_slice() => {
             Ok(())
         }
@@ -1244,12 +1334,15 @@ fn refresh_from(
         parties: wallet.parties.clone(),
         from_epoch: wallet.epoch,
     };
-    let mut start = |courier: &mut dyn Courier, me: PartyId| {
-        let start = Request::RefreshStart {
-            params: params.clone(),
-            me,
-        };
-        authorized_retrying(courier, wallet_id, KeyRole::Device, &device_key, &start)
+    let mut start = |peers: &mut [coordinator::Peer<'_>]| {
+        let requests = peers
+            .iter()
+            .map(|peer| Request::RefreshStart {
+                params: params.clone(),
+                me: peer.party,
+            })
+            .collect();
+        authorized_all(peers, (wallet_id, KeyRole::Device, &device_key), requests)
     };
     let confirmed = with_cosigners(
         &params,
