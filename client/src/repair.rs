@@ -8,7 +8,6 @@
 //! the helpers' shares: each delta is sealed to its recipient's key (announced signed by that
 //! helper's share) and signed by its sender's share, so we can neither read nor replace one.
 
-use cosigner_protocol::id::PartyId;
 use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
 use cosigner_protocol::repair::engine::{RepairMessage, RepairReceiver};
 use cosigner_protocol::wire::{KeyRole, RepairParams, Request, Response, WalletId, WalletInfo};
@@ -16,9 +15,9 @@ use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use p256::ecdsa::SigningKey;
 use serde_bytes::ByteBuf;
 
-use crate::coordinator::{Peer, from_peer, sealed_to};
+use crate::coordinator::{Peer, Start, call_all, from_peer, sealed_to};
 use crate::courier::Courier;
-use crate::wallet::{Suite, authorized_retrying, unexpected};
+use crate::wallet::{Suite, authorized_all, unexpected};
 use crate::{ClientError, Result};
 
 /// Repairs this device's share of `wallet_id` at `info.epoch` with the provider and the recovery
@@ -46,19 +45,24 @@ pub fn repair_share(
     let mut peers = crate::coordinator::cosigner_peers([provider, recovery]);
     // Only the session the device key authorized may continue a cosigner's repair: the sigmas
     // sealed to our HPKE key go to whoever holds that key.
-    let mut start = |courier: &mut dyn Courier, me: PartyId| {
-        let request = Request::RepairStart {
-            params: params.clone(),
-            me,
-        };
-        authorized_retrying(courier, wallet_id, KeyRole::Device, device_key, &request)
+    let mut start = |peers: &mut [Peer<'_>]| {
+        let requests = peers
+            .iter()
+            .map(|peer| Request::RepairStart {
+                params: params.clone(),
+                me: peer.party,
+            })
+            .collect();
+        authorized_all(peers, (wallet_id, KeyRole::Device, device_key), requests)
     };
     run(&params, pkp, info.min_signers, &mut peers, &mut start)
 }
 
 /// Runs one repair of `params.participant`'s share (this device) with the `peers` as helpers:
 /// `start` asks each to start, then the relay carries helper keys, deltas and sigmas until the
-/// receiver holds the repaired share, checked against `pkp` and `min_signers`.
+/// receiver holds the repaired share, checked against `pkp` and `min_signers`. Each step asks
+/// every helper at once (`call_all`): no helper's request of a step waits for another's answer
+/// of that step.
 ///
 /// Errors: as [`repair_share`].
 pub fn run(
@@ -66,7 +70,7 @@ pub fn run(
     pkp: &PublicKeyPackage<Suite>,
     min_signers: u16,
     peers: &mut [Peer<'_>],
-    start: &mut dyn FnMut(&mut dyn Courier, PartyId) -> Result<Response>,
+    start: &mut Start<'_>,
 ) -> Result<KeyPackage<Suite>> {
     let mut rng = rand_core::OsRng;
     let (mut receiver, _) = RepairReceiver::<Suite>::start(params, pkp, min_signers, &mut rng)?;
@@ -75,8 +79,16 @@ pub fn run(
     // 1. Every helper's key, each checked by the receiver against its helper's verifying share
     //    (a cosigner answering a key its share did not sign is named here).
     let mut helper_keys = Vec::with_capacity(peers.len());
-    for peer in peers.iter_mut() {
-        let key = match start(peer.courier, peer.party)? {
+    let answers = start(peers);
+    if answers.len() != peers.len() {
+        return Err(ClientError::Unexpected(format!(
+            "{} repair start answers for {} helpers",
+            answers.len(),
+            peers.len()
+        )));
+    }
+    for (peer, answer) in peers.iter().zip(answers) {
+        let key = match answer? {
             Response::RepairKey { hpke_public_key } => hpke_public_key,
             other => return Err(unexpected("RepairKey", &other)),
         };
@@ -89,12 +101,16 @@ pub fn run(
 
     // 2. Every helper's deltas, each sealed to one other helper.
     let mut deltas = Vec::new();
-    for peer in peers.iter_mut() {
-        let request = Request::RepairDeltas {
+    let requests = peers
+        .iter()
+        .map(|_| Request::RepairDeltas {
             wallet_id: params.wallet_id,
             helper_keys: helper_keys.clone(),
-        };
-        match peer.courier.call(&request)? {
+        })
+        .collect();
+    let answers = call_all(peers, requests);
+    for (peer, answer) in peers.iter().zip(answers) {
+        match answer? {
             Response::RepairDeltas { deltas: theirs } => {
                 for delta in &theirs {
                     from_peer(peer.party, delta.from, "delta")?;
@@ -106,13 +122,17 @@ pub fn run(
     }
 
     // 3. Each helper's deltas to it and our HPKE key; its sigma, sealed to us.
-    for peer in peers.iter_mut() {
-        let request = Request::RepairSigma {
+    let requests = peers
+        .iter()
+        .map(|peer| Request::RepairSigma {
             wallet_id: params.wallet_id,
             deltas: sealed_to(&deltas, peer.party).collect(),
             participant_key: participant_key.clone(),
-        };
-        match peer.courier.call(&request)? {
+        })
+        .collect();
+    let answers = call_all(peers, requests);
+    for (peer, answer) in peers.iter().zip(answers) {
+        match answer? {
             Response::RepairSigma { sigma } => {
                 from_peer(peer.party, sigma.from, "sigma")?;
                 receiver.absorb(&RepairMessage::Sigma(sigma))?;

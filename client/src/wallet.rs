@@ -75,7 +75,7 @@ pub fn authorized_retrying(
 /// challenges in one round ([`coordinator::call_all`]), then the signed requests in another.
 /// A peer that answers busy is asked again on its own (a fresh challenge each time); if a
 /// challenge fails, nothing else was sent and each peer is asked on its own, one after the other.
-fn authorized_all(
+pub(crate) fn authorized_all(
     peers: &mut [coordinator::Peer<'_>],
     (wallet_id, role, key): (WalletId, KeyRole, &SigningKey),
     requests: Vec<Request>,
@@ -1544,9 +1544,12 @@ pub(crate) fn recover_start(
         new_device_key: ByteBuf::from(new_device.to_vec()),
     };
     let mut completed = true;
-    let both: [&mut dyn Courier; 2] = [provider, recovery];
-    for session in both {
-        match authorized_retrying(session, wallet_id, KeyRole::Recovery, recovery_key, &start)? {
+    // Both at once: each suspends the registered device key on its own, neither waits for the
+    // other's answer.
+    let mut both = coordinator::cosigner_peers([provider, recovery]);
+    let key = (wallet_id, KeyRole::Recovery, recovery_key);
+    for answer in authorized_all(&mut both, key, vec![start.clone(), start]) {
+        match answer? {
             Response::RecoverApproved { completed: c, .. } => completed &= c,
             other => return Err(unexpected("RecoverApproved", &other)),
         }
