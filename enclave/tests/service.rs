@@ -23,7 +23,6 @@ use std::time::{Duration, SystemTime};
 use cosigner_attestation::{Expectations, verify};
 use cosigner_client::address::{Network, p2tr_address, x_only};
 use cosigner_client::coordinator::{self, Confirmed, Peer};
-use cosigner_client::courier::Courier;
 use cosigner_client::home::{Home, WalletFile, read_p256_key};
 use cosigner_client::wallet::{self as client, CoSigner, CreateOptions};
 use cosigner_enclave::service::anchor::TokenAnchor;
@@ -351,15 +350,20 @@ fn run_dkg(
             courier: &mut recovery_courier,
         },
     ];
-    let mut start = |courier: &mut dyn Courier, me: PartyId| match &provider_round1 {
-        Some(message) if me == provider => Ok(Response::DkgRound1 {
-            message: message.clone(),
-        }),
-        _ => courier.call(&Request::DkgStart {
-            params: params.clone(),
-            me,
-            enrollment: None,
-        }),
+    let mut start = |peers: &mut [Peer<'_>]| {
+        peers
+            .iter_mut()
+            .map(|peer| match &provider_round1 {
+                Some(message) if peer.party == provider => Ok(Response::DkgRound1 {
+                    message: message.clone(),
+                }),
+                _ => peer.courier.call(&Request::DkgStart {
+                    params: params.clone(),
+                    me: peer.party,
+                    enrollment: None,
+                }),
+            })
+            .collect()
     };
     coordinator::run(params, pid(1), (), &mut peers, &mut start, &mut |_| {}).unwrap()
 }

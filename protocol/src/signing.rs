@@ -205,7 +205,7 @@ impl<C: Ciphersuite> Signing<C> {
     /// Errors: as [`Signing::start_precommitted`]; a key package count that is not the message
     /// count ([`ProtocolError::Params`]).
     pub fn start_precommitted_each(
-        locals: Vec<(PartyId, Vec<KeyPackage<C>>, Vec<Precommitment<C>>)>,
+        locals: Vec<Drawn<C>>,
         signers: &[PartyId],
         messages: Vec<Vec<u8>>,
     ) -> Result<(Self, Vec<SignMessage>)> {
