@@ -178,14 +178,7 @@ pub fn run<P: KeygenRequests>(
     let mut rng = rand_core::OsRng;
     let (mut local, first) = Exchange::<Suite, P>::start(params, vec![(me, old)], &mut rng)?;
     let mut round1: Vec<Round1Message> = first.into_iter().filter_map(round1_of).collect();
-    let answers = start(peers);
-    if answers.len() != peers.len() {
-        return Err(ClientError::Unexpected(format!(
-            "{} start answers for {} cosigners",
-            answers.len(),
-            peers.len()
-        )));
-    }
+    let answers = start_all(peers, start)?;
     for (peer, answer) in peers.iter().zip(answers) {
         let message = P::round1_answer(answer?)?;
         from_peer(peer.party, message.from, "round-1 message")?;
@@ -253,6 +246,24 @@ pub fn run<P: KeygenRequests>(
 /// How a ceremony opens at its peers: each peer's answer to its start request, in peer order
 /// (the peers reached at once, [`call_all`], where the requests allow).
 pub type Start<'s> = dyn FnMut(&mut [Peer<'_>]) -> Vec<Result<Response>> + 's;
+
+/// Runs `start` at `peers`: one answer per peer, in peer order.
+///
+/// Errors: `start` answered for another number of peers ([`ClientError::Unexpected`]).
+pub(crate) fn start_all(
+    peers: &mut [Peer<'_>],
+    start: &mut Start<'_>,
+) -> Result<Vec<Result<Response>>> {
+    let answers = start(peers);
+    if answers.len() != peers.len() {
+        return Err(ClientError::Unexpected(format!(
+            "{} start answers for {} peers",
+            answers.len(),
+            peers.len()
+        )));
+    }
+    Ok(answers)
+}
 
 /// Sends each peer its request (`requests[i]` to `peers[i]`) and returns their answers in the same
 /// order, the cosigners working at once: each request is on the wire before the next is sent,

@@ -15,7 +15,7 @@ use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use p256::ecdsa::SigningKey;
 use serde_bytes::ByteBuf;
 
-use crate::coordinator::{Peer, Start, call_all, from_peer, sealed_to};
+use crate::coordinator::{Peer, Start, call_all, from_peer, sealed_to, start_all};
 use crate::courier::Courier;
 use crate::wallet::{Suite, authorized_all, unexpected};
 use crate::{ClientError, Result};
@@ -79,14 +79,7 @@ pub fn run(
     // 1. Every helper's key, each checked by the receiver against its helper's verifying share
     //    (a cosigner answering a key its share did not sign is named here).
     let mut helper_keys = Vec::with_capacity(peers.len());
-    let answers = start(peers);
-    if answers.len() != peers.len() {
-        return Err(ClientError::Unexpected(format!(
-            "{} repair start answers for {} helpers",
-            answers.len(),
-            peers.len()
-        )));
-    }
+    let answers = start_all(peers, start)?;
     for (peer, answer) in peers.iter().zip(answers) {
         let key = match answer? {
             Response::RepairKey { hpke_public_key } => hpke_public_key,

@@ -1571,6 +1571,17 @@ mod tests {
             from + batch.len()
         }
 
+        /// Members 1, 2 and 3 (read from `at`) and the provider take turns three times.
+        fn three_rounds(&mut self, members: [&mut MemberSigner<Tr>; 3], mut at: [usize; 3]) {
+            let mut members = members;
+            for _ in 0..3 {
+                for (i, (m, at)) in members.iter_mut().zip(&mut at).enumerate() {
+                    *at = self.run_member(m, pid(i as u16 + 1), *at);
+                }
+                self.provider();
+            }
+        }
+
         fn verify(&self) {
             let sigs = self.coord.signatures().expect("signed");
             verify(self.d, sigs, &self.sighashes);
@@ -1662,19 +1673,14 @@ mod tests {
         let mut m2 = b.member_committed(pid(2));
         drop(b.member_committed(pid(3)));
         b.provider(); // signer set and packages of round 0, with member 3's lost commitments
-        let mut at1 = b.run_member(&mut m1, pid(1), 0);
-        let mut at2 = b.run_member(&mut m2, pid(2), 0);
+        let at1 = b.run_member(&mut m1, pid(1), 0);
+        let at2 = b.run_member(&mut m2, pid(2), 0);
         // Member 3 runs again: its new round-0 commitments cannot be in the packages.
         let mut m3 = b.member_committed(pid(3));
-        let mut at3 = b.run_member(&mut m3, pid(3), 0);
+        let at3 = b.run_member(&mut m3, pid(3), 0);
         b.provider();
         assert_eq!(b.coord.round(), 1);
-        for _ in 0..3 {
-            at1 = b.run_member(&mut m1, pid(1), at1);
-            at2 = b.run_member(&mut m2, pid(2), at2);
-            at3 = b.run_member(&mut m3, pid(3), at3);
-            b.provider();
-        }
+        b.three_rounds([&mut m1, &mut m2, &mut m3], [at1, at2, at3]);
         b.verify();
         let provider = b.provider_commitments();
         assert_eq!(provider.len(), 2, "one package set per round");
@@ -1763,7 +1769,7 @@ mod tests {
         // Member 3 again: it reads the whole topic, commits anew for round 0, and does not sign
         // the round-0 packages (they carry its lost commitments).
         let mut m3 = b.member(pid(3));
-        let mut at3 = b.run_member(&mut m3, pid(3), 0);
+        let at3 = b.run_member(&mut m3, pid(3), 0);
         assert!(
             !b.mailbox
                 .iter()
@@ -1772,12 +1778,7 @@ mod tests {
         );
         b.provider(); // round 1: a new signer set, fresh provider commitments
         assert_eq!(b.coord.round(), 1);
-        for _ in 0..3 {
-            at1 = b.run_member(&mut m1, pid(1), at1);
-            at2 = b.run_member(&mut m2, pid(2), at2);
-            at3 = b.run_member(&mut m3, pid(3), at3);
-            b.provider();
-        }
+        b.three_rounds([&mut m1, &mut m2, &mut m3], [at1, at2, at3]);
         b.verify();
         let provider = b.provider_commitments();
         assert_eq!(provider.len(), 2, "one package set per round: {provider:?}");
