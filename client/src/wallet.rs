@@ -479,9 +479,9 @@ pub fn create_observed(
     // so any outcome is finished by running `wallet create` again (the journal): only when
     // neither cosigner registered the wallet, and both say they never will (the DKG is gone), is
     // nothing kept. A provider that refuses outright while the recovery cosigner registered
-    // leaves the journal; its next run finds the provider still refusing and starts a new wallet
-    // (`finish_creation`), the recovery cosigner keeping a registration nobody uses: it names
-    // a key no address was ever shown for.
+    // leaves the journal; its next run finds the provider still refusing, keeps the share and
+    // the credential (device and recovery cosigner still sign) and starts a new wallet
+    // (`finish_creation`).
     let (at_provider, at_recovery) = confirm_at_both(provider, recovery, &confirm, &wallet);
     if let Err(e) = at_provider {
         let nowhere = never_registered(&e)
@@ -647,10 +647,15 @@ fn finish_creation(
         && let Err(e) = confirm_at(provider, &confirm, &wallet)
     {
         if never_registered(&e) && unknown_at(provider, wallet_id) {
-            // Never registered, and can no longer be (the provider lost the DKG): nothing to
-            // finish; this run creates a new wallet instead.
-            let _ = std::fs::remove_file(&journal.recovery_key_out);
-            let _ = home.forget_wallet(&wallet_id);
+            // Never registered at the provider, and can no longer be (it lost the DKG): nothing
+            // to finish; this run creates a new wallet instead. The share and the recovery
+            // credential go only if the recovery cosigner does not hold the wallet either (both
+            // registrations are sent at once): with it, they still sign (device and recovery
+            // cosigner), so they stay, and only the journal goes.
+            if unknown_at(recovery, wallet_id) {
+                let _ = std::fs::remove_file(&journal.recovery_key_out);
+                let _ = home.forget_wallet(&wallet_id);
+            }
             let _ = home.remove_journal(&wallet_id, CREATING);
             return Ok(None);
         }

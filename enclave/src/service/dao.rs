@@ -466,6 +466,11 @@ fn skip_past_lost(ceremony: &mut Ceremony, message: &DaoMessage) {
                 job.coordinator.skip_past(round);
             }
         }
+        Ceremony::Sign(job) => {
+            if let Some(round) = message.signing_round() {
+                job.coordinator.skip_past(round);
+            }
+        }
         // A refresh has no attempts to move past: our earlier messages contradict this
         // instance's, so it can only end (`advance_refresh` refuses it).
         Ceremony::Refresh(job) => job.lost = true,

@@ -22,7 +22,11 @@
 //! aggregates. Members not chosen drop their nonces unused. A chosen member whose round-0
 //! commitments the provider does not hold yet (delivered later, or a member that approved
 //! without them) commits as before, after the signer set; a member whose process stopped after
-//! approving lost its nonces, and the rounds below take over.
+//! approving lost its nonces, and the rounds below take over. (A mailbox that delivers a
+//! restarted member's two round-0 sets in the reverse of their posting order makes the old set
+//! win: the round then waits until that member runs again, whose new commitments start the next
+//! round. Only a mailbox that reorders one sender's envelopes can cause it, and such a mailbox
+//! can stall any ceremony by withholding them.)
 //!
 //! The provider is the coordinator because it is the one party every signature needs: it counts
 //! approvals against the rule it evaluated itself from the PSBT, and only then commits. A member
@@ -512,6 +516,19 @@ impl<C: Ciphersuite> Coordinator<C> {
         }
         self.round = round;
         Ok(self)
+    }
+
+    /// An earlier instance of this coordinator (before the provider restarted) took part in
+    /// signing round `round`, with nonces that are gone: if that is this round or a later one,
+    /// the next [`Coordinator::advance`] opens the round after it, before the signature is made.
+    /// So a coordinator founded again at a round whose packages an earlier instance already
+    /// sent (its messages missing from the founding delivery) never builds a second package set
+    /// for that round with the members' commitments of it.
+    pub fn skip_past(&mut self, round: u32) {
+        if self.signatures.is_none() && round >= self.round {
+            self.round = round;
+            self.restart = true;
+        }
     }
 
     /// The approvals and rejections so far.
@@ -1685,6 +1702,32 @@ mod tests {
         let provider = b.provider_commitments();
         assert_eq!(provider.len(), 2, "one package set per round");
         assert_ne!(provider[0].1, provider[1].1, "round 1 drew fresh nonces");
+    }
+
+    #[test]
+    fn a_coordinator_founded_again_skips_past_a_round_an_earlier_instance_took_part_in() {
+        let d = dao();
+        let mut b = Bench::new(&d, 3, vec![[1u8; 32]]);
+        let mut members = [1, 2, 3].map(|p| b.member_committed(pid(p)));
+        b.provider(); // round 0: signer set and packages, by the first instance
+        let [m1, m2, m3] = &mut members;
+        b.run_member(m1, pid(1), 0);
+        // The provider restarts; the new instance is founded at round 0 (the delivery that
+        // founded it lacked its earlier messages) and reads the topic.
+        b.coord = coordinator_of(&d, vec![[1u8; 32]], 3);
+        b.read = 0;
+        b.provider();
+        // Its own round-0 messages show up later: it moves past round 0.
+        b.coord.skip_past(0);
+        b.provider();
+        assert_eq!(b.coord.round(), 1);
+        b.three_rounds([m1, m2, m3], [0, 0, 0]);
+        b.verify();
+        let rounds: Vec<u32> = b.provider_commitments().iter().map(|(r, _)| *r).collect();
+        assert_eq!(*rounds.last().unwrap(), 1, "signed in round 1: {rounds:?}");
+        // Skipping a round below the current one, or after the signature, changes nothing.
+        b.coord.skip_past(0);
+        assert_eq!(b.coord.round(), 1);
     }
 
     #[test]
