@@ -474,27 +474,18 @@ pub fn create_observed(
         &confirm,
     )?;
     observe(CreateStep::Kept);
-    // Both cosigners register at once (neither's answer feeds the other's request), so the
-    // creation costs the slower registration, not the sum. The home holds everything already,
-    // so any outcome is finished by running `wallet create` again (the journal): only when
-    // neither cosigner registered the wallet, and both say they never will (the DKG is gone), is
-    // nothing kept. A provider that refuses outright while the recovery cosigner registered
-    // leaves the journal; its next run finds the provider still refusing, keeps the share and
-    // the credential (device and recovery cosigner still sign) and starts a new wallet
-    // (`finish_creation`).
-    let (at_provider, at_recovery) = confirm_at_both(provider, recovery, &confirm, &wallet);
-    if let Err(e) = at_provider {
-        let nowhere = never_registered(&e)
-            && at_recovery.as_ref().is_err_and(never_registered)
-            && unknown_at(provider, wallet_id)
-            && unknown_at(recovery, wallet_id);
-        if nowhere {
+    // The provider first: if it refuses outright, nobody registered anything and nothing is
+    // kept; once it registered, the journal stays until the recovery cosigner did too. (Not both
+    // at once: a provider that fails while the recovery cosigner registers would leave a wallet
+    // only the recovery cosigner knows, which a rerun can neither finish nor safely forget.)
+    if let Err(e) = confirm_at(provider, &confirm, &wallet) {
+        if never_registered(&e) && unknown_at(provider, wallet_id) {
             discard_creation(home, &wallet_id, recovery_key_out);
         }
         return Err(e);
     }
     observe(CreateStep::ProviderRegistered);
-    at_recovery.map_err(|e| unfinished(home, wallet_id, e))?;
+    confirm_at(recovery, &confirm, &wallet).map_err(|e| unfinished(home, wallet_id, e))?;
     observe(CreateStep::RecoveryRegistered);
     home.remove_journal(&wallet_id, CREATING)?;
     Ok(Created {
@@ -539,37 +530,11 @@ fn discard_creation(home: &Home, wallet_id: &WalletId, recovery_key_out: &Path) 
     let _ = home.remove_journal(wallet_id, CREATING);
 }
 
-/// [`confirm_at`] both cosigners at once (`coordinator::call_all`): the provider's outcome and
-/// the recovery cosigner's.
-fn confirm_at_both(
-    provider: &mut dyn Courier,
-    recovery: &mut dyn Courier,
-    confirm: &Request,
-    wallet: &WalletFile,
-) -> (Result<()>, Result<()>) {
-    let mut both = crate::coordinator::cosigner_peers([provider, recovery]);
-    let mut answers =
-        crate::coordinator::call_all(&mut both, vec![confirm.clone(), confirm.clone()])
-            .into_iter()
-            .map(|answer| answer.and_then(|a| check_registered(a, wallet)));
-    let mut next = || {
-        answers
-            .next()
-            .unwrap_or_else(|| Err(ClientError::Unexpected("no answer".into())))
-    };
-    (next(), next())
-}
-
 /// Sends `DkgConfirm` to a cosigner (it answers the same `DkgDone` again if it already
 /// registered the wallet) and checks it stored our public key package.
 fn confirm_at(session: &mut dyn Courier, confirm: &Request, wallet: &WalletFile) -> Result<()> {
-    check_registered(session.call(confirm)?, wallet)
-}
-
-/// A cosigner's answer to `DkgConfirm`: registered with our public key package.
-fn check_registered(answer: Response, wallet: &WalletFile) -> Result<()> {
     let ours = wallet.public_key_package.serialize().map_err(internal)?;
-    match answer {
+    match session.call(confirm)? {
         Response::DkgDone { wallet } if wallet.public_key_package.as_ref() == ours.as_slice() => {
             Ok(())
         }
@@ -647,15 +612,10 @@ fn finish_creation(
         && let Err(e) = confirm_at(provider, &confirm, &wallet)
     {
         if never_registered(&e) && unknown_at(provider, wallet_id) {
-            // Never registered at the provider, and can no longer be (it lost the DKG): nothing
-            // to finish; this run creates a new wallet instead. The share and the recovery
-            // credential go only if the recovery cosigner does not hold the wallet either (both
-            // registrations are sent at once): with it, they still sign (device and recovery
-            // cosigner), so they stay, and only the journal goes.
-            if unknown_at(recovery, wallet_id) {
-                let _ = std::fs::remove_file(&journal.recovery_key_out);
-                let _ = home.forget_wallet(&wallet_id);
-            }
+            // Never registered, and can no longer be (the provider lost the DKG): nothing to
+            // finish; this run creates a new wallet instead.
+            let _ = std::fs::remove_file(&journal.recovery_key_out);
+            let _ = home.forget_wallet(&wallet_id);
             let _ = home.remove_journal(&wallet_id, CREATING);
             return Ok(None);
         }
