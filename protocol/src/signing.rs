@@ -519,7 +519,11 @@ impl<C: Ciphersuite> Signing<C> {
 /// One key package per message.
 /// `count` things (named by `what`) for `messages` messages: one per message, or a
 /// [`ProtocolError::Params`] naming both counts.
-fn one_per_message(count: usize, messages: usize, what: impl FnOnce() -> String) -> Result<()> {
+pub(crate) fn one_per_message(
+    count: usize,
+    messages: usize,
+    what: impl FnOnce() -> String,
+) -> Result<()> {
     if count != messages {
         return Err(ProtocolError::Params {
             reason: format!("{count} {} for {messages} messages", what()),

@@ -210,15 +210,9 @@ impl<C: Ciphersuite> MemberSigner<C> {
         key_packages: &[KeyPackage<C>],
         rng: &mut (impl CryptoRng + RngCore),
     ) -> Result<(Self, Vec<DaoMessage>)> {
-        if key_packages.len() != sighashes.len() {
-            return Err(ProtocolError::Params {
-                reason: format!(
-                    "{} key packages for {} inputs",
-                    key_packages.len(),
-                    sighashes.len()
-                ),
-            });
-        }
+        crate::signing::one_per_message(key_packages.len(), sighashes.len(), || {
+            "key packages".into()
+        })?;
         let (nonces, commitments): (Vec<_>, Vec<_>) = key_packages
             .iter()
             .map(|key_package| Precommitment::new(key_package, party, rng))
@@ -664,14 +658,7 @@ impl<C: Ciphersuite> Coordinator<C> {
             ));
         };
         let existing = signing.commitments(party);
-        if existing == Some(value.as_slice())
-            || self
-                .replaced
-                .get(&party)
-                .is_some_and(|old| old.contains(&value))
-        {
-            // A duplicate, or a set already replaced delivered late: never taken back (its
-            // nonces are gone).
+        if known_set(&self.replaced, party, existing, &value) {
             return Ok(false);
         }
         let Some(old) = existing.map(<[Vec<u8>]>::to_vec) else {
@@ -688,14 +675,7 @@ impl<C: Ciphersuite> Coordinator<C> {
             self.restart = true;
             return Ok(true);
         }
-        let retired = self.replaced.entry(party).or_default();
-        if retired.len() >= MAX_REPLACEMENTS {
-            return Err(ProtocolError::culprit(
-                party,
-                format!("it replaced its commitments more than {MAX_REPLACEMENTS} times"),
-            ));
-        }
-        retired.insert(old);
+        retire_set(&mut self.replaced, party, old)?;
         signing.replace_commitments(party, &value)?;
         Ok(true)
     }
@@ -709,18 +689,12 @@ impl<C: Ciphersuite> Coordinator<C> {
         for commitment in &value {
             crate::sign::decode_commitments::<C>(party, commitment)?;
         }
-        let retired = self.replaced.entry(party).or_default();
-        if self.early.get(&party) == Some(&value) || retired.contains(&value) {
+        let current = self.early.get(&party).map(Vec::as_slice);
+        if known_set(&self.replaced, party, current, &value) {
             return Ok(false);
         }
-        if let Some(old) = self.early.get(&party) {
-            if retired.len() >= MAX_REPLACEMENTS {
-                return Err(ProtocolError::culprit(
-                    party,
-                    format!("it replaced its commitments more than {MAX_REPLACEMENTS} times"),
-                ));
-            }
-            retired.insert(old.clone());
+        if let Some(old) = current.map(<[Vec<u8>]>::to_vec) {
+            retire_set(&mut self.replaced, party, old)?;
         }
         self.early.insert(party, value);
         Ok(true)
@@ -1168,6 +1142,34 @@ impl Tally {
             list(&missing)
         )
     }
+}
+
+/// A member's commitments already seen: its `current` set again (a duplicate), or a set it
+/// replaced, delivered late (never taken back: its nonces are gone).
+fn known_set(
+    replaced: &BTreeMap<PartyId, BTreeSet<Vec<Vec<u8>>>>,
+    party: PartyId,
+    current: Option<&[Vec<u8>]>,
+    value: &[Vec<u8>],
+) -> bool {
+    current == Some(value) || replaced.get(&party).is_some_and(|old| old.contains(value))
+}
+
+/// Retires `party`'s replaced set `old` for good, at most [`MAX_REPLACEMENTS`] times a round.
+fn retire_set(
+    replaced: &mut BTreeMap<PartyId, BTreeSet<Vec<Vec<u8>>>>,
+    party: PartyId,
+    old: Vec<Vec<u8>>,
+) -> Result<()> {
+    let retired = replaced.entry(party).or_default();
+    if retired.len() >= MAX_REPLACEMENTS {
+        return Err(ProtocolError::culprit(
+            party,
+            format!("it replaced its commitments more than {MAX_REPLACEMENTS} times"),
+        ));
+    }
+    retired.insert(old);
+    Ok(())
 }
 
 fn provider_key<C: Ciphersuite>(
