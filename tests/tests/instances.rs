@@ -98,7 +98,8 @@ fn killing_an_instance_under_load_loses_no_committed_state() {
         .map(|(i, w)| {
             let (d, stop, errors) = (d.clone(), stop.clone(), errors.clone());
             std::thread::spawn(move || {
-                let mut refreshed = 0u64;
+                // Refreshes reported done, and those whose outcome the client never learnt.
+                let (mut refreshed, mut unknown) = (0u64, 0u64);
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
@@ -106,6 +107,8 @@ fn killing_an_instance_under_load_loses_no_committed_state() {
                         let out = refresh(&d, &w.home, &w.id);
                         if out.code == Some(0) {
                             refreshed += 1;
+                        } else {
+                            unknown += 1;
                         }
                         out
                     } else {
@@ -120,7 +123,7 @@ fn killing_an_instance_under_load_loses_no_committed_state() {
                         eprintln!("w{i}: {}", out.stderr.trim());
                     }
                 }
-                refreshed
+                (refreshed, unknown)
             })
         })
         .collect();
@@ -129,7 +132,7 @@ fn killing_an_instance_under_load_loses_no_committed_state() {
     instances.kill_instance(2);
     std::thread::sleep(Duration::from_secs(4));
     stop.store(true, Ordering::Relaxed);
-    let refreshed: Vec<u64> = workers.into_iter().map(|t| t.join().unwrap()).collect();
+    let refreshed: Vec<(u64, u64)> = workers.into_iter().map(|t| t.join().unwrap()).collect();
     let after_kill = errors.load(Ordering::Relaxed) - before_kill;
     // Only requests in flight on the killed instance (at most one per worker) may fail.
     assert!(
@@ -137,13 +140,17 @@ fn killing_an_instance_under_load_loses_no_committed_state() {
         "{after_kill} failures after the kill, more than the requests in flight\n{}",
         instances.logs()
     );
-    for ((w, start), refreshed) in wallets.iter().zip(&starts).zip(&refreshed) {
-        assert_eq!(
-            epoch(&d, w),
-            start + refreshed,
-            "a refresh reported done was lost"
-        );
+    // A refresh broken off by the kill may still have committed on both cosigners: the
+    // client's next command finishes it (docs/lifecycle.md), so its epoch counts or not.
+    // One reported done never goes missing, and none moves the epoch twice.
+    for ((w, start), (refreshed, unknown)) in wallets.iter().zip(&starts).zip(&refreshed) {
         signs(&d, &w.home, w);
+        let now = epoch(&d, w);
+        assert!(
+            (start + refreshed..=start + refreshed + unknown).contains(&now),
+            "a refresh reported done was lost or one moved the epoch twice: \
+             epoch {now}, start {start}, {refreshed} done, {unknown} broken off"
+        );
     }
     // Instance 2 back, instance 1 gone: the survivor serves every wallet at once.
     instances.start_instance(2).unwrap();
