@@ -8,6 +8,7 @@
 //! envelope is signed by its sender, a courier (or the mailbox) can drop or delay messages but
 //! not forge or alter them.
 
+use cosigner_protocol::auth::P256Signer;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -234,7 +235,7 @@ impl Courier {
     }
 
     /// Signs `message` with `key` and posts it.
-    pub fn send(&mut self, key: &p256::ecdsa::SigningKey, message: &DaoMessage) -> Result<()> {
+    pub fn send(&mut self, key: &dyn P256Signer, message: &DaoMessage) -> Result<()> {
         let envelope = Envelope::seal(key, self.topic, message.encode()?)?;
         self.post(&envelope)
     }
@@ -675,23 +676,12 @@ impl Drop for PendingDkg {
 
 impl PendingDkg {
     fn load(home: &Home, id: &WalletId) -> Result<Option<Self>> {
-        let path = home.journal_path(id, DKG_JOURNAL);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => zeroize::Zeroizing::new(b),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(ClientError::Home {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                });
-            }
+        let Some(bytes) = home.journal(id, DKG_JOURNAL)? else {
+            return Ok(None);
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| ClientError::Home {
-                path: path.display().to_string(),
-                reason: format!("not a DKG journal: {e}"),
-            })
+            .map_err(|e| home.err(id, DKG_JOURNAL, format!("not a DKG journal: {e}")))
     }
 
     fn save(&self, home: &Home, id: &WalletId) -> Result<()> {
@@ -793,14 +783,17 @@ pub fn joined_wallet(home: &Home, invitation: &Invitation) -> Result<Option<Join
 /// `join` never blocks the next. A second process of the same member in the same DKG would post
 /// a second round-1 message, which the others refuse as equivocation: it is refused here first.
 struct JoinLock {
-    path: std::path::PathBuf,
-    _file: std::fs::File,
+    /// The lock file and its open description, when the home is a directory.
+    held: Option<(std::path::PathBuf, std::fs::File)>,
 }
 
 impl JoinLock {
     fn take(home: &Home, id: &WalletId) -> Result<Self> {
         use std::os::unix::fs::OpenOptionsExt;
-        let path = home.journal_path(id, "join-lock");
+        // A store outside a file system is one process's (a phone app): nothing to lock against.
+        let Some(path) = home.lock_path(id, "join-lock") else {
+            return Ok(Self { held: None });
+        };
         let home_err = |e: &dyn std::fmt::Display| ClientError::Home {
             path: path.display().to_string(),
             reason: e.to_string(),
@@ -815,7 +808,9 @@ impl JoinLock {
             .open(&path)
             .map_err(|e| home_err(&e))?;
         match file.try_lock() {
-            Ok(()) => Ok(Self { path, _file: file }),
+            Ok(()) => Ok(Self {
+                held: Some((path, file)),
+            }),
             Err(std::fs::TryLockError::WouldBlock) => Err(input(format!(
                 "another cosigner process of this device is taking part in the DKG of wallet \
                  {id}: let it finish (or stop it), then run the command again"
@@ -829,7 +824,9 @@ impl Drop for JoinLock {
     fn drop(&mut self) {
         // Removed while still held (the lock goes with the file when it closes); a file left by
         // a killed process is empty and taken again by the next run.
-        let _ = std::fs::remove_file(&self.path);
+        if let Some((path, _file)) = &self.held {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -895,7 +892,7 @@ struct Joiner<'a> {
     invitation: &'a Invitation,
     invitation_envelope: &'a Envelope,
     layout: Layout,
-    key: p256::ecdsa::SigningKey,
+    key: crate::store::DeviceKey,
     me: Vec<u8>,
     party: PartyId,
     wallet_id: WalletId,
@@ -2302,7 +2299,7 @@ pub(crate) struct RefreshWatch<'a> {
     /// The new epoch.
     epoch: Epoch,
     provider_key: &'a [u8],
-    key: &'a p256::ecdsa::SigningKey,
+    key: &'a dyn P256Signer,
 }
 
 /// A refresh came back of another scheme than it started (never happens).
@@ -2317,7 +2314,7 @@ impl<'a> RefreshWatch<'a> {
         home: &'a Home,
         proposal: &RefreshProposal,
         provider_key: &'a [u8],
-        key: &'a p256::ecdsa::SigningKey,
+        key: &'a dyn P256Signer,
     ) -> Result<Self> {
         Ok(Self {
             home,

@@ -4,6 +4,7 @@
 //! signs the digest it computed; this device checks that the signature both sides assembled is
 //! the wallet's, over the transaction it asked for.
 
+use cosigner_protocol::auth::P256Signer;
 use std::path::{Path, PathBuf};
 
 use cosigner_eth::{TxRequest, checksummed};
@@ -261,7 +262,7 @@ pub fn recover(
     provider: &mut dyn Courier,
     recovery: &mut dyn Courier,
     wallet_id: WalletId,
-    recovery_key: &SigningKey,
+    recovery_key: &dyn P256Signer,
 ) -> Result<EthWalletFile> {
     let device_key = home.device_key()?;
     let new_device = cosigner_protocol::auth::public_key_bytes(&device_key);

@@ -14,9 +14,8 @@
 //! The last two are this device's own record, for showing a wallet offline: the cosigners hold
 //! the policy in force and the whole spend history, and decide by theirs.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
@@ -26,6 +25,11 @@ use zeroize::Zeroizing;
 
 use crate::address::{Network, p2tr_address};
 use crate::error::{ClientError, Result};
+use crate::store::{
+    AeadSealer, DeviceKey, DeviceKeyStore, DirStore, FileDeviceKey, MemoryDeviceKey, MemoryStore,
+    SealScope, Sealer, StoreError, WalletStore,
+};
+pub(crate) use crate::store::{home_err, io_err, occupied, write_private};
 
 type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
 use frost_core::keys::PublicKeyPackage;
@@ -149,188 +153,251 @@ const POLICY: &str = "policy";
 /// This device's record of its spends (`DIR/wallets/<id>.spends`).
 const SPENDS: &str = "spends";
 
-/// An open home directory.
-#[derive(Debug, Clone)]
+/// An open home: this device's key, its wallets' records and the key that seals them
+/// ([`crate::store`]). Clones share everything.
+#[derive(Clone)]
 pub struct Home {
-    dir: PathBuf,
-    /// What was already read and decoded, while its files are unchanged.
+    store: Arc<dyn WalletStore>,
+    sealer: Arc<dyn Sealer>,
+    scope: SealScope,
+    device: DeviceKey,
+    /// What was already read and decoded, while its records are unchanged.
     memo: memo::Memo,
 }
 
-fn home_err(path: &Path, e: impl std::fmt::Display) -> ClientError {
-    ClientError::Home {
-        path: path.display().to_string(),
-        reason: e.to_string(),
+impl std::fmt::Debug for Home {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Home")
+            .field("store", &self.store.describe(""))
+            .field("scope", &self.scope)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
     }
-}
-
-/// An I/O error on `path`, in the user's terms (no OS error number).
-fn io_err(path: &Path, e: &std::io::Error) -> ClientError {
-    home_err(path, crate::error::io_reason(e))
-}
-
-/// Writes a file readable by its owner only, atomically: a new temporary file beside `path`
-/// (same directory, so the same filesystem), written and fsynced, then renamed over `path`.
-///
-/// Nothing already in the directory is written through. The temporary name is unpredictable
-/// (`.<name>.<16 random hex>.tmp`) and created by [`create_private`], which refuses anything
-/// already there, a symbolic link included. rename(2) replaces `path` itself, never what a
-/// symbolic link at `path` points to (POSIX rename(): "If either the old or new argument names a
-/// symbolic link, rename() shall operate on the symbolic link itself").
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_private_via(path, &temp_path(path)?, bytes)
-}
-
-/// [`write_private`] through the temporary file `tmp` (which must not exist).
-fn write_private_via(path: &Path, tmp: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = create_private(tmp)?;
-    let written = file
-        .write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io_err(tmp, &e))
-        .and_then(|()| std::fs::rename(tmp, path).map_err(|e| io_err(path, &e)));
-    if let Err(e) = written {
-        // Leave no partial secret behind; the error that stopped the write is the one to report.
-        let _ = std::fs::remove_file(tmp);
-        return Err(e);
-    }
-    sync_parent(path)
-}
-
-/// Creates `path` for writing, mode 0600, refusing to open anything that already exists.
-///
-/// `create_new` is `O_CREAT | O_EXCL`: "if path names a symbolic link, open() shall fail with
-/// [EEXIST], regardless of the contents of the symbolic link" (POSIX open()), so a link planted
-/// at the temporary name cannot redirect the secret. `O_NOFOLLOW` refuses a link in the last
-/// component on its own as well ([ELOOP]), should `O_EXCL` ever be dropped from these options.
-/// The mode given to open(2) is filtered by the umask, so it is set again on the descriptor
-/// (fchmod): exactly 0600, whatever the umask.
-fn create_private(path: &Path) -> Result<std::fs::File> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| io_err(path, &e))?;
-    if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
-        let _ = std::fs::remove_file(path);
-        return Err(io_err(path, &e));
-    }
-    Ok(file)
-}
-
-/// `.<file name>.<16 random hex>.tmp` in `path`'s directory.
-fn temp_path(path: &Path) -> Result<PathBuf> {
-    use rand_core::RngCore;
-    let name = path
-        .file_name()
-        .ok_or_else(|| home_err(path, "not a file name"))?;
-    let mut random = [0u8; 8];
-    rand_core::OsRng
-        .try_fill_bytes(&mut random)
-        .map_err(|e| home_err(path, format!("no randomness for a temporary name: {e}")))?;
-    let mut tmp = std::ffi::OsString::from(".");
-    tmp.push(name);
-    tmp.push(format!(".{}.tmp", hex::encode(random)));
-    Ok(path.with_file_name(tmp))
-}
-
-/// fsyncs the directory holding `path`, so the rename itself survives a crash: fsync(2) on the
-/// file "does not necessarily ensure that the entry in the directory containing the file has also
-/// reached disk". A filesystem that cannot fsync a directory (`EINVAL`) is left at that.
-fn sync_parent(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
-        Err(e) if e.kind() != std::io::ErrorKind::InvalidInput => Err(io_err(dir, &e)),
-        _ => Ok(()),
-    }
-}
-
-/// Whether anything, a dangling symbolic link included, is at `path` (`Path::exists` follows
-/// links, and would call a dangling one absent).
-fn occupied(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok()
 }
 
 /// Most prepared shares a wallet keeps ([`Home::save_prepared_share`]).
 pub const MAX_PREPARED: usize = 8;
-/// Largest prepared-shares file read: 8 threshold ECDSA shares (about 105 KB each) in hex, with
-/// room to spare.
-pub const MAX_PREPARED_FILE: u64 = 4 << 20;
+/// Largest prepared-shares record read: 8 threshold ECDSA shares (about 105 KB each) in hex,
+/// with room to spare.
+pub const MAX_PREPARED_FILE: u64 = crate::store::MAX_RECORD;
+
+/// The kinds of record [`SealScope::Secrets`] leaves readable: a wallet's public facts and this
+/// device's own notes of it. Every other kind (shares, journals, kinds added later) is sealed.
+const PUBLIC_KINDS: [&str; 5] = ["json", "eth", POLICY, SPENDS, "addresses"];
+
+/// The record that says every secret record of a store is sealed (the migration ran).
+const SEALED_MARKER: &str = "storage.sealed";
 
 impl Home {
-    /// Opens (creating if missing, mode 0700) a home directory.
+    /// Opens (creating if missing, mode 0700) a home directory: `DIR/device.key` (created on
+    /// first use), `DIR/storage.key` (the key that seals its secret records, created on first
+    /// use) and `DIR/wallets/`. A home written before shares were sealed is migrated: each
+    /// clear secret record is sealed in place, once.
     pub fn open(dir: &Path) -> Result<Self> {
-        // Named here, not as "DIR/wallets: not a directory" further down.
-        if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
-            return Err(home_err(
-                dir,
-                "the home (--home, COSIGNER_HOME) is not a directory",
-            ));
-        }
-        let wallets = dir.join("wallets");
-        std::fs::create_dir_all(&wallets).map_err(|e| io_err(&wallets, &e))?;
-        for d in [dir, wallets.as_path()] {
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| io_err(d, &e))?;
-        }
+        let store = DirStore::open(dir)?;
+        let device = FileDeviceKey::open_or_create(&dir.join("device.key"))?;
+        let sealer = AeadSealer::key_file(&dir.join("storage.key"))?;
+        Self::with_storage(
+            Arc::new(store),
+            Arc::new(sealer),
+            Arc::new(device),
+            SealScope::Secrets,
+        )
+    }
+
+    /// A home on storage the platform provides (a phone's keystore and files).
+    pub fn with_storage(
+        store: Arc<dyn WalletStore>,
+        sealer: Arc<dyn Sealer>,
+        device: Arc<dyn DeviceKeyStore>,
+        scope: SealScope,
+    ) -> Result<Self> {
+        let device = DeviceKey::new(device).map_err(|e| store_err(&*store, "device key", e))?;
         let home = Self {
-            dir: dir.to_path_buf(),
+            store,
+            sealer,
+            scope,
+            device,
             memo: memo::Memo::default(),
         };
-        home.ensure_device_key()?;
+        home.migrate()?;
         Ok(home)
     }
 
-    /// This device's P-256 key.
-    pub fn device_key(&self) -> Result<p256::ecdsa::SigningKey> {
-        let path = self.dir.join("device.key");
-        self.memo
-            .get(std::slice::from_ref(&path), || read_p256_key(&path))
+    /// A home in memory that seals every record, for tests.
+    pub fn in_memory() -> Result<Self> {
+        Self::with_storage(
+            Arc::new(MemoryStore::default()),
+            Arc::new(AeadSealer::random()?),
+            Arc::new(MemoryDeviceKey::random()),
+            SealScope::Everything,
+        )
+    }
+
+    /// This device's P-256 key: a handle that signs through its store, never the secret.
+    pub fn device_key(&self) -> Result<DeviceKey> {
+        Ok(self.device.clone())
+    }
+
+    /// Seals every clear record this home's scope seals (a home directory written before shares
+    /// were sealed), then marks the store so later opens skip the walk.
+    fn migrate(&self) -> Result<()> {
+        let marked = self
+            .store
+            .exists(SEALED_MARKER)
+            .map_err(|e| store_err(&*self.store, SEALED_MARKER, e))?;
+        if marked {
+            return Ok(());
+        }
+        let names = self
+            .store
+            .list()
+            .map_err(|e| store_err(&*self.store, "wallets", e))?;
+        for name in names {
+            let kind = name.rsplit_once('.').map_or("", |(_, k)| k);
+            // A lock file is held by its open description, never rewritten.
+            if !self.seals(kind) || kind.ends_with("lock") {
+                continue;
+            }
+            let Ok(Some(bytes)) = self.store.read(&name) else {
+                continue;
+            };
+            let bytes = Zeroizing::new(bytes);
+            if !crate::store::is_sealed(&bytes) {
+                self.write_record(&name, kind, &bytes)?;
+            }
+        }
+        self.store
+            .write(SEALED_MARKER, b"1\n")
+            .map_err(|e| store_err(&*self.store, SEALED_MARKER, e))
+    }
+
+    fn seals(&self, kind: &str) -> bool {
+        self.scope == SealScope::Everything || !PUBLIC_KINDS.contains(&kind)
+    }
+
+    fn record(id: &WalletId, kind: &str) -> String {
+        format!("wallets/{}.{kind}", id.to_hex())
+    }
+
+    /// How the record of `kind` for `id` is named in errors (its path in a home directory).
+    pub(crate) fn describe(&self, id: &WalletId, kind: &str) -> String {
+        self.store.describe(&Self::record(id, kind))
+    }
+
+    /// The file of the record of `kind` for `id` in a home directory, for the tests that damage it.
+    #[cfg(test)]
+    fn wallet_path(&self, id: &WalletId, kind: &str) -> PathBuf {
+        PathBuf::from(self.describe(id, kind))
+    }
+
+    /// An error about the record of `kind` for `id`.
+    pub(crate) fn err(
+        &self,
+        id: &WalletId,
+        kind: &str,
+        reason: impl std::fmt::Display,
+    ) -> ClientError {
+        ClientError::Home {
+            path: self.describe(id, kind),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn write_record(&self, name: &str, kind: &str, bytes: &[u8]) -> Result<()> {
+        let sealed;
+        let bytes = if self.seals(kind) {
+            sealed = self
+                .sealer
+                .seal(name, bytes)
+                .map_err(|e| store_err(&*self.store, name, e))?;
+            &sealed[..]
+        } else {
+            bytes
+        };
+        self.store
+            .write(name, bytes)
+            .map_err(|e| store_err(&*self.store, name, e))
+    }
+
+    /// Writes the record of `kind` for `id`, sealed if this home's scope seals `kind`.
+    pub(crate) fn put(&self, id: &WalletId, kind: &str, bytes: &[u8]) -> Result<()> {
+        self.write_record(&Self::record(id, kind), kind, bytes)
+    }
+
+    /// Reads the record of `kind` for `id` (opened if sealed), or `None` when there is none.
+    pub(crate) fn get(&self, id: &WalletId, kind: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let name = Self::record(id, kind);
+        let Some(bytes) = self
+            .store
+            .read(&name)
+            .map_err(|e| store_err(&*self.store, &name, e))?
+        else {
+            return Ok(None);
+        };
+        let bytes = Zeroizing::new(bytes);
+        if !self.seals(kind) {
+            return Ok(Some(bytes));
+        }
+        self.sealer
+            .open(&name, &bytes)
+            .map(Some)
+            .map_err(|e| store_err(&*self.store, &name, e))
+    }
+
+    /// Whether a record of `kind` for `id` is there (a home directory counts a link).
+    pub(crate) fn has(&self, id: &WalletId, kind: &str) -> Result<bool> {
+        let name = Self::record(id, kind);
+        self.store
+            .exists(&name)
+            .map_err(|e| store_err(&*self.store, &name, e))
+    }
+
+    /// The value decoded from the records `kinds` of `id`: kept while they are unchanged.
+    fn memoized<T: Clone + Send + Sync + 'static>(
+        &self,
+        id: &WalletId,
+        kinds: &[&str],
+        load: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let names: Vec<String> = kinds.iter().map(|k| Self::record(id, k)).collect();
+        self.memo.get(&*self.store, &names, load)
     }
 
     /// Replaces this device's share of a wallet (after a refresh), atomically.
     pub fn replace_share(&self, wallet: &WalletFile, share: &[u8]) -> Result<()> {
         let id = wallet.wallet_id;
-        write_private(&self.wallet_path(&id, "share"), share)?;
-        let json = serde_json::to_vec_pretty(wallet).map_err(|e| home_err(&self.dir, e))?;
-        write_private(&self.wallet_path(&id, "json"), &json)
+        self.put(&id, "share", share)?;
+        let json = serde_json::to_vec_pretty(wallet).map_err(|e| self.err(&id, "json", e))?;
+        self.put(&id, "json", &json)
     }
 
     /// Stores this device's new share of a wallet from a refresh not yet committed by every
-    /// party (`DIR/wallets/<id>.prepared`, 0600), beside those kept before (the newest
+    /// party (`DIR/wallets/<id>.prepared`, sealed), beside those kept before (the newest
     /// [`MAX_PREPARED`]): a refresh whose commit a hostile relay held back may still commit after
     /// a later one started, and its share must then still be here. The current share stays until
     /// [`Home::replace_share`].
     pub fn save_prepared_share(&self, id: &WalletId, share: &[u8]) -> Result<()> {
-        let path = self.wallet_path(id, "prepared");
         let mut kept = self.prepared_shares(id)?;
         kept.push(Zeroizing::new(share.to_vec()));
         let excess = kept.len().saturating_sub(MAX_PREPARED);
         let list: Zeroizing<Vec<String>> =
             Zeroizing::new(kept.iter().skip(excess).map(hex::encode).collect());
-        let json = Zeroizing::new(serde_json::to_vec(&*list).map_err(|e| home_err(&path, e))?);
-        write_private(&path, &json)
+        let json =
+            Zeroizing::new(serde_json::to_vec(&*list).map_err(|e| self.err(id, "prepared", e))?);
+        self.put(id, "prepared", &json)
     }
 
-    /// Every prepared share of a wallet this home keeps, oldest first. A file written before
+    /// Every prepared share of a wallet this home keeps, oldest first. A record written before
     /// several were kept holds one raw share. What cannot be read as shares (a link, anything but
-    /// a regular file, a file over [`MAX_PREPARED_FILE`], a damaged list or entry) is skipped,
-    /// never read through and never an error: a damaged file must not block every later refresh
-    /// or recovery, and a share it lost is one no refresh committed with (callers check each
-    /// share against the committed key package).
+    /// a regular file, a record over [`MAX_PREPARED_FILE`], one that does not open, a damaged list
+    /// or entry) is skipped, never read through and never an error: a damaged record must not
+    /// block every later refresh or recovery, and a share it lost is one no refresh committed
+    /// with (callers check each share against the committed key package).
     pub fn prepared_shares(&self, id: &WalletId) -> Result<Vec<Zeroizing<Vec<u8>>>> {
-        let path = self.wallet_path(id, "prepared");
-        let readable = std::fs::symlink_metadata(&path)
-            .is_ok_and(|m| m.file_type().is_file() && m.len() <= MAX_PREPARED_FILE);
-        if !readable {
+        let Ok(Some(bytes)) = self.get(id, "prepared") else {
             return Ok(Vec::new());
-        }
-        let bytes = Zeroizing::new(std::fs::read(&path).map_err(|e| io_err(&path, &e))?);
+        };
         match bytes.first() {
             None => return Ok(Vec::new()),
             Some(b'[') => {}
@@ -345,37 +412,56 @@ impl Home {
             .collect())
     }
 
-    /// Writes an unfinished command's journal for a wallet (`DIR/wallets/<id>.<kind>`, 0600):
-    /// what a rerun needs to finish it.
+    /// Writes an unfinished command's journal for a wallet (`DIR/wallets/<id>.<kind>`,
+    /// sealed): what a rerun needs to finish it.
     pub fn save_journal(&self, id: &WalletId, kind: &str, bytes: &[u8]) -> Result<()> {
-        write_private(&self.wallet_path(id, kind), bytes)
+        self.put(id, kind, bytes)
+    }
+
+    /// A wallet's journal of `kind`, if there is one.
+    pub fn journal(&self, id: &WalletId, kind: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        self.get(id, kind)
     }
 
     /// Every journal of `kind` in this home, by wallet.
     pub fn journals(&self, kind: &str) -> Result<Vec<(WalletId, Vec<u8>)>> {
-        let dir = self.dir.join("wallets");
-        let suffix = format!(".{kind}");
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| io_err(&dir, &e))? {
-            let entry = entry.map_err(|e| io_err(&dir, &e))?;
-            let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(suffix.as_str())) else {
-                continue;
-            };
-            let id = WalletId::from_hex(id)?;
-            let bytes = std::fs::read(entry.path()).map_err(|e| io_err(&entry.path(), &e))?;
-            out.push((id, bytes));
+        for id in self.ids_with(kind)? {
+            if let Some(bytes) = self.get(&id, kind)? {
+                out.push((id, bytes.to_vec()));
+            }
         }
-        out.sort_by_key(|(id, _)| *id);
         Ok(out)
     }
 
-    /// Where a journal of `kind` for `id` lives.
-    pub fn journal_path(&self, id: &WalletId, kind: &str) -> PathBuf {
-        self.wallet_path(id, kind)
+    /// The wallets with a record of `kind`, sorted.
+    fn ids_with(&self, kind: &str) -> Result<Vec<WalletId>> {
+        let suffix = format!(".{kind}");
+        let names = self
+            .store
+            .list()
+            .map_err(|e| store_err(&*self.store, "wallets", e))?;
+        let mut ids = Vec::new();
+        for name in names {
+            let Some(id) = name
+                .strip_prefix("wallets/")
+                .and_then(|n| n.strip_suffix(suffix.as_str()))
+            else {
+                continue;
+            };
+            ids.push(WalletId::from_hex(id)?);
+        }
+        ids.sort();
+        Ok(ids)
     }
 
-    /// Removes a wallet's files from this home (a creation that registered nothing).
+    /// Where a lock beside the record `kind` of `id` can be taken, if the store is a file
+    /// system (a phone's single process needs none).
+    pub fn lock_path(&self, id: &WalletId, kind: &str) -> Option<PathBuf> {
+        self.store.lock_path(&Self::record(id, kind))
+    }
+
+    /// Removes a wallet's records from this home (a creation that registered nothing).
     pub fn forget_wallet(&self, id: &WalletId) -> Result<()> {
         for kind in ["share", "json", POLICY, SPENDS] {
             self.remove_journal(id, kind)?;
@@ -385,12 +471,10 @@ impl Home {
 
     /// Removes a journal (its command finished).
     pub fn remove_journal(&self, id: &WalletId, kind: &str) -> Result<()> {
-        let path = self.wallet_path(id, kind);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(&path, &e)),
-        }
+        let name = Self::record(id, kind);
+        self.store
+            .remove(&name)
+            .map_err(|e| store_err(&*self.store, &name, e))
     }
 
     /// The newest prepared share of a wallet, if this home keeps one (a refresh not finished
@@ -401,76 +485,46 @@ impl Home {
 
     /// Removes a prepared share (once it replaced the current one, or its refresh failed).
     pub fn remove_prepared_share(&self, id: &WalletId) -> Result<()> {
-        let path = self.wallet_path(id, "prepared");
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err(&path, &e)),
-        }
+        self.remove_journal(id, "prepared")
     }
 
-    /// Creates the P-256 device key if this home has none.
-    fn ensure_device_key(&self) -> Result<()> {
-        let path = self.dir.join("device.key");
-        if path.exists() {
-            return Ok(());
-        }
-        use p256::pkcs8::EncodePrivateKey;
-        let key = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
-        let pem = key
-            .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
-            .map_err(|e| home_err(&path, e))?;
-        write_private(&path, pem.as_bytes())
-    }
-
-    fn wallet_path(&self, id: &WalletId, ext: &str) -> PathBuf {
-        self.dir
-            .join("wallets")
-            .join(format!("{}.{ext}", id.to_hex()))
-    }
-
-    /// Records a new wallet: its public file and this device's share (0600).
+    /// Records a new wallet: its public record and this device's share (sealed).
     pub fn save_wallet(&self, wallet: &WalletFile, share: &[u8]) -> Result<()> {
         let id = wallet.wallet_id;
-        let share_path = self.wallet_path(&id, "share");
-        if occupied(&share_path) {
-            return Err(home_err(&share_path, "already exists"));
+        if self.has(&id, "share")? {
+            return Err(self.err(&id, "share", "already exists"));
         }
-        write_private(&share_path, share)?;
-        let json = serde_json::to_vec_pretty(wallet).map_err(|e| home_err(&share_path, e))?;
-        write_private(&self.wallet_path(&id, "json"), &json)
+        self.put(&id, "share", share)?;
+        let json = serde_json::to_vec_pretty(wallet).map_err(|e| self.err(&id, "share", e))?;
+        self.put(&id, "json", &json)
     }
 
-    /// Reads a wallet's public file.
+    /// Reads a wallet's public record.
     pub fn wallet(&self, id: &WalletId) -> Result<WalletFile> {
-        let path = self.wallet_path(id, "json");
-        self.memo
-            .get(std::slice::from_ref(&path), || self.read_wallet(id, &path))
+        self.memoized(id, &["json"], || self.read_wallet(id))
     }
 
-    fn read_wallet(&self, id: &WalletId, path: &Path) -> Result<WalletFile> {
-        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ClientError::Input(format!(
+    fn read_wallet(&self, id: &WalletId) -> Result<WalletFile> {
+        let Some(bytes) = self.get(id, "json")? else {
+            return Err(ClientError::Input(format!(
                 "unknown wallet {id}: this home ({}) holds no such wallet (cosigner wallet list)",
-                self.dir.display()
-            )),
-            _ => io_err(path, &e),
-        })?;
+                self.store.describe("")
+            )));
+        };
         let wallet: WalletFile = serde_json::from_slice(&bytes)
-            .map_err(|e| home_err(path, format!("not a readable wallet file ({e})")))?;
+            .map_err(|e| self.err(id, "json", format!("not a readable wallet file ({e})")))?;
         if wallet.wallet_id != *id {
-            return Err(home_err(path, format!("holds wallet {}", wallet.wallet_id)));
+            return Err(self.err(id, "json", format!("holds wallet {}", wallet.wallet_id)));
         }
         wallet
             .check()
-            .map_err(|e| home_err(path, format!("not a consistent wallet file: {e}")))?;
+            .map_err(|e| self.err(id, "json", format!("not a consistent wallet file: {e}")))?;
         Ok(wallet)
     }
 
     /// This device's share of a wallet, decoded (frost's `KeyPackage`).
     pub fn key_package(&self, id: &WalletId) -> Result<frost_core::keys::KeyPackage<Suite>> {
-        let path = self.wallet_path(id, "share");
-        self.memo.get(std::slice::from_ref(&path), || {
+        self.memoized(id, &["share"], || {
             frost_core::keys::KeyPackage::<Suite>::deserialize(&self.share(id)?)
                 .map_err(|e| ClientError::Input(format!("this device's share of {id}: {e}")))
         })
@@ -478,24 +532,30 @@ impl Home {
 
     /// Reads this device's share of a wallet.
     pub fn share(&self, id: &WalletId) -> Result<Zeroizing<Vec<u8>>> {
-        let path = self.wallet_path(id, "share");
-        std::fs::read(&path)
-            .map(Zeroizing::new)
-            .map_err(|e| io_err(&path, &e))
+        self.get(id, "share")?
+            .ok_or_else(|| self.err(id, "share", "No such file or directory"))
     }
 
     /// Every wallet recorded here, sorted by id.
     pub fn wallets(&self) -> Result<Vec<WalletFile>> {
-        let dir = self.dir.join("wallets");
-        let mut ids = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| io_err(&dir, &e))? {
-            let name = entry.map_err(|e| io_err(&dir, &e))?.file_name();
-            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) {
-                ids.push(WalletId::from_hex(id)?);
-            }
-        }
-        ids.sort();
-        ids.iter().map(|id| self.wallet(id)).collect()
+        self.ids_with("json")?
+            .iter()
+            .map(|id| self.wallet(id))
+            .collect()
+    }
+}
+
+/// A store's error as the client reports it: the record named as the store names it.
+fn store_err(store: &dyn WalletStore, name: &str, e: StoreError) -> ClientError {
+    match e {
+        StoreError::Io { name, reason } => ClientError::Home { path: name, reason },
+        other => ClientError::Home {
+            path: store.describe(name),
+            reason: other
+                .to_string()
+                .split_once(": ")
+                .map_or_else(|| other.to_string(), |(_, reason)| reason.to_owned()),
+        },
     }
 }
 

@@ -20,6 +20,7 @@ pub mod psbt_sign;
 pub mod receipt;
 pub mod repair;
 pub mod session;
+pub mod store;
 pub mod trust;
 pub mod wallet;
 

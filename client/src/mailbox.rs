@@ -17,6 +17,7 @@
 //! with a certificate: TLS 1.3 to exactly the certificate whose SHA-256 is `HEX` (the parent
 //! prints it at start). TLS keeps the envelopes from the network; the parent still reads them.
 
+use cosigner_protocol::auth::P256Signer;
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -28,7 +29,6 @@ use cosigner_protocol::mailbox::{
     CHALLENGE_LEN, Envelope, MAX_PAGE, MailboxRequest, MailboxResponse, ReadProof, Topic,
     check_members, decode_response, encode_request,
 };
-use p256::ecdsa::SigningKey;
 use rustls::{ClientConnection, StreamOwned};
 use serde_bytes::ByteBuf;
 
@@ -123,7 +123,7 @@ struct Connection {
 /// Who this client is in the topics it uses: the key it reads with (and posts as), and the
 /// topics' members.
 struct Member {
-    key: SigningKey,
+    key: std::sync::Arc<dyn P256Signer>,
     members: Vec<Vec<u8>>,
 }
 
@@ -171,7 +171,12 @@ impl MailboxClient {
     /// Uses topics as `key`, one of `members` (SEC1 compressed P-256 keys: the wallet's devices
     /// and its provider): every post names them (for the post that founds a topic), every fetch
     /// is signed with `key`, and a topic whose members include anyone else is refused.
-    pub fn as_member(mut self, key: SigningKey, members: Vec<Vec<u8>>) -> Result<Self> {
+    pub fn as_member(
+        mut self,
+        key: impl P256Signer + 'static,
+        members: Vec<Vec<u8>>,
+    ) -> Result<Self> {
+        let key: std::sync::Arc<dyn P256Signer> = std::sync::Arc::new(key);
         let listed: Vec<ByteBuf> = members.iter().cloned().map(ByteBuf::from).collect();
         check_members(&listed)?;
         let me = public_key_bytes(&key);
@@ -454,6 +459,7 @@ mod tests {
     use super::*;
     use cosigner_protocol::mailbox::{MailboxItem, decode_request, encode_response};
     use cosigner_protocol::wire::{ErrorKind, WireError};
+    use p256::ecdsa::SigningKey;
     use std::net::TcpListener;
 
     /// A scripted mailbox: answers each request with the next response, recording the requests;

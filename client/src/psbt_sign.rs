@@ -9,11 +9,11 @@
 //! sighash; the aggregated signatures are checked (frost, then an independent BIP-340 verifier,
 //! then again by `psbt::finalize`) before the transaction is returned.
 
+use cosigner_protocol::auth::P256Signer;
 use cosigner_protocol::auth::public_key_bytes;
 use cosigner_protocol::policy::{Chain, Member, Policy};
 use cosigner_protocol::psbt::{self, SpendSummary};
 use cosigner_protocol::wire::{KeyRole, PsbtEvaluation, Request, Response, WalletId};
-use p256::ecdsa::SigningKey;
 
 use crate::address::own_keys;
 use crate::courier::Courier;
@@ -149,7 +149,7 @@ pub fn set_policy(
     provider: &mut dyn Courier,
     recovery: &mut dyn Courier,
     wallet_id: WalletId,
-    recovery_key: &SigningKey,
+    recovery_key: &dyn P256Signer,
     policy: Option<&str>,
 ) -> Result<()> {
     let chain = if home.has_eth_wallet(&wallet_id) {

@@ -8,11 +8,11 @@
 //! the helpers' shares: each delta is sealed to its recipient's key (announced signed by that
 //! helper's share) and signed by its sender's share, so we can neither read nor replace one.
 
+use cosigner_protocol::auth::P256Signer;
 use cosigner_protocol::party::{DEVICE, PROVIDER, RECOVERY};
 use cosigner_protocol::repair::engine::{RepairMessage, RepairReceiver};
 use cosigner_protocol::wire::{KeyRole, RepairParams, Request, Response, WalletId, WalletInfo};
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
-use p256::ecdsa::SigningKey;
 use serde_bytes::ByteBuf;
 
 use crate::coordinator::{Peer, Start, call_all, from_peer, sealed_to, start_all};
@@ -33,7 +33,7 @@ pub fn repair_share(
     wallet_id: WalletId,
     info: &WalletInfo,
     pkp: &PublicKeyPackage<Suite>,
-    device_key: &SigningKey,
+    device_key: &dyn P256Signer,
 ) -> Result<KeyPackage<Suite>> {
     let params = RepairParams {
         wallet_id,

@@ -2,7 +2,9 @@
 //! refresh (A, B, C re-share at a new epoch) and recovery (B and C repair A's share onto a new
 //! device, then everyone refreshes and the old device key is revoked).
 
+use cosigner_protocol::auth::P256Signer;
 use std::path::Path;
+use std::sync::Arc;
 
 use cosigner_protocol::auth::{
     public_key_bytes, registration_digest_with, sign_digest, sign_request,
@@ -65,7 +67,7 @@ pub fn authorized_retrying(
     session: &mut dyn Courier,
     wallet_id: WalletId,
     role: KeyRole,
-    key: &SigningKey,
+    key: &dyn P256Signer,
     inner: &Request,
 ) -> Result<Response> {
     retrying_busy(|| authorized(session, wallet_id, role, key, inner))
@@ -77,7 +79,7 @@ pub fn authorized_retrying(
 /// challenge fails, nothing else was sent and each peer is asked on its own, one after the other.
 pub(crate) fn authorized_all(
     peers: &mut [coordinator::Peer<'_>],
-    (wallet_id, role, key): (WalletId, KeyRole, &SigningKey),
+    (wallet_id, role, key): (WalletId, KeyRole, &dyn P256Signer),
     requests: Vec<Request>,
 ) -> Vec<Result<Response>> {
     let asks = peers
@@ -116,7 +118,7 @@ pub fn authorized(
     session: &mut dyn Courier,
     wallet_id: WalletId,
     role: KeyRole,
-    key: &SigningKey,
+    key: &dyn P256Signer,
     inner: &Request,
 ) -> Result<Response> {
     let challenge = match session.call(&Request::Challenge { wallet_id })? {
@@ -143,7 +145,7 @@ enum Under<'a> {
 /// while the cosigner answers.
 fn signed_call(
     session: &mut dyn Courier,
-    (wallet_id, role, key): (WalletId, KeyRole, &SigningKey),
+    (wallet_id, role, key): (WalletId, KeyRole, &dyn P256Signer),
     inner: &Request,
     under: Under<'_>,
     meanwhile: &mut dyn FnMut(),
@@ -154,7 +156,7 @@ fn signed_call(
 
 /// `inner` signed by `key` (as `role`, for `wallet_id`) over `under`, as it is sent.
 fn authorized_request(
-    (wallet_id, role, key): (WalletId, KeyRole, &SigningKey),
+    (wallet_id, role, key): (WalletId, KeyRole, &dyn P256Signer),
     inner: &Request,
     under: Under<'_>,
 ) -> Result<Request> {
@@ -183,7 +185,7 @@ fn authorized_request(
 /// `meanwhile` while the cosigner answers) or, without one, over a fresh challenge (two).
 fn signed_once(
     courier: &mut dyn Courier,
-    (wallet_id, role, key): (WalletId, KeyRole, &SigningKey),
+    (wallet_id, role, key): (WalletId, KeyRole, &dyn P256Signer),
     inner: &Request,
     under: Option<&[u8]>,
     meanwhile: &mut dyn FnMut(),
@@ -312,7 +314,7 @@ pub enum CreateStep {
 /// signing this wallet's DKG transcript, its policy and network, and the provider's attested key.
 pub(crate) fn registration(
     home: &Home,
-    recovery_key: &SigningKey,
+    recovery_key: &dyn P256Signer,
     wallet_id: &WalletId,
     transcript_hash: &[u8; 32],
     policy: Option<&str>,
@@ -744,7 +746,7 @@ impl TwoParty {
     pub(crate) fn sign_now(
         &self,
         courier: &mut dyn Courier,
-        authorizer: (KeyRole, &SigningKey),
+        authorizer: (KeyRole, &dyn P256Signer),
         message: &[u8; 32],
     ) -> Result<Signed> {
         let wallet_id = self.wallet.wallet_id;
@@ -760,7 +762,7 @@ impl TwoParty {
     fn one_round(
         &self,
         courier: &mut dyn Courier,
-        (role, key): (KeyRole, &SigningKey),
+        (role, key): (KeyRole, &dyn P256Signer),
         message: &[u8; 32],
         used: Option<NextCommitment>,
     ) -> Result<Signed> {
@@ -857,7 +859,7 @@ impl TwoParty {
     pub(crate) fn sign_psbt_now(
         &self,
         courier: &mut dyn Courier,
-        authorizer: (KeyRole, &SigningKey),
+        authorizer: (KeyRole, &dyn P256Signer),
         psbt: &[u8],
         read: (&SpendSummary, &OwnKeys),
     ) -> Result<PsbtSignedNow> {
@@ -874,7 +876,7 @@ impl TwoParty {
     fn psbt_round(
         &self,
         courier: &mut dyn Courier,
-        (role, key): (KeyRole, &SigningKey),
+        (role, key): (KeyRole, &dyn P256Signer),
         psbt: &[u8],
         (summary, keys): (&SpendSummary, &OwnKeys),
         under: Option<&[u8]>,
@@ -985,10 +987,10 @@ impl CoSigner<'_> {
     }
 
     /// The key and role that authorize the request.
-    pub(crate) fn authorizer(&self, home: &Home) -> Result<(KeyRole, SigningKey)> {
+    pub(crate) fn authorizer(&self, home: &Home) -> Result<(KeyRole, Arc<dyn P256Signer>)> {
         Ok(match self {
-            Self::Provider => (KeyRole::Device, home.device_key()?),
-            Self::Recovery(key) => (KeyRole::Recovery, (*key).clone()),
+            Self::Provider => (KeyRole::Device, Arc::new(home.device_key()?)),
+            Self::Recovery(key) => (KeyRole::Recovery, Arc::new((*key).clone())),
         })
     }
 }
@@ -1108,7 +1110,7 @@ pub(crate) fn finalize_signed(
     recovery: &mut dyn Courier,
     wallet_id: WalletId,
     epoch: Epoch,
-    device_key: &SigningKey,
+    device_key: &dyn P256Signer,
 ) -> Result<()> {
     let finalize = Request::RefreshFinalize { wallet_id, epoch };
     let both: [&mut dyn Courier; 2] = [provider, recovery];
@@ -1230,7 +1232,7 @@ pub(crate) fn roll_forward(
     provider: &mut dyn Courier,
     recovery: &mut dyn Courier,
     wallet_id: WalletId,
-    device_key: &SigningKey,
+    device_key: &dyn P256Signer,
 ) -> Result<Aligned> {
     let (b, c) = views(provider, recovery, wallet_id)?;
     if b.epoch != c.epoch {
@@ -1383,7 +1385,7 @@ pub fn recover(
     provider: &mut dyn Courier,
     recovery: &mut dyn Courier,
     wallet_id: WalletId,
-    recovery_key: &SigningKey,
+    recovery_key: &dyn P256Signer,
     network: Network,
 ) -> Result<WalletFile> {
     recover_observed(
@@ -1416,7 +1418,7 @@ pub fn recover_observed(
     provider: &mut dyn Courier,
     recovery: &mut dyn Courier,
     wallet_id: WalletId,
-    recovery_key: &SigningKey,
+    recovery_key: &dyn P256Signer,
     network: Network,
     observe: &mut dyn FnMut(RecoverStep),
 ) -> Result<WalletFile> {
@@ -1501,7 +1503,7 @@ pub(crate) fn recover_start(
     provider: &mut dyn Courier,
     recovery: &mut dyn Courier,
     wallet_id: WalletId,
-    recovery_key: &SigningKey,
+    recovery_key: &dyn P256Signer,
     new_device: &[u8],
 ) -> Result<bool> {
     let start = Request::RecoverStart {
@@ -1528,7 +1530,7 @@ pub fn cancel_recovery(
     provider: &mut dyn Courier,
     recovery: &mut dyn Courier,
     wallet_id: WalletId,
-    recovery_key: &SigningKey,
+    recovery_key: &dyn P256Signer,
 ) -> Result<()> {
     // A recovery that already committed at one cosigner is finished, not cancelled: cancelling
     // at the other would leave the two with different device keys.

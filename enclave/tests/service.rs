@@ -32,7 +32,8 @@ use cosigner_enclave::service::{RefreshPolicy, Service, SessionState};
 use cosigner_enclave::store::{BlobStore, MemoryStore, StoreError};
 use cosigner_kms::{SEAL_FORMAT_VERSION, SEAL_KEY_ID_LEN, Sealer};
 use cosigner_protocol::auth::{
-    public_key_bytes, registration_digest, registration_digest_with, request_digest, sign_digest,
+    P256Signer, public_key_bytes, registration_digest, registration_digest_with, request_digest,
+    sign_digest,
 };
 use cosigner_protocol::id::Epoch;
 use cosigner_protocol::id::PartyId;
@@ -223,7 +224,7 @@ struct Wallet {
     share: KeyPackage<Suite>,
     public: PublicKeyPackage<Suite>,
     info: WalletInfo,
-    device: SigningKey,
+    device: cosigner_client::store::DeviceKey,
     recovery: SigningKey,
 }
 
@@ -260,7 +261,7 @@ impl Wallet {
     }
 
     /// This wallet's own key for `role`.
-    fn key(&self, role: KeyRole) -> &SigningKey {
+    fn key(&self, role: KeyRole) -> &dyn P256Signer {
         match role {
             KeyRole::Device => &self.device,
             KeyRole::Recovery => &self.recovery,
@@ -368,7 +369,7 @@ fn run_dkg(
     coordinator::run(params, pid(1), (), &mut peers, &mut start, &mut |_| {}).unwrap()
 }
 
-type Register<'a> = dyn Fn(&WalletId, &[u8], &SigningKey, &SigningKey) -> Registration + 'a;
+type Register<'a> = dyn Fn(&WalletId, &[u8], &dyn P256Signer, &SigningKey) -> Registration + 'a;
 
 /// [`run_dkg`], then the `DkgConfirm` carrying the registration `register` makes, sent by hand to
 /// the provider (a refusal is its message) and then to the recovery service; the client's home
@@ -475,7 +476,7 @@ fn wallet_file(params: &DkgParams, public: &PublicKeyPackage<Suite>) -> WalletFi
 fn registration(
     wallet_id: &WalletId,
     transcript_hash: &[u8],
-    device: &SigningKey,
+    device: &dyn P256Signer,
     recovery: &SigningKey,
 ) -> Registration {
     let (device_key, recovery_key) = (public_key_bytes(device), public_key_bytes(recovery));
@@ -495,7 +496,7 @@ fn registration(
 /// A registration with a spending policy on regtest, both keys signing over it.
 fn registration_with_policy(
     policy: &str,
-) -> impl Fn(&WalletId, &[u8], &SigningKey, &SigningKey) -> Registration + '_ {
+) -> impl Fn(&WalletId, &[u8], &dyn P256Signer, &SigningKey) -> Registration + '_ {
     move |wallet_id, transcript_hash, device, recovery| {
         let (device_key, recovery_key) = (public_key_bytes(device), public_key_bytes(recovery));
         let digest = registration_digest_with(
@@ -528,7 +529,7 @@ fn wrap(
     wallet_id: WalletId,
     challenge: &[u8],
     role: KeyRole,
-    key: &SigningKey,
+    key: &dyn P256Signer,
     inner: &Request,
 ) -> Request {
     let bytes = wire::encode(inner).unwrap();
@@ -547,7 +548,7 @@ fn authorized(
     session: &mut SessionState,
     wallet_id: WalletId,
     role: KeyRole,
-    key: &SigningKey,
+    key: &dyn P256Signer,
     inner: &Request,
 ) -> Response {
     let challenge = challenge(service, session, wallet_id);
@@ -1030,7 +1031,11 @@ fn only_the_registered_device_key_may_sign() {
     let stranger = SigningKey::random(&mut OsRng);
     let inner = sign_commit_request(wallet.id, MESSAGE, &[pid(1), pid(2)]);
     for (role, key, who) in [
-        (KeyRole::Device, &stranger, "a stranger's key"),
+        (
+            KeyRole::Device,
+            &stranger as &dyn P256Signer,
+            "a stranger's key",
+        ),
         (
             KeyRole::Device,
             &other_wallet.device,

@@ -151,7 +151,8 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
-    pub(crate) fn encoding(reason: impl std::fmt::Display) -> Self {
+    /// An [`ProtocolError::Encoding`] error: bytes (or a key) that could not be made or read.
+    pub fn encoding(reason: impl std::fmt::Display) -> Self {
         Self::Encoding {
             reason: reason.to_string(),
         }

@@ -37,12 +37,12 @@
 //! Compatibility: the fields added for this (`members`, `proof`) are omitted from the encoding
 //! when empty and default when absent, so requests without them are byte-for-byte what they were.
 
-use p256::ecdsa::{Signature, SigningKey};
+use p256::ecdsa::Signature;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use sha2::{Digest, Sha256};
 
-use crate::auth::{normalise_public_key, public_key_bytes, sign_digest, verify_digest};
+use crate::auth::{P256Signer, normalise_public_key, public_key_bytes, sign_digest, verify_digest};
 use crate::error::{ProtocolError, Result};
 use crate::frame::MAX_FRAME_LEN;
 use crate::wire::{self, WireError};
@@ -106,7 +106,7 @@ impl Envelope {
 
     /// Signs `body` for `topic` with `key` (the sender is `key`'s public key). Refused when the
     /// envelope would exceed [`MAX_ENVELOPE`].
-    pub fn seal(key: &SigningKey, topic: Topic, body: Vec<u8>) -> Result<Envelope> {
+    pub fn seal(key: &(impl P256Signer + ?Sized), topic: Topic, body: Vec<u8>) -> Result<Envelope> {
         if body.len() > MAX_ENVELOPE {
             return Err(too_large(body.len()));
         }
@@ -284,7 +284,7 @@ impl ReadProof {
 
     /// Signs a read of `topic` on the connection whose challenge is `challenge`.
     pub fn sign(
-        key: &SigningKey,
+        key: &(impl P256Signer + ?Sized),
         challenge: &[u8; CHALLENGE_LEN],
         topic: &Topic,
     ) -> Result<ReadProof> {
@@ -445,6 +445,7 @@ fn too_large(len: usize) -> ProtocolError {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+    use p256::ecdsa::SigningKey;
 
     fn key() -> SigningKey {
         SigningKey::random(&mut rand_core::OsRng)

@@ -173,11 +173,12 @@ impl Owner {
         role: KeyRole,
         request: &Request,
     ) -> Result<Response, ClientError> {
-        let key = match role {
-            KeyRole::Device => self.home.device_key(),
-            KeyRole::Recovery => read_p256_key(&self.recovery_key),
+        let key: std::sync::Arc<dyn cosigner_protocol::auth::P256Signer> = match role {
+            KeyRole::Device => std::sync::Arc::new(must("the device key", self.home.device_key())),
+            KeyRole::Recovery => {
+                std::sync::Arc::new(must("reading the key", read_p256_key(&self.recovery_key)))
+            }
         };
-        let key = must("reading the key", key);
         cosigner_client::wallet::authorized(s, self.id, role, &key, request)
     }
 

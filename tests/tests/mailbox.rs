@@ -35,7 +35,7 @@ fn member(addr: &str, me: &SigningKey, members: &[&SigningKey]) -> MailboxClient
         .unwrap()
         .as_member(
             me.clone(),
-            members.iter().map(|k| public_key_bytes(k)).collect(),
+            members.iter().map(|k| public_key_bytes(*k)).collect(),
         )
         .unwrap()
 }

@@ -12,7 +12,7 @@ use cosigner_protocol::hd::{Keychain, MAX_INDEX};
 use cosigner_protocol::wire::WalletId;
 use serde::{Deserialize, Serialize};
 
-use super::{Home, home_err, io_err, write_private};
+use super::Home;
 use crate::error::Result;
 
 /// Extension of the record.
@@ -37,11 +37,9 @@ impl Next {
 
 impl Home {
     fn address_record(&self, id: &WalletId) -> Result<Next> {
-        let path = self.wallet_path(id, ADDRESSES);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| home_err(&path, e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Next::default()),
-            Err(e) => Err(io_err(&path, &e)),
+        match self.get(id, ADDRESSES)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| self.err(id, ADDRESSES, e)),
+            None => Ok(Next::default()),
         }
     }
 
@@ -58,8 +56,7 @@ impl Home {
             return Ok(());
         }
         *next.of(keychain) = after;
-        let path = self.wallet_path(id, ADDRESSES);
-        let json = serde_json::to_vec(&next).map_err(|e| home_err(&path, e))?;
-        write_private(&path, &json)
+        let json = serde_json::to_vec(&next).map_err(|e| self.err(id, ADDRESSES, e))?;
+        self.put(id, ADDRESSES, &json)
     }
 }

@@ -11,7 +11,7 @@ use cosigner_protocol::id::{Epoch, PartyId};
 use cosigner_protocol::wire::{SUITE_SECP256K1_ECDSA, WalletId};
 use serde::{Deserialize, Serialize};
 
-use super::{Home, home_err, io_err, occupied, text, write_private};
+use super::{Home, text};
 use crate::error::{ClientError, Result};
 
 /// Extension of an Ethereum wallet's public file.
@@ -128,22 +128,21 @@ impl Home {
     /// Records a new Ethereum wallet: its public file and this device's share (0600).
     pub fn save_eth_wallet(&self, wallet: &EthWalletFile, key: &EcdsaKey) -> Result<()> {
         let id = wallet.wallet_id;
-        let share_path = self.wallet_path(&id, ECDSA);
-        if occupied(&share_path) {
-            return Err(home_err(&share_path, "already exists"));
+        if self.has(&id, ECDSA)? {
+            return Err(self.err(&id, ECDSA, "already exists"));
         }
-        write_private(&share_path, &key.to_secret_bytes()?)?;
-        let json = serde_json::to_vec_pretty(wallet).map_err(|e| home_err(&share_path, e))?;
-        write_private(&self.wallet_path(&id, ETH), &json)
+        self.put(&id, ECDSA, &key.to_secret_bytes()?)?;
+        let json = serde_json::to_vec_pretty(wallet).map_err(|e| self.err(&id, ETH, e))?;
+        self.put(&id, ETH, &json)
     }
 
     /// Replaces this device's share of an Ethereum wallet and its file (a refresh moved it to
     /// `wallet.epoch`): the share first, so a file never names an epoch whose share is missing.
     pub fn replace_eth_share(&self, wallet: &EthWalletFile, key: &EcdsaKey) -> Result<()> {
         let id = wallet.wallet_id;
-        write_private(&self.wallet_path(&id, ECDSA), &key.to_secret_bytes()?)?;
-        let json = serde_json::to_vec_pretty(wallet).map_err(|e| home_err(&self.dir, e))?;
-        write_private(&self.wallet_path(&id, ETH), &json)
+        self.put(&id, ECDSA, &key.to_secret_bytes()?)?;
+        let json = serde_json::to_vec_pretty(wallet).map_err(|e| self.err(&id, ETH, e))?;
+        self.put(&id, ETH, &json)
     }
 
     /// Keeps a refreshed share not yet committed, beside any kept before
@@ -162,41 +161,38 @@ impl Home {
 
     /// Reads an Ethereum wallet's public file.
     pub fn eth_wallet(&self, id: &WalletId) -> Result<EthWalletFile> {
-        let path = self.wallet_path(id, ETH);
-        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ClientError::Input(format!(
+        let Some(bytes) = self.get(id, ETH)? else {
+            return Err(ClientError::Input(format!(
                 "unknown Ethereum wallet {id}: this home ({}) holds no such wallet",
-                self.dir.display()
-            )),
-            _ => io_err(&path, &e),
-        })?;
+                self.store.describe("")
+            )));
+        };
         let wallet: EthWalletFile = serde_json::from_slice(&bytes)
-            .map_err(|e| home_err(&path, format!("not a readable wallet file ({e})")))?;
+            .map_err(|e| self.err(id, ETH, format!("not a readable wallet file ({e})")))?;
         if wallet.wallet_id != *id {
-            return Err(home_err(
-                &path,
-                format!("holds wallet {}", wallet.wallet_id),
-            ));
+            return Err(self.err(id, ETH, format!("holds wallet {}", wallet.wallet_id)));
         }
         wallet
             .check()
-            .map_err(|e| home_err(&path, format!("not a consistent wallet file: {e}")))?;
+            .map_err(|e| self.err(id, ETH, format!("not a consistent wallet file: {e}")))?;
         Ok(wallet)
     }
 
     /// Whether this home holds an Ethereum wallet `id`.
     pub fn has_eth_wallet(&self, id: &WalletId) -> bool {
-        self.wallet_path(id, ETH).exists()
+        self.has(id, ETH).unwrap_or(false)
     }
 
     /// This device's threshold ECDSA share of wallet `id`, checked to be of its key.
     pub fn ecdsa_key(&self, wallet: &EthWalletFile) -> Result<EcdsaKey> {
-        let path = self.wallet_path(&wallet.wallet_id, ECDSA);
-        let bytes = zeroize::Zeroizing::new(std::fs::read(&path).map_err(|e| io_err(&path, &e))?);
+        let id = &wallet.wallet_id;
+        let bytes = self
+            .get(id, ECDSA)?
+            .ok_or_else(|| self.err(id, ECDSA, "No such file or directory"))?;
         let key = EcdsaKey::from_secret_bytes(&bytes)
-            .map_err(|e| home_err(&path, format!("not a threshold ECDSA share ({e})")))?;
+            .map_err(|e| self.err(id, ECDSA, format!("not a threshold ECDSA share ({e})")))?;
         if key.public_key() != wallet.public_key_bytes()? {
-            return Err(home_err(&path, "a share of another key"));
+            return Err(self.err(id, ECDSA, "a share of another key"));
         }
         Ok(key)
     }
@@ -211,8 +207,9 @@ impl Home {
 
     /// Every Ethereum wallet recorded here, sorted by id.
     pub fn eth_wallets(&self) -> Result<Vec<EthWalletFile>> {
-        let mut ids: Vec<WalletId> = self.journals(ETH)?.into_iter().map(|(id, _)| id).collect();
-        ids.sort();
-        ids.iter().map(|id| self.eth_wallet(id)).collect()
+        self.ids_with(ETH)?
+            .iter()
+            .map(|id| self.eth_wallet(id))
+            .collect()
     }
 }

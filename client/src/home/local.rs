@@ -2,15 +2,13 @@
 //! last registered, and the spends it signed. `wallet show` reads these offline; every decision
 //! is the cosigners' (they hold the policy in force and the whole spend history).
 
-use std::path::Path;
-
 use cosigner_protocol::policy::{MAX_POLICY_TEXT, MAX_WINDOW_HOURS};
 use cosigner_protocol::wire::WalletId;
 use frost_core::keys::{KeyPackage, VerifyingShare};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{Home, POLICY, SPENDS, home_err, io_err, write_private};
+use super::{Home, POLICY, SPENDS};
 use crate::error::{ClientError, Result};
 use crate::wallet::Suite;
 
@@ -46,16 +44,18 @@ impl Home {
     /// written before the wallet file: `replace_share` writes the share first).
     pub fn check_share(&self, id: &WalletId) -> Result<()> {
         let wallet = self.wallet(id)?;
-        let path = self.wallet_path(id, "share");
         let damaged = |reason: &str| ClientError::ShareDamaged {
-            path: path.display().to_string(),
+            path: self.describe(id, "share"),
             wallet_id: id.to_hex(),
             reason: reason.into(),
         };
-        let share = match std::fs::read(&path) {
-            Ok(bytes) => Zeroizing::new(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(damaged("missing")),
-            Err(e) => return Err(io_err(&path, &e)),
+        let share: Zeroizing<Vec<u8>> = match self.get(id, "share") {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Err(damaged("missing")),
+            Err(ClientError::Home { reason, .. }) if reason.starts_with("cannot be opened") => {
+                return Err(damaged(&reason));
+            }
+            Err(e) => return Err(e),
         };
         let Ok(kp) = KeyPackage::<Suite>::deserialize(&share) else {
             return Err(damaged("not a FROST key package"));
@@ -76,38 +76,40 @@ impl Home {
     /// The policy this device last registered for a personal wallet (`wallet create`,
     /// `wallet set-policy`), if it recorded one: `Some("")` is "no policy".
     pub fn local_policy(&self, id: &WalletId) -> Result<Option<String>> {
-        let path = self.wallet_path(id, POLICY);
-        let Some(bytes) = read_optional(&path)? else {
+        let Some(bytes) = self.get(id, POLICY)? else {
             return Ok(None);
         };
         if bytes.len() > MAX_POLICY_TEXT {
-            return Err(home_err(&path, "larger than any policy"));
+            return Err(self.err(id, POLICY, "larger than any policy"));
         }
-        String::from_utf8(bytes)
+        String::from_utf8(bytes.to_vec())
             .map(Some)
-            .map_err(|_| home_err(&path, "not UTF-8 text"))
+            .map_err(|_| self.err(id, POLICY, "not UTF-8 text"))
     }
 
     /// Records the policy registered for a personal wallet (`None`: it has none; recorded as an
     /// empty file, so that "none" differs from "not known here").
     pub fn save_local_policy(&self, id: &WalletId, policy: Option<&str>) -> Result<()> {
         let text = policy.unwrap_or_default();
-        write_private(&self.wallet_path(id, POLICY), text.as_bytes())
+        self.put(id, POLICY, text.as_bytes())
     }
 
     /// The spends this device recorded for a wallet, oldest first.
     pub fn local_spends(&self, id: &WalletId) -> Result<Vec<LocalSpend>> {
-        let path = self.wallet_path(id, SPENDS);
-        match read_optional(&path)? {
+        match self.get(id, SPENDS)? {
             None => Ok(Vec::new()),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|_| home_err(&path, "not a spend record (remove it to start a new one)")),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|_| {
+                self.err(
+                    id,
+                    SPENDS,
+                    "not a spend record (remove it to start a new one)",
+                )
+            }),
         }
     }
 
     /// Adds a spend to the wallet's record, dropping those older than any velocity window.
     pub fn record_spend(&self, id: &WalletId, spend: LocalSpend) -> Result<()> {
-        let path = self.wallet_path(id, SPENDS);
         // A damaged record is replaced rather than blocking the spend that was already signed.
         let mut spends = self.local_spends(id).unwrap_or_default();
         let since = spend.at_ms.saturating_sub(KEEP_MS);
@@ -115,16 +117,7 @@ impl Home {
         spends.push(spend);
         let excess = spends.len().saturating_sub(MAX_SPENDS);
         spends.drain(..excess);
-        let json = serde_json::to_vec(&spends).map_err(|e| home_err(&path, e))?;
-        write_private(&path, &json)
-    }
-}
-
-/// A file's bytes, or `None` if there is none.
-fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(path, &e)),
+        let json = serde_json::to_vec(&spends).map_err(|e| self.err(id, SPENDS, e))?;
+        self.put(id, SPENDS, &json)
     }
 }

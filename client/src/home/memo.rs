@@ -14,48 +14,22 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// A file's identity and version, as `stat` reports them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-    /// Unlike the modification time, user space cannot set it back.
-    ctime: i64,
-    ctime_nsec: i64,
-}
+use crate::store::WalletStore;
 
-impl Stamp {
-    /// The stamp of `path`, or `None` if it cannot be read (then nothing is memoized).
-    fn of(path: &Path) -> Option<Self> {
-        let m = std::fs::metadata(path).ok()?;
-        Some(Self {
-            dev: m.dev(),
-            ino: m.ino(),
-            len: m.len(),
-            mtime: m.mtime(),
-            mtime_nsec: m.mtime_nsec(),
-            ctime: m.ctime(),
-            ctime_nsec: m.ctime_nsec(),
-        })
-    }
-}
+/// A record's identity and version, as its store reports them ([`WalletStore::version`]).
+type Stamp = Vec<u8>;
 
-/// One memoized value and the stamps of the files it was decoded from.
+/// One memoized value and the stamps of the records it was decoded from.
 struct Entry {
     stamps: Vec<Stamp>,
     value: Arc<dyn Any + Send + Sync>,
 }
 
-/// Decoded values by the files they came from (shared by the clones of a home).
+/// Decoded values by the records they came from (shared by the clones of a home).
 #[derive(Clone, Default)]
-pub(crate) struct Memo(Arc<Mutex<HashMap<Vec<PathBuf>, Entry>>>);
+pub(crate) struct Memo(Arc<Mutex<HashMap<Vec<String>, Entry>>>);
 
 impl std::fmt::Debug for Memo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,39 +39,41 @@ impl std::fmt::Debug for Memo {
 }
 
 impl Memo {
-    /// The value decoded from `files`: the kept one while every file is unchanged, else
-    /// `load()`'s (kept for next time when the files did not change while it ran).
+    /// The value decoded from the records `names` of `store`: the kept one while every record
+    /// is unchanged, else `load()`'s (kept for next time when the records did not change while
+    /// it ran). A store that gives no versions has nothing kept.
     pub(crate) fn get<T, E>(
         &self,
-        files: &[PathBuf],
+        store: &dyn WalletStore,
+        names: &[String],
         load: impl FnOnce() -> Result<T, E>,
     ) -> Result<T, E>
     where
         T: Clone + Send + Sync + 'static,
     {
-        let before = stamps(files);
+        let before = stamps(store, names);
         if let Some(stamps) = &before
-            && let Some(value) = self.kept::<T>(files, stamps)
+            && let Some(value) = self.kept::<T>(names, stamps)
         {
             return Ok(value);
         }
         let value = load()?;
-        // Kept only if nothing changed while it was read: a value half from an old file and
+        // Kept only if nothing changed while it was read: a value half from an old record and
         // half from a new one is never handed out twice.
         if let Some(before) = before
-            && stamps(files).as_ref() == Some(&before)
+            && stamps(store, names).as_ref() == Some(&before)
             && let Ok(mut map) = self.0.lock()
         {
             let value: Arc<dyn Any + Send + Sync> = Arc::new(value.clone());
             let stamps = before;
-            map.insert(files.to_vec(), Entry { stamps, value });
+            map.insert(names.to_vec(), Entry { stamps, value });
         }
         Ok(value)
     }
 
-    fn kept<T: Clone + 'static>(&self, files: &[PathBuf], stamps: &[Stamp]) -> Option<T> {
+    fn kept<T: Clone + 'static>(&self, names: &[String], stamps: &[Stamp]) -> Option<T> {
         let map = self.0.lock().ok()?;
-        let entry = map.get(files)?;
+        let entry = map.get(names)?;
         if entry.stamps != stamps {
             return None;
         }
@@ -105,9 +81,9 @@ impl Memo {
     }
 }
 
-/// The stamps of all `files`, or `None` if one cannot be read.
-fn stamps(files: &[PathBuf]) -> Option<Vec<Stamp>> {
-    files.iter().map(|p| Stamp::of(p)).collect()
+/// The stamps of all `names`, or `None` if one cannot be had.
+fn stamps(store: &dyn WalletStore, names: &[String]) -> Option<Vec<Stamp>> {
+    names.iter().map(|n| store.version(n)).collect()
 }
 
 #[cfg(test)]
@@ -115,55 +91,59 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::store::DirStore;
     use std::cell::Cell;
+    use std::path::PathBuf;
 
-    fn read(memo: &Memo, path: &Path, loads: &Cell<u32>) -> String {
-        memo.get(&[path.to_path_buf()], || {
+    fn read(memo: &Memo, store: &DirStore, loads: &Cell<u32>) -> String {
+        memo.get(store, &["wallets/f".to_owned()], || {
             loads.set(loads.get() + 1);
-            std::fs::read_to_string(path)
+            std::fs::read_to_string(store.dir().join("wallets/f"))
         })
         .unwrap()
     }
 
-    /// A directory with the file `f` holding "one", and an empty memo.
-    fn fixture() -> (tempfile::TempDir, PathBuf, Memo, Cell<u32>) {
+    /// A home directory with the record `wallets/f` holding "one", and an empty memo.
+    fn fixture() -> (tempfile::TempDir, DirStore, PathBuf, Memo, Cell<u32>) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
+        let store = DirStore::open(dir.path()).unwrap();
+        let path = dir.path().join("wallets/f");
         std::fs::write(&path, "one").unwrap();
-        (dir, path, Memo::default(), Cell::new(0))
+        (dir, store, path, Memo::default(), Cell::new(0))
     }
 
     #[test]
     fn a_value_is_decoded_once_while_its_file_is_unchanged() {
-        let (_dir, path, memo, loads) = fixture();
-        assert_eq!(read(&memo, &path, &loads), "one");
-        assert_eq!(read(&memo.clone(), &path, &loads), "one");
+        let (_dir, store, _path, memo, loads) = fixture();
+        assert_eq!(read(&memo, &store, &loads), "one");
+        assert_eq!(read(&memo.clone(), &store, &loads), "one");
         assert_eq!(loads.get(), 1);
     }
 
     #[test]
     fn a_file_replaced_or_edited_is_read_again() {
-        let (dir, path, memo, loads) = fixture();
-        read(&memo, &path, &loads);
+        let (dir, store, path, memo, loads) = fixture();
+        read(&memo, &store, &loads);
         // Replaced by rename, as every write of a home is: a new inode, same size.
         let tmp = dir.path().join("f.tmp");
         std::fs::write(&tmp, "two").unwrap();
         std::fs::rename(&tmp, &path).unwrap();
-        assert_eq!(read(&memo, &path, &loads), "two");
+        assert_eq!(read(&memo, &store, &loads), "two");
         // Edited in place to another length.
         std::fs::write(&path, "three").unwrap();
-        assert_eq!(read(&memo, &path, &loads), "three");
+        assert_eq!(read(&memo, &store, &loads), "three");
         assert_eq!(loads.get(), 3);
     }
 
     #[test]
     fn a_missing_file_is_never_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("absent");
+        let store = DirStore::open(dir.path()).unwrap();
+        let names = ["wallets/absent".to_owned()];
         let memo = Memo::default();
-        let got: Result<u8, ()> = memo.get(std::slice::from_ref(&path), || Err(()));
+        let got: Result<u8, ()> = memo.get(&store, &names, || Err(()));
         assert!(got.is_err());
-        let got: Result<u8, ()> = memo.get(&[path], || Ok(1));
+        let got: Result<u8, ()> = memo.get(&store, &names, || Ok(1));
         assert_eq!(got, Ok(1));
         assert_eq!(format!("{memo:?}"), "Memo(0 kept)");
     }

@@ -3,6 +3,7 @@
 use std::os::unix::fs::{PermissionsExt, symlink};
 
 use super::*;
+use crate::store::{temp_path, write_private_via};
 
 fn mode(path: &Path) -> u32 {
     std::fs::symlink_metadata(path)
@@ -247,11 +248,16 @@ fn wallet_files_are_read_once_into_checked_values() {
 #[test]
 fn prepared_shares_are_kept_side_by_side_and_a_damaged_file_blocks_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let home = Home::open(dir.path()).unwrap();
     let id = WalletId([5; 16]);
+    // A file of one raw share, as written before lists (and in the clear, before sealing): the
+    // home's first open seals it in place.
+    std::fs::create_dir_all(dir.path().join("wallets")).unwrap();
+    let legacy = dir.path().join(format!("wallets/{}.prepared", id.to_hex()));
+    std::fs::write(&legacy, b"\x00raw share").unwrap();
+    let home = Home::open(dir.path()).unwrap();
     let path = home.wallet_path(&id, "prepared");
-    // A file of one raw share, as written before lists.
-    std::fs::write(&path, b"\x00raw share").unwrap();
+    assert_eq!(path, legacy);
+    assert!(crate::store::is_sealed(&std::fs::read(&path).unwrap()));
     home.save_prepared_share(&id, b"second").unwrap();
     let kept: Vec<Vec<u8>> = home
         .prepared_shares(&id)
