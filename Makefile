@@ -48,8 +48,10 @@ deps:
 			echo "warning: vyper could not be installed; the ERC-20 tests will say so and skip"; \
 	}
 
+## build: every binary, and the phone library (cosigner-ffi's cdylib, which the binding tests load).
 build:
 	$(CARGO) build --locked --workspace --bins
+	$(CARGO) build --locked -p cosigner-ffi --lib
 
 fmt:
 	$(CARGO) fmt --all -- --check
