@@ -65,3 +65,101 @@ fn python_creates_signs_refreshes_and_recovers_through_the_bindings() {
     );
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// The Kotlin compiler (kotlin-compiler-embeddable, as the `kotlin-jupyter-kernel` package on
+/// PyPI ships it: `make deps`) and its standard library, with JNA (Debian's `libjna-java`): the
+/// jars to compile and run the Kotlin bindings on a JVM, or why not.
+fn kotlin_toolchain() -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    let java = Command::new("java").arg("-version").output();
+    if !java.is_ok_and(|o| o.status.success()) {
+        return Err("no JDK (java)".into());
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import run_kotlin_kernel, os; print(os.path.dirname(run_kotlin_kernel.__file__))",
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err("no Kotlin compiler (pip install --no-deps kotlin-jupyter-kernel)".into());
+    }
+    let jars = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("jars");
+    let find = |prefix: &str| {
+        std::fs::read_dir(&jars)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix) && n.ends_with(".jar"))
+            })
+    };
+    let compiler = find("kotlin-jupyter-kernel-").ok_or("no compiler jar")?;
+    let stdlib = find("kotlin-stdlib-").ok_or("no Kotlin standard library jar")?;
+    let jna = PathBuf::from("/usr/share/java/jna.jar");
+    if !jna.exists() {
+        return Err("no JNA (apt-get install libjna-java)".into());
+    }
+    Ok((compiler, stdlib, jna))
+}
+
+#[test]
+fn kotlin_bindings_compile_and_a_jvm_app_creates_signs_and_refreshes() {
+    let (compiler, stdlib, jna) = match kotlin_toolchain() {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let d = Deployment::start().unwrap();
+    let out = bindings("kotlin", d.dir.path());
+    let generated = out.join("uniffi/cosigner_ffi/cosigner_ffi.kt");
+    let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("kotlin/FfiSmoke.kt");
+    let classes = d.dir.path().join("classes");
+    let classpath = |extra: &Path| {
+        std::env::join_paths([extra, stdlib.as_path(), jna.as_path()])
+            .unwrap()
+            .into_string()
+            .unwrap()
+    };
+    let compiled = Command::new("java")
+        .arg("-cp")
+        .arg(&compiler)
+        .args(["org.jetbrains.kotlin.cli.jvm.K2JVMCompiler", "-no-stdlib", "-no-reflect"])
+        .args(["-nowarn", "-jvm-target", "17", "-cp", &classpath(&jna)])
+        .arg(&generated)
+        .arg(&app)
+        .arg("-d")
+        .arg(&classes)
+        .output()
+        .unwrap();
+    assert!(
+        compiled.status.success(),
+        "kotlinc: {}",
+        String::from_utf8_lossy(&compiled.stderr)
+    );
+    let run = Command::new("java")
+        .arg(format!("-Djna.library.path={}", out.display()))
+        .arg("-cp")
+        .arg(classpath(&classes))
+        .arg("FfiSmokeKt")
+        .envs(d.env())
+        .env("RECOVERY_KEY_FILE", d.dir.path().join("jvm-recovery.key"))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(seen["epoch"], 1, "{seen}");
+    let bytes = |k: &str| hex::decode(seen[k].as_str().unwrap()).unwrap();
+    let key: [u8; 32] = bytes("key").try_into().unwrap();
+    let message: [u8; 32] = bytes("message").try_into().unwrap();
+    let signature: [u8; 64] = bytes("signature").try_into().unwrap();
+    cosigner_tests::in_process::cosigner_client::wallet::verify_bip340(&key, &message, &signature)
+        .unwrap();
+}
