@@ -5,7 +5,7 @@ FUZZ_SECONDS ?= 30
 SOFTHSM_MODULE ?= /usr/lib/softhsm/libsofthsm2.so
 QEMU ?= qemu-system-x86_64
 
-.PHONY: all deps build test lint fmt clippy nextest bench fuzz demo demo-attestation demo-dao-eth up down clean
+.PHONY: all deps build bindings test lint fmt clippy nextest bench fuzz demo demo-attestation demo-dao-eth up down clean
 
 all: build
 
@@ -42,6 +42,22 @@ deps:
 		python3 -m pip install --quiet 'bdkpython' 'embit' || \
 			echo "warning: bdkpython/embit could not be installed; the descriptor cross-check will say so and skip"; \
 	}
+	@python3 -c 'import cryptography' 2>/dev/null || { \
+		echo "installing cryptography from PyPI (tests/py/ffi_wallet.py: the phone's device key and sealer in Python)"; \
+		python3 -m pip install --quiet 'cryptography' || \
+			echo "warning: cryptography could not be installed; the Python binding test will say so and skip"; \
+	}
+	@python3 -c 'import run_kotlin_kernel' 2>/dev/null || { \
+		echo "installing kotlin-jupyter-kernel from PyPI, for the Kotlin compiler it carries (the Kotlin binding test)"; \
+		python3 -m pip install --quiet --no-deps 'kotlin-jupyter-kernel' || \
+			echo "warning: no Kotlin compiler; the Kotlin binding test will say so and skip"; \
+	}
+	@if [ ! -e /usr/share/java/jna.jar ]; then \
+		echo "installing libjna-java (JNA: how the Kotlin bindings call the library on a JVM)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjna-java >/dev/null || \
+			echo "warning: JNA could not be installed; the Kotlin binding test will say so and skip"; \
+	fi
 	@python3 -c 'import vyper' 2>/dev/null || { \
 		echo "installing the vyper compiler from PyPI (tests/py/token.vy, the ERC-20 token of the Ethereum tests)"; \
 		python3 -m pip install --quiet 'vyper==0.4.3' || \
@@ -52,6 +68,10 @@ deps:
 build:
 	$(CARGO) build --locked --workspace --bins
 	$(CARGO) build --locked -p cosigner-ffi --lib
+
+## bindings: the phone library's Kotlin, Swift and Python bindings in target/bindings (docs/phone.md).
+bindings:
+	CARGO=$(CARGO) ./scripts/bindings.sh
 
 fmt:
 	$(CARGO) fmt --all -- --check
@@ -81,6 +101,7 @@ bench: deps
 	SOFTHSM2_CONF=$$tmp/softhsm2.conf $(CARGO) bench --locked -p cosigner-attestation --bench attestation; \
 	rc=$$?; rm -rf $$tmp; [ $$rc = 0 ] || exit $$rc
 	$(CARGO) build --locked --release --bins
+	$(CARGO) build --locked --release -p cosigner-ffi --lib
 	$(CARGO) bench --locked -p cosigner-tests --bench wallet
 	$(CARGO) bench --locked -p cosigner-tests --bench dao
 	$(CARGO) bench --locked -p cosigner-tests --bench anchors

@@ -32,7 +32,12 @@
 //!   trips, the enclave's decoding and audit entry, the client's checks) / the same two signers'
 //!   rounds in this process;
 //! * `eth_refresh_ms_p50`: an Ethereum wallet's refresh (DKLs23's complete refresh among all
-//!   three, the two-phase commit and the finalize; sessions open).
+//!   three, the two-phase commit and the finalize; sessions open);
+//! * `client_sign_cpu_ms` / `client_dkg_cpu_ms`: the CPU time the client (this thread) spends per
+//!   signature / per wallet creation, the cosigners' excluded: what a phone's CPU pays, from which
+//!   its time can be estimated (a phone core is a few times slower than this machine's);
+//! * `ffi_library_bytes_stripped`: the phone library (`libcosigner_ffi.so`, release, stripped)
+//!   for this machine's target.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use cosigner_tests::pid;
@@ -47,7 +52,7 @@ use cosigner_protocol::keygen::exchange::Exchange;
 use cosigner_protocol::signing::Signing;
 use cosigner_protocol::wire::{DkgParams, SUITE_SECP256K1_TR, WalletId};
 use cosigner_tests::Deployment;
-use cosigner_tests::bench::time;
+use cosigner_tests::bench::{cpu_ms_per_run, time};
 
 type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
 
@@ -129,6 +134,14 @@ fn main() {
     });
     let last = last.unwrap();
     let id = last.wallet_id;
+    // The client's own CPU (this thread: the DKG rounds, TLS, the attestation checks, the
+    // home's sealing): what a phone pays, cosigners' time excluded.
+    let client_dkg_cpu = cpu_ms_per_run(10, || {
+        let out = home_dir.join(format!("recovery-{counter}.key"));
+        counter += 1;
+        let w = wallet::create(&home, &mut provider, &mut recovery, Network::Regtest, &out);
+        created.push(w.unwrap().wallet.wallet_id);
+    });
 
     let message = [7u8; 32];
     let e2e = time(300, || {
@@ -140,6 +153,9 @@ fn main() {
         wallet::sign(&home, &mut provider, id, &message).unwrap();
     }
     let round_trips_per_sign = (provider.round_trips() - before) as f64 / f64::from(signs);
+    let client_sign_cpu = cpu_ms_per_run(300, || {
+        wallet::sign(&home, &mut provider, id, &message).unwrap();
+    });
 
     // A wallet with a policy (a limit no bench reaches: every spend is evaluated and recorded).
     let policy = "[[rule]]\nname = \"daily\"\nvelocity = { window_hours = 24, limit = 2_100_000_000_000_000 }\napprovals = 1\n";
@@ -243,8 +259,30 @@ fn main() {
             "eth_sign_ms_p50": round(eth.sign),
             "eth_sign_inprocess_ms_p50": round(eth.sign_inprocess),
             "eth_refresh_ms_p50": round(eth.refresh),
+            "client_sign_cpu_ms": round(client_sign_cpu),
+            "client_dkg_cpu_ms": round(client_dkg_cpu),
+            "ffi_library_bytes_stripped": ffi_library_size(),
         })
     );
+}
+
+/// The phone library's size on this target: the release `libcosigner_ffi.so` (`make bench`
+/// builds it) stripped of symbols as an app bundles it; `null` when it was not built.
+fn ffi_library_size() -> Option<u64> {
+    let library = cosigner_tests::bin("cosigner").with_file_name("libcosigner_ffi.so");
+    let stripped = std::env::temp_dir().join(format!("libcosigner_ffi-{}.so", std::process::id()));
+    let status = std::process::Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&library)
+        .status()
+        .ok()?;
+    let size = status
+        .success()
+        .then(|| std::fs::metadata(&stripped).ok().map(|m| m.len()))
+        .flatten();
+    let _ = std::fs::remove_file(&stripped);
+    size
 }
 
 /// The Ethereum wallets' figures.

@@ -50,3 +50,24 @@ pub fn measure(name: &str, iterations: usize, op: impl FnMut()) {
         percentile_ms(&samples, 90)
     );
 }
+
+/// CPU time this thread has used, in nanoseconds (Linux's `/proc/thread-self/schedstat`, whose
+/// first field is "time spent on the cpu (in nanoseconds)", Documentation/scheduler/sched-stats);
+/// `None` where the file is missing.
+pub fn thread_cpu_ns() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// The CPU time of this thread per run of `op` over `iterations` runs, in milliseconds (NaN
+/// where it cannot be read).
+pub fn cpu_ms_per_run(iterations: u32, mut op: impl FnMut()) -> f64 {
+    let Some(before) = thread_cpu_ns() else {
+        return f64::NAN;
+    };
+    for _ in 0..iterations {
+        op();
+    }
+    let after = thread_cpu_ns().unwrap_or(before);
+    after.saturating_sub(before) as f64 / 1e6 / f64::from(iterations.max(1))
+}

@@ -14,16 +14,29 @@ use serde_json::Value;
 fn bindings(language: &str, dir: &Path) -> PathBuf {
     let bindgen = bin("uniffi-bindgen");
     let library = bindgen.with_file_name("libcosigner_ffi.so");
-    assert!(library.exists(), "{} missing: make build", library.display());
+    assert!(
+        library.exists(),
+        "{} missing: make build",
+        library.display()
+    );
     let out = dir.join(language);
     let status = Command::new(&bindgen)
-        .args(["generate", "--no-format", "--language", language, "--library"])
+        .args([
+            "generate",
+            "--no-format",
+            "--language",
+            language,
+            "--library",
+        ])
         .arg(&library)
         .arg("--out-dir")
         .arg(&out)
         .status()
         .unwrap();
-    assert!(status.success(), "uniffi-bindgen generate --language {language}");
+    assert!(
+        status.success(),
+        "uniffi-bindgen generate --language {language}"
+    );
     std::fs::copy(&library, out.join("libcosigner_ffi.so")).unwrap();
     out
 }
@@ -127,7 +140,11 @@ fn kotlin_bindings_compile_and_a_jvm_app_creates_signs_and_refreshes() {
     let compiled = Command::new("java")
         .arg("-cp")
         .arg(&compiler)
-        .args(["org.jetbrains.kotlin.cli.jvm.K2JVMCompiler", "-no-stdlib", "-no-reflect"])
+        .args([
+            "org.jetbrains.kotlin.cli.jvm.K2JVMCompiler",
+            "-no-stdlib",
+            "-no-reflect",
+        ])
         .args(["-nowarn", "-jvm-target", "17", "-cp", &classpath(&jna)])
         .arg(&generated)
         .arg(&app)

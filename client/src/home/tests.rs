@@ -286,3 +286,42 @@ fn prepared_shares_are_kept_side_by_side_and_a_damaged_file_blocks_nothing() {
         );
     }
 }
+
+#[test]
+fn a_home_directory_keeps_shares_sealed_and_its_public_file_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::open(dir.path()).unwrap();
+    let id = WalletId([6; 16]);
+    home.save_journal(&id, "share", b"the share's secret bytes")
+        .unwrap();
+    let on_disk = std::fs::read(home.wallet_path(&id, "share")).unwrap();
+    assert!(crate::store::is_sealed(&on_disk));
+    assert!(!on_disk.windows(6).any(|w| w == b"secret"));
+    assert_eq!(&*home.share(&id).unwrap(), b"the share's secret bytes");
+    assert_eq!(mode(&dir.path().join("storage.key")), 0o600);
+    // A sealed share moved under another wallet's name does not open there.
+    let other = WalletId([7; 16]);
+    std::fs::write(home.wallet_path(&other, "share"), &on_disk).unwrap();
+    assert!(matches!(home.share(&other), Err(ClientError::Home { .. })));
+    // The public facts stay readable by people and tools.
+    home.save_local_policy(&id, Some("")).unwrap();
+    assert!(!crate::store::is_sealed(
+        &std::fs::read(home.wallet_path(&id, "policy")).unwrap()
+    ));
+}
+
+#[test]
+fn a_home_in_memory_seals_every_record_and_signs_through_its_device_key() {
+    use cosigner_protocol::auth::{P256Signer, public_key_bytes, verify_digest};
+    let home = Home::in_memory().unwrap();
+    let id = WalletId([8; 16]);
+    home.save_local_policy(&id, Some("rule")).unwrap();
+    assert_eq!(home.local_policy(&id).unwrap().as_deref(), Some("rule"));
+    assert!(home.save_journal(&id, "share", b"x").is_ok());
+    assert_eq!(&*home.share(&id).unwrap(), b"x");
+    let key = home.device_key().unwrap();
+    let signature = key.sign_prehashed(&[3; 32]).unwrap();
+    verify_digest(&public_key_bytes(&key), &[3; 32], &signature.to_bytes()).unwrap();
+    assert!(format!("{home:?}").contains("Everything"));
+    assert!(!format!("{key:?}").contains("secret"));
+}
