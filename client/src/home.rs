@@ -1,17 +1,20 @@
-//! The client's home directory (`--home DIR`):
+//! A device's home: by default the client's home directory (`--home DIR`); on a phone, the
+//! storage its app provides ([`Home::with_storage`], [`crate::store`]).
 //!
 //! ```text
 //! DIR/device.key             P-256 device key (PKCS#8 PEM, mode 0600), created on first use
+//! DIR/storage.key            the AES-256 key sealing the secret records (0600), created on first use
+//! DIR/storage.sealed         marks a home whose secret records are all sealed (the migration ran)
 //! DIR/wallets/<id>.json      public facts: group key, address, parties, public key package
-//! DIR/wallets/<id>.share     this device's FROST KeyPackage (frost's serialization, mode 0600)
-//! DIR/wallets/<id>.prepared  a refresh's new KeyPackage until every party committed (0600)
+//! DIR/wallets/<id>.share     this device's FROST KeyPackage (frost's serialization), sealed
+//! DIR/wallets/<id>.prepared  a refresh's new KeyPackage until every party committed, sealed
 //! DIR/wallets/<id>.policy    a personal wallet's spending policy as last registered from here
 //! DIR/wallets/<id>.spends    the PSBT spends signed from this device (JSON), for `wallet show`
 //! DIR/wallets/<id>.eth       an Ethereum wallet's public facts (JSON; `home::eth`)
-//! DIR/wallets/<id>.ecdsa     this device's threshold ECDSA share of it (0600)
+//! DIR/wallets/<id>.ecdsa     this device's threshold ECDSA share of it, sealed
 //! ```
 //!
-//! The last two are this device's own record, for showing a wallet offline: the cosigners hold
+//! `.policy` and `.spends` are this device's own record, for showing a wallet offline: the cosigners hold
 //! the policy in force and the whole spend history, and decide by theirs.
 
 use std::path::{Path, PathBuf};
