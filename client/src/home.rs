@@ -191,6 +191,10 @@ const PUBLIC_KINDS: [&str; 5] = ["json", "eth", POLICY, SPENDS, "addresses"];
 /// The record that says every secret record of a store is sealed (the migration ran).
 const SEALED_MARKER: &str = "storage.sealed";
 
+/// The kinds of secret record a home directory held in the clear before sealing: what the
+/// migration seals, and nothing else (a recovery credential beside them stays as it is).
+const SECRET_KINDS: [&str; 5] = ["share", "prepared", "ecdsa", "dkg", "creating"];
+
 impl Home {
     /// Opens (creating if missing, mode 0700) a home directory: `DIR/device.key` (created on
     /// first use), `DIR/storage.key` (the key that seals its secret records, created on first
@@ -199,7 +203,12 @@ impl Home {
     pub fn open(dir: &Path) -> Result<Self> {
         let store = DirStore::open(dir)?;
         let device = FileDeviceKey::open_or_create(&dir.join("device.key"))?;
-        let sealer = AeadSealer::key_file(&dir.join("storage.key"))?;
+        // A home whose records were sealed never gets a new storage key: they would all read as
+        // damaged.
+        let sealed = store
+            .exists(SEALED_MARKER)
+            .map_err(|e| store_err(&store, SEALED_MARKER, e))?;
+        let sealer = AeadSealer::key_file(&dir.join("storage.key"), !sealed)?;
         Self::with_storage(
             Arc::new(store),
             Arc::new(sealer),
@@ -242,9 +251,20 @@ impl Home {
         Ok(self.device.clone())
     }
 
-    /// Seals every clear record this home's scope seals (a home directory written before shares
-    /// were sealed), then marks the store so later opens skip the walk.
+    /// Seals the clear secret records of a home directory written before shares were sealed
+    /// (only [`SECRET_KINDS`] of `wallets/<id>.<kind>`), then marks the store so later opens skip
+    /// the walk, under a lock, so two first opens do not both seal. A store that seals every
+    /// record (a phone's) never held clear ones and is not walked: a clear record there is
+    /// refused, never adopted. A record that cannot be read for now stops the migration (the
+    /// next open runs it again); one that is no record at all (a link) is left to be refused.
     fn migrate(&self) -> Result<()> {
+        if self.scope == SealScope::Everything {
+            return Ok(());
+        }
+        let _lock = match self.store.lock_path("storage.lock") {
+            Some(path) => Some(take_lock(&path)?),
+            None => None,
+        };
         let marked = self
             .store
             .exists(SEALED_MARKER)
@@ -257,15 +277,20 @@ impl Home {
             .list()
             .map_err(|e| store_err(&*self.store, "wallets", e))?;
         for name in names {
-            let kind = name.rsplit_once('.').map_or("", |(_, k)| k);
-            // A lock file is held by its open description, never rewritten.
-            if !self.seals(kind) || kind.ends_with("lock") {
-                continue;
-            }
-            let Ok(Some(bytes)) = self.store.read(&name) else {
+            let Some((id, kind)) = name
+                .strip_prefix("wallets/")
+                .and_then(|n| n.split_once('.'))
+            else {
                 continue;
             };
-            let bytes = Zeroizing::new(bytes);
+            if WalletId::from_hex(id).is_err() || !SECRET_KINDS.contains(&kind) {
+                continue;
+            }
+            let bytes = match self.store.read(&name) {
+                Ok(Some(bytes)) => Zeroizing::new(bytes),
+                Ok(None) | Err(StoreError::Damaged { .. }) => continue,
+                Err(e) => return Err(store_err(&*self.store, &name, e)),
+            };
             if !crate::store::is_sealed(&bytes) {
                 self.write_record(&name, kind, &bytes)?;
             }
@@ -331,21 +356,39 @@ impl Home {
     /// Reads the record of `kind` for `id` (opened if sealed), or `None` when there is none.
     pub(crate) fn get(&self, id: &WalletId, kind: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
         let name = Self::record(id, kind);
-        let Some(bytes) = self
-            .store
-            .read(&name)
-            .map_err(|e| store_err(&*self.store, &name, e))?
-        else {
+        self.get_record(&name, kind)
+            .map_err(|e| store_err(&*self.store, &name, e))
+    }
+
+    /// [`Home::get`] with the store's error, for callers that tell a damaged record (trying
+    /// again changes nothing) from a failing store.
+    fn get_record(
+        &self,
+        name: &str,
+        kind: &str,
+    ) -> std::result::Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        let Some(bytes) = self.store.read(name)? else {
             return Ok(None);
         };
         let bytes = Zeroizing::new(bytes);
         if !self.seals(kind) {
             return Ok(Some(bytes));
         }
-        self.sealer
-            .open(&name, &bytes)
-            .map(Some)
-            .map_err(|e| store_err(&*self.store, &name, e))
+        self.sealer.open(name, &bytes).map(Some)
+    }
+
+    /// The share record of `id`: `Ok(None)` when missing, `Err(Ok(reason))` when damaged (a
+    /// record that does not open), `Err(Err(_))` when the store failed.
+    pub(crate) fn share_record(
+        &self,
+        id: &WalletId,
+    ) -> std::result::Result<Option<Zeroizing<Vec<u8>>>, std::result::Result<String, ClientError>>
+    {
+        let name = Self::record(id, "share");
+        self.get_record(&name, "share").map_err(|e| match e {
+            StoreError::Damaged { reason, .. } => Ok(reason),
+            other => Err(store_err(&*self.store, &name, other)),
+        })
     }
 
     /// Whether a record of `kind` for `id` is there (a home directory counts a link).
@@ -398,8 +441,13 @@ impl Home {
     /// block every later refresh or recovery, and a share it lost is one no refresh committed
     /// with (callers check each share against the committed key package).
     pub fn prepared_shares(&self, id: &WalletId) -> Result<Vec<Zeroizing<Vec<u8>>>> {
-        let Ok(Some(bytes)) = self.get(id, "prepared") else {
-            return Ok(Vec::new());
+        let name = Self::record(id, "prepared");
+        let bytes = match self.get_record(&name, "prepared") {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) | Err(StoreError::Damaged { .. }) => return Ok(Vec::new()),
+            // A store that fails for now (a locked keystore) is an error, not "none kept": the
+            // next save would drop every share kept.
+            Err(e) => return Err(store_err(&*self.store, &name, e)),
         };
         match bytes.first() {
             None => return Ok(Vec::new()),
@@ -548,16 +596,32 @@ impl Home {
     }
 }
 
+/// Takes the lock at `path` (created 0600, never through a link), waiting for its holder.
+fn take_lock(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io_err(path, &e))?;
+    file.lock().map_err(|e| io_err(path, &e))?;
+    Ok(file)
+}
+
 /// A store's error as the client reports it: the record named as the store names it.
 fn store_err(store: &dyn WalletStore, name: &str, e: StoreError) -> ClientError {
     match e {
         StoreError::Io { name, reason } => ClientError::Home { path: name, reason },
+        StoreError::Damaged { reason, .. } => ClientError::Home {
+            path: store.describe(name),
+            reason,
+        },
         other => ClientError::Home {
             path: store.describe(name),
-            reason: other
-                .to_string()
-                .split_once(": ")
-                .map_or_else(|| other.to_string(), |(_, reason)| reason.to_owned()),
+            reason: other.to_string(),
         },
     }
 }

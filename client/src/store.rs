@@ -39,11 +39,16 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
-    /// A sealed record did not open: damaged, or sealed under another key or for another name.
-    #[error("{name}: cannot be opened: damaged, or not sealed by this device's storage key")]
+    /// A record that cannot be what was stored: a sealed record that does not open (damaged, or
+    /// sealed under another key or for another name), a clear one where a sealed one belongs, a
+    /// link, anything over [`MAX_RECORD`]. Unlike [`StoreError::Io`], trying again changes
+    /// nothing.
+    #[error("{name}: {reason}")]
     Damaged {
         /// The record.
         name: String,
+        /// What is wrong with it.
+        reason: String,
     },
     /// The device key could not sign or show its public key.
     #[error("the device key: {reason}")]
@@ -53,7 +58,19 @@ pub enum StoreError {
     },
 }
 
+/// Why a sealed record does not open.
+pub const NOT_OPENED: &str =
+    "cannot be opened: damaged, or not sealed by this device's storage key";
+
 impl StoreError {
+    /// A record that does not open ([`StoreError::Damaged`], [`NOT_OPENED`]).
+    pub fn not_opened(name: &str) -> Self {
+        Self::Damaged {
+            name: name.to_owned(),
+            reason: NOT_OPENED.into(),
+        }
+    }
+
     fn io(name: impl std::fmt::Display, reason: impl std::fmt::Display) -> Self {
         Self::Io {
             name: name.to_string(),
@@ -184,9 +201,14 @@ pub struct FileDeviceKey {
 impl FileDeviceKey {
     /// Reads `path`, creating a new random key there first when nothing is at it.
     pub fn open_or_create(path: &Path) -> crate::Result<Self> {
+        use p256::pkcs8::EncodePrivateKey;
         if !occupied(path) {
+            // Created once: two first runs at the same moment keep the same key.
             let key = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
-            crate::home::write_p256_key(path, &key)?;
+            let pem = key
+                .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+                .map_err(|e| home_err(path, e))?;
+            create_private_once(path, pem.as_bytes())?;
         }
         Ok(Self {
             key: crate::home::read_p256_key(path)?,
@@ -340,14 +362,25 @@ impl WalletStore for DirStore {
         let file = match file {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // ELOOP: a symbolic link at the name, never read through.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(StoreError::Damaged {
+                    name: path.display().to_string(),
+                    reason: "a symbolic link, not a record".into(),
+                });
+            }
             Err(e) => return Err(store_io(&path, &e)),
         };
         let meta = file.metadata().map_err(|e| store_io(&path, &e))?;
+        let damaged = |reason: &str| StoreError::Damaged {
+            name: path.display().to_string(),
+            reason: reason.into(),
+        };
         if !meta.is_file() {
-            return Err(StoreError::io(path.display(), "not a regular file"));
+            return Err(damaged("not a regular file"));
         }
         if meta.len() > MAX_RECORD {
-            return Err(StoreError::io(path.display(), "larger than any record"));
+            return Err(damaged("larger than any record"));
         }
         let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
         file.take(MAX_RECORD + 1)
@@ -448,12 +481,20 @@ impl AeadSealer {
         Self::new(&*random_key()?)
     }
 
-    /// The command line's storage key: `path` (32 random bytes, 0600), created on first use.
-    /// On a desktop the platform that holds it is the user's account; a phone implements
-    /// [`Sealer`] with its keystore instead.
-    pub fn key_file(path: &Path) -> crate::Result<Self> {
+    /// The command line's storage key: `path` (32 random bytes, 0600), created on first use
+    /// when `may_create` (never over one a racing process created first: the first one made is
+    /// the one every process uses). On a desktop the platform that holds it is the user's
+    /// account; a phone implements [`Sealer`] with its keystore instead.
+    pub fn key_file(path: &Path, may_create: bool) -> crate::Result<Self> {
         if !occupied(path) {
-            write_private(path, &random_key()?[..])?;
+            if !may_create {
+                return Err(home_err(
+                    path,
+                    "missing, and this home's records are sealed under it: restore it from \
+                     the backup the home came from (or recover the wallets onto a new home)",
+                ));
+            }
+            create_private_once(path, &random_key()?[..])?;
         }
         let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| io_err(path, &e))?);
         let key: &[u8; 32] = bytes
@@ -502,9 +543,7 @@ impl Sealer for AeadSealer {
     }
 
     fn open(&self, name: &str, sealed: &[u8]) -> StoreResult<Zeroizing<Vec<u8>>> {
-        let damaged = || StoreError::Damaged {
-            name: name.to_owned(),
-        };
+        let damaged = || StoreError::not_opened(name);
         let rest = sealed.strip_prefix(&SEALED_MAGIC[..]).ok_or_else(damaged)?;
         let (nonce, body) = rest.split_at_checked(NONCE_LEN).ok_or_else(damaged)?;
         let nonce =
@@ -547,6 +586,28 @@ pub(crate) fn io_err(path: &Path, e: &std::io::Error) -> crate::ClientError {
 /// symbolic link, rename() shall operate on the symbolic link itself").
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> crate::Result<()> {
     write_private_via(path, &temp_path(path)?, bytes)
+}
+
+/// Creates `path` holding `bytes` (0600, fsynced) unless something is already there, atomically:
+/// a temporary file linked to `path` (link(2) fails with `EEXIST` rather than replace, unlike
+/// rename(2)), so two processes creating the same key at once keep the first one's. Returns
+/// whether this call created it.
+pub(crate) fn create_private_once(path: &Path, bytes: &[u8]) -> crate::Result<bool> {
+    let tmp = temp_path(path)?;
+    let mut file = create_private(&tmp)?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io_err(&tmp, &e));
+    let linked = written.and_then(|()| match std::fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(io_err(path, &e)),
+    });
+    let _ = std::fs::remove_file(&tmp);
+    let created = linked?;
+    sync_parent(path)?;
+    Ok(created)
 }
 
 /// [`write_private`] through the temporary file `tmp` (which must not exist).

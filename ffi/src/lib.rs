@@ -96,6 +96,16 @@ impl From<ClientError> for CosignerError {
     }
 }
 
+/// An exception of another type than [`CosignerError`] thrown by the app's callback: UniFFI
+/// hands it here rather than panicking.
+impl From<uniffi::UnexpectedUniFFICallbackError> for CosignerError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        Self::Storage {
+            reason: format!("the app's storage threw: {}", one_line(&e.reason)),
+        }
+    }
+}
+
 impl From<CosignerError> for StoreError {
     fn from(e: CosignerError) -> Self {
         StoreError::DeviceKey {
@@ -135,7 +145,8 @@ pub trait RecordStore: Send + Sync {
 }
 
 /// An AEAD under a key the platform holds, implemented by the app: `open(name, seal(name, p))`
-/// is `p`, and nothing else opens (another name, altered bytes).
+/// is `p`, and nothing else opens (another name, altered bytes): `open` throws `ShareDamaged`
+/// for what its AEAD refuses, `Storage` when it cannot reach its key.
 #[uniffi::export(with_foreign)]
 pub trait RecordSealer: Send + Sync {
     /// `plaintext` sealed for the record `name`.
@@ -192,13 +203,16 @@ impl store::Sealer for Sealing {
             .seal(name.to_owned(), plaintext.to_vec())
             .map_err(|e| io(name, e))
     }
+    /// `ShareDamaged` from the app is a record its AEAD refused (trying again changes
+    /// nothing: the user recovers the wallet); any other error is a failure to reach the key (a
+    /// locked keystore), which the library reports as such and never takes for damage.
     fn open(&self, name: &str, sealed: &[u8]) -> StoreResult<zeroize::Zeroizing<Vec<u8>>> {
-        // What the app's AEAD refuses is a damaged record, as the library's own sealer says.
         self.0
             .open(name.to_owned(), sealed.to_vec())
             .map(zeroize::Zeroizing::new)
-            .map_err(|_| StoreError::Damaged {
-                name: name.to_owned(),
+            .map_err(|e| match e {
+                CosignerError::ShareDamaged { .. } => StoreError::not_opened(name),
+                other => io(name, other),
             })
     }
 }
@@ -296,13 +310,22 @@ impl From<&cosigner_client::home::WalletFile> for WalletInfo {
 }
 
 /// A new wallet and its recovery credential.
-#[derive(Debug, Clone, uniffi::Record)]
+#[derive(Clone, uniffi::Record)]
 pub struct CreatedWallet {
     /// The wallet.
     pub wallet: WalletInfo,
     /// The recovery credential (a P-256 key, PKCS#8 PEM): the user keeps it offline; with it and
     /// the recovery cosigner a new phone takes the wallet over.
     pub recovery_key_pem: String,
+}
+
+impl std::fmt::Debug for CreatedWallet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedWallet")
+            .field("wallet", &self.wallet)
+            .field("recovery_key_pem", &"<redacted>")
+            .finish()
+    }
 }
 
 /// A signature and the cosigner's receipt of it.

@@ -65,7 +65,7 @@ class GcmSealer : RecordSealer {
             c.updateAAD(name.toByteArray())
             return c.doFinal(sealed.copyOfRange(12, sealed.size))
         } catch (e: javax.crypto.AEADBadTagException) {
-            throw CosignerException.Storage("$name: does not open")
+            throw CosignerException.ShareDamaged("$name: does not open")
         }
     }
 }

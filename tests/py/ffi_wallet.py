@@ -139,7 +139,7 @@ class PySealer(cf.RecordSealer):
         try:
             return self._aead.decrypt(sealed[:12], sealed[12:], name.encode())
         except InvalidTag:
-            raise cf.CosignerError.Storage(f"{name}: does not open")
+            raise cf.CosignerError.ShareDamaged(f"{name}: does not open")
 
 
 def phone():
@@ -165,8 +165,27 @@ def signs(client, wallet):
     return signed
 
 
+class BrokenDeviceKey(cf.DeviceKeyStore):
+    """Throws what a buggy app throws: not a CosignerError."""
+
+    def public_key(self):
+        raise ValueError("no such key")
+
+    def sign_digest(self, digest):
+        raise ValueError("no such key")
+
+
 def main():
     seen = {}
+    # An app whose callback throws something else gets a typed error, not a crash.
+    try:
+        cf.Cosigner(
+            os.environ["COSIGNER_TRUST"], os.environ["COSIGNER_PROVIDER"],
+            os.environ["COSIGNER_RECOVERY"], PyRecords(), PySealer(), BrokenDeviceKey(),
+        )
+        raise AssertionError("a device key that throws was accepted")
+    except cf.CosignerError.Storage:
+        pass
     client, device, records = phone()
     assert len(client.device_public_key()) == 66
     # Malformed input is a typed error, not a crash.

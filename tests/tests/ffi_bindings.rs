@@ -3,6 +3,8 @@
 //! refreshes and recovers with a device key, store and sealer written in Python; Kotlin
 //! (tests/kotlin/FfiSmoke.kt) compiles against the generated bindings and runs on the JVM.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

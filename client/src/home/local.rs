@@ -49,13 +49,11 @@ impl Home {
             wallet_id: id.to_hex(),
             reason: reason.into(),
         };
-        let share: Zeroizing<Vec<u8>> = match self.get(id, "share") {
+        let share: Zeroizing<Vec<u8>> = match self.share_record(id) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Err(damaged("missing")),
-            Err(ClientError::Home { reason, .. }) if reason.starts_with("cannot be opened") => {
-                return Err(damaged(&reason));
-            }
-            Err(e) => return Err(e),
+            Err(Ok(reason)) => return Err(damaged(&reason)),
+            Err(Err(e)) => return Err(e),
         };
         let Ok(kp) = KeyPackage::<Suite>::deserialize(&share) else {
             return Err(damaged("not a FROST key package"));

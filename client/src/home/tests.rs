@@ -325,3 +325,105 @@ fn a_home_in_memory_seals_every_record_and_signs_through_its_device_key() {
     assert!(format!("{home:?}").contains("Everything"));
     assert!(!format!("{key:?}").contains("secret"));
 }
+
+/// A home directory as the previous version left it: a clear share of wallet `[9; 16]` and a
+/// recovery credential beside it, no storage key.
+fn old_home() -> (tempfile::TempDir, WalletId) {
+    let dir = tempfile::tempdir().unwrap();
+    let id = WalletId([9; 16]);
+    let wallets = dir.path().join("wallets");
+    std::fs::create_dir_all(&wallets).unwrap();
+    std::fs::write(
+        wallets.join(format!("{}.share", id.to_hex())),
+        b"\x00old share",
+    )
+    .unwrap();
+    for other in [
+        format!("{}.recovery.key", id.to_hex()),
+        "recovery.key.new".into(),
+    ] {
+        std::fs::write(wallets.join(other), b"-----BEGIN PRIVATE KEY-----").unwrap();
+    }
+    (dir, id)
+}
+
+#[test]
+fn the_migration_seals_shares_only_and_never_a_recovery_credential() {
+    let (dir, id) = old_home();
+    let home = Home::open(dir.path()).unwrap();
+    assert_eq!(&*home.share(&id).unwrap(), b"\x00old share");
+    let wallets = dir.path().join("wallets");
+    for other in [
+        format!("{}.recovery.key", id.to_hex()),
+        "recovery.key.new".into(),
+    ] {
+        assert_eq!(
+            std::fs::read(wallets.join(other)).unwrap(),
+            b"-----BEGIN PRIVATE KEY-----"
+        );
+    }
+    // A clear share put back afterwards is refused as damaged, never adopted.
+    std::fs::write(home.wallet_path(&id, "share"), b"\x00planted").unwrap();
+    assert!(home.share(&id).is_err());
+}
+
+#[test]
+fn first_opens_racing_keep_one_storage_key_and_every_share() {
+    for _ in 0..5 {
+        let (dir, id) = old_home();
+        std::thread::scope(|s| {
+            for _ in 0..6 {
+                s.spawn(|| Home::open(dir.path()).unwrap());
+            }
+        });
+        let home = Home::open(dir.path()).unwrap();
+        assert_eq!(&*home.share(&id).unwrap(), b"\x00old share");
+    }
+}
+
+#[test]
+fn a_sealed_home_without_its_storage_key_is_refused_not_given_a_new_one() {
+    let (dir, id) = old_home();
+    Home::open(dir.path()).unwrap();
+    std::fs::remove_file(dir.path().join("storage.key")).unwrap();
+    let err = Home::open(dir.path()).unwrap_err();
+    assert!(matches!(err, ClientError::Home { .. }), "{err:?}");
+    assert!(!dir.path().join("storage.key").exists());
+    let _ = id;
+}
+
+#[test]
+fn a_store_that_fails_for_now_is_an_error_not_an_empty_list_of_prepared_shares() {
+    use crate::store::{AeadSealer, MemoryDeviceKey, MemoryStore, SealScope, StoreResult};
+    struct Failing(MemoryStore);
+    impl crate::store::WalletStore for Failing {
+        fn read(&self, name: &str) -> StoreResult<Option<Vec<u8>>> {
+            if name.ends_with(".prepared") {
+                return Err(crate::store::StoreError::Io {
+                    name: name.into(),
+                    reason: "keystore locked".into(),
+                });
+            }
+            self.0.read(name)
+        }
+        fn write(&self, name: &str, bytes: &[u8]) -> StoreResult<()> {
+            self.0.write(name, bytes)
+        }
+        fn remove(&self, name: &str) -> StoreResult<()> {
+            self.0.remove(name)
+        }
+        fn list(&self) -> StoreResult<Vec<String>> {
+            self.0.list()
+        }
+    }
+    let home = Home::with_storage(
+        std::sync::Arc::new(Failing(MemoryStore::default())),
+        std::sync::Arc::new(AeadSealer::random().unwrap()),
+        std::sync::Arc::new(MemoryDeviceKey::random()),
+        SealScope::Everything,
+    )
+    .unwrap();
+    let id = WalletId([10; 16]);
+    assert!(home.prepared_shares(&id).is_err());
+    assert!(home.save_prepared_share(&id, b"new").is_err());
+}
