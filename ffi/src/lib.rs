@@ -338,6 +338,82 @@ pub struct SignedMessage {
     pub receipt_json: Option<String>,
 }
 
+/// A Bitcoin transaction signed from a PSBT.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct SignedPsbt {
+    /// Its txid.
+    pub txid: String,
+    /// The finalized transaction (consensus encoding), ready to broadcast.
+    pub tx: Vec<u8>,
+    /// The PSBT with each input's key signature (BIP-371), not finalized.
+    pub psbt: Vec<u8>,
+    /// The provider's receipt (JSON), when it gave one.
+    pub receipt_json: Option<String>,
+}
+
+/// An Ethereum transaction signed.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct SignedEthTransaction {
+    /// The signed transaction (EIP-2718), ready for `eth_sendRawTransaction`.
+    pub raw_tx: Vec<u8>,
+    /// Its hash (hex).
+    pub tx_hash: String,
+    /// The sender: the wallet's address (EIP-55).
+    pub from: String,
+    /// The provider's receipt (JSON), when it gave one.
+    pub receipt_json: Option<String>,
+}
+
+/// An Ethereum wallet as this device holds it.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct EthWalletInfo {
+    /// The wallet id.
+    pub wallet_id: String,
+    /// The account's address (EIP-55).
+    pub address: String,
+    /// The share epoch.
+    pub epoch: u64,
+}
+
+impl From<&cosigner_client::home::EthWalletFile> for EthWalletInfo {
+    fn from(w: &cosigner_client::home::EthWalletFile) -> Self {
+        Self {
+            wallet_id: w.wallet_id.to_hex(),
+            address: w.address.clone(),
+            epoch: w.epoch.0,
+        }
+    }
+}
+
+/// A new Ethereum account and its recovery credential.
+#[derive(Clone, uniffi::Record)]
+pub struct CreatedEthWallet {
+    /// The account.
+    pub wallet: EthWalletInfo,
+    /// The recovery credential (PKCS#8 PEM), as in [`CreatedWallet`].
+    pub recovery_key_pem: String,
+}
+
+impl std::fmt::Debug for CreatedEthWallet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedEthWallet")
+            .field("wallet", &self.wallet)
+            .field("recovery_key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+fn receipt_json(
+    receipt: Option<cosigner_client::receipt::Receipt>,
+) -> Result<Option<String>, CosignerError> {
+    receipt
+        .map(|r| serde_json::to_string(&r))
+        .transpose()
+        .map_err(|e| CosignerError::Other {
+            reason: e.to_string(),
+        })
+}
+
 /// A device's client: its storage, the trust configuration and the two cosigners' addresses.
 /// No global state: an app may hold several.
 #[derive(uniffi::Object)]
@@ -409,11 +485,7 @@ impl Cosigner {
         let (mut provider, mut recovery) = self.sessions()?;
         let out = Path::new(&recovery_key_file);
         let created = wallet::create(&self.home, &mut provider, &mut recovery, network, out)?;
-        let pem = std::fs::read_to_string(&created.recovery_key_path).map_err(|e| {
-            CosignerError::Storage {
-                reason: format!("{recovery_key_file}: {}", cosigner_client::io_reason(&e)),
-            }
-        })?;
+        let pem = read_recovery_key(&created.recovery_key_path, &recovery_key_file)?;
         Ok(CreatedWallet {
             wallet: WalletInfo::from(&created.wallet),
             recovery_key_pem: pem,
@@ -439,16 +511,66 @@ impl Cosigner {
             id,
             &message,
         )?;
-        let receipt_json = signed
-            .receipt
-            .map(|r| serde_json::to_string(&r))
-            .transpose()
-            .map_err(|e| CosignerError::Other {
-                reason: e.to_string(),
-            })?;
         Ok(SignedMessage {
             signature: signed.signature.to_vec(),
-            receipt_json,
+            receipt_json: receipt_json(signed.receipt)?,
+        })
+    }
+
+    /// Signs every input of a PSBT (binary, BIP-174) spending the wallet's Taproot outputs, with
+    /// the provider, which values it and applies the wallet's policy; finalizes it.
+    pub fn sign_psbt(&self, wallet_id: String, psbt: Vec<u8>) -> Result<SignedPsbt, CosignerError> {
+        let id = self::wallet_id(&wallet_id)?;
+        let mut provider = Session::connect(&self.provider, &self.trust)?;
+        let signed = cosigner_client::psbt_sign::sign_psbt(&self.home, &mut provider, id, &psbt)?;
+        Ok(SignedPsbt {
+            txid: signed.txid,
+            tx: signed.tx,
+            psbt: signed.psbt,
+            receipt_json: receipt_json(signed.receipt)?,
+        })
+    }
+
+    /// Creates a 2-of-3 Ethereum account (threshold ECDSA, docs/ethereum.md); the recovery
+    /// credential as [`Cosigner::create_wallet`] handles it.
+    pub fn create_eth_wallet(
+        &self,
+        recovery_key_file: String,
+    ) -> Result<CreatedEthWallet, CosignerError> {
+        let (mut provider, mut recovery) = self.sessions()?;
+        let out = Path::new(&recovery_key_file);
+        let created = cosigner_client::eth::create(
+            &self.home,
+            &mut provider,
+            &mut recovery,
+            out,
+            None,
+            None,
+        )?;
+        let pem = read_recovery_key(&created.recovery_key_path, &recovery_key_file)?;
+        Ok(CreatedEthWallet {
+            wallet: EthWalletInfo::from(&created.wallet),
+            recovery_key_pem: pem,
+        })
+    }
+
+    /// Signs an Ethereum transaction given as `eth_signTransaction` takes it (JSON), with the
+    /// provider, which reads it and applies the wallet's policy.
+    pub fn sign_eth_transaction(
+        &self,
+        wallet_id: String,
+        request_json: String,
+    ) -> Result<SignedEthTransaction, CosignerError> {
+        let id = self::wallet_id(&wallet_id)?;
+        let request = cosigner_eth::TxRequest::from_json(&request_json)
+            .map_err(|e| input(format!("transaction: {e}")))?;
+        let mut provider = Session::connect(&self.provider, &self.trust)?;
+        let signed = cosigner_client::eth::sign(&self.home, &mut provider, id, request)?;
+        Ok(SignedEthTransaction {
+            raw_tx: signed.raw_tx,
+            tx_hash: hex::encode(signed.tx_hash),
+            from: signed.from,
+            receipt_json: receipt_json(signed.receipt)?,
         })
     }
 
@@ -460,6 +582,14 @@ impl Cosigner {
         let (mut provider, mut recovery) = self.sessions()?;
         let w = wallet::refresh(&self.home, &mut provider, &mut recovery, id, &mut |_| {})?;
         Ok(WalletInfo::from(&w))
+    }
+
+    /// Refreshes an Ethereum wallet's shares: same account, new shares, the old ones retired.
+    pub fn refresh_eth(&self, wallet_id: String) -> Result<EthWalletInfo, CosignerError> {
+        let id = self::wallet_id(&wallet_id)?;
+        let (mut provider, mut recovery) = self.sessions()?;
+        let w = cosigner_client::eth::refresh(&self.home, &mut provider, &mut recovery, id)?;
+        Ok(EthWalletInfo::from(&w))
     }
 
     /// Takes a wallet over onto this device (a lost phone): authorized by the recovery
@@ -516,6 +646,12 @@ impl Cosigner {
         let w = self.home.wallet(&self::wallet_id(&wallet_id)?)?;
         Ok(wallet_xpub(&w)?.descriptors().multipath)
     }
+}
+
+fn read_recovery_key(path: &Path, given: &str) -> Result<String, CosignerError> {
+    std::fs::read_to_string(path).map_err(|e| CosignerError::Storage {
+        reason: format!("{given}: {}", cosigner_client::io_reason(&e)),
+    })
 }
 
 impl Cosigner {

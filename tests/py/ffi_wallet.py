@@ -242,7 +242,36 @@ def main():
     except (cf.CosignerError.Refused, cf.CosignerError.Other) as e:
         seen["lost_phone"] = type(e).__name__
     assert [w.wallet_id for w in new_client.wallets()] == [wallet.wallet_id]
+    seen["ethereum"] = ethereum(new_client)
     print(json.dumps(seen))
+
+
+def ethereum(client):
+    """An Ethereum account on the same phone: created, a transfer signed, recovered by
+    eth-account (an independent decoder) as sent from the account; refreshed."""
+    try:
+        from eth_account import Account
+    except ImportError:
+        return "skipped: eth-account is not installed (make deps)"
+    created = client.create_eth_wallet(os.environ["RECOVERY_KEY_FILE"] + ".eth")
+    account = created.wallet
+    tx = {
+        "from": account.address, "chainId": "0x539", "nonce": "0x0",
+        "to": "0x000000000000000000000000000000000000b0b0", "value": "0x2386f26fc10000",
+        "gas": "0x5208", "maxFeePerGas": "0x77359400", "maxPriorityFeePerGas": "0x3b9aca00",
+    }
+    signed = client.sign_eth_transaction(account.wallet_id, json.dumps(tx))
+    assert signed._from == account.address  # `from` is a keyword: UniFFI names it `_from`
+    sender = Account.recover_transaction(bytes(signed.raw_tx))
+    assert sender == account.address, (sender, account.address)
+    try:
+        client.sign_eth_transaction(account.wallet_id, "{not json")
+        raise AssertionError("a malformed transaction was accepted")
+    except cf.CosignerError.Input:
+        pass
+    refreshed = client.refresh_eth(account.wallet_id)
+    assert refreshed.address == account.address and refreshed.epoch == account.epoch + 1
+    return {"address": account.address, "sender_checked": True, "epoch": refreshed.epoch}
 
 
 if __name__ == "__main__":

@@ -74,6 +74,10 @@ fn python_creates_signs_refreshes_and_recovers_through_the_bindings() {
     assert_eq!(seen["recovered_epoch"], 2, "{seen}");
     // The device key signed the creation's registration and the signature's request at least.
     assert!(seen["device_signatures"].as_u64().unwrap() >= 2, "{seen}");
+    if python_has("eth_account") {
+        assert_eq!(seen["ethereum"]["sender_checked"], true, "{seen}");
+        assert_eq!(seen["ethereum"]["epoch"], 1, "{seen}");
+    }
     // The recovery credential was written 0600, and is the one the script recovered with.
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&recovery_key).unwrap().permissions(),
