@@ -789,7 +789,6 @@ struct JoinLock {
 
 impl JoinLock {
     fn take(home: &Home, id: &WalletId) -> Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
         // A store outside a file system is one process's (a phone app): nothing to lock against.
         let Some(path) = home.lock_path(id, "join-lock") else {
             return Ok(Self { held: None });
@@ -798,15 +797,7 @@ impl JoinLock {
             path: path.display().to_string(),
             reason: e.to_string(),
         };
-        // O_NOFOLLOW: a link planted at the name cannot make us open (or create) anything else.
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| home_err(&e))?;
+        let file = crate::home::open_lock_file(&path)?;
         match file.try_lock() {
             Ok(()) => Ok(Self {
                 held: Some((path, file)),

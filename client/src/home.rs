@@ -596,17 +596,23 @@ impl Home {
     }
 }
 
-/// Takes the lock at `path` (created 0600, never through a link), waiting for its holder.
-fn take_lock(path: &Path) -> Result<std::fs::File> {
+/// Opens (creating it 0600) the lock file at `path`; O_NOFOLLOW: a link planted at the name
+/// cannot make us open (or create) anything else.
+pub(crate) fn open_lock_file(path: &Path) -> Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
         .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(path)
-        .map_err(|e| io_err(path, &e))?;
+        .map_err(|e| io_err(path, &e))
+}
+
+/// Takes the lock at `path`, waiting for its holder.
+fn take_lock(path: &Path) -> Result<std::fs::File> {
+    let file = open_lock_file(path)?;
     file.lock().map_err(|e| io_err(path, &e))?;
     Ok(file)
 }
