@@ -206,6 +206,22 @@ impl Trust {
     pub fn load(path: &Path) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).map_err(|e| bad(path, crate::error::io_reason(&e)))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path, &|root: &Path| {
+            let root_path = dir.join(root);
+            std::fs::read(&root_path)
+                .map_err(|e| format!("{}: {}", root_path.display(), crate::error::io_reason(&e)))
+        })
+    }
+
+    /// A trust file's text, its roots given by name (`roots = ["aws-root.pem"]`) by
+    /// `read_root`: what an app that ships them as assets, not files, calls. `path` names the
+    /// file in errors.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        read_root: &dyn Fn(&Path) -> std::result::Result<Vec<u8>, String>,
+    ) -> Result<Self> {
         let file: TrustFile =
             toml::from_str(&text).map_err(|e| bad(path, toml_reason(&text, &e)))?;
         if !file.emulated_nsm && file.roots.is_empty() {
@@ -214,11 +230,8 @@ impl Trust {
         let max_clock_skew = clock_skew(file.max_clock_skew_seconds).map_err(|e| bad(path, e))?;
         let mut roots = Vec::new();
         for root in &file.roots {
-            let root_path = path.parent().unwrap_or(Path::new(".")).join(root);
-            let bad_root =
-                |reason: String| bad(path, format!("root {}: {reason}", root_path.display()));
-            let pem =
-                std::fs::read(&root_path).map_err(|e| bad_root(crate::error::io_reason(&e)))?;
+            let bad_root = |reason: String| bad(path, format!("root {}: {reason}", root.display()));
+            let pem = read_root(root).map_err(bad_root)?;
             roots.push(
                 PinnedRoot::from_pem(&pem)
                     .map_err(|e| bad_root(format!("not a usable root certificate ({e})")))?,

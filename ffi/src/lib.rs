@@ -452,18 +452,29 @@ impl Cosigner {
         device_key: Arc<dyn DeviceKeyStore>,
     ) -> Result<Arc<Self>, CosignerError> {
         let trust = Trust::load(Path::new(&trust_file))?;
-        let home = Home::with_storage(
-            Arc::new(Records(records)),
-            Arc::new(Sealing(sealer)),
-            Arc::new(Device(device_key)),
-            SealScope::Everything,
-        )?;
-        Ok(Arc::new(Self {
-            home,
-            trust,
-            provider,
-            recovery,
-        }))
+        Self::build(trust, provider, recovery, records, sealer, device_key)
+    }
+
+    /// [`Cosigner::new`] with the trust configuration given as text and its root certificates
+    /// (PEM) by the names the text gives them (`roots = ["aws-root.pem"]`): for an app that
+    /// ships them as assets rather than files.
+    #[uniffi::constructor]
+    pub fn with_trust(
+        trust_toml: String,
+        roots: std::collections::HashMap<String, Vec<u8>>,
+        provider: String,
+        recovery: String,
+        records: Arc<dyn RecordStore>,
+        sealer: Arc<dyn RecordSealer>,
+        device_key: Arc<dyn DeviceKeyStore>,
+    ) -> Result<Arc<Self>, CosignerError> {
+        let trust = Trust::parse(&trust_toml, Path::new("trust"), &|name: &Path| {
+            name.to_str()
+                .and_then(|n| roots.get(n))
+                .cloned()
+                .ok_or_else(|| "not among the roots given".to_owned())
+        })?;
+        Self::build(trust, provider, recovery, records, sealer, device_key)
     }
 
     /// This device's key as the cosigners register it (SEC1 compressed, hex).
@@ -584,6 +595,20 @@ impl Cosigner {
         Ok(WalletInfo::from(&w))
     }
 
+    /// Takes an Ethereum account over onto this device with the recovery credential (threshold
+    /// ECDSA repair, then a refresh of all three parties).
+    pub fn recover_eth(
+        &self,
+        wallet_id: String,
+        recovery_key_pem: String,
+    ) -> Result<EthWalletInfo, CosignerError> {
+        let id = self::wallet_id(&wallet_id)?;
+        let key = recovery_key(recovery_key_pem)?;
+        let (mut provider, mut recovery) = self.sessions()?;
+        let w = cosigner_client::eth::recover(&self.home, &mut provider, &mut recovery, id, &key)?;
+        Ok(EthWalletInfo::from(&w))
+    }
+
     /// Refreshes an Ethereum wallet's shares: same account, new shares, the old ones retired.
     pub fn refresh_eth(&self, wallet_id: String) -> Result<EthWalletInfo, CosignerError> {
         let id = self::wallet_id(&wallet_id)?;
@@ -600,12 +625,9 @@ impl Cosigner {
         recovery_key_pem: String,
         network: String,
     ) -> Result<WalletInfo, CosignerError> {
-        use p256::pkcs8::DecodePrivateKey;
         let id = self::wallet_id(&wallet_id)?;
         let network: Network = network.parse()?;
-        let key = zeroize::Zeroizing::new(recovery_key_pem);
-        let recovery_key = p256::ecdsa::SigningKey::from_pkcs8_pem(&key)
-            .map_err(|_| input("not a recovery credential (a P-256 PKCS#8 PEM key)"))?;
+        let recovery_key = recovery_key(recovery_key_pem)?;
         let (mut provider, mut recovery) = self.sessions()?;
         let w = wallet::recover(
             &self.home,
@@ -648,6 +670,14 @@ impl Cosigner {
     }
 }
 
+/// The recovery credential of a PEM text.
+fn recovery_key(pem: String) -> Result<p256::ecdsa::SigningKey, CosignerError> {
+    use p256::pkcs8::DecodePrivateKey;
+    let pem = zeroize::Zeroizing::new(pem);
+    p256::ecdsa::SigningKey::from_pkcs8_pem(&pem)
+        .map_err(|_| input("not a recovery credential (a P-256 PKCS#8 PEM key)"))
+}
+
 fn read_recovery_key(path: &Path, given: &str) -> Result<String, CosignerError> {
     std::fs::read_to_string(path).map_err(|e| CosignerError::Storage {
         reason: format!("{given}: {}", cosigner_client::io_reason(&e)),
@@ -655,6 +685,28 @@ fn read_recovery_key(path: &Path, given: &str) -> Result<String, CosignerError> 
 }
 
 impl Cosigner {
+    fn build(
+        trust: Trust,
+        provider: String,
+        recovery: String,
+        records: Arc<dyn RecordStore>,
+        sealer: Arc<dyn RecordSealer>,
+        device_key: Arc<dyn DeviceKeyStore>,
+    ) -> Result<Arc<Self>, CosignerError> {
+        let home = Home::with_storage(
+            Arc::new(Records(records)),
+            Arc::new(Sealing(sealer)),
+            Arc::new(Device(device_key)),
+            SealScope::Everything,
+        )?;
+        Ok(Arc::new(Self {
+            home,
+            trust,
+            provider,
+            recovery,
+        }))
+    }
+
     fn sessions(&self) -> Result<(Session, Session), CosignerError> {
         Ok((
             Session::connect(&self.provider, &self.trust)?,

@@ -142,16 +142,21 @@ class PySealer(cf.RecordSealer):
             raise cf.CosignerError.ShareDamaged(f"{name}: does not open")
 
 
-def phone():
+def phone(from_assets=False):
+    """A new phone: its own key and storage. `from_assets`: the trust configuration handed over
+    as text and root certificates, as an app that ships them as assets does."""
     device, records, sealer = PyDeviceKey(), PyRecords(), PySealer()
-    client = cf.Cosigner(
-        os.environ["COSIGNER_TRUST"],
-        os.environ["COSIGNER_PROVIDER"],
-        os.environ["COSIGNER_RECOVERY"],
-        records,
-        sealer,
-        device,
+    trust, provider, recovery = (
+        os.environ["COSIGNER_TRUST"], os.environ["COSIGNER_PROVIDER"], os.environ["COSIGNER_RECOVERY"]
     )
+    if from_assets:
+        import tomllib
+        text = open(trust).read()
+        folder = os.path.dirname(trust)
+        roots = {r: open(os.path.join(folder, r), "rb").read() for r in tomllib.loads(text).get("roots", [])}
+        client = cf.Cosigner.with_trust(text, roots, provider, recovery, records, sealer, device)
+    else:
+        client = cf.Cosigner(trust, provider, recovery, records, sealer, device)
     return client, device, records
 
 
@@ -229,7 +234,7 @@ def main():
 
     # The phone is lost: a new one, with its own key and storage, takes the wallet over with
     # the recovery credential.
-    new_client, _, _ = phone()
+    new_client, _, _ = phone(from_assets=True)
     recovered = new_client.recover(wallet.wallet_id, created.recovery_key_pem, "regtest")
     assert recovered.address == wallet.address
     assert recovered.group_public_key == wallet.group_public_key
@@ -271,7 +276,17 @@ def ethereum(client):
         pass
     refreshed = client.refresh_eth(account.wallet_id)
     assert refreshed.address == account.address and refreshed.epoch == account.epoch + 1
-    return {"address": account.address, "sender_checked": True, "epoch": refreshed.epoch}
+    # Lost again: a third phone takes the account over and spends from it.
+    third, _, _ = phone()
+    recovered = third.recover_eth(account.wallet_id, created.recovery_key_pem)
+    assert recovered.address == account.address
+    tx["nonce"] = "0x1"
+    again = third.sign_eth_transaction(account.wallet_id, json.dumps(tx))
+    assert Account.recover_transaction(bytes(again.raw_tx)) == account.address
+    return {
+        "address": account.address, "sender_checked": True, "epoch": refreshed.epoch,
+        "recovered_epoch": recovered.epoch,
+    }
 
 
 if __name__ == "__main__":
