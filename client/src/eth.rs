@@ -5,7 +5,7 @@
 //! the wallet's, over the transaction it asked for.
 
 use cosigner_protocol::auth::P256Signer;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use cosigner_eth::{TxRequest, checksummed};
 use cosigner_protocol::ProtocolError;
@@ -27,7 +27,7 @@ use serde_bytes::ByteBuf;
 use crate::coordinator::{self, Peer, call_all, check_signed, from_peer};
 use crate::courier::Courier;
 use crate::error::{ClientError, Result};
-use crate::home::{EthWalletFile, Home, write_p256_key};
+use crate::home::{EthWalletFile, Home, RecoveryKeyOut};
 use crate::receipt::{Expected, Receipt, receipt_of};
 use crate::wallet::{self, never_registered, random, registration, unexpected, unknown_at};
 
@@ -41,8 +41,8 @@ pub const SIGN_ETH: &str = "sign-eth";
 pub struct EthCreated {
     /// The wallet.
     pub wallet: EthWalletFile,
-    /// The recovery credential's file.
-    pub recovery_key_path: PathBuf,
+    /// The recovery credential's file; `None` when kept sealed in the home.
+    pub recovery_key_path: Option<PathBuf>,
 }
 
 /// Creates a 2-of-3 Ethereum wallet: this device (A), the provider (B) and the recovery
@@ -50,20 +50,16 @@ pub struct EthCreated {
 /// `recovery_key_out`, never overwritten) and the spending `policy` (an Ethereum policy whose one
 /// member is `owner`, this device; both cosigners enforce it). Nothing is registered with any cosigner before this
 /// home holds the share, the wallet file and the credential.
-pub fn create(
+pub fn create<'a>(
     home: &Home,
     provider: &mut dyn Courier,
     recovery: &mut dyn Courier,
-    recovery_key_out: &Path,
+    recovery_key_out: impl Into<RecoveryKeyOut<'a>>,
     enrollment: Option<&[u8]>,
     policy: Option<&str>,
 ) -> Result<EthCreated> {
-    if recovery_key_out.exists() {
-        return Err(ClientError::Input(format!(
-            "{} already exists: refusing to overwrite a recovery credential",
-            recovery_key_out.display()
-        )));
-    }
+    let recovery_key_out = recovery_key_out.into();
+    recovery_key_out.check()?;
     if let Some(text) = policy {
         crate::psbt_sign::check_policy(home, Chain::Ethereum, text)?;
     }
@@ -94,14 +90,14 @@ pub fn create(
         confirmation_signatures: made.signatures,
     };
     let wallet = EthWalletFile::new(wallet_id, &made.output.public_key, &params.parties, 2)?;
-    write_p256_key(recovery_key_out, &recovery_key)?;
+    recovery_key_out.write(home, &wallet_id, &recovery_key)?;
     if let Err(e) = home.save_eth_wallet(&wallet, &made.output.key) {
-        let _ = std::fs::remove_file(recovery_key_out);
+        recovery_key_out.discard(home, &wallet_id);
         return Err(e);
     }
     if let Err(e) = confirm_at(provider, &confirm, &wallet) {
         if never_registered(&e) && unknown_at(provider, wallet_id) {
-            let _ = std::fs::remove_file(recovery_key_out);
+            recovery_key_out.discard(home, &wallet_id);
             let _ = home.forget_eth_wallet(&wallet_id);
         }
         return Err(e);
@@ -114,7 +110,7 @@ pub fn create(
     })?;
     Ok(EthCreated {
         wallet,
-        recovery_key_path: recovery_key_out.to_path_buf(),
+        recovery_key_path: recovery_key_out.path(),
     })
 }
 

@@ -666,6 +666,8 @@ mod addresses;
 mod eth;
 mod local;
 mod memo;
+mod recovery;
 
 pub use eth::EthWalletFile;
 pub use local::LocalSpend;
+pub use recovery::RecoveryKeyOut;

@@ -88,6 +88,12 @@ pub trait DeviceKeyStore: Send + Sync {
     fn public_key(&self) -> StoreResult<Vec<u8>>;
     /// ECDSA over `digest`, a SHA-256 the caller computed: `r ‖ s` (64 bytes) or DER.
     fn sign_digest(&self, digest: &[u8; 32]) -> StoreResult<Vec<u8>>;
+    /// The key itself, when it lives in this process (a file's, memory's): then the protocol
+    /// signs with it directly (aws-lc, no round through bytes and no check of its own
+    /// signature), as it did before keys were pluggable. `None` (the default) for hardware.
+    fn in_process(&self) -> Option<&p256::ecdsa::SigningKey> {
+        None
+    }
 }
 
 /// Named records, each read and replaced whole. Names are `wallets/<hex id>.<kind>`, and
@@ -173,10 +179,23 @@ impl P256Signer for DeviceKey {
         self.public
     }
 
+    fn sign_message(&self, message: &[u8]) -> cosigner_protocol::Result<Signature> {
+        match self.store.in_process() {
+            Some(key) => key.sign_message(message),
+            None => {
+                use sha2::Digest;
+                self.sign_prehashed(&sha2::Sha256::digest(message).into())
+            }
+        }
+    }
+
     /// The platform's signature, checked before it is used: hardware that answers with another
     /// key's signature (or garbage) is caught here, not at the cosigner.
     fn sign_prehashed(&self, digest: &[u8; 32]) -> cosigner_protocol::Result<Signature> {
         use p256::ecdsa::signature::hazmat::PrehashVerifier;
+        if let Some(key) = self.store.in_process() {
+            return key.sign_prehashed(digest);
+        }
         let bad = |reason: String| cosigner_protocol::ProtocolError::encoding(reason);
         let raw = self
             .store
@@ -220,6 +239,9 @@ impl DeviceKeyStore for FileDeviceKey {
     fn public_key(&self) -> StoreResult<Vec<u8>> {
         Ok(cosigner_protocol::auth::public_key_bytes(&self.key))
     }
+    fn in_process(&self) -> Option<&p256::ecdsa::SigningKey> {
+        Some(&self.key)
+    }
     fn sign_digest(&self, digest: &[u8; 32]) -> StoreResult<Vec<u8>> {
         let sig = self
             .key
@@ -247,6 +269,9 @@ impl MemoryDeviceKey {
 impl DeviceKeyStore for MemoryDeviceKey {
     fn public_key(&self) -> StoreResult<Vec<u8>> {
         self.0.public_key()
+    }
+    fn in_process(&self) -> Option<&p256::ecdsa::SigningKey> {
+        self.0.in_process()
     }
     fn sign_digest(&self, digest: &[u8; 32]) -> StoreResult<Vec<u8>> {
         self.0.sign_digest(digest)

@@ -222,8 +222,7 @@ impl Trust {
         path: &Path,
         read_root: &dyn Fn(&Path) -> std::result::Result<Vec<u8>, String>,
     ) -> Result<Self> {
-        let file: TrustFile =
-            toml::from_str(&text).map_err(|e| bad(path, toml_reason(&text, &e)))?;
+        let file: TrustFile = toml::from_str(text).map_err(|e| bad(path, toml_reason(text, &e)))?;
         if !file.emulated_nsm && file.roots.is_empty() {
             return Err(bad(path, "pins no root certificate"));
         }

@@ -3,7 +3,6 @@
 //! device, then everyone refreshes and the old device key is revoked).
 
 use cosigner_protocol::auth::P256Signer;
-use std::path::Path;
 use std::sync::Arc;
 
 use cosigner_protocol::auth::{
@@ -27,7 +26,7 @@ use crate::address::{Network, p2tr_address, x_only};
 use crate::coordinator::{self, Confirmed, KeygenRequests, Progress};
 use crate::courier::Courier;
 use crate::error::{ClientError, Result};
-use crate::home::{Home, WalletFile, write_p256_key};
+use crate::home::{Home, RecoveryKeyOut, WalletFile};
 use crate::receipt::{Expected, Receipt, receipt_of};
 
 /// The suite wallets use.
@@ -207,19 +206,21 @@ fn signed_once(
 pub struct Created {
     /// The wallet.
     pub wallet: WalletFile,
-    /// The recovery credential's file.
-    pub recovery_key_path: std::path::PathBuf,
+    /// The recovery credential's file; `None` when it is kept sealed in the home
+    /// ([`RecoveryKeyOut::Sealed`], [`Home::recovery_key`]).
+    pub recovery_key_path: Option<std::path::PathBuf>,
 }
 
 /// Creates a 2-of-3 wallet: this device (A), the provider (B) and the recovery cosigner (C).
-/// Registers this device's key and a new recovery credential, written to `recovery_key_out`.
-/// Finishes instead a creation an earlier run left unconfirmed ([`create_with`]).
-pub fn create(
+/// Registers this device's key and a new recovery credential, written to `recovery_key_out`
+/// (a file's path, or [`RecoveryKeyOut::Sealed`]). Finishes instead a creation an earlier run
+/// left unconfirmed ([`create_with`]).
+pub fn create<'a>(
     home: &Home,
     provider: &mut dyn Courier,
     recovery: &mut dyn Courier,
     network: Network,
-    recovery_key_out: &Path,
+    recovery_key_out: impl Into<RecoveryKeyOut<'a>>,
 ) -> Result<Created> {
     create_with_policy(home, provider, recovery, network, recovery_key_out, None)
 }
@@ -228,12 +229,12 @@ pub fn create(
 /// `owner`, this device). The policy and the network are registered with both cosigners inside
 /// what both keys sign, so nobody in between can swap them; from then on the cosigners sign
 /// only PSBTs the policy allows, and the device key alone can never change it.
-pub fn create_with_policy(
+pub fn create_with_policy<'a>(
     home: &Home,
     provider: &mut dyn Courier,
     recovery: &mut dyn Courier,
     network: Network,
-    recovery_key_out: &Path,
+    recovery_key_out: impl Into<RecoveryKeyOut<'a>>,
     policy: Option<&str>,
 ) -> Result<Created> {
     create_with(
@@ -264,8 +265,8 @@ const CREATING: &str = "creating";
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct CreationJournal {
-    /// Where the recovery credential was written.
-    recovery_key_out: std::path::PathBuf,
+    /// Where the recovery credential was written: a file, or (`None`) sealed in the home.
+    recovery_key_out: Option<std::path::PathBuf>,
     /// The `DkgConfirm` request, CBOR (hex).
     confirm: String,
 }
@@ -274,12 +275,12 @@ struct CreationJournal {
 /// cosigner before this home holds the share, the wallet file and the recovery credential, and
 /// a creation whose confirmation did not reach both cosigners is finished by the next call
 /// (which returns that wallet instead of making a new one).
-pub fn create_with(
+pub fn create_with<'a>(
     home: &Home,
     provider: &mut dyn Courier,
     recovery: &mut dyn Courier,
     network: Network,
-    recovery_key_out: &Path,
+    recovery_key_out: impl Into<RecoveryKeyOut<'a>>,
     options: &CreateOptions<'_>,
 ) -> Result<Created> {
     create_observed(
@@ -287,7 +288,7 @@ pub fn create_with(
         provider,
         recovery,
         network,
-        recovery_key_out,
+        recovery_key_out.into(),
         options,
         &mut |_| {},
     )
@@ -353,17 +354,11 @@ pub(crate) fn registration(
 
 /// Refuses a creation before any ceremony: a policy the cosigners would refuse, or a recovery
 /// credential file that exists (never overwritten).
-fn check_creation(home: &Home, policy: Option<&str>, recovery_key_out: &Path) -> Result<()> {
+fn check_creation(home: &Home, policy: Option<&str>, out: RecoveryKeyOut<'_>) -> Result<()> {
     if let Some(text) = policy {
         crate::psbt_sign::check_policy(home, cosigner_protocol::policy::Chain::Bitcoin, text)?;
     }
-    if recovery_key_out.exists() {
-        return Err(ClientError::Input(format!(
-            "{} already exists: refusing to overwrite a recovery credential",
-            recovery_key_out.display()
-        )));
-    }
-    Ok(())
+    out.check()
 }
 
 /// Runs a key-making ceremony (`coordinator::run`) with this device as its first party and the
@@ -401,7 +396,7 @@ pub fn create_observed(
     provider: &mut dyn Courier,
     recovery: &mut dyn Courier,
     network: Network,
-    recovery_key_out: &Path,
+    recovery_key_out: RecoveryKeyOut<'_>,
     options: &CreateOptions<'_>,
     observe: &mut dyn FnMut(CreateStep),
 ) -> Result<Created> {
@@ -492,7 +487,7 @@ pub fn create_observed(
     home.remove_journal(&wallet_id, CREATING)?;
     Ok(Created {
         wallet,
-        recovery_key_path: recovery_key_out.to_path_buf(),
+        recovery_key_path: recovery_key_out.path(),
     })
 }
 
@@ -504,15 +499,16 @@ fn keep_creation(
     wallet: &WalletFile,
     share: &[u8],
     recovery_key: &SigningKey,
-    recovery_key_out: &Path,
+    recovery_key_out: RecoveryKeyOut<'_>,
     confirm: &Request,
 ) -> Result<()> {
     let wallet_id = wallet.wallet_id;
     let journal = CreationJournal {
-        recovery_key_out: recovery_key_out.to_path_buf(),
+        recovery_key_out: recovery_key_out.path(),
         confirm: hex::encode(wire::encode(confirm)?),
     };
-    let kept = write_p256_key(recovery_key_out, recovery_key)
+    let kept = recovery_key_out
+        .write(home, &wallet_id, recovery_key)
         .and_then(|()| home.save_wallet(wallet, share))
         .and_then(|()| {
             let bytes = serde_json::to_vec(&journal).map_err(internal)?;
@@ -526,8 +522,8 @@ fn keep_creation(
 
 /// Removes what a creation kept (credential, wallet files, journal), best effort: only when no
 /// cosigner registered the wallet.
-fn discard_creation(home: &Home, wallet_id: &WalletId, recovery_key_out: &Path) {
-    let _ = std::fs::remove_file(recovery_key_out);
+fn discard_creation(home: &Home, wallet_id: &WalletId, recovery_key_out: RecoveryKeyOut<'_>) {
+    recovery_key_out.discard(home, wallet_id);
     let _ = home.forget_wallet(wallet_id);
     let _ = home.remove_journal(wallet_id, CREATING);
 }
@@ -616,9 +612,11 @@ fn finish_creation(
         if never_registered(&e) && unknown_at(provider, wallet_id) {
             // Never registered, and can no longer be (the provider lost the DKG): nothing to
             // finish; this run creates a new wallet instead.
-            let _ = std::fs::remove_file(&journal.recovery_key_out);
-            let _ = home.forget_wallet(&wallet_id);
-            let _ = home.remove_journal(&wallet_id, CREATING);
+            discard_creation(
+                home,
+                &wallet_id,
+                RecoveryKeyOut::of(journal.recovery_key_out.as_ref()),
+            );
             return Ok(None);
         }
         return Err(e);

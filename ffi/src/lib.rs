@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cosigner_client::address::{Network, child_address, wallet_xpub};
-use cosigner_client::home::Home;
+use cosigner_client::home::{Home, RecoveryKeyOut};
 use cosigner_client::session::Session;
 use cosigner_client::store::{self, SealScope, StoreError, StoreResult};
 use cosigner_client::trust::Trust;
@@ -484,23 +484,39 @@ impl Cosigner {
     }
 
     /// Creates a 2-of-3 Bitcoin wallet (this device, the provider, the recovery cosigner) by
-    /// distributed key generation on `network`. `recovery_key_file` is where the recovery
-    /// credential is written (0600, never overwritten) until the user has moved it offline; it
-    /// is also returned.
-    pub fn create_wallet(
-        &self,
-        network: String,
-        recovery_key_file: String,
-    ) -> Result<CreatedWallet, CosignerError> {
+    /// distributed key generation on `network`. The recovery credential is returned, and kept
+    /// sealed in the store until [`Cosigner::forget_recovery_key`] (once the user has it
+    /// offline); no file is written. Run again after an interruption, it finishes the creation
+    /// it had started instead of making a new wallet.
+    pub fn create_wallet(&self, network: String) -> Result<CreatedWallet, CosignerError> {
         let network: Network = network.parse()?;
         let (mut provider, mut recovery) = self.sessions()?;
-        let out = Path::new(&recovery_key_file);
-        let created = wallet::create(&self.home, &mut provider, &mut recovery, network, out)?;
-        let pem = read_recovery_key(&created.recovery_key_path, &recovery_key_file)?;
+        let created = wallet::create(
+            &self.home,
+            &mut provider,
+            &mut recovery,
+            network,
+            RecoveryKeyOut::Sealed,
+        )?;
+        let id = created.wallet.wallet_id;
         Ok(CreatedWallet {
             wallet: WalletInfo::from(&created.wallet),
-            recovery_key_pem: pem,
+            recovery_key_pem: self.kept_recovery_key(&id)?,
         })
+    }
+
+    /// The recovery credential of a wallet created here, while it is kept (PKCS#8 PEM).
+    pub fn recovery_key(&self, wallet_id: String) -> Result<Option<String>, CosignerError> {
+        let id = self::wallet_id(&wallet_id)?;
+        Ok(self.home.recovery_key(&id)?.map(|pem| pem.to_string()))
+    }
+
+    /// Forgets the recovery credential kept since the wallet's creation: the user has it
+    /// offline now, and a thief of this phone must not find it.
+    pub fn forget_recovery_key(&self, wallet_id: String) -> Result<(), CosignerError> {
+        Ok(self
+            .home
+            .forget_recovery_key(&self::wallet_id(&wallet_id)?)?)
     }
 
     /// Signs a 32-byte message (a BIP-341 sighash) with this device and the provider, in one
@@ -543,25 +559,20 @@ impl Cosigner {
     }
 
     /// Creates a 2-of-3 Ethereum account (threshold ECDSA, docs/ethereum.md); the recovery
-    /// credential as [`Cosigner::create_wallet`] handles it.
-    pub fn create_eth_wallet(
-        &self,
-        recovery_key_file: String,
-    ) -> Result<CreatedEthWallet, CosignerError> {
+    /// credential as [`Cosigner::create_wallet`] keeps it.
+    pub fn create_eth_wallet(&self) -> Result<CreatedEthWallet, CosignerError> {
         let (mut provider, mut recovery) = self.sessions()?;
-        let out = Path::new(&recovery_key_file);
         let created = cosigner_client::eth::create(
             &self.home,
             &mut provider,
             &mut recovery,
-            out,
+            RecoveryKeyOut::Sealed,
             None,
             None,
         )?;
-        let pem = read_recovery_key(&created.recovery_key_path, &recovery_key_file)?;
         Ok(CreatedEthWallet {
+            recovery_key_pem: self.kept_recovery_key(&created.wallet.wallet_id)?,
             wallet: EthWalletInfo::from(&created.wallet),
-            recovery_key_pem: pem,
         })
     }
 
@@ -678,12 +689,6 @@ fn recovery_key(pem: String) -> Result<p256::ecdsa::SigningKey, CosignerError> {
         .map_err(|_| input("not a recovery credential (a P-256 PKCS#8 PEM key)"))
 }
 
-fn read_recovery_key(path: &Path, given: &str) -> Result<String, CosignerError> {
-    std::fs::read_to_string(path).map_err(|e| CosignerError::Storage {
-        reason: format!("{given}: {}", cosigner_client::io_reason(&e)),
-    })
-}
-
 impl Cosigner {
     fn build(
         trust: Trust,
@@ -705,6 +710,15 @@ impl Cosigner {
             provider,
             recovery,
         }))
+    }
+
+    fn kept_recovery_key(&self, id: &WalletId) -> Result<String, CosignerError> {
+        self.home
+            .recovery_key(id)?
+            .map(|pem| pem.to_string())
+            .ok_or_else(|| CosignerError::Storage {
+                reason: format!("the recovery credential of wallet {id} is no longer kept"),
+            })
     }
 
     fn sessions(&self) -> Result<(Session, Session), CosignerError> {

@@ -79,7 +79,7 @@ fun main() {
         env.getValue("COSIGNER_TRUST"), env.getValue("COSIGNER_PROVIDER"),
         env.getValue("COSIGNER_RECOVERY"), records, GcmSealer(), JvmDeviceKey(),
     )
-    val created = client.createWallet("regtest", env.getValue("RECOVERY_KEY_FILE"))
+    val created = client.createWallet("regtest")
     val message = ByteArray(32).also { SecureRandom().nextBytes(it) }
     val signed = client.signMessage(created.wallet.walletId, message)
     try {

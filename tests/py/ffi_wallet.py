@@ -2,7 +2,7 @@
 
 Run by tests/tests/ffi_bindings.rs against a deployment like `make up`'s, with
 COSIGNER_PROVIDER, COSIGNER_RECOVERY, COSIGNER_TRUST and COSIGNER_BINDINGS (the folder holding
-the generated cosigner_ffi.py and libcosigner_ffi.so) set.
+the generated cosigner_ffi.py and libcosigner_ffi.so) set. It writes no file.
 
 The app's three parts are implemented here in Python, as a phone app implements them in Kotlin
 or Swift: the device key (P-256, sign only: `cryptography` signs a digest, as Android Keystore's
@@ -201,7 +201,7 @@ def main():
         except cf.CosignerError.Input:
             pass
 
-    created = client.create_wallet("regtest", os.environ["RECOVERY_KEY_FILE"])
+    created = client.create_wallet("regtest")
     wallet = created.wallet
     assert wallet.address.startswith("bcrt1p"), wallet.address
     assert created.recovery_key_pem.startswith("-----BEGIN PRIVATE KEY-----")
@@ -211,6 +211,11 @@ def main():
         if name.startswith("wallets/"):
             assert not data.startswith(b"{") and b"group_public_key" not in data, name
     seen["records"] = sorted(records.records)
+    # The credential stays (sealed) until the user has it offline; then the phone forgets it.
+    assert client.recovery_key(wallet.wallet_id) == created.recovery_key_pem
+    client.forget_recovery_key(wallet.wallet_id)
+    assert client.recovery_key(wallet.wallet_id) is None
+    assert not any(r.endswith(".recovery") for r in records.records)
 
     signs(client, wallet)
     seen["device_signatures"] = device.signatures
@@ -258,7 +263,7 @@ def ethereum(client):
         from eth_account import Account
     except ImportError:
         return "skipped: eth-account is not installed (make deps)"
-    created = client.create_eth_wallet(os.environ["RECOVERY_KEY_FILE"] + ".eth")
+    created = client.create_eth_wallet()
     account = created.wallet
     tx = {
         "from": account.address, "chainId": "0x539", "nonce": "0x0",

@@ -91,7 +91,7 @@ impl Cosigners {
                 provider,
                 recovery,
                 Network::Regtest,
-                key_out,
+                key_out.into(),
                 &CreateOptions::default(),
                 observe,
             )

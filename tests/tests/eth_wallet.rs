@@ -114,7 +114,7 @@ fn an_ethereum_wallet_is_made_by_three_parties_and_its_transactions_execute() {
     } = owned();
     let wallet = created.wallet;
     assert!(wallet.address.starts_with("0x") && wallet.address.len() == 42);
-    assert!(created.recovery_key_path.exists());
+    assert!(created.recovery_key_path.as_ref().unwrap().exists());
     // Both cosigners hold the same public key as this device.
     for enclave in [&c.provider, &c.recovery] {
         let mut session = enclave.session();
@@ -359,7 +359,8 @@ fn the_recovery_credential_suspends_a_stolen_phones_key_and_can_give_it_back() {
         _dir,
     } = owned();
     let id = created.wallet.wallet_id;
-    let recovery_key = cosigner_client::home::read_p256_key(&created.recovery_key_path).unwrap();
+    let recovery_key =
+        cosigner_client::home::read_p256_key(created.recovery_key_path.as_ref().unwrap()).unwrap();
     let new_phone = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
     let mut session = c.provider.session();
     let mut courier = InProcess::new(&c.provider.service, &mut session);
@@ -623,7 +624,8 @@ fn the_policy_values_ether_and_tokens_in_the_enclave_and_the_evm_agrees() {
         (100 * TOKEN_UNIT).to_string()
     );
     // The recovery credential lifts the limit; the device key alone cannot.
-    let recovery_key = cosigner_client::home::read_p256_key(&created.recovery_key_path).unwrap();
+    let recovery_key =
+        cosigner_client::home::read_p256_key(created.recovery_key_path.as_ref().unwrap()).unwrap();
     let larger = daily_policy(&token).replace("\"1 ETH\"", "\"10 ETH\"");
     let mut recovery_session = c.recovery.session();
     let mut recovery = InProcess::new(&c.recovery.service, &mut recovery_session);
@@ -888,7 +890,8 @@ fn a_lost_phone_is_recovered_onto_a_new_one_and_the_old_share_and_key_are_dead()
     let id = w.wallet_id;
     let old_share = home.ecdsa_key(&w).unwrap();
     let old_device = home.device_key().unwrap();
-    let recovery_key = cosigner_client::home::read_p256_key(&created.recovery_key_path).unwrap();
+    let recovery_key =
+        cosigner_client::home::read_p256_key(created.recovery_key_path.as_ref().unwrap()).unwrap();
     let mut provider_session = c.provider.session();
     let mut provider = InProcess::new(&c.provider.service, &mut provider_session);
     let mut recovery_session = c.recovery.session();
@@ -952,7 +955,8 @@ fn an_excluded_device_is_replaced_by_a_recovery() {
     let mut provider_session = c.provider.session();
     let mut provider = InProcess::new(&c.provider.service, &mut provider_session);
     // The probing phone is out for good; the owner recovers onto a new phone, which signs.
-    let recovery_key = cosigner_client::home::read_p256_key(&created.recovery_key_path).unwrap();
+    let recovery_key =
+        cosigner_client::home::read_p256_key(created.recovery_key_path.as_ref().unwrap()).unwrap();
     let mut recovery_session = c.recovery.session();
     let mut recovery = InProcess::new(&c.recovery.service, &mut recovery_session);
     let new_dir = tempfile::tempdir().unwrap();

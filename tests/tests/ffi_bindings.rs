@@ -59,12 +59,10 @@ fn python_creates_signs_refreshes_and_recovers_through_the_bindings() {
     let d = Deployment::start().unwrap();
     let out = bindings("python", d.dir.path());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/ffi_wallet.py");
-    let recovery_key = d.dir.path().join("phone-recovery.key");
     let run = Command::new("python3")
         .arg(script)
         .envs(d.env())
         .env("COSIGNER_BINDINGS", &out)
-        .env("RECOVERY_KEY_FILE", &recovery_key)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
@@ -78,11 +76,6 @@ fn python_creates_signs_refreshes_and_recovers_through_the_bindings() {
         assert_eq!(seen["ethereum"]["sender_checked"], true, "{seen}");
         assert_eq!(seen["ethereum"]["epoch"], 1, "{seen}");
     }
-    // The recovery credential was written 0600, and is the one the script recovered with.
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(&recovery_key).unwrap().permissions(),
-    );
-    assert_eq!(mode & 0o777, 0o600);
 }
 
 /// The Kotlin compiler (kotlin-compiler-embeddable, as the `kotlin-jupyter-kernel` package on
@@ -169,7 +162,6 @@ fn kotlin_bindings_compile_and_a_jvm_app_creates_signs_and_refreshes() {
         .arg(classpath(&classes))
         .arg("FfiSmokeKt")
         .envs(d.env())
-        .env("RECOVERY_KEY_FILE", d.dir.path().join("jvm-recovery.key"))
         .output()
         .unwrap();
     assert!(

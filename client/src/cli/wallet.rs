@@ -372,8 +372,10 @@ fn create(
     let w = created.wallet;
     // This device's copy, for `wallet show` offline; the cosigners hold the one in force.
     home.save_local_policy(&w.wallet_id, policy.as_deref())?;
-    if recovery_key_out.is_none() {
-        keep_recovery_key(&created.recovery_key_path, &w.wallet_id)?;
+    if recovery_key_out.is_none()
+        && let Some(path) = &created.recovery_key_path
+    {
+        keep_recovery_key(path, &w.wallet_id)?;
     }
     created_out(&w, json)
 }
