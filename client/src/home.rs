@@ -486,7 +486,7 @@ impl Home {
     }
 
     /// The wallets with a record of `kind`, sorted.
-    fn ids_with(&self, kind: &str) -> Result<Vec<WalletId>> {
+    pub(crate) fn ids_with(&self, kind: &str) -> Result<Vec<WalletId>> {
         let suffix = format!(".{kind}");
         let names = self
             .store

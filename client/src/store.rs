@@ -170,6 +170,14 @@ impl DeviceKey {
         let public = VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| StoreError::DeviceKey {
             reason: "its public key is not a P-256 point".into(),
         })?;
+        // A key in this process signs unchecked (P256Signer below): it must be the one shown.
+        if let Some(key) = store.in_process()
+            && *key.verifying_key() != public
+        {
+            return Err(StoreError::DeviceKey {
+                reason: "its key in this process is not its public key's".into(),
+            });
+        }
         Ok(Self { store, public })
     }
 }
@@ -782,5 +790,21 @@ mod tests {
         let liar = Liar(MemoryDeviceKey::random(), MemoryDeviceKey::random());
         let liar = DeviceKey::new(Arc::new(liar)).unwrap();
         assert!(liar.sign_prehashed(&[7; 32]).is_err());
+
+        // A key in this process that is not the one it shows is refused at once.
+        struct Swapped(MemoryDeviceKey, MemoryDeviceKey);
+        impl DeviceKeyStore for Swapped {
+            fn public_key(&self) -> StoreResult<Vec<u8>> {
+                self.0.public_key()
+            }
+            fn sign_digest(&self, digest: &[u8; 32]) -> StoreResult<Vec<u8>> {
+                self.1.sign_digest(digest)
+            }
+            fn in_process(&self) -> Option<&p256::ecdsa::SigningKey> {
+                self.1.in_process()
+            }
+        }
+        let swapped = Swapped(MemoryDeviceKey::random(), MemoryDeviceKey::random());
+        assert!(DeviceKey::new(Arc::new(swapped)).is_err());
     }
 }

@@ -315,8 +315,9 @@ pub struct CreatedWallet {
     /// The wallet.
     pub wallet: WalletInfo,
     /// The recovery credential (a P-256 key, PKCS#8 PEM): the user keeps it offline; with it and
-    /// the recovery cosigner a new phone takes the wallet over.
-    pub recovery_key_pem: String,
+    /// the recovery cosigner a new phone takes the wallet over. `None` only when the store could
+    /// not give it back just now (the wallet exists: [`Cosigner::recovery_key`] later).
+    pub recovery_key_pem: Option<String>,
 }
 
 impl std::fmt::Debug for CreatedWallet {
@@ -391,7 +392,7 @@ pub struct CreatedEthWallet {
     /// The account.
     pub wallet: EthWalletInfo,
     /// The recovery credential (PKCS#8 PEM), as in [`CreatedWallet`].
-    pub recovery_key_pem: String,
+    pub recovery_key_pem: Option<String>,
 }
 
 impl std::fmt::Debug for CreatedEthWallet {
@@ -501,7 +502,7 @@ impl Cosigner {
         let id = created.wallet.wallet_id;
         Ok(CreatedWallet {
             wallet: WalletInfo::from(&created.wallet),
-            recovery_key_pem: self.kept_recovery_key(&id)?,
+            recovery_key_pem: self.kept_recovery_key(&id),
         })
     }
 
@@ -509,6 +510,27 @@ impl Cosigner {
     pub fn recovery_key(&self, wallet_id: String) -> Result<Option<String>, CosignerError> {
         let id = self::wallet_id(&wallet_id)?;
         Ok(self.home.recovery_key(&id)?.map(|pem| pem.to_string()))
+    }
+
+    /// The wallets (Bitcoin and Ethereum) whose recovery credential is still kept here: the app
+    /// asks the user to back them up, then calls [`Cosigner::forget_recovery_key`].
+    pub fn pending_recovery_keys(&self) -> Result<Vec<String>, CosignerError> {
+        Ok(self
+            .home
+            .kept_recovery_keys()?
+            .iter()
+            .map(WalletId::to_hex)
+            .collect())
+    }
+
+    /// The Ethereum accounts this device holds.
+    pub fn eth_wallets(&self) -> Result<Vec<EthWalletInfo>, CosignerError> {
+        Ok(self
+            .home
+            .eth_wallets()?
+            .iter()
+            .map(EthWalletInfo::from)
+            .collect())
     }
 
     /// Forgets the recovery credential kept since the wallet's creation: the user has it
@@ -571,7 +593,7 @@ impl Cosigner {
             None,
         )?;
         Ok(CreatedEthWallet {
-            recovery_key_pem: self.kept_recovery_key(&created.wallet.wallet_id)?,
+            recovery_key_pem: self.kept_recovery_key(&created.wallet.wallet_id),
             wallet: EthWalletInfo::from(&created.wallet),
         })
     }
@@ -712,13 +734,14 @@ impl Cosigner {
         }))
     }
 
-    fn kept_recovery_key(&self, id: &WalletId) -> Result<String, CosignerError> {
+    /// The credential a creation just kept: a wallet that exists is never reported as a failed
+    /// creation (a rerun would make a second one), so a store that fails here gives `None`.
+    fn kept_recovery_key(&self, id: &WalletId) -> Option<String> {
         self.home
-            .recovery_key(id)?
+            .recovery_key(id)
+            .ok()
+            .flatten()
             .map(|pem| pem.to_string())
-            .ok_or_else(|| CosignerError::Storage {
-                reason: format!("the recovery credential of wallet {id} is no longer kept"),
-            })
     }
 
     fn sessions(&self) -> Result<(Session, Session), CosignerError> {

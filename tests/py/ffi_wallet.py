@@ -213,7 +213,9 @@ def main():
     seen["records"] = sorted(records.records)
     # The credential stays (sealed) until the user has it offline; then the phone forgets it.
     assert client.recovery_key(wallet.wallet_id) == created.recovery_key_pem
+    assert client.pending_recovery_keys() == [wallet.wallet_id]
     client.forget_recovery_key(wallet.wallet_id)
+    assert client.pending_recovery_keys() == []
     assert client.recovery_key(wallet.wallet_id) is None
     assert not any(r.endswith(".recovery") for r in records.records)
 
@@ -279,6 +281,7 @@ def ethereum(client):
         raise AssertionError("a malformed transaction was accepted")
     except cf.CosignerError.Input:
         pass
+    assert [w.wallet_id for w in client.eth_wallets()] == [account.wallet_id]
     refreshed = client.refresh_eth(account.wallet_id)
     assert refreshed.address == account.address and refreshed.epoch == account.epoch + 1
     # Lost again: a third phone takes the account over and spends from it.

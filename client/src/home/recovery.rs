@@ -108,6 +108,12 @@ impl Home {
             .map_err(|_| self.err(id, RECOVERY, "not a PEM key"))
     }
 
+    /// The wallets whose recovery credential this home still keeps: the user has not confirmed
+    /// a backup of them yet.
+    pub fn kept_recovery_keys(&self) -> Result<Vec<WalletId>> {
+        self.ids_with(RECOVERY)
+    }
+
     /// Removes the recovery credential kept in this home (the user has it offline now).
     pub fn forget_recovery_key(&self, id: &WalletId) -> Result<()> {
         self.remove_journal(id, RECOVERY)
