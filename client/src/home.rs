@@ -32,7 +32,7 @@ use crate::store::{
     AeadSealer, DeviceKey, DeviceKeyStore, DirStore, FileDeviceKey, MemoryDeviceKey, MemoryStore,
     SealScope, Sealer, StoreError, WalletStore,
 };
-pub(crate) use crate::store::{home_err, io_err, occupied, write_private};
+pub(crate) use crate::store::{home_err, io_err, occupied};
 
 type Suite = frost_secp256k1_tr::Secp256K1Sha256TR;
 use frost_core::keys::PublicKeyPackage;
@@ -362,7 +362,7 @@ impl Home {
 
     /// [`Home::get`] with the store's error, for callers that tell a damaged record (trying
     /// again changes nothing) from a failing store.
-    fn get_record(
+    pub(crate) fn get_record(
         &self,
         name: &str,
         kind: &str,
@@ -375,20 +375,6 @@ impl Home {
             return Ok(Some(bytes));
         }
         self.sealer.open(name, &bytes).map(Some)
-    }
-
-    /// The share record of `id`: `Ok(None)` when missing, `Err(Ok(reason))` when damaged (a
-    /// record that does not open), `Err(Err(_))` when the store failed.
-    pub(crate) fn share_record(
-        &self,
-        id: &WalletId,
-    ) -> std::result::Result<Option<Zeroizing<Vec<u8>>>, std::result::Result<String, ClientError>>
-    {
-        let name = Self::record(id, "share");
-        self.get_record(&name, "share").map_err(|e| match e {
-            StoreError::Damaged { reason, .. } => Ok(reason),
-            other => Err(store_err(&*self.store, &name, other)),
-        })
     }
 
     /// Whether a record of `kind` for `id` is there (a home directory counts a link).
@@ -633,18 +619,22 @@ fn store_err(store: &dyn WalletStore, name: &str, e: StoreError) -> ClientError 
 }
 
 /// Writes a new P-256 key as PKCS#8 PEM, owner-only; refuses to overwrite.
+/// Created with link(2) ([`crate::store::create_private_once`]): a file that appears at `path`
+/// after any check is refused too, never replaced.
 pub fn write_p256_key(path: &Path, key: &p256::ecdsa::SigningKey) -> Result<()> {
     use p256::pkcs8::EncodePrivateKey;
+    let refused = || home_err(path, "already exists: refusing to overwrite a key");
     if occupied(path) {
-        return Err(home_err(
-            path,
-            "already exists: refusing to overwrite a key",
-        ));
+        return Err(refused());
     }
     let pem = key
         .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
         .map_err(|e| home_err(path, e))?;
-    write_private(path, pem.as_bytes())
+    if crate::store::create_private_once(path, pem.as_bytes())? {
+        Ok(())
+    } else {
+        Err(refused())
+    }
 }
 
 /// Reads a P-256 key written by [`write_p256_key`].

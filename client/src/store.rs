@@ -228,14 +228,15 @@ pub struct FileDeviceKey {
 impl FileDeviceKey {
     /// Reads `path`, creating a new random key there first when nothing is at it.
     pub fn open_or_create(path: &Path) -> crate::Result<Self> {
-        use p256::pkcs8::EncodePrivateKey;
         if !occupied(path) {
-            // Created once: two first runs at the same moment keep the same key.
+            // Created once: two first runs at the same moment keep the same key, the first's
+            // (the second's write is refused, and it reads the first's).
             let key = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
-            let pem = key
-                .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
-                .map_err(|e| home_err(path, e))?;
-            create_private_once(path, pem.as_bytes())?;
+            if let Err(e) = crate::home::write_p256_key(path, &key)
+                && !occupied(path)
+            {
+                return Err(e);
+            }
         }
         Ok(Self {
             key: crate::home::read_p256_key(path)?,

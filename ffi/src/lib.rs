@@ -320,12 +320,21 @@ pub struct CreatedWallet {
     pub recovery_key_pem: Option<String>,
 }
 
+/// A created wallet's `Debug`: the recovery credential never printed.
+fn created_debug(
+    f: &mut std::fmt::Formatter<'_>,
+    name: &str,
+    wallet: &dyn std::fmt::Debug,
+) -> std::fmt::Result {
+    f.debug_struct(name)
+        .field("wallet", wallet)
+        .field("recovery_key_pem", &"<redacted>")
+        .finish()
+}
+
 impl std::fmt::Debug for CreatedWallet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CreatedWallet")
-            .field("wallet", &self.wallet)
-            .field("recovery_key_pem", &"<redacted>")
-            .finish()
+        created_debug(f, "CreatedWallet", &self.wallet)
     }
 }
 
@@ -397,10 +406,7 @@ pub struct CreatedEthWallet {
 
 impl std::fmt::Debug for CreatedEthWallet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CreatedEthWallet")
-            .field("wallet", &self.wallet)
-            .field("recovery_key_pem", &"<redacted>")
-            .finish()
+        created_debug(f, "CreatedEthWallet", &self.wallet)
     }
 }
 

@@ -50,18 +50,6 @@ impl<T: P256Signer + ?Sized> P256Signer for std::sync::Arc<T> {
     }
 }
 
-impl<T: P256Signer + ?Sized> P256Signer for &T {
-    fn verifying_key(&self) -> VerifyingKey {
-        (**self).verifying_key()
-    }
-    fn sign_prehashed(&self, digest: &[u8; 32]) -> Result<Signature> {
-        (**self).sign_prehashed(digest)
-    }
-    fn sign_message(&self, message: &[u8]) -> Result<Signature> {
-        (**self).sign_message(message)
-    }
-}
-
 impl P256Signer for SigningKey {
     fn verifying_key(&self) -> VerifyingKey {
         *SigningKey::verifying_key(self)

@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 
 use super::{Home, POLICY, SPENDS};
 use crate::error::{ClientError, Result};
+use crate::store::StoreError;
 use crate::wallet::Suite;
 
 /// A spend this device signed (a PSBT), as it recorded it.
@@ -49,11 +50,12 @@ impl Home {
             wallet_id: id.to_hex(),
             reason: reason.into(),
         };
-        let share: Zeroizing<Vec<u8>> = match self.share_record(id) {
+        let name = Self::record(id, "share");
+        let share: Zeroizing<Vec<u8>> = match self.get_record(&name, "share") {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return Err(damaged("missing")),
-            Err(Ok(reason)) => return Err(damaged(&reason)),
-            Err(Err(e)) => return Err(e),
+            Err(StoreError::Damaged { reason, .. }) => return Err(damaged(&reason)),
+            Err(e) => return Err(super::store_err(&*self.store, &name, e)),
         };
         let Ok(kp) = KeyPackage::<Suite>::deserialize(&share) else {
             return Err(damaged("not a FROST key package"));

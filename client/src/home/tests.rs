@@ -3,7 +3,7 @@
 use std::os::unix::fs::{PermissionsExt, symlink};
 
 use super::*;
-use crate::store::{temp_path, write_private_via};
+use crate::store::{temp_path, write_private, write_private_via};
 
 fn mode(path: &Path) -> u32 {
     std::fs::symlink_metadata(path)
