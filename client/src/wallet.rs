@@ -72,6 +72,59 @@ pub fn authorized_retrying(
     retrying_busy(|| authorized(session, wallet_id, role, key, inner))
 }
 
+/// [`authorized_retrying`], signed over `challenge` (the session's, asked earlier: see
+/// [`challenges_meanwhile`]) when there is one, which saves the challenge's round trip. A
+/// cosigner that answers busy is asked again with fresh challenges.
+pub(crate) fn authorized_under(
+    session: &mut dyn Courier,
+    (wallet_id, role, key): (WalletId, KeyRole, &dyn P256Signer),
+    inner: &Request,
+    challenge: Option<ByteBuf>,
+) -> Result<Response> {
+    if let Some(challenge) = challenge {
+        match signed_call(
+            session,
+            (wallet_id, role, key),
+            inner,
+            Under::Challenge(&challenge),
+            &mut || {},
+        ) {
+            Err(ClientError::Remote(e)) if e.kind.is_retryable() => {}
+            other => return other,
+        }
+    }
+    authorized_retrying(session, wallet_id, role, key, inner)
+}
+
+/// A challenge of each cosigner for `wallet_id`, asked of both at once while `meanwhile` runs
+/// (the requests are on the wire, the answers not yet read), for authorized requests that go
+/// one after the other later ([`authorized_under`]). A cosigner that did not give one gets
+/// `None` (its request then asks again).
+pub(crate) fn challenges_meanwhile(
+    provider: &mut dyn Courier,
+    recovery: &mut dyn Courier,
+    wallet_id: WalletId,
+    meanwhile: &mut dyn FnMut(),
+) -> [Option<ByteBuf>; 2] {
+    let ask = Request::Challenge { wallet_id };
+    let challenge = |answer: Result<Response>| match answer {
+        Ok(Response::Challenge { challenge }) => Some(challenge),
+        _ => None,
+    };
+    let mut second = None;
+    let mut ran = false;
+    let first = provider.call_overlapped(&ask, &mut || {
+        second = Some(challenge(recovery.call_overlapped(&ask, &mut || {
+            ran = true;
+            meanwhile();
+        })));
+    });
+    if !ran {
+        meanwhile();
+    }
+    [challenge(first), second.flatten()]
+}
+
 /// [`authorized_retrying`] at several cosigners at once (`requests[i]` to `peers[i]`): their
 /// challenges in one round ([`coordinator::call_all`]), then the signed requests in another.
 /// A peer that answers busy is asked again on its own (a fresh challenge each time); if a
@@ -1232,7 +1285,7 @@ pub(crate) fn roll_forward(
     wallet_id: WalletId,
     device_key: &dyn P256Signer,
 ) -> Result<Aligned> {
-    let (b, c) = views(provider, recovery, wallet_id)?;
+    let (mut b, mut c) = views(provider, recovery, wallet_id)?;
     if b.epoch != c.epoch {
         let (leader, lagging) = if b.epoch > c.epoch {
             (&b, &mut *recovery as &mut dyn Courier)
@@ -1253,8 +1306,8 @@ pub(crate) fn roll_forward(
             Response::RefreshCommitted { .. } => {}
             other => return Err(unexpected("RefreshCommitted", &other)),
         }
+        (b, c) = views(provider, recovery, wallet_id)?;
     }
-    let (b, c) = views(provider, recovery, wallet_id)?;
     if b.epoch != c.epoch || b.public_key_package != c.public_key_package {
         return Err(ClientError::Protocol(
             cosigner_protocol::ProtocolError::Disagreement {
@@ -1320,7 +1373,14 @@ fn refresh_from(
     // Kept before any cosigner commits: if this process dies after a commit, the next run finds
     // the new share here and finishes (see `resume`) instead of losing it.
     let prepared = zeroize::Zeroizing::new(output.key_package.serialize().map_err(internal)?);
-    home.save_prepared_share(&wallet_id, &prepared)?;
+    // Both commits' challenges are asked while the share is written.
+    let mut saved = Ok(());
+    let [provider_challenge, recovery_challenge] =
+        challenges_meanwhile(&mut *provider, &mut *recovery, wallet_id, &mut || {
+            saved = home.save_prepared_share(&wallet_id, &prepared);
+        });
+    saved?;
+    let signer: (WalletId, KeyRole, &dyn P256Signer) = (wallet_id, KeyRole::Device, &device_key);
     // The provider first: its receipt for the commit is what the recovery cosigner commits on.
     let mut commit = Request::RefreshCommit {
         wallet_id,
@@ -1328,11 +1388,10 @@ fn refresh_from(
         provider_receipt: None,
         confirmation_signatures: confirmed.signatures.clone(),
     };
-    let receipt =
-        match authorized_retrying(provider, wallet_id, KeyRole::Device, &device_key, &commit)? {
-            Response::RefreshCommitted { wallet } => wallet.receipt,
-            other => return Err(unexpected("RefreshCommitted", &other)),
-        };
+    let receipt = match authorized_under(provider, signer, &commit, provider_challenge)? {
+        Response::RefreshCommitted { wallet } => wallet.receipt,
+        other => return Err(unexpected("RefreshCommitted", &other)),
+    };
     observe(RefreshStep::ProviderCommitted);
     if let Request::RefreshCommit {
         provider_receipt, ..
@@ -1340,7 +1399,7 @@ fn refresh_from(
     {
         *provider_receipt = receipt;
     }
-    match authorized_retrying(recovery, wallet_id, KeyRole::Device, &device_key, &commit)? {
+    match authorized_under(recovery, signer, &commit, recovery_challenge)? {
         Response::RefreshCommitted { .. } => observe(RefreshStep::RecoveryCommitted),
         other => return Err(unexpected("RefreshCommitted", &other)),
     }

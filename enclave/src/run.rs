@@ -8,11 +8,12 @@ use cosigner_attestation::{AttestRequest, Attester};
 use cosigner_enclave::config::{AttesterConfig, Config, KmsSealerConfig, SealerConfig};
 use cosigner_enclave::credentials::ParentCredentials;
 use cosigner_enclave::service::anchor::{
-    Anchor, AnchorError, ProcessLocked, TokenAnchor, Versioned, next_generation, open_lock_file,
+    Anchor, AnchorError, ProcessLocked, SoleTokenAnchor, TokenAnchor, Versioned, next_generation,
+    open_lock_file,
 };
 use cosigner_enclave::service::partition::PartitionedAnchor;
 use cosigner_enclave::service::{Instance, RefreshPolicy, Service};
-use cosigner_enclave::store::{BlobStore, RemoteStore};
+use cosigner_enclave::store::{BlobStore, Janitor, RemoteStore};
 use cosigner_enclave::telemetry::{TimedAnchor, TimedStore};
 use cosigner_enclave::{server, tls, transport};
 use cosigner_kms::aws::client::{Connection, KmsClient, endpoint_host};
@@ -280,7 +281,11 @@ fn anchor(config: &Config, token: Option<&Token>) -> anyhow::Result<Box<dyn Anch
                 ProcessLocked::new(TokenAnchor(token.clone()), path)
                     .with_context(|| format!("[anchors] lock_file {}", path.display()))?,
             ),
-            _ => Box::new(TokenAnchor(token.clone())),
+            (_, true) => Box::new(TokenAnchor(token.clone())),
+            // Alone on the token: writes need not search it (`cosigner_kms::SoleWriter`).
+            (_, false) => Box::new(SoleTokenAnchor(cosigner_kms::SoleWriter::new(
+                token.clone(),
+            ))),
         },
         (None, SealerConfig::Kms(_)) if shared => anyhow::bail!(
             "[anchors] shared = true needs a [token]: the parent's store offers no \
@@ -299,7 +304,10 @@ fn anchor(config: &Config, token: Option<&Token>) -> anyhow::Result<Box<dyn Anch
         }
         _ => anyhow::bail!("no rollback anchor: configure a [token]"),
     };
-    let trees = RemoteStore::new(config.store.clone());
+    let trees = Janitor::new(
+        RemoteStore::new(config.store.clone()),
+        RemoteStore::new(config.store.clone()),
+    );
     Ok(Box::new(
         PartitionedAnchor::new(roots, trees, partitions, shared)
             .map_err(|e| anyhow::anyhow!("[anchors]: {e}"))?,
@@ -346,7 +354,10 @@ fn service(
     let service = Service::new_instance(
         Box::new(SharedAttester(attester)),
         sealer,
-        Box::new(TimedStore(RemoteStore::new(config.store.clone()))),
+        Box::new(TimedStore(Janitor::new(
+            RemoteStore::new(config.store.clone()),
+            RemoteStore::new(config.store.clone()),
+        ))),
         anchor,
         policy,
         Instance {

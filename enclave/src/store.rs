@@ -32,6 +32,110 @@ pub trait BlobStore: Send + Sync {
             .iter()
             .try_for_each(|(key, value)| self.put(key, value))
     }
+    /// Deletes `keys`, which nothing reads any more (blobs a committed write replaced), when it
+    /// suits the store: not necessarily before this returns, and not durably (a blob left
+    /// behind costs space, never correctness: nothing names it). Failures are not reported.
+    /// Here: now, in one [`BlobStore::delete_many`].
+    ///
+    /// Only for keys never written again: a key discarded and then written anew could be
+    /// deleted after the new write. Replaced sealed blobs are named by their digest, tree
+    /// blobs by a digest of content whose generations only grow, a retired epoch's share by an
+    /// epoch that never comes back.
+    fn discard(&self, keys: Vec<String>) {
+        let _ = self.delete_many(&keys);
+    }
+    /// Deletes every key of `keys`: one write for the parent's store, one delete after another
+    /// elsewhere.
+    fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        keys.iter().try_for_each(|key| self.delete(key))
+    }
+}
+
+/// Most discards waiting for the janitor at once; past it, the caller deletes its keys itself.
+const JANITOR_QUEUE: usize = 1024;
+/// How long the janitor gathers discards after the first before it deletes them in one write.
+const JANITOR_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// A store whose [`BlobStore::discard`] happens on a thread of its own, over its own
+/// connection: the deletes of replaced blobs (each a transaction and a sync at the parent) no
+/// longer lie on the path of the request that replaced them.
+pub struct Janitor<S> {
+    inner: S,
+    queue: Option<std::sync::mpsc::SyncSender<Vec<String>>>,
+}
+
+impl<S> std::fmt::Debug for Janitor<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Janitor")
+    }
+}
+
+impl<S: BlobStore> Janitor<S> {
+    /// `inner`, whose discarded keys `deleter` deletes on a thread of its own (both reach the
+    /// same store). If the thread cannot be started, discards are deleted by the caller.
+    pub fn new(inner: S, deleter: impl BlobStore + 'static) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<String>>(JANITOR_QUEUE);
+        let started = std::thread::Builder::new()
+            .name("store-janitor".into())
+            .spawn(move || janitor(&rx, &deleter));
+        Self {
+            inner,
+            queue: started.ok().map(|_| tx),
+        }
+    }
+}
+
+/// The janitor's thread: gathers discards for [`JANITOR_LINGER`] after each first one, then
+/// deletes them in writes of at most [`wire::MAX_PUT_MANY`] keys. Ends with the store.
+fn janitor(rx: &std::sync::mpsc::Receiver<Vec<String>>, deleter: &dyn BlobStore) {
+    while let Ok(mut keys) = rx.recv() {
+        let until = std::time::Instant::now() + JANITOR_LINGER;
+        while keys.len() < wire::MAX_PUT_MANY {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(more) => keys.extend(more),
+                Err(_) => break,
+            }
+        }
+        for chunk in keys.chunks(wire::MAX_PUT_MANY) {
+            let _ = deleter.delete_many(chunk);
+        }
+    }
+}
+
+impl<S: BlobStore> BlobStore for Janitor<S> {
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.inner.put(key, value)
+    }
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list(prefix)
+    }
+    fn put_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
+        self.inner.put_many(entries)
+    }
+    fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        self.inner.delete_many(keys)
+    }
+    fn discard(&self, keys: Vec<String>) {
+        use std::sync::mpsc::TrySendError;
+        if keys.is_empty() {
+            return;
+        }
+        let keys = match &self.queue {
+            Some(queue) => match queue.try_send(keys) {
+                Ok(()) => return,
+                Err(TrySendError::Full(keys) | TrySendError::Disconnected(keys)) => keys,
+            },
+            None => keys,
+        };
+        self.inner.discard(keys);
+    }
 }
 
 /// The parent's store, over one connection (reconnected once if it broke).
@@ -138,6 +242,23 @@ impl BlobStore for RemoteStore {
         }
     }
 
+    fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        for chunk in keys.chunks(wire::MAX_PUT_MANY) {
+            let request = StoreRequest::DeleteMany {
+                keys: chunk.to_vec(),
+            };
+            match self.call(&request)? {
+                StoreResponse::Done => {}
+                // A parent from before `DeleteMany`: one key at a time.
+                StoreResponse::Error(e) if e.kind == wire::ErrorKind::BadRequest => {
+                    chunk.iter().try_for_each(|key| self.delete(key))?;
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(())
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         match self.call(&StoreRequest::List {
             prefix: prefix.to_owned(),
@@ -175,6 +296,12 @@ impl<T: BlobStore + ?Sized> BlobStore for std::sync::Arc<T> {
     }
     fn put_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
         self.as_ref().put_many(entries)
+    }
+    fn discard(&self, keys: Vec<String>) {
+        self.as_ref().discard(keys);
+    }
+    fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        self.as_ref().delete_many(keys)
     }
 }
 

@@ -581,6 +581,14 @@ impl<S: BlobStore> BlobStore for TimedStore<S> {
             self.0.put_many(entries)
         })
     }
+    fn discard(&self, keys: Vec<String>) {
+        timed(EnclaveHistogram::Store, "discard", || self.0.discard(keys));
+    }
+    fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        timed(EnclaveHistogram::Store, "delete_many", || {
+            self.0.delete_many(keys)
+        })
+    }
 }
 
 /// An [`Anchor`] whose calls are timed into `cosigner_enclave_anchor_seconds{op}`.

@@ -24,7 +24,7 @@
 //! v3.0 keeps the behaviour cited, under partly different section numbers.
 
 mod anchor;
-pub use anchor::AnchorWrite;
+pub use anchor::{AnchorWrite, SoleWriter};
 pub mod aws;
 mod context;
 mod error;

@@ -500,6 +500,22 @@ impl Store for PgStore {
         })
     }
 
+    fn delete_many(&self, keys: &[String]) -> Result<()> {
+        crate::store::check_delete_many(keys)?;
+        // In key order, as `put_many` locks its rows.
+        let mut sorted: Vec<&String> = keys.iter().collect();
+        sorted.sort();
+        self.db.with(|client| {
+            let db = |e: postgres::Error| ParentError::pg("delete", &e);
+            let mut tx = read_committed(client, "delete")?;
+            let delete = tx.prepare("DELETE FROM blobs WHERE key = $1").map_err(db)?;
+            for key in &sorted {
+                tx.execute(&delete, &[key]).map_err(db)?;
+            }
+            tx.commit().map_err(db)
+        })
+    }
+
     fn list_prefix(&self, prefix: &str) -> Result<Vec<String>> {
         check_prefix(prefix)?;
         // As in SQLite: keys are printable ASCII, so those starting with `prefix` are exactly

@@ -54,6 +54,8 @@ pub trait Store: Send + Sync {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Removes `key`; an absent key is not an error.
     fn delete(&self, key: &str) -> Result<()>;
+    /// Removes every key of `keys` (absent ones are not an error) in one write.
+    fn delete_many(&self, keys: &[String]) -> Result<()>;
     /// Every key starting with `prefix` (the empty prefix lists all), in byte order.
     fn list_prefix(&self, prefix: &str) -> Result<Vec<String>>;
 }
@@ -105,6 +107,21 @@ pub(crate) fn check_put_many(entries: &[(String, Vec<u8>)]) -> Result<()> {
         check_value(value)?;
     }
     Ok(())
+}
+
+/// Refuses a `delete_many` of more keys than the protocol allows, or with any bad key, before
+/// anything is removed.
+pub(crate) fn check_delete_many(keys: &[String]) -> Result<()> {
+    if keys.len() > cosigner_protocol::wire::MAX_PUT_MANY {
+        return Err(ParentError::BadRequest {
+            reason: format!(
+                "{} keys in one delete, at most {}",
+                keys.len(),
+                cosigner_protocol::wire::MAX_PUT_MANY
+            ),
+        });
+    }
+    keys.iter().try_for_each(|key| check_key(key))
 }
 
 /// What [`open_for`] opens: the blob store, and the mailbox if the parent serves one.
@@ -327,6 +344,20 @@ impl Store for SqliteStore {
             .and_then(|mut stmt| stmt.execute([key]))
             .map_err(|e| ParentError::db("delete", &e))?;
         Ok(())
+    }
+
+    fn delete_many(&self, keys: &[String]) -> Result<()> {
+        check_delete_many(keys)?;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction()
+            .map_err(|e| ParentError::db("delete", &e))?;
+        for key in keys {
+            tx.prepare_cached("DELETE FROM blobs WHERE key = ?1")
+                .and_then(|mut stmt| stmt.execute([key]))
+                .map_err(|e| ParentError::db("delete", &e))?;
+        }
+        tx.commit().map_err(|e| ParentError::db("delete", &e))
     }
 
     fn list_prefix(&self, prefix: &str) -> Result<Vec<String>> {

@@ -194,6 +194,7 @@ fn store_op(request: &StoreRequest) -> Option<&'static str> {
         StoreRequest::PutMany { .. } => "put_many",
         StoreRequest::Get { .. } => "get",
         StoreRequest::Delete { .. } => "delete",
+        StoreRequest::DeleteMany { .. } => "delete_many",
         StoreRequest::List { .. } => "list",
         _ => return None,
     })
@@ -282,6 +283,7 @@ pub fn handle_with(
             value: value.map(ByteBuf::from),
         }),
         StoreRequest::Delete { key } => store.delete(&key).map(|()| StoreResponse::Done),
+        StoreRequest::DeleteMany { keys } => store.delete_many(&keys).map(|()| StoreResponse::Done),
         StoreRequest::List { prefix } => store
             .list_prefix(&prefix)
             .map(|keys| StoreResponse::Keys { keys }),

@@ -943,6 +943,13 @@ pub enum StoreRequest {
         /// Everything counted so far.
         snapshot: MetricsSnapshot,
     },
+    /// Remove every key of `keys` (absent ones are not an error), in one write: the blobs a
+    /// committed write replaced, which the enclave discards in batches off its requests' path.
+    /// Answered `Done`.
+    DeleteMany {
+        /// At most [`MAX_PUT_MANY`] keys.
+        keys: Vec<String>,
+    },
 }
 
 /// Most records one [`StoreRequest::Log`] carries.

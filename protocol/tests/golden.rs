@@ -978,6 +978,13 @@ fn store_messages() -> (Samples<StoreRequest>, Samples<StoreResponse>) {
         ),
         (
             "",
+            "remove the blobs a committed write replaced, in one write",
+            StoreRequest::DeleteMany {
+                keys: vec!["wallet/11/share/e3".into(), "anchors/p0007/b2a/5f0e".into()],
+            },
+        ),
+        (
+            "",
             "the parent's AWS credentials",
             StoreRequest::AwsCredentials,
         ),

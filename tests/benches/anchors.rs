@@ -20,7 +20,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use cosigner_enclave::service::anchor::{Anchor, InsecureMemoryAnchor, TokenAnchor};
+use cosigner_enclave::service::anchor::{
+    Anchor, InsecureMemoryAnchor, SoleTokenAnchor, TokenAnchor,
+};
 use cosigner_enclave::service::partition::{DEFAULT_PARTITIONS, PartitionedAnchor};
 use cosigner_enclave::store::{BlobStore, MemoryStore};
 use cosigner_tests::pkcs11::token_for_this_process;
@@ -63,7 +65,7 @@ fn main() {
 
     let store = Arc::new(MemoryStore::default());
     let partitioned = PartitionedAnchor::new(
-        TokenAnchor(token.clone()),
+        SoleTokenAnchor(cosigner_kms::SoleWriter::new(token.clone())),
         store.clone(),
         DEFAULT_PARTITIONS,
         false,
@@ -74,7 +76,7 @@ fn main() {
     // Many writers in one partition: group commit.
     let grouped = Arc::new(
         PartitionedAnchor::new(
-            TokenAnchor(token.clone()),
+            SoleTokenAnchor(cosigner_kms::SoleWriter::new(token.clone())),
             Arc::new(MemoryStore::default()),
             DEFAULT_PARTITIONS,
             false,

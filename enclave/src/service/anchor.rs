@@ -98,18 +98,45 @@ pub struct TokenAnchor(pub Token);
 
 impl Anchor for TokenAnchor {
     fn read(&self, label: &str) -> Result<Option<Versioned>, AnchorError> {
-        self.0
-            .anchor(label)
-            .map(|v| v.map(|(generation, value)| Versioned { generation, value }))
-            .map_err(|e| AnchorError::backend(label, e))
+        Self::versioned(label, self.0.anchor(label))
     }
 
     fn write(&self, label: &str, expected: Option<u64>, value: &[u8]) -> Result<u64, AnchorError> {
-        match self
-            .0
-            .set_anchor(label, expected, value)
-            .map_err(|e| AnchorError::backend(label, e))?
-        {
+        Self::written(label, expected, self.0.set_anchor(label, expected, value))
+    }
+}
+
+/// Anchors as token data objects that only this process writes (one instance per token,
+/// `[anchors] shared` unset): a write checks the object it wrote last instead of searching the
+/// token (`cosigner_kms::SoleWriter`).
+#[derive(Debug)]
+pub struct SoleTokenAnchor(pub cosigner_kms::SoleWriter);
+
+impl Anchor for SoleTokenAnchor {
+    fn read(&self, label: &str) -> Result<Option<Versioned>, AnchorError> {
+        TokenAnchor::versioned(label, self.0.anchor(label))
+    }
+
+    fn write(&self, label: &str, expected: Option<u64>, value: &[u8]) -> Result<u64, AnchorError> {
+        TokenAnchor::written(label, expected, self.0.set_anchor(label, expected, value))
+    }
+}
+
+impl TokenAnchor {
+    fn versioned(
+        label: &str,
+        read: cosigner_kms::Result<Option<(u64, Vec<u8>)>>,
+    ) -> Result<Option<Versioned>, AnchorError> {
+        read.map(|v| v.map(|(generation, value)| Versioned { generation, value }))
+            .map_err(|e| AnchorError::backend(label, e))
+    }
+
+    fn written(
+        label: &str,
+        expected: Option<u64>,
+        write: cosigner_kms::Result<AnchorWrite>,
+    ) -> Result<u64, AnchorError> {
+        match write.map_err(|e| AnchorError::backend(label, e))? {
             AnchorWrite::Written(generation) => Ok(generation),
             AnchorWrite::Conflict { found } => Err(AnchorError::Conflict {
                 label: label.to_owned(),

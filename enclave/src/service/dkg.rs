@@ -262,14 +262,8 @@ impl Service {
         if self.records().exists(&wallet_id)? {
             return Err(Failure::bad(format!("wallet {wallet_id} already exists")));
         }
-        if made.ecdsa {
-            self.records()
-                .save_ecdsa_share(&wallet_id, state.party, &made.share)?;
-        } else {
-            self.records()
-                .save_share(&wallet_id, state.party, &made.share)?;
-        }
-        self.records().save_state(&wallet_id, &state)?;
+        self.records()
+            .save_share_and_state(&wallet_id, &made.share, made.ecdsa, &state)?;
         // Committed: a failure to append the audit entry now must not make the client believe
         // the wallet was not created (it would throw its share away).
         let _ = self.log(

@@ -668,10 +668,10 @@ impl<A: Anchor, S: BlobStore> PartitionedAnchor<A, S> {
         next.root = Some(root);
         next.buckets.retain(|d, _| next.index.contains(d));
         *tree = next;
-        for key in old {
-            // Best effort: a blob left behind costs space, never correctness.
-            let _ = self.store.delete(&key);
-        }
+        // Best effort and off this path: a blob left behind costs space, never correctness
+        // (tree blobs are named by digests of content whose generations only grow, so a
+        // discarded key is never written again).
+        self.store.discard(old);
         for (label, generation) in moved {
             // The tree is authoritative for this label now. Its old object is overwritten with a
             // value that names no blob, so a binary from before partitions (a downgrade, a

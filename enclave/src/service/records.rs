@@ -372,12 +372,29 @@ impl Records<'_> {
     /// reported only when the anchor does not name the new state: an ambiguous backend failure
     /// of the swap is resolved by reading the anchor back.
     fn save_anchored<T: Serialize>(&self, slot: &StateSlot, value: &T) -> Result<(), Failure> {
+        self.save_anchored_with(slot, value, Vec::new())
+    }
+
+    /// [`Records::save_anchored`], storing the blobs `with` in the same write as the value (one
+    /// `put_many`: one transaction and one sync at the parent), before the anchor moves.
+    fn save_anchored_with<T: Serialize>(
+        &self,
+        slot: &StateSlot,
+        value: &T,
+        with: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), Failure> {
         let StateSlot { prefix, label, ctx } = slot;
         let blob = self.seal(ctx, value)?;
         let digest: [u8; 32] = Sha256::digest(&blob).into();
         let before = self.anchor.read(label).map_err(anchor_failure)?;
         let key = format!("{prefix}{}", hex::encode(digest));
-        self.store.put(&key, &blob).map_err(internal)?;
+        if with.is_empty() {
+            self.store.put(&key, &blob).map_err(internal)?;
+        } else {
+            let mut entries = with;
+            entries.push((key.clone(), blob));
+            self.store.put_many(&entries).map_err(internal)?;
+        }
         let expected = before.as_ref().map(|v| v.generation);
         let committed = match self.anchor.write(label, expected, &digest) {
             Ok(_) => true,
@@ -399,9 +416,8 @@ impl Records<'_> {
         }
         if let Some(old) = before.filter(|v| v.value.as_slice() != digest) {
             // Unreferenced from now on; a blob left behind by a failed delete is never read.
-            let _ = self
-                .store
-                .delete(&format!("{prefix}{}", hex::encode(&old.value)));
+            self.store
+                .discard(vec![format!("{prefix}{}", hex::encode(&old.value))]);
         }
         Ok(())
     }
@@ -482,6 +498,26 @@ impl Records<'_> {
         self.seal_share(&ShareSlot::personal(id, share.epoch), id, party, share)
     }
 
+    /// Stores one epoch's share (threshold ECDSA if `ecdsa`) and the state naming it in one
+    /// write, then moves the state's anchor: [`Records::save_share`] and
+    /// [`Records::save_state`] for one sync at the parent instead of two.
+    pub fn save_share_and_state(
+        &self,
+        id: &WalletId,
+        share: &ShareRecord,
+        ecdsa: bool,
+        state: &WalletState,
+    ) -> Result<(), Failure> {
+        let slot = if ecdsa {
+            ShareSlot::ecdsa(id, share.epoch)
+        } else {
+            ShareSlot::personal(id, share.epoch)
+        };
+        let ctx = Self::share_ctx(slot.purpose, id, state.party, share.epoch);
+        let blob = self.seal(&ctx, share)?;
+        self.save_anchored_with(&StateSlot::personal(id), state, vec![(slot.key, blob)])
+    }
+
     /// Seals `share` (bound to `id`, `party` and its epoch) and stores it in `slot`.
     fn seal_share(
         &self,
@@ -549,6 +585,13 @@ impl Records<'_> {
     /// Deletes one epoch's share.
     pub fn delete_share(&self, id: &WalletId, epoch: Epoch) -> Result<(), Failure> {
         self.store.delete(&share_key(id, epoch)).map_err(internal)
+    }
+
+    /// Discards the shares of retired `epochs` ([`BlobStore::discard`]: the state no longer
+    /// names them, and a retired epoch never comes back).
+    pub fn discard_shares(&self, id: &WalletId, epochs: &[Epoch]) {
+        self.store
+            .discard(epochs.iter().map(|e| share_key(id, *e)).collect());
     }
 }
 
@@ -665,6 +708,13 @@ impl Records<'_> {
         for key in self.prepared_keys(id, epoch)? {
             self.store.delete(&key).map_err(internal)?;
         }
+        Ok(())
+    }
+
+    /// Discards every prepared refresh to `epoch` once a refresh to it committed (none can
+    /// commit any more, and none to it is prepared again: the epoch moved past it).
+    pub fn discard_prepared(&self, id: &WalletId, epoch: Epoch) -> Result<(), Failure> {
+        self.store.discard(self.prepared_keys(id, epoch)?);
         Ok(())
     }
 

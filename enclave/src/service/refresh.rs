@@ -382,19 +382,14 @@ impl Service {
             });
         }
         let receipt_digest = self.check_commit_now(&state, actor, &prepared, commit)?;
-        if is_ecdsa(&state) {
-            self.records()
-                .save_ecdsa_share(&wallet_id, state.party, &prepared.share)?;
-        } else {
-            self.records()
-                .save_share(&wallet_id, state.party, &prepared.share)?;
-        }
+        let ecdsa = is_ecdsa(&state);
         let action = self.advance_epoch(&mut state, &prepared, confirmations, &receipt_digest)?;
-        self.records().save_state(&wallet_id, &state)?;
+        self.records()
+            .save_share_and_state(&wallet_id, &prepared.share, ecdsa, &state)?;
         // A new epoch, and after a recovery a revoked key: nothing unsealed of before stays.
         self.keys.forget(&wallet_id)?;
         // Committed. The other prepared refreshes to this epoch can never commit now.
-        let _ = self.records().delete_prepared(&wallet_id, new_epoch);
+        let _ = self.records().discard_prepared(&wallet_id, new_epoch);
         self.refreshes.remove(&wallet_id)?;
         lock(&self.committed_by)?.insert(wallet_id, (owner, new_epoch));
         self.log(
@@ -629,9 +624,7 @@ impl Service {
         // The state first: once it no longer lists an epoch, its share is never read again.
         let old = std::mem::take(&mut state.retained_epochs);
         self.records().save_state(&wallet_id, &state)?;
-        for e in &old {
-            self.records().delete_share(&wallet_id, *e)?;
-        }
+        self.records().discard_shares(&wallet_id, &old);
         // Open signing sessions of the retired epochs hold their unsealed key packages: they go
         // with the shares.
         self.signs
