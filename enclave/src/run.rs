@@ -308,9 +308,12 @@ fn anchor(config: &Config, token: Option<&Token>) -> anyhow::Result<Box<dyn Anch
         RemoteStore::new(config.store.clone()),
         RemoteStore::new(config.store.clone()),
     );
+    // The trees live in the parent's store, where the service keeps its records: a state write
+    // and its anchor's tree go in one write.
     Ok(Box::new(
         PartitionedAnchor::new(roots, trees, partitions, shared)
-            .map_err(|e| anyhow::anyhow!("[anchors]: {e}"))?,
+            .map_err(|e| anyhow::anyhow!("[anchors]: {e}"))?
+            .carrying_blobs(),
     ))
 }
 

@@ -329,3 +329,31 @@ impl BlobStore for MemoryStore {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::Arc;
+
+    /// Discarded keys are deleted by the janitor's thread, through its own store; a put in
+    /// between is never held up by them.
+    #[test]
+    fn the_janitor_deletes_discarded_keys_on_its_own_thread() {
+        let store = Arc::new(MemoryStore::default());
+        let janitor = Janitor::new(store.clone(), store.clone());
+        for k in ["a/1", "a/2", "a/3"] {
+            janitor.put(k, b"v").unwrap();
+        }
+        janitor.discard(vec!["a/1".into(), "a/2".into()]);
+        janitor.discard(Vec::new());
+        // Deleted within the janitor's linger and a write (bounded wait, not a timing check).
+        for _ in 0..500 {
+            if store.list("a/").unwrap() == ["a/3"] {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("still there: {:?}", store.list("a/").unwrap());
+    }
+}

@@ -603,6 +603,20 @@ impl Anchor for TimedAnchor {
             self.0.write(label, expected, value)
         })
     }
+    fn carries_blobs(&self) -> bool {
+        self.0.carries_blobs()
+    }
+    fn write_carrying(
+        &self,
+        label: &str,
+        expected: Option<u64>,
+        value: &[u8],
+        blobs: Vec<(String, Vec<u8>)>,
+    ) -> Result<u64, AnchorError> {
+        timed(EnclaveHistogram::Anchor, "write", || {
+            self.0.write_carrying(label, expected, value, blobs)
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

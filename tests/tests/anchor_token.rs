@@ -125,3 +125,79 @@ fn a_crash_between_create_and_destroy_leaves_an_anchor_that_reads_and_heals() {
     );
     assert_eq!(objects(&token, "w"), 1);
 }
+
+fn data_object(label: &str, generation: u64, value: &[u8]) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Application(b"cosigner-anchor".to_vec()),
+        Attribute::Value([&generation.to_be_bytes()[..], value].concat()),
+    ]
+}
+
+/// The only writer of a token's anchors writes without searching the token: the same
+/// compare-and-swap as [`Token::set_anchor`], one object left per anchor. An object changed
+/// behind its back (another writer, against the deployment rule; a restored token) sends it
+/// back to the search, which reports the conflict instead of writing over it, and a handle
+/// that names another object since is never destroyed.
+#[test]
+fn the_sole_writer_skips_the_search_and_falls_back_to_it_when_the_token_changed() {
+    let (_hsm, token) = token();
+    let sole = cosigner_kms::SoleWriter::new(token.clone());
+    assert_eq!(
+        sole.set_anchor("w", None, b"one").unwrap(),
+        AnchorWrite::Written(0)
+    );
+    assert_eq!(
+        sole.set_anchor("w", Some(0), b"two").unwrap(),
+        AnchorWrite::Written(1)
+    );
+    assert_eq!(
+        sole.set_anchor("w", Some(1), b"three").unwrap(),
+        AnchorWrite::Written(2)
+    );
+    assert_eq!(
+        sole.set_anchor("w", Some(1), b"stale").unwrap(),
+        AnchorWrite::Conflict { found: Some(2) }
+    );
+    assert_eq!(token.anchor("w").unwrap(), Some((2, b"three".to_vec())));
+    assert_eq!(objects(&token, "w"), 1);
+
+    // Behind its back: the object it wrote is destroyed and generation 7 written instead.
+    let ctx = cosigner_kms::context(&softhsm_module()).unwrap();
+    let session = ctx.open_rw_session(token.slot()).unwrap();
+    for handle in session
+        .find_objects(&[Attribute::Label(b"w".to_vec())])
+        .unwrap()
+    {
+        session.destroy_object(handle).unwrap();
+    }
+    session
+        .create_object(&data_object("w", 7, b"theirs"))
+        .unwrap();
+    assert_eq!(
+        sole.set_anchor("w", Some(2), b"four").unwrap(),
+        AnchorWrite::Conflict { found: Some(7) }
+    );
+    assert_eq!(token.anchor("w").unwrap(), Some((7, b"theirs".to_vec())));
+    assert_eq!(
+        sole.set_anchor("w", Some(7), b"five").unwrap(),
+        AnchorWrite::Written(8)
+    );
+
+    // Another anchor's objects are never touched by writes of this one.
+    session
+        .create_object(&data_object("v", 0, b"other"))
+        .unwrap();
+    for g in 9..12 {
+        assert_eq!(
+            sole.set_anchor("w", Some(g - 1), b"more").unwrap(),
+            AnchorWrite::Written(g)
+        );
+    }
+    assert_eq!(token.anchor("v").unwrap(), Some((0, b"other".to_vec())));
+    assert_eq!(token.anchor("w").unwrap(), Some((11, b"more".to_vec())));
+    assert_eq!(objects(&token, "w"), 1);
+}

@@ -90,6 +90,27 @@ pub trait Anchor: Send + Sync {
     /// Sets the anchor's value, durably, only if its newest generation is `expected` (`None`: not
     /// set yet). Returns the generation written.
     fn write(&self, label: &str, expected: Option<u64>, value: &[u8]) -> Result<u64, AnchorError>;
+    /// Whether [`Anchor::write_carrying`] can store the caller's blobs: an anchor whose own
+    /// blobs go to the store the caller writes to, so that both go in one write.
+    fn carries_blobs(&self) -> bool {
+        false
+    }
+    /// [`Anchor::write`], storing `blobs` in the caller's store first, durably and in the same
+    /// write as the anchor's own blobs (one transaction and one sync at the parent instead of
+    /// two). Only when [`Anchor::carries_blobs`]; whatever the outcome, `blobs` may have been
+    /// stored.
+    fn write_carrying(
+        &self,
+        label: &str,
+        _expected: Option<u64>,
+        _value: &[u8],
+        _blobs: Vec<(String, Vec<u8>)>,
+    ) -> Result<u64, AnchorError> {
+        Err(AnchorError::backend(
+            label,
+            "this anchor does not store blobs",
+        ))
+    }
 }
 
 /// Anchors as PKCS#11 token data objects (the HSM keeps them; see `cosigner_kms::Token::anchor`).
@@ -274,8 +295,35 @@ impl<A: Anchor> Anchor for CachedAnchor<A> {
     }
 
     fn write(&self, label: &str, expected: Option<u64>, value: &[u8]) -> Result<u64, AnchorError> {
-        // The token first: the cache never runs ahead of what is durable.
-        match self.inner.write(label, expected, value) {
+        self.remember(label, value, self.inner.write(label, expected, value))
+    }
+
+    fn carries_blobs(&self) -> bool {
+        self.inner.carries_blobs()
+    }
+
+    fn write_carrying(
+        &self,
+        label: &str,
+        expected: Option<u64>,
+        value: &[u8],
+        blobs: Vec<(String, Vec<u8>)>,
+    ) -> Result<u64, AnchorError> {
+        let written = self.inner.write_carrying(label, expected, value, blobs);
+        self.remember(label, value, written)
+    }
+}
+
+impl<A: Anchor> CachedAnchor<A> {
+    /// Caches what a write of `value` to `label` did (the anchor first: the cache never runs
+    /// ahead of what is durable).
+    fn remember(
+        &self,
+        label: &str,
+        value: &[u8],
+        written: Result<u64, AnchorError>,
+    ) -> Result<u64, AnchorError> {
+        match written {
             Ok(generation) => {
                 self.cache(label)?.insert(
                     label.to_owned(),
@@ -301,6 +349,20 @@ impl<T: Anchor + ?Sized> Anchor for std::sync::Arc<T> {
 
     fn write(&self, label: &str, expected: Option<u64>, value: &[u8]) -> Result<u64, AnchorError> {
         self.as_ref().write(label, expected, value)
+    }
+
+    fn carries_blobs(&self) -> bool {
+        self.as_ref().carries_blobs()
+    }
+
+    fn write_carrying(
+        &self,
+        label: &str,
+        expected: Option<u64>,
+        value: &[u8],
+        blobs: Vec<(String, Vec<u8>)>,
+    ) -> Result<u64, AnchorError> {
+        self.as_ref().write_carrying(label, expected, value, blobs)
     }
 }
 
@@ -391,6 +453,20 @@ impl Anchor for Box<dyn Anchor> {
 
     fn write(&self, label: &str, expected: Option<u64>, value: &[u8]) -> Result<u64, AnchorError> {
         self.as_ref().write(label, expected, value)
+    }
+
+    fn carries_blobs(&self) -> bool {
+        self.as_ref().carries_blobs()
+    }
+
+    fn write_carrying(
+        &self,
+        label: &str,
+        expected: Option<u64>,
+        value: &[u8],
+        blobs: Vec<(String, Vec<u8>)>,
+    ) -> Result<u64, AnchorError> {
+        self.as_ref().write_carrying(label, expected, value, blobs)
     }
 }
 

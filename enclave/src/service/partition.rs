@@ -59,6 +59,12 @@ pub const MAX_VALUE: usize = 1024;
 /// Most updates one commit applies: its changed buckets and the index go in one `PutMany`
 /// (at most `MAX_PUT_MANY` entries in one frame; 64 buckets of ~5 KB fit with room to spare).
 const MAX_BATCH: usize = 64;
+/// Most blobs one update carries ([`Anchor::write_carrying`]): with its bucket, within
+/// `MAX_PUT_MANY` for a full batch.
+const MAX_CARRIED_BLOBS: usize = 2;
+/// Most bytes of carried blobs one commit takes (others wait for the next), so that a commit's
+/// `PutMany` stays well within one frame; an update always goes in the commit its writer runs.
+const MAX_CARRIED_BYTES: usize = 512 * 1024;
 /// How often a commit re-reads the tree after another instance moved the root.
 const COMMIT_ATTEMPTS: usize = 16;
 /// How often a read starts again when the blob its root named was replaced meanwhile.
@@ -108,6 +114,15 @@ struct Pending {
     label: String,
     expected: Option<u64>,
     value: Vec<u8>,
+    /// The writer's own blobs, stored with the tree if the update applies
+    /// ([`Anchor::write_carrying`]).
+    blobs: Vec<(String, Vec<u8>)>,
+}
+
+impl Pending {
+    fn carried_bytes(&self) -> usize {
+        self.blobs.iter().map(|(k, v)| k.len() + v.len()).sum()
+    }
 }
 
 #[derive(Default)]
@@ -158,8 +173,18 @@ pub struct PartitionedAnchor<A, S> {
     store: S,
     partitions: u16,
     shared: bool,
+    /// `store` is the store the writers keep their records in ([`Self::carrying_blobs`]).
+    carry: bool,
     parts: Vec<Partition>,
+    /// Labels a lone instance found in neither its tree nor the roots: this build never
+    /// writes a label to the roots, so one absent there stays absent, and the next lookup of a
+    /// label not in the tree (a new wallet's, three times in its creation) need not search
+    /// the token again. Emptied when full.
+    not_legacy: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Most labels remembered as absent from the roots.
+const MAX_NOT_LEGACY: usize = 65_536;
 
 impl<A, S> std::fmt::Debug for PartitionedAnchor<A, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -379,8 +404,19 @@ impl<A: Anchor, S: BlobStore> PartitionedAnchor<A, S> {
             store,
             partitions,
             shared,
+            carry: false,
             parts: (0..partitions).map(|_| Partition::default()).collect(),
+            not_legacy: Mutex::new(std::collections::HashSet::new()),
         })
+    }
+
+    /// Stores the blobs of [`Anchor::write_carrying`] in the tree's write: only where `store`
+    /// is the store the writers keep their records in (the parent's), or they would be looked
+    /// for where they are not.
+    #[must_use]
+    pub fn carrying_blobs(mut self) -> Self {
+        self.carry = true;
+        self
     }
 
     /// Partition and bucket of a label.
@@ -509,9 +545,19 @@ impl<A: Anchor, S: BlobStore> PartitionedAnchor<A, S> {
             });
         match found {
             Some(v) => Ok((Some(v), false)),
+            // With other instances (perhaps of a build from before partitions) writing the
+            // roots, an absent label is asked again every time.
+            None if !self.shared && lock(&self.not_legacy).contains(label) => Ok((None, false)),
             None => {
                 let legacy = self.roots.read(label)?;
                 let from_legacy = legacy.is_some();
+                if !from_legacy && !self.shared {
+                    let mut absent = lock(&self.not_legacy);
+                    if absent.len() >= MAX_NOT_LEGACY {
+                        absent.clear();
+                    }
+                    absent.insert(label.to_owned());
+                }
                 Ok((legacy, from_legacy))
             }
         }
@@ -580,6 +626,7 @@ impl<A: Anchor, S: BlobStore> PartitionedAnchor<A, S> {
         let mut results = Vec::with_capacity(batch.len());
         let mut touched = std::collections::BTreeSet::new();
         let mut moved = Vec::new();
+        let mut blobs = Vec::new();
         for w in batch {
             let key = key_of(&w.label);
             let (_, b) = self.place(&key);
@@ -618,6 +665,7 @@ impl<A: Anchor, S: BlobStore> PartitionedAnchor<A, S> {
                 *slot = new_digest;
             }
             touched.insert(b);
+            blobs.extend(w.blobs.iter().cloned());
             if from_legacy {
                 moved.push((w.label.as_str(), found));
             }
@@ -626,7 +674,6 @@ impl<A: Anchor, S: BlobStore> PartitionedAnchor<A, S> {
         if touched.is_empty() {
             return Ok(results);
         }
-        let mut blobs = Vec::with_capacity(touched.len() + 1);
         for &b in &touched {
             let digest = next.index.get(b).copied().unwrap_or(EMPTY);
             let leaves = next.buckets.get(&digest).map_or(&[][..], Vec::as_slice);
@@ -635,7 +682,8 @@ impl<A: Anchor, S: BlobStore> PartitionedAnchor<A, S> {
         let index = encode_index(p, self.partitions, &next.index);
         let root: Digest32 = Sha256::digest(&index).into();
         blobs.push((index_key(p, &root), index));
-        // The tree first, under keys nothing reads yet; the root's compare-and-swap commits it.
+        // The tree first (with the writers' own blobs), under keys nothing reads yet; the
+        // root's compare-and-swap commits it.
         self.store
             .put_many(&blobs)
             .map_err(|e| backend(&label, e))?;
@@ -704,6 +752,43 @@ impl<A: Anchor, S: BlobStore> Anchor for PartitionedAnchor<A, S> {
     }
 
     fn write(&self, label: &str, expected: Option<u64>, value: &[u8]) -> Result<u64, AnchorError> {
+        self.write_pending(label, expected, value, Vec::new())
+    }
+
+    fn carries_blobs(&self) -> bool {
+        self.carry
+    }
+
+    fn write_carrying(
+        &self,
+        label: &str,
+        expected: Option<u64>,
+        value: &[u8],
+        blobs: Vec<(String, Vec<u8>)>,
+    ) -> Result<u64, AnchorError> {
+        if !self.carry {
+            return Err(backend(label, "this anchor does not store blobs"));
+        }
+        if blobs.len() > MAX_CARRIED_BLOBS {
+            return Err(backend(
+                label,
+                format!("{} blobs in one write", blobs.len()),
+            ));
+        }
+        self.write_pending(label, expected, value, blobs)
+    }
+}
+
+impl<A: Anchor, S: BlobStore> PartitionedAnchor<A, S> {
+    /// Queues one update (with the blobs it carries) for its partition's next commit, and
+    /// commits the queue itself if no other writer is committing (group commit).
+    fn write_pending(
+        &self,
+        label: &str,
+        expected: Option<u64>,
+        value: &[u8],
+        blobs: Vec<(String, Vec<u8>)>,
+    ) -> Result<u64, AnchorError> {
         if value.len() > MAX_VALUE {
             return Err(backend(label, format!("value of {} bytes", value.len())));
         }
@@ -717,6 +802,7 @@ impl<A: Anchor, S: BlobStore> Anchor for PartitionedAnchor<A, S> {
             label: label.to_owned(),
             expected,
             value: value.to_vec(),
+            blobs,
         });
         // Wait while another writer commits: it may take our update in its batch (then our
         // outcome is in `done` when it signals), or leave it queued for us to commit with
@@ -736,10 +822,17 @@ impl<A: Anchor, S: BlobStore> Anchor for PartitionedAnchor<A, S> {
         q.committing = true;
         // At most MAX_BATCH updates, ours among them: one commit's blobs must fit one
         // `PutMany` (at most MAX_PUT_MANY entries, one frame); the rest wait for the next.
+        // Carried blobs count against MAX_CARRIED_BYTES, so that one commit's blobs fit one
+        // frame.
         let mut batch = Vec::new();
         let mut rest = Vec::new();
+        let mut carried = 0usize;
         for w in std::mem::take(&mut q.waiting) {
-            if w.ticket == ticket || batch.len() + 1 < MAX_BATCH {
+            let bytes = w.carried_bytes();
+            let room =
+                batch.len() + 1 < MAX_BATCH && carried.saturating_add(bytes) <= MAX_CARRIED_BYTES;
+            if w.ticket == ticket || room {
+                carried = carried.saturating_add(bytes);
                 batch.push(w);
             } else {
                 rest.push(w);
@@ -788,6 +881,68 @@ mod tests {
             false,
         )
         .unwrap()
+    }
+
+    /// A store that counts its writes.
+    #[derive(Default)]
+    struct Counting {
+        inner: MemoryStore,
+        writes: std::sync::atomic::AtomicUsize,
+    }
+
+    impl BlobStore for Counting {
+        fn put(&self, key: &str, value: &[u8]) -> Result<(), crate::store::StoreError> {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.put(key, value)
+        }
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
+            self.inner.get(key)
+        }
+        fn delete(&self, key: &str) -> Result<(), crate::store::StoreError> {
+            self.inner.delete(key)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<String>, crate::store::StoreError> {
+            self.inner.list(prefix)
+        }
+        fn put_many(&self, entries: &[(String, Vec<u8>)]) -> Result<(), crate::store::StoreError> {
+            self.writes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.put_many(entries)
+        }
+    }
+
+    #[test]
+    fn carried_blobs_go_in_the_trees_write_and_only_with_an_update_that_applies() {
+        let writes = |s: &Counting| s.writes.load(std::sync::atomic::Ordering::SeqCst);
+        let roots = Arc::new(InsecureMemoryAnchor::default());
+        let store = Arc::new(Counting::default());
+        let a = PartitionedAnchor::new(roots.clone(), store.clone(), 8, false)
+            .unwrap()
+            .carrying_blobs();
+        assert!(a.carries_blobs());
+        let state = vec![("wallet/1/state/aa".to_owned(), b"state".to_vec())];
+        a.write_carrying("w/1", None, &[1; 32], state).unwrap();
+        assert_eq!(writes(&store), 1, "the blob and the tree in one write");
+        assert_eq!(
+            store.get("wallet/1/state/aa").unwrap().as_deref(),
+            Some(&b"state"[..])
+        );
+        // A stale writer: a conflict, and its blob is not stored.
+        let stale = vec![("wallet/1/state/bb".to_owned(), b"other".to_vec())];
+        let err = a.write_carrying("w/1", None, &[2; 32], stale).unwrap_err();
+        assert!(matches!(err, AnchorError::Conflict { .. }), "{err:?}");
+        assert_eq!(store.get("wallet/1/state/bb").unwrap(), None);
+        // Too many blobs for one update: refused, nothing stored.
+        let many = (0..3).map(|i| (format!("k/{i}"), vec![i])).collect();
+        assert!(a.write_carrying("w/2", None, &[3; 32], many).is_err());
+        assert_eq!(store.get("k/0").unwrap(), None);
+        // Not told its store is the writers': it stores none of theirs.
+        let plain = PartitionedAnchor::new(roots, store.clone(), 8, false).unwrap();
+        assert!(!plain.carries_blobs());
+        let blob = vec![("k/x".to_owned(), b"x".to_vec())];
+        assert!(plain.write_carrying("w/3", None, &[4; 32], blob).is_err());
+        assert_eq!(store.get("k/x").unwrap(), None);
     }
 
     #[test]

@@ -388,15 +388,21 @@ impl Records<'_> {
         let digest: [u8; 32] = Sha256::digest(&blob).into();
         let before = self.anchor.read(label).map_err(anchor_failure)?;
         let key = format!("{prefix}{}", hex::encode(digest));
-        if with.is_empty() {
-            self.store.put(&key, &blob).map_err(internal)?;
-        } else {
-            let mut entries = with;
-            entries.push((key.clone(), blob));
-            self.store.put_many(&entries).map_err(internal)?;
-        }
         let expected = before.as_ref().map(|v| v.generation);
-        let committed = match self.anchor.write(label, expected, &digest) {
+        let mut blobs = with;
+        blobs.push((key.clone(), blob));
+        let written = if self.anchor.carries_blobs() {
+            // The blobs go in the anchor's own write (one sync at the parent, not two).
+            self.anchor.write_carrying(label, expected, &digest, blobs)
+        } else {
+            match blobs.as_slice() {
+                [(key, blob)] => self.store.put(key, blob),
+                entries => self.store.put_many(entries),
+            }
+            .map_err(internal)?;
+            self.anchor.write(label, expected, &digest)
+        };
+        let committed = match written {
             Ok(_) => true,
             Err(AnchorError::Conflict { .. }) => false,
             // Did the swap happen? Ask the anchor itself (the cache dropped its entry).
