@@ -74,7 +74,9 @@ pub fn authorized_retrying(
 
 /// [`authorized_retrying`], signed over `challenge` (the session's, asked earlier: see
 /// [`challenges_meanwhile`]) when there is one, which saves the challenge's round trip. A
-/// cosigner that answers busy is asked again with fresh challenges.
+/// cosigner that answers busy, or refuses the signature (the challenge expired while an
+/// earlier step took long), is asked again with fresh challenges: the requests sent so are
+/// idempotent (a commit answers its success again).
 pub(crate) fn authorized_under(
     session: &mut dyn Courier,
     (wallet_id, role, key): (WalletId, KeyRole, &dyn P256Signer),
@@ -89,7 +91,9 @@ pub(crate) fn authorized_under(
             Under::Challenge(&challenge),
             &mut || {},
         ) {
-            Err(ClientError::Remote(e)) if e.kind.is_retryable() => {}
+            Err(ClientError::Remote(e))
+                if e.kind.is_retryable()
+                    || e.kind == cosigner_protocol::wire::ErrorKind::Unauthorized => {}
             other => return other,
         }
     }

@@ -258,8 +258,11 @@ impl SoleWriter {
             .known()
             .remove(label)
             .filter(|k| Some(k.generation) == expected);
+        // A rerun (the session died after our create may have committed) searches: the
+        // remembered object still holds its generation, and the create must not be repeated.
+        let mut first = true;
         let (write, handle) = with_session(&self.token, |s| match known {
-            Some(k) if holds(s, label, k)? => {
+            Some(k) if std::mem::take(&mut first) && holds(s, label, k)? => {
                 let generation = k.generation.saturating_add(1);
                 let handle = create_generation(s, label, generation, value, Some(k.generation))?;
                 // Committed: a failed destroy leaves an older generation that reads ignore.

@@ -62,9 +62,14 @@ const MAX_BATCH: usize = 64;
 /// Most blobs one update carries ([`Anchor::write_carrying`]): with its bucket, within
 /// `MAX_PUT_MANY` for a full batch.
 const MAX_CARRIED_BLOBS: usize = 2;
-/// Most bytes of carried blobs one commit takes (others wait for the next), so that a commit's
-/// `PutMany` stays well within one frame; an update always goes in the commit its writer runs.
-const MAX_CARRIED_BYTES: usize = 512 * 1024;
+/// Most bytes of blobs one update carries in its commit; a writer with more stores them first,
+/// in a write of their own (a busy wallet's state with its spend history can be hundreds of KB).
+const MAX_CARRIED_PER_UPDATE: usize = 64 * 1024;
+/// Most bytes of carried blobs one commit takes (others wait for the next): with the writer's
+/// own (at most [`MAX_CARRIED_PER_UPDATE`]) and the tree's blobs (64 buckets of ~5 KB at a
+/// million wallets, the 8 KB index), a commit's `PutMany` stays well within one frame
+/// (`MAX_FRAME_LEN`, 1 MiB).
+const MAX_CARRIED_BYTES: usize = 256 * 1024;
 /// How often a commit re-reads the tree after another instance moved the root.
 const COMMIT_ATTEMPTS: usize = 16;
 /// How often a read starts again when the blob its root named was replaced meanwhile.
@@ -775,6 +780,12 @@ impl<A: Anchor, S: BlobStore> Anchor for PartitionedAnchor<A, S> {
                 format!("{} blobs in one write", blobs.len()),
             ));
         }
+        let bytes: usize = blobs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bytes > MAX_CARRIED_PER_UPDATE {
+            // Too large to share a commit's frame: stored first, alone (the same store).
+            self.store.put_many(&blobs).map_err(|e| backend(label, e))?;
+            return self.write_pending(label, expected, value, Vec::new());
+        }
         self.write_pending(label, expected, value, blobs)
     }
 }
@@ -937,6 +948,18 @@ mod tests {
         let many = (0..3).map(|i| (format!("k/{i}"), vec![i])).collect();
         assert!(a.write_carrying("w/2", None, &[3; 32], many).is_err());
         assert_eq!(store.get("k/0").unwrap(), None);
+        // Blobs too large to share a commit go first, in a write of their own.
+        let before = writes(&store);
+        let large = vec![(
+            "wallet/2/state/cc".to_owned(),
+            vec![7; MAX_CARRIED_PER_UPDATE],
+        )];
+        a.write_carrying("w/4", None, &[5; 32], large).unwrap();
+        assert_eq!(writes(&store) - before, 2);
+        assert_eq!(
+            store.get("wallet/2/state/cc").unwrap().map(|v| v.len()),
+            Some(MAX_CARRIED_PER_UPDATE)
+        );
         // Not told its store is the writers': it stores none of theirs.
         let plain = PartitionedAnchor::new(roots, store.clone(), 8, false).unwrap();
         assert!(!plain.carries_blobs());
