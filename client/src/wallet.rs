@@ -142,18 +142,36 @@ pub(crate) fn authorized_all(
         .iter()
         .map(|_| Request::Challenge { wallet_id })
         .collect();
-    let challenges = coordinator::call_all(peers, asks);
-    let signed: Vec<Option<Request>> = challenges
+    let challenges = coordinator::call_all(peers, asks)
         .into_iter()
-        .zip(&requests)
-        .map(|(challenge, inner)| match challenge {
-            Ok(Response::Challenge { challenge }) => {
-                authorized_request((wallet_id, role, key), inner, Under::Challenge(&challenge)).ok()
-            }
+        .map(|answer| match answer {
+            Ok(Response::Challenge { challenge }) => Some(challenge),
             _ => None,
         })
         .collect();
-    if !signed.iter().all(Option::is_some) {
+    authorized_all_under(peers, (wallet_id, role, key), requests, challenges, false)
+}
+
+/// The second round of [`authorized_all`]: `requests[i]` signed over `challenges[i]`, sent to
+/// `peers[i]` at once; without a challenge for every peer, each is asked on its own. `prefetched`:
+/// the challenges were asked earlier (see [`challenges_meanwhile`]), so a refusal of the
+/// signature (one expired meanwhile) is asked again, as busy answers are.
+pub(crate) fn authorized_all_under(
+    peers: &mut [coordinator::Peer<'_>],
+    (wallet_id, role, key): (WalletId, KeyRole, &dyn P256Signer),
+    requests: Vec<Request>,
+    challenges: Vec<Option<ByteBuf>>,
+    prefetched: bool,
+) -> Vec<Result<Response>> {
+    let signed: Vec<Option<Request>> = challenges
+        .into_iter()
+        .zip(&requests)
+        .map(|(challenge, inner)| {
+            let challenge = challenge?;
+            authorized_request((wallet_id, role, key), inner, Under::Challenge(&challenge)).ok()
+        })
+        .collect();
+    if signed.len() != requests.len() || !signed.iter().all(Option::is_some) {
         return peers
             .iter_mut()
             .zip(&requests)
@@ -162,7 +180,10 @@ pub(crate) fn authorized_all(
     }
     let mut answers = coordinator::call_all(peers, signed.into_iter().flatten().collect());
     for ((peer, answer), inner) in peers.iter_mut().zip(&mut answers).zip(&requests) {
-        if matches!(answer, Err(ClientError::Remote(e)) if e.kind.is_retryable()) {
+        let again = matches!(answer, Err(ClientError::Remote(e))
+            if e.kind.is_retryable()
+                || (prefetched && e.kind == cosigner_protocol::wire::ErrorKind::Unauthorized));
+        if again {
             *answer = authorized_retrying(peer.courier, wallet_id, role, key, inner);
         }
     }
@@ -1155,7 +1176,15 @@ pub fn refresh(
         return Ok(done);
     }
     let old = (key_package, pkp);
-    refresh_from(home, provider, recovery, wallet, old, &aligned, observe)
+    refresh_from(
+        home,
+        [provider, recovery],
+        wallet,
+        old,
+        &aligned,
+        observe,
+        None,
+    )
 }
 
 /// `RefreshFinalize` of `epoch` at both cosigners, signed by the device key (from any session):
@@ -1339,12 +1368,12 @@ pub(crate) struct Aligned {
 /// to the next epoch at all three parties.
 fn refresh_from(
     home: &Home,
-    provider: &mut dyn Courier,
-    recovery: &mut dyn Courier,
+    [provider, recovery]: [&mut dyn Courier; 2],
     wallet: WalletFile,
     old: (KeyPackage<Suite>, PublicKeyPackage<Suite>),
     aligned: &Aligned,
     observe: &mut dyn FnMut(RefreshStep),
+    mut challenges: Option<[Option<ByteBuf>; 2]>,
 ) -> Result<WalletFile> {
     let wallet_id = wallet.wallet_id;
     let device_key = home.device_key()?;
@@ -1364,7 +1393,12 @@ fn refresh_from(
                 me: peer.party,
             })
             .collect();
-        authorized_all(peers, (wallet_id, KeyRole::Device, &device_key), requests)
+        let signer = (wallet_id, KeyRole::Device, &device_key as &dyn P256Signer);
+        match challenges.take() {
+            // Asked while the caller wrote its share (a recovery): one round less.
+            Some(asked) => authorized_all_under(peers, signer, requests, asked.to_vec(), true),
+            None => authorized_all(peers, signer, requests),
+        }
     };
     let confirmed = with_cosigners(
         &params,
@@ -1524,7 +1558,10 @@ pub fn recover_observed(
     let key_package = match home.wallet(&wallet_id) {
         Ok(held) if held.epoch == info.epoch && holds_share(home, &wallet_id, &pkp) => {
             let share = home.share(&wallet_id)?;
-            KeyPackage::<Suite>::deserialize(&share).map_err(internal)?
+            (
+                KeyPackage::<Suite>::deserialize(&share).map_err(internal)?,
+                None,
+            )
         }
         _ => {
             let key_package = crate::repair::repair_share(
@@ -1545,16 +1582,31 @@ pub fn recover_observed(
                 network,
             )?;
             let share = zeroize::Zeroizing::new(key_package.serialize().map_err(internal)?);
-            home.replace_share(&wallet, &share)?;
-            key_package
+            // The refresh's challenges are asked while the repaired share is written.
+            let mut kept = Ok(());
+            let asked =
+                challenges_meanwhile(&mut *provider, &mut *recovery, wallet_id, &mut || {
+                    kept = home.replace_share(&wallet, &share);
+                });
+            kept?;
+            (key_package, Some(asked))
         }
     };
+    let (key_package, challenges) = key_package;
     observe(RecoverStep::Repaired);
     // 4. Refresh to a new epoch: the old device's share goes stale, its key is revoked.
     let wallet = home.wallet(&wallet_id)?;
     let observe = &mut |step| observe(RecoverStep::Refresh(step));
     let old = (key_package, pkp);
-    refresh_from(home, provider, recovery, wallet, old, &aligned, observe)
+    refresh_from(
+        home,
+        [provider, recovery],
+        wallet,
+        old,
+        &aligned,
+        observe,
+        challenges,
+    )
 }
 
 /// `RecoverStart` at both cosigners with the recovery credential: each suspends the registered

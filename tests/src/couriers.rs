@@ -77,3 +77,44 @@ impl<C: Courier> Courier for HoldCommit<C> {
         self.inner.attested_key()
     }
 }
+
+/// Whether `request` is an authorized `RefreshStart`.
+pub fn is_refresh_start(request: &Request) -> bool {
+    match request {
+        Request::Authorized { request, .. } => matches!(
+            cosigner_protocol::wire::decode::<Request>(request),
+            Ok(Request::RefreshStart { .. })
+        ),
+        _ => false,
+    }
+}
+
+/// Before the first request `pick` chooses, asks the cosigner for a new challenge itself: the
+/// challenge the client signed over is no longer the session's (as if it had expired while the
+/// client was busy), so that request is refused and the client must ask again.
+pub struct StaleChallenge<'a, C: Courier> {
+    /// What carries the requests.
+    pub inner: C,
+    /// Which request finds its challenge replaced (the first it picks).
+    pub pick: Box<dyn FnMut(&Request) -> bool + 'a>,
+    /// The wallet the challenges are for.
+    pub wallet_id: cosigner_protocol::wire::WalletId,
+    /// How many requests found their challenge replaced (0 or 1).
+    pub spoiled: usize,
+}
+
+impl<C: Courier> Courier for StaleChallenge<'_, C> {
+    fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
+        if self.spoiled == 0 && (self.pick)(request) {
+            self.spoiled = 1;
+            self.inner.call(&Request::Challenge {
+                wallet_id: self.wallet_id,
+            })?;
+        }
+        self.inner.call(request)
+    }
+
+    fn attested_key(&self) -> Option<&[u8]> {
+        self.inner.attested_key()
+    }
+}
