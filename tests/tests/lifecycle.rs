@@ -312,14 +312,18 @@ fn a_refresh_commit_held_back_past_a_second_refresh_still_leaves_the_device_its_
             &mut |_| {},
         )
     };
-    // Refresh A: the parent holds its commit back. Refresh B: A's commit lands first, so B's
-    // cannot. This device kept both prepared shares.
+    // Refresh A: the parent holds its commit back; this device keeps A's prepared share.
     assert!(refresh().is_err());
-    assert!(refresh().is_err());
-    assert_eq!(owner.home.prepared_shares(&owner.id).unwrap().len(), 2);
-    // Run again: the cosigners are at A's epoch, and this device switches to A's share.
+    assert_eq!(owner.home.prepared_shares(&owner.id).unwrap().len(), 1);
+    // Refresh B: the parent delivers A's commit just before B's. A's was signed over a
+    // challenge that is no longer the session's, so the provider refuses it (nothing of A
+    // commits); B's commit is refused with it (the session's challenge went to A's), and the
+    // client asks again with a fresh one: B commits at both cosigners.
     let done = refresh().unwrap();
     assert_eq!(done.epoch, Epoch(1));
+    // This device holds B's share, and no prepared share is left behind.
     assert!(owner.home.prepared_shares(&owner.id).unwrap().is_empty());
+    let again = refresh().unwrap();
+    assert_eq!(again.epoch, Epoch(2));
     signs(&d, &w.home, &w);
 }
