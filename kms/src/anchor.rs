@@ -7,11 +7,11 @@
 //! host cannot restore an older anchor. With SoftHSM the token is files on the host, and a host that
 //! rolls back both the token directory and the database defeats the anchor: see docs/lifecycle.md.
 
+use std::collections::HashMap;
+
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 
 use crate::error::Result;
-use std::collections::HashMap;
-
 use crate::session::{Ck, Fail, ThreadSession, with_session};
 use crate::token::Token;
 
