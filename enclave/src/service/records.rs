@@ -537,16 +537,6 @@ impl Records<'_> {
         self.store.put(&slot.key, &blob).map_err(internal)
     }
 
-    /// Stores one epoch's threshold ECDSA share.
-    pub fn save_ecdsa_share(
-        &self,
-        id: &WalletId,
-        party: PartyId,
-        share: &ShareRecord,
-    ) -> Result<(), Failure> {
-        self.seal_share(&ShareSlot::ecdsa(id, share.epoch), id, party, share)
-    }
-
     /// Reads one epoch's threshold ECDSA share.
     pub fn load_ecdsa_share(
         &self,
@@ -586,11 +576,6 @@ impl Records<'_> {
             return Err(integrity(id, "share of another epoch"));
         }
         Ok(share)
-    }
-
-    /// Deletes one epoch's share.
-    pub fn delete_share(&self, id: &WalletId, epoch: Epoch) -> Result<(), Failure> {
-        self.store.delete(&share_key(id, epoch)).map_err(internal)
     }
 
     /// Discards the shares of retired `epochs` ([`BlobStore::discard`]: the state no longer
@@ -707,14 +692,6 @@ impl Records<'_> {
             return Err(integrity(id, "prepared share of another refresh"));
         }
         Ok(Some(prepared))
-    }
-
-    /// Deletes every prepared refresh to `epoch`.
-    pub fn delete_prepared(&self, id: &WalletId, epoch: Epoch) -> Result<(), Failure> {
-        for key in self.prepared_keys(id, epoch)? {
-            self.store.delete(&key).map_err(internal)?;
-        }
-        Ok(())
     }
 
     /// Discards every prepared refresh to `epoch` once a refresh to it committed (none can
