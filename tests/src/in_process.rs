@@ -241,3 +241,51 @@ impl Courier for InProcess<'_> {
         Some(&self.audit_key)
     }
 }
+
+/// A provider and a recovery cosigner in this process, each on its own token of one SoftHSM
+/// (installed for this process), with the default refresh policy.
+pub struct Cosigners {
+    /// The SoftHSM holding both tokens (kept alive as long as they are).
+    pub hsm: crate::SoftHsm,
+    /// Shard B.
+    pub provider: Enclave,
+    /// Shard C.
+    pub recovery: Enclave,
+}
+
+impl Cosigners {
+    /// Both cosigners on a fresh SoftHSM.
+    ///
+    /// # Panics
+    /// If SoftHSM or either enclave cannot be set up.
+    #[must_use]
+    pub fn start() -> Self {
+        Self::with_provider_policy(RefreshPolicy::default())
+    }
+
+    /// [`Cosigners::start`], the provider demanding refreshes by `policy`.
+    ///
+    /// # Panics
+    /// If SoftHSM or either enclave cannot be set up.
+    #[allow(clippy::unwrap_used)]
+    #[must_use]
+    pub fn with_provider_policy(policy: RefreshPolicy) -> Self {
+        let hsm = crate::SoftHsm::new().unwrap();
+        hsm.install_env_for_this_process();
+        let module = crate::softhsm_module();
+        let dir = hsm.dir().to_path_buf();
+        let provider = Enclave::new(&module, "provider", &dir.join("attester"), policy).unwrap();
+        let recovery = Enclave::new(
+            &module,
+            "recovery",
+            &dir.join("recovery-attester"),
+            RefreshPolicy::default(),
+        )
+        .unwrap();
+        Self {
+            hsm,
+            provider,
+            recovery,
+        }
+    }
+}

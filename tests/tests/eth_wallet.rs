@@ -24,33 +24,14 @@ use cosigner_tests::ecdsa::{
     SKIP_LINE, SKIP_TOKEN_LINE, TESTER_CHAIN_ID, TokenJob, python_available, run_in_evm,
     run_with_token, token_address, vyper_available,
 };
-use cosigner_tests::in_process::{Enclave, InProcess, tempfile};
-use cosigner_tests::{SoftHsm, softhsm_module};
+use cosigner_tests::in_process::{Cosigners, Enclave, InProcess, tempfile};
 use serde_bytes::ByteBuf;
 
 const ETH: u128 = 1_000_000_000_000_000_000;
 const BOB: &str = "0x000000000000000000000000000000000000b0b0";
 
-struct Cosigners {
-    _hsm: SoftHsm,
-    provider: Enclave,
-    recovery: Enclave,
-}
-
 fn cosigners() -> Cosigners {
-    let hsm = SoftHsm::new().unwrap();
-    hsm.install_env_for_this_process();
-    let module = softhsm_module();
-    let dir = hsm.dir().to_path_buf();
-    let policy = RefreshPolicy::default();
-    let provider = Enclave::new(&module, "provider", &dir.join("attester"), policy).unwrap();
-    let recovery =
-        Enclave::new(&module, "recovery", &dir.join("recovery-attester"), policy).unwrap();
-    Cosigners {
-        _hsm: hsm,
-        provider,
-        recovery,
-    }
+    Cosigners::start()
 }
 
 fn create(c: &Cosigners, home: &Home, dir: &std::path::Path) -> EthCreated {
@@ -837,27 +818,11 @@ fn a_refresh_stopped_after_the_providers_commit_is_finished_by_running_it_again(
 
 #[test]
 fn the_providers_refresh_demand_counts_ethereum_signatures_and_a_refresh_meets_it() {
-    let hsm = SoftHsm::new().unwrap();
-    hsm.install_env_for_this_process();
-    let module = softhsm_module();
-    let dir = hsm.dir().to_path_buf();
     let demanding = RefreshPolicy {
         after: None,
         after_signatures: Some(2),
     };
-    let provider = Enclave::new(&module, "provider", &dir.join("attester"), demanding).unwrap();
-    let recovery = Enclave::new(
-        &module,
-        "recovery",
-        &dir.join("recovery-attester"),
-        RefreshPolicy::default(),
-    )
-    .unwrap();
-    let c = Cosigners {
-        _hsm: hsm,
-        provider,
-        recovery,
-    };
+    let c = Cosigners::with_provider_policy(demanding);
     let home_dir = tempfile::tempdir().unwrap();
     let home = Home::open(home_dir.path()).unwrap();
     let id = create(&c, &home, home_dir.path()).wallet.wallet_id;

@@ -9,32 +9,12 @@
 use cosigner_client::address::Network;
 use cosigner_client::home::{Home, read_p256_key};
 use cosigner_client::wallet;
-use cosigner_enclave::service::RefreshPolicy;
 use cosigner_protocol::id::Epoch;
 use cosigner_tests::couriers::{StaleChallenge, is_commit, is_refresh_start};
-use cosigner_tests::in_process::{Enclave, InProcess, tempfile};
-use cosigner_tests::{SoftHsm, softhsm_module};
-
-struct Cosigners {
-    _hsm: SoftHsm,
-    provider: Enclave,
-    recovery: Enclave,
-}
+use cosigner_tests::in_process::{Cosigners, InProcess, tempfile};
 
 fn cosigners() -> Cosigners {
-    let hsm = SoftHsm::new().unwrap();
-    hsm.install_env_for_this_process();
-    let module = softhsm_module();
-    let dir = hsm.dir().to_path_buf();
-    let policy = RefreshPolicy::default();
-    let provider = Enclave::new(&module, "provider", &dir.join("attester"), policy).unwrap();
-    let recovery =
-        Enclave::new(&module, "recovery", &dir.join("recovery-attester"), policy).unwrap();
-    Cosigners {
-        _hsm: hsm,
-        provider,
-        recovery,
-    }
+    Cosigners::start()
 }
 
 #[test]
