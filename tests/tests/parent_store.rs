@@ -364,6 +364,33 @@ fn store_server_answers_a_sequence_of_requests(backend: Backend) {
     );
     assert_eq!(ask(&mut s, &get("w/2")), value(b"two"));
 
+    // DeleteMany: every key in one write, absent ones no error; one bad key, or more keys than
+    // the protocol allows, and nothing is removed.
+    assert_eq!(ask(&mut s, &put("w/3", b"three")), StoreResponse::Done);
+    assert_eq!(ask(&mut s, &put("w/4", b"four")), StoreResponse::Done);
+    let delete_many = |keys: &[&str]| StoreRequest::DeleteMany {
+        keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+    };
+    assert_eq!(
+        ask(&mut s, &delete_many(&["w/3", "w/4", "w/9"])),
+        StoreResponse::Done
+    );
+    assert_eq!(
+        ask(&mut s, &get("w/3")),
+        StoreResponse::Value { value: None }
+    );
+    let message = assert_error(
+        &ask(&mut s, &delete_many(&["w/2", "bad key"])),
+        ErrorKind::BadRequest,
+    );
+    assert!(message.contains("invalid store key"), "{message}");
+    let too_many: Vec<String> = (0..=cosigner_protocol::wire::MAX_PUT_MANY)
+        .map(|i| format!("w/{i}"))
+        .collect();
+    let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
+    assert_error(&ask(&mut s, &delete_many(&too_many)), ErrorKind::BadRequest);
+    assert_eq!(ask(&mut s, &get("w/2")), value(b"two"));
+
     // The largest value fits a Put frame and comes back in one Value frame.
     let big = vec![0x5a; MAX_VALUE_LEN];
     assert_eq!(
