@@ -38,6 +38,16 @@ use database::Database;
 pub const MAX_VALUE_LEN: usize = MAX_FRAME_LEN - 1024;
 /// Schema version this build writes and reads (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;
+/// WAL pages after which a commit checkpoints (`PRAGMA wal_autocheckpoint`; SQLite's default is
+/// 1000). Once a checkpoint has copied every frame back, the next writer starts the WAL over from
+/// its beginning (SQLite's "WAL reset", <https://www.sqlite.org/wal.html#ckpt>), so a commit's
+/// frames overwrite blocks the file already has: its fsync then flushes data only. A commit that
+/// appends past the file's end also makes the file system commit its journal for the new size,
+/// which on ext4 doubles the cost of every audit entry's fsync (0.14 against 0.27 ms measured on
+/// the bench VM). A 1 MiB WAL reaches that steady state within a few hundred writes of a start
+/// (SQLite deletes the WAL when its last connection closes) instead of after 4 MiB.
+const WAL_CHECKPOINT_PAGES: i64 = 256;
+
 /// `PRAGMA application_id` of a cosigner parent store: `"cosp"` in ASCII.
 pub const APPLICATION_ID: i64 = 0x636f_7370;
 /// How long a write waits for another connection's lock before failing.
@@ -286,6 +296,8 @@ pub(crate) fn open_database(
         .map_err(|e| ParentError::db("read user_version", &e))?;
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(|e| ParentError::db("set synchronous", &e))?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)
+        .map_err(|e| ParentError::db("set wal_autocheckpoint", &e))?;
     Ok((conn, Marks { app, version }))
 }
 
@@ -445,6 +457,24 @@ mod tests {
         ));
         assert!(store.list_prefix("b").unwrap().is_empty());
         assert!(store.list_prefix("c").unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_wal_is_checkpointed_and_reused_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let wal = path.with_extension("db-wal");
+        let mut largest = 0;
+        // Several times the checkpoint's worth of pages (each write adds at least a page).
+        for i in 0..(4 * WAL_CHECKPOINT_PAGES) {
+            store.put(&format!("audit/{i:08}"), &[7; 600]).unwrap();
+            largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+        }
+        // A WAL frame is a 4 KiB page and a 24-byte header; one write adds a few frames past
+        // the checkpoint's threshold before the checkpoint runs and the WAL starts over.
+        let bound = u64::try_from(WAL_CHECKPOINT_PAGES + 16).unwrap() * (4096 + 24) + 32;
+        assert!(largest <= bound, "the WAL grew to {largest} bytes");
     }
 
     #[test]
