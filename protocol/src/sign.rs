@@ -118,6 +118,11 @@ impl<C: Ciphersuite> SignerSession<C> {
         self.sign_package(key_package, &package)
     }
 
+    /// Our commitments, decoded.
+    pub(crate) fn signing_commitments(&self) -> &SigningCommitments<C> {
+        self.drawn.signing_commitments()
+    }
+
     fn check_key(&self, key_package: &KeyPackage<C>) -> Result<()> {
         if *key_package.identifier() != self.drawn.identifier
             || *key_package.verifying_key() != self.drawn.verifying_key
@@ -214,6 +219,8 @@ impl<C: Ciphersuite> SignerSession<C> {
 pub struct Precommitment<C: Ciphersuite> {
     nonces: SigningNonces<C>,
     commitments: SigningCommitments<C>,
+    /// `commitments` serialized (once: it is sent, and bound into the signature's package).
+    serialized: Vec<u8>,
     me: PartyId,
     identifier: Identifier<C>,
     verifying_key: VerifyingKey<C>,
@@ -244,6 +251,7 @@ impl<C: Ciphersuite> Precommitment<C> {
         let precommitment = Self {
             nonces,
             commitments,
+            serialized: serialized.clone(),
             me,
             identifier,
             verifying_key: *key_package.verifying_key(),
@@ -283,13 +291,16 @@ impl<C: Ciphersuite> Precommitment<C> {
 
     /// Our serialized commitments.
     ///
-    /// Errors: serialization by frost failed ([`ProtocolError::Frost`]).
+    /// Errors: none since they are serialized when drawn ([`Precommitment::new`] reports
+    /// frost's failure); the `Result` is kept for callers written against the earlier API.
     pub fn commitments(&self) -> Result<Vec<u8>> {
-        self.commitments
-            .serialize()
-            .map_err(|e| ProtocolError::Frost {
-                reason: format!("serializing our commitments: {e}"),
-            })
+        Ok(self.serialized.clone())
+    }
+
+    /// Our commitments, decoded: the signing engine builds packages from them without
+    /// decoding what it serialized.
+    pub(crate) fn signing_commitments(&self) -> &SigningCommitments<C> {
+        &self.commitments
     }
 
     /// Our party number.
@@ -342,6 +353,21 @@ pub(crate) fn build_package<C: Ciphersuite>(
     message: &[u8],
     commitments: &BTreeMap<PartyId, Vec<u8>>,
 ) -> Result<SigningPackage<C>> {
+    let mut decoded = BTreeMap::new();
+    for (&party, bytes) in commitments {
+        decoded.insert(party, decode_commitments(party, bytes)?);
+    }
+    package_of(message, &decoded)
+}
+
+/// [`build_package`] from commitments already decoded (and checked canonical): the signing
+/// engine decodes each signer's commitments once, when they arrive.
+///
+/// Errors: fewer than two signers or party 0 ([`ProtocolError::Params`]).
+pub(crate) fn package_of<C: Ciphersuite>(
+    message: &[u8],
+    commitments: &BTreeMap<PartyId, SigningCommitments<C>>,
+) -> Result<SigningPackage<C>> {
     let parties: Vec<PartyId> = commitments.keys().copied().collect();
     let parties = common::normalize_parties(&parties, "signer set")?;
     if parties.len() < 2 {
@@ -349,11 +375,11 @@ pub(crate) fn build_package<C: Ciphersuite>(
             reason: "a signing set has at least two signers".into(),
         });
     }
-    let mut decoded = BTreeMap::new();
-    for (&party, bytes) in commitments {
-        decoded.insert(party.identifier::<C>()?, decode_commitments(party, bytes)?);
+    let mut by_identifier = BTreeMap::new();
+    for (&party, decoded) in commitments {
+        by_identifier.insert(party.identifier::<C>()?, *decoded);
     }
-    Ok(SigningPackage::new(decoded, message))
+    Ok(SigningPackage::new(by_identifier, message))
 }
 
 /// `party`'s serialized `SigningCommitments`, decoded and checked to be in canonical form: what

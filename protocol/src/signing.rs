@@ -18,8 +18,10 @@
 //! a coordinator, never both.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
+use frost_core::round1::SigningCommitments;
 use frost_core::{Ciphersuite, SigningPackage};
 use rand_core::{CryptoRng, RngCore};
 
@@ -119,7 +121,12 @@ pub struct Signing<C: Ciphersuite> {
     /// Our parties: their key packages and, until they sign, their sessions (one per message).
     local: BTreeMap<PartyId, Local<C>>,
     commitments: BTreeMap<PartyId, Vec<Vec<u8>>>,
-    packages: Option<Vec<Vec<u8>>>,
+    /// `commitments` decoded (and checked canonical), each set once, when it arrived: the
+    /// packages are built from these.
+    decoded_commitments: BTreeMap<PartyId, Vec<SigningCommitments<C>>>,
+    /// The packages serialized: a coordinator's as received, or ours once asked for
+    /// ([`Signing::packages`]; a signature between two parties never needs them).
+    packages: OnceLock<Vec<Vec<u8>>>,
     /// The packages decoded, once: built here, or decoded from a coordinator's at first use.
     decoded: Option<Vec<SigningPackage<C>>>,
     shares: BTreeMap<PartyId, Vec<Vec<u8>>>,
@@ -229,7 +236,8 @@ impl<C: Ciphersuite> Signing<C> {
             signers,
             local: BTreeMap::new(),
             commitments: BTreeMap::new(),
-            packages: None,
+            decoded_commitments: BTreeMap::new(),
+            packages: OnceLock::new(),
             decoded: None,
             shares: BTreeMap::new(),
             failed: None,
@@ -237,6 +245,8 @@ impl<C: Ciphersuite> Signing<C> {
         let mut out = Vec::with_capacity(locals.len());
         for (party, key_packages, precommitments) in locals {
             let (sessions, commitments) = signing.bind(party, precommitments)?;
+            let decoded = sessions.iter().map(|s| *s.signing_commitments()).collect();
+            signing.decoded_commitments.insert(party, decoded);
             signing.local.insert(party, (key_packages, Some(sessions)));
             signing.commitments.insert(party, commitments.clone());
             out.push(SignMessage::Commitments { party, commitments });
@@ -275,13 +285,21 @@ impl<C: Ciphersuite> Signing<C> {
         match message {
             SignMessage::Commitments { party, commitments } => {
                 self.check_sender(*party, commitments.len(), "commitments")?;
-                insert_once(
-                    &mut self.commitments,
-                    *party,
-                    commitments,
-                    *party,
-                    "commitments",
-                )
+                if self.commitments.contains_key(party) {
+                    // The same set again is no news; another is equivocation.
+                    return insert_once(
+                        &mut self.commitments,
+                        *party,
+                        commitments,
+                        *party,
+                        "commitments",
+                    );
+                }
+                // Each commitment decodes before anything is kept: a bad set changes nothing.
+                let decoded = decode_set(*party, commitments)?;
+                self.decoded_commitments.insert(*party, decoded);
+                self.commitments.insert(*party, commitments.clone());
+                Ok(true)
             }
             SignMessage::Packages(packages) => self.take_packages(packages),
             SignMessage::Shares { party, shares } => {
@@ -321,13 +339,16 @@ impl<C: Ciphersuite> Signing<C> {
                 ),
             });
         }
-        match &self.packages {
-            Some(known) if known.as_slice() == packages => Ok(false),
-            Some(_) => Err(ProtocolError::Disagreement {
-                reason: "two different sets of signing packages for one signature".into(),
-            }),
+        let disagree = || ProtocolError::Disagreement {
+            reason: "two different sets of signing packages for one signature".into(),
+        };
+        match self.packages() {
+            Some(known) if known == packages => Ok(false),
+            Some(_) => Err(disagree()),
+            // Packages built here that could not be serialized differ from any received.
+            None if self.decoded.is_some() => Err(disagree()),
             None => {
-                self.packages = Some(packages.to_vec());
+                self.packages.get_or_init(|| packages.to_vec());
                 Ok(true)
             }
         }
@@ -354,24 +375,18 @@ impl<C: Ciphersuite> Signing<C> {
     }
 
     fn advance_once(&mut self) -> Result<Vec<SignMessage>> {
-        if self.packages.is_none()
+        if !self.built()
             && self
                 .signers
                 .iter()
-                .all(|p| self.commitments.contains_key(p))
+                .all(|p| self.decoded_commitments.contains_key(p))
         {
-            let built = self.build_packages()?;
-            let encoded = built
-                .iter()
-                .map(sign::encode_package)
-                .collect::<Result<Vec<_>>>()?;
-            self.packages = Some(encoded);
-            self.decoded = Some(built);
+            self.decoded = Some(self.build_packages()?);
         }
-        let Some(packages) = &self.packages else {
-            return Ok(Vec::new());
-        };
         if self.decoded.is_none() {
+            let Some(packages) = self.packages.get() else {
+                return Ok(Vec::new());
+            };
             self.decoded = Some(decode_packages(packages)?);
         }
         let Some(packages) = &self.decoded else {
@@ -401,8 +416,20 @@ impl<C: Ciphersuite> Signing<C> {
         self.messages
             .iter()
             .enumerate()
-            .map(|(i, message)| sign::build_package::<C>(message, &nth(&self.commitments, i)))
+            .map(|(i, message)| {
+                let commitments = self
+                    .decoded_commitments
+                    .iter()
+                    .filter_map(|(p, set)| set.get(i).map(|c| (*p, *c)))
+                    .collect();
+                sign::package_of::<C>(message, &commitments)
+            })
             .collect()
+    }
+
+    /// Whether the packages are known: built here, or received from a coordinator.
+    fn built(&self) -> bool {
+        self.decoded.is_some() || self.packages.get().is_some()
     }
 
     /// What the engine waits for.
@@ -414,7 +441,7 @@ impl<C: Ciphersuite> Signing<C> {
                 .copied()
                 .collect()
         };
-        if self.packages.is_none() {
+        if !self.built() {
             return SignWaiting {
                 step: SignStep::Commitments,
                 parties: missing(&self.commitments),
@@ -438,12 +465,14 @@ impl<C: Ciphersuite> Signing<C> {
     /// refuses of the sender and count.
     pub fn replace_commitments(&mut self, party: PartyId, commitments: &[Vec<u8>]) -> Result<()> {
         self.check_sender(party, commitments.len(), "commitments")?;
-        if self.packages.is_some() {
+        if self.built() {
             return Err(ProtocolError::UnexpectedMessage {
                 expected: "replaced commitments before the signing packages",
                 actual: format!("commitments of party {party} replaced after the packages"),
             });
         }
+        let decoded = decode_set(party, commitments)?;
+        self.decoded_commitments.insert(party, decoded);
         self.commitments.insert(party, commitments.to_vec());
         Ok(())
     }
@@ -458,9 +487,21 @@ impl<C: Ciphersuite> Signing<C> {
         self.commitments.get(&party).map(Vec::as_slice)
     }
 
-    /// The signing packages, once built or received.
+    /// The signing packages, once built or received (serialized at the first call for packages
+    /// built here). `None` also for built packages frost could not serialize, which cannot
+    /// happen for commitments that decoded (they are never the identity).
     pub fn packages(&self) -> Option<&[Vec<u8>]> {
-        self.packages.as_deref()
+        if let Some(packages) = self.packages.get() {
+            return Some(packages);
+        }
+        let encoded = self
+            .decoded
+            .as_ref()?
+            .iter()
+            .map(sign::encode_package)
+            .collect::<Result<Vec<_>>>()
+            .ok()?;
+        Some(self.packages.get_or_init(|| encoded))
     }
 
     /// The signatures, one per message, once every share is in: aggregated and checked against
@@ -492,15 +533,13 @@ impl<C: Ciphersuite> Signing<C> {
         C: 'a,
     {
         let waiting = self.waiting();
-        let Some(packages) = &self.packages else {
-            return Err(not_done(&waiting));
-        };
         if waiting.step != SignStep::Done {
             return Err(not_done(&waiting));
         }
-        let decoded = match &self.decoded {
-            Some(decoded) => std::borrow::Cow::Borrowed(decoded),
-            None => std::borrow::Cow::Owned(decode_packages(packages)?),
+        let decoded = match (&self.decoded, self.packages.get()) {
+            (Some(decoded), _) => std::borrow::Cow::Borrowed(decoded),
+            (None, Some(packages)) => std::borrow::Cow::Owned(decode_packages(packages)?),
+            (None, None) => return Err(not_done(&waiting)),
         };
         decoded
             .iter()
@@ -530,6 +569,18 @@ pub(crate) fn one_per_message(
         });
     }
     Ok(())
+}
+
+/// `party`'s commitments, one per message, decoded and checked canonical
+/// ([`sign::decode_commitments`]: a bad one names `party`).
+fn decode_set<C: Ciphersuite>(
+    party: PartyId,
+    commitments: &[Vec<u8>],
+) -> Result<Vec<SigningCommitments<C>>> {
+    commitments
+        .iter()
+        .map(|c| sign::decode_commitments(party, c))
+        .collect()
 }
 
 fn decode_packages<C: Ciphersuite>(packages: &[Vec<u8>]) -> Result<Vec<SigningPackage<C>>> {

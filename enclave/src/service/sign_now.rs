@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use cosigner_protocol::id::{Epoch, PartyId};
-use cosigner_protocol::sign::{Precommitment, decode_commitments};
+use cosigner_protocol::sign::Precommitment;
 use cosigner_protocol::signing::{SignMessage, Signing, single_value};
 use cosigner_protocol::wire::{NextCommitment, Response, WalletId};
 use frost_core::keys::KeyPackage;
@@ -156,8 +156,8 @@ impl Service {
         let locals = vec![(party, key.clone(), vec![precommitment])];
         let (mut signing, ours) =
             Signing::start_precommitted(locals, &signers, vec![message.to_vec()])?;
-        // The client's commitment decodes before anything is counted or logged.
-        decode_commitments::<Suite>(other, &commitments)?;
+        // The client's commitment decodes (on arrival in the engine) before anything is counted
+        // or logged.
         signing.absorb(&SignMessage::Commitments {
             party: other,
             commitments: vec![commitments.to_vec()],

@@ -229,6 +229,42 @@ fn signatures_wait_for_every_share_and_name_a_bad_one() {
 }
 
 #[test]
+fn a_commitment_that_does_not_decode_is_refused_on_arrival_and_changes_nothing() {
+    let (keys, pkp) = keys();
+    let signers = [pid(1), pid(2)];
+    let (mut device, _) = start(&keys, 1, &signers, 2);
+    let (mut cosigner, theirs) = start(&keys, 2, &signers, 2);
+    let SignMessage::Commitments { commitments, .. } = &theirs[0] else {
+        panic!()
+    };
+    let mut altered = commitments.clone();
+    altered[1].push(0); // trailing byte: not canonical
+    let mut truncated = commitments.clone();
+    truncated[0].pop();
+    for bad in [altered, truncated] {
+        let bad = SignMessage::Commitments {
+            party: pid(2),
+            commitments: bad,
+        };
+        assert!(matches!(
+            device.absorb(&bad),
+            Err(ProtocolError::Culprit { party, .. }) if party == pid(2)
+        ));
+        assert!(device.commitments(pid(2)).is_none());
+        assert_eq!(device.waiting().step, SignStep::Commitments);
+    }
+    // The signer's good set is still taken, and the signature completes.
+    assert!(device.absorb(&theirs[0]).unwrap());
+    let ours = device.advance().unwrap();
+    cosigner
+        .absorb(&SignMessage::Packages(device.packages().unwrap().to_vec()))
+        .unwrap();
+    device.absorb(&cosigner.advance().unwrap()[0]).unwrap();
+    assert_eq!(ours.len(), 1);
+    verify(&pkp, 2, &device.signatures(&pkp).unwrap());
+}
+
+#[test]
 fn no_messages_or_too_many_are_refused() {
     let (keys, _) = keys();
     let locals = || vec![(pid(1), keys[&pid(1)].clone())];
