@@ -271,6 +271,35 @@ pub(crate) fn start_all(
 /// slowest cosigner's time, not the sum. A request that cannot be sent leaves the later ones
 /// unsent (their answers are that error).
 pub(crate) fn call_all(peers: &mut [Peer<'_>], requests: Vec<Request>) -> Vec<Result<Response>> {
+    call_all_meanwhile(peers, requests, &mut || {})
+}
+
+/// [`call_all`], running `meanwhile` once every request is on the wire, while the cosigners work
+/// (or, when a request could not be sent, once the answers are in): this device's own work
+/// overlaps theirs.
+pub(crate) fn call_all_meanwhile(
+    peers: &mut [Peer<'_>],
+    requests: Vec<Request>,
+    meanwhile: &mut dyn FnMut(),
+) -> Vec<Result<Response>> {
+    let mut ran = false;
+    let answers = send_all(peers, requests, &mut || {
+        ran = true;
+        meanwhile();
+    });
+    if !ran {
+        meanwhile();
+    }
+    answers
+}
+
+/// [`call_all_meanwhile`]'s sending: `meanwhile` runs inside the last peer's call, if every
+/// request was sent.
+fn send_all(
+    peers: &mut [Peer<'_>],
+    requests: Vec<Request>,
+    meanwhile: &mut dyn FnMut(),
+) -> Vec<Result<Response>> {
     let mut requests = requests.into_iter();
     let (Some((first, rest)), Some(request)) = (peers.split_first_mut(), requests.next()) else {
         return Vec::new();
@@ -279,7 +308,12 @@ pub(crate) fn call_all(peers: &mut [Peer<'_>], requests: Vec<Request>) -> Vec<Re
     let mut rest_requests = Some(requests.collect::<Vec<_>>());
     let answer = first.courier.call_overlapped(&request, &mut || {
         if let Some(requests) = rest_requests.take() {
-            later = Some(call_all(rest, requests));
+            later = Some(if rest.is_empty() {
+                meanwhile();
+                Vec::new()
+            } else {
+                send_all(rest, requests, meanwhile)
+            });
         }
     });
     let failed = |e: &ClientError| ClientError::Unexpected(format!("not sent: {e}"));

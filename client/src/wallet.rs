@@ -111,22 +111,15 @@ pub(crate) fn challenges_meanwhile(
     meanwhile: &mut dyn FnMut(),
 ) -> [Option<ByteBuf>; 2] {
     let ask = Request::Challenge { wallet_id };
-    let challenge = |answer: Result<Response>| match answer {
-        Ok(Response::Challenge { challenge }) => Some(challenge),
-        _ => None,
-    };
-    let mut second = None;
-    let mut ran = false;
-    let first = provider.call_overlapped(&ask, &mut || {
-        second = Some(challenge(recovery.call_overlapped(&ask, &mut || {
-            ran = true;
-            meanwhile();
-        })));
-    });
-    if !ran {
-        meanwhile();
-    }
-    [challenge(first), second.flatten()]
+    let mut both = coordinator::cosigner_peers([provider, recovery]);
+    let mut challenges =
+        coordinator::call_all_meanwhile(&mut both, vec![ask.clone(), ask], meanwhile)
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(Response::Challenge { challenge }) => Some(challenge),
+                _ => None,
+            });
+    [challenges.next().flatten(), challenges.next().flatten()]
 }
 
 /// [`authorized_retrying`] at several cosigners at once (`requests[i]` to `peers[i]`): their
@@ -1240,24 +1233,38 @@ fn switch_share(
     pkp: &PublicKeyPackage<Suite>,
     share: &[u8],
 ) -> Result<WalletFile> {
-    let wallet_id = wallet.wallet_id;
-    let network = wallet.network;
+    let new_wallet = switched_wallet(wallet, epoch, pkp)?;
+    keep_switch(home, &new_wallet, share)?;
+    Ok(new_wallet)
+}
+
+/// `wallet`'s record at `epoch` with the refreshed key package `pkp`, refusing a refresh that
+/// changed the group key.
+fn switched_wallet(
+    wallet: &WalletFile,
+    epoch: Epoch,
+    pkp: &PublicKeyPackage<Suite>,
+) -> Result<WalletFile> {
     let new_wallet = wallet_file(
-        wallet_id,
+        wallet.wallet_id,
         wallet.party,
         &wallet.parties,
         wallet.min_signers,
         epoch,
         pkp,
-        network,
+        wallet.network,
     )?;
     if new_wallet.group_public_key != wallet.group_public_key && !wallet.group_public_key.is_empty()
     {
         return Err(internal("the refresh changed the group key"));
     }
-    home.replace_share(&new_wallet, share)?;
-    home.remove_prepared_share(&wallet_id)?;
     Ok(new_wallet)
+}
+
+/// Writes `new_wallet` and its `share` over the current ones, then drops the prepared copy.
+fn keep_switch(home: &Home, new_wallet: &WalletFile, share: &[u8]) -> Result<()> {
+    home.replace_share(new_wallet, share)?;
+    home.remove_prepared_share(&new_wallet.wallet_id)
 }
 
 /// Refuses to refresh when a cosigner no longer attests the key registered with the other one at
@@ -1441,21 +1448,30 @@ fn refresh_from(
         Response::RefreshCommitted { .. } => observe(RefreshStep::RecoveryCommitted),
         other => return Err(unexpected("RefreshCommitted", &other)),
     }
-    // Both cosigners hold the new epoch: switch this device over, then let them drop the old one.
-    let new_wallet = switch_share(
-        home,
+    // Both cosigners hold the new epoch: they drop the old one while this device switches over.
+    // The new share has been durable here (the prepared copy) since before the first commit, so
+    // a switch that fails, or a process that dies, after the cosigners dropped the old epoch is
+    // finished by the next run from that copy (`resume`), as after a death before the finalize.
+    let new_wallet = switched_wallet(
         &wallet,
         params.from_epoch.saturating_next(),
         &output.public_key_package,
-        &prepared,
     )?;
-    observe(RefreshStep::DeviceCommitted);
     let finalize = Request::RefreshFinalize {
         wallet_id,
         epoch: new_wallet.epoch,
     };
-    let mut both = crate::coordinator::cosigner_peers([&mut *provider, &mut *recovery]);
-    for answer in crate::coordinator::call_all(&mut both, vec![finalize.clone(), finalize]) {
+    let mut switched = Err(internal("the device's switch did not run"));
+    let mut both = coordinator::cosigner_peers([&mut *provider, &mut *recovery]);
+    let requests = vec![finalize.clone(), finalize];
+    let answers = coordinator::call_all_meanwhile(&mut both, requests, &mut || {
+        switched = keep_switch(home, &new_wallet, &prepared);
+        if switched.is_ok() {
+            observe(RefreshStep::DeviceCommitted);
+        }
+    });
+    switched?;
+    for answer in answers {
         match answer? {
             Response::Done => {}
             other => return Err(unexpected("Done", &other)),

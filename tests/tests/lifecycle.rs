@@ -95,8 +95,10 @@ fn refresh_interrupted_at_each_step_leaves_a_usable_wallet() {
                 }
             },
         );
+        // The finalizes are sent before the device switches (they run at once), so the provider
+        // may have finalized before it died at `DeviceCommitted`: there the refresh may succeed.
         assert!(
-            result.is_err(),
+            result.is_err() || step == RefreshStep::DeviceCommitted,
             "{step:?}: the refresh survived the provider's death"
         );
         drop(provider);
