@@ -1238,6 +1238,22 @@ fn switch_share(
     Ok(new_wallet)
 }
 
+/// A device switch that failed while (or after) the cosigners dropped the old epoch: the error,
+/// saying how it is finished. Until then this device cannot sign (its old epoch is gone at the
+/// cosigners); its new share is safe in the `.prepared` record, which a rerun promotes.
+fn switch_unfinished(e: ClientError) -> ClientError {
+    match e {
+        ClientError::Home { path, reason } => ClientError::Home {
+            path,
+            reason: format!(
+                "{reason}; the refresh is committed and this device's new share is kept: free \
+                 the home and run `cosigner refresh` again to finish it"
+            ),
+        },
+        other => other,
+    }
+}
+
 /// `wallet`'s record at `epoch` with the refreshed key package `pkp`, refusing a refresh that
 /// changed the group key.
 fn switched_wallet(
@@ -1470,7 +1486,7 @@ fn refresh_from(
             observe(RefreshStep::DeviceCommitted);
         }
     });
-    switched?;
+    switched.map_err(switch_unfinished)?;
     for answer in answers {
         match answer? {
             Response::Done => {}

@@ -278,7 +278,8 @@ impl<C: Ciphersuite> Signing<C> {
     /// Takes one message; returns whether it was new (a repeat of the same one is not).
     ///
     /// Errors: a sender that is not a remote signer, or the wrong count
-    /// ([`ProtocolError::UnexpectedMessage`]); a signer that sent two different sets
+    /// ([`ProtocolError::UnexpectedMessage`]); a signer that sent two different sets, or a set
+    /// with a commitment that does not decode canonically (nothing is kept of it)
     /// ([`ProtocolError::Culprit`]); packages from two coordinators that differ
     /// ([`ProtocolError::Disagreement`]).
     pub fn absorb(&mut self, message: &SignMessage) -> Result<bool> {
@@ -358,9 +359,9 @@ impl<C: Ciphersuite> Signing<C> {
     /// commitments are in (when no coordinator sent them), then signs them with our parties'
     /// sessions (each used once). Returns our shares to send.
     ///
-    /// Errors: a commitment that does not decode ([`ProtocolError::Culprit`]); a package that
+    /// Errors: a coordinator's package that does not decode ([`ProtocolError::Encoding`]) or that
     /// differs from what our sessions committed to ([`ProtocolError::SessionMismatch`]): the
-    /// sessions are gone either way.
+    /// sessions are gone either way. (Commitments were decoded when they were absorbed.)
     pub fn advance(&mut self) -> Result<Vec<SignMessage>> {
         if let Some(reason) = &self.failed {
             return Err(ProtocolError::SessionMismatch {
@@ -462,7 +463,7 @@ impl<C: Ciphersuite> Signing<C> {
     /// of [`Signing::absorb`].
     ///
     /// Errors: after the packages ([`ProtocolError::UnexpectedMessage`]), or what `absorb`
-    /// refuses of the sender and count.
+    /// refuses of the sender, the count and the encoding (the old set stays).
     pub fn replace_commitments(&mut self, party: PartyId, commitments: &[Vec<u8>]) -> Result<()> {
         self.check_sender(party, commitments.len(), "commitments")?;
         if self.built() {

@@ -101,6 +101,11 @@ fn refresh_interrupted_at_each_step_leaves_a_usable_wallet() {
             result.is_err() || step == RefreshStep::DeviceCommitted,
             "{step:?}: the refresh survived the provider's death"
         );
+        if let Ok(wallet) = &result {
+            // It finished: the device is at the new epoch with no prepared share left over.
+            assert_eq!(owner.home.wallet(&owner.id).unwrap().epoch, wallet.epoch);
+            assert!(owner.home.prepared_shares(&owner.id).unwrap().is_empty());
+        }
         drop(provider);
         d.provider.start_processes().unwrap();
         // Whatever epoch the device ended at, the wallet signs.

@@ -409,8 +409,9 @@ fn rerun_finishes(d: &Deployment, w: &Wallet, new_home: &Path, step: &str) {
     assert!(line.contains("revoked"), "{step}: {line}");
 }
 
-/// The client dies at each step of a recovery (nothing after the step happens); rerunning
-/// `recover` in the same home finishes the job.
+/// The client dies at each step of a recovery (nothing after the step happens, except at
+/// `DeviceCommitted`: the finalizes are already on their way while the device switches);
+/// rerunning `recover` in the same home finishes the job.
 #[test]
 fn a_recovery_whose_client_dies_at_any_step_is_finished_by_a_rerun() {
     let d = Deployment::start().unwrap();

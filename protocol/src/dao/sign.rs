@@ -675,6 +675,10 @@ impl<C: Ciphersuite> Coordinator<C> {
             self.restart = true;
             return Ok(true);
         }
+        // A malformed set is refused before the old one is retired: the engine keeps the old.
+        for commitment in &value {
+            crate::sign::decode_commitments::<C>(party, commitment)?;
+        }
         retire_set(&mut self.replaced, party, old)?;
         signing.replace_commitments(party, &value)?;
         Ok(true)
