@@ -1466,8 +1466,9 @@ fn refresh_from(
     }
     // Both cosigners hold the new epoch: they drop the old one while this device switches over.
     // The new share has been durable here (the prepared copy) since before the first commit, so
-    // a switch that fails, or a process that dies, after the cosigners dropped the old epoch is
-    // finished by the next run from that copy (`resume`), as after a death before the finalize.
+    // a switch that fails, or a process that dies, after the cosigners dropped the old epoch
+    // loses nothing: the next run promotes that copy (`resume`). Until then this device cannot
+    // sign (its home still names the dropped epoch), which `switch_unfinished` says.
     let new_wallet = switched_wallet(
         &wallet,
         params.from_epoch.saturating_next(),
