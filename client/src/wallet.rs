@@ -1086,32 +1086,9 @@ pub fn sign_with_receipt(
     wallet_id: WalletId,
     message: &[u8; 32],
 ) -> Result<Signed> {
+    let two = TwoParty::new(home, &wallet_id, home.wallet(&wallet_id)?, &cosigner)?;
     let (role, authorizer) = cosigner.authorizer(home)?;
-    let once = |courier: &mut dyn Courier| {
-        let two = TwoParty::new(home, &wallet_id, home.wallet(&wallet_id)?, &cosigner)?;
-        two.sign_now(courier, (role, &authorizer), message)
-    };
-    match once(provider) {
-        // A refused request may be a share the cosigners refreshed away: a refresh whose switch
-        // on this device was cut short after they dropped the old epoch. Its new share is kept
-        // here; the switch is finished as `refresh` would finish it, and the signature tried once
-        // more.
-        Err(ClientError::Remote(e)) if e.kind == cosigner_protocol::wire::ErrorKind::BadRequest => {
-            if finish_switch(home, provider, wallet_id)? {
-                return once(provider);
-            }
-            Err(ClientError::Remote(e))
-        }
-        other => other,
-    }
-}
-
-/// Finishes a refresh's switch on this device that was cut short after the cosigner committed
-/// the new epoch (see [`resume`]): whether there was one.
-fn finish_switch(home: &Home, courier: &mut dyn Courier, wallet_id: WalletId) -> Result<bool> {
-    let wallet = home.wallet(&wallet_id)?;
-    let view = provider_view(courier, wallet_id)?;
-    Ok(resume(home, &wallet, &view)?.is_some())
+    two.sign_now(provider, (role, &authorizer), message)
 }
 
 /// Checks a BIP-340 signature with code independent of FROST's own verifier (k256).
@@ -1262,8 +1239,8 @@ fn switch_share(
 }
 
 /// A device switch that failed while (or after) the cosigners dropped the old epoch: the error,
-/// saying how it is finished. Its new share is safe in the `.prepared` record, which the next
-/// refresh or signature promotes once the home can be written.
+/// saying how it is finished. Until then this device cannot sign (its old epoch is gone at the
+/// cosigners); its new share is safe in the `.prepared` record, which a rerun promotes.
 fn switch_unfinished(e: ClientError) -> ClientError {
     match e {
         ClientError::Home { path, reason } => ClientError::Home {
@@ -1490,9 +1467,8 @@ fn refresh_from(
     // Both cosigners hold the new epoch: they drop the old one while this device switches over.
     // The new share has been durable here (the prepared copy) since before the first commit, so
     // a switch that fails, or a process that dies, after the cosigners dropped the old epoch
-    // loses nothing: the next refresh, recovery or signature promotes that copy (`resume`,
-    // `finish_switch`); while the home cannot be written, this device cannot sign (its home still
-    // names the dropped epoch), which `switch_unfinished` says.
+    // loses nothing: the next run promotes that copy (`resume`). Until then this device cannot
+    // sign (its home still names the dropped epoch), which `switch_unfinished` says.
     let new_wallet = switched_wallet(
         &wallet,
         params.from_epoch.saturating_next(),
