@@ -43,7 +43,7 @@ use cosigner_protocol::wire::{
     SUITE_SECP256K1_TR, SessionId, WalletId, WalletInfo,
 };
 use cosigner_tests::in_process::{
-    Enclave, InProcess, SEALING_KEY, SharedStore, attested, init_token, random,
+    Cosigners, Enclave, InProcess, SEALING_KEY, SharedStore, attested, init_token, random,
 };
 use cosigner_tests::in_process::{cosigner_client, tempfile};
 use cosigner_tests::{SoftHsm, softhsm_module};
@@ -118,21 +118,14 @@ impl Harness {
 
     /// The provider runs under `policy`.
     fn with_policy(policy: RefreshPolicy) -> Self {
-        let hsm = SoftHsm::new().unwrap();
-        hsm.install_env_for_this_process();
-        let module = softhsm_module();
-        let dir = hsm.dir().to_path_buf();
-        let provider = Enclave::new(&module, "provider", &dir.join("attester"), policy).unwrap();
-        let recovery = Enclave::new(
-            &module,
-            "recovery",
-            &dir.join("recovery-attester"),
-            RefreshPolicy::default(),
-        )
-        .unwrap();
+        let Cosigners {
+            hsm,
+            provider,
+            recovery,
+        } = Cosigners::with_provider_policy(policy);
         Self {
             _hsm: hsm,
-            module,
+            module: softhsm_module(),
             provider,
             recovery,
         }
