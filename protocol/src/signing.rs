@@ -574,7 +574,7 @@ pub(crate) fn one_per_message(
 
 /// `party`'s commitments, one per message, decoded and checked canonical
 /// ([`sign::decode_commitments`]: a bad one names `party`).
-fn decode_set<C: Ciphersuite>(
+pub(crate) fn decode_set<C: Ciphersuite>(
     party: PartyId,
     commitments: &[Vec<u8>],
 ) -> Result<Vec<SigningCommitments<C>>> {

@@ -70,7 +70,7 @@ use super::{Approval, DaoMessage, Evaluation, Layout, hash32, sighashes_digest};
 use crate::error::{ProtocolError, Result};
 use crate::id::PartyId;
 use crate::sign::Precommitment;
-use crate::signing::{SignMessage, SignStep, Signing};
+use crate::signing::{SignMessage, SignStep, Signing, decode_set};
 
 /// Most signing rounds of one request (rounds `0..MAX_ROUNDS`).
 pub const MAX_ROUNDS: u32 = 8;
@@ -676,9 +676,7 @@ impl<C: Ciphersuite> Coordinator<C> {
             return Ok(true);
         }
         // A malformed set is refused before the old one is retired: the engine keeps the old.
-        for commitment in &value {
-            crate::sign::decode_commitments::<C>(party, commitment)?;
-        }
+        decode_set::<C>(party, &value)?;
         retire_set(&mut self.replaced, party, old)?;
         signing.replace_commitments(party, &value)?;
         Ok(true)
@@ -690,9 +688,7 @@ impl<C: Ciphersuite> Coordinator<C> {
     /// refused here, not when the packages are built.
     fn commit_early(&mut self, party: PartyId, value: Vec<Vec<u8>>) -> Result<bool> {
         self.check_count(party, value.len(), "commitments")?;
-        for commitment in &value {
-            crate::sign::decode_commitments::<C>(party, commitment)?;
-        }
+        decode_set::<C>(party, &value)?;
         let current = self.early.get(&party).map(Vec::as_slice);
         if known_set(&self.replaced, party, current, &value) {
             return Ok(false);
